@@ -1,0 +1,40 @@
+"""The exceptions the core raises; the CLI maps them to exit codes (input errors exit 2)."""
+
+from __future__ import annotations
+
+
+class SoundtrackError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class InputError(SoundtrackError):
+    """Bad user input (manifest, path, prompt, storage URL): nothing is written, exit code 2."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class ModelLoadError(SoundtrackError):
+    """A model cannot be loaded (weights missing offline, unknown id, bad local directory)."""
+
+
+class GenerationError(SoundtrackError):
+    """Generation produced unusable audio (NaN/inf, silence, a backend error) for one track."""
+
+    def __init__(self, track_id: str, reason: str) -> None:
+        super().__init__(f"track {track_id!r}: {reason}")
+        self.track_id = track_id
+        self.reason = reason
+
+
+class AudioError(SoundtrackError):
+    """Audio cannot be read, processed or encoded (ffmpeg failure, unreadable source)."""
+
+
+class StorageError(SoundtrackError):
+    """Publishing or reading from storage failed; `transient` says whether a retry may heal it."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient

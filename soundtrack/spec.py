@@ -1,0 +1,89 @@
+"""Resolved, immutable value objects that every stage receives (the manifest produces them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+AudioFormat = Literal["ogg", "mp3", "wav"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """MusicGen sampling settings; passed on every call, never stored as model state."""
+
+    temperature: float = 1.0
+    top_k: int = 250  # audiocraft's default; transformers' own default (50) sounds duller
+    top_p: float = 0.0
+    guidance: float = 3.0  # classifier-free guidance scale; >1 doubles the batch
+
+
+@dataclass(frozen=True)
+class LoudnessTarget:
+    """Integrated loudness target, its tolerance, and the true-peak ceiling."""
+
+    integrated_lufs: float
+    true_peak_max_dbtp: float = -1.0
+    tolerance_lu: float = 2.0
+
+
+# Sony ASWG-R001 / EBU R128 / AES TD1004, TD1008 (see docs/manifest.md).
+LOUDNESS_PROFILES: dict[str, LoudnessTarget] = {
+    "console": LoudnessTarget(integrated_lufs=-24.0),
+    "mobile": LoudnessTarget(integrated_lufs=-18.0),
+    "web": LoudnessTarget(integrated_lufs=-16.0),
+}
+DEFAULT_LOUDNESS_PROFILE = "console"
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    """Limits of the quality gates; defaults follow the field notes' table of standards."""
+
+    duration_tolerance_s: float = 0.5
+    silence_floor_lufs: float = -70.0  # BS.1770 absolute gate
+    dropout_max_s: float = 2.0
+    dropout_threshold_dbfs: float = -60.0
+    lead_silence_max_ms: float = 50.0
+    trail_silence_max_s: float = 0.5  # loops are judged against 0 s
+    clip_run_samples: int = 3  # this many consecutive full-scale samples count as one clip
+    clipped_runs_max: int = 0
+    dc_offset_max: float = 0.001  # warn only
+    seam_jump_max_ratio: float = 8.0  # loop wrap jump / median sample step
+    seam_loudness_max_lu: float = 1.5
+
+
+@dataclass(frozen=True)
+class Mastering:
+    """How a raw render becomes a master: loudness, fades, loop crossfade, output rate/channels."""
+
+    loudness: LoudnessTarget
+    fade_in_ms: float = 10.0
+    fade_out_s: float = 2.0  # tracks that do not loop
+    loop_crossfade_ms: float = 250.0
+    sample_rate: int = 44100
+    channels: int = 2
+
+
+@dataclass(frozen=True)
+class TrackSpec:
+    """Everything that shapes one track's audio, fully resolved; `spec_hash` identifies it."""
+
+    soundtrack: str
+    id: str
+    duration_s: float
+    loop: bool
+    seed: int
+    model: str
+    model_revision: str | None
+    sampling: Sampling
+    overlap_s: float
+    mastering: Mastering
+    gates: GateLimits
+    formats: tuple[AudioFormat, ...]
+    wav_bit_depth: int
+    spec_hash: str
+    prompt: str | None = None
+    source: Path | None = None  # absolute path of an existing recording
+    tags: dict[str, str] = field(default_factory=dict)

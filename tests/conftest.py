@@ -1,0 +1,1 @@
+"""Shared fixtures: everything a test needs is made on the spot (no network, no hub)."""
