@@ -1,0 +1,109 @@
+"""Synthetic test signals of known level and structure, float32 shaped (channels, frames)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# A I-vi-IV-V progression in C (MIDI notes), one chord per bar.
+_CHORDS = ((60, 64, 67), (57, 60, 64), (53, 57, 60), (55, 59, 62))
+
+
+def _db_to_amp(level_db: float) -> float:
+    return float(10.0 ** (level_db / 20.0))
+
+
+def sine(
+    freq_hz: float,
+    level_dbfs: float,
+    duration_s: float,
+    sample_rate: int,
+    *,
+    channels: int = 2,
+) -> np.ndarray:
+    """A sine whose peak is `level_dbfs` in every channel (EBU Tech 3341's convention)."""
+    t = np.arange(round(duration_s * sample_rate)) / sample_rate
+    wave = _db_to_amp(level_dbfs) * np.sin(2.0 * np.pi * freq_hz * t)
+    return np.tile(wave, (channels, 1)).astype(np.float32)
+
+
+def pink_noise(
+    rms_dbfs: float,
+    duration_s: float,
+    sample_rate: int,
+    *,
+    channels: int = 2,
+    seed: int = 0,
+) -> np.ndarray:
+    """Independent 1/f noise per channel, scaled so each channel's RMS is `rms_dbfs`."""
+    rng = np.random.default_rng(seed)
+    frames = round(duration_s * sample_rate)
+    spectrum = rng.standard_normal((channels, frames // 2 + 1)) + 1j * rng.standard_normal(
+        (channels, frames // 2 + 1)
+    )
+    freqs = np.fft.rfftfreq(frames, 1.0 / sample_rate)
+    spectrum *= 1.0 / np.sqrt(np.maximum(freqs, 20.0))  # 1/f power; nothing below 20 Hz
+    spectrum[:, 0] = 0.0
+    noise = np.fft.irfft(spectrum, n=frames)
+    noise *= _db_to_amp(rms_dbfs) / np.sqrt(np.mean(noise**2, axis=1, keepdims=True))
+    return noise.astype(np.float32)
+
+
+def music_like(
+    duration_s: float,
+    sample_rate: int,
+    *,
+    channels: int = 2,
+    bpm: float = 120.0,
+    peak_dbfs: float = -6.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Plucked chords (one per bar, a note every beat) over a soft pad: clear chroma and onsets."""
+    rng = np.random.default_rng(seed)
+    frames = round(duration_s * sample_rate)
+    t = np.arange(frames) / sample_rate
+    beat_s = 60.0 / bpm
+    out = np.zeros(frames)
+    for beat in range(int(duration_s / beat_s) + 1):
+        chord = _CHORDS[(beat // 4) % len(_CHORDS)]
+        start = round(beat * beat_s * sample_rate)
+        if start >= frames:
+            break
+        note = chord[beat % len(chord)] + 12 * (beat % 2)
+        freq = 440.0 * 2.0 ** ((note - 69) / 12.0)
+        seg = t[: frames - start]
+        pluck = np.exp(-seg / 0.25) * np.sin(2.0 * np.pi * freq * seg)
+        out[start:] += pluck * rng.uniform(0.7, 1.0)
+    # A pad holding each bar's chord gives steady chroma between onsets.
+    bar = (t // (4 * beat_s)).astype(int) % len(_CHORDS)
+    for voice in range(3):
+        notes = np.array([c[voice] for c in _CHORDS])[bar] - 12
+        freq = 440.0 * 2.0 ** ((notes - 69) / 12.0)
+        phase = 2.0 * np.pi * np.cumsum(freq) / sample_rate
+        out += 0.15 * np.sin(phase)
+    out *= _db_to_amp(peak_dbfs) / np.max(np.abs(out))
+    pans = np.linspace(0.9, 1.1, channels)[:, None]
+    return (out[None, :] * pans / pans.max()).astype(np.float32)
+
+
+def transients(
+    duration_s: float,
+    sample_rate: int,
+    *,
+    channels: int = 2,
+    hits_per_s: float = 4.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Loud drum-like hits (peaks near 0 dBFS) over a quiet tone bed: a high crest factor."""
+    rng = np.random.default_rng(seed)
+    frames = round(duration_s * sample_rate)
+    t = np.arange(frames) / sample_rate
+    out = 0.05 * np.sin(2.0 * np.pi * 220.0 * t)
+    hit_len = round(0.08 * sample_rate)
+    env = np.exp(-np.arange(hit_len) / (0.01 * sample_rate))
+    for k in range(int(duration_s * hits_per_s)):
+        start = round(k * sample_rate / hits_per_s)
+        end = min(start + hit_len, frames)
+        burst = rng.standard_normal(end - start) * env[: end - start]
+        out[start:end] += 0.95 * burst / np.max(np.abs(burst))
+    out *= 0.99 / np.max(np.abs(out))
+    return np.tile(out, (channels, 1)).astype(np.float32)
