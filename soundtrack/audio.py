@@ -1,0 +1,87 @@
+"""Audio file I/O: read any file to float32 (channels, frames), write WAV atomically, run ffmpeg."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import soundfile as sf
+
+from soundtrack.errors import AudioError
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary bundled with imageio-ffmpeg (libvorbis, libmp3lame, ebur128)."""
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+def run_ffmpeg(args: Sequence[str], *, stdin: bytes | None = None) -> str:
+    """Run ffmpeg with `args` (no shell); returns its stderr, raises AudioError when it fails."""
+    cmd = [ffmpeg_exe(), "-hide_banner", *(["-nostdin"] if stdin is None else []), *args]
+    try:
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, check=False)
+    except OSError as exc:
+        raise AudioError(f"cannot start ffmpeg ({cmd[0]}): {exc}") from exc
+    stderr = proc.stderr.decode("utf-8", errors="replace")
+    if proc.returncode != 0:
+        raise AudioError(
+            f"ffmpeg {' '.join(args)} failed (exit {proc.returncode}): {stderr[-2000:]}"
+        )
+    return stderr
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`: renamed into place on success, deleted on failure."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_audio(path: Path) -> tuple[np.ndarray, int]:
+    """Read any audio file as float32 (channels, frames) and its sample rate; ffmpeg decodes
+    what libsndfile cannot (MP3 without a LAME header, AAC, ...)."""
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
+    try:
+        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except sf.LibsndfileError:
+        return decode_with_ffmpeg(path)
+    return _checked(np.ascontiguousarray(data.T), int(sample_rate), path)
+
+
+def decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream with ffmpeg, the independent decoder, to (channels, frames)."""
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
+    # A float WAV on disk carries the rate and channel count that a raw pipe would lose.
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        wav = Path(tmp_dir) / "decoded.wav"
+        run_ffmpeg(["-i", str(path), "-map", "0:a:0", "-c:a", "pcm_f32le", "-f", "wav", str(wav)])
+        data, sample_rate = sf.read(str(wav), dtype="float32", always_2d=True)
+    return _checked(np.ascontiguousarray(data.T), int(sample_rate), path)
+
+
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Write float32 (channels, frames) as a 32-bit float WAV, atomically."""
+    if audio.ndim != 2:
+        raise AudioError(f"audio must be shaped (channels, frames), got shape {audio.shape}")
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), audio.T, sample_rate, subtype="FLOAT", format="WAV")
+
+
+def _checked(audio: np.ndarray, sample_rate: int, path: Path) -> tuple[np.ndarray, int]:
+    if audio.shape[1] == 0:
+        raise AudioError(f"audio file has no samples: {path}")
+    return audio, sample_rate
