@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -38,10 +39,9 @@ def run_ffmpeg(args: Sequence[str], *, stdin: bytes | None = None) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`: renamed into place on success, deleted on failure."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    """Yield an unused temporary path beside `path`: renamed into place on success, deleted on
+    failure. The writer creates the file, so it gets the usual permissions (mkstemp's are 0600)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.part")
     try:
         yield tmp
         os.replace(tmp, path)

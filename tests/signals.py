@@ -57,22 +57,22 @@ def music_like(
     peak_dbfs: float = -6.0,
     seed: int = 0,
 ) -> np.ndarray:
-    """Plucked chords (one per bar, a note every beat) over a soft pad: clear chroma and onsets."""
-    rng = np.random.default_rng(seed)
+    """Plucked arpeggios over a soft pad, one chord per bar: clear chroma and onsets, repeating
+    every 16 beats (8 s at 120 BPM) up to a little seeded noise, so a loop point exists there."""
     frames = round(duration_s * sample_rate)
     t = np.arange(frames) / sample_rate
     beat_s = 60.0 / bpm
     out = np.zeros(frames)
     for beat in range(int(duration_s / beat_s) + 1):
-        chord = _CHORDS[(beat // 4) % len(_CHORDS)]
         start = round(beat * beat_s * sample_rate)
         if start >= frames:
             break
-        note = chord[beat % len(chord)] + 12 * (beat % 2)
+        chord = _CHORDS[(beat // 4) % len(_CHORDS)]
+        note = chord[(0, 1, 2, 1)[beat % 4]] + (12 if beat % 4 == 2 else 0)
         freq = 440.0 * 2.0 ** ((note - 69) / 12.0)
         seg = t[: frames - start]
-        pluck = np.exp(-seg / 0.25) * np.sin(2.0 * np.pi * freq * seg)
-        out[start:] += pluck * rng.uniform(0.7, 1.0)
+        accent = (1.0, 0.7, 0.85, 0.7)[beat % 4]
+        out[start:] += accent * np.exp(-seg / 0.25) * np.sin(2.0 * np.pi * freq * seg)
     # A pad holding each bar's chord gives steady chroma between onsets.
     bar = (t // (4 * beat_s)).astype(int) % len(_CHORDS)
     for voice in range(3):
@@ -80,6 +80,7 @@ def music_like(
         freq = 440.0 * 2.0 ** ((notes - 69) / 12.0)
         phase = 2.0 * np.pi * np.cumsum(freq) / sample_rate
         out += 0.15 * np.sin(phase)
+    out += 0.001 * np.random.default_rng(seed).standard_normal(frames)
     out *= _db_to_amp(peak_dbfs) / np.max(np.abs(out))
     pans = np.linspace(0.9, 1.1, channels)[:, None]
     return (out[None, :] * pans / pans.max()).astype(np.float32)

@@ -1,0 +1,189 @@
+"""Delivery formats: OGG Vorbis, MP3 and WAV with tags and loop points (see docs/formats.md).
+
+Tag names: OGG Vorbis comments TITLE, ALBUM (the soundtrack), SOUNDTRACK_TRACK_ID,
+SOUNDTRACK_SPEC_HASH, and for loops LOOPSTART and LOOPLENGTH (samples at the file's rate, as
+RPG Maker and SDL_mixer read them). MP3: ID3v2.4 TIT2, TALB and TXXX frames SOUNDTRACK_TRACK_ID
+and SOUNDTRACK_SPEC_HASH; no loop points (MP3 cannot loop sample-exactly). WAV: LIST/INFO
+INAM, IPRD and ICMT ("SOUNDTRACK_TRACK_ID=...; SOUNDTRACK_SPEC_HASH=..."), and a `smpl` chunk
+with one forward loop for loops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from mutagen.id3 import ID3, TALB, TIT2, TXXX
+from mutagen.oggvorbis import OggVorbis
+
+from soundtrack.audio import atomic_path, run_ffmpeg
+from soundtrack.errors import AudioError, InputError
+from soundtrack.master import Master
+
+CONTENT_TYPES: dict[str, str] = {"ogg": "audio/ogg", "mp3": "audio/mpeg", "wav": "audio/wav"}
+OGG_QUALITY = 6  # libvorbis -q:a, about 192 kb/s for stereo music
+MP3_VBR_QUALITY = 2  # LAME -V2, about 190 kb/s
+WAV_BIT_DEPTHS = {16: "PCM_16", 24: "PCM_24"}
+REQUIRED_TAGS = ("title", "soundtrack", "track_id", "spec_hash")
+_VORBIS_NAMES = {
+    "title": "TITLE",
+    "soundtrack": "ALBUM",
+    "track_id": "SOUNDTRACK_TRACK_ID",
+    "spec_hash": "SOUNDTRACK_SPEC_HASH",
+}
+
+
+@dataclass(frozen=True)
+class EncodedFile:
+    """One written delivery file and its checksum."""
+
+    format: str  # "ogg" | "mp3" | "wav"
+    path: Path
+    sha256: str
+    bytes: int
+
+
+def encode(
+    m: Master,
+    formats: Sequence[str],
+    out_dir: Path,
+    stem: str,
+    *,
+    tags: Mapping[str, str],
+    wav_bit_depth: int = 16,
+) -> list[EncodedFile]:
+    """Write <out_dir>/<stem>.<ext> for each format; all files appear together (temporary names,
+    then os.replace) or, if any encoder fails, none does and the partial files are removed."""
+    _check_request(formats, stem, tags, wav_bit_depth)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[EncodedFile] = []
+    with contextlib.ExitStack() as renames:
+        for fmt in formats:
+            final = out_dir / f"{stem}.{fmt}"
+            tmp = renames.enter_context(atomic_path(final))
+            _WRITERS[fmt](m, tmp, tags, wav_bit_depth)
+            with tmp.open("rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            written.append(EncodedFile(fmt, final, digest, tmp.stat().st_size))
+    return written
+
+
+def _check_request(
+    formats: Sequence[str], stem: str, tags: Mapping[str, str], wav_bit_depth: int
+) -> None:
+    if not formats:
+        raise InputError("formats is empty: name at least one of ogg, mp3, wav")
+    unknown = [f for f in formats if f not in CONTENT_TYPES]
+    if unknown:
+        raise InputError(f"unknown formats {unknown}: allowed are {sorted(CONTENT_TYPES)}")
+    if len(set(formats)) != len(formats):
+        raise InputError(f"formats repeat a format: {list(formats)}")
+    if not stem or stem in (".", "..") or Path(stem).name != stem:
+        raise InputError(f"stem must be a plain file name, got {stem!r}")
+    if sorted(tags) != sorted(REQUIRED_TAGS):
+        raise InputError(
+            f"tags must have exactly the keys {list(REQUIRED_TAGS)}, got {sorted(tags)}"
+        )
+    if "wav" in formats and wav_bit_depth not in WAV_BIT_DEPTHS:
+        raise InputError(
+            f"wav_bit_depth must be one of {sorted(WAV_BIT_DEPTHS)}, got {wav_bit_depth}"
+        )
+
+
+def _ffmpeg_encode(m: Master, path: Path, codec_args: list[str]) -> None:
+    """Pipe the master as raw float32 into ffmpeg, which writes a seekable file (MP3 needs the
+    seek to put its LAME/Xing header, with the gapless delay and padding, in the first frame)."""
+    channels, _ = m.audio.shape
+    pcm = np.ascontiguousarray(m.audio.T, dtype="<f4").tobytes()
+    run_ffmpeg(
+        [
+            *("-f", "f32le", "-ar", str(m.sample_rate), "-ac", str(channels), "-i", "pipe:0"),
+            *("-map_metadata", "-1", *codec_args),
+            # bitexact: fixed stream serials and no version strings, so a rebuild is byte-identical
+            *("-fflags", "+bitexact", "-flags:a", "+bitexact", "-y", str(path)),
+        ],
+        stdin=pcm,
+    )
+
+
+def _write_ogg(m: Master, path: Path, tags: Mapping[str, str], _: int) -> None:
+    _ffmpeg_encode(m, path, ["-c:a", "libvorbis", "-q:a", str(OGG_QUALITY), "-f", "ogg"])
+    ogg = OggVorbis(path)
+    if ogg.tags is None:
+        raise AudioError(f"ffmpeg wrote an OGG without a comment header: {path}")
+    ogg.tags.clear()
+    for key, name in _VORBIS_NAMES.items():
+        ogg.tags[name] = [tags[key]]
+    if m.loop_start is not None and m.loop_length is not None:
+        ogg.tags["LOOPSTART"] = [str(m.loop_start)]
+        ogg.tags["LOOPLENGTH"] = [str(m.loop_length)]
+    ogg.save()
+
+
+def _write_mp3(m: Master, path: Path, tags: Mapping[str, str], _: int) -> None:
+    codec = ["-c:a", "libmp3lame", "-q:a", str(MP3_VBR_QUALITY), "-id3v2_version", "0"]
+    _ffmpeg_encode(m, path, [*codec, "-f", "mp3"])
+    id3 = ID3()
+    id3.add(TIT2(encoding=3, text=[tags["title"]]))
+    id3.add(TALB(encoding=3, text=[tags["soundtrack"]]))
+    id3.add(TXXX(encoding=3, desc="SOUNDTRACK_TRACK_ID", text=[tags["track_id"]]))
+    id3.add(TXXX(encoding=3, desc="SOUNDTRACK_SPEC_HASH", text=[tags["spec_hash"]]))
+    id3.save(path)
+
+
+def _write_wav(m: Master, path: Path, tags: Mapping[str, str], wav_bit_depth: int) -> None:
+    subtype = WAV_BIT_DEPTHS[wav_bit_depth]
+    with sf.SoundFile(
+        str(path), "w", m.sample_rate, m.audio.shape[0], subtype=subtype, format="WAV"
+    ) as wav:
+        wav.title = tags["title"]
+        wav.album = tags["soundtrack"]
+        wav.comment = (
+            f"SOUNDTRACK_TRACK_ID={tags['track_id']}; SOUNDTRACK_SPEC_HASH={tags['spec_hash']}"
+        )
+        wav.write(m.audio.T)
+    if m.loop_start is not None and m.loop_length is not None:
+        _append_smpl_chunk(path, m.sample_rate, m.loop_start, m.loop_length)
+
+
+def _append_smpl_chunk(path: Path, sample_rate: int, loop_start: int, loop_length: int) -> None:
+    """Append a `smpl` chunk with one forward loop (end inclusive, as the chunk defines it) and
+    fix the RIFF size; Unreal, Wwise and Godot's WAV importer read loops from it."""
+    header = struct.pack(
+        "<9I",
+        0,  # manufacturer
+        0,  # product
+        round(1e9 / sample_rate),  # sample period in nanoseconds
+        60,  # MIDI unity note (middle C: play at the recorded pitch)
+        0,  # MIDI pitch fraction
+        0,  # SMPTE format
+        0,  # SMPTE offset
+        1,  # number of sample loops
+        0,  # sampler data bytes
+    )
+    loop = struct.pack("<6I", 0, 0, loop_start, loop_start + loop_length - 1, 0, 0)
+    body = header + loop
+    with path.open("r+b") as f:
+        riff = f.read(12)
+        if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+            raise AudioError(f"not a RIFF/WAVE file, cannot add a smpl chunk: {path}")
+        f.seek(0, 2)
+        if f.tell() % 2:
+            f.write(b"\0")  # RIFF chunks start on even offsets
+        f.write(b"smpl" + struct.pack("<I", len(body)) + body)
+        riff_size = f.tell() - 8
+        f.seek(4)
+        f.write(struct.pack("<I", riff_size))
+
+
+_WRITERS: dict[str, Callable[[Master, Path, Mapping[str, str], int], None]] = {
+    "ogg": _write_ogg,
+    "mp3": _write_mp3,
+    "wav": _write_wav,
+}

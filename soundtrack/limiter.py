@@ -1,0 +1,93 @@
+"""True-peak measurement (4x oversampling, ITU-R BS.1770-4 Annex 2) and a look-ahead limiter."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import minimum_filter1d, uniform_filter1d
+from scipy.signal import resample_poly
+
+from soundtrack.errors import AudioError
+
+OVERSAMPLING = 4
+ATTACK_MS = 5.0  # the gain ramps down over this time before a peak (look-ahead)
+RELEASE_MS = 80.0  # the gain reduction (in dB) decays with this time constant, whatever its depth
+_WRAP_PAD = 64  # input samples; longer than resample_poly's filter half-length (10 per factor)
+_MAX_PASSES = 6
+# The envelope aims a little under the ceiling: a time-varying gain adds a little bandwidth, so
+# aiming exactly at it leaves overs of a few thousandths of a dB for further passes to chase.
+_AIM_BELOW_DB = 0.02
+
+
+def sample_true_peaks(audio: np.ndarray, *, circular: bool = False) -> np.ndarray:
+    """Per input sample, the largest 4x-oversampled magnitude over all channels between it and
+    its neighbours; `circular` treats the audio as a loop (the end flows into the start)."""
+    frames = audio.shape[1]
+    if circular:
+        pad = min(_WRAP_PAD, frames)
+        padded = np.concatenate([audio[:, -pad:], audio, audio[:, :pad]], axis=1)
+        up = resample_poly(padded, OVERSAMPLING, 1, axis=1)[
+            :, pad * OVERSAMPLING : (pad + frames) * OVERSAMPLING
+        ]
+    else:
+        up = resample_poly(audio, OVERSAMPLING, 1, axis=1)
+    # Oversampled points 4n..4n+3 lie between samples n and n+1; a gain applied at n must cover
+    # the peaks on both sides of it.
+    after = np.abs(up).max(axis=0).reshape(frames, OVERSAMPLING).max(axis=1)
+    before = np.roll(after, 1) if circular else np.concatenate([after[:1], after[:-1]])
+    peaks: np.ndarray = np.maximum(after, before)
+    return peaks
+
+
+def true_peak_dbtp(audio: np.ndarray, *, circular: bool = False) -> float:
+    """True peak of (channels, frames) audio in dBTP (-inf for digital silence)."""
+    peak = float(sample_true_peaks(audio, circular=circular).max())
+    return -np.inf if peak == 0.0 else float(20.0 * np.log10(peak))
+
+
+def limit_true_peak(
+    audio: np.ndarray, sample_rate: int, ceiling_dbtp: float, *, circular: bool = False
+) -> tuple[np.ndarray, float]:
+    """Keep the true peak at or below `ceiling_dbtp` with a smooth gain envelope (look-ahead
+    attack, dB-linear release); returns the limited audio and its largest gain reduction in dB."""
+    out = audio
+    total_gain_db = np.zeros(audio.shape[1])
+    for _ in range(_MAX_PASSES):
+        peaks = sample_true_peaks(out, circular=circular)
+        if peaks.max() <= 10.0 ** (ceiling_dbtp / 20.0):
+            return out, max(0.0, -float(total_gain_db.min()))
+        gain_db = _gain_envelope_db(
+            peaks, sample_rate, ceiling_dbtp - _AIM_BELOW_DB, circular=circular
+        )
+        out = out * 10.0 ** (gain_db / 20.0)
+        total_gain_db += gain_db
+    raise AudioError(
+        f"true-peak limiter did not reach {ceiling_dbtp} dBTP in {_MAX_PASSES} passes "
+        f"(true peak {true_peak_dbtp(out, circular=circular):.2f} dBTP)"
+    )
+
+
+def _gain_envelope_db(
+    peaks: np.ndarray, sample_rate: int, ceiling_dbtp: float, *, circular: bool
+) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        needed_db = np.minimum(0.0, ceiling_dbtp - 20.0 * np.log10(peaks))
+    # Release: the reduction r = -gain_db decays as r[n] = max(-needed_db[n], a * r[n-1]), which
+    # unrolls to max_k<=n -needed_db[k] * a^(n-k): a running maximum in the log domain. A loop runs
+    # it over two periods so the end releases into the start.
+    log_a = -1.0 / (RELEASE_MS / 1000.0 * sample_rate)
+    reduction = np.tile(-needed_db, 2) if circular else -needed_db
+    decay = log_a * np.arange(reduction.size)
+    with np.errstate(divide="ignore"):
+        log_reduction = np.log(reduction)
+    released = -np.exp(np.maximum.accumulate(log_reduction - decay) + decay)
+    if circular:
+        released = released[needed_db.size :]
+    # Attack: hold each minimum over +-half, then average over the same span. Every sample in the
+    # averaging window saw the current sample's requirement, so the result never exceeds it.
+    half = max(1, round(ATTACK_MS / 2000.0 * sample_rate))
+    mode = "wrap" if circular else "nearest"
+    held = minimum_filter1d(released, size=2 * half + 1, mode=mode)
+    smoothed: np.ndarray = uniform_filter1d(held, size=2 * half + 1, mode=mode)
+    # uniform_filter1d's running sum can round a hair above the held values: never above needed.
+    gain_db: np.ndarray = np.minimum(smoothed, needed_db)
+    return gain_db

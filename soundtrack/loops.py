@@ -1,0 +1,120 @@
+"""Seamless loops: pick a loop end that matches the start, bake an equal-power crossfade into it."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.signal import correlate
+
+from soundtrack.errors import AudioError
+
+SEARCH_S = 0.4  # loop end within +-this of the requested duration (the duration gate allows 0.5)
+COMPARE_MAX_S = 1.5  # how much audio after a candidate end is compared with the start
+_N_FFT = 2048
+_HOP = 512
+
+
+def make_loop(
+    audio: np.ndarray, sample_rate: int, duration_s: float, crossfade_ms: float
+) -> np.ndarray:
+    """The loop as (channels, loop_length) audio: loop start is sample 0, and playing it back to
+    back is continuous. `audio` must run at least `crossfade_ms` past the chosen loop end."""
+    crossfade = round(crossfade_ms / 1000.0 * sample_rate)
+    loop_end = find_loop_end(audio, sample_rate, duration_s, crossfade_samples=crossfade)
+    return bake_crossfade(audio, loop_end, crossfade)
+
+
+def find_loop_end(
+    audio: np.ndarray, sample_rate: int, duration_s: float, *, crossfade_samples: int
+) -> int:
+    """Loop end (exclusive, in samples) near `duration_s` whose continuation sounds like the
+    start: best chroma + onset match on a hop grid, then the best-correlating zero crossing."""
+    mono = audio.mean(axis=0)
+    frames = mono.size
+    lo = round((duration_s - SEARCH_S) * sample_rate)
+    hi = min(round((duration_s + SEARCH_S) * sample_rate), frames - max(crossfade_samples, _N_FFT))
+    if crossfade_samples < 1 or 2 * crossfade_samples > lo:
+        raise AudioError(
+            f"loop crossfade of {crossfade_samples} samples does not fit a {duration_s} s loop"
+        )
+    if hi < lo:
+        raise AudioError(
+            f"audio is {frames / sample_rate:.2f} s long; a {duration_s} s loop needs at least "
+            f"{duration_s - SEARCH_S + crossfade_samples / sample_rate:.2f} s (loop + crossfade)"
+        )
+    compare = min(round(COMPARE_MAX_S * sample_rate), frames - hi)
+    scores = _feature_scores(mono, sample_rate, lo, hi, compare)
+    coarse = lo + _HOP * int(np.argmax(scores))
+    return _refine(mono, coarse, lo, hi, crossfade_samples)
+
+
+def bake_crossfade(audio: np.ndarray, loop_end: int, crossfade_samples: int) -> np.ndarray:
+    """audio[:, :loop_end] with the `crossfade_samples` after loop_end faded into the head
+    (equal power), so sample loop_end - 1 flows into sample 0 as it did into loop_end."""
+    if loop_end + crossfade_samples > audio.shape[1] or crossfade_samples > loop_end:
+        raise AudioError(
+            f"cannot crossfade {crossfade_samples} samples at loop end {loop_end} "
+            f"of {audio.shape[1]}-sample audio"
+        )
+    t = np.arange(crossfade_samples) / crossfade_samples
+    fade_in = np.sin(0.5 * np.pi * t)
+    fade_out = np.cos(0.5 * np.pi * t)
+    looped = audio[:, :loop_end].copy()
+    tail = audio[:, loop_end : loop_end + crossfade_samples]
+    looped[:, :crossfade_samples] = looped[:, :crossfade_samples] * fade_in + tail * fade_out
+    return looped
+
+
+def _feature_scores(
+    mono: np.ndarray, sample_rate: int, lo: int, hi: int, compare: int
+) -> np.ndarray:
+    """Per candidate end lo + k*hop: chroma cosine similarity + onset-envelope correlation of the
+    `compare` samples after it against the first `compare` samples."""
+    import librosa  # numba compiles on first use: keep it off the import path
+
+    def features(segment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        power = np.abs(librosa.stft(segment, n_fft=_N_FFT, hop_length=_HOP, center=False)) ** 2
+        chroma = librosa.feature.chroma_stft(S=power, sr=sample_rate, tuning=0.0)
+        chroma /= np.linalg.norm(chroma, axis=0, keepdims=True) + 1e-12
+        mel_db = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sample_rate))
+        onsets = librosa.onset.onset_strength(S=mel_db, sr=sample_rate, hop_length=_HOP)
+        return chroma, onsets
+
+    head_chroma, head_onsets = features(mono[:compare].astype(np.float32))
+    tail_chroma, tail_onsets = features(mono[lo : hi + compare].astype(np.float32))
+    window = head_chroma.shape[1]
+    candidates = (hi - lo) // _HOP + 1
+    chroma_sim = np.zeros(candidates)
+    for j in range(window):
+        chroma_sim += head_chroma[:, j] @ tail_chroma[:, j : j + candidates]
+    chroma_sim /= window
+    onset_windows = np.lib.stride_tricks.sliding_window_view(tail_onsets, window)[:candidates]
+    onset_corr = _pearson(onset_windows, head_onsets[:window])
+    scores: np.ndarray = chroma_sim + onset_corr
+    return scores
+
+
+def _pearson(windows: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Correlation of each row of `windows` with `reference`; 0 where either is constant."""
+    w = windows - windows.mean(axis=1, keepdims=True)
+    r = reference - reference.mean()
+    denom = np.linalg.norm(w, axis=1) * np.linalg.norm(r)
+    corr: np.ndarray = np.divide(w @ r, denom, out=np.zeros(len(w)), where=denom > 1e-12)
+    return corr
+
+
+def _refine(mono: np.ndarray, coarse: int, lo: int, hi: int, length: int) -> int:
+    """Within one hop of `coarse`, the rising zero crossing whose continuation best correlates
+    with the start (in phase, so the crossfade does not comb-filter); any sample if none."""
+    first = max(lo, coarse - _HOP, 1)
+    last = min(hi, coarse + _HOP)
+    head = mono[:length]
+    region = mono[first : last + length]
+    dots = correlate(region, head, mode="valid")
+    energy = np.concatenate([[0.0], np.cumsum(region**2)])
+    window_norm = np.sqrt(energy[length : length + dots.size] - energy[: dots.size])
+    corr = dots / (window_norm * np.linalg.norm(head) + 1e-12)
+    ends = np.arange(first, last + 1)
+    rising = (mono[ends - 1] < 0.0) & (mono[ends] >= 0.0)
+    if rising.any():
+        corr = np.where(rising, corr, -np.inf)
+    return int(ends[np.argmax(corr)])

@@ -1,0 +1,178 @@
+"""Mastering: a raw render becomes a master at the track's loudness, true-peak safe, loop-ready."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyloudnorm
+import soxr
+from scipy.signal import butter, sosfiltfilt
+
+from soundtrack.errors import AudioError
+from soundtrack.limiter import limit_true_peak
+from soundtrack.loops import make_loop
+from soundtrack.spec import Mastering
+
+SILENCE_DBFS = -60.0  # leading/trailing samples below this (after normalisation) are trimmed
+DC_HIGHPASS_HZ = 10.0  # removes drift as well as a constant offset
+# Lossy encoding raises true peaks (about 0.5 dB for Vorbis q6 / LAME V2): the master is
+# limited this far below the ceiling so the decoded OGG and MP3 stay under it.
+ENCODING_HEADROOM_DB = 1.5
+LOUDNESS_STEP_LU = 0.05  # normalisation stops once the limited master is this close to target
+_MAX_LOUDNESS_PASSES = 8
+_MIN_DURATION_S = 0.4  # one BS.1770 gating block
+
+
+@dataclass(frozen=True)
+class Master:
+    """A mastered track at its final rate and channel count, plus what mastering measured."""
+
+    audio: np.ndarray  # float32 (channels, frames); mono input is duplicated to stereo
+    sample_rate: int
+    loop_start: int | None  # samples at sample_rate; None when not a loop
+    loop_length: int | None
+    input_lufs: float  # the prepared signal (DC removed, channels and rate converted) before gain
+    gain_db: float  # normalisation gain applied
+    limiter_reduction_db: float  # largest gain reduction by the true-peak limiter (0 when idle)
+
+
+def master(
+    audio: np.ndarray, sample_rate: int, mastering: Mastering, *, loop: bool, duration_s: float
+) -> Master:
+    """DC removal, rate/channels, trim, loop crossfade or fades, loudness normalisation with
+    true-peak limiting, re-measured until the limited master is on target.
+
+    Non-loops longer than `duration_s` are cut to it (the fade-out ends there); loops need
+    audio running `mastering.loop_crossfade_ms` (plus up to loops.SEARCH_S) past `duration_s`
+    for the crossfade tail, and come back with loop_start 0 and loop_length == frames."""
+    # 1. Check inputs
+    _check_inputs(audio, sample_rate, duration_s)
+    # 2. DC removal, channel layout, output sample rate
+    x = _remove_dc(audio.astype(np.float64), sample_rate)
+    x = _to_channels(x, mastering.channels)
+    x = _resample(x, sample_rate, mastering.sample_rate)
+    sr = mastering.sample_rate
+    meter = pyloudnorm.Meter(sr)
+    input_lufs = _loudness(meter, x)
+    if not np.isfinite(input_lufs):
+        raise AudioError("audio is silent (no block above the -70 LUFS gate): cannot normalise")
+    # 3. Trim silence at the level the file will have
+    gain_db = mastering.loudness.integrated_lufs - input_lufs
+    x = _trim_silence(x, SILENCE_DBFS - gain_db, trailing=not loop)
+    # 4. Loop crossfade, or cut and fades
+    if loop:
+        x = make_loop(x, sr, duration_s, mastering.loop_crossfade_ms)
+    else:
+        x = _fade(x[:, : round(duration_s * sr)], sr, mastering.fade_in_ms, mastering.fade_out_s)
+    # 5. Normalise and limit: measure, apply, re-measure
+    out, gain_db, reduction_db = _normalise(x, meter, mastering, circular=loop)
+    return Master(
+        audio=out.astype(np.float32),
+        sample_rate=sr,
+        loop_start=0 if loop else None,
+        loop_length=out.shape[1] if loop else None,
+        input_lufs=input_lufs,
+        gain_db=gain_db,
+        limiter_reduction_db=reduction_db,
+    )
+
+
+def _check_inputs(audio: np.ndarray, sample_rate: int, duration_s: float) -> None:
+    if audio.ndim != 2 or audio.shape[0] not in (1, 2):
+        raise AudioError(f"audio must be shaped (1 or 2 channels, frames), got {audio.shape}")
+    if sample_rate <= 0:
+        raise AudioError(f"sample_rate must be positive, got {sample_rate}")
+    if duration_s < _MIN_DURATION_S:
+        raise AudioError(f"duration_s must be at least {_MIN_DURATION_S} s, got {duration_s}")
+    if audio.shape[1] < _MIN_DURATION_S * sample_rate:
+        raise AudioError(
+            f"audio is {audio.shape[1] / sample_rate:.3f} s long; mastering needs at least "
+            f"{_MIN_DURATION_S} s"
+        )
+    if not np.all(np.isfinite(audio)):
+        raise AudioError("audio contains NaN or infinite samples")
+
+
+def _remove_dc(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    centred = x - x.mean(axis=1, keepdims=True)
+    sos = butter(2, DC_HIGHPASS_HZ, btype="highpass", fs=sample_rate, output="sos")
+    filtered: np.ndarray = sosfiltfilt(sos, centred, axis=1)
+    return filtered
+
+
+def _to_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    if x.shape[0] == channels:
+        return x
+    if x.shape[0] == 1:
+        return np.repeat(x, channels, axis=0)
+    if channels == 1:
+        mono: np.ndarray = x.mean(axis=0, keepdims=True)
+        return mono
+    raise AudioError(f"cannot map {x.shape[0]} channels to {channels}")
+
+
+def _resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    if rate_in == rate_out:
+        return x
+    resampled: np.ndarray = soxr.resample(x.T, rate_in, rate_out, quality="HQ")
+    return np.ascontiguousarray(resampled.T)
+
+
+def _loudness(meter: pyloudnorm.Meter, x: np.ndarray) -> float:
+    return float(meter.integrated_loudness(x.T))
+
+
+def _trim_silence(x: np.ndarray, threshold_dbfs: float, *, trailing: bool) -> np.ndarray:
+    """Drop leading (and if `trailing`, trailing) samples below `threshold_dbfs` in all channels."""
+    loud = np.flatnonzero(np.abs(x).max(axis=0) >= 10.0 ** (threshold_dbfs / 20.0))
+    if loud.size == 0:
+        raise AudioError(f"audio has no sample above {threshold_dbfs:.1f} dBFS: nothing to keep")
+    end = loud[-1] + 1 if trailing else x.shape[1]
+    return x[:, loud[0] : end]
+
+
+def _fade(x: np.ndarray, sample_rate: int, fade_in_ms: float, fade_out_s: float) -> np.ndarray:
+    """Linear fade-in and fade-out (linear, so the tail is below -60 dBFS only at its very end)."""
+    fade_in = round(fade_in_ms / 1000.0 * sample_rate)
+    fade_out = round(fade_out_s * sample_rate)
+    if fade_in + fade_out > x.shape[1]:
+        raise AudioError(
+            f"audio is {x.shape[1] / sample_rate:.2f} s long after trimming: too short for a "
+            f"{fade_in_ms} ms fade-in plus a {fade_out_s} s fade-out"
+        )
+    out = x.copy()
+    if fade_in:
+        out[:, :fade_in] *= np.arange(fade_in) / fade_in
+    if fade_out:
+        out[:, x.shape[1] - fade_out :] *= np.arange(fade_out, 0, -1) / fade_out
+    return out
+
+
+def _normalise(
+    x: np.ndarray, meter: pyloudnorm.Meter, mastering: Mastering, *, circular: bool
+) -> tuple[np.ndarray, float, float]:
+    """Gain to the loudness target, limit, re-measure and correct the gain (limiting lowers the
+    loudness, more the harder it works); returns the master, its gain and the largest reduction."""
+    target_lufs = mastering.loudness.integrated_lufs
+    ceiling_dbtp = mastering.loudness.true_peak_max_dbtp - ENCODING_HEADROOM_DB
+    gain_db = target_lufs - _loudness(meter, x)
+    # Secant steps on loudness(gain): under heavy limiting 1 dB of gain adds well under 1 LU.
+    slope = 1.0
+    previous: tuple[float, float] | None = None
+    for _ in range(_MAX_LOUDNESS_PASSES):
+        limited, reduction_db = limit_true_peak(
+            x * 10.0 ** (gain_db / 20.0), meter.rate, ceiling_dbtp, circular=circular
+        )
+        lufs = _loudness(meter, limited)
+        if abs(target_lufs - lufs) <= LOUDNESS_STEP_LU:
+            return limited, gain_db, reduction_db
+        if previous is not None and previous[0] != gain_db:
+            slope = float(np.clip((lufs - previous[1]) / (gain_db - previous[0]), 0.05, 1.0))
+        previous = (gain_db, lufs)
+        gain_db += (target_lufs - lufs) / slope
+    raise AudioError(
+        f"cannot reach {target_lufs} LUFS under a {ceiling_dbtp} dBTP true-peak ceiling: "
+        f"{lufs:.2f} LUFS after {_MAX_LOUDNESS_PASSES} passes with {reduction_db:.1f} dB "
+        "of limiting"
+    )

@@ -1,0 +1,140 @@
+"""Mastering: loudness against ffmpeg's ebur128, true peak, trim, fades, limiter behaviour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+import pytest
+import soundfile as sf
+
+from soundtrack.audio import decode_with_ffmpeg, write_wav
+from soundtrack.encode import encode
+from soundtrack.errors import AudioError
+from soundtrack.limiter import limit_true_peak, true_peak_dbtp
+from soundtrack.master import master
+from soundtrack.spec import LOUDNESS_PROFILES, LoudnessTarget, Mastering
+from tests import signals
+from tests.reference import ebur128
+
+TAGS = {"title": "Title Theme", "soundtrack": "sky-odyssey", "track_id": "title", "spec_hash": "ab"}
+
+
+def _lead_silence_s(audio: np.ndarray, sample_rate: int) -> float:
+    loud = np.flatnonzero(np.abs(audio).max(axis=0) >= 10 ** (-60 / 20))
+    return float(loud[0] / sample_rate)
+
+
+def _trail_silence_s(audio: np.ndarray, sample_rate: int) -> float:
+    loud = np.flatnonzero(np.abs(audio).max(axis=0) >= 10 ** (-60 / 20))
+    return float((audio.shape[1] - 1 - loud[-1]) / sample_rate)
+
+
+def test_meters_read_ebu_tech_3341_sine(tmp_path: Path) -> None:
+    # EBU Tech 3341 case 1: a stereo 1 kHz sine at -23 dBFS reads -23.0 LUFS +-0.1.
+    sine = signals.sine(1000.0, -23.0, 20.0, 48000)
+    path = tmp_path / "sine.wav"
+    write_wav(path, sine, 48000)
+    assert pyloudnorm.Meter(48000).integrated_loudness(sine.T) == pytest.approx(-23.0, abs=0.1)
+    integrated, true_peak = ebur128(path)
+    assert integrated == pytest.approx(-23.0, abs=0.1)
+    assert true_peak == pytest.approx(-23.0, abs=0.1)
+
+
+@pytest.mark.parametrize("profile", ["console", "mobile", "web"])
+def test_encoded_files_meet_the_profile(profile: str, tmp_path: Path) -> None:
+    # MusicGen-like input: 32 kHz mono, with a DC offset and silence around the music.
+    music = signals.music_like(20.0, 32000, channels=1, peak_dbfs=-3.0)
+    raw = np.concatenate(
+        [np.zeros((1, 16000), np.float32), music + 0.05, np.zeros((1, 32000), np.float32)], axis=1
+    )
+    loudness = LOUDNESS_PROFILES[profile]
+    m = master(raw, 32000, Mastering(loudness=loudness), loop=False, duration_s=18.0)
+    assert m.audio.shape[0] == 2
+    assert m.sample_rate == 44100
+    files = encode(m, ["ogg", "mp3"], tmp_path, "track", tags=TAGS)
+    for f in files:
+        integrated, true_peak = ebur128(f.path)
+        assert integrated == pytest.approx(loudness.integrated_lufs, abs=0.5), f.format
+        assert true_peak <= loudness.true_peak_max_dbtp, f.format
+        if f.format == "ogg":
+            data, rate = sf.read(f.path, always_2d=True)
+            decoded = data.T
+        else:
+            decoded, rate = decode_with_ffmpeg(f.path)
+        assert rate == 44100
+        assert decoded.shape[1] / rate == pytest.approx(18.0, abs=0.5)
+        assert _lead_silence_s(decoded, rate) <= 0.05
+        assert _trail_silence_s(decoded, rate) <= 0.5
+        assert np.abs(decoded.mean(axis=1)).max() <= 0.001
+
+
+def test_limiter_lowers_the_peaks_and_leaves_the_body() -> None:
+    # Music with a loud click every second, pushed to -16 LUFS: only the clicks need limiting.
+    rate = 44100
+    music = signals.music_like(10.0, rate, peak_dbfs=-20.0)
+    source = music + 0.2 * signals.transients(10.0, rate, hits_per_s=1.0)
+    target = LoudnessTarget(integrated_lufs=-16.0)
+    m = master(source, rate, Mastering(loudness=target, fade_out_s=0.0), loop=False, duration_s=10)
+    assert m.limiter_reduction_db > 3.0
+    assert true_peak_dbtp(m.audio) <= target.true_peak_max_dbtp
+    assert pyloudnorm.Meter(rate).integrated_loudness(m.audio.T) == pytest.approx(-16.0, abs=0.1)
+    # Between clicks (0.6-0.95 s after each) the master is the input times the normalisation
+    # gain: the limiter's gain is local. A waveshaper such as tanh would bend these samples too.
+    trimmed = source.shape[1] - m.audio.shape[1]
+    expected = source[:, trimmed:] * 10 ** (m.gain_db / 20)
+    for second in range(9):
+        span = slice(
+            round((second + 0.6) * rate) - trimmed, round((second + 0.95) * rate) - trimmed
+        )
+        body = np.abs(expected[:, span]) > 0.05
+        ratio = m.audio[:, span][body] / expected[:, span][body]
+        assert np.abs(ratio - 1.0).max() < 0.02, second
+    # The crest factor falls by no more than the limiter's largest reduction.
+    crest_in = 20 * np.log10(np.abs(source).max() / np.sqrt(np.mean(source**2)))
+    crest_out = 20 * np.log10(np.abs(m.audio).max() / np.sqrt(np.mean(m.audio**2)))
+    assert crest_out >= crest_in - m.limiter_reduction_db - 0.5
+
+
+def test_limiter_catches_intersample_peaks(tmp_path: Path) -> None:
+    # A sine at fs/4 sampled 45 degrees off its crests: sample peak 0.707, true peak 1.0 (0 dBTP).
+    # Faded in and out: the meters' interpolators differ on an abrupt edge, not on this.
+    rate = 44100
+    n = np.arange(rate * 2)
+    fade = np.minimum(1.0, np.minimum(n, n[::-1]) / 4410)
+    x = (fade * np.sin(np.pi / 2 * n + np.pi / 4))[None, :].repeat(2, axis=0)
+    assert np.abs(x).max() == pytest.approx(0.7071, abs=1e-3)
+    limited, reduction_db = limit_true_peak(x, rate, -3.0)
+    assert reduction_db == pytest.approx(3.0, abs=0.2)
+    path = tmp_path / "limited.wav"
+    write_wav(path, limited.astype(np.float32), rate)
+    _, true_peak = ebur128(path)
+    assert true_peak <= -3.0 + 0.05  # ebur128 prints one decimal
+
+
+def test_short_fades_and_no_fade_for_loops() -> None:
+    rate = 44100
+    noise = signals.pink_noise(-20.0, 6.0, rate)
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["console"], fade_in_ms=10.0, fade_out_s=1.0)
+    m = master(noise, rate, mastering, loop=False, duration_s=6.0)
+    envelope = np.abs(m.audio).max(axis=0)
+    assert envelope[0] == 0.0  # the fade starts at silence
+    assert envelope[: round(0.005 * rate)].max() < envelope[round(0.1 * rate) :].max() / 3
+    assert envelope[-1] < 1e-4
+    last_second = m.audio[:, -rate:]
+    assert np.sqrt(np.mean(last_second[:, -rate // 4 :] ** 2)) < np.sqrt(
+        np.mean(last_second[:, : rate // 4] ** 2)
+    )
+
+
+def test_silent_or_broken_input_is_refused() -> None:
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["console"])
+    with pytest.raises(AudioError, match="silent"):
+        master(np.zeros((1, 44100 * 3), np.float32), 44100, mastering, loop=False, duration_s=3)
+    broken = signals.pink_noise(-20.0, 3.0, 44100)
+    broken[0, 100] = np.nan
+    with pytest.raises(AudioError, match="NaN"):
+        master(broken, 44100, mastering, loop=False, duration_s=3)
+    with pytest.raises(AudioError, match="channels"):
+        master(np.zeros((3, 44100), np.float32), 44100, mastering, loop=False, duration_s=1)
