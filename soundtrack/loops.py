@@ -13,6 +13,12 @@ _N_FFT = 2048
 _HOP = 512
 
 
+def render_duration_s(duration_s: float, crossfade_ms: float) -> float:
+    """How much audio to render for a `duration_s` loop: room to search past the requested end,
+    and the crossfade tail after the latest possible end."""
+    return duration_s + SEARCH_S + crossfade_ms / 1000.0
+
+
 def make_loop(
     audio: np.ndarray, sample_rate: int, duration_s: float, crossfade_ms: float
 ) -> np.ndarray:

@@ -72,7 +72,9 @@ def music_like(
         freq = 440.0 * 2.0 ** ((note - 69) / 12.0)
         seg = t[: frames - start]
         accent = (1.0, 0.7, 0.85, 0.7)[beat % 4]
-        out[start:] += accent * np.exp(-seg / 0.25) * np.sin(2.0 * np.pi * freq * seg)
+        # A 3 ms attack, as played notes have: an instant one would itself be a click.
+        envelope = (1.0 - np.exp(-seg / 0.003)) * np.exp(-seg / 0.25)
+        out[start:] += accent * envelope * np.sin(2.0 * np.pi * freq * seg)
     # A pad holding each bar's chord gives steady chroma between onsets.
     bar = (t // (4 * beat_s)).astype(int) % len(_CHORDS)
     for voice in range(3):

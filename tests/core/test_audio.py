@@ -1,0 +1,45 @@
+"""Audio I/O: libsndfile first, ffmpeg for the rest; ffmpeg errors carry its stderr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soundtrack.audio import decode_with_ffmpeg, read_audio, run_ffmpeg, write_wav
+from soundtrack.errors import AudioError
+from tests import signals
+
+
+def test_float_wav_round_trip(tmp_path: Path) -> None:
+    audio = signals.pink_noise(-20.0, 1.0, 32000)
+    write_wav(tmp_path / "a.wav", audio, 32000)
+    for read in (read_audio, decode_with_ffmpeg):
+        decoded, rate = read(tmp_path / "a.wav")
+        assert rate == 32000
+        assert decoded.dtype == np.float32
+        np.testing.assert_array_equal(decoded, audio)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]  # no temporary file left
+
+
+def test_formats_libsndfile_lacks_are_decoded_by_ffmpeg(tmp_path: Path) -> None:
+    wav, m4a = tmp_path / "a.wav", tmp_path / "a.m4a"
+    write_wav(wav, signals.sine(440.0, -12.0, 2.0, 48000), 48000)
+    run_ffmpeg(["-i", str(wav), "-c:a", "aac", str(m4a)])
+    audio, rate = read_audio(m4a)
+    assert rate == 48000
+    assert audio.shape[0] == 2
+    assert audio.shape[1] / rate == pytest.approx(2.0, abs=0.05)
+    assert 20 * np.log10(np.abs(audio).max()) == pytest.approx(-12.0, abs=0.5)
+
+
+def test_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(AudioError, match="not found"):
+        read_audio(tmp_path / "missing.ogg")
+    (tmp_path / "junk.ogg").write_bytes(b"not audio at all")
+    with pytest.raises(AudioError, match=r"junk\.ogg"):
+        read_audio(tmp_path / "junk.ogg")
+    with pytest.raises(AudioError, match="shaped"):
+        write_wav(tmp_path / "x.wav", np.zeros(10, np.float32), 44100)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.ogg"]

@@ -1,0 +1,112 @@
+"""Encoding: exact decoded lengths and rates, tags read back, all-or-nothing atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from mutagen.id3 import ID3
+from mutagen.oggvorbis import OggVorbis
+
+from soundtrack.audio import decode_with_ffmpeg
+from soundtrack.encode import CONTENT_TYPES, encode
+from soundtrack.errors import AudioError, InputError
+from soundtrack.master import Master
+from tests import signals
+
+TAGS = {"title": "Boss Fight", "soundtrack": "sky-odyssey", "track_id": "boss", "spec_hash": "9f3e"}
+
+
+def _master(frames: int = 44100 * 3 + 17, sample_rate: int = 44100) -> Master:
+    audio = signals.music_like(frames / sample_rate, sample_rate, peak_dbfs=-6.0)[:, :frames]
+    return Master(
+        audio=audio,
+        sample_rate=sample_rate,
+        loop_start=None,
+        loop_length=None,
+        input_lufs=-20.0,
+        gain_db=0.0,
+        limiter_reduction_db=0.0,
+    )
+
+
+def test_decoded_files_have_the_masters_length_and_rate(tmp_path: Path) -> None:
+    m = _master()
+    files = encode(m, ["ogg", "mp3", "wav"], tmp_path, "boss", tags=TAGS, wav_bit_depth=24)
+    assert [f.format for f in files] == ["ogg", "mp3", "wav"]
+    for f in files:
+        assert f.path == tmp_path / f"boss.{f.format}"
+        assert f.bytes == f.path.stat().st_size
+        assert f.sha256 == hashlib.sha256(f.path.read_bytes()).hexdigest()
+        decoded, rate = decode_with_ffmpeg(f.path)
+        assert rate == 44100
+        assert decoded.shape == m.audio.shape, f.format  # MP3: the LAME header trims the delay
+    assert sf.info(str(tmp_path / "boss.wav")).subtype == "PCM_24"
+    assert sf.info(str(tmp_path / "boss.ogg")).frames == m.audio.shape[1]
+    wav, _ = sf.read(tmp_path / "boss.wav", always_2d=True)
+    np.testing.assert_allclose(wav.T, m.audio, atol=2.0**-22)
+    assert sorted(CONTENT_TYPES) == ["mp3", "ogg", "wav"]
+
+
+def test_every_file_is_tagged(tmp_path: Path) -> None:
+    files = {
+        f.format: f.path for f in encode(_master(), ["ogg", "mp3", "wav"], tmp_path, "b", tags=TAGS)
+    }
+    ogg = OggVorbis(files["ogg"]).tags
+    assert ogg is not None
+    assert ogg["TITLE"] == ["Boss Fight"]
+    assert ogg["ALBUM"] == ["sky-odyssey"]
+    assert ogg["SOUNDTRACK_TRACK_ID"] == ["boss"]
+    assert ogg["SOUNDTRACK_SPEC_HASH"] == ["9f3e"]
+    assert "LOOPSTART" not in ogg  # not a loop
+    id3 = ID3(files["mp3"])
+    assert id3["TIT2"].text == ["Boss Fight"]
+    assert id3["TALB"].text == ["sky-odyssey"]
+    assert id3["TXXX:SOUNDTRACK_TRACK_ID"].text == ["boss"]
+    assert id3["TXXX:SOUNDTRACK_SPEC_HASH"].text == ["9f3e"]
+    with sf.SoundFile(files["wav"]) as wav:
+        assert wav.title == "Boss Fight"
+        assert wav.album == "sky-odyssey"
+        assert "SOUNDTRACK_SPEC_HASH=9f3e" in wav.comment
+
+
+def test_encoding_is_reproducible(tmp_path: Path) -> None:
+    first = encode(_master(), ["ogg", "mp3"], tmp_path / "a", "b", tags=TAGS)
+    second = encode(_master(), ["ogg", "mp3"], tmp_path / "b", "b", tags=TAGS)
+    assert [f.sha256 for f in first] == [f.sha256 for f in second]
+
+
+def test_a_failing_encoder_leaves_no_file(tmp_path: Path) -> None:
+    # libvorbis refuses 1 MHz audio after the WAV was written: neither file may appear, and an
+    # earlier file of the same name stays as it was.
+    (tmp_path / "b.wav").write_bytes(b"previous build")
+    with pytest.raises(AudioError, match="libvorbis"):
+        encode(_master(sample_rate=1_000_000), ["wav", "ogg"], tmp_path, "b", tags=TAGS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.wav"]
+    assert (tmp_path / "b.wav").read_bytes() == b"previous build"
+
+
+@pytest.mark.parametrize(
+    ("formats", "tags", "depth", "message"),
+    [
+        (["flac"], TAGS, 16, "unknown formats"),
+        (["ogg", "ogg"], TAGS, 16, "repeat"),
+        ([], TAGS, 16, "formats is empty"),
+        (["ogg"], {"title": "x"}, 16, "tags must have exactly"),
+        (["wav"], TAGS, 8, "wav_bit_depth"),
+    ],
+)
+def test_bad_requests_are_refused(
+    tmp_path: Path, formats: list[str], tags: dict[str, str], depth: int, message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        encode(_master(), formats, tmp_path, "b", tags=tags, wav_bit_depth=depth)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stem_must_be_a_file_name(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="stem"):
+        encode(_master(), ["ogg"], tmp_path, "../escape", tags=TAGS)

@@ -1,0 +1,117 @@
+"""Loops: loop end search, the baked crossfade, loop points in the master and in the files."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from mutagen.oggvorbis import OggVorbis
+
+from soundtrack.encode import encode
+from soundtrack.errors import AudioError
+from soundtrack.limiter import true_peak_dbtp
+from soundtrack.loops import bake_crossfade, find_loop_end, make_loop, render_duration_s
+from soundtrack.master import master
+from soundtrack.spec import LOUDNESS_PROFILES, GateLimits, Mastering
+from tests import signals
+
+RATE = 44100
+TAGS = {
+    "title": "Overworld",
+    "soundtrack": "sky-odyssey",
+    "track_id": "overworld",
+    "spec_hash": "c",
+}
+
+
+def _wrap_jump_ratio(loop: np.ndarray, rate: int = RATE) -> float:
+    """|x[end-1] - x[start]| over the median sample step within 10 ms either side of the wrap.
+    Local, because a seam that lands on a note onset inherits the onset's own (large) steps."""
+    span = round(0.01 * rate)
+    around = np.concatenate([loop[:, -span:], loop[:, :span]], axis=1)
+    jump = np.abs(loop[:, -1] - loop[:, 0]).max()
+    return float(jump / np.median(np.abs(np.diff(around, axis=1))))
+
+
+def test_loop_end_lands_where_the_music_repeats() -> None:
+    # The signal repeats every 8 s; asking for 8.3 s must find the repeat, not stop at 8.3 s.
+    music = signals.music_like(12.0, RATE).astype(np.float64)
+    loop_end = find_loop_end(music, RATE, 8.3, crossfade_samples=round(0.25 * RATE))
+    assert abs(loop_end - 8 * RATE) <= 0.02 * RATE
+    assert music.mean(axis=0)[loop_end - 1] < 0.0 <= music.mean(axis=0)[loop_end]
+
+
+def test_baked_crossfade_continues_across_the_wrap() -> None:
+    music = signals.music_like(12.0, RATE).astype(np.float64)
+    loop_end, crossfade = 8 * RATE + 1234, round(0.25 * RATE)
+    looped = bake_crossfade(music, loop_end, crossfade)
+    assert looped.shape == (2, loop_end)
+    # Sample 0 now holds what followed the loop end, so the wrap is the original's own step.
+    np.testing.assert_allclose(looped[:, 0], music[:, loop_end])
+    np.testing.assert_allclose(looped[:, crossfade:], music[:, crossfade:loop_end])
+    # Equal power: the gains meet at -3 dB halfway.
+    t = crossfade // 2
+    mixed = music[:, t] * np.sin(np.pi / 4) + music[:, loop_end + t] * np.cos(np.pi / 4)
+    np.testing.assert_allclose(looped[:, t], mixed, atol=1e-4)
+
+
+def test_made_loop_has_a_seamless_wrap() -> None:
+    music = signals.music_like(12.0, RATE).astype(np.float64)
+    loop = make_loop(music, RATE, 9.1, 250.0)  # 9.1 s is not a repeat point: the crossfade hides it
+    assert loop.shape[1] / RATE == pytest.approx(9.1, abs=0.5)
+    assert _wrap_jump_ratio(loop) <= GateLimits().seam_jump_max_ratio
+    # Cutting at the same point without the crossfade leaves a jump the gate would reject.
+    assert _wrap_jump_ratio(music[:, : loop.shape[1] + 150]) > GateLimits().seam_jump_max_ratio
+
+
+def test_too_short_audio_for_a_loop_is_refused() -> None:
+    music = signals.music_like(8.0, RATE).astype(np.float64)
+    with pytest.raises(AudioError, match=r"loop needs at least"):
+        find_loop_end(music, RATE, 10.0, crossfade_samples=round(0.25 * RATE))
+
+
+def test_loop_master_and_files_carry_the_loop_points(tmp_path: Path) -> None:
+    # MusicGen-like: 32 kHz mono, rendered with room for the search and the crossfade.
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["mobile"])
+    rendered_s = render_duration_s(10.0, mastering.loop_crossfade_ms)
+    raw = signals.music_like(rendered_s, 32000, channels=1)
+    m = master(raw, 32000, mastering, loop=True, duration_s=10.0)
+    assert m.sample_rate == 44100
+    assert m.loop_start == 0
+    assert m.loop_length == m.audio.shape[1]
+    assert m.loop_length / m.sample_rate == pytest.approx(10.0, abs=0.5)
+    assert _wrap_jump_ratio(m.audio) <= GateLimits().seam_jump_max_ratio
+    assert true_peak_dbtp(m.audio, circular=True) <= mastering.loudness.true_peak_max_dbtp
+
+    files = {f.format: f for f in encode(m, ["ogg", "wav"], tmp_path, "loop", tags=TAGS)}
+    ogg = OggVorbis(files["ogg"].path)
+    assert ogg.tags is not None
+    assert ogg.tags["LOOPSTART"] == [str(m.loop_start)]
+    assert ogg.tags["LOOPLENGTH"] == [str(m.loop_length)]
+    assert sf.info(str(files["ogg"].path)).frames == m.loop_length  # the file is the loop
+
+    loops = _smpl_loops(files["wav"].path.read_bytes())
+    assert loops == [(m.loop_start, m.loop_start + m.loop_length - 1)]  # smpl's end is inclusive
+
+
+def _smpl_loops(wav: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each loop in the RIFF `smpl` chunk, walking the chunks from the header."""
+    assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE"
+    assert struct.unpack("<I", wav[4:8])[0] == len(wav) - 8
+    offset = 12
+    while offset < len(wav):
+        chunk_id, size = (
+            wav[offset : offset + 4],
+            struct.unpack("<I", wav[offset + 4 : offset + 8])[0],
+        )
+        body = wav[offset + 8 : offset + 8 + size]
+        if chunk_id == b"smpl":
+            count = struct.unpack("<I", body[28:32])[0]
+            return [
+                struct.unpack("<II", body[36 + 24 * i + 8 : 36 + 24 * i + 16]) for i in range(count)
+            ]
+        offset += 8 + size + size % 2
+    return []
