@@ -8,9 +8,11 @@ from scipy.signal import correlate
 from soundtrack.errors import AudioError
 
 SEARCH_S = 0.4  # loop end within +-this of the requested duration (the duration gate allows 0.5)
+DISTANCE_PENALTY = 0.25  # score lost at the edge of the search window (a perfect match scores 2)
 COMPARE_MAX_S = 1.5  # how much audio after a candidate end is compared with the start
 _N_FFT = 2048
 _HOP = 512
+_MIN_COMPARE = _N_FFT + 4 * _HOP  # samples after a candidate end: a few feature frames
 
 
 def render_duration_s(duration_s: float, crossfade_ms: float) -> float:
@@ -37,7 +39,9 @@ def find_loop_end(
     mono = audio.mean(axis=0)
     frames = mono.size
     lo = round((duration_s - SEARCH_S) * sample_rate)
-    hi = min(round((duration_s + SEARCH_S) * sample_rate), frames - max(crossfade_samples, _N_FFT))
+    hi = min(
+        round((duration_s + SEARCH_S) * sample_rate), frames - max(crossfade_samples, _MIN_COMPARE)
+    )
     if crossfade_samples < 1 or 2 * crossfade_samples > lo:
         raise AudioError(
             f"loop crossfade of {crossfade_samples} samples does not fit a {duration_s} s loop"
@@ -49,7 +53,10 @@ def find_loop_end(
         )
     compare = min(round(COMPARE_MAX_S * sample_rate), frames - hi)
     scores = _feature_scores(mono, sample_rate, lo, hi, compare)
-    coarse = lo + _HOP * int(np.argmax(scores))
+    candidates = lo + _HOP * np.arange(scores.size)
+    # Between equally good matches, the one nearer the requested duration wins.
+    distance = np.abs(candidates / sample_rate - duration_s) / SEARCH_S
+    coarse = int(candidates[np.argmax(scores - DISTANCE_PENALTY * distance)])
     return _refine(mono, coarse, lo, hi, crossfade_samples)
 
 
@@ -82,8 +89,12 @@ def _feature_scores(
         chroma = librosa.feature.chroma_stft(S=power, sr=sample_rate, tuning=0.0)
         chroma /= np.linalg.norm(chroma, axis=0, keepdims=True) + 1e-12
         mel_db = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sample_rate))
-        onsets = librosa.onset.onset_strength(S=mel_db, sr=sample_rate, hop_length=_HOP)
-        return chroma, onsets
+        onsets = librosa.onset.onset_strength(
+            S=mel_db, sr=sample_rate, hop_length=_HOP, center=False
+        )
+        # The first value is padding (no earlier frame to differ from): drop it, or every
+        # window that starts at a segment's start would share it and correlate falsely.
+        return chroma, onsets[1:]
 
     head_chroma, head_onsets = features(mono[:compare].astype(np.float32))
     tail_chroma, tail_onsets = features(mono[lo : hi + compare].astype(np.float32))
@@ -93,8 +104,8 @@ def _feature_scores(
     for j in range(window):
         chroma_sim += head_chroma[:, j] @ tail_chroma[:, j : j + candidates]
     chroma_sim /= window
-    onset_windows = np.lib.stride_tricks.sliding_window_view(tail_onsets, window)[:candidates]
-    onset_corr = _pearson(onset_windows, head_onsets[:window])
+    onset_windows = np.lib.stride_tricks.sliding_window_view(tail_onsets, window - 1)
+    onset_corr = _pearson(onset_windows[:candidates], head_onsets[: window - 1])
     scores: np.ndarray = chroma_sim + onset_corr
     return scores
 
