@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, NoReturn
+
 import typer
 from rich.console import Console
+from rich.table import Table
+
+from soundtrack.errors import InputError, SoundtrackError
 
 app = typer.Typer(
     name="soundtrack",
     help=(
-        "Turn a game's soundtrack manifest into approved, engine-ready music assets: generate with "
-        "open text-to-music models, master to a loudness target, run quality gates, encode OGG/MP3, "
-        "publish to a folder or S3."
+        "Turn a game's soundtrack manifest into approved, engine-ready music assets: generate "
+        "with open text-to-music models, master to a loudness target, run quality gates, encode "
+        "OGG/MP3, publish to a folder or S3."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -24,8 +31,322 @@ err_console = Console(stderr=True)
 
 # --- validate (issue 2) ---
 
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def fail(exc: SoundtrackError) -> NoReturn:
+    """Print a readable error (every listed problem) and exit: 2 for bad input, else 1."""
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    for problem in getattr(exc, "problems", []):
+        err_console.print(f"  - {problem}", highlight=False, markup=False)
+    raise typer.Exit(EXIT_BAD_INPUT if isinstance(exc, InputError) else EXIT_FAILED)
+
+
+ManifestArg = Annotated[
+    Path, typer.Argument(help="The soundtrack manifest (YAML, schema 1).", show_default=False)
+]
+
+
+@app.command()
+def validate(manifest: ManifestArg) -> None:
+    """Check a manifest without generating anything; list every problem with its field and line.
+
+    Exit 0 when valid (a summary is printed), 2 otherwise.
+    """
+    from soundtrack.manifest import load_manifest, resolve_tracks
+
+    try:
+        loaded = load_manifest(manifest)
+        specs = resolve_tracks(loaded, manifest.parent)
+    except SoundtrackError as exc:
+        fail(exc)
+    table = Table(title=f"{loaded.soundtrack}: {len(specs)} tracks", title_justify="left")
+    table.add_column("track", no_wrap=True)
+    for column in ("seconds", "loop", "model / recording", "formats", "LUFS"):
+        table.add_column(column)
+    for spec in specs:
+        table.add_row(
+            spec.id,
+            f"{spec.duration_s:g}",
+            "loop" if spec.loop else "",
+            spec.source.name if spec.source else spec.model.rsplit("/", 1)[-1],
+            ",".join(spec.formats),
+            f"{spec.mastering.loudness.integrated_lufs:g}",
+        )
+    console.print(table)
+    minutes = sum(spec.duration_s for spec in specs) / 60
+    models = sorted({spec.model for spec in specs if not spec.source})
+    console.print(
+        f"[green]valid[/]: {len(specs)} tracks, {minutes:.1f} min of audio, "
+        f"models: {', '.join(models) or 'none'}; storage: {loaded.storage}",
+        highlight=False,
+    )
+
+
+@app.command()
+def schema(
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the manifest's JSON Schema (for editor completion; committed under manifests/)."""
+    from soundtrack.manifest import json_schema
+
+    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+
+
 # --- generate, models make-tiny (issue 3) ---
+
+
+def _fail_generation(exc: SoundtrackError) -> NoReturn:
+    """Like fail(), but a model that cannot be loaded is bad input too (exit 2)."""
+    from soundtrack.errors import ModelLoadError
+
+    if isinstance(exc, ModelLoadError):
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    fail(exc)
+
+
+def _quiet_transformers() -> None:
+    """Our own progress and errors replace transformers' config warnings and loading bars."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _audition_path(prompt: str, seed: int) -> Path:
+    words = "".join(c if c.isalnum() else " " for c in prompt.lower()).split()[:5]
+    return Path(f"{'-'.join(words) or 'audition'}-{seed}.wav")
+
+
+@app.command()
+def generate(
+    model: Annotated[
+        str, typer.Option(help="Hub id (facebook/musicgen-small) or a local model directory.")
+    ],
+    prompt: Annotated[str, typer.Option(help="What to play: style, key, tempo, instruments.")],
+    duration: Annotated[
+        float, typer.Option(help="Seconds; above 30 s renders overlapping windows.")
+    ],
+    seed: Annotated[
+        int | None, typer.Option(help="Seed (default: a random one, printed for the manifest).")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="WAV file (default: named from the prompt and seed)."),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="cpu, cuda, cuda:N or mps (default: $SOUNDTRACK_DEVICE, else auto)."),
+    ] = None,
+) -> None:
+    """Audition one prompt before writing it into a manifest: renders a 32-bit float WAV.
+
+    Exit 0 on success, 1 when generation fails (NaN or silent output), 2 for bad input or a
+    model that cannot be loaded.
+    """
+    import secrets
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from soundtrack.audio import write_wav
+    from soundtrack.errors import GenerationError
+    from soundtrack.models import GenerationRequest, check_request, get_generator
+    from soundtrack.spec import Sampling
+
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    target = output or _audition_path(prompt, seed)
+    request = GenerationRequest("audition", prompt, duration, seed, Sampling())
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    _quiet_transformers()
+    try:
+        check_request(request)
+        with err_console.status(f"loading {model}"):
+            generator = get_generator(model, device=device)
+        with Progress(*columns, console=err_console) as bar:
+            task = bar.add_task(f"tokens ({generator.device})", total=None)
+            (result,) = generator.generate(
+                [request],
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        if isinstance(result, GenerationError):
+            raise result
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_wav(target, result.audio, result.sample_rate)
+    except SoundtrackError as exc:
+        _fail_generation(exc)
+    console.print(
+        f"wrote {target}: {duration:g} s at {result.sample_rate} Hz, seed {seed} "
+        f"(put `seed: {seed}` in the manifest to keep this take)\n"
+        f"model {generator.model_id}, revision {generator.revision}, licence {generator.license}",
+        highlight=False,
+    )
+
+
+@models_app.command("make-tiny")
+def models_make_tiny(
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write the model (created if missing).")
+    ],
+    stereo: Annotated[
+        bool, typer.Option("--stereo", help="Two channels, like facebook/musicgen-stereo-*.")
+    ] = False,
+) -> None:
+    """Write a tiny random-weight MusicGen (about 2 MB) for smoke tests without downloading weights.
+
+    Its output is noise (mostly a DC offset), not music; it differs per prompt and per seed and
+    loads like any local model: `--model DIR` or `model: DIR` in a manifest.
+    """
+    from soundtrack.models.tiny import make_tiny
+
+    _quiet_transformers()
+    make_tiny(directory, stereo=stereo)
+    kind = "stereo" if stereo else "mono"
+    console.print(f"wrote a tiny random-weight {kind} MusicGen to {directory}", highlight=False)
+
 
 # --- inspect (issue 4) ---
 
+
+def _finite(value: float | int | None) -> float | int | None:
+    """JSON has no infinity: digital silence's -inf levels become null."""
+    return None if isinstance(value, float) and value in (float("inf"), float("-inf")) else value
+
+
+@app.command("inspect")
+def inspect_files(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Audio files (OGG, MP3, WAV, FLAC, ...).", show_default=False),
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")
+    ] = False,
+    loudness: Annotated[
+        str, typer.Option(help="Loudness profile to judge against: console, mobile or web.")
+    ] = "console",
+    duration: Annotated[
+        float | None, typer.Option(help="Expected seconds (default: no duration gate).")
+    ] = None,
+) -> None:
+    """Measure audio files (loudness, true peak, duration, rate, channels, loop tags) and judge
+    them with the default gates.
+
+    Exit 0 when every file passes, 1 when a gate fails, 2 when a file is missing or unreadable.
+    """
+    from soundtrack.gates import judge
+    from soundtrack.measure import measure_file
+    from soundtrack.spec import LOUDNESS_PROFILES, GateLimits
+
+    if loudness not in LOUDNESS_PROFILES:
+        fail(InputError(f"--loudness must be one of {sorted(LOUDNESS_PROFILES)}, got {loudness!r}"))
+    reports: list[dict[str, object]] = []
+    for path in files:
+        try:
+            metrics = measure_file(path)
+            gates = judge(
+                metrics,
+                limits=GateLimits(),
+                loudness=LOUDNESS_PROFILES[loudness],
+                duration_s=duration,
+                loop=metrics.loop_start is not None,
+                sample_rate=metrics.sample_rate,
+                channels=metrics.channels,
+                track_id=path.stem,
+            )
+        except SoundtrackError as exc:
+            err_console.print(
+                f"error: {path}: {exc}", style="bold red", highlight=False, markup=False
+            )
+            reports.append({"file": str(path), "error": str(exc)})
+            continue
+        passed = all(g.passed for g in gates if g.severity == "fail")
+        reports.append(
+            {
+                "file": str(path),
+                "passed": passed,
+                "metrics": {k: _finite(v) for k, v in metrics.as_row().items()},
+                "gates": [{**vars(g), "value": _finite(g.value)} for g in gates],
+            }
+        )
+        if as_json:
+            continue
+        loop = "none"
+        if metrics.loop_start is not None and metrics.loop_length is not None:
+            loop = (
+                f"start {metrics.loop_start}, length {metrics.loop_length} samples "
+                f"({metrics.loop_length / metrics.sample_rate:.3f} s)"
+            )
+        console.print(
+            f"[bold]{path}[/]: {metrics.integrated_lufs:.1f} LUFS, "
+            f"{metrics.true_peak_dbtp:.1f} dBTP, {metrics.duration_s:.3f} s, "
+            f"{metrics.sample_rate} Hz, {metrics.channels} ch, loop: {loop}",
+            highlight=False,
+        )
+        table = Table(title_justify="left")
+        for column in ("gate", "value", "limit", "verdict"):
+            table.add_column(column)
+        for g in gates:
+            ok = "[green]pass[/]" if g.passed else None
+            bad = "[red]FAIL[/]" if g.severity == "fail" else "[yellow]warn[/]"
+            table.add_row(g.name, "-" if g.value is None else f"{g.value:.4g}", g.limit, ok or bad)
+        console.print(table)
+        console.print("[green]passed[/]" if passed else "[red]rejected[/]")
+    if as_json:
+        typer.echo(json.dumps(reports, indent=2))
+    if any("error" in r for r in reports):
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if not all(r["passed"] for r in reports):
+        raise typer.Exit(EXIT_FAILED)
+
+
 # --- build (issue 5) ---
+
+# --- gc (issue 6) ---
+
+
+@app.command()
+def gc(
+    storage_url: Annotated[
+        str,
+        typer.Argument(
+            help="Where the soundtrack is published: a folder or s3://bucket[/prefix].",
+            show_default=False,
+        ),
+    ],
+    soundtrack: Annotated[
+        str | None,
+        typer.Option(help="Only this soundtrack (default: every soundtrack with an index there)."),
+    ] = None,
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Delete what is listed (default: only list it).")
+    ] = False,
+) -> None:
+    """List published files that no lock file references (older builds); --delete removes them.
+
+    Prints one key per line. Exit 0 on success, 1 when storage fails, 2 for bad input.
+    """
+    from soundtrack.storage import open_storage
+
+    try:
+        storage = open_storage(storage_url, base_dir=Path.cwd())
+        names = [soundtrack] if soundtrack else storage.soundtracks()
+        garbage = [key for name in names for key in storage.unreferenced(name)]
+        for key in garbage:
+            typer.echo(key)
+        if delete:
+            storage.delete(garbage)
+    except SoundtrackError as exc:
+        fail(exc)
+    action = "deleted" if delete else "listed (use --delete to remove)"
+    err_console.print(
+        f"{len(garbage)} unreferenced file(s) in {len(names)} soundtrack(s) {action}",
+        highlight=False,
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -50,7 +50,8 @@ class GateLimits:
     clip_run_samples: int = 3  # this many consecutive full-scale samples count as one clip
     clipped_runs_max: int = 0
     dc_offset_max: float = 0.001  # warn only
-    seam_jump_max_ratio: float = 8.0  # loop wrap jump / median sample step
+    # Click at the loop wrap / local 90th percentile (calibrated in docs/gates.md)
+    seam_jump_max_ratio: float = 4.0
     seam_loudness_max_lu: float = 1.5
 
 
@@ -84,6 +85,9 @@ class TrackSpec:
     formats: tuple[AudioFormat, ...]
     wav_bit_depth: int
     spec_hash: str
-    prompt: str | None = None
+    prompt: str | None = None  # with the track's musical tags (bpm, key, mood) appended
     source: Path | None = None  # absolute path of an existing recording
-    tags: dict[str, str] = field(default_factory=dict)
+    source_sha256: str | None = None
+    # Hash of only what shapes the raw render (model, prompt, seed, sampling, duration): the
+    # generation cache key, so re-mastering does not regenerate. None for source tracks.
+    generation_key: str | None = None

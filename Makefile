@@ -1,0 +1,50 @@
+# Two commands do everything on a fresh machine: `make demo` (the main job) and `make test`.
+# Both create the virtual environment on first use (torch first, from its CPU file, then the project).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+
+.PHONY: setup demo demo-offline test lint format bench schema clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# A plain `torch` requirement would pull a multi-GB CUDA build; this pin takes the CPU file.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/soundtrack build manifests/demo.yaml
+
+# The same pipeline on a tiny random-weight model (noise, not music): no download needed.
+demo-offline: setup
+	$(BIN)/soundtrack models make-tiny .work/tiny-musicgen
+	$(BIN)/soundtrack build manifests/demo.yaml --model .work/tiny-musicgen --out .work/demo-assets
+
+# pytest exits 5 when it collected nothing: a run that tests nothing must not pass.
+test: setup
+	@$(PY) -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup
+	$(PY) bench/generate.py
+	$(PY) bench/postprocess.py
+	$(PY) bench/rebuild.py
+
+schema: setup
+	$(BIN)/soundtrack schema -o manifests/soundtrack.schema.json
+
+clean:
+	rm -rf .work .pytest_cache .mypy_cache .ruff_cache

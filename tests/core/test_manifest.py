@@ -1,0 +1,197 @@
+"""The manifest contract: every invalid input exits 2 naming its field/line; specs hash stably."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from soundtrack.cli import app
+from soundtrack.errors import InputError
+from soundtrack.manifest import (
+    MAX_MANIFEST_BYTES,
+    derived_seed,
+    json_schema,
+    load_manifest,
+    resolve_tracks,
+)
+from soundtrack.spec import TrackSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+INVALID = sorted((ROOT / "tests" / "manifests" / "invalid").glob("*.yaml"))
+EXAMPLES = sorted((ROOT / "manifests").glob("*.yaml"))
+runner = CliRunner()
+
+
+def validate(path: Path) -> tuple[int, str]:
+    result = runner.invoke(app, ["validate", str(path)])
+    assert isinstance(result.exception, SystemExit | None), result.exception
+    return result.exit_code, " ".join(result.output.split())  # undo Rich's line wrapping
+
+
+def expected_text(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    match = re.fullmatch(r"# expect: (.+)", first)
+    assert match, f"{path.name} must start with '# expect: <message text>'"
+    return match.group(1)
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(INVALID) >= 30
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_invalid_manifest_exits_2_naming_the_problem(path: Path) -> None:
+    code, output = validate(path)
+    assert code == 2, output
+    assert "Traceback" not in output
+    assert expected_text(path) in output, output
+
+
+def test_every_problem_is_listed_not_only_the_first() -> None:
+    code, output = validate(ROOT / "tests/manifests/invalid/many-problems.yaml")
+    assert code == 2
+    fields = ("tracks[1].prompt", "tracks[1].duration", "tracks[2].formats[0]", "tracks[2].seed")
+    for field in fields:
+        assert field in output, output
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_manifests_are_valid(path: Path) -> None:
+    code, output = validate(path)
+    assert code == 0, output
+    assert "valid" in output
+
+
+def write(tmp_path: Path, text: str, name: str = "m.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    code, output = validate(tmp_path / "nope.yaml")
+    assert code == 2 and "manifest not found" in output
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    code, output = validate(tmp_path)
+    assert code == 2 and "not a file" in output
+
+
+def test_binary_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    code, output = validate(path)
+    assert code == 2 and "binary file" in output
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_bytes(b"schema: 1\nsoundtrack: caf\xe9\n")
+    code, output = validate(path)
+    assert code == 2 and "not UTF-8" in output
+
+
+def test_huge_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("schema: 1\n" + "# padding\n" * (MAX_MANIFEST_BYTES // 10 + 1))
+    code, output = validate(path)
+    assert code == 2 and "refusing anything above" in output
+
+
+def test_truly_empty_file(tmp_path: Path) -> None:
+    code, output = validate(write(tmp_path, ""))
+    assert code == 2 and "is empty" in output
+
+
+BASE = """\
+schema: 1
+soundtrack: game
+defaults:
+  duration: 20
+  sampling: {temperature: 0.9}
+tracks:
+  - id: theme
+    prompt: orchestral theme
+    key: D minor
+    bpm: 90
+    sampling: {top_k: 100}
+  - id: battle
+    prompt: drums
+    loop: true
+    seed: 5
+"""
+
+
+def specs_of(tmp_path: Path, text: str) -> dict[str, TrackSpec]:
+    path = write(tmp_path, text)
+    return {spec.id: spec for spec in resolve_tracks(load_manifest(path), path.parent)}
+
+
+def test_defaults_merge_into_tracks(tmp_path: Path) -> None:
+    specs = specs_of(tmp_path, BASE)
+    theme = specs["theme"]
+    assert theme.duration_s == 20.0
+    assert theme.sampling.temperature == 0.9 and theme.sampling.top_k == 100
+    assert theme.prompt == "orchestral theme, D minor, 90 BPM"
+    assert theme.seed == derived_seed("game", "theme")
+    assert specs["battle"].seed == 5
+    assert theme.mastering.loudness.integrated_lufs == -24.0
+    assert theme.formats == ("ogg", "mp3")
+
+
+def test_spec_hash_is_stable_and_tracks_changes(tmp_path: Path) -> None:
+    first = specs_of(tmp_path, BASE)
+    reordered = BASE.replace("    loop: true\n    seed: 5", "    seed: 5\n    loop: true")
+    again = specs_of(tmp_path, reordered)
+    assert {k: v.spec_hash for k, v in first.items()} == {k: v.spec_hash for k, v in again.items()}
+
+    changed = specs_of(tmp_path, BASE.replace("prompt: drums", "prompt: taiko drums"))
+    assert changed["theme"].spec_hash == first["theme"].spec_hash
+    assert changed["battle"].spec_hash != first["battle"].spec_hash
+
+    web = BASE.replace("  duration: 20\n", "  duration: 20\n  loudness: web\n")
+    louder = specs_of(tmp_path, web)
+    assert louder["theme"].spec_hash != first["theme"].spec_hash
+    # Re-mastering must not invalidate the raw render.
+    assert louder["theme"].generation_key == first["theme"].generation_key
+
+
+def test_source_track_takes_its_recording_length_and_content_hash(tmp_path: Path) -> None:
+    (tmp_path / "audio").mkdir()
+    wav = tmp_path / "audio" / "credits.wav"
+    sf.write(wav, np.zeros((32000 * 3, 2), dtype=np.float32) + 0.1, 32000)
+    text = "schema: 1\nsoundtrack: game\ntracks:\n  - id: credits\n    source: audio/credits.wav\n"
+    spec = specs_of(tmp_path, text)["credits"]
+    assert spec.duration_s == pytest.approx(3.0)
+    assert spec.source == wav.resolve() and spec.generation_key is None
+    sf.write(wav, np.zeros((32000 * 3, 2), dtype=np.float32) + 0.2, 32000)
+    assert specs_of(tmp_path, text)["credits"].spec_hash != spec.spec_hash
+
+
+def test_symlinked_source_cannot_escape(tmp_path: Path) -> None:
+    inner = tmp_path / "project"
+    inner.mkdir()
+    (tmp_path / "secret.wav").write_bytes(b"RIFF")
+    (inner / "link.wav").symlink_to(tmp_path / "secret.wav")
+    path = write(inner, "schema: 1\nsoundtrack: g\ntracks:\n  - id: a\n    source: link.wav\n")
+    with pytest.raises(InputError) as info:
+        load_manifest(path)
+    assert "escapes the manifest's folder" in " ".join(info.value.problems)
+
+
+def test_committed_json_schema_is_up_to_date() -> None:
+    committed = json.loads((ROOT / "manifests" / "soundtrack.schema.json").read_text())
+    assert committed == json_schema(), "run `make schema`, commit manifests/soundtrack.schema.json"
+
+
+def test_schema_command_prints_the_schema() -> None:
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    assert json.loads(result.output)["properties"]["schema"]["const"] == 1
