@@ -1,0 +1,280 @@
+"""Measuring audio (numbers, no verdicts): loudness, peaks, silence, clipping, loop seam."""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+
+from soundtrack.audio import read_audio
+from soundtrack.errors import AudioError
+from soundtrack.limiter import true_peak_dbtp
+from soundtrack.spec import GateLimits
+
+BLOCK_MS = 10.0  # silence is judged per 10 ms block, so a zero crossing is never "silence"
+SEAM_STEP_WINDOW_MS = 10.0  # the audio either side of the wrap that its click is compared to
+# A click this far under the loop's RMS is masked by the music; it is also the size of the
+# seam a lossy codec leaves (Vorbis q6 noise sits about 27 dB under the RMS of a master).
+SEAM_MASKING_DB = -30.0
+SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term loudness window
+_LOUDNESS_BLOCK_S = 0.4  # BS.1770 gating block: the shortest audio integrated loudness exists for
+_MAX_CHANNELS = 5  # BS.1770 channel weights cover L, R, C, Ls, Rs
+_PLATEAU_EDGE_MIN = 1e-4  # of the plateau level (-80 dB): about 3 LSB of 16-bit near full scale
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What was measured on one piece of audio; `-inf` levels mean digital silence."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    duration_s: float
+    integrated_lufs: float  # BS.1770-4 gated; -inf when no block clears the -70 LUFS gate
+    true_peak_dbtp: float  # 4x oversampled (BS.1770-4 Annex 2)
+    sample_peak_dbfs: float
+    clipped_runs: int  # runs of >= clip_run_samples equal samples at the signal's own peak
+    clip_run_samples: int
+    dc_offset: float  # largest per-channel mean, as a fraction of full scale
+    lead_silence_s: float
+    trail_silence_s: float
+    longest_dropout_s: float  # longest silent span between the first and last sound
+    silence_threshold_dbfs: float
+    loop_start: int | None = None  # frames
+    loop_length: int | None = None  # frames
+    seam_jump_ratio: float | None = None  # click at the wrap / local 90th percentile
+    seam_loudness_change_lu: float | None = None  # short-term loudness, loop end vs loop start
+
+    def as_row(self) -> dict[str, float | int | None]:
+        """The metrics as a flat dict (one row of the gates' table)."""
+        return asdict(self)
+
+
+def measure(
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    loop_start: int | None = None,
+    loop_length: int | None = None,
+    clip_run_samples: int = GateLimits.clip_run_samples,
+    silence_threshold_dbfs: float = GateLimits.dropout_threshold_dbfs,
+) -> Metrics:
+    """Measure float (channels, frames) audio; the seam is measured when loop points are given."""
+    _check_audio(audio, sample_rate)
+    if (loop_start is None) != (loop_length is None):
+        raise AudioError("loop_start and loop_length must be given together")
+    frames = audio.shape[1]
+    threshold = 10.0 ** (silence_threshold_dbfs / 20.0)
+    lead_s, trail_s, dropout_s = _silences(audio, sample_rate, threshold)
+    seam_jump = seam_lu = None
+    if loop_start is not None and loop_length is not None:
+        if loop_start < 0 or loop_length < 2 or loop_start + loop_length > frames:
+            raise AudioError(
+                f"loop [{loop_start}, {loop_start + loop_length}) frames lies outside the "
+                f"audio's {frames} frames"
+            )
+        region = audio[:, loop_start : loop_start + loop_length]
+        seam_jump = _seam_jump_ratio(region, sample_rate)
+        seam_lu = _seam_loudness_change_lu(region, sample_rate)
+    sample_peak = float(np.max(np.abs(audio)))
+    return Metrics(
+        sample_rate=sample_rate,
+        channels=audio.shape[0],
+        frames=frames,
+        duration_s=frames / sample_rate,
+        integrated_lufs=_integrated_lufs(audio, sample_rate),
+        true_peak_dbtp=true_peak_dbtp(audio),
+        sample_peak_dbfs=_dbfs(sample_peak),
+        clipped_runs=_clipped_runs(audio, clip_run_samples, threshold),
+        clip_run_samples=clip_run_samples,
+        dc_offset=float(np.max(np.abs(np.mean(audio, axis=1, dtype=np.float64)))),
+        lead_silence_s=lead_s,
+        trail_silence_s=trail_s,
+        longest_dropout_s=dropout_s,
+        silence_threshold_dbfs=silence_threshold_dbfs,
+        loop_start=loop_start,
+        loop_length=loop_length,
+        seam_jump_ratio=seam_jump,
+        seam_loudness_change_lu=seam_lu,
+    )
+
+
+def measure_file(
+    path: Path,
+    *,
+    clip_run_samples: int = GateLimits.clip_run_samples,
+    silence_threshold_dbfs: float = GateLimits.dropout_threshold_dbfs,
+) -> Metrics:
+    """Decode `path` and measure it, with the loop points from its OGG or WAV loop tags."""
+    audio, sample_rate = read_audio(path)
+    loop = read_loop_tags(path)
+    return measure(
+        audio,
+        sample_rate,
+        loop_start=None if loop is None else loop[0],
+        loop_length=None if loop is None else loop[1],
+        clip_run_samples=clip_run_samples,
+        silence_threshold_dbfs=silence_threshold_dbfs,
+    )
+
+
+def read_loop_tags(path: Path) -> tuple[int, int] | None:
+    """(loop start, loop length) in frames from OGG LOOPSTART/LOOPLENGTH comments or a WAV
+    `smpl` chunk; None when the file carries no loop."""
+    with path.open("rb") as f:
+        magic = f.read(12)
+    if magic[:4] == b"OggS":
+        return _ogg_loop(path)
+    if magic[:4] == b"RIFF" and magic[8:12] == b"WAVE":
+        return _wav_smpl_loop(path)
+    return None
+
+
+def _ogg_loop(path: Path) -> tuple[int, int] | None:
+    import mutagen  # lazy: only inspect and decoded-file checks read tags
+
+    try:
+        tags = mutagen.File(path)
+    except mutagen.MutagenError as exc:
+        raise AudioError(f"cannot read the tags of {path}: {exc}") from exc
+    if tags is None or tags.tags is None:
+        return None
+    start, length = tags.tags.get("LOOPSTART"), tags.tags.get("LOOPLENGTH")
+    if not start and not length:
+        return None
+    try:
+        return int(start[0]), int(length[0])
+    except (TypeError, ValueError) as exc:
+        raise AudioError(
+            f"{path}: LOOPSTART={start!r} LOOPLENGTH={length!r} are not both whole numbers"
+        ) from exc
+
+
+def _wav_smpl_loop(path: Path) -> tuple[int, int] | None:
+    data = path.read_bytes()
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk_id, size = struct.unpack_from("<4sI", data, pos)
+        body = pos + 8
+        # smpl: 9 header words, then 6 words per loop (cue id, type, start, end, fraction, count)
+        if chunk_id == b"smpl" and size >= 36:
+            if struct.unpack_from("<I", data, body + 28)[0] == 0 or size < 60:
+                return None
+            start, end = struct.unpack_from("<II", data, body + 36 + 8)
+            return start, end - start + 1  # the smpl end is the last sample played, inclusive
+        pos = body + size + (size & 1)  # RIFF chunks are padded to even sizes
+    return None
+
+
+def _check_audio(audio: np.ndarray, sample_rate: int) -> None:
+    if audio.ndim != 2 or not 1 <= audio.shape[0] <= _MAX_CHANNELS:
+        raise AudioError(
+            f"audio must be shaped (channels, frames) with 1-{_MAX_CHANNELS} channels, "
+            f"got shape {audio.shape}"
+        )
+    if sample_rate <= 0:
+        raise AudioError(f"sample rate must be positive, got {sample_rate}")
+    if audio.shape[1] < _LOUDNESS_BLOCK_S * sample_rate:
+        raise AudioError(
+            f"audio is {audio.shape[1] / sample_rate:.3f} s long; loudness needs at least "
+            f"{_LOUDNESS_BLOCK_S} s"
+        )
+    if not np.all(np.isfinite(audio)):
+        raise AudioError("audio contains NaN or infinite samples")
+
+
+def _dbfs(amplitude: float) -> float:
+    return -math.inf if amplitude <= 0.0 else 20.0 * math.log10(amplitude)
+
+
+def _integrated_lufs(audio: np.ndarray, sample_rate: int, block_s: float = 0.4) -> float:
+    meter = pyloudnorm.Meter(sample_rate, block_size=block_s)
+    return float(meter.integrated_loudness(audio.T.astype(np.float64)))
+
+
+def _run_lengths(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths of the runs of True in a 1-D boolean array."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+    starts, ends = edges[::2], edges[1::2]
+    return starts, ends - starts
+
+
+def _silences(audio: np.ndarray, sample_rate: int, threshold: float) -> tuple[float, float, float]:
+    """Leading, trailing and longest inner silence in seconds, in BLOCK_MS blocks."""
+    block = max(1, round(BLOCK_MS / 1000.0 * sample_rate))
+    frames = audio.shape[1]
+    blocks = -(-frames // block)
+    peak = np.zeros(blocks * block, dtype=np.float32)
+    peak[:frames] = np.max(np.abs(audio), axis=0)
+    quiet = peak.reshape(blocks, block).max(axis=1) <= threshold
+    duration_s = frames / sample_rate
+    if quiet.all():
+        return duration_s, duration_s, duration_s
+    block_s = block / sample_rate
+    loud = np.flatnonzero(~quiet)
+    first, last = int(loud[0]), int(loud[-1])
+    lead_s = first * block_s
+    trail_s = max(0.0, duration_s - (last + 1) * block_s)
+    _, lengths = _run_lengths(quiet[first : last + 1])
+    dropout_s = float(lengths.max()) * block_s if lengths.size else 0.0
+    return lead_s, trail_s, dropout_s
+
+
+def _clipped_runs(audio: np.ndarray, min_run: int, floor: float) -> int:
+    """Runs of >= `min_run` equal samples at a channel's own positive or negative peak, entered
+    or left steeply: a clipped plateau, even after the clipped signal was turned down."""
+    runs = 0
+    for channel in audio:
+        top, bottom = channel.max(), channel.min()
+        for level, at_peak in ((top, channel >= top), (-bottom, channel <= bottom)):
+            if level <= floor:
+                continue
+            starts, lengths = _run_lengths(at_peak)
+            starts, lengths = starts[lengths >= min_run], lengths[lengths >= min_run]
+            ends = starts + lengths - 1
+            before = channel[np.maximum(starts - 1, 0)]
+            after = channel[np.minimum(ends + 1, channel.size - 1)]
+            edge = np.maximum(np.abs(channel[starts] - before), np.abs(after - channel[ends]))
+            # A rounded peak (a slow wave quantised to 16 bits) creeps up to its top one LSB at
+            # a time; a clipped wave hits the plateau at speed.
+            runs += int(np.count_nonzero(edge > _PLATEAU_EDGE_MIN * level))
+    return runs
+
+
+def _seam_jump_ratio(region: np.ndarray, sample_rate: int) -> float:
+    """The click at the wrap: the second difference across it (last sample -> first sample)
+    over the 90th percentile of second differences within SEAM_STEP_WINDOW_MS either side (or
+    the masking floor, if higher), worst channel. A seamless wrap reads about 1 or less; a cut
+    through a tone reads tens."""
+    width = max(3, round(SEAM_STEP_WINDOW_MS / 1000.0 * sample_rate))
+    width = min(width, region.shape[1] // 2)
+    around = np.concatenate([region[:, -width:], region[:, :width]], axis=1)
+    curvature = np.abs(np.diff(around, n=2, axis=1))
+    wrap = [width - 2, width - 1]  # the two second differences that straddle the wrap
+    click = curvature[:, wrap].max(axis=1)
+    typical = np.percentile(np.delete(curvature, wrap, axis=1), 90, axis=1)
+    rms = np.sqrt(np.mean(np.square(region, dtype=np.float64), axis=1))
+    typical = np.maximum(typical, rms * 10.0 ** (SEAM_MASKING_DB / 20.0))
+    ratio = np.divide(click, typical, out=np.zeros_like(click), where=typical > 0)
+    ratio[(typical == 0) & (click > 0)] = math.inf
+    return float(ratio.max())
+
+
+def _seam_loudness_change_lu(region: np.ndarray, sample_rate: int) -> float:
+    """Short-term loudness (3 s, or half a shorter loop) of the loop's end vs its start."""
+    window_s = min(SHORT_TERM_S, region.shape[1] / sample_rate / 2.0)
+    width = round(window_s * sample_rate)
+    if window_s < _LOUDNESS_BLOCK_S:
+        raise AudioError(
+            f"loop is {region.shape[1] / sample_rate:.2f} s long; the seam needs at least "
+            f"{2 * _LOUDNESS_BLOCK_S} s"
+        )
+    end = _integrated_lufs(region[:, -width:], sample_rate, block_s=width / sample_rate)
+    start = _integrated_lufs(region[:, :width], sample_rate, block_s=width / sample_rate)
+    if math.isinf(end) and math.isinf(start):
+        return 0.0
+    return abs(end - start)

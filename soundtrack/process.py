@@ -1,0 +1,195 @@
+"""One track's processing chain: measure the input, master, encode, decode and judge every file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from soundtrack.encode import EncodedFile, encode
+from soundtrack.errors import AudioError
+from soundtrack.gates import (
+    MASTER,
+    SOURCE,
+    GateResult,
+    GateTable,
+    check_expectations,
+    evaluate,
+    gate_expectations,
+    metrics_row,
+)
+from soundtrack.master import Master, master
+from soundtrack.measure import Metrics, measure, measure_file
+from soundtrack.spec import TrackSpec
+
+
+@dataclass(frozen=True)
+class MasterInfo:
+    """What the report needs to know about a master (no audio)."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    duration_s: float
+    loop_start: int | None
+    loop_length: int | None
+    input_lufs: float
+    gain_db: float
+    limiter_reduction_db: float
+
+
+@dataclass(frozen=True)
+class TrackOutcome:
+    """A processed track: approved with its files, or rejected with nothing kept."""
+
+    track_id: str
+    status: str  # "approved" | "rejected"
+    gates: list[GateResult]
+    files: list[EncodedFile]  # empty when rejected
+    master: MasterInfo | None  # None when the input could not be mastered (a silent source)
+    qc: GateTable  # the metric rows and expectations judged: input to the QC report
+
+
+def process_track(
+    spec: TrackSpec,
+    audio: np.ndarray,
+    sample_rate: int,
+    out_dir: Path,
+    *,
+    extra_expectations: Sequence[Mapping[str, Any]] = (),
+) -> TrackOutcome:
+    """master -> encode spec.formats into out_dir as <spec.id>.<ext> -> decode each file ->
+    gates on the input, the master and every decoded file -> approved only if no 'fail' gate
+    failed; a rejected track's files are removed (so `out_dir` should be a staging folder)."""
+    # 1. Measure the input: silence and clipping are judged before mastering gain can hide them
+    extra = check_expectations(extra_expectations)
+    source = _measure(spec, audio, sample_rate)
+    rows = [metrics_row(spec.id, SOURCE, source)]
+    # 2. Master; silence cannot be normalised, and the silence gate says so
+    try:
+        m = master(audio, sample_rate, spec.mastering, loop=spec.loop, duration_s=spec.duration_s)
+    except AudioError:
+        outcome = _judged(spec, rows, extra, files=[], master_info=None)
+        if outcome.status == "rejected":
+            return outcome
+        raise
+    # 3. Encode each format while measuring the master, then decode and measure each file
+    with ThreadPoolExecutor(max_workers=len(spec.formats)) as pool:
+        jobs = [pool.submit(_encode_and_measure, spec, m, fmt, out_dir) for fmt in spec.formats]
+        try:
+            master_metrics = _measure(spec, m.audio, m.sample_rate, m)
+        finally:
+            done = _settle(jobs)
+    rows.append(metrics_row(spec.id, MASTER, master_metrics))
+    rows += [metrics_row(spec.id, file.format, metrics) for file, metrics in done]
+    # 4. Judge; nothing of a rejected track is kept
+    return _judged(spec, rows, extra, files=[file for file, _ in done], master_info=_info(m))
+
+
+def _measure(
+    spec: TrackSpec, audio: np.ndarray, sample_rate: int, m: Master | None = None
+) -> Metrics:
+    return measure(
+        audio,
+        sample_rate,
+        loop_start=None if m is None else m.loop_start,
+        loop_length=None if m is None else m.loop_length,
+        clip_run_samples=spec.gates.clip_run_samples,
+        silence_threshold_dbfs=spec.gates.dropout_threshold_dbfs,
+    )
+
+
+def _encode_and_measure(
+    spec: TrackSpec, m: Master, fmt: str, out_dir: Path
+) -> tuple[EncodedFile, Metrics]:
+    tags = {
+        "title": spec.id,
+        "soundtrack": spec.soundtrack,
+        "track_id": spec.id,
+        "spec_hash": spec.spec_hash,
+    }
+    (file,) = encode(m, (fmt,), out_dir, spec.id, tags=tags, wav_bit_depth=spec.wav_bit_depth)
+    try:
+        metrics = measure_file(
+            file.path,
+            clip_run_samples=spec.gates.clip_run_samples,
+            silence_threshold_dbfs=spec.gates.dropout_threshold_dbfs,
+        )
+    except Exception:
+        file.path.unlink(missing_ok=True)
+        raise
+    return file, metrics
+
+
+def _settle(
+    jobs: list[Future[tuple[EncodedFile, Metrics]]],
+) -> list[tuple[EncodedFile, Metrics]]:
+    """Every job's result; if any failed, the files of the others are removed and the first
+    error is raised."""
+    errors = [error for job in jobs if (error := job.exception()) is not None]
+    done = [job.result() for job in jobs if job.exception() is None]
+    if errors:
+        _remove([file for file, _ in done])
+        raise errors[0]
+    return done
+
+
+def _judged(
+    spec: TrackSpec,
+    rows: list[dict[str, Any]],
+    extra: list[dict[str, Any]],
+    *,
+    files: list[EncodedFile],
+    master_info: MasterInfo | None,
+) -> TrackOutcome:
+    labels = [row["label"] for row in rows]
+    expectations = gate_expectations(
+        labels,
+        limits=spec.gates,
+        loudness=spec.mastering.loudness,
+        duration_s=spec.duration_s,
+        loop=spec.loop,
+        sample_rate=spec.mastering.sample_rate,
+        channels=spec.mastering.channels,
+    )
+    table = GateTable(spec.id, tuple(rows), tuple(expectations + extra))
+    try:
+        gates = evaluate(table)
+    except Exception:
+        _remove(files)
+        raise
+    approved = all(g.passed for g in gates if g.severity == "fail")
+    if not approved:
+        _remove(files)
+    return TrackOutcome(
+        track_id=spec.id,
+        status="approved" if approved else "rejected",
+        gates=gates,
+        files=files if approved else [],
+        master=master_info,
+        qc=table,
+    )
+
+
+def _remove(files: list[EncodedFile]) -> None:
+    for file in files:
+        file.path.unlink(missing_ok=True)
+
+
+def _info(m: Master) -> MasterInfo:
+    channels, frames = m.audio.shape
+    return MasterInfo(
+        sample_rate=m.sample_rate,
+        channels=channels,
+        frames=frames,
+        duration_s=frames / m.sample_rate,
+        loop_start=m.loop_start,
+        loop_length=m.loop_length,
+        input_lufs=m.input_lufs,
+        gain_db=m.gain_db,
+        limiter_reduction_db=m.limiter_reduction_db,
+    )

@@ -1,0 +1,242 @@
+"""Judging: every gate fails exactly when its metric crosses its limit, through the GX suite."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from soundtrack.errors import InputError
+from soundtrack.gates import (
+    GateResult,
+    GateTable,
+    build_data_docs,
+    evaluate,
+    gate_expectations,
+    judge,
+    load_expectations,
+    metrics_row,
+)
+from soundtrack.measure import Metrics
+from soundtrack.spec import LOUDNESS_PROFILES, GateLimits
+
+CONSOLE = LOUDNESS_PROFILES["console"]
+GOOD = Metrics(
+    sample_rate=44100,
+    channels=2,
+    frames=441000,
+    duration_s=10.0,
+    integrated_lufs=-24.0,
+    true_peak_dbtp=-2.0,
+    sample_peak_dbfs=-2.4,
+    clipped_runs=0,
+    clip_run_samples=3,
+    dc_offset=0.0,
+    lead_silence_s=0.0,
+    trail_silence_s=0.1,
+    longest_dropout_s=0.0,
+    silence_threshold_dbfs=-60.0,
+)
+GOOD_LOOP = dataclasses.replace(
+    GOOD,
+    trail_silence_s=0.0,
+    loop_start=0,
+    loop_length=441000,
+    seam_jump_ratio=0.8,
+    seam_loudness_change_lu=0.3,
+)
+MASTER_GATES = [
+    "silence",
+    "clipping",
+    "dropout",
+    "lead_silence",
+    "trail_silence",
+    "loudness",
+    "true_peak",
+    "dc_offset",
+    "duration",
+]
+
+
+def _judge(metrics: Metrics, **kwargs: Any) -> list[GateResult]:
+    args: dict[str, Any] = {
+        "limits": GateLimits(),
+        "loudness": CONSOLE,
+        "duration_s": 10.0,
+        "loop": metrics.loop_start is not None,
+        "sample_rate": 44100,
+        "channels": 2,
+    }
+    return judge(metrics, **{**args, **kwargs})
+
+
+def _failed(results: list[GateResult]) -> set[str]:
+    return {r.name for r in results if not r.passed}
+
+
+def test_a_good_master_passes_every_gate_with_its_measured_value() -> None:
+    results = _judge(GOOD)
+    assert [r.name for r in results] == MASTER_GATES
+    assert _failed(results) == set()
+    by_name = {r.name: r for r in results}
+    assert by_name["loudness"].value == -24.0
+    assert by_name["loudness"].limit == "-24.0 ± 2.0 LUFS"
+    assert by_name["true_peak"].value == -2.0
+    assert by_name["dc_offset"].severity == "warn"
+    assert {r.severity for r in results if r.name != "dc_offset"} == {"fail"}
+
+
+def test_a_loop_adds_the_seam_gates_and_allows_no_trailing_silence() -> None:
+    results = _judge(GOOD_LOOP)
+    assert [r.name for r in results] == [*MASTER_GATES, "loop_seam_jump", "loop_seam_loudness"]
+    assert _failed(results) == set()
+    assert _failed(_judge(dataclasses.replace(GOOD_LOOP, trail_silence_s=0.01))) == {
+        "trail_silence"
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "failing"),
+    [
+        ({"integrated_lufs": -26.1}, {"loudness"}),
+        ({"integrated_lufs": -21.9}, {"loudness"}),
+        ({"integrated_lufs": -math.inf}, {"silence", "loudness"}),
+        ({"true_peak_dbtp": -0.9}, {"true_peak"}),
+        ({"clipped_runs": 1}, {"clipping"}),
+        ({"longest_dropout_s": 2.0}, {"dropout"}),
+        ({"lead_silence_s": 0.06}, {"lead_silence"}),
+        ({"trail_silence_s": 0.51}, {"trail_silence"}),
+        ({"duration_s": 9.49}, {"duration"}),
+        ({"duration_s": 10.51}, {"duration"}),
+        ({"dc_offset": 0.0011}, {"dc_offset"}),
+        ({"seam_jump_ratio": 4.1}, {"loop_seam_jump"}),
+        ({"seam_loudness_change_lu": 1.6}, {"loop_seam_loudness"}),
+    ],
+)
+def test_each_gate_fails_when_its_metric_crosses_the_limit(
+    change: dict[str, float], failing: set[str]
+) -> None:
+    assert _failed(_judge(dataclasses.replace(GOOD_LOOP, **change))) == failing
+
+
+def test_values_at_the_limit_pass() -> None:
+    at_limit = dataclasses.replace(
+        GOOD,
+        integrated_lufs=-26.0,
+        true_peak_dbtp=-1.0,
+        lead_silence_s=0.05,
+        trail_silence_s=0.5,
+        longest_dropout_s=1.99,
+        duration_s=10.5,
+        dc_offset=0.001,
+    )
+    assert _failed(_judge(at_limit)) == set()
+
+
+def test_silence_reports_no_value_and_dc_offset_only_warns() -> None:
+    results = _judge(dataclasses.replace(GOOD, integrated_lufs=-math.inf, dc_offset=0.1))
+    by_name = {r.name: r for r in results}
+    assert by_name["silence"].value is None and not by_name["silence"].passed
+    assert by_name["dc_offset"].severity == "warn" and not by_name["dc_offset"].passed
+
+
+def test_limits_and_loudness_targets_are_overridable() -> None:
+    dropout = dataclasses.replace(GOOD, longest_dropout_s=3.0)
+    assert _failed(_judge(dropout)) == {"dropout"}
+    assert _failed(_judge(dropout, limits=GateLimits(dropout_max_s=5.0))) == set()
+    mobile = dataclasses.replace(GOOD, integrated_lufs=-18.0)
+    assert _failed(_judge(mobile)) == {"loudness"}
+    assert _failed(_judge(mobile, loudness=LOUDNESS_PROFILES["mobile"])) == set()
+    assert "duration" not in {r.name for r in _judge(GOOD, duration_s=None)}
+
+
+def test_silence_and_clipping_also_judge_the_source() -> None:
+    clipped_source = dataclasses.replace(GOOD, clipped_runs=40, integrated_lufs=-12.0)
+    results = {r.name: r for r in _judge(GOOD, source=clipped_source)}
+    assert not results["clipping"].passed and results["clipping"].value == 40
+    assert results["silence"].passed
+    assert results["loudness"].value == -24.0  # the master's, not the source's
+    source_only = _judge(dataclasses.replace(GOOD, integrated_lufs=-math.inf), label="source")
+    assert [(r.name, r.passed) for r in source_only] == [("silence", False), ("clipping", True)]
+
+
+def test_decoded_files_are_judged_on_peak_duration_rate_and_channels() -> None:
+    names = ["true_peak_ogg", "sample_rate_ogg", "channels_ogg", "duration_ogg"]
+    assert [r.name for r in _judge(GOOD, label="ogg")] == names
+    assert _failed(_judge(GOOD, label="ogg")) == set()
+    bad = dataclasses.replace(GOOD, true_peak_dbtp=-0.5, sample_rate=48000, channels=1)
+    assert _failed(_judge(bad, label="ogg")) == {"true_peak_ogg", "sample_rate_ogg", "channels_ogg"}
+    short = dataclasses.replace(GOOD, duration_s=8.0)
+    assert _failed(_judge(short, label="mp3")) == {"duration_mp3"}
+
+
+TEAM_PEAK = {
+    "type": "expect_column_max_to_be_between",
+    "kwargs": {"column": "sample_peak_dbfs", "max_value": -3.0},
+    "meta": {"gate": "team_sample_peak"},
+}
+
+
+def test_a_team_adds_its_own_expectations() -> None:
+    results = _judge(GOOD, extra_expectations=[TEAM_PEAK])
+    assert results[-1] == GateResult("team_sample_peak", -2.4, results[-1].limit, False, "fail")
+    warning = {**TEAM_PEAK, "severity": "warning", "meta": {}}
+    (extra,) = [r for r in _judge(GOOD, extra_expectations=[warning]) if r.name not in MASTER_GATES]
+    assert (extra.name, extra.severity, extra.passed) == (
+        "expect_column_max_to_be_between:sample_peak_dbfs",
+        "warn",
+        False,
+    )
+    relaxed = {**TEAM_PEAK, "kwargs": {"column": "sample_peak_dbfs", "max_value": -1.0}}
+    assert _failed(_judge(GOOD, extra_expectations=[relaxed])) == set()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"type": "expect_nothing_at_all", "kwargs": {}}, "extra expectation \\[0\\]"),
+        ({**TEAM_PEAK, "meta": {"gate": "loudness"}}, "unique"),
+    ],
+)
+def test_a_bad_team_expectation_is_refused(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        _judge(GOOD, extra_expectations=[config])
+
+
+def test_expectations_load_from_a_gx_suite_file(tmp_path: Path) -> None:
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps({"name": "team", "expectations": [TEAM_PEAK]}))
+    assert [c["meta"]["gate"] for c in load_expectations(path)] == ["team_sample_peak"]
+    path.write_text(json.dumps({"name": "team"}))
+    with pytest.raises(InputError, match="expectations"):
+        load_expectations(path)
+
+
+def test_data_docs_show_every_track_validation(tmp_path: Path) -> None:
+    tables = []
+    for track_id, metrics in (
+        ("calm", GOOD),
+        ("harsh", dataclasses.replace(GOOD, true_peak_dbtp=0.5)),
+    ):
+        rows = (metrics_row(track_id, "master", metrics),)
+        expectations = gate_expectations(
+            ["master"],
+            limits=GateLimits(),
+            loudness=CONSOLE,
+            duration_s=10.0,
+            loop=False,
+            sample_rate=44100,
+            channels=2,
+        )
+        tables.append(GateTable(track_id, rows, tuple(expectations)))
+    assert not all(r.passed for r in evaluate(tables[1]))
+    index = build_data_docs(tables, tmp_path / "qc")
+    assert index == tmp_path / "qc" / "index.html"
+    pages = {p.name: p.read_text() for p in (tmp_path / "qc" / "validations").rglob("*.html")}
+    text = " ".join(pages.values())
+    assert "gates-calm" in index.read_text() and "gates-harsh" in index.read_text()
+    assert "true_peak" in text and "4x-oversampled true peak" in text

@@ -1,0 +1,81 @@
+"""`soundtrack inspect`: measurements, loop tags and verdicts for any file; exit codes 0/1/2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from soundtrack.cli import app
+from soundtrack.encode import encode
+from soundtrack.master import master
+from soundtrack.spec import LOUDNESS_PROFILES, Mastering
+from tests.reference import ebur128
+from tests.signals import music_like
+
+TAGS = {"title": "theme", "soundtrack": "test", "track_id": "theme", "spec_hash": "ab12"}
+
+
+@pytest.fixture(scope="module")
+def loop_ogg(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """A mastered 8 s loop encoded to OGG with its loop tags, and its loop length."""
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["console"])
+    m = master(music_like(11.0, 32000), 32000, mastering, loop=True, duration_s=8.0)
+    out = tmp_path_factory.mktemp("inspect")
+    (file,) = encode(m, ("ogg",), out, "theme", tags=TAGS)
+    assert m.loop_length is not None
+    return file.path, m.loop_length
+
+
+def test_json_shows_loop_tags_loudness_and_verdicts(loop_ogg: tuple[Path, int]) -> None:
+    path, loop_length = loop_ogg
+    result = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)
+    metrics = report["metrics"]
+    assert (metrics["loop_start"], metrics["loop_length"]) == (0, loop_length)
+    assert (metrics["sample_rate"], metrics["channels"]) == (44100, 2)
+    lufs, _ = ebur128(path)
+    assert metrics["integrated_lufs"] == pytest.approx(lufs, abs=0.5)
+    verdicts = {g["name"]: g["passed"] for g in report["gates"]}
+    assert verdicts["loop_seam_jump"] and verdicts["loop_seam_loudness"] and verdicts["loudness"]
+    assert report["passed"] is True
+
+
+def test_the_table_names_the_loop_and_each_gate(loop_ogg: tuple[Path, int]) -> None:
+    path, loop_length = loop_ogg
+    result = CliRunner().invoke(app, ["inspect", str(path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert f"loop: start 0, length {loop_length} samples" in result.stdout
+    assert "loop_seam_jump" in result.stdout and "true_peak" in result.stdout
+    assert "passed" in result.stdout
+
+
+def test_a_failing_file_exits_1_and_names_the_gate(tmp_path: Path) -> None:
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, music_like(5.0, 44100, peak_dbfs=-0.5).T, 44100)  # about -12 LUFS
+    result = CliRunner().invoke(app, ["inspect", str(loud), "--json"])
+    assert result.exit_code == 1
+    (report,) = json.loads(result.stdout)
+    assert {g["name"] for g in report["gates"] if not g["passed"]} == {"loudness", "true_peak"}
+    mobile = CliRunner().invoke(app, ["inspect", str(loud), "--loudness", "web", "--json"])
+    assert mobile.exit_code == 1
+    assert "loudness" in {g["name"] for g in json.loads(mobile.stdout)[0]["gates"]}
+
+
+def test_missing_and_unreadable_files_exit_2_without_a_traceback(
+    tmp_path: Path, loop_ogg: tuple[Path, int]
+) -> None:
+    garbage = tmp_path / "garbage.ogg"
+    garbage.write_bytes(b"not audio at all" * 100)
+    result = CliRunner().invoke(
+        app, ["inspect", str(loop_ogg[0]), str(tmp_path / "missing.wav"), str(garbage)]
+    )
+    assert result.exit_code == 2
+    assert "missing.wav" in result.stderr and "not found" in result.stderr
+    assert "garbage.ogg" in result.stderr
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)

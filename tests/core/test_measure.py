@@ -1,0 +1,140 @@
+"""Measuring: levels against ffmpeg's ebur128, silences, clipping, DC, loop tags and the seam."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from soundtrack.encode import encode
+from soundtrack.errors import AudioError
+from soundtrack.master import Master
+from soundtrack.measure import measure, measure_file, read_loop_tags
+from tests.reference import ebur128
+from tests.signals import music_like, pink_noise, sine
+
+SR = 44100
+TAGS = {"title": "t", "soundtrack": "test", "track_id": "t", "spec_hash": "ab12"}
+
+
+def _with_zeros(audio: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
+    out = audio.copy()
+    out[:, round(start_s * SR) : round(end_s * SR)] = 0.0
+    return out
+
+
+def test_loudness_and_true_peak_agree_with_ffmpeg_ebur128(tmp_path: Path) -> None:
+    path = tmp_path / "music.wav"
+    sf.write(path, music_like(8.0, SR, peak_dbfs=-2.0).T, SR, subtype="FLOAT")
+    metrics = measure_file(path)
+    lufs, peak_dbtp = ebur128(path)
+    assert metrics.integrated_lufs == pytest.approx(lufs, abs=0.1)
+    assert metrics.true_peak_dbtp == pytest.approx(peak_dbtp, abs=0.2)
+    assert metrics.true_peak_dbtp >= metrics.sample_peak_dbfs
+    assert (metrics.sample_rate, metrics.channels, metrics.frames) == (SR, 2, 8 * SR)
+
+
+def test_digital_silence_is_all_silence_and_has_no_loudness() -> None:
+    metrics = measure(np.zeros((2, 3 * SR), dtype=np.float32), SR)
+    assert metrics.integrated_lufs == -math.inf
+    assert metrics.true_peak_dbtp == -math.inf
+    assert metrics.lead_silence_s == metrics.trail_silence_s == pytest.approx(3.0)
+    assert metrics.longest_dropout_s == pytest.approx(3.0)
+
+
+def test_silences_are_timed_to_the_block() -> None:
+    audio = _with_zeros(music_like(10.0, SR), 0.0, 0.2)
+    audio = _with_zeros(audio, 4.0, 7.0)
+    audio = _with_zeros(audio, 9.0, 10.0)
+    metrics = measure(audio, SR)
+    assert metrics.lead_silence_s == pytest.approx(0.2, abs=0.011)
+    assert metrics.longest_dropout_s == pytest.approx(3.0, abs=0.021)
+    assert metrics.trail_silence_s == pytest.approx(1.0, abs=0.011)
+
+
+def test_zero_crossings_are_not_silence() -> None:
+    metrics = measure(sine(40.0, -20.0, 5.0, SR), SR)
+    assert (metrics.lead_silence_s, metrics.trail_silence_s, metrics.longest_dropout_s) == (0, 0, 0)
+
+
+def test_silence_threshold_is_a_parameter() -> None:
+    quiet = pink_noise(-55.0, 5.0, SR)
+    assert measure(quiet, SR).longest_dropout_s == 0.0
+    assert measure(quiet, SR, silence_threshold_dbfs=-20.0).lead_silence_s == pytest.approx(5.0)
+
+
+def test_hard_clipping_is_found_even_after_the_level_was_lowered() -> None:
+    clipped = np.clip(music_like(5.0, SR) * 4.0, -1.0, 1.0)
+    assert measure(clipped, SR).clipped_runs > 10
+    assert measure(clipped * 0.25, SR).clipped_runs > 10
+
+
+def test_round_peaks_of_quantised_bass_are_not_clipping() -> None:
+    bass = np.round(sine(30.0, -0.1, 5.0, SR) * 32767.0) / 32767.0  # flat for ~3 LSB steps
+    assert measure(bass.astype(np.float32), SR).clipped_runs == 0
+    assert measure(music_like(5.0, SR), SR).clipped_runs == 0
+    barely = np.clip(bass, -0.95, 0.95)  # clipped by 0.35 dB
+    # one plateau per polarity, channel and period
+    assert measure(barely.astype(np.float32), SR).clipped_runs >= 2 * 2 * 30 * 5 - 4
+
+
+def test_dc_offset_is_the_largest_channel_mean() -> None:
+    audio = music_like(5.0, SR)
+    audio[1] += 0.01
+    assert measure(audio, SR).dc_offset == pytest.approx(0.01, abs=1e-3)
+
+
+def test_a_seamless_loop_has_a_small_seam_and_a_cut_one_a_large_one() -> None:
+    audio = sine(441.0, -6.0, 8.0, SR)  # exactly 441 periods per second: any whole second loops
+    seamless = measure(audio, SR, loop_start=SR, loop_length=6 * SR)
+    cut = measure(audio, SR, loop_start=SR, loop_length=6 * SR - 25)  # a quarter period short
+    assert seamless.seam_jump_ratio is not None and cut.seam_jump_ratio is not None
+    assert seamless.seam_jump_ratio < 1.0
+    assert cut.seam_jump_ratio > 10.0
+    assert seamless.seam_loudness_change_lu == pytest.approx(0.0, abs=0.05)
+
+
+def test_seam_loudness_compares_the_loop_end_with_its_start() -> None:
+    audio = pink_noise(-20.0, 12.0, SR)
+    audio[:, 6 * SR :] *= 0.5  # the second half is 6 dB quieter
+    metrics = measure(audio, SR, loop_start=0, loop_length=12 * SR)
+    assert metrics.seam_loudness_change_lu == pytest.approx(6.02, abs=0.2)
+
+
+def test_loop_tags_are_read_from_ogg_comments_and_the_wav_smpl_chunk(tmp_path: Path) -> None:
+    audio = music_like(3.0, SR)
+    info = {"input_lufs": -20.0, "gain_db": 0.0, "limiter_reduction_db": 0.0}
+    loop = Master(audio, SR, loop_start=1000, loop_length=100000, **info)
+    plain = Master(audio, SR, loop_start=None, loop_length=None, **info)
+    files = encode(loop, ("ogg", "wav", "mp3"), tmp_path / "loop", "x", tags=TAGS)
+    assert [read_loop_tags(f.path) for f in files] == [(1000, 100000), (1000, 100000), None]
+    ogg = measure_file(files[0].path)
+    assert (ogg.loop_start, ogg.loop_length, ogg.frames) == (1000, 100000, 3 * SR)
+    assert ogg.seam_jump_ratio is not None
+    unlooped = encode(plain, ("ogg", "wav"), tmp_path / "plain", "x", tags=TAGS)
+    assert [read_loop_tags(f.path) for f in unlooped] == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("audio", "kwargs", "message"),
+    [
+        (np.full((2, SR), np.nan, dtype=np.float32), {}, "NaN"),
+        (np.zeros((2, SR // 10), dtype=np.float32), {}, "at least 0.4 s"),
+        (np.zeros((7, SR), dtype=np.float32), {}, "1-5 channels"),
+        (np.zeros((2, SR), dtype=np.float32), {"loop_start": 0}, "given together"),
+        (np.zeros((2, SR), dtype=np.float32), {"loop_start": 10, "loop_length": SR}, "outside"),
+    ],
+)
+def test_bad_input_is_refused_with_a_reason(
+    audio: np.ndarray, kwargs: dict[str, int], message: str
+) -> None:
+    with pytest.raises(AudioError, match=message):
+        measure(audio, SR, **kwargs)
+
+
+def test_a_missing_file_is_an_audio_error(tmp_path: Path) -> None:
+    with pytest.raises(AudioError, match="not found"):
+        measure_file(tmp_path / "nope.ogg")

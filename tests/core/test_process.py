@@ -1,0 +1,132 @@
+"""The per-track chain: bad sources are rejected by the right gate and leave nothing behind; good
+ones are approved with files that an independent meter and decoder confirm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soundtrack.audio import decode_with_ffmpeg
+from soundtrack.gates import judge
+from soundtrack.master import master
+from soundtrack.measure import measure
+from soundtrack.process import TrackOutcome, process_track
+from tests.reference import ebur128
+from tests.signals import music_like
+from tests.specs import make_spec
+
+RENDER_RATE = 32000  # MusicGen's rate: the chain resamples to 44.1 kHz
+
+
+def _failed(outcome: TrackOutcome) -> set[str]:
+    return {g.name for g in outcome.gates if not g.passed and g.severity == "fail"}
+
+
+def _source(seconds: float) -> np.ndarray:
+    return music_like(seconds, RENDER_RATE, peak_dbfs=-3.0)
+
+
+def test_a_clean_source_is_approved_and_its_files_check_out(tmp_path: Path) -> None:
+    spec = make_spec(id="clean", duration_s=10.0)
+    outcome = process_track(spec, _source(12.0), RENDER_RATE, tmp_path)
+    assert outcome.status == "approved", _failed(outcome)
+    assert [f.format for f in outcome.files] == ["ogg", "mp3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.mp3", "clean.ogg"]
+    names = {g.name for g in outcome.gates}
+    assert {"true_peak_ogg", "true_peak_mp3", "duration_ogg", "sample_rate_mp3"} <= names
+    for file in outcome.files:
+        lufs, peak_dbtp = ebur128(file.path)
+        assert lufs == pytest.approx(-24.0, abs=0.5)
+        assert peak_dbtp <= -1.0
+        audio, rate = decode_with_ffmpeg(file.path)
+        assert (rate, audio.shape[0]) == (44100, 2)
+        assert audio.shape[1] == pytest.approx(10.0 * 44100, abs=0.5 * 44100)
+    assert outcome.master is not None and outcome.master.sample_rate == 44100
+    assert [row["label"] for row in outcome.qc.rows] == ["source", "master", "ogg", "mp3"]
+
+
+def _rejected(tmp_path: Path, audio: np.ndarray, **spec: object) -> TrackOutcome:
+    outcome = process_track(make_spec(**spec), audio, RENDER_RATE, tmp_path)
+    assert outcome.status == "rejected"
+    assert outcome.files == []
+    assert list(tmp_path.iterdir()) == []  # nothing of a rejected track is kept
+    return outcome
+
+
+def test_a_silent_source_is_rejected_by_the_silence_gate(tmp_path: Path) -> None:
+    silent = np.zeros((2, 12 * RENDER_RATE), dtype=np.float32)
+    outcome = _rejected(tmp_path, silent)
+    assert _failed(outcome) == {"silence"}
+    assert outcome.master is None
+
+
+def test_a_source_with_a_3s_dropout_is_rejected_by_the_dropout_gate(tmp_path: Path) -> None:
+    audio = _source(12.0)
+    audio[:, 4 * RENDER_RATE : 7 * RENDER_RATE] = 0.0
+    outcome = _rejected(tmp_path, audio)
+    assert _failed(outcome) == {"dropout"}
+    dropout = next(g for g in outcome.gates if g.name == "dropout")
+    assert dropout.value == pytest.approx(3.0, abs=0.05)
+
+
+def test_a_hard_clipped_source_is_rejected_by_the_clipping_gate(tmp_path: Path) -> None:
+    clipped = np.clip(_source(12.0) * 4.0, -1.0, 1.0)  # 12 dB into the rails
+    outcome = _rejected(tmp_path, clipped)
+    assert _failed(outcome) == {"clipping"}  # mastering turned it down: only the plateaus tell
+
+
+def test_a_source_10s_too_short_is_rejected_by_the_duration_gate(tmp_path: Path) -> None:
+    outcome = _rejected(tmp_path, _source(10.0), duration_s=20.0)
+    assert _failed(outcome) == {"duration", "duration_ogg", "duration_mp3"}
+
+
+def test_a_loop_plays_twice_in_a_row_without_a_click(tmp_path: Path) -> None:
+    spec = make_spec(id="loop", duration_s=10.0, loop=True)
+    outcome = process_track(spec, _source(13.0), RENDER_RATE, tmp_path)
+    assert outcome.status == "approved", _failed(outcome)
+    seam = {g.name: g for g in outcome.gates if g.name.startswith("loop_seam")}
+    assert seam["loop_seam_jump"].passed and seam["loop_seam_loudness"].passed
+    # Independent check on the decoded OGG: the loop region twice in a row has no sample-to-
+    # sample curvature at the join larger than anywhere inside the loop itself.
+    ogg = next(f.path for f in outcome.files if f.format == "ogg")
+    audio, _ = decode_with_ffmpeg(ogg)
+    assert outcome.master is not None and outcome.master.loop_length is not None
+    loop = audio[:, : outcome.master.loop_length]
+    twice = np.concatenate([loop, loop], axis=1)
+    curvature = np.abs(np.diff(twice, n=2, axis=1)).max(axis=0)
+    join = loop.shape[1] - 1
+    assert curvature[join - 1 : join + 1].max() <= curvature[: loop.shape[1] - 2].max()
+
+
+def test_a_mis_cut_loop_fails_the_seam_gate() -> None:
+    spec = make_spec(duration_s=10.0, loop=True)
+    m = master(_source(13.0), RENDER_RATE, spec.mastering, loop=True, duration_s=10.0)
+    assert m.loop_length is not None
+    args = {
+        "limits": spec.gates,
+        "loudness": spec.mastering.loudness,
+        "duration_s": None,
+        "loop": True,
+        "sample_rate": 44100,
+        "channels": 2,
+    }
+    good = judge(measure(m.audio, m.sample_rate, loop_start=0, loop_length=m.loop_length), **args)
+    cut = measure(m.audio, m.sample_rate, loop_start=0, loop_length=m.loop_length - 3001)
+    bad = judge(cut, **args)
+    verdict = {g.name: g.passed for g in good}
+    assert verdict["loop_seam_jump"] and verdict["loop_seam_loudness"]
+    assert {g.name for g in bad if not g.passed} == {"loop_seam_jump"}
+
+
+def test_team_expectations_can_reject_a_track(tmp_path: Path) -> None:
+    strict = {
+        "type": "expect_column_max_to_be_between",
+        "kwargs": {"column": "true_peak_dbtp", "max_value": -20.0},
+        "meta": {"gate": "team_quiet_peaks"},
+    }
+    spec = make_spec(duration_s=5.0)
+    outcome = process_track(spec, _source(6.0), RENDER_RATE, tmp_path, extra_expectations=[strict])
+    assert _failed(outcome) == {"team_quiet_peaks"}
+    assert list(tmp_path.iterdir()) == []

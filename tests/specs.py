@@ -1,0 +1,33 @@
+"""A TrackSpec with sensible defaults for tests that need one without a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from soundtrack.spec import LOUDNESS_PROFILES, GateLimits, Mastering, Sampling, TrackSpec
+
+
+def make_spec(**overrides: Any) -> TrackSpec:
+    """A 10 s console-loudness track (OGG + MP3, 44.1 kHz stereo); keyword arguments replace
+    any TrackSpec field, and `spec_hash` is recomputed from the others unless given."""
+    fields: dict[str, Any] = {
+        "soundtrack": "test",
+        "id": "track",
+        "duration_s": 10.0,
+        "loop": False,
+        "seed": 0,
+        "model": "tiny",
+        "model_revision": None,
+        "sampling": Sampling(),
+        "overlap_s": 12.0,
+        "mastering": Mastering(loudness=LOUDNESS_PROFILES["console"]),
+        "gates": GateLimits(),
+        "formats": ("ogg", "mp3"),
+        "wav_bit_depth": 16,
+        "spec_hash": "",
+    }
+    fields.update(overrides)
+    if not fields["spec_hash"]:
+        fields["spec_hash"] = hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()
+    return TrackSpec(**fields)
