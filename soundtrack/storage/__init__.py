@@ -1,0 +1,84 @@
+"""Publishing assets: one interface over a local folder (the default) and S3; docs/storage.md."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from soundtrack.errors import InputError
+from soundtrack.manifest import check_storage_url
+from soundtrack.storage.base import (
+    CONTENT_TYPES,
+    INDEX_NAME,
+    MAX_PRESIGN_EXPIRY_S,
+    PublishedFile,
+    Storage,
+    content_type_for,
+    index_keys,
+)
+from soundtrack.storage.local import LocalStorage
+from soundtrack.storage.s3 import S3Storage
+
+__all__ = [
+    "CONTENT_TYPES",
+    "INDEX_NAME",
+    "MAX_PRESIGN_EXPIRY_S",
+    "STORAGE_ENV",
+    "LocalStorage",
+    "PublishedFile",
+    "S3Storage",
+    "Storage",
+    "check_access",
+    "content_type_for",
+    "index_keys",
+    "open_storage",
+]
+
+STORAGE_ENV = "SOUNDTRACK_STORAGE"
+
+
+def open_storage(url: str, *, base_dir: Path) -> Storage:
+    """A folder path (relative: against `base_dir`, the manifest's folder) or s3://bucket[/prefix];
+    $SOUNDTRACK_STORAGE overrides `url`. Malformed URLs raise InputError before any network call."""
+    source = "storage URL"
+    if os.environ.get(STORAGE_ENV):
+        url, source = os.environ[STORAGE_ENV], f"storage URL (from {STORAGE_ENV})"
+    if not url.strip():
+        raise InputError(f"{source} is empty: give a folder, s3://bucket or s3://bucket/prefix")
+    if url.lower().startswith("s3:"):
+        return _open_s3(url, source)
+    try:
+        check_storage_url(url)
+    except ValueError as exc:
+        raise InputError(f"{source} {url!r}: {exc}") from None
+    root = Path(url).expanduser()
+    return LocalStorage(url, root if root.is_absolute() else base_dir / root)
+
+
+def check_access(storage: Storage) -> None:
+    """Fast pre-flight: raise StorageError(transient=False) when publishing cannot work
+    (wrong credentials, missing bucket, unreachable endpoint, unwritable folder)."""
+    storage.check_access()
+
+
+def _open_s3(url: str, source: str) -> S3Storage:
+    if not url.startswith("s3://"):
+        raise InputError(
+            f"{source} {url!r} is malformed: expected s3://bucket or s3://bucket/prefix"
+        )
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    if "@" in bucket:
+        # Echoing the URL would print the secret it carries.
+        raise InputError(
+            f"{source} must not carry credentials (user:secret@bucket): use AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY or an AWS profile"
+        )
+    if not bucket:
+        raise InputError(
+            f"{source} {url!r} names no bucket: expected s3://bucket or s3://bucket/prefix"
+        )
+    try:
+        check_storage_url(url)
+    except ValueError as exc:
+        raise InputError(f"{source} {url!r}: {exc}") from None
+    return S3Storage(url, bucket, prefix)

@@ -1,0 +1,125 @@
+"""What every storage backend shares: the published-file record, the protocol, index parsing."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from soundtrack.errors import InputError, StorageError
+
+INDEX_NAME = "soundtrack.lock.json"
+CONTENT_TYPES = {"ogg": "audio/ogg", "mp3": "audio/mpeg", "wav": "audio/wav"}
+# S3 and SigV4 cap presigned URLs at seven days.
+MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """One file as it now lies in storage, verified against its sha256."""
+
+    key: str  # object key or path relative to the storage root
+    uri: str  # s3://bucket/key or file:///abs/path
+    sha256: str  # hex
+    bytes: int
+    uploaded: bool  # False when an identical object was already there
+
+
+class Storage(Protocol):
+    """A place assets are published to: a local folder or an S3 bucket/prefix."""
+
+    url: str  # as given, never containing credentials
+
+    def asset_key(self, soundtrack: str, track_id: str, spec_hash: str, ext: str) -> str:
+        """Where one encoded file of a track goes (see docs/storage.md for each layout)."""
+
+    def has_asset(self, key: str, sha256: str) -> bool:
+        """True when the object exists and its checksum matches `sha256`."""
+
+    def put_asset(
+        self,
+        path: Path,
+        key: str,
+        *,
+        sha256: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> PublishedFile:
+        """Publish `path` under `key` and verify it; identical existing content is not re-sent."""
+
+    def read_index(self, soundtrack: str) -> bytes | None:
+        """The soundtrack's lock file, or None when none was published yet."""
+
+    def write_index(self, soundtrack: str, data: bytes) -> str:
+        """Replace the soundtrack's lock file in one step; returns its URI."""
+
+    def presign(self, key: str, expires_s: int = MAX_PRESIGN_EXPIRY_S) -> str:
+        """A link that fetches `key` without credentials (a file:// URI for a folder)."""
+
+    def soundtracks(self) -> list[str]:
+        """Names of the soundtracks that have an index here."""
+
+    def unreferenced(self, soundtrack: str) -> list[str]:
+        """Keys under the soundtrack that its lock file does not reference (garbage)."""
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Remove these keys; missing ones are fine."""
+
+    def check_access(self) -> None:
+        """Fail fast, before any generation, when publishing cannot work."""
+
+
+def check_name(kind: str, value: str) -> None:
+    """Raise InputError unless `value` is safe as one path segment of a key."""
+    if not _SAFE_NAME.fullmatch(value):
+        raise InputError(
+            f"{kind} {value!r} cannot be part of a storage key: use letters, digits, '-' and '_', "
+            "starting with a letter or digit"
+        )
+
+
+def content_type_for(ext: str) -> str:
+    """The Content-Type an encoded file of this format is served with."""
+    try:
+        return CONTENT_TYPES[ext]
+    except KeyError:
+        raise InputError(
+            f"no content type for format {ext!r}; known: {', '.join(sorted(CONTENT_TYPES))}"
+        ) from None
+
+
+def check_expiry(expires_s: int) -> None:
+    """Raise InputError unless a presigned link's lifetime is within S3's limits."""
+    if not 1 <= expires_s <= MAX_PRESIGN_EXPIRY_S:
+        raise InputError(
+            f"presigned link expiry must be 1 to {MAX_PRESIGN_EXPIRY_S} s (got {expires_s})"
+        )
+
+
+def index_keys(data: bytes, where: str) -> set[str]:
+    """The keys a lock file references: every tracks[i].files[j].key."""
+    try:
+        index = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StorageError(f"index {where} is not valid JSON: {exc}", transient=False) from None
+    tracks = index.get("tracks") if isinstance(index, dict) else None
+    if not isinstance(tracks, list):
+        raise StorageError(f"index {where} has no 'tracks' list", transient=False)
+    keys: set[str] = set()
+    for i, track in enumerate(tracks):
+        files = track.get("files", []) if isinstance(track, dict) else None
+        if not isinstance(files, list):
+            raise StorageError(f"index {where}: tracks[{i}].files is not a list", transient=False)
+        for j, entry in enumerate(files):
+            key = entry.get("key") if isinstance(entry, dict) else None
+            if not isinstance(key, str) or not key:
+                raise StorageError(
+                    f"index {where}: tracks[{i}].files[{j}] has no 'key'", transient=False
+                )
+            keys.add(key)
+    return keys

@@ -1,0 +1,483 @@
+"""S3 (and S3-compatible stores) as storage: content-addressed, conditional, verified uploads."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import boto3
+import botocore.session
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    FlexibleChecksumError,
+    NoCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from s3transfer.utils import ChunksizeAdjuster
+
+from soundtrack.errors import InputError, StorageError
+from soundtrack.storage.base import (
+    INDEX_NAME,
+    MAX_PRESIGN_EXPIRY_S,
+    PublishedFile,
+    check_expiry,
+    check_name,
+    index_keys,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import HeadObjectOutputTypeDef
+
+# Total attempts per request (first try included) unless AWS_MAX_ATTEMPTS / max_attempts is
+# configured. botocore backs off 50 ms * 2^n (max 20 s) for connection errors, so a stopped
+# server fails within seconds; throttling (SlowDown) backs off from 1 s, up to ~1 min in all.
+DEFAULT_MAX_ATTEMPTS = 8
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 30
+MULTIPART_THRESHOLD_BYTES = 8 * 1024 * 1024
+MULTIPART_CHUNKSIZE_BYTES = 8 * 1024 * 1024
+# Content-addressed objects never change, so CDNs may keep them forever; the index must not be.
+ASSET_CACHE_CONTROL = "public, max-age=31536000, immutable"
+INDEX_CACHE_CONTROL = "no-cache"
+SHA256_METADATA = "sha256"
+
+_DENIED_CODES = {
+    "AccessDenied",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "403",
+}
+_NO_BUCKET_CODES = {"NoSuchBucket"}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "Throttling",
+    "ThrottlingException",
+    "ConditionalRequestConflict",
+    "OperationAborted",
+    # The server's checksum of what arrived differs from ours: bytes corrupted in transit.
+    "BadDigest",
+    "InvalidDigest",
+    "XAmzContentSHA256Mismatch",
+}
+# Codes a conditional write answers when the object is already there: our own earlier attempt
+# whose reply was lost, or a concurrent upload; either way the content decides.
+_ALREADY_WRITTEN_CODES = {"PreconditionFailed", "NoSuchUpload"}
+# Printable ASCII minus '%': S3 metadata travels in HTTP headers, so only the rest is escaped.
+_METADATA_SAFE = "".join(chr(c) for c in range(32, 127) if chr(c) != "%")
+
+
+@dataclass(frozen=True)
+class _LocalChecksums:
+    sha256: str  # hex of the whole file
+    size: int
+    expected: str  # what S3 reports as ChecksumSHA256 after our upload (composite if multipart)
+
+
+class S3Storage:
+    """Objects under s3://bucket/prefix, named by content (<soundtrack>/<track>/<hash>.<ext>)."""
+
+    def __init__(
+        self,
+        url: str,
+        bucket: str,
+        prefix: str,
+        *,
+        multipart_threshold_bytes: int = MULTIPART_THRESHOLD_BYTES,
+        multipart_chunksize_bytes: int = MULTIPART_CHUNKSIZE_BYTES,
+    ) -> None:
+        self.url = url
+        self.bucket = bucket
+        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        self._client, self._conditional_client = _make_clients()
+        self.endpoint = _public_endpoint(self._client.meta.endpoint_url)
+        self._transfer_config = TransferConfig(
+            multipart_threshold=multipart_threshold_bytes,
+            multipart_chunksize=multipart_chunksize_bytes,
+            preferred_transfer_client="classic",
+        )
+
+    def asset_key(self, soundtrack: str, track_id: str, spec_hash: str, ext: str) -> str:
+        """<prefix>/<soundtrack>/<track>/<spec_hash>.<ext>: immutable, named by content."""
+        for kind, value in (
+            ("soundtrack", soundtrack),
+            ("track id", track_id),
+            ("spec hash", spec_hash),
+            ("format", ext),
+        ):
+            check_name(kind, value)
+        return f"{self.prefix}{soundtrack}/{track_id}/{spec_hash}.{ext}"
+
+    def uri(self, key: str) -> str:
+        """s3://bucket/key."""
+        return f"s3://{self.bucket}/{key}"
+
+    def has_asset(self, key: str, sha256: str) -> bool:
+        """True when the object exists and the server's checksum (or, for a multipart object
+        split differently, the sha256 recorded at upload) matches."""
+        head = self._head(key)
+        return head is not None and _matches(head, sha256, None)
+
+    def put_asset(
+        self,
+        path: Path,
+        key: str,
+        *,
+        sha256: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> PublishedFile:
+        """Upload with the transfer manager, SHA-256 checksums and If-None-Match, then verify."""
+        local = self._checksums(path)
+        if local.sha256 != sha256:
+            raise StorageError(
+                f"{path} has sha256 {local.sha256}, expected {sha256}: the file changed after "
+                "it was hashed; nothing was uploaded",
+                transient=False,
+            )
+        existing = self._head(key)
+        if existing is not None:
+            return self._already_there(key, existing, local)
+        extra_args: dict[str, Any] = {
+            "ChecksumAlgorithm": "SHA256",
+            "ContentType": content_type,
+            "CacheControl": ASSET_CACHE_CONTROL,
+            "Metadata": {**_ascii_metadata(metadata), SHA256_METADATA: sha256},
+        }
+        try:
+            with create_transfer_manager(self._conditional_client, self._transfer_config) as tm:
+                tm.upload(str(path), self.bucket, key, extra_args=extra_args).result()
+        except ClientError as exc:
+            if _code(exc) not in _ALREADY_WRITTEN_CODES:
+                raise self._error(f"uploading {path.name} to {self.uri(key)}", exc) from None
+            existing = self._head(key)
+            if existing is None:
+                raise self._error(f"uploading {path.name} to {self.uri(key)}", exc) from None
+            published = self._already_there(key, existing, local)
+            return PublishedFile(key, published.uri, sha256, local.size, True)
+        except (BotoCoreError, OSError) as exc:
+            raise self._error(f"uploading {path.name} to {self.uri(key)}", exc) from None
+        self._verify(key, local)
+        return PublishedFile(key, self.uri(key), sha256, local.size, True)
+
+    def read_index(self, soundtrack: str) -> bytes | None:
+        """The lock file (its checksum validated by botocore on the way), or None."""
+        key = self._index_key(soundtrack)
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            data: bytes = response["Body"].read()
+            return data
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise self._error(f"reading {self.uri(key)}", exc) from None
+        except BotoCoreError as exc:
+            raise self._error(f"reading {self.uri(key)}", exc) from None
+
+    def write_index(self, soundtrack: str, data: bytes) -> str:
+        """Replace the lock file in one PUT (S3 PUTs are atomic) and verify its checksum."""
+        key = self._index_key(soundtrack)
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            self._client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+                ContentType="application/json",
+                CacheControl=INDEX_CACHE_CONTROL,
+                Metadata={SHA256_METADATA: digest},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(f"writing {self.uri(key)}", exc) from None
+        self._verify(key, _LocalChecksums(digest, len(data), _b64(bytes.fromhex(digest))))
+        return self.uri(key)
+
+    def presign(self, key: str, expires_s: int = MAX_PRESIGN_EXPIRY_S) -> str:
+        """A SigV4 presigned GET URL, valid for `expires_s` seconds (at most 7 days)."""
+        check_expiry(expires_s)
+        try:
+            url: str = self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+            )
+            return url
+        except BotoCoreError as exc:
+            raise self._error(f"presigning {self.uri(key)}", exc) from None
+
+    def soundtracks(self) -> list[str]:
+        """Names of the "folders" directly under the prefix that hold an index."""
+        names: list[str] = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"
+            )
+            for page in pages:
+                for common in page.get("CommonPrefixes", []):
+                    names.append(common["Prefix"].removeprefix(self.prefix).rstrip("/"))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(f"listing s3://{self.bucket}/{self.prefix}", exc) from None
+        return sorted(name for name in names if self._head(f"{self.prefix}{name}/{INDEX_NAME}"))
+
+    def unreferenced(self, soundtrack: str) -> list[str]:
+        """Keys under <prefix>/<soundtrack>/ that are neither the lock file nor referenced by it."""
+        index_key = self._index_key(soundtrack)
+        data = self.read_index(soundtrack)
+        if data is None:
+            raise InputError(
+                f"no index at {self.uri(index_key)}: nothing tells which objects are in use"
+            )
+        keep = index_keys(data, self.uri(index_key)) | {index_key}
+        found: list[str] = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=f"{self.prefix}{soundtrack}/"
+            )
+            for page in pages:
+                found.extend(obj["Key"] for obj in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(f"listing {self.uri(self.prefix + soundtrack)}/", exc) from None
+        return sorted(key for key in found if key not in keep)
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete in batches of 1000 (the DeleteObjects limit); any per-key error fails."""
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            try:
+                response = self._client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise self._error(f"deleting from s3://{self.bucket}", exc) from None
+            errors = response.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"deleting from s3://{self.bucket}: {len(errors)} key(s) failed, first "
+                    f"{first.get('Key')!r}: {first.get('Code')} {first.get('Message')}",
+                    transient=False,
+                )
+
+    def check_access(self) -> None:
+        """HEAD the bucket: wrong credentials, a missing bucket or an unreachable endpoint fail
+        here, before any GPU time is spent."""
+        doing = f"checking access to s3://{self.bucket}"
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and _code(exc) == "404":
+                # HEAD responses carry no error body, so a missing bucket is a bare 404.
+                raise StorageError(
+                    f"{doing}: bucket {self.bucket!r} does not exist at {self.endpoint}",
+                    transient=False,
+                ) from None
+            error = self._error(doing, exc)
+            if isinstance(exc, BotoConnectionError):
+                # Before a build, an endpoint that does not answer is a setting to fix.
+                raise StorageError(
+                    f"{error} (is the endpoint URL right and the server running?)",
+                    transient=False,
+                ) from None
+            raise error from None
+
+    def _index_key(self, soundtrack: str) -> str:
+        check_name("soundtrack", soundtrack)
+        return f"{self.prefix}{soundtrack}/{INDEX_NAME}"
+
+    def _head(self, key: str) -> HeadObjectOutputTypeDef | None:
+        try:
+            return self._client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey"):
+                return None
+            raise self._error(f"checking {self.uri(key)}", exc) from None
+        except BotoCoreError as exc:
+            raise self._error(f"checking {self.uri(key)}", exc) from None
+
+    def _already_there(
+        self, key: str, head: HeadObjectOutputTypeDef, local: _LocalChecksums
+    ) -> PublishedFile:
+        if head.get("ContentLength") == local.size and _matches(head, local.sha256, local.expected):
+            return PublishedFile(key, self.uri(key), local.sha256, local.size, False)
+        raise StorageError(
+            f"{self.uri(key)} already exists with different content (server checksum "
+            f"{head.get('ChecksumSHA256')!r}, {head.get('ContentLength')} bytes; expected "
+            f"{local.expected!r}, {local.size} bytes): content-addressed objects are never "
+            "overwritten; delete it or change the spec",
+            transient=False,
+        )
+
+    def _verify(self, key: str, local: _LocalChecksums) -> None:
+        head = self._head(key)
+        if head is None:
+            raise StorageError(f"{self.uri(key)} is missing right after upload", transient=True)
+        reported = head.get("ChecksumSHA256")
+        if reported is None:
+            raise StorageError(
+                f"{self.endpoint} reported no SHA-256 checksum for {self.uri(key)}: the store "
+                "must support S3 additional checksums (x-amz-checksum-sha256)",
+                transient=False,
+            )
+        if reported != local.expected or head.get("ContentLength") != local.size:
+            raise StorageError(
+                f"{self.uri(key)} failed verification: server reports {reported!r}, "
+                f"{head.get('ContentLength')} bytes; expected {local.expected!r}, "
+                f"{local.size} bytes",
+                transient=False,
+            )
+
+    def _checksums(self, path: Path) -> _LocalChecksums:
+        """sha256 of the file and the checksum S3 will report: the plain one for a single PUT,
+        else the composite sha256-of-part-sha256s + "-<parts>" for the part size s3transfer uses."""
+        try:
+            size = path.stat().st_size
+            multipart = size >= self._transfer_config.multipart_threshold
+            part_bytes = (
+                ChunksizeAdjuster().adjust_chunksize(
+                    self._transfer_config.multipart_chunksize, size
+                )
+                if multipart
+                else max(size, 1)
+            )
+            whole = hashlib.sha256()
+            part_digests: list[bytes] = []
+            with path.open("rb") as handle:
+                for part in iter(lambda: handle.read(part_bytes), b""):
+                    whole.update(part)
+                    part_digests.append(hashlib.sha256(part).digest())
+        except OSError as exc:
+            raise StorageError(
+                f"cannot read {path}: {exc.strerror or exc}", transient=False
+            ) from None
+        if multipart:
+            composite = hashlib.sha256(b"".join(part_digests)).digest()
+            expected = f"{_b64(composite)}-{len(part_digests)}"
+        else:
+            expected = _b64(whole.digest())
+        return _LocalChecksums(whole.hexdigest(), size, expected)
+
+    def _error(self, doing: str, exc: Exception) -> StorageError:
+        return storage_error(doing, exc, endpoint=self.endpoint, bucket=self.bucket)
+
+
+def storage_error(doing: str, exc: Exception, *, endpoint: str, bucket: str) -> StorageError:
+    """A StorageError that says what failed and whether a retry may help; never credentials."""
+    if isinstance(exc, ClientError):
+        code = _code(exc)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        message = exc.response.get("Error", {}).get("Message", "")
+        if code in _DENIED_CODES:
+            return StorageError(
+                f"{doing}: access denied by {endpoint} ({code}): check the credentials "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and the bucket's "
+                "permissions",
+                transient=False,
+            )
+        if code in _NO_BUCKET_CODES:
+            return StorageError(
+                f"{doing}: bucket {bucket!r} does not exist at {endpoint}", transient=False
+            )
+        transient = code in _TRANSIENT_CODES or status >= 500
+        detail = f"{code}: {message}" if message else code
+        return StorageError(f"{doing}: {detail} (HTTP {status})", transient=transient)
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(
+            f"{doing}: no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or AWS_PROFILE with a profile in ~/.aws/credentials",
+            transient=False,
+        )
+    if isinstance(exc, BotoConnectionError):
+        return StorageError(f"{doing}: cannot reach {endpoint}: {exc}", transient=True)
+    if isinstance(exc, FlexibleChecksumError):
+        return StorageError(f"{doing}: corrupted in transit: {exc}", transient=True)
+    if isinstance(exc, OSError):
+        return StorageError(f"{doing}: {exc.strerror or exc}", transient=False)
+    return StorageError(f"{doing}: {exc}", transient=False)
+
+
+def _make_clients() -> tuple[S3Client, S3Client]:
+    """Two S3 clients from the standard AWS environment and config files (endpoint included):
+    a plain one, and one whose every PutObject / CompleteMultipartUpload carries
+    If-None-Match: *, because s3transfer's upload does not accept IfNoneMatch (boto/boto3#4366)."""
+    core = botocore.session.Session()
+    retries: dict[str, Any] = {}
+    if core.get_config_variable("max_attempts") is None:
+        retries["total_max_attempts"] = DEFAULT_MAX_ATTEMPTS
+    config = Config(
+        retries=retries,  # type: ignore[arg-type]
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+        signature_version="s3v4",
+    )
+    session = boto3.Session(botocore_session=core)
+    try:
+        plain, conditional = (session.client("s3", config=config) for _ in range(2))
+    except ValueError as exc:
+        raise InputError(
+            f"S3 endpoint: {exc} (check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 or endpoint_url "
+            "in the AWS config file)"
+        ) from None
+    _check_endpoint(plain.meta.endpoint_url)
+    for operation in ("PutObject", "CompleteMultipartUpload"):
+        conditional.meta.events.register(f"before-parameter-build.s3.{operation}", _never_overwrite)
+    return plain, conditional
+
+
+def _check_endpoint(url: str) -> None:
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise InputError(
+            f"invalid S3 endpoint URL {_public_endpoint(url)!r}: expected http(s)://host[:port] "
+            "(check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 or endpoint_url in the AWS config file)"
+        )
+
+
+def _public_endpoint(url: str) -> str:
+    """The endpoint without any user:password@ part, safe to print."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=host).geturl()
+
+
+def _never_overwrite(params: dict[str, Any], **_: Any) -> None:
+    params.setdefault("IfNoneMatch", "*")
+
+
+def _matches(head: HeadObjectOutputTypeDef, sha256: str, expected: str | None) -> bool:
+    reported = head.get("ChecksumSHA256")
+    if reported is not None and reported in (_b64(bytes.fromhex(sha256)), expected):
+        return True
+    # A multipart object split into other part sizes has a composite we cannot recompute here;
+    # its whole-file sha256 was recorded at upload, after the server had verified every part.
+    recorded = head.get("Metadata", {}).get(SHA256_METADATA)
+    return reported is not None and "-" in reported and recorded == sha256
+
+
+def _ascii_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {key: quote(value, safe=_METADATA_SAFE) for key, value in metadata.items()}
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
