@@ -1,1 +1,88 @@
 """Shared fixtures: everything a test needs is made on the spot (no network, no hub)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.s3server import SeaweedServer
+
+
+# --- S3 server (issue 6) ---
+
+# Variables that could point boto3 at a developer's real AWS account or change its behaviour.
+_AWS_VARS = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_MAX_ATTEMPTS",
+    "AWS_RETRY_MODE",
+    "AWS_CA_BUNDLE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "SOUNDTRACK_STORAGE",
+)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """One SeaweedFS S3 server for the session: .endpoint, .access_key, .secret_key,
+    .create_bucket(), .client(), .aws_env()."""
+    from tests.s3server import SeaweedServer
+
+    with SeaweedServer(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def aws_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No AWS setting from the developer's environment or ~/.aws; returns the folder for
+    test-made AWS config and credentials files."""
+    for name in _AWS_VARS:
+        monkeypatch.delenv(name, raising=False)
+    aws_dir = tmp_path / "aws"
+    aws_dir.mkdir()
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws_dir / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(aws_dir / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return aws_dir
+
+
+@pytest.fixture
+def s3_env(
+    s3_server: SeaweedServer, aws_isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> SeaweedServer:
+    """The standard AWS variables point boto3 (and so `soundtrack`) at the session's server."""
+    for name, value in s3_server.aws_env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture
+def s3_bucket(s3_env: SeaweedServer) -> str:
+    """A fresh, empty bucket on the session's server, with the environment pointing at it."""
+    return s3_env.create_bucket()
+
+
+# --- tiny MusicGen (issue 3) ---
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight MusicGen (about 2 MB, noise not music), written once per session."""
+    from soundtrack.models.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny-musicgen"))
