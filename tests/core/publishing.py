@@ -1,0 +1,89 @@
+"""Publishing a set of files plus the index the way the build flow does, for storage tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from soundtrack.storage import PublishedFile, Storage, content_type_for
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One encoded file of an approved track, as the flow hands it to storage."""
+
+    track_id: str
+    ext: str
+    spec_hash: str
+    path: Path
+    sha256: str
+
+
+def make_asset(
+    folder: Path, track_id: str, ext: str, *, size: int, seed: int, spec_hash: str | None = None
+) -> Asset:
+    """A file of `size` seeded random bytes (stands in for an encoded track)."""
+    data = random.Random(seed).randbytes(size)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{track_id}-{seed}.{ext}"
+    path.write_bytes(data)
+    spec_hash = spec_hash or hashlib.sha256(f"{track_id}/{seed}".encode()).hexdigest()[:16]
+    return Asset(track_id, ext, spec_hash, path, hashlib.sha256(data).hexdigest())
+
+
+def publish_assets(storage: Storage, soundtrack: str, assets: list[Asset]) -> list[PublishedFile]:
+    """Every file, each verified; no index."""
+    published = []
+    for asset in assets:
+        key = storage.asset_key(soundtrack, asset.track_id, asset.spec_hash, asset.ext)
+        published.append(
+            storage.put_asset(
+                asset.path,
+                key,
+                sha256=asset.sha256,
+                content_type=content_type_for(asset.ext),
+                metadata={
+                    "track-id": asset.track_id,
+                    "spec-hash": asset.spec_hash,
+                    "model": "tiny-musicgen",
+                    "seed": "1234",
+                },
+            )
+        )
+    return published
+
+
+def index_bytes(soundtrack: str, assets: list[Asset], published: list[PublishedFile]) -> bytes:
+    """A lock file in the report's shape: tracks[*].files[*] with key, uri, sha256, bytes."""
+    tracks: dict[str, dict[str, object]] = {}
+    for asset, file in zip(assets, published, strict=True):
+        track = tracks.setdefault(
+            asset.track_id,
+            {"id": asset.track_id, "status": "approved", "spec_hash": asset.spec_hash, "files": []},
+        )
+        files = track["files"]
+        assert isinstance(files, list)
+        files.append(
+            {
+                "format": asset.ext,
+                "key": file.key,
+                "uri": file.uri,
+                "sha256": file.sha256,
+                "bytes": file.bytes,
+            }
+        )
+    document = {"soundtrack": soundtrack, "tracks": list(tracks.values())}
+    return json.dumps(document, indent=2, sort_keys=True).encode()
+
+
+def publish(
+    storage: Storage, soundtrack: str, assets: list[Asset]
+) -> tuple[list[PublishedFile], bytes]:
+    """Every file, then (only when all are verified) the index; returns both."""
+    published = publish_assets(storage, soundtrack, assets)
+    index = index_bytes(soundtrack, assets, published)
+    storage.write_index(soundtrack, index)
+    return published, index

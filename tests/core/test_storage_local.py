@@ -1,0 +1,234 @@
+"""Local-folder storage: stable names, atomic replacement, verified copies, the index, gc."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from soundtrack.cli import app
+from soundtrack.errors import InputError, StorageError
+from soundtrack.storage import LocalStorage, check_access, open_storage
+from tests.core.publishing import Asset, make_asset, publish, publish_assets
+
+SOUNDTRACK = "sky-odyssey"
+
+
+@pytest.fixture(autouse=True)
+def _no_storage_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
+
+
+@pytest.fixture
+def assets(tmp_path: Path) -> list[Asset]:
+    folder = tmp_path / "encoded"
+    return [
+        make_asset(folder, "title-theme", "ogg", size=50_000, seed=1),
+        make_asset(folder, "title-theme", "mp3", size=30_000, seed=2),
+        make_asset(folder, "credits", "ogg", size=40_000, seed=3),
+    ]
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*"))
+
+
+def test_publish_writes_stable_names_verified_then_the_index(
+    assets: list[Asset], tmp_path: Path
+) -> None:
+    storage = open_storage("assets", base_dir=tmp_path / "game")
+    check_access(storage)
+    published, index = publish(storage, SOUNDTRACK, assets)
+
+    root = tmp_path / "game" / "assets"
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
+        f"{SOUNDTRACK}/credits.ogg",
+        f"{SOUNDTRACK}/soundtrack.lock.json",
+        f"{SOUNDTRACK}/title-theme.mp3",
+        f"{SOUNDTRACK}/title-theme.ogg",
+    ]
+    for asset, file in zip(assets, published, strict=True):
+        target = root / SOUNDTRACK / f"{asset.track_id}.{asset.ext}"
+        assert file.key == f"{SOUNDTRACK}/{asset.track_id}.{asset.ext}"
+        assert file.uri == target.as_uri()
+        assert file.uploaded
+        assert file.bytes == target.stat().st_size
+        assert sha256_of(target) == asset.sha256 == file.sha256
+    assert (root / SOUNDTRACK / "soundtrack.lock.json").read_bytes() == index
+    assert storage.read_index(SOUNDTRACK) == index
+    assert leftovers(root) == []
+
+
+def test_second_publish_copies_nothing(assets: list[Asset], tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "assets"), base_dir=Path("/unused"))
+    first, _ = publish(storage, SOUNDTRACK, assets)
+    before = {f.key: os.stat(tmp_path / "assets" / f.key) for f in first}
+    again, _ = publish(storage, SOUNDTRACK, assets)
+
+    assert [f.uploaded for f in again] == [False] * len(assets)
+    for file in again:
+        after = os.stat(tmp_path / "assets" / file.key)
+        assert (after.st_ino, after.st_mtime_ns) == (
+            before[file.key].st_ino,
+            before[file.key].st_mtime_ns,
+        )
+
+
+def test_changed_content_replaces_the_file_by_rename(tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "assets"), base_dir=tmp_path)
+    old = make_asset(tmp_path / "v1", "title-theme", "ogg", size=20_000, seed=1)
+    new = make_asset(tmp_path / "v2", "title-theme", "ogg", size=25_000, seed=2)
+    (first,) = publish_assets(storage, SOUNDTRACK, [old])
+    target = tmp_path / "assets" / first.key
+    inode_before = target.stat().st_ino
+    (second,) = publish_assets(storage, SOUNDTRACK, [new])
+
+    assert second.key == first.key
+    assert second.uploaded
+    assert sha256_of(target) == new.sha256
+    assert target.stat().st_ino != inode_before  # a new file renamed over, not rewritten in place
+    assert leftovers(tmp_path / "assets") == []
+
+
+def test_a_file_that_does_not_match_its_sha256_leaves_the_published_one_untouched(
+    tmp_path: Path,
+) -> None:
+    storage = open_storage(str(tmp_path / "assets"), base_dir=tmp_path)
+    good = make_asset(tmp_path / "v1", "title-theme", "ogg", size=20_000, seed=1)
+    other = make_asset(tmp_path / "v2", "title-theme", "ogg", size=20_000, seed=2)
+    (file,) = publish_assets(storage, SOUNDTRACK, [good])
+    with pytest.raises(StorageError, match="changed after it was hashed") as caught:
+        storage.put_asset(
+            other.path, file.key, sha256="0" * 64, content_type="audio/ogg", metadata={}
+        )
+    assert not caught.value.transient
+    assert sha256_of(tmp_path / "assets" / file.key) == good.sha256
+    assert leftovers(tmp_path / "assets") == []
+
+
+def test_has_asset_compares_content(assets: list[Asset], tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "assets"), base_dir=tmp_path)
+    (file,) = publish_assets(storage, SOUNDTRACK, assets[:1])
+    assert storage.has_asset(file.key, assets[0].sha256)
+    assert not storage.has_asset(file.key, assets[1].sha256)
+    assert not storage.has_asset(f"{SOUNDTRACK}/missing.ogg", assets[0].sha256)
+
+
+def test_index_is_none_until_written_and_replaced_whole(tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "assets"), base_dir=tmp_path)
+    assert storage.read_index(SOUNDTRACK) is None
+    uri = storage.write_index(SOUNDTRACK, b'{"tracks": []}')
+    storage.write_index(SOUNDTRACK, b'{"tracks": [], "build": 2}')
+    index_path = tmp_path / "assets" / SOUNDTRACK / "soundtrack.lock.json"
+    assert uri == index_path.as_uri()
+    assert storage.read_index(SOUNDTRACK) == b'{"tracks": [], "build": 2}'
+    assert leftovers(tmp_path / "assets") == []
+
+
+def test_relative_folder_resolves_against_the_manifest_folder_and_env_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = open_storage("./assets", base_dir=tmp_path / "game")
+    assert isinstance(storage, LocalStorage)
+    assert storage.root == tmp_path / "game" / "assets"
+    assert storage.url == "./assets"
+
+    monkeypatch.setenv("SOUNDTRACK_STORAGE", str(tmp_path / "elsewhere"))
+    overridden = open_storage("./assets", base_dir=tmp_path / "game")
+    assert isinstance(overridden, LocalStorage)
+    assert overridden.root == tmp_path / "elsewhere"
+
+
+def test_presign_is_a_file_uri_and_checks_the_expiry(assets: list[Asset], tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "assets"), base_dir=tmp_path)
+    (file,) = publish_assets(storage, SOUNDTRACK, assets[:1])
+    link = storage.presign(file.key, expires_s=3600)
+    assert link == (tmp_path / "assets" / file.key).as_uri()
+    with pytest.raises(InputError, match="expiry"):
+        storage.presign(file.key, expires_s=0)
+
+
+@pytest.mark.parametrize("key", ["../outside.ogg", "/etc/passwd", "a/../../b", ""])
+def test_keys_cannot_leave_the_root(key: str, assets: list[Asset], tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "assets"), base_dir=tmp_path)
+    with pytest.raises(InputError, match="inside"):
+        storage.put_asset(
+            assets[0].path, key, sha256=assets[0].sha256, content_type="audio/ogg", metadata={}
+        )
+    with pytest.raises(InputError, match="inside"):
+        storage.delete([key])
+
+
+@pytest.mark.parametrize(
+    ("soundtrack", "track_id"), [("..", "theme"), ("game", "a/b"), ("game", ".hidden")]
+)
+def test_unsafe_names_are_refused(soundtrack: str, track_id: str, tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "assets"), base_dir=tmp_path)
+    with pytest.raises(InputError, match="cannot be part of a storage key"):
+        storage.asset_key(soundtrack, track_id, "abc123", "ogg")
+
+
+def test_check_access_refuses_a_root_that_is_not_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    for root in (tmp_path / "file", tmp_path / "file" / "assets"):
+        with pytest.raises(StorageError, match="is not a directory") as caught:
+            check_access(open_storage(str(root), base_dir=tmp_path))
+        assert not caught.value.transient
+    check_access(open_storage(str(tmp_path / "new" / "assets"), base_dir=tmp_path))
+
+
+def test_gc_lists_then_deletes_only_unreferenced_files_of_indexed_soundtracks(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "assets"
+    storage = open_storage(str(root), base_dir=tmp_path)
+    ogg = make_asset(tmp_path / "enc", "title-theme", "ogg", size=10_000, seed=1)
+    mp3 = make_asset(tmp_path / "enc", "title-theme", "mp3", size=10_000, seed=2)
+    publish(storage, SOUNDTRACK, [ogg, mp3])
+    publish(storage, SOUNDTRACK, [ogg])  # mp3 dropped from the formats
+    stray = root / SOUNDTRACK / ".title-theme.ogg.abc.tmp"  # left by a killed copy
+    stray.write_bytes(b"partial")
+    not_ours = root / "sfx" / "boom.wav"  # the game's own files, no index: never touched
+    not_ours.parent.mkdir()
+    not_ours.write_bytes(b"boom")
+
+    assert storage.soundtracks() == [SOUNDTRACK]
+    expected = [f"{SOUNDTRACK}/.title-theme.ogg.abc.tmp", f"{SOUNDTRACK}/title-theme.mp3"]
+    assert storage.unreferenced(SOUNDTRACK) == expected
+    listed = CliRunner().invoke(app, ["gc", str(root)])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.split() == expected
+    assert (root / SOUNDTRACK / "title-theme.mp3").exists()
+
+    deleted = CliRunner().invoke(app, ["gc", str(root), "--soundtrack", SOUNDTRACK, "--delete"])
+    assert deleted.exit_code == 0, deleted.output
+    assert sorted(p.name for p in (root / SOUNDTRACK).iterdir()) == [
+        "soundtrack.lock.json",
+        "title-theme.ogg",
+    ]
+    assert not_ours.read_bytes() == b"boom"
+    lock = json.loads((root / SOUNDTRACK / "soundtrack.lock.json").read_text())
+    assert lock["tracks"][0]["files"][0]["key"] == f"{SOUNDTRACK}/title-theme.ogg"
+
+
+def test_gc_without_an_index_is_an_input_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["gc", str(tmp_path), "--soundtrack", SOUNDTRACK])
+    assert result.exit_code == 2
+    assert "no index" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+
+
+def test_gc_refuses_an_index_it_cannot_read(tmp_path: Path) -> None:
+    (tmp_path / SOUNDTRACK).mkdir()
+    (tmp_path / SOUNDTRACK / "soundtrack.lock.json").write_text('{"tracks": [{"files": [{}]}]}')
+    result = CliRunner().invoke(app, ["gc", str(tmp_path), "--soundtrack", SOUNDTRACK, "--delete"])
+    assert result.exit_code == 1
+    assert "tracks[0].files[0] has no 'key'" in " ".join(result.output.split())

@@ -1,0 +1,533 @@
+"""S3 storage against a real SeaweedFS server; each property is checked with its own answers."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from typer.testing import CliRunner
+
+from soundtrack.cli import app
+from soundtrack.errors import InputError, StorageError
+from soundtrack.storage import S3Storage, check_access, open_storage
+from tests.core.publishing import Asset, make_asset, publish, publish_assets
+from tests.faultproxy import FaultProxy, Seen
+from tests.s3server import SeaweedServer, free_ports
+
+pytestmark = pytest.mark.slow
+
+SOUNDTRACK = "sky-odyssey"
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def assets(tmp_path: Path) -> list[Asset]:
+    folder = tmp_path / "encoded"
+    return [
+        make_asset(folder, "title-theme", "ogg", size=150_000, seed=1),
+        make_asset(folder, "title-theme", "mp3", size=90_000, seed=2),
+        make_asset(folder, "credits", "ogg", size=120_000, seed=3),
+    ]
+
+
+def server_sha256(client: Any, bucket: str, key: str) -> str:
+    """The hex sha256 the server reports for a single-part object."""
+    head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    return base64.b64decode(head["ChecksumSHA256"]).hex()
+
+
+def server_body_sha256(client: Any, bucket: str, key: str) -> str:
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return hashlib.sha256(body).hexdigest()
+
+
+def composite_sha256(path: Path, part_bytes: int) -> str:
+    """S3's composite checksum of a multipart object: sha256 of the parts' sha256s, "-<parts>"."""
+    data = path.read_bytes()
+    parts = [data[i : i + part_bytes] for i in range(0, len(data), part_bytes)]
+    digest = hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in parts)).digest()
+    return f"{base64.b64encode(digest).decode()}-{len(parts)}"
+
+
+def test_publish_puts_every_file_then_an_index_whose_checksums_are_the_servers(
+    s3_server: SeaweedServer, s3_bucket: str, assets: list[Asset], tmp_path: Path
+) -> None:
+    storage = open_storage(f"s3://{s3_bucket}/games", base_dir=tmp_path)
+    check_access(storage)
+    published, index = publish(storage, SOUNDTRACK, assets)
+
+    client = s3_server.client()
+    index_key = f"games/{SOUNDTRACK}/soundtrack.lock.json"
+    listed = [obj["Key"] for obj in client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert sorted(listed) == sorted([p.key for p in published] + [index_key])
+    assert all(p.uploaded for p in published)
+    for asset, file in zip(assets, published, strict=True):
+        assert file.key == f"games/{SOUNDTRACK}/{asset.track_id}/{asset.spec_hash}.{asset.ext}"
+        assert file.uri == f"s3://{s3_bucket}/{file.key}"
+        assert file.bytes == asset.path.stat().st_size
+        head = client.head_object(Bucket=s3_bucket, Key=file.key)
+        assert head["ContentType"] == {"ogg": "audio/ogg", "mp3": "audio/mpeg"}[asset.ext]
+        assert head["Metadata"]["track-id"] == asset.track_id
+        assert head["Metadata"]["spec-hash"] == asset.spec_hash
+        assert head["Metadata"]["seed"] == "1234"
+        assert "immutable" in head["CacheControl"]
+        assert server_body_sha256(client, s3_bucket, file.key) == asset.sha256
+
+    lock = json.loads(client.get_object(Bucket=s3_bucket, Key=index_key)["Body"].read())
+    files = [f for track in lock["tracks"] for f in track["files"]]
+    assert len(files) == len(assets)
+    for entry in files:
+        assert entry["sha256"] == server_sha256(client, s3_bucket, entry["key"])
+    assert storage.read_index(SOUNDTRACK) == index
+    assert client.head_object(Bucket=s3_bucket, Key=index_key)["CacheControl"] == "no-cache"
+
+
+def test_second_publish_uploads_nothing(
+    s3_server: SeaweedServer,
+    s3_bucket: str,
+    assets: list[Asset],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    publish(open_storage(f"s3://{s3_bucket}", base_dir=tmp_path), SOUNDTRACK, assets)
+    with FaultProxy(int(s3_server.endpoint.rsplit(":", 1)[1])) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        again, _ = publish(open_storage(f"s3://{s3_bucket}", base_dir=tmp_path), SOUNDTRACK, assets)
+
+    assert [p.uploaded for p in again] == [False] * len(assets)
+    writes = [(r.method, r.path) for r in proxy.requests if r.method in ("PUT", "POST")]
+    assert writes == [("PUT", f"/{s3_bucket}/{SOUNDTRACK}/soundtrack.lock.json")]
+    assert proxy.stats["requests"] >= len(assets) + 1
+
+
+def test_asset_uploads_are_conditional_so_nothing_is_ever_overwritten(
+    s3_server: SeaweedServer,
+    s3_bucket: str,
+    assets: list[Asset],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with FaultProxy(int(s3_server.endpoint.rsplit(":", 1)[1])) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        publish(open_storage(f"s3://{s3_bucket}", base_dir=tmp_path), SOUNDTRACK, assets)
+    puts = [r for r in proxy.requests if r.method == "PUT"]
+    asset_puts = [r for r in puts if not r.path.endswith("soundtrack.lock.json")]
+    assert len(asset_puts) == len(assets)
+    assert all(r.headers.get("if-none-match") == "*" for r in asset_puts)
+    assert all(r.headers.get("x-amz-checksum-sha256") for r in puts)
+
+
+def test_bytes_corrupted_in_transit_are_rejected_by_the_server_and_a_retry_heals(
+    s3_server: SeaweedServer,
+    s3_bucket: str,
+    assets: list[Asset],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asset = assets[0]
+    with FaultProxy(
+        int(s3_server.endpoint.rsplit(":", 1)[1]), corrupt_share=1.0, max_faults_per_request=1
+    ) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
+        key = storage.asset_key(SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext)
+        with pytest.raises(StorageError, match="BadDigest") as caught:
+            publish_assets(storage, SOUNDTRACK, [asset])
+        assert caught.value.transient
+        assert not storage.has_asset(key, asset.sha256)
+        (file,) = publish_assets(storage, SOUNDTRACK, [asset])  # the retry a Prefect task makes
+
+    assert any(r.method == "PUT" and r.fate == "corrupt" for r in proxy.requests)
+    assert file.uploaded
+    assert server_body_sha256(s3_server.client(), s3_bucket, key) == asset.sha256
+
+
+def test_existing_object_with_other_content_is_refused_not_overwritten(
+    s3_server: SeaweedServer, s3_bucket: str, assets: list[Asset], tmp_path: Path
+) -> None:
+    storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
+    asset = assets[0]
+    key = storage.asset_key(SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext)
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key=key, Body=b"someone else's bytes")
+
+    assert not storage.has_asset(key, asset.sha256)
+    with pytest.raises(StorageError, match="already exists with different content") as caught:
+        publish_assets(storage, SOUNDTRACK, [asset])
+    assert not caught.value.transient
+    assert client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == b"someone else's bytes"
+
+
+def test_object_appearing_between_check_and_upload_is_not_overwritten(
+    s3_server: SeaweedServer,
+    s3_bucket: str,
+    assets: list[Asset],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asset = assets[0]
+    client = s3_server.client()
+
+    def racing_writer(seen: Seen) -> None:
+        if seen.method == "PUT":  # another build wins the race, with other bytes
+            key = seen.path.removeprefix(f"/{s3_bucket}/")
+            client.put_object(Bucket=s3_bucket, Key=key, Body=b"the other build's bytes")
+
+    with FaultProxy(
+        int(s3_server.endpoint.rsplit(":", 1)[1]), before_forward=racing_writer
+    ) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
+        with pytest.raises(StorageError, match="already exists with different content"):
+            publish_assets(storage, SOUNDTRACK, [asset])
+
+    key = storage.asset_key(SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext)
+    assert client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == b"the other build's bytes"
+
+
+def test_a_file_that_does_not_match_its_sha256_is_not_uploaded(
+    s3_server: SeaweedServer, s3_bucket: str, assets: list[Asset], tmp_path: Path
+) -> None:
+    storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
+    asset = assets[0]
+    key = storage.asset_key(SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext)
+    with pytest.raises(StorageError, match="changed after it was hashed") as caught:
+        storage.put_asset(asset.path, key, sha256="0" * 64, content_type="audio/ogg", metadata={})
+    assert not caught.value.transient
+    assert "Contents" not in s3_server.client().list_objects_v2(Bucket=s3_bucket)
+
+
+def test_multipart_upload_verifies_against_the_servers_composite_checksum(
+    s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    url = f"s3://{s3_bucket}/mp"
+    storage = S3Storage(
+        url, s3_bucket, "mp", multipart_threshold_bytes=5 * MIB, multipart_chunksize_bytes=5 * MIB
+    )
+    big = make_asset(tmp_path, "boss-battle", "wav", size=11 * MIB + 7, seed=9)
+    (file,) = publish_assets(storage, SOUNDTRACK, [big])
+
+    client = s3_server.client()
+    head = client.head_object(Bucket=s3_bucket, Key=file.key, ChecksumMode="ENABLED")
+    assert file.uploaded
+    assert head["ChecksumSHA256"] == composite_sha256(big.path, 5 * MIB)
+    assert head["ChecksumSHA256"].endswith("-3")
+    assert head["ETag"].strip('"').endswith("-3")
+    assert server_body_sha256(client, s3_bucket, file.key) == big.sha256
+    assert storage.has_asset(file.key, big.sha256)
+    assert not storage.has_asset(file.key, "0" * 64)
+    assert not publish_assets(storage, SOUNDTRACK, [big])[0].uploaded
+    # A client with other part sizes cannot recompute the composite: it trusts the sha256
+    # recorded at upload, and still uploads nothing.
+    default_parts = open_storage(url, base_dir=tmp_path)
+    assert default_parts.has_asset(file.key, big.sha256)
+    assert not publish_assets(default_parts, SOUNDTRACK, [big])[0].uploaded
+
+
+def test_through_a_faulty_network_every_object_still_verifies(
+    s3_env: SeaweedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fates are drawn per (seed, request path): a fixed bucket name makes the run reproducible.
+    s3_bucket = s3_env.create_bucket("faulty-network")
+    folder = tmp_path / "encoded"
+    assets = [
+        make_asset(folder, f"track-{i}", ext, size=40_000 + 1000 * i, seed=i)
+        for i, ext in enumerate(["ogg", "mp3", "ogg", "mp3", "ogg", "mp3"])
+    ]
+    assets.append(make_asset(folder, "boss-battle", "wav", size=11 * MIB, seed=99))
+    with FaultProxy(
+        int(s3_env.endpoint.rsplit(":", 1)[1]),
+        seed=3,
+        slowdown_share=0.15,
+        drop_share=0.15,
+        lost_response_share=0.15,
+    ) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        storage = S3Storage(
+            f"s3://{s3_bucket}/flaky",
+            s3_bucket,
+            "flaky",
+            multipart_threshold_bytes=5 * MIB,
+            multipart_chunksize_bytes=5 * MIB,
+        )
+        published, index = publish(storage, SOUNDTRACK, assets)
+
+    assert proxy.stats["slowdown"] >= 2, proxy.stats
+    assert proxy.stats["drop"] >= 2, proxy.stats
+    assert proxy.stats["lost_response"] >= 2, proxy.stats
+    client = s3_env.client()
+    for asset, file in zip(assets, published, strict=True):
+        assert server_body_sha256(client, s3_bucket, file.key) == asset.sha256
+    index_key = f"flaky/{SOUNDTRACK}/soundtrack.lock.json"
+    assert client.get_object(Bucket=s3_bucket, Key=index_key)["Body"].read() == index
+
+
+def test_server_stopped_mid_publish_fails_clearly_keeps_old_index_and_rerun_fills_gaps(
+    tmp_path: Path, aws_isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "encoded"
+    v1 = [make_asset(folder, name, "ogg", size=60_000, seed=i) for i, name in enumerate("ab")]
+    new = [make_asset(folder, name, "ogg", size=60_000, seed=9 + i) for i, name in enumerate("cde")]
+    with SeaweedServer(tmp_path / "server") as server:
+        for name, value in server.aws_env().items():
+            monkeypatch.setenv(name, value)
+        bucket = server.create_bucket()
+        url = f"s3://{bucket}/game"
+        _, index_v1 = publish(open_storage(url, base_dir=tmp_path), SOUNDTRACK, v1)
+
+        storage = open_storage(url, base_dir=tmp_path)
+        publish_assets(storage, SOUNDTRACK, [*v1, new[0]])
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(StorageError) as caught:
+            publish_assets(storage, SOUNDTRACK, new[1:])
+        elapsed_s = time.monotonic() - started
+
+        assert caught.value.transient
+        assert f"cannot reach {server.endpoint}" in str(caught.value)
+        assert elapsed_s < 30
+        server.start()
+        assert open_storage(url, base_dir=tmp_path).read_index(SOUNDTRACK) == index_v1
+
+        rerun, index_v2 = publish(open_storage(url, base_dir=tmp_path), SOUNDTRACK, [*v1, *new])
+        assert [p.uploaded for p in rerun] == [False, False, False, True, True]
+        assert open_storage(url, base_dir=tmp_path).read_index(SOUNDTRACK) == index_v2
+
+
+@pytest.mark.parametrize("wrong", ["secret", "access key"])
+def test_wrong_credentials_fail_fast_and_never_show_the_secret(
+    wrong: str,
+    s3_bucket: str,
+    assets: list[Asset],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    secret = "wrong-secret-c0ffee-0123456789abcdef"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    if wrong == "access key":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "NOSUCHKEY0000")
+    caplog.set_level(logging.DEBUG)
+    storage = open_storage(f"s3://{s3_bucket}/p", base_dir=tmp_path)
+
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="access denied") as preflight:
+        check_access(storage)
+    with pytest.raises(StorageError, match="access denied") as upload:
+        publish_assets(storage, SOUNDTRACK, assets[:1])
+    with pytest.raises(StorageError, match="access denied") as reading:
+        storage.read_index(SOUNDTRACK)
+    elapsed_s = time.monotonic() - started
+
+    assert elapsed_s < 5
+    for error in (preflight.value, upload.value, reading.value):
+        assert not error.transient
+        assert "AWS_ACCESS_KEY_ID" in str(error)
+    presigned = storage.presign(f"p/{SOUNDTRACK}/x.ogg", 60)
+    result = CliRunner().invoke(app, ["gc", f"s3://{s3_bucket}/p", "--soundtrack", SOUNDTRACK])
+    assert result.exit_code == 1
+    assert "access denied" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    captured = capsys.readouterr()
+    outputs = [
+        str(preflight.value),
+        str(upload.value),
+        str(reading.value),
+        presigned,
+        result.output,
+        caplog.text,
+        captured.out,
+        captured.err,
+    ]
+    assert caplog.records, "DEBUG logging captured nothing: the search below would prove nothing"
+    assert not [text for text in outputs if secret in text]
+
+
+def test_missing_bucket_is_a_clear_permanent_error(
+    s3_env: SeaweedServer, assets: list[Asset], tmp_path: Path
+) -> None:
+    storage = open_storage("s3://no-such-bucket-here/p", base_dir=tmp_path)
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket-here' does not exist") as pre:
+        check_access(storage)
+    with pytest.raises(StorageError, match="does not exist") as upload:
+        publish_assets(storage, SOUNDTRACK, assets[:1])
+    assert time.monotonic() - started < 5
+    assert not pre.value.transient
+    assert not upload.value.transient
+    result = CliRunner().invoke(app, ["gc", "s3://no-such-bucket-here", "--soundtrack", "x"])
+    assert result.exit_code == 1
+    assert "does not exist" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("s3://", "names no bucket"),
+        ("s3:/bucket/prefix", "malformed"),
+        ("s3:bucket", "malformed"),
+        ("s3://Bad_Bucket/x", "invalid S3 bucket name"),
+        ("s3://ab/x", "invalid S3 bucket name"),
+        ("s3://bucket/a/../b", "invalid S3 prefix"),
+        ("ftp://host/folder", "scheme"),
+        ("", "empty"),
+    ],
+)
+def test_malformed_storage_urls_are_input_errors_before_any_network_call(
+    url: str, message: str, aws_isolated: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match=message):
+        open_storage(url, base_dir=tmp_path)
+    result = CliRunner().invoke(app, ["gc", url or " ", "--soundtrack", SOUNDTRACK])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_credentials_in_the_url_are_refused_without_echoing_them(
+    aws_isolated: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match="must not carry credentials") as caught:
+        open_storage("s3://AKIAEXAMPLE:hunter2-secret@bucket/prefix", base_dir=tmp_path)
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("endpoint", ["not a url", "ftp://example.com", "http://host:99999"])
+def test_invalid_endpoint_url_is_an_input_error(
+    endpoint: str, s3_env: SeaweedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    with pytest.raises(InputError, match="endpoint"):
+        open_storage("s3://some-bucket", base_dir=tmp_path)
+    result = CliRunner().invoke(app, ["gc", "s3://some-bucket", "--soundtrack", SOUNDTRACK])
+    assert result.exit_code == 2
+
+
+def test_unreachable_endpoint_fails_the_preflight_fast(
+    s3_env: SeaweedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (closed_port,) = free_ports(1)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{closed_port}")
+    storage = open_storage("s3://some-bucket", base_dir=tmp_path)
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=f"cannot reach http://127.0.0.1:{closed_port}") as c:
+        check_access(storage)
+    assert time.monotonic() - started < 10
+    assert not c.value.transient
+
+
+def test_no_credentials_is_a_clear_permanent_error(
+    s3_server: SeaweedServer, aws_isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
+    storage = open_storage("s3://some-bucket", base_dir=tmp_path)
+    with pytest.raises(StorageError, match="no AWS credentials found") as caught:
+        check_access(storage)
+    assert not caught.value.transient
+
+
+def test_credentials_and_endpoint_come_from_aws_config_files(
+    s3_server: SeaweedServer,
+    aws_isolated: Path,
+    assets: list[Asset],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    bucket = s3_server.create_bucket()
+    (aws_isolated / "config").write_text(
+        f"[profile game-ci]\nregion = us-east-1\nendpoint_url = {s3_server.endpoint}\n"
+    )
+    (aws_isolated / "credentials").write_text(
+        f"[game-ci]\naws_access_key_id = {s3_server.access_key}\n"
+        f"aws_secret_access_key = {s3_server.secret_key}\n"
+    )
+    monkeypatch.setenv("AWS_PROFILE", "game-ci")
+    storage = open_storage(f"s3://{bucket}", base_dir=tmp_path)
+    check_access(storage)
+    published, index = publish(storage, SOUNDTRACK, assets)
+    assert all(p.uploaded for p in published)
+    client = s3_server.client()
+    index_key = f"{SOUNDTRACK}/soundtrack.lock.json"
+    assert client.get_object(Bucket=bucket, Key=index_key)["Body"].read() == index
+
+
+def test_soundtrack_storage_variable_overrides_the_manifest(
+    s3_server: SeaweedServer,
+    s3_bucket: str,
+    assets: list[Asset],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("SOUNDTRACK_STORAGE", f"s3://{s3_bucket}/from-env")
+    storage = open_storage("./assets", base_dir=tmp_path)
+    assert storage.url == f"s3://{s3_bucket}/from-env"
+    publish(storage, SOUNDTRACK, assets[:1])
+    client = s3_server.client()
+    keys = [obj["Key"] for obj in client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert all(key.startswith(f"from-env/{SOUNDTRACK}/") for key in keys)
+    assert not (tmp_path / "assets").exists()
+
+
+def test_presigned_links_fetch_the_object_and_expire(
+    s3_bucket: str, assets: list[Asset], tmp_path: Path
+) -> None:
+    storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
+    (file,) = publish_assets(storage, SOUNDTRACK, assets[:1])
+    link = storage.presign(file.key, expires_s=600)
+    assert parse_qs(urlsplit(link).query)["X-Amz-Expires"] == ["600"]
+    with urllib.request.urlopen(link, timeout=10) as response:
+        assert hashlib.sha256(response.read()).hexdigest() == assets[0].sha256
+
+    short = storage.presign(file.key, expires_s=1)
+    time.sleep(2.2)
+    with pytest.raises(urllib.error.HTTPError) as expired:
+        urllib.request.urlopen(short, timeout=10)
+    assert expired.value.code == 403
+    for bad in (0, 7 * 24 * 3600 + 1):
+        with pytest.raises(InputError, match="expiry"):
+            storage.presign(file.key, expires_s=bad)
+
+
+def test_gc_lists_then_deletes_only_what_no_index_references(
+    s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "encoded"
+    url = f"s3://{s3_bucket}/games"
+    storage = open_storage(url, base_dir=tmp_path)
+    old = [make_asset(folder, "title-theme", "ogg", size=30_000, seed=1, spec_hash="aaaa1111")]
+    kept = [make_asset(folder, "credits", "ogg", size=30_000, seed=2, spec_hash="bbbb2222")]
+    new = [make_asset(folder, "title-theme", "ogg", size=30_000, seed=3, spec_hash="cccc3333")]
+    other = [make_asset(folder, "intro", "ogg", size=30_000, seed=4, spec_hash="dddd4444")]
+    publish(storage, SOUNDTRACK, [*old, *kept])
+    publish(storage, SOUNDTRACK, [*new, *kept])
+    publish(storage, "other-game", other)
+    stale = f"games/{SOUNDTRACK}/title-theme/aaaa1111.ogg"
+
+    assert storage.soundtracks() == ["other-game", SOUNDTRACK]
+    assert storage.unreferenced(SOUNDTRACK) == [stale]
+    assert storage.unreferenced("other-game") == []
+    listed = CliRunner().invoke(app, ["gc", url])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.split() == [stale]
+    client = s3_server.client()
+    client.head_object(Bucket=s3_bucket, Key=stale)
+
+    deleted = CliRunner().invoke(app, ["gc", url, "--soundtrack", SOUNDTRACK, "--delete"])
+    assert deleted.exit_code == 0, deleted.output
+    remaining = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"])
+    assert stale not in remaining
+    assert len(remaining) == 5  # two current assets + index, the other game's asset + index
+    assert storage.unreferenced(SOUNDTRACK) == []
+
+    missing = CliRunner().invoke(app, ["gc", url, "--soundtrack", "never-published"])
+    assert missing.exit_code == 2
+    assert "no index" in " ".join(missing.output.split())
