@@ -22,17 +22,21 @@ def sample_true_peaks(audio: np.ndarray, *, circular: bool = False) -> np.ndarra
     """Per input sample, the largest 4x-oversampled magnitude over all channels between it and
     its neighbours; `circular` treats the audio as a loop (the end flows into the start)."""
     frames = audio.shape[1]
+    # float32 halves the work; its 1e-7 relative error is far below a meter's 0.01 dB.
+    source = audio.astype(np.float32)
     if circular:
         pad = min(_WRAP_PAD, frames)
-        padded = np.concatenate([audio[:, -pad:], audio, audio[:, :pad]], axis=1)
-        up = resample_poly(padded, OVERSAMPLING, 1, axis=1)[
+        source = np.concatenate([source[:, -pad:], source, source[:, :pad]], axis=1)
+        up = resample_poly(source, OVERSAMPLING, 1, axis=1)[
             :, pad * OVERSAMPLING : (pad + frames) * OVERSAMPLING
         ]
     else:
-        up = resample_poly(audio, OVERSAMPLING, 1, axis=1)
+        up = resample_poly(source, OVERSAMPLING, 1, axis=1)
+    np.abs(up, out=up)
     # Oversampled points 4n..4n+3 lie between samples n and n+1; a gain applied at n must cover
     # the peaks on both sides of it.
-    after = np.abs(up).max(axis=0).reshape(frames, OVERSAMPLING).max(axis=1)
+    phases = [up[:, k::OVERSAMPLING] for k in range(OVERSAMPLING)]
+    after = np.maximum.reduce(phases).max(axis=0).astype(np.float64)
     before = np.roll(after, 1) if circular else np.concatenate([after[:1], after[:-1]])
     peaks: np.ndarray = np.maximum(after, before)
     return peaks
@@ -48,16 +52,14 @@ def limit_true_peak(
     audio: np.ndarray, sample_rate: int, ceiling_dbtp: float, *, circular: bool = False
 ) -> tuple[np.ndarray, float]:
     """Keep the true peak at or below `ceiling_dbtp` with a smooth gain envelope (look-ahead
-    attack, dB-linear release); returns the limited audio and its largest gain reduction in dB."""
+    attack, exponential release); returns the limited audio and its largest reduction in dB."""
     out = audio
     total_gain_db = np.zeros(audio.shape[1])
     for _ in range(_MAX_PASSES):
         peaks = sample_true_peaks(out, circular=circular)
         if peaks.max() <= 10.0 ** (ceiling_dbtp / 20.0):
             return out, max(0.0, -float(total_gain_db.min()))
-        gain_db = _gain_envelope_db(
-            peaks, sample_rate, ceiling_dbtp - _AIM_BELOW_DB, circular=circular
-        )
+        gain_db = limiter_gain_db(peaks, sample_rate, ceiling_dbtp, circular=circular)
         out = out * 10.0 ** (gain_db / 20.0)
         total_gain_db += gain_db
     raise AudioError(
@@ -66,11 +68,17 @@ def limit_true_peak(
     )
 
 
-def _gain_envelope_db(
-    peaks: np.ndarray, sample_rate: int, ceiling_dbtp: float, *, circular: bool
+def limiter_gain_db(
+    peaks: np.ndarray, sample_rate: int, ceiling_dbtp: float, *, circular: bool = False
 ) -> np.ndarray:
+    """The limiter's gain (dB, <= 0) per sample for `sample_true_peaks` output: at or below what
+    each peak needs to meet the ceiling, ramped down ahead of it and released after it."""
     with np.errstate(divide="ignore"):
-        needed_db = np.minimum(0.0, ceiling_dbtp - 20.0 * np.log10(peaks))
+        needed_db: np.ndarray = np.minimum(
+            0.0, ceiling_dbtp - _AIM_BELOW_DB - 20.0 * np.log10(peaks)
+        )
+    if not needed_db.any():
+        return needed_db  # nothing to limit
     # Release: the reduction r = -gain_db decays as r[n] = max(-needed_db[n], a * r[n-1]), which
     # unrolls to max_k<=n -needed_db[k] * a^(n-k): a running maximum in the log domain. A loop runs
     # it over two periods so the end releases into the start.
