@@ -17,6 +17,7 @@ from soundtrack.loops import bake_crossfade, find_loop_end, make_loop, render_du
 from soundtrack.master import master
 from soundtrack.spec import LOUDNESS_PROFILES, GateLimits, Mastering
 from tests import signals
+from tests.reference import ebur128
 
 RATE = 44100
 TAGS = {
@@ -92,6 +93,9 @@ def test_loop_master_and_files_carry_the_loop_points(tmp_path: Path) -> None:
     assert ogg.tags["LOOPSTART"] == [str(m.loop_start)]
     assert ogg.tags["LOOPLENGTH"] == [str(m.loop_length)]
     assert sf.info(str(files["ogg"].path)).frames == m.loop_length  # the file is the loop
+    integrated, true_peak = ebur128(files["ogg"].path)
+    assert integrated == pytest.approx(mastering.loudness.integrated_lufs, abs=0.5)
+    assert true_peak <= mastering.loudness.true_peak_max_dbtp
 
     loops = _smpl_loops(files["wav"].path.read_bytes())
     assert loops == [(m.loop_start, m.loop_start + m.loop_length - 1)]  # smpl's end is inclusive
