@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from soundtrack.errors import InputError, SoundtrackError
@@ -37,9 +40,10 @@ EXIT_BAD_INPUT = 2
 
 def fail(exc: SoundtrackError) -> NoReturn:
     """Print a readable error (every listed problem) and exit: 2 for bad input, else 1."""
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    # Messages quote user input, which may contain Rich markup: print them verbatim.
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     for problem in getattr(exc, "problems", []):
-        err_console.print(f"  - {problem}", highlight=False, markup=False)
+        err_console.print(f"  - {problem}", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(EXIT_BAD_INPUT if isinstance(exc, InputError) else EXIT_FAILED)
 
 
@@ -308,6 +312,159 @@ def inspect_files(
 
 
 # --- build (issue 5) ---
+
+
+@app.command()
+def build(
+    manifest: ManifestArg,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out", help="Output folder or s3://bucket/prefix (default: the manifest's storage)."
+        ),
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Build only this track id (repeatable); others stay as is."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild tracks even when already published.")
+    ] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write the build report (JSON) here.")
+    ] = None,
+    junit: Annotated[
+        Path | None,
+        typer.Option("--junit", help="Write a JUnit XML file: one testcase per track."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="Render every track with this model (hub id or local directory)."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cuda, mps or cpu (default: auto).")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, max=64, help="Tracks per generate call.")
+    ] = 4,
+) -> None:
+    """Build a soundtrack: generate, master, gate, encode and publish every changed track.
+
+    Runs the Prefect flow `build-soundtrack` (on the server at PREFECT_API_URL, or a temporary
+    local one). Writes soundtrack.lock.json beside the assets. Exit 0 when every track is
+    approved or already published, 1 when a track was rejected or failed, 2 for invalid input.
+    """
+    from soundtrack.manifest import load_manifest, resolve_tracks
+    from soundtrack.plan import select
+    from soundtrack.storage import open_storage
+
+    local_model = Path(model).expanduser() if model else None
+    if local_model is not None and local_model.is_dir():
+        model = str(local_model.resolve())
+    # 1. Validate everything a user gave before starting Prefect: bad input writes nothing.
+    try:
+        loaded = load_manifest(manifest)
+        specs = select(resolve_tracks(loaded, manifest.parent, model_override=model), only or [])
+        from flows.build import storage_url
+
+        open_storage(storage_url(loaded.storage, out), base_dir=manifest.parent.resolve())
+    except SoundtrackError as exc:
+        fail(exc)
+
+    # 2. Run the flow with a progress bar fed by the tasks' events.
+    from flows.build import BuildFailed, build_soundtrack
+    from soundtrack import events
+
+    with _track_progress(len(specs)) as on_event:
+        unsubscribe = events.subscribe(on_event)
+        try:
+            state = build_soundtrack(
+                str(manifest.resolve()),
+                only=only or None,
+                force=force,
+                out=out,
+                model=model,
+                device=device,
+                batch_size=batch_size,
+                return_state=True,
+            )
+        finally:
+            unsubscribe()
+    result = state.result(raise_on_failure=False)
+
+    # 3. Report: a table, the JSON report, the JUnit file, the exit code.
+    if isinstance(result, BuildFailed):
+        outcome = result.report
+    elif isinstance(result, BaseException):
+        fail(result if isinstance(result, SoundtrackError) else SoundtrackError(str(result)))
+    else:
+        outcome = result
+    _print_report(outcome)
+    if report is not None:
+        report.write_text(outcome.to_json())
+    if junit is not None:
+        from soundtrack.report import to_junit
+
+        junit.write_text(to_junit(outcome))
+    if isinstance(result, BuildFailed):
+        err_console.print(
+            f"[bold red]build failed:[/] {escape(str(result))}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(EXIT_FAILED)
+
+
+@contextmanager
+def _track_progress(total: int) -> Iterator[Callable[[str, str], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    finished = {"cached", "published", "rejected", "failed"}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    ) as progress:
+        bar = progress.add_task("tracks", total=total)
+        seen: set[str] = set()
+
+        def on_event(track_id: str, stage: str) -> None:
+            progress.update(bar, description=f"{track_id}: {stage}")
+            if stage in finished and track_id not in seen:
+                seen.add(track_id)
+                progress.advance(bar)
+
+        yield on_event
+
+
+def _print_report(report: Any) -> None:
+    table = Table(title=f"{report.soundtrack}", title_justify="left")
+    table.add_column("track", no_wrap=True)
+    for column in ("status", "LUFS", "dBTP", "seconds", "files / reason"):
+        table.add_column(column)
+    colours = {"approved": "green", "cached": "cyan", "rejected": "red", "failed": "red"}
+    for track in report.tracks:
+        gates = {g.name: g.value for g in track.gates}
+        seconds = track.files[0].duration_s if track.files else None
+        table.add_row(
+            track.id,
+            f"[{colours[track.status]}]{track.status}[/]",
+            _number(gates.get("loudness")),
+            _number(gates.get("true_peak")),
+            _number(seconds),
+            ", ".join(f.format for f in track.files) or (track.reason or ""),
+        )
+    console.print(table)
+    counts = ", ".join(f"{n} {status}" for status, n in report.counts().items() if n)
+    console.print(f"{counts}; model loads: {report.model_loads}", highlight=False)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
 
 # --- gc (issue 6) ---
 

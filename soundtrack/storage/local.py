@@ -134,6 +134,9 @@ class LocalStorage:
         return self.root.joinpath(*parts)
 
 
+_FILE_MODE = 0o644  # what a plain `cp` gives under the usual umask 022
+
+
 def _write_atomically(
     target: Path, *, path: Path | None = None, sha256: str | None = None, data: bytes = b""
 ) -> int:
@@ -142,6 +145,8 @@ def _write_atomically(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        # mkstemp makes the file 0600; published assets are read by engines and build users.
+        os.fchmod(fd, _FILE_MODE)
         digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
             if path is None:
