@@ -524,11 +524,18 @@ def _canonical_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def resolve_tracks(manifest: Manifest, base_dir: Path) -> list[TrackSpec]:
-    """Merge defaults into every track and compute its spec hash (see docs/manifest.md)."""
+def resolve_tracks(
+    manifest: Manifest, base_dir: Path, *, model_override: str | None = None
+) -> list[TrackSpec]:
+    """Merge defaults into every track and compute its spec hash (see docs/manifest.md).
+
+    `model_override` replaces every generated track's model (e.g. a tiny model for smoke tests).
+    """
     specs = []
     for track in manifest.tracks:
         merged = _merge(manifest.defaults, track)
+        if model_override is not None:
+            merged["model"] = model_override
         source = (base_dir / track.source).resolve() if track.source else None
         duration_s = merged.get("duration")
         if duration_s is None:
@@ -579,7 +586,7 @@ def resolve_tracks(manifest: Manifest, base_dir: Path) -> list[TrackSpec]:
                 duration_s=fields["duration_s"],
                 loop=track.loop,
                 seed=fields["seed"],
-                model=fields["model"] or "",
+                model=_model_location(fields["model"], base_dir),
                 model_revision=fields["model_revision"],
                 sampling=Sampling(**fields["sampling"]),
                 overlap_s=fields["overlap_s"],
@@ -595,6 +602,14 @@ def resolve_tracks(manifest: Manifest, base_dir: Path) -> list[TrackSpec]:
             )
         )
     return specs
+
+
+def _model_location(model: str | None, base_dir: Path) -> str:
+    """A model directory relative to the manifest loads from there; anything else is a hub id."""
+    if model is None:
+        return ""
+    local = (base_dir / model).expanduser()
+    return str(local.resolve()) if local.is_dir() else model
 
 
 def _recording_seconds(path: Path) -> float:

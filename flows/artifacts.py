@@ -1,0 +1,96 @@
+"""What a build shows in the Prefect UI: progress as tracks finish, a table, links, a QC report."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import cast
+from uuid import UUID
+
+from prefect import get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from soundtrack.errors import SoundtrackError
+from soundtrack.gates import build_data_docs
+from soundtrack.process import TrackOutcome
+from soundtrack.renders import cache_root
+from soundtrack.report import BuildReport, TrackRecord
+
+KEY_GATES = ("loudness", "true_peak", "duration")
+
+
+class BuildArtifacts:
+    """Creates the build's artifacts; `track_done` may be called from any task thread."""
+
+    def __init__(self, soundtrack: str, total: int) -> None:
+        self.soundtrack = soundtrack
+        self.total = max(total, 1)
+        self.done = 0
+        self._lock = threading.Lock()
+        # Called from a sync flow, so this is the UUID (the annotation also admits a coroutine).
+        self._progress = cast(
+            UUID,
+            create_progress_artifact(
+                0.0, key=f"{soundtrack}-progress", description=f"Tracks of {soundtrack} finished"
+            ),
+        )
+
+    def track_done(self, record: TrackRecord) -> None:
+        with self._lock:
+            self.done += 1
+            update_progress_artifact(
+                self._progress,
+                100.0 * self.done / self.total,
+                description=f"{self.done}/{self.total} tracks finished (last: {record.id}, "
+                f"{record.status})",
+            )
+
+    def summary(self, report: BuildReport, outcomes: Sequence[TrackOutcome]) -> None:
+        create_table_artifact(
+            table=[_row(track) for track in report.tracks],
+            key=f"{self.soundtrack}-tracks",
+            description=f"{self.soundtrack}: "
+            + ", ".join(f"{n} {status}" for status, n in report.counts().items() if n),
+        )
+        docs = _data_docs(self.soundtrack, outcomes)
+        create_markdown_artifact(
+            _links(report, docs), key=f"{self.soundtrack}-assets", description="Published assets"
+        )
+
+
+def _row(track: TrackRecord) -> dict[str, object]:
+    values = {g.name: g.value for g in track.gates}
+    row: dict[str, object] = {"track": track.id, "status": track.status}
+    for name in KEY_GATES:
+        value = values.get(name)
+        row[name] = "" if value is None else round(value, 2)
+    row["formats"] = ", ".join(f.format for f in track.files)
+    row["reason"] = track.reason or ""
+    return row
+
+
+def _links(report: BuildReport, docs: Path | None) -> str:
+    lines = [f"# {report.soundtrack}", "", "| track | status | files |", "|---|---|---|"]
+    for track in report.tracks:
+        files = " ".join(f"[{f.format}]({f.url or f.uri})" for f in track.files) or "-"
+        lines.append(f"| {track.id} | {track.status} | {files} |")
+    if docs is not None:
+        lines += ["", f"QC report (Great Expectations Data Docs): [{docs}]({docs.as_uri()})"]
+    return "\n".join(lines) + "\n"
+
+
+def _data_docs(soundtrack: str, outcomes: Sequence[TrackOutcome]) -> Path | None:
+    # The QC report is a convenience: a failure to render it must not fail the build.
+    if not outcomes:
+        return None
+    try:
+        return build_data_docs([o.qc for o in outcomes], cache_root() / "qc" / soundtrack)
+    except (SoundtrackError, OSError, ValueError) as exc:
+        get_run_logger().warning("QC report (Data Docs) not written: %s", exc)
+        return None

@@ -1,0 +1,242 @@
+"""The build flow: manifest in, approved assets and a lock file out; only changes are rebuilt."""
+
+from __future__ import annotations
+
+import os
+import queue
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from flows.artifacts import BuildArtifacts
+from soundtrack.errors import SoundtrackError
+from soundtrack.manifest import load_manifest, resolve_tracks
+from soundtrack.models import load_count
+from soundtrack.plan import DEFAULT_BATCH_SIZE, plan_build
+from soundtrack.process import TrackOutcome
+from soundtrack.publish import lock_bytes, track_record
+from soundtrack.renders import Render, RenderFailure, cache_root
+from soundtrack.report import BuildReport, ModelInfo, TrackRecord, parse_lock
+from soundtrack.spec import TrackSpec
+from soundtrack.storage import STORAGE_ENV, open_storage
+from tasks.generate import GPU_LIMIT, generate_batch
+from tasks.process import master_track
+from tasks.publish import publish_track, write_index
+
+# Mastering and encoding are light next to generation; a few run beside the one GPU batch.
+MAX_WORKERS = 4
+
+
+class BuildFailed(SoundtrackError):
+    """The build finished without approving every track; `report` says which and why."""
+
+    def __init__(self, message: str, report: BuildReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def storage_url(manifest_storage: str, out: str | None) -> str:
+    """--out wins, then $SOUNDTRACK_STORAGE, then the manifest's `storage`."""
+    return out or os.environ.get(STORAGE_ENV) or manifest_storage
+
+
+def ensure_gpu_limit(slots: int = 1) -> None:
+    """A concurrency limit that does not exist limits nothing: create it (one batch per GPU)."""
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, slots)
+
+
+class _Pipeline:
+    """Runs each track through master -> publish as soon as its render is ready."""
+
+    def __init__(self, storage: str, base_dir: Path, staging: Path, artifacts: BuildArtifacts):
+        self.storage = storage
+        self.base_dir = str(base_dir)
+        self.staging = staging
+        self.artifacts = artifacts
+        self.records: dict[str, TrackRecord] = {}
+        self.outcomes: list[TrackOutcome] = []
+        self.publish_errors: list[str] = []
+        self._done: queue.Queue[PrefectFuture[Any]] = queue.Queue()
+        self._handlers: dict[PrefectFuture[Any], Callable[[PrefectFuture[Any]], None]] = {}
+
+    def watch(
+        self, future: PrefectFuture[Any], handler: Callable[[PrefectFuture[Any]], None]
+    ) -> None:
+        self._handlers[future] = handler
+        future.add_done_callback(self._done.put)
+
+    def run(self) -> None:
+        while self._handlers:
+            future = self._done.get()
+            self._handlers.pop(future)(future)
+
+    def finish(self, record: TrackRecord) -> None:
+        self.records[record.id] = record
+        self.artifacts.track_done(record)
+
+    def generate(self, batch: list[TrackSpec], cache_dir: str, device: str | None) -> None:
+        names = ", ".join(spec.id for spec in batch)
+        future = generate_batch.with_options(task_run_name=f"generate[{names}]").submit(
+            batch, cache_dir, device
+        )
+        self.watch(future, lambda f: self._rendered(batch, f))
+
+    def _rendered(self, batch: list[TrackSpec], future: PrefectFuture[Any]) -> None:
+        results = _result(future)
+        if isinstance(results, BaseException):
+            for spec in batch:
+                self.finish(track_record(spec, "failed", reason=str(results)))
+            return
+        for spec, result in zip(batch, results, strict=True):
+            if isinstance(result, RenderFailure):
+                self.finish(track_record(spec, "failed", reason=result.reason))
+            else:
+                self.master(spec, result)
+
+    def master(self, spec: TrackSpec, render: Render | None) -> None:
+        audio = render.path if render else spec.source
+        model = (
+            ModelInfo(id=render.model_id, revision=render.revision, license=render.license)
+            if render
+            else None
+        )
+        future = master_track.with_options(task_run_name=f"master[{spec.id}]").submit(
+            spec, str(audio), str(self.staging / spec.spec_hash)
+        )
+        self.watch(future, lambda f: self._mastered(spec, model, f))
+
+    def _mastered(
+        self, spec: TrackSpec, model: ModelInfo | None, future: PrefectFuture[Any]
+    ) -> None:
+        outcome = _result(future)
+        if isinstance(outcome, BaseException):
+            self.finish(track_record(spec, "failed", model=model, reason=str(outcome)))
+            return
+        self.outcomes.append(outcome)
+        if outcome.status != "approved":
+            failed = [g.name for g in outcome.gates if not g.passed and g.severity == "fail"]
+            reason = f"rejected by gates: {', '.join(failed)}"
+            self.finish(
+                track_record(spec, "rejected", model=model, reason=reason, gates=outcome.gates)
+            )
+            return
+        future = publish_track.with_options(task_run_name=f"publish[{spec.id}]").submit(
+            spec, outcome, self.storage, self.base_dir, model
+        )
+        self.watch(future, lambda f: self._published(spec, model, outcome, f))
+
+    def _published(
+        self,
+        spec: TrackSpec,
+        model: ModelInfo | None,
+        outcome: TrackOutcome,
+        future: PrefectFuture[Any],
+    ) -> None:
+        record = _result(future)
+        if isinstance(record, BaseException):
+            self.publish_errors.append(f"{spec.id}: {record}")
+            reason = f"approved but not published: {record}"
+            self.finish(
+                track_record(spec, "failed", model=model, reason=reason, gates=outcome.gates)
+            )
+            return
+        self.finish(record)
+
+
+def _result(future: PrefectFuture[Any]) -> Any:
+    """The task's return value, or the exception it ended with (after its retries)."""
+    # The done callback can fire before the run's final state is recorded; result() waits for it.
+    return future.result(raise_on_failure=False)
+
+
+@flow(
+    name="build-soundtrack",
+    # Prefect's TaskRunner generic is invariant, so mypy rejects its own thread-pool runner here.
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),  # type: ignore[arg-type]
+    validate_parameters=True,
+)
+def build_soundtrack(
+    manifest: Annotated[str, Field(description="Path of the soundtrack manifest (YAML).")],
+    only: Annotated[
+        list[str] | None, Field(description="Build only these track ids (others stay as they are).")
+    ] = None,
+    force: Annotated[
+        bool, Field(description="Rebuild tracks even when already published.")
+    ] = False,
+    out: Annotated[
+        str | None, Field(description="Output folder or s3:// URL instead of the manifest's.")
+    ] = None,
+    model: Annotated[
+        str | None, Field(description="Use this model (hub id or directory) for every track.")
+    ] = None,
+    device: Annotated[str | None, Field(description="cuda, mps or cpu; default: auto.")] = None,
+    batch_size: Annotated[
+        int, Field(ge=1, le=64, description="Tracks per generate call.")
+    ] = DEFAULT_BATCH_SIZE,
+) -> BuildReport:
+    """Build a soundtrack: generate, master, gate, encode and publish every changed track."""
+    logger = get_run_logger()
+    # 1. Check inputs: the manifest, its tracks, the storage
+    path = Path(manifest).resolve()
+    loaded = load_manifest(path)
+    specs = resolve_tracks(loaded, path.parent, model_override=model)
+    url = storage_url(loaded.storage, out)
+    storage = open_storage(url, base_dir=path.parent)
+    storage.check_access()
+
+    # 2. Plan: what is published already, what to render, in which batches
+    lock = parse_lock(storage.read_index(loaded.soundtrack))
+    plan = plan_build(specs, lock, storage, only=only or [], force=force, batch_size=batch_size)
+    logger.info(
+        "%d tracks: %d cached, %d to render in %d batches, %d recordings",
+        len(specs),
+        len(plan.cached),
+        sum(len(b) for b in plan.batches),
+        len(plan.batches),
+        len(plan.recordings),
+    )
+    artifacts = BuildArtifacts(loaded.soundtrack, total=len(plan.cached) + len(plan.todo))
+    pipeline = _Pipeline(url, path.parent, cache_root() / "staging", artifacts)
+    for record in plan.cached:
+        pipeline.finish(record)
+
+    # 3. Render, master and publish each track as soon as its predecessor step is done
+    loads_before = load_count()
+    if plan.batches:
+        ensure_gpu_limit()
+    for batch in plan.batches:
+        pipeline.generate(batch, str(cache_root()), device)
+    for spec in plan.recordings:
+        pipeline.master(spec, None)
+    pipeline.run()
+
+    # 4. Report, in manifest order; the index goes last and only when every approval is published
+    order = {spec.id: i for i, spec in enumerate(specs)}
+    report = BuildReport(
+        soundtrack=loaded.soundtrack,
+        storage=url,
+        model_loads=load_count() - loads_before,
+        tracks=sorted(pipeline.records.values(), key=lambda r: order[r.id]),
+    )
+    artifacts.summary(report, pipeline.outcomes)
+    if pipeline.publish_errors:
+        raise BuildFailed(
+            "publishing failed, the previous index is untouched: "
+            + "; ".join(pipeline.publish_errors),
+            report,
+        )
+    index_uri = write_index(loaded.soundtrack, lock_bytes(report), url, str(path.parent))
+    logger.info("index written: %s", index_uri)
+    if not report.ok:
+        counts = report.counts()
+        raise BuildFailed(
+            f"{counts['rejected']} track(s) rejected, {counts['failed']} failed", report
+        )
+    return report

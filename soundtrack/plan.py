@@ -1,0 +1,99 @@
+"""Planning a build: which tracks are already approved and published, and how to batch the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from soundtrack.errors import InputError
+from soundtrack.report import BuildReport, TrackRecord
+from soundtrack.spec import TrackSpec
+from soundtrack.storage import Storage
+
+DEFAULT_BATCH_SIZE = 4
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a build has to do; `cached` records are reused as they are."""
+
+    cached: list[TrackRecord] = field(default_factory=list)
+    batches: list[list[TrackSpec]] = field(default_factory=list)  # generation, one call each
+    recordings: list[TrackSpec] = field(default_factory=list)  # `source:` tracks to process
+
+    @property
+    def todo(self) -> list[TrackSpec]:
+        return [spec for batch in self.batches for spec in batch] + self.recordings
+
+
+def select(specs: Sequence[TrackSpec], only: Sequence[str]) -> list[TrackSpec]:
+    """The tracks named by --only (all when empty); unknown ids are an input error."""
+    if not only:
+        return list(specs)
+    known = {spec.id for spec in specs}
+    unknown = [track_id for track_id in only if track_id not in known]
+    if unknown:
+        raise InputError(
+            f"--only names tracks that are not in the manifest: {', '.join(unknown)} "
+            f"(tracks: {', '.join(sorted(known))})"
+        )
+    return [spec for spec in specs if spec.id in only]
+
+
+def is_published(record: TrackRecord, spec: TrackSpec, storage: Storage) -> bool:
+    """True when the lock approved this exact spec and every file is there with its checksum."""
+    return (
+        record.usable
+        and record.spec_hash == spec.spec_hash
+        and {f.format for f in record.files} == set(spec.formats)
+        and all(storage.has_asset(f.key, f.sha256) for f in record.files)
+    )
+
+
+def plan_build(
+    specs: Sequence[TrackSpec],
+    lock: BuildReport | None,
+    storage: Storage,
+    *,
+    only: Sequence[str] = (),
+    force: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Plan:
+    """Split the manifest into cached tracks, generation batches and recordings.
+
+    Tracks left out by `only` keep their published entry when it still matches the manifest, so
+    the lock stays complete.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1 (got {batch_size})")
+    selected = {spec.id for spec in select(specs, only)}
+    previous = {record.id: record for record in lock.tracks} if lock else {}
+    cached: list[TrackRecord] = []
+    pending: list[TrackSpec] = []
+    for spec in specs:
+        record = previous.get(spec.id)
+        reusable = record is not None and is_published(record, spec, storage)
+        if record is not None and reusable and not (force and spec.id in selected):
+            cached.append(record.model_copy(update={"status": "cached"}))
+        elif spec.id in selected:
+            pending.append(spec)
+    generated = [spec for spec in pending if spec.source is None]
+    return Plan(
+        cached=cached,
+        batches=batch(generated, batch_size),
+        recordings=[spec for spec in pending if spec.source is not None],
+    )
+
+
+def batch(specs: Sequence[TrackSpec], batch_size: int) -> list[list[TrackSpec]]:
+    """Group tracks that one generate call can render together: same model and settings,
+    similar lengths (a batch runs as long as its longest track)."""
+    groups: dict[tuple[object, ...], list[TrackSpec]] = {}
+    for spec in specs:
+        key = (spec.model, spec.model_revision, spec.sampling, spec.overlap_s)
+        groups.setdefault(key, []).append(spec)
+    batches = []
+    for group in groups.values():
+        ordered = sorted(group, key=lambda spec: (spec.duration_s, spec.id))
+        batches += [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return batches

@@ -1,0 +1,116 @@
+"""Publishing one approved track and assembling the build's report (the lock file)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from soundtrack.gates import GateResult
+from soundtrack.process import TrackOutcome
+from soundtrack.report import BuildReport, FileRecord, GateRecord, ModelInfo, TrackRecord
+from soundtrack.spec import TrackSpec
+from soundtrack.storage import Storage, content_type_for
+
+PRESIGN_EXPIRY_S = 7 * 24 * 3600
+
+
+def gate_records(gates: Sequence[GateResult]) -> list[GateRecord]:
+    """Gate verdicts as report records."""
+    return [
+        GateRecord(
+            name=g.name,
+            value=g.value,
+            limit=g.limit,
+            passed=g.passed,
+            severity="warn" if g.severity == "warn" else "fail",
+        )
+        for g in gates
+    ]
+
+
+def track_record(
+    spec: TrackSpec,
+    status: str,
+    *,
+    model: ModelInfo | None = None,
+    reason: str | None = None,
+    gates: Sequence[GateResult] = (),
+    files: Sequence[FileRecord] = (),
+) -> TrackRecord:
+    """The report entry of one track."""
+    return TrackRecord.model_validate(
+        {
+            "id": spec.id,
+            "status": status,
+            "spec_hash": spec.spec_hash,
+            "seed": None if spec.source else spec.seed,
+            "prompt": spec.prompt,
+            "source": spec.source.name if spec.source else None,
+            "model": model,
+            "reason": reason,
+            "gates": gate_records(gates),
+            "files": list(files),
+        }
+    )
+
+
+def publish_outcome(
+    storage: Storage,
+    spec: TrackSpec,
+    outcome: TrackOutcome,
+    *,
+    model: ModelInfo | None,
+    presign_expiry_s: int = PRESIGN_EXPIRY_S,
+) -> TrackRecord:
+    """Upload an approved track's files (verified by checksum) and return its report entry."""
+    if outcome.status != "approved" or outcome.master is None:
+        raise ValueError(f"track {spec.id!r} is {outcome.status}; only approved tracks publish")
+    metadata = {
+        "track-id": spec.id,
+        "spec-hash": spec.spec_hash,
+        "model": model.id if model else "recording",
+        "seed": str(spec.seed),
+    }
+    info = outcome.master
+    files = []
+    for encoded in outcome.files:
+        key = storage.asset_key(spec.soundtrack, spec.id, spec.spec_hash, encoded.format)
+        published = storage.put_asset(
+            encoded.path,
+            key,
+            sha256=encoded.sha256,
+            content_type=content_type_for(encoded.format),
+            metadata=metadata,
+        )
+        files.append(
+            FileRecord(
+                format=encoded.format,
+                key=published.key,
+                uri=published.uri,
+                sha256=published.sha256,
+                bytes=published.bytes,
+                duration_s=info.duration_s,
+                sample_rate=info.sample_rate,
+                channels=info.channels,
+                loop_start=info.loop_start,
+                loop_length=info.loop_length,
+                url=storage.presign(published.key, presign_expiry_s)
+                if published.uri.startswith("s3://")
+                else None,
+            )
+        )
+    return track_record(spec, "approved", model=model, gates=outcome.gates, files=files)
+
+
+def lock_bytes(report: BuildReport) -> bytes:
+    """The lock file as written to storage: the report without short-lived presigned links."""
+    stable = report.model_copy(
+        update={
+            "tracks": [
+                t.model_copy(
+                    update={"files": [f.model_copy(update={"url": None}) for f in t.files]}
+                )
+                for t in report.tracks
+            ]
+        }
+    )
+    return stable.to_json().encode()

@@ -1,0 +1,163 @@
+"""A content-addressed cache of raw renders, keyed by each track's generation key.
+
+A build that crashes after generating resumes from here without regenerating; a render is only
+used when its float WAV still matches the sha256 recorded beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soundtrack.audio import atomic_path, read_audio, write_wav
+from soundtrack.errors import GenerationError
+from soundtrack.manifest import file_sha256
+from soundtrack.models import GenerationRequest, ProgressCallback, get_generator
+from soundtrack.spec import TrackSpec
+
+CACHE_ENV = "SOUNDTRACK_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class Render:
+    """A raw render on disk and the model that made it."""
+
+    path: Path
+    sha256: str
+    sample_rate: int
+    model_id: str
+    revision: str
+    license: str
+
+
+def cache_root() -> Path:
+    """$SOUNDTRACK_CACHE_DIR, else $XDG_CACHE_HOME/soundtrack, else ~/.cache/soundtrack."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "soundtrack"
+
+
+class RenderCache:
+    """Raw renders stored as `<root>/renders/<generation_key>.wav` plus a JSON sidecar."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "renders"
+
+    def get(self, generation_key: str) -> Render | None:
+        """The cached render, or None when absent, incomplete or corrupted."""
+        sidecar = self.root / f"{generation_key}.json"
+        try:
+            render = Render(
+                **{**json.loads(sidecar.read_text()), "path": Path(sidecar.with_suffix(".wav"))}
+            )
+        except (OSError, ValueError, TypeError):
+            return None
+        if not render.path.is_file() or file_sha256(render.path) != render.sha256:
+            return None
+        return render
+
+    def put(
+        self,
+        generation_key: str,
+        audio: np.ndarray,
+        sample_rate: int,
+        *,
+        model_id: str,
+        revision: str,
+        license: str,
+    ) -> Render:
+        """Store a render; the sidecar is written last, so a crash leaves no usable half entry."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{generation_key}.wav"
+        write_wav(path, audio, sample_rate)
+        render = Render(path, file_sha256(path), sample_rate, model_id, revision, license)
+        record = {k: v for k, v in asdict(render).items() if k != "path"}
+        with atomic_path(path.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
+        return render
+
+    @staticmethod
+    def load(render: Render) -> tuple[np.ndarray, int]:
+        """The render's audio, (channels, frames) float32."""
+        return read_audio(render.path)
+
+
+@dataclass(frozen=True)
+class RenderFailure:
+    """A track whose render failed (NaN, silence, a backend error), with the reason."""
+
+    track_id: str
+    reason: str
+
+
+def render_batch(
+    specs: Sequence[TrackSpec],
+    cache: RenderCache,
+    *,
+    device: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[Render | RenderFailure]:
+    """Render the batch's tracks that the cache lacks in one generate call; one result per spec.
+
+    The model is loaded only when something is missing. CUDA running out of memory is retried
+    once with half the batch size.
+    """
+    missing = [spec for spec in specs if _cached(cache, spec) is None]
+    fresh: dict[str, Render | RenderFailure] = {}
+    if missing:
+        first = missing[0]
+        generator = get_generator(first.model, first.model_revision, device)
+        requests = [_request(spec) for spec in missing]
+        try:
+            outputs = generator.generate(requests, progress=progress)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            smaller = max(1, len(requests) // 2)
+            outputs = generator.generate(requests, batch_size=smaller, progress=progress)
+        for spec, output in zip(missing, outputs, strict=True):
+            if isinstance(output, GenerationError):
+                fresh[spec.id] = RenderFailure(spec.id, output.reason)
+            else:
+                fresh[spec.id] = cache.put(
+                    _key(spec),
+                    output.audio,
+                    output.sample_rate,
+                    model_id=output.model_id,
+                    revision=output.revision,
+                    license=output.license,
+                )
+    return [fresh.get(spec.id) or _cached(cache, spec) or _lost(spec) for spec in specs]
+
+
+def _key(spec: TrackSpec) -> str:
+    if spec.generation_key is None:
+        raise ValueError(f"track {spec.id!r} is a recording; it has nothing to render")
+    return spec.generation_key
+
+
+def _cached(cache: RenderCache, spec: TrackSpec) -> Render | None:
+    return cache.get(_key(spec))
+
+
+def _lost(spec: TrackSpec) -> RenderFailure:
+    return RenderFailure(spec.id, "its render vanished from the cache during the build")
+
+
+def _request(spec: TrackSpec) -> GenerationRequest:
+    if spec.prompt is None:
+        raise ValueError(f"track {spec.id!r} has no prompt")
+    return GenerationRequest(
+        track_id=spec.id,
+        prompt=spec.prompt,
+        duration_s=spec.duration_s,
+        seed=spec.seed,
+        sampling=spec.sampling,
+        overlap_s=spec.overlap_s,
+    )

@@ -1,0 +1,134 @@
+"""The build report, which is also the lock file (`soundtrack.lock.json`) indexing published files.
+
+The lock is the index a game or a later build reads; it is written last, so a reader never sees
+half a build. JUnit XML is rendered from the same report for CI systems.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from soundtrack import PIPELINE_VERSION
+
+LOCK_NAME = "soundtrack.lock.json"
+REPORT_SCHEMA = 1
+Status = Literal["approved", "rejected", "failed", "cached"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelInfo(_Model):
+    id: str
+    revision: str
+    license: str
+
+
+class GateRecord(_Model):
+    name: str
+    value: float | None
+    limit: str
+    passed: bool
+    severity: Literal["fail", "warn"]
+
+
+class FileRecord(_Model):
+    format: str
+    key: str
+    uri: str
+    sha256: str
+    bytes: int
+    duration_s: float
+    sample_rate: int
+    channels: int
+    loop_start: int | None = None
+    loop_length: int | None = None
+    url: str | None = Field(default=None, description="Presigned download link (S3 only).")
+
+
+class TrackRecord(_Model):
+    id: str
+    status: Status
+    spec_hash: str
+    seed: int | None = None
+    prompt: str | None = None
+    source: str | None = None
+    model: ModelInfo | None = None
+    reason: str | None = Field(default=None, description="Why a track failed or was rejected.")
+    gates: list[GateRecord] = Field(default_factory=list)
+    files: list[FileRecord] = Field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        """Approved now or earlier: its files are published and referenced by the lock."""
+        return self.status in ("approved", "cached")
+
+
+class BuildReport(_Model):
+    report_schema: int = REPORT_SCHEMA
+    soundtrack: str
+    pipeline_version: str = PIPELINE_VERSION
+    storage: str
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    model_loads: int = Field(default=0, description="Models loaded by this build (0 when cached).")
+    tracks: list[TrackRecord]
+
+    def counts(self) -> dict[str, int]:
+        """Number of tracks per status."""
+        counts = {status: 0 for status in ("approved", "cached", "rejected", "failed")}
+        for track in self.tracks:
+            counts[track.status] += 1
+        return counts
+
+    @property
+    def ok(self) -> bool:
+        """True when every track is approved or cached (exit code 0)."""
+        return all(track.usable for track in self.tracks)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+
+def parse_lock(data: bytes | None) -> BuildReport | None:
+    """Read a lock file; an unreadable or foreign one counts as absent (everything rebuilds)."""
+    if data is None:
+        return None
+    try:
+        return BuildReport.model_validate_json(data)
+    except ValueError:
+        return None
+
+
+def to_junit(report: BuildReport) -> str:
+    """JUnit XML: one testcase per track; gate failures as failures, generation errors as errors."""
+    counts = report.counts()
+    suite = ET.Element(
+        "testsuite",
+        name=f"soundtrack.{report.soundtrack}",
+        tests=str(len(report.tracks)),
+        failures=str(counts["rejected"]),
+        errors=str(counts["failed"]),
+        skipped="0",
+        timestamp=report.created_at,
+    )
+    for track in report.tracks:
+        case = ET.SubElement(suite, "testcase", classname=report.soundtrack, name=track.id)
+        failed_gates = [g for g in track.gates if not g.passed and g.severity == "fail"]
+        if track.status == "rejected":
+            message = "; ".join(f"{g.name}: {g.value} (limit {g.limit})" for g in failed_gates)
+            failure = ET.SubElement(case, "failure", message=message or (track.reason or ""))
+            failure.text = "\n".join(
+                f"{g.name}: measured {g.value}, limit {g.limit}" for g in failed_gates
+            )
+        elif track.status == "failed":
+            ET.SubElement(case, "error", message=track.reason or "failed")
+        lines = [f"status: {track.status}", f"spec_hash: {track.spec_hash}"]
+        lines += [f"{f.format}: {f.uri} sha256={f.sha256}" for f in track.files]
+        ET.SubElement(case, "system-out").text = "\n".join(lines)
+    ET.indent(suite)
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"

@@ -1,0 +1,57 @@
+"""Publishing: uploads retried with exponential backoff and jitter; the index goes last."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from soundtrack import events
+from soundtrack.errors import StorageError
+from soundtrack.process import TrackOutcome
+from soundtrack.publish import publish_outcome
+from soundtrack.report import ModelInfo, TrackRecord
+from soundtrack.spec import TrackSpec
+from soundtrack.storage import open_storage
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    # AccessDenied or a missing bucket will not heal; a dropped connection or SlowDown may.
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, StorageError) and error.transient
+
+
+@task(
+    name="publish",
+    retries=4,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_transient,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def publish_track(
+    spec: TrackSpec, outcome: TrackOutcome, storage_url: str, base_dir: str, model: ModelInfo | None
+) -> TrackRecord:
+    """Upload an approved track's files, verified by checksum."""
+    storage = open_storage(storage_url, base_dir=Path(base_dir))
+    record = publish_outcome(storage, spec, outcome, model=model)
+    events.emit(spec.id, "published")
+    return record
+
+
+@task(
+    name="write-index",
+    retries=4,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_transient,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def write_index(soundtrack: str, lock: bytes, storage_url: str, base_dir: str) -> str:
+    """Replace the soundtrack's lock file: the last write of a build."""
+    return open_storage(storage_url, base_dir=Path(base_dir)).write_index(soundtrack, lock)
