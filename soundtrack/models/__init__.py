@@ -1,0 +1,80 @@
+"""Generation models: a registry from model id to backend, loaded once per process."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from soundtrack.errors import GenerationError, ModelLoadError
+from soundtrack.models.base import (
+    GeneratedAudio,
+    GenerationRequest,
+    Generator,
+    ProgressCallback,
+    check_audio,
+    check_request,
+)
+from soundtrack.models.device import resolve_device
+from soundtrack.models.source import ModelSource, resolve_source
+
+__all__ = [
+    "BACKENDS",
+    "GeneratedAudio",
+    "GenerationRequest",
+    "Generator",
+    "ProgressCallback",
+    "check_audio",
+    "check_request",
+    "generate_one",
+    "get_generator",
+    "load_count",
+]
+
+
+def _load_musicgen(source: ModelSource, device: str) -> Generator:
+    # Imported here: transformers' MusicGen classes take seconds to import.
+    from soundtrack.models.musicgen import load_musicgen
+
+    return load_musicgen(source, device)
+
+
+# config.json's model_type -> the backend that loads it (mono and stereo MusicGen share one).
+BACKENDS: dict[str, Callable[[ModelSource, str], Generator]] = {"musicgen": _load_musicgen}
+
+_lock = threading.Lock()
+_loaded: dict[tuple[str, str | None, str], Generator] = {}
+_loads = 0
+
+
+def get_generator(model: str, revision: str | None = None, device: str | None = None) -> Generator:
+    """Loaded once per (model, revision, device) per process; raises ModelLoadError fast."""
+    resolved_device = resolve_device(device)
+    local = Path(model).expanduser()
+    key = (str(local.resolve()) if local.exists() else model, revision, resolved_device)
+    global _loads
+    with _lock:
+        if key not in _loaded:
+            source = resolve_source(key[0], revision)
+            backend = BACKENDS.get(source.model_type)
+            if backend is None:
+                raise ModelLoadError(
+                    f"model {model!r}: model_type {source.model_type!r} has no backend "
+                    f"(supported: {', '.join(sorted(BACKENDS))})"
+                )
+            _loaded[key] = backend(source, resolved_device)
+            _loads += 1
+        return _loaded[key]
+
+
+def generate_one(request: GenerationRequest, generator: Generator) -> GeneratedAudio:
+    """Render one request; raise its GenerationError instead of returning it."""
+    (result,) = generator.generate([request])
+    if isinstance(result, GenerationError):
+        raise result
+    return result
+
+
+def load_count() -> int:
+    """How many models this process has loaded (a cached rebuild must not add to it)."""
+    return _loads

@@ -1,0 +1,105 @@
+"""The generator interface: requests in, float32 audio with its provenance out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from soundtrack.errors import GenerationError, InputError
+from soundtrack.spec import Sampling
+
+MAX_WINDOW_S = 30.0  # MusicGen was trained on 30 s excerpts; one generate call stays within it
+SILENCE_PEAK_DBFS = -60.0  # a render whose sample peak stays below this is treated as silent
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One track to render: what to play, how long, and the seed that makes it reproducible."""
+
+    track_id: str
+    prompt: str
+    duration_s: float
+    seed: int
+    sampling: Sampling
+    overlap_s: float = 10.0  # long form: seconds of the previous window fed back as audio prompt
+
+
+@dataclass(frozen=True)
+class GeneratedAudio:
+    """A render: float32 (channels, frames), exactly round(duration_s * sample_rate) frames."""
+
+    track_id: str
+    audio: np.ndarray
+    sample_rate: int
+    model_id: str
+    revision: str
+    license: str
+
+
+ProgressCallback = Callable[[int, int], None]  # (steps done, steps in total)
+
+
+class Generator(Protocol):
+    """A loaded model that renders batches of requests."""
+
+    model_id: str
+    revision: str
+    license: str
+    sample_rate: int
+    channels: int
+    device: str
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        batch_size: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> list[GeneratedAudio | GenerationError]:
+        """One result per request, in order; a bad track comes back as a GenerationError."""
+        ...
+
+
+def check_request(request: GenerationRequest) -> None:
+    """Raise InputError naming the track for a request no model can honour."""
+    name = f"track {request.track_id!r}"
+    if not request.prompt.strip():
+        raise InputError(f"{name}: prompt is empty")
+    if not (math.isfinite(request.duration_s) and request.duration_s > 0):
+        raise InputError(f"{name}: duration_s must be > 0, got {request.duration_s}")
+    if not (math.isfinite(request.overlap_s) and 0 < request.overlap_s < MAX_WINDOW_S):
+        raise InputError(
+            f"{name}: overlap_s must be > 0 and < {MAX_WINDOW_S:g} s (one window), "
+            f"got {request.overlap_s}"
+        )
+    sampling = request.sampling
+    if not sampling.temperature > 0:
+        raise InputError(f"{name}: sampling.temperature must be > 0, got {sampling.temperature}")
+    if sampling.top_k < 0:
+        raise InputError(f"{name}: sampling.top_k must be >= 0 (0 = off), got {sampling.top_k}")
+    if not 0 <= sampling.top_p <= 1:
+        raise InputError(
+            f"{name}: sampling.top_p must be within [0, 1] (0 = off), got {sampling.top_p}"
+        )
+
+
+def check_audio(track_id: str, audio: np.ndarray) -> None:
+    """Raise GenerationError naming the track for NaN/inf, all-zero or near-silent audio."""
+    if audio.size == 0:
+        raise GenerationError(track_id, "the render is empty (0 samples)")
+    if not np.all(np.isfinite(audio)):
+        bad = int(np.count_nonzero(~np.isfinite(audio)))
+        raise GenerationError(track_id, f"the render contains {bad} NaN/inf samples")
+    peak = float(np.max(np.abs(audio)))
+    if peak == 0.0:
+        raise GenerationError(track_id, "the render is all zeros (digital silence)")
+    peak_dbfs = 20.0 * np.log10(peak)
+    if peak_dbfs < SILENCE_PEAK_DBFS:
+        raise GenerationError(
+            track_id,
+            f"the render is near-silent: peak {peak_dbfs:.1f} dBFS < {SILENCE_PEAK_DBFS:.0f} dBFS",
+        )

@@ -1,0 +1,61 @@
+"""Which torch device and dtype generation runs on, and how many CPU threads it uses."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from soundtrack.errors import InputError, ModelLoadError
+
+DEVICE_ENV = "SOUNDTRACK_DEVICE"
+SMALL_MODEL_PARAMETERS = 50_000_000  # below this, extra threads only add synchronisation
+DEFAULT_BATCH_SIZE = {"cuda": 16, "mps": 4, "cpu": 4}  # CPU: a batch of 4 costs about one track
+
+
+def resolve_device(device: str | None) -> str:
+    """An explicit device, else $SOUNDTRACK_DEVICE, else cuda, then mps, then cpu."""
+    requested = device or os.environ.get(DEVICE_ENV) or "auto"
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    kind = requested.split(":", 1)[0]
+    if kind not in DEFAULT_BATCH_SIZE:
+        raise InputError(
+            f"device must be auto, cpu, mps, cuda or cuda:N (argument or ${DEVICE_ENV}), "
+            f"got {requested!r}"
+        )
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {requested!r} requested but torch sees no CUDA device")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {requested!r} requested but torch sees no MPS device")
+    return requested
+
+
+def model_dtype(device: str) -> torch.dtype:
+    """Half precision on accelerators (bf16 where supported), float32 on the CPU."""
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def default_batch_size(device: str) -> int:
+    """Tracks per generate call when the caller does not say."""
+    return DEFAULT_BATCH_SIZE[device.split(":", 1)[0]]
+
+
+def set_cpu_threads(parameters: int) -> None:
+    """One thread for tiny models (per-op overhead dominates), else every core we may run on."""
+    if parameters < SMALL_MODEL_PARAMETERS:
+        threads = 1
+    elif hasattr(os, "sched_getaffinity"):
+        threads = len(os.sched_getaffinity(0))  # cgroup/affinity aware, unlike os.cpu_count
+    else:
+        threads = os.cpu_count() or 1
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

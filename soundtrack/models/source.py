@@ -1,0 +1,177 @@
+"""Where a model's files are: a local directory or the Hugging Face cache, never a silent wait."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from huggingface_hub import HfApi, is_offline_mode, snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from soundtrack.errors import ModelLoadError
+
+HUB_TIMEOUT_S = 10.0  # the metadata request; a download that has started is not cut short
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "README.md"]
+# Licences of checkpoints whose model card may be missing from a cache filled by from_pretrained.
+_KNOWN_LICENSES = {"facebook/musicgen-": "CC-BY-NC-4.0"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+_fingerprints: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model's files on disk, with the revision and licence recorded for every render."""
+
+    model_id: str  # the hub id, or the local directory's absolute path
+    directory: Path
+    revision: str  # hub commit sha, or "sha256:<hex>" of a local directory's files
+    license: str
+    model_type: str  # config.json's model_type; picks the backend
+
+
+def how_to_provide(model: str) -> str:
+    """The ways to make a model's weights available, for error messages."""
+    return (
+        f"pass a local directory holding the model (config.json and weights) as the model, or "
+        f"download {model!r} once with network access (huggingface-cli download {model}) so it "
+        f"lands in the Hugging Face cache (HF_HOME, now {_hf_home()}); for smoke tests without "
+        f"weights, `soundtrack models make-tiny DIR` writes a tiny random-weight model"
+    )
+
+
+def _hf_home() -> str:
+    return os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
+
+
+def resolve_source(model: str, revision: str | None) -> ModelSource:
+    """Find a model's files locally, else fetch them from the hub; raise ModelLoadError fast."""
+    path = Path(model).expanduser()
+    if path.exists():
+        return _local_source(path.resolve(), revision)
+    if model.startswith(("/", ".", "~")) or not _HUB_ID.match(model):
+        raise ModelLoadError(
+            f"model {model!r}: no such directory ({path.absolute()}); give a directory holding "
+            f"config.json and the weights, or a hub id such as facebook/musicgen-small"
+        )
+    return _hub_source(model, revision)
+
+
+def _local_source(directory: Path, revision: str | None) -> ModelSource:
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(
+            f"model {str(directory)!r}: not a model directory (no config.json in it); give a "
+            f"directory written by save_pretrained, huggingface-cli download or "
+            f"`soundtrack models make-tiny`"
+        )
+    fingerprint = directory_fingerprint(directory)
+    if revision is not None and revision != fingerprint:
+        raise ModelLoadError(
+            f"model {str(directory)!r}: its files have fingerprint {fingerprint}, but revision "
+            f"{revision!r} was pinned; the directory changed since the pin"
+        )
+    return ModelSource(
+        model_id=str(directory),
+        directory=directory,
+        revision=fingerprint,
+        license=read_license(directory, str(directory)),
+        model_type=_model_type(directory, str(directory)),
+    )
+
+
+def _hub_source(model: str, revision: str | None) -> ModelSource:
+    try:
+        directory = Path(
+            snapshot_download(
+                model, revision=revision, allow_patterns=_HUB_FILES, local_files_only=True
+            )
+        )
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        directory = _download(model, revision)
+    if not (directory / "config.json").is_file():
+        directory = _download(model, revision)
+    return ModelSource(
+        model_id=model,
+        directory=directory,
+        revision=directory.name,  # snapshots/<commit sha>
+        license=read_license(directory, model),
+        model_type=_model_type(directory, model),
+    )
+
+
+def _download(model: str, revision: str | None) -> Path:
+    where = f"{model!r}" + (f" at revision {revision!r}" if revision else "")
+    if is_offline_mode():
+        raise ModelLoadError(
+            f"model {where} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            f"{how_to_provide(model)}"
+        )
+    try:
+        info = HfApi().model_info(model, revision=revision, timeout=HUB_TIMEOUT_S)
+    except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as error:
+        raise ModelLoadError(
+            f"model {where}: not found on the Hugging Face hub ({type(error).__name__}); "
+            f"{how_to_provide(model)}"
+        ) from error
+    except Exception as error:  # network failures come from several libraries (httpx, ssl, os)
+        raise ModelLoadError(
+            f"model {where} is not in the local Hugging Face cache and the hub cannot be reached "
+            f"({type(error).__name__}: {error}); {how_to_provide(model)}"
+        ) from error
+    return Path(snapshot_download(model, revision=info.sha, allow_patterns=_HUB_FILES))
+
+
+def _model_type(directory: Path, model: str) -> str:
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"model {model!r}: unreadable config.json ({error})") from error
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str):
+        raise ModelLoadError(f"model {model!r}: config.json has no model_type")
+    return model_type
+
+
+def read_license(directory: Path, model: str) -> str:
+    """The licence from the model card's front matter, else a known default, else 'unknown'."""
+    card = directory / "README.md"
+    if card.is_file():
+        parts = card.read_text(encoding="utf-8", errors="replace").split("---", 2)
+        meta = yaml.safe_load(parts[1]) if len(parts) == 3 and parts[0].strip() == "" else None
+        if isinstance(meta, dict) and isinstance(meta.get("license"), str):
+            if meta["license"] == "other" and isinstance(meta.get("license_name"), str):
+                return str(meta["license_name"])
+            return str(meta["license"]).upper()
+    for prefix, license_id in _KNOWN_LICENSES.items():
+        if model.startswith(prefix):
+            return license_id
+    return "unknown"
+
+
+def directory_fingerprint(directory: Path) -> str:
+    """sha256 over the names and contents of a model directory's files; hashed once per process."""
+    files = sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name != "README.md"
+    )
+    stats = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    key = (str(directory), stats)
+    if key not in _fingerprints:
+        digest = hashlib.sha256()
+        for path in files:
+            with path.open("rb") as handle:
+                file_digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            digest.update(f"{path.name}\0{file_digest}\n".encode())
+        _fingerprints[key] = f"sha256:{digest.hexdigest()}"
+    return _fingerprints[key]

@@ -1,0 +1,96 @@
+"""`soundtrack generate` and `soundtrack models make-tiny`, run through the real CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from transformers import MusicgenForConditionalGeneration, MusicgenProcessor
+from typer.testing import CliRunner
+
+from soundtrack.cli import app
+from soundtrack.models import GeneratedAudio, GenerationRequest, get_generator
+from soundtrack.spec import Sampling
+from tests.core.test_models_failures import codec_output
+
+runner = CliRunner()
+
+
+def test_generate_writes_a_wav_of_the_requested_length(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "takes" / "title.wav"
+    args = ["generate", "--model", str(tiny_model_dir), "--prompt", "heroic brass fanfare"]
+    result = runner.invoke(app, [*args, "--duration", "1.5", "--seed", "42", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "seed 42" in result.stdout and "soundtrack-tiny-random-weights" in result.stdout
+    info = sf.info(str(out))
+    assert (info.frames, info.samplerate, info.channels) == (48000, 32000, 1)
+    assert [p.name for p in out.parent.iterdir()] == ["title.wav"]  # no temporary file left
+    # The same seed through the library gives the same take.
+    generator = get_generator(str(tiny_model_dir), device="cpu")
+    request = GenerationRequest("x", "heroic brass fanfare", 1.5, 42, Sampling())
+    (again,) = generator.generate([request])
+    assert isinstance(again, GeneratedAudio)
+    np.testing.assert_array_equal(sf.read(str(out), dtype="float32")[0], again.audio[0])
+
+
+def test_generate_without_seed_or_output_names_the_take(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["generate", "--model", str(tiny_model_dir), "--prompt", "Calm piano, C major!"]
+    result = runner.invoke(app, [*args, "--duration", "0.5"])
+    assert result.exit_code == 0, result.output
+    (wav,) = tmp_path.glob("*.wav")
+    seed = wav.stem.rsplit("-", 1)[1]
+    assert wav.name == f"calm-piano-c-major-{seed}.wav" and f"seed {seed}" in result.stdout
+
+
+def test_an_unknown_model_exits_2_with_a_message_not_a_traceback(tmp_path: Path) -> None:
+    args = ["generate", "--model", "soundtrack-tests/no-such-model", "--prompt", "p"]
+    result = runner.invoke(app, [*args, "--duration", "1", "-o", str(tmp_path / "x.wav")])
+    assert result.exit_code == 2
+    assert "soundtrack-tests/no-such-model" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_bad_input_exits_2_before_loading_anything(tmp_path: Path) -> None:
+    args = ["generate", "--model", str(tmp_path / "nowhere"), "--prompt", " "]
+    result = runner.invoke(app, [*args, "--duration", "1"])
+    assert result.exit_code == 2 and "prompt is empty" in result.stderr
+
+
+def test_a_silent_render_exits_1_and_writes_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
+    silent = tmp_path / "silent-model"
+    model: Any = MusicgenForConditionalGeneration.from_pretrained(tiny_model_dir)
+    processor = MusicgenProcessor.from_pretrained(tiny_model_dir)
+    codec_output(0.0)(model, processor)
+    model.save_pretrained(silent)
+    processor.save_pretrained(silent)
+    out = tmp_path / "x.wav"
+    args = ["generate", "--model", str(silent), "--prompt", "p", "--duration", "1", "-o", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "track 'audition': the render is all zeros" in result.stderr
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_make_tiny_stereo_renders_two_channels_in_long_form_too(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["models", "make-tiny", "--stereo", str(tmp_path / "tiny")])
+    assert result.exit_code == 0, result.output
+    assert "not music" in runner.invoke(app, ["models", "make-tiny", "--help"]).stdout
+    generator = get_generator(str(tmp_path / "tiny"), device="cpu")
+    assert generator.channels == 2
+    short, long = generator.generate(
+        [
+            GenerationRequest("short", "tense stealth", 1.0, 3, Sampling()),
+            GenerationRequest("long", "ambient drone", 31.0, 4, Sampling(), overlap_s=5.0),
+        ]
+    )
+    assert isinstance(short, GeneratedAudio) and isinstance(long, GeneratedAudio)
+    assert short.audio.shape == (2, 32000) and long.audio.shape == (2, 31 * 32000)
+    assert np.max(np.abs(short.audio[0] - short.audio[1])) > 1e-3  # two channels, not a copy
