@@ -70,7 +70,7 @@ def test_encoded_files_meet_the_profile(profile: str, tmp_path: Path) -> None:
         assert np.abs(decoded.mean(axis=1)).max() <= 0.001
 
 
-def test_limiter_lowers_the_peaks_and_leaves_the_body() -> None:
+def test_limiter_lowers_the_peaks_and_leaves_the_body(tmp_path: Path) -> None:
     # Music with a loud click every second, pushed to -16 LUFS: only the clicks need limiting.
     rate = 44100
     music = signals.music_like(10.0, rate, peak_dbfs=-20.0)
@@ -80,6 +80,11 @@ def test_limiter_lowers_the_peaks_and_leaves_the_body() -> None:
     assert m.limiter_reduction_db > 3.0
     assert true_peak_dbtp(m.audio) <= target.true_peak_max_dbtp
     assert pyloudnorm.Meter(rate).integrated_loudness(m.audio.T) == pytest.approx(-16.0, abs=0.1)
+    # Lossy encoding raises limited peaks: the decoded files must still be under the ceiling.
+    for f in encode(m, ["ogg", "mp3"], tmp_path, "clicks", tags=TAGS):
+        integrated, true_peak = ebur128(f.path)
+        assert integrated == pytest.approx(-16.0, abs=0.5), f.format
+        assert true_peak <= target.true_peak_max_dbtp, f.format
     # Between clicks (0.6-0.95 s after each) the master is the input times the normalisation
     # gain: the limiter's gain is local. A waveshaper such as tanh would bend these samples too.
     trimmed = source.shape[1] - m.audio.shape[1]
@@ -95,6 +100,25 @@ def test_limiter_lowers_the_peaks_and_leaves_the_body() -> None:
     crest_in = 20 * np.log10(np.abs(source).max() / np.sqrt(np.mean(source**2)))
     crest_out = 20 * np.log10(np.abs(m.audio).max() / np.sqrt(np.mean(m.audio**2)))
     assert crest_out >= crest_in - m.limiter_reduction_db - 0.5
+
+
+def test_hard_limited_noise_bursts_stay_under_the_ceiling_after_lossy_encoding(
+    tmp_path: Path,
+) -> None:
+    # Full-band bursts limited by ~18 dB are the worst case seen for codec overshoot (LAME V2
+    # added 1.2 dB): the master's headroom below the ceiling must absorb it.
+    loudness = LOUDNESS_PROFILES["web"]
+    m = master(
+        signals.transients(20.0, 44100),
+        44100,
+        Mastering(loudness=loudness),
+        loop=False,
+        duration_s=20.0,
+    )
+    assert m.limiter_reduction_db > 12.0
+    for f in encode(m, ["ogg", "mp3"], tmp_path, "bursts", tags=TAGS):
+        _, true_peak = ebur128(f.path)
+        assert true_peak <= loudness.true_peak_max_dbtp, f.format
 
 
 def test_limiter_catches_intersample_peaks(tmp_path: Path) -> None:
