@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,26 +65,28 @@ def process_track(
     """master -> encode spec.formats into out_dir as <spec.id>.<ext> -> decode each file ->
     gates on the input, the master and every decoded file -> approved only if no 'fail' gate
     failed; a rejected track's files are removed (so `out_dir` should be a staging folder)."""
-    # 1. Measure the input: silence and clipping are judged before mastering gain can hide them
     extra = check_expectations(extra_expectations)
-    source = _measure(spec, audio, sample_rate)
-    rows = [metrics_row(spec.id, SOURCE, source)]
-    # 2. Master; silence cannot be normalised, and the silence gate says so
-    try:
-        m = master(audio, sample_rate, spec.mastering, loop=spec.loop, duration_s=spec.duration_s)
-    except AudioError:
-        outcome = _judged(spec, rows, extra, files=[], master_info=None)
-        if outcome.status == "rejected":
-            return outcome
-        raise
-    # 3. Encode each format while measuring the master, then decode and measure each file
-    with ThreadPoolExecutor(max_workers=len(spec.formats)) as pool:
-        jobs = [pool.submit(_encode_and_measure, spec, m, fmt, out_dir) for fmt in spec.formats]
+    with ThreadPoolExecutor(max_workers=len(spec.formats) + 1) as pool:
+        # 1. Measure the input beside mastering: silence and clipping are judged on it, before
+        # mastering gain can hide them
+        source_job = pool.submit(_measure, spec, audio, sample_rate)
+        # 2. Master; silence cannot be normalised, and the silence gate says so
         try:
-            master_metrics = _measure(spec, m.audio, m.sample_rate, m)
-        finally:
-            done = _settle(jobs)
-    rows.append(metrics_row(spec.id, MASTER, master_metrics))
+            m = master(
+                audio, sample_rate, spec.mastering, loop=spec.loop, duration_s=spec.duration_s
+            )
+        except AudioError:
+            rows = [metrics_row(spec.id, SOURCE, source_job.result())]
+            outcome = _judged(spec, rows, extra, files=[], master_info=None)
+            if outcome.status == "rejected":
+                return outcome
+            raise
+        # 3. Encode each format while measuring the master, then decode and measure each file
+        jobs = [pool.submit(_encode_and_measure, spec, m, fmt, out_dir) for fmt in spec.formats]
+        source, master_metrics, done = _gather(
+            source_job, jobs, lambda: _measure(spec, m.audio, m.sample_rate, m)
+        )
+    rows = [metrics_row(spec.id, SOURCE, source), metrics_row(spec.id, MASTER, master_metrics)]
     rows += [metrics_row(spec.id, file.format, metrics) for file, metrics in done]
     # 4. Judge; nothing of a rejected track is kept
     return _judged(spec, rows, extra, files=[file for file, _ in done], master_info=_info(m))
@@ -93,6 +95,7 @@ def process_track(
 def _measure(
     spec: TrackSpec, audio: np.ndarray, sample_rate: int, m: Master | None = None
 ) -> Metrics:
+    """Measure the input, or with `m` the master and its loop."""
     return measure(
         audio,
         sample_rate,
@@ -125,17 +128,25 @@ def _encode_and_measure(
     return file, metrics
 
 
-def _settle(
+def _gather(
+    source_job: Future[Metrics],
     jobs: list[Future[tuple[EncodedFile, Metrics]]],
-) -> list[tuple[EncodedFile, Metrics]]:
-    """Every job's result; if any failed, the files of the others are removed and the first
-    error is raised."""
-    errors = [error for job in jobs if (error := job.exception()) is not None]
+    measure_master: Callable[[], Metrics],
+) -> tuple[Metrics, Metrics, list[tuple[EncodedFile, Metrics]]]:
+    """Measure the master here while the jobs run, then collect everything; if anything failed,
+    the files that were written are removed and the first error is raised."""
+    errors: list[BaseException] = []
+    try:
+        master_metrics = measure_master()
+    except Exception as exc:
+        errors.append(exc)
+    pending: list[Future[Any]] = [source_job, *jobs]
+    errors += [error for job in pending if (error := job.exception()) is not None]
     done = [job.result() for job in jobs if job.exception() is None]
     if errors:
         _remove([file for file, _ in done])
         raise errors[0]
-    return done
+    return source_job.result(), master_metrics, done
 
 
 def _judged(

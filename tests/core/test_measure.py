@@ -37,6 +37,15 @@ def test_loudness_and_true_peak_agree_with_ffmpeg_ebur128(tmp_path: Path) -> Non
     assert (metrics.sample_rate, metrics.channels, metrics.frames) == (SR, 2, 8 * SR)
 
 
+def test_true_peak_finds_the_peaks_between_samples() -> None:
+    # A quarter-rate sine sampled 45 degrees off its crests: samples reach 0.707 of its peak.
+    n = np.arange(2 * SR)
+    wave = (0.5 * np.sin(np.pi / 2 * n + np.pi / 4)).astype(np.float32)[None, :]
+    metrics = measure(wave, SR)
+    assert metrics.sample_peak_dbfs == pytest.approx(-9.03, abs=0.01)
+    assert metrics.true_peak_dbtp == pytest.approx(-6.02, abs=0.2)
+
+
 def test_digital_silence_is_all_silence_and_has_no_loudness() -> None:
     metrics = measure(np.zeros((2, 3 * SR), dtype=np.float32), SR)
     assert metrics.integrated_lufs == -math.inf
