@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -54,7 +54,7 @@ DEFAULT_MODEL = "facebook/musicgen-small"
 DEFAULT_STORAGE = "./assets"
 # Fields that change the generated (raw) audio; the generation cache is keyed on these alone, so
 # re-mastering to a new loudness profile does not regenerate.
-_GENERATION_FIELDS = ("model", "model_revision", "prompt", "duration_s", "seed", "sampling")
+_GENERATION_FIELDS = ("model", "model_revision", "prompt", "seed", "sampling", "overlap_s")
 
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, description="Lower-case letters, digits, '-'.")]
 
@@ -537,9 +537,13 @@ def resolve_tracks(
         if model_override is not None:
             merged["model"] = model_override
         source = (base_dir / track.source).resolve() if track.source else None
-        duration_s = merged.get("duration")
-        if duration_s is None:
-            duration_s = _recording_seconds(source) if source else 30.0
+        # A recording keeps its own length unless the track itself asks for another: the
+        # soundtrack-wide default duration is meant for what gets generated.
+        duration_s: float = (
+            merged.get("duration", 30.0)
+            if source is None
+            else track.duration or _recording_seconds(source)
+        )
         loudness = _loudness_target(merged.get("loudness"))
         gates = GateLimits(**merged.get("gates", {}))
         mastering = Mastering(
@@ -576,31 +580,30 @@ def resolve_tracks(
             "formats": list(merged.get("formats", ["ogg", "mp3"])),
             "wav_bit_depth": merged.get("wav_bit_depth", 16),
         }
-        generation = {name: fields[name] for name in (*_GENERATION_FIELDS, "pipeline_version")}
-        if float(duration_s) > 30:
-            generation["overlap_s"] = fields["overlap_s"]
-        specs.append(
-            TrackSpec(
-                soundtrack=manifest.soundtrack,
-                id=track.id,
-                duration_s=fields["duration_s"],
-                loop=track.loop,
-                seed=fields["seed"],
-                model=_model_location(fields["model"], base_dir),
-                model_revision=fields["model_revision"],
-                sampling=Sampling(**fields["sampling"]),
-                overlap_s=fields["overlap_s"],
-                mastering=mastering,
-                gates=gates,
-                formats=tuple(fields["formats"]),
-                wav_bit_depth=fields["wav_bit_depth"],
-                spec_hash=_canonical_hash(fields),
-                generation_key=None if source else _canonical_hash(generation),
-                prompt=fields["prompt"],
-                source=source,
-                source_sha256=fields["source_sha256"],
-            )
+        spec = TrackSpec(
+            soundtrack=manifest.soundtrack,
+            id=track.id,
+            duration_s=fields["duration_s"],
+            loop=track.loop,
+            seed=fields["seed"],
+            model=_model_location(fields["model"], base_dir),
+            model_revision=fields["model_revision"],
+            sampling=Sampling(**fields["sampling"]),
+            overlap_s=fields["overlap_s"],
+            mastering=mastering,
+            gates=gates,
+            formats=tuple(fields["formats"]),
+            wav_bit_depth=fields["wav_bit_depth"],
+            spec_hash=_canonical_hash(fields),
+            prompt=fields["prompt"],
+            source=source,
+            source_sha256=fields["source_sha256"],
         )
+        if source is None:
+            generation = {name: fields[name] for name in (*_GENERATION_FIELDS, "pipeline_version")}
+            generation["render_duration_s"] = spec.render_duration_s
+            spec = replace(spec, generation_key=_canonical_hash(generation))
+        specs.append(spec)
     return specs
 
 

@@ -156,7 +156,7 @@ def _request(spec: TrackSpec) -> GenerationRequest:
     return GenerationRequest(
         track_id=spec.id,
         prompt=spec.prompt,
-        duration_s=spec.duration_s,
+        duration_s=spec.render_duration_s,
         seed=spec.seed,
         sampling=spec.sampling,
         overlap_s=spec.overlap_s,

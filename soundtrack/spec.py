@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from soundtrack.loops import render_duration_s
+
 AudioFormat = Literal["ogg", "mp3", "wav"]
 
 
@@ -91,3 +93,10 @@ class TrackSpec:
     # Hash of only what shapes the raw render (model, prompt, seed, sampling, duration): the
     # generation cache key, so re-mastering does not regenerate. None for source tracks.
     generation_key: str | None = None
+
+    @property
+    def render_duration_s(self) -> float:
+        """Seconds to generate: a loop needs room to search for its end and a crossfade tail."""
+        if not self.loop:
+            return self.duration_s
+        return render_duration_s(self.duration_s, self.mastering.loop_crossfade_ms)

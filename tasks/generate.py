@@ -16,6 +16,9 @@ from soundtrack.renders import Render, RenderCache, RenderFailure, render_batch
 from soundtrack.spec import TrackSpec
 
 GPU_LIMIT = "soundtrack-gpu"
+# The slot's lease is renewed while a batch renders; a build killed mid-batch frees it when the
+# lease runs out, instead of blocking every later build.
+GPU_LEASE_S = 60  # the server's minimum
 
 
 def batch_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -43,7 +46,7 @@ def generate_batch(
     specs: list[TrackSpec], cache_dir: str, device: str | None
 ) -> list[Render | RenderFailure]:
     """Render one batch (one generate call) into the render cache; returns paths and hashes."""
-    with concurrency(GPU_LIMIT, occupy=1, strict=True):
+    with concurrency(GPU_LIMIT, occupy=1, lease_duration=GPU_LEASE_S, strict=True):
         results = render_batch(specs, RenderCache(Path(cache_dir)), device=device)
     for spec, result in zip(specs, results, strict=True):
         events.emit(spec.id, "failed" if isinstance(result, RenderFailure) else "generated")
