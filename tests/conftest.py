@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from tests.prefect_server import PrefectServer
     from tests.s3server import SeaweedServer
 
 
@@ -86,3 +87,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from soundtrack.models.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny-musicgen"))
+
+
+# --- Prefect server (issue 5) ---
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """One real Prefect server for the session's flow tests (start-up costs 10-25 s)."""
+    from tests.prefect_server import PrefectServer
+
+    with PrefectServer(tmp_path_factory.mktemp("prefect-home")) as server:
+        yield server
