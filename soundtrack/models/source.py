@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from huggingface_hub import HfApi, is_offline_mode, snapshot_download
+from huggingface_hub import HfApi, constants, is_offline_mode, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
     LocalEntryNotFoundError,
@@ -44,14 +43,11 @@ def how_to_provide(model: str) -> str:
     """The ways to make a model's weights available, for error messages."""
     return (
         f"pass a local directory holding the model (config.json and weights) as the model, or "
-        f"download {model!r} once with network access (huggingface-cli download {model}) so it "
-        f"lands in the Hugging Face cache (HF_HOME, now {_hf_home()}); for smoke tests without "
-        f"weights, `soundtrack models make-tiny DIR` writes a tiny random-weight model"
+        f"download it once with network access (`hf download {model}`) so it lands in the "
+        f"Hugging Face cache (set by HF_HOME or HF_HUB_CACHE; now {constants.HF_HUB_CACHE}); "
+        f"for smoke tests without weights, "
+        f"`soundtrack models make-tiny DIR` writes a tiny random-weight model"
     )
-
-
-def _hf_home() -> str:
-    return os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
 
 
 def resolve_source(model: str, revision: str | None) -> ModelSource:

@@ -36,8 +36,8 @@ _CODEBOOK_SIZE = 128  # codec codes, decoder vocabulary; the pad/start token is 
 _ALPHABET = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789,.-'")
 
 
-def _tokenizer() -> T5Tokenizer:
-    """A small Unigram tokenizer trained on the spot, so no download is needed."""
+def offline_tokenizer() -> T5Tokenizer:
+    """A small T5 (Unigram) tokenizer trained on the spot from music prompts: no download."""
     unigram = Tokenizer(models.Unigram())
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
     trainer = trainers.UnigramTrainer(
@@ -83,16 +83,21 @@ def _config(text_vocab_size: int, channels: int) -> MusicgenConfig:
     return MusicgenConfig(text_encoder=text_encoder, audio_encoder=audio_encoder, decoder=decoder)
 
 
+def randomise_codebooks(model: MusicgenForConditionalGeneration) -> None:
+    """EnCodec's codebooks start at zero, so every code would decode to the same waveform."""
+    quantizer: Any = model.audio_encoder.quantizer
+    with torch.no_grad():
+        for layer in quantizer.layers:
+            layer.codebook.embed.normal_()
+
+
 def make_tiny(directory: Path, *, stereo: bool = False, seed: int = 0) -> Path:
     """Write a tiny random-weight MusicGen (mono, or stereo) with its processor into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tokenizer()
+    tokenizer = offline_tokenizer()
     torch.manual_seed(seed)
     model = MusicgenForConditionalGeneration(_config(len(tokenizer), 2 if stereo else 1))
-    # EnCodec's codebooks start at zero, so every code would decode to the same waveform.
-    quantizer: Any = model.audio_encoder.quantizer
-    for layer in quantizer.layers:
-        layer.codebook.embed.normal_()
+    randomise_codebooks(model)
     model.generation_config.decoder_start_token_id = _CODEBOOK_SIZE
     model.generation_config.pad_token_id = _CODEBOOK_SIZE
     model.generation_config.bos_token_id = _CODEBOOK_SIZE
