@@ -185,7 +185,7 @@ class MusicgenGenerator:
                 end = overlap_samples + new_frames[j] * self._hop
                 audio[j] = equal_power_join(audio[j], out[k, :, :end], overlap_samples)
         return [
-            failures[j] if j in failures else np.ascontiguousarray(audio[j][:, : t.samples])
+            failures[j] if j in failures else audio[j][:, : t.samples].copy()  # detach the batch
             for j, t in enumerate(batch)
         ]
 

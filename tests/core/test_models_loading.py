@@ -11,10 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import constants
+from huggingface_hub import constants, try_to_load_from_cache
 
 from soundtrack.errors import InputError, ModelLoadError
-from soundtrack.models import GenerationRequest, generate_one, get_generator, load_count
+from soundtrack.models import (
+    GeneratedAudio,
+    GenerationRequest,
+    generate_one,
+    get_generator,
+    load_count,
+)
 from soundtrack.models.musicgen import load_musicgen
 from soundtrack.models.source import read_license, resolve_source
 from soundtrack.spec import Sampling
@@ -102,3 +108,26 @@ def test_a_hub_id_loads_from_the_cache_offline_with_its_commit_as_revision(
     assert generator.license == "soundtrack-tiny-random-weights"
     with pytest.raises(ModelLoadError, match=r"'soundtrack-tests/tiny' at revision 'v2' is not in"):
         get_generator("soundtrack-tests/tiny", revision="v2", device="cpu")
+
+
+REAL_MODEL = "facebook/musicgen-small"
+
+
+@pytest.mark.real_weights
+@pytest.mark.skipif(
+    not isinstance(try_to_load_from_cache(REAL_MODEL, "model.safetensors"), str),
+    reason=f"{REAL_MODEL} is not in the Hugging Face cache (hf download {REAL_MODEL})",
+)
+def test_real_musicgen_small_renders_a_batch_with_provenance() -> None:
+    generator = get_generator(REAL_MODEL)
+    results = generator.generate(
+        [
+            GenerationRequest("a", "calm piano loop, C major", 2.0, 1, Sampling()),
+            GenerationRequest("b", "orchestral battle theme", 3.0, 2, Sampling()),
+        ]
+    )
+    assert [r.audio.shape for r in results if isinstance(r, GeneratedAudio)] == [
+        (1, 64000),
+        (1, 96000),
+    ]
+    assert len(generator.revision) == 40 and generator.license == "CC-BY-NC-4.0"
