@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from soundtrack.errors import InputError
+from soundtrack.errors import InputError, StorageError
 from soundtrack.measure import Metrics
 from soundtrack.spec import GateLimits, LoudnessTarget
 
@@ -374,11 +374,9 @@ def evaluate(table: GateTable) -> list[GateResult]:
     results = []
     for name, config in zip(names, table.expectations, strict=True):
         result = by_name[name]
-        if result.exception_info and result.exception_info.get("raised_exception"):
-            raise InputError(
-                f"gate {name!r} could not be evaluated: "
-                f"{result.exception_info.get('exception_message')}"
-            )
+        error = _gx_error(result.exception_info)
+        if error is not None:
+            raise InputError(f"gate {name!r} could not be evaluated: {error}")
         results.append(
             GateResult(
                 name=name,
@@ -402,7 +400,7 @@ def build_data_docs(tables: Sequence[GateTable], out_dir: Path) -> Path:
         context.build_data_docs()
     index = out_dir / "index.html"
     if not index.is_file():
-        raise InputError(f"GX wrote no Data Docs index at {index}")
+        raise StorageError(f"GX wrote no Data Docs index at {index}", transient=False)
     return index
 
 
@@ -460,6 +458,18 @@ def _validate(context: Any, table: GateTable) -> Any:
     )
     frame = pd.DataFrame(list(table.rows))
     return definition.run(batch_parameters={"dataframe": frame})
+
+
+def _gx_error(info: Any) -> str | None:
+    """The message of an exception GX caught while validating one expectation: reported at the
+    top level, or per metric (a missing column, for one)."""
+    if not info:
+        return None
+    reports = [info] if "raised_exception" in info else list(info.values())
+    for report in reports:
+        if isinstance(report, dict) and report.get("exception_message"):
+            return str(report["exception_message"])
+    return None
 
 
 def _number(value: Any) -> float | None:

@@ -200,6 +200,7 @@ def test_a_team_adds_its_own_expectations() -> None:
     [
         ({"type": "expect_nothing_at_all", "kwargs": {}}, "extra expectation \\[0\\]"),
         ({**TEAM_PEAK, "meta": {"gate": "loudness"}}, "unique"),
+        ({**TEAM_PEAK, "kwargs": {"column": "true_peak", "max_value": 0.0}}, "does not exist"),
     ],
 )
 def test_a_bad_team_expectation_is_refused(config: dict[str, Any], message: str) -> None:
