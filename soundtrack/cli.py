@@ -245,6 +245,8 @@ def inspect_files(
 
     Exit 0 when every file passes, 1 when a gate fails, 2 when a file is missing or unreadable.
     """
+    from rich.markup import escape
+
     from soundtrack.gates import judge
     from soundtrack.measure import measure_file
     from soundtrack.spec import LOUDNESS_PROFILES, GateLimits
@@ -267,7 +269,11 @@ def inspect_files(
             )
         except SoundtrackError as exc:
             err_console.print(
-                f"error: {path}: {exc}", style="bold red", highlight=False, markup=False
+                f"error: {path}: {exc}",
+                style="bold red",
+                highlight=False,
+                markup=False,
+                emoji=False,  # ffmpeg's "-map 0:a:0" is not an emoji code
             )
             reports.append({"file": str(path), "error": str(exc)})
             continue
@@ -289,7 +295,7 @@ def inspect_files(
                 f"({metrics.loop_length / metrics.sample_rate:.3f} s)"
             )
         console.print(
-            f"[bold]{path}[/]: {metrics.integrated_lufs:.1f} LUFS, "
+            f"[bold]{escape(str(path))}[/]: {metrics.integrated_lufs:.1f} LUFS, "
             f"{metrics.true_peak_dbtp:.1f} dBTP, {metrics.duration_s:.3f} s, "
             f"{metrics.sample_rate} Hz, {metrics.channels} ch, loop: {loop}",
             highlight=False,
