@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,7 +26,7 @@ from soundtrack.renders import Render, RenderFailure, cache_root
 from soundtrack.report import BuildReport, ModelInfo, TrackRecord, parse_lock
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import STORAGE_ENV, open_storage
-from tasks.generate import GPU_LIMIT, generate_batch
+from tasks.generate import GPU_LIMIT, generate_batch, generate_on_pool
 from tasks.process import master_track
 from tasks.publish import publish_track, write_index
 
@@ -52,11 +53,27 @@ def ensure_gpu_limit(slots: int = 1) -> None:
         client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, slots)
 
 
+@dataclass(frozen=True)
+class RenderPool:
+    """Where generation batches go instead of this machine: a render-batch deployment."""
+
+    deployment: str
+    parameters: dict[str, Any]
+
+
 class _Pipeline:
     """Runs each track through master -> publish as soon as its render is ready."""
 
-    def __init__(self, storage: str, base_dir: Path, staging: Path, artifacts: BuildArtifacts):
+    def __init__(
+        self,
+        storage: str,
+        base_dir: Path,
+        staging: Path,
+        artifacts: BuildArtifacts,
+        render_pool: RenderPool | None,
+    ):
         self.storage = storage
+        self.render_pool = render_pool
         self.base_dir = str(base_dir)
         self.staging = staging
         self.artifacts = artifacts
@@ -83,9 +100,19 @@ class _Pipeline:
 
     def generate(self, batch: list[TrackSpec], cache_dir: str, device: str | None) -> None:
         names = ", ".join(spec.id for spec in batch)
-        future = generate_batch.with_options(task_run_name=f"generate[{names}]").submit(
-            batch, cache_dir, device
-        )
+        if self.render_pool is None:
+            future = generate_batch.with_options(task_run_name=f"generate[{names}]").submit(
+                batch, cache_dir, device
+            )
+        else:
+            future = generate_on_pool.with_options(task_run_name=f"generate[{names}]").submit(
+                batch,
+                self.render_pool.deployment,
+                self.render_pool.parameters,
+                cache_dir,
+                self.storage,
+                self.base_dir,
+            )
         self.watch(future, lambda f: self._rendered(batch, f))
 
     def _rendered(self, batch: list[TrackSpec], future: PrefectFuture[Any]) -> None:
@@ -180,6 +207,13 @@ def build_soundtrack(
     batch_size: Annotated[
         int, Field(ge=1, le=64, description="Tracks per generate call.")
     ] = DEFAULT_BATCH_SIZE,
+    render_pool: Annotated[
+        str | None,
+        Field(
+            description="Send each generation batch to this render-batch deployment (e.g. "
+            "'render-batch/gpu') on a GPU work pool; renders come back through the storage."
+        ),
+    ] = None,
 ) -> BuildReport:
     """Build a soundtrack: generate, master, gate, encode and publish every changed track."""
     logger = get_run_logger()
@@ -203,13 +237,17 @@ def build_soundtrack(
         len(plan.recordings),
     )
     artifacts = BuildArtifacts(loaded.soundtrack, total=len(plan.cached) + len(plan.todo))
-    pipeline = _Pipeline(url, path.parent, cache_root() / "staging", artifacts)
+    pool = None
+    if render_pool is not None:
+        params = {"manifest": manifest, "storage": url, "model": model, "device": device}
+        pool = RenderPool(render_pool, params)
+    pipeline = _Pipeline(url, path.parent, cache_root() / "staging", artifacts, pool)
     for record in plan.cached:
         pipeline.finish(record)
 
     # 3. Render, master and publish each track as soon as its predecessor step is done
     loads_before = load_count()
-    if plan.batches:
+    if plan.batches and render_pool is None:
         ensure_gpu_limit()
     for batch in plan.batches:
         pipeline.generate(batch, str(cache_root()), device)

@@ -355,6 +355,14 @@ def build(
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, max=64, help="Tracks per generate call.")
     ] = 4,
+    render_pool: Annotated[
+        str | None,
+        typer.Option(
+            "--render-pool",
+            help="Render on a GPU work pool: the render-batch deployment to send batches to "
+            "(e.g. render-batch/gpu). Renders come back through the storage.",
+        ),
+    ] = None,
 ) -> None:
     """Build a soundtrack: generate, master, gate, encode and publish every changed track.
 
@@ -394,6 +402,7 @@ def build(
                 model=model,
                 device=device,
                 batch_size=batch_size,
+                render_pool=render_pool,
                 return_state=True,
             )
         finally:

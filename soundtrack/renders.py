@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from soundtrack.errors import GenerationError
 from soundtrack.manifest import file_sha256
 from soundtrack.models import GenerationRequest, ProgressCallback, get_generator
 from soundtrack.spec import TrackSpec
+from soundtrack.storage import Storage
 
 CACHE_ENV = "SOUNDTRACK_CACHE_DIR"
 
@@ -34,6 +36,11 @@ class Render:
     model_id: str
     revision: str
     license: str
+
+
+def sidecar_json(render: Render) -> str:
+    """What is recorded beside a render: its checksum, rate and model (not its local path)."""
+    return json.dumps({k: v for k, v in asdict(render).items() if k != "path"}, indent=2)
 
 
 def cache_root() -> Path:
@@ -75,13 +82,20 @@ class RenderCache:
     ) -> Render:
         """Store a render; the sidecar is written last, so a crash leaves no usable half entry."""
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f"{generation_key}.wav"
+        path = self.wav_path(generation_key)
         write_wav(path, audio, sample_rate)
         render = Render(path, file_sha256(path), sample_rate, model_id, revision, license)
-        record = {k: v for k, v in asdict(render).items() if k != "path"}
-        with atomic_path(path.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps(record, indent=2))
+        self.adopt(render)
         return render
+
+    def wav_path(self, generation_key: str) -> Path:
+        """Where the render of this key lies once cached."""
+        return self.root / f"{generation_key}.wav"
+
+    def adopt(self, render: Render) -> None:
+        """Record a render whose WAV is already at its cache path (written here or fetched)."""
+        with atomic_path(render.path.with_suffix(".json")) as tmp:
+            tmp.write_text(sidecar_json(render))
 
     @staticmethod
     def load(render: Render) -> tuple[np.ndarray, int]:
@@ -134,6 +148,49 @@ def render_batch(
                     license=output.license,
                 )
     return [fresh.get(spec.id) or _cached(cache, spec) or _lost(spec) for spec in specs]
+
+
+def share_render(storage: Storage, spec: TrackSpec, render: Render) -> None:
+    """Publish a render for the build on another machine: the WAV first, its sidecar last."""
+    key = _key(spec)
+    storage.put_asset(
+        render.path,
+        storage.render_key(key, "wav"),
+        sha256=render.sha256,
+        content_type="audio/wav",
+        metadata={"generation-key": key, "track-id": spec.id},
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        sidecar = Path(folder) / f"{key}.json"
+        sidecar.write_text(sidecar_json(render))
+        storage.put_asset(
+            sidecar,
+            storage.render_key(key, "json"),
+            sha256=file_sha256(sidecar),
+            content_type="application/json",
+            metadata={"generation-key": key, "track-id": spec.id},
+        )
+
+
+def is_shared(storage: Storage, spec: TrackSpec) -> bool:
+    """True when a render of this spec is already published for other machines."""
+    return storage.read(storage.render_key(_key(spec), "json")) is not None
+
+
+def fetch_shared(storage: Storage, cache: RenderCache, spec: TrackSpec) -> Render | None:
+    """Bring a render published by a render-pool machine into the local cache (verified)."""
+    key = _key(spec)
+    local = _cached(cache, spec)
+    if local is not None:
+        return local
+    sidecar = storage.read(storage.render_key(key, "json"))
+    if sidecar is None:
+        return None
+    record = json.loads(sidecar)
+    render = Render(**{**record, "path": cache.wav_path(key)})
+    storage.fetch(storage.render_key(key, "wav"), render.path, sha256=render.sha256)
+    cache.adopt(render)
+    return render
 
 
 def _key(spec: TrackSpec) -> str:

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import FlowRun
 from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
+from prefect.deployments import run_deployment
 
 from soundtrack import events
 from soundtrack.errors import GenerationError, ModelLoadError
-from soundtrack.renders import Render, RenderCache, RenderFailure, render_batch
+from soundtrack.renders import (
+    Render,
+    RenderCache,
+    RenderFailure,
+    fetch_shared,
+    is_shared,
+    render_batch,
+    share_render,
+)
 from soundtrack.spec import TrackSpec
+from soundtrack.storage import open_storage
 
 GPU_LIMIT = "soundtrack-gpu"
 # The slot's lease is renewed while a batch renders; a build killed mid-batch frees it when the
@@ -50,4 +62,53 @@ def generate_batch(
         results = render_batch(specs, RenderCache(Path(cache_dir)), device=device)
     for spec, result in zip(specs, results, strict=True):
         events.emit(spec.id, "failed" if isinstance(result, RenderFailure) else "generated")
+    return results
+
+
+@task(name="render-and-share", retries=1, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def render_and_share(
+    specs: list[TrackSpec], cache_dir: str, device: str | None, storage_url: str, base_dir: str
+) -> list[str]:
+    """On a render-pool machine: render what storage lacks and publish it; returns, per track,
+    "ok" or the reason it failed. The pool's own concurrency limit keeps one batch per GPU."""
+    storage = open_storage(storage_url, base_dir=Path(base_dir))
+    todo = [spec for spec in specs if not is_shared(storage, spec)]
+    outcomes = {spec.id: "ok" for spec in specs}
+    results = render_batch(todo, RenderCache(Path(cache_dir)), device=device)
+    for spec, result in zip(todo, results, strict=True):
+        if isinstance(result, RenderFailure):
+            outcomes[spec.id] = result.reason
+        else:
+            share_render(storage, spec, result)
+    return [outcomes[spec.id] for spec in specs]
+
+
+@task(name="generate-on-pool", cache_policy=NO_CACHE)
+def generate_on_pool(
+    specs: list[TrackSpec],
+    deployment: str,
+    parameters: dict[str, Any],
+    cache_dir: str,
+    storage_url: str,
+    base_dir: str,
+) -> list[Render | RenderFailure]:
+    """Send one batch to the render-batch deployment, wait for it, fetch its renders."""
+    # Called from a sync task, so this is the FlowRun (the annotation also admits a coroutine).
+    child = cast(
+        FlowRun,
+        run_deployment(
+            deployment, parameters={**parameters, "track_ids": [spec.id for spec in specs]}
+        ),
+    )
+    storage = open_storage(storage_url, base_dir=Path(base_dir))
+    cache = RenderCache(Path(cache_dir))
+    state = child.state.name if child.state else "unknown"
+    results: list[Render | RenderFailure] = []
+    for spec in specs:
+        render = fetch_shared(storage, cache, spec)
+        results.append(
+            render
+            or RenderFailure(spec.id, f"render-batch run {child.name!r} ended {state} without it")
+        )
+        events.emit(spec.id, "generated" if render else "failed")
     return results

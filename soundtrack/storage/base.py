@@ -12,6 +12,7 @@ from typing import Protocol
 from soundtrack.errors import InputError, StorageError
 
 INDEX_NAME = "soundtrack.lock.json"
+RENDERS_FOLDER = ".renders"  # raw renders handed from render-pool machines to the build
 CONTENT_TYPES = {"ogg": "audio/ogg", "mp3": "audio/mpeg", "wav": "audio/wav"}
 # S3 and SigV4 cap presigned URLs at seven days.
 MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
@@ -38,6 +39,10 @@ class Storage(Protocol):
     def asset_key(self, soundtrack: str, track_id: str, spec_hash: str, ext: str) -> str:
         """Where one encoded file of a track goes (see docs/storage.md for each layout)."""
 
+    def render_key(self, generation_key: str, ext: str) -> str:
+        """Where a raw render handed between machines goes (render pools): outside any
+        soundtrack's folder, under a hidden `.renders/`."""
+
     def has_asset(self, key: str, sha256: str) -> bool:
         """True when the object exists and its checksum matches `sha256`."""
 
@@ -52,8 +57,14 @@ class Storage(Protocol):
     ) -> PublishedFile:
         """Publish `path` under `key` and verify it; identical existing content is not re-sent."""
 
+    def fetch(self, key: str, dest: Path, *, sha256: str) -> None:
+        """Download `key` to `dest` (atomically), verified against `sha256`."""
+
     def read_index(self, soundtrack: str) -> bytes | None:
         """The soundtrack's lock file, or None when none was published yet."""
+
+    def read(self, key: str) -> bytes | None:
+        """A small object's bytes, or None when it does not exist."""
 
     def write_index(self, soundtrack: str, data: bytes) -> str:
         """Replace the soundtrack's lock file in one step; returns its URI."""

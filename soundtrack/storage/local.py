@@ -13,6 +13,7 @@ from soundtrack.manifest import file_sha256
 from soundtrack.storage.base import (
     INDEX_NAME,
     MAX_PRESIGN_EXPIRY_S,
+    RENDERS_FOLDER,
     PublishedFile,
     check_expiry,
     check_name,
@@ -34,6 +35,13 @@ class LocalStorage:
         for kind, value in (("soundtrack", soundtrack), ("track id", track_id), ("format", ext)):
             check_name(kind, value)
         return f"{soundtrack}/{track_id}.{ext}"
+
+    def render_key(self, generation_key: str, ext: str) -> str:
+        check_name("generation key", generation_key)
+        return f"{RENDERS_FOLDER}/{generation_key}.{ext}"
+
+    def fetch(self, key: str, dest: Path, *, sha256: str) -> None:
+        _write_atomically(dest, path=self._path(key), sha256=sha256)
 
     def has_asset(self, key: str, sha256: str) -> bool:
         """True when the file exists with exactly this content."""
@@ -64,7 +72,11 @@ class LocalStorage:
     def read_index(self, soundtrack: str) -> bytes | None:
         """The lock file's bytes, or None when the soundtrack was never published here."""
         check_name("soundtrack", soundtrack)
-        path = self.root / soundtrack / INDEX_NAME
+        return self.read(f"{soundtrack}/{INDEX_NAME}")
+
+    def read(self, key: str) -> bytes | None:
+        """A file's bytes, or None when it does not exist."""
+        path = self._path(key)
         try:
             return path.read_bytes()
         except FileNotFoundError:

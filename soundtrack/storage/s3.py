@@ -23,10 +23,13 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from s3transfer.utils import ChunksizeAdjuster
 
+from soundtrack.audio import atomic_path
 from soundtrack.errors import InputError, StorageError
+from soundtrack.manifest import file_sha256
 from soundtrack.storage.base import (
     INDEX_NAME,
     MAX_PRESIGN_EXPIRY_S,
+    RENDERS_FOLDER,
     PublishedFile,
     check_expiry,
     check_name,
@@ -122,6 +125,23 @@ class S3Storage:
             check_name(kind, value)
         return f"{self.prefix}{soundtrack}/{track_id}/{spec_hash}.{ext}"
 
+    def render_key(self, generation_key: str, ext: str) -> str:
+        check_name("generation key", generation_key)
+        return f"{self.prefix}{RENDERS_FOLDER}/{generation_key}.{ext}"
+
+    def fetch(self, key: str, dest: Path, *, sha256: str) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dest) as tmp:
+            try:
+                self._client.download_file(self.bucket, key, str(tmp))
+            except (ClientError, BotoCoreError) as exc:
+                raise self._error(f"downloading {self.uri(key)}", exc) from None
+            if file_sha256(tmp) != sha256:
+                raise StorageError(
+                    f"{self.uri(key)} downloaded with a different sha256 than recorded",
+                    transient=True,
+                )
+
     def uri(self, key: str) -> str:
         """s3://bucket/key."""
         return f"s3://{self.bucket}/{key}"
@@ -176,7 +196,10 @@ class S3Storage:
 
     def read_index(self, soundtrack: str) -> bytes | None:
         """The lock file (its checksum validated by botocore on the way), or None."""
-        key = self._index_key(soundtrack)
+        return self.read(self._index_key(soundtrack))
+
+    def read(self, key: str) -> bytes | None:
+        """A small object's bytes, or None when it does not exist."""
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
             data: bytes = response["Body"].read()
