@@ -1,0 +1,101 @@
+"""Planning: what a rebuild reuses, what it renders, and how tracks are batched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from soundtrack.errors import InputError
+from soundtrack.manifest import file_sha256
+from soundtrack.plan import batch, plan_build, select
+from soundtrack.publish import track_record
+from soundtrack.report import BuildReport, FileRecord
+from soundtrack.spec import Sampling, TrackSpec
+from soundtrack.storage import LocalStorage
+from tests.specs import make_spec
+
+
+def published(storage: LocalStorage, spec_id: str, spec_hash: str, body: bytes) -> FileRecord:
+    path = storage.root / "test" / f"{spec_id}.ogg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    return FileRecord(
+        format="ogg",
+        key=f"test/{spec_id}.ogg",
+        uri=path.as_uri(),
+        sha256=file_sha256(path),
+        bytes=len(body),
+        duration_s=10.0,
+        sample_rate=44100,
+        channels=2,
+    )
+
+
+def lock_of(storage: LocalStorage, *specs: TrackSpec, status: str = "approved") -> BuildReport:
+    records = []
+    for spec in specs:
+        file = published(storage, spec.id, spec.spec_hash, spec.id.encode())
+        records.append(track_record(spec, status, files=[file]))
+    return BuildReport(soundtrack="test", storage=str(storage.root), tracks=records)
+
+
+def test_published_tracks_are_cached_and_the_rest_batched(tmp_path: Path) -> None:
+    storage = LocalStorage("out", tmp_path)
+    done = make_spec(id="done", formats=("ogg",))
+    new = make_spec(id="new", formats=("ogg",))
+    plan = plan_build([done, new], lock_of(storage, done), storage)
+    assert [r.id for r in plan.cached] == ["done"] and plan.cached[0].status == "cached"
+    assert [[s.id for s in b] for b in plan.batches] == [["new"]]
+
+
+def test_changed_spec_missing_or_altered_file_is_rebuilt(tmp_path: Path) -> None:
+    storage = LocalStorage("out", tmp_path)
+    a, b, c = (make_spec(id=name, formats=("ogg",)) for name in "abc")
+    lock = lock_of(storage, a, b, c)
+    (storage.root / "test" / "b.ogg").unlink()
+    (storage.root / "test" / "c.ogg").write_bytes(b"tampered")
+    changed_a = make_spec(id="a", formats=("ogg",), seed=99)
+    plan = plan_build([changed_a, b, c], lock, storage)
+    assert plan.cached == []
+    assert sorted(s.id for s in plan.todo) == ["a", "b", "c"]
+
+
+def test_force_and_only(tmp_path: Path) -> None:
+    storage = LocalStorage("out", tmp_path)
+    a, b = make_spec(id="a", formats=("ogg",)), make_spec(id="b", formats=("ogg",))
+    lock = lock_of(storage, a, b)
+    forced = plan_build([a, b], lock, storage, only=["a"], force=True)
+    assert [s.id for s in forced.todo] == ["a"] and [r.id for r in forced.cached] == ["b"]
+    # A track outside --only that is not published stays out of the build entirely.
+    fresh = make_spec(id="c", formats=("ogg",))
+    plan = plan_build([a, fresh], lock, storage, only=["a"])
+    assert [r.id for r in plan.cached] == ["a"] and plan.todo == []
+    with pytest.raises(InputError, match="not in the manifest: nope"):
+        select([a, b], ["nope"])
+
+
+def test_rejected_tracks_are_never_reused(tmp_path: Path) -> None:
+    storage = LocalStorage("out", tmp_path)
+    a = make_spec(id="a", formats=("ogg",))
+    plan = plan_build([a], lock_of(storage, a, status="rejected"), storage)
+    assert plan.cached == [] and [s.id for s in plan.todo] == ["a"]
+
+
+def test_batches_group_settings_and_similar_lengths() -> None:
+    hot = Sampling(temperature=1.3)
+    specs = [
+        make_spec(id="long", duration_s=60.0),
+        make_spec(id="short", duration_s=5.0),
+        make_spec(id="mid", duration_s=20.0),
+        make_spec(id="hot", duration_s=5.0, sampling=hot),
+        make_spec(id="other-model", duration_s=5.0, model="other"),
+    ]
+    groups = [[s.id for s in b] for b in batch(specs, batch_size=2)]
+    assert groups == [["short", "mid"], ["long"], ["hot"], ["other-model"]]
+
+
+def test_recordings_are_processed_not_rendered(tmp_path: Path) -> None:
+    recording = make_spec(id="rec", source=tmp_path / "rec.wav")
+    plan = plan_build([recording], None, LocalStorage("out", tmp_path))
+    assert [s.id for s in plan.recordings] == ["rec"] and plan.batches == []

@@ -1,0 +1,46 @@
+"""The render cache and the hand-off of renders between machines through storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from soundtrack.renders import RenderCache, fetch_shared, is_shared, share_render
+from soundtrack.storage import LocalStorage
+from tests.specs import make_spec
+
+
+def noise(seconds: float = 1.0) -> np.ndarray:
+    return np.random.default_rng(0).uniform(-0.5, 0.5, (1, int(32000 * seconds))).astype(np.float32)
+
+
+def test_cache_round_trip_and_corruption(tmp_path: Path) -> None:
+    cache = RenderCache(tmp_path)
+    audio = noise()
+    stored = cache.put("k1", audio, 32000, model_id="m", revision="r", license="l")
+    found = cache.get("k1")
+    assert found == stored
+    assert np.array_equal(cache.load(found)[0], audio)
+    stored.path.write_bytes(stored.path.read_bytes()[:-100])  # a torn write
+    assert cache.get("k1") is None
+    assert cache.get("never-rendered") is None
+
+
+def test_render_travels_between_machines_through_storage(tmp_path: Path) -> None:
+    storage = LocalStorage("shared", tmp_path / "shared")
+    spec = make_spec(id="cue", generation_key="abc123")
+    gpu_machine = RenderCache(tmp_path / "gpu-cache")
+    build_machine = RenderCache(tmp_path / "build-cache")
+    assert not is_shared(storage, spec) and fetch_shared(storage, build_machine, spec) is None
+
+    render = gpu_machine.put("abc123", noise(), 32000, model_id="m", revision="r", license="l")
+    share_render(storage, spec, render)
+    assert is_shared(storage, spec)
+    fetched = fetch_shared(storage, build_machine, spec)
+    assert fetched is not None and fetched.sha256 == render.sha256
+    assert fetched.path.parent == build_machine.root
+    assert build_machine.get("abc123") == fetched
+    shared = tmp_path / "shared"
+    files = sorted(p.relative_to(shared).as_posix() for p in shared.rglob("*") if p.is_file())
+    assert files == [".renders/abc123.json", ".renders/abc123.wav"], "nothing in asset folders"

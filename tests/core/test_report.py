@@ -1,0 +1,71 @@
+"""The build report / lock file and its JUnit rendering."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+from soundtrack.gates import GateResult
+from soundtrack.publish import lock_bytes, track_record
+from soundtrack.report import BuildReport, FileRecord, parse_lock, to_junit
+from tests.specs import make_spec
+
+FILE = FileRecord(
+    format="ogg",
+    key="s3key/a.ogg",
+    uri="s3://bucket/s3key/a.ogg",
+    sha256="ab" * 32,
+    bytes=10,
+    duration_s=10.0,
+    sample_rate=44100,
+    channels=2,
+    url="https://example.invalid/a.ogg?X-Amz-Signature=secret",
+)
+
+
+def report() -> BuildReport:
+    loud = GateResult("loudness", -12.0, "-24.0 ± 2.0 LUFS", False, "fail")
+    dc = GateResult("dc_offset", 0.01, "<= 0.001", False, "warn")
+    return BuildReport(
+        soundtrack="game",
+        storage="s3://bucket/x",
+        tracks=[
+            track_record(make_spec(id="a"), "approved", files=[FILE]),
+            track_record(make_spec(id="b"), "rejected", gates=[loud, dc], reason="loudness"),
+            track_record(make_spec(id="c"), "failed", reason="track 'c': output is NaN"),
+            track_record(make_spec(id="d"), "cached", files=[FILE]),
+        ],
+    )
+
+
+def test_junit_names_failed_gates_and_errors() -> None:
+    suite = ET.fromstring(to_junit(report()).split("\n", 1)[1])
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("4", "1", "1")
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    failure = cases["b"].find("failure")
+    assert failure is not None and "loudness: -12.0" in failure.get("message", "")
+    assert "dc_offset" not in failure.get("message", ""), "warnings are not failures"
+    error = cases["c"].find("error")
+    assert error is not None and "NaN" in error.get("message", "")
+    assert cases["a"].find("failure") is None and cases["d"].find("error") is None
+
+
+def test_ok_only_when_every_track_is_usable() -> None:
+    whole = report()
+    assert not whole.ok
+    assert BuildReport(soundtrack="g", storage="x", tracks=whole.tracks[::3]).ok
+    assert whole.counts() == {"approved": 1, "cached": 1, "rejected": 1, "failed": 1}
+
+
+def test_lock_keeps_no_presigned_links_and_round_trips() -> None:
+    data = lock_bytes(report())
+    assert b"X-Amz-Signature" not in data
+    again = parse_lock(data)
+    assert again is not None and [t.id for t in again.tracks] == ["a", "b", "c", "d"]
+    assert json.loads(data)["tracks"][0]["files"][0]["sha256"] == "ab" * 32
+
+
+def test_unreadable_lock_counts_as_absent() -> None:
+    assert parse_lock(None) is None
+    assert parse_lock(b"{not json") is None
+    assert parse_lock(b'{"soundtrack": "g"}') is None
