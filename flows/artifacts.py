@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from uuid import UUID
 
 from prefect import get_run_logger
@@ -17,10 +17,11 @@ from prefect.artifacts import (
 )
 
 from soundtrack.errors import SoundtrackError
-from soundtrack.gates import build_data_docs
-from soundtrack.process import TrackOutcome
 from soundtrack.renders import cache_root
 from soundtrack.report import BuildReport, TrackRecord
+
+if TYPE_CHECKING:
+    from soundtrack.process import TrackOutcome
 
 KEY_GATES = ("loudness", "true_peak", "duration")
 
@@ -89,6 +90,8 @@ def _data_docs(soundtrack: str, outcomes: Sequence[TrackOutcome]) -> Path | None
     # The QC report is a convenience: a failure to render it must not fail the build.
     if not outcomes:
         return None
+    from soundtrack.gates import build_data_docs  # Great Expectations: seconds to import
+
     try:
         return build_data_docs([o.qc for o in outcomes], cache_root() / "qc" / soundtrack)
     except (SoundtrackError, OSError, ValueError) as exc:

@@ -7,7 +7,7 @@ import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
@@ -20,7 +20,6 @@ from soundtrack.errors import SoundtrackError
 from soundtrack.manifest import load_manifest, resolve_tracks
 from soundtrack.models import load_count
 from soundtrack.plan import DEFAULT_BATCH_SIZE, plan_build
-from soundtrack.process import TrackOutcome
 from soundtrack.publish import lock_bytes, track_record
 from soundtrack.renders import Render, RenderFailure, cache_root
 from soundtrack.report import BuildReport, ModelInfo, TrackRecord, parse_lock
@@ -29,6 +28,9 @@ from soundtrack.storage import STORAGE_ENV, open_storage
 from tasks.generate import GPU_LIMIT, generate_batch, generate_on_pool
 from tasks.process import master_track
 from tasks.publish import publish_track, write_index
+
+if TYPE_CHECKING:
+    from soundtrack.process import TrackOutcome
 
 # Mastering and encoding are light next to generation; a few run beside the one GPU batch.
 MAX_WORKERS = 4

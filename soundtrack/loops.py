@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.signal import correlate
 
 from soundtrack.errors import AudioError
 
@@ -126,6 +125,9 @@ def _refine(mono: np.ndarray, coarse: int, lo: int, hi: int, length: int) -> int
     last = min(hi, coarse + _HOP)
     head = mono[:length]
     region = mono[first : last + length]
+    # scipy.signal costs a second to import; TrackSpec reaches this module for render_duration_s.
+    from scipy.signal import correlate
+
     dots = correlate(region, head, mode="valid")
     energy = np.concatenate([[0.0], np.cumsum(region**2)])
     window_norm = np.sqrt(energy[length : length + dots.size] - energy[: dots.size])

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from soundtrack.gates import GateResult
-from soundtrack.process import TrackOutcome
 from soundtrack.report import BuildReport, FileRecord, GateRecord, ModelInfo, TrackRecord
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import Storage, content_type_for
+
+if TYPE_CHECKING:
+    from soundtrack.gates import GateResult
+    from soundtrack.process import TrackOutcome
 
 PRESIGN_EXPIRY_S = 7 * 24 * 3600
 

@@ -12,16 +12,18 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from soundtrack.audio import atomic_path, read_audio, write_wav
 from soundtrack.errors import GenerationError
 from soundtrack.manifest import file_sha256
-from soundtrack.models import GenerationRequest, ProgressCallback, get_generator
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import Storage
+
+if TYPE_CHECKING:
+    from soundtrack.models import GenerationRequest, ProgressCallback
 
 CACHE_ENV = "SOUNDTRACK_CACHE_DIR"
 
@@ -126,6 +128,11 @@ def render_batch(
     missing = [spec for spec in specs if _cached(cache, spec) is None]
     fresh: dict[str, Render | RenderFailure] = {}
     if missing:
+        # torch and transformers take seconds to import; a cached rebuild never needs them.
+        import torch
+
+        from soundtrack.models import get_generator
+
         first = missing[0]
         generator = get_generator(first.model, first.model_revision, device)
         requests = [_request(spec) for spec in missing]
@@ -208,6 +215,8 @@ def _lost(spec: TrackSpec) -> RenderFailure:
 
 
 def _request(spec: TrackSpec) -> GenerationRequest:
+    from soundtrack.models import GenerationRequest
+
     if spec.prompt is None:
         raise ValueError(f"track {spec.id!r} has no prompt")
     return GenerationRequest(

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from soundtrack import events
-from soundtrack.audio import read_audio
-from soundtrack.process import TrackOutcome, process_track
 from soundtrack.spec import TrackSpec
+
+if TYPE_CHECKING:
+    from soundtrack.process import TrackOutcome
 
 
 @task(name="master", cache_policy=NO_CACHE, persist_result=False)
 def master_track(spec: TrackSpec, audio_path: str, staging_dir: str) -> TrackOutcome:
     """Master, judge and encode one render or recording into a staging folder."""
+    # Imported on first use: scipy, librosa and Great Expectations take seconds to load, and
+    # a build that has nothing to master should not pay for them.
+    from soundtrack.audio import read_audio
+    from soundtrack.process import process_track
+
     audio, sample_rate = read_audio(Path(audio_path))
     outcome = process_track(spec, audio, sample_rate, Path(staging_dir))
     events.emit(spec.id, "processed" if outcome.status == "approved" else "rejected")

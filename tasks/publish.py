@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -11,11 +11,13 @@ from prefect.tasks import exponential_backoff
 
 from soundtrack import events
 from soundtrack.errors import StorageError
-from soundtrack.process import TrackOutcome
 from soundtrack.publish import publish_outcome
 from soundtrack.report import ModelInfo, TrackRecord
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import open_storage
+
+if TYPE_CHECKING:
+    from soundtrack.process import TrackOutcome
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -15,7 +15,6 @@ from soundtrack.models.base import (
     check_audio,
     check_request,
 )
-from soundtrack.models.device import resolve_device
 from soundtrack.models.source import ModelSource, resolve_source
 
 __all__ = [
@@ -49,6 +48,9 @@ _loads = 0
 
 def get_generator(model: str, revision: str | None = None, device: str | None = None) -> Generator:
     """Loaded once per (model, revision, device) per process; raises ModelLoadError fast."""
+    # torch costs two seconds to import: only a build that really renders should pay for it.
+    from soundtrack.models.device import resolve_device
+
     resolved_device = resolve_device(device)
     local = Path(model).expanduser()
     key = (str(local.resolve()) if local.exists() else model, revision, resolved_device)
