@@ -181,19 +181,7 @@ class Track(_Overridable):
     @field_validator("source")
     @classmethod
     def _source_inside(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        base = (info.context or {}).get("base_dir")
-        if Path(value).is_absolute() or value.startswith("~"):
-            raise ValueError(f"source must be a path relative to the manifest (got {value!r})")
-        if base is not None:
-            root = Path(base).resolve()
-            resolved = (root / value).resolve()
-            if not resolved.is_relative_to(root):
-                raise ValueError(f"source escapes the manifest's folder (got {value!r})")
-            if not resolved.is_file():
-                raise ValueError(f"source file not found: {value!r} (relative to {root})")
-        return value
+        return _file_inside(value, info, "source")
 
     @model_validator(mode="after")
     def _prompt_or_source(self) -> Track:
@@ -222,13 +210,39 @@ class Manifest(_Strict):
         description="Output folder (relative to the manifest) or s3://bucket/prefix.",
     )
     defaults: Defaults = Field(default_factory=Defaults)
+    expectations: str | None = Field(
+        default=None,
+        description="JSON file of the team's own Great Expectations checks (docs/gates.md).",
+    )
     tracks: list[Track] = Field(min_length=1, max_length=MAX_TRACKS)
+
+    @field_validator("expectations")
+    @classmethod
+    def _expectations_inside(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _file_inside(value, info, "expectations")
 
     @field_validator("storage")
     @classmethod
     def _storage_url(cls, value: str) -> str:
         check_storage_url(value)
         return value
+
+
+def _file_inside(value: str | None, info: ValidationInfo, what: str) -> str | None:
+    """Check that a relative path names a file inside the manifest's folder (symlinks too)."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base_dir")
+    if Path(value).is_absolute() or value.startswith("~"):
+        raise ValueError(f"{what} must be a path relative to the manifest (got {value!r})")
+    if base is not None:
+        root = Path(base).resolve()
+        resolved = (root / value).resolve()
+        if not resolved.is_relative_to(root):
+            raise ValueError(f"{what} escapes the manifest's folder (got {value!r})")
+        if not resolved.is_file():
+            raise ValueError(f"{what} file not found: {value!r} (relative to {root})")
+    return value
 
 
 def check_storage_url(value: str) -> None:
@@ -532,6 +546,7 @@ def resolve_tracks(
     `model_override` replaces every generated track's model (e.g. a tiny model for smoke tests).
     """
     specs = []
+    expectations = (base_dir / manifest.expectations).resolve() if manifest.expectations else None
     for track in manifest.tracks:
         merged = _merge(manifest.defaults, track)
         if model_override is not None:
@@ -579,6 +594,7 @@ def resolve_tracks(
             "gates": asdict(gates),
             "formats": list(merged.get("formats", ["ogg", "mp3"])),
             "wav_bit_depth": merged.get("wav_bit_depth", 16),
+            "expectations_sha256": file_sha256(expectations) if expectations else None,
         }
         spec = TrackSpec(
             soundtrack=manifest.soundtrack,
@@ -598,6 +614,7 @@ def resolve_tracks(
             prompt=fields["prompt"],
             source=source,
             source_sha256=fields["source_sha256"],
+            expectations=expectations,
         )
         if source is None:
             generation = {name: fields[name] for name in (*_GENERATION_FIELDS, "pipeline_version")}

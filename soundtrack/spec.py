@@ -93,6 +93,7 @@ class TrackSpec:
     # Hash of only what shapes the raw render (model, prompt, seed, sampling, duration): the
     # generation cache key, so re-mastering does not regenerate. None for source tracks.
     generation_key: str | None = None
+    expectations: Path | None = None  # the team's own GX expectations (JSON), judged as gates
 
     @property
     def render_duration_s(self) -> float:

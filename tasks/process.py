@@ -21,9 +21,11 @@ def master_track(spec: TrackSpec, audio_path: str, staging_dir: str) -> TrackOut
     # Imported on first use: scipy, librosa and Great Expectations take seconds to load, and
     # a build that has nothing to master should not pay for them.
     from soundtrack.audio import read_audio
+    from soundtrack.gates import load_expectations
     from soundtrack.process import process_track
 
     audio, sample_rate = read_audio(Path(audio_path))
-    outcome = process_track(spec, audio, sample_rate, Path(staging_dir))
+    extra = load_expectations(spec.expectations) if spec.expectations else []
+    outcome = process_track(spec, audio, sample_rate, Path(staging_dir), extra_expectations=extra)
     events.emit(spec.id, "processed" if outcome.status == "approved" else "rejected")
     return outcome

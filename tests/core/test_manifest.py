@@ -195,3 +195,22 @@ def test_schema_command_prints_the_schema() -> None:
     result = runner.invoke(app, ["schema"])
     assert result.exit_code == 0
     assert json.loads(result.output)["properties"]["schema"]["const"] == 1
+
+
+HOUSE_RULE = """[{"type": "expect_column_max_to_be_between",
+  "kwargs": {"column": "sample_peak_dbfs", "max_value": -3.0}, "meta": {"gate": "house_peak"}}]"""
+
+
+def test_team_expectations_are_checked_and_hashed(tmp_path: Path) -> None:
+    (tmp_path / "qc.json").write_text(HOUSE_RULE)
+    text = BASE.replace("tracks:\n", "expectations: qc.json\ntracks:\n", 1)
+    code, output = validate(write(tmp_path, text))
+    assert code == 0, output
+    first = specs_of(tmp_path, text)["theme"]
+    assert first.expectations == (tmp_path / "qc.json").resolve()
+    (tmp_path / "qc.json").write_text(HOUSE_RULE.replace("-3.0", "-6.0"))
+    assert specs_of(tmp_path, text)["theme"].spec_hash != first.spec_hash
+
+    (tmp_path / "qc.json").write_text('[{"type": "expect_column_to_be_glorious", "kwargs": {}}]')
+    code, output = validate(write(tmp_path, text))
+    assert code == 2 and "extra expectation [0] 'expect_column_to_be_glorious'" in output
