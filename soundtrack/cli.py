@@ -63,6 +63,10 @@ def validate(manifest: ManifestArg) -> None:
     try:
         loaded = load_manifest(manifest)
         specs = resolve_tracks(loaded, manifest.parent)
+        if loaded.expectations:
+            from soundtrack.gates import load_expectations  # Great Expectations: slow import
+
+            load_expectations(manifest.parent / loaded.expectations)
     except SoundtrackError as exc:
         fail(exc)
     table = Table(title=f"{loaded.soundtrack}: {len(specs)} tracks", title_justify="left")
@@ -111,10 +115,7 @@ def _fail_generation(exc: SoundtrackError) -> NoReturn:
     """Like fail(), but a model that cannot be loaded is bad input too (exit 2)."""
     from soundtrack.errors import ModelLoadError
 
-    if isinstance(exc, ModelLoadError):
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT)
-    fail(exc)
+    fail(InputError(str(exc)) if isinstance(exc, ModelLoadError) else exc)
 
 
 def _quiet_transformers() -> None:
@@ -368,8 +369,10 @@ def build(
 
     Runs the Prefect flow `build-soundtrack` (on the server at PREFECT_API_URL, or a temporary
     local one). Writes soundtrack.lock.json beside the assets. Exit 0 when every track is
-    approved or already published, 1 when a track was rejected or failed, 2 for invalid input.
+    approved or already published, 1 when a track was rejected or failed, 2 for invalid input
+    or storage that cannot be used (credentials, bucket, endpoint), found before the flow runs.
     """
+    from soundtrack.errors import StorageError
     from soundtrack.manifest import load_manifest, resolve_tracks
     from soundtrack.plan import select
     from soundtrack.storage import open_storage
@@ -383,7 +386,11 @@ def build(
         specs = select(resolve_tracks(loaded, manifest.parent, model_override=model), only or [])
         from flows.build import storage_url
 
-        open_storage(storage_url(loaded.storage, out), base_dir=manifest.parent.resolve())
+        storage = open_storage(storage_url(loaded.storage, out), base_dir=manifest.parent.resolve())
+        storage.check_access()
+    except StorageError as exc:
+        # Wrong credentials, a missing bucket or a dead endpoint are settings to fix: exit 2.
+        fail(exc if exc.transient else InputError(str(exc)))
     except SoundtrackError as exc:
         fail(exc)
 
@@ -489,7 +496,7 @@ def gc(
     storage_url: Annotated[
         str,
         typer.Argument(
-            help="Where the soundtrack is published: a folder or s3://bucket[/prefix].",
+            help="Where the soundtrack is published: a folder, s3://bucket or s3://bucket/prefix.",
             show_default=False,
         ),
     ],
