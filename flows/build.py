@@ -20,7 +20,7 @@ from soundtrack.errors import SoundtrackError
 from soundtrack.manifest import load_manifest, resolve_tracks
 from soundtrack.models import load_count
 from soundtrack.plan import DEFAULT_BATCH_SIZE, plan_build
-from soundtrack.publish import lock_bytes, track_record
+from soundtrack.publish import index_of, lock_bytes, track_record
 from soundtrack.renders import Render, RenderFailure, cache_root
 from soundtrack.report import BuildReport, ModelInfo, TrackRecord, parse_lock
 from soundtrack.spec import TrackSpec
@@ -272,7 +272,8 @@ def build_soundtrack(
             + "; ".join(pipeline.publish_errors),
             report,
         )
-    index_uri = write_index(loaded.soundtrack, lock_bytes(report), url, str(path.parent))
+    index = index_of(report, lock, [spec.id for spec in specs])
+    index_uri = write_index(loaded.soundtrack, lock_bytes(index), url, str(path.parent))
     logger.info("index written: %s", index_uri)
     if not report.ok:
         counts = report.counts()

@@ -468,20 +468,30 @@ def _print_report(report: Any) -> None:
     for column in ("status", "LUFS", "dBTP", "seconds", "files / reason"):
         table.add_column(column)
     colours = {"approved": "green", "cached": "cyan", "rejected": "red", "failed": "red"}
+    reasons: dict[str, list[str]] = {}
     for track in report.tracks:
         gates = {g.name: g.value for g in track.gates}
         seconds = track.files[0].duration_s if track.files else None
+        if track.reason:
+            reasons.setdefault(track.reason, []).append(track.id)
         table.add_row(
             track.id,
             f"[{colours[track.status]}]{track.status}[/]",
             _number(gates.get("loudness")),
             _number(gates.get("true_peak")),
             _number(seconds),
-            ", ".join(f.format for f in track.files) or (track.reason or ""),
+            ", ".join(f.format for f in track.files) or escape(_headline(track.reason or "")),
         )
     console.print(table)
+    # A long reason (say, how to provide a model) is printed once, not in every row.
+    for reason, track_ids in reasons.items():
+        console.print(f"{', '.join(track_ids)}: {escape(reason)}", highlight=False, soft_wrap=True)
     counts = ", ".join(f"{n} {status}" for status, n in report.counts().items() if n)
     console.print(f"{counts}; model loads: {report.model_loads}", highlight=False)
+
+
+def _headline(reason: str, limit: int = 40) -> str:
+    return reason if len(reason) <= limit else reason[: limit - 1].rstrip() + "…"
 
 
 def _number(value: float | None) -> str:

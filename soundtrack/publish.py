@@ -104,6 +104,26 @@ def publish_outcome(
     return track_record(spec, "approved", model=model, gates=outcome.gates, files=files)
 
 
+def index_of(
+    report: BuildReport, previous: BuildReport | None, track_ids: list[str]
+) -> BuildReport:
+    """The lock to publish: this build's usable tracks, and for every other track still in the
+    manifest, what the previous lock had published (a failed or rejected rebuild, or a track
+    left out by --only, keeps serving its last approved files)."""
+    earlier = {t.id: t for t in previous.tracks if t.usable} if previous else {}
+    now = {t.id: t for t in report.tracks}
+    tracks = []
+    for track_id in track_ids:
+        current = now.get(track_id)
+        if current is not None and current.usable:
+            tracks.append(current)
+        elif track_id in earlier:
+            tracks.append(earlier[track_id])
+        elif current is not None:
+            tracks.append(current)
+    return report.model_copy(update={"tracks": tracks})
+
+
 def lock_bytes(report: BuildReport) -> bytes:
     """The lock file as written to storage: the report without short-lived presigned links."""
     stable = report.model_copy(

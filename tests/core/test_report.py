@@ -69,3 +69,33 @@ def test_unreadable_lock_counts_as_absent() -> None:
     assert parse_lock(None) is None
     assert parse_lock(b"{not json") is None
     assert parse_lock(b'{"soundtrack": "g"}') is None
+
+
+def test_index_keeps_serving_the_last_approved_files() -> None:
+    from soundtrack.publish import index_of
+
+    previous = BuildReport(
+        soundtrack="game",
+        storage="x",
+        tracks=[
+            track_record(make_spec(id="a", seed=1), "approved", files=[FILE]),
+            track_record(make_spec(id="b", seed=1), "approved", files=[FILE]),
+            track_record(make_spec(id="gone"), "approved", files=[FILE]),
+        ],
+    )
+    now = BuildReport(
+        soundtrack="game",
+        storage="x",
+        tracks=[
+            track_record(make_spec(id="a", seed=2), "approved", files=[FILE]),
+            track_record(make_spec(id="b", seed=2), "rejected", reason="loudness"),
+            track_record(make_spec(id="new"), "failed", reason="NaN"),
+        ],
+    )
+    index = index_of(now, previous, ["a", "b", "new", "left-out"])
+    by_id = {t.id: t for t in index.tracks}
+    assert by_id["a"] == now.tracks[0], "the new approval replaces the old one"
+    assert by_id["b"] == previous.tracks[1], "a rejected rebuild keeps the last approved files"
+    assert by_id["new"].status == "failed"
+    assert "gone" not in by_id and "left-out" not in by_id, "only tracks still in the manifest"
+    assert index_of(now, None, ["b"]).tracks[0].status == "rejected"
