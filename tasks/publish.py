@@ -26,15 +26,18 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(error, StorageError) and error.transient
 
 
-@task(
-    name="publish",
-    retries=4,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_transient,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+# Exponential backoff with jitter on top of boto3's own retries; nothing to cache or persist.
+RETRYING: dict[str, Any] = {
+    "retries": 4,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": _transient,
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+}
+
+
+@task(name="publish", **RETRYING)
 def publish_track(
     spec: TrackSpec, outcome: TrackOutcome, storage_url: str, base_dir: str, model: ModelInfo | None
 ) -> TrackRecord:
@@ -45,15 +48,7 @@ def publish_track(
     return record
 
 
-@task(
-    name="write-index",
-    retries=4,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_transient,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@task(name="write-index", **RETRYING)
 def write_index(soundtrack: str, lock: bytes, storage_url: str, base_dir: str) -> str:
     """Replace the soundtrack's lock file: the last write of a build."""
     return open_storage(storage_url, base_dir=Path(base_dir)).write_index(soundtrack, lock)
