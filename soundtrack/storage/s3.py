@@ -18,6 +18,7 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     FlexibleChecksumError,
+    HTTPClientError,
     NoCredentialsError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
@@ -309,7 +310,7 @@ class S3Storage:
                     transient=False,
                 ) from None
             error = self._error(doing, exc)
-            if isinstance(exc, BotoConnectionError):
+            if isinstance(exc, BotoConnectionError | HTTPClientError):
                 # Before a build, an endpoint that does not answer is a setting to fix.
                 raise StorageError(
                     f"{error} (is the endpoint URL right and the server running?)",
@@ -425,6 +426,10 @@ def storage_error(doing: str, exc: Exception, *, endpoint: str, bucket: str) -> 
         )
     if isinstance(exc, BotoConnectionError):
         return StorageError(f"{doing}: cannot reach {endpoint}: {exc}", transient=True)
+    if isinstance(exc, HTTPClientError):
+        # Closed mid-request or timed out reading (ConnectionClosedError, ReadTimeoutError): the
+        # server may be restarting or behind a balancer; a later attempt may get through.
+        return StorageError(f"{doing}: connection to {endpoint} lost: {exc}", transient=True)
     if isinstance(exc, FlexibleChecksumError):
         return StorageError(f"{doing}: corrupted in transit: {exc}", transient=True)
     if isinstance(exc, OSError):

@@ -303,6 +303,30 @@ def test_server_stopped_mid_publish_fails_clearly_keeps_old_index_and_rerun_fill
         assert open_storage(url, base_dir=tmp_path).read_index(SOUNDTRACK) == index_v2
 
 
+def test_connection_closed_on_every_attempt_is_transient_mid_build_and_a_setting_before(
+    s3_server: SeaweedServer,
+    s3_bucket: str,
+    assets: list[Asset],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A server that closes connections without answering (restarting, or behind a balancer
+    # whose backend died) outlasts boto's own attempts; the task's retries may still heal it.
+    with FaultProxy(
+        int(s3_server.endpoint.rsplit(":", 1)[1]), drop_share=1.0, max_faults_per_request=100
+    ) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+        storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
+        with pytest.raises(StorageError, match=f"connection to {proxy.endpoint} lost") as upload:
+            publish_assets(storage, SOUNDTRACK, assets[:1])
+        with pytest.raises(StorageError, match="is the endpoint URL right") as preflight:
+            check_access(storage)
+    assert proxy.stats["drop"] >= 4 and proxy.stats["forward"] == 0
+    assert upload.value.transient
+    assert not preflight.value.transient
+
+
 @pytest.mark.parametrize("wrong", ["secret", "access key"])
 def test_wrong_credentials_fail_fast_and_never_show_the_secret(
     wrong: str,
