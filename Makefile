@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: setup demo demo-offline test lint format bench schema clean
+.PHONY: setup demo demo-offline test lint format bench schema ui-screenshot clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -45,6 +45,11 @@ bench: setup
 
 schema: setup
 	$(BIN)/soundtrack schema -o manifests/soundtrack.schema.json
+
+# The demo build (tiny model) in the Prefect UI, captured by headless Chromium into docs/img/.
+# Needs the system's chromium (Debian: apt-get install chromium); installs nothing itself.
+ui-screenshot: setup
+	$(PY) scripts/ui_screenshot.py docs/img/ui-flow-run.png
 
 clean:
 	rm -rf .work .pytest_cache .mypy_cache .ruff_cache
