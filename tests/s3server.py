@@ -7,6 +7,7 @@ sessions) run side by side; it keeps its data across stop/start, so tests can re
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import secrets
 import shutil
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -82,6 +84,7 @@ class SeaweedServer:
         if self._process is not None:
             raise RuntimeError("server already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        volumes_on_disk = len(list(self.data_dir.rglob("*.dat")))
         args = [
             weed_binary(),
             "mini",
@@ -115,7 +118,7 @@ class SeaweedServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._wait_ready(timeout_s)
+        self._wait_ready(timeout_s, volumes_on_disk)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after STOP_GRACE_S; removes the unix sockets it leaves in /tmp."""
@@ -166,7 +169,7 @@ class SeaweedServer:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def _wait_ready(self, timeout_s: float, volumes_on_disk: int) -> None:
         client = self.client(connect_timeout=1, read_timeout=2, retries={"total_max_attempts": 1})
         deadline = time.monotonic() + timeout_s
         while True:
@@ -175,14 +178,28 @@ class SeaweedServer:
                 raise RuntimeError(f"weed mini exited during start-up:\n{self.log_tail()}")
             try:
                 client.list_buckets()
-                return
+                # After a restart S3 answers before the volume server has re-registered its
+                # volumes with the master; until then reading an old object is a 500.
+                if self._volumes_known() >= volumes_on_disk:
+                    return
             except Exception:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(
-                        f"weed mini not ready after {timeout_s} s:\n{self.log_tail()}"
-                    ) from None
-                time.sleep(0.1)
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"weed mini not ready after {timeout_s} s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def _volumes_known(self) -> int:
+        """How many volumes the master knows of (from its /dir/status topology)."""
+        url = f"http://127.0.0.1:{self.ports['master.port']}/dir/status"
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            topology = json.load(reply)["Topology"]
+        return sum(
+            node.get("Volumes", 0)
+            for centre in topology.get("DataCenters") or []
+            for rack in centre.get("Racks") or []
+            for node in rack.get("DataNodes") or []
+        )
 
     def __enter__(self) -> SeaweedServer:
         self.start()
