@@ -37,8 +37,8 @@ PREFECT = str(BIN / "prefect")
 SOUNDTRACK = str(BIN / "soundtrack")
 TEMPLATE = REPO / "infra" / "k8s" / "gpu-base-job-template.json"
 RUN_TIMEOUT_S = 300
-# An idle process worker ignores its first SIGTERM; the second one stops it.
-WORKER_STOP_WAIT_S = 5.0
+# An idle process worker ignores its first SIGTERM; a second one, a moment later, stops it.
+WORKER_STOP_WAITS_S = (1.0, 10.0)
 
 PASSING = """\
 schema: 1
@@ -133,12 +133,12 @@ class Worker:
         process = self._process
         if process is None:
             return
-        for _ in range(2):
+        for wait_s in WORKER_STOP_WAITS_S:
             if process.poll() is not None:
                 return
             os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(WORKER_STOP_WAIT_S)
+                process.wait(wait_s)
                 return
             except subprocess.TimeoutExpired:
                 pass
@@ -332,6 +332,24 @@ def test_render_pool_runs_each_batch_on_the_gpu_pool_and_matches_a_local_build(
     local_statuses, local_files = published(manifest.parent / "local" / "nightly")
     assert local_statuses == statuses
     assert len(pool_files) == 4 and local_files == pool_files
+
+
+def test_game_repository_example_deploys_with_a_render_pool_that_exists(
+    prefect_server: PrefectServer, deployed: dict[str, str], tmp_path: Path
+) -> None:
+    # infra/ci/game-prefect.yaml, deployed from a game repository: module entrypoints resolve
+    # against the installed pipeline, and its build's render_pool names its own GPU deployment.
+    (tmp_path / "prefect.yaml").write_text(
+        (REPO / "infra" / "ci" / "game-prefect.yaml").read_text()
+    )
+    env = prefect_env(prefect_server, tmp_path / "home", PWD=str(tmp_path))
+    deploy = cli([PREFECT, "--no-prompt", "deploy", "--all"], env, cwd=tmp_path)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    created = set(re.findall(r"Deployment '([^']+)' successfully", deploy.stdout))
+    with api(prefect_server) as client:
+        build = client.read_deployment_by_name("build-soundtrack/sky-odyssey")
+    assert created == {"build-soundtrack/sky-odyssey", build.parameters["render_pool"]}
+    assert build.parameters["render_pool"].startswith("render-batch/")
 
 
 def test_gpu_job_template_is_accepted_and_asks_for_a_gpu(

@@ -1,0 +1,53 @@
+"""JUnit XML from a published soundtrack.lock.json, for CI jobs whose build ran on a Prefect
+deployment (infra/ci/github-actions.yml). Usage:
+
+    python scripts/lock_to_junit.py LOCK JUNIT --not-before 2026-11-22T03:00:00Z
+
+A build that stops before writing its index leaves the previous build's lock in place; a lock
+written before --not-before (the CI job's start) is refused rather than reported as this build's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from soundtrack.report import parse_lock, to_junit
+
+
+def aware(text: str) -> datetime:
+    """An ISO 8601 time with its UTC offset (`Z` or `+00:00`)."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset; add Z or +00:00")
+    return moment
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("lock", type=Path, help="soundtrack.lock.json fetched from the storage")
+    parser.add_argument("junit", type=Path, help="JUnit XML file to write")
+    parser.add_argument(
+        "--not-before", type=aware, required=True, help="when the CI job started (ISO 8601)"
+    )
+    args = parser.parse_args()
+
+    report = parse_lock(args.lock.read_bytes())
+    if report is None:
+        sys.exit(f"{args.lock} is not a soundtrack lock file (unreadable or another schema)")
+    written = datetime.fromisoformat(report.created_at)
+    if written < args.not_before:
+        sys.exit(
+            f"{args.lock} was written at {report.created_at}, before this job started "
+            f"({args.not_before.isoformat()}): the build did not publish its index, so these "
+            "verdicts are an earlier build's"
+        )
+    args.junit.write_text(to_junit(report))
+    counts = ", ".join(f"{n} {status}" for status, n in report.counts().items() if n)
+    print(f"{args.junit}: {report.soundtrack}: {counts}")
+
+
+if __name__ == "__main__":
+    main()

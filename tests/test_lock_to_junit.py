@@ -1,0 +1,62 @@
+"""scripts/lock_to_junit.py: a CI job's JUnit report from the lock its deployed build published."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from soundtrack.report import BuildReport, GateRecord, TrackRecord
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lock_to_junit.py"
+
+
+def lock(tmp_path: Path, created_at: str) -> Path:
+    silence = GateRecord(name="silence", value=-31.0, limit=">= -20", passed=False, severity="fail")
+    report = BuildReport(
+        soundtrack="sky",
+        storage="s3://bucket/game",
+        created_at=created_at,
+        tracks=[
+            TrackRecord(id="title", status="approved", spec_hash="a" * 64),
+            TrackRecord(
+                id="sting", status="rejected", spec_hash="b" * 64, reason="silence", gates=[silence]
+            ),
+        ],
+    )
+    path = tmp_path / "soundtrack.lock.json"
+    path.write_text(report.to_json())
+    return path
+
+
+def convert(lock_path: Path, junit: Path, not_before: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), str(lock_path), str(junit), "--not-before", not_before],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_a_fresh_lock_becomes_one_testcase_per_track(tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    done = convert(lock(tmp_path, "2026-11-22T03:10:00+00:00"), junit, "2026-11-22T03:00:00Z")
+    assert done.returncode == 0, done.stderr
+    suite = ET.parse(junit).getroot()
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert set(cases) == {"title", "sting"}
+    assert cases["title"].find("failure") is None
+    assert cases["sting"].find("failure") is not None
+
+
+def test_a_lock_older_than_the_job_is_refused(tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    done = convert(lock(tmp_path, "2026-11-21T02:00:00+00:00"), junit, "2026-11-22T03:00:00Z")
+    assert done.returncode == 1
+    assert "earlier build" in done.stderr and not junit.exists()
+
+
+def test_a_time_without_offset_is_refused(tmp_path: Path) -> None:
+    done = convert(lock(tmp_path, "2026-11-22T03:10:00+00:00"), tmp_path / "j.xml", "2026-11-22")
+    assert done.returncode == 2 and "UTC offset" in done.stderr
