@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from soundtrack.errors import InputError
@@ -38,11 +37,10 @@ STORAGE_ENV = "SOUNDTRACK_STORAGE"
 
 
 def open_storage(url: str, *, base_dir: Path) -> Storage:
-    """A folder path (relative: against `base_dir`, the manifest's folder) or s3://bucket[/prefix];
-    $SOUNDTRACK_STORAGE overrides `url`. Malformed URLs raise InputError before any network call."""
+    """A folder path (relative: against `base_dir`, the manifest's folder) or s3://bucket[/prefix],
+    used as given: a build picks --out, $SOUNDTRACK_STORAGE or the manifest's value before calling
+    this. Malformed URLs raise InputError before any network call."""
     source = "storage URL"
-    if os.environ.get(STORAGE_ENV):
-        url, source = os.environ[STORAGE_ENV], f"storage URL (from {STORAGE_ENV})"
     if not url.strip():
         raise InputError(f"{source} is empty: give a folder, s3://bucket or s3://bucket/prefix")
     if url.lower().startswith("s3:"):

@@ -133,7 +133,7 @@ def test_index_is_none_until_written_and_replaced_whole(tmp_path: Path) -> None:
     assert leftovers(tmp_path / "assets") == []
 
 
-def test_relative_folder_resolves_against_the_manifest_folder_and_env_overrides(
+def test_relative_folder_resolves_against_the_manifest_folder_and_is_used_as_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     storage = open_storage("./assets", base_dir=tmp_path / "game")
@@ -141,10 +141,11 @@ def test_relative_folder_resolves_against_the_manifest_folder_and_env_overrides(
     assert storage.root == tmp_path / "game" / "assets"
     assert storage.url == "./assets"
 
+    # Which URL wins (--out, $SOUNDTRACK_STORAGE, the manifest) is the build's choice, made once.
     monkeypatch.setenv("SOUNDTRACK_STORAGE", str(tmp_path / "elsewhere"))
-    overridden = open_storage("./assets", base_dir=tmp_path / "game")
-    assert isinstance(overridden, LocalStorage)
-    assert overridden.root == tmp_path / "elsewhere"
+    again = open_storage("./assets", base_dir=tmp_path / "game")
+    assert isinstance(again, LocalStorage)
+    assert again.root == tmp_path / "game" / "assets"
 
 
 def test_presign_is_a_file_uri_and_checks_the_expiry(assets: list[Asset], tmp_path: Path) -> None:

@@ -484,21 +484,25 @@ def test_credentials_and_endpoint_come_from_aws_config_files(
     assert client.get_object(Bucket=bucket, Key=index_key)["Body"].read() == index
 
 
-def test_soundtrack_storage_variable_overrides_the_manifest(
+def test_an_explicit_url_is_used_whatever_soundtrack_storage_says(
     s3_server: SeaweedServer,
     s3_bucket: str,
     assets: list[Asset],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("SOUNDTRACK_STORAGE", f"s3://{s3_bucket}/from-env")
-    storage = open_storage("./assets", base_dir=tmp_path)
-    assert storage.url == f"s3://{s3_bucket}/from-env"
+    # `gc URL --delete` must act on URL; the variable only replaces a manifest's `storage`.
+    monkeypatch.setenv("SOUNDTRACK_STORAGE", str(tmp_path / "from-env"))
+    storage = open_storage(f"s3://{s3_bucket}/given", base_dir=tmp_path)
+    assert storage.url == f"s3://{s3_bucket}/given"
     publish(storage, SOUNDTRACK, assets[:1])
     client = s3_server.client()
     keys = [obj["Key"] for obj in client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
-    assert all(key.startswith(f"from-env/{SOUNDTRACK}/") for key in keys)
-    assert not (tmp_path / "assets").exists()
+    assert keys and all(key.startswith(f"given/{SOUNDTRACK}/") for key in keys)
+    result = CliRunner().invoke(app, ["gc", f"s3://{s3_bucket}/given"])
+    assert result.exit_code == 0, result.output
+    assert "1 soundtrack(s)" in " ".join(result.output.split())
+    assert not (tmp_path / "from-env").exists()
 
 
 def test_presigned_links_fetch_the_object_and_expire(
