@@ -273,7 +273,9 @@ def build_soundtrack(
             report,
         )
     index = index_of(report, lock, [spec.id for spec in specs])
-    index_uri = write_index(loaded.soundtrack, lock_bytes(index), url, str(path.parent))
+    index_uri = write_index.with_options(task_run_name=f"write-index[{loaded.soundtrack}]")(
+        loaded.soundtrack, lock_bytes(index), url, str(path.parent)
+    )
     logger.info("index written: %s", index_uri)
     if not report.ok:
         counts = report.counts()
