@@ -43,6 +43,9 @@ class BuildFailed(SoundtrackError):
         super().__init__(message)
         self.report = report
 
+    def __reduce__(self) -> tuple[type[BuildFailed], tuple[str, BuildReport]]:
+        return (BuildFailed, (str(self), self.report))
+
 
 def storage_url(manifest_storage: str, out: str | None) -> str:
     """--out wins, then $SOUNDTRACK_STORAGE, then the manifest's `storage`."""

@@ -14,6 +14,9 @@ class InputError(SoundtrackError):
         super().__init__(message)
         self.problems = problems or []
 
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, list[str]]]:
+        return (InputError, (str(self), self.problems))
+
 
 class ModelLoadError(SoundtrackError):
     """A model cannot be loaded (weights missing offline, unknown id, bad local directory)."""
@@ -27,6 +30,10 @@ class GenerationError(SoundtrackError):
         self.track_id = track_id
         self.reason = reason
 
+    # Prefect pickles task exceptions; the default would call __init__ with the message only.
+    def __reduce__(self) -> tuple[type[GenerationError], tuple[str, str]]:
+        return (GenerationError, (self.track_id, self.reason))
+
 
 class AudioError(SoundtrackError):
     """Audio cannot be read, processed or encoded (ffmpeg failure, unreadable source)."""
@@ -38,3 +45,10 @@ class StorageError(SoundtrackError):
     def __init__(self, message: str, *, transient: bool) -> None:
         super().__init__(message)
         self.transient = transient
+
+    def __reduce__(self) -> tuple[object, tuple[str, bool]]:
+        return (_storage_error, (str(self), self.transient))
+
+
+def _storage_error(message: str, transient: bool) -> StorageError:
+    return StorageError(message, transient=transient)
