@@ -16,6 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from flows.artifacts import BuildArtifacts
+from soundtrack import events
 from soundtrack.errors import SoundtrackError
 from soundtrack.manifest import load_manifest, resolve_tracks
 from soundtrack.models import load_count
@@ -102,6 +103,7 @@ class _Pipeline:
     def finish(self, record: TrackRecord) -> None:
         self.records[record.id] = record
         self.artifacts.track_done(record)
+        events.emit(record.id, "published" if record.status == "approved" else record.status)
 
     def generate(self, batch: list[TrackSpec], cache_dir: str, device: str | None) -> None:
         names = ", ".join(spec.id for spec in batch)

@@ -441,7 +441,8 @@ def build(
 def _track_progress(total: int) -> Iterator[Callable[[str, str], None]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    finished = {"cached", "published", "rejected", "failed"}
+    from soundtrack import events
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -455,7 +456,7 @@ def _track_progress(total: int) -> Iterator[Callable[[str, str], None]]:
 
         def on_event(track_id: str, stage: str) -> None:
             progress.update(bar, description=f"{track_id}: {stage}")
-            if stage in finished and track_id not in seen:
+            if stage in events.FINAL and track_id not in seen:
                 seen.add(track_id)
                 progress.advance(bar)
 

@@ -6,7 +6,8 @@ import threading
 from collections.abc import Callable
 
 Listener = Callable[[str, str], None]  # (track id, stage)
-STAGES = ("generated", "processed", "published", "rejected", "failed", "cached")
+# Tasks report intermediate stages ("generated", "mastered"); every track ends with one of these.
+FINAL = frozenset({"published", "cached", "rejected", "failed"})
 
 _listeners: list[Listener] = []
 _lock = threading.Lock()

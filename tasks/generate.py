@@ -61,7 +61,8 @@ def generate_batch(
     with concurrency(GPU_LIMIT, occupy=1, lease_duration=GPU_LEASE_S, strict=True):
         results = render_batch(specs, RenderCache(Path(cache_dir)), device=device)
     for spec, result in zip(specs, results, strict=True):
-        events.emit(spec.id, "failed" if isinstance(result, RenderFailure) else "generated")
+        if not isinstance(result, RenderFailure):
+            events.emit(spec.id, "generated")
     return results
 
 
@@ -110,5 +111,6 @@ def generate_on_pool(
             render
             or RenderFailure(spec.id, f"render-batch run {child.name!r} ended {state} without it")
         )
-        events.emit(spec.id, "generated" if render else "failed")
+        if render:
+            events.emit(spec.id, "generated")
     return results

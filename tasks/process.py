@@ -27,5 +27,5 @@ def master_track(spec: TrackSpec, audio_path: str, staging_dir: str) -> TrackOut
     audio, sample_rate = read_audio(Path(audio_path))
     extra = load_expectations(spec.expectations) if spec.expectations else []
     outcome = process_track(spec, audio, sample_rate, Path(staging_dir), extra_expectations=extra)
-    events.emit(spec.id, "processed" if outcome.status == "approved" else "rejected")
+    events.emit(spec.id, "mastered")
     return outcome

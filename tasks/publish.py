@@ -9,7 +9,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from soundtrack import events
 from soundtrack.errors import StorageError
 from soundtrack.publish import publish_outcome
 from soundtrack.report import ModelInfo, TrackRecord
@@ -43,9 +42,7 @@ def publish_track(
 ) -> TrackRecord:
     """Upload an approved track's files, verified by checksum."""
     storage = open_storage(storage_url, base_dir=Path(base_dir))
-    record = publish_outcome(storage, spec, outcome, model=model)
-    events.emit(spec.id, "published")
-    return record
+    return publish_outcome(storage, spec, outcome, model=model)
 
 
 @task(name="write-index", **RETRYING)
