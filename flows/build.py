@@ -28,7 +28,7 @@ from soundtrack.spec import TrackSpec
 from soundtrack.storage import STORAGE_ENV, open_storage
 from tasks.generate import GPU_LIMIT, generate_batch, generate_on_pool
 from tasks.process import master_track
-from tasks.publish import publish_track, write_index
+from tasks.publish import publish_track, read_index, write_index
 
 if TYPE_CHECKING:
     from soundtrack.process import TrackOutcome
@@ -233,7 +233,8 @@ def build_soundtrack(
     storage.check_access()
 
     # 2. Plan: what is published already, what to render, in which batches
-    lock = parse_lock(storage.read_index(loaded.soundtrack))
+    reading = read_index.with_options(task_run_name=f"read-index[{loaded.soundtrack}]")
+    lock = parse_lock(reading(loaded.soundtrack, url, str(path.parent)))
     plan = plan_build(specs, lock, storage, only=only or [], force=force, batch_size=batch_size)
     logger.info(
         "%d tracks: %d cached, %d to render in %d batches, %d recordings",

@@ -45,6 +45,12 @@ def publish_track(
     return publish_outcome(storage, spec, outcome, model=model)
 
 
+@task(name="read-index", **RETRYING)
+def read_index(soundtrack: str, storage_url: str, base_dir: str) -> bytes | None:
+    """The soundtrack's current lock file: what is published already."""
+    return open_storage(storage_url, base_dir=Path(base_dir)).read_index(soundtrack)
+
+
 @task(name="write-index", **RETRYING)
 def write_index(soundtrack: str, lock: bytes, storage_url: str, base_dir: str) -> str:
     """Replace the soundtrack's lock file: the last write of a build."""
