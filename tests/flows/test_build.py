@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -22,12 +21,12 @@ import mutagen
 import pytest
 import soundfile as sf
 
+from tests.flows.running import SOUNDTRACK, build, statuses
 from tests.prefect_server import PrefectServer
 from tests.reference import ebur128
 from tests.signals import music_like
 
 pytestmark = pytest.mark.slow
-SOUNDTRACK = str(Path(sys.executable).with_name("soundtrack"))
 
 MANIFEST = """\
 schema: 1
@@ -55,24 +54,8 @@ tracks:
 """
 
 
-def build(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [SOUNDTRACK, "build", "m.yaml", *args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def statuses(report: dict[str, Any]) -> dict[str, str]:
-    return {track["id"]: track["status"] for track in report["tracks"]}
 
 
 @pytest.fixture

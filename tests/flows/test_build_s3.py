@@ -10,8 +10,6 @@ import base64
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -23,11 +21,11 @@ from typing import Any
 import pytest
 
 from tests.faultproxy import FaultProxy, Seen
+from tests.flows.running import build, statuses
 from tests.prefect_server import PrefectServer
 from tests.s3server import SeaweedServer, free_ports
 
 pytestmark = pytest.mark.slow
-SOUNDTRACK = str(Path(sys.executable).with_name("soundtrack"))
 INDEX = "soundtrack.lock.json"
 
 
@@ -45,28 +43,12 @@ def manifest(
     )
 
 
-def build(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [SOUNDTRACK, "build", "m.yaml", *args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def port(endpoint: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
 
 
 def lock_entries(lock: dict[str, Any]) -> list[dict[str, Any]]:
     return [entry for track in lock["tracks"] for entry in track["files"]]
-
-
-def statuses(report: dict[str, Any]) -> dict[str, str]:
-    return {track["id"]: track["status"] for track in report["tracks"]}
 
 
 def listed(client: Any, bucket: str) -> set[str]:
