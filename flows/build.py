@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from soundtrack.manifest import load_manifest, resolve_tracks
 from soundtrack.models import load_count
 from soundtrack.plan import DEFAULT_BATCH_SIZE, plan_build
 from soundtrack.publish import index_of, lock_bytes, track_record
-from soundtrack.renders import Render, RenderFailure, cache_root
+from soundtrack.renders import Render, RenderCache, RenderFailure, cache_root
 from soundtrack.report import BuildReport, ModelInfo, TrackRecord, parse_lock
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import STORAGE_ENV, open_storage
@@ -53,10 +54,10 @@ def storage_url(manifest_storage: str, out: str | None) -> str:
     return out or os.environ.get(STORAGE_ENV) or manifest_storage
 
 
-def ensure_gpu_limit(slots: int = 1) -> None:
-    """A concurrency limit that does not exist limits nothing: create it (one batch per GPU)."""
+def ensure_gpu_limit() -> None:
+    """A concurrency limit that does not exist limits nothing: create it (one batch at a time)."""
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, slots)
+        client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, 1)
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,13 @@ class _Pipeline:
     def generate(self, batch: list[TrackSpec], cache_dir: str, device: str | None) -> None:
         names = ", ".join(spec.id for spec in batch)
         if self.render_pool is None:
-            future = generate_batch.with_options(task_run_name=f"generate[{names}]").submit(
-                batch, cache_dir, device
-            )
+            # A cached task result is only a list of paths: when a render behind it is gone
+            # (a cleaned cache folder), run the task again instead of reusing it.
+            cache = RenderCache(Path(cache_dir))
+            lost = any(cache.get(spec.generation_key or "") is None for spec in batch)
+            future = generate_batch.with_options(
+                task_run_name=f"generate[{names}]", refresh_cache=lost
+            ).submit(batch, cache_dir, device)
         else:
             future = generate_on_pool.with_options(task_run_name=f"generate[{names}]").submit(
                 batch,
@@ -155,6 +160,7 @@ class _Pipeline:
             return
         self.outcomes.append(outcome)
         if outcome.status != "approved":
+            shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
             failed = [g.name for g in outcome.gates if not g.passed and g.severity == "fail"]
             reason = f"rejected by gates: {', '.join(failed)}"
             self.finish(
@@ -174,6 +180,8 @@ class _Pipeline:
         future: PrefectFuture[Any],
     ) -> None:
         record = _result(future)
+        # Published or not, the staged copies are done with: a rerun masters the track again.
+        shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
         if isinstance(record, BaseException):
             self.publish_errors.append(f"{spec.id}: {record}")
             reason = f"approved but not published: {record}"

@@ -37,6 +37,8 @@ def batch_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Prefect's default key covers the task's source, not the model, seed or pipeline version
     it depends on; the tracks' generation keys cover all of those."""
     keys = sorted(spec.generation_key or spec.id for spec in parameters["specs"])
+    # The result names files in this cache folder; another folder is another result.
+    keys.append(parameters["cache_dir"])
     return "render-" + hashlib.sha256("|".join(keys).encode()).hexdigest()
 
 
