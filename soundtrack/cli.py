@@ -327,7 +327,9 @@ def build(
     out: Annotated[
         str | None,
         typer.Option(
-            "--out", help="Output folder or s3://bucket/prefix (default: the manifest's storage)."
+            "--out",
+            help="Output folder (relative to the current directory) or s3://bucket/prefix "
+            "(default: the manifest's storage, relative to the manifest).",
         ),
     ] = None,
     only: Annotated[
@@ -377,6 +379,9 @@ def build(
     from soundtrack.plan import select
     from soundtrack.storage import open_storage
 
+    if out is not None and "://" not in out:
+        # A folder typed on the command line means one relative to where it was typed.
+        out = str(Path(out).expanduser().resolve())
     local_model = Path(model).expanduser() if model else None
     if local_model is not None and local_model.is_dir():
         model = str(local_model.resolve())
