@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -379,7 +380,7 @@ def build(
     from soundtrack.plan import select
     from soundtrack.storage import open_storage
 
-    if out is not None and "://" not in out:
+    if out is not None and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", out):
         # A folder typed on the command line means one relative to where it was typed.
         out = str(Path(out).expanduser().resolve())
     local_model = Path(model).expanduser() if model else None
