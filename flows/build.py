@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,7 +258,11 @@ def build_soundtrack(
     if render_pool is not None:
         params = {"manifest": manifest, "storage": url, "model": model, "device": device}
         pool = RenderPool(render_pool, params)
-    pipeline = _Pipeline(url, path.parent, cache_root() / "staging", artifacts, pool)
+    # Builds running side by side (a nightly and a CI build) may stage the same track: each
+    # build stages in a folder of its own.
+    (cache_root() / "staging").mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{loaded.soundtrack}-", dir=cache_root() / "staging"))
+    pipeline = _Pipeline(url, path.parent, staging, artifacts, pool)
     for record in plan.cached:
         pipeline.finish(record)
 
@@ -265,11 +270,14 @@ def build_soundtrack(
     loads_before = load_count()
     if plan.batches and render_pool is None:
         ensure_gpu_limit()
-    for batch in plan.batches:
-        pipeline.generate(batch, str(cache_root()), device)
-    for spec in plan.recordings:
-        pipeline.master(spec, None)
-    pipeline.run()
+    try:
+        for batch in plan.batches:
+            pipeline.generate(batch, str(cache_root()), device)
+        for spec in plan.recordings:
+            pipeline.master(spec, None)
+        pipeline.run()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
     # 4. Report, in manifest order; the index goes last and only when every approval is published
     order = {spec.id: i for i, spec in enumerate(specs)}
