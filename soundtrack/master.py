@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyloudnorm
 import soxr
 from scipy.signal import butter, sosfiltfilt
 
 from soundtrack.errors import AudioError
 from soundtrack.limiter import limit_true_peak, limiter_gain_db, sample_true_peaks
 from soundtrack.loops import make_loop
+from soundtrack.loudness import block_powers, gated_lufs, integrated_lufs
 from soundtrack.spec import Mastering
 
 SILENCE_DBFS = -60.0  # leading/trailing samples below this (after normalisation) are trimmed
@@ -53,8 +53,7 @@ def master(
     x = _to_channels(x, mastering.channels)
     x = _resample(x, sample_rate, mastering.sample_rate)
     sr = mastering.sample_rate
-    meter = pyloudnorm.Meter(sr)
-    input_lufs = _loudness(meter, x)
+    input_lufs = integrated_lufs(x, sr)
     if not np.isfinite(input_lufs):
         raise AudioError("audio is silent (no block above the -70 LUFS gate): cannot normalise")
     # 3. Trim silence at the level the file will have
@@ -66,7 +65,7 @@ def master(
     else:
         x = _fade(x[:, : round(duration_s * sr)], sr, mastering.fade_in_ms, mastering.fade_out_s)
     # 5. Normalise and limit: measure, apply, re-measure
-    out, gain_db, reduction_db = _normalise(x, meter, mastering, circular=loop)
+    out, gain_db, reduction_db = _normalise(x, sr, mastering, circular=loop)
     return Master(
         audio=out.astype(np.float32),
         sample_rate=sr,
@@ -119,10 +118,6 @@ def _resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return np.ascontiguousarray(resampled.T)
 
 
-def _loudness(meter: pyloudnorm.Meter, x: np.ndarray) -> float:
-    return float(meter.integrated_loudness(x.T))
-
-
 def _trim_silence(x: np.ndarray, threshold_dbfs: float, *, trailing: bool) -> np.ndarray:
     """Drop leading (and if `trailing`, trailing) samples below `threshold_dbfs` in all channels."""
     loud = np.flatnonzero(np.abs(x).max(axis=0) >= 10.0 ** (threshold_dbfs / 20.0))
@@ -150,23 +145,30 @@ def _fade(x: np.ndarray, sample_rate: int, fade_in_ms: float, fade_out_s: float)
 
 
 def _normalise(
-    x: np.ndarray, meter: pyloudnorm.Meter, mastering: Mastering, *, circular: bool
+    x: np.ndarray, sample_rate: int, mastering: Mastering, *, circular: bool
 ) -> tuple[np.ndarray, float, float]:
     """Gain to the loudness target, limit, re-measure and correct the gain (limiting lowers the
     loudness, more the harder it works); returns the master, its gain and the largest reduction."""
     target_lufs = mastering.loudness.integrated_lufs
     ceiling_dbtp = mastering.loudness.true_peak_max_dbtp - ENCODING_HEADROOM_DB
-    # A constant gain scales the true peaks: measure them once, limit each trial gain from them.
+    # A constant gain scales the true peaks and the blocks' powers: measure both once, and
+    # measure again only what the limiter changed.
     peaks = sample_true_peaks(x, circular=circular)
-    gain_db = target_lufs - _loudness(meter, x)
+    powers = block_powers(x, sample_rate)
+    gain_db = target_lufs - gated_lufs(powers)
     # Secant steps on loudness(gain): under heavy limiting 1 dB of gain adds well under 1 LU.
     slope = 1.0
     previous: tuple[float, float] | None = None
     for _ in range(_MAX_LOUDNESS_PASSES):
         scale = 10.0 ** (gain_db / 20.0)
-        envelope_db = limiter_gain_db(peaks * scale, meter.rate, ceiling_dbtp, circular=circular)
-        limited = x * (scale * 10.0 ** (envelope_db / 20.0))
-        lufs = _loudness(meter, limited)
+        envelope_db = limiter_gain_db(peaks * scale, sample_rate, ceiling_dbtp, circular=circular)
+        limiting = bool(envelope_db.any())
+        if limiting:
+            limited = x * (scale * 10.0 ** (envelope_db / 20.0))
+            lufs = integrated_lufs(limited, sample_rate)
+        else:
+            limited = x * scale
+            lufs = gated_lufs(powers * scale**2)
         if abs(target_lufs - lufs) <= LOUDNESS_STEP_LU:
             break
         if previous is not None and previous[0] != gain_db:
@@ -179,6 +181,9 @@ def _normalise(
             f"{lufs:.2f} LUFS after {_MAX_LOUDNESS_PASSES} passes with "
             f"{-envelope_db.min():.1f} dB of limiting"
         )
+    if not limiting:
+        # Every scaled peak is already under the ceiling (limiter_gain_db found none over it).
+        return limited, gain_db, 0.0
     # The envelope's own modulation can leave a few peaks a hair over: verify (and catch them).
-    limited, extra_db = limit_true_peak(limited, meter.rate, ceiling_dbtp, circular=circular)
-    return limited, gain_db, max(0.0, -float(envelope_db.min())) + extra_db
+    limited, extra_db = limit_true_peak(limited, sample_rate, ceiling_dbtp, circular=circular)
+    return limited, gain_db, -float(envelope_db.min()) + extra_db

@@ -8,12 +8,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pyloudnorm
-from scipy.ndimage import convolve1d
-from scipy.signal import firwin
 
 from soundtrack.audio import read_audio
 from soundtrack.errors import AudioError
+from soundtrack.loudness import BLOCK_S, MAX_CHANNELS, integrated_lufs, true_peak
 from soundtrack.spec import GateLimits
 
 BLOCK_MS = 10.0  # silence is judged per 10 ms block, so a zero crossing is never "silence"
@@ -22,17 +20,6 @@ SEAM_STEP_WINDOW_MS = 10.0  # the audio either side of the wrap that its click i
 # seam a lossy codec leaves (Vorbis q6 noise sits about 27 dB under the RMS of a master).
 SEAM_MASKING_DB = -30.0
 SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term loudness window
-_LOUDNESS_BLOCK_S = 0.4  # BS.1770 gating block: the shortest audio integrated loudness exists for
-_MAX_CHANNELS = 5  # BS.1770 channel weights cover L, R, C, Ls, Rs
-# BS.1770-4 Annex 2: 4x oversampling with a 48-tap interpolator, 12 taps per phase. A 49-tap
-# windowed sinc cut at the original Nyquist keeps phase 0 equal to the samples themselves, so
-# only the three in-between phases are computed (flat to 15 kHz, -0.5 dB at 18 kHz at 44.1 kHz).
-_OVERSAMPLING = 4
-_INTERPOLATOR = firwin(12 * _OVERSAMPLING + 1, 1.0 / _OVERSAMPLING, window=("kaiser", 5.0))
-_PHASES = [
-    (_OVERSAMPLING * _INTERPOLATOR[p::_OVERSAMPLING]).astype(np.float32)
-    for p in range(1, _OVERSAMPLING)
-]
 _PLATEAU_EDGE_MIN = 1e-4  # of the plateau level (-80 dB): about 3 LSB of 16-bit near full scale
 
 
@@ -96,7 +83,7 @@ def measure(
         channels=audio.shape[0],
         frames=frames,
         duration_s=frames / sample_rate,
-        integrated_lufs=_integrated_lufs(audio, sample_rate),
+        integrated_lufs=integrated_lufs(audio, sample_rate),
         true_peak_dbtp=_dbfs(true_peak(audio)),
         sample_peak_dbfs=_dbfs(sample_peak),
         clipped_runs=_clipped_runs(audio, clip_run_samples, threshold),
@@ -181,17 +168,17 @@ def _wav_smpl_loop(path: Path) -> tuple[int, int] | None:
 
 
 def _check_audio(audio: np.ndarray, sample_rate: int) -> None:
-    if audio.ndim != 2 or not 1 <= audio.shape[0] <= _MAX_CHANNELS:
+    if audio.ndim != 2 or not 1 <= audio.shape[0] <= MAX_CHANNELS:
         raise AudioError(
-            f"audio must be shaped (channels, frames) with 1-{_MAX_CHANNELS} channels, "
+            f"audio must be shaped (channels, frames) with 1-{MAX_CHANNELS} channels, "
             f"got shape {audio.shape}"
         )
     if sample_rate <= 0:
         raise AudioError(f"sample rate must be positive, got {sample_rate}")
-    if audio.shape[1] < _LOUDNESS_BLOCK_S * sample_rate:
+    if audio.shape[1] < BLOCK_S * sample_rate:
         raise AudioError(
             f"audio is {audio.shape[1] / sample_rate:.3f} s long; loudness needs at least "
-            f"{_LOUDNESS_BLOCK_S} s"
+            f"{BLOCK_S} s"
         )
     if not np.all(np.isfinite(audio)):
         raise AudioError("audio contains NaN or infinite samples")
@@ -199,21 +186,6 @@ def _check_audio(audio: np.ndarray, sample_rate: int) -> None:
 
 def _dbfs(amplitude: float) -> float:
     return -math.inf if amplitude <= 0.0 else 20.0 * math.log10(amplitude)
-
-
-def true_peak(audio: np.ndarray) -> float:
-    """Largest 4x-oversampled magnitude of (channels, frames) audio, as a linear amplitude."""
-    samples = np.ascontiguousarray(audio, dtype=np.float32)
-    peak = float(np.max(np.abs(samples)))
-    for phase in _PHASES:
-        between = convolve1d(samples, phase, axis=1, mode="constant")
-        peak = max(peak, float(np.max(np.abs(between))))
-    return peak
-
-
-def _integrated_lufs(audio: np.ndarray, sample_rate: int, block_s: float = 0.4) -> float:
-    meter = pyloudnorm.Meter(sample_rate, block_size=block_s)
-    return float(meter.integrated_loudness(audio.T.astype(np.float64)))
 
 
 def _run_lengths(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -288,13 +260,13 @@ def _seam_loudness_change_lu(region: np.ndarray, sample_rate: int) -> float:
     """Short-term loudness (3 s, or half a shorter loop) of the loop's end vs its start."""
     window_s = min(SHORT_TERM_S, region.shape[1] / sample_rate / 2.0)
     width = round(window_s * sample_rate)
-    if window_s < _LOUDNESS_BLOCK_S:
+    if window_s < BLOCK_S:
         raise AudioError(
             f"loop is {region.shape[1] / sample_rate:.2f} s long; the seam needs at least "
-            f"{2 * _LOUDNESS_BLOCK_S} s"
+            f"{2 * BLOCK_S} s"
         )
-    end = _integrated_lufs(region[:, -width:], sample_rate, block_s=width / sample_rate)
-    start = _integrated_lufs(region[:, :width], sample_rate, block_s=width / sample_rate)
+    end = integrated_lufs(region[:, -width:], sample_rate, block_s=width / sample_rate)
+    start = integrated_lufs(region[:, :width], sample_rate, block_s=width / sample_rate)
     if math.isinf(end) and math.isinf(start):
         return 0.0
     return abs(end - start)

@@ -1,0 +1,123 @@
+"""ITU-R BS.1770-4 meters: K-weighted gated integrated loudness, and the 4x-oversampled true peak.
+
+One implementation serves mastering (which measures the same track several times while it
+normalises), the limiter and the gates, so it is vectorised: the gating follows pyloudnorm's
+blocks exactly (the tests hold it to pyloudnorm and to ffmpeg's ebur128), without its
+per-block Python loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from pyloudnorm.iirfilter import IIRfilter
+from scipy.signal import firwin, sosfilt, tf2sos
+
+BLOCK_S = 0.4  # BS.1770 gating block
+_OVERLAP = 0.75
+ABSOLUTE_GATE_LUFS = -70.0
+_RELATIVE_GATE_LU = -10.0
+_CHANNEL_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)  # L, R, C, Ls, Rs (BS.1770-4 eq. 2)
+MAX_CHANNELS = len(_CHANNEL_WEIGHTS)
+# BS.1770-4 Annex 2: 4x oversampling with a 48-tap interpolator, 12 taps per phase. A 49-tap
+# windowed sinc cut at the original Nyquist keeps phase 0 equal to the samples themselves, so
+# only the three in-between phases are computed (flat to 15 kHz, -0.5 dB at 18 kHz at 44.1 kHz).
+OVERSAMPLING = 4
+_TAPS = 12
+_INTERPOLATOR = OVERSAMPLING * firwin(
+    _TAPS * OVERSAMPLING + 1, 1.0 / OVERSAMPLING, window=("kaiser", 5.0)
+)
+# The point n + p/4 is sum_k h[p + 4k] * x[n + 6 - k]: row p-1 of this matrix, applied to the
+# window x[n-5 .. n+6], gives it (one matrix product runs the three phases through BLAS).
+_BEFORE = _TAPS // 2 - 1
+_PHASE_MATRIX = np.array(
+    [[_INTERPOLATOR[p + OVERSAMPLING * (_TAPS - 1 - i)] for i in range(_TAPS)] for p in (1, 2, 3)],
+    dtype=np.float32,
+)
+_CHUNK = 8192  # frames per matrix product: small enough to stay in the CPU cache
+
+
+@functools.cache
+def _k_weighting(sample_rate: int) -> np.ndarray:
+    """The K-weighting pre-filter (high shelf, then RLB high-pass) as second-order sections,
+    designed for `sample_rate` by pyloudnorm with BS.1770's parameters."""
+    shelf = IIRfilter(4.0, 1 / math.sqrt(2), 1500.0, sample_rate, "high_shelf")
+    high_pass = IIRfilter(0.0, 0.5, 38.0, sample_rate, "high_pass")
+    return np.vstack([tf2sos(f.b, f.a) for f in (shelf, high_pass)])
+
+
+def integrated_lufs(audio: np.ndarray, sample_rate: int, *, block_s: float = BLOCK_S) -> float:
+    """Gated integrated loudness of (channels, frames) audio in LUFS (-inf when no block clears
+    the absolute gate); a `block_s` of the whole length gives one ungated-by-time block."""
+    return gated_lufs(block_powers(audio, sample_rate, block_s=block_s))
+
+
+def block_powers(audio: np.ndarray, sample_rate: int, *, block_s: float = BLOCK_S) -> np.ndarray:
+    """Per gating block, the channel-weighted sum of the K-weighted mean squares (the power
+    inside BS.1770-4 eq. 4). A gain g scales every value by g**2, so gating these again gives
+    the loudness of the scaled audio without filtering it again."""
+    weighted = sosfilt(_k_weighting(sample_rate), audio.astype(np.float64), axis=1)
+    np.square(weighted, out=weighted)
+    channel_weights = np.asarray(_CHANNEL_WEIGHTS[: audio.shape[0]])
+    power = np.zeros(weighted.shape[1] + 1)
+    np.cumsum(channel_weights @ weighted, out=power[1:])
+    # Block j spans [int(T_g * j * step * rate), int(T_g * (j * step + 1) * rate)): the same
+    # float expressions as pyloudnorm, so the blocks match it sample for sample (the block
+    # count is rounded, so the last block may run past the end, and is cut there, as in it).
+    frames = audio.shape[1]
+    step = 1.0 - _OVERLAP
+    blocks = round((frames / sample_rate - block_s) / (block_s * step)) + 1
+    j = np.arange(blocks, dtype=np.float64)
+    lower = np.minimum((block_s * (j * step) * sample_rate).astype(np.int64), frames)
+    upper = np.minimum((block_s * (j * step + 1.0) * sample_rate).astype(np.int64), frames)
+    powers: np.ndarray = (power[upper] - power[lower]) / (block_s * sample_rate)  # eq. 1
+    return powers
+
+
+def gated_lufs(powers: np.ndarray) -> float:
+    """BS.1770-4 gating of `block_powers`: the absolute gate, then the relative gate 10 LU
+    under the loudness of what passed it (eq. 6), then the loudness of what is left (eq. 7)."""
+    with np.errstate(divide="ignore"):
+        block_lufs = -0.691 + 10.0 * np.log10(powers)  # eq. 4
+    above_absolute = block_lufs >= ABSOLUTE_GATE_LUFS
+    if not above_absolute.any():
+        return -math.inf
+    relative_gate = _lufs(powers[above_absolute]) + _RELATIVE_GATE_LU
+    gated = (block_lufs > relative_gate) & (block_lufs > ABSOLUTE_GATE_LUFS)
+    return _lufs(powers[gated]) if gated.any() else -math.inf
+
+
+def _lufs(powers: np.ndarray) -> float:
+    power = float(powers.mean())
+    return -math.inf if power <= 0.0 else -0.691 + 10.0 * math.log10(power)
+
+
+def oversampled_peaks(audio: np.ndarray, *, circular: bool = False) -> np.ndarray:
+    """Per frame n, the largest magnitude over all channels of the 4x-oversampled signal at
+    n, n + 1/4, n + 2/4 and n + 3/4; `circular` treats the audio as a loop (the end flows
+    into the start), otherwise it is silent beyond its ends."""
+    samples = np.asarray(audio, dtype=np.float32)
+    frames = samples.shape[1]
+    peaks: np.ndarray = np.abs(samples).max(axis=0)
+    after = _TAPS - _BEFORE - 1
+    for channel in samples:
+        if circular:
+            padded = channel.take(np.arange(-_BEFORE, frames + after), mode="wrap")
+        else:
+            padded = np.concatenate(
+                [np.zeros(_BEFORE, np.float32), channel, np.zeros(after, np.float32)]
+            )
+        windows = np.lib.stride_tricks.sliding_window_view(padded, _TAPS)
+        for start in range(0, frames, _CHUNK):
+            between = _PHASE_MATRIX @ windows[start : start + _CHUNK].T
+            np.abs(between, out=between)
+            chunk = peaks[start : start + _CHUNK]
+            np.maximum(chunk, np.maximum.reduce(between), out=chunk)
+    return peaks
+
+
+def true_peak(audio: np.ndarray) -> float:
+    """Largest 4x-oversampled magnitude of (channels, frames) audio, as a linear amplitude."""
+    return float(oversampled_peaks(audio).max())

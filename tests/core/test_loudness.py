@@ -1,0 +1,94 @@
+"""The BS.1770 meters against pyloudnorm (the same gating, block for block), ffmpeg's ebur128
+(EBU Tech 3341's sine) and a plain 4x upsampling by scipy with the same interpolator."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+import pytest
+from scipy.signal import upfirdn
+
+from soundtrack.audio import write_wav
+from soundtrack.loudness import _INTERPOLATOR, integrated_lufs, oversampled_peaks, true_peak
+from tests.reference import ebur128
+from tests.signals import music_like, pink_noise, sine
+
+
+def _pyloudnorm(audio: np.ndarray, rate: int, block_s: float = 0.4) -> float:
+    return float(pyloudnorm.Meter(rate, block_size=block_s).integrated_loudness(audio.T))
+
+
+def _loud_then_quiet(rate: int) -> np.ndarray:
+    # 4 s of music, then 4 s 30 dB down: the relative gate drops the quiet half.
+    music = music_like(8.0, rate, peak_dbfs=-3.0, seed=3)
+    music[:, 4 * rate :] *= 10 ** (-30 / 20)
+    return music
+
+
+@pytest.mark.parametrize(
+    ("name", "audio", "rate"),
+    [
+        ("stereo music 44.1 kHz", music_like(12.0, 44100, seed=1), 44100),
+        ("mono music 32 kHz", music_like(6.0, 32000, channels=1, seed=2), 32000),
+        ("pink noise 48 kHz", pink_noise(-20.0, 5.0, 48000), 48000),
+        ("five channels", pink_noise(-30.0, 3.0, 48000, channels=5), 48000),
+        ("relative gate", _loud_then_quiet(44100), 44100),
+        # 0.75 s: the rounded block count lets the last block run past the end
+        ("last block cut short", music_like(0.75, 44100, seed=4), 44100),
+    ],
+)
+def test_integrated_loudness_matches_pyloudnorm(name: str, audio: np.ndarray, rate: int) -> None:
+    assert integrated_lufs(audio, rate) == pytest.approx(_pyloudnorm(audio, rate), abs=1e-6)
+
+
+def test_one_long_block_is_short_term_loudness() -> None:
+    music = music_like(3.0, 44100, seed=5)
+    assert integrated_lufs(music, 44100, block_s=3.0) == pytest.approx(
+        _pyloudnorm(music, 44100, block_s=3.0), abs=1e-6
+    )
+
+
+def test_audio_under_the_absolute_gate_has_no_loudness() -> None:
+    quiet = sine(1000.0, -80.0, 2.0, 44100)
+    assert integrated_lufs(quiet, 44100) == -math.inf
+    assert integrated_lufs(np.zeros((2, 44100), np.float32), 44100) == -math.inf
+
+
+def test_ebu_tech_3341_sine_reads_minus_23_lufs(tmp_path: Path) -> None:
+    sine_23 = sine(1000.0, -23.0, 20.0, 48000)
+    write_wav(tmp_path / "sine.wav", sine_23, 48000)
+    reference_lufs, reference_peak_dbtp = ebur128(tmp_path / "sine.wav")
+    assert integrated_lufs(sine_23, 48000) == pytest.approx(-23.0, abs=0.1)
+    assert integrated_lufs(sine_23, 48000) == pytest.approx(reference_lufs, abs=0.1)
+    assert 20 * math.log10(true_peak(sine_23)) == pytest.approx(reference_peak_dbtp, abs=0.1)
+
+
+def _upsampled_magnitudes(audio: np.ndarray) -> np.ndarray:
+    """|x| at n, n + 1/4, n + 2/4, n + 3/4 per frame (max over channels), by zero-stuffing and
+    filtering with the interpolator; phase 0 is the samples themselves."""
+    delay = (_INTERPOLATOR.size - 1) // 2
+    up = upfirdn(_INTERPOLATOR, audio.astype(np.float64), up=4, axis=1)
+    up = up[:, delay : delay + 4 * audio.shape[1]].reshape(audio.shape[0], -1, 4)
+    up[:, :, 0] = audio
+    magnitudes: np.ndarray = np.abs(up).max(axis=2).max(axis=0)
+    return magnitudes
+
+
+def test_oversampled_peaks_are_the_4x_upsampled_signal() -> None:
+    noise = (np.random.default_rng(6).standard_normal((2, 20_000)) * 0.2).astype(np.float32)
+    expected = _upsampled_magnitudes(noise)
+    assert np.abs(oversampled_peaks(noise) - expected).max() < 1e-6
+    assert true_peak(noise) == pytest.approx(expected.max(), abs=1e-6)
+
+
+def test_circular_peaks_wrap_the_end_into_the_start() -> None:
+    loop = (np.random.default_rng(7).standard_normal((1, 5_000)) * 0.2).astype(np.float32)
+    frames = loop.shape[1]
+    # The middle of three copies back to back sees its neighbours as the loop would.
+    expected = _upsampled_magnitudes(np.tile(loop, 3))[frames : 2 * frames]
+    assert np.abs(oversampled_peaks(loop, circular=True) - expected).max() < 1e-6
+    # Without the wrap the first and last few frames see silence, and read differently.
+    assert np.abs(oversampled_peaks(loop) - expected).max() > 1e-3
