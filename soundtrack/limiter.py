@@ -58,12 +58,11 @@ def limiter_gain_db(
 ) -> np.ndarray:
     """The limiter's gain (dB, <= 0) per sample for `sample_true_peaks` output: at or below what
     each peak needs to meet the ceiling, ramped down ahead of it and released after it."""
+    aim_dbtp = ceiling_dbtp - _AIM_BELOW_DB
+    if peaks.max() <= 10.0 ** (aim_dbtp / 20.0):
+        return np.zeros_like(peaks)  # nothing to limit
     with np.errstate(divide="ignore"):
-        needed_db: np.ndarray = np.minimum(
-            0.0, ceiling_dbtp - _AIM_BELOW_DB - 20.0 * np.log10(peaks)
-        )
-    if not needed_db.any():
-        return needed_db  # nothing to limit
+        needed_db: np.ndarray = np.minimum(0.0, aim_dbtp - 20.0 * np.log10(peaks))
     # Release: the reduction r = -gain_db decays as r[n] = max(-needed_db[n], a * r[n-1]), which
     # unrolls to max_k<=n -needed_db[k] * a^(n-k): a running maximum in the log domain. A loop runs
     # it over two periods so the end releases into the start.
