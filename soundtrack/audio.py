@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import imageio_ffmpeg
 import numpy as np
@@ -22,11 +23,12 @@ def ffmpeg_exe() -> str:
     return str(imageio_ffmpeg.get_ffmpeg_exe())
 
 
-def run_ffmpeg(args: Sequence[str], *, stdin: bytes | None = None) -> str:
-    """Run ffmpeg with `args` (no shell); returns its stderr, raises AudioError when it fails."""
+def run_ffmpeg(args: Sequence[str], *, stdin: BinaryIO | None = None) -> str:
+    """Run ffmpeg with `args` (no shell) reading `stdin` (an open file) if given; returns its
+    stderr, raises AudioError when it fails."""
     cmd = [ffmpeg_exe(), "-hide_banner", *(["-nostdin"] if stdin is None else []), *args]
     try:
-        proc = subprocess.run(cmd, input=stdin, capture_output=True, check=False)
+        proc = subprocess.run(cmd, stdin=stdin, capture_output=True, check=False)
     except OSError as exc:
         raise AudioError(f"cannot start ffmpeg ({cmd[0]}): {exc}") from exc
     stderr = proc.stderr.decode("utf-8", errors="replace")

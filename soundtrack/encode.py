@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import struct
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,10 @@ CONTENT_TYPES: dict[str, str] = {"ogg": "audio/ogg", "mp3": "audio/mpeg", "wav":
 OGG_QUALITY = 6  # libvorbis quality (oggenc -q), about 192 kb/s for stereo music
 MP3_VBR_QUALITY = 2  # LAME -V2, about 190 kb/s
 WAV_BIT_DEPTHS = {16: "PCM_16", 24: "PCM_24"}
-# libsndfile copies each write onto the stack: one write of a whole track overflows it (and a
-# thread's is smaller). 4096 stereo frames are 32 KiB.
-_OGG_BLOCK_FRAMES = 4096
+# libsndfile puts each write on the stack: one write of a whole track overflows it (2M frames
+# crash an 8 MiB stack), so blocks of 32768 frames; bigger than that buys nothing, and each block
+# takes the GIL once.
+_OGG_BLOCK_FRAMES = 32768
 # libvorbis's rate range; libsndfile crashes the process (no error) on rates outside it.
 VORBIS_RATES_HZ = (8000, 192000)
 REQUIRED_TAGS = ("title", "soundtrack", "track_id", "spec_hash")
@@ -103,19 +105,23 @@ def _check_request(
 
 
 def _ffmpeg_encode(m: Master, path: Path, codec_args: list[str]) -> None:
-    """Pipe the master as raw float32 into ffmpeg, which writes a seekable file (MP3 needs the
-    seek to put its LAME/Xing header, with the gapless delay and padding, in the first frame)."""
+    """Feed the master to ffmpeg as raw float32, for it to write a seekable file (MP3 needs the
+    seek to put its LAME/Xing header, with the gapless delay and padding, in the first frame).
+    The samples go through an unlinked temporary file, not a pipe: Python feeds a pipe 4 KiB at
+    a time, and each write waits its turn for the GIL while other threads measure."""
     channels, _ = m.audio.shape
-    pcm = np.ascontiguousarray(m.audio.T, dtype="<f4").tobytes()
-    run_ffmpeg(
-        [
-            *("-f", "f32le", "-ar", str(m.sample_rate), "-ac", str(channels), "-i", "pipe:0"),
-            *("-map_metadata", "-1", *codec_args),
-            # bitexact: fixed stream serials and no version strings, so a rebuild is byte-identical
-            *("-fflags", "+bitexact", "-flags:a", "+bitexact", "-y", str(path)),
-        ],
-        stdin=pcm,
-    )
+    with tempfile.TemporaryFile() as pcm:
+        np.ascontiguousarray(m.audio.T, dtype="<f4").tofile(pcm)
+        pcm.seek(0)
+        run_ffmpeg(
+            [
+                *("-f", "f32le", "-ar", str(m.sample_rate), "-ac", str(channels), "-i", "pipe:0"),
+                *("-map_metadata", "-1", *codec_args),
+                # bitexact: no version strings, so a rebuild is byte-identical
+                *("-fflags", "+bitexact", "-flags:a", "+bitexact", "-y", str(path)),
+            ],
+            stdin=pcm,
+        )
 
 
 def _write_ogg(m: Master, path: Path, tags: Mapping[str, str], _: int) -> None:
