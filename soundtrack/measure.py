@@ -222,12 +222,16 @@ def _clipped_runs(audio: np.ndarray, min_run: int, floor: float) -> int:
     runs = 0
     for channel in audio:
         top, bottom = channel.max(), channel.min()
-        for level, at_peak in ((top, channel >= top), (-bottom, channel <= bottom)):
+        for level, extreme in ((top, top), (-bottom, bottom)):
             if level <= floor:
                 continue
-            starts, lengths = _run_lengths(at_peak)
-            starts, lengths = starts[lengths >= min_run], lengths[lengths >= min_run]
-            ends = starts + lengths - 1
+            # Few samples sit exactly at the extreme: read the runs off their indices.
+            at = np.flatnonzero(channel == extreme)
+            breaks = np.flatnonzero(np.diff(at) != 1)
+            starts = at[np.concatenate(([0], breaks + 1))]
+            ends = at[np.concatenate((breaks, [at.size - 1]))]
+            long_enough = ends - starts + 1 >= min_run
+            starts, ends = starts[long_enough], ends[long_enough]
             before = channel[np.maximum(starts - 1, 0)]
             after = channel[np.minimum(ends + 1, channel.size - 1)]
             edge = np.maximum(np.abs(channel[starts] - before), np.abs(after - channel[ends]))

@@ -81,6 +81,19 @@ def test_hard_clipping_is_found_even_after_the_level_was_lowered() -> None:
     assert measure(clipped * 0.25, SR).clipped_runs > 10
 
 
+def test_clipped_runs_count_each_plateau_at_the_extremes() -> None:
+    # Plateaus of known lengths at each channel's top and bottom, entered steeply; only those
+    # of at least clip_run_samples count, one apiece, wherever they are (the ends included).
+    audio = (0.3 * np.sin(np.arange(SR) / 40.0)).astype(np.float32)[None, :].repeat(2, axis=0)
+    plateaus = {0: [(0, 5), (900, 2), (2000, 3), (SR - 4, 4)], 1: [(100, 7), (700, 3)]}
+    for channel, spans in plateaus.items():
+        for i, (start, length) in enumerate(spans):
+            audio[channel, start : start + length] = 0.9 if i % 2 == 0 else -0.8
+    # channel 0: runs of 5, 3 at 0.9 and of 2 (too short), 4 at -0.8; channel 1: 7 and 3
+    assert measure(audio, SR, clip_run_samples=3).clipped_runs == 3 + 2
+    assert measure(audio, SR, clip_run_samples=5).clipped_runs == 1 + 1
+
+
 def test_round_peaks_of_quantised_bass_are_not_clipping() -> None:
     bass = np.round(sine(30.0, -0.1, 5.0, SR) * 32767.0) / 32767.0  # flat for ~3 LSB steps
     assert measure(bass.astype(np.float32), SR).clipped_runs == 0
