@@ -146,7 +146,7 @@ def _write_ogg(m: Master, path: Path, tags: Mapping[str, str], _: int) -> None:
         ) as ogg:
             for start in range(0, frames, _OGG_BLOCK_FRAMES):
                 ogg.write(m.audio[:, start : start + _OGG_BLOCK_FRAMES].T)
-    except (sf.LibsndfileError, RuntimeError) as exc:
+    except sf.SoundFileError as exc:
         raise AudioError(f"libvorbis (libsndfile) could not encode {path.name}: {exc}") from exc
     _fix_ogg_serial(path)
     ogg_file = OggVorbis(path)
