@@ -49,13 +49,9 @@ def master(
     for the crossfade tail, and come back with loop_start 0 and loop_length == frames."""
     # 1. Check inputs
     _check_inputs(audio, sample_rate, duration_s)
-    # 2. DC removal (in float64: a 10 Hz high-pass is too narrow for float32), output sample
-    # rate and channel layout, resampling the fewer channels (a mono render is duplicated after)
-    x = _remove_dc(audio.astype(np.float64), sample_rate).astype(np.float32)
+    # 2. Channel layout, DC removal and output sample rate
     sr = mastering.sample_rate
-    if x.shape[0] > mastering.channels:
-        x = _to_channels(x, mastering.channels)
-    x = _to_channels(_resample(x, sample_rate, sr), mastering.channels)
+    x = _prepare(audio, sample_rate, sr, mastering.channels)
     input_lufs = integrated_lufs(x, sr)
     if not np.isfinite(input_lufs):
         raise AudioError("audio is silent (no block above the -70 LUFS gate): cannot normalise")
@@ -96,11 +92,27 @@ def _check_inputs(audio: np.ndarray, sample_rate: int, duration_s: float) -> Non
         raise AudioError("audio contains NaN or infinite samples")
 
 
-def _remove_dc(x: np.ndarray, sample_rate: int) -> np.ndarray:
-    centred = x - x.mean(axis=1, keepdims=True)
-    sos = butter(2, DC_HIGHPASS_HZ, btype="highpass", fs=sample_rate, output="sos")
-    filtered: np.ndarray = sosfiltfilt(sos, centred, axis=1)
-    return filtered
+def _prepare(audio: np.ndarray, rate_in: int, rate_out: int, channels: int) -> np.ndarray:
+    """Float32 audio with `channels` channels at `rate_out`, DC removed. A downmix comes first
+    and a mono render is duplicated last, so no channel is filtered twice; the channels are
+    filtered and resampled on threads of their own (scipy and soxr let go of the GIL)."""
+    x = audio if audio.shape[0] <= channels else _to_channels(audio, channels)
+    with ThreadPoolExecutor(max_workers=x.shape[0]) as pool:
+        prepared = list(pool.map(lambda c: _prepare_channel(c, rate_in, rate_out), x))
+    return _to_channels(np.stack(prepared), channels)
+
+
+def _prepare_channel(channel: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    # DC removal in float64: a 10 Hz high-pass is too narrow for float32
+    centred = channel.astype(np.float64)
+    centred -= centred.mean()
+    sos = butter(2, DC_HIGHPASS_HZ, btype="highpass", fs=rate_in, output="sos")
+    filtered: np.ndarray = sosfiltfilt(sos, centred).astype(np.float32)
+    if rate_in == rate_out:
+        return filtered
+    # HQ is soxr's 20-bit quality: float32 carries it, at half the time of float64.
+    resampled: np.ndarray = soxr.resample(filtered, rate_in, rate_out, quality="HQ")
+    return resampled
 
 
 def _to_channels(x: np.ndarray, channels: int) -> np.ndarray:
@@ -112,14 +124,6 @@ def _to_channels(x: np.ndarray, channels: int) -> np.ndarray:
         mono: np.ndarray = x.mean(axis=0, keepdims=True)
         return mono
     raise AudioError(f"cannot map {x.shape[0]} channels to {channels}")
-
-
-def _resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    if rate_in == rate_out:
-        return x
-    # HQ is soxr's 20-bit quality: float32 carries it, at half the time of float64.
-    resampled: np.ndarray = soxr.resample(x.T, rate_in, rate_out, quality="HQ")
-    return np.ascontiguousarray(resampled.T)
 
 
 def _trim_silence(x: np.ndarray, threshold_dbfs: float, *, trailing: bool) -> np.ndarray:
