@@ -67,28 +67,29 @@ def process_track(
     failed; a rejected track's files are removed (so `out_dir` should be a staging folder)."""
     extra = check_expectations(extra_expectations)
     with ThreadPoolExecutor(max_workers=len(spec.formats) + 1) as pool:
-        # 1. Measure the input beside mastering: silence and clipping are judged on it, before
-        # mastering gain can hide them
-        source_job = pool.submit(_measure, spec, audio, sample_rate)
-        # 2. Master; silence cannot be normalised, and the silence gate says so
+        # 1. Master (on threads of its own); silence cannot be normalised, and the silence gate
+        # on the input says so
         try:
             m = master(
                 audio, sample_rate, spec.mastering, loop=spec.loop, duration_s=spec.duration_s
             )
         except AudioError:
-            rows = [metrics_row(spec.id, SOURCE, source_job.result())]
+            rows = [metrics_row(spec.id, SOURCE, _measure(spec, audio, sample_rate))]
             outcome = _judged(spec, rows, extra, files=[], master_info=None)
             if outcome.status == "rejected":
                 return outcome
             raise
-        # 3. Encode each format while measuring the master, then decode and measure each file
+        # 2. Encode each format, then decode and measure each file; meanwhile measure the
+        # input (silence and clipping are judged on it too, before mastering gain can hide
+        # them) and the master. The input waits for the master, which keeps both cores busy.
         jobs = [pool.submit(_encode_and_measure, spec, m, fmt, out_dir) for fmt in spec.formats]
+        source_job = pool.submit(_measure, spec, audio, sample_rate)
         source, master_metrics, done = _gather(
             source_job, jobs, lambda: _measure(spec, m.audio, m.sample_rate, m)
         )
     rows = [metrics_row(spec.id, SOURCE, source), metrics_row(spec.id, MASTER, master_metrics)]
     rows += [metrics_row(spec.id, file.format, metrics) for file, metrics in done]
-    # 4. Judge; nothing of a rejected track is kept
+    # 3. Judge; nothing of a rejected track is kept
     return _judged(spec, rows, extra, files=[file for file, _ in done], master_info=_info(m))
 
 
