@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,68 +68,43 @@ def reference_chain(src: Path, out_dir: Path) -> None:
     )
 
 
-def _timed(stages: dict[str, float], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap `fn` to add the CPU time of its calling thread to stages[name] (calls overlap in
-    wall time: encoding runs in threads beside measuring)."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.thread_time()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            stages[name] = stages.get(name, 0.0) + time.thread_time() - start
-
-    return wrapper
-
-
 def _cpu_s() -> tuple[float, float]:
-    """CPU seconds used so far by this process and by its finished children (the encoders)."""
+    """CPU seconds used so far by this process and by its finished children (LAME's ffmpeg)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
-def measure_once(repeats: int) -> dict[str, Any]:
-    """Time both chains `repeats` times, alternating, in this process (its CPU affinity)."""
-    import numpy as np
-    import soundfile as sf
-
-    from soundtrack import process
+def _bench_input() -> tuple[Any, Any]:
     from tests.signals import music_like
     from tests.specs import make_spec
 
     audio = music_like(INPUT_S, INPUT_RATE, peak_dbfs=-3.0, seed=7)
-    spec = make_spec(id="bench", duration_s=INPUT_S)
-    stages: dict[str, float] = {}
-    for name in ("master", "measure", "encode", "measure_file", "evaluate"):
-        setattr(process, name, _timed(stages, name, getattr(process, name)))
-    # libvorbis runs inside SoundFile.write (in a thread of ours), LAME in an ffmpeg child.
-    sf.SoundFile.write = _timed(stages, "vorbis", sf.SoundFile.write)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_dir = Path(tmp)
-        src = tmp_dir / "input.wav"
-        sf.write(src, audio.T, INPUT_RATE, subtype="FLOAT")
+    return make_spec(id="bench", duration_s=INPUT_S), audio
+
+
+def measure_once(repeats: int, work: Path) -> dict[str, Any]:
+    """Time both chains `repeats` times, alternating, in this process (its CPU affinity)."""
+    import soundfile as sf
+
+    from soundtrack import process
+
+    spec, audio = _bench_input()
+    src = work / "input.wav"
+    sf.write(src, audio.T, INPUT_RATE, subtype="FLOAT")
+    start = time.perf_counter()
+    warm = process.process_track(spec, audio, INPUT_RATE, work / "warm")  # imports GX
+    cold_s = time.perf_counter() - start
+    if warm.status != "approved":
+        raise SystemExit(f"our chain rejected the input: {warm.gates}")
+    ours, reference = [], []
+    for i in range(repeats):
         start = time.perf_counter()
-        warm = process.process_track(spec, audio, INPUT_RATE, tmp_dir / "warm")  # imports GX
-        cold_s = time.perf_counter() - start
-        if warm.status != "approved":
-            raise SystemExit(f"our chain rejected the input: {warm.gates}")
-        ours, reference, runs = [], [], []
-        for i in range(repeats):
-            stages.clear()
-            own_before, children_before = _cpu_s()
-            start = time.perf_counter()
-            process.process_track(spec, audio, INPUT_RATE, tmp_dir / f"ours{i}")
-            ours.append(time.perf_counter() - start)
-            own_after, children_after = _cpu_s()
-            stages["lame"] = children_after - children_before
-            stages["total"] = own_after - own_before + stages["lame"]
-            stages["encode"] -= stages["vorbis"]
-            runs.append(dict(stages))
-            start = time.perf_counter()
-            reference_chain(src, tmp_dir)
-            reference.append(time.perf_counter() - start)
-    median_stages = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        process.process_track(spec, audio, INPUT_RATE, work / f"ours{i}")
+        ours.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        reference_chain(src, work)
+        reference.append(time.perf_counter() - start)
     return {
         "cores": len(os.sched_getaffinity(0)),
         "cold_s": cold_s,
@@ -137,9 +113,65 @@ def measure_once(repeats: int) -> dict[str, Any]:
         "ratio": statistics.median(o / r for o, r in zip(ours, reference, strict=True)),
         "ours_all_s": ours,
         "reference_all_s": reference,
-        "stages_s": median_stages,
-        "numpy": np.__version__,
+        "qc": warm.qc,
     }
+
+
+def stage_costs(repeats: int, work: Path, qc: Any) -> dict[str, float]:
+    """CPU seconds of each step of process_track run one after another (process_track overlaps
+    them on threads, where their CPU cannot be told apart); medians of `repeats` runs."""
+    import soundfile as sf
+
+    from soundtrack.encode import encode
+    from soundtrack.gates import evaluate
+    from soundtrack.master import master
+    from soundtrack.measure import measure, measure_file
+
+    spec, audio = _bench_input()
+    tags = {"title": "bench", "soundtrack": "bench", "track_id": "bench", "spec_hash": "0"}
+    runs: list[dict[str, float]] = []
+    vorbis_s: list[float] = []
+    write = sf.SoundFile.write
+
+    def timed_write(*args: Any, **kwargs: Any) -> Any:  # libvorbis encodes inside it
+        start = time.thread_time()
+        try:
+            return write(*args, **kwargs)
+        finally:
+            vorbis_s.append(time.thread_time() - start)
+
+    def cost(run: dict[str, float], name: str, step: Callable[[], Any]) -> Any:
+        own, children = _cpu_s()
+        result = step()
+        own_after, children_after = _cpu_s()
+        run[name] = own_after - own + children_after - children
+        run[f"{name}, children"] = children_after - children
+        return result
+
+    sf.SoundFile.write = timed_write
+    try:
+        for i in range(repeats):
+            run: dict[str, float] = {}
+            out = work / f"stages{i}"
+            m = cost(
+                run,
+                "master",
+                partial(master, audio, INPUT_RATE, spec.mastering, loop=False, duration_s=INPUT_S),
+            )
+            cost(run, "measure input", partial(measure, audio, INPUT_RATE))
+            cost(run, "measure master", partial(measure, m.audio, m.sample_rate))
+            vorbis_s.clear()
+            (ogg,) = cost(run, "encode ogg", partial(encode, m, ("ogg",), out, "b", tags=tags))
+            run["vorbis"] = sum(vorbis_s)
+            (mp3,) = cost(run, "encode mp3", partial(encode, m, ("mp3",), out, "b", tags=tags))
+            run["lame"] = run["encode mp3, children"]  # the ffmpeg process that runs LAME
+            cost(run, "decode + measure ogg", partial(measure_file, ogg.path))
+            cost(run, "decode + measure mp3", partial(measure_file, mp3.path))
+            cost(run, "evaluate", partial(evaluate, qc))
+            runs.append(run)
+    finally:
+        sf.SoundFile.write = write
+    return {name: statistics.median(r[name] for r in runs) for name in runs[0]}
 
 
 def gx_costs() -> dict[str, float]:
@@ -155,12 +187,33 @@ def gx_costs() -> dict[str, float]:
 def _run_child(one_core: bool, repeats: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", "--repeats", str(repeats)]
     if one_core:
-        cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *cmd]
+        cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *cmd, "--stages"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def child(repeats: int, stages: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        result = measure_once(repeats, Path(tmp))
+        qc = result.pop("qc")
+        if stages:
+            result["stages_s"] = stage_costs(repeats, Path(tmp), qc)
+    return result
+
+
+_STAGES = {
+    "master": "`master` (DC removal, resampling, loudness, limiter)",
+    "measure input": "`measure` the input",
+    "measure master": "`measure` the master",
+    "encode ogg": "`encode` OGG (libvorbis, then serial fix, tags, sha256)",
+    "encode mp3": "`encode` MP3 (ffmpeg + LAME, then tags, sha256)",
+    "decode + measure ogg": "`measure_file` OGG (decode and measure)",
+    "decode + measure mp3": "`measure_file` MP3 (decode and measure)",
+    "evaluate": "`evaluate` (the GX validation of the track)",
+}
 
 
 def report(all_cores: dict[str, Any], one_core: dict[str, Any], gx: dict[str, float]) -> str:
@@ -184,31 +237,25 @@ def report(all_cores: dict[str, Any], one_core: dict[str, Any], gx: dict[str, fl
             f"| {r['ratio']:.2f} | {r['ours_s'] / INPUT_S:.3f} |"
         )
     stages = one_core["stages_s"]
-    total = stages["total"]
+    total = sum(stages[name] for name in _STAGES)
     encoders = stages["vorbis"] + stages["lame"]
     lines += [
         "",
-        "Where our CPU time goes, one core, median run: `master` (DC, resample, loudness, "
-        "limiter), `measure` (input and master), the two encoders (libvorbis inside "
-        "libsndfile's `SoundFile.write`, in a thread of ours; LAME in an ffmpeg process), "
-        "`encode` (the rest of encoding: feeding ffmpeg, tags, sha256), `measure_file` (decode "
-        "and measure each delivery file), `evaluate` (the GX validation of the track):",
+        "Where our CPU time goes: the steps of `process_track` run one after another on one "
+        "core, CPU seconds of this process and its ffmpeg child, median run:",
         "",
-        "| stage | CPU s | share |",
+        "| step | CPU s | share |",
         "|---|---|---|",
     ]
-    names = {"vorbis": "OGG encoder (libvorbis)", "lame": "MP3 encoder (LAME, ffmpeg)"}
-    order = ("master", "measure", "vorbis", "lame", "encode", "measure_file", "evaluate")
-    for name in order:
-        label = names.get(name, f"`{name}`")
+    for name, label in _STAGES.items():
         lines.append(f"| {label} | {stages[name]:.2f} | {stages[name] / total:.0%} |")
     lines += [
         f"| total | {total:.2f} | 100% |",
         "",
-        f"The two encoders take {encoders:.2f} s CPU, {encoders / total:.0%} of ours: the floor "
-        "no chain that ships these two files gets under.",
-    ]
-    lines += [
+        f"Inside those, the two encoders take {encoders:.2f} s CPU ({encoders / total:.0%}): "
+        f"libvorbis {stages['vorbis']:.2f} s (inside libsndfile's `SoundFile.write`), LAME's "
+        f"ffmpeg process {stages['lame']:.2f} s. That is the floor no chain that ships these two "
+        "files gets under.",
         "",
         f"Runs (s): all cores ours {_fmt(all_cores['ours_all_s'])}, reference "
         f"{_fmt(all_cores['reference_all_s'])}; one core ours {_fmt(one_core['ours_all_s'])}, "
@@ -227,10 +274,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stages", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         sys.path.insert(0, str(ROOT))
-        print(json.dumps(measure_once(args.repeats)))
+        print(json.dumps(child(args.repeats, args.stages)))
         return
     all_cores = _run_child(False, args.repeats)
     one_core = _run_child(True, args.repeats)
