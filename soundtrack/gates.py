@@ -361,18 +361,26 @@ def load_expectations(path: Path) -> list[dict[str, Any]]:
     return check_expectations(configs)
 
 
-def evaluate(table: GateTable) -> list[GateResult]:
+def evaluate(table: GateTable, *, done: Sequence[GateResult] = ()) -> list[GateResult]:
     """Validate the table's rows against its expectations with GX; one result per expectation,
-    in the table's order."""
+    in the table's order. Gates named in `done` were judged already (on the same rows they
+    select, e.g. before the decoded files' rows existed) and are taken from it."""
     names = [config["meta"]["gate"] for config in table.expectations]
     if len(set(names)) != len(names):
         raise InputError(f"gate names must be unique, got {sorted(names)}")
-    with _GX_LOCK:
-        context = _context(None)
-        validation = _validate(context, table)
-    by_name = {r.expectation_config.meta["gate"]: r for r in validation.results}
+    judged = {result.name: result for result in done}
+    todo = tuple(c for c in table.expectations if c["meta"]["gate"] not in judged)
+    by_name: dict[str, Any] = {}
+    if todo:
+        with _GX_LOCK:
+            context = _context(None)
+            validation = _validate(context, GateTable(table.track_id, table.rows, todo))
+        by_name = {r.expectation_config.meta["gate"]: r for r in validation.results}
     results = []
     for name, config in zip(names, table.expectations, strict=True):
+        if name in judged:
+            results.append(judged[name])
+            continue
         result = by_name[name]
         error = _gx_error(result.exception_info)
         if error is not None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,6 +26,8 @@ from soundtrack.gates import (
 from soundtrack.master import Master, master
 from soundtrack.measure import Metrics, measure, measure_file
 from soundtrack.spec import TrackSpec
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -79,18 +82,17 @@ def process_track(
             if outcome.status == "rejected":
                 return outcome
             raise
-        # 2. Encode each format, then decode and measure each file; meanwhile measure the
-        # input (silence and clipping are judged on it too, before mastering gain can hide
-        # them) and the master. The input waits for the master, which keeps both cores busy.
+        # 2. Encode each format, then decode and measure each file. Meanwhile measure the input
+        # (silence and clipping are judged on it as well, before mastering gain can hide them;
+        # measured now, not beside mastering, which has both cores) and the master, and judge
+        # both, so that the GX run left at the end covers only the decoded files.
         jobs = [pool.submit(_encode_and_measure, spec, m, fmt, out_dir) for fmt in spec.formats]
         source_job = pool.submit(_measure, spec, audio, sample_rate)
-        source, master_metrics, done = _gather(
-            source_job, jobs, lambda: _measure(spec, m.audio, m.sample_rate, m)
-        )
-    rows = [metrics_row(spec.id, SOURCE, source), metrics_row(spec.id, MASTER, master_metrics)]
+        (rows, body_gates), done = _gather(jobs, partial(_judge_body, spec, m, source_job))
     rows += [metrics_row(spec.id, file.format, metrics) for file, metrics in done]
     # 3. Judge; nothing of a rejected track is kept
-    return _judged(spec, rows, extra, files=[file for file, _ in done], master_info=_info(m))
+    files = [file for file, _ in done]
+    return _judged(spec, rows, extra, files=files, master_info=_info(m), done=body_gates)
 
 
 def _measure(
@@ -105,6 +107,19 @@ def _measure(
         clip_run_samples=spec.gates.clip_run_samples,
         silence_threshold_dbfs=spec.gates.dropout_threshold_dbfs,
     )
+
+
+def _judge_body(
+    spec: TrackSpec, m: Master, source_job: Future[Metrics]
+) -> tuple[list[dict[str, Any]], list[GateResult]]:
+    """The source and master rows, and the verdicts of the gates on them."""
+    master_metrics = _measure(spec, m.audio, m.sample_rate, m)
+    rows = [
+        metrics_row(spec.id, SOURCE, source_job.result()),
+        metrics_row(spec.id, MASTER, master_metrics),
+    ]
+    expectations = _gate_expectations(spec, [SOURCE, MASTER])
+    return rows, evaluate(GateTable(spec.id, tuple(rows), tuple(expectations)))
 
 
 def _encode_and_measure(
@@ -130,24 +145,21 @@ def _encode_and_measure(
 
 
 def _gather(
-    source_job: Future[Metrics],
-    jobs: list[Future[tuple[EncodedFile, Metrics]]],
-    measure_master: Callable[[], Metrics],
-) -> tuple[Metrics, Metrics, list[tuple[EncodedFile, Metrics]]]:
-    """Measure the master here while the jobs run, then collect everything; if anything failed,
-    the files that were written are removed and the first error is raised."""
+    jobs: list[Future[tuple[EncodedFile, Metrics]]], work: Callable[[], _T]
+) -> tuple[_T, list[tuple[EncodedFile, Metrics]]]:
+    """Run `work` here while the jobs run, then collect them; if anything failed, the files
+    that were written are removed and the first error is raised."""
     errors: list[BaseException] = []
     try:
-        master_metrics = measure_master()
+        result = work()
     except Exception as exc:
         errors.append(exc)
-    pending: list[Future[Any]] = [source_job, *jobs]
-    errors += [error for job in pending if (error := job.exception()) is not None]
+    errors += [error for job in jobs if (error := job.exception()) is not None]
     done = [job.result() for job in jobs if job.exception() is None]
     if errors:
         _remove([file for file, _ in done])
         raise errors[0]
-    return source_job.result(), master_metrics, done
+    return result, done
 
 
 def _judged(
@@ -157,20 +169,12 @@ def _judged(
     *,
     files: list[EncodedFile],
     master_info: MasterInfo | None,
+    done: Sequence[GateResult] = (),
 ) -> TrackOutcome:
     labels = [row["label"] for row in rows]
-    expectations = gate_expectations(
-        labels,
-        limits=spec.gates,
-        loudness=spec.mastering.loudness,
-        duration_s=spec.duration_s,
-        loop=spec.loop,
-        sample_rate=spec.mastering.sample_rate,
-        channels=spec.mastering.channels,
-    )
-    table = GateTable(spec.id, tuple(rows), tuple(expectations + extra))
+    table = GateTable(spec.id, tuple(rows), tuple(_gate_expectations(spec, labels) + extra))
     try:
-        gates = evaluate(table)
+        gates = evaluate(table, done=done)
     except Exception:
         _remove(files)
         raise
@@ -184,6 +188,18 @@ def _judged(
         files=files if approved else [],
         master=master_info,
         qc=table,
+    )
+
+
+def _gate_expectations(spec: TrackSpec, labels: Sequence[str]) -> list[dict[str, Any]]:
+    return gate_expectations(
+        labels,
+        limits=spec.gates,
+        loudness=spec.mastering.loudness,
+        duration_s=spec.duration_s,
+        loop=spec.loop,
+        sample_rate=spec.mastering.sample_rate,
+        channels=spec.mastering.channels,
     )
 
 
