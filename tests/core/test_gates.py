@@ -181,6 +181,30 @@ TEAM_PEAK = {
 }
 
 
+def test_gates_judged_before_are_taken_as_given_and_names_still_checked() -> None:
+    rows = (metrics_row("t", "master", GOOD),)
+    expectations = gate_expectations(
+        ["master"],
+        limits=GateLimits(),
+        loudness=CONSOLE,
+        duration_s=10.0,
+        loop=False,
+        sample_rate=44100,
+        channels=2,
+    )
+    table = GateTable("t", rows, tuple(expectations))
+    fresh = evaluate(table)
+    assert all(r.passed for r in fresh)
+    # A verdict passed in is used as it is (this one contradicts the row), in its place.
+    given = GateResult("loudness", -30.0, "given", False, "fail")
+    results = evaluate(table, done=[given])
+    assert [r.name for r in results] == MASTER_GATES
+    assert results == [given if r.name == "loudness" else r for r in fresh]
+    repeated = GateTable("t", rows, (*table.expectations, table.expectations[5]))
+    with pytest.raises(InputError, match="unique"):
+        evaluate(repeated, done=[given])
+
+
 def test_a_team_adds_its_own_expectations() -> None:
     results = _judge(GOOD, extra_expectations=[TEAM_PEAK])
     assert results[-1] == GateResult("team_sample_peak", -2.4, results[-1].limit, False, "fail")

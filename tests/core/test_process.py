@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from soundtrack.audio import decode_with_ffmpeg
-from soundtrack.gates import judge
+from soundtrack.errors import InputError
+from soundtrack.gates import evaluate, judge
 from soundtrack.master import master
 from soundtrack.measure import measure
 from soundtrack.process import TrackOutcome, process_track
@@ -45,6 +46,8 @@ def test_a_clean_source_is_approved_and_its_files_check_out(tmp_path: Path) -> N
         assert audio.shape[1] == pytest.approx(10.0 * 44100, abs=0.5 * 44100)
     assert outcome.master is not None and outcome.master.sample_rate == 44100
     assert [row["label"] for row in outcome.qc.rows] == ["source", "master", "ogg", "mp3"]
+    # The body gates are judged early, beside the encoders: the same verdicts as one run.
+    assert outcome.gates == evaluate(outcome.qc)
 
 
 def _rejected(tmp_path: Path, audio: np.ndarray, **spec: object) -> TrackOutcome:
@@ -129,4 +132,9 @@ def test_team_expectations_can_reject_a_track(tmp_path: Path) -> None:
     spec = make_spec(duration_s=5.0)
     outcome = process_track(spec, _source(6.0), RENDER_RATE, tmp_path, extra_expectations=[strict])
     assert _failed(outcome) == {"team_quiet_peaks"}
+    assert list(tmp_path.iterdir()) == []
+    # A team's gate may not take a built-in gate's name, judged early or late.
+    clash = {**strict, "meta": {"gate": "loudness"}}
+    with pytest.raises(InputError, match="unique"):
+        process_track(spec, _source(6.0), RENDER_RATE, tmp_path, extra_expectations=[clash])
     assert list(tmp_path.iterdir()) == []
