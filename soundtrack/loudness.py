@@ -37,7 +37,7 @@ _PHASE_MATRIX = np.array(
     [[_INTERPOLATOR[p + OVERSAMPLING * (_TAPS - 1 - i)] for i in range(_TAPS)] for p in (1, 2, 3)],
     dtype=np.float32,
 )
-_CHUNK = 8192  # frames per matrix product: small enough to stay in the CPU cache
+_CHUNK = 16384  # frames per matrix product: its 12 windows (768 KiB) stay in the L2 cache
 
 
 @functools.cache
