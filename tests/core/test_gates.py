@@ -74,6 +74,20 @@ def _judge(metrics: Metrics, **kwargs: Any) -> list[GateResult]:
     return judge(metrics, **{**args, **kwargs})
 
 
+def _master_table(track_id: str, metrics: Metrics) -> GateTable:
+    """One master row and the default gates of a 10 s non-loop track."""
+    expectations = gate_expectations(
+        ["master"],
+        limits=GateLimits(),
+        loudness=CONSOLE,
+        duration_s=10.0,
+        loop=False,
+        sample_rate=44100,
+        channels=2,
+    )
+    return GateTable(track_id, (metrics_row(track_id, "master", metrics),), tuple(expectations))
+
+
 def _failed(results: list[GateResult]) -> set[str]:
     return {r.name for r in results if not r.passed}
 
@@ -182,17 +196,7 @@ TEAM_PEAK = {
 
 
 def test_gates_judged_before_are_taken_as_given_and_names_still_checked() -> None:
-    rows = (metrics_row("t", "master", GOOD),)
-    expectations = gate_expectations(
-        ["master"],
-        limits=GateLimits(),
-        loudness=CONSOLE,
-        duration_s=10.0,
-        loop=False,
-        sample_rate=44100,
-        channels=2,
-    )
-    table = GateTable("t", rows, tuple(expectations))
+    table = _master_table("t", GOOD)
     fresh = evaluate(table)
     assert all(r.passed for r in fresh)
     # A verdict passed in is used as it is (this one contradicts the row), in its place.
@@ -200,7 +204,7 @@ def test_gates_judged_before_are_taken_as_given_and_names_still_checked() -> Non
     results = evaluate(table, done=[given])
     assert [r.name for r in results] == MASTER_GATES
     assert results == [given if r.name == "loudness" else r for r in fresh]
-    repeated = GateTable("t", rows, (*table.expectations, table.expectations[5]))
+    repeated = GateTable("t", table.rows, (*table.expectations, table.expectations[5]))
     with pytest.raises(InputError, match="unique"):
         evaluate(repeated, done=[given])
 
@@ -247,17 +251,7 @@ def test_data_docs_show_every_track_validation(tmp_path: Path) -> None:
         ("calm", GOOD),
         ("harsh", dataclasses.replace(GOOD, true_peak_dbtp=0.5)),
     ):
-        rows = (metrics_row(track_id, "master", metrics),)
-        expectations = gate_expectations(
-            ["master"],
-            limits=GateLimits(),
-            loudness=CONSOLE,
-            duration_s=10.0,
-            loop=False,
-            sample_rate=44100,
-            channels=2,
-        )
-        tables.append(GateTable(track_id, rows, tuple(expectations)))
+        tables.append(_master_table(track_id, metrics))
     assert not all(r.passed for r in evaluate(tables[1]))
     index = build_data_docs(tables, tmp_path / "qc")
     assert index == tmp_path / "qc" / "index.html"
