@@ -14,7 +14,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from soundtrack.report import parse_lock, to_junit
+from soundtrack.report import LockUnreadable, parse_lock, to_junit
 
 
 def aware(text: str) -> datetime:
@@ -34,9 +34,12 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    report = parse_lock(args.lock.read_bytes())
+    try:
+        report = parse_lock(args.lock.read_bytes())
+    except LockUnreadable as exc:
+        sys.exit(f"{args.lock} is not a readable soundtrack lock file: {exc}")
     if report is None:
-        sys.exit(f"{args.lock} is not a soundtrack lock file (unreadable or another schema)")
+        sys.exit(f"{args.lock} is not a soundtrack lock file")
     written = datetime.fromisoformat(report.created_at)
     if written < args.not_before:
         sys.exit(

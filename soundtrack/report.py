@@ -10,9 +10,10 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from soundtrack import PIPELINE_VERSION
+from soundtrack.errors import SoundtrackError
 
 LOCK_NAME = "soundtrack.lock.json"
 REPORT_SCHEMA = 1
@@ -50,6 +51,16 @@ class FileRecord(_Model):
     loop_length: int | None = None
     url: str | None = Field(default=None, description="Presigned download link (S3 only).")
 
+    @field_validator("key")
+    @classmethod
+    def _key_inside(cls, key: str) -> str:
+        # A lock is read back from storage, where anyone may have edited it: a key that could
+        # name a path outside the storage root makes the lock unreadable, not the build's input.
+        parts = key.split("/")
+        if "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"file key {key!r} is not a relative path inside the storage")
+        return key
+
 
 class TrackRecord(_Model):
     id: str
@@ -77,6 +88,16 @@ class BuildReport(_Model):
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     model_loads: int = Field(default=0, description="Models loaded by this build (0 when cached).")
     tracks: list[TrackRecord]
+    warnings: list[str] = Field(
+        default_factory=list, description="What the build noticed and worked around."
+    )
+
+    @field_validator("report_schema")
+    @classmethod
+    def _known_schema(cls, value: int) -> int:
+        if value != REPORT_SCHEMA:
+            raise ValueError(f"schema {value}; this version reads schema {REPORT_SCHEMA}")
+        return value
 
     def counts(self) -> dict[str, int]:
         """Number of tracks per status."""
@@ -94,14 +115,22 @@ class BuildReport(_Model):
         return self.model_dump_json(indent=2) + "\n"
 
 
+class LockUnreadable(SoundtrackError):
+    """A lock file that is truncated, damaged or of another schema; the message says why."""
+
+
 def parse_lock(data: bytes | None) -> BuildReport | None:
-    """Read a lock file; an unreadable or foreign one counts as absent (everything rebuilds)."""
+    """Read a lock file (None when there is none); raise LockUnreadable naming what is wrong."""
     if data is None:
         return None
     try:
         return BuildReport.model_validate_json(data)
-    except ValueError:
-        return None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise LockUnreadable(f"{where}: {message}{more}") from None
 
 
 def to_junit(report: BuildReport) -> str:

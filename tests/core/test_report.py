@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
+
+import pytest
 
 from soundtrack.gates import GateResult
 from soundtrack.publish import lock_bytes, track_record
-from soundtrack.report import BuildReport, FileRecord, parse_lock, to_junit
+from soundtrack.report import BuildReport, FileRecord, LockUnreadable, parse_lock, to_junit
 from tests.specs import make_spec
 
 FILE = FileRecord(
@@ -65,10 +68,25 @@ def test_lock_keeps_no_presigned_links_and_round_trips() -> None:
     assert json.loads(data)["tracks"][0]["files"][0]["sha256"] == "ab" * 32
 
 
-def test_unreadable_lock_counts_as_absent() -> None:
+def test_an_unreadable_lock_says_what_is_wrong() -> None:
     assert parse_lock(None) is None
-    assert parse_lock(b"{not json") is None
-    assert parse_lock(b'{"soundtrack": "g"}') is None
+    good = json.loads(lock_bytes(report()))
+    truncated = lock_bytes(report())[:100]
+    newer = json.dumps({**good, "report_schema": 2}).encode()
+    escaping = json.loads(lock_bytes(report()))
+    escaping["tracks"][0]["files"][0]["key"] = "g/../../etc/passwd"
+    absolute = json.loads(lock_bytes(report()))
+    absolute["tracks"][0]["files"][0]["key"] = "/etc/passwd"
+    cases = {
+        truncated: "Invalid JSON",
+        b'{"soundtrack": "g"}': "storage: Field required",
+        newer: "report_schema: schema 2; this version reads schema 1",
+        json.dumps(escaping).encode(): "tracks.0.files.0.key: file key 'g/../../etc/passwd'",
+        json.dumps(absolute).encode(): "tracks.0.files.0.key: file key '/etc/passwd'",
+    }
+    for data, message in cases.items():
+        with pytest.raises(LockUnreadable, match=re.escape(message)):
+            parse_lock(data)
 
 
 def test_index_keeps_serving_the_last_approved_files() -> None:
