@@ -54,8 +54,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def read_audio(path: Path) -> tuple[np.ndarray, int]:
     """Read any audio file as float32 (channels, frames) and its sample rate; ffmpeg decodes
     what libsndfile cannot (MP3 without a LAME header, AAC, ...)."""
-    if not path.is_file():
-        raise AudioError(f"audio file not found: {path}")
+    _check_file(path)
     try:
         data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except sf.LibsndfileError:
@@ -65,14 +64,21 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
 
 def decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     """Decode the first audio stream with ffmpeg, the independent decoder, to (channels, frames)."""
-    if not path.is_file():
-        raise AudioError(f"audio file not found: {path}")
+    _check_file(path)
     # A float WAV on disk carries the rate and channel count that a raw pipe would lose.
     with tempfile.TemporaryDirectory() as tmp_dir:
         wav = Path(tmp_dir) / "decoded.wav"
         run_ffmpeg(["-i", str(path), "-map", "0:a:0", "-c:a", "pcm_f32le", "-f", "wav", str(wav)])
         data, sample_rate = sf.read(str(wav), dtype="float32", always_2d=True)
     return _checked(np.ascontiguousarray(data.T), int(sample_rate), path)
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise AudioError(f"{path} is a directory, not an audio file")
+    if not path.is_file():
+        what = "not a regular file" if path.exists() else "audio file not found"
+        raise AudioError(f"{what}: {path}")
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:

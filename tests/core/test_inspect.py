@@ -79,3 +79,10 @@ def test_missing_and_unreadable_files_exit_2_without_a_traceback(
     assert "garbage.ogg" in result.stderr
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def test_a_directory_is_named_as_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"{tmp_path} is a directory, not an audio file" in " ".join(result.stderr.split())
+    assert "not found" not in result.stderr
