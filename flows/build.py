@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import shutil
 import tempfile
@@ -20,14 +19,13 @@ from pydantic import Field
 from flows.artifacts import BuildArtifacts
 from soundtrack import events
 from soundtrack.errors import SoundtrackError
-from soundtrack.manifest import load_manifest, resolve_tracks
+from soundtrack.inputs import check_inputs
 from soundtrack.models import load_count
 from soundtrack.plan import DEFAULT_BATCH_SIZE, plan_build
 from soundtrack.publish import index_of, lock_bytes, track_record
 from soundtrack.renders import Render, RenderCache, RenderFailure, cache_root
-from soundtrack.report import BuildReport, ModelInfo, TrackRecord, parse_lock
+from soundtrack.report import BuildReport, LockUnreadable, ModelInfo, TrackRecord, parse_lock
 from soundtrack.spec import TrackSpec
-from soundtrack.storage import STORAGE_ENV, open_storage
 from tasks.generate import GPU_LIMIT, generate_batch, generate_on_pool
 from tasks.process import master_track
 from tasks.publish import publish_track, read_index, write_index
@@ -48,11 +46,6 @@ class BuildFailed(SoundtrackError):
 
     def __reduce__(self) -> tuple[type[BuildFailed], tuple[str, BuildReport]]:
         return (BuildFailed, (str(self), self.report))
-
-
-def storage_url(manifest_storage: str, out: str | None) -> str:
-    """--out wins, then $SOUNDTRACK_STORAGE, then the manifest's `storage`."""
-    return out or os.environ.get(STORAGE_ENV) or manifest_storage
 
 
 def ensure_gpu_limit() -> None:
@@ -234,16 +227,26 @@ def build_soundtrack(
     """Build a soundtrack: generate, master, gate, encode and publish every changed track."""
     logger = get_run_logger()
     # 1. Check inputs: the manifest, its tracks, the storage
-    path = Path(manifest).resolve()
-    loaded = load_manifest(path)
-    specs = resolve_tracks(loaded, path.parent, model_override=model)
-    url = storage_url(loaded.storage, out)
-    storage = open_storage(url, base_dir=path.parent)
+    checked = check_inputs(Path(manifest).resolve(), out=out, model=model)
+    path, loaded, url, storage = (
+        checked.manifest_path,
+        checked.manifest,
+        checked.storage_url,
+        checked.storage,
+    )
+    specs = checked.specs
     storage.check_access()
 
     # 2. Plan: what is published already, what to render, in which batches
     reading = read_index.with_options(task_run_name=f"read-index[{loaded.soundtrack}]")
-    lock = parse_lock(reading(loaded.soundtrack, url, str(path.parent)))
+    warnings = []
+    try:
+        lock = parse_lock(reading(loaded.soundtrack, url, str(path.parent)))
+    except LockUnreadable as exc:
+        # Said out loud, never silently: the damaged lock is replaced by this build's.
+        warnings.append(f"lock of {loaded.soundtrack} at {url} unreadable ({exc}), rebuilding it")
+        logger.warning(warnings[-1])
+        lock = None
     plan = plan_build(specs, lock, storage, only=only or [], force=force, batch_size=batch_size)
     logger.info(
         "%d tracks: %d cached, %d to render in %d batches, %d recordings",
@@ -286,6 +289,7 @@ def build_soundtrack(
         storage=url,
         model_loads=load_count() - loads_before,
         tracks=sorted(pipeline.records.values(), key=lambda r: order[r.id]),
+        warnings=warnings,
     )
     artifacts.summary(report, pipeline.outcomes)
     if pipeline.publish_errors:

@@ -1,0 +1,140 @@
+"""Everything a user gives, checked once before anything loads, renders or writes.
+
+`validate` and `build` call the same function, so a manifest `validate` accepts is one `build`
+accepts, and bad input of any kind (manifest, expectations, storage, overlapping folders) exits 2
+with nothing generated, written or uploaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from soundtrack.errors import InputError
+from soundtrack.manifest import Manifest, load_manifest, resolve_tracks
+from soundtrack.plan import select
+from soundtrack.renders import cache_root
+from soundtrack.spec import TrackSpec
+from soundtrack.storage import INDEX_NAME, STORAGE_ENV, LocalStorage, Storage, open_storage
+from soundtrack.storage.base import RENDERS_FOLDER
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    """A manifest that passed every check, its resolved tracks and the storage to publish to."""
+
+    manifest: Manifest
+    manifest_path: Path  # absolute
+    specs: list[TrackSpec]  # the tracks selected by --only (all by default)
+    storage_url: str
+    storage: Storage
+    expectations: list[dict[str, Any]]
+
+
+def storage_url(manifest_storage: str, out: str | None, environ: Mapping[str, str]) -> str:
+    """--out wins, then $SOUNDTRACK_STORAGE, then the manifest's `storage`."""
+    return out or environ.get(STORAGE_ENV) or manifest_storage
+
+
+def check_inputs(
+    manifest_path: Path,
+    *,
+    out: str | None = None,
+    model: str | None = None,
+    only: Sequence[str] = (),
+    reports: Sequence[Path] = (),
+    environ: Mapping[str, str] = os.environ,
+) -> CheckedInputs:
+    """Read and check the manifest, its files and where the build would write; raise InputError.
+
+    `reports` are further files the build writes (--report, --junit). The storage's access is
+    not checked here (that needs the network): `build` does it next.
+    """
+    path = Path(manifest_path).absolute()
+    loaded = load_manifest(path)
+    specs = select(resolve_tracks(loaded, path.parent, model_override=model), only)
+    expectations: list[dict[str, Any]] = []
+    if loaded.expectations:
+        from soundtrack.gates import load_expectations  # Great Expectations: a slow import
+
+        expectations = load_expectations(path.parent / loaded.expectations)
+    url = storage_url(loaded.storage, out, environ)
+    storage = open_storage(url, base_dir=path.parent)
+    for report in reports:
+        _check_writable(report)
+    check_apart(
+        outputs=_outputs(storage, loaded.soundtrack, reports),
+        inputs=_inputs(path, loaded, specs),
+    )
+    return CheckedInputs(loaded, path, specs, url, storage, expectations)
+
+
+def check_apart(*, outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]]) -> None:
+    """Refuse when any output path equals an input, or one lies inside the other's folder.
+
+    Paths are compared after resolving symlinks and without regard to case, since a
+    case-insensitive file system (macOS, Windows) makes `Audio/x.wav` and `audio/x.wav` one file.
+    """
+    problems = []
+    for out_name, out_path in outputs:
+        for in_name, in_path in inputs:
+            a, b = _comparable(out_path), _comparable(in_path)
+            if a == b:
+                problems.append(f"{out_name} {out_path} is {in_name} {in_path}")
+            elif _inside(b, a):
+                problems.append(f"{out_name} {out_path} contains {in_name} {in_path}")
+            elif _inside(a, b):
+                problems.append(f"{out_name} {out_path} is inside {in_name} {in_path}")
+    if problems:
+        raise InputError(
+            "outputs overlap inputs: a build would overwrite or delete what it reads; choose "
+            "another storage folder (or soundtrack name), --out or $SOUNDTRACK_CACHE_DIR",
+            problems,
+        )
+
+
+def _outputs(storage: Storage, soundtrack: str, reports: Sequence[Path]) -> list[tuple[str, Path]]:
+    outputs = [(f"the report file {p.name}", p.absolute()) for p in reports]
+    if isinstance(storage, LocalStorage):
+        # The soundtrack's folder is what a build writes and what `gc` sweeps; `.renders/` holds
+        # render handoffs. An S3 store shares no path with local inputs.
+        outputs += [
+            (f"the soundtrack's output folder (holding {INDEX_NAME})", storage.root / soundtrack),
+            ("the render handoff folder", storage.root / RENDERS_FOLDER),
+        ]
+    return outputs
+
+
+def _inputs(path: Path, manifest: Manifest, specs: Sequence[TrackSpec]) -> list[tuple[str, Path]]:
+    inputs = [("the manifest", path), ("the render cache", cache_root().absolute())]
+    if manifest.expectations:
+        inputs.append(("the expectations file", path.parent / manifest.expectations))
+    for spec in specs:
+        if spec.source is not None:
+            inputs.append((f"track {spec.id}'s source", spec.source))
+        elif Path(spec.model).is_absolute():
+            inputs.append((f"track {spec.id}'s model folder", Path(spec.model)))
+    return inputs
+
+
+def _comparable(path: Path) -> str:
+    return os.path.normcase(os.path.realpath(path)).casefold()
+
+
+def _inside(child: str, folder: str) -> bool:
+    return child.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_writable(path: Path) -> None:
+    """A report path must be a file in an existing, writable folder: found now, not after
+    publishing."""
+    if path.is_dir():
+        raise InputError(f"report file {path} is a directory; give a file name")
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        raise InputError(f"report file {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"report file {path} cannot be written (permission denied)")

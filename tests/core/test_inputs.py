@@ -1,0 +1,132 @@
+"""Inputs checked once: outputs never overlap what a build reads, reports are writable up front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from soundtrack.cli import app
+from soundtrack.errors import InputError
+from soundtrack.inputs import check_inputs
+
+
+def recording(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(44100 * 2) / 44100
+    sf.write(path, 0.1 * np.sin(2 * np.pi * 220 * t), 44100)
+    return path
+
+
+def manifest(folder: Path, *, soundtrack: str = "game", storage: str = "./assets") -> Path:
+    recording(folder / "audio" / "credits.wav")
+    path = folder / "m.yaml"
+    path.write_text(
+        f"schema: 1\nsoundtrack: {soundtrack}\nstorage: {storage}\n"
+        "tracks:\n  - id: credits\n    source: audio/credits.wav\n"
+    )
+    return path
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def refusal(path: Path, **kwargs: object) -> str:
+    with pytest.raises(InputError) as caught:
+        check_inputs(path, **kwargs)  # type: ignore[arg-type]
+    assert str(caught.value).startswith("outputs overlap inputs")
+    return "\n".join(caught.value.problems)
+
+
+def test_a_delivery_that_would_overwrite_its_source_is_refused(tmp_path: Path) -> None:
+    path = manifest(tmp_path, soundtrack="audio", storage=".")
+    problems = refusal(path)
+    assert f"contains track credits's source {tmp_path / 'audio' / 'credits.wav'}" in problems
+
+
+def test_the_manifest_folder_as_the_soundtrack_folder_is_refused(tmp_path: Path) -> None:
+    game = tmp_path / "music"
+    path = manifest(game, soundtrack="music", storage="..")
+    problems = refusal(path)
+    assert f"contains the manifest {path}" in problems
+
+
+def test_storage_inside_the_render_cache_and_the_cache_inside_storage(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = manifest(tmp_path)
+    assert "is inside the render cache" in refusal(path, out=str(cache_dir))
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "assets" / "game" / "cache"))
+    assert "contains the render cache" in refusal(path)
+
+
+def test_a_symlinked_or_differently_cased_folder_is_the_same_folder(tmp_path: Path) -> None:
+    path = manifest(tmp_path, soundtrack="audio")
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
+    assert "contains track credits's source" in refusal(path, out=str(tmp_path / "link"))
+    upper = manifest(tmp_path / "case", soundtrack="audio", storage=".")
+    (upper.parent / "audio").rename(upper.parent / "Audio")
+    upper.write_text(upper.read_text().replace("audio/credits.wav", "Audio/credits.wav"))
+    assert "contains track credits's source" in refusal(upper)
+
+
+def test_expectations_and_model_folders_count_as_inputs(tmp_path: Path) -> None:
+    path = manifest(tmp_path)
+    (tmp_path / "assets" / "game").mkdir(parents=True)
+    (tmp_path / "assets" / "game" / "checks.json").write_text("[]")
+    text = path.read_text().replace("tracks:", "expectations: assets/game/checks.json\ntracks:")
+    path.write_text(text)
+    assert "contains the expectations file" in refusal(path)
+    generated = tmp_path / "gen"
+    (generated / "models" / "tiny").mkdir(parents=True)
+    (generated / "m.yaml").write_text(
+        "schema: 1\nsoundtrack: models\nstorage: .\n"
+        "tracks:\n  - id: a\n    prompt: drums\n    duration: 2\n"
+    )
+    model = str(generated / "models" / "tiny")
+    assert "contains track a's model folder" in refusal(generated / "m.yaml", model=model)
+
+
+def test_outputs_beside_inputs_are_fine(tmp_path: Path) -> None:
+    checked = check_inputs(manifest(tmp_path, storage="."))
+    assert [spec.id for spec in checked.specs] == ["credits"]
+
+
+def test_report_paths_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    path = manifest(tmp_path)
+    with pytest.raises(InputError, match=r"the folder .*missing does not exist"):
+        check_inputs(path, reports=[tmp_path / "missing" / "r.json"])
+    with pytest.raises(InputError, match="is a directory; give a file name"):
+        check_inputs(path, reports=[tmp_path])
+    problems = refusal(path, reports=[tmp_path / "audio" / "credits.wav"])
+    assert "the report file credits.wav" in problems
+
+
+def test_cli_validate_and_build_refuse_with_exit_2_and_write_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = manifest(tmp_path, soundtrack="audio", storage=".")
+    source = tmp_path / "audio" / "credits.wav"
+    before = source.read_bytes()
+    for args in (["validate", str(path)], ["build", str(path)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "outputs overlap inputs" in result.stderr
+        assert "Traceback" not in result.output
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio", "m.yaml"]
+    # validate checks the manifest's own storage; build also checks $SOUNDTRACK_STORAGE.
+    fine = manifest(tmp_path / "ok")
+    monkeypatch.setenv("SOUNDTRACK_STORAGE", str(tmp_path / "ok"))
+    assert CliRunner().invoke(app, ["validate", str(fine)]).exit_code == 0
+    fine.write_text(fine.read_text().replace("soundtrack: game", "soundtrack: audio"))
+    result = CliRunner().invoke(app, ["build", str(fine)])
+    assert result.exit_code == 2 and "contains track credits's source" in result.stderr
+    assert not (tmp_path / "ok" / "audio" / "soundtrack.lock.json").exists()
