@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from soundtrack.errors import InputError, SoundtrackError
+from soundtrack.redaction import install_log_redaction, redact
 
 app = typer.Typer(
     name="soundtrack",
@@ -41,11 +42,20 @@ EXIT_BAD_INPUT = 2
 
 def fail(exc: SoundtrackError) -> NoReturn:
     """Print a readable error (every listed problem) and exit: 2 for bad input, else 1."""
-    # Messages quote user input, which may contain Rich markup: print them verbatim.
-    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    # Messages quote user input, which may contain Rich markup: print them verbatim. They may
+    # also quote a URL or a library's text with a secret in it: redacted.
+    message = escape(redact(str(exc)))
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     for problem in getattr(exc, "problems", []):
-        err_console.print(f"  - {problem}", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"  - {redact(problem)}", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(EXIT_BAD_INPUT if isinstance(exc, InputError) else EXIT_FAILED)
+
+
+@app.callback()
+def _redact_logs() -> None:
+    # Before any command: every log record of this process, botocore's and the Prefect run
+    # logs sent to the server included, has its secrets blanked (soundtrack/redaction.py).
+    install_log_redaction()
 
 
 ManifestArg = Annotated[
