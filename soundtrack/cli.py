@@ -535,24 +535,39 @@ def gc(
         bool, typer.Option("--delete", help="Delete what is listed (default: only list it).")
     ] = False,
 ) -> None:
-    """List published files that no lock file references (older builds); --delete removes them.
+    """List files no lock references that this tool's write journal proves it wrote (older
+    builds); --delete removes them. Everything else is kept.
 
-    Prints one key per line. Exit 0 on success, 1 when storage fails, 2 for bad input.
+    Prints the keys that are ours one per line on stdout, and each kept one ("not ours, kept")
+    on stderr. Exit 0 on success, 1 when storage fails, 2 for bad input.
     """
     from soundtrack.storage import open_storage
 
     try:
         storage = open_storage(storage_url, base_dir=Path.cwd())
         names = [soundtrack] if soundtrack else storage.soundtracks()
-        garbage = [key for name in names for key in storage.unreferenced(name)]
-        for key in garbage:
+        found = [storage.unreferenced(name) for name in names]
+        ours = [key for garbage in found for key in garbage.ours]
+        for key in ours:
             typer.echo(key)
+        for garbage in found:
+            for key in garbage.kept:
+                err_console.print(f"not ours, kept: {key}", markup=False, soft_wrap=True)
+            if not garbage.journaled:
+                err_console.print(
+                    f"{garbage.soundtrack}: no journal at {garbage.journal} (built before gc "
+                    "could tell its files from others'): nothing provably ours, nothing deleted",
+                    markup=False,
+                    soft_wrap=True,
+                )
         if delete:
-            storage.delete(garbage)
+            storage.delete(ours)
     except SoundtrackError as exc:
         fail(exc)
     action = "deleted" if delete else "listed (use --delete to remove)"
+    kept = sum(len(garbage.kept) for garbage in found)
     err_console.print(
-        f"{len(garbage)} unreferenced file(s) in {len(names)} soundtrack(s) {action}",
+        f"{len(ours)} unreferenced file(s) of ours in {len(names)} soundtrack(s) {action}; "
+        f"{kept} not ours, kept",
         highlight=False,
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -29,6 +29,20 @@ class PublishedFile:
     sha256: str  # hex
     bytes: int
     uploaded: bool  # False when an identical object was already there
+
+
+@dataclass(frozen=True)
+class Garbage:
+    """What gc found under one soundtrack that its lock does not reference."""
+
+    soundtrack: str
+    journal: str  # URI of the soundtrack's write journal, whether or not it exists
+    journaled: bool  # False: built before the journal existed, so nothing is provably ours
+    # Files the journal records writing, unchanged since (same sha256): safe to delete.
+    ours: list[str] = field(default_factory=list)
+    # Everything else: other tools' files, files changed since we wrote them, other soundtracks.
+    # A folder (ending in '/') stands for all of it when nothing inside is ours or referenced.
+    kept: list[str] = field(default_factory=list)
 
 
 class Storage(Protocol):
@@ -75,8 +89,9 @@ class Storage(Protocol):
     def soundtracks(self) -> list[str]:
         """Names of the soundtracks that have an index here."""
 
-    def unreferenced(self, soundtrack: str) -> list[str]:
-        """Keys under the soundtrack that its lock file does not reference (garbage)."""
+    def unreferenced(self, soundtrack: str) -> Garbage:
+        """Keys under the soundtrack that its lock does not reference, split into those the
+        write journal proves ours (deletable) and the rest (kept)."""
 
     def delete(self, keys: Sequence[str]) -> None:
         """Remove these keys; missing ones are fine."""
@@ -92,6 +107,28 @@ def check_name(kind: str, value: str) -> None:
             f"{kind} {value!r} cannot be part of a storage key: use letters, digits, '-' and '_', "
             "starting with a letter or digit"
         )
+
+
+def soundtrack_of(key: str) -> str | None:
+    """The soundtrack whose folder holds `key` (relative to the storage root), or None for a
+    key outside any soundtrack folder (render handoffs under `.renders/`)."""
+    name, sep, rest = key.partition("/")
+    return name if sep and rest and _SAFE_NAME.fullmatch(name) else None
+
+
+def folded(folder: str, kept: Iterable[str], in_use: Iterable[str]) -> list[str]:
+    """`kept` keys under `folder` (which ends in '/'), each sub-folder that holds nothing in
+    `in_use` shown once as 'folder/sub/', so a game's `.git` is one line, not thousands."""
+    busy: set[tuple[str, ...]] = set()
+    for key in in_use:
+        segments = tuple(key.removeprefix(folder).split("/"))
+        busy.update(segments[:i] for i in range(1, len(segments)))
+    shown: set[str] = set()
+    for key in kept:
+        parts = key.removeprefix(folder).rstrip("/").split("/")
+        free = next((i for i in range(1, len(parts)) if tuple(parts[:i]) not in busy), None)
+        shown.add(key if free is None else folder + "/".join(parts[:free]) + "/")
+    return sorted(shown)
 
 
 def content_type_for(ext: str) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -14,13 +16,18 @@ from soundtrack.storage.base import (
     INDEX_NAME,
     MAX_PRESIGN_EXPIRY_S,
     RENDERS_FOLDER,
+    Garbage,
     PublishedFile,
     check_expiry,
     check_name,
+    folded,
     index_keys,
+    soundtrack_of,
 )
 
 _COPY_BLOCK_BYTES = 1 << 20
+# Beside the lock: one JSON line {"key", "sha256"} per content this tool put at a key.
+JOURNAL_NAME = "soundtrack.journal.jsonl"
 
 
 class LocalStorage:
@@ -29,6 +36,9 @@ class LocalStorage:
     def __init__(self, url: str, root: Path) -> None:
         self.url = url
         self.root = root.absolute()
+        # What each soundtrack's journal already holds, so a rebuild appends nothing new.
+        self._journaled: dict[str, set[tuple[str, str]]] = {}
+        self._journal_lock = threading.Lock()
 
     def asset_key(self, soundtrack: str, track_id: str, spec_hash: str, ext: str) -> str:
         """<soundtrack>/<track>.<ext>; the spec hash lives in the index, not the name."""
@@ -60,14 +70,18 @@ class LocalStorage:
         content_type: str,
         metadata: Mapping[str, str],
     ) -> PublishedFile:
-        """Copy to a temporary name beside the target, fsync, verify, then rename over it."""
+        """Copy to a temporary name beside the target, fsync, verify, rename over it, then
+        record it in the soundtrack's journal (also when identical content was already there)."""
         # A folder has no per-file headers: content type and metadata live in the index.
         del content_type, metadata
         target = self._path(key)
         if self.has_asset(key, sha256):
-            return PublishedFile(key, target.as_uri(), sha256, target.stat().st_size, False)
-        size = _write_atomically(target, path=path, sha256=sha256)
-        return PublishedFile(key, target.as_uri(), sha256, size, True)
+            published = PublishedFile(key, target.as_uri(), sha256, target.stat().st_size, False)
+        else:
+            size = _write_atomically(target, path=path, sha256=sha256)
+            published = PublishedFile(key, target.as_uri(), sha256, size, True)
+        self._record(key, sha256)
+        return published
 
     def read_index(self, soundtrack: str) -> bytes | None:
         """The lock file's bytes, or None when the soundtrack was never published here."""
@@ -105,16 +119,36 @@ class LocalStorage:
         except OSError as exc:
             raise _error(f"cannot list {self.root}", exc) from None
 
-    def unreferenced(self, soundtrack: str) -> list[str]:
-        """Files under <root>/<soundtrack>/ that are neither the lock file nor referenced by it."""
+    def unreferenced(self, soundtrack: str) -> Garbage:
+        """Files under <root>/<soundtrack>/ that the lock does not reference: ours when the
+        journal records writing them with the sha256 they still have, else kept."""
         data = self.read_index(soundtrack)
-        index_path = self.root / soundtrack / INDEX_NAME
-        if data is None:
-            raise InputError(f"no index at {index_path}: nothing tells which files are in use")
-        referenced = index_keys(data, str(index_path))
         folder = self.root / soundtrack
-        keys = (p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file())
-        return sorted(k for k in keys if k not in referenced and k != f"{soundtrack}/{INDEX_NAME}")
+        if data is None:
+            raise InputError(
+                f"no index at {folder / INDEX_NAME}: nothing tells which files are in use"
+            )
+        referenced = index_keys(data, str(folder / INDEX_NAME))
+        in_use = referenced | {f"{soundtrack}/{INDEX_NAME}", f"{soundtrack}/{JOURNAL_NAME}"}
+        written = self._read_journal(soundtrack)
+        ours: list[str] = []
+        kept: list[str] = []
+        for key in self._listing(soundtrack):
+            if key in in_use:
+                continue
+            # Re-hash: a file we wrote but someone changed since is theirs now.
+            if key in written and self._sha256_now(key) in written[key]:
+                ours.append(key)
+            else:
+                kept.append(key)
+        journal = folder / JOURNAL_NAME
+        return Garbage(
+            soundtrack,
+            journal.as_uri(),
+            journal.is_file(),
+            ours=sorted(ours),
+            kept=folded(f"{soundtrack}/", kept, [*in_use, *written]),
+        )
 
     def delete(self, keys: Sequence[str]) -> None:
         """Remove these files; missing ones are fine."""
@@ -138,6 +172,80 @@ class LocalStorage:
             raise StorageError(
                 f"storage folder {self.root}: {existing} is not writable", transient=False
             )
+
+    def _record(self, key: str, sha256: str) -> None:
+        """Append {key, sha256} to the soundtrack's journal and fsync it, unless already there."""
+        soundtrack = soundtrack_of(key)
+        if soundtrack is None:
+            return
+        entry = (key, sha256)
+        with self._journal_lock:
+            journaled = self._journaled.get(soundtrack)
+            if journaled is None:
+                journal = self._read_journal(soundtrack)
+                journaled = {(k, sha) for k, shas in journal.items() for sha in shas}
+                self._journaled[soundtrack] = journaled
+            if entry in journaled:
+                return
+            line = json.dumps({"key": key, "sha256": sha256}).encode() + b"\n"
+            _append(self.root / soundtrack / JOURNAL_NAME, line)
+            journaled.add(entry)
+
+    def _read_journal(self, soundtrack: str) -> dict[str, set[str]]:
+        """key -> every sha256 the journal records writing there (empty when no journal)."""
+        path = self.root / soundtrack / JOURNAL_NAME
+        try:
+            lines = path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise _error(f"cannot read {path}", exc) from None
+        written: dict[str, set[str]] = {}
+        for line in lines:
+            # A line torn by a crash proves nothing: skipping it keeps that file, the safe way.
+            try:
+                entry = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if not isinstance(entry, dict):
+                continue
+            key, sha256 = entry.get("key"), entry.get("sha256")
+            if isinstance(key, str) and isinstance(sha256, str):
+                written.setdefault(key, set()).add(sha256)
+        return written
+
+    def _listing(self, soundtrack: str) -> list[str]:
+        """Keys of the files under the soundtrack's folder; a sub-folder holding another
+        soundtrack's lock (storage nested inside this one) is that soundtrack's: listed as
+        'sub/', never entered. Links are listed as themselves, never followed."""
+        folder = self.root / soundtrack
+        keys: list[str] = []
+        try:
+            for here, dirs, files in os.walk(folder, onerror=_raise):
+                base = Path(here)
+                for name in list(dirs):
+                    sub = base / name
+                    if sub.is_symlink():
+                        dirs.remove(name)
+                        keys.append(self._key(sub))
+                    elif (sub / INDEX_NAME).is_file():
+                        dirs.remove(name)
+                        keys.append(f"{self._key(sub)}/")
+                keys.extend(self._key(base / name) for name in files)
+        except OSError as exc:
+            raise _error(f"cannot list {folder}", exc) from None
+        return keys
+
+    def _sha256_now(self, key: str) -> str | None:
+        """The sha256 of the regular file at `key` now; None for a link or anything else."""
+        path = self._path(key)
+        try:
+            return file_sha256(path) if path.is_file() and not path.is_symlink() else None
+        except OSError as exc:
+            raise _error(f"cannot read {path}", exc) from None
+
+    def _key(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
 
     def _path(self, key: str) -> Path:
         parts = PurePosixPath(key).parts
@@ -187,6 +295,31 @@ def _write_atomically(
     finally:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)
+
+
+def _append(path: Path, line: bytes) -> None:
+    """Append one line to `path` (made if missing) and fsync it before returning."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+        try:
+            size = os.fstat(fd).st_size
+            # After a crash mid-append, start on a fresh line so this entry stays readable.
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not size:
+            _fsync_dir(path.parent)
+    except OSError as exc:
+        raise _error(f"cannot write {path}", exc) from None
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +33,13 @@ from soundtrack.storage.base import (
     INDEX_NAME,
     MAX_PRESIGN_EXPIRY_S,
     RENDERS_FOLDER,
+    Garbage,
     PublishedFile,
     check_expiry,
     check_name,
+    folded,
     index_keys,
+    soundtrack_of,
 )
 
 if TYPE_CHECKING:
@@ -53,6 +58,11 @@ MULTIPART_CHUNKSIZE_BYTES = 8 * 1024 * 1024
 ASSET_CACHE_CONTROL = "public, max-age=31536000, immutable"
 INDEX_CACHE_CONTROL = "no-cache"
 SHA256_METADATA = "sha256"
+# Objects cannot be appended to, so the write journal is one small object per content we put at
+# a key: <prefix>/<soundtrack>/.journal/<key below the soundtrack>/<sha256 hex>, its name alone
+# telling gc what it records.
+JOURNAL_FOLDER = ".journal"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 _DENIED_CODES = {
     "AccessDenied",
@@ -162,7 +172,8 @@ class S3Storage:
         content_type: str,
         metadata: Mapping[str, str],
     ) -> PublishedFile:
-        """Upload with the transfer manager, SHA-256 checksums and If-None-Match, then verify."""
+        """Upload with the transfer manager, SHA-256 checksums and If-None-Match, verify, then
+        record it in the soundtrack's journal (also when identical content was already there)."""
         local = self._checksums(path)
         if local.sha256 != sha256:
             raise StorageError(
@@ -172,7 +183,9 @@ class S3Storage:
             )
         existing = self._head(key)
         if existing is not None:
-            return self._already_there(key, existing, local)
+            published = self._already_there(key, existing, local)
+            self._record(key, sha256)
+            return published
         extra_args: dict[str, Any] = {
             "ChecksumAlgorithm": "SHA256",
             "ContentType": content_type,
@@ -189,10 +202,12 @@ class S3Storage:
             if existing is None:
                 raise self._error(f"uploading {path.name} to {self.uri(key)}", exc) from None
             published = self._already_there(key, existing, local)
+            self._record(key, sha256)
             return PublishedFile(key, published.uri, sha256, local.size, True)
         except (BotoCoreError, OSError) as exc:
             raise self._error(f"uploading {path.name} to {self.uri(key)}", exc) from None
         self._verify(key, local)
+        self._record(key, sha256)
         return PublishedFile(key, self.uri(key), sha256, local.size, True)
 
     def read_index(self, soundtrack: str) -> bytes | None:
@@ -256,25 +271,61 @@ class S3Storage:
             raise self._error(f"listing s3://{self.bucket}/{self.prefix}", exc) from None
         return sorted(name for name in names if self._head(f"{self.prefix}{name}/{INDEX_NAME}"))
 
-    def unreferenced(self, soundtrack: str) -> list[str]:
-        """Keys under <prefix>/<soundtrack>/ that are neither the lock file nor referenced by it."""
+    def unreferenced(self, soundtrack: str) -> Garbage:
+        """Keys under <prefix>/<soundtrack>/ that the lock does not reference: ours when a
+        journal record proves we put them there and the server's checksum still matches, else
+        kept. The records of what is ours (or no longer there) are ours too, listed last."""
         index_key = self._index_key(soundtrack)
         data = self.read_index(soundtrack)
         if data is None:
             raise InputError(
                 f"no index at {self.uri(index_key)}: nothing tells which objects are in use"
             )
-        keep = index_keys(data, self.uri(index_key)) | {index_key}
-        found: list[str] = []
-        try:
-            pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=f"{self.prefix}{soundtrack}/"
-            )
-            for page in pages:
-                found.extend(obj["Key"] for obj in page.get("Contents", []))
-        except (ClientError, BotoCoreError) as exc:
-            raise self._error(f"listing {self.uri(self.prefix + soundtrack)}/", exc) from None
-        return sorted(key for key in found if key not in keep)
+        referenced = index_keys(data, self.uri(index_key))
+        folder = f"{self.prefix}{soundtrack}/"
+        found = self._list(folder)
+        # A "folder" holding another soundtrack's lock is that soundtrack (storage nested here).
+        nested = sorted(
+            key.removesuffix(INDEX_NAME)
+            for key in found
+            if key.endswith(f"/{INDEX_NAME}") and key != index_key
+        )
+        records: dict[str, dict[str, str]] = {}  # key -> sha256 -> the record's key
+        candidates: list[str] = []
+        kept: list[str] = list(nested)
+        for key in found:
+            if key == index_key or key in referenced or key.startswith(tuple(nested)):
+                continue
+            recorded = self._recorded(folder, key)
+            if recorded is not None:
+                records.setdefault(recorded[0], {})[recorded[1]] = key
+            elif key.startswith(f"{folder}{JOURNAL_FOLDER}/"):
+                kept.append(key)
+            else:
+                candidates.append(key)
+        ours: list[str] = []
+        for key in candidates:
+            head = self._head(key) if key in records else None
+            if head is not None and any(_matches(head, sha, None) for sha in records[key]):
+                ours.append(key)
+            else:
+                kept.append(key)
+        present, deletable = set(found), set(ours)
+        spent = [
+            record
+            for key, shas in records.items()
+            if key in deletable or key not in present
+            for record in shas.values()
+        ]
+        journal = f"{folder}{JOURNAL_FOLDER}/"
+        return Garbage(
+            soundtrack,
+            self.uri(journal),
+            bool(records),
+            # Records last: a record gone before its object only leaves that object kept.
+            ours=sorted(ours) + sorted(spent),
+            kept=folded(folder, kept, [*referenced, index_key, journal, *records]),
+        )
 
     def delete(self, keys: Sequence[str]) -> None:
         """Delete in batches of 1000 (the DeleteObjects limit); any per-key error fails."""
@@ -317,6 +368,55 @@ class S3Storage:
                     transient=False,
                 ) from None
             raise error from None
+
+    def _record(self, key: str, sha256: str) -> None:
+        """Put the journal record of `sha256` at `key` unless it is there; only after the
+        object is verified, so a crash in between leaves it unprovable (kept by gc)."""
+        relative = key.removeprefix(self.prefix) if key.startswith(self.prefix) else ""
+        soundtrack = soundtrack_of(relative)
+        if soundtrack is None:
+            return
+        folder = f"{self.prefix}{soundtrack}/"
+        record = f"{folder}{JOURNAL_FOLDER}/{key.removeprefix(folder)}/{sha256}"
+        if self._head(record) is not None:
+            return
+        body = json.dumps({"key": key, "sha256": sha256}).encode()
+        try:
+            self._conditional_client.put_object(
+                Bucket=self.bucket,
+                Key=record,
+                Body=body,
+                ChecksumAlgorithm="SHA256",
+                ContentType="application/json",
+            )
+        except ClientError as exc:
+            # The same record put by a concurrent build (or our own lost reply): the same bytes.
+            if _code(exc) not in _ALREADY_WRITTEN_CODES:
+                raise self._error(f"recording {self.uri(key)} in the journal", exc) from None
+        except BotoCoreError as exc:
+            raise self._error(f"recording {self.uri(key)} in the journal", exc) from None
+
+    def _recorded(self, folder: str, key: str) -> tuple[str, str] | None:
+        """(object key, sha256) when `key` is a journal record of the soundtrack in `folder`."""
+        journal = f"{folder}{JOURNAL_FOLDER}/"
+        if not key.startswith(journal):
+            return None
+        relative, _, sha256 = key.removeprefix(journal).rpartition("/")
+        if not relative or not _SHA256_HEX.fullmatch(sha256):
+            return None
+        return f"{folder}{relative}", sha256
+
+    def _list(self, prefix: str) -> list[str]:
+        found: list[str] = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                found.extend(obj["Key"] for obj in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(f"listing {self.uri(prefix)}", exc) from None
+        return found
 
     def _index_key(self, soundtrack: str) -> str:
         check_name("soundtrack", soundtrack)

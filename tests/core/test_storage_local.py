@@ -51,6 +51,7 @@ def test_publish_writes_stable_names_verified_then_the_index(
     root = tmp_path / "game" / "assets"
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
         f"{SOUNDTRACK}/credits.ogg",
+        f"{SOUNDTRACK}/soundtrack.journal.jsonl",
         f"{SOUNDTRACK}/soundtrack.lock.json",
         f"{SOUNDTRACK}/title-theme.mp3",
         f"{SOUNDTRACK}/title-theme.ogg",
@@ -186,7 +187,7 @@ def test_check_access_refuses_a_root_that_is_not_a_folder(tmp_path: Path) -> Non
     check_access(open_storage(str(tmp_path / "new" / "assets"), base_dir=tmp_path))
 
 
-def test_gc_lists_then_deletes_only_unreferenced_files_of_indexed_soundtracks(
+def test_gc_lists_then_deletes_only_our_unreferenced_files_of_indexed_soundtracks(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "assets"
@@ -195,23 +196,28 @@ def test_gc_lists_then_deletes_only_unreferenced_files_of_indexed_soundtracks(
     mp3 = make_asset(tmp_path / "enc", "title-theme", "mp3", size=10_000, seed=2)
     publish(storage, SOUNDTRACK, [ogg, mp3])
     publish(storage, SOUNDTRACK, [ogg])  # mp3 dropped from the formats
-    stray = root / SOUNDTRACK / ".title-theme.ogg.abc.tmp"  # left by a killed copy
+    # Left by a killed copy: written but never recorded, so not provably ours.
+    stray = root / SOUNDTRACK / ".title-theme.ogg.abc.tmp"
     stray.write_bytes(b"partial")
-    not_ours = root / "sfx" / "boom.wav"  # the game's own files, no index: never touched
+    not_ours = root / "sfx" / "boom.wav"  # the game's own files, no index: never looked at
     not_ours.parent.mkdir()
     not_ours.write_bytes(b"boom")
 
     assert storage.soundtracks() == [SOUNDTRACK]
-    expected = [f"{SOUNDTRACK}/.title-theme.ogg.abc.tmp", f"{SOUNDTRACK}/title-theme.mp3"]
-    assert storage.unreferenced(SOUNDTRACK) == expected
+    garbage = storage.unreferenced(SOUNDTRACK)
+    assert garbage.ours == [f"{SOUNDTRACK}/title-theme.mp3"]
+    assert garbage.kept == [f"{SOUNDTRACK}/.title-theme.ogg.abc.tmp"]
     listed = CliRunner().invoke(app, ["gc", str(root)])
     assert listed.exit_code == 0, listed.output
-    assert listed.stdout.split() == expected
+    assert listed.stdout.split() == [f"{SOUNDTRACK}/title-theme.mp3"]
+    assert f"not ours, kept: {SOUNDTRACK}/.title-theme.ogg.abc.tmp" in listed.stderr
     assert (root / SOUNDTRACK / "title-theme.mp3").exists()
 
     deleted = CliRunner().invoke(app, ["gc", str(root), "--soundtrack", SOUNDTRACK, "--delete"])
     assert deleted.exit_code == 0, deleted.output
     assert sorted(p.name for p in (root / SOUNDTRACK).iterdir()) == [
+        ".title-theme.ogg.abc.tmp",
+        "soundtrack.journal.jsonl",
         "soundtrack.lock.json",
         "title-theme.ogg",
     ]

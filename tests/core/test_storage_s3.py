@@ -58,6 +58,12 @@ def composite_sha256(path: Path, part_bytes: int) -> str:
     return f"{base64.b64encode(digest).decode()}-{len(parts)}"
 
 
+def record_key(key: str, sha256: str, prefix: str = "") -> str:
+    """Where S3Storage journals writing `sha256` at `key` (`prefix` ends in '/' when given)."""
+    soundtrack, _, rest = key.removeprefix(prefix).partition("/")
+    return f"{prefix}{soundtrack}/.journal/{rest}/{sha256}"
+
+
 def test_publish_puts_every_file_then_an_index_whose_checksums_are_the_servers(
     s3_server: SeaweedServer, s3_bucket: str, assets: list[Asset], tmp_path: Path
 ) -> None:
@@ -68,7 +74,8 @@ def test_publish_puts_every_file_then_an_index_whose_checksums_are_the_servers(
     client = s3_server.client()
     index_key = f"games/{SOUNDTRACK}/soundtrack.lock.json"
     listed = [obj["Key"] for obj in client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
-    assert sorted(listed) == sorted([p.key for p in published] + [index_key])
+    records = [record_key(p.key, p.sha256, "games/") for p in published]
+    assert sorted(listed) == sorted([p.key for p in published] + records + [index_key])
     assert all(p.uploaded for p in published)
     for asset, file in zip(assets, published, strict=True):
         assert file.key == f"games/{SOUNDTRACK}/{asset.track_id}/{asset.spec_hash}.{asset.ext}"
@@ -121,7 +128,8 @@ def test_asset_uploads_are_conditional_so_nothing_is_ever_overwritten(
         publish(open_storage(f"s3://{s3_bucket}", base_dir=tmp_path), SOUNDTRACK, assets)
     puts = [r for r in proxy.requests if r.method == "PUT"]
     asset_puts = [r for r in puts if not r.path.endswith("soundtrack.lock.json")]
-    assert len(asset_puts) == len(assets)
+    assert len(asset_puts) == 2 * len(assets)  # each asset, then its journal record
+    assert len([r for r in asset_puts if "/.journal/" in r.path]) == len(assets)
     assert all(r.headers.get("if-none-match") == "*" for r in asset_puts)
     assert all(r.headers.get("x-amz-checksum-sha256") for r in puts)
 
@@ -144,10 +152,15 @@ def test_bytes_corrupted_in_transit_are_rejected_by_the_server_and_a_retry_heals
             publish_assets(storage, SOUNDTRACK, [asset])
         assert caught.value.transient
         assert not storage.has_asset(key, asset.sha256)
-        (file,) = publish_assets(storage, SOUNDTRACK, [asset])  # the retry a Prefect task makes
+        # The retries a Prefect task makes; the journal record's first PUT is corrupted too.
+        with pytest.raises(StorageError, match="BadDigest"):
+            publish_assets(storage, SOUNDTRACK, [asset])
+        assert storage.has_asset(key, asset.sha256)
+        (file,) = publish_assets(storage, SOUNDTRACK, [asset])
 
-    assert any(r.method == "PUT" and r.fate == "corrupt" for r in proxy.requests)
-    assert file.uploaded
+    corrupted = [r.path for r in proxy.requests if r.method == "PUT" and r.fate == "corrupt"]
+    assert corrupted == [f"/{s3_bucket}/{key}", f"/{s3_bucket}/{record_key(key, asset.sha256)}"]
+    assert not file.uploaded
     assert server_body_sha256(s3_server.client(), s3_bucket, key) == asset.sha256
 
 
@@ -525,37 +538,87 @@ def test_presigned_links_fetch_the_object_and_expire(
             storage.presign(file.key, expires_s=bad)
 
 
-def test_gc_lists_then_deletes_only_what_no_index_references(
+def test_gc_deletes_our_superseded_objects_and_keeps_everything_not_provably_ours(
     s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
 ) -> None:
     folder = tmp_path / "encoded"
     url = f"s3://{s3_bucket}/games"
     storage = open_storage(url, base_dir=tmp_path)
-    old = [make_asset(folder, "title-theme", "ogg", size=30_000, seed=1, spec_hash="aaaa1111")]
-    kept = [make_asset(folder, "credits", "ogg", size=30_000, seed=2, spec_hash="bbbb2222")]
-    new = [make_asset(folder, "title-theme", "ogg", size=30_000, seed=3, spec_hash="cccc3333")]
-    other = [make_asset(folder, "intro", "ogg", size=30_000, seed=4, spec_hash="dddd4444")]
-    publish(storage, SOUNDTRACK, [*old, *kept])
-    publish(storage, SOUNDTRACK, [*new, *kept])
-    publish(storage, "other-game", other)
-    stale = f"games/{SOUNDTRACK}/title-theme/aaaa1111.ogg"
+    old = make_asset(folder, "title-theme", "ogg", size=30_000, seed=1, spec_hash="aaaa1111")
+    kept = make_asset(folder, "credits", "ogg", size=30_000, seed=2, spec_hash="bbbb2222")
+    new = make_asset(folder, "title-theme", "ogg", size=30_000, seed=3, spec_hash="cccc3333")
+    dropped = make_asset(folder, "credits", "mp3", size=30_000, seed=4, spec_hash="bbbb2222")
+    publish(storage, SOUNDTRACK, [old, kept, dropped])
+    publish(storage, SOUNDTRACK, [new, kept])
+    publish(storage, "other-game", [make_asset(folder, "intro", "ogg", size=9_000, seed=5)])
+    # Another soundtrack whose storage prefix is inside this one's "folder".
+    publish(open_storage(f"{url}/{SOUNDTRACK}", base_dir=tmp_path), "ui-sounds", [new])
+    client = s3_server.client()
+    base = f"games/{SOUNDTRACK}"
+    stale, changed = f"{base}/title-theme/aaaa1111.ogg", f"{base}/credits/bbbb2222.mp3"
+    # Someone else's objects under the prefix, and one of ours overwritten with other bytes.
+    for key, body in {
+        f"{base}/README.txt": b"hand-made notes",
+        f"{base}/title-theme/aaaa1111.ogg.meta": b"guid: 1234",
+        f"{base}/stems/drums.wav": b"RIFF",
+        changed: b"re-encoded by hand",
+    }.items():
+        client.put_object(Bucket=s3_bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256")
+    before = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"])
 
     assert storage.soundtracks() == ["other-game", SOUNDTRACK]
-    assert storage.unreferenced(SOUNDTRACK) == [stale]
-    assert storage.unreferenced("other-game") == []
+    garbage = storage.unreferenced(SOUNDTRACK)
+    assert garbage.journaled
+    assert garbage.journal == f"s3://{s3_bucket}/{base}/.journal/"
+    assert garbage.ours == [stale, record_key(stale, old.sha256, "games/")]
+    assert garbage.kept == [
+        f"{base}/README.txt",
+        changed,
+        f"{base}/stems/",
+        f"{base}/title-theme/aaaa1111.ogg.meta",
+        f"{base}/ui-sounds/",
+    ]
+    assert storage.unreferenced("other-game").ours == []
     listed = CliRunner().invoke(app, ["gc", url])
     assert listed.exit_code == 0, listed.output
-    assert listed.stdout.split() == [stale]
-    client = s3_server.client()
-    client.head_object(Bucket=s3_bucket, Key=stale)
+    assert listed.stdout.split() == garbage.ours
+    assert f"not ours, kept: {changed}" in listed.stderr
 
     deleted = CliRunner().invoke(app, ["gc", url, "--soundtrack", SOUNDTRACK, "--delete"])
     assert deleted.exit_code == 0, deleted.output
     remaining = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"])
-    assert stale not in remaining
-    assert len(remaining) == 5  # two current assets + index, the other game's asset + index
-    assert storage.unreferenced(SOUNDTRACK) == []
+    assert remaining == sorted(set(before) - set(garbage.ours))
+    assert storage.unreferenced(SOUNDTRACK).ours == []
 
     missing = CliRunner().invoke(app, ["gc", url, "--soundtrack", "never-published"])
     assert missing.exit_code == 2
     assert "no index" in " ".join(missing.output.split())
+
+
+def test_gc_under_a_prefix_built_before_the_journal_deletes_nothing_and_says_so(
+    s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "encoded"
+    url = f"s3://{s3_bucket}/games"
+    storage = open_storage(url, base_dir=tmp_path)
+    old = make_asset(folder, "title-theme", "ogg", size=30_000, seed=1, spec_hash="aaaa1111")
+    new = make_asset(folder, "title-theme", "ogg", size=30_000, seed=3, spec_hash="cccc3333")
+    publish(storage, SOUNDTRACK, [old])
+    publish(storage, SOUNDTRACK, [new])
+    client = s3_server.client()
+    journal = client.list_objects_v2(Bucket=s3_bucket, Prefix=f"games/{SOUNDTRACK}/.journal/")
+    client.delete_objects(
+        Bucket=s3_bucket, Delete={"Objects": [{"Key": o["Key"]} for o in journal["Contents"]]}
+    )
+    before = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"])
+
+    result = CliRunner().invoke(app, ["gc", url, "--delete"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    message = " ".join(result.stderr.split())
+    journal_uri = f"s3://{s3_bucket}/games/{SOUNDTRACK}/.journal/"
+    assert f"{SOUNDTRACK}: no journal at {journal_uri}" in message
+    assert "nothing provably ours, nothing deleted" in message
+    assert f"not ours, kept: games/{SOUNDTRACK}/title-theme/aaaa1111.ogg" in message
+    after = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"])
+    assert after == before

@@ -1,0 +1,157 @@
+"""gc on a local folder: only what the write journal proves ours is deleted; the rest is kept."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from soundtrack.cli import app
+from soundtrack.storage import LocalStorage
+from tests.core.publishing import make_asset, publish
+from tests.flows.running import SOUNDTRACK as SOUNDTRACK_CLI
+
+SOUNDTRACK = "sky-odyssey"
+JOURNAL = "soundtrack.journal.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _no_storage_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
+
+
+def gc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SOUNDTRACK_CLI, "gc", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def two_builds(storage: LocalStorage, encoded: Path) -> None:
+    """Build 1 publishes ogg and mp3, build 2 (mp3 dropped from the formats) only the ogg."""
+    ogg = make_asset(encoded, "title-theme", "ogg", size=10_000, seed=1)
+    mp3 = make_asset(encoded, "title-theme", "mp3", size=10_000, seed=2)
+    publish(storage, SOUNDTRACK, [ogg, mp3])
+    publish(storage, SOUNDTRACK, [ogg])
+
+
+def test_gc_beside_a_game_checkout_deletes_only_our_superseded_asset(tmp_path: Path) -> None:
+    # `storage: ..` in <games>/sky-odyssey/game.yaml: the soundtrack's folder is the game itself.
+    root = tmp_path / "games"
+    game = root / SOUNDTRACK
+    for name, data in {
+        ".git/HEAD": b"ref: refs/heads/main\n",
+        ".git/objects/ab/cdef0123": b"blob",
+        "game.yaml": b"schema: 1\nsoundtrack: sky-odyssey\nstorage: ..\n",
+        "audio/credits.wav": b"RIFF recording",
+        "src/main.gd": b"extends Node\n",
+        "title-theme.ogg.meta": b"guid: 1234\n",  # Unity's sidecar beside a published asset
+        "notes.txt": b"mix notes",
+    }.items():
+        (game / name).parent.mkdir(parents=True, exist_ok=True)
+        (game / name).write_bytes(data)
+    two_builds(LocalStorage("..", root), tmp_path / "enc")
+    # Another soundtrack stored inside this one's folder (its storage root is the game folder).
+    inner = make_asset(tmp_path / "enc", "menu", "ogg", size=5_000, seed=3)
+    publish(LocalStorage(".", game), "ui-sounds", [inner])
+    before = snapshot(game)
+
+    listed = gc(root)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == [f"{SOUNDTRACK}/title-theme.mp3"]
+    kept = [line for line in listed.stderr.splitlines() if line.startswith("not ours, kept: ")]
+    assert [line.removeprefix("not ours, kept: ") for line in kept] == [
+        f"{SOUNDTRACK}/{name}"
+        for name in (".git/", "audio/", "game.yaml", "notes.txt", "src/", "title-theme.ogg.meta")
+    ] + [f"{SOUNDTRACK}/ui-sounds/"]
+    assert snapshot(game) == before, "a dry run touches nothing"
+
+    deleted = gc(root, "--delete")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.split() == [f"{SOUNDTRACK}/title-theme.mp3"]
+    after = snapshot(game)
+    assert set(before) - set(after) == {"title-theme.mp3"}
+    assert all(after[name] == data for name, data in before.items() if name in after)
+    assert json.loads(after["ui-sounds/soundtrack.lock.json"])["tracks"][0]["files"][0]["key"] == (
+        "ui-sounds/menu.ogg"
+    )
+
+
+def test_a_file_we_wrote_but_someone_changed_since_is_kept(tmp_path: Path) -> None:
+    storage = LocalStorage("assets", tmp_path / "assets")
+    two_builds(storage, tmp_path / "enc")
+    mp3 = tmp_path / "assets" / SOUNDTRACK / "title-theme.mp3"
+    mp3.write_bytes(mp3.read_bytes() + b"edited by hand")
+
+    garbage = storage.unreferenced(SOUNDTRACK)
+    assert garbage.journaled
+    assert garbage.ours == []
+    assert garbage.kept == [f"{SOUNDTRACK}/title-theme.mp3"]
+
+
+def test_a_folder_without_a_journal_keeps_everything_and_says_so(tmp_path: Path) -> None:
+    root = tmp_path / "assets"
+    two_builds(LocalStorage("assets", root), tmp_path / "enc")
+    (root / SOUNDTRACK / JOURNAL).unlink()  # as a build before the journal existed left it
+    before = snapshot(root)
+
+    result = CliRunner().invoke(app, ["gc", str(root), "--delete"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    message = " ".join(result.stderr.split())
+    assert f"{SOUNDTRACK}: no journal at {(root / SOUNDTRACK / JOURNAL).as_uri()}" in message
+    assert "nothing provably ours, nothing deleted" in message
+    assert f"not ours, kept: {SOUNDTRACK}/title-theme.mp3" in message
+    assert snapshot(root) == before
+
+
+def test_the_journal_records_each_content_once_and_never_render_handoffs(tmp_path: Path) -> None:
+    storage = LocalStorage("assets", tmp_path / "assets")
+    assets = [
+        make_asset(tmp_path / "enc", "title-theme", "ogg", size=1_000, seed=1),
+        make_asset(tmp_path / "enc", "credits", "ogg", size=1_000, seed=2),
+    ]
+    publish(storage, SOUNDTRACK, assets)
+    # Another process finds identical content already there: recorded once all the same.
+    publish(LocalStorage("assets", tmp_path / "assets"), SOUNDTRACK, assets)
+    render = make_asset(tmp_path / "enc", "render", "wav", size=1_000, seed=3)
+    key = storage.render_key("abc123", "wav")
+    storage.put_asset(render.path, key, sha256=render.sha256, content_type="audio/wav", metadata={})
+
+    lines = (tmp_path / "assets" / SOUNDTRACK / JOURNAL).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"key": f"{SOUNDTRACK}/{a.track_id}.ogg", "sha256": a.sha256} for a in assets
+    ]
+    assert sorted(p.name for p in (tmp_path / "assets").iterdir()) == [".renders", SOUNDTRACK]
+
+
+def test_a_journal_line_torn_by_a_crash_proves_nothing_and_the_next_one_is_whole(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "assets"
+    storage = LocalStorage("assets", root)
+    old = make_asset(tmp_path / "v1", "title-theme", "ogg", size=1_000, seed=1)
+    new = make_asset(tmp_path / "v2", "credits", "ogg", size=1_000, seed=2)
+    publish(storage, SOUNDTRACK, [old])
+    journal = root / SOUNDTRACK / JOURNAL
+    journal.write_bytes(journal.read_bytes()[:-20])  # killed mid-append
+    publish(LocalStorage("assets", root), SOUNDTRACK, [new])
+
+    assert journal.read_text().splitlines()[-1] == json.dumps(
+        {"key": f"{SOUNDTRACK}/credits.ogg", "sha256": new.sha256}
+    )
+    garbage = storage.unreferenced(SOUNDTRACK)
+    assert garbage.ours == []  # the credits build superseded title-theme, whose line is torn
+    assert garbage.kept == [f"{SOUNDTRACK}/title-theme.ogg"]
