@@ -6,6 +6,7 @@ from pathlib import Path
 
 from soundtrack.errors import InputError
 from soundtrack.manifest import check_storage_url
+from soundtrack.redaction import remember_url, url_has_credentials
 from soundtrack.storage.base import (
     CONTENT_TYPES,
     INDEX_NAME,
@@ -43,6 +44,14 @@ def open_storage(url: str, *, base_dir: Path) -> Storage:
     source = "storage URL"
     if not url.strip():
         raise InputError(f"{source} is empty: give a folder, s3://bucket or s3://bucket/prefix")
+    if url_has_credentials(url):
+        remember_url(url)
+        # Any scheme, well-formed or not: every other message here echoes the URL.
+        raise InputError(
+            f"{source} must not carry credentials (user:password@): give them as "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or in an AWS profile (~/.aws/credentials, "
+            "AWS_PROFILE)"
+        )
     if url.lower().startswith("s3:"):
         return _open_s3(url, source)
     try:
@@ -65,12 +74,6 @@ def _open_s3(url: str, source: str) -> S3Storage:
             f"{source} {url!r} is malformed: expected s3://bucket or s3://bucket/prefix"
         )
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
-    if "@" in bucket:
-        # Echoing the URL would print the secret it carries.
-        raise InputError(
-            f"{source} must not carry credentials (user:secret@bucket): use AWS_ACCESS_KEY_ID / "
-            "AWS_SECRET_ACCESS_KEY or an AWS profile"
-        )
     if not bucket:
         raise InputError(
             f"{source} {url!r} names no bucket: expected s3://bucket or s3://bucket/prefix"

@@ -29,6 +29,7 @@ from s3transfer.utils import ChunksizeAdjuster
 from soundtrack.audio import atomic_path
 from soundtrack.errors import InputError, StorageError
 from soundtrack.manifest import file_sha256
+from soundtrack.redaction import redact, remember, remember_url
 from soundtrack.storage.base import (
     INDEX_NAME,
     MAX_PRESIGN_EXPIRY_S,
@@ -500,6 +501,12 @@ class S3Storage:
 
 def storage_error(doing: str, exc: Exception, *, endpoint: str, bucket: str) -> StorageError:
     """A StorageError that says what failed and whether a retry may help; never credentials."""
+    error = _describe_error(doing, exc, endpoint=endpoint, bucket=bucket)
+    # boto's own text (URLs, server messages) is quoted: redact whatever secret it might carry.
+    return StorageError(redact(str(error)), transient=error.transient)
+
+
+def _describe_error(doing: str, exc: Exception, *, endpoint: str, bucket: str) -> StorageError:
     if isinstance(exc, ClientError):
         code = _code(exc)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -555,11 +562,22 @@ def _make_clients() -> tuple[S3Client, S3Client]:
     try:
         plain, conditional = (session.client("s3", config=config) for _ in range(2))
     except ValueError as exc:
+        # botocore's text quotes the endpoint, user info and all.
         raise InputError(
-            f"S3 endpoint: {exc} (check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 or endpoint_url "
-            "in the AWS config file)"
+            f"S3 endpoint: {redact(str(exc))} (check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 or "
+            "endpoint_url in the AWS config file)"
         ) from None
     _check_endpoint(plain.meta.endpoint_url)
+    credentials = core.get_credentials()  # the session's, resolved by client creation
+    if credentials is not None:
+
+        def remember_secrets(**_: Any) -> None:
+            # At each signing, not once: role and SSO credentials are renewed during a long build.
+            frozen = credentials.get_frozen_credentials()
+            remember(frozen.secret_key, frozen.token)
+
+        for client in (plain, conditional):
+            client.meta.events.register("before-sign.s3", remember_secrets)
     for operation in ("PutObject", "CompleteMultipartUpload"):
         conditional.meta.events.register(f"before-parameter-build.s3.{operation}", _never_overwrite)
     return plain, conditional
@@ -567,6 +585,14 @@ def _make_clients() -> tuple[S3Client, S3Client]:
 
 def _check_endpoint(url: str) -> None:
     parts = urlsplit(url)
+    if "@" in parts.netloc:
+        remember_url(url)
+        raise InputError(
+            f"S3 endpoint {_public_endpoint(url)!r} must not carry credentials (user:password@ "
+            "in AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 or endpoint_url in the AWS config file): "
+            "give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or in an AWS profile "
+            "(~/.aws/credentials, AWS_PROFILE)"
+        )
     try:
         port_ok = parts.port is None or parts.port > 0
     except ValueError:
