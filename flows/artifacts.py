@@ -1,4 +1,8 @@
-"""What a build shows in the Prefect UI: progress as tracks finish, a table, links, a QC report."""
+"""What a build shows in the Prefect UI: progress as tracks finish, a table, links, a QC report.
+
+Artifacts are stored on the Prefect server and shown to anyone with access to it: every text
+that may quote an error or a URL passes through `redact` (soundtrack/redaction.py).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from prefect.artifacts import (
 )
 
 from soundtrack.errors import SoundtrackError
+from soundtrack.redaction import redact
 from soundtrack.renders import cache_root
 from soundtrack.report import BuildReport, TrackRecord
 
@@ -72,7 +77,7 @@ def _row(track: TrackRecord) -> dict[str, object]:
         value = values.get(name)
         row[name] = "" if value is None else round(value, 2)
     row["formats"] = ", ".join(f.format for f in track.files)
-    row["reason"] = track.reason or ""
+    row["reason"] = redact(track.reason or "")
     return row
 
 
@@ -83,7 +88,7 @@ def _links(report: BuildReport, docs: Path | None) -> str:
         lines.append(f"| {track.id} | {track.status} | {files} |")
     if docs is not None:
         lines += ["", f"QC report (Great Expectations Data Docs): [{docs}]({docs.as_uri()})"]
-    return "\n".join(lines) + "\n"
+    return redact("\n".join(lines) + "\n")
 
 
 def _data_docs(soundtrack: str, outcomes: Sequence[TrackOutcome]) -> Path | None:
@@ -95,5 +100,6 @@ def _data_docs(soundtrack: str, outcomes: Sequence[TrackOutcome]) -> Path | None
     try:
         return build_data_docs([o.qc for o in outcomes], cache_root() / "qc" / soundtrack)
     except (SoundtrackError, OSError, ValueError) as exc:
-        get_run_logger().warning("QC report (Data Docs) not written: %s", exc)
+        # Redacted here too: a worker's process may not have the CLI's log redaction.
+        get_run_logger().warning("QC report (Data Docs) not written: %s", redact(str(exc)))
         return None
