@@ -12,9 +12,10 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, replace
+from collections.abc import Hashable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -31,6 +32,7 @@ from pydantic import (
 
 from soundtrack import PIPELINE_VERSION
 from soundtrack.errors import InputError
+from soundtrack.loops import _MIN_COMPARE, SEARCH_S
 from soundtrack.spec import (
     DEFAULT_LOUDNESS_PROFILE,
     LOUDNESS_PROFILES,
@@ -40,11 +42,25 @@ from soundtrack.spec import (
     Mastering,
     Sampling,
     TrackSpec,
+    default_fade_out_s,
 )
 
 SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 1024 * 1024  # a soundtrack manifest is a few KiB; refuse anything huge
 MAX_DURATION_S = 600.0  # 10 minutes: longer than any game cue, short enough to bound GPU time
+# One BS.1770 gating block: mastering refuses anything shorter. Copied from
+# soundtrack.master._MIN_DURATION_S (importing master costs scipy's import time); a test keeps
+# the two equal.
+MIN_DURATION_S = 0.4
+MAX_SOURCE_CHANNELS = 2  # mastering maps mono or stereo (master._to_channels)
+# Limits on the YAML structure, checked on the composed node graph before any Python object is
+# built: nine anchors of nine aliases each (a 700-byte "billion laughs") would otherwise expand
+# to 9**9 values. A real manifest has 500 tracks at most, each a few dozen values, and uses
+# aliases for `<<: *defaults` merges: two per track at the most tracks allowed, five times the
+# values of the largest manifest the models accept, and a few levels of nesting.
+MAX_YAML_ALIASES = 1_000
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 32
 MAX_TRACKS = 500
 MAX_PROMPT_CHARS = 1000
 SEED_MAX = 2**32 - 1
@@ -55,12 +71,36 @@ DEFAULT_STORAGE = "./assets"
 # Fields that change the generated (raw) audio; the generation cache is keyed on these alone, so
 # re-mastering to a new loudness profile does not regenerate.
 _GENERATION_FIELDS = ("model", "model_revision", "prompt", "seed", "sampling", "overlap_s")
+_MASTERING_FIELDS = ("fade_in_ms", "fade_out_s", "loop_crossfade_ms", "sample_rate", "channels")
 
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, description="Lower-case letters, digits, '-'.")]
 
 
+def _takes_numbers(annotation: Any) -> bool:
+    """Whether a field's type admits a number but not a bool (int, float, Literal[1, 2], ...)."""
+    if annotation is bool:
+        return False
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) is Literal:
+        return any(isinstance(arg, int | float) for arg in get_args(annotation))
+    args = get_args(annotation)
+    return any(_takes_numbers(arg) for arg in args) and bool not in args
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` or `.nan` would silently switch a gate off (every comparison
+    # with nan is false); no setting of a manifest has a use for them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads a bool as 1 or 0 where a number is expected: `seed: true` would be 1.
+        name = info.field_name
+        if isinstance(value, bool) and name and _takes_numbers(cls.model_fields[name].annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
 
 
 class LoudnessSpec(_Strict):
@@ -114,7 +154,9 @@ class _Overridable(_Strict):
     model_revision: str | None = Field(
         default=None, min_length=1, description="Hub revision (branch, tag or commit) to pin."
     )
-    duration: float | None = Field(default=None, gt=0, le=MAX_DURATION_S, description="Seconds.")
+    duration: float | None = Field(
+        default=None, ge=MIN_DURATION_S, le=MAX_DURATION_S, description="Seconds."
+    )
     formats: list[AudioFormat] | None = Field(default=None, min_length=1)
     loudness: Loudness | None = Field(
         default=None, description="Profile (console -24, mobile -18, web -16 LUFS) or targets."
@@ -264,14 +306,69 @@ def check_storage_url(value: str) -> None:
 # --- reading -------------------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one)."""
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+class _ManifestLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one), bounds
+    aliases and nesting while it composes, and reports a value it cannot build at its line."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.aliases = 0
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        """Count aliases and nesting as the composer meets them: its recursion is bounded too."""
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"more than {MAX_YAML_ALIASES} aliases (*name); "
+                    f"a manifest may use at most {MAX_YAML_ALIASES}",
+                    self._next_mark(),
+                )
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested more than {MAX_YAML_DEPTH} levels deep; "
+                    f"a manifest may nest at most {MAX_YAML_DEPTH}",
+                    self._next_mark(),
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def _next_mark(self) -> yaml.error.Mark | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # stub lacks it
+        # The pure-Python parser (SafeLoader) makes yaml.error.Mark; libyaml's are never seen.
+        return event.start_mark if isinstance(event.start_mark, yaml.error.Mark) else None
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """Build one value; a scalar Python cannot hold (an integer of 5000 digits, the date
+        2024-13-45) becomes a YAML error at its line instead of a bare ValueError."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value ({exc})", node.start_mark
+            ) from None
+
+
+def _construct_mapping(loader: _ManifestLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue  # `<<: *defaults`: overriding the merged keys is what a merge is for
         key = loader.construct_object(key_node)
+        # A list or mapping as a key: construct_mapping reports it ("found unhashable key").
+        if not isinstance(key, Hashable):
+            continue
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -283,10 +380,65 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     return loader.construct_mapping(node)
 
 
-_UniqueKeyLoader.add_constructor(
+_ManifestLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
     _construct_mapping,
 )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a graph whose aliases expand it beyond MAX_YAML_NODES values or MAX_YAML_DEPTH
+    levels, or into itself. Aliases share nodes, so each node's expanded size is computed
+    once (post-order, memoised): linear in the document, however much it would expand."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the current path: meeting one again is a recursive alias
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            children = _children(node)
+            size[key] = 1 + sum(size[id(child)] for child in children)
+            depth[key] = 1 + max((depth[id(child)] for child in children), default=0)
+            open_nodes.discard(key)
+            if size[key] > MAX_YAML_NODES:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"aliases (*name) expand this value to more than {MAX_YAML_NODES:,} "
+                    f"values; a manifest may expand to at most {MAX_YAML_NODES:,}",
+                    node.start_mark,
+                )
+            if depth[key] > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"aliases (*name) nest this value more than {MAX_YAML_DEPTH} levels deep; "
+                    f"a manifest may nest at most {MAX_YAML_DEPTH}",
+                    node.start_mark,
+                )
+            continue
+        if key in size:
+            continue
+        if key in open_nodes:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                "an alias (*name) refers to a value that contains it; a manifest cannot recurse",
+                node.start_mark,
+            )
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node))
 
 
 def _read_text(path: Path) -> str:
@@ -316,9 +468,15 @@ def _read_text(path: Path) -> str:
 
 
 def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[str, int]]:
+    """Compose the YAML once, check its aliases and nesting, then build the data from it."""
+    loader = _ManifestLoader(text)
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        _check_expansion(node)
+        lines = _line_map(node)  # before construction: merges rewrite the mappings' nodes
+        data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -332,23 +490,35 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[str, int]]:
         ) from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: YAML error: {exc}") from None
-    return data, _line_map(node)
+    finally:
+        loader.dispose()
+    return data, lines
 
 
-def _line_map(node: yaml.Node | None, path: str = "") -> dict[str, int]:
-    """Map field paths (`tracks[2].duration`) to the YAML line where each value starts."""
+def _line_map(root: yaml.Node | None) -> dict[str, int]:
+    """Map field paths (`tracks[2].duration`) to the YAML line where each value starts.
+
+    A node that aliases share is walked once, at its first path: a path through a later alias
+    maps as far as the alias and falls back to its line."""
     lines: dict[str, int] = {}
-    if node is None:
+    if root is None:
         return lines
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = f"{path}.{key_node.value}" if path else str(key_node.value)
-            lines[child] = key_node.start_mark.line + 1
-            lines.update({k: v for k, v in _line_map(value_node, child).items() if k != child})
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines.update(_line_map(item, f"{path}[{index}]"))
+    walked: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in walked:
+            continue
+        walked.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in reversed(node.value):
+                child = f"{path}.{key_node.value}" if path else str(key_node.value)
+                lines[child] = key_node.start_mark.line + 1
+                stack.append((value_node, child))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in reversed(list(enumerate(node.value))):
+                stack.append((item, f"{path}[{index}]"))
     return lines
 
 
@@ -378,7 +548,9 @@ def _describe(error: Any, model_fields: dict[str, list[str]]) -> tuple[str, str]
     if kind == "missing":
         return path, "required"
     message = str(error["msg"]).removeprefix("Value error, ")
-    if given is not None and not isinstance(given, dict | list) and repr(given) not in message:
+    # The value as a whole token: "0" inside "greater than or equal to 0.4" is not the input.
+    shown = re.compile(rf"(?<![\w.]){re.escape(repr(given))}(?![\w.])")
+    if given is not None and not isinstance(given, dict | list) and not shown.search(message):
         message += f" (got {given!r})"
     return path, message
 
@@ -441,7 +613,7 @@ def load_manifest(path: Path) -> Manifest:
     problems: list[tuple[str, str]] = []
     if "schema" not in data:
         problems.append(("schema", f"required: add `schema: {SCHEMA_VERSION}` as the first line"))
-    elif data["schema"] != SCHEMA_VERSION:
+    elif isinstance(data["schema"], bool) or data["schema"] != SCHEMA_VERSION:
         problems.append(
             (
                 "schema",
@@ -460,6 +632,9 @@ def load_manifest(path: Path) -> Manifest:
             if entry[0] == "schema_version" or entry[0] == "schema":
                 continue  # reported above with a better message
             problems.append(entry)
+    if manifest is not None and not problems:
+        # Each setting is within its range; whether they render together is asked next.
+        problems += _render_problems(manifest, path.parent)
     if problems or manifest is None:
         messages = [_with_line(field, message, lines) for field, message in problems]
         raise InputError(f"{path}: {len(messages)} problem(s) in the manifest", messages)
@@ -552,29 +727,11 @@ def resolve_tracks(
         if model_override is not None:
             merged["model"] = model_override
         source = (base_dir / track.source).resolve() if track.source else None
-        # A recording keeps its own length unless the track itself asks for another: the
-        # soundtrack-wide default duration is meant for what gets generated.
-        duration_s: float = (
-            merged.get("duration", 30.0)
-            if source is None
-            else track.duration or _recording_seconds(source)
+        duration_s = _duration_s(
+            track, merged, None if source is None else _recording(source).seconds
         )
-        loudness = _loudness_target(merged.get("loudness"))
         gates = GateLimits(**merged.get("gates", {}))
-        mastering = Mastering(
-            loudness=loudness,
-            **{
-                name: merged[name]
-                for name in (
-                    "fade_in_ms",
-                    "fade_out_s",
-                    "loop_crossfade_ms",
-                    "sample_rate",
-                    "channels",
-                )
-                if name in merged
-            },
-        )
+        mastering = _mastering(merged, duration_s, loop=track.loop)
         fields: dict[str, Any] = {
             "pipeline_version": PIPELINE_VERSION,
             "soundtrack": manifest.soundtrack,
@@ -624,6 +781,110 @@ def resolve_tracks(
     return specs
 
 
+def _duration_s(track: Track, merged: dict[str, Any], recording_s: float | None) -> float:
+    """A recording keeps its own length unless the track itself asks for another: the
+    soundtrack-wide default duration is meant for what gets generated."""
+    if recording_s is None:
+        return float(merged.get("duration", 30.0))
+    return float(track.duration) if track.duration is not None else recording_s
+
+
+def _mastering(merged: dict[str, Any], duration_s: float, *, loop: bool) -> Mastering:
+    """The track's mastering settings, with the length-dependent defaults resolved."""
+    settings = {name: merged[name] for name in _MASTERING_FIELDS if name in merged}
+    # A loop has no fade-out: it keeps the dataclass default, so its spec hash stays put.
+    if not loop and "fade_out_s" not in settings:
+        settings["fade_out_s"] = default_fade_out_s(duration_s)
+    return Mastering(loudness=_loudness_target(merged.get("loudness")), **settings)
+
+
+def _render_problems(manifest: Manifest, base_dir: Path) -> list[tuple[str, str]]:
+    """Settings that are each in range but cannot be rendered together (mastering and loops
+    would raise half-way through a build), and source recordings mastering cannot take."""
+    problems: list[tuple[str, str]] = []
+    for index, track in enumerate(manifest.tracks):
+        where = f"tracks[{index}]"
+        merged = _merge(manifest.defaults, track)
+        recording = None
+        if track.source is not None:
+            try:
+                recording = _recording((base_dir / track.source).resolve())
+            except InputError as exc:
+                problems.append((f"{where}.source", str(exc)))
+                continue
+        duration_s = _duration_s(track, merged, recording.seconds if recording else None)
+        mastering = _mastering(merged, duration_s, loop=track.loop)
+        for name, message in _unrenderable(track, merged, duration_s, mastering, recording):
+            origin = (
+                " (set in defaults)"
+                if name in merged and name not in track.model_fields_set
+                else ""
+            )
+            problems.append((f"{where}.{name}", message + origin))
+    return problems
+
+
+def _unrenderable(
+    track: Track,
+    merged: dict[str, Any],
+    duration_s: float,
+    mastering: Mastering,
+    recording: _Recording | None,
+) -> list[tuple[str, str]]:
+    """(field, message) for each render-time check of master.py and loops.py this track would
+    fail; the checks are theirs, done in samples at the output rate as they do them."""
+    rate = mastering.sample_rate
+    frames = round(duration_s * rate)
+    if recording is not None:  # mastering cuts a recording to the duration, never lengthens it
+        frames = min(frames, round(recording.seconds * rate))
+    if not track.loop:
+        # master._fade: the fades must fit the (cut) audio
+        fade_in = round(mastering.fade_in_ms / 1000.0 * rate)
+        fade_out = round(mastering.fade_out_s * rate)
+        if fade_in + fade_out <= frames:
+            return []
+        name = next((n for n in ("fade_out_s", "fade_in_ms") if n in merged), "duration")
+        return [
+            (
+                name,
+                f"a {mastering.fade_in_ms:g} ms fade-in plus a {mastering.fade_out_s:g} s "
+                f"fade-out does not fit the {frames / rate:g} s track; allowed: "
+                f"fade_in_ms / 1000 + fade_out_s <= duration",
+            )
+        ]
+    # loops.find_loop_end: the loop end is searched within SEARCH_S of the duration, the
+    # crossfade must fit twice before the earliest end, and audio must follow the latest end.
+    crossfade_ms = mastering.loop_crossfade_ms
+    crossfade = round(crossfade_ms / 1000.0 * rate)
+    earliest_end = round((duration_s - SEARCH_S) * rate)
+    if 2 * crossfade > earliest_end:
+        name = "loop_crossfade_ms" if "loop_crossfade_ms" in merged else "duration"
+        return [
+            (
+                name,
+                f"a {duration_s:g} s loop is too short for its {crossfade_ms:g} ms crossfade: "
+                f"a loop needs at least {SEARCH_S:g} s (the search for its end) + 2 x the "
+                f"crossfade = {SEARCH_S + 2 * crossfade_ms / 1000.0:g} s",
+            )
+        ]
+    if recording is None:
+        return []  # a render runs loops.render_duration_s: room for the search and crossfade
+    tail = max(crossfade, _MIN_COMPARE)  # audio compared and crossfaded after the end
+    latest_end = min(round((duration_s + SEARCH_S) * rate), round(recording.seconds * rate) - tail)
+    if latest_end >= earliest_end:
+        return []
+    name = "duration" if track.duration is not None else "loop_crossfade_ms"
+    needed_s = duration_s - SEARCH_S + tail / rate
+    return [
+        (
+            name,
+            f"the recording is {recording.seconds:.2f} s long; a {duration_s:g} s loop with a "
+            f"{crossfade_ms:g} ms crossfade needs at least {needed_s:.2f} s of audio (its end "
+            f"is searched from {SEARCH_S:g} s before the duration, and the crossfade follows it)",
+        )
+    ]
+
+
 def _model_location(model: str | None, base_dir: Path) -> str:
     """A model directory relative to the manifest loads from there; anything else is a hub id."""
     if model is None:
@@ -632,7 +893,16 @@ def _model_location(model: str | None, base_dir: Path) -> str:
     return str(local.resolve()) if local.is_dir() else model
 
 
-def _recording_seconds(path: Path) -> float:
+@dataclass(frozen=True)
+class _Recording:
+    """What validation needs to know of a source recording (read from its header)."""
+
+    seconds: float
+    channels: int
+
+
+def _recording(path: Path) -> _Recording:
+    """Read a source recording's header; raise InputError for one that mastering cannot take."""
     import soundfile  # local: only source tracks need it
 
     try:
@@ -642,7 +912,22 @@ def _recording_seconds(path: Path) -> float:
     seconds = float(info.frames) / float(info.samplerate)
     if not math.isfinite(seconds) or seconds <= 0:
         raise InputError(f"source recording {path.name} has no audio")
-    return seconds
+    if info.channels > MAX_SOURCE_CHANNELS:
+        raise InputError(
+            f"source recording {path.name} has {info.channels} channels; mastering takes mono "
+            f"(1) or stereo (2) recordings: downmix it first"
+        )
+    if seconds > MAX_DURATION_S:
+        raise InputError(
+            f"source recording {path.name} is {seconds:.1f} s long; "
+            f"the longest track is {MAX_DURATION_S:g} s"
+        )
+    if seconds < MIN_DURATION_S:
+        raise InputError(
+            f"source recording {path.name} is {seconds:.3f} s long; "
+            f"the shortest track is {MIN_DURATION_S:g} s"
+        )
+    return _Recording(seconds=seconds, channels=int(info.channels))
 
 
 def json_schema() -> dict[str, Any]:

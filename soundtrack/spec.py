@@ -38,6 +38,16 @@ LOUDNESS_PROFILES: dict[str, LoudnessTarget] = {
 }
 DEFAULT_LOUDNESS_PROFILE = "console"
 
+# A track that sets no fade-out fades over a quarter of its length, at most 2 s: a 2 s fade fits
+# any cue of 8 s or more (their specs are what they were), and a 1.5 s sting still renders.
+DEFAULT_FADE_OUT_S = 2.0
+FADE_OUT_FRACTION = 0.25
+
+
+def default_fade_out_s(duration_s: float) -> float:
+    """The fade-out of a non-loop that sets none: FADE_OUT_FRACTION of it, capped at 2 s."""
+    return min(DEFAULT_FADE_OUT_S, FADE_OUT_FRACTION * duration_s)
+
 
 @dataclass(frozen=True)
 class GateLimits:
@@ -63,7 +73,7 @@ class Mastering:
 
     loudness: LoudnessTarget
     fade_in_ms: float = 10.0
-    fade_out_s: float = 2.0  # tracks that do not loop
+    fade_out_s: float = DEFAULT_FADE_OUT_S  # tracks that do not loop; see default_fade_out_s
     loop_crossfade_ms: float = 250.0
     sample_rate: int = 44100
     channels: int = 2

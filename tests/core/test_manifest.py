@@ -9,12 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 from typer.testing import CliRunner
 
 from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.manifest import (
+    MAX_DURATION_S,
     MAX_MANIFEST_BYTES,
+    MAX_YAML_ALIASES,
+    MAX_YAML_NODES,
+    _line_map,
+    _ManifestLoader,
     derived_seed,
     json_schema,
     load_manifest,
@@ -314,3 +320,147 @@ def test_unchanged_tracks_keep_their_spec_hashes(
     assert hashes == PINNED_SPEC_HASHES
     short = {spec_id: spec.spec_hash for spec_id, spec in specs_of(tmp_path, PINNED_SHORT).items()}
     assert short == PINNED_SHORT_HASHES
+
+
+# --- YAML structure: aliases, merges, nesting, values Python cannot hold (issue 12) -----------
+
+
+@pytest.mark.timeout(60)  # a guard against a hang, not a benchmark (bench/yaml_limits.py times it)
+def test_alias_bomb_is_refused_before_any_value_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    def built(*args: object) -> None:
+        raise AssertionError("the data was constructed before the alias limits were checked")
+
+    monkeypatch.setattr(_ManifestLoader, "construct_document", built)
+    with pytest.raises(InputError) as refused:
+        load_manifest(ROOT / "tests/manifests/invalid/yaml-alias-bomb.yaml")
+    assert (
+        "YAML error at line 10, column 5: aliases (*name) expand this value to more than "
+        f"{MAX_YAML_NODES:,} values; a manifest may expand to at most {MAX_YAML_NODES:,}"
+    ) in str(refused.value)
+
+
+def test_too_many_aliases_are_refused(tmp_path: Path) -> None:
+    aliases = ", ".join(["*horn"] * (MAX_YAML_ALIASES + 1))
+    track = f"  - id: a\n    prompt: &horn horn\n    instruments: [{aliases}]\n"
+    text = f"schema: 1\nsoundtrack: g\ntracks:\n{track}"
+    with pytest.raises(InputError) as refused:
+        load_manifest(write(tmp_path, text))
+    assert f"more than {MAX_YAML_ALIASES} aliases (*name)" in str(refused.value)
+
+
+def test_line_map_walks_a_shared_node_once() -> None:
+    # Six levels of nine aliases: 9**6 paths if every alias were walked again.
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 7)]
+    node = yaml.compose("\n".join(lines), Loader=yaml.SafeLoader)
+    mapped = _line_map(node)
+    assert len(mapped) < 100
+    assert mapped["a6"] == 7 and "a6[8]" in mapped  # an alias is mapped, not walked again
+    assert "a0[8]" in mapped and "a1[0][0]" not in mapped and "a6[8][0]" not in mapped
+
+
+MERGES = """\
+schema: 1
+soundtrack: game
+defaults: &defaults
+  duration: 20
+tracks:
+  - &sting
+    id: win
+    prompt: brass sting
+    duration: 3
+    fade_out_s: 1
+  - <<: *sting
+    id: lose
+    prompt: sad sting
+  - <<: [*sting, *defaults]
+    id: long-lose
+    duration: 4
+"""
+
+
+def test_merge_keys_merge_and_override(tmp_path: Path) -> None:
+    specs = specs_of(tmp_path, MERGES)
+    assert specs["lose"].duration_s == 3.0 and specs["lose"].mastering.fade_out_s == 1.0
+    assert specs["lose"].prompt == "sad sting"
+    assert specs["long-lose"].duration_s == 4.0
+    # A problem in a merged track is named by its path, at the track's line.
+    code, output = validate(write(tmp_path, MERGES.replace("    duration: 4", "    duration: -4")))
+    assert code == 2 and "tracks[2].duration (line 16): Input should be greater" in output
+
+
+def test_a_value_python_cannot_hold_is_a_yaml_error(tmp_path: Path) -> None:
+    code, output = validate(write(tmp_path, "schema: 1\nseed: 1" + "0" * 5000 + "\n"))
+    assert code == 2
+    assert "YAML error at line 2, column 7: cannot read this value (Exceeds the limit" in output
+
+
+# --- length-dependent defaults and what renders (issue 12) --------------------------------------
+
+SHORT = """\
+schema: 1
+soundtrack: game
+tracks:
+  - {id: two, prompt: sting, duration: 2}
+  - {id: short, prompt: sting, duration: 1.5}
+  - {id: eight, prompt: sting, duration: 8}
+  - {id: long, prompt: theme}
+  - {id: loop, prompt: pulse, duration: 3, loop: true}
+  - {id: set, prompt: sting, duration: 2, fade_out_s: 1.25}
+"""
+
+
+def test_the_default_fade_out_is_a_quarter_of_the_track_at_most_2_s(tmp_path: Path) -> None:
+    fades = {key: spec.mastering.fade_out_s for key, spec in specs_of(tmp_path, SHORT).items()}
+    # A loop has no fade-out: it keeps the old default, and with it its spec hash.
+    assert fades == {
+        "two": 0.5,
+        "short": 0.375,
+        "eight": 2.0,
+        "long": 2.0,
+        "loop": 2.0,
+        "set": 1.25,
+    }
+
+
+def _recording(tmp_path: Path, seconds: float, rate: int = 8000, channels: int = 2) -> str:
+    (tmp_path / "audio").mkdir(exist_ok=True)
+    frames = round(seconds * rate)
+    music = np.sin(np.arange(frames) / rate * 2 * np.pi * 220.0)[:, None].repeat(channels, 1)
+    sf.write(tmp_path / "audio" / "take.wav", (0.1 * music).astype(np.float32), rate)
+    return "schema: 1\nsoundtrack: game\ntracks:\n  - id: take\n    source: audio/take.wav\n"
+
+
+def _problems(path: Path) -> str:
+    with pytest.raises(InputError) as refused:
+        load_manifest(path)
+    return " ".join(refused.value.problems)
+
+
+def test_source_recordings_mastering_cannot_take_are_refused_at_validate(tmp_path: Path) -> None:
+    path = write(tmp_path, _recording(tmp_path, 1.0, channels=6))
+    assert (
+        "tracks[0].source (line 5): source recording take.wav has 6 channels; mastering takes "
+        "mono (1) or stereo (2) recordings: downmix it first"
+    ) in _problems(path)
+    _recording(tmp_path, MAX_DURATION_S + 1, rate=100, channels=1)
+    assert "take.wav is 601.0 s long; the longest track is 600 s" in _problems(path)
+    _recording(tmp_path, 0.25)
+    assert "take.wav is 0.250 s long; the shortest track is 0.4 s" in _problems(path)
+    (tmp_path / "audio" / "take.wav").write_bytes(b"RIFF....WAVEjunk")
+    assert "tracks[0].source (line 5): cannot read the source recording take.wav" in _problems(path)
+
+
+def test_a_source_loop_needs_audio_after_its_end(tmp_path: Path) -> None:
+    text = _recording(tmp_path, 10.0) + "    loop: true\n"
+    assert specs_of(tmp_path, text)["take"].duration_s == pytest.approx(10.0)
+    # Its own length: the end is searched up to 0.4 s early, so a crossfade up to 0.4 s fits.
+    path = write(tmp_path, text + "    loop_crossfade_ms: 500\n")
+    assert (
+        "tracks[0].loop_crossfade_ms (line 7): the recording is 10.00 s long; a 10 s loop with "
+        "a 500 ms crossfade needs at least 10.10 s of audio"
+    ) in _problems(path)
+    path = write(tmp_path, text + "    duration: 12\n")
+    assert "tracks[0].duration (line 7): the recording is 10.00 s long; a 12 s loop" in _problems(
+        path
+    )

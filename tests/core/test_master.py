@@ -11,10 +11,13 @@ import soundfile as sf
 
 from soundtrack.audio import decode_with_ffmpeg, write_wav
 from soundtrack.encode import encode
-from soundtrack.errors import AudioError
+from soundtrack.errors import AudioError, InputError
+from soundtrack.gates import GateResult, judge
 from soundtrack.limiter import limit_true_peak, true_peak_dbtp
-from soundtrack.master import master
-from soundtrack.spec import LOUDNESS_PROFILES, LoudnessTarget, Mastering
+from soundtrack.manifest import MIN_DURATION_S, load_manifest, resolve_tracks
+from soundtrack.master import _MIN_DURATION_S, Master, master
+from soundtrack.measure import measure
+from soundtrack.spec import LOUDNESS_PROFILES, LoudnessTarget, Mastering, TrackSpec
 from tests import signals
 from tests.reference import ebur128
 
@@ -162,3 +165,62 @@ def test_silent_or_broken_input_is_refused() -> None:
         master(broken, 44100, mastering, loop=False, duration_s=3)
     with pytest.raises(AudioError, match="channels"):
         master(np.zeros((3, 44100), np.float32), 44100, mastering, loop=False, duration_s=1)
+
+
+def _spec(tmp_path: Path, track: str) -> TrackSpec:
+    """The one track of a manifest, validated and resolved as a build would."""
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        f"schema: 1\nsoundtrack: game\ntracks:\n  - id: cue\n    prompt: sting\n{track}"
+    )
+    (spec,) = resolve_tracks(load_manifest(path), tmp_path)
+    return spec
+
+
+def _master_gates(spec: TrackSpec, m: Master) -> list[GateResult]:
+    metrics = measure(m.audio, m.sample_rate, loop_start=m.loop_start, loop_length=m.loop_length)
+    return judge(
+        metrics,
+        limits=spec.gates,
+        loudness=spec.mastering.loudness,
+        duration_s=spec.duration_s,
+        loop=spec.loop,
+        sample_rate=spec.mastering.sample_rate,
+        channels=spec.mastering.channels,
+    )
+
+
+def test_a_short_cue_with_default_settings_masters_and_passes_its_gates(tmp_path: Path) -> None:
+    # Issue 12: a 2 s cue validated, rendered, then failed on the fixed 2 s fade-out.
+    spec = _spec(tmp_path, "    duration: 1.5\n")
+    assert spec.mastering.fade_out_s == pytest.approx(0.375)  # a quarter of the duration
+    render = signals.music_like(1.5, 32000, channels=1, peak_dbfs=-3.0)
+    m = master(render, 32000, spec.mastering, loop=False, duration_s=spec.duration_s)
+    assert m.audio.shape[1] == pytest.approx(1.5 * 44100, abs=2)
+    failed = [r for r in _master_gates(spec, m) if not r.passed and r.severity == "fail"]
+    assert failed == []
+
+
+def test_settings_at_the_edge_validate_allows_master_without_error(tmp_path: Path) -> None:
+    # validate mirrors master's and loops' own checks: what it lets through must render.
+    fades = _spec(tmp_path, "    duration: 2\n    fade_in_ms: 500\n    fade_out_s: 1.5\n")
+    # A little past the duration: trimming the render's first (near-silent) samples must not
+    # leave it shorter than the fades, which validate cannot foresee.
+    render = signals.music_like(2.1, 44100, peak_dbfs=-3.0)
+    master(render, 44100, fades.mastering, loop=False, duration_s=fades.duration_s)
+    # A loop needs loops.SEARCH_S (0.4 s) plus twice its crossfade (2 x 250 ms).
+    loop = _spec(tmp_path, "    duration: 0.9\n    loop: true\n")
+    render = signals.music_like(loop.render_duration_s, 44100, peak_dbfs=-3.0)
+    m = master(render, 44100, loop.mastering, loop=True, duration_s=loop.duration_s)
+    assert m.loop_length == m.audio.shape[1]
+    with pytest.raises(InputError) as refused:
+        _spec(tmp_path, "    duration: 0.89\n    loop: true\n")
+    assert "tracks[0].duration (line 6): a 0.89 s loop is too short" in refused.value.problems[0]
+    with pytest.raises(InputError) as refused:
+        _spec(tmp_path, "    duration: 2\n    fade_in_ms: 501\n    fade_out_s: 1.5\n")
+    assert "tracks[0].fade_out_s (line 8): a 501 ms fade-in plus" in refused.value.problems[0]
+
+
+def test_the_manifest_minimum_duration_is_the_masters() -> None:
+    # manifest.MIN_DURATION_S copies master._MIN_DURATION_S (importing master is slow).
+    assert MIN_DURATION_S == _MIN_DURATION_S
