@@ -562,6 +562,9 @@ def _make_clients() -> tuple[S3Client, S3Client]:
     try:
         plain, conditional = (session.client("s3", config=config) for _ in range(2))
     except ValueError as exc:
+        if "@" in str(exc):
+            # user:password@host without a scheme: redact() cannot tell the secret apart.
+            raise _credentials_refused(None) from None
         # botocore's text quotes the endpoint, user info and all.
         raise InputError(
             f"S3 endpoint: {redact(str(exc))} (check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 or "
@@ -587,12 +590,7 @@ def _check_endpoint(url: str) -> None:
     parts = urlsplit(url)
     if "@" in parts.netloc:
         remember_url(url)
-        raise InputError(
-            f"S3 endpoint {_public_endpoint(url)!r} must not carry credentials (user:password@ "
-            "in AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 or endpoint_url in the AWS config file): "
-            "give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or in an AWS profile "
-            "(~/.aws/credentials, AWS_PROFILE)"
-        )
+        raise _credentials_refused(_public_endpoint(url))
     try:
         port_ok = parts.port is None or parts.port > 0
     except ValueError:
@@ -602,6 +600,16 @@ def _check_endpoint(url: str) -> None:
             f"invalid S3 endpoint URL {_public_endpoint(url)!r}: expected http(s)://host[:port] "
             "(check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 or endpoint_url in the AWS config file)"
         )
+
+
+def _credentials_refused(public_endpoint: str | None) -> InputError:
+    endpoint = f"S3 endpoint {public_endpoint!r}" if public_endpoint else "the S3 endpoint"
+    return InputError(
+        f"{endpoint} must not carry credentials (user:password@ in AWS_ENDPOINT_URL / "
+        "AWS_ENDPOINT_URL_S3 or endpoint_url in the AWS config file): give them as "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or in an AWS profile (~/.aws/credentials, "
+        "AWS_PROFILE)"
+    )
 
 
 def _public_endpoint(url: str) -> str:

@@ -63,13 +63,16 @@ def test_endpoint_with_a_password_in_the_environment_is_refused(
     assert_refused_without_the_secret(result.output, password)
 
 
+@pytest.mark.parametrize(
+    "template", ["https://game:{secret}@storage.example.com", "game:{secret}@storage.example.com"]
+)
 def test_endpoint_with_user_info_in_the_aws_config_file_is_refused(
-    aws_isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    template: str, aws_isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     password = new_password()
     (aws_isolated / "config").write_text(
         "[profile game-ci]\nregion = us-east-1\n"
-        f"endpoint_url = https://game:{password}@storage.example.com\n"
+        f"endpoint_url = {template.format(secret=password)}\n"
     )
     monkeypatch.setenv("AWS_PROFILE", "game-ci")
     with pytest.raises(InputError) as caught:
