@@ -23,6 +23,7 @@ from soundtrack.inputs import check_inputs
 from soundtrack.models import load_count
 from soundtrack.plan import DEFAULT_BATCH_SIZE, plan_build
 from soundtrack.publish import index_of, lock_bytes, track_record
+from soundtrack.redaction import install_log_redaction
 from soundtrack.renders import Render, RenderCache, RenderFailure, cache_root
 from soundtrack.report import BuildReport, LockUnreadable, ModelInfo, TrackRecord, parse_lock
 from soundtrack.spec import TrackSpec
@@ -225,6 +226,8 @@ def build_soundtrack(
     ] = None,
 ) -> BuildReport:
     """Build a soundtrack: generate, master, gate, encode and publish every changed track."""
+    # A worker runs this flow without the CLI, which installs the same redaction for its runs.
+    install_log_redaction()
     logger = get_run_logger()
     # 1. Check inputs: the manifest, its tracks, the storage
     checked = check_inputs(Path(manifest).resolve(), out=out, model=model)

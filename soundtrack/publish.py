@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from soundtrack.redaction import redact
 from soundtrack.report import BuildReport, FileRecord, GateRecord, ModelInfo, TrackRecord
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import Storage, content_type_for
@@ -49,7 +50,8 @@ def track_record(
             "prompt": spec.prompt,
             "source": spec.source.name if spec.source else None,
             "model": model,
-            "reason": reason,
+            # A reason quotes exception text, which may carry a library's view of a secret.
+            "reason": None if reason is None else redact(reason),
             "gates": gate_records(gates),
             "files": list(files),
         }
