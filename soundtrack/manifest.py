@@ -469,8 +469,9 @@ def _read_text(path: Path) -> str:
 
 def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[str, int]]:
     """Compose the YAML once, check its aliases and nesting, then build the data from it."""
-    loader = _ManifestLoader(text)
+    loader = None
     try:
+        loader = _ManifestLoader(text)  # its reader refuses control characters at once
         node = loader.get_single_node()
         if node is None:
             return None, {}
@@ -491,7 +492,8 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[str, int]]:
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: YAML error: {exc}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 
