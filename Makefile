@@ -42,6 +42,7 @@ bench: setup
 	$(PY) bench/generate.py
 	$(PY) bench/postprocess.py
 	$(PY) bench/rebuild.py
+	$(PY) bench/yaml_limits.py
 
 schema: setup
 	$(BIN)/soundtrack schema -o manifests/soundtrack.schema.json
