@@ -32,7 +32,7 @@ from pydantic import (
 
 from soundtrack import PIPELINE_VERSION
 from soundtrack.errors import InputError
-from soundtrack.loops import _MIN_COMPARE, SEARCH_S
+from soundtrack.loops import _MIN_COMPARE, SEARCH_S  # validate repeats find_loop_end's sums
 from soundtrack.spec import (
     DEFAULT_LOUDNESS_PROFILE,
     LOUDNESS_PROFILES,
