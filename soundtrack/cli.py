@@ -412,8 +412,13 @@ def build(
 
     # 2. Run the flow with a progress bar fed by the tasks' events.
     from flows.build import BuildFailed, build_soundtrack
+    from flows.server import start_temporary_server
     from soundtrack import events
 
+    try:
+        start_temporary_server()  # no PREFECT_API_URL: one that waits long enough, dies with us
+    except SoundtrackError as exc:
+        fail(exc)
     with _track_progress(len(specs)) as on_event:
         unsubscribe = events.subscribe(on_event)
         try:
