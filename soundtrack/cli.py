@@ -69,17 +69,14 @@ def validate(manifest: ManifestArg) -> None:
 
     Exit 0 when valid (a summary is printed), 2 otherwise.
     """
-    from soundtrack.manifest import load_manifest, resolve_tracks
+    from soundtrack.inputs import check_inputs
 
     try:
-        loaded = load_manifest(manifest)
-        specs = resolve_tracks(loaded, manifest.parent)
-        if loaded.expectations:
-            from soundtrack.gates import load_expectations  # Great Expectations: slow import
-
-            load_expectations(manifest.parent / loaded.expectations)
+        # The manifest's own storage: --out and $SOUNDTRACK_STORAGE are the build's to check.
+        checked = check_inputs(manifest, environ={})
     except SoundtrackError as exc:
         fail(exc)
+    loaded, specs = checked.manifest, checked.specs
     table = Table(title=f"{loaded.soundtrack}: {len(specs)} tracks", title_justify="left")
     table.add_column("track", no_wrap=True)
     for column in ("seconds", "loop", "model / recording", "formats", "LUFS"):
@@ -386,9 +383,7 @@ def build(
     or storage that cannot be used (credentials, bucket, endpoint), found before the flow runs.
     """
     from soundtrack.errors import StorageError
-    from soundtrack.manifest import load_manifest, resolve_tracks
-    from soundtrack.plan import select
-    from soundtrack.storage import open_storage
+    from soundtrack.inputs import check_inputs
 
     if out is not None and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", out):
         # A folder typed on the command line means one relative to where it was typed.
@@ -398,12 +393,15 @@ def build(
         model = str(local_model.resolve())
     # 1. Validate everything a user gave before starting Prefect: bad input writes nothing.
     try:
-        loaded = load_manifest(manifest)
-        specs = select(resolve_tracks(loaded, manifest.parent, model_override=model), only or [])
-        from flows.build import storage_url
-
-        storage = open_storage(storage_url(loaded.storage, out), base_dir=manifest.parent.resolve())
-        storage.check_access()
+        checked = check_inputs(
+            manifest,
+            out=out,
+            model=model,
+            only=only or [],
+            reports=[p for p in (report, junit) if p],
+        )
+        specs = checked.specs
+        checked.storage.check_access()
     except StorageError as exc:
         # Wrong credentials, a missing bucket or a dead endpoint are settings to fix: exit 2.
         fail(exc if exc.transient else InputError(str(exc)))
@@ -453,7 +451,9 @@ def build(
         junit.write_text(to_junit(outcome))
     if isinstance(result, BuildFailed):
         err_console.print(
-            f"[bold red]build failed:[/] {escape(str(result))}", highlight=False, soft_wrap=True
+            f"[bold red]build failed:[/] {escape(redact(str(result)))}",
+            highlight=False,
+            soft_wrap=True,
         )
         raise typer.Exit(EXIT_FAILED)
 
@@ -508,6 +508,8 @@ def _print_report(report: Any) -> None:
     # A long reason (say, how to provide a model) is printed once, not in every row.
     for reason, track_ids in reasons.items():
         console.print(f"{', '.join(track_ids)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    for warning in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     counts = ", ".join(f"{n} {status}" for status, n in report.counts().items() if n)
     console.print(f"{counts}; model loads: {report.model_loads}", highlight=False)
 
