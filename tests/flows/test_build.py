@@ -153,6 +153,17 @@ def test_build_approves_rejects_and_rebuilds_only_what_changed(project: Any) -> 
     assert report["model_loads"] == 1
     assert sha256(out / "battle-loop.ogg") != before
 
+    # 5. A damaged lock is said to be unreadable and replaced, never silently.
+    lock_path = out / "soundtrack.lock.json"
+    lock_path.write_bytes(lock_path.read_bytes()[:200])
+    repaired = build(workdir, env, *args, "--only", "credits")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    said = " ".join(repaired.stderr.split())
+    assert "warning: lock of e2e at ./out unreadable" in said and "rebuilding it" in said
+    lock = json.loads(lock_path.read_text())
+    assert statuses(lock) == {"credits": "approved"} and "rebuilding it" in lock["warnings"][0]
+    assert sha256(out / "credits.ogg") == lock["tracks"][0]["files"][0]["sha256"]
+
 
 def test_killed_build_resumes_without_partial_or_duplicate_files(project: Any) -> None:
     workdir, env, args = project
@@ -188,7 +199,7 @@ def test_killed_build_resumes_without_partial_or_duplicate_files(project: Any) -
     lock = json.loads((out / "soundtrack.lock.json").read_text())
     assert set(statuses(lock).values()) == {"approved"}
     published = {p.name for p in out.iterdir()}
-    assert published == {"soundtrack.lock.json"} | {
+    assert published == {"soundtrack.lock.json", "soundtrack.journal.jsonl"} | {
         f"cue-{n}.{ext}" for n in range(4) for ext in ("ogg", "mp3")
     }, "no partial, temporary or duplicate files"
     for track in lock["tracks"]:

@@ -52,7 +52,9 @@ def lock_entries(lock: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def listed(client: Any, bucket: str) -> set[str]:
-    return {obj["Key"] for obj in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    """Object keys in the bucket, less the write journal's records (docs/storage.md)."""
+    keys = {obj["Key"] for obj in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    return {key for key in keys if "/.journal/" not in key}
 
 
 def written_keys(proxy: FaultProxy, bucket: str) -> list[str]:
@@ -60,7 +62,9 @@ def written_keys(proxy: FaultProxy, bucket: str) -> list[str]:
     return [
         r.path.removeprefix(f"/{bucket}/")
         for r in proxy.requests
-        if r.method in ("PUT", "POST") and r.fate in ("forward", "lost_response")
+        if r.method in ("PUT", "POST")
+        and r.fate in ("forward", "lost_response")
+        and "/.journal/" not in r.path
     ]
 
 
