@@ -379,8 +379,9 @@ def build(
 
     Runs the Prefect flow `build-soundtrack` (on the server at PREFECT_API_URL, or a temporary
     local one). Writes soundtrack.lock.json beside the assets. Exit 0 when every track is
-    approved or already published, 1 when a track was rejected or failed, 2 for invalid input
-    or storage that cannot be used (credentials, bucket, endpoint), found before the flow runs.
+    approved or already published, 1 when a track was rejected or failed or the temporary
+    Prefect server did not start, 2 for invalid input, outputs overlapping inputs, or storage
+    that cannot be used (credentials, bucket, endpoint), found before the flow runs.
     """
     from soundtrack.errors import StorageError
     from soundtrack.inputs import check_inputs

@@ -33,6 +33,7 @@ from pydantic import (
 from soundtrack import PIPELINE_VERSION
 from soundtrack.errors import InputError
 from soundtrack.loops import _MIN_COMPARE, SEARCH_S  # validate repeats find_loop_end's sums
+from soundtrack.redaction import url_has_credentials
 from soundtrack.spec import (
     DEFAULT_LOUDNESS_PROFILE,
     LOUDNESS_PROFILES,
@@ -296,6 +297,11 @@ def check_storage_url(value: str) -> None:
         return
     if scheme != "s3":
         raise ValueError(f"storage must be a folder or s3://bucket/prefix (got scheme {scheme!r})")
+    if url_has_credentials(value):
+        raise ValueError(
+            "storage URL must not carry credentials (user:password@): give them as "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or in an AWS profile (AWS_PROFILE)"
+        )
     bucket, _, prefix = rest.partition("/")
     if not S3_BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket:
         raise ValueError(f"invalid S3 bucket name {bucket!r} in storage URL")

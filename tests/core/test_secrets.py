@@ -178,5 +178,6 @@ def test_cli_manifest_problems_are_redacted(tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(app, ["validate", str(manifest)])
     assert result.exit_code == 2, result.output
-    assert "storage" in result.output
+    said = " ".join(result.output.split())
+    assert "storage URL must not carry credentials" in said and "AWS_ACCESS_KEY_ID" in said
     assert password not in result.output
