@@ -1,7 +1,8 @@
 """The build report, which is also the lock file (`soundtrack.lock.json`) indexing published files.
 
 The lock is the index a game or a later build reads; it is written last, so a reader never sees
-half a build. JUnit XML is rendered from the same report for CI systems.
+half a build. Its name and place belong to storage (`soundtrack.storage.INDEX_NAME`). JUnit XML
+is rendered from the same report for CI systems.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from soundtrack import PIPELINE_VERSION
 from soundtrack.errors import SoundtrackError
 
-LOCK_NAME = "soundtrack.lock.json"
 REPORT_SCHEMA = 1
 Status = Literal["approved", "rejected", "failed", "cached"]
 
