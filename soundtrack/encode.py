@@ -26,9 +26,9 @@ from mutagen.oggvorbis import OggVorbis
 
 from soundtrack.audio import atomic_path, run_ffmpeg
 from soundtrack.errors import AudioError, InputError
+from soundtrack.formats import FORMATS
 from soundtrack.master import Master
 
-CONTENT_TYPES: dict[str, str] = {"ogg": "audio/ogg", "mp3": "audio/mpeg", "wav": "audio/wav"}
 OGG_QUALITY = 6  # libvorbis quality (oggenc -q), about 192 kb/s for stereo music
 MP3_VBR_QUALITY = 2  # LAME -V2, about 190 kb/s
 WAV_BIT_DEPTHS = {16: "PCM_16", 24: "PCM_24"}
@@ -87,9 +87,9 @@ def _check_request(
 ) -> None:
     if not formats:
         raise InputError("formats is empty: name at least one of ogg, mp3, wav")
-    unknown = [f for f in formats if f not in CONTENT_TYPES]
+    unknown = [f for f in formats if f not in FORMATS]
     if unknown:
-        raise InputError(f"unknown formats {unknown}: allowed are {sorted(CONTENT_TYPES)}")
+        raise InputError(f"unknown formats {unknown}: allowed are {sorted(FORMATS)}")
     if len(set(formats)) != len(formats):
         raise InputError(f"formats repeat a format: {list(formats)}")
     if not stem or stem in (".", "..") or Path(stem).name != stem:

@@ -32,12 +32,12 @@ from pydantic import (
 
 from soundtrack import PIPELINE_VERSION
 from soundtrack.errors import InputError
+from soundtrack.formats import AudioFormat
 from soundtrack.loops import _MIN_COMPARE, SEARCH_S  # validate repeats find_loop_end's sums
 from soundtrack.redaction import url_has_credentials
 from soundtrack.spec import (
     DEFAULT_LOUDNESS_PROFILE,
     LOUDNESS_PROFILES,
-    AudioFormat,
     GateLimits,
     LoudnessTarget,
     Mastering,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from soundtrack.formats import content_type_for
 from soundtrack.redaction import redact
 from soundtrack.report import BuildReport, FileRecord, GateRecord, ModelInfo, TrackRecord
 from soundtrack.spec import TrackSpec
-from soundtrack.storage import Storage, content_type_for
+from soundtrack.storage import Storage
 
 if TYPE_CHECKING:
     from soundtrack.gates import GateResult

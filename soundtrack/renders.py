@@ -18,6 +18,7 @@ import numpy as np
 
 from soundtrack.audio import atomic_path, read_audio, write_wav
 from soundtrack.errors import GenerationError
+from soundtrack.formats import content_type_for
 from soundtrack.manifest import file_sha256
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import Storage
@@ -164,7 +165,7 @@ def share_render(storage: Storage, spec: TrackSpec, render: Render) -> None:
         render.path,
         storage.render_key(key, "wav"),
         sha256=render.sha256,
-        content_type="audio/wav",
+        content_type=content_type_for("wav"),
         metadata={"generation-key": key, "track-id": spec.id},
     )
     with tempfile.TemporaryDirectory() as folder:

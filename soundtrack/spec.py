@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from soundtrack.formats import AudioFormat
 from soundtrack.loops import render_duration_s
-
-AudioFormat = Literal["ogg", "mp3", "wav"]
 
 
 @dataclass(frozen=True)

@@ -8,19 +8,16 @@ from soundtrack.errors import InputError
 from soundtrack.manifest import check_storage_url
 from soundtrack.redaction import remember_url, url_has_credentials
 from soundtrack.storage.base import (
-    CONTENT_TYPES,
     INDEX_NAME,
     MAX_PRESIGN_EXPIRY_S,
     PublishedFile,
     Storage,
-    content_type_for,
     index_keys,
 )
 from soundtrack.storage.local import LocalStorage
 from soundtrack.storage.s3 import S3Storage
 
 __all__ = [
-    "CONTENT_TYPES",
     "INDEX_NAME",
     "MAX_PRESIGN_EXPIRY_S",
     "STORAGE_ENV",
@@ -29,7 +26,6 @@ __all__ = [
     "S3Storage",
     "Storage",
     "check_access",
-    "content_type_for",
     "index_keys",
     "open_storage",
 ]

@@ -13,7 +13,6 @@ from soundtrack.errors import InputError, StorageError
 
 INDEX_NAME = "soundtrack.lock.json"
 RENDERS_FOLDER = ".renders"  # raw renders handed from render-pool machines to the build
-CONTENT_TYPES = {"ogg": "audio/ogg", "mp3": "audio/mpeg", "wav": "audio/wav"}
 # S3 and SigV4 cap presigned URLs at seven days.
 MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
 
@@ -129,16 +128,6 @@ def folded(folder: str, kept: Iterable[str], in_use: Iterable[str]) -> list[str]
         free = next((i for i in range(1, len(parts)) if tuple(parts[:i]) not in busy), None)
         shown.add(key if free is None else folder + "/".join(parts[:free]) + "/")
     return sorted(shown)
-
-
-def content_type_for(ext: str) -> str:
-    """The Content-Type an encoded file of this format is served with."""
-    try:
-        return CONTENT_TYPES[ext]
-    except KeyError:
-        raise InputError(
-            f"no content type for format {ext!r}; known: {', '.join(sorted(CONTENT_TYPES))}"
-        ) from None
 
 
 def check_expiry(expires_s: int) -> None:

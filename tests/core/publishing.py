@@ -8,7 +8,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from soundtrack.storage import PublishedFile, Storage, content_type_for
+from soundtrack.formats import content_type_for
+from soundtrack.storage import PublishedFile, Storage
 
 
 @dataclass(frozen=True)
