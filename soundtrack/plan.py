@@ -25,6 +25,10 @@ class Plan:
     def todo(self) -> list[TrackSpec]:
         return [spec for batch in self.batches for spec in batch] + self.recordings
 
+    @property
+    def total(self) -> int:
+        return len(self.cached) + len(self.todo)
+
 
 def select(specs: Sequence[TrackSpec], only: Sequence[str]) -> list[TrackSpec]:
     """The tracks named by --only (all when empty); unknown ids are an input error."""

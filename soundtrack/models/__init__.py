@@ -24,6 +24,7 @@ __all__ = [
     "Generator",
     "ProgressCallback",
     "check_audio",
+    "check_model",
     "check_request",
     "generate_one",
     "get_generator",
@@ -46,6 +47,21 @@ _loaded: dict[tuple[str, str | None, str], Generator] = {}
 _loads = 0
 
 
+def check_model(model: str, revision: str | None = None) -> None:
+    """Raise ModelLoadError unless the model's files are at hand and a backend can load them."""
+    _backend(resolve_source(model, revision), model)
+
+
+def _backend(source: ModelSource, model: str) -> Callable[[ModelSource, str], Generator]:
+    backend = BACKENDS.get(source.model_type)
+    if backend is None:
+        raise ModelLoadError(
+            f"model {model!r}: model_type {source.model_type!r} has no backend "
+            f"(supported: {', '.join(sorted(BACKENDS))})"
+        )
+    return backend
+
+
 def get_generator(model: str, revision: str | None = None, device: str | None = None) -> Generator:
     """Loaded once per (model, revision, device) per process; raises ModelLoadError fast."""
     # torch costs two seconds to import: only a build that really renders should pay for it.
@@ -58,13 +74,7 @@ def get_generator(model: str, revision: str | None = None, device: str | None = 
     with _lock:
         if key not in _loaded:
             source = resolve_source(key[0], revision)
-            backend = BACKENDS.get(source.model_type)
-            if backend is None:
-                raise ModelLoadError(
-                    f"model {model!r}: model_type {source.model_type!r} has no backend "
-                    f"(supported: {', '.join(sorted(BACKENDS))})"
-                )
-            _loaded[key] = backend(source, resolved_device)
+            _loaded[key] = _backend(source, model)(source, resolved_device)
             _loads += 1
         return _loaded[key]
 

@@ -1,0 +1,357 @@
+"""The whole build as plain Python: check inputs, plan, render, master, publish, write the lock.
+
+Each step (soundtrack/steps.py) runs through an `Executor`: `ThreadExecutor` runs them here,
+and flows/build.py runs the same build with Prefect tasks. Inputs are checked once, first;
+the steps trust the resolved specs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from soundtrack import events, steps
+from soundtrack.errors import InputError, ModelLoadError, StorageError
+from soundtrack.inputs import CheckedInputs, check_inputs
+from soundtrack.models import check_model, load_count
+from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build
+from soundtrack.publish import index_of, lock_bytes, track_record
+from soundtrack.renders import Render, RenderFailure, cache_root
+from soundtrack.report import BuildReport, LockUnreadable, ModelInfo, TrackRecord, parse_lock
+from soundtrack.spec import TrackSpec
+
+if TYPE_CHECKING:
+    from soundtrack.process import TrackOutcome
+
+T = TypeVar("T")
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+log = logging.getLogger(__name__)
+
+# Mastering and encoding are light next to generation; a few run beside the one GPU batch.
+MAX_WORKERS = 4
+
+
+class Executor(Protocol):
+    """Runs one step: here on a thread, in flows/build.py as a Prefect task named `label`."""
+
+    def submit(self, step: Callable[..., T], *args: Any, label: str) -> Future[T]: ...
+
+
+class ThreadExecutor:
+    """Steps on a few threads, the way the Prefect flow runs them, without a server."""
+
+    def __init__(self, max_workers: int = MAX_WORKERS) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers)
+
+    def submit(self, step: Callable[..., T], *args: Any, label: str) -> Future[T]:
+        return self._pool.submit(step, *args)
+
+
+class Observer(Protocol):
+    """Who watches a build (the Prefect UI's artifacts): each track as it ends, then the end."""
+
+    def track_done(self, record: TrackRecord) -> None: ...
+
+    def finished(self, report: BuildReport, outcomes: Sequence[TrackOutcome]) -> None: ...
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The report, and when not every track is approved or published, one line saying why."""
+
+    report: BuildReport
+    failure: str | None = None
+
+    @property
+    def exit_status(self) -> int:
+        return 0 if self.failure is None else 1
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to build, beside what to build (the manifest)."""
+
+    only: Sequence[str] = ()
+    force: bool = False
+    out: str | None = None
+    model: str | None = None
+    device: str | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    local_models: bool = True  # False when renders happen elsewhere (a GPU work pool)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Checked inputs, the lock already published and the plan: everything before a render."""
+
+    checked: CheckedInputs
+    lock: BuildReport | None
+    plan: Plan
+    warnings: list[str]
+
+
+def build(
+    manifest: Path,
+    options: Options,
+    *,
+    executor: Executor,
+    observer: Observer | None = None,
+    logger: Logger = log,
+) -> BuildResult:
+    """Build a soundtrack: every changed track rendered, mastered, judged, published; the lock
+    written last. Bad input raises InputError before anything renders, writes or uploads."""
+    prepared = prepare(manifest, options, logger)
+    return run(prepared, options, executor=executor, observer=observer, logger=logger)
+
+
+def prepare(
+    manifest: Path, options: Options, logger: Logger = log, *, reports: Sequence[Path] = ()
+) -> Prepared:
+    """Check inputs (manifest, files, storage access, the models needed), read the lock, plan.
+
+    `reports` are further files the caller will write (--report, --junit).
+    """
+    checked = check_inputs(
+        manifest, out=options.out, model=options.model, only=options.only, reports=reports
+    )
+    try:
+        checked.storage.check_access()
+    except StorageError as exc:
+        if exc.transient:
+            raise
+        # Wrong credentials or a missing bucket are settings to fix, not a failed build.
+        raise InputError(str(exc)) from None
+    lock, warnings = _previous_lock(checked, logger)
+    plan = plan_build(
+        checked.specs,
+        lock,
+        checked.storage,
+        only=options.only,
+        force=options.force,
+        batch_size=options.batch_size,
+    )
+    if options.local_models:
+        _check_models(plan)
+    logger.info(
+        "%d tracks: %d cached, %d to render in %d batches, %d recordings",
+        len(checked.specs),
+        len(plan.cached),
+        sum(len(b) for b in plan.batches),
+        len(plan.batches),
+        len(plan.recordings),
+    )
+    return Prepared(checked, lock, plan, warnings)
+
+
+def run(
+    prepared: Prepared,
+    options: Options,
+    *,
+    executor: Executor,
+    observer: Observer | None = None,
+    logger: Logger = log,
+) -> BuildResult:
+    """Render, master and publish what the plan says, then write the lock (last)."""
+    checked, plan = prepared.checked, prepared.plan
+    # 1. Each track goes render -> master -> publish, a step starting when the one before ends
+    loads_before = load_count()
+    with _staging(checked.manifest.soundtrack) as staging:
+        tracks = _Tracks(checked, executor, staging, options.device, observer)
+        for record in plan.cached:
+            tracks.finish(record)
+        for batch in plan.batches:
+            tracks.render(batch)
+        for spec in plan.recordings:
+            tracks.master(spec, None)
+        tracks.run()
+
+    # 2. Report, in manifest order; the index goes last and only when every approval is published
+    order = {spec.id: i for i, spec in enumerate(checked.specs)}
+    report = BuildReport(
+        soundtrack=checked.manifest.soundtrack,
+        storage=checked.storage_url,
+        model_loads=load_count() - loads_before,
+        tracks=sorted(tracks.records.values(), key=lambda r: order[r.id]),
+        warnings=prepared.warnings,
+    )
+    if observer is not None:
+        observer.finished(report, tracks.outcomes)
+    if tracks.publish_errors:
+        errors = "; ".join(tracks.publish_errors)
+        return BuildResult(report, f"publishing failed, the previous index is untouched: {errors}")
+    index = index_of(report, prepared.lock, [spec.id for spec in checked.specs])
+    index_uri = executor.submit(
+        steps.write_index,
+        checked.manifest.soundtrack,
+        lock_bytes(index),
+        checked.storage_url,
+        str(checked.manifest_path.parent),
+        label=f"write-index[{checked.manifest.soundtrack}]",
+    ).result()
+    logger.info("index written: %s", index_uri)
+    if not report.ok:
+        counts = report.counts()
+        return BuildResult(
+            report, f"{counts['rejected']} track(s) rejected, {counts['failed']} failed"
+        )
+    return BuildResult(report)
+
+
+def _previous_lock(checked: CheckedInputs, logger: Logger) -> tuple[BuildReport | None, list[str]]:
+    """The published lock, if any; a damaged one is said out loud and replaced by this build's."""
+    soundtrack = checked.manifest.soundtrack
+    try:
+        return parse_lock(checked.storage.read_index(soundtrack)), []
+    except LockUnreadable as exc:
+        warning = f"lock of {soundtrack} at {checked.storage_url} unreadable ({exc}), rebuilding it"
+        logger.warning(warning)
+        return None, [warning]
+
+
+def _check_models(plan: Plan) -> None:
+    """Every model a batch needs is at hand and loadable: found now, not after other renders."""
+    for model, revision in dict.fromkeys((b[0].model, b[0].model_revision) for b in plan.batches):
+        try:
+            check_model(model, revision)
+        except ModelLoadError as exc:
+            users = [s.id for b in plan.batches for s in b if s.model == model]
+            raise InputError(f"tracks {', '.join(users)}: {exc}") from None
+
+
+@contextmanager
+def _staging(soundtrack: str) -> Iterator[Path]:
+    """A staging folder of this build's own: builds running side by side (a nightly and a CI
+    build) may stage the same track."""
+    (cache_root() / "staging").mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{soundtrack}-", dir=cache_root() / "staging"))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass
+class _Tracks:
+    """Each track's way through render -> master -> publish, a step starting as soon as the one
+    before it is done; every track ends with one record."""
+
+    checked: CheckedInputs
+    executor: Executor
+    staging: Path
+    device: str | None
+    observer: Observer | None
+    records: dict[str, TrackRecord] = field(default_factory=dict)
+    outcomes: list[TrackOutcome] = field(default_factory=list)
+    publish_errors: list[str] = field(default_factory=list)
+    _done: queue.Queue[Future[Any]] = field(default_factory=queue.Queue)
+    _next: dict[Future[Any], Callable[[Future[Any]], None]] = field(default_factory=dict)
+
+    def run(self) -> None:
+        """Until every track has its record: hand each finished step to what follows it."""
+        while self._next:
+            future = self._done.get()
+            self._next.pop(future)(future)
+
+    def finish(self, record: TrackRecord) -> None:
+        self.records[record.id] = record
+        if self.observer is not None:
+            self.observer.track_done(record)
+        events.emit(record.id, "published" if record.status == "approved" else record.status)
+
+    def render(self, batch: list[TrackSpec]) -> None:
+        label = f"generate[{', '.join(spec.id for spec in batch)}]"
+        future = self.executor.submit(
+            steps.render, batch, str(cache_root()), self.device, label=label
+        )
+        self._then(future, lambda f: self._rendered(batch, f))
+
+    def _rendered(
+        self, batch: list[TrackSpec], future: Future[list[Render | RenderFailure]]
+    ) -> None:
+        try:
+            results = future.result()
+        except Exception as exc:
+            for spec in batch:
+                self.finish(track_record(spec, "failed", reason=str(exc)))
+            return
+        for spec, result in zip(batch, results, strict=True):
+            if isinstance(result, RenderFailure):
+                self.finish(track_record(spec, "failed", reason=result.reason))
+            else:
+                self.master(spec, result)
+
+    def master(self, spec: TrackSpec, render: Render | None) -> None:
+        audio = render.path if render else spec.source
+        model = (
+            ModelInfo(id=render.model_id, revision=render.revision, license=render.license)
+            if render
+            else None
+        )
+        future = self.executor.submit(
+            steps.master,
+            spec,
+            str(audio),
+            str(self.staging / spec.spec_hash),
+            label=f"master[{spec.id}]",
+        )
+        self._then(future, lambda f: self._mastered(spec, model, f))
+
+    def _mastered(
+        self, spec: TrackSpec, model: ModelInfo | None, future: Future[TrackOutcome]
+    ) -> None:
+        try:
+            outcome = future.result()
+        except Exception as exc:
+            self.finish(track_record(spec, "failed", model=model, reason=str(exc)))
+            return
+        self.outcomes.append(outcome)
+        if outcome.status != "approved":
+            shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
+            failed = [g.name for g in outcome.gates if not g.passed and g.severity == "fail"]
+            reason = f"rejected by gates: {', '.join(failed)}"
+            self.finish(
+                track_record(spec, "rejected", model=model, reason=reason, gates=outcome.gates)
+            )
+            return
+        published = self.executor.submit(
+            steps.publish,
+            spec,
+            outcome,
+            self.checked.storage_url,
+            str(self.checked.manifest_path.parent),
+            model,
+            label=f"publish[{spec.id}]",
+        )
+        self._then(published, lambda f: self._published(spec, model, outcome, f))
+
+    def _published(
+        self,
+        spec: TrackSpec,
+        model: ModelInfo | None,
+        outcome: TrackOutcome,
+        future: Future[TrackRecord],
+    ) -> None:
+        # Published or not, the staged copies are done with: a rerun masters the track again.
+        shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
+        try:
+            record = future.result()
+        except Exception as exc:
+            self.publish_errors.append(f"{spec.id}: {exc}")
+            reason = f"approved but not published: {exc}"
+            self.finish(
+                track_record(spec, "failed", model=model, reason=reason, gates=outcome.gates)
+            )
+            return
+        self.finish(record)
+
+    def _then(self, future: Future[T], step: Callable[[Future[T]], None]) -> None:
+        self._next[future] = step
+        future.add_done_callback(self._done.put)

@@ -1,0 +1,56 @@
+"""The build's steps, each one call with plain arguments: what a Prefect task wraps, retries and
+caches, and what a plain executor runs as it is (soundtrack/build.py composes them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from soundtrack import events
+from soundtrack.publish import publish_outcome
+from soundtrack.renders import Render, RenderCache, RenderFailure, render_batch
+from soundtrack.report import ModelInfo, TrackRecord
+from soundtrack.spec import TrackSpec
+from soundtrack.storage import open_storage
+
+if TYPE_CHECKING:
+    from soundtrack.process import TrackOutcome
+
+
+def render(
+    specs: list[TrackSpec], cache_dir: str, device: str | None
+) -> list[Render | RenderFailure]:
+    """Render one batch (one generate call) into the render cache; returns paths and hashes."""
+    results = render_batch(specs, RenderCache(Path(cache_dir)), device=device)
+    for spec, result in zip(specs, results, strict=True):
+        if not isinstance(result, RenderFailure):
+            events.emit(spec.id, "generated")
+    return results
+
+
+def master(spec: TrackSpec, audio_path: str, staging_dir: str) -> TrackOutcome:
+    """Master, judge and encode one render or recording into a staging folder."""
+    # Imported on first use: scipy, librosa and Great Expectations take seconds to load, and
+    # a build that has nothing to master should not pay for them.
+    from soundtrack.audio import read_audio
+    from soundtrack.gates import load_expectations
+    from soundtrack.process import process_track
+
+    audio, sample_rate = read_audio(Path(audio_path))
+    extra = load_expectations(spec.expectations) if spec.expectations else []
+    outcome = process_track(spec, audio, sample_rate, Path(staging_dir), extra_expectations=extra)
+    events.emit(spec.id, "mastered")
+    return outcome
+
+
+def publish(
+    spec: TrackSpec, outcome: TrackOutcome, storage_url: str, base_dir: str, model: ModelInfo | None
+) -> TrackRecord:
+    """Upload an approved track's files, verified by checksum."""
+    storage = open_storage(storage_url, base_dir=Path(base_dir))
+    return publish_outcome(storage, spec, outcome, model=model)
+
+
+def write_index(soundtrack: str, lock: bytes, storage_url: str, base_dir: str) -> str:
+    """Replace the soundtrack's lock file: the last write of a build."""
+    return open_storage(storage_url, base_dir=Path(base_dir)).write_index(soundtrack, lock)
