@@ -57,7 +57,7 @@ class BuildArtifacts:
                 f"{record.status})",
             )
 
-    def summary(self, report: BuildReport, outcomes: Sequence[TrackOutcome]) -> None:
+    def finished(self, report: BuildReport, outcomes: Sequence[TrackOutcome]) -> None:
         create_table_artifact(
             table=[_row(track) for track in report.tracks],
             key=f"{self.soundtrack}-tracks",

@@ -383,8 +383,7 @@ def build(
     Prefect server did not start, 2 for invalid input, outputs overlapping inputs, or storage
     that cannot be used (credentials, bucket, endpoint), found before the flow runs.
     """
-    from soundtrack.errors import StorageError
-    from soundtrack.inputs import check_inputs
+    from soundtrack.build import Options, prepare
 
     if out is not None and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", out):
         # A folder typed on the command line means one relative to where it was typed.
@@ -392,25 +391,23 @@ def build(
     local_model = Path(model).expanduser() if model else None
     if local_model is not None and local_model.is_dir():
         model = str(local_model.resolve())
-    # 1. Validate everything a user gave before starting Prefect: bad input writes nothing.
+    # 1. Check everything a user gave before starting Prefect: bad input writes nothing. The
+    # flow checks again, the same way, where it runs (a worker has no CLI before it).
+    options = Options(
+        only=only or (),
+        out=out,
+        model=model,
+        device=device,
+        batch_size=batch_size,
+        local_models=render_pool is None,
+    )
     try:
-        checked = check_inputs(
-            manifest,
-            out=out,
-            model=model,
-            only=only or [],
-            reports=[p for p in (report, junit) if p],
-        )
-        specs = checked.specs
-        checked.storage.check_access()
-    except StorageError as exc:
-        # Wrong credentials, a missing bucket or a dead endpoint are settings to fix: exit 2.
-        fail(exc if exc.transient else InputError(str(exc)))
+        specs = prepare(manifest, options, reports=[p for p in (report, junit) if p]).checked.specs
     except SoundtrackError as exc:
         fail(exc)
 
     # 2. Run the flow with a progress bar fed by the tasks' events.
-    from flows.build import BuildFailed, build_soundtrack
+    from flows.build import build_soundtrack
     from flows.server import start_temporary_server
     from soundtrack import events
 
@@ -435,24 +432,23 @@ def build(
         finally:
             unsubscribe()
     result = state.result(raise_on_failure=False)
+    if isinstance(result, SoundtrackError):
+        fail(result)  # bad input found by the flow (a missing model): one line, exit 2
+    if isinstance(result, BaseException):
+        raise result  # a bug: in full
+    from soundtrack.report import BuildReport, to_junit
+
+    outcome = BuildReport.model_validate(result)
 
     # 3. Report: a table, the JSON report, the JUnit file, the exit code.
-    if isinstance(result, BuildFailed):
-        outcome = result.report
-    elif isinstance(result, BaseException):
-        fail(result if isinstance(result, SoundtrackError) else SoundtrackError(str(result)))
-    else:
-        outcome = result
     _print_report(outcome)
     if report is not None:
         report.write_text(outcome.to_json())
     if junit is not None:
-        from soundtrack.report import to_junit
-
         junit.write_text(to_junit(outcome))
-    if isinstance(result, BuildFailed):
+    if state.is_failed():
         err_console.print(
-            f"[bold red]build failed:[/] {escape(redact(str(result)))}",
+            f"[bold red]build failed:[/] {escape(redact(state.message or 'see the report'))}",
             highlight=False,
             soft_wrap=True,
         )

@@ -13,7 +13,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 from prefect.deployments import run_deployment
 
-from soundtrack import events
+from soundtrack import events, steps
 from soundtrack.errors import GenerationError, ModelLoadError
 from soundtrack.renders import (
     Render,
@@ -59,13 +59,9 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 def generate_batch(
     specs: list[TrackSpec], cache_dir: str, device: str | None
 ) -> list[Render | RenderFailure]:
-    """Render one batch (one generate call) into the render cache; returns paths and hashes."""
+    """Render one batch (one generate call) into the render cache, one batch per GPU."""
     with concurrency(GPU_LIMIT, occupy=1, lease_duration=GPU_LEASE_S, strict=True):
-        results = render_batch(specs, RenderCache(Path(cache_dir)), device=device)
-    for spec, result in zip(specs, results, strict=True):
-        if not isinstance(result, RenderFailure):
-            events.emit(spec.id, "generated")
-    return results
+        return steps.render(specs, cache_dir, device)
 
 
 @task(name="render-and-share", retries=1, retry_condition_fn=_transient, cache_policy=NO_CACHE)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from soundtrack import events
+from soundtrack import steps
 from soundtrack.spec import TrackSpec
 
 if TYPE_CHECKING:
@@ -18,14 +17,4 @@ if TYPE_CHECKING:
 @task(name="master", cache_policy=NO_CACHE, persist_result=False)
 def master_track(spec: TrackSpec, audio_path: str, staging_dir: str) -> TrackOutcome:
     """Master, judge and encode one render or recording into a staging folder."""
-    # Imported on first use: scipy, librosa and Great Expectations take seconds to load, and
-    # a build that has nothing to master should not pay for them.
-    from soundtrack.audio import read_audio
-    from soundtrack.gates import load_expectations
-    from soundtrack.process import process_track
-
-    audio, sample_rate = read_audio(Path(audio_path))
-    extra = load_expectations(spec.expectations) if spec.expectations else []
-    outcome = process_track(spec, audio, sample_rate, Path(staging_dir), extra_expectations=extra)
-    events.emit(spec.id, "mastered")
-    return outcome
+    return steps.master(spec, audio_path, staging_dir)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from soundtrack import steps
 from soundtrack.errors import StorageError
-from soundtrack.publish import publish_outcome
 from soundtrack.report import ModelInfo, TrackRecord
 from soundtrack.spec import TrackSpec
-from soundtrack.storage import open_storage
 
 if TYPE_CHECKING:
     from soundtrack.process import TrackOutcome
@@ -41,17 +39,10 @@ def publish_track(
     spec: TrackSpec, outcome: TrackOutcome, storage_url: str, base_dir: str, model: ModelInfo | None
 ) -> TrackRecord:
     """Upload an approved track's files, verified by checksum."""
-    storage = open_storage(storage_url, base_dir=Path(base_dir))
-    return publish_outcome(storage, spec, outcome, model=model)
-
-
-@task(name="read-index", **RETRYING)
-def read_index(soundtrack: str, storage_url: str, base_dir: str) -> bytes | None:
-    """The soundtrack's current lock file: what is published already."""
-    return open_storage(storage_url, base_dir=Path(base_dir)).read_index(soundtrack)
+    return steps.publish(spec, outcome, storage_url, base_dir, model)
 
 
 @task(name="write-index", **RETRYING)
 def write_index(soundtrack: str, lock: bytes, storage_url: str, base_dir: str) -> str:
     """Replace the soundtrack's lock file: the last write of a build."""
-    return open_storage(storage_url, base_dir=Path(base_dir)).write_index(soundtrack, lock)
+    return steps.write_index(soundtrack, lock, storage_url, base_dir)
