@@ -84,6 +84,9 @@ def start_temporary_server() -> str | None:
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("start_temporary_server() must run on the main thread")
     timeout_s = startup_timeout_s(settings)
+    # A server that lives for one build has nothing to report home; offline, trying prints an
+    # ERROR line on every build. The user's own setting wins.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     server = _server_dying_with_this_process()
     try:
         server.start(timeout=timeout_s)
