@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -15,6 +12,7 @@ import imageio_ffmpeg
 import numpy as np
 import soundfile as sf
 
+from soundtrack.atomic import atomic_path
 from soundtrack.errors import AudioError
 
 
@@ -37,18 +35,6 @@ def run_ffmpeg(args: Sequence[str], *, stdin: BinaryIO | None = None) -> str:
             f"ffmpeg {' '.join(args)} failed (exit {proc.returncode}): {stderr[-2000:]}"
         )
     return stderr
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield an unused temporary path beside `path`: renamed into place on success, deleted on
-    failure. The writer creates the file, so it gets the usual permissions (mkstemp's are 0600)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.part")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_audio(path: Path) -> tuple[np.ndarray, int]:

@@ -24,7 +24,8 @@ from mutagen.id3 import ID3, TALB, TIT2, TXXX
 from mutagen.ogg import OggPage
 from mutagen.oggvorbis import OggVorbis
 
-from soundtrack.audio import atomic_path, run_ffmpeg
+from soundtrack.atomic import atomic_path
+from soundtrack.audio import run_ffmpeg
 from soundtrack.errors import AudioError, InputError
 from soundtrack.formats import FORMATS
 from soundtrack.master import Master

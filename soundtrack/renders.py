@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from soundtrack.audio import atomic_path, read_audio, write_wav
+from soundtrack.atomic import atomic_path
+from soundtrack.audio import read_audio, write_wav
 from soundtrack.errors import GenerationError
 from soundtrack.formats import content_type_for
 from soundtrack.manifest import file_sha256

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
+from soundtrack.atomic import atomic_path, fsync_path
 from soundtrack.errors import InputError, StorageError
 from soundtrack.manifest import file_sha256
 from soundtrack.storage.base import (
@@ -260,41 +260,31 @@ _FILE_MODE = 0o644  # what a plain `cp` gives under the usual umask 022
 def _write_atomically(
     target: Path, *, path: Path | None = None, sha256: str | None = None, data: bytes = b""
 ) -> int:
-    """Write `path`'s content (or `data`) to a temp file beside `target`, fsync, rename over it."""
-    tmp_name: str | None = None
+    """Copy `path`'s content (or write `data`) beside `target`, check it against `sha256` when
+    given, and rename it over `target` once on disk (atomic_path); returns the size."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        # mkstemp makes the file 0600; published assets are read by engines and build users.
-        os.fchmod(fd, _FILE_MODE)
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            if path is None:
-                out.write(data)
-                digest.update(data)
-            else:
-                with path.open("rb") as source:
-                    for block in iter(lambda: source.read(_COPY_BLOCK_BYTES), b""):
-                        out.write(block)
-                        digest.update(block)
-            out.flush()
-            os.fsync(out.fileno())
-            size = out.tell()
-        if sha256 is not None and digest.hexdigest() != sha256:
-            raise StorageError(
-                f"{path} has sha256 {digest.hexdigest()}, expected {sha256}: "
-                "the file changed after it was hashed; nothing was published",
-                transient=False,
-            )
-        os.replace(tmp_name, target)
-        tmp_name = None
-        _fsync_dir(target.parent)
+        with atomic_path(target) as tmp:
+            digest = hashlib.sha256()
+            with tmp.open("xb") as out:
+                if path is None:
+                    out.write(data)
+                    digest.update(data)
+                else:
+                    with path.open("rb") as source:
+                        for block in iter(lambda: source.read(_COPY_BLOCK_BYTES), b""):
+                            out.write(block)
+                            digest.update(block)
+                size = out.tell()
+            if sha256 is not None and digest.hexdigest() != sha256:
+                raise StorageError(
+                    f"{path} has sha256 {digest.hexdigest()}, expected {sha256}: "
+                    "the file changed after it was hashed; nothing was published",
+                    transient=False,
+                )
         return size
     except OSError as exc:
         raise _error(f"cannot write {target}", exc) from None
-    finally:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
 
 
 def _append(path: Path, line: bytes) -> None:
@@ -313,22 +303,13 @@ def _append(path: Path, line: bytes) -> None:
         finally:
             os.close(fd)
         if not size:
-            _fsync_dir(path.parent)
+            fsync_path(path.parent)  # the new file's entry in the folder
     except OSError as exc:
         raise _error(f"cannot write {path}", exc) from None
 
 
 def _raise(exc: OSError) -> None:
     raise exc
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename itself is durable only once the directory entry is flushed.
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _error(doing: str, exc: OSError) -> StorageError:

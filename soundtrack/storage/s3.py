@@ -26,7 +26,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from s3transfer.utils import ChunksizeAdjuster
 
-from soundtrack.audio import atomic_path
+from soundtrack.atomic import atomic_path
 from soundtrack.errors import InputError, StorageError
 from soundtrack.manifest import file_sha256
 from soundtrack.redaction import redact, remember, remember_url
