@@ -33,8 +33,8 @@ from pydantic import (
 from soundtrack import PIPELINE_VERSION
 from soundtrack.errors import InputError
 from soundtrack.formats import AudioFormat
+from soundtrack.hashing import file_sha256
 from soundtrack.loops import _MIN_COMPARE, SEARCH_S  # validate repeats find_loop_end's sums
-from soundtrack.redaction import url_has_credentials
 from soundtrack.spec import (
     DEFAULT_LOUDNESS_PROFILE,
     LOUDNESS_PROFILES,
@@ -45,6 +45,7 @@ from soundtrack.spec import (
     TrackSpec,
     default_fade_out_s,
 )
+from soundtrack.storage import check_storage_url
 
 SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 1024 * 1024  # a soundtrack manifest is a few KiB; refuse anything huge
@@ -66,7 +67,6 @@ MAX_TRACKS = 500
 MAX_PROMPT_CHARS = 1000
 SEED_MAX = 2**32 - 1
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
-S3_BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 DEFAULT_MODEL = "facebook/musicgen-small"
 DEFAULT_STORAGE = "./assets"
 # Fields that change the generated (raw) audio; the generation cache is keyed on these alone, so
@@ -286,27 +286,6 @@ def _file_inside(value: str | None, info: ValidationInfo, what: str) -> str | No
         if not resolved.is_file():
             raise ValueError(f"{what} file not found: {value!r} (relative to {root})")
     return value
-
-
-def check_storage_url(value: str) -> None:
-    """Raise ValueError unless `value` is a folder path or an s3://bucket[/prefix] URL."""
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        if "\x00" in value:
-            raise ValueError("storage path contains a NUL byte")
-        return
-    if scheme != "s3":
-        raise ValueError(f"storage must be a folder or s3://bucket/prefix (got scheme {scheme!r})")
-    if url_has_credentials(value):
-        raise ValueError(
-            "storage URL must not carry credentials (user:password@): give them as "
-            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or in an AWS profile (AWS_PROFILE)"
-        )
-    bucket, _, prefix = rest.partition("/")
-    if not S3_BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket:
-        raise ValueError(f"invalid S3 bucket name {bucket!r} in storage URL")
-    if any(part in ("", ".", "..") for part in prefix.strip("/").split("/")) and prefix.strip("/"):
-        raise ValueError(f"invalid S3 prefix {prefix!r} (empty, '.' or '..' segments)")
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -705,15 +684,6 @@ def _loudness_target(value: Any) -> LoudnessTarget:
         true_peak_max_dbtp=explicit.true_peak,
         tolerance_lu=explicit.tolerance,
     )
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _canonical_hash(payload: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from soundtrack.atomic import atomic_path
 from soundtrack.audio import read_audio, write_wav
 from soundtrack.errors import GenerationError
 from soundtrack.formats import content_type_for
-from soundtrack.manifest import file_sha256
+from soundtrack.hashing import file_sha256
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import Storage
 

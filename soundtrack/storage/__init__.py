@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from soundtrack.errors import InputError
-from soundtrack.manifest import check_storage_url
 from soundtrack.redaction import remember_url, url_has_credentials
 from soundtrack.storage.base import (
     INDEX_NAME,
@@ -16,6 +15,7 @@ from soundtrack.storage.base import (
 )
 from soundtrack.storage.local import LocalStorage
 from soundtrack.storage.s3 import S3Storage
+from soundtrack.storage.url import check_storage_url
 
 __all__ = [
     "INDEX_NAME",
@@ -26,6 +26,7 @@ __all__ = [
     "S3Storage",
     "Storage",
     "check_access",
+    "check_storage_url",
     "index_keys",
     "open_storage",
 ]

@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 
 from soundtrack.atomic import atomic_path, fsync_path
 from soundtrack.errors import InputError, StorageError
-from soundtrack.manifest import file_sha256
+from soundtrack.hashing import file_sha256
 from soundtrack.storage.base import (
     INDEX_NAME,
     MAX_PRESIGN_EXPIRY_S,

@@ -28,7 +28,7 @@ from s3transfer.utils import ChunksizeAdjuster
 
 from soundtrack.atomic import atomic_path
 from soundtrack.errors import InputError, StorageError
-from soundtrack.manifest import file_sha256
+from soundtrack.hashing import file_sha256
 from soundtrack.redaction import redact, remember, remember_url
 from soundtrack.storage.base import (
     INDEX_NAME,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from soundtrack.errors import InputError
-from soundtrack.manifest import file_sha256
+from soundtrack.hashing import file_sha256
 from soundtrack.plan import batch, plan_build, select
 from soundtrack.publish import track_record
 from soundtrack.report import BuildReport, FileRecord

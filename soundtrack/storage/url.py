@@ -1,0 +1,30 @@
+"""The rule for a storage location, checked by the manifest's schema and by open_storage alike."""
+
+from __future__ import annotations
+
+import re
+
+from soundtrack.redaction import url_has_credentials
+
+S3_BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def check_storage_url(value: str) -> None:
+    """Raise ValueError unless `value` is a folder path or an s3://bucket[/prefix] URL."""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        if "\x00" in value:
+            raise ValueError("storage path contains a NUL byte")
+        return
+    if scheme != "s3":
+        raise ValueError(f"storage must be a folder or s3://bucket/prefix (got scheme {scheme!r})")
+    if url_has_credentials(value):
+        raise ValueError(
+            "storage URL must not carry credentials (user:password@): give them as "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or in an AWS profile (AWS_PROFILE)"
+        )
+    bucket, _, prefix = rest.partition("/")
+    if not S3_BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket:
+        raise ValueError(f"invalid S3 bucket name {bucket!r} in storage URL")
+    if any(part in ("", ".", "..") for part in prefix.strip("/").split("/")) and prefix.strip("/"):
+        raise ValueError(f"invalid S3 prefix {prefix!r} (empty, '.' or '..' segments)")
