@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 SOUNDTRACK = str(Path(sys.executable).with_name("soundtrack"))
 
@@ -26,3 +30,16 @@ def build(workdir: Path, env: dict[str, str], *args: str) -> subprocess.Complete
 def statuses(report: dict[str, Any]) -> dict[str, str]:
     """Track id -> status of a report or lock."""
     return {track["id"]: track["status"] for track in report["tracks"]}
+
+
+def build_runs(api_url: str, since: datetime) -> list[FlowRun]:
+    """The build-soundtrack flow runs the Prefect server at `api_url` created since `since`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["build-soundtrack"]))
+        )
+    return [run for run in runs if run.created is not None and run.created >= since]

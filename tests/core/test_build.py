@@ -1,0 +1,198 @@
+"""The core build, driven directly (no Prefect server): what it approves, rejects, reuses and
+refuses, checked against ffmpeg's ebur128, soundfile and the files' own sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import mutagen
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from soundtrack import models
+from soundtrack.build import BuildResult, Options, ThreadExecutor, build
+from soundtrack.cli import app
+from soundtrack.errors import InputError
+from soundtrack.models import load_count
+from tests.reference import ebur128
+from tests.signals import music_like
+
+MANIFEST = """\
+schema: 1
+soundtrack: e2e
+storage: ./out
+defaults:
+  duration: 4
+  loudness: console
+tracks:
+  - id: battle-loop
+    prompt: driving taiko battle loop
+    loop: true
+    duration: 6
+    seed: 11
+  - id: long-theme
+    prompt: slow orchestral theme
+    duration: 35
+    seed: 12
+  - id: credits
+    source: audio/credits.wav
+  - id: too-strict
+    prompt: quiet ambient sting
+    seed: 14
+    gates: {silence_floor_lufs: -20}
+"""
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def statuses(result: BuildResult) -> dict[str, str]:
+    return {track.id: track.status for track in result.report.tracks}
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "audio").mkdir()
+    sf.write(tmp_path / "audio" / "credits.wav", music_like(8.0, 32000).T, 32000)
+    (tmp_path / "m.yaml").write_text(MANIFEST)
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
+    return tmp_path
+
+
+def run(project: Path, model: Path, **options: object) -> BuildResult:
+    """One build, as a new `soundtrack build` process would run it: no model loaded yet."""
+    models._loaded.clear()
+    return build(
+        project / "m.yaml",
+        Options(model=str(model), **options),  # type: ignore[arg-type]
+        executor=ThreadExecutor(),
+    )
+
+
+def test_build_approves_rejects_and_rebuilds_only_what_changed(
+    project: Path, tiny_model_dir: Path
+) -> None:
+    out = project / "out" / "e2e"
+
+    # 1. First build: three approved, one rejected by its (deliberately strict) gate.
+    first = run(project, tiny_model_dir)
+    assert statuses(first) == {
+        "battle-loop": "approved",
+        "long-theme": "approved",
+        "credits": "approved",
+        "too-strict": "rejected",
+    }
+    assert first.exit_status == 1 and first.failure == "1 track(s) rejected, 0 failed"
+    rejected = next(t for t in first.report.tracks if t.id == "too-strict")
+    assert rejected.reason is not None and "silence" in rejected.reason and rejected.files == []
+    assert not list(out.glob("too-strict.*")), "nothing of a rejected track is published"
+    assert first.report.model_loads == 1
+
+    # 2. The lock beside the assets matches the files; the files meet their targets.
+    lock = json.loads((out / "soundtrack.lock.json").read_text())
+    assert {t["id"]: t["status"] for t in lock["tracks"]} == statuses(first)
+    expected_seconds = {"battle-loop": 6.0, "long-theme": 35.0, "credits": 8.0}
+    for track in (t for t in lock["tracks"] if t["status"] == "approved"):
+        assert {f["format"] for f in track["files"]} == {"ogg", "mp3"}
+        for entry in track["files"]:
+            path = out / f"{track['id']}.{entry['format']}"
+            assert sha256(path) == entry["sha256"] and path.stat().st_size == entry["bytes"]
+            lufs, true_peak = ebur128(path)
+            assert abs(lufs - -24.0) <= 0.5, (path.name, lufs)
+            assert true_peak <= -1.0, (path.name, true_peak)
+            if entry["format"] == "ogg":
+                info = sf.info(str(path))
+                assert info.samplerate == 44100 and info.channels == 2
+                assert abs(info.frames / 44100 - expected_seconds[track["id"]]) <= 0.5
+    loop_ogg = mutagen.File(out / "battle-loop.ogg")
+    loop_entry = next(t for t in lock["tracks"] if t["id"] == "battle-loop")["files"][0]
+    assert int(loop_ogg["LOOPLENGTH"][0]) == loop_entry["loop_length"] > 0
+    assert not list(out.glob(".*")), "no temporary files left behind"
+
+    # 3. Same manifest again: every approved track is cached and no model is loaded.
+    published = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix != ".json"}
+    again = run(project, tiny_model_dir)
+    assert statuses(again) == {
+        "battle-loop": "cached",
+        "long-theme": "cached",
+        "credits": "cached",
+        "too-strict": "rejected",
+    }
+    assert again.report.model_loads == 0
+    assets_after = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix != ".json"}
+    assert {n: t for n, t in assets_after.items() if not n.endswith(".jsonl")} == {
+        n: t for n, t in published.items() if not n.endswith(".jsonl")
+    }, "cached tracks' files are left untouched"
+
+    # 4. A changed prompt regenerates that track only.
+    (project / "m.yaml").write_text(
+        MANIFEST.replace("driving taiko battle loop", "driving taiko battle loop, war horns")
+    )
+    before = sha256(out / "battle-loop.ogg")
+    changed = run(project, tiny_model_dir, only=("battle-loop", "long-theme", "credits"))
+    assert changed.exit_status == 0, changed.failure
+    assert statuses(changed) == {
+        "battle-loop": "approved",
+        "long-theme": "cached",
+        "credits": "cached",
+    }
+    assert changed.report.model_loads == 1
+    assert sha256(out / "battle-loop.ogg") != before
+
+    # 5. A damaged lock is said to be unreadable and replaced, never silently.
+    lock_path = out / "soundtrack.lock.json"
+    lock_path.write_bytes(lock_path.read_bytes()[:200])
+    repaired = run(project, tiny_model_dir, only=("credits",))
+    assert repaired.exit_status == 0, repaired.failure
+    (warning,) = repaired.report.warnings
+    assert warning.startswith("lock of e2e at ./out unreadable") and "rebuilding it" in warning
+    lock = json.loads(lock_path.read_text())
+    assert {t["id"]: t["status"] for t in lock["tracks"]} == {"credits": "approved"}
+    assert sha256(out / "credits.ogg") == lock["tracks"][0]["files"][0]["sha256"]
+
+
+BROKEN_INPUTS = {
+    "expectations file": ("expectations: checks.json\n", "checks.json"),
+    "missing model": ("", "no such directory"),
+    "unreadable source": ("", "credits.wav"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_INPUTS)
+def test_bad_input_is_refused_before_any_model_loads_and_nothing_is_written(
+    case: str, project: Path, tiny_model_dir: Path
+) -> None:
+    manifest, model = project / "m.yaml", tiny_model_dir
+    extra, said = BROKEN_INPUTS[case]
+    if case == "expectations file":
+        (project / "checks.json").write_text('[{"type": "expect_column_values_to_be_between",')
+    elif case == "missing model":
+        model = project / "no-such-model"
+    else:
+        (project / "audio" / "credits.wav").write_bytes(b"RIFF\x00\x00not a wav")
+    manifest.write_text(MANIFEST.replace("storage: ./out\n", f"storage: ./out\n{extra}"))
+    loads = load_count()
+
+    with pytest.raises(InputError) as caught:
+        run(project, model)
+    assert said in str(caught.value) + " ".join(caught.value.problems)
+    assert load_count() == loads, "no model was loaded"
+    assert not (project / "out").exists() and not (project / "cache" / "renders").exists()
+
+    # The CLI refuses the same way, before it starts Prefect: exit 2, one error, no traceback.
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        result = CliRunner().invoke(app, ["build", "m.yaml", "--model", str(model)])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and said in " ".join(result.output.split())
+    assert "Traceback" not in result.output and "Starting temporary server" not in result.output
+    assert not (project / "out").exists()
