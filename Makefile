@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: setup demo demo-offline test lint format bench schema ui-screenshot clean
+.PHONY: setup demo demo-offline test test-fast lint format bench schema ui-screenshot clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,11 @@ demo-offline: setup
 # pytest exits 5 when it collected nothing: a run that tests nothing must not pass.
 test: setup
 	@$(PY) -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+# The inner loop: everything but the end-to-end tests that start servers (Prefect, S3).
+test-fast: setup
+	@$(PY) -m pytest -m "not slow"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 lint: setup
