@@ -11,13 +11,28 @@ DISTANCE_PENALTY = 0.25  # score lost at the edge of the search window (a perfec
 COMPARE_MAX_S = 1.5  # how much audio after a candidate end is compared with the start
 _N_FFT = 2048
 _HOP = 512
-_MIN_COMPARE = _N_FFT + 4 * _HOP  # samples after a candidate end: a few feature frames
+_MIN_COMPARE_SAMPLES = _N_FFT + 4 * _HOP  # after a candidate end: a few feature frames
 
 
 def render_duration_s(duration_s: float, crossfade_ms: float) -> float:
     """How much audio to render for a `duration_s` loop: room to search past the requested end,
     and the crossfade tail after the latest possible end."""
     return duration_s + SEARCH_S + crossfade_ms / 1000.0
+
+
+def loop_tail_samples(crossfade_samples: int) -> int:
+    """Samples that must follow a loop end: its crossfade, and audio to compare with the start."""
+    return max(crossfade_samples, _MIN_COMPARE_SAMPLES)
+
+
+def loop_end_range(
+    duration_s: float, sample_rate: int, frames: int, crossfade_samples: int
+) -> tuple[int, int]:
+    """The earliest and latest loop end (in samples) searched in `frames` samples of audio: within
+    SEARCH_S of `duration_s`, with the loop's tail after the latest; the manifest checks it too."""
+    earliest = round((duration_s - SEARCH_S) * sample_rate)
+    latest = round((duration_s + SEARCH_S) * sample_rate)
+    return earliest, min(latest, frames - loop_tail_samples(crossfade_samples))
 
 
 def make_loop(
@@ -37,10 +52,7 @@ def find_loop_end(
     start: best chroma + onset match on a hop grid, then the best-correlating zero crossing."""
     mono = audio.mean(axis=0)
     frames = mono.size
-    lo = round((duration_s - SEARCH_S) * sample_rate)
-    hi = min(
-        round((duration_s + SEARCH_S) * sample_rate), frames - max(crossfade_samples, _MIN_COMPARE)
-    )
+    lo, hi = loop_end_range(duration_s, sample_rate, frames, crossfade_samples)
     if crossfade_samples < 1 or 2 * crossfade_samples > lo:
         raise AudioError(
             f"loop crossfade of {crossfade_samples} samples does not fit a {duration_s} s loop"
@@ -125,7 +137,7 @@ def _refine(mono: np.ndarray, coarse: int, lo: int, hi: int, length: int) -> int
     last = min(hi, coarse + _HOP)
     head = mono[:length]
     region = mono[first : last + length]
-    # scipy.signal costs a second to import; TrackSpec reaches this module for render_duration_s.
+    # scipy.signal costs a second to import; resolving a manifest imports this module.
     from scipy.signal import correlate
 
     dots = correlate(region, head, mode="valid")

@@ -34,7 +34,7 @@ from soundtrack import PIPELINE_VERSION
 from soundtrack.errors import InputError
 from soundtrack.formats import AudioFormat
 from soundtrack.hashing import file_sha256
-from soundtrack.loops import _MIN_COMPARE, SEARCH_S  # validate repeats find_loop_end's sums
+from soundtrack.loops import SEARCH_S, loop_end_range, loop_tail_samples, render_duration_s
 from soundtrack.spec import (
     DEFAULT_LOUDNESS_PROFILE,
     LOUDNESS_PROFILES,
@@ -662,6 +662,11 @@ def full_prompt(track: Track) -> str | None:
     return ", ".join(parts)
 
 
+def seconds_to_render(duration_s: float, mastering: Mastering, *, loop: bool) -> float:
+    """Seconds to generate: a loop needs room to search for its end and a crossfade tail."""
+    return render_duration_s(duration_s, mastering.loop_crossfade_ms) if loop else duration_s
+
+
 def _merge(defaults: Defaults, track: Track) -> dict[str, Any]:
     # exclude_unset: a track's `sampling: {top_k: 100}` must not reset the soundtrack's temperature.
     merged = defaults.model_dump(exclude_unset=True, exclude_none=True)
@@ -706,10 +711,11 @@ def resolve_tracks(
             merged["model"] = model_override
         source = (base_dir / track.source).resolve() if track.source else None
         duration_s = _duration_s(
-            track, merged, None if source is None else _recording(source).seconds
+            track, merged, None if source is None else _recording(source).duration_s
         )
         gates = GateLimits(**merged.get("gates", {}))
         mastering = _mastering(merged, duration_s, loop=track.loop)
+        # The hashed fields: their names and values are the spec hash, so neither may change.
         fields: dict[str, Any] = {
             "pipeline_version": PIPELINE_VERSION,
             "soundtrack": manifest.soundtrack,
@@ -735,6 +741,7 @@ def resolve_tracks(
             soundtrack=manifest.soundtrack,
             id=track.id,
             duration_s=fields["duration_s"],
+            render_duration_s=seconds_to_render(fields["duration_s"], mastering, loop=track.loop),
             loop=track.loop,
             seed=fields["seed"],
             model=_model_location(fields["model"], base_dir),
@@ -790,7 +797,7 @@ def _render_problems(manifest: Manifest, base_dir: Path) -> list[tuple[str, str]
             except InputError as exc:
                 problems.append((f"{where}.source", str(exc)))
                 continue
-        duration_s = _duration_s(track, merged, recording.seconds if recording else None)
+        duration_s = _duration_s(track, merged, recording.duration_s if recording else None)
         mastering = _mastering(merged, duration_s, loop=track.loop)
         for name, message in _unrenderable(track, merged, duration_s, mastering, recording):
             origin = (
@@ -811,31 +818,34 @@ def _unrenderable(
 ) -> list[tuple[str, str]]:
     """(field, message) for each render-time check of master.py and loops.py this track would
     fail; the checks are theirs, done in samples at the output rate as they do them."""
-    rate = mastering.sample_rate
-    frames = round(duration_s * rate)
+    sample_rate = mastering.sample_rate
+    frames = round(duration_s * sample_rate)
     if recording is not None:  # mastering cuts a recording to the duration, never lengthens it
-        frames = min(frames, round(recording.seconds * rate))
+        frames = min(frames, round(recording.duration_s * sample_rate))
     if not track.loop:
         # master._fade: the fades must fit the (cut) audio
-        fade_in = round(mastering.fade_in_ms / 1000.0 * rate)
-        fade_out = round(mastering.fade_out_s * rate)
-        if fade_in + fade_out <= frames:
+        fade_in_frames = round(mastering.fade_in_ms / 1000.0 * sample_rate)
+        fade_out_frames = round(mastering.fade_out_s * sample_rate)
+        if fade_in_frames + fade_out_frames <= frames:
             return []
         name = next((n for n in ("fade_out_s", "fade_in_ms") if n in merged), "duration")
         return [
             (
                 name,
                 f"a {mastering.fade_in_ms:g} ms fade-in plus a {mastering.fade_out_s:g} s "
-                f"fade-out does not fit the {frames / rate:g} s track; allowed: "
+                f"fade-out does not fit the {frames / sample_rate:g} s track; allowed: "
                 f"fade_in_ms / 1000 + fade_out_s <= duration",
             )
         ]
-    # loops.find_loop_end: the loop end is searched within SEARCH_S of the duration, the
-    # crossfade must fit twice before the earliest end, and audio must follow the latest end.
+    # loops.find_loop_end: the crossfade must fit twice before the earliest end, and the loop's
+    # tail must follow the latest. A generated loop renders room for both; a recording may not.
     crossfade_ms = mastering.loop_crossfade_ms
-    crossfade = round(crossfade_ms / 1000.0 * rate)
-    earliest_end = round((duration_s - SEARCH_S) * rate)
-    if 2 * crossfade > earliest_end:
+    crossfade_frames = round(crossfade_ms / 1000.0 * sample_rate)
+    available_s = recording.duration_s if recording else render_duration_s(duration_s, crossfade_ms)
+    earliest_end, latest_end = loop_end_range(
+        duration_s, sample_rate, round(available_s * sample_rate), crossfade_frames
+    )
+    if 2 * crossfade_frames > earliest_end:
         name = "loop_crossfade_ms" if "loop_crossfade_ms" in merged else "duration"
         return [
             (
@@ -845,18 +855,14 @@ def _unrenderable(
                 f"crossfade = {SEARCH_S + 2 * crossfade_ms / 1000.0:g} s",
             )
         ]
-    if recording is None:
-        return []  # a render runs loops.render_duration_s: room for the search and crossfade
-    tail = max(crossfade, _MIN_COMPARE)  # audio compared and crossfaded after the end
-    latest_end = min(round((duration_s + SEARCH_S) * rate), round(recording.seconds * rate) - tail)
-    if latest_end >= earliest_end:
+    if recording is None or latest_end >= earliest_end:
         return []
     name = "duration" if track.duration is not None else "loop_crossfade_ms"
-    needed_s = duration_s - SEARCH_S + tail / rate
+    needed_s = duration_s - SEARCH_S + loop_tail_samples(crossfade_frames) / sample_rate
     return [
         (
             name,
-            f"the recording is {recording.seconds:.2f} s long; a {duration_s:g} s loop with a "
+            f"the recording is {recording.duration_s:.2f} s long; a {duration_s:g} s loop with a "
             f"{crossfade_ms:g} ms crossfade needs at least {needed_s:.2f} s of audio (its end "
             f"is searched from {SEARCH_S:g} s before the duration, and the crossfade follows it)",
         )
@@ -875,7 +881,7 @@ def _model_location(model: str | None, base_dir: Path) -> str:
 class _Recording:
     """What validation needs to know of a source recording (read from its header)."""
 
-    seconds: float
+    duration_s: float
     channels: int
 
 
@@ -887,25 +893,25 @@ def _recording(path: Path) -> _Recording:
         info = soundfile.info(str(path))
     except (RuntimeError, soundfile.LibsndfileError) as exc:
         raise InputError(f"cannot read the source recording {path.name}: {exc}") from None
-    seconds = float(info.frames) / float(info.samplerate)
-    if not math.isfinite(seconds) or seconds <= 0:
+    duration_s = float(info.frames) / float(info.samplerate)
+    if not math.isfinite(duration_s) or duration_s <= 0:
         raise InputError(f"source recording {path.name} has no audio")
     if info.channels > MAX_SOURCE_CHANNELS:
         raise InputError(
             f"source recording {path.name} has {info.channels} channels; mastering takes mono "
             f"(1) or stereo (2) recordings: downmix it first"
         )
-    if seconds > MAX_DURATION_S:
+    if duration_s > MAX_DURATION_S:
         raise InputError(
-            f"source recording {path.name} is {seconds:.1f} s long; "
+            f"source recording {path.name} is {duration_s:.1f} s long; "
             f"the longest track is {MAX_DURATION_S:g} s"
         )
-    if seconds < MIN_DURATION_S:
+    if duration_s < MIN_DURATION_S:
         raise InputError(
-            f"source recording {path.name} is {seconds:.3f} s long; "
+            f"source recording {path.name} is {duration_s:.3f} s long; "
             f"the shortest track is {MIN_DURATION_S:g} s"
         )
-    return _Recording(seconds=seconds, channels=int(info.channels))
+    return _Recording(duration_s=duration_s, channels=int(info.channels))
 
 
 def json_schema() -> dict[str, Any]:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from soundtrack.formats import AudioFormat
-from soundtrack.loops import render_duration_s
 
 
 @dataclass(frozen=True)
@@ -84,6 +83,7 @@ class TrackSpec:
     soundtrack: str
     id: str
     duration_s: float
+    render_duration_s: float  # seconds to generate: a loop renders room to find its end
     loop: bool
     seed: int
     model: str
@@ -102,10 +102,3 @@ class TrackSpec:
     # generation cache key, so re-mastering does not regenerate. None for source tracks.
     generation_key: str | None = None
     expectations: Path | None = None  # the team's own GX expectations (JSON), judged as gates
-
-    @property
-    def render_duration_s(self) -> float:
-        """Seconds to generate: a loop needs room to search for its end and a crossfade tail."""
-        if not self.loop:
-            return self.duration_s
-        return render_duration_s(self.duration_s, self.mastering.loop_crossfade_ms)

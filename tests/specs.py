@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from soundtrack.manifest import seconds_to_render
 from soundtrack.spec import LOUDNESS_PROFILES, GateLimits, Mastering, Sampling, TrackSpec
 
 
 def make_spec(**overrides: Any) -> TrackSpec:
     """A 10 s console-loudness track (OGG + MP3, 44.1 kHz stereo); keyword arguments replace
-    any TrackSpec field, and `spec_hash` is recomputed from the others unless given."""
+    any TrackSpec field; `render_duration_s` and `spec_hash` are computed from the others unless
+    given."""
     fields: dict[str, Any] = {
         "soundtrack": "test",
         "id": "track",
@@ -28,6 +30,10 @@ def make_spec(**overrides: Any) -> TrackSpec:
         "spec_hash": "",
     }
     fields.update(overrides)
+    if "render_duration_s" not in fields:
+        fields["render_duration_s"] = seconds_to_render(
+            fields["duration_s"], fields["mastering"], loop=fields["loop"]
+        )
     if not fields["spec_hash"]:
         fields["spec_hash"] = hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()
     return TrackSpec(**fields)
