@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from soundtrack.errors import InputError
 from soundtrack.report import BuildReport, TrackRecord
 from soundtrack.spec import TrackSpec
-from soundtrack.storage import Storage
+
+if TYPE_CHECKING:  # a type only: the storage package imports boto3, which planning never needs
+    from soundtrack.storage import Storage
 
 DEFAULT_BATCH_SIZE = 4
 
@@ -68,8 +71,6 @@ def plan_build(
     Tracks left out by `only` keep their published entry when it still matches the manifest, so
     the lock stays complete.
     """
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1 (got {batch_size})")
     selected = {spec.id for spec in select(specs, only)}
     previous = {record.id: record for record in lock.tracks} if lock else {}
     cached: list[TrackRecord] = []

@@ -10,7 +10,7 @@ from soundtrack.errors import InputError, ModelLoadError
 
 DEVICE_ENV = "SOUNDTRACK_DEVICE"
 SMALL_MODEL_PARAMETERS = 50_000_000  # below this, extra threads only add synchronisation
-DEFAULT_BATCH_SIZE = {"cuda": 16, "mps": 4, "cpu": 4}  # CPU: a batch of 4 costs about one track
+DEVICE_KINDS = ("cuda", "mps", "cpu")
 
 
 def resolve_device(device: str | None) -> str:
@@ -23,7 +23,7 @@ def resolve_device(device: str | None) -> str:
             return "mps"
         return "cpu"
     kind = requested.split(":", 1)[0]
-    if kind not in DEFAULT_BATCH_SIZE:
+    if kind not in DEVICE_KINDS:
         raise InputError(
             f"device must be auto, cpu, mps, cuda or cuda:N (argument or ${DEVICE_ENV}), "
             f"got {requested!r}"
@@ -42,11 +42,6 @@ def model_dtype(device: str) -> torch.dtype:
     if device == "mps":
         return torch.float16
     return torch.float32
-
-
-def default_batch_size(device: str) -> int:
-    """Tracks per generate call when the caller does not say."""
-    return DEFAULT_BATCH_SIZE[device.split(":", 1)[0]]
 
 
 def set_cpu_threads(parameters: int) -> None:

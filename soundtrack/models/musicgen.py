@@ -27,7 +27,7 @@ from soundtrack.models.base import (
     check_audio,
     check_request,
 )
-from soundtrack.models.device import default_batch_size, model_dtype, set_cpu_threads
+from soundtrack.models.device import model_dtype, set_cpu_threads
 from soundtrack.models.longform import WindowPlan, equal_power_join, plan_windows
 from soundtrack.models.sampling import TrackSampler, uses_guidance
 from soundtrack.models.source import ModelSource, how_to_provide
@@ -103,8 +103,9 @@ class MusicgenGenerator:
         progress: ProgressCallback | None = None,
     ) -> list[GeneratedAudio | GenerationError]:
         """One result per request, in order; NaN or silent tracks come back as GenerationError."""
-        # 1. Check inputs before any work.
-        size = batch_size if batch_size is not None else default_batch_size(self.device)
+        # 1. Check inputs before any work. The build's planner sizes batches (one batching
+        # layer): by default the requests given are one batch.
+        size = batch_size if batch_size is not None else max(1, len(requests))
         if size < 1:
             raise InputError(f"batch_size must be >= 1, got {size}")
         tracks = [self._track(i, request) for i, request in enumerate(requests)]
