@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from pathlib import Path
 
 import mutagen
@@ -159,6 +160,7 @@ def test_build_approves_rejects_and_rebuilds_only_what_changed(
 
 BROKEN_INPUTS = {
     "expectations file": ("expectations: checks.json\n", "checks.json"),
+    "code in expectations": ("expectations: checks.json\n", "'pandas' is not allowed"),
     "missing model": ("", "no such directory"),
     "unreadable source": ("", "credits.wav"),
 }
@@ -170,8 +172,16 @@ def test_bad_input_is_refused_before_any_model_loads_and_nothing_is_written(
 ) -> None:
     manifest, model = project / "m.yaml", tiny_model_dir
     extra, said = BROKEN_INPUTS[case]
+    canary = project / "CANARY"
     if case == "expectations file":
         (project / "checks.json").write_text('[{"type": "expect_column_values_to_be_between",')
+    elif case == "code in expectations":
+        # Pandas would run this query text as code (tests/core/test_expectations_input.py).
+        touch = json.dumps(f"touch {shlex.quote(str(canary))}")
+        kwargs = {"column": "sample_peak_dbfs", "max_value": -2.0, "condition_parser": "pandas"}
+        code = {**kwargs, "row_condition": f"@pd.io.common.os.system({touch})"}
+        check = {"type": "expect_column_max_to_be_between", "kwargs": code, "meta": {"gate": "x"}}
+        (project / "checks.json").write_text(json.dumps([check]))
     elif case == "missing model":
         model = project / "no-such-model"
     else:
@@ -189,10 +199,14 @@ def test_bad_input_is_refused_before_any_model_loads_and_nothing_is_written(
     cwd = os.getcwd()
     os.chdir(project)
     try:
-        result = CliRunner().invoke(app, ["build", "m.yaml", "--model", str(model)])
+        results = [
+            CliRunner().invoke(app, ["build", "m.yaml", "--model", str(model)]),
+            CliRunner().invoke(app, ["validate", "m.yaml"]),
+        ]
     finally:
         os.chdir(cwd)
-    assert result.exit_code == 2, result.output
-    assert "error:" in result.output and said in " ".join(result.output.split())
-    assert "Traceback" not in result.output and "Starting temporary server" not in result.output
-    assert not (project / "out").exists()
+    for result in results if case != "missing model" else results[:1]:
+        assert result.exit_code == 2, result.output
+        assert "error:" in result.output and said in " ".join(result.output.split())
+        assert "Traceback" not in result.output and "temporary server" not in result.output
+    assert not (project / "out").exists() and not canary.exists()
