@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from soundtrack.errors import InputError  # noqa: E402
-from soundtrack.manifest import load_manifest, resolve_tracks  # noqa: E402
+from soundtrack.manifest import load_manifest  # noqa: E402
+from soundtrack.resolve import resolve_tracks  # noqa: E402
 
 
 def bomb(levels: int) -> str:

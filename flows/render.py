@@ -8,9 +8,10 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from soundtrack.manifest import load_manifest, resolve_tracks
+from soundtrack.manifest import load_manifest
 from soundtrack.plan import select
 from soundtrack.renders import cache_root
+from soundtrack.resolve import resolve_tracks
 from tasks.generate import render_and_share
 
 

@@ -107,7 +107,7 @@ def schema(
     ] = None,
 ) -> None:
     """Print the manifest's JSON Schema (for editor completion; committed under manifests/)."""
-    from soundtrack.manifest import json_schema
+    from soundtrack.schema import json_schema
 
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
     if output is None:

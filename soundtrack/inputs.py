@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from soundtrack.errors import InputError
-from soundtrack.manifest import Manifest, load_manifest, resolve_tracks
+from soundtrack.manifest import load_manifest
 from soundtrack.plan import select
 from soundtrack.renders import cache_root
+from soundtrack.resolve import resolve_tracks
+from soundtrack.schema import Manifest
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import INDEX_NAME, STORAGE_ENV, LocalStorage, Storage, open_storage
 from soundtrack.storage.base import RENDERS_FOLDER

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from soundtrack.manifest import seconds_to_render
+from soundtrack.resolve import seconds_to_render
 from soundtrack.spec import LOUDNESS_PROFILES, GateLimits, Mastering, Sampling, TrackSpec
 
 

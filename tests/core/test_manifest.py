@@ -15,17 +15,15 @@ from typer.testing import CliRunner
 from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.manifest import (
-    MAX_DURATION_S,
     MAX_MANIFEST_BYTES,
     MAX_YAML_ALIASES,
     MAX_YAML_NODES,
     _line_map,
     _ManifestLoader,
-    derived_seed,
-    json_schema,
     load_manifest,
-    resolve_tracks,
 )
+from soundtrack.resolve import derived_seed, resolve_tracks
+from soundtrack.schema import MAX_DURATION_S, json_schema
 from soundtrack.spec import TrackSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -311,7 +309,7 @@ PINNED_SHORT_HASHES = {
 def test_unchanged_tracks_keep_their_spec_hashes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("soundtrack.manifest.PIPELINE_VERSION", "1")
+    monkeypatch.setattr("soundtrack.resolve.PIPELINE_VERSION", "1")
     hashes = {
         (path.name, spec.id): spec.spec_hash
         for path in EXAMPLES

@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from soundtrack.errors import InputError
-from soundtrack.manifest import load_manifest, resolve_tracks
+from soundtrack.manifest import load_manifest
 from soundtrack.master import _fade
+from soundtrack.resolve import resolve_tracks
 from soundtrack.spec import TrackSpec
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,9 +14,11 @@ from soundtrack.encode import encode
 from soundtrack.errors import AudioError, InputError
 from soundtrack.gates import GateResult, judge
 from soundtrack.limiter import limit_true_peak, true_peak_dbtp
-from soundtrack.manifest import MIN_DURATION_S, load_manifest, resolve_tracks
+from soundtrack.manifest import load_manifest
 from soundtrack.master import _MIN_DURATION_S, Master, master
 from soundtrack.measure import measure
+from soundtrack.resolve import resolve_tracks
+from soundtrack.schema import MIN_DURATION_S
 from soundtrack.spec import LOUDNESS_PROFILES, LoudnessTarget, Mastering, TrackSpec
 from tests import signals
 from tests.reference import ebur128
@@ -222,5 +224,5 @@ def test_settings_at_the_edge_validate_allows_master_without_error(tmp_path: Pat
 
 
 def test_the_manifest_minimum_duration_is_the_masters() -> None:
-    # manifest.MIN_DURATION_S copies master._MIN_DURATION_S (importing master is slow).
+    # schema.MIN_DURATION_S copies master._MIN_DURATION_S (importing master is slow).
     assert MIN_DURATION_S == _MIN_DURATION_S

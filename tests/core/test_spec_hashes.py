@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from soundtrack.manifest import load_manifest, resolve_tracks
+from soundtrack.manifest import load_manifest
+from soundtrack.resolve import resolve_tracks
 
 ROOT = Path(__file__).resolve().parents[2]
 # tests/manifests/ holds only invalid manifests (tests/manifests/invalid/): none resolves.

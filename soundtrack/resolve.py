@@ -1,0 +1,319 @@
+"""Resolving a validated manifest into TrackSpecs: defaults merged, lengths read, hashes computed.
+
+Reads the files a manifest names (recordings, expectations, local models) and asks mastering's and
+loops' arithmetic whether each track's settings can render together (docs/manifest.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from soundtrack import PIPELINE_VERSION
+from soundtrack.errors import InputError
+from soundtrack.hashing import file_sha256
+from soundtrack.loops import SEARCH_S, loop_end_range, loop_tail_samples, render_duration_s
+from soundtrack.schema import (
+    MAX_DURATION_S,
+    MIN_DURATION_S,
+    Defaults,
+    LoudnessSpec,
+    Manifest,
+    Track,
+)
+from soundtrack.spec import (
+    DEFAULT_LOUDNESS_PROFILE,
+    LOUDNESS_PROFILES,
+    GateLimits,
+    LoudnessTarget,
+    Mastering,
+    Sampling,
+    TrackSpec,
+    default_fade_out_s,
+)
+
+DEFAULT_MODEL = "facebook/musicgen-small"
+MAX_SOURCE_CHANNELS = 2  # mastering maps mono or stereo (master._to_channels)
+# Fields that change the generated (raw) audio; the generation cache is keyed on these alone, so
+# re-mastering to a new loudness profile does not regenerate.
+_GENERATION_FIELDS = ("model", "model_revision", "prompt", "seed", "sampling", "overlap_s")
+_MASTERING_FIELDS = ("fade_in_ms", "fade_out_s", "loop_crossfade_ms", "sample_rate", "channels")
+
+
+def derived_seed(soundtrack: str, track_id: str) -> int:
+    """A stable seed for tracks that set none, so rebuilds reproduce the same audio."""
+    digest = hashlib.sha256(f"{soundtrack}/{track_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def full_prompt(track: Track) -> str | None:
+    """The prompt with the track's musical tags appended, as the model receives it."""
+    if track.prompt is None:
+        return None
+    parts = [track.prompt.rstrip(". ")]
+    if track.key:
+        parts.append(track.key)
+    if track.bpm:
+        parts.append(f"{track.bpm} BPM")
+    if track.mood:
+        parts.append(track.mood)
+    if track.instruments:
+        parts.append(", ".join(track.instruments))
+    return ", ".join(parts)
+
+
+def seconds_to_render(duration_s: float, mastering: Mastering, *, loop: bool) -> float:
+    """Seconds to generate: a loop needs room to search for its end and a crossfade tail."""
+    return render_duration_s(duration_s, mastering.loop_crossfade_ms) if loop else duration_s
+
+
+def _merge(defaults: Defaults, track: Track) -> dict[str, Any]:
+    # exclude_unset: a track's `sampling: {top_k: 100}` must not reset the soundtrack's temperature.
+    merged = defaults.model_dump(exclude_unset=True, exclude_none=True)
+    for name, value in track.model_dump(exclude_unset=True, exclude_none=True).items():
+        if name in ("sampling", "gates") and name in merged:
+            merged[name] = {**merged[name], **value}
+        else:
+            merged[name] = value
+    return merged
+
+
+def _loudness_target(value: Any) -> LoudnessTarget:
+    if value is None:
+        return LOUDNESS_PROFILES[DEFAULT_LOUDNESS_PROFILE]
+    if isinstance(value, str):
+        return LOUDNESS_PROFILES[value]
+    explicit = LoudnessSpec(**value)
+    return LoudnessTarget(
+        integrated_lufs=explicit.integrated,
+        true_peak_max_dbtp=explicit.true_peak,
+        tolerance_lu=explicit.tolerance,
+    )
+
+
+def _canonical_hash(payload: dict[str, Any]) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resolve_tracks(
+    manifest: Manifest, base_dir: Path, *, model_override: str | None = None
+) -> list[TrackSpec]:
+    """Merge defaults into every track and compute its spec hash (see docs/manifest.md).
+
+    `model_override` replaces every generated track's model (e.g. a tiny model for smoke tests).
+    """
+    specs = []
+    expectations = (base_dir / manifest.expectations).resolve() if manifest.expectations else None
+    for track in manifest.tracks:
+        merged = _merge(manifest.defaults, track)
+        if model_override is not None:
+            merged["model"] = model_override
+        source = (base_dir / track.source).resolve() if track.source else None
+        duration_s = _duration_s(
+            track, merged, None if source is None else _recording(source).duration_s
+        )
+        gates = GateLimits(**merged.get("gates", {}))
+        mastering = _mastering(merged, duration_s, loop=track.loop)
+        # The hashed fields: their names and values are the spec hash, so neither may change.
+        fields: dict[str, Any] = {
+            "pipeline_version": PIPELINE_VERSION,
+            "soundtrack": manifest.soundtrack,
+            "id": track.id,
+            "prompt": full_prompt(track),
+            "source_sha256": file_sha256(source) if source else None,
+            "model": None if source else merged.get("model", DEFAULT_MODEL),
+            "model_revision": None if source else merged.get("model_revision"),
+            "duration_s": float(duration_s),
+            "loop": track.loop,
+            "seed": track.seed
+            if track.seed is not None
+            else derived_seed(manifest.soundtrack, track.id),
+            "sampling": asdict(Sampling(**merged.get("sampling", {}))),
+            "overlap_s": float(merged.get("overlap_s", 10.0)),
+            "mastering": asdict(mastering),
+            "gates": asdict(gates),
+            "formats": list(merged.get("formats", ["ogg", "mp3"])),
+            "wav_bit_depth": merged.get("wav_bit_depth", 16),
+            "expectations_sha256": file_sha256(expectations) if expectations else None,
+        }
+        spec = TrackSpec(
+            soundtrack=manifest.soundtrack,
+            id=track.id,
+            duration_s=fields["duration_s"],
+            render_duration_s=seconds_to_render(fields["duration_s"], mastering, loop=track.loop),
+            loop=track.loop,
+            seed=fields["seed"],
+            model=_model_location(fields["model"], base_dir),
+            model_revision=fields["model_revision"],
+            sampling=Sampling(**fields["sampling"]),
+            overlap_s=fields["overlap_s"],
+            mastering=mastering,
+            gates=gates,
+            formats=tuple(fields["formats"]),
+            wav_bit_depth=fields["wav_bit_depth"],
+            spec_hash=_canonical_hash(fields),
+            prompt=fields["prompt"],
+            source=source,
+            source_sha256=fields["source_sha256"],
+            expectations=expectations,
+        )
+        if source is None:
+            generation = {name: fields[name] for name in (*_GENERATION_FIELDS, "pipeline_version")}
+            generation["render_duration_s"] = spec.render_duration_s
+            spec = replace(spec, generation_key=_canonical_hash(generation))
+        specs.append(spec)
+    return specs
+
+
+def _duration_s(track: Track, merged: dict[str, Any], recording_s: float | None) -> float:
+    """A recording keeps its own length unless the track itself asks for another: the
+    soundtrack-wide default duration is meant for what gets generated."""
+    if recording_s is None:
+        return float(merged.get("duration", 30.0))
+    return float(track.duration) if track.duration is not None else recording_s
+
+
+def _mastering(merged: dict[str, Any], duration_s: float, *, loop: bool) -> Mastering:
+    """The track's mastering settings, with the length-dependent defaults resolved."""
+    settings = {name: merged[name] for name in _MASTERING_FIELDS if name in merged}
+    # A loop has no fade-out: it keeps the dataclass default, so its spec hash stays put.
+    if not loop and "fade_out_s" not in settings:
+        settings["fade_out_s"] = default_fade_out_s(duration_s)
+    return Mastering(loudness=_loudness_target(merged.get("loudness")), **settings)
+
+
+def render_problems(manifest: Manifest, base_dir: Path) -> list[tuple[str, str]]:
+    """(field, message) for settings that are each in range but cannot be rendered together
+    (mastering and loops would raise half-way through a build), and for source recordings
+    mastering cannot take."""
+    problems: list[tuple[str, str]] = []
+    for index, track in enumerate(manifest.tracks):
+        where = f"tracks[{index}]"
+        merged = _merge(manifest.defaults, track)
+        recording = None
+        if track.source is not None:
+            try:
+                recording = _recording((base_dir / track.source).resolve())
+            except InputError as exc:
+                problems.append((f"{where}.source", str(exc)))
+                continue
+        duration_s = _duration_s(track, merged, recording.duration_s if recording else None)
+        mastering = _mastering(merged, duration_s, loop=track.loop)
+        for name, message in _unrenderable(track, merged, duration_s, mastering, recording):
+            origin = (
+                " (set in defaults)"
+                if name in merged and name not in track.model_fields_set
+                else ""
+            )
+            problems.append((f"{where}.{name}", message + origin))
+    return problems
+
+
+def _unrenderable(
+    track: Track,
+    merged: dict[str, Any],
+    duration_s: float,
+    mastering: Mastering,
+    recording: _Recording | None,
+) -> list[tuple[str, str]]:
+    """(field, message) for each render-time check of master.py and loops.py this track would
+    fail; the checks are theirs, done in samples at the output rate as they do them."""
+    sample_rate = mastering.sample_rate
+    frames = round(duration_s * sample_rate)
+    if recording is not None:  # mastering cuts a recording to the duration, never lengthens it
+        frames = min(frames, round(recording.duration_s * sample_rate))
+    if not track.loop:
+        # master._fade: the fades must fit the (cut) audio
+        fade_in_frames = round(mastering.fade_in_ms / 1000.0 * sample_rate)
+        fade_out_frames = round(mastering.fade_out_s * sample_rate)
+        if fade_in_frames + fade_out_frames <= frames:
+            return []
+        name = next((n for n in ("fade_out_s", "fade_in_ms") if n in merged), "duration")
+        return [
+            (
+                name,
+                f"a {mastering.fade_in_ms:g} ms fade-in plus a {mastering.fade_out_s:g} s "
+                f"fade-out does not fit the {frames / sample_rate:g} s track; allowed: "
+                f"fade_in_ms / 1000 + fade_out_s <= duration",
+            )
+        ]
+    # loops.find_loop_end: the crossfade must fit twice before the earliest end, and the loop's
+    # tail must follow the latest. A generated loop renders room for both; a recording may not.
+    crossfade_ms = mastering.loop_crossfade_ms
+    crossfade_frames = round(crossfade_ms / 1000.0 * sample_rate)
+    available_s = recording.duration_s if recording else render_duration_s(duration_s, crossfade_ms)
+    earliest_end, latest_end = loop_end_range(
+        duration_s, sample_rate, round(available_s * sample_rate), crossfade_frames
+    )
+    if 2 * crossfade_frames > earliest_end:
+        name = "loop_crossfade_ms" if "loop_crossfade_ms" in merged else "duration"
+        return [
+            (
+                name,
+                f"a {duration_s:g} s loop is too short for its {crossfade_ms:g} ms crossfade: "
+                f"a loop needs at least {SEARCH_S:g} s (the search for its end) + 2 x the "
+                f"crossfade = {SEARCH_S + 2 * crossfade_ms / 1000.0:g} s",
+            )
+        ]
+    if recording is None or latest_end >= earliest_end:
+        return []
+    name = "duration" if track.duration is not None else "loop_crossfade_ms"
+    needed_s = duration_s - SEARCH_S + loop_tail_samples(crossfade_frames) / sample_rate
+    return [
+        (
+            name,
+            f"the recording is {recording.duration_s:.2f} s long; a {duration_s:g} s loop with a "
+            f"{crossfade_ms:g} ms crossfade needs at least {needed_s:.2f} s of audio (its end "
+            f"is searched from {SEARCH_S:g} s before the duration, and the crossfade follows it)",
+        )
+    ]
+
+
+def _model_location(model: str | None, base_dir: Path) -> str:
+    """A model directory relative to the manifest loads from there; anything else is a hub id."""
+    if model is None:
+        return ""
+    local = (base_dir / model).expanduser()
+    return str(local.resolve()) if local.is_dir() else model
+
+
+@dataclass(frozen=True)
+class _Recording:
+    """What validation needs to know of a source recording (read from its header)."""
+
+    duration_s: float
+    channels: int
+
+
+def _recording(path: Path) -> _Recording:
+    """Read a source recording's header; raise InputError for one that mastering cannot take."""
+    import soundfile  # local: only source tracks need it
+
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, soundfile.LibsndfileError) as exc:
+        raise InputError(f"cannot read the source recording {path.name}: {exc}") from None
+    duration_s = float(info.frames) / float(info.samplerate)
+    if not math.isfinite(duration_s) or duration_s <= 0:
+        raise InputError(f"source recording {path.name} has no audio")
+    if info.channels > MAX_SOURCE_CHANNELS:
+        raise InputError(
+            f"source recording {path.name} has {info.channels} channels; mastering takes mono "
+            f"(1) or stereo (2) recordings: downmix it first"
+        )
+    if duration_s > MAX_DURATION_S:
+        raise InputError(
+            f"source recording {path.name} is {duration_s:.1f} s long; "
+            f"the longest track is {MAX_DURATION_S:g} s"
+        )
+    if duration_s < MIN_DURATION_S:
+        raise InputError(
+            f"source recording {path.name} is {duration_s:.3f} s long; "
+            f"the shortest track is {MIN_DURATION_S:g} s"
+        )
+    return _Recording(duration_s=duration_s, channels=int(info.channels))

@@ -1,0 +1,255 @@
+"""The manifest's schema: pydantic models of schema version 1, and the JSON Schema they produce.
+
+Every key and range a manifest may hold is declared here once; docs/manifest.md is the reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from soundtrack.formats import AudioFormat
+from soundtrack.storage import check_storage_url
+
+SCHEMA_VERSION = 1
+MAX_DURATION_S = 600.0  # 10 minutes: longer than any game cue, short enough to bound GPU time
+# One BS.1770 gating block: mastering refuses anything shorter. Copied from
+# soundtrack.master._MIN_DURATION_S (importing master costs scipy's import time); a test keeps
+# the two equal.
+MIN_DURATION_S = 0.4
+MAX_TRACKS = 500
+MAX_PROMPT_CHARS = 1000
+SEED_MAX = 2**32 - 1
+SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+DEFAULT_STORAGE = "./assets"
+
+Slug = Annotated[str, Field(pattern=SLUG_PATTERN, description="Lower-case letters, digits, '-'.")]
+
+
+def _takes_numbers(annotation: Any) -> bool:
+    """Whether a field's type admits a number but not a bool (int, float, Literal[1, 2], ...)."""
+    if annotation is bool:
+        return False
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) is Literal:
+        return any(isinstance(arg, int | float) for arg in get_args(annotation))
+    args = get_args(annotation)
+    return any(_takes_numbers(arg) for arg in args) and bool not in args
+
+
+class _Strict(BaseModel):
+    # allow_inf_nan=False: `.inf` or `.nan` would silently switch a gate off (every comparison
+    # with nan is false); no setting of a manifest has a use for them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads a bool as 1 or 0 where a number is expected: `seed: true` would be 1.
+        name = info.field_name
+        if isinstance(value, bool) and name and _takes_numbers(cls.model_fields[name].annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
+
+
+class LoudnessSpec(_Strict):
+    """Explicit loudness targets instead of a named profile."""
+
+    integrated: float = Field(ge=-40, le=-5, description="Integrated loudness target, LUFS.")
+    true_peak: float = Field(default=-1.0, ge=-12, le=0, description="True-peak ceiling, dBTP.")
+    tolerance: float = Field(default=2.0, gt=0, le=6, description="Allowed deviation, LU.")
+
+
+def _loudness_kind(value: Any) -> str:
+    return "profile" if isinstance(value, str) else "explicit"
+
+
+Loudness = Annotated[
+    Annotated[Literal["console", "mobile", "web"], Tag("profile")]
+    | Annotated[LoudnessSpec, Tag("explicit")],
+    Discriminator(_loudness_kind),
+]
+
+
+class SamplingSpec(_Strict):
+    """MusicGen sampling settings (audiocraft's defaults)."""
+
+    temperature: float = Field(default=1.0, gt=0, le=5)
+    top_k: int = Field(default=250, ge=0, le=2048, description="0 disables top-k.")
+    top_p: float = Field(default=0.0, ge=0, le=1, description="0 disables nucleus sampling.")
+    guidance: float = Field(default=3.0, ge=0, le=20, description="Classifier-free guidance.")
+
+
+class GatesSpec(_Strict):
+    """Overrides of the quality-gate limits (docs/gates.md); unset keys keep the defaults."""
+
+    duration_tolerance_s: float | None = Field(default=None, gt=0, le=60)
+    silence_floor_lufs: float | None = Field(default=None, ge=-120, le=-20)
+    dropout_max_s: float | None = Field(default=None, gt=0, le=60)
+    dropout_threshold_dbfs: float | None = Field(default=None, ge=-120, le=-20)
+    lead_silence_max_ms: float | None = Field(default=None, ge=0, le=10_000)
+    trail_silence_max_s: float | None = Field(default=None, ge=0, le=60)
+    clip_run_samples: int | None = Field(default=None, ge=1, le=1000)
+    clipped_runs_max: int | None = Field(default=None, ge=0)
+    dc_offset_max: float | None = Field(default=None, ge=0, le=1)
+    seam_jump_max_ratio: float | None = Field(default=None, gt=0)
+    seam_loudness_max_lu: float | None = Field(default=None, gt=0, le=20)
+
+
+class _Overridable(_Strict):
+    """Settings a soundtrack sets in `defaults` and a track may override."""
+
+    model: str | None = Field(default=None, min_length=1, description="Hub id or local directory.")
+    model_revision: str | None = Field(
+        default=None, min_length=1, description="Hub revision (branch, tag or commit) to pin."
+    )
+    duration: float | None = Field(
+        default=None, ge=MIN_DURATION_S, le=MAX_DURATION_S, description="Seconds."
+    )
+    formats: list[AudioFormat] | None = Field(default=None, min_length=1)
+    loudness: Loudness | None = Field(
+        default=None, description="Profile (console -24, mobile -18, web -16 LUFS) or targets."
+    )
+    sampling: SamplingSpec | None = None
+    overlap_s: float | None = Field(
+        default=None, ge=1, le=25, description="Long form: seconds fed back to the next window."
+    )
+    sample_rate: Literal[22050, 32000, 44100, 48000] | None = None
+    channels: Literal[1, 2] | None = None
+    fade_in_ms: float | None = Field(default=None, ge=0, le=5000)
+    fade_out_s: float | None = Field(default=None, ge=0, le=30, description="Non-loops only.")
+    loop_crossfade_ms: float | None = Field(default=None, ge=10, le=5000)
+    wav_bit_depth: Literal[16, 24] | None = None
+    gates: GatesSpec | None = None
+
+    @field_validator("formats")
+    @classmethod
+    def _unique_formats(cls, value: list[AudioFormat] | None) -> list[AudioFormat] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"formats must not repeat (got {value})")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_id(cls, value: str | None) -> str | None:
+        if value is not None and (value != value.strip() or any(c.isspace() for c in value)):
+            raise ValueError(f"a model id or path has no spaces (got {value!r})")
+        return value
+
+
+class Defaults(_Overridable):
+    """Soundtrack-wide defaults merged into every track."""
+
+
+class Track(_Overridable):
+    """One cue of the soundtrack: generated from `prompt`, or an existing recording (`source`)."""
+
+    id: Slug = Field(description="Becomes the file name: lower-case letters, digits, '-'.")
+    prompt: str | None = Field(default=None, description="What to generate, as a composer's brief.")
+    source: str | None = Field(default=None, description="Existing recording, relative path.")
+    loop: bool = Field(default=False, description="Seamless loop with loop tags.")
+    seed: int | None = Field(
+        default=None, ge=0, le=SEED_MAX, description="Default: derived from soundtrack and id."
+    )
+    bpm: int | None = Field(default=None, ge=20, le=300, description="Added to the prompt.")
+    key: str | None = Field(default=None, min_length=1, max_length=40, description="E.g. D minor.")
+    mood: str | None = Field(default=None, min_length=1, max_length=100)
+    instruments: list[Annotated[str, Field(min_length=1, max_length=60)]] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_text(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("prompt is empty")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}")
+        if any(ord(c) < 32 and c not in "\n\t" for c in value):
+            raise ValueError("prompt contains control characters")
+        return value.strip()
+
+    @field_validator("source")
+    @classmethod
+    def _source_inside(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _file_inside(value, info, "source")
+
+    @model_validator(mode="after")
+    def _prompt_or_source(self) -> Track:
+        if (self.prompt is None) == (self.source is None):
+            raise ValueError("needs exactly one of 'prompt' (generate) or 'source' (a recording)")
+        if self.source is not None and self.model is not None:
+            raise ValueError("'model' has no meaning for a 'source' track")
+        return self
+
+
+class Manifest(_Strict):
+    """A soundtrack manifest, schema version 1."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="soundtrack-pipeline manifest",
+        json_schema_extra={"$id": "https://soundtrack-pipeline.dev/schema/v1.json"},
+    )
+
+    schema_version: Literal[1] = Field(alias="schema", description="Manifest schema version.")
+    soundtrack: Slug = Field(description="Soundtrack name: a slug, used in storage paths.")
+    storage: str = Field(
+        default=DEFAULT_STORAGE,
+        min_length=1,
+        description="Output folder (relative to the manifest) or s3://bucket/prefix.",
+    )
+    defaults: Defaults = Field(default_factory=Defaults)
+    expectations: str | None = Field(
+        default=None,
+        description="JSON file of the team's own Great Expectations checks (docs/gates.md).",
+    )
+    tracks: list[Track] = Field(min_length=1, max_length=MAX_TRACKS)
+
+    @field_validator("expectations")
+    @classmethod
+    def _expectations_inside(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _file_inside(value, info, "expectations")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        check_storage_url(value)
+        return value
+
+
+def _file_inside(value: str | None, info: ValidationInfo, what: str) -> str | None:
+    """Check that a relative path names a file inside the manifest's folder (symlinks too)."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base_dir")
+    if Path(value).is_absolute() or value.startswith("~"):
+        raise ValueError(f"{what} must be a path relative to the manifest (got {value!r})")
+    if base is not None:
+        root = Path(base).resolve()
+        resolved = (root / value).resolve()
+        if not resolved.is_relative_to(root):
+            raise ValueError(f"{what} escapes the manifest's folder (got {value!r})")
+        if not resolved.is_file():
+            raise ValueError(f"{what} file not found: {value!r} (relative to {root})")
+    return value
+
+
+def json_schema() -> dict[str, Any]:
+    """The manifest's JSON Schema (committed as manifests/soundtrack.schema.json)."""
+    schema = Manifest.model_json_schema(by_alias=True, mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
