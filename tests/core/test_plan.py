@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,13 @@ def test_recordings_are_processed_not_rendered(tmp_path: Path) -> None:
     recording = make_spec(id="rec", source=tmp_path / "rec.wav")
     plan = plan_build([recording], None, LocalStorage("out", tmp_path))
     assert [s.id for s in plan.recordings] == ["rec"] and plan.batches == []
+
+
+def test_planning_imports_neither_yaml_nor_boto3() -> None:
+    # A fresh interpreter: this test session imported both long ago.
+    probe = (
+        "import sys, soundtrack.plan; "
+        "print(' '.join(m for m in ('yaml', 'boto3', 'botocore') if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    assert run.stdout.strip() == ""
