@@ -1,8 +1,8 @@
 """Post-processing: our chain vs an ffmpeg command-line reference chain, same input, same run.
 
 Input: 60 s of stereo 32 kHz audio (MusicGen's rate). Ours: process_track (input measures,
-master to -24 LUFS under -2 dBTP, resample to 44.1 kHz, OGG q6 + MP3 V2, decode both and gate
-them through the GX suite). Reference: ffmpeg loudnorm pass 1 (analysis), then pass 2 (linear
+master to -24 LUFS under -2 dBTP, resample to 44.1 kHz, OGG q6 + MP3 V2, decode both and judge
+them by the gates). Reference: ffmpeg loudnorm pass 1 (analysis), then pass 2 (linear
 loudnorm + soxr aresample to 44.1 kHz + libvorbis q6 and libmp3lame V2 in one process).
 Both run on all cores and pinned to one core (taskset), alternating, --repeats times; the ratio
 is the median of each run of ours over the reference run right after it, which cancels most of
@@ -93,7 +93,7 @@ def measure_once(repeats: int, work: Path) -> dict[str, Any]:
     src = work / "input.wav"
     sf.write(src, audio.T, INPUT_RATE, subtype="FLOAT")
     start = time.perf_counter()
-    warm = process.process_track(spec, audio, INPUT_RATE, work / "warm")  # imports GX
+    warm = process.process_track(spec, audio, INPUT_RATE, work / "warm")  # imports scipy etc.
     cold_s = time.perf_counter() - start
     if warm.status != "approved":
         raise SystemExit(f"our chain rejected the input: {warm.gates}")
@@ -212,7 +212,7 @@ _STAGES = {
     "encode mp3": "`encode` MP3 (ffmpeg + LAME, then tags, sha256)",
     "decode + measure ogg": "`measure_file` OGG (decode and measure)",
     "decode + measure mp3": "`measure_file` MP3 (decode and measure)",
-    "evaluate": "`evaluate` (the GX validation of the track)",
+    "evaluate": "`evaluate` (the track's gates, in plain Python)",
 }
 
 
@@ -259,9 +259,9 @@ def report(all_cores: dict[str, Any], one_core: dict[str, Any], gx: dict[str, fl
         "",
         f"Runs (s): all cores ours {_fmt(all_cores['ours_all_s'])}, reference "
         f"{_fmt(all_cores['reference_all_s'])}; one core ours {_fmt(one_core['ours_all_s'])}, "
-        f"reference {_fmt(one_core['reference_all_s'])}. First call in a process (GX import "
-        f"included): {all_cores['cold_s']:.2f} s; `import great_expectations` alone: "
-        f"{gx['import_s']:.2f} s.",
+        f"reference {_fmt(one_core['reference_all_s'])}. First call in a process (imports "
+        f"included): {all_cores['cold_s']:.2f} s; `import great_expectations` alone (paid only "
+        f"for a team's expectations or the QC report): {gx['import_s']:.2f} s.",
     ]
     return "\n".join(lines)
 

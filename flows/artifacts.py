@@ -95,7 +95,7 @@ def _data_docs(soundtrack: str, outcomes: Sequence[TrackOutcome]) -> Path | None
     # The QC report is a convenience: a failure to render it must not fail the build.
     if not outcomes:
         return None
-    from soundtrack.gates import build_data_docs  # Great Expectations: seconds to import
+    from soundtrack.expectations import build_data_docs  # only a build that processed tracks
 
     try:
         return build_data_docs([o.qc for o in outcomes], cache_root() / "qc" / soundtrack)

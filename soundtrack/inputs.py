@@ -60,7 +60,7 @@ def check_inputs(
     specs = select(resolve_tracks(loaded, path.parent, model_override=model), only)
     expectations: list[dict[str, Any]] = []
     if loaded.expectations:
-        from soundtrack.gates import load_expectations  # Great Expectations: a slow import
+        from soundtrack.expectations import load_expectations  # scipy, for the table columns
 
         expectations = load_expectations(path.parent / loaded.expectations)
     url = storage_url(loaded.storage, out, environ)

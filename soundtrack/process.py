@@ -7,18 +7,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 from soundtrack.encode import EncodedFile, encode
 from soundtrack.errors import AudioError
+from soundtrack.expectations import check_expectations
 from soundtrack.gates import (
     MASTER,
     SOURCE,
+    Gate,
     GateResult,
     GateTable,
-    check_expectations,
     evaluate,
     gate_expectations,
     metrics_row,
@@ -50,7 +51,7 @@ class TrackOutcome:
     """A processed track: approved with its files, or rejected with nothing kept."""
 
     track_id: str
-    status: str  # "approved" | "rejected"
+    status: Literal["approved", "rejected"]
     gates: list[GateResult]
     files: list[EncodedFile]  # empty when rejected
     master: MasterInfo | None  # None when the input could not be mastered (a silent source)
@@ -85,7 +86,7 @@ def process_track(
         # 2. Encode each format, then decode and measure each file. Meanwhile measure the input
         # (silence and clipping are judged on it as well, before mastering gain can hide them;
         # measured now, not beside mastering, which has both cores) and the master, and judge
-        # both, so that the GX run left at the end covers only the decoded files.
+        # both, so that only the decoded files' gates (and a team's) are left for the end.
         jobs = [pool.submit(_encode_and_measure, spec, m, fmt, out_dir) for fmt in spec.formats]
         source_job = pool.submit(_measure, spec, audio, sample_rate)
         (rows, body_gates), done = _gather(jobs, partial(_judge_body, spec, m, source_job))
@@ -118,8 +119,8 @@ def _judge_body(
         metrics_row(spec.id, SOURCE, source_job.result()),
         metrics_row(spec.id, MASTER, master_metrics),
     ]
-    expectations = _gate_expectations(spec, [SOURCE, MASTER])
-    return rows, evaluate(GateTable(spec.id, tuple(rows), tuple(expectations)))
+    gates = _gates(spec, [SOURCE, MASTER])
+    return rows, evaluate(GateTable(spec.id, tuple(rows), tuple(gates)))
 
 
 def _encode_and_measure(
@@ -172,7 +173,7 @@ def _judged(
     done: Sequence[GateResult] = (),
 ) -> TrackOutcome:
     labels = [row["label"] for row in rows]
-    table = GateTable(spec.id, tuple(rows), tuple(_gate_expectations(spec, labels) + extra))
+    table = GateTable(spec.id, tuple(rows), tuple(_gates(spec, labels)), tuple(extra))
     try:
         gates = evaluate(table, done=done)
     except Exception:
@@ -191,7 +192,7 @@ def _judged(
     )
 
 
-def _gate_expectations(spec: TrackSpec, labels: Sequence[str]) -> list[dict[str, Any]]:
+def _gates(spec: TrackSpec, labels: Sequence[str]) -> list[Gate]:
     return gate_expectations(
         labels,
         limits=spec.gates,

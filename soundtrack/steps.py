@@ -33,7 +33,7 @@ def master(spec: TrackSpec, audio_path: str, staging_dir: str) -> TrackOutcome:
     # Imported on first use: scipy, librosa and Great Expectations take seconds to load, and
     # a build that has nothing to master should not pay for them.
     from soundtrack.audio import read_audio
-    from soundtrack.gates import load_expectations
+    from soundtrack.expectations import load_expectations
     from soundtrack.process import process_track
 
     audio, sample_rate = read_audio(Path(audio_path))

@@ -15,20 +15,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from soundtrack.errors import InputError
-from soundtrack.gates import (
+from soundtrack.expectations import (
     ALLOWED_KWARGS,
     EXPECTATIONS_MAX_BYTES,
     EXPECTATIONS_MAX_COUNT,
     EXPECTATIONS_MAX_DEPTH,
     TABLE_COLUMNS,
-    GateResult,
-    GateTable,
     build_data_docs,
-    evaluate,
-    judge,
+    check_expectations,
     load_expectations,
-    metrics_row,
 )
+from soundtrack.gates import GateResult, GateTable, evaluate, judge, metrics_row
 from soundtrack.measure import Metrics
 from soundtrack.spec import LOUDNESS_PROFILES, GateLimits
 
@@ -123,7 +120,7 @@ def test_the_evaluation_path_refuses_code_whatever_built_the_table(tmp_path: Pat
     )
     row = metrics_row("t", "master", MASTER)
     for bad in (pandas_string, pass_through):
-        table = GateTable("t", (row,), (bad,))
+        table = GateTable("t", (row,), (), (bad,))
         with pytest.raises(InputError, match=r"gates-t expectation \[0\]"):
             evaluate(table)
         with pytest.raises(InputError, match=r"gates-t expectation \[0\]"):
@@ -155,7 +152,7 @@ def test_a_structured_row_condition_loads_and_judges_only_its_rows(tmp_path: Pat
         }
     )
     for config in (as_json, as_gx_string, either_label):
-        (loaded,) = load_expectations(_write(tmp_path / "team.json", [config]))
+        (loaded,) = check_expectations(load_expectations(_write(tmp_path / "team.json", [config])))
         # Only structured conditions reach the evaluation path; the parser's name is dropped.
         assert isinstance(loaded["kwargs"]["row_condition"], dict)
         assert "condition_parser" not in loaded["kwargs"]
@@ -384,7 +381,7 @@ _DOCUMENTS = (
 def test_any_json_document_loads_or_raises_an_input_error(tmp_path: Path, document: Any) -> None:
     path = _write(tmp_path / "team.json", document)
     try:
-        loaded = load_expectations(path)
+        loaded = check_expectations(load_expectations(path))
     except InputError:
         return
     for config in loaded:  # what loads is only what the evaluation path accepts

@@ -11,14 +11,13 @@ from typing import Any
 import pytest
 
 from soundtrack.errors import InputError
+from soundtrack.expectations import build_data_docs, load_expectations
 from soundtrack.gates import (
     GateResult,
     GateTable,
-    build_data_docs,
     evaluate,
     gate_expectations,
     judge,
-    load_expectations,
     metrics_row,
 )
 from soundtrack.measure import Metrics
