@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from soundtrack.formats import content_type_for
 from soundtrack.redaction import redact
-from soundtrack.report import BuildReport, FileRecord, GateRecord, ModelInfo, TrackRecord
+from soundtrack.report import BuildReport, FileRecord, ModelInfo, Status, TrackRecord
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import Storage
 
@@ -18,23 +18,9 @@ if TYPE_CHECKING:
 PRESIGN_EXPIRY_S = 7 * 24 * 3600
 
 
-def gate_records(gates: Sequence[GateResult]) -> list[GateRecord]:
-    """Gate verdicts as report records."""
-    return [
-        GateRecord(
-            name=g.name,
-            value=g.value,
-            limit=g.limit,
-            passed=g.passed,
-            severity="warn" if g.severity == "warn" else "fail",
-        )
-        for g in gates
-    ]
-
-
 def track_record(
     spec: TrackSpec,
-    status: str,
+    status: Status,
     *,
     model: ModelInfo | None = None,
     reason: str | None = None,
@@ -53,7 +39,7 @@ def track_record(
             "model": model,
             # A reason quotes exception text, which may carry a library's view of a secret.
             "reason": None if reason is None else redact(reason),
-            "gates": gate_records(gates),
+            "gates": list(gates),
             "files": list(files),
         }
     )

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from soundtrack import PIPELINE_VERSION
 from soundtrack.errors import SoundtrackError
+from soundtrack.gates import GateResult
 
 REPORT_SCHEMA = 1
 Status = Literal["approved", "rejected", "failed", "cached"]
@@ -28,14 +29,6 @@ class ModelInfo(_Model):
     id: str
     revision: str
     license: str
-
-
-class GateRecord(_Model):
-    name: str
-    value: float | None
-    limit: str
-    passed: bool
-    severity: Literal["fail", "warn"]
 
 
 class FileRecord(_Model):
@@ -71,7 +64,7 @@ class TrackRecord(_Model):
     source: str | None = None
     model: ModelInfo | None = None
     reason: str | None = Field(default=None, description="Why a track failed or was rejected.")
-    gates: list[GateRecord] = Field(default_factory=list)
+    gates: list[GateResult] = Field(default_factory=list)
     files: list[FileRecord] = Field(default_factory=list)
 
     @property

@@ -7,13 +7,14 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from soundtrack.report import BuildReport, GateRecord, TrackRecord
+from soundtrack.gates import GateResult
+from soundtrack.report import BuildReport, TrackRecord
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lock_to_junit.py"
 
 
 def lock(tmp_path: Path, created_at: str) -> Path:
-    silence = GateRecord(name="silence", value=-31.0, limit=">= -20", passed=False, severity="fail")
+    silence = GateResult(name="silence", value=-31.0, limit=">= -20", passed=False, severity="fail")
     report = BuildReport(
         soundtrack="sky",
         storage="s3://bucket/game",
