@@ -63,6 +63,12 @@ def aws_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def no_storage_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$SOUNDTRACK_STORAGE unset: a developer's own must not redirect what a test publishes."""
+    monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
+
+
+@pytest.fixture
 def s3_env(
     s3_server: SeaweedServer, aws_isolated: Path, monkeypatch: pytest.MonkeyPatch
 ) -> SeaweedServer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,10 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from tests.s3server import free_ports
+
 STARTUP_TIMEOUT_S = 120.0
 STOP_GRACE_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrefectServer:
@@ -27,7 +22,7 @@ class PrefectServer:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.port = free_port()
+        (self.port,) = free_ports(1)
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.env = {
             "PREFECT_HOME": str(home),

@@ -1,7 +1,9 @@
-"""Independent references for tests: ffmpeg's ebur128 filter (EBU R128 / ITU-R BS.1770)."""
+"""Independent references for tests: ffmpeg's ebur128 filter (EBU R128 / ITU-R BS.1770) and
+hashlib's sha256 of a file (not the code under test's own hashing)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import subprocess
@@ -44,3 +46,8 @@ def ebur128(path: Path) -> tuple[float, float]:
     if integrated is None or peak is None:
         raise RuntimeError(f"no ebur128 summary for {path}: {proc.stderr[-2000:]}")
     return _number(integrated.group(1)), _number(peak.group(1))
+
+
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()

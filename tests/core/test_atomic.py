@@ -17,7 +17,7 @@ from soundtrack.encode import encode
 from soundtrack.master import Master
 from soundtrack.renders import RenderCache
 from soundtrack.storage import LocalStorage
-from tests.core.publishing import make_asset
+from tests.publishing import make_asset
 
 Event = tuple[str, int]  # ("fsync", inode) of a file or folder, or ("replace", inode moved)
 

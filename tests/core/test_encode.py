@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from soundtrack.encode import encode
 from soundtrack.errors import AudioError, InputError
 from soundtrack.master import Master
 from tests import signals
+from tests.reference import sha256_of
 
 TAGS = {"title": "Boss Fight", "soundtrack": "sky-odyssey", "track_id": "boss", "spec_hash": "9f3e"}
 
@@ -40,7 +40,7 @@ def test_decoded_files_have_the_masters_length_and_rate(tmp_path: Path) -> None:
     for f in files:
         assert f.path == tmp_path / f"boss.{f.format}"
         assert f.bytes == f.path.stat().st_size
-        assert f.sha256 == hashlib.sha256(f.path.read_bytes()).hexdigest()
+        assert f.sha256 == sha256_of(f.path)
         decoded, rate = decode_with_ffmpeg(f.path)
         assert rate == 44100
         assert decoded.shape == m.audio.shape, f.format  # MP3: the LAME header trims the delay

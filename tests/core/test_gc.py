@@ -11,16 +11,13 @@ from typer.testing import CliRunner
 
 from soundtrack.cli import app
 from soundtrack.storage import LocalStorage
-from tests.core.publishing import make_asset, publish
-from tests.flows.running import SOUNDTRACK as SOUNDTRACK_CLI
+from tests.publishing import make_asset, publish
+from tests.running import SOUNDTRACK as SOUNDTRACK_CLI
+
+pytestmark = pytest.mark.usefixtures("no_storage_env")
 
 SOUNDTRACK = "sky-odyssey"
 JOURNAL = "soundtrack.journal.jsonl"
-
-
-@pytest.fixture(autouse=True)
-def _no_storage_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
 
 
 def gc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

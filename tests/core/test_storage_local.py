@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -13,28 +12,17 @@ from typer.testing import CliRunner
 from soundtrack.cli import app
 from soundtrack.errors import InputError, StorageError
 from soundtrack.storage import LocalStorage, check_access, open_storage
-from tests.core.publishing import Asset, make_asset, publish, publish_assets
+from tests.publishing import Asset, make_asset, publish, publish_assets, sample_assets
+from tests.reference import sha256_of
+
+pytestmark = pytest.mark.usefixtures("no_storage_env")
 
 SOUNDTRACK = "sky-odyssey"
 
 
-@pytest.fixture(autouse=True)
-def _no_storage_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
-
-
 @pytest.fixture
 def assets(tmp_path: Path) -> list[Asset]:
-    folder = tmp_path / "encoded"
-    return [
-        make_asset(folder, "title-theme", "ogg", size=50_000, seed=1),
-        make_asset(folder, "title-theme", "mp3", size=30_000, seed=2),
-        make_asset(folder, "credits", "ogg", size=40_000, seed=3),
-    ]
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sample_assets(tmp_path / "encoded")
 
 
 def leftovers(folder: Path) -> list[str]:

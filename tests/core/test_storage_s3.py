@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from soundtrack.cli import app
 from soundtrack.errors import InputError, StorageError
 from soundtrack.storage import S3Storage, check_access, open_storage
-from tests.core.publishing import Asset, make_asset, publish, publish_assets
 from tests.faultproxy import FaultProxy, Seen
+from tests.publishing import Asset, make_asset, publish, publish_assets, sample_assets
 from tests.s3server import SeaweedServer, free_ports
 
 pytestmark = pytest.mark.slow
@@ -31,12 +31,7 @@ MIB = 1024 * 1024
 
 @pytest.fixture
 def assets(tmp_path: Path) -> list[Asset]:
-    folder = tmp_path / "encoded"
-    return [
-        make_asset(folder, "title-theme", "ogg", size=150_000, seed=1),
-        make_asset(folder, "title-theme", "mp3", size=90_000, seed=2),
-        make_asset(folder, "credits", "ogg", size=120_000, seed=3),
-    ]
+    return sample_assets(tmp_path / "encoded", scale=3)
 
 
 def server_sha256(client: Any, bucket: str, key: str) -> str:

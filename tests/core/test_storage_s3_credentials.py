@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,9 +19,9 @@ from soundtrack.errors import InputError, StorageError
 from soundtrack.redaction import redact
 from soundtrack.storage import S3Storage, check_access, open_storage
 from soundtrack.storage.s3 import storage_error
+from tests.running import build
 from tests.s3server import SeaweedServer, free_ports
 
-SOUNDTRACK = str(Path(sys.executable).with_name("soundtrack"))
 WHERE_CREDENTIALS_BELONG = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or in an AWS profile"
 
 
@@ -190,23 +188,7 @@ def test_soundtrack_build_with_a_password_in_the_endpoint_exits_2_without_showin
         "SOUNDTRACK_CACHE_DIR": str(tmp_path / "cache"),
     }
     # The refusal comes before any model load, so the model need not exist.
-    result = subprocess.run(
-        [
-            SOUNDTRACK,
-            "build",
-            "m.yaml",
-            "--model",
-            str(tmp_path / "no-model"),
-            "--report",
-            "r.json",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = build(tmp_path, env, "--model", str(tmp_path / "no-model"), "--report", "r.json")
     assert result.returncode == 2, result.stdout + result.stderr
     assert_refused_without_the_secret(result.stderr, password)
     assert "Traceback" not in result.stderr

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import soundfile as sf
 
-from tests.flows.running import SOUNDTRACK, build, build_runs, statuses
 from tests.prefect_server import PrefectServer
 from tests.reference import ebur128
+from tests.running import SOUNDTRACK, build, build_runs, statuses
 from tests.signals import music_like
 
 pytestmark = pytest.mark.slow

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from tests.faultproxy import FaultProxy, Seen
-from tests.flows.running import build, statuses
 from tests.prefect_server import PrefectServer
+from tests.running import build, statuses
 from tests.s3server import SeaweedServer, free_ports
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from flows.server import STARTUP_TIMEOUT_S, TIMEOUT_SETTING, startup_timeout_s
-from tests.flows.running import SOUNDTRACK, build
+from tests.running import SOUNDTRACK, build
 
 MANIFEST = """\
 schema: 1

@@ -35,6 +35,16 @@ def make_asset(
     return Asset(track_id, ext, spec_hash, path, hashlib.sha256(data).hexdigest())
 
 
+def sample_assets(folder: Path, *, scale: int = 1) -> list[Asset]:
+    """Two files of one track and one of another: title-theme ogg and mp3, credits ogg
+    (50, 30 and 40 kB times `scale`)."""
+    return [
+        make_asset(folder, "title-theme", "ogg", size=50_000 * scale, seed=1),
+        make_asset(folder, "title-theme", "mp3", size=30_000 * scale, seed=2),
+        make_asset(folder, "credits", "ogg", size=40_000 * scale, seed=3),
+    ]
+
+
 def publish_assets(storage: Storage, soundtrack: str, assets: list[Asset]) -> list[PublishedFile]:
     """Every file, each verified; no index."""
     published = []
