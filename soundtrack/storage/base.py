@@ -108,6 +108,15 @@ def check_name(kind: str, value: str) -> None:
         )
 
 
+def check_key(key: str, root: str) -> list[str]:
+    """The segments of `key`; InputError unless it is a relative path inside `root` (no empty,
+    '.' or '..' segment, no leading '/', backslash or NUL), so no key reaches outside it."""
+    segments = key.split("/")
+    if "\\" in key or "\x00" in key or any(s in ("", ".", "..") for s in segments):
+        raise InputError(f"storage key {key!r} must be a relative path inside {root}")
+    return segments
+
+
 def soundtrack_of(key: str) -> str | None:
     """The soundtrack whose folder holds `key` (relative to the storage root), or None for a
     key outside any soundtrack folder (render handoffs under `.renders/`)."""

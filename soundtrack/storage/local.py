@@ -7,7 +7,7 @@ import json
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from soundtrack.atomic import atomic_path, fsync_path
 from soundtrack.errors import InputError, StorageError
@@ -19,6 +19,7 @@ from soundtrack.storage.base import (
     Garbage,
     PublishedFile,
     check_expiry,
+    check_key,
     check_name,
     folded,
     index_keys,
@@ -248,10 +249,7 @@ class LocalStorage:
         return path.relative_to(self.root).as_posix()
 
     def _path(self, key: str) -> Path:
-        parts = PurePosixPath(key).parts
-        if not parts or key.startswith("/") or any(p in ("..", ".") for p in parts):
-            raise InputError(f"storage key {key!r} must be a relative path inside {self.root}")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*check_key(key, str(self.root)))
 
 
 _FILE_MODE = 0o644  # what a plain `cp` gives under the usual umask 022

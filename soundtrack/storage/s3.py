@@ -37,6 +37,7 @@ from soundtrack.storage.base import (
     Garbage,
     PublishedFile,
     check_expiry,
+    check_key,
     check_name,
     folded,
     index_keys,
@@ -142,6 +143,7 @@ class S3Storage:
         return f"{self.prefix}{RENDERS_FOLDER}/{generation_key}.{ext}"
 
     def fetch(self, key: str, dest: Path, *, sha256: str) -> None:
+        self._check_key(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(dest) as tmp:
             try:
@@ -161,6 +163,7 @@ class S3Storage:
     def has_asset(self, key: str, sha256: str) -> bool:
         """True when the object exists and the server's checksum (or, for a multipart object
         split differently, the sha256 recorded at upload) matches."""
+        self._check_key(key)
         head = self._head(key)
         return head is not None and _matches(head, sha256, None)
 
@@ -175,6 +178,7 @@ class S3Storage:
     ) -> PublishedFile:
         """Upload with the transfer manager, SHA-256 checksums and If-None-Match, verify, then
         record it in the soundtrack's journal (also when identical content was already there)."""
+        self._check_key(key)
         local = self._checksums(path)
         if local.sha256 != sha256:
             raise StorageError(
@@ -217,6 +221,7 @@ class S3Storage:
 
     def read(self, key: str) -> bytes | None:
         """A small object's bytes, or None when it does not exist."""
+        self._check_key(key)
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
             data: bytes = response["Body"].read()
@@ -249,6 +254,7 @@ class S3Storage:
 
     def presign(self, key: str, expires_s: int = MAX_PRESIGN_EXPIRY_S) -> str:
         """A SigV4 presigned GET URL, valid for `expires_s` seconds (at most 7 days)."""
+        self._check_key(key)
         check_expiry(expires_s)
         try:
             url: str = self._client.generate_presigned_url(
@@ -330,6 +336,8 @@ class S3Storage:
 
     def delete(self, keys: Sequence[str]) -> None:
         """Delete in batches of 1000 (the DeleteObjects limit); any per-key error fails."""
+        for key in keys:
+            self._check_key(key)
         for start in range(0, len(keys), 1000):
             batch = keys[start : start + 1000]
             try:
@@ -418,6 +426,15 @@ class S3Storage:
         except (ClientError, BotoCoreError) as exc:
             raise self._error(f"listing {self.uri(prefix)}", exc) from None
         return found
+
+    def _check_key(self, key: str) -> None:
+        """InputError unless `key` is a plain key under the prefix: keys are whole object
+        keys here, so one outside the prefix is outside this storage."""
+        check_key(key, self.uri(self.prefix))
+        if not key.startswith(self.prefix):
+            raise InputError(
+                f"storage key {key!r} must be a relative path inside {self.uri(self.prefix)}"
+            )
 
     def _index_key(self, soundtrack: str) -> str:
         check_name("soundtrack", soundtrack)
