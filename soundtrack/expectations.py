@@ -200,8 +200,19 @@ def _check_config(config: Any, where: str, index: int, *, evaluated: bool) -> No
     # Checked here as GX would check it, so that `validate` (no GX) refuses a missing one too.
     for key in sorted(_REQUIRED_KWARGS.intersection(spec).difference(kwargs)):
         raise refuse(f"kwargs.{key}", None, spec[key].allowed, "is missing")
+    if "min_value" in spec:
+        _check_bounds(kwargs, refuse)
     _check_row_condition(kwargs, refuse, evaluated=evaluated)
     _check_annotations(config, refuse, evaluated=evaluated)
+
+
+def _check_bounds(kwargs: Mapping[str, Any], refuse: _Refuser) -> None:
+    # GX refuses these when it runs, after the renders; found at `validate` time instead.
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if low is None and high is None:
+        raise refuse("kwargs", dict(kwargs), "min_value, max_value or both", "has neither bound")
+    if low is not None and high is not None and low > high:
+        raise refuse("kwargs.min_value", low, f"at most max_value ({high})", "is not allowed")
 
 
 def _check_row_condition(kwargs: Mapping[str, Any], refuse: _Refuser, *, evaluated: bool) -> None:

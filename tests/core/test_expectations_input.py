@@ -293,6 +293,29 @@ def test_numbers_a_gate_cannot_hold_and_broken_json_are_refused(
         load_expectations(path)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"column": "sample_peak_dbfs"}, "has neither bound"),
+        ({"column": "sample_peak_dbfs", "min_value": None}, "has neither bound"),
+        ({"column": "sample_peak_dbfs", "min_value": -1.0, "max_value": -3.0}, "at most max_value"),
+    ],
+)
+def test_bounds_gx_would_refuse_after_rendering_are_refused_when_loaded(
+    tmp_path: Path, kwargs: dict[str, Any], message: str
+) -> None:
+    for kind in ("expect_column_values_to_be_between", "expect_column_max_to_be_between"):
+        path = _write(tmp_path / "team.json", [{"type": kind, "kwargs": kwargs}])
+        with pytest.raises(InputError, match=message):
+            load_expectations(path)
+    rows = {k: v for k, v in kwargs.items() if k != "column"}
+    path = _write(
+        tmp_path / "team.json", [{"type": "expect_table_row_count_to_be_between", "kwargs": rows}]
+    )
+    with pytest.raises(InputError, match=message):
+        load_expectations(path)
+
+
 _SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
 _JSON = st.recursive(
     _SCALARS,
