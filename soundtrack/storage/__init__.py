@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from soundtrack.errors import InputError
 from soundtrack.redaction import remember_url, url_has_credentials
@@ -14,8 +15,10 @@ from soundtrack.storage.base import (
     index_keys,
 )
 from soundtrack.storage.local import LocalStorage
-from soundtrack.storage.s3 import S3Storage
 from soundtrack.storage.url import check_storage_url
+
+if TYPE_CHECKING:  # imported when an s3:// URL is opened: boto3 takes a second to import
+    from soundtrack.storage.s3 import S3Storage
 
 __all__ = [
     "INDEX_NAME",
@@ -23,7 +26,6 @@ __all__ = [
     "STORAGE_ENV",
     "LocalStorage",
     "PublishedFile",
-    "S3Storage",
     "Storage",
     "check_access",
     "check_storage_url",
@@ -79,4 +81,6 @@ def _open_s3(url: str, source: str) -> S3Storage:
         check_storage_url(url)
     except ValueError as exc:
         raise InputError(f"{source} {url!r}: {exc}") from None
+    from soundtrack.storage.s3 import S3Storage
+
     return S3Storage(url, bucket, prefix)

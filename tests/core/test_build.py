@@ -3,7 +3,6 @@ refuses, checked against ffmpeg's ebur128, soundfile and the files' own sha256."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -19,7 +18,7 @@ from soundtrack.build import BuildResult, Options, ThreadExecutor, build
 from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.models import load_count
-from tests.reference import ebur128
+from tests.reference import ebur128, sha256_of
 from tests.signals import music_like
 
 MANIFEST = """\
@@ -46,10 +45,6 @@ tracks:
     seed: 14
     gates: {silence_floor_lufs: -20}
 """
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def statuses(result: BuildResult) -> dict[str, str]:
@@ -103,7 +98,7 @@ def test_build_approves_rejects_and_rebuilds_only_what_changed(
         assert {f["format"] for f in track["files"]} == {"ogg", "mp3"}
         for entry in track["files"]:
             path = out / f"{track['id']}.{entry['format']}"
-            assert sha256(path) == entry["sha256"] and path.stat().st_size == entry["bytes"]
+            assert sha256_of(path) == entry["sha256"] and path.stat().st_size == entry["bytes"]
             lufs, true_peak = ebur128(path)
             assert abs(lufs - -24.0) <= 0.5, (path.name, lufs)
             assert true_peak <= -1.0, (path.name, true_peak)
@@ -135,7 +130,7 @@ def test_build_approves_rejects_and_rebuilds_only_what_changed(
     (project / "m.yaml").write_text(
         MANIFEST.replace("driving taiko battle loop", "driving taiko battle loop, war horns")
     )
-    before = sha256(out / "battle-loop.ogg")
+    before = sha256_of(out / "battle-loop.ogg")
     changed = run(project, tiny_model_dir, only=("battle-loop", "long-theme", "credits"))
     assert changed.exit_status == 0, changed.failure
     assert statuses(changed) == {
@@ -144,7 +139,7 @@ def test_build_approves_rejects_and_rebuilds_only_what_changed(
         "credits": "cached",
     }
     assert changed.report.model_loads == 1
-    assert sha256(out / "battle-loop.ogg") != before
+    assert sha256_of(out / "battle-loop.ogg") != before
 
     # 5. A damaged lock is said to be unreadable and replaced, never silently.
     lock_path = out / "soundtrack.lock.json"
@@ -155,7 +150,7 @@ def test_build_approves_rejects_and_rebuilds_only_what_changed(
     assert warning.startswith("lock of e2e at ./out unreadable") and "rebuilding it" in warning
     lock = json.loads(lock_path.read_text())
     assert {t["id"]: t["status"] for t in lock["tracks"]} == {"credits": "approved"}
-    assert sha256(out / "credits.ogg") == lock["tracks"][0]["files"][0]["sha256"]
+    assert sha256_of(out / "credits.ogg") == lock["tracks"][0]["files"][0]["sha256"]
 
 
 BROKEN_INPUTS = {

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from soundtrack.cli import app
 from soundtrack.errors import InputError, StorageError
-from soundtrack.storage import S3Storage, check_access, open_storage
+from soundtrack.storage import check_access, open_storage
+from soundtrack.storage.s3 import S3Storage
 from tests.faultproxy import FaultProxy, Seen
 from tests.publishing import Asset, make_asset, publish, publish_assets, sample_assets
 from tests.s3server import SeaweedServer, free_ports

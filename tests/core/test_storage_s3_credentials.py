@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from soundtrack.cli import app
 from soundtrack.errors import InputError, StorageError
 from soundtrack.redaction import redact
-from soundtrack.storage import S3Storage, check_access, open_storage
-from soundtrack.storage.s3 import storage_error
+from soundtrack.storage import check_access, open_storage
+from soundtrack.storage.s3 import S3Storage, storage_error
 from tests.running import build
 from tests.s3server import SeaweedServer, free_ports
 

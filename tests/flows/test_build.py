@@ -8,7 +8,6 @@ published, and a build killed mid-way finishes cleanly when run again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -23,7 +22,7 @@ import pytest
 import soundfile as sf
 
 from tests.prefect_server import PrefectServer
-from tests.reference import ebur128
+from tests.reference import ebur128, sha256_of
 from tests.running import SOUNDTRACK, build, build_runs, statuses
 from tests.signals import music_like
 
@@ -53,10 +52,6 @@ tracks:
     seed: 14
     gates: {silence_floor_lufs: -20}
 """
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -109,7 +104,7 @@ def test_a_rejected_track_fails_the_run_in_one_line_and_exits_1_without_a_traceb
     for track in (t for t in lock["tracks"] if t["status"] == "approved"):
         for entry in track["files"]:
             path = out / f"{track['id']}.{entry['format']}"
-            assert sha256(path) == entry["sha256"]
+            assert sha256_of(path) == entry["sha256"]
             lufs, true_peak = ebur128(path)
             assert abs(lufs - -24.0) <= 0.5 and true_peak <= -1.0, (path.name, lufs, true_peak)
     assert not list(out.glob("too-strict.*")), "nothing of a rejected track is published"
@@ -161,6 +156,6 @@ def test_killed_build_resumes_without_partial_or_duplicate_files(project: Any) -
     }, "no partial, temporary or duplicate files"
     for track in lock["tracks"]:
         for entry in track["files"]:
-            assert sha256(out / f"{track['id']}.{entry['format']}") == entry["sha256"]
+            assert sha256_of(out / f"{track['id']}.{entry['format']}") == entry["sha256"]
     # Renders made before the kill were reused, not made again.
     assert all((renders / name).stat().st_mtime_ns == t for name, t in kept_renders.items())

@@ -10,7 +10,6 @@ byte; the Kubernetes GPU job template is accepted by Prefect and asks for nvidia
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ import pytest
 import yaml
 
 from tests.prefect_server import PrefectServer
+from tests.reference import sha256_of
 
 pytestmark = pytest.mark.slow
 
@@ -63,10 +63,6 @@ FAILING = (
     gates: {silence_floor_lufs: -20}
 """
 )
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def prefect_env(server: PrefectServer, home: Path, **extra: str) -> dict[str, str]:
@@ -204,7 +200,7 @@ def published(out: Path) -> tuple[dict[str, str], dict[str, str]]:
     for track in lock["tracks"]:
         for entry in track["files"]:
             path = out / f"{track['id']}.{entry['format']}"
-            assert sha256(path) == entry["sha256"], path
+            assert sha256_of(path) == entry["sha256"], path
             files[path.name] = entry["sha256"]
     return {t["id"]: t["status"] for t in lock["tracks"]}, files
 
