@@ -46,7 +46,7 @@ class RenderPool:
     renders come back through the build's storage."""
 
     deployment: str
-    parameters: dict[str, Any]
+    device: str | None
     storage_url: str
     base_dir: str
 
@@ -69,7 +69,7 @@ class TaskExecutor:
         if self.render_pool is not None:
             pool = self.render_pool
             return generate_on_pool.with_options(task_run_name=label).submit(
-                specs, pool.deployment, pool.parameters, cache_dir, pool.storage_url, pool.base_dir
+                specs, pool.deployment, pool.device, cache_dir, pool.storage_url, pool.base_dir
             )
         # A cached task result is only a list of paths: when a render behind it is gone (a
         # cleaned cache folder), run the task again instead of reusing it.
@@ -156,13 +156,8 @@ def build_soundtrack(
     pool = None
     if render_pool is not None:
         checked = prepared.checked
-        parameters = {"manifest": manifest, "storage": checked.storage_url, "model": model}
-        pool = RenderPool(
-            render_pool,
-            {**parameters, "device": device},
-            checked.storage_url,
-            str(checked.manifest_path.parent),
-        )
+        base_dir = str(checked.manifest_path.parent)
+        pool = RenderPool(render_pool, device, checked.storage_url, base_dir)
     elif prepared.plan.batches:
         ensure_gpu_limit()
     result = run(

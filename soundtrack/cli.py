@@ -395,6 +395,7 @@ def build(
     # flow checks again, the same way, where it runs (a worker has no CLI before it).
     options = Options(
         only=only or (),
+        force=force,
         out=out,
         model=model,
         device=device,

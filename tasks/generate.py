@@ -86,19 +86,16 @@ def render_and_share(
 def generate_on_pool(
     specs: list[TrackSpec],
     deployment: str,
-    parameters: dict[str, Any],
+    device: str | None,
     cache_dir: str,
     storage_url: str,
     base_dir: str,
 ) -> list[Render | RenderFailure]:
-    """Send one batch to the render-batch deployment, wait for it, fetch its renders."""
+    """Send one batch, its tracks as resolved here, to the render-batch deployment; wait for
+    it and fetch its renders."""
+    parameters = {"specs": specs, "storage": storage_url, "base_dir": base_dir, "device": device}
     # Called from a sync task, so this is the FlowRun (the annotation also admits a coroutine).
-    child = cast(
-        FlowRun,
-        run_deployment(
-            deployment, parameters={**parameters, "track_ids": [spec.id for spec in specs]}
-        ),
-    )
+    child = cast(FlowRun, run_deployment(deployment, parameters=parameters))
     storage = open_storage(storage_url, base_dir=Path(base_dir))
     cache = RenderCache(Path(cache_dir))
     state = child.state.name if child.state else "unknown"

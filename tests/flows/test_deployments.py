@@ -299,7 +299,10 @@ def test_render_pool_runs_each_batch_on_the_gpu_pool_and_matches_a_local_build(
             if run.parent_task_run_id
             and str(client.read_task_run(run.parent_task_run_id).flow_run_id) == build_id
         ]
-    assert sorted(run.parameters["track_ids"] for run in render_runs) == [["chase"], ["harbour"]]
+    # Each receives its batch's specs as the build resolved them (the manifest is not re-read).
+    batches = sorted([spec["id"] for spec in run.parameters["specs"]] for run in render_runs)
+    assert batches == [["chase"], ["harbour"]]
+    assert all(run.parameters["specs"][0]["spec_hash"] for run in render_runs)
     for run in render_runs:
         assert run.state_name == "Completed", run.state
         assert run.work_pool_name == gpu_pool
