@@ -21,30 +21,7 @@ from soundtrack.models import load_count
 from tests.reference import ebur128, sha256_of
 from tests.signals import music_like
 
-MANIFEST = """\
-schema: 1
-soundtrack: e2e
-storage: ./out
-defaults:
-  duration: 4
-  loudness: console
-tracks:
-  - id: battle-loop
-    prompt: driving taiko battle loop
-    loop: true
-    duration: 6
-    seed: 11
-  - id: long-theme
-    prompt: slow orchestral theme
-    duration: 35
-    seed: 12
-  - id: credits
-    source: audio/credits.wav
-  - id: too-strict
-    prompt: quiet ambient sting
-    seed: 14
-    gates: {silence_floor_lufs: -20}
-"""
+MANIFEST = (Path(__file__).parents[1] / "manifests" / "e2e.yaml").read_text()
 
 
 def statuses(result: BuildResult) -> dict[str, str]:

@@ -17,7 +17,8 @@ from soundtrack.manifest import load_manifest
 from soundtrack.resolve import resolve_tracks
 
 ROOT = Path(__file__).resolve().parents[2]
-# tests/manifests/ holds only invalid manifests (tests/manifests/invalid/): none resolves.
+# tests/manifests/invalid/ holds invalid manifests: none resolves. (tests/manifests/e2e.yaml
+# needs its recording, written by the tests that use it.)
 EXAMPLES = sorted((ROOT / "manifests").glob("*.yaml"))
 
 # (spec_hash, generation_key) per (manifest, track id), PIPELINE_VERSION held at "1".
