@@ -79,7 +79,7 @@ def validate(manifest: ManifestArg) -> None:
     loaded, specs = checked.manifest, checked.specs
     table = Table(title=f"{loaded.soundtrack}: {len(specs)} tracks", title_justify="left")
     table.add_column("track", no_wrap=True)
-    for column in ("seconds", "loop", "model / recording", "formats", "LUFS"):
+    for column in ("seconds", "loop", "model / recording", "licence", "formats", "LUFS"):
         table.add_column(column)
     for spec in specs:
         table.add_row(
@@ -87,6 +87,7 @@ def validate(manifest: ManifestArg) -> None:
             f"{spec.duration_s:g}",
             "loop" if spec.loop else "",
             spec.source.name if spec.source else spec.model.rsplit("/", 1)[-1],
+            "" if spec.source else checked.licences[spec.model],
             ",".join(spec.formats),
             f"{spec.mastering.loudness.integrated_lufs:g}",
         )
@@ -95,7 +96,8 @@ def validate(manifest: ManifestArg) -> None:
     models = sorted({spec.model for spec in specs if not spec.source})
     console.print(
         f"[green]valid[/]: {len(specs)} tracks, {minutes:.1f} min of audio, "
-        f"models: {', '.join(models) or 'none'}; storage: {loaded.storage}",
+        f"models: {', '.join(models) or 'none'}; storage: {loaded.storage}"
+        + (f"; usage: {loaded.usage}" if loaded.usage else ""),
         highlight=False,
     )
 

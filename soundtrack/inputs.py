@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from soundtrack.errors import InputError
+from soundtrack.licences import licence_of, usage_problem
 from soundtrack.manifest import load_manifest
 from soundtrack.plan import select
 from soundtrack.renders import cache_root
@@ -34,6 +35,7 @@ class CheckedInputs:
     storage_url: str
     storage: Storage
     expectations: list[dict[str, Any]]
+    licences: dict[str, str]  # model -> the licence of its weights (docs/manifest.md#licences)
 
 
 def storage_url(manifest_storage: str, out: str | None, environ: Mapping[str, str]) -> str:
@@ -63,6 +65,7 @@ def check_inputs(
         from soundtrack.expectations import load_expectations  # scipy, for the table columns
 
         expectations = load_expectations(path.parent / loaded.expectations)
+    licences = check_licences(loaded, specs, model_override=model)
     url = storage_url(loaded.storage, out, environ)
     storage = open_storage(url, base_dir=path.parent)
     for report in reports:
@@ -71,7 +74,32 @@ def check_inputs(
         outputs=_outputs(storage, loaded.soundtrack, reports),
         inputs=_inputs(path, loaded, specs),
     )
-    return CheckedInputs(loaded, path, specs, url, storage, expectations)
+    return CheckedInputs(loaded, path, specs, url, storage, expectations, licences)
+
+
+def check_licences(
+    manifest: Manifest, specs: Sequence[TrackSpec], *, model_override: str | None = None
+) -> dict[str, str]:
+    """Each generating model's licence; raise InputError when one does not allow the manifest's
+    declared `usage` (read from model cards and a table: no weights, no network)."""
+    licences: dict[str, str] = {}
+    problems = []
+    for spec in specs:
+        if spec.source is not None:
+            continue  # a recording is the studio's own
+        if spec.model not in licences:
+            licences[spec.model] = licence_of(spec.model, spec.model_revision)
+        problem = usage_problem(licences[spec.model], manifest.usage, manifest.accepted_licenses)
+        if problem is not None:
+            given = " (--model)" if model_override else ""
+            problems.append(f"track {spec.id}: model {spec.model}{given}: {problem}")
+    if problems:
+        raise InputError(
+            f"usage: {manifest.usage}: {len(problems)} track(s) use a model whose licence does "
+            "not allow it",
+            problems,
+        )
+    return licences
 
 
 def check_apart(*, outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]]) -> None:

@@ -217,6 +217,17 @@ class Manifest(_Strict):
         default=None,
         description="JSON file of the team's own Great Expectations checks (docs/gates.md).",
     )
+    usage: Literal["commercial", "non-commercial"] | None = Field(
+        default=None,
+        description="What the assets are for: under commercial, every model's licence must "
+        "allow selling its output (docs/manifest.md#licences). Absent: nothing is checked.",
+    )
+    accepted_licenses: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Licence ids the studio accepts by its own agreement (e.g. "
+        "stabilityai-community), beside those that allow commercial use outright.",
+    )
     tracks: list[Track] = Field(min_length=1, max_length=MAX_TRACKS)
 
     @field_validator("expectations")

@@ -8,7 +8,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from huggingface_hub import HfApi, constants, is_offline_mode, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -18,11 +17,11 @@ from huggingface_hub.errors import (
 )
 
 from soundtrack.errors import ModelLoadError
+from soundtrack.licences import licence_of
 
 HUB_TIMEOUT_S = 10.0  # the metadata request; a download that has started is not cut short
 _HUB_FILES = ["*.json", "*.safetensors", "*.model", "README.md"]
 # Licences of checkpoints whose model card may be missing from a cache filled by from_pretrained.
-_KNOWN_LICENSES = {"facebook/musicgen-": "CC-BY-NC-4.0"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 _fingerprints: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
@@ -80,7 +79,7 @@ def _local_source(directory: Path, revision: str | None) -> ModelSource:
         model_id=str(directory),
         directory=directory,
         revision=fingerprint,
-        license=read_license(directory, str(directory)),
+        license=licence_of(str(directory), directory=directory),
         model_type=_model_type(directory, str(directory)),
     )
 
@@ -100,7 +99,7 @@ def _hub_source(model: str, revision: str | None) -> ModelSource:
         model_id=model,
         directory=directory,
         revision=directory.name,  # snapshots/<commit sha>
-        license=read_license(directory, model),
+        license=licence_of(model, directory=directory),
         model_type=_model_type(directory, model),
     )
 
@@ -136,22 +135,6 @@ def _model_type(directory: Path, model: str) -> str:
     if not isinstance(model_type, str):
         raise ModelLoadError(f"model {model!r}: config.json has no model_type")
     return model_type
-
-
-def read_license(directory: Path, model: str) -> str:
-    """The licence from the model card's front matter, else a known default, else 'unknown'."""
-    card = directory / "README.md"
-    if card.is_file():
-        parts = card.read_text(encoding="utf-8", errors="replace").split("---", 2)
-        meta = yaml.safe_load(parts[1]) if len(parts) == 3 and parts[0].strip() == "" else None
-        if isinstance(meta, dict) and isinstance(meta.get("license"), str):
-            if meta["license"] == "other" and isinstance(meta.get("license_name"), str):
-                return str(meta["license_name"])
-            return str(meta["license"]).upper()
-    for prefix, license_id in _KNOWN_LICENSES.items():
-        if model.startswith(prefix):
-            return license_id
-    return "unknown"
 
 
 def directory_fingerprint(directory: Path) -> str:

@@ -14,6 +14,7 @@ import torch
 from huggingface_hub import constants, try_to_load_from_cache
 
 from soundtrack.errors import InputError, ModelLoadError
+from soundtrack.licences import licence_of
 from soundtrack.models import (
     GeneratedAudio,
     GenerationRequest,
@@ -22,7 +23,7 @@ from soundtrack.models import (
     load_count,
 )
 from soundtrack.models.musicgen import load_musicgen
-from soundtrack.models.source import read_license, resolve_source
+from soundtrack.models.source import resolve_source
 from soundtrack.spec import Sampling
 
 
@@ -81,10 +82,10 @@ def test_the_model_is_loaded_once_per_process_even_from_many_threads(
 
 def test_licence_comes_from_the_model_card_or_a_known_default(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# card\n")
-    assert read_license(tmp_path, "someone/model") == "CC-BY-NC-4.0"
+    assert licence_of("someone/model", directory=tmp_path) == "CC-BY-NC-4.0"
     (tmp_path / "README.md").write_text("# a card without front matter\n")
-    assert read_license(tmp_path, "facebook/musicgen-stereo-small") == "CC-BY-NC-4.0"
-    assert read_license(tmp_path, "someone/model") == "unknown"
+    assert licence_of("facebook/musicgen-stereo-small", directory=tmp_path) == "CC-BY-NC-4.0"
+    assert licence_of("someone/model", directory=tmp_path) == "unknown"
 
 
 def test_half_precision_keeps_the_codec_in_float32(tiny_model_dir: Path) -> None:

@@ -1,0 +1,92 @@
+"""Which licence a model's weights carry, and whether it allows the use a manifest declares.
+
+Read without weights and without the network: a model card's `license:` front matter (a local
+folder, or the card in the Hugging Face cache), else the table of known checkpoints below.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+UNKNOWN = "unknown"
+# Hub id -> licence of checkpoints whose card may not be on disk (the card wins where it is).
+KNOWN_CHECKPOINTS: dict[str, str] = {
+    "facebook/musicgen-small": "CC-BY-NC-4.0",
+    "facebook/musicgen-medium": "CC-BY-NC-4.0",
+    "facebook/musicgen-large": "CC-BY-NC-4.0",
+    "facebook/musicgen-melody": "CC-BY-NC-4.0",
+    "facebook/musicgen-melody-large": "CC-BY-NC-4.0",
+    "facebook/musicgen-stereo-small": "CC-BY-NC-4.0",
+    "facebook/musicgen-stereo-medium": "CC-BY-NC-4.0",
+    "facebook/musicgen-stereo-large": "CC-BY-NC-4.0",
+    "stabilityai/stable-audio-open-1.0": "stabilityai-community",
+    "ACE-Step/acestep-v15-xl-turbo-diffusers": "MIT",
+    "ACE-Step/acestep-v15-turbo-diffusers": "MIT",
+    "suno/bark": "MIT",
+    "suno/bark-small": "MIT",
+}
+# Licences that allow selling what the model makes, with no condition a tool could not check.
+# Anything else (non-commercial, conditional such as Stability AI's revenue threshold, unknown)
+# needs the studio to accept it by name in the manifest.
+COMMERCIAL = frozenset(
+    {"mit", "apache-2.0", "bsd-2-clause", "bsd-3-clause", "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0"}
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def card_licence(card: Path) -> str | None:
+    """The `license:` of a model card's YAML front matter (`license_name` for `other`)."""
+    if not card.is_file():
+        return None
+    parts = card.read_text(encoding="utf-8", errors="replace").split("---", 2)
+    if len(parts) != 3 or parts[0].strip():
+        return None
+    try:
+        meta = yaml.safe_load(parts[1])
+    except yaml.YAMLError:
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("license"), str):
+        return None
+    if meta["license"] == "other" and isinstance(meta.get("license_name"), str):
+        return str(meta["license_name"])
+    return str(meta["license"]).upper()
+
+
+def licence_of(model: str, revision: str | None = None, *, directory: Path | None = None) -> str:
+    """The licence of `model`: its card (in `directory`, a local folder, or the hub cache), else
+    the known-checkpoint table, else `unknown`."""
+    local = directory or Path(model).expanduser()
+    if local.is_dir():
+        found = card_licence(local / "README.md")
+    else:
+        found = _cached_card_licence(model, revision) if _HUB_ID.match(model) else None
+    return found or KNOWN_CHECKPOINTS.get(model, UNKNOWN)
+
+
+def _cached_card_licence(model: str, revision: str | None) -> str | None:
+    # Imported here: only a hub id needs it, and it is never asked to reach the network.
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(model, "README.md", revision=revision)
+    return card_licence(Path(path)) if isinstance(path, str) else None
+
+
+def usage_problem(licence: str, usage: str | None, accepted: list[str]) -> str | None:
+    """Why a model under `licence` may not make assets for `usage`, or None when it may."""
+    if usage != "commercial":
+        return None  # every licence allows non-commercial use; no usage declared checks nothing
+    if licence == UNKNOWN:  # not acceptable by name: nobody knows what would be accepted
+        return (
+            "its licence is unknown (no `license:` in its model card, not a known checkpoint); "
+            "give the model a card with its licence, or use another model"
+        )
+    wanted = licence.casefold()
+    if wanted in COMMERCIAL or wanted in {a.casefold() for a in accepted}:
+        return None
+    return (
+        f"its licence {licence} does not allow commercial use without an agreement; with one, "
+        f"add {licence!r} to the manifest's accepted_licenses"
+    )

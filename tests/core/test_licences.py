@@ -1,0 +1,135 @@
+"""Licences: read from model cards (on disk or in the hub cache) or the known-checkpoint table,
+and held against the manifest's declared usage before anything loads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from soundtrack.cli import app
+from soundtrack.licences import KNOWN_CHECKPOINTS, licence_of, usage_problem
+
+MANIFEST = """\
+schema: 1
+soundtrack: licences
+storage: ./out
+{usage}
+defaults: {{duration: 3, formats: [ogg]}}
+tracks:
+  - id: theme
+    prompt: calm piano
+    model: {model}
+"""
+
+
+def run(folder: Path, *args: str) -> tuple[int, str]:
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        result = CliRunner().invoke(app, list(args))
+    finally:
+        os.chdir(cwd)
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache, and no network to fall back on."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def cached_card(cache: Path, model: str, card: str) -> None:
+    """A model card as `hf download` leaves it in the cache (snapshots/<commit>, refs/main)."""
+    repo = cache / f"models--{model.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "README.md").write_text(card)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_known_checkpoints_need_no_weights_and_no_network(offline_hub: Path) -> None:
+    assert licence_of("facebook/musicgen-small") == "CC-BY-NC-4.0"
+    assert licence_of("stabilityai/stable-audio-open-1.0") == "stabilityai-community"
+    assert licence_of("ACE-Step/acestep-v15-xl-turbo-diffusers") == "MIT"
+    assert licence_of("suno/bark-small") == "MIT"
+    assert licence_of("someone/new-model") == "unknown"
+
+
+def test_the_model_card_wins_over_the_table(offline_hub: Path, tmp_path: Path) -> None:
+    cached_card(offline_hub, "facebook/musicgen-small", "---\nlicense: apache-2.0\n---\n")
+    cached_card(offline_hub, "someone/new-model", "---\nlicense: mit\n---\n# card\n")
+    assert licence_of("facebook/musicgen-small") == "APACHE-2.0"
+    assert licence_of("someone/new-model") == "MIT"
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "README.md").write_text("---\nlicense: other\nlicense_name: studio-internal\n---\n")
+    assert licence_of(str(folder)) == "studio-internal"
+    (folder / "README.md").write_text("---\nlicense: [unclosed\n---\n")
+    assert licence_of(str(folder)) == "unknown", "a broken card is no licence"
+
+
+@pytest.mark.parametrize(
+    ("licence", "usage", "accepted", "allowed"),
+    [
+        ("MIT", "commercial", [], True),
+        ("APACHE-2.0", "commercial", [], True),
+        ("CC-BY-NC-4.0", "commercial", [], False),
+        ("CC-BY-NC-4.0", "commercial", ["cc-by-nc-4.0"], True),
+        ("stabilityai-community", "commercial", [], False),
+        ("stabilityai-community", "commercial", ["stabilityai-community"], True),
+        ("unknown", "commercial", ["unknown"], False),
+        ("CC-BY-NC-4.0", "non-commercial", [], True),
+        ("unknown", None, [], True),
+    ],
+)
+def test_usage_rules(licence: str, usage: str | None, accepted: list[str], allowed: bool) -> None:
+    assert (usage_problem(licence, usage, accepted) is None) == allowed
+
+
+def test_validate_shows_licences_and_refuses_what_commercial_use_forbids(
+    offline_hub: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(MANIFEST.format(usage="", model="facebook/musicgen-small"))
+    code, said = run(tmp_path, "validate", "m.yaml")
+    assert code == 0 and "CC-BY-NC-4.0" in said, said
+
+    path.write_text(MANIFEST.format(usage="usage: commercial", model="facebook/musicgen-small"))
+    code, said = run(tmp_path, "validate", "m.yaml")
+    assert code == 2, said
+    assert "track theme: model facebook/musicgen-small: its licence CC-BY-NC-4.0" in said
+    assert "accepted_licenses" in said
+
+    for model in ("suno/bark-small", "ACE-Step/acestep-v15-xl-turbo-diffusers"):
+        path.write_text(MANIFEST.format(usage="usage: commercial", model=model))
+        assert run(tmp_path, "validate", "m.yaml")[0] == 0
+
+    stable = "stabilityai/stable-audio-open-1.0"
+    path.write_text(MANIFEST.format(usage="usage: commercial", model=stable))
+    code, said = run(tmp_path, "validate", "m.yaml")
+    assert code == 2 and "stabilityai-community" in said, said
+    accepting = "usage: commercial\naccepted_licenses: [stabilityai-community]"
+    path.write_text(MANIFEST.format(usage=accepting, model=stable))
+    assert run(tmp_path, "validate", "m.yaml")[0] == 0
+    assert KNOWN_CHECKPOINTS[stable] == "stabilityai-community"
+
+
+def test_build_refuses_a_model_given_by_flag_before_it_loads(
+    offline_hub: Path, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    (tmp_path / "m.yaml").write_text(
+        MANIFEST.format(usage="usage: commercial", model="suno/bark-small")
+    )
+    code, said = run(tmp_path, "build", "m.yaml", "--model", str(tiny_model_dir))
+    assert code == 2, said
+    assert f"model {tiny_model_dir} (--model): its licence soundtrack-tiny-random-weights" in said
+    assert "Traceback" not in said and "temporary server" not in said
+    assert not (tmp_path / "out").exists()
