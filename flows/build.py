@@ -32,8 +32,8 @@ from tasks.publish import publish_track, write_index
 
 T = TypeVar("T")
 
+# Each step's task; a render is sent by TaskExecutor._render (here, or to the GPU pool).
 TASKS: dict[Callable[..., Any], Task[Any, Any]] = {
-    steps.render: generate_batch,
     steps.master: master_track,
     steps.publish: publish_track,
     steps.write_index: write_index,
@@ -46,7 +46,6 @@ class RenderPool:
     renders come back through the build's storage."""
 
     deployment: str
-    device: str | None
     storage_url: str
     base_dir: str
 
@@ -69,7 +68,7 @@ class TaskExecutor:
         if self.render_pool is not None:
             pool = self.render_pool
             return generate_on_pool.with_options(task_run_name=label).submit(
-                specs, pool.deployment, pool.device, cache_dir, pool.storage_url, pool.base_dir
+                specs, pool.deployment, device, cache_dir, pool.storage_url, pool.base_dir
             )
         # A cached task result is only a list of paths: when a render behind it is gone (a
         # cleaned cache folder), run the task again instead of reusing it.
@@ -157,7 +156,7 @@ def build_soundtrack(
     if render_pool is not None:
         checked = prepared.checked
         base_dir = str(checked.manifest_path.parent)
-        pool = RenderPool(render_pool, device, checked.storage_url, base_dir)
+        pool = RenderPool(render_pool, checked.storage_url, base_dir)
     elif prepared.plan.batches:
         ensure_gpu_limit()
     result = run(
