@@ -228,4 +228,7 @@ def _request(spec: TrackSpec) -> GenerationRequest:
         seed=spec.seed,
         sampling=spec.sampling,
         overlap_s=spec.overlap_s,
+        bpm=spec.bpm,
+        key=spec.key,
+        plain_prompt=spec.plain_prompt,
     )

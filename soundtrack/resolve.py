@@ -50,14 +50,15 @@ def derived_seed(soundtrack: str, track_id: str) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def full_prompt(track: Track) -> str | None:
-    """The prompt with the track's musical tags appended, as the model receives it."""
+def full_prompt(track: Track, *, musical_tags: bool = True) -> str | None:
+    """The prompt with the track's tags appended, as a text-only model (MusicGen) receives it;
+    without key and BPM (`musical_tags=False`) for a model that takes them as conditioning."""
     if track.prompt is None:
         return None
     parts = [track.prompt.rstrip(". ")]
-    if track.key:
+    if track.key and musical_tags:
         parts.append(track.key)
-    if track.bpm:
+    if track.bpm and musical_tags:
         parts.append(f"{track.bpm} BPM")
     if track.mood:
         parts.append(track.mood)
@@ -161,6 +162,9 @@ def resolve_tracks(
             source=source,
             source_sha256=fields["source_sha256"],
             expectations=expectations,
+            bpm=track.bpm,
+            key=track.key,
+            plain_prompt=full_prompt(track, musical_tags=False),
         )
         if source is None:
             generation = {name: fields[name] for name in (*_GENERATION_FIELDS, "pipeline_version")}

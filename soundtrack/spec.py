@@ -102,3 +102,9 @@ class TrackSpec:
     # generation cache key, so re-mastering does not regenerate. None for source tracks.
     generation_key: str | None = None
     expectations: Path | None = None  # the team's own GX expectations (JSON), judged as gates
+    # Musical targets, outside the hashed fields (the prompt carries them as words, so they are
+    # hashed there): ACE-Step takes them as conditioning with `plain_prompt`, the prompt without
+    # the key and BPM words.
+    bpm: int | None = None
+    key: str | None = None
+    plain_prompt: str | None = None

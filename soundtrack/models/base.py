@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,6 +15,7 @@ from soundtrack.spec import Sampling
 
 MAX_WINDOW_S = 30.0  # MusicGen was trained on 30 s excerpts; one generate call stays within it
 SILENCE_PEAK_DBFS = -60.0  # a render whose sample peak stays below this is treated as silent
+_TIME_SIGNATURE = re.compile(r"^[1-9][0-9]?/(1|2|4|8|16|32)$")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,13 @@ class GenerationRequest:
     seed: int
     sampling: Sampling
     overlap_s: float = 10.0  # long form: seconds of the previous window fed back as audio prompt
+    # Musical targets. A model that takes them as conditioning (ACE-Step) receives them so and
+    # reads `plain_prompt`; a text-only model (MusicGen) reads `prompt`, where the build has
+    # already written key and BPM as words.
+    bpm: int | None = None
+    key: str | None = None  # e.g. "D minor"
+    time_signature: str | None = None  # e.g. "3/4"
+    plain_prompt: str | None = None  # `prompt` without the key and BPM words; None: the same
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,13 @@ def check_request(request: GenerationRequest) -> None:
         raise InputError(
             f"{name}: overlap_s must be > 0 and < {MAX_WINDOW_S:g} s (one window), "
             f"got {request.overlap_s}"
+        )
+    if request.bpm is not None and not 0 < request.bpm <= 1000:
+        raise InputError(f"{name}: bpm must be > 0 and <= 1000, got {request.bpm}")
+    if request.time_signature is not None and not _TIME_SIGNATURE.match(request.time_signature):
+        raise InputError(
+            f"{name}: time_signature must be beats/unit such as 4/4 or 6/8, "
+            f"got {request.time_signature!r}"
         )
     sampling = request.sampling
     if not sampling.temperature > 0:
