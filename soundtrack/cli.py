@@ -210,18 +210,36 @@ def models_make_tiny(
     directory: Annotated[
         Path, typer.Argument(help="Where to write the model (created if missing).")
     ],
+    family: Annotated[
+        str, typer.Option(help="musicgen (transformers) or ace-step (a diffusers pipeline).")
+    ] = "musicgen",
     stereo: Annotated[
-        bool, typer.Option("--stereo", help="Two channels, like facebook/musicgen-stereo-*.")
+        bool,
+        typer.Option("--stereo", help="MusicGen: two channels, like facebook/musicgen-stereo-*."),
     ] = False,
 ) -> None:
-    """Write a tiny random-weight MusicGen (about 2 MB) for smoke tests without downloading weights.
+    """Write a tiny random-weight model (1-2 MB) for smoke tests without downloading weights.
 
-    Its output is noise (mostly a DC offset), not music; it differs per prompt and per seed and
-    loads like any local model: `--model DIR` or `model: DIR` in a manifest.
+    Its output is noise, not music; it differs per prompt and per seed and loads like any
+    local model: `--model DIR` or `model: DIR` in a manifest. ACE-Step renders 48 kHz stereo.
     """
+    if family not in ("musicgen", "ace-step"):
+        fail(InputError(f"--family must be musicgen or ace-step, got {family!r}"))
+    if family == "ace-step" and stereo:
+        fail(InputError("--stereo is for --family musicgen (ACE-Step is always stereo)"))
+    _quiet_transformers()
+    if family == "ace-step":
+        from diffusers.utils import logging as diffusers_logging
+
+        from soundtrack.models.tiny_acestep import make_tiny_acestep
+
+        diffusers_logging.disable_progress_bar()  # "Writing model shards"
+
+        make_tiny_acestep(directory)
+        console.print(f"wrote a tiny random-weight ACE-Step 1.5 to {directory}", highlight=False)
+        return
     from soundtrack.models.tiny import make_tiny
 
-    _quiet_transformers()
     make_tiny(directory, stereo=stereo)
     kind = "stereo" if stereo else "mono"
     console.print(f"wrote a tiny random-weight {kind} MusicGen to {directory}", highlight=False)

@@ -95,6 +95,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny(tmp_path_factory.mktemp("tiny-musicgen"))
 
 
+@pytest.fixture(scope="session")
+def tiny_acestep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight ACE-Step 1.5 pipeline (about 1 MB, noise not music), written once
+    per session in the real layout (model_index.json and component folders)."""
+    from soundtrack.models.tiny_acestep import make_tiny_acestep
+
+    return make_tiny_acestep(tmp_path_factory.mktemp("tiny-acestep"))
+
+
 # --- Prefect server (issue 5) ---
 
 

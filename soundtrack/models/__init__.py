@@ -39,8 +39,19 @@ def _load_musicgen(source: ModelSource, device: str) -> Generator:
     return load_musicgen(source, device)
 
 
-# config.json's model_type -> the backend that loads it (mono and stereo MusicGen share one).
-BACKENDS: dict[str, Callable[[ModelSource, str], Generator]] = {"musicgen": _load_musicgen}
+def _load_acestep(source: ModelSource, device: str) -> Generator:
+    # Imported here: diffusers takes seconds to import.
+    from soundtrack.models.acestep import load_acestep
+
+    return load_acestep(source, device)
+
+
+# The family -> the backend that loads it: config.json's model_type for transformers (mono and
+# stereo MusicGen share one), a diffusers pipeline's family by its model_index.json _class_name.
+BACKENDS: dict[str, Callable[[ModelSource, str], Generator]] = {
+    "musicgen": _load_musicgen,
+    "ace-step": _load_acestep,
+}
 
 _lock = threading.Lock()
 _loaded: dict[tuple[str, str | None, str], Generator] = {}

@@ -20,8 +20,8 @@ from soundtrack.errors import ModelLoadError
 from soundtrack.licences import licence_of
 
 HUB_TIMEOUT_S = 10.0  # the metadata request; a download that has started is not cut short
-_HUB_FILES = ["*.json", "*.safetensors", "*.model", "README.md"]
-# Licences of checkpoints whose model card may be missing from a cache filled by from_pretrained.
+# Diffusers checkpoints keep these in component folders; "*" matches across "/" here.
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*merges.txt", "README.md"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 _fingerprints: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
@@ -35,7 +35,36 @@ class ModelSource:
     directory: Path
     revision: str  # hub commit sha, or "sha256:<hex>" of a local directory's files
     license: str
-    model_type: str  # config.json's model_type; picks the backend
+    model_type: str  # the family: config.json's model_type, or a diffusers pipeline's family
+
+
+# A diffusers pipeline's _class_name -> its family, and the (library, class) each component of
+# model_index.json may name. Nothing else is loaded: a component naming any other class, or a
+# module of its own (custom code), is refused before a file of weights is read.
+_QWEN_TOKENIZERS = {
+    ("transformers", name)
+    for name in (
+        "PreTrainedTokenizerFast",
+        "TokenizersBackend",
+        "Qwen2Tokenizer",
+        "Qwen2TokenizerFast",
+    )
+}
+DIFFUSERS_PIPELINES: dict[str, tuple[str, dict[str, set[tuple[str, str]]]]] = {
+    "AceStepPipeline": (
+        "ace-step",
+        {
+            "vae": {("diffusers", "AutoencoderOobleck")},
+            "text_encoder": {("transformers", "Qwen3Model")},
+            "tokenizer": _QWEN_TOKENIZERS,
+            "transformer": {("diffusers", "AceStepTransformer1DModel")},
+            "condition_encoder": {("ace_step", "AceStepConditionEncoder")},
+            "scheduler": {("diffusers", "FlowMatchEulerDiscreteScheduler")},
+            "audio_tokenizer": {("ace_step", "AceStepAudioTokenizer")},
+            "audio_token_detokenizer": {("ace_step", "AceStepAudioTokenDetokenizer")},
+        },
+    ),
+}
 
 
 def how_to_provide(model: str) -> str:
@@ -63,11 +92,11 @@ def resolve_source(model: str, revision: str | None) -> ModelSource:
 
 
 def _local_source(directory: Path, revision: str | None) -> ModelSource:
-    if not (directory / "config.json").is_file():
+    if not _has_config(directory):
         raise ModelLoadError(
-            f"model {str(directory)!r}: not a model directory (no config.json in it); give a "
-            f"directory written by save_pretrained, huggingface-cli download or "
-            f"`soundtrack models make-tiny`"
+            f"model {str(directory)!r}: not a model directory (no config.json or "
+            f"model_index.json in it); give a directory written by save_pretrained, "
+            f"huggingface-cli download or `soundtrack models make-tiny`"
         )
     fingerprint = directory_fingerprint(directory)
     if revision is not None and revision != fingerprint:
@@ -93,7 +122,7 @@ def _hub_source(model: str, revision: str | None) -> ModelSource:
         )
     except (LocalEntryNotFoundError, FileNotFoundError):
         directory = _download(model, revision)
-    if not (directory / "config.json").is_file():
+    if not _has_config(directory):
         directory = _download(model, revision)
     return ModelSource(
         model_id=model,
@@ -126,7 +155,14 @@ def _download(model: str, revision: str | None) -> Path:
     return Path(snapshot_download(model, revision=info.sha, allow_patterns=_HUB_FILES))
 
 
+def _has_config(directory: Path) -> bool:
+    return (directory / "model_index.json").is_file() or (directory / "config.json").is_file()
+
+
 def _model_type(directory: Path, model: str) -> str:
+    """The family: a diffusers pipeline by model_index.json, else transformers by config.json."""
+    if (directory / "model_index.json").is_file():
+        return _pipeline_family(directory, model)
     try:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -137,20 +173,50 @@ def _model_type(directory: Path, model: str) -> str:
     return model_type
 
 
+def _pipeline_family(directory: Path, model: str) -> str:
+    try:
+        index = json.loads((directory / "model_index.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"model {model!r}: unreadable model_index.json ({error})") from error
+    class_name = index.get("_class_name") if isinstance(index, dict) else None
+    if class_name not in DIFFUSERS_PIPELINES:
+        raise ModelLoadError(
+            f"model {model!r}: model_index.json names the pipeline {class_name!r}, which has no "
+            f"backend (supported: {', '.join(sorted(DIFFUSERS_PIPELINES))})"
+        )
+    family, allowed = DIFFUSERS_PIPELINES[class_name]
+    for name, value in index.items():
+        if name.startswith("_") or value in ([None, None], None):
+            continue  # metadata, or an optional component the checkpoint leaves out
+        if name not in allowed or not isinstance(value, list) or tuple(value) not in allowed[name]:
+            expected = " or ".join(sorted("/".join(c) for c in allowed.get(name, set())))
+            raise ModelLoadError(
+                f"model {model!r}: {class_name} component {name!r} is {value!r}; only "
+                f"{expected or 'no such component'} is loaded (never custom code)"
+            )
+    return family
+
+
 def directory_fingerprint(directory: Path) -> str:
-    """sha256 over the names and contents of a model directory's files; hashed once per process."""
+    """sha256 over the paths and contents of a model directory's files (component folders
+    included, hidden files and the top-level README excluded); hashed once per process."""
     files = sorted(
         p
-        for p in directory.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name != "README.md"
+        for p in directory.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+        and p.relative_to(directory).as_posix() != "README.md"
     )
-    stats = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    names = [p.relative_to(directory).as_posix() for p in files]
+    stats = tuple(
+        (name, p.stat().st_size, p.stat().st_mtime_ns) for name, p in zip(names, files, strict=True)
+    )
     key = (str(directory), stats)
     if key not in _fingerprints:
         digest = hashlib.sha256()
-        for path in files:
+        for name, path in zip(names, files, strict=True):
             with path.open("rb") as handle:
                 file_digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            digest.update(f"{path.name}\0{file_digest}\n".encode())
+            digest.update(f"{name}\0{file_digest}\n".encode())
         _fingerprints[key] = f"sha256:{digest.hexdigest()}"
     return _fingerprints[key]

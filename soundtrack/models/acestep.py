@@ -1,0 +1,267 @@
+"""ACE-Step 1.5 through diffusers' AceStepPipeline: text2music, batched, per-track seeded.
+
+One pipeline call renders 10 s to 600 s of 48 kHz stereo, no windows. bpm, key and time
+signature go in as the model's own conditioning, not as words in the prompt; lyrics are empty
+(instrumental).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AceStepPipeline
+from diffusers.models.transformers.ace_step_transformer import AceStepAttnProcessor2_0
+
+from soundtrack.errors import GenerationError, InputError, ModelLoadError
+from soundtrack.models.base import (
+    GeneratedAudio,
+    GenerationRequest,
+    ProgressCallback,
+    check_audio,
+    check_request,
+)
+from soundtrack.models.device import model_dtype, set_cpu_threads
+from soundtrack.models.source import ModelSource, how_to_provide
+
+MIN_RENDER_S = 10.0  # ACE-Step's shortest render: a shorter track renders this long, then is cut
+MAX_RENDER_S = 600.0  # its longest render in one call
+
+
+@dataclass(frozen=True)
+class AceStepSettings:
+    """Sampling settings of one pipeline call; read from the checkpoint, passed on every call."""
+
+    steps: int = 8  # the turbo checkpoints are distilled for 8 flow-matching steps
+    shift: float = 3.0  # timestep-schedule shift (the pipeline's default)
+    guidance_scale: float = 1.0  # 1 = no CFG (turbo); base and SFT checkpoints use 7
+
+
+@dataclass(frozen=True)
+class _Track:
+    index: int  # position in the caller's request list
+    request: GenerationRequest
+    samples: int  # exactly round(duration_s * sample_rate)
+    render_s: float  # seconds the pipeline renders: at least MIN_RENDER_S
+
+
+class _CrossAttentionMask:
+    """The condition encoder's padding mask, for the DiT's cross-attention.
+
+    diffusers' pipeline drops the mask the condition encoder returns, so in a batch each track's
+    cross-attention would also attend to the padding of its neighbours' longer prompts, and a
+    track would render differently alone and in a batch. This restores the mask: the encoder's
+    forward hook stores it, the cross-attention processors apply it. A batch without padding runs
+    exactly as diffusers runs it.
+    """
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None
+
+    def store(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        mask = output[1]
+        self.mask = None if bool(mask.all()) else mask.to(torch.bool)
+
+
+class _MaskedCrossAttention(AceStepAttnProcessor2_0):
+    def __init__(self, masks: _CrossAttentionMask) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._masks = masks
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        mask = self._masks.mask
+        if mask is not None and attention_mask is None and encoder_hidden_states is not None:
+            if mask.shape[1] != encoder_hidden_states.shape[1]:
+                raise RuntimeError(
+                    f"cross-attention mask covers {mask.shape[1]} positions, the condition "
+                    f"{encoder_hidden_states.shape[1]}"
+                )
+            # Guidance stacks (conditional, unconditional) rows: both keep the track's mask.
+            mask = mask.repeat(hidden_states.shape[0] // mask.shape[0], 1)
+            attention_mask = mask[:, None, None, :]  # (batch, heads, queries, keys)
+        result: torch.Tensor = super().__call__(
+            attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
+        )
+        return result
+
+
+class AceStepGenerator:
+    """A loaded ACE-Step 1.5 pipeline behind the Generator interface."""
+
+    def __init__(
+        self,
+        pipeline: Any,  # AceStepPipeline (diffusers' lazy imports leave it untyped)
+        *,
+        model_id: str,
+        revision: str,
+        license: str,
+        device: str,
+        settings: AceStepSettings | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.revision = revision
+        self.license = license
+        self.device = device
+        self.sample_rate = int(pipeline.sample_rate)
+        self.channels = int(pipeline.vae.config.audio_channels)
+        self.settings = settings or default_settings(pipeline)
+        self._pipeline = pipeline
+        self._pipeline.set_progress_bar_config(disable=True)
+        # Right padding: the text encoder runs without a mask, and a causal encoder's real tokens
+        # never see padding that follows them (Qwen's tokenizer pads on the left by default).
+        self._pipeline.tokenizer.padding_side = "right"
+        masks = _CrossAttentionMask()
+        self._pipeline.condition_encoder.register_forward_hook(masks.store)
+        for layer in self._pipeline.transformer.layers:
+            if getattr(layer, "use_cross_attention", False):
+                layer.cross_attn.set_processor(_MaskedCrossAttention(masks))
+        self._lock = threading.Lock()  # one batch at a time per loaded pipeline (the mask too)
+        if device == "cpu":
+            modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
+            set_cpu_threads(sum(int(p.numel()) for m in modules for p in m.parameters()))
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        batch_size: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> list[GeneratedAudio | GenerationError]:
+        """One result per request, in order; NaN or silent tracks come back as GenerationError."""
+        # 1. Check inputs before any work.
+        size = batch_size if batch_size is not None else max(1, len(requests))
+        if size < 1:
+            raise InputError(f"batch_size must be >= 1, got {size}")
+        tracks = [self._track(i, request) for i, request in enumerate(requests)]
+        # 2. One pipeline call per batch: the same render length and conditioning.
+        batches = _batches(tracks, size)
+        total = len(batches) * self.settings.steps
+        done = 0
+
+        def step(*_: Any) -> dict[str, torch.Tensor]:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+            return {}
+
+        # 3. Render, then judge each track on its own.
+        results: dict[int, GeneratedAudio | GenerationError] = {}
+        with self._lock:
+            for batch in batches:
+                audio = self._render(batch, step)
+                for j, track in enumerate(batch):
+                    results[track.index] = self._result(track, audio[j])
+        return [results[i] for i in range(len(tracks))]
+
+    def _track(self, index: int, request: GenerationRequest) -> _Track:
+        check_request(request)
+        if request.duration_s > MAX_RENDER_S:
+            raise InputError(
+                f"track {request.track_id!r}: duration_s must be <= {MAX_RENDER_S:g} s for "
+                f"ACE-Step (its longest render), got {request.duration_s}"
+            )
+        samples = round(request.duration_s * self.sample_rate)
+        return _Track(index, request, samples, max(MIN_RENDER_S, request.duration_s))
+
+    def _render(self, batch: list[_Track], step: Any) -> np.ndarray:
+        """(tracks, channels, samples) float32 for one batch: one pipeline call."""
+        first = batch[0].request
+        settings = self.settings
+        with torch.inference_mode():
+            output = self._pipeline(
+                prompt=[t.request.plain_prompt or t.request.prompt for t in batch],
+                lyrics=[""] * len(batch),  # instrumental; a list, one per prompt
+                audio_duration=batch[0].render_s,
+                bpm=first.bpm,
+                keyscale=first.key,
+                # ACE-Step's time signature is the beats per bar: "3" for 3/4, "6" for 6/8.
+                timesignature=first.time_signature.split("/")[0] if first.time_signature else None,
+                task_type="text2music",
+                num_inference_steps=settings.steps,
+                shift=settings.shift,
+                guidance_scale=settings.guidance_scale,
+                # CPU generators: each track's noise depends on its seed alone, on any device.
+                generator=[torch.Generator().manual_seed(t.request.seed) for t in batch],
+                output_type="np",
+                callback_on_step_end=step,
+            )
+        audio: np.ndarray = np.asarray(output.audios, dtype=np.float32)
+        return audio
+
+    def _result(self, track: _Track, render: np.ndarray) -> GeneratedAudio | GenerationError:
+        track_id = track.request.track_id
+        if render.shape[-1] < track.samples:
+            return GenerationError(
+                track_id, f"the pipeline rendered {render.shape[-1]} frames, {track.samples} needed"
+            )
+        audio = render[:, : track.samples].copy()  # detach the batch
+        try:
+            check_audio(track_id, audio)
+        except GenerationError as error:
+            return error
+        return GeneratedAudio(
+            track_id=track_id,
+            audio=audio,
+            sample_rate=self.sample_rate,
+            model_id=self.model_id,
+            revision=self.revision,
+            license=self.license,
+        )
+
+
+def _batches(tracks: list[_Track], size: int) -> list[list[_Track]]:
+    """Tracks that render alike (length, bpm, key, time signature) share calls of `size`."""
+    groups: dict[tuple[float, int | None, str | None, str | None], list[_Track]] = {}
+    for track in tracks:
+        r = track.request
+        groups.setdefault((track.render_s, r.bpm, r.key, r.time_signature), []).append(track)
+    batches: list[list[_Track]] = []
+    for group in groups.values():
+        batches.extend(group[i : i + size] for i in range(0, len(group), size))
+    return batches
+
+
+def default_settings(pipeline: Any) -> AceStepSettings:
+    """Turbo checkpoints: 8 steps without guidance; base and SFT: guidance 7."""
+    return AceStepSettings() if pipeline.is_turbo else AceStepSettings(guidance_scale=7.0)
+
+
+def load_acestep(
+    source: ModelSource, device: str, dtype: torch.dtype | None = None
+) -> AceStepGenerator:
+    """Load an ACE-Step checkpoint from disk (its components were checked against the allow-list
+    when the source was resolved): safetensors only, never custom code."""
+    dtype = dtype or model_dtype(device)
+    try:
+        pipeline: Any = AceStepPipeline.from_pretrained(  # type: ignore[no-untyped-call]
+            source.directory,
+            dtype=dtype,
+            use_safetensors=True,
+            local_files_only=True,
+            low_cpu_mem_usage=False,
+        )
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"model {source.model_id!r}: cannot load ACE-Step from {source.directory} ({error}); "
+            f"{how_to_provide(source.model_id)}"
+        ) from error
+    pipeline.to(device)
+    return AceStepGenerator(
+        pipeline,
+        model_id=source.model_id,
+        revision=source.revision,
+        license=source.license,
+        device=device,
+    )
