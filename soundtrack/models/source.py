@@ -50,6 +50,12 @@ _QWEN_TOKENIZERS = {
         "Qwen2TokenizerFast",
     )
 }
+
+
+def _ace_step(name: str) -> set[tuple[str, str]]:
+    return {("diffusers", name), ("ace_step", name)}
+
+
 DIFFUSERS_PIPELINES: dict[str, tuple[str, dict[str, set[tuple[str, str]]]]] = {
     "AceStepPipeline": (
         "ace-step",
@@ -58,10 +64,11 @@ DIFFUSERS_PIPELINES: dict[str, tuple[str, dict[str, set[tuple[str, str]]]]] = {
             "text_encoder": {("transformers", "Qwen3Model")},
             "tokenizer": _QWEN_TOKENIZERS,
             "transformer": {("diffusers", "AceStepTransformer1DModel")},
-            "condition_encoder": {("ace_step", "AceStepConditionEncoder")},
+            # diffusers' converter writes "diffusers", save_pretrained the pipeline's module.
+            "condition_encoder": _ace_step("AceStepConditionEncoder"),
             "scheduler": {("diffusers", "FlowMatchEulerDiscreteScheduler")},
-            "audio_tokenizer": {("ace_step", "AceStepAudioTokenizer")},
-            "audio_token_detokenizer": {("ace_step", "AceStepAudioTokenDetokenizer")},
+            "audio_tokenizer": _ace_step("AceStepAudioTokenizer"),
+            "audio_token_detokenizer": _ace_step("AceStepAudioTokenDetokenizer"),
         },
     ),
 }

@@ -186,6 +186,15 @@ def test_an_unknown_pipeline_or_component_is_refused_by_name(
     with pytest.raises(ModelLoadError, match=r"component 'vae' is \['my_vae', 'MyVae'\]; only "):
         check_model(str(custom))
     assert resolve_source(str(tiny_acestep_dir), None).model_type == "ace-step"
+    # The layout diffusers' converter writes: no scheduler entry, components under "diffusers".
+    converted = copy_with_index(
+        tiny_acestep_dir,
+        tmp_path / "converted",
+        condition_encoder=["diffusers", "AceStepConditionEncoder"],
+        audio_tokenizer=None,
+        audio_token_detokenizer=None,
+    )
+    assert resolve_source(str(converted), None).model_type == "ace-step"
 
 
 def test_the_revision_covers_the_component_folders(tiny_acestep_dir: Path, tmp_path: Path) -> None:
