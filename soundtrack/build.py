@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from soundtrack import events, steps
+from soundtrack.catalog import limit_problems
 from soundtrack.errors import InputError, ModelLoadError, StorageError
 from soundtrack.inputs import CheckedInputs, check_inputs
 from soundtrack.models import check_model, load_count
@@ -217,13 +218,23 @@ def _previous_lock(checked: CheckedInputs, logger: Logger) -> tuple[BuildReport 
 
 
 def _check_models(plan: Plan) -> None:
-    """Every model a batch needs is at hand and loadable: found now, not after other renders."""
-    for model, revision in dict.fromkeys((b[0].model, b[0].model_revision) for b in plan.batches):
+    """Every model a batch needs is at hand, loadable, and can render its tracks (its files
+    now say its family, which `validate` may have had to leave unchecked): found now, not after
+    other renders."""
+    specs = [spec for batch in plan.batches for spec in batch]
+    problems = []
+    for model, revision in dict.fromkeys((spec.model, spec.model_revision) for spec in specs):
+        users = [spec for spec in specs if spec.model == model]
         try:
-            check_model(model, revision)
+            family = check_model(model, revision)
         except ModelLoadError as exc:
-            users = [s.id for b in plan.batches for s in b if s.model == model]
-            raise InputError(f"tracks {', '.join(users)}: {exc}") from None
+            problems.append(f"tracks {', '.join(spec.id for spec in users)}: {exc}")
+            continue
+        problems += [f"track {s.id}: {p}" for s in users for p in limit_problems(s, family)]
+    if len(problems) == 1:
+        raise InputError(problems[0])
+    if problems:
+        raise InputError(f"{len(problems)} problems with the models", problems)
 
 
 @contextmanager

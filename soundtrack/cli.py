@@ -92,6 +92,12 @@ def validate(manifest: ManifestArg) -> None:
             f"{spec.mastering.loudness.integrated_lufs:g}",
         )
     console.print(table)
+    for model in sorted(m for m, family in checked.families.items() if family is None):
+        console.print(
+            f"[yellow]note:[/] {escape(model)}: limits unchecked until the weights are present "
+            "(`build` checks them once they are)",
+            highlight=False,
+        )
     minutes = sum(spec.duration_s for spec in specs) / 60
     models = sorted({spec.model for spec in specs if not spec.source})
     console.print(

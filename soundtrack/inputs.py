@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from soundtrack.catalog import family_name, limit_problems
 from soundtrack.errors import InputError
 from soundtrack.licences import licence_of, usage_problem
 from soundtrack.manifest import load_manifest
@@ -36,6 +37,7 @@ class CheckedInputs:
     storage: Storage
     expectations: list[dict[str, Any]]
     licences: dict[str, str]  # model -> the licence of its weights (docs/manifest.md#licences)
+    families: dict[str, str | None]  # model -> its family; None: unchecked until its files are here
 
 
 def storage_url(manifest_storage: str, out: str | None, environ: Mapping[str, str]) -> str:
@@ -66,6 +68,7 @@ def check_inputs(
 
         expectations = load_expectations(path.parent / loaded.expectations)
     licences = check_licences(loaded, specs, model_override=model)
+    families = check_families(specs, model_override=model)
     url = storage_url(loaded.storage, out, environ)
     storage = open_storage(url, base_dir=path.parent)
     for report in reports:
@@ -74,7 +77,31 @@ def check_inputs(
         outputs=_outputs(storage, loaded.soundtrack, reports),
         inputs=_inputs(path, loaded, specs),
     )
-    return CheckedInputs(loaded, path, specs, url, storage, expectations, licences)
+    return CheckedInputs(loaded, path, specs, url, storage, expectations, licences, families)
+
+
+def check_families(
+    specs: Sequence[TrackSpec], *, model_override: str | None = None
+) -> dict[str, str | None]:
+    """Each generating model's family, and every track held to what its family can render; a
+    model known by nothing at hand is left for `build` to check once its files are there."""
+    families: dict[str, str | None] = {}
+    problems = []
+    for spec in specs:
+        if spec.source is not None:
+            continue
+        if spec.model not in families:
+            families[spec.model] = family_name(spec.model, spec.model_revision)
+        family = families[spec.model]
+        if family is not None:
+            given = " (--model)" if model_override else ""
+            problems += [
+                f"track {spec.id}: model {spec.model}{given}: {problem}"
+                for problem in limit_problems(spec, family)
+            ]
+    if problems:
+        raise InputError(f"{len(problems)} track(s) ask what their model cannot render", problems)
+    return families
 
 
 def check_licences(

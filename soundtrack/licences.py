@@ -1,7 +1,8 @@
 """Which licence a model's weights carry, and whether it allows the use a manifest declares.
 
 Read without weights and without the network: a model card's `license:` front matter (a local
-folder, or the card in the Hugging Face cache), else the table of known checkpoints below.
+folder, or the card in the Hugging Face cache), else the known checkpoints' table
+(soundtrack/models/catalog.py).
 """
 
 from __future__ import annotations
@@ -11,23 +12,9 @@ from pathlib import Path
 
 import yaml
 
+from soundtrack.catalog import CHECKPOINTS
+
 UNKNOWN = "unknown"
-# Hub id -> licence of checkpoints whose card may not be on disk (the card wins where it is).
-KNOWN_CHECKPOINTS: dict[str, str] = {
-    "facebook/musicgen-small": "CC-BY-NC-4.0",
-    "facebook/musicgen-medium": "CC-BY-NC-4.0",
-    "facebook/musicgen-large": "CC-BY-NC-4.0",
-    "facebook/musicgen-melody": "CC-BY-NC-4.0",
-    "facebook/musicgen-melody-large": "CC-BY-NC-4.0",
-    "facebook/musicgen-stereo-small": "CC-BY-NC-4.0",
-    "facebook/musicgen-stereo-medium": "CC-BY-NC-4.0",
-    "facebook/musicgen-stereo-large": "CC-BY-NC-4.0",
-    "stabilityai/stable-audio-open-1.0": "stabilityai-community",
-    "ACE-Step/acestep-v15-xl-turbo-diffusers": "MIT",
-    "ACE-Step/acestep-v15-turbo-diffusers": "MIT",
-    "suno/bark": "MIT",
-    "suno/bark-small": "MIT",
-}
 # Licences that allow selling what the model makes, with no condition a tool could not check.
 # Anything else (non-commercial, conditional such as Stability AI's revenue threshold, unknown)
 # needs the studio to accept it by name in the manifest.
@@ -63,7 +50,8 @@ def licence_of(model: str, revision: str | None = None, *, directory: Path | Non
         found = card_licence(local / "README.md")
     else:
         found = _cached_card_licence(model, revision) if _HUB_ID.match(model) else None
-    return found or KNOWN_CHECKPOINTS.get(model, UNKNOWN)
+    known = CHECKPOINTS.get(model)
+    return found or (known.licence if known else UNKNOWN)
 
 
 def _cached_card_licence(model: str, revision: str | None) -> str | None:

@@ -58,9 +58,11 @@ _loaded: dict[tuple[str, str | None, str], Generator] = {}
 _loads = 0
 
 
-def check_model(model: str, revision: str | None = None) -> None:
-    """Raise ModelLoadError unless the model's files are at hand and a backend can load them."""
-    _backend(resolve_source(model, revision), model)
+def check_model(model: str, revision: str | None = None) -> str:
+    """The model's family; ModelLoadError unless its files are at hand and a backend loads it."""
+    source = resolve_source(model, revision)
+    _backend(source, model)
+    return source.model_type
 
 
 def _backend(source: ModelSource, model: str) -> Callable[[ModelSource, str], Generator]:

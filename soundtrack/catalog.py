@@ -1,0 +1,126 @@
+"""What each model family can render, and the known checkpoints: read by `validate` with no
+weights, no network and no torch (the families' backends load only when a build renders)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from soundtrack.spec import TrackSpec
+
+
+@dataclass(frozen=True)
+class Family:
+    """One kind of model: its limits per call, native output and the inputs it takes."""
+
+    name: str
+    max_call_s: float | None  # longest render of one call; None: long form continues in windows
+    min_render_s: float  # a shorter track renders this long and is cut to its own length
+    sample_rate_hz: int
+    channels: tuple[int, ...]  # the checkpoints' choices
+    conditioning: frozenset[str]  # musical targets it takes as inputs, not as prompt words
+
+
+FAMILIES: dict[str, Family] = {
+    "musicgen": Family("musicgen", None, 0.0, 32000, (1, 2), frozenset()),
+    "ace-step": Family(
+        "ace-step", 600.0, 10.0, 48000, (2,), frozenset({"bpm", "key", "time_signature"})
+    ),
+    # Declared for validation; their backends are not in this version yet (issue 14).
+    "stable-audio": Family("stable-audio", 47.0, 0.0, 44100, (2,), frozenset()),
+    "bark": Family("bark", 14.0, 0.0, 24000, (1,), frozenset()),
+}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A published checkpoint known without its files: its family and its weights' licence."""
+
+    family: str
+    licence: str
+
+
+_MUSICGEN_NC = Checkpoint("musicgen", "CC-BY-NC-4.0")
+CHECKPOINTS: dict[str, Checkpoint] = {
+    **{
+        f"facebook/musicgen-{size}": _MUSICGEN_NC
+        for size in (
+            "small",
+            "medium",
+            "large",
+            "melody",
+            "melody-large",
+            "stereo-small",
+            "stereo-medium",
+            "stereo-large",
+        )
+    },
+    "stabilityai/stable-audio-open-1.0": Checkpoint("stable-audio", "stabilityai-community"),
+    "ACE-Step/acestep-v15-xl-turbo-diffusers": Checkpoint("ace-step", "MIT"),
+    "ACE-Step/acestep-v15-turbo-diffusers": Checkpoint("ace-step", "MIT"),
+    "suno/bark": Checkpoint("bark", "MIT"),
+    "suno/bark-small": Checkpoint("bark", "MIT"),
+}
+# How a checkpoint's own files name its family: model_index.json's pipeline class (diffusers),
+# config.json's model_type (transformers).
+PIPELINE_FAMILIES = {"AceStepPipeline": "ace-step", "StableAudioPipeline": "stable-audio"}
+MODEL_TYPE_FAMILIES = {"musicgen": "musicgen", "musicgen_melody": "musicgen", "bark": "bark"}
+
+
+def family_name(model: str, revision: str | None = None) -> str | None:
+    """The family of a local folder (by its files), a known checkpoint, or a hub id whose files
+    are in the Hugging Face cache; None when nothing at hand says."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return _family_in(lambda name: local / name)
+    if model in CHECKPOINTS:
+        return CHECKPOINTS[model].family
+    if "/" not in model or model.startswith(("/", ".", "~")):
+        return None
+    # Imported here: only an uncatalogued hub id needs it, and it never reaches the network.
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(name: str) -> Path | None:
+        path = try_to_load_from_cache(model, name, revision=revision)
+        return Path(path) if isinstance(path, str) else None
+
+    return _family_in(cached)
+
+
+def _family_in(find: Callable[[str], Path | None]) -> str | None:
+    for name, key, table in (
+        ("model_index.json", "_class_name", PIPELINE_FAMILIES),
+        ("config.json", "model_type", MODEL_TYPE_FAMILIES),
+    ):
+        path = find(name)
+        if path is None or not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            return None
+        return table.get(value) if isinstance(value, str) else None
+    return None
+
+
+def limit_problems(spec: TrackSpec, family: str) -> list[str]:
+    """What of `spec` its model's family cannot render, or this version cannot load."""
+    from soundtrack.models import BACKENDS  # the backends' table; it imports no model code
+
+    known = FAMILIES.get(family)
+    if known is None:
+        return [f"its family {family!r} is unknown (families: {', '.join(sorted(FAMILIES))})"]
+    problems = []
+    if known.max_call_s is not None and spec.duration_s > known.max_call_s:
+        problems.append(
+            f"duration {spec.duration_s:g} s is longer than a {family} model renders "
+            f"({known.max_call_s:g} s at most)"
+        )
+    if family not in BACKENDS:
+        problems.append(
+            f"{family} models have no backend in this version (backends: "
+            f"{', '.join(sorted(BACKENDS))})"
+        )
+    return problems
