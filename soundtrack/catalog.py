@@ -26,11 +26,16 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "musicgen": Family("musicgen", None, 0.0, 32000, (1, 2), frozenset()),
     "ace-step": Family(
-        "ace-step", 600.0, 10.0, 48000, (2,), frozenset({"bpm", "key", "time_signature"})
+        "ace-step",
+        600.0,
+        10.0,
+        48000,
+        (2,),
+        frozenset({"bpm", "key", "time_signature", "lyrics"}),
     ),
     # Declared for validation; their backends are not in this version yet (issue 14).
     "stable-audio": Family("stable-audio", 47.0, 0.0, 44100, (2,), frozenset()),
-    "bark": Family("bark", 14.0, 0.0, 24000, (1,), frozenset()),
+    "bark": Family("bark", 14.0, 0.0, 24000, (1,), frozenset({"lyrics"})),
 }
 
 
@@ -118,6 +123,9 @@ def limit_problems(spec: TrackSpec, family: str) -> list[str]:
             f"duration {spec.duration_s:g} s is longer than a {family} model renders "
             f"({known.max_call_s:g} s at most)"
         )
+    if spec.lyrics is not None and "lyrics" not in known.conditioning:
+        takers = sorted(f.name for f in FAMILIES.values() if "lyrics" in f.conditioning)
+        problems.append(f"{family} models take no lyrics (lyrics: {', '.join(takers)})")
     if family not in BACKENDS:
         problems.append(
             f"{family} models have no backend in this version (backends: "

@@ -230,5 +230,7 @@ def _request(spec: TrackSpec) -> GenerationRequest:
         overlap_s=spec.overlap_s,
         bpm=spec.bpm,
         key=spec.key,
+        time_signature=spec.time_signature,
+        lyrics=spec.lyrics,
         plain_prompt=spec.plain_prompt,
     )

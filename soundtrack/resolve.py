@@ -60,6 +60,8 @@ def full_prompt(track: Track, *, musical_tags: bool = True) -> str | None:
         parts.append(track.key)
     if track.bpm and musical_tags:
         parts.append(f"{track.bpm} BPM")
+    if track.time_signature and musical_tags:
+        parts.append(f"{track.time_signature} time")
     if track.mood:
         parts.append(track.mood)
     if track.instruments:
@@ -142,6 +144,9 @@ def resolve_tracks(
             "wav_bit_depth": merged.get("wav_bit_depth", 16),
             "expectations_sha256": file_sha256(expectations) if expectations else None,
         }
+        if track.lyrics is not None:
+            # Only when set: every track without lyrics keeps the hash it had before they existed.
+            fields["lyrics"] = track.lyrics
         spec = TrackSpec(
             soundtrack=manifest.soundtrack,
             id=track.id,
@@ -164,10 +169,13 @@ def resolve_tracks(
             expectations=expectations,
             bpm=track.bpm,
             key=track.key,
+            time_signature=track.time_signature,
+            lyrics=track.lyrics,
             plain_prompt=full_prompt(track, musical_tags=False),
         )
         if source is None:
-            generation = {name: fields[name] for name in (*_GENERATION_FIELDS, "pipeline_version")}
+            names = (*_GENERATION_FIELDS, "pipeline_version", *(["lyrics"] if track.lyrics else []))
+            generation = {name: fields[name] for name in names}
             generation["render_duration_s"] = spec.render_duration_s
             spec = replace(spec, generation_key=_canonical_hash(generation))
         specs.append(spec)

@@ -163,8 +163,29 @@ class Track(_Overridable):
     seed: int | None = Field(
         default=None, ge=0, le=SEED_MAX, description="Default: derived from soundtrack and id."
     )
-    bpm: int | None = Field(default=None, ge=20, le=300, description="Added to the prompt.")
-    key: str | None = Field(default=None, min_length=1, max_length=40, description="E.g. D minor.")
+    bpm: int | None = Field(
+        default=None,
+        ge=20,
+        le=300,
+        description="Tempo target: words in MusicGen's prompt, conditioning for ACE-Step.",
+    )
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=40,
+        description="E.g. D minor: words in MusicGen's prompt, conditioning for ACE-Step.",
+    )
+    time_signature: str | None = Field(
+        default=None,
+        pattern=r"^([1-9]|1[0-6])/(1|2|4|8|16)$",
+        description="E.g. 3/4: words in MusicGen's prompt, conditioning for ACE-Step.",
+    )
+    lyrics: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4000,
+        description="Words to sing (ACE-Step); without them ACE-Step renders an instrumental.",
+    )
     mood: str | None = Field(default=None, min_length=1, max_length=100)
     instruments: list[Annotated[str, Field(min_length=1, max_length=60)]] | None = None
 

@@ -107,4 +107,6 @@ class TrackSpec:
     # the key and BPM words.
     bpm: int | None = None
     key: str | None = None
+    time_signature: str | None = None
+    lyrics: str | None = None  # words to sing; None: instrumental
     plain_prompt: str | None = None

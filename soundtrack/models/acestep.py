@@ -1,8 +1,8 @@
 """ACE-Step 1.5 through diffusers' AceStepPipeline: text2music, batched, per-track seeded.
 
 One pipeline call renders 10 s to 600 s of 48 kHz stereo, no windows. bpm, key and time
-signature go in as the model's own conditioning, not as words in the prompt; lyrics are empty
-(instrumental).
+signature go in as the model's own conditioning, not as words in the prompt; lyrics, when a track
+has them, are sung (without them the track is an instrumental).
 """
 
 from __future__ import annotations
@@ -182,7 +182,8 @@ class AceStepGenerator:
         with torch.inference_mode():
             output = self._pipeline(
                 prompt=[t.request.plain_prompt or t.request.prompt for t in batch],
-                lyrics=[""] * len(batch),  # instrumental; a list, one per prompt
+                # One per prompt (a list); "" is an instrumental.
+                lyrics=[t.request.lyrics or "" for t in batch],
                 audio_duration=batch[0].render_s,
                 bpm=first.bpm,
                 keyscale=first.key,

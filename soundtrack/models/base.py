@@ -34,6 +34,7 @@ class GenerationRequest:
     bpm: int | None = None
     key: str | None = None  # e.g. "D minor"
     time_signature: str | None = None  # e.g. "3/4"
+    lyrics: str | None = None  # words to sing (ACE-Step); None: instrumental
     plain_prompt: str | None = None  # `prompt` without the key and BPM words; None: the same
 
 

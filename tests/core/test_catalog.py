@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from soundtrack.catalog import FAMILIES, family_name
 from soundtrack.cli import app
+from soundtrack.errors import InputError
 from tests.hubcache import put_in_cache
 
 MANIFEST = """\
@@ -65,3 +67,40 @@ def test_validate_holds_a_track_to_its_family(offline_hub: Path, tmp_path: Path)
     code, said = validate(tmp_path, 20, "someone/new-model")
     assert code == 0, said
     assert "someone/new-model: limits unchecked until the weights are present" in said
+
+
+def test_lyrics_go_only_to_a_family_that_sings(offline_hub: Path, tmp_path: Path) -> None:
+    ace_step = "ACE-Step/acestep-v15-xl-turbo-diffusers"
+    for model, allowed in (("facebook/musicgen-small", False), (ace_step, True)):
+        (tmp_path / "m.yaml").write_text(
+            MANIFEST.format(duration=12, model=model) + "    lyrics: we sail at dawn\n"
+        )
+        cwd = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            result = CliRunner().invoke(app, ["validate", "m.yaml"])
+        finally:
+            os.chdir(cwd)
+        said = " ".join(result.output.split())
+        assert (result.exit_code == 0) == allowed, said
+        if not allowed:
+            assert "musicgen models take no lyrics (lyrics: ace-step, bark)" in said
+
+
+def test_lyrics_and_time_signature_shape_the_spec_only_when_set(tmp_path: Path) -> None:
+    from soundtrack.manifest import load_manifest
+    from soundtrack.resolve import resolve_tracks
+
+    path = tmp_path / "m.yaml"
+    plain = MANIFEST.format(duration=12, model="ACE-Step/acestep-v15-xl-turbo-diffusers")
+    path.write_text(plain)
+    (before,) = resolve_tracks(load_manifest(path), tmp_path)
+    path.write_text(plain + "    lyrics: we sail at dawn\n    time_signature: 3/4\n")
+    (after,) = resolve_tracks(load_manifest(path), tmp_path)
+    assert after.lyrics == "we sail at dawn" and after.time_signature == "3/4"
+    assert after.spec_hash != before.spec_hash and after.generation_key != before.generation_key
+    # MusicGen hears the time signature as words; ACE-Step gets it as conditioning instead.
+    assert after.prompt == "a sung line, 3/4 time" and after.plain_prompt == "a sung line"
+    path.write_text(plain + "    time_signature: 7/5\n")
+    with pytest.raises(InputError, match="time_signature"):
+        load_manifest(path)

@@ -117,6 +117,25 @@ def test_bpm_key_and_time_signature_are_conditioning_not_words(
     assert not np.array_equal(audio_of(results[0]), audio_of(results[1]))
 
 
+def test_lyrics_are_sung_per_track_and_change_the_render(
+    generator: AceStepGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+    pipeline: Any = generator._pipeline
+    encode = pipeline.encode_prompt
+
+    def recording(**kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return encode(**kwargs)
+
+    monkeypatch.setattr(pipeline, "encode_prompt", recording)
+    words = "[verse]\nwe sail at dawn"
+    sung, instrumental = generator.generate([req("sung", lyrics=words), req("instrumental")])
+    (call,) = calls
+    assert call["lyrics"] == [words, ""], "one lyric per prompt, empty for an instrumental"
+    assert not np.array_equal(audio_of(sung), audio_of(instrumental))
+
+
 def test_progress_counts_steps_over_every_call(generator: AceStepGenerator) -> None:
     seen: list[tuple[int, int]] = []
     generator.generate(
