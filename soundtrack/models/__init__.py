@@ -76,7 +76,8 @@ def _backend(source: ModelSource, model: str) -> Callable[[ModelSource, str], Ge
 
 
 def get_generator(model: str, revision: str | None = None, device: str | None = None) -> Generator:
-    """Loaded once per (model, revision, device) per process; raises ModelLoadError fast."""
+    """Loaded once per (model, revision, device) per process; raises ModelLoadError fast. On an
+    accelerator one model stays resident: loading another releases the ones before it."""
     # torch costs two seconds to import: only a build that really renders should pay for it.
     from soundtrack.models.device import resolve_device
 
@@ -87,9 +88,31 @@ def get_generator(model: str, revision: str | None = None, device: str | None = 
     with _lock:
         if key not in _loaded:
             source = resolve_source(key[0], revision)
-            _loaded[key] = _backend(source, model)(source, resolved_device)
+            backend = _backend(source, model)
+            if one_resident(resolved_device):
+                _release(resolved_device)
+            _loaded[key] = backend(source, resolved_device)
             _loads += 1
         return _loaded[key]
+
+
+def one_resident(device: str) -> bool:
+    """Whether `device` holds one model at a time: two checkpoints of several GB each need not
+    fit in a GPU's memory together, while a build renders every track of a model in a row."""
+    return device != "cpu"
+
+
+def _release(device: str) -> None:
+    """Forget the models loaded on `device`; a render still running keeps its own until done."""
+    for key in [key for key in _loaded if key[2] == device]:
+        del _loaded[key]
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def generate_one(request: GenerationRequest, generator: Generator) -> GeneratedAudio:

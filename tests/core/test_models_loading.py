@@ -132,3 +132,20 @@ def test_real_musicgen_small_renders_a_batch_with_provenance() -> None:
         (1, 96000),
     ]
     assert len(generator.revision) == 40 and generator.license == "CC-BY-NC-4.0"
+
+
+def test_one_model_stays_resident_where_the_device_holds_one(
+    tiny_model_dir: Path, tiny_acestep_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from soundtrack import models
+
+    # As on a GPU: the CPU is made to hold one model at a time for this test.
+    monkeypatch.setattr(models, "one_resident", lambda device: True)
+    monkeypatch.setattr(models, "_loaded", {})
+    before = load_count()
+    musicgen = get_generator(str(tiny_model_dir), device="cpu")
+    assert get_generator(str(tiny_model_dir), device="cpu") is musicgen, "loaded once"
+    acestep = get_generator(str(tiny_acestep_dir), device="cpu")
+    assert list(models._loaded.values()) == [acestep], "the MusicGen model was released"
+    assert get_generator(str(tiny_model_dir), device="cpu") is not musicgen
+    assert load_count() == before + 3
