@@ -123,6 +123,11 @@ def limit_problems(spec: TrackSpec, family: str) -> list[str]:
             f"duration {spec.duration_s:g} s is longer than a {family} model renders "
             f"({known.max_call_s:g} s at most)"
         )
+    if spec.sampling_flat and family != "musicgen":
+        problems.append(
+            f"`sampling` in the flat form holds MusicGen's settings; {family} models take "
+            f"their own block (sampling: {{{family}: {{...}}}})"
+        )
     if spec.lyrics is not None and "lyrics" not in known.conditioning:
         takers = sorted(f.name for f in FAMILIES.values() if "lyrics" in f.conditioning)
         problems.append(f"{family} models take no lyrics (lyrics: {', '.join(takers)})")

@@ -261,7 +261,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("profile", "explicit"):  # discriminated-union tags are not fields
+        elif part in ("profile", "explicit", "flat", "families"):  # union tags are not fields
             continue
         else:
             path += f".{part}" if path else part

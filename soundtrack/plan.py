@@ -95,7 +95,13 @@ def batch(specs: Sequence[TrackSpec], batch_size: int) -> list[list[TrackSpec]]:
     similar lengths (a batch runs as long as its longest track)."""
     groups: dict[tuple[object, ...], list[TrackSpec]] = {}
     for spec in specs:
-        key = (spec.model, spec.model_revision, spec.sampling, spec.overlap_s)
+        key = (
+            spec.model,
+            spec.model_revision,
+            spec.sampling,
+            spec.ace_step_sampling,
+            spec.overlap_s,
+        )
         groups.setdefault(key, []).append(spec)
     batches = []
     for group in groups.values():

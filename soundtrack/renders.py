@@ -232,5 +232,6 @@ def _request(spec: TrackSpec) -> GenerationRequest:
         key=spec.key,
         time_signature=spec.time_signature,
         lyrics=spec.lyrics,
+        ace_step=spec.ace_step_sampling,
         plain_prompt=spec.plain_prompt,
     )

@@ -28,6 +28,7 @@ from soundtrack.schema import (
 from soundtrack.spec import (
     DEFAULT_LOUDNESS_PROFILE,
     LOUDNESS_PROFILES,
+    AceStepSampling,
     GateLimits,
     LoudnessTarget,
     Mastering,
@@ -78,11 +79,27 @@ def _merge(defaults: Defaults, track: Track) -> dict[str, Any]:
     # exclude_unset: a track's `sampling: {top_k: 100}` must not reset the soundtrack's temperature.
     merged = defaults.model_dump(exclude_unset=True, exclude_none=True)
     for name, value in track.model_dump(exclude_unset=True, exclude_none=True).items():
-        if name in ("sampling", "gates") and name in merged:
+        if name == "gates" and name in merged:
             merged[name] = {**merged[name], **value}
-        else:
+        elif name != "sampling":
             merged[name] = value
+    # Sampling merges per family; the flat form is MusicGen's block.
+    d_blocks, d_flat = _sampling_blocks(merged.pop("sampling", {}))
+    t_blocks, t_flat = _sampling_blocks(track.model_dump(exclude_unset=True).get("sampling") or {})
+    merged["sampling"] = {
+        family: {**d_blocks.get(family, {}), **t_blocks.get(family, {})}
+        for family in (*d_blocks, *t_blocks)
+    }
+    merged["sampling_flat"] = d_flat or t_flat
     return merged
+
+
+def _sampling_blocks(value: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], bool]:
+    """A dumped `sampling` as blocks per family, and whether it was the flat (MusicGen) form."""
+    value = {k: v for k, v in value.items() if v is not None}
+    if value and set(value) <= {"musicgen", "ace_step"}:
+        return {k: {n: x for n, x in v.items() if x is not None} for k, v in value.items()}, False
+    return ({"musicgen": value} if value else {}), bool(value)
 
 
 def _loudness_target(value: Any) -> LoudnessTarget:
@@ -136,7 +153,7 @@ def resolve_tracks(
             "seed": track.seed
             if track.seed is not None
             else derived_seed(manifest.soundtrack, track.id),
-            "sampling": asdict(Sampling(**merged.get("sampling", {}))),
+            "sampling": asdict(Sampling(**merged["sampling"].get("musicgen", {}))),
             "overlap_s": float(merged.get("overlap_s", 10.0)),
             "mastering": asdict(mastering),
             "gates": asdict(gates),
@@ -144,6 +161,10 @@ def resolve_tracks(
             "wav_bit_depth": merged.get("wav_bit_depth", 16),
             "expectations_sha256": file_sha256(expectations) if expectations else None,
         }
+        ace_step_sampling = merged["sampling"].get("ace_step")
+        if ace_step_sampling:
+            # Only when set, as for lyrics below.
+            fields["ace_step_sampling"] = ace_step_sampling
         if track.lyrics is not None:
             # Only when set: every track without lyrics keeps the hash it had before they existed.
             fields["lyrics"] = track.lyrics
@@ -171,10 +192,13 @@ def resolve_tracks(
             key=track.key,
             time_signature=track.time_signature,
             lyrics=track.lyrics,
+            ace_step_sampling=AceStepSampling(**ace_step_sampling) if ace_step_sampling else None,
+            sampling_flat=merged["sampling_flat"],
             plain_prompt=full_prompt(track, musical_tags=False),
         )
         if source is None:
-            names = (*_GENERATION_FIELDS, "pipeline_version", *(["lyrics"] if track.lyrics else []))
+            extra = [name for name in ("lyrics", "ace_step_sampling") if name in fields]
+            names = (*_GENERATION_FIELDS, "pipeline_version", *extra)
             generation = {name: fields[name] for name in names}
             generation["render_duration_s"] = spec.render_duration_s
             spec = replace(spec, generation_key=_canonical_hash(generation))

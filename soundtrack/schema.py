@@ -92,6 +92,39 @@ class SamplingSpec(_Strict):
     guidance: float = Field(default=3.0, ge=0, le=20, description="Classifier-free guidance.")
 
 
+class AceStepSamplingSpec(_Strict):
+    """ACE-Step settings; unset keys keep the checkpoint's (turbo: 8 steps, shift 3, no CFG)."""
+
+    steps: int | None = Field(default=None, ge=1, le=200, description="Flow-matching steps.")
+    shift: float | None = Field(default=None, gt=0, le=10, description="Timestep shift.")
+    guidance: float | None = Field(
+        default=None, ge=1, le=20, description="Classifier-free guidance (1: none)."
+    )
+
+
+class FamilySamplingSpec(_Strict):
+    """Sampling settings per model family; each track uses its own model's block."""
+
+    musicgen: SamplingSpec | None = None
+    ace_step: AceStepSamplingSpec | None = Field(default=None, alias="ace-step")
+
+
+def _sampling_kind(value: Any) -> str:
+    families = {"musicgen", "ace-step"}
+    if isinstance(value, dict) and value and set(value) <= families:
+        return "families"
+    if isinstance(value, FamilySamplingSpec):
+        return "families"
+    return "flat"
+
+
+# The flat form is MusicGen's (the only family once); blocks per family name the family.
+SamplingSettings = Annotated[
+    Annotated[SamplingSpec, Tag("flat")] | Annotated[FamilySamplingSpec, Tag("families")],
+    Discriminator(_sampling_kind),
+]
+
+
 class GatesSpec(_Strict):
     """Overrides of the quality-gate limits (docs/gates.md); unset keys keep the defaults."""
 
@@ -122,7 +155,11 @@ class _Overridable(_Strict):
     loudness: Loudness | None = Field(
         default=None, description="Profile (console -24, mobile -18, web -16 LUFS) or targets."
     )
-    sampling: SamplingSpec | None = None
+    sampling: SamplingSettings | None = Field(
+        default=None,
+        description="MusicGen's settings, or one block per family: "
+        "{musicgen: {...}, ace-step: {steps, shift, guidance}}.",
+    )
     overlap_s: float | None = Field(
         default=None, ge=1, le=25, description="Long form: seconds fed back to the next window."
     )

@@ -19,6 +19,15 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class AceStepSampling:
+    """ACE-Step settings a manifest sets; None keeps the checkpoint's own."""
+
+    steps: int | None = None
+    shift: float | None = None
+    guidance: float | None = None
+
+
+@dataclass(frozen=True)
 class LoudnessTarget:
     """Integrated loudness target, its tolerance, and the true-peak ceiling."""
 
@@ -109,4 +118,6 @@ class TrackSpec:
     key: str | None = None
     time_signature: str | None = None
     lyrics: str | None = None  # words to sing; None: instrumental
+    ace_step_sampling: AceStepSampling | None = None
+    sampling_flat: bool = False  # `sampling` was given in the flat form: MusicGen's settings
     plain_prompt: str | None = None

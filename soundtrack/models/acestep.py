@@ -146,7 +146,7 @@ class AceStepGenerator:
         tracks = [self._track(i, request) for i, request in enumerate(requests)]
         # 2. One pipeline call per batch: the same render length and conditioning.
         batches = _batches(tracks, size)
-        total = len(batches) * self.settings.steps
+        total = sum(self.settings_for(batch[0].request).steps for batch in batches)
         done = 0
 
         def step(*_: Any) -> dict[str, torch.Tensor]:
@@ -175,10 +175,23 @@ class AceStepGenerator:
         samples = round(request.duration_s * self.sample_rate)
         return _Track(index, request, samples, max(MIN_RENDER_S, request.duration_s))
 
+    def settings_for(self, request: GenerationRequest) -> AceStepSettings:
+        """The checkpoint's settings, with what the track's manifest sets instead."""
+        given = request.ace_step
+        if given is None:
+            return self.settings
+        return AceStepSettings(
+            steps=given.steps if given.steps is not None else self.settings.steps,
+            shift=given.shift if given.shift is not None else self.settings.shift,
+            guidance_scale=given.guidance
+            if given.guidance is not None
+            else self.settings.guidance_scale,
+        )
+
     def _render(self, batch: list[_Track], step: Any) -> np.ndarray:
         """(tracks, channels, samples) float32 for one batch: one pipeline call."""
         first = batch[0].request
-        settings = self.settings
+        settings = self.settings_for(first)
         with torch.inference_mode():
             output = self._pipeline(
                 prompt=[t.request.plain_prompt or t.request.prompt for t in batch],
@@ -223,11 +236,13 @@ class AceStepGenerator:
 
 
 def _batches(tracks: list[_Track], size: int) -> list[list[_Track]]:
-    """Tracks that render alike (length, bpm, key, time signature) share calls of `size`."""
-    groups: dict[tuple[float, int | None, str | None, str | None], list[_Track]] = {}
+    """Tracks that render alike (length, bpm, key, time signature, settings) share calls of
+    `size`."""
+    groups: dict[tuple[object, ...], list[_Track]] = {}
     for track in tracks:
         r = track.request
-        groups.setdefault((track.render_s, r.bpm, r.key, r.time_signature), []).append(track)
+        key = (track.render_s, r.bpm, r.key, r.time_signature, r.ace_step)
+        groups.setdefault(key, []).append(track)
     batches: list[list[_Track]] = []
     for group in groups.values():
         batches.extend(group[i : i + size] for i in range(0, len(group), size))

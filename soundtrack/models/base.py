@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from soundtrack.errors import GenerationError, InputError
-from soundtrack.spec import Sampling
+from soundtrack.spec import AceStepSampling, Sampling
 
 MAX_WINDOW_S = 30.0  # MusicGen was trained on 30 s excerpts; one generate call stays within it
 SILENCE_PEAK_DBFS = -60.0  # a render whose sample peak stays below this is treated as silent
@@ -35,6 +35,7 @@ class GenerationRequest:
     key: str | None = None  # e.g. "D minor"
     time_signature: str | None = None  # e.g. "3/4"
     lyrics: str | None = None  # words to sing (ACE-Step); None: instrumental
+    ace_step: AceStepSampling | None = None  # the manifest's ACE-Step settings, if any
     plain_prompt: str | None = None  # `prompt` without the key and BPM words; None: the same
 
 

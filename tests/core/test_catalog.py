@@ -104,3 +104,51 @@ def test_lyrics_and_time_signature_shape_the_spec_only_when_set(tmp_path: Path) 
     path.write_text(plain + "    time_signature: 7/5\n")
     with pytest.raises(InputError, match="time_signature"):
         load_manifest(path)
+
+
+def test_sampling_per_family_and_the_flat_form_is_musicgens(
+    offline_hub: Path, tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    from soundtrack.manifest import load_manifest
+    from soundtrack.resolve import resolve_tracks
+
+    path = tmp_path / "m.yaml"
+    flat = "    sampling: {temperature: 0.9, top_k: 100}\n"
+    keyed = "    sampling: {musicgen: {temperature: 0.9, top_k: 100}, ace-step: {steps: 4}}\n"
+    specs = {}
+    for name, block in (("flat", flat), ("keyed", keyed)):
+        path.write_text(MANIFEST.format(duration=12, model="facebook/musicgen-small") + block)
+        (specs[name],) = resolve_tracks(load_manifest(path), tmp_path)
+    assert specs["flat"].sampling == specs["keyed"].sampling and specs["flat"].sampling_flat
+    assert specs["keyed"].ace_step_sampling is not None
+    assert specs["keyed"].ace_step_sampling.steps == 4 and not specs["keyed"].sampling_flat
+
+    ace_step = "ACE-Step/acestep-v15-xl-turbo-diffusers"
+    code, said = validate_text(tmp_path, MANIFEST.format(duration=12, model=ace_step) + flat)
+    assert code == 2 and "ace-step models take their own block" in said, said
+    code, said = validate_text(tmp_path, MANIFEST.format(duration=12, model=ace_step) + keyed)
+    assert code == 0, said
+
+    # --model swaps the family under the manifest's settings: the flag is named.
+    (tmp_path / "m.yaml").write_text(
+        MANIFEST.format(duration=12, model="facebook/musicgen-small") + flat
+    )
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = CliRunner().invoke(app, ["build", "m.yaml", "--model", str(tiny_acestep_dir)])
+    finally:
+        os.chdir(cwd)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"{tiny_acestep_dir} (--model): `sampling`" in said, said
+
+
+def validate_text(folder: Path, text: str) -> tuple[int, str]:
+    (folder / "m.yaml").write_text(text)
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        result = CliRunner().invoke(app, ["validate", "m.yaml"])
+    finally:
+        os.chdir(cwd)
+    return result.exit_code, " ".join(result.output.split())

@@ -136,6 +136,18 @@ def test_lyrics_are_sung_per_track_and_change_the_render(
     assert not np.array_equal(audio_of(sung), audio_of(instrumental))
 
 
+def test_the_manifests_settings_replace_the_checkpoints(generator: AceStepGenerator) -> None:
+    from soundtrack.spec import AceStepSampling
+
+    steps: list[int] = []
+    generator.generate(
+        [req("fewer", ace_step=AceStepSampling(steps=2))], progress=lambda d, t: steps.append(t)
+    )
+    assert steps == [2, 2], "two steps, as the manifest asked"
+    given = generator.settings_for(req("x", ace_step=AceStepSampling(shift=2.0)))
+    assert given.shift == 2.0 and given.steps == generator.settings.steps
+
+
 def test_progress_counts_steps_over_every_call(generator: AceStepGenerator) -> None:
     seen: list[tuple[int, int]] = []
     generator.generate(
