@@ -217,7 +217,10 @@ def models_make_tiny(
         Path, typer.Argument(help="Where to write the model (created if missing).")
     ],
     family: Annotated[
-        str, typer.Option(help="musicgen (transformers) or ace-step (a diffusers pipeline).")
+        str,
+        typer.Option(
+            help="musicgen (transformers), ace-step or stable-audio (diffusers pipelines)."
+        ),
     ] = "musicgen",
     stereo: Annotated[
         bool,
@@ -229,11 +232,22 @@ def models_make_tiny(
     Its output is noise, not music; it differs per prompt and per seed and loads like any
     local model: `--model DIR` or `model: DIR` in a manifest. ACE-Step renders 48 kHz stereo.
     """
-    if family not in ("musicgen", "ace-step"):
-        fail(InputError(f"--family must be musicgen or ace-step, got {family!r}"))
-    if family == "ace-step" and stereo:
-        fail(InputError("--stereo is for --family musicgen (ACE-Step is always stereo)"))
+    if family not in ("musicgen", "ace-step", "stable-audio"):
+        fail(InputError(f"--family must be musicgen, ace-step or stable-audio, got {family!r}"))
+    if family != "musicgen" and stereo:
+        fail(InputError(f"--stereo is for --family musicgen ({family} is always stereo)"))
     _quiet_transformers()
+    if family == "stable-audio":
+        from diffusers.utils import logging as diffusers_logging
+
+        from soundtrack.models.tiny_stableaudio import make_tiny_stableaudio
+
+        diffusers_logging.disable_progress_bar()  # "Writing model shards"
+        make_tiny_stableaudio(directory)
+        console.print(
+            f"wrote a tiny random-weight Stable Audio Open to {directory}", highlight=False
+        )
+        return
     if family == "ace-step":
         from diffusers.utils import logging as diffusers_logging
 

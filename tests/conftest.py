@@ -104,6 +104,15 @@ def tiny_acestep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_acestep(tmp_path_factory.mktemp("tiny-acestep"))
 
 
+@pytest.fixture(scope="session")
+def tiny_stableaudio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Stable Audio Open pipeline (under 1 MB, noise not music), written
+    once per session in the real layout (model_index.json and component folders)."""
+    from soundtrack.models.tiny_stableaudio import make_tiny_stableaudio
+
+    return make_tiny_stableaudio(tmp_path_factory.mktemp("tiny-stableaudio"))
+
+
 # --- Prefect server (issue 5) ---
 
 

@@ -46,11 +46,18 @@ def _load_acestep(source: ModelSource, device: str) -> Generator:
     return load_acestep(source, device)
 
 
+def _load_stableaudio(source: ModelSource, device: str) -> Generator:
+    from soundtrack.models.stableaudio import load_stableaudio
+
+    return load_stableaudio(source, device)
+
+
 # The family -> the backend that loads it: config.json's model_type for transformers (mono and
 # stereo MusicGen share one), a diffusers pipeline's family by its model_index.json _class_name.
 BACKENDS: dict[str, Callable[[ModelSource, str], Generator]] = {
     "musicgen": _load_musicgen,
     "ace-step": _load_acestep,
+    "stable-audio": _load_stableaudio,
 }
 
 _lock = threading.Lock()

@@ -37,6 +37,7 @@ class GenerationRequest:
     lyrics: str | None = None  # words to sing (ACE-Step); None: instrumental
     ace_step: AceStepSampling | None = None  # the manifest's ACE-Step settings, if any
     plain_prompt: str | None = None  # `prompt` without the key and BPM words; None: the same
+    negative_prompt: str | None = None  # what to steer away from (Stable Audio); None: nothing
 
 
 @dataclass(frozen=True)

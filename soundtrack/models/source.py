@@ -71,6 +71,27 @@ DIFFUSERS_PIPELINES: dict[str, tuple[str, dict[str, set[tuple[str, str]]]]] = {
             "audio_token_detokenizer": _ace_step("AceStepAudioTokenDetokenizer"),
         },
     ),
+    "StableAudioPipeline": (
+        "stable-audio",
+        {
+            "vae": {("diffusers", "AutoencoderOobleck")},
+            "text_encoder": {("transformers", "T5EncoderModel")},
+            "tokenizer": {
+                ("transformers", name)
+                for name in ("T5Tokenizer", "T5TokenizerFast", "PreTrainedTokenizerFast")
+            },
+            # save_pretrained names the pipeline's module, "stable_audio", for this one.
+            "projection_model": {
+                (module, "StableAudioProjectionModel") for module in ("diffusers", "stable_audio")
+            },
+            "transformer": {("diffusers", "StableAudioDiTModel")},
+            # The real checkpoint's Cosine scheduler needs torchsde; EDM's runs without it.
+            "scheduler": {
+                ("diffusers", name)
+                for name in ("CosineDPMSolverMultistepScheduler", "EDMDPMSolverMultistepScheduler")
+            },
+        },
+    ),
 }
 
 

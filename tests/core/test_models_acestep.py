@@ -207,10 +207,10 @@ def copy_with_index(model_dir: Path, target: Path, **changes: Any) -> Path:
 def test_an_unknown_pipeline_or_component_is_refused_by_name(
     tiny_acestep_dir: Path, tmp_path: Path
 ) -> None:
-    other = copy_with_index(tiny_acestep_dir, tmp_path / "other", _class_name="StableAudioPipeline")
+    other = copy_with_index(tiny_acestep_dir, tmp_path / "other", _class_name="AudioLDM2Pipeline")
     with pytest.raises(ModelLoadError) as refused:
         check_model(str(other))
-    assert "'StableAudioPipeline', which has no backend (supported: AceStepPipeline)" in str(
+    assert "'AudioLDM2Pipeline', which has no backend (supported: AceStepPipeline, " in str(
         refused.value
     )
     custom = copy_with_index(tiny_acestep_dir, tmp_path / "custom", vae=["my_vae", "MyVae"])

@@ -1,0 +1,213 @@
+"""Stable Audio Open through diffusers' StableAudioPipeline: text to 44.1 kHz stereo, batched,
+per-track seeded.
+
+One pipeline call renders up to 47 s (the checkpoint's longest render); the model has no bpm or
+key conditioning, so those stay words in the prompt. A track's negative prompt, when it has one,
+steers guidance away from it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import StableAudioPipeline
+
+from soundtrack.errors import GenerationError, InputError, ModelLoadError
+from soundtrack.models.base import (
+    GeneratedAudio,
+    GenerationRequest,
+    ProgressCallback,
+    check_audio,
+    check_request,
+)
+from soundtrack.models.device import model_dtype, set_cpu_threads
+from soundtrack.models.source import ModelSource, how_to_provide
+
+MAX_RENDER_S = 47.0  # the catalog's limit for the family (the checkpoint renders 47.55 s)
+
+
+@dataclass(frozen=True)
+class StableAudioSettings:
+    """Sampling settings of one pipeline call (the model card's)."""
+
+    steps: int = 100
+    guidance_scale: float = 7.0
+
+
+# Every track renders with these (a per-track `stable-audio` sampling block does not exist yet).
+DEFAULT_SETTINGS = StableAudioSettings()
+
+
+@dataclass(frozen=True)
+class _Track:
+    index: int  # position in the caller's request list
+    request: GenerationRequest
+    samples: int  # exactly round(duration_s * sample_rate)
+    render_s: float  # the audio_end_in_s the pipeline is asked for: at least the model's minimum
+
+
+class StableAudioGenerator:
+    """A loaded Stable Audio Open pipeline behind the Generator interface."""
+
+    def __init__(
+        self,
+        pipeline: Any,  # StableAudioPipeline (diffusers' lazy imports leave it untyped)
+        *,
+        model_id: str,
+        revision: str,
+        license: str,
+        device: str,
+        settings: StableAudioSettings | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.revision = revision
+        self.license = license
+        self.device = device
+        self.sample_rate = int(pipeline.vae.config.sampling_rate)
+        self.channels = int(pipeline.vae.config.audio_channels)
+        self.settings = settings or DEFAULT_SETTINGS
+        # The longest and shortest render one call allows: the DiT's latent length, and the
+        # projection model's range of seconds.
+        hop = int(pipeline.vae.hop_length)
+        longest = int(pipeline.transformer.config.sample_size) * hop / self.sample_rate
+        self.max_render_s = min(MAX_RENDER_S, longest)
+        self.min_render_s = max(0.0, float(pipeline.projection_model.config.min_value))
+        self._pipeline = pipeline
+        self._pipeline.set_progress_bar_config(disable=True)
+        self._lock = threading.Lock()  # one batch at a time per loaded pipeline
+        if device == "cpu":
+            modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
+            set_cpu_threads(sum(int(p.numel()) for m in modules for p in m.parameters()))
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        batch_size: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> list[GeneratedAudio | GenerationError]:
+        """One result per request, in order; NaN or silent tracks come back as GenerationError."""
+        # 1. Check inputs before any work.
+        size = batch_size if batch_size is not None else max(1, len(requests))
+        if size < 1:
+            raise InputError(f"batch_size must be >= 1, got {size}")
+        tracks = [self._track(i, request) for i, request in enumerate(requests)]
+        # 2. One pipeline call per batch: the same length, settings and kind of guidance.
+        batches = _batches(tracks, size)
+        total = len(batches) * self.settings.steps
+        done = 0
+
+        def step(*_: Any) -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        # 3. Render, then judge each track on its own.
+        results: dict[int, GeneratedAudio | GenerationError] = {}
+        with self._lock:
+            for batch in batches:
+                audio = self._render(batch, step)
+                for j, track in enumerate(batch):
+                    results[track.index] = self._result(track, audio[j])
+        return [results[i] for i in range(len(tracks))]
+
+    def _track(self, index: int, request: GenerationRequest) -> _Track:
+        check_request(request)
+        if request.duration_s > self.max_render_s:
+            raise InputError(
+                f"track {request.track_id!r}: duration_s must be <= {self.max_render_s:g} s for "
+                f"Stable Audio (its longest render), got {request.duration_s}"
+            )
+        samples = round(request.duration_s * self.sample_rate)
+        # Half a frame more: the pipeline cuts at int(seconds * rate), never short of `samples`.
+        seconds = max(self.min_render_s, (samples + 0.5) / self.sample_rate)
+        return _Track(index, request, samples, min(seconds, self.max_render_s))
+
+    def _render(self, batch: list[_Track], step: Any) -> np.ndarray:
+        """(tracks, channels, frames) float32 for one batch: one pipeline call."""
+        negative = [t.request.negative_prompt for t in batch]
+        with torch.inference_mode():
+            output = self._pipeline(
+                # Bpm and key are already words in `prompt`: the model has no such conditioning.
+                prompt=[t.request.prompt for t in batch],
+                negative_prompt=None if negative[0] is None else negative,
+                audio_end_in_s=batch[0].render_s,
+                num_inference_steps=self.settings.steps,
+                guidance_scale=self.settings.guidance_scale,
+                # CPU generators: each track's noise depends on its seed alone, on any device.
+                generator=[torch.Generator().manual_seed(t.request.seed) for t in batch],
+                output_type="np",
+                callback=step,
+                callback_steps=1,
+            )
+        audio: np.ndarray = np.asarray(output.audios, dtype=np.float32)
+        return audio
+
+    def _result(self, track: _Track, render: np.ndarray) -> GeneratedAudio | GenerationError:
+        track_id = track.request.track_id
+        if render.shape[-1] < track.samples:
+            return GenerationError(
+                track_id, f"the pipeline rendered {render.shape[-1]} frames, {track.samples} needed"
+            )
+        audio = render[:, : track.samples].copy()  # detach the batch
+        try:
+            check_audio(track_id, audio)
+        except GenerationError as error:
+            return error
+        return GeneratedAudio(
+            track_id=track_id,
+            audio=audio,
+            sample_rate=self.sample_rate,
+            model_id=self.model_id,
+            revision=self.revision,
+            license=self.license,
+        )
+
+
+def _batches(tracks: list[_Track], size: int) -> list[list[_Track]]:
+    """Tracks that render alike (length, with or without a negative prompt) share calls of
+    `size`: the pipeline takes one length per call, and guidance without a negative prompt uses
+    an empty condition, not an encoded one."""
+    groups: dict[tuple[object, ...], list[_Track]] = {}
+    for track in tracks:
+        key = (track.render_s, track.request.negative_prompt is None)
+        groups.setdefault(key, []).append(track)
+    batches: list[list[_Track]] = []
+    for group in groups.values():
+        batches.extend(group[i : i + size] for i in range(0, len(group), size))
+    return batches
+
+
+def load_stableaudio(
+    source: ModelSource, device: str, dtype: torch.dtype | None = None
+) -> StableAudioGenerator:
+    """Load a Stable Audio Open checkpoint from disk (its components were checked against the
+    allow-list when the source was resolved): safetensors only, never custom code."""
+    dtype = dtype or model_dtype(device)
+    try:
+        pipeline: Any = StableAudioPipeline.from_pretrained(  # type: ignore[no-untyped-call]
+            source.directory,
+            dtype=dtype,
+            use_safetensors=True,
+            local_files_only=True,
+            low_cpu_mem_usage=False,
+        )
+    except (OSError, ValueError, ImportError) as error:
+        raise ModelLoadError(
+            f"model {source.model_id!r}: cannot load Stable Audio from {source.directory} "
+            f"({error}); {how_to_provide(source.model_id)}"
+        ) from error
+    pipeline.to(device)
+    return StableAudioGenerator(
+        pipeline,
+        model_id=source.model_id,
+        revision=source.revision,
+        license=source.license,
+        device=device,
+    )
