@@ -34,7 +34,7 @@ FAMILIES: dict[str, Family] = {
         frozenset({"bpm", "key", "time_signature", "lyrics"}),
     ),
     # Declared for validation; their backends are not in this version yet (issue 14).
-    "stable-audio": Family("stable-audio", 47.0, 0.0, 44100, (2,), frozenset()),
+    "stable-audio": Family("stable-audio", 47.0, 0.0, 44100, (2,), frozenset({"negative_prompt"})),
     "bark": Family("bark", 14.0, 0.0, 24000, (1,), frozenset({"lyrics"})),
 }
 
@@ -131,6 +131,11 @@ def limit_problems(spec: TrackSpec, family: str) -> list[str]:
     if spec.lyrics is not None and "lyrics" not in known.conditioning:
         takers = sorted(f.name for f in FAMILIES.values() if "lyrics" in f.conditioning)
         problems.append(f"{family} models take no lyrics (lyrics: {', '.join(takers)})")
+    if spec.negative_prompt is not None and "negative_prompt" not in known.conditioning:
+        takers = sorted(f.name for f in FAMILIES.values() if "negative_prompt" in f.conditioning)
+        problems.append(
+            f"{family} models take no negative_prompt (negative_prompt: {', '.join(takers)})"
+        )
     if family not in BACKENDS:
         problems.append(
             f"{family} models have no backend in this version (backends: "

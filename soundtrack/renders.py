@@ -232,6 +232,7 @@ def _request(spec: TrackSpec) -> GenerationRequest:
         key=spec.key,
         time_signature=spec.time_signature,
         lyrics=spec.lyrics,
+        negative_prompt=spec.negative_prompt,
         ace_step=spec.ace_step_sampling,
         plain_prompt=spec.plain_prompt,
     )

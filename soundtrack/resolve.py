@@ -168,6 +168,8 @@ def resolve_tracks(
         if track.lyrics is not None:
             # Only when set: every track without lyrics keeps the hash it had before they existed.
             fields["lyrics"] = track.lyrics
+        if track.negative_prompt is not None:
+            fields["negative_prompt"] = track.negative_prompt  # only when set, as lyrics
         spec = TrackSpec(
             soundtrack=manifest.soundtrack,
             id=track.id,
@@ -192,12 +194,17 @@ def resolve_tracks(
             key=track.key,
             time_signature=track.time_signature,
             lyrics=track.lyrics,
+            negative_prompt=track.negative_prompt,
             ace_step_sampling=AceStepSampling(**ace_step_sampling) if ace_step_sampling else None,
             sampling_flat=merged["sampling_flat"],
             plain_prompt=full_prompt(track, musical_tags=False),
         )
         if source is None:
-            extra = [name for name in ("lyrics", "ace_step_sampling") if name in fields]
+            extra = [
+                name
+                for name in ("lyrics", "ace_step_sampling", "negative_prompt")
+                if name in fields
+            ]
             names = (*_GENERATION_FIELDS, "pipeline_version", *extra)
             generation = {name: fields[name] for name in names}
             generation["render_duration_s"] = spec.render_duration_s

@@ -223,6 +223,12 @@ class Track(_Overridable):
         max_length=4000,
         description="Words to sing (ACE-Step); without them ACE-Step renders an instrumental.",
     )
+    negative_prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="What to steer away from (Stable Audio's guidance); other families refuse it.",
+    )
     mood: str | None = Field(default=None, min_length=1, max_length=100)
     instruments: list[Annotated[str, Field(min_length=1, max_length=60)]] | None = None
 

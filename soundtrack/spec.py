@@ -118,6 +118,7 @@ class TrackSpec:
     key: str | None = None
     time_signature: str | None = None
     lyrics: str | None = None  # words to sing; None: instrumental
+    negative_prompt: str | None = None  # Stable Audio's guidance steers away from it
     ace_step_sampling: AceStepSampling | None = None
     sampling_flat: bool = False  # `sampling` was given in the flat form: MusicGen's settings
     plain_prompt: str | None = None

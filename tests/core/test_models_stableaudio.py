@@ -224,3 +224,52 @@ def test_a_build_on_the_tiny_stable_audio_model_approves_both_tracks(
             assert true_peak <= -1.0, (path.name, true_peak)
     lock = json.loads((out / "soundtrack.lock.json").read_text())
     assert {t["id"] for t in lock["tracks"]} == {"sting", "theme"}
+
+
+NEGATIVE = """\
+schema: 1
+soundtrack: steer
+storage: ./out
+defaults: {{formats: [ogg]}}
+tracks:
+  - id: line
+    prompt: calm piano loop
+    duration: 12
+    model: {model}
+"""
+
+
+def test_a_negative_prompt_goes_only_to_stable_audio(offline_hub: Path, tmp_path: Path) -> None:
+    for model, allowed in (
+        ("facebook/musicgen-small", False),
+        ("stabilityai/stable-audio-open-1.0", True),
+    ):
+        (tmp_path / "m.yaml").write_text(
+            NEGATIVE.format(model=model) + "    negative_prompt: drums, vocals\n"
+        )
+        result = CliRunner().invoke(app, ["validate", str(tmp_path / "m.yaml")])
+        said = " ".join(result.output.split())
+        assert (result.exit_code == 0) == allowed, said
+        if not allowed:
+            assert "musicgen models take no negative_prompt (negative_prompt: stable-audio)" in said
+
+
+def test_the_negative_prompt_shapes_the_spec_only_when_set(tmp_path: Path) -> None:
+    from soundtrack.manifest import load_manifest
+    from soundtrack.resolve import resolve_tracks
+
+    path = tmp_path / "m.yaml"
+    plain = NEGATIVE.format(model="stabilityai/stable-audio-open-1.0")
+    path.write_text(plain)
+    (before,) = resolve_tracks(load_manifest(path), tmp_path)
+    path.write_text(plain + "    negative_prompt: drums\n")
+    (after,) = resolve_tracks(load_manifest(path), tmp_path)
+    assert before.negative_prompt is None and after.negative_prompt == "drums"
+    assert after.spec_hash != before.spec_hash and after.generation_key != before.generation_key
+    assert after.prompt == before.prompt, "not words in the prompt"
+    from soundtrack.renders import _request
+
+    assert _request(after).negative_prompt == "drums"
+    path.write_text(plain + "    negative_prompt: ''\n")
+    with pytest.raises(InputError, match="negative_prompt"):
+        load_manifest(path)
