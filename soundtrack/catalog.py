@@ -33,7 +33,7 @@ FAMILIES: dict[str, Family] = {
         (2,),
         frozenset({"bpm", "key", "time_signature", "lyrics"}),
     ),
-    # Declared for validation; their backends are not in this version yet (issue 14).
+    # Declared for validation; validate names a family with no backend in BACKENDS (issue 14).
     "stable-audio": Family("stable-audio", 47.0, 0.0, 44100, (2,), frozenset({"negative_prompt"})),
     "bark": Family("bark", 14.0, 0.0, 24000, (1,), frozenset({"lyrics"})),
 }

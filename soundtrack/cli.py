@@ -219,7 +219,7 @@ def models_make_tiny(
     family: Annotated[
         str,
         typer.Option(
-            help="musicgen (transformers), ace-step or stable-audio (diffusers pipelines)."
+            help="musicgen or bark (transformers), ace-step or stable-audio (diffusers pipelines)."
         ),
     ] = "musicgen",
     stereo: Annotated[
@@ -230,13 +230,24 @@ def models_make_tiny(
     """Write a tiny random-weight model (1-2 MB) for smoke tests without downloading weights.
 
     Its output is noise, not music; it differs per prompt and per seed and loads like any
-    local model: `--model DIR` or `model: DIR` in a manifest. ACE-Step renders 48 kHz stereo.
+    local model: `--model DIR` or `model: DIR` in a manifest. ACE-Step renders 48 kHz stereo,
+    Bark 24 kHz mono.
     """
-    if family not in ("musicgen", "ace-step", "stable-audio"):
-        fail(InputError(f"--family must be musicgen, ace-step or stable-audio, got {family!r}"))
+    if family not in ("musicgen", "ace-step", "stable-audio", "bark"):
+        fail(
+            InputError(f"--family must be musicgen, ace-step, stable-audio or bark, got {family!r}")
+        )
+    if family == "bark" and stereo:
+        fail(InputError("--stereo is for --family musicgen (Bark is mono)"))
     if family != "musicgen" and stereo:
         fail(InputError(f"--stereo is for --family musicgen ({family} is always stereo)"))
     _quiet_transformers()
+    if family == "bark":
+        from soundtrack.models.tiny_bark import make_tiny_bark
+
+        make_tiny_bark(directory)
+        console.print(f"wrote a tiny random-weight Bark to {directory}", highlight=False)
+        return
     if family == "stable-audio":
         from diffusers.utils import logging as diffusers_logging
 

@@ -105,6 +105,14 @@ def tiny_acestep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bark_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Bark (about 6 MB, noise not speech), written once per session."""
+    from soundtrack.models.tiny_bark import make_tiny_bark
+
+    return make_tiny_bark(tmp_path_factory.mktemp("tiny-bark"))
+
+
+@pytest.fixture(scope="session")
 def tiny_stableaudio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Stable Audio Open pipeline (under 1 MB, noise not music), written
     once per session in the real layout (model_index.json and component folders)."""

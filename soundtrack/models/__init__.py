@@ -46,6 +46,12 @@ def _load_acestep(source: ModelSource, device: str) -> Generator:
     return load_acestep(source, device)
 
 
+def _load_bark(source: ModelSource, device: str) -> Generator:
+    from soundtrack.models.bark import load_bark
+
+    return load_bark(source, device)
+
+
 def _load_stableaudio(source: ModelSource, device: str) -> Generator:
     from soundtrack.models.stableaudio import load_stableaudio
 
@@ -57,6 +63,7 @@ def _load_stableaudio(source: ModelSource, device: str) -> Generator:
 BACKENDS: dict[str, Callable[[ModelSource, str], Generator]] = {
     "musicgen": _load_musicgen,
     "ace-step": _load_acestep,
+    "bark": _load_bark,
     "stable-audio": _load_stableaudio,
 }
 

@@ -34,7 +34,7 @@ class GenerationRequest:
     bpm: int | None = None
     key: str | None = None  # e.g. "D minor"
     time_signature: str | None = None  # e.g. "3/4"
-    lyrics: str | None = None  # words to sing (ACE-Step); None: instrumental
+    lyrics: str | None = None  # words to sing (ACE-Step, Bark); None: instrumental
     ace_step: AceStepSampling | None = None  # the manifest's ACE-Step settings, if any
     plain_prompt: str | None = None  # `prompt` without the key and BPM words; None: the same
     negative_prompt: str | None = None  # what to steer away from (Stable Audio); None: nothing
@@ -42,7 +42,8 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GeneratedAudio:
-    """A render: float32 (channels, frames), exactly round(duration_s * sample_rate) frames."""
+    """A render: float32 (channels, frames), exactly round(duration_s * sample_rate) frames;
+    Bark's, which may end early, at most that many (its length an upper bound)."""
 
     track_id: str
     audio: np.ndarray

@@ -20,8 +20,9 @@ from soundtrack.errors import ModelLoadError
 from soundtrack.licences import licence_of
 
 HUB_TIMEOUT_S = 10.0  # the metadata request; a download that has started is not cut short
-# Diffusers checkpoints keep these in component folders; "*" matches across "/" here.
-_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*merges.txt", "README.md"]
+# Diffusers checkpoints keep these in component folders; "*" matches across "/" here. Bark's
+# BERT tokenizer reads vocab.txt.
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*merges.txt", "*vocab.txt", "README.md"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 _fingerprints: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}

@@ -42,8 +42,8 @@ def test_a_missing_or_foreign_directory_fails_naming_it(tmp_path: Path) -> None:
         get_generator(str(tmp_path / "missing"), device="cpu")
     with pytest.raises(ModelLoadError, match=r"no config\.json"):
         get_generator(str(tmp_path), device="cpu")
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bark"}))
-    with pytest.raises(ModelLoadError, match="model_type 'bark' has no backend"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "whisper"}))
+    with pytest.raises(ModelLoadError, match="model_type 'whisper' has no backend"):
         get_generator(str(tmp_path), device="cpu")
 
 

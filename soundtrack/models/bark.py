@@ -1,0 +1,178 @@
+"""Bark (suno/bark) through transformers' BarkModel: one track per call, seeded per track.
+
+Bark speaks its text, or sings it between ♪ marks: a track's lyrics when it has them, else its
+prompt. It samples from torch's global generator and has no length control: its semantic tokens
+are capped so a render reaches the track's length unless the model ends it earlier. A longer
+render is cut to the track's length; a shorter one comes back as it is, for the build's duration
+gate to judge (a Bark track sets `gates.duration_tolerance_s` to what it accepts).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, BarkModel
+
+from soundtrack.errors import GenerationError, InputError, ModelLoadError
+from soundtrack.models.base import (
+    GeneratedAudio,
+    GenerationRequest,
+    ProgressCallback,
+    check_audio,
+    check_request,
+)
+from soundtrack.models.device import model_dtype, set_cpu_threads
+from soundtrack.models.source import ModelSource, how_to_provide
+
+MAX_RENDER_S = 14.0  # Bark's longest render (768 semantic tokens at 49.9 Hz, with a margin)
+
+# torch's global generator is shared by every model in the process: one Bark render at a time.
+_GLOBAL_RNG = threading.Lock()
+
+
+def bark_text(request: GenerationRequest) -> str:
+    """What Bark renders: the lyrics, sung (between ♪ marks), or else the prompt, spoken."""
+    if request.lyrics:
+        return f"♪ {request.lyrics.strip()} ♪"
+    return request.prompt
+
+
+class BarkGenerator:
+    """A loaded Bark checkpoint behind the Generator interface."""
+
+    def __init__(
+        self,
+        model: BarkModel,
+        tokenizer: Any,
+        *,
+        model_id: str,
+        revision: str,
+        license: str,
+        device: str,
+    ) -> None:
+        self.model_id = model_id
+        self.revision = revision
+        self.license = license
+        self.device = device
+        generation: Any = model.generation_config
+        self.sample_rate = int(generation.sample_rate)
+        self.channels = 1
+        semantic = generation.semantic_config
+        self._semantic_rate_hz = float(semantic["semantic_rate_hz"])
+        self._max_text_tokens = int(semantic["max_input_semantic_length"])
+        self._model = model
+        self._model.eval()  # type: ignore[no-untyped-call]
+        self._tokenizer = tokenizer
+        if device == "cpu":
+            set_cpu_threads(model.num_parameters())
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        batch_size: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> list[GeneratedAudio | GenerationError]:
+        """One result per request, in order; NaN or silent tracks come back as GenerationError.
+        Each track renders in a call of its own (Bark's seed is torch's global one), so
+        `batch_size` changes nothing once checked."""
+        # 1. Check inputs before any work.
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        inputs = [self._inputs(request) for request in requests]
+        # 2. Render each track, then judge it on its own.
+        results: list[GeneratedAudio | GenerationError] = []
+        for done, (request, encoded) in enumerate(zip(requests, inputs, strict=True), start=1):
+            results.append(self._result(request, self._render(request, encoded)))
+            if progress is not None:
+                progress(done, len(requests))
+        return results
+
+    def _inputs(self, request: GenerationRequest) -> dict[str, torch.Tensor]:
+        check_request(request)
+        if request.duration_s > MAX_RENDER_S:
+            raise InputError(
+                f"track {request.track_id!r}: duration_s must be <= {MAX_RENDER_S:g} s for "
+                f"Bark (its longest render), got {request.duration_s}"
+            )
+        text = bark_text(request)
+        tokens = len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        if tokens > self._max_text_tokens:
+            what = "lyrics" if request.lyrics else "prompt"
+            raise InputError(
+                f"track {request.track_id!r}: its {what} must be <= {self._max_text_tokens} "
+                f"tokens for Bark (the text it reads), got {tokens}"
+            )
+        encoded: dict[str, torch.Tensor] = self._tokenizer(
+            text,
+            return_tensors="pt",
+            padding="max_length",
+            max_length=self._max_text_tokens,
+            add_special_tokens=False,
+            return_attention_mask=True,
+            return_token_type_ids=False,
+        )
+        return {key: value.to(self._model.device) for key, value in encoded.items()}
+
+    def _render(self, request: GenerationRequest, encoded: dict[str, torch.Tensor]) -> np.ndarray:
+        """(1, frames) float32: at least the track's length unless Bark ends it sooner."""
+        # One semantic token more than the length needs: the coarse stage rounds down.
+        semantic_tokens = math.ceil(request.duration_s * self._semantic_rate_hz) + 1
+        with _GLOBAL_RNG, torch.inference_mode():
+            torch.manual_seed(request.seed)  # the CPU's and every accelerator's generator
+            values = self._model.generate(
+                input_ids=encoded["input_ids"],
+                attention_mask=encoded["attention_mask"],
+                do_sample=True,
+                semantic_max_new_tokens=semantic_tokens,
+            )
+        audio: np.ndarray = values[:1].float().cpu().numpy()
+        return audio
+
+    def _result(
+        self, request: GenerationRequest, render: np.ndarray
+    ) -> GeneratedAudio | GenerationError:
+        track_id = request.track_id
+        audio = render[:, : round(request.duration_s * self.sample_rate)].copy()
+        try:
+            check_audio(track_id, audio)
+        except GenerationError as error:
+            return error
+        return GeneratedAudio(
+            track_id=track_id,
+            audio=audio,
+            sample_rate=self.sample_rate,
+            model_id=self.model_id,
+            revision=self.revision,
+            license=self.license,
+        )
+
+
+def load_bark(source: ModelSource, device: str, dtype: torch.dtype | None = None) -> BarkGenerator:
+    """Load a Bark checkpoint from disk (safetensors only); the codec stays float32."""
+    dtype = dtype or model_dtype(device)
+    try:
+        model: Any = BarkModel.from_pretrained(
+            source.directory, dtype=dtype, local_files_only=True, use_safetensors=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source.directory, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"model {source.model_id!r}: cannot load Bark from {source.directory} ({error}); "
+            f"{how_to_provide(source.model_id)}"
+        ) from error
+    model.codec_model.to(torch.float32)
+    model.to(device)
+    return BarkGenerator(
+        model,
+        tokenizer,
+        model_id=source.model_id,
+        revision=source.revision,
+        license=source.license,
+        device=device,
+    )
