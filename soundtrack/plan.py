@@ -100,6 +100,7 @@ def batch(specs: Sequence[TrackSpec], batch_size: int) -> list[list[TrackSpec]]:
             spec.model_revision,
             spec.sampling,
             spec.ace_step_sampling,
+            spec.stable_audio_sampling,
             spec.overlap_s,
         )
         groups.setdefault(key, []).append(spec)

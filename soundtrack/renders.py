@@ -234,5 +234,6 @@ def _request(spec: TrackSpec) -> GenerationRequest:
         lyrics=spec.lyrics,
         negative_prompt=spec.negative_prompt,
         ace_step=spec.ace_step_sampling,
+        stable_audio=spec.stable_audio_sampling,
         plain_prompt=spec.plain_prompt,
     )

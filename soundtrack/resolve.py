@@ -33,6 +33,7 @@ from soundtrack.spec import (
     LoudnessTarget,
     Mastering,
     Sampling,
+    StableAudioSampling,
     TrackSpec,
     default_fade_out_s,
 )
@@ -97,7 +98,7 @@ def _merge(defaults: Defaults, track: Track) -> dict[str, Any]:
 def _sampling_blocks(value: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], bool]:
     """A dumped `sampling` as blocks per family, and whether it was the flat (MusicGen) form."""
     value = {k: v for k, v in value.items() if v is not None}
-    if value and set(value) <= {"musicgen", "ace_step"}:
+    if value and set(value) <= {"musicgen", "ace_step", "stable_audio"}:
         return {k: {n: x for n, x in v.items() if x is not None} for k, v in value.items()}, False
     return ({"musicgen": value} if value else {}), bool(value)
 
@@ -165,6 +166,9 @@ def resolve_tracks(
         if ace_step_sampling:
             # Only when set, as for lyrics below.
             fields["ace_step_sampling"] = ace_step_sampling
+        stable_audio_sampling = merged["sampling"].get("stable_audio")
+        if stable_audio_sampling:
+            fields["stable_audio_sampling"] = stable_audio_sampling  # only when set, as above
         if track.lyrics is not None:
             # Only when set: every track without lyrics keeps the hash it had before they existed.
             fields["lyrics"] = track.lyrics
@@ -196,13 +200,21 @@ def resolve_tracks(
             lyrics=track.lyrics,
             negative_prompt=track.negative_prompt,
             ace_step_sampling=AceStepSampling(**ace_step_sampling) if ace_step_sampling else None,
+            stable_audio_sampling=StableAudioSampling(**stable_audio_sampling)
+            if stable_audio_sampling
+            else None,
             sampling_flat=merged["sampling_flat"],
             plain_prompt=full_prompt(track, musical_tags=False),
         )
         if source is None:
             extra = [
                 name
-                for name in ("lyrics", "ace_step_sampling", "negative_prompt")
+                for name in (
+                    "lyrics",
+                    "ace_step_sampling",
+                    "negative_prompt",
+                    "stable_audio_sampling",
+                )
                 if name in fields
             ]
             names = (*_GENERATION_FIELDS, "pipeline_version", *extra)

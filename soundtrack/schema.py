@@ -102,15 +102,25 @@ class AceStepSamplingSpec(_Strict):
     )
 
 
+class StableAudioSamplingSpec(_Strict):
+    """Stable Audio settings; unset keys keep the model card's (100 steps, guidance 7)."""
+
+    steps: int | None = Field(default=None, ge=1, le=500, description="Denoising steps.")
+    guidance: float | None = Field(
+        default=None, ge=1, le=20, description="Classifier-free guidance (1: none)."
+    )
+
+
 class FamilySamplingSpec(_Strict):
     """Sampling settings per model family; each track uses its own model's block."""
 
     musicgen: SamplingSpec | None = None
     ace_step: AceStepSamplingSpec | None = Field(default=None, alias="ace-step")
+    stable_audio: StableAudioSamplingSpec | None = Field(default=None, alias="stable-audio")
 
 
 def _sampling_kind(value: Any) -> str:
-    families = {"musicgen", "ace-step"}
+    families = {"musicgen", "ace-step", "stable-audio"}
     if isinstance(value, dict) and value and set(value) <= families:
         return "families"
     if isinstance(value, FamilySamplingSpec):
@@ -158,7 +168,7 @@ class _Overridable(_Strict):
     sampling: SamplingSettings | None = Field(
         default=None,
         description="MusicGen's settings, or one block per family: "
-        "{musicgen: {...}, ace-step: {steps, shift, guidance}}.",
+        "{musicgen: {...}, ace-step: {steps, shift, guidance}, stable-audio: {steps, guidance}}.",
     )
     overlap_s: float | None = Field(
         default=None, ge=1, le=25, description="Long form: seconds fed back to the next window."

@@ -28,6 +28,14 @@ class AceStepSampling:
 
 
 @dataclass(frozen=True)
+class StableAudioSampling:
+    """Stable Audio settings a manifest sets; None keeps the backend's default."""
+
+    steps: int | None = None
+    guidance: float | None = None
+
+
+@dataclass(frozen=True)
 class LoudnessTarget:
     """Integrated loudness target, its tolerance, and the true-peak ceiling."""
 
@@ -120,5 +128,6 @@ class TrackSpec:
     lyrics: str | None = None  # words to sing; None: instrumental
     negative_prompt: str | None = None  # Stable Audio's guidance steers away from it
     ace_step_sampling: AceStepSampling | None = None
+    stable_audio_sampling: StableAudioSampling | None = None
     sampling_flat: bool = False  # `sampling` was given in the flat form: MusicGen's settings
     plain_prompt: str | None = None

@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from soundtrack.errors import GenerationError, InputError
-from soundtrack.spec import AceStepSampling, Sampling
+from soundtrack.spec import AceStepSampling, Sampling, StableAudioSampling
 
 MAX_WINDOW_S = 30.0  # MusicGen was trained on 30 s excerpts; one generate call stays within it
 SILENCE_PEAK_DBFS = -60.0  # a render whose sample peak stays below this is treated as silent
@@ -38,6 +38,7 @@ class GenerationRequest:
     ace_step: AceStepSampling | None = None  # the manifest's ACE-Step settings, if any
     plain_prompt: str | None = None  # `prompt` without the key and BPM words; None: the same
     negative_prompt: str | None = None  # what to steer away from (Stable Audio); None: nothing
+    stable_audio: StableAudioSampling | None = None  # the manifest's Stable Audio settings
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ class StableAudioSettings:
     guidance_scale: float = 7.0
 
 
-# Every track renders with these (a per-track `stable-audio` sampling block does not exist yet).
+# A track renders with these unless its manifest's `stable-audio` sampling block sets others.
 DEFAULT_SETTINGS = StableAudioSettings()
 
 
@@ -99,7 +99,7 @@ class StableAudioGenerator:
         tracks = [self._track(i, request) for i, request in enumerate(requests)]
         # 2. One pipeline call per batch: the same length, settings and kind of guidance.
         batches = _batches(tracks, size)
-        total = len(batches) * self.settings.steps
+        total = sum(self.settings_for(batch[0].request).steps for batch in batches)
         done = 0
 
         def step(*_: Any) -> None:
@@ -129,8 +129,21 @@ class StableAudioGenerator:
         seconds = max(self.min_render_s, (samples + 0.5) / self.sample_rate)
         return _Track(index, request, samples, min(seconds, self.max_render_s))
 
+    def settings_for(self, request: GenerationRequest) -> StableAudioSettings:
+        """The default settings, with what the track's manifest sets instead."""
+        given = request.stable_audio
+        if given is None:
+            return self.settings
+        return StableAudioSettings(
+            steps=given.steps if given.steps is not None else self.settings.steps,
+            guidance_scale=given.guidance
+            if given.guidance is not None
+            else self.settings.guidance_scale,
+        )
+
     def _render(self, batch: list[_Track], step: Any) -> np.ndarray:
         """(tracks, channels, frames) float32 for one batch: one pipeline call."""
+        settings = self.settings_for(batch[0].request)
         negative = [t.request.negative_prompt for t in batch]
         with torch.inference_mode():
             output = self._pipeline(
@@ -138,8 +151,8 @@ class StableAudioGenerator:
                 prompt=[t.request.prompt for t in batch],
                 negative_prompt=None if negative[0] is None else negative,
                 audio_end_in_s=batch[0].render_s,
-                num_inference_steps=self.settings.steps,
-                guidance_scale=self.settings.guidance_scale,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance_scale,
                 # CPU generators: each track's noise depends on its seed alone, on any device.
                 generator=[torch.Generator().manual_seed(t.request.seed) for t in batch],
                 output_type="np",
@@ -171,12 +184,12 @@ class StableAudioGenerator:
 
 
 def _batches(tracks: list[_Track], size: int) -> list[list[_Track]]:
-    """Tracks that render alike (length, with or without a negative prompt) share calls of
+    """Tracks that render alike (length, settings, with or without a negative prompt) share calls of
     `size`: the pipeline takes one length per call, and guidance without a negative prompt uses
     an empty condition, not an encoded one."""
     groups: dict[tuple[object, ...], list[_Track]] = {}
     for track in tracks:
-        key = (track.render_s, track.request.negative_prompt is None)
+        key = (track.render_s, track.request.negative_prompt is None, track.request.stable_audio)
         groups.setdefault(key, []).append(track)
     batches: list[list[_Track]] = []
     for group in groups.values():

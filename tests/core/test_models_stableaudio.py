@@ -273,3 +273,37 @@ def test_the_negative_prompt_shapes_the_spec_only_when_set(tmp_path: Path) -> No
     path.write_text(plain + "    negative_prompt: ''\n")
     with pytest.raises(InputError, match="negative_prompt"):
         load_manifest(path)
+
+
+def test_the_manifests_settings_replace_the_defaults(generator: StableAudioGenerator) -> None:
+    from soundtrack.spec import StableAudioSampling
+
+    steps: list[int] = []
+    generator.generate(
+        [req("fewer", stable_audio=StableAudioSampling(steps=2))],
+        progress=lambda d, t: steps.append(t),
+    )
+    assert steps == [2, 2], "two steps, as the manifest asked"
+    given = generator.settings_for(req("x", stable_audio=StableAudioSampling(guidance=3.0)))
+    assert given.guidance_scale == 3.0 and given.steps == generator.settings.steps
+
+
+def test_a_stable_audio_sampling_block_shapes_the_spec_only_when_set(tmp_path: Path) -> None:
+    from soundtrack.manifest import load_manifest
+    from soundtrack.renders import _request
+    from soundtrack.resolve import resolve_tracks
+    from soundtrack.spec import StableAudioSampling
+
+    path = tmp_path / "m.yaml"
+    plain = NEGATIVE.format(model="stabilityai/stable-audio-open-1.0")
+    path.write_text(plain)
+    (before,) = resolve_tracks(load_manifest(path), tmp_path)
+    path.write_text(plain + "    sampling: {stable-audio: {steps: 50, guidance: 5}}\n")
+    (after,) = resolve_tracks(load_manifest(path), tmp_path)
+    assert before.stable_audio_sampling is None
+    assert after.stable_audio_sampling == StableAudioSampling(steps=50, guidance=5.0)
+    assert after.spec_hash != before.spec_hash and after.generation_key != before.generation_key
+    assert _request(after).stable_audio == after.stable_audio_sampling
+    path.write_text(plain + "    sampling: {stable-audio: {steps: 0}}\n")
+    with pytest.raises(InputError, match="problem"):
+        load_manifest(path)
