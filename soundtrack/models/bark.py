@@ -36,10 +36,11 @@ _GLOBAL_RNG = threading.Lock()
 
 
 def bark_text(request: GenerationRequest) -> str:
-    """What Bark renders: the lyrics, sung (between ♪ marks), or else the prompt, spoken."""
+    """What Bark renders: the lyrics, sung (between ♪ marks), or else the prompt, spoken (without
+    the key and BPM words, which Bark would say aloud)."""
     if request.lyrics:
         return f"♪ {request.lyrics.strip()} ♪"
-    return request.prompt
+    return request.plain_prompt or request.prompt
 
 
 class BarkGenerator:

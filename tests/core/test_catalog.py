@@ -152,3 +152,13 @@ def validate_text(folder: Path, text: str) -> tuple[int, str]:
     finally:
         os.chdir(cwd)
     return result.exit_code, " ".join(result.output.split())
+
+
+def test_a_loop_is_held_to_the_limit_with_the_room_it_renders(
+    offline_hub: Path, tmp_path: Path
+) -> None:
+    stable = "stabilityai/stable-audio-open-1.0"
+    text = MANIFEST.format(duration=46.5, model=stable)
+    assert validate_text(tmp_path, text)[0] == 0
+    code, said = validate_text(tmp_path, text + "    loop: true\n")
+    assert code == 2 and "46.5 s with the room a loop renders is longer" in said, said

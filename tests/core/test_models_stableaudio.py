@@ -307,3 +307,25 @@ def test_a_stable_audio_sampling_block_shapes_the_spec_only_when_set(tmp_path: P
     path.write_text(plain + "    sampling: {stable-audio: {steps: 0}}\n")
     with pytest.raises(InputError, match="problem"):
         load_manifest(path)
+
+
+def test_the_published_checkpoints_scheduler_loads_and_renders(
+    tiny_stableaudio_dir: Path, tmp_path: Path, few_steps: None
+) -> None:
+    """stabilityai/stable-audio-open-1.0 ships CosineDPMSolverMultistepScheduler, which needs
+    torchsde (a dependency for this reason): the tiny pipeline with that scheduler renders."""
+    import shutil
+
+    from diffusers import CosineDPMSolverMultistepScheduler
+
+    copy = tmp_path / "cosine"
+    shutil.copytree(tiny_stableaudio_dir, copy)
+    shutil.rmtree(copy / "scheduler")
+    CosineDPMSolverMultistepScheduler().save_pretrained(copy / "scheduler")
+    index = json.loads((copy / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "CosineDPMSolverMultistepScheduler"]
+    (copy / "model_index.json").write_text(json.dumps(index))
+    loaded = get_generator(str(copy), device="cpu")
+    assert type(loaded._pipeline.scheduler).__name__ == "CosineDPMSolverMultistepScheduler"  # type: ignore[attr-defined]
+    (result,) = loaded.generate([req("cosine", seconds=1.0)])
+    assert np.abs(audio_of(result)).max() > 0
