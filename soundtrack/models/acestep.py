@@ -22,8 +22,8 @@ from soundtrack.models.base import (
     GeneratedAudio,
     GenerationRequest,
     ProgressCallback,
-    check_audio,
     check_request,
+    cut_render,
 )
 from soundtrack.models.device import model_dtype, set_cpu_threads
 from soundtrack.models.source import ModelSource, how_to_provide
@@ -215,24 +215,7 @@ class AceStepGenerator:
         return audio
 
     def _result(self, track: _Track, render: np.ndarray) -> GeneratedAudio | GenerationError:
-        track_id = track.request.track_id
-        if render.shape[-1] < track.samples:
-            return GenerationError(
-                track_id, f"the pipeline rendered {render.shape[-1]} frames, {track.samples} needed"
-            )
-        audio = render[:, : track.samples].copy()  # detach the batch
-        try:
-            check_audio(track_id, audio)
-        except GenerationError as error:
-            return error
-        return GeneratedAudio(
-            track_id=track_id,
-            audio=audio,
-            sample_rate=self.sample_rate,
-            model_id=self.model_id,
-            revision=self.revision,
-            license=self.license,
-        )
+        return cut_render(track.request.track_id, render, track.samples, self)
 
 
 def _batches(tracks: list[_Track], size: int) -> list[list[_Track]]:

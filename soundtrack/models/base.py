@@ -124,3 +124,27 @@ def check_audio(track_id: str, audio: np.ndarray) -> None:
             track_id,
             f"the render is near-silent: peak {peak_dbfs:.1f} dBFS < {SILENCE_PEAK_DBFS:.0f} dBFS",
         )
+
+
+def cut_render(
+    track_id: str, render: np.ndarray, frames: int, generator: Generator
+) -> GeneratedAudio | GenerationError:
+    """The first `frames` of a (channels, frames) render as the track's result, or why there is
+    none: a render too short, NaN or silent is that track's GenerationError."""
+    if render.shape[-1] < frames:
+        return GenerationError(
+            track_id, f"the pipeline rendered {render.shape[-1]} frames, {frames} needed"
+        )
+    audio = render[:, :frames].copy()  # detach the batch
+    try:
+        check_audio(track_id, audio)
+    except GenerationError as error:
+        return error
+    return GeneratedAudio(
+        track_id=track_id,
+        audio=audio,
+        sample_rate=generator.sample_rate,
+        model_id=generator.model_id,
+        revision=generator.revision,
+        license=generator.license,
+    )
