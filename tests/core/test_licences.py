@@ -104,8 +104,7 @@ def test_validate_shows_licences_and_refuses_what_commercial_use_forbids(
     accepting = "usage: commercial\naccepted_licenses: [stabilityai-community]"
     path.write_text(MANIFEST.format(usage=accepting, model=stable))
     code, said = run(tmp_path, "validate", "m.yaml")
-    # Accepted, its licence passes; what stops it now is that this version cannot render it.
-    assert "does not allow" not in said and "stable-audio models have no backend" in said, said
+    assert code == 0 and "does not allow" not in said, said
     assert CHECKPOINTS[stable].licence == "stabilityai-community"
 
 
