@@ -4,6 +4,7 @@ weights, no network and no torch (the families' backends load only when a build 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
     "suno/bark": Checkpoint("bark", "MIT"),
     "suno/bark-small": Checkpoint("bark", "MIT"),
 }
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # How a checkpoint's own files name its family: model_index.json's pipeline class (diffusers),
 # config.json's model_type (transformers).
 PIPELINE_FAMILIES = {"AceStepPipeline": "ace-step", "StableAudioPipeline": "stable-audio"}
@@ -82,16 +84,18 @@ def family_name(model: str, revision: str | None = None) -> str | None:
         return _family_in(lambda name: local / name)
     if model in CHECKPOINTS:
         return CHECKPOINTS[model].family
-    if "/" not in model or model.startswith(("/", ".", "~")):
+    return _family_in(lambda name: cached_file(model, name, revision))
+
+
+def cached_file(model: str, name: str, revision: str | None) -> Path | None:
+    """File `name` of hub id `model` in the Hugging Face cache; never asks the network."""
+    if not _HUB_ID.match(model):
         return None
-    # Imported here: only an uncatalogued hub id needs it, and it never reaches the network.
+    # Imported here: only a hub id needs it.
     from huggingface_hub import try_to_load_from_cache
 
-    def cached(name: str) -> Path | None:
-        path = try_to_load_from_cache(model, name, revision=revision)
-        return Path(path) if isinstance(path, str) else None
-
-    return _family_in(cached)
+    path = try_to_load_from_cache(model, name, revision=revision)
+    return Path(path) if isinstance(path, str) else None
 
 
 def _family_in(find: Callable[[str], Path | None]) -> str | None:

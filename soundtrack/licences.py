@@ -7,12 +7,11 @@ folder, or the card in the Hugging Face cache), else the known checkpoints' tabl
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import yaml
 
-from soundtrack.catalog import CHECKPOINTS
+from soundtrack.catalog import CHECKPOINTS, cached_file
 
 UNKNOWN = "unknown"
 # Licences that allow selling what the model makes, with no condition a tool could not check.
@@ -21,7 +20,6 @@ UNKNOWN = "unknown"
 COMMERCIAL = frozenset(
     {"mit", "apache-2.0", "bsd-2-clause", "bsd-3-clause", "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0"}
 )
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def card_licence(card: Path) -> str | None:
@@ -49,17 +47,10 @@ def licence_of(model: str, revision: str | None = None, *, directory: Path | Non
     if local.is_dir():
         found = card_licence(local / "README.md")
     else:
-        found = _cached_card_licence(model, revision) if _HUB_ID.match(model) else None
+        card = cached_file(model, "README.md", revision)
+        found = card_licence(card) if card is not None else None
     known = CHECKPOINTS.get(model)
     return found or (known.licence if known else UNKNOWN)
-
-
-def _cached_card_licence(model: str, revision: str | None) -> str | None:
-    # Imported here: only a hub id needs it, and it is never asked to reach the network.
-    from huggingface_hub import try_to_load_from_cache
-
-    path = try_to_load_from_cache(model, "README.md", revision=revision)
-    return card_licence(Path(path)) if isinstance(path, str) else None
 
 
 def usage_problem(licence: str, usage: str | None, accepted: list[str]) -> str | None:

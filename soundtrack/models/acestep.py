@@ -25,7 +25,7 @@ from soundtrack.models.base import (
     check_request,
     cut_render,
 )
-from soundtrack.models.device import model_dtype, set_cpu_threads
+from soundtrack.models.device import model_dtype, pipeline_parameters, set_cpu_threads
 from soundtrack.models.source import ModelSource, how_to_provide
 
 MIN_RENDER_S = 10.0  # ACE-Step's shortest render: a shorter track renders this long, then is cut
@@ -128,8 +128,7 @@ class AceStepGenerator:
                 layer.cross_attn.set_processor(_MaskedCrossAttention(masks))
         self._lock = threading.Lock()  # one batch at a time per loaded pipeline (the mask too)
         if device == "cpu":
-            modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
-            set_cpu_threads(sum(int(p.numel()) for m in modules for p in m.parameters()))
+            set_cpu_threads(pipeline_parameters(pipeline))
 
     def generate(
         self,

@@ -23,8 +23,8 @@ from soundtrack.models.base import (
     GeneratedAudio,
     GenerationRequest,
     ProgressCallback,
-    check_audio,
     check_request,
+    cut_render,
 )
 from soundtrack.models.device import model_dtype, set_cpu_threads
 from soundtrack.models.source import ModelSource, how_to_provide
@@ -138,20 +138,9 @@ class BarkGenerator:
     def _result(
         self, request: GenerationRequest, render: np.ndarray
     ) -> GeneratedAudio | GenerationError:
-        track_id = request.track_id
-        audio = render[:, : round(request.duration_s * self.sample_rate)].copy()
-        try:
-            check_audio(track_id, audio)
-        except GenerationError as error:
-            return error
-        return GeneratedAudio(
-            track_id=track_id,
-            audio=audio,
-            sample_rate=self.sample_rate,
-            model_id=self.model_id,
-            revision=self.revision,
-            license=self.license,
-        )
+        # The duration is an upper bound for Bark: a shorter render is kept as it is.
+        frames = min(round(request.duration_s * self.sample_rate), render.shape[-1])
+        return cut_render(request.track_id, render, frames, self)
 
 
 def load_bark(source: ModelSource, device: str, dtype: torch.dtype | None = None) -> BarkGenerator:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -42,6 +43,12 @@ def model_dtype(device: str) -> torch.dtype:
     if device == "mps":
         return torch.float16
     return torch.float32
+
+
+def pipeline_parameters(pipeline: Any) -> int:
+    """The parameters of a diffusers pipeline's torch modules, all components together."""
+    modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
+    return sum(int(p.numel()) for m in modules for p in m.parameters())
 
 
 def set_cpu_threads(parameters: int) -> None:

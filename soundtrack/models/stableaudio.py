@@ -25,7 +25,7 @@ from soundtrack.models.base import (
     check_request,
     cut_render,
 )
-from soundtrack.models.device import model_dtype, set_cpu_threads
+from soundtrack.models.device import model_dtype, pipeline_parameters, set_cpu_threads
 from soundtrack.models.source import ModelSource, how_to_provide
 
 MAX_RENDER_S = 47.0  # the catalog's limit for the family (the checkpoint renders 47.55 s)
@@ -81,8 +81,7 @@ class StableAudioGenerator:
         self._pipeline.set_progress_bar_config(disable=True)
         self._lock = threading.Lock()  # one batch at a time per loaded pipeline
         if device == "cpu":
-            modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
-            set_cpu_threads(sum(int(p.numel()) for m in modules for p in m.parameters()))
+            set_cpu_threads(pipeline_parameters(pipeline))
 
     def generate(
         self,
