@@ -36,44 +36,44 @@ EXAMPLE_HASHES = {
         "0b43f287a50dd1562862b65de44b15e556d549a7a13bd8e5df01f3ce875ffb97",
     ),
     ("sky-odyssey.yaml", "title-theme"): (
-        "9f39ca4a5b92c130fd63fa7474f119e89b0fb0918d386a55fbab8a1d7d389eae",
-        "7999a37d8cd1dc9baba23201b310573cbe352d1c4edcde0098456953a796d5cd",
+        "42fdaf5e75370fc466fe65b65ee8fb79df99107bdf9acace14078909e8653a1e",
+        "db81bcadb8f9495704babaec3bc457dbf7f84d288dd8bb70e730160a5d42ece4",
     ),
     ("sky-odyssey.yaml", "explore-cloudsea"): (
-        "71b49ea1e34ed4ab8e99ec0ed79db1654cb96993cffdfd5ea62eb72c852e8f35",
-        "0d0f88c0444ce8dd3ad63b7350bb1fd34348d173584d3c72f192648e25de794a",
+        "c4cd5d19bcbc0854fedf3617a8ddd299da5d73341ec33d2b08b3426e036d9a3f",
+        "2ef476cbd7b95e05bc0c23f6f47d852a4b9c652c14fd2dcbf4c266c9ce6b2cce",
     ),
     ("sky-odyssey.yaml", "explore-ruins"): (
-        "6c71587a5663c99d7f667f5640f37617f517b873c9a1e64f9fbc1efa1c9b9f64",
-        "672e2a4373c1d56c9f582f26785a64146042585bc5d9c117b4ca6640460fd93a",
+        "7f261617cffc3f248050b1d275ae39bc0344eda43cb6e5120d2feb25254ab8fc",
+        "504dab26b9e474e40fc9d3ef9210b3ffc70bcf33580295b2651c61b5d3fb9cfc",
     ),
     ("sky-odyssey.yaml", "town-market"): (
-        "ef9156aee6845fd9171d3302121f6fd5ffdd153849e802240fd5201e8dd33e2d",
-        "03da971e0b8f38fa41948f32853e48e00a04e3a13b4cdb1cac0634f3c8aa14dc",
+        "a7f5314f641d051f323ce438fd9b0a085dd3718a232873e8c38eb376f517b829",
+        "4ddb04f064575223ecab2250d44a6a2c6001b0117bdb378decb8153ed9a1378c",
     ),
     ("sky-odyssey.yaml", "combat-low"): (
-        "ec7be09874b634863f2b4f5fdedc2e79e93c54414370932737ad1fa921fa53b3",
-        "0211652ef6dd7dd605340cbfc6fd6bc1f277caabd93ec75ca42ecfccea80780f",
+        "faa00c5ce4138249928e45a60bd85f442856ada3b5a49a212e93d742ff9e3339",
+        "8afd952ee9548daee1708271a1b2af8e1c114b4684d852eb05efac1b0b15ba27",
     ),
     ("sky-odyssey.yaml", "combat-high"): (
-        "9ea6374761b9d0865f15c126f64fa66cccd1055e03532493f3198e98f69d502f",
-        "c57a4f2085145b4ae3e260a23ac28915c9b085d314aa0873142b94fe7c775ba7",
+        "f59725b37408353381799bb8d6c8eef929043c71c70472f0f75179e7495769f3",
+        "f91865ea0404c3021e4065a52bea1aa71d626ecc2a7a130ac080c097c36d6fe4",
     ),
     ("sky-odyssey.yaml", "boss-storm-leviathan"): (
-        "50fc43a0fb568b00960cee1851c36bf6d141fdb42e1939dda4b4638220591ddd",
-        "7b96ee6444fe888493169f7ce9b5283e2333c459ba510e2e9d0a7faa2b350463",
+        "8ca7383c5bd9d1c7619f892a357a745a0f16a1f45a01782e910d302ce11737bf",
+        "28e5baf42fea5e6c7f327c7402a9598aed19c0676592566d0825492a78973a0b",
     ),
     ("sky-odyssey.yaml", "victory-sting"): (
-        "718883d364a4e5c65fc5d9631bcaaf608b9de95c0d9cb1a87e48af7a2d33393a",
-        "5091dd9ddbe5ffa92f5593ccc6f2ade23ff4662b23bfc6ee28e6da37b93a0a72",
+        "cc0f6653121b469e695cf7c90905651019474547b34fe1c624daa7baecb93b40",
+        "5d0fdbdc1bb01d1c5c1a236b11b6f874b45ea265dfc80c892ad970559708fee0",
     ),
     ("sky-odyssey.yaml", "game-over-sting"): (
-        "517cec8aaced416af81550a05a3533b86b8707615ed8cb1ea310d7467e66aba8",
-        "1881d2e55c3804e3eb8d40ebca4dc92de75690b241d7196f23f506686d4a8b19",
+        "49ec2e82c69e6d14175ab8b6233be637b52dc87a7edb81fe7db1bec63cc474d0",
+        "97a9906154b35acd3ea32bd26244fb2c9ceabfc56ee7e95cdabf6406d0bc63db",
     ),
     ("sky-odyssey.yaml", "credits"): (
-        "d01fb4065887b67bf2f9e2b1fc5ecc944d742d96ac5d9a854208d29fc64ac679",
-        "c3957618deb2a72a66a540522d51d462b948f9cc449e140b74878174b1245c9e",
+        "7c08972a6f8d68302dbffe6b7f30ef4da3a33ff13bf4793009c37a553625e028",
+        "164b1b6fd2b92dad8292b37061330859802487447778a1a18e285d57bead8152",
     ),
 }
 
