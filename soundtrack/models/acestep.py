@@ -118,6 +118,9 @@ class AceStepGenerator:
         self.settings = settings or default_settings(pipeline)
         self._pipeline = pipeline
         self._pipeline.set_progress_bar_config(disable=True)
+        # The VAE decodes long renders in 20 s tiles: whole, a 60 s render's decoder activations
+        # took 9 GB of RAM on the CPU (the full-size model was killed for memory), 600 s 90 GB.
+        self._pipeline.vae.enable_tiling()
         # Right padding: the text encoder runs without a mask, and a causal encoder's real tokens
         # never see padding that follows them (Qwen's tokenizer pads on the left by default).
         self._pipeline.tokenizer.padding_side = "right"

@@ -65,6 +65,22 @@ def test_tracks_come_out_at_their_exact_length_at_48khz_stereo(
         assert result.license == "soundtrack-tiny-random-weights"
 
 
+def test_a_two_minute_track_renders_in_one_call_without_windows(
+    generator: AceStepGenerator,
+) -> None:
+    # MusicGen would need four 30 s windows; ACE-Step renders it whole: one call's steps.
+    seen: list[tuple[int, int]] = []
+    (long,) = generator.generate(
+        [req("long", seconds=120.0)], progress=lambda done, total: seen.append((done, total))
+    )
+    assert audio_of(long).shape == (2, 120 * 48000)
+    steps = generator.settings.steps
+    assert seen == [(i, steps) for i in range(1, steps + 1)]
+    # Not one short render repeated: the second minute is not a copy of the first.
+    first, second = audio_of(long)[:, : 60 * 48000], audio_of(long)[:, 60 * 48000 :]
+    assert float(np.max(np.abs(first - second))) > 0.1
+
+
 def test_the_seed_and_the_prompt_decide_the_audio(generator: AceStepGenerator) -> None:
     first = audio_of(generator.generate([req("a", seed=7)])[0])
     again = audio_of(generator.generate([req("a", seed=7)])[0])
