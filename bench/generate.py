@@ -1,31 +1,42 @@
-"""Generation: batched vs one generate call per track, same model, same requests, same run.
+"""Generation on random weights with real checkpoints' sizes (nothing is downloaded).
 
-The model has facebook/musicgen-small's sizes (T5-base text encoder, 24-layer 1024-wide decoder,
-32 kHz EnCodec; about 587 M parameters) with random weights, so nothing is downloaded; the work
-per token is the real model's. Per track: one generate() call per track with the model already
-loaded (a script per track would also load the model each time, so this is the conservative
-baseline). Batched: all tracks in one generate() call. A sampler thread reads the resident set
-every 20 ms for each phase's peak; on CUDA the peak allocated memory is reported too.
-Run: python bench/generate.py [--device cpu] [--tracks 4] [--seconds 2]   (prints markdown)
+--family musicgen: batched vs one generate call per track, facebook/musicgen-small's sizes (T5-base
+text encoder, 24-layer 1024-wide decoder, 32 kHz EnCodec; about 587 M parameters). Per track: one
+generate() call per track with the model already loaded (a script per track would also load the
+model each time, so this is the conservative baseline). Batched: all tracks in one call.
+--family ace-step: ACE-Step 1.5 turbo (the non-XL sizes: 1.58 B DiT, 0.61 B condition encoder,
+Qwen3-Embedding-0.6B text encoder, 48 kHz Oobleck VAE; 8 steps) against MusicGen-small: seconds
+of compute per second of audio for a 10 s track and a 60 s one (MusicGen in 30 s windows there).
+Each model lives in a worker process of its own, so each peak RSS is its own.
+Pairs: the two sides run one after the other, --pairs times (10 s; the 60 s figures once), and the
+ratio is the median of each pair's ratio, which cancels most of the drift of a shared machine.
+Run: python bench/generate.py --family musicgen|ace-step [--device cpu] [--pairs 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
-import resource
+import statistics
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import numpy as np
 import torch
 import transformers
+from diffusers import AceStepPipeline, AutoencoderOobleck, FlowMatchEulerDiscreteScheduler
+from diffusers.models.transformers.ace_step_transformer import AceStepTransformer1DModel
+from diffusers.pipelines.ace_step import AceStepConditionEncoder
 from transformers import (
     EncodecConfig,
     EncodecFeatureExtractor,
@@ -33,15 +44,19 @@ from transformers import (
     MusicgenDecoderConfig,
     MusicgenForConditionalGeneration,
     MusicgenProcessor,
+    Qwen3Config,
+    Qwen3Model,
     T5Config,
 )
 
 from soundtrack.errors import GenerationError
-from soundtrack.models import GenerationRequest
-from soundtrack.models.device import model_dtype, resolve_device
+from soundtrack.models import GenerationRequest, Generator
+from soundtrack.models.acestep import AceStepGenerator
+from soundtrack.models.device import model_dtype, pipeline_parameters, resolve_device
 from soundtrack.models.musicgen import MusicgenGenerator
 from soundtrack.models.tiny import offline_tokenizer, randomise_codebooks
-from soundtrack.spec import Sampling
+from soundtrack.models.tiny_acestep import offline_tokenizer as acestep_tokenizer
+from soundtrack.spec import AceStepSampling, Sampling
 
 PROMPTS = (
     "synthwave in D minor at 90 BPM with warm analog pads",
@@ -83,7 +98,8 @@ def musicgen_small_config() -> MusicgenConfig:
     return MusicgenConfig(text_encoder=text_encoder, audio_encoder=audio_encoder, decoder=decoder)
 
 
-def build_generator(device: str) -> tuple[MusicgenGenerator, int]:
+def build_musicgen(device: str) -> tuple[MusicgenGenerator, int]:
+    """MusicGen-small's sizes, random weights, loaded as load_musicgen loads a checkpoint."""
     torch.manual_seed(0)
     model: Any = MusicgenForConditionalGeneration(musicgen_small_config())
     randomise_codebooks(model)
@@ -107,6 +123,52 @@ def build_generator(device: str) -> tuple[MusicgenGenerator, int]:
     return generator, model.num_parameters()
 
 
+def build_acestep(device: str) -> tuple[AceStepGenerator, int]:
+    """ACE-Step 1.5 turbo's sizes (diffusers' defaults are the non-XL checkpoint's), random
+    weights; only the tokenizer is ours (its vocabulary changes no cost per token)."""
+    torch.manual_seed(0)
+    text_encoder = Qwen3Model(  # Qwen3-Embedding-0.6B
+        Qwen3Config(
+            vocab_size=151669,
+            hidden_size=1024,
+            intermediate_size=3072,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+        )
+    )
+    vae = AutoencoderOobleck(  # type: ignore[no-untyped-call]
+        encoder_hidden_size=128,
+        downsampling_ratios=[2, 4, 4, 6, 10],  # 48 kHz / 1920: 25 latent frames a second
+        channel_multiples=[1, 2, 4, 8, 16],
+        decoder_channels=128,
+        decoder_input_channels=64,
+        audio_channels=2,
+        sampling_rate=48000,
+    )
+    pipeline: Any = AceStepPipeline(  # type: ignore[no-untyped-call]
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=acestep_tokenizer(),
+        transformer=AceStepTransformer1DModel(is_turbo=True, model_version="turbo"),
+        condition_encoder=AceStepConditionEncoder(),  # type: ignore[no-untyped-call]
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),  # type: ignore[no-untyped-call]
+    )
+    pipeline.to(model_dtype(device)).to(device)
+    generator = AceStepGenerator(
+        pipeline,
+        model_id="random weights, ACE-Step 1.5 turbo sizes",
+        revision="none",
+        license="n/a",
+        device=device,
+    )
+    return generator, pipeline_parameters(pipeline)
+
+
+BUILDERS = {"musicgen": build_musicgen, "ace-step": build_acestep}
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -121,6 +183,7 @@ class Phase:
 
 @contextmanager
 def measured(device: str) -> Iterator[Phase]:
+    """Wall time and peak memory of the block; a thread samples the resident set every 20 ms."""
     phase = Phase(peak_rss=rss_bytes())
     done = threading.Event()
 
@@ -144,8 +207,23 @@ def measured(device: str) -> Iterator[Phase]:
         sampler.join()
 
 
+def requests_for(tracks: int, seconds: float, steps: int | None = None) -> list[GenerationRequest]:
+    ace_step = AceStepSampling(steps=steps) if steps is not None else None
+    return [
+        GenerationRequest(
+            f"track-{i}",
+            PROMPTS[i % len(PROMPTS)],
+            seconds,
+            1000 + i,
+            Sampling(),
+            ace_step=ace_step,
+        )
+        for i in range(tracks)
+    ]
+
+
 def render(
-    generator: MusicgenGenerator, requests: list[GenerationRequest], batch_size: int
+    generator: Generator, requests: list[GenerationRequest], batch_size: int
 ) -> list[np.ndarray]:
     audio = []
     for result in generator.generate(requests, batch_size=batch_size):
@@ -153,6 +231,42 @@ def render(
             raise result
         audio.append(result.audio)
     return audio
+
+
+def worker(family: str, device: str, conn: Connection) -> None:
+    """Hold one model; render what the parent asks for, answer with the time and memory."""
+    started = time.perf_counter()
+    generator, parameters = BUILDERS[family](device)
+    # Warm-up: every component once (ACE-Step with one step of its shortest render).
+    render(generator, requests_for(1, 1.0, steps=1), 1)
+    conn.send({"parameters": parameters, "build_s": time.perf_counter() - started})
+    while (job := conn.recv()) is not None:
+        tracks, seconds = job
+        with measured(device) as phase:
+            render(generator, requests_for(tracks, seconds), tracks)
+        conn.send(asdict(phase))
+
+
+class Worker:
+    """A model in a process of its own (spawned: no torch threads inherited)."""
+
+    def __init__(self, family: str, device: str) -> None:
+        self.family = family
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=worker, args=(family, device, child), daemon=True)
+        self._process.start()
+        self.info: dict[str, Any] = self._conn.recv()
+
+    def run(self, tracks: int, seconds: float) -> Phase:
+        self._conn.send((tracks, seconds))
+        phase = Phase(**self._conn.recv())
+        print(f"{self.family}: {tracks} x {seconds:g} s in {phase.seconds:.1f} s", file=sys.stderr)
+        return phase
+
+    def close(self) -> None:
+        self._conn.send(None)
+        self._process.join()
 
 
 def cpu_name() -> str:
@@ -174,71 +288,136 @@ def machine(device: str) -> str:
     return text
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
-    parser.add_argument("--tracks", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=2.0)
-    args = parser.parse_args()
-    device = resolve_device(args.device)
-    load_before = os.getloadavg()
+def versions() -> str:
+    return (
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"diffusers {diffusers.__version__}"
+    )
 
-    started = time.perf_counter()
-    generator, parameters = build_generator(device)
-    build_s = time.perf_counter() - started
-    requests = [
-        GenerationRequest(
-            f"track-{i}", PROMPTS[i % len(PROMPTS)], args.seconds, 1000 + i, Sampling()
+
+def loads() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def spread(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.2f}x (pairs: {', '.join(f'{r:.2f}' for r in ratios)})"
+
+
+def gib(phase: Phase, device: str) -> str:
+    text = f"{phase.peak_rss / 2**30:.2f} GiB"
+    if device.startswith("cuda"):
+        text += f" (GPU {phase.peak_gpu / 2**30:.2f} GiB)"
+    return text
+
+
+def batching(device: str, tracks: int, seconds: float, pairs: int) -> str:
+    """MusicGen: one call per track vs one batched call, paired runs in one process."""
+    load_before = loads()
+    generator, parameters = build_musicgen(device)
+    render(generator, requests_for(1, 0.1), 1)
+    requests = requests_for(tracks, seconds)
+    runs: list[tuple[Phase, Phase]] = []
+    diff = 0.0
+    for _ in range(pairs):
+        with measured(device) as per_track:
+            separate = [render(generator, [request], 1)[0] for request in requests]
+        with measured(device) as batched:
+            together = render(generator, requests, tracks)
+        runs.append((per_track, batched))
+        diff = max(
+            diff, *(float(np.max(np.abs(a - b))) for a, b in zip(separate, together, strict=True))
         )
-        for i in range(args.tracks)
+    ratios = [p.seconds / b.seconds for p, b in runs]
+    audio_s = tracks * seconds
+    lines = [
+        "## Generation: batched vs per-track (MusicGen)\n",
+        f"Command: `python bench/generate.py --family musicgen --device {device} --tracks "
+        f"{tracks} --seconds {seconds:g} --pairs {pairs}`  ",
+        f"Machine: {machine(device)}; {versions()} ({torch.get_num_threads()} threads)  ",
+        f"Model: random weights with facebook/musicgen-small's sizes ({parameters / 1e6:.0f} M "
+        f"parameters, {model_dtype(device)}); CFG 3, top-k 250  ",
+        f"Load average (1/5/15 min) before: {load_before}, after: {loads()}\n",
+        f"| {tracks} tracks x {seconds:g} s on {device} | wall time per pair | audio s per "
+        "wall s (median) | peak RSS |",
+        "|---|---|---|---|",
+        f"| one generate call per track | {', '.join(f'{p.seconds:.1f}' for p, _ in runs)} s "
+        f"| {audio_s / statistics.median(p.seconds for p, _ in runs):.3f} "
+        f"| {gib(max((p for p, _ in runs), key=lambda x: x.peak_rss), device)} |",
+        f"| batched: one call for {tracks} tracks | "
+        f"{', '.join(f'{b.seconds:.1f}' for _, b in runs)} s "
+        f"| {audio_s / statistics.median(b.seconds for _, b in runs):.3f} "
+        f"| {gib(max((b for _, b in runs), key=lambda x: x.peak_rss), device)} |",
+        f"\nBatched is **{spread(ratios)}** faster than one call per track (median of the "
+        "paired ratios).  ",
+        f"Same seeds, batched vs alone: largest sample difference {diff:.2e}.",
     ]
-    render(generator, [GenerationRequest("warm-up", "warm up", 0.1, 0, Sampling())], 1)
+    return "\n".join(lines)
 
-    with measured(device) as per_track:
-        separate = [render(generator, [request], 1)[0] for request in requests]
-    with measured(device) as batched:
-        together = render(generator, requests, args.tracks)
-    load_after = os.getloadavg()
 
-    audio_s = args.tracks * args.seconds
-    speedup = per_track.seconds / batched.seconds
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(separate, together, strict=True))
-    gib = 2**30
+def families(device: str, pairs: int, short_s: float, long_s: float) -> str:
+    """ACE-Step vs MusicGen-small: compute seconds per audio second, short and long tracks."""
+    load_before = loads()
+    workers = {name: Worker(name, device) for name in ("ace-step", "musicgen")}
+    try:
+        short = [
+            (workers["musicgen"].run(1, short_s), workers["ace-step"].run(1, short_s))
+            for _ in range(pairs)
+        ]
+        long = (workers["musicgen"].run(1, long_s), workers["ace-step"].run(1, long_s))
+    finally:
+        for w in workers.values():
+            w.close()
+    short_ratios = [m.seconds / a.seconds for m, a in short]
+    info = {name: w.info for name, w in workers.items()}
     rows = [
-        ("one generate call per track", per_track),
-        (f"batched: one call for {args.tracks} tracks", batched),
+        ("MusicGen-small", f"{short_s:g} s", [m for m, _ in short]),
+        ("ACE-Step 1.5 turbo, 8 steps", f"{short_s:g} s", [a for _, a in short]),
+        ("MusicGen-small (30 s windows)", f"{long_s:g} s", [long[0]]),
+        ("ACE-Step 1.5 turbo, 8 steps", f"{long_s:g} s", [long[1]]),
     ]
     lines = [
-        "## Generation: batched vs per-track\n",
-        f"Command: `python bench/generate.py --device {args.device} --tracks {args.tracks} "
-        f"--seconds {args.seconds:g}`  ",
-        f"Machine: {machine(device)}; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), transformers {transformers.__version__}  ",
-        f"Model: random weights with facebook/musicgen-small's sizes ({parameters / 1e6:.0f} M "
-        f"parameters, {model_dtype(device)}), built in {build_s:.0f} s; CFG 3, top-k 250  ",
-        f"Load average (1/5/15 min) before: {'/'.join(f'{x:.1f}' for x in load_before)}, "
-        f"after: {'/'.join(f'{x:.1f}' for x in load_after)}\n",
+        "## Generation: ACE-Step 1.5 vs MusicGen-small, compute per second of audio\n",
+        f"Command: `python bench/generate.py --family ace-step --device {device} --pairs "
+        f"{pairs}`  ",
+        f"Machine: {machine(device)}; {versions()}  ",
+        f"Models: random weights with the real sizes, {model_dtype(device)}: ACE-Step 1.5 turbo "
+        f"{info['ace-step']['parameters'] / 1e9:.2f} B parameters (built in "
+        f"{info['ace-step']['build_s']:.0f} s), MusicGen-small "
+        f"{info['musicgen']['parameters'] / 1e6:.0f} M (CFG 3, top-k 250); one track per call, "
+        "each model in its own process  ",
+        f"Load average (1/5/15 min) before: {load_before}, after: {loads()}\n",
+        "| model | track | wall time (s) | compute s per audio s | peak RSS |",
+        "|---|---|---|---|---|",
     ]
-    on_gpu = device.startswith("cuda")
-    lines.append(
-        f"| {args.tracks} tracks x {args.seconds:g} s on {device} | wall time "
-        f"| audio s per wall s | peak RSS |" + (" peak GPU memory |" if on_gpu else "")
-    )
-    lines.append("|---|---|---|---|" + ("---|" if on_gpu else ""))
-    for name, phase in rows:
+    for name, length, phases in rows:
+        seconds = statistics.median(p.seconds for p in phases)
+        audio_s = float(length.removesuffix(" s"))
         lines.append(
-            f"| {name} | {phase.seconds:.1f} s | {audio_s / phase.seconds:.3f} "
-            f"| {phase.peak_rss / gib:.2f} GiB |"
-            + (f" {phase.peak_gpu / gib:.2f} GiB |" if on_gpu else "")
+            f"| {name} | {length} | {', '.join(f'{p.seconds:.1f}' for p in phases)} "
+            f"| {seconds / audio_s:.2f} | {gib(max(phases, key=lambda x: x.peak_rss), device)} |"
         )
     lines += [
-        f"\nBatched is **{speedup:.2f}x** faster than one call per track.  ",
-        f"Same seeds, batched vs alone: largest sample difference {diff:.2e} (each track samples "
-        "from its own seeded stream, so only float rounding differs).  ",
-        "Process peak RSS (ru_maxrss, includes building the model): "
-        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB",
+        f"\nACE-Step is **{spread(short_ratios)}** faster per second of audio at {short_s:g} s "
+        f"(median of {pairs} paired ratios), and **{long[0].seconds / long[1].seconds:.2f}x** at "
+        f"{long_s:g} s (one pair). Peak RSS is each worker process's resident set during its "
+        "render, the model included.",
     ]
-    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=("musicgen", "ace-step"), default="musicgen")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    parser.add_argument("--pairs", type=int, default=3, help="paired runs (at least 3)")
+    parser.add_argument("--tracks", type=int, default=4, help="musicgen: tracks per batch")
+    parser.add_argument("--seconds", type=float, default=2.0, help="musicgen: seconds a track")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    if args.family == "musicgen":
+        print(batching(device, args.tracks, args.seconds, args.pairs))
+    else:
+        print(families(device, args.pairs, short_s=10.0, long_s=60.0))
 
 
 if __name__ == "__main__":
