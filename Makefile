@@ -44,7 +44,8 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 bench: setup
-	$(PY) bench/generate.py
+	$(PY) bench/generate.py --family musicgen
+	$(PY) bench/generate.py --family ace-step
 	$(PY) bench/postprocess.py
 	$(PY) bench/rebuild.py
 	$(PY) bench/yaml_limits.py

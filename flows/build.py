@@ -20,7 +20,7 @@ from pydantic import Field
 from flows.artifacts import BuildArtifacts
 from soundtrack import steps
 from soundtrack.build import MAX_WORKERS, Options, prepare, run
-from soundtrack.errors import InputError
+from soundtrack.errors import InputError, StorageBusy
 from soundtrack.plan import DEFAULT_BATCH_SIZE
 from soundtrack.redaction import install_log_redaction, redact
 from soundtrack.renders import RenderCache
@@ -130,11 +130,21 @@ def build_soundtrack(
             "'render-batch/gpu') on a GPU work pool; renders come back through the storage."
         ),
     ] = None,
+    storage_wait_s: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            le=24 * 3600,
+            description="Wait this long for another build of the soundtrack to the same storage "
+            "to finish (default: the manifest's storage_wait_s).",
+        ),
+    ] = None,
 ) -> BuildReport | State[Any]:
     """Build a soundtrack: generate, master, gate, encode and publish every changed track.
 
-    A rejected or failed track, or bad input, ends the run Failed with a one-line message (the
-    report, or the input error, as its result); only a bug raises.
+    A rejected or failed track, bad input, or storage busy with another build of the soundtrack
+    ends the run Failed with a one-line message (the report, or the error, as its result); only
+    a bug raises.
     """
     # A worker runs this flow without the CLI, which installs the same redaction for its runs.
     install_log_redaction()
@@ -147,6 +157,7 @@ def build_soundtrack(
         device=device,
         batch_size=batch_size,
         local_models=render_pool is None,
+        storage_wait_s=storage_wait_s,
     )
     try:
         prepared = prepare(Path(manifest).resolve(), options, logger)
@@ -159,13 +170,16 @@ def build_soundtrack(
         pool = RenderPool(render_pool, checked.storage_url, base_dir)
     elif prepared.plan.batches:
         ensure_gpu_limit()
-    result = run(
-        prepared,
-        options,
-        executor=TaskExecutor(pool),
-        observer=BuildArtifacts(prepared.checked.manifest.soundtrack, prepared.plan.total),
-        logger=logger,
-    )
+    try:
+        result = run(
+            prepared,
+            options,
+            executor=TaskExecutor(pool),
+            observer=BuildArtifacts(prepared.checked.manifest.soundtrack, prepared.plan.total),
+            logger=logger,
+        )
+    except StorageBusy as exc:
+        return Failed(message=redact(str(exc)), data=exc)
     if result.failure is not None:
         return Failed(message=redact(result.failure), data=result.report)
     return result.report

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -87,6 +87,7 @@ class Options:
     device: str | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     local_models: bool = True  # False when renders happen elsewhere (a GPU work pool)
+    storage_wait_s: float | None = None  # None: the manifest's storage_wait_s
 
 
 @dataclass(frozen=True)
@@ -131,14 +132,7 @@ def prepare(
         # Wrong credentials or a missing bucket are settings to fix, not a failed build.
         raise InputError(str(exc)) from None
     lock, warnings = _previous_lock(checked, logger)
-    plan = plan_build(
-        checked.specs,
-        lock,
-        checked.storage,
-        only=options.only,
-        force=options.force,
-        batch_size=options.batch_size,
-    )
+    plan = _plan(checked, lock, options)
     if options.local_models:
         _check_models(plan)
     logger.info(
@@ -160,7 +154,37 @@ def run(
     observer: Observer | None = None,
     logger: Logger = log,
 ) -> BuildResult:
-    """Render, master and publish what the plan says, then write the lock (last)."""
+    """Holding the soundtrack's storage (one build at a time), repair what a stopped build
+    left, then render, master and publish what the plan says, and write the lock (last)."""
+    checked = prepared.checked
+    soundtrack, storage = checked.manifest.soundtrack, checked.storage
+    wait_s = options.storage_wait_s
+    if wait_s is None:
+        wait_s = checked.manifest.storage_wait_s
+    with storage.hold(soundtrack, wait_s=wait_s, on_wait=logger.warning):
+        repaired = storage.repair(soundtrack)
+        for line in repaired:
+            logger.warning(line)
+        # Another build may have published since this one read the lock: plan on the new one.
+        lock, warnings = _previous_lock(checked, logger)
+        if lock != prepared.lock:
+            logger.info("the lock changed since the build was planned: planning again")
+            prepared = Prepared(checked, lock, _plan(checked, lock, options), warnings)
+        prepared = replace(prepared, warnings=[*prepared.warnings, *repaired])
+        try:
+            return _run(prepared, options, executor=executor, observer=observer, logger=logger)
+        finally:
+            storage.discard(soundtrack)  # what is staged and not committed by now never will be
+
+
+def _run(
+    prepared: Prepared,
+    options: Options,
+    *,
+    executor: Executor,
+    observer: Observer | None,
+    logger: Logger,
+) -> BuildResult:
     checked, plan = prepared.checked, prepared.plan
     # 1. Each track goes render -> master -> publish, a step starting when the one before ends
     loads_before = load_count()
@@ -215,6 +239,17 @@ def _previous_lock(checked: CheckedInputs, logger: Logger) -> tuple[BuildReport 
         warning = f"lock of {soundtrack} at {checked.storage_url} unreadable ({exc}), rebuilding it"
         logger.warning(warning)
         return None, [warning]
+
+
+def _plan(checked: CheckedInputs, lock: BuildReport | None, options: Options) -> Plan:
+    return plan_build(
+        checked.specs,
+        lock,
+        checked.storage,
+        only=options.only,
+        force=options.force,
+        batch_size=options.batch_size,
+    )
 
 
 def _check_models(plan: Plan) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from soundtrack.errors import InputError, SoundtrackError
+from soundtrack.errors import InputError, SoundtrackError, StorageBusy
 from soundtrack.redaction import install_log_redaction, redact
 
 app = typer.Typer(
@@ -38,17 +38,21 @@ err_console = Console(stderr=True)
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: another build holds the storage; try again later
 
 
 def fail(exc: SoundtrackError) -> NoReturn:
-    """Print a readable error (every listed problem) and exit: 2 for bad input, else 1."""
+    """Print a readable error (every listed problem) and exit: 2 for bad input, 75 for storage
+    busy with another build, else 1."""
     # Messages quote user input, which may contain Rich markup: print them verbatim. They may
     # also quote a URL or a library's text with a secret in it: redacted.
     message = escape(redact(str(exc)))
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     for problem in getattr(exc, "problems", []):
         err_console.print(f"  - {redact(problem)}", highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(EXIT_BAD_INPUT if isinstance(exc, InputError) else EXIT_FAILED)
+    if isinstance(exc, InputError):
+        raise typer.Exit(EXIT_BAD_INPUT)
+    raise typer.Exit(EXIT_BUSY if isinstance(exc, StorageBusy) else EXIT_FAILED)
 
 
 @app.callback()
@@ -425,6 +429,16 @@ def build(
             "(e.g. render-batch/gpu). Renders come back through the storage.",
         ),
     ] = None,
+    storage_wait_s: Annotated[
+        float | None,
+        typer.Option(
+            "--storage-wait-s",
+            min=0,
+            max=24 * 3600,
+            help="Wait this many seconds for another build of the soundtrack to the same storage "
+            "to finish, then exit 75 (default: the manifest's storage_wait_s, 900).",
+        ),
+    ] = None,
 ) -> None:
     """Build a soundtrack: generate, master, gate, encode and publish every changed track.
 
@@ -432,7 +446,8 @@ def build(
     local one). Writes soundtrack.lock.json beside the assets. Exit 0 when every track is
     approved or already published, 1 when a track was rejected or failed or the temporary
     Prefect server did not start, 2 for invalid input, outputs overlapping inputs, or storage
-    that cannot be used (credentials, bucket, endpoint), found before the flow runs.
+    that cannot be used (credentials, bucket, endpoint), found before the flow runs, 75 when
+    another build of the soundtrack held the storage past --storage-wait-s (try again later).
     """
     from soundtrack.build import Options, prepare
 
@@ -452,6 +467,7 @@ def build(
         device=device,
         batch_size=batch_size,
         local_models=render_pool is None,
+        storage_wait_s=storage_wait_s,
     )
     try:
         specs = prepare(manifest, options, reports=[p for p in (report, junit) if p]).checked.specs
@@ -479,13 +495,14 @@ def build(
                 device=device,
                 batch_size=batch_size,
                 render_pool=render_pool,
+                storage_wait_s=storage_wait_s,
                 return_state=True,
             )
         finally:
             unsubscribe()
     result = state.result(raise_on_failure=False)
     if isinstance(result, SoundtrackError):
-        fail(result)  # bad input found by the flow (a missing model): one line, exit 2
+        fail(result)  # bad input found by the flow (a missing model): exit 2; storage busy: 75
     if isinstance(result, BaseException):
         raise result  # a bug: in full
     from soundtrack.report import BuildReport, to_junit
@@ -595,29 +612,36 @@ def gc(
     builds); --delete removes them. Everything else is kept.
 
     Prints the keys that are ours one per line on stdout, and each kept one ("not ours, kept")
-    on stderr. Exit 0 on success, 1 when storage fails, 2 for bad input.
+    on stderr. Exit 0 on success, 1 when storage fails, 2 for bad input, 75 when a build of
+    the soundtrack is publishing (--delete waits for none).
     """
     from soundtrack.storage import open_storage
 
     try:
         storage = open_storage(storage_url, base_dir=Path.cwd())
         names = [soundtrack] if soundtrack else storage.soundtracks()
-        found = [storage.unreferenced(name) for name in names]
-        ours = [key for garbage in found for key in garbage.ours]
-        for key in ours:
-            typer.echo(key)
-        for garbage in found:
-            for key in garbage.kept:
-                err_console.print(f"not ours, kept: {key}", markup=False, soft_wrap=True)
-            if not garbage.journaled:
-                err_console.print(
-                    f"{garbage.soundtrack}: no journal at {garbage.journal} (built before gc "
-                    "could tell its files from others'): nothing provably ours, nothing deleted",
-                    markup=False,
-                    soft_wrap=True,
-                )
-        if delete:
-            storage.delete(ours)
+        with ExitStack() as held:
+            if delete:
+                # A build publishing meanwhile may reuse a file its lock does not list yet.
+                for name in names:
+                    held.enter_context(storage.hold(name, wait_s=0, on_wait=lambda _: None))
+            found = [storage.unreferenced(name) for name in names]
+            ours = [key for garbage in found for key in garbage.ours]
+            for key in ours:
+                typer.echo(key)
+            for garbage in found:
+                for key in garbage.kept:
+                    err_console.print(f"not ours, kept: {key}", markup=False, soft_wrap=True)
+                if not garbage.journaled:
+                    err_console.print(
+                        f"{garbage.soundtrack}: no journal at {garbage.journal} (built before "
+                        "gc could tell its files from others'): nothing provably ours, nothing "
+                        "deleted",
+                        markup=False,
+                        soft_wrap=True,
+                    )
+            if delete:
+                storage.delete(ours)
     except SoundtrackError as exc:
         fail(exc)
     action = "deleted" if delete else "listed (use --delete to remove)"

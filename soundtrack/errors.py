@@ -39,6 +39,10 @@ class AudioError(SoundtrackError):
     """Audio cannot be read, processed or encoded (ffmpeg failure, unreadable source)."""
 
 
+class StorageBusy(SoundtrackError):
+    """Another build of the soundtrack holds its storage past the wait limit: exit code 75."""
+
+
 class StorageError(SoundtrackError):
     """Publishing or reading from storage failed; `transient` says whether a retry may heal it."""
 

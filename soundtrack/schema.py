@@ -269,6 +269,9 @@ class Track(_Overridable):
         return self
 
 
+DEFAULT_STORAGE_WAIT_S = 900.0
+
+
 class Manifest(_Strict):
     """A soundtrack manifest, schema version 1."""
 
@@ -301,6 +304,13 @@ class Manifest(_Strict):
         max_length=50,
         description="Licence ids the studio accepts by its own agreement (e.g. "
         "stabilityai-community), beside those that allow commercial use outright.",
+    )
+    storage_wait_s: float = Field(
+        default=DEFAULT_STORAGE_WAIT_S,
+        ge=0,
+        le=24 * 3600,
+        description="How long a build waits for another build of this soundtrack to the same "
+        "storage to finish before it gives up with exit code 75 (docs/storage.md).",
     )
     tracks: list[Track] = Field(min_length=1, max_length=MAX_TRACKS)
 

@@ -98,3 +98,31 @@ def publish(
     index = index_bytes(soundtrack, assets, published)
     storage.write_index(soundtrack, index)
     return published, index
+
+
+def folder_problems(folder: Path) -> list[str]:
+    """How a published soundtrack folder contradicts its lock: a listed file missing or with
+    another sha256, a rejected or failed track's file present, or any file the lock does not
+    account for (a staged copy, a temporary file). Empty when the folder matches its lock."""
+    lock = json.loads((folder / "soundtrack.lock.json").read_bytes())
+    problems = []
+    expected = {"soundtrack.lock.json", "soundtrack.journal.jsonl"}
+    for track in lock["tracks"]:
+        if track["status"] in ("rejected", "failed"):
+            problems += [
+                f"{p.name}: file of {track['status']} track"
+                for p in folder.glob(f"{track['id']}.*")
+            ]
+        for entry in track["files"]:
+            name = entry["key"].partition("/")[2]
+            expected.add(name)
+            path = folder / name
+            if not path.is_file():
+                problems.append(f"{name}: listed, missing")
+            elif hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+                problems.append(f"{name}: sha256 differs from the lock's")
+    for path in folder.rglob("*"):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and name not in expected:
+            problems.append(f"{name}: not in the lock")
+    return problems

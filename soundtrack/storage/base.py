@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -97,6 +98,18 @@ class Storage(Protocol):
 
     def check_access(self) -> None:
         """Fail fast, before any generation, when publishing cannot work."""
+
+    def hold(
+        self, soundtrack: str, *, wait_s: float, on_wait: Callable[[str], None]
+    ) -> AbstractContextManager[None]:
+        """One build at a time per soundtrack here: waits up to `wait_s` (saying so once through
+        `on_wait`) for another build to finish, then raises StorageBusy."""
+
+    def repair(self, soundtrack: str) -> list[str]:
+        """Finish or undo a publish a stopped build left half done; what was done, in lines."""
+
+    def discard(self, soundtrack: str) -> None:
+        """Drop what this build published but will not name in a lock (it ends without one)."""
 
 
 def check_name(kind: str, value: str) -> None:

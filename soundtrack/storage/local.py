@@ -1,4 +1,5 @@
-"""A local folder as storage: stable file names, each replaced atomically (temp file + rename)."""
+"""A local folder as storage: stable file names, all of a build's files replaced together when
+its lock is written (soundtrack/storage/staging.py), one build at a time per soundtrack."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from soundtrack.atomic import atomic_path, fsync_path
@@ -25,6 +27,7 @@ from soundtrack.storage.base import (
     index_keys,
     soundtrack_of,
 )
+from soundtrack.storage.staging import CONTROL, Publishing, build_lock
 
 _COPY_BLOCK_BYTES = 1 << 20
 # Beside the lock: one JSON line {"key", "sha256"} per content this tool put at a key.
@@ -71,15 +74,20 @@ class LocalStorage:
         content_type: str,
         metadata: Mapping[str, str],
     ) -> PublishedFile:
-        """Copy to a temporary name beside the target, fsync, verify, rename over it, then
-        record it in the soundtrack's journal (also when identical content was already there)."""
+        """Stage a verified copy, which takes the target's place when the lock is written (a key
+        outside any soundtrack, a render hand-off, is replaced at once); record it in the
+        soundtrack's journal (also when identical content was already there)."""
         # A folder has no per-file headers: content type and metadata live in the index.
         del content_type, metadata
         target = self._path(key)
+        soundtrack, _, name = key.partition("/")
+        staged = self._publishing(soundtrack).staged(name) if soundtrack_of(key) else target
         if self.has_asset(key, sha256):
+            if staged != target:
+                staged.unlink(missing_ok=True)  # a copy staged by an earlier try of this build
             published = PublishedFile(key, target.as_uri(), sha256, target.stat().st_size, False)
         else:
-            size = _write_atomically(target, path=path, sha256=sha256)
+            size = _write_atomically(staged, path=path, sha256=sha256)
             published = PublishedFile(key, target.as_uri(), sha256, size, True)
         self._record(key, sha256)
         return published
@@ -100,11 +108,39 @@ class LocalStorage:
             raise _error(f"cannot read {path}", exc) from None
 
     def write_index(self, soundtrack: str, data: bytes) -> str:
-        """Replace <root>/<soundtrack>/soundtrack.lock.json atomically; returns its file URI."""
+        """Commit: every staged file the lock names takes its place, then the lock replaces
+        <root>/<soundtrack>/soundtrack.lock.json; returns its file URI."""
         check_name("soundtrack", soundtrack)
         target = self.root / soundtrack / INDEX_NAME
-        _write_atomically(target, data=data)
+        names = {key.partition("/")[2] for key in index_keys(data, str(target))}
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._publishing(soundtrack).commit(data, names)
+        except OSError as exc:
+            raise _error(f"cannot write {target}", exc) from None
         return target.as_uri()
+
+    def hold(
+        self, soundtrack: str, *, wait_s: float, on_wait: Callable[[str], None]
+    ) -> AbstractContextManager[None]:
+        """The soundtrack's build lock (a locked file naming its holder)."""
+        check_name("soundtrack", soundtrack)
+        return build_lock(self.root / soundtrack, wait_s=wait_s, on_wait=on_wait)
+
+    def repair(self, soundtrack: str) -> list[str]:
+        """Finish or undo a publish a stopped build left half done; what was done, in lines."""
+        try:
+            return self._publishing(soundtrack).repair()
+        except OSError as exc:
+            raise _error(f"cannot repair {self.root / soundtrack}", exc) from None
+
+    def discard(self, soundtrack: str) -> None:
+        """Drop what a build staged and will not commit."""
+        self._publishing(soundtrack).discard()
+
+    def _publishing(self, soundtrack: str) -> Publishing:
+        check_name("soundtrack", soundtrack)
+        return Publishing(self.root / soundtrack)
 
     def presign(self, key: str, expires_s: int = MAX_PRESIGN_EXPIRY_S) -> str:
         """A file:// URI: a folder needs no signature, so the expiry is only validated."""
@@ -226,7 +262,9 @@ class LocalStorage:
                 base = Path(here)
                 for name in list(dirs):
                     sub = base / name
-                    if sub.is_symlink():
+                    if sub == folder / CONTROL:
+                        dirs.remove(name)  # the build lock and uncommitted files: the build's
+                    elif sub.is_symlink():
                         dirs.remove(name)
                         keys.append(self._key(sub))
                     elif (sub / INDEX_NAME).is_file():

@@ -17,7 +17,7 @@ from soundtrack.encode import encode
 from soundtrack.master import Master
 from soundtrack.renders import RenderCache
 from soundtrack.storage import LocalStorage
-from tests.publishing import make_asset
+from tests.publishing import make_asset, publish
 
 Event = tuple[str, int]  # ("fsync", inode) of a file or folder, or ("replace", inode moved)
 
@@ -79,9 +79,8 @@ def write_encoded(tmp_path: Path) -> list[Path]:
 def write_published(tmp_path: Path) -> list[Path]:
     storage = LocalStorage("assets", tmp_path / "assets")
     asset = make_asset(tmp_path / "enc", "cue", "ogg", size=10_000, seed=1)
-    key = storage.asset_key("game", "cue", asset.spec_hash, "ogg")
-    storage.put_asset(asset.path, key, sha256=asset.sha256, content_type="audio/ogg", metadata={})
-    storage.write_index("game", b'{"tracks": []}')
+    ((file,), _) = publish(storage, "game", [asset])
+    key = file.key
     storage.fetch(key, tmp_path / "fetched" / "cue.ogg", sha256=asset.sha256)
     index = storage.root / "game" / "soundtrack.lock.json"
     return [storage.root / key, index, tmp_path / "fetched" / "cue.ogg"]

@@ -139,7 +139,7 @@ def test_a_file_that_does_not_match_its_sha256_leaves_the_published_one_untouche
     storage = backend.storage
     good = make_asset(tmp_path / "v1", "title-theme", "ogg", size=20_000, seed=1)
     other = make_asset(tmp_path / "v2", "title-theme", "ogg", size=20_000, seed=2)
-    (file,) = publish_assets(storage, SOUNDTRACK, [good])
+    (file,), _ = publish(storage, SOUNDTRACK, [good])
     before = backend.listing()
     with pytest.raises(StorageError, match="changed after it was hashed") as caught:
         storage.put_asset(
@@ -159,7 +159,7 @@ def test_a_file_that_does_not_match_its_sha256_leaves_the_published_one_untouche
 
 def test_has_asset_compares_content(backend: Backend, assets: list[Asset]) -> None:
     storage = backend.storage
-    (file,) = publish_assets(storage, SOUNDTRACK, assets[:1])
+    (file,), _ = publish(storage, SOUNDTRACK, assets[:1])
     assert storage.has_asset(file.key, assets[0].sha256)
     assert not storage.has_asset(file.key, assets[1].sha256)
     assert not storage.has_asset(file.key, "0" * 64)
@@ -185,7 +185,7 @@ def test_fetch_brings_a_verified_copy_and_refuses_other_content(
     backend: Backend, assets: list[Asset], tmp_path: Path
 ) -> None:
     storage = backend.storage
-    (file,) = publish_assets(storage, SOUNDTRACK, assets[:1])
+    (file,), _ = publish(storage, SOUNDTRACK, assets[:1])
     dest = tmp_path / "cache" / "renders" / "copy.ogg"
     storage.fetch(file.key, dest, sha256=assets[0].sha256)
     assert sha256_of(dest) == assets[0].sha256
@@ -200,7 +200,7 @@ def test_presigned_links_fetch_the_bytes_and_the_expiry_is_bounded(
     backend: Backend, assets: list[Asset]
 ) -> None:
     storage = backend.storage
-    (file,) = publish_assets(storage, SOUNDTRACK, assets[:1])
+    (file,), _ = publish(storage, SOUNDTRACK, assets[:1])
     link = storage.presign(file.key, expires_s=600)
     with urllib.request.urlopen(link, timeout=10) as response:
         assert hashlib.sha256(response.read()).hexdigest() == assets[0].sha256

@@ -69,10 +69,10 @@ def test_changed_content_replaces_the_file_by_rename(tmp_path: Path) -> None:
     storage = open_storage(str(tmp_path / "assets"), base_dir=tmp_path)
     old = make_asset(tmp_path / "v1", "title-theme", "ogg", size=20_000, seed=1)
     new = make_asset(tmp_path / "v2", "title-theme", "ogg", size=25_000, seed=2)
-    (first,) = publish_assets(storage, SOUNDTRACK, [old])
+    (first,), _ = publish(storage, SOUNDTRACK, [old])
     target = tmp_path / "assets" / first.key
     inode_before = target.stat().st_ino
-    (second,) = publish_assets(storage, SOUNDTRACK, [new])
+    (second,), _ = publish(storage, SOUNDTRACK, [new])
 
     assert second.key == first.key
     assert second.uploaded

@@ -1,0 +1,256 @@
+"""All-or-nothing publishing into a local folder, and one build at a time per soundtrack.
+
+While a build runs, the files it publishes wait under `<soundtrack>/.publishing/staged/`; the
+folder's files and lock stay the previous build's. Writing the lock commits: a commit record
+lists every staged file, then each one replaces its target by rename (the old version
+hard-linked aside first), then the new lock replaces the old one. A build killed before the
+record leaves only staged files, which the next build drops; one killed after it is finished by
+the next build (every staged file is still there or already in place). A rename that fails
+undoes the renames before it, so the folder stays the previous build's. Stable names are
+replaced in place, never by swapping the folder, so an engine's files beside them (Unity's
+`.meta`) survive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from soundtrack.atomic import atomic_path, fsync_path
+from soundtrack.errors import StorageBusy, StorageError
+from soundtrack.hashing import file_sha256
+from soundtrack.storage.base import INDEX_NAME
+
+CONTROL = ".publishing"  # beside the lock: the build lock and what a build has not committed yet
+LOCK_NAME = "build.lock"
+# atomic_path's temporary names: `.<name>.<16 hex digits>.part`
+_PART = re.compile(r"\..+\.[0-9a-f]{16}\.part")
+_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Publishing:
+    """The publishing state of one soundtrack folder."""
+
+    folder: Path  # <root>/<soundtrack>
+
+    @property
+    def control(self) -> Path:
+        return self.folder / CONTROL
+
+    def staged(self, name: str) -> Path:
+        return self.control / "staged" / name
+
+    def commit(self, lock: bytes, names: set[str]) -> int:
+        """Put every staged file named in `names` in place, then `lock` as the folder's lock;
+        returns how many files changed. On a failed rename the folder is left as it was."""
+        files = []
+        for name in sorted(names):
+            staged = self.staged(name)
+            if staged.is_file():
+                target = self.folder / name
+                files.append(
+                    {"name": name, "sha256": file_sha256(staged), "new": not target.exists()}
+                )
+        self.control.mkdir(exist_ok=True)
+        _write(self.control / "lock.json", lock)
+        record = {"direction": "forward", "files": files}
+        _write(self._record, json.dumps(record).encode())
+        try:
+            self._forward(files)
+        except OSError as exc:
+            _write(self._record, json.dumps({**record, "direction": "back"}).encode())
+            self._back(files)
+            self._clean()
+            raise StorageError(
+                f"cannot replace files in {self.folder} ({exc.strerror or exc}): undone, the "
+                "folder still matches its previous lock",
+                transient=False,
+            ) from None
+        self._clean()
+        return len(files)
+
+    def repair(self) -> list[str]:
+        """Finish or undo what a killed build left half done, drop staged files and stray
+        temporary files; says what it did, one line each."""
+        said: list[str] = []
+        record = self._read_record()
+        if record is not None and record[0] == "forward":
+            self._forward(record[1])
+            said.append(
+                f"{self.folder}: finished the publish a stopped build had begun "
+                f"({len(record[1])} files and the lock)"
+            )
+        elif record is not None:
+            self._back(record[1])
+            said.append(f"{self.folder}: undid the failed publish of a stopped build")
+        else:
+            staged = [p for p in (self.control / "staged").glob("*") if p.is_file()]
+            if staged:
+                said.append(
+                    f"{self.folder}: dropped {len(staged)} file(s) staged by a build that stopped "
+                    "before its lock; the folder matches its lock"
+                )
+        strays = [p for p in _listdir(self.folder) if _PART.fullmatch(p.name) and p.is_file()]
+        for path in strays:
+            path.unlink(missing_ok=True)
+        if strays:
+            said.append(
+                f"{self.folder}: removed {len(strays)} temporary file(s) of a stopped write"
+            )
+        self._clean()
+        return said
+
+    def discard(self) -> None:
+        """Drop what this build staged (it ends without writing its lock)."""
+        self._clean()
+
+    @property
+    def _record(self) -> Path:
+        return self.control / "commit.json"
+
+    def _read_record(self) -> tuple[str, list[dict[str, object]]] | None:
+        """(direction, files) of a commit under way, or None."""
+        try:
+            record = json.loads(self._record.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            # A record is written whole (atomic rename) or not at all; this is not ours.
+            raise StorageError(
+                f"{self._record} is not a commit record this tool wrote: look at it, then "
+                "delete it to build again",
+                transient=False,
+            ) from None
+        return str(record["direction"]), list(record["files"])
+
+    def _forward(self, files: list[dict[str, object]]) -> None:
+        """Each staged file replaces its target (the target kept aside first), then the lock."""
+        previous = self.control / "previous"
+        previous.mkdir(exist_ok=True)
+        for entry in files:
+            name = str(entry["name"])
+            staged, target, kept = self.staged(name), self.folder / name, previous / name
+            if not staged.exists():
+                continue  # already in place
+            if target.exists() and not kept.exists():
+                os.link(target, kept)
+            os.replace(staged, target)
+        fsync_path(self.folder)
+        lock = self.control / "lock.json"
+        if lock.exists():
+            os.replace(lock, self.folder / INDEX_NAME)
+            fsync_path(self.folder)
+
+    def _back(self, files: list[dict[str, object]]) -> None:
+        """Every target a commit replaced gets its previous version back; new files go."""
+        for entry in files:
+            name = str(entry["name"])
+            target, kept = self.folder / name, self.control / "previous" / name
+            if kept.exists():
+                os.replace(kept, target)
+            elif entry["new"] and target.is_file() and file_sha256(target) == entry["sha256"]:
+                target.unlink()  # ours, by its checksum: the previous build had no such file
+        fsync_path(self.folder)
+
+    def _clean(self) -> None:
+        """Empty the control folder but for the build lock (a killed write's temporary files
+        included), and remove it when nothing holds it."""
+        for path in _listdir(self.control):
+            if path.name == LOCK_NAME:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        with contextlib.suppress(OSError):
+            self.control.rmdir()
+
+
+@contextlib.contextmanager
+def build_lock(folder: Path, *, wait_s: float, on_wait: Callable[[str], None]) -> Iterator[None]:
+    """Hold the soundtrack folder's build lock: a file locked with flock, so the lock of a
+    killed process is released by the kernel at once; it names its holder (pid, host, start)."""
+    path = folder / CONTROL / LOCK_NAME
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        fd = _open_lock(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise StorageBusy(
+                    f"{folder} is being built by {holder}; waited {wait_s:g} s"
+                ) from None
+            if not said:
+                on_wait(f"{folder} is being built by {holder}: waiting up to {wait_s:g} s")
+                said = True
+            time.sleep(_POLL_S)
+            continue
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # the holder before us removed it on release: lock the new one
+    try:
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        yield
+    finally:
+        # Removed while still locked: a waiter that opened this file finds it gone and retries.
+        path.unlink(missing_ok=True)
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
+
+def _open_lock(path: Path) -> int:
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            continue  # the folder was removed between the two calls by a build ending
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+        return f"process {holder['pid']} on {holder['host']} since {holder['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another build"
+
+
+def _write(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _listdir(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except FileNotFoundError:
+        return []

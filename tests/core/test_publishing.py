@@ -1,0 +1,275 @@
+"""A local folder always matches its lock: nothing changes until the lock is written, a failed
+rename is undone, a build killed at any step of publishing is repaired by the next one, and two
+builds of one soundtrack never interleave (the second waits, or exits 75)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from soundtrack.storage import open_storage
+from soundtrack.storage.local import LocalStorage
+from tests.publishing import (
+    Asset,
+    folder_problems,
+    index_bytes,
+    make_asset,
+    publish,
+    publish_assets,
+)
+from tests.reference import ebur128, sha256_of
+from tests.signals import music_like
+
+ROOT = Path(__file__).resolve().parents[2]
+SOUNDTRACK = "sky"
+
+
+def version(folder: Path, seed: int) -> list[Asset]:
+    """Three files of two tracks; another seed is other content under the same names."""
+    return [
+        make_asset(folder, "boss", "ogg", size=20_000, seed=seed, spec_hash="b"),
+        make_asset(folder, "boss", "mp3", size=10_000, seed=seed + 1, spec_hash="b"),
+        make_asset(folder, "title", "ogg", size=30_000, seed=seed + 2, spec_hash="t"),
+    ]
+
+
+def contents(folder: Path) -> dict[str, str]:
+    """sha256 of each file a reader sees (gc's write journal aside: it grows with every write)."""
+    return {
+        p.name: sha256_of(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != "soundtrack.journal.jsonl"
+    }
+
+
+def test_nothing_in_the_folder_changes_until_the_lock_is_written(tmp_path: Path) -> None:
+    storage = LocalStorage(str(tmp_path / "out"), tmp_path / "out")
+    folder = tmp_path / "out" / SOUNDTRACK
+    publish(storage, SOUNDTRACK, version(tmp_path / "v1", 1))
+    (folder / "boss.ogg.meta").write_text("guid: 0123\n")  # Unity's, beside our file
+    before = contents(folder)
+
+    v2 = version(tmp_path / "v2", 10)
+    published = publish_assets(storage, SOUNDTRACK, v2)
+    assert contents(folder) == before, "files staged, none replaced yet"
+    assert all(p.uploaded for p in published)
+
+    storage.write_index(SOUNDTRACK, index_bytes(SOUNDTRACK, v2, published))
+    assert folder_problems(folder) == ["boss.ogg.meta: not in the lock"]
+    assert (folder / "boss.ogg.meta").read_text() == "guid: 0123\n", "updated in place"
+    assert sha256_of(folder / "boss.ogg") == v2[0].sha256
+    assert not (folder / ".publishing").exists()
+
+
+def test_a_rename_that_fails_midway_leaves_the_folder_matching_the_previous_lock(
+    tmp_path: Path,
+) -> None:
+    storage = LocalStorage(str(tmp_path / "out"), tmp_path / "out")
+    folder = tmp_path / "out" / SOUNDTRACK
+    publish(storage, SOUNDTRACK, version(tmp_path / "v1", 1))
+    before = contents(folder)
+    # A folder where a new file must go: "boss.ogg" is replaced first (sorted), then "credits"
+    # cannot be, and what was replaced must come back.
+    (folder / "credits.ogg").mkdir()
+    (folder / "credits.ogg" / "keep").write_text("someone's")
+    credits = make_asset(tmp_path / "v2", "credits", "ogg", size=9, seed=5)
+    v2 = [*version(tmp_path / "v2", 10), credits]
+
+    with pytest.raises(Exception, match="undone, the folder still matches its previous lock"):
+        publish(storage, SOUNDTRACK, v2)
+
+    assert contents(folder) == before
+    assert folder_problems(folder) == ["credits.ogg/keep: not in the lock"]
+    assert not (folder / ".publishing").exists()
+
+
+# Publishes version 2 over version 1 with the real LocalStorage, in a process of its own that
+# `tests.corebuild.kill_at` kills at its Nth change under the folder.
+CHILD = """
+import sys
+from pathlib import Path
+from tests.corebuild import kill_at
+from tests.core.test_publishing import SOUNDTRACK, version
+from tests.publishing import publish
+from soundtrack.storage.local import LocalStorage
+out, n, work = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+assets = version(work, 10)
+kill_at(n, out)
+publish(LocalStorage(str(out), out), SOUNDTRACK, assets)
+"""
+
+
+def test_kill_9_at_every_step_of_publishing_is_repaired_by_the_next_build(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    folder = out / SOUNDTRACK
+    publish(LocalStorage(str(out), out), SOUNDTRACK, version(tmp_path / "v1", 1))
+    old, new = contents(folder), None
+    outcomes = []
+    for n in range(1, 100):
+        killed = subprocess.run(
+            [sys.executable, "-c", CHILD, str(out), str(n), str(tmp_path / "v2")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if killed.returncode == 0:
+            new = contents(folder)
+            break
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        said = LocalStorage(str(out), out).repair(SOUNDTRACK)  # what the next build does first
+        assert folder_problems(folder) == [], (n, said)
+        now = contents(folder)
+        outcomes.append("new" if now != old else "old")
+        # Back to version 1 for the next step (a repaired folder is a valid start).
+        publish(LocalStorage(str(out), out), SOUNDTRACK, version(tmp_path / "v1", 1))
+        assert contents(folder) == old
+    assert new is not None and new != old
+    assert len(outcomes) >= 8, "staging, the commit record, each rename and the lock"
+    # Killed before the commit record: the old folder; after it: the new one, finished.
+    assert outcomes == sorted(outcomes, key=["old", "new"].index), outcomes
+    assert "old" in outcomes and "new" in outcomes
+
+
+MANIFEST = """\
+schema: 1
+soundtrack: {name}
+storage: ./out
+defaults:
+  loudness: {{integrated: {lufs}, true_peak: -1, tolerance: 1}}
+  formats: [ogg, mp3]
+tracks:
+{tracks}"""
+
+
+def recordings(tmp_path: Path, count: int) -> str:
+    (tmp_path / "audio").mkdir(exist_ok=True)
+    tracks = ""
+    for n in range(count):
+        path = tmp_path / "audio" / f"cue-{n}.wav"
+        sf.write(path, music_like(3.0, 32000, seed=n).T, 32000)
+        tracks += f"  - id: cue-{n}\n    source: audio/cue-{n}.wav\n"
+    return tracks
+
+
+def corebuild(manifest: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.corebuild", str(manifest), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """Kill a build (stopped or not) that a test left running."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def wait_for(condition: object, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_a_second_build_waits_for_the_first_and_the_lock_matches_every_file(
+    tmp_path: Path,
+) -> None:
+    tracks = recordings(tmp_path, 6)
+    (tmp_path / "a.yaml").write_text(MANIFEST.format(name="sky", lufs=-24, tracks=tracks))
+    (tmp_path / "b.yaml").write_text(MANIFEST.format(name="sky", lufs=-20, tracks=tracks))
+    folder = tmp_path / "out" / "sky"
+    staged = folder / ".publishing" / "staged"
+
+    first = corebuild(tmp_path / "a.yaml")
+    try:
+        # Stopped once it has published some tracks (staged), before its lock.
+        wait_for(lambda: staged.is_dir() and any(staged.iterdir()))
+        os.kill(first.pid, signal.SIGSTOP)
+        assert not (folder / "soundtrack.lock.json").exists()
+        second = corebuild(tmp_path / "b.yaml", "--storage-wait-s", "300")
+        assert second.stderr is not None
+        waiting = second.stderr.readline()
+        while "is being built by" not in waiting:
+            assert waiting, "the second build ended without waiting"
+            waiting = second.stderr.readline()
+        assert f"process {first.pid} on " in waiting
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=120) == 0, first.communicate()
+        assert second.wait(timeout=120) == 0, second.communicate()
+    finally:
+        stop(first)
+
+    assert folder_problems(folder) == []
+    lock = json.loads((folder / "soundtrack.lock.json").read_text())
+    assert {t["status"] for t in lock["tracks"]} == {"approved"}
+    # The second build's loudness, on every file: it published after the first, whole.
+    for track in lock["tracks"]:
+        lufs, _ = ebur128(folder / f"{track['id']}.ogg")
+        assert abs(lufs - -20.0) <= 1.0, (track["id"], lufs)
+
+
+@pytest.mark.slow
+def test_a_build_that_cannot_wait_exits_75_naming_the_holder(tmp_path: Path) -> None:
+    tracks = recordings(tmp_path, 6)
+    (tmp_path / "m.yaml").write_text(MANIFEST.format(name="sky", lufs=-24, tracks=tracks))
+    staged = tmp_path / "out" / "sky" / ".publishing" / "staged"
+    first = corebuild(tmp_path / "m.yaml")
+    try:
+        wait_for(lambda: staged.is_dir() and any(staged.iterdir()))
+        os.kill(first.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        second = corebuild(tmp_path / "m.yaml", "--storage-wait-s", "1")
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 75, err
+        assert f"is being built by process {first.pid}" in err
+        assert time.monotonic() - started < 60
+    finally:
+        stop(first)
+    # The first was killed mid-publish: the next build repairs the folder, says so, and builds.
+    third = corebuild(tmp_path / "m.yaml")
+    _, err = third.communicate(timeout=120)
+    assert third.returncode == 0, err
+    assert "dropped" in err and "staged by a build that stopped before its lock" in err
+    assert folder_problems(tmp_path / "out" / "sky") == []
+
+
+@pytest.mark.slow
+def test_a_build_killed_while_it_replaces_files_is_finished_by_the_next(tmp_path: Path) -> None:
+    tracks = recordings(tmp_path, 2)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST.format(name="sky", lufs=-24, tracks=tracks))
+    assert corebuild(manifest).wait(timeout=120) == 0
+    folder = tmp_path / "out" / "sky"
+    manifest.write_text(MANIFEST.format(name="sky", lufs=-20, tracks=tracks))
+    # Killed at later and later changes under the folder (the 4 staged files come first) until
+    # the kill lands inside the commit: its record written, files not all replaced.
+    for n in range(4, 20):
+        killed = corebuild(manifest, "--kill-at", str(n), str(folder))
+        assert killed.wait(timeout=120) == -signal.SIGKILL
+        if (folder / ".publishing" / "commit.json").exists():
+            break
+    assert (folder / ".publishing" / "commit.json").exists()
+
+    again = corebuild(manifest)
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert "finished the publish a stopped build had begun" in err
+    assert folder_problems(folder) == []
+    storage = open_storage(str(tmp_path / "out"), base_dir=tmp_path)
+    assert storage.repair("sky") == [], "nothing left to repair"
