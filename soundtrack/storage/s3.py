@@ -6,7 +6,8 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ from soundtrack.storage.base import (
     index_keys,
     soundtrack_of,
 )
+from soundtrack.storage.lease import LEASE_NAME, Lease, held_lease, lease_seconds
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -121,6 +123,7 @@ class S3Storage:
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self._client, self._conditional_client = _make_clients()
         self.endpoint = _public_endpoint(self._client.meta.endpoint_url)
+        self._lease_s = lease_seconds()
         self._transfer_config = TransferConfig(
             multipart_threshold=multipart_threshold_bytes,
             multipart_chunksize=multipart_chunksize_bytes,
@@ -234,8 +237,12 @@ class S3Storage:
             raise self._error(f"reading {self.uri(key)}", exc) from None
 
     def write_index(self, soundtrack: str, data: bytes) -> str:
-        """Replace the lock file in one PUT (S3 PUTs are atomic) and verify its checksum."""
+        """Replace the lock file in one PUT (S3 PUTs are atomic) and verify its checksum; when
+        this process holds the soundtrack's build lease, renew it first, refusing if it was lost."""
         key = self._index_key(soundtrack)
+        lease = held_lease(self.endpoint, self.bucket, self._lease_key(soundtrack))
+        if lease is not None:
+            lease.confirm()
         digest = hashlib.sha256(data).hexdigest()
         try:
             self._client.put_object(
@@ -282,7 +289,7 @@ class S3Storage:
         """Keys under <prefix>/<soundtrack>/ that the lock does not reference: ours when a
         journal record proves we put them there and the server's checksum still matches, else
         kept. The records of what is ours (or no longer there) are ours too, listed last."""
-        index_key = self._index_key(soundtrack)
+        index_key, lease_key = self._index_key(soundtrack), self._lease_key(soundtrack)
         data = self.read_index(soundtrack)
         if data is None:
             raise InputError(
@@ -301,7 +308,7 @@ class S3Storage:
         candidates: list[str] = []
         kept: list[str] = list(nested)
         for key in found:
-            if key == index_key or key in referenced or key.startswith(tuple(nested)):
+            if key in (index_key, lease_key) or key in referenced or key.startswith(tuple(nested)):
                 continue
             recorded = self._recorded(folder, key)
             if recorded is not None:
@@ -355,6 +362,28 @@ class S3Storage:
                     f"{first.get('Key')!r}: {first.get('Code')} {first.get('Message')}",
                     transient=False,
                 )
+
+    def hold(
+        self, soundtrack: str, *, wait_s: float, on_wait: Callable[[str], None]
+    ) -> AbstractContextManager[None]:
+        """The soundtrack's build lease (storage/lease.py), renewed until the block ends."""
+        lease = Lease(
+            self._client,
+            endpoint=self.endpoint,
+            bucket=self.bucket,
+            key=self._lease_key(soundtrack),
+            where=self.uri(f"{self.prefix}{soundtrack}/"),
+            lease_s=self._lease_s,
+            error=self._error,
+        )
+        return lease.held(wait_s=wait_s, on_wait=on_wait)
+
+    def repair(self, soundtrack: str) -> list[str]:
+        """Nothing to repair: assets are content-addressed and only the lock makes them current."""
+        return []
+
+    def discard(self, soundtrack: str) -> None:
+        """Nothing to drop: unreferenced assets are gc's to delete, proven ours by the journal."""
 
     def check_access(self) -> None:
         """HEAD the bucket: wrong credentials, a missing bucket or an unreachable endpoint fail
@@ -439,6 +468,10 @@ class S3Storage:
     def _index_key(self, soundtrack: str) -> str:
         check_name("soundtrack", soundtrack)
         return f"{self.prefix}{soundtrack}/{INDEX_NAME}"
+
+    def _lease_key(self, soundtrack: str) -> str:
+        check_name("soundtrack", soundtrack)
+        return f"{self.prefix}{soundtrack}/{LEASE_NAME}"
 
     def _head(self, key: str) -> HeadObjectOutputTypeDef | None:
         try:
