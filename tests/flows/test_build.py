@@ -136,3 +136,87 @@ def test_killed_build_resumes_without_partial_or_duplicate_files(project: Any) -
             assert sha256_of(out / f"{track['id']}.{entry['format']}") == entry["sha256"]
     # Renders made before the kill were reused, not made again.
     assert all((renders / name).stat().st_mtime_ns == t for name, t in kept_renders.items())
+
+
+FOUR_FAMILIES = """\
+schema: 1
+soundtrack: mixed
+storage: ./out
+defaults:
+  loudness: console
+  sampling: {{stable-audio: {{steps: 8}}}}
+tracks:
+  - id: menu
+    model: {musicgen}
+    prompt: calm piano loop
+    duration: 2
+    seed: 1
+  - id: theme
+    model: {acestep}
+    prompt: synthwave with warm analog pads
+    key: D minor
+    bpm: 90
+    time_signature: 3/4
+    duration: 5
+    seed: 2
+  - id: cave
+    model: {stableaudio}
+    prompt: ambient drone for a cave level
+    negative_prompt: drums
+    duration: 3
+    seed: 3
+  - id: line
+    model: {bark}
+    prompt: calm piano loop
+    lyrics: la da night sky
+    duration: 2
+    seed: 4
+    gates:
+      duration_tolerance_s: 2.0
+"""
+
+
+def test_one_build_renders_with_all_four_model_families(
+    project: Any,
+    tiny_model_dir: Path,
+    tiny_acestep_dir: Path,
+    tiny_stableaudio_dir: Path,
+    tiny_bark_dir: Path,
+) -> None:
+    workdir, env, _ = project
+    dirs = {
+        "menu": tiny_model_dir,
+        "theme": tiny_acestep_dir,
+        "cave": tiny_stableaudio_dir,
+        "line": tiny_bark_dir,
+    }
+    (workdir / "m.yaml").write_text(
+        FOUR_FAMILIES.format(
+            musicgen=dirs["menu"],
+            acestep=dirs["theme"],
+            stableaudio=dirs["cave"],
+            bark=dirs["line"],
+        )
+    )
+
+    result = build(workdir, env, "--report", "report.json")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((workdir / "report.json").read_text())
+    assert set(statuses(report).values()) == {"approved"}
+    assert report["model_loads"] == 4, "each model loaded once"
+    out = workdir / "out" / "mixed"
+    lock = json.loads((out / "soundtrack.lock.json").read_text())
+    for track in lock["tracks"]:
+        model = track["model"]
+        assert model["id"] == str(dirs[track["id"]])
+        assert model["revision"].startswith("sha256:"), model
+        assert model["license"] == "soundtrack-tiny-random-weights", model
+        seconds = {"menu": 2.0, "theme": 5.0, "cave": 3.0, "line": 2.0}[track["id"]]
+        for entry in track["files"]:
+            path = out / f"{track['id']}.{entry['format']}"
+            assert sha256_of(path) == entry["sha256"]
+            info = sf.info(str(path))
+            assert info.samplerate == 44100, (path.name, info.samplerate)
+            # Bark's length is an upper bound; the tiny model runs to it.
+            assert abs(info.frames / 44100 - seconds) <= 0.05, (path.name, info.frames)
