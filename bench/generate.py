@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,7 @@ class Phase:
     seconds: float = 0.0
     peak_rss: int = 0
     peak_gpu: int = 0
+    parts: dict[str, float] = field(default_factory=dict)  # seconds per pipeline component
 
 
 @contextmanager
@@ -237,14 +238,37 @@ def worker(family: str, device: str, conn: Connection) -> None:
     """Hold one model; render what the parent asks for, answer with the time and memory."""
     started = time.perf_counter()
     generator, parameters = BUILDERS[family](device)
+    parts: dict[str, float] = {}
+    if isinstance(generator, AceStepGenerator):
+        time_components(generator._pipeline, parts)
     # Warm-up: every component once (ACE-Step with one step of its shortest render).
     render(generator, requests_for(1, 1.0, steps=1), 1)
     conn.send({"parameters": parameters, "build_s": time.perf_counter() - started})
     while (job := conn.recv()) is not None:
         tracks, seconds = job
+        parts.clear()
         with measured(device) as phase:
             render(generator, requests_for(tracks, seconds), tracks)
+        phase.parts = dict(parts)
         conn.send(asdict(phase))
+
+
+def time_components(pipeline: Any, parts: dict[str, float]) -> None:
+    """Add each component's forward time to `parts` (where a render's time goes)."""
+    modules = {
+        "DiT (every step)": pipeline.transformer,
+        "VAE decoder": pipeline.vae.decoder,
+        "condition encoder": pipeline.condition_encoder,
+        "text encoder": pipeline.text_encoder,
+    }
+    for name, module in modules.items():
+        started: list[float] = []
+        module.register_forward_pre_hook(lambda *_, s=started: s.append(time.perf_counter()))
+        module.register_forward_hook(
+            lambda *_, s=started, n=name: parts.update(
+                {n: parts.get(n, 0.0) + time.perf_counter() - s.pop()}
+            )
+        )
 
 
 class Worker:
@@ -396,6 +420,16 @@ def families(device: str, pairs: int, short_s: float, long_s: float) -> str:
             f"| {name} | {length} | {', '.join(f'{p.seconds:.1f}' for p in phases)} "
             f"| {seconds / audio_s:.2f} | {gib(max(phases, key=lambda x: x.peak_rss), device)} |"
         )
+    median_run = sorted((a for _, a in short), key=lambda p: p.seconds)[len(short) // 2]
+    lines += [
+        f"\nWhere ACE-Step's median {short_s:g} s render went ({median_run.seconds:.1f} s):\n",
+        "| component | seconds | share |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {seconds:.1f} | {seconds / median_run.seconds:.0%} |"
+            for name, seconds in median_run.parts.items()
+        ),
+    ]
     lines += [
         f"\nACE-Step is **{spread(short_ratios)}** faster per second of audio at {short_s:g} s "
         f"(median of {pairs} paired ratios), and **{long[0].seconds / long[1].seconds:.2f}x** at "
