@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
@@ -220,3 +221,32 @@ def test_one_build_renders_with_all_four_model_families(
             assert info.samplerate == 44100, (path.name, info.samplerate)
             # Bark's length is an upper bound; the tiny model runs to it.
             assert abs(info.frames / 44100 - seconds) <= 0.05, (path.name, info.frames)
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from soundtrack.storage.staging import build_lock
+with build_lock(Path(sys.argv[1]), wait_s=0, on_wait=print):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_build_that_finds_the_soundtrack_busy_exits_75_naming_the_holder(project: Any) -> None:
+    workdir, env, args = project
+    folder = workdir / "out" / "e2e"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        result = build(workdir, env, *args, "--storage-wait-s", "1")
+    finally:
+        holder.kill()
+        holder.wait()
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 75, output
+    assert f"is being built by process {holder.pid} on " in output
+    assert "Traceback" not in output
+    assert not (folder / "soundtrack.lock.json").exists(), "nothing published"
