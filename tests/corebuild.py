@@ -9,10 +9,68 @@ import argparse
 import logging
 import os
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start(manifest: Path, *args: str) -> subprocess.Popen[str]:
+    """A core build of `manifest` in a process of its own (stdout and stderr piped)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.corebuild", str(manifest), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """Kill a build (stopped or not) that a test left running."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def second_waits_for_first(
+    first_manifest: Path,
+    second_manifest: Path,
+    *,
+    published_some: Callable[[], object],
+    lock_written: Callable[[], bool],
+) -> None:
+    """Build the first manifest, stop it once it has published some files but before its lock,
+    start the second: it must say it waits for the first (by pid); then both finish, exit 0."""
+    first = start(first_manifest)
+    try:
+        wait_for(lambda: published_some() or first.poll() is not None)
+        os.kill(first.pid, signal.SIGSTOP)
+        assert first.poll() is None, first.communicate()
+        assert not lock_written()
+        second = start(second_manifest, "--storage-wait-s", "300")
+        assert second.stderr is not None
+        waiting = second.stderr.readline()
+        while "is being built by" not in waiting:
+            assert waiting, "the second build ended without waiting"
+            waiting = second.stderr.readline()
+        assert f"is being built by process {first.pid} on " in waiting
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=120) == 0, first.communicate()
+        assert second.wait(timeout=120) == 0, second.communicate()
+    finally:
+        stop(first)
 
 
 def kill_at(n: int, root: Path) -> None:

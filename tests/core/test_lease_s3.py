@@ -21,7 +21,8 @@ import pytest
 from soundtrack.errors import InputError, StorageBusy
 from soundtrack.storage.lease import DEFAULT_LEASE_S, LEASE_ENV, LEASE_NAME, lease_seconds
 from soundtrack.storage.s3 import S3Storage
-from tests.core.test_publishing import corebuild, recordings, wait_for
+from tests.core.test_publishing import recordings
+from tests.corebuild import second_waits_for_first
 from tests.reference import ebur128
 from tests.s3server import SeaweedServer
 
@@ -276,29 +277,15 @@ def test_a_second_build_into_s3_waits_for_the_first_and_the_lock_matches_every_o
         keys = [obj["Key"] for obj in listed.get("Contents", [])]
         return [key for key in keys if key.endswith(".ogg") and "/.journal/" not in key]
 
-    first = corebuild(tmp_path / "a.yaml")
-    try:
-        # Stopped once it has published some tracks, before its lock.
-        wait_for(lambda: published() or first.poll() is not None)
-        os.kill(first.pid, signal.SIGSTOP)
-        assert first.poll() is None, first.communicate()
-        lock_key = f"{PREFIX}/{SOUNDTRACK}/soundtrack.lock.json"
-        assert client.list_objects_v2(Bucket=s3_bucket, Prefix=lock_key)["KeyCount"] == 0
-        second = corebuild(tmp_path / "b.yaml", "--storage-wait-s", "300")
-        assert second.stderr is not None
-        waiting = second.stderr.readline()
-        while "is being built by" not in waiting:
-            assert waiting, "the second build ended without waiting"
-            waiting = second.stderr.readline()
-        assert f"is being built by process {first.pid} on " in waiting
-        os.kill(first.pid, signal.SIGCONT)
-        assert first.wait(timeout=120) == 0, first.communicate()
-        assert second.wait(timeout=120) == 0, second.communicate()
-    finally:
-        if first.poll() is None:
-            os.kill(first.pid, signal.SIGCONT)
-            first.kill()
-            first.communicate()
+    lock_key = f"{PREFIX}/{SOUNDTRACK}/soundtrack.lock.json"
+    second_waits_for_first(
+        tmp_path / "a.yaml",
+        tmp_path / "b.yaml",
+        published_some=published,
+        lock_written=lambda: (
+            client.list_objects_v2(Bucket=s3_bucket, Prefix=lock_key)["KeyCount"] > 0
+        ),
+    )
 
     lock = json.loads(client.get_object(Bucket=s3_bucket, Key=lock_key)["Body"].read())
     assert {t["status"] for t in lock["tracks"]} == {"approved"}

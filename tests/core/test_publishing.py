@@ -17,6 +17,7 @@ import soundfile as sf
 
 from soundtrack.storage import open_storage
 from soundtrack.storage.local import LocalStorage
+from tests.corebuild import second_waits_for_first, start, stop, wait_for
 from tests.publishing import (
     Asset,
     folder_problems,
@@ -162,30 +163,6 @@ def recordings(tmp_path: Path, count: int) -> str:
     return tracks
 
 
-def corebuild(manifest: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.corebuild", str(manifest), *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def stop(process: subprocess.Popen[str]) -> None:
-    """Kill a build (stopped or not) that a test left running."""
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-
-
-def wait_for(condition: object, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 @pytest.mark.slow
 def test_a_second_build_waits_for_the_first_and_the_lock_matches_every_file(
     tmp_path: Path,
@@ -196,24 +173,12 @@ def test_a_second_build_waits_for_the_first_and_the_lock_matches_every_file(
     folder = tmp_path / "out" / "sky"
     staged = folder / ".publishing" / "staged"
 
-    first = corebuild(tmp_path / "a.yaml")
-    try:
-        # Stopped once it has published some tracks (staged), before its lock.
-        wait_for(lambda: staged.is_dir() and any(staged.iterdir()))
-        os.kill(first.pid, signal.SIGSTOP)
-        assert not (folder / "soundtrack.lock.json").exists()
-        second = corebuild(tmp_path / "b.yaml", "--storage-wait-s", "300")
-        assert second.stderr is not None
-        waiting = second.stderr.readline()
-        while "is being built by" not in waiting:
-            assert waiting, "the second build ended without waiting"
-            waiting = second.stderr.readline()
-        assert f"process {first.pid} on " in waiting
-        os.kill(first.pid, signal.SIGCONT)
-        assert first.wait(timeout=120) == 0, first.communicate()
-        assert second.wait(timeout=120) == 0, second.communicate()
-    finally:
-        stop(first)
+    second_waits_for_first(
+        tmp_path / "a.yaml",
+        tmp_path / "b.yaml",
+        published_some=lambda: staged.is_dir() and any(staged.iterdir()),
+        lock_written=(folder / "soundtrack.lock.json").exists,
+    )
 
     assert folder_problems(folder) == []
     lock = json.loads((folder / "soundtrack.lock.json").read_text())
@@ -229,12 +194,12 @@ def test_a_build_that_cannot_wait_exits_75_naming_the_holder(tmp_path: Path) -> 
     tracks = recordings(tmp_path, 6)
     (tmp_path / "m.yaml").write_text(MANIFEST.format(name="sky", lufs=-24, tracks=tracks))
     staged = tmp_path / "out" / "sky" / ".publishing" / "staged"
-    first = corebuild(tmp_path / "m.yaml")
+    first = start(tmp_path / "m.yaml")
     try:
         wait_for(lambda: staged.is_dir() and any(staged.iterdir()))
         os.kill(first.pid, signal.SIGSTOP)
         started = time.monotonic()
-        second = corebuild(tmp_path / "m.yaml", "--storage-wait-s", "1")
+        second = start(tmp_path / "m.yaml", "--storage-wait-s", "1")
         _, err = second.communicate(timeout=120)
         assert second.returncode == 75, err
         assert f"is being built by process {first.pid}" in err
@@ -242,7 +207,7 @@ def test_a_build_that_cannot_wait_exits_75_naming_the_holder(tmp_path: Path) -> 
     finally:
         stop(first)
     # The first was killed mid-publish: the next build repairs the folder, says so, and builds.
-    third = corebuild(tmp_path / "m.yaml")
+    third = start(tmp_path / "m.yaml")
     _, err = third.communicate(timeout=120)
     assert third.returncode == 0, err
     assert "dropped" in err and "staged by a build that stopped before its lock" in err
@@ -254,19 +219,19 @@ def test_a_build_killed_while_it_replaces_files_is_finished_by_the_next(tmp_path
     tracks = recordings(tmp_path, 2)
     manifest = tmp_path / "m.yaml"
     manifest.write_text(MANIFEST.format(name="sky", lufs=-24, tracks=tracks))
-    assert corebuild(manifest).wait(timeout=120) == 0
+    assert start(manifest).wait(timeout=120) == 0
     folder = tmp_path / "out" / "sky"
     manifest.write_text(MANIFEST.format(name="sky", lufs=-20, tracks=tracks))
     # Killed at later and later changes under the folder (the 4 staged files come first) until
     # the kill lands inside the commit: its record written, files not all replaced.
     for n in range(4, 20):
-        killed = corebuild(manifest, "--kill-at", str(n), str(folder))
+        killed = start(manifest, "--kill-at", str(n), str(folder))
         assert killed.wait(timeout=120) == -signal.SIGKILL
         if (folder / ".publishing" / "commit.json").exists():
             break
     assert (folder / ".publishing" / "commit.json").exists()
 
-    again = corebuild(manifest)
+    again = start(manifest)
     _, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     assert "finished the publish a stopped build had begun" in err
