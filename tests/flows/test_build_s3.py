@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from soundtrack.storage.lease import LEASE_NAME
 from tests.faultproxy import FaultProxy, Seen
 from tests.prefect_server import PrefectServer
 from tests.running import build, statuses
@@ -51,20 +52,27 @@ def lock_entries(lock: dict[str, Any]) -> list[dict[str, Any]]:
     return [entry for track in lock["tracks"] for entry in track["files"]]
 
 
+def published(key: str) -> bool:
+    """Not one of the build's own records: the write journal's or the build lease
+    (docs/storage.md)."""
+    return "/.journal/" not in key and not key.endswith(f"/{LEASE_NAME}")
+
+
 def listed(client: Any, bucket: str) -> set[str]:
-    """Object keys in the bucket, less the write journal's records (docs/storage.md)."""
+    """Object keys in the bucket that a build published."""
     keys = {obj["Key"] for obj in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
-    return {key for key in keys if "/.journal/" not in key}
+    return {key for key in keys if published(key)}
 
 
 def written_keys(proxy: FaultProxy, bucket: str) -> list[str]:
-    """Object keys of every PUT/POST that reached the server, in order (upload parts included)."""
+    """Keys of every PUT/POST of a published object that reached the server, in order (upload
+    parts included)."""
     return [
         r.path.removeprefix(f"/{bucket}/")
         for r in proxy.requests
         if r.method in ("PUT", "POST")
         and r.fate in ("forward", "lost_response")
-        and "/.journal/" not in r.path
+        and published(r.path)
     ]
 
 
@@ -146,6 +154,8 @@ def project(
         **prefect_server.env,
         "PREFECT_HOME": str(tmp_path / "prefect-client"),
         "SOUNDTRACK_CACHE_DIR": str(tmp_path / "cache"),
+        # A build that lost its server cannot release its lease; the rerun waits this long.
+        "SOUNDTRACK_S3_LEASE_S": "5",
     }
     return tmp_path, env, ["--model", str(tiny_model_dir), "--report", "report.json"]
 
@@ -172,7 +182,7 @@ def test_build_publishes_verified_files_and_a_rebuild_uploads_nothing(
         first = build(workdir, env, *args, "--out", url, "--junit", "junit.xml")
         assert first.returncode == 0, first.stdout + first.stderr
         first_writes = written_keys(proxy, bucket)
-        first_puts = [r for r in proxy.requests if r.method == "PUT"]
+        first_puts = [r for r in proxy.requests if r.method == "PUT" and published(r.path)]
         report = json.loads((workdir / "report.json").read_text())
         presigned = [entry["url"] for entry in lock_entries(report)]
         served = [urllib_get(link) for link in presigned]
@@ -307,7 +317,7 @@ def test_server_stopped_mid_build_fails_clearly_keeps_the_old_index_and_rerun_fi
 
     def stop_on_second_new_upload(seen: Seen) -> None:
         key = seen.path.removeprefix(f"/{bucket}/")
-        if seen.method != "PUT" or key in old_keys or key == index_key:
+        if seen.method != "PUT" or not published(key) or key in old_keys or key == index_key:
             return
         with stop_lock:
             if stopped.is_set():
