@@ -8,7 +8,7 @@ has them, are sung (without them the track is an instrumental).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +23,9 @@ from soundtrack.models.base import (
     GenerationRequest,
     ProgressCallback,
     check_request,
-    cut_render,
 )
 from soundtrack.models.device import model_dtype, pipeline_parameters, set_cpu_threads
+from soundtrack.models.pipeline import PipelineTrack, render_batches
 from soundtrack.models.source import ModelSource, how_to_provide
 
 MIN_RENDER_S = 10.0  # ACE-Step's shortest render: a shorter track renders this long, then is cut
@@ -39,14 +39,6 @@ class AceStepSettings:
     steps: int = 8  # the turbo checkpoints are distilled for 8 flow-matching steps
     shift: float = 3.0  # timestep-schedule shift (the pipeline's default)
     guidance_scale: float = 1.0  # 1 = no CFG (turbo); base and SFT checkpoints use 7
-
-
-@dataclass(frozen=True)
-class _Track:
-    index: int  # position in the caller's request list
-    request: GenerationRequest
-    samples: int  # exactly round(duration_s * sample_rate)
-    render_s: float  # seconds the pipeline renders: at least MIN_RENDER_S
 
 
 class _CrossAttentionMask:
@@ -141,33 +133,19 @@ class AceStepGenerator:
         progress: ProgressCallback | None = None,
     ) -> list[GeneratedAudio | GenerationError]:
         """One result per request, in order; NaN or silent tracks come back as GenerationError."""
-        # 1. Check inputs before any work.
-        size = batch_size if batch_size is not None else max(1, len(requests))
-        if size < 1:
-            raise InputError(f"batch_size must be >= 1, got {size}")
         tracks = [self._track(i, request) for i, request in enumerate(requests)]
-        # 2. One pipeline call per batch: the same render length and conditioning.
-        batches = _batches(tracks, size)
-        total = sum(self.settings_for(batch[0].request).steps for batch in batches)
-        done = 0
-
-        def step(*_: Any) -> dict[str, torch.Tensor]:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total)
-            return {}
-
-        # 3. Render, then judge each track on its own.
-        results: dict[int, GeneratedAudio | GenerationError] = {}
         with self._lock:
-            for batch in batches:
-                audio = self._render(batch, step)
-                for j, track in enumerate(batch):
-                    results[track.index] = self._result(track, audio[j])
-        return [results[i] for i in range(len(tracks))]
+            return render_batches(
+                self,
+                tracks,
+                batch_size,
+                alike=_alike,
+                steps=lambda request: self.settings_for(request).steps,
+                render=self._render,
+                progress=progress,
+            )
 
-    def _track(self, index: int, request: GenerationRequest) -> _Track:
+    def _track(self, index: int, request: GenerationRequest) -> PipelineTrack:
         check_request(request)
         if request.duration_s > MAX_RENDER_S:
             raise InputError(
@@ -175,7 +153,7 @@ class AceStepGenerator:
                 f"ACE-Step (its longest render), got {request.duration_s}"
             )
         samples = round(request.duration_s * self.sample_rate)
-        return _Track(index, request, samples, max(MIN_RENDER_S, request.duration_s))
+        return PipelineTrack(index, request, samples, max(MIN_RENDER_S, request.duration_s))
 
     def settings_for(self, request: GenerationRequest) -> AceStepSettings:
         """The checkpoint's settings, with what the track's manifest sets instead."""
@@ -190,8 +168,13 @@ class AceStepGenerator:
             else self.settings.guidance_scale,
         )
 
-    def _render(self, batch: list[_Track], step: Any) -> np.ndarray:
+    def _render(self, batch: list[PipelineTrack], step: Callable[[], None]) -> np.ndarray:
         """(tracks, channels, samples) float32 for one batch: one pipeline call."""
+
+        def on_step(*_: Any) -> dict[str, torch.Tensor]:
+            step()
+            return {}  # no tensor of the pipeline's replaced
+
         first = batch[0].request
         settings = self.settings_for(first)
         with torch.inference_mode():
@@ -211,27 +194,16 @@ class AceStepGenerator:
                 # CPU generators: each track's noise depends on its seed alone, on any device.
                 generator=[torch.Generator().manual_seed(t.request.seed) for t in batch],
                 output_type="np",
-                callback_on_step_end=step,
+                callback_on_step_end=on_step,
             )
         audio: np.ndarray = np.asarray(output.audios, dtype=np.float32)
         return audio
 
-    def _result(self, track: _Track, render: np.ndarray) -> GeneratedAudio | GenerationError:
-        return cut_render(track.request.track_id, render, track.samples, self)
 
-
-def _batches(tracks: list[_Track], size: int) -> list[list[_Track]]:
-    """Tracks that render alike (length, bpm, key, time signature, settings) share calls of
-    `size`."""
-    groups: dict[tuple[object, ...], list[_Track]] = {}
-    for track in tracks:
-        r = track.request
-        key = (track.render_s, r.bpm, r.key, r.time_signature, r.ace_step)
-        groups.setdefault(key, []).append(track)
-    batches: list[list[_Track]] = []
-    for group in groups.values():
-        batches.extend(group[i : i + size] for i in range(0, len(group), size))
-    return batches
+def _alike(t: PipelineTrack) -> tuple[object, ...]:
+    """What tracks sharing a pipeline call have in common: length, bpm, key, time signature
+    and settings."""
+    return (t.render_s, t.request.bpm, t.request.key, t.request.time_signature, t.request.ace_step)
 
 
 def default_settings(pipeline: Any) -> AceStepSettings:

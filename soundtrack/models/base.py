@@ -135,7 +135,14 @@ def cut_render(
         return GenerationError(
             track_id, f"the pipeline rendered {render.shape[-1]} frames, {frames} needed"
         )
-    audio = render[:, :frames].copy()  # detach the batch
+    return judged(track_id, render[:, :frames].copy(), generator)  # the copy detaches the batch
+
+
+def judged(
+    track_id: str, audio: np.ndarray, generator: Generator
+) -> GeneratedAudio | GenerationError:
+    """A track's render as its result, recording the model that made it; NaN or silence is
+    that track's GenerationError."""
     try:
         check_audio(track_id, audio)
     except GenerationError as error:

@@ -24,8 +24,8 @@ from soundtrack.models.base import (
     GeneratedAudio,
     GenerationRequest,
     ProgressCallback,
-    check_audio,
     check_request,
+    judged,
 )
 from soundtrack.models.device import model_dtype, set_cpu_threads
 from soundtrack.models.longform import WindowPlan, equal_power_join, plan_windows
@@ -240,18 +240,7 @@ class MusicgenGenerator:
         track_id = track.request.track_id
         if isinstance(render, str):
             return GenerationError(track_id, render)
-        try:
-            check_audio(track_id, render)
-        except GenerationError as error:
-            return error
-        return GeneratedAudio(
-            track_id=track_id,
-            audio=render,
-            sample_rate=self.sample_rate,
-            model_id=self.model_id,
-            revision=self.revision,
-            license=self.license,
-        )
+        return judged(track_id, render, self)
 
 
 def load_musicgen(

@@ -9,7 +9,7 @@ steers guidance away from it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +23,9 @@ from soundtrack.models.base import (
     GenerationRequest,
     ProgressCallback,
     check_request,
-    cut_render,
 )
 from soundtrack.models.device import model_dtype, pipeline_parameters, set_cpu_threads
+from soundtrack.models.pipeline import PipelineTrack, render_batches
 from soundtrack.models.source import ModelSource, how_to_provide
 
 MAX_RENDER_S = 47.0  # the catalog's limit for the family (the checkpoint renders 47.55 s)
@@ -41,14 +41,6 @@ class StableAudioSettings:
 
 # A track renders with these unless its manifest's `stable-audio` sampling block sets others.
 DEFAULT_SETTINGS = StableAudioSettings()
-
-
-@dataclass(frozen=True)
-class _Track:
-    index: int  # position in the caller's request list
-    request: GenerationRequest
-    samples: int  # exactly round(duration_s * sample_rate)
-    render_s: float  # the audio_end_in_s the pipeline is asked for: at least the model's minimum
 
 
 class StableAudioGenerator:
@@ -91,32 +83,19 @@ class StableAudioGenerator:
         progress: ProgressCallback | None = None,
     ) -> list[GeneratedAudio | GenerationError]:
         """One result per request, in order; NaN or silent tracks come back as GenerationError."""
-        # 1. Check inputs before any work.
-        size = batch_size if batch_size is not None else max(1, len(requests))
-        if size < 1:
-            raise InputError(f"batch_size must be >= 1, got {size}")
         tracks = [self._track(i, request) for i, request in enumerate(requests)]
-        # 2. One pipeline call per batch: the same length, settings and kind of guidance.
-        batches = _batches(tracks, size)
-        total = sum(self.settings_for(batch[0].request).steps for batch in batches)
-        done = 0
-
-        def step(*_: Any) -> None:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total)
-
-        # 3. Render, then judge each track on its own.
-        results: dict[int, GeneratedAudio | GenerationError] = {}
         with self._lock:
-            for batch in batches:
-                audio = self._render(batch, step)
-                for j, track in enumerate(batch):
-                    results[track.index] = self._result(track, audio[j])
-        return [results[i] for i in range(len(tracks))]
+            return render_batches(
+                self,
+                tracks,
+                batch_size,
+                alike=_alike,
+                steps=lambda request: self.settings_for(request).steps,
+                render=self._render,
+                progress=progress,
+            )
 
-    def _track(self, index: int, request: GenerationRequest) -> _Track:
+    def _track(self, index: int, request: GenerationRequest) -> PipelineTrack:
         check_request(request)
         if request.duration_s > self.max_render_s:
             raise InputError(
@@ -126,7 +105,7 @@ class StableAudioGenerator:
         samples = round(request.duration_s * self.sample_rate)
         # Half a frame more: the pipeline cuts at int(seconds * rate), never short of `samples`.
         seconds = max(self.min_render_s, (samples + 0.5) / self.sample_rate)
-        return _Track(index, request, samples, min(seconds, self.max_render_s))
+        return PipelineTrack(index, request, samples, min(seconds, self.max_render_s))
 
     def settings_for(self, request: GenerationRequest) -> StableAudioSettings:
         """The default settings, with what the track's manifest sets instead."""
@@ -140,7 +119,7 @@ class StableAudioGenerator:
             else self.settings.guidance_scale,
         )
 
-    def _render(self, batch: list[_Track], step: Any) -> np.ndarray:
+    def _render(self, batch: list[PipelineTrack], step: Callable[[], None]) -> np.ndarray:
         """(tracks, channels, frames) float32 for one batch: one pipeline call."""
         settings = self.settings_for(batch[0].request)
         negative = [t.request.negative_prompt for t in batch]
@@ -155,28 +134,18 @@ class StableAudioGenerator:
                 # CPU generators: each track's noise depends on its seed alone, on any device.
                 generator=[torch.Generator().manual_seed(t.request.seed) for t in batch],
                 output_type="np",
-                callback=step,
+                callback=lambda *_: step(),
                 callback_steps=1,
             )
         audio: np.ndarray = np.asarray(output.audios, dtype=np.float32)
         return audio
 
-    def _result(self, track: _Track, render: np.ndarray) -> GeneratedAudio | GenerationError:
-        return cut_render(track.request.track_id, render, track.samples, self)
 
-
-def _batches(tracks: list[_Track], size: int) -> list[list[_Track]]:
-    """Tracks that render alike (length, settings, with or without a negative prompt) share calls of
-    `size`: the pipeline takes one length per call, and guidance without a negative prompt uses
-    an empty condition, not an encoded one."""
-    groups: dict[tuple[object, ...], list[_Track]] = {}
-    for track in tracks:
-        key = (track.render_s, track.request.negative_prompt is None, track.request.stable_audio)
-        groups.setdefault(key, []).append(track)
-    batches: list[list[_Track]] = []
-    for group in groups.values():
-        batches.extend(group[i : i + size] for i in range(0, len(group), size))
-    return batches
+def _alike(t: PipelineTrack) -> tuple[object, ...]:
+    """What tracks sharing a pipeline call have in common: length, settings, and whether they
+    have a negative prompt (the pipeline takes one length per call, and guidance without a
+    negative prompt uses an empty condition, not an encoded one)."""
+    return (t.render_s, t.request.negative_prompt is None, t.request.stable_audio)
 
 
 def load_stableaudio(

@@ -1,0 +1,64 @@
+"""What the diffusers backends (ACE-Step, Stable Audio) share: tracks that render alike go
+through one pipeline call, each render is cut to its track's exact length and judged on its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from soundtrack.errors import GenerationError, InputError
+from soundtrack.models.base import (
+    GeneratedAudio,
+    GenerationRequest,
+    Generator,
+    ProgressCallback,
+    cut_render,
+)
+
+
+@dataclass(frozen=True)
+class PipelineTrack:
+    index: int  # position in the caller's request list
+    request: GenerationRequest
+    samples: int  # exactly round(duration_s * sample_rate)
+    render_s: float  # seconds the pipeline renders: at least the track's
+
+
+def render_batches(
+    generator: Generator,
+    tracks: Sequence[PipelineTrack],
+    batch_size: int | None,
+    *,
+    alike: Callable[[PipelineTrack], Hashable],
+    steps: Callable[[GenerationRequest], int],
+    render: Callable[[list[PipelineTrack], Callable[[], None]], np.ndarray],
+    progress: ProgressCallback | None,
+) -> list[GeneratedAudio | GenerationError]:
+    """Tracks with the same `alike` key share calls of `batch_size` (default: all); `render`
+    makes one call, (tracks, channels, samples), calling its step callback once per step."""
+    size = batch_size if batch_size is not None else max(1, len(tracks))
+    if size < 1:
+        raise InputError(f"batch_size must be >= 1, got {size}")
+    groups: dict[Hashable, list[PipelineTrack]] = {}
+    for track in tracks:
+        groups.setdefault(alike(track), []).append(track)
+    batches = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+    total = sum(steps(batch[0].request) for batch in batches)
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    results: dict[int, GeneratedAudio | GenerationError] = {}
+    for batch in batches:
+        audio = render(batch, step)
+        for j, track in enumerate(batch):
+            results[track.index] = cut_render(
+                track.request.track_id, audio[j], track.samples, generator
+            )
+    return [results[i] for i in range(len(tracks))]
