@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ SEAM_STEP_WINDOW_MS = 10.0  # the audio either side of the wrap that its click i
 # seam a lossy codec leaves (Vorbis q6 noise sits about 27 dB under the RMS of a master).
 SEAM_MASKING_DB = -30.0
 SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term loudness window
+# A bar line's click is the largest within this of it: a beat analysis places a downbeat to
+# within about a frame (10-23 ms hops), so it is often 10 ms off the onset it marks.
+BAR_LINE_TOLERANCE_MS = 15.0
 _PLATEAU_EDGE_MIN = 1e-4  # of the plateau level (-80 dB): about 3 LSB of 16-bit near full scale
 
 
@@ -45,6 +49,11 @@ class Metrics:
     loop_length: int | None = None  # frames
     seam_jump_ratio: float | None = None  # click at the wrap / local 90th percentile
     seam_loudness_change_lu: float | None = None  # short-term loudness, loop end vs loop start
+    # The music's own change: the largest over the loop's bar lines (None: no usable bar line)
+    bar_jump_ratio: float | None = None  # as seam_jump_ratio, across a bar line
+    bar_loudness_change_lu: float | None = None  # as seam_loudness_change_lu, across a bar line
+    seam_jump_excess_ratio: float | None = None  # seam_jump_ratio / max(1, bar_jump_ratio)
+    seam_loudness_excess_lu: float | None = None  # seam change beyond bar_loudness_change_lu
 
     def as_row(self) -> dict[str, float | int | None]:
         """The metrics as a flat dict (one row of the gates' table)."""
@@ -59,15 +68,22 @@ def measure(
     loop_length: int | None = None,
     clip_run_samples: int = GateLimits.clip_run_samples,
     silence_threshold_dbfs: float = GateLimits.dropout_threshold_dbfs,
+    bar_lines: Sequence[int] = (),
 ) -> Metrics:
-    """Measure float (channels, frames) audio; the seam is measured when loop points are given."""
+    """Measure float (channels, frames) audio; the seam is measured when loop points are given,
+    and set against the music's own change across the `bar_lines` (frames) inside the loop."""
     _check_audio(audio, sample_rate)
     if (loop_start is None) != (loop_length is None):
         raise AudioError("loop_start and loop_length must be given together")
     frames = audio.shape[1]
+    outside = [b for b in bar_lines if not 0 <= b <= frames]
+    if outside:
+        raise AudioError(
+            f"bar lines must lie within the audio's {frames} frames, got {outside[:3]}"
+        )
     threshold = 10.0 ** (silence_threshold_dbfs / 20.0)
     lead_s, trail_s, dropout_s = _silences(audio, sample_rate, threshold)
-    seam_jump = seam_lu = None
+    seam = _Seam()
     if loop_start is not None and loop_length is not None:
         if loop_start < 0 or loop_length < 2 or loop_start + loop_length > frames:
             raise AudioError(
@@ -75,8 +91,8 @@ def measure(
                 f"audio's {frames} frames"
             )
         region = audio[:, loop_start : loop_start + loop_length]
-        seam_jump = _seam_jump_ratio(region, sample_rate)
-        seam_lu = _seam_loudness_change_lu(region, sample_rate)
+        inside = [int(b) - loop_start for b in bar_lines if 0 < b - loop_start < loop_length]
+        seam = _measure_seam(region, sample_rate, inside)
     sample_peak = float(np.max(np.abs(audio)))
     return Metrics(
         sample_rate=sample_rate,
@@ -95,8 +111,12 @@ def measure(
         silence_threshold_dbfs=silence_threshold_dbfs,
         loop_start=loop_start,
         loop_length=loop_length,
-        seam_jump_ratio=seam_jump,
-        seam_loudness_change_lu=seam_lu,
+        seam_jump_ratio=seam.jump_ratio,
+        seam_loudness_change_lu=seam.loudness_change_lu,
+        bar_jump_ratio=seam.bar_jump_ratio,
+        bar_loudness_change_lu=seam.bar_loudness_change_lu,
+        seam_jump_excess_ratio=seam.jump_excess_ratio,
+        seam_loudness_excess_lu=seam.loudness_excess_lu,
     )
 
 
@@ -241,36 +261,124 @@ def _clipped_runs(audio: np.ndarray, min_run: int, floor: float) -> int:
     return runs
 
 
+@dataclass(frozen=True)
+class _Seam:
+    """The seam's measures; all None when no loop is measured."""
+
+    jump_ratio: float | None = None
+    loudness_change_lu: float | None = None
+    bar_jump_ratio: float | None = None
+    bar_loudness_change_lu: float | None = None
+    jump_excess_ratio: float | None = None
+    loudness_excess_lu: float | None = None
+
+
+def _measure_seam(region: np.ndarray, sample_rate: int, bar_lines: Sequence[int]) -> _Seam:
+    """The wrap of `region`, the music's largest change across `bar_lines` (frames of `region`)
+    and how far the wrap goes beyond it; without a usable bar line the excess is the raw value."""
+    change_lu = _seam_loudness_change_lu(region, sample_rate)  # first: it refuses short loops
+    jump = _seam_jump_ratio(region, sample_rate)
+    bar_jump = _bar_jump_ratio(region, sample_rate, bar_lines)
+    bar_lu = _bar_loudness_change_lu(region, sample_rate, bar_lines)
+    jump_excess = jump / max(1.0, bar_jump) if bar_jump is not None else jump
+    lu_excess = change_lu
+    if bar_lu is not None:
+        # Compared, not subtracted: inf - inf (silence at the seam and at a bar) is no number.
+        lu_excess = 0.0 if bar_lu >= change_lu else change_lu - bar_lu
+    return _Seam(jump, change_lu, bar_jump, bar_lu, jump_excess, lu_excess)
+
+
 def _seam_jump_ratio(region: np.ndarray, sample_rate: int) -> float:
     """The click at the wrap: the second difference across it (last sample -> first sample)
     over the 90th percentile of second differences within SEAM_STEP_WINDOW_MS either side (or
     the masking floor, if higher), worst channel. A seamless wrap reads about 1 or less; a cut
     through a tone reads tens."""
-    width = max(3, round(SEAM_STEP_WINDOW_MS / 1000.0 * sample_rate))
-    width = min(width, region.shape[1] // 2)
+    width = _jump_width(region, sample_rate)
     around = np.concatenate([region[:, -width:], region[:, :width]], axis=1)
-    curvature = np.abs(np.diff(around, n=2, axis=1))
-    wrap = [width - 2, width - 1]  # the two second differences that straddle the wrap
-    click = curvature[:, wrap].max(axis=1)
-    typical = np.percentile(np.delete(curvature, wrap, axis=1), 90, axis=1)
+    return _jump_ratio(around, width, np.array([width]), _masking_floor(region))
+
+
+def _bar_jump_ratio(region: np.ndarray, sample_rate: int, bar_lines: Sequence[int]) -> float | None:
+    """The largest jump ratio, as at the wrap, within BAR_LINE_TOLERANCE_MS of a bar line whose
+    neighbourhood lies inside the loop; None when none does."""
+    width = _jump_width(region, sample_rate)
+    tolerance = round(BAR_LINE_TOLERANCE_MS / 1000.0 * sample_rate)
+    reach = width + tolerance
+    boundaries = width + np.arange(2 * tolerance + 1)
+    floor = _masking_floor(region)
+    ratios = [
+        _jump_ratio(region[:, bar - reach : bar + reach], width, boundaries, floor)
+        for bar in bar_lines
+        if reach <= bar <= region.shape[1] - reach
+    ]
+    return max(ratios) if ratios else None
+
+
+def _jump_width(region: np.ndarray, sample_rate: int) -> int:
+    """Frames either side of a boundary whose curvature a click there is compared with."""
+    width = max(3, round(SEAM_STEP_WINDOW_MS / 1000.0 * sample_rate))
+    return min(width, int(region.shape[1]) // 2)
+
+
+def _masking_floor(region: np.ndarray) -> np.ndarray:
+    """Per channel, the curvature the loop's music masks: SEAM_MASKING_DB under its RMS."""
     rms = np.sqrt(np.mean(np.square(region, dtype=np.float64), axis=1))
-    typical = np.maximum(typical, rms * 10.0 ** (SEAM_MASKING_DB / 20.0))
-    ratio = np.divide(click, typical, out=np.zeros_like(click), where=typical > 0)
+    floor: np.ndarray = rms * 10.0 ** (SEAM_MASKING_DB / 20.0)
+    return floor
+
+
+def _jump_ratio(around: np.ndarray, width: int, boundaries: np.ndarray, floor: np.ndarray) -> float:
+    """Largest, over channels and `boundaries` (the first frame after each, in `around`), of the
+    second difference across the boundary over the 90th percentile of those `width` frames either
+    side of it (or `floor`). `around` runs `width` frames past the outermost boundaries."""
+    curvature = np.abs(np.diff(around, n=2, axis=1))
+    # Second difference k spans frames k..k+2: k = b-2 and b-1 straddle the boundary b.
+    click = np.maximum(curvature[:, boundaries - 2], curvature[:, boundaries - 1])
+    windows = np.lib.stride_tricks.sliding_window_view(curvature, width - 2, axis=1)
+    beside = np.concatenate([windows[:, boundaries - width], windows[:, boundaries]], axis=2)
+    typical = np.maximum(np.percentile(beside, 90, axis=2), floor[:, None])
+    ratio = np.divide(click, typical, out=np.zeros_like(typical), where=typical > 0)
     ratio[(typical == 0) & (click > 0)] = math.inf
     return float(ratio.max())
 
 
-def _seam_loudness_change_lu(region: np.ndarray, sample_rate: int) -> float:
-    """Short-term loudness (3 s, or half a shorter loop) of the loop's end vs its start."""
-    window_s = min(SHORT_TERM_S, region.shape[1] / sample_rate / 2.0)
-    width = round(window_s * sample_rate)
+def _short_term_width(region: np.ndarray, sample_rate: int) -> int:
+    """Frames in the seam's loudness windows: SHORT_TERM_S, or half a shorter loop."""
+    window_s = min(SHORT_TERM_S, int(region.shape[1]) / sample_rate / 2.0)
     if window_s < BLOCK_S:
         raise AudioError(
             f"loop is {region.shape[1] / sample_rate:.2f} s long; the seam needs at least "
             f"{2 * BLOCK_S} s"
         )
-    end = integrated_lufs(region[:, -width:], sample_rate, block_s=width / sample_rate)
-    start = integrated_lufs(region[:, :width], sample_rate, block_s=width / sample_rate)
-    if math.isinf(end) and math.isinf(start):
+    return round(window_s * sample_rate)
+
+
+def _seam_loudness_change_lu(region: np.ndarray, sample_rate: int) -> float:
+    """Short-term loudness (3 s, or half a shorter loop) of the loop's end vs its start."""
+    width = _short_term_width(region, sample_rate)
+    return _loudness_change_lu(region[:, -width:], region[:, :width], sample_rate)
+
+
+def _bar_loudness_change_lu(
+    region: np.ndarray, sample_rate: int, bar_lines: Sequence[int]
+) -> float | None:
+    """The largest short-term loudness change, window before vs after, across the bar lines
+    whose windows lie inside the loop; None when none does."""
+    width = _short_term_width(region, sample_rate)
+    # Windows may overlap the seam's: a phrase's largest change is as likely next to the wrap
+    # as anywhere. A fade into the wrap then shows in part at the last bar lines too.
+    changes = [
+        _loudness_change_lu(region[:, bar - width : bar], region[:, bar : bar + width], sample_rate)
+        for bar in bar_lines
+        if width <= bar <= region.shape[1] - width
+    ]
+    return max(changes) if changes else None
+
+
+def _loudness_change_lu(before: np.ndarray, after: np.ndarray, sample_rate: int) -> float:
+    """Absolute difference of the loudness of two windows, each measured as one block."""
+    a = integrated_lufs(before, sample_rate, block_s=before.shape[1] / sample_rate)
+    b = integrated_lufs(after, sample_rate, block_s=after.shape[1] / sample_rate)
+    if math.isinf(a) and math.isinf(b):
         return 0.0
-    return abs(end - start)
+    return abs(a - b)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,11 +14,17 @@ from soundtrack.encode import encode
 from soundtrack.errors import AudioError
 from soundtrack.master import Master
 from soundtrack.measure import measure, measure_file, read_loop_tags
+from soundtrack.spec import GateLimits
+from tests.music import chord_cycle
 from tests.reference import ebur128
 from tests.signals import music_like, pink_noise, sine
 
 SR = 44100
 TAGS = {"title": "t", "soundtrack": "test", "track_id": "t", "spec_hash": "ab12"}
+CYCLE = 16 * SR  # chord_cycle's period at 120 bpm: 8 bars of 2 s
+LIMITS = GateLimits()
+# As a beat analysis may place bar lines: on the downbeat, or 10 ms either side of it.
+BAR_OFFSETS_MS = pytest.mark.parametrize("offset_ms", [-10.0, 0.0, 10.0])
 
 
 def _with_zeros(audio: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
@@ -126,6 +133,81 @@ def test_seam_loudness_compares_the_loop_end_with_its_start() -> None:
     assert metrics.seam_loudness_change_lu == pytest.approx(6.02, abs=0.2)
 
 
+def _bar_lines(offset_ms: float) -> list[int]:
+    """chord_cycle's downbeats after the first, to the end of the second cycle, `offset_ms` off."""
+    return [k * 2 * SR + round(offset_ms / 1000.0 * SR) for k in range(1, 9)]
+
+
+@BAR_OFFSETS_MS
+def test_a_phrase_that_repeats_exactly_is_judged_against_its_own_bar_lines(
+    offset_ms: float,
+) -> None:
+    # A chord per bar, each at its own level: the loudness steps at every bar line, the wrap too.
+    metrics = measure(
+        chord_cycle(17.0, SR), SR, loop_start=0, loop_length=CYCLE, bar_lines=_bar_lines(offset_ms)
+    )
+    assert (
+        metrics.seam_loudness_change_lu is not None and metrics.bar_loudness_change_lu is not None
+    )
+    assert metrics.seam_loudness_change_lu > LIMITS.seam_loudness_max_lu  # raw: rejected today
+    assert metrics.seam_loudness_excess_lu is not None
+    assert metrics.seam_loudness_excess_lu <= LIMITS.seam_loudness_max_lu
+    assert metrics.bar_jump_ratio is not None and metrics.seam_jump_excess_ratio is not None
+    assert metrics.seam_jump_excess_ratio < 1.0
+
+
+@BAR_OFFSETS_MS
+@pytest.mark.parametrize(
+    ("defect", "column", "limit"),
+    [
+        ("wrap 0.3 s into the first chord", "seam_jump_excess_ratio", LIMITS.seam_jump_max_ratio),
+        ("last 3 s 3 dB down", "seam_loudness_excess_lu", LIMITS.seam_loudness_max_lu),
+    ],
+)
+def test_a_defect_at_the_wrap_still_exceeds_the_music_s_own_change(
+    offset_ms: float, defect: str, column: str, limit: float
+) -> None:
+    audio = chord_cycle(17.0, SR)
+    length = CYCLE
+    if defect.startswith("wrap"):
+        length = CYCLE + round(0.3 * SR)  # cut through the next cycle's first chord: a click
+    else:
+        audio[:, CYCLE - 3 * SR : CYCLE] *= 10.0 ** (-3.0 / 20.0)  # a level step 1 s into bar 7
+    metrics = measure(audio, SR, loop_start=0, loop_length=length, bar_lines=_bar_lines(offset_ms))
+    value = metrics.as_row()[column]
+    assert value is not None and value > limit
+
+
+@BAR_OFFSETS_MS
+def test_a_click_the_music_makes_at_every_bar_line_is_found_near_it(offset_ms: float) -> None:
+    # A stutter edit: the phase steps 3/8 of a turn at every bar line, and so at the wrap too.
+    t = np.arange(17 * SR) / SR
+    phase = 2.0 * np.pi * 220.0 * t + np.floor(t / 2.0) * 0.75 * np.pi
+    audio = np.tile(0.3 * np.sin(phase), (2, 1)).astype(np.float32)
+    edited = measure(audio, SR, loop_start=0, loop_length=CYCLE, bar_lines=_bar_lines(offset_ms))
+    assert edited.seam_jump_ratio is not None and edited.seam_jump_ratio > 10.0
+    assert edited.bar_jump_ratio is not None and edited.bar_jump_ratio >= edited.seam_jump_ratio
+    assert edited.seam_jump_excess_ratio is not None and edited.seam_jump_excess_ratio <= 1.0
+
+
+def test_without_bar_lines_inside_the_loop_the_excess_is_the_raw_seam() -> None:
+    audio = chord_cycle(17.0, SR)
+    judged = measure(audio, SR, loop_start=0, loop_length=CYCLE, bar_lines=_bar_lines(0.0))
+    for bar_lines in ([], [0, CYCLE]):  # none; the loop's start and end only
+        raw = measure(audio, SR, loop_start=0, loop_length=CYCLE, bar_lines=bar_lines)
+        assert raw.bar_jump_ratio is None and raw.bar_loudness_change_lu is None
+        assert raw.seam_jump_ratio == judged.seam_jump_ratio
+        assert raw.seam_loudness_change_lu == judged.seam_loudness_change_lu
+        assert raw.seam_jump_excess_ratio == raw.seam_jump_ratio
+        assert raw.seam_loudness_excess_lu == raw.seam_loudness_change_lu
+    # 1 s from the ends: room for the click's 25 ms either side, not for 3 s loudness windows
+    near_ends = measure(audio, SR, loop_start=0, loop_length=CYCLE, bar_lines=[SR, CYCLE - SR])
+    assert near_ends.bar_jump_ratio is not None and near_ends.bar_loudness_change_lu is None
+    assert near_ends.seam_loudness_excess_lu == near_ends.seam_loudness_change_lu
+    unlooped = measure(audio, SR, bar_lines=_bar_lines(0.0))
+    assert unlooped.bar_jump_ratio is None and unlooped.seam_jump_excess_ratio is None
+
+
 def test_loop_tags_are_read_from_ogg_comments_and_the_wav_smpl_chunk(tmp_path: Path) -> None:
     audio = music_like(3.0, SR)
     info = {"input_lufs": -20.0, "gain_db": 0.0, "limiter_reduction_db": 0.0}
@@ -148,10 +230,11 @@ def test_loop_tags_are_read_from_ogg_comments_and_the_wav_smpl_chunk(tmp_path: P
         (np.zeros((7, SR), dtype=np.float32), {}, "1-5 channels"),
         (np.zeros((2, SR), dtype=np.float32), {"loop_start": 0}, "given together"),
         (np.zeros((2, SR), dtype=np.float32), {"loop_start": 10, "loop_length": SR}, "outside"),
+        (np.zeros((2, SR), dtype=np.float32), {"bar_lines": [-1]}, r"within the audio's .* \[-1\]"),
     ],
 )
 def test_bad_input_is_refused_with_a_reason(
-    audio: np.ndarray, kwargs: dict[str, int], message: str
+    audio: np.ndarray, kwargs: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(AudioError, match=message):
         measure(audio, SR, **kwargs)
