@@ -149,3 +149,35 @@ def _between_peaks(channel: np.ndarray, circular: bool) -> np.ndarray:
 def true_peak(audio: np.ndarray) -> float:
     """Largest 4x-oversampled magnitude of (channels, frames) audio, as a linear amplitude."""
     return float(oversampled_peaks(audio).max())
+
+
+SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term window
+_SHORT_TERM_STEP_S = 0.1  # how often Tech 3342 reads it (10 Hz), as ffmpeg's ebur128 does
+_LRA_RELATIVE_GATE_LU = -20.0
+_LRA_PERCENTILES = (10.0, 95.0)
+
+
+def loudness_range_lu(audio: np.ndarray, sample_rate: int) -> float:
+    """EBU Tech 3342 loudness range (LRA) of (channels, frames) audio: the spread between the
+    10th and 95th percentiles of the gated short-term loudness; 0.0 when nothing passes."""
+    # 0.1 s blocks overlap by 75 %, so every 4th one tiles the audio with 100 ms segments;
+    # segments that would run past the end are left out rather than counted short.
+    tiling = round(1.0 / (1.0 - _OVERLAP))
+    whole = int(audio.shape[1] / (_SHORT_TERM_STEP_S * sample_rate))
+    segments = block_powers(audio, sample_rate, block_s=_SHORT_TERM_STEP_S)[::tiling][:whole]
+    per_window = round(SHORT_TERM_S / _SHORT_TERM_STEP_S)
+    if segments.size < per_window:
+        return 0.0
+    cumulative = np.concatenate(([0.0], np.cumsum(segments)))
+    powers = (cumulative[per_window:] - cumulative[:-per_window]) / per_window
+    with np.errstate(divide="ignore"):
+        short_term = -0.691 + 10.0 * np.log10(powers)
+    # Tech 3342: the absolute gate, then a relative gate 20 LU under the power mean of the
+    # windows that passed it.
+    above_absolute = short_term > ABSOLUTE_GATE_LUFS
+    if not above_absolute.any():
+        return 0.0
+    relative_gate = _lufs(powers[above_absolute]) + _LRA_RELATIVE_GATE_LU
+    gated = short_term[above_absolute & (short_term > relative_gate)]
+    low, high = np.percentile(gated, _LRA_PERCENTILES)
+    return float(high - low)

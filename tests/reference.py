@@ -13,6 +13,7 @@ import imageio_ffmpeg
 
 _INTEGRATED = re.compile(r"Integrated loudness:\s*I:\s*(-?[\d.]+|-inf) LUFS")
 _TRUE_PEAK = re.compile(r"True peak:\s*Peak:\s*(-?[\d.]+|-inf) dBFS")
+_LRA = re.compile(r"Loudness range:\s*LRA:\s*([\d.]+) LU")
 
 
 def _number(text: str) -> float:
@@ -21,6 +22,25 @@ def _number(text: str) -> float:
 
 def ebur128(path: Path) -> tuple[float, float]:
     """(integrated LUFS, true peak dBTP) of a file from ffmpeg's ebur128 summary (0.1 steps)."""
+    summary = _ebur128_summary(path, "ebur128=peak=true:framelog=quiet")
+    integrated = _INTEGRATED.search(summary)
+    peak = _TRUE_PEAK.search(summary)
+    if integrated is None or peak is None:
+        raise RuntimeError(f"no ebur128 summary for {path}: {summary[-2000:]}")
+    return _number(integrated.group(1)), _number(peak.group(1))
+
+
+def ebur128_lra(path: Path) -> float:
+    """Loudness range (EBU Tech 3342, LU) of a file from ffmpeg's ebur128 summary (0.1 steps)."""
+    summary = _ebur128_summary(path, "ebur128=framelog=quiet")
+    found = _LRA.search(summary)
+    if found is None:
+        raise RuntimeError(f"no loudness range in the ebur128 summary for {path}: {summary}")
+    return float(found.group(1))
+
+
+def _ebur128_summary(path: Path, audio_filter: str) -> str:
+    """The summary ffmpeg's ebur128 filter prints at the end of stderr."""
     proc = subprocess.run(
         [
             imageio_ffmpeg.get_ffmpeg_exe(),
@@ -29,7 +49,7 @@ def ebur128(path: Path) -> tuple[float, float]:
             "-i",
             str(path),
             "-af",
-            "ebur128=peak=true:framelog=quiet",
+            audio_filter,
             "-f",
             "null",
             "-",
@@ -40,12 +60,7 @@ def ebur128(path: Path) -> tuple[float, float]:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg ebur128 failed on {path}: {proc.stderr[-2000:]}")
-    summary = proc.stderr[proc.stderr.rfind("Summary:") :]
-    integrated = _INTEGRATED.search(summary)
-    peak = _TRUE_PEAK.search(summary)
-    if integrated is None or peak is None:
-        raise RuntimeError(f"no ebur128 summary for {path}: {proc.stderr[-2000:]}")
-    return _number(integrated.group(1)), _number(peak.group(1))
+    return proc.stderr[proc.stderr.rfind("Summary:") :]
 
 
 def sha256_of(path: Path) -> str:

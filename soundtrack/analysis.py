@@ -1,0 +1,543 @@
+"""Music analysis of one piece of audio: tempo, beats, bars, key, loudness range, brightness,
+onset rate and timbre. Numbers only; the gates judge them.
+
+All features come from one STFT (2048 points, hop 512) of a mono mix resampled to 22050 Hz.
+
+- Tempo: first the strongest lag of the onset envelope's autocorrelation weighted by a
+  log-normal prior at 120 bpm (or at `bpm_hint`), one octave wide, as librosa.feature.tempo
+  weighs its tempogram (which cost a third of the analysis time). A lag grid is 1-7 % coarse,
+  so the period is refined on the same autocorrelation: the peak near one beat, then near 2,
+  4, 8 ... beats, up to half the audio, each located by parabolic interpolation, so the
+  period's error shrinks with the lag (measured: under 0.03 % at 55-190 bpm).
+- Metrical level (octave). With `bpm_hint`: half, the same or double the estimate, whichever
+  lies nearest the hint. Without one, the accent rule: accents are the onsets below 2 kHz
+  (kick, snare, bass, chords; hi-hats barely count). Double when the off-beats carry at least
+  0.6 of the beats' accent (the beat is really twice as fast), halve when every other beat
+  carries under 0.4 of its neighbours' (those are off-beats), keeping within 50-200 bpm.
+  On the test grooves the off-beat ratio is 0.94 where doubling is right and at most 0.17
+  elsewhere; the alternate-beat ratio 0.18 where halving is right and at least 0.69 elsewhere.
+- No tempo (None, no beats) when the onset envelope's autocorrelation one beat away is under
+  0.25 of its energy: there is no pulse (pink noise reads 0.07, the test grooves 0.55-0.99).
+- Beats: librosa's dynamic-programming tracker at the chosen tempo; end beats it bent away
+  from the steady spacing are dropped, and each beat moves to the strongest onset within two
+  frames. The log-mel flux of a 93 ms window peaks before an attack reaches the frame centre,
+  so beat times are frame centres plus ONSET_LAG_S (measured 12-18 ms on drums, plucks and
+  chords). The test grooves' beats land within 16 ms of the truth.
+- Downbeats: of the beats_per_bar phases of the beat sequence, the one whose beats score
+  highest, a beat's score being the sum of two z-scores across all beats: its
+  low-frequency (< 200 Hz: kick and bass) onset strength, and the harmonic change at it
+  (1 - cosine similarity of the summed chroma amplitude of the bar before it and of the bar
+  from it on). The phase's score is the median over its beats, so one outsized onset (the
+  first after silence) does not decide it. Either cue alone finds the bars of the test grooves;
+  without a kick, chords sharing notes (C, Am, F, G arpeggios) can mislead the chroma cue.
+- Key: the mean chroma (its square root, so loud chords do not drown the rest) correlated with
+  Temperley's (Kostka-Payne) profiles in all 24 keys. key_confidence is the correlation margin:
+  the best key's Pearson r minus the runner-up's (0 = a tie, often with the relative key; the
+  test grooves 0.10-0.23). No key when no profile correlates at 0.5 or more (noise: 0.37).
+- Timbre: mean and standard deviation of MFCCs 1-12 (not 0, which is level) over the frames
+  within 60 dB of the loudest. timbre_distance is the root-mean-square difference of these 24
+  numbers (log-mel dB units): 2-5 between variants of one arrangement (tempo, key, seed),
+  12-34 between different instruments (drums and bass, plucks, chords, noise) in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from soundtrack.errors import AudioError
+from soundtrack.keys import Key, conventional_key, key_match, parse_key, semitones_apart
+from soundtrack.loudness import loudness_range_lu
+
+ANALYSIS_RATE = 22050
+_N_FFT = 2048
+_HOP = 512
+_FRAME_RATE = ANALYSIS_RATE / _HOP
+_LEAD_FRAMES = _N_FFT // (2 * _HOP)  # half a window of silence before the audio
+MIN_DURATION_S = 1.0
+ONSET_LAG_S = 0.016
+END_SLACK_FRAMES = 1.5  # beat spacing at the ends may differ from the median by this much
+SNAP_FRAMES = 2  # a beat moves to the strongest onset this close (46 ms)
+ACCENT_MAX_HZ = 2000.0
+DOWNBEAT_MAX_HZ = 200.0
+PULSE_CLARITY_MIN = 0.25
+TEMPO_RANGE_BPM = (30.0, 320.0)  # librosa's tempo estimate's range
+DOUBLE_OFFBEAT_RATIO = 0.6
+HALVE_ALTERNATE_RATIO = 0.4
+OCTAVE_RULE_BPM = (50.0, 200.0)
+KEY_CORRELATION_MIN = 0.5
+TIMBRE_ACTIVE_DB = 60.0
+SIMILAR_TIMBRE_MAX = 8.0  # timbre distance that compare() still calls similar
+_MFCC_COUNT = 12
+# Temperley (1999) key profiles, from the Kostka-Payne corpus, tonic first.
+_MAJOR_PROFILE = np.array(
+    [0.748, 0.060, 0.488, 0.082, 0.670, 0.460, 0.096, 0.715, 0.104, 0.366, 0.057, 0.400]
+)
+_MINOR_PROFILE = np.array(
+    [0.712, 0.084, 0.474, 0.618, 0.049, 0.460, 0.105, 0.747, 0.404, 0.067, 0.133, 0.330]
+)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the analysis measured; positions are in samples at `sample_rate`."""
+
+    sample_rate: int
+    frames: int
+    tempo_bpm: float | None  # None when no pulse was found (a drone, noise)
+    beats: tuple[int, ...]
+    downbeats: tuple[int, ...]  # bar starts, a subset of beats
+    beats_per_bar: int
+    key: str | None  # e.g. "A minor", spelt as soundtrack.keys.conventional_key does
+    key_confidence: float  # correlation margin over the runner-up key, 0..1
+    loudness_range_lu: float  # EBU Tech 3342 LRA
+    spectral_centroid_hz: float  # of the summed magnitude spectrum (frames weighted by level)
+    onset_rate_per_s: float
+    timbre: tuple[float, ...]  # MFCC 1-12 means, then their standard deviations
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One measure of two analyses, as text: its value in each and how they differ."""
+
+    name: str
+    a: str
+    b: str
+    difference: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How b differs from a: the numbers, a table and a one-line verdict."""
+
+    tempo_ratio: float | None  # b's tempo over a's
+    key_relation: str  # same, relative, transposed, different or unknown
+    key_semitones: int | None  # b's tonic above a's, -5..+6
+    loudness_range_difference_lu: float  # b - a
+    centroid_ratio: float  # b / a
+    timbre_distance: float
+    rows: tuple[ComparisonRow, ...]
+    verdict: str
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain values for JSON."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Features:
+    """The frame-rate features of the mono mix at ANALYSIS_RATE."""
+
+    onsets: np.ndarray  # log-mel flux, all bands
+    accents: np.ndarray  # log-mel flux below ACCENT_MAX_HZ
+    low_onsets: np.ndarray  # log-mel flux below DOWNBEAT_MAX_HZ
+    chroma: np.ndarray  # (12, frames) power per pitch class
+    timbre: tuple[float, ...]
+    centroid_hz: float
+
+
+def analyse(
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    beats_per_bar: int = 4,
+    bpm_hint: float | None = None,
+) -> Analysis:
+    """Measure (channels, frames) audio: tempo, beats and bars, key, LRA, brightness, timbre."""
+    # 1. Check inputs
+    _check_inputs(audio, sample_rate, beats_per_bar, bpm_hint)
+    # 2. One mono mix at the analysis rate, one STFT, every feature from it
+    features = _features(audio, sample_rate)
+    # 3. Tempo and its metrical level
+    tempo_bpm = _tempo(features, bpm_hint)
+    # 4. Beats and bars
+    beat_frames = np.zeros(0, dtype=np.int64)
+    if tempo_bpm is not None:
+        beat_frames = _beats(features.onsets, tempo_bpm)
+    bar_starts = beat_frames[_downbeat_phase(features, beat_frames, beats_per_bar) :: beats_per_bar]
+    # 5. Key
+    key, key_confidence = _key(features.chroma)
+    # 6. Loudness range on the audio as given (all channels, full rate): LRA is defined there
+    loudness_range = loudness_range_lu(audio, sample_rate)
+    return Analysis(
+        sample_rate=sample_rate,
+        frames=audio.shape[1],
+        tempo_bpm=tempo_bpm,
+        beats=_to_samples(beat_frames, sample_rate, audio.shape[1]),
+        downbeats=_to_samples(bar_starts, sample_rate, audio.shape[1]),
+        beats_per_bar=beats_per_bar,
+        key=None if key is None else key.name,
+        key_confidence=key_confidence,
+        loudness_range_lu=loudness_range,
+        spectral_centroid_hz=features.centroid_hz,
+        onset_rate_per_s=_onset_count(features.onsets) * sample_rate / audio.shape[1],
+        timbre=features.timbre,
+    )
+
+
+def analysis_row(a: Analysis) -> dict[str, float | int | str | None]:
+    """The scalar measures of an analysis for a report (no beat lists)."""
+    return {
+        "duration_s": a.frames / a.sample_rate,
+        "tempo_bpm": a.tempo_bpm,
+        "beat_count": len(a.beats),
+        "beats_per_bar": a.beats_per_bar,
+        "first_downbeat_s": a.downbeats[0] / a.sample_rate if a.downbeats else None,
+        "key": a.key,
+        "key_confidence": a.key_confidence,
+        "loudness_range_lu": a.loudness_range_lu,
+        "spectral_centroid_hz": a.spectral_centroid_hz,
+        "onset_rate_per_s": a.onset_rate_per_s,
+    }
+
+
+def timbre_distance(a: Analysis, b: Analysis) -> float:
+    """Root-mean-square difference of the MFCC statistics (module doc): small for the same
+    sound, large for a different one."""
+    return float(np.sqrt(np.mean((np.asarray(a.timbre) - np.asarray(b.timbre)) ** 2)))
+
+
+def compare(a: Analysis, b: Analysis) -> Comparison:
+    """How b differs from a in tempo, key, loudness range, brightness and timbre."""
+    tempo_ratio = None
+    if a.tempo_bpm is not None and b.tempo_bpm is not None:
+        tempo_ratio = b.tempo_bpm / a.tempo_bpm
+    key_relation, semitones, key_text = _key_relation(a.key, b.key)
+    lra_difference = b.loudness_range_lu - a.loudness_range_lu
+    centroid_ratio = b.spectral_centroid_hz / max(a.spectral_centroid_hz, 1e-9)
+    distance = timbre_distance(a, b)
+    similar = distance <= SIMILAR_TIMBRE_MAX
+    rows = (
+        ComparisonRow(
+            "tempo_bpm",
+            _text(a.tempo_bpm, "{:.2f}"),
+            _text(b.tempo_bpm, "{:.2f}"),
+            "no tempo" if tempo_ratio is None else f"b/a = {tempo_ratio:.3f}",
+        ),
+        ComparisonRow("key", a.key or "none", b.key or "none", key_text),
+        ComparisonRow(
+            "loudness_range_lu",
+            f"{a.loudness_range_lu:.1f}",
+            f"{b.loudness_range_lu:.1f}",
+            f"b - a = {lra_difference:+.1f} LU",
+        ),
+        ComparisonRow(
+            "spectral_centroid_hz",
+            f"{a.spectral_centroid_hz:.0f}",
+            f"{b.spectral_centroid_hz:.0f}",
+            f"b/a = {centroid_ratio:.2f}",
+        ),
+        ComparisonRow(
+            "timbre",
+            "",
+            "",
+            f"distance {distance:.1f} ({'similar' if similar else 'different'})",
+        ),
+    )
+    verdict = ", ".join(
+        [
+            _tempo_verdict(tempo_ratio),
+            key_text,
+            "similar timbre" if similar else "different timbre",
+        ]
+    )
+    return Comparison(
+        tempo_ratio=tempo_ratio,
+        key_relation=key_relation,
+        key_semitones=semitones,
+        loudness_range_difference_lu=lra_difference,
+        centroid_ratio=centroid_ratio,
+        timbre_distance=distance,
+        rows=rows,
+        verdict=verdict,
+    )
+
+
+def _check_inputs(
+    audio: np.ndarray, sample_rate: int, beats_per_bar: int, bpm_hint: float | None
+) -> None:
+    if audio.ndim != 2 or audio.shape[0] not in (1, 2):
+        raise AudioError(f"audio must be shaped (1 or 2 channels, frames), got {audio.shape}")
+    if sample_rate <= 0:
+        raise AudioError(f"sample_rate must be positive, got {sample_rate}")
+    if audio.shape[1] < MIN_DURATION_S * sample_rate:
+        raise AudioError(
+            f"audio is {audio.shape[1] / sample_rate:.2f} s long; "
+            f"the analysis needs at least {MIN_DURATION_S} s"
+        )
+    if not np.isfinite(audio).all():
+        raise AudioError("audio contains NaN or infinite samples")
+    if beats_per_bar < 1:
+        raise ValueError(f"beats_per_bar must be at least 1, got {beats_per_bar}")
+    if bpm_hint is not None and not bpm_hint > 0.0:
+        raise ValueError(f"bpm_hint must be a positive tempo in bpm, got {bpm_hint}")
+
+
+def _features(audio: np.ndarray, sample_rate: int) -> _Features:
+    import librosa  # numba compiles on first use: keep it off the import path
+    import soxr
+
+    mono = audio.mean(axis=0, dtype=np.float32)
+    if sample_rate != ANALYSIS_RATE:
+        mono = soxr.resample(mono, sample_rate, ANALYSIS_RATE)
+    # Silence ahead, so an attack on the first sample is a rise from one frame to the next.
+    mono = np.concatenate([np.zeros(_LEAD_FRAMES * _HOP, np.float32), mono])
+    magnitude = np.abs(librosa.stft(mono, n_fft=_N_FFT, hop_length=_HOP))
+    power = magnitude**2
+    mel = librosa.feature.melspectrogram(S=power, sr=ANALYSIS_RATE)
+    mel_db = librosa.power_to_db(mel)
+    mel_hz = librosa.mel_frequencies(n_mels=mel.shape[0], fmax=ANALYSIS_RATE / 2)
+
+    def flux(bands: np.ndarray) -> np.ndarray:
+        # center=False: frame t is the rise into the STFT frame centred at t * hop.
+        envelope: np.ndarray = librosa.onset.onset_strength(
+            S=mel_db[bands], sr=ANALYSIS_RATE, hop_length=_HOP, center=False
+        )
+        return envelope
+
+    level_db = 10.0 * np.log10(mel.sum(axis=0) + 1e-20)
+    mfcc = librosa.feature.mfcc(S=mel_db, n_mfcc=_MFCC_COUNT + 1)
+    active = mfcc[1:, level_db >= level_db.max() - TIMBRE_ACTIVE_DB]  # not 0: it is the level
+    freqs = librosa.fft_frequencies(sr=ANALYSIS_RATE, n_fft=_N_FFT)
+    spectrum = magnitude.sum(axis=1)
+    return _Features(
+        onsets=flux(np.ones(mel.shape[0], dtype=bool)),
+        accents=flux(mel_hz < ACCENT_MAX_HZ),
+        low_onsets=flux(mel_hz < DOWNBEAT_MAX_HZ),
+        chroma=librosa.feature.chroma_stft(S=power, sr=ANALYSIS_RATE, tuning=0.0, norm=None),
+        timbre=tuple(float(v) for v in np.concatenate([active.mean(axis=1), active.std(axis=1)])),
+        centroid_hz=float(freqs @ spectrum / max(float(spectrum.sum()), 1e-20)),
+    )
+
+
+def _tempo(features: _Features, bpm_hint: float | None) -> float | None:
+    """The refined tempo at the chosen metrical level, or None without a clear pulse."""
+    autocorrelation = _autocorrelation(features.onsets)
+    if autocorrelation[0] <= 0.0:
+        return None
+    coarse = _coarse_period(autocorrelation, bpm_hint if bpm_hint is not None else 120.0)
+    period = _refined_period(autocorrelation, coarse)
+    if period is None:
+        return None
+    beat_lag = round(period)
+    clarity = autocorrelation[beat_lag - 1 : beat_lag + 2].max() / autocorrelation[0]
+    if clarity < PULSE_CLARITY_MIN:
+        return None
+    bpm = 60.0 * _FRAME_RATE / period
+    if bpm_hint is not None:
+        return min((bpm * m for m in (0.5, 1.0, 2.0)), key=lambda t: abs(math.log(t / bpm_hint)))
+    return bpm * _accent_level(features.accents, period, bpm)
+
+
+def _coarse_period(autocorrelation: np.ndarray, prior_bpm: float) -> float:
+    """The lag (frames) of the strongest periodicity within TEMPO_RANGE_BPM, weighted as
+    librosa.feature.tempo weights its tempogram: log-normal, one octave wide, at `prior_bpm`."""
+    slowest, fastest = TEMPO_RANGE_BPM
+    lags = np.arange(
+        math.ceil(60.0 * _FRAME_RATE / fastest),
+        min(math.floor(60.0 * _FRAME_RATE / slowest), autocorrelation.size - 1) + 1,
+    )
+    weight = np.exp(-0.5 * np.log2(60.0 * _FRAME_RATE / lags / prior_bpm) ** 2)
+    return float(lags[np.argmax(np.maximum(autocorrelation[lags], 0.0) * weight)])
+
+
+def _autocorrelation(envelope: np.ndarray) -> np.ndarray:
+    """Unbiased autocorrelation of the mean-removed envelope at lags 0 .. len - 1."""
+    centred = envelope - envelope.mean()
+    n = centred.size
+    spectrum = np.fft.rfft(centred, 2 * n)
+    products = np.fft.irfft(np.abs(spectrum) ** 2)[:n]
+    unbiased: np.ndarray = products / (n - np.arange(n))
+    return unbiased
+
+
+def _refined_period(autocorrelation: np.ndarray, period: float) -> float | None:
+    """The beat period in frames from the autocorrelation peaks near k * `period` for k = 1, 2,
+    4 ... and finally the most beats that fit in half the envelope."""
+    usable = autocorrelation.size // 2
+    beats = 1
+    while True:
+        lag = _peak_near(autocorrelation, beats * period, period / 5.0)
+        if lag is None:
+            return None if beats == 1 else period
+        period = lag / beats
+        if 2 * beats * period > usable:
+            break
+        beats *= 2
+    most = int(usable // period)
+    if most > beats:
+        lag = _peak_near(autocorrelation, most * period, period / 5.0)
+        if lag is not None:
+            period = lag / most
+    return period
+
+
+def _peak_near(values: np.ndarray, centre: float, half_width: float) -> float | None:
+    """The largest value within `half_width` of `centre`, located between samples by a parabola
+    through it and its neighbours; None if the window leaves the array."""
+    first = max(1, math.floor(centre - half_width))
+    last = min(values.size - 2, math.ceil(centre + half_width))
+    if last < first:
+        return None
+    i = first + int(np.argmax(values[first : last + 1]))
+    before, at, after = values[i - 1], values[i], values[i + 1]
+    curvature = before - 2.0 * at + after
+    return float(i + (0.5 * (before - after) / curvature if curvature < 0.0 else 0.0))
+
+
+def _accent_level(accents: np.ndarray, period: float, bpm: float) -> float:
+    """2, 1 or 0.5: the factor to the metrical level whose beats carry the accents."""
+    phases = np.arange(0.0, period, 0.5)
+    on_beat = [_pulse_strength(accents, period, phase) for phase in phases]
+    phase = float(phases[int(np.argmax(on_beat))])
+    on = max(on_beat)
+    if on <= 0.0:
+        return 1.0
+    slowest, fastest = OCTAVE_RULE_BPM
+    off = _pulse_strength(accents, period, phase + period / 2.0)
+    if off >= DOUBLE_OFFBEAT_RATIO * on and 2.0 * bpm <= fastest:
+        return 2.0
+    first = _pulse_strength(accents, 2.0 * period, phase)
+    second = _pulse_strength(accents, 2.0 * period, phase + period)
+    if min(first, second) < HALVE_ALTERNATE_RATIO * max(first, second) and bpm / 2.0 >= slowest:
+        return 0.5
+    return 1.0
+
+
+def _pulse_strength(envelope: np.ndarray, period: float, phase: float) -> float:
+    """Mean of the envelope's local maxima at phase, phase + period, phase + 2 * period ..."""
+    at = np.round(phase + period * np.arange(int((envelope.size - phase) / period) + 1))
+    at = at[at < envelope.size].astype(np.int64)
+    return float(_local_max(envelope, at).mean()) if at.size else 0.0
+
+
+def _local_max(envelope: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The envelope's largest value within one frame of each index in `at`."""
+    padded = np.pad(envelope, 1)
+    peaks: np.ndarray = np.maximum(np.maximum(padded[at], padded[at + 1]), padded[at + 2])
+    return peaks
+
+
+def _beats(onsets: np.ndarray, tempo_bpm: float) -> np.ndarray:
+    import librosa
+
+    _, frames = librosa.beat.beat_track(
+        onset_envelope=onsets, sr=ANALYSIS_RATE, hop_length=_HOP, bpm=tempo_bpm
+    )
+    beats: np.ndarray = np.asarray(frames, dtype=np.int64)
+    if beats.size < 3:
+        return beats
+    # The tracker bends the last (or first) beats toward whatever onset lies nearest the end
+    # (a hi-hat, the cut): drop end beats spaced further from the median than rounding to
+    # frames explains.
+    period = float(np.median(np.diff(beats)))
+    first, last = 0, beats.size - 1
+    while last - first >= 2 and abs(beats[first + 1] - beats[first] - period) > END_SLACK_FRAMES:
+        first += 1
+    while last - first >= 2 and abs(beats[last] - beats[last - 1] - period) > END_SLACK_FRAMES:
+        last -= 1
+    # The tracker trades onsets against an even spacing, and near the ends, where a beat has
+    # one neighbour, the spacing wins: put each beat on the strongest onset within SNAP_FRAMES.
+    kept = beats[first : last + 1]
+    offsets = np.arange(-SNAP_FRAMES, SNAP_FRAMES + 1)
+    around = np.clip(kept[:, None] + offsets[None, :], 0, onsets.size - 1)
+    snapped: np.ndarray = around[np.arange(kept.size), np.argmax(onsets[around], axis=1)]
+    return snapped
+
+
+def _downbeat_phase(features: _Features, beats: np.ndarray, beats_per_bar: int) -> int:
+    """The phase (0 .. beats_per_bar - 1) of the beats that start bars: see the module doc."""
+    if beats.size == 0:
+        return 0
+    low_at_beat = _local_max(features.low_onsets, beats)
+    # The chroma of the bar before each beat and of the bar from it on (the last beat lasts
+    # one median beat): bar-long windows average out notes that change on every beat
+    # (arpeggios), so they differ most where the chords change.
+    step = int(np.median(np.diff(beats))) if beats.size > 1 else 1
+    bounds = np.clip(np.append(beats, beats[-1] + step), 0, features.chroma.shape[1])
+    cumulative = np.cumsum(np.pad(np.sqrt(features.chroma), ((0, 0), (1, 0))), axis=1)[:, bounds]
+    width = beats_per_bar
+    inside = np.arange(width, beats.size - width + 1)
+    before = cumulative[:, inside] - cumulative[:, inside - width]
+    after = cumulative[:, inside + width] - cumulative[:, inside]
+    norms = np.linalg.norm(before, axis=0) * np.linalg.norm(after, axis=0) + 1e-12
+    change = np.full(beats.size, np.nan)  # no full bar on both sides: no vote
+    change[inside] = 1.0 - np.sum(before * after, axis=0) / norms
+    score = _zscore(low_at_beat) + _zscore(change)
+    phases = range(min(beats_per_bar, beats.size))
+    # The median: the first beat after silence has an outsized onset, whatever its phase.
+    return max(phases, key=lambda p: float(np.median(score[p::beats_per_bar])))
+
+
+def _zscore(values: np.ndarray) -> np.ndarray:
+    """Standard scores; 0 where the value is missing (NaN) or all values are equal."""
+    if np.isnan(values).all():
+        return np.zeros_like(values)
+    spread = float(np.nanstd(values))
+    scaled = (values - np.nanmean(values)) / spread if spread > 0.0 else np.zeros_like(values)
+    filled: np.ndarray = np.nan_to_num(scaled)
+    return filled
+
+
+def _key(chroma: np.ndarray) -> tuple[Key | None, float]:
+    """The best-correlating key and its margin over the runner-up (module doc)."""
+    profile = np.sqrt(chroma.mean(axis=1))
+    profile -= profile.mean()
+    if not profile.any():
+        return None, 0.0  # silence, or every pitch class alike
+    # Rows 0-11: the major keys on C .. B; rows 12-23: the minor keys.
+    templates = np.stack(
+        [np.roll(t, k) for t in (_MAJOR_PROFILE, _MINOR_PROFILE) for k in range(12)]
+    )
+    templates -= templates.mean(axis=1, keepdims=True)
+    r = templates @ profile / (np.linalg.norm(templates, axis=1) * np.linalg.norm(profile))
+    runner_up, best = np.argsort(r)[-2:]
+    if r[best] < KEY_CORRELATION_MIN:
+        return None, 0.0
+    key = conventional_key(int(best) % 12, "major" if best < 12 else "minor")
+    return key, float(min(r[best] - r[runner_up], 1.0))
+
+
+def _onset_count(onsets: np.ndarray) -> int:
+    import librosa
+
+    found = librosa.onset.onset_detect(onset_envelope=onsets, sr=ANALYSIS_RATE, hop_length=_HOP)
+    return int(np.asarray(found).size)
+
+
+def _to_samples(frames: np.ndarray, sample_rate: int, length: int) -> tuple[int, ...]:
+    """Analysis frames as sample positions at `sample_rate`, corrected by ONSET_LAG_S; a beat
+    the tracker put at the very end (past the last sample) is left out."""
+    seconds = (frames - _LEAD_FRAMES) * (_HOP / ANALYSIS_RATE) + ONSET_LAG_S
+    samples = np.maximum(np.round(seconds * sample_rate), 0).astype(np.int64)
+    return tuple(int(s) for s in samples if s < length)
+
+
+def _key_relation(a: str | None, b: str | None) -> tuple[str, int | None, str]:
+    """(relation, b's tonic above a's, text) of two key names."""
+    if a is None or b is None:
+        return "unknown", None, "key unknown"
+    key_a, key_b = parse_key(a), parse_key(b)
+    semitones = semitones_apart(key_a, key_b)
+    match = key_match(key_b, key_a)
+    if match == "same":
+        return "same", 0, "same key"
+    if match == "relative":
+        return "relative", semitones, "relative keys"
+    if key_a.mode == key_b.mode:
+        return "transposed", semitones, f"b is a {semitones:+d} semitone transposition"
+    return "different", semitones, f"different mode, tonic {semitones:+d} semitones"
+
+
+def _tempo_verdict(ratio: float | None) -> str:
+    if ratio is None:
+        return "no common tempo"
+    if abs(ratio - 1.0) < 0.005:
+        return "same tempo"
+    return f"b is {ratio:.2f}x faster" if ratio > 1.0 else f"b is {1.0 / ratio:.2f}x slower"
+
+
+def _text(value: float | None, spec: str) -> str:
+    return "none" if value is None else spec.format(value)

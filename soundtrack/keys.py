@@ -1,0 +1,110 @@
+"""Musical keys: parse a user's spelling ("F# minor", "B-flat major"), name an estimated key,
+and relate two keys (same, relative, transposed)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+Mode = Literal["major", "minor"]
+
+_LETTERS = "CDEFGAB"
+_NATURAL_PITCH = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+_ACCIDENTAL_STEP = {"": 0, "#": 1, "b": -1}
+# The spellings with the fewest accidentals in the key signature (Db major over C# major, C#
+# minor over Db minor); F#/Gb major and Eb/D# minor tie, and the commoner one is taken.
+_MAJOR_SPELLING = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+_MINOR_SPELLING = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B")
+# A lower-case "b" alone is a flat ("Bb", "bb"); an upper-case one is not ("BB minor").
+_KEY = re.compile(
+    r"(?P<letter>[A-G])"
+    r"(?P<accidental>\s*[#♯♭]|(?-i:b)|[-\s]*sharp|[-\s]*flat)?"
+    r"\s*(?P<mode>major|minor|maj|min)",
+    re.IGNORECASE,
+)
+_NOTE = re.compile(r"[A-G](\s*[#♯♭]|(?-i:b)|[-\s]*sharp|[-\s]*flat)?", re.IGNORECASE)
+_ACCEPTED = (
+    "write a note A-G, an optional sharp or flat (F#, F sharp, Bb, B-flat) and major or minor"
+)
+
+
+@dataclass(frozen=True)
+class Key:
+    """A key: its tonic's pitch class (C=0 .. B=11), its mode, and its spelling, which is
+    left out of comparisons (Db major == C# major)."""
+
+    tonic: int
+    mode: Mode
+    name: str = field(compare=False)
+
+
+def parse_key(text: str) -> Key:
+    """The key `text` names, keeping its choice of sharp or flat ("C sharp minor" is "C# minor");
+    raises ValueError naming what is wrong and what is accepted."""
+    match = _KEY.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a key: {_what_is_wrong(text)}; {_ACCEPTED}")
+    letter = match["letter"].upper()
+    accidental = _accidental(match["accidental"] or "")
+    mode: Mode = "major" if match["mode"].lower().startswith("maj") else "minor"
+    tonic = (_NATURAL_PITCH[letter] + _ACCIDENTAL_STEP[accidental]) % 12
+    return Key(tonic, mode, f"{letter}{accidental} {mode}")
+
+
+def conventional_key(tonic: int, mode: Mode) -> Key:
+    """The key on pitch class `tonic`, spelt the usual way (Bb major, G# minor): for estimates."""
+    pitch = tonic % 12
+    spelling = _MAJOR_SPELLING if mode == "major" else _MINOR_SPELLING
+    return Key(pitch, mode, f"{spelling[pitch]} {mode}")
+
+
+def relative(key: Key) -> Key:
+    """The relative key, sharing the key signature (A minor <-> C major, F# minor <-> A major)."""
+    if key.mode == "minor":
+        return _spelt(key, (key.tonic + 3) % 12, "major", letter_steps=2)
+    return _spelt(key, (key.tonic - 3) % 12, "minor", letter_steps=-2)
+
+
+def key_match(measured: Key, target: Key) -> Literal["same", "relative", "different"]:
+    """Whether `measured` is `target`, its relative, or another key."""
+    if measured == target:
+        return "same"
+    return "relative" if measured == relative(target) else "different"
+
+
+def semitones_apart(a: Key, b: Key) -> int:
+    """How far b's tonic lies from a's, in -5..+6 semitones (the mode is not compared)."""
+    return (b.tonic - a.tonic + 5) % 12 - 5
+
+
+def _accidental(spelling: str) -> str:
+    lowered = spelling.lower().strip()
+    if lowered.endswith("sharp") or lowered in ("#", "♯"):
+        return "#"
+    return "b" if spelling else ""
+
+
+def _what_is_wrong(text: str) -> str:
+    """The first thing in `text` that keeps it from being a key."""
+    stripped = text.strip()
+    if not stripped:
+        return "it is empty"
+    note = _NOTE.match(stripped)
+    if note is None:
+        return f"{stripped.split()[0]!r} is not a note A-G"
+    rest = stripped[note.end() :].strip()
+    if not rest:
+        return "major or minor is missing"
+    return f"{rest!r} after the note {note.group(0)!r} is not major or minor"
+
+
+def _spelt(key: Key, tonic: int, mode: Mode, *, letter_steps: int) -> Key:
+    """The key on `tonic` spelt with the letter `letter_steps` from `key`'s, so it keeps its
+    sharps or flats (Bb minor -> Db major); the conventional spelling if that needs a double."""
+    letter = _LETTERS[(_LETTERS.index(key.name[0]) + letter_steps) % 7]
+    step = (tonic - _NATURAL_PITCH[letter] + 1) % 12 - 1
+    accidental = {0: "", 1: "#", -1: "b"}.get(step)
+    if accidental is None:
+        return conventional_key(tonic, mode)
+    return Key(tonic, mode, f"{letter}{accidental} {mode}")
