@@ -9,11 +9,12 @@ All features come from one STFT (2048 points, hop 512) of a mono mix resampled t
   so the period is refined on the same autocorrelation: the peak near one beat, then near 2,
   4, 8 ... beats, up to half the audio, each located by parabolic interpolation, so the
   period's error shrinks with the lag (measured: under 0.03 % at 55-190 bpm).
-- Metrical level (octave). With `bpm_hint`: half, the same or double the estimate, whichever
-  lies nearest the hint. Without one, the accent rule: accents are the onsets below 2 kHz
+- Metrical level (octave). With `bpm_hint`: the octave of the estimate (x 2^k) that lies
+  nearest the hint. Without one, the accent rule: accents are the onsets below 2 kHz
   (kick, snare, bass, chords; hi-hats barely count). Double when the off-beats carry at least
   0.6 of the beats' accent (the beat is really twice as fast), halve when every other beat
-  carries under 0.4 of its neighbours' (those are off-beats), keeping within 50-200 bpm.
+  carries under 0.4 of its neighbours' (those are off-beats), keeping within 50-200 bpm. A
+  pulse still slower than 50 bpm is taken as the bar, and the tempo as its beats_per_bar beats.
   On the test grooves the off-beat ratio is 0.94 where doubling is right and at most 0.17
   elsewhere; the alternate-beat ratio 0.18 where halving is right and at least 0.69 elsewhere.
 - No tempo (None, no beats) when the onset envelope's autocorrelation one beat away is under
@@ -151,7 +152,7 @@ def analyse(
     # 2. One mono mix at the analysis rate, one STFT, every feature from it
     features = _features(audio, sample_rate)
     # 3. Tempo and its metrical level
-    tempo_bpm = _tempo(features, bpm_hint)
+    tempo_bpm = _tempo(features, bpm_hint, beats_per_bar)
     # 4. Beats and bars
     beat_frames = np.zeros(0, dtype=np.int64)
     if tempo_bpm is not None:
@@ -312,7 +313,7 @@ def _features(audio: np.ndarray, sample_rate: int) -> _Features:
     )
 
 
-def _tempo(features: _Features, bpm_hint: float | None) -> float | None:
+def _tempo(features: _Features, bpm_hint: float | None, beats_per_bar: int) -> float | None:
     """The refined tempo at the chosen metrical level, or None without a clear pulse."""
     autocorrelation = _autocorrelation(features.onsets)
     if autocorrelation[0] <= 0.0:
@@ -327,8 +328,15 @@ def _tempo(features: _Features, bpm_hint: float | None) -> float | None:
         return None
     bpm = 60.0 * _FRAME_RATE / period
     if bpm_hint is not None:
-        return min((bpm * m for m in (0.5, 1.0, 2.0)), key=lambda t: abs(math.log(t / bpm_hint)))
-    return bpm * _accent_level(features.accents, period, bpm)
+        # The octave of the estimate nearest the hint: a chord every bar at 120 bpm pulses at 30.
+        octaves = round(math.log2(bpm_hint / bpm))
+        return bpm * 2.0**octaves
+    bpm *= _accent_level(features.accents, period, bpm)
+    if bpm < OCTAVE_RULE_BPM[0]:
+        # A pulse slower than any beat is the bar (a chord attacked every 2 s, nothing between):
+        # its beats are the bar's.
+        bpm *= beats_per_bar
+    return bpm
 
 
 def _coarse_period(autocorrelation: np.ndarray, prior_bpm: float) -> float:
