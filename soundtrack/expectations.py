@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from soundtrack.errors import InputError, StorageError
-from soundtrack.gates import Gate, GateResult, GateTable
+from soundtrack.gates import MUSIC_COLUMNS, Gate, GateResult, GateTable
 from soundtrack.measure import Metrics
 
 _SEVERITY_TO_GX = {"fail": "critical", "warn": "warning"}
@@ -39,7 +39,9 @@ CONDITIONS_MAX = 100  # GX's own limit on the comparisons in one row condition
 # The gates' table's columns (metrics_row): the only names a team's expectation may read. A
 # structured row condition's column name reaches DataFrame.query in backticks, so a name with a
 # backtick in it would be query text: a fixed set of plain identifiers closes that door too.
-TABLE_COLUMNS = frozenset({"track_id", "label", *(field.name for field in fields(Metrics))})
+TABLE_COLUMNS = frozenset(
+    {"track_id", "label", *(field.name for field in fields(Metrics)), *MUSIC_COLUMNS}
+)
 
 
 class _Kind(NamedTuple):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from soundtrack.errors import InputError
 
@@ -24,6 +24,44 @@ SOURCE = "source"
 MASTER = "master"
 Severity = Literal["fail", "warn"]  # "fail" rejects the track, "warn" is reported only
 Statistic = Literal["min", "max", "sum"]
+# The built-in gates a manifest may set a severity for ("fail", "warn" or "off"); a decoded
+# file's gate (true_peak_ogg) follows the gate it is named after.
+GATE_NAMES = frozenset(
+    {
+        "silence",
+        "clipping",
+        "dropout",
+        "lead_silence",
+        "trail_silence",
+        "loudness",
+        "true_peak",
+        "dc_offset",
+        "duration",
+        "sample_rate",
+        "channels",
+        "loop_seam_jump",
+        "loop_seam_loudness",
+        "tempo",
+        "key",
+    }
+)
+# The analysis's columns on the master's row (process.analysis_columns writes them).
+MUSIC_COLUMNS = frozenset(
+    {
+        "duration_s",
+        "tempo_bpm",
+        "beat_count",
+        "beats_per_bar",
+        "first_downbeat_s",
+        "key",
+        "key_confidence",
+        "key_offset_semitones",
+        "loudness_range_lu",
+        "spectral_centroid_hz",
+        "onset_rate_per_s",
+    }
+)
+TEMPO_MULTIPLES = (0.5, 1.0, 2.0)  # a tempo read at half or double time is the same tempo
 
 
 @dataclass(frozen=True)
@@ -53,6 +91,7 @@ class Gate:
     max_value: float | None = None
     strict_min: bool = False
     strict_max: bool = False
+    multiples: tuple[float, ...] = (1.0,)  # the bounds, scaled by each, are all accepted
 
     def judge(self, rows: Sequence[Mapping[str, Any]]) -> GateResult:
         """The verdict on the table's rows; missing and NaN values are skipped, as pandas does."""
@@ -73,13 +112,14 @@ class Gate:
         )
 
     def _within(self, observed: float) -> bool:
-        if self.min_value is not None and (
-            observed <= self.min_value if self.strict_min else observed < self.min_value
-        ):
+        return any(self._within_scaled(observed, m) for m in self.multiples)
+
+    def _within_scaled(self, observed: float, scale: float) -> bool:
+        low = None if self.min_value is None else self.min_value * scale
+        high = None if self.max_value is None else self.max_value * scale
+        if low is not None and (observed <= low if self.strict_min else observed < low):
             return False
-        return self.max_value is None or (
-            observed < self.max_value if self.strict_max else observed <= self.max_value
-        )
+        return high is None or (observed < high if self.strict_max else observed <= high)
 
 
 _STATISTICS: dict[str, Callable[[list[float]], float]] = {"min": min, "max": max, "sum": math.fsum}
@@ -118,11 +158,15 @@ def judge(
     source: Metrics | None = None,
     track_id: str = "track",
     extra_expectations: Sequence[Mapping[str, Any]] = (),
+    analysis: Mapping[str, Any] | None = None,
+    bpm: float | None = None,
+    key: str | None = None,
 ) -> list[GateResult]:
     """Judge one piece of audio: label "master" runs the master's gates (silence and clipping
     over `source` too when given), "source" only silence and clipping, any other label the
-    decoded-file gates; `duration_s` None skips the duration gate."""
-    rows = [metrics_row(track_id, label, metrics)]
+    decoded-file gates; `duration_s` None skips the duration gate. The master's `analysis`
+    columns (process.analysis_columns) let the tempo and key gates judge `bpm` and `key`."""
+    rows = [{**metrics_row(track_id, label, metrics), **(analysis or {})}]
     if source is not None:
         rows.insert(0, metrics_row(track_id, SOURCE, source))
     gates = gate_expectations(
@@ -133,6 +177,8 @@ def judge(
         loop=loop,
         sample_rate=sample_rate,
         channels=channels,
+        bpm=bpm,
+        key=key,
     )
     team: list[dict[str, Any]] = []
     if extra_expectations:
@@ -167,8 +213,77 @@ def gate_expectations(
     loop: bool,
     sample_rate: int,
     channels: int,
+    bpm: float | None = None,
+    key: str | None = None,
 ) -> list[Gate]:
-    """The built-in gates for a track whose table has rows with `labels`, in report order."""
+    """The built-in gates for a track whose table has rows with `labels`, in report order,
+    at the severities the manifest sets ("off" leaves a gate out)."""
+    gates = _built_in(labels, limits, loudness, duration_s, loop, sample_rate, channels)
+    if MASTER in labels:
+        gates += _musical_gates(limits, bpm, key)
+    out = []
+    for gate in gates:
+        severity = limits.severity(_named_after(gate.name, labels))
+        if severity == "off":
+            continue
+        out.append(gate if severity is None else replace(gate, severity=cast(Severity, severity)))
+    return out
+
+
+def _named_after(name: str, labels: Sequence[str]) -> str:
+    """The gate a decoded file's gate is named after (true_peak_ogg: true_peak)."""
+    for label in labels:
+        if name.endswith(f"_{label}") and name[: -len(label) - 1] in GATE_NAMES:
+            return name[: -len(label) - 1]
+    return name
+
+
+def _musical_gates(limits: GateLimits, bpm: float | None, key: str | None) -> list[Gate]:
+    """Tempo and key against the track's targets: the analysis measures them on the master."""
+    out = []
+    if bpm is not None:
+        tolerance = limits.tempo_tolerance_pct / 100.0
+        out.append(
+            Gate(
+                "tempo",
+                "max",
+                "tempo_bpm",
+                (MASTER,),
+                f"{bpm:g} bpm ± {limits.tempo_tolerance_pct:g}% (or half or double)",
+                "measured tempo (beat tracking, refined) against the track's bpm",
+                min_value=bpm * (1.0 - tolerance),
+                max_value=bpm * (1.0 + tolerance),
+                multiples=TEMPO_MULTIPLES,
+            )
+        )
+    if key is not None:
+        from soundtrack.keys import parse_key, relative
+
+        target = parse_key(key)
+        out.append(
+            Gate(
+                "key",
+                "max",
+                "key_offset_semitones",
+                (MASTER,),
+                f"{target.name} or {relative(target).name} (0 semitones away)",
+                "semitones between the measured key and the track's key or its relative",
+                severity="warn",
+                max_value=0.0,
+            )
+        )
+    return out
+
+
+def _built_in(
+    labels: Sequence[str],
+    limits: GateLimits,
+    loudness: LoudnessTarget,
+    duration_s: float | None,
+    loop: bool,
+    sample_rate: int,
+    channels: int,
+) -> list[Gate]:
     out: list[Gate] = []
     body = tuple(label for label in (SOURCE, MASTER) if label in labels)
     if body:
@@ -282,10 +397,11 @@ def _master_gates(
             Gate(
                 "loop_seam_loudness",
                 "max",
-                "seam_loudness_change_lu",
+                "seam_loudness_excess_lu",
                 (MASTER,),
-                f"<= {limits.seam_loudness_max_lu} LU",
-                "short-term loudness of the loop's last 3 s vs its first 3 s",
+                f"<= {limits.seam_loudness_max_lu} LU beyond the music's own change at a bar line",
+                "short-term loudness of the loop's last 3 s vs its first 3 s, less the largest "
+                "change across its other bar lines",
                 max_value=limits.seam_loudness_max_lu,
             ),
         ]

@@ -15,11 +15,13 @@ from typing import Any
 
 from soundtrack import PIPELINE_VERSION
 from soundtrack.errors import InputError
+from soundtrack.gates import GATE_NAMES
 from soundtrack.hashing import file_sha256
 from soundtrack.loops import SEARCH_S, loop_end_range, loop_tail_samples, render_duration_s
 from soundtrack.schema import (
     MAX_DURATION_S,
     MIN_DURATION_S,
+    SEED_MAX,
     Defaults,
     LoudnessSpec,
     Manifest,
@@ -71,9 +73,42 @@ def full_prompt(track: Track, *, musical_tags: bool = True) -> str | None:
     return ", ".join(parts)
 
 
-def seconds_to_render(duration_s: float, mastering: Mastering, *, loop: bool) -> float:
-    """Seconds to generate: a loop needs room to search for its end and a crossfade tail."""
-    return render_duration_s(duration_s, mastering.loop_crossfade_ms) if loop else duration_s
+def seconds_to_render(
+    duration_s: float, mastering: Mastering, *, loop: bool, bar_s: float | None = None
+) -> float:
+    """Seconds to generate: a loop needs room to search for its end and a crossfade tail; a
+    loop cut on bars (`bar_s` long at its bpm) also room for its first downbeat and for a
+    tempo as slow as the tempo gate allows."""
+    if not loop:
+        return duration_s
+    if bar_s is not None:
+        slowest_s = duration_s * (1.0 + GateLimits.tempo_tolerance_pct / 100.0)
+        return render_duration_s(slowest_s + bar_s, mastering.loop_crossfade_ms)
+    return render_duration_s(duration_s, mastering.loop_crossfade_ms)
+
+
+def bar_seconds(bpm: float, time_signature: str | None) -> float:
+    """One bar at `bpm`: beats per bar is the time signature's upper number (4 by default)."""
+    beats = int(time_signature.split("/")[0]) if time_signature else 4
+    return beats * 60.0 / bpm
+
+
+def _gate_limits(settings: dict[str, Any]) -> GateLimits:
+    """The gates' limits and the severities a manifest sets (GatesSpec holds both)."""
+    severities = {k: v for k, v in settings.items() if k in GATE_NAMES}
+    limits = {k: v for k, v in settings.items() if k not in GATE_NAMES}
+    return GateLimits(**limits, severities=tuple(sorted(severities.items())))
+
+
+def _hashed_gates(gates: GateLimits) -> dict[str, Any]:
+    """The gates as the spec hash sees them: settings added later count only when set, so
+    every track that leaves them alone keeps its hash."""
+    hashed = asdict(gates)
+    if gates.tempo_tolerance_pct == GateLimits.tempo_tolerance_pct:
+        del hashed["tempo_tolerance_pct"]
+    if not gates.severities:
+        del hashed["severities"]
+    return hashed
 
 
 def _merge(defaults: Defaults, track: Track) -> dict[str, Any]:
@@ -138,7 +173,7 @@ def resolve_tracks(
         duration_s = _duration_s(
             track, merged, None if source is None else _recording(source).duration_s
         )
-        gates = GateLimits(**merged.get("gates", {}))
+        gates = _gate_limits(merged.get("gates", {}))
         mastering = _mastering(merged, duration_s, loop=track.loop)
         # The hashed fields: their names and values are the spec hash, so neither may change.
         fields: dict[str, Any] = {
@@ -157,7 +192,7 @@ def resolve_tracks(
             "sampling": asdict(Sampling(**merged["sampling"].get("musicgen", {}))),
             "overlap_s": float(merged.get("overlap_s", 10.0)),
             "mastering": asdict(mastering),
-            "gates": asdict(gates),
+            "gates": _hashed_gates(gates),
             "formats": list(merged.get("formats", ["ogg", "mp3"])),
             "wav_bit_depth": merged.get("wav_bit_depth", 16),
             "expectations_sha256": file_sha256(expectations) if expectations else None,
@@ -174,11 +209,18 @@ def resolve_tracks(
             fields["lyrics"] = track.lyrics
         if track.negative_prompt is not None:
             fields["negative_prompt"] = track.negative_prompt  # only when set, as lyrics
+        bar_s = bar_seconds(track.bpm, track.time_signature) if track.bpm else None
+        if track.loop and bar_s is not None:
+            fields["bar_loop"] = True  # cut on whole bars: a new master, so a new hash
+        if track.bars is not None:
+            fields["bars"] = track.bars  # only when set, as lyrics
         spec = TrackSpec(
             soundtrack=manifest.soundtrack,
             id=track.id,
             duration_s=fields["duration_s"],
-            render_duration_s=seconds_to_render(fields["duration_s"], mastering, loop=track.loop),
+            render_duration_s=seconds_to_render(
+                fields["duration_s"], mastering, loop=track.loop, bar_s=bar_s
+            ),
             loop=track.loop,
             seed=fields["seed"],
             model=_model_location(fields["model"], base_dir),
@@ -205,6 +247,9 @@ def resolve_tracks(
             else None,
             sampling_flat=merged["sampling_flat"],
             plain_prompt=full_prompt(track, musical_tags=False),
+            bars=track.bars,
+            attempts=merged.get("attempts", 1),
+            reference=(base_dir / merged["reference"]).resolve() if "reference" in merged else None,
         )
         if source is None:
             extra = [
@@ -225,9 +270,22 @@ def resolve_tracks(
     return specs
 
 
+def take(spec: TrackSpec, number: int) -> TrackSpec:
+    """Take `number` of a track (0 is the spec itself): the same spec, rendered with seed +
+    `number` under a generation key of its own; the lock records which take passed."""
+    if number == 0 or spec.generation_key is None:
+        return spec
+    key = _canonical_hash({"generation_key": spec.generation_key, "take": number})
+    return replace(
+        spec, seed=(spec.seed + number) % (SEED_MAX + 1), take=number, generation_key=key
+    )
+
+
 def _duration_s(track: Track, merged: dict[str, Any], recording_s: float | None) -> float:
     """A recording keeps its own length unless the track itself asks for another: the
     soundtrack-wide default duration is meant for what gets generated."""
+    if track.bars is not None and track.bpm is not None:
+        return track.bars * bar_seconds(track.bpm, track.time_signature)
     if recording_s is None:
         return float(merged.get("duration", 30.0))
     return float(track.duration) if track.duration is not None else recording_s

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from soundtrack.formats import AudioFormat
+from soundtrack.keys import parse_key
 from soundtrack.storage import check_storage_url
 
 SCHEMA_VERSION = 1
@@ -31,6 +32,8 @@ MIN_DURATION_S = 0.4
 MAX_TRACKS = 500
 MAX_PROMPT_CHARS = 1000
 SEED_MAX = 2**32 - 1
+MAX_ATTEMPTS = 10
+MAX_BARS = 1024
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
 DEFAULT_STORAGE = "./assets"
 
@@ -135,8 +138,12 @@ SamplingSettings = Annotated[
 ]
 
 
+GateSeverity = Literal["fail", "warn", "off"]
+
+
 class GatesSpec(_Strict):
-    """Overrides of the quality-gate limits (docs/gates.md); unset keys keep the defaults."""
+    """Overrides of the quality gates' limits and severities (docs/gates.md); unset keys keep
+    the defaults. A severity named for a gate also applies to its per-format checks."""
 
     duration_tolerance_s: float | None = Field(default=None, gt=0, le=60)
     silence_floor_lufs: float | None = Field(default=None, ge=-120, le=-20)
@@ -149,6 +156,43 @@ class GatesSpec(_Strict):
     dc_offset_max: float | None = Field(default=None, ge=0, le=1)
     seam_jump_max_ratio: float | None = Field(default=None, gt=0)
     seam_loudness_max_lu: float | None = Field(default=None, gt=0, le=20)
+    tempo_tolerance_pct: float | None = Field(
+        default=None, gt=0, le=25, description="Tempo gate: allowed deviation from bpm, percent."
+    )
+    silence: GateSeverity | None = None
+    clipping: GateSeverity | None = None
+    dropout: GateSeverity | None = None
+    lead_silence: GateSeverity | None = None
+    trail_silence: GateSeverity | None = None
+    loudness: GateSeverity | None = None
+    true_peak: GateSeverity | None = None
+    dc_offset: GateSeverity | None = None
+    duration: GateSeverity | None = None
+    sample_rate: GateSeverity | None = None
+    channels: GateSeverity | None = None
+    loop_seam_jump: GateSeverity | None = None
+    loop_seam_loudness: GateSeverity | None = None
+    tempo: GateSeverity | None = Field(
+        default=None, description="Measured tempo vs bpm (default: fail)."
+    )
+    key: GateSeverity | None = Field(
+        default=None, description="Measured key vs key (default: warn)."
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _off_is_a_severity(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML 1.1 reads a bare `off` as false: `gates: {key: off}` means the severity "off".
+        if value is False and info.field_name in _SEVERITY_FIELDS:
+            return "off"
+        return value
+
+
+_SEVERITY_FIELDS = frozenset(
+    name
+    for name, f in GatesSpec.model_fields.items()
+    if get_origin(f.annotation) is not None and GateSeverity in get_args(f.annotation)
+)
 
 
 class _Overridable(_Strict):
@@ -180,6 +224,23 @@ class _Overridable(_Strict):
     loop_crossfade_ms: float | None = Field(default=None, ge=10, le=5000)
     wav_bit_depth: Literal[16, 24] | None = None
     gates: GatesSpec | None = None
+    attempts: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ATTEMPTS,
+        description="Takes to try: a take a gate rejects is rendered again with the next seed "
+        "(docs/generation.md#re-rolls). A build policy, not part of the spec hash.",
+    )
+    reference: str | None = Field(
+        default=None,
+        description="A recording to compare each render with in the report (not a gate), "
+        "relative path.",
+    )
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_inside(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _file_inside(value, info, "reference")
 
     @field_validator("formats")
     @classmethod
@@ -220,7 +281,9 @@ class Track(_Overridable):
         default=None,
         min_length=1,
         max_length=40,
-        description="E.g. D minor: words in MusicGen's prompt, conditioning for ACE-Step.",
+        description="A note, an optional sharp or flat and major or minor (F# minor, B-flat "
+        "major): a target the key gate judges; words in MusicGen's prompt, conditioning for "
+        "ACE-Step. Written back normalised (Bb major).",
     )
     time_signature: str | None = Field(
         default=None,
@@ -239,6 +302,13 @@ class Track(_Overridable):
         max_length=1000,
         description="What to steer away from (Stable Audio's guidance); other families refuse it.",
     )
+    bars: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_BARS,
+        description="Length in bars at bpm (needs bpm), instead of duration; a loop is cut to "
+        "whole bars either way.",
+    )
     mood: str | None = Field(default=None, min_length=1, max_length=100)
     instruments: list[Annotated[str, Field(min_length=1, max_length=60)]] | None = None
 
@@ -255,6 +325,11 @@ class Track(_Overridable):
             raise ValueError("prompt contains control characters")
         return value.strip()
 
+    @field_validator("key")
+    @classmethod
+    def _normalised_key(cls, value: str | None) -> str | None:
+        return None if value is None else parse_key(value).name
+
     @field_validator("source")
     @classmethod
     def _source_inside(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -266,6 +341,12 @@ class Track(_Overridable):
             raise ValueError("needs exactly one of 'prompt' (generate) or 'source' (a recording)")
         if self.source is not None and self.model is not None:
             raise ValueError("'model' has no meaning for a 'source' track")
+        if self.source is not None and self.attempts is not None:
+            raise ValueError("'attempts' has no meaning for a 'source' track: it is not rendered")
+        if self.bars is not None and self.duration is not None:
+            raise ValueError("give 'bars' or 'duration', not both")
+        if self.bars is not None and self.bpm is None:
+            raise ValueError("'bars' needs 'bpm': a bar's length is counted in beats")
         return self
 
 

@@ -79,6 +79,13 @@ class GateLimits:
     # Click at the loop wrap / local 90th percentile (calibrated in docs/gates.md)
     seam_jump_max_ratio: float = 4.0
     seam_loudness_max_lu: float = 1.5
+    tempo_tolerance_pct: float = 4.0  # half and double tempo are accepted as well
+    # Gate name -> "fail", "warn" or "off", where a manifest overrides the gate's own severity.
+    severities: tuple[tuple[str, str], ...] = ()
+
+    def severity(self, gate: str) -> str | None:
+        """The severity the manifest sets for `gate`, if any."""
+        return dict(self.severities).get(gate)
 
 
 @dataclass(frozen=True)
@@ -131,3 +138,17 @@ class TrackSpec:
     stable_audio_sampling: StableAudioSampling | None = None
     sampling_flat: bool = False  # `sampling` was given in the flat form: MusicGen's settings
     plain_prompt: str | None = None
+    bars: int | None = None  # a loop's length in whole bars; None: the bars nearest duration_s
+    attempts: int = 1  # takes to try (re-rolls): a build policy, outside the spec hash
+    take: int = 0  # which take this is: take k renders with seed + k
+    reference: Path | None = None  # a recording the report compares the render with
+
+    @property
+    def beats_per_bar(self) -> int:
+        """Beats in a bar: the time signature's upper number (4 when none is given)."""
+        return int(self.time_signature.split("/")[0]) if self.time_signature else 4
+
+    @property
+    def bar_loop(self) -> bool:
+        """A loop with a tempo target is cut to whole bars at its measured tempo."""
+        return self.loop and self.bpm is not None

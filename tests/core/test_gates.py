@@ -47,6 +47,7 @@ GOOD_LOOP = dataclasses.replace(
     loop_length=441000,
     seam_jump_ratio=0.8,
     seam_loudness_change_lu=0.3,
+    seam_loudness_excess_lu=0.3,
 )
 MASTER_GATES = [
     "silence",
@@ -127,7 +128,7 @@ def test_a_loop_adds_the_seam_gates_and_allows_no_trailing_silence() -> None:
         ({"duration_s": 10.51}, {"duration"}),
         ({"dc_offset": 0.0011}, {"dc_offset"}),
         ({"seam_jump_ratio": 4.1}, {"loop_seam_jump"}),
-        ({"seam_loudness_change_lu": 1.6}, {"loop_seam_loudness"}),
+        ({"seam_loudness_excess_lu": 1.6}, {"loop_seam_loudness"}),
     ],
 )
 def test_each_gate_fails_when_its_metric_crosses_the_limit(
@@ -258,3 +259,92 @@ def test_data_docs_show_every_track_validation(tmp_path: Path) -> None:
     text = " ".join(pages.values())
     assert "gates-calm" in index.read_text() and "gates-harsh" in index.read_text()
     assert "true_peak" in text and "4x-oversampled true peak" in text
+
+
+def _musical(row: dict[str, Any], **limits: Any) -> dict[str, GateResult]:
+    """The master's gates on GOOD with `row` added, for a 120 bpm track in A minor."""
+    table = GateTable(
+        "t",
+        ({**metrics_row("t", "master", GOOD), **row},),
+        tuple(
+            gate_expectations(
+                ["master"],
+                limits=GateLimits(**limits),
+                loudness=CONSOLE,
+                duration_s=10.0,
+                loop=False,
+                sample_rate=44100,
+                channels=2,
+                bpm=120,
+                key="A minor",
+            )
+        ),
+    )
+    return {g.name: g for g in evaluate(table)}
+
+
+@pytest.mark.parametrize(
+    ("measured_bpm", "passed"),
+    [
+        (120.0, True),
+        (124.7, True),  # within 4 %
+        (115.3, True),
+        (125.0, False),  # 4.2 % fast
+        (114.9, False),
+        (60.5, True),  # half time is the same tempo counted at another level
+        (238.0, True),  # double time
+        (90.0, False),  # a 3:4 relation is another tempo
+        (None, False),  # no beat found
+    ],
+)
+def test_tempo_gate_accepts_the_target_at_half_and_double_time(
+    measured_bpm: float | None, passed: bool
+) -> None:
+    tempo = _musical({"tempo_bpm": measured_bpm, "key_offset_semitones": 0})["tempo"]
+    assert tempo.passed is passed and tempo.severity == "fail"
+    assert tempo.limit == "120 bpm ± 4% (or half or double)"
+
+
+def test_tempo_tolerance_is_a_setting() -> None:
+    assert _musical({"tempo_bpm": 126.0}, tempo_tolerance_pct=5.0)["tempo"].passed
+    assert not _musical({"tempo_bpm": 126.0}, tempo_tolerance_pct=4.0)["tempo"].passed
+
+
+def test_key_gate_warns_when_the_key_is_neither_the_target_nor_its_relative() -> None:
+    assert _musical({"tempo_bpm": 120.0, "key_offset_semitones": 0})["key"].passed
+    off_key = _musical({"tempo_bpm": 120.0, "key_offset_semitones": 2})["key"]
+    assert not off_key.passed and off_key.severity == "warn" and off_key.value == 2
+    assert off_key.limit == "A minor or C major (0 semitones away)"
+
+
+def test_a_manifest_sets_any_gates_severity_per_format_gates_included() -> None:
+    severities = (("key", "fail"), ("tempo", "off"), ("true_peak", "warn"))
+    gates = gate_expectations(
+        ["source", "master", "ogg", "mp3"],
+        limits=GateLimits(severities=severities),
+        loudness=CONSOLE,
+        duration_s=10.0,
+        loop=False,
+        sample_rate=44100,
+        channels=2,
+        bpm=120,
+        key="A minor",
+    )
+    by_name = {g.name: g.severity for g in gates}
+    assert "tempo" not in by_name
+    assert by_name["key"] == "fail"
+    assert by_name["true_peak"] == by_name["true_peak_ogg"] == by_name["true_peak_mp3"] == "warn"
+    assert by_name["loudness"] == by_name["sample_rate_ogg"] == "fail"
+
+
+def test_the_music_columns_are_what_the_master_row_carries() -> None:
+    import numpy as np
+
+    from soundtrack.analysis import analyse
+    from soundtrack.expectations import TABLE_COLUMNS
+    from soundtrack.gates import MUSIC_COLUMNS
+    from soundtrack.process import analysis_columns
+
+    tone = np.tile(np.sin(np.arange(44100 * 3) * 2 * np.pi * 220 / 44100), (2, 1))
+    columns = analysis_columns(analyse(tone.astype(np.float32), 44100), "A minor")
+    assert set(columns) == MUSIC_COLUMNS and MUSIC_COLUMNS <= TABLE_COLUMNS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,9 @@ from soundtrack.manifest import (
     _ManifestLoader,
     load_manifest,
 )
-from soundtrack.resolve import derived_seed, resolve_tracks
+from soundtrack.resolve import derived_seed, resolve_tracks, take
 from soundtrack.schema import MAX_DURATION_S, json_schema
-from soundtrack.spec import TrackSpec
+from soundtrack.spec import GateLimits, TrackSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 INVALID = sorted((ROOT / "tests" / "manifests" / "invalid").glob("*.yaml"))
@@ -413,3 +414,85 @@ def test_a_source_loop_needs_audio_after_its_end(tmp_path: Path) -> None:
     assert "tracks[0].duration (line 7): the recording is 10.00 s long; a 12 s loop" in _problems(
         path
     )
+
+
+@pytest.mark.parametrize(
+    ("written", "normalised"),
+    [
+        ("D minor", "D minor"),
+        ("f# Minor", "F# minor"),
+        ("F sharp major", "F# major"),
+        ("F♯ minor", "F# minor"),
+        ("B-flat minor", "Bb minor"),
+        ("Bb major", "Bb major"),
+        ("E flat major", "Eb major"),
+        ("Db maj", "Db major"),
+        ("c min", "C minor"),
+    ],
+)
+def test_keys_are_normalised_in_any_usual_spelling(
+    tmp_path: Path, written: str, normalised: str
+) -> None:
+    specs = specs_of(tmp_path, BASE.replace("key: D minor", f"key: {written}"))
+    assert specs["theme"].key == normalised
+    assert specs["theme"].prompt == f"orchestral theme, {normalised}, 90 BPM"
+
+
+def test_bars_give_the_length_at_the_tempo_and_time_signature(tmp_path: Path) -> None:
+    text = BASE + (
+        "  - id: waltz\n    prompt: market waltz\n    bpm: 180\n    time_signature: 3/4\n"
+        "    bars: 16\n    loop: true\n"
+        "  - id: march\n    prompt: march\n    bpm: 120\n    bars: 8\n"
+    )
+    specs = specs_of(tmp_path, text)
+    assert specs["waltz"].duration_s == 16.0  # 16 bars x 3 beats x 60 / 180
+    assert specs["waltz"].beats_per_bar == 3 and specs["waltz"].bar_loop
+    assert specs["march"].duration_s == 16.0 and not specs["march"].bar_loop
+    # A bar loop renders room for a tempo 4 % slow, its first downbeat, the search and crossfade.
+    assert specs["waltz"].render_duration_s == pytest.approx(16.0 * 1.04 + 1.0 + 0.4 + 0.25)
+    assert specs["march"].render_duration_s == 16.0
+
+
+def test_attempts_and_reference_are_build_policy_outside_the_spec_hash(tmp_path: Path) -> None:
+    (tmp_path / "ref.wav").write_bytes(
+        (ROOT / "tests/manifests/invalid/bpm-bool.yaml").read_bytes()
+    )
+    first = specs_of(tmp_path, BASE)
+    policy = BASE.replace("defaults:\n", "defaults:\n  attempts: 3\n  reference: ref.wav\n")
+    second = specs_of(tmp_path, policy)
+    assert second["theme"].attempts == 3 and second["theme"].reference == tmp_path / "ref.wav"
+    assert {k: v.spec_hash for k, v in first.items()} == {k: v.spec_hash for k, v in second.items()}
+    assert first["theme"].generation_key == second["theme"].generation_key
+
+
+def test_gate_severities_merge_and_enter_the_hash_only_when_set(tmp_path: Path) -> None:
+    plain = specs_of(tmp_path, BASE)
+    text = BASE.replace("defaults:\n", "defaults:\n  gates: {key: fail, tempo_tolerance_pct: 3}\n")
+    text = text.replace("    bpm: 90\n", "    bpm: 90\n    gates: {tempo: off}\n")
+    set_ = specs_of(tmp_path, text)
+    theme = set_["theme"].gates
+    assert theme.severity("key") == "fail" and theme.severity("tempo") == "off"
+    assert theme.tempo_tolerance_pct == 3.0
+    assert set_["battle"].gates.severity("tempo") is None
+    assert set_["theme"].spec_hash != plain["theme"].spec_hash
+    assert plain["theme"].gates == GateLimits()
+
+
+def test_a_take_keeps_the_spec_and_renders_the_next_seed(tmp_path: Path) -> None:
+    spec = specs_of(tmp_path, BASE)["battle"]
+    third = take(spec, 2)
+    assert third.seed == 7 and third.take == 2 and third.spec_hash == spec.spec_hash
+    assert third.generation_key not in (spec.generation_key, take(spec, 1).generation_key)
+    assert take(spec, 0) == spec
+    assert take(replace(spec, seed=2**32 - 1), 1).seed == 0
+
+
+def test_every_gate_has_a_severity_setting_and_bare_off_means_off(tmp_path: Path) -> None:
+    from soundtrack.gates import GATE_NAMES
+    from soundtrack.schema import GatesSpec
+
+    assert set(GatesSpec.model_fields) >= GATE_NAMES
+    specs = specs_of(
+        tmp_path, BASE.replace("    bpm: 90\n", "    bpm: 90\n    gates: {key: off}\n")
+    )
+    assert specs["theme"].gates.severity("key") == "off"  # YAML reads `off` as false

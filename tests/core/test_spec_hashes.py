@@ -28,8 +28,8 @@ EXAMPLE_HASHES = {
         "863012f58a95accebe25e639b6efd2c1b8780382dfe072b8155672d595c0bf3a",
     ),
     ("demo.yaml", "meadow-loop"): (
-        "f8c840033aad45e9ddd5d382480daefbfccc7444d0004cd336d044e8c5af2896",
-        "8ae652d18bcffa7439c1d2e29e644e287dce3fb286b4b6512949053c40e43258",
+        "4992fec62a46f872eaba03727567ea568e4a980792944d49d46c70c622356a10",
+        "5ed78b25ecb44d6f112179280fe8d65004d59df3859842068b82a21cfdb062d7",
     ),
     ("demo.yaml", "victory-sting"): (
         "1ddf41f983d3de15838b1be408f4d9ab248f341faa45b5bb297d98e1f5f9fa8d",
@@ -40,28 +40,28 @@ EXAMPLE_HASHES = {
         "db81bcadb8f9495704babaec3bc457dbf7f84d288dd8bb70e730160a5d42ece4",
     ),
     ("sky-odyssey.yaml", "explore-cloudsea"): (
-        "c4cd5d19bcbc0854fedf3617a8ddd299da5d73341ec33d2b08b3426e036d9a3f",
-        "2ef476cbd7b95e05bc0c23f6f47d852a4b9c652c14fd2dcbf4c266c9ce6b2cce",
+        "513b3c3f51ffa01c241d672bdb4a1eeb1886ce9f112710ad8b71b5814901c56e",
+        "94aab05437861061019eaa07037570b93ba6538c3ce5e48837ee6f5a73b3ead4",
     ),
     ("sky-odyssey.yaml", "explore-ruins"): (
-        "7f261617cffc3f248050b1d275ae39bc0344eda43cb6e5120d2feb25254ab8fc",
-        "504dab26b9e474e40fc9d3ef9210b3ffc70bcf33580295b2651c61b5d3fb9cfc",
+        "7c4a2e06c2b2656514be455c2218095bbf204c9fe94d4b787aba46e343a2c807",
+        "3be9d909eb886f90cef675a4aac6db488b43c62b35917fdf3e2d160fb59d98e3",
     ),
     ("sky-odyssey.yaml", "town-market"): (
-        "a7f5314f641d051f323ce438fd9b0a085dd3718a232873e8c38eb376f517b829",
-        "4ddb04f064575223ecab2250d44a6a2c6001b0117bdb378decb8153ed9a1378c",
+        "063eea7a7b62b0b515101477351f24c1d5f94e72cdab930cc497e9fb19c574ae",
+        "9d4c695c4f4d21f40e11bad5836fdaf588dacec959e1439b8bd67b7ec8913ee4",
     ),
     ("sky-odyssey.yaml", "combat-low"): (
-        "faa00c5ce4138249928e45a60bd85f442856ada3b5a49a212e93d742ff9e3339",
-        "8afd952ee9548daee1708271a1b2af8e1c114b4684d852eb05efac1b0b15ba27",
+        "b4fcb7a3f32c932cbb70b450aeb64919e074954740e55c5409f4e728f33e9f68",
+        "bf22ae135f429b8da3e9e9908fc008add0aedfa813b8dd66d06cc1445e388d98",
     ),
     ("sky-odyssey.yaml", "combat-high"): (
-        "f59725b37408353381799bb8d6c8eef929043c71c70472f0f75179e7495769f3",
-        "f91865ea0404c3021e4065a52bea1aa71d626ecc2a7a130ac080c097c36d6fe4",
+        "7fec9d896fc3fbd0061be23ef29f3da0c913280c2b4258bf401df2d92acd342f",
+        "265c015f94b9edca6e16307c94bbb5848ed2c02cb59c0b5c7344e598f4eb5600",
     ),
     ("sky-odyssey.yaml", "boss-storm-leviathan"): (
-        "8ca7383c5bd9d1c7619f892a357a745a0f16a1f45a01782e910d302ce11737bf",
-        "28e5baf42fea5e6c7f327c7402a9598aed19c0676592566d0825492a78973a0b",
+        "19b4461c55253527fc08bd95c4124a7da408c74007214814c633846acf111d29",
+        "970e9c6d0a0333e494b60b2330b8834ed9777e78188bfd93da7252036454e42f",
     ),
     ("sky-odyssey.yaml", "victory-sting"): (
         "cc0f6653121b469e695cf7c90905651019474547b34fe1c624daa7baecb93b40",
