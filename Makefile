@@ -52,6 +52,7 @@ bench: setup
 
 schema: setup
 	$(BIN)/soundtrack schema -o manifests/soundtrack.schema.json
+	$(BIN)/soundtrack schema --sidecar -o docs/sidecar.schema.json
 
 # The demo build (tiny model) in the Prefect UI, captured by headless Chromium into docs/img/.
 # Needs the system's chromium (Debian: apt-get install chromium); installs nothing itself.

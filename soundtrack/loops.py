@@ -1,4 +1,7 @@
-"""Seamless loops: pick a loop end that matches the start, bake an equal-power crossfade into it."""
+"""Seamless loops: pick a loop end that matches the start, bake an equal-power crossfade into it.
+
+A loop cut on bars starts on a downbeat and ends whole bars later at the measured tempo: its
+points come from the beat grid, not from a search."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ COMPARE_MAX_S = 1.5  # how much audio after a candidate end is compared with the
 _N_FFT = 2048
 _HOP = 512
 _MIN_COMPARE_SAMPLES = _N_FFT + 4 * _HOP  # after a candidate end: a few feature frames
+# Audio that ends within this fraction of a bar loop's length from its end ends at its loop.
+BAR_END_FRACTION = 0.01
 
 
 def render_duration_s(duration_s: float, crossfade_ms: float) -> float:
@@ -45,6 +50,25 @@ def make_loop(
     return bake_crossfade(audio, loop_end, crossfade)
 
 
+def make_bar_loop(
+    audio: np.ndarray, sample_rate: int, *, start: int, length: float, crossfade_ms: float
+) -> np.ndarray:
+    """`audio` up to the end of the loop from `start`, `length` samples long (whole bars), with
+    the audio after its end crossfaded into its start. Audio that ends within BAR_END_FRACTION
+    of the loop's end already ends at its loop (a recording cut to it): looped as it is."""
+    crossfade = round(crossfade_ms / 1000.0 * sample_rate)
+    end = start + round(length)
+    frames = audio.shape[1]
+    if end + crossfade <= frames:
+        return bake_crossfade(audio, end, crossfade, start=start)
+    if frames >= end - BAR_END_FRACTION * length:
+        return audio[:, : min(end, frames)].copy()
+    raise AudioError(
+        f"{(frames - start) / sample_rate:.2f} s of audio from the first downbeat; the loop's "
+        f"bars need {length / sample_rate:.2f} s"
+    )
+
+
 def find_loop_end(
     audio: np.ndarray, sample_rate: int, duration_s: float, *, crossfade_samples: int
 ) -> int:
@@ -71,10 +95,12 @@ def find_loop_end(
     return _refine(mono, coarse, lo, hi, crossfade_samples)
 
 
-def bake_crossfade(audio: np.ndarray, loop_end: int, crossfade_samples: int) -> np.ndarray:
-    """audio[:, :loop_end] with the `crossfade_samples` after loop_end faded into the head
-    (equal power), so sample loop_end - 1 flows into sample 0 as it did into loop_end."""
-    if loop_end + crossfade_samples > audio.shape[1] or crossfade_samples > loop_end:
+def bake_crossfade(
+    audio: np.ndarray, loop_end: int, crossfade_samples: int, *, start: int = 0
+) -> np.ndarray:
+    """audio[:, :loop_end] with the `crossfade_samples` after loop_end faded into the loop's
+    head at `start` (equal power), so sample loop_end - 1 flows into `start` as into loop_end."""
+    if loop_end + crossfade_samples > audio.shape[1] or crossfade_samples > loop_end - start:
         raise AudioError(
             f"cannot crossfade {crossfade_samples} samples at loop end {loop_end} "
             f"of {audio.shape[1]}-sample audio"
@@ -84,7 +110,8 @@ def bake_crossfade(audio: np.ndarray, loop_end: int, crossfade_samples: int) -> 
     fade_out = np.cos(0.5 * np.pi * t)
     looped = audio[:, :loop_end].copy()
     tail = audio[:, loop_end : loop_end + crossfade_samples]
-    looped[:, :crossfade_samples] = looped[:, :crossfade_samples] * fade_in + tail * fade_out
+    head = looped[:, start : start + crossfade_samples]
+    looped[:, start : start + crossfade_samples] = head * fade_in + tail * fade_out
     return looped
 
 

@@ -11,7 +11,7 @@ from scipy.signal import butter, sosfiltfilt
 
 from soundtrack.errors import AudioError
 from soundtrack.limiter import limit_true_peak, limiter_gain_db, sample_true_peaks
-from soundtrack.loops import make_loop
+from soundtrack.loops import make_bar_loop, make_loop
 from soundtrack.loudness import block_powers, gated_lufs, integrated_lufs
 from soundtrack.spec import Mastering
 
@@ -38,6 +38,16 @@ class Master:
     limiter_reduction_db: float  # largest gain reduction by the true-peak limiter (0 when idle)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A render or recording on the master's timeline (rate, channels, DC, leading silence
+    done), before its loop or fades and its gain: what the analysis listens to."""
+
+    audio: np.ndarray  # float32 (channels, frames) at the output rate
+    sample_rate: int
+    input_lufs: float
+
+
 def master(
     audio: np.ndarray, sample_rate: int, mastering: Mastering, *, loop: bool, duration_s: float
 ) -> Master:
@@ -47,6 +57,14 @@ def master(
     Non-loops longer than `duration_s` are cut to it (the fade-out ends there); loops need
     audio running `mastering.loop_crossfade_ms` (plus up to loops.SEARCH_S) past `duration_s`
     for the crossfade tail, and come back with loop_start 0 and loop_length == frames."""
+    prepared = prepare(audio, sample_rate, mastering, loop=loop, duration_s=duration_s)
+    return finish(prepared, mastering, loop=loop, duration_s=duration_s)
+
+
+def prepare(
+    audio: np.ndarray, sample_rate: int, mastering: Mastering, *, loop: bool, duration_s: float
+) -> Prepared:
+    """Check the input, map channels and rate, remove DC, trim silence (only leading for loops)."""
     # 1. Check inputs
     _check_inputs(audio, sample_rate, duration_s)
     # 2. Channel layout, DC removal and output sample rate
@@ -57,9 +75,28 @@ def master(
         raise AudioError("audio is silent (no block above the -70 LUFS gate): cannot normalise")
     # 3. Trim silence at the level the file will have
     gain_db = mastering.loudness.integrated_lufs - input_lufs
-    x = _trim_silence(x, SILENCE_DBFS - gain_db, trailing=not loop)
+    return Prepared(_trim_silence(x, SILENCE_DBFS - gain_db, trailing=not loop), sr, input_lufs)
+
+
+def finish(
+    prepared: Prepared,
+    mastering: Mastering,
+    *,
+    loop: bool,
+    duration_s: float,
+    bar_loop: tuple[int, float] | None = None,
+) -> Master:
+    """Loop or cut and fade, then normalise and limit. `bar_loop` (first downbeat, whole bars
+    in samples at the measured tempo) cuts a loop on the bar instead of near `duration_s`."""
+    x, sr = prepared.audio, prepared.sample_rate
     # 4. Loop crossfade, or cut and fades
-    if loop:
+    loop_start = 0
+    if loop and bar_loop is not None:
+        loop_start, bars_length = bar_loop
+        x = make_bar_loop(
+            x, sr, start=loop_start, length=bars_length, crossfade_ms=mastering.loop_crossfade_ms
+        )
+    elif loop:
         x = make_loop(x, sr, duration_s, mastering.loop_crossfade_ms)
     else:
         x = _fade(x[:, : round(duration_s * sr)], sr, mastering.fade_in_ms, mastering.fade_out_s)
@@ -68,9 +105,9 @@ def master(
     return Master(
         audio=out.astype(np.float32),
         sample_rate=sr,
-        loop_start=0 if loop else None,
-        loop_length=out.shape[1] if loop else None,
-        input_lufs=input_lufs,
+        loop_start=loop_start if loop else None,
+        loop_length=out.shape[1] - loop_start if loop else None,
+        input_lufs=prepared.input_lufs,
         gain_db=gain_db,
         limiter_reduction_db=reduction_db,
     )

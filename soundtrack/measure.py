@@ -125,8 +125,10 @@ def measure_file(
     *,
     clip_run_samples: int = GateLimits.clip_run_samples,
     silence_threshold_dbfs: float = GateLimits.dropout_threshold_dbfs,
+    bar_lines: Sequence[int] = (),
 ) -> Metrics:
-    """Decode `path` and measure it, with the loop points from its OGG or WAV loop tags."""
+    """Decode `path` and measure it, with the loop points from its OGG or WAV loop tags (its
+    seam judged against `bar_lines`, frames of the file, when given)."""
     audio, sample_rate = read_audio(path)
     loop = read_loop_tags(path)
     return measure(
@@ -136,6 +138,7 @@ def measure_file(
         loop_length=None if loop is None else loop[1],
         clip_run_samples=clip_run_samples,
         silence_threshold_dbfs=silence_threshold_dbfs,
+        bar_lines=bar_lines,
     )
 
 

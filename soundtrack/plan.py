@@ -48,11 +48,14 @@ def select(specs: Sequence[TrackSpec], only: Sequence[str]) -> list[TrackSpec]:
 
 
 def is_published(record: TrackRecord, spec: TrackSpec, storage: Storage) -> bool:
-    """True when the lock approved this exact spec and every file is there with its checksum."""
+    """True when the lock approved this exact spec and every file (its sidecar too) is there
+    with its checksum. A track published before sidecars existed is published again."""
     return (
         record.usable
         and record.spec_hash == spec.spec_hash
         and {f.format for f in record.files} == set(spec.formats)
+        and record.sidecar is not None
+        and storage.has_asset(record.sidecar.key, record.sidecar.sha256)
         and all(storage.has_asset(f.key, f.sha256) for f in record.files)
     )
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from soundtrack.analysis import Analysis, analyse, analysis_row, compare
+from soundtrack.audio import read_audio
 from soundtrack.encode import EncodedFile, encode
 from soundtrack.errors import AudioError
 from soundtrack.expectations import check_expectations
@@ -24,11 +27,15 @@ from soundtrack.gates import (
     gate_expectations,
     metrics_row,
 )
-from soundtrack.master import Master, master
+from soundtrack.keys import parse_key, relative, semitones_apart
+from soundtrack.master import Master, finish, prepare
 from soundtrack.measure import Metrics, measure, measure_file
+from soundtrack.sidecar import sidecar, write_sidecar
 from soundtrack.spec import TrackSpec
 
 _T = TypeVar("_T")
+# A first downbeat this close after a bar's length still counts back to the start (sample 0).
+_GRID_SLACK_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,13 @@ class TrackOutcome:
     files: list[EncodedFile]  # empty when rejected
     master: MasterInfo | None  # None when the input could not be mastered (a silent source)
     qc: GateTable  # the metric rows and expectations judged: input to the QC report
+    analysis: Analysis | None = None  # of the master: positions are the master's samples
+    sidecar: EncodedFile | None = None  # the engine sidecar (<track>.json) of an approved track
+    reference: dict[str, Any] | None = None  # the master compared with the track's reference
+
+    def analysis_row(self) -> dict[str, Any] | None:
+        """The analysis's numbers, as the report records them."""
+        return None if self.analysis is None else analysis_row(self.analysis)
 
 
 def process_track(
@@ -71,35 +85,116 @@ def process_track(
     failed; a rejected track's files are removed (so `out_dir` should be a staging folder)."""
     extra = check_expectations(extra_expectations)
     with ThreadPoolExecutor(max_workers=len(spec.formats) + 1) as pool:
-        # 1. Master (on threads of its own); silence cannot be normalised, and the silence gate
-        # on the input says so
+        # 1. Master (on threads of its own), listening to the music on the way: a loop with a
+        # tempo target is cut on its bars. Silence cannot be normalised, and the silence gate
+        # on the input says so.
         try:
-            m = master(
+            prepared = prepare(
                 audio, sample_rate, spec.mastering, loop=spec.loop, duration_s=spec.duration_s
+            )
+            heard = analyse(
+                prepared.audio,
+                prepared.sample_rate,
+                beats_per_bar=spec.beats_per_bar,
+                bpm_hint=spec.bpm,
+            )
+            m = finish(
+                prepared,
+                spec.mastering,
+                loop=spec.loop,
+                duration_s=spec.duration_s,
+                bar_loop=_bar_loop(spec, heard),
             )
         except AudioError:
             rows = [metrics_row(spec.id, SOURCE, _measure(spec, audio, sample_rate))]
-            outcome = _judged(spec, rows, extra, files=[], master_info=None)
+            outcome = _judged(spec, rows, extra, None, files=[])
             if outcome.status == "rejected":
                 return outcome
             raise
+        analysis = _on_master(heard, m, spec)
         # 2. Encode each format, then decode and measure each file. Meanwhile measure the input
         # (silence and clipping are judged on it as well, before mastering gain can hide them;
         # measured now, not beside mastering, which has both cores) and the master, and judge
         # both, so that only the decoded files' gates (and a team's) are left for the end.
         jobs = [pool.submit(_encode_and_measure, spec, m, fmt, out_dir) for fmt in spec.formats]
         source_job = pool.submit(_measure, spec, audio, sample_rate)
-        (rows, body_gates), done = _gather(jobs, partial(_judge_body, spec, m, source_job))
+        body = partial(_judge_body, spec, m, analysis, source_job)
+        (rows, body_gates), done = _gather(jobs, body)
     rows += [metrics_row(spec.id, file.format, metrics) for file, metrics in done]
     # 3. Judge; nothing of a rejected track is kept
     files = [file for file, _ in done]
-    return _judged(spec, rows, extra, files=files, master_info=_info(m), done=body_gates)
+    outcome = _judged(spec, rows, extra, m, files=files, done=body_gates)
+    reference = None
+    if spec.reference is not None:
+        reference = compare(analysis, _reference_analysis(spec.reference)).to_dict()
+    outcome = replace(outcome, analysis=analysis, reference=reference)
+    if outcome.status != "approved" or outcome.master is None:
+        return outcome
+    data = sidecar(spec, outcome.master, analysis)
+    return replace(outcome, sidecar=write_sidecar(data, out_dir, spec.id))
+
+
+def _reference_analysis(path: Path) -> Analysis:
+    """The analysis of a reference recording, once per file and version in this process."""
+    stat = path.stat()
+    return _analysed(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _analysed(path: Path, mtime_ns: int, size: int) -> Analysis:
+    audio, sample_rate = read_audio(path)
+    return analyse(audio, sample_rate)
+
+
+def _bar_loop(spec: TrackSpec, heard: Analysis) -> tuple[int, float] | None:
+    """Where a loop cut on bars starts (the earliest downbeat of the measured bar grid) and
+    its length in samples (whole bars at the measured tempo, nearest its duration)."""
+    if not spec.bar_loop or heard.tempo_bpm is None or not heard.downbeats:
+        return None  # no beat to count bars by: a plain loop, which the tempo gate rejects
+    sr = heard.sample_rate
+    bar = spec.beats_per_bar * 60.0 / heard.tempo_bpm * sr
+    bars = spec.bars or max(1, round(spec.duration_s * sr / bar))
+    # The tracker may find its first downbeat a bar or more in: count the grid back to the start.
+    found = heard.downbeats[0]
+    first = found - ((found + _GRID_SLACK_S * sr) // bar) * bar
+    return max(0, round(first)), bars * bar
+
+
+def _on_master(heard: Analysis, m: Master, spec: TrackSpec) -> Analysis:
+    """The analysis as the master has it: beats past its end dropped; a bar loop's tempo read
+    off its length, and its beats and bars on that exact grid (it repeats on them)."""
+    frames = m.audio.shape[1]
+    if not (spec.bar_loop and m.loop_start is not None and m.loop_length and heard.tempo_bpm):
+        return replace(
+            heard,
+            frames=frames,
+            beats=tuple(b for b in heard.beats if b < frames),
+            downbeats=tuple(b for b in heard.downbeats if b < frames),
+        )
+    bar = spec.beats_per_bar * 60.0 / heard.tempo_bpm * m.sample_rate
+    bars = max(1, round(m.loop_length / bar))
+    beat = m.loop_length / (bars * spec.beats_per_bar)
+    first = m.loop_start - int(m.loop_start // beat) * beat  # the grid runs back into an intro
+    beats = np.arange(first, frames - 0.5, beat)
+    on_bar = np.isclose(((beats - m.loop_start) / beat) % spec.beats_per_bar, 0.0, atol=1e-6)
+    return replace(
+        heard,
+        frames=frames,
+        tempo_bpm=60.0 * m.sample_rate / beat,
+        beats=tuple(np.rint(beats).astype(int).tolist()),
+        downbeats=tuple(np.rint(beats[on_bar]).astype(int).tolist()),
+    )
 
 
 def _measure(
-    spec: TrackSpec, audio: np.ndarray, sample_rate: int, m: Master | None = None
+    spec: TrackSpec,
+    audio: np.ndarray,
+    sample_rate: int,
+    m: Master | None = None,
+    *,
+    bar_lines: Sequence[int] = (),
 ) -> Metrics:
-    """Measure the input, or with `m` the master and its loop."""
+    """Measure the input, or with `m` the master and its loop (judged against `bar_lines`)."""
     return measure(
         audio,
         sample_rate,
@@ -107,19 +202,34 @@ def _measure(
         loop_length=None if m is None else m.loop_length,
         clip_run_samples=spec.gates.clip_run_samples,
         silence_threshold_dbfs=spec.gates.dropout_threshold_dbfs,
+        bar_lines=bar_lines,
     )
 
 
+def analysis_columns(analysis: Analysis, key: str | None) -> dict[str, Any]:
+    """The analysis's numbers on the master's row (gates and a team's expectations read them),
+    with the measured key's distance from the target `key`."""
+    offset = None
+    if key is not None and analysis.key is not None:
+        measured, target = parse_key(analysis.key), parse_key(key)
+        # The relative key shares the target's notes: compare like modes, 0 when it is either.
+        if measured.mode != target.mode:
+            target = relative(target)
+        offset = abs(semitones_apart(target, measured))
+    return {**analysis_row(analysis), "key_offset_semitones": offset}
+
+
 def _judge_body(
-    spec: TrackSpec, m: Master, source_job: Future[Metrics]
+    spec: TrackSpec, m: Master, analysis: Analysis, source_job: Future[Metrics]
 ) -> tuple[list[dict[str, Any]], list[GateResult]]:
-    """The source and master rows, and the verdicts of the gates on them."""
-    master_metrics = _measure(spec, m.audio, m.sample_rate, m)
+    """The source and master rows (the master's with its analysis), and the verdicts of the
+    gates on them."""
+    master_metrics = _measure(spec, m.audio, m.sample_rate, m, bar_lines=analysis.downbeats)
     rows = [
         metrics_row(spec.id, SOURCE, source_job.result()),
-        metrics_row(spec.id, MASTER, master_metrics),
+        {**metrics_row(spec.id, MASTER, master_metrics), **analysis_columns(analysis, spec.key)},
     ]
-    gates = _gates(spec, [SOURCE, MASTER])
+    gates = _gates(spec, [SOURCE, MASTER], m)
     return rows, evaluate(GateTable(spec.id, tuple(rows), tuple(gates)))
 
 
@@ -167,13 +277,13 @@ def _judged(
     spec: TrackSpec,
     rows: list[dict[str, Any]],
     extra: list[dict[str, Any]],
+    m: Master | None,
     *,
     files: list[EncodedFile],
-    master_info: MasterInfo | None,
     done: Sequence[GateResult] = (),
 ) -> TrackOutcome:
     labels = [row["label"] for row in rows]
-    table = GateTable(spec.id, tuple(rows), tuple(_gates(spec, labels)), tuple(extra))
+    table = GateTable(spec.id, tuple(rows), tuple(_gates(spec, labels, m)), tuple(extra))
     try:
         gates = evaluate(table, done=done)
     except Exception:
@@ -187,20 +297,27 @@ def _judged(
         status="approved" if approved else "rejected",
         gates=gates,
         files=files if approved else [],
-        master=master_info,
+        master=None if m is None else _info(m),
         qc=table,
     )
 
 
-def _gates(spec: TrackSpec, labels: Sequence[str]) -> list[Gate]:
+def _gates(spec: TrackSpec, labels: Sequence[str], m: Master | None) -> list[Gate]:
+    # A loop cut on bars is as long as its whole bars at the measured tempo (and any intro
+    # before its first downbeat): the duration gates hold the files to that.
+    duration_s = spec.duration_s
+    if spec.bar_loop and m is not None and m.loop_length is not None:
+        duration_s = m.audio.shape[1] / m.sample_rate
     return gate_expectations(
         labels,
         limits=spec.gates,
         loudness=spec.mastering.loudness,
-        duration_s=spec.duration_s,
+        duration_s=duration_s,
         loop=spec.loop,
         sample_rate=spec.mastering.sample_rate,
         channels=spec.mastering.channels,
+        bpm=spec.bpm,
+        key=spec.key,
     )
 
 

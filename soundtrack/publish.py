@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 
 from soundtrack.formats import content_type_for
 from soundtrack.redaction import redact
-from soundtrack.report import BuildReport, FileRecord, ModelInfo, Status, TrackRecord
+from soundtrack.report import (
+    BuildReport,
+    FileRecord,
+    ModelInfo,
+    SidecarRecord,
+    Status,
+    TrackRecord,
+)
+from soundtrack.sidecar import SIDECAR_EXT
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import Storage
 
@@ -26,8 +34,9 @@ def track_record(
     reason: str | None = None,
     gates: Sequence[GateResult] = (),
     files: Sequence[FileRecord] = (),
+    outcome: TrackOutcome | None = None,
 ) -> TrackRecord:
-    """The report entry of one track."""
+    """The report entry of one track (with what `outcome` measured, when it was processed)."""
     return TrackRecord.model_validate(
         {
             "id": spec.id,
@@ -41,6 +50,8 @@ def track_record(
             "reason": None if reason is None else redact(reason),
             "gates": list(gates),
             "files": list(files),
+            "analysis": None if outcome is None else outcome.analysis_row(),
+            "reference": None if outcome is None else outcome.reference,
         }
     )
 
@@ -90,7 +101,29 @@ def publish_outcome(
                 else None,
             )
         )
-    return track_record(spec, "approved", model=model, gates=outcome.gates, files=files)
+    record = track_record(
+        spec, "approved", model=model, gates=outcome.gates, files=files, outcome=outcome
+    )
+    if outcome.sidecar is None:
+        return record
+    published = storage.put_asset(
+        outcome.sidecar.path,
+        storage.asset_key(spec.soundtrack, spec.id, spec.spec_hash, SIDECAR_EXT),
+        sha256=outcome.sidecar.sha256,
+        content_type="application/json",
+        metadata=metadata,
+    )
+    url = None
+    if published.uri.startswith("s3://"):
+        url = storage.presign(published.key, presign_expiry_s)
+    sidecar = SidecarRecord(
+        key=published.key,
+        uri=published.uri,
+        sha256=published.sha256,
+        bytes=published.bytes,
+        url=url,
+    )
+    return record.model_copy(update={"sidecar": sidecar})
 
 
 def index_of(
@@ -119,7 +152,10 @@ def lock_bytes(report: BuildReport) -> bytes:
         update={
             "tracks": [
                 t.model_copy(
-                    update={"files": [f.model_copy(update={"url": None}) for f in t.files]}
+                    update={
+                        "files": [f.model_copy(update={"url": None}) for f in t.files],
+                        "sidecar": t.sidecar and t.sidecar.model_copy(update={"url": None}),
+                    }
                 )
                 for t in report.tracks
             ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -47,12 +47,42 @@ class FileRecord(_Model):
     @field_validator("key")
     @classmethod
     def _key_inside(cls, key: str) -> str:
-        # A lock is read back from storage, where anyone may have edited it: a key that could
-        # name a path outside the storage root makes the lock unreadable, not the build's input.
-        parts = key.split("/")
-        if "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"file key {key!r} is not a relative path inside the storage")
-        return key
+        return _inside(key)
+
+
+def _inside(key: str) -> str:
+    # A lock is read back from storage, where anyone may have edited it: a key that could
+    # name a path outside the storage root makes the lock unreadable, not the build's input.
+    parts = key.split("/")
+    if "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"file key {key!r} is not a relative path inside the storage")
+    return key
+
+
+class SidecarRecord(_Model):
+    """The engine sidecar published beside a track's audio (docs/formats.md#sidecar)."""
+
+    format: Literal["json"] = "json"
+    key: str
+    uri: str
+    sha256: str
+    bytes: int
+    url: str | None = Field(default=None, description="Presigned download link (S3 only).")
+
+    @field_validator("key")
+    @classmethod
+    def _key_inside(cls, key: str) -> str:
+        return _inside(key)
+
+
+class TakeRecord(_Model):
+    """One take of a track that may be re-rolled: its seed and what became of it."""
+
+    take: int
+    seed: int
+    status: Literal["approved", "rejected", "failed"]
+    rejected_by: list[str] = Field(default_factory=list, description="Gates that failed it.")
+    reason: str | None = None
 
 
 class TrackRecord(_Model):
@@ -66,11 +96,35 @@ class TrackRecord(_Model):
     reason: str | None = Field(default=None, description="Why a track failed or was rejected.")
     gates: list[GateResult] = Field(default_factory=list)
     files: list[FileRecord] = Field(default_factory=list)
+    sidecar: SidecarRecord | None = None
+    analysis: dict[str, float | int | str | None] | None = Field(
+        default=None, description="What the master measured: tempo, key, loudness range..."
+    )
+    reference: dict[str, Any] | None = Field(
+        default=None, description="The render compared with the track's reference recording."
+    )
+    takes: list[TakeRecord] = Field(
+        default_factory=list, description="Every take tried, when the track may re-roll."
+    )
 
     @property
     def usable(self) -> bool:
         """Approved now or earlier: its files are published and referenced by the lock."""
         return self.status in ("approved", "cached")
+
+    def takes_summary(self) -> str:
+        """The takes tried, in a line ("take 3 of 3 passed (seed 9); 1: tempo; 2: loudness")."""
+        if not self.takes:
+            return ""
+        last = self.takes[-1]
+        verdict = "passed" if last.status == "approved" else last.status
+        tried = [
+            f"{t.take + 1}: {', '.join(t.rejected_by) or t.status}"
+            for t in self.takes
+            if t.status != "approved"
+        ]
+        head = f"take {last.take + 1} {verdict} (seed {last.seed})"
+        return "; ".join([head, *tried])
 
 
 class BuildReport(_Model):

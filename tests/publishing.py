@@ -113,7 +113,7 @@ def folder_problems(folder: Path) -> list[str]:
                 f"{p.name}: file of {track['status']} track"
                 for p in folder.glob(f"{track['id']}.*")
             ]
-        for entry in track["files"]:
+        for entry in [*track["files"], *([track["sidecar"]] if track.get("sidecar") else [])]:
             name = entry["key"].partition("/")[2]
             expected.add(name)
             path = folder / name

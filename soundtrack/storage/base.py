@@ -161,7 +161,7 @@ def check_expiry(expires_s: int) -> None:
 
 
 def index_keys(data: bytes, where: str) -> set[str]:
-    """The keys a lock file references: every tracks[i].files[j].key."""
+    """The keys a lock file references: every tracks[i].files[j].key and sidecar key."""
     try:
         index = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -181,4 +181,7 @@ def index_keys(data: bytes, where: str) -> set[str]:
                     f"index {where}: tracks[{i}].files[{j}] has no 'key'", transient=False
                 )
             keys.add(key)
+        sidecar = track.get("sidecar")
+        if isinstance(sidecar, dict) and isinstance(sidecar.get("key"), str) and sidecar["key"]:
+            keys.add(sidecar["key"])
     return keys

@@ -12,7 +12,7 @@ from soundtrack.errors import InputError
 from soundtrack.hashing import file_sha256
 from soundtrack.plan import batch, plan_build, select
 from soundtrack.publish import track_record
-from soundtrack.report import BuildReport, FileRecord
+from soundtrack.report import BuildReport, FileRecord, SidecarRecord
 from soundtrack.spec import Sampling, TrackSpec
 from soundtrack.storage import LocalStorage
 from tests.specs import make_spec
@@ -34,11 +34,20 @@ def published(storage: LocalStorage, spec_id: str, spec_hash: str, body: bytes) 
     )
 
 
+def sidecar_of(storage: LocalStorage, spec_id: str) -> SidecarRecord:
+    path = storage.root / "test" / f"{spec_id}.json"
+    path.write_text("{}")
+    return SidecarRecord(
+        key=f"test/{spec_id}.json", uri=path.as_uri(), sha256=file_sha256(path), bytes=2
+    )
+
+
 def lock_of(storage: LocalStorage, *specs: TrackSpec, status: str = "approved") -> BuildReport:
     records = []
     for spec in specs:
         file = published(storage, spec.id, spec.spec_hash, spec.id.encode())
-        records.append(track_record(spec, status, files=[file]))
+        record = track_record(spec, status, files=[file])
+        records.append(record.model_copy(update={"sidecar": sidecar_of(storage, spec.id)}))
     return BuildReport(soundtrack="test", storage=str(storage.root), tracks=records)
 
 
@@ -49,6 +58,17 @@ def test_published_tracks_are_cached_and_the_rest_batched(tmp_path: Path) -> Non
     plan = plan_build([done, new], lock_of(storage, done), storage)
     assert [r.id for r in plan.cached] == ["done"] and plan.cached[0].status == "cached"
     assert [[s.id for s in b] for b in plan.batches] == [["new"]]
+
+
+def test_a_track_without_its_sidecar_is_published_again(tmp_path: Path) -> None:
+    storage = LocalStorage("out", tmp_path)
+    old, gone = make_spec(id="old", formats=("ogg",)), make_spec(id="gone", formats=("ogg",))
+    lock = lock_of(storage, old, gone)
+    # A lock written before sidecars existed, and a sidecar deleted from the folder.
+    lock.tracks[0] = lock.tracks[0].model_copy(update={"sidecar": None})
+    (storage.root / "test" / "gone.json").unlink()
+    plan = plan_build([old, gone], lock, storage)
+    assert plan.cached == [] and [s.id for b in plan.batches for s in b] == ["gone", "old"]
 
 
 def test_changed_spec_missing_or_altered_file_is_rebuilt(tmp_path: Path) -> None:

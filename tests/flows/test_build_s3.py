@@ -49,7 +49,12 @@ def port(endpoint: str) -> int:
 
 
 def lock_entries(lock: dict[str, Any]) -> list[dict[str, Any]]:
-    return [entry for track in lock["tracks"] for entry in track["files"]]
+    """Every published file the lock lists: each track's audio files and its sidecar."""
+    return [
+        entry
+        for track in lock["tracks"]
+        for entry in [*track["files"], *([track["sidecar"]] if track.get("sidecar") else [])]
+    ]
 
 
 def published(key: str) -> bool:
@@ -86,7 +91,8 @@ def assert_every_object_verifies(client: Any, bucket: str, lock: dict[str, Any])
         assert base64.b64decode(head["ChecksumSHA256"]).hex() == entry["sha256"], entry["key"]
         assert head["Metadata"]["sha256"] == entry["sha256"]
         assert head["ContentLength"] == entry["bytes"]
-        assert head["ContentType"] == {"ogg": "audio/ogg", "mp3": "audio/mpeg"}[entry["format"]]
+        content_types = {"ogg": "audio/ogg", "mp3": "audio/mpeg", "json": "application/json"}
+        assert head["ContentType"] == content_types[entry["format"]]
         body = client.get_object(Bucket=bucket, Key=entry["key"])["Body"].read()
         assert hashlib.sha256(body).hexdigest() == entry["sha256"], entry["key"]
         assert entry["uri"] == f"s3://{bucket}/{entry['key']}"
@@ -198,10 +204,10 @@ def test_build_publishes_verified_files_and_a_rebuild_uploads_nothing(
         outputs.append(lock_bytes.decode())
         assert statuses(lock) == statuses(report)
         entries = lock_entries(lock)
-        assert len(entries) == 4
+        assert len(entries) == 6  # OGG, MP3 and the sidecar of each track
         assert all(e["url"] is None for e in entries), "the lock keeps no short-lived links"
         for track in lock["tracks"]:
-            for entry in track["files"]:
+            for entry in [*track["files"], track["sidecar"]]:
                 expected = f"games/s3-e2e/{track['id']}/{track['spec_hash']}.{entry['format']}"
                 assert entry["key"] == expected
         assert listed(client, bucket) == {e["key"] for e in entries} | {index_key}

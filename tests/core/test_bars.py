@@ -1,0 +1,102 @@
+"""Loops on the bar and the engine sidecar: a loop with a bpm starts on its first downbeat and
+is whole bars long at the measured tempo, in the files' own tags (read back with mutagen and
+the WAV smpl chunk), and the sidecar says so in samples that match the audio."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from soundtrack.measure import read_loop_tags
+from soundtrack.process import process_track
+from soundtrack.sidecar import json_schema
+from tests.music import chord_cycle, drum_and_bass
+from tests.specs import make_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+RATE = 44100
+TOLERANCE_S = 0.03  # beat positions: the tracker works on 11.6 ms frames
+
+
+def test_a_loop_of_8_bars_at_120_bpm_starts_on_the_downbeat_and_is_8_bars_long(
+    tmp_path: Path,
+) -> None:
+    # Half a second of pickup (hats) before the first downbeat, then A minor at 120 bpm.
+    audio, downbeats = drum_and_bass(120, "A minor", 20.0, RATE, lead_in_s=0.5)
+    spec = make_spec(
+        loop=True, bpm=120, bars=8, duration_s=16.0, key="A minor", formats=("ogg", "wav")
+    )
+    outcome = process_track(spec, audio, RATE, tmp_path)
+    assert outcome.status == "approved", [g for g in outcome.gates if not g.passed]
+    info, sidecar_file = outcome.master, outcome.sidecar
+    assert info is not None and sidecar_file is not None
+    assert info.loop_start is not None and info.loop_length is not None
+
+    # LOOPSTART on the first downbeat; LOOPLENGTH 8 bars at the measured tempo.
+    assert abs(info.loop_start - downbeats[0]) <= TOLERANCE_S * RATE
+    sidecar = json.loads(sidecar_file.path.read_text())
+    measured = sidecar["tempo"]["measured_bpm"]
+    assert sidecar["tempo"]["nominal_bpm"] == 120
+    assert abs(measured - 120.0) <= 0.01 * 120.0
+    assert info.loop_length == pytest.approx(8 * 4 * 60 / measured * RATE, abs=1.0)
+    assert abs(info.loop_length - 8 * 4 * 60 / 120 * RATE) <= 0.003 * 705600
+
+    # The files carry those points: OGG comments and the WAV smpl loop.
+    for encoded in outcome.files:
+        assert read_loop_tags(encoded.path) == (info.loop_start, info.loop_length)
+
+    # The sidecar validates against the committed schema and matches the audio.
+    committed = json.loads((ROOT / "docs" / "sidecar.schema.json").read_text())
+    assert committed == json_schema(), "run `make schema`, commit docs/sidecar.schema.json"
+    jsonschema.validate(sidecar, committed)
+    assert sidecar["loop"] == {
+        "start_sample": info.loop_start,
+        "length_samples": info.loop_length,
+        "end_sample": info.loop_start + info.loop_length,
+        "bars": 8,
+    }
+    assert sidecar["length_samples"] == info.frames == info.loop_start + info.loop_length
+    assert sidecar["sample_rate"] == RATE and sidecar["key"]["measured"] == "A minor"
+    bars = np.array(sidecar["bars"])
+    # The bar line at the loop's end is the loop start's, heard again after the wrap.
+    truth = np.array([d for d in downbeats if d < info.frames - TOLERANCE_S * RATE])
+    assert bars.size == truth.size
+    assert np.max(np.abs(bars - truth)) <= TOLERANCE_S * RATE
+    beats = np.array(sidecar["beats"])
+    assert set(bars) <= set(beats)
+    assert np.count_nonzero(beats >= info.loop_start) == 4 * 8  # and one in the pickup
+    assert np.all(np.abs(beats[beats < info.loop_start] - (downbeats[0] - RATE / 2)) <= 0.03 * RATE)
+
+
+def test_without_bars_a_loop_with_bpm_takes_the_whole_bars_nearest_its_duration(
+    tmp_path: Path,
+) -> None:
+    audio, _ = drum_and_bass(100, "D major", 22.0, RATE)
+    # 15 s at 100 bpm is 6.25 bars: the loop is 6 bars (14.4 s), and the duration gate holds
+    # the files to that, not to 15 s.
+    spec = make_spec(loop=True, bpm=100, duration_s=15.0, formats=("ogg",))
+    outcome = process_track(spec, audio, RATE, tmp_path)
+    assert outcome.status == "approved", [g for g in outcome.gates if not g.passed]
+    assert outcome.master is not None and outcome.master.loop_length is not None
+    assert abs(outcome.master.loop_length - 6 * 4 * 60 / 100 * RATE) <= 0.003 * 6 * 2.4 * RATE
+    assert outcome.master.loop_start is not None and outcome.master.loop_start <= 0.03 * RATE
+    duration = next(g for g in outcome.gates if g.name == "duration_ogg")
+    assert duration.value == pytest.approx(outcome.master.duration_s, abs=1e-3)
+
+
+@pytest.mark.parametrize("bpm", [120, None], ids=["with-bpm", "without-bpm"])
+def test_a_periodic_chord_cycle_is_a_seamless_loop_though_its_level_jumps_each_bar(
+    tmp_path: Path, bpm: int | None
+) -> None:
+    # 16 s phrase, a chord attack on every bar, each at its own level; 20 s of it as a source.
+    audio = chord_cycle(20.0, RATE)
+    spec = make_spec(loop=True, bpm=bpm, duration_s=16.0, formats=("ogg",))
+    outcome = process_track(spec, audio, RATE, tmp_path)
+    gates = {g.name: g for g in outcome.gates}
+    assert gates["loop_seam_loudness"].passed, gates["loop_seam_loudness"]
+    assert gates["loop_seam_jump"].passed, gates["loop_seam_jump"]
+    assert outcome.status == "approved"
