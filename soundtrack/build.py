@@ -16,17 +16,26 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from soundtrack import events, steps
 from soundtrack.catalog import limit_problems
 from soundtrack.errors import InputError, ModelLoadError, StorageError
 from soundtrack.inputs import CheckedInputs, check_inputs
 from soundtrack.models import check_model, load_count
-from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build
+from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, batch, plan_build
 from soundtrack.publish import index_of, lock_bytes, track_record
+from soundtrack.redaction import redact
 from soundtrack.renders import Render, RenderFailure, cache_root
-from soundtrack.report import BuildReport, LockUnreadable, ModelInfo, TrackRecord, parse_lock
+from soundtrack.report import (
+    BuildReport,
+    LockUnreadable,
+    ModelInfo,
+    TakeRecord,
+    TrackRecord,
+    parse_lock,
+)
+from soundtrack.resolve import take
 from soundtrack.spec import TrackSpec
 
 if TYPE_CHECKING:
@@ -196,7 +205,7 @@ def _run(
             tracks.render(batch)
         for spec in plan.recordings:
             tracks.master(spec, None)
-        tracks.run()
+        tracks.run(options.batch_size)
 
     # 2. Report, in manifest order; the index goes last and only when every approval is published
     order = {spec.id: i for i, spec in enumerate(checked.specs)}
@@ -297,23 +306,36 @@ class _Tracks:
     records: dict[str, TrackRecord] = field(default_factory=dict)
     outcomes: list[TrackOutcome] = field(default_factory=list)
     publish_errors: list[str] = field(default_factory=list)
+    takes: dict[str, list[TakeRecord]] = field(default_factory=dict)  # of tracks that re-roll
+    _rerolls: list[TrackSpec] = field(default_factory=list)
+    _first: dict[str, TrackSpec] = field(default_factory=dict)  # take 0 of each track rendered
     _done: queue.Queue[Future[Any]] = field(default_factory=queue.Queue)
     _next: dict[Future[Any], Callable[[Future[Any]], None]] = field(default_factory=dict)
 
-    def run(self) -> None:
-        """Until every track has its record: hand each finished step to what follows it."""
-        while self._next:
+    def run(self, batch_size: int) -> None:
+        """Until every track has its record: hand each finished step to what follows it; when
+        all is done but re-rolls, render those, batched together."""
+        while self._next or self._rerolls:
+            if not self._next:
+                rerolls, self._rerolls = self._rerolls, []
+                for group in batch(rerolls, batch_size):
+                    self.render(group)
+                continue
             future = self._done.get()
             self._next.pop(future)(future)
 
     def finish(self, record: TrackRecord) -> None:
+        if record.id in self.takes:
+            record = record.model_copy(update={"takes": self.takes[record.id]})
         self.records[record.id] = record
         if self.observer is not None:
             self.observer.track_done(record)
         events.emit(record.id, "published" if record.status == "approved" else record.status)
 
     def render(self, batch: list[TrackSpec]) -> None:
-        label = f"generate[{', '.join(spec.id for spec in batch)}]"
+        for spec in batch:
+            self._first.setdefault(spec.id, spec)
+        label = f"generate[{', '.join(_take_label(spec) for spec in batch)}]"
         future = self.executor.submit(
             steps.render, batch, str(cache_root()), self.device, label=label
         )
@@ -330,9 +352,36 @@ class _Tracks:
             return
         for spec, result in zip(batch, results, strict=True):
             if isinstance(result, RenderFailure):
-                self.finish(track_record(spec, "failed", reason=result.reason))
+                if not self._rerolled(spec, "failed", reason=result.reason):
+                    self.finish(track_record(spec, "failed", reason=result.reason))
             else:
                 self.master(spec, result)
+
+    def _rerolled(
+        self,
+        spec: TrackSpec,
+        status: Literal["rejected", "failed"],
+        *,
+        reason: str,
+        gates: Sequence[str] = (),
+    ) -> bool:
+        """Record a take that did not pass; True when the track renders another take."""
+        if spec.attempts == 1:
+            return False
+        self.takes.setdefault(spec.id, []).append(
+            TakeRecord(
+                take=spec.take,
+                seed=spec.seed,
+                status=status,
+                rejected_by=list(gates),
+                reason=redact(reason),
+            )
+        )
+        if spec.take + 1 >= spec.attempts:
+            return False
+        self._rerolls.append(take(self._first[spec.id], spec.take + 1))
+        events.emit(spec.id, "re-roll")
+        return True
 
     def master(self, spec: TrackSpec, render: Render | None) -> None:
         audio = render.path if render else spec.source
@@ -346,7 +395,7 @@ class _Tracks:
             spec,
             str(audio),
             str(self.staging / spec.spec_hash),
-            label=f"master[{spec.id}]",
+            label=f"master[{_take_label(spec)}]",
         )
         self._then(future, lambda f: self._mastered(spec, model, f))
 
@@ -356,17 +405,26 @@ class _Tracks:
         try:
             outcome = future.result()
         except Exception as exc:
-            self.finish(track_record(spec, "failed", model=model, reason=str(exc)))
+            if not self._rerolled(spec, "failed", reason=str(exc)):
+                self.finish(track_record(spec, "failed", model=model, reason=str(exc)))
             return
-        self.outcomes.append(outcome)
         if outcome.status != "approved":
             shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
             failed = [g.name for g in outcome.gates if not g.passed and g.severity == "fail"]
             reason = f"rejected by gates: {', '.join(failed)}"
-            self.finish(
-                track_record(spec, "rejected", model=model, reason=reason, gates=outcome.gates)
+            if self._rerolled(spec, "rejected", reason=reason, gates=failed):
+                return
+            self.outcomes.append(outcome)
+            record = track_record(
+                spec, "rejected", model=model, reason=reason, gates=outcome.gates, outcome=outcome
             )
+            self.finish(record)
             return
+        self.outcomes.append(outcome)
+        if spec.attempts > 1:
+            self.takes.setdefault(spec.id, []).append(
+                TakeRecord(take=spec.take, seed=spec.seed, status="approved")
+            )
         published = self.executor.submit(
             steps.publish,
             spec,
@@ -393,7 +451,9 @@ class _Tracks:
             self.publish_errors.append(f"{spec.id}: {exc}")
             reason = f"approved but not published: {exc}"
             self.finish(
-                track_record(spec, "failed", model=model, reason=reason, gates=outcome.gates)
+                track_record(
+                    spec, "failed", model=model, reason=reason, gates=outcome.gates, outcome=outcome
+                )
             )
             return
         self.finish(record)
@@ -401,3 +461,8 @@ class _Tracks:
     def _then(self, future: Future[T], step: Callable[[Future[T]], None]) -> None:
         self._next[future] = step
         future.add_done_callback(self._done.put)
+
+
+def _take_label(spec: TrackSpec) -> str:
+    """A track's name in a task label: its take too, from the second on."""
+    return spec.id if spec.take == 0 else f"{spec.id}#take{spec.take + 1}"
