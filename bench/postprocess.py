@@ -1,8 +1,10 @@
 """Post-processing: our chain vs an ffmpeg command-line reference chain, same input, same run.
 
 Input: 60 s of stereo 32 kHz audio (MusicGen's rate). Ours: process_track (input measures,
-master to -24 LUFS under -2 dBTP, resample to 44.1 kHz, OGG q6 + MP3 V2, decode both and judge
-them by the gates). Reference: ffmpeg loudnorm pass 1 (analysis), then pass 2 (linear
+master to -24 LUFS under -2 dBTP, resample to 44.1 kHz, the music analysis, OGG q6 + MP3 V2,
+decode both and judge them by the gates). The analysis is also timed alone on the same master,
+right after each run of ours, so its share of the chain comes from the same run.
+Reference: ffmpeg loudnorm pass 1 (analysis), then pass 2 (linear
 loudnorm + soxr aresample to 44.1 kHz + libvorbis q6 and libmp3lame V2 in one process).
 Both run on all cores and pinned to one core (taskset), alternating, --repeats times; the ratio
 is the median of each run of ours over the reference run right after it, which cancels most of
@@ -88,6 +90,8 @@ def measure_once(repeats: int, work: Path) -> dict[str, Any]:
     import soundfile as sf
 
     from soundtrack import process
+    from soundtrack.analysis import analyse
+    from soundtrack.master import prepare
 
     spec, audio = _bench_input()
     src = work / "input.wav"
@@ -97,11 +101,15 @@ def measure_once(repeats: int, work: Path) -> dict[str, Any]:
     cold_s = time.perf_counter() - start
     if warm.status != "approved":
         raise SystemExit(f"our chain rejected the input: {warm.gates}")
-    ours, reference = [], []
+    prepared = prepare(audio, INPUT_RATE, spec.mastering, loop=False, duration_s=INPUT_S)
+    ours, analysis, reference = [], [], []
     for i in range(repeats):
         start = time.perf_counter()
         process.process_track(spec, audio, INPUT_RATE, work / f"ours{i}")
         ours.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        analyse(prepared.audio, prepared.sample_rate)
+        analysis.append(time.perf_counter() - start)
         start = time.perf_counter()
         reference_chain(src, work)
         reference.append(time.perf_counter() - start)
@@ -109,9 +117,15 @@ def measure_once(repeats: int, work: Path) -> dict[str, Any]:
         "cores": len(os.sched_getaffinity(0)),
         "cold_s": cold_s,
         "ours_s": statistics.median(ours),
+        "analysis_s": statistics.median(analysis),
         "reference_s": statistics.median(reference),
         "ratio": statistics.median(o / r for o, r in zip(ours, reference, strict=True)),
+        # What the analysis adds to the rest of the chain, run by run.
+        "analysis_share": statistics.median(
+            a / (o - a) for a, o in zip(analysis, ours, strict=True)
+        ),
         "ours_all_s": ours,
+        "analysis_all_s": analysis,
         "reference_all_s": reference,
         "qc": warm.qc,
     }
@@ -122,12 +136,14 @@ def stage_costs(repeats: int, work: Path, qc: Any) -> dict[str, float]:
     them on threads, where their CPU cannot be told apart); medians of `repeats` runs."""
     import soundfile as sf
 
+    from soundtrack.analysis import analyse
     from soundtrack.encode import encode
     from soundtrack.gates import evaluate
-    from soundtrack.master import master
+    from soundtrack.master import master, prepare
     from soundtrack.measure import measure, measure_file
 
     spec, audio = _bench_input()
+    prepared = prepare(audio, INPUT_RATE, spec.mastering, loop=False, duration_s=INPUT_S)
     tags = {"title": "bench", "soundtrack": "bench", "track_id": "bench", "spec_hash": "0"}
     runs: list[dict[str, float]] = []
     vorbis_s: list[float] = []
@@ -158,6 +174,7 @@ def stage_costs(repeats: int, work: Path, qc: Any) -> dict[str, float]:
                 "master",
                 partial(master, audio, INPUT_RATE, spec.mastering, loop=False, duration_s=INPUT_S),
             )
+            cost(run, "analyse", partial(analyse, prepared.audio, prepared.sample_rate))
             cost(run, "measure input", partial(measure, audio, INPUT_RATE))
             cost(run, "measure master", partial(measure, m.audio, m.sample_rate))
             vorbis_s.clear()
@@ -206,6 +223,7 @@ def child(repeats: int, stages: bool) -> dict[str, Any]:
 
 _STAGES = {
     "master": "`master` (DC removal, resampling, loudness, limiter)",
+    "analyse": "`analyse` (tempo, beats, bars, key, loudness range, centroid, onsets, timbre)",
     "measure input": "`measure` the input",
     "measure master": "`measure` the master",
     "encode ogg": "`encode` OGG (libvorbis, then serial fix, tags, sha256)",
@@ -222,8 +240,9 @@ def report(all_cores: dict[str, Any], one_core: dict[str, Any], gx: dict[str, fl
         "",
         f"`python bench/postprocess.py` on {platform.machine()}, {os.cpu_count()} cores "
         f"({platform.processor() or 'CPU'}), Python {platform.python_version()}. Input: "
-        f"{INPUT_S:.0f} s stereo {INPUT_RATE} Hz. Ours = `process_track` (master, gates on input, "
-        "master and both decoded files, resample, OGG + MP3). Reference = ffmpeg loudnorm "
+        f"{INPUT_S:.0f} s stereo {INPUT_RATE} Hz. Ours = `process_track` (master, the music "
+        "analysis, gates on input, master and both decoded files, resample, OGG + MP3). "
+        "Reference = ffmpeg loudnorm "
         "two-pass + soxr aresample + libvorbis q6 + libmp3lame V2 (one process for pass 2). "
         "Times are medians of the runs listed; the ratio is the median of the ratios of each "
         "run of ours to the reference run right after it.",
@@ -235,6 +254,19 @@ def report(all_cores: dict[str, Any], one_core: dict[str, Any], gx: dict[str, fl
         lines.append(
             f"| {label} | {r['cores']} | {r['ours_s']:.2f} | {r['reference_s']:.2f} "
             f"| {r['ratio']:.2f} | {r['ours_s'] / INPUT_S:.3f} |"
+        )
+    lines += [
+        "",
+        "The music analysis alone, timed right after each run of ours on the same master "
+        "(the reference does no analysis at all):",
+        "",
+        "| | cores | analysis (s) | analysis / rest of our chain | whole chain / reference |",
+        "|---|---|---|---|---|",
+    ]
+    for label, r in (("all cores", all_cores), ("one core", one_core)):
+        lines.append(
+            f"| {label} | {r['cores']} | {r['analysis_s']:.2f} | {r['analysis_share']:.0%} "
+            f"| {r['ratio']:.2f} |"
         )
     stages = one_core["stages_s"]
     total = sum(stages[name] for name in _STAGES)
@@ -257,8 +289,10 @@ def report(all_cores: dict[str, Any], one_core: dict[str, Any], gx: dict[str, fl
         f"ffmpeg process {stages['lame']:.2f} s. That is the floor no chain that ships these two "
         "files gets under.",
         "",
-        f"Runs (s): all cores ours {_fmt(all_cores['ours_all_s'])}, reference "
+        f"Runs (s): all cores ours {_fmt(all_cores['ours_all_s'])}, analysis "
+        f"{_fmt(all_cores['analysis_all_s'])}, reference "
         f"{_fmt(all_cores['reference_all_s'])}; one core ours {_fmt(one_core['ours_all_s'])}, "
+        f"analysis {_fmt(one_core['analysis_all_s'])}, "
         f"reference {_fmt(one_core['reference_all_s'])}. First call in a process (imports "
         f"included): {all_cores['cold_s']:.2f} s; `import great_expectations` alone (paid only "
         f"for a team's expectations or the QC report): {gx['import_s']:.2f} s.",

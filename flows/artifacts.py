@@ -77,6 +77,10 @@ def _row(track: TrackRecord) -> dict[str, object]:
         value = values.get(name)
         row[name] = "" if value is None else round(value, 2)
     row["formats"] = ", ".join(f.format for f in track.files)
+    analysis = track.analysis or {}
+    row["bpm"] = "" if analysis.get("tempo_bpm") is None else f"{analysis['tempo_bpm']:.1f}"
+    row["key"] = analysis.get("key") or ""
+    row["takes"] = track.takes_summary()
     row["reason"] = redact(track.reason or "")
     return row
 
@@ -84,7 +88,10 @@ def _row(track: TrackRecord) -> dict[str, object]:
 def _links(report: BuildReport, docs: Path | None) -> str:
     lines = [f"# {report.soundtrack}", "", "| track | status | files |", "|---|---|---|"]
     for track in report.tracks:
-        files = " ".join(f"[{f.format}]({f.url or f.uri})" for f in track.files) or "-"
+        links = [(f.format, f.url or f.uri) for f in track.files]
+        if track.sidecar is not None:
+            links.append(("json", track.sidecar.url or track.sidecar.uri))
+        files = " ".join(f"[{name}]({target})" for name, target in links) or "-"
         lines.append(f"| {track.id} | {track.status} | {files} |")
     if docs is not None:
         lines += ["", f"QC report (Great Expectations Data Docs): [{docs}]({docs.as_uri()})"]

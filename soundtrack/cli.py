@@ -6,8 +6,9 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -16,6 +17,9 @@ from rich.table import Table
 
 from soundtrack.errors import InputError, SoundtrackError, StorageBusy
 from soundtrack.redaction import install_log_redaction, redact
+
+if TYPE_CHECKING:
+    from soundtrack.analysis import Analysis
 
 app = typer.Typer(
     name="soundtrack",
@@ -117,9 +121,19 @@ def schema(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write to this file instead of stdout.")
     ] = None,
+    sidecar: Annotated[
+        bool,
+        typer.Option(
+            "--sidecar",
+            help="The engine sidecar's schema (<track>.json; docs/sidecar.schema.json) instead.",
+        ),
+    ] = False,
 ) -> None:
     """Print the manifest's JSON Schema (for editor completion; committed under manifests/)."""
-    from soundtrack.schema import json_schema
+    if sidecar:
+        from soundtrack.sidecar import json_schema
+    else:
+        from soundtrack.schema import json_schema
 
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
     if output is None:
@@ -303,24 +317,47 @@ def inspect_files(
     duration: Annotated[
         float | None, typer.Option(help="Expected seconds (default: no duration gate).")
     ] = None,
+    analysis: Annotated[
+        bool,
+        typer.Option(
+            "--analysis",
+            help="Also listen to the music: tempo, beats, bars, key, loudness range, spectral "
+            "centroid, onset rate (and judge --bpm and --key).",
+        ),
+    ] = False,
+    bpm: Annotated[
+        float | None,
+        typer.Option(help="With --analysis: the tempo target (the tempo gate, and its level)."),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(help="With --analysis: the key target (the key gate), e.g. A minor."),
+    ] = None,
+    time_signature: Annotated[
+        str, typer.Option("--time-signature", help="With --analysis: beats per bar / unit.")
+    ] = "4/4",
 ) -> None:
     """Measure audio files (loudness, true peak, duration, rate, channels, loop tags) and judge
-    them with the default gates.
+    them with the default gates; --analysis adds what the music does (tempo, key...).
 
     Exit 0 when every file passes, 1 when a gate fails, 2 when a file is missing or unreadable.
     """
     from rich.markup import escape
 
+    from soundtrack.analysis import analysis_row
     from soundtrack.gates import judge
     from soundtrack.measure import measure_file
+    from soundtrack.process import analysis_columns
     from soundtrack.spec import LOUDNESS_PROFILES, GateLimits
 
     if loudness not in LOUDNESS_PROFILES:
         fail(InputError(f"--loudness must be one of {sorted(LOUDNESS_PROFILES)}, got {loudness!r}"))
+    targets = _musical_targets(analysis, bpm, key, time_signature)
     reports: list[dict[str, object]] = []
     for path in files:
         try:
-            metrics = measure_file(path)
+            heard = _analysed(path, targets) if analysis else None
+            metrics = measure_file(path, bar_lines=heard.downbeats if heard else ())
             gates = judge(
                 metrics,
                 limits=GateLimits(),
@@ -330,6 +367,9 @@ def inspect_files(
                 sample_rate=metrics.sample_rate,
                 channels=metrics.channels,
                 track_id=path.stem,
+                analysis=None if heard is None else analysis_columns(heard, targets.key),
+                bpm=targets.bpm,
+                key=targets.key,
             )
         except SoundtrackError as exc:
             err_console.print(
@@ -342,14 +382,19 @@ def inspect_files(
             reports.append({"file": str(path), "error": str(exc)})
             continue
         passed = all(g.passed for g in gates if g.severity == "fail")
-        reports.append(
-            {
-                "file": str(path),
-                "passed": passed,
-                "metrics": {k: _finite(v) for k, v in metrics.as_row().items()},
-                "gates": [{**vars(g), "value": _finite(g.value)} for g in gates],
+        report: dict[str, object] = {
+            "file": str(path),
+            "passed": passed,
+            "metrics": {k: _finite(v) for k, v in metrics.as_row().items()},
+            "gates": [{**vars(g), "value": _finite(g.value)} for g in gates],
+        }
+        if heard is not None:
+            report["analysis"] = {
+                **analysis_row(heard),
+                "beats": list(heard.beats),
+                "downbeats": list(heard.downbeats),
             }
-        )
+        reports.append(report)
         if as_json:
             continue
         loop = "none"
@@ -372,6 +417,8 @@ def inspect_files(
             bad = "[red]FAIL[/]" if g.severity == "fail" else "[yellow]warn[/]"
             table.add_row(g.name, "-" if g.value is None else f"{g.value:.4g}", g.limit, ok or bad)
         console.print(table)
+        if heard is not None:
+            _print_analysis(heard)
         console.print("[green]passed[/]" if passed else "[red]rejected[/]")
     if as_json:
         typer.echo(json.dumps(reports, indent=2))
@@ -379,6 +426,93 @@ def inspect_files(
         raise typer.Exit(EXIT_BAD_INPUT)
     if not all(r["passed"] for r in reports):
         raise typer.Exit(EXIT_FAILED)
+
+
+@dataclass(frozen=True)
+class _Targets:
+    bpm: float | None
+    key: str | None
+    beats_per_bar: int
+
+
+def _musical_targets(
+    analysis: bool, bpm: float | None, key: str | None, signature: str
+) -> _Targets:
+    """Check --bpm, --key and --time-signature like the manifest's fields (exit 2 when wrong)."""
+    from soundtrack.keys import parse_key
+
+    if not analysis and (bpm is not None or key is not None):
+        fail(InputError("--bpm and --key are judged by the analysis: add --analysis"))
+    if bpm is not None and not 20 <= bpm <= 300:
+        fail(InputError(f"--bpm must be 20-300, got {bpm:g}"))
+    match = re.fullmatch(r"([1-9]|1[0-6])/(1|2|4|8|16)", signature)
+    if match is None:
+        fail(InputError(f"--time-signature must look like 4/4 or 6/8, got {signature!r}"))
+    try:
+        normalised = None if key is None else parse_key(key).name
+    except ValueError as exc:
+        fail(InputError(f"--key: {exc}"))
+    return _Targets(bpm, normalised, int(match.group(1)))
+
+
+def _analysed(path: Path, targets: _Targets) -> Analysis:
+    from soundtrack.analysis import analyse
+    from soundtrack.audio import read_audio
+
+    audio, sample_rate = read_audio(path)
+    return analyse(audio, sample_rate, beats_per_bar=targets.beats_per_bar, bpm_hint=targets.bpm)
+
+
+def _print_analysis(heard: Analysis) -> None:
+    from soundtrack.analysis import analysis_row
+
+    table = Table(title="analysis", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value")
+    for name, value in analysis_row(heard).items():
+        table.add_row(
+            name,
+            "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value),
+        )
+    console.print(table)
+
+
+@app.command()
+def compare(
+    a: Annotated[
+        Path, typer.Argument(help="The first recording (the reference).", show_default=False)
+    ],
+    b: Annotated[
+        Path, typer.Argument(help="The second recording (the render).", show_default=False)
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Compare two recordings: tempo, key, loudness range, spectral centroid and timbre, side by
+    side, and a one-line verdict (what a track's `reference:` adds to the build report).
+
+    Exit 0, or 2 when a file is missing or unreadable.
+    """
+    from soundtrack.analysis import analyse
+    from soundtrack.analysis import compare as compared
+    from soundtrack.audio import read_audio
+
+    try:
+        heard = [analyse(*read_audio(path)) for path in (a, b)]
+    except SoundtrackError as exc:
+        fail(InputError(str(exc)))
+    result = compared(*heard)
+    if as_json:
+        typer.echo(json.dumps({"a": str(a), "b": str(b), **result.to_dict()}, indent=2))
+        return
+    table = Table(title=f"a: {a}\nb: {b}", title_justify="left")
+    for column in ("measure", "a", "b", "difference"):
+        table.add_column(column)
+    for row in result.rows:
+        table.add_row(row.name, row.a, row.b, row.difference)
+    console.print(table)
+    console.print(result.verdict, highlight=False)
 
 
 # --- build (issue 5) ---
@@ -553,13 +687,14 @@ def _track_progress(total: int) -> Iterator[Callable[[str, str], None]]:
 def _print_report(report: Any) -> None:
     table = Table(title=f"{report.soundtrack}", title_justify="left")
     table.add_column("track", no_wrap=True)
-    for column in ("status", "LUFS", "dBTP", "seconds", "files / reason"):
+    for column in ("status", "LUFS", "dBTP", "seconds", "bpm", "key", "files / reason"):
         table.add_column(column)
     colours = {"approved": "green", "cached": "cyan", "rejected": "red", "failed": "red"}
     reasons: dict[str, list[str]] = {}
     for track in report.tracks:
         gates = {g.name: g.value for g in track.gates}
         seconds = track.files[0].duration_s if track.files else None
+        analysis = track.analysis or {}
         if track.reason:
             reasons.setdefault(track.reason, []).append(track.id)
         table.add_row(
@@ -568,9 +703,16 @@ def _print_report(report: Any) -> None:
             _number(gates.get("loudness")),
             _number(gates.get("true_peak")),
             _number(seconds),
+            _number(analysis.get("tempo_bpm")),
+            str(analysis.get("key") or ""),
             ", ".join(f.format for f in track.files) or escape(_headline(track.reason or "")),
         )
     console.print(table)
+    for track in report.tracks:
+        if track.takes:
+            console.print(f"{track.id}: {track.takes_summary()}", highlight=False)
+        if track.reference:
+            console.print(f"{track.id}: {track.reference.get('verdict', '')}", highlight=False)
     # A long reason (say, how to provide a model) is printed once, not in every row.
     for reason, track_ids in reasons.items():
         console.print(f"{', '.join(track_ids)}: {escape(reason)}", highlight=False, soft_wrap=True)
@@ -584,8 +726,8 @@ def _headline(reason: str, limit: int = 40) -> str:
     return reason if len(reason) <= limit else reason[: limit - 1].rstrip() + "…"
 
 
-def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:.1f}"
+def _number(value: float | str | None) -> str:
+    return "" if value is None or isinstance(value, str) else f"{value:.1f}"
 
 
 # --- gc (issue 6) ---

@@ -14,6 +14,7 @@ COMMANDS = [
     ["schema"],
     ["generate"],
     ["inspect"],
+    ["compare"],
     ["build"],
     ["gc"],
     ["models"],
