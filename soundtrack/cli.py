@@ -367,7 +367,9 @@ def inspect_files(
                 sample_rate=metrics.sample_rate,
                 channels=metrics.channels,
                 track_id=path.stem,
-                analysis=None if heard is None else analysis_columns(heard, targets.key),
+                analysis=None
+                if heard is None
+                else analysis_columns(heard, targets.key, targets.bpm),
                 bpm=targets.bpm,
                 key=targets.key,
             )

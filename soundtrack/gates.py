@@ -56,12 +56,18 @@ MUSIC_COLUMNS = frozenset(
         "key",
         "key_confidence",
         "key_offset_semitones",
+        "tempo_error_pct",
         "loudness_range_lu",
         "spectral_centroid_hz",
         "onset_rate_per_s",
     }
 )
 TEMPO_MULTIPLES = (0.5, 1.0, 2.0)  # a tempo read at half or double time is the same tempo
+
+
+def tempo_error_pct(measured_bpm: float, target_bpm: float) -> float:
+    """How far, in percent, a measured tempo lies from the target, or from half or double it."""
+    return 100.0 * min(abs(measured_bpm / (m * target_bpm) - 1.0) for m in TEMPO_MULTIPLES)
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,6 @@ class Gate:
     max_value: float | None = None
     strict_min: bool = False
     strict_max: bool = False
-    multiples: tuple[float, ...] = (1.0,)  # the bounds, scaled by each, are all accepted
 
     def judge(self, rows: Sequence[Mapping[str, Any]]) -> GateResult:
         """The verdict on the table's rows; missing and NaN values are skipped, as pandas does."""
@@ -112,14 +117,13 @@ class Gate:
         )
 
     def _within(self, observed: float) -> bool:
-        return any(self._within_scaled(observed, m) for m in self.multiples)
-
-    def _within_scaled(self, observed: float, scale: float) -> bool:
-        low = None if self.min_value is None else self.min_value * scale
-        high = None if self.max_value is None else self.max_value * scale
-        if low is not None and (observed <= low if self.strict_min else observed < low):
+        if self.min_value is not None and (
+            observed <= self.min_value if self.strict_min else observed < self.min_value
+        ):
             return False
-        return high is None or (observed < high if self.strict_max else observed <= high)
+        return self.max_value is None or (
+            observed < self.max_value if self.strict_max else observed <= self.max_value
+        )
 
 
 _STATISTICS: dict[str, Callable[[list[float]], float]] = {"min": min, "max": max, "sum": math.fsum}
@@ -242,18 +246,16 @@ def _musical_gates(limits: GateLimits, bpm: float | None, key: str | None) -> li
     """Tempo and key against the track's targets: the analysis measures them on the master."""
     out = []
     if bpm is not None:
-        tolerance = limits.tempo_tolerance_pct / 100.0
+        tolerance_pct = limits.tempo_tolerance_pct
         out.append(
             Gate(
                 "tempo",
                 "max",
-                "tempo_bpm",
+                "tempo_error_pct",
                 (MASTER,),
-                f"{bpm:g} bpm ± {limits.tempo_tolerance_pct:g}% (or half or double)",
-                "measured tempo (beat tracking, refined) against the track's bpm",
-                min_value=bpm * (1.0 - tolerance),
-                max_value=bpm * (1.0 + tolerance),
-                multiples=TEMPO_MULTIPLES,
+                f"<= {tolerance_pct:g}% from {bpm:g} bpm (or half or double)",
+                "measured tempo (beat tracking, refined) against the track's bpm, in percent",
+                max_value=tolerance_pct,
             )
         )
     if key is not None:

@@ -26,6 +26,7 @@ from soundtrack.gates import (
     evaluate,
     gate_expectations,
     metrics_row,
+    tempo_error_pct,
 )
 from soundtrack.keys import parse_key, relative, semitones_apart
 from soundtrack.master import Master, finish, prepare
@@ -206,9 +207,12 @@ def _measure(
     )
 
 
-def analysis_columns(analysis: Analysis, key: str | None) -> dict[str, Any]:
+def analysis_columns(analysis: Analysis, key: str | None, bpm: float | None) -> dict[str, Any]:
     """The analysis's numbers on the master's row (gates and a team's expectations read them),
-    with the measured key's distance from the target `key`."""
+    with the measured tempo's and key's distances from the targets `bpm` and `key`."""
+    error = None
+    if bpm is not None and analysis.tempo_bpm is not None:
+        error = tempo_error_pct(analysis.tempo_bpm, bpm)
     offset = None
     if key is not None and analysis.key is not None:
         measured, target = parse_key(analysis.key), parse_key(key)
@@ -216,7 +220,7 @@ def analysis_columns(analysis: Analysis, key: str | None) -> dict[str, Any]:
         if measured.mode != target.mode:
             target = relative(target)
         offset = abs(semitones_apart(target, measured))
-    return {**analysis_row(analysis), "key_offset_semitones": offset}
+    return {**analysis_row(analysis), "tempo_error_pct": error, "key_offset_semitones": offset}
 
 
 def _judge_body(
@@ -227,7 +231,10 @@ def _judge_body(
     master_metrics = _measure(spec, m.audio, m.sample_rate, m, bar_lines=analysis.downbeats)
     rows = [
         metrics_row(spec.id, SOURCE, source_job.result()),
-        {**metrics_row(spec.id, MASTER, master_metrics), **analysis_columns(analysis, spec.key)},
+        {
+            **metrics_row(spec.id, MASTER, master_metrics),
+            **analysis_columns(analysis, spec.key, spec.bpm),
+        },
     ]
     gates = _gates(spec, [SOURCE, MASTER], m)
     return rows, evaluate(GateTable(spec.id, tuple(rows), tuple(gates)))

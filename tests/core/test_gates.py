@@ -19,6 +19,7 @@ from soundtrack.gates import (
     gate_expectations,
     judge,
     metrics_row,
+    tempo_error_pct,
 )
 from soundtrack.measure import Metrics
 from soundtrack.spec import LOUDNESS_PROFILES, GateLimits
@@ -294,25 +295,31 @@ def _musical(row: dict[str, Any], **limits: Any) -> dict[str, GateResult]:
         (60.5, True),  # half time is the same tempo counted at another level
         (238.0, True),  # double time
         (90.0, False),  # a 3:4 relation is another tempo
-        (None, False),  # no beat found
     ],
 )
 def test_tempo_gate_accepts_the_target_at_half_and_double_time(
-    measured_bpm: float | None, passed: bool
+    measured_bpm: float, passed: bool
 ) -> None:
-    tempo = _musical({"tempo_bpm": measured_bpm, "key_offset_semitones": 0})["tempo"]
+    error = tempo_error_pct(measured_bpm, 120)
+    tempo = _musical({"tempo_error_pct": error, "key_offset_semitones": 0})["tempo"]
     assert tempo.passed is passed and tempo.severity == "fail"
-    assert tempo.limit == "120 bpm ± 4% (or half or double)"
+    assert tempo.limit == "<= 4% from 120 bpm (or half or double)"
+    assert tempo.value == pytest.approx(error)
+
+
+def test_no_tempo_found_fails_the_tempo_gate() -> None:
+    assert not _musical({"tempo_error_pct": None})["tempo"].passed
 
 
 def test_tempo_tolerance_is_a_setting() -> None:
-    assert _musical({"tempo_bpm": 126.0}, tempo_tolerance_pct=5.0)["tempo"].passed
-    assert not _musical({"tempo_bpm": 126.0}, tempo_tolerance_pct=4.0)["tempo"].passed
+    error = tempo_error_pct(125.9, 120)  # 4.9 %
+    assert _musical({"tempo_error_pct": error}, tempo_tolerance_pct=5.0)["tempo"].passed
+    assert not _musical({"tempo_error_pct": error}, tempo_tolerance_pct=4.0)["tempo"].passed
 
 
 def test_key_gate_warns_when_the_key_is_neither_the_target_nor_its_relative() -> None:
-    assert _musical({"tempo_bpm": 120.0, "key_offset_semitones": 0})["key"].passed
-    off_key = _musical({"tempo_bpm": 120.0, "key_offset_semitones": 2})["key"]
+    assert _musical({"tempo_error_pct": 0.0, "key_offset_semitones": 0})["key"].passed
+    off_key = _musical({"tempo_error_pct": 0.0, "key_offset_semitones": 2})["key"]
     assert not off_key.passed and off_key.severity == "warn" and off_key.value == 2
     assert off_key.limit == "A minor or C major (0 semitones away)"
 
@@ -346,5 +353,5 @@ def test_the_music_columns_are_what_the_master_row_carries() -> None:
     from soundtrack.process import analysis_columns
 
     tone = np.tile(np.sin(np.arange(44100 * 3) * 2 * np.pi * 220 / 44100), (2, 1))
-    columns = analysis_columns(analyse(tone.astype(np.float32), 44100), "A minor")
+    columns = analysis_columns(analyse(tone.astype(np.float32), 44100), "A minor", 120)
     assert set(columns) == MUSIC_COLUMNS and MUSIC_COLUMNS <= TABLE_COLUMNS
