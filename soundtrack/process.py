@@ -127,7 +127,8 @@ def process_track(
     outcome = _judged(spec, rows, extra, m, files=files, done=body_gates)
     reference = None
     if spec.reference is not None:
-        reference = compare(analysis, _reference_analysis(spec.reference)).to_dict()
+        # a: the reference, b: the render (as `soundtrack compare REFERENCE RENDER` prints it)
+        reference = compare(_reference_analysis(spec.reference), analysis).to_dict()
     outcome = replace(outcome, analysis=analysis, reference=reference)
     if outcome.status != "approved" or outcome.master is None:
         return outcome

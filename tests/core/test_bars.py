@@ -100,3 +100,22 @@ def test_a_periodic_chord_cycle_is_a_seamless_loop_though_its_level_jumps_each_b
     assert gates["loop_seam_loudness"].passed, gates["loop_seam_loudness"]
     assert gates["loop_seam_jump"].passed, gates["loop_seam_jump"]
     assert outcome.status == "approved"
+
+
+def test_a_reference_recording_is_compared_with_the_render_in_the_report(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from soundtrack.publish import track_record
+
+    reference = tmp_path / "temp-score.wav"
+    sf.write(reference, drum_and_bass(100, "A minor", 20.0, RATE)[0].T, RATE)
+    render, _ = drum_and_bass(125, "A minor", 12.0, RATE)
+    spec = make_spec(duration_s=10.0, formats=("ogg",), reference=reference)
+    outcome = process_track(spec, render, RATE, tmp_path / "out")
+    record = track_record(spec, "approved", outcome=outcome)
+    assert record.reference is not None and record.analysis is not None
+    # a is the reference, b the render: the render is 1.25x the reference's tempo, same key.
+    assert record.reference["tempo_ratio"] == pytest.approx(1.25, rel=0.01)
+    assert record.reference["key_relation"] == "same"
+    assert "b is 1.25x faster, same key" in record.reference["verdict"]
+    assert record.analysis["tempo_bpm"] == pytest.approx(125, rel=0.01)
