@@ -139,6 +139,10 @@ def build_soundtrack(
             "to finish (default: the manifest's storage_wait_s).",
         ),
     ] = None,
+    gates: Annotated[
+        list[str] | None,
+        Field(description="GATE=SEVERITY (fail, warn, off) for every track, e.g. tempo=warn."),
+    ] = None,
 ) -> BuildReport | State[Any]:
     """Build a soundtrack: generate, master, gate, encode and publish every changed track.
 
@@ -158,6 +162,7 @@ def build_soundtrack(
         batch_size=batch_size,
         local_models=render_pool is None,
         storage_wait_s=storage_wait_s,
+        gates=gates or (),
     )
     try:
         prepared = prepare(Path(manifest).resolve(), options, logger)

@@ -23,7 +23,8 @@ from soundtrack.catalog import limit_problems
 from soundtrack.errors import InputError, ModelLoadError, StorageError
 from soundtrack.inputs import CheckedInputs, check_inputs
 from soundtrack.models import check_model, load_count
-from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, batch, plan_build
+from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build
+from soundtrack.plan import batch as into_batches
 from soundtrack.publish import index_of, lock_bytes, track_record
 from soundtrack.redaction import redact
 from soundtrack.renders import Render, RenderFailure, cache_root
@@ -97,6 +98,7 @@ class Options:
     batch_size: int = DEFAULT_BATCH_SIZE
     local_models: bool = True  # False when renders happen elsewhere (a GPU work pool)
     storage_wait_s: float | None = None  # None: the manifest's storage_wait_s
+    gates: Sequence[str] = ()  # GATE=SEVERITY for every track (--gate tempo=warn)
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,12 @@ def prepare(
     `reports` are further files the caller will write (--report, --junit).
     """
     checked = check_inputs(
-        manifest, out=options.out, model=options.model, only=options.only, reports=reports
+        manifest,
+        out=options.out,
+        model=options.model,
+        only=options.only,
+        reports=reports,
+        gates=options.gates,
     )
     try:
         checked.storage.check_access()
@@ -318,7 +325,7 @@ class _Tracks:
         while self._next or self._rerolls:
             if not self._next:
                 rerolls, self._rerolls = self._rerolls, []
-                for group in batch(rerolls, batch_size):
+                for group in into_batches(rerolls, batch_size):
                     self.render(group)
                 continue
             future = self._done.get()

@@ -575,6 +575,14 @@ def build(
             "to finish, then exit 75 (default: the manifest's storage_wait_s, 900).",
         ),
     ] = None,
+    gate: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gate",
+            help="GATE=SEVERITY (fail, warn or off) for every track, repeatable: e.g. "
+            "tempo=warn for a smoke build on a tiny random model, whose noise has no tempo.",
+        ),
+    ] = None,
 ) -> None:
     """Build a soundtrack: generate, master, gate, encode and publish every changed track.
 
@@ -604,6 +612,7 @@ def build(
         batch_size=batch_size,
         local_models=render_pool is None,
         storage_wait_s=storage_wait_s,
+        gates=gate or (),
     )
     try:
         specs = prepare(manifest, options, reports=[p for p in (report, junit) if p]).checked.specs
@@ -632,6 +641,7 @@ def build(
                 batch_size=batch_size,
                 render_pool=render_pool,
                 storage_wait_s=storage_wait_s,
+                gates=gate or None,
                 return_state=True,
             )
         finally:

@@ -19,7 +19,7 @@ from soundtrack.licences import licence_of, usage_problem
 from soundtrack.manifest import load_manifest
 from soundtrack.plan import select
 from soundtrack.renders import cache_root
-from soundtrack.resolve import resolve_tracks
+from soundtrack.resolve import gate_severities, resolve_tracks
 from soundtrack.schema import Manifest
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import INDEX_NAME, STORAGE_ENV, LocalStorage, Storage, open_storage
@@ -52,16 +52,20 @@ def check_inputs(
     model: str | None = None,
     only: Sequence[str] = (),
     reports: Sequence[Path] = (),
+    gates: Sequence[str] = (),
     environ: Mapping[str, str] = os.environ,
 ) -> CheckedInputs:
     """Read and check the manifest, its files and where the build would write; raise InputError.
 
-    `reports` are further files the build writes (--report, --junit). The storage's access is
-    not checked here (that needs the network): `build` does it next.
+    `reports` are further files the build writes (--report, --junit); `gates` are --gate
+    GATE=SEVERITY settings. The storage's access is not checked here (that needs the network):
+    `build` does it next.
     """
     path = Path(manifest_path).absolute()
+    severities = gate_severities(gates)
     loaded = load_manifest(path)
-    specs = select(resolve_tracks(loaded, path.parent, model_override=model), only)
+    resolved = resolve_tracks(loaded, path.parent, model_override=model, severities=severities)
+    specs = select(resolved, only)
     expectations: list[dict[str, Any]] = []
     if loaded.expectations:
         from soundtrack.expectations import load_expectations  # scipy, for the table columns

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,20 @@ def bar_seconds(bpm: float, time_signature: str | None) -> float:
     return beats * 60.0 / bpm
 
 
+def gate_severities(values: Sequence[str], flag: str = "--gate") -> dict[str, str]:
+    """`NAME=SEVERITY` settings (tempo=warn) as a mapping; InputError naming what is wrong."""
+    out = {}
+    for value in values:
+        name, _, severity = value.partition("=")
+        if name not in GATE_NAMES or severity not in ("fail", "warn", "off"):
+            raise InputError(
+                f"{flag} {value!r}: write GATE=SEVERITY, SEVERITY one of fail, warn, off, GATE "
+                f"one of {', '.join(sorted(GATE_NAMES))}"
+            )
+        out[name] = severity
+    return out
+
+
 def _gate_limits(settings: dict[str, Any]) -> GateLimits:
     """The gates' limits and the severities a manifest sets (GatesSpec holds both)."""
     severities = {k: v for k, v in settings.items() if k in GATE_NAMES}
@@ -157,11 +172,16 @@ def _canonical_hash(payload: dict[str, Any]) -> str:
 
 
 def resolve_tracks(
-    manifest: Manifest, base_dir: Path, *, model_override: str | None = None
+    manifest: Manifest,
+    base_dir: Path,
+    *,
+    model_override: str | None = None,
+    severities: Mapping[str, str] | None = None,
 ) -> list[TrackSpec]:
     """Merge defaults into every track and compute its spec hash (see docs/manifest.md).
 
-    `model_override` replaces every generated track's model (e.g. a tiny model for smoke tests).
+    `model_override` replaces every generated track's model (e.g. a tiny model for smoke tests);
+    `severities` (gate -> fail, warn or off) override every track's, as `build --gate` does.
     """
     specs = []
     expectations = (base_dir / manifest.expectations).resolve() if manifest.expectations else None
@@ -173,7 +193,7 @@ def resolve_tracks(
         duration_s = _duration_s(
             track, merged, None if source is None else _recording(source).duration_s
         )
-        gates = _gate_limits(merged.get("gates", {}))
+        gates = _gate_limits({**merged.get("gates", {}), **(severities or {})})
         mastering = _mastering(merged, duration_s, loop=track.loop)
         # The hashed fields: their names and values are the spec hash, so neither may change.
         fields: dict[str, Any] = {

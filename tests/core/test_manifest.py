@@ -496,3 +496,16 @@ def test_every_gate_has_a_severity_setting_and_bare_off_means_off(tmp_path: Path
         tmp_path, BASE.replace("    bpm: 90\n", "    bpm: 90\n    gates: {key: off}\n")
     )
     assert specs["theme"].gates.severity("key") == "off"  # YAML reads `off` as false
+
+
+def test_gate_flag_sets_every_tracks_severity_and_refuses_nonsense(tmp_path: Path) -> None:
+    from soundtrack.resolve import gate_severities
+
+    path = write(tmp_path, BASE)
+    severities = gate_severities(["tempo=warn", "key=off"])
+    specs = resolve_tracks(load_manifest(path), tmp_path, severities=severities)
+    assert all(s.gates.severity("tempo") == "warn" for s in specs)
+    assert all(s.gates.severity("key") == "off" for s in specs)
+    for bad in ("tempo", "tempo=maybe", "tmepo=warn"):
+        with pytest.raises(InputError, match="--gate"):
+            gate_severities([bad])

@@ -160,6 +160,7 @@ tracks:
     time_signature: 3/4
     duration: 5
     seed: 2
+    gates: {{tempo: warn}}  # a tiny random model's noise has no tempo to measure
   - id: cave
     model: {stableaudio}
     prompt: ambient drone for a cave level
