@@ -282,6 +282,7 @@ tracks:
     bpm: 90
     duration: 5
     seed: 2
+    gates: {tempo: warn}  # a tiny random model's noise has no tempo to measure
 """
 
 

@@ -130,7 +130,7 @@ def test_killed_build_resumes_without_partial_or_duplicate_files(project: Any) -
     assert set(statuses(lock).values()) == {"approved"}
     published = {p.name for p in out.iterdir()}
     assert published == {"soundtrack.lock.json", "soundtrack.journal.jsonl"} | {
-        f"cue-{n}.{ext}" for n in range(4) for ext in ("ogg", "mp3")
+        f"cue-{n}.{ext}" for n in range(4) for ext in ("ogg", "mp3", "json")
     }, "no partial, temporary or duplicate files"
     for track in lock["tracks"]:
         for entry in track["files"]:
