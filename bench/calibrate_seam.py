@@ -4,7 +4,7 @@ Good loops: master(loop=True) of synthetic renders at 32 kHz (MusicGen's rate), 
 as decoded from their OGG and MP3. Mis-cuts: the master with its last 5-20000 samples dropped,
 so the wrap lands at a random point. Each master is also measured against its bar lines (its
 tempo's grid, or 120 bpm for beds; each off by up to BAR_JITTER_MS, as an analysis places them),
-for the excess columns; then loudness defects, raw and against bar lines.
+for the loudness excess; then loudness defects, raw and against bar lines.
 Run: python bench/calibrate_seam.py  (about 2 min; prints the tables in docs/gates.md)
 """
 
@@ -83,61 +83,50 @@ def main() -> None:
     mastering = Mastering(loudness=LOUDNESS_PROFILES["console"])
     out_dir = Path(tempfile.mkdtemp())
     print(
-        "| render | family | good: jump (master / ogg / mp3) | good: jump excess, bar jump "
-        "| good: loudness LU (raw / excess) | mis-cut: jump (min / median) "
-        "| mis-cut: jump excess (min / median) |"
+        "| render | family | good: jump (master / ogg / mp3) "
+        "| good: loudness LU (raw / excess) | mis-cut: jump (min / median) |"
     )
-    print("|---|---|---|---|---|---|---|")
-    good: dict[str, list[tuple[float, float, float, float]]] = {}
-    bad: dict[str, list[tuple[float, float]]] = {}
+    print("|---|---|---|---|---|")
+    good: dict[str, list[tuple[float, float, float]]] = {}
+    bad: dict[str, list[float]] = {}
     for family, name, bpm, audio in renders():
         m = master(audio.astype(np.float32), RENDER_RATE, mastering, loop=True, duration_s=LOOP_S)
         frames = m.audio.shape[1]
         bars = bar_lines(bpm, frames, m.sample_rate, rng)
         ok = measure(m.audio, m.sample_rate, loop_start=0, loop_length=frames, bar_lines=bars)
         assert ok.seam_jump_ratio is not None and ok.seam_loudness_change_lu is not None
-        assert ok.seam_jump_excess_ratio is not None and ok.seam_loudness_excess_lu is not None
+        assert ok.seam_loudness_excess_lu is not None
         ogg_jump, mp3_jump = decoded_jumps(m, out_dir)
         worst = max(ok.seam_jump_ratio, ogg_jump, mp3_jump)
         good.setdefault(family, []).append(
-            (
-                worst,
-                ok.seam_jump_excess_ratio,
-                ok.seam_loudness_change_lu,
-                ok.seam_loudness_excess_lu,
-            )
+            (worst, ok.seam_loudness_change_lu, ok.seam_loudness_excess_lu)
         )
         cuts = []
         for _ in range(MISCUTS_PER_LOOP):
             length = frames - int(rng.integers(5, 20000))
-            inside = [b for b in bars if b < length]
-            cut = measure(
-                m.audio, m.sample_rate, loop_start=0, loop_length=length, bar_lines=inside
-            )
-            assert cut.seam_jump_ratio is not None and cut.seam_jump_excess_ratio is not None
-            cuts.append((cut.seam_jump_ratio, cut.seam_jump_excess_ratio))
+            cut = measure(m.audio, m.sample_rate, loop_start=0, loop_length=length)
+            assert cut.seam_jump_ratio is not None
+            cuts.append(cut.seam_jump_ratio)
         bad.setdefault(family, []).extend(cuts)
-        raw, excess = np.array(cuts).T
+        raw = np.array(cuts)
         print(
             f"| {name} | {family} | {ok.seam_jump_ratio:.2f} / {ogg_jump:.2f} / {mp3_jump:.2f} "
-            f"| {ok.seam_jump_excess_ratio:.2f}, {number(ok.bar_jump_ratio)} "
             f"| {ok.seam_loudness_change_lu:.2f} / {ok.seam_loudness_excess_lu:.2f} "
-            f"| {raw.min():.2f} / {np.median(raw):.1f} "
-            f"| {excess.min():.2f} / {np.median(excess):.1f} |"
+            f"| {raw.min():.2f} / {np.median(raw):.1f} |"
         )
     print()
     print(
-        "| family | good loops: max jump (any file) / max excess | max loudness change / excess "
-        "| mis-cuts passing at 2/3/4/6/8: jump | jump excess |"
+        "| family | good loops: max jump (any file) | max loudness change / excess "
+        "| mis-cuts passing at 2/3/4/6/8: jump |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|")
     for family, values in good.items():
-        raw, excess = np.array(bad[family]).T
-        passing = [" / ".join(f"{np.mean(j <= t):.0%}" for t in THRESHOLDS) for j in (raw, excess)]
+        raw = np.array(bad[family])
+        passing = " / ".join(f"{np.mean(raw <= t):.0%}" for t in THRESHOLDS)
         print(
-            f"| {family} | {max(v[0] for v in values):.2f} / {max(v[1] for v in values):.2f} "
-            f"| {max(v[2] for v in values):.2f} / {max(v[3] for v in values):.2f} "
-            f"| {passing[0]} | {passing[1]} |"
+            f"| {family} | {max(v[0] for v in values):.2f} "
+            f"| {max(v[1] for v in values):.2f} / {max(v[2] for v in values):.2f} "
+            f"| {passing} |"
         )
     print()
     loudness_defects(mastering, rng)

@@ -21,9 +21,6 @@ SEAM_STEP_WINDOW_MS = 10.0  # the audio either side of the wrap that its click i
 # seam a lossy codec leaves (Vorbis q6 noise sits about 27 dB under the RMS of a master).
 SEAM_MASKING_DB = -30.0
 SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term loudness window
-# A bar line's click is the largest within this of it: a beat analysis places a downbeat to
-# within about a frame (10-23 ms hops), so it is often 10 ms off the onset it marks.
-BAR_LINE_TOLERANCE_MS = 15.0
 _PLATEAU_EDGE_MIN = 1e-4  # of the plateau level (-80 dB): about 3 LSB of 16-bit near full scale
 
 
@@ -50,9 +47,7 @@ class Metrics:
     seam_jump_ratio: float | None = None  # click at the wrap / local 90th percentile
     seam_loudness_change_lu: float | None = None  # short-term loudness, loop end vs loop start
     # The music's own change: the largest over the loop's bar lines (None: no usable bar line)
-    bar_jump_ratio: float | None = None  # as seam_jump_ratio, across a bar line
     bar_loudness_change_lu: float | None = None  # as seam_loudness_change_lu, across a bar line
-    seam_jump_excess_ratio: float | None = None  # seam_jump_ratio / max(1, bar_jump_ratio)
     seam_loudness_excess_lu: float | None = None  # seam change beyond bar_loudness_change_lu
 
     def as_row(self) -> dict[str, float | int | None]:
@@ -113,9 +108,7 @@ def measure(
         loop_length=loop_length,
         seam_jump_ratio=seam.jump_ratio,
         seam_loudness_change_lu=seam.loudness_change_lu,
-        bar_jump_ratio=seam.bar_jump_ratio,
         bar_loudness_change_lu=seam.bar_loudness_change_lu,
-        seam_jump_excess_ratio=seam.jump_excess_ratio,
         seam_loudness_excess_lu=seam.loudness_excess_lu,
     )
 
@@ -270,25 +263,22 @@ class _Seam:
 
     jump_ratio: float | None = None
     loudness_change_lu: float | None = None
-    bar_jump_ratio: float | None = None
     bar_loudness_change_lu: float | None = None
-    jump_excess_ratio: float | None = None
     loudness_excess_lu: float | None = None
 
 
 def _measure_seam(region: np.ndarray, sample_rate: int, bar_lines: Sequence[int]) -> _Seam:
-    """The wrap of `region`, the music's largest change across `bar_lines` (frames of `region`)
-    and how far the wrap goes beyond it; without a usable bar line the excess is the raw value."""
+    """The click and loudness change at the wrap of `region`, the music's largest loudness change
+    across `bar_lines` (frames of `region`) and how far the wrap's change goes beyond it; without
+    a usable bar line the excess is the raw change."""
     change_lu = _seam_loudness_change_lu(region, sample_rate)  # first: it refuses short loops
     jump = _seam_jump_ratio(region, sample_rate)
-    bar_jump = _bar_jump_ratio(region, sample_rate, bar_lines)
     bar_lu = _bar_loudness_change_lu(region, sample_rate, bar_lines)
-    jump_excess = jump / max(1.0, bar_jump) if bar_jump is not None else jump
     lu_excess = change_lu
     if bar_lu is not None:
         # Compared, not subtracted: inf - inf (silence at the seam and at a bar) is no number.
         lu_excess = 0.0 if bar_lu >= change_lu else change_lu - bar_lu
-    return _Seam(jump, change_lu, bar_jump, bar_lu, jump_excess, lu_excess)
+    return _Seam(jump, change_lu, bar_lu, lu_excess)
 
 
 def _seam_jump_ratio(region: np.ndarray, sample_rate: int) -> float:
@@ -296,50 +286,17 @@ def _seam_jump_ratio(region: np.ndarray, sample_rate: int) -> float:
     over the 90th percentile of second differences within SEAM_STEP_WINDOW_MS either side (or
     the masking floor, if higher), worst channel. A seamless wrap reads about 1 or less; a cut
     through a tone reads tens."""
-    width = _jump_width(region, sample_rate)
-    around = np.concatenate([region[:, -width:], region[:, :width]], axis=1)
-    return _jump_ratio(around, width, np.array([width]), _masking_floor(region))
-
-
-def _bar_jump_ratio(region: np.ndarray, sample_rate: int, bar_lines: Sequence[int]) -> float | None:
-    """The largest jump ratio, as at the wrap, within BAR_LINE_TOLERANCE_MS of a bar line whose
-    neighbourhood lies inside the loop; None when none does."""
-    width = _jump_width(region, sample_rate)
-    tolerance = round(BAR_LINE_TOLERANCE_MS / 1000.0 * sample_rate)
-    reach = width + tolerance
-    boundaries = width + np.arange(2 * tolerance + 1)
-    floor = _masking_floor(region)
-    ratios = [
-        _jump_ratio(region[:, bar - reach : bar + reach], width, boundaries, floor)
-        for bar in bar_lines
-        if reach <= bar <= region.shape[1] - reach
-    ]
-    return max(ratios) if ratios else None
-
-
-def _jump_width(region: np.ndarray, sample_rate: int) -> int:
-    """Frames either side of a boundary whose curvature a click there is compared with."""
     width = max(3, round(SEAM_STEP_WINDOW_MS / 1000.0 * sample_rate))
-    return min(width, int(region.shape[1]) // 2)
-
-
-def _masking_floor(region: np.ndarray) -> np.ndarray:
-    """Per channel, the curvature the loop's music masks: SEAM_MASKING_DB under its RMS."""
-    rms = np.sqrt(np.mean(np.square(region, dtype=np.float64), axis=1))
-    floor: np.ndarray = rms * 10.0 ** (SEAM_MASKING_DB / 20.0)
-    return floor
-
-
-def _jump_ratio(around: np.ndarray, width: int, boundaries: np.ndarray, floor: np.ndarray) -> float:
-    """Largest, over channels and `boundaries` (the first frame after each, in `around`), of the
-    second difference across the boundary over the 90th percentile of those `width` frames either
-    side of it (or `floor`). `around` runs `width` frames past the outermost boundaries."""
+    width = min(width, int(region.shape[1]) // 2)
+    around = np.concatenate([region[:, -width:], region[:, :width]], axis=1)
     curvature = np.abs(np.diff(around, n=2, axis=1))
-    # Second difference k spans frames k..k+2: k = b-2 and b-1 straddle the boundary b.
-    click = np.maximum(curvature[:, boundaries - 2], curvature[:, boundaries - 1])
-    windows = np.lib.stride_tricks.sliding_window_view(curvature, width - 2, axis=1)
-    beside = np.concatenate([windows[:, boundaries - width], windows[:, boundaries]], axis=2)
-    typical = np.maximum(np.percentile(beside, 90, axis=2), floor[:, None])
+    # Second difference k spans frames k..k+2: k = width-2 and width-1 straddle the wrap.
+    click = np.maximum(curvature[:, width - 2], curvature[:, width - 1])
+    beside = np.concatenate([curvature[:, : width - 2], curvature[:, width:]], axis=1)
+    # The masking floor: the curvature the loop's music masks, SEAM_MASKING_DB under its RMS.
+    rms = np.sqrt(np.mean(np.square(region, dtype=np.float64), axis=1))
+    floor = rms * 10.0 ** (SEAM_MASKING_DB / 20.0)
+    typical = np.maximum(np.percentile(beside, 90, axis=1), floor)
     ratio = np.divide(click, typical, out=np.zeros_like(typical), where=typical > 0)
     ratio[(typical == 0) & (click > 0)] = math.inf
     return float(ratio.max())

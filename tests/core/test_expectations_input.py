@@ -206,7 +206,8 @@ def test_a_structured_row_condition_loads_and_judges_only_its_rows(tmp_path: Pat
                 condition_parser="great_expectations",
             ),
             "kwargs.row_condition.column {'name': \"x` | @pd.io.common.os.system('true') | `y\"} "
-            'does not exist; allowed: {"name": a column of the gates\' table: bar_jump_ratio, bar_loudness_change_lu, beat_count,',
+            'does not exist; allowed: {"name": a column of the gates\' table: '
+            "bar_loudness_change_lu, beat_count, beats_per_bar,",
         ),
         (
             {**PEAK, "windows": [{"constraint_fn": "x", "parameter_name": "p", "range": 1}]},
