@@ -237,7 +237,8 @@ def models_make_tiny(
     family: Annotated[
         str,
         typer.Option(
-            help="musicgen or bark (transformers), ace-step or stable-audio (diffusers pipelines)."
+            help="musicgen or bark (transformers), ace-step or stable-audio (diffusers "
+            "pipelines), demucs (a source separator for stems)."
         ),
     ] = "musicgen",
     stereo: Annotated[
@@ -249,16 +250,25 @@ def models_make_tiny(
 
     Its output is noise, not music; it differs per prompt and per seed and loads like any
     local model: `--model DIR` or `model: DIR` in a manifest. ACE-Step renders 48 kHz stereo,
-    Bark 24 kHz mono.
+    Bark 24 kHz mono. Demucs (`stem_model: DIR`) splits 44.1 kHz stereo into drums, bass,
+    other and vocals (noise too).
     """
-    if family not in ("musicgen", "ace-step", "stable-audio", "bark"):
+    if family not in ("musicgen", "ace-step", "stable-audio", "bark", "demucs"):
         fail(
-            InputError(f"--family must be musicgen, ace-step, stable-audio or bark, got {family!r}")
+            InputError(
+                f"--family must be musicgen, ace-step, stable-audio, bark or demucs, got {family!r}"
+            )
         )
     if family == "bark" and stereo:
         fail(InputError("--stereo is for --family musicgen (Bark is mono)"))
     if family != "musicgen" and stereo:
         fail(InputError(f"--stereo is for --family musicgen ({family} is always stereo)"))
+    if family == "demucs":
+        from soundtrack.separate import make_tiny_demucs
+
+        make_tiny_demucs(directory)
+        console.print(f"wrote a tiny random-weight HTDemucs to {directory}", highlight=False)
+        return
     _quiet_transformers()
     if family == "bark":
         from soundtrack.models.tiny_bark import make_tiny_bark
@@ -292,6 +302,45 @@ def models_make_tiny(
     make_tiny(directory, stereo=stereo)
     kind = "stereo" if stereo else "mono"
     console.print(f"wrote a tiny random-weight {kind} MusicGen to {directory}", highlight=False)
+
+
+@models_app.command("convert-demucs")
+def models_convert_demucs(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="A published Demucs checkpoint (.th, e.g. htdemucs's 955717e8-8726e21a.th "
+            "from torch's hub cache), or a bag's .yaml (htdemucs_ft.yaml) with its .th files "
+            "beside it.",
+            show_default=False,
+        ),
+    ],
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write the model (created if missing).")
+    ],
+    licence: Annotated[
+        str, typer.Option(help="The weights' licence, recorded in every lock (Demucs': MIT).")
+    ] = "MIT",
+) -> None:
+    """Convert a Demucs checkpoint, once, into a directory `stem_model:` can name.
+
+    Demucs publishes pickles, which could run code when loaded. This reads the file with
+    torch's weights-only reader, which accepts only tensors, plain data, fractions and
+    Demucs' own HTDemucs, HDemucs and Demucs classes (a file needing anything else is refused,
+    never run), and writes config.json (the class and its arguments as JSON) and
+    model.safetensors. The pipeline loads only such directories and never downloads weights.
+    diffq-quantized checkpoints (mdx_q, mdx_extra_q) are not supported.
+
+    Exit 0 on success, 2 when the checkpoint cannot be converted.
+    """
+    from soundtrack.errors import ModelLoadError
+    from soundtrack.separate import convert_demucs
+
+    try:
+        convert_demucs(checkpoint, directory, licence=licence)
+    except ModelLoadError as exc:
+        fail(InputError(str(exc)))
+    console.print(f"wrote {directory} from {checkpoint.name}", highlight=False)
 
 
 # --- inspect (issue 4) ---
