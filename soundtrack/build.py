@@ -19,15 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from soundtrack import events, steps
+from soundtrack.atomic import atomic_path
 from soundtrack.catalog import limit_problems
 from soundtrack.errors import InputError, ModelLoadError, StorageError
+from soundtrack.hashing import file_sha256
 from soundtrack.inputs import CheckedInputs, check_inputs
 from soundtrack.models import check_model, load_count
-from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build
+from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build, reusable, select
 from soundtrack.plan import batch as into_batches
 from soundtrack.publish import index_of, lock_bytes, track_record
 from soundtrack.redaction import redact
-from soundtrack.renders import Render, RenderFailure, cache_root
+from soundtrack.renders import Render, RenderCache, RenderFailure, cache_root, share_parent
 from soundtrack.report import (
     BuildReport,
     LockUnreadable,
@@ -36,8 +38,8 @@ from soundtrack.report import (
     TrackRecord,
     parse_lock,
 )
-from soundtrack.resolve import take
-from soundtrack.spec import TrackSpec
+from soundtrack.resolve import take, with_parent
+from soundtrack.spec import ParentAudio, TrackSpec
 
 if TYPE_CHECKING:
     from soundtrack.process import TrackOutcome
@@ -205,7 +207,15 @@ def _run(
     # 1. Each track goes render -> master -> publish, a step starting when the one before ends
     loads_before = load_count()
     with _staging(checked.manifest.soundtrack) as staging:
-        tracks = _Tracks(checked, executor, staging, options.device, observer)
+        tracks = _Tracks(
+            checked, executor, staging, options.device, observer, not options.local_models
+        )
+        previous = {r.id: r for r in prepared.lock.tracks} if prepared.lock else {}
+        selected = {spec.id for spec in select(checked.specs, options.only)}
+        for spec in plan.variations:  # before the cached records, which may be their parents
+            tracks.wait(
+                spec, previous.get(spec.id), selected=spec.id in selected, force=options.force
+            )
         for record in plan.cached:
             tracks.finish(record)
         for batch in plan.batches:
@@ -310,6 +320,7 @@ class _Tracks:
     staging: Path
     device: str | None
     observer: Observer | None
+    share_parents: bool  # renders happen on other machines: hand them the parents' audio
     records: dict[str, TrackRecord] = field(default_factory=dict)
     outcomes: list[TrackOutcome] = field(default_factory=list)
     publish_errors: list[str] = field(default_factory=list)
@@ -318,18 +329,42 @@ class _Tracks:
     _first: dict[str, TrackSpec] = field(default_factory=dict)  # take 0 of each track rendered
     _done: queue.Queue[Future[Any]] = field(default_factory=queue.Queue)
     _next: dict[Future[Any], Callable[[Future[Any]], None]] = field(default_factory=dict)
+    _waiting: dict[str, list[_Variation]] = field(default_factory=dict)  # by parent id
+    _released: list[TrackSpec] = field(default_factory=list)  # variations ready to render
 
     def run(self, batch_size: int) -> None:
-        """Until every track has its record: hand each finished step to what follows it; when
-        all is done but re-rolls, render those, batched together."""
-        while self._next or self._rerolls:
-            if not self._next:
+        """Until every track has its record: hand each finished step to what follows it; render
+        variations as their parents are approved; when all is done but re-rolls, render those,
+        batched together."""
+        while self._next or self._rerolls or self._released:
+            if self._released:
+                released, self._released = self._released, []
+                for group in into_batches(released, batch_size):
+                    self.render(group)
+            elif not self._next:
                 rerolls, self._rerolls = self._rerolls, []
                 for group in into_batches(rerolls, batch_size):
                     self.render(group)
-                continue
-            future = self._done.get()
-            self._next.pop(future)(future)
+            else:
+                future = self._done.get()
+                self._next.pop(future)(future)
+        for parent, variations in list(self._waiting.items()):
+            self._waiting.pop(parent)
+            for variation in variations:
+                # Not selected by --only and not published: there is no audio to render from.
+                if variation.selected:
+                    reason = f"its parent {parent!r} is neither built nor published"
+                    self.finish(track_record(variation.spec, "failed", reason=reason))
+
+    def wait(
+        self, spec: TrackSpec, record: TrackRecord | None, *, selected: bool, force: bool
+    ) -> None:
+        """Hold a variation until its parent has a record (`record`: the lock's, if any)."""
+        if spec.variation_of is None:
+            raise ValueError(f"track {spec.id!r} is no variation")
+        self._waiting.setdefault(spec.variation_of, []).append(
+            _Variation(spec, record, selected=selected, force=force)
+        )
 
     def finish(self, record: TrackRecord) -> None:
         if record.id in self.takes:
@@ -338,11 +373,56 @@ class _Tracks:
         if self.observer is not None:
             self.observer.track_done(record)
         events.emit(record.id, "published" if record.status == "approved" else record.status)
+        for variation in self._waiting.pop(record.id, []):
+            self._release(variation, record)
+
+    def _release(self, variation: _Variation, parent: TrackRecord) -> None:
+        """A parent has its record: its variation is cached, rendered from it, or failed."""
+        spec = variation.spec
+        audio = _parent_audio(parent)
+        if audio is None:
+            if variation.selected:
+                reason = f"its parent {parent.id!r} was {parent.status}: nothing to render from"
+                self.finish(track_record(spec, "failed", reason=reason))
+            return
+        spec = with_parent(spec, audio)
+        storage = self.checked.storage
+        cached = reusable(
+            variation.record, spec, storage, selected=variation.selected, force=variation.force
+        )
+        if cached is not None:
+            self.finish(cached)
+            return
+        if not variation.selected:
+            return
+        cache = RenderCache(cache_root())
+        path = cache.parent_path(audio)
+        if not (path.is_file() and file_sha256(path) == audio.sha256):
+            # A parent published by an earlier build: its file is at its key.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            storage.fetch(audio.key, path, sha256=audio.sha256)
+        if self.share_parents:
+            share_parent(storage, cache, audio)
+        self._released.append(spec)
+
+    def _keep_for_variations(self, record: TrackRecord, outcome: TrackOutcome) -> None:
+        """Copy a just-published parent's file into the render cache for its variations: the
+        staging folder goes now, and its published key may not be committed until the lock."""
+        audio = _parent_audio(record) if record.id in self._waiting else None
+        staged = next((f for f in outcome.files if audio and f.format == audio.ext), None)
+        if audio is None or staged is None:
+            return
+        path = RenderCache(cache_root()).parent_path(audio)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            shutil.copyfile(staged.path, tmp)
 
     def render(self, batch: list[TrackSpec]) -> None:
         for spec in batch:
             self._first.setdefault(spec.id, spec)
         label = f"generate[{', '.join(_take_label(spec) for spec in batch)}]"
+        if all(spec.parent_audio for spec in batch):
+            label = f"vary[{', '.join(_vary_label(spec) for spec in batch)}]"
         future = self.executor.submit(
             steps.render, batch, str(cache_root()), self.device, label=label
         )
@@ -450,11 +530,11 @@ class _Tracks:
         outcome: TrackOutcome,
         future: Future[TrackRecord],
     ) -> None:
-        # Published or not, the staged copies are done with: a rerun masters the track again.
-        shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
         try:
             record = future.result()
+            self._keep_for_variations(record, outcome)
         except Exception as exc:
+            shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
             self.publish_errors.append(f"{spec.id}: {exc}")
             reason = f"approved but not published: {exc}"
             self.finish(
@@ -463,6 +543,8 @@ class _Tracks:
                 )
             )
             return
+        # Published, the staged copies are done with: a rerun masters the track again.
+        shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
         self.finish(record)
 
     def _then(self, future: Future[T], step: Callable[[Future[T]], None]) -> None:
@@ -470,6 +552,38 @@ class _Tracks:
         future.add_done_callback(self._done.put)
 
 
+@dataclass(frozen=True)
+class _Variation:
+    """A variation waiting for its parent, with what decides whether it is cached."""
+
+    spec: TrackSpec
+    record: TrackRecord | None  # the lock's
+    selected: bool
+    force: bool
+
+
+# A variation renders from its parent's best published file: lossless when there is one.
+_PARENT_FORMATS = ("wav", "flac", "ogg", "mp3")
+
+
+def _parent_audio(parent: TrackRecord) -> ParentAudio | None:
+    """The published file a variation of `parent` renders from; None when it has none."""
+    if not parent.usable:
+        return None
+    files = sorted(
+        (f for f in parent.files if f.format in _PARENT_FORMATS),
+        key=lambda f: _PARENT_FORMATS.index(f.format),
+    )
+    if not files:
+        return None
+    return ParentAudio(parent.id, files[0].key, files[0].sha256, files[0].format)
+
+
 def _take_label(spec: TrackSpec) -> str:
     """A track's name in a task label: its take too, from the second on."""
     return spec.id if spec.take == 0 else f"{spec.id}#take{spec.take + 1}"
+
+
+def _vary_label(spec: TrackSpec) -> str:
+    """A variation in a task label: `combat-high <- title-theme`."""
+    return f"{_take_label(spec)} <- {spec.variation_of}"

@@ -21,7 +21,9 @@ class Family:
     min_render_s: float  # a shorter track renders this long and is cut to its own length
     sample_rate_hz: int
     channels: tuple[int, ...]  # the checkpoints' choices
-    conditioning: frozenset[str]  # musical targets it takes as inputs, not as prompt words
+    # Musical targets it takes as inputs, not as prompt words; source_audio: a recording to
+    # render from (a variation's parent).
+    conditioning: frozenset[str]
 
 
 FAMILIES: dict[str, Family] = {
@@ -32,7 +34,7 @@ FAMILIES: dict[str, Family] = {
         10.0,
         48000,
         (2,),
-        frozenset({"bpm", "key", "time_signature", "lyrics"}),
+        frozenset({"bpm", "key", "time_signature", "lyrics", "source_audio"}),
     ),
     # Declared for validation; validate names a family with no backend in BACKENDS (issue 14).
     "stable-audio": Family("stable-audio", 47.0, 0.0, 44100, (2,), frozenset({"negative_prompt"})),
@@ -141,6 +143,12 @@ def limit_problems(spec: TrackSpec, family: str) -> list[str]:
         takers = sorted(f.name for f in FAMILIES.values() if "negative_prompt" in f.conditioning)
         problems.append(
             f"{family} models take no negative_prompt (negative_prompt: {', '.join(takers)})"
+        )
+    if spec.variation_of is not None and "source_audio" not in known.conditioning:
+        takers = sorted(f.name for f in FAMILIES.values() if "source_audio" in f.conditioning)
+        problems.append(
+            f"variation_of {spec.variation_of!r}: {family} models take no source recording to "
+            f"render from (variations: {', '.join(takers)})"
         )
     if family not in BACKENDS:
         problems.append(

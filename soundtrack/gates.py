@@ -43,6 +43,7 @@ GATE_NAMES = frozenset(
         "loop_seam_loudness",
         "tempo",
         "key",
+        "theme",
     }
 )
 # The analysis's columns on the master's row (process.analysis_columns writes them).
@@ -60,6 +61,8 @@ MUSIC_COLUMNS = frozenset(
         "loudness_range_lu",
         "spectral_centroid_hz",
         "onset_rate_per_s",
+        "theme_similarity",
+        "theme_transposition_semitones",
     }
 )
 TEMPO_MULTIPLES = (0.5, 1.0, 2.0)  # a tempo read at half or double time is the same tempo
@@ -165,6 +168,7 @@ def judge(
     analysis: Mapping[str, Any] | None = None,
     bpm: float | None = None,
     key: str | None = None,
+    theme: bool = False,
 ) -> list[GateResult]:
     """Judge one piece of audio: label "master" runs the master's gates (silence and clipping
     over `source` too when given), "source" only silence and clipping, any other label the
@@ -183,6 +187,7 @@ def judge(
         channels=channels,
         bpm=bpm,
         key=key,
+        theme=theme,
     )
     team: list[dict[str, Any]] = []
     if extra_expectations:
@@ -219,12 +224,13 @@ def gate_expectations(
     channels: int,
     bpm: float | None = None,
     key: str | None = None,
+    theme: bool = False,
 ) -> list[Gate]:
     """The built-in gates for a track whose table has rows with `labels`, in report order,
-    at the severities the manifest sets ("off" leaves a gate out)."""
+    at the severities the manifest sets ("off" leaves a gate out); `theme` for a variation."""
     gates = _built_in(labels, limits, loudness, duration_s, loop, sample_rate, channels)
     if MASTER in labels:
-        gates += _musical_gates(limits, bpm, key)
+        gates += _musical_gates(limits, bpm, key, theme=theme)
     out = []
     for gate in gates:
         severity = limits.severity(_named_after(gate.name, labels))
@@ -242,8 +248,11 @@ def _named_after(name: str, labels: Sequence[str]) -> str:
     return name
 
 
-def _musical_gates(limits: GateLimits, bpm: float | None, key: str | None) -> list[Gate]:
-    """Tempo and key against the track's targets: the analysis measures them on the master."""
+def _musical_gates(
+    limits: GateLimits, bpm: float | None, key: str | None, *, theme: bool = False
+) -> list[Gate]:
+    """Tempo and key against the track's targets: the analysis measures them on the master; a
+    variation's melody against its parent's."""
     out = []
     if bpm is not None:
         tolerance_pct = limits.tempo_tolerance_pct
@@ -272,6 +281,21 @@ def _musical_gates(limits: GateLimits, bpm: float | None, key: str | None) -> li
                 "semitones between the measured key and the track's key or its relative",
                 severity="warn",
                 max_value=0.0,
+            )
+        )
+    if theme:
+        from soundtrack.theme import THEME_LIMIT
+
+        out.append(
+            Gate(
+                "theme",
+                "min",
+                "theme_similarity",
+                (MASTER,),
+                f">= {THEME_LIMIT:g} (provisional)",
+                "melody similarity with the parent track (chroma under the best transposition "
+                "and a time warp; docs/gates.md)",
+                min_value=THEME_LIMIT,
             )
         )
     return out

@@ -333,6 +333,30 @@ def _duplicate_ids(data: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+def _variation_problems(manifest: Manifest) -> list[tuple[str, str]]:
+    """Every `variation_of` names a track of the manifest, and no chain of them comes back to
+    where it started: the plan renders parents first."""
+    parents = {track.id: track.variation_of for track in manifest.tracks}
+    problems = []
+    for index, track in enumerate(manifest.tracks):
+        if track.variation_of is None:
+            continue
+        where = f"tracks[{index}].variation_of"
+        if track.variation_of not in parents:
+            known = ", ".join(sorted(parents))
+            problems.append((where, f"no track {track.variation_of!r} in the manifest ({known})"))
+            continue
+        chain = [track.id]
+        parent: str | None = track.variation_of
+        while parent is not None and parent not in chain:
+            chain.append(parent)
+            parent = parents[parent]
+        if parent == track.id:
+            cycle = " -> ".join([*chain, track.id])
+            problems.append((where, f"a cycle ({cycle}): a variation is rendered after its parent"))
+    return problems
+
+
 def load_manifest(path: Path) -> Manifest:
     """Read and validate a manifest file; raise InputError listing every problem found."""
     path = Path(path)
@@ -368,6 +392,7 @@ def load_manifest(path: Path) -> Manifest:
             problems.append(entry)
     if manifest is not None and not problems:
         # Each setting is within its range; whether they render together is asked next.
+        problems += _variation_problems(manifest)
         problems += render_problems(manifest, path.parent)
     if problems or manifest is None:
         messages = [_with_line(field, message, lines) for field, message in problems]

@@ -23,6 +23,9 @@ class Plan:
     cached: list[TrackRecord] = field(default_factory=list)
     batches: list[list[TrackSpec]] = field(default_factory=list)  # generation, one call each
     recordings: list[TrackSpec] = field(default_factory=list)  # `source:` tracks to process
+    # Variations wait for their parent's approved audio, which is part of their spec hash:
+    # whether one is cached is known once its parent is.
+    variations: list[TrackSpec] = field(default_factory=list)
 
     @property
     def todo(self) -> list[TrackSpec]:
@@ -30,7 +33,7 @@ class Plan:
 
     @property
     def total(self) -> int:
-        return len(self.cached) + len(self.todo)
+        return len(self.cached) + len(self.todo) + len(self.variations)
 
 
 def select(specs: Sequence[TrackSpec], only: Sequence[str]) -> list[TrackSpec]:
@@ -45,6 +48,21 @@ def select(specs: Sequence[TrackSpec], only: Sequence[str]) -> list[TrackSpec]:
             f"(tracks: {', '.join(sorted(known))})"
         )
     return [spec for spec in specs if spec.id in only]
+
+
+def reusable(
+    record: TrackRecord | None,
+    spec: TrackSpec,
+    storage: Storage,
+    *,
+    selected: bool,
+    force: bool,
+) -> TrackRecord | None:
+    """The lock's record as this build's `cached` one, when it published this exact spec and
+    the build is not forced to render it again."""
+    if record is None or not is_published(record, spec, storage) or (force and selected):
+        return None
+    return record.model_copy(update={"status": "cached"})
 
 
 def is_published(record: TrackRecord, spec: TrackSpec, storage: Storage) -> bool:
@@ -72,17 +90,21 @@ def plan_build(
     """Split the manifest into cached tracks, generation batches and recordings.
 
     Tracks left out by `only` keep their published entry when it still matches the manifest, so
-    the lock stays complete.
+    the lock stays complete. Variations are planned once their parents are (`variations`).
     """
     selected = {spec.id for spec in select(specs, only)}
     previous = {record.id: record for record in lock.tracks} if lock else {}
     cached: list[TrackRecord] = []
     pending: list[TrackSpec] = []
+    variations = [spec for spec in specs if spec.variation_of is not None]
     for spec in specs:
-        record = previous.get(spec.id)
-        reusable = record is not None and is_published(record, spec, storage)
-        if record is not None and reusable and not (force and spec.id in selected):
-            cached.append(record.model_copy(update={"status": "cached"}))
+        if spec.variation_of is not None:
+            continue
+        record = reusable(
+            previous.get(spec.id), spec, storage, selected=spec.id in selected, force=force
+        )
+        if record is not None:
+            cached.append(record)
         elif spec.id in selected:
             pending.append(spec)
     generated = [spec for spec in pending if spec.source is None]
@@ -90,6 +112,7 @@ def plan_build(
         cached=cached,
         batches=batch(generated, batch_size),
         recordings=[spec for spec in pending if spec.source is not None],
+        variations=variations,
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+import soxr
 
 from soundtrack.analysis import Analysis, analyse, analysis_row, compare
 from soundtrack.audio import read_audio
@@ -80,10 +81,12 @@ def process_track(
     out_dir: Path,
     *,
     extra_expectations: Sequence[Mapping[str, Any]] = (),
+    parent: tuple[np.ndarray, int] | None = None,
 ) -> TrackOutcome:
     """master -> encode spec.formats into out_dir as <spec.id>.<ext> -> decode each file ->
     gates on the input, the master and every decoded file -> approved only if no 'fail' gate
-    failed; a rejected track's files are removed (so `out_dir` should be a staging folder)."""
+    failed; a rejected track's files are removed (so `out_dir` should be a staging folder).
+    A variation's `parent` audio is what its theme gate compares it with."""
     extra = check_expectations(extra_expectations)
     with ThreadPoolExecutor(max_workers=len(spec.formats) + 1) as pool:
         # 1. Master (on threads of its own), listening to the music on the way: a loop with a
@@ -119,7 +122,7 @@ def process_track(
         # both, so that only the decoded files' gates (and a team's) are left for the end.
         jobs = [pool.submit(_encode_and_measure, spec, m, fmt, out_dir) for fmt in spec.formats]
         source_job = pool.submit(_measure, spec, audio, sample_rate)
-        body = partial(_judge_body, spec, m, analysis, source_job)
+        body = partial(_judge_body, spec, m, analysis, source_job, parent)
         (rows, body_gates), done = _gather(jobs, body)
     rows += [metrics_row(spec.id, file.format, metrics) for file, metrics in done]
     # 3. Judge; nothing of a rejected track is kept
@@ -224,8 +227,28 @@ def analysis_columns(analysis: Analysis, key: str | None, bpm: float | None) -> 
     return {**analysis_row(analysis), "tempo_error_pct": error, "key_offset_semitones": offset}
 
 
+def _theme_columns(m: Master, parent: tuple[np.ndarray, int] | None) -> dict[str, Any]:
+    """A variation's melody measured against its parent's, on the master's row."""
+    if parent is None:
+        return {}
+    from soundtrack.theme import melody_similarity
+
+    audio, sample_rate = parent
+    if sample_rate != m.sample_rate:
+        audio = soxr.resample(audio.T, sample_rate, m.sample_rate, "VHQ").T
+    match = melody_similarity(m.audio, np.ascontiguousarray(audio), m.sample_rate)
+    return {
+        "theme_similarity": match.similarity,
+        "theme_transposition_semitones": match.transposition_semitones,
+    }
+
+
 def _judge_body(
-    spec: TrackSpec, m: Master, analysis: Analysis, source_job: Future[Metrics]
+    spec: TrackSpec,
+    m: Master,
+    analysis: Analysis,
+    source_job: Future[Metrics],
+    parent: tuple[np.ndarray, int] | None,
 ) -> tuple[list[dict[str, Any]], list[GateResult]]:
     """The source and master rows (the master's with its analysis), and the verdicts of the
     gates on them."""
@@ -235,6 +258,7 @@ def _judge_body(
         {
             **metrics_row(spec.id, MASTER, master_metrics),
             **analysis_columns(analysis, spec.key, spec.bpm),
+            **_theme_columns(m, parent),
         },
     ]
     gates = _gates(spec, [SOURCE, MASTER], m)
@@ -326,6 +350,7 @@ def _gates(spec: TrackSpec, labels: Sequence[str], m: Master | None) -> list[Gat
         channels=spec.mastering.channels,
         bpm=spec.bpm,
         key=spec.key,
+        theme=spec.parent_audio is not None,
     )
 
 

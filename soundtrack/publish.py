@@ -52,6 +52,8 @@ def track_record(
             "files": list(files),
             "analysis": None if outcome is None else outcome.analysis_row(),
             "reference": None if outcome is None else outcome.reference,
+            "variation_of": spec.variation_of,
+            "parent_sha256": spec.parent_audio.sha256 if spec.parent_audio else None,
         }
     )
 

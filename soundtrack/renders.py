@@ -21,7 +21,7 @@ from soundtrack.audio import read_audio, write_wav
 from soundtrack.errors import GenerationError
 from soundtrack.formats import content_type_for
 from soundtrack.hashing import file_sha256
-from soundtrack.spec import TrackSpec
+from soundtrack.spec import ParentAudio, TrackSpec
 from soundtrack.storage import Storage
 
 if TYPE_CHECKING:
@@ -92,6 +92,10 @@ class RenderCache:
         self.adopt(render)
         return render
 
+    def parent_path(self, parent: ParentAudio) -> Path:
+        """Where a variation's parent audio lies once fetched (content-addressed)."""
+        return self.root.parent / "parents" / f"{parent.sha256}.{parent.ext}"
+
     def wav_path(self, generation_key: str) -> Path:
         """Where the render of this key lies once cached."""
         return self.root / f"{generation_key}.wav"
@@ -137,7 +141,7 @@ def render_batch(
 
         first = missing[0]
         generator = get_generator(first.model, first.model_revision, device)
-        requests = [_request(spec) for spec in missing]
+        requests = [_request(spec, cache) for spec in missing]
         try:
             outputs = generator.generate(requests, progress=progress)
         except torch.OutOfMemoryError:
@@ -202,6 +206,30 @@ def fetch_shared(storage: Storage, cache: RenderCache, spec: TrackSpec) -> Rende
     return render
 
 
+def share_parent(storage: Storage, cache: RenderCache, parent: ParentAudio) -> None:
+    """Hand a variation's parent audio (in the cache) to a render-pool machine: beside the
+    renders, under its sha256 (the published key may not be committed until the lock is)."""
+    storage.put_asset(
+        cache.parent_path(parent),
+        storage.render_key(parent.sha256, parent.ext),
+        sha256=parent.sha256,
+        content_type=content_type_for(parent.ext),
+        metadata={"track-id": parent.track_id},
+    )
+
+
+def fetch_parent(storage: Storage, cache: RenderCache, spec: TrackSpec) -> None:
+    """On a render-pool machine: bring a variation's parent audio into the cache, verified."""
+    parent = spec.parent_audio
+    if parent is None:
+        return
+    path = cache.parent_path(parent)
+    if path.is_file() and file_sha256(path) == parent.sha256:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage.fetch(storage.render_key(parent.sha256, parent.ext), path, sha256=parent.sha256)
+
+
 def _key(spec: TrackSpec) -> str:
     if spec.generation_key is None:
         raise ValueError(f"track {spec.id!r} is a recording; it has nothing to render")
@@ -216,11 +244,17 @@ def _lost(spec: TrackSpec) -> RenderFailure:
     return RenderFailure(spec.id, "its render vanished from the cache during the build")
 
 
-def _request(spec: TrackSpec) -> GenerationRequest:
+def _request(spec: TrackSpec, cache: RenderCache) -> GenerationRequest:
     from soundtrack.models import GenerationRequest
 
     if spec.prompt is None:
         raise ValueError(f"track {spec.id!r} has no prompt")
+    source_audio, source_rate = None, None
+    if spec.parent_audio is not None:
+        path = cache.parent_path(spec.parent_audio)
+        if not path.is_file():
+            raise ValueError(f"track {spec.id!r}: its parent's audio was not fetched ({path})")
+        source_audio, source_rate = read_audio(path)
     return GenerationRequest(
         track_id=spec.id,
         prompt=spec.prompt,
@@ -236,4 +270,6 @@ def _request(spec: TrackSpec) -> GenerationRequest:
         ace_step=spec.ace_step_sampling,
         stable_audio=spec.stable_audio_sampling,
         plain_prompt=spec.plain_prompt,
+        source_audio=source_audio,
+        source_rate=source_rate,
     )

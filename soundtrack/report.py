@@ -106,6 +106,12 @@ class TrackRecord(_Model):
     takes: list[TakeRecord] = Field(
         default_factory=list, description="Every take tried, when the track may re-roll."
     )
+    variation_of: str | None = Field(
+        default=None, description="The parent track this one was rendered from."
+    )
+    parent_sha256: str | None = Field(
+        default=None, description="sha256 of the parent's published file it was rendered from."
+    )
 
     @property
     def usable(self) -> bool:

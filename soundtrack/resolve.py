@@ -35,6 +35,7 @@ from soundtrack.spec import (
     GateLimits,
     LoudnessTarget,
     Mastering,
+    ParentAudio,
     Sampling,
     StableAudioSampling,
     TrackSpec,
@@ -234,6 +235,9 @@ def resolve_tracks(
             fields["bar_loop"] = True  # cut on whole bars: a new master, so a new hash
         if track.bars is not None:
             fields["bars"] = track.bars  # only when set, as lyrics
+        if track.variation_of is not None:
+            # The parent's audio joins the hash once it is approved (with_parent).
+            fields["variation_of"] = track.variation_of
         spec = TrackSpec(
             soundtrack=manifest.soundtrack,
             id=track.id,
@@ -270,6 +274,7 @@ def resolve_tracks(
             bars=track.bars,
             attempts=merged.get("attempts", 1),
             reference=(base_dir / merged["reference"]).resolve() if "reference" in merged else None,
+            variation_of=track.variation_of,
         )
         if source is None:
             extra = [
@@ -279,6 +284,7 @@ def resolve_tracks(
                     "ace_step_sampling",
                     "negative_prompt",
                     "stable_audio_sampling",
+                    "variation_of",
                 )
                 if name in fields
             ]
@@ -288,6 +294,21 @@ def resolve_tracks(
             spec = replace(spec, generation_key=_canonical_hash(generation))
         specs.append(spec)
     return specs
+
+
+def with_parent(spec: TrackSpec, parent: ParentAudio) -> TrackSpec:
+    """A variation once its parent is approved: rendered from the parent's audio, whose sha256
+    joins its spec hash and generation key (a changed parent re-renders it, nothing else)."""
+    if spec.generation_key is None:
+        raise ValueError(f"track {spec.id!r} is a recording; it has no parent")
+    return replace(
+        spec,
+        parent_audio=parent,
+        spec_hash=_canonical_hash({"spec_hash": spec.spec_hash, "parent": parent.sha256}),
+        generation_key=_canonical_hash(
+            {"generation_key": spec.generation_key, "parent": parent.sha256}
+        ),
+    )
 
 
 def take(spec: TrackSpec, number: int) -> TrackSpec:

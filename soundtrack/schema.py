@@ -178,6 +178,9 @@ class GatesSpec(_Strict):
     key: GateSeverity | None = Field(
         default=None, description="Measured key vs key (default: warn)."
     )
+    theme: GateSeverity | None = Field(
+        default=None, description="A variation's melody vs its parent's (default: fail)."
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -309,6 +312,12 @@ class Track(_Overridable):
         description="Length in bars at bpm (needs bpm), instead of duration; a loop is cut to "
         "whole bars either way.",
     )
+    variation_of: Slug | None = Field(
+        default=None,
+        description="Another track's id: this one is rendered from that track's approved audio "
+        "(an ACE-Step cover), after it, and judged by the theme gate (docs/generation.md"
+        "#variations).",
+    )
     mood: str | None = Field(default=None, min_length=1, max_length=100)
     instruments: list[Annotated[str, Field(min_length=1, max_length=60)]] | None = None
 
@@ -347,6 +356,10 @@ class Track(_Overridable):
             raise ValueError("give 'bars' or 'duration', not both")
         if self.bars is not None and self.bpm is None:
             raise ValueError("'bars' needs 'bpm': a bar's length is counted in beats")
+        if self.variation_of is not None and self.source is not None:
+            raise ValueError("'variation_of' needs 'prompt': a 'source' track is not rendered")
+        if self.variation_of == self.id:
+            raise ValueError(f"'variation_of' names the track itself ({self.id!r})")
         return self
 
 

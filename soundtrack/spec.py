@@ -101,6 +101,16 @@ class Mastering:
 
 
 @dataclass(frozen=True)
+class ParentAudio:
+    """The published file a variation is rendered from: its parent's approved audio."""
+
+    track_id: str
+    key: str  # storage key, content-addressed
+    sha256: str
+    ext: str
+
+
+@dataclass(frozen=True)
 class TrackSpec:
     """Everything that shapes one track's audio, fully resolved; `spec_hash` identifies it."""
 
@@ -142,6 +152,9 @@ class TrackSpec:
     attempts: int = 1  # takes to try (re-rolls): a build policy, outside the spec hash
     take: int = 0  # which take this is: take k renders with seed + k
     reference: Path | None = None  # a recording the report compares the render with
+    variation_of: str | None = None  # the parent track's id
+    # Set once the parent is approved; its sha256 is part of the spec hash and generation key.
+    parent_audio: ParentAudio | None = None
 
     @property
     def beats_per_bar(self) -> int:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from soundtrack import events
 from soundtrack.publish import publish_outcome
-from soundtrack.renders import Render, RenderCache, RenderFailure, render_batch
+from soundtrack.renders import Render, RenderCache, RenderFailure, cache_root, render_batch
 from soundtrack.report import ModelInfo, TrackRecord
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import open_storage
@@ -38,7 +38,12 @@ def master(spec: TrackSpec, audio_path: str, staging_dir: str) -> TrackOutcome:
 
     audio, sample_rate = read_audio(Path(audio_path))
     extra = load_expectations(spec.expectations) if spec.expectations else []
-    outcome = process_track(spec, audio, sample_rate, Path(staging_dir), extra_expectations=extra)
+    parent = None
+    if spec.parent_audio is not None:  # fetched by the build when it released the variation
+        parent = read_audio(RenderCache(cache_root()).parent_path(spec.parent_audio))
+    outcome = process_track(
+        spec, audio, sample_rate, Path(staging_dir), extra_expectations=extra, parent=parent
+    )
     events.emit(spec.id, "mastered")
     return outcome
 

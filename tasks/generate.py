@@ -19,6 +19,7 @@ from soundtrack.renders import (
     Render,
     RenderCache,
     RenderFailure,
+    fetch_parent,
     fetch_shared,
     is_shared,
     render_batch,
@@ -73,7 +74,10 @@ def render_and_share(
     storage = open_storage(storage_url, base_dir=Path(base_dir))
     todo = [spec for spec in specs if not is_shared(storage, spec)]
     outcomes = {spec.id: "ok" for spec in specs}
-    results = render_batch(todo, RenderCache(Path(cache_dir)), device=device)
+    cache = RenderCache(Path(cache_dir))
+    for spec in todo:
+        fetch_parent(storage, cache, spec)
+    results = render_batch(todo, cache, device=device)
     for spec, result in zip(todo, results, strict=True):
         if isinstance(result, RenderFailure):
             outcomes[spec.id] = result.reason

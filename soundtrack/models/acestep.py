@@ -2,7 +2,9 @@
 
 One pipeline call renders 10 s to 600 s of 48 kHz stereo, no windows. bpm, key and time
 signature go in as the model's own conditioning, not as words in the prompt; lyrics, when a track
-has them, are sung (without them the track is an instrumental).
+has them, are sung (without them the track is an instrumental). A request with a source recording
+(a variation's parent) is rendered as ACE-Step's `cover` of it: the source from its start, looped
+when shorter, for the render's length.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ class AceStepGenerator:
         for layer in self._pipeline.transformer.layers:
             if getattr(layer, "use_cross_attention", False):
                 layer.cross_attn.set_processor(_MaskedCrossAttention(masks))
+        _encode_to_the_mean(self._pipeline.vae)
         self._lock = threading.Lock()  # one batch at a time per loaded pipeline (the mask too)
         if device == "cpu":
             set_cpu_threads(pipeline_parameters(pipeline))
@@ -155,6 +158,22 @@ class AceStepGenerator:
         samples = round(request.duration_s * self.sample_rate)
         return PipelineTrack(index, request, samples, max(MIN_RENDER_S, request.duration_s))
 
+    def _source(self, track: PipelineTrack) -> torch.Tensor:
+        """The track's source recording as the cover's input: stereo at the pipeline's rate,
+        from its start for the render's length, looped when shorter."""
+        import soxr
+
+        request = track.request
+        audio = np.asarray(request.source_audio, dtype=np.float32)
+        rate = request.source_rate or self.sample_rate
+        if audio.shape[0] != self.channels:
+            audio = np.repeat(audio.mean(axis=0, keepdims=True), self.channels, axis=0)
+        if rate != self.sample_rate:
+            audio = soxr.resample(audio.T, rate, self.sample_rate, "VHQ").T
+        frames = round(track.render_s * self.sample_rate)
+        audio = np.tile(audio, (1, -(-frames // audio.shape[1])))[:, :frames]
+        return torch.from_numpy(np.ascontiguousarray(audio))
+
     def settings_for(self, request: GenerationRequest) -> AceStepSettings:
         """The checkpoint's settings, with what the track's manifest sets instead."""
         given = request.ace_step
@@ -177,6 +196,7 @@ class AceStepGenerator:
 
         first = batch[0].request
         settings = self.settings_for(first)
+        cover = first.source_audio is not None  # alike: every track of the batch, or none
         with torch.inference_mode():
             output = self._pipeline(
                 prompt=[t.request.plain_prompt or t.request.prompt for t in batch],
@@ -187,7 +207,8 @@ class AceStepGenerator:
                 keyscale=first.key,
                 # ACE-Step's time signature is the beats per bar: "3" for 3/4, "6" for 6/8.
                 timesignature=first.time_signature.split("/")[0] if first.time_signature else None,
-                task_type="text2music",
+                task_type="cover" if cover else "text2music",
+                src_audio=torch.stack([self._source(t) for t in batch]) if cover else None,
                 num_inference_steps=settings.steps,
                 shift=settings.shift,
                 guidance_scale=settings.guidance_scale,
@@ -200,10 +221,27 @@ class AceStepGenerator:
         return audio
 
 
+def _encode_to_the_mean(vae: Any) -> None:
+    """Encode a cover's source to the mean of the VAE's posterior: the pipeline samples it with
+    torch's global generator, so the same cover would differ from call to call (by 0.04 on the
+    tiny model) and with whatever else draws from that generator."""
+    encode = vae.encode
+
+    def mean_encode(audio: torch.Tensor, return_dict: bool = True) -> Any:
+        output = encode(audio, return_dict=return_dict)
+        posterior = output.latent_dist if return_dict else output[0]
+        posterior.sample = lambda generator=None: posterior.mean
+        return output
+
+    vae.encode = mean_encode
+
+
 def _alike(t: PipelineTrack) -> tuple[object, ...]:
-    """What tracks sharing a pipeline call have in common: length, bpm, key, time signature
-    and settings."""
-    return (t.render_s, t.request.bpm, t.request.key, t.request.time_signature, t.request.ace_step)
+    """What tracks sharing a pipeline call have in common: length, bpm, key, time signature,
+    settings, and whether they are covers of a source recording."""
+    request = t.request
+    cover = request.source_audio is not None
+    return (t.render_s, request.bpm, request.key, request.time_signature, request.ace_step, cover)
 
 
 def default_settings(pipeline: Any) -> AceStepSettings:

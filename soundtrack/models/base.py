@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -39,6 +39,10 @@ class GenerationRequest:
     plain_prompt: str | None = None  # `prompt` without the key and BPM words; None: the same
     negative_prompt: str | None = None  # what to steer away from (Stable Audio); None: nothing
     stable_audio: StableAudioSampling | None = None  # the manifest's Stable Audio settings
+    # A recording to render from (a variation's parent): float32 (channels, frames) at
+    # source_rate; a model that takes one (ACE-Step: a cover) renders from its start.
+    source_audio: np.ndarray | None = field(default=None, compare=False, repr=False)
+    source_rate: int | None = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AceStepPipeline, AutoencoderOobleck, FlowMatchEulerDiscreteScheduler
+from diffusers import (
+    AceStepAudioTokenDetokenizer,
+    AceStepAudioTokenizer,
+    AceStepPipeline,
+    AutoencoderOobleck,
+    FlowMatchEulerDiscreteScheduler,
+)
 from diffusers.models.transformers.ace_step_transformer import AceStepTransformer1DModel
 from diffusers.pipelines.ace_step import AceStepConditionEncoder
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -92,6 +98,16 @@ def make_tiny_acestep(directory: Path, *, seed: int = 0) -> Path:
         audio_channels=2,
         sampling_rate=SAMPLE_RATE,
     )
+    # The 5 Hz audio tokens a cover (a variation) is conditioned on, and back to 25 Hz.
+    tokens = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "audio_acoustic_hidden_dim": ACOUSTIC_DIM,
+        "num_attention_pooler_hidden_layers": 1,
+        **widths,
+    }
+    audio_tokenizer = AceStepAudioTokenizer(fsq_dim=32, **tokens)  # type: ignore[no-untyped-call]
+    audio_token_detokenizer = AceStepAudioTokenDetokenizer(**tokens)  # type: ignore[no-untyped-call]
     # ACE-Step computes its own sigmas in [0, 1]; the scheduler takes them as given.
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0)  # type: ignore[no-untyped-call]
     pipeline: Any = AceStepPipeline(  # type: ignore[no-untyped-call]
@@ -101,6 +117,8 @@ def make_tiny_acestep(directory: Path, *, seed: int = 0) -> Path:
         transformer=transformer,
         condition_encoder=condition_encoder,
         scheduler=scheduler,
+        audio_tokenizer=audio_tokenizer,
+        audio_token_detokenizer=audio_token_detokenizer,
     )
     pipeline.save_pretrained(directory, safe_serialization=True)
     (directory / "README.md").write_text(

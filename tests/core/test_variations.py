@@ -1,0 +1,180 @@
+"""Variations on the tiny ACE-Step: rendered as covers of their parent's published audio, after
+it, in one build; a changed parent re-renders its variations and nothing else; a manifest whose
+variations cannot be planned or rendered exits 2 before anything renders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from soundtrack import models
+from soundtrack.build import BuildResult, Options, ThreadExecutor, build
+from soundtrack.cli import app
+from tests.reference import sha256_of
+
+runner = CliRunner()
+
+
+def manifest(model: Path, *, theme_prompt: str = "heroic title theme, horns") -> str:
+    return f"""\
+schema: 1
+soundtrack: vary
+storage: ./out
+defaults:
+  model: {model}
+  formats: [ogg]
+tracks:
+  - id: title-theme
+    prompt: {theme_prompt}
+    duration: 3
+  - id: menu
+    prompt: calm menu pads
+    duration: 3
+  - id: combat-high
+    prompt: fast combat version, drums
+    duration: 2
+    variation_of: title-theme
+    gates: {{theme: warn}}  # the tiny model renders noise: no melody to share
+  - id: victory
+    prompt: victory sting
+    duration: 2
+    variation_of: combat-high
+    gates: {{theme: warn}}
+"""
+
+
+def run(project: Path) -> BuildResult:
+    models._loaded.clear()
+    return build(project / "m.yaml", Options(), executor=ThreadExecutor())
+
+
+def records(project: Path) -> dict[str, dict[str, object]]:
+    lock = json.loads((project / "out" / "vary" / "soundtrack.lock.json").read_text())
+    return {track["id"]: track for track in lock["tracks"]}
+
+
+def published_sha(project: Path, record: dict[str, object]) -> str:
+    (file,) = record["files"]  # type: ignore[misc]
+    return sha256_of(project / "out" / file["key"])
+
+
+def test_variations_render_after_their_parents_and_only_a_changed_parent_renders_again(
+    tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir))
+    first = run(tmp_path)
+    assert first.exit_status == 0, first.failure
+    tracks = records(tmp_path)
+    assert {t: r["status"] for t, r in tracks.items()} == dict.fromkeys(tracks, "approved")
+    # Each variation names the exact published file of its parent it was rendered from, which
+    # exists only once the parent was approved and published: parents render first.
+    assert tracks["combat-high"]["variation_of"] == "title-theme"
+    assert tracks["combat-high"]["parent_sha256"] == published_sha(tmp_path, tracks["title-theme"])
+    assert tracks["victory"]["parent_sha256"] == published_sha(tmp_path, tracks["combat-high"])
+    assert {g["name"] for g in tracks["combat-high"]["gates"]} >= {"theme"}  # type: ignore[union-attr]
+    assert "theme" not in {g["name"] for g in tracks["menu"]["gates"]}  # type: ignore[union-attr]
+
+    again = run(tmp_path)
+    assert {r.id: r.status for r in again.report.tracks} == dict.fromkeys(tracks, "cached")
+    assert again.report.model_loads == 0
+
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir, theme_prompt="sad title theme"))
+    changed = run(tmp_path)
+    assert changed.exit_status == 0, changed.failure
+    assert {r.id: r.status for r in changed.report.tracks} == {
+        "title-theme": "approved",
+        "menu": "cached",
+        "combat-high": "approved",
+        "victory": "approved",
+    }
+    after = records(tmp_path)
+    assert after["combat-high"]["parent_sha256"] == published_sha(tmp_path, after["title-theme"])
+    assert after["combat-high"]["parent_sha256"] != tracks["combat-high"]["parent_sha256"]
+    assert after["menu"]["files"] == tracks["menu"]["files"]
+
+
+def test_a_variation_whose_parent_is_rejected_fails_without_rendering(
+    tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    text = manifest(tiny_acestep_dir).replace(
+        "    duration: 3\n  - id: menu",
+        # No mean is exactly zero: the DC-offset gate, made to fail, rejects the parent.
+        "    duration: 3\n    gates: {dc_offset: fail, dc_offset_max: 0}\n"
+        "  - id: menu",
+    )
+    (tmp_path / "m.yaml").write_text(text)
+    result = run(tmp_path)
+    statuses = {r.id: r for r in result.report.tracks}
+    assert result.exit_status == 1
+    assert statuses["title-theme"].status == "rejected"
+    assert statuses["combat-high"].status == "failed"
+    assert "title-theme" in (statuses["combat-high"].reason or "")
+    assert statuses["victory"].status == "failed"
+    assert statuses["menu"].status == "approved"
+
+
+CYCLE = """\
+  - id: a
+    prompt: one
+    variation_of: c
+  - id: b
+    prompt: two
+    variation_of: a
+  - id: c
+    prompt: three
+    variation_of: b
+"""
+MISSING = """\
+  - id: a
+    prompt: one
+    variation_of: nowhere
+"""
+
+
+@pytest.mark.parametrize(
+    ("tracks", "expected"),
+    [
+        (CYCLE, "a cycle (a -> c -> b -> a)"),
+        (MISSING, "no track 'nowhere' in the manifest"),
+    ],
+)
+def test_variations_that_cannot_be_planned_exit_2_before_anything_renders(
+    tmp_path: Path, tiny_acestep_dir: Path, tracks: str, expected: str
+) -> None:
+    head = f"schema: 1\nsoundtrack: bad\nstorage: ./out\ndefaults:\n  model: {tiny_acestep_dir}\n"
+    (tmp_path / "m.yaml").write_text(head + "tracks:\n" + tracks)
+    for command in ("validate", "build"):
+        result = runner.invoke(app, [command, str(tmp_path / "m.yaml")])
+        assert result.exit_code == 2, result.output
+        assert expected in result.output
+        assert "variation_of" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_variation_with_a_model_that_takes_no_recording_exits_2(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    (tmp_path / "m.yaml").write_text(
+        f"""\
+schema: 1
+soundtrack: bad
+storage: ./out
+defaults:
+  model: {tiny_model_dir}
+tracks:
+  - id: theme
+    prompt: title theme
+  - id: combat
+    prompt: combat version
+    variation_of: theme
+"""
+    )
+    for command in ("validate", "build"):
+        result = runner.invoke(app, [command, str(tmp_path / "m.yaml")])
+        assert result.exit_code == 2, result.output
+        assert "combat" in result.output
+        assert "musicgen models take no source recording" in result.output
+    assert not (tmp_path / "out").exists()
