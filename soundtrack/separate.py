@@ -94,12 +94,19 @@ class Separator(Protocol):
     """Splits a mix into its sources. `separate` takes float32 (channels, samples) at
     `sample_rate` and returns every source in `sources`, each of exactly that shape."""
 
-    sources: tuple[str, ...]
-    sample_rate: int
-    channels: int
-    model_id: str  # for the lock, as a generator's
-    revision: str
-    license: str
+    # Read-only: a plain attribute or a property satisfies each (a fake's tuple of two too).
+    @property
+    def sources(self) -> tuple[str, ...]: ...
+    @property
+    def sample_rate(self) -> int: ...
+    @property
+    def channels(self) -> int: ...
+    @property
+    def model_id(self) -> str: ...  # for the lock, as a generator's
+    @property
+    def revision(self) -> str: ...
+    @property
+    def license(self) -> str: ...
 
     def separate(self, audio: np.ndarray) -> dict[str, np.ndarray]: ...
 
@@ -573,14 +580,8 @@ def _read_checkpoint(
         try:
             package = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            found = re.search(r"GLOBAL (\S+)", str(error))
-            names = f"names {found.group(1)}, which" if found else "holds something that"
-            raise ModelLoadError(
-                f"{where}: {names} torch's weights-only reader refuses (reading it could run "
-                f"code), so it is not converted: only Demucs' HTDemucs, HDemucs and Demucs "
-                f"checkpoints holding tensors, plain data and fractions are"
-            ) from error
-        except (RuntimeError, EOFError, OSError, ValueError) as error:
+            raise ModelLoadError(_refusal(where, str(error))) from error
+        except Exception as error:  # a malformed file fails in many ways; nothing in it ran
             raise ModelLoadError(
                 f"{where}: not a torch checkpoint ({type(error).__name__}: {error})"
             ) from error
@@ -615,6 +616,22 @@ def _read_checkpoint(
     kwargs = dict(bound.arguments)
     _encode(kwargs, "kwargs")  # refuse anything but plain data before writing a file
     return name, kwargs, state, dropped
+
+
+def _refusal(where: str, error: str) -> str:
+    """Why torch's weights-only reader refused a file, from its message."""
+    found = re.search(r"GLOBAL (\S+)", error)
+    if found:
+        return (
+            f"{where}: names {found.group(1)}, which torch's weights-only reader refuses "
+            f"(reading it could run code), so it is not converted: only Demucs' HTDemucs, "
+            f"HDemucs and Demucs checkpoints holding tensors, plain data and fractions are"
+        )
+    detail = error.split("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0]
+    return (
+        f"{where}: not a checkpoint torch's weights-only reader can read ({detail}); "
+        f"nothing in it was run"
+    )
 
 
 def _sha256(path: Path) -> str:
