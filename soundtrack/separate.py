@@ -215,7 +215,15 @@ def _members(directory: Path, config: Mapping[str, Any]) -> list[_Member]:
                 f"{where}: model {index} ({name}) has weights file {file!r}; only a "
                 f".safetensors file in the directory is read (never a pickle)"
             )
-        members.append(_Member(name, _decode(kwargs), file))
+        try:
+            decoded = _decode(kwargs)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelLoadError(
+                f"{where}: model {index} ({name}) has a malformed fraction in its kwargs "
+                f"({type(error).__name__}: {error}); write {{'_type': 'fraction', "
+                f"'numerator': N, 'denominator': D}}"
+            ) from error
+        members.append(_Member(name, decoded, file))
     return members
 
 

@@ -180,6 +180,9 @@ def test_kwargs_that_do_not_fit_the_class_are_refused(tiny_demucs: Path, tmp_pat
     _edit_config(directory, kwargs={**config["kwargs"], "no_such_argument": 1})
     with pytest.raises(ModelLoadError, match="do not fit demucs' HTDemucs"):
         load_separator(str(directory), "cpu")
+    _edit_config(directory, kwargs={**config["kwargs"], "segment": {"_type": "fraction"}})
+    with pytest.raises(ModelLoadError, match="malformed fraction"):
+        load_separator(str(directory), "cpu")
     _edit_config(directory, kwargs={**config["kwargs"], "channels": 8})
     with pytest.raises(ModelLoadError, match=r"model\.safetensors does not fit HTDemucs"):
         load_separator(str(directory), "cpu")
