@@ -54,7 +54,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEMUCS_CLASSES",
+    "SEPARATORS",
     "SUM_RESIDUAL_MIN_DB",
+    "DemucsSeparator",
     "Separator",
     "convert_demucs",
     "load_separator",
