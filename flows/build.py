@@ -27,7 +27,7 @@ from soundtrack.renders import RenderCache
 from soundtrack.report import BuildReport
 from soundtrack.spec import TrackSpec
 from tasks.generate import GPU_LIMIT, generate_batch, generate_on_pool
-from tasks.process import master_track
+from tasks.process import master_track, separate_stems
 from tasks.publish import publish_track, write_index
 
 T = TypeVar("T")
@@ -35,6 +35,7 @@ T = TypeVar("T")
 # Each step's task; a render is sent by TaskExecutor._render (here, or to the GPU pool).
 TASKS: dict[Callable[..., Any], Task[Any, Any]] = {
     steps.master: master_track,
+    steps.separate: separate_stems,
     steps.publish: publish_track,
     steps.write_index: write_index,
 }

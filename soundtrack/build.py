@@ -43,6 +43,7 @@ from soundtrack.spec import ParentAudio, TrackSpec
 
 if TYPE_CHECKING:
     from soundtrack.process import TrackOutcome
+    from soundtrack.stems import StemsOutcome
 
 T = TypeVar("T")
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -231,7 +232,7 @@ def _run(
         storage=checked.storage_url,
         model_loads=load_count() - loads_before,
         tracks=sorted(tracks.records.values(), key=lambda r: order[r.id]),
-        warnings=prepared.warnings,
+        warnings=[*prepared.warnings, *tracks.warnings],
     )
     if observer is not None:
         observer.finished(report, tracks.outcomes)
@@ -324,6 +325,7 @@ class _Tracks:
     records: dict[str, TrackRecord] = field(default_factory=dict)
     outcomes: list[TrackOutcome] = field(default_factory=list)
     publish_errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     takes: dict[str, list[TakeRecord]] = field(default_factory=dict)  # of tracks that re-roll
     _rerolls: list[TrackSpec] = field(default_factory=list)
     _first: dict[str, TrackSpec] = field(default_factory=dict)  # take 0 of each track rendered
@@ -512,6 +514,44 @@ class _Tracks:
             self.takes.setdefault(spec.id, []).append(
                 TakeRecord(take=spec.take, seed=spec.seed, status="approved")
             )
+        if spec.stems:
+            separated = self.executor.submit(
+                steps.separate,
+                spec,
+                outcome,
+                str(self.staging / spec.spec_hash),
+                self.device,
+                label=f"separate[{spec.id}]",
+            )
+            self._then(separated, lambda f: self._separated(spec, model, outcome, f))
+            return
+        self.publish(spec, model, outcome, None)
+
+    def _separated(
+        self,
+        spec: TrackSpec,
+        model: ModelInfo | None,
+        outcome: TrackOutcome,
+        future: Future[StemsOutcome],
+    ) -> None:
+        """The mix passed its own gates: it is published whatever became of its stems."""
+        try:
+            stems = future.result()
+        except Exception as exc:
+            from soundtrack.stems import unseparated  # numpy, soxr: only builds with stems
+
+            reason = redact(f"separation failed: {exc}")
+            stems = unseparated(spec, reason)
+            self.warnings.append(f"{spec.id}: stems: {reason}")
+        self.publish(spec, model, outcome, stems)
+
+    def publish(
+        self,
+        spec: TrackSpec,
+        model: ModelInfo | None,
+        outcome: TrackOutcome,
+        stems: StemsOutcome | None,
+    ) -> None:
         published = self.executor.submit(
             steps.publish,
             spec,
@@ -519,6 +559,7 @@ class _Tracks:
             self.checked.storage_url,
             str(self.checked.manifest_path.parent),
             model,
+            stems,
             label=f"publish[{spec.id}]",
         )
         self._then(published, lambda f: self._published(spec, model, outcome, f))

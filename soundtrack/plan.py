@@ -71,7 +71,7 @@ def is_published(record: TrackRecord, spec: TrackSpec, storage: Storage) -> bool
     return (
         record.usable
         and record.spec_hash == spec.spec_hash
-        and {f.format for f in record.files} == set(spec.formats)
+        and {f.format for f in record.files if f.stem is None} == set(spec.formats)
         and record.sidecar is not None
         and storage.has_asset(record.sidecar.key, record.sidecar.sha256)
         and all(storage.has_asset(f.key, f.sha256) for f in record.files)

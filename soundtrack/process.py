@@ -14,7 +14,7 @@ import numpy as np
 import soxr
 
 from soundtrack.analysis import Analysis, analyse, analysis_row, compare
-from soundtrack.audio import read_audio
+from soundtrack.audio import read_audio, write_wav
 from soundtrack.encode import EncodedFile, encode
 from soundtrack.errors import AudioError
 from soundtrack.expectations import check_expectations
@@ -68,6 +68,7 @@ class TrackOutcome:
     analysis: Analysis | None = None  # of the master: positions are the master's samples
     sidecar: EncodedFile | None = None  # the engine sidecar (<track>.json) of an approved track
     reference: dict[str, Any] | None = None  # the master compared with the track's reference
+    mix_path: Path | None = None  # the master as float WAV in staging, for its stems
 
     def analysis_row(self) -> dict[str, Any] | None:
         """The analysis's numbers, as the report records them."""
@@ -136,7 +137,12 @@ def process_track(
     if outcome.status != "approved" or outcome.master is None:
         return outcome
     data = sidecar(spec, outcome.master, analysis)
-    return replace(outcome, sidecar=write_sidecar(data, out_dir, spec.id))
+    outcome = replace(outcome, sidecar=write_sidecar(data, out_dir, spec.id))
+    if not spec.stems:
+        return outcome
+    mix_path = out_dir / f"{spec.id}.mix.wav"  # staging only: what the separator splits
+    write_wav(mix_path, m.audio, m.sample_rate)
+    return replace(outcome, mix_path=mix_path)
 
 
 def _reference_analysis(path: Path) -> Analysis:

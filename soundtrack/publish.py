@@ -13,6 +13,7 @@ from soundtrack.report import (
     ModelInfo,
     SidecarRecord,
     Status,
+    StemRecord,
     TrackRecord,
 )
 from soundtrack.sidecar import SIDECAR_EXT
@@ -22,6 +23,7 @@ from soundtrack.storage import Storage
 if TYPE_CHECKING:
     from soundtrack.gates import GateResult
     from soundtrack.process import TrackOutcome
+    from soundtrack.stems import StemsOutcome
 
 PRESIGN_EXPIRY_S = 7 * 24 * 3600
 
@@ -64,9 +66,11 @@ def publish_outcome(
     outcome: TrackOutcome,
     *,
     model: ModelInfo | None,
+    stems: StemsOutcome | None = None,
     presign_expiry_s: int = PRESIGN_EXPIRY_S,
 ) -> TrackRecord:
-    """Upload an approved track's files (verified by checksum) and return its report entry."""
+    """Upload an approved track's files and its stems' (verified by checksum) and return its
+    report entry."""
     if outcome.status != "approved" or outcome.master is None:
         raise ValueError(f"track {spec.id!r} is {outcome.status}; only approved tracks publish")
     metadata = {
@@ -77,8 +81,11 @@ def publish_outcome(
     }
     info = outcome.master
     files = []
-    for encoded in outcome.files:
-        key = storage.asset_key(spec.soundtrack, spec.id, spec.spec_hash, encoded.format)
+    stem_files = [
+        (stem.name, encoded) for stem in (stems.stems if stems else []) for encoded in stem.files
+    ]
+    for name, encoded in [(None, encoded) for encoded in outcome.files] + stem_files:
+        key = storage.asset_key(spec.soundtrack, spec.id, spec.spec_hash, encoded.format, stem=name)
         published = storage.put_asset(
             encoded.path,
             key,
@@ -98,6 +105,7 @@ def publish_outcome(
                 channels=info.channels,
                 loop_start=info.loop_start,
                 loop_length=info.loop_length,
+                stem=name,
                 url=storage.presign(published.key, presign_expiry_s)
                 if published.uri.startswith("s3://")
                 else None,
@@ -106,6 +114,17 @@ def publish_outcome(
     record = track_record(
         spec, "approved", model=model, gates=outcome.gates, files=files, outcome=outcome
     )
+    if stems is not None:
+        records = [
+            StemRecord(
+                name=stem.name,
+                status=stem.status,
+                reason=stem.reason,
+                gates=[stems.sum_gate, *stem.gates],
+            )
+            for stem in stems.stems
+        ]
+        record = record.model_copy(update={"stems": records})
     if outcome.sidecar is None:
         return record
     published = storage.put_asset(

@@ -42,6 +42,7 @@ class FileRecord(_Model):
     channels: int
     loop_start: int | None = None
     loop_length: int | None = None
+    stem: str | None = Field(default=None, description="The stem this file holds; None: the mix.")
     url: str | None = Field(default=None, description="Presigned download link (S3 only).")
 
     @field_validator("key")
@@ -85,6 +86,15 @@ class TakeRecord(_Model):
     reason: str | None = None
 
 
+class StemRecord(_Model):
+    """One stem a track asked for; its files are in the track's `files` (`stem` set)."""
+
+    name: str
+    status: Literal["published", "silent", "rejected"]
+    reason: str | None = None
+    gates: list[GateResult] = Field(default_factory=list)
+
+
 class TrackRecord(_Model):
     id: str
     status: Status
@@ -105,6 +115,9 @@ class TrackRecord(_Model):
     )
     takes: list[TakeRecord] = Field(
         default_factory=list, description="Every take tried, when the track may re-roll."
+    )
+    stems: list[StemRecord] = Field(
+        default_factory=list, description="Each stem asked for: published, silent or rejected."
     )
     variation_of: str | None = Field(
         default=None, description="The parent track this one was rendered from."

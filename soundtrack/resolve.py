@@ -238,6 +238,11 @@ def resolve_tracks(
         if track.variation_of is not None:
             # The parent's audio joins the hash once it is approved (with_parent).
             fields["variation_of"] = track.variation_of
+        stems = tuple(merged.get("stems", ()))
+        stem_model = _stem_model(merged.get("stem_model"), base_dir)
+        if stems:
+            fields["stems"] = list(stems)  # only when set, as lyrics
+            fields["stem_model"] = merged.get("stem_model")
         spec = TrackSpec(
             soundtrack=manifest.soundtrack,
             id=track.id,
@@ -275,6 +280,8 @@ def resolve_tracks(
             attempts=merged.get("attempts", 1),
             reference=(base_dir / merged["reference"]).resolve() if "reference" in merged else None,
             variation_of=track.variation_of,
+            stems=stems,
+            stem_model=stem_model if stems else None,
         )
         if source is None:
             extra = [
@@ -358,7 +365,8 @@ def render_problems(manifest: Manifest, base_dir: Path) -> list[tuple[str, str]]
                 continue
         duration_s = _duration_s(track, merged, recording.duration_s if recording else None)
         mastering = _mastering(merged, duration_s, loop=track.loop)
-        for name, message in _unrenderable(track, merged, duration_s, mastering, recording):
+        found = _unrenderable(track, merged, duration_s, mastering, recording)
+        for name, message in [*found, *_stem_problems(merged, base_dir)]:
             origin = (
                 " (set in defaults)"
                 if name in merged and name not in track.model_fields_set
@@ -424,6 +432,34 @@ def _unrenderable(
             f"the recording is {recording.duration_s:.2f} s long; a {duration_s:g} s loop with a "
             f"{crossfade_ms:g} ms crossfade needs at least {needed_s:.2f} s of audio (its end "
             f"is searched from {SEARCH_S:g} s before the duration, and the crossfade follows it)",
+        )
+    ]
+
+
+def _stem_model(stem_model: str | None, base_dir: Path) -> str | None:
+    """A separator's directory relative to the manifest, resolved; a registered name as given."""
+    if stem_model is None:
+        return None
+    local = base_dir / stem_model
+    return str(local.resolve()) if local.is_dir() else stem_model
+
+
+def _stem_problems(merged: dict[str, Any], base_dir: Path) -> list[tuple[str, str]]:
+    """Stems need a separation model that is at hand (never downloaded)."""
+    from soundtrack.separate import CONFIG, SEPARATORS, how_to_provide_demucs
+
+    if not merged.get("stems"):
+        return []
+    stem_model = merged.get("stem_model")
+    if stem_model is None:
+        return [("stems", "needs stem_model: the separation model's directory")]
+    if stem_model in SEPARATORS or (base_dir / stem_model / CONFIG).is_file():
+        return []
+    return [
+        (
+            "stem_model",
+            f"{stem_model!r} is not a separation model's directory (no {CONFIG} in "
+            f"{(base_dir / stem_model).resolve()}); {how_to_provide_demucs()}",
         )
     ]
 

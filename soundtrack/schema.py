@@ -37,6 +37,7 @@ MAX_BARS = 1024
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
 DEFAULT_STORAGE = "./assets"
 
+StemName = Literal["drums", "bass", "vocals", "other"]
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, description="Lower-case letters, digits, '-'.")]
 
 
@@ -239,6 +240,26 @@ class _Overridable(_Strict):
         description="A recording to compare each render with in the report (not a gate), "
         "relative path.",
     )
+
+    stems: list[StemName] | None = Field(
+        default=None,
+        min_length=1,
+        description="Stems to separate the approved mix into and publish as <track>.<stem>.<ext> "
+        "(vertical layering; docs/generation.md#stems). Needs stem_model.",
+    )
+    stem_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The separation model: a local directory (`soundtrack models "
+        "convert-demucs`), relative to the manifest.",
+    )
+
+    @field_validator("stems")
+    @classmethod
+    def _unique_stems(cls, value: list[StemName] | None) -> list[StemName] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"stems must not repeat (got {value})")
+        return value
 
     @field_validator("reference")
     @classmethod

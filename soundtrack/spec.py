@@ -152,6 +152,8 @@ class TrackSpec:
     attempts: int = 1  # takes to try (re-rolls): a build policy, outside the spec hash
     take: int = 0  # which take this is: take k renders with seed + k
     reference: Path | None = None  # a recording the report compares the render with
+    stems: tuple[str, ...] = ()  # to separate the approved mix into and publish
+    stem_model: str | None = None  # a separator's directory (resolved) or registered name
     variation_of: str | None = None  # the parent track's id
     # Set once the parent is approved; its sha256 is part of the spec hash and generation key.
     parent_audio: ParentAudio | None = None

@@ -3,6 +3,7 @@ caches, and what a plain executor runs as it is (soundtrack/build.py composes th
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ from soundtrack.storage import open_storage
 
 if TYPE_CHECKING:
     from soundtrack.process import TrackOutcome
+    from soundtrack.separate import Separator
+    from soundtrack.stems import StemsOutcome
 
 
 def render(
@@ -48,12 +51,46 @@ def master(spec: TrackSpec, audio_path: str, staging_dir: str) -> TrackOutcome:
     return outcome
 
 
+def separate(
+    spec: TrackSpec, outcome: TrackOutcome, staging_dir: str, device: str | None
+) -> StemsOutcome:
+    """Split an approved mix into the stems the track asks for; judge and encode them."""
+    from soundtrack.audio import read_audio
+    from soundtrack.master import Master
+    from soundtrack.stems import separate_stems
+
+    if outcome.mix_path is None or outcome.master is None or spec.stem_model is None:
+        raise ValueError(f"track {spec.id!r} has no approved mix to separate")
+    audio, sample_rate = read_audio(outcome.mix_path)
+    info = outcome.master
+    mix = Master(
+        audio, sample_rate, info.loop_start, info.loop_length, info.input_lufs, info.gain_db, 0.0
+    )
+    separator = _separator(spec.stem_model, device or "cpu")
+    stems = separate_stems(spec, mix, separator, Path(staging_dir))
+    events.emit(spec.id, "separated")
+    return stems
+
+
+@functools.lru_cache(maxsize=2)
+def _separator(stem_model: str, device: str) -> Separator:
+    """One loaded separator per model and device in a process, as generators are kept."""
+    from soundtrack.separate import load_separator
+
+    return load_separator(stem_model, device)
+
+
 def publish(
-    spec: TrackSpec, outcome: TrackOutcome, storage_url: str, base_dir: str, model: ModelInfo | None
+    spec: TrackSpec,
+    outcome: TrackOutcome,
+    storage_url: str,
+    base_dir: str,
+    model: ModelInfo | None,
+    stems: StemsOutcome | None = None,
 ) -> TrackRecord:
-    """Upload an approved track's files, verified by checksum."""
+    """Upload an approved track's files (and its stems'), verified by checksum."""
     storage = open_storage(storage_url, base_dir=Path(base_dir))
-    return publish_outcome(storage, spec, outcome, model=model)
+    return publish_outcome(storage, spec, outcome, model=model, stems=stems)
 
 
 def write_index(soundtrack: str, lock: bytes, storage_url: str, base_dir: str) -> str:

@@ -50,8 +50,11 @@ class Storage(Protocol):
 
     url: str  # as given, never containing credentials
 
-    def asset_key(self, soundtrack: str, track_id: str, spec_hash: str, ext: str) -> str:
-        """Where one encoded file of a track goes (see docs/storage.md for each layout)."""
+    def asset_key(
+        self, soundtrack: str, track_id: str, spec_hash: str, ext: str, *, stem: str | None = None
+    ) -> str:
+        """Where one encoded file of a track (or of one of its stems) goes (see
+        docs/storage.md for each layout)."""
 
     def render_key(self, generation_key: str, ext: str) -> str:
         """Where a raw render handed between machines goes (render pools): outside any

@@ -44,10 +44,15 @@ class LocalStorage:
         self._journaled: dict[str, set[tuple[str, str]]] = {}
         self._journal_lock = threading.Lock()
 
-    def asset_key(self, soundtrack: str, track_id: str, spec_hash: str, ext: str) -> str:
-        """<soundtrack>/<track>.<ext>; the spec hash lives in the index, not the name."""
+    def asset_key(
+        self, soundtrack: str, track_id: str, spec_hash: str, ext: str, *, stem: str | None = None
+    ) -> str:
+        """<soundtrack>/<track>[.<stem>].<ext>; the spec hash lives in the index, not the name."""
         for kind, value in (("soundtrack", soundtrack), ("track id", track_id), ("format", ext)):
             check_name(kind, value)
+        if stem is not None:
+            check_name("stem", stem)
+            return f"{soundtrack}/{track_id}.{stem}.{ext}"
         return f"{soundtrack}/{track_id}.{ext}"
 
     def render_key(self, generation_key: str, ext: str) -> str:

@@ -130,16 +130,21 @@ class S3Storage:
             preferred_transfer_client="classic",
         )
 
-    def asset_key(self, soundtrack: str, track_id: str, spec_hash: str, ext: str) -> str:
-        """<prefix>/<soundtrack>/<track>/<spec_hash>.<ext>: immutable, named by content."""
+    def asset_key(
+        self, soundtrack: str, track_id: str, spec_hash: str, ext: str, *, stem: str | None = None
+    ) -> str:
+        """<prefix>/<soundtrack>/<track>/<spec_hash>[.<stem>].<ext>: immutable, named by
+        content."""
         for kind, value in (
             ("soundtrack", soundtrack),
             ("track id", track_id),
             ("spec hash", spec_hash),
             ("format", ext),
+            *((("stem", stem),) if stem is not None else ()),
         ):
             check_name(kind, value)
-        return f"{self.prefix}{soundtrack}/{track_id}/{spec_hash}.{ext}"
+        name = spec_hash if stem is None else f"{spec_hash}.{stem}"
+        return f"{self.prefix}{soundtrack}/{track_id}/{name}.{ext}"
 
     def render_key(self, generation_key: str, ext: str) -> str:
         check_name("generation key", generation_key)

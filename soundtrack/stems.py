@@ -1,0 +1,165 @@
+"""Stems for vertical layering: an approved mix separated into the layers an engine fades in and
+out, each with the mix's exact length, gain and loop points, judged and encoded like the mix.
+
+The stems are accepted together or not at all: every source the separator produced (published
+or not) must sum back to the mix within SUM_RESIDUAL_MIN_DB (provisional, docs/gates.md). A stem
+asked for that is near-silent (no vocals in an instrumental) is reported and not published.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soxr
+
+from soundtrack.encode import EncodedFile, encode
+from soundtrack.gates import GateResult, GateTable, evaluate, gate_expectations, metrics_row
+from soundtrack.master import Master
+from soundtrack.measure import measure, measure_file
+from soundtrack.separate import SUM_RESIDUAL_MIN_DB, Separator, residual_db
+from soundtrack.spec import TrackSpec
+
+# A stem this far below the mix (integrated loudness) holds nothing worth a layer: bleed, not
+# an instrument. Provisional, like the sum gate's limit.
+NEAR_SILENT_LU = 30.0
+# residual_db is +inf when the stems sum to the mix exactly; the lock (JSON) holds a number.
+EXACT_SUM_DB = 300.0
+
+
+@dataclass(frozen=True)
+class StemOutcome:
+    """One stem asked for: published with its files, or why not."""
+
+    name: str
+    status: Literal["published", "silent", "rejected"]
+    reason: str | None
+    gates: list[GateResult]
+    files: list[EncodedFile]
+
+
+@dataclass(frozen=True)
+class StemsOutcome:
+    """A track's stems, the sum gate over all the separator's sources, and the separator."""
+
+    stems: list[StemOutcome]
+    sum_gate: GateResult
+    model_id: str
+    revision: str
+    license: str
+
+
+def separate_stems(
+    spec: TrackSpec, mix: Master, separator: Separator, out_dir: Path
+) -> StemsOutcome:
+    """Separate the approved `mix`, judge the sum and each stem asked for, and encode the
+    stems that pass into `out_dir` as <track>.<stem>.<ext>."""
+    sources = _separated(mix, separator)
+    missing = [name for name in spec.stems if name not in sources]
+    if missing:
+        raise ValueError(
+            f"track {spec.id!r}: the separator makes {', '.join(sources)}, not {', '.join(missing)}"
+        )
+    residual = min(residual_db(mix.audio, list(sources.values())), EXACT_SUM_DB)
+    sum_gate = GateResult(
+        name="stems_sum",
+        value=round(residual, 2),
+        limit=f">= {SUM_RESIDUAL_MIN_DB:g} dB below the mix (provisional)",
+        passed=residual >= SUM_RESIDUAL_MIN_DB,
+        severity="fail",
+    )
+    mix_lufs = measure(mix.audio, mix.sample_rate).integrated_lufs
+    stems = [
+        _stem(spec, name, sources[name], mix, mix_lufs, sum_gate, out_dir) for name in spec.stems
+    ]
+    return StemsOutcome(stems, sum_gate, separator.model_id, separator.revision, separator.license)
+
+
+def unseparated(spec: TrackSpec, reason: str) -> StemsOutcome:
+    """The stems of a track whose separation failed: each rejected, saying why."""
+    gate = GateResult(
+        "stems_sum", None, f">= {SUM_RESIDUAL_MIN_DB:g} dB below the mix", False, "fail"
+    )
+    stems = [StemOutcome(name, "rejected", reason, [], []) for name in spec.stems]
+    return StemsOutcome(stems, gate, spec.stem_model or "", "", "")
+
+
+def _separated(mix: Master, separator: Separator) -> dict[str, np.ndarray]:
+    """Every source, at the mix's rate, channels and exact length."""
+    audio, rate = mix.audio, mix.sample_rate
+    if rate != separator.sample_rate:
+        audio = soxr.resample(audio.T, rate, separator.sample_rate, "VHQ").T
+    out = {}
+    for name, source in separator.separate(np.ascontiguousarray(audio, dtype=np.float32)).items():
+        if rate != separator.sample_rate:
+            source = soxr.resample(source.T, separator.sample_rate, rate, "VHQ").T
+        frames = mix.audio.shape[1]
+        source = source[:, :frames]
+        if source.shape[1] < frames:
+            source = np.pad(source, ((0, 0), (0, frames - source.shape[1])))
+        out[name] = np.ascontiguousarray(source, dtype=np.float32)
+    return out
+
+
+def _stem(
+    spec: TrackSpec,
+    name: str,
+    audio: np.ndarray,
+    mix: Master,
+    mix_lufs: float,
+    sum_gate: GateResult,
+    out_dir: Path,
+) -> StemOutcome:
+    lufs = measure(audio, mix.sample_rate).integrated_lufs
+    floor = max(spec.gates.silence_floor_lufs, mix_lufs - NEAR_SILENT_LU)
+    if not math.isfinite(lufs) or lufs < floor:
+        reason = f"near-silent: {lufs:.1f} LUFS, the mix {mix_lufs:.1f} (floor {floor:.1f})"
+        return StemOutcome(name, "silent", reason, [], [])
+    if not sum_gate.passed:
+        reason = f"the stems do not sum to the mix (residual {sum_gate.value} dB below it)"
+        return StemOutcome(name, "rejected", reason, [], [])
+    stem = Master(
+        audio=audio,
+        sample_rate=mix.sample_rate,
+        loop_start=mix.loop_start,
+        loop_length=mix.loop_length,
+        input_lufs=lufs,
+        gain_db=0.0,  # the mix's gain, applied before separation: layers add up to the mix
+        limiter_reduction_db=0.0,
+    )
+    tags = {
+        "title": f"{spec.id} ({name})",
+        "soundtrack": spec.soundtrack,
+        "track_id": spec.id,
+        "spec_hash": spec.spec_hash,
+    }
+    files = encode(
+        stem,
+        spec.formats,
+        out_dir,
+        f"{spec.id}.{name}",
+        tags=tags,
+        wav_bit_depth=spec.wav_bit_depth,
+    )
+    rows = [
+        metrics_row(f"{spec.id}.{name}", file.format, measure_file(file.path)) for file in files
+    ]
+    gates = gate_expectations(
+        [file.format for file in files],
+        limits=spec.gates,
+        loudness=spec.mastering.loudness,
+        duration_s=mix.audio.shape[1] / mix.sample_rate,
+        loop=spec.loop,
+        sample_rate=mix.sample_rate,
+        channels=mix.audio.shape[0],
+    )
+    results = evaluate(GateTable(f"{spec.id}.{name}", tuple(rows), tuple(gates)))
+    failed = [g.name for g in results if not g.passed and g.severity == "fail"]
+    if failed:
+        for file in files:
+            file.path.unlink(missing_ok=True)
+        return StemOutcome(name, "rejected", f"rejected by gates: {', '.join(failed)}", results, [])
+    return StemOutcome(name, "published", None, results, files)

@@ -1,0 +1,192 @@
+"""Stems on a synthesized mix of known parts (drums, bass, a lead): a separator registered under
+a name, like Demucs, returns the known parts; the pipeline publishes each stem asked for beside
+the mix, sample-aligned, as long as the mix, with its loop tags. A part missing fails the sum
+gate: the stems are rejected and the mix is still published. The tiny Demucs runs the same path."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from mutagen.oggvorbis import OggVorbis
+
+from soundtrack.build import BuildResult, Options, ThreadExecutor, build
+from soundtrack.separate import SEPARATORS, make_tiny_demucs, register_separator, residual_db
+from soundtrack.steps import _separator
+
+RATE = 44100
+SECONDS = 8.0
+
+
+def parts() -> dict[str, np.ndarray]:
+    """Drums (noise bursts on each beat at 120 bpm), bass (a low two-note line), a lead
+    (a sine melody): stereo float32, each placed differently across the channels."""
+    rng = np.random.default_rng(7)
+    t = np.arange(int(SECONDS * RATE)) / RATE
+    beat = (t * 2.0) % 1.0  # 120 bpm
+    drums = rng.standard_normal(t.size) * np.exp(-beat * 25.0) * 0.3
+    bass = 0.25 * np.sin(2 * np.pi * np.where((t // 1.0) % 2 == 0, 55.0, 73.4) * t)
+    lead = 0.15 * np.sin(
+        2 * np.pi * np.array([440.0, 494.0, 523.0, 587.0])[(t * 2).astype(int) % 4] * t
+    )
+    return {
+        "drums": np.stack([drums, drums]).astype(np.float32),
+        "bass": np.stack([bass, bass * 0.8]).astype(np.float32),
+        "other": np.stack([lead * 0.6, lead]).astype(np.float32),
+    }
+
+
+class KnownParts:
+    """A separator that knows what the mix is made of: the parts, at the master's gain, with the
+    lead taking whatever else mastering did (so they sum to the mix), or with it `missing`."""
+
+    sources = ("drums", "bass", "other", "vocals")
+    sample_rate = RATE
+    channels = 2
+    model_id = "known-parts"
+    revision = "test"
+    license = "MIT"
+
+    def __init__(self, *, missing: bool = False) -> None:
+        self.known = parts()
+        self.missing = missing
+
+    def separate(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+        frames = audio.shape[1]
+        total = sum(part[:, :frames] for part in self.known.values())
+        gain = float(np.sum(audio * total) / np.sum(total * total))
+        drums = gain * self.known["drums"][:, :frames]
+        bass = gain * self.known["bass"][:, :frames]
+        other = np.zeros_like(audio) if self.missing else audio - drums - bass
+        return {"drums": drums, "bass": bass, "other": other, "vocals": np.zeros_like(audio)}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Path]:
+    mix = sum(parts().values())
+    sf.write(tmp_path / "mix.wav", mix.T, RATE, subtype="FLOAT")
+    register_separator("known-parts", lambda device: KnownParts())
+    register_separator("missing-lead", lambda device: KnownParts(missing=True))
+    yield tmp_path
+    SEPARATORS.pop("known-parts")
+    SEPARATORS.pop("missing-lead")
+    _separator.cache_clear()
+
+
+def write_manifest(project: Path, stem_model: str, stems: str) -> None:
+    (project / "m.yaml").write_text(
+        f"""\
+schema: 1
+soundtrack: layers
+storage: ./out
+tracks:
+  - id: boss
+    source: mix.wav
+    duration: 6
+    loop: true
+    formats: [wav, ogg]
+    stems: {stems}
+    stem_model: {stem_model}
+"""
+    )
+
+
+def run(project: Path) -> BuildResult:
+    return build(project / "m.yaml", Options(), executor=ThreadExecutor())
+
+
+def lock(project: Path) -> dict[str, object]:
+    data = json.loads((project / "out" / "layers" / "soundtrack.lock.json").read_text())
+    (track,) = data["tracks"]
+    return track  # type: ignore[no-any-return]
+
+
+def test_every_stem_asked_for_is_published_aligned_with_the_mix(project: Path) -> None:
+    write_manifest(project, "known-parts", "[drums, bass, other]")
+    result = run(project)
+    assert result.exit_status == 0, result.failure
+    track = lock(project)
+    stems = {s["name"]: s for s in track["stems"]}  # type: ignore[attr-defined]
+    assert {name: s["status"] for name, s in stems.items()} == dict.fromkeys(
+        ("drums", "bass", "other"), "published"
+    )
+    assert stems["drums"]["gates"][0]["name"] == "stems_sum"
+    assert stems["drums"]["gates"][0]["passed"]
+    files = {(f["stem"], f["format"]): f for f in track["files"]}  # type: ignore[attr-defined]
+    out = project / "out"
+    mix, rate = sf.read(out / files[(None, "wav")]["key"], always_2d=True)
+    decoded = {
+        name: sf.read(out / files[(name, "wav")]["key"], always_2d=True)[0] for name in stems
+    }
+    assert rate == RATE
+    assert all(stem.shape == mix.shape for stem in decoded.values())
+    # Sample-aligned, at the mix's gain: the stems sum back to the published mix (16-bit WAV).
+    assert residual_db(mix.T, [s.T for s in decoded.values()]) > 60
+    known = parts()["drums"][:, : mix.shape[0]].T
+    lags = [
+        np.sum(decoded["drums"][100 + lag : -100 + lag or None] * known[100:-100])
+        for lag in (-2, 0, 2)
+    ]
+    assert lags[1] > 2 * max(lags[0], lags[2])
+    mix_tags = OggVorbis(out / files[(None, "ogg")]["key"])
+    for name in stems:
+        assert files[(name, "ogg")]["key"].endswith(f"boss.{name}.ogg")
+        tags = OggVorbis(out / files[(name, "ogg")]["key"])
+        assert tags["LOOPSTART"] == mix_tags["LOOPSTART"]
+        assert tags["LOOPLENGTH"] == mix_tags["LOOPLENGTH"]
+        assert files[(name, "ogg")]["loop_length"] == files[(None, "ogg")]["loop_length"]
+    again = run(project)
+    assert [r.status for r in again.report.tracks] == ["cached"]
+
+
+def test_a_missing_part_fails_the_sum_gate_and_the_mix_is_still_published(project: Path) -> None:
+    write_manifest(project, "missing-lead", "[drums, bass]")
+    result = run(project)
+    assert result.exit_status == 0, result.failure
+    track = lock(project)
+    assert track["status"] == "approved"
+    stems = {s["name"]: s for s in track["stems"]}  # type: ignore[attr-defined]
+    assert {s["status"] for s in stems.values()} == {"rejected"}
+    assert not stems["bass"]["gates"][0]["passed"]
+    assert stems["bass"]["gates"][0]["value"] < 25
+    assert {f["stem"] for f in track["files"]} == {None}  # type: ignore[attr-defined]
+    assert not list((project / "out" / "layers").glob("boss.*.*"))
+
+
+def test_a_silent_stem_is_reported_and_not_published(project: Path) -> None:
+    write_manifest(project, "known-parts", "[drums, vocals]")
+    result = run(project)
+    assert result.exit_status == 0, result.failure
+    stems = {s["name"]: s for s in lock(project)["stems"]}  # type: ignore[attr-defined]
+    assert stems["drums"]["status"] == "published"
+    assert stems["vocals"]["status"] == "silent"
+    assert "near-silent" in stems["vocals"]["reason"]
+    assert not (project / "out" / "layers" / "boss.vocals.ogg").exists()
+
+
+def test_the_tiny_demucs_runs_the_same_path_and_fails_the_sum_gate(project: Path) -> None:
+    make_tiny_demucs(project / "demucs")
+    write_manifest(project, "demucs", "[drums, bass]")
+    result = run(project)
+    assert result.exit_status == 0, result.failure
+    track = lock(project)
+    assert track["status"] == "approved"
+    stems = {s["name"]: s for s in track["stems"]}  # type: ignore[attr-defined]
+    assert {s["status"] for s in stems.values()} <= {"rejected", "silent"}
+    assert not stems["drums"]["gates"] or not stems["drums"]["gates"][0]["passed"]
+
+
+def test_stems_without_a_separation_model_exit_2(project: Path) -> None:
+    from typer.testing import CliRunner
+
+    from soundtrack.cli import app
+
+    write_manifest(project, "nowhere", "[drums]")
+    result = CliRunner().invoke(app, ["validate", str(project / "m.yaml")])
+    assert result.exit_code == 2, result.output
+    assert "stem_model" in result.output
+    assert "convert-demucs" in result.output
