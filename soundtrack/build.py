@@ -39,6 +39,7 @@ from soundtrack.report import (
     parse_lock,
 )
 from soundtrack.resolve import take, with_parent
+from soundtrack.separate import stem_model_problem
 from soundtrack.spec import ParentAudio, TrackSpec
 
 if TYPE_CHECKING:
@@ -281,8 +282,8 @@ def _plan(checked: CheckedInputs, lock: BuildReport | None, options: Options) ->
 
 def _check_models(plan: Plan) -> None:
     """Every model a batch needs is at hand, loadable, and can render its tracks (its files
-    now say its family, which `validate` may have had to leave unchecked): found now, not after
-    other renders."""
+    now say its family, which `validate` may have had to leave unchecked), and every stem
+    model is there: found now, not after other renders."""
     specs = [spec for batch in plan.batches for spec in batch]
     problems = []
     for model, revision in dict.fromkeys((spec.model, spec.model_revision) for spec in specs):
@@ -293,6 +294,11 @@ def _check_models(plan: Plan) -> None:
             problems.append(f"tracks {', '.join(spec.id for spec in users)}: {exc}")
             continue
         problems += [f"track {s.id}: {p}" for s in users for p in limit_problems(s, family)]
+    for stem_model in dict.fromkeys(s.stem_model for s in plan.todo + plan.variations if s.stems):
+        separated = [s.id for s in plan.todo + plan.variations if s.stem_model == stem_model]
+        problem = stem_model_problem(stem_model or "")
+        if problem:
+            problems.append(f"tracks {', '.join(separated)}: {problem}")
     if len(problems) == 1:
         raise InputError(problems[0])
     if problems:

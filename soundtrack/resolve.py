@@ -366,7 +366,7 @@ def render_problems(manifest: Manifest, base_dir: Path) -> list[tuple[str, str]]
         duration_s = _duration_s(track, merged, recording.duration_s if recording else None)
         mastering = _mastering(merged, duration_s, loop=track.loop)
         found = _unrenderable(track, merged, duration_s, mastering, recording)
-        for name, message in [*found, *_stem_problems(merged, base_dir)]:
+        for name, message in [*found, *_stem_problems(merged)]:
             origin = (
                 " (set in defaults)"
                 if name in merged and name not in track.model_fields_set
@@ -444,24 +444,12 @@ def _stem_model(stem_model: str | None, base_dir: Path) -> str | None:
     return str(local.resolve()) if local.is_dir() else stem_model
 
 
-def _stem_problems(merged: dict[str, Any], base_dir: Path) -> list[tuple[str, str]]:
-    """Stems need a separation model that is at hand (never downloaded)."""
-    from soundtrack.separate import CONFIG, SEPARATORS, how_to_provide_demucs
-
-    if not merged.get("stems"):
-        return []
-    stem_model = merged.get("stem_model")
-    if stem_model is None:
+def _stem_problems(merged: dict[str, Any]) -> list[tuple[str, str]]:
+    """Stems need a separation model (whether its files are at hand, build checks, as it does
+    a generator's weights)."""
+    if merged.get("stems") and not merged.get("stem_model"):
         return [("stems", "needs stem_model: the separation model's directory")]
-    if stem_model in SEPARATORS or (base_dir / stem_model / CONFIG).is_file():
-        return []
-    return [
-        (
-            "stem_model",
-            f"{stem_model!r} is not a separation model's directory (no {CONFIG} in "
-            f"{(base_dir / stem_model).resolve()}); {how_to_provide_demucs()}",
-        )
-    ]
+    return []
 
 
 def _model_location(model: str | None, base_dir: Path) -> str:

@@ -141,6 +141,16 @@ def load_separator(stem_model: str, device: str) -> Separator:
     return _load_demucs(directory.resolve(), resolve_device(device))
 
 
+def stem_model_problem(stem_model: str) -> str | None:
+    """Why `stem_model` cannot be loaded, found without loading it; None when it can be tried."""
+    if stem_model in SEPARATORS or (Path(stem_model).expanduser() / CONFIG).is_file():
+        return None
+    return (
+        f"stem_model {stem_model!r} is not a separation model's directory (no {CONFIG} in "
+        f"{Path(stem_model).expanduser().absolute()}); {how_to_provide_demucs()}"
+    )
+
+
 def how_to_provide_demucs() -> str:
     """The ways to make a Demucs model available, for error messages."""
     return (

@@ -56,16 +56,16 @@ EXAMPLE_HASHES = {
         "bf22ae135f429b8da3e9e9908fc008add0aedfa813b8dd66d06cc1445e388d98",
     ),
     ("sky-odyssey.yaml", "combat-high"): (
-        "7fec9d896fc3fbd0061be23ef29f3da0c913280c2b4258bf401df2d92acd342f",
-        "265c015f94b9edca6e16307c94bbb5848ed2c02cb59c0b5c7344e598f4eb5600",
+        "ed6418811f797ff9e4764ca402a813e000380697d94afcdd2603ff1baa673278",
+        "41c37a36a20efe339300f2c16d65e2b5c3d14326378c61a337e8f18372747744",
     ),
     ("sky-odyssey.yaml", "boss-storm-leviathan"): (
-        "19b4461c55253527fc08bd95c4124a7da408c74007214814c633846acf111d29",
+        "9814fa53bb94556a0e2943fe8bbe535a7bdf656c1e6c5c146a344dbba13e53a1",
         "970e9c6d0a0333e494b60b2330b8834ed9777e78188bfd93da7252036454e42f",
     ),
     ("sky-odyssey.yaml", "victory-sting"): (
-        "cc0f6653121b469e695cf7c90905651019474547b34fe1c624daa7baecb93b40",
-        "5d0fdbdc1bb01d1c5c1a236b11b6f874b45ea265dfc80c892ad970559708fee0",
+        "d8d3d8892f4c75709bfa8537d23e5b3a14165825351784781622c591896bc62d",
+        "ef3592e65e149e431fbb0c8b971afd363563f4e518eb7f06fbf380889ed4ee20",
     ),
     ("sky-odyssey.yaml", "game-over-sting"): (
         "49ec2e82c69e6d14175ab8b6233be637b52dc87a7edb81fe7db1bec63cc474d0",

@@ -180,13 +180,14 @@ def test_the_tiny_demucs_runs_the_same_path_and_fails_the_sum_gate(project: Path
     assert not stems["drums"]["gates"] or not stems["drums"]["gates"][0]["passed"]
 
 
-def test_stems_without_a_separation_model_exit_2(project: Path) -> None:
+def test_stems_without_their_separation_model_exit_2_before_anything_renders(project: Path) -> None:
     from typer.testing import CliRunner
 
     from soundtrack.cli import app
 
     write_manifest(project, "nowhere", "[drums]")
-    result = CliRunner().invoke(app, ["validate", str(project / "m.yaml")])
+    result = CliRunner().invoke(app, ["build", str(project / "m.yaml")])
     assert result.exit_code == 2, result.output
-    assert "stem_model" in result.output
-    assert "convert-demucs" in result.output
+    assert "stem_model 'nowhere'" in result.output.replace("\n", "")
+    assert "convert-demucs" in result.output.replace("\n", "")
+    assert not (project / "out").exists()

@@ -102,8 +102,7 @@ def test_a_variation_whose_parent_is_rejected_fails_without_rendering(
     text = manifest(tiny_acestep_dir).replace(
         "    duration: 3\n  - id: menu",
         # No mean is exactly zero: the DC-offset gate, made to fail, rejects the parent.
-        "    duration: 3\n    gates: {dc_offset: fail, dc_offset_max: 0}\n"
-        "  - id: menu",
+        "    duration: 3\n    gates: {dc_offset: fail, dc_offset_max: 0}\n  - id: menu",
     )
     (tmp_path / "m.yaml").write_text(text)
     result = run(tmp_path)
