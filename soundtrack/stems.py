@@ -113,14 +113,14 @@ def _stem(
     sum_gate: GateResult,
     out_dir: Path,
 ) -> StemOutcome:
+    if not sum_gate.passed:  # then no stem can be trusted, silent or not
+        reason = f"the stems do not sum to the mix (residual {sum_gate.value} dB below it)"
+        return StemOutcome(name, "rejected", reason, [], [])
     lufs = measure(audio, mix.sample_rate).integrated_lufs
     floor = max(spec.gates.silence_floor_lufs, mix_lufs - NEAR_SILENT_LU)
     if not math.isfinite(lufs) or lufs < floor:
         reason = f"near-silent: {lufs:.1f} LUFS, the mix {mix_lufs:.1f} (floor {floor:.1f})"
         return StemOutcome(name, "silent", reason, [], [])
-    if not sum_gate.passed:
-        reason = f"the stems do not sum to the mix (residual {sum_gate.value} dB below it)"
-        return StemOutcome(name, "rejected", reason, [], [])
     stem = Master(
         audio=audio,
         sample_rate=mix.sample_rate,

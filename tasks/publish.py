@@ -15,6 +15,7 @@ from soundtrack.spec import TrackSpec
 
 if TYPE_CHECKING:
     from soundtrack.process import TrackOutcome
+    from soundtrack.stems import StemsOutcome
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -36,10 +37,15 @@ RETRYING: dict[str, Any] = {
 
 @task(name="publish", **RETRYING)
 def publish_track(
-    spec: TrackSpec, outcome: TrackOutcome, storage_url: str, base_dir: str, model: ModelInfo | None
+    spec: TrackSpec,
+    outcome: TrackOutcome,
+    storage_url: str,
+    base_dir: str,
+    model: ModelInfo | None,
+    stems: StemsOutcome | None = None,
 ) -> TrackRecord:
-    """Upload an approved track's files, verified by checksum."""
-    return steps.publish(spec, outcome, storage_url, base_dir, model)
+    """Upload an approved track's files (and its stems'), verified by checksum."""
+    return steps.publish(spec, outcome, storage_url, base_dir, model, stems)
 
 
 @task(name="write-index", **RETRYING)

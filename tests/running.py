@@ -43,3 +43,16 @@ def build_runs(api_url: str, since: datetime) -> list[FlowRun]:
             flow_filter=FlowFilter(name=FlowFilterName(any_=["build-soundtrack"]))
         )
     return [run for run in runs if run.created is not None and run.created >= since]
+
+
+def task_run_names(api_url: str, flow_run_id: Any) -> list[str]:
+    """The names of a flow run's task runs, as the Prefect UI lists them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return [run.name for run in runs]

@@ -176,8 +176,8 @@ def test_the_tiny_demucs_runs_the_same_path_and_fails_the_sum_gate(project: Path
     track = lock(project)
     assert track["status"] == "approved"
     stems = {s["name"]: s for s in track["stems"]}  # type: ignore[attr-defined]
-    assert {s["status"] for s in stems.values()} <= {"rejected", "silent"}
-    assert not stems["drums"]["gates"] or not stems["drums"]["gates"][0]["passed"]
+    assert {s["status"] for s in stems.values()} == {"rejected"}
+    assert "do not sum to the mix" in stems["drums"]["reason"]
 
 
 def test_stems_without_their_separation_model_exit_2_before_anything_renders(project: Path) -> None:

@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 import soundfile as sf
 
+from soundtrack.separate import make_tiny_demucs
 from tests.prefect_server import PrefectServer
 from tests.reference import ebur128, sha256_of
-from tests.running import SOUNDTRACK, build, build_runs, statuses
+from tests.running import SOUNDTRACK, build, build_runs, statuses, task_run_names
 from tests.signals import music_like
 
 pytestmark = pytest.mark.slow
@@ -175,6 +176,15 @@ tracks:
     seed: 4
     gates:
       duration_tolerance_s: 2.0
+  - id: battle
+    model: {acestep}
+    prompt: the theme at full force, drums
+    duration: 3
+    seed: 5
+    variation_of: theme
+    stems: [drums, bass]
+    stem_model: demucs
+    gates: {{theme: warn}}  # noise carries no melody
 """
 
 
@@ -191,7 +201,10 @@ def test_one_build_renders_with_all_four_model_families(
         "theme": tiny_acestep_dir,
         "cave": tiny_stableaudio_dir,
         "line": tiny_bark_dir,
+        "battle": tiny_acestep_dir,
     }
+    make_tiny_demucs(workdir / "demucs")
+    since = datetime.now(UTC)
     (workdir / "m.yaml").write_text(
         FOUR_FAMILIES.format(
             musicgen=dirs["menu"],
@@ -209,12 +222,25 @@ def test_one_build_renders_with_all_four_model_families(
     assert report["model_loads"] == 4, "each model loaded once"
     out = workdir / "out" / "mixed"
     lock = json.loads((out / "soundtrack.lock.json").read_text())
+    # The variation is rendered from its parent's published file, in a task of its own, and its
+    # (tiny, random) Demucs stems fail the sum gate: rejected, the mix published.
+    tracks = {track["id"]: track for track in lock["tracks"]}
+    theme_ogg = next(f for f in tracks["theme"]["files"] if f["format"] == "ogg")
+    assert tracks["battle"]["parent_sha256"] == theme_ogg["sha256"]
+    assert {s["name"]: s["status"] for s in tracks["battle"]["stems"]} == {
+        "drums": "rejected",
+        "bass": "rejected",
+    }
+    (run,) = build_runs(env["PREFECT_API_URL"], since)
+    names = task_run_names(env["PREFECT_API_URL"], run.id)
+    assert "vary[battle <- theme]" in names, names
+    assert "separate[battle]" in names, names
     for track in lock["tracks"]:
         model = track["model"]
         assert model["id"] == str(dirs[track["id"]])
         assert model["revision"].startswith("sha256:"), model
         assert model["license"] == "soundtrack-tiny-random-weights", model
-        seconds = {"menu": 2.0, "theme": 5.0, "cave": 3.0, "line": 2.0}[track["id"]]
+        seconds = {"menu": 2.0, "theme": 5.0, "cave": 3.0, "line": 2.0, "battle": 3.0}[track["id"]]
         for entry in track["files"]:
             path = out / f"{track['id']}.{entry['format']}"
             assert sha256_of(path) == entry["sha256"]
