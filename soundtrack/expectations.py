@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from soundtrack.errors import InputError, StorageError
-from soundtrack.gates import MUSIC_COLUMNS, Gate, GateResult, GateTable
+from soundtrack.gates import MUSIC_COLUMNS, THEME_COLUMNS, Gate, GateResult, GateTable
 from soundtrack.measure import Metrics
 
 _SEVERITY_TO_GX = {"fail": "critical", "warn": "warning"}
@@ -40,7 +40,13 @@ CONDITIONS_MAX = 100  # GX's own limit on the comparisons in one row condition
 # structured row condition's column name reaches DataFrame.query in backticks, so a name with a
 # backtick in it would be query text: a fixed set of plain identifiers closes that door too.
 TABLE_COLUMNS = frozenset(
-    {"track_id", "label", *(field.name for field in fields(Metrics)), *MUSIC_COLUMNS}
+    {
+        "track_id",
+        "label",
+        *(field.name for field in fields(Metrics)),
+        *MUSIC_COLUMNS,
+        *THEME_COLUMNS,
+    }
 )
 
 

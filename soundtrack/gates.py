@@ -61,10 +61,10 @@ MUSIC_COLUMNS = frozenset(
         "loudness_range_lu",
         "spectral_centroid_hz",
         "onset_rate_per_s",
-        "theme_similarity",
-        "theme_transposition_semitones",
     }
 )
+# A variation's master row also carries its melody against its parent's (process._theme_columns).
+THEME_COLUMNS = frozenset({"theme_similarity", "theme_transposition_semitones"})
 TEMPO_MULTIPLES = (0.5, 1.0, 2.0)  # a tempo read at half or double time is the same tempo
 
 

@@ -349,9 +349,13 @@ def test_the_music_columns_are_what_the_master_row_carries() -> None:
 
     from soundtrack.analysis import analyse
     from soundtrack.expectations import TABLE_COLUMNS
-    from soundtrack.gates import MUSIC_COLUMNS
-    from soundtrack.process import analysis_columns
+    from soundtrack.gates import MUSIC_COLUMNS, THEME_COLUMNS
+    from soundtrack.master import Master
+    from soundtrack.process import _theme_columns, analysis_columns
 
     tone = np.tile(np.sin(np.arange(44100 * 3) * 2 * np.pi * 220 / 44100), (2, 1))
-    columns = analysis_columns(analyse(tone.astype(np.float32), 44100), "A minor", 120)
+    tone = tone.astype(np.float32)
+    columns = analysis_columns(analyse(tone, 44100), "A minor", 120)
     assert set(columns) == MUSIC_COLUMNS and MUSIC_COLUMNS <= TABLE_COLUMNS
+    master = Master(tone, 44100, None, None, -20.0, 0.0, 0.0)
+    assert set(_theme_columns(master, (tone, 44100))) == THEME_COLUMNS <= TABLE_COLUMNS
