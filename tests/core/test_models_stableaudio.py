@@ -268,9 +268,9 @@ def test_the_negative_prompt_shapes_the_spec_only_when_set(tmp_path: Path) -> No
     assert before.negative_prompt is None and after.negative_prompt == "drums"
     assert after.spec_hash != before.spec_hash and after.generation_key != before.generation_key
     assert after.prompt == before.prompt, "not words in the prompt"
-    from soundtrack.renders import _request
+    from soundtrack.renders import RenderCache, _request
 
-    assert _request(after).negative_prompt == "drums"
+    assert _request(after, RenderCache(tmp_path)).negative_prompt == "drums"
     path.write_text(plain + "    negative_prompt: ''\n")
     with pytest.raises(InputError, match="negative_prompt"):
         load_manifest(path)
@@ -291,7 +291,7 @@ def test_the_manifests_settings_replace_the_defaults(generator: StableAudioGener
 
 def test_a_stable_audio_sampling_block_shapes_the_spec_only_when_set(tmp_path: Path) -> None:
     from soundtrack.manifest import load_manifest
-    from soundtrack.renders import _request
+    from soundtrack.renders import RenderCache, _request
     from soundtrack.resolve import resolve_tracks
     from soundtrack.spec import StableAudioSampling
 
@@ -304,7 +304,7 @@ def test_a_stable_audio_sampling_block_shapes_the_spec_only_when_set(tmp_path: P
     assert before.stable_audio_sampling is None
     assert after.stable_audio_sampling == StableAudioSampling(steps=50, guidance=5.0)
     assert after.spec_hash != before.spec_hash and after.generation_key != before.generation_key
-    assert _request(after).stable_audio == after.stable_audio_sampling
+    assert _request(after, RenderCache(tmp_path)).stable_audio == after.stable_audio_sampling
     path.write_text(plain + "    sampling: {stable-audio: {steps: 0}}\n")
     with pytest.raises(InputError, match="problem"):
         load_manifest(path)
