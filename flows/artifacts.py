@@ -76,11 +76,13 @@ def _row(track: TrackRecord) -> dict[str, object]:
     for name in KEY_GATES:
         value = values.get(name)
         row[name] = "" if value is None else round(value, 2)
-    row["formats"] = ", ".join(f.format for f in track.files)
+    row["formats"] = ", ".join(f.format for f in track.files if f.stem is None)
     analysis = track.analysis or {}
     row["bpm"] = "" if analysis.get("tempo_bpm") is None else f"{analysis['tempo_bpm']:.1f}"
     row["key"] = analysis.get("key") or ""
     row["takes"] = track.takes_summary()
+    row["variation of"] = track.variation_of or ""
+    row["stems"] = track.stems_summary()
     row["reason"] = redact(track.reason or "")
     return row
 
@@ -88,7 +90,9 @@ def _row(track: TrackRecord) -> dict[str, object]:
 def _links(report: BuildReport, docs: Path | None) -> str:
     lines = [f"# {report.soundtrack}", "", "| track | status | files |", "|---|---|---|"]
     for track in report.tracks:
-        links = [(f.format, f.url or f.uri) for f in track.files]
+        links = [
+            (f"{f.stem}.{f.format}" if f.stem else f.format, f.url or f.uri) for f in track.files
+        ]
         if track.sidecar is not None:
             links.append(("json", track.sidecar.url or track.sidecar.uri))
         files = " ".join(f"[{name}]({target})" for name, target in links) or "-"

@@ -766,12 +766,21 @@ def _print_report(report: Any) -> None:
             _number(seconds),
             _number(analysis.get("tempo_bpm")),
             str(analysis.get("key") or ""),
-            ", ".join(f.format for f in track.files) or escape(_headline(track.reason or "")),
+            ", ".join(f.format for f in track.files if f.stem is None)
+            or escape(_headline(track.reason or "")),
         )
     console.print(table)
     for track in report.tracks:
         if track.takes:
             console.print(f"{track.id}: {track.takes_summary()}", highlight=False)
+        if track.variation_of:
+            theme = {g.name: g for g in track.gates}.get("theme")
+            heard = f" (theme {_number(theme.value)}, {theme.limit})" if theme else ""
+            console.print(
+                f"{track.id}: a variation of {track.variation_of}{heard}", highlight=False
+            )
+        if track.stems:
+            console.print(f"{track.id}: stems {track.stems_summary()}", highlight=False)
         if track.reference:
             console.print(f"{track.id}: {track.reference.get('verdict', '')}", highlight=False)
     # A long reason (say, how to provide a model) is printed once, not in every row.

@@ -131,6 +131,16 @@ class TrackRecord(_Model):
         """Approved now or earlier: its files are published and referenced by the lock."""
         return self.status in ("approved", "cached")
 
+    def stems_summary(self) -> str:
+        """What became of the stems asked for, in a line ("drums, bass published; vocals
+        silent")."""
+        by_status: dict[str, list[str]] = {}
+        for stem in self.stems:
+            by_status.setdefault(stem.status, []).append(stem.name)
+        parts = [f"{', '.join(names)} {status}" for status, names in by_status.items()]
+        reasons = sorted({s.reason for s in self.stems if s.status == "rejected" and s.reason})
+        return "; ".join(parts + reasons)
+
     def takes_summary(self) -> str:
         """The takes tried, in a line ("take 3 of 3 passed (seed 9); 1: tempo; 2: loudness")."""
         if not self.takes:
