@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,28 +96,35 @@ tracks:
     )
 
 
+def built(project: Path, stem_model: str, stems: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Build the mix with these stems (exit 0: the mix passes whatever its stems do); its lock
+    entry and its stems by name."""
+    write_manifest(project, stem_model, stems)
+    result = run(project)
+    assert result.exit_status == 0, result.failure
+    track = lock(project)
+    assert track["status"] == "approved"
+    return track, {stem["name"]: stem for stem in track["stems"]}
+
+
 def run(project: Path) -> BuildResult:
     return build(project / "m.yaml", Options(), executor=ThreadExecutor())
 
 
-def lock(project: Path) -> dict[str, object]:
+def lock(project: Path) -> dict[str, Any]:
     data = json.loads((project / "out" / "layers" / "soundtrack.lock.json").read_text())
     (track,) = data["tracks"]
     return track  # type: ignore[no-any-return]
 
 
 def test_every_stem_asked_for_is_published_aligned_with_the_mix(project: Path) -> None:
-    write_manifest(project, "known-parts", "[drums, bass, other]")
-    result = run(project)
-    assert result.exit_status == 0, result.failure
-    track = lock(project)
-    stems = {s["name"]: s for s in track["stems"]}  # type: ignore[attr-defined]
+    track, stems = built(project, "known-parts", "[drums, bass, other]")
     assert {name: s["status"] for name, s in stems.items()} == dict.fromkeys(
         ("drums", "bass", "other"), "published"
     )
     assert stems["drums"]["gates"][0]["name"] == "stems_sum"
     assert stems["drums"]["gates"][0]["passed"]
-    files = {(f["stem"], f["format"]): f for f in track["files"]}  # type: ignore[attr-defined]
+    files = {(f["stem"], f["format"]): f for f in track["files"]}
     out = project / "out"
     mix, rate = sf.read(out / files[(None, "wav")]["key"], always_2d=True)
     decoded = {
@@ -144,24 +152,16 @@ def test_every_stem_asked_for_is_published_aligned_with_the_mix(project: Path) -
 
 
 def test_a_missing_part_fails_the_sum_gate_and_the_mix_is_still_published(project: Path) -> None:
-    write_manifest(project, "missing-lead", "[drums, bass]")
-    result = run(project)
-    assert result.exit_status == 0, result.failure
-    track = lock(project)
-    assert track["status"] == "approved"
-    stems = {s["name"]: s for s in track["stems"]}  # type: ignore[attr-defined]
+    track, stems = built(project, "missing-lead", "[drums, bass]")
     assert {s["status"] for s in stems.values()} == {"rejected"}
     assert not stems["bass"]["gates"][0]["passed"]
     assert stems["bass"]["gates"][0]["value"] < 25
-    assert {f["stem"] for f in track["files"]} == {None}  # type: ignore[attr-defined]
+    assert {f["stem"] for f in track["files"]} == {None}
     assert not list((project / "out" / "layers").glob("boss.*.*"))
 
 
 def test_a_silent_stem_is_reported_and_not_published(project: Path) -> None:
-    write_manifest(project, "known-parts", "[drums, vocals]")
-    result = run(project)
-    assert result.exit_status == 0, result.failure
-    stems = {s["name"]: s for s in lock(project)["stems"]}  # type: ignore[attr-defined]
+    _, stems = built(project, "known-parts", "[drums, vocals]")
     assert stems["drums"]["status"] == "published"
     assert stems["vocals"]["status"] == "silent"
     assert "near-silent" in stems["vocals"]["reason"]
@@ -170,12 +170,7 @@ def test_a_silent_stem_is_reported_and_not_published(project: Path) -> None:
 
 def test_the_tiny_demucs_runs_the_same_path_and_fails_the_sum_gate(project: Path) -> None:
     make_tiny_demucs(project / "demucs")
-    write_manifest(project, "demucs", "[drums, bass]")
-    result = run(project)
-    assert result.exit_status == 0, result.failure
-    track = lock(project)
-    assert track["status"] == "approved"
-    stems = {s["name"]: s for s in track["stems"]}  # type: ignore[attr-defined]
+    _, stems = built(project, "demucs", "[drums, bass]")
     assert {s["status"] for s in stems.values()} == {"rejected"}
     assert "do not sum to the mix" in stems["drums"]["reason"]
 
