@@ -31,7 +31,7 @@ MAX_TEMPO_RATIO = 2.0  # the warp's steep and shallow steps: 2x faster or slower
 MIN_DURATION_S = 1.0
 # Provisional: midway between the worst variation and the best unrelated melody of
 # bench/theme_calibration.py (synthesized pairs); recalibrate on real renders.
-THEME_LIMIT = 0.77
+THEME_LIMIT = 0.79
 
 
 @dataclass(frozen=True)
