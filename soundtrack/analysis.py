@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from soundtrack.errors import AudioError
+from soundtrack.audio import check_signal
 from soundtrack.keys import Key, conventional_key, key_match, parse_key, semitones_apart
 from soundtrack.loudness import loudness_range_lu
 
@@ -264,17 +264,9 @@ def compare(a: Analysis, b: Analysis) -> Comparison:
 def _check_inputs(
     audio: np.ndarray, sample_rate: int, beats_per_bar: int, bpm_hint: float | None
 ) -> None:
-    if audio.ndim != 2 or audio.shape[0] not in (1, 2):
-        raise AudioError(f"audio must be shaped (1 or 2 channels, frames), got {audio.shape}")
-    if sample_rate <= 0:
-        raise AudioError(f"sample_rate must be positive, got {sample_rate}")
-    if audio.shape[1] < MIN_DURATION_S * sample_rate:
-        raise AudioError(
-            f"audio is {audio.shape[1] / sample_rate:.2f} s long; "
-            f"the analysis needs at least {MIN_DURATION_S} s"
-        )
-    if not np.isfinite(audio).all():
-        raise AudioError("audio contains NaN or infinite samples")
+    check_signal(
+        audio, sample_rate, name="audio", needs="the analysis", min_duration_s=MIN_DURATION_S
+    )
     if beats_per_bar < 1:
         raise ValueError(f"beats_per_bar must be at least 1, got {beats_per_bar}")
     if bpm_hint is not None and not bpm_hint > 0.0:

@@ -37,6 +37,31 @@ def run_ffmpeg(args: Sequence[str], *, stdin: BinaryIO | None = None) -> str:
     return stderr
 
 
+def check_signal(
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    name: str,
+    needs: str,
+    min_duration_s: float,
+    max_channels: int = 2,
+) -> None:
+    """Raise AudioError, naming `name`, unless `audio` is finite float (channels, frames), up
+    to `max_channels`, of at least `min_duration_s`: what `needs` (a measurement) can take."""
+    if audio.ndim != 2 or not 1 <= audio.shape[0] <= max_channels:
+        channels = "1 or 2" if max_channels == 2 else f"1-{max_channels}"
+        raise AudioError(f"{name} must be shaped ({channels} channels, frames), got {audio.shape}")
+    if sample_rate <= 0:
+        raise AudioError(f"sample_rate must be positive, got {sample_rate}")
+    if audio.shape[1] < min_duration_s * sample_rate:
+        raise AudioError(
+            f"{name} is {audio.shape[1] / sample_rate:.2f} s long; "
+            f"{needs} needs at least {min_duration_s} s"
+        )
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{name} contains NaN or infinite samples")
+
+
 def read_audio(path: Path) -> tuple[np.ndarray, int]:
     """Read any audio file as float32 (channels, frames) and its sample rate; ffmpeg decodes
     what libsndfile cannot (MP3 without a LAME header, AAC, ...)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from soundtrack.audio import read_audio
+from soundtrack.audio import check_signal, read_audio
 from soundtrack.errors import AudioError
 from soundtrack.loudness import BLOCK_S, MAX_CHANNELS, integrated_lufs, true_peak
 from soundtrack.spec import GateLimits
@@ -67,7 +67,14 @@ def measure(
 ) -> Metrics:
     """Measure float (channels, frames) audio; the seam is measured when loop points are given,
     and set against the music's own change across the `bar_lines` (frames) inside the loop."""
-    _check_audio(audio, sample_rate)
+    check_signal(
+        audio,
+        sample_rate,
+        name="audio",
+        needs="loudness",
+        min_duration_s=BLOCK_S,
+        max_channels=MAX_CHANNELS,
+    )
     if (loop_start is None) != (loop_length is None):
         raise AudioError("loop_start and loop_length must be given together")
     frames = audio.shape[1]
@@ -181,23 +188,6 @@ def _wav_smpl_loop(path: Path) -> tuple[int, int] | None:
             return start, end - start + 1  # the smpl end is the last sample played, inclusive
         pos = body + size + (size & 1)  # RIFF chunks are padded to even sizes
     return None
-
-
-def _check_audio(audio: np.ndarray, sample_rate: int) -> None:
-    if audio.ndim != 2 or not 1 <= audio.shape[0] <= MAX_CHANNELS:
-        raise AudioError(
-            f"audio must be shaped (channels, frames) with 1-{MAX_CHANNELS} channels, "
-            f"got shape {audio.shape}"
-        )
-    if sample_rate <= 0:
-        raise AudioError(f"sample rate must be positive, got {sample_rate}")
-    if audio.shape[1] < BLOCK_S * sample_rate:
-        raise AudioError(
-            f"audio is {audio.shape[1] / sample_rate:.3f} s long; loudness needs at least "
-            f"{BLOCK_S} s"
-        )
-    if not np.all(np.isfinite(audio)):
-        raise AudioError("audio contains NaN or infinite samples")
 
 
 def _dbfs(amplitude: float) -> float:

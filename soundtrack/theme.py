@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from soundtrack.errors import AudioError
+from soundtrack.audio import check_signal
 
 THEME_RATE = 22050
 _N_FFT = 4096
@@ -52,7 +52,13 @@ def melody_similarity(variation: np.ndarray, parent: np.ndarray, sample_rate: in
     """How closely (channels, frames) `variation` follows `parent`'s melody (module doc)."""
     # 1. Check inputs
     for name, audio in (("variation", variation), ("parent", parent)):
-        _check_audio(name, audio, sample_rate)
+        check_signal(
+            audio,
+            sample_rate,
+            name=name,
+            needs="the theme comparison",
+            min_duration_s=MIN_DURATION_S,
+        )
     # 2. Chroma of each, one unit vector per frame
     x = _chroma(variation, sample_rate)
     y = _chroma(parent, sample_rate)
@@ -73,20 +79,6 @@ def melody_similarity(variation: np.ndarray, parent: np.ndarray, sample_rate: in
         tempo_ratio=float(i @ j) / max(float(i @ i), 1.0),  # least squares, through (0, 0)
         parent_span_s=(int(end[best]) + 1) * FRAME_S,
     )
-
-
-def _check_audio(name: str, audio: np.ndarray, sample_rate: int) -> None:
-    if audio.ndim != 2 or audio.shape[0] not in (1, 2):
-        raise AudioError(f"{name} must be shaped (1 or 2 channels, frames), got {audio.shape}")
-    if sample_rate <= 0:
-        raise AudioError(f"sample_rate must be positive, got {sample_rate}")
-    if audio.shape[1] < MIN_DURATION_S * sample_rate:
-        raise AudioError(
-            f"{name} is {audio.shape[1] / sample_rate:.2f} s long; "
-            f"the theme comparison needs at least {MIN_DURATION_S} s"
-        )
-    if not np.isfinite(audio).all():
-        raise AudioError(f"{name} contains NaN or infinite samples")
 
 
 def _chroma(audio: np.ndarray, sample_rate: int) -> np.ndarray:
