@@ -124,7 +124,8 @@ def publish_outcome(
             )
             for stem in stems.stems
         ]
-        record = record.model_copy(update={"stems": records})
+        separator = ModelInfo(id=stems.model_id, revision=stems.revision, license=stems.license)
+        record = record.model_copy(update={"stems": records, "stem_model": separator})
     if outcome.sidecar is None:
         return record
     published = storage.put_asset(

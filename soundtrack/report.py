@@ -119,6 +119,9 @@ class TrackRecord(_Model):
     stems: list[StemRecord] = Field(
         default_factory=list, description="Each stem asked for: published, silent or rejected."
     )
+    stem_model: ModelInfo | None = Field(
+        default=None, description="The separator the stems came from, with its licence."
+    )
     variation_of: str | None = Field(
         default=None, description="The parent track this one was rendered from."
     )

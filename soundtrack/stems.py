@@ -8,6 +8,8 @@ asked for that is near-silent (no vocals in an instrumental) is reported and not
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +18,11 @@ from typing import Literal
 import numpy as np
 import soxr
 
+from soundtrack.atomic import atomic_path
+from soundtrack.audio import read_audio, write_wav
 from soundtrack.encode import EncodedFile, encode
 from soundtrack.gates import GateResult, GateTable, evaluate, gate_expectations, metrics_row
+from soundtrack.hashing import file_sha256
 from soundtrack.master import Master
 from soundtrack.measure import measure, measure_file
 from soundtrack.separate import SUM_RESIDUAL_MIN_DB, Separator, residual_db
@@ -52,12 +57,60 @@ class StemsOutcome:
     license: str
 
 
+INDEX = "sources.json"  # a separation's sources and their sha256s, written last
+
+
+class SeparationCache:
+    """Separated sources by separation key (the mix's samples and the separator's id and
+    revision): `<root>/separations/<key>/<source>.wav`, their sha256s written last, so asking
+    for other stems of an unchanged mix does not run the separator again."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "separations"
+
+    def get(self, key: str) -> dict[str, np.ndarray] | None:
+        """The cached sources, or None when absent, incomplete or changed."""
+        folder = self.root / key
+        try:
+            shas: dict[str, str] = json.loads((folder / INDEX).read_text())
+        except (OSError, ValueError):
+            return None
+        if not all(file_sha256(folder / f"{name}.wav") == sha for name, sha in shas.items()):
+            return None
+        return {name: read_audio(folder / f"{name}.wav")[0] for name in shas}
+
+    def put(self, key: str, sources: dict[str, np.ndarray], sample_rate: int) -> None:
+        folder = self.root / key
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, audio in sources.items():
+            write_wav(folder / f"{name}.wav", audio, sample_rate)
+        shas = {name: file_sha256(folder / f"{name}.wav") for name in sources}
+        with atomic_path(folder / INDEX) as tmp:
+            tmp.write_text(json.dumps(shas))
+
+
+def separation_key(mix: Master, separator: Separator) -> str:
+    """What decides a separation's sources: the mix's samples, its rate, and the separator."""
+    digest = hashlib.sha256(np.ascontiguousarray(mix.audio, dtype=np.float32).tobytes())
+    digest.update(f"|{mix.sample_rate}|{separator.model_id}|{separator.revision}".encode())
+    return digest.hexdigest()
+
+
 def separate_stems(
-    spec: TrackSpec, mix: Master, separator: Separator, out_dir: Path
+    spec: TrackSpec,
+    mix: Master,
+    separator: Separator,
+    out_dir: Path,
+    cache: SeparationCache | None = None,
 ) -> StemsOutcome:
-    """Separate the approved `mix`, judge the sum and each stem asked for, and encode the
-    stems that pass into `out_dir` as <track>.<stem>.<ext>."""
-    sources = _separated(mix, separator)
+    """Separate the approved `mix` (or take its sources from `cache`), judge the sum and each
+    stem asked for, and encode the stems that pass into `out_dir` as <track>.<stem>.<ext>."""
+    key = separation_key(mix, separator)
+    sources = cache.get(key) if cache else None
+    if sources is None:
+        sources = _separated(mix, separator)
+        if cache is not None:
+            cache.put(key, sources, mix.sample_rate)
     missing = [name for name in spec.stems if name not in sources]
     if missing:
         raise ValueError(

@@ -57,7 +57,7 @@ def separate(
     """Split an approved mix into the stems the track asks for; judge and encode them."""
     from soundtrack.audio import read_audio
     from soundtrack.master import Master
-    from soundtrack.stems import separate_stems
+    from soundtrack.stems import SeparationCache, separate_stems
 
     if outcome.mix_path is None or outcome.master is None or spec.stem_model is None:
         raise ValueError(f"track {spec.id!r} has no approved mix to separate")
@@ -67,7 +67,7 @@ def separate(
         audio, sample_rate, info.loop_start, info.loop_length, info.input_lufs, info.gain_db, 0.0
     )
     separator = _separator(spec.stem_model, device or "cpu")
-    stems = separate_stems(spec, mix, separator, Path(staging_dir))
+    stems = separate_stems(spec, mix, separator, Path(staging_dir), SeparationCache(cache_root()))
     events.emit(spec.id, "separated")
     return stems
 

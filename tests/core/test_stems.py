@@ -55,6 +55,7 @@ class KnownParts:
     def __init__(self, *, missing: bool = False) -> None:
         self.known = parts()
         self.missing = missing
+        self.model_id = "missing-lead" if missing else "known-parts"  # their sources differ
 
     def separate(self, audio: np.ndarray) -> dict[str, np.ndarray]:
         frames = audio.shape[1]
@@ -67,7 +68,8 @@ class KnownParts:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Iterator[Path]:
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
     mix = sum(parts().values())
     sf.write(tmp_path / "mix.wav", mix.T, RATE, subtype="FLOAT")
     register_separator("known-parts", lambda device: KnownParts())
@@ -122,6 +124,7 @@ def test_every_stem_asked_for_is_published_aligned_with_the_mix(project: Path) -
     assert {name: s["status"] for name, s in stems.items()} == dict.fromkeys(
         ("drums", "bass", "other"), "published"
     )
+    assert track["stem_model"] == {"id": "known-parts", "revision": "test", "license": "MIT"}
     assert stems["drums"]["gates"][0]["name"] == "stems_sum"
     assert stems["drums"]["gates"][0]["passed"]
     files = {(f["stem"], f["format"]): f for f in track["files"]}
@@ -186,3 +189,23 @@ def test_stems_without_their_separation_model_exit_2_before_anything_renders(pro
     assert "stem_model 'nowhere'" in result.output.replace("\n", "")
     assert "convert-demucs" in result.output.replace("\n", "")
     assert not (project / "out").exists()
+
+
+def test_other_stems_of_an_unchanged_mix_do_not_run_the_separator_again(
+    project: Path,
+) -> None:
+    calls = []
+
+    class Counted(KnownParts):
+        def separate(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+            calls.append(audio.shape)
+            return super().separate(audio)
+
+    register_separator("counted", lambda device: Counted())
+    try:
+        _, first = built(project, "counted", "[drums]")
+        _, second = built(project, "counted", "[drums, bass]")
+    finally:
+        SEPARATORS.pop("counted")
+    assert first["drums"]["status"] == second["bass"]["status"] == "published"
+    assert len(calls) == 1, "the second build took the sources from the separation cache"
