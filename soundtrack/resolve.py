@@ -438,10 +438,11 @@ def _unrenderable(
 
 def _stem_model(stem_model: str | None, base_dir: Path) -> str | None:
     """A separator's directory relative to the manifest, resolved; a registered name as given."""
-    if stem_model is None:
-        return None
-    local = base_dir / stem_model
-    return str(local.resolve()) if local.is_dir() else stem_model
+    from soundtrack.separate import SEPARATORS
+
+    if stem_model is None or stem_model in SEPARATORS:
+        return stem_model
+    return str((base_dir / stem_model).resolve())
 
 
 def _stem_problems(merged: dict[str, Any]) -> list[tuple[str, str]]:
