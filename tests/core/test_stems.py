@@ -186,7 +186,8 @@ def test_stems_without_their_separation_model_exit_2_before_anything_renders(pro
     write_manifest(project, "nowhere", "[drums]")
     result = CliRunner().invoke(app, ["build", str(project / "m.yaml")])
     assert result.exit_code == 2, result.output
-    assert "stem_model 'nowhere'" in result.output.replace("\n", "")
+    # Named as resolved against the manifest's folder, wherever the build was started.
+    assert f"stem_model '{(project / 'nowhere').resolve()}'" in result.output.replace("\n", "")
     assert "convert-demucs" in result.output.replace("\n", "")
     assert not (project / "out").exists()
 
