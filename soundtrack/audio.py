@@ -11,6 +11,7 @@ from typing import BinaryIO
 import imageio_ffmpeg
 import numpy as np
 import soundfile as sf
+import soxr
 
 from soundtrack.atomic import atomic_path
 from soundtrack.errors import AudioError
@@ -60,6 +61,27 @@ def check_signal(
         )
     if not np.isfinite(audio).all():
         raise AudioError(f"{name} contains NaN or infinite samples")
+
+
+def to_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """(channels, frames) audio mapped to `channels`: mono repeated, or a mix down to mono."""
+    if x.shape[0] == channels:
+        return x
+    if x.shape[0] == 1:
+        return np.repeat(x, channels, axis=0)
+    if channels == 1:
+        mono: np.ndarray = x.mean(axis=0, keepdims=True)
+        return mono
+    raise AudioError(f"cannot map {x.shape[0]} channels to {channels}")
+
+
+def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """(channels, frames) float32 audio at `rate_out` (soxr, very high quality); as it is when
+    the rates agree."""
+    if rate_in == rate_out:
+        return audio
+    out: np.ndarray = soxr.resample(audio.T, rate_in, rate_out, "VHQ").T
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def read_audio(path: Path) -> tuple[np.ndarray, int]:

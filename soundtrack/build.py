@@ -22,14 +22,20 @@ from soundtrack import events, steps
 from soundtrack.atomic import atomic_path
 from soundtrack.catalog import limit_problems
 from soundtrack.errors import InputError, ModelLoadError, StorageError
-from soundtrack.hashing import file_sha256
 from soundtrack.inputs import CheckedInputs, check_inputs
 from soundtrack.models import check_model, load_count
 from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build, reusable, select
 from soundtrack.plan import batch as into_batches
 from soundtrack.publish import index_of, lock_bytes, track_record
 from soundtrack.redaction import redact
-from soundtrack.renders import Render, RenderCache, RenderFailure, cache_root, share_parent
+from soundtrack.renders import (
+    Render,
+    RenderCache,
+    RenderFailure,
+    cache_root,
+    fetch_parent,
+    share_parent,
+)
 from soundtrack.report import (
     BuildReport,
     LockUnreadable,
@@ -294,10 +300,11 @@ def _check_models(plan: Plan) -> None:
             problems.append(f"tracks {', '.join(spec.id for spec in users)}: {exc}")
             continue
         problems += [f"track {s.id}: {p}" for s in users for p in limit_problems(s, family)]
-    for stem_model in dict.fromkeys(s.stem_model for s in plan.todo + plan.variations if s.stems):
-        separated = [s.id for s in plan.todo + plan.variations if s.stem_model == stem_model]
-        problem = stem_model_problem(stem_model or "")
+    with_stems = [spec for spec in plan.todo + plan.variations if spec.stems]
+    for stem_model in dict.fromkeys(spec.stem_model or "" for spec in with_stems):
+        problem = stem_model_problem(stem_model)
         if problem:
+            separated = [spec.id for spec in with_stems if spec.stem_model == stem_model]
             problems.append(f"tracks {', '.join(separated)}: {problem}")
     if len(problems) == 1:
         raise InputError(problems[0])
@@ -404,11 +411,9 @@ class _Tracks:
         if not variation.selected:
             return
         cache = RenderCache(cache_root())
-        path = cache.parent_path(audio)
-        if not (path.is_file() and file_sha256(path) == audio.sha256):
-            # A parent published by an earlier build: its file is at its key.
-            path.parent.mkdir(parents=True, exist_ok=True)
-            storage.fetch(audio.key, path, sha256=audio.sha256)
+        # A parent published in this build is in the cache already; an earlier build's is at
+        # its published key.
+        fetch_parent(storage, cache, audio, audio.key)
         if self.share_parents:
             share_parent(storage, cache, audio)
         self._released.append(spec)
@@ -581,7 +586,6 @@ class _Tracks:
             record = future.result()
             self._keep_for_variations(record, outcome)
         except Exception as exc:
-            shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
             self.publish_errors.append(f"{spec.id}: {exc}")
             reason = f"approved but not published: {exc}"
             self.finish(
@@ -590,8 +594,10 @@ class _Tracks:
                 )
             )
             return
-        # Published, the staged copies are done with: a rerun masters the track again.
-        shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
+        finally:
+            # Published or not, the staged copies are done with: a rerun masters the track
+            # again (a published parent's file was kept for its variations first).
+            shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
         self.finish(record)
 
     def _then(self, future: Future[T], step: Callable[[Future[T]], None]) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import soxr
 from scipy.signal import butter, sosfiltfilt
 
+from soundtrack.audio import to_channels
 from soundtrack.errors import AudioError
 from soundtrack.limiter import limit_true_peak, limiter_gain_db, sample_true_peaks
 from soundtrack.loops import make_bar_loop, make_loop
@@ -133,10 +134,10 @@ def _prepare(audio: np.ndarray, rate_in: int, rate_out: int, channels: int) -> n
     """Float32 audio with `channels` channels at `rate_out`, DC removed. A downmix comes first
     and a mono render is duplicated last, so no channel is filtered twice; the channels are
     filtered and resampled on threads of their own (scipy and soxr let go of the GIL)."""
-    x = audio if audio.shape[0] <= channels else _to_channels(audio, channels)
+    x = audio if audio.shape[0] <= channels else to_channels(audio, channels)
     with ThreadPoolExecutor(max_workers=x.shape[0]) as pool:
         prepared = list(pool.map(lambda c: _prepare_channel(c, rate_in, rate_out), x))
-    return _to_channels(np.stack(prepared), channels)
+    return to_channels(np.stack(prepared), channels)
 
 
 def _prepare_channel(channel: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
@@ -150,17 +151,6 @@ def _prepare_channel(channel: np.ndarray, rate_in: int, rate_out: int) -> np.nda
     # HQ is soxr's 20-bit quality: float32 carries it, at half the time of float64.
     resampled: np.ndarray = soxr.resample(filtered, rate_in, rate_out, quality="HQ")
     return resampled
-
-
-def _to_channels(x: np.ndarray, channels: int) -> np.ndarray:
-    if x.shape[0] == channels:
-        return x
-    if x.shape[0] == 1:
-        return np.repeat(x, channels, axis=0)
-    if channels == 1:
-        mono: np.ndarray = x.mean(axis=0, keepdims=True)
-        return mono
-    raise AudioError(f"cannot map {x.shape[0]} channels to {channels}")
 
 
 def _trim_silence(x: np.ndarray, threshold_dbfs: float, *, trailing: bool) -> np.ndarray:

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
-import soxr
 
 from soundtrack.analysis import Analysis, analyse, analysis_row, compare
-from soundtrack.audio import read_audio, write_wav
+from soundtrack.audio import read_audio, resample, write_wav
 from soundtrack.encode import EncodedFile, encode
 from soundtrack.errors import AudioError
 from soundtrack.expectations import check_expectations
@@ -240,9 +239,7 @@ def _theme_columns(m: Master, parent: tuple[np.ndarray, int] | None) -> dict[str
     from soundtrack.theme import melody_similarity
 
     audio, sample_rate = parent
-    if sample_rate != m.sample_rate:
-        audio = soxr.resample(audio.T, sample_rate, m.sample_rate, "VHQ").T
-    match = melody_similarity(m.audio, np.ascontiguousarray(audio), m.sample_rate)
+    match = melody_similarity(m.audio, resample(audio, sample_rate, m.sample_rate), m.sample_rate)
     return {
         "theme_similarity": match.similarity,
         "theme_transposition_semitones": match.transposition_semitones,

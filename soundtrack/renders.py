@@ -211,23 +211,26 @@ def share_parent(storage: Storage, cache: RenderCache, parent: ParentAudio) -> N
     renders, under its sha256 (the published key may not be committed until the lock is)."""
     storage.put_asset(
         cache.parent_path(parent),
-        storage.render_key(parent.sha256, parent.ext),
+        shared_parent_key(storage, parent),
         sha256=parent.sha256,
         content_type=content_type_for(parent.ext),
         metadata={"track-id": parent.track_id},
     )
 
 
-def fetch_parent(storage: Storage, cache: RenderCache, spec: TrackSpec) -> None:
-    """On a render-pool machine: bring a variation's parent audio into the cache, verified."""
-    parent = spec.parent_audio
-    if parent is None:
-        return
+def fetch_parent(storage: Storage, cache: RenderCache, parent: ParentAudio, key: str) -> None:
+    """Bring a variation's parent audio into the cache from `key`, verified, unless it is
+    there already: the published key for the build, the handed-over one on a pool machine."""
     path = cache.parent_path(parent)
     if path.is_file() and file_sha256(path) == parent.sha256:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    storage.fetch(storage.render_key(parent.sha256, parent.ext), path, sha256=parent.sha256)
+    storage.fetch(key, path, sha256=parent.sha256)
+
+
+def shared_parent_key(storage: Storage, parent: ParentAudio) -> str:
+    """Where `share_parent` hands a parent's file to render-pool machines."""
+    return storage.render_key(parent.sha256, parent.ext)
 
 
 def _key(spec: TrackSpec) -> str:

@@ -43,7 +43,7 @@ from soundtrack.spec import (
 )
 
 DEFAULT_MODEL = "facebook/musicgen-small"
-MAX_SOURCE_CHANNELS = 2  # mastering maps mono or stereo (master._to_channels)
+MAX_SOURCE_CHANNELS = 2  # mastering maps mono or stereo (audio.to_channels)
 # Fields that change the generated (raw) audio; the generation cache is keyed on these alone, so
 # re-mastering to a new loudness profile does not regenerate.
 _GENERATION_FIELDS = ("model", "model_revision", "prompt", "seed", "sampling", "overlap_s")

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import soxr
 
 from soundtrack.atomic import atomic_path
-from soundtrack.audio import read_audio, write_wav
+from soundtrack.audio import read_audio, resample, write_wav
 from soundtrack.encode import EncodedFile, encode
 from soundtrack.gates import GateResult, GateTable, evaluate, gate_expectations, metrics_row
 from soundtrack.hashing import file_sha256
@@ -142,15 +141,11 @@ def unseparated(spec: TrackSpec, reason: str) -> StemsOutcome:
 
 def _separated(mix: Master, separator: Separator) -> dict[str, np.ndarray]:
     """Every source, at the mix's rate, channels and exact length."""
-    audio, rate = mix.audio, mix.sample_rate
-    if rate != separator.sample_rate:
-        audio = soxr.resample(audio.T, rate, separator.sample_rate, "VHQ").T
+    rate, frames = mix.sample_rate, mix.audio.shape[1]
+    audio = resample(mix.audio, rate, separator.sample_rate)
     out = {}
     for name, source in separator.separate(np.ascontiguousarray(audio, dtype=np.float32)).items():
-        if rate != separator.sample_rate:
-            source = soxr.resample(source.T, separator.sample_rate, rate, "VHQ").T
-        frames = mix.audio.shape[1]
-        source = source[:, :frames]
+        source = resample(source, separator.sample_rate, rate)[:, :frames]
         if source.shape[1] < frames:
             source = np.pad(source, ((0, 0), (0, frames - source.shape[1])))
         out[name] = np.ascontiguousarray(source, dtype=np.float32)

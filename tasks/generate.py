@@ -24,6 +24,7 @@ from soundtrack.renders import (
     is_shared,
     render_batch,
     share_render,
+    shared_parent_key,
 )
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import open_storage
@@ -75,8 +76,8 @@ def render_and_share(
     todo = [spec for spec in specs if not is_shared(storage, spec)]
     outcomes = {spec.id: "ok" for spec in specs}
     cache = RenderCache(Path(cache_dir))
-    for spec in todo:
-        fetch_parent(storage, cache, spec)
+    for parent in (spec.parent_audio for spec in todo if spec.parent_audio):
+        fetch_parent(storage, cache, parent, shared_parent_key(storage, parent))
     results = render_batch(todo, cache, device=device)
     for spec, result in zip(todo, results, strict=True):
         if isinstance(result, RenderFailure):

@@ -19,6 +19,7 @@ import torch
 from diffusers import AceStepPipeline
 from diffusers.models.transformers.ace_step_transformer import AceStepAttnProcessor2_0
 
+from soundtrack.audio import resample, to_channels
 from soundtrack.errors import GenerationError, InputError, ModelLoadError
 from soundtrack.models.base import (
     GeneratedAudio,
@@ -161,15 +162,9 @@ class AceStepGenerator:
     def _source(self, track: PipelineTrack) -> torch.Tensor:
         """The track's source recording as the cover's input: stereo at the pipeline's rate,
         from its start for the render's length, looped when shorter."""
-        import soxr
-
         request = track.request
-        audio = np.asarray(request.source_audio, dtype=np.float32)
-        rate = request.source_rate or self.sample_rate
-        if audio.shape[0] != self.channels:
-            audio = np.repeat(audio.mean(axis=0, keepdims=True), self.channels, axis=0)
-        if rate != self.sample_rate:
-            audio = soxr.resample(audio.T, rate, self.sample_rate, "VHQ").T
+        audio = to_channels(np.asarray(request.source_audio, dtype=np.float32), self.channels)
+        audio = resample(audio, request.source_rate or self.sample_rate, self.sample_rate)
         frames = round(track.render_s * self.sample_rate)
         audio = np.tile(audio, (1, -(-frames // audio.shape[1])))[:, :frames]
         return torch.from_numpy(np.ascontiguousarray(audio))

@@ -184,29 +184,25 @@ def test_a_render_pool_machine_gets_the_parent_through_the_storage(tmp_path: Pat
     """The build hands a parent's file to the pool beside the renders; a machine with a cache
     of its own fetches it, verified, to where the variation's render reads it."""
     from soundtrack.errors import StorageError
-    from soundtrack.manifest import load_manifest
-    from soundtrack.renders import RenderCache, fetch_parent, share_parent
-    from soundtrack.resolve import resolve_tracks, with_parent
+    from soundtrack.renders import RenderCache, fetch_parent, share_parent, shared_parent_key
     from soundtrack.spec import ParentAudio
     from soundtrack.storage import open_storage
 
-    (tmp_path / "m.yaml").write_text(manifest(tmp_path))
-    specs = {s.id: s for s in resolve_tracks(load_manifest(tmp_path / "m.yaml"), tmp_path)}
     audio = b"OggS parent audio"
     parent = ParentAudio("title-theme", "vary/title-theme.ogg", sha256(audio).hexdigest(), "ogg")
-    spec = with_parent(specs["combat-high"], parent)
     build_cache, pool_cache = RenderCache(tmp_path / "build"), RenderCache(tmp_path / "pool")
     build_cache.parent_path(parent).parent.mkdir(parents=True)
     build_cache.parent_path(parent).write_bytes(audio)
     storage = open_storage("./shared", base_dir=tmp_path)
+    handed = shared_parent_key(storage, parent)
 
     share_parent(storage, build_cache, parent)
-    fetch_parent(storage, pool_cache, spec)
+    fetch_parent(storage, pool_cache, parent, handed)
     assert pool_cache.parent_path(parent).read_bytes() == audio
     # A file that changed on the way is refused, never rendered from.
     pool_cache.parent_path(parent).unlink()
     (shared,) = (tmp_path / "shared").rglob(f"{parent.sha256}.ogg")
     shared.write_bytes(b"something else")
     with pytest.raises(StorageError, match="sha256"):
-        fetch_parent(storage, pool_cache, spec)
+        fetch_parent(storage, pool_cache, parent, handed)
     assert not pool_cache.parent_path(parent).exists()
