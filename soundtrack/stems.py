@@ -22,8 +22,9 @@ from soundtrack.audio import read_audio, resample, write_wav
 from soundtrack.encode import EncodedFile, encode
 from soundtrack.gates import GateResult, GateTable, evaluate, gate_expectations, metrics_row
 from soundtrack.hashing import file_sha256
+from soundtrack.loudness import integrated_lufs
 from soundtrack.master import Master
-from soundtrack.measure import measure, measure_file
+from soundtrack.measure import measure_file
 from soundtrack.separate import SUM_RESIDUAL_MIN_DB, Separator, residual_db
 from soundtrack.spec import TrackSpec
 
@@ -123,7 +124,7 @@ def separate_stems(
         passed=residual >= SUM_RESIDUAL_MIN_DB,
         severity="fail",
     )
-    mix_lufs = measure(mix.audio, mix.sample_rate).integrated_lufs
+    mix_lufs = integrated_lufs(mix.audio, mix.sample_rate)
     stems = [
         _stem(spec, name, sources[name], mix, mix_lufs, sum_gate, out_dir) for name in spec.stems
     ]
@@ -164,7 +165,7 @@ def _stem(
     if not sum_gate.passed:  # then no stem can be trusted, silent or not
         reason = f"the stems do not sum to the mix (residual {sum_gate.value} dB below it)"
         return StemOutcome(name, "rejected", reason, [], [])
-    lufs = measure(audio, mix.sample_rate).integrated_lufs
+    lufs = integrated_lufs(audio, mix.sample_rate)
     floor = max(spec.gates.silence_floor_lufs, mix_lufs - NEAR_SILENT_LU)
     if not math.isfinite(lufs) or lufs < floor:
         reason = f"near-silent: {lufs:.1f} LUFS, the mix {mix_lufs:.1f} (floor {floor:.1f})"
