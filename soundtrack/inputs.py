@@ -178,6 +178,10 @@ def _inputs(path: Path, manifest: Manifest, specs: Sequence[TrackSpec]) -> list[
             inputs.append((f"track {spec.id}'s source", spec.source))
         elif Path(spec.model).is_absolute():
             inputs.append((f"track {spec.id}'s model folder", Path(spec.model)))
+        if spec.reference is not None:
+            inputs.append((f"track {spec.id}'s reference", spec.reference))
+        if spec.stem_model is not None and Path(spec.stem_model).is_absolute():
+            inputs.append((f"track {spec.id}'s stem model folder", Path(spec.stem_model)))
     return inputs
 
 

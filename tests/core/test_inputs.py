@@ -94,6 +94,21 @@ def test_expectations_and_model_folders_count_as_inputs(tmp_path: Path) -> None:
     assert "contains track a's model folder" in refusal(generated / "m.yaml", model=model)
 
 
+def test_reference_recordings_and_stem_models_count_as_inputs(tmp_path: Path) -> None:
+    path = manifest(tmp_path, soundtrack="music", storage=".")
+    recording(tmp_path / "music" / "temp-score.wav")
+    (tmp_path / "music" / "demucs").mkdir()
+    text = path.read_text() + "    reference: music/temp-score.wav\n"
+    path.write_text(text)
+    assert "contains track credits's reference" in refusal(path)
+    path.write_text(
+        text.replace(
+            "reference: music/temp-score.wav", "stems: [drums]\n    stem_model: music/demucs"
+        )
+    )
+    assert "contains track credits's stem model folder" in refusal(path)
+
+
 def test_outputs_beside_inputs_are_fine(tmp_path: Path) -> None:
     checked = check_inputs(manifest(tmp_path, storage="."))
     assert [spec.id for spec in checked.specs] == ["credits"]
