@@ -11,7 +11,6 @@ from typing import BinaryIO
 import imageio_ffmpeg
 import numpy as np
 import soundfile as sf
-import soxr
 
 from soundtrack.atomic import atomic_path
 from soundtrack.errors import AudioError
@@ -80,6 +79,8 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     the rates agree."""
     if rate_in == rate_out:
         return audio
+    import soxr  # only a resample needs it: modules that read audio stay cheap to import
+
     out: np.ndarray = soxr.resample(audio.T, rate_in, rate_out, "VHQ").T
     return np.ascontiguousarray(out, dtype=np.float32)
 
