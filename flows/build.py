@@ -6,7 +6,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
@@ -27,8 +27,11 @@ from soundtrack.renders import RenderCache
 from soundtrack.report import BuildReport
 from soundtrack.spec import TrackSpec
 from tasks.generate import GPU_LIMIT, generate_batch, generate_on_pool
-from tasks.process import master_track, separate_stems
+from tasks.process import master_track, separate_on_pool, separate_stems
 from tasks.publish import publish_track, write_index
+
+if TYPE_CHECKING:
+    from soundtrack.process import TrackOutcome
 
 T = TypeVar("T")
 
@@ -43,8 +46,8 @@ TASKS: dict[Callable[..., Any], Task[Any, Any]] = {
 
 @dataclass(frozen=True)
 class RenderPool:
-    """Where generation batches go instead of this machine: a render-batch deployment, whose
-    renders come back through the build's storage."""
+    """Where generation batches and separations go instead of this machine: a render-batch
+    deployment, whose renders and stems' sources come back through the build's storage."""
 
     deployment: str
     storage_url: str
@@ -52,8 +55,8 @@ class RenderPool:
 
 
 class TaskExecutor:
-    """Runs each step as its Prefect task (retries, caching, a name in the UI); a render goes
-    to the GPU work pool's deployment when there is one."""
+    """Runs each step as its Prefect task (retries, caching, a name in the UI); a render, and
+    the separation of a mix into stems, go to the GPU work pool's deployment when there is one."""
 
     def __init__(self, render_pool: RenderPool | None) -> None:
         self.render_pool = render_pool
@@ -61,6 +64,8 @@ class TaskExecutor:
     def submit(self, step: Callable[..., T], *args: Any, label: str) -> Future[T]:
         if step is steps.render:
             return _settled(self._render(label, *args))
+        if step is steps.separate and self.render_pool is not None:
+            return _settled(self._separate_on_pool(label, self.render_pool, *args))
         return _settled(TASKS[step].with_options(task_run_name=label).submit(*args))
 
     def _render(
@@ -77,6 +82,20 @@ class TaskExecutor:
         lost = any(cache.get(spec.generation_key or "") is None for spec in specs)
         options = generate_batch.with_options(task_run_name=label, refresh_cache=lost)
         return options.submit(specs, cache_dir, device)
+
+    @staticmethod
+    def _separate_on_pool(
+        label: str,
+        pool: RenderPool,
+        spec: TrackSpec,
+        outcome: TrackOutcome,
+        staging_dir: str,
+        device: str | None,
+    ) -> PrefectFuture[Any]:
+        on_pool = separate_on_pool.with_options(task_run_name=label)
+        return on_pool.submit(
+            spec, outcome, staging_dir, device, pool.deployment, pool.storage_url, pool.base_dir
+        )
 
 
 def _settled(prefect_future: PrefectFuture[T]) -> Future[T]:
@@ -127,8 +146,9 @@ def build_soundtrack(
     render_pool: Annotated[
         str | None,
         Field(
-            description="Send each generation batch to this render-batch deployment (e.g. "
-            "'render-batch/gpu') on a GPU work pool; renders come back through the storage."
+            description="Send each generation batch, and each mix to separate into stems, to "
+            "this render-batch deployment (e.g. 'render-batch/gpu') on a GPU work pool; they "
+            "come back through the storage."
         ),
     ] = None,
     storage_wait_s: Annotated[

@@ -615,8 +615,9 @@ def build(
         str | None,
         typer.Option(
             "--render-pool",
-            help="Render on a GPU work pool: the render-batch deployment to send batches to "
-            "(e.g. render-batch/gpu). Renders come back through the storage.",
+            help="Render on a GPU work pool: the render-batch deployment to send batches, and "
+            "mixes to separate into stems, to (e.g. render-batch/gpu). Renders and stems' "
+            "sources come back through the storage.",
         ),
     ] = None,
     storage_wait_s: Annotated[

@@ -123,12 +123,12 @@ def register_separator(name: str, factory: Callable[[str], Separator]) -> None:
     SEPARATORS[name] = factory
 
 
-def load_separator(stem_model: str, device: str) -> Separator:
+def load_separator(stem_model: str, device: str | None) -> Separator:
     """The separator named `stem_model`: a registered one, else the Demucs model in the local
     directory `stem_model` (see the module docstring); ModelLoadError fast, never a download."""
     factory = SEPARATORS.get(stem_model)
     if factory is not None:
-        return factory(device)
+        return factory(device or "auto")
     directory = Path(stem_model).expanduser()
     if not directory.is_dir():
         what = "is a file, not a directory" if directory.is_file() else "no such directory"

@@ -26,6 +26,7 @@ from soundtrack.loudness import integrated_lufs
 from soundtrack.master import Master
 from soundtrack.measure import measure_file
 from soundtrack.separate import SUM_RESIDUAL_MIN_DB, Separator, residual_db
+from soundtrack.separations import Separation
 from soundtrack.spec import TrackSpec
 
 # A stem this far below the mix (integrated loudness) holds nothing worth a layer: bleed, not
@@ -89,28 +90,32 @@ class SeparationCache:
             tmp.write_text(json.dumps(shas))
 
 
-def separation_key(mix: Master, separator: Separator) -> str:
+def separation_key(audio: np.ndarray, sample_rate: int, separator: Separator) -> str:
     """What decides a separation's sources: the mix's samples, its rate, and the separator."""
-    digest = hashlib.sha256(np.ascontiguousarray(mix.audio, dtype=np.float32).tobytes())
-    digest.update(f"|{mix.sample_rate}|{separator.model_id}|{separator.revision}".encode())
+    digest = hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
+    digest.update(f"|{sample_rate}|{separator.model_id}|{separator.revision}".encode())
     return digest.hexdigest()
 
 
-def separate_stems(
-    spec: TrackSpec,
-    mix: Master,
-    separator: Separator,
-    out_dir: Path,
-    cache: SeparationCache | None = None,
-) -> StemsOutcome:
-    """Separate the approved `mix` (or take its sources from `cache`), judge the sum and each
-    stem asked for, and encode the stems that pass into `out_dir` as <track>.<stem>.<ext>."""
-    key = separation_key(mix, separator)
+def separate(
+    audio: np.ndarray, sample_rate: int, separator: Separator, cache: SeparationCache | None
+) -> Separation:
+    """The mix's sources, from `cache` when this separator already split these samples."""
+    key = separation_key(audio, sample_rate, separator)
     sources = cache.get(key) if cache else None
     if sources is None:
-        sources = _separated(mix, separator)
+        sources = _separated(audio, sample_rate, separator)
         if cache is not None:
-            cache.put(key, sources, mix.sample_rate)
+            cache.put(key, sources, sample_rate)
+    return Separation(sources, separator.model_id, separator.revision, separator.license)
+
+
+def judge_stems(
+    spec: TrackSpec, mix: Master, separation: Separation, out_dir: Path
+) -> StemsOutcome:
+    """Judge the sum of every source and each stem asked for; encode the stems that pass into
+    `out_dir` as <track>.<stem>.<ext>."""
+    sources = separation.sources
     missing = [name for name in spec.stems if name not in sources]
     if missing:
         raise ValueError(
@@ -128,7 +133,9 @@ def separate_stems(
     stems = [
         _stem(spec, name, sources[name], mix, mix_lufs, sum_gate, out_dir) for name in spec.stems
     ]
-    return StemsOutcome(stems, sum_gate, separator.model_id, separator.revision, separator.license)
+    return StemsOutcome(
+        stems, sum_gate, separation.model_id, separation.revision, separation.license
+    )
 
 
 def unseparated(spec: TrackSpec, reason: str) -> StemsOutcome:
@@ -140,12 +147,13 @@ def unseparated(spec: TrackSpec, reason: str) -> StemsOutcome:
     return StemsOutcome(stems, gate, spec.stem_model or "", "", "")
 
 
-def _separated(mix: Master, separator: Separator) -> dict[str, np.ndarray]:
+def _separated(audio: np.ndarray, rate: int, separator: Separator) -> dict[str, np.ndarray]:
     """Every source, at the mix's rate, channels and exact length."""
-    rate, frames = mix.sample_rate, mix.audio.shape[1]
-    audio = resample(mix.audio, rate, separator.sample_rate)
+    frames = audio.shape[1]
+    at_model_rate = resample(audio, rate, separator.sample_rate)
     out = {}
-    for name, source in separator.separate(np.ascontiguousarray(audio, dtype=np.float32)).items():
+    sources = separator.separate(np.ascontiguousarray(at_model_rate, dtype=np.float32))
+    for name, source in sources.items():
         source = resample(source, separator.sample_rate, rate)[:, :frames]
         if source.shape[1] < frames:
             source = np.pad(source, ((0, 0), (0, frames - source.shape[1])))

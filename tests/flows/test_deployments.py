@@ -53,6 +53,27 @@ tracks:
     prompt: rooftop chase, fast drums
     seed: 22
 """
+# On the render pool: a variation rendered there from its parent's published file, and a mix
+# separated there into (tiny, random) Demucs stems, which fail the sum gate: the mix publishes.
+POOLED = """\
+schema: 1
+soundtrack: nightly
+storage: ./out
+defaults: {{duration: 3}}
+tracks:
+  - id: harbour
+    model: {musicgen}
+    prompt: harbour at dawn, soft strings
+    seed: 21
+    stems: [drums, bass]
+    stem_model: {demucs}
+  - id: chase
+    model: {acestep}
+    prompt: rooftop chase, fast drums
+    seed: 22
+    variation_of: harbour
+    gates: {{theme: warn}}  # noise carries no melody
+"""
 # silence_floor_lufs -20 is far above what the tiny model's noise reaches: a certain rejection.
 FAILING = (
     PASSING
@@ -252,14 +273,19 @@ def test_deployed_build_exits_0_when_approved_and_1_when_a_gate_rejects(
             assert run.labels["prefect.worker.name"] == worker.name
 
 
-def test_render_pool_runs_each_batch_on_the_gpu_pool_and_matches_a_local_build(
+def test_render_pool_renders_varies_and_separates_on_the_gpu_pool_and_matches_a_local_build(
     prefect_server: PrefectServer,
     prefect_yaml: dict[str, Any],
     deployed: dict[str, str],
     tiny: str,
+    tiny_acestep_dir: Path,
     tmp_path: Path,
 ) -> None:
-    manifest = project(tmp_path / "game", PASSING)
+    from soundtrack.separate import make_tiny_demucs
+
+    demucs = make_tiny_demucs(tmp_path / "demucs")
+    pooled = POOLED.format(musicgen=tiny, acestep=tiny_acestep_dir, demucs=demucs)
+    manifest = project(tmp_path / "game", pooled)
     cpu_pool = prefect_yaml["soundtrack-build"]["work_pool"]["name"]
     gpu_pool = prefect_yaml["gpu"]["work_pool"]["name"]
     # Each machine has its own render cache: renders can only travel through the storage.
@@ -269,12 +295,7 @@ def test_render_pool_runs_each_batch_on_the_gpu_pool_and_matches_a_local_build(
     gpu_env = prefect_env(
         prefect_server, tmp_path / "gpu-home", SOUNDTRACK_CACHE_DIR=str(tmp_path / "gpu-cache")
     )
-    params = {
-        "manifest": str(manifest),
-        "model": tiny,
-        "batch_size": "1",
-        "render_pool": deployed["gpu"],
-    }
+    params = {"manifest": str(manifest), "batch_size": "1", "render_pool": deployed["gpu"]}
     client_env = prefect_env(prefect_server, tmp_path / "client-home")
     with (
         Worker(cpu_pool, cpu_env, tmp_path / "cpu-worker.log"),
@@ -286,12 +307,18 @@ def test_render_pool_runs_each_batch_on_the_gpu_pool_and_matches_a_local_build(
     logs = "".join((tmp_path / f"{w}-worker.log").read_text() for w in ("cpu", "gpu"))
     assert rc == 0, log + logs
 
-    # 1. One render-batch flow run per batch (batch size 1: one per track), children of this
-    #    build, each run by the GPU pool's worker.
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    # 1. One render-batch flow run per batch (batch size 1: one per track, the variation after
+    #    its parent) and one per mix to separate, children of this build, each run by the GPU
+    #    pool's worker.
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
 
     with api(prefect_server) as client:
-        render_runs = [
+        pool_runs = [
             run
             for run in client.read_flow_runs(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=["render-batch"]))
@@ -299,38 +326,67 @@ def test_render_pool_runs_each_batch_on_the_gpu_pool_and_matches_a_local_build(
             if run.parent_task_run_id
             and str(client.read_task_run(run.parent_task_run_id).flow_run_id) == build_id
         ]
-    # Each receives its batch's specs as the build resolved them (the manifest is not re-read).
-    batches = sorted([spec["id"] for spec in run.parameters["specs"]] for run in render_runs)
-    assert batches == [["chase"], ["harbour"]]
-    assert all(run.parameters["specs"][0]["spec_hash"] for run in render_runs)
-    for run in render_runs:
+        pool_tasks = {
+            task.name
+            for task in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=[run.id for run in pool_runs])
+                )
+            )
+        }
+    # Each receives its work as the build resolved it (the manifest is not re-read).
+    work = sorted(
+        [spec["id"] for spec in run.parameters["specs"]]
+        + [job["track_id"] for job in run.parameters.get("separations") or []]
+        for run in pool_runs
+    )
+    assert work == [["chase"], ["harbour"], ["harbour"]]
+    assert all(spec["spec_hash"] for run in pool_runs for spec in run.parameters["specs"])
+    assert {"render[harbour]", "render[chase]", "separate[harbour]"} <= pool_tasks, pool_tasks
+    for run in pool_runs:
         assert run.state_name == "Completed", run.state
         assert run.work_pool_name == gpu_pool
         assert run.labels["prefect.worker.name"] == gpu_worker.name
     assert len(list((tmp_path / "gpu-cache" / "renders").glob("*.wav"))) == 2
+    assert list((tmp_path / "gpu-cache" / "separations").glob("*/sources.json"))
+    assert not (tmp_path / "cpu-cache" / "separations").exists()
 
-    # 2. The build itself loaded no model: every render came back through the storage.
+    # 2. The build itself loaded no model: every render and every stem's source came back
+    #    through the storage.
     out = tmp_path / "game" / "out" / "nightly"
     lock = json.loads((out / "soundtrack.lock.json").read_text())
     assert lock["model_loads"] == 0
     statuses, pool_files = published(out)
     assert statuses == {"harbour": "approved", "chase": "approved"}
+    tracks = {track["id"]: track for track in lock["tracks"]}
+    harbour_ogg = next(f for f in tracks["harbour"]["files"] if f["format"] == "ogg")
+    assert tracks["chase"]["parent_sha256"] == harbour_ogg["sha256"]
+    assert {s["name"]: s["status"] for s in tracks["harbour"]["stems"]} == {
+        "drums": "rejected",
+        "bass": "rejected",
+    }
+    assert tracks["harbour"]["stem_model"]["id"] == str(demucs)
 
-    # 3. A local build of the same manifest and seeds, with a cache of its own: same bytes.
+    # 3. A local build of the same manifest and seeds, with a cache of its own: same bytes,
+    #    same stems' verdicts to the hundredth of a dB.
     local_env = prefect_env(
         prefect_server,
         tmp_path / "local-home",
         SOUNDTRACK_CACHE_DIR=str(tmp_path / "local-cache"),
     )
     local = cli(
-        [SOUNDTRACK, "build", "m.yaml", "--model", tiny, "--out", "local", "--batch-size", "1"],
+        [SOUNDTRACK, "build", "m.yaml", "--out", "local", "--batch-size", "1"],
         local_env,
         cwd=manifest.parent,
     )
     assert local.returncode == 0, local.stdout + local.stderr
-    local_statuses, local_files = published(manifest.parent / "local" / "nightly")
+    local_out = manifest.parent / "local" / "nightly"
+    local_statuses, local_files = published(local_out)
     assert local_statuses == statuses
     assert len(pool_files) == 4 and local_files == pool_files
+    local_lock = json.loads((local_out / "soundtrack.lock.json").read_text())
+    local_harbour = next(t for t in local_lock["tracks"] if t["id"] == "harbour")
+    assert local_harbour["stems"] == tracks["harbour"]["stems"]
 
 
 def test_game_repository_example_deploys_with_a_render_pool_that_exists(
