@@ -1,4 +1,5 @@
-"""What a build shows in the Prefect UI: progress as tracks finish, a table, links, a QC report.
+"""What a build shows in the Prefect UI: progress as tracks finish, a table, links, a QC report,
+and the picture of each published track and stem.
 
 Artifacts are stored on the Prefect server and shown to anyone with access to it: every text
 that may quote an error or a URL passes through `redact` (soundtrack/redaction.py).
@@ -10,10 +11,13 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.artifacts import (
+    create_image_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -23,7 +27,7 @@ from prefect.artifacts import (
 from soundtrack.errors import SoundtrackError
 from soundtrack.redaction import redact
 from soundtrack.renders import cache_root
-from soundtrack.report import BuildReport, TrackRecord
+from soundtrack.report import BuildReport, PictureRecord, TrackRecord
 
 if TYPE_CHECKING:
     from soundtrack.process import TrackOutcome
@@ -68,6 +72,15 @@ class BuildArtifacts:
         create_markdown_artifact(
             _links(report, docs), key=f"{self.soundtrack}-assets", description="Published assets"
         )
+        # The UI shows an image it can fetch: S3's presigned links. A folder's pictures are
+        # listed, by path, in the markdown above.
+        for name, picture in _pictures(report):
+            if picture.url is not None and picture.url.startswith(("https://", "http://")):
+                create_image_artifact(
+                    redact(picture.url),
+                    key=f"{self.soundtrack}-{name.replace('.', '-')}-picture",
+                    description=f"{name}: waveform, spectrogram and short-term loudness",
+                )
 
 
 def _row(track: TrackRecord) -> dict[str, object]:
@@ -97,9 +110,26 @@ def _links(report: BuildReport, docs: Path | None) -> str:
             links.append(("json", track.sidecar.url or track.sidecar.uri))
         files = " ".join(f"[{name}]({target})" for name, target in links) or "-"
         lines.append(f"| {track.id} | {track.status} | {files} |")
+    pictures = _pictures(report)
+    if pictures:
+        lines += ["", "Pictures (waveform, spectrogram, short-term loudness against the target):"]
+        lines += [f"- {name}: [{_where(p.uri)}]({p.url or p.uri})" for name, p in pictures]
     if docs is not None:
         lines += ["", f"QC report (Great Expectations Data Docs): [{docs}]({docs.as_uri()})"]
     return redact("\n".join(lines) + "\n")
+
+
+def _pictures(report: BuildReport) -> list[tuple[str, PictureRecord]]:
+    """(track, or track.stem) -> its picture, for each one the report holds."""
+    found = [(t.id, t.picture) for t in report.tracks]
+    found += [(f"{t.id}.{s.name}", s.picture) for t in report.tracks for s in t.stems]
+    return [(name, picture) for name, picture in found if picture is not None]
+
+
+def _where(uri: str) -> str:
+    """A file:// URI as the path it names; any other URI as it is."""
+    parts = urlsplit(uri)
+    return url2pathname(parts.path) if parts.scheme == "file" else uri
 
 
 def _data_docs(soundtrack: str, outcomes: Sequence[TrackOutcome]) -> Path | None:

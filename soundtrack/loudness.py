@@ -68,9 +68,18 @@ def block_powers(audio: np.ndarray, sample_rate: int, *, block_s: float = BLOCK_
     j = np.arange(blocks, dtype=np.float64)
     lower = np.minimum((block_s * (j * step) * sample_rate).astype(np.int64), frames)
     upper = np.minimum((block_s * (j * step + 1.0) * sample_rate).astype(np.int64), frames)
-    # The block edges cut the signal into segments (100 ms at the default overlap), and a
-    # block is the sum of its segments: summing each segment once costs less than a running
-    # sum over every sample, and loses nothing to cancellation.
+    powers: np.ndarray = _window_sums(audio, sample_rate, lower, upper) / (block_s * sample_rate)
+    return powers  # eq. 1
+
+
+def _window_sums(
+    audio: np.ndarray, sample_rate: int, lower: np.ndarray, upper: np.ndarray
+) -> np.ndarray:
+    """Per window [lower, upper) of frames, the channel-weighted sum of the K-weighted squares."""
+    # The window edges cut the signal into segments (100 ms for overlapping gating blocks),
+    # and a window is the sum of its segments: summing each segment once costs less than a
+    # running sum over every sample, and loses nothing to cancellation.
+    frames = audio.shape[1]
     edges = np.unique(np.concatenate(([0], lower, upper)))
     edges = edges[edges < frames]
     sos = _k_weighting(sample_rate)
@@ -78,9 +87,10 @@ def block_powers(audio: np.ndarray, sample_rate: int, *, block_s: float = BLOCK_
     with ThreadPoolExecutor(max_workers=audio.shape[0]) as pool:
         sums = list(pool.map(lambda c: _segment_sums(audio[c], sos, c, edges), range(len(audio))))
     cumulative = np.concatenate(([0.0], np.cumsum(functools.reduce(np.add, sums))))
-    within = cumulative[np.searchsorted(edges, upper)] - cumulative[np.searchsorted(edges, lower)]
-    powers: np.ndarray = within / (block_s * sample_rate)  # eq. 1
-    return powers
+    within: np.ndarray = (
+        cumulative[np.searchsorted(edges, upper)] - cumulative[np.searchsorted(edges, lower)]
+    )
+    return within
 
 
 def _segment_sums(
@@ -157,19 +167,42 @@ _LRA_RELATIVE_GATE_LU = -20.0
 _LRA_PERCENTILES = (10.0, 95.0)
 
 
+def short_term_lufs(
+    audio: np.ndarray, sample_rate: int, *, hop_s: float = _SHORT_TERM_STEP_S
+) -> tuple[np.ndarray, np.ndarray]:
+    """EBU Tech 3341 short-term loudness of (channels, frames) audio: (end times in s, LUFS) of
+    the 3 s windows ending at every multiple of `hop_s` (-inf where silent); none under 3 s."""
+    times_s, powers = _short_term_powers(audio, sample_rate, hop_s)
+    with np.errstate(divide="ignore"):
+        lufs: np.ndarray = -0.691 + 10.0 * np.log10(powers)  # eq. 4, ungated
+    return times_s, lufs
+
+
+def _short_term_powers(
+    audio: np.ndarray, sample_rate: int, hop_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(end times in s, channel-weighted K-weighted mean squares) of the short-term windows."""
+    if not hop_s > 0.0:
+        raise ValueError(f"hop_s must be above 0 s (got {hop_s})")
+    window = round(SHORT_TERM_S * sample_rate)
+    hop = hop_s * sample_rate
+    # A window ends on a hop, at 3 s at the earliest (as ffmpeg's ebur128 reads it: nothing
+    # before the window has filled) and at the last hop inside the audio at the latest.
+    first = math.ceil(window / hop - 1e-9)
+    last = math.floor(audio.shape[1] / hop + 1e-9)
+    upper = np.rint(np.arange(first, last + 1) * hop).astype(np.int64)
+    if upper.size == 0:
+        return np.zeros(0), np.zeros(0)
+    powers = _window_sums(audio, sample_rate, upper - window, upper) / window
+    return upper / sample_rate, powers
+
+
 def loudness_range_lu(audio: np.ndarray, sample_rate: int) -> float:
     """EBU Tech 3342 loudness range (LRA) of (channels, frames) audio: the spread between the
     10th and 95th percentiles of the gated short-term loudness; 0.0 when nothing passes."""
-    # 0.1 s blocks overlap by 75 %, so every 4th one tiles the audio with 100 ms segments;
-    # segments that would run past the end are left out rather than counted short.
-    tiling = round(1.0 / (1.0 - _OVERLAP))
-    whole = int(audio.shape[1] / (_SHORT_TERM_STEP_S * sample_rate))
-    segments = block_powers(audio, sample_rate, block_s=_SHORT_TERM_STEP_S)[::tiling][:whole]
-    per_window = round(SHORT_TERM_S / _SHORT_TERM_STEP_S)
-    if segments.size < per_window:
+    powers = _short_term_powers(audio, sample_rate, _SHORT_TERM_STEP_S)[1]
+    if powers.size == 0:
         return 0.0
-    cumulative = np.concatenate(([0.0], np.cumsum(segments)))
-    powers = (cumulative[per_window:] - cumulative[:-per_window]) / per_window
     with np.errstate(divide="ignore"):
         short_term = -0.691 + 10.0 * np.log10(powers)
     # Tech 3342: the absolute gate, then a relative gate 20 LU under the power mean of the

@@ -31,6 +31,7 @@ from soundtrack.gates import (
 from soundtrack.keys import parse_key, relative, semitones_apart
 from soundtrack.master import Master, finish, prepare
 from soundtrack.measure import Metrics, measure, measure_file
+from soundtrack.pictures import PICTURE_EXT, Picture, draw_picture
 from soundtrack.sidecar import sidecar, write_sidecar
 from soundtrack.spec import TrackSpec
 
@@ -66,6 +67,7 @@ class TrackOutcome:
     qc: GateTable  # the metric rows and expectations judged: input to the QC report
     analysis: Analysis | None = None  # of the master: positions are the master's samples
     sidecar: EncodedFile | None = None  # the engine sidecar (<track>.json) of an approved track
+    picture: Picture | None = None  # <track>.png of an approved track, for people to look at
     reference: dict[str, Any] | None = None  # the master compared with the track's reference
     mix_path: Path | None = None  # the master as float WAV in staging, for its stems
 
@@ -136,7 +138,17 @@ def process_track(
     if outcome.status != "approved" or outcome.master is None:
         return outcome
     data = sidecar(spec, outcome.master, analysis)
-    outcome = replace(outcome, sidecar=write_sidecar(data, out_dir, spec.id))
+    picture = draw_picture(
+        m.audio,
+        m.sample_rate,
+        out_dir / f"{spec.id}.{PICTURE_EXT}",
+        title=spec.id,
+        target_lufs=spec.mastering.loudness.integrated_lufs,
+        loop_start=m.loop_start,
+        loop_length=m.loop_length,
+        bar_lines=analysis.downbeats,
+    )
+    outcome = replace(outcome, sidecar=write_sidecar(data, out_dir, spec.id), picture=picture)
     if not spec.stems:
         return outcome
     mix_path = out_dir / f"{spec.id}.mix.wav"  # staging only: what the separator splits

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from soundtrack.formats import content_type_for
+from soundtrack.pictures import PICTURE_CONTENT_TYPE, PICTURE_EXT, Picture
 from soundtrack.redaction import redact
 from soundtrack.report import (
     BuildReport,
     FileRecord,
     ModelInfo,
+    PictureRecord,
     SidecarRecord,
     Status,
     StemRecord,
@@ -18,7 +21,7 @@ from soundtrack.report import (
 )
 from soundtrack.sidecar import SIDECAR_EXT
 from soundtrack.spec import TrackSpec
-from soundtrack.storage import Storage
+from soundtrack.storage import PublishedFile, Storage
 
 if TYPE_CHECKING:
     from soundtrack.gates import GateResult
@@ -69,8 +72,8 @@ def publish_outcome(
     stems: StemsOutcome | None = None,
     presign_expiry_s: int = PRESIGN_EXPIRY_S,
 ) -> TrackRecord:
-    """Upload an approved track's files and its stems' (verified by checksum) and return its
-    report entry."""
+    """Upload an approved track's files, picture and sidecar and its stems' files and pictures
+    (each verified by checksum) and return its report entry."""
     if outcome.status != "approved" or outcome.master is None:
         raise ValueError(f"track {spec.id!r} is {outcome.status}; only approved tracks publish")
     metadata = {
@@ -106,14 +109,18 @@ def publish_outcome(
                 loop_start=info.loop_start,
                 loop_length=info.loop_length,
                 stem=name,
-                url=storage.presign(published.key, presign_expiry_s)
-                if published.uri.startswith("s3://")
-                else None,
+                url=_link(storage, published, presign_expiry_s),
             )
         )
     record = track_record(
         spec, "approved", model=model, gates=outcome.gates, files=files, outcome=outcome
     )
+
+    publish_picture = partial(
+        _publish_picture, storage, spec, metadata=metadata, presign_expiry_s=presign_expiry_s
+    )
+    if outcome.picture is not None:
+        record = record.model_copy(update={"picture": publish_picture(outcome.picture, None)})
     if stems is not None:
         records = [
             StemRecord(
@@ -121,6 +128,7 @@ def publish_outcome(
                 status=stem.status,
                 reason=stem.reason,
                 gates=[stems.sum_gate, *stem.gates],
+                picture=None if stem.picture is None else publish_picture(stem.picture, stem.name),
             )
             for stem in stems.stems
         ]
@@ -135,17 +143,47 @@ def publish_outcome(
         content_type="application/json",
         metadata=metadata,
     )
-    url = None
-    if published.uri.startswith("s3://"):
-        url = storage.presign(published.key, presign_expiry_s)
     sidecar = SidecarRecord(
         key=published.key,
         uri=published.uri,
         sha256=published.sha256,
         bytes=published.bytes,
-        url=url,
+        url=_link(storage, published, presign_expiry_s),
     )
     return record.model_copy(update={"sidecar": sidecar})
+
+
+def _publish_picture(
+    storage: Storage,
+    spec: TrackSpec,
+    picture: Picture,
+    stem: str | None,
+    *,
+    metadata: Mapping[str, str],
+    presign_expiry_s: int,
+) -> PictureRecord:
+    """Upload the PNG of a track (or of its `stem`) beside its audio; its lock entry."""
+    published = storage.put_asset(
+        picture.path,
+        storage.asset_key(spec.soundtrack, spec.id, spec.spec_hash, PICTURE_EXT, stem=stem),
+        sha256=picture.sha256,
+        content_type=PICTURE_CONTENT_TYPE,
+        metadata=metadata,
+    )
+    return PictureRecord(
+        key=published.key,
+        uri=published.uri,
+        sha256=published.sha256,
+        bytes=published.bytes,
+        width_px=picture.width_px,
+        height_px=picture.height_px,
+        url=_link(storage, published, presign_expiry_s),
+    )
+
+
+def _link(storage: Storage, published: PublishedFile, expiry_s: int) -> str | None:
+    """A presigned download link on S3; None for a folder, whose `uri` is the link."""
+    return storage.presign(published.key, expiry_s) if published.uri.startswith("s3://") else None
 
 
 def index_of(
@@ -170,17 +208,21 @@ def index_of(
 
 def lock_bytes(report: BuildReport) -> bytes:
     """The lock file as written to storage: the report without short-lived presigned links."""
-    stable = report.model_copy(
+    stable = report.model_copy(update={"tracks": [_unsigned(t) for t in report.tracks]})
+    return stable.to_json().encode()
+
+
+def _unsigned(track: TrackRecord) -> TrackRecord:
+    """`track` without presigned links: they expire long before the lock does."""
+    bare = {"url": None}
+    return track.model_copy(
         update={
-            "tracks": [
-                t.model_copy(
-                    update={
-                        "files": [f.model_copy(update={"url": None}) for f in t.files],
-                        "sidecar": t.sidecar and t.sidecar.model_copy(update={"url": None}),
-                    }
-                )
-                for t in report.tracks
-            ]
+            "files": [f.model_copy(update=bare) for f in track.files],
+            "sidecar": track.sidecar and track.sidecar.model_copy(update=bare),
+            "picture": track.picture and track.picture.model_copy(update=bare),
+            "stems": [
+                s.model_copy(update={"picture": s.picture and s.picture.model_copy(update=bare)})
+                for s in track.stems
+            ],
         }
     )
-    return stable.to_json().encode()

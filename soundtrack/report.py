@@ -76,6 +76,24 @@ class SidecarRecord(_Model):
         return _inside(key)
 
 
+class PictureRecord(_Model):
+    """The PNG of a track or stem: waveform, spectrogram, loudness (docs/formats.md#pictures)."""
+
+    format: Literal["png"] = "png"
+    key: str
+    uri: str
+    sha256: str
+    bytes: int
+    width_px: int
+    height_px: int
+    url: str | None = Field(default=None, description="Presigned download link (S3 only).")
+
+    @field_validator("key")
+    @classmethod
+    def _key_inside(cls, key: str) -> str:
+        return _inside(key)
+
+
 class TakeRecord(_Model):
     """One take of a track that may be re-rolled: its seed and what became of it."""
 
@@ -93,6 +111,7 @@ class StemRecord(_Model):
     status: Literal["published", "silent", "rejected"]
     reason: str | None = None
     gates: list[GateResult] = Field(default_factory=list)
+    picture: PictureRecord | None = Field(default=None, description="Of a published stem.")
 
 
 class TrackRecord(_Model):
@@ -107,6 +126,7 @@ class TrackRecord(_Model):
     gates: list[GateResult] = Field(default_factory=list)
     files: list[FileRecord] = Field(default_factory=list)
     sidecar: SidecarRecord | None = None
+    picture: PictureRecord | None = Field(default=None, description="Of an approved track.")
     analysis: dict[str, float | int | str | None] | None = Field(
         default=None, description="What the master measured: tempo, key, loudness range..."
     )

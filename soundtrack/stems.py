@@ -25,6 +25,7 @@ from soundtrack.hashing import file_sha256
 from soundtrack.loudness import integrated_lufs
 from soundtrack.master import Master
 from soundtrack.measure import measure_file
+from soundtrack.pictures import PICTURE_EXT, Picture, draw_picture
 from soundtrack.separate import SUM_RESIDUAL_MIN_DB, Separator, residual_db
 from soundtrack.separations import Separation
 from soundtrack.spec import TrackSpec
@@ -45,6 +46,7 @@ class StemOutcome:
     reason: str | None
     gates: list[GateResult]
     files: list[EncodedFile]
+    picture: Picture | None = None  # <track>.<stem>.png of a published stem
 
 
 @dataclass(frozen=True)
@@ -219,4 +221,13 @@ def _stem(
         for file in files:
             file.path.unlink(missing_ok=True)
         return StemOutcome(name, "rejected", f"rejected by gates: {', '.join(failed)}", results, [])
-    return StemOutcome(name, "published", None, results, files)
+    picture = draw_picture(
+        audio,
+        mix.sample_rate,
+        out_dir / f"{spec.id}.{name}.{PICTURE_EXT}",
+        title=f"{spec.id} ({name})",
+        target_lufs=spec.mastering.loudness.integrated_lufs,
+        loop_start=mix.loop_start,
+        loop_length=mix.loop_length,
+    )
+    return StemOutcome(name, "published", None, results, files, picture)

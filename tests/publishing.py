@@ -7,6 +7,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from soundtrack.formats import content_type_for
 from soundtrack.storage import PublishedFile, Storage
@@ -100,6 +101,13 @@ def publish(
     return published, index
 
 
+def track_entries(track: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every file a lock's track entry lists: its audio (stems' too), sidecar and pictures."""
+    others = [track.get("sidecar"), track.get("picture")]
+    others += [stem.get("picture") for stem in track.get("stems", [])]
+    return [*track["files"], *(entry for entry in others if entry)]
+
+
 def folder_problems(folder: Path) -> list[str]:
     """How a published soundtrack folder contradicts its lock: a listed file missing or with
     another sha256, a rejected or failed track's file present, or any file the lock does not
@@ -113,7 +121,7 @@ def folder_problems(folder: Path) -> list[str]:
                 f"{p.name}: file of {track['status']} track"
                 for p in folder.glob(f"{track['id']}.*")
             ]
-        for entry in [*track["files"], *([track["sidecar"]] if track.get("sidecar") else [])]:
+        for entry in track_entries(track):
             name = entry["key"].partition("/")[2]
             expected.add(name)
             path = folder / name

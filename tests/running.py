@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.objects import Artifact, FlowRun
 
 SOUNDTRACK = str(Path(sys.executable).with_name("soundtrack"))
 
@@ -56,3 +56,15 @@ def task_run_names(api_url: str, flow_run_id: Any) -> list[str]:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
     return [run.name for run in runs]
+
+
+def run_artifacts(api_url: str, flow_run_id: Any) -> list[Artifact]:
+    """The artifacts a flow run created, as the Prefect server stores them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )

@@ -18,7 +18,7 @@ from soundtrack.build import BuildResult, Options, ThreadExecutor, build
 from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.models import load_count
-from tests.reference import ebur128, sha256_of
+from tests.reference import assert_pictures_published, ebur128, sha256_of
 from tests.signals import music_like
 
 MANIFEST = (Path(__file__).parents[1] / "manifests" / "e2e.yaml").read_text()
@@ -83,6 +83,7 @@ def test_build_approves_rejects_and_rebuilds_only_what_changed(
                 info = sf.info(str(path))
                 assert info.samplerate == 44100 and info.channels == 2
                 assert abs(info.frames / 44100 - expected_seconds[track["id"]]) <= 0.5
+        assert_pictures_published(out.parent, track)
     loop_ogg = mutagen.File(out / "battle-loop.ogg")
     loop_entry = next(t for t in lock["tracks"] if t["id"] == "battle-loop")["files"][0]
     assert int(loop_ogg["LOOPLENGTH"][0]) == loop_entry["loop_length"] > 0

@@ -1,5 +1,6 @@
 """The BS.1770 meters against pyloudnorm (the same gating, block for block), ffmpeg's ebur128
-(EBU Tech 3341's sine) and a plain 4x upsampling by scipy with the same interpolator."""
+(EBU Tech 3341's sine, and its short-term log) and a plain 4x upsampling by scipy with the same
+interpolator."""
 
 from __future__ import annotations
 
@@ -12,8 +13,14 @@ import pytest
 from scipy.signal import upfirdn
 
 from soundtrack.audio import write_wav
-from soundtrack.loudness import _INTERPOLATOR, integrated_lufs, oversampled_peaks, true_peak
-from tests.reference import ebur128
+from soundtrack.loudness import (
+    _INTERPOLATOR,
+    integrated_lufs,
+    oversampled_peaks,
+    short_term_lufs,
+    true_peak,
+)
+from tests.reference import ebur128, ebur128_short_term
 from tests.signals import music_like, pink_noise, sine
 
 
@@ -64,6 +71,32 @@ def test_ebu_tech_3341_sine_reads_minus_23_lufs(tmp_path: Path) -> None:
     assert integrated_lufs(sine_23, 48000) == pytest.approx(-23.0, abs=0.1)
     assert integrated_lufs(sine_23, 48000) == pytest.approx(reference_lufs, abs=0.1)
     assert 20 * math.log10(true_peak(sine_23)) == pytest.approx(reference_peak_dbtp, abs=0.1)
+
+
+@pytest.mark.parametrize("rate", [48000, 44100])
+def test_short_term_loudness_matches_ffmpeg_every_100_ms(tmp_path: Path, rate: int) -> None:
+    music = _loud_then_quiet(rate)
+    write_wav(tmp_path / "music.wav", music, rate)
+    reference = {round(t, 1): lufs for t, lufs in ebur128_short_term(tmp_path / "music.wav")}
+    times_s, lufs = short_term_lufs(music, rate)
+    # A value from the first full 3 s window to the last 100 ms step, as ffmpeg prints them
+    # (-120.7 before its window has filled).
+    assert times_s[0] == pytest.approx(3.0) and times_s[-1] == pytest.approx(8.0)
+    assert np.diff(times_s) == pytest.approx(0.1)
+    assert {lufs for t, lufs in reference.items() if t < 2.95} == {-120.7}
+    expected = np.array([reference[round(t, 1)] for t in times_s])
+    assert lufs == pytest.approx(expected, abs=0.1)  # ffmpeg prints 0.1 steps
+    assert lufs.max() - lufs.min() > 15, "the quiet half is measured, not gated away"
+
+
+def test_short_term_loudness_steps_by_its_hop() -> None:
+    music = music_like(6.0, 44100, seed=6)
+    fine_times_s, fine = short_term_lufs(music, 44100)
+    times_s, lufs = short_term_lufs(music, 44100, hop_s=0.5)
+    assert times_s == pytest.approx(fine_times_s[::5]) and lufs == pytest.approx(fine[::5])
+    assert short_term_lufs(music[:, : 2 * 44100], 44100)[1].size == 0  # under 3 s: none
+    with pytest.raises(ValueError, match=r"hop_s must be above 0 s \(got 0.0\)"):
+        short_term_lufs(music, 44100, hop_s=0.0)
 
 
 def _upsampled_magnitudes(audio: np.ndarray) -> np.ndarray:

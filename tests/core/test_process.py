@@ -34,7 +34,12 @@ def test_a_clean_source_is_approved_and_its_files_check_out(tmp_path: Path) -> N
     outcome = process_track(spec, _source(12.0), RENDER_RATE, tmp_path)
     assert outcome.status == "approved", _failed(outcome)
     assert [f.format for f in outcome.files] == ["ogg", "mp3"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.json", "clean.mp3", "clean.ogg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "clean.json",
+        "clean.mp3",
+        "clean.ogg",
+        "clean.png",
+    ]
     names = {g.name for g in outcome.gates}
     assert {"true_peak_ogg", "true_peak_mp3", "duration_ogg", "sample_rate_mp3"} <= names
     for file in outcome.files:

@@ -18,6 +18,7 @@ from mutagen.oggvorbis import OggVorbis
 from soundtrack.build import BuildResult, Options, ThreadExecutor, build
 from soundtrack.separate import SEPARATORS, make_tiny_demucs, register_separator, residual_db
 from soundtrack.steps import _separator
+from tests.reference import assert_pictures_published
 
 RATE = 44100
 SECONDS = 8.0
@@ -150,6 +151,7 @@ def test_every_stem_asked_for_is_published_aligned_with_the_mix(project: Path) -
         assert tags["LOOPSTART"] == mix_tags["LOOPSTART"]
         assert tags["LOOPLENGTH"] == mix_tags["LOOPLENGTH"]
         assert files[(name, "ogg")]["loop_length"] == files[(None, "ogg")]["loop_length"]
+    assert_pictures_published(out, track)
     again = run(project)
     assert [r.status for r in again.report.tracks] == ["cached"]
 

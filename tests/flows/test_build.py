@@ -25,7 +25,14 @@ import soundfile as sf
 from soundtrack.separate import make_tiny_demucs
 from tests.prefect_server import PrefectServer
 from tests.reference import ebur128, sha256_of
-from tests.running import SOUNDTRACK, build, build_runs, statuses, task_run_names
+from tests.running import (
+    SOUNDTRACK,
+    build,
+    build_runs,
+    run_artifacts,
+    statuses,
+    task_run_names,
+)
 from tests.signals import music_like
 
 pytestmark = pytest.mark.slow
@@ -87,6 +94,12 @@ def test_a_rejected_track_fails_the_run_in_one_line_and_exits_1_without_a_traceb
             lufs, true_peak = ebur128(path)
             assert abs(lufs - -24.0) <= 0.5 and true_peak <= -1.0, (path.name, lufs, true_peak)
     assert not list(out.glob("too-strict.*")), "nothing of a rejected track is published"
+    # A folder gives no http(s) link to show a picture by: the markdown says where each PNG is.
+    artifacts = run_artifacts(prefect_server.api_url, run.id)
+    assert not [a for a in artifacts if a.type == "image"]
+    (assets,) = [a for a in artifacts if a.key == "e2e-assets"]
+    for track in (t for t in lock["tracks"] if t["status"] == "approved"):
+        assert f"- {track['id']}: [{out / track['id']}.png]" in str(assets.data)
 
     # Again: every approved track is cached and no model is loaded (a new process).
     again = build(workdir, env, *args)
@@ -131,7 +144,7 @@ def test_killed_build_resumes_without_partial_or_duplicate_files(project: Any) -
     assert set(statuses(lock).values()) == {"approved"}
     published = {p.name for p in out.iterdir()}
     assert published == {"soundtrack.lock.json", "soundtrack.journal.jsonl"} | {
-        f"cue-{n}.{ext}" for n in range(4) for ext in ("ogg", "mp3", "json")
+        f"cue-{n}.{ext}" for n in range(4) for ext in ("ogg", "mp3", "json", "png")
     }, "no partial, temporary or duplicate files"
     for track in lock["tracks"]:
         for entry in track["files"]:

@@ -23,6 +23,7 @@ import pytest
 from soundtrack.storage.lease import LEASE_NAME
 from tests.faultproxy import FaultProxy, Seen
 from tests.prefect_server import PrefectServer
+from tests.publishing import track_entries
 from tests.running import build, statuses
 from tests.s3server import SeaweedServer, free_ports
 
@@ -49,12 +50,8 @@ def port(endpoint: str) -> int:
 
 
 def lock_entries(lock: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every published file the lock lists: each track's audio files and its sidecar."""
-    return [
-        entry
-        for track in lock["tracks"]
-        for entry in [*track["files"], *([track["sidecar"]] if track.get("sidecar") else [])]
-    ]
+    """Every published file the lock lists: each track's audio files, sidecar and picture."""
+    return [entry for track in lock["tracks"] for entry in track_entries(track)]
 
 
 def published(key: str) -> bool:
@@ -91,7 +88,12 @@ def assert_every_object_verifies(client: Any, bucket: str, lock: dict[str, Any])
         assert base64.b64decode(head["ChecksumSHA256"]).hex() == entry["sha256"], entry["key"]
         assert head["Metadata"]["sha256"] == entry["sha256"]
         assert head["ContentLength"] == entry["bytes"]
-        content_types = {"ogg": "audio/ogg", "mp3": "audio/mpeg", "json": "application/json"}
+        content_types = {
+            "ogg": "audio/ogg",
+            "mp3": "audio/mpeg",
+            "json": "application/json",
+            "png": "image/png",
+        }
         assert head["ContentType"] == content_types[entry["format"]]
         body = client.get_object(Bucket=bucket, Key=entry["key"])["Body"].read()
         assert hashlib.sha256(body).hexdigest() == entry["sha256"], entry["key"]
@@ -204,10 +206,10 @@ def test_build_publishes_verified_files_and_a_rebuild_uploads_nothing(
         outputs.append(lock_bytes.decode())
         assert statuses(lock) == statuses(report)
         entries = lock_entries(lock)
-        assert len(entries) == 6  # OGG, MP3 and the sidecar of each track
+        assert len(entries) == 8  # OGG, MP3, the sidecar and the picture of each track
         assert all(e["url"] is None for e in entries), "the lock keeps no short-lived links"
         for track in lock["tracks"]:
-            for entry in [*track["files"], track["sidecar"]]:
+            for entry in [*track["files"], track["sidecar"], track["picture"]]:
                 expected = f"games/s3-e2e/{track['id']}/{track['spec_hash']}.{entry['format']}"
                 assert entry["key"] == expected
         assert listed(client, bucket) == {e["key"] for e in entries} | {index_key}
@@ -248,6 +250,12 @@ def test_build_publishes_verified_files_and_a_rebuild_uploads_nothing(
     assert any(s3_server.access_key in a and "X-Amz-Signature" in a for a in artifacts), (
         "the artifacts carry presigned links: the search below looks where a leak would be"
     )
+    # The first build's pictures are shown in the UI by their presigned links, one image each.
+    shown = [json.loads(a)["data"] for a in artifacts if json.loads(a)["type"] == "image"]
+    pictures = {track["picture"]["key"] for track in lock["tracks"]}
+    assert len(shown) == len(pictures) == 2
+    assert all(link.startswith("http") and "X-Amz-Signature" in link for link in shown)
+    assert {key for key in pictures for link in shown if f"/{key}?" in link} == pictures
     everything = outputs + runs + logs + artifacts
     assert not [text[:200] for text in everything if s3_server.secret_key in text]
 
