@@ -164,7 +164,8 @@ def check_expiry(expires_s: int) -> None:
 
 
 def index_keys(data: bytes, where: str) -> set[str]:
-    """The keys a lock file references: every tracks[i].files[j].key and sidecar key."""
+    """The keys a lock file references: every tracks[i].files[j].key, and the keys of each
+    track's sidecar and picture and of its stems' pictures."""
     try:
         index = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -184,7 +185,11 @@ def index_keys(data: bytes, where: str) -> set[str]:
                     f"index {where}: tracks[{i}].files[{j}] has no 'key'", transient=False
                 )
             keys.add(key)
-        sidecar = track.get("sidecar")
-        if isinstance(sidecar, dict) and isinstance(sidecar.get("key"), str) and sidecar["key"]:
-            keys.add(sidecar["key"])
+        stems = track.get("stems")
+        others = [track.get("sidecar"), track.get("picture")]
+        if isinstance(stems, list):
+            others += [stem.get("picture") for stem in stems if isinstance(stem, dict)]
+        for other in others:
+            if isinstance(other, dict) and isinstance(other.get("key"), str) and other["key"]:
+                keys.add(other["key"])
     return keys
