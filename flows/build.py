@@ -18,6 +18,7 @@ from prefect.tasks import Task
 from pydantic import Field
 
 from flows.artifacts import BuildArtifacts
+from flows.review import ask_in_prefect_ui
 from soundtrack import steps
 from soundtrack.build import MAX_WORKERS, Options, prepare, run
 from soundtrack.errors import InputError, StorageBusy
@@ -164,6 +165,13 @@ def build_soundtrack(
         list[str] | None,
         Field(description="GATE=SEVERITY (fail, warn, off) for every track, e.g. tempo=warn."),
     ] = None,
+    review: Annotated[
+        bool,
+        Field(
+            description="Pause for a person to approve each rendered track before anything is "
+            "published, whatever the manifest's review says."
+        ),
+    ] = False,
 ) -> BuildReport | State[Any]:
     """Build a soundtrack: generate, master, gate, encode and publish every changed track.
 
@@ -184,6 +192,7 @@ def build_soundtrack(
         local_models=render_pool is None,
         storage_wait_s=storage_wait_s,
         gates=gates or (),
+        review=review,
     )
     try:
         prepared = prepare(Path(manifest).resolve(), options, logger)
@@ -203,6 +212,7 @@ def build_soundtrack(
             executor=TaskExecutor(pool),
             observer=BuildArtifacts(prepared.checked.manifest.soundtrack, prepared.plan.total),
             logger=logger,
+            reviewer=ask_in_prefect_ui,
         )
     except StorageBusy as exc:
         return Failed(message=redact(str(exc)), data=exc)

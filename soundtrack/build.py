@@ -11,7 +11,7 @@ import logging
 import queue
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from soundtrack import events, steps
+from soundtrack.approval import Candidate, Reviewer, Verdict, first_take, rejections
 from soundtrack.atomic import atomic_path
 from soundtrack.catalog import limit_problems
 from soundtrack.errors import InputError, ModelLoadError, StorageError
@@ -109,6 +110,7 @@ class Options:
     local_models: bool = True  # False when renders happen elsewhere (a GPU work pool)
     storage_wait_s: float | None = None  # None: the manifest's storage_wait_s
     gates: Sequence[str] = ()  # GATE=SEVERITY for every track (--gate tempo=warn)
+    review: bool = False  # ask a person before publishing, whatever the manifest says
 
 
 @dataclass(frozen=True)
@@ -179,10 +181,60 @@ def run(
     executor: Executor,
     observer: Observer | None = None,
     logger: Logger = log,
+    reviewer: Reviewer | None = None,
 ) -> BuildResult:
     """Holding the soundtrack's storage (one build at a time), repair what a stopped build
-    left, then render, master and publish what the plan says, and write the lock (last)."""
+    left, then render, master and publish what the plan says, and write the lock (last).
+
+    With review, the tracks rendered and approved by their gates wait for `reviewer` with the
+    storage let go (another build may publish meanwhile), then publish as the reviewer says.
+    """
     checked = prepared.checked
+    reviewing = options.review or checked.manifest.review == "required"
+    if reviewing and reviewer is None:
+        raise InputError("review: required needs the build flow and a Prefect server to ask")
+    loads_before = load_count()
+    with _staging(checked.manifest.soundtrack) as staging:
+        with _held(checked, options, logger) as (lock, lock_warnings, repaired):
+            if lock != prepared.lock:
+                logger.info("the lock changed since the build was planned: planning again")
+                prepared = Prepared(checked, lock, _plan(checked, lock, options), lock_warnings)
+            prepared = replace(prepared, warnings=[*prepared.warnings, *repaired])
+            tracks = _Tracks(
+                checked,
+                executor,
+                staging,
+                options.device,
+                observer,
+                share_parents=not options.local_models,
+                reviewing=reviewing,
+            )
+            _start(tracks, prepared, options)
+            tracks.run(options.batch_size)
+            if reviewer is None or not tracks.candidates:
+                return _finish(prepared, tracks, executor, observer, logger, loads_before)
+        timeout_s = checked.manifest.review_timeout_s
+        logger.info("%d track(s) wait for review (up to %g s)", len(tracks.candidates), timeout_s)
+        verdicts = reviewer(tracks.candidates, staging, timeout_s)
+        with _held(checked, options, logger) as (lock, _, repaired):
+            # Another build may have published while this one waited: its lock is the base.
+            prepared = replace(prepared, lock=lock, warnings=[*prepared.warnings, *repaired])
+            if verdicts is None:
+                report = _report(prepared, tracks, loads_before)
+                failure = f"nobody answered the review within {timeout_s:g} s: nothing published"
+                return BuildResult(report, failure)
+            tracks.reviewed(verdicts, lock)
+            tracks.run(options.batch_size)
+            return _finish(prepared, tracks, executor, observer, logger, loads_before)
+
+
+@contextmanager
+def _held(
+    checked: CheckedInputs, options: Options, logger: Logger
+) -> Iterator[tuple[BuildReport | None, list[str], list[str]]]:
+    """Hold the soundtrack's storage, repair what a stopped build left, and read the lock (the
+    latest: another build may have published since); let go of what was staged and not
+    committed when done. Yields the lock, what reading it warned of, and what was repaired."""
     soundtrack, storage = checked.manifest.soundtrack, checked.storage
     wait_s = options.storage_wait_s
     if wait_s is None:
@@ -191,56 +243,52 @@ def run(
         repaired = storage.repair(soundtrack)
         for line in repaired:
             logger.warning(line)
-        # Another build may have published since this one read the lock: plan on the new one.
         lock, warnings = _previous_lock(checked, logger)
-        if lock != prepared.lock:
-            logger.info("the lock changed since the build was planned: planning again")
-            prepared = Prepared(checked, lock, _plan(checked, lock, options), warnings)
-        prepared = replace(prepared, warnings=[*prepared.warnings, *repaired])
         try:
-            return _run(prepared, options, executor=executor, observer=observer, logger=logger)
+            yield lock, warnings, repaired
         finally:
             storage.discard(soundtrack)  # what is staged and not committed by now never will be
 
 
-def _run(
-    prepared: Prepared,
-    options: Options,
-    *,
-    executor: Executor,
-    observer: Observer | None,
-    logger: Logger,
-) -> BuildResult:
+def _start(tracks: _Tracks, prepared: Prepared, options: Options) -> None:
+    """Each track goes render -> master -> publish, a step starting when the one before ends."""
     checked, plan = prepared.checked, prepared.plan
-    # 1. Each track goes render -> master -> publish, a step starting when the one before ends
-    loads_before = load_count()
-    with _staging(checked.manifest.soundtrack) as staging:
-        tracks = _Tracks(
-            checked, executor, staging, options.device, observer, not options.local_models
-        )
-        previous = {r.id: r for r in prepared.lock.tracks} if prepared.lock else {}
-        selected = {spec.id for spec in select(checked.specs, options.only)}
-        for spec in plan.variations:  # before the cached records, which may be their parents
-            tracks.wait(
-                spec, previous.get(spec.id), selected=spec.id in selected, force=options.force
-            )
-        for record in plan.cached:
-            tracks.finish(record)
-        for batch in plan.batches:
-            tracks.render(batch)
-        for spec in plan.recordings:
-            tracks.master(spec, None)
-        tracks.run(options.batch_size)
+    previous = {r.id: r for r in prepared.lock.tracks} if prepared.lock else {}
+    selected = {spec.id for spec in select(checked.specs, options.only)}
+    for spec in plan.variations:  # before the cached records, which may be their parents
+        tracks.wait(spec, previous.get(spec.id), selected=spec.id in selected, force=options.force)
+    for record in plan.cached:
+        tracks.finish(record)
+    for batch in plan.batches:
+        tracks.render(batch)
+    for spec in plan.recordings:
+        tracks.master(spec, None)
 
-    # 2. Report, in manifest order; the index goes last and only when every approval is published
+
+def _report(prepared: Prepared, tracks: _Tracks, loads_before: int) -> BuildReport:
+    """The build's report, in manifest order."""
+    checked = prepared.checked
     order = {spec.id: i for i, spec in enumerate(checked.specs)}
-    report = BuildReport(
+    return BuildReport(
         soundtrack=checked.manifest.soundtrack,
         storage=checked.storage_url,
         model_loads=load_count() - loads_before,
         tracks=sorted(tracks.records.values(), key=lambda r: order[r.id]),
         warnings=[*prepared.warnings, *tracks.warnings],
     )
+
+
+def _finish(
+    prepared: Prepared,
+    tracks: _Tracks,
+    executor: Executor,
+    observer: Observer | None,
+    logger: Logger,
+    loads_before: int,
+) -> BuildResult:
+    """Report; the index goes last and only when every approval is published."""
+    checked = prepared.checked
+    report = _report(prepared, tracks, loads_before)
     if observer is not None:
         observer.finished(report, tracks.outcomes)
     if tracks.publish_errors:
@@ -335,6 +383,8 @@ class _Tracks:
     device: str | None
     observer: Observer | None
     share_parents: bool  # renders happen on other machines: hand them the parents' audio
+    reviewing: bool  # rendered tracks wait for a person (candidates) instead of publishing
+    candidates: list[Candidate] = field(default_factory=list)
     records: dict[str, TrackRecord] = field(default_factory=dict)
     outcomes: list[TrackOutcome] = field(default_factory=list)
     publish_errors: list[str] = field(default_factory=list)
@@ -389,18 +439,20 @@ class _Tracks:
             self.observer.track_done(record)
         events.emit(record.id, "published" if record.status == "approved" else record.status)
         for variation in self._waiting.pop(record.id, []):
-            self._release(variation, record)
+            self._release(variation, record.id, _parent_audio(record), record.status)
 
-    def _release(self, variation: _Variation, parent: TrackRecord) -> None:
-        """A parent has its record: its variation is cached, rendered from it, or failed."""
+    def _release(
+        self, variation: _Variation, parent: str, audio: ParentAudio | None, status: str
+    ) -> None:
+        """A parent has its audio (or `status` says why not): its variation is cached,
+        rendered from it, or failed."""
         spec = variation.spec
-        audio = _parent_audio(parent)
         if audio is None:
             if variation.selected:
-                reason = f"its parent {parent.id!r} was {parent.status}: nothing to render from"
+                reason = f"its parent {parent!r} was {status}: nothing to render from"
                 self.finish(track_record(spec, "failed", reason=reason))
             return
-        spec = with_parent(spec, audio)
+        spec = first_take(with_parent(spec, audio), variation.record)
         storage = self.checked.storage
         cached = reusable(
             variation.record, spec, storage, selected=variation.selected, force=variation.force
@@ -418,17 +470,25 @@ class _Tracks:
             share_parent(storage, cache, audio)
         self._released.append(spec)
 
-    def _keep_for_variations(self, record: TrackRecord, outcome: TrackOutcome) -> None:
-        """Copy a just-published parent's file into the render cache for its variations: the
-        staging folder goes now, and its published key may not be committed until the lock."""
-        audio = _parent_audio(record) if record.id in self._waiting else None
-        staged = next((f for f in outcome.files if audio and f.format == audio.ext), None)
-        if audio is None or staged is None:
-            return
+    def _keep_for_variations(self, spec: TrackSpec, outcome: TrackOutcome) -> ParentAudio | None:
+        """Copy an approved parent's staged file (the one its variations render from) into the
+        render cache: the staging folder goes, and the file's published key is not committed
+        until the lock is. Returns the audio kept, None when no variation waits for it."""
+        staged = sorted(
+            (f for f in outcome.files if f.format in _PARENT_FORMATS),
+            key=lambda f: _PARENT_FORMATS.index(f.format),
+        )
+        if spec.id not in self._waiting or not staged:
+            return None
+        key = self.checked.storage.asset_key(
+            spec.soundtrack, spec.id, spec.spec_hash, staged[0].format
+        )
+        audio = ParentAudio(spec.id, key, staged[0].sha256, staged[0].format)
         path = RenderCache(cache_root()).parent_path(audio)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            shutil.copyfile(staged.path, tmp)
+            shutil.copyfile(staged[0].path, tmp)
+        return audio
 
     def render(self, batch: list[TrackSpec]) -> None:
         for spec in batch:
@@ -477,9 +537,9 @@ class _Tracks:
                 reason=redact(reason),
             )
         )
-        if spec.take + 1 >= spec.attempts:
+        if spec.take + 1 >= self._first[spec.id].take + spec.attempts:
             return False
-        self._rerolls.append(take(self._first[spec.id], spec.take + 1))
+        self._rerolls.append(take(spec, spec.take + 1))
         events.emit(spec.id, "re-roll")
         return True
 
@@ -563,6 +623,47 @@ class _Tracks:
         outcome: TrackOutcome,
         stems: StemsOutcome | None,
     ) -> None:
+        if self.reviewing and spec.source is None:
+            self.candidates.append(Candidate(spec, model, outcome, stems))
+            # Its variations render from the take under review and are reviewed beside it.
+            audio = self._keep_for_variations(spec, outcome)
+            for variation in self._waiting.pop(spec.id, []):
+                self._release(variation, spec.id, audio, "approved")
+            return
+        self.submit_publish(spec, model, outcome, stems)
+
+    def reviewed(self, verdicts: Mapping[str, Verdict], lock: BuildReport | None) -> None:
+        """Publish what the reviewer approved; record what they rejected, and the variations
+        of a rejected take, which rendered from audio that will not be published."""
+        previous = {r.id: r for r in lock.tracks} if lock else {}
+        rejected: set[str] = set()
+        for candidate in self.candidates:
+            spec = candidate.spec
+            verdict = verdicts.get(spec.id, Verdict(approved=False, comment="no answer"))
+            if spec.variation_of in rejected:
+                verdict = Verdict(False, f"its parent {spec.variation_of!r} was rejected")
+            if verdict.approved:
+                self.submit_publish(spec, candidate.model, candidate.outcome, candidate.stems)
+                continue
+            rejected.add(spec.id)
+            record = track_record(
+                spec,
+                "rejected",
+                model=candidate.model,
+                reason=f"rejected in review: {verdict.comment or 'no comment'}",
+                gates=candidate.outcome.gates,
+                outcome=candidate.outcome,
+            )
+            history = rejections(spec, previous.get(spec.id), verdict.comment)
+            self.finish(record.model_copy(update={"rejected_in_review": history}))
+
+    def submit_publish(
+        self,
+        spec: TrackSpec,
+        model: ModelInfo | None,
+        outcome: TrackOutcome,
+        stems: StemsOutcome | None,
+    ) -> None:
         published = self.executor.submit(
             steps.publish,
             spec,
@@ -584,7 +685,7 @@ class _Tracks:
     ) -> None:
         try:
             record = future.result()
-            self._keep_for_variations(record, outcome)
+            self._keep_for_variations(spec, outcome)
         except Exception as exc:
             self.publish_errors.append(f"{spec.id}: {exc}")
             reason = f"approved but not published: {exc}"

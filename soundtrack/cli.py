@@ -82,6 +82,8 @@ def validate(manifest: ManifestArg) -> None:
     try:
         # The manifest's own storage: --out and $SOUNDTRACK_STORAGE are the build's to check.
         checked = check_inputs(manifest, environ={})
+        if checked.manifest.review == "required":
+            _check_review_server()
     except SoundtrackError as exc:
         fail(exc)
     loaded, specs = checked.manifest, checked.specs
@@ -574,6 +576,20 @@ def compare(
 # --- build (issue 5) ---
 
 
+def _check_review_server() -> None:
+    """A review is answered in the Prefect UI of a server that outlives the build: the
+    temporary one started without PREFECT_API_URL dies with it, so nobody could answer."""
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise InputError(
+            "review: required (or --review) needs a Prefect server a reviewer can reach: set "
+            "PREFECT_API_URL (e.g. `prefect server start`, then "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api); the temporary server a build starts "
+            "without it stops with the build, so nobody could answer"
+        )
+
+
 @app.command()
 def build(
     manifest: ManifestArg,
@@ -638,6 +654,14 @@ def build(
             "tempo=warn for a smoke build on a tiny random model, whose noise has no tempo.",
         ),
     ] = None,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="Before publishing, pause for a person to approve or reject each rendered track "
+            "in the Prefect UI (as `review: required` in the manifest). Needs PREFECT_API_URL.",
+        ),
+    ] = False,
 ) -> None:
     """Build a soundtrack: generate, master, gate, encode and publish every changed track.
 
@@ -668,11 +692,15 @@ def build(
         local_models=render_pool is None,
         storage_wait_s=storage_wait_s,
         gates=gate or (),
+        review=review,
     )
     try:
-        specs = prepare(manifest, options, reports=[p for p in (report, junit) if p]).checked.specs
+        checked = prepare(manifest, options, reports=[p for p in (report, junit) if p]).checked
+        if review or checked.manifest.review == "required":
+            _check_review_server()
     except SoundtrackError as exc:
         fail(exc)
+    specs = checked.specs
 
     # 2. Run the flow with a progress bar fed by the tasks' events.
     from flows.build import build_soundtrack
@@ -697,6 +725,7 @@ def build(
                 render_pool=render_pool,
                 storage_wait_s=storage_wait_s,
                 gates=gate or None,
+                review=review,
                 return_state=True,
             )
         finally:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from soundtrack.approval import first_take
 from soundtrack.errors import InputError
 from soundtrack.report import BuildReport, TrackRecord
 from soundtrack.spec import TrackSpec
@@ -109,7 +110,7 @@ def plan_build(
         if record is not None:
             cached.append(record)
         elif spec.id in selected:
-            pending.append(spec)
+            pending.append(first_take(spec, previous.get(spec.id)))
     generated = [spec for spec in pending if spec.source is None]
     return Plan(
         cached=cached,

@@ -200,7 +200,11 @@ def index_of(
         if current is not None and current.usable:
             tracks.append(current)
         elif track_id in earlier:
-            tracks.append(earlier[track_id])
+            # A take rejected in review is remembered beside the files still served.
+            kept = earlier[track_id]
+            if current is not None and current.rejected_in_review:
+                kept = kept.model_copy(update={"rejected_in_review": current.rejected_in_review})
+            tracks.append(kept)
         elif current is not None:
             tracks.append(current)
     return report.model_copy(update={"tracks": tracks})

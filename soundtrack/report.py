@@ -104,6 +104,15 @@ class TakeRecord(_Model):
     reason: str | None = None
 
 
+class ReviewRejection(_Model):
+    """A take a reviewer rejected: the next build of the same spec renders a later take."""
+
+    spec_hash: str
+    take: int
+    seed: int
+    comment: str = ""
+
+
 class StemRecord(_Model):
     """One stem a track asked for; its files are in the track's `files` (`stem` set)."""
 
@@ -135,6 +144,10 @@ class TrackRecord(_Model):
     )
     takes: list[TakeRecord] = Field(
         default_factory=list, description="Every take tried, when the track may re-roll."
+    )
+    rejected_in_review: list[ReviewRejection] = Field(
+        default_factory=list,
+        description="Takes a reviewer rejected (review: required), kept until the spec changes.",
     )
     stems: list[StemRecord] = Field(
         default_factory=list, description="Each stem asked for: published, silent or rejected."

@@ -319,14 +319,17 @@ def with_parent(spec: TrackSpec, parent: ParentAudio) -> TrackSpec:
 
 
 def take(spec: TrackSpec, number: int) -> TrackSpec:
-    """Take `number` of a track (0 is the spec itself): the same spec, rendered with seed +
-    `number` under a generation key of its own; the lock records which take passed."""
-    if number == 0 or spec.generation_key is None:
+    """Take `number` of a track (0 is the spec itself; `spec` may be any take): the same spec,
+    rendered with seed + `number` under a generation key of its own; the lock records which
+    take passed."""
+    if spec.generation_key is None or number == spec.take:
         return spec
-    key = _canonical_hash({"generation_key": spec.generation_key, "take": number})
-    return replace(
-        spec, seed=(spec.seed + number) % (SEED_MAX + 1), take=number, generation_key=key
-    )
+    first = spec.take_of or spec.generation_key
+    seed = (spec.seed - spec.take + number) % (SEED_MAX + 1)
+    if number == 0:
+        return replace(spec, seed=seed, take=0, generation_key=first, take_of=None)
+    key = _canonical_hash({"generation_key": first, "take": number})
+    return replace(spec, seed=seed, take=number, generation_key=key, take_of=first)
 
 
 def _duration_s(track: Track, merged: dict[str, Any], recording_s: float | None) -> float:

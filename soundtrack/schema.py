@@ -385,6 +385,7 @@ class Track(_Overridable):
 
 
 DEFAULT_STORAGE_WAIT_S = 900.0
+DEFAULT_REVIEW_TIMEOUT_S = 4 * 3600.0
 
 
 class Manifest(_Strict):
@@ -426,6 +427,18 @@ class Manifest(_Strict):
         le=24 * 3600,
         description="How long a build waits for another build of this soundtrack to the same "
         "storage to finish before it gives up with exit code 75 (docs/storage.md).",
+    )
+    review: Literal["required", "none"] = Field(
+        default="none",
+        description="required: after the gates and before anything is published, the build "
+        "pauses for a person to approve or reject each track it rendered, in the Prefect UI "
+        "(needs a Prefect server: PREFECT_API_URL; docs/review.md#approval).",
+    )
+    review_timeout_s: float = Field(
+        default=DEFAULT_REVIEW_TIMEOUT_S,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="How long a build waits for the review before it fails with nothing published.",
     )
     tracks: list[Track] = Field(min_length=1, max_length=MAX_TRACKS)
 

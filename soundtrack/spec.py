@@ -151,6 +151,7 @@ class TrackSpec:
     bars: int | None = None  # a loop's length in whole bars; None: the bars nearest duration_s
     attempts: int = 1  # takes to try (re-rolls): a build policy, outside the spec hash
     take: int = 0  # which take this is: take k renders with seed + k
+    take_of: str | None = None  # take 0's generation key, on every later take
     reference: Path | None = None  # a recording the report compares the render with
     stems: tuple[str, ...] = ()  # to separate the approved mix into and publish
     stem_model: str | None = None  # a separator's directory (resolved) or registered name

@@ -1,0 +1,98 @@
+"""The approval step in the Prefect UI: the build flow pauses with a form, one answer per track."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import get_run_logger, pause_flow_run
+from prefect.context import FlowRunContext
+from prefect.exceptions import FlowPauseTimeout
+from prefect.input import RunInput
+from prefect.settings import get_current_settings
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from soundtrack.approval import Candidate, Verdict
+
+# How often the paused flow asks the server whether it was answered.
+POLL_S = 5
+
+
+class Answer(BaseModel):
+    """A reviewer's answer about one track."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"] = Field(
+        description="approve: publish this take; reject: the next build renders the next take."
+    )
+    comment: str = Field(default="", max_length=2000, description="Why (kept in the report).")
+
+
+def review_form(candidates: Sequence[Candidate]) -> type[RunInput]:
+    """The input form: one required answer per track, keyed by track id."""
+    fields: dict[str, Any] = {
+        f"track_{i}": (
+            Answer,
+            Field(alias=c.spec.id, title=c.spec.id, description=_summary(c)),
+        )
+        for i, c in enumerate(candidates)
+    }
+    return create_model("SoundtrackReview", __base__=RunInput, **fields)
+
+
+def ask_in_prefect_ui(
+    candidates: Sequence[Candidate], staging: Path, timeout_s: float
+) -> Mapping[str, Verdict] | None:
+    """Pause this flow run until a reviewer answers its form (None after `timeout_s`)."""
+    logger = get_run_logger()
+    form = review_form(candidates).with_initial_data(description=_description(candidates, staging))
+    logger.warning(
+        "waiting up to %g s for a review of %d track(s): answer at %s",
+        timeout_s,
+        len(candidates),
+        where_to_answer(),
+    )
+    try:
+        answers = pause_flow_run(
+            wait_for_input=form, timeout=round(timeout_s), poll_interval=POLL_S
+        )
+    except FlowPauseTimeout:
+        return None
+    given = answers.model_dump(by_alias=True)
+    return {
+        track_id: Verdict(answer["decision"] == "approve", answer["comment"])
+        for track_id, answer in given.items()
+    }
+
+
+def where_to_answer() -> str:
+    """The flow run's page in the Prefect UI (its id when the UI's address is unknown)."""
+    context = FlowRunContext.get()
+    run_id = context.flow_run.id if context and context.flow_run else "?"
+    ui = get_current_settings().ui_url
+    return f"{ui}/runs/flow-run/{run_id}" if ui else f"flow run {run_id} in the Prefect UI"
+
+
+def _summary(candidate: Candidate) -> str:
+    spec, outcome = candidate.spec, candidate.outcome
+    warned = [g.name for g in outcome.gates if not g.passed]
+    parts = [f"take {spec.take + 1} (seed {spec.seed})", f"{spec.duration_s:g} s"]
+    if spec.variation_of:
+        parts.append(f"variation of {spec.variation_of}")
+    if warned:
+        parts.append(f"warnings: {', '.join(warned)}")
+    return "; ".join(parts)
+
+
+def _description(candidates: Sequence[Candidate], staging: Path) -> str:
+    lines = [
+        f"**{len(candidates)} track(s) passed their gates and wait for you.** Approve or reject "
+        "each; a rejected take is not published and the next build renders the next take.",
+        "",
+        f"Candidate files on the build machine: `{staging}`",
+        "",
+    ]
+    lines += [f"- **{c.spec.id}**: {c.spec.prompt or ''} ({_summary(c)})" for c in candidates]
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""The approval step (`review: required`): a person approves or rejects each track a build
+rendered, after its gates and before anything is published.
+
+The core asks a `Reviewer` (flows/build.py pauses the Prefect flow run for an input form) and
+records each verdict: an approved take publishes as it would have; a rejected one is recorded
+in the lock with the reviewer's comment and its take, so the next build of the same spec renders
+the take after it rather than the same one again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from soundtrack.report import ModelInfo, ReviewRejection, TrackRecord
+from soundtrack.resolve import take
+from soundtrack.spec import TrackSpec
+
+if TYPE_CHECKING:
+    from soundtrack.process import TrackOutcome
+    from soundtrack.stems import StemsOutcome
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A track rendered in this build and approved by its gates, its files still staged."""
+
+    spec: TrackSpec
+    model: ModelInfo | None
+    outcome: TrackOutcome
+    stems: StemsOutcome | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the reviewer said of one candidate."""
+
+    approved: bool
+    comment: str = ""
+
+
+class Reviewer(Protocol):
+    """Asks a person about every candidate (their files are under `staging`); returns a verdict
+    per track id, or None when nobody answered within `timeout_s`."""
+
+    def __call__(
+        self, candidates: Sequence[Candidate], staging: Path, timeout_s: float
+    ) -> Mapping[str, Verdict] | None: ...
+
+
+def first_take(spec: TrackSpec, record: TrackRecord | None) -> TrackSpec:
+    """The take a build renders first: the one after the last a reviewer rejected of this
+    spec (the lock's `record`), else the spec itself."""
+    rejected = [
+        r.take
+        for r in (record.rejected_in_review if record else [])
+        if r.spec_hash == spec.spec_hash
+    ]
+    return take(spec, max(rejected) + 1) if rejected else spec
+
+
+def rejections(
+    spec: TrackSpec, previous: TrackRecord | None, comment: str
+) -> list[ReviewRejection]:
+    """The lock's rejections of this spec, with this take's added."""
+    earlier = [
+        r
+        for r in (previous.rejected_in_review if previous else [])
+        if r.spec_hash == spec.spec_hash
+    ]
+    rejected = ReviewRejection(
+        spec_hash=spec.spec_hash, take=spec.take, seed=spec.seed, comment=comment
+    )
+    return [*earlier, rejected]

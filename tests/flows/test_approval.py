@@ -1,0 +1,171 @@
+"""The approval step (`review: required`) against a real Prefect server: the build pauses after
+the gates with a form, the test answers it through Prefect's API as the UI would, and only what
+the reviewer approved is published; the rejected take is recorded with the comment, and the
+next build renders the next take. Unanswered past its timeout, the build publishes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import soundfile as sf
+
+from tests.prefect_server import PrefectServer
+from tests.reference import sha256_of
+from tests.running import SOUNDTRACK, build, build_runs, statuses
+
+pytestmark = pytest.mark.slow
+
+MANIFEST = """\
+schema: 1
+soundtrack: reviewed
+storage: ./out
+review: required
+review_timeout_s: {timeout}
+defaults: {{duration: 2, formats: [ogg, wav]}}
+tracks:
+  - id: harbour
+    prompt: harbour at dawn, soft strings
+    seed: 21
+  - id: chase
+    prompt: rooftop chase, fast drums
+    seed: 22
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_model_dir: Path, prefect_server: PrefectServer) -> Any:
+    env = {
+        **os.environ,
+        **prefect_server.env,
+        "PREFECT_HOME": str(tmp_path / "prefect-client"),
+        "SOUNDTRACK_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    env.pop("SOUNDTRACK_STORAGE", None)
+    return tmp_path, env, ["--model", str(tiny_model_dir)]
+
+
+def paused_run(api_url: str, since: datetime, process: subprocess.Popen[str]) -> Any:
+    """The build's flow run once it is paused for input (fails if the build ends first)."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[0]
+        runs = [run for run in build_runs(api_url, since) if run.state and run.state.is_paused()]
+        if runs:
+            return runs[0]
+        time.sleep(0.5)
+    raise AssertionError("the build never paused for review")
+
+
+def answer(api_url: str, run: Any, run_input: dict[str, Any]) -> dict[str, Any]:
+    """Resume the paused run with `run_input`, as the UI's form does; returns the form's schema."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as api:
+            keyset = run.state.state_details.run_input_keyset
+            # The form is saved a moment after the pause: wait for it as the UI would.
+            for _ in range(100):
+                schema = api.read_flow_run_input(run.id, keyset["schema"])
+                if schema:
+                    break
+                time.sleep(0.1)
+            response = api.resume_flow_run(run.id, run_input=run_input)
+    assert response.status.value == "ACCEPT", response
+    return json.loads(schema)
+
+
+def test_a_reviewer_approves_one_track_and_rejects_the_other_with_a_comment(
+    project: Any, prefect_server: PrefectServer
+) -> None:
+    workdir, env, args = project
+    (workdir / "m.yaml").write_text(MANIFEST.format(timeout=300))
+    out = workdir / "out" / "reviewed"
+    since = datetime.now(UTC)
+    process = subprocess.Popen(
+        [SOUNDTRACK, "build", "m.yaml", *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        run = paused_run(prefect_server.api_url, since, process)
+        # Paused before anything is published: no lock, no asset, and the storage let go.
+        assert not (out / "soundtrack.lock.json").exists()
+        assert not out.exists() or not list(out.glob("*.ogg"))
+        schema = answer(
+            prefect_server.api_url,
+            run,
+            {
+                "harbour": {"decision": "approve"},
+                "chase": {"decision": "reject", "comment": "too busy under dialogue"},
+            },
+        )
+        output, _ = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    # One field per rendered track, keyed by its id, each a required approve/reject answer.
+    assert set(schema["properties"]) == {"harbour", "chase"}
+    assert set(schema["required"]) == {"harbour", "chase"}
+    assert "answer at" in output and str(run.id) in output, output
+    assert process.returncode == 1, output  # a track was rejected
+
+    lock = json.loads((out / "soundtrack.lock.json").read_text())
+    tracks = {track["id"]: track for track in lock["tracks"]}
+    assert statuses(lock) == {"harbour": "approved", "chase": "rejected"}
+    for entry in tracks["harbour"]["files"]:
+        assert sha256_of(out / f"harbour.{entry['format']}") == entry["sha256"]
+    assert not list(out.glob("chase*")), "a rejected take is not published"
+    assert "too busy under dialogue" in tracks["chase"]["reason"]
+    (rejection,) = tracks["chase"]["rejected_in_review"]
+    assert (rejection["take"], rejection["seed"]) == (0, 22)
+    assert "too busy under dialogue" in output  # the report table says why
+
+    # The next build (review off) renders the next take of the re-roll sequence: seed 23.
+    (workdir / "m.yaml").write_text(MANIFEST.format(timeout=300).replace("review: required\n", ""))
+    rebuilt = build(workdir, env, *args)
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    lock = json.loads((out / "soundtrack.lock.json").read_text())
+    tracks = {track["id"]: track for track in lock["tracks"]}
+    assert statuses(lock) == {"harbour": "cached", "chase": "approved"}
+    assert tracks["chase"]["seed"] == 23
+    assert sf.info(str(out / "chase.wav")).duration == pytest.approx(2.0, abs=0.01)
+
+
+def test_a_review_nobody_answers_times_out_publishing_nothing(
+    project: Any, prefect_server: PrefectServer
+) -> None:
+    workdir, env, args = project
+    (workdir / "m.yaml").write_text(MANIFEST.format(timeout=2))
+    result = build(workdir, env, *args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "nobody answered the review within 2 s" in result.stdout + result.stderr
+    out = workdir / "out" / "reviewed"
+    assert not (out / "soundtrack.lock.json").exists()
+    published = [p.name for p in out.rglob("*.*") if p.suffix in (".ogg", ".wav", ".json", ".png")]
+    assert not published
+
+
+def test_review_without_a_prefect_server_is_refused_before_anything_runs(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    (tmp_path / "m.yaml").write_text(MANIFEST.format(timeout=60))
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    for command in (["validate", "m.yaml"], ["build", "m.yaml", "--model", str(tiny_model_dir)]):
+        result = subprocess.run(
+            [SOUNDTRACK, *command], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "PREFECT_API_URL" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
