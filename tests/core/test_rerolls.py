@@ -142,3 +142,29 @@ def test_a_gate_no_take_passes_rejects_the_track_after_exactly_its_attempts(
     ]
     assert len(renders(project)) == 3
     assert not list((project / "out" / "rolls").glob("battle.*"))
+
+
+def test_any_take_leads_to_the_same_takes_as_the_first_and_a_review_rejection_skips_ahead() -> None:
+    from soundtrack.approval import first_take, rejections
+    from soundtrack.report import TrackRecord
+    from soundtrack.resolve import take
+    from tests.specs import make_spec
+
+    first = make_spec(seed=40, generation_key="g" * 64)
+    third = take(first, 2)
+    assert (third.seed, third.take, third.take_of) == (42, 2, first.generation_key)
+    # From the third take, the second and the first are the ones take() makes from the first.
+    assert take(third, 1) == take(first, 1)
+    assert take(third, 0) == first
+    assert len({take(first, k).generation_key for k in range(4)}) == 4
+
+    # A take a reviewer rejected is skipped by the next build of the same spec only.
+    record = TrackRecord(
+        id=first.id,
+        status="rejected",
+        spec_hash=first.spec_hash,
+        rejected_in_review=rejections(third, None, "too loud"),
+    )
+    assert first_take(first, record) == take(first, 3)
+    assert first_take(make_spec(seed=40, generation_key="h" * 64, prompt="other"), record).take == 0
+    assert first_take(first, None) == first
