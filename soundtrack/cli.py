@@ -898,3 +898,65 @@ def gc(
         f"{kept} not ours, kept",
         highlight=False,
     )
+
+
+# --- review (issue 18) ---
+
+
+@app.command()
+def review(
+    storage_url: Annotated[
+        str,
+        typer.Argument(
+            help="Where the soundtrack is published: a folder, s3://bucket or s3://bucket/prefix.",
+            show_default=False,
+        ),
+    ],
+    soundtrack: Annotated[
+        str, typer.Option(help="The soundtrack to review (its name in the manifest).")
+    ],
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the page in the default web browser.")
+    ] = False,
+    port: Annotated[
+        int, typer.Option(help="Port on 127.0.0.1; 0 picks a free one.", min=0, max=65535)
+    ] = 0,
+) -> None:
+    """Serve a soundtrack's review page on 127.0.0.1 until Ctrl-C: a player for every file,
+    the sample-exact loop player, stems in sync, gates, analysis and licences.
+
+    The server reads the lock and the files it names from the storage itself (S3 with its own
+    credentials), so the page holds no credentials and no presigned links; nothing outside the
+    lock is served. Prints the page's URL. Exit 0 when stopped with Ctrl-C, 1 when the storage
+    fails, 2 for bad input (no such soundtrack there, a malformed storage URL, a port in use).
+    """
+    import tempfile
+    import webbrowser
+
+    from soundtrack.review_server import HOST, ReviewSite, make_server
+    from soundtrack.storage import open_storage
+    from soundtrack.storage.base import check_name
+
+    with tempfile.TemporaryDirectory(prefix="soundtrack-review-") as cache:
+        try:
+            check_name("soundtrack", soundtrack)
+            storage = open_storage(storage_url, base_dir=Path.cwd())
+            site = ReviewSite(storage, soundtrack, Path(cache))
+            site.load()  # a missing or unreadable lock fails here, not in the browser
+            try:
+                server = make_server(site, port)
+            except OSError as exc:
+                raise InputError(f"cannot serve on {HOST}:{port}: {exc.strerror or exc}") from None
+        except SoundtrackError as exc:
+            fail(exc)
+        url = f"http://{HOST}:{server.server_port}/"
+        typer.echo(f"review page of {soundtrack}: {url}")
+        err_console.print("serving until Ctrl-C", highlight=False)
+        if open_browser:
+            webbrowser.open(url)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            err_console.print("stopped", highlight=False)
+        finally:
+            server.server_close()

@@ -165,5 +165,14 @@ def publish(
 
 
 def write_index(soundtrack: str, lock: bytes, storage_url: str, base_dir: str) -> str:
-    """Replace the soundtrack's lock file: the last write of a build."""
-    return open_storage(storage_url, base_dir=Path(base_dir)).write_index(soundtrack, lock)
+    """Replace the soundtrack's lock file, then its review page made from that lock: the last
+    writes of a build. Returns the lock's URI."""
+    from soundtrack.report import BuildReport
+    from soundtrack.review import review_page
+
+    storage = open_storage(storage_url, base_dir=Path(base_dir))
+    uri = storage.write_index(soundtrack, lock)
+    folder = storage.review_key(soundtrack).rpartition("/")[0] + "/"
+    page = review_page(BuildReport.model_validate_json(lock), folder=folder)
+    storage.write_review(soundtrack, page.encode())
+    return uri

@@ -17,6 +17,7 @@ COMMANDS = [
     ["compare"],
     ["build"],
     ["gc"],
+    ["review"],
     ["models"],
     ["models", "make-tiny"],
 ]

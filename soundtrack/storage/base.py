@@ -13,6 +13,7 @@ from typing import Protocol
 from soundtrack.errors import InputError, StorageError
 
 INDEX_NAME = "soundtrack.lock.json"
+REVIEW_NAME = "review.html"  # the review page, beside the lock (soundtrack/review.py)
 RENDERS_FOLDER = ".renders"  # raw renders handed from render-pool machines to the build
 # S3 and SigV4 cap presigned URLs at seven days.
 MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
@@ -85,6 +86,12 @@ class Storage(Protocol):
 
     def write_index(self, soundtrack: str, data: bytes) -> str:
         """Replace the soundtrack's lock file in one step; returns its URI."""
+
+    def review_key(self, soundtrack: str) -> str:
+        """Where the soundtrack's review page lies: beside its lock."""
+
+    def write_review(self, soundtrack: str, data: bytes) -> str:
+        """Replace the soundtrack's review page in one step, after its lock; returns its URI."""
 
     def presign(self, key: str, expires_s: int = MAX_PRESIGN_EXPIRY_S) -> str:
         """A link that fetches `key` without credentials (a file:// URI for a folder)."""

@@ -18,6 +18,7 @@ from soundtrack.storage.base import (
     INDEX_NAME,
     MAX_PRESIGN_EXPIRY_S,
     RENDERS_FOLDER,
+    REVIEW_NAME,
     Garbage,
     PublishedFile,
     check_expiry,
@@ -125,6 +126,17 @@ class LocalStorage:
             raise _error(f"cannot write {target}", exc) from None
         return target.as_uri()
 
+    def review_key(self, soundtrack: str) -> str:
+        """<soundtrack>/review.html, beside the lock."""
+        check_name("soundtrack", soundtrack)
+        return f"{soundtrack}/{REVIEW_NAME}"
+
+    def write_review(self, soundtrack: str, data: bytes) -> str:
+        """Replace <root>/<soundtrack>/review.html by a rename; returns its file URI."""
+        target = self._path(self.review_key(soundtrack))
+        _write_atomically(target, data=data)
+        return target.as_uri()
+
     def hold(
         self, soundtrack: str, *, wait_s: float, on_wait: Callable[[str], None]
     ) -> AbstractContextManager[None]:
@@ -171,7 +183,9 @@ class LocalStorage:
                 f"no index at {folder / INDEX_NAME}: nothing tells which files are in use"
             )
         referenced = index_keys(data, str(folder / INDEX_NAME))
-        in_use = referenced | {f"{soundtrack}/{INDEX_NAME}", f"{soundtrack}/{JOURNAL_NAME}"}
+        # The lock, the journal and the review page are the soundtrack's own, never garbage.
+        own = (INDEX_NAME, JOURNAL_NAME, REVIEW_NAME)
+        in_use = referenced | {f"{soundtrack}/{name}" for name in own}
         written = self._read_journal(soundtrack)
         ours: list[str] = []
         kept: list[str] = []

@@ -35,6 +35,7 @@ from soundtrack.storage.base import (
     INDEX_NAME,
     MAX_PRESIGN_EXPIRY_S,
     RENDERS_FOLDER,
+    REVIEW_NAME,
     Garbage,
     PublishedFile,
     check_expiry,
@@ -248,6 +249,22 @@ class S3Storage:
         lease = held_lease(self.endpoint, self.bucket, self._lease_key(soundtrack))
         if lease is not None:
             lease.confirm()
+        return self._replace(key, data, content_type="application/json")
+
+    def review_key(self, soundtrack: str) -> str:
+        """<prefix>/<soundtrack>/review.html, beside the lock."""
+        check_name("soundtrack", soundtrack)
+        return f"{self.prefix}{soundtrack}/{REVIEW_NAME}"
+
+    def write_review(self, soundtrack: str, data: bytes) -> str:
+        """Replace the review page in one PUT (it changes with every lock), verified."""
+        return self._replace(
+            self.review_key(soundtrack), data, content_type="text/html; charset=utf-8"
+        )
+
+    def _replace(self, key: str, data: bytes, *, content_type: str) -> str:
+        """One PUT of a small mutable object (the lock, the review page), never cached by a
+        CDN, verified by the server's checksum; returns its URI."""
         digest = hashlib.sha256(data).hexdigest()
         try:
             self._client.put_object(
@@ -255,7 +272,7 @@ class S3Storage:
                 Key=key,
                 Body=data,
                 ChecksumAlgorithm="SHA256",
-                ContentType="application/json",
+                ContentType=content_type,
                 CacheControl=INDEX_CACHE_CONTROL,
                 Metadata={SHA256_METADATA: digest},
             )
@@ -295,6 +312,8 @@ class S3Storage:
         journal record proves we put them there and the server's checksum still matches, else
         kept. The records of what is ours (or no longer there) are ours too, listed last."""
         index_key, lease_key = self._index_key(soundtrack), self._lease_key(soundtrack)
+        # The lock, the lease and the review page are the soundtrack's own, never garbage.
+        own = (index_key, lease_key, self.review_key(soundtrack))
         data = self.read_index(soundtrack)
         if data is None:
             raise InputError(
@@ -313,7 +332,7 @@ class S3Storage:
         candidates: list[str] = []
         kept: list[str] = list(nested)
         for key in found:
-            if key in (index_key, lease_key) or key in referenced or key.startswith(tuple(nested)):
+            if key in own or key in referenced or key.startswith(tuple(nested)):
                 continue
             recorded = self._recorded(folder, key)
             if recorded is not None:
@@ -343,7 +362,7 @@ class S3Storage:
             bool(records),
             # Records last: a record gone before its object only leaves that object kept.
             ours=sorted(ours) + sorted(spent),
-            kept=folded(folder, kept, [*referenced, index_key, journal, *records]),
+            kept=folded(folder, kept, [*referenced, *own, journal, *records]),
         )
 
     def delete(self, keys: Sequence[str]) -> None:

@@ -181,6 +181,22 @@ def test_index_is_none_until_written_and_replaced_whole(backend: Backend) -> Non
     assert storage.soundtracks() == [SOUNDTRACK]
 
 
+def test_the_review_page_lies_beside_the_lock_replaced_whole_and_is_never_garbage(
+    backend: Backend, assets: list[Asset]
+) -> None:
+    storage = backend.storage
+    publish(storage, SOUNDTRACK, assets)
+    key = storage.review_key(SOUNDTRACK)
+    assert key == f"{backend.root}{SOUNDTRACK}/review.html"
+    uri = storage.write_review(SOUNDTRACK, b"<p>build 1</p>")
+    storage.write_review(SOUNDTRACK, b"<p>build 2</p>")
+    assert uri == backend.uri(key)
+    assert backend.stored(key) == b"<p>build 2</p>"
+    assert [k for k in backend.listing() if "review" in k] == [key], "no temporary file left"
+    garbage = storage.unreferenced(SOUNDTRACK)
+    assert key not in garbage.ours + garbage.kept, "gc neither deletes nor lists it"
+
+
 def test_fetch_brings_a_verified_copy_and_refuses_other_content(
     backend: Backend, assets: list[Asset], tmp_path: Path
 ) -> None:

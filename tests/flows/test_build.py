@@ -143,7 +143,7 @@ def test_killed_build_resumes_without_partial_or_duplicate_files(project: Any) -
     lock = json.loads((out / "soundtrack.lock.json").read_text())
     assert set(statuses(lock).values()) == {"approved"}
     published = {p.name for p in out.iterdir()}
-    assert published == {"soundtrack.lock.json", "soundtrack.journal.jsonl"} | {
+    assert published == {"soundtrack.lock.json", "soundtrack.journal.jsonl", "review.html"} | {
         f"cue-{n}.{ext}" for n in range(4) for ext in ("ogg", "mp3", "json", "png")
     }, "no partial, temporary or duplicate files"
     for track in lock["tracks"]:

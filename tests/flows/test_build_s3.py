@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from soundtrack.storage.base import REVIEW_NAME
 from soundtrack.storage.lease import LEASE_NAME
 from tests.faultproxy import FaultProxy, Seen
 from tests.prefect_server import PrefectServer
@@ -55,9 +56,9 @@ def lock_entries(lock: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def published(key: str) -> bool:
-    """Not one of the build's own records: the write journal's or the build lease
-    (docs/storage.md)."""
-    return "/.journal/" not in key and not key.endswith(f"/{LEASE_NAME}")
+    """Not one of the build's own records: the write journal's, the build lease or the review
+    page written after the lock (docs/storage.md, docs/review.md)."""
+    return "/.journal/" not in key and not key.endswith((f"/{LEASE_NAME}", f"/{REVIEW_NAME}"))
 
 
 def listed(client: Any, bucket: str) -> set[str]:

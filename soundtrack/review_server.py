@@ -1,0 +1,239 @@
+"""`soundtrack review`: the review page and the files its lock names, served on 127.0.0.1.
+
+The server reads from the storage with its own access (a folder, or S3 with its credentials), so
+the page holds relative links only: no credentials and no presigned links reach the browser.
+Files are fetched once into a cache folder, verified against the lock's sha256, and served with
+byte ranges (browsers seek audio and read its duration through them).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
+
+from soundtrack.errors import InputError, SoundtrackError, StorageError
+from soundtrack.redaction import redact
+from soundtrack.report import BuildReport, parse_lock
+from soundtrack.review import ServedFile, content_security_policy, review_page, served_files
+from soundtrack.storage import Storage
+
+HOST = "127.0.0.1"  # never another interface: the server reads storage with its own credentials
+_BLOCK_BYTES = 1 << 16
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_CONTENT_TYPES = {
+    "ogg": "audio/ogg",
+    "mp3": "audio/mpeg",
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+    "png": "image/png",
+    "json": "application/json",
+}
+
+
+class Unsatisfiable(ValueError):
+    """A Range header that selects no byte of the file (HTTP 416)."""
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single `bytes=` range (RFC 9110 §14.1.2); None: send the whole
+    file (no header, several ranges, or a malformed one, which a server may ignore)."""
+    match = _RANGE.fullmatch(header.strip()) if header else None
+    if match is None or not any(match.groups()):
+        return None
+    first, last = match.groups()
+    if not first:  # a suffix: the last N bytes
+        if int(last) == 0:
+            raise Unsatisfiable(header)
+        return max(0, size - int(last)), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise Unsatisfiable(header)
+    return start, end
+
+
+class RequestError(Exception):
+    """An HTTP error status with a one-line reason."""
+
+    def __init__(self, status: HTTPStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass
+class ReviewSite:
+    """One soundtrack's page and files, read from its storage."""
+
+    storage: Storage
+    soundtrack: str
+    cache: Path  # fetched files, named by sha256
+    _files: dict[str, ServedFile] = field(default_factory=dict)
+    _loaded: bool = False
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+    _fetching: dict[str, threading.Lock] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> str:
+        """The key prefix of the lock's folder, where the page lies (ending in '/')."""
+        return self.storage.review_key(self.soundtrack).rpartition("/")[0] + "/"
+
+    def load(self) -> BuildReport:
+        """The lock as it is now; what it names becomes what may be served."""
+        report = parse_lock(self.storage.read_index(self.soundtrack))
+        if report is None:
+            raise InputError(
+                f"no lock for soundtrack {self.soundtrack!r} in {self.storage.url}: "
+                "nothing was published there under that name"
+            )
+        with self._guard:
+            self._files, self._loaded = served_files(report), True
+        return report
+
+    def page(self) -> bytes:
+        """The review page of the current lock."""
+        return review_page(self.load(), folder=self.folder).encode()
+
+    def file(self, relative: str) -> tuple[Path, str]:
+        """The cached, verified copy of the file at `relative` (below the page) and its
+        content type; RequestError unless the lock names it."""
+        if not self._loaded:
+            self.load()
+        with self._guard:
+            served = self._files.get(self.folder + relative)
+            if served is None:
+                raise RequestError(HTTPStatus.NOT_FOUND, f"{relative} is not in the lock")
+            fetching = self._fetching.setdefault(served.sha256, threading.Lock())
+        path = self.cache / served.sha256
+        with fetching:  # one download per file, however many range requests ask at once
+            if not path.is_file():
+                self.storage.fetch(served.key, path, sha256=served.sha256)
+        kind = _CONTENT_TYPES.get(served.key.rpartition(".")[2], "application/octet-stream")
+        return path, kind
+
+
+def relative_path(target: str) -> str:
+    """The path below the page a request names ('' for the page); RequestError(400) for one
+    that could leave the folder ('..', '.', empty segments, backslashes, NUL)."""
+    # Not urlsplit: it would read '//host/...' as a host name, not as an empty segment.
+    path = unquote(target.partition("?")[0].partition("#")[0]).removeprefix("/")
+    if path in ("", "review.html"):
+        return ""
+    segments = path.split("/")
+    if "\\" in path or "\x00" in path or any(s in ("", ".", "..") for s in segments):
+        raise RequestError(HTTPStatus.BAD_REQUEST, "a path inside the soundtrack's folder only")
+    return path
+
+
+def make_server(site: ReviewSite, port: int) -> ThreadingHTTPServer:
+    """A server for `site` bound to 127.0.0.1:`port` (0: a free port), not yet serving."""
+
+    class Handler(_Handler):
+        review = site
+
+    server = ThreadingHTTPServer((HOST, port), Handler)
+    server.daemon_threads = True
+    Handler.review_port = server.server_port
+    return server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    review: ReviewSite
+    review_port: int
+    protocol_version = "HTTP/1.1"  # keep-alive: a player's range requests reuse one connection
+    server_version = "soundtrack-review"
+
+    def do_GET(self) -> None:
+        self._respond(body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(body=False)
+
+    def _respond(self, *, body: bool) -> None:
+        try:
+            self._check_host()
+            relative = relative_path(self.path)
+            if relative:
+                self._send_file(*self.review.file(relative), body=body)
+            else:
+                self._send_page(self.review.page(), body=body)
+        except RequestError as exc:
+            self._send_error(exc.status, str(exc), body=body)
+        except StorageError as exc:
+            self._send_error(HTTPStatus.BAD_GATEWAY, redact(str(exc)), body=body)
+        except SoundtrackError as exc:
+            self._send_error(HTTPStatus.INTERNAL_SERVER_ERROR, redact(str(exc)), body=body)
+        except ConnectionError:
+            pass  # the browser dropped a request it no longer needs (seeking does that)
+
+    def _check_host(self) -> None:
+        # A page on another site whose name resolves to 127.0.0.1 (DNS rebinding) would send its
+        # own host name: refused, so no other site can read the storage through this server.
+        port = self.review_port
+        if self.headers.get("Host") not in (f"{HOST}:{port}", f"localhost:{port}"):
+            raise RequestError(HTTPStatus.FORBIDDEN, "serves 127.0.0.1 and localhost only")
+
+    def _send_page(self, page: bytes, *, body: bool) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(page)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Security-Policy", content_security_policy())
+        self.end_headers()
+        if body:
+            self.wfile.write(page)
+
+    def _send_file(self, path: Path, content_type: str, *, body: bool) -> None:
+        size = path.stat().st_size
+        try:
+            wanted = byte_range(self.headers.get("Range"), size)
+        except Unsatisfiable:
+            self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        first, last = wanted or (0, size - 1)
+        self.send_response(HTTPStatus.PARTIAL_CONTENT if wanted else HTTPStatus.OK)
+        if wanted:
+            self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(last - first + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        if not body:
+            return
+        with path.open("rb") as source:
+            source.seek(first)
+            left = last - first + 1
+            while left > 0:
+                block = source.read(min(_BLOCK_BYTES, left))
+                if not block:
+                    break
+                self.wfile.write(block)
+                left -= len(block)
+
+    def _send_error(self, status: HTTPStatus, reason: str, *, body: bool) -> None:
+        text = f"{status.value} {status.phrase}: {reason}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        if body:
+            self.wfile.write(text)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # Successful requests are many (every seek is one); only refusals are worth a line.
+        if isinstance(code, int) and code >= 400:
+            sys.stderr.write(f"{self.command} {self.path}: {code}\n")
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Silence the default per-request log (log_request prints what matters)."""

@@ -1,0 +1,288 @@
+"""The review page and its server, without a browser: hostile values stay text, the page holds
+no credentials or links but relative ones, and the server sends only what the lock names."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from typer.testing import CliRunner
+
+from soundtrack.cli import app
+from soundtrack.report import BuildReport, FileRecord, ModelInfo, PictureRecord, TrackRecord
+from soundtrack.review import review_page
+from soundtrack.review_server import ReviewSite, byte_range, make_server
+from soundtrack.storage import LocalStorage, Storage, open_storage
+
+if TYPE_CHECKING:
+    from tests.s3server import SeaweedServer
+
+SOUNDTRACK = "sky"
+HOSTILE_ID = '"><img src=x onerror=alert(1)>'
+HOSTILE_PROMPT = "</script><script>alert('prompt')</script><!--"
+SIGNED = "https://bucket.example/sky/loop.ogg?X-Amz-Signature=deadbeefsecret"
+
+
+class Elements(HTMLParser):
+    """Every start tag with its attributes, and the text of each <script>, as a browser's
+    parser reads them (the standard library's parser, not the page's own code)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.scripts: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        self._in_script = tag == "script"
+        if self._in_script:
+            self.scripts.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.scripts[-1] += data
+
+
+def parsed(page: str) -> Elements:
+    parser = Elements()
+    parser.feed(page)
+    return parser
+
+
+def record(key: str, data: bytes, fmt: str, **extra: object) -> FileRecord:
+    return FileRecord(
+        format=fmt,
+        key=key,
+        uri=f"s3://bucket/{key}",
+        sha256=hashlib.sha256(data).hexdigest(),
+        bytes=len(data),
+        duration_s=4.0,
+        sample_rate=44100,
+        channels=2,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def report_of(tracks: list[TrackRecord]) -> BuildReport:
+    return BuildReport(soundtrack=SOUNDTRACK, storage="s3://bucket/games", tracks=tracks)
+
+
+def test_hostile_ids_prompts_and_reasons_stay_text() -> None:
+    track = TrackRecord(
+        id=HOSTILE_ID,
+        status="rejected",
+        spec_hash="abc",
+        prompt=HOSTILE_PROMPT,
+        reason="<b>loud</b> & clipped",
+        analysis={"<i>key</i>": "<u>C major</u>"},
+        model=ModelInfo(id="m<script>", revision="r", license="<a href=x>MIT</a>"),
+    )
+    page = review_page(report_of([track]), folder="games/sky/")
+    elements = parsed(page)
+
+    assert [t for t, _ in elements.tags if t in ("img", "b", "i", "u", "a")] == []
+    assert [a for t, a in elements.tags if t == "script"] == [
+        {"type": "application/json", "id": "review-data"},
+        {},
+    ], "our two script elements, no injected one"
+    for text in (HOSTILE_ID, HOSTILE_PROMPT, "<b>loud</b> & clipped", "<a href=x>MIT</a>"):
+        assert text not in page
+        assert html.escape(text) in page
+    data = json.loads(elements.scripts[0])
+    assert list(data["tracks"]) == [HOSTILE_ID], "the data block round-trips the id"
+
+
+def test_links_are_relative_and_no_signed_link_or_uri_reaches_the_page() -> None:
+    ogg = record("games/sky/loop/abc.ogg", b"ogg", "ogg", url=SIGNED, loop_start=0)
+    wav = record("games/sky/loop/abc.wav", b"wav", "wav", loop_start=100, loop_length=88200)
+    picture = PictureRecord(
+        key="games/sky/loop/abc.png",
+        uri="s3://bucket/games/sky/loop/abc.png",
+        sha256="0" * 64,
+        bytes=3,
+        width_px=1600,
+        height_px=900,
+        url=SIGNED,
+    )
+    track = TrackRecord(
+        id="loop", status="approved", spec_hash="abc", files=[ogg, wav], picture=picture
+    )
+    page = review_page(report_of([track]), folder="games/sky/")
+    elements = parsed(page)
+
+    sources = [a["src"] for t, a in elements.tags if t == "audio"]
+    assert sources == ["loop/abc.ogg", "loop/abc.wav"]
+    images = [a for t, a in elements.tags if t == "img"]
+    assert [(i["src"], i["width"], i["height"]) for i in images] == [
+        ("loop/abc.png", "1600", "900")
+    ]
+    assert "X-Amz-Signature" not in page and "s3://" not in page and "https://" not in page
+    loop = json.loads(elements.scripts[0])["tracks"]["loop"]["loop"]
+    assert loop == {
+        "url": "loop/abc.wav",
+        "format": "wav",
+        "sample_rate": 44100,
+        "loop_start": 100,
+        "loop_length": 88200,
+    }, "the lossless file, with the lock's loop points in samples"
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "expected"),
+    [
+        (None, 100, None),
+        ("bytes=0-9", 100, (0, 9)),
+        ("bytes=90-", 100, (90, 99)),
+        ("bytes=-10", 100, (90, 99)),
+        ("bytes=-1000", 100, (0, 99)),
+        ("bytes=95-1000", 100, (95, 99)),
+        ("bytes=0-1,5-9", 100, None),  # several ranges: the whole file is a valid answer
+        ("items=0-9", 100, None),
+    ],
+)
+def test_byte_ranges_follow_rfc_9110(
+    header: str | None, size: int, expected: tuple[int, int] | None
+) -> None:
+    assert byte_range(header, size) == expected
+
+
+class Served:
+    """A review server on a storage, run on a thread for one test."""
+
+    def __init__(self, storage: Storage, cache: Path) -> None:
+        self.site = ReviewSite(storage, SOUNDTRACK, cache)
+        self.server = make_server(self.site, 0)
+        self.port = self.server.server_port
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    def get(self, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+        # http.client sends the path as given: no normalising of '..' as a browser would.
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request("GET", path, headers=headers)
+            reply = connection.getresponse()
+            return reply.status, dict(reply.getheaders()), reply.read()
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Served, bytes]]:
+    root = tmp_path / "assets"
+    audio = bytes(range(256)) * 40
+    (root / SOUNDTRACK).mkdir(parents=True)
+    (root / SOUNDTRACK / "loop.wav").write_bytes(audio)
+    (root / SOUNDTRACK / "notes.txt").write_bytes(b"mix notes")
+    (tmp_path / "outside.txt").write_bytes(b"outside the storage")
+    wav = record(f"{SOUNDTRACK}/loop.wav", audio, "wav")
+    track = TrackRecord(id="loop", status="approved", spec_hash="abc", files=[wav])
+    LocalStorage(str(root), root).write_index(SOUNDTRACK, report_of([track]).to_json().encode())
+    server = Served(LocalStorage(str(root), root), tmp_path / "cache")
+    try:
+        yield server, audio
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+
+
+def test_the_server_sends_the_page_and_byte_ranges_of_files_in_the_lock(
+    served: tuple[Served, bytes],
+) -> None:
+    server, audio = served
+    status, headers, body = server.get("/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "script-src 'sha256-" in headers["Content-Security-Policy"]
+    assert b'src="loop.wav"' in body
+
+    status, headers, body = server.get("/loop.wav", Range="bytes=100-1099")
+    assert status == 206 and body == audio[100:1100]
+    assert headers["Content-Range"] == f"bytes 100-1099/{len(audio)}"
+    assert headers["Accept-Ranges"] == "bytes" and headers["Content-Type"] == "audio/wav"
+    status, _, body = server.get("/loop.wav")
+    assert status == 200 and body == audio
+    status, headers, _ = server.get("/loop.wav", Range=f"bytes={len(audio)}-")
+    assert status == 416 and headers["Content-Range"] == f"bytes */{len(audio)}"
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/notes.txt", 404),  # beside the lock, but not in it
+        ("/soundtrack.lock.json", 404),
+        ("/soundtrack.journal.jsonl", 404),
+        ("/../../outside.txt", 400),
+        ("/%2e%2e/%2e%2e/outside.txt", 400),
+        ("/sub/../loop.wav", 400),
+        ("//etc/passwd", 404),  # http.server reads a leading '//' as '/'; no such key
+    ],
+)
+def test_the_server_refuses_what_the_lock_does_not_name(
+    served: tuple[Served, bytes], path: str, status: int
+) -> None:
+    server, _ = served
+    got, _, body = server.get(path)
+    assert got == status, body
+    assert b"outside the storage" not in body and b"mix notes" not in body
+
+
+def test_the_server_refuses_other_host_names_and_changed_files(
+    served: tuple[Served, bytes], tmp_path: Path
+) -> None:
+    server, _ = served
+    status, _, _ = server.get("/", Host="attacker.example")  # DNS rebinding
+    assert status == 403
+    (tmp_path / "assets" / SOUNDTRACK / "loop.wav").write_bytes(b"changed after the lock")
+    status, _, body = server.get("/loop.wav")
+    assert status == 502 and b"sha256" in body
+
+
+@pytest.mark.slow
+def test_from_s3_the_server_reads_with_its_own_credentials_and_the_page_holds_none(
+    s3_bucket: str, s3_env: SeaweedServer, tmp_path: Path
+) -> None:
+    storage = open_storage(f"s3://{s3_bucket}/games", base_dir=tmp_path)
+    audio = bytes(range(256)) * 40
+    (tmp_path / "loop.wav").write_bytes(audio)
+    key = storage.asset_key(SOUNDTRACK, "loop", "abc123", "wav")
+    sha256 = hashlib.sha256(audio).hexdigest()
+    storage.put_asset(tmp_path / "loop.wav", key, sha256=sha256, content_type="", metadata={})
+    # As `build --report` records it: with a presigned link, which the page must not carry.
+    wav = record(key, audio, "wav", url=storage.presign(key))
+    track = TrackRecord(id="loop", status="approved", spec_hash="abc123", files=[wav])
+    storage.write_index(SOUNDTRACK, report_of([track]).to_json().encode())
+    server = Served(storage, tmp_path / "cache")
+    try:
+        status, _, page = server.get("/")
+        assert status == 200 and b'src="loop/abc123.wav"' in page
+        for secret in (s3_env.access_key, s3_env.secret_key, "X-Amz-", "Signature"):
+            assert secret.encode() not in page
+        status, _, body = server.get("/loop/abc123.wav", Range="bytes=0-99")
+        assert status == 206 and body == audio[:100]
+        assert server.get("/loop/other.wav")[0] == 404
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+
+
+def test_review_of_a_soundtrack_not_published_there_exits_2(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["review", str(tmp_path), "--soundtrack", "nowhere"])
+    assert result.exit_code == 2, result.output
+    assert "no lock for soundtrack 'nowhere'" in result.output
+    result = runner.invoke(app, ["review", str(tmp_path), "--soundtrack", "../up"])
+    assert result.exit_code == 2 and "cannot be part of a storage key" in result.output
