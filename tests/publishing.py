@@ -111,10 +111,16 @@ def track_entries(track: dict[str, Any]) -> list[dict[str, Any]]:
 def folder_problems(folder: Path) -> list[str]:
     """How a published soundtrack folder contradicts its lock: a listed file missing or with
     another sha256, a rejected or failed track's file present, or any file the lock does not
-    account for (a staged copy, a temporary file). Empty when the folder matches its lock."""
+    account for (a staged copy, a temporary file), or a review page that leaves a track out.
+    Empty when the folder matches its lock."""
     lock = json.loads((folder / "soundtrack.lock.json").read_bytes())
     problems = []
     expected = {"soundtrack.lock.json", "soundtrack.journal.jsonl"}
+    review = folder / "review.html"  # the build's page, written after the lock it shows
+    if review.is_file():
+        expected.add(review.name)
+        page = review.read_text()
+        problems += [f"review.html: no {t['id']}" for t in lock["tracks"] if t["id"] not in page]
     for track in lock["tracks"]:
         if track["status"] in ("rejected", "failed"):
             problems += [
