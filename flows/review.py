@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +15,8 @@ from prefect.input import RunInput
 from prefect.settings import get_current_settings
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from soundtrack.approval import Candidate, Verdict
+from soundtrack.approval import Candidate, Verdict, candidates_report
+from soundtrack.review_server import HOST, CandidateSite, make_server
 
 # How often the paused flow asks the server whether it was answered.
 POLL_S = 5
@@ -47,19 +50,25 @@ def ask_in_prefect_ui(
 ) -> Mapping[str, Verdict] | None:
     """Pause this flow run until a reviewer answers its form (None after `timeout_s`)."""
     logger = get_run_logger()
-    form = review_form(candidates).with_initial_data(description=_description(candidates, staging))
-    logger.warning(
-        "waiting up to %g s for a review of %d track(s): answer at %s",
-        timeout_s,
-        len(candidates),
-        where_to_answer(),
-    )
-    try:
-        answers = pause_flow_run(
-            wait_for_input=form, timeout=round(timeout_s), poll_interval=POLL_S
+    first = candidates[0].spec
+    report = candidates_report(candidates, staging, first.soundtrack, "staging")
+    with _serving(CandidateSite(report, staging)) as page_url:
+        description = _description(candidates, staging, page_url)
+        form = review_form(candidates).with_initial_data(description=description)
+        logger.warning(
+            "waiting up to %g s for a review of %d track(s): answer at %s; listen at %s",
+            timeout_s,
+            len(candidates),
+            where_to_answer(),
+            page_url,
         )
-    except FlowPauseTimeout:
-        return None
+        try:
+            answers = pause_flow_run(
+                wait_for_input=form, timeout=round(timeout_s), poll_interval=POLL_S
+            )
+        except FlowPauseTimeout:
+            logger.error("nobody answered the review within %g s: nothing is published", timeout_s)
+            return None
     given = answers.model_dump(by_alias=True)
     return {
         track_id: Verdict(answer["decision"] == "approve", answer["comment"])
@@ -75,6 +84,19 @@ def where_to_answer() -> str:
     return f"{ui}/runs/flow-run/{run_id}" if ui else f"flow run {run_id} in the Prefect UI"
 
 
+@contextmanager
+def _serving(site: CandidateSite) -> Iterator[str]:
+    """The candidates' review page served on 127.0.0.1 while the build waits; its URL."""
+    server = make_server(site, 0)
+    thread = threading.Thread(target=server.serve_forever, name="review-page", daemon=True)
+    thread.start()
+    try:
+        yield f"http://{HOST}:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _summary(candidate: Candidate) -> str:
     spec, outcome = candidate.spec, candidate.outcome
     warned = [g.name for g in outcome.gates if not g.passed]
@@ -86,12 +108,13 @@ def _summary(candidate: Candidate) -> str:
     return "; ".join(parts)
 
 
-def _description(candidates: Sequence[Candidate], staging: Path) -> str:
+def _description(candidates: Sequence[Candidate], staging: Path, page_url: str) -> str:
     lines = [
         f"**{len(candidates)} track(s) passed their gates and wait for you.** Approve or reject "
         "each; a rejected take is not published and the next build renders the next take.",
         "",
-        f"Candidate files on the build machine: `{staging}`",
+        f"Listen to the takes: [{page_url}]({page_url}) (served by the build, on the machine "
+        f"it runs on; the files are staged in `{staging}`).",
         "",
     ]
     lines += [f"- **{c.spec.id}**: {c.spec.prompt or ''} ({_summary(c)})" for c in candidates]

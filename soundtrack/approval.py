@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from soundtrack.report import ModelInfo, ReviewRejection, TrackRecord
+from soundtrack.report import BuildReport, ModelInfo, ReviewRejection, TrackRecord
 from soundtrack.resolve import take
 from soundtrack.spec import TrackSpec
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the storage package imports boto3, which planning (first_take) never needs
     from soundtrack.process import TrackOutcome
     from soundtrack.stems import StemsOutcome
+    from soundtrack.storage import PublishedFile
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,47 @@ def rejections(
         spec_hash=spec.spec_hash, take=spec.take, seed=spec.seed, comment=comment
     )
     return [*earlier, rejected]
+
+
+class StagedFiles:
+    """Candidates described where they are staged, through the same path that publishes them:
+    each file's key is its path below the staging folder, and nothing is copied."""
+
+    def __init__(self, staging: Path) -> None:
+        self.staging = staging
+
+    def asset_key(
+        self, soundtrack: str, track_id: str, spec_hash: str, ext: str, *, stem: str | None = None
+    ) -> str:
+        return ""  # a staged file keeps its own place (put_asset keys it by its path)
+
+    def put_asset(
+        self,
+        path: Path,
+        key: str,
+        *,
+        sha256: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> PublishedFile:
+        from soundtrack.storage import PublishedFile
+
+        relative = path.resolve().relative_to(self.staging.resolve()).as_posix()
+        return PublishedFile(relative, path.as_uri(), sha256, path.stat().st_size, False)
+
+    def presign(self, key: str, expires_s: int = 0) -> str:
+        raise ValueError("staged candidates have no links to sign")
+
+
+def candidates_report(
+    candidates: Sequence[Candidate], staging: Path, soundtrack: str, storage_url: str
+) -> BuildReport:
+    """The candidates as a report whose keys are their staged paths: what the review page of
+    the takes waiting for a reviewer is made from."""
+    from soundtrack.publish import publish_outcome
+
+    staged = StagedFiles(staging)
+    tracks = [
+        publish_outcome(staged, c.spec, c.outcome, model=c.model, stems=c.stems) for c in candidates
+    ]
+    return BuildReport(soundtrack=soundtrack, storage=storage_url, tracks=tracks)

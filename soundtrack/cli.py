@@ -733,6 +733,13 @@ def build(
     result = state.result(raise_on_failure=False)
     if isinstance(result, SoundtrackError):
         fail(result)  # bad input found by the flow (a missing model): exit 2; storage busy: 75
+    from prefect.exceptions import FailedRun
+
+    if isinstance(result, FailedRun):
+        # The server failed the run itself: a review nobody answered in time (the flow's log
+        # said so); nothing was published.
+        err_console.print(f"[red]build failed:[/] {escape(state.message or str(result))}")
+        raise typer.Exit(1)
     if isinstance(result, BaseException):
         raise result  # a bug: in full
     from soundtrack.report import BuildReport, to_junit

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from soundtrack.formats import content_type_for
 from soundtrack.pictures import PICTURE_CONTENT_TYPE, PICTURE_EXT, Picture
@@ -21,7 +22,7 @@ from soundtrack.report import (
 )
 from soundtrack.sidecar import SIDECAR_EXT
 from soundtrack.spec import TrackSpec
-from soundtrack.storage import PublishedFile, Storage
+from soundtrack.storage import PublishedFile
 
 if TYPE_CHECKING:
     from soundtrack.gates import GateResult
@@ -29,6 +30,27 @@ if TYPE_CHECKING:
     from soundtrack.stems import StemsOutcome
 
 PRESIGN_EXPIRY_S = 7 * 24 * 3600
+
+
+class Publisher(Protocol):
+    """What publishing a track needs of a storage (approval.StagedFiles describes staged
+    candidates through the same path)."""
+
+    def asset_key(
+        self, soundtrack: str, track_id: str, spec_hash: str, ext: str, *, stem: str | None = None
+    ) -> str: ...
+
+    def put_asset(
+        self,
+        path: Path,
+        key: str,
+        *,
+        sha256: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> PublishedFile: ...
+
+    def presign(self, key: str, expires_s: int = ...) -> str: ...
 
 
 def track_record(
@@ -64,7 +86,7 @@ def track_record(
 
 
 def publish_outcome(
-    storage: Storage,
+    storage: Publisher,
     spec: TrackSpec,
     outcome: TrackOutcome,
     *,
@@ -154,7 +176,7 @@ def publish_outcome(
 
 
 def _publish_picture(
-    storage: Storage,
+    storage: Publisher,
     spec: TrackSpec,
     picture: Picture,
     stem: str | None,
@@ -181,7 +203,7 @@ def _publish_picture(
     )
 
 
-def _link(storage: Storage, published: PublishedFile, expiry_s: int) -> str | None:
+def _link(storage: Publisher, published: PublishedFile, expiry_s: int) -> str | None:
     """A presigned download link on S3; None for a folder, whose `uri` is the link."""
     return storage.presign(published.key, expiry_s) if published.uri.startswith("s3://") else None
 

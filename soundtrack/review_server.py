@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote
 
 from soundtrack.errors import InputError, SoundtrackError, StorageError
+from soundtrack.hashing import file_sha256
 from soundtrack.redaction import redact
 from soundtrack.report import BuildReport, parse_lock
 from soundtrack.review import ServedFile, content_security_policy, review_page, served_files
@@ -119,6 +121,34 @@ class ReviewSite:
         return path, kind
 
 
+@dataclass(frozen=True)
+class CandidateSite:
+    """The takes waiting for a reviewer: their page, and their files where they are staged."""
+
+    report: BuildReport  # keys are paths below `staging` (approval.candidates_report)
+    staging: Path
+
+    def page(self) -> bytes:
+        return review_page(self.report, folder="").encode()
+
+    def file(self, relative: str) -> tuple[Path, str]:
+        served = served_files(self.report).get(relative)
+        if served is None:
+            raise RequestError(HTTPStatus.NOT_FOUND, f"{relative} is not a candidate's file")
+        path = self.staging / served.key
+        if file_sha256(path) != served.sha256:
+            raise RequestError(HTTPStatus.BAD_GATEWAY, f"{relative} changed since it was judged")
+        return path, _CONTENT_TYPES.get(path.suffix[1:], "application/octet-stream")
+
+
+class Site(Protocol):
+    """A page and the files it links to (a published soundtrack, or candidates)."""
+
+    def page(self) -> bytes: ...
+
+    def file(self, relative: str) -> tuple[Path, str]: ...
+
+
 def relative_path(target: str) -> str:
     """The path below the page a request names ('' for the page); RequestError(400) for one
     that could leave the folder ('..', '.', empty segments, backslashes, NUL)."""
@@ -132,7 +162,7 @@ def relative_path(target: str) -> str:
     return path
 
 
-def make_server(site: ReviewSite, port: int) -> ThreadingHTTPServer:
+def make_server(site: Site, port: int) -> ThreadingHTTPServer:
     """A server for `site` bound to 127.0.0.1:`port` (0: a free port), not yet serving."""
 
     class Handler(_Handler):
@@ -145,7 +175,7 @@ def make_server(site: ReviewSite, port: int) -> ThreadingHTTPServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    review: ReviewSite
+    review: Site
     review_port: int
     protocol_version = "HTTP/1.1"  # keep-alive: a player's range requests reuse one connection
     server_version = "soundtrack-review"

@@ -5,10 +5,13 @@ next build renders the next take. Unanswered past its timeout, the build publish
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import subprocess
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,24 +66,43 @@ def paused_run(api_url: str, since: datetime, process: subprocess.Popen[str]) ->
     raise AssertionError("the build never paused for review")
 
 
-def answer(api_url: str, run: Any, run_input: dict[str, Any]) -> dict[str, Any]:
-    """Resume the paused run with `run_input`, as the UI's form does; returns the form's schema."""
+def form(api_url: str, run: Any) -> tuple[dict[str, Any], str]:
+    """The paused run's input form, as the UI shows it: its JSON schema and its description."""
+    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: api_url}):
-        from prefect.client.orchestration import get_client
+    keyset = run.state.state_details.run_input_keyset
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as api:
+        # The form is saved a moment after the pause: wait for it as the UI would.
+        for _ in range(100):
+            schema, description = (
+                api.read_flow_run_input(run.id, keyset[part]) for part in ("schema", "description")
+            )
+            if schema and description:
+                return json.loads(schema), json.loads(description)
+            time.sleep(0.1)
+    raise AssertionError("the paused run has no input form")
 
-        with get_client(sync_client=True) as api:
-            keyset = run.state.state_details.run_input_keyset
-            # The form is saved a moment after the pause: wait for it as the UI would.
-            for _ in range(100):
-                schema = api.read_flow_run_input(run.id, keyset["schema"])
-                if schema:
-                    break
-                time.sleep(0.1)
-            response = api.resume_flow_run(run.id, run_input=run_input)
+
+def answer(api_url: str, run: Any, run_input: dict[str, Any]) -> None:
+    """Resume the paused run with `run_input`, as the UI's form does."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as api:
+        response = api.resume_flow_run(run.id, run_input=run_input)
     assert response.status.value == "ACCEPT", response
-    return json.loads(schema)
+
+
+def candidate_page(description: str) -> tuple[str, dict[str, bytes]]:
+    """The candidates' review page the form links to, and each OGG it plays, by file name."""
+    (url,) = set(re.findall(r"\((http://127\.0\.0\.1:\d+/)\)", description))
+    page = urllib.request.urlopen(url, timeout=30).read().decode()
+    oggs = {
+        link.rpartition("/")[2]: urllib.request.urlopen(url + link, timeout=30).read()
+        for link in set(re.findall(r'src="([^"]+\.ogg)"', page))
+    }
+    return page, oggs
 
 
 def test_a_reviewer_approves_one_track_and_rejects_the_other_with_a_comment(
@@ -103,7 +125,9 @@ def test_a_reviewer_approves_one_track_and_rejects_the_other_with_a_comment(
         # Paused before anything is published: no lock, no asset, and the storage let go.
         assert not (out / "soundtrack.lock.json").exists()
         assert not out.exists() or not list(out.glob("*.ogg"))
-        schema = answer(
+        schema, description = form(prefect_server.api_url, run)
+        page, oggs = candidate_page(description)
+        answer(
             prefect_server.api_url,
             run,
             {
@@ -130,6 +154,12 @@ def test_a_reviewer_approves_one_track_and_rejects_the_other_with_a_comment(
     (rejection,) = tracks["chase"]["rejected_in_review"]
     assert (rejection["take"], rejection["seed"]) == (0, 22)
     assert "too busy under dialogue" in output  # the report table says why
+    # The form linked to a page of the takes, served while the build waited: the approved
+    # take's file there is the one published.
+    assert "harbour" in page and "chase" in page
+    assert set(oggs) == {"harbour.ogg", "chase.ogg"}
+    ogg = next(f for f in tracks["harbour"]["files"] if f["format"] == "ogg")
+    assert hashlib.sha256(oggs["harbour.ogg"]).hexdigest() == ogg["sha256"]
 
     # The next build (review off) renders the next take of the re-roll sequence: seed 23.
     (workdir / "m.yaml").write_text(MANIFEST.format(timeout=300).replace("review: required\n", ""))
