@@ -56,10 +56,11 @@ schema: setup
 	$(BIN)/soundtrack schema -o manifests/soundtrack.schema.json
 	$(BIN)/soundtrack schema --sidecar -o docs/sidecar.schema.json
 
-# The demo build (tiny model) in the Prefect UI, captured by headless Chromium into docs/img/.
-# Needs the system's chromium (Debian: apt-get install chromium); installs nothing itself.
+# The demo build (tiny model) in the Prefect UI, and a review build's input form, captured by
+# headless Chromium into docs/img/. Needs the system's chromium (Debian: apt-get install
+# chromium); installs nothing itself.
 ui-screenshot: setup
-	$(PY) scripts/ui_screenshot.py docs/img/ui-flow-run.png
+	$(PY) scripts/ui_screenshot.py docs/img/ui-flow-run.png docs/img/ui-review-form.png
 
 clean:
 	rm -rf .work .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,7 @@
-"""Screenshot of a build in the Prefect UI: the demo manifest on a tiny model, a local server,
-headless Chromium. Usage: python scripts/ui_screenshot.py [OUTPUT.png] (make ui-screenshot).
+"""Screenshots of a build in the Prefect UI: the demo manifest on a tiny model, a local server,
+headless Chromium; then a build of one track with --review, paused, and its input form (opened
+with the run page's Resume button, through Playwright). Usage: python scripts/ui_screenshot.py
+[OUTPUT.png [FORM.png]] (make ui-screenshot).
 
 Needs Chromium from the system's packages (Debian/Ubuntu: `sudo apt-get install chromium`);
 installs nothing. Everything else (server home, model, assets) lives in a temporary folder.
@@ -22,6 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DEFAULT_OUTPUT = REPO / "docs" / "img" / "ui-flow-run.png"
+DEFAULT_FORM_OUTPUT = REPO / "docs" / "img" / "ui-review-form.png"
+REVIEWED_TRACK = "victory-sting"  # the shortest of the demo's tracks
+PAUSE_TIMEOUT_S = 300.0
 MANIFEST = REPO / "manifests" / "demo.yaml"
 FLOW_NAME = "build-soundtrack"
 SERVER_START_TIMEOUT_S = 120.0
@@ -81,19 +86,43 @@ def wait_healthy(api_url: str, server: subprocess.Popen[bytes], log: Path) -> No
     sys.exit(f"prefect server did not answer within {SERVER_START_TIMEOUT_S:.0f} s")
 
 
-def latest_build_run(api_url: str) -> str:
-    """The id of the newest build-soundtrack flow run on the server."""
-    body = {"flows": {"name": {"any_": [FLOW_NAME]}}, "sort": "START_TIME_DESC", "limit": 1}
+def build_runs(api_url: str, **state: object) -> list[dict[str, object]]:
+    """The server's build-soundtrack flow runs, newest first (only those in `state`, if given)."""
+    body: dict[str, object] = {
+        "flows": {"name": {"any_": [FLOW_NAME]}},
+        "sort": "START_TIME_DESC",
+    }
+    if state:
+        body["flow_runs"] = {"state": state}
     request = urllib.request.Request(
         f"{api_url}/flow_runs/filter",
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as reply:
-        runs = json.loads(reply.read())
+        runs: list[dict[str, object]] = json.loads(reply.read())
+    return runs
+
+
+def latest_build_run(api_url: str) -> str:
+    """The id of the newest build-soundtrack flow run on the server."""
+    runs = build_runs(api_url)
     if not runs:
         sys.exit(f"no {FLOW_NAME} flow run found on the server")
     return str(runs[0]["id"])
+
+
+def paused_build_run(api_url: str, build: subprocess.Popen[bytes]) -> str:
+    """The id of the build-soundtrack flow run that paused for its review."""
+    deadline = time.monotonic() + PAUSE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if build.poll() is not None:
+            sys.exit(f"the review build exited {build.returncode} before it paused")
+        runs = build_runs(api_url, type={"any_": ["PAUSED"]})
+        if runs:
+            return str(runs[0]["id"])
+        time.sleep(1)
+    sys.exit(f"the review build did not pause within {PAUSE_TIMEOUT_S:.0f} s")
 
 
 def stop(server: subprocess.Popen[bytes]) -> None:
@@ -127,8 +156,30 @@ def screenshot(chromium: str, url: str, output: Path, profile: Path, env: dict[s
     os.replace(partial, output)
 
 
+def screenshot_form(chromium: str, url: str, output: Path) -> None:
+    """Open the paused run's page, press Resume, and capture the input form it opens."""
+    from playwright.sync_api import sync_playwright
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.partial.png")
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="networkidle")
+            page.get_by_role("button", name="Resume").first.click(timeout=30_000)
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_text(REVIEWED_TRACK).first.wait_for(timeout=30_000)
+            page.wait_for_timeout(1500)  # the dialog fades in; capture it opaque
+            page.screenshot(path=str(partial))
+        finally:
+            browser.close()
+    os.replace(partial, output)
+
+
 def main() -> None:
     output = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else DEFAULT_OUTPUT
+    form_output = Path(sys.argv[2]).resolve() if len(sys.argv) > 2 else DEFAULT_FORM_OUTPUT
     chromium = find_chromium()
     with tempfile.TemporaryDirectory(prefix="ui-screenshot-") as folder:
         tmp = Path(folder)
@@ -168,9 +219,23 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}/v2/runs/flow-run/{run_id}?tab=Artifacts"
             print(f"screenshot of {url} ...", flush=True)
             screenshot(chromium, url, output, tmp / "chromium", env)
+            print(f"a build of {REVIEWED_TRACK} with --review, until it pauses ...", flush=True)
+            review = [*build, "--out", str(tmp / "assets"), "--force", "--review"]
+            with (tmp / "review.log").open("wb") as sink:
+                reviewed = subprocess.Popen(
+                    [*review, "--only", REVIEWED_TRACK], env=env, stdout=sink, stderr=sink
+                )
+            try:
+                run_id = paused_build_run(api_url, reviewed)
+                url = f"http://127.0.0.1:{port}/runs/flow-run/{run_id}"
+                print(f"screenshot of the review form at {url} ...", flush=True)
+                screenshot_form(chromium, url, form_output)
+            finally:
+                reviewed.kill()
+                reviewed.wait()
         finally:
             stop(server)
-    print(f"wrote {output}")
+    print(f"wrote {output} and {form_output}")
 
 
 if __name__ == "__main__":
