@@ -26,9 +26,12 @@ demo-offline: setup
 	$(BIN)/soundtrack build manifests/demo.yaml --model .work/tiny-musicgen --out .work/demo-assets \
 		--gate tempo=warn
 
-# pytest exits 5 when it collected nothing: a run that tests nothing must not pass.
+# pytest exits 5 when it collected nothing: a run that tests nothing must not pass. Two
+# workers, one test file each at a time (module fixtures such as a deployed Prefect project
+# stay in one process): most end-to-end tests wait on servers and subprocesses, so two run in
+# about the time of one on two cores.
 test: setup
-	@$(PY) -m pytest; status=$$?; \
+	@$(PY) -m pytest -n 2 --dist loadfile; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 # The inner loop: everything but the end-to-end tests that start servers (Prefect, S3).
