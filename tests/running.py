@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,3 +71,44 @@ def run_artifacts(api_url: str, flow_run_id: Any) -> list[Artifact]:
         return client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
+
+
+def paused_run(api_url: str, since: datetime, ended: Callable[[], object]) -> FlowRun:
+    """The build's flow run once it is paused for its review (fails if `ended()` first)."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert ended() is None, "the build ended before it paused for its review"
+        runs = [run for run in build_runs(api_url, since) if run.state and run.state.is_paused()]
+        if runs:
+            return runs[0]
+        time.sleep(0.5)
+    raise AssertionError("the build never paused for review")
+
+
+def review_form(api_url: str, run: FlowRun) -> tuple[dict[str, Any], str]:
+    """The paused run's input form, as the UI shows it: its JSON schema and its description."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    assert run.state is not None and run.state.state_details.run_input_keyset
+    keyset = run.state.state_details.run_input_keyset
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as api:
+        # The form is saved a moment after the pause: wait for it as the UI would.
+        for _ in range(100):
+            schema, description = (
+                api.read_flow_run_input(run.id, keyset[part]) for part in ("schema", "description")
+            )
+            if schema and description:
+                return json.loads(schema), json.loads(description)
+            time.sleep(0.1)
+    raise AssertionError("the paused run has no input form")
+
+
+def answer(api_url: str, run: FlowRun, run_input: dict[str, Any]) -> None:
+    """Resume the paused run with `run_input`, as the UI's form does."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as api:
+        response = api.resume_flow_run(run.id, run_input=run_input)
+    assert response.status.value == "ACCEPT", response

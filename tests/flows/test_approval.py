@@ -10,7 +10,6 @@ import json
 import os
 import re
 import subprocess
-import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,7 @@ import soundfile as sf
 
 from tests.prefect_server import PrefectServer
 from tests.reference import sha256_of
-from tests.running import SOUNDTRACK, build, build_runs, statuses
+from tests.running import SOUNDTRACK, answer, build, paused_run, review_form, statuses
 
 pytestmark = pytest.mark.slow
 
@@ -54,46 +53,6 @@ def project(tmp_path: Path, tiny_model_dir: Path, prefect_server: PrefectServer)
     return tmp_path, env, ["--model", str(tiny_model_dir)]
 
 
-def paused_run(api_url: str, since: datetime, process: subprocess.Popen[str]) -> Any:
-    """The build's flow run once it is paused for input (fails if the build ends first)."""
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[0]
-        runs = [run for run in build_runs(api_url, since) if run.state and run.state.is_paused()]
-        if runs:
-            return runs[0]
-        time.sleep(0.5)
-    raise AssertionError("the build never paused for review")
-
-
-def form(api_url: str, run: Any) -> tuple[dict[str, Any], str]:
-    """The paused run's input form, as the UI shows it: its JSON schema and its description."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    keyset = run.state.state_details.run_input_keyset
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as api:
-        # The form is saved a moment after the pause: wait for it as the UI would.
-        for _ in range(100):
-            schema, description = (
-                api.read_flow_run_input(run.id, keyset[part]) for part in ("schema", "description")
-            )
-            if schema and description:
-                return json.loads(schema), json.loads(description)
-            time.sleep(0.1)
-    raise AssertionError("the paused run has no input form")
-
-
-def answer(api_url: str, run: Any, run_input: dict[str, Any]) -> None:
-    """Resume the paused run with `run_input`, as the UI's form does."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as api:
-        response = api.resume_flow_run(run.id, run_input=run_input)
-    assert response.status.value == "ACCEPT", response
-
-
 def candidate_page(description: str) -> tuple[str, dict[str, bytes]]:
     """The candidates' review page the form links to, and each OGG it plays, by file name."""
     (url,) = set(re.findall(r"\((http://127\.0\.0\.1:\d+/)\)", description))
@@ -121,11 +80,11 @@ def test_a_reviewer_approves_one_track_and_rejects_the_other_with_a_comment(
         text=True,
     )
     try:
-        run = paused_run(prefect_server.api_url, since, process)
+        run = paused_run(prefect_server.api_url, since, process.poll)
         # Paused before anything is published: no lock, no asset, and the storage let go.
         assert not (out / "soundtrack.lock.json").exists()
         assert not out.exists() or not list(out.glob("*.ogg"))
-        schema, description = form(prefect_server.api_url, run)
+        schema, description = review_form(prefect_server.api_url, run)
         page, oggs = candidate_page(description)
         answer(
             prefect_server.api_url,

@@ -2,7 +2,8 @@
 
 Against a real Prefect server: `prefect deploy --all` from the repository root; a process worker
 runs soundtrack-build and `prefect deployment run ... --watch` exits 0 when every track passes
-and 1 when a gate rejects one; with the render pool on, every generation batch runs as a
+and 1 when a gate rejects one, and a build with its review on pauses on the worker until it is
+answered; with the render pool on, every generation batch runs as a
 render-batch flow run on a second pool's worker and the assets equal a local build's byte for
 byte; the Kubernetes GPU job template is accepted by Prefect and asks for nvidia.com/gpu.
 """
@@ -19,6 +20,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,6 +30,7 @@ import yaml
 
 from tests.prefect_server import PrefectServer
 from tests.reference import sha256_of
+from tests.running import answer, paused_run
 
 pytestmark = pytest.mark.slow
 
@@ -242,23 +245,41 @@ def test_deployed_build_exits_0_when_approved_and_1_when_a_gate_rejects(
 
     good = project(tmp_path / "good", PASSING)
     bad = project(tmp_path / "bad", FAILING)
+    reviewed = project(tmp_path / "reviewed", PASSING)
     pool = prefect_yaml["soundtrack-build"]["work_pool"]["name"]
     worker_env = prefect_env(
         prefect_server, tmp_path / "worker-home", SOUNDTRACK_CACHE_DIR=str(tmp_path / "cache")
     )
     client_env = prefect_env(prefect_server, tmp_path / "client-home")
+    since = datetime.now(UTC)
     with Worker(pool, worker_env, tmp_path / "worker.log") as worker:
-        # Both runs at once: the worker takes them side by side, as a nightly and a CI build.
+        # All at once: the worker takes them side by side, as a nightly and a CI build, and a
+        # build with its review on, which pauses on the worker until the test answers it.
         runs = [
             run_deployment_cli(
                 deployed["soundtrack-build"], {"manifest": str(m), "model": tiny}, client_env
             )
             for m in (good, bad)
         ]
+        review = {"manifest": str(reviewed), "model": tiny, "review": "true"}
+        review_run = run_deployment_cli(deployed["soundtrack-build"], review, client_env)
+        paused = paused_run(prefect_server.api_url, since, review_run.poll)
+        assert not (reviewed.parent / "out" / "nightly" / "soundtrack.lock.json").exists()
+        approve = {"decision": "approve"}
+        answer(prefect_server.api_url, paused, {"harbour": approve, "chase": approve})
         (good_rc, good_log, good_id), (bad_rc, bad_log, bad_id) = map(finished, runs)
+        review_rc, review_log, review_id = finished(review_run)
 
-    assert good_rc == 0, good_log + (tmp_path / "worker.log").read_text()
-    assert bad_rc == 1, bad_log + (tmp_path / "worker.log").read_text()
+    worker_log = (tmp_path / "worker.log").read_text()
+    assert good_rc == 0, good_log + worker_log
+    assert bad_rc == 1, bad_log + worker_log
+    assert review_rc == 0, review_log + worker_log
+    assert review_id == str(paused.id)
+    # The worker's log (the run's, in the UI) says where to answer.
+    ui = prefect_server.api_url.removesuffix("/api")
+    assert f"answer at {ui}/runs/flow-run/{paused.id}" in worker_log, worker_log
+    statuses, _ = published(reviewed.parent / "out" / "nightly")
+    assert statuses == {"harbour": "approved", "chase": "approved"}
     statuses, _ = published(good.parent / "out" / "nightly")
     assert statuses == {"harbour": "approved", "chase": "approved"}
     statuses, _ = published(bad.parent / "out" / "nightly")
