@@ -69,6 +69,13 @@ def _redact_logs() -> None:
 ManifestArg = Annotated[
     Path, typer.Argument(help="The soundtrack manifest (YAML, schema 1).", show_default=False)
 ]
+StorageArg = Annotated[
+    str,
+    typer.Argument(
+        help="Where the soundtrack is published: a folder, s3://bucket or s3://bucket/prefix.",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -847,13 +854,7 @@ def _number(value: float | str | None) -> str:
 
 @app.command()
 def gc(
-    storage_url: Annotated[
-        str,
-        typer.Argument(
-            help="Where the soundtrack is published: a folder, s3://bucket or s3://bucket/prefix.",
-            show_default=False,
-        ),
-    ],
+    storage_url: StorageArg,
     soundtrack: Annotated[
         str | None,
         typer.Option(help="Only this soundtrack (default: every soundtrack with an index there)."),
@@ -912,13 +913,7 @@ def gc(
 
 @app.command()
 def review(
-    storage_url: Annotated[
-        str,
-        typer.Argument(
-            help="Where the soundtrack is published: a folder, s3://bucket or s3://bucket/prefix.",
-            show_default=False,
-        ),
-    ],
+    storage_url: StorageArg,
     soundtrack: Annotated[
         str, typer.Option(help="The soundtrack to review (its name in the manifest).")
     ],
