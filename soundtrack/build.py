@@ -130,11 +130,14 @@ def build(
     executor: Executor,
     observer: Observer | None = None,
     logger: Logger = log,
+    reviewer: Reviewer | None = None,
 ) -> BuildResult:
     """Build a soundtrack: every changed track rendered, mastered, judged, published; the lock
     written last. Bad input raises InputError before anything renders, writes or uploads."""
     prepared = prepare(manifest, options, logger)
-    return run(prepared, options, executor=executor, observer=observer, logger=logger)
+    return run(
+        prepared, options, executor=executor, observer=observer, logger=logger, reviewer=reviewer
+    )
 
 
 def prepare(

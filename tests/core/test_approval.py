@@ -1,0 +1,88 @@
+"""The approval step on the core build, with a reviewer written here: one review of every take
+the build rendered, with the soundtrack's storage let go while it waits; a variation renders
+from its parent's take under review, and a rejected parent takes its variations with it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from soundtrack import models
+from soundtrack.approval import Candidate, Verdict
+from soundtrack.build import Options, ThreadExecutor, build
+from soundtrack.errors import InputError
+from soundtrack.storage import open_storage
+
+
+def manifest(model: Path) -> str:
+    return f"""\
+schema: 1
+soundtrack: vary
+storage: ./out
+review: required
+defaults: {{model: {model}, formats: [ogg], duration: 2}}
+tracks:
+  - id: title-theme
+    prompt: heroic title theme, horns
+  - id: menu
+    prompt: calm menu pads
+  - id: combat-high
+    prompt: fast combat version, drums
+    variation_of: title-theme
+    gates: {{theme: warn}}  # the tiny model renders noise: no melody to share
+"""
+
+
+def test_one_review_of_every_take_with_the_storage_let_go_and_a_rejected_parent_takes_its_variation(
+    tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir))
+    asked: list[list[str]] = []
+
+    def reviewer(
+        candidates: Sequence[Candidate], staging: Path, timeout_s: float
+    ) -> Mapping[str, Verdict]:
+        asked.append([c.spec.id for c in candidates])
+        # Another build could take the storage now: this one let go of it while it waits.
+        storage = open_storage(str(tmp_path / "out"), base_dir=tmp_path)
+        with storage.hold("vary", wait_s=0, on_wait=print):
+            pass
+        # The variation rendered from the parent's staged take, the file that would publish.
+        theme, combat = (c for c in candidates if c.spec.id in ("title-theme", "combat-high"))
+        (ogg,) = theme.outcome.files
+        assert combat.spec.parent_audio is not None
+        assert combat.spec.parent_audio.sha256 == ogg.sha256
+        return {
+            "title-theme": Verdict(False, "the horns are too loud"),
+            "menu": Verdict(True),
+            "combat-high": Verdict(True),
+        }
+
+    models._loaded.clear()
+    result = build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=reviewer)
+
+    assert result.exit_status == 1  # a track was rejected
+    assert len(asked) == 1 and sorted(asked[0]) == ["combat-high", "menu", "title-theme"]
+    out = tmp_path / "out" / "vary"
+    lock = json.loads((out / "soundtrack.lock.json").read_text())
+    tracks = {t["id"]: t for t in lock["tracks"]}
+    assert {t: r["status"] for t, r in tracks.items()} == {
+        "title-theme": "rejected",
+        "menu": "approved",
+        "combat-high": "rejected",
+    }
+    assert tracks["title-theme"]["reason"] == "rejected in review: the horns are too loud"
+    assert "its parent 'title-theme' was rejected" in tracks["combat-high"]["reason"]
+    assert [p.name for p in out.glob("*.ogg")] == ["menu.ogg"]
+
+
+def test_a_core_build_cannot_ask_for_a_review_without_a_reviewer(
+    tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir))
+    with pytest.raises(InputError, match="review: required needs"):
+        build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor())
+    assert not (tmp_path / "out" / "vary").exists()
