@@ -5,7 +5,7 @@ from its parent's take under review, and a rejected parent takes its variations 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,11 +17,11 @@ from soundtrack.errors import InputError
 from soundtrack.storage import open_storage
 
 
-def manifest(model: Path) -> str:
+def manifest(model: Path, storage: str = "./out") -> str:
     return f"""\
 schema: 1
 soundtrack: vary
-storage: ./out
+storage: {storage}
 review: required
 defaults: {{model: {model}, formats: [ogg], duration: 2}}
 tracks:
@@ -36,20 +36,39 @@ tracks:
 """
 
 
+@pytest.fixture(params=["folder", "s3"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Callable[[], list[str]]]:
+    """The manifest's storage, and a listing of every published file name in it."""
+    if request.param == "folder":
+        out = tmp_path / "out"
+        return "./out", lambda: sorted(p.name for p in out.rglob("*") if p.is_file())
+    bucket = request.getfixturevalue("s3_bucket")
+    client = request.getfixturevalue("s3_env").client()
+
+    def listing() -> list[str]:
+        found = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+        return sorted(item["Key"].rpartition("/")[2] for item in found)
+
+    return f"s3://{bucket}/games", listing
+
+
 def test_one_review_of_every_take_with_the_storage_let_go_and_a_rejected_parent_takes_its_variation(
-    tmp_path: Path, tiny_acestep_dir: Path
+    tmp_path: Path, tiny_acestep_dir: Path, where: tuple[str, Callable[[], list[str]]]
 ) -> None:
-    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir))
+    url, listing = where
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir, url))
     asked: list[list[str]] = []
 
     def reviewer(
         candidates: Sequence[Candidate], staging: Path, timeout_s: float
     ) -> Mapping[str, Verdict]:
         asked.append([c.spec.id for c in candidates])
-        # Another build could take the storage now: this one let go of it while it waits.
-        storage = open_storage(str(tmp_path / "out"), base_dir=tmp_path)
+        # Another build could take the storage now: this one let go of it while it waits,
+        # and nothing of the takes is in the storage yet.
+        storage = open_storage(url, base_dir=tmp_path)
         with storage.hold("vary", wait_s=0, on_wait=print):
             pass
+        assert not [name for name in listing() if name.endswith(".ogg")]
         # The variation rendered from the parent's staged take, the file that would publish.
         theme, combat = (c for c in candidates if c.spec.id in ("title-theme", "combat-high"))
         (ogg,) = theme.outcome.files
@@ -66,8 +85,7 @@ def test_one_review_of_every_take_with_the_storage_let_go_and_a_rejected_parent_
 
     assert result.exit_status == 1  # a track was rejected
     assert len(asked) == 1 and sorted(asked[0]) == ["combat-high", "menu", "title-theme"]
-    out = tmp_path / "out" / "vary"
-    lock = json.loads((out / "soundtrack.lock.json").read_text())
+    lock = json.loads(open_storage(url, base_dir=tmp_path).read_index("vary") or b"{}")
     tracks = {t["id"]: t for t in lock["tracks"]}
     assert {t: r["status"] for t, r in tracks.items()} == {
         "title-theme": "rejected",
@@ -76,7 +94,9 @@ def test_one_review_of_every_take_with_the_storage_let_go_and_a_rejected_parent_
     }
     assert tracks["title-theme"]["reason"] == "rejected in review: the horns are too loud"
     assert "its parent 'title-theme' was rejected" in tracks["combat-high"]["reason"]
-    assert [p.name for p in out.glob("*.ogg")] == ["menu.ogg"]
+    # Only the approved track's files were published (S3 names objects by content: by suffix).
+    published = [name for name in listing() if name.endswith((".ogg", ".png"))]
+    assert len(published) == 2, published  # menu's ogg and picture
 
 
 def test_a_core_build_cannot_ask_for_a_review_without_a_reviewer(
