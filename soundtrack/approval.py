@@ -54,11 +54,7 @@ class Reviewer(Protocol):
 def first_take(spec: TrackSpec, record: TrackRecord | None) -> TrackSpec:
     """The take a build renders first: the one after the last a reviewer rejected of this
     spec (the lock's `record`), else the spec itself."""
-    rejected = [
-        r.take
-        for r in (record.rejected_in_review if record else [])
-        if r.spec_hash == spec.spec_hash
-    ]
+    rejected = [r.take for r in _rejected(spec, record)]
     return take(spec, max(rejected) + 1) if rejected else spec
 
 
@@ -66,15 +62,17 @@ def rejections(
     spec: TrackSpec, previous: TrackRecord | None, comment: str
 ) -> list[ReviewRejection]:
     """The lock's rejections of this spec, with this take's added."""
-    earlier = [
-        r
-        for r in (previous.rejected_in_review if previous else [])
-        if r.spec_hash == spec.spec_hash
-    ]
     rejected = ReviewRejection(
         spec_hash=spec.spec_hash, take=spec.take, seed=spec.seed, comment=comment
     )
-    return [*earlier, rejected]
+    return [*_rejected(spec, previous), rejected]
+
+
+def _rejected(spec: TrackSpec, record: TrackRecord | None) -> list[ReviewRejection]:
+    """The takes of this very spec a reviewer rejected, as the lock's `record` lists them."""
+    return [
+        r for r in (record.rejected_in_review if record else []) if r.spec_hash == spec.spec_hash
+    ]
 
 
 class StagedFiles:

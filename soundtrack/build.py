@@ -477,20 +477,17 @@ class _Tracks:
         """Copy an approved parent's staged file (the one its variations render from) into the
         render cache: the staging folder goes, and the file's published key is not committed
         until the lock is. Returns the audio kept, None when no variation waits for it."""
-        staged = sorted(
-            (f for f in outcome.files if f.format in _PARENT_FORMATS),
-            key=lambda f: _PARENT_FORMATS.index(f.format),
-        )
-        if spec.id not in self._waiting or not staged:
+        staged = _parent_file(outcome.files)
+        if spec.id not in self._waiting or staged is None:
             return None
         key = self.checked.storage.asset_key(
-            spec.soundtrack, spec.id, spec.spec_hash, staged[0].format
+            spec.soundtrack, spec.id, spec.spec_hash, staged.format
         )
-        audio = ParentAudio(spec.id, key, staged[0].sha256, staged[0].format)
+        audio = ParentAudio(spec.id, key, staged.sha256, staged.format)
         path = RenderCache(cache_root()).parent_path(audio)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            shutil.copyfile(staged[0].path, tmp)
+            shutil.copyfile(staged.path, tmp)
         return audio
 
     def render(self, batch: list[TrackSpec]) -> None:
@@ -725,15 +722,24 @@ _PARENT_FORMATS = ("wav", "flac", "ogg", "mp3")
 
 def _parent_audio(parent: TrackRecord) -> ParentAudio | None:
     """The published file a variation of `parent` renders from; None when it has none."""
-    if not parent.usable:
+    chosen = _parent_file(parent.files) if parent.usable else None
+    if chosen is None:
         return None
-    files = sorted(
-        (f for f in parent.files if f.format in _PARENT_FORMATS),
-        key=lambda f: _PARENT_FORMATS.index(f.format),
-    )
-    if not files:
-        return None
-    return ParentAudio(parent.id, files[0].key, files[0].sha256, files[0].format)
+    return ParentAudio(parent.id, chosen.key, chosen.sha256, chosen.format)
+
+
+class _Formatted(Protocol):
+    @property
+    def format(self) -> str: ...
+
+
+F = TypeVar("F", bound=_Formatted)
+
+
+def _parent_file(files: Sequence[F]) -> F | None:
+    """Of a track's files (published or staged), the one its variations render from."""
+    usable = [f for f in files if f.format in _PARENT_FORMATS]
+    return min(usable, key=lambda f: _PARENT_FORMATS.index(f.format), default=None)
 
 
 def _take_label(spec: TrackSpec) -> str:

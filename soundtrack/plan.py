@@ -70,15 +70,12 @@ def is_published(record: TrackRecord, spec: TrackSpec, storage: Storage) -> bool
     """True when the lock approved this exact spec and every file (its sidecar and pictures
     too) is there with its checksum. A track published before sidecars existed is published
     again; one published before pictures existed keeps being served without them."""
-    pictures = [record.picture, *(stem.picture for stem in record.stems)]
     return (
         record.usable
         and record.spec_hash == spec.spec_hash
         and {f.format for f in record.files if f.stem is None} == set(spec.formats)
         and record.sidecar is not None
-        and storage.has_asset(record.sidecar.key, record.sidecar.sha256)
-        and all(storage.has_asset(f.key, f.sha256) for f in record.files)
-        and all(storage.has_asset(p.key, p.sha256) for p in pictures if p is not None)
+        and all(storage.has_asset(f.key, f.sha256) for f in record.stored_files())
     )
 
 

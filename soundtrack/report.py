@@ -162,6 +162,12 @@ class TrackRecord(_Model):
         default=None, description="sha256 of the parent's published file it was rendered from."
     )
 
+    def stored_files(self) -> list[FileRecord | SidecarRecord | PictureRecord]:
+        """Every object this entry names in storage: its audio (stems' too), its sidecar and
+        its pictures."""
+        others = [self.sidecar, self.picture, *(stem.picture for stem in self.stems)]
+        return [*self.files, *(entry for entry in others if entry is not None)]
+
     @property
     def usable(self) -> bool:
         """Approved now or earlier: its files are published and referenced by the lock."""

@@ -13,10 +13,13 @@ import html
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from soundtrack.report import BuildReport, FileRecord, PictureRecord, TrackRecord
+
+if TYPE_CHECKING:
+    from soundtrack.storage import Storage
 
 # Lossless first, its samples are the lock's; then the ogg (an mp3's encoder delay shifts loops).
 _LOOP_SOURCES = ("wav", "flac", "ogg")
@@ -33,13 +36,17 @@ class ServedFile:
 
 def served_files(report: BuildReport) -> dict[str, ServedFile]:
     """Every key the lock references (audio, sidecars, pictures) -> what it must hash to."""
-    files: dict[str, ServedFile] = {}
-    for track in report.tracks:
-        records = [*track.files, track.sidecar, track.picture, *(s.picture for s in track.stems)]
-        for record in records:
-            if record is not None:
-                files[record.key] = ServedFile(record.key, record.sha256)
-    return files
+    return {
+        stored.key: ServedFile(stored.key, stored.sha256)
+        for track in report.tracks
+        for stored in track.stored_files()
+    }
+
+
+def page_folder(storage: Storage, soundtrack: str) -> str:
+    """The key prefix of the folder where `soundtrack`'s page lies, beside its lock (ending
+    in '/'): what the page's links are relative to."""
+    return storage.review_key(soundtrack).rpartition("/")[0] + "/"
 
 
 def review_page(report: BuildReport, *, folder: str) -> str:

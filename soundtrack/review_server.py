@@ -19,22 +19,28 @@ from typing import Protocol
 from urllib.parse import unquote
 
 from soundtrack.errors import InputError, SoundtrackError, StorageError
+from soundtrack.formats import FORMATS
 from soundtrack.hashing import file_sha256
+from soundtrack.pictures import PICTURE_CONTENT_TYPE, PICTURE_EXT
 from soundtrack.redaction import redact
 from soundtrack.report import BuildReport, parse_lock
-from soundtrack.review import ServedFile, content_security_policy, review_page, served_files
+from soundtrack.review import (
+    ServedFile,
+    content_security_policy,
+    page_folder,
+    review_page,
+    served_files,
+)
 from soundtrack.storage import Storage
 
 HOST = "127.0.0.1"  # never another interface: the server reads storage with its own credentials
 _BLOCK_BYTES = 1 << 16
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _CONTENT_TYPES = {
-    "ogg": "audio/ogg",
-    "mp3": "audio/mpeg",
-    "wav": "audio/wav",
+    **{ext: entry.content_type for ext, entry in FORMATS.items()},
     "flac": "audio/flac",
-    "png": "image/png",
-    "json": "application/json",
+    PICTURE_EXT: PICTURE_CONTENT_TYPE,
+    "json": "application/json",  # sidecars
 }
 
 
@@ -85,7 +91,7 @@ class ReviewSite:
     @property
     def folder(self) -> str:
         """The key prefix of the lock's folder, where the page lies (ending in '/')."""
-        return self.storage.review_key(self.soundtrack).rpartition("/")[0] + "/"
+        return page_folder(self.storage, self.soundtrack)
 
     def load(self) -> BuildReport:
         """The lock as it is now; what it names becomes what may be served."""
@@ -117,28 +123,45 @@ class ReviewSite:
         with fetching:  # one download per file, however many range requests ask at once
             if not path.is_file():
                 self.storage.fetch(served.key, path, sha256=served.sha256)
-        kind = _CONTENT_TYPES.get(served.key.rpartition(".")[2], "application/octet-stream")
-        return path, kind
+        return path, _content_type(served.key)
 
 
-@dataclass(frozen=True)
+@dataclass
 class CandidateSite:
     """The takes waiting for a reviewer: their page, and their files where they are staged."""
 
     report: BuildReport  # keys are paths below `staging` (approval.candidates_report)
     staging: Path
+    _files: dict[str, ServedFile] = field(init=False)
+    # (mtime, size) of each file when it last matched its sha256
+    _checked: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._files = served_files(self.report)
 
     def page(self) -> bytes:
         return review_page(self.report, folder="").encode()
 
     def file(self, relative: str) -> tuple[Path, str]:
-        served = served_files(self.report).get(relative)
+        served = self._files.get(relative)
         if served is None:
             raise RequestError(HTTPStatus.NOT_FOUND, f"{relative} is not a candidate's file")
         path = self.staging / served.key
-        if file_sha256(path) != served.sha256:
-            raise RequestError(HTTPStatus.BAD_GATEWAY, f"{relative} changed since it was judged")
-        return path, _CONTENT_TYPES.get(path.suffix[1:], "application/octet-stream")
+        stat = path.stat()
+        seen = (stat.st_mtime_ns, stat.st_size)
+        with self._guard:  # hashed again only when it changed, not on every range request
+            if self._checked.get(served.key) != seen:
+                if file_sha256(path) != served.sha256:
+                    raise RequestError(
+                        HTTPStatus.BAD_GATEWAY, f"{relative} changed since it was judged"
+                    )
+                self._checked[served.key] = seen
+        return path, _content_type(served.key)
+
+
+def _content_type(key: str) -> str:
+    return _CONTENT_TYPES.get(key.rpartition(".")[2], "application/octet-stream")
 
 
 class Site(Protocol):
