@@ -21,6 +21,7 @@ from diffusers.models.transformers.ace_step_transformer import AceStepAttnProces
 
 from soundtrack.audio import resample, to_channels
 from soundtrack.errors import GenerationError, InputError, ModelLoadError
+from soundtrack.models import oobleck
 from soundtrack.models.base import (
     GeneratedAudio,
     GenerationRequest,
@@ -128,6 +129,7 @@ class AceStepGenerator:
         self._lock = threading.Lock()  # one batch at a time per loaded pipeline (the mask too)
         if device == "cpu":
             set_cpu_threads(pipeline_parameters(pipeline))
+            oobleck.speed_up(pipeline.vae)
 
     def generate(
         self,

@@ -18,6 +18,7 @@ import torch
 from diffusers import StableAudioPipeline
 
 from soundtrack.errors import GenerationError, InputError, ModelLoadError
+from soundtrack.models import oobleck
 from soundtrack.models.base import (
     GeneratedAudio,
     GenerationRequest,
@@ -74,6 +75,7 @@ class StableAudioGenerator:
         self._lock = threading.Lock()  # one batch at a time per loaded pipeline
         if device == "cpu":
             set_cpu_threads(pipeline_parameters(pipeline))
+            oobleck.speed_up(pipeline.vae)
 
     def generate(
         self,
