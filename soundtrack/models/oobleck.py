@@ -56,7 +56,7 @@ class FastResidualUnit(nn.Module):
         crop = (x.shape[-1] - hidden.shape[-1]) // 2
         if crop > 0:
             x = x[..., crop:-crop]
-        out = torch.empty_like(hidden)
+        out = torch.empty_like(hidden)  # inference only: addmm's out= refuses autograd
         for track in range(hidden.shape[0]):  # one product per track: never batch-dependent
             torch.addmm(x[track], self.weight, hidden[track], out=out[track])
         if self.bias is not None:
