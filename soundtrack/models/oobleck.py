@@ -1,7 +1,7 @@
 """The Oobleck VAE of ACE-Step 1.5 and Stable Audio Open, faster on the CPU, same arithmetic.
 
 Two things cost diffusers' decoder half its time on the CPU (profiled in docs/benchmarks.md): the
-residual units' 1x1 convolutions, which oneDNN runs at a seventh of a plain matrix product's
+residual units' 1x1 convolutions, which oneDNN runs at a sixth of a plain matrix product's
 speed on long audio, and the Snake activation's four temporaries the size of the signal. Here a
 1x1 convolution is one matrix product per track (float rounding moves, by about 1e-7), and Snake
 runs in place (bit for bit diffusers' result).
