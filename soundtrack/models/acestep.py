@@ -21,15 +21,14 @@ from diffusers.models.transformers.ace_step_transformer import AceStepAttnProces
 
 from soundtrack.audio import resample, to_channels
 from soundtrack.errors import GenerationError, InputError, ModelLoadError
-from soundtrack.models import oobleck
 from soundtrack.models.base import (
     GeneratedAudio,
     GenerationRequest,
     ProgressCallback,
     check_request,
 )
-from soundtrack.models.device import model_dtype, pipeline_parameters, set_cpu_threads
-from soundtrack.models.pipeline import PipelineTrack, render_batches
+from soundtrack.models.device import model_dtype
+from soundtrack.models.pipeline import PipelineTrack, render_batches, run_on_cpu
 from soundtrack.models.source import ModelSource, how_to_provide
 
 MIN_RENDER_S = 10.0  # ACE-Step's shortest render: a shorter track renders this long, then is cut
@@ -128,8 +127,7 @@ class AceStepGenerator:
         _encode_to_the_mean(self._pipeline.vae)
         self._lock = threading.Lock()  # one batch at a time per loaded pipeline (the mask too)
         if device == "cpu":
-            set_cpu_threads(pipeline_parameters(pipeline))
-            oobleck.speed_up(pipeline.vae)
+            run_on_cpu(pipeline)
 
     def generate(
         self,

@@ -79,11 +79,9 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent), child, module)
 
 
-def _plain_weight(conv: nn.Module) -> torch.Tensor:
+def _plain_weight(conv: nn.Conv1d) -> torch.Tensor:
     """A convolution's effective weight. torch's old weight_norm, which diffusers uses, refreshes
     `weight` only in a forward hook: after loading a checkpoint it is stale until removed."""
     if hasattr(conv, "weight_g"):
         torch.nn.utils.remove_weight_norm(conv)
-    weight = conv.weight
-    assert isinstance(weight, torch.Tensor)
-    return weight.detach()
+    return conv.weight.detach()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from soundtrack.errors import GenerationError, InputError
+from soundtrack.models import oobleck
 from soundtrack.models.base import (
     GeneratedAudio,
     GenerationRequest,
@@ -16,6 +18,13 @@ from soundtrack.models.base import (
     ProgressCallback,
     cut_render,
 )
+from soundtrack.models.device import pipeline_parameters, set_cpu_threads
+
+
+def run_on_cpu(pipeline: Any) -> None:
+    """Ready a loaded pipeline for the CPU: every core, and the faster Oobleck VAE modules."""
+    set_cpu_threads(pipeline_parameters(pipeline))
+    oobleck.speed_up(pipeline.vae)
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,14 @@ import torch
 from diffusers import StableAudioPipeline
 
 from soundtrack.errors import GenerationError, InputError, ModelLoadError
-from soundtrack.models import oobleck
 from soundtrack.models.base import (
     GeneratedAudio,
     GenerationRequest,
     ProgressCallback,
     check_request,
 )
-from soundtrack.models.device import model_dtype, pipeline_parameters, set_cpu_threads
-from soundtrack.models.pipeline import PipelineTrack, render_batches
+from soundtrack.models.device import model_dtype
+from soundtrack.models.pipeline import PipelineTrack, render_batches, run_on_cpu
 from soundtrack.models.source import ModelSource, how_to_provide
 
 MAX_RENDER_S = 47.0  # the catalog's limit for the family (the checkpoint renders 47.55 s)
@@ -74,8 +73,7 @@ class StableAudioGenerator:
         self._pipeline.set_progress_bar_config(disable=True)
         self._lock = threading.Lock()  # one batch at a time per loaded pipeline
         if device == "cpu":
-            set_cpu_threads(pipeline_parameters(pipeline))
-            oobleck.speed_up(pipeline.vae)
+            run_on_cpu(pipeline)
 
     def generate(
         self,
