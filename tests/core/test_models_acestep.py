@@ -105,6 +105,37 @@ def test_a_track_renders_the_same_alone_and_in_a_batch(generator: AceStepGenerat
     assert np.max(np.abs(audio_of(batch[1]) - alone)) <= 1e-5
 
 
+def test_conditions_are_computed_once_and_the_render_is_unchanged(tiny_acestep_dir: Path) -> None:
+    reused = fresh(tiny_acestep_dir)
+    reference = fresh(tiny_acestep_dir)
+    plain: Any = reference._pipeline  # diffusers' own modules back in place
+    plain.condition_encoder.timbre_encoder = plain.condition_encoder.timbre_encoder.module
+    for layer in plain.transformer.layers:
+        layer.cross_attn.to_k = layer.cross_attn.to_k.module
+        layer.cross_attn.to_v = layer.cross_attn.to_v.module
+    pipeline: Any = reused._pipeline
+    runs = {"timbre": 0, "keys": 0}
+    pipeline.condition_encoder.timbre_encoder.module.register_forward_hook(
+        lambda *_: runs.update(timbre=runs["timbre"] + 1)
+    )
+    pipeline.transformer.layers[0].cross_attn.to_k.module.register_forward_hook(
+        lambda *_: runs.update(keys=runs["keys"] + 1)
+    )
+    calls = [
+        [req("a", seed=3)],
+        [req("b", SYNTH, 5.0, seed=4)],
+        [req("c", seed=5), req("d", SYNTH, 5.0, seed=6)],  # one call of two: other shapes
+    ]
+    for requests in calls:
+        for ours, theirs in zip(
+            reused.generate(requests), reference.generate(requests), strict=True
+        ):
+            assert np.array_equal(audio_of(ours), audio_of(theirs))
+    assert runs["timbre"] == 2, "once for one track, once more for the batch of two"
+    # The keys once per call (each call has its own prompts), not once per step.
+    assert reused.settings.steps > 1 and runs["keys"] == len(calls)
+
+
 def test_bpm_key_and_time_signature_are_conditioning_not_words(
     generator: AceStepGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
