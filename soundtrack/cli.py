@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from soundtrack.errors import InputError, SoundtrackError, StorageBusy
+from soundtrack.memory import keep_freed_memory
 from soundtrack.redaction import install_log_redaction, redact
 
 if TYPE_CHECKING:
@@ -60,10 +61,12 @@ def fail(exc: SoundtrackError) -> NoReturn:
 
 
 @app.callback()
-def _redact_logs() -> None:
+def _set_up_process() -> None:
     # Before any command: every log record of this process, botocore's and the Prefect run
     # logs sent to the server included, has its secrets blanked (soundtrack/redaction.py).
     install_log_redaction()
+    # And before any rendering thread starts, or its blocks would not be reused.
+    keep_freed_memory()
 
 
 ManifestArg = Annotated[
