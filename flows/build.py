@@ -22,7 +22,6 @@ from flows.review import ask_in_prefect_ui
 from soundtrack import steps
 from soundtrack.build import MAX_WORKERS, Options, prepare, run
 from soundtrack.errors import InputError, StorageBusy
-from soundtrack.memory import keep_freed_memory
 from soundtrack.plan import DEFAULT_BATCH_SIZE
 from soundtrack.redaction import install_log_redaction, redact
 from soundtrack.renders import RenderCache
@@ -180,9 +179,8 @@ def build_soundtrack(
     ends the run Failed with a one-line message (the report, or the error, as its result); only
     a bug raises.
     """
-    # A worker runs this flow without the CLI, which sets up its process the same way.
+    # A worker runs this flow without the CLI, which installs the same redaction for its runs.
     install_log_redaction()
-    keep_freed_memory()
     logger = get_run_logger()
     options = Options(
         only=only or (),

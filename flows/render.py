@@ -8,7 +8,6 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from soundtrack.memory import keep_freed_memory
 from soundtrack.renders import cache_root
 from soundtrack.separations import SeparationJob
 from soundtrack.spec import TrackSpec
@@ -34,7 +33,6 @@ def render_batch(
     """Render one batch of a build, or separate its mixes, and hand the results back; returns,
     per track rendered, "ok" or the reason it failed (a failed separation fails the run)."""
     # The build checked its inputs and resolved these specs: nothing is read again here.
-    keep_freed_memory()  # before the task's thread renders on a CPU
     outcomes: list[str] = []
     if specs:
         names = ", ".join(spec.id for spec in specs)

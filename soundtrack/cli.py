@@ -16,7 +16,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from soundtrack.errors import InputError, SoundtrackError, StorageBusy
-from soundtrack.memory import keep_freed_memory
 from soundtrack.redaction import install_log_redaction, redact
 
 if TYPE_CHECKING:
@@ -61,12 +60,10 @@ def fail(exc: SoundtrackError) -> NoReturn:
 
 
 @app.callback()
-def _set_up_process() -> None:
+def _redact_logs() -> None:
     # Before any command: every log record of this process, botocore's and the Prefect run
     # logs sent to the server included, has its secrets blanked (soundtrack/redaction.py).
     install_log_redaction()
-    # And before any rendering thread starts, or its blocks would not be reused.
-    keep_freed_memory()
 
 
 ManifestArg = Annotated[

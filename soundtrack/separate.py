@@ -324,7 +324,7 @@ def _load_member(directory: Path, member: _Member) -> torch.nn.Module:
 def _load_demucs(directory: Path, device: str) -> DemucsSeparator:
     from demucs.apply import BagOfModels
 
-    from soundtrack.models.device import use_cpu
+    from soundtrack.models.device import set_cpu_threads
     from soundtrack.models.source import directory_fingerprint
 
     config = _read_config(directory)
@@ -364,7 +364,7 @@ def _load_demucs(directory: Path, device: str) -> DemucsSeparator:
     model.to(device)
     parameters = sum(int(p.numel()) for p in model.parameters())
     if device == "cpu":
-        use_cpu(parameters)
+        set_cpu_threads(parameters)
     licence = config.get("licence")
     return DemucsSeparator(
         model,

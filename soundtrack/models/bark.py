@@ -26,7 +26,7 @@ from soundtrack.models.base import (
     check_request,
     cut_render,
 )
-from soundtrack.models.device import model_dtype, use_cpu
+from soundtrack.models.device import model_dtype, set_cpu_threads
 from soundtrack.models.source import ModelSource, how_to_provide
 
 MAX_RENDER_S = 14.0  # Bark's longest render (768 semantic tokens at 49.9 Hz, with a margin)
@@ -70,7 +70,7 @@ class BarkGenerator:
         self._model.eval()  # type: ignore[no-untyped-call]
         self._tokenizer = tokenizer
         if device == "cpu":
-            use_cpu(model.num_parameters())
+            set_cpu_threads(model.num_parameters())
 
     def generate(
         self,

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from soundtrack.errors import InputError, ModelLoadError
-from soundtrack.memory import keep_freed_memory
 
 DEVICE_ENV = "SOUNDTRACK_DEVICE"
 SMALL_MODEL_PARAMETERS = 50_000_000  # below this, extra threads only add synchronisation
@@ -52,10 +51,8 @@ def pipeline_parameters(pipeline: Any) -> int:
     return sum(int(p.numel()) for m in modules for p in m.parameters())
 
 
-def use_cpu(parameters: int) -> None:
-    """Ready this process for a model on the CPU: one thread for tiny models (per-op overhead
-    dominates), else every core we may run on; freed memory kept for reuse."""
-    keep_freed_memory()
+def set_cpu_threads(parameters: int) -> None:
+    """One thread for tiny models (per-op overhead dominates), else every core we may run on."""
     if parameters < SMALL_MODEL_PARAMETERS:
         threads = 1
     elif hasattr(os, "sched_getaffinity"):

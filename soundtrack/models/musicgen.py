@@ -27,7 +27,7 @@ from soundtrack.models.base import (
     check_request,
     judged,
 )
-from soundtrack.models.device import model_dtype, use_cpu
+from soundtrack.models.device import model_dtype, set_cpu_threads
 from soundtrack.models.longform import WindowPlan, equal_power_join, plan_windows
 from soundtrack.models.sampling import TrackSampler, uses_guidance
 from soundtrack.models.source import ModelSource, how_to_provide
@@ -93,7 +93,7 @@ class MusicgenGenerator:
         )
         self._lock = threading.Lock()  # one batch at a time per loaded model
         if device == "cpu":
-            use_cpu(model.num_parameters())
+            set_cpu_threads(model.num_parameters())
 
     def generate(
         self,

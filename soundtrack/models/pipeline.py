@@ -18,12 +18,12 @@ from soundtrack.models.base import (
     ProgressCallback,
     cut_render,
 )
-from soundtrack.models.device import pipeline_parameters, use_cpu
+from soundtrack.models.device import pipeline_parameters, set_cpu_threads
 
 
 def run_on_cpu(pipeline: Any) -> None:
     """Ready a loaded pipeline for the CPU: every core, and the faster Oobleck VAE modules."""
-    use_cpu(pipeline_parameters(pipeline))
+    set_cpu_threads(pipeline_parameters(pipeline))
     oobleck.speed_up(pipeline.vae)
 
 
