@@ -78,13 +78,28 @@ def lock(folder: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def url(folder: Path) -> Iterator[str]:
     """`soundtrack review OUT --soundtrack NAME --port 0` running; Ctrl-C must stop it (exit 0)."""
-    server = subprocess.Popen(
-        [SOUNDTRACK_CLI, "review", str(folder.parent), "--soundtrack", SOUNDTRACK, "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps every thread's stack
-    )
+    # Ctrl-C as in a terminal, even where this test runs as a background job, whose children
+    # inherit SIGINT ignored (POSIX), and the server would never see it: a handler here is
+    # reset to the default in the child, an ignored signal would stay ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        server = subprocess.Popen(
+            [
+                SOUNDTRACK_CLI,
+                "review",
+                str(folder.parent),
+                "--soundtrack",
+                SOUNDTRACK,
+                "--port",
+                "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps every thread's stack
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
@@ -94,9 +109,8 @@ def url(folder: Path) -> Iterator[str]:
         yield line.split(": ", 1)[1].strip()
         server.send_signal(signal.SIGINT)
         try:
-            status = server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            # Once in a CI run it did not stop within 10 s: say where it hangs if it does again.
+            status = server.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # say where it hangs
             server.send_signal(signal.SIGABRT)
             pytest.fail(f"Ctrl-C did not stop the review server:\n{server.communicate()[1]}")
         assert status == 0, server.communicate()
