@@ -121,10 +121,18 @@ def _reuse_conditions(pipeline: Any) -> None:
     of a 10 s render on the CPU (docs/benchmarks.md); reused, the render is bit for bit the same."""
     encoder = pipeline.condition_encoder
     encoder.timbre_encoder = _Reused(encoder.timbre_encoder)
-    for layer in pipeline.transformer.layers:
-        if getattr(layer, "use_cross_attention", False):
-            layer.cross_attn.to_k = _Reused(layer.cross_attn.to_k)
-            layer.cross_attn.to_v = _Reused(layer.cross_attn.to_v)
+    for attention in _cross_attentions(pipeline):
+        attention.to_k = _Reused(attention.to_k)
+        attention.to_v = _Reused(attention.to_v)
+
+
+def _cross_attentions(pipeline: Any) -> list[Any]:
+    """The DiT's cross-attention modules, one per block that has one."""
+    return [
+        layer.cross_attn
+        for layer in pipeline.transformer.layers
+        if getattr(layer, "use_cross_attention", False)
+    ]
 
 
 class AceStepGenerator:
@@ -157,9 +165,8 @@ class AceStepGenerator:
         self._pipeline.tokenizer.padding_side = "right"
         masks = _CrossAttentionMask()
         self._pipeline.condition_encoder.register_forward_hook(masks.store)
-        for layer in self._pipeline.transformer.layers:
-            if getattr(layer, "use_cross_attention", False):
-                layer.cross_attn.set_processor(_MaskedCrossAttention(masks))
+        for attention in _cross_attentions(self._pipeline):
+            attention.set_processor(_MaskedCrossAttention(masks))
         _encode_to_the_mean(self._pipeline.vae)
         self._lock = threading.Lock()  # one batch at a time per loaded pipeline (the mask too)
         if device == "cpu":
