@@ -135,19 +135,27 @@ def test_a_second_build_waits_and_gets_the_lease_when_the_first_releases_it(
 ) -> None:
     first = holder()
     said: list[str] = []
+    # The release is timed from the moment the second build says it waits: timed from before
+    # its first attempt, a busy machine could let the holder go before the second ever saw it.
     release = threading.Timer(1.0, say, (first, ""))
-    started = time.monotonic()
-    release.start()
+    began: list[float] = []
+
+    def waiting(line: str) -> None:
+        said.append(line)
+        began.append(time.monotonic())
+        release.start()
+
     try:
-        with storage(lease_env).hold(SOUNDTRACK, wait_s=30, on_wait=said.append):
-            waited_s = time.monotonic() - started
+        with storage(lease_env).hold(SOUNDTRACK, wait_s=30, on_wait=waiting):
+            assert said, "the second build took the lease without waiting for its holder"
+            waited_s = time.monotonic() - began[0]
             assert first.wait(timeout=10) == 0, first.communicate()
     finally:
         release.cancel()
     assert len(said) == 1, said
     assert said[0].startswith(holder_text(lease_env, first.pid)), said
     assert said[0].endswith(": waiting up to 30 s"), said
-    # Released after 1 s and seen at a poll (each second), not taken over: it was renewed.
+    # Released 1 s after the wait began and seen at a poll (each second), not taken over.
     assert 1.0 <= waited_s < 5, waited_s
     assert "took over" not in caplog.text
 
@@ -158,10 +166,11 @@ def test_a_build_that_cannot_wait_longer_gets_storage_busy_naming_the_holder(
 ) -> None:
     first = holder()
     said: list[str] = []
+    second = storage(lease_env)  # made before the clock starts: a client takes its time to build
     started = time.monotonic()
     with (
         pytest.raises(StorageBusy) as busy,
-        storage(lease_env).hold(SOUNDTRACK, wait_s=1.5, on_wait=said.append),
+        second.hold(SOUNDTRACK, wait_s=1.5, on_wait=said.append),
     ):
         pytest.fail("the lease was taken while its holder was alive")
     waited_s = time.monotonic() - started
