@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -149,3 +152,38 @@ def test_one_model_stays_resident_where_the_device_holds_one(
     assert list(models._loaded.values()) == [acestep], "the MusicGen model was released"
     assert get_generator(str(tiny_model_dir), device="cpu") is not musicgen
     assert load_count() == before + 3
+
+
+# Imports an entry point, then counts the page faults of ten 256 MiB torch tensors.
+FAULTS = """
+import resource, sys
+__import__(sys.argv[1])
+import torch
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.ones(64 * 2**20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.skipif(
+    not THP.exists() or "[never]" in THP.read_text(), reason="no transparent huge pages here"
+)
+@pytest.mark.parametrize("entry", ["soundtrack.cli", "flows.build"])
+def test_torch_puts_large_cpu_tensors_on_huge_pages_from_every_entry_point(entry: str) -> None:
+    def faults(**env: str) -> int:
+        environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"} | env
+        done = subprocess.run(
+            [sys.executable, "-c", FAULTS, entry],
+            cwd=Path(__file__).resolve().parents[2],
+            env=environ,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(done.stdout.split()[-1])
+
+    # 2.5 GiB in 4 KiB pages is 655 360 faults; in 2 MiB pages, 1280.
+    assert faults() < 20_000
+    assert faults(THP_MEM_ALLOC_ENABLE="0") > 200_000, "the user can turn it off"
