@@ -19,6 +19,7 @@ import torch
 from transformers import AutoTokenizer, BarkModel
 
 from soundtrack.errors import GenerationError, InputError, ModelLoadError
+from soundtrack.models import onednn
 from soundtrack.models.base import (
     GeneratedAudio,
     GenerationRequest,
@@ -71,6 +72,7 @@ class BarkGenerator:
         self._tokenizer = tokenizer
         if device == "cpu":
             set_cpu_threads(model.num_parameters())
+            onednn.speed_up(model)
 
     def generate(
         self,

@@ -19,6 +19,7 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutput
 
 from soundtrack.errors import GenerationError, InputError, ModelLoadError
+from soundtrack.models import onednn
 from soundtrack.models.base import (
     MAX_WINDOW_S,
     GeneratedAudio,
@@ -94,6 +95,7 @@ class MusicgenGenerator:
         self._lock = threading.Lock()  # one batch at a time per loaded model
         if device == "cpu":
             set_cpu_threads(model.num_parameters())
+            onednn.speed_up(model)
 
     def generate(
         self,
