@@ -51,6 +51,7 @@ format: setup
 bench: setup
 	$(PY) bench/generate.py --family musicgen
 	$(PY) bench/generate.py --family ace-step
+	$(PY) bench/linear.py
 	$(PY) bench/postprocess.py
 	$(PY) bench/rebuild.py
 	$(PY) bench/yaml_limits.py
