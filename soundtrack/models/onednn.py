@@ -1,10 +1,10 @@
-"""Linear layers through oneDNN on the CPU: the same float32 products, up to 2.5x faster.
+"""Linear layers through oneDNN on the CPU: the same float32 products, faster.
 
 torch sends a float32 nn.Linear to MKL's sgemm, which on this project's machines (AMD EPYC) ran
-MusicGen's per-step [2, 1024] x [1024, 4096] products at 0.4 of oneDNN's speed and the
-ACE-Step DiT's [125, 2048] x [2048, 6144] at 0.7 of it. oneDNN's inner product ships with every
-x86-64 build of torch (its compiler's CPU backend calls it); a render is float rounding away from
-MKL's (docs/benchmarks.md).
+MusicGen's per-step [2, 1024] x [1024, 4096] products at 0.3-0.4 of oneDNN's speed and the
+ACE-Step DiT's [125, 2048] x [2048, 6144] at 0.6-0.7 of it. oneDNN's inner product ships with
+every x86-64 build of torch (its compiler's CPU backend calls it); each product is float rounding
+away from MKL's (docs/benchmarks.md).
 """
 
 from __future__ import annotations
