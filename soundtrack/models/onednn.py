@@ -14,9 +14,12 @@ import platform
 import torch
 from torch import nn
 
-# Measured on x86-64 only; elsewhere torch's oneDNN may sit on other kernels (ARM's ACL).
-AVAILABLE = platform.machine().lower() in ("x86_64", "amd64") and bool(
-    torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+# Measured on x86-64 only; elsewhere torch's oneDNN may sit on other kernels (ARM's ACL). The op
+# is torch's own but private, so a torch without it keeps plain layers.
+AVAILABLE = (
+    platform.machine().lower() in ("x86_64", "amd64")
+    and bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 )
 
 
