@@ -45,10 +45,14 @@ def model_dtype(device: str) -> torch.dtype:
     return torch.float32
 
 
+def pipeline_modules(pipeline: Any) -> list[torch.nn.Module]:
+    """A diffusers pipeline's torch modules (its tokenizers and scheduler are not)."""
+    return [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
+
+
 def pipeline_parameters(pipeline: Any) -> int:
     """The parameters of a diffusers pipeline's torch modules, all components together."""
-    modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
-    return sum(int(p.numel()) for m in modules for p in m.parameters())
+    return sum(int(p.numel()) for m in pipeline_modules(pipeline) for p in m.parameters())
 
 
 def set_cpu_threads(parameters: int) -> None:

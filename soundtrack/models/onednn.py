@@ -39,8 +39,11 @@ def speed_up(model: nn.Module) -> int:
         return 0
     swapped = 0
     for module in model.modules():
-        weight = module.weight if type(module) is nn.Linear else None
-        if weight is not None and weight.dtype == torch.float32 and weight.device.type == "cpu":
+        if (
+            type(module) is nn.Linear
+            and module.weight.dtype == torch.float32
+            and module.weight.device.type == "cpu"
+        ):
             # A class swap keeps the module's parameters (tied ones too), hooks and place.
             module.__class__ = OneDnnLinear
             swapped += 1

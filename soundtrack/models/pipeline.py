@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from soundtrack.errors import GenerationError, InputError
 from soundtrack.models import onednn, oobleck
@@ -19,7 +18,7 @@ from soundtrack.models.base import (
     ProgressCallback,
     cut_render,
 )
-from soundtrack.models.device import pipeline_parameters, set_cpu_threads
+from soundtrack.models.device import pipeline_modules, pipeline_parameters, set_cpu_threads
 
 
 def run_on_cpu(pipeline: Any) -> None:
@@ -27,9 +26,8 @@ def run_on_cpu(pipeline: Any) -> None:
     layers through oneDNN."""
     set_cpu_threads(pipeline_parameters(pipeline))
     oobleck.speed_up(pipeline.vae)
-    for component in pipeline.components.values():
-        if isinstance(component, torch.nn.Module):
-            onednn.speed_up(component)
+    for module in pipeline_modules(pipeline):
+        onednn.speed_up(module)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from soundtrack.models import get_generator, onednn
+from soundtrack.models.device import pipeline_modules
 
 pytestmark = pytest.mark.skipif(not onednn.AVAILABLE, reason="no oneDNN on this machine")
 
@@ -61,11 +62,7 @@ def test_every_cpu_loader_runs_its_float32_linears_through_onednn(
     for directory in (tiny_model_dir, tiny_acestep_dir, tiny_stableaudio_dir, tiny_bark_dir):
         generator = get_generator(str(directory), device="cpu")
         model = getattr(generator, "_model", None) or generator._pipeline  # type: ignore[attr-defined]
-        modules = (
-            [model]
-            if isinstance(model, nn.Module)
-            else [c for c in model.components.values() if isinstance(c, nn.Module)]
-        )
+        modules = [model] if isinstance(model, nn.Module) else pipeline_modules(model)
         layers = [m for root in modules for m in root.modules() if isinstance(m, nn.Linear)]
         assert layers, directory
         plain = [m for m in layers if type(m) is not onednn.OneDnnLinear]
