@@ -68,6 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if not onednn.AVAILABLE:
         raise SystemExit("oneDNN is not available on this machine: nothing to compare")
     cores = torch.get_num_threads()
