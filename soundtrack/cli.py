@@ -112,8 +112,11 @@ def validate(manifest: ManifestArg) -> None:
     for spec in specs:
         if spec.variation_of:
             console.print(f"{spec.id}: a variation of {spec.variation_of}, rendered after it")
-        if spec.stems:
-            console.print(f"{spec.id}: stems {', '.join(spec.stems)} from {spec.stem_model}")
+        if spec.stems and spec.stem_model:
+            console.print(
+                f"{spec.id}: stems {', '.join(spec.stems)} from {spec.stem_model} "
+                f"(licence {checked.licences[spec.stem_model]})"
+            )
     for model in sorted(m for m, family in checked.families.items() if family is None):
         console.print(
             f"[yellow]note:[/] {escape(model)}: limits unchecked until the weights are present "

@@ -21,6 +21,7 @@ from soundtrack.plan import select
 from soundtrack.renders import cache_root
 from soundtrack.resolve import gate_severities, resolve_tracks
 from soundtrack.schema import Manifest
+from soundtrack.separate import stem_model_licence
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import INDEX_NAME, STORAGE_ENV, LocalStorage, Storage, open_storage
 from soundtrack.storage.base import RENDERS_FOLDER
@@ -36,7 +37,7 @@ class CheckedInputs:
     storage_url: str
     storage: Storage
     expectations: list[dict[str, Any]]
-    licences: dict[str, str]  # model -> the licence of its weights (docs/manifest.md#licences)
+    licences: dict[str, str]  # model or stem model -> its weights' licence (manifest.md#licences)
     families: dict[str, str | None]  # model -> its family; None: unchecked until its files are here
 
 
@@ -111,22 +112,31 @@ def check_families(
 def check_licences(
     manifest: Manifest, specs: Sequence[TrackSpec], *, model_override: str | None = None
 ) -> dict[str, str]:
-    """Each generating model's licence; raise InputError when one does not allow the manifest's
-    declared `usage` (read from model cards and a table: no weights, no network)."""
+    """The licence of every model a track uses (its generator, its stem model); raise InputError
+    when one does not allow the manifest's declared `usage` (read from model cards, config files
+    and a table: no weights, no network)."""
     licences: dict[str, str] = {}
     problems = []
+    refused = set()
+    given = " (--model)" if model_override else ""
     for spec in specs:
-        if spec.source is not None:
-            continue  # a recording is the studio's own
-        if spec.model not in licences:
-            licences[spec.model] = licence_of(spec.model, spec.model_revision)
-        problem = usage_problem(licences[spec.model], manifest.usage, manifest.accepted_licenses)
-        if problem is not None:
-            given = " (--model)" if model_override else ""
-            problems.append(f"track {spec.id}: model {spec.model}{given}: {problem}")
+        used = []
+        if spec.source is None:  # a recording is the studio's own
+            if spec.model not in licences:
+                licences[spec.model] = licence_of(spec.model, spec.model_revision)
+            used.append((f"model {spec.model}{given}", licences[spec.model]))
+        if spec.stems and spec.stem_model:
+            if spec.stem_model not in licences:
+                licences[spec.stem_model] = stem_model_licence(spec.stem_model)
+            used.append((f"stem_model {spec.stem_model}", licences[spec.stem_model]))
+        for model, licence in used:
+            problem = usage_problem(licence, manifest.usage, manifest.accepted_licenses)
+            if problem is not None:
+                problems.append(f"track {spec.id}: {model}: {problem}")
+                refused.add(spec.id)
     if problems:
         raise InputError(
-            f"usage: {manifest.usage}: {len(problems)} track(s) use a model whose licence does "
+            f"usage: {manifest.usage}: {len(refused)} track(s) use a model whose licence does "
             "not allow it",
             problems,
         )

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from soundtrack.errors import AudioError, ModelLoadError
+from soundtrack.licences import UNKNOWN, card_licence
 
 if TYPE_CHECKING:
     import torch
@@ -149,6 +150,21 @@ def stem_model_problem(stem_model: str) -> str | None:
         f"stem_model {stem_model!r} is not a separation model's directory (no {CONFIG} in "
         f"{Path(stem_model).expanduser().absolute()}); {how_to_provide_demucs()}"
     )
+
+
+def stem_model_licence(stem_model: str) -> str:
+    """The licence of a stem model's weights, read without loading them: its model card's
+    `license:`, else its config.json's "licence", else unknown (a registered separator too)."""
+    directory = Path(stem_model).expanduser()
+    found = card_licence(directory / "README.md")
+    if found:
+        return found
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return UNKNOWN
+    licence = config.get("licence") if isinstance(config, dict) else None
+    return licence if isinstance(licence, str) and licence else UNKNOWN
 
 
 def how_to_provide_demucs() -> str:
@@ -365,12 +381,11 @@ def _load_demucs(directory: Path, device: str) -> DemucsSeparator:
     parameters = sum(int(p.numel()) for p in model.parameters())
     if device == "cpu":
         set_cpu_threads(parameters)
-    licence = config.get("licence")
     return DemucsSeparator(
         model,
         model_id=str(directory),
         revision=directory_fingerprint(directory),
-        license=licence if isinstance(licence, str) and licence else "unknown",
+        license=stem_model_licence(str(directory)),
         device=device,
     )
 

@@ -3,15 +3,19 @@ and held against the manifest's declared usage before anything loads."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from typer.testing import CliRunner
 
 from soundtrack.catalog import CHECKPOINTS
 from soundtrack.cli import app
 from soundtrack.licences import licence_of, usage_problem
+from soundtrack.separate import TINY_LICENSE, make_tiny_demucs
 from tests.hubcache import put_in_cache
 
 MANIFEST = """\
@@ -119,3 +123,55 @@ def test_build_refuses_a_model_given_by_flag_before_it_loads(
     assert f"model {tiny_model_dir} (--model): its licence soundtrack-tiny-random-weights" in said
     assert "Traceback" not in said and "temporary server" not in said
     assert not (tmp_path / "out").exists()
+
+
+STEMS_MANIFEST = """\
+schema: 1
+soundtrack: licences
+storage: ./out
+usage: commercial
+{accepted}
+defaults: {{duration: 3, formats: [ogg]}}
+tracks:
+  - id: theme
+    prompt: calm piano
+    model: ACE-Step/acestep-v15-turbo-diffusers
+  - id: boss
+    source: mix.wav
+    stems: [drums, bass]
+    stem_model: ./demucs
+"""
+
+
+def test_commercial_use_checks_the_stem_model_too(offline_hub: Path, tmp_path: Path) -> None:
+    """A track's stem model is a model it uses: its card, else its config.json's licence, is
+    held to `usage` as the generator's is, for a recording's stems too."""
+    sf.write(tmp_path / "mix.wav", np.full((3 * 44100, 2), 0.1), 44100)
+    demucs = make_tiny_demucs(tmp_path / "demucs")
+    path = tmp_path / "m.yaml"
+    path.write_text(STEMS_MANIFEST.format(accepted=""))
+    code, said = run(tmp_path, "validate", "m.yaml")
+    assert code == 2, said
+    assert "1 track(s) use a model" in said
+    assert f"track boss: stem_model {demucs}: its licence soundtrack-tiny-random-weights" in said
+    assert "track theme" not in said, "ACE-Step's weights are MIT"
+    code, said = run(tmp_path, "build", "m.yaml")
+    assert code == 2 and "stem_model" in said, said
+    assert not (tmp_path / "out").exists()
+
+    path.write_text(STEMS_MANIFEST.format(accepted="accepted_licenses: [" + TINY_LICENSE + "]"))
+    code, said = run(tmp_path, "validate", "m.yaml")
+    assert code == 0, said
+    assert f"from {demucs} (licence {TINY_LICENSE})" in said
+
+    path.write_text(STEMS_MANIFEST.format(accepted=""))
+    (demucs / "README.md").unlink()
+    config = json.loads((demucs / "config.json").read_text())
+    for licence, allowed in [("MIT", True), ("CC-BY-NC-4.0", False), ("", False)]:
+        (demucs / "config.json").write_text(json.dumps({**config, "licence": licence}))
+        code, said = run(tmp_path, "validate", "m.yaml")
+        assert (code == 0) == allowed, (licence, said)
+        assert licence in said
+    (demucs / "README.md").write_text("---\nlicense: mit\n---\n")
+    code, said = run(tmp_path, "validate", "m.yaml")
+    assert code == 0 and "(licence MIT)" in said, "the card wins over config.json"
