@@ -3,9 +3,7 @@ weights, no network and no torch (the families' backends load only when a build 
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,20 +48,15 @@ class Checkpoint:
     licence: str
 
 
-_MUSICGEN_NC = Checkpoint("musicgen", "CC-BY-NC-4.0")
 CHECKPOINTS: dict[str, Checkpoint] = {
     **{
-        f"facebook/musicgen-{size}": _MUSICGEN_NC
-        for size in (
-            "small",
-            "medium",
-            "large",
-            "melody",
-            "melody-large",
-            "stereo-small",
-            "stereo-medium",
-            "stereo-large",
-        )
+        f"facebook/musicgen-{size}": Checkpoint("musicgen", "CC-BY-NC-4.0")
+        for size in ("small", "medium", "large", "stereo-small", "stereo-medium", "stereo-large")
+    },
+    # Known for their licence; no backend (docs/generation.md: melody conditioning).
+    **{
+        f"facebook/musicgen-{size}": Checkpoint("musicgen-melody", "CC-BY-NC-4.0")
+        for size in ("melody", "melody-large")
     },
     "stabilityai/stable-audio-open-1.0": Checkpoint("stable-audio", "stabilityai-community"),
     "ACE-Step/acestep-v15-xl-turbo-diffusers": Checkpoint("ace-step", "MIT"),
@@ -72,21 +65,24 @@ CHECKPOINTS: dict[str, Checkpoint] = {
     "suno/bark-small": Checkpoint("bark", "MIT"),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# How a checkpoint's own files name its family: model_index.json's pipeline class (diffusers),
-# config.json's model_type (transformers).
-PIPELINE_FAMILIES = {"AceStepPipeline": "ace-step", "StableAudioPipeline": "stable-audio"}
-MODEL_TYPE_FAMILIES = {"musicgen": "musicgen", "musicgen_melody": "musicgen", "bark": "bark"}
 
 
 def family_name(model: str, revision: str | None = None) -> str | None:
-    """The family of a local folder (by its files), a known checkpoint, or a hub id whose files
-    are in the Hugging Face cache; None when nothing at hand says."""
+    """The family of a local folder or a hub id in the Hugging Face cache, read from its files as
+    a build reads them, else of a known checkpoint; None when nothing at hand says. ModelLoadError
+    when the files name no family this version loads."""
+    from soundtrack.models.source import model_family  # huggingface_hub: not for a recording
+
     local = Path(model).expanduser()
     if local.is_dir():
-        return _family_in(lambda name: local / name)
+        return model_family(local, model)
     if model in CHECKPOINTS:
         return CHECKPOINTS[model].family
-    return _family_in(lambda name: cached_file(model, name, revision))
+    for name in ("model_index.json", "config.json"):
+        found = cached_file(model, name, revision)
+        if found is not None and found.is_file():
+            return model_family(found.parent, model)
+    return None
 
 
 def cached_file(model: str, name: str, revision: str | None) -> Path | None:
@@ -100,29 +96,16 @@ def cached_file(model: str, name: str, revision: str | None) -> Path | None:
     return Path(path) if isinstance(path, str) else None
 
 
-def _family_in(find: Callable[[str], Path | None]) -> str | None:
-    for name, key, table in (
-        ("model_index.json", "_class_name", PIPELINE_FAMILIES),
-        ("config.json", "model_type", MODEL_TYPE_FAMILIES),
-    ):
-        path = find(name)
-        if path is None or not path.is_file():
-            continue
-        try:
-            value = json.loads(path.read_text()).get(key)
-        except (OSError, ValueError, AttributeError):
-            return None
-        return table.get(value) if isinstance(value, str) else None
-    return None
-
-
 def limit_problems(spec: TrackSpec, family: str) -> list[str]:
     """What of `spec` its model's family cannot render, or this version cannot load."""
     from soundtrack.models import BACKENDS  # the backends' table; it imports no model code
 
+    no_backend = (
+        f"{family} models have no backend in this version (backends: {', '.join(sorted(BACKENDS))})"
+    )
     known = FAMILIES.get(family)
     if known is None:
-        return [f"its family {family!r} is unknown (families: {', '.join(sorted(FAMILIES))})"]
+        return [no_backend]
     problems = []
     # A loop renders longer than it plays (room to find its end): the render must fit.
     if known.max_call_s is not None and spec.render_duration_s > known.max_call_s:
@@ -151,8 +134,5 @@ def limit_problems(spec: TrackSpec, family: str) -> list[str]:
             f"render from (variations: {', '.join(takers)})"
         )
     if family not in BACKENDS:
-        problems.append(
-            f"{family} models have no backend in this version (backends: "
-            f"{', '.join(sorted(BACKENDS))})"
-        )
+        problems.append(no_backend)
     return problems

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from soundtrack.catalog import family_name, limit_problems
-from soundtrack.errors import InputError
+from soundtrack.errors import InputError, ModelLoadError
 from soundtrack.licences import licence_of, usage_problem
 from soundtrack.manifest import load_manifest
 from soundtrack.plan import select
@@ -91,21 +91,28 @@ def check_families(
     """Each generating model's family, and every track held to what its family can render; a
     model known by nothing at hand is left for `build` to check once its files are there."""
     families: dict[str, str | None] = {}
+    unloadable: dict[str, str] = {}  # model -> why its files name no family this version loads
     problems = []
+    given = " (--model)" if model_override else ""
     for spec in specs:
         if spec.source is not None:
             continue
-        if spec.model not in families:
-            families[spec.model] = family_name(spec.model, spec.model_revision)
+        if spec.model not in families and spec.model not in unloadable:
+            try:
+                families[spec.model] = family_name(spec.model, spec.model_revision)
+            except ModelLoadError as error:
+                unloadable[spec.model] = str(error)
+        if spec.model in unloadable:
+            problems.append(f"track {spec.id}{given}: {unloadable[spec.model]}")
+            continue
         family = families[spec.model]
         if family is not None:
-            given = " (--model)" if model_override else ""
             problems += [
                 f"track {spec.id}: model {spec.model}{given}: {problem}"
                 for problem in limit_problems(spec, family)
             ]
     if problems:
-        raise InputError(f"{len(problems)} track(s) ask what their model cannot render", problems)
+        raise InputError(f"{len(problems)} problem(s) with the tracks' models", problems)
     return families
 
 

@@ -36,8 +36,12 @@ class ModelSource:
     directory: Path
     revision: str  # hub commit sha, or "sha256:<hex>" of a local directory's files
     license: str
-    model_type: str  # the family: config.json's model_type, or a diffusers pipeline's family
+    model_type: str  # the family (model_family): a BACKENDS key
 
+
+# A transformers checkpoint's config.json model_type -> its family (mono and stereo MusicGen
+# share one). Not musicgen_melody: its feature extractor needs torchaudio, which is not loaded.
+MODEL_TYPE_FAMILIES = {"musicgen": "musicgen", "bark": "bark"}
 
 # A diffusers pipeline's _class_name -> its family, and the (library, class) each component of
 # model_index.json may name. Nothing else is loaded: a component naming any other class, or a
@@ -98,12 +102,18 @@ DIFFUSERS_PIPELINES: dict[str, tuple[str, dict[str, set[tuple[str, str]]]]] = {
 
 def how_to_provide(model: str) -> str:
     """The ways to make a model's weights available, for error messages."""
+    tiny = "for smoke tests without weights, `soundtrack models make-tiny DIR` writes a tiny model"
+    if Path(model).is_absolute():  # a local folder: the hub has nothing to offer for it
+        return (
+            "the folder must hold the model's config files and its weights as safetensors "
+            "(pickled .bin or .pt weights are never loaded), as save_pretrained or "
+            f"`hf download --local-dir` writes them; {tiny}"
+        )
     return (
         f"pass a local directory holding the model (config.json and weights) as the model, or "
         f"download it once with network access (`hf download {model}`) so it lands in the "
         f"Hugging Face cache (set by HF_HOME or HF_HUB_CACHE; now {constants.HF_HUB_CACHE}); "
-        f"for smoke tests without weights, "
-        f"`soundtrack models make-tiny DIR` writes a tiny random-weight model"
+        f"{tiny}"
     )
 
 
@@ -121,12 +131,7 @@ def resolve_source(model: str, revision: str | None) -> ModelSource:
 
 
 def _local_source(directory: Path, revision: str | None) -> ModelSource:
-    if not _has_config(directory):
-        raise ModelLoadError(
-            f"model {str(directory)!r}: not a model directory (no config.json or "
-            f"model_index.json in it); give a directory written by save_pretrained, "
-            f"huggingface-cli download or `soundtrack models make-tiny`"
-        )
+    family = model_family(directory, str(directory))  # before hashing gigabytes of weights
     fingerprint = directory_fingerprint(directory)
     if revision is not None and revision != fingerprint:
         raise ModelLoadError(
@@ -138,7 +143,7 @@ def _local_source(directory: Path, revision: str | None) -> ModelSource:
         directory=directory,
         revision=fingerprint,
         license=licence_of(str(directory), directory=directory),
-        model_type=_model_type(directory, str(directory)),
+        model_type=family,
     )
 
 
@@ -151,14 +156,14 @@ def _hub_source(model: str, revision: str | None) -> ModelSource:
         )
     except (LocalEntryNotFoundError, FileNotFoundError):
         directory = _download(model, revision)
-    if not _has_config(directory):
+    if not any((directory / name).is_file() for name in ("model_index.json", "config.json")):
         directory = _download(model, revision)
     return ModelSource(
         model_id=model,
         directory=directory,
         revision=directory.name,  # snapshots/<commit sha>
         license=licence_of(model, directory=directory),
-        model_type=_model_type(directory, model),
+        model_type=model_family(directory, model),
     )
 
 
@@ -184,31 +189,45 @@ def _download(model: str, revision: str | None) -> Path:
     return Path(snapshot_download(model, revision=info.sha, allow_patterns=_HUB_FILES))
 
 
-def _has_config(directory: Path) -> bool:
-    return (directory / "model_index.json").is_file() or (directory / "config.json").is_file()
-
-
-def _model_type(directory: Path, model: str) -> str:
-    """The family: a diffusers pipeline by model_index.json, else transformers by config.json."""
+def model_family(directory: Path, model: str) -> str:
+    """The family a checkpoint's own files name: model_index.json's pipeline (its components
+    held to the allow-list), else config.json's model_type. Reads no weights; ModelLoadError
+    for a folder that is no model, or names anything without a backend."""
     if (directory / "model_index.json").is_file():
         return _pipeline_family(directory, model)
-    try:
-        config = json.loads((directory / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelLoadError(f"model {model!r}: unreadable config.json ({error})") from error
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(
+            f"model {model!r}: not a model directory (no config.json or model_index.json in "
+            f"{directory}); give a directory written by save_pretrained, hf download or "
+            f"`soundtrack models make-tiny`"
+        )
+    model_type = _read_object(directory / "config.json", model).get("model_type")
     if not isinstance(model_type, str):
         raise ModelLoadError(f"model {model!r}: config.json has no model_type")
-    return model_type
+    if model_type not in MODEL_TYPE_FAMILIES:
+        raise ModelLoadError(
+            f"model {model!r}: model_type {model_type!r} has no backend (supported: "
+            f"{', '.join(sorted(MODEL_TYPE_FAMILIES))})"
+        )
+    return MODEL_TYPE_FAMILIES[model_type]
+
+
+def _read_object(path: Path, model: str) -> dict[str, object]:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise ModelLoadError(f"model {model!r}: unreadable {path.name} ({error})") from error
+    if not isinstance(found, dict):
+        raise ModelLoadError(
+            f"model {model!r}: {path.name} holds {type(found).__name__}, not a JSON object"
+        )
+    return found
 
 
 def _pipeline_family(directory: Path, model: str) -> str:
-    try:
-        index = json.loads((directory / "model_index.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelLoadError(f"model {model!r}: unreadable model_index.json ({error})") from error
-    class_name = index.get("_class_name") if isinstance(index, dict) else None
-    if class_name not in DIFFUSERS_PIPELINES:
+    index = _read_object(directory / "model_index.json", model)
+    class_name = index.get("_class_name")
+    if not isinstance(class_name, str) or class_name not in DIFFUSERS_PIPELINES:
         raise ModelLoadError(
             f"model {model!r}: model_index.json names the pipeline {class_name!r}, which has no "
             f"backend (supported: {', '.join(sorted(DIFFUSERS_PIPELINES))})"
@@ -217,7 +236,12 @@ def _pipeline_family(directory: Path, model: str) -> str:
     for name, value in index.items():
         if name.startswith("_") or value in ([None, None], None):
             continue  # metadata, or an optional component the checkpoint leaves out
-        if name not in allowed or not isinstance(value, list) or tuple(value) not in allowed[name]:
+        named = (
+            tuple(value)
+            if isinstance(value, list) and all(isinstance(part, str) for part in value)
+            else None
+        )
+        if named not in allowed.get(name, set()):
             expected = " or ".join(sorted("/".join(c) for c in allowed.get(name, set())))
             raise ModelLoadError(
                 f"model {model!r}: {class_name} component {name!r} is {value!r}; only "

@@ -3,6 +3,7 @@ weights or network; every track held to what its family renders, at validate and
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -162,3 +163,63 @@ def test_a_loop_is_held_to_the_limit_with_the_room_it_renders(
     assert validate_text(tmp_path, text)[0] == 0
     code, said = validate_text(tmp_path, text + "    loop: true\n")
     assert code == 2 and "46.5 s with the room a loop renders is longer" in said, said
+
+
+ACE_INDEX = {
+    "_class_name": "AceStepPipeline",
+    "vae": ["diffusers", "AutoencoderOobleck"],
+    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+}
+
+
+@pytest.mark.parametrize(
+    ("files", "said"),
+    [
+        ({"model_index.json": {**ACE_INDEX, "_class_name": ["pipe", "Evil"]}}, "['pipe', 'Evil']"),
+        ({"model_index.json": {**ACE_INDEX, "_class_name": "AudioLDM2Pipeline"}}, "AudioLDM2"),
+        ({"model_index.json": {**ACE_INDEX, "vae": [["x"], ["y"]]}}, "component 'vae' is [['x']"),
+        ({"model_index.json": {**ACE_INDEX, "scheduler": ["evil", "S"]}}, "never custom code"),
+        ({"model_index.json": {**ACE_INDEX, "extra": ["diffusers", "X"]}}, "no such component"),
+        ({"model_index.json": ["AceStepPipeline"]}, "holds list, not a JSON object"),
+        ({"model_index.json": b"\xff\xfe{"}, "unreadable model_index.json"),
+        ({"config.json": {"model_type": "musicgen_melody"}}, "'musicgen_melody' has no backend"),
+        ({"config.json": {"model_type": ["bark"]}}, "config.json has no model_type"),
+        ({"config.json": "{not json"}, "unreadable config.json"),
+        ({"weights.safetensors": b""}, "not a model directory"),
+    ],
+)
+def test_a_local_folder_is_read_as_a_build_reads_it(
+    tmp_path: Path, files: dict[str, object], said: str
+) -> None:
+    """validate reads a local model folder's files (never its weights) with the loader's own
+    rules: a folder a build would refuse exits 2 at validate, naming what is wrong, not "limits
+    unchecked"; `build` exits 2 the same way before anything is written."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name, content in files.items():
+        data = content if isinstance(content, (bytes, str)) else json.dumps(content)
+        (folder / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    code, output = validate(tmp_path, 5, "./model")
+    assert code == 2, output
+    assert f"track line: model '{folder}': " in output and said in output, output
+    assert "limits unchecked" not in output and "Traceback" not in output
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = CliRunner().invoke(app, ["build", "m.yaml"])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 2, result.output
+    assert said in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_melody_checkpoints_are_known_for_their_licence_but_have_no_backend(
+    offline_hub: Path, tmp_path: Path
+) -> None:
+    code, said = validate(tmp_path, 5, "facebook/musicgen-melody")
+    assert code == 2, said
+    assert "musicgen-melody models have no backend in this version" in said
+    code, said = validate(tmp_path, 5, "facebook/musicgen-stereo-small")
+    assert code == 0, said

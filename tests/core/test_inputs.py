@@ -86,6 +86,7 @@ def test_expectations_and_model_folders_count_as_inputs(tmp_path: Path) -> None:
     assert "contains the expectations file" in refusal(path)
     generated = tmp_path / "gen"
     (generated / "models" / "tiny").mkdir(parents=True)
+    (generated / "models" / "tiny" / "config.json").write_text('{"model_type": "musicgen"}')
     (generated / "m.yaml").write_text(
         "schema: 1\nsoundtrack: models\nstorage: .\n"
         "tracks:\n  - id: a\n    prompt: drums\n    duration: 2\n"

@@ -251,6 +251,21 @@ def copy_with_index(model_dir: Path, target: Path, **changes: Any) -> Path:
     return target
 
 
+def test_pickled_weights_are_never_loaded(tiny_acestep_dir: Path, tmp_path: Path) -> None:
+    """A folder whose weights are pickles (.bin), not safetensors, is refused at load, naming
+    the missing safetensors and how to provide them; nothing is unpickled."""
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_acestep_dir, pickled)
+    weights = pickled / "transformer" / "diffusion_pytorch_model.safetensors"
+    torch.save({"state": torch.zeros(1)}, weights.with_suffix(".bin"))
+    weights.unlink()
+    with pytest.raises(ModelLoadError) as refused:
+        get_generator(str(pickled), device="cpu")
+    said = str(refused.value)
+    assert "diffusion_pytorch_model.safetensors" in said and "never loaded" in said, said
+    assert "hf download /" not in said, "a local folder is not on the hub"
+
+
 def test_an_unknown_pipeline_or_component_is_refused_by_name(
     tiny_acestep_dir: Path, tmp_path: Path
 ) -> None:
