@@ -115,7 +115,7 @@ def validate(manifest: ManifestArg) -> None:
         if spec.stems and spec.stem_model:
             console.print(
                 f"{spec.id}: stems {', '.join(spec.stems)} from {spec.stem_model} "
-                f"(licence {checked.licences[spec.stem_model]})"
+                f"(licence {checked.licences.get(spec.stem_model, 'unchecked until the folder is there')})"
             )
     for model in sorted(m for m, family in checked.families.items() if family is None):
         console.print(

@@ -21,7 +21,7 @@ from soundtrack.plan import select
 from soundtrack.renders import cache_root
 from soundtrack.resolve import gate_severities, resolve_tracks
 from soundtrack.schema import Manifest
-from soundtrack.separate import stem_model_licence
+from soundtrack.separate import stem_model_licence, stem_model_problem
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import INDEX_NAME, STORAGE_ENV, LocalStorage, Storage, open_storage
 from soundtrack.storage.base import RENDERS_FOLDER
@@ -132,7 +132,9 @@ def check_licences(
             if spec.model not in licences:
                 licences[spec.model] = licence_of(spec.model, spec.model_revision)
             used.append((f"model {spec.model}{given}", licences[spec.model]))
-        if spec.stems and spec.stem_model:
+        # A stem model not yet in place is checked by the build that needs it (build refuses
+        # to separate with a folder that is not there).
+        if spec.stems and spec.stem_model and stem_model_problem(spec.stem_model) is None:
             if spec.stem_model not in licences:
                 licences[spec.stem_model] = stem_model_licence(spec.stem_model)
             used.append((f"stem_model {spec.stem_model}", licences[spec.stem_model]))

@@ -147,9 +147,15 @@ def test_commercial_use_checks_the_stem_model_too(offline_hub: Path, tmp_path: P
     """A track's stem model is a model it uses: its card, else its config.json's licence, is
     held to `usage` as the generator's is, for a recording's stems too."""
     sf.write(tmp_path / "mix.wav", np.full((3 * 44100, 2), 0.1), 44100)
-    demucs = make_tiny_demucs(tmp_path / "demucs")
     path = tmp_path / "m.yaml"
     path.write_text(STEMS_MANIFEST.format(accepted=""))
+    code, said = run(tmp_path, "validate", "m.yaml")
+    assert code == 0 and "(licence unchecked until the folder is there)" in said, said
+    code, said = run(tmp_path, "build", "m.yaml")
+    assert code == 2 and "is not a separation model's directory" in said, said
+    assert not (tmp_path / "out").exists()
+
+    demucs = make_tiny_demucs(tmp_path / "demucs")
     code, said = run(tmp_path, "validate", "m.yaml")
     assert code == 2, said
     assert "1 track(s) use a model" in said
