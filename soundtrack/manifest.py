@@ -19,12 +19,16 @@ from pydantic import BaseModel, ValidationError
 from soundtrack.errors import InputError
 from soundtrack.resolve import render_problems
 from soundtrack.schema import (
+    PATTERN_WORDS,
     SCHEMA_VERSION,
+    AceStepSamplingSpec,
     Defaults,
+    FamilySamplingSpec,
     GatesSpec,
     LoudnessSpec,
     Manifest,
     SamplingSpec,
+    StableAudioSamplingSpec,
     Track,
 )
 
@@ -275,12 +279,18 @@ def _describe(error: Any, model_fields: dict[str, list[str]]) -> tuple[str, str]
     given = error.get("input")
     if kind == "extra_forbidden":
         parent = _field_path(loc[:-1])
-        allowed = model_fields.get(_parent_kind(parent), [])
+        kind = _parent_kind(parent)
+        # The per-family sampling form is keyed by family; the flat one by setting.
+        allowed = model_fields.get(
+            "sampling families" if kind == "sampling" and "families" in loc else kind, []
+        )
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return path, f"unknown key{hint} (allowed: {', '.join(allowed)})"
     if kind == "missing":
         return path, "required"
+    if kind == "string_pattern_mismatch" and error["ctx"]["pattern"] in PATTERN_WORDS:
+        return path, f"{PATTERN_WORDS[error['ctx']['pattern']]} (got {given!r})"
     message = str(error["msg"]).removeprefix("Value error, ")
     # The value as a whole token: "0" inside "greater than or equal to 0.4" is not the input.
     shown = re.compile(rf"(?<![\w.]){re.escape(repr(given))}(?![\w.])")
@@ -306,6 +316,10 @@ def _allowed_keys() -> dict[str, list[str]]:
         "track": keys(Track),
         "defaults": keys(Defaults),
         "sampling": keys(SamplingSpec),
+        "sampling families": keys(FamilySamplingSpec),
+        "musicgen": keys(SamplingSpec),
+        "ace-step": keys(AceStepSamplingSpec),
+        "stable-audio": keys(StableAudioSamplingSpec),
         "gates": keys(GatesSpec),
         "loudness": keys(LoudnessSpec),
     }

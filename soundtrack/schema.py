@@ -35,6 +35,13 @@ SEED_MAX = 2**32 - 1
 MAX_ATTEMPTS = 10
 MAX_BARS = 1024
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+TIME_SIGNATURE_PATTERN = r"^([1-9]|1[0-6])/(1|2|4|8|16)$"
+# What a value matching each pattern looks like, in words, for error messages.
+PATTERN_WORDS = {
+    SLUG_PATTERN: "use 1-64 lower-case letters, digits and '-', with no '-' at either end",
+    TIME_SIGNATURE_PATTERN: "write beats/note value, such as 4/4, 3/4 or 6/8 (1-16 beats; a "
+    "note value of 1, 2, 4, 8 or 16)",
+}
 DEFAULT_STORAGE = "./assets"
 
 StemName = Literal["drums", "bass", "vocals", "other"]
@@ -124,8 +131,12 @@ class FamilySamplingSpec(_Strict):
 
 
 def _sampling_kind(value: Any) -> str:
+    # A block (a mapping) or a family's name marks the per-family form, so a misspelt family is
+    # reported among the families, not as a flat setting.
     families = {"musicgen", "ace-step", "stable-audio"}
-    if isinstance(value, dict) and value and set(value) <= families:
+    if isinstance(value, dict) and (
+        set(value) & families or any(isinstance(block, dict) for block in value.values())
+    ):
         return "families"
     if isinstance(value, FamilySamplingSpec):
         return "families"
@@ -311,7 +322,7 @@ class Track(_Overridable):
     )
     time_signature: str | None = Field(
         default=None,
-        pattern=r"^([1-9]|1[0-6])/(1|2|4|8|16)$",
+        pattern=TIME_SIGNATURE_PATTERN,
         description="E.g. 3/4: words in MusicGen's prompt, conditioning for ACE-Step.",
     )
     lyrics: str | None = Field(
