@@ -7,6 +7,7 @@ import re
 from soundtrack.redaction import url_has_credentials
 
 S3_BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_NOT_IN_PREFIX = frozenset("?#\\")
 
 
 def check_storage_url(value: str) -> None:
@@ -28,3 +29,8 @@ def check_storage_url(value: str) -> None:
         raise ValueError(f"invalid S3 bucket name {bucket!r} in storage URL")
     if any(part in ("", ".", "..") for part in prefix.strip("/").split("/")) and prefix.strip("/"):
         raise ValueError(f"invalid S3 prefix {prefix!r} (empty, '.' or '..' segments)")
+    odd = sorted({c for c in prefix if c in _NOT_IN_PREFIX or not c.isprintable()})
+    if odd:
+        # '?' and '#' would start a query or fragment in any URL built from the prefix (an
+        # endpoint's options do not belong here); a backslash is a path separator on Windows.
+        raise ValueError(f"invalid S3 prefix {prefix!r}: it may not contain {odd}")
