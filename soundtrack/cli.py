@@ -113,9 +113,10 @@ def validate(manifest: ManifestArg) -> None:
         if spec.variation_of:
             console.print(f"{spec.id}: a variation of {spec.variation_of}, rendered after it")
         if spec.stems and spec.stem_model:
+            licence = checked.licences.get(spec.stem_model, "unchecked until the folder is there")
             console.print(
                 f"{spec.id}: stems {', '.join(spec.stems)} from {spec.stem_model} "
-                f"(licence {checked.licences.get(spec.stem_model, 'unchecked until the folder is there')})"
+                f"(licence {licence})"
             )
     for model in sorted(m for m, family in checked.families.items() if family is None):
         console.print(
