@@ -353,18 +353,20 @@ class Track(_Overridable):
     mood: str | None = Field(default=None, min_length=1, max_length=100)
     instruments: list[Annotated[str, Field(min_length=1, max_length=60)]] | None = None
 
-    @field_validator("prompt")
+    @field_validator("prompt", "lyrics", "negative_prompt")
     @classmethod
-    def _prompt_text(cls, value: str | None) -> str | None:
+    def _model_text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Words a model reads: not blank, no control characters; a prompt also loses its edge
+        whitespace (lyrics keep theirs: they are in the spec hash as written)."""
         if value is None:
             return None
         if not value.strip():
-            raise ValueError("prompt is empty")
-        if len(value) > MAX_PROMPT_CHARS:
+            raise ValueError(f"{info.field_name} is empty")
+        if info.field_name == "prompt" and len(value) > MAX_PROMPT_CHARS:
             raise ValueError(f"prompt is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}")
-        if any(ord(c) < 32 and c not in "\n\t" for c in value):
-            raise ValueError("prompt contains control characters")
-        return value.strip()
+        if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in value):
+            raise ValueError(f"{info.field_name} contains control characters")
+        return value.strip() if info.field_name == "prompt" else value
 
     @field_validator("key")
     @classmethod
