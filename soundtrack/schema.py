@@ -353,7 +353,7 @@ class Track(_Overridable):
     mood: str | None = Field(default=None, min_length=1, max_length=100)
     instruments: list[Annotated[str, Field(min_length=1, max_length=60)]] | None = None
 
-    @field_validator("prompt", "lyrics", "negative_prompt")
+    @field_validator("prompt", "lyrics", "negative_prompt", "mood")
     @classmethod
     def _model_text(cls, value: str | None, info: ValidationInfo) -> str | None:
         """Words a model reads: not blank, no control characters; a prompt also loses its edge
@@ -367,6 +367,14 @@ class Track(_Overridable):
         if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in value):
             raise ValueError(f"{info.field_name} contains control characters")
         return value.strip() if info.field_name == "prompt" else value
+
+    @field_validator("instruments")
+    @classmethod
+    def _instrument_names(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or ():
+            if not name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in name):
+                raise ValueError(f"an instrument is a name in plain words (got {name!r})")
+        return value
 
     @field_validator("key")
     @classmethod
