@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from soundtrack.errors import InputError, SoundtrackError, StorageBusy
+from soundtrack.errors import InputError, ModelLoadError, SoundtrackError, StorageBusy
 from soundtrack.redaction import install_log_redaction, redact
 
 if TYPE_CHECKING:
@@ -165,7 +165,6 @@ def schema(
 
 def _fail_generation(exc: SoundtrackError) -> NoReturn:
     """Like fail(), but a model that cannot be loaded is bad input too (exit 2)."""
-    from soundtrack.errors import ModelLoadError
 
     fail(InputError(str(exc)) if isinstance(exc, ModelLoadError) else exc)
 
@@ -247,10 +246,42 @@ def generate(
     )
 
 
+def _tiny_target_problem(directory: Path, family: str) -> str | None:
+    """Why make-tiny may not write to `directory`: it must be new, empty, or a tiny model of the
+    same family (rewritten file for file), never a folder of other files or of real weights."""
+    if directory.exists() and not directory.is_dir():
+        return f"{directory} is a file, not a folder; give a new or empty folder"
+    if not directory.exists() or not any(directory.iterdir()):
+        return None
+    from soundtrack.catalog import family_name
+    from soundtrack.licences import card_licence
+    from soundtrack.models.tiny import TINY_LICENSE
+    from soundtrack.separate import CONFIG, FORMAT
+
+    try:
+        written = family_name(str(directory))
+    except ModelLoadError:  # no model_type: a separator's config, or no model at all
+        try:
+            config = json.loads((directory / CONFIG).read_text())
+        except (OSError, ValueError):
+            config = None
+        written = "demucs" if isinstance(config, dict) and config.get("format") == FORMAT else None
+    if card_licence(directory / "README.md") == TINY_LICENSE and written == family:
+        return None
+    return (
+        f"{directory} is not empty and holds no tiny {family} model: make-tiny writes only to a "
+        "new or empty folder, or over a tiny model of the same family"
+    )
+
+
 @models_app.command("make-tiny")
 def models_make_tiny(
     directory: Annotated[
-        Path, typer.Argument(help="Where to write the model (created if missing).")
+        Path,
+        typer.Argument(
+            help="Where to write the model: a new or empty folder, or a tiny model of the same "
+            "family to rewrite (created if missing)."
+        ),
     ],
     family: Annotated[
         str,
@@ -277,6 +308,9 @@ def models_make_tiny(
                 f"--family must be musicgen, ace-step, stable-audio, bark or demucs, got {family!r}"
             )
         )
+    problem = _tiny_target_problem(directory, family)
+    if problem:
+        fail(InputError(problem))
     if family == "bark" and stereo:
         fail(InputError("--stereo is for --family musicgen (Bark is mono)"))
     if family != "musicgen" and stereo:
@@ -334,7 +368,11 @@ def models_convert_demucs(
         ),
     ],
     directory: Annotated[
-        Path, typer.Argument(help="Where to write the model (created if missing).")
+        Path,
+        typer.Argument(
+            help="Where to write the model: a new or empty folder, or a tiny model of the same "
+            "family to rewrite (created if missing)."
+        ),
     ],
     licence: Annotated[
         str, typer.Option(help="The weights' licence, recorded in every lock (Demucs': MIT).")
@@ -351,7 +389,6 @@ def models_convert_demucs(
 
     Exit 0 on success, 2 when the checkpoint cannot be converted.
     """
-    from soundtrack.errors import ModelLoadError
     from soundtrack.separate import convert_demucs
 
     try:

@@ -94,3 +94,29 @@ def test_make_tiny_stereo_renders_two_channels_in_long_form_too(tmp_path: Path) 
     assert isinstance(short, GeneratedAudio) and isinstance(long, GeneratedAudio)
     assert short.audio.shape == (2, 32000) and long.audio.shape == (2, 31 * 32000)
     assert np.max(np.abs(short.audio[0] - short.audio[1])) > 1e-3  # two channels, not a copy
+
+
+def test_make_tiny_never_writes_among_other_files(tmp_path: Path) -> None:
+    """make-tiny writes to a new or empty folder, or over a tiny model of the same family: a
+    folder of other files (real weights, say) is refused and left as it was."""
+    user = tmp_path / "weights"
+    user.mkdir()
+    (user / "config.json").write_text('{"model_type": "musicgen"}')
+    (user / "model.safetensors").write_bytes(b"real weights")
+    result = runner.invoke(app, ["models", "make-tiny", str(user)])
+    assert result.exit_code == 2, result.output
+    assert "not empty and holds no tiny musicgen model" in " ".join(result.output.split())
+    assert sorted(p.name for p in user.iterdir()) == ["config.json", "model.safetensors"]
+    assert (user / "model.safetensors").read_bytes() == b"real weights"
+
+    (tmp_path / "file").write_text("x")
+    result = runner.invoke(app, ["models", "make-tiny", str(tmp_path / "file")])
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output, result.output
+
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()  # empty: fine
+    assert runner.invoke(app, ["models", "make-tiny", str(tiny)]).exit_code == 0
+    assert runner.invoke(app, ["models", "make-tiny", str(tiny)]).exit_code == 0, "rewritten"
+    other = runner.invoke(app, ["models", "make-tiny", str(tiny), "--family", "demucs"])
+    assert other.exit_code == 2, other.output
+    assert get_generator(str(tiny), device="cpu").sample_rate == 32000
