@@ -246,9 +246,9 @@ def generate(
     )
 
 
-def _tiny_target_problem(directory: Path, family: str) -> str | None:
-    """Why make-tiny may not write to `directory`: it must be new, empty, or a tiny model of the
-    same family (rewritten file for file), never a folder of other files or of real weights."""
+def _model_target_problem(directory: Path, family: str, *, tiny: bool) -> str | None:
+    """Why a model may not be written to `directory`: it must be new, empty, or a model of the
+    same family (a tiny one, when `tiny`) to rewrite, never a folder of other files or weights."""
     if directory.exists() and not directory.is_dir():
         return f"{directory} is a file, not a folder; give a new or empty folder"
     if not directory.exists() or not any(directory.iterdir()):
@@ -266,11 +266,12 @@ def _tiny_target_problem(directory: Path, family: str) -> str | None:
         except (OSError, ValueError):
             config = None
         written = "demucs" if isinstance(config, dict) and config.get("format") == FORMAT else None
-    if card_licence(directory / "README.md") == TINY_LICENSE and written == family:
+    if written == family and (not tiny or card_licence(directory / "README.md") == TINY_LICENSE):
         return None
+    what = f"tiny {family}" if tiny else family
     return (
-        f"{directory} is not empty and holds no tiny {family} model: make-tiny writes only to a "
-        "new or empty folder, or over a tiny model of the same family"
+        f"{directory} is not empty and holds no {what} model: a model is written only to a new "
+        f"or empty folder, or over a {what} model"
     )
 
 
@@ -308,7 +309,7 @@ def models_make_tiny(
                 f"--family must be musicgen, ace-step, stable-audio, bark or demucs, got {family!r}"
             )
         )
-    problem = _tiny_target_problem(directory, family)
+    problem = _model_target_problem(directory, family, tiny=True)
     if problem:
         fail(InputError(problem))
     if family == "bark" and stereo:
@@ -370,8 +371,8 @@ def models_convert_demucs(
     directory: Annotated[
         Path,
         typer.Argument(
-            help="Where to write the model: a new or empty folder, or a tiny model of the same "
-            "family to rewrite (created if missing)."
+            help="Where to write the model: a new or empty folder, or a converted Demucs "
+            "model to rewrite (created if missing)."
         ),
     ],
     licence: Annotated[
@@ -391,6 +392,9 @@ def models_convert_demucs(
     """
     from soundtrack.separate import convert_demucs
 
+    problem = _model_target_problem(directory, "demucs", tiny=False)
+    if problem:
+        fail(InputError(problem))
     try:
         convert_demucs(checkpoint, directory, licence=licence)
     except ModelLoadError as exc:

@@ -373,6 +373,16 @@ def test_convert_demucs_from_the_command_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["models", "convert-demucs", str(checkpoint), str(directory)])
     assert result.exit_code == 0, result.output
     assert load_separator(str(directory), "cpu").license == "MIT"
+    again = [str(checkpoint), str(directory), "--licence", "studio"]
+    assert runner.invoke(app, ["models", "convert-demucs", *again]).exit_code == 0, "rewritten"
+    assert load_separator(str(directory), "cpu").license == "studio"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    result = runner.invoke(
+        app, ["models", "convert-demucs", str(checkpoint), str(tmp_path / "mine")]
+    )
+    assert result.exit_code == 2 and "holds no demucs model" in result.stderr, result.output
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     (tmp_path / "bad.th").write_text("hello")
     result = runner.invoke(app, ["models", "convert-demucs", str(tmp_path / "bad.th"), "x"])
     assert result.exit_code == 2 and "not a torch checkpoint" in result.stderr
