@@ -169,17 +169,48 @@ def _fail_generation(exc: SoundtrackError) -> NoReturn:
     fail(InputError(str(exc)) if isinstance(exc, ModelLoadError) else exc)
 
 
-def _quiet_transformers() -> None:
-    """Our own progress and errors replace transformers' config warnings and loading bars."""
+def _quiet_libraries() -> None:
+    """Our own progress and errors replace transformers' and diffusers' config warnings and
+    loading bars, and torch's deprecation notice for the weight norm diffusers' VAE uses."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", ".*torch.nn.utils.weight_norm", FutureWarning)
 
 
 def _audition_path(prompt: str, seed: int) -> Path:
     words = "".join(c if c.isalnum() else " " for c in prompt.lower()).split()[:5]
     return Path(f"{'-'.join(words) or 'audition'}-{seed}.wav")
+
+
+def _check_audition(model: str, duration_s: float, target: Path) -> None:
+    """What `generate` can tell before loading a model: a WAV outside the model's files, and a
+    length its family renders (from the files or the catalogue, as `validate` reads them)."""
+    from huggingface_hub import constants
+
+    from soundtrack.catalog import FAMILIES, family_name
+
+    if target.suffix.lower() != ".wav" or target.is_dir():
+        raise InputError(f"--output {target}: give a .wav file (generate writes a WAV)")
+    local = Path(model).expanduser()
+    folder = local if local.is_dir() else Path(constants.HF_HUB_CACHE)
+    if target.absolute().resolve().is_relative_to(folder.absolute().resolve()):
+        raise InputError(
+            f"--output {target} is inside {folder}, where the model's files are: give a path "
+            "outside it"
+        )
+    family = FAMILIES.get(family_name(model) or "")
+    if family is not None and family.max_call_s is not None and duration_s > family.max_call_s:
+        raise InputError(
+            f"--duration {duration_s:g} s is longer than a {family.name} model renders "
+            f"({family.max_call_s:g} s at most)"
+        )
 
 
 @app.command()
@@ -196,7 +227,11 @@ def generate(
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="WAV file (default: named from the prompt and seed)."),
+        typer.Option(
+            "-o",
+            "--output",
+            help="A .wav file outside the model's files (default: named from the prompt and seed).",
+        ),
     ] = None,
     device: Annotated[
         str | None,
@@ -221,9 +256,10 @@ def generate(
     target = output or _audition_path(prompt, seed)
     request = GenerationRequest("audition", prompt, duration, seed, Sampling())
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    _quiet_transformers()
+    _quiet_libraries()
     try:
         check_request(request)
+        _check_audition(model, duration, target)
         with err_console.status(f"loading {model}"):
             generator = get_generator(model, device=device)
         with Progress(*columns, console=err_console) as bar:
@@ -322,7 +358,7 @@ def models_make_tiny(
         make_tiny_demucs(directory)
         console.print(f"wrote a tiny random-weight HTDemucs to {directory}", highlight=False)
         return
-    _quiet_transformers()
+    _quiet_libraries()
     if family == "bark":
         from soundtrack.models.tiny_bark import make_tiny_bark
 
@@ -330,22 +366,15 @@ def models_make_tiny(
         console.print(f"wrote a tiny random-weight Bark to {directory}", highlight=False)
         return
     if family == "stable-audio":
-        from diffusers.utils import logging as diffusers_logging
-
         from soundtrack.models.tiny_stableaudio import make_tiny_stableaudio
 
-        diffusers_logging.disable_progress_bar()  # "Writing model shards"
         make_tiny_stableaudio(directory)
         console.print(
             f"wrote a tiny random-weight Stable Audio Open to {directory}", highlight=False
         )
         return
     if family == "ace-step":
-        from diffusers.utils import logging as diffusers_logging
-
         from soundtrack.models.tiny_acestep import make_tiny_acestep
-
-        diffusers_logging.disable_progress_bar()  # "Writing model shards"
 
         make_tiny_acestep(directory)
         console.print(f"wrote a tiny random-weight ACE-Step 1.5 to {directory}", highlight=False)

@@ -64,6 +64,35 @@ def test_bad_input_exits_2_before_loading_anything(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "prompt is empty" in result.stderr
 
 
+def test_generate_refuses_an_output_it_should_not_write_before_loading(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WAV only, never among the model's files, and a length the model's family renders:
+    exit 2 before any model loads, and every file as it was."""
+    monkeypatch.setattr("soundtrack.models.get_generator", None)  # loading would raise
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("schema: 1\n")
+    before = {p: p.read_bytes() for p in tiny_model_dir.rglob("*") if p.is_file()}
+    base = ["generate", "--prompt", "p", "--duration", "1", "--model", str(tiny_model_dir)]
+    cases = [
+        (str(manifest), "give a .wav file"),
+        (str(tmp_path), "give a .wav file"),
+        (str(tiny_model_dir / "take.wav"), "where the model's files are"),
+        (str(tiny_model_dir / "config.json"), "give a .wav file"),
+    ]
+    for output, said in cases:
+        result = runner.invoke(app, [*base, "-o", output])
+        assert result.exit_code == 2 and said in " ".join(result.stderr.split()), result.output
+    assert manifest.read_text() == "schema: 1\n"
+    assert {p: p.read_bytes() for p in tiny_model_dir.rglob("*") if p.is_file()} == before
+
+    stable = ["generate", "--model", "stabilityai/stable-audio-open-1.0", "--prompt", "p"]
+    result = runner.invoke(app, [*stable, "--duration", "60", "-o", str(tmp_path / "x.wav")])
+    assert result.exit_code == 2, result.output
+    assert "longer than a stable-audio model renders (47 s at most)" in result.stderr
+    assert not (tmp_path / "x.wav").exists()
+
+
 def test_a_silent_render_exits_1_and_writes_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
     silent = tmp_path / "silent-model"
     model: Any = MusicgenForConditionalGeneration.from_pretrained(tiny_model_dir)
