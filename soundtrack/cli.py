@@ -31,8 +31,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
-models_app = typer.Typer(help="Manage generation models.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Manage generation models.", no_args_is_help=True, rich_markup_mode="markdown"
+)
 app.add_typer(models_app, name="models")
 
 console = Console()
