@@ -140,7 +140,8 @@ def validate(manifest: ManifestArg) -> None:
 @app.command()
 def schema(
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write to this file instead of stdout.")
+        Path | None,
+        typer.Option("-o", "--output", help="Write to this .json file instead of stdout."),
     ] = None,
     sidecar: Annotated[
         bool,
@@ -156,6 +157,8 @@ def schema(
     else:
         from soundtrack.schema import json_schema
 
+    if output is not None and (output.suffix.lower() != ".json" or output.is_dir()):
+        fail(InputError(f"--output {output}: give a .json file (a schema is JSON)"))
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
     if output is None:
         typer.echo(text, nl=False)

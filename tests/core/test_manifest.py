@@ -202,6 +202,17 @@ def test_schema_command_prints_the_schema() -> None:
     assert json.loads(result.output)["properties"]["schema"]["const"] == 1
 
 
+def test_schema_command_writes_only_a_json_file(tmp_path: Path) -> None:
+    manifest = tmp_path / "game.yaml"
+    manifest.write_text(BASE)
+    result = runner.invoke(app, ["schema", "-o", str(manifest)])
+    assert result.exit_code == 2 and "give a .json file" in result.output
+    assert manifest.read_text() == BASE
+    result = runner.invoke(app, ["schema", "-o", str(tmp_path / "s.json")])
+    assert result.exit_code == 0
+    assert json.loads((tmp_path / "s.json").read_text()) == json_schema()
+
+
 HOUSE_RULE = """[{"type": "expect_column_max_to_be_between",
   "kwargs": {"column": "sample_peak_dbfs", "max_value": -3.0}, "meta": {"gate": "house_peak"}}]"""
 
