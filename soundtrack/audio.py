@@ -102,7 +102,13 @@ def decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     # A float WAV on disk carries the rate and channel count that a raw pipe would lose.
     with tempfile.TemporaryDirectory() as tmp_dir:
         wav = Path(tmp_dir) / "decoded.wav"
-        run_ffmpeg(["-i", str(path), "-map", "0:a:0", "-c:a", "pcm_f32le", "-f", "wav", str(wav)])
+        try:
+            run_ffmpeg(
+                ["-i", str(path), "-map", "0:a:0", "-c:a", "pcm_f32le", "-f", "wav", str(wav)]
+            )
+        except AudioError as error:  # ffmpeg's last line says why; its command line does not
+            reason = str(error).strip().splitlines()[-1]
+            raise AudioError(f"{path}: not audio that ffmpeg can decode ({reason})") from error
         data, sample_rate = sf.read(str(wav), dtype="float32", always_2d=True)
     return _checked(np.ascontiguousarray(data.T), int(sample_rate), path)
 

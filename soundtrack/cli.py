@@ -38,8 +38,10 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 
-console = Console()
-err_console = Console(stderr=True)
+# No emoji codes: a path or an ffmpeg map such as `-map 0:a:0` holds ":a:", which Rich would
+# print as an emoji.
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 # --- validate (issue 2) ---
 
@@ -517,13 +519,8 @@ def inspect_files(
                 key=targets.key,
             )
         except SoundtrackError as exc:
-            err_console.print(
-                f"error: {path}: {exc}",
-                style="bold red",
-                highlight=False,
-                markup=False,
-                emoji=False,  # ffmpeg's "-map 0:a:0" is not an emoji code
-            )
+            said = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            err_console.print(f"error: {said}", style="bold red", highlight=False, markup=False)
             reports.append({"file": str(path), "error": str(exc)})
             continue
         passed = all(g.passed for g in gates if g.severity == "fail")

@@ -78,7 +78,9 @@ def test_missing_and_unreadable_files_exit_2_without_a_traceback(
     # Rich wraps long paths at the console's width: compare without the line breaks.
     said = "".join(result.stderr.split("\n"))
     assert "missing.wav" in said and "not found" in said
-    assert "garbage.ogg" in said
+    assert "garbage.ogg: not audio that ffmpeg can decode (" in " ".join(said.split())
+    assert "-map" not in said and "failed (exit" not in said, "the reason, not ffmpeg's command"
+    assert said.count("garbage.ogg") == 1
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
 
