@@ -348,7 +348,7 @@ def _check_models(plan: Plan) -> None:
         try:
             family = check_model(model, revision)
         except ModelLoadError as exc:
-            problems.append(f"tracks {', '.join(spec.id for spec in users)}: {exc}")
+            problems.append(f"{_tracks([spec.id for spec in users])}: {exc}")
             continue
         problems += [f"track {s.id}: {p}" for s in users for p in limit_problems(s, family)]
     with_stems = [spec for spec in plan.todo + plan.variations if spec.stems]
@@ -356,11 +356,15 @@ def _check_models(plan: Plan) -> None:
         problem = stem_model_problem(stem_model)
         if problem:
             separated = [spec.id for spec in with_stems if spec.stem_model == stem_model]
-            problems.append(f"tracks {', '.join(separated)}: {problem}")
+            problems.append(f"{_tracks(separated)}: {problem}")
     if len(problems) == 1:
         raise InputError(problems[0])
     if problems:
         raise InputError(f"{len(problems)} problems with the models", problems)
+
+
+def _tracks(ids: Sequence[str]) -> str:
+    return f"track {ids[0]}" if len(ids) == 1 else f"tracks {', '.join(ids)}"
 
 
 @contextmanager
