@@ -28,15 +28,20 @@ tracks:
 """
 
 
-def validate(folder: Path, duration: float, model: str) -> tuple[int, str]:
-    (folder / "m.yaml").write_text(MANIFEST.format(duration=duration, model=model))
+def run(folder: Path, *args: str) -> tuple[int, str]:
+    """The CLI run in `folder`: its exit code and its output on one line."""
     cwd = os.getcwd()
     os.chdir(folder)
     try:
-        result = CliRunner().invoke(app, ["validate", "m.yaml"])
+        result = CliRunner().invoke(app, list(args))
     finally:
         os.chdir(cwd)
     return result.exit_code, " ".join(result.output.split())
+
+
+def validate(folder: Path, duration: float, model: str) -> tuple[int, str]:
+    (folder / "m.yaml").write_text(MANIFEST.format(duration=duration, model=model))
+    return run(folder, "validate", "m.yaml")
 
 
 def test_families_come_from_files_the_catalogue_or_the_cache(
@@ -76,14 +81,8 @@ def test_lyrics_go_only_to_a_family_that_sings(offline_hub: Path, tmp_path: Path
         (tmp_path / "m.yaml").write_text(
             MANIFEST.format(duration=12, model=model) + "    lyrics: we sail at dawn\n"
         )
-        cwd = os.getcwd()
-        os.chdir(tmp_path)
-        try:
-            result = CliRunner().invoke(app, ["validate", "m.yaml"])
-        finally:
-            os.chdir(cwd)
-        said = " ".join(result.output.split())
-        assert (result.exit_code == 0) == allowed, said
+        code, said = run(tmp_path, "validate", "m.yaml")
+        assert (code == 0) == allowed, said
         if not allowed:
             assert "musicgen models take no lyrics (lyrics: ace-step, bark)" in said
 
@@ -134,25 +133,13 @@ def test_sampling_per_family_and_the_flat_form_is_musicgens(
     (tmp_path / "m.yaml").write_text(
         MANIFEST.format(duration=12, model="facebook/musicgen-small") + flat
     )
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        result = CliRunner().invoke(app, ["build", "m.yaml", "--model", str(tiny_acestep_dir)])
-    finally:
-        os.chdir(cwd)
-    said = " ".join(result.output.split())
-    assert result.exit_code == 2 and f"{tiny_acestep_dir} (--model): `sampling`" in said, said
+    code, said = run(tmp_path, "build", "m.yaml", "--model", str(tiny_acestep_dir))
+    assert code == 2 and f"{tiny_acestep_dir} (--model): `sampling`" in said, said
 
 
 def validate_text(folder: Path, text: str) -> tuple[int, str]:
     (folder / "m.yaml").write_text(text)
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        result = CliRunner().invoke(app, ["validate", "m.yaml"])
-    finally:
-        os.chdir(cwd)
-    return result.exit_code, " ".join(result.output.split())
+    return run(folder, "validate", "m.yaml")
 
 
 def test_a_loop_is_held_to_the_limit_with_the_room_it_renders(
@@ -204,14 +191,8 @@ def test_a_local_folder_is_read_as_a_build_reads_it(
     assert f"track line: model '{folder}': " in output and said in output, output
     assert "limits unchecked" not in output and "Traceback" not in output
 
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        result = CliRunner().invoke(app, ["build", "m.yaml"])
-    finally:
-        os.chdir(cwd)
-    assert result.exit_code == 2, result.output
-    assert said in " ".join(result.output.split())
+    code, output = run(tmp_path, "build", "m.yaml")
+    assert code == 2 and said in output, output
     assert not (tmp_path / "out").exists()
 
 
