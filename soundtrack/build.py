@@ -11,6 +11,7 @@ import logging
 import queue
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from soundtrack.atomic import atomic_path
 from soundtrack.catalog import limit_problems
 from soundtrack.errors import InputError, ModelLoadError, StorageError
 from soundtrack.inputs import CheckedInputs, check_inputs
-from soundtrack.models import check_model, load_count
+from soundtrack.models import check_model, load_count, one_resident
 from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build, reusable, select
 from soundtrack.plan import batch as into_batches
 from soundtrack.publish import index_of, lock_bytes, track_record
@@ -403,6 +404,9 @@ class _Tracks:
     _next: dict[Future[Any], Callable[[Future[Any]], None]] = field(default_factory=dict)
     _waiting: dict[str, list[_Variation]] = field(default_factory=dict)  # by parent id
     _released: list[TrackSpec] = field(default_factory=list)  # variations ready to render
+    _queued: deque[list[TrackSpec]] = field(default_factory=deque)  # batches for a busy device
+    _rendering: int = 0
+    _in_turn: bool | None = None  # renders one batch at a time, in plan order (decided once)
 
     def run(self, batch_size: int) -> None:
         """Until every track has its record: hand each finished step to what follows it; render
@@ -495,6 +499,17 @@ class _Tracks:
         return audio
 
     def render(self, batch: list[TrackSpec]) -> None:
+        if self._in_turn is None:
+            # A device that holds one model at a time (a GPU) renders the batches in the plan's
+            # order, each model's in a row, so that each model loads once; batches rendered
+            # side by side would load (and hold) several. A render pool's machines load their own.
+            from soundtrack.models.device import resolve_device
+
+            self._in_turn = not self.share_parents and one_resident(resolve_device(self.device))
+        if self._in_turn and self._rendering:
+            self._queued.append(batch)
+            return
+        self._rendering += 1
         for spec in batch:
             self._first.setdefault(spec.id, spec)
         label = f"generate[{', '.join(_take_label(spec) for spec in batch)}]"
@@ -508,6 +523,9 @@ class _Tracks:
     def _rendered(
         self, batch: list[TrackSpec], future: Future[list[Render | RenderFailure]]
     ) -> None:
+        self._rendering -= 1
+        if self._queued:
+            self.render(self._queued.popleft())
         try:
             results = future.result()
         except Exception as exc:

@@ -108,7 +108,12 @@ def plan_build(
             cached.append(record)
         elif spec.id in selected:
             pending.append(first_take(spec, previous.get(spec.id)))
-    generated = [spec for spec in pending if spec.source is None]
+    # A GPU holds one model at a time, and variations render after their parents: the models
+    # variations render with go last, so their parents and then the variations share one load.
+    varied = {spec.model for spec in variations}
+    generated = sorted(
+        (spec for spec in pending if spec.source is None), key=lambda spec: spec.model in varied
+    )
     return Plan(
         cached=cached,
         batches=batch(generated, batch_size),

@@ -131,3 +131,16 @@ def test_planning_imports_neither_yaml_nor_boto3() -> None:
     )
     run = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
     assert run.stdout.strip() == ""
+
+
+def test_the_model_variations_use_renders_last(tmp_path: Path) -> None:
+    """One model resident at a time (a GPU): the batches of the model the variations render
+    with come after every other model's, so parents and variations share its one load."""
+    theme = make_spec(id="theme", model="ace")
+    other = make_spec(id="other", model="musicgen")
+    sting = make_spec(id="sting", model="ace", variation_of="theme")
+    plan = plan_build([theme, other, sting], None, LocalStorage("out", tmp_path))
+    assert [[s.id for s in b] for b in plan.batches] == [["other"], ["theme"]]
+    assert [s.id for s in plan.variations] == ["sting"]
+    plain = plan_build([theme, other], None, LocalStorage("out", tmp_path))
+    assert [[s.id for s in b] for b in plain.batches] == [["theme"], ["other"]], "manifest order"

@@ -97,6 +97,28 @@ def test_variations_render_after_their_parents_and_only_a_changed_parent_renders
     assert after["menu"]["files"] == tracks["menu"]["files"]
 
 
+def test_one_resident_model_loads_once_for_parents_and_variations(
+    tmp_path: Path, tiny_acestep_dir: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on a GPU (one model resident): ACE-Step's parent comes first in the manifest and a
+    MusicGen track second, yet each model loads once, ACE-Step's parent and variation together."""
+    monkeypatch.setattr(models, "one_resident", lambda device: True)  # what loading asks
+    monkeypatch.setattr("soundtrack.build.one_resident", lambda device: True)  # and the build
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))  # nothing rendered yet
+    text = manifest(tiny_acestep_dir).replace(
+        "    prompt: calm menu pads\n", f"    prompt: calm menu pads\n    model: {tiny_model_dir}\n"
+    )
+    (tmp_path / "m.yaml").write_text(text.split("  - id: victory")[0])
+    result = run(tmp_path)
+    assert result.exit_status == 0, result.failure
+    assert {r.id: r.model.id for r in result.report.tracks if r.model} == {
+        "title-theme": str(tiny_acestep_dir),
+        "menu": str(tiny_model_dir),
+        "combat-high": str(tiny_acestep_dir),
+    }
+    assert result.report.model_loads == 2
+
+
 def test_a_variation_whose_parent_is_rejected_fails_without_rendering(
     tmp_path: Path, tiny_acestep_dir: Path
 ) -> None:
