@@ -173,7 +173,6 @@ def schema(
 
 def _fail_generation(exc: SoundtrackError) -> NoReturn:
     """Like fail(), but a model that cannot be loaded is bad input too (exit 2)."""
-
     fail(InputError(str(exc)) if isinstance(exc, ModelLoadError) else exc)
 
 

@@ -279,11 +279,10 @@ def _describe(error: Any, model_fields: dict[str, list[str]]) -> tuple[str, str]
     given = error.get("input")
     if kind == "extra_forbidden":
         parent = _field_path(loc[:-1])
-        kind = _parent_kind(parent)
-        # The per-family sampling form is keyed by family; the flat one by setting.
-        allowed = model_fields.get(
-            "sampling families" if kind == "sampling" and "families" in loc else kind, []
-        )
+        owner = _parent_kind(parent)
+        if owner == "sampling" and "families" in loc:  # the per-family form, keyed by family
+            owner = "sampling families"
+        allowed = model_fields.get(owner, [])
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return path, f"unknown key{hint} (allowed: {', '.join(allowed)})"
