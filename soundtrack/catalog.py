@@ -64,7 +64,12 @@ CHECKPOINTS: dict[str, Checkpoint] = {
     "suno/bark": Checkpoint("bark", "MIT"),
     "suno/bark-small": Checkpoint("bark", "MIT"),
 }
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def is_hub_id(model: str) -> bool:
+    """Whether `model` can name a hub repository: a path (/, ., ~) never does."""
+    return not model.startswith(("/", ".", "~")) and _HUB_ID.match(model) is not None
 
 
 def family_name(model: str, revision: str | None = None) -> str | None:
@@ -74,7 +79,7 @@ def family_name(model: str, revision: str | None = None) -> str | None:
     from soundtrack.models.source import model_family  # huggingface_hub: not for a recording
 
     local = Path(model).expanduser()
-    if local.is_dir():
+    if local.exists() or not is_hub_id(model):  # a path: a folder, or refused as none
         return model_family(local, model)
     if model in CHECKPOINTS:
         return CHECKPOINTS[model].family
@@ -87,7 +92,7 @@ def family_name(model: str, revision: str | None = None) -> str | None:
 
 def cached_file(model: str, name: str, revision: str | None) -> Path | None:
     """File `name` of hub id `model` in the Hugging Face cache; never asks the network."""
-    if not _HUB_ID.match(model):
+    if not is_hub_id(model):
         return None
     # Imported here: only a hub id needs it.
     from huggingface_hub import try_to_load_from_cache

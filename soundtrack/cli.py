@@ -760,9 +760,13 @@ def build(
     if out is not None and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", out):
         # A folder typed on the command line means one relative to where it was typed.
         out = str(Path(out).expanduser().resolve())
-    local_model = Path(model).expanduser() if model else None
-    if local_model is not None and local_model.is_dir():
-        model = str(local_model.resolve())
+    if model is not None:
+        from soundtrack.catalog import is_hub_id
+
+        # A model folder typed on the command line, too, is one relative to where it was typed.
+        local_model = Path(model).expanduser()
+        if local_model.is_dir() or not is_hub_id(model):
+            model = str(local_model.resolve())
     # 1. Check everything a user gave before starting Prefect: bad input writes nothing. The
     # flow checks again, the same way, where it runs (a worker has no CLI before it).
     options = Options(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from soundtrack import PIPELINE_VERSION
+from soundtrack.catalog import is_hub_id
 from soundtrack.errors import InputError
 from soundtrack.gates import GATE_NAMES
 from soundtrack.hashing import file_sha256
@@ -460,8 +461,8 @@ def _model_location(model: str | None, base_dir: Path) -> str:
     """A model directory relative to the manifest loads from there; anything else is a hub id."""
     if model is None:
         return ""
-    local = (base_dir / model).expanduser()
-    return str(local.resolve()) if local.is_dir() else model
+    local = base_dir / Path(model).expanduser()  # an absolute path stays as it is
+    return str(local.resolve()) if local.is_dir() or not is_hub_id(model) else model
 
 
 @dataclass(frozen=True)

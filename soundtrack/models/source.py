@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from soundtrack.catalog import is_hub_id
 from soundtrack.errors import ModelLoadError
 from soundtrack.licences import licence_of
 
@@ -23,7 +23,6 @@ HUB_TIMEOUT_S = 10.0  # the metadata request; a download that has started is not
 # Diffusers checkpoints keep these in component folders; "*" matches across "/" here. Bark's
 # BERT tokenizer reads vocab.txt.
 _HUB_FILES = ["*.json", "*.safetensors", "*.model", "*merges.txt", "*vocab.txt", "README.md"]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 _fingerprints: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
@@ -120,18 +119,13 @@ def how_to_provide(model: str) -> str:
 def resolve_source(model: str, revision: str | None) -> ModelSource:
     """Find a model's files locally, else fetch them from the hub; raise ModelLoadError fast."""
     path = Path(model).expanduser()
-    if path.exists():
-        return _local_source(path.resolve(), revision)
-    if model.startswith(("/", ".", "~")) or not _HUB_ID.match(model):
-        raise ModelLoadError(
-            f"model {model!r}: no such directory ({path.absolute()}); give a directory holding "
-            f"config.json and the weights, or a hub id such as facebook/musicgen-small"
-        )
-    return _hub_source(model, revision)
+    if not path.exists() and is_hub_id(model):
+        return _hub_source(model, revision)
+    family = model_family(path, model)  # before hashing gigabytes of weights
+    return _local_source(path.resolve(), revision, family)
 
 
-def _local_source(directory: Path, revision: str | None) -> ModelSource:
-    family = model_family(directory, str(directory))  # before hashing gigabytes of weights
+def _local_source(directory: Path, revision: str | None, family: str) -> ModelSource:
     fingerprint = directory_fingerprint(directory)
     if revision is not None and revision != fingerprint:
         raise ModelLoadError(
@@ -193,6 +187,12 @@ def model_family(directory: Path, model: str) -> str:
     """The family a checkpoint's own files name: model_index.json's pipeline (its components
     held to the allow-list), else config.json's model_type. Reads no weights; ModelLoadError
     for a folder that is no model, or names anything without a backend."""
+    if not directory.is_dir():
+        what = "a file, not a model directory" if directory.exists() else "no such directory"
+        raise ModelLoadError(
+            f"model {model!r}: {what} ({directory.absolute()}); give a directory holding "
+            f"config.json and the weights, or a hub id such as facebook/musicgen-small"
+        )
     if (directory / "model_index.json").is_file():
         return _pipeline_family(directory, model)
     if not (directory / "config.json").is_file():
