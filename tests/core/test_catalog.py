@@ -204,3 +204,14 @@ def test_melody_checkpoints_are_known_for_their_licence_but_have_no_backend(
     assert "musicgen-melody models have no backend in this version" in said
     code, said = validate(tmp_path, 5, "facebook/musicgen-stereo-small")
     assert code == 0, said
+
+
+def test_a_model_path_that_is_no_folder_is_refused_at_validate(tmp_path: Path) -> None:
+    """A path (./, /, ~) never names a hub model: one that is not a folder is an error, named
+    against the manifest's folder, not "limits unchecked"."""
+    code, said = validate(tmp_path, 5, "./missing")
+    assert code == 2 and f"model '{tmp_path / 'missing'}': no such directory" in said, said
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    code, said = validate(tmp_path, 5, "./weights.safetensors")
+    assert code == 2 and "a file, not a model directory" in said, said
+    assert "limits unchecked" not in said
