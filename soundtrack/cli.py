@@ -177,17 +177,18 @@ def _fail_generation(exc: SoundtrackError) -> NoReturn:
 
 
 def _quiet_libraries() -> None:
-    """Our own progress and errors replace transformers' and diffusers' config warnings and
-    loading bars, and torch's deprecation notice for the weight norm diffusers' VAE uses."""
+    """Our own progress and errors replace the model libraries' loading bars, config warnings
+    and torch's notice about the weight norm diffusers' VAE uses. Set before those libraries
+    load (a build imports them only once it renders); a user's own settings win."""
+    import os
     import warnings
 
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
+    for name, value in (
+        ("TQDM_DISABLE", "1"),  # transformers' and diffusers' loading bars
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("DIFFUSERS_VERBOSITY", "error"),
+    ):
+        os.environ.setdefault(name, value)
     warnings.filterwarnings("ignore", ".*torch.nn.utils.weight_norm", FutureWarning)
 
 
@@ -252,6 +253,7 @@ def generate(
     """
     import secrets
 
+    _quiet_libraries()  # before anything imports tqdm, which reads its settings once
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from soundtrack.audio import write_wav
@@ -263,7 +265,6 @@ def generate(
     target = output or _audition_path(prompt, seed)
     request = GenerationRequest("audition", prompt, duration, seed, Sampling())
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    _quiet_libraries()
     try:
         check_request(request)
         _check_audition(model, duration, target)
@@ -352,6 +353,7 @@ def models_make_tiny(
                 f"--family must be musicgen, ace-step, stable-audio, bark or demucs, got {family!r}"
             )
         )
+    _quiet_libraries()
     problem = _model_target_problem(directory, family, tiny=True)
     if problem:
         fail(InputError(problem))
@@ -365,7 +367,6 @@ def models_make_tiny(
         make_tiny_demucs(directory)
         console.print(f"wrote a tiny random-weight HTDemucs to {directory}", highlight=False)
         return
-    _quiet_libraries()
     if family == "bark":
         from soundtrack.models.tiny_bark import make_tiny_bark
 
@@ -755,6 +756,7 @@ def build(
     that cannot be used (credentials, bucket, endpoint), found before the flow runs, 75 when
     another build of the soundtrack held the storage past --storage-wait-s (try again later).
     """
+    _quiet_libraries()  # before anything imports tqdm, which reads its settings once
     from soundtrack.build import Options, prepare
 
     if out is not None and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", out):
