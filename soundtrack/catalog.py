@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from soundtrack.schema import SAMPLING_FAMILIES
 from soundtrack.spec import TrackSpec
 
 
@@ -120,10 +121,12 @@ def limit_problems(spec: TrackSpec, family: str) -> list[str]:
             f"({known.max_call_s:g} s at most)"
         )
     if spec.sampling_flat and family != "musicgen":
-        problems.append(
-            f"`sampling` in the flat form holds MusicGen's settings; {family} models take "
-            f"their own block (sampling: {{{family}: {{...}}}})"
+        own = (
+            f"{family} models take their own block (sampling: {{{family}: {{...}}}})"
+            if family in SAMPLING_FAMILIES
+            else f"{family} models take no sampling settings"
         )
+        problems.append(f"`sampling` in the flat form holds MusicGen's settings; {own}")
     if spec.lyrics is not None and "lyrics" not in known.conditioning:
         takers = sorted(f.name for f in FAMILIES.values() if "lyrics" in f.conditioning)
         problems.append(f"{family} models take no lyrics (lyrics: {', '.join(takers)})")

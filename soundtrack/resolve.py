@@ -137,13 +137,15 @@ def _merge(defaults: Defaults, track: Track) -> dict[str, Any]:
         elif name != "sampling":
             merged[name] = value
     # Sampling merges per family; the flat form is MusicGen's block.
-    d_blocks, d_flat = _sampling_blocks(merged.pop("sampling", {}))
+    d_blocks, _ = _sampling_blocks(merged.pop("sampling", {}))
     t_blocks, t_flat = _sampling_blocks(track.model_dump(exclude_unset=True).get("sampling") or {})
     merged["sampling"] = {
         family: {**d_blocks.get(family, {}), **t_blocks.get(family, {})}
         for family in (*d_blocks, *t_blocks)
     }
-    merged["sampling_flat"] = d_flat or t_flat
+    # The defaults' flat form is MusicGen's block, which tracks of other families ignore; a
+    # track's own flat `sampling` is held to its model's family (catalog.limit_problems).
+    merged["sampling_flat"] = t_flat
     return merged
 
 

@@ -130,12 +130,14 @@ class FamilySamplingSpec(_Strict):
     stable_audio: StableAudioSamplingSpec | None = Field(default=None, alias="stable-audio")
 
 
+SAMPLING_FAMILIES = frozenset(f.alias or n for n, f in FamilySamplingSpec.model_fields.items())
+
+
 def _sampling_kind(value: Any) -> str:
     # A block (a mapping) or a family's name marks the per-family form, so a misspelt family is
     # reported among the families, not as a flat setting.
-    families = {"musicgen", "ace-step", "stable-audio"}
     if isinstance(value, dict) and (
-        set(value) & families or any(isinstance(block, dict) for block in value.values())
+        set(value) & SAMPLING_FAMILIES or any(isinstance(block, dict) for block in value.values())
     ):
         return "families"
     if isinstance(value, FamilySamplingSpec):

@@ -215,3 +215,17 @@ def test_a_model_path_that_is_no_folder_is_refused_at_validate(tmp_path: Path) -
     code, said = validate(tmp_path, 5, "./weights.safetensors")
     assert code == 2 and "a file, not a model directory" in said, said
     assert "limits unchecked" not in said
+
+
+def test_a_flat_sampling_in_defaults_is_musicgens_and_other_families_ignore_it(
+    offline_hub: Path, tmp_path: Path
+) -> None:
+    ace_step = "ACE-Step/acestep-v15-xl-turbo-diffusers"
+    text = MANIFEST.format(duration=12, model=ace_step).replace(
+        "defaults: {formats: [ogg]}", "defaults: {formats: [ogg], sampling: {temperature: 0.9}}"
+    )
+    assert "temperature: 0.9" in text
+    code, said = validate_text(tmp_path, text)
+    assert code == 0, said
+    code, said = validate_text(tmp_path, text + "    sampling: {top_k: 100}\n")
+    assert code == 2 and "track line: model " in said and "take their own block" in said, said
