@@ -14,6 +14,7 @@ import yaml
 from soundtrack.catalog import CHECKPOINTS, cached_file
 
 UNKNOWN = "unknown"
+_CARD_HEAD_BYTES = 64 * 1024
 # Licences that allow selling what the model makes, with no condition a tool could not check.
 # Anything else (non-commercial, conditional such as Stability AI's revenue threshold, unknown)
 # needs the studio to accept it by name in the manifest.
@@ -23,10 +24,13 @@ COMMERCIAL = frozenset(
 
 
 def card_licence(card: Path) -> str | None:
-    """The `license:` of a model card's YAML front matter (`license_name` for `other`)."""
+    """The `license:` of a model card's YAML front matter (`license_name` for `other`); None
+    when the card names none (`unknown`, or `other` without a name: nothing to accept)."""
     if not card.is_file():
         return None
-    parts = card.read_text(encoding="utf-8", errors="replace").split("---", 2)
+    with card.open("rb") as handle:  # the front matter is at the top; a card may be huge
+        head = handle.read(_CARD_HEAD_BYTES).decode("utf-8", errors="replace")
+    parts = head.removeprefix("\ufeff").split("---", 2)
     if len(parts) != 3 or parts[0].strip():
         return None
     try:
@@ -35,9 +39,12 @@ def card_licence(card: Path) -> str | None:
         return None
     if not isinstance(meta, dict) or not isinstance(meta.get("license"), str):
         return None
-    if meta["license"] == "other" and isinstance(meta.get("license_name"), str):
-        return str(meta["license_name"])
-    return str(meta["license"]).upper()
+    licence = str(meta["license"])
+    if licence.casefold() == "other":
+        name = meta.get("license_name")
+        licence = name if isinstance(name, str) else UNKNOWN
+        return None if licence.strip().casefold() in ("", UNKNOWN, "other") else licence
+    return None if licence.casefold() == UNKNOWN else licence.upper()
 
 
 def licence_of(model: str, revision: str | None = None, *, directory: Path | None = None) -> str:
@@ -57,7 +64,7 @@ def usage_problem(licence: str, usage: str | None, accepted: list[str]) -> str |
     """Why a model under `licence` may not make assets for `usage`, or None when it may."""
     if usage != "commercial":
         return None  # every licence allows non-commercial use; no usage declared checks nothing
-    if licence == UNKNOWN:  # not acceptable by name: nobody knows what would be accepted
+    if licence.casefold() == UNKNOWN:  # not acceptable by name: nobody knows what it would be
         return (
             "its licence is unknown (no `license:` in its model card, not a known checkpoint); "
             "give the model a card with its licence, or use another model"

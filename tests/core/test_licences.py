@@ -181,3 +181,29 @@ def test_commercial_use_checks_the_stem_model_too(offline_hub: Path, tmp_path: P
     (demucs / "README.md").write_text("---\nlicense: mit\n---\n")
     code, said = run(tmp_path, "validate", "m.yaml")
     assert code == 0 and "(licence MIT)" in said, "the card wins over config.json"
+
+
+@pytest.mark.parametrize(
+    ("card", "licence"),
+    [
+        ("---\nlicense: unknown\n---\n", "unknown"),
+        ("---\nlicense: UNKNOWN\n---\n", "unknown"),
+        ("---\nlicense: other\n---\n", "unknown"),
+        ("---\nlicense: other\nlicense_name: other\n---\n", "unknown"),
+        ("\ufeff---\nlicense: mit\n---\n", "MIT"),
+        ("---\nlicense: mit\n---\n" + "x" * (2 * 1024 * 1024), "MIT"),
+    ],
+)
+def test_a_card_that_names_no_licence_cannot_be_accepted(
+    offline_hub: Path, tmp_path: Path, card: str, licence: str
+) -> None:
+    """`unknown`, or `other` without a name, is no licence: accepting it by that word would
+    accept anything. A byte-order mark or a long card still reads."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "README.md").write_text(card, encoding="utf-8")
+    assert licence_of(str(folder)) == licence
+    accepting = ["unknown", "UNKNOWN", "other"]
+    assert (usage_problem(licence_of(str(folder)), "commercial", accepting) is None) == (
+        licence == "MIT"
+    )
