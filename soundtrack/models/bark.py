@@ -91,12 +91,17 @@ class BarkGenerator:
         # 2. Render each track, then judge it on its own.
         results: list[GeneratedAudio | GenerationError] = []
         for done, (request, encoded) in enumerate(zip(requests, inputs, strict=True), start=1):
-            results.append(self._result(request, self._render(request, encoded)))
+            if isinstance(encoded, GenerationError):
+                results.append(encoded)
+            else:
+                results.append(self._result(request, self._render(request, encoded)))
             if progress is not None:
                 progress(done, len(requests))
         return results
 
-    def _inputs(self, request: GenerationRequest) -> dict[str, torch.Tensor]:
+    def _inputs(self, request: GenerationRequest) -> dict[str, torch.Tensor] | GenerationError:
+        """The tokens Bark reads, or why this track cannot be read (its text is too long: the
+        tokenizer, not the manifest, knows; the rest of the batch still renders)."""
         check_request(request)
         if request.duration_s > MAX_RENDER_S:
             raise InputError(
@@ -107,9 +112,10 @@ class BarkGenerator:
         tokens = len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
         if tokens > self._max_text_tokens:
             what = "lyrics" if request.lyrics else "prompt"
-            raise InputError(
-                f"track {request.track_id!r}: its {what} must be <= {self._max_text_tokens} "
-                f"tokens for Bark (the text it reads), got {tokens}"
+            return GenerationError(
+                request.track_id,
+                f"its {what} must be <= {self._max_text_tokens} tokens for Bark (the text it "
+                f"reads), got {tokens}",
             )
         encoded: dict[str, torch.Tensor] = self._tokenizer(
             text,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,22 @@ def test_requests_beyond_barks_limits_are_refused_before_any_work(
 ) -> None:
     with pytest.raises(InputError, match=r"track 'long': duration_s must be <= 14 s for Bark"):
         generator.generate([req("ok"), req("long", seconds=20.0)])
-    with pytest.raises(InputError, match=r"track 'words': its lyrics must be <= 64 tokens"):
-        generator.generate([req("words", lyrics=" ".join(["la"] * 70))])
     with pytest.raises(InputError, match="batch_size must be >= 1, got 0"):
         generator.generate([req("ok")], batch_size=0)
+
+
+def test_a_text_too_long_for_bark_fails_its_track_and_the_rest_renders(
+    generator: BarkGenerator,
+) -> None:
+    """Only the tokenizer knows a text's length in tokens: the track fails with the reason,
+    and the batch's other tracks still render."""
+    words, prompt, ok = generator.generate(
+        [req("words", lyrics=" ".join(["la"] * 70)), req("prompt", "piano " * 80), req("ok")]
+    )
+    assert isinstance(words, GenerationError) and words.track_id == "words"
+    assert re.fullmatch(r"its lyrics must be <= 64 tokens for Bark .*, got \d+", words.reason)
+    assert isinstance(prompt, GenerationError) and "its prompt must be <= 64 tokens" in str(prompt)
+    assert isinstance(ok, GeneratedAudio)
 
 
 def fresh(model_dir: Path) -> BarkGenerator:
