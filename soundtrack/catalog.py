@@ -117,7 +117,7 @@ def limit_problems(spec: TrackSpec, family: str) -> list[str]:
     if known.max_call_s is not None and spec.render_duration_s > known.max_call_s:
         extra = " with the room a loop renders" if spec.render_duration_s > spec.duration_s else ""
         problems.append(
-            f"duration {spec.duration_s:g} s{extra} is longer than a {family} model renders "
+            f"duration {spec.duration_s:g} s{extra} is longer than {family} models render "
             f"({known.max_call_s:g} s at most)"
         )
     if spec.sampling_flat and family != "musicgen":

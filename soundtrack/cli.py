@@ -20,6 +20,7 @@ from soundtrack.redaction import install_log_redaction, redact
 
 if TYPE_CHECKING:
     from soundtrack.analysis import Analysis
+    from soundtrack.models import GenerationRequest
 
 app = typer.Typer(
     name="soundtrack",
@@ -194,16 +195,29 @@ def _quiet_libraries() -> None:
 
 def _audition_path(prompt: str, seed: int) -> Path:
     words = "".join(c if c.isalnum() else " " for c in prompt.lower()).split()[:5]
-    return Path(f"{'-'.join(words) or 'audition'}-{seed}.wav")
+    # A file name has a length limit (255 bytes): a long word is cut, not passed on.
+    return Path(f"{'-'.join(words)[:60].strip('-') or 'audition'}-{seed}.wav")
 
 
-def _check_audition(model: str, duration_s: float, target: Path) -> None:
-    """What `generate` can tell before loading a model: a WAV outside the model's files, and a
-    length its family renders (from the files or the catalogue, as `validate` reads them)."""
+def _check_audition(model: str, request: GenerationRequest, target: Path) -> None:
+    """What `generate` can tell before loading a model: a seed, length and prompt a manifest
+    takes, a WAV outside the model's files, and a length the model's family renders (from the
+    files or the catalogue, as `validate` reads them)."""
     from huggingface_hub import constants
 
     from soundtrack.catalog import FAMILIES, family_name
+    from soundtrack.models import check_request
+    from soundtrack.schema import MAX_DURATION_S, MIN_DURATION_S, SEED_MAX
 
+    seed, duration_s = request.seed, request.duration_s
+    if not 0 <= seed <= SEED_MAX:
+        raise InputError(f"--seed must be 0 to {SEED_MAX}, as in a manifest (got {seed})")
+    if not MIN_DURATION_S <= duration_s <= MAX_DURATION_S:  # NaN fails too
+        raise InputError(
+            f"--duration must be {MIN_DURATION_S:g} to {MAX_DURATION_S:g} s, as in a manifest "
+            f"(got {duration_s:g})"
+        )
+    check_request(request)
     if target.suffix.lower() != ".wav" or target.is_dir():
         raise InputError(f"--output {target}: give a .wav file (generate writes a WAV)")
     local = Path(model).expanduser()
@@ -216,7 +230,7 @@ def _check_audition(model: str, duration_s: float, target: Path) -> None:
     family = FAMILIES.get(family_name(model) or "")
     if family is not None and family.max_call_s is not None and duration_s > family.max_call_s:
         raise InputError(
-            f"--duration {duration_s:g} s is longer than a {family.name} model renders "
+            f"--duration {duration_s:g} s is longer than {family.name} models render "
             f"({family.max_call_s:g} s at most)"
         )
 
@@ -228,10 +242,15 @@ def generate(
     ],
     prompt: Annotated[str, typer.Option(help="What to play: style, key, tempo, instruments.")],
     duration: Annotated[
-        float, typer.Option(help="Seconds; above 30 s renders overlapping windows.")
+        float,
+        typer.Option(
+            help="Seconds, as a manifest's duration (MusicGen renders over 30 s in overlapping "
+            "windows; other families have their own longest render)."
+        ),
     ],
     seed: Annotated[
-        int | None, typer.Option(help="Seed (default: a random one, printed for the manifest).")
+        int | None,
+        typer.Option(help="Seed (default: a random one, printed for the manifest)."),
     ] = None,
     output: Annotated[
         Path | None,
@@ -258,7 +277,7 @@ def generate(
 
     from soundtrack.audio import write_wav
     from soundtrack.errors import GenerationError
-    from soundtrack.models import GenerationRequest, check_request, get_generator
+    from soundtrack.models import GenerationRequest, get_generator
     from soundtrack.spec import Sampling
 
     seed = secrets.randbelow(2**31) if seed is None else seed
@@ -266,8 +285,7 @@ def generate(
     request = GenerationRequest("audition", prompt, duration, seed, Sampling())
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
-        check_request(request)
-        _check_audition(model, duration, target)
+        _check_audition(model, request, target)
         with err_console.status(f"loading {model}"):
             generator = get_generator(model, device=device)
         with Progress(*columns, console=err_console) as bar:

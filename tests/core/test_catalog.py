@@ -63,7 +63,9 @@ def test_families_come_from_files_the_catalogue_or_the_cache(
 def test_validate_holds_a_track_to_its_family(offline_hub: Path, tmp_path: Path) -> None:
     code, said = validate(tmp_path, 20, "suno/bark-small")
     assert code == 2, said
-    assert "track line: model suno/bark-small: duration 20 s is longer than a bark model" in said
+    assert (
+        "track line: model suno/bark-small: duration 20 s is longer than bark models render" in said
+    )
     assert f"({FAMILIES['bark'].max_call_s:g} s at most)" in said
     assert "bark models have no backend" not in said  # it has one: only the length is refused
 

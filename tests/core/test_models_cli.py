@@ -86,11 +86,30 @@ def test_generate_refuses_an_output_it_should_not_write_before_loading(
     assert manifest.read_text() == "schema: 1\n"
     assert {p: p.read_bytes() for p in tiny_model_dir.rglob("*") if p.is_file()} == before
 
+    for option, said in (
+        (["--seed", "-1"], "--seed must be 0 to 4294967295"),
+        (["--seed", str(2**80)], "--seed must be 0 to 4294967295"),
+        (["--duration", "inf"], "--duration must be 0.4 to 600 s"),
+        (["--duration", "0.1"], "--duration must be 0.4 to 600 s"),
+        (["--duration", "601"], "--duration must be 0.4 to 600 s"),
+    ):
+        result = runner.invoke(app, [*base, *option, "-o", str(tmp_path / "x.wav")])
+        assert result.exit_code == 2 and said in result.stderr, (option, result.output)
     stable = ["generate", "--model", "stabilityai/stable-audio-open-1.0", "--prompt", "p"]
     result = runner.invoke(app, [*stable, "--duration", "60", "-o", str(tmp_path / "x.wav")])
     assert result.exit_code == 2, result.output
-    assert "longer than a stable-audio model renders (47 s at most)" in result.stderr
+    assert "longer than stable-audio models render (47 s at most)" in result.stderr
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_an_audition_named_from_a_long_prompt_gets_a_short_name(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["generate", "--model", str(tiny_model_dir), "--prompt", "x" * 300, "--seed", "7"]
+    result = runner.invoke(app, [*args, "--duration", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.glob("*.wav")] == ["x" * 60 + "-7.wav"]
 
 
 def test_a_silent_render_exits_1_and_writes_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
