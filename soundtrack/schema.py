@@ -394,8 +394,12 @@ class Track(_Overridable):
             raise ValueError("needs exactly one of 'prompt' (generate) or 'source' (a recording)")
         if self.source is not None and self.model is not None:
             raise ValueError("'model' has no meaning for a 'source' track")
-        if self.source is not None and self.attempts is not None:
-            raise ValueError("'attempts' has no meaning for a 'source' track: it is not rendered")
+        if self.source is not None:
+            for name in ("attempts", "sampling", "lyrics", "negative_prompt"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"'{name}' has no meaning for a 'source' track: it is not rendered"
+                    )
         if self.bars is not None and self.duration is not None:
             raise ValueError("give 'bars' or 'duration', not both")
         if self.bars is not None and self.bpm is None:
