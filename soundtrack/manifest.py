@@ -32,6 +32,7 @@ from soundtrack.schema import (
     Track,
 )
 
+_QUOTE_CHARS = 80
 MAX_MANIFEST_BYTES = 1024 * 1024  # a soundtrack manifest is a few KiB; refuse anything huge
 # Limits on the YAML structure, checked on the composed node graph before any Python object is
 # built: nine anchors of nine aliases each (a 700-byte "billion laughs") would otherwise expand
@@ -289,13 +290,21 @@ def _describe(error: Any, model_fields: dict[str, list[str]]) -> tuple[str, str]
     if kind == "missing":
         return path, "required"
     if kind == "string_pattern_mismatch" and error["ctx"]["pattern"] in PATTERN_WORDS:
-        return path, f"{PATTERN_WORDS[error['ctx']['pattern']]} (got {given!r})"
+        return path, f"{PATTERN_WORDS[error['ctx']['pattern']]} (got {_quoted(given)})"
     message = str(error["msg"]).removeprefix("Value error, ")
     # The value as a whole token: "0" inside "greater than or equal to 0.4" is not the input.
     shown = re.compile(rf"(?<![\w.]){re.escape(repr(given))}(?![\w.])")
     if given is not None and not isinstance(given, dict | list) and not shown.search(message):
-        message += f" (got {given!r})"
+        message += f" (got {_quoted(given)})"
     return path, message
+
+
+def _quoted(value: Any) -> str:
+    """A value as the error quotes it: its start, when it is long (lyrics of 5,000 characters)."""
+    text = repr(value)
+    if len(text) <= _QUOTE_CHARS:
+        return text
+    return f"{text[:_QUOTE_CHARS]}... ({len(str(value))} characters)"
 
 
 def _parent_kind(parent: str) -> str:

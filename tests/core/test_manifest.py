@@ -58,6 +58,11 @@ def test_invalid_manifest_exits_2_naming_the_problem(path: Path) -> None:
     assert expected_text(path) in output, output
 
 
+def test_a_long_value_is_quoted_by_its_start() -> None:
+    code, output = validate(ROOT / "tests/manifests/invalid/lyrics-too-long.yaml")
+    assert code == 2 and "... (4500 characters))" in output and len(output) < 400, output
+
+
 def test_every_problem_is_listed_not_only_the_first() -> None:
     code, output = validate(ROOT / "tests/manifests/invalid/many-problems.yaml")
     assert code == 2
