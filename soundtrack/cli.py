@@ -358,7 +358,7 @@ def models_make_tiny(
         typer.Option("--stereo", help="MusicGen: two channels, like facebook/musicgen-stereo-*."),
     ] = False,
 ) -> None:
-    """Write a tiny random-weight model (1-2 MB) for smoke tests without downloading weights.
+    """Write a tiny random-weight model (a few MB) for smoke tests without downloading weights.
 
     Its output is noise, not music; it differs per prompt and per seed and loads like any
     local model: `--model DIR` or `model: DIR` in a manifest. ACE-Step renders 48 kHz stereo,
@@ -724,7 +724,7 @@ def build(
         ),
     ] = None,
     device: Annotated[
-        str | None, typer.Option("--device", help="cuda, mps or cpu (default: auto).")
+        str | None, typer.Option("--device", help="cpu, cuda, cuda:N or mps (default: auto).")
     ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, max=64, help="Tracks per generate call.")
@@ -783,6 +783,8 @@ def build(
     if model is not None:
         from soundtrack.catalog import is_hub_id
 
+        if not model.strip():
+            fail(InputError("--model is empty: give a hub id or a model folder"))
         # A model folder typed on the command line, too, is one relative to where it was typed.
         local_model = Path(model).expanduser()
         if local_model.is_dir() or not is_hub_id(model):
