@@ -166,7 +166,7 @@ def prepare(
     lock, warnings = _previous_lock(checked, logger)
     plan = _plan(checked, lock, options)
     if options.local_models:
-        _check_models(plan)
+        _check_models(plan, given=" (--model)" if options.model else "")
     logger.info(
         "%d tracks: %d cached, %d to render in %d batches, %d recordings",
         len(checked.specs),
@@ -338,7 +338,7 @@ def _plan(checked: CheckedInputs, lock: BuildReport | None, options: Options) ->
     )
 
 
-def _check_models(plan: Plan) -> None:
+def _check_models(plan: Plan, *, given: str) -> None:
     """Every model a batch needs is at hand, loadable, and can render its tracks (its files
     now say its family, which `validate` may have had to leave unchecked), and every stem
     model is there: found now, not after other renders."""
@@ -349,9 +349,9 @@ def _check_models(plan: Plan) -> None:
         try:
             family = check_model(model, revision)
         except ModelLoadError as exc:
-            problems.append(f"{_tracks([spec.id for spec in users])}: {exc}")
+            problems.append(f"{_tracks([spec.id for spec in users])}{given}: {exc}")
             continue
-        problems += [f"track {s.id}: {p}" for s in users for p in limit_problems(s, family)]
+        problems += [f"track {s.id}{given}: {p}" for s in users for p in limit_problems(s, family)]
     with_stems = [spec for spec in plan.todo + plan.variations if spec.stems]
     for stem_model in dict.fromkeys(spec.stem_model or "" for spec in with_stems):
         problem = stem_model_problem(stem_model)
