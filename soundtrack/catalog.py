@@ -77,11 +77,13 @@ def family_name(model: str, revision: str | None = None) -> str | None:
     """The family of a local folder or a hub id in the Hugging Face cache, read from its files as
     a build reads them, else of a known checkpoint; None when nothing at hand says. ModelLoadError
     when the files name no family this version loads."""
-    from soundtrack.models.source import model_family  # huggingface_hub: not for a recording
+    from soundtrack.models.source import check_weights, model_family  # not for a recording
 
     local = Path(model).expanduser()
     if local.exists() or not is_hub_id(model):  # a path: a folder, or refused as none
-        return model_family(local, model)
+        family = model_family(local, model)
+        check_weights(local, model)
+        return family
     if model in CHECKPOINTS:
         return CHECKPOINTS[model].family
     for name in ("model_index.json", "config.json"):

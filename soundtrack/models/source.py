@@ -24,6 +24,8 @@ HUB_TIMEOUT_S = 10.0  # the metadata request; a download that has started is not
 # BERT tokenizer reads vocab.txt.
 _HUB_FILES = ["*.json", "*.safetensors", "*.model", "*merges.txt", "*vocab.txt", "README.md"]
 
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit safetensors itself sets
 _fingerprints: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
 
@@ -122,6 +124,7 @@ def resolve_source(model: str, revision: str | None) -> ModelSource:
     if not path.exists() and is_hub_id(model):
         return _hub_source(model, revision)
     family = model_family(path, model)  # before hashing gigabytes of weights
+    check_weights(path, model)
     return _local_source(path.resolve(), revision, family)
 
 
@@ -210,6 +213,44 @@ def model_family(directory: Path, model: str) -> str:
             f"{', '.join(sorted(MODEL_TYPE_FAMILIES))})"
         )
     return MODEL_TYPE_FAMILIES[model_type]
+
+
+def check_weights(directory: Path, model: str) -> None:
+    """Every folder of a local checkpoint that holds a model (its own config.json) has its
+    weights as safetensors whose headers read: found before a build renders, not as a failed
+    track. Reads each file's header, never its tensors."""
+    folders = [directory]
+    if (directory / "model_index.json").is_file():
+        folders = [p for p in sorted(directory.iterdir()) if (p / "config.json").is_file()]
+    for folder in folders:
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            pickles = sorted(p.name for p in folder.glob("*") if p.suffix in _PICKLE_SUFFIXES)
+            found = f" (only {', '.join(pickles)})"
+            raise ModelLoadError(
+                f"model {model!r}: {folder} holds no weights as safetensors"
+                f"{found if pickles else ''}; {how_to_provide(str(directory))}"
+            )
+        for path in weights:
+            problem = _safetensors_problem(path)
+            if problem:
+                raise ModelLoadError(
+                    f"model {model!r}: {path} is not a safetensors file ({problem})"
+                )
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why `path` is no safetensors file: its first 8 bytes give the length of a JSON header."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little") if size >= 8 else 0
+        if not 2 <= length <= min(size - 8, _MAX_HEADER_BYTES):
+            return f"a header of {length} bytes in a file of {size}"
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            return "its header is not JSON"
+    return None if isinstance(header, dict) else "its header is not a JSON object"
 
 
 def _read_object(path: Path, model: str) -> dict[str, object]:

@@ -175,6 +175,18 @@ ACE_INDEX = {
         ({"config.json": {"model_type": ["bark"]}}, "config.json has no model_type"),
         ({"config.json": "{not json"}, "unreadable config.json"),
         ({"weights.safetensors": b""}, "not a model directory"),
+        ({"config.json": {"model_type": "musicgen"}}, "holds no weights as safetensors"),
+        (
+            {"config.json": {"model_type": "bark"}, "model.safetensors": b"\xff" * 64},
+            "model.safetensors is not a safetensors file (a header of",
+        ),
+        (
+            {
+                "config.json": {"model_type": "bark"},
+                "model.safetensors": b"\x04" + b"\0" * 7 + b"[1] ",
+            },
+            "its header is not a JSON object",
+        ),
     ],
 )
 def test_a_local_folder_is_read_as_a_build_reads_it(

@@ -87,6 +87,8 @@ def test_expectations_and_model_folders_count_as_inputs(tmp_path: Path) -> None:
     generated = tmp_path / "gen"
     (generated / "models" / "tiny").mkdir(parents=True)
     (generated / "models" / "tiny" / "config.json").write_text('{"model_type": "musicgen"}')
+    empty_safetensors = (2).to_bytes(8, "little") + b"{}"  # a header and no tensors
+    (generated / "models" / "tiny" / "model.safetensors").write_bytes(empty_safetensors)
     (generated / "m.yaml").write_text(
         "schema: 1\nsoundtrack: models\nstorage: .\n"
         "tracks:\n  - id: a\n    prompt: drums\n    duration: 2\n"

@@ -58,7 +58,7 @@ def test_weights_load_from_safetensors_only(tiny_bark_dir: Path, tmp_path: Path)
 
     folder = shutil.copytree(tiny_bark_dir, tmp_path / "bark")
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
-    with pytest.raises(ModelLoadError, match=r"cannot load Bark from .*model\.safetensors"):
+    with pytest.raises(ModelLoadError, match=r"holds no weights as safetensors \(only pytorch"):
         get_generator(str(folder), device="cpu")
 
 
