@@ -77,12 +77,14 @@ def family_name(model: str, revision: str | None = None) -> str | None:
     """The family of a local folder or a hub id in the Hugging Face cache, read from its files as
     a build reads them, else of a known checkpoint; None when nothing at hand says. ModelLoadError
     when the files name no family this version loads."""
-    from soundtrack.models.source import check_weights, model_family  # not for a recording
+    from soundtrack.models.source import check_pin, check_weights, model_family
 
     local = Path(model).expanduser()
     if local.exists() or not is_hub_id(model):  # a path: a folder, or refused as none
         family = model_family(local, model)
         check_weights(local, model)
+        if revision is not None:  # hashing a folder's weights costs seconds: only for a pin
+            check_pin(local, revision, model)
         return family
     if model in CHECKPOINTS:
         return CHECKPOINTS[model].family

@@ -193,6 +193,7 @@ def resolve_tracks(
         merged = _merge(manifest.defaults, track)
         if model_override is not None:
             merged["model"] = model_override
+            merged.pop("model_revision", None)  # a pin of the manifest's model, not of this one
         source = (base_dir / track.source).resolve() if track.source else None
         duration_s = _duration_s(
             track, merged, None if source is None else _recording(source).duration_s

@@ -128,13 +128,20 @@ def resolve_source(model: str, revision: str | None) -> ModelSource:
     return _local_source(path.resolve(), revision, family)
 
 
-def _local_source(directory: Path, revision: str | None, family: str) -> ModelSource:
+def check_pin(directory: Path, revision: str | None, model: str) -> str:
+    """A local folder's fingerprint; ModelLoadError when `revision` pins another."""
     fingerprint = directory_fingerprint(directory)
     if revision is not None and revision != fingerprint:
         raise ModelLoadError(
-            f"model {str(directory)!r}: its files have fingerprint {fingerprint}, but revision "
-            f"{revision!r} was pinned; the directory changed since the pin"
+            f"model {model!r}: its files have fingerprint {fingerprint}, but model_revision "
+            f"{revision!r} is pinned: the folder changed since the pin (a folder's revision is "
+            "its fingerprint, never a hub commit)"
         )
+    return fingerprint
+
+
+def _local_source(directory: Path, revision: str | None, family: str) -> ModelSource:
+    fingerprint = check_pin(directory, revision, str(directory))
     return ModelSource(
         model_id=str(directory),
         directory=directory,

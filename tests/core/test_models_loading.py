@@ -53,8 +53,34 @@ def test_a_missing_or_foreign_directory_fails_naming_it(tmp_path: Path) -> None:
 def test_a_local_directory_pinned_to_another_revision_is_refused(tiny_model_dir: Path) -> None:
     revision = get_generator(str(tiny_model_dir), device="cpu").revision
     assert get_generator(str(tiny_model_dir), revision=revision, device="cpu").revision == revision
-    with pytest.raises(ModelLoadError, match="the directory changed since the pin"):
+    with pytest.raises(ModelLoadError, match="the folder changed since the pin"):
         get_generator(str(tiny_model_dir), revision="sha256:" + "0" * 64, device="cpu")
+
+
+def test_validate_holds_a_local_folder_to_its_pin_and_model_drops_the_manifests_pin(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`validate` checks a pinned folder as `build` does; `--model` replaces the model and the
+    manifest's pin of it."""
+    from typer.testing import CliRunner
+
+    from soundtrack.cli import app
+    from soundtrack.inputs import check_inputs
+
+    revision = get_generator(str(tiny_model_dir), device="cpu").revision
+    manifest = tmp_path / "m.yaml"
+    track = f"  - {{id: a, prompt: piano, duration: 2, model: {tiny_model_dir}, model_revision: "
+    head = "schema: 1\nsoundtrack: pins\nstorage: ./out\ntracks:\n"
+    for pin, code in ((revision, 0), ("sha256:" + "0" * 64, 2)):
+        manifest.write_text(head + track + f"'{pin}'}}\n")
+        result = CliRunner().invoke(app, ["validate", str(manifest)])
+        assert result.exit_code == code, result.output
+    assert "the folder changed since the pin" in " ".join(result.output.split())
+    manifest.write_text(head + "  - {id: a, prompt: piano, duration: 2, model_revision: abc}\n")
+    result = CliRunner().invoke(app, ["validate", str(manifest)])
+    assert result.exit_code == 0, result.output
+    checked = check_inputs(manifest, model=str(tiny_model_dir))
+    assert [spec.model_revision for spec in checked.specs] == [None]
 
 
 def test_an_unknown_device_is_bad_input(tiny_model_dir: Path) -> None:
