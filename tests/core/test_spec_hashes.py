@@ -168,7 +168,8 @@ OVERRIDDEN_GENERATION_KEYS = {
     "recording-cut": None,
     "recording-loop": None,
     "local-model": "5d7775766d204c4c8ec5c23cffe42d6ee0ec9bc7556497d76c67d20aeda02762",
-    "pinned-hub": "77fee882842c4e76d5a2a956b0800b3aeefd4f2f031fd123a735617a048e14e6",
+    # Without the manifest's pin, which belongs to the model --model replaces (2026-12-05).
+    "pinned-hub": "b461e5a6056d403092f898eaf5d963995af0cb259122a21cb024ff1be967b3dd",
     "sting": "72eb7213f8309ab55ee50e6b469eea393071f339b418f48a6e5ec2fb5b5ad80a",
 }
 
