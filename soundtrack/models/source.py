@@ -18,6 +18,7 @@ from huggingface_hub.errors import (
 from soundtrack.catalog import is_hub_id
 from soundtrack.errors import ModelLoadError
 from soundtrack.licences import licence_of
+from soundtrack.separate import FORMAT as SEPARATOR_FORMAT
 
 HUB_TIMEOUT_S = 10.0  # the metadata request; a download that has started is not cut short
 # Diffusers checkpoints keep these in component folders; "*" matches across "/" here. Bark's
@@ -211,7 +212,12 @@ def model_family(directory: Path, model: str) -> str:
             f"{directory}); give a directory written by save_pretrained, hf download or "
             f"`soundtrack models make-tiny`"
         )
-    model_type = _read_object(directory / "config.json", model).get("model_type")
+    config = _read_object(directory / "config.json", model)
+    model_type = config.get("model_type")
+    if config.get("format") == SEPARATOR_FORMAT:
+        raise ModelLoadError(
+            f"model {model!r}: a separation model (Demucs): name it as a track's stem_model"
+        )
     if not isinstance(model_type, str):
         raise ModelLoadError(f"model {model!r}: config.json has no model_type")
     if model_type not in MODEL_TYPE_FAMILIES:

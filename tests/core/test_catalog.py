@@ -175,6 +175,7 @@ ACE_INDEX = {
         ({"config.json": {"model_type": ["bark"]}}, "config.json has no model_type"),
         ({"config.json": "{not json"}, "unreadable config.json"),
         ({"weights.safetensors": b""}, "not a model directory"),
+        ({"config.json": {"format": "soundtrack-demucs"}}, "a separation model (Demucs): name it"),
         ({"config.json": {"model_type": "musicgen"}}, "holds no weights as safetensors"),
         (
             {"config.json": {"model_type": "bark"}, "model.safetensors": b"\xff" * 64},
