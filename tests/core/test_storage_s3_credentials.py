@@ -173,7 +173,7 @@ def test_wrong_credentials_from_a_profile_never_appear_and_are_remembered(
 
 @pytest.mark.slow
 def test_soundtrack_build_with_a_password_in_the_endpoint_exits_2_without_showing_it(
-    aws_isolated: Path, tmp_path: Path
+    aws_isolated: Path, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     password, secret_key = new_password(), f"secret-{secrets.token_hex(16)}"
     (closed_port,) = free_ports(1)
@@ -187,8 +187,8 @@ def test_soundtrack_build_with_a_password_in_the_endpoint_exits_2_without_showin
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "SOUNDTRACK_CACHE_DIR": str(tmp_path / "cache"),
     }
-    # The refusal comes before any model load, so the model need not exist.
-    result = build(tmp_path, env, "--model", str(tmp_path / "no-model"), "--report", "r.json")
+    # The refusal comes before any model loads (the model's files are only read).
+    result = build(tmp_path, env, "--model", str(tiny_model_dir), "--report", "r.json")
     assert result.returncode == 2, result.stdout + result.stderr
     assert_refused_without_the_secret(result.stderr, password)
     assert "Traceback" not in result.stderr
