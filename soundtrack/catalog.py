@@ -73,6 +73,12 @@ def is_hub_id(model: str) -> bool:
     return not model.startswith(("/", ".", "~")) and _HUB_ID.match(model) is not None
 
 
+def is_local(model: str, *, base: Path = Path()) -> bool:
+    """Whether `model` (relative to `base`) means local files: something there, or a path that
+    can name no hub repository (and is refused as no folder)."""
+    return (base / Path(model).expanduser()).exists() or not is_hub_id(model)
+
+
 def family_name(model: str, revision: str | None = None) -> str | None:
     """The family of a local folder or a hub id in the Hugging Face cache, read from its files as
     a build reads them, else of a known checkpoint; None when nothing at hand says. ModelLoadError
@@ -80,7 +86,7 @@ def family_name(model: str, revision: str | None = None) -> str | None:
     from soundtrack.models.source import check_pin, check_weights, model_family
 
     local = Path(model).expanduser()
-    if local.exists() or not is_hub_id(model):  # a path: a folder, or refused as none
+    if is_local(model):
         family = model_family(local, model)
         check_weights(local, model)
         if revision is not None:  # hashing a folder's weights costs seconds: only for a pin

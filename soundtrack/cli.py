@@ -781,14 +781,13 @@ def build(
         # A folder typed on the command line means one relative to where it was typed.
         out = str(Path(out).expanduser().resolve())
     if model is not None:
-        from soundtrack.catalog import is_hub_id
+        from soundtrack.catalog import is_local
 
         if not model.strip():
             fail(InputError("--model is empty: give a hub id or a model folder"))
         # A model folder typed on the command line, too, is one relative to where it was typed.
-        local_model = Path(model).expanduser()
-        if local_model.is_dir() or not is_hub_id(model):
-            model = str(local_model.resolve())
+        if is_local(model):
+            model = str(Path(model).expanduser().resolve())
     # 1. Check everything a user gave before starting Prefect: bad input writes nothing. The
     # flow checks again, the same way, where it runs (a worker has no CLI before it).
     options = Options(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from soundtrack import PIPELINE_VERSION
-from soundtrack.catalog import is_hub_id
+from soundtrack.catalog import is_local
 from soundtrack.errors import InputError
 from soundtrack.gates import GATE_NAMES
 from soundtrack.hashing import file_sha256
@@ -465,7 +465,7 @@ def _model_location(model: str | None, base_dir: Path) -> str:
     if model is None:
         return ""
     local = base_dir / Path(model).expanduser()  # an absolute path stays as it is
-    return str(local.resolve()) if local.is_dir() or not is_hub_id(model) else model
+    return str(local.resolve()) if is_local(model, base=base_dir) else model
 
 
 @dataclass(frozen=True)

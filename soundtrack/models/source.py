@@ -15,7 +15,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from soundtrack.catalog import is_hub_id
+from soundtrack.catalog import is_local
 from soundtrack.errors import ModelLoadError
 from soundtrack.licences import licence_of
 from soundtrack.separate import FORMAT as SEPARATOR_FORMAT
@@ -105,7 +105,7 @@ DIFFUSERS_PIPELINES: dict[str, tuple[str, dict[str, set[tuple[str, str]]]]] = {
 def how_to_provide(model: str) -> str:
     """The ways to make a model's weights available, for error messages."""
     tiny = "for smoke tests without weights, `soundtrack models make-tiny DIR` writes a tiny model"
-    if Path(model).is_absolute():  # a local folder: the hub has nothing to offer for it
+    if is_local(model):  # the hub has nothing to offer for a folder
         return (
             "the folder must hold the model's config files and its weights as safetensors "
             "(pickled .bin or .pt weights are never loaded), as save_pretrained or "
@@ -122,7 +122,7 @@ def how_to_provide(model: str) -> str:
 def resolve_source(model: str, revision: str | None) -> ModelSource:
     """Find a model's files locally, else fetch them from the hub; raise ModelLoadError fast."""
     path = Path(model).expanduser()
-    if not path.exists() and is_hub_id(model):
+    if not is_local(model):
         return _hub_source(model, revision)
     family = model_family(path, model)  # before hashing gigabytes of weights
     check_weights(path, model)
