@@ -318,16 +318,12 @@ def _model_target_problem(directory: Path, family: str, *, tiny: bool) -> str | 
     from soundtrack.catalog import family_name
     from soundtrack.licences import card_licence
     from soundtrack.models.tiny import TINY_LICENSE
-    from soundtrack.separate import CONFIG, FORMAT
+    from soundtrack.separate import is_separator_folder
 
     try:
         written = family_name(str(directory))
-    except ModelLoadError:  # no model_type: a separator's config, or no model at all
-        try:
-            config = json.loads((directory / CONFIG).read_text())
-        except (OSError, ValueError):
-            config = None
-        written = "demucs" if isinstance(config, dict) and config.get("format") == FORMAT else None
+    except ModelLoadError:  # a separator's folder (not a generator), or no model at all
+        written = "demucs" if is_separator_folder(directory) else None
     if written == family and (not tiny or card_licence(directory / "README.md") == TINY_LICENSE):
         return None
     what = f"tiny {family}" if tiny else family

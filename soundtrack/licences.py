@@ -42,8 +42,8 @@ def card_licence(card: Path) -> str | None:
     licence = str(meta["license"])
     if licence.casefold() == "other":
         name = meta.get("license_name")
-        licence = name if isinstance(name, str) else UNKNOWN
-        return None if licence.strip().casefold() in ("", UNKNOWN, "other") else licence
+        named = isinstance(name, str) and name.strip().casefold() not in ("", UNKNOWN, "other")
+        return str(name) if named else None
     return None if licence.casefold() == UNKNOWN else licence.upper()
 
 

@@ -159,12 +159,21 @@ def stem_model_licence(stem_model: str) -> str:
     found = card_licence(directory / "README.md")
     if found:
         return found
+    licence = (_config_or_none(directory) or {}).get("licence")
+    return licence if isinstance(licence, str) and licence else UNKNOWN
+
+
+def is_separator_folder(directory: Path) -> bool:
+    """Whether `directory` holds a model in this module's layout (its config.json says so)."""
+    return (_config_or_none(directory) or {}).get("format") == FORMAT
+
+
+def _config_or_none(directory: Path) -> dict[str, Any] | None:
     try:
         config = json.loads((directory / CONFIG).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return UNKNOWN
-    licence = config.get("licence") if isinstance(config, dict) else None
-    return licence if isinstance(licence, str) and licence else UNKNOWN
+    except (OSError, ValueError):  # ValueError: bad JSON or bytes that are not UTF-8
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def how_to_provide_demucs() -> str:
