@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from soundtrack.paths import user_path
 from soundtrack.schema import SAMPLING_FAMILIES
 from soundtrack.spec import TrackSpec
 
@@ -76,7 +77,7 @@ def is_hub_id(model: str) -> bool:
 def is_local(model: str, *, base: Path = Path()) -> bool:
     """Whether `model` (relative to `base`) means local files: something there, or a path that
     can name no hub repository (and is refused as no folder)."""
-    return (base / Path(model).expanduser()).exists() or not is_hub_id(model)
+    return (base / user_path(model)).exists() or not is_hub_id(model)
 
 
 def family_name(model: str, revision: str | None = None) -> str | None:
@@ -85,7 +86,7 @@ def family_name(model: str, revision: str | None = None) -> str | None:
     when the files name no family this version loads."""
     from soundtrack.models.source import check_pin, check_weights, model_family
 
-    local = Path(model).expanduser()
+    local = user_path(model)
     if is_local(model):
         family = model_family(local, model)
         check_weights(local, model)

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from soundtrack.errors import InputError, ModelLoadError, SoundtrackError, StorageBusy
+from soundtrack.paths import user_path
 from soundtrack.redaction import install_log_redaction, redact
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ def _check_audition(model: str, request: GenerationRequest, target: Path) -> Non
     check_request(request)
     if target.suffix.lower() != ".wav" or target.is_dir():
         raise InputError(f"--output {target}: give a .wav file (generate writes a WAV)")
-    local = Path(model).expanduser()
+    local = user_path(model)
     folder = local if local.is_dir() else Path(constants.HF_HUB_CACHE)
     if target.absolute().resolve().is_relative_to(folder.absolute().resolve()):
         raise InputError(
@@ -775,7 +776,7 @@ def build(
 
     if out is not None and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", out):
         # A folder typed on the command line means one relative to where it was typed.
-        out = str(Path(out).expanduser().resolve())
+        out = str(user_path(out).resolve())
     if model is not None:
         from soundtrack.catalog import is_local
 
@@ -783,7 +784,7 @@ def build(
             fail(InputError("--model is empty: give a hub id or a model folder"))
         # A model folder typed on the command line, too, is one relative to where it was typed.
         if is_local(model):
-            model = str(Path(model).expanduser().resolve())
+            model = str(user_path(model).resolve())
     # 1. Check everything a user gave before starting Prefect: bad input writes nothing. The
     # flow checks again, the same way, where it runs (a worker has no CLI before it).
     options = Options(

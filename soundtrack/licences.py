@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from soundtrack.catalog import CHECKPOINTS, cached_file
+from soundtrack.paths import user_path
 
 UNKNOWN = "unknown"
 _CARD_HEAD_BYTES = 64 * 1024
@@ -50,7 +51,7 @@ def card_licence(card: Path) -> str | None:
 def licence_of(model: str, revision: str | None = None, *, directory: Path | None = None) -> str:
     """The licence of `model`: its card (in `directory`, a local folder, or the hub cache), else
     the known-checkpoint table, else `unknown`."""
-    local = directory or Path(model).expanduser()
+    local = directory or user_path(model)
     if local.is_dir():
         found = card_licence(local / "README.md")
     else:

@@ -21,6 +21,7 @@ from soundtrack.audio import read_audio, write_wav
 from soundtrack.errors import GenerationError
 from soundtrack.formats import content_type_for
 from soundtrack.hashing import file_sha256
+from soundtrack.paths import user_path
 from soundtrack.spec import ParentAudio, TrackSpec
 from soundtrack.storage import Storage
 
@@ -50,7 +51,7 @@ def sidecar_json(render: Render) -> str:
 def cache_root() -> Path:
     """$SOUNDTRACK_CACHE_DIR, else $XDG_CACHE_HOME/soundtrack, else ~/.cache/soundtrack."""
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+        return user_path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "soundtrack"
 

@@ -20,6 +20,7 @@ from soundtrack.errors import InputError
 from soundtrack.gates import GATE_NAMES
 from soundtrack.hashing import file_sha256
 from soundtrack.loops import SEARCH_S, loop_end_range, loop_tail_samples, render_duration_s
+from soundtrack.paths import user_path
 from soundtrack.schema import (
     MAX_DURATION_S,
     MIN_DURATION_S,
@@ -464,7 +465,7 @@ def _model_location(model: str | None, base_dir: Path) -> str:
     """A model directory relative to the manifest loads from there; anything else is a hub id."""
     if model is None:
         return ""
-    local = base_dir / Path(model).expanduser()  # an absolute path stays as it is
+    local = base_dir / user_path(model)  # an absolute path stays as it is
     return str(local.resolve()) if is_local(model, base=base_dir) else model
 
 

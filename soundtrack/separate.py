@@ -49,6 +49,7 @@ import numpy as np
 
 from soundtrack.errors import AudioError, ModelLoadError
 from soundtrack.licences import UNKNOWN, card_licence
+from soundtrack.paths import user_path
 
 if TYPE_CHECKING:
     import torch
@@ -130,7 +131,7 @@ def load_separator(stem_model: str, device: str | None) -> Separator:
     factory = SEPARATORS.get(stem_model)
     if factory is not None:
         return factory(device or "auto")
-    directory = Path(stem_model).expanduser()
+    directory = user_path(stem_model)
     if not directory.is_dir():
         what = "is a file, not a directory" if directory.is_file() else "no such directory"
         raise ModelLoadError(
@@ -144,18 +145,18 @@ def load_separator(stem_model: str, device: str | None) -> Separator:
 
 def stem_model_problem(stem_model: str) -> str | None:
     """Why `stem_model` cannot be loaded, found without loading it; None when it can be tried."""
-    if stem_model in SEPARATORS or (Path(stem_model).expanduser() / CONFIG).is_file():
+    if stem_model in SEPARATORS or (user_path(stem_model) / CONFIG).is_file():
         return None
     return (
         f"stem_model {stem_model!r} is not a separation model's directory (no {CONFIG} in "
-        f"{Path(stem_model).expanduser().absolute()}); {how_to_provide_demucs()}"
+        f"{user_path(stem_model).absolute()}); {how_to_provide_demucs()}"
     )
 
 
 def stem_model_licence(stem_model: str) -> str:
     """The licence of a stem model's weights, read without loading them: its model card's
     `license:`, else its config.json's "licence", else unknown (a registered separator too)."""
-    directory = Path(stem_model).expanduser()
+    directory = user_path(stem_model)
     found = card_licence(directory / "README.md")
     if found:
         return found

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from soundtrack.errors import GenerationError, ModelLoadError
 from soundtrack.models.base import (
@@ -16,6 +15,7 @@ from soundtrack.models.base import (
     check_request,
 )
 from soundtrack.models.source import ModelSource, resolve_source
+from soundtrack.paths import user_path
 
 __all__ = [
     "BACKENDS",
@@ -96,7 +96,7 @@ def get_generator(model: str, revision: str | None = None, device: str | None = 
     from soundtrack.models.device import resolve_device
 
     resolved_device = resolve_device(device)
-    local = Path(model).expanduser()
+    local = user_path(model)
     key = (str(local.resolve()) if local.exists() else model, revision, resolved_device)
     global _loads
     with _lock:

@@ -18,6 +18,7 @@ from huggingface_hub.errors import (
 from soundtrack.catalog import is_local
 from soundtrack.errors import ModelLoadError
 from soundtrack.licences import licence_of
+from soundtrack.paths import user_path
 from soundtrack.separate import FORMAT as SEPARATOR_FORMAT
 
 HUB_TIMEOUT_S = 10.0  # the metadata request; a download that has started is not cut short
@@ -121,7 +122,7 @@ def how_to_provide(model: str) -> str:
 
 def resolve_source(model: str, revision: str | None) -> ModelSource:
     """Find a model's files locally, else fetch them from the hub; raise ModelLoadError fast."""
-    path = Path(model).expanduser()
+    path = user_path(model)
     if not is_local(model):
         return _hub_source(model, revision)
     family = model_family(path, model)  # before hashing gigabytes of weights

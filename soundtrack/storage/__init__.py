@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from soundtrack.errors import InputError
+from soundtrack.paths import user_path
 from soundtrack.redaction import remember_url, url_has_credentials
 from soundtrack.storage.base import (
     INDEX_NAME,
@@ -57,7 +58,7 @@ def open_storage(url: str, *, base_dir: Path) -> Storage:
         check_storage_url(url)
     except ValueError as exc:
         raise InputError(f"{source} {url!r}: {exc}") from None
-    root = Path(url).expanduser()
+    root = user_path(url)
     return LocalStorage(url, root if root.is_absolute() else base_dir / root)
 
 

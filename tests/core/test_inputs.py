@@ -148,3 +148,22 @@ def test_cli_validate_and_build_refuse_with_exit_2_and_write_nothing(
     result = CliRunner().invoke(app, ["build", str(fine)])
     assert result.exit_code == 2 and "contains track credits's source" in result.stderr
     assert not (tmp_path / "ok" / "audio" / "soundtrack.lock.json").exists()
+
+
+def test_a_home_folder_of_no_user_is_a_path_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`~nosuchuser/...` stays as typed, as a shell leaves it (pathlib's expanduser raised)."""
+    path = manifest(tmp_path, storage="~no-such-user-here/out")
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", "~no-such-user-here/cache")
+    checked = check_inputs(path)
+    assert checked.storage_url == "~no-such-user-here/out"
+    path.write_text(
+        path.read_text()
+        + "  - {id: theme, prompt: a theme, duration: 3, model: ~no-such-user-here/model}\n"
+    )
+    with pytest.raises(InputError) as caught:
+        check_inputs(path)
+    assert f"{tmp_path}/~no-such-user-here/model': no such directory" in "".join(
+        caught.value.problems
+    )
