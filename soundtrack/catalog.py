@@ -61,12 +61,22 @@ CHECKPOINTS: dict[str, Checkpoint] = {
         for size in ("melody", "melody-large")
     },
     "stabilityai/stable-audio-open-1.0": Checkpoint("stable-audio", "stabilityai-community"),
-    "ACE-Step/acestep-v15-xl-turbo-diffusers": Checkpoint("ace-step", "MIT"),
-    "ACE-Step/acestep-v15-turbo-diffusers": Checkpoint("ace-step", "MIT"),
+    **{
+        f"ACE-Step/acestep-v15-{size}{variant}-diffusers": Checkpoint("ace-step", "MIT")
+        for size in ("", "xl-")
+        for variant in ("turbo", "base", "sft")
+    },
     "suno/bark": Checkpoint("bark", "MIT"),
     "suno/bark-small": Checkpoint("bark", "MIT"),
 }
+# The hub finds a repository whatever the case of its id.
+_KNOWN = {model.casefold(): checkpoint for model, checkpoint in CHECKPOINTS.items()}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def known_checkpoint(model: str) -> Checkpoint | None:
+    """The table's entry for hub id `model`, in any case; None for anything else."""
+    return _KNOWN.get(model.casefold()) if is_hub_id(model) else None
 
 
 def is_hub_id(model: str) -> bool:
@@ -93,8 +103,9 @@ def family_name(model: str, revision: str | None = None) -> str | None:
         if revision is not None:  # hashing a folder's weights costs seconds: only for a pin
             check_pin(local, revision, model)
         return family
-    if model in CHECKPOINTS:
-        return CHECKPOINTS[model].family
+    known = known_checkpoint(model)
+    if known is not None:
+        return known.family
     for name in ("model_index.json", "config.json"):
         found = cached_file(model, name, revision)
         if found is not None and found.is_file():

@@ -72,8 +72,7 @@ def check_inputs(
         from soundtrack.expectations import load_expectations  # scipy, for the table columns
 
         expectations = load_expectations(path.parent / loaded.expectations)
-    licences = check_licences(loaded, specs, model_override=model)
-    families = check_families(specs, model_override=model)
+    families, licences = check_models(loaded, specs, model_override=model)
     url = storage_url(loaded.storage, out, environ)
     storage = open_storage(url, base_dir=path.parent)
     for report in reports:
@@ -85,11 +84,32 @@ def check_inputs(
     return CheckedInputs(loaded, path, specs, url, storage, expectations, licences, families)
 
 
-def check_families(
-    specs: Sequence[TrackSpec], *, model_override: str | None = None
-) -> dict[str, str | None]:
-    """Each generating model's family, and every track held to what its family can render; a
-    model known by nothing at hand is left for `build` to check once its files are there."""
+def check_models(
+    manifest: Manifest, specs: Sequence[TrackSpec], *, model_override: str | None = None
+) -> tuple[dict[str, str | None], dict[str, str]]:
+    """Each generating model's family and every model's licence (generator, stem model), with
+    every track held to what its family renders and to the manifest's `usage`; raise InputError
+    listing every problem. Read from model cards, config files and tables: no weights, no network.
+    """
+    families, problems, unloadable = _families(specs, model_override)
+    licences, refusals = _licences(manifest, specs, model_override, unloadable)
+    if refusals and not problems:
+        raise InputError(
+            f"usage: {manifest.usage}: {len({track for track, _ in refusals})} track(s) use a "
+            "model whose licence does not allow it",
+            [problem for _, problem in refusals],
+        )
+    problems += [problem for _, problem in refusals]
+    if problems:
+        raise InputError(f"{len(problems)} problem(s) with the tracks' models", problems)
+    return families, licences
+
+
+def _families(
+    specs: Sequence[TrackSpec], model_override: str | None
+) -> tuple[dict[str, str | None], list[str], set[str]]:
+    """Each generating model's family (None: unchecked until its files are here), the problems of
+    the tracks it cannot render, and the models whose files name no family this version loads."""
     families: dict[str, str | None] = {}
     unloadable: dict[str, str] = {}  # model -> why its files name no family this version loads
     problems = []
@@ -111,24 +131,24 @@ def check_families(
                 f"track {spec.id}: model {spec.model}{given}: {problem}"
                 for problem in limit_problems(spec, family)
             ]
-    if problems:
-        raise InputError(f"{len(problems)} problem(s) with the tracks' models", problems)
-    return families
+    return families, problems, set(unloadable)
 
 
-def check_licences(
-    manifest: Manifest, specs: Sequence[TrackSpec], *, model_override: str | None = None
-) -> dict[str, str]:
-    """The licence of every model a track uses (its generator, its stem model); raise InputError
-    when one does not allow the manifest's declared `usage` (read from model cards, config files
-    and a table: no weights, no network)."""
+def _licences(
+    manifest: Manifest,
+    specs: Sequence[TrackSpec],
+    model_override: str | None,
+    unloadable: set[str],
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The licence of every model a track uses, and (track id, problem) for each one that does
+    not allow the manifest's `usage`."""
     licences: dict[str, str] = {}
-    problems = []
-    refused = set()
+    refusals = []
     given = " (--model)" if model_override else ""
     for spec in specs:
         used = []
-        if spec.source is None:  # a recording is the studio's own
+        # A model whose files cannot load has its problem listed already: its card says nothing.
+        if spec.source is None and spec.model not in unloadable:  # a recording is the studio's
             if spec.model not in licences:
                 licences[spec.model] = licence_of(spec.model, spec.model_revision)
             used.append((f"model {spec.model}{given}", licences[spec.model]))
@@ -141,15 +161,8 @@ def check_licences(
         for model, licence in used:
             problem = usage_problem(licence, manifest.usage, manifest.accepted_licenses)
             if problem is not None:
-                problems.append(f"track {spec.id}: {model}: {problem}")
-                refused.add(spec.id)
-    if problems:
-        raise InputError(
-            f"usage: {manifest.usage}: {len(refused)} track(s) use a model whose licence does "
-            "not allow it",
-            problems,
-        )
-    return licences
+                refusals.append((spec.id, f"track {spec.id}: {model}: {problem}"))
+    return licences, refusals
 
 
 def check_apart(*, outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]]) -> None:

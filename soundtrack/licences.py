@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from soundtrack.catalog import CHECKPOINTS, cached_file
+from soundtrack.catalog import cached_file, known_checkpoint
+from soundtrack.manifest import load_yaml
 from soundtrack.paths import user_path
 
 UNKNOWN = "unknown"
@@ -22,11 +23,14 @@ _CARD_HEAD_BYTES = 64 * 1024
 COMMERCIAL = frozenset(
     {"mit", "apache-2.0", "bsd-2-clause", "bsd-3-clause", "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0"}
 )
+# Names model cards give (`license_name`) for a licence the table knows by another id: the
+# Stability AI Community Licence is `stable-audio-nc-community` on Stable Audio Open's card.
+ALIASES = {"stable-audio-nc-community": "stabilityai-community"}
 
 
 def card_licence(card: Path) -> str | None:
-    """The `license:` of a model card's YAML front matter (`license_name` for `other`); None
-    when the card names none (`unknown`, or `other` without a name: nothing to accept)."""
+    """The licence a model card's YAML front matter states; None when there is no card, no front
+    matter or no `license:` in it, `unknown` when its licence cannot be read or names none."""
     if not card.is_file():
         return None
     with card.open("rb") as handle:  # the front matter is at the top; a card may be huge
@@ -35,17 +39,31 @@ def card_licence(card: Path) -> str | None:
     if len(parts) != 3 or parts[0].strip():
         return None
     try:
-        meta = yaml.safe_load(parts[1])
-    except yaml.YAMLError:
+        meta = load_yaml(parts[1])
+    except yaml.YAMLError:  # a card that says something no one can read wins over the table
+        return UNKNOWN
+    if not isinstance(meta, dict) or "license" not in meta:
         return None
-    if not isinstance(meta, dict) or not isinstance(meta.get("license"), str):
-        return None
-    licence = str(meta["license"])
+    found = meta["license"]
+    named = [found] if isinstance(found, str) else found if isinstance(found, list) else []
+    licences = [
+        licence_id(n, meta.get("license_name")) if isinstance(n, str) else UNKNOWN for n in named
+    ]
+    if not licences or UNKNOWN in licences:
+        return UNKNOWN
+    # Several licences: the weights are under each of them, so each must allow the use.
+    return " AND ".join(dict.fromkeys(licences))
+
+
+def licence_id(licence: str, name: object = None) -> str:
+    """One licence id as the table writes it (`other`: its `name`); `unknown`, or `other` with no
+    name, names none."""
+    licence = licence.strip()
     if licence.casefold() == "other":
-        name = meta.get("license_name")
         named = isinstance(name, str) and name.strip().casefold() not in ("", UNKNOWN, "other")
-        return str(name) if named else None
-    return None if licence.casefold() == UNKNOWN else licence.upper()
+        licence = str(name).strip() if named else UNKNOWN
+        return ALIASES.get(licence.casefold(), licence)
+    return UNKNOWN if licence.casefold() in ("", UNKNOWN) else licence.upper()
 
 
 def licence_of(model: str, revision: str | None = None, *, directory: Path | None = None) -> str:
@@ -57,7 +75,7 @@ def licence_of(model: str, revision: str | None = None, *, directory: Path | Non
     else:
         card = cached_file(model, "README.md", revision)
         found = card_licence(card) if card is not None else None
-    known = CHECKPOINTS.get(model)
+    known = known_checkpoint(model)
     return found or (known.licence if known else UNKNOWN)
 
 
@@ -70,10 +88,12 @@ def usage_problem(licence: str, usage: str | None, accepted: list[str]) -> str |
             "its licence is unknown (no `license:` in its model card, not a known checkpoint); "
             "give the model a card with its licence, or use another model"
         )
-    wanted = licence.casefold()
-    if wanted in COMMERCIAL or wanted in {a.casefold() for a in accepted}:
+    agreed = {a.strip().casefold() for a in accepted}
+    # A card may name several licences (" AND "): each must allow the use.
+    wanting = [n for n in licence.split(" AND ") if n.casefold() not in COMMERCIAL | agreed]
+    if not wanting:
         return None
     return (
         f"its licence {licence} does not allow commercial use without an agreement; with one, "
-        f"add {licence!r} to the manifest's accepted_licenses"
+        f"add {', '.join(repr(n) for n in wanting)} to the manifest's accepted_licenses"
     )

@@ -234,6 +234,20 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[str, int]]:
     return data, lines
 
 
+def load_yaml(text: str) -> Any:
+    """YAML data read as a manifest is (safe types, no duplicate keys, bounded aliases and
+    nesting), for the other YAML the tool reads; yaml.YAMLError when it cannot be."""
+    loader = _ManifestLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _line_map(root: yaml.Node | None) -> dict[str, int]:
     """Map field paths (`tracks[2].duration`) to the YAML line where each value starts.
 

@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from soundtrack.errors import AudioError, ModelLoadError
-from soundtrack.licences import UNKNOWN, card_licence
+from soundtrack.licences import UNKNOWN, card_licence, licence_id
+from soundtrack.manifest import load_yaml
 from soundtrack.paths import user_path
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ def stem_model_licence(stem_model: str) -> str:
     if found:
         return found
     licence = (_config_or_none(directory) or {}).get("licence")
-    return licence if isinstance(licence, str) and licence else UNKNOWN
+    return licence_id(licence) if isinstance(licence, str) else UNKNOWN
 
 
 def is_separator_folder(directory: Path) -> bool:
@@ -580,8 +581,8 @@ def _read_bag(
     import yaml
 
     try:
-        bag = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
+        bag = load_yaml(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise ModelLoadError(f"bag {str(path)!r}: unreadable ({error})") from error
     signatures = bag.get("models") if isinstance(bag, dict) else None
     if not isinstance(signatures, list) or not signatures:

@@ -76,10 +76,55 @@ def test_the_model_card_wins_over_the_table(offline_hub: Path, tmp_path: Path) -
         ("unknown", "commercial", ["unknown"], False),
         ("CC-BY-NC-4.0", "non-commercial", [], True),
         ("unknown", None, [], True),
+        ("stabilityai-community", "commercial", [" stabilityai-community "], True),
+        ("MIT AND CC-BY-NC-4.0", "commercial", [], False),
+        ("MIT AND CC-BY-NC-4.0", "commercial", ["cc-by-nc-4.0"], True),
     ],
 )
 def test_usage_rules(licence: str, usage: str | None, accepted: list[str], allowed: bool) -> None:
     assert (usage_problem(licence, usage, accepted) is None) == allowed
+
+
+BOMB = "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 9) if p else 'x'}]\n"
+    for p, c in zip(" abcdefgh", "abcdefghi")
+)
+
+
+@pytest.mark.parametrize(
+    ("card", "licence"),
+    [
+        ("---\nlicense: [cc-by-nc-4.0]\n---\n", "CC-BY-NC-4.0"),
+        ("---\nlicense: [mit, cc-by-nc-4.0, mit]\n---\n", "MIT AND CC-BY-NC-4.0"),
+        ("---\nlicense: cc-by-nc-4.0\nlicense: mit\n---\n", "unknown"),
+        ("---\nlicense: 'mit '\n---\n", "MIT"),
+        ("---\nlicense: unknown\n---\n", "unknown"),
+        ("---\nlicense: 42\n---\n", "unknown"),
+        ("---\nlicense: []\n---\n", "unknown"),
+        ("---\nlicense: [unclosed\n---\n", "unknown"),
+        ("---\n" + BOMB + "license: mit\n---\n", "unknown"),
+        (
+            "---\nlicense: other\nlicense_name: stable-audio-nc-community\n---\n",
+            "stabilityai-community",
+        ),
+        ("---\ntags: [text-to-speech]\n---\n# Bark\n", "MIT"),
+        ("# Bark\nNo front matter.\n", "MIT"),
+    ],
+)
+def test_a_card_that_says_anything_of_its_licence_wins_over_the_table(
+    offline_hub: Path, card: str, licence: str
+) -> None:
+    """suno/bark is MIT in the table. A card's licence wins however it is written (a list: each
+    applies); one it states but no one can read (duplicate keys, aliases past the manifest's
+    bounds) is unknown, never the table's; a card silent on its licence leaves the table's."""
+    put_in_cache(offline_hub, "suno/bark", "README.md", card)
+    assert licence_of("suno/bark") == licence
+
+
+def test_known_checkpoints_are_known_in_any_case(offline_hub: Path) -> None:
+    assert licence_of("Facebook/MusicGen-Small") == "CC-BY-NC-4.0"
+    assert licence_of("ace-step/ACESTEP-v15-xl-base-diffusers") == "MIT"
+    assert CHECKPOINTS["ACE-Step/acestep-v15-sft-diffusers"].family == "ace-step"
 
 
 def test_validate_shows_licences_and_refuses_what_commercial_use_forbids(
@@ -207,3 +252,27 @@ def test_a_card_that_names_no_licence_cannot_be_accepted(
     assert (usage_problem(licence_of(str(folder)), "commercial", accepting) is None) == (
         licence == "MIT"
     )
+
+
+def test_commercial_use_lists_every_problem_of_the_tracks_models(
+    offline_hub: Path, tmp_path: Path
+) -> None:
+    """A licence refusal hides no other problem: the 47 s limit, a field the family cannot take
+    and a mistyped folder are listed with it; the missing folder is not called unlicensed."""
+    (tmp_path / "m.yaml").write_text(
+        "schema: 1\nsoundtrack: all\nstorage: ./out\nusage: commercial\ntracks:\n"
+        "  - {id: sfx, prompt: wind, duration: 60, model: stabilityai/stable-audio-open-1.0}\n"
+        "  - {id: vo, prompt: hum, duration: 5, model: facebook/musicgen-small, lyrics: la}\n"
+        "  - {id: typo, prompt: hum, duration: 5, model: ./models/tiny-acestp}\n"
+    )
+    code, said = run(tmp_path, "validate", "m.yaml")
+    assert code == 2, said
+    assert "5 problem(s) with the tracks' models" in said
+    assert "track sfx: model stabilityai/stable-audio-open-1.0: duration 60 s" in said
+    assert "(47 s at most)" in said
+    assert "track sfx: model stabilityai/stable-audio-open-1.0: its licence stabil" in said
+    assert "track vo: model facebook/musicgen-small: musicgen models take no lyrics" in said
+    assert "track vo: model facebook/musicgen-small: its licence CC-BY-NC-4.0" in said
+    assert "no such directory" in said and "track typo: model" in said
+    assert said.count("its licence") == 2, said
+    assert not (tmp_path / "out").exists()
