@@ -60,6 +60,10 @@ def _takes_numbers(annotation: Any) -> bool:
     return any(_takes_numbers(arg) for arg in args) and bool not in args
 
 
+# Text a model reads is refused blank (Track._model_text); the schema says so to editors too.
+_NOT_BLANK: dict[str, Any] = {"pattern": r"\S"}
+
+
 class _Strict(BaseModel):
     # allow_inf_nan=False: `.inf` or `.nan` would silently switch a gate off (every comparison
     # with nan is false); no setting of a manifest has a use for them.
@@ -125,6 +129,8 @@ class StableAudioSamplingSpec(_Strict):
 class FamilySamplingSpec(_Strict):
     """Sampling settings per model family; each track uses its own model's block."""
 
+    # `sampling: {}` is the flat form (nothing set): the schema's oneOf must not match it twice.
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
     musicgen: SamplingSpec | None = None
     ace_step: AceStepSamplingSpec | None = Field(default=None, alias="ace-step")
     stable_audio: StableAudioSamplingSpec | None = Field(default=None, alias="stable-audio")
@@ -302,7 +308,11 @@ class Track(_Overridable):
     """One cue of the soundtrack: generated from `prompt`, or an existing recording (`source`)."""
 
     id: Slug = Field(description="Becomes the file name: lower-case letters, digits, '-'.")
-    prompt: str | None = Field(default=None, description="What to generate, as a composer's brief.")
+    prompt: str | None = Field(
+        default=None,
+        json_schema_extra=_NOT_BLANK,
+        description="What to generate, as a composer's brief.",
+    )
     source: str | None = Field(default=None, description="Existing recording, relative path.")
     loop: bool = Field(default=False, description="Seamless loop with loop tags.")
     seed: int | None = Field(
@@ -331,12 +341,15 @@ class Track(_Overridable):
         default=None,
         min_length=1,
         max_length=4000,
-        description="Words to sing (ACE-Step); without them ACE-Step renders an instrumental.",
+        json_schema_extra=_NOT_BLANK,
+        description="Words to sing (ACE-Step, Bark); without them ACE-Step renders an "
+        "instrumental.",
     )
     negative_prompt: str | None = Field(
         default=None,
         min_length=1,
         max_length=1000,
+        json_schema_extra=_NOT_BLANK,
         description="What to steer away from (Stable Audio's guidance); other families refuse it.",
     )
     bars: int | None = Field(
@@ -352,7 +365,9 @@ class Track(_Overridable):
         "(an ACE-Step cover), after it, and judged by the theme gate (docs/generation.md"
         "#variations).",
     )
-    mood: str | None = Field(default=None, min_length=1, max_length=100)
+    mood: str | None = Field(
+        default=None, min_length=1, max_length=100, json_schema_extra=_NOT_BLANK
+    )
     instruments: list[Annotated[str, Field(min_length=1, max_length=60)]] | None = None
 
     @field_validator("prompt", "lyrics", "negative_prompt", "mood")

@@ -7,6 +7,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import soundfile as sf
@@ -199,6 +200,35 @@ def test_symlinked_source_cannot_escape(tmp_path: Path) -> None:
 def test_committed_json_schema_is_up_to_date() -> None:
     committed = json.loads((ROOT / "manifests" / "soundtrack.schema.json").read_text())
     assert committed == json_schema(), "run `make schema`, commit manifests/soundtrack.schema.json"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "sampling: {}",
+        "sampling: {ace-step: {}}",
+        "sampling: {ace-step: {steps: 8, shift: 3}}",
+        "sampling: {ace-step: {steps: 0}}",
+        "sampling: {acestep: {steps: 8}}",
+        "lyrics: '   '",
+        "lyrics: 'la la'",
+        "mood: ' '",
+        "negative_prompt: ' '",
+        "time_signature: 7/8",
+        "time_signature: 7/0",
+    ],
+)
+def test_the_json_schema_agrees_with_validate(tmp_path: Path, setting: str) -> None:
+    """An editor checking with the committed schema accepts what `validate` accepts."""
+    text = (
+        "schema: 1\nsoundtrack: game\ntracks:\n  - id: theme\n    prompt: calm piano\n"
+        f"    model: ACE-Step/acestep-v15-turbo-diffusers\n    duration: 12\n    {setting}\n"
+    )
+    committed = json.loads((ROOT / "manifests" / "soundtrack.schema.json").read_text())
+    errors = list(jsonschema.Draft202012Validator(committed).iter_errors(yaml.safe_load(text)))
+    code, output = validate(write(tmp_path, text))
+    assert code in (0, 2), output
+    assert (code == 0) == (not errors), (output, [e.message for e in errors])
 
 
 def test_schema_command_prints_the_schema() -> None:
