@@ -113,6 +113,23 @@ def family_name(model: str, revision: str | None = None) -> str | None:
     return None
 
 
+def keyed_family(model: str) -> str | None:
+    """The family a track's keys are made for: a local folder's own files, else the known
+    checkpoints' table; None for anything else (a hub id either does not know, a folder that
+    names no family), whose keys then hold every family's settings. Never the hub cache: a key
+    must not change once a download lands."""
+    from soundtrack.errors import ModelLoadError
+    from soundtrack.models.source import model_family
+
+    if is_local(model):
+        try:
+            return model_family(user_path(model), model)
+        except ModelLoadError:  # validate names the problem
+            return None
+    known = known_checkpoint(model)
+    return known.family if known else None
+
+
 def cached_file(model: str, name: str, revision: str | None) -> Path | None:
     """File `name` of hub id `model` in the Hugging Face cache; never asks the network."""
     if not is_hub_id(model):

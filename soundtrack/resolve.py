@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from soundtrack import PIPELINE_VERSION
-from soundtrack.catalog import is_local
+from soundtrack.catalog import is_local, keyed_family
 from soundtrack.errors import InputError
 from soundtrack.gates import GATE_NAMES
 from soundtrack.hashing import file_sha256
@@ -201,6 +201,12 @@ def resolve_tracks(
         )
         gates = _gate_limits({**merged.get("gates", {}), **(severities or {})})
         mastering = _mastering(merged, duration_s, loop=track.loop)
+        model = None if source else merged.get("model", DEFAULT_MODEL)
+        blocks = merged["sampling"]
+        family = None if model is None else keyed_family(_model_location(model, base_dir))
+        if family is not None:
+            # Only its own family's block shapes a render: another's must not re-render it.
+            blocks = {name: b for name, b in blocks.items() if name == family.replace("-", "_")}
         # The hashed fields: their names and values are the spec hash, so neither may change.
         fields: dict[str, Any] = {
             "pipeline_version": PIPELINE_VERSION,
@@ -208,14 +214,14 @@ def resolve_tracks(
             "id": track.id,
             "prompt": full_prompt(track),
             "source_sha256": file_sha256(source) if source else None,
-            "model": None if source else merged.get("model", DEFAULT_MODEL),
+            "model": model,
             "model_revision": None if source else merged.get("model_revision"),
             "duration_s": float(duration_s),
             "loop": track.loop,
             "seed": track.seed
             if track.seed is not None
             else derived_seed(manifest.soundtrack, track.id),
-            "sampling": asdict(Sampling(**merged["sampling"].get("musicgen", {}))),
+            "sampling": asdict(Sampling(**blocks.get("musicgen", {}))),
             "overlap_s": float(merged.get("overlap_s", 10.0)),
             "mastering": asdict(mastering),
             "gates": _hashed_gates(gates),
@@ -223,11 +229,11 @@ def resolve_tracks(
             "wav_bit_depth": merged.get("wav_bit_depth", 16),
             "expectations_sha256": file_sha256(expectations) if expectations else None,
         }
-        ace_step_sampling = merged["sampling"].get("ace_step")
+        ace_step_sampling = blocks.get("ace_step")
         if ace_step_sampling:
             # Only when set, as for lyrics below.
             fields["ace_step_sampling"] = ace_step_sampling
-        stable_audio_sampling = merged["sampling"].get("stable_audio")
+        stable_audio_sampling = blocks.get("stable_audio")
         if stable_audio_sampling:
             fields["stable_audio_sampling"] = stable_audio_sampling  # only when set, as above
         if track.lyrics is not None:

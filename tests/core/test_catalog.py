@@ -122,8 +122,13 @@ def test_sampling_per_family_and_the_flat_form_is_musicgens(
         path.write_text(MANIFEST.format(duration=12, model="facebook/musicgen-small") + block)
         (specs[name],) = resolve_tracks(load_manifest(path), tmp_path)
     assert specs["flat"].sampling == specs["keyed"].sampling and specs["flat"].sampling_flat
-    assert specs["keyed"].ace_step_sampling is not None
-    assert specs["keyed"].ace_step_sampling.steps == 4 and not specs["keyed"].sampling_flat
+    assert not specs["keyed"].sampling_flat
+    assert specs["keyed"].ace_step_sampling is None, "a MusicGen track has no use for it"
+    path.write_text(
+        MANIFEST.format(duration=12, model="ACE-Step/acestep-v15-turbo-diffusers") + keyed
+    )
+    (ace,) = resolve_tracks(load_manifest(path), tmp_path)
+    assert ace.ace_step_sampling is not None and ace.ace_step_sampling.steps == 4
 
     ace_step = "ACE-Step/acestep-v15-xl-turbo-diffusers"
     code, said = validate_text(tmp_path, MANIFEST.format(duration=12, model=ace_step) + flat)
@@ -137,6 +142,58 @@ def test_sampling_per_family_and_the_flat_form_is_musicgens(
     )
     code, said = run(tmp_path, "build", "m.yaml", "--model", str(tiny_acestep_dir))
     assert code == 2 and f"{tiny_acestep_dir} (--model): `sampling`" in said, said
+
+
+KEYS = """\
+schema: 1
+soundtrack: keys
+defaults:
+  duration: 12
+  sampling: {sampling}
+tracks:
+  - {{id: mg, prompt: theme, model: facebook/musicgen-small}}
+  - {{id: ace, prompt: theme, model: ACE-Step/acestep-v15-turbo-diffusers}}
+  - {{id: sao, prompt: rain, model: stabilityai/stable-audio-open-1.0}}
+  - {{id: bark, prompt: hum, duration: 5, model: suno/bark-small}}
+  - {{id: local, prompt: theme, model: ./ace}}
+  - {{id: new, prompt: theme, model: someone/new-model}}
+"""
+
+
+def test_only_a_tracks_own_familys_sampling_keys_its_render(
+    offline_hub: Path, tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    """Tuning one family in a mixed soundtrack re-renders that family's tracks, not the others
+    (a local folder's family read from its files); a hub id nothing at hand knows keeps every
+    block in its keys, which a download later must not change."""
+    from soundtrack.manifest import load_manifest
+    from soundtrack.resolve import resolve_tracks
+
+    (tmp_path / "ace").symlink_to(tiny_acestep_dir)
+    keys = {}
+    for name, sampling in [
+        ("none", "{}"),
+        ("musicgen", "{temperature: 0.9}"),
+        ("ace-step", "{ace-step: {steps: 6}}"),
+        ("stable-audio", "{stable-audio: {steps: 50}}"),
+    ]:
+        path = tmp_path / "m.yaml"
+        path.write_text(KEYS.format(sampling=sampling))
+        specs = resolve_tracks(load_manifest(path), tmp_path)
+        keys[name] = {s.id: (s.spec_hash, s.generation_key) for s in specs}
+    changed = {
+        family: {t for t in keys["none"] if keys[family][t] != keys["none"][t]}
+        for family in ("musicgen", "ace-step", "stable-audio")
+    }
+    assert changed == {
+        "musicgen": {"mg", "new"},
+        "ace-step": {"ace", "local", "new"},
+        "stable-audio": {"sao", "new"},
+    }
+    put_in_cache(offline_hub, "someone/new-model", "config.json", '{"model_type": "bark"}')
+    path.write_text(KEYS.format(sampling="{ace-step: {steps: 6}}"))
+    specs = resolve_tracks(load_manifest(path), tmp_path)
+    assert {s.id: (s.spec_hash, s.generation_key) for s in specs} == keys["ace-step"]
 
 
 def validate_text(folder: Path, text: str) -> tuple[int, str]:
