@@ -189,6 +189,7 @@ def resolve_tracks(
     `severities` (gate -> fail, warn or off) override every track's, as `build --gate` does.
     """
     specs = []
+    families: dict[str, str | None] = {}  # model location -> its keyed family, read once
     expectations = (base_dir / manifest.expectations).resolve() if manifest.expectations else None
     for track in manifest.tracks:
         merged = _merge(manifest.defaults, track)
@@ -203,7 +204,10 @@ def resolve_tracks(
         mastering = _mastering(merged, duration_s, loop=track.loop)
         model = None if source else merged.get("model", DEFAULT_MODEL)
         blocks = merged["sampling"]
-        family = None if model is None else keyed_family(_model_location(model, base_dir))
+        location = _model_location(model, base_dir)
+        if model is not None and location not in families:
+            families[location] = keyed_family(location)
+        family = families.get(location)
         if family is not None:
             # Only its own family's block shapes a render: another's must not re-render it.
             blocks = {name: b for name, b in blocks.items() if name == family.replace("-", "_")}
@@ -263,7 +267,7 @@ def resolve_tracks(
             ),
             loop=track.loop,
             seed=fields["seed"],
-            model=_model_location(fields["model"], base_dir),
+            model=location,
             model_revision=fields["model_revision"],
             sampling=Sampling(**fields["sampling"]),
             overlap_s=fields["overlap_s"],
