@@ -87,7 +87,7 @@ def test_usage_rules(licence: str, usage: str | None, accepted: list[str], allow
 
 BOMB = "".join(
     f"{c}: &{c} [{', '.join(['*' + p] * 9) if p else 'x'}]\n"
-    for p, c in zip(" abcdefgh", "abcdefghi")
+    for p, c in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
 )
 
 
