@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
+from prefect.settings import get_current_settings
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import Task
@@ -115,7 +116,10 @@ def _settled(prefect_future: PrefectFuture[T]) -> Future[T]:
 
 
 def ensure_gpu_limit() -> None:
-    """A concurrency limit that does not exist limits nothing: create it (one batch at a time)."""
+    """A concurrency limit that does not exist limits nothing: create it (one batch at a time)
+    on a Prefect server; the temporary server's builds take a lock file instead (gpu_slot)."""
+    if not get_current_settings().api.url:
+        return
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, 1)
 

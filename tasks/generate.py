@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun
 from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 from prefect.deployments import run_deployment
+from prefect.settings import get_current_settings
 
 from soundtrack import events, steps
 from soundtrack.errors import GenerationError, ModelLoadError
@@ -33,6 +37,28 @@ GPU_LIMIT = "soundtrack-gpu"
 # The slot's lease is renewed while a batch renders; a build killed mid-batch frees it when the
 # lease runs out, instead of blocking every later build.
 GPU_LEASE_S = 60  # the server's minimum
+GPU_LOCK_FILE = "soundtrack-gpu.lock"  # in PREFECT_HOME, beside the database the limit lives in
+
+
+@contextmanager
+def gpu_slot() -> Iterator[None]:
+    """One batch at a time on this machine's GPU. With a Prefect server, its concurrency limit;
+    with the temporary server a build starts, a lock file the kernel frees when its build dies:
+    that server keeps leases in its memory and never revokes them, so a build killed with the
+    slot would block every later build sharing its PREFECT_HOME, forever."""
+    settings = get_current_settings()
+    if settings.api.url:
+        with concurrency(GPU_LIMIT, occupy=1, lease_duration=GPU_LEASE_S, strict=True):
+            yield
+        return
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with (settings.home / GPU_LOCK_FILE).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            get_run_logger().info("another build on this machine is rendering: waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def batch_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -62,7 +88,7 @@ def generate_batch(
     specs: list[TrackSpec], cache_dir: str, device: str | None
 ) -> list[Render | RenderFailure]:
     """Render one batch (one generate call) into the render cache, one batch per GPU."""
-    with concurrency(GPU_LIMIT, occupy=1, lease_duration=GPU_LEASE_S, strict=True):
+    with gpu_slot():
         return steps.render(specs, cache_dir, device)
 
 

@@ -7,6 +7,7 @@ that server running. Each test starts from a new PREFECT_HOME, as a new user doe
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from flows.server import STARTUP_TIMEOUT_S, TIMEOUT_SETTING, startup_timeout_s
+from tasks.generate import GPU_LOCK_FILE
 from tests.running import SOUNDTRACK, build
 
 MANIFEST = """\
@@ -278,3 +280,56 @@ def test_no_api_url_and_temporary_server_off_is_one_line_and_exit_1(
         "profile 'mine'): set PREFECT_API_URL to a running Prefect server, or "
         "PREFECT_SERVER_EPHEMERAL_ENABLED=true for a temporary one"
     ]
+
+
+def gpu_held(prefect_home: Path) -> bool:
+    """Whether a build on this PREFECT_HOME holds the GPU (its lock file is locked)."""
+    path = prefect_home / GPU_LOCK_FILE
+    if not path.exists():
+        return False
+    with path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+
+
+@pytest.mark.slow
+def test_a_build_killed_while_it_renders_leaves_the_gpu_to_the_next(
+    first_run: tuple[Path, dict[str, str], list[str]],
+) -> None:
+    """The temporary server keeps a concurrency lease in its memory and dies with its build: a
+    build killed with the GPU slot left it taken in the database, and every later build on the
+    machine waited for it forever. The next build waits only while one is really rendering."""
+    workdir, env, args = first_run
+    home = Path(env["PREFECT_HOME"])
+    (workdir / "long").mkdir()
+    (workdir / "long" / "m.yaml").write_text(
+        MANIFEST.replace("duration: 2", "duration: 600").replace("first-run", "long")
+    )
+    killed = start_build(workdir / "long", env, args)
+    deadline = time.monotonic() + 240
+    while not gpu_held(home):
+        assert killed.poll() is None, (workdir / "long" / "build.log").read_text()
+        assert time.monotonic() < deadline, "the long build never took the GPU"
+        time.sleep(0.1)
+    waiting = start_build(workdir, env, args)
+    try:
+        deadline = time.monotonic() + 240
+        while "waiting for it" not in (workdir / "build.log").read_text(errors="replace"):
+            assert waiting.poll() is None, (workdir / "build.log").read_text()
+            assert time.monotonic() < deadline, "the second build never waited for the GPU"
+            time.sleep(0.1)
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait()
+        waiting.wait(timeout=300)
+    finally:
+        for process in (killed, waiting):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    log = (workdir / "build.log").read_text(errors="replace")
+    assert waiting.returncode == 0, log
+    assert {"sting-a.ogg", "sting-b.ogg"} <= {
+        p.name for p in (workdir / "out" / "first-run").iterdir()
+    }
