@@ -59,7 +59,10 @@ _N_FFT = 2048
 _HOP = 512
 _FRAME_RATE = ANALYSIS_RATE / _HOP
 _LEAD_FRAMES = _N_FFT // (2 * _HOP)  # half a window of silence before the audio
-MIN_DURATION_S = 1.0
+MIN_DURATION_S = 0.4  # the shortest track a manifest may ask for (schema.MIN_DURATION_S)
+# Beats and a key need a second of music: in a shorter cue the beat tracker finds one "beat" and
+# reads a tempo off it. A shorter one has neither (its tempo gate fails, as a drone's does).
+MIN_PULSE_S = 1.0
 ONSET_LAG_S = 0.016
 # Leading and trailing beats whose strongest nearby accent is under this fraction of the beats'
 # RMS accent are silence or a pickup, not the music's beat (hi-hats alone read 0.37-0.56 on
@@ -156,15 +159,16 @@ def analyse(
     _check_inputs(audio, sample_rate, beats_per_bar, bpm_hint)
     # 2. One mono mix at the analysis rate, one STFT, every feature from it
     features = _features(audio, sample_rate)
+    pulse = audio.shape[1] >= MIN_PULSE_S * sample_rate
     # 3. Tempo and its metrical level
-    tempo_bpm = _tempo(features, bpm_hint, beats_per_bar)
+    tempo_bpm = _tempo(features, bpm_hint, beats_per_bar) if pulse else None
     # 4. Beats and bars
     beat_frames = np.zeros(0, dtype=np.int64)
     if tempo_bpm is not None:
         beat_frames = _beats(features.onsets, features.accents, tempo_bpm)
     bar_starts = beat_frames[_downbeat_phase(features, beat_frames, beats_per_bar) :: beats_per_bar]
     # 5. Key
-    key, key_confidence = _key(features.chroma)
+    key, key_confidence = _key(features.chroma) if pulse else (None, 0.0)
     # 6. Loudness range on the audio as given (all channels, full rate): LRA is defined there
     loudness_range = loudness_range_lu(audio, sample_rate)
     return Analysis(

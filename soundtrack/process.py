@@ -248,9 +248,11 @@ def _theme_columns(m: Master, parent: tuple[np.ndarray, int] | None) -> dict[str
     """A variation's melody measured against its parent's, on the master's row."""
     if parent is None:
         return {}
-    from soundtrack.theme import melody_similarity
+    from soundtrack.theme import MIN_DURATION_S, melody_similarity
 
     audio, sample_rate = parent
+    if min(audio.shape[1] / sample_rate, m.audio.shape[1] / m.sample_rate) < MIN_DURATION_S:
+        return {}  # no melody to follow in a blip: the theme gate fails as unmeasured
     match = melody_similarity(m.audio, resample(audio, sample_rate, m.sample_rate), m.sample_rate)
     return {
         "theme_similarity": match.similarity,

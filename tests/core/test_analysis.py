@@ -281,7 +281,7 @@ def test_any_sample_rate_and_mono_give_the_same_positions() -> None:
     [
         (np.zeros((3, RATE * 2), np.float32), {}, AudioError, "1 or 2 channels"),
         (np.zeros(RATE * 2, np.float32), {}, AudioError, "1 or 2 channels"),
-        (np.zeros((2, RATE // 2), np.float32), {}, AudioError, "audio is 0.50 s long"),
+        (np.zeros((2, RATE // 4), np.float32), {}, AudioError, "audio is 0.25 s long"),
         (np.full((2, RATE * 2), np.nan, np.float32), {}, AudioError, "NaN or infinite"),
         (np.zeros((2, RATE * 2), np.float32), {"beats_per_bar": 0}, ValueError, "got 0"),
         (np.zeros((2, RATE * 2), np.float32), {"bpm_hint": -120.0}, ValueError, "got -120.0"),

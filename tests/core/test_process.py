@@ -14,6 +14,7 @@ from soundtrack.gates import evaluate, judge
 from soundtrack.master import master
 from soundtrack.measure import measure
 from soundtrack.process import TrackOutcome, process_track
+from soundtrack.spec import LOUDNESS_PROFILES, Mastering
 from tests.reference import ebur128
 from tests.signals import music_like
 from tests.specs import make_spec
@@ -143,3 +144,30 @@ def test_team_expectations_can_reject_a_track(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unique"):
         process_track(spec, _source(6.0), RENDER_RATE, tmp_path, extra_expectations=[clash])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("duration_s", [0.4, 0.7, 0.99])
+def test_a_cue_shorter_than_a_second_is_approved_at_its_length(
+    tmp_path: Path, duration_s: float
+) -> None:
+    """A manifest may ask for 0.4 s: the analysis, which needs a second for beats and a key,
+    measures the rest of a shorter cue instead of stopping its build."""
+    import soundfile as sf
+
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["console"], fade_out_s=0.1)
+    spec = make_spec(id="blip", duration_s=duration_s, mastering=mastering, formats=("ogg", "wav"))
+    outcome = process_track(spec, _source(duration_s + 0.005), RENDER_RATE, tmp_path)
+    assert outcome.status == "approved", _failed(outcome)
+    assert outcome.analysis is not None and outcome.analysis.tempo_bpm is None
+    for suffix in ("ogg", "wav"):
+        info = sf.info(str(tmp_path / f"blip.{suffix}"))
+        assert info.samplerate == 44100 and info.frames == round(duration_s * 44100), suffix
+    integrated_lufs, _ = ebur128(tmp_path / "blip.wav")
+    assert integrated_lufs == pytest.approx(-24.0, abs=1.0)
+
+
+def test_a_cue_too_short_for_a_tempo_fails_its_tempo_gate(tmp_path: Path) -> None:
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["console"], fade_out_s=0.1)
+    spec = make_spec(id="blip", duration_s=0.6, bpm=120.0, mastering=mastering, formats=("ogg",))
+    outcome = process_track(spec, _source(0.6), RENDER_RATE, tmp_path)
+    assert outcome.status == "rejected" and "tempo" in _failed(outcome)
