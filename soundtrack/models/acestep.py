@@ -206,11 +206,13 @@ class AceStepGenerator:
 
     def _source(self, track: PipelineTrack) -> torch.Tensor:
         """The track's source recording as the cover's input: stereo at the pipeline's rate,
-        from its start for the render's length, looped when shorter."""
+        from its start for the render's length in whole latent frames (a cover renders as many
+        as its source fills), looped when shorter."""
         request = track.request
         audio = to_channels(np.asarray(request.source_audio, dtype=np.float32), self.channels)
         audio = resample(audio, request.source_rate or self.sample_rate, self.sample_rate)
-        frames = round(track.render_s * self.sample_rate)
+        hop = round(self.sample_rate / self._pipeline.latents_per_second)
+        frames = -(-round(track.render_s * self.sample_rate) // hop) * hop
         audio = np.tile(audio, (1, -(-frames // audio.shape[1])))[:, :frames]
         return torch.from_numpy(np.ascontiguousarray(audio))
 

@@ -364,3 +364,16 @@ def test_a_build_on_the_tiny_ace_step_model_approves_both_tracks(
             assert true_peak <= -1.0, (path.name, true_peak)
     lock = json.loads((out / "soundtrack.lock.json").read_text())
     assert {t["id"] for t in lock["tracks"]} == {"sting", "theme"}
+
+
+@pytest.mark.parametrize("seconds", [10.01, 12.5, 13.33])
+def test_a_cover_of_any_length_comes_out_at_that_length(
+    generator: AceStepGenerator, seconds: float
+) -> None:
+    """A cover renders as many latent frames (25 a second) as its source fills: a length that
+    is no whole number of them came out short of the track and failed it."""
+    source = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 20 * 48000)).astype(np.float32)
+    (result,) = generator.generate(
+        [req("cover", seconds=seconds, source_audio=source, source_rate=48000)]
+    )
+    assert audio_of(result).shape == (2, round(seconds * 48000))
