@@ -128,24 +128,34 @@ class BarkGenerator:
         )
         return {key: value.to(self._model.device) for key, value in encoded.items()}
 
-    def _render(self, request: GenerationRequest, encoded: dict[str, torch.Tensor]) -> np.ndarray:
-        """(1, frames) float32: at least the track's length unless Bark ends it sooner."""
+    def _render(
+        self, request: GenerationRequest, encoded: dict[str, torch.Tensor]
+    ) -> np.ndarray | GenerationError:
+        """(1, frames) float32: at least the track's length unless Bark ends it sooner; or why
+        its sampling stopped (NaN or infinite logits in any of its three stages)."""
         # One semantic token more than the length needs: the coarse stage rounds down.
         semantic_tokens = math.ceil(request.duration_s * self._semantic_rate_hz) + 1
         with _GLOBAL_RNG, torch.inference_mode():
             torch.manual_seed(request.seed)  # the CPU's and every accelerator's generator
-            values = self._model.generate(
-                input_ids=encoded["input_ids"],
-                attention_mask=encoded["attention_mask"],
-                do_sample=True,
-                semantic_max_new_tokens=semantic_tokens,
-            )
+            try:
+                values = self._model.generate(
+                    input_ids=encoded["input_ids"],
+                    attention_mask=encoded["attention_mask"],
+                    do_sample=True,
+                    semantic_max_new_tokens=semantic_tokens,
+                )
+            except RuntimeError as error:  # torch.multinomial's refusal of NaN probabilities
+                if "probability tensor contains" not in str(error):
+                    raise
+                return GenerationError(request.track_id, "the model produced NaN/inf logits")
         audio: np.ndarray = values[:1].float().cpu().numpy()
         return audio
 
     def _result(
-        self, request: GenerationRequest, render: np.ndarray
+        self, request: GenerationRequest, render: np.ndarray | GenerationError
     ) -> GeneratedAudio | GenerationError:
+        if isinstance(render, GenerationError):
+            return render
         # The duration is an upper bound for Bark: a shorter render is kept as it is.
         frames = min(round(request.duration_s * self.sample_rate), render.shape[-1])
         return cut_render(request.track_id, render, frames, self)

@@ -149,6 +149,29 @@ def test_nan_or_silent_output_is_that_tracks_generation_error(
     assert isinstance(bad, GenerationError) and bad.track_id == "bad" and reason in bad.reason
 
 
+@pytest.mark.parametrize("stage", ["semantic", "coarse_acoustics"])
+def test_nan_logits_in_any_stage_fail_that_track_and_the_rest_renders(
+    tiny_bark_dir: Path, stage: str
+) -> None:
+    """NaN logits make a sampling stage refuse its probabilities: a generation error naming
+    the track, never a crash of the batch. (The fine stage's argmax, at its temperature 1,
+    reads NaN as a token; the codec's output is then judged as any render.)"""
+    bark = fresh(tiny_bark_dir)
+    model = getattr(bark._model, stage)
+    heads = list(model.lm_heads) if stage == "fine_acoustics" else [model.lm_head]
+    nan = [
+        h.register_forward_hook(lambda _m, _a, out: torch.full_like(out, float("nan")))
+        for h in heads
+    ]
+    (bad,) = bark.generate([req("bad")])
+    assert isinstance(bad, GenerationError) and bad.track_id == "bad", bad
+    assert "NaN/inf logits" in bad.reason
+    for handle in nan:
+        handle.remove()
+    (good,) = bark.generate([req("good")])
+    assert not isinstance(good, GenerationError), good
+
+
 MANIFEST = """\
 schema: 1
 soundtrack: bark
