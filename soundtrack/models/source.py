@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -305,12 +306,28 @@ def _pipeline_family(directory: Path, model: str) -> str:
     return family
 
 
+def _files_under(directory: Path) -> list[Path]:
+    """Every file under `directory`, through symlinked folders (a component folder may be one,
+    and the loader follows it), each real folder once (a link back up would loop)."""
+    seen: set[str] = set()
+    files = []
+    for root, folders, names in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders.clear()
+            continue
+        seen.add(real)
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        files += [Path(root, name) for name in names]
+    return files
+
+
 def directory_fingerprint(directory: Path) -> str:
     """sha256 over the paths and contents of a model directory's files (component folders
     included, hidden files and the top-level README excluded); hashed once per process."""
     files = sorted(
         p
-        for p in directory.rglob("*")
+        for p in _files_under(directory)
         if p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(directory).parts)
         and p.relative_to(directory).as_posix() != "README.md"

@@ -299,6 +299,23 @@ def test_the_revision_covers_the_component_folders(tiny_acestep_dir: Path, tmp_p
     assert resolve_source(str(copy), None).revision != before
 
 
+def test_the_revision_follows_a_symlinked_component_folder(
+    tiny_acestep_dir: Path, tmp_path: Path
+) -> None:
+    """A component kept elsewhere and linked in is loaded from there, so its files are hashed
+    as if they were in place: changed weights there re-render, never reuse the old audio."""
+    copy = shutil.copytree(tiny_acestep_dir, tmp_path / "copy")
+    in_place = resolve_source(str(copy), None).revision
+    (copy / "vae").rename(tmp_path / "shared-vae")
+    (copy / "vae").symlink_to(tmp_path / "shared-vae")
+    (copy / "loop").symlink_to(copy)  # a link back up is followed once, not forever
+    linked = resolve_source(str(copy), None).revision
+    assert linked == in_place, "the same files, the same revision"
+    with (tmp_path / "shared-vae" / "config.json").open("a") as handle:
+        handle.write("\n")
+    assert resolve_source(str(copy), None).revision != linked
+
+
 def test_make_tiny_writes_an_ace_step_pipeline(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app, ["models", "make-tiny", str(tmp_path / "m"), "--family", "ace-step"]
