@@ -358,7 +358,7 @@ def _check_models(plan: Plan, *, given: str) -> None:
     specs = [spec for batch in plan.batches for spec in batch]
     problems = []
     for model, revision in dict.fromkeys((spec.model, spec.model_revision) for spec in specs):
-        users = [spec for spec in specs if spec.model == model]
+        users = [s for s in specs if (s.model, s.model_revision) == (model, revision)]
         try:
             family = check_model(model, revision)
         except ModelLoadError as exc:

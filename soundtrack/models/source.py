@@ -244,7 +244,7 @@ def check_weights(directory: Path, model: str) -> None:
             found = f" (only {', '.join(pickles)})"
             raise ModelLoadError(
                 f"model {model!r}: {folder} holds no weights as safetensors"
-                f"{found if pickles else ''}; {how_to_provide(str(directory))}"
+                f"{found if pickles else ''}; {how_to_provide(model)}"
             )
         for path in weights:
             problem = _safetensors_problem(path)

@@ -140,6 +140,52 @@ def test_a_hub_id_loads_from_the_cache_offline_with_its_commit_as_revision(
         get_generator("soundtrack-tests/tiny", revision="v2", device="cpu")
 
 
+PINS = """\
+schema: 1
+soundtrack: pins
+storage: ./out
+defaults: {{model: soundtrack-tests/{name}, duration: 2, formats: [ogg]}}
+tracks:
+  - {{id: on-main, prompt: calm piano, model_revision: main}}
+  - {{id: on-v2, prompt: calm piano, model_revision: v2}}
+"""
+
+
+def test_a_build_names_only_the_tracks_whose_snapshot_is_missing_or_incomplete(
+    tiny_acestep_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 2 before anything renders, naming the tracks of the pin that is not there, and a
+    snapshot that lacks a component's weights (an interrupted download) as a model not at hand."""
+    from typer.testing import CliRunner
+
+    from soundtrack.cli import app
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    for name, drop in (("whole", None), ("partial", "transformer")):
+        repo = tmp_path / "hub" / f"models--soundtrack-tests--{name}"
+        shutil.copytree(tiny_acestep_dir, repo / "snapshots" / commit)
+        if drop:
+            for weights in (repo / "snapshots" / commit / drop).glob("*.safetensors"):
+                weights.unlink()
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for name, named, why in (
+        ("whole", "track on-v2:", "at revision 'v2' is not in"),
+        ("partial", "track on-main:", "transformer holds no weights as safetensors"),
+    ):
+        (tmp_path / "m.yaml").write_text(PINS.format(name=name))
+        result = CliRunner().invoke(app, ["build", "m.yaml"])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2, said
+        assert f"{named} model 'soundtrack-tests/{name}'" in said and why in said, said
+        assert name == "partial" or "on-main" not in said, "main is in the cache"
+        assert not (tmp_path / "out").exists()
+
+
 REAL_MODEL = "facebook/musicgen-small"
 
 
