@@ -154,7 +154,11 @@ def limit_problems(spec: TrackSpec, family: str) -> list[str]:
     problems = []
     # A loop renders longer than it plays (room to find its end): the render must fit.
     if known.max_call_s is not None and spec.render_duration_s > known.max_call_s:
-        extra = " with the room a loop renders" if spec.render_duration_s > spec.duration_s else ""
+        extra = (
+            f" with the room a loop renders to find its seam ({spec.render_duration_s:.1f} s)"
+            if spec.render_duration_s > spec.duration_s
+            else ""
+        )
         problems.append(
             f"duration {spec.duration_s:g} s{extra} is longer than {family} models render "
             f"({known.max_call_s:g} s at most)"
