@@ -273,26 +273,13 @@ def _report(prepared: Prepared, tracks: _Tracks, loads_before: int) -> BuildRepo
     """The build's report, in manifest order."""
     checked = prepared.checked
     order = {spec.id: i for i, spec in enumerate(checked.specs)}
-    records = [_licensed(r, checked.licences) for r in tracks.records.values()]
     return BuildReport(
         soundtrack=checked.manifest.soundtrack,
         storage=checked.storage_url,
         model_loads=load_count() - loads_before,
-        tracks=sorted(records, key=lambda r: order[r.id]),
+        tracks=sorted(tracks.records.values(), key=lambda r: order[r.id]),
         warnings=[*prepared.warnings, *tracks.warnings],
     )
-
-
-def _licensed(record: TrackRecord, licences: dict[str, str]) -> TrackRecord:
-    """`record` with its models' licences as this build checked them: a render reused from the
-    cache or the lock keeps the licence read when it was made, which a card may since have
-    changed."""
-    update = {
-        field: model.model_copy(update={"license": licences[model.id]})
-        for field, model in (("model", record.model), ("stem_model", record.stem_model))
-        if model is not None and model.id in licences
-    }
-    return record.model_copy(update=update) if update else record
 
 
 def _finish(

@@ -276,33 +276,3 @@ def test_commercial_use_lists_every_problem_of_the_tracks_models(
     assert "no such directory" in said and "track typo: model" in said
     assert said.count("its licence") == 2, said
     assert not (tmp_path / "out").exists()
-
-
-def test_the_lock_records_the_licence_this_build_checked(
-    offline_hub: Path, tmp_path: Path, tiny_bark_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A track reused from the lock, or a render from the cache, is recorded with the licence
-    its model's card states now, not the one it stated when the audio was made."""
-    import shutil
-
-    from soundtrack import models
-    from soundtrack.build import Options, ThreadExecutor, build
-
-    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
-    shutil.copytree(tiny_bark_dir, tmp_path / "bark")
-    (tmp_path / "m.yaml").write_text(
-        MANIFEST.format(usage=f"accepted_licenses: [{TINY_LICENSE}]", model="./bark").replace(
-            "duration: 3", "duration: 2"
-        )
-    )
-    models._loaded.clear()
-    result = build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor())
-    assert result.exit_status == 0, result.failure
-    (tmp_path / "bark" / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
-    for force in (False, True):  # reused from the lock; rendered from the cache and published
-        result = build(tmp_path / "m.yaml", Options(force=force), executor=ThreadExecutor())
-        assert result.exit_status == 0, result.failure
-        lock = json.loads((tmp_path / "out" / "licences" / "soundtrack.lock.json").read_text())
-        assert [t["model"]["license"] for t in lock["tracks"]] == ["APACHE-2.0"], force
-        assert lock["tracks"][0]["status"] == ("approved" if force else "cached")
