@@ -47,7 +47,7 @@ def card_licence(card: Path) -> str | None:
     found = meta["license"]
     named = [found] if isinstance(found, str) else found if isinstance(found, list) else []
     licences = [
-        licence_id(n, meta.get("license_name")) if isinstance(n, str) else UNKNOWN for n in named
+        _licence_id(n, meta.get("license_name")) if isinstance(n, str) else UNKNOWN for n in named
     ]
     if not licences or UNKNOWN in licences:
         return UNKNOWN
@@ -55,7 +55,7 @@ def card_licence(card: Path) -> str | None:
     return " AND ".join(dict.fromkeys(licences))
 
 
-def licence_id(licence: str, name: object = None) -> str:
+def _licence_id(licence: str, name: object) -> str:
     """One licence id as the table writes it (`other`: its `name`); `unknown`, or `other` with no
     name, names none."""
     licence = licence.strip()

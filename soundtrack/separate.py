@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from soundtrack.errors import AudioError, ModelLoadError
-from soundtrack.licences import UNKNOWN, card_licence, licence_id
+from soundtrack.licences import UNKNOWN, card_licence
 from soundtrack.manifest import load_yaml
 from soundtrack.paths import user_path
 
@@ -162,7 +162,8 @@ def stem_model_licence(stem_model: str) -> str:
     if found:
         return found
     licence = (_config_or_none(directory) or {}).get("licence")
-    return licence_id(licence) if isinstance(licence, str) else UNKNOWN
+    named = isinstance(licence, str) and licence.strip().casefold() not in ("", UNKNOWN)
+    return str(licence).strip() if named else UNKNOWN
 
 
 def is_separator_folder(directory: Path) -> bool:
