@@ -200,6 +200,31 @@ def _audition_path(prompt: str, seed: int) -> Path:
     return Path(f"{'-'.join(words)[:60].strip('-') or 'audition'}-{seed}.wav")
 
 
+def _writable_folder(folder: Path, what: str) -> None:
+    """That `folder` (made later, if missing) can hold files: its nearest existing folder takes
+    one, so a path nothing can be written to is bad input before any work, not a traceback
+    after it. Writes nothing that stays."""
+    import tempfile
+
+    if folder.is_symlink() and not folder.exists():
+        raise InputError(f"{what} {folder} is a link to nothing: give a folder")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{what} {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what} {folder}: cannot write there ({exc.strerror or exc})") from None
+
+
+def _holds_model(folder: Path) -> bool:
+    """Whether `folder` is a model's (a pipeline's index, or a config beside safetensors)."""
+    return (folder / "model_index.json").is_file() or (
+        (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+    )
+
+
 def _check_audition(model: str, request: GenerationRequest, target: Path) -> None:
     """What `generate` can tell before loading a model: a seed, length and prompt a manifest
     takes, a WAV outside the model's files, and a length the model's family renders (from the
@@ -219,7 +244,9 @@ def _check_audition(model: str, request: GenerationRequest, target: Path) -> Non
             f"(got {duration_s:g})"
         )
     check_request(request)
-    if target.suffix.lower() != ".wav" or target.is_dir():
+    if target.is_dir():
+        raise InputError(f"--output {target} is a folder: give a .wav file in it")
+    if target.suffix.lower() != ".wav":
         raise InputError(f"--output {target}: give a .wav file (generate writes a WAV)")
     local = user_path(model)
     folder = local if local.is_dir() else Path(constants.HF_HUB_CACHE)
@@ -228,6 +255,13 @@ def _check_audition(model: str, request: GenerationRequest, target: Path) -> Non
             f"--output {target} is inside {folder}, where the model's files are: give a path "
             "outside it"
         )
+    holder = next((f for f in target.absolute().resolve().parents if _holds_model(f)), None)
+    if holder is not None:
+        raise InputError(
+            f"--output {target} is inside the model folder {holder}, whose revision hashes "
+            "every file: give a path outside it"
+        )
+    _writable_folder(target.absolute().parent, "--output's folder")
     family = FAMILIES.get(family_name(model) or "")
     if family is not None and family.max_call_s is not None and duration_s > family.max_call_s:
         raise InputError(
@@ -290,7 +324,7 @@ def generate(
         with err_console.status(f"loading {model}"):
             generator = get_generator(model, device=device)
         with Progress(*columns, console=err_console) as bar:
-            task = bar.add_task(f"tokens ({generator.device})", total=None)
+            task = bar.add_task(f"rendering ({generator.device})", total=None)
             (result,) = generator.generate(
                 [request],
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
@@ -301,8 +335,9 @@ def generate(
         write_wav(target, result.audio, result.sample_rate)
     except SoundtrackError as exc:
         _fail_generation(exc)
+    seconds = result.audio.shape[-1] / result.sample_rate  # Bark may end before the duration
     console.print(
-        f"wrote {target}: {duration:g} s at {result.sample_rate} Hz, seed {seed} "
+        f"wrote {target}: {seconds:g} s at {result.sample_rate} Hz, seed {seed} "
         f"(put `seed: {seed}` in the manifest to keep this take)\n"
         f"model {generator.model_id}, revision {generator.revision}, licence {generator.license}",
         highlight=False,
@@ -372,6 +407,10 @@ def models_make_tiny(
     problem = _model_target_problem(directory, family, tiny=True)
     if problem:
         fail(InputError(problem))
+    try:
+        _writable_folder(directory, "DIRECTORY")
+    except InputError as exc:
+        fail(exc)
     if family == "bark" and stereo:
         fail(InputError("--stereo is for --family musicgen (Bark is mono)"))
     if family != "musicgen" and stereo:
@@ -447,6 +486,10 @@ def models_convert_demucs(
     problem = _model_target_problem(directory, "demucs", tiny=False)
     if problem:
         fail(InputError(problem))
+    try:
+        _writable_folder(directory, "DIRECTORY")
+    except InputError as exc:
+        fail(exc)
     try:
         convert_demucs(checkpoint, directory, licence=licence)
     except ModelLoadError as exc:

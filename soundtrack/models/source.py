@@ -236,8 +236,26 @@ def check_weights(directory: Path, model: str) -> None:
     track. Reads each file's header, never its tensors."""
     folders = [directory]
     if (directory / "model_index.json").is_file():
-        folders = [p for p in sorted(directory.iterdir()) if (p / "config.json").is_file()]
-    for folder in folders:
+        index = _read_object(directory / "model_index.json", model)
+        named = [
+            n for n, v in index.items() if not n.startswith("_") and v not in ([None, None], None)
+        ]
+        # Each component the pipeline loads has its folder and its config (a model's
+        # config.json, a scheduler's or tokenizer's own); an interrupted copy lacks some.
+        missing = [n for n in named if not any((directory / n).glob("*.json"))]
+        if missing:
+            raise ModelLoadError(
+                f"model {model!r}: model_index.json names {', '.join(missing)}, but "
+                f"{directory} has no such folder with its config; {how_to_provide(model)}"
+            )
+        folders = [directory / n for n in named if any((directory / n).glob("*.safetensors"))]
+        folders += [directory / n for n in named if (directory / n / "config.json").is_file()]
+    for folder in dict.fromkeys(folders):
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(
+                f"model {model!r}: {folder} holds weights but no config.json; "
+                f"{how_to_provide(model)}"
+            )
         weights = sorted(folder.glob("*.safetensors"))
         if not weights:
             pickles = sorted(p.name for p in folder.glob("*") if p.suffix in _PICKLE_SUFFIXES)

@@ -227,6 +227,15 @@ ACE_INDEX = {
         ({"model_index.json": {**ACE_INDEX, "vae": [["x"], ["y"]]}}, "component 'vae' is [['x']"),
         ({"model_index.json": {**ACE_INDEX, "scheduler": ["evil", "S"]}}, "never custom code"),
         ({"model_index.json": {**ACE_INDEX, "extra": ["diffusers", "X"]}}, "no such component"),
+        ({"model_index.json": ACE_INDEX}, "model_index.json names vae, scheduler, but"),
+        (
+            {
+                "model_index.json": ACE_INDEX,
+                "scheduler/scheduler_config.json": {},
+                "vae/diffusion_pytorch_model.safetensors": b"\x02" + b"\0" * 7 + b"{}",
+            },
+            "model_index.json names vae, but",
+        ),
         ({"model_index.json": ["AceStepPipeline"]}, "holds list, not a JSON object"),
         ({"model_index.json": b"\xff\xfe{"}, "unreadable model_index.json"),
         ({"config.json": {"model_type": "musicgen_melody"}}, "'musicgen_melody' has no backend"),
@@ -258,6 +267,7 @@ def test_a_local_folder_is_read_as_a_build_reads_it(
     folder.mkdir()
     for name, content in files.items():
         data = content if isinstance(content, (bytes, str)) else json.dumps(content)
+        (folder / name).parent.mkdir(exist_ok=True)
         (folder / name).write_bytes(data if isinstance(data, bytes) else data.encode())
     code, output = validate(tmp_path, 5, "./model")
     assert code == 2, output

@@ -168,3 +168,40 @@ def test_make_tiny_never_writes_among_other_files(tmp_path: Path) -> None:
     other = runner.invoke(app, ["models", "make-tiny", str(tiny), "--family", "demucs"])
     assert other.exit_code == 2, other.output
     assert get_generator(str(tiny), device="cpu").sample_rate == 32000
+
+
+def test_paths_nothing_can_be_written_to_exit_2_before_any_work(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A link to nothing, a path through a file, a folder the system refuses, or another
+    model's folder (its revision hashes every file): one line and exit 2, not a traceback after
+    the render, and nothing written."""
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "afile").write_text("keep")
+    other = tmp_path / "other-model"
+    other.mkdir()
+    (other / "model_index.json").write_text("{}")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for target, said in [
+        (tmp_path / "dangling" / "x.wav", "is a link to nothing"),
+        (tmp_path / "afile" / "x.wav", "afile is a file, not a folder"),
+        (Path("/proc/x.wav"), "cannot write there"),
+        (other / "takes" / "x.wav", f"inside the model folder {other}"),
+        (tmp_path, "is a folder: give a .wav file in it"),
+    ]:
+        args = ["generate", "--model", str(tiny_model_dir), "--prompt", "p", "--duration", "1"]
+        result = runner.invoke(app, [*args, "-o", str(target)])
+        assert result.exit_code == 2 and said in result.stderr, (target, result.output)
+        assert "loading" not in result.output and "Traceback" not in result.output
+    for target, said in [
+        (tmp_path / "dangling", "is a link to nothing"),
+        (tmp_path / "afile" / "sub", "afile is a file, not a folder"),
+        (Path("/proc/tiny"), "cannot write there"),
+    ]:
+        for command in (
+            ["make-tiny", str(target)],
+            ["convert-demucs", str(tmp_path / "x.th"), str(target)],
+        ):
+            result = runner.invoke(app, ["models", *command])
+            assert result.exit_code == 2 and said in result.stderr, (command, result.output)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
