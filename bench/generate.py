@@ -49,7 +49,7 @@ from transformers import (
     T5Config,
 )
 
-from soundtrack.errors import GenerationError
+from soundtrack.errors import GenerationError, SoundtrackError
 from soundtrack.models import GenerationRequest, Generator
 from soundtrack.models.acestep import AceStepGenerator
 from soundtrack.models.device import model_dtype, pipeline_parameters, resolve_device
@@ -469,7 +469,16 @@ def main() -> None:
     parser.add_argument("--tracks", type=int, default=4, help="musicgen: tracks per batch")
     parser.add_argument("--seconds", type=float, default=2.0, help="musicgen: seconds a track")
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    if args.pairs < 3:
+        parser.error(f"--pairs must be at least 3 (a median of paired ratios), got {args.pairs}")
+    if args.tracks < 1:
+        parser.error(f"--tracks must be at least 1, got {args.tracks}")
+    if not args.seconds > 0:  # NaN too
+        parser.error(f"--seconds must be above 0, got {args.seconds}")
+    try:
+        device = resolve_device(args.device)
+    except SoundtrackError as exc:  # before minutes of building real-size models
+        parser.error(str(exc))
     if args.family == "musicgen":
         print(batching(device, args.tracks, args.seconds, args.pairs))
     else:
