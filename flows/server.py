@@ -135,6 +135,10 @@ def _server_dying_with_this_process() -> SubprocessASGIServer:
 
             def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
                 kwargs["preexec_fn"] = die_with_parent
+                # Out of the build's process group: Ctrl-C in a terminal (or a CI job's
+                # cancel) signals the whole group, and a server stopped under a build that is
+                # still stopping left it retrying a dead API for minutes. The build stops it.
+                kwargs["start_new_session"] = True
                 started.append(subprocess.Popen(*args, **kwargs))
                 return started[-1]
 

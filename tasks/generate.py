@@ -88,6 +88,9 @@ def generate_batch(
     specs: list[TrackSpec], cache_dir: str, device: str | None
 ) -> list[Render | RenderFailure]:
     """Render one batch (one generate call) into the render cache, one batch per GPU."""
+    cache = RenderCache(Path(cache_dir))
+    if all(spec.generation_key and cache.get(spec.generation_key) for spec in specs):
+        return steps.render(specs, cache_dir, device)  # all in the cache: no GPU to wait for
     with gpu_slot():
         return steps.render(specs, cache_dir, device)
 

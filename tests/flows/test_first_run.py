@@ -333,3 +333,48 @@ def test_a_build_killed_while_it_renders_leaves_the_gpu_to_the_next(
     assert {"sting-a.ogg", "sting-b.ogg"} <= {
         p.name for p in (workdir / "out" / "first-run").iterdir()
     }
+
+
+@pytest.mark.slow
+def test_a_build_signalled_with_its_process_group_stops_cleanly(
+    first_run: tuple[Path, dict[str, str], list[str]],
+) -> None:
+    """A CI job's cancel (SIGTERM to the process group) stopped the temporary server too, under
+    a build still finishing its render: the build then retried a dead API for minutes and
+    printed tracebacks. The server is out of the group now; the build stops, then stops it."""
+    workdir, env, args = first_run
+    (workdir / "m.yaml").write_text(MANIFEST.replace("duration: 2", "duration: 60"))
+    process = start_build(workdir, env, args)
+    servers: dict[int, int] = {}
+    try:
+        servers = wait_for_server(process, workdir, lambda: gpu_held(Path(env["PREFECT_HOME"])))
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=240)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    log = (workdir / "build.log").read_text(errors="replace")
+    assert process.returncode != 0 and "aborted by a termination signal" in log, log
+    assert "Traceback" not in log and "Unable to connect" not in log, log
+    deadline = time.monotonic() + 30
+    while _running(servers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(servers), "the server was left running"
+
+
+@pytest.mark.slow
+def test_a_build_whose_renders_are_all_cached_never_waits_for_the_gpu(
+    first_run: tuple[Path, dict[str, str], list[str]], tmp_path: Path
+) -> None:
+    """Publishing renders already in the cache needs no GPU: such a build waited behind
+    another build's long render."""
+    workdir, env, args = first_run
+    assert build(workdir, env, *args).returncode == 0
+    other_home = tmp_path / "other-prefect-home"  # no Prefect result cache: the task body runs
+    other_home.mkdir()
+    with (other_home / GPU_LOCK_FILE).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another build rendering, for as long as this lasts
+        again = build(workdir, {**env, "PREFECT_HOME": str(other_home)}, *args, "--out", "again")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "waiting for it" not in again.stdout + again.stderr
+    assert "model loads: 0" in again.stdout
