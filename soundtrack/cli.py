@@ -394,8 +394,8 @@ def models_make_tiny(
 
     Its output is noise, not music; it differs per prompt and per seed and loads like any
     local model: `--model DIR` or `model: DIR` in a manifest. MusicGen renders 32 kHz, ACE-Step
-    48 kHz stereo, Stable Audio 44.1 kHz stereo, Bark 24 kHz mono. Demucs (`stem_model: DIR`) splits 44.1 kHz stereo into drums, bass,
-    other and vocals (noise too).
+    48 kHz stereo, Stable Audio 44.1 kHz stereo, Bark 24 kHz mono. Demucs (`stem_model: DIR`)
+    splits 44.1 kHz stereo into drums, bass, other and vocals (noise too).
     """
     if family not in ("musicgen", "ace-step", "stable-audio", "bark", "demucs"):
         fail(
