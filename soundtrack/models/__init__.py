@@ -14,7 +14,7 @@ from soundtrack.models.base import (
     check_audio,
     check_request,
 )
-from soundtrack.models.source import ModelSource, check_weights, resolve_source
+from soundtrack.models.source import ModelSource, resolve_source
 from soundtrack.paths import user_path
 
 __all__ = [
@@ -74,9 +74,8 @@ _loads = 0
 
 def check_model(model: str, revision: str | None = None) -> str:
     """The model's family; ModelLoadError unless its files are at hand, its weights read as
-    safetensors (a hub snapshot may lack some) and a backend loads it."""
+    safetensors and a backend loads it."""
     source = resolve_source(model, revision)
-    check_weights(source.directory, model)
     _backend(source, model)
     return source.model_type
 

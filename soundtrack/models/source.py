@@ -122,10 +122,13 @@ def how_to_provide(model: str) -> str:
 
 
 def resolve_source(model: str, revision: str | None) -> ModelSource:
-    """Find a model's files locally, else fetch them from the hub; raise ModelLoadError fast."""
+    """Find a model's files locally, else fetch them from the hub, with their weights readable
+    as safetensors (a hub snapshot may lack some); raise ModelLoadError fast."""
     path = user_path(model)
     if not is_local(model):
-        return _hub_source(model, revision)
+        source = _hub_source(model, revision)
+        check_weights(source.directory, model)
+        return source
     family = model_family(path, model)  # before hashing gigabytes of weights
     check_weights(path, model)
     return _local_source(path.resolve(), revision, family)
