@@ -345,10 +345,15 @@ def generate(
 
 
 def _model_target_problem(directory: Path, family: str, *, tiny: bool) -> str | None:
-    """Why a model may not be written to `directory`: it must be new, empty, or a model of the
-    same family (a tiny one, when `tiny`) to rewrite, never a folder of other files or weights."""
+    """Why a model may not be written to `directory`: it must be a folder files can be written
+    to, new, empty, or a model of the same family (a tiny one, when `tiny`) to rewrite, never a
+    folder of other files or weights."""
     if directory.exists() and not directory.is_dir():
         return f"{directory} is a file, not a folder; give a new or empty folder"
+    try:
+        _writable_folder(directory, "DIRECTORY")
+    except InputError as exc:
+        return str(exc)
     if not directory.exists() or not any(directory.iterdir()):
         return None
     from soundtrack.catalog import family_name
@@ -407,10 +412,6 @@ def models_make_tiny(
     problem = _model_target_problem(directory, family, tiny=True)
     if problem:
         fail(InputError(problem))
-    try:
-        _writable_folder(directory, "DIRECTORY")
-    except InputError as exc:
-        fail(exc)
     if family == "bark" and stereo:
         fail(InputError("--stereo is for --family musicgen (Bark is mono)"))
     if family != "musicgen" and stereo:
@@ -486,10 +487,6 @@ def models_convert_demucs(
     problem = _model_target_problem(directory, "demucs", tiny=False)
     if problem:
         fail(InputError(problem))
-    try:
-        _writable_folder(directory, "DIRECTORY")
-    except InputError as exc:
-        fail(exc)
     try:
         convert_demucs(checkpoint, directory, licence=licence)
     except ModelLoadError as exc:
