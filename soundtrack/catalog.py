@@ -4,6 +4,7 @@ weights, no network and no torch (the families' backends load only when a build 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +142,19 @@ def cached_file(model: str, name: str, revision: str | None) -> Path | None:
     return Path(path) if isinstance(path, str) else None
 
 
+def untaken(family: Family, given: Mapping[str, object]) -> list[tuple[str, str]]:
+    """The inputs of `given` (name: value, None when absent) that `family`'s models do not
+    take, each with why and the families that do."""
+    problems = []
+    for name, value in given.items():
+        if value is not None and name not in family.conditioning:
+            takers = sorted(f.name for f in FAMILIES.values() if name in f.conditioning)
+            problems.append(
+                (name, f"{family.name} models take no {name} ({name}: {', '.join(takers)})")
+            )
+    return problems
+
+
 def limit_problems(spec: TrackSpec, family: str) -> list[str]:
     """What of `spec` its model's family cannot render, or this version cannot load."""
     from soundtrack.models import BACKENDS  # the backends' table; it imports no model code
@@ -170,14 +184,8 @@ def limit_problems(spec: TrackSpec, family: str) -> list[str]:
             else f"{family} models take no sampling settings"
         )
         problems.append(f"`sampling` in the flat form holds MusicGen's settings; {own}")
-    if spec.lyrics is not None and "lyrics" not in known.conditioning:
-        takers = sorted(f.name for f in FAMILIES.values() if "lyrics" in f.conditioning)
-        problems.append(f"{family} models take no lyrics (lyrics: {', '.join(takers)})")
-    if spec.negative_prompt is not None and "negative_prompt" not in known.conditioning:
-        takers = sorted(f.name for f in FAMILIES.values() if "negative_prompt" in f.conditioning)
-        problems.append(
-            f"{family} models take no negative_prompt (negative_prompt: {', '.join(takers)})"
-        )
+    given = {"lyrics": spec.lyrics, "negative_prompt": spec.negative_prompt}
+    problems += [problem for _, problem in untaken(known, given)]
     if spec.variation_of is not None and "source_audio" not in known.conditioning:
         takers = sorted(f.name for f in FAMILIES.values() if "source_audio" in f.conditioning)
         problems.append(

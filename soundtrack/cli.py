@@ -21,6 +21,7 @@ from soundtrack.redaction import install_log_redaction, redact
 
 if TYPE_CHECKING:
     from soundtrack.analysis import Analysis
+    from soundtrack.catalog import Family
     from soundtrack.models import GenerationRequest
 
 app = typer.Typer(
@@ -225,10 +226,56 @@ def _holds_model(folder: Path) -> bool:
     )
 
 
-def _check_audition(model: str, request: GenerationRequest, target: Path) -> None:
+def _audition_request(
+    prompt: str, duration_s: float, seed: int, fields: dict[str, Any]
+) -> GenerationRequest:
+    """The request a manifest track with this prompt and these fields (None: absent) makes,
+    each field checked as a manifest's is and named by its option."""
+    from soundtrack.manifest import track_problems
+    from soundtrack.models import GenerationRequest
+    from soundtrack.resolve import full_prompt
+    from soundtrack.spec import Sampling
+
+    given = {name: value for name, value in fields.items() if value is not None}
+    track, problems = track_problems({"id": "audition", "prompt": prompt, **given})
+    if track is None:
+        raise _option_error(problems)
+    return GenerationRequest(
+        "audition",
+        full_prompt(track) or prompt,
+        duration_s,
+        seed,
+        Sampling(),
+        bpm=track.bpm,
+        key=track.key,
+        time_signature=track.time_signature,
+        lyrics=track.lyrics,
+        negative_prompt=track.negative_prompt,
+        plain_prompt=full_prompt(track, musical_tags=False),
+    )
+
+
+def _check_taken(family: Family, given: dict[str, Any]) -> None:
+    """Refuse, naming the option, what the model's family does not take."""
+    from soundtrack.catalog import untaken
+
+    problems = untaken(family, given)
+    if problems:
+        raise _option_error(problems)
+
+
+def _option_error(problems: list[tuple[str, str]]) -> InputError:
+    """Problems with fields, each named by its option (lyrics: --lyrics)."""
+    lines = [f"--{field.replace('_', '-')}: {problem}" for field, problem in problems]
+    if len(lines) == 1:
+        return InputError(lines[0])
+    return InputError(f"{len(lines)} problems with the options", lines)
+
+
+def _check_audition(model: str, request: GenerationRequest, target: Path) -> Family | None:
     """What `generate` can tell before loading a model: a seed, length and prompt a manifest
-    takes, a WAV outside the model's files, and a length the model's family renders (from the
-    files or the catalogue, as `validate` reads them)."""
+    takes, a WAV outside the model's files, and a length and inputs the model's family takes
+    (from the files or the catalogue, as `validate` reads them). The family, when known."""
     from huggingface_hub import constants
 
     from soundtrack.catalog import FAMILIES, family_name
@@ -263,11 +310,15 @@ def _check_audition(model: str, request: GenerationRequest, target: Path) -> Non
         )
     _writable_folder(target.absolute().parent, "--output's folder")
     family = FAMILIES.get(family_name(model) or "")
-    if family is not None and family.max_call_s is not None and duration_s > family.max_call_s:
+    if family is None:
+        return None
+    if family.max_call_s is not None and duration_s > family.max_call_s:
         raise InputError(
             f"--duration {duration_s:g} s is longer than {family.name} models render "
             f"({family.max_call_s:g} s at most)"
         )
+    _check_taken(family, {"lyrics": request.lyrics, "negative_prompt": request.negative_prompt})
+    return family
 
 
 @app.command()
@@ -299,8 +350,40 @@ def generate(
         str | None,
         typer.Option(help="cpu, cuda, cuda:N or mps (default: $SOUNDTRACK_DEVICE, else auto)."),
     ] = None,
+    bpm: Annotated[
+        int | None,
+        typer.Option(
+            help="Tempo, as a track's bpm: words in MusicGen's prompt, conditioning for ACE-Step."
+        ),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            help="Key, as a track's (F# minor, Bb major): words in MusicGen's prompt, "
+            "conditioning for ACE-Step."
+        ),
+    ] = None,
+    time_signature: Annotated[
+        str | None,
+        typer.Option(
+            help="E.g. 3/4, as a track's: words in MusicGen's prompt, conditioning for ACE-Step."
+        ),
+    ] = None,
+    lyrics: Annotated[
+        str | None,
+        typer.Option(
+            help="Words to sing (ACE-Step, Bark); ACE-Step without them plays an instrumental."
+        ),
+    ] = None,
+    negative_prompt: Annotated[
+        str | None,
+        typer.Option(help="What to steer away from (Stable Audio Open)."),
+    ] = None,
 ) -> None:
     """Audition one prompt before writing it into a manifest: renders a 32-bit float WAV.
+
+    The options a track takes (--bpm, --key, --time-signature, --lyrics, --negative-prompt) are
+    checked and given to the model as a manifest's are.
 
     Exit 0 on success, 1 when generation fails (NaN or silent output), 2 for bad input or a
     model that cannot be loaded.
@@ -311,18 +394,22 @@ def generate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from soundtrack.audio import write_wav
+    from soundtrack.catalog import FAMILIES, family_name
     from soundtrack.errors import GenerationError
-    from soundtrack.models import GenerationRequest, get_generator
-    from soundtrack.spec import Sampling
+    from soundtrack.models import get_generator
 
     seed = secrets.randbelow(2**31) if seed is None else seed
     target = output or _audition_path(prompt, seed)
-    request = GenerationRequest("audition", prompt, duration, seed, Sampling())
+    musical = {"bpm": bpm, "key": key, "time_signature": time_signature}
+    takes = {"lyrics": lyrics, "negative_prompt": negative_prompt}
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
-        _check_audition(model, request, target)
+        request = _audition_request(prompt, duration, seed, {**musical, **takes})
+        family = _check_audition(model, request, target)
         with err_console.status(f"loading {model}"):
             generator = get_generator(model, device=device)
+        if family is None:  # a hub id known only once its files are here
+            _check_taken(FAMILIES[family_name(model) or ""], takes)
         with Progress(*columns, console=err_console) as bar:
             task = bar.add_task(f"rendering ({generator.device})", total=None)
             (result,) = generator.generate(

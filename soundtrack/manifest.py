@@ -436,6 +436,15 @@ def load_manifest(path: Path) -> Manifest:
     return manifest
 
 
+def track_problems(fields: dict[str, Any]) -> tuple[Track | None, list[tuple[str, str]]]:
+    """One track's fields checked as a manifest's are: the track, or each (field, problem)."""
+    try:
+        return Track.model_validate(fields), []
+    except ValidationError as exc:
+        allowed = _allowed_keys()
+        return None, [_describe(error, allowed) for error in exc.errors()]
+
+
 def _with_line(field: str, message: str, lines: dict[str, int]) -> str:
     probe = field
     while probe not in lines and (parent := re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)) != probe:
