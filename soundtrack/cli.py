@@ -639,6 +639,8 @@ def inspect_files(
 
     if loudness not in LOUDNESS_PROFILES:
         fail(InputError(f"--loudness must be one of {sorted(LOUDNESS_PROFILES)}, got {loudness!r}"))
+    if duration is not None and not 0 < duration < float("inf"):  # NaN fails too
+        fail(InputError(f"--duration must be a number of seconds above 0, got {duration:g}"))
     targets = _musical_targets(analysis, bpm, key, time_signature)
     reports: list[dict[str, object]] = []
     for path in files:

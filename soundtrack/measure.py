@@ -156,9 +156,14 @@ def read_loop_tags(path: Path) -> tuple[int, int] | None:
 
 def _ogg_loop(path: Path) -> tuple[int, int] | None:
     import mutagen  # lazy: only inspect and decoded-file checks read tags
+    from mutagen.oggflac import OggFLAC
+    from mutagen.oggopus import OggOpus
+    from mutagen.oggspeex import OggSpeex
+    from mutagen.oggvorbis import OggVorbis
 
     try:
-        tags = mutagen.File(path)
+        # Ogg kinds only: left to choose, mutagen trusts a .wav name over the OggS inside.
+        tags = mutagen.File(path, options=[OggVorbis, OggOpus, OggFLAC, OggSpeex])
     except mutagen.MutagenError as exc:
         raise AudioError(f"cannot read the tags of {path}: {exc}") from exc
     if tags is None or tags.tags is None:
@@ -182,6 +187,8 @@ def _wav_smpl_loop(path: Path) -> tuple[int, int] | None:
         body = pos + 8
         # smpl: 9 header words, then 6 words per loop (cue id, type, start, end, fraction, count)
         if chunk_id == b"smpl" and size >= 36:
+            if body + size > len(data):
+                raise AudioError(f"{path}: its smpl chunk (loop points) is cut short")
             if struct.unpack_from("<I", data, body + 28)[0] == 0 or size < 60:
                 return None
             start, end = struct.unpack_from("<II", data, body + 36 + 8)

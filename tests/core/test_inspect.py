@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,38 @@ def test_a_directory_is_named_as_one(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert f"{tmp_path} is a directory, not an audio file" in " ".join(result.stderr.split())
     assert "not found" not in result.stderr
+
+
+def test_an_ogg_named_wav_is_read_as_ogg_with_its_loop(
+    tmp_path: Path, loop_ogg: tuple[Path, int]
+) -> None:
+    path, loop_length = loop_ogg
+    misnamed = tmp_path / "theme.wav"
+    misnamed.write_bytes(path.read_bytes())
+    result = CliRunner().invoke(app, ["inspect", str(misnamed), "--json"])
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)
+    assert (report["metrics"]["loop_start"], report["metrics"]["loop_length"]) == (0, loop_length)
+
+
+def test_a_wav_whose_loop_chunk_is_cut_short_exits_2_naming_it(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, music_like(2.0, 44100).T, 44100)
+    # A smpl chunk of 9 header words and one loop (60 bytes), the file ending 20 bytes in.
+    header = struct.pack("<9I", 0, 0, 22676, 60, 0, 0, 0, 1, 0)
+    loop = struct.pack("<6I", 0, 0, 0, 44099, 0, 0)
+    data = whole.read_bytes() + b"smpl" + struct.pack("<I", 60) + (header + loop)[:20]
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[:4] + struct.pack("<I", len(data) - 8) + data[8:])
+    result = CliRunner().invoke(app, ["inspect", str(cut)])
+    assert result.exit_code == 2, result.output
+    assert "its smpl chunk (loop points) is cut short" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-5", "0"])
+def test_a_duration_that_is_no_length_exits_2(seconds: str, loop_ogg: tuple[Path, int]) -> None:
+    result = CliRunner().invoke(app, ["inspect", str(loop_ogg[0]), "--duration", seconds])
+    assert result.exit_code == 2 and "--duration must be a number of seconds above 0" in (
+        result.stderr
+    )
