@@ -6,6 +6,7 @@ loops' arithmetic whether each track's settings can render together (docs/manife
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -16,7 +17,7 @@ from typing import Any
 
 from soundtrack import PIPELINE_VERSION
 from soundtrack.catalog import is_local, keyed_family
-from soundtrack.errors import InputError
+from soundtrack.errors import AudioError, InputError
 from soundtrack.gates import GATE_NAMES
 from soundtrack.hashing import file_sha256
 from soundtrack.loops import SEARCH_S, loop_end_range, loop_tail_samples, render_duration_s
@@ -495,7 +496,11 @@ def _recording(path: Path) -> _Recording:
         info = soundfile.info(str(path))
     except (RuntimeError, soundfile.LibsndfileError) as exc:
         raise InputError(f"cannot read the source recording {path.name}: {exc}") from None
-    duration_s = float(info.frames) / float(info.samplerate)
+    frames = info.frames
+    if info.format == "MP3":  # its header's length may be a guess (audio.read_audio): count
+        stat = path.stat()
+        frames = _decoded_frames(path, stat.st_mtime_ns, stat.st_size)
+    duration_s = float(frames) / float(info.samplerate)
     if not math.isfinite(duration_s) or duration_s <= 0:
         raise InputError(f"source recording {path.name} has no audio")
     if info.channels > MAX_SOURCE_CHANNELS:
@@ -514,3 +519,14 @@ def _recording(path: Path) -> _Recording:
             f"the shortest track is {MIN_DURATION_S:g} s"
         )
     return _Recording(duration_s=duration_s, channels=int(info.channels))
+
+
+@functools.lru_cache(maxsize=64)
+def _decoded_frames(path: Path, mtime_ns: int, size: int) -> int:
+    """A recording's length in frames as decoded, once per file and version in this process."""
+    from soundtrack.audio import read_audio
+
+    try:
+        return int(read_audio(path)[0].shape[1])
+    except AudioError as exc:
+        raise InputError(f"cannot read the source recording {path.name}: {exc}") from None

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
+import imageio_ffmpeg
 import numpy as np
+import soundfile as sf
 
 # A I-vi-IV-V progression in C (MIDI notes), one chord per bar.
 _CHORDS = ((60, 64, 67), (57, 60, 64), (53, 57, 60), (55, 59, 62))
@@ -110,3 +115,18 @@ def transients(
         out[start:end] += 0.95 * burst / np.max(np.abs(burst))
     out *= 0.99 / np.max(np.abs(out))
     return np.tile(out, (channels, 1)).astype(np.float32)
+
+
+def headerless_mp3(path: Path, duration_s: float, sample_rate: int) -> None:
+    """A VBR MP3 as ffmpeg writes it to a pipe: no LAME header to say its length, and its first
+    frames (3 s of a quiet tone) smaller than the rest (noise), so they misstate it."""
+    audio = np.concatenate(
+        [sine(440.0, -30.0, 3.0, sample_rate), pink_noise(-20.0, duration_s - 3.0, sample_rate)],
+        axis=1,
+    )
+    wav = path.with_suffix(".source.wav")
+    sf.write(wav, audio.T, sample_rate, subtype="FLOAT")
+    encoder = ["-c:a", "libmp3lame", "-q:a", "2", "-f", "mp3", "-"]
+    ffmpeg = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(wav), *encoder]
+    path.write_bytes(subprocess.run(ffmpeg, capture_output=True, check=True).stdout)
+    wav.unlink()

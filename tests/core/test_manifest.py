@@ -14,6 +14,7 @@ import soundfile as sf
 import yaml
 from typer.testing import CliRunner
 
+from soundtrack.audio import decode_with_ffmpeg
 from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.manifest import (
@@ -27,6 +28,7 @@ from soundtrack.manifest import (
 from soundtrack.resolve import derived_seed, resolve_tracks, take
 from soundtrack.schema import MAX_DURATION_S, json_schema
 from soundtrack.spec import GateLimits, TrackSpec
+from tests import signals
 
 ROOT = Path(__file__).resolve().parents[2]
 INVALID = sorted((ROOT / "tests" / "manifests" / "invalid").glob("*.yaml"))
@@ -184,6 +186,13 @@ def test_source_track_takes_its_recording_length_and_content_hash(tmp_path: Path
     assert spec.source == wav.resolve() and spec.generation_key is None
     sf.write(wav, np.zeros((32000 * 3, 2), dtype=np.float32) + 0.2, 32000)
     assert specs_of(tmp_path, text)["credits"].spec_hash != spec.spec_hash
+
+
+def test_an_mp3_source_takes_its_decoded_length_not_its_header_s_guess(tmp_path: Path) -> None:
+    signals.headerless_mp3(tmp_path / "credits.mp3", 20.0, 44100)
+    text = "schema: 1\nsoundtrack: game\ntracks:\n  - id: credits\n    source: credits.mp3\n"
+    decoded, rate = decode_with_ffmpeg(tmp_path / "credits.mp3")
+    assert specs_of(tmp_path, text)["credits"].duration_s == decoded.shape[1] / rate
 
 
 def test_symlinked_source_cannot_escape(tmp_path: Path) -> None:
