@@ -231,10 +231,12 @@ def _silences(audio: np.ndarray, sample_rate: int, threshold: float) -> tuple[fl
 
 def _clipped_runs(audio: np.ndarray, min_run: int, floor: float) -> int:
     """Runs of >= `min_run` equal samples at a channel's own positive or negative peak, entered
-    or left steeply: a clipped plateau, even after the clipped signal was turned down."""
+    or left steeply (more than a step of its integer samples, too): a clipped plateau, even
+    after the clipped signal was turned down."""
     runs = 0
     for channel in audio:
         top, bottom = channel.max(), channel.min()
+        lsb = _lsb(channel)
         for level, extreme in ((top, top), (-bottom, bottom)):
             if level <= floor:
                 continue
@@ -250,8 +252,22 @@ def _clipped_runs(audio: np.ndarray, min_run: int, floor: float) -> int:
             edge = np.maximum(np.abs(channel[starts] - before), np.abs(after - channel[ends]))
             # A rounded peak (a slow wave quantised to 16 bits) creeps up to its top one LSB at
             # a time; a clipped wave hits the plateau at speed.
-            runs += int(np.count_nonzero(edge > _PLATEAU_EDGE_MIN * level))
+            steep = max(_PLATEAU_EDGE_MIN * level, 1.5 * lsb)
+            runs += int(np.count_nonzero(edge > steep))
     return runs
+
+
+def _lsb(channel: np.ndarray) -> float:
+    """The step of the integer samples `channel` was read from (8, 16 or 24 bits); 0 for audio
+    that never was integers (a render, a decoded OGG or MP3)."""
+    for bits in (8, 16, 24):
+        scale = float(2 ** (bits - 1))
+        head = channel[:4096] * scale
+        if np.array_equal(head, np.round(head)):
+            scaled = channel * scale
+            if np.array_equal(scaled, np.round(scaled)):
+                return 1.0 / scale
+    return 0.0
 
 
 @dataclass(frozen=True)

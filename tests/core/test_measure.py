@@ -110,6 +110,28 @@ def test_round_peaks_of_quantised_bass_are_not_clipping() -> None:
     assert measure(barely.astype(np.float32), SR).clipped_runs >= 2 * 2 * 30 * 5 - 4
 
 
+QUIET_TONES = [
+    ("PCM_16", level, freq) for level in (-20.0, -40.0) for freq in (40.0, 100.0, 997.0)
+] + [("PCM_U8", -20.0, 997.0)]  # 8 bits: a slow wave clipped at 13 LSB is reached in 1-LSB steps
+
+
+@pytest.mark.parametrize(("subtype", "level_dbfs", "freq_hz"), QUIET_TONES)
+def test_quiet_tones_in_integer_files_are_not_clipping_until_clipped(
+    subtype: str, level_dbfs: float, freq_hz: float, tmp_path: Path
+) -> None:
+    """A quiet tone's crest, in a file of few bits, sits on one value for several samples and
+    is reached by one step of those bits: not a clipped plateau. The same tone clipped by 3 dB
+    and then turned down to the same level is."""
+    tone = sine(freq_hz, level_dbfs, 3.0, SR)
+    clipped = np.clip(tone, -0.7 * np.abs(tone).max(), 0.7 * np.abs(tone).max()) / 0.7
+    for audio, clips in ((tone, False), (clipped, True)):
+        path = tmp_path / f"{clips}.wav"
+        sf.write(path, audio.T, SR, subtype=subtype)
+        runs = measure_file(path).clipped_runs
+        periods = 3.0 * freq_hz
+        assert (runs >= periods) if clips else (runs == 0), (clips, runs)
+
+
 def test_dc_offset_is_the_largest_channel_mean() -> None:
     audio = music_like(5.0, SR)
     audio[1] += 0.01
