@@ -21,7 +21,6 @@ _OVERLAP = 0.75
 ABSOLUTE_GATE_LUFS = -70.0
 _RELATIVE_GATE_LU = -10.0
 _CHANNEL_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)  # L, R, C, Ls, Rs (BS.1770-4 eq. 2)
-MAX_CHANNELS = len(_CHANNEL_WEIGHTS)
 # BS.1770-4 Annex 2: 4x oversampling with a 48-tap interpolator, 12 taps per phase. A 49-tap
 # windowed sinc cut at the original Nyquist keeps phase 0 equal to the samples themselves, so
 # only the three in-between phases are computed (flat to 15 kHz, -0.5 dB at 18 kHz at 44.1 kHz).

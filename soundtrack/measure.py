@@ -12,7 +12,7 @@ import numpy as np
 
 from soundtrack.audio import check_signal, read_audio
 from soundtrack.errors import AudioError
-from soundtrack.loudness import BLOCK_S, MAX_CHANNELS, integrated_lufs, true_peak
+from soundtrack.loudness import BLOCK_S, integrated_lufs, true_peak
 from soundtrack.spec import GateLimits
 
 BLOCK_MS = 10.0  # silence is judged per 10 ms block, so a zero crossing is never "silence"
@@ -67,14 +67,14 @@ def measure(
 ) -> Metrics:
     """Measure float (channels, frames) audio; the seam is measured when loop points are given,
     and set against the music's own change across the `bar_lines` (frames) inside the loop."""
-    check_signal(
-        audio,
-        sample_rate,
-        name="audio",
-        needs="loudness",
-        min_duration_s=BLOCK_S,
-        max_channels=MAX_CHANNELS,
-    )
+    if audio.ndim == 2 and audio.shape[0] > 2:
+        # BS.1770 weighs a surround channel by where it plays (LFE left out, surrounds 1.41),
+        # which a channel count alone does not say.
+        raise AudioError(
+            f"{audio.shape[0]} channels: the gates measure mono and stereo audio, what soundtrack "
+            "masters and delivers; downmix it to stereo first"
+        )
+    check_signal(audio, sample_rate, name="audio", needs="loudness", min_duration_s=BLOCK_S)
     if (loop_start is None) != (loop_length is None):
         raise AudioError("loop_start and loop_length must be given together")
     frames = audio.shape[1]

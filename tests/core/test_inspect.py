@@ -6,6 +6,7 @@ import json
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from typer.testing import CliRunner
@@ -126,3 +127,18 @@ def test_a_duration_that_is_no_length_exits_2(seconds: str, loop_ogg: tuple[Path
     assert result.exit_code == 2 and "--duration must be a number of seconds above 0" in (
         result.stderr
     )
+
+
+@pytest.mark.parametrize("channels", [3, 4, 6])
+def test_a_surround_file_exits_2_asking_for_a_downmix(channels: int, tmp_path: Path) -> None:
+    """A channel count does not say which channel is the LFE (left out of BS.1770 loudness) or
+    a surround (weighted 1.41): an LFE-only file must not read as programme loudness."""
+    audio = np.zeros((channels, 44100 * 2), dtype=np.float32)
+    audio[channels - 1] = music_like(2.0, 44100, channels=1)[0]
+    path = tmp_path / "surround.wav"
+    sf.write(path, audio.T, 44100)
+    result = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert f"{channels} channels: the gates measure mono and stereo" in said
+    assert "downmix it to stereo first" in said

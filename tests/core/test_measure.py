@@ -231,7 +231,7 @@ def test_loop_tags_are_read_from_ogg_comments_and_the_wav_smpl_chunk(tmp_path: P
     [
         (np.full((2, SR), np.nan, dtype=np.float32), {}, "NaN"),
         (np.zeros((2, SR // 10), dtype=np.float32), {}, "at least 0.4 s"),
-        (np.zeros((7, SR), dtype=np.float32), {}, "1-5 channels"),
+        (np.zeros((3, SR), dtype=np.float32), {}, "3 channels: the gates measure mono and stereo"),
         (np.zeros((2, SR), dtype=np.float32), {"loop_start": 0}, "given together"),
         (np.zeros((2, SR), dtype=np.float32), {"loop_start": 10, "loop_length": SR}, "outside"),
         (np.zeros((2, SR), dtype=np.float32), {"bar_lines": [-1]}, r"within the audio's .* \[-1\]"),
