@@ -122,7 +122,12 @@ def _check_file(path: Path) -> None:
     if path.is_dir():
         raise AudioError(f"{path} is a directory, not an audio file")
     if not path.is_file():
-        what = "not a regular file" if path.exists() else "audio file not found"
+        if path.exists():
+            what = "not a regular file"
+        elif path.is_symlink():
+            what = "a link to nothing (or a loop of links)"
+        else:
+            what = "audio file not found"
         raise AudioError(f"{what}: {path}")
 
 

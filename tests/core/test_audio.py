@@ -50,6 +50,10 @@ def test_an_mp3_without_a_lame_header_is_read_to_its_end(tmp_path: Path) -> None
 def test_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(AudioError, match="not found"):
         read_audio(tmp_path / "missing.ogg")
+    (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
+    with pytest.raises(AudioError, match=r"a link to nothing \(or a loop of links\)"):
+        read_audio(tmp_path / "loop.wav")
+    (tmp_path / "loop.wav").unlink()
     (tmp_path / "junk.ogg").write_bytes(b"not audio at all")
     with pytest.raises(AudioError, match=r"junk\.ogg"):
         read_audio(tmp_path / "junk.ogg")
