@@ -198,7 +198,7 @@ class S3Storage:
         existing = self._head(key)
         if existing is not None:
             published = self._already_there(key, existing, local)
-            self._record(key, sha256)
+            self._record(key, sha256, existing.get("ChecksumSHA256"))
             return published
         extra_args: dict[str, Any] = {
             "ChecksumAlgorithm": "SHA256",
@@ -216,12 +216,12 @@ class S3Storage:
             if existing is None:
                 raise self._error(f"uploading {path.name} to {self.uri(key)}", exc) from None
             published = self._already_there(key, existing, local)
-            self._record(key, sha256)
+            self._record(key, sha256, existing.get("ChecksumSHA256"))
             return PublishedFile(key, published.uri, sha256, local.size, True)
         except (BotoCoreError, OSError) as exc:
             raise self._error(f"uploading {path.name} to {self.uri(key)}", exc) from None
         self._verify(key, local)
-        self._record(key, sha256)
+        self._record(key, sha256, local.expected)
         return PublishedFile(key, self.uri(key), sha256, local.size, True)
 
     def read_index(self, soundtrack: str) -> bytes | None:
@@ -344,7 +344,9 @@ class S3Storage:
         ours: list[str] = []
         for key in candidates:
             head = self._head(key) if key in records else None
-            if head is not None and any(_matches(head, sha, None) for sha in records[key]):
+            if head is not None and any(
+                self._proves(record, head, sha) for sha, record in records[key].items()
+            ):
                 ours.append(key)
             else:
                 kept.append(key)
@@ -431,9 +433,25 @@ class S3Storage:
                 ) from None
             raise error from None
 
-    def _record(self, key: str, sha256: str) -> None:
-        """Put the journal record of `sha256` at `key` unless it is there; only after the
-        object is verified, so a crash in between leaves it unprovable (kept by gc)."""
+    def _proves(self, record: str, head: HeadObjectOutputTypeDef, sha256: str) -> bool:
+        """Whether journal `record` of `sha256` proves the object `head` describes ours: the
+        server's checksum is that content's, or, for a multipart object, the composite recorded
+        with it (its `sha256` metadata is anyone's to write)."""
+        reported = head.get("ChecksumSHA256")
+        if reported is None:
+            return False
+        if reported == _b64(bytes.fromhex(sha256)):
+            return True
+        try:
+            recorded = json.loads(self.read(record) or b"{}").get("checksum")
+        except (ValueError, AttributeError):  # not a record this tool wrote
+            return False
+        return "-" in reported and recorded == reported
+
+    def _record(self, key: str, sha256: str, checksum: str | None) -> None:
+        """Put the journal record of `sha256` at `key`, with the server's checksum of it (a
+        multipart object's composite), unless it is there; only after the object is verified,
+        so a crash in between leaves it unprovable (kept by gc)."""
         relative = key.removeprefix(self.prefix) if key.startswith(self.prefix) else ""
         soundtrack = soundtrack_of(relative)
         if soundtrack is None:
@@ -442,7 +460,7 @@ class S3Storage:
         record = f"{folder}{JOURNAL_FOLDER}/{key.removeprefix(folder)}/{sha256}"
         if self._head(record) is not None:
             return
-        body = json.dumps({"key": key, "sha256": sha256}).encode()
+        body = json.dumps({"key": key, "sha256": sha256, "checksum": checksum}).encode()
         try:
             self._conditional_client.put_object(
                 Bucket=self.bucket,
