@@ -7,7 +7,11 @@ import re
 from soundtrack.redaction import url_has_credentials
 
 S3_BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_NOT_IN_PREFIX = frozenset("?#\\")
+# S3's rules beyond the characters: no IP-address form, no reserved prefixes or suffixes.
+_RESERVED_BUCKET = re.compile(
+    r"^(\d+\.\d+\.\d+\.\d+|xn--.*|sthree-.*|amzn-s3-demo-.*|.*-s3alias|.*--ol-s3|.*--x-s3)$"
+)
+_NOT_IN_PREFIX = frozenset("?#\\%")
 
 
 def check_storage_url(value: str) -> None:
@@ -25,12 +29,13 @@ def check_storage_url(value: str) -> None:
             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or in an AWS profile (AWS_PROFILE)"
         )
     bucket, _, prefix = rest.partition("/")
-    if not S3_BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket:
+    if not S3_BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket or _RESERVED_BUCKET.match(bucket):
         raise ValueError(f"invalid S3 bucket name {bucket!r} in storage URL")
-    if any(part in ("", ".", "..") for part in prefix.strip("/").split("/")) and prefix.strip("/"):
-        raise ValueError(f"invalid S3 prefix {prefix!r} (empty, '.' or '..' segments)")
     odd = sorted({c for c in prefix if c in _NOT_IN_PREFIX or not c.isprintable()})
     if odd:
         # '?' and '#' would start a query or fragment in any URL built from the prefix (an
-        # endpoint's options do not belong here); a backslash is a path separator on Windows.
+        # endpoint's options do not belong here); '%' escapes decode there (%2e%2e to '..',
+        # %2F to '/'); a backslash is a path separator on Windows.
         raise ValueError(f"invalid S3 prefix {prefix!r}: it may not contain {odd}")
+    if any(part in ("", ".", "..") for part in prefix.strip("/").split("/")) and prefix.strip("/"):
+        raise ValueError(f"invalid S3 prefix {prefix!r} (empty, '.' or '..' segments)")
