@@ -692,6 +692,13 @@ def _check_endpoint(url: str) -> None:
             f"invalid S3 endpoint URL {_public_endpoint(url)!r}: expected http(s)://host[:port] "
             "(check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 or endpoint_url in the AWS config file)"
         )
+    if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):
+        # Not shown: a query is where a token would travel.
+        raise InputError(
+            f"invalid S3 endpoint URL {_public_endpoint(url)!r} with a query or fragment (not "
+            "shown): expected http(s)://host[:port] (check AWS_ENDPOINT_URL / "
+            "AWS_ENDPOINT_URL_S3 or endpoint_url in the AWS config file)"
+        )
 
 
 def _credentials_refused(public_endpoint: str | None) -> InputError:
@@ -705,10 +712,10 @@ def _credentials_refused(public_endpoint: str | None) -> InputError:
 
 
 def _public_endpoint(url: str) -> str:
-    """The endpoint without any user:password@ part, safe to print."""
+    """The endpoint without any user:password@ part, query or fragment: safe to print."""
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=host).geturl()
+    return parts._replace(netloc=host, query="", fragment="").geturl()
 
 
 def _never_overwrite(params: dict[str, Any], **_: Any) -> None:

@@ -451,6 +451,18 @@ def test_invalid_endpoint_url_is_an_input_error(
     assert result.exit_code == 2
 
 
+@pytest.mark.parametrize("tail", ["/gw?token=tok3n-value", "?x=tok3n-value", "#tok3n-value"])
+def test_an_endpoint_with_a_query_is_refused_without_showing_it(
+    tail: str, s3_env: SeaweedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"{s3_env.endpoint}{tail}")
+    with pytest.raises(InputError, match="with a query or fragment") as caught:
+        open_storage("s3://some-bucket", base_dir=tmp_path)
+    assert "tok3n" not in str(caught.value)
+    result = CliRunner().invoke(app, ["gc", "s3://some-bucket", "--soundtrack", SOUNDTRACK])
+    assert result.exit_code == 2 and "tok3n" not in result.output
+
+
 def test_unreachable_endpoint_fails_the_preflight_fast(
     s3_env: SeaweedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
