@@ -935,6 +935,10 @@ def build(
     except SoundtrackError as exc:
         fail(exc)
     specs = checked.specs
+    # A report left by an earlier build would read as this one's after an exit 75 or a crash.
+    for stale in (report, junit):
+        if stale is not None and stale.is_file():
+            stale.unlink()
 
     # 2. Run the flow with a progress bar fed by the tasks' events.
     from flows.build import build_soundtrack

@@ -277,12 +277,16 @@ with build_lock(Path(sys.argv[1]), wait_s=0, on_wait=print):
 def test_a_build_that_finds_the_soundtrack_busy_exits_75_naming_the_holder(project: Any) -> None:
     workdir, env, args = project
     folder = workdir / "out" / "e2e"
+    earlier = (
+        workdir / "earlier-report.json"
+    )  # an earlier build's, which CI would read as this one's
+    earlier.write_text('{"tracks": []}')
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        result = build(workdir, env, *args, "--storage-wait-s", "1")
+        result = build(workdir, env, *args, "--storage-wait-s", "1", "--report", str(earlier))
     finally:
         holder.kill()
         holder.wait()
@@ -291,3 +295,4 @@ def test_a_build_that_finds_the_soundtrack_busy_exits_75_naming_the_holder(proje
     assert f"is being built by process {holder.pid} on " in output
     assert "Traceback" not in output
     assert not (folder / "soundtrack.lock.json").exists(), "nothing published"
+    assert not earlier.exists()
