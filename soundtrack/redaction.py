@@ -20,6 +20,8 @@ import traceback
 from typing import Any
 from urllib.parse import quote, unquote
 
+from soundtrack.errors import SoundtrackError
+
 __all__ = [
     "MASK",
     "RedactingFilter",
@@ -105,7 +107,8 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Redacts a record in place (message, arguments, traceback) and lets it through.
+    """Redacts a record in place (message, arguments, traceback; an error of ours in one line,
+    not its traceback) and lets it through.
 
     Usable on any handler, e.g. in a Prefect worker's logging.yml: `(): soundtrack.redaction.
     RedactingFilter`; `install_log_redaction` applies it to every record of this process."""
@@ -116,6 +119,11 @@ class RedactingFilter(logging.Filter):
         except Exception:  # a bad format string: the handler reports it as usual
             return True
         record.msg, record.args = redact(message), None
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, SoundtrackError):
+            # Ours says what went wrong in its message; the traceback Prefect logs for a failed
+            # task (a storage gone away) would read as a bug.
+            record.exc_text = f"{type(error).__name__}: {error}"
         if record.exc_info and not record.exc_text:
             record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
         if record.exc_text:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import secrets
 import uuid
@@ -181,3 +182,27 @@ def test_cli_manifest_problems_are_redacted(tmp_path: Path) -> None:
     said = " ".join(result.output.split())
     assert "storage URL must not carry credentials" in said and "AWS_ACCESS_KEY_ID" in said
     assert password not in result.output
+
+
+def test_an_error_of_ours_is_logged_in_one_line_and_a_bug_with_its_traceback(
+    log_redaction: None,
+) -> None:
+    """Prefect logs a failed task's exception with its traceback; ours (a storage gone away)
+    says what went wrong in one line, and only a bug keeps the traceback."""
+    from soundtrack.errors import StorageError
+
+    logger = logging.getLogger(f"soundtrack.test.{uuid.uuid4().hex}")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        for error in (StorageError("s3://b/k: connection refused", transient=True), KeyError("x")):
+            try:
+                raise error
+            except Exception as exc:
+                logger.error("Task run failed with exception: %r", exc, exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    ours, bug = stream.getvalue().split("Task run failed")[1:]
+    assert "StorageError: s3://b/k: connection refused" in ours and "Traceback" not in ours
+    assert "Traceback (most recent call last)" in bug and "KeyError: 'x'" in bug
