@@ -8,7 +8,7 @@ that may quote an error or a URL passes through `redact` (soundtrack/redaction.p
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
@@ -43,6 +43,7 @@ class BuildArtifacts:
         self.total = max(total, 1)
         self.done = 0
         self._lock = threading.Lock()
+        self._lost = False  # the server stopped answering: no more artifacts
         # Called from a sync flow, so this is the UUID (the annotation also admits a coroutine).
         self._progress = cast(
             UUID,
@@ -54,14 +55,33 @@ class BuildArtifacts:
     def track_done(self, record: TrackRecord) -> None:
         with self._lock:
             self.done += 1
-            update_progress_artifact(
-                self._progress,
-                100.0 * self.done / self.total,
-                description=f"{self.done}/{self.total} tracks finished (last: {record.id}, "
-                f"{record.status})",
+            self._show(
+                lambda: update_progress_artifact(
+                    self._progress,
+                    100.0 * self.done / self.total,
+                    description=f"{self.done}/{self.total} tracks finished (last: {record.id}, "
+                    f"{record.status})",
+                )
             )
 
     def finished(self, report: BuildReport, outcomes: Sequence[TrackOutcome]) -> None:
+        self._show(lambda: self._create_all(report, outcomes))
+
+    def _show(self, call: Callable[[], object]) -> None:
+        """The UI is the build's window, not its work: a server gone away mid-build stops the
+        artifacts (one warning), not the build, whose renders and files are already made."""
+        if self._lost:
+            return
+        try:
+            call()
+        except Exception as exc:
+            self._lost = True
+            get_run_logger().warning(
+                "the Prefect UI stops showing this build's progress and results: %s",
+                redact(f"{type(exc).__name__}: {exc}"),
+            )
+
+    def _create_all(self, report: BuildReport, outcomes: Sequence[TrackOutcome]) -> None:
         create_table_artifact(
             table=[_row(track) for track in report.tracks],
             key=f"{self.soundtrack}-tracks",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from soundtrack.spec import TrackSpec
 from tasks.generate import GPU_LIMIT, generate_batch, generate_on_pool
 from tasks.process import master_track, separate_on_pool, separate_stems
 from tasks.publish import publish_track, write_index
+from tasks.waits import check_deployment, stop_waits_on_signals
 
 if TYPE_CHECKING:
     from soundtrack.process import TrackOutcome
@@ -105,7 +107,11 @@ def _settled(prefect_future: PrefectFuture[T]) -> Future[T]:
     future: Future[T] = Future()
 
     def settle(done: PrefectFuture[T]) -> None:
-        value = done.result(raise_on_failure=False)
+        try:
+            value = done.result(raise_on_failure=False)
+        except (Exception, asyncio.CancelledError) as exc:  # cancelled: the build is stopping
+            future.set_exception(exc)
+            return
         if isinstance(value, BaseException):
             future.set_exception(value)
         else:
@@ -200,6 +206,8 @@ def build_soundtrack(
     )
     try:
         prepared = prepare(Path(manifest).resolve(), options, logger)
+        if render_pool is not None:
+            check_deployment(render_pool)
     except InputError as exc:
         return Failed(message=redact(str(exc).splitlines()[0]), data=exc)
     pool = None
@@ -210,14 +218,15 @@ def build_soundtrack(
     elif prepared.plan.batches:
         ensure_gpu_limit()
     try:
-        result = run(
-            prepared,
-            options,
-            executor=TaskExecutor(pool),
-            observer=BuildArtifacts(prepared.checked.manifest.soundtrack, prepared.plan.total),
-            logger=logger,
-            reviewer=ask_in_prefect_ui,
-        )
+        with stop_waits_on_signals():
+            result = run(
+                prepared,
+                options,
+                executor=TaskExecutor(pool),
+                observer=BuildArtifacts(prepared.checked.manifest.soundtrack, prepared.plan.total),
+                logger=logger,
+                reviewer=ask_in_prefect_ui,
+            )
     except StorageBusy as exc:
         return Failed(message=redact(str(exc)), data=exc)
     if result.failure is not None:

@@ -36,6 +36,7 @@ from prefect.context import get_settings_context
 from prefect.settings import get_current_settings
 
 from soundtrack.errors import SoundtrackError
+from soundtrack.redaction import redact
 
 if TYPE_CHECKING:
     from prefect.server.api.server import SubprocessASGIServer
@@ -66,12 +67,14 @@ def startup_timeout_s(settings: Settings | None = None) -> int:
 def start_temporary_server() -> str | None:
     """Start Prefect's temporary server when the build will use one; return its API URL.
 
-    Returns None, starting nothing, when PREFECT_API_URL is set. Call it on the main thread: the
+    Returns None, starting nothing, when PREFECT_API_URL is set (ServerStartError when nothing
+    answers there as a Prefect server). Call it on the main thread: the
     kernel ties the death signal to the thread that starts the server. Raises ServerStartError
     when Prefect's temporary server is turned off or does not answer within the startup timeout.
     """
     settings = get_current_settings()
     if settings.api.url:
+        _check_answers(settings.api.url)
         return None
     if not settings.server.ephemeral.enabled:
         # A profile made with `prefect profile create` lacks the default profile's `true`.
@@ -99,6 +102,23 @@ def start_temporary_server() -> str | None:
         server.stop()
         raise ServerStartError(_start_failure(exc, exit_code, timeout_s)) from exc
     return server.api_url
+
+
+def _check_answers(url: str) -> None:
+    """ServerStartError, in one line naming the setting, unless a Prefect server answers at
+    `url`: the flow would otherwise die in Prefect's client with tracebacks."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        error = client.api_healthcheck()
+    if error is not None:
+        # httpx's status errors end in a link to MDN's page on the status.
+        said = str(error).strip().split(" - For more information")[0]
+        reason = said.splitlines()[0] if said else type(error).__name__
+        raise ServerStartError(
+            f"no Prefect server answers at PREFECT_API_URL={redact(url)} ({reason}): start it, "
+            "or unset PREFECT_API_URL for a temporary one"
+        )
 
 
 def _start_failure(exc: Exception, exit_code: int | None, timeout_s: int) -> str:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import fcntl
 import hashlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import FlowRun
 from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
-from prefect.deployments import run_deployment
 from prefect.settings import get_current_settings
 
 from soundtrack import events, steps
@@ -32,6 +30,7 @@ from soundtrack.renders import (
 )
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import open_storage
+from tasks.waits import POLL_S, Stopped, run_on_pool, wait_until
 
 GPU_LIMIT = "soundtrack-gpu"
 # The slot's lease is renewed while a batch renders; a build killed mid-batch frees it when the
@@ -47,18 +46,43 @@ def gpu_slot() -> Iterator[None]:
     that server keeps leases in its memory and never revokes them, so a build killed with the
     slot would block every later build sharing its PREFECT_HOME, forever."""
     settings = get_current_settings()
-    if settings.api.url:
-        with concurrency(GPU_LIMIT, occupy=1, lease_duration=GPU_LEASE_S, strict=True):
-            yield
-        return
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with (settings.home / GPU_LOCK_FILE).open("a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            get_run_logger().info("another build on this machine is rendering: waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+    with ExitStack() as held:
+        if settings.api.url:
+
+            def took() -> bool:
+                try:
+                    held.enter_context(
+                        concurrency(
+                            GPU_LIMIT,
+                            occupy=1,
+                            lease_duration=GPU_LEASE_S,
+                            strict=True,
+                            timeout_seconds=POLL_S,
+                        )
+                    )
+                except TimeoutError:
+                    return False
+                return True
+
+            waiting = (
+                f"another build holds the GPU ({GPU_LIMIT} on the Prefect server): waiting for "
+                "it; with no build rendering, see docs/operations.md#the-gpu-slot"
+            )
+            wait_until(took, waiting, poll_s=0.0)
+        else:
+            settings.home.mkdir(parents=True, exist_ok=True)
+            lock = held.enter_context((settings.home / GPU_LOCK_FILE).open("a"))
+            waiting = "another build on this machine is rendering: waiting for it"
+            wait_until(lambda: _took(lock), waiting)
+        yield  # leaving the stack releases the slot or the lock
+
+
+def _took(lock: IO[str]) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def batch_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -71,9 +95,10 @@ def batch_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    # A model that cannot load, or a render that came out silent, does not heal on retry.
+    # A model that cannot load, or a render that came out silent, does not heal on retry; a
+    # stopped build wants no retry.
     error = state.result(raise_on_failure=False)
-    return not isinstance(error, ModelLoadError | GenerationError | ValueError)
+    return not isinstance(error, ModelLoadError | GenerationError | ValueError | Stopped)
 
 
 @task(
@@ -129,7 +154,7 @@ def generate_on_pool(
     it and fetch its renders."""
     parameters = {"specs": specs, "storage": storage_url, "base_dir": base_dir, "device": device}
     # Called from a sync task, so this is the FlowRun (the annotation also admits a coroutine).
-    child = cast(FlowRun, run_deployment(deployment, parameters=parameters))
+    child = run_on_pool(deployment, parameters)
     storage = open_storage(storage_url, base_dir=Path(base_dir))
     cache = RenderCache(Path(cache_dir))
     state = child.state.name if child.state else "unknown"

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import FlowRun
-from prefect.deployments import run_deployment
 
 from soundtrack import steps
 from soundtrack.separations import SeparationJob
 from soundtrack.spec import TrackSpec
+from tasks.waits import run_on_pool
 
 if TYPE_CHECKING:
     from soundtrack.process import TrackOutcome
@@ -61,8 +60,7 @@ def separate_on_pool(
         "base_dir": base_dir,
         "device": device,
     }
-    # Called from a sync task, so this is the FlowRun (the annotation also admits a coroutine).
-    child = cast(FlowRun, run_deployment(deployment, parameters=parameters))
+    child = run_on_pool(deployment, parameters)
     state = child.state.name if child.state else "unknown"
     missing = f"render-batch run {child.name!r} ended {state} without its sources"
     return steps.judge_handed_back(spec, outcome, staging_dir, job, storage_url, base_dir, missing)

@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -496,3 +497,61 @@ def test_helm_values_point_the_worker_at_the_gpu_pool(prefect_yaml: dict[str, An
     values = yaml.safe_load((REPO / "infra" / "helm" / "prefect-worker-values.yaml").read_text())
     assert values["worker"]["config"]["workPool"] == prefect_yaml["gpu"]["work_pool"]["name"]
     assert values["worker"]["config"]["type"] == "kubernetes"
+
+
+def test_a_render_pool_that_is_not_deployed_or_has_no_worker(
+    prefect_server: PrefectServer, deployed: dict[str, str], tiny: str, tmp_path: Path
+) -> None:
+    """A render pool the server does not have is bad input (exit 2) before anything renders;
+    a build waiting for a pool no worker polls stops on SIGTERM (it waited forever, and its
+    scheduled render-batch run was rendered later for a build that was gone)."""
+    manifest = project(tmp_path / "game", PASSING)
+    env = prefect_env(
+        prefect_server, tmp_path / "home", SOUNDTRACK_CACHE_DIR=str(tmp_path / "cache")
+    )
+    build = [SOUNDTRACK, "build", "m.yaml", "--model", tiny, "--render-pool"]
+    for name, said in (
+        ("render-batch/typo", "render pool 'render-batch/typo': the Prefect server at"),
+        ("nope", "render pool 'nope' is not a deployment name"),
+    ):
+        refused = cli([*build, name], env, cwd=manifest.parent)
+        output = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode == 2 and said in output, output
+        assert "Traceback" not in output
+    assert not (manifest.parent / "out").exists()
+
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with (tmp_path / "build.log").open("wb") as log:
+        waiting = subprocess.Popen(
+            [*build, deployed["gpu"]],
+            cwd=manifest.parent,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    render_batch = FlowFilter(name=FlowFilterName(any_=["render-batch"]))
+    try:
+        with api(prefect_server) as client:
+            before = {run.id for run in client.read_flow_runs(flow_filter=render_batch)}
+            deadline = datetime.now(UTC).timestamp() + 240
+            while not (
+                runs := [
+                    run
+                    for run in client.read_flow_runs(flow_filter=render_batch)
+                    if run.id not in before
+                ]
+            ):
+                assert waiting.poll() is None, (tmp_path / "build.log").read_text()
+                assert datetime.now(UTC).timestamp() < deadline, "no render-batch run started"
+                time.sleep(0.2)
+            os.killpg(waiting.pid, signal.SIGTERM)
+            waiting.wait(timeout=60)
+            (child,) = runs
+            assert client.read_flow_run(child.id).state_name == "Cancelled"
+    finally:
+        if waiting.poll() is None:
+            os.killpg(waiting.pid, signal.SIGKILL)
+    log = (tmp_path / "build.log").read_text(errors="replace")
+    assert waiting.returncode != 0 and "Traceback" not in log, log

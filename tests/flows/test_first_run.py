@@ -8,10 +8,12 @@ that server running. Each test starts from a new PREFECT_HOME, as a new user doe
 from __future__ import annotations
 
 import fcntl
+import http.server
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 from flows.server import STARTUP_TIMEOUT_S, TIMEOUT_SETTING, startup_timeout_s
 from tasks.generate import GPU_LOCK_FILE
 from tests.running import SOUNDTRACK, build
+from tests.s3server import free_ports
 
 MANIFEST = """\
 schema: 1
@@ -282,6 +285,39 @@ def test_no_api_url_and_temporary_server_off_is_one_line_and_exit_1(
     ]
 
 
+class NotPrefect(http.server.BaseHTTPRequestHandler):
+    """Some other web service on the port PREFECT_API_URL names."""
+
+    def do_GET(self) -> None:
+        self.send_error(404)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_an_api_url_where_no_prefect_server_answers_is_one_line_and_exit_1(
+    first_run: tuple[Path, dict[str, str], list[str]],
+) -> None:
+    workdir, env, args = first_run
+    (closed,) = free_ports(1)
+    other = http.server.HTTPServer(("127.0.0.1", 0), NotPrefect)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        for url, said in (
+            (f"http://127.0.0.1:{closed}/api", "Connection refused"),
+            (f"http://127.0.0.1:{other.server_port}/api", "404 Not Found"),
+        ):
+            result = build(workdir, {**env, "PREFECT_API_URL": url}, *args)
+            assert result.returncode == 1, result.stdout + result.stderr
+            assert "Traceback" not in result.stderr + result.stdout
+            line = " ".join(result.stderr.split())  # one message, wrapped at the width
+            assert line.startswith(f"error: no Prefect server answers at PREFECT_API_URL={url} (")
+            assert said in line and line.endswith("or unset PREFECT_API_URL for a temporary one")
+    finally:
+        other.shutdown()
+    assert not (workdir / "out").exists(), "nothing was built"
+
+
 def gpu_held(prefect_home: Path) -> bool:
     """Whether a build on this PREFECT_HOME holds the GPU (its lock file is locked)."""
     path = prefect_home / GPU_LOCK_FILE
@@ -378,3 +414,32 @@ def test_a_build_whose_renders_are_all_cached_never_waits_for_the_gpu(
     assert again.returncode == 0, again.stdout + again.stderr
     assert "waiting for it" not in again.stdout + again.stderr
     assert "model loads: 0" in again.stdout
+
+
+@pytest.mark.slow
+def test_a_build_waiting_for_the_gpu_stops_when_signalled(
+    first_run: tuple[Path, dict[str, str], list[str]],
+) -> None:
+    """Prefect stops a flow on SIGTERM, then waits for its task threads: a build waiting for
+    another build's GPU stayed alive until that build was done (minutes, or a whole night)."""
+    workdir, env, args = first_run
+    home = Path(env["PREFECT_HOME"])
+    home.mkdir(parents=True)
+    with (home / GPU_LOCK_FILE).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another build rendering, for as long as this lasts
+        process = start_build(workdir, env, args)
+        try:
+            deadline = time.monotonic() + 240
+            while "waiting for it" not in (workdir / "build.log").read_text(errors="replace"):
+                assert process.poll() is None, (workdir / "build.log").read_text()
+                assert time.monotonic() < deadline, "the build never waited for the GPU"
+                time.sleep(0.1)
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    log = (workdir / "build.log").read_text(errors="replace")
+    assert process.returncode != 0 and "aborted by a termination signal" in log, log
+    assert "the build was stopped while it waited" in log and "Traceback" not in log, log
+    assert not (workdir / "out" / "first-run" / "soundtrack.lock.json").exists()
