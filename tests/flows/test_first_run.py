@@ -318,6 +318,15 @@ def test_an_api_url_where_no_prefect_server_answers_is_one_line_and_exit_1(
     assert not (workdir / "out").exists(), "nothing was built"
 
 
+def waits_for_the_gpu(process: subprocess.Popen[bytes], workdir: Path) -> None:
+    """Return once the build in `workdir` says it waits for another build's GPU."""
+    deadline = time.monotonic() + 240
+    while "waiting for it" not in (workdir / "build.log").read_text(errors="replace"):
+        assert process.poll() is None, (workdir / "build.log").read_text()
+        assert time.monotonic() < deadline, "the build never waited for the GPU"
+        time.sleep(0.1)
+
+
 def gpu_held(prefect_home: Path) -> bool:
     """Whether a build on this PREFECT_HOME holds the GPU (its lock file is locked)."""
     path = prefect_home / GPU_LOCK_FILE
@@ -352,11 +361,7 @@ def test_a_build_killed_while_it_renders_leaves_the_gpu_to_the_next(
         time.sleep(0.1)
     waiting = start_build(workdir, env, args)
     try:
-        deadline = time.monotonic() + 240
-        while "waiting for it" not in (workdir / "build.log").read_text(errors="replace"):
-            assert waiting.poll() is None, (workdir / "build.log").read_text()
-            assert time.monotonic() < deadline, "the second build never waited for the GPU"
-            time.sleep(0.1)
+        waits_for_the_gpu(waiting, workdir)
         os.kill(killed.pid, signal.SIGKILL)
         killed.wait()
         waiting.wait(timeout=300)
@@ -429,11 +434,7 @@ def test_a_build_waiting_for_the_gpu_stops_when_signalled(
         fcntl.flock(lock, fcntl.LOCK_EX)  # another build rendering, for as long as this lasts
         process = start_build(workdir, env, args)
         try:
-            deadline = time.monotonic() + 240
-            while "waiting for it" not in (workdir / "build.log").read_text(errors="replace"):
-                assert process.poll() is None, (workdir / "build.log").read_text()
-                assert time.monotonic() < deadline, "the build never waited for the GPU"
-                time.sleep(0.1)
+            waits_for_the_gpu(process, workdir)
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
         finally:
