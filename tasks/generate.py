@@ -11,6 +11,7 @@ from typing import IO, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 from prefect.settings import get_current_settings
@@ -30,13 +31,14 @@ from soundtrack.renders import (
 )
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import open_storage
-from tasks.waits import POLL_S, Stopped, run_on_pool, wait_until
+from tasks.waits import Stopped, run_on_pool, wait_until
 
 GPU_LIMIT = "soundtrack-gpu"
 # The slot's lease is renewed while a batch renders; a build killed mid-batch frees it when the
 # lease runs out, instead of blocking every later build.
 GPU_LEASE_S = 60  # the server's minimum
 GPU_LOCK_FILE = "soundtrack-gpu.lock"  # in PREFECT_HOME, beside the database the limit lives in
+GPU_TAKE_S = 5.0  # to take a slot the server showed free
 
 
 @contextmanager
@@ -48,8 +50,14 @@ def gpu_slot() -> Iterator[None]:
     settings = get_current_settings()
     with ExitStack() as held:
         if settings.api.url:
+            client = held.enter_context(get_client(sync_client=True))
 
             def took() -> bool:
+                # Read, then take: a wait inside Prefect's acquisition cannot be stopped, and
+                # one given a timeout logs an error each time it runs out.
+                limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+                if limit.active_slots >= limit.limit:
+                    return False
                 try:
                     held.enter_context(
                         concurrency(
@@ -57,10 +65,10 @@ def gpu_slot() -> Iterator[None]:
                             occupy=1,
                             lease_duration=GPU_LEASE_S,
                             strict=True,
-                            timeout_seconds=POLL_S,
+                            timeout_seconds=GPU_TAKE_S,
                         )
                     )
-                except TimeoutError:
+                except TimeoutError:  # another build took the slot first
                     return False
                 return True
 
@@ -68,7 +76,7 @@ def gpu_slot() -> Iterator[None]:
                 f"another build holds the GPU ({GPU_LIMIT} on the Prefect server): waiting for "
                 "it; with no build rendering, see docs/operations.md#the-gpu-slot"
             )
-            wait_until(took, waiting, poll_s=0.0)
+            wait_until(took, waiting)
         else:
             settings.home.mkdir(parents=True, exist_ok=True)
             lock = held.enter_context((settings.home / GPU_LOCK_FILE).open("a"))

@@ -1,0 +1,79 @@
+"""One batch at a time on a GPU with a Prefect server: its soundtrack-gpu limit. A build that
+waits for the slot says so once, takes it when it is freed, and gives up when it is stopped."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from tasks.generate import GPU_LIMIT, gpu_slot
+from tasks.waits import STOPPING, Stopped
+from tests.prefect_server import PrefectServer
+
+
+@contextmanager
+def slot_held_elsewhere() -> Iterator[threading.Event]:
+    """Another build's batch holding the slot until the event it yields is set."""
+    from prefect.concurrency.sync import concurrency
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with concurrency(GPU_LIMIT, occupy=1, lease_duration=60, strict=True):
+            held.set()
+            release.wait(60)
+
+    # The settings pointing at the test's server live in a context variable: carry it over.
+    holder = threading.Thread(target=contextvars.copy_context().run, args=(hold,))
+    holder.start()
+    assert held.wait(30), "the slot was never taken"
+    try:
+        yield release
+    finally:
+        release.set()
+        holder.join(30)
+
+
+def test_a_build_waits_for_the_servers_gpu_slot_then_takes_it_or_stops(
+    prefect_server: PrefectServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    @task
+    def render() -> float:
+        started = time.monotonic()
+        with gpu_slot():
+            return time.monotonic() - started
+
+    @flow
+    def build(meanwhile: Callable[[], None]) -> float:
+        waiting = render.submit()
+        time.sleep(3)
+        meanwhile()
+        return waiting.result()
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        with get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, 1)
+        with caplog.at_level(logging.INFO), slot_held_elsewhere() as release:
+            waited_s = build(release.set)
+        said = [r.getMessage() for r in caplog.records]
+        assert 3.0 <= waited_s < 10.0, waited_s
+        assert sum("another build holds the GPU" in line for line in said) == 1, said
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], said
+
+        try:
+            with slot_held_elsewhere(), pytest.raises(Stopped, match="stopped while it waited"):
+                build(STOPPING.set)
+        finally:
+            STOPPING.clear()
+        APILogHandler().flush()  # to this server: after the block there is none to send them to
