@@ -107,12 +107,13 @@ def validate(manifest: ManifestArg) -> None:
     for column in ("seconds", "loop", "model / recording", "licence", "formats", "LUFS"):
         table.add_column(column)
     for spec in specs:
+        # Names and paths are the user's text, which may hold [brackets]: never Rich markup.
         table.add_row(
             spec.id,
             f"{spec.duration_s:g}",
             "loop" if spec.loop else "",
-            spec.source.name if spec.source else spec.model.rsplit("/", 1)[-1],
-            "" if spec.source else checked.licences[spec.model],
+            escape(spec.source.name if spec.source else spec.model.rsplit("/", 1)[-1]),
+            "" if spec.source else escape(checked.licences[spec.model]),
             ",".join(spec.formats),
             f"{spec.mastering.loudness.integrated_lufs:g}",
         )
@@ -124,7 +125,9 @@ def validate(manifest: ManifestArg) -> None:
             licence = checked.licences.get(spec.stem_model, "unchecked until the folder is there")
             console.print(
                 f"{spec.id}: stems {', '.join(spec.stems)} from {spec.stem_model} "
-                f"(licence {licence})"
+                f"(licence {licence})",
+                markup=False,
+                highlight=False,
             )
     for model in sorted(m for m, family in checked.families.items() if family is None):
         console.print(
@@ -136,7 +139,7 @@ def validate(manifest: ManifestArg) -> None:
     models = sorted({spec.model for spec in specs if not spec.source})
     console.print(
         f"[green]valid[/]: {len(specs)} tracks, {minutes:.1f} min of audio, "
-        f"models: {', '.join(models) or 'none'}; storage: {loaded.storage}"
+        f"models: {escape(', '.join(models) or 'none')}; storage: {escape(loaded.storage)}"
         + (f"; usage: {loaded.usage}" if loaded.usage else ""),
         highlight=False,
     )

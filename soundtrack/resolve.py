@@ -383,6 +383,15 @@ def render_problems(manifest: Manifest, base_dir: Path) -> list[tuple[str, str]]
                 problems.append((f"{where}.source", str(exc)))
                 continue
         duration_s = _duration_s(track, merged, recording.duration_s if recording else None)
+        if track.bars is not None and not MIN_DURATION_S <= duration_s <= MAX_DURATION_S:
+            problems.append(
+                (
+                    f"{where}.bars",
+                    f"{track.bars} bars at {track.bpm} BPM make {duration_s:g} s; a track is "
+                    f"{MIN_DURATION_S:g} to {MAX_DURATION_S:g} s long",
+                )
+            )
+            continue
         mastering = _mastering(merged, duration_s, loop=track.loop)
         found = _unrenderable(track, merged, duration_s, mastering, recording)
         for name, message in [*found, *_stem_problems(merged)]:

@@ -508,6 +508,32 @@ def test_bars_give_the_length_at_the_tempo_and_time_signature(tmp_path: Path) ->
     assert specs["march"].render_duration_s == 16.0
 
 
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ("bpm: 20\n    bars: 1024", "1024 bars at 20 BPM make 12288 s; a track is 0.4 to 600 s"),
+        ("bpm: 300\n    time_signature: 1/16\n    bars: 1", "1 bars at 300 BPM make 0.2 s"),
+    ],
+)
+def test_a_length_in_bars_is_held_to_the_track_limits(
+    fields: str, said: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(BASE + f"  - id: long\n    prompt: drone\n    {fields}\n")
+    with pytest.raises(InputError) as caught:
+        load_manifest(path)
+    assert any(p.startswith("tracks[2].bars (line") and said in p for p in caught.value.problems)
+
+
+def test_validate_prints_brackets_in_paths_as_they_are(tmp_path: Path) -> None:
+    """Rich reads [/] as markup: a storage folder named so crashed `validate` with a traceback."""
+    path = tmp_path / "m.yaml"
+    path.write_text(BASE.replace("soundtrack: game\n", "soundtrack: game\nstorage: './out[/]x'\n"))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "storage: ./out[/]x" in " ".join(result.stdout.split())
+
+
 def test_attempts_and_reference_are_build_policy_outside_the_spec_hash(tmp_path: Path) -> None:
     (tmp_path / "ref.wav").write_bytes(
         (ROOT / "tests/manifests/invalid/bpm-bool.yaml").read_bytes()
