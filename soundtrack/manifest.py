@@ -123,6 +123,40 @@ _ManifestLoader.add_constructor(
 )
 
 
+def _refused_tag(loader: _ManifestLoader, node: yaml.Node) -> Any:
+    """A set has no order (its spec hash would change from run to run), bytes are no text, and
+    a list of pairs is no mapping: none is a value a manifest holds."""
+    raise yaml.constructor.ConstructorError(
+        None,
+        None,
+        f"the {node.tag.replace('tag:yaml.org,2002:', '!!')} tag makes no manifest value: "
+        "write a list or a mapping",
+        node.start_mark,
+    )
+
+
+for _tag in ("set", "binary", "omap", "pairs"):
+    _ManifestLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refused_tag)
+
+
+def _construct_number(loader: _ManifestLoader, node: yaml.ScalarNode) -> Any:
+    """Numbers as YAML 1.2 reads them, and so editors and people: YAML 1.1 reads 0120 as octal
+    (80) and 1:30 as base 60 (90); here they are 120 and the text '1:30'."""
+    text = node.value.replace("_", "")
+    if ":" in text:
+        return node.value
+    digits = text.lstrip("+-")
+    if node.tag.endswith(":int") and len(digits) > 1 and digits[0] == "0" and digits.isdigit():
+        return int(text, 10)
+    if node.tag.endswith(":int"):
+        return loader.construct_yaml_int(node)
+    return loader.construct_yaml_float(node)
+
+
+for _tag in ("int", "float"):
+    _ManifestLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _construct_number)
+
+
 def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [child for pair in node.value for child in pair]

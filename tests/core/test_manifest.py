@@ -525,6 +525,28 @@ def test_a_length_in_bars_is_held_to_the_track_limits(
     assert any(p.startswith("tracks[2].bars (line") and said in p for p in caught.value.problems)
 
 
+def test_numbers_read_as_yaml_1_2_reads_them_and_unordered_tags_are_refused(
+    tmp_path: Path,
+) -> None:
+    """YAML 1.1 made `bpm: 0120` 80 BPM and `duration: 1:30` 90 s, where an editor (YAML 1.2)
+    and a person read 120 and a typo; a !!set of formats gave a spec hash that changed from one
+    run to the next (a set has no order)."""
+    zeros = BASE.replace("bpm: 90", "bpm: 0120").replace("seed: 5", "seed: 010")
+    specs = specs_of(tmp_path, zeros)
+    assert (specs["theme"].bpm, specs["battle"].seed) == (120, 10)
+    for text, field, said in (
+        (BASE.replace("duration: 20", "duration: 1:30"), "defaults.duration", "'1:30'"),
+        (BASE.replace("seed: 5", "seed: 5\n    formats: !!set {ogg, mp3}"), "", "!!set tag"),
+        (BASE.replace("prompt: drums", "prompt: !!binary ZHJ1bXM="), "", "!!binary tag"),
+    ):
+        path = tmp_path / "m.yaml"
+        path.write_text(text)
+        with pytest.raises(InputError) as caught:
+            load_manifest(path)
+        shown = " ".join([str(caught.value), *caught.value.problems])
+        assert field in shown and said in shown and "line " in shown, shown
+
+
 def test_validate_prints_brackets_in_paths_as_they_are(tmp_path: Path) -> None:
     """Rich reads [/] as markup: a storage folder named so crashed `validate` with a traceback."""
     path = tmp_path / "m.yaml"
