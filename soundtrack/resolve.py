@@ -47,6 +47,9 @@ from soundtrack.spec import (
 
 DEFAULT_MODEL = "facebook/musicgen-small"
 MAX_SOURCE_CHANNELS = 2  # mastering maps mono or stereo (audio.to_channels)
+# 600 s at 320 kbit/s is 24 MB; the rest is room for tags (cover art). Beyond it decoding a
+# file only to refuse it as too long took validate 24 s (a 2 GB file).
+MAX_MP3_BYTES = 64 * 2**20
 # Fields that change the generated (raw) audio; the generation cache is keyed on these alone, so
 # re-mastering to a new loudness profile does not regenerate.
 _GENERATION_FIELDS = ("model", "model_revision", "prompt", "seed", "sampling", "overlap_s")
@@ -508,6 +511,11 @@ def _recording(path: Path) -> _Recording:
     frames = info.frames
     if info.format == "MP3":  # its header's length may be a guess (audio.read_audio): count
         stat = path.stat()
+        if stat.st_size > MAX_MP3_BYTES:
+            raise InputError(
+                f"source recording {path.name} is {stat.st_size / 2**20:.0f} MiB; an MP3 of at "
+                f"most {MAX_DURATION_S:g} s at its highest bitrate (320 kbit/s) is 24 MB"
+            )
         frames = _decoded_frames(path, stat.st_mtime_ns, stat.st_size)
     duration_s = float(frames) / float(info.samplerate)
     if not math.isfinite(duration_s) or duration_s <= 0:
