@@ -932,12 +932,11 @@ def build(
         review=review,
     )
     try:
-        checked = prepare(manifest, options, reports=[p for p in (report, junit) if p]).checked
-        if review or checked.manifest.review == "required":
+        prepared = prepare(manifest, options, reports=[p for p in (report, junit) if p])
+        if review or prepared.checked.manifest.review == "required":
             _check_review_server()
     except SoundtrackError as exc:
         fail(exc)
-    specs = checked.specs
     # A report left by an earlier build would read as this one's after an exit 75 or a crash.
     for stale in (report, junit):
         if stale is not None and stale.is_file():
@@ -952,7 +951,7 @@ def build(
         start_temporary_server()  # no PREFECT_API_URL: one that waits long enough, dies with us
     except SoundtrackError as exc:
         fail(exc)
-    with _track_progress(len(specs)) as on_event:
+    with _track_progress(prepared.plan.total) as on_event:
         unsubscribe = events.subscribe(on_event)
         try:
             state = build_soundtrack(

@@ -33,7 +33,7 @@ class CheckedInputs:
 
     manifest: Manifest
     manifest_path: Path  # absolute
-    specs: list[TrackSpec]  # the tracks selected by --only (all by default)
+    specs: list[TrackSpec]  # every track of the manifest (a build selects by --only itself)
     storage_url: str
     storage: Storage
     expectations: list[dict[str, Any]]
@@ -65,14 +65,16 @@ def check_inputs(
     path = Path(manifest_path).absolute()
     severities = gate_severities(gates)
     loaded = load_manifest(path)
-    resolved = resolve_tracks(loaded, path.parent, model_override=model, severities=severities)
-    specs = select(resolved, only)
+    specs = resolve_tracks(loaded, path.parent, model_override=model, severities=severities)
+    # Only the tracks --only selects are built, so only their models must be at hand; every
+    # track stays in `specs`: the lock keeps serving the others' files.
+    selected = select(specs, only)
     expectations: list[dict[str, Any]] = []
     if loaded.expectations:
         from soundtrack.expectations import load_expectations  # scipy, for the table columns
 
         expectations = load_expectations(path.parent / loaded.expectations)
-    families, licences = check_models(loaded, specs, model_override=model)
+    families, licences = check_models(loaded, selected, model_override=model)
     url = storage_url(loaded.storage, out, environ)
     storage = open_storage(url, base_dir=path.parent)
     for report in reports:
@@ -92,6 +94,7 @@ def check_models(
     listing every problem. Read from model cards, config files and tables: no weights, no network.
     """
     families, problems, unloadable = _families(specs, model_override)
+    problems += _stem_model_problems(specs)
     licences, refusals = _licences(manifest, specs, model_override, unloadable)
     if refusals and not problems:
         raise InputError(
@@ -132,6 +135,18 @@ def _families(
                 for problem in limit_problems(spec, family)
             ]
     return families, problems, set(unloadable)
+
+
+def _stem_model_problems(specs: Sequence[TrackSpec]) -> list[str]:
+    """A stem model folder that is there but holds no separator (`/etc`, a MusicGen folder). One
+    not there yet is the build's to refuse: it may be converted after validation."""
+    problems = []
+    for spec in specs:
+        if spec.stems and spec.stem_model and Path(spec.stem_model).exists():
+            problem = stem_model_problem(spec.stem_model)
+            if problem is not None:
+                problems.append(f"track {spec.id}: {problem}")
+    return problems
 
 
 def _licences(

@@ -122,6 +122,15 @@ def test_build_approves_rejects_and_rebuilds_only_what_changed(
     assert changed.report.model_loads == 1
     assert sha256_of(out / "battle-loop.ogg") != before
 
+    # 4b. A build of one track keeps serving every other approved one: the lock stays whole
+    # (it was cut to the one track, and gc would then have deleted the others' files).
+    one = run(project, tiny_model_dir, only=("credits",))
+    assert one.exit_status == 0, one.failure
+    assert statuses(one) == {"battle-loop": "cached", "long-theme": "cached", "credits": "cached"}
+    lock = json.loads((out / "soundtrack.lock.json").read_text())
+    assert [t["id"] for t in lock["tracks"]] == ["battle-loop", "long-theme", "credits"]
+    assert CliRunner().invoke(app, ["gc", str(project / "out")]).stdout.split() == []
+
     # 5. A damaged lock is said to be unreadable and replaced, never silently.
     lock_path = out / "soundtrack.lock.json"
     lock_path.write_bytes(lock_path.read_bytes()[:200])

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.inputs import check_inputs
+from soundtrack.separate import make_tiny_demucs
 
 
 def recording(path: Path) -> Path:
@@ -100,7 +101,7 @@ def test_expectations_and_model_folders_count_as_inputs(tmp_path: Path) -> None:
 def test_reference_recordings_and_stem_models_count_as_inputs(tmp_path: Path) -> None:
     path = manifest(tmp_path, soundtrack="music", storage=".")
     recording(tmp_path / "music" / "temp-score.wav")
-    (tmp_path / "music" / "demucs").mkdir()
+    make_tiny_demucs(tmp_path / "music" / "demucs")
     text = path.read_text() + "    reference: music/temp-score.wav\n"
     path.write_text(text)
     assert "contains track credits's reference" in refusal(path)

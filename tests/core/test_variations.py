@@ -81,6 +81,14 @@ def test_variations_render_after_their_parents_and_only_a_changed_parent_renders
     again = run(tmp_path)
     assert {r.id: r.status for r in again.report.tracks} == dict.fromkeys(tracks, "cached")
     assert again.report.model_loads == 0
+    # --only a variation: its published parent is there to render from, the others stay.
+    models._loaded.clear()
+    only = build(tmp_path / "m.yaml", Options(only=("victory",)), executor=ThreadExecutor())
+    assert only.exit_status == 0, only.failure
+    assert {r.id: r.status for r in only.report.tracks} == dict.fromkeys(tracks, "cached")
+    assert {t: r["files"] for t, r in records(tmp_path).items()} == {
+        t: r["files"] for t, r in tracks.items()
+    }
 
     (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir, theme_prompt="sad title theme"))
     changed = run(tmp_path)
