@@ -195,16 +195,31 @@ def _on_master(heard: Analysis, m: Master, spec: TrackSpec) -> Analysis:
         )
     bar = spec.beats_per_bar * 60.0 / heard.tempo_bpm * m.sample_rate
     bars = max(1, round(m.loop_length / bar))
+    beats, downbeats = bar_grid(m.loop_start, m.loop_length, bars, spec.beats_per_bar, frames)
     beat = m.loop_length / (bars * spec.beats_per_bar)
-    first = m.loop_start - int(m.loop_start // beat) * beat  # the grid runs back into an intro
-    beats = np.arange(first, frames - 0.5, beat)
-    on_bar = np.isclose(((beats - m.loop_start) / beat) % spec.beats_per_bar, 0.0, atol=1e-6)
     return replace(
         heard,
         frames=frames,
         tempo_bpm=60.0 * m.sample_rate / beat,
-        beats=tuple(np.rint(beats).astype(int).tolist()),
-        downbeats=tuple(np.rint(beats[on_bar]).astype(int).tolist()),
+        beats=beats,
+        downbeats=downbeats,
+    )
+
+
+def bar_grid(
+    loop_start: int, loop_length: int, bars: int, beats_per_bar: int, frames: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The beats and bar lines (frames) of a loop of whole `bars` from `loop_start`, the grid
+    run back into an intro and on to `frames`."""
+    beat = loop_length / (bars * beats_per_bar)
+    first = loop_start - int(loop_start // beat) * beat
+    beats = np.arange(first, frames - 0.5, beat)
+    beats = beats[beats < frames - 0.5]  # arange's count, itself rounded, can take one more
+    # Beat numbers counted from the loop start are whole up to float error, which left bar 4
+    # at 3.999...: rounded before asking which fall on a bar.
+    on_bar = np.rint((beats - loop_start) / beat).astype(int) % beats_per_bar == 0
+    return tuple(np.rint(beats).astype(int).tolist()), tuple(
+        np.rint(beats[on_bar]).astype(int).tolist()
     )
 
 
