@@ -145,13 +145,32 @@ def load_separator(stem_model: str, device: str | None) -> Separator:
 
 
 def stem_model_problem(stem_model: str) -> str | None:
-    """Why `stem_model` cannot be loaded, found without loading it; None when it can be tried."""
-    if stem_model in SEPARATORS or (user_path(stem_model) / CONFIG).is_file():
+    """Why `stem_model` cannot be loaded, found without loading it (its config, the classes it
+    names and its weights' headers, read with no torch); None when it can be tried."""
+    if stem_model in SEPARATORS:
         return None
-    return (
-        f"stem_model {stem_model!r} is not a separation model's directory (no {CONFIG} in "
-        f"{user_path(stem_model).absolute()}); {how_to_provide_demucs()}"
-    )
+    directory = user_path(stem_model)
+    if not (directory / CONFIG).is_file():
+        return (
+            f"stem_model {stem_model!r} is not a separation model's directory (no {CONFIG} in "
+            f"{directory.absolute()}); {how_to_provide_demucs()}"
+        )
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        for member in _members(directory, _read_config(directory)):
+            path = directory / member.file
+            try:
+                with safe_open(str(path), framework="numpy"):
+                    pass
+            except (OSError, SafetensorError) as error:
+                what = "missing" if not path.exists() else f"not safetensors ({error})"
+                raise ModelLoadError(
+                    f"stem_model {stem_model!r}: {member.file} is {what}"
+                ) from None
+    except ModelLoadError as error:
+        return str(error)
+    return None
 
 
 def stem_model_licence(stem_model: str) -> str:

@@ -6,6 +6,7 @@ gate: the stems are rejected and the mix is still published. The tiny Demucs run
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,35 @@ def test_stems_without_their_separation_model_exit_2_before_anything_renders(pro
     # Named as resolved against the manifest's folder, wherever the build was started.
     assert f"stem_model '{(project / 'nowhere').resolve()}'" in result.output.replace("\n", "")
     assert "convert-demucs" in result.output.replace("\n", "")
+    assert not (project / "out").exists()
+
+
+@pytest.mark.parametrize("broken", ["garbage config", "weights not safetensors", "musicgen"])
+def test_a_stem_model_folder_that_cannot_load_exits_2_before_anything_renders(
+    broken: str, project: Path, tiny_model_dir: Path
+) -> None:
+    """Only a config.json's presence was checked: these built, rendered, and published no stems
+    with exit 0."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from soundtrack.cli import app
+
+    folder = project / "stems-model"
+    if broken == "musicgen":
+        shutil.copytree(tiny_model_dir, folder)
+    else:
+        make_tiny_demucs(folder)
+        if broken == "garbage config":
+            (folder / "config.json").write_text("{not json")
+        else:
+            (folder / "model.safetensors").write_bytes(os.urandom(1024))
+    write_manifest(project, "stems-model", "[drums]")
+    for command in ("validate", "build"):
+        result = CliRunner().invoke(app, [command, str(project / "m.yaml")])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"stem_model '{folder.resolve()}" in said, said
     assert not (project / "out").exists()
 
 
