@@ -397,7 +397,11 @@ def render_problems(manifest: Manifest, base_dir: Path) -> list[tuple[str, str]]
             continue
         mastering = _mastering(merged, duration_s, loop=track.loop)
         found = _unrenderable(track, merged, duration_s, mastering, recording)
-        for name, message in [*found, *_stem_problems(merged)]:
+        for name, message in [
+            *found,
+            *_stem_problems(merged),
+            *_reference_problems(merged, base_dir),
+        ]:
             origin = (
                 " (set in defaults)"
                 if name in merged and name not in track.model_fields_set
@@ -474,6 +478,22 @@ def _stem_model(stem_model: str | None, base_dir: Path) -> str | None:
     if stem_model is None or stem_model in SEPARATORS:
         return stem_model
     return str((base_dir / stem_model).resolve())
+
+
+def _reference_problems(merged: dict[str, Any], base_dir: Path) -> list[tuple[str, str]]:
+    """A reference is read only after the track has rendered: a file that is no audio must be
+    found now, not after the GPU's work."""
+    if "reference" not in merged:
+        return []
+    import soundfile  # local: only tracks with a reference need it
+
+    try:
+        info = soundfile.info(str((base_dir / merged["reference"]).resolve()))
+    except (RuntimeError, soundfile.LibsndfileError) as exc:
+        return [("reference", f"cannot read the reference recording: {exc}")]
+    if info.frames <= 0:
+        return [("reference", "the reference recording has no audio")]
+    return []
 
 
 def _stem_problems(merged: dict[str, Any]) -> list[tuple[str, str]]:

@@ -565,6 +565,21 @@ def test_a_file_of_too_many_values_is_refused_while_it_is_read(tmp_path: Path) -
     assert "alias" not in problem
 
 
+def test_a_reference_that_is_no_audio_is_refused_before_anything_renders(tmp_path: Path) -> None:
+    """A reference is read after the render: text named ref.wav failed the track after the GPU
+    had rendered it, and wrote a lock."""
+    (tmp_path / "ref.wav").write_text("not audio")
+    path = tmp_path / "m.yaml"
+    path.write_text(BASE.replace("defaults:\n", "defaults:\n  reference: ref.wav\n"))
+    with pytest.raises(InputError) as caught:
+        load_manifest(path)
+    problems = caught.value.problems
+    assert len(problems) == 2 and all("cannot read the reference recording" in p for p in problems)
+    assert (
+        problems[0].startswith("tracks[0].reference (line") and "(set in defaults)" in problems[0]
+    )
+
+
 def test_validate_prints_brackets_in_paths_as_they_are(tmp_path: Path) -> None:
     """Rich reads [/] as markup: a storage folder named so crashed `validate` with a traceback."""
     path = tmp_path / "m.yaml"
@@ -575,9 +590,7 @@ def test_validate_prints_brackets_in_paths_as_they_are(tmp_path: Path) -> None:
 
 
 def test_attempts_and_reference_are_build_policy_outside_the_spec_hash(tmp_path: Path) -> None:
-    (tmp_path / "ref.wav").write_bytes(
-        (ROOT / "tests/manifests/invalid/bpm-bool.yaml").read_bytes()
-    )
+    sf.write(tmp_path / "ref.wav", np.zeros((4410, 2), dtype=np.float32) + 0.1, 44100)
     first = specs_of(tmp_path, BASE)
     policy = BASE.replace("defaults:\n", "defaults:\n  attempts: 3\n  reference: ref.wav\n")
     second = specs_of(tmp_path, policy)
