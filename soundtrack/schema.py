@@ -5,6 +5,7 @@ Every key and range a manifest may hold is declared here once; docs/manifest.md 
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -13,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    JsonValue,
     Tag,
     ValidationInfo,
     field_validator,
@@ -46,6 +48,10 @@ DEFAULT_STORAGE = "./assets"
 
 StemName = Literal["drums", "bass", "vocals", "other"]
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, description="Lower-case letters, digits, '-'.")]
+# A file of one of these names (with any extension) cannot be opened on Windows.
+WINDOWS_DEVICE_NAMES = frozenset(
+    {"con", "prn", "aux", "nul", *(f"{port}{n}" for port in ("com", "lpt") for n in range(1, 10))}
+)
 
 
 def _takes_numbers(annotation: Any) -> bool:
@@ -85,6 +91,16 @@ class LoudnessSpec(_Strict):
     integrated: float = Field(ge=-40, le=-5, description="Integrated loudness target, LUFS.")
     true_peak: float = Field(default=-1.0, ge=-12, le=0, description="True-peak ceiling, dBTP.")
     tolerance: float = Field(default=2.0, gt=0, le=6, description="Allowed deviation, LU.")
+
+    @model_validator(mode="after")
+    def _reachable(self) -> LoudnessSpec:
+        # A signal's loudness never exceeds its peak (a full-scale sine: -3 LUFS, 0 dBTP).
+        if self.true_peak < self.integrated:
+            raise ValueError(
+                f"no audio is {self.integrated:g} LUFS loud with its true peak at "
+                f"{self.true_peak:g} dBTP: true_peak must be at or above integrated"
+            )
+        return self
 
 
 def _loudness_kind(value: Any) -> str:
@@ -307,7 +323,11 @@ class Defaults(_Overridable):
 class Track(_Overridable):
     """One cue of the soundtrack: generated from `prompt`, or an existing recording (`source`)."""
 
-    id: Slug = Field(description="Becomes the file name: lower-case letters, digits, '-'.")
+    id: Slug = Field(
+        description="Becomes the file name: lower-case letters, digits, '-'; not a device name "
+        "of Windows (con, nul, com1...).",
+        json_schema_extra={"not": {"enum": list[JsonValue](sorted(WINDOWS_DEVICE_NAMES))}},
+    )
     prompt: str | None = Field(
         default=None,
         json_schema_extra=_NOT_BLANK,
@@ -370,15 +390,28 @@ class Track(_Overridable):
     )
     instruments: list[Annotated[str, Field(min_length=1, max_length=60)]] | None = None
 
+    @field_validator("id")
+    @classmethod
+    def _not_a_device(cls, value: str) -> str:
+        if value in WINDOWS_DEVICE_NAMES:
+            raise ValueError(
+                f"{value!r} is a device name on Windows, where {value}.ogg cannot be opened: "
+                "name the track otherwise"
+            )
+        return value
+
     @field_validator("prompt", "lyrics", "negative_prompt", "mood")
     @classmethod
     def _model_text(cls, value: str | None, info: ValidationInfo) -> str | None:
-        """Words a model reads: not blank, no control characters; a prompt also loses its edge
-        whitespace (lyrics keep theirs: they are in the spec hash as written)."""
+        """Words a model reads: not blank (zero-width characters are blank too), no control
+        characters, no lone surrogates (not text: the lock could not hold them); a prompt also
+        loses its edge whitespace (lyrics keep theirs: they are in the spec hash as written)."""
         if value is None:
             return None
-        if not value.strip():
+        if not "".join(c for c in value if unicodedata.category(c) != "Cf").strip():
             raise ValueError(f"{info.field_name} is empty")
+        if any(unicodedata.category(c) == "Cs" for c in value):
+            raise ValueError(f"{info.field_name} contains a lone surrogate, which is not text")
         if info.field_name == "prompt" and len(value) > MAX_PROMPT_CHARS:
             raise ValueError(f"prompt is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}")
         if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in value):
