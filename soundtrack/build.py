@@ -168,12 +168,14 @@ def prepare(
     if options.local_models:
         _check_models(plan, given=" (--model)" if options.model else "")
     logger.info(
-        "%d tracks: %d cached, %d to render in %d batches, %d recordings",
+        "%d tracks: %d cached, %d to render in %d batches, %d recordings, %d variations (after "
+        "their parents)",
         len(checked.specs),
         len(plan.cached),
         sum(len(b) for b in plan.batches),
         len(plan.batches),
         len(plan.recordings),
+        len(plan.variations),
     )
     return Prepared(checked, lock, plan, warnings)
 
