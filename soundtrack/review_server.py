@@ -101,8 +101,15 @@ class ReviewSite:
                 f"no lock for soundtrack {self.soundtrack!r} in {self.storage.url}: "
                 "nothing was published there under that name"
             )
+        files = served_files(report)
+        outside = sorted(key for key in files if not key.startswith(self.folder))
+        if outside:
+            raise InputError(
+                f"the lock of {self.soundtrack!r} names {outside[0]}, outside its folder "
+                f"{self.folder or '(the storage root)'}: a lock names only its own files"
+            )
         with self._guard:
-            self._files, self._loaded = served_files(report), True
+            self._files, self._loaded = files, True
         return report
 
     def page(self) -> bytes:

@@ -61,7 +61,13 @@ class LocalStorage:
         return f"{RENDERS_FOLDER}/{generation_key}.{ext}"
 
     def fetch(self, key: str, dest: Path, *, sha256: str) -> None:
-        _write_atomically(dest, path=self._path(key), sha256=sha256)
+        path = self._path(key)
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise StorageError(
+                f"{path} is a link out of {self.root}: only files inside it are read",
+                transient=False,
+            )
+        _write_atomically(dest, path=path, sha256=sha256)
 
     def has_asset(self, key: str, sha256: str) -> bool:
         """True when the file exists with exactly this content."""

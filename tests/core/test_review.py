@@ -251,6 +251,27 @@ def test_the_server_refuses_other_host_names_and_changed_files(
     assert status == 502 and b"sha256" in body
 
 
+def test_the_server_reads_no_link_out_of_the_storage_and_no_key_of_another_folder(
+    served: tuple[Served, bytes], tmp_path: Path
+) -> None:
+    """A hand-edited lock: a file that is a link to outside the storage root (with the sha256
+    of what it points to) was served; a key in another soundtrack's folder crashed the page."""
+    server, audio = served
+    folder = tmp_path / "assets" / SOUNDTRACK
+    (folder / "loop.wav").unlink()
+    (folder / "loop.wav").symlink_to(tmp_path / "elsewhere.wav")
+    (tmp_path / "elsewhere.wav").write_bytes(audio)
+    status, _, body = server.get("/loop.wav")
+    assert status == 502 and b"a link out of" in body and body != audio
+
+    other = record("other-soundtrack/x.ogg", b"ogg", "ogg")
+    track = TrackRecord(id="x", status="approved", spec_hash="abc", files=[other])
+    storage = LocalStorage(str(tmp_path / "assets"), tmp_path / "assets")
+    storage.write_index(SOUNDTRACK, report_of([track]).to_json().encode())
+    status, _, body = server.get("/")
+    assert status == 500 and b"outside its folder" in body
+
+
 @pytest.mark.slow
 def test_from_s3_the_server_reads_with_its_own_credentials_and_the_page_holds_none(
     s3_bucket: str, s3_env: SeaweedServer, tmp_path: Path
