@@ -97,7 +97,7 @@ class PictureRecord(_Model):
 class TakeRecord(_Model):
     """One take of a track that may be re-rolled: its seed and what became of it."""
 
-    take: int
+    take: int = Field(description="0 for the first take: the CLI and the review page say take 1.")
     seed: int
     status: Literal["approved", "rejected", "failed"]
     rejected_by: list[str] = Field(default_factory=list, description="Gates that failed it.")
@@ -108,7 +108,7 @@ class ReviewRejection(_Model):
     """A take a reviewer rejected: the next build of the same spec renders a later take."""
 
     spec_hash: str
-    take: int
+    take: int = Field(description="0 for the first take, as in TakeRecord.")
     seed: int
     comment: str = ""
 
