@@ -62,36 +62,27 @@ class _ManifestLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_YAML_ALIASES:
-                raise yaml.composer.ComposerError(
-                    None,
-                    None,
-                    f"more than {MAX_YAML_ALIASES} aliases (*name); "
-                    f"a manifest may use at most {MAX_YAML_ALIASES}",
-                    self._next_mark(),
-                )
+                raise self._refused("aliases (*name)", f"{MAX_YAML_ALIASES}", "use")
         else:
             self.nodes += 1
             if self.nodes > MAX_YAML_NODES:
-                raise yaml.composer.ComposerError(
-                    None,
-                    None,
-                    f"more than {MAX_YAML_NODES:,} values; a manifest may hold at most "
-                    f"{MAX_YAML_NODES:,}",
-                    self._next_mark(),
-                )
+                raise self._refused("values", f"{MAX_YAML_NODES:,}", "hold")
         self.depth += 1
         try:
             if self.depth > MAX_YAML_DEPTH:
-                raise yaml.composer.ComposerError(
-                    None,
-                    None,
-                    f"nested more than {MAX_YAML_DEPTH} levels deep; "
-                    f"a manifest may nest at most {MAX_YAML_DEPTH}",
-                    self._next_mark(),
-                )
+                raise self._refused("levels deep", f"{MAX_YAML_DEPTH}", "nest", nested=True)
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+
+    def _refused(
+        self, what: str, most: str, verb: str, *, nested: bool = False
+    ) -> yaml.composer.ComposerError:
+        """More than `most` of `what` found here, where a manifest may `verb` at most `most`."""
+        found = f"{'nested ' if nested else ''}more than {most} {what}"
+        return yaml.composer.ComposerError(
+            None, None, f"{found}; a manifest may {verb} at most {most}", self._next_mark()
+        )
 
     def _next_mark(self) -> yaml.error.Mark | None:
         event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # stub lacks it
