@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from soundtrack.errors import InputError, StorageError
 
@@ -173,6 +173,12 @@ def check_expiry(expires_s: int) -> None:
 def index_keys(data: bytes, where: str) -> set[str]:
     """The keys a lock file references: every tracks[i].files[j].key, and the keys of each
     track's sidecar and picture and of its stems' pictures."""
+    return {key for entries in index_entries(data, where).values() for key in entries}
+
+
+def index_entries(data: bytes, where: str) -> dict[str, dict[str, str | None]]:
+    """Per track id, the keys its lock entry references (as index_keys) and each one's sha256
+    (None where the lock gives none)."""
     try:
         index = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -180,23 +186,29 @@ def index_keys(data: bytes, where: str) -> set[str]:
     tracks = index.get("tracks") if isinstance(index, dict) else None
     if not isinstance(tracks, list):
         raise StorageError(f"index {where} has no 'tracks' list", transient=False)
-    keys: set[str] = set()
+    found: dict[str, dict[str, str | None]] = {}
     for i, track in enumerate(tracks):
         files = track.get("files", []) if isinstance(track, dict) else None
         if not isinstance(files, list):
             raise StorageError(f"index {where}: tracks[{i}].files is not a list", transient=False)
+        entries = found.setdefault(str(track.get("id")), {})
         for j, entry in enumerate(files):
             key = entry.get("key") if isinstance(entry, dict) else None
             if not isinstance(key, str) or not key:
                 raise StorageError(
                     f"index {where}: tracks[{i}].files[{j}] has no 'key'", transient=False
                 )
-            keys.add(key)
+            entries[key] = _sha256_of(entry)
         stems = track.get("stems")
         others = [track.get("sidecar"), track.get("picture")]
         if isinstance(stems, list):
             others += [stem.get("picture") for stem in stems if isinstance(stem, dict)]
         for other in others:
             if isinstance(other, dict) and isinstance(other.get("key"), str) and other["key"]:
-                keys.add(other["key"])
-    return keys
+                entries[other["key"]] = _sha256_of(other)
+    return found
+
+
+def _sha256_of(entry: dict[str, Any]) -> str | None:
+    sha256 = entry.get("sha256")
+    return sha256 if isinstance(sha256, str) else None

@@ -25,6 +25,7 @@ from soundtrack.storage.base import (
     check_key,
     check_name,
     folded,
+    index_entries,
     index_keys,
     soundtrack_of,
 )
@@ -127,10 +128,40 @@ class LocalStorage:
         names = {key.partition("/")[2] for key in index_keys(data, str(target))}
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._publishing(soundtrack).commit(data, names)
+            retired = self._superseded(soundtrack, data)
+            self._publishing(soundtrack).commit(data, names, retired)
         except OSError as exc:
             raise _error(f"cannot write {target}", exc) from None
         return target.as_uri()
+
+    def _superseded(self, soundtrack: str, data: bytes) -> dict[str, str]:
+        """Stem files (<track>.<stem>.<ext>, and their pictures) the folder's lock lists for a
+        track the new lock lists too, which the new lock no longer names (the mix published
+        again, its new stems rejected), while they are as published: name -> sha256. At their
+        stable names they would pass for the new mix's layers. Other files the lock stops
+        naming (a dropped format) are gc's; a file someone changed since is not ours."""
+        previous = self.read_index(soundtrack)
+        if previous is None:
+            return {}
+        where = str(self.root / soundtrack / INDEX_NAME)
+        try:
+            before = index_entries(previous, where)
+        except StorageError:  # an unreadable lock proves nothing ours
+            return {}
+        after = index_entries(data, where)
+        kept = {key for entries in after.values() for key in entries}
+        superseded = {}
+        for track_id, entries in before.items():
+            if track_id not in after:
+                continue  # a track gone from the manifest: its files are gc's to delete
+            for key, sha256 in entries.items():
+                folder, _, name = key.partition("/")
+                stem_file = name.startswith(f"{track_id}.") and name.count(".") == 2
+                if key in kept or sha256 is None or folder != soundtrack or not stem_file:
+                    continue
+                if self._sha256_now(key) == sha256:
+                    superseded[name] = sha256
+        return superseded
 
     def review_key(self, soundtrack: str) -> str:
         """<soundtrack>/review.html, beside the lock."""

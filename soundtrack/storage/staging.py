@@ -21,7 +21,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,10 +51,12 @@ class Publishing:
     def staged(self, name: str) -> Path:
         return self.control / "staged" / name
 
-    def commit(self, lock: bytes, names: set[str]) -> int:
-        """Put every staged file named in `names` in place, then `lock` as the folder's lock;
-        returns how many files changed. On a failed rename the folder is left as it was."""
-        files = []
+    def commit(self, lock: bytes, names: set[str], retired: Mapping[str, str]) -> int:
+        """Put every staged file named in `names` in place, remove the `retired` ones (name ->
+        sha256: stems of the previous lock this one no longer names), then `lock` as the
+        folder's lock; returns how many files changed. On a failed rename the folder is left
+        as it was."""
+        files: list[dict[str, object]] = []
         for name in sorted(names):
             staged = self.staged(name)
             if staged.is_file():
@@ -62,6 +64,10 @@ class Publishing:
                 files.append(
                     {"name": name, "sha256": file_sha256(staged), "new": not target.exists()}
                 )
+        files += [
+            {"name": name, "sha256": sha256, "new": False, "retired": True}
+            for name, sha256 in sorted(retired.items())
+        ]
         self.control.mkdir(exist_ok=True)
         _write(self.control / "lock.json", lock)
         record = {"direction": "forward", "files": files}
@@ -141,6 +147,11 @@ class Publishing:
         for entry in files:
             name = str(entry["name"])
             staged, target, kept = self.staged(name), self.folder / name, previous / name
+            if entry.get("retired"):
+                if target.exists() and not kept.exists():
+                    os.link(target, kept)  # kept aside, as a replaced file is, to undo
+                target.unlink(missing_ok=True)
+                continue
             if not staged.exists():
                 continue  # already in place
             if target.exists() and not kept.exists():

@@ -71,6 +71,48 @@ def test_nothing_in_the_folder_changes_until_the_lock_is_written(tmp_path: Path)
     assert not (folder / ".publishing").exists()
 
 
+def test_a_rebuilt_track_takes_its_files_the_new_lock_no_longer_names_with_it(
+    tmp_path: Path,
+) -> None:
+    """A mix published again whose new stems were rejected left the old mix's stems at their
+    stable names, where an engine would load them as the new mix's layers."""
+    storage = LocalStorage(str(tmp_path / "out"), tmp_path / "out")
+    folder = tmp_path / "out" / SOUNDTRACK
+
+    def lock(version: int, files: dict[str, list[tuple[str | None, Asset]]]) -> bytes:
+        tracks = []
+        for track_id, assets in files.items():
+            entries = []
+            for stem, asset in assets:
+                key = storage.asset_key(SOUNDTRACK, track_id, "s", asset.ext, stem=stem)
+                storage.put_asset(
+                    asset.path, key, sha256=asset.sha256, content_type="audio/ogg", metadata={}
+                )
+                entries.append({"format": asset.ext, "key": key, "sha256": asset.sha256})
+            tracks.append({"id": track_id, "status": "approved", "files": entries})
+        return json.dumps({"soundtrack": SOUNDTRACK, "version": version, "tracks": tracks}).encode()
+
+    def asset(name: str, seed: int) -> Asset:
+        return make_asset(tmp_path / "files", name, "ogg", size=2000, seed=seed)
+
+    first = {
+        "boss": [(None, asset("boss", 1)), ("drums", asset("d", 2)), ("bass", asset("b", 3))],
+        "title": [(None, asset("title", 4)), ("drums", asset("t", 5))],
+        "credits": [(None, asset("credits", 6))],
+    }
+    storage.write_index(SOUNDTRACK, lock(1, first))
+    (folder / "boss.bass.ogg").write_bytes(b"edited by hand since")
+    # boss: a new mix, no stems; title: unchanged; credits: gone from the manifest.
+    storage.write_index(
+        SOUNDTRACK, lock(2, {"boss": [(None, asset("boss", 7))], "title": first["title"]})
+    )
+    names = {p.name for p in folder.iterdir() if p.is_file()}
+    assert "boss.drums.ogg" not in names, "the old mix's stem went with it"
+    assert {"boss.bass.ogg", "credits.ogg", "title.drums.ogg"} <= names  # not ours / gc's / kept
+    assert sha256_of(folder / "boss.ogg") == asset("boss", 7).sha256
+    assert not (folder / ".publishing").exists()
+
+
 def test_a_rename_that_fails_midway_leaves_the_folder_matching_the_previous_lock(
     tmp_path: Path,
 ) -> None:
