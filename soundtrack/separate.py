@@ -155,21 +155,19 @@ def stem_model_problem(stem_model: str) -> str | None:
             f"stem_model {stem_model!r} is not a separation model's directory (no {CONFIG} in "
             f"{directory.absolute()}); {how_to_provide_demucs()}"
         )
-    from safetensors import SafetensorError, safe_open
+    from soundtrack.models.source import safetensors_problem  # it imports this module
 
     try:
-        for member in _members(directory, _read_config(directory)):
-            path = directory / member.file
-            try:
-                with safe_open(str(path), framework="numpy"):
-                    pass
-            except (OSError, SafetensorError) as error:
-                what = "missing" if not path.exists() else f"not safetensors ({error})"
-                raise ModelLoadError(
-                    f"stem_model {stem_model!r}: {member.file} is {what}"
-                ) from None
+        members = _members(directory, _read_config(directory))
     except ModelLoadError as error:
         return str(error)
+    for member in members:
+        path = directory / member.file
+        if not path.is_file():
+            return f"stem_model {stem_model!r}: {member.file} is missing"
+        problem = safetensors_problem(path)
+        if problem:
+            return f"stem_model {stem_model!r}: {member.file} is not safetensors ({problem})"
     return None
 
 

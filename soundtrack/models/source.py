@@ -268,14 +268,14 @@ def check_weights(directory: Path, model: str) -> None:
                 f"{found if pickles else ''}; {how_to_provide(model)}"
             )
         for path in weights:
-            problem = _safetensors_problem(path)
+            problem = safetensors_problem(path)
             if problem:
                 raise ModelLoadError(
                     f"model {model!r}: {path} is not a safetensors file ({problem})"
                 )
 
 
-def _safetensors_problem(path: Path) -> str | None:
+def safetensors_problem(path: Path) -> str | None:
     """Why `path` is no safetensors file: its first 8 bytes give the length of a JSON header."""
     size = path.stat().st_size
     with path.open("rb") as handle:
