@@ -161,7 +161,6 @@ def generate_on_pool(
     """Send one batch, its tracks as resolved here, to the render-batch deployment; wait for
     it and fetch its renders."""
     parameters = {"specs": specs, "storage": storage_url, "base_dir": base_dir, "device": device}
-    # Called from a sync task, so this is the FlowRun (the annotation also admits a coroutine).
     child = run_on_pool(deployment, parameters)
     storage = open_storage(storage_url, base_dir=Path(base_dir))
     cache = RenderCache(Path(cache_dir))

@@ -62,7 +62,7 @@ def stop_waits_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def wait_until(took: Callable[[], bool], waiting: str, *, poll_s: float = POLL_S) -> None:
+def wait_until(took: Callable[[], bool], waiting: str) -> None:
     """Call `took` until it says it took what it waits for; log `waiting` once; raise Stopped
     when the build is stopped meanwhile."""
     logged = False
@@ -70,7 +70,7 @@ def wait_until(took: Callable[[], bool], waiting: str, *, poll_s: float = POLL_S
         if not logged:
             get_run_logger().info(waiting)
             logged = True
-        if STOPPING.wait(poll_s):
+        if STOPPING.wait(POLL_S):
             raise Stopped(f"the build was stopped while it waited ({waiting})")
 
 
@@ -87,8 +87,7 @@ def check_deployment(name: str) -> None:
         except ObjectNotFound:
             raise InputError(
                 f"render pool {name!r}: the Prefect server at {client.api_url} has no such "
-                "deployment "
-                "(deploy it with `prefect deploy`: docs/operations.md)"
+                "deployment (deploy it with `prefect deploy`: docs/operations.md)"
             ) from None
 
 
