@@ -15,7 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,18 @@ def start_build(workdir: Path, env: dict[str, str], args: list[str]) -> subproce
             stderr=subprocess.STDOUT,
             start_new_session=True,  # for the clean-up only: the kill test kills one process
         )
+
+
+@contextmanager
+def killed_if_left(*processes: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Each build's process group still running when the block ends (an assertion failed) is
+    killed, so no test leaves a build behind."""
+    try:
+        yield
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def flow_running(workdir: Path) -> bool:
@@ -360,15 +373,11 @@ def test_a_build_killed_while_it_renders_leaves_the_gpu_to_the_next(
         assert time.monotonic() < deadline, "the long build never took the GPU"
         time.sleep(0.1)
     waiting = start_build(workdir, env, args)
-    try:
+    with killed_if_left(killed, waiting):
         waits_for_the_gpu(waiting, workdir)
         os.kill(killed.pid, signal.SIGKILL)
         killed.wait()
         waiting.wait(timeout=300)
-    finally:
-        for process in (killed, waiting):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
     log = (workdir / "build.log").read_text(errors="replace")
     assert waiting.returncode == 0, log
     assert {"sting-a.ogg", "sting-b.ogg"} <= {
@@ -386,14 +395,10 @@ def test_a_build_signalled_with_its_process_group_stops_cleanly(
     workdir, env, args = first_run
     (workdir / "m.yaml").write_text(MANIFEST.replace("duration: 2", "duration: 60"))
     process = start_build(workdir, env, args)
-    servers: dict[int, int] = {}
-    try:
+    with killed_if_left(process):
         servers = wait_for_server(process, workdir, lambda: gpu_held(Path(env["PREFECT_HOME"])))
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=240)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
     log = (workdir / "build.log").read_text(errors="replace")
     assert process.returncode != 0 and "aborted by a termination signal" in log, log
     assert "Traceback" not in log and "Unable to connect" not in log, log
@@ -433,13 +438,10 @@ def test_a_build_waiting_for_the_gpu_stops_when_signalled(
     with (home / GPU_LOCK_FILE).open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another build rendering, for as long as this lasts
         process = start_build(workdir, env, args)
-        try:
+        with killed_if_left(process):
             waits_for_the_gpu(process, workdir)
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
     log = (workdir / "build.log").read_text(errors="replace")
     assert process.returncode != 0 and "aborted by a termination signal" in log, log
     assert "the build was stopped while it waited" in log and "Traceback" not in log, log
