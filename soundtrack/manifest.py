@@ -343,11 +343,33 @@ def _describe(error: Any, model_fields: dict[str, list[str]]) -> tuple[str, str]
     if kind == "string_pattern_mismatch" and error["ctx"]["pattern"] in PATTERN_WORDS:
         return path, f"{PATTERN_WORDS[error['ctx']['pattern']]} (got {_quoted(given)})"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if (
+        isinstance(given, str)
+        and kind in _QUOTED_HINTS
+        and (kind == "bool_type" or _numeric(given))
+    ):
+        return path, f"{message} (got {_quoted(given)}): {_QUOTED_HINTS[kind]}"
     # The value as a whole token: "0" inside "greater than or equal to 0.4" is not the input.
     shown = re.compile(rf"(?<![\w.]){re.escape(repr(given))}(?![\w.])")
     if given is not None and not isinstance(given, dict | list) and not shown.search(message):
         message += f" (got {_quoted(given)})"
     return path, message
+
+
+# The manifest's types are JSON's: a quoted value is text (schema._Strict says why).
+_QUOTED_HINTS = {
+    "float_type": "write the number without quotes",
+    "int_type": "write the number without quotes",
+    "bool_type": "write true or false, without quotes",
+}
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _quoted(value: Any) -> str:

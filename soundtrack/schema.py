@@ -54,16 +54,13 @@ WINDOWS_DEVICE_NAMES = frozenset(
 )
 
 
-def _takes_numbers(annotation: Any) -> bool:
-    """Whether a field's type admits a number but not a bool (int, float, Literal[1, 2], ...)."""
-    if annotation is bool:
-        return False
-    if annotation in (int, float):
+def _admits(annotation: Any, kind: type) -> bool:
+    """Whether a field's type admits values of exactly `kind` (through unions and Literals)."""
+    if annotation is kind:
         return True
     if get_origin(annotation) is Literal:
-        return any(isinstance(arg, int | float) for arg in get_args(annotation))
-    args = get_args(annotation)
-    return any(_takes_numbers(arg) for arg in args) and bool not in args
+        return any(type(arg) is kind for arg in get_args(annotation))
+    return any(_admits(arg, kind) for arg in get_args(annotation))
 
 
 # Text a model reads is refused blank (Track._model_text); the schema says so to editors too.
@@ -71,17 +68,22 @@ _NOT_BLANK: dict[str, Any] = {"pattern": r"\S"}
 
 
 class _Strict(BaseModel):
+    # strict: a manifest's types are the JSON Schema's, so `duration: "5"`, `loop: "yes"` or
+    # `loop: 1` are refused as an editor refuses them, not quietly read as 5.0 or true.
     # allow_inf_nan=False: `.inf` or `.nan` would silently switch a gate off (every comparison
     # with nan is false); no setting of a manifest has a use for them.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic reads a bool as 1 or 0 where a number is expected: `seed: true` would be 1.
+    def _json_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         name = info.field_name
-        if isinstance(value, bool) and name and _takes_numbers(cls.model_fields[name].annotation):
+        annotation = cls.model_fields[name].annotation if name else None
+        if isinstance(value, bool) and (_admits(annotation, int) or _admits(annotation, float)):
             raise ValueError("expected a number, not a boolean")
+        # JSON Schema counts 7.0 as an integer; strict pydantic would not.
+        if isinstance(value, float) and value.is_integer() and not _admits(annotation, float):
+            return int(value) if _admits(annotation, int) else value
         return value
 
 
@@ -177,6 +179,16 @@ SamplingSettings = Annotated[
 GateSeverity = Literal["fail", "warn", "off"]
 
 
+def _bare_off(schema: dict[str, JsonValue]) -> None:
+    # YAML 1.1 (PyYAML) reads a bare `off` as false, and the manifest takes it as "off".
+    any_of = schema["anyOf"]
+    assert isinstance(any_of, list)
+    any_of.append({"const": False})
+
+
+Severity = Annotated[GateSeverity | None, Field(json_schema_extra=_bare_off)]
+
+
 class GatesSpec(_Strict):
     """Overrides of the quality gates' limits and severities (docs/gates.md); unset keys keep
     the defaults. A severity named for a gate also applies to its per-format checks."""
@@ -195,26 +207,22 @@ class GatesSpec(_Strict):
     tempo_tolerance_pct: float | None = Field(
         default=None, gt=0, le=25, description="Tempo gate: allowed deviation from bpm, percent."
     )
-    silence: GateSeverity | None = None
-    clipping: GateSeverity | None = None
-    dropout: GateSeverity | None = None
-    lead_silence: GateSeverity | None = None
-    trail_silence: GateSeverity | None = None
-    loudness: GateSeverity | None = None
-    true_peak: GateSeverity | None = None
-    dc_offset: GateSeverity | None = None
-    duration: GateSeverity | None = None
-    sample_rate: GateSeverity | None = None
-    channels: GateSeverity | None = None
-    loop_seam_jump: GateSeverity | None = None
-    loop_seam_loudness: GateSeverity | None = None
-    tempo: GateSeverity | None = Field(
-        default=None, description="Measured tempo vs bpm (default: fail)."
-    )
-    key: GateSeverity | None = Field(
-        default=None, description="Measured key vs key (default: warn)."
-    )
-    theme: GateSeverity | None = Field(
+    silence: Severity = None
+    clipping: Severity = None
+    dropout: Severity = None
+    lead_silence: Severity = None
+    trail_silence: Severity = None
+    loudness: Severity = None
+    true_peak: Severity = None
+    dc_offset: Severity = None
+    duration: Severity = None
+    sample_rate: Severity = None
+    channels: Severity = None
+    loop_seam_jump: Severity = None
+    loop_seam_loudness: Severity = None
+    tempo: Severity = Field(default=None, description="Measured tempo vs bpm (default: fail).")
+    key: Severity = Field(default=None, description="Measured key vs key (default: warn).")
+    theme: Severity = Field(
         default=None, description="A variation's melody vs its parent's (default: fail)."
     )
 
