@@ -3,9 +3,10 @@ onset rate and timbre. Numbers only; the gates judge them.
 
 All features come from one STFT (2048 points, hop 512) of a mono mix resampled to 22050 Hz.
 
-- Tempo: first the strongest lag of the onset envelope's autocorrelation weighted by a
-  log-normal prior at 120 bpm (or at `bpm_hint`), one octave wide, as librosa.feature.tempo
-  weighs its tempogram (which cost a third of the analysis time). A lag grid is 1-7 % coarse,
+- Tempo: first the strongest lag of the onset envelope's autocorrelation (smoothed over 1.5
+  frames, so a peak between two lags keeps its height) weighted by a log-normal prior at 120
+  bpm (or at `bpm_hint`), one octave wide, as librosa.feature.tempo weighs its tempogram
+  (which cost a third of the analysis time). A lag grid is 1-7 % coarse,
   so the period is refined on the same autocorrelation: the peak near one beat, then near 2,
   4, 8 ... beats, up to half the audio, each located by parabolic interpolation, so the
   period's error shrinks with the lag (measured: under 0.03 % at 55-190 bpm).
@@ -33,10 +34,12 @@ All features come from one STFT (2048 points, hop 512) of a mono mix resampled t
   from it on). The phase's score is the median over its beats, so one outsized onset (the
   first after silence) does not decide it. Either cue alone finds the bars of the test grooves;
   without a kick, chords sharing notes (C, Am, F, G arpeggios) can mislead the chroma cue.
-- Key: the mean chroma (its square root, so loud chords do not drown the rest) correlated with
-  Temperley's (Kostka-Payne) profiles in all 24 keys. key_confidence is the correlation margin:
-  the best key's Pearson r minus the runner-up's (0 = a tie, often with the relative key; the
-  test grooves 0.10-0.23). No key when no profile correlates at 0.5 or more (noise: 0.37).
+- Key: the mean chroma (bins centred on the music's own tuning, estimated first, so A=432 or
+  A=448 reads as A=440 does; its square root, so loud chords do not drown the rest)
+  correlated with Temperley's (Kostka-Payne) profiles in all 24 keys. key_confidence is the
+  correlation margin: the best key's Pearson r minus the runner-up's (0 = a tie, often with the
+  relative key; the test grooves 0.10-0.23). No key when no profile correlates at 0.5 or more
+  (noise: 0.37).
 - Timbre: mean and standard deviation of MFCCs 1-12 (not 0, which is level) over the frames
   within 60 dB of the loudest. timbre_distance is the root-mean-square difference of these 24
   numbers (log-mel dB units): 2-5 between variants of one arrangement (tempo, key, seed),
@@ -73,6 +76,7 @@ ACCENT_MAX_HZ = 2000.0
 DOWNBEAT_MAX_HZ = 200.0
 PULSE_CLARITY_MIN = 0.25
 TEMPO_RANGE_BPM = (30.0, 320.0)  # librosa's tempo estimate's range
+COARSE_SMOOTHING_FRAMES = 1.5  # the Gaussian's width (sigma) over the lag grid, in frames
 DOUBLE_OFFBEAT_RATIO = 0.6
 HALVE_ALTERNATE_RATIO = 0.4
 OCTAVE_RULE_BPM = (50.0, 200.0)
@@ -308,7 +312,7 @@ def _features(audio: np.ndarray, sample_rate: int) -> _Features:
         onsets=flux(np.ones(mel.shape[0], dtype=bool)),
         accents=flux(mel_hz < ACCENT_MAX_HZ),
         low_onsets=flux(mel_hz < DOWNBEAT_MAX_HZ),
-        chroma=librosa.feature.chroma_stft(S=power, sr=ANALYSIS_RATE, tuning=0.0, norm=None),
+        chroma=librosa.feature.chroma_stft(S=power, sr=ANALYSIS_RATE, tuning=None, norm=None),
         timbre=tuple(float(v) for v in np.concatenate([active.mean(axis=1), active.std(axis=1)])),
         centroid_hz=float(freqs @ spectrum / max(float(spectrum.sum()), 1e-20)),
     )
@@ -340,6 +344,9 @@ def _tempo(features: _Features, bpm_hint: float | None, beats_per_bar: int) -> f
     return bpm
 
 
+_COARSE_KERNEL = np.exp(-0.5 * (np.arange(-4, 5) / COARSE_SMOOTHING_FRAMES) ** 2)
+
+
 def _coarse_period(autocorrelation: np.ndarray, prior_bpm: float) -> float:
     """The lag (frames) of the strongest periodicity within TEMPO_RANGE_BPM, weighted as
     librosa.feature.tempo weights its tempogram: log-normal, one octave wide, at `prior_bpm`."""
@@ -349,7 +356,11 @@ def _coarse_period(autocorrelation: np.ndarray, prior_bpm: float) -> float:
         min(math.floor(60.0 * _FRAME_RATE / slowest), autocorrelation.size - 1) + 1,
     )
     weight = np.exp(-0.5 * np.log2(60.0 * _FRAME_RATE / lags / prior_bpm) ** 2)
-    return float(lags[np.argmax(np.maximum(autocorrelation[lags], 0.0) * weight)])
+    # Sharp attacks make peaks about one frame wide: one between two lags reads half its height
+    # and loses to a multiple of the beat that falls on a lag (175 bpm, prior 87.5: 3 beats).
+    # Smoothed, every peak is sampled near its height.
+    smoothed = np.convolve(autocorrelation, _COARSE_KERNEL, mode="same")
+    return float(lags[np.argmax(np.maximum(smoothed[lags], 0.0) * weight)])
 
 
 def _autocorrelation(envelope: np.ndarray) -> np.ndarray:

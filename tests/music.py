@@ -19,8 +19,8 @@ _CYCLE_LEVELS_DB = (0.0, -4.0, -1.0, -6.0, -2.0, -8.0, -3.0, -5.0)
 _CYCLE_ROOTS = (0, 9, 5, 7, 0, 9, 2, 7)  # I vi IV V I vi ii V in C major (MIDI 60 = C)
 
 
-def _midi_hz(note: float) -> float:
-    return float(440.0 * 2.0 ** ((note - 69.0) / 12.0))
+def _midi_hz(note: float, a4_hz: float = 440.0) -> float:
+    return float(a4_hz * 2.0 ** ((note - 69.0) / 12.0))
 
 
 def _add(out: np.ndarray, start: int, sound: np.ndarray) -> None:
@@ -64,11 +64,13 @@ def drum_and_bass(
     beats_per_bar: int = 4,
     lead_in_s: float = 0.0,
     seed: int = 0,
+    a4_hz: float = 440.0,
 ) -> tuple[np.ndarray, list[int]]:
     """Stereo groove (peak -6 dBFS) and its true downbeats in samples. Kick on beat 1 (and on
     the middle beat when beats_per_bar is even), snare on the others, hats on eighths, a bass
     note and a chord pad attacked on each downbeat (I-IV-V-I; minor i-iv-V-i). The first
-    downbeat is at `lead_in_s`, after a pickup of hats on the eighths before it."""
+    downbeat is at `lead_in_s`, after a pickup of hats on the eighths before it; the notes are
+    tuned to `a4_hz` (A=432 is 32 cents flat)."""
     tonic = parse_key(key)
     rng = np.random.default_rng(seed)
     frames = round(duration_s * sample_rate)
@@ -84,8 +86,9 @@ def drum_and_bass(
         root, quality = progression[b % len(progression)]
         root_midi = 48 + (tonic.tonic + root) % 12  # C3..B3
         length = round(bar) + round(0.5 * sample_rate)
-        bass = _tone((_midi_hz(root_midi - 12),), length, sample_rate, 0.8 * bar / sample_rate)
-        chord = tuple(_midi_hz(root_midi + 12 + i) for i in _TRIADS[quality])
+        bass_hz = _midi_hz(root_midi - 12, a4_hz)
+        bass = _tone((bass_hz,), length, sample_rate, 0.8 * bar / sample_rate)
+        chord = tuple(_midi_hz(root_midi + 12 + i, a4_hz) for i in _TRIADS[quality])
         pad = _tone(chord, length, sample_rate, bar / sample_rate)
         _add(out, start, np.stack([0.5 * bass + 0.12 * pad, 0.5 * bass + 0.18 * pad]))
         for i in range(beats_per_bar):
@@ -149,3 +152,14 @@ def drone(key: str, duration_s: float, sample_rate: int) -> np.ndarray:
     mono = mono * (0.7 + 0.3 * np.sin(2.0 * np.pi * t / 7.0))
     mono *= 10 ** (-6.0 / 20.0) / np.abs(mono).max()
     return np.stack([mono, mono]).astype(np.float32)
+
+
+def clicks(bpm: float, duration_s: float, sample_rate: int) -> np.ndarray:
+    """Mono metronome (peak -6 dBFS): a 1500 Hz ping with an instant attack and a 4 ms decay on
+    every beat, each the sharpest onset a frame can hold."""
+    t = np.arange(round(0.03 * sample_rate)) / sample_rate
+    ping = np.sin(2.0 * np.pi * 1500.0 * t) * np.exp(-t / 0.004)
+    out = np.zeros(round(duration_s * sample_rate))
+    for k in range(int(duration_s * bpm / 60.0) + 1):
+        _add(out, round(k * 60.0 / bpm * sample_rate), ping)
+    return (0.5 * out / np.abs(out).max())[None].astype(np.float32)

@@ -17,7 +17,7 @@ from soundtrack.analysis import Analysis, analyse, analysis_row, compare, timbre
 from soundtrack.audio import write_wav
 from soundtrack.errors import AudioError
 from soundtrack.loudness import loudness_range_lu
-from tests.music import chord_cycle, drone, drum_and_bass
+from tests.music import chord_cycle, clicks, drone, drum_and_bass
 from tests.reference import ebur128_lra
 from tests.signals import music_like, pink_noise
 
@@ -84,6 +84,18 @@ def test_a_hint_picks_half_or_double_the_level(bpm: float, hint: float, level: f
     measured = analyse(audio, RATE, bpm_hint=hint).tempo_bpm
     assert measured is not None
     assert abs(measured / level - 1.0) < 0.002
+
+
+@pytest.mark.parametrize("bpm", (90.0, 102.0, 111.0, 138.0, 159.0, 189.0, 195.0))
+def test_a_hint_at_half_or_double_the_tempo_finds_the_pulse(bpm: float) -> None:
+    # The tempo gate takes a manifest's bpm as the hint, and passes music at half or double it.
+    # Clicks' autocorrelation peaks are a frame wide: a grid of whole lags once missed the beat
+    # and read 2/3 of it here (90 bpm, hint 45: 60).
+    audio = clicks(bpm, 12.0, 22050)
+    for hint in (bpm / 2.0, bpm, 2.0 * bpm):
+        measured = analyse(audio, 22050, bpm_hint=hint).tempo_bpm
+        assert measured is not None, hint
+        assert min(abs(measured / (m * bpm) - 1.0) for m in (0.5, 1.0, 2.0)) < 0.002, hint
 
 
 @pytest.mark.parametrize("bpm", BPMS)
@@ -160,6 +172,14 @@ def test_the_key_of_a_groove(bpm: float, key: str) -> None:
     result = _analysed(bpm, key)
     assert result.key == key
     assert 0.05 < result.key_confidence <= 1.0
+
+
+@pytest.mark.parametrize("cents", (-45.0, -32.0, 32.0))
+@pytest.mark.parametrize("key", ("C major", "Eb major", "A major", "F# minor"))
+def test_the_key_of_music_tuned_away_from_a440(key: str, cents: float) -> None:
+    # A=432 is 32 cents flat; before the tuning was estimated, C major at +32 read F minor.
+    audio, _ = drum_and_bass(100.0, key, 12.0, 32000, a4_hz=440.0 * 2.0 ** (cents / 1200.0))
+    assert analyse(audio, 32000, bpm_hint=100.0).key == key
 
 
 def test_transposing_changes_only_the_key() -> None:
