@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -41,6 +42,9 @@ GPU_LOCK_FILE = "soundtrack-gpu.lock"  # in PREFECT_HOME, beside the database th
 GPU_TAKE_S = 5.0  # to take a slot the server showed free
 
 
+_TURN = threading.Lock()  # one batch of this process renders at a time, as one per machine
+
+
 @contextmanager
 def gpu_slot() -> Iterator[None]:
     """One batch at a time on this machine's GPU. With a Prefect server, its concurrency limit;
@@ -49,6 +53,9 @@ def gpu_slot() -> Iterator[None]:
     slot would block every later build sharing its PREFECT_HOME, forever."""
     settings = get_current_settings()
     with ExitStack() as held:
+        # This build's own batches take turns quietly first: "another build" is for others.
+        wait_until(lambda: _TURN.acquire(blocking=False), "for the batch before it", log=False)
+        held.callback(_TURN.release)
         if settings.api.url:
             client = held.enter_context(get_client(sync_client=True))
 

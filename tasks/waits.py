@@ -62,10 +62,10 @@ def stop_waits_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def wait_until(took: Callable[[], bool], waiting: str) -> None:
-    """Call `took` until it says it took what it waits for; log `waiting` once; raise Stopped
-    when the build is stopped meanwhile."""
-    logged = False
+def wait_until(took: Callable[[], bool], waiting: str, *, log: bool = True) -> None:
+    """Call `took` until it says it took what it waits for; log `waiting` once (unless not
+    `log`); raise Stopped when the build is stopped meanwhile."""
+    logged = not log
     while not took():
         if not logged:
             get_run_logger().info(waiting)

@@ -234,6 +234,8 @@ def test_one_build_renders_with_all_four_model_families(
     report = json.loads((workdir / "report.json").read_text())
     assert set(statuses(report).values()) == {"approved"}
     assert report["model_loads"] == 4, "each model loaded once"
+    # Its batches take turns; none of them is another build to wait for.
+    assert "another build" not in result.stdout + result.stderr
     out = workdir / "out" / "mixed"
     lock = json.loads((out / "soundtrack.lock.json").read_text())
     # The variation is rendered from its parent's published file, in a task of its own, and its

@@ -77,3 +77,41 @@ def test_a_build_waits_for_the_servers_gpu_slot_then_takes_it_or_stops(
         finally:
             STOPPING.clear()
         APILogHandler().flush()  # to this server: after the block there is none to send them to
+
+
+def test_a_builds_own_batches_take_turns_without_saying_another_build_waits(
+    prefect_server: PrefectServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two batches of one build rendering on the CPU logged "another build holds the GPU"
+    while they waited for each other."""
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    rendering = threading.Event()
+
+    @task
+    def render() -> tuple[float, float]:
+        with gpu_slot():
+            rendering.set()
+            started = time.monotonic()
+            time.sleep(2)
+            return started, time.monotonic()
+
+    @flow
+    def build() -> list[tuple[float, float]]:
+        first = render.submit()
+        assert rendering.wait(30)
+        second = render.submit()  # while the first holds the slot
+        return [first.result(), second.result()]
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        with get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, 1)
+        with caplog.at_level(logging.INFO):
+            first, second = sorted(build())
+        said = [r.getMessage() for r in caplog.records]
+        assert second[0] >= first[1], "one batch at a time"
+        assert not [line for line in said if "another build" in line], said
+        APILogHandler().flush()
