@@ -26,6 +26,7 @@ from soundtrack.catalog import limit_problems
 from soundtrack.errors import InputError, ModelLoadError, StorageError
 from soundtrack.inputs import CheckedInputs, check_inputs
 from soundtrack.models import check_model, load_count, one_resident
+from soundtrack.models.device import requested_device, resolve_device
 from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build, reusable, select
 from soundtrack.plan import batch as into_batches
 from soundtrack.publish import index_of, lock_bytes, track_record
@@ -148,6 +149,7 @@ def prepare(
 
     `reports` are further files the caller will write (--report, --junit).
     """
+    requested_device(options.device)  # a mistyped name is bad input even when all is cached
     checked = check_inputs(
         manifest,
         out=options.out,
@@ -167,6 +169,8 @@ def prepare(
     plan = _plan(checked, lock, options)
     if options.local_models:
         _check_models(plan, given=" (--model)" if options.model else "")
+        if plan.todo or plan.variations:
+            _check_device(options.device)
     logger.info(
         "%d tracks: %d cached, %d to render in %d batches, %d recordings, %d variations (after "
         "their parents)",
@@ -340,6 +344,14 @@ def _plan(checked: CheckedInputs, lock: BuildReport | None, options: Options) ->
     )
 
 
+def _check_device(device: str | None) -> None:
+    """The device renders run on is here (torch sees it): found now, not at the render."""
+    try:
+        resolve_device(device)
+    except ModelLoadError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _check_models(plan: Plan, *, given: str) -> None:
     """Every model a batch needs is at hand, loadable, and can render its tracks (its files
     now say its family, which `validate` may have had to leave unchecked), and every stem
@@ -505,8 +517,6 @@ class _Tracks:
             # A device that holds one model at a time (a GPU) renders the batches in the plan's
             # order, each model's in a row, so that each model loads once; batches rendered
             # side by side would load (and hold) several. A render pool's machines load their own.
-            from soundtrack.models.device import resolve_device
-
             self._in_turn = not self.share_parents and one_resident(resolve_device(self.device))
         if self._in_turn and self._rendering:
             self._queued.append(batch)

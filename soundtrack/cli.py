@@ -15,7 +15,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from soundtrack.errors import InputError, ModelLoadError, SoundtrackError, StorageBusy
+from soundtrack.errors import (
+    AudioError,
+    InputError,
+    ModelLoadError,
+    SoundtrackError,
+    StorageBusy,
+)
 from soundtrack.paths import user_path
 from soundtrack.redaction import install_log_redaction, redact
 
@@ -165,12 +171,20 @@ def schema(
     else:
         from soundtrack.schema import json_schema
 
-    if output is not None and (output.suffix.lower() != ".json" or output.is_dir()):
-        fail(InputError(f"--output {output}: give a .json file (a schema is JSON)"))
+    if output is not None:
+        try:
+            if output.is_dir():
+                raise InputError(f"--output {output} is a folder: give a .json file in it")
+            if output.suffix.lower() != ".json":
+                raise InputError(f"--output {output}: give a .json file (a schema is JSON)")
+            _writable_folder(output.absolute().parent, "--output's folder")
+        except InputError as exc:
+            fail(exc)
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
     if output is None:
         typer.echo(text, nl=False)
     else:
+        output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
 
 
@@ -641,7 +655,12 @@ def inspect_files(
     from soundtrack.spec import LOUDNESS_PROFILES, GateLimits
 
     if loudness not in LOUDNESS_PROFILES:
-        fail(InputError(f"--loudness must be one of {sorted(LOUDNESS_PROFILES)}, got {loudness!r}"))
+        fail(
+            InputError(
+                f"--loudness must be one of {', '.join(sorted(LOUDNESS_PROFILES))}, "
+                f"got {loudness!r}"
+            )
+        )
     if duration is not None and not 0 < duration < float("inf"):  # NaN fails too
         fail(InputError(f"--duration must be a number of seconds above 0, got {duration:g}"))
     targets = _musical_targets(analysis, bpm, key, time_signature)
@@ -749,7 +768,12 @@ def _analysed(path: Path, targets: _Targets) -> Analysis:
     from soundtrack.audio import read_audio
 
     audio, sample_rate = read_audio(path)
-    return analyse(audio, sample_rate, beats_per_bar=targets.beats_per_bar, bpm_hint=targets.bpm)
+    try:
+        return analyse(
+            audio, sample_rate, beats_per_bar=targets.beats_per_bar, bpm_hint=targets.bpm
+        )
+    except AudioError as exc:  # "audio is 0.10 s long": which of the files
+        raise AudioError(f"{path}: {exc}") from None
 
 
 def _print_analysis(heard: Analysis) -> None:
@@ -783,12 +807,10 @@ def compare(
 
     Exit 0, or 2 when a file is missing or unreadable.
     """
-    from soundtrack.analysis import analyse
     from soundtrack.analysis import compare as compared
-    from soundtrack.audio import read_audio
 
     try:
-        heard = [analyse(*read_audio(path)) for path in (a, b)]
+        heard = [_analysed(path, _Targets(None, None, 4)) for path in (a, b)]
     except SoundtrackError as exc:
         fail(InputError(str(exc)))
     result = compared(*heard)
@@ -906,6 +928,9 @@ def build(
     _quiet_libraries()  # before anything imports tqdm, which reads its settings once
     from soundtrack.build import Options, prepare
 
+    if out is not None and not out.strip():
+        # An unset CI variable (`--out "$ASSETS"`) would otherwise publish into the cwd.
+        fail(InputError("--out is empty: give a folder or an s3:// URL"))
     if out is not None and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", out):
         # A folder typed on the command line means one relative to where it was typed.
         out = str(user_path(out).resolve())
@@ -1103,11 +1128,18 @@ def gc(
     on stderr. Exit 0 on success, 1 when storage fails, 2 for bad input, 75 when a build of
     the soundtrack is publishing (--delete waits for none).
     """
-    from soundtrack.storage import open_storage
+    from soundtrack.storage import INDEX_NAME, open_storage
 
     try:
         storage = open_storage(storage_url, base_dir=Path.cwd())
         names = [soundtrack] if soundtrack else storage.soundtracks()
+        if not names:
+            # A mistyped path, or a soundtrack's own folder, would otherwise pass as clean.
+            raise InputError(
+                f"{storage_url}: no soundtrack is published here (no <soundtrack>/{INDEX_NAME}); "
+                "give the storage a build publishes to (its --out or the manifest's storage), "
+                "not a soundtrack's own folder"
+            )
         with ExitStack() as held:
             if delete:
                 # A build publishing meanwhile may reuse a file its lock does not list yet.

@@ -181,27 +181,50 @@ def _licences(
 
 
 def check_apart(*, outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]]) -> None:
-    """Refuse when any output path equals an input, or one lies inside the other's folder.
+    """Refuse when any output path equals an input or another output, or one lies inside the
+    other's folder.
 
     Paths are compared after resolving symlinks and without regard to case, since a
     case-insensitive file system (macOS, Windows) makes `Audio/x.wav` and `audio/x.wav` one file.
     """
-    problems = []
-    for out_name, out_path in outputs:
-        for in_name, in_path in inputs:
-            a, b = _comparable(out_path), _comparable(in_path)
-            if a == b:
-                problems.append(f"{out_name} {out_path} is {in_name} {in_path}")
-            elif _inside(b, a):
-                problems.append(f"{out_name} {out_path} contains {in_name} {in_path}")
-            elif _inside(a, b):
-                problems.append(f"{out_name} {out_path} is inside {in_name} {in_path}")
+    # Two outputs may not overlap either: a report inside the soundtrack's folder would be
+    # written over a published file (or the lock), or deleted by `gc`.
+    clashes = [
+        clash
+        for i, (out_name, out_path) in enumerate(outputs)
+        for other_name, other_path in outputs[i + 1 :]
+        if (clash := _overlap(out_name, out_path, other_name, other_path))
+    ]
+    if clashes:
+        raise InputError(
+            "outputs overlap: one would overwrite another; write reports outside the "
+            "soundtrack's folder, each to its own file",
+            clashes,
+        )
+    problems = [
+        problem
+        for out_name, out_path in outputs
+        for in_name, in_path in inputs
+        if (problem := _overlap(out_name, out_path, in_name, in_path))
+    ]
     if problems:
         raise InputError(
             "outputs overlap inputs: a build would overwrite or delete what it reads; choose "
             "another storage folder (or soundtrack name), --out or $SOUNDTRACK_CACHE_DIR",
             problems,
         )
+
+
+def _overlap(name: str, path: Path, other_name: str, other_path: Path) -> str | None:
+    """How `path` overlaps `other_path` (the same, or one inside the other), or None."""
+    a, b = _comparable(path), _comparable(other_path)
+    if a == b:
+        return f"{name} {path} is {other_name} {other_path}"
+    if _inside(b, a):
+        return f"{name} {path} contains {other_name} {other_path}"
+    if _inside(a, b):
+        return f"{name} {path} is inside {other_name} {other_path}"
+    return None
 
 
 def _outputs(storage: Storage, soundtrack: str, reports: Sequence[Path]) -> list[tuple[str, Path]]:

@@ -7,6 +7,7 @@ GPU time is spent. The keys themselves are declared in soundtrack.schema.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import re
 from collections.abc import Hashable
@@ -226,6 +227,8 @@ def _read_text(path: Path) -> str:
             f"manifest {path} is {size} bytes; refusing anything above {MAX_MANIFEST_BYTES} bytes"
         )
     raw = path.read_bytes()
+    if _utf16(raw):
+        raise InputError(f"manifest {path} is UTF-16 text; save it as UTF-8")
     if b"\x00" in raw:
         raise InputError(f"manifest {path} is a binary file, not YAML text")
     try:
@@ -259,10 +262,7 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[str, int]]:
         if exc.context and exc.context_mark and exc.problem_mark:
             start = f"line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
             problem += f" ({exc.context} started at {start})"
-        raise InputError(
-            f"{path}: YAML error at {where}: {problem}",
-            [f"line {mark.line + 1}: {problem}" if mark else problem],
-        ) from None
+        raise InputError(f"{path}: YAML error at {where}: {problem}") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: YAML error: {exc}") from None
     finally:
@@ -340,6 +340,12 @@ def _describe(error: Any, model_fields: dict[str, list[str]]) -> tuple[str, str]
         return path, f"unknown key{hint} (allowed: {', '.join(allowed)})"
     if kind == "missing":
         return path, "required"
+    if kind == "too_short":
+        wanted, got = error["ctx"]["min_length"], error["ctx"]["actual_length"]
+        return (
+            path,
+            f"must list at least {wanted} {'entry' if wanted == 1 else 'entries'}, got {got}",
+        )
     if kind == "string_pattern_mismatch" and error["ctx"]["pattern"] in PATTERN_WORDS:
         return path, f"{PATTERN_WORDS[error['ctx']['pattern']]} (got {_quoted(given)})"
     message = str(error["msg"]).removeprefix("Value error, ")
@@ -502,6 +508,14 @@ def track_problems(fields: dict[str, Any]) -> tuple[Track | None, list[tuple[str
     except ValidationError as exc:
         allowed = _allowed_keys()
         return None, [_describe(error, allowed) for error in exc.errors()]
+
+
+def _utf16(raw: bytes) -> bool:
+    """Whether the file is UTF-16, as Windows editors save "Unicode": a byte-order mark, or
+    ASCII text with a zero byte beside each character."""
+    head = raw[:64]
+    zeros_beside = len(head) >= 4 and (not any(head[1::2]) or not any(head[::2]))
+    return raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or zeros_beside
 
 
 def _with_line(field: str, message: str, lines: dict[str, int]) -> str:

@@ -267,10 +267,14 @@ def to_junit(report: BuildReport) -> str:
         case = ET.SubElement(suite, "testcase", classname=report.soundtrack, name=track.id)
         failed_gates = [g for g in track.gates if not g.passed and g.severity == "fail"]
         if track.status == "rejected":
-            message = "; ".join(f"{g.name}: {g.value} (limit {g.limit})" for g in failed_gates)
+            # None: nothing to measure (a silent track has no loudness), not a number.
+            measured = {g.name: "nothing" if g.value is None else g.value for g in failed_gates}
+            message = "; ".join(
+                f"{g.name}: {measured[g.name]} (limit {g.limit})" for g in failed_gates
+            )
             failure = ET.SubElement(case, "failure", message=message or (track.reason or ""))
             failure.text = "\n".join(
-                f"{g.name}: measured {g.value}, limit {g.limit}" for g in failed_gates
+                f"{g.name}: measured {measured[g.name]}, limit {g.limit}" for g in failed_gates
             )
         elif track.status == "failed":
             ET.SubElement(case, "error", message=track.reason or "failed")

@@ -1,22 +1,39 @@
-"""Which torch device and dtype generation runs on, and how many CPU threads it uses."""
+"""Which torch device and dtype generation runs on, and how many CPU threads it uses.
+
+torch is imported where it is used: a build checks the device's name before anything loads."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
-
-import torch
+import re
+from typing import TYPE_CHECKING, Any
 
 from soundtrack.errors import InputError, ModelLoadError
 
+if TYPE_CHECKING:
+    import torch
+
 DEVICE_ENV = "SOUNDTRACK_DEVICE"
 SMALL_MODEL_PARAMETERS = 50_000_000  # below this, extra threads only add synchronisation
-DEVICE_KINDS = ("cuda", "mps", "cpu")
+
+
+def requested_device(device: str | None) -> str:
+    """The device asked for: an explicit one, else $SOUNDTRACK_DEVICE, else auto; InputError
+    for a name that is none (checked without importing torch)."""
+    requested = device or os.environ.get(DEVICE_ENV) or "auto"
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", requested):
+        raise InputError(
+            f"device must be auto, cpu, mps, cuda or cuda:N (argument or ${DEVICE_ENV}), "
+            f"got {requested!r}"
+        )
+    return requested
 
 
 def resolve_device(device: str | None) -> str:
     """An explicit device, else $SOUNDTRACK_DEVICE, else cuda, then mps, then cpu."""
-    requested = device or os.environ.get(DEVICE_ENV) or "auto"
+    import torch
+
+    requested = requested_device(device)
     if requested == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -24,11 +41,6 @@ def resolve_device(device: str | None) -> str:
             return "mps"
         return "cpu"
     kind = requested.split(":", 1)[0]
-    if kind not in DEVICE_KINDS:
-        raise InputError(
-            f"device must be auto, cpu, mps, cuda or cuda:N (argument or ${DEVICE_ENV}), "
-            f"got {requested!r}"
-        )
     if kind == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {requested!r} requested but torch sees no CUDA device")
     if kind == "mps" and not torch.backends.mps.is_available():
@@ -38,6 +50,8 @@ def resolve_device(device: str | None) -> str:
 
 def model_dtype(device: str) -> torch.dtype:
     """Half precision on accelerators (bf16 where supported), float32 on the CPU."""
+    import torch
+
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "mps":
@@ -47,6 +61,8 @@ def model_dtype(device: str) -> torch.dtype:
 
 def pipeline_modules(pipeline: Any) -> list[torch.nn.Module]:
     """A diffusers pipeline's torch modules (its tokenizers and scheduler are not)."""
+    import torch
+
     return [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
 
 
@@ -57,6 +73,8 @@ def pipeline_parameters(pipeline: Any) -> int:
 
 def set_cpu_threads(parameters: int) -> None:
     """One thread for tiny models (per-op overhead dominates), else every core we may run on."""
+    import torch
+
     if parameters < SMALL_MODEL_PARAMETERS:
         threads = 1
     elif hasattr(os, "sched_getaffinity"):

@@ -74,6 +74,12 @@ def test_compare_prints_a_table_and_a_verdict(grooves: dict[str, Path]) -> None:
 def test_compare_a_missing_file_exits_2(tmp_path: Path, grooves: dict[str, Path]) -> None:
     result = runner.invoke(app, ["compare", str(grooves["base"]), str(tmp_path / "nope.wav")])
     assert result.exit_code == 2 and "Traceback" not in result.output
+    # Too short to analyse: the message says which of the two.
+    short = tmp_path / "blip.wav"
+    sf.write(short, [0.1] * 4410, RATE)
+    result = runner.invoke(app, ["compare", str(grooves["base"]), str(short)])
+    assert result.exit_code == 2, result.output
+    assert f"{short}: audio is 0.10 s long" in " ".join(result.output.split())
 
 
 def test_inspect_analysis_measures_and_judges_tempo_and_key(grooves: dict[str, Path]) -> None:

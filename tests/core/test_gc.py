@@ -152,3 +152,18 @@ def test_a_journal_line_torn_by_a_crash_proves_nothing_and_the_next_one_is_whole
     garbage = storage.unreferenced(SOUNDTRACK)
     assert garbage.ours == []  # the credits build superseded title-theme, whose line is torn
     assert garbage.kept == [f"{SOUNDTRACK}/title-theme.ogg"]
+
+
+def test_a_storage_with_no_soundtrack_published_is_bad_input(tmp_path: Path) -> None:
+    """A mistyped path, a file, or a soundtrack's own folder listed 0 files and exited 0: a
+    nightly `gc` would have checked nothing, silently."""
+    root = tmp_path / "assets"
+    two_builds(LocalStorage("assets", root), tmp_path / "enc")
+    (tmp_path / "notes.txt").write_text("not storage")
+    before = snapshot(root)
+    for wrong in (tmp_path / "asets", tmp_path / "notes.txt", root / SOUNDTRACK):
+        result = CliRunner().invoke(app, ["gc", str(wrong), "--delete"])
+        assert result.exit_code == 2, result.output
+        assert "no soundtrack is published here" in " ".join(result.stderr.split())
+    assert snapshot(root) == before
+    assert CliRunner().invoke(app, ["gc", str(root)]).exit_code == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from typer.testing import CliRunner
 
 from soundtrack.cli import app
@@ -168,3 +169,58 @@ def test_a_home_folder_of_no_user_is_a_path_not_a_crash(
     assert f"{tmp_path}/~no-such-user-here/model': no such directory" in "".join(
         caught.value.problems
     )
+
+
+def test_a_report_may_not_overwrite_what_the_build_publishes_or_the_other_report(
+    tmp_path: Path,
+) -> None:
+    """`--report assets/game/credits.ogg` wrote JSON over the published file after publishing
+    it, and `--junit .../soundtrack.lock.json` replaced the lock; `--report X --junit X` kept
+    only one of the two."""
+    path = manifest(tmp_path)
+    published = tmp_path / "assets" / "game" / "credits.ogg"
+    published.parent.mkdir(parents=True)
+    published.write_bytes(b"OggS published")
+    lock = published.parent / "soundtrack.lock.json"
+    lock.write_text("{}")
+    for args in (
+        ["--report", str(published)],
+        ["--junit", str(lock)],
+        ["--report", str(tmp_path / "r.xml"), "--junit", str(tmp_path / "r.xml")],
+    ):
+        result = CliRunner().invoke(app, ["build", str(path), *args])
+        assert result.exit_code == 2, result.output
+        assert "outputs overlap: one would overwrite another" in result.stderr
+        assert "Traceback" not in result.output
+    assert published.read_bytes() == b"OggS published" and lock.read_text() == "{}"
+    assert not (tmp_path / "r.xml").exists()
+    # Reports beside the soundtrack's folder, even inside the storage, are fine.
+    check_inputs(path, reports=[tmp_path / "assets" / "report.json", tmp_path / "junit.xml"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", ""], "--out is empty"),
+        (["--out", " "], "--out is empty"),
+        (["--device", "tpu"], "device must be auto, cpu, mps, cuda or cuda:N"),
+        (["--device", "cuda:x"], "device must be auto, cpu, mps, cuda or cuda:N"),
+        pytest.param(
+            ["--device", "cuda"],
+            "torch sees no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here"),
+        ),
+    ],
+)
+def test_build_refuses_an_empty_out_or_a_device_it_cannot_use_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    """An unset CI variable (`--out "$ASSETS"`) published into the current folder, and a bad
+    --device started a Prefect server and a flow run, left an empty folder, then exited 2."""
+    path = manifest(tmp_path / "game")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["build", str(path), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert {p.name for p in tmp_path.iterdir()} <= {"cache", "game"}
+    assert sorted(p.name for p in (tmp_path / "game").iterdir()) == ["audio", "m.yaml"]

@@ -275,6 +275,15 @@ def test_schema_command_writes_only_a_json_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["schema", "-o", str(tmp_path / "s.json")])
     assert result.exit_code == 0
     assert json.loads((tmp_path / "s.json").read_text()) == json_schema()
+    # A new folder is made, as `generate -o` makes one; a folder or a file in the way is named.
+    result = runner.invoke(app, ["schema", "-o", str(tmp_path / "docs" / "s.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "docs" / "s.json").read_text()) == json_schema()
+    result = runner.invoke(app, ["schema", "-o", str(tmp_path / "docs")])
+    assert result.exit_code == 2 and "is a folder: give a .json file in it" in result.output
+    result = runner.invoke(app, ["schema", "-o", str(manifest / "s.json")])
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output
+    assert "Traceback" not in result.output
 
 
 HOUSE_RULE = """[{"type": "expect_column_max_to_be_between",
@@ -574,7 +583,7 @@ def test_a_file_of_too_many_values_is_refused_while_it_is_read(tmp_path: Path) -
     path.write_text(BASE + "x: [" + ",".join("x" * 150_000) + "]\n")
     with pytest.raises(InputError) as caught:
         load_manifest(path)
-    (problem,) = caught.value.problems
+    problem = str(caught.value)
     assert "more than 100,000 values; a manifest may hold at most 100,000" in problem
     assert "alias" not in problem
 
@@ -657,3 +666,12 @@ def test_gate_flag_sets_every_tracks_severity_and_refuses_nonsense(tmp_path: Pat
     for bad in ("tempo", "tempo=maybe", "tmepo=warn"):
         with pytest.raises(InputError, match="--gate"):
             gate_severities([bad])
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_utf16_manifest_is_named_as_such(tmp_path: Path, encoding: str) -> None:
+    """Windows editors save "Unicode" as UTF-16, which read as "a binary file"."""
+    path = tmp_path / "m.yaml"
+    path.write_text(BASE, encoding=encoding)
+    code, output = validate(path)
+    assert code == 2 and "is UTF-16 text; save it as UTF-8" in output, output

@@ -117,3 +117,13 @@ def test_index_keeps_serving_the_last_approved_files() -> None:
     assert by_id["new"].status == "failed"
     assert "gone" not in by_id and "left-out" not in by_id, "only tracks still in the manifest"
     assert index_of(now, None, ["b"]).tracks[0].status == "rejected"
+
+
+def test_junit_says_a_gate_had_nothing_to_measure_instead_of_none() -> None:
+    silent = GateResult("silence", None, ">= -70 LUFS", False, "fail")
+    rejected = track_record(make_spec(id="quiet"), "rejected", gates=[silent], reason="silence")
+    lock = BuildReport(soundtrack="game", storage="s3://bucket/x", tracks=[rejected])
+    failure = ET.fromstring(to_junit(lock).split("\n", 1)[1]).find("testcase/failure")
+    assert failure is not None
+    assert failure.get("message") == "silence: nothing (limit >= -70 LUFS)"
+    assert failure.text == "silence: measured nothing, limit >= -70 LUFS"
