@@ -73,8 +73,23 @@ def fail(exc: SoundtrackError) -> NoReturn:
     raise typer.Exit(EXIT_BUSY if isinstance(exc, StorageBusy) else EXIT_FAILED)
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"soundtrack-pipeline {version('soundtrack-pipeline')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _redact_logs() -> None:
+def _redact_logs(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
     # Before any command: every log record of this process, botocore's and the Prefect run
     # logs sent to the server included, has its secrets blanked (soundtrack/redaction.py).
     install_log_redaction()
@@ -638,8 +653,11 @@ def inspect_files(
         typer.Option(help="With --analysis: the key target (the key gate), e.g. A minor."),
     ] = None,
     time_signature: Annotated[
-        str, typer.Option("--time-signature", help="With --analysis: beats per bar / unit.")
-    ] = "4/4",
+        str | None,
+        typer.Option(
+            "--time-signature", help="With --analysis: beats per bar / unit (default 4/4)."
+        ),
+    ] = None,
 ) -> None:
     """Measure audio files (loudness, true peak, duration, rate, channels, loop tags) and judge
     them with the default gates; --analysis adds what the music does (tempo, key...).
@@ -744,16 +762,18 @@ class _Targets:
 
 
 def _musical_targets(
-    analysis: bool, bpm: float | None, key: str | None, signature: str
+    analysis: bool, bpm: float | None, key: str | None, signature: str | None
 ) -> _Targets:
     """Check --bpm, --key and --time-signature like the manifest's fields (exit 2 when wrong)."""
     from soundtrack.keys import parse_key
+    from soundtrack.schema import TIME_SIGNATURE_PATTERN
 
-    if not analysis and (bpm is not None or key is not None):
-        fail(InputError("--bpm and --key are judged by the analysis: add --analysis"))
+    if not analysis and (bpm is not None or key is not None or signature is not None):
+        fail(InputError("--bpm, --key and --time-signature are for the analysis: add --analysis"))
     if bpm is not None and not 20 <= bpm <= 300:
         fail(InputError(f"--bpm must be 20-300, got {bpm:g}"))
-    match = re.fullmatch(r"([1-9]|1[0-6])/(1|2|4|8|16)", signature)
+    signature = signature or "4/4"
+    match = re.fullmatch(TIME_SIGNATURE_PATTERN, signature)
     if match is None:
         fail(InputError(f"--time-signature must look like 4/4 or 6/8, got {signature!r}"))
     try:

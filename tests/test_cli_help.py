@@ -38,3 +38,11 @@ def test_every_command_is_covered() -> None:
     commands = {c.name or c.callback.__name__ for c in app.registered_commands if c.callback}
     names = commands | {g.name for g in app.registered_groups}
     assert names <= {c[0] for c in COMMANDS if c}
+
+
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"soundtrack-pipeline {version('soundtrack-pipeline')}\n"

@@ -136,6 +136,7 @@ def test_inspect_analysis_measures_and_judges_tempo_and_key(grooves: dict[str, P
     ("args", "message"),
     [
         (["--bpm", "100"], "add --analysis"),
+        (["--time-signature", "3/4"], "add --analysis"),
         (["--analysis", "--key", "H minor"], "'H minor' is not a key"),
         (["--analysis", "--time-signature", "4"], "--time-signature"),
     ],
