@@ -245,14 +245,18 @@ def _clipped_runs(audio: np.ndarray, min_run: int, floor: float) -> int:
             breaks = np.flatnonzero(np.diff(at) != 1)
             starts = at[np.concatenate(([0], breaks + 1))]
             ends = at[np.concatenate((breaks, [at.size - 1]))]
-            long_enough = ends - starts + 1 >= min_run
-            starts, ends = starts[long_enough], ends[long_enough]
+            lengths = ends - starts + 1
+            long_enough = lengths >= min_run
+            starts, ends, n = starts[long_enough], ends[long_enough], lengths[long_enough]
             before = channel[np.maximum(starts - 1, 0)]
             after = channel[np.minimum(ends + 1, channel.size - 1)]
             edge = np.maximum(np.abs(channel[starts] - before), np.abs(after - channel[ends]))
-            # A rounded peak (a slow wave quantised to 16 bits) creeps up to its top one LSB at
-            # a time; a clipped wave hits the plateau at speed.
-            steep = max(_PLATEAU_EDGE_MIN * level, 1.5 * lsb)
+            # A rounded crest (a slow wave quantised to integers) leaves its top gently; a
+            # clipped wave hits the plateau at speed. n samples within one step of the crest
+            # hold its curvature to 4 / (n - 1)^2 steps per sample^2, so a smooth wave steps
+            # off them by at most 4n / (n - 1)^2, plus a step of rounding.
+            smooth = lsb * (1.0 + 4.0 * n / np.maximum(n - 1, 1) ** 2)
+            steep = np.maximum(_PLATEAU_EDGE_MIN * level, smooth)
             runs += int(np.count_nonzero(edge > steep))
     return runs
 

@@ -112,7 +112,14 @@ def test_round_peaks_of_quantised_bass_are_not_clipping() -> None:
 
 QUIET_TONES = [
     ("PCM_16", level, freq) for level in (-20.0, -40.0) for freq in (40.0, 100.0, 997.0)
-] + [("PCM_U8", -20.0, 997.0)]  # 8 bits: a slow wave clipped at 13 LSB is reached in 1-LSB steps
+] + [
+    ("PCM_U8", -20.0, 997.0),  # 8 bits: a slow wave clipped at 13 LSB is reached in 1-LSB steps
+    # Crests of 3-5 samples left by 2-3 steps, which a fixed 1.5-step rule counted as clipped.
+    ("PCM_16", -6.0, 40.0),
+    ("PCM_16", -10.75, 80.0),
+    ("PCM_16", -40.0, 440.0),
+    ("PCM_U8", -15.0, 997.0),
+]
 
 
 @pytest.mark.parametrize(("subtype", "level_dbfs", "freq_hz"), QUIET_TONES)
