@@ -180,12 +180,48 @@ def _fix_ogg_serial(path: Path) -> None:
 def _write_mp3(m: Master, path: Path, tags: Mapping[str, str], _: int) -> None:
     codec = ["-c:a", "libmp3lame", "-q:a", str(MP3_VBR_QUALITY), "-id3v2_version", "0"]
     _ffmpeg_encode(m, path, [*codec, "-f", "mp3"])
+    _set_end_padding(path, m.audio.shape[1])
     id3 = ID3()
     id3.add(TIT2(encoding=3, text=[tags["title"]]))
     id3.add(TALB(encoding=3, text=[tags["soundtrack"]]))
     id3.add(TXXX(encoding=3, desc="SOUNDTRACK_TRACK_ID", text=[tags["track_id"]]))
     id3.add(TXXX(encoding=3, desc="SOUNDTRACK_SPEC_HASH", text=[tags["spec_hash"]]))
     id3.save(path)
+
+
+def _set_end_padding(path: Path, frames: int) -> None:
+    """Write the gapless end padding that makes the MP3 decode to exactly `frames` samples
+    into its LAME tag, and the tag's CRC. ffmpeg's muxer takes the padding from its encoder's
+    last packet alone, at most 1152 + 529 samples: a track whose length leaves 1-46 samples in
+    its last frame needs more, and decoded up to 46 samples long."""
+    with path.open("r+b") as f:
+        frame = bytearray(f.read(_LAME_CRC_AT + 2))
+        info = max(frame.find(b"Info"), frame.find(b"Xing"))
+        if frame[0] != 0xFF or info < 0 or not frame[info + 7] & 1:  # the frame count's flag
+            raise AudioError(f"{path.name}: ffmpeg wrote no Info tag; its length is unknown")
+        mpeg1 = (frame[1] >> 3) & 3 == 3
+        samples = int.from_bytes(frame[info + 8 : info + 12], "big") * (1152 if mpeg1 else 576)
+        delay = int.from_bytes(frame[info + 141 : info + 144], "big") >> 12
+        padding = samples - delay - frames
+        if not 0 <= padding < 4096:
+            raise AudioError(f"{path.name}: {padding} samples of end padding do not fit its tag")
+        frame[info + 141 : info + 144] = (delay << 12 | padding).to_bytes(3, "big")
+        frame[_LAME_CRC_AT:] = _crc16(frame[:_LAME_CRC_AT]).to_bytes(2, "big")
+        f.seek(0)
+        f.write(frame)
+
+
+_LAME_CRC_AT = 190  # the LAME tag's CRC-16 covers the first frame's first 190 bytes
+
+
+def _crc16(data: bytes) -> int:
+    """CRC-16/ARC (reflected polynomial 0xA001, initial 0), as the LAME tag's CRC is computed."""
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
 
 
 def _write_wav(m: Master, path: Path, tags: Mapping[str, str], wav_bit_depth: int) -> None:

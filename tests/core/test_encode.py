@@ -50,6 +50,19 @@ def test_decoded_files_have_the_masters_length_and_rate(tmp_path: Path) -> None:
     np.testing.assert_allclose(wav.T, m.audio, atol=2.0**-22)
 
 
+@pytest.mark.parametrize("sample_rate", [22050, 44100, 48000])
+@pytest.mark.parametrize("last_frame", [0, 1, 5, 46, 47, 600])
+def test_an_mp3_decodes_to_the_masters_length_whatever_its_last_frame_holds(
+    tmp_path: Path, sample_rate: int, last_frame: int
+) -> None:
+    """ffmpeg's muxer wrote at most 1152 + 529 samples of end padding: a length leaving 1-46
+    samples in the last frame decoded up to 46 samples long (576006 frames read 576047)."""
+    m = _master(1152 * 40 + last_frame, sample_rate)
+    (mp3,) = encode(m, ["mp3"], tmp_path, "boss", tags=TAGS, wav_bit_depth=16)
+    assert decode_with_ffmpeg(mp3.path)[0].shape == m.audio.shape
+    assert sf.info(str(mp3.path)).frames == m.audio.shape[1]  # libsndfile's mpg123 too
+
+
 def test_every_file_is_tagged(tmp_path: Path) -> None:
     files = {
         f.format: f.path for f in encode(_master(), ["ogg", "mp3", "wav"], tmp_path, "b", tags=TAGS)
