@@ -252,7 +252,7 @@ def load_musicgen(
     dtype = dtype or model_dtype(device)
     try:
         model: Any = MusicgenForConditionalGeneration.from_pretrained(
-            source.directory, dtype=dtype, local_files_only=True
+            source.directory, dtype=dtype, local_files_only=True, use_safetensors=True
         )
         processor = MusicgenProcessor.from_pretrained(source.directory, local_files_only=True)
     except (OSError, ValueError) as error:

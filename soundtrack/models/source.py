@@ -28,6 +28,7 @@ HUB_TIMEOUT_S = 10.0  # the metadata request; a download that has started is not
 _HUB_FILES = ["*.json", "*.safetensors", "*.model", "*merges.txt", "*vocab.txt", "README.md"]
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit safetensors itself sets
 _fingerprints: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
@@ -260,12 +261,17 @@ def check_weights(directory: Path, model: str) -> None:
                 f"{how_to_provide(model)}"
             )
         weights = sorted(folder.glob("*.safetensors"))
-        if not weights:
+        # What from_pretrained reads: another name would pass here, then fail the load (or,
+        # beside a pytorch_model.bin, let a loader fall back to unpickling it).
+        if not any(p.name in _WEIGHT_FILES for p in weights) and not any(
+            folder.glob("*.safetensors.index.json")
+        ):
             pickles = sorted(p.name for p in folder.glob("*") if p.suffix in _PICKLE_SUFFIXES)
             found = f" (only {', '.join(pickles)})"
             raise ModelLoadError(
                 f"model {model!r}: {folder} holds no weights as safetensors"
-                f"{found if pickles else ''}; {how_to_provide(model)}"
+                f"{found if pickles else ''}: a model's are {' or '.join(_WEIGHT_FILES)} (or "
+                f"shards with their index); {how_to_provide(model)}"
             )
         for path in weights:
             problem = safetensors_problem(path)

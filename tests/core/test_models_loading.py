@@ -259,3 +259,18 @@ def test_torch_puts_large_cpu_tensors_on_huge_pages_from_every_entry_point(entry
     # 2.5 GiB in 4 KiB pages is 655 360 faults; in 2 MiB pages, 1280.
     assert faults() < 20_000
     assert faults(THP_MEM_ALLOC_ENABLE="0") > 200_000, "the user can turn it off"
+
+
+def test_a_musicgen_folder_whose_weights_are_pickled_is_refused_not_unpickled(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A pytorch_model.bin beside any safetensors file passed the check, and transformers then
+    unpickled the .bin: MusicGen's loader was the one without use_safetensors."""
+    from safetensors.torch import save_file
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "pickled")
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    save_file({"x": torch.zeros(1)}, str(folder / "extra.safetensors"))
+    said = r"holds no weights as safetensors \(only pytorch_model.bin\): a model's are model"
+    with pytest.raises(ModelLoadError, match=said):
+        get_generator(str(folder), device="cpu")
