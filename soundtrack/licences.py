@@ -7,6 +7,7 @@ folder, or the card in the Hugging Face cache), else the known checkpoints' tabl
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -35,11 +36,14 @@ def card_licence(card: Path) -> str | None:
         return None
     with card.open("rb") as handle:  # the front matter is at the top; a card may be huge
         head = handle.read(_CARD_HEAD_BYTES).decode("utf-8", errors="replace")
-    parts = head.removeprefix("\ufeff").split("---", 2)
-    if len(parts) != 3 or parts[0].strip():
+    # Between a first line `---` and the next line `---`: a `---` inside a value
+    # (`pretty_name: A --- B`) is text, not the end of the front matter.
+    lines = head.removeprefix("\ufeff").splitlines()
+    ends = [i for i, line in enumerate(lines) if line.rstrip() == "---"]
+    if len(ends) < 2 or ends[0] != 0:
         return None
     try:
-        meta = load_yaml(parts[1])
+        meta = load_yaml("\n".join(lines[1 : ends[1]]))
     except yaml.YAMLError:  # a card that says something no one can read wins over the table
         return UNKNOWN
     if not isinstance(meta, dict) or "license" not in meta:
@@ -56,14 +60,22 @@ def card_licence(card: Path) -> str | None:
 
 
 def _licence_id(licence: str, name: object) -> str:
-    """One licence id as the table writes it (`other`: its `name`); `unknown`, or `other` with no
-    name, names none."""
+    """One licence id as the table writes it (`other`: its `name`); `unknown`, `other` with no
+    name, or words that are no id (`free for non commercial use`) name none."""
     licence = licence.strip()
     if licence.casefold() == "other":
         named = isinstance(name, str) and name.strip().casefold() not in ("", UNKNOWN, "other")
         licence = str(name).strip() if named else UNKNOWN
+        if not _LICENCE_ID.fullmatch(licence):
+            return UNKNOWN
         return ALIASES.get(licence.casefold(), licence)
-    return UNKNOWN if licence.casefold() in ("", UNKNOWN) else licence.upper()
+    if licence.casefold() == UNKNOWN or not _LICENCE_ID.fullmatch(licence):
+        return UNKNOWN
+    return licence.upper()
+
+
+# An id, as the hub's `license:` and SPDX write them: no spaces (`cc-by-nc-4.0`, `openrail++`).
+_LICENCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*")
 
 
 def licence_of(model: str, revision: str | None = None, *, directory: Path | None = None) -> str:

@@ -109,6 +109,14 @@ BOMB = "".join(
         ),
         ("---\ntags: [text-to-speech]\n---\n# Bark\n", "MIT"),
         ("# Bark\nNo front matter.\n", "MIT"),
+        # A `---` inside a value is no delimiter: the card was read as silent, and the table won.
+        ("---\npretty_name: Bark --- small\nlicense: cc-by-nc-4.0\n---\n", "CC-BY-NC-4.0"),
+        ("\ufeff---\r\nlicense: cc-by-nc-4.0\r\n---\r\n", "CC-BY-NC-4.0"),
+        ("---\nlicense: cc-by-nc-4.0\n", "MIT"),  # never closed: no front matter
+        # Words are no licence id, so nothing a manifest could accept by name.
+        ("---\nlicense: free for non commercial use\n---\n", "unknown"),
+        ("---\nlicense: other\nlicense_name: ask us first\n---\n", "unknown"),
+        ("---\nlicense: openrail++\n---\n", "OPENRAIL++"),
     ],
 )
 def test_a_card_that_says_anything_of_its_licence_wins_over_the_table(
