@@ -368,9 +368,10 @@ def _judged(
 
 def _gates(spec: TrackSpec, labels: Sequence[str], m: Master | None) -> list[Gate]:
     # A loop cut on bars is as long as its whole bars at the measured tempo (and any intro
-    # before its first downbeat): the duration gates hold the files to that.
+    # before its first downbeat), and a recording with no duration asked is as long as its
+    # master: the duration gates hold the files to that.
     duration_s = spec.duration_s
-    if spec.bar_loop and m is not None and m.loop_length is not None:
+    if m is not None and (spec.own_length or (spec.bar_loop and m.loop_length is not None)):
         duration_s = m.audio.shape[1] / m.sample_rate
     return gate_expectations(
         labels,

@@ -283,6 +283,7 @@ def resolve_tracks(
             prompt=fields["prompt"],
             source=source,
             source_sha256=fields["source_sha256"],
+            own_length=source is not None and track.duration is None and track.bars is None,
             expectations=expectations,
             bpm=track.bpm,
             key=track.key,

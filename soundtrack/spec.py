@@ -132,6 +132,9 @@ class TrackSpec:
     prompt: str | None = None  # with the track's musical tags (bpm, key, mood) appended
     source: Path | None = None  # absolute path of an existing recording
     source_sha256: str | None = None
+    # A recording with no duration of its own to meet: its length is what mastering keeps of it
+    # (its silent ends trimmed), and the duration gates hold the files to that.
+    own_length: bool = False
     # Hash of only what shapes the raw render (model, prompt, seed, sampling, duration): the
     # generation cache key, so re-mastering does not regenerate. None for source tracks.
     generation_key: str | None = None

@@ -193,6 +193,9 @@ def test_an_mp3_source_takes_its_decoded_length_not_its_header_s_guess(tmp_path:
     text = "schema: 1\nsoundtrack: game\ntracks:\n  - id: credits\n    source: credits.mp3\n"
     decoded, rate = decode_with_ffmpeg(tmp_path / "credits.mp3")
     assert specs_of(tmp_path, text)["credits"].duration_s == decoded.shape[1] / rate
+    # No duration of its own: held to what mastering keeps of it; a duration asked is held to.
+    assert specs_of(tmp_path, text)["credits"].own_length
+    assert not specs_of(tmp_path, text + "    duration: 12\n")["credits"].own_length
     # No MP3 this large is 600 s or less: refused before decoding it only to say so.
     with (tmp_path / "credits.mp3").open("r+b") as grown:
         grown.truncate(65 * 2**20)

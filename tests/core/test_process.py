@@ -91,6 +91,27 @@ def test_a_source_10s_too_short_is_rejected_by_the_duration_gate(tmp_path: Path)
     assert _failed(outcome) == {"duration", "duration_ogg", "duration_mp3"}
 
 
+def test_a_recording_padded_with_silence_is_as_long_as_what_mastering_keeps(
+    tmp_path: Path,
+) -> None:
+    """A recording with 5 s of silence at each end and no duration asked was held to its
+    whole length, 22 s, after mastering had trimmed it to 12 s: rejected on duration."""
+    silence = np.zeros((2, 5 * RENDER_RATE), dtype=np.float32)
+    audio = np.concatenate([silence, _source(12.0), silence], axis=1)
+    spec = make_spec(id="padded", duration_s=22.0, own_length=True)
+    outcome = process_track(spec, audio, RENDER_RATE, tmp_path)
+    assert outcome.status == "approved", _failed(outcome)
+    assert outcome.master is not None
+    assert outcome.master.duration_s == pytest.approx(12.0, abs=0.05)
+    for file in outcome.files:
+        decoded, rate = decode_with_ffmpeg(file.path)
+        assert decoded.shape[1] == outcome.master.frames, file.format
+    # A duration asked for is held to, silence or not.
+    (tmp_path / "asked").mkdir()
+    rejected = _rejected(tmp_path / "asked", audio, duration_s=22.0)
+    assert "duration" in _failed(rejected)
+
+
 def test_a_loop_plays_twice_in_a_row_without_a_click(tmp_path: Path) -> None:
     spec = make_spec(id="loop", duration_s=10.0, loop=True)
     outcome = process_track(spec, _source(13.0), RENDER_RATE, tmp_path)
