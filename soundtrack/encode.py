@@ -214,7 +214,7 @@ def _set_end_padding(path: Path, frames: int) -> None:
 _LAME_CRC_AT = 190  # the LAME tag's CRC-16 covers the first frame's first 190 bytes
 
 
-def _crc16(data: bytes) -> int:
+def _crc16(data: bytes | bytearray) -> int:
     """CRC-16/ARC (reflected polynomial 0xA001, initial 0), as the LAME tag's CRC is computed."""
     crc = 0
     for byte in data:

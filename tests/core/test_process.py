@@ -104,7 +104,7 @@ def test_a_recording_padded_with_silence_is_as_long_as_what_mastering_keeps(
     assert outcome.master is not None
     assert outcome.master.duration_s == pytest.approx(12.0, abs=0.05)
     for file in outcome.files:
-        decoded, rate = decode_with_ffmpeg(file.path)
+        decoded, _ = decode_with_ffmpeg(file.path)
         assert decoded.shape[1] == outcome.master.frames, file.format
     # A duration asked for is held to, silence or not.
     (tmp_path / "asked").mkdir()
