@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -150,6 +151,12 @@ def _prepare_channel(channel: np.ndarray, rate_in: int, rate_out: int) -> np.nda
         return filtered
     # HQ is soxr's 20-bit quality: float32 carries it, at half the time of float64.
     resampled: np.ndarray = soxr.resample(filtered, rate_in, rate_out, quality="HQ")
+    # soxr rounds a fractional length down: 2.345 s at 48 kHz (112560 samples) came back as
+    # 103414 at 44.1 kHz, a sample short of the track's 103415. The last sample, repeated,
+    # makes up the fraction; the cut to the duration follows.
+    frames = math.ceil(filtered.size * rate_out / rate_in)
+    if resampled.size < frames:
+        resampled = np.pad(resampled, (0, frames - resampled.size), mode="edge")
     return resampled
 
 

@@ -142,6 +142,19 @@ def test_limiter_catches_intersample_peaks(tmp_path: Path) -> None:
     assert true_peak <= -3.0 + 0.05  # ebur128 prints one decimal
 
 
+@pytest.mark.parametrize("rate", [24000, 32000, 48000])
+@pytest.mark.parametrize("duration_s", [2.345, 4.99, 12.345])
+def test_a_render_of_the_duration_masters_to_exactly_the_duration(
+    rate: int, duration_s: float
+) -> None:
+    """soxr rounds a fractional length down: 2.345 s rendered at 48 kHz or 24 kHz came out of
+    mastering one sample short of round(2.345 * 44100)."""
+    render = signals.pink_noise(-20.0, round(duration_s * rate) / rate, rate)
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["console"], fade_out_s=0.5)
+    m = master(render, rate, mastering, loop=False, duration_s=duration_s)
+    assert m.audio.shape[1] == round(duration_s * 44100)
+
+
 def test_short_fades_and_no_fade_for_loops() -> None:
     rate = 44100
     noise = signals.pink_noise(-20.0, 6.0, rate)
