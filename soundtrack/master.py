@@ -24,6 +24,7 @@ DC_HIGHPASS_HZ = 10.0  # removes drift as well as a constant offset
 ENCODING_HEADROOM_DB = 1.5
 LOUDNESS_STEP_LU = 0.05  # normalisation stops once the limited master is this close to target
 _MAX_LOUDNESS_PASSES = 8
+MAX_MAKEUP_DB = 24.0  # gain beyond plain normalisation, for loudness the limiter takes away
 _MIN_DURATION_S = 0.4  # one BS.1770 gating block
 
 
@@ -186,6 +187,17 @@ def _fade(x: np.ndarray, sample_rate: int, fade_in_ms: float, fade_out_s: float)
     return out
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """One pass of the normalisation: the gain tried, the loudness it gave, the audio."""
+
+    gain_db: float
+    lufs: float
+    audio: np.ndarray
+    envelope_db: np.ndarray
+    limiting: bool
+
+
 def _normalise(
     x: np.ndarray, sample_rate: int, mastering: Mastering, *, circular: bool
 ) -> tuple[np.ndarray, float, float]:
@@ -200,9 +212,13 @@ def _normalise(
         peaks = sample_true_peaks(x, circular=circular)
         powers = powers_job.result()
     gain_db = target_lufs - gated_lufs(powers)
+    # Past this much gain the limiter takes what the gain adds: a master brick-walled by +110 dB
+    # (the secant chasing -8 LUFS under -2.5 dBTP) is no master.
+    most_gain_db = gain_db + MAX_MAKEUP_DB
     # Secant steps on loudness(gain): under heavy limiting 1 dB of gain adds well under 1 LU.
     slope = 1.0
     previous: tuple[float, float] | None = None
+    best: _Pass | None = None
     for _ in range(_MAX_LOUDNESS_PASSES):
         scale = 10.0 ** (gain_db / 20.0)
         envelope_db = limiter_gain_db(peaks * scale, sample_rate, ceiling_dbtp, circular=circular)
@@ -213,18 +229,32 @@ def _normalise(
         else:
             limited = x * scale
             lufs = gated_lufs(powers * scale**2)
+        if best is None or abs(target_lufs - lufs) < abs(target_lufs - best.lufs):
+            best = _Pass(gain_db, lufs, limited, envelope_db, limiting)
         if abs(target_lufs - lufs) <= LOUDNESS_STEP_LU:
             break
         if previous is not None and previous[0] != gain_db:
             slope = float(np.clip((lufs - previous[1]) / (gain_db - previous[0]), 0.05, 1.0))
         previous = (gain_db, lufs)
-        gain_db += (target_lufs - lufs) / slope
-    else:
+        next_db = min(gain_db + (target_lufs - lufs) / slope, most_gain_db)
+        if next_db == gain_db:
+            break
+        gain_db = next_db
+    assert best is not None
+    # Near the ceiling more gain mostly feeds the limiter: a pass within the track's own
+    # tolerance is a master the loudness gate passes, not a failure.
+    if abs(target_lufs - best.lufs) > mastering.loudness.tolerance_lu:
         raise AudioError(
-            f"cannot reach {target_lufs} LUFS under a {ceiling_dbtp} dBTP true-peak ceiling: "
-            f"{lufs:.2f} LUFS after {_MAX_LOUDNESS_PASSES} passes with "
-            f"{-envelope_db.min():.1f} dB of limiting"
+            f"cannot reach {target_lufs} LUFS under a {ceiling_dbtp} dBTP true-peak ceiling "
+            f"(within {mastering.loudness.tolerance_lu:g} LU): {best.lufs:.2f} LUFS at best, "
+            f"with {MAX_MAKEUP_DB:g} dB of gain beyond plain normalisation for the limiter to take"
         )
+    gain_db, limited, envelope_db, limiting = (
+        best.gain_db,
+        best.audio,
+        best.envelope_db,
+        best.limiting,
+    )
     if not limiting:
         # Every scaled peak is already under the ceiling (limiter_gain_db found none over it).
         return limited, gain_db, 0.0
