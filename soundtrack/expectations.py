@@ -19,8 +19,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from soundtrack.errors import InputError, StorageError
-from soundtrack.gates import MUSIC_COLUMNS, THEME_COLUMNS, Gate, GateResult, GateTable
+from soundtrack.formats import FORMATS
+from soundtrack.gates import (
+    GATE_NAMES,
+    MUSIC_COLUMNS,
+    THEME_COLUMNS,
+    Gate,
+    GateResult,
+    GateTable,
+)
 from soundtrack.measure import Metrics
+from soundtrack.schema import text_problem
 
 _SEVERITY_TO_GX = {"fail": "critical", "warn": "warning"}
 _GX_LOCK = threading.Lock()  # GX contexts and stores are not documented as thread-safe
@@ -454,6 +463,8 @@ def load_expectations(path: Path) -> list[dict[str, Any]]:
         parsed = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
     except ValueError as exc:
         raise InputError(f"cannot read expectations from {path}: {exc}") from exc
+    if problem := _text_problem(parsed):
+        raise InputError(f"{path}: {problem}")
     configs = parsed.get("expectations") if isinstance(parsed, dict) else parsed
     if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
         raise InputError(
@@ -464,12 +475,51 @@ def load_expectations(path: Path) -> list[dict[str, Any]]:
         raise InputError(
             f"{path}: {len(configs)} expectations; the limit is {EXPECTATIONS_MAX_COUNT}"
         )
-    # 4. Every expectation against the allow-list.
+    # 4. Every expectation against the allow-list, each under a gate name of its own.
     try:
         _check_input(configs)
+        _check_names(configs)
     except InputError as exc:
         raise InputError(f"{path}: {exc}", exc.problems) from exc
     return configs
+
+
+def _text_problem(value: Any) -> str | None:
+    """Why a string in the JSON (a key or a value) cannot be written to the lock or JUnit."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            pending += item
+        elif isinstance(item, str) and (problem := text_problem(item)):
+            return f"{_shown(item)} {problem}"
+    return None
+
+
+def _check_names(configs: Sequence[Mapping[str, Any]]) -> None:
+    """Each expectation's gate name (meta.gate, else "<type>:<column>", as check_expectations
+    names it) is its own: a report, a lock and JUnit hold one result per name."""
+    seen: dict[str, int] = {}
+    for i, config in enumerate(configs):
+        meta = config.get("meta") or {}
+        column = config["kwargs"].get("column", "")
+        name = meta.get("gate") or f"{config['type']}:{column}"
+        taken = name in GATE_NAMES or any(
+            name == f"{gate}_{label}" for gate in GATE_NAMES for label in (*FORMATS, "source")
+        )
+        if taken:
+            raise InputError(
+                f"extra expectation [{i}]: gate name {name!r} is a built-in gate's; set "
+                "meta.gate to another name"
+            )
+        if name in seen:
+            raise InputError(
+                f"extra expectations [{seen[name]}] and [{i}] are both named {name!r}; give "
+                "each its own meta.gate"
+            )
+        seen[name] = i
 
 
 def run_expectations(table: GateTable) -> list[GateResult]:

@@ -63,6 +63,15 @@ def _admits(annotation: Any, kind: type) -> bool:
     return any(_admits(arg, kind) for arg in get_args(annotation))
 
 
+def text_problem(text: str) -> str | None:
+    """Why `text` is no text the lock, the report and JUnit's XML can hold, or None."""
+    if any(unicodedata.category(c) == "Cs" for c in text):
+        return "contains a lone surrogate, which is not text"
+    if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in text):
+        return "contains control characters"
+    return None
+
+
 # Text a model reads is refused blank (Track._model_text); the schema says so to editors too.
 _NOT_BLANK: dict[str, Any] = {"pattern": r"\S"}
 
@@ -418,12 +427,10 @@ class Track(_Overridable):
             return None
         if not "".join(c for c in value if unicodedata.category(c) != "Cf").strip():
             raise ValueError(f"{info.field_name} is empty")
-        if any(unicodedata.category(c) == "Cs" for c in value):
-            raise ValueError(f"{info.field_name} contains a lone surrogate, which is not text")
+        if problem := text_problem(value):
+            raise ValueError(f"{info.field_name} {problem}")
         if info.field_name == "prompt" and len(value) > MAX_PROMPT_CHARS:
             raise ValueError(f"prompt is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}")
-        if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in value):
-            raise ValueError(f"{info.field_name} contains control characters")
         return value.strip() if info.field_name == "prompt" else value
 
     @field_validator("instruments")

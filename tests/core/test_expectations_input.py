@@ -412,3 +412,50 @@ def test_any_json_document_loads_or_raises_an_input_error(tmp_path: Path, docume
         assert config["type"] in ALLOWED_KWARGS
         assert "condition_parser" not in config["kwargs"]
         assert not isinstance(config["kwargs"].get("row_condition"), str)
+
+
+def test_two_expectations_under_one_gate_name_are_refused_when_loaded(tmp_path: Path) -> None:
+    """Two of one type and column, told apart only by their row conditions, took the same
+    default name: `validate` passed, and `build` failed the track after rendering it."""
+    master_only = {"row_condition": ON_MASTER}
+    twice = [
+        {"type": "expect_column_max_to_be_between", "kwargs": {**PEAK["kwargs"], **rows}}
+        for rows in ({}, master_only)
+    ]
+    with pytest.raises(InputError, match=r"\[0\] and \[1\] are both named 'expect_column_max"):
+        load_expectations(_write(tmp_path / "team.json", twice))
+    named = [{**twice[0], "meta": {"gate": "peak"}}, {**twice[1], "meta": {"gate": "peak"}}]
+    with pytest.raises(InputError, match=r"are both named 'peak'; give each its own meta.gate"):
+        load_expectations(_write(tmp_path / "team.json", named))
+    for builtin in ("loudness", "true_peak_ogg"):
+        clash = [{**PEAK, "meta": {"gate": builtin}}]
+        with pytest.raises(InputError, match=f"gate name '{builtin}' is a built-in gate's"):
+            load_expectations(_write(tmp_path / "team.json", clash))
+    apart = [{**twice[0], "meta": {"gate": "peak"}}, {**twice[1], "meta": {"gate": "master_peak"}}]
+    assert len(check_expectations(load_expectations(_write(tmp_path / "team.json", apart)))) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("odd \ud800", "lone surrogate"),
+        ("a\x01b", "control characters"),
+        ("</failure>\x0c", "control"),
+    ],
+)
+@pytest.mark.parametrize("where", ["gate", "limit", "description", "notes", "key"])
+def test_text_no_lock_or_junit_can_hold_is_refused_when_loaded(
+    tmp_path: Path, text: str, said: str, where: str
+) -> None:
+    """A lone surrogate in meta.gate passed `validate`, then the build died writing the lock."""
+    config: dict[str, Any] = {**PEAK, "meta": {"gate": "house_peak"}}
+    if where in ("gate", "limit"):
+        config["meta"] = {"gate": "house_peak", where: text}
+    elif where == "key":
+        config["meta"] = {"gate": "house_peak", text: "x"}
+    else:
+        config[where] = text
+    path = tmp_path / "team.json"
+    path.write_text(json.dumps([config]))  # json.dumps escapes the surrogate as \ud800
+    with pytest.raises(InputError, match=said):
+        load_expectations(path)
