@@ -76,6 +76,8 @@ ACCENT_MAX_HZ = 2000.0
 DOWNBEAT_MAX_HZ = 200.0
 PULSE_CLARITY_MIN = 0.25
 TEMPO_RANGE_BPM = (30.0, 320.0)  # librosa's tempo estimate's range
+# Harmonic change (1 - cosine of bar-long chroma) below this spread is no chord change.
+CHORD_CHANGE_SPREAD_MIN = 0.01
 COARSE_SMOOTHING_FRAMES = 1.5  # the Gaussian's width (sigma) over the lag grid, in frames
 DOUBLE_OFFBEAT_RATIO = 0.6
 HALVE_ALTERNATE_RATIO = 0.4
@@ -482,17 +484,20 @@ def _downbeat_phase(features: _Features, beats: np.ndarray, beats_per_bar: int) 
     norms = np.linalg.norm(before, axis=0) * np.linalg.norm(after, axis=0) + 1e-12
     change = np.full(beats.size, np.nan)  # no full bar on both sides: no vote
     change[inside] = 1.0 - np.sum(before * after, axis=0) / norms
-    score = _zscore(low_at_beat) + _zscore(change)
+    # A chord held through every bar changes by rounding error (1e-7): scaled to unit spread,
+    # that noise outvoted a kick accented on each downbeat.
+    score = _zscore(low_at_beat) + _zscore(change, least_spread=CHORD_CHANGE_SPREAD_MIN)
     phases = range(min(beats_per_bar, beats.size))
     # The median: the first beat after silence has an outsized onset, whatever its phase.
     return max(phases, key=lambda p: float(np.median(score[p::beats_per_bar])))
 
 
-def _zscore(values: np.ndarray) -> np.ndarray:
-    """Standard scores; 0 where the value is missing (NaN) or all values are equal."""
+def _zscore(values: np.ndarray, least_spread: float = 0.0) -> np.ndarray:
+    """Standard scores, over a spread of at least `least_spread`; 0 where the value is missing
+    (NaN) or all values are equal."""
     if np.isnan(values).all():
         return np.zeros_like(values)
-    spread = float(np.nanstd(values))
+    spread = max(float(np.nanstd(values)), least_spread)
     scaled = (values - np.nanmean(values)) / spread if spread > 0.0 else np.zeros_like(values)
     filled: np.ndarray = np.nan_to_num(scaled)
     return filled

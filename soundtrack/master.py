@@ -24,6 +24,7 @@ DC_HIGHPASS_HZ = 10.0  # removes drift as well as a constant offset
 ENCODING_HEADROOM_DB = 1.5
 LOUDNESS_STEP_LU = 0.05  # normalisation stops once the limited master is this close to target
 _MAX_LOUDNESS_PASSES = 8
+_CIRCULAR_CONTEXT_S = 0.1  # a loop's wrap-around beside its ends, for soxr's filter to settle
 MAX_MAKEUP_DB = 24.0  # gain beyond plain normalisation, for loudness the limiter takes away
 _MIN_DURATION_S = 0.4  # one BS.1770 gating block
 
@@ -72,7 +73,7 @@ def prepare(
     _check_inputs(audio, sample_rate, duration_s)
     # 2. Channel layout, DC removal and output sample rate
     sr = mastering.sample_rate
-    x = _prepare(audio, sample_rate, sr, mastering.channels)
+    x = _prepare(audio, sample_rate, sr, mastering.channels, circular=loop)
     input_lufs = integrated_lufs(x, sr)
     if not np.isfinite(input_lufs):
         raise AudioError("audio is silent (no block above the -70 LUFS gate): cannot normalise")
@@ -132,30 +133,53 @@ def _check_inputs(audio: np.ndarray, sample_rate: int, duration_s: float) -> Non
         raise AudioError("audio contains NaN or infinite samples")
 
 
-def _prepare(audio: np.ndarray, rate_in: int, rate_out: int, channels: int) -> np.ndarray:
+def _prepare(
+    audio: np.ndarray, rate_in: int, rate_out: int, channels: int, *, circular: bool
+) -> np.ndarray:
     """Float32 audio with `channels` channels at `rate_out`, DC removed. A downmix comes first
     and a mono render is duplicated last, so no channel is filtered twice; the channels are
     filtered and resampled on threads of their own (scipy and soxr let go of the GIL)."""
     x = audio if audio.shape[0] <= channels else to_channels(audio, channels)
     with ThreadPoolExecutor(max_workers=x.shape[0]) as pool:
-        prepared = list(pool.map(lambda c: _prepare_channel(c, rate_in, rate_out), x))
+        prepared = list(
+            pool.map(lambda c: _prepare_channel(c, rate_in, rate_out, circular=circular), x)
+        )
     return to_channels(np.stack(prepared), channels)
 
 
-def _prepare_channel(channel: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+def _prepare_channel(
+    channel: np.ndarray, rate_in: int, rate_out: int, *, circular: bool
+) -> np.ndarray:
     # DC removal in float64: a 10 Hz high-pass is too narrow for float32
     centred = channel.astype(np.float64)
     centred -= centred.mean()
     sos = butter(2, DC_HIGHPASS_HZ, btype="highpass", fs=rate_in, output="sos")
-    filtered: np.ndarray = sosfiltfilt(sos, centred).astype(np.float32)
+    if circular:
+        # A loop's end meets its start: filtered as a circle, a recording that is already its
+        # loop keeps its seam (the filter's edges put a step there: a seam jump of 15).
+        pad = 3 * round(rate_in / DC_HIGHPASS_HZ)  # the filter has settled well before
+        wrapped = np.pad(centred, pad, mode="wrap")
+        filtered: np.ndarray = sosfiltfilt(sos, wrapped, padtype=None)[pad:-pad]
+    else:
+        filtered = sosfiltfilt(sos, centred)
+    filtered = filtered.astype(np.float32)
     if rate_in == rate_out:
         return filtered
+    frames = math.ceil(filtered.size * rate_out / rate_in)
     # HQ is soxr's 20-bit quality: float32 carries it, at half the time of float64.
-    resampled: np.ndarray = soxr.resample(filtered, rate_in, rate_out, quality="HQ")
+    if circular:
+        # As a circle too, with whole blocks of samples on either side (160 at 48 kHz are 147
+        # at 44.1 kHz), so the cut lands on the input's own first sample.
+        block_in = rate_in // math.gcd(rate_in, rate_out)
+        blocks = math.ceil(_CIRCULAR_CONTEXT_S * rate_in / block_in)
+        wrapped = np.pad(filtered, blocks * block_in, mode="wrap")
+        start = blocks * block_in * rate_out // rate_in
+        resampled: np.ndarray = soxr.resample(wrapped, rate_in, rate_out, quality="HQ")
+        return resampled[start : start + frames]
+    resampled = soxr.resample(filtered, rate_in, rate_out, quality="HQ")
     # soxr rounds a fractional length down: 2.345 s at 48 kHz (112560 samples) came back as
     # 103414 at 44.1 kHz, a sample short of the track's 103415. The last sample, repeated,
     # makes up the fraction; the cut to the duration follows.
-    frames = math.ceil(filtered.size * rate_out / rate_in)
     if resampled.size < frames:
         resampled = np.pad(resampled, (0, frames - resampled.size), mode="edge")
     return resampled

@@ -163,3 +163,22 @@ def clicks(bpm: float, duration_s: float, sample_rate: int) -> np.ndarray:
     for k in range(int(duration_s * bpm / 60.0) + 1):
         _add(out, round(k * 60.0 / bpm * sample_rate), ping)
     return (0.5 * out / np.abs(out).max())[None].astype(np.float32)
+
+
+def held_chord(
+    bpm: float, duration_s: float, sample_rate: int, *, downbeat_accent: float = 1.0
+) -> np.ndarray:
+    """Stereo (peak -10.5 dBFS): one chord held throughout, nothing changing, and a 55 Hz
+    kick on every beat, the first of each 4/4 bar `downbeat_accent` times as strong: the kicks
+    are the peaks, the chord most of the loudness, and only the accent marks the bars."""
+    t = np.arange(round(duration_s * sample_rate)) / sample_rate
+    mono = sum(np.sin(2.0 * np.pi * f * t) for f in (110.0, 165.0, 220.0, 275.0, 330.0)) / 5
+    kick_t = t[: round(0.1 * sample_rate)]
+    attack = np.minimum(1.0, kick_t / 0.001)  # 1 ms, as a drum's: not a click at a loop's seam
+    kick = 2.0 * np.sin(2.0 * np.pi * 55.0 * kick_t) * np.exp(-kick_t / 0.02) * attack
+    for k in range(int(duration_s * bpm / 60.0) + 1):
+        _add(
+            mono, round(k * 60.0 / bpm * sample_rate), kick * (downbeat_accent if k % 4 == 0 else 1)
+        )
+    mono *= 0.3 / np.abs(mono).max()
+    return np.stack([mono, np.roll(mono, 3)]).astype(np.float32)

@@ -21,6 +21,7 @@ from soundtrack.resolve import resolve_tracks
 from soundtrack.schema import MIN_DURATION_S
 from soundtrack.spec import LOUDNESS_PROFILES, LoudnessTarget, Mastering, TrackSpec
 from tests import signals
+from tests.music import held_chord
 from tests.reference import ebur128
 
 TAGS = {"title": "Title Theme", "soundtrack": "sky-odyssey", "track_id": "title", "spec_hash": "ab"}
@@ -155,27 +156,13 @@ def test_a_render_of_the_duration_masters_to_exactly_the_duration(
     assert m.audio.shape[1] == round(duration_s * 44100)
 
 
-def _pad_and_kicks(seconds: float, rate: int) -> np.ndarray:
-    """A sustained chord with a 55 Hz kick on every beat: the kicks are the peaks, the chord
-    most of the loudness, so a limiter holding the kicks down gains little."""
-    t = np.arange(round(seconds * rate)) / rate
-    pad = sum(np.sin(2 * np.pi * f * t) for f in (110, 165, 220, 275, 330)) / 5
-    kick_t = t[: round(0.1 * rate)]
-    kick = 2.0 * np.sin(2 * np.pi * 55 * kick_t) * np.exp(-kick_t / 0.02)
-    for start in range(0, t.size, rate // 2):
-        end = min(t.size, start + kick.size)
-        pad[start:end] += kick[: end - start]
-    mono = 0.3 * pad / np.abs(pad).max()
-    return np.stack([mono, np.roll(mono, 3)]).astype(np.float32)
-
-
 @pytest.mark.parametrize(("target_lufs", "true_peak_dbtp"), [(-10.0, -2.0), (-8.0, -1.0)])
 def test_a_loud_target_is_met_within_tolerance_without_runaway_gain(
     target_lufs: float, true_peak_dbtp: float
 ) -> None:
     """Chasing -8 LUFS under -1 dBTP, the gain ran to +110 dB (a brick wall), and a master
     0.07 LU from -10 LUFS failed for missing the 0.05 LU step, though its tolerance was 2."""
-    audio = _pad_and_kicks(16.0, 44100)
+    audio = held_chord(120.0, 16.0, 44100)
     loudness = LoudnessTarget(target_lufs, true_peak_dbtp, tolerance_lu=2.0)
     m = master(audio, 44100, Mastering(loudness=loudness), loop=False, duration_s=16.0)
     # input_lufs is the whole input's; the gain is the faded cut's (a few tenths apart).
@@ -189,7 +176,7 @@ def test_a_target_out_of_reach_says_how_close_it_came() -> None:
     loudness = LoudnessTarget(-6.0, -1.0, tolerance_lu=1.0)
     with pytest.raises(AudioError, match=r"cannot reach -6.0 LUFS .*: -\d+\.\d+ LUFS at best"):
         master(
-            _pad_and_kicks(16.0, 44100),
+            held_chord(120.0, 16.0, 44100),
             44100,
             Mastering(loudness=loudness),
             loop=False,
