@@ -344,6 +344,13 @@ def _plan(checked: CheckedInputs, lock: BuildReport | None, options: Options) ->
     )
 
 
+def _model_of(render: Render | RenderFailure) -> ModelInfo | None:
+    """The model a render (or a failed one) came from, as the lock records it."""
+    if render.model_id is None or render.revision is None or render.license is None:
+        return None
+    return ModelInfo(id=render.model_id, revision=render.revision, license=render.license)
+
+
 def _check_device(device: str | None) -> None:
     """The device renders run on is here (torch sees it): found now, not at the render."""
     try:
@@ -547,7 +554,8 @@ class _Tracks:
         for spec, result in zip(batch, results, strict=True):
             if isinstance(result, RenderFailure):
                 if not self._rerolled(spec, "failed", reason=result.reason):
-                    self.finish(track_record(spec, "failed", reason=result.reason))
+                    model = _model_of(result)
+                    self.finish(track_record(spec, "failed", model=model, reason=result.reason))
             else:
                 self.master(spec, result)
 
@@ -579,11 +587,7 @@ class _Tracks:
 
     def master(self, spec: TrackSpec, render: Render | None) -> None:
         audio = render.path if render else spec.source
-        model = (
-            ModelInfo(id=render.model_id, revision=render.revision, license=render.license)
-            if render
-            else None
-        )
+        model = _model_of(render) if render else None
         future = self.executor.submit(
             steps.master,
             spec,

@@ -118,6 +118,10 @@ class RenderFailure:
 
     track_id: str
     reason: str
+    # The model that rendered it (loaded, so known), for the lock to say what failed.
+    model_id: str | None = None
+    revision: str | None = None
+    license: str | None = None
 
 
 def render_batch(
@@ -151,7 +155,13 @@ def render_batch(
             outputs = generator.generate(requests, batch_size=smaller, progress=progress)
         for spec, output in zip(missing, outputs, strict=True):
             if isinstance(output, GenerationError):
-                fresh[spec.id] = RenderFailure(spec.id, output.reason)
+                fresh[spec.id] = RenderFailure(
+                    spec.id,
+                    output.reason,
+                    model_id=generator.model_id,
+                    revision=generator.revision,
+                    license=generator.license,
+                )
             else:
                 fresh[spec.id] = cache.put(
                     _key(spec),

@@ -195,3 +195,26 @@ def test_bad_input_is_refused_before_any_model_loads_and_nothing_is_written(
         assert "error:" in result.output and said in " ".join(result.output.split())
         assert "Traceback" not in result.output and "temporary server" not in result.output
     assert not (project / "out").exists() and not canary.exists()
+
+
+def test_a_track_whose_render_fails_names_the_model_that_failed_it(
+    project: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A NaN render's lock entry had `model: null`, though the model had loaded and rendered:
+    which model and licence failed the track was lost."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = shutil.copytree(tiny_model_dir, tmp_path / "nan-model")
+    weights = load_file(str(broken / "model.safetensors"))
+    decoder = {k: v.fill_(float("nan")) if "audio_encoder" in k else v for k, v in weights.items()}
+    save_file(decoder, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    result = run(project, broken, only=["too-strict"])
+    failed = [t for t in result.report.tracks if t.status == "failed"]
+    assert [t.id for t in failed] == ["too-strict"], statuses(result)
+    for track in failed:
+        assert "NaN" in (track.reason or "") and track.model is not None, track
+        assert track.model.id == str(broken)
+        assert track.model.license == "soundtrack-tiny-random-weights"
+        assert track.model.revision.startswith("sha256:")
