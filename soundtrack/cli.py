@@ -21,6 +21,7 @@ from soundtrack.errors import (
     ModelLoadError,
     SoundtrackError,
     StorageBusy,
+    StorageError,
 )
 from soundtrack.paths import user_path
 from soundtrack.redaction import install_log_redaction, redact
@@ -114,14 +115,18 @@ def validate(manifest: ManifestArg) -> None:
     Exit 0 when valid (a summary is printed), 2 otherwise.
     """
     from soundtrack.inputs import check_inputs
+    from soundtrack.storage import LocalStorage
 
     try:
         # The manifest's own storage: --out and $SOUNDTRACK_STORAGE are the build's to check.
         checked = check_inputs(manifest, environ={})
+        if isinstance(checked.storage, LocalStorage):
+            # A folder is checked here as build checks it (a bucket needs the network).
+            checked.storage.check_access()
         if checked.manifest.review == "required":
             _check_review_server()
     except SoundtrackError as exc:
-        fail(exc)
+        fail(InputError(str(exc)) if isinstance(exc, StorageError) else exc)
     loaded, specs = checked.manifest, checked.specs
     table = Table(title=f"{loaded.soundtrack}: {len(specs)} tracks", title_justify="left")
     table.add_column("track", no_wrap=True)
@@ -158,9 +163,12 @@ def validate(manifest: ManifestArg) -> None:
         )
     minutes = sum(spec.duration_s for spec in specs) / 60
     models = sorted({spec.model for spec in specs if not spec.source})
+    # A folder as the build resolves it: relative to the manifest, not to where this runs.
+    storage = checked.storage
+    where = str(storage.root) if isinstance(storage, LocalStorage) else checked.storage_url
     console.print(
         f"[green]valid[/]: {len(specs)} tracks, {minutes:.1f} min of audio, "
-        f"models: {escape(', '.join(models) or 'none')}; storage: {escape(loaded.storage)}"
+        f"models: {escape(', '.join(models) or 'none')}; storage: {escape(where)}"
         + (f"; usage: {loaded.usage}" if loaded.usage else ""),
         highlight=False,
     )

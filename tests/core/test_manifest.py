@@ -612,7 +612,18 @@ def test_validate_prints_brackets_in_paths_as_they_are(tmp_path: Path) -> None:
     path.write_text(BASE.replace("soundtrack: game\n", "soundtrack: game\nstorage: './out[/]x'\n"))
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
-    assert "storage: ./out[/]x" in " ".join(result.stdout.split())
+    # The folder as the build resolves it, beside the manifest, wherever validate runs.
+    assert f"storage: {tmp_path / 'out[' / ']x'}" in " ".join(result.stdout.split())
+
+
+def test_validate_refuses_a_storage_folder_a_build_could_not_write(tmp_path: Path) -> None:
+    """A file where the storage folder should be passed `validate`; `build` then exited 2."""
+    (tmp_path / "assets").write_text("a file")
+    path = tmp_path / "m.yaml"
+    path.write_text(BASE.replace("soundtrack: game\n", "soundtrack: game\nstorage: ./assets\n"))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "is not a directory" in " ".join(result.output.split())
 
 
 def test_attempts_and_reference_are_build_policy_outside_the_spec_hash(tmp_path: Path) -> None:
