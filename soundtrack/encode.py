@@ -195,23 +195,25 @@ def _set_end_padding(path: Path, frames: int) -> None:
     last packet alone, at most 1152 + 529 samples: a track whose length leaves 1-46 samples in
     its last frame needs more, and decoded up to 46 samples long."""
     with path.open("r+b") as f:
-        frame = bytearray(f.read(_LAME_CRC_AT + 2))
-        info = max(frame.find(b"Info"), frame.find(b"Xing"))
-        if frame[0] != 0xFF or info < 0 or not frame[info + 7] & 1:  # the frame count's flag
+        head = bytearray(f.read(256))
+        # The tag follows the frame header and side information: 36 bytes in MPEG-1 stereo,
+        # fewer in mono and at 24 kHz and below.
+        info = max(head.find(b"Info", 0, 64), head.find(b"Xing", 0, 64))
+        if head[0] != 0xFF or info < 0 or not head[info + 7] & 1:  # the frame count's flag
             raise AudioError(f"{path.name}: ffmpeg wrote no Info tag; its length is unknown")
-        mpeg1 = (frame[1] >> 3) & 3 == 3
-        samples = int.from_bytes(frame[info + 8 : info + 12], "big") * (1152 if mpeg1 else 576)
-        delay = int.from_bytes(frame[info + 141 : info + 144], "big") >> 12
+        mpeg1 = (head[1] >> 3) & 3 == 3
+        samples = int.from_bytes(head[info + 8 : info + 12], "big") * (1152 if mpeg1 else 576)
+        delay = int.from_bytes(head[info + 141 : info + 144], "big") >> 12
         padding = samples - delay - frames
         if not 0 <= padding < 4096:
             raise AudioError(f"{path.name}: {padding} samples of end padding do not fit its tag")
-        frame[info + 141 : info + 144] = (delay << 12 | padding).to_bytes(3, "big")
-        frame[_LAME_CRC_AT:] = _crc16(frame[:_LAME_CRC_AT]).to_bytes(2, "big")
-        f.seek(0)
-        f.write(frame)
-
-
-_LAME_CRC_AT = 190  # the LAME tag's CRC-16 covers the first frame's first 190 bytes
+        head[info + 141 : info + 144] = (delay << 12 | padding).to_bytes(3, "big")
+        # The tag's CRC-16, its last field, covers the frame up to it.
+        crc_at = info + 154
+        f.seek(info + 141)
+        f.write(head[info + 141 : info + 144])
+        f.seek(crc_at)
+        f.write(_crc16(head[:crc_at]).to_bytes(2, "big"))
 
 
 def _crc16(data: bytes | bytearray) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from mutagen.id3 import ID3
 from mutagen.oggvorbis import OggVorbis
 
 from soundtrack.audio import decode_with_ffmpeg
-from soundtrack.encode import encode
+from soundtrack.encode import _crc16, encode
 from soundtrack.errors import AudioError, InputError
 from soundtrack.master import Master
 from tests import signals
@@ -50,17 +51,44 @@ def test_decoded_files_have_the_masters_length_and_rate(tmp_path: Path) -> None:
     np.testing.assert_allclose(wav.T, m.audio, atol=2.0**-22)
 
 
-@pytest.mark.parametrize("sample_rate", [22050, 44100, 48000])
-@pytest.mark.parametrize("last_frame", [0, 1, 5, 46, 47, 600])
-def test_an_mp3_decodes_to_the_masters_length_whatever_its_last_frame_holds(
-    tmp_path: Path, sample_rate: int, last_frame: int
+@pytest.mark.parametrize(
+    ("sample_rate", "channels"),
+    [(8000, 1), (22050, 2), (24000, 1), (44100, 1), (44100, 2), (48000, 2)],
+)
+@pytest.mark.parametrize("last_frame", [0, 5, 46, 47, 600])
+def test_an_mp3_decodes_to_the_masters_length_and_audio_whatever_its_layout(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sample_rate: int,
+    channels: int,
+    last_frame: int,
 ) -> None:
     """ffmpeg's muxer wrote at most 1152 + 529 samples of end padding: a length leaving 1-46
-    samples in the last frame decoded up to 46 samples long (576006 frames read 576047)."""
-    m = _master(1152 * 40 + last_frame, sample_rate)
+    samples in the last frame decoded up to 46 samples long. The first rewrite of the padding
+    put the tag's CRC at MPEG-1 stereo's offset, inside the first audio frame of a mono or
+    24 kHz file: peaks of +45 dBTP."""
+    m = _master(1152 * 20 + last_frame, sample_rate)
+    m = dataclasses.replace(m, audio=m.audio[:channels])
     (mp3,) = encode(m, ["mp3"], tmp_path, "boss", tags=TAGS, wav_bit_depth=16)
-    assert decode_with_ffmpeg(mp3.path)[0].shape == m.audio.shape
+    decoded, _ = decode_with_ffmpeg(mp3.path)
+    assert decoded.shape == m.audio.shape
     assert sf.info(str(mp3.path)).frames == m.audio.shape[1]  # libsndfile's mpg123 too
+    assert np.abs(decoded - m.audio).max() < 0.1, "the audio is the master's"
+    # Against what ffmpeg wrote: only the padding and the tag's CRC differ. The CRC covers the
+    # frame up to it, as LAME writes it; ffmpeg's own covers 190 bytes whatever the layout,
+    # which is that only in MPEG-1 stereo (the tag 36 bytes in).
+    monkeypatch.setattr("soundtrack.encode._set_end_padding", lambda path, frames: None)
+    (original,) = encode(m, ["mp3"], tmp_path / "ffmpeg", "boss", tags=TAGS, wav_bit_depth=16)
+    ours, theirs = mp3.path.read_bytes(), original.path.read_bytes()
+    assert len(ours) == len(theirs)
+    differ = [i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b]
+    info = ours.find(b"Info") if b"Info" in ours[:4096] else ours.find(b"Xing")
+    frame = ours.rfind(b"\xff", 0, info)  # the tag's frame, after the ID3 tag mutagen adds
+    assert set(differ) <= {*range(info + 141, info + 144), info + 154, info + 155}
+    assert _crc16(ours[frame : info + 154]) == int.from_bytes(ours[info + 154 : info + 156])
+    if info - frame == 36:
+        crc = _crc16(theirs[frame : info + 154])
+        assert crc == int.from_bytes(theirs[info + 154 : info + 156])
 
 
 def test_every_file_is_tagged(tmp_path: Path) -> None:
