@@ -61,8 +61,12 @@ def make_bar_loop(
     frames = audio.shape[1]
     if end + crossfade <= frames:
         return bake_crossfade(audio, end, crossfade, start=start)
-    if frames >= end - BAR_END_FRACTION * length:
-        return audio[:, : min(end, frames)].copy()
+    if abs(frames - end) <= BAR_END_FRACTION * length:
+        # A recording cut to its bars: its own end is the loop's, not the measured tempo's
+        # (a few hundredths of a percent off: cut there, 13-70 samples went, and the seam).
+        return audio.copy()
+    if frames > end:
+        return audio[:, :end].copy()
     raise AudioError(
         f"{(frames - start) / sample_rate:.2f} s of audio from the first downbeat; the loop's "
         f"bars need {length / sample_rate:.2f} s"

@@ -29,6 +29,7 @@ from soundtrack.gates import (
     tempo_error_pct,
 )
 from soundtrack.keys import parse_key, relative, semitones_apart
+from soundtrack.loops import BAR_END_FRACTION
 from soundtrack.master import Master, finish, prepare
 from soundtrack.measure import Metrics, measure, measure_file
 from soundtrack.pictures import PICTURE_EXT, Picture, draw_picture
@@ -176,6 +177,10 @@ def _bar_loop(spec: TrackSpec, heard: Analysis) -> tuple[int, float] | None:
     sr = heard.sample_rate
     bar = spec.beats_per_bar * 60.0 / heard.tempo_bpm * sr
     bars = spec.bars or max(1, round(spec.duration_s * sr / bar))
+    if abs(heard.frames - bars * bar) <= BAR_END_FRACTION * bars * bar:
+        # A recording cut to its bars (a loop exported from a DAW) is its loop from its first
+        # sample, whichever beat the analysis hears as a downbeat: an accent alone is a weak cue.
+        return 0, float(heard.frames)
     # The tracker may find its first downbeat a bar or more in: count the grid back to the start.
     found = heard.downbeats[0]
     first = found - ((found + _GRID_SLACK_S * sr) // bar) * bar

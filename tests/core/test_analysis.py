@@ -17,7 +17,9 @@ from soundtrack.analysis import Analysis, analyse, analysis_row, compare, timbre
 from soundtrack.audio import write_wav
 from soundtrack.errors import AudioError
 from soundtrack.loudness import loudness_range_lu
-from tests.music import chord_cycle, clicks, drone, drum_and_bass
+from soundtrack.master import prepare
+from soundtrack.spec import LOUDNESS_PROFILES, Mastering
+from tests.music import chord_cycle, clicks, drone, drum_and_bass, held_chord
 from tests.reference import ebur128_lra
 from tests.signals import music_like, pink_noise
 
@@ -96,6 +98,18 @@ def test_a_hint_at_half_or_double_the_tempo_finds_the_pulse(bpm: float) -> None:
         measured = analyse(audio, 22050, bpm_hint=hint).tempo_bpm
         assert measured is not None, hint
         assert min(abs(measured / (m * bpm) - 1.0) for m in (0.5, 1.0, 2.0)) < 0.002, hint
+
+
+@pytest.mark.parametrize("duration_s", [12.0, 24.0])
+def test_a_held_chord_does_not_vote_on_the_downbeats(duration_s: float) -> None:
+    """A chord held through every bar changes by rounding error (1e-7), which scaled to unit
+    spread outvoted a kick twice as strong on each downbeat: bars read from beat 2 or 4."""
+    audio = held_chord(120.0, duration_s, RATE, downbeat_accent=2.0)
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["console"])
+    prepared = prepare(audio, RATE, mastering, loop=True, duration_s=duration_s)  # as a build
+    result = analyse(prepared.audio, RATE, bpm_hint=120.0)
+    truth = np.arange(duration_s / 2.0 + 1) * 2.0 * RATE
+    assert result.downbeats and _distances_s(result.downbeats, truth).max() < TOLERANCE_S
 
 
 @pytest.mark.parametrize("bpm", BPMS)
