@@ -13,6 +13,7 @@ import json
 import math
 import re
 import threading
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -502,21 +503,24 @@ def _check_names(configs: Sequence[Mapping[str, Any]]) -> None:
     """Each expectation's gate name (meta.gate, else "<type>:<column>", as check_expectations
     names it) is its own: a report, a lock and JUnit hold one result per name."""
     seen: dict[str, int] = {}
+    built_in = {*GATE_NAMES, *(f"{gate}_{fmt}" for gate in GATE_NAMES for fmt in FORMATS)}
     for i, config in enumerate(configs):
         meta = config.get("meta") or {}
         column = config["kwargs"].get("column", "")
-        name = meta.get("gate") or f"{config['type']}:{column}"
-        taken = name in GATE_NAMES or any(
-            name == f"{gate}_{label}" for gate in GATE_NAMES for label in (*FORMATS, "source")
-        )
+        given = meta.get("gate") or f"{config['type']}:{column}"
+        # As a reader tells names apart: " Loudness " is loudness, a zero-width space nothing.
+        name = "".join(c for c in given if unicodedata.category(c) != "Cf").strip().casefold()
+        if not name:
+            raise InputError(f"extra expectation [{i}]: meta.gate {given!r} is blank")
+        taken = name in built_in
         if taken:
             raise InputError(
-                f"extra expectation [{i}]: gate name {name!r} is a built-in gate's; set "
+                f"extra expectation [{i}]: gate name {given!r} is a built-in gate's; set "
                 "meta.gate to another name"
             )
         if name in seen:
             raise InputError(
-                f"extra expectations [{seen[name]}] and [{i}] are both named {name!r}; give "
+                f"extra expectations [{seen[name]}] and [{i}] are both named {given!r}; give "
                 "each its own meta.gate"
             )
         seen[name] = i

@@ -40,10 +40,11 @@ def card_licence(card: Path) -> str | None:
     # (`pretty_name: A --- B`) is text, not the end of the front matter.
     lines = head.removeprefix("\ufeff").splitlines()
     ends = [i for i, line in enumerate(lines) if line.rstrip() == "---"]
-    if len(ends) < 2 or ends[0] != 0:
+    # Blank lines may come first, as huggingface_hub's own reader allows.
+    if len(ends) < 2 or any(line.strip() for line in lines[: ends[0]]):
         return None
     try:
-        meta = load_yaml("\n".join(lines[1 : ends[1]]))
+        meta = load_yaml("\n".join(lines[ends[0] + 1 : ends[1]]))
     except yaml.YAMLError:  # a card that says something no one can read wins over the table
         return UNKNOWN
     if not isinstance(meta, dict) or "license" not in meta:

@@ -159,6 +159,14 @@ def _construct_number(loader: _ManifestLoader, node: yaml.ScalarNode) -> Any:
 
 for _tag in ("int", "float"):
     _ManifestLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _construct_number)
+# YAML 1.2's numbers with an exponent and no point or no exponent sign (5e1, 1.5e3), which
+# YAML 1.1 reads as text.
+_NUMBER_12 = r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+_ManifestLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -371,11 +379,8 @@ _QUOTED_HINTS = {
 
 
 def _numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    """Whether `text`, unquoted, would have been a number (not `inf`, which YAML reads as text)."""
+    return re.fullmatch(_NUMBER_12, text.strip()) is not None
 
 
 def _quoted(value: Any) -> str:

@@ -69,6 +69,8 @@ def text_problem(text: str) -> str | None:
         return "contains a lone surrogate, which is not text"
     if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in text):
         return "contains control characters"
+    if "\ufffe" in text or "\uffff" in text:
+        return "contains U+FFFE or U+FFFF, which are no characters (XML refuses them)"
     return None
 
 

@@ -20,6 +20,8 @@ SMALL_MODEL_PARAMETERS = 50_000_000  # below this, extra threads only add synchr
 def requested_device(device: str | None) -> str:
     """The device asked for: an explicit one, else $SOUNDTRACK_DEVICE, else auto; InputError
     for a name that is none (checked without importing torch)."""
+    if device is not None and not device.strip():
+        raise InputError("device is empty: give auto, cpu, mps, cuda or cuda:N")
     requested = device or os.environ.get(DEVICE_ENV) or "auto"
     if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", requested):
         raise InputError(

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -56,6 +57,16 @@ class Publishing:
         sha256: stems of the previous lock this one no longer names), then `lock` as the
         folder's lock; returns how many files changed. On a failed rename the folder is left
         as it was."""
+        with _turn(self.folder):
+            if self.folder in _ENDED:
+                raise StorageError(
+                    f"{self.folder}: the build was stopped before its lock was written; nothing "
+                    "of it is published",
+                    transient=False,
+                )
+            return self._commit(lock, names, retired)
+
+    def _commit(self, lock: bytes, names: set[str], retired: Mapping[str, str]) -> int:
         files: list[dict[str, object]] = []
         for name in sorted(names):
             staged = self.staged(name)
@@ -89,6 +100,8 @@ class Publishing:
     def repair(self) -> list[str]:
         """Finish or undo what a killed build left half done, drop staged files and stray
         temporary files; says what it did, one line each."""
+        with _turn(self.folder):
+            _ENDED.discard(self.folder)  # a new build holds the folder
         said: list[str] = []
         record = self._read_record()
         if record is not None and record[0] == "forward":
@@ -118,8 +131,12 @@ class Publishing:
         return said
 
     def discard(self) -> None:
-        """Drop what this build staged (it ends without writing its lock)."""
-        self._clean()
+        """Drop what this build staged and end its turn: a commit under way (on a task's
+        thread, while a stopped build's main thread cleans up) finishes first, and none starts
+        after."""
+        with _turn(self.folder):
+            _ENDED.add(self.folder)
+            self._clean()
 
     @property
     def _record(self) -> Path:
@@ -186,6 +203,19 @@ class Publishing:
                 path.unlink()
         with contextlib.suppress(OSError):
             self.control.rmdir()
+
+
+# A build commits on a task's thread; a stopped build cleans up on its main thread, which
+# deleted the commit's record and staged files under it (the folder's files new, its lock
+# old). Per folder, one of them at a time; and a build that ended commits nothing more.
+_TURNS: dict[Path, threading.Lock] = {}
+_TURNS_GUARD = threading.Lock()
+_ENDED: set[Path] = set()
+
+
+def _turn(folder: Path) -> threading.Lock:
+    with _TURNS_GUARD:
+        return _TURNS.setdefault(folder, threading.Lock())
 
 
 @contextlib.contextmanager

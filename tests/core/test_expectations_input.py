@@ -427,10 +427,13 @@ def test_two_expectations_under_one_gate_name_are_refused_when_loaded(tmp_path: 
     named = [{**twice[0], "meta": {"gate": "peak"}}, {**twice[1], "meta": {"gate": "peak"}}]
     with pytest.raises(InputError, match=r"are both named 'peak'; give each its own meta.gate"):
         load_expectations(_write(tmp_path / "team.json", named))
-    for builtin in ("loudness", "true_peak_ogg"):
+    for builtin in ("loudness", "true_peak_ogg", " Loudness "):
         clash = [{**PEAK, "meta": {"gate": builtin}}]
         with pytest.raises(InputError, match=f"gate name '{builtin}' is a built-in gate's"):
             load_expectations(_write(tmp_path / "team.json", clash))
+    blank = [{**PEAK, "meta": {"gate": "\u200b "}}]
+    with pytest.raises(InputError, match="is blank"):
+        load_expectations(_write(tmp_path / "team.json", blank))
     apart = [{**twice[0], "meta": {"gate": "peak"}}, {**twice[1], "meta": {"gate": "master_peak"}}]
     assert len(check_expectations(load_expectations(_write(tmp_path / "team.json", apart)))) == 2
 
@@ -441,6 +444,7 @@ def test_two_expectations_under_one_gate_name_are_refused_when_loaded(tmp_path: 
         ("odd \ud800", "lone surrogate"),
         ("a\x01b", "control characters"),
         ("</failure>\x0c", "control"),
+        ("house\ufffepeak", r"U\+FFFE"),
     ],
 )
 @pytest.mark.parametrize("where", ["gate", "limit", "description", "notes", "key"])

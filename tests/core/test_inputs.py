@@ -204,6 +204,7 @@ def test_a_report_may_not_overwrite_what_the_build_publishes_or_the_other_report
         (["--out", ""], "--out is empty"),
         (["--out", " "], "--out is empty"),
         (["--device", "tpu"], "device must be auto, cpu, mps, cuda or cuda:N"),
+        (["--device", ""], "device is empty"),
         (["--device", "cuda:x"], "device must be auto, cpu, mps, cuda or cuda:N"),
         pytest.param(
             ["--device", "cuda"],

@@ -113,6 +113,8 @@ BOMB = "".join(
         ("---\npretty_name: Bark --- small\nlicense: cc-by-nc-4.0\n---\n", "CC-BY-NC-4.0"),
         ("\ufeff---\r\nlicense: cc-by-nc-4.0\r\n---\r\n", "CC-BY-NC-4.0"),
         ("---\nlicense: cc-by-nc-4.0\n", "MIT"),  # never closed: no front matter
+        ("\n  \n---\nlicense: cc-by-nc-4.0\n---\n", "CC-BY-NC-4.0"),  # blank lines first
+        ("# Bark\n---\nlicense: cc-by-nc-4.0\n---\n", "MIT"),  # not at the top: text
         # Words are no licence id, so nothing a manifest could accept by name.
         ("---\nlicense: free for non commercial use\n---\n", "unknown"),
         ("---\nlicense: other\nlicense_name: ask us first\n---\n", "unknown"),

@@ -566,6 +566,10 @@ def test_numbers_read_as_yaml_1_2_reads_them_and_unordered_tags_are_refused(
     zeros = BASE.replace("bpm: 90", "bpm: 0120").replace("seed: 5", "seed: 010")
     specs = specs_of(tmp_path, zeros)
     assert (specs["theme"].bpm, specs["battle"].seed) == (120, 10)
+    # An exponent without a point or a sign is a number in YAML 1.2, text in 1.1.
+    exponents = BASE.replace("duration: 20", "duration: 2e1").replace("seed: 5", "seed: 5e0")
+    specs = specs_of(tmp_path, exponents)
+    assert specs["theme"].duration_s == 20.0 and specs["battle"].seed == 5
     for text, field, said in (
         (BASE.replace("duration: 20", "duration: 1:30"), "defaults.duration", "'1:30'"),
         (BASE.replace("seed: 5", "seed: 5\n    formats: !!set {ogg, mp3}"), "", "!!set tag"),

@@ -71,6 +71,56 @@ def test_nothing_in_the_folder_changes_until_the_lock_is_written(tmp_path: Path)
     assert not (folder / ".publishing").exists()
 
 
+def test_a_stopped_builds_cleanup_waits_for_its_commit_and_then_allows_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during the commit: the flow's cleanup, on the main thread, deleted the commit's
+    record and staged files under it, on a task's thread; the folder had the new files and
+    the old lock, and nothing was left for the next build to repair."""
+    import threading
+
+    from soundtrack.errors import StorageError
+    from soundtrack.storage import staging
+
+    storage = LocalStorage(str(tmp_path / "out"), tmp_path / "out")
+    folder = tmp_path / "out" / SOUNDTRACK
+    publish(storage, SOUNDTRACK, version(tmp_path / "v1", 1))
+    storage.repair(SOUNDTRACK)  # as a build starts
+    v2 = version(tmp_path / "v2", 10)
+    published = publish_assets(storage, SOUNDTRACK, v2)
+    committing, go_on = threading.Event(), threading.Event()
+    forward = staging.Publishing._forward
+
+    def slow_forward(self: staging.Publishing, files: list[dict[str, object]]) -> None:
+        committing.set()
+        go_on.wait(30)  # the commit is under way when the cleanup comes
+        forward(self, files)
+
+    monkeypatch.setattr(staging.Publishing, "_forward", slow_forward)
+    commit = threading.Thread(
+        target=storage.write_index, args=(SOUNDTRACK, index_bytes(SOUNDTRACK, v2, published))
+    )
+    commit.start()
+    assert committing.wait(30)
+    cleanup = threading.Thread(target=storage.discard, args=(SOUNDTRACK,))
+    cleanup.start()
+    cleanup.join(0.5)
+    assert cleanup.is_alive(), "the cleanup waits for the commit"
+    go_on.set()
+    commit.join(30)
+    cleanup.join(30)
+    assert folder_problems(folder) == [] and sha256_of(folder / "boss.ogg") == v2[0].sha256
+    # A commit after the build's end publishes nothing.
+    before = contents(folder)
+    v3 = version(tmp_path / "v3", 20)
+    late = publish_assets(storage, SOUNDTRACK, v3)
+    with pytest.raises(StorageError, match="stopped before its lock was written"):
+        storage.write_index(SOUNDTRACK, index_bytes(SOUNDTRACK, v3, late))
+    assert contents(folder) == before and folder_problems(folder) != []  # v3 staged, not in
+    storage.repair(SOUNDTRACK)  # the next build drops it
+    assert folder_problems(folder) == [] and contents(folder) == before
+
+
 def test_a_rebuilt_track_takes_its_files_the_new_lock_no_longer_names_with_it(
     tmp_path: Path,
 ) -> None:
