@@ -269,9 +269,10 @@ def _normalise(
     # tolerance is a master the loudness gate passes, not a failure.
     if abs(target_lufs - best.lufs) > mastering.loudness.tolerance_lu:
         raise AudioError(
-            f"cannot reach {target_lufs} LUFS under a {ceiling_dbtp} dBTP true-peak ceiling "
-            f"(within {mastering.loudness.tolerance_lu:g} LU): {best.lufs:.2f} LUFS at best, "
-            f"with {MAX_MAKEUP_DB:g} dB of gain beyond plain normalisation for the limiter to take"
+            f"cannot reach {target_lufs} LUFS under a {mastering.loudness.true_peak_max_dbtp} "
+            f"dBTP true-peak ceiling (the master limited to {ceiling_dbtp:g}, headroom for the "
+            f"encoders) within {mastering.loudness.tolerance_lu:g} LU: {best.lufs:.2f} LUFS at "
+            f"best, with {MAX_MAKEUP_DB:g} dB of gain beyond plain normalisation for the limiter"
         )
     gain_db, limited, envelope_db, limiting = (
         best.gain_db,
