@@ -189,30 +189,24 @@ def check_apart(*, outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[s
     """
     # Two outputs may not overlap either: a report inside the soundtrack's folder would be
     # written over a published file (or the lock), or deleted by `gc`.
-    clashes = [
-        clash
-        for i, (out_name, out_path) in enumerate(outputs)
-        for other_name, other_path in outputs[i + 1 :]
-        if (clash := _overlap(out_name, out_path, other_name, other_path))
-    ]
-    if clashes:
-        raise InputError(
-            "outputs overlap: one would overwrite another; write reports outside the "
-            "soundtrack's folder, each to its own file",
-            clashes,
-        )
-    problems = [
-        problem
-        for out_name, out_path in outputs
-        for in_name, in_path in inputs
-        if (problem := _overlap(out_name, out_path, in_name, in_path))
-    ]
+    _refuse_overlaps(
+        [(out, other) for i, out in enumerate(outputs) for other in outputs[i + 1 :]],
+        "outputs overlap: one would overwrite another; write reports outside the soundtrack's "
+        "folder, each to its own file",
+    )
+    _refuse_overlaps(
+        [(out, read) for out in outputs for read in inputs],
+        "outputs overlap inputs: a build would overwrite or delete what it reads; choose "
+        "another storage folder (or soundtrack name), --out or $SOUNDTRACK_CACHE_DIR",
+    )
+
+
+def _refuse_overlaps(
+    pairs: Sequence[tuple[tuple[str, Path], tuple[str, Path]]], message: str
+) -> None:
+    problems = [p for (name, path), other in pairs if (p := _overlap(name, path, *other))]
     if problems:
-        raise InputError(
-            "outputs overlap inputs: a build would overwrite or delete what it reads; choose "
-            "another storage folder (or soundtrack name), --out or $SOUNDTRACK_CACHE_DIR",
-            problems,
-        )
+        raise InputError(message, problems)
 
 
 def _overlap(name: str, path: Path, other_name: str, other_path: Path) -> str | None:
