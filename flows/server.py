@@ -86,6 +86,15 @@ def start_temporary_server() -> str | None:
         )
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("start_temporary_server() must run on the main thread")
+    try:
+        # Prefect makes only the last folder of PREFECT_HOME: under a new parent, its server
+        # could not open its database and the build waited out the whole startup timeout.
+        settings.home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServerStartError(
+            f"PREFECT_HOME {settings.home}: cannot make the folder the temporary Prefect "
+            f"server keeps its database in ({exc.strerror or exc})"
+        ) from None
     timeout_s = startup_timeout_s(settings)
     # A server that lives for one build has nothing to report home; offline, trying prints an
     # ERROR line on every build. The user's own setting wins.

@@ -157,6 +157,20 @@ def wait_for_server(
 # --- the tests ---
 
 
+def test_a_prefect_home_under_new_folders_is_made(
+    first_run: tuple[Path, dict[str, str], list[str]],
+) -> None:
+    """Prefect makes only PREFECT_HOME's last folder: under a new parent its server could not
+    open its database, and the build waited out the 180 s startup timeout, then exit 1."""
+    workdir, env, args = first_run
+    home = workdir / "new" / "nested" / "prefect"
+    started = time.monotonic()
+    result = build(workdir, {**env, "PREFECT_HOME": str(home)}, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (home / "prefect.db").exists()
+    assert time.monotonic() - started < 150, "no startup timeout waited out"
+
+
 def test_startup_timeout_is_ours_unless_the_user_set_prefects(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
