@@ -279,6 +279,9 @@ def test_deployed_build_exits_0_when_approved_and_1_when_a_gate_rejects(
     # The worker's log (the run's, in the UI) says where to answer.
     ui = prefect_server.api_url.removesuffix("/api")
     assert f"answer at {ui}/runs/flow-run/{paused.id}" in worker_log, worker_log
+    for folder, log in ((reviewed, review_log), (good, good_log), (bad, bad_log)):
+        lock = folder.parent / "out" / "nightly" / "soundtrack.lock.json"
+        assert lock.exists(), log + worker_log  # the run's own words when it wrote none
     statuses, _ = published(reviewed.parent / "out" / "nightly")
     assert statuses == {"harbour": "approved", "chase": "approved"}
     statuses, _ = published(good.parent / "out" / "nightly")
