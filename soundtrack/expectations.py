@@ -13,7 +13,6 @@ import json
 import math
 import re
 import threading
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -30,7 +29,7 @@ from soundtrack.gates import (
     GateTable,
 )
 from soundtrack.measure import Metrics
-from soundtrack.schema import text_problem
+from soundtrack.schema import text_problem, visible
 
 _SEVERITY_TO_GX = {"fail": "critical", "warn": "warning"}
 _GX_LOCK = threading.Lock()  # GX contexts and stores are not documented as thread-safe
@@ -509,7 +508,7 @@ def _check_names(configs: Sequence[Mapping[str, Any]]) -> None:
         column = config["kwargs"].get("column", "")
         given = meta.get("gate") or f"{config['type']}:{column}"
         # As a reader tells names apart: " Loudness " is loudness, a zero-width space nothing.
-        name = "".join(c for c in given if unicodedata.category(c) != "Cf").strip().casefold()
+        name = visible(given).casefold()
         if not name:
             raise InputError(f"extra expectation [{i}]: meta.gate {given!r} is blank")
         taken = name in built_in

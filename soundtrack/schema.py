@@ -63,6 +63,11 @@ def _admits(annotation: Any, kind: type) -> bool:
     return any(_admits(arg, kind) for arg in get_args(annotation))
 
 
+def visible(text: str) -> str:
+    """`text` as a reader sees it: without format characters (zero-width spaces), stripped."""
+    return "".join(c for c in text if unicodedata.category(c) != "Cf").strip()
+
+
 def text_problem(text: str) -> str | None:
     """Why `text` is no text the lock, the report and JUnit's XML can hold, or None."""
     if any(unicodedata.category(c) == "Cs" for c in text):
@@ -427,7 +432,7 @@ class Track(_Overridable):
         loses its edge whitespace (lyrics keep theirs: they are in the spec hash as written)."""
         if value is None:
             return None
-        if not "".join(c for c in value if unicodedata.category(c) != "Cf").strip():
+        if not visible(value):
             raise ValueError(f"{info.field_name} is empty")
         if problem := text_problem(value):
             raise ValueError(f"{info.field_name} {problem}")
