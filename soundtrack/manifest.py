@@ -161,11 +161,11 @@ for _tag in ("int", "float"):
     _ManifestLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _construct_number)
 # YAML 1.2's numbers with an exponent and no point or no exponent sign (5e1, 1.5e3), which
 # YAML 1.1 reads as text.
-_NUMBER_12 = r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+_MANTISSA = r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)"
+_EXPONENT = r"[eE][-+]?[0-9]+"
+_NUMBER_12 = f"{_MANTISSA}(?:{_EXPONENT})?"
 _ManifestLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
-    list("-+.0123456789"),
+    "tag:yaml.org,2002:float", re.compile(f"^{_MANTISSA}{_EXPONENT}$"), list("-+.0123456789")
 )
 
 
