@@ -23,8 +23,8 @@ from soundtrack import events, steps
 from soundtrack.approval import Candidate, Reviewer, Verdict, first_take, rejections
 from soundtrack.atomic import atomic_path
 from soundtrack.catalog import limit_problems
-from soundtrack.errors import InputError, ModelLoadError, StorageError
-from soundtrack.inputs import CheckedInputs, check_inputs
+from soundtrack.errors import InputError, ModelLoadError
+from soundtrack.inputs import CheckedInputs, check_access, check_inputs
 from soundtrack.models import check_model, load_count, one_resident
 from soundtrack.models.device import requested_device, resolve_device
 from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build, reusable, select
@@ -158,13 +158,7 @@ def prepare(
         reports=reports,
         gates=options.gates,
     )
-    try:
-        checked.storage.check_access()
-    except StorageError as exc:
-        if exc.transient:
-            raise
-        # Wrong credentials or a missing bucket are settings to fix, not a failed build.
-        raise InputError(str(exc)) from None
+    check_access(checked.storage)
     lock, warnings = _previous_lock(checked, logger)
     plan = _plan(checked, lock, options)
     if options.local_models:

@@ -21,7 +21,6 @@ from soundtrack.errors import (
     ModelLoadError,
     SoundtrackError,
     StorageBusy,
-    StorageError,
 )
 from soundtrack.paths import user_path
 from soundtrack.redaction import install_log_redaction, redact
@@ -114,19 +113,18 @@ def validate(manifest: ManifestArg) -> None:
 
     Exit 0 when valid (a summary is printed), 2 otherwise.
     """
-    from soundtrack.inputs import check_inputs
+    from soundtrack.inputs import check_access, check_inputs
     from soundtrack.storage import LocalStorage
 
     try:
         # The manifest's own storage: --out and $SOUNDTRACK_STORAGE are the build's to check.
         checked = check_inputs(manifest, environ={})
         if isinstance(checked.storage, LocalStorage):
-            # A folder is checked here as build checks it (a bucket needs the network).
-            checked.storage.check_access()
+            check_access(checked.storage)  # as build checks it (a bucket needs the network)
         if checked.manifest.review == "required":
             _check_review_server()
     except SoundtrackError as exc:
-        fail(InputError(str(exc)) if isinstance(exc, StorageError) else exc)
+        fail(exc)
     loaded, specs = checked.manifest, checked.specs
     table = Table(title=f"{loaded.soundtrack}: {len(specs)} tracks", title_justify="left")
     table.add_column("track", no_wrap=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from soundtrack.catalog import family_name, limit_problems
-from soundtrack.errors import InputError, ModelLoadError
+from soundtrack.errors import InputError, ModelLoadError, StorageError
 from soundtrack.licences import licence_of, usage_problem
 from soundtrack.manifest import load_manifest
 from soundtrack.plan import select
@@ -84,6 +84,18 @@ def check_inputs(
         inputs=_inputs(path, loaded, specs),
     )
     return CheckedInputs(loaded, path, specs, url, storage, expectations, licences, families)
+
+
+def check_access(storage: Storage) -> None:
+    """The storage takes what a build publishes: wrong credentials, a missing bucket or a file
+    where its folder goes are settings to fix (InputError), not a failed build; a transient
+    failure stays a StorageError."""
+    try:
+        storage.check_access()
+    except StorageError as exc:
+        if exc.transient:
+            raise
+        raise InputError(str(exc)) from None
 
 
 def check_models(
