@@ -56,6 +56,7 @@ import numpy as np
 from soundtrack.audio import check_signal
 from soundtrack.keys import Key, conventional_key, key_match, parse_key, semitones_apart
 from soundtrack.loudness import loudness_range_lu
+from soundtrack.numba_cache import load_librosa
 
 ANALYSIS_RATE = 22050
 _N_FFT = 2048
@@ -284,7 +285,7 @@ def _check_inputs(
 
 
 def _features(audio: np.ndarray, sample_rate: int) -> _Features:
-    import librosa  # numba compiles on first use: keep it off the import path
+    librosa = load_librosa()  # numba compiles on first use: keep it off the import path
     import soxr
 
     mono = audio.mean(axis=0, dtype=np.float32)

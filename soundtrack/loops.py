@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from soundtrack.errors import AudioError
+from soundtrack.numba_cache import load_librosa
 
 SEARCH_S = 0.4  # loop end within +-this of the requested duration (the duration gate allows 0.5)
 DISTANCE_PENALTY = 0.25  # score lost at the edge of the search window (a perfect match scores 2)
@@ -124,7 +125,7 @@ def _feature_scores(
 ) -> np.ndarray:
     """Per candidate end lo + k*hop: chroma cosine similarity + onset-envelope correlation of the
     `compare` samples after it against the first `compare` samples."""
-    import librosa  # numba compiles on first use: keep it off the import path
+    librosa = load_librosa()  # numba compiles on first use: keep it off the import path
 
     def features(segment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         power = np.abs(librosa.stft(segment, n_fft=_N_FFT, hop_length=_HOP, center=False)) ** 2

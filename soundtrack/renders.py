@@ -52,8 +52,12 @@ def cache_root() -> Path:
     """$SOUNDTRACK_CACHE_DIR, else $XDG_CACHE_HOME/soundtrack, else ~/.cache/soundtrack."""
     if os.environ.get(CACHE_ENV):
         return user_path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "soundtrack"
+    return user_cache_home() / "soundtrack"
+
+
+def user_cache_home() -> Path:
+    """$XDG_CACHE_HOME, else ~/.cache: this user's caches, whatever the project."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 
 class RenderCache:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from soundtrack.audio import check_signal
+from soundtrack.numba_cache import load_librosa
 
 THEME_RATE = 22050
 _N_FFT = 4096
@@ -83,7 +84,7 @@ def melody_similarity(variation: np.ndarray, parent: np.ndarray, sample_rate: in
 
 def _chroma(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """(12, frames) chroma as the module doc describes, each frame of unit length."""
-    import librosa  # numba compiles on first use: keep it off the import path
+    librosa = load_librosa()  # numba compiles on first use: keep it off the import path
     import soxr
     from scipy.ndimage import maximum_filter1d
 

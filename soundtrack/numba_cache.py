@@ -1,0 +1,53 @@
+"""librosa, with numba's cache of its compiled functions in a folder no other process writes.
+
+By default numba caches librosa's compiled functions beside librosa's own source, shared by every
+process. Two processes compiling one function at once can write their machine code under the
+same file name and leave an index pointing at the other's code: from then on every call of it,
+in every process, segfaults (two builds on a fresh install did this). Each process here takes the
+first numbered folder under ~/.cache/soundtrack/numba that no other live process holds (an flock
+the kernel releases when the process ends), so later processes reuse the compiled code and no two
+write the same folder at once. The folders are the user's, not a project's: compiled code depends
+on the machine and librosa alone, so a build with a cache of its own ($SOUNDTRACK_CACHE_DIR)
+compiles nothing again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from pathlib import Path
+from types import ModuleType
+
+from soundtrack.renders import user_cache_home
+
+_GUARD = threading.Lock()
+_held: list[int] = []  # the lock file of this process's folder, open for the process's life
+
+
+def load_librosa() -> ModuleType:
+    """librosa, its numba cache in this process's own folder (or $NUMBA_CACHE_DIR when set)."""
+    with _GUARD:
+        if not _held and "NUMBA_CACHE_DIR" not in os.environ:
+            # Before librosa: each of its functions picks its cache folder when it is defined.
+            from numba.core import config
+
+            config.CACHE_DIR = str(_own_folder())  # type: ignore[attr-defined]  # set from env
+        import librosa
+    return librosa
+
+
+def _own_folder() -> Path:
+    root = user_cache_home() / "soundtrack" / "numba"
+    root.mkdir(parents=True, exist_ok=True)
+    number = 0
+    while True:
+        fd = os.open(root / f"{number}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            number += 1
+            continue
+        _held.append(fd)
+        return root / str(number)

@@ -1,0 +1,71 @@
+"""librosa's compiled code is cached per live process: two processes never write one cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# Compiles one of librosa's cached numba functions, prints where numba cached it, and then
+# holds its folder until its stdin closes.
+_PROCESS = """
+import sys
+import numpy as np
+from soundtrack.numba_cache import load_librosa
+librosa = load_librosa()
+from numba.core import config
+librosa.util.localmax(np.arange(5.0))
+print(config.CACHE_DIR, flush=True)
+sys.stdin.read()
+"""
+
+
+def _start(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _PROCESS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _folder(process: subprocess.Popen[str]) -> Path:
+    assert process.stdout is not None
+    return Path(process.stdout.readline().strip())
+
+
+def _end(process: subprocess.Popen[str]) -> None:
+    process.communicate("", timeout=60)
+    assert process.returncode == 0
+
+
+def test_processes_at_once_compile_into_folders_of_their_own_and_later_ones_reuse_them(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    root = tmp_path / "soundtrack" / "numba"
+    first, second = _start(env), _start(env)
+    folders = {_folder(first), _folder(second)}
+    assert folders == {root / "0", root / "1"}
+    for folder in folders:
+        assert list(folder.rglob("*localmax*.nbi")), f"nothing compiled into {folder}"
+    _end(first)
+    _end(second)
+    compiled = {path: path.stat().st_mtime_ns for path in (root / "0").rglob("*.nb?")}
+    later = _start(env)
+    assert _folder(later) == root / "0"
+    _end(later)
+    assert {path: path.stat().st_mtime_ns for path in (root / "0").rglob("*.nb?")} == compiled
+
+
+def test_a_numba_cache_dir_the_user_set_is_kept(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "caches")}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")
+    process = _start(env)
+    assert _folder(process) == tmp_path / "mine"
+    _end(process)
+    assert list((tmp_path / "mine").rglob("*localmax*.nbi"))
+    assert not (tmp_path / "caches").exists()
