@@ -10,6 +10,12 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 __version__ = "0.1.0"
 
-# Bumped whenever a change to generation, mastering or encoding changes the audio produced for
-# the same manifest: it is part of every spec_hash, so bumping it invalidates every cached asset.
-PIPELINE_VERSION = "1"
+# Bumped whenever a change to generation, mastering, gating or encoding changes the assets made
+# for the same manifest: it is part of every spec_hash, so every track is mastered, judged and
+# published again. "2": MP3 end padding, loops filtered and resampled as a circle, a resampled
+# render's last sample, bar loops from exact-length recordings, the clipping and tempo gates.
+PIPELINE_VERSION = "2"
+
+# Bumped (with PIPELINE_VERSION) only when a change alters what a model renders for the same
+# spec: it is part of every generation key, so bumping it renders every track again.
+RENDER_VERSION = "1"

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from soundtrack import PIPELINE_VERSION
+from soundtrack import PIPELINE_VERSION, RENDER_VERSION
 from soundtrack.catalog import is_local, keyed_family
 from soundtrack.errors import AudioError, InputError
 from soundtrack.gates import GATE_NAMES
@@ -315,8 +315,10 @@ def resolve_tracks(
                 )
                 if name in fields
             ]
-            names = (*_GENERATION_FIELDS, "pipeline_version", *extra)
-            generation = {name: fields[name] for name in names}
+            generation = {name: fields[name] for name in (*_GENERATION_FIELDS, *extra)}
+            # Still under its old name, so renders cached before the two versions split keep
+            # their keys: a mastering change must not re-render.
+            generation["pipeline_version"] = RENDER_VERSION
             generation["render_duration_s"] = spec.render_duration_s
             spec = replace(spec, generation_key=_canonical_hash(generation))
         specs.append(spec)

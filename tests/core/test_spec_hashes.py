@@ -175,8 +175,28 @@ OVERRIDDEN_GENERATION_KEYS = {
 
 
 def _hold_pipeline_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    """PIPELINE_VERSION is part of every hash; a deliberate bump must not fail this test."""
+    """The versions are part of every hash; a deliberate bump must not fail this test."""
     monkeypatch.setattr(sys.modules[resolve_tracks.__module__], "PIPELINE_VERSION", "1")
+    monkeypatch.setattr(sys.modules[resolve_tracks.__module__], "RENDER_VERSION", "1")
+
+
+def test_a_pipeline_version_bump_masters_again_and_a_render_version_bump_renders_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def keys() -> list[tuple[str, str | None]]:
+        manifest = ROOT / "manifests" / "demo.yaml"
+        return [
+            (s.spec_hash, s.generation_key)
+            for s in resolve_tracks(load_manifest(manifest), manifest.parent)
+        ]
+
+    _hold_pipeline_version(monkeypatch)
+    before = keys()
+    monkeypatch.setattr(sys.modules[resolve_tracks.__module__], "PIPELINE_VERSION", "9")
+    remastered = keys()
+    assert all(a[0] != b[0] and a[1] == b[1] for a, b in zip(before, remastered, strict=True))
+    monkeypatch.setattr(sys.modules[resolve_tracks.__module__], "RENDER_VERSION", "9")
+    assert all(a[1] != b[1] for a, b in zip(remastered, keys(), strict=True))
 
 
 def _write_take(path: Path) -> None:
