@@ -165,13 +165,16 @@ def prepare(
         _check_models(plan, given=" (--model)" if options.model else "")
         if plan.todo or plan.variations:
             _check_device(options.device)
+    renders = RenderCache(cache_root())
     logger.info(
-        "%d tracks: %d cached, %d to render in %d batches, %d recordings, %d variations (after "
-        "their parents)",
+        "%d tracks: %d cached, %d to render in %d batches (%d of them rendered before, in this "
+        "machine's render cache: mastered again), %d recordings, %d variations (after their "
+        "parents)",
         len(checked.specs),
         len(plan.cached),
         sum(len(b) for b in plan.batches),
         len(plan.batches),
+        sum(renders.holds(spec) for b in plan.batches for spec in b),
         len(plan.recordings),
         len(plan.variations),
     )

@@ -66,6 +66,10 @@ class RenderCache:
     def __init__(self, root: Path) -> None:
         self.root = root / "renders"
 
+    def holds(self, spec: TrackSpec) -> bool:
+        """Whether a render of `spec` is stored here (get() verifies it when it is used)."""
+        return (self.root / f"{_key(spec)}.json").is_file()
+
     def get(self, generation_key: str) -> Render | None:
         """The cached render, or None when absent, incomplete or corrupted."""
         sidecar = self.root / f"{generation_key}.json"

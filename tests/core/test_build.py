@@ -4,8 +4,10 @@ refuses, checked against ffmpeg's ebur128, soundfile and the files' own sha256."
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
+import shutil
 from pathlib import Path
 
 import mutagen
@@ -14,7 +16,8 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from soundtrack import models
-from soundtrack.build import BuildResult, Options, ThreadExecutor, build
+from soundtrack.build import BuildResult, Options, ThreadExecutor, build, prepare
+from soundtrack.build import log as build_log
 from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.models import load_count
@@ -49,7 +52,7 @@ def run(project: Path, model: Path, **options: object) -> BuildResult:
 
 
 def test_build_approves_rejects_and_rebuilds_only_what_changed(
-    project: Path, tiny_model_dir: Path
+    project: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = project / "out" / "e2e"
 
@@ -141,6 +144,12 @@ def test_build_approves_rejects_and_rebuilds_only_what_changed(
     lock = json.loads(lock_path.read_text())
     assert {t["id"]: t["status"] for t in lock["tracks"]} == {"credits": "approved"}
     assert sha256_of(out / "credits.ogg") == lock["tracks"][0]["files"][0]["sha256"]
+
+    # 6. With the folder gone, the plan says which renders it will only master again.
+    shutil.rmtree(out)
+    with caplog.at_level(logging.INFO, logger=build_log.name):
+        prepare(project / "m.yaml", Options(model=str(tiny_model_dir)), build_log)
+    assert "3 to render in 1 batches (3 of them rendered before, in this machine's" in caplog.text
 
 
 BROKEN_INPUTS = {
