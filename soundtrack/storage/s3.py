@@ -170,11 +170,11 @@ class S3Storage:
         return f"s3://{self.bucket}/{key}"
 
     def has_asset(self, key: str, sha256: str) -> bool:
-        """True when the object exists and the server's checksum (or, for a multipart object
-        split differently, the sha256 recorded at upload) matches."""
+        """True when the object exists and the server's checksum is that content's, or, for a
+        multipart object, the composite this tool recorded when it verified the upload."""
         self._check_key(key)
         head = self._head(key)
-        return head is not None and _matches(head, sha256, None)
+        return head is not None and self._proves(self._record_key(key, sha256), head, sha256)
 
     def put_asset(
         self,
@@ -433,7 +433,7 @@ class S3Storage:
                 ) from None
             raise error from None
 
-    def _proves(self, record: str, head: HeadObjectOutputTypeDef, sha256: str) -> bool:
+    def _proves(self, record: str | None, head: HeadObjectOutputTypeDef, sha256: str) -> bool:
         """Whether journal `record` of `sha256` proves the object `head` describes ours: the
         server's checksum is that content's, or, for a multipart object, the composite recorded
         with it (its `sha256` metadata is anyone's to write)."""
@@ -442,6 +442,8 @@ class S3Storage:
             return False
         if reported == _b64(bytes.fromhex(sha256)):
             return True
+        if record is None:
+            return False
         try:
             recorded = json.loads(self.read(record) or b"{}").get("checksum")
         except (ValueError, AttributeError):  # not a record this tool wrote
@@ -452,13 +454,8 @@ class S3Storage:
         """Put the journal record of `sha256` at `key`, with the server's checksum of it (a
         multipart object's composite), unless it is there; only after the object is verified,
         so a crash in between leaves it unprovable (kept by gc)."""
-        relative = key.removeprefix(self.prefix) if key.startswith(self.prefix) else ""
-        soundtrack = soundtrack_of(relative)
-        if soundtrack is None:
-            return
-        folder = f"{self.prefix}{soundtrack}/"
-        record = f"{folder}{JOURNAL_FOLDER}/{key.removeprefix(folder)}/{sha256}"
-        if self._head(record) is not None:
+        record = self._record_key(key, sha256)
+        if record is None or self._head(record) is not None:
             return
         body = json.dumps({"key": key, "sha256": sha256, "checksum": checksum}).encode()
         try:
@@ -475,6 +472,15 @@ class S3Storage:
                 raise self._error(f"recording {self.uri(key)} in the journal", exc) from None
         except BotoCoreError as exc:
             raise self._error(f"recording {self.uri(key)} in the journal", exc) from None
+
+    def _record_key(self, key: str, sha256: str) -> str | None:
+        """Where the journal records `sha256` at `key`; None for a key in no soundtrack."""
+        relative = key.removeprefix(self.prefix) if key.startswith(self.prefix) else ""
+        soundtrack = soundtrack_of(relative)
+        if soundtrack is None:
+            return None
+        folder = f"{self.prefix}{soundtrack}/"
+        return f"{folder}{JOURNAL_FOLDER}/{key.removeprefix(folder)}/{sha256}"
 
     def _recorded(self, folder: str, key: str) -> tuple[str, str] | None:
         """(object key, sha256) when `key` is a journal record of the soundtrack in `folder`."""
@@ -528,7 +534,14 @@ class S3Storage:
     def _already_there(
         self, key: str, head: HeadObjectOutputTypeDef, local: _LocalChecksums
     ) -> PublishedFile:
-        if head.get("ContentLength") == local.size and _matches(head, local.sha256, local.expected):
+        """The object at `key`, when it holds the local file's bytes: by the server's checksum,
+        or, where that cannot tell (a multipart object split otherwise, or none), by reading
+        it (its `sha256` metadata is anyone's to write)."""
+        reported = head.get("ChecksumSHA256")
+        if head.get("ContentLength") == local.size and (
+            reported in (_b64(bytes.fromhex(local.sha256)), local.expected)
+            or ((reported is None or "-" in reported) and self._sha256_of(key) == local.sha256)
+        ):
             return PublishedFile(key, self.uri(key), local.sha256, local.size, False)
         raise StorageError(
             f"{self.uri(key)} already exists with different content (server checksum "
@@ -537,6 +550,16 @@ class S3Storage:
             "overwritten; delete it or change the spec",
             transient=False,
         )
+
+    def _sha256_of(self, key: str) -> str:
+        digest = hashlib.sha256()
+        try:
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            for chunk in body.iter_chunks(1024 * 1024):
+                digest.update(chunk)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(f"reading {self.uri(key)}", exc) from None
+        return digest.hexdigest()
 
     def _verify(self, key: str, local: _LocalChecksums) -> None:
         head = self._head(key)
@@ -699,6 +722,13 @@ def _check_endpoint(url: str) -> None:
             "shown): expected http(s)://host[:port] (check AWS_ENDPOINT_URL / "
             "AWS_ENDPOINT_URL_S3 or endpoint_url in the AWS config file)"
         )
+    if parts.path not in ("", "/"):
+        # boto3 would take the path's first part for the bucket and put every key in it.
+        raise InputError(
+            f"invalid S3 endpoint URL {_public_endpoint(url)!r} with a path: expected "
+            "http(s)://host[:port], the bucket named in the storage URL (check AWS_ENDPOINT_URL "
+            "/ AWS_ENDPOINT_URL_S3 or endpoint_url in the AWS config file)"
+        )
 
 
 def _credentials_refused(public_endpoint: str | None) -> InputError:
@@ -720,16 +750,6 @@ def _public_endpoint(url: str) -> str:
 
 def _never_overwrite(params: dict[str, Any], **_: Any) -> None:
     params.setdefault("IfNoneMatch", "*")
-
-
-def _matches(head: HeadObjectOutputTypeDef, sha256: str, expected: str | None) -> bool:
-    reported = head.get("ChecksumSHA256")
-    if reported is not None and reported in (_b64(bytes.fromhex(sha256)), expected):
-        return True
-    # A multipart object split into other part sizes has a composite we cannot recompute here;
-    # its whole-file sha256 was recorded at upload, after the server had verified every part.
-    recorded = head.get("Metadata", {}).get(SHA256_METADATA)
-    return reported is not None and "-" in reported and recorded == sha256
 
 
 def _ascii_metadata(metadata: Mapping[str, str]) -> dict[str, str]:

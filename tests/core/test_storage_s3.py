@@ -440,7 +440,10 @@ def test_credentials_in_the_url_are_refused_without_echoing_them(
     assert "hunter2" not in str(caught.value)
 
 
-@pytest.mark.parametrize("endpoint", ["not a url", "ftp://example.com", "http://host:99999"])
+@pytest.mark.parametrize(
+    "endpoint",
+    ["not a url", "ftp://example.com", "http://host:99999", "http://127.0.0.1:8333/other-bucket"],
+)
 def test_invalid_endpoint_url_is_an_input_error(
     endpoint: str, s3_env: SeaweedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -652,6 +655,57 @@ def test_gc_proves_a_multipart_object_by_its_recorded_composite_not_its_metadata
     assert open_storage(url, base_dir=tmp_path).unreferenced(SOUNDTRACK).ours == garbage.ours
     storage.delete(garbage.ours)
     assert client.head_object(Bucket=s3_bucket, Key=taken)["ContentLength"] == 5 * MIB + 4
+
+
+def _multipart_put(client: Any, bucket: str, key: str, bodies: list[bytes], sha256: str) -> None:
+    """Upload `bodies` as the parts of one object at `key`, carrying `sha256` as its metadata."""
+    upload = client.create_multipart_upload(
+        Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256", Metadata={"sha256": sha256}
+    )
+    done = []
+    for number, body in enumerate(bodies, start=1):
+        part = client.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload["UploadId"],
+            PartNumber=number,
+            Body=body,
+            ChecksumAlgorithm="SHA256",
+        )
+        done.append(
+            {"PartNumber": number, "ETag": part["ETag"], "ChecksumSHA256": part["ChecksumSHA256"]}
+        )
+    client.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": done}
+    )
+
+
+@pytest.mark.parametrize("same_bytes", [False, True], ids=["forged", "same-bytes"])
+def test_an_object_already_at_our_key_is_judged_by_its_bytes_not_its_sha256_metadata(
+    same_bytes: bool, s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    """A multipart object split otherwise, carrying our sha256 as metadata (anyone may write
+    it): publishing takes it only when its bytes are the file's, and journals nothing else."""
+    asset = make_asset(tmp_path / "encoded", "boss", "wav", size=6 * MIB, seed=3)
+    storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
+    key = storage.asset_key(SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext)
+    data = asset.path.read_bytes() if same_bytes else b"X" * (6 * MIB)
+    client = s3_server.client()
+    _multipart_put(client, s3_bucket, key, [data[: 5 * MIB], data[5 * MIB :]], asset.sha256)
+    assert not storage.has_asset(key, asset.sha256)  # nothing proves it ours yet
+
+    if same_bytes:
+        (published,) = publish_assets(storage, SOUNDTRACK, [asset])
+        assert not published.uploaded
+        assert storage.has_asset(key, asset.sha256)
+    else:
+        with pytest.raises(StorageError, match="already exists with different content"):
+            publish_assets(storage, SOUNDTRACK, [asset])
+        assert not storage.has_asset(key, asset.sha256)
+        assert "Contents" not in client.list_objects_v2(
+            Bucket=s3_bucket, Prefix=record_key(key, asset.sha256)
+        )
+    assert server_body_sha256(client, s3_bucket, key) == hashlib.sha256(data).hexdigest()
 
 
 def test_gc_under_a_prefix_built_before_the_journal_deletes_nothing_and_says_so(
