@@ -7,6 +7,7 @@ meter are imported when a picture is drawn: publishing reads this module's names
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from collections.abc import Sequence
@@ -95,6 +96,7 @@ def figure(
 
     from soundtrack.loudness import short_term_lufs
 
+    _default_style()
     duration_s = audio.shape[1] / sample_rate
     fig = Figure(figsize=(WIDTH_PX / _DPI, HEIGHT_PX / _DPI), dpi=_DPI)
     FigureCanvasAgg(fig)
@@ -158,6 +160,16 @@ def figure(
     handles, labels = loudness.get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", ncols=len(labels), frameon=False)
     return fig
+
+
+@functools.cache
+def _default_style() -> None:
+    """matplotlib's own defaults, once per process, over any matplotlibrc it read when imported
+    (in the working folder, $MATPLOTLIBRC, the user's): a picture must look the same on every
+    machine, and `text.usetex` would fail every track where LaTeX is not installed."""
+    import matplotlib.style
+
+    matplotlib.style.use("default")
 
 
 def write_picture(fig: Figure, path: Path) -> Picture:

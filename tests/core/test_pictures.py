@@ -4,6 +4,9 @@ from the figure and found in the rendered pixels."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -56,6 +59,36 @@ def test_every_picture_has_the_same_pixel_size(
     assert (picture.width_px, picture.height_px) == (WIDTH_PX, HEIGHT_PX)
     assert picture.sha256 == sha256_of(tmp_path / "t.png")
     assert picture.bytes == (tmp_path / "t.png").stat().st_size
+
+
+_DRAW = """
+import sys
+from pathlib import Path
+from soundtrack.pictures import draw_picture
+from tests.signals import music_like
+draw_picture(music_like(2.0, 44100, seed=1), 44100, Path(sys.argv[1]), title="t", target_lufs=-16.0)
+"""
+
+
+def test_a_matplotlibrc_changes_nothing_in_the_picture(tmp_path: Path) -> None:
+    """Read from $MATPLOTLIBRC or the working folder, as matplotlib reads it on import."""
+    (tmp_path / "rc").mkdir()
+    (tmp_path / "rc" / "matplotlibrc").write_text(
+        "text.usetex: True\nsavefig.transparent: True\naxes.facecolor: black\n"
+        "lines.linewidth: 9\nfont.size: 30\n"
+    )
+    root = Path(__file__).parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "MATPLOTLIBRC"}
+    env["PYTHONPATH"] = str(root)
+    plain, styled = tmp_path / "plain.png", tmp_path / "styled.png"
+    for out, cwd, extra in (
+        (plain, tmp_path, {}),
+        (styled, tmp_path / "rc", {"MATPLOTLIBRC": str(tmp_path / "rc")}),
+    ):
+        subprocess.run(
+            [sys.executable, "-c", _DRAW, str(out)], cwd=cwd, env={**env, **extra}, check=True
+        )
+    assert sha256_of(styled) == sha256_of(plain)
 
 
 def test_the_loudness_curve_is_the_meters_measurement(tmp_path: Path) -> None:
