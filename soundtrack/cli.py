@@ -1223,6 +1223,7 @@ def review(
     lock is served. Prints the page's URL. Exit 0 when stopped with Ctrl-C, 1 when the storage
     fails, 2 for bad input (no such soundtrack there, a malformed storage URL, a port in use).
     """
+    import signal
     import tempfile
     import webbrowser
 
@@ -1247,6 +1248,8 @@ def review(
         err_console.print("serving until Ctrl-C", highlight=False)
         if open_browser:
             webbrowser.open(url)
+        # SIGTERM stops it as Ctrl-C does, so the fetched copies (private objects) are deleted.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             server.serve_forever()
         except KeyboardInterrupt:

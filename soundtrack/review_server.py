@@ -35,7 +35,8 @@ from soundtrack.storage import Storage
 
 HOST = "127.0.0.1"  # never another interface: the server reads storage with its own credentials
 _BLOCK_BYTES = 1 << 16
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# At most 18 digits (any file's size fits): a longer number is a malformed header, ignored.
+_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})")
 _CONTENT_TYPES = {
     **{ext: entry.content_type for ext, entry in FORMATS.items()},
     "flac": "audio/flac",
@@ -155,7 +156,12 @@ class CandidateSite:
         if served is None:
             raise RequestError(HTTPStatus.NOT_FOUND, f"{relative} is not a candidate's file")
         path = self.staging / served.key
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise RequestError(
+                HTTPStatus.NOT_FOUND, f"{relative} is no longer staged (the build moved on)"
+            ) from None
         seen = (stat.st_mtime_ns, stat.st_size)
         with self._guard:  # hashed again only when it changed, not on every range request
             if self._checked.get(served.key) != seen:
@@ -190,6 +196,15 @@ def relative_path(target: str) -> str:
     if "\\" in path or "\x00" in path or any(s in ("", ".", "..") for s in segments):
         raise RequestError(HTTPStatus.BAD_REQUEST, "a path inside the soundtrack's folder only")
     return path
+
+
+def allowed_host(host: str | None, port: int) -> bool:
+    """Whether a request's Host header names this server as a browser on this machine would."""
+    names = (HOST, "localhost")
+    allowed = {f"{name}:{port}" for name in names}
+    if port == 80:
+        allowed.update(names)  # HTTP's default port is left out of Host
+    return (host or "").lower() in allowed
 
 
 def make_server(site: Site, port: int) -> ThreadingHTTPServer:
@@ -236,8 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _check_host(self) -> None:
         # A page on another site whose name resolves to 127.0.0.1 (DNS rebinding) would send its
         # own host name: refused, so no other site can read the storage through this server.
-        port = self.review_port
-        if self.headers.get("Host") not in (f"{HOST}:{port}", f"localhost:{port}"):
+        if not allowed_host(self.headers.get("Host"), self.review_port):
             raise RequestError(HTTPStatus.FORBIDDEN, "serves 127.0.0.1 and localhost only")
 
     def _send_page(self, page: bytes, *, body: bool) -> None:

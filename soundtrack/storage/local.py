@@ -68,6 +68,15 @@ class LocalStorage:
                 f"{path} is a link out of {self.root}: only files inside it are read",
                 transient=False,
             )
+        try:
+            found = file_sha256(path)
+        except OSError as exc:
+            raise _error(f"cannot read {path}", exc) from None
+        if found != sha256:
+            raise StorageError(
+                f"{path} has sha256 {found}, but {sha256} was published there: it changed since",
+                transient=False,
+            )
         _write_atomically(dest, path=path, sha256=sha256)
 
     def has_asset(self, key: str, sha256: str) -> bool:

@@ -7,7 +7,11 @@ import hashlib
 import html
 import http.client
 import json
+import os
+import signal
+import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -19,8 +23,16 @@ from typer.testing import CliRunner
 from soundtrack.cli import app
 from soundtrack.report import BuildReport, FileRecord, ModelInfo, PictureRecord, TrackRecord
 from soundtrack.review import review_page
-from soundtrack.review_server import ReviewSite, byte_range, make_server
+from soundtrack.review_server import (
+    CandidateSite,
+    RequestError,
+    ReviewSite,
+    allowed_host,
+    byte_range,
+    make_server,
+)
 from soundtrack.storage import LocalStorage, Storage, open_storage
+from tests.running import SOUNDTRACK as CLI
 
 if TYPE_CHECKING:
     from tests.s3server import SeaweedServer
@@ -150,12 +162,46 @@ def test_links_are_relative_and_no_signed_link_or_uri_reaches_the_page() -> None
         ("bytes=95-1000", 100, (95, 99)),
         ("bytes=0-1,5-9", 100, None),  # several ranges: the whole file is a valid answer
         ("items=0-9", 100, None),
+        ("bytes=0-" + "9" * 5000, 100, None),  # past int()'s digit limit: malformed, ignored
     ],
 )
 def test_byte_ranges_follow_rfc_9110(
     header: str | None, size: int, expected: tuple[int, int] | None
 ) -> None:
     assert byte_range(header, size) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "allowed"),
+    [
+        ("127.0.0.1:8765", 8765, True),
+        ("LOCALHOST:8765", 8765, True),
+        ("127.0.0.1", 8765, False),
+        ("127.0.0.1:80", 8765, False),
+        ("127.0.0.1", 80, True),  # a browser leaves the default port out
+        ("localhost", 80, True),
+        ("attacker.example", 80, False),
+        ("attacker.example:8765", 8765, False),
+        (None, 8765, False),
+    ],
+)
+def test_the_server_answers_the_host_names_of_this_machine_only(
+    host: str | None, port: int, allowed: bool
+) -> None:
+    assert allowed_host(host, port) is allowed
+
+
+def test_a_candidate_file_no_longer_staged_is_not_found(tmp_path: Path) -> None:
+    (tmp_path / "loop.wav").write_bytes(b"take")
+    track = TrackRecord(
+        id="loop", status="approved", spec_hash="abc", files=[record("loop.wav", b"take", "wav")]
+    )
+    site = CandidateSite(report_of([track]), tmp_path)
+    assert site.file("loop.wav")[0] == tmp_path / "loop.wav"
+    (tmp_path / "loop.wav").unlink()
+    with pytest.raises(RequestError, match="no longer staged") as caught:
+        site.file("loop.wav")
+    assert caught.value.status == 404
 
 
 class Served:
@@ -246,9 +292,13 @@ def test_the_server_refuses_other_host_names_and_changed_files(
     server, _ = served
     status, _, _ = server.get("/", Host="attacker.example")  # DNS rebinding
     assert status == 403
-    (tmp_path / "assets" / SOUNDTRACK / "loop.wav").write_bytes(b"changed after the lock")
+    published = tmp_path / "assets" / SOUNDTRACK / "loop.wav"
+    published.write_bytes(b"changed after the lock")
     status, _, body = server.get("/loop.wav")
-    assert status == 502 and b"sha256" in body
+    assert status == 502 and b"changed since" in body and str(published).encode() in body
+    published.unlink()
+    status, _, body = server.get("/loop.wav")
+    assert status == 502 and b"No such file" in body and str(published).encode() in body
 
 
 def test_the_server_reads_no_link_out_of_the_storage_and_no_key_of_another_folder(
@@ -307,3 +357,35 @@ def test_review_of_a_soundtrack_not_published_there_exits_2(tmp_path: Path) -> N
     assert "no lock for soundtrack 'nowhere'" in result.output
     result = runner.invoke(app, ["review", str(tmp_path), "--soundtrack", "../up"])
     assert result.exit_code == 2 and "cannot be part of a storage key" in result.output
+
+
+def test_review_stopped_by_sigterm_deletes_its_fetched_copies(tmp_path: Path) -> None:
+    root = tmp_path / "assets"
+    audio = b"published audio" * 100
+    (root / SOUNDTRACK).mkdir(parents=True)
+    (root / SOUNDTRACK / "loop.wav").write_bytes(audio)
+    wav = record(f"{SOUNDTRACK}/loop.wav", audio, "wav")
+    track = TrackRecord(id="loop", status="approved", spec_hash="abc", files=[wav])
+    LocalStorage(str(root), root).write_index(SOUNDTRACK, report_of([track]).to_json().encode())
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    process = subprocess.Popen(
+        [CLI, "review", str(root), "--soundtrack", SOUNDTRACK, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(temp)},
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split()[-1]
+        with urllib.request.urlopen(f"{url}loop.wav", timeout=10) as reply:
+            assert reply.read() == audio
+        (cache,) = temp.iterdir()
+        assert any(cache.iterdir()), "the fetched copy is there while it serves"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "stopped" in stderr
+    assert list(temp.iterdir()) == []
