@@ -256,7 +256,9 @@ def _definitions(pairs: Sequence[tuple[str, object]]) -> str:
 
 def _number(value: object) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        text = f"{value:.4g}"
+        # Four digits, but a sample rate reads 44100, not 4.41e+04.
+        return f"{value:.0f}" if "e+" in text else text
     return "" if value is None else str(value)
 
 

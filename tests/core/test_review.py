@@ -8,6 +8,7 @@ import html
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -21,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from soundtrack.cli import app
+from soundtrack.gates import GateResult
 from soundtrack.report import BuildReport, FileRecord, ModelInfo, PictureRecord, TrackRecord
 from soundtrack.review import review_page
 from soundtrack.review_server import (
@@ -389,3 +391,21 @@ def test_review_stopped_by_sigterm_deletes_its_fetched_copies(tmp_path: Path) ->
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr and "stopped" in stderr
     assert list(temp.iterdir()) == []
+
+
+def test_numbers_read_as_numbers_a_person_would_write() -> None:
+    track = TrackRecord(
+        id="t",
+        status="approved",
+        spec_hash="abc",
+        gates=[
+            GateResult("sample_rate", 44100.0, "44100", True, "fail"),
+            GateResult("loudness", -23.98765, "-24 +/- 1", True, "fail"),
+            GateResult("duration", 1234567.0, "600", False, "fail"),
+        ],
+        analysis={"tempo_bpm": 120.04},
+    )
+    page = review_page(report_of([track]), folder="")
+    cells = [c for c in re.findall(r"<td>([^<]*)</td>", page)]
+    assert {"44100", "-23.99", "1234567", "120"} <= set(cells), cells
+    assert not [c for c in cells if "e+" in c]
