@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import queue
 import shutil
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
@@ -24,6 +23,7 @@ from soundtrack.approval import Candidate, Reviewer, Verdict, first_take, reject
 from soundtrack.atomic import atomic_path
 from soundtrack.catalog import limit_problems
 from soundtrack.errors import InputError, ModelLoadError
+from soundtrack.held import scratch_folder
 from soundtrack.inputs import CheckedInputs, check_access, check_inputs
 from soundtrack.models import check_model, load_count, one_resident
 from soundtrack.models.device import requested_device, resolve_device
@@ -386,16 +386,10 @@ def _tracks(ids: Sequence[str]) -> str:
     return f"track {ids[0]}" if len(ids) == 1 else f"tracks {', '.join(ids)}"
 
 
-@contextmanager
-def _staging(soundtrack: str) -> Iterator[Path]:
+def _staging(soundtrack: str) -> AbstractContextManager[Path]:
     """A staging folder of this build's own: builds running side by side (a nightly and a CI
-    build) may stage the same track."""
-    (cache_root() / "staging").mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{soundtrack}-", dir=cache_root() / "staging"))
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    build) may stage the same track. Those of killed builds are deleted on the way."""
+    return scratch_folder(cache_root() / "staging", f"{soundtrack}-")
 
 
 @dataclass

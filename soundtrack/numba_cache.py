@@ -13,12 +13,11 @@ compiles nothing again.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
-from pathlib import Path
 from types import ModuleType
 
+from soundtrack.held import first_free
 from soundtrack.renders import user_cache_home
 
 _GUARD = threading.Lock()
@@ -32,22 +31,8 @@ def load_librosa() -> ModuleType:
             # Before librosa: each of its functions picks its cache folder when it is defined.
             from numba.core import config
 
-            config.CACHE_DIR = str(_own_folder())  # type: ignore[attr-defined]  # set from env
+            folder, held = first_free(user_cache_home() / "soundtrack" / "numba")
+            _held.append(held)
+            config.CACHE_DIR = str(folder)  # type: ignore[attr-defined]  # set from env
         import librosa
     return librosa
-
-
-def _own_folder() -> Path:
-    root = user_cache_home() / "soundtrack" / "numba"
-    root.mkdir(parents=True, exist_ok=True)
-    number = 0
-    while True:
-        fd = os.open(root / f"{number}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            number += 1
-            continue
-        _held.append(fd)
-        return root / str(number)

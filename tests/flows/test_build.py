@@ -138,9 +138,12 @@ def test_killed_build_resumes_without_partial_or_duplicate_files(project: Any) -
     assert not (out / "soundtrack.lock.json").exists(), "killed before the index was written"
     kept_renders = {p.name: p.stat().st_mtime_ns for p in renders.glob("*.wav")}
     assert kept_renders, "at least one render survived the kill"
+    staging = workdir / "cache" / "staging"
+    assert list(staging.iterdir()), "the killed build left its staging folder"
 
     rerun = build(workdir, env, *args)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert list(staging.iterdir()) == [], "the rerun deleted it, and its own"
     lock = json.loads((out / "soundtrack.lock.json").read_text())
     assert set(statuses(lock).values()) == {"approved"}
     published = {p.name for p in out.iterdir()}
