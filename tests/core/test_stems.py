@@ -242,3 +242,22 @@ def test_other_stems_of_an_unchanged_mix_do_not_run_the_separator_again(
         SEPARATORS.pop("counted")
     assert first["drums"]["status"] == second["bass"]["status"] == "published"
     assert len(calls) == 1, "the second build took the sources from the separation cache"
+
+
+def test_a_mono_mix_is_separated_as_the_separator_takes_it_and_its_stems_are_mono(
+    project: Path,
+) -> None:
+    write_manifest(project, "known-parts", "[drums, bass, other]")
+    manifest = project / "m.yaml"
+    manifest.write_text(manifest.read_text().replace("    loop: true\n", "    channels: 1\n"))
+    result = run(project)
+    assert result.exit_status == 0, result.failure
+    track = lock(project)
+    stems = {stem["name"]: stem["status"] for stem in track["stems"]}
+    assert stems == dict.fromkeys(("drums", "bass", "other"), "published"), track["stems"]
+    files = {f["stem"]: f for f in track["files"] if f["format"] == "wav"}
+    out = project / "out"
+    mix, _ = sf.read(out / files[None]["key"], always_2d=True)
+    decoded = [sf.read(out / files[n]["key"], always_2d=True)[0] for n in stems]
+    assert mix.shape[1] == 1 and all(stem.shape == mix.shape for stem in decoded)
+    assert residual_db(mix.T, [s.T for s in decoded]) > 60
