@@ -66,6 +66,9 @@ def check_inputs(
     severities = gate_severities(gates)
     loaded = load_manifest(path)
     specs = resolve_tracks(loaded, path.parent, model_override=model, severities=severities)
+    short = _too_short_to_compare(specs)
+    if short:
+        raise InputError(f"{len(short)} variation(s) too short for the theme gate", short)
     # Only the tracks --only selects are built, so only their models must be at hand; every
     # track stays in `specs`: the lock keeps serving the others' files.
     selected = select(specs, only)
@@ -147,6 +150,27 @@ def _families(
                 for problem in limit_problems(spec, family)
             ]
     return families, problems, set(unloadable)
+
+
+def _too_short_to_compare(specs: Sequence[TrackSpec]) -> list[str]:
+    """A variation or parent too short for the theme gate to measure would fail it only after
+    rendering, whatever it sounds like: unless the variation's theme gate only warns."""
+    from soundtrack.theme import MIN_DURATION_S
+
+    seconds = {spec.id: spec.duration_s for spec in specs}
+    problems = []
+    for spec in specs:
+        if spec.variation_of is None or spec.gates.severity("theme") in ("warn", "off"):
+            continue
+        for track_id in (spec.id, spec.variation_of):
+            if seconds.get(track_id, MIN_DURATION_S) < MIN_DURATION_S:
+                problems.append(
+                    f"track {spec.id}: {'it' if track_id == spec.id else 'its parent ' + track_id}"
+                    f" lasts {seconds[track_id]:g} s, under the {MIN_DURATION_S:g} s the theme "
+                    "gate needs to compare a melody: make it longer, or give the variation "
+                    "`gates: {theme: warn}` (or off)"
+                )
+    return problems
 
 
 def _stem_model_problems(specs: Sequence[TrackSpec]) -> list[str]:

@@ -184,6 +184,38 @@ def test_variations_that_cannot_be_planned_exit_2_before_anything_renders(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("short", ["sting", "theme"])
+def test_a_variation_too_short_to_compare_exits_2_unless_its_theme_gate_only_warns(
+    tmp_path: Path, tiny_acestep_dir: Path, short: str
+) -> None:
+    seconds = {"theme": 3.0, "sting": 2.0, short: 0.8}
+    text = f"""\
+schema: 1
+soundtrack: short
+storage: ./out
+defaults:
+  model: {tiny_acestep_dir}
+tracks:
+  - id: theme
+    prompt: title theme
+    duration: {seconds["theme"]}
+  - id: sting
+    prompt: victory sting
+    duration: {seconds["sting"]}
+    variation_of: theme
+"""
+    (tmp_path / "m.yaml").write_text(text)
+    for command in ("validate", "build"):
+        result = runner.invoke(app, [command, str(tmp_path / "m.yaml")])
+        assert result.exit_code == 2, result.output
+        said = " ".join(result.output.split())
+        assert "track sting:" in said and "lasts 0.8 s, under the 1 s the theme gate" in said
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "m.yaml").write_text(text + "    gates: {theme: warn}\n")
+    result = runner.invoke(app, ["validate", str(tmp_path / "m.yaml")])
+    assert result.exit_code == 0, result.output
+
+
 def test_a_variation_with_a_model_that_takes_no_recording_exits_2(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
