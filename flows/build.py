@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -46,6 +47,22 @@ TASKS: dict[Callable[..., Any], Task[Any, Any]] = {
     steps.publish: publish_track,
     steps.write_index: write_index,
 }
+
+
+def worker_workspace() -> Path | None:
+    """The temporary folder a process worker runs this flow run in and deletes when the run ends
+    (tempfile's `tmp...prefect`, where a git_clone pull step checks the repository out), when
+    the run is in one."""
+    temp = Path(tempfile.gettempdir()).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (
+            folder.parent == temp
+            and folder.name.startswith("tmp")
+            and folder.name.endswith("prefect")
+        ):
+            return folder
+    return None
 
 
 @dataclass(frozen=True)
@@ -203,13 +220,17 @@ def build_soundtrack(
         storage_wait_s=storage_wait_s,
         gates=gates or (),
         review=review,
+        discarded=worker_workspace(),
     )
     try:
         prepared = prepare(Path(manifest).resolve(), options, logger)
         if render_pool is not None:
             check_deployment(render_pool)
     except InputError as exc:
-        return Failed(message=redact(str(exc).splitlines()[0]), data=exc)
+        # Every problem, as the CLI prints them: the run's state is all a deployment's user sees.
+        message = redact("\n  - ".join([str(exc), *exc.problems]))
+        logger.error("bad input: %s", message)
+        return Failed(message=message, data=exc)
     pool = None
     if render_pool is not None:
         checked = prepared.checked

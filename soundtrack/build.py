@@ -113,6 +113,7 @@ class Options:
     storage_wait_s: float | None = None  # None: the manifest's storage_wait_s
     gates: Sequence[str] = ()  # GATE=SEVERITY for every track (--gate tempo=warn)
     review: bool = False  # ask a person before publishing, whatever the manifest says
+    discarded: Path | None = None  # deleted when the build ends: nothing may be published there
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ def prepare(
         only=options.only,
         reports=reports,
         gates=options.gates,
+        discarded=options.discarded,
     )
     check_access(checked.storage)
     lock, warnings = _previous_lock(checked, logger)

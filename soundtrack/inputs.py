@@ -54,13 +54,15 @@ def check_inputs(
     only: Sequence[str] = (),
     reports: Sequence[Path] = (),
     gates: Sequence[str] = (),
+    discarded: Path | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> CheckedInputs:
     """Read and check the manifest, its files and where the build would write; raise InputError.
 
     `reports` are further files the build writes (--report, --junit); `gates` are --gate
-    GATE=SEVERITY settings. The storage's access is not checked here (that needs the network):
-    `build` does it next.
+    GATE=SEVERITY settings; `discarded` a folder deleted when the build ends (a worker's
+    temporary checkout), where nothing may be published. The storage's access is not checked
+    here (that needs the network): `build` does it next.
     """
     path = Path(manifest_path).absolute()
     severities = gate_severities(gates)
@@ -86,6 +88,12 @@ def check_inputs(
         outputs=_outputs(storage, loaded.soundtrack, reports),
         inputs=_inputs(path, loaded, specs),
     )
+    if discarded is not None:
+        _refuse_overlaps(
+            [(out, ("the folder", discarded)) for out in _outputs(storage, loaded.soundtrack, ())],
+            "the build would publish into the temporary folder its worker deletes when the run "
+            "ends: give the deployment s3:// storage, or an `out` folder outside it",
+        )
     return CheckedInputs(loaded, path, specs, url, storage, expectations, licences, families)
 
 

@@ -225,3 +225,18 @@ def test_build_refuses_an_empty_out_or_a_device_it_cannot_use_before_anything_ru
     assert message in result.stderr and "Traceback" not in result.output
     assert {p.name for p in tmp_path.iterdir()} <= {"cache", "game"}
     assert sorted(p.name for p in (tmp_path / "game").iterdir()) == ["audio", "m.yaml"]
+
+
+def test_nothing_is_published_into_a_folder_deleted_when_the_build_ends(tmp_path: Path) -> None:
+    """A worker's temporary checkout of the game repository: a folder storage beside the
+    manifest would be deleted with it, after a run that said it published."""
+    checkout = tmp_path / "tmpab12prefect"
+    path = manifest(checkout / "game-main" / "audio", storage="../build/assets")
+    with pytest.raises(InputError) as caught:
+        check_inputs(path, discarded=checkout)
+    assert "temporary folder its worker deletes" in str(caught.value)
+    (problem, _) = caught.value.problems  # the soundtrack's folder, the render handoff folder
+    assert problem.startswith("the soundtrack's output folder")
+    assert problem.endswith(f"/build/assets/game is inside the folder {checkout}")
+    assert check_inputs(path, out=str(tmp_path / "kept"), discarded=checkout)
+    assert not (checkout / "game-main" / "build").exists()
