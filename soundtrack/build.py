@@ -23,6 +23,7 @@ from soundtrack.approval import Candidate, Reviewer, Verdict, first_take, reject
 from soundtrack.atomic import atomic_path
 from soundtrack.catalog import limit_problems
 from soundtrack.errors import InputError, ModelLoadError
+from soundtrack.gates import rejection
 from soundtrack.held import scratch_folder
 from soundtrack.inputs import CheckedInputs, check_access, check_inputs
 from soundtrack.models import check_model, load_count, one_resident
@@ -602,7 +603,7 @@ class _Tracks:
         if outcome.status != "approved":
             shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
             failed = [g.name for g in outcome.gates if not g.passed and g.severity == "fail"]
-            reason = f"rejected by gates: {', '.join(failed)}"
+            reason = rejection(outcome.gates)
             if self._rerolled(spec, "rejected", reason=reason, gates=failed):
                 return
             self.outcomes.append(outcome)

@@ -85,6 +85,22 @@ class GateResult:
     severity: Severity
 
 
+def rejection(results: Sequence[GateResult]) -> str:
+    """Why the gates reject: each failing gate, what it measured and the limit it missed."""
+    return "rejected by gates: " + ", ".join(
+        f"{g.name} {'measured nothing' if g.value is None else plain_number(g.value)} "
+        f"(limit {g.limit})"
+        for g in results
+        if not g.passed and g.severity == "fail"
+    )
+
+
+def plain_number(value: float) -> str:
+    """Four significant digits, as a person writes them: 44100 rather than 4.41e+04."""
+    text = f"{value:.4g}"
+    return f"{value:.0f}" if "e+" in text else text
+
+
 @dataclass(frozen=True)
 class Gate:
     """A built-in gate: `statistic` of `column` over the rows with `labels`, within bounds."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from soundtrack.gates import plain_number
 from soundtrack.report import BuildReport, FileRecord, PictureRecord, TrackRecord
 
 if TYPE_CHECKING:
@@ -256,9 +257,7 @@ def _definitions(pairs: Sequence[tuple[str, object]]) -> str:
 
 def _number(value: object) -> str:
     if isinstance(value, float):
-        text = f"{value:.4g}"
-        # Four digits, but a sample rate reads 44100, not 4.41e+04.
-        return f"{value:.0f}" if "e+" in text else text
+        return plain_number(value)
     return "" if value is None else str(value)
 
 

@@ -21,7 +21,14 @@ from soundtrack.atomic import atomic_path
 from soundtrack.audio import read_audio, resample, write_wav
 from soundtrack.encode import EncodedFile, encode
 from soundtrack.errors import AudioError
-from soundtrack.gates import GateResult, GateTable, evaluate, gate_expectations, metrics_row
+from soundtrack.gates import (
+    GateResult,
+    GateTable,
+    evaluate,
+    gate_expectations,
+    metrics_row,
+    rejection,
+)
 from soundtrack.hashing import file_sha256
 from soundtrack.loudness import integrated_lufs
 from soundtrack.master import Master
@@ -230,11 +237,10 @@ def _stem(
         channels=mix.audio.shape[0],
     )
     results = evaluate(GateTable(f"{spec.id}.{name}", tuple(rows), tuple(gates)))
-    failed = [g.name for g in results if not g.passed and g.severity == "fail"]
-    if failed:
+    if any(not g.passed and g.severity == "fail" for g in results):
         for file in files:
             file.path.unlink(missing_ok=True)
-        return StemOutcome(name, "rejected", f"rejected by gates: {', '.join(failed)}", results, [])
+        return StemOutcome(name, "rejected", rejection(results), results, [])
     picture = draw_picture(
         audio,
         mix.sample_rate,

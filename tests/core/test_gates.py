@@ -19,6 +19,7 @@ from soundtrack.gates import (
     gate_expectations,
     judge,
     metrics_row,
+    rejection,
     tempo_error_pct,
 )
 from soundtrack.measure import Metrics
@@ -359,3 +360,17 @@ def test_the_music_columns_are_what_the_master_row_carries() -> None:
     assert set(columns) == MUSIC_COLUMNS and MUSIC_COLUMNS <= TABLE_COLUMNS
     master = Master(tone, 44100, None, None, -20.0, 0.0, 0.0)
     assert set(_theme_columns(master, (tone, 44100))) == THEME_COLUMNS <= TABLE_COLUMNS
+
+
+def test_a_rejection_names_each_failing_gate_with_what_it_measured_and_its_limit() -> None:
+    results = [
+        GateResult("loudness", -23.98, "-24 +/- 1 LUFS", True, "fail"),
+        GateResult("tempo", 112.3456, "120 bpm +/- 4%", False, "fail"),
+        GateResult("key", 5.0, "D minor", False, "warn"),  # warns: not a reason to reject
+        GateResult("silence", None, "above -70 LUFS", False, "fail"),
+        GateResult("sample_rate", 48000.0, "44100", False, "fail"),
+    ]
+    assert rejection(results) == (
+        "rejected by gates: tempo 112.3 (limit 120 bpm +/- 4%), silence measured nothing "
+        "(limit above -70 LUFS), sample_rate 48000 (limit 44100)"
+    )
