@@ -64,6 +64,17 @@ class BuildArtifacts:
                 )
             )
 
+    def stopped(self, reason: str) -> None:
+        """The build ended before its tracks did: the progress says why, not 'in progress'."""
+        with self._lock:
+            self._show(
+                lambda: update_progress_artifact(
+                    self._progress,
+                    100.0 * self.done / self.total,
+                    description=f"stopped after {self.done}/{self.total} tracks: {redact(reason)}",
+                )
+            )
+
     def finished(self, report: BuildReport, outcomes: Sequence[TrackOutcome]) -> None:
         self._show(lambda: self._create_all(report, outcomes))
 

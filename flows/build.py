@@ -238,17 +238,19 @@ def build_soundtrack(
         pool = RenderPool(render_pool, checked.storage_url, base_dir)
     elif prepared.plan.batches:
         ensure_gpu_limit()
+    artifacts = BuildArtifacts(prepared.checked.manifest.soundtrack, prepared.plan.total)
     try:
         with stop_waits_on_signals():
             result = run(
                 prepared,
                 options,
                 executor=TaskExecutor(pool),
-                observer=BuildArtifacts(prepared.checked.manifest.soundtrack, prepared.plan.total),
+                observer=artifacts,
                 logger=logger,
                 reviewer=ask_in_prefect_ui,
             )
     except StorageBusy as exc:
+        artifacts.stopped(str(exc))
         return Failed(message=redact(str(exc)), data=exc)
     if result.failure is not None:
         return Failed(message=redact(result.failure), data=result.report)

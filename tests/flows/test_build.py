@@ -286,6 +286,7 @@ def test_a_build_that_finds_the_soundtrack_busy_exits_75_naming_the_holder(proje
         workdir / "earlier-report.json"
     )  # an earlier build's, which CI would read as this one's
     earlier.write_text('{"tracks": []}')
+    since = datetime.now(UTC)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True
     )
@@ -301,3 +302,9 @@ def test_a_build_that_finds_the_soundtrack_busy_exits_75_naming_the_holder(proje
     assert "Traceback" not in output
     assert not (folder / "soundtrack.lock.json").exists(), "nothing published"
     assert not earlier.exists()
+    # The UI's progress says the build stopped, and why; not 0 % in progress for good.
+    (run,) = build_runs(env["PREFECT_API_URL"], since)
+    (progress,) = [a for a in run_artifacts(env["PREFECT_API_URL"], run.id) if a.type == "progress"]
+    assert progress.description is not None
+    assert progress.description.startswith("stopped after 0/4 tracks: ")
+    assert f"is being built by process {holder.pid}" in progress.description
