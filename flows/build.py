@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run as current_run
 from prefect.settings import get_current_settings
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -221,6 +222,7 @@ def build_soundtrack(
         gates=gates or (),
         review=review,
         discarded=worker_workspace(),
+        build_name=current_run.name,
     )
     try:
         prepared = prepare(Path(manifest).resolve(), options, logger)

@@ -1,10 +1,13 @@
 """JUnit XML from a published soundtrack.lock.json, for CI jobs whose build ran on a Prefect
 deployment (infra/ci/github-actions.yml). Usage:
 
-    python scripts/lock_to_junit.py LOCK JUNIT --not-before 2026-11-22T03:00:00Z
+    python scripts/lock_to_junit.py LOCK JUNIT --not-before 2026-11-22T03:00:00Z \
+        [--build-name ci-1234-1]
 
 A build that stops before writing its index leaves the previous build's lock in place; a lock
-written before --not-before (the CI job's start) is refused rather than reported as this build's.
+written before --not-before (the CI job's start), or by a run of another name than the job gave
+its own (`prefect deployment run --flow-run-name`; another build that ran meanwhile, a nightly),
+is refused rather than reported as this build's.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ def main() -> None:
     parser.add_argument(
         "--not-before", type=aware, required=True, help="when the CI job started (ISO 8601)"
     )
+    parser.add_argument(
+        "--build-name", help="the flow run name the job gave its build: the lock must be its"
+    )
     args = parser.parse_args()
 
     try:
@@ -46,6 +52,12 @@ def main() -> None:
             f"{args.lock} was written at {report.created_at}, before this job started "
             f"({args.not_before.isoformat()}): the build did not publish its index, so these "
             "verdicts are an earlier build's"
+        )
+    if args.build_name is not None and report.build_name != args.build_name:
+        sys.exit(
+            f"{args.lock} was written by the run {report.build_name!r}, not by this job's "
+            f"{args.build_name!r}: these verdicts are another build's (this one did not "
+            "publish its index)"
         )
     args.junit.write_text(to_junit(report))
     counts = ", ".join(f"{n} {status}" for status, n in report.counts().items() if n)

@@ -115,6 +115,7 @@ class Options:
     gates: Sequence[str] = ()  # GATE=SEVERITY for every track (--gate tempo=warn)
     review: bool = False  # ask a person before publishing, whatever the manifest says
     discarded: Path | None = None  # deleted when the build ends: nothing may be published there
+    build_name: str | None = None  # recorded in the lock: whose verdicts these are
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,9 @@ def run(
             _start(tracks, prepared, options)
             tracks.run(options.batch_size)
             if reviewer is None or not tracks.candidates:
-                return _finish(prepared, tracks, executor, observer, logger, loads_before)
+                return _finish(
+                    prepared, tracks, executor, observer, logger, loads_before, options.build_name
+                )
         timeout_s = checked.manifest.review_timeout_s
         logger.info("%d track(s) wait for review (up to %g s)", len(tracks.candidates), timeout_s)
         verdicts = reviewer(tracks.candidates, staging, timeout_s)
@@ -230,12 +233,14 @@ def run(
             # Another build may have published while this one waited: its lock is the base.
             prepared = replace(prepared, lock=lock, warnings=[*prepared.warnings, *repaired])
             if verdicts is None:
-                report = _report(prepared, tracks, loads_before)
+                report = _report(prepared, tracks, loads_before, options.build_name)
                 failure = f"nobody answered the review within {timeout_s:g} s: nothing published"
                 return BuildResult(report, failure)
             tracks.reviewed(verdicts, lock)
             tracks.run(options.batch_size)
-            return _finish(prepared, tracks, executor, observer, logger, loads_before)
+            return _finish(
+                prepared, tracks, executor, observer, logger, loads_before, options.build_name
+            )
 
 
 @contextmanager
@@ -275,7 +280,9 @@ def _start(tracks: _Tracks, prepared: Prepared, options: Options) -> None:
         tracks.master(spec, None)
 
 
-def _report(prepared: Prepared, tracks: _Tracks, loads_before: int) -> BuildReport:
+def _report(
+    prepared: Prepared, tracks: _Tracks, loads_before: int, build_name: str | None
+) -> BuildReport:
     """The build's report, in manifest order."""
     checked = prepared.checked
     order = {spec.id: i for i, spec in enumerate(checked.specs)}
@@ -283,6 +290,7 @@ def _report(prepared: Prepared, tracks: _Tracks, loads_before: int) -> BuildRepo
         soundtrack=checked.manifest.soundtrack,
         storage=checked.storage_url,
         model_loads=load_count() - loads_before,
+        build_name=build_name,
         tracks=sorted(tracks.records.values(), key=lambda r: order[r.id]),
         warnings=[*prepared.warnings, *tracks.warnings],
     )
@@ -295,10 +303,11 @@ def _finish(
     observer: Observer | None,
     logger: Logger,
     loads_before: int,
+    build_name: str | None,
 ) -> BuildResult:
     """Report; the index goes last and only when every approval is published."""
     checked = prepared.checked
-    report = _report(prepared, tracks, loads_before)
+    report = _report(prepared, tracks, loads_before, build_name)
     if observer is not None:
         observer.finished(report, tracks.outcomes)
     if tracks.publish_errors:

@@ -205,6 +205,11 @@ class BuildReport(_Model):
     storage: str
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     model_loads: int = Field(default=0, description="Models loaded by this build (0 when cached).")
+    build_name: str | None = Field(
+        default=None,
+        description="The name of the run that wrote it (its Prefect flow run's): a CI job that "
+        "named its run knows its own build's lock from another's.",
+    )
     tracks: list[TrackRecord]
     warnings: list[str] = Field(
         default_factory=list, description="What the build noticed and worked around."

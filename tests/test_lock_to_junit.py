@@ -13,12 +13,13 @@ from soundtrack.report import BuildReport, TrackRecord
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lock_to_junit.py"
 
 
-def lock(tmp_path: Path, created_at: str) -> Path:
+def lock(tmp_path: Path, created_at: str, build_name: str | None = None) -> Path:
     silence = GateResult(name="silence", value=-31.0, limit=">= -20", passed=False, severity="fail")
     report = BuildReport(
         soundtrack="sky",
         storage="s3://bucket/game",
         created_at=created_at,
+        build_name=build_name,
         tracks=[
             TrackRecord(id="title", status="approved", spec_hash="a" * 64),
             TrackRecord(
@@ -31,9 +32,19 @@ def lock(tmp_path: Path, created_at: str) -> Path:
     return path
 
 
-def convert(lock_path: Path, junit: Path, not_before: str) -> subprocess.CompletedProcess[str]:
+def convert(
+    lock_path: Path, junit: Path, not_before: str, *more: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), str(lock_path), str(junit), "--not-before", not_before],
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(lock_path),
+            str(junit),
+            "--not-before",
+            not_before,
+            *more,
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -61,3 +72,15 @@ def test_a_lock_older_than_the_job_is_refused(tmp_path: Path) -> None:
 def test_a_time_without_offset_is_refused(tmp_path: Path) -> None:
     done = convert(lock(tmp_path, "2026-11-22T03:10:00+00:00"), tmp_path / "j.xml", "2026-11-22")
     assert done.returncode == 2 and "UTC offset" in done.stderr
+
+
+def test_a_lock_another_run_wrote_meanwhile_is_refused(tmp_path: Path) -> None:
+    """The nightly build published while this job's build found the storage busy."""
+    junit = tmp_path / "junit.xml"
+    written = lock(tmp_path, "2026-11-22T03:10:00+00:00", build_name="nightly-2026-11-22")
+    done = convert(written, junit, "2026-11-22T03:00:00Z", "--build-name", "ci-1234abcd-77-1")
+    assert done.returncode == 1
+    assert "'nightly-2026-11-22'" in done.stderr and "another build's" in done.stderr
+    assert not junit.exists()
+    done = convert(written, junit, "2026-11-22T03:00:00Z", "--build-name", "nightly-2026-11-22")
+    assert done.returncode == 0, done.stderr

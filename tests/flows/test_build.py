@@ -88,6 +88,7 @@ def test_a_rejected_track_fails_the_run_in_one_line_and_exits_1_without_a_traceb
     assert failures["too-strict"] is not None and failures["credits"] is None
     lock = json.loads((out / "soundtrack.lock.json").read_text())
     assert statuses(lock) == statuses(report)
+    assert lock["build_name"] == run.name, "whose verdicts these are (scripts/lock_to_junit.py)"
     for track in (t for t in lock["tracks"] if t["status"] == "approved"):
         for entry in track["files"]:
             path = out / f"{track['id']}.{entry['format']}"
