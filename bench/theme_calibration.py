@@ -8,7 +8,8 @@ Positives: the same melody rendered as the renderer makes a variation (from the 
 the parent looped when shorter, 15-30 s) in another timbre, at 0.8-1.3x the tempo, transposed
 -5..+6 semitones, with a harmony a third under the melody or the chords arpeggiated.
 Negatives, in the parent's key, timbre and tempo: another melody over other chords, and (the
-hardest case) another melody over the parent's own chords and bass.
+hardest case) another melody over the parent's own chords and bass. No melody at all: a drone on
+one of the key's notes in any timbre, and noise or the drums alone (15-30 s each).
 Run: python bench/theme_calibration.py  (about 1.5 min; prints the table in docs/gates.md);
 --seed N draws other pairs, to check the limit on pairs it was not chosen on.
 """
@@ -26,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from soundtrack.theme import THEME_LIMIT, melody_similarity
+from soundtrack.theme import ORDER_MIN, THEME_LIMIT, melody_similarity
 
 RATE = 32000
 PARENTS = 40
@@ -36,6 +37,7 @@ TIMBRES = ("sine", "saw", "square", "pluck", "fm", "organ")
 CHORD_DEGREES = (0, 1, 3, 4, 5)  # I ii IV V vi (i ii° iv v VI in minor)
 POSITIVES = ("variation, harmony a third under", "variation, chords arpeggiated")
 NEGATIVES = ("unrelated melody, own chords", "unrelated melody, parent's chords")
+NO_MELODY = ("drone on a note of the key", "noise or drums alone")
 
 
 @dataclass(frozen=True)
@@ -217,8 +219,9 @@ class Pair:
     shift: int  # semitones the variation is transposed by (positives)
 
 
-def pairs(rng: np.random.Generator, parents: int) -> list[Pair]:
-    """For each parent: one variation and one unrelated melody of each kind."""
+def pairs(rng: np.random.Generator, parents: int, quiet: np.random.Generator) -> list[Pair]:
+    """For each parent: one variation and one unrelated melody of each kind, and one of each
+    kind without a melody (drawn from `quiet`, so the others are the draws they always were)."""
     out = []
     for p in range(parents):
         mode = "major" if p % 2 else "minor"
@@ -251,6 +254,17 @@ def pairs(rng: np.random.Generator, parents: int) -> list[Pair]:
             notes_b = events(other_piece, bpm, length_s)
             audio = render(notes_b, tonic, mode, timbre, bpm, length_s, rng)
             out.append(Pair(family, f"p{p} {timbre} {length_s:.0f} s", audio, parent, 0))
+        length_s = float(quiet.uniform(15.0, 30.0))
+        degree = int(quiet.integers(0, 7))
+        drone = [Event(0.0, length_s, degree, "melody")]
+        other = str(quiet.choice(TIMBRES))
+        audio = render(drone, tonic, mode, other, bpm, length_s, quiet)
+        out.append(Pair(NO_MELODY[0], f"p{p} {other} degree {degree}", audio, parent, 0))
+        hiss = quiet.standard_normal(round(length_s * RATE)) * (0.1 if p % 2 else 0.0)
+        noise = hiss + (0.0 if p % 2 else drums(bpm, length_s, quiet))
+        noise = (10 ** (-3.0 / 20.0) * noise / np.abs(noise).max()).astype(np.float32)
+        name = "white noise" if p % 2 else "drums"
+        out.append(Pair(NO_MELODY[1], f"p{p} {name}", np.stack([noise, noise]), parent, 0))
     return out
 
 
@@ -261,9 +275,11 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
-    all_pairs = pairs(rng, args.parents)
+    all_pairs = pairs(rng, args.parents, np.random.default_rng(args.seed + 1))
     print(f"synthesized {len(all_pairs)} pairs in {time.perf_counter() - started:.0f} s")
-    scores: dict[str, list[float]] = {family: [] for family in (*POSITIVES, *NEGATIVES)}
+    families = (*POSITIVES, *NEGATIVES, *NO_MELODY)
+    scores: dict[str, list[float]] = {family: [] for family in families}
+    orders: dict[str, list[float]] = {family: [] for family in families}
     wrong_shift = 0
     seconds = []
     for pair in all_pairs:
@@ -271,20 +287,30 @@ def main() -> None:
         match = melody_similarity(pair.variation, pair.parent, RATE)
         seconds.append(time.perf_counter() - started)
         scores[pair.family].append(match.similarity)
+        orders[pair.family].append(match.order)
         if pair.family in POSITIVES and (match.transposition_semitones - pair.shift) % 12:
             wrong_shift += 1
             print(f"  wrong transposition: {pair.name}: {match}")
     print()
-    print("| pairs | count | min | median | max |")
-    print("|---|---|---|---|---|")
+    print("| pairs | count | similarity: min | median | max | order: min | max |")
+    print("|---|---|---|---|---|---|---|")
     for family, values in scores.items():
-        v = np.array(values)
-        print(f"| {family} | {v.size} | {v.min():.3f} | {np.median(v):.3f} | {v.max():.3f} |")
+        v, o = np.array(values), np.array(orders[family])
+        print(
+            f"| {family} | {v.size} | {v.min():.3f} | {np.median(v):.3f} | {v.max():.3f} "
+            f"| {o.min():.3f} | {o.max():.3f} |"
+        )
     worst_positive = min(min(scores[f]) for f in POSITIVES)
-    best_negative = max(max(scores[f]) for f in NEGATIVES)
+    best_negative = max(max(scores[f]) for f in (*NEGATIVES, *NO_MELODY))
+    lowest_order = min(min(orders[f]) for f in POSITIVES)
+    highest_order = max(max(orders[f]) for f in NO_MELODY)
     print()
     print(f"margin (worst variation - best unrelated): {worst_positive - best_negative:.3f}")
     print(f"limit midway: {(worst_positive + best_negative) / 2:.3f} (THEME_LIMIT: {THEME_LIMIT})")
+    print(
+        f"order: variations {lowest_order:.3f} at least, no melody {highest_order:.3f} at most; "
+        f"midway {(lowest_order + highest_order) / 2:.3f} (ORDER_MIN: {ORDER_MIN})"
+    )
     total = len(POSITIVES) * args.parents
     print(f"variations with a wrong transposition: {wrong_shift} of {total}")
     print(f"melody_similarity: median {np.median(seconds) * 1000:.0f} ms per pair")

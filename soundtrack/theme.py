@@ -7,8 +7,12 @@ usually the melody's, leads) and scaled to unit length. The variation was render
 parent's start (the parent looped when shorter), perhaps at another tempo, so dynamic time
 warping aligns it with the looped parent from both starts, the local tempo within 0.5-2x, to
 wherever in the parent the variation's end fits best; under each of the 12 circular
-transpositions, keeping the best. `similarity` is the mean cosine similarity of the aligned
-frames: 1 for the same notes throughout.
+transpositions, keeping the best: the mean cosine similarity of the aligned frames, 1 for the
+same notes throughout. The warp's freedom lets frames with no melody in them match too (a drone
+finds the parent frames of its own pitch class; noise finds something everywhere), so the same
+frames are aligned again in shuffled orders: the melody is the part of the match their order
+makes. `order` is that part of the distance from chance to 1; under ORDER_MIN, `similarity` is
+scaled down in proportion.
 """
 
 from __future__ import annotations
@@ -33,13 +37,18 @@ MIN_DURATION_S = 1.0
 # Provisional: midway between the worst variation and the best unrelated melody of
 # bench/theme_calibration.py (synthesized pairs); recalibrate on real renders.
 THEME_LIMIT = 0.79
+# Midway between no melody (0.20 at most: drones, noise, drums) and variations (0.61 at least)
+# in bench/theme_calibration.py's three draws.
+ORDER_MIN = 0.41
+_SHUFFLES = 3
 
 
 @dataclass(frozen=True)
 class ThemeMatch:
     """How closely a variation follows its parent's melody, under the best transposition."""
 
-    similarity: float  # 0..1: mean cosine similarity of the aligned chroma frames
+    similarity: float  # 0..1: mean cosine similarity of the aligned frames (scaled by order)
+    order: float  # 0..1: how much of the match, beyond shuffled frames', their order makes
     transposition_semitones: int  # the variation's pitch above the parent's, -5..+6
     tempo_ratio: float  # the variation's tempo over the parent's: the alignment's slope
     parent_span_s: float  # where in the (looped) parent the alignment ends
@@ -73,8 +82,19 @@ def melody_similarity(variation: np.ndarray, parent: np.ndarray, sample_rate: in
     total, end, steps = _warp(cost)
     best = int(np.argmin(total))
     i, j = _path(steps, best, int(end[best]))
+    matched = float(np.clip(1.0 - total[best] / frames, 0.0, 1.0))
+    # 6. What the frames match in any order: chance, for these notes against this parent
+    shuffles = np.random.default_rng(0)
+    chance = np.mean(
+        [
+            1.0 - _warp(cost[:, shuffles.permutation(frames)])[0].min() / frames
+            for _ in range(_SHUFFLES)
+        ]
+    )
+    order = float(np.clip((matched - chance) / max(1.0 - chance, 1e-9), 0.0, 1.0))
     return ThemeMatch(
-        similarity=float(np.clip(1.0 - total[best] / frames, 0.0, 1.0)),
+        similarity=matched * min(1.0, order / ORDER_MIN),
+        order=order,
         # x rolled up by k matches y: the variation lies k semitones under the parent
         transposition_semitones=(5 - best) % 12 - 5,
         tempo_ratio=float(i @ j) / max(float(i @ i), 1.0),  # least squares, through (0, 0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from soundtrack.errors import AudioError
-from soundtrack.theme import THEME_LIMIT, melody_similarity
+from soundtrack.theme import ORDER_MIN, THEME_LIMIT, melody_similarity
 from tests.melody import CHORDS, FRERE_JACQUES, ODE_TO_JOY, TWINKLE, Melody, tune
 
 RATE = 32000
@@ -81,6 +81,30 @@ def test_an_unrelated_melody_in_the_same_key_timbre_and_tempo_fails(
     parent = _tune(FRERE_JACQUES, PHRASE_S, timbre=timbre)
     other = _tune(melody, PHRASE_S, timbre=timbre, parent_chords=parent_chords)
     assert melody_similarity(other, parent, RATE).similarity < THEME_LIMIT
+
+
+def _no_melody(kind: str, seconds: float = 5.0) -> np.ndarray:
+    t = np.arange(round(seconds * RATE)) / RATE
+    rng = np.random.default_rng(3)
+    if kind == "saw drone on G":  # every harmonic of one note: a pitch class the tune uses
+        mono = sum(0.3 / k * np.sin(2 * np.pi * 392.0 * k * t) for k in range(1, 12))
+    elif kind == "white noise":
+        mono = 0.1 * rng.standard_normal(t.size)
+    else:  # drums: noise bursts on the beat at 100 bpm
+        mono = 0.3 * rng.standard_normal(t.size) * np.exp(-((t * 100 / 60) % 1.0) * 30.0)
+    return np.stack([mono, mono]).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["saw drone on G", "white noise", "drums"])
+@pytest.mark.parametrize("parent_chords", [False, True], ids=["melody", "melody-and-chords"])
+def test_a_variation_without_a_melody_fails_however_its_notes_fit_the_parents(
+    kind: str, parent_chords: bool
+) -> None:
+    """The warp lets a drone find the parent frames of its own pitch class (it read 0.83, over
+    the limit): the frames' order must make the match."""
+    parent = _tune(FRERE_JACQUES, PHRASE_S, parent_chords=parent_chords)
+    match = melody_similarity(_no_melody(kind), parent, RATE)
+    assert match.similarity < THEME_LIMIT and match.order < ORDER_MIN, match
 
 
 def test_a_shorter_variation_is_compared_with_the_parents_start() -> None:
