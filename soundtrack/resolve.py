@@ -297,7 +297,8 @@ def resolve_tracks(
             sampling_flat=merged["sampling_flat"],
             plain_prompt=full_prompt(track, musical_tags=False),
             bars=track.bars,
-            attempts=merged.get("attempts", 1),
+            # A recording is what it is: the defaults' re-rolls are for what is generated.
+            attempts=1 if source else merged.get("attempts", 1),
             reference=(base_dir / merged["reference"]).resolve() if "reference" in merged else None,
             variation_of=track.variation_of,
             stems=stems,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 
 from soundtrack import models
 from soundtrack.build import BuildResult, Options, ThreadExecutor, build
@@ -14,6 +15,7 @@ from soundtrack.measure import measure
 from soundtrack.models import GenerationRequest, get_generator
 from soundtrack.spec import Sampling
 from tests.reference import sha256_of
+from tests.signals import music_like
 
 SEED = 20
 PROMPT = "driving taiko battle loop"
@@ -168,3 +170,20 @@ def test_any_take_leads_to_the_same_takes_as_the_first_and_a_review_rejection_sk
     assert first_take(first, record) == take(first, 3)
     assert first_take(make_spec(seed=40, generation_key="h" * 64, prompt="other"), record).take == 0
     assert first_take(first, None) == first
+
+
+def test_a_rejected_recording_is_not_rerolled_whatever_the_defaults_attempts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The defaults' attempts reached `source:` tracks, and a rejected one crashed the build."""
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    sf.write(tmp_path / "groove.wav", music_like(6.0, 44100).T, 44100)
+    (tmp_path / "m.yaml").write_text(
+        "schema: 1\nsoundtrack: rolls\nstorage: ./out\ndefaults: {attempts: 3}\ntracks:\n"
+        "  - id: groove\n    source: groove.wav\n    gates: {silence_floor_lufs: -20}\n"
+    )
+    result = build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor())
+    (track,) = result.report.tracks
+    assert track.status == "rejected" and result.exit_status == 1, result.failure
+    assert track.takes == [] and track.seed is None
+    assert "silence" in (track.reason or "")
