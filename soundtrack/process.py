@@ -176,7 +176,9 @@ def _bar_loop(spec: TrackSpec, heard: Analysis) -> tuple[int, float] | None:
         return None  # no beat to count bars by: a plain loop, which the tempo gate rejects
     sr = heard.sample_rate
     bar = spec.beats_per_bar * 60.0 / heard.tempo_bpm * sr
-    bars = spec.bars or max(1, round(spec.duration_s * sr / bar))
+    # A recording of its own length counts the bars of the music heard, its silence trimmed.
+    frames = heard.frames if spec.own_length else spec.duration_s * sr
+    bars = spec.bars or max(1, round(frames / bar))
     if abs(heard.frames - bars * bar) <= BAR_END_FRACTION * bars * bar:
         # A recording cut to its bars (a loop exported from a DAW) is its loop from its first
         # sample, whichever beat the analysis hears as a downbeat: an accent alone is a weak cue.

@@ -88,6 +88,20 @@ def test_without_bars_a_loop_with_bpm_takes_the_whole_bars_nearest_its_duration(
     assert duration.value == pytest.approx(outcome.master.duration_s, abs=1e-3)
 
 
+def test_a_recordings_bars_are_counted_without_the_silence_before_it(tmp_path: Path) -> None:
+    """8 bars at 120 bpm after 1.3 s of digital silence, given with no duration: the silence
+    counted towards its length made it 9 bars, more than the music holds."""
+    music, _ = drum_and_bass(120, "A minor", 16.0, RATE)
+    audio = np.concatenate([np.zeros((2, round(1.3 * RATE)), np.float32), music], axis=1)
+    spec = make_spec(
+        loop=True, bpm=120, duration_s=audio.shape[1] / RATE, own_length=True, formats=("ogg",)
+    )
+    outcome = process_track(spec, audio, RATE, tmp_path)
+    assert outcome.status == "approved", [g for g in outcome.gates if not g.passed]
+    assert outcome.master is not None and outcome.master.loop_length is not None
+    assert abs(outcome.master.loop_length - 16.0 * RATE) <= 0.003 * 16.0 * RATE
+
+
 @pytest.mark.parametrize("bpm", [120, None], ids=["with-bpm", "without-bpm"])
 def test_a_periodic_chord_cycle_is_a_seamless_loop_though_its_level_jumps_each_bar(
     tmp_path: Path, bpm: int | None
