@@ -50,10 +50,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
-from soundtrack.audio import check_signal
+from soundtrack.audio import check_signal, read_audio
+from soundtrack.errors import AudioError
 from soundtrack.keys import Key, conventional_key, key_match, parse_key, semitones_apart
 from soundtrack.loudness import loudness_range_lu
 from soundtrack.numba_cache import load_librosa
@@ -270,6 +272,18 @@ def compare(a: Analysis, b: Analysis) -> Comparison:
         rows=rows,
         verdict=verdict,
     )
+
+
+def analyse_file(path: Path, *, beats_per_bar: int = 4, bpm_hint: float | None = None) -> Analysis:
+    """`analyse` of a recording, any channel count (more than two are mixed down to one); an
+    AudioError names the file."""
+    audio, sample_rate = read_audio(path)
+    if audio.shape[0] > 2:
+        audio = audio.mean(axis=0, keepdims=True)
+    try:
+        return analyse(audio, sample_rate, beats_per_bar=beats_per_bar, bpm_hint=bpm_hint)
+    except AudioError as exc:  # "audio is 0.10 s long": which of the files
+        raise AudioError(f"{path}: {exc}") from None
 
 
 def _check_inputs(

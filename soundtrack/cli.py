@@ -16,7 +16,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from soundtrack.errors import (
-    AudioError,
     InputError,
     ModelLoadError,
     SoundtrackError,
@@ -790,16 +789,9 @@ def _musical_targets(
 
 
 def _analysed(path: Path, targets: _Targets) -> Analysis:
-    from soundtrack.analysis import analyse
-    from soundtrack.audio import read_audio
+    from soundtrack.analysis import analyse_file
 
-    audio, sample_rate = read_audio(path)
-    try:
-        return analyse(
-            audio, sample_rate, beats_per_bar=targets.beats_per_bar, bpm_hint=targets.bpm
-        )
-    except AudioError as exc:  # "audio is 0.10 s long": which of the files
-        raise AudioError(f"{path}: {exc}") from None
+    return analyse_file(path, beats_per_bar=targets.beats_per_bar, bpm_hint=targets.bpm)
 
 
 def _print_analysis(heard: Analysis) -> None:

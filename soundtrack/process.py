@@ -12,8 +12,8 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from soundtrack.analysis import Analysis, analyse, analysis_row, compare
-from soundtrack.audio import read_audio, resample, write_wav
+from soundtrack.analysis import Analysis, analyse, analyse_file, analysis_row, compare
+from soundtrack.audio import resample, write_wav
 from soundtrack.encode import EncodedFile, encode
 from soundtrack.errors import AudioError
 from soundtrack.expectations import check_expectations
@@ -165,8 +165,7 @@ def _reference_analysis(path: Path) -> Analysis:
 
 @functools.lru_cache(maxsize=16)
 def _analysed(path: Path, mtime_ns: int, size: int) -> Analysis:
-    audio, sample_rate = read_audio(path)
-    return analyse(audio, sample_rate)
+    return analyse_file(path)
 
 
 def _bar_loop(spec: TrackSpec, heard: Analysis) -> tuple[int, float] | None:

@@ -497,6 +497,15 @@ def _reference_problems(merged: dict[str, Any], base_dir: Path) -> list[tuple[st
         return [("reference", f"cannot read the reference recording: {exc}")]
     if info.frames <= 0:
         return [("reference", "the reference recording has no audio")]
+    if info.frames / info.samplerate < MIN_DURATION_S:
+        seconds = info.frames / info.samplerate
+        return [
+            (
+                "reference",
+                f"the reference recording lasts {seconds:.2f} s; the comparison needs "
+                f"{MIN_DURATION_S:g} s at least",
+            )
+        ]
     return []
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from typer.testing import CliRunner
@@ -69,6 +70,17 @@ def test_compare_prints_a_table_and_a_verdict(grooves: dict[str, Path]) -> None:
     assert result.exit_code == 0, result.output
     for word in ("tempo_bpm", "key", "loudness_range_lu", "timbre", "1.25x faster"):
         assert word in result.output
+
+
+def test_a_surround_file_is_compared_as_its_mixdown(
+    tmp_path: Path, grooves: dict[str, Path]
+) -> None:
+    stereo, rate = sf.read(grooves["base"], always_2d=True)
+    surround = tmp_path / "base-5.1.wav"
+    sf.write(surround, np.concatenate([stereo, stereo, stereo], axis=1), rate, subtype="PCM_16")
+    data = compare(grooves["base"], surround)
+    assert data["tempo_ratio"] == pytest.approx(1.0, abs=0.005)
+    assert data["key_relation"] == "same"
 
 
 def test_compare_a_missing_file_exits_2(tmp_path: Path, grooves: dict[str, Path]) -> None:

@@ -610,6 +610,20 @@ def test_a_reference_that_is_no_audio_is_refused_before_anything_renders(tmp_pat
     )
 
 
+def test_a_reference_too_short_to_analyse_is_refused_before_anything_renders(
+    tmp_path: Path,
+) -> None:
+    sf.write(tmp_path / "ref.wav", np.zeros(4410, dtype=np.float32), 44100)  # 0.1 s
+    path = tmp_path / "m.yaml"
+    path.write_text(BASE.replace("defaults:\n", "defaults:\n  reference: ref.wav\n"))
+    with pytest.raises(InputError) as caught:
+        load_manifest(path)
+    assert (
+        "the reference recording lasts 0.10 s; the comparison needs 0.4 s at least"
+        in (caught.value.problems[0])
+    )
+
+
 def test_validate_prints_brackets_in_paths_as_they_are(tmp_path: Path) -> None:
     """Rich reads [/] as markup: a storage folder named so crashed `validate` with a traceback."""
     path = tmp_path / "m.yaml"
@@ -631,7 +645,7 @@ def test_validate_refuses_a_storage_folder_a_build_could_not_write(tmp_path: Pat
 
 
 def test_attempts_and_reference_are_build_policy_outside_the_spec_hash(tmp_path: Path) -> None:
-    sf.write(tmp_path / "ref.wav", np.zeros((4410, 2), dtype=np.float32) + 0.1, 44100)
+    sf.write(tmp_path / "ref.wav", np.zeros((44100, 2), dtype=np.float32) + 0.1, 44100)
     first = specs_of(tmp_path, BASE)
     policy = BASE.replace("defaults:\n", "defaults:\n  attempts: 3\n  reference: ref.wav\n")
     second = specs_of(tmp_path, policy)
