@@ -49,6 +49,7 @@ All features come from one STFT (2048 points, hop 512) of a mono mix resampled t
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,7 +114,7 @@ class Analysis:
     loudness_range_lu: float  # EBU Tech 3342 LRA
     spectral_centroid_hz: float  # of the summed magnitude spectrum (frames weighted by level)
     onset_rate_per_s: float
-    timbre: tuple[float, ...]  # MFCC 1-12 means, then their standard deviations
+    timbre: tuple[float, ...]  # MFCC 1-12 means, then their standard deviations; () silent
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,8 @@ class Comparison:
     key_relation: str  # same, relative, transposed, different or unknown
     key_semitones: int | None  # b's tonic above a's, -5..+6
     loudness_range_difference_lu: float  # b - a
-    centroid_ratio: float  # b / a
-    timbre_distance: float
+    centroid_ratio: float | None  # b / a; None when either is silent
+    timbre_distance: float | None  # None when either is silent
     rows: tuple[ComparisonRow, ...]
     verdict: str
 
@@ -212,9 +213,11 @@ def analysis_row(a: Analysis) -> dict[str, float | int | str | None]:
     }
 
 
-def timbre_distance(a: Analysis, b: Analysis) -> float:
+def timbre_distance(a: Analysis, b: Analysis) -> float | None:
     """Root-mean-square difference of the MFCC statistics (module doc): small for the same
-    sound, large for a different one."""
+    sound, large for a different one; None when either is silent (no timbre)."""
+    if not a.timbre or not b.timbre:
+        return None
     return float(np.sqrt(np.mean((np.asarray(a.timbre) - np.asarray(b.timbre)) ** 2)))
 
 
@@ -225,9 +228,17 @@ def compare(a: Analysis, b: Analysis) -> Comparison:
         tempo_ratio = b.tempo_bpm / a.tempo_bpm
     key_relation, semitones, key_text = _key_relation(a.key, b.key)
     lra_difference = b.loudness_range_lu - a.loudness_range_lu
-    centroid_ratio = b.spectral_centroid_hz / max(a.spectral_centroid_hz, 1e-9)
+    silent = [name for name, x in (("a", a), ("b", b)) if not x.timbre]
+    # Silence, or DC alone (all at 0 Hz), has no brightness to compare.
+    bright = a.spectral_centroid_hz > 0.0 and b.spectral_centroid_hz > 0.0
+    centroid_ratio = b.spectral_centroid_hz / a.spectral_centroid_hz if bright else None
     distance = timbre_distance(a, b)
-    similar = distance <= SIMILAR_TIMBRE_MAX
+    similar = distance is not None and distance <= SIMILAR_TIMBRE_MAX
+    timbre_text = (
+        f"{' and '.join(silent)} silent"
+        if distance is None
+        else f"{'similar' if similar else 'different'} timbre"
+    )
     rows = (
         ComparisonRow(
             "tempo_bpm",
@@ -246,22 +257,16 @@ def compare(a: Analysis, b: Analysis) -> Comparison:
             "spectral_centroid_hz",
             f"{a.spectral_centroid_hz:.0f}",
             f"{b.spectral_centroid_hz:.0f}",
-            f"b/a = {centroid_ratio:.2f}",
+            "no brightness" if centroid_ratio is None else f"b/a = {centroid_ratio:.2f}",
         ),
         ComparisonRow(
             "timbre",
             "",
             "",
-            f"distance {distance:.1f} ({'similar' if similar else 'different'})",
+            timbre_text if distance is None else f"distance {distance:.1f} ({timbre_text})",
         ),
     )
-    verdict = ", ".join(
-        [
-            _tempo_verdict(tempo_ratio),
-            key_text,
-            "similar timbre" if similar else "different timbre",
-        ]
-    )
+    verdict = ", ".join([_tempo_verdict(tempo_ratio), key_text, timbre_text])
     return Comparison(
         tempo_ratio=tempo_ratio,
         key_relation=key_relation,
@@ -298,6 +303,13 @@ def _check_inputs(
         raise ValueError(f"bpm_hint must be a positive tempo in bpm, got {bpm_hint}")
 
 
+# With no pitch to hear (silence, DC, a click), librosa's tuning estimate says so and takes 0
+# cents, the right answer: the warning would reach a user's terminal as noise.
+warnings.filterwarnings(
+    "ignore", message="Trying to estimate tuning from empty frequency set", category=UserWarning
+)
+
+
 def _features(audio: np.ndarray, sample_rate: int) -> _Features:
     librosa = load_librosa()  # numba compiles on first use: keep it off the import path
     import soxr
@@ -325,12 +337,15 @@ def _features(audio: np.ndarray, sample_rate: int) -> _Features:
     active = mfcc[1:, level_db >= level_db.max() - TIMBRE_ACTIVE_DB]  # not 0: it is the level
     freqs = librosa.fft_frequencies(sr=ANALYSIS_RATE, n_fft=_N_FFT)
     spectrum = magnitude.sum(axis=1)
+    sound = bool(spectrum.any())  # digital silence has no timbre or brightness
     return _Features(
         onsets=flux(np.ones(mel.shape[0], dtype=bool)),
         accents=flux(mel_hz < ACCENT_MAX_HZ),
         low_onsets=flux(mel_hz < DOWNBEAT_MAX_HZ),
         chroma=librosa.feature.chroma_stft(S=power, sr=ANALYSIS_RATE, tuning=None, norm=None),
-        timbre=tuple(float(v) for v in np.concatenate([active.mean(axis=1), active.std(axis=1)])),
+        timbre=tuple(float(v) for v in np.concatenate([active.mean(axis=1), active.std(axis=1)]))
+        if sound
+        else (),
         centroid_hz=float(freqs @ spectrum / max(float(spectrum.sum()), 1e-20)),
     )
 

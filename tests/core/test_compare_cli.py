@@ -83,6 +83,19 @@ def test_a_surround_file_is_compared_as_its_mixdown(
     assert data["key_relation"] == "same"
 
 
+def test_silence_has_no_timbre_or_brightness_to_compare(
+    tmp_path: Path, grooves: dict[str, Path]
+) -> None:
+    """Silence read as 'similar timbre' to anything, its brightness ratio as 5e12."""
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros((4 * RATE, 2), dtype=np.float32), RATE, subtype="PCM_16")
+    data = compare(silent, grooves["base"])
+    assert data["timbre_distance"] is None and data["centroid_ratio"] is None
+    assert str(data["verdict"]).endswith("a silent")
+    both = compare(silent, silent)
+    assert str(both["verdict"]).endswith("a and b silent")
+
+
 def test_compare_a_missing_file_exits_2(tmp_path: Path, grooves: dict[str, Path]) -> None:
     result = runner.invoke(app, ["compare", str(grooves["base"]), str(tmp_path / "nope.wav")])
     assert result.exit_code == 2 and "Traceback" not in result.output
