@@ -26,7 +26,11 @@ All features come from one STFT (2048 points, hop 512) of a mono mix resampled t
   at the refined tempo does not bend its end beats toward the cut as librosa's
   dynamic-programming tracker did; importing librosa.beat also compiled five numba functions
   in every process (2.6 s). The onset measure peaks before the attack, so beat times are frame
-  centres plus ONSET_LAG_S (measured 12-18 ms on drums, plucks and chords).
+  centres plus ONSET_LAG_S (measured 12-18 ms on drums, plucks and chords). When every beat
+  lies within SNAP_FRAMES of the beats' least-squares line (a steady tempo), the beats are put
+  on that line: frames are 23 ms apart, and snapped beats were up to 16 ms off the test
+  grooves' grid, fitted ones 3 ms at most. Music that speeds up or slows down keeps them as
+  snapped.
 - Downbeats: of the beats_per_bar phases of the beat sequence, the one whose beats score
   highest, a beat's score being the sum of two z-scores across all beats: its
   low-frequency (< 200 Hz: kick and bass) onset strength, and the harmonic change at it
@@ -176,7 +180,8 @@ def analyse(
     beat_frames = np.zeros(0, dtype=np.int64)
     if tempo_bpm is not None:
         beat_frames = _beats(features.onsets, features.accents, tempo_bpm)
-    bar_starts = beat_frames[_downbeat_phase(features, beat_frames, beats_per_bar) :: beats_per_bar]
+    phase = _downbeat_phase(features, beat_frames, beats_per_bar)
+    beat_positions = _steady(beat_frames)
     # 5. Key
     key, key_confidence = _key(features.chroma) if pulse else (None, 0.0)
     # 6. Loudness range on the audio as given (all channels, full rate): LRA is defined there
@@ -185,8 +190,8 @@ def analyse(
         sample_rate=sample_rate,
         frames=audio.shape[1],
         tempo_bpm=tempo_bpm,
-        beats=_to_samples(beat_frames, sample_rate, audio.shape[1]),
-        downbeats=_to_samples(bar_starts, sample_rate, audio.shape[1]),
+        beats=_to_samples(beat_positions, sample_rate, audio.shape[1]),
+        downbeats=_to_samples(beat_positions[phase::beats_per_bar], sample_rate, audio.shape[1]),
         beats_per_bar=beats_per_bar,
         key=None if key is None else key.name,
         key_confidence=key_confidence,
@@ -494,6 +499,18 @@ def _beats(onsets: np.ndarray, accents: np.ndarray, tempo_bpm: float) -> np.ndar
         np.arange(kept.stop - kept.start), np.argmax(onsets[around[kept]], axis=1)
     ]
     return snapped
+
+
+def _steady(beats: np.ndarray) -> np.ndarray:
+    """The beat frames on their least-squares line when every beat lies within SNAP_FRAMES of
+    it (a steady tempo: an engine schedules on these, and snapping to whole frames put them up
+    to 23 ms off); as they are otherwise (the music speeds up or slows down)."""
+    if beats.size < 4:
+        return beats.astype(np.float64)
+    index = np.arange(beats.size, dtype=np.float64)
+    slope, intercept = np.polyfit(index, beats.astype(np.float64), 1)
+    line: np.ndarray = slope * index + intercept
+    return line if float(np.max(np.abs(beats - line))) <= SNAP_FRAMES else beats.astype(np.float64)
 
 
 def _downbeat_phase(features: _Features, beats: np.ndarray, beats_per_bar: int) -> int:
