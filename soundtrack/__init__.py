@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 # Bumped whenever a change to generation, mastering, gating or encoding changes the assets made
 # for the same manifest: it is part of every spec_hash, so every track is mastered, judged and
 # published again. "2": MP3 end padding, loops filtered and resampled as a circle, a resampled
-# render's last sample, bar loops from exact-length recordings, the clipping and tempo gates.
+# render's last sample, bar loops from exact-length recordings, the clipping, tempo and theme
+# gates, mono stems, the sidecar's beats on a steady groove's grid.
 PIPELINE_VERSION = "2"
 
 # Bumped (with PIPELINE_VERSION) only when a change alters what a model renders for the same
