@@ -64,7 +64,8 @@ class Sidecar(_Model):
         json_schema_extra={"$id": "https://soundtrack-pipeline.dev/schema/sidecar-v1.json"},
     )
 
-    sidecar_schema: Literal[1] = Field(default=1, alias="schema")
+    # No default: a reader's JSON Schema then requires it, as every file has it.
+    sidecar_schema: Literal[1] = Field(alias="schema")
     soundtrack: str
     track: str
     spec_hash: str
@@ -98,6 +99,7 @@ def sidecar(spec: TrackSpec, info: MasterInfo, analysis: Analysis) -> Sidecar:
             bars=bars,
         )
     return Sidecar(
+        schema=1,
         soundtrack=spec.soundtrack,
         track=spec.id,
         spec_hash=spec.spec_hash,

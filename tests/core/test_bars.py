@@ -151,3 +151,12 @@ def test_a_bar_loop_has_a_bar_line_on_every_bar() -> None:
         expected = start + np.arange(bars) * length / bars
         assert in_loop.size == bars and np.max(np.abs(in_loop - expected)) <= 0.5
         assert set(bar_lines) <= set(beats) and max(beats) < start + length
+
+
+def test_the_documented_sidecar_example_is_a_valid_sidecar() -> None:
+    """Engine programmers copy it: it must parse, and hold what every sidecar holds."""
+    text = (ROOT / "docs" / "formats.md").read_text()
+    example = text.split("```json\n", 1)[1].split("```", 1)[0]
+    committed = json.loads((ROOT / "docs" / "sidecar.schema.json").read_text())
+    assert "schema" in committed["required"]
+    jsonschema.validate(json.loads(example), committed)
