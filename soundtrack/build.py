@@ -292,8 +292,35 @@ def _report(
         model_loads=load_count() - loads_before,
         build_name=build_name,
         tracks=sorted(tracks.records.values(), key=lambda r: order[r.id]),
-        warnings=[*prepared.warnings, *tracks.warnings],
+        warnings=[
+            *prepared.warnings,
+            *tracks.warnings,
+            *_stale_variations(prepared, tracks.records),
+        ],
     )
+
+
+def _stale_variations(prepared: Prepared, records: Mapping[str, TrackRecord]) -> list[str]:
+    """Variations a build left as they were while it published their parent anew (--only the
+    parent): said, since they follow the parent's previous take until they are built."""
+    before = {r.id: r for r in prepared.lock.tracks} if prepared.lock else {}
+    stale = []
+    for spec in prepared.checked.specs:
+        parent = records.get(spec.variation_of or "")
+        kept = before.get(spec.id)
+        if (
+            spec.id not in records
+            and kept is not None
+            and parent is not None
+            and parent.status == "approved"
+            and kept.parent_sha256 not in {f.sha256 for f in parent.files}
+        ):
+            stale.append(
+                f"{spec.id} varies {parent.id}, published anew by this build: it follows "
+                f"{parent.id}'s previous take until it is built too (--only {parent.id} "
+                f"--only {spec.id}, or everything)"
+            )
+    return stale
 
 
 def _finish(

@@ -103,6 +103,16 @@ def test_variations_render_after_their_parents_and_only_a_changed_parent_renders
     assert after["combat-high"]["parent_sha256"] == published_sha(tmp_path, after["title-theme"])
     assert after["combat-high"]["parent_sha256"] != tracks["combat-high"]["parent_sha256"]
     assert after["menu"]["files"] == tracks["menu"]["files"]
+    assert changed.report.warnings == []
+
+    # --only the parent: its variation stays as it was, following the parent's previous take,
+    # and the build says so; the variation's own variation follows it, which did not change.
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir, theme_prompt="bright theme"))
+    models._loaded.clear()
+    parent = build(tmp_path / "m.yaml", Options(only=("title-theme",)), executor=ThreadExecutor())
+    assert parent.exit_status == 0, parent.failure
+    (warning,) = parent.report.warnings
+    assert warning.startswith("combat-high varies title-theme, published anew by this build")
 
 
 def test_one_resident_model_loads_once_for_parents_and_variations(
