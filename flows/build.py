@@ -163,7 +163,11 @@ def build_soundtrack(
         bool, Field(description="Rebuild tracks even when already published.")
     ] = False,
     out: Annotated[
-        str | None, Field(description="Output folder or s3:// URL instead of the manifest's.")
+        str | None,
+        Field(
+            description="Output folder or s3:// URL instead of the manifest's storage; a "
+            "relative folder is relative to the manifest's folder, as its storage is."
+        ),
     ] = None,
     model: Annotated[
         str | None, Field(description="Use this model (hub id or directory) for every track.")
