@@ -14,14 +14,32 @@ from pathlib import Path
 _HOLD = ".held"
 
 
+_MAX_SLOTS = 64
+
+
 def first_free(root: Path) -> tuple[Path, int]:
     """The first numbered folder under `root` that no live process holds, and the descriptor
-    holding it: keep it open for as long as the folder is used."""
+    holding it: keep it open for as long as the folder is used. A number whose lock or folder
+    is unusable (a folder where the lock goes, a file where the folder goes) is passed over;
+    OSError when none of the first _MAX_SLOTS is usable."""
     root.mkdir(parents=True, exist_ok=True)
-    number = 0
-    while (fd := _try_hold(root / f"{number}.lock", create=True)) is None:
-        number += 1
-    return root / str(number), fd
+    for number in range(_MAX_SLOTS):
+        try:
+            fd = _try_hold(root / f"{number}.lock", create=True)
+        except OSError:
+            continue
+        if fd is None:
+            continue
+        folder = root / str(number)
+        try:
+            folder.mkdir(exist_ok=True)
+            if folder.is_symlink() or not folder.is_dir():
+                raise NotADirectoryError(folder)
+        except OSError:
+            os.close(fd)
+            continue
+        return folder, fd
+    raise OSError(f"no usable numbered folder under {root} (tried {_MAX_SLOTS})")
 
 
 @contextmanager
@@ -59,7 +77,8 @@ def _delete_if_left(folder: Path) -> None:
 
 def _try_hold(path: Path, *, create: bool) -> int | None:
     """A descriptor holding an exclusive flock on `path`, or None when a live process has it."""
-    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+    # Never through a link: a lock planted as one would open (or make) a file elsewhere.
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT if create else 0), 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

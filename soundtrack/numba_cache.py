@@ -13,26 +13,45 @@ compiles nothing again.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 from types import ModuleType
 
 from soundtrack.held import first_free
-from soundtrack.renders import user_cache_home
+from soundtrack.renders import cache_root, user_cache_home
 
 _GUARD = threading.Lock()
 _held: list[int] = []  # the lock file of this process's folder, open for the process's life
+_chosen: list[Path] = []
 
 
 def load_librosa() -> ModuleType:
     """librosa, its numba cache in this process's own folder (or $NUMBA_CACHE_DIR when set)."""
     with _GUARD:
-        if not _held and "NUMBA_CACHE_DIR" not in os.environ:
+        if not _chosen and not os.environ.get("NUMBA_CACHE_DIR"):
             # Before librosa: each of its functions picks its cache folder when it is defined.
             from numba.core import config
 
-            folder, held = first_free(user_cache_home() / "soundtrack" / "numba")
-            _held.append(held)
-            config.CACHE_DIR = str(folder)  # type: ignore[attr-defined]  # set from env
+            _chosen.append(_own_folder())
+            config.CACHE_DIR = str(_chosen[0])  # type: ignore[attr-defined]  # set from env
         import librosa
     return librosa
+
+
+def _own_folder() -> Path:
+    """The user's cache, else the soundtrack cache (a read-only home), else a folder of this
+    process's own that goes with it: compiled anew, but never in a folder another writes."""
+    for root in (user_cache_home() / "soundtrack" / "numba", cache_root() / "numba"):
+        try:
+            folder, fd = first_free(root)
+        except OSError:
+            continue
+        _held.append(fd)
+        return folder
+    private = Path(tempfile.mkdtemp(prefix="soundtrack-numba-"))
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    return private

@@ -56,8 +56,10 @@ def cache_root() -> Path:
 
 
 def user_cache_home() -> Path:
-    """$XDG_CACHE_HOME, else ~/.cache: this user's caches, whatever the project."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    """$XDG_CACHE_HOME, else ~/.cache: this user's caches, whatever the project. A relative
+    $XDG_CACHE_HOME is ignored, as the XDG spec says: it would put caches in the working folder."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return Path(base) if Path(base).is_absolute() else Path.home() / ".cache"
 
 
 class RenderCache:

@@ -12,7 +12,9 @@ same notes throughout. The warp's freedom lets frames with no melody in them mat
 finds the parent frames of its own pitch class; noise finds something everywhere), so the same
 frames are aligned again in shuffled orders: the melody is the part of the match their order
 makes. `order` is that part of the distance from chance to 1; under ORDER_MIN, `similarity` is
-scaled down in proportion.
+scaled down in proportion. A parent whose chroma hardly moves (a trill of two notes under the
+hold, a held chord: PARENT_MOVEMENT_MIN) has no order to follow, and only its pitch content is
+compared.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ THEME_LIMIT = 0.79
 # Midway between no melody (0.20 at most: drones, noise, drums) and variations (0.61 at least)
 # in bench/theme_calibration.py's three draws.
 ORDER_MIN = 0.41
+# 1 - the mean cosine of the parent's frames with their mean: the calibration's parents move
+# 0.20-0.46, a melody alternating two notes on every beat 0.004.
+PARENT_MOVEMENT_MIN = 0.1
 _SHUFFLES = 3
 
 
@@ -72,6 +77,7 @@ def melody_similarity(variation: np.ndarray, parent: np.ndarray, sample_rate: in
     # 2. Chroma of each, one unit vector per frame
     x = _chroma(variation, sample_rate)
     y = _chroma(parent, sample_rate)
+    moves = _movement(y) >= PARENT_MOVEMENT_MIN
     # 3. The parent from its start, looped, as far as the warp's fastest tempo can reach
     frames = x.shape[1]
     y = y[:, np.arange(round(MAX_TEMPO_RATIO * frames) + 1) % y.shape[1]]
@@ -93,7 +99,7 @@ def melody_similarity(variation: np.ndarray, parent: np.ndarray, sample_rate: in
     )
     order = float(np.clip((matched - chance) / max(1.0 - chance, 1e-9), 0.0, 1.0))
     return ThemeMatch(
-        similarity=matched * min(1.0, order / ORDER_MIN),
+        similarity=matched * min(1.0, order / ORDER_MIN) if moves else matched,
         order=order,
         # x rolled up by k matches y: the variation lies k semitones under the parent
         transposition_semitones=(5 - best) % 12 - 5,
@@ -128,6 +134,12 @@ def _chroma(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     norms[flat] = np.sqrt(12.0)
     unit: np.ndarray = peaks / norms
     return unit
+
+
+def _movement(chroma: np.ndarray) -> float:
+    """How far unit chroma frames stray from their mean direction: 0 when they never change."""
+    mean = chroma.mean(axis=1)
+    return float(1.0 - np.mean(mean @ chroma) / max(float(np.linalg.norm(mean)), 1e-12))
 
 
 def _warp(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

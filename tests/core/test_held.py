@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from soundtrack.held import scratch_folder
+import pytest
+
+from soundtrack.held import first_free, scratch_folder
+from soundtrack.renders import user_cache_home
 
 # Takes a scratch folder, prints it, and holds it until stdin closes (or it is killed).
 _HOLDER = """
@@ -55,3 +58,25 @@ def test_a_killed_processs_folder_goes_and_a_live_ones_and_a_strangers_stay(
 
     live.communicate("", timeout=30)
     assert live.returncode == 0 and not used.exists()
+
+
+def test_numbers_whose_lock_or_folder_is_unusable_are_passed_over(tmp_path: Path) -> None:
+    root = tmp_path / "numba"
+    root.mkdir()
+    (root / "0").write_text("a file where slot 0's folder goes")
+    (root / "1.lock").mkdir()  # a folder where slot 1's lock goes
+    elsewhere = tmp_path / "elsewhere"
+    (root / "2.lock").symlink_to(elsewhere)  # a lock planted as a link
+    folder, fd = first_free(root)
+    try:
+        assert folder == root / "3" and folder.is_dir()
+        assert not elsewhere.exists(), "a link is never followed to make a file"
+    finally:
+        os.close(fd)
+
+
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/caches")
+    assert user_cache_home() == Path.home() / ".cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", "/srv/caches")
+    assert user_cache_home() == Path("/srv/caches")

@@ -69,3 +69,26 @@ def test_a_numba_cache_dir_the_user_set_is_kept(tmp_path: Path) -> None:
     _end(process)
     assert list((tmp_path / "mine").rglob("*localmax*.nbi"))
     assert not (tmp_path / "caches").exists()
+
+
+def test_without_a_writable_cache_home_it_compiles_in_the_soundtrack_cache_or_its_own(
+    tmp_path: Path,
+) -> None:
+    """A read-only home crashed every analysis with a traceback."""
+    (tmp_path / "not-a-folder").write_text("a file where the cache home would be")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "not-a-folder")
+    env["SOUNDTRACK_CACHE_DIR"] = str(tmp_path / "builds")
+    process = _start(env)
+    assert _folder(process) == tmp_path / "builds" / "numba" / "0"
+    _end(process)
+
+    env["SOUNDTRACK_CACHE_DIR"] = str(tmp_path / "not-a-folder" / "builds")
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    process = _start(env)
+    private = _folder(process)
+    assert private.parent == tmp_path / "tmp" and private.name.startswith("soundtrack-numba-")
+    assert list(private.rglob("*localmax*.nbi"))
+    _end(process)
+    assert not private.exists(), "a folder of its own goes with the process"

@@ -607,56 +607,6 @@ def test_gc_deletes_our_superseded_objects_and_keeps_everything_not_provably_our
     assert "no index" in " ".join(missing.output.split())
 
 
-def test_gc_proves_a_multipart_object_by_its_recorded_composite_not_its_metadata(
-    s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
-) -> None:
-    """A multipart object's sha256 metadata is anyone's to write: someone else's multipart
-    upload over our key, carrying our metadata, is kept; our own superseded one is deleted."""
-    folder = tmp_path / "encoded"
-    url = f"s3://{s3_bucket}/big"
-    parts = {"multipart_threshold_bytes": 5 * MIB, "multipart_chunksize_bytes": 5 * MIB}
-    storage = S3Storage(url, s3_bucket, "big", **parts)
-    ours, theirs, current = (
-        make_asset(folder, name, "wav", size=6 * MIB, seed=seed, spec_hash=name[:4] * 2)
-        for seed, name in enumerate(("ours-old", "taken-old", "current"))
-    )
-    old = publish(storage, SOUNDTRACK, [ours, theirs])[0]
-    publish(storage, SOUNDTRACK, [current])
-    client = s3_server.client()
-    taken = old[1].key
-    upload = client.create_multipart_upload(
-        Bucket=s3_bucket,
-        Key=taken,
-        ChecksumAlgorithm="SHA256",
-        Metadata={"sha256": theirs.sha256},
-    )
-    done = []
-    for number, body in enumerate((b"U" * 5 * MIB, b"tail"), start=1):
-        part = client.upload_part(
-            Bucket=s3_bucket,
-            Key=taken,
-            UploadId=upload["UploadId"],
-            PartNumber=number,
-            Body=body,
-            ChecksumAlgorithm="SHA256",
-        )
-        done.append(
-            {"PartNumber": number, "ETag": part["ETag"], "ChecksumSHA256": part["ChecksumSHA256"]}
-        )
-    client.complete_multipart_upload(
-        Bucket=s3_bucket, Key=taken, UploadId=upload["UploadId"], MultipartUpload={"Parts": done}
-    )
-    assert client.head_object(Bucket=s3_bucket, Key=taken)["Metadata"]["sha256"] == theirs.sha256
-
-    garbage = storage.unreferenced(SOUNDTRACK)
-    assert old[0].key in garbage.ours and taken not in garbage.ours
-    assert taken in garbage.kept
-    # Another client (the CLI's default part sizes) proves it by the record, as this one does.
-    assert open_storage(url, base_dir=tmp_path).unreferenced(SOUNDTRACK).ours == garbage.ours
-    storage.delete(garbage.ours)
-    assert client.head_object(Bucket=s3_bucket, Key=taken)["ContentLength"] == 5 * MIB + 4
-
-
 def _multipart_put(client: Any, bucket: str, key: str, bodies: list[bytes], sha256: str) -> None:
     """Upload `bodies` as the parts of one object at `key`, carrying `sha256` as its metadata."""
     upload = client.create_multipart_upload(
@@ -678,6 +628,35 @@ def _multipart_put(client: Any, bucket: str, key: str, bodies: list[bytes], sha2
     client.complete_multipart_upload(
         Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": done}
     )
+
+
+def test_gc_proves_a_multipart_object_by_its_recorded_composite_not_its_metadata(
+    s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    """A multipart object's sha256 metadata is anyone's to write: someone else's multipart
+    upload over our key, carrying our metadata, is kept; our own superseded one is deleted."""
+    folder = tmp_path / "encoded"
+    url = f"s3://{s3_bucket}/big"
+    parts = {"multipart_threshold_bytes": 5 * MIB, "multipart_chunksize_bytes": 5 * MIB}
+    storage = S3Storage(url, s3_bucket, "big", **parts)
+    ours, theirs, current = (
+        make_asset(folder, name, "wav", size=6 * MIB, seed=seed, spec_hash=name[:4] * 2)
+        for seed, name in enumerate(("ours-old", "taken-old", "current"))
+    )
+    old = publish(storage, SOUNDTRACK, [ours, theirs])[0]
+    publish(storage, SOUNDTRACK, [current])
+    client = s3_server.client()
+    taken = old[1].key
+    _multipart_put(client, s3_bucket, taken, [b"U" * 5 * MIB, b"tail"], theirs.sha256)
+    assert client.head_object(Bucket=s3_bucket, Key=taken)["Metadata"]["sha256"] == theirs.sha256
+
+    garbage = storage.unreferenced(SOUNDTRACK)
+    assert old[0].key in garbage.ours and taken not in garbage.ours
+    assert taken in garbage.kept
+    # Another client (the CLI's default part sizes) proves it by the record, as this one does.
+    assert open_storage(url, base_dir=tmp_path).unreferenced(SOUNDTRACK).ours == garbage.ours
+    storage.delete(garbage.ours)
+    assert client.head_object(Bucket=s3_bucket, Key=taken)["ContentLength"] == 5 * MIB + 4
 
 
 @pytest.mark.parametrize("same_bytes", [False, True], ids=["forged", "same-bytes"])

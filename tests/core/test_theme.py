@@ -107,6 +107,21 @@ def test_a_variation_without_a_melody_fails_however_its_notes_fit_the_parents(
     assert match.similarity < THEME_LIMIT and match.order < ORDER_MIN, match
 
 
+TRILL: Melody = ((60, 1), (64, 1)) * 16  # two notes on every beat: one chroma under the hold
+
+
+@pytest.mark.parametrize("seconds", [15.0, 25.0])
+def test_a_variation_of_a_parent_whose_chroma_never_moves_is_judged_by_its_notes(
+    seconds: float,
+) -> None:
+    """Shuffled frames of a two-note trill match as well as the trill: the order says nothing,
+    and a true variation (faster, a tone up) failed on it."""
+    chords = (0,) * 8  # C major held under it
+    parent = tune(TRILL, 24.0, RATE, timbre="reed", chords=chords)
+    variation = tune(TRILL, seconds, RATE, bpm=115.0, timbre="piano", semitones=2, chords=chords)
+    assert melody_similarity(variation, parent, RATE).similarity >= THEME_LIMIT
+
+
 def test_a_shorter_variation_is_compared_with_the_parents_start() -> None:
     # The parent plays Frere Jacques, then Twinkle: a 10 s variation of its start is Frere
     # Jacques, and Twinkle (heard later in the parent) is not the parent's start.
