@@ -213,14 +213,23 @@ def index_of(
 ) -> BuildReport:
     """The lock to publish: this build's usable tracks, and for every other track still in the
     manifest, what the previous lock had published (a failed or rejected rebuild, or a track
-    left out by --only, keeps serving its last approved files)."""
-    earlier = {t.id: t for t in previous.tracks if t.usable} if previous else {}
+    left out by --only, keeps serving its last approved files, or its record of takes rejected).
+
+    A track this build reused as published takes the previous lock's entry as it is now: while
+    a build waited for its review, another may have published that track anew (the files in
+    the storage are that build's)."""
+    recorded = {t.id: t for t in previous.tracks} if previous else {}
+    earlier = {track_id: t for track_id, t in recorded.items() if t.usable}
     now = {t.id: t for t in report.tracks}
     tracks = []
     for track_id in track_ids:
         current = now.get(track_id)
-        if current is not None and current.usable:
+        if current is not None and current.status == "cached" and track_id in earlier:
+            tracks.append(earlier[track_id].model_copy(update={"status": "cached"}))
+        elif current is not None and current.usable:
             tracks.append(current)
+        elif current is None and track_id in recorded:
+            tracks.append(recorded[track_id])
         elif track_id in earlier:
             # A take rejected in review is remembered beside the files still served.
             kept = earlier[track_id]

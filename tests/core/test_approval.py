@@ -15,6 +15,7 @@ from soundtrack.approval import Candidate, Verdict
 from soundtrack.build import Options, ThreadExecutor, build
 from soundtrack.errors import InputError
 from soundtrack.storage import open_storage
+from tests.reference import sha256_of
 
 
 def manifest(model: Path, storage: str = "./out") -> str:
@@ -106,3 +107,68 @@ def test_a_core_build_cannot_ask_for_a_review_without_a_reviewer(
     with pytest.raises(InputError, match="review: required needs"):
         build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor())
     assert not (tmp_path / "out" / "vary").exists()
+
+
+def approve_all(
+    candidates: Sequence[Candidate], staging: Path, timeout_s: float
+) -> Mapping[str, Verdict]:
+    return {c.spec.id: Verdict(True) for c in candidates}
+
+
+def test_a_track_published_by_another_build_during_the_review_stays_as_that_build_left_it(
+    tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    """The reviewed build reused `menu`; meanwhile another build published it anew. The lock
+    kept the reviewed build's older entry, naming a file no longer there."""
+    text = manifest(tiny_acestep_dir)
+    (tmp_path / "m.yaml").write_text(text)
+    models._loaded.clear()
+    first = build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=approve_all)
+    assert first.exit_status == 0, first.failure
+    (tmp_path / "m.yaml").write_text(text + "  - id: sting\n    prompt: victory sting\n")
+    edited = text.replace("review: required\n", "").replace("calm menu pads", "dark menu pads")
+    (tmp_path / "other.yaml").write_text(edited)
+
+    def reviewer(
+        candidates: Sequence[Candidate], staging: Path, timeout_s: float
+    ) -> Mapping[str, Verdict]:
+        other = build(tmp_path / "other.yaml", Options(), executor=ThreadExecutor())
+        assert [r.status for r in other.report.tracks if r.id == "menu"] == ["approved"]
+        return approve_all(candidates, staging, timeout_s)
+
+    models._loaded.clear()
+    second = build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=reviewer)
+    assert second.exit_status == 0, second.failure
+    folder = tmp_path / "out" / "vary"
+    tracks = {
+        t["id"]: t for t in json.loads((folder / "soundtrack.lock.json").read_text())["tracks"]
+    }
+    assert set(tracks) == {"title-theme", "menu", "combat-high", "sting"}
+    for track in tracks.values():
+        for entry in track["files"]:
+            assert sha256_of(folder / entry["key"].rpartition("/")[2]) == entry["sha256"], track[
+                "id"
+            ]
+    assert tracks["menu"]["prompt"] == "dark menu pads"
+
+
+def test_a_track_left_out_by_only_keeps_its_takes_rejected_in_review(
+    tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    """Left out of a build, a track never approved lost its record, and with it the takes a
+    reviewer had rejected: the next build published the first of them."""
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir))
+
+    def reject_menu(
+        candidates: Sequence[Candidate], staging: Path, timeout_s: float
+    ) -> Mapping[str, Verdict]:
+        return {c.spec.id: Verdict(c.spec.id != "menu", "too busy") for c in candidates}
+
+    models._loaded.clear()
+    build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=reject_menu)
+    models._loaded.clear()
+    only = Options(only=("title-theme",), force=True)
+    build(tmp_path / "m.yaml", only, executor=ThreadExecutor(), reviewer=approve_all)
+    lock = json.loads((tmp_path / "out" / "vary" / "soundtrack.lock.json").read_text())
+    menu = next(t for t in lock["tracks"] if t["id"] == "menu")
+    assert menu["status"] == "rejected" and len(menu["rejected_in_review"]) == 1

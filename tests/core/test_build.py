@@ -131,7 +131,13 @@ def test_build_approves_rejects_and_rebuilds_only_what_changed(
     assert one.exit_status == 0, one.failure
     assert statuses(one) == {"battle-loop": "cached", "long-theme": "cached", "credits": "cached"}
     lock = json.loads((out / "soundtrack.lock.json").read_text())
-    assert [t["id"] for t in lock["tracks"]] == ["battle-loop", "long-theme", "credits"]
+    # A track left out keeps its record as it was, a rejected one too (it is still rejected).
+    assert {t["id"]: t["status"] for t in lock["tracks"]} == {
+        "battle-loop": "cached",
+        "long-theme": "cached",
+        "credits": "cached",
+        "too-strict": "rejected",
+    }
     assert CliRunner().invoke(app, ["gc", str(project / "out")]).stdout.split() == []
 
     # 5. A damaged lock is said to be unreadable and replaced, never silently.
