@@ -9,6 +9,7 @@ the take after it rather than the same one again.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,20 @@ class Verdict:
 
     approved: bool
     comment: str = ""
+
+    def __post_init__(self) -> None:
+        # A reviewer's words reach terminals, CI logs and JUnit's XML: an ESC sequence would
+        # run, a bidi override would turn the line around, a lone surrogate is no text.
+        object.__setattr__(self, "comment", _plain(self.comment))
+
+
+def _plain(text: str) -> str:
+    """`text` on one line: control characters as spaces, format characters dropped."""
+    kinds = {c: unicodedata.category(c) for c in set(text)}
+    return "".join(
+        " " if kinds[c] == "Cc" else "\ufffd" if kinds[c] == "Cs" else "" if kinds[c] == "Cf" else c
+        for c in text
+    ).strip()
 
 
 class Reviewer(Protocol):

@@ -5,6 +5,7 @@ from its parent's take under review, and a rejected parent takes its variations 
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -172,3 +173,10 @@ def test_a_track_left_out_by_only_keeps_its_takes_rejected_in_review(
     lock = json.loads((tmp_path / "out" / "vary" / "soundtrack.lock.json").read_text())
     menu = next(t for t in lock["tracks"] if t["id"] == "menu")
     assert menu["status"] == "rejected" and len(menu["rejected_in_review"]) == 1
+
+
+def test_a_reviewers_comment_reaches_terminals_and_logs_as_plain_text() -> None:
+    """A comment with ESC sequences ran them in the terminal that printed the report."""
+    said = Verdict(False, "\x1b[2J\x1b[31mtoo loud\x00\u202egnorw\nsee\ud800 bar 3 ").comment
+    assert not [c for c in said if unicodedata.category(c) in ("Cc", "Cf", "Cs")]
+    assert said == "[2J [31mtoo loud gnorw see\ufffd bar 3"
