@@ -233,8 +233,9 @@ def run(
             # Another build may have published while this one waited: its lock is the base.
             prepared = replace(prepared, lock=lock, warnings=[*prepared.warnings, *repaired])
             if verdicts is None:
-                report = _report(prepared, tracks, loads_before, options.build_name)
                 failure = f"nobody answered the review within {timeout_s:g} s: nothing published"
+                tracks.unanswered(failure)
+                report = _report(prepared, tracks, loads_before, options.build_name)
                 return BuildResult(report, failure)
             tracks.reviewed(verdicts, lock)
             tracks.run(options.batch_size)
@@ -724,6 +725,21 @@ class _Tracks:
             )
             history = rejections(spec, previous.get(spec.id), verdict.comment)
             self.finish(record.model_copy(update={"rejected_in_review": history}))
+
+    def unanswered(self, reason: str) -> None:
+        """The candidates nobody reviewed: failed, each saying why, none published."""
+        for candidate in self.candidates:
+            outcome = candidate.outcome
+            self.finish(
+                track_record(
+                    candidate.spec,
+                    "failed",
+                    model=candidate.model,
+                    reason=reason,
+                    gates=outcome.gates,
+                    outcome=outcome,
+                )
+            )
 
     def submit_publish(
         self,

@@ -180,3 +180,24 @@ def test_a_reviewers_comment_reaches_terminals_and_logs_as_plain_text() -> None:
     said = Verdict(False, "\x1b[2J\x1b[31mtoo loud\x00\u202egnorw\nsee\ud800 bar 3 ").comment
     assert not [c for c in said if unicodedata.category(c) in ("Cc", "Cf", "Cs")]
     assert said == "[2J [31mtoo loud gnorw see\ufffd bar 3"
+
+
+def test_takes_nobody_reviewed_are_reported_failed_and_nothing_is_published(
+    tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    """The report of a build whose review timed out had no rows at all."""
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir))
+
+    def nobody(
+        candidates: Sequence[Candidate], staging: Path, timeout_s: float
+    ) -> Mapping[str, Verdict] | None:
+        return None
+
+    models._loaded.clear()
+    result = build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=nobody)
+    assert result.failure is not None and result.failure.startswith("nobody answered the review")
+    assert {r.id: r.status for r in result.report.tracks} == dict.fromkeys(
+        ("title-theme", "menu", "combat-high"), "failed"
+    )
+    assert all(r.reason == result.failure and not r.files for r in result.report.tracks)
+    assert not (tmp_path / "out" / "vary" / "soundtrack.lock.json").exists()
