@@ -54,10 +54,14 @@ def main() -> None:
             "verdicts are an earlier build's"
         )
     if args.build_name is not None and report.build_name != args.build_name:
+        writer = (
+            f"the run {report.build_name!r}"
+            if report.build_name
+            else "a run with no name (a CLI build, or one from before runs were named)"
+        )
         sys.exit(
-            f"{args.lock} was written by the run {report.build_name!r}, not by this job's "
-            f"{args.build_name!r}: these verdicts are another build's (this one did not "
-            "publish its index)"
+            f"{args.lock} was written by {writer}, not by this job's {args.build_name!r}: "
+            "these verdicts are another build's (this one did not publish its index)"
         )
     args.junit.write_text(to_junit(report))
     counts = ", ".join(f"{n} {status}" for status, n in report.counts().items() if n)

@@ -96,8 +96,9 @@ def rejection(results: Sequence[GateResult]) -> str:
 
 
 def plain_number(value: float) -> str:
-    """Four significant digits, as a person writes them: 44100 rather than 4.41e+04."""
-    text = f"{value:.4g}"
+    """Five significant digits, as a person writes them: 44100 rather than 4.41e+04, and 250.51
+    against a limit of 250 +/- 0.5, not 250.5."""
+    text = f"{value:.5g}"
     return f"{value:.0f}" if "e+" in text else text
 
 

@@ -70,7 +70,7 @@ def check_inputs(
     specs = resolve_tracks(loaded, path.parent, model_override=model, severities=severities)
     short = _too_short_to_compare(specs)
     if short:
-        raise InputError(f"{len(short)} variation(s) too short for the theme gate", short)
+        raise InputError("variations too short for the theme gate to compare", short)
     # Only the tracks --only selects are built, so only their models must be at hand; every
     # track stays in `specs`: the lock keeps serving the others' files.
     selected = select(specs, only)

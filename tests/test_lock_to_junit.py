@@ -84,3 +84,6 @@ def test_a_lock_another_run_wrote_meanwhile_is_refused(tmp_path: Path) -> None:
     assert not junit.exists()
     done = convert(written, junit, "2026-11-22T03:00:00Z", "--build-name", "nightly-2026-11-22")
     assert done.returncode == 0, done.stderr
+    unnamed = lock(tmp_path, "2026-11-22T03:10:00+00:00")  # a CLI build's
+    done = convert(unnamed, junit, "2026-11-22T03:00:00Z", "--build-name", "ci-1234abcd-77-1")
+    assert done.returncode == 1 and "a run with no name" in done.stderr

@@ -371,6 +371,6 @@ def test_a_rejection_names_each_failing_gate_with_what_it_measured_and_its_limit
         GateResult("sample_rate", 48000.0, "44100", False, "fail"),
     ]
     assert rejection(results) == (
-        "rejected by gates: tempo 112.3 (limit 120 bpm +/- 4%), silence measured nothing "
+        "rejected by gates: tempo 112.35 (limit 120 bpm +/- 4%), silence measured nothing "
         "(limit above -70 LUFS), sample_rate 48000 (limit 44100)"
     )
