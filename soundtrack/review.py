@@ -282,6 +282,8 @@ h1 { margin-bottom: 0.2rem; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.1rem 1rem; }
 dt { color: #666; }
 dd { margin: 0; overflow-wrap: anywhere; }
+/* A right-to-left override in a prompt or comment turns its own text round, never the page's. */
+dd, td, .reason, h2 { unicode-bidi: isolate; }
 .players { display: flex; flex-wrap: wrap; gap: 0.5rem 1.5rem; }
 .player { margin: 0; }
 .player figcaption { font-size: 0.85em; color: #555; }

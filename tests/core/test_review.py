@@ -116,6 +116,8 @@ def test_hostile_ids_prompts_and_reasons_stay_text() -> None:
         assert html.escape(text) in page
     data = json.loads(elements.scripts[0])
     assert list(data["tracks"]) == [HOSTILE_ID], "the data block round-trips the id"
+    # A right-to-left override in user text turns only its own element round.
+    assert "dd, td, .reason, h2 { unicode-bidi: isolate; }" in page
 
 
 def test_links_are_relative_and_no_signed_link_or_uri_reaches_the_page() -> None:
