@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
+
+from soundtrack import numba_cache
 
 # Compiles one of librosa's cached numba functions, prints where numba cached it, and then
 # holds its folder until its stdin closes.
@@ -61,34 +67,32 @@ def test_processes_at_once_compile_into_folders_of_their_own_and_later_ones_reus
     assert {path: path.stat().st_mtime_ns for path in (root / "0").rglob("*.nb?")} == compiled
 
 
-def test_a_numba_cache_dir_the_user_set_is_kept(tmp_path: Path) -> None:
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "caches")}
-    env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")
-    process = _start(env)
-    assert _folder(process) == tmp_path / "mine"
-    _end(process)
-    assert list((tmp_path / "mine").rglob("*localmax*.nbi"))
-    assert not (tmp_path / "caches").exists()
+def test_a_numba_cache_dir_the_user_set_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "caches"))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setattr(numba_cache, "_chosen", [])
+    numba_cache.load_librosa()
+    assert numba_cache._chosen == [] and not (tmp_path / "caches").exists()
 
 
 def test_without_a_writable_cache_home_it_compiles_in_the_soundtrack_cache_or_its_own(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A read-only home crashed every analysis with a traceback."""
     (tmp_path / "not-a-folder").write_text("a file where the cache home would be")
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env["XDG_CACHE_HOME"] = str(tmp_path / "not-a-folder")
-    env["SOUNDTRACK_CACHE_DIR"] = str(tmp_path / "builds")
-    process = _start(env)
-    assert _folder(process) == tmp_path / "builds" / "numba" / "0"
-    _end(process)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "builds"))
+    held: list[int] = []
+    monkeypatch.setattr(numba_cache, "_held", held)
+    assert numba_cache._own_folder() == tmp_path / "builds" / "numba" / "0"
+    os.close(held.pop())
 
-    env["SOUNDTRACK_CACHE_DIR"] = str(tmp_path / "not-a-folder" / "builds")
-    env["TMPDIR"] = str(tmp_path / "tmp")
-    (tmp_path / "tmp").mkdir()
-    process = _start(env)
-    private = _folder(process)
-    assert private.parent == tmp_path / "tmp" and private.name.startswith("soundtrack-numba-")
-    assert list(private.rglob("*localmax*.nbi"))
-    _end(process)
-    assert not private.exists(), "a folder of its own goes with the process"
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "not-a-folder" / "builds"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    exits: list[object] = []
+    monkeypatch.setattr(atexit, "register", lambda *call, **_: exits.append(call))
+    private = numba_cache._own_folder()
+    assert private.parent == tmp_path and private.name.startswith("soundtrack-numba-")
+    assert held == [] and len(exits) == 1, "a folder of its own, deleted when the process ends"
