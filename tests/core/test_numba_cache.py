@@ -19,10 +19,12 @@ _PROCESS = """
 import sys
 import numpy as np
 from soundtrack.numba_cache import load_librosa
+from pathlib import Path
 librosa = load_librosa()
 from numba.core import config
+found = len(list(Path(config.CACHE_DIR).rglob("*localmax*.nbi")))
 librosa.util.localmax(np.arange(5.0))
-print(config.CACHE_DIR, flush=True)
+print(config.CACHE_DIR, found, flush=True)
 sys.stdin.read()
 """
 
@@ -38,8 +40,14 @@ def _start(env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def _folder(process: subprocess.Popen[str]) -> Path:
+    return _started(process)[0]
+
+
+def _started(process: subprocess.Popen[str]) -> tuple[Path, bool]:
+    """Where the process compiled, and whether that folder held compiled code before it did."""
     assert process.stdout is not None
-    return Path(process.stdout.readline().strip())
+    folder, found = process.stdout.readline().split()
+    return Path(folder), int(found) > 0
 
 
 def _end(process: subprocess.Popen[str]) -> None:
@@ -53,9 +61,12 @@ def test_processes_at_once_compile_into_folders_of_their_own_and_later_ones_reus
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     env["XDG_CACHE_HOME"] = str(tmp_path)
     root = tmp_path / "soundtrack" / "numba"
-    first, second = _start(env), _start(env)
-    folders = {_folder(first), _folder(second)}
-    assert folders == {root / "0", root / "1"}
+    first = _start(env)
+    assert _started(first) == (root / "0", False), "the first compiles"
+    second = _start(env)
+    # Beside it, a folder of its own, which starts as a copy of the first's: nothing compiled.
+    assert _started(second) == (root / "1", True)
+    folders = {root / "0", root / "1"}
     for folder in folders:
         assert list(folder.rglob("*localmax*.nbi")), f"nothing compiled into {folder}"
     _end(first)
