@@ -73,13 +73,23 @@ def prepare(
     _check_inputs(audio, sample_rate, duration_s)
     # 2. Channel layout, DC removal and output sample rate
     sr = mastering.sample_rate
-    x = _prepare(audio, sample_rate, sr, mastering.channels, circular=loop)
+    x = _prepare(audio, sample_rate, sr, mastering.channels, circular=False)
     input_lufs = integrated_lufs(x, sr)
     if not np.isfinite(input_lufs):
         raise AudioError("audio is silent (no block above the -70 LUFS gate): cannot normalise")
     # 3. Trim silence at the level the file will have
-    gain_db = mastering.loudness.integrated_lufs - input_lufs
-    return Prepared(_trim_silence(x, SILENCE_DBFS - gain_db, trailing=not loop), sr, input_lufs)
+    threshold_dbfs = SILENCE_DBFS - mastering.loudness.integrated_lufs + input_lufs
+    trimmed = _trim_silence(x, threshold_dbfs, trailing=not loop)
+    if loop:
+        # A loop is its music from the first sound of the recording itself, filtered (and
+        # resampled) as a circle from there. Found after filtering, the start came early: the
+        # filter's backward pass, and a circle's wrap of the end, reach into the silence before
+        # the music, above the trim's threshold, and put 25-33 ms of it into every loop.
+        centred = np.abs(audio - audio.mean(axis=1, keepdims=True)).max(axis=0)
+        loud = np.flatnonzero(centred >= 10.0 ** (threshold_dbfs / 20.0))
+        start = int(loud[0]) if loud.size else 0
+        trimmed = _prepare(audio[:, start:], sample_rate, sr, mastering.channels, circular=True)
+    return Prepared(trimmed, sr, input_lufs)
 
 
 def finish(
