@@ -337,3 +337,14 @@ def test_bad_input_is_refused(
 ) -> None:
     with pytest.raises(error, match=message):
         analyse(audio, RATE, **kwargs)
+
+
+def test_beats_that_drift_off_a_line_stay_as_snapped() -> None:
+    """Beats that speed up by 1% halfway lie 1.5 frames off one line: forced onto it, a groove
+    going from 120 to 123 bpm had its beats 43 ms off; snapped, 9 ms."""
+    first = np.arange(20) * 21.5
+    drifting = np.round(np.concatenate([first, first[-1] + np.arange(1, 30) * 21.3])).astype(int)
+    assert np.array_equal(analysis._steady(drifting), drifting)
+    jittered = np.round(np.arange(40) * 21.53 + 0.4 * np.sin(np.arange(40))).astype(int)
+    line = analysis._steady(jittered)
+    assert np.max(np.abs(line - np.arange(40) * 21.53)) < 0.5
