@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from soundtrack.audio import check_signal, read_audio
+from soundtrack.audio import check_signal, read_audio, to_channels
 from soundtrack.errors import AudioError
 from soundtrack.keys import Key, conventional_key, key_match, parse_key, semitones_apart
 from soundtrack.loudness import loudness_range_lu
@@ -292,7 +292,7 @@ def analyse_file(path: Path, *, beats_per_bar: int = 4, bpm_hint: float | None =
     AudioError names the file."""
     audio, sample_rate = read_audio(path)
     if audio.shape[0] > 2:
-        audio = audio.mean(axis=0, keepdims=True)
+        audio = to_channels(audio, 1)
     try:
         return analyse(audio, sample_rate, beats_per_bar=beats_per_bar, bpm_hint=bpm_hint)
     except AudioError as exc:  # "audio is 0.10 s long": which of the files

@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _HOLD = ".held"
-
-
 _MAX_SLOTS = 64
 
 

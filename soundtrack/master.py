@@ -79,17 +79,15 @@ def prepare(
         raise AudioError("audio is silent (no block above the -70 LUFS gate): cannot normalise")
     # 3. Trim silence at the level the file will have
     threshold_dbfs = SILENCE_DBFS - mastering.loudness.integrated_lufs + input_lufs
-    trimmed = _trim_silence(x, threshold_dbfs, trailing=not loop)
-    if loop:
-        # A loop is its music from the first sound of the recording itself, filtered (and
-        # resampled) as a circle from there. Found after filtering, the start came early: the
-        # filter's backward pass, and a circle's wrap of the end, reach into the silence before
-        # the music, above the trim's threshold, and put 25-33 ms of it into every loop.
-        centred = np.abs(audio - audio.mean(axis=1, keepdims=True)).max(axis=0)
-        loud = np.flatnonzero(centred >= 10.0 ** (threshold_dbfs / 20.0))
-        start = int(loud[0]) if loud.size else 0
-        trimmed = _prepare(audio[:, start:], sample_rate, sr, mastering.channels, circular=True)
-    return Prepared(trimmed, sr, input_lufs)
+    if not loop:
+        return Prepared(_trim_silence(x, threshold_dbfs), sr, input_lufs)
+    # A loop is its music from the first sound of the recording itself, filtered (and resampled)
+    # as a circle from there. Found after filtering, the start came early: the filter's backward
+    # pass, and a circle's wrap of the end, reach into the silence before the music, above the
+    # trim's threshold, and put 25-33 ms of it into every loop.
+    start = _loud(audio - audio.mean(axis=1, keepdims=True), threshold_dbfs)[0]
+    looped = _prepare(audio[:, start:], sample_rate, sr, mastering.channels, circular=True)
+    return Prepared(looped, sr, input_lufs)
 
 
 def finish(
@@ -195,13 +193,18 @@ def _prepare_channel(
     return resampled
 
 
-def _trim_silence(x: np.ndarray, threshold_dbfs: float, *, trailing: bool) -> np.ndarray:
-    """Drop leading (and if `trailing`, trailing) samples below `threshold_dbfs` in all channels."""
+def _trim_silence(x: np.ndarray, threshold_dbfs: float) -> np.ndarray:
+    """Drop leading and trailing samples below `threshold_dbfs` in all channels."""
+    loud = _loud(x, threshold_dbfs)
+    return x[:, loud[0] : loud[-1] + 1]
+
+
+def _loud(x: np.ndarray, threshold_dbfs: float) -> np.ndarray:
+    """The frames where any channel reaches `threshold_dbfs`; AudioError when there is none."""
     loud = np.flatnonzero(np.abs(x).max(axis=0) >= 10.0 ** (threshold_dbfs / 20.0))
     if loud.size == 0:
         raise AudioError(f"audio has no sample above {threshold_dbfs:.1f} dBFS: nothing to keep")
-    end = loud[-1] + 1 if trailing else x.shape[1]
-    return x[:, loud[0] : end]
+    return loud
 
 
 def _fade(x: np.ndarray, sample_rate: int, fade_in_ms: float, fade_out_s: float) -> np.ndarray:

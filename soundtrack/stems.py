@@ -18,9 +18,8 @@ from typing import Literal
 import numpy as np
 
 from soundtrack.atomic import atomic_path
-from soundtrack.audio import read_audio, resample, write_wav
+from soundtrack.audio import read_audio, resample, to_channels, write_wav
 from soundtrack.encode import EncodedFile, encode
-from soundtrack.errors import AudioError
 from soundtrack.gates import (
     GateResult,
     GateTable,
@@ -160,28 +159,15 @@ def unseparated(spec: TrackSpec, reason: str) -> StemsOutcome:
 def _separated(audio: np.ndarray, rate: int, separator: Separator) -> dict[str, np.ndarray]:
     """Every source, at the mix's rate, channels and exact length."""
     channels, frames = audio.shape
-    at_model_rate = _channels(resample(audio, rate, separator.sample_rate), separator.channels)
+    at_model_rate = to_channels(resample(audio, rate, separator.sample_rate), separator.channels)
     out = {}
     sources = separator.separate(np.ascontiguousarray(at_model_rate, dtype=np.float32))
     for name, source in sources.items():
-        source = _channels(resample(source, separator.sample_rate, rate), channels)[:, :frames]
+        source = to_channels(resample(source, separator.sample_rate, rate), channels)[:, :frames]
         if source.shape[1] < frames:
             source = np.pad(source, ((0, 0), (0, frames - source.shape[1])))
         out[name] = np.ascontiguousarray(source, dtype=np.float32)
     return out
-
-
-def _channels(audio: np.ndarray, channels: int) -> np.ndarray:
-    """As demucs' own convert_audio_channels: mono copied to every channel, or channels averaged
-    to mono (the average of the sources then still sums to the average of the mix)."""
-    if audio.shape[0] == channels:
-        return audio
-    if channels == 1:
-        mono: np.ndarray = audio.mean(axis=0, keepdims=True)
-        return mono
-    if audio.shape[0] == 1:
-        return np.repeat(audio, channels, axis=0)
-    raise AudioError(f"cannot turn {audio.shape[0]} channels into {channels} for the separator")
 
 
 def _stem(
