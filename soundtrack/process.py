@@ -184,8 +184,11 @@ def _bar_loop(spec: TrackSpec, heard: Analysis) -> tuple[int, float] | None:
         return 0, float(heard.frames)
     # The tracker may find its first downbeat a bar or more in: count the grid back to the start.
     found = heard.downbeats[0]
-    first = found - ((found + _GRID_SLACK_S * sr) // bar) * bar
-    return max(0, round(first)), bars * bar
+    first = max(0, round(found - ((found + _GRID_SLACK_S * sr) // bar) * bar))
+    if spec.own_length and not spec.bars:
+        # A recording holds what it holds: 15.2 s at 2 s a bar is 7 bars, not the nearest 8.
+        bars = max(1, min(bars, int((heard.frames - first) // bar)))
+    return first, bars * bar
 
 
 def _on_master(heard: Analysis, m: Master, spec: TrackSpec) -> Analysis:

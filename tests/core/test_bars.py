@@ -104,6 +104,23 @@ def test_a_recordings_bars_are_counted_without_the_silence_before_it(tmp_path: P
     assert outcome.master.loop_start == 0 and outcome.master.loop_length == 16 * RATE
 
 
+@pytest.mark.parametrize("length_s", [15.2, 15.5])
+def test_a_recording_between_whole_bars_loops_on_the_bars_it_holds(
+    tmp_path: Path, length_s: float
+) -> None:
+    """7.6 and 7.75 bars at 120 bpm, given with no duration: the nearest whole count, 8 bars,
+    is more than the recording holds, and the track failed; it loops on its 7."""
+    audio, _ = drum_and_bass(120, "A minor", length_s, RATE)
+    spec = make_spec(
+        loop=True, bpm=120, duration_s=audio.shape[1] / RATE, own_length=True, formats=("ogg",)
+    )
+    outcome = process_track(spec, audio, RATE, tmp_path)
+    assert outcome.status == "approved", [g for g in outcome.gates if not g.passed]
+    assert outcome.master is not None and outcome.master.loop_length is not None
+    assert outcome.master.loop_start is not None and outcome.master.loop_start <= 0.03 * RATE
+    assert abs(outcome.master.loop_length - 14 * RATE) <= 0.003 * 14 * RATE
+
+
 @pytest.mark.parametrize("bpm", [120, None], ids=["with-bpm", "without-bpm"])
 def test_a_periodic_chord_cycle_is_a_seamless_loop_though_its_level_jumps_each_bar(
     tmp_path: Path, bpm: int | None
