@@ -85,9 +85,11 @@ def is_hub_id(model: str) -> bool:
     return not model.startswith(("/", ".", "~")) and _HUB_ID.match(model) is not None
 
 
-def is_local(model: str, *, base: Path = Path()) -> bool:
-    """Whether `model` (relative to `base`) means local files: something there, or a path that
-    can name no hub repository (and is refused as no folder)."""
+def is_local(model: str, *, base: Path | None = None) -> bool:
+    """Whether `model` means local files. As written (relative to `base`): something there, or a
+    path that can name no hub repository. As resolved (no `base`): a path, never the cwd's."""
+    if base is None:
+        return not is_hub_id(model)  # a folder was resolved to its absolute path at the boundary
     return (base / user_path(model)).exists() or not is_hub_id(model)
 
 

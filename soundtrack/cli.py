@@ -136,7 +136,7 @@ def validate(manifest: ManifestArg) -> None:
             f"{spec.duration_s:g}",
             "loop" if spec.loop else "",
             escape(spec.source.name if spec.source else spec.model.rsplit("/", 1)[-1]),
-            "" if spec.source else escape(checked.licences[spec.model]),
+            "" if spec.source else escape(checked.licences[spec.model, spec.model_revision]),
             ",".join(spec.formats),
             f"{spec.mastering.loudness.integrated_lufs:g}",
         )
@@ -145,14 +145,17 @@ def validate(manifest: ManifestArg) -> None:
         if spec.variation_of:
             console.print(f"{spec.id}: a variation of {spec.variation_of}, rendered after it")
         if spec.stems and spec.stem_model:
-            licence = checked.licences.get(spec.stem_model, "unchecked until the folder is there")
+            licence = checked.licences.get(
+                (spec.stem_model, None), "unchecked until the folder is there"
+            )
             console.print(
                 f"{spec.id}: stems {', '.join(spec.stems)} from {spec.stem_model} "
                 f"(licence {licence})",
                 markup=False,
                 highlight=False,
             )
-    for model in sorted(m for m, family in checked.families.items() if family is None):
+    unchecked = {model for (model, _), family in checked.families.items() if family is None}
+    for model in sorted(unchecked):
         console.print(
             f"[yellow]note:[/] {escape(model)}: limits unchecked until the weights are present "
             "(`build` checks them once they are)",
@@ -290,6 +293,14 @@ def _audition_request(
         negative_prompt=track.negative_prompt,
         plain_prompt=full_prompt(track, musical_tags=False),
     )
+
+
+def _typed_model(model: str) -> str:
+    """A model folder typed on the command line is one relative to where it was typed: its
+    absolute path, as a manifest's is resolved against the manifest's folder."""
+    from soundtrack.catalog import is_local
+
+    return str(user_path(model).resolve()) if is_local(model, base=Path.cwd()) else model
 
 
 def _check_taken(family: Family, given: dict[str, Any]) -> None:
@@ -442,6 +453,7 @@ def generate(
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
         request = _audition_request(prompt, duration, seed, {**musical, **takes})
+        model = _typed_model(model)
         family = _check_audition(model, request, target)
         with err_console.status(f"loading {model}"):
             generator = get_generator(model, device=device)
@@ -486,7 +498,7 @@ def _model_target_problem(directory: Path, family: str, *, tiny: bool) -> str | 
     from soundtrack.separate import is_separator_folder
 
     try:
-        written = family_name(str(directory))
+        written = family_name(str(directory.resolve()))
     except ModelLoadError:  # a separator's folder (not a generator), or no model at all
         written = "demucs" if is_separator_folder(directory) else None
     if written == family and (not tiny or card_licence(directory / "README.md") == TINY_LICENSE):
@@ -953,13 +965,9 @@ def build(
         # A folder typed on the command line means one relative to where it was typed.
         out = str(user_path(out).resolve())
     if model is not None:
-        from soundtrack.catalog import is_local
-
         if not model.strip():
             fail(InputError("--model is empty: give a hub id or a model folder"))
-        # A model folder typed on the command line, too, is one relative to where it was typed.
-        if is_local(model):
-            model = str(user_path(model).resolve())
+        model = _typed_model(model)
     # 1. Check everything a user gave before starting Prefect: bad input writes nothing. The
     # flow checks again, the same way, where it runs (a worker has no CLI before it).
     options = Options(

@@ -26,6 +26,8 @@ from soundtrack.spec import TrackSpec
 from soundtrack.storage import INDEX_NAME, STORAGE_ENV, LocalStorage, Storage, open_storage
 from soundtrack.storage.base import RENDERS_FOLDER
 
+ModelKey = tuple[str, str | None]  # a model and its pinned revision (None: its latest)
+
 
 @dataclass(frozen=True)
 class CheckedInputs:
@@ -37,8 +39,8 @@ class CheckedInputs:
     storage_url: str
     storage: Storage
     expectations: list[dict[str, Any]]
-    licences: dict[str, str]  # model or stem model -> its weights' licence (manifest.md#licences)
-    families: dict[str, str | None]  # model -> its family; None: unchecked until its files are here
+    licences: dict[ModelKey, str]  # model or stem model -> its licence (manifest.md#licences)
+    families: dict[ModelKey, str | None]  # model -> family; None: unchecked until files are here
 
 
 def storage_url(manifest_storage: str, out: str | None, environ: Mapping[str, str]) -> str:
@@ -111,7 +113,7 @@ def check_access(storage: Storage) -> None:
 
 def check_models(
     manifest: Manifest, specs: Sequence[TrackSpec], *, model_override: str | None = None
-) -> tuple[dict[str, str | None], dict[str, str]]:
+) -> tuple[dict[ModelKey, str | None], dict[ModelKey, str]]:
     """Each generating model's family and every model's licence (generator, stem model), with
     every track held to what its family renders and to the manifest's `usage`; raise InputError
     listing every problem. Read from model cards, config files and tables: no weights, no network.
@@ -133,25 +135,27 @@ def check_models(
 
 def _families(
     specs: Sequence[TrackSpec], model_override: str | None
-) -> tuple[dict[str, str | None], list[str], set[str]]:
+) -> tuple[dict[ModelKey, str | None], list[str], set[ModelKey]]:
     """Each generating model's family (None: unchecked until its files are here), the problems of
     the tracks it cannot render, and the models whose files name no family this version loads."""
-    families: dict[str, str | None] = {}
-    unloadable: dict[str, str] = {}  # model -> why its files name no family this version loads
+    families: dict[ModelKey, str | None] = {}
+    unloadable: dict[ModelKey, str] = {}  # model -> why its files name no family this loads
     problems = []
     given = " (--model)" if model_override else ""
     for spec in specs:
         if spec.source is not None:
             continue
-        if spec.model not in families and spec.model not in unloadable:
+        # Each revision of a model has its own files, so its own family and card.
+        key = (spec.model, spec.model_revision)
+        if key not in families and key not in unloadable:
             try:
-                families[spec.model] = family_name(spec.model, spec.model_revision)
+                families[key] = family_name(spec.model, spec.model_revision)
             except ModelLoadError as error:
-                unloadable[spec.model] = str(error)
-        if spec.model in unloadable:
-            problems.append(f"track {spec.id}{given}: {unloadable[spec.model]}")
+                unloadable[key] = str(error)
+        if key in unloadable:
+            problems.append(f"track {spec.id}{given}: {unloadable[key]}")
             continue
-        family = families[spec.model]
+        family = families[key]
         if family is not None:
             problems += [
                 f"track {spec.id}: model {spec.model}{given}: {problem}"
@@ -197,26 +201,28 @@ def _licences(
     manifest: Manifest,
     specs: Sequence[TrackSpec],
     model_override: str | None,
-    unloadable: set[str],
-) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    unloadable: set[ModelKey],
+) -> tuple[dict[ModelKey, str], list[tuple[str, str]]]:
     """The licence of every model a track uses, and (track id, problem) for each one that does
     not allow the manifest's `usage`."""
-    licences: dict[str, str] = {}
+    licences: dict[ModelKey, str] = {}
     refusals = []
     given = " (--model)" if model_override else ""
     for spec in specs:
         used = []
+        key = (spec.model, spec.model_revision)
         # A model whose files cannot load has its problem listed already: its card says nothing.
-        if spec.source is None and spec.model not in unloadable:  # a recording is the studio's
-            if spec.model not in licences:
-                licences[spec.model] = licence_of(spec.model, spec.model_revision)
-            used.append((f"model {spec.model}{given}", licences[spec.model]))
+        if spec.source is None and key not in unloadable:  # a recording is the studio's
+            if key not in licences:
+                licences[key] = licence_of(spec.model, spec.model_revision)
+            used.append((f"model {spec.model}{given}", licences[key]))
         # A stem model not yet in place is checked by the build that needs it (build refuses
         # to separate with a folder that is not there).
         if spec.stems and spec.stem_model and stem_model_problem(spec.stem_model) is None:
-            if spec.stem_model not in licences:
-                licences[spec.stem_model] = stem_model_licence(spec.stem_model)
-            used.append((f"stem_model {spec.stem_model}", licences[spec.stem_model]))
+            stem_key = (spec.stem_model, None)
+            if stem_key not in licences:
+                licences[stem_key] = stem_model_licence(spec.stem_model)
+            used.append((f"stem_model {spec.stem_model}", licences[stem_key]))
         for model, licence in used:
             problem = usage_problem(licence, manifest.usage, manifest.accepted_licenses)
             if problem is not None:

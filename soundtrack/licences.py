@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from soundtrack.catalog import cached_file, known_checkpoint
+from soundtrack.catalog import cached_file, is_local, known_checkpoint
 from soundtrack.manifest import load_yaml
 from soundtrack.paths import user_path
 
@@ -34,15 +34,22 @@ def card_licence(card: Path) -> str | None:
     matter or no `license:` in it, `unknown` when its licence cannot be read or names none."""
     if not card.is_file():
         return None
-    with card.open("rb") as handle:  # the front matter is at the top; a card may be huge
-        head = handle.read(_CARD_HEAD_BYTES).decode("utf-8", errors="replace")
+    try:
+        with card.open("rb") as handle:  # the front matter is at the top; a card may be huge
+            head = handle.read(_CARD_HEAD_BYTES + 1)
+    except OSError:  # a card there that cannot be read may say anything
+        return UNKNOWN
     # Between a first line `---` and the next line `---`: a `---` inside a value
     # (`pretty_name: A --- B`) is text, not the end of the front matter.
-    lines = head.removeprefix("\ufeff").splitlines()
+    text = head[:_CARD_HEAD_BYTES].decode("utf-8", errors="replace")
+    lines = text.removeprefix("\ufeff").splitlines()
     ends = [i for i, line in enumerate(lines) if line.rstrip() == "---"]
     # Blank lines may come first, as huggingface_hub's own reader allows.
-    if len(ends) < 2 or any(line.strip() for line in lines[: ends[0]]):
+    if not ends or any(line.strip() for line in lines[: ends[0]]):
         return None
+    if len(ends) < 2:
+        # Front matter that runs past what is read may state a licence further down.
+        return UNKNOWN if len(head) > _CARD_HEAD_BYTES else None
     try:
         meta = load_yaml("\n".join(lines[ends[0] + 1 : ends[1]]))
     except yaml.YAMLError:  # a card that says something no one can read wins over the table
@@ -82,9 +89,8 @@ _LICENCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*")
 def licence_of(model: str, revision: str | None = None, *, directory: Path | None = None) -> str:
     """The licence of `model`: its card (in `directory`, a local folder, or the hub cache), else
     the known-checkpoint table, else `unknown`."""
-    local = directory or user_path(model)
-    if local.is_dir():
-        found = card_licence(local / "README.md")
+    if directory is not None or is_local(model):
+        found = card_licence((directory or user_path(model)) / "README.md")
     else:
         card = cached_file(model, "README.md", revision)
         found = card_licence(card) if card is not None else None
@@ -98,10 +104,12 @@ def usage_problem(licence: str, usage: str | None, accepted: list[str]) -> str |
         return None  # every licence allows non-commercial use; no usage declared checks nothing
     if licence.casefold() == UNKNOWN:  # not acceptable by name: nobody knows what it would be
         return (
-            "its licence is unknown (no `license:` in its model card, not a known checkpoint); "
-            "give the model a card with its licence, or use another model"
+            "its licence is unknown (no model card at hand states one this tool can read, and "
+            "it is not a known checkpoint); download the model so that its card is read, give "
+            "a model folder a card whose `license:` names its licence, or use another model"
         )
-    agreed = {a.strip().casefold() for a in accepted}
+    # An agreement may name the licence as the card's `license_name` does.
+    agreed = {ALIASES.get(a.strip().casefold(), a.strip()).casefold() for a in accepted}
     # A card may name several licences (" AND "): each must allow the use.
     wanting = [n for n in licence.split(" AND ") if n.casefold() not in COMMERCIAL | agreed]
     if not wanting:

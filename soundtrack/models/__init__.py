@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from soundtrack.catalog import is_local
 from soundtrack.errors import GenerationError, ModelLoadError
 from soundtrack.models.base import (
     GeneratedAudio,
@@ -97,8 +98,7 @@ def get_generator(model: str, revision: str | None = None, device: str | None = 
     from soundtrack.models.device import resolve_device
 
     resolved_device = resolve_device(device)
-    local = user_path(model)
-    key = (str(local.resolve()) if local.exists() else model, revision, resolved_device)
+    key = (str(user_path(model).resolve()) if is_local(model) else model, revision, resolved_device)
     global _loads
     with _lock:
         if key not in _loaded:

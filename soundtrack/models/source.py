@@ -206,9 +206,10 @@ def model_family(directory: Path, model: str) -> str:
     for a folder that is no model, or names anything without a backend."""
     if not directory.is_dir():
         what = "a file, not a model directory" if directory.exists() else "no such directory"
+        pin = " (a hub revision goes in model_revision, not after an @)" if "@" in model else ""
         raise ModelLoadError(
             f"model {model!r}: {what} ({directory.absolute()}); give a directory holding "
-            f"config.json and the weights, or a hub id such as facebook/musicgen-small"
+            f"config.json and the weights, or a hub id such as facebook/musicgen-small{pin}"
         )
     if (directory / "model_index.json").is_file():
         return _pipeline_family(directory, model)
@@ -260,12 +261,12 @@ def check_weights(directory: Path, model: str) -> None:
                 f"model {model!r}: {folder} holds weights but no config.json; "
                 f"{how_to_provide(model)}"
             )
-        weights = sorted(folder.glob("*.safetensors"))
+        # Regular files only: a folder, a FIFO (which would hang a read) or a dangling link
+        # with that name holds no weights.
+        weights = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
         # What from_pretrained reads: another name would pass here, then fail the load (or,
         # beside a pytorch_model.bin, let a loader fall back to unpickling it).
-        if not any(p.name in _WEIGHT_FILES for p in weights) and not any(
-            folder.glob("*.safetensors.index.json")
-        ):
+        if not any(p.name in _WEIGHT_FILES for p in weights) and not _shards(folder, model):
             pickles = sorted(p.name for p in folder.glob("*") if p.suffix in _PICKLE_SUFFIXES)
             found = f" (only {', '.join(pickles)})"
             raise ModelLoadError(
@@ -281,17 +282,44 @@ def check_weights(directory: Path, model: str) -> None:
                 )
 
 
+def _shards(folder: Path, model: str) -> list[str]:
+    """The shards the index of `folder`'s weights lists, each one there; [] without an index.
+    ModelLoadError for an index that lists none, or one not in the folder."""
+    for name in _WEIGHT_FILES:
+        index_path = folder / f"{name}.index.json"
+        if not index_path.is_file():
+            continue
+        weight_map = _read_object(index_path, model).get("weight_map")
+        shards = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else []
+        absent = [
+            str(shard)
+            for shard in shards
+            if not isinstance(shard, str)
+            or Path(shard).name != shard
+            or shard in ("", ".", "..")
+            or not (folder / shard).is_file()
+        ]
+        if not shards or absent:
+            what = f"lists {', '.join(absent)}, not in the folder" if absent else "lists no shard"
+            raise ModelLoadError(f"model {model!r}: {index_path} {what}; {how_to_provide(model)}")
+        return shards
+    return []
+
+
 def safetensors_problem(path: Path) -> str | None:
     """Why `path` is no safetensors file: its first 8 bytes give the length of a JSON header."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        length = int.from_bytes(handle.read(8), "little") if size >= 8 else 0
-        if not 2 <= length <= min(size - 8, _MAX_HEADER_BYTES):
-            return f"a header of {length} bytes in a file of {size}"
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError:
-            return "its header is not JSON"
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little") if size >= 8 else 0
+            if not 2 <= length <= min(size - 8, _MAX_HEADER_BYTES):
+                return f"a header of {length} bytes in a file of {size}"
+            try:
+                header = json.loads(handle.read(length))
+            except ValueError:
+                return "its header is not JSON"
+    except OSError as error:
+        return f"unreadable: {error.strerror or error}"
     return None if isinstance(header, dict) else "its header is not a JSON object"
 
 

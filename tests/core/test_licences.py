@@ -77,6 +77,7 @@ def test_the_model_card_wins_over_the_table(offline_hub: Path, tmp_path: Path) -
         ("CC-BY-NC-4.0", "non-commercial", [], True),
         ("unknown", None, [], True),
         ("stabilityai-community", "commercial", [" stabilityai-community "], True),
+        ("stabilityai-community", "commercial", ["stable-audio-nc-community"], True),
         ("MIT AND CC-BY-NC-4.0", "commercial", [], False),
         ("MIT AND CC-BY-NC-4.0", "commercial", ["cc-by-nc-4.0"], True),
     ],
@@ -286,3 +287,57 @@ def test_commercial_use_lists_every_problem_of_the_tracks_models(
     assert "no such directory" in said and "track typo: model" in said
     assert said.count("its licence") == 2, said
     assert not (tmp_path / "out").exists()
+
+
+def test_a_hub_id_names_the_hub_wherever_the_command_runs(
+    offline_hub: Path, tmp_path: Path
+) -> None:
+    """A folder `facebook/musicgen-small` under the cwd, with an MIT card, made a commercial
+    manifest elsewhere pass as MIT: the manifest's hub id was looked up again in the cwd."""
+    decoy = tmp_path / "facebook" / "musicgen-small"
+    decoy.mkdir(parents=True)
+    (decoy / "README.md").write_text("---\nlicense: mit\n---\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.yaml").write_text(
+        MANIFEST.format(usage="usage: commercial", model="facebook/musicgen-small")
+    )
+    code, said = run(tmp_path, "validate", "sub/m.yaml")
+    assert code == 2 and "its licence CC-BY-NC-4.0" in said, said
+
+
+def test_each_pinned_revision_of_a_model_is_held_to_its_own_card(
+    offline_hub: Path, tmp_path: Path
+) -> None:
+    """Two tracks pinning two snapshots of one repository: the first one's MIT card was taken
+    for both, and the second's CC-BY-NC-4.0 passed a commercial build."""
+    repo = offline_hub / "models--studio--sa"
+    for commit, licence in [("1" * 40, "mit"), ("2" * 40, "cc-by-nc-4.0")]:
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "README.md").write_text(f"---\nlicense: {licence}\n---\n")
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        MANIFEST.format(usage="usage: commercial", model="studio/sa")
+        + f"    model_revision: '{'1' * 40}'\n"
+        + f"  - {{id: other, prompt: calm, model: studio/sa, model_revision: '{'2' * 40}'}}\n"
+    )
+    code, said = run(tmp_path, "validate", "m.yaml")
+    assert code == 2, said
+    assert "track other: model studio/sa: its licence CC-BY-NC-4.0" in said, said
+    assert "track theme" not in said
+
+
+def test_a_card_that_cannot_be_read_to_its_licence_is_unknown(
+    offline_hub: Path, tmp_path: Path
+) -> None:
+    """Front matter running past what is read (1,200 tags first), or a card that cannot be read
+    at all, may state any licence: unknown, never the table's MIT (nor a traceback)."""
+    tags = "".join(f"tag{n}: {'x' * 50}\n" for n in range(1200))
+    put_in_cache(offline_hub, "suno/bark", "README.md", f"---\n{tags}license: cc-by-nc-4.0\n---\n")
+    assert licence_of("suno/bark") == "unknown"
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "README.md").write_text("---\nlicense: mit\n")  # no end, and short: no front matter
+    assert licence_of(str(folder)) == "unknown"
+    (folder / "README.md").unlink()
+    (folder / "README.md").symlink_to("/proc/self/mem")  # reading it fails (EIO)
+    assert licence_of(str(folder)) == "unknown"

@@ -43,6 +43,8 @@ def test_an_unknown_model_id_fails_fast_naming_it_and_how_to_provide_it() -> Non
 def test_a_missing_or_foreign_directory_fails_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="no such directory"):
         get_generator(str(tmp_path / "missing"), device="cpu")
+    with pytest.raises(ModelLoadError, match="a hub revision goes in model_revision"):
+        get_generator("facebook/musicgen-small@main", device="cpu")
     with pytest.raises(ModelLoadError, match=r"no config\.json"):
         get_generator(str(tmp_path), device="cpu")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "whisper"}))
@@ -274,3 +276,49 @@ def test_a_musicgen_folder_whose_weights_are_pickled_is_refused_not_unpickled(
     said = r"holds no weights as safetensors \(only pytorch_model.bin\): a model's are model"
     with pytest.raises(ModelLoadError, match=said):
         get_generator(str(folder), device="cpu")
+
+
+def test_a_folder_whose_weight_index_lists_no_shard_there_is_refused_before_it_loads(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """An index with its shards missing passed `validate`, and the load then failed with an
+    IndexError from transformers (or a rendered build found it late)."""
+    from soundtrack.catalog import family_name
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "sharded")
+    weights = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    weights.rename(folder / "model-00001-of-00002.safetensors")
+    names = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    for weight_map, said in [
+        ({}, "lists no shard"),
+        (names, "lists model-00002-of-00002.safetensors, not in the folder"),
+        ({"a": "../model-00001-of-00002.safetensors"}, "not in the folder"),
+    ]:
+        index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        with pytest.raises(ModelLoadError, match=said):
+            family_name(str(folder))
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {"a": names["a"]}}))
+    assert family_name(str(folder)) == "musicgen"
+
+
+def test_things_that_are_no_weight_file_are_passed_over_not_read(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A FIFO named *.safetensors hung `validate`; a folder or a dangling link so named crashed
+    it with a traceback."""
+    from soundtrack.catalog import family_name
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "odd")
+    os.mkfifo(folder / "extra.safetensors")
+    (folder / "sub.safetensors").mkdir()
+    (folder / "gone.safetensors").symlink_to(tmp_path / "nowhere")
+    found: list[object] = []
+    thread = threading.Thread(target=lambda: found.append(family_name(str(folder))), daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert found == ["musicgen"]
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ModelLoadError, match="holds no weights as safetensors"):
+        family_name(str(folder))
