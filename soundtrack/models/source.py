@@ -105,6 +105,10 @@ DIFFUSERS_PIPELINES: dict[str, tuple[str, dict[str, set[tuple[str, str]]]]] = {
 }
 
 
+# What a pipeline loads without (diffusers' `_optional_components`); it needs every other one.
+_OPTIONAL_COMPONENTS = {"AceStepPipeline": {"audio_tokenizer", "audio_token_detokenizer"}}
+
+
 def how_to_provide(model: str) -> str:
     """The ways to make a model's weights available, for error messages."""
     tiny = "for smoke tests without weights, `soundtrack models make-tiny DIR` writes a tiny model"
@@ -355,9 +359,20 @@ def _pipeline_family(directory: Path, model: str) -> str:
         if named not in allowed.get(name, set()):
             expected = " or ".join(sorted("/".join(c) for c in allowed.get(name, set())))
             raise ModelLoadError(
-                f"model {model!r}: {class_name} component {name!r} is {value!r}; only "
-                f"{expected or 'no such component'} is loaded (never custom code)"
+                f"model {model!r}: {class_name} component {name!r} is {value!r}; "
+                + (
+                    f"only {expected} is loaded (never custom code)"
+                    if expected
+                    else f"{class_name} has no such component (never custom code)"
+                )
             )
+    optional = _OPTIONAL_COMPONENTS.get(class_name, set())
+    left_out = [n for n in allowed if n not in optional and index.get(n) in ([None, None], None)]
+    if left_out:
+        raise ModelLoadError(
+            f"model {model!r}: model_index.json leaves out {', '.join(left_out)}, which "
+            f"{class_name} needs; {how_to_provide(model)}"
+        )
     return family
 
 

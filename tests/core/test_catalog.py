@@ -54,9 +54,7 @@ def test_families_come_from_files_the_catalogue_or_the_cache(
     assert family_name("someone/new-model") is None
     put_in_cache(offline_hub, "someone/new-model", "config.json", '{"model_type": "bark"}')
     assert family_name("someone/new-model") == "bark"
-    put_in_cache(
-        offline_hub, "someone/pipe", "model_index.json", '{"_class_name": "AceStepPipeline"}'
-    )
+    put_in_cache(offline_hub, "someone/pipe", "model_index.json", json.dumps(ACE_INDEX))
     assert family_name("someone/pipe") == "ace-step"
 
 
@@ -215,8 +213,13 @@ def test_a_loop_is_held_to_the_limit_with_the_room_it_renders(
 ACE_INDEX = {
     "_class_name": "AceStepPipeline",
     "vae": ["diffusers", "AutoencoderOobleck"],
+    "text_encoder": ["transformers", "Qwen3Model"],
+    "tokenizer": ["transformers", "Qwen2TokenizerFast"],
+    "transformer": ["diffusers", "AceStepTransformer1DModel"],
+    "condition_encoder": ["diffusers", "AceStepConditionEncoder"],
     "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
 }
+ACE_COMPONENTS = "vae, text_encoder, tokenizer, transformer, condition_encoder"
 
 
 @pytest.mark.parametrize(
@@ -227,14 +230,15 @@ ACE_INDEX = {
         ({"model_index.json": {**ACE_INDEX, "vae": [["x"], ["y"]]}}, "component 'vae' is [['x']"),
         ({"model_index.json": {**ACE_INDEX, "scheduler": ["evil", "S"]}}, "never custom code"),
         ({"model_index.json": {**ACE_INDEX, "extra": ["diffusers", "X"]}}, "no such component"),
-        ({"model_index.json": ACE_INDEX}, "model_index.json names vae, scheduler, but"),
+        ({"model_index.json": {**ACE_INDEX, "vae": [None, None]}}, "leaves out vae, which Ace"),
+        ({"model_index.json": ACE_INDEX}, f"names {ACE_COMPONENTS}, scheduler, but"),
         (
             {
                 "model_index.json": ACE_INDEX,
                 "scheduler/scheduler_config.json": {},
                 "vae/diffusion_pytorch_model.safetensors": b"\x02" + b"\0" * 7 + b"{}",
             },
-            "model_index.json names vae, but",
+            f"model_index.json names {ACE_COMPONENTS}, but",
         ),
         ({"model_index.json": ["AceStepPipeline"]}, "holds list, not a JSON object"),
         ({"model_index.json": b"\xff\xfe{"}, "unreadable model_index.json"),
