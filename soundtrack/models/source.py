@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit safetensors itself sets
 _fingerprints: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -408,10 +410,48 @@ def directory_fingerprint(directory: Path) -> str:
     )
     key = (str(directory), stats)
     if key not in _fingerprints:
-        digest = hashlib.sha256()
-        for name, path in zip(names, files, strict=True):
-            with path.open("rb") as handle:
-                file_digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            digest.update(f"{name}\0{file_digest}\n".encode())
-        _fingerprints[key] = f"sha256:{digest.hexdigest()}"
+        found = _remembered(key)
+        if found is None:
+            found = _hashed(names, files)
+            _remember(key, found)
+        _fingerprints[key] = found
     return _fingerprints[key]
+
+
+def _hashed(names: list[str], files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for name, path in zip(names, files, strict=True):
+        with path.open("rb") as handle:
+            file_digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        digest.update(f"{name}\0{file_digest}\n".encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+# Gigabytes of weights take seconds to hash, and every validate and build asks: a folder's
+# fingerprint is kept beside the render cache, under its files' names, sizes and mtimes (as
+# git's index trusts them).
+def _memo_path(key: tuple[str, tuple[tuple[str, int, int], ...]]) -> Path:
+    from soundtrack.renders import cache_root
+
+    name = hashlib.sha256(repr(key).encode()).hexdigest()
+    return cache_root() / "fingerprints" / f"{name}.txt"
+
+
+def _remembered(key: tuple[str, tuple[tuple[str, int, int], ...]]) -> str | None:
+    try:
+        found = _memo_path(key).read_text().strip()
+    except OSError:
+        return None
+    return found if _FINGERPRINT.fullmatch(found) else None
+
+
+def _remember(key: tuple[str, tuple[tuple[str, int, int], ...]], fingerprint: str) -> None:
+    from soundtrack.atomic import atomic_path
+
+    path = _memo_path(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(fingerprint)
+    except OSError:
+        pass  # a read-only cache only costs the hashing again

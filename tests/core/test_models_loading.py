@@ -82,7 +82,8 @@ def test_validate_holds_a_local_folder_to_its_pin_and_model_drops_the_manifests_
     result = CliRunner().invoke(app, ["validate", str(manifest)])
     assert result.exit_code == 0, result.output
     checked = check_inputs(manifest, model=str(tiny_model_dir))
-    assert [spec.model_revision for spec in checked.specs] == [None]
+    # The manifest's pin is gone: the folder's own files are its revision.
+    assert [spec.model_revision for spec in checked.specs] == [revision]
 
 
 def test_an_unknown_device_is_bad_input(tiny_model_dir: Path) -> None:
@@ -322,3 +323,22 @@ def test_things_that_are_no_weight_file_are_passed_over_not_read(
     (folder / "model.safetensors").symlink_to(tmp_path / "nowhere")
     with pytest.raises(ModelLoadError, match="holds no weights as safetensors"):
         family_name(str(folder))
+
+
+def test_a_folders_fingerprint_is_hashed_once_until_its_files_change(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every validate and build asks for an unpinned folder's fingerprint: gigabytes are hashed
+    once, and again only when a file's size or mtime says it changed."""
+    from soundtrack.models import source
+
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    first = source.directory_fingerprint(folder)
+    hashed: list[Path] = []
+    monkeypatch.setattr(source, "_hashed", lambda names, files: hashed.append(folder) or "x")
+    source._fingerprints.clear()  # as a new process
+    assert source.directory_fingerprint(folder) == first and hashed == []
+    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+    source._fingerprints.clear()
+    assert source.directory_fingerprint(folder) == "x" and hashed == [folder]
