@@ -81,8 +81,20 @@ def known_checkpoint(model: str) -> Checkpoint | None:
 
 
 def is_hub_id(model: str) -> bool:
-    """Whether `model` can name a hub repository: a path (/, ., ~) never does."""
-    return not model.startswith(("/", ".", "~")) and _HUB_ID.match(model) is not None
+    """Whether `model` can name a hub repository, by the hub's own rules: a path (/, ., ~)
+    never does, nor `org/name-`, `a--b`, `x.git` or a name over 96 characters."""
+    if model.startswith(("/", ".", "~")) or _HUB_ID.match(model) is None:
+        return False
+    # Imported here: only what looks like an id needs it. The documented import, which the
+    # package exports lazily (so mypy cannot see it).
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return False
+    return True
 
 
 def is_local(model: str, *, base: Path | None = None) -> bool:

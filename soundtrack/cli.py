@@ -21,7 +21,7 @@ from soundtrack.errors import (
     SoundtrackError,
     StorageBusy,
 )
-from soundtrack.paths import user_path
+from soundtrack.paths import path_problem, user_path
 from soundtrack.redaction import install_log_redaction, redact
 
 if TYPE_CHECKING:
@@ -94,8 +94,20 @@ def _redact_logs(
     install_log_redaction()
 
 
+def _fits(value: Any) -> Any:
+    """A path no file system can hold (a name over 255 bytes) is bad input, exit 2, before
+    anything asks a file system about it and gets an OSError back."""
+    for path in value if isinstance(value, list) else [] if value is None else [value]:
+        if problem := path_problem(str(path)):
+            raise typer.BadParameter(f"the path {problem}")
+    return value
+
+
 ManifestArg = Annotated[
-    Path, typer.Argument(help="The soundtrack manifest (YAML, schema 1).", show_default=False)
+    Path,
+    typer.Argument(
+        help="The soundtrack manifest (YAML, schema 1).", show_default=False, callback=_fits
+    ),
 ]
 StorageArg = Annotated[
     str,
@@ -178,7 +190,9 @@ def validate(manifest: ManifestArg) -> None:
 def schema(
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Write to this .json file instead of stdout."),
+        typer.Option(
+            "-o", "--output", help="Write to this .json file instead of stdout.", callback=_fits
+        ),
     ] = None,
     sidecar: Annotated[
         bool,
@@ -300,6 +314,8 @@ def _typed_model(model: str) -> str:
     absolute path, as a manifest's is resolved against the manifest's folder."""
     from soundtrack.catalog import is_local
 
+    if problem := path_problem(model):
+        raise InputError(f"--model {problem}")
     return str(user_path(model).resolve()) if is_local(model, base=Path.cwd()) else model
 
 
@@ -339,6 +355,8 @@ def _check_audition(model: str, request: GenerationRequest, target: Path) -> Fam
             f"(got {duration_s:g})"
         )
     check_request(request)
+    if problem := path_problem(str(target)):
+        raise InputError(f"--output {problem}")
     if target.is_dir():
         raise InputError(f"--output {target} is a folder: give a .wav file in it")
     if target.suffix.lower() != ".wav":
@@ -392,6 +410,7 @@ def generate(
             "-o",
             "--output",
             help="A .wav file outside the model's files (default: named from the prompt and seed).",
+            callback=_fits,
         ),
     ] = None,
     device: Annotated[
@@ -516,7 +535,8 @@ def models_make_tiny(
         Path,
         typer.Argument(
             help="Where to write the model: a new or empty folder, or a tiny model of the same "
-            "family to rewrite (created if missing)."
+            "family to rewrite (created if missing).",
+            callback=_fits,
         ),
     ],
     family: Annotated[
@@ -594,13 +614,15 @@ def models_convert_demucs(
             "from torch's hub cache), or a bag's .yaml (htdemucs_ft.yaml) with its .th files "
             "beside it.",
             show_default=False,
+            callback=_fits,
         ),
     ],
     directory: Annotated[
         Path,
         typer.Argument(
             help="Where to write the model: a new or empty folder, or a converted Demucs "
-            "model to rewrite (created if missing)."
+            "model to rewrite (created if missing).",
+            callback=_fits,
         ),
     ],
     licence: Annotated[
@@ -642,7 +664,9 @@ def _finite(value: float | int | None) -> float | int | None:
 def inspect_files(
     files: Annotated[
         list[Path],
-        typer.Argument(help="Audio files (OGG, MP3, WAV, FLAC, ...).", show_default=False),
+        typer.Argument(
+            help="Audio files (OGG, MP3, WAV, FLAC, ...).", show_default=False, callback=_fits
+        ),
     ],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")
@@ -823,10 +847,16 @@ def _print_analysis(heard: Analysis) -> None:
 @app.command()
 def compare(
     a: Annotated[
-        Path, typer.Argument(help="The first recording (the reference).", show_default=False)
+        Path,
+        typer.Argument(
+            help="The first recording (the reference).", show_default=False, callback=_fits
+        ),
     ],
     b: Annotated[
-        Path, typer.Argument(help="The second recording (the render).", show_default=False)
+        Path,
+        typer.Argument(
+            help="The second recording (the render).", show_default=False, callback=_fits
+        ),
     ],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
@@ -892,11 +922,14 @@ def build(
         bool, typer.Option("--force", help="Rebuild tracks even when already published.")
     ] = False,
     report: Annotated[
-        Path | None, typer.Option("--report", help="Also write the build report (JSON) here.")
+        Path | None,
+        typer.Option("--report", help="Also write the build report (JSON) here.", callback=_fits),
     ] = None,
     junit: Annotated[
         Path | None,
-        typer.Option("--junit", help="Write a JUnit XML file: one testcase per track."),
+        typer.Option(
+            "--junit", help="Write a JUnit XML file: one testcase per track.", callback=_fits
+        ),
     ] = None,
     model: Annotated[
         str | None,
@@ -967,7 +1000,10 @@ def build(
     if model is not None:
         if not model.strip():
             fail(InputError("--model is empty: give a hub id or a model folder"))
-        model = _typed_model(model)
+        try:
+            model = _typed_model(model)
+        except InputError as exc:
+            fail(exc)
     # 1. Check everything a user gave before starting Prefect: bad input writes nothing. The
     # flow checks again, the same way, where it runs (a worker has no CLI before it).
     options = Options(

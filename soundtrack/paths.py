@@ -10,3 +10,20 @@ def user_path(text: str) -> Path:
     """`text` as a path, with a leading `~` or `~user` expanded as a shell does: left as it is
     when that user has no home (where pathlib's expanduser raises)."""
     return Path(os.path.expanduser(text))
+
+
+# What a file system takes: a name (ext4, APFS, NTFS) and a whole path (Linux PATH_MAX).
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4095
+
+
+def path_problem(text: str) -> str | None:
+    """Why no file system can hold the path `text` (a NUL, a name or the path too long), or
+    None; asking one about it would raise where a user expects an answer."""
+    if "\x00" in text:
+        return "contains a NUL byte"
+    if len(text.encode(errors="surrogateescape")) > MAX_PATH_BYTES:
+        return f"is longer than {MAX_PATH_BYTES} bytes"
+    if any(len(p.encode(errors="surrogateescape")) > MAX_NAME_BYTES for p in text.split("/")):
+        return f"has a name longer than {MAX_NAME_BYTES} bytes"
+    return None

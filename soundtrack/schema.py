@@ -23,6 +23,7 @@ from pydantic import (
 
 from soundtrack.formats import AudioFormat
 from soundtrack.keys import parse_key
+from soundtrack.paths import path_problem
 from soundtrack.storage import check_storage_url
 
 SCHEMA_VERSION = 1
@@ -337,6 +338,15 @@ class _Overridable(_Strict):
     def _model_id(cls, value: str | None) -> str | None:
         if value is not None and (value != value.strip() or any(c.isspace() for c in value)):
             raise ValueError(f"a model id or path has no spaces (got {value!r})")
+        if value is not None and (problem := path_problem(value)):
+            raise ValueError(f"model {problem}")
+        return value
+
+    @field_validator("stem_model")
+    @classmethod
+    def _stem_model_path(cls, value: str | None) -> str | None:
+        if value is not None and (problem := path_problem(value)):
+            raise ValueError(f"stem_model {problem}")
         return value
 
 
@@ -555,6 +565,8 @@ def _file_inside(value: str | None, info: ValidationInfo, what: str) -> str | No
     """Check that a relative path names a file inside the manifest's folder (symlinks too)."""
     if value is None:
         return None
+    if problem := path_problem(value):
+        raise ValueError(f"{what} {problem}")
     base = (info.context or {}).get("base_dir")
     if Path(value).is_absolute() or value.startswith("~"):
         raise ValueError(f"{what} must be a path relative to the manifest (got {value!r})")

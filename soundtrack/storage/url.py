@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from soundtrack.paths import path_problem
 from soundtrack.redaction import url_has_credentials
 
 S3_BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -18,8 +19,8 @@ def check_storage_url(value: str) -> None:
     """Raise ValueError unless `value` is a folder path or an s3://bucket[/prefix] URL."""
     scheme, sep, rest = value.partition("://")
     if not sep:
-        if "\x00" in value:
-            raise ValueError("storage path contains a NUL byte")
+        if problem := path_problem(value):
+            raise ValueError(f"storage path {problem}")
         return
     if scheme != "s3":
         raise ValueError(f"storage must be a folder or s3://bucket/prefix (got scheme {scheme!r})")
