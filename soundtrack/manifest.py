@@ -159,6 +159,19 @@ def _construct_number(loader: _ManifestLoader, node: yaml.ScalarNode) -> Any:
 
 for _tag in ("int", "float"):
     _ManifestLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _construct_number)
+
+
+def _construct_word(loader: _ManifestLoader, node: yaml.ScalarNode) -> Any:
+    """Booleans and dates as YAML 1.2 reads them, and so editors: only true and false are
+    booleans (YAML 1.1's yes, no, on and off are words: `lyrics: no` is the word), and there
+    are no dates (`model_revision: 2024-01-01` is a tag name)."""
+    if node.tag.endswith(":bool") and node.value.lower() in ("true", "false"):
+        return loader.construct_yaml_bool(node)
+    return node.value
+
+
+for _tag in ("bool", "timestamp"):
+    _ManifestLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _construct_word)
 # YAML 1.2's numbers with an exponent and no point or no exponent sign (5e1, 1.5e3), which
 # YAML 1.1 reads as text.
 _MANTISSA = r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)"
@@ -374,7 +387,8 @@ def _describe(error: Any, model_fields: dict[str, list[str]]) -> tuple[str, str]
 _QUOTED_HINTS = {
     "float_type": "write the number without quotes",
     "int_type": "write the number without quotes",
-    "bool_type": "write true or false, without quotes",
+    "bool_type": "write true or false, without quotes (yes, no, on and off are words in YAML "
+    "1.2, as editors read it)",
 }
 
 

@@ -243,21 +243,6 @@ class GatesSpec(_Strict):
         default=None, description="A variation's melody vs its parent's (default: fail)."
     )
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _off_is_a_severity(cls, value: Any, info: ValidationInfo) -> Any:
-        # YAML 1.1 reads a bare `off` as false: `gates: {key: off}` means the severity "off".
-        if value is False and info.field_name in _SEVERITY_FIELDS:
-            return "off"
-        return value
-
-
-_SEVERITY_FIELDS = frozenset(
-    name
-    for name, f in GatesSpec.model_fields.items()
-    if get_origin(f.annotation) is not None and GateSeverity in get_args(f.annotation)
-)
-
 
 class _Overridable(_Strict):
     """Settings a soundtrack sets in `defaults` and a track may override."""

@@ -24,6 +24,7 @@ from soundtrack.manifest import (
     _line_map,
     _ManifestLoader,
     load_manifest,
+    load_yaml,
 )
 from soundtrack.resolve import derived_seed, resolve_tracks, take
 from soundtrack.schema import MAX_DURATION_S, json_schema
@@ -257,7 +258,8 @@ def test_the_json_schema_agrees_with_validate(tmp_path: Path, setting: str) -> N
         f"    model: ACE-Step/acestep-v15-turbo-diffusers\n    duration: 12\n    {setting}\n"
     )
     committed = json.loads((ROOT / "manifests" / "soundtrack.schema.json").read_text())
-    errors = list(jsonschema.Draft202012Validator(committed).iter_errors(yaml.safe_load(text)))
+    # Read as an editor reads it (YAML 1.2: `loop: yes` is the word), as the manifest is.
+    errors = list(jsonschema.Draft202012Validator(committed).iter_errors(load_yaml(text)))
     code, output = validate(write(tmp_path, text))
     assert code in (0, 2), output
     assert (code == 0) == (not errors), (output, [e.message for e in errors])
@@ -583,6 +585,25 @@ def test_numbers_read_as_yaml_1_2_reads_them_and_unordered_tags_are_refused(
         assert field in shown and said in shown and "line " in shown, shown
 
 
+def test_flags_and_dates_read_as_yaml_1_2_reads_them(tmp_path: Path) -> None:
+    """YAML 1.1 made `lyrics: no` the flag false (an error about a boolean where an editor
+    shows the word), `model_revision: 2024-01-01` a date, and `loop: yes` a flag an editor
+    refuses."""
+    words = BASE.replace("prompt: drums", "prompt: drums\n    lyrics: no").replace(
+        "bpm: 90", "bpm: 90\n    model_revision: 2024-01-01\n    loop: True"
+    )
+    specs = specs_of(tmp_path, words.replace("model: ", ""))
+    assert specs["battle"].lyrics == "no" and specs["theme"].model_revision == "2024-01-01"
+    assert specs["theme"].loop is True and specs["battle"].loop is True
+    path = write(tmp_path, BASE.replace("loop: true", "loop: yes"))
+    with pytest.raises(InputError) as caught:
+        load_manifest(path)
+    assert caught.value.problems == [
+        "tracks[1].loop (line 14): Input should be a valid boolean (got 'yes'): write true or "
+        "false, without quotes (yes, no, on and off are words in YAML 1.2, as editors read it)"
+    ]
+
+
 def test_a_file_of_too_many_values_is_refused_while_it_is_read(tmp_path: Path) -> None:
     """Within the size limit, a flow list of 150,000 values, no alias among them: refused for
     what it is, at the value that goes over, not after composing it all (12 s for 1 MiB)."""
@@ -684,7 +705,7 @@ def test_every_gate_has_a_severity_setting_and_bare_off_means_off(tmp_path: Path
     specs = specs_of(
         tmp_path, BASE.replace("    bpm: 90\n", "    bpm: 90\n    gates: {key: off}\n")
     )
-    assert specs["theme"].gates.severity("key") == "off"  # YAML reads `off` as false
+    assert specs["theme"].gates.severity("key") == "off"  # the word, as YAML 1.2 reads it
 
 
 def test_gate_flag_sets_every_tracks_severity_and_refuses_nonsense(tmp_path: Path) -> None:
