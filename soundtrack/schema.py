@@ -247,14 +247,21 @@ class GatesSpec(_Strict):
 class _Overridable(_Strict):
     """Settings a soundtrack sets in `defaults` and a track may override."""
 
-    model: str | None = Field(default=None, min_length=1, description="Hub id or local directory.")
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        json_schema_extra={"pattern": r"^\S+$"},
+        description="Hub id or local directory.",
+    )
     model_revision: str | None = Field(
         default=None, min_length=1, description="Hub revision (branch, tag or commit) to pin."
     )
     duration: float | None = Field(
         default=None, ge=MIN_DURATION_S, le=MAX_DURATION_S, description="Seconds."
     )
-    formats: list[AudioFormat] | None = Field(default=None, min_length=1)
+    formats: list[AudioFormat] | None = Field(
+        default=None, min_length=1, json_schema_extra={"uniqueItems": True}
+    )
     loudness: Loudness | None = Field(
         default=None, description="Profile (console -24, mobile -18, web -16 LUFS) or targets."
     )
@@ -289,6 +296,7 @@ class _Overridable(_Strict):
     stems: list[StemName] | None = Field(
         default=None,
         min_length=1,
+        json_schema_extra={"uniqueItems": True},
         description="Stems to separate the approved mix into and publish as <track>.<stem>.<ext> "
         "(vertical layering; docs/generation.md#stems). Needs stem_model.",
     )
@@ -339,8 +347,24 @@ class Defaults(_Overridable):
     """Soundtrack-wide defaults merged into every track."""
 
 
+# What only a rendered track has: a recording is not rendered.
+_NOT_FOR_SOURCE = ("attempts", "sampling", "lyrics", "negative_prompt")
+# Fields no track has together.
+_EXCLUSIVE = [("bars", "duration"), *(("source", name) for name in ("model", *_NOT_FOR_SOURCE))]
+
+
 class Track(_Overridable):
     """One cue of the soundtrack: generated from `prompt`, or an existing recording (`source`)."""
+
+    # The rules between fields that _prompt_or_source holds, as an editor can check them.
+    model_config = ConfigDict(
+        **_Strict.model_config,
+        json_schema_extra={
+            "oneOf": [{"required": ["prompt"]}, {"required": ["source"]}],
+            "not": {"anyOf": [{"required": list(pair)} for pair in _EXCLUSIVE]},
+            "dependentRequired": {"bars": ["bpm"], "variation_of": ["prompt"]},
+        },
+    )
 
     id: Slug = Field(
         description="Becomes the file name: lower-case letters, digits, '-'; not a device name "
@@ -349,7 +373,7 @@ class Track(_Overridable):
     )
     prompt: str | None = Field(
         default=None,
-        json_schema_extra=_NOT_BLANK,
+        json_schema_extra={**_NOT_BLANK, "maxLength": MAX_PROMPT_CHARS},
         description="What to generate, as a composer's brief.",
     )
     source: str | None = Field(default=None, description="Existing recording, relative path.")
@@ -460,7 +484,7 @@ class Track(_Overridable):
         if self.source is not None and self.model is not None:
             raise ValueError("'model' has no meaning for a 'source' track")
         if self.source is not None:
-            for name in ("attempts", "sampling", "lyrics", "negative_prompt"):
+            for name in _NOT_FOR_SOURCE:
                 if getattr(self, name) is not None:
                     raise ValueError(
                         f"'{name}' has no meaning for a 'source' track: it is not rendered"

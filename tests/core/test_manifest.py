@@ -249,7 +249,15 @@ def test_committed_json_schema_is_up_to_date() -> None:
         "gates: {clipped_runs_max: '3'}",
         "instruments: piano",
         "formats: ogg",
+        "formats: [ogg, ogg]",
+        "stems: [drums, drums]\n    stem_model: models/htdemucs",
+        "bars: 4",
+        "bpm: 100\n    bars: 4",
+        "source: a.wav",
+        "model_revision: 2024-01-01",
+        "lyrics: no",
     ],
+    ids=lambda s: s[:40],
 )
 def test_the_json_schema_agrees_with_validate(tmp_path: Path, setting: str) -> None:
     """An editor checking with the committed schema accepts what `validate` accepts."""
