@@ -181,10 +181,14 @@ def analyse(
     tempo_bpm = _tempo(features, bpm_hint, beats_per_bar) if pulse else None
     # 4. Beats and bars
     beat_frames = np.zeros(0, dtype=np.int64)
+    grouping = _grouping(beats_per_bar, bpm_hint)
     if tempo_bpm is not None:
-        beat_frames = _beats(features.onsets, features.accents, tempo_bpm)
-    phase = _downbeat_phase(features, beat_frames, beats_per_bar)
+        beat_frames = _beats(features.onsets, features.accents, tempo_bpm / grouping)
     beat_positions = _steady(beat_frames)
+    if grouping > 1:
+        beat_positions = _subdivided(beat_positions, grouping, features.onsets.size)
+        beat_frames = np.round(beat_positions).astype(np.int64)
+    phase = _downbeat_phase(features, beat_frames, beats_per_bar)
     # 5. Key
     key, key_confidence = _key(features.chroma) if pulse else (None, 0.0)
     # 6. Loudness range on the audio as given (all channels, full rate): LRA is defined there
@@ -358,12 +362,21 @@ def _features(audio: np.ndarray, sample_rate: int) -> _Features:
     )
 
 
+def _grouping(beats_per_bar: int, bpm_hint: float | None) -> int:
+    """Beats felt as one pulse: a compound metre's come in threes (6/8 at 180 eighths pulses at
+    60, and its eighths may not sound at all); the pulse is found near the hint's, and the beats
+    are its thirds. Without a hint, the beats are what the accent rule finds."""
+    return 3 if bpm_hint is not None and beats_per_bar % 3 == 0 and beats_per_bar > 3 else 1
+
+
 def _tempo(features: _Features, bpm_hint: float | None, beats_per_bar: int) -> float | None:
     """The refined tempo at the chosen metrical level, or None without a clear pulse."""
     autocorrelation = _autocorrelation(features.onsets)
     if autocorrelation[0] <= 0.0:
         return None
-    coarse = _coarse_period(autocorrelation, bpm_hint if bpm_hint is not None else 120.0)
+    grouping = _grouping(beats_per_bar, bpm_hint)
+    prior_bpm = bpm_hint / grouping if bpm_hint is not None else 120.0
+    coarse = _coarse_period(autocorrelation, prior_bpm)
     period = _refined_period(autocorrelation, coarse)
     if period is None:
         return None
@@ -374,8 +387,8 @@ def _tempo(features: _Features, bpm_hint: float | None, beats_per_bar: int) -> f
     bpm = 60.0 * _FRAME_RATE / period
     if bpm_hint is not None:
         # The octave of the estimate nearest the hint: a chord every bar at 120 bpm pulses at 30.
-        octaves = round(math.log2(bpm_hint / bpm))
-        return bpm * 2.0**octaves
+        octaves = round(math.log2(prior_bpm / bpm))
+        return bpm * 2.0**octaves * grouping
     bpm *= _accent_level(features.accents, period, bpm)
     if bpm < OCTAVE_RULE_BPM[0]:
         # A pulse slower than any beat is the bar (a chord attacked every 2 s, nothing between):
@@ -515,6 +528,17 @@ def _steady(beats: np.ndarray) -> np.ndarray:
     line: np.ndarray = slope * index + intercept
     steady = float(np.max(np.abs(beats - line))) <= STEADY_FRAMES
     return line if steady else beats.astype(np.float64)
+
+
+def _subdivided(pulses: np.ndarray, parts: int, frames: int) -> np.ndarray:
+    """The beats of a train of pulses, `parts` evenly in each (the last pulse's too, at the
+    last pulse's length), up to the last of `frames` analysis frames."""
+    if pulses.size < 2:
+        return pulses
+    steps = np.append(np.diff(pulses), pulses[-1] - pulses[-2]) / parts
+    beats = (pulses[:, None] + steps[:, None] * np.arange(parts)).ravel()
+    inside: np.ndarray = beats[beats <= frames - 1]
+    return inside
 
 
 def _downbeat_phase(features: _Features, beats: np.ndarray, beats_per_bar: int) -> int:

@@ -105,6 +105,39 @@ def drum_and_bass(
     return out.astype(np.float32), downbeats
 
 
+def compound_groove(
+    eighth_bpm: float,
+    duration_s: float,
+    sample_rate: int = 44100,
+    *,
+    eighths_level: float = 0.5,
+    lead_in_s: float = 0.5,
+) -> tuple[np.ndarray, list[int]]:
+    """A 6/8 groove counted in eighths (peak -6 dBFS) and its true downbeats in samples: kick
+    and a bass note on each bar's first eighth, snare on its fourth (the dotted-quarter pulse),
+    a hi-hat on every eighth at `eighths_level` of its full level (0: the eighths unheard, as
+    in a slow jig or a barcarolle)."""
+    drums = _drum_kit(sample_rate, np.random.default_rng(0))
+    frames = round(duration_s * sample_rate)
+    eighth = 60.0 / eighth_bpm * sample_rate
+    out = np.zeros((2, frames))
+    downbeats = []
+    k = 0
+    while (start := round(lead_in_s * sample_rate + k * eighth)) < frames:
+        if k % 6 == 0:
+            downbeats.append(start)
+            root = 36 + (0, 5, 7, 0)[(k // 6) % 4]
+            bass = 0.5 * _tone((_midi_hz(root),), round(6.5 * eighth), sample_rate, 1.0)
+            _add(out, start, np.stack([drums["kick"], drums["kick"]]))
+            _add(out, start, np.stack([bass, bass]))
+        elif k % 6 == 3:
+            _add(out, start, np.stack([drums["snare"], drums["snare"]]))
+        _add(out, start, eighths_level * np.stack([drums["hat"], drums["hat"]]))
+        k += 1
+    out *= 10 ** (-6.0 / 20.0) / np.abs(out).max()
+    return out.astype(np.float32), downbeats
+
+
 def chord_cycle(
     duration_s: float,
     sample_rate: int,

@@ -19,7 +19,7 @@ from soundtrack.errors import AudioError
 from soundtrack.loudness import loudness_range_lu
 from soundtrack.master import prepare
 from soundtrack.spec import LOUDNESS_PROFILES, Mastering
-from tests.music import chord_cycle, clicks, drone, drum_and_bass, held_chord
+from tests.music import chord_cycle, clicks, compound_groove, drone, drum_and_bass, held_chord
 from tests.reference import ebur128_lra
 from tests.signals import music_like, pink_noise
 
@@ -78,6 +78,24 @@ def test_without_a_hint_the_accent_rule_picks_the_notated_level(bpm: float) -> N
     measured = _analysed(bpm, hint=False).tempo_bpm
     assert measured is not None
     assert abs(measured / bpm - 1.0) < 0.002
+
+
+@pytest.mark.parametrize("eighths_level", [0.8, 0.2, 0.0])
+@pytest.mark.parametrize("eighth_bpm", [150.0, 210.0])
+def test_a_compound_metre_is_counted_in_its_eighths_whether_they_sound_or_not(
+    eighth_bpm: float, eighths_level: float
+) -> None:
+    """6/8 felt at the dotted quarter (a third of the eighths' bpm): read a third or two
+    thirds of an octave off (33 % off, rejected) or as no pulse at all once the eighths were
+    quiet; its beats are the eighths, its bars every six."""
+    audio, downbeats = compound_groove(eighth_bpm, 16.0, RATE, eighths_level=eighths_level)
+    heard = analyse(audio, RATE, beats_per_bar=6, bpm_hint=eighth_bpm)
+    assert heard.tempo_bpm is not None and abs(heard.tempo_bpm / eighth_bpm - 1.0) < 0.002
+    eighth = 60.0 / eighth_bpm * RATE
+    truth = np.round(downbeats[0] + eighth * np.arange(-1, 16.0 * eighth_bpm / 60))
+    assert np.max(_distances_s(heard.beats, truth)) <= 0.02
+    assert len(heard.beats) >= 6 * (len(downbeats) - 1)
+    assert np.max(_distances_s(heard.downbeats, np.array(downbeats))) <= 0.02
 
 
 @pytest.mark.parametrize(("bpm", "hint", "level"), [(70.0, 150.0, 140.0), (174.0, 90.0, 87.0)])

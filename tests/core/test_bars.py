@@ -14,7 +14,7 @@ import pytest
 from soundtrack.measure import read_loop_tags
 from soundtrack.process import bar_grid, process_track
 from soundtrack.sidecar import json_schema
-from tests.music import chord_cycle, drum_and_bass
+from tests.music import chord_cycle, compound_groove, drum_and_bass
 from tests.specs import make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +102,25 @@ def test_a_recordings_bars_are_counted_without_the_silence_before_it(tmp_path: P
     # Exactly its 8 bars from the first kick: the silence before it in no loop, not even the
     # 33 ms that filtering the loop as a circle had wrapped into it.
     assert outcome.master.loop_start == 0 and outcome.master.loop_length == 16 * RATE
+
+
+def test_a_6_8_loop_felt_at_the_dotted_quarter_is_cut_on_its_bars(tmp_path: Path) -> None:
+    """4 bars of 6/8 at 180 eighths whose eighths hardly sound: the tempo gate read 240 and
+    rejected it (33 % off); its loop is 4 bars of six eighths, 8 s from the first downbeat."""
+    audio, _ = compound_groove(180, 12.0, RATE, eighths_level=0.1)
+    spec = make_spec(
+        loop=True, bpm=180, bars=4, time_signature="6/8", duration_s=8.0, formats=("ogg",)
+    )
+    outcome = process_track(spec, audio, RATE, tmp_path)
+    assert outcome.status == "approved", [g for g in outcome.gates if not g.passed]
+    assert outcome.master is not None and outcome.master.loop_start is not None
+    assert outcome.master.loop_start <= TOLERANCE_S * RATE  # the silence before it trimmed
+    assert outcome.master.loop_length is not None
+    assert abs(outcome.master.loop_length - 8 * RATE) <= 0.003 * 8 * RATE
+    assert outcome.sidecar is not None
+    sidecar = json.loads(outcome.sidecar.path.read_text())
+    assert sidecar["beats_per_bar"] == 6 and sidecar["loop"]["bars"] == 4
+    assert len(sidecar["beats"]) >= 24 and abs(sidecar["tempo"]["measured_bpm"] - 180) < 0.5
 
 
 @pytest.mark.parametrize("length_s", [15.2, 15.5])
