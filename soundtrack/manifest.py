@@ -378,7 +378,13 @@ def _describe(error: Any, model_fields: dict[str, list[str]]) -> tuple[str, str]
         return path, f"{message} (got {_quoted(given)}): {_QUOTED_HINTS[kind]}"
     # The value as a whole token: "0" inside "greater than or equal to 0.4" is not the input.
     shown = re.compile(rf"(?<![\w.]){re.escape(repr(given))}(?![\w.])")
-    if given is not None and not isinstance(given, dict | list) and not shown.search(message):
+    # A limit's bound may be the value itself ("greater than 0", given 0): shown all the same.
+    bound = kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+    if (
+        given is not None
+        and not isinstance(given, dict | list)
+        and (bound or not shown.search(message))
+    ):
         message += f" (got {_quoted(given)})"
     return path, message
 

@@ -73,8 +73,12 @@ def text_problem(text: str) -> str | None:
     """Why `text` is no text the lock, the report and JUnit's XML can hold, or None."""
     if any(unicodedata.category(c) == "Cs" for c in text):
         return "contains a lone surrogate, which is not text"
-    if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in text):
+    # C0, DEL and C1 (NEL, CSI: a terminal acts on them), as `unicodedata` counts them.
+    if any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in text):
         return "contains control characters"
+    if "\u202d" in text or "\u202e" in text:
+        # What follows shows reversed in a log or a terminal: text that reads as something else.
+        return "contains a bidirectional override (U+202D or U+202E)"
     if "\ufffe" in text or "\uffff" in text:
         return "contains U+FFFE or U+FFFF, which are no characters (XML refuses them)"
     return None
