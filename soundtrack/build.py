@@ -409,7 +409,11 @@ def _check_models(plan: Plan, *, given: str) -> None:
         except ModelLoadError as exc:
             problems.append(f"{_tracks([spec.id for spec in users])}{given}: {exc}")
             continue
-        problems += [f"track {s.id}{given}: {p}" for s in users for p in limit_problems(s, family)]
+        problems += [
+            f"track {s.id}{given}: {problem}"
+            for s in users
+            for _, problem in limit_problems(s, family)
+        ]
     with_stems = [spec for spec in plan.todo + plan.variations if spec.stems]
     for stem_model in dict.fromkeys(spec.stem_model or "" for spec in with_stems):
         problem = stem_model_problem(stem_model)

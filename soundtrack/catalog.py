@@ -169,8 +169,9 @@ def untaken(family: Family, given: Mapping[str, object]) -> list[tuple[str, str]
     return problems
 
 
-def limit_problems(spec: TrackSpec, family: str) -> list[str]:
-    """What of `spec` its model's family cannot render, or this version cannot load."""
+def limit_problems(spec: TrackSpec, family: str) -> list[tuple[str, str]]:
+    """What of `spec` its model's family cannot render, or this version cannot load: (field,
+    problem) pairs."""
     from soundtrack.models import BACKENDS  # the backends' table; it imports no model code
 
     no_backend = (
@@ -178,7 +179,7 @@ def limit_problems(spec: TrackSpec, family: str) -> list[str]:
     )
     known = FAMILIES.get(family)
     if known is None:
-        return [no_backend]
+        return [("model", no_backend)]
     problems = []
     # A loop renders longer than it plays (room to find its end): the render must fit.
     if known.max_call_s is not None and spec.render_duration_s > known.max_call_s:
@@ -188,8 +189,11 @@ def limit_problems(spec: TrackSpec, family: str) -> list[str]:
             else ""
         )
         problems.append(
-            f"duration {spec.duration_s:g} s{extra} is longer than {family} models render "
-            f"({known.max_call_s:g} s at most)"
+            (
+                "bars" if spec.bars else "duration",
+                f"duration {spec.duration_s:g} s{extra} is longer than {family} models render "
+                f"({known.max_call_s:g} s at most)",
+            )
         )
     if spec.sampling_flat and family != "musicgen":
         own = (
@@ -197,15 +201,20 @@ def limit_problems(spec: TrackSpec, family: str) -> list[str]:
             if family in SAMPLING_FAMILIES
             else f"{family} models take no sampling settings"
         )
-        problems.append(f"`sampling` in the flat form holds MusicGen's settings; {own}")
+        problems.append(
+            ("sampling", f"`sampling` in the flat form holds MusicGen's settings; {own}")
+        )
     given = {"lyrics": spec.lyrics, "negative_prompt": spec.negative_prompt}
-    problems += [problem for _, problem in untaken(known, given)]
+    problems += untaken(known, given)
     if spec.variation_of is not None and "source_audio" not in known.conditioning:
         takers = sorted(f.name for f in FAMILIES.values() if "source_audio" in f.conditioning)
         problems.append(
-            f"variation_of {spec.variation_of!r}: {family} models take no source recording to "
-            f"render from (variations: {', '.join(takers)})"
+            (
+                "variation_of",
+                f"variation_of {spec.variation_of!r}: {family} models take no source recording "
+                f"to render from (variations: {', '.join(takers)})",
+            )
         )
     if family not in BACKENDS:
-        problems.append(no_backend)
+        problems.append(("model", no_backend))
     return problems

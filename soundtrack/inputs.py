@@ -8,7 +8,7 @@ with nothing generated, written or uploaded.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 from soundtrack.catalog import family_name, limit_problems
 from soundtrack.errors import InputError, ModelLoadError, StorageError
 from soundtrack.licences import licence_of, usage_problem
-from soundtrack.manifest import load_manifest
+from soundtrack.manifest import field_lines, load_manifest, where
 from soundtrack.plan import select
 from soundtrack.renders import cache_root
 from soundtrack.resolve import gate_severities, resolve_tracks
@@ -27,6 +27,7 @@ from soundtrack.storage import INDEX_NAME, STORAGE_ENV, LocalStorage, Storage, o
 from soundtrack.storage.base import RENDERS_FOLDER
 
 ModelKey = tuple[str, str | None]  # a model and its pinned revision (None: its latest)
+_Where = Callable[[TrackSpec, str], str]  # a track's field as `tracks[i].field (line N)`
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,9 @@ def check_inputs(
         from soundtrack.expectations import load_expectations  # scipy, for the table columns
 
         expectations = load_expectations(path.parent / loaded.expectations)
-    families, licences = check_models(loaded, selected, model_override=model)
+    families, licences = check_models(
+        loaded, selected, model_override=model, lines=field_lines(path)
+    )
     url = storage_url(loaded.storage, out, environ)
     storage = open_storage(url, base_dir=path.parent)
     for report in reports:
@@ -112,15 +115,29 @@ def check_access(storage: Storage) -> None:
 
 
 def check_models(
-    manifest: Manifest, specs: Sequence[TrackSpec], *, model_override: str | None = None
+    manifest: Manifest,
+    specs: Sequence[TrackSpec],
+    *,
+    model_override: str | None = None,
+    lines: dict[str, int] | None = None,
 ) -> tuple[dict[ModelKey, str | None], dict[ModelKey, str]]:
     """Each generating model's family and every model's licence (generator, stem model), with
     every track held to what its family renders and to the manifest's `usage`; raise InputError
-    listing every problem. Read from model cards, config files and tables: no weights, no network.
+    listing every problem, each at its field and line (`lines`: the manifest's field_lines).
+    Read from model cards, config files and tables: no weights, no network.
     """
-    families, problems, unloadable = _families(specs, model_override)
-    problems += _stem_model_problems(specs)
-    licences, refusals = _licences(manifest, specs, model_override, unloadable)
+    index = {track.id: i for i, track in enumerate(manifest.tracks)}
+    in_defaults = manifest.defaults.model_fields_set
+
+    def at(spec: TrackSpec, field: str) -> str:
+        """Where the track's `field` is written: on the track, else in the defaults."""
+        i = index[spec.id]
+        own = field in manifest.tracks[i].model_fields_set or field not in in_defaults
+        return where(f"tracks[{i}].{field}" if own else f"defaults.{field}", lines or {})
+
+    families, problems, unloadable = _families(specs, model_override, at)
+    problems += _stem_model_problems(specs, at)
+    licences, refusals = _licences(manifest, specs, model_override, unloadable, at)
     if refusals and not problems:
         raise InputError(
             f"usage: {manifest.usage}: {len({track for track, _ in refusals})} track(s) use a "
@@ -134,7 +151,7 @@ def check_models(
 
 
 def _families(
-    specs: Sequence[TrackSpec], model_override: str | None
+    specs: Sequence[TrackSpec], model_override: str | None, at: _Where
 ) -> tuple[dict[ModelKey, str | None], list[str], set[ModelKey]]:
     """Each generating model's family (None: unchecked until its files are here), the problems of
     the tracks it cannot render, and the models whose files name no family this version loads."""
@@ -153,13 +170,13 @@ def _families(
             except ModelLoadError as error:
                 unloadable[key] = str(error)
         if key in unloadable:
-            problems.append(f"track {spec.id}{given}: {unloadable[key]}")
+            problems.append(f"{at(spec, 'model')}: track {spec.id}{given}: {unloadable[key]}")
             continue
         family = families[key]
         if family is not None:
             problems += [
-                f"track {spec.id}: model {spec.model}{given}: {problem}"
-                for problem in limit_problems(spec, family)
+                f"{at(spec, field)}: track {spec.id}: model {spec.model}{given}: {problem}"
+                for field, problem in limit_problems(spec, family)
             ]
     return families, problems, set(unloadable)
 
@@ -185,7 +202,7 @@ def _too_short_to_compare(specs: Sequence[TrackSpec]) -> list[str]:
     return problems
 
 
-def _stem_model_problems(specs: Sequence[TrackSpec]) -> list[str]:
+def _stem_model_problems(specs: Sequence[TrackSpec], at: _Where) -> list[str]:
     """A stem model folder that is there but holds no separator (`/etc`, a MusicGen folder). One
     not there yet is the build's to refuse: it may be converted after validation."""
     problems = []
@@ -193,7 +210,7 @@ def _stem_model_problems(specs: Sequence[TrackSpec]) -> list[str]:
         if spec.stems and spec.stem_model and Path(spec.stem_model).exists():
             problem = stem_model_problem(spec.stem_model)
             if problem is not None:
-                problems.append(f"track {spec.id}: {problem}")
+                problems.append(f"{at(spec, 'stem_model')}: track {spec.id}: {problem}")
     return problems
 
 
@@ -202,6 +219,7 @@ def _licences(
     specs: Sequence[TrackSpec],
     model_override: str | None,
     unloadable: set[ModelKey],
+    at: _Where,
 ) -> tuple[dict[ModelKey, str], list[tuple[str, str]]]:
     """The licence of every model a track uses, and (track id, problem) for each one that does
     not allow the manifest's `usage`."""
@@ -215,18 +233,20 @@ def _licences(
         if spec.source is None and key not in unloadable:  # a recording is the studio's
             if key not in licences:
                 licences[key] = licence_of(spec.model, spec.model_revision)
-            used.append((f"model {spec.model}{given}", licences[key]))
+            used.append(("model", f"model {spec.model}{given}", licences[key]))
         # A stem model not yet in place is checked by the build that needs it (build refuses
         # to separate with a folder that is not there).
         if spec.stems and spec.stem_model and stem_model_problem(spec.stem_model) is None:
             stem_key = (spec.stem_model, None)
             if stem_key not in licences:
                 licences[stem_key] = stem_model_licence(spec.stem_model)
-            used.append((f"stem_model {spec.stem_model}", licences[stem_key]))
-        for model, licence in used:
+            used.append(("stem_model", f"stem_model {spec.stem_model}", licences[stem_key]))
+        for field, model, licence in used:
             problem = usage_problem(licence, manifest.usage, manifest.accepted_licenses)
             if problem is not None:
-                refusals.append((spec.id, f"track {spec.id}: {model}: {problem}"))
+                refusals.append(
+                    (spec.id, f"{at(spec, field)}: track {spec.id}: {model}: {problem}")
+                )
     return licences, refusals
 
 

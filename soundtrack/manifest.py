@@ -483,6 +483,21 @@ def _variation_problems(manifest: Manifest) -> list[tuple[str, str]]:
     return problems
 
 
+def field_lines(path: Path) -> dict[str, int]:
+    """Where each field of a manifest that loads starts (`tracks[2].duration` -> its line), for
+    problems found after loading it (models, licences)."""
+    return _parse_yaml(_read_text(path), path)[1]
+
+
+def where(field: str, lines: dict[str, int]) -> str:
+    """`field (line N)`, the line of the nearest enclosing field written in the file."""
+    probe = field
+    while probe not in lines and (parent := re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)) != probe:
+        probe = parent
+    line = lines.get(probe)
+    return f"{field or '(top level)'}{f' (line {line})' if line else ''}"
+
+
 def load_manifest(path: Path) -> Manifest:
     """Read and validate a manifest file; raise InputError listing every problem found."""
     path = Path(path)
@@ -544,9 +559,4 @@ def _utf16(raw: bytes) -> bool:
 
 
 def _with_line(field: str, message: str, lines: dict[str, int]) -> str:
-    probe = field
-    while probe not in lines and (parent := re.sub(r"(\.[^.\[]+|\[\d+\])$", "", probe)) != probe:
-        probe = parent
-    line = lines.get(probe)
-    where = f" (line {line})" if line else ""
-    return f"{field or '(top level)'}{where}: {message}"
+    return f"{where(field, lines)}: {message}"

@@ -199,6 +199,29 @@ def validate_text(folder: Path, text: str) -> tuple[int, str]:
     return run(folder, "validate", "m.yaml")
 
 
+def test_a_models_problems_name_the_field_and_line_that_set_them(
+    offline_hub: Path, tmp_path: Path
+) -> None:
+    """They named the track alone, where every other problem of `validate` names its field and
+    line; a value the defaults set is named where the defaults set it."""
+    text = (
+        "schema: 1\nsoundtrack: t\nstorage: ./out\nusage: commercial\n"
+        "defaults: {duration: 20, model: suno/bark-small}\ntracks:\n"
+        "  - id: a\n    prompt: x\n    negative_prompt: drums\n"
+        "  - id: b\n    prompt: y\n    duration: 5\n    model: facebook/musicgen-small\n"
+        "    lyrics: la la\n"
+    )
+    code, said = validate_text(tmp_path, text)
+    assert code == 2, said
+    for expected in (
+        "defaults.duration (line 5): track a: model suno/bark-small: duration 20 s is longer",
+        "tracks[0].negative_prompt (line 9): track a: model suno/bark-small: bark models take no",
+        "tracks[1].lyrics (line 14): track b: model facebook/musicgen-small: musicgen models take",
+        "tracks[1].model (line 13): track b: model facebook/musicgen-small: its licence CC-BY-NC",
+    ):
+        assert expected in said, said
+
+
 def test_a_loop_is_held_to_the_limit_with_the_room_it_renders(
     offline_hub: Path, tmp_path: Path
 ) -> None:
