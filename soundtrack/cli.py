@@ -409,7 +409,8 @@ def generate(
         typer.Option(
             "-o",
             "--output",
-            help="A .wav file outside the model's files (default: named from the prompt and seed).",
+            help="A .wav file outside the model's files, its folder made if missing (default: "
+            "named from the prompt and seed, in the current folder).",
             callback=_fits,
         ),
     ] = None,
