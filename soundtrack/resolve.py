@@ -17,7 +17,7 @@ from typing import Any
 
 from soundtrack import PIPELINE_VERSION, RENDER_VERSION
 from soundtrack.catalog import is_local, keyed_family
-from soundtrack.errors import AudioError, InputError, ModelLoadError
+from soundtrack.errors import AudioError, InputError
 from soundtrack.gates import GATE_NAMES
 from soundtrack.hashing import file_sha256
 from soundtrack.loops import SEARCH_S, loop_end_range, loop_tail_samples, render_duration_s
@@ -223,7 +223,7 @@ def resolve_tracks(
             "prompt": full_prompt(track),
             "source_sha256": file_sha256(source) if source else None,
             "model": model,
-            "model_revision": None if source else _revision(merged, location, family),
+            "model_revision": None if source else merged.get("model_revision"),
             "duration_s": float(duration_s),
             "loop": track.loop,
             "seed": track.seed
@@ -515,21 +515,6 @@ def _stem_problems(merged: dict[str, Any]) -> list[tuple[str, str]]:
     if merged.get("stems") and not merged.get("stem_model"):
         return [("stems", "needs stem_model: the separation model's directory")]
     return []
-
-
-def _revision(merged: dict[str, Any], location: str, family: str | None) -> str | None:
-    """The pinned revision; for an unpinned model folder, the fingerprint of its files now, so
-    that new weights in the same folder render anew, as a new pin would (docs/manifest.md)."""
-    pinned = merged.get("model_revision")
-    if pinned is not None or family is None or not is_local(location):
-        return pinned  # a folder that names no family is validate's to refuse: never hashed
-    from soundtrack.models.source import check_weights, directory_fingerprint
-
-    try:
-        check_weights(Path(location), location)
-    except ModelLoadError:
-        return None  # refused by validate and build; nothing to hash
-    return directory_fingerprint(Path(location))
 
 
 def _model_location(model: str | None, base_dir: Path) -> str:

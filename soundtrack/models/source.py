@@ -31,7 +31,8 @@ _HUB_FILES = ["*.json", "*.safetensors", "*.model", "*merges.txt", "*vocab.txt",
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit safetensors itself sets
-_fingerprints: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+_Stats = tuple[tuple[str, int, int, int, int], ...]  # name, size, mtime, ctime, inode per file
+_fingerprints: dict[tuple[str, _Stats], str] = {}
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -405,8 +406,11 @@ def directory_fingerprint(directory: Path) -> str:
         and p.relative_to(directory).as_posix() != "README.md"
     )
     names = [p.relative_to(directory).as_posix() for p in files]
+    # ctime and inode too, as git's index keeps them: a copy that keeps sizes and mtimes (rsync
+    # -a, tar) changes a file's ctime, which no one can set.
     stats = tuple(
-        (name, p.stat().st_size, p.stat().st_mtime_ns) for name, p in zip(names, files, strict=True)
+        (name, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino)
+        for name, s in ((name, p.stat()) for name, p in zip(names, files, strict=True))
     )
     key = (str(directory), stats)
     if key not in _fingerprints:
@@ -427,31 +431,31 @@ def _hashed(names: list[str], files: list[Path]) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-# Gigabytes of weights take seconds to hash, and every validate and build asks: a folder's
-# fingerprint is kept beside the render cache, under its files' names, sizes and mtimes (as
-# git's index trusts them).
-def _memo_path(key: tuple[str, tuple[tuple[str, int, int], ...]]) -> Path:
+# Gigabytes of weights take seconds to hash, and every validate and build of a pinned folder
+# asks: a folder's fingerprint is kept beside the render cache, under its files' names, sizes,
+# times and inodes (as git's index trusts them).
+def _memo_path(key: tuple[str, _Stats]) -> Path:
     from soundtrack.renders import cache_root
 
     name = hashlib.sha256(repr(key).encode()).hexdigest()
     return cache_root() / "fingerprints" / f"{name}.txt"
 
 
-def _remembered(key: tuple[str, tuple[tuple[str, int, int], ...]]) -> str | None:
+def _remembered(key: tuple[str, _Stats]) -> str | None:
     try:
         found = _memo_path(key).read_text().strip()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: no home folder to find the cache in
         return None
     return found if _FINGERPRINT.fullmatch(found) else None
 
 
-def _remember(key: tuple[str, tuple[tuple[str, int, int], ...]], fingerprint: str) -> None:
+def _remember(key: tuple[str, _Stats], fingerprint: str) -> None:
     from soundtrack.atomic import atomic_path
 
-    path = _memo_path(key)
     try:
+        path = _memo_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(fingerprint)
-    except OSError:
-        pass  # a read-only cache only costs the hashing again
+    except (OSError, RuntimeError):
+        pass  # a read-only cache (or none) only costs the hashing again

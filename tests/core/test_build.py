@@ -233,39 +233,3 @@ def test_a_track_whose_render_fails_names_the_model_that_failed_it(
         assert track.model.id == str(broken)
         assert track.model.license == "soundtrack-tiny-random-weights"
         assert track.model.revision.startswith("sha256:")
-
-
-def test_new_weights_in_the_same_model_folder_render_anew(
-    project: Path, tiny_model_dir: Path
-) -> None:
-    """A folder given no pin was keyed by its path alone: new weights copied into it rendered
-    nothing, even with --force, and the lock went on naming the old weights' revision."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    folder = shutil.copytree(tiny_model_dir, project / "mx")
-    (project / "m.yaml").write_text(
-        "schema: 1\nsoundtrack: swap\nstorage: ./out\ndefaults: {formats: [ogg]}\n"
-        "tracks:\n  - {id: a, prompt: calm piano, duration: 2, seed: 1, model: ./mx}\n"
-    )
-    models._loaded.clear()
-    first = build(project / "m.yaml", Options(), executor=ThreadExecutor())
-    assert statuses(first) == {"a": "approved"} and first.report.model_loads == 1
-    old = first.report.tracks[0]
-
-    tensors = load_file(str(folder / "model.safetensors"))
-    name = next(n for n, t in tensors.items() if t.is_floating_point() and t.numel() > 100)
-    tensors[name] = tensors[name] * 1.5 + torch.ones_like(tensors[name]) * 0.01
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    models._loaded.clear()
-    again = build(project / "m.yaml", Options(), executor=ThreadExecutor())
-    assert statuses(again) == {"a": "approved"} and again.report.model_loads == 1
-    new = again.report.tracks[0]
-    assert new.spec_hash != old.spec_hash and new.files[0].sha256 != old.files[0].sha256
-    assert old.model is not None and new.model is not None
-    assert new.model.revision == models.get_generator(str(folder), device="cpu").revision
-    assert new.model.revision != old.model.revision
-
-    models._loaded.clear()
-    same = build(project / "m.yaml", Options(), executor=ThreadExecutor())
-    assert statuses(same) == {"a": "cached"} and same.report.model_loads == 0

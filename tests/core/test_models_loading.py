@@ -82,8 +82,7 @@ def test_validate_holds_a_local_folder_to_its_pin_and_model_drops_the_manifests_
     result = CliRunner().invoke(app, ["validate", str(manifest)])
     assert result.exit_code == 0, result.output
     checked = check_inputs(manifest, model=str(tiny_model_dir))
-    # The manifest's pin is gone: the folder's own files are its revision.
-    assert [spec.model_revision for spec in checked.specs] == [revision]
+    assert [spec.model_revision for spec in checked.specs] == [None]
 
 
 def test_an_unknown_device_is_bad_input(tiny_model_dir: Path) -> None:
@@ -325,20 +324,26 @@ def test_things_that_are_no_weight_file_are_passed_over_not_read(
         family_name(str(folder))
 
 
-def test_a_folders_fingerprint_is_hashed_once_until_its_files_change(
+def test_a_folders_fingerprint_is_hashed_once_until_a_file_changes(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every validate and build asks for an unpinned folder's fingerprint: gigabytes are hashed
-    once, and again only when a file's size or mtime says it changed."""
+    """A pinned folder is hashed by every validate and build: gigabytes once, and again when a
+    file changes, even one rewritten at its size with its mtime put back (rsync -a, tar)."""
     from soundtrack.models import source
 
     monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
     folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
     first = source.directory_fingerprint(folder)
     hashed: list[Path] = []
-    monkeypatch.setattr(source, "_hashed", lambda names, files: hashed.append(folder) or "x")
+    real = source._hashed
+    monkeypatch.setattr(source, "_hashed", lambda *a: hashed.append(folder) or real(*a))
     source._fingerprints.clear()  # as a new process
     assert source.directory_fingerprint(folder) == first and hashed == []
-    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+    weights = folder / "model.safetensors"
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     source._fingerprints.clear()
-    assert source.directory_fingerprint(folder) == "x" and hashed == [folder]
+    assert source.directory_fingerprint(folder) != first and hashed == [folder]
