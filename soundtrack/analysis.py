@@ -365,8 +365,11 @@ def _features(audio: np.ndarray, sample_rate: int) -> _Features:
 def _grouping(beats_per_bar: int, bpm_hint: float | None) -> int:
     """Beats felt as one pulse: a compound metre's come in threes (6/8 at 180 eighths pulses at
     60, and its eighths may not sound at all); the pulse is found near the hint's, and the beats
-    are its thirds. Without a hint, the beats are what the accent rule finds."""
-    return 3 if bpm_hint is not None and beats_per_bar % 3 == 0 and beats_per_bar > 3 else 1
+    are its thirds. A slow one (a pulse under the tempo range: 6/8 at 80) is felt in its
+    eighths; without a hint, the beats are what the accent rule finds."""
+    compound = beats_per_bar % 3 == 0 and beats_per_bar > 3
+    felt = bpm_hint is not None and bpm_hint / 3 >= TEMPO_RANGE_BPM[0]
+    return 3 if compound and felt else 1
 
 
 def _tempo(features: _Features, bpm_hint: float | None, beats_per_bar: int) -> float | None:
@@ -532,12 +535,15 @@ def _steady(beats: np.ndarray) -> np.ndarray:
 
 def _subdivided(pulses: np.ndarray, parts: int, frames: int) -> np.ndarray:
     """The beats of a train of pulses, `parts` evenly in each (the last pulse's too, at the
-    last pulse's length), up to the last of `frames` analysis frames."""
+    last pulse's length, and a pickup before the first at the first's), within `frames`
+    analysis frames."""
     if pulses.size < 2:
         return pulses
     steps = np.append(np.diff(pulses), pulses[-1] - pulses[-2]) / parts
     beats = (pulses[:, None] + steps[:, None] * np.arange(parts)).ravel()
-    inside: np.ndarray = beats[beats <= frames - 1]
+    pickup = pulses[0] - steps[0] * np.arange(parts - 1, 0, -1)
+    beats = np.concatenate([pickup, beats])
+    inside: np.ndarray = beats[(beats >= 0) & (beats <= frames - 1)]
     return inside
 
 

@@ -80,14 +80,25 @@ def test_without_a_hint_the_accent_rule_picks_the_notated_level(bpm: float) -> N
     assert abs(measured / bpm - 1.0) < 0.002
 
 
-@pytest.mark.parametrize("eighths_level", [0.8, 0.2, 0.0])
-@pytest.mark.parametrize("eighth_bpm", [150.0, 210.0])
+@pytest.mark.parametrize(
+    ("eighth_bpm", "eighths_level"),
+    [
+        (150.0, 0.8),
+        (150.0, 0.2),
+        (150.0, 0.0),
+        (210.0, 0.8),
+        (210.0, 0.0),
+        (60.0, 0.2),
+        (88.0, 0.2),
+    ],
+)
 def test_a_compound_metre_is_counted_in_its_eighths_whether_they_sound_or_not(
     eighth_bpm: float, eighths_level: float
 ) -> None:
     """6/8 felt at the dotted quarter (a third of the eighths' bpm): read a third or two
     thirds of an octave off (33 % off, rejected) or as no pulse at all once the eighths were
-    quiet; its beats are the eighths, its bars every six."""
+    quiet; its beats are the eighths, its bars every six. A slow one (60, 88: a pulse under
+    30 bpm) is felt in its eighths, as before."""
     audio, downbeats = compound_groove(eighth_bpm, 16.0, RATE, eighths_level=eighths_level)
     heard = analyse(audio, RATE, beats_per_bar=6, bpm_hint=eighth_bpm)
     assert heard.tempo_bpm is not None and abs(heard.tempo_bpm / eighth_bpm - 1.0) < 0.002
