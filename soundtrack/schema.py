@@ -200,14 +200,7 @@ SamplingSettings = Annotated[
 GateSeverity = Literal["fail", "warn", "off"]
 
 
-def _bare_off(schema: dict[str, JsonValue]) -> None:
-    # YAML 1.1 (PyYAML) reads a bare `off` as false, and the manifest takes it as "off".
-    any_of = schema["anyOf"]
-    assert isinstance(any_of, list)
-    any_of.append({"const": False})
-
-
-Severity = Annotated[GateSeverity | None, Field(json_schema_extra=_bare_off)]
+Severity = GateSeverity | None
 
 
 class GatesSpec(_Strict):
@@ -357,6 +350,11 @@ _NOT_FOR_SOURCE = ("attempts", "sampling", "lyrics", "negative_prompt")
 _EXCLUSIVE = [("bars", "duration"), *(("source", name) for name in ("model", *_NOT_FOR_SOURCE))]
 
 
+def _given(*names: str) -> JsonValue:
+    """JSON Schema for "each of `names` is there and not null" (null is as good as absent)."""
+    return {"required": list(names), "properties": {n: {"not": {"type": "null"}} for n in names}}
+
+
 class Track(_Overridable):
     """One cue of the soundtrack: generated from `prompt`, or an existing recording (`source`)."""
 
@@ -364,9 +362,12 @@ class Track(_Overridable):
     model_config = ConfigDict(
         **_Strict.model_config,
         json_schema_extra={
-            "oneOf": [{"required": ["prompt"]}, {"required": ["source"]}],
-            "not": {"anyOf": [{"required": list(pair)} for pair in _EXCLUSIVE]},
-            "dependentRequired": {"bars": ["bpm"], "variation_of": ["prompt"]},
+            "oneOf": [_given("prompt"), _given("source")],
+            "not": {"anyOf": [_given(*pair) for pair in _EXCLUSIVE]},
+            "allOf": [
+                {"if": _given("bars"), "then": _given("bpm")},
+                {"if": _given("variation_of"), "then": _given("prompt")},
+            ],
         },
     )
 

@@ -256,6 +256,11 @@ def test_committed_json_schema_is_up_to_date() -> None:
         "source: a.wav",
         "model_revision: 2024-01-01",
         "lyrics: no",
+        "bars: null",
+        "bpm: null\n    bars: 4",
+        "variation_of: null",
+        "gates: {tempo: false}",
+        "gates: {tempo: Off}",
     ],
     ids=lambda s: s[:40],
 )
