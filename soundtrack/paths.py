@@ -24,6 +24,13 @@ def path_problem(text: str) -> str | None:
         return "contains a NUL byte"
     if len(text.encode(errors="surrogateescape")) > MAX_PATH_BYTES:
         return f"is longer than {MAX_PATH_BYTES} bytes"
-    if any(len(p.encode(errors="surrogateescape")) > MAX_NAME_BYTES for p in text.split("/")):
+    if any(_name_length(part) > MAX_NAME_BYTES for part in Path(text).parts):
         return f"has a name longer than {MAX_NAME_BYTES} bytes"
     return None
+
+
+def _name_length(name: str) -> int:
+    """A name's length as its file system counts it: UTF-16 units on Windows, bytes elsewhere."""
+    if os.name == "nt":
+        return len(name.encode("utf-16-le", errors="surrogatepass")) // 2
+    return len(name.encode(errors="surrogateescape"))
