@@ -98,7 +98,14 @@ class StagedFiles:
         self.staging = staging
 
     def asset_key(
-        self, soundtrack: str, track_id: str, spec_hash: str, ext: str, *, stem: str | None = None
+        self,
+        soundtrack: str,
+        track_id: str,
+        spec_hash: str,
+        ext: str,
+        *,
+        sha256: str,
+        stem: str | None = None,
     ) -> str:
         return ""  # a staged file keeps its own place (put_asset keys it by its path)
 

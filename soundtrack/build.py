@@ -545,7 +545,7 @@ class _Tracks:
         if spec.id not in self._waiting or staged is None:
             return None
         key = self.checked.storage.asset_key(
-            spec.soundtrack, spec.id, spec.spec_hash, staged.format
+            spec.soundtrack, spec.id, spec.spec_hash, staged.format, sha256=staged.sha256
         )
         audio = ParentAudio(spec.id, key, staged.sha256, staged.format)
         path = RenderCache(cache_root()).parent_path(audio)

@@ -37,7 +37,14 @@ class Publisher(Protocol):
     candidates through the same path)."""
 
     def asset_key(
-        self, soundtrack: str, track_id: str, spec_hash: str, ext: str, *, stem: str | None = None
+        self,
+        soundtrack: str,
+        track_id: str,
+        spec_hash: str,
+        ext: str,
+        *,
+        sha256: str,
+        stem: str | None = None,
     ) -> str: ...
 
     def put_asset(
@@ -110,7 +117,14 @@ def publish_outcome(
         (stem.name, encoded) for stem in (stems.stems if stems else []) for encoded in stem.files
     ]
     for name, encoded in [(None, encoded) for encoded in outcome.files] + stem_files:
-        key = storage.asset_key(spec.soundtrack, spec.id, spec.spec_hash, encoded.format, stem=name)
+        key = storage.asset_key(
+            spec.soundtrack,
+            spec.id,
+            spec.spec_hash,
+            encoded.format,
+            sha256=encoded.sha256,
+            stem=name,
+        )
         published = storage.put_asset(
             encoded.path,
             key,
@@ -160,7 +174,9 @@ def publish_outcome(
         return record
     published = storage.put_asset(
         outcome.sidecar.path,
-        storage.asset_key(spec.soundtrack, spec.id, spec.spec_hash, SIDECAR_EXT),
+        storage.asset_key(
+            spec.soundtrack, spec.id, spec.spec_hash, SIDECAR_EXT, sha256=outcome.sidecar.sha256
+        ),
         sha256=outcome.sidecar.sha256,
         content_type="application/json",
         metadata=metadata,
@@ -187,7 +203,9 @@ def _publish_picture(
     """Upload the PNG of a track (or of its `stem`) beside its audio; its lock entry."""
     published = storage.put_asset(
         picture.path,
-        storage.asset_key(spec.soundtrack, spec.id, spec.spec_hash, PICTURE_EXT, stem=stem),
+        storage.asset_key(
+            spec.soundtrack, spec.id, spec.spec_hash, PICTURE_EXT, sha256=picture.sha256, stem=stem
+        ),
         sha256=picture.sha256,
         content_type=PICTURE_CONTENT_TYPE,
         metadata=metadata,

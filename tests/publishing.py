@@ -50,7 +50,9 @@ def publish_assets(storage: Storage, soundtrack: str, assets: list[Asset]) -> li
     """Every file, each verified; no index."""
     published = []
     for asset in assets:
-        key = storage.asset_key(soundtrack, asset.track_id, asset.spec_hash, asset.ext)
+        key = storage.asset_key(
+            soundtrack, asset.track_id, asset.spec_hash, asset.ext, sha256=asset.sha256
+        )
         published.append(
             storage.put_asset(
                 asset.path,

@@ -52,9 +52,16 @@ class Storage(Protocol):
     url: str  # as given, never containing credentials
 
     def asset_key(
-        self, soundtrack: str, track_id: str, spec_hash: str, ext: str, *, stem: str | None = None
+        self,
+        soundtrack: str,
+        track_id: str,
+        spec_hash: str,
+        ext: str,
+        *,
+        sha256: str,
+        stem: str | None = None,
     ) -> str:
-        """Where one encoded file of a track (or of one of its stems) goes (see
+        """Where one file of a track (or of one of its stems) with content `sha256` goes (see
         docs/storage.md for each layout)."""
 
     def render_key(self, generation_key: str, ext: str) -> str:

@@ -47,9 +47,16 @@ class LocalStorage:
         self._journal_lock = threading.Lock()
 
     def asset_key(
-        self, soundtrack: str, track_id: str, spec_hash: str, ext: str, *, stem: str | None = None
+        self,
+        soundtrack: str,
+        track_id: str,
+        spec_hash: str,
+        ext: str,
+        *,
+        sha256: str,
+        stem: str | None = None,
     ) -> str:
-        """<soundtrack>/<track>[.<stem>].<ext>; the spec hash lives in the index, not the name."""
+        """<soundtrack>/<track>[.<stem>].<ext>: the spec hash and content live in the index."""
         for kind, value in (("soundtrack", soundtrack), ("track id", track_id), ("format", ext)):
             check_name(kind, value)
         if stem is not None:

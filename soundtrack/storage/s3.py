@@ -100,6 +100,10 @@ _ALREADY_WRITTEN_CODES = {"PreconditionFailed", "NoSuchUpload"}
 _METADATA_SAFE = "".join(chr(c) for c in range(32, 127) if chr(c) != "%")
 
 
+# Hex digits of a file's sha256 in its key: 64 bits tell apart the takes of one spec.
+CONTENT_DIGITS = 16
+
+
 @dataclass(frozen=True)
 class _LocalChecksums:
     sha256: str  # hex of the whole file
@@ -132,19 +136,29 @@ class S3Storage:
         )
 
     def asset_key(
-        self, soundtrack: str, track_id: str, spec_hash: str, ext: str, *, stem: str | None = None
+        self,
+        soundtrack: str,
+        track_id: str,
+        spec_hash: str,
+        ext: str,
+        *,
+        sha256: str,
+        stem: str | None = None,
     ) -> str:
-        """<prefix>/<soundtrack>/<track>/<spec_hash>[.<stem>].<ext>: immutable, named by
-        content."""
+        """<prefix>/<soundtrack>/<track>/<spec_hash>.<sha256[:16]>[.<stem>].<ext>: immutable,
+        named by content, so another take of the same spec (a render on another GPU after a
+        crash, `--force`) has a key of its own and never meets the first at one."""
         for kind, value in (
             ("soundtrack", soundtrack),
             ("track id", track_id),
             ("spec hash", spec_hash),
+            ("sha256", sha256),
             ("format", ext),
             *((("stem", stem),) if stem is not None else ()),
         ):
             check_name(kind, value)
-        name = spec_hash if stem is None else f"{spec_hash}.{stem}"
+        name = f"{spec_hash}.{sha256[:CONTENT_DIGITS]}"
+        name = name if stem is None else f"{name}.{stem}"
         return f"{self.prefix}{soundtrack}/{track_id}/{name}.{ext}"
 
     def render_key(self, generation_key: str, ext: str) -> str:

@@ -134,7 +134,9 @@ def test_a_rebuilt_track_takes_its_files_the_new_lock_no_longer_names_with_it(
         for track_id, assets in files.items():
             entries = []
             for stem, asset in assets:
-                key = storage.asset_key(SOUNDTRACK, track_id, "s", asset.ext, stem=stem)
+                key = storage.asset_key(
+                    SOUNDTRACK, track_id, "s", asset.ext, sha256=asset.sha256, stem=stem
+                )
                 storage.put_asset(
                     asset.path, key, sha256=asset.sha256, content_type="audio/ogg", metadata={}
                 )

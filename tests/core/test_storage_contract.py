@@ -79,7 +79,9 @@ def s3_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend(
         storage=open_storage(f"s3://{bucket}/games", base_dir=tmp_path),
         root="games/",
-        asset_key=lambda a: f"games/{SOUNDTRACK}/{a.track_id}/{a.spec_hash}.{a.ext}",
+        asset_key=lambda a: (
+            f"games/{SOUNDTRACK}/{a.track_id}/{a.spec_hash}.{a.sha256[:16]}.{a.ext}"
+        ),
         uri=lambda key: f"s3://{bucket}/{key}",
         stored=stored,
         put_foreign=lambda key, data: client.put_object(Bucket=bucket, Key=key, Body=data),
@@ -150,7 +152,7 @@ def test_a_file_that_does_not_match_its_sha256_leaves_the_published_one_untouche
     assert hashlib.sha256(backend.stored(file.key) or b"").hexdigest() == good.sha256
     assert backend.listing() == before, "nothing written, no temporary file left"
 
-    fresh = storage.asset_key(SOUNDTRACK, "credits", "abc123", "ogg")
+    fresh = storage.asset_key(SOUNDTRACK, "credits", "abc123", "ogg", sha256="0" * 64)
     with pytest.raises(StorageError, match="changed after it was hashed"):
         storage.put_asset(other.path, fresh, sha256="0" * 64, content_type="audio/ogg", metadata={})
     assert backend.stored(fresh) is None
@@ -163,7 +165,7 @@ def test_has_asset_compares_content(backend: Backend, assets: list[Asset]) -> No
     assert storage.has_asset(file.key, assets[0].sha256)
     assert not storage.has_asset(file.key, assets[1].sha256)
     assert not storage.has_asset(file.key, "0" * 64)
-    missing = storage.asset_key(SOUNDTRACK, "missing", "abc123", "ogg")
+    missing = storage.asset_key(SOUNDTRACK, "missing", "abc123", "ogg", sha256="0" * 64)
     assert not storage.has_asset(missing, assets[0].sha256)
 
 
@@ -256,7 +258,7 @@ def test_keys_cannot_leave_the_root(key: str, backend: Backend, assets: list[Ass
 )
 def test_unsafe_names_are_refused(soundtrack: str, track_id: str, backend: Backend) -> None:
     with pytest.raises(InputError, match="cannot be part of a storage key"):
-        backend.storage.asset_key(soundtrack, track_id, "abc123", "ogg")
+        backend.storage.asset_key(soundtrack, track_id, "abc123", "ogg", sha256="0" * 64)
 
 
 @pytest.mark.parametrize("generation_key", ["..", "a/b", ".hidden", ""])

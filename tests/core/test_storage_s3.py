@@ -136,7 +136,9 @@ def test_bytes_corrupted_in_transit_are_rejected_by_the_server_and_a_retry_heals
     ) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
         storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
-        key = storage.asset_key(SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext)
+        key = storage.asset_key(
+            SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext, sha256=asset.sha256
+        )
         with pytest.raises(StorageError, match="BadDigest") as caught:
             publish_assets(storage, SOUNDTRACK, [asset])
         assert caught.value.transient
@@ -158,7 +160,9 @@ def test_existing_object_with_other_content_is_refused_not_overwritten(
 ) -> None:
     storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
     asset = assets[0]
-    key = storage.asset_key(SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext)
+    key = storage.asset_key(
+        SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext, sha256=asset.sha256
+    )
     client = s3_server.client()
     client.put_object(Bucket=s3_bucket, Key=key, Body=b"someone else's bytes")
 
@@ -167,6 +171,25 @@ def test_existing_object_with_other_content_is_refused_not_overwritten(
         publish_assets(storage, SOUNDTRACK, [asset])
     assert not caught.value.transient
     assert client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == b"someone else's bytes"
+
+
+def test_another_take_of_the_same_spec_gets_a_key_of_its_own(
+    s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    """A build killed after uploading, rendered again on another GPU (other bytes, the same
+    spec), met its own object at the spec's key and stopped with a permanent error until
+    someone deleted it; so did `--force` on a GPU. Each take now has its own key."""
+    storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
+    first = make_asset(tmp_path / "a", "boss", "ogg", size=40_000, seed=1, spec_hash="5" * 16)
+    second = make_asset(tmp_path / "b", "boss", "ogg", size=40_000, seed=2, spec_hash="5" * 16)
+    (one,) = publish_assets(storage, SOUNDTRACK, [first])
+    (other,) = publish_assets(storage, SOUNDTRACK, [second])
+    assert one.key != other.key and other.uploaded
+    assert one.key.startswith(f"{SOUNDTRACK}/boss/{'5' * 16}.{first.sha256[:16]}")
+    client = s3_server.client()
+    for file, asset in ((one, first), (other, second)):
+        assert server_body_sha256(client, s3_bucket, file.key) == asset.sha256
+        assert storage.has_asset(file.key, asset.sha256)
 
 
 def test_object_appearing_between_check_and_upload_is_not_overwritten(
@@ -192,7 +215,9 @@ def test_object_appearing_between_check_and_upload_is_not_overwritten(
         with pytest.raises(StorageError, match="already exists with different content"):
             publish_assets(storage, SOUNDTRACK, [asset])
 
-    key = storage.asset_key(SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext)
+    key = storage.asset_key(
+        SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext, sha256=asset.sha256
+    )
     assert client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == b"the other build's bytes"
 
 
@@ -567,11 +592,12 @@ def test_gc_deletes_our_superseded_objects_and_keeps_everything_not_provably_our
     publish(open_storage(f"{url}/{SOUNDTRACK}", base_dir=tmp_path), "ui-sounds", [new])
     client = s3_server.client()
     base = f"games/{SOUNDTRACK}"
-    stale, changed = f"{base}/title-theme/aaaa1111.ogg", f"{base}/credits/bbbb2222.mp3"
+    stale = f"{base}/title-theme/aaaa1111.{old.sha256[:16]}.ogg"
+    changed = f"{base}/credits/bbbb2222.{dropped.sha256[:16]}.mp3"
     # Someone else's objects under the prefix, and one of ours overwritten with other bytes.
     for key, body in {
         f"{base}/README.txt": b"hand-made notes",
-        f"{base}/title-theme/aaaa1111.ogg.meta": b"guid: 1234",
+        f"{stale}.meta": b"guid: 1234",
         f"{base}/stems/drums.wav": b"RIFF",
         changed: b"re-encoded by hand",
     }.items():
@@ -587,7 +613,7 @@ def test_gc_deletes_our_superseded_objects_and_keeps_everything_not_provably_our
         f"{base}/README.txt",
         changed,
         f"{base}/stems/",
-        f"{base}/title-theme/aaaa1111.ogg.meta",
+        f"{stale}.meta",
         f"{base}/ui-sounds/",
     ]
     assert storage.unreferenced("other-game").ours == []
@@ -667,7 +693,9 @@ def test_an_object_already_at_our_key_is_judged_by_its_bytes_not_its_sha256_meta
     it): publishing takes it only when its bytes are the file's, and journals nothing else."""
     asset = make_asset(tmp_path / "encoded", "boss", "wav", size=6 * MIB, seed=3)
     storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
-    key = storage.asset_key(SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext)
+    key = storage.asset_key(
+        SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext, sha256=asset.sha256
+    )
     data = asset.path.read_bytes() if same_bytes else b"X" * (6 * MIB)
     client = s3_server.client()
     _multipart_put(client, s3_bucket, key, [data[: 5 * MIB], data[5 * MIB :]], asset.sha256)
@@ -711,6 +739,7 @@ def test_gc_under_a_prefix_built_before_the_journal_deletes_nothing_and_says_so(
     journal_uri = f"s3://{s3_bucket}/games/{SOUNDTRACK}/.journal/"
     assert f"{SOUNDTRACK}: no journal at {journal_uri}" in message
     assert "nothing provably ours, nothing deleted" in message
-    assert f"not ours, kept: games/{SOUNDTRACK}/title-theme/aaaa1111.ogg" in message
+    stale = f"games/{SOUNDTRACK}/title-theme/aaaa1111.{old.sha256[:16]}.ogg"
+    assert f"not ours, kept: {stale}" in message
     after = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"])
     assert after == before

@@ -211,8 +211,8 @@ def test_build_publishes_verified_files_and_a_rebuild_uploads_nothing(
         assert all(e["url"] is None for e in entries), "the lock keeps no short-lived links"
         for track in lock["tracks"]:
             for entry in [*track["files"], track["sidecar"], track["picture"]]:
-                expected = f"games/s3-e2e/{track['id']}/{track['spec_hash']}.{entry['format']}"
-                assert entry["key"] == expected
+                name = f"{track['spec_hash']}.{entry['sha256'][:16]}.{entry['format']}"
+                assert entry["key"] == f"games/s3-e2e/{track['id']}/{name}"
         assert listed(client, bucket) == {e["key"] for e in entries} | {index_key}
         assert_every_object_verifies(client, bucket, lock)
         assert [hashlib.sha256(body).hexdigest() for body in served] == [
