@@ -336,7 +336,7 @@ def _line_map(root: yaml.Node | None) -> dict[str, int]:
 def _field_path(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) and not isinstance(part, bool):  # a key `true:` is no index
             path += f"[{part}]"
         elif part in ("profile", "explicit", "flat", "families"):  # union tags are not fields
             continue
@@ -356,6 +356,8 @@ def _describe(error: Any, model_fields: dict[str, list[str]]) -> tuple[str, str]
         if owner == "sampling" and "families" in loc:  # the per-family form, keyed by family
             owner = "sampling families"
         allowed = model_fields.get(owner, [])
+        if owner == "defaults" and loc[-1] in model_fields["track"]:
+            return path, f"{loc[-1]!r} is set on each track, not in defaults"
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return path, f"unknown key{hint} (allowed: {', '.join(allowed)})"
@@ -370,6 +372,11 @@ def _describe(error: Any, model_fields: dict[str, list[str]]) -> tuple[str, str]
     if kind == "string_pattern_mismatch" and error["ctx"]["pattern"] in PATTERN_WORDS:
         return path, f"{PATTERN_WORDS[error['ctx']['pattern']]} (got {_quoted(given)})"
     message = str(error["msg"]).removeprefix("Value error, ")
+    # pydantic names its classes ("a valid dictionary or instance of AceStepSamplingSpec"):
+    # a manifest has mappings.
+    message = re.sub(r" or instance of \w+", "", message).replace("valid dictionary", "mapping")
+    if given is None and kind.endswith("_type"):
+        return path, f"{message} (got null)"
     if (
         isinstance(given, str)
         and kind in _QUOTED_HINTS
