@@ -336,7 +336,7 @@ def _line_map(root: yaml.Node | None) -> dict[str, int]:
 def _field_path(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
-        if isinstance(part, int) and not isinstance(part, bool):  # a key `true:` is no index
+        if isinstance(part, int):
             path += f"[{part}]"
         elif part in ("profile", "explicit", "flat", "families"):  # union tags are not fields
             continue
