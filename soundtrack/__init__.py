@@ -14,8 +14,9 @@ __version__ = "0.1.0"
 # for the same manifest: it is part of every spec_hash, so every track is mastered, judged and
 # published again. "2": MP3 end padding, loops filtered and resampled as a circle, a resampled
 # render's last sample, bar loops from exact-length recordings, the clipping, tempo and theme
-# gates, mono stems, the sidecar's beats on a steady groove's grid.
-PIPELINE_VERSION = "2"
+# gates, mono stems, the sidecar's beats on a steady groove's grid. "3": BS.1770's own
+# K-weighting and whole gating blocks only (every master's gain moves by a few hundredths of a LU).
+PIPELINE_VERSION = "3"
 
 # Bumped (with PIPELINE_VERSION) only when a change alters what a model renders for the same
 # spec: it is part of every generation key, so bumping it renders every track again.

@@ -2,8 +2,10 @@
 
 One implementation serves mastering (which measures the same track several times while it
 normalises), the limiter and the gates, so it is vectorised: the gating follows pyloudnorm's
-blocks exactly (the tests hold it to pyloudnorm and to ffmpeg's ebur128), without its
-per-block Python loop.
+blocks, without its per-block Python loop, and its K-weighting is BS.1770's own filter at any
+rate (De Man's derivation, as libebur128 and ffmpeg's ebur128 design it), not pyloudnorm's
+default approximation (0.04 LU high at 48 kHz, 0.2 LU at 8 kHz). Only whole gating blocks count,
+as BS.1770 and ffmpeg count them. The tests hold it to pyloudnorm and to ffmpeg's ebur128.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from pyloudnorm.iirfilter import IIRfilter
 from scipy.signal import firwin, sosfilt, tf2sos
+
+from soundtrack.audio import resample
 
 BLOCK_S = 0.4  # BS.1770 gating block
 _OVERLAP = 0.75
@@ -39,12 +43,22 @@ _PHASE_MATRIX = np.array(
 _CHUNK = 16384  # frames per matrix product: its 12 windows (768 KiB) stay in the L2 cache
 
 
+# BS.1770's K-weighting as analog prototypes whose bilinear transform at 48 kHz gives its
+# published coefficients (B. De Man's derivation; pyloudnorm's "DeMan" filters).
+_SHELF = (3.99984385397, 0.7071752369554193, 1681.9744509555319)  # gain dB, Q, Hz
+_HIGH_PASS = (0.0, 0.5003270373253953, 38.13547087613982)
+# Under it the shelf's 1.68 kHz nears the Nyquist frequency and the design fails (2 kHz audio
+# read -inf): such audio is measured at 48 kHz, as ffmpeg's ebur128 measures everything.
+MIN_FILTER_RATE = 8000
+_MEASURE_RATE = 48000
+
+
 @functools.cache
 def _k_weighting(sample_rate: int) -> np.ndarray:
     """The K-weighting pre-filter (high shelf, then RLB high-pass) as second-order sections,
-    designed for `sample_rate` by pyloudnorm with BS.1770's parameters."""
-    shelf = IIRfilter(4.0, 1 / math.sqrt(2), 1500.0, sample_rate, "high_shelf")
-    high_pass = IIRfilter(0.0, 0.5, 38.0, sample_rate, "high_pass")
+    designed for `sample_rate` (BS.1770's coefficients at 48 kHz)."""
+    shelf = IIRfilter(*_SHELF, sample_rate, "high_shelf_DeMan")
+    high_pass = IIRfilter(*_HIGH_PASS, sample_rate, "high_pass_DeMan")
     return np.vstack([tf2sos(f.b, f.a) for f in (shelf, high_pass)])
 
 
@@ -58,17 +72,29 @@ def block_powers(audio: np.ndarray, sample_rate: int, *, block_s: float = BLOCK_
     """Per gating block, the channel-weighted sum of the K-weighted mean squares (the power
     inside BS.1770-4 eq. 4). A gain g scales every value by g**2, so gating these again gives
     the loudness of the scaled audio without filtering it again."""
+    audio, sample_rate = _filterable(audio, sample_rate)
     # Block j spans [int(T_g * j * step * rate), int(T_g * (j * step + 1) * rate)): the same
-    # float expressions as pyloudnorm, so the blocks match it sample for sample (the block
-    # count is rounded, so the last block may run past the end, and is cut there, as in it).
+    # float expressions as pyloudnorm, so the blocks match it sample for sample. Only whole
+    # blocks count: pyloudnorm rounds the count and cuts the last block at the end, which
+    # read a 0.46 s file 0.3 LU low (its part-block's power divided by a whole block's length).
     frames = audio.shape[1]
     step = 1.0 - _OVERLAP
     blocks = round((frames / sample_rate - block_s) / (block_s * step)) + 1
-    j = np.arange(blocks, dtype=np.float64)
-    lower = np.minimum((block_s * (j * step) * sample_rate).astype(np.int64), frames)
-    upper = np.minimum((block_s * (j * step + 1.0) * sample_rate).astype(np.int64), frames)
+    j = np.arange(max(blocks, 0), dtype=np.float64)
+    lower = (block_s * (j * step) * sample_rate).astype(np.int64)
+    upper = (block_s * (j * step + 1.0) * sample_rate).astype(np.int64)
+    whole = upper <= frames
+    lower, upper = lower[whole], upper[whole]
     powers: np.ndarray = _window_sums(audio, sample_rate, lower, upper) / (block_s * sample_rate)
     return powers  # eq. 1
+
+
+def _filterable(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
+    """The audio at a rate the K-weighting can be designed for: as it is from MIN_FILTER_RATE
+    up, else resampled to 48 kHz."""
+    if sample_rate >= MIN_FILTER_RATE:
+        return audio, sample_rate
+    return resample(audio.astype(np.float32), sample_rate, _MEASURE_RATE), _MEASURE_RATE
 
 
 def _window_sums(
@@ -183,6 +209,7 @@ def _short_term_powers(
     """(end times in s, channel-weighted K-weighted mean squares) of the short-term windows."""
     if not hop_s > 0.0:
         raise ValueError(f"hop_s must be above 0 s (got {hop_s})")
+    audio, sample_rate = _filterable(audio, sample_rate)
     window = round(SHORT_TERM_S * sample_rate)
     hop = hop_s * sample_rate
     # A window ends on a hop, at 3 s at the earliest (as ffmpeg's ebur128 reads it: nothing

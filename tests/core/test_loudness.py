@@ -1,15 +1,18 @@
-"""The BS.1770 meters against pyloudnorm (the same gating, block for block), ffmpeg's ebur128
+"""The BS.1770 meters against pyloudnorm (the same filter and gating, block for block, on whole
+blocks), ffmpeg's ebur128
 (EBU Tech 3341's sine, and its short-term log) and a plain 4x upsampling by scipy with the same
 interpolator."""
 
 from __future__ import annotations
 
 import math
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pyloudnorm
 import pytest
+from imageio_ffmpeg import get_ffmpeg_exe as ffmpeg_exe
 from scipy.signal import upfirdn
 
 from soundtrack.audio import write_wav
@@ -25,7 +28,9 @@ from tests.signals import music_like, pink_noise, sine
 
 
 def _pyloudnorm(audio: np.ndarray, rate: int, block_s: float = 0.4) -> float:
-    return float(pyloudnorm.Meter(rate, block_size=block_s).integrated_loudness(audio.T))
+    """pyloudnorm with BS.1770's own filter (its default is an approximation)."""
+    meter = pyloudnorm.Meter(rate, filter_class="DeMan", block_size=block_s)
+    return float(meter.integrated_loudness(audio.T))
 
 
 def _loud_then_quiet(rate: int) -> np.ndarray:
@@ -43,12 +48,73 @@ def _loud_then_quiet(rate: int) -> np.ndarray:
         ("pink noise 48 kHz", pink_noise(-20.0, 5.0, 48000), 48000),
         ("five channels", pink_noise(-30.0, 3.0, 48000, channels=5), 48000),
         ("relative gate", _loud_then_quiet(44100), 44100),
-        # 0.75 s: the rounded block count lets the last block run past the end
-        ("last block cut short", music_like(0.75, 44100, seed=4), 44100),
     ],
 )
 def test_integrated_loudness_matches_pyloudnorm(name: str, audio: np.ndarray, rate: int) -> None:
     assert integrated_lufs(audio, rate) == pytest.approx(_pyloudnorm(audio, rate), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("duration_s", "rate"), [(0.46, 44100), (0.55, 48000), (0.96, 44100), (8.0, 8000)]
+)
+def test_integrated_loudness_matches_ffmpeg_on_short_files_and_at_low_rates(
+    tmp_path: Path, duration_s: float, rate: int
+) -> None:
+    """pyloudnorm's last, part-filled block read a 0.46 s file 0.3 LU low, and its default
+    K-weighting read 8 kHz music 0.25 LU low and 2 kHz audio as -inf."""
+    music = music_like(duration_s, rate, seed=4)
+    write_wav(tmp_path / "music.wav", music, rate)
+    reference_lufs, _ = ebur128(tmp_path / "music.wav")
+    assert integrated_lufs(music, rate) == pytest.approx(reference_lufs, abs=0.06)
+
+
+def test_audio_under_8_khz_is_measured_at_48_khz(tmp_path: Path) -> None:
+    """The K-weighting's shelf (1.68 kHz) cannot be designed at 2 kHz: such audio read -inf
+    (ffmpeg's ebur128 reads -70 there); resampled by ffmpeg to 48 kHz it has a loudness."""
+    music = music_like(4.0, 2000, seed=4)
+    write_wav(tmp_path / "low.wav", music, 2000)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            str(tmp_path / "low.wav"),
+            "-ar",
+            "48000",
+            "-c:a",
+            "pcm_f32le",
+            str(tmp_path / "up.wav"),
+        ],
+        check=True,
+    )
+    reference_lufs, _ = ebur128(tmp_path / "up.wav")
+    assert integrated_lufs(music, 2000) == pytest.approx(reference_lufs, abs=0.06)
+
+
+def test_the_k_weighting_is_bs_1770s_own_at_48_khz() -> None:
+    """BS.1770-4 Table 1 and 2's coefficients, where pyloudnorm's default design is 0.04 LU off:
+    a -20 dBFS 997 Hz sine in two channels reads -20.00 LUFS."""
+    from soundtrack.loudness import _k_weighting
+
+    shelf, high_pass = _k_weighting(48000)
+    assert shelf == pytest.approx(
+        [
+            1.53512485958697,
+            -2.69169618940638,
+            1.19839281085285,
+            1.0,
+            -1.69065929318241,
+            0.73248077421585,
+        ],
+        abs=1e-9,
+    )
+    assert high_pass == pytest.approx(
+        [1.0, -2.0, 1.0, 1.0, -1.99004745483398, 0.99007225036621], abs=1e-9
+    )
+    assert integrated_lufs(sine(997.0, -20.0, 10.0, 48000), 48000) == pytest.approx(
+        -20.0, abs=0.005
+    )
 
 
 def test_one_long_block_is_short_term_loudness() -> None:
