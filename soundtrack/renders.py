@@ -185,11 +185,13 @@ def render_batch(
 
 
 def share_render(storage: Storage, spec: TrackSpec, render: Render) -> None:
-    """Publish a render for the build on another machine: the WAV first, its sidecar last."""
+    """Publish a render for the build on another machine: the WAV first, under its sha256 (a
+    machine killed between the two, and the batch rendered again on another GPU with other
+    bytes, would meet it at the generation key), its sidecar last, under the generation key."""
     key = _key(spec)
     storage.put_asset(
         render.path,
-        storage.render_key(key, "wav"),
+        storage.render_key(render.sha256, "wav"),
         sha256=render.sha256,
         content_type=content_type_for("wav"),
         metadata={"generation-key": key, "track-id": spec.id},
@@ -222,7 +224,7 @@ def fetch_shared(storage: Storage, cache: RenderCache, spec: TrackSpec) -> Rende
         return None
     record = json.loads(sidecar)
     render = Render(**{**record, "path": cache.wav_path(key)})
-    storage.fetch(storage.render_key(key, "wav"), render.path, sha256=render.sha256)
+    storage.fetch(storage.render_key(render.sha256, "wav"), render.path, sha256=render.sha256)
     cache.adopt(render)
     return render
 

@@ -43,4 +43,4 @@ def test_render_travels_between_machines_through_storage(tmp_path: Path) -> None
     assert build_machine.get("abc123") == fetched
     shared = tmp_path / "shared"
     files = sorted(p.relative_to(shared).as_posix() for p in shared.rglob("*") if p.is_file())
-    assert files == [".renders/abc123.json", ".renders/abc123.wav"], "nothing in asset folders"
+    assert files == sorted([".renders/abc123.json", f".renders/{render.sha256}.wav"])

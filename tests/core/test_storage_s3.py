@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from soundtrack.cli import app
 from soundtrack.errors import InputError, StorageError
+from soundtrack.renders import RenderCache, fetch_shared, is_shared, share_render
 from soundtrack.storage import check_access, open_storage
 from soundtrack.storage.s3 import S3Storage
 from tests.faultproxy import FaultProxy, Seen
 from tests.publishing import Asset, make_asset, publish, publish_assets, sample_assets
 from tests.s3server import SeaweedServer, free_ports
+from tests.specs import make_spec
 
 pytestmark = pytest.mark.slow
 
@@ -190,6 +193,40 @@ def test_another_take_of_the_same_spec_gets_a_key_of_its_own(
     for file, asset in ((one, first), (other, second)):
         assert server_body_sha256(client, s3_bucket, file.key) == asset.sha256
         assert storage.has_asset(file.key, asset.sha256)
+
+
+def test_a_render_shared_again_with_other_bytes_after_a_kill_is_handed_over(
+    s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    """A pool machine killed after uploading a render's WAV and before its sidecar, the batch
+    rendered again on another GPU (other bytes): the second met the first WAV at the
+    generation key and the track failed for good. WAVs are now keyed by their sha256."""
+    storage = open_storage(f"s3://{s3_bucket}/games", base_dir=tmp_path)
+    spec = make_spec(id="cue", generation_key="abc123")
+    rng = np.random.default_rng(0)
+    first = RenderCache(tmp_path / "gpu-a").put(
+        "abc123",
+        rng.uniform(-0.5, 0.5, (1, 32000)).astype(np.float32),
+        32000,
+        model_id="m",
+        revision="r",
+        license="l",
+    )
+    share_render(storage, spec, first)
+    s3_server.client().delete_object(Bucket=s3_bucket, Key="games/.renders/abc123.json")
+    assert not is_shared(storage, spec)  # as if the machine died before the sidecar
+    second = RenderCache(tmp_path / "gpu-b").put(
+        "abc123",
+        rng.uniform(-0.5, 0.5, (1, 32000)).astype(np.float32),
+        32000,
+        model_id="m",
+        revision="r",
+        license="l",
+    )
+    assert second.sha256 != first.sha256
+    share_render(storage, spec, second)
+    fetched = fetch_shared(storage, RenderCache(tmp_path / "build"), spec)
+    assert fetched is not None and fetched.sha256 == second.sha256
 
 
 def test_object_appearing_between_check_and_upload_is_not_overwritten(
