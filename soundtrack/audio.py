@@ -88,7 +88,7 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 def read_audio(path: Path) -> tuple[np.ndarray, int]:
     """Read any audio file as float32 (channels, frames) and its sample rate; ffmpeg decodes
     what libsndfile cannot (AAC, ...) and every MP3."""
-    _check_file(path)
+    check_file(path)
     try:
         with sf.SoundFile(str(path)) as f:
             # libsndfile reads an MP3 without a LAME header as long as its first frames say:
@@ -103,7 +103,7 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
 
 def decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     """Decode the first audio stream with ffmpeg, the independent decoder, to (channels, frames)."""
-    _check_file(path)
+    check_file(path)
     # A float WAV on disk carries the rate and channel count that a raw pipe would lose.
     with tempfile.TemporaryDirectory() as tmp_dir:
         wav = Path(tmp_dir) / "decoded.wav"
@@ -118,7 +118,8 @@ def decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     return _checked(np.ascontiguousarray(data.T), int(sample_rate), path)
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
+    """AudioError unless `path` is a regular file (or a link to one)."""
     if path.is_dir():
         raise AudioError(f"{path} is a directory, not an audio file")
     if not path.is_file():

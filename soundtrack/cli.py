@@ -63,13 +63,21 @@ def fail(exc: SoundtrackError) -> NoReturn:
     busy with another build, else 1."""
     # Messages quote user input, which may contain Rich markup: print them verbatim. They may
     # also quote a URL or a library's text with a secret in it: redacted.
-    message = escape(redact(str(exc)))
+    message = escape(_shown(redact(str(exc))))
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     for problem in getattr(exc, "problems", []):
-        err_console.print(f"  - {redact(problem)}", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(
+            f"  - {_shown(redact(problem))}", highlight=False, markup=False, soft_wrap=True
+        )
     if isinstance(exc, InputError):
         raise typer.Exit(EXIT_BAD_INPUT)
     raise typer.Exit(EXIT_BUSY if isinstance(exc, StorageBusy) else EXIT_FAILED)
+
+
+def _shown(text: str) -> str:
+    """`text` for a terminal, its control characters written out (\\x1b, \\n): a file name
+    or a message quoting one cannot colour, move or split what a user reads."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _print_version(asked: bool) -> None:
@@ -746,7 +754,9 @@ def inspect_files(
             )
         except SoundtrackError as exc:
             said = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-            err_console.print(f"error: {said}", style="bold red", highlight=False, markup=False)
+            err_console.print(
+                f"error: {_shown(said)}", style="bold red", highlight=False, markup=False
+            )
             reports.append({"file": str(path), "error": str(exc)})
             continue
         passed = all(g.passed for g in gates if g.severity == "fail")
@@ -772,7 +782,7 @@ def inspect_files(
                 f"({metrics.loop_length / metrics.sample_rate:.3f} s)"
             )
         console.print(
-            f"[bold]{escape(str(path))}[/]: {metrics.integrated_lufs:.1f} LUFS, "
+            f"[bold]{escape(_shown(str(path)))}[/]: {metrics.integrated_lufs:.1f} LUFS, "
             f"{metrics.true_peak_dbtp:.1f} dBTP, {metrics.duration_s:.3f} s, "
             f"{metrics.sample_rate} Hz, {metrics.channels} ch, loop: {loop}",
             highlight=False,
@@ -869,8 +879,11 @@ def compare(
     Exit 0, or 2 when a file is missing or unreadable.
     """
     from soundtrack.analysis import compare as compared
+    from soundtrack.audio import check_file
 
     try:
+        for path in (a, b):  # both there before either is analysed
+            check_file(path)
         heard = [_analysed(path, _Targets(None, None, 4)) for path in (a, b)]
     except SoundtrackError as exc:
         fail(InputError(str(exc)))
@@ -878,7 +891,7 @@ def compare(
     if as_json:
         typer.echo(json.dumps({"a": str(a), "b": str(b), **result.to_dict()}, indent=2))
         return
-    table = Table(title=f"a: {a}\nb: {b}", title_justify="left")
+    table = Table(title=escape(f"a: {_shown(str(a))}\nb: {_shown(str(b))}"), title_justify="left")
     for column in ("measure", "a", "b", "difference"):
         table.add_column(column)
     for row in result.rows:

@@ -107,6 +107,22 @@ def test_compare_a_missing_file_exits_2(tmp_path: Path, grooves: dict[str, Path]
     assert f"{short}: audio is 0.10 s long" in " ".join(result.output.split())
 
 
+def test_a_file_name_cannot_drive_the_terminal(tmp_path: Path, grooves: dict[str, Path]) -> None:
+    """Escape sequences and newlines in a file's name reached the terminal as they were: a
+    name could colour, clear or split what a user reads."""
+    named = tmp_path / "ansi\x1b[31mred\x1b[0m\nline.wav"
+    named.write_bytes(grooves["chords"].read_bytes())
+    missing = tmp_path / "gone\x1b[2J.wav"
+    for command in (
+        ["inspect", str(named), str(missing)],
+        ["compare", str(grooves["chords"]), str(named)],
+        ["compare", str(missing), str(named)],
+    ):
+        result = runner.invoke(app, command)
+        assert result.exit_code in (0, 1, 2) and "Traceback" not in result.output
+        assert "\x1b" not in result.output, command  # written out as \\x1b
+
+
 def test_inspect_analysis_measures_and_judges_tempo_and_key(grooves: dict[str, Path]) -> None:
     path = str(grooves["base"])
     result = runner.invoke(
