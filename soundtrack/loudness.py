@@ -48,7 +48,8 @@ _CHUNK = 16384  # frames per matrix product: its 12 windows (768 KiB) stay in th
 _SHELF = (3.99984385397, 0.7071752369554193, 1681.9744509555319)  # gain dB, Q, Hz
 _HIGH_PASS = (0.0, 0.5003270373253953, 38.13547087613982)
 # Under it the shelf's 1.68 kHz nears the Nyquist frequency and the design fails (2 kHz audio
-# read -inf): such audio is measured at 48 kHz, as ffmpeg's ebur128 measures everything.
+# read -inf, and ffmpeg's ebur128, which designs at the file's rate too, reads -70): such audio
+# is measured resampled to 48 kHz.
 MIN_FILTER_RATE = 8000
 _MEASURE_RATE = 48000
 

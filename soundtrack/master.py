@@ -14,7 +14,7 @@ from soundtrack.audio import to_channels
 from soundtrack.errors import AudioError
 from soundtrack.limiter import limit_true_peak, limiter_gain_db, sample_true_peaks
 from soundtrack.loops import make_bar_loop, make_loop
-from soundtrack.loudness import block_powers, gated_lufs, integrated_lufs
+from soundtrack.loudness import BLOCK_S, block_powers, gated_lufs, integrated_lufs
 from soundtrack.spec import Mastering
 
 SILENCE_DBFS = -60.0  # leading/trailing samples below this (after normalisation) are trimmed
@@ -248,6 +248,11 @@ def _normalise(
         powers_job = pool.submit(block_powers, x, sample_rate)
         peaks = sample_true_peaks(x, circular=circular)
         powers = powers_job.result()
+    if powers.size == 0:  # trimming took it under one gating block
+        raise AudioError(
+            f"{x.shape[1] / sample_rate:.3f} s of audio once its silence is trimmed; loudness "
+            f"needs at least {BLOCK_S} s"
+        )
     gain_db = target_lufs - gated_lufs(powers)
     # Past this much gain the limiter takes what the gain adds: a master brick-walled by +110 dB
     # (the secant chasing -8 LUFS under -2.5 dBTP) is no master.

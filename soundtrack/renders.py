@@ -224,7 +224,10 @@ def fetch_shared(storage: Storage, cache: RenderCache, spec: TrackSpec) -> Rende
         return None
     record = json.loads(sidecar)
     render = Render(**{**record, "path": cache.wav_path(key)})
-    storage.fetch(storage.render_key(render.sha256, "wav"), render.path, sha256=render.sha256)
+    wav = storage.render_key(render.sha256, "wav")
+    if not storage.has_asset(wav, render.sha256):
+        wav = storage.render_key(key, "wav")  # handed over before WAVs were keyed by content
+    storage.fetch(wav, render.path, sha256=render.sha256)
     cache.adopt(render)
     return render
 

@@ -271,3 +271,13 @@ def test_the_manifest_minimum_duration_is_the_masters() -> None:
     from soundtrack import analysis
 
     assert MIN_DURATION_S == _MIN_DURATION_S == analysis.MIN_DURATION_S
+
+
+def test_audio_trimmed_under_a_gating_block_is_refused_saying_so() -> None:
+    """0.45 s whose first 60 ms are silence trims to 0.39 s, under the one 0.4 s block that
+    loudness needs: mastering gave up at "-inf LUFS at best", as if the audio were silent."""
+    tone = signals.sine(440.0, -20.0, 0.45, 48000)
+    tone[:, : round(0.06 * 48000)] = 0.0
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["mobile"], fade_out_s=0.05)
+    with pytest.raises(AudioError, match="s of audio once its silence is trimmed; loudness needs"):
+        master(tone, 48000, mastering, loop=False, duration_s=0.45)

@@ -44,3 +44,18 @@ def test_render_travels_between_machines_through_storage(tmp_path: Path) -> None
     shared = tmp_path / "shared"
     files = sorted(p.relative_to(shared).as_posix() for p in shared.rglob("*") if p.is_file())
     assert files == sorted([".renders/abc123.json", f".renders/{render.sha256}.wav"])
+
+
+def test_a_render_handed_over_under_its_generation_key_is_still_fetched(tmp_path: Path) -> None:
+    """Renders shared before WAVs were keyed by their sha256 lie at <generation key>.wav: their
+    sidecar said shared, and the fetch failed for good."""
+    storage = LocalStorage("shared", tmp_path / "shared")
+    spec = make_spec(id="cue", generation_key="abc123")
+    render = RenderCache(tmp_path / "gpu").put(
+        "abc123", noise(), 32000, model_id="m", revision="r", license="l"
+    )
+    share_render(storage, spec, render)
+    renders = tmp_path / "shared" / ".renders"
+    (renders / f"{render.sha256}.wav").rename(renders / "abc123.wav")
+    fetched = fetch_shared(storage, RenderCache(tmp_path / "build"), spec)
+    assert fetched is not None and fetched.sha256 == render.sha256
