@@ -411,8 +411,9 @@ def _numeric(text: str) -> bool:
 
 
 def _quoted(value: Any) -> str:
-    """A value as the error quotes it: its start, when it is long (lyrics of 5,000 characters)."""
-    text = repr(value)
+    """A value as the error quotes it, in YAML's words for a flag (false, not Python's False):
+    its start, when it is long (lyrics of 5,000 characters)."""
+    text = str(value).lower() if isinstance(value, bool) else repr(value)
     if len(text) <= _QUOTE_CHARS:
         return text
     return f"{text[:_QUOTE_CHARS]}... ({len(str(value))} characters)"
