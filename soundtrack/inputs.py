@@ -16,7 +16,7 @@ from typing import Any
 from soundtrack.catalog import family_name, limit_problems
 from soundtrack.errors import InputError, ModelLoadError, StorageError
 from soundtrack.licences import licence_of, usage_problem
-from soundtrack.manifest import field_lines, load_manifest, where
+from soundtrack.manifest import load_manifest_with_lines, where
 from soundtrack.plan import select
 from soundtrack.renders import cache_root
 from soundtrack.resolve import gate_severities, resolve_tracks
@@ -69,7 +69,7 @@ def check_inputs(
     """
     path = Path(manifest_path).absolute()
     severities = gate_severities(gates)
-    loaded = load_manifest(path)
+    loaded, lines = load_manifest_with_lines(path)
     specs = resolve_tracks(loaded, path.parent, model_override=model, severities=severities)
     short = _too_short_to_compare(specs)
     if short:
@@ -83,7 +83,7 @@ def check_inputs(
 
         expectations = load_expectations(path.parent / loaded.expectations)
     families, licences = check_models(
-        loaded, selected, model_override=model, lines=field_lines(path)
+        loaded, selected, model_override=model, lines=lines
     )
     url = storage_url(loaded.storage, out, environ)
     storage = open_storage(url, base_dir=path.parent)
@@ -123,8 +123,8 @@ def check_models(
 ) -> tuple[dict[ModelKey, str | None], dict[ModelKey, str]]:
     """Each generating model's family and every model's licence (generator, stem model), with
     every track held to what its family renders and to the manifest's `usage`; raise InputError
-    listing every problem, each at its field and line (`lines`: the manifest's field_lines).
-    Read from model cards, config files and tables: no weights, no network.
+    listing every problem, each at its field and line (`lines`: where the manifest writes each
+    field). Read from model cards, config files and tables: no weights, no network.
     """
     index = {track.id: i for i, track in enumerate(manifest.tracks)}
     in_defaults = manifest.defaults.model_fields_set

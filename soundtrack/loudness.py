@@ -95,7 +95,7 @@ def _filterable(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
     up, else resampled to 48 kHz."""
     if sample_rate >= MIN_FILTER_RATE:
         return audio, sample_rate
-    return resample(audio.astype(np.float32), sample_rate, _MEASURE_RATE), _MEASURE_RATE
+    return resample(audio, sample_rate, _MEASURE_RATE), _MEASURE_RATE
 
 
 def _window_sums(

@@ -491,12 +491,6 @@ def _variation_problems(manifest: Manifest) -> list[tuple[str, str]]:
     return problems
 
 
-def field_lines(path: Path) -> dict[str, int]:
-    """Where each field of a manifest that loads starts (`tracks[2].duration` -> its line), for
-    problems found after loading it (models, licences)."""
-    return _parse_yaml(_read_text(path), path)[1]
-
-
 def where(field: str, lines: dict[str, int]) -> str:
     """`field (line N)`, the line of the nearest enclosing field written in the file."""
     probe = field
@@ -508,6 +502,12 @@ def where(field: str, lines: dict[str, int]) -> str:
 
 def load_manifest(path: Path) -> Manifest:
     """Read and validate a manifest file; raise InputError listing every problem found."""
+    return load_manifest_with_lines(path)[0]
+
+
+def load_manifest_with_lines(path: Path) -> tuple[Manifest, dict[str, int]]:
+    """The manifest, as load_manifest reads it, and where each of its fields starts
+    (`tracks[2].duration` -> its line), for problems found after loading it (models, licences)."""
     path = Path(path)
     text = _read_text(path)
     data, lines = _parse_yaml(text, path)
@@ -546,7 +546,7 @@ def load_manifest(path: Path) -> Manifest:
     if problems or manifest is None:
         messages = [_with_line(field, message, lines) for field, message in problems]
         raise InputError(f"{path}: {len(messages)} problem(s) in the manifest", messages)
-    return manifest
+    return manifest, lines
 
 
 def track_problems(fields: dict[str, Any]) -> tuple[Track | None, list[tuple[str, str]]]:
