@@ -82,9 +82,7 @@ def check_inputs(
         from soundtrack.expectations import load_expectations  # scipy, for the table columns
 
         expectations = load_expectations(path.parent / loaded.expectations)
-    families, licences = check_models(
-        loaded, selected, model_override=model, lines=lines
-    )
+    families, licences = check_models(loaded, selected, model_override=model, lines=lines)
     url = storage_url(loaded.storage, out, environ)
     storage = open_storage(url, base_dir=path.parent)
     for report in reports:
