@@ -18,7 +18,7 @@ import numpy as np
 
 from soundtrack.atomic import atomic_path
 from soundtrack.audio import read_audio, write_wav
-from soundtrack.errors import GenerationError
+from soundtrack.errors import GenerationError, StorageError
 from soundtrack.formats import content_type_for
 from soundtrack.hashing import file_sha256
 from soundtrack.paths import user_path
@@ -187,8 +187,11 @@ def render_batch(
 def share_render(storage: Storage, spec: TrackSpec, render: Render) -> None:
     """Publish a render for the build on another machine: the WAV first, under its sha256 (a
     machine killed between the two, and the batch rendered again on another GPU with other
-    bytes, would meet it at the generation key), its sidecar last, under the generation key."""
+    bytes, would meet it at the generation key), its sidecar last, under the generation key.
+    Where another run of the batch handed its take over first, that take stands."""
     key = _key(spec)
+    if is_shared(storage, spec):
+        return
     storage.put_asset(
         render.path,
         storage.render_key(render.sha256, "wav"),
@@ -199,13 +202,17 @@ def share_render(storage: Storage, spec: TrackSpec, render: Render) -> None:
     with tempfile.TemporaryDirectory() as folder:
         sidecar = Path(folder) / f"{key}.json"
         sidecar.write_text(sidecar_json(render))
-        storage.put_asset(
-            sidecar,
-            storage.render_key(key, "json"),
-            sha256=file_sha256(sidecar),
-            content_type="application/json",
-            metadata={"generation-key": key, "track-id": spec.id},
-        )
+        try:
+            storage.put_asset(
+                sidecar,
+                storage.render_key(key, "json"),
+                sha256=file_sha256(sidecar),
+                content_type="application/json",
+                metadata={"generation-key": key, "track-id": spec.id},
+            )
+        except StorageError:
+            if not is_shared(storage, spec):  # not another run's sidecar landing first
+                raise
 
 
 def is_shared(storage: Storage, spec: TrackSpec) -> bool:

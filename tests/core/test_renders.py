@@ -59,3 +59,21 @@ def test_a_render_handed_over_under_its_generation_key_is_still_fetched(tmp_path
     (renders / f"{render.sha256}.wav").rename(renders / "abc123.wav")
     fetched = fetch_shared(storage, RenderCache(tmp_path / "build"), spec)
     assert fetched is not None and fetched.sha256 == render.sha256
+
+
+def test_the_first_take_handed_over_stands(tmp_path: Path) -> None:
+    """Two runs of one batch at once (a build restarted while its first pool run still
+    rendered): the second's hand-over replaced the sidecar the build may have fetched by."""
+    storage = LocalStorage("shared", tmp_path / "shared")
+    spec = make_spec(id="cue", generation_key="abc123")
+    first = RenderCache(tmp_path / "gpu-a").put(
+        "abc123", noise(), 32000, model_id="m", revision="r", license="l"
+    )
+    second = RenderCache(tmp_path / "gpu-b").put(
+        "abc123", noise(2.0), 32000, model_id="m", revision="r", license="l"
+    )
+    share_render(storage, spec, first)
+    share_render(storage, spec, second)
+    fetched = fetch_shared(storage, RenderCache(tmp_path / "build"), spec)
+    assert fetched is not None and fetched.sha256 == first.sha256
+    assert not (tmp_path / "shared" / ".renders" / f"{second.sha256}.wav").exists()

@@ -229,6 +229,30 @@ def test_a_render_shared_again_with_other_bytes_after_a_kill_is_handed_over(
     assert fetched is not None and fetched.sha256 == second.sha256
 
 
+def test_a_second_run_of_a_batch_leaves_the_first_take_handed_over(
+    s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    """Two pool runs of one batch: the second's sidecar met the first's and its run failed."""
+    storage = open_storage(f"s3://{s3_bucket}/games", base_dir=tmp_path)
+    spec = make_spec(id="cue", generation_key="abc123")
+    rng = np.random.default_rng(1)
+    takes = [
+        RenderCache(tmp_path / f"gpu-{n}").put(
+            "abc123",
+            rng.uniform(-0.5, 0.5, (1, 32000)).astype(np.float32),
+            32000,
+            model_id="m",
+            revision="r",
+            license="l",
+        )
+        for n in range(2)
+    ]
+    for take in takes:
+        share_render(storage, spec, take)
+    fetched = fetch_shared(storage, RenderCache(tmp_path / "build"), spec)
+    assert fetched is not None and fetched.sha256 == takes[0].sha256
+
+
 def test_object_appearing_between_check_and_upload_is_not_overwritten(
     s3_server: SeaweedServer,
     s3_bucket: str,
