@@ -886,6 +886,8 @@ def compare(
             check_file(path)
         heard = [_analysed(path, _Targets(None, None, 4)) for path in (a, b)]
     except SoundtrackError as exc:
+        if as_json:  # a script reads why from stdout, as from inspect --json
+            typer.echo(json.dumps({"a": str(a), "b": str(b), "error": str(exc)}, indent=2))
         fail(InputError(str(exc)))
     result = compared(*heard)
     if as_json:

@@ -105,6 +105,11 @@ def test_compare_a_missing_file_exits_2(tmp_path: Path, grooves: dict[str, Path]
     result = runner.invoke(app, ["compare", str(grooves["base"]), str(short)])
     assert result.exit_code == 2, result.output
     assert f"{short}: audio is 0.10 s long" in " ".join(result.output.split())
+    # --json still says why on stdout, where a script reads it.
+    result = runner.invoke(app, ["compare", str(grooves["base"]), str(short), "--json"])
+    assert result.exit_code == 2
+    said = json.loads(result.stdout)
+    assert said["b"] == str(short) and "audio is 0.10 s long" in said["error"]
 
 
 def test_a_file_name_cannot_drive_the_terminal(tmp_path: Path, grooves: dict[str, Path]) -> None:
