@@ -198,7 +198,8 @@ def run(
     left, then render, master and publish what the plan says, and write the lock (last).
 
     With review, the tracks rendered and approved by their gates wait for `reviewer` with the
-    storage let go (another build may publish meanwhile), then publish as the reviewer says.
+    storage let go (another build may publish meanwhile), then publish as the reviewer says,
+    with the build's recordings.
     """
     checked = prepared.checked
     reviewing = options.review or checked.manifest.review == "required"
@@ -223,6 +224,8 @@ def run(
             _start(tracks, prepared, options)
             tracks.run(options.batch_size)
             if reviewer is None or not tracks.candidates:
+                tracks.publish_recordings()
+                tracks.run(options.batch_size)
                 return _finish(
                     prepared, tracks, executor, observer, logger, loads_before, options.build_name
                 )
@@ -449,6 +452,9 @@ class _Tracks:
     share_parents: bool  # renders happen on other machines: hand them the parents' audio
     reviewing: bool  # rendered tracks wait for a person (candidates) instead of publishing
     candidates: list[Candidate] = field(default_factory=list)
+    # Recordings of a reviewed build, published with its candidates: published before, they
+    # would be in no lock while the build waits (dropped from a folder's staging; gc's on S3).
+    recordings: list[Candidate] = field(default_factory=list)
     records: dict[str, TrackRecord] = field(default_factory=dict)
     outcomes: list[TrackOutcome] = field(default_factory=list)
     publish_errors: list[str] = field(default_factory=list)
@@ -696,8 +702,9 @@ class _Tracks:
         outcome: TrackOutcome,
         stems: StemsOutcome | None,
     ) -> None:
-        if self.reviewing and spec.source is None:
-            self.candidates.append(Candidate(spec, model, outcome, stems))
+        if self.reviewing:
+            held = Candidate(spec, model, outcome, stems)
+            (self.candidates if spec.source is None else self.recordings).append(held)
             # Its variations render from the take under review and are reviewed beside it.
             audio = self._keep_for_variations(spec, outcome)
             for variation in self._waiting.pop(spec.id, []):
@@ -708,6 +715,7 @@ class _Tracks:
     def reviewed(self, verdicts: Mapping[str, Verdict], lock: BuildReport | None) -> None:
         """Publish what the reviewer approved; record what they rejected, and the variations
         of a rejected take, which rendered from audio that will not be published."""
+        self.publish_recordings()
         previous = {r.id: r for r in lock.tracks} if lock else {}
         rejected: set[str] = set()
         for candidate in self.candidates:
@@ -730,9 +738,16 @@ class _Tracks:
             history = rejections(spec, previous.get(spec.id), verdict.comment)
             self.finish(record.model_copy(update={"rejected_in_review": history}))
 
+    def publish_recordings(self) -> None:
+        """Publish the recordings a reviewed build held back (nobody is asked about them)."""
+        for held in self.recordings:
+            self.submit_publish(held.spec, held.model, held.outcome, held.stems)
+        self.recordings = []
+
     def unanswered(self, reason: str) -> None:
-        """The candidates nobody reviewed: failed, each saying why, none published."""
-        for candidate in self.candidates:
+        """The candidates nobody reviewed, and the recordings held back with them: failed, each
+        saying why, none published."""
+        for candidate in self.candidates + self.recordings:
             outcome = candidate.outcome
             self.finish(
                 track_record(

@@ -10,13 +10,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+import soundfile as sf
+from typer.testing import CliRunner
 
 from soundtrack import models
 from soundtrack.approval import Candidate, Verdict
 from soundtrack.build import Options, ThreadExecutor, build
+from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.storage import open_storage
 from tests.reference import sha256_of
+from tests.signals import music_like
 
 
 def manifest(model: Path, storage: str = "./out") -> str:
@@ -201,3 +205,48 @@ def test_takes_nobody_reviewed_are_reported_failed_and_nothing_is_published(
     )
     assert all(r.reason == result.failure and not r.files for r in result.report.tracks)
     assert not (tmp_path / "out" / "vary" / "soundtrack.lock.json").exists()
+
+
+def test_a_recording_is_published_with_the_reviewed_takes_and_gc_cannot_take_it_meanwhile(
+    tmp_path: Path,
+    tiny_acestep_dir: Path,
+    where: tuple[str, Callable[[], list[str]]],
+) -> None:
+    """A recording published before the review waited in no lock: a folder's staging dropped
+    it when the build let go of the storage, and on S3 gc deleted it; the lock named files
+    that were not there. Its variation still renders from it and is reviewed."""
+    url, _ = where
+    text = manifest(tiny_acestep_dir, url).replace(
+        "  - id: combat-high\n", "  - id: jingle\n    source: rec.wav\n  - id: combat-high\n"
+    )
+    (tmp_path / "m.yaml").write_text(
+        text.replace("variation_of: title-theme", "variation_of: jingle")
+    )
+    sf.write(tmp_path / "rec.wav", music_like(3.0, 32000, seed=1).T, 32000)
+    models._loaded.clear()
+    first = build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=approve_all)
+    assert first.exit_status == 0, first.failure
+    sf.write(tmp_path / "rec.wav", music_like(3.0, 32000, seed=2).T, 32000)  # published anew
+    asked: list[str] = []
+
+    def collecting(
+        candidates: Sequence[Candidate], staging: Path, timeout_s: float
+    ) -> Mapping[str, Verdict]:
+        asked.extend(c.spec.id for c in candidates)
+        swept = url if url.startswith("s3://") else str(tmp_path / "out")
+        gc = CliRunner().invoke(app, ["gc", swept, "--delete"])
+        assert gc.exit_code == 0, gc.output
+        return approve_all(candidates, staging, timeout_s)
+
+    models._loaded.clear()
+    second = build(
+        tmp_path / "m.yaml", Options(force=True), executor=ThreadExecutor(), reviewer=collecting
+    )
+    assert second.exit_status == 0, second.failure
+    assert sorted(asked) == ["combat-high", "menu", "title-theme"]
+    storage = open_storage(url, base_dir=tmp_path)
+    lock = json.loads(storage.read_index("vary") or b"{}")
+    jingle = next(t for t in lock["tracks"] if t["id"] == "jingle")
+    assert jingle["status"] == "approved" and jingle["files"]
+    for entry in jingle["files"]:
+        assert storage.has_asset(entry["key"], entry["sha256"]), entry["key"]
