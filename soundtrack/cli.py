@@ -321,9 +321,10 @@ def _typed_model(model: str) -> str:
     """A model folder typed on the command line is one relative to where it was typed: its
     absolute path, as a manifest's is resolved against the manifest's folder."""
     from soundtrack.catalog import is_local
+    from soundtrack.schema import model_problem
 
-    if problem := path_problem(model):
-        raise InputError(f"--model {problem}")
+    if problem := model_problem(model, "--model"):
+        raise InputError(problem)
     return str(user_path(model).resolve()) if is_local(model, base=Path.cwd()) else model
 
 

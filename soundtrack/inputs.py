@@ -20,7 +20,7 @@ from soundtrack.manifest import load_manifest_with_lines, where
 from soundtrack.plan import select
 from soundtrack.renders import cache_root
 from soundtrack.resolve import gate_severities, resolve_tracks
-from soundtrack.schema import Manifest
+from soundtrack.schema import Manifest, model_problem
 from soundtrack.separate import stem_model_licence, stem_model_problem
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import INDEX_NAME, STORAGE_ENV, LocalStorage, Storage, open_storage
@@ -68,6 +68,8 @@ def check_inputs(
     here (that needs the network): `build` does it next.
     """
     path = Path(manifest_path).absolute()
+    if model is not None and (problem := model_problem(model, "--model")):
+        raise InputError(problem)  # the flow's parameter: no CLI check before it
     severities = gate_severities(gates)
     loaded, lines = load_manifest_with_lines(path)
     specs = resolve_tracks(loaded, path.parent, model_override=model, severities=severities)

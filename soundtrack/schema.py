@@ -326,10 +326,8 @@ class _Overridable(_Strict):
     @field_validator("model")
     @classmethod
     def _model_id(cls, value: str | None) -> str | None:
-        if value is not None and (value != value.strip() or any(c.isspace() for c in value)):
-            raise ValueError(f"a model id or path has no spaces (got {value!r})")
-        if value is not None and (problem := path_problem(value)):
-            raise ValueError(f"model {problem}")
+        if value is not None and (problem := model_problem(value)):
+            raise ValueError(problem)
         return value
 
     @field_validator("stem_model")
@@ -338,6 +336,16 @@ class _Overridable(_Strict):
         if value is not None and (problem := path_problem(value)):
             raise ValueError(f"stem_model {problem}")
         return value
+
+
+def model_problem(model: str, name: str = "model") -> str | None:
+    """Why `model` (a manifest's, or the option `name`) can name neither a hub id nor a
+    folder, if so."""
+    if model != model.strip() or any(c.isspace() for c in model):
+        return f"{name} has a space, which no model id or path has (got {model!r})"
+    if problem := path_problem(model):
+        return f"{name} {problem}"
+    return None
 
 
 class Defaults(_Overridable):

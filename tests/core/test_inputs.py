@@ -240,3 +240,19 @@ def test_nothing_is_published_into_a_folder_deleted_when_the_build_ends(tmp_path
     assert problem.endswith(f"/build/assets/game is inside the folder {checkout}")
     assert check_inputs(path, out=str(tmp_path / "kept"), discarded=checkout)
     assert not (checkout / "game-main" / "build").exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [("x" * 300, "--model has a name longer than 255 bytes"), ("my model", "--model has a space")],
+)
+def test_a_model_given_to_the_flow_is_checked_as_the_cli_checks_it(
+    tmp_path: Path, model: str, said: str
+) -> None:
+    """The flow's `model` parameter (a deployment run from the UI) met no CLI check: a name
+    over 255 bytes ended the run in an OSError traceback."""
+    path = tmp_path / "m.yaml"
+    path.write_text("schema: 1\nsoundtrack: t\nstorage: ./out\ntracks:\n  - {id: a, prompt: x}\n")
+    with pytest.raises(InputError, match=r"^--model") as caught:
+        check_inputs(path, model=model)
+    assert said in str(caught.value) and not (tmp_path / "out").exists()
