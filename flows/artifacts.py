@@ -75,8 +75,10 @@ class BuildArtifacts:
                 )
             )
 
-    def finished(self, report: BuildReport, outcomes: Sequence[TrackOutcome]) -> None:
-        self._show(lambda: self._create_all(report, outcomes))
+    def finished(
+        self, report: BuildReport, outcomes: Sequence[TrackOutcome], unpublished: str | None
+    ) -> None:
+        self._show(lambda: self._create_all(report, outcomes, unpublished))
 
     def _show(self, call: Callable[[], object]) -> None:
         """The UI is the build's window, not its work: a server gone away mid-build stops the
@@ -92,7 +94,9 @@ class BuildArtifacts:
                 redact(f"{type(exc).__name__}: {exc}"),
             )
 
-    def _create_all(self, report: BuildReport, outcomes: Sequence[TrackOutcome]) -> None:
+    def _create_all(
+        self, report: BuildReport, outcomes: Sequence[TrackOutcome], unpublished: str | None
+    ) -> None:
         create_table_artifact(
             table=[_row(track) for track in report.tracks],
             key=f"{self.soundtrack}-tracks",
@@ -101,8 +105,12 @@ class BuildArtifacts:
         )
         docs = _data_docs(self.soundtrack, outcomes)
         create_markdown_artifact(
-            _links(report, docs), key=f"{self.soundtrack}-assets", description="Published assets"
+            _links(report, docs, unpublished),
+            key=f"{self.soundtrack}-assets",
+            description="Published assets" if unpublished is None else "Not published",
         )
+        if unpublished is not None:
+            return
         # The UI shows an image it can fetch: S3's presigned links. A folder's pictures are
         # listed, by path, in the markdown above.
         for name, picture in _pictures(report):
@@ -131,8 +139,20 @@ def _row(track: TrackRecord) -> dict[str, object]:
     return row
 
 
-def _links(report: BuildReport, docs: Path | None) -> str:
-    lines = [f"# {report.soundtrack}", "", "| track | status | files |", "|---|---|---|"]
+def _links(report: BuildReport, docs: Path | None, unpublished: str | None) -> str:
+    lines = [f"# {report.soundtrack}", ""]
+    if unpublished is not None:
+        # No lock names the files: links would show as published a build that is not.
+        lines.append(f"Nothing published: {unpublished}")
+    else:
+        lines += _file_links(report)
+    if docs is not None:
+        lines += ["", f"QC report (Great Expectations Data Docs): [{docs}]({docs.as_uri()})"]
+    return redact("\n".join(lines) + "\n")
+
+
+def _file_links(report: BuildReport) -> list[str]:
+    lines = ["| track | status | files |", "|---|---|---|"]
     for track in report.tracks:
         links = [
             (f"{f.stem}.{f.format}" if f.stem else f.format, f.url or f.uri) for f in track.files
@@ -145,9 +165,7 @@ def _links(report: BuildReport, docs: Path | None) -> str:
     if pictures:
         lines += ["", "Pictures (waveform, spectrogram, short-term loudness against the target):"]
         lines += [f"- {name}: [{_where(p.uri)}]({p.url or p.uri})" for name, p in pictures]
-    if docs is not None:
-        lines += ["", f"QC report (Great Expectations Data Docs): [{docs}]({docs.as_uri()})"]
-    return redact("\n".join(lines) + "\n")
+    return lines
 
 
 def _pictures(report: BuildReport) -> list[tuple[str, PictureRecord]]:

@@ -22,7 +22,7 @@ from soundtrack import events, steps
 from soundtrack.approval import Candidate, Reviewer, Verdict, first_take, rejections
 from soundtrack.atomic import atomic_path
 from soundtrack.catalog import limit_problems
-from soundtrack.errors import InputError, ModelLoadError
+from soundtrack.errors import InputError, ModelLoadError, StorageError
 from soundtrack.gates import rejection
 from soundtrack.held import scratch_folder
 from soundtrack.inputs import CheckedInputs, check_access, check_inputs
@@ -85,7 +85,10 @@ class Observer(Protocol):
 
     def track_done(self, record: TrackRecord) -> None: ...
 
-    def finished(self, report: BuildReport, outcomes: Sequence[TrackOutcome]) -> None: ...
+    def finished(
+        self, report: BuildReport, outcomes: Sequence[TrackOutcome], unpublished: str | None
+    ) -> None:
+        """The build ended; `unpublished` says why its lock was not written, if it was not."""
 
 
 @dataclass(frozen=True)
@@ -337,29 +340,42 @@ def _finish(
     build_name: str | None,
 ) -> BuildResult:
     """Report; the index goes last and only when every approval is published."""
-    checked = prepared.checked
     report = _report(prepared, tracks, loads_before, build_name)
+    unpublished = _write_index(prepared, tracks, report, executor, logger)
     if observer is not None:
-        observer.finished(report, tracks.outcomes)
-    if tracks.publish_errors:
-        errors = "; ".join(tracks.publish_errors)
-        return BuildResult(report, f"publishing failed, the previous index is untouched: {errors}")
-    index = index_of(report, prepared.lock, [spec.id for spec in checked.specs])
-    index_uri = executor.submit(
-        steps.write_index,
-        checked.manifest.soundtrack,
-        lock_bytes(index),
-        checked.storage_url,
-        str(checked.manifest_path.parent),
-        label=f"write-index[{checked.manifest.soundtrack}]",
-    ).result()
-    logger.info("index written: %s", index_uri)
+        observer.finished(report, tracks.outcomes, unpublished)
+    if unpublished is not None:
+        return BuildResult(report, unpublished)
     if not report.ok:
         counts = report.counts()
         return BuildResult(
             report, f"{counts['rejected']} track(s) rejected, {counts['failed']} failed"
         )
     return BuildResult(report)
+
+
+def _write_index(
+    prepared: Prepared, tracks: _Tracks, report: BuildReport, executor: Executor, logger: Logger
+) -> str | None:
+    """Write the lock unless a publish failed; None when written, else why it was not."""
+    if tracks.publish_errors:
+        errors = "; ".join(tracks.publish_errors)
+        return f"publishing failed, the previous index is untouched: {errors}"
+    checked = prepared.checked
+    index = index_of(report, prepared.lock, [spec.id for spec in checked.specs])
+    try:
+        index_uri = executor.submit(
+            steps.write_index,
+            checked.manifest.soundtrack,
+            lock_bytes(index),
+            checked.storage_url,
+            str(checked.manifest_path.parent),
+            label=f"write-index[{checked.manifest.soundtrack}]",
+        ).result()
+    except StorageError as exc:
+        return f"writing the index failed: {redact(str(exc))}"
+    logger.info("index written: %s", index_uri)
+    return None
 
 
 def _previous_lock(checked: CheckedInputs, logger: Logger) -> tuple[BuildReport | None, list[str]]:

@@ -21,7 +21,10 @@ from soundtrack.build import log as build_log
 from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.models import load_count
+from soundtrack.storage import INDEX_NAME
+from tests.faultproxy import FaultProxy, Seen
 from tests.reference import assert_pictures_published, ebur128, sha256_of
+from tests.s3server import SeaweedServer
 from tests.signals import music_like
 
 MANIFEST = (Path(__file__).parents[1] / "manifests" / "e2e.yaml").read_text()
@@ -233,3 +236,56 @@ def test_a_track_whose_render_fails_names_the_model_that_failed_it(
         assert track.model.id == str(broken)
         assert track.model.license == "soundtrack-tiny-random-weights"
         assert track.model.revision.startswith("sha256:")
+
+
+class Watcher:
+    """What the Prefect UI's artifacts are told at the end of a build."""
+
+    def __init__(self) -> None:
+        self.unpublished: list[str | None] = []
+
+    def track_done(self, record: object) -> None:
+        pass
+
+    def finished(self, report: object, outcomes: object, unpublished: str | None) -> None:
+        self.unpublished.append(unpublished)
+
+
+def test_a_lock_the_storage_refuses_fails_the_build_in_one_line_and_shows_nothing_published(
+    project: Path,
+    tiny_model_dir: Path,
+    s3_server: SeaweedServer,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lock's write failing raised out of the build (a traceback, no --report), after the
+    UI had been told, with links, that every file was published."""
+    (project / "m.yaml").write_text(
+        "schema: 1\nsoundtrack: lockless\ndefaults: {duration: 2, formats: [ogg]}\n"
+        "tracks:\n  - {id: a, prompt: calm pads}\n"
+    )
+    lock_key = f"/{s3_bucket}/games/lockless/{INDEX_NAME}"
+
+    def refuse_the_lock(seen: Seen) -> None:
+        if seen.method == "PUT" and seen.path == lock_key:
+            raise ConnectionAbortedError("the lock's write is dropped")  # no reply: it fails
+
+    watcher = Watcher()
+    with FaultProxy(
+        int(s3_server.endpoint.rsplit(":", 1)[1]), before_forward=refuse_the_lock
+    ) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+        models._loaded.clear()
+        result = build(
+            project / "m.yaml",
+            Options(model=str(tiny_model_dir), out=f"s3://{s3_bucket}/games"),
+            executor=ThreadExecutor(),
+            observer=watcher,
+        )
+    assert result.exit_status == 1 and result.failure is not None
+    assert result.failure.startswith("writing the index failed"), result.failure
+    assert watcher.unpublished == [result.failure]
+    assert (
+        s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix=lock_key[1:])["KeyCount"] == 0
+    )
