@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -12,7 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import State
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as current_run
 from prefect.settings import get_current_settings
@@ -140,12 +143,20 @@ def _settled(prefect_future: PrefectFuture[T]) -> Future[T]:
 
 
 def ensure_gpu_limit() -> None:
-    """A concurrency limit that does not exist limits nothing: create it (one batch at a time)
-    on a Prefect server; the temporary server's builds take a lock file instead (gpu_slot)."""
+    """A concurrency limit that does not exist limits nothing: create this machine's (one batch
+    at a time) on a Prefect server, leaving one that is there as its admin set it; the
+    temporary server's builds take a lock file instead (gpu_slot)."""
     if not get_current_settings().api.url:
         return
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, 1)
+        try:
+            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        except ObjectNotFound:
+            # Another build of this machine may create it first.
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=1)
+                )
 
 
 @flow(

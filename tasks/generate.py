@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import re
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -34,7 +36,9 @@ from soundtrack.spec import TrackSpec
 from soundtrack.storage import open_storage
 from tasks.waits import Stopped, run_on_pool, wait_until
 
-GPU_LIMIT = "soundtrack-gpu"
+# One limit per machine: builds on other machines sharing the server render on their own GPUs.
+# Named after the host (containers sharing one GPU share a slot by sharing a hostname).
+GPU_LIMIT = "soundtrack-gpu-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", socket.gethostname()) or "host")
 # The slot's lease is renewed while a batch renders; a build killed mid-batch frees it when the
 # lease runs out, instead of blocking every later build.
 GPU_LEASE_S = 60  # the server's minimum

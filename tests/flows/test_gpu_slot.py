@@ -3,6 +3,7 @@ waits for the slot says so once, takes it when it is freed, and gives up when it
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
@@ -11,21 +12,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+from prefect.exceptions import ObjectNotFound
 
+from flows.build import ensure_gpu_limit
 from tasks.generate import GPU_LIMIT, gpu_slot
 from tasks.waits import STOPPING, Stopped
 from tests.prefect_server import PrefectServer
 
 
 @contextmanager
-def slot_held_elsewhere() -> Iterator[threading.Event]:
+def slot_held_elsewhere(limit: str = GPU_LIMIT) -> Iterator[threading.Event]:
     """Another build's batch holding the slot until the event it yields is set."""
     from prefect.concurrency.sync import concurrency
 
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with concurrency(GPU_LIMIT, occupy=1, lease_duration=60, strict=True):
+        with concurrency(limit, occupy=1, lease_duration=60, strict=True):
             held.set()
             release.wait(60)
 
@@ -114,4 +117,32 @@ def test_a_builds_own_batches_take_turns_without_saying_another_build_waits(
         said = [r.getMessage() for r in caplog.records]
         assert second[0] >= first[1], "one batch at a time"
         assert not [line for line in said if "another build" in line], said
+        APILogHandler().flush()
+
+
+def test_each_machine_has_its_own_gpu_slot_and_an_admins_limit_stays(
+    prefect_server: PrefectServer,
+) -> None:
+    """One limit for every machine sharing a server made builds on other machines, with GPUs
+    of their own, wait for each other; and every build set it back to 1."""
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        with get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name("soundtrack-gpu-other-machine", 1)
+            with contextlib.suppress(ObjectNotFound):
+                client.delete_global_concurrency_limit_by_name(GPU_LIMIT)
+            ensure_gpu_limit()
+            assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit == 1
+            client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, 2)  # an admin's choice
+            ensure_gpu_limit()
+            assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit == 2
+            client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, 1)
+        with slot_held_elsewhere("soundtrack-gpu-other-machine"):
+            started = time.monotonic()
+            with gpu_slot():
+                waited_s = time.monotonic() - started
+        assert waited_s < 3.0, waited_s
         APILogHandler().flush()
