@@ -129,9 +129,14 @@ class Storage(Protocol):
         """Drop what this build published but will not name in a lock (it ends without one)."""
 
 
+def is_name(value: str) -> bool:
+    """Whether `value` is safe as one path segment of a key (a soundtrack's or track's name)."""
+    return _SAFE_NAME.fullmatch(value) is not None
+
+
 def check_name(kind: str, value: str) -> None:
     """Raise InputError unless `value` is safe as one path segment of a key."""
-    if not _SAFE_NAME.fullmatch(value):
+    if not is_name(value):
         raise InputError(
             f"{kind} {value!r} cannot be part of a storage key: use letters, digits, '-' and '_', "
             "starting with a letter or digit"
@@ -151,7 +156,7 @@ def soundtrack_of(key: str) -> str | None:
     """The soundtrack whose folder holds `key` (relative to the storage root), or None for a
     key outside any soundtrack folder (render handoffs under `.renders/`)."""
     name, sep, rest = key.partition("/")
-    return name if sep and rest and _SAFE_NAME.fullmatch(name) else None
+    return name if sep and rest and is_name(name) else None
 
 
 def folded(folder: str, kept: Iterable[str], in_use: Iterable[str]) -> list[str]:

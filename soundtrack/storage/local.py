@@ -27,6 +27,7 @@ from soundtrack.storage.base import (
     folded,
     index_entries,
     index_keys,
+    is_name,
     soundtrack_of,
 )
 from soundtrack.storage.staging import CONTROL, Publishing, build_lock
@@ -218,11 +219,16 @@ class LocalStorage:
         return self._path(key).as_uri()
 
     def soundtracks(self) -> list[str]:
-        """Sub-folders of the root that hold an index (other folders are not ours)."""
+        """Sub-folders of the root that hold an index (other folders, and folders no soundtrack
+        can be named, are not ours)."""
         try:
             if not self.root.is_dir():
                 return []
-            return sorted(d.name for d in self.root.iterdir() if (d / INDEX_NAME).is_file())
+            return sorted(
+                d.name
+                for d in self.root.iterdir()
+                if is_name(d.name) and (d / INDEX_NAME).is_file()
+            )
         except OSError as exc:
             raise _error(f"cannot list {self.root}", exc) from None
 

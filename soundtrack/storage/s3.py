@@ -43,6 +43,7 @@ from soundtrack.storage.base import (
     check_name,
     folded,
     index_keys,
+    is_name,
     soundtrack_of,
 )
 from soundtrack.storage.lease import LEASE_NAME, Lease, held_lease, lease_seconds
@@ -319,7 +320,11 @@ class S3Storage:
                     names.append(common["Prefix"].removeprefix(self.prefix).rstrip("/"))
         except (ClientError, BotoCoreError) as exc:
             raise self._error(f"listing s3://{self.bucket}/{self.prefix}", exc) from None
-        return sorted(name for name in names if self._head(f"{self.prefix}{name}/{INDEX_NAME}"))
+        return sorted(
+            name
+            for name in names
+            if is_name(name) and self._head(f"{self.prefix}{name}/{INDEX_NAME}")
+        )
 
     def unreferenced(self, soundtrack: str) -> Garbage:
         """Keys under <prefix>/<soundtrack>/ that the lock does not reference: ours when a

@@ -167,3 +167,17 @@ def test_a_storage_with_no_soundtrack_published_is_bad_input(tmp_path: Path) -> 
         assert "no soundtrack is published here" in " ".join(result.stderr.split())
     assert snapshot(root) == before
     assert CliRunner().invoke(app, ["gc", str(root)]).exit_code == 0
+
+
+def test_a_folder_no_soundtrack_can_be_named_is_passed_over(tmp_path: Path) -> None:
+    """A folder of the root with a space in its name holding a file named like a lock made gc
+    of the whole root exit 2 ("cannot be part of a storage key")."""
+    root = tmp_path / "assets"
+    two_builds(LocalStorage("assets", root), tmp_path / "enc")
+    foreign = root / "My Stuff"
+    foreign.mkdir()
+    (foreign / "soundtrack.lock.json").write_text("{}")
+    listed = gc(root)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == [f"{SOUNDTRACK}/title-theme.mp3"]
+    assert (foreign / "soundtrack.lock.json").read_text() == "{}"

@@ -123,6 +123,8 @@ def test_publish_puts_every_file_verified_then_the_index(
     assert backend.stored(index_key(backend)) == index
     assert storage.read_index(SOUNDTRACK) == index
     assert storage.read(index_key(backend)) == index
+    # A folder no soundtrack can be named is someone else's, whatever it holds.
+    backend.put_foreign(f"{backend.root}My Stuff/soundtrack.lock.json", b"{}")
     assert storage.soundtracks() == [SOUNDTRACK]
 
 
