@@ -28,7 +28,7 @@ from flows.artifacts import BuildArtifacts
 from flows.review import ask_in_prefect_ui
 from soundtrack import steps
 from soundtrack.build import MAX_WORKERS, Options, prepare, run
-from soundtrack.errors import InputError, StorageBusy
+from soundtrack.errors import InputError, SoundtrackError
 from soundtrack.plan import DEFAULT_BATCH_SIZE
 from soundtrack.redaction import install_log_redaction, redact
 from soundtrack.renders import RenderCache
@@ -218,9 +218,9 @@ def build_soundtrack(
 ) -> BuildReport | State[Any]:
     """Build a soundtrack: generate, master, gate, encode and publish every changed track.
 
-    A rejected or failed track, bad input, or storage busy with another build of the soundtrack
-    ends the run Failed with a one-line message (the report, or the error, as its result); only
-    a bug raises.
+    A rejected or failed track, bad input, or storage failing or busy with another build of the
+    soundtrack ends the run Failed with a one-line message (the report, or the error, as its
+    result); only a bug raises.
     """
     # A worker runs this flow without the CLI, which installs the same redaction for its runs.
     install_log_redaction()
@@ -248,6 +248,9 @@ def build_soundtrack(
         message = redact("\n  - ".join([str(exc), *exc.problems]))
         logger.error("bad input: %s", message)
         return Failed(message=message, data=exc)
+    except SoundtrackError as exc:  # storage that cannot be reached, a model that cannot load
+        logger.error("%s", redact(str(exc)))
+        return Failed(message=redact(str(exc)), data=exc)
     pool = None
     if render_pool is not None:
         checked = prepared.checked
@@ -266,7 +269,7 @@ def build_soundtrack(
                 logger=logger,
                 reviewer=ask_in_prefect_ui,
             )
-    except StorageBusy as exc:
+    except SoundtrackError as exc:  # storage busy with another build, or failing
         artifacts.stopped(str(exc))
         return Failed(message=redact(str(exc)), data=exc)
     if result.failure is not None:

@@ -445,3 +445,35 @@ def test_bad_storage_settings_exit_2_before_any_run_without_showing_the_secret(
     assert listed(s3_server.client(), bucket) == set()
     for secret in (s3_server.secret_key, WRONG_SECRET):
         assert secret not in result.stdout + result.stderr
+
+
+def test_storage_failing_as_a_deployed_build_starts_fails_the_run_in_one_line(
+    tmp_path: Path,
+    s3_server: SeaweedServer,
+    prefect_server: PrefectServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Storage answering 503 to the flow's access check (a deployment's run, which no CLI
+    checked first) ended the run as a crash: "encountered an exception", a traceback."""
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.build import build_soundtrack
+
+    bucket = s3_server.create_bucket()
+    (tmp_path / "m.yaml").write_text(manifest("flaky-start", ["cue-0"]))
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    with FaultProxy(
+        port(s3_server.endpoint), slowdown_share=1.0, max_faults_per_request=99
+    ) as proxy:
+        for name, value in {**s3_server.aws_env(), "AWS_ENDPOINT_URL_S3": proxy.endpoint}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+            state = build_soundtrack(
+                str(tmp_path / "m.yaml"), out=f"s3://{bucket}/g", return_state=True
+            )
+            APILogHandler().flush()  # to this server: after the block there is none
+    assert state.is_failed()
+    assert state.message is not None and state.message.startswith("checking access to s3://")
+    assert "exception" not in state.message and listed(s3_server.client(), bucket) == set()
