@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from soundtrack.approval import Candidate, Verdict, candidates_report
 from soundtrack.review_server import HOST, CandidateSite, make_server
 
 # How often the paused flow asks the server whether it was answered.
+# CommonMark's backslash-escapable punctuation.
+_MARKDOWN = re.compile(r"[!-/:-@\[-`{-~]")
 POLL_S = 5
 
 
@@ -117,5 +120,12 @@ def _description(candidates: Sequence[Candidate], staging: Path, page_url: str) 
         f"it runs on; the files are staged in `{staging}`).",
         "",
     ]
-    lines += [f"- **{c.spec.id}**: {c.spec.prompt or ''} ({_summary(c)})" for c in candidates]
+    lines += [
+        f"- **{c.spec.id}**: {_literal(c.spec.prompt or '')} ({_summary(c)})" for c in candidates
+    ]
     return "\n".join(lines)
+
+
+def _literal(text: str) -> str:
+    """`text` shown as written in the UI's Markdown: a prompt's `[here](url)` is no link."""
+    return _MARKDOWN.sub(r"\\\g<0>", text)

@@ -33,7 +33,7 @@ review_timeout_s: {timeout}
 defaults: {{duration: 2, formats: [ogg, wav]}}
 tracks:
   - id: harbour
-    prompt: harbour at dawn, soft strings
+    prompt: harbour at dawn, [soft strings](https://example.com)
     seed: 21
   - id: chase
     prompt: rooftop chase, fast drums
@@ -85,6 +85,8 @@ def test_a_reviewer_approves_one_track_and_rejects_the_other_with_a_comment(
         assert not (out / "soundtrack.lock.json").exists()
         assert not out.exists() or not list(out.glob("*.ogg"))
         schema, description = review_form(prefect_server.api_url, run)
+        # A prompt is shown as written, not as Markdown: its link is no link.
+        assert "](https" not in description and "\\[soft strings\\]" in description
         page, oggs = candidate_page(description)
         answer(
             prefect_server.api_url,
