@@ -191,7 +191,8 @@ def is_separator_folder(directory: Path) -> bool:
 def _config_or_none(directory: Path) -> dict[str, Any] | None:
     try:
         config = json.loads((directory / CONFIG).read_text())
-    except (OSError, ValueError):  # ValueError: bad JSON or bytes that are not UTF-8
+    # ValueError: bad JSON or bytes that are not UTF-8; RecursionError: JSON nested too deep.
+    except (OSError, ValueError, RecursionError):
         return None
     return config if isinstance(config, dict) else None
 
@@ -229,7 +230,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
         )
     try:
         config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # not UTF-8, not JSON, too deep
         raise ModelLoadError(
             f"stem_model {str(directory)!r}: unreadable {CONFIG} ({error})"
         ) from error
@@ -274,7 +275,7 @@ def _members(directory: Path, config: Mapping[str, Any]) -> list[_Member]:
             )
         try:
             decoded = _decode(kwargs)
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, ArithmeticError, RecursionError) as error:
             raise ModelLoadError(
                 f"{where}: model {index} ({name}) has a malformed fraction in its kwargs "
                 f"({type(error).__name__}: {error}); write {{'_type': 'fraction', "

@@ -31,10 +31,12 @@ from soundtrack.separate import (
     TINY_KWARGS,
     DemucsSeparator,
     convert_demucs,
+    is_separator_folder,
     load_separator,
     make_tiny_demucs,
     register_separator,
     residual_db,
+    stem_model_problem,
 )
 
 runner = CliRunner()
@@ -186,6 +188,28 @@ def test_kwargs_that_do_not_fit_the_class_are_refused(tiny_demucs: Path, tmp_pat
     _edit_config(directory, kwargs={**config["kwargs"], "channels": 8})
     with pytest.raises(ModelLoadError, match=r"model\.safetensors does not fit HTDemucs"):
         load_separator(str(directory), "cpu")
+
+
+@pytest.mark.parametrize(
+    ("numerator", "denominator"), [(1, 0), (1e400, 1)], ids=["by zero", "infinite"]
+)
+def test_a_fraction_no_number_can_be_is_a_malformed_config(
+    tiny_demucs: Path, tmp_path: Path, numerator: float, denominator: int
+) -> None:
+    """A zero denominator or an infinite numerator ended validate in a traceback, exit 1."""
+    directory = _copy(tiny_demucs, tmp_path / "model")
+    config = json.loads((directory / "config.json").read_text())
+    segment = {"_type": "fraction", "numerator": numerator, "denominator": denominator}
+    _edit_config(directory, kwargs={**config["kwargs"], "segment": segment})
+    assert "malformed fraction" in (stem_model_problem(str(directory)) or "")
+
+
+def test_a_config_nested_past_any_parser_is_unreadable(tiny_demucs: Path, tmp_path: Path) -> None:
+    """JSON nested 100,000 deep raised RecursionError out of validate."""
+    directory = _copy(tiny_demucs, tmp_path / "model")
+    (directory / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert "unreadable config.json" in (stem_model_problem(str(directory)) or "")
+    assert not is_separator_folder(directory)
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
