@@ -68,10 +68,12 @@ def reusable(
 
 def is_published(record: TrackRecord, spec: TrackSpec, storage: Storage) -> bool:
     """True when the lock approved this exact spec and every file (its sidecar and pictures
-    too) is there with its checksum. A track published before sidecars existed is published
-    again; one published before pictures existed keeps being served without them."""
+    too) is there with its checksum, and its stems were separated (a separation that failed
+    is tried again). A track published before sidecars existed is published again; one
+    published before pictures existed keeps being served without them."""
     return (
         record.usable
+        and not record.unseparated
         and record.spec_hash == spec.spec_hash
         and {f.format for f in record.files if f.stem is None} == set(spec.formats)
         and record.sidecar is not None

@@ -173,6 +173,12 @@ class TrackRecord(_Model):
         """Approved now or earlier: its files are published and referenced by the lock."""
         return self.status in ("approved", "cached")
 
+    @property
+    def unseparated(self) -> bool:
+        """Its stems were asked for and the separation failed (the sum gate measured nothing):
+        worth another try."""
+        return any(g.name == "stems_sum" and g.value is None for s in self.stems for g in s.gates)
+
     def stems_summary(self) -> str:
         """What became of the stems asked for, in a line ("drums, bass published; vocals
         silent")."""

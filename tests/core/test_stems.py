@@ -261,3 +261,30 @@ def test_a_mono_mix_is_separated_as_the_separator_takes_it_and_its_stems_are_mon
     decoded = [sf.read(out / files[n]["key"], always_2d=True)[0] for n in stems]
     assert mix.shape[1] == 1 and all(stem.shape == mix.shape for stem in decoded)
     assert residual_db(mix.T, [s.T for s in decoded]) > 60
+
+
+def test_a_separation_that_failed_is_tried_again_by_the_next_build(project: Path) -> None:
+    """A separation that failed (out of GPU memory) left the track cached with its stems
+    rejected: every later build kept it so, and only --force brought the stems."""
+    failures = [RuntimeError("CUDA out of memory")]
+
+    class FailsOnce(KnownParts):
+        def separate(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+            if failures:
+                raise failures.pop()
+            return super().separate(audio)
+
+    register_separator("fails-once", lambda device: FailsOnce())
+    try:
+        write_manifest(project, "fails-once", "[drums, bass]")
+        first = run(project)
+        assert first.exit_status == 0, first.failure
+        assert {s["status"] for s in lock(project)["stems"]} == {"rejected"}
+        _separator.cache_clear()
+        track, stems = built(project, "fails-once", "[drums, bass]")
+    finally:
+        SEPARATORS.pop("fails-once")
+    assert {name: stem["status"] for name, stem in stems.items()} == dict.fromkeys(
+        ("drums", "bass"), "published"
+    )
+    assert {f["stem"] for f in track["files"]} >= {"drums", "bass"}
