@@ -482,6 +482,7 @@ class _Tracks:
     _next: dict[Future[Any], Callable[[Future[Any]], None]] = field(default_factory=dict)
     _waiting: dict[str, list[_Variation]] = field(default_factory=dict)  # by parent id
     _released: list[TrackSpec] = field(default_factory=list)  # variations ready to render
+    _stale: set[str] = field(default_factory=set)  # variations left out of date by --only
     _queued: deque[list[TrackSpec]] = field(default_factory=deque)  # batches for a busy device
     _rendering: int = 0
     _in_turn: bool | None = None  # renders one batch at a time, in plan order (decided once)
@@ -505,9 +506,15 @@ class _Tracks:
         for parent, variations in list(self._waiting.items()):
             self._waiting.pop(parent)
             for variation in variations:
-                # Not selected by --only and not published: there is no audio to render from.
+                # Not selected by --only and not published as it is now: no audio to render from.
                 if variation.selected:
                     reason = f"its parent {parent!r} is neither built nor published"
+                    if parent in self._stale:
+                        reason = (
+                            f"its parent {parent!r} is out of date (what it varies changed) and "
+                            f"not selected: build it too (--only {parent} --only "
+                            f"{variation.spec.id})"
+                        )
                     self.finish(track_record(variation.spec, "failed", reason=reason))
 
     def wait(
@@ -550,6 +557,7 @@ class _Tracks:
             self.finish(cached)
             return
         if not variation.selected:
+            self._stale.add(spec.id)  # its published take follows its parent's previous one
             return
         cache = RenderCache(cache_root())
         # A parent published in this build is in the cache already; an earlier build's is at

@@ -113,6 +113,14 @@ def test_variations_render_after_their_parents_and_only_a_changed_parent_renders
     assert parent.exit_status == 0, parent.failure
     (warning,) = parent.report.warnings
     assert warning.startswith("combat-high varies title-theme, published anew by this build")
+    # --only its variation then: its parent is published but out of date, not missing.
+    models._loaded.clear()
+    last = build(tmp_path / "m.yaml", Options(only=("victory",)), executor=ThreadExecutor())
+    (victory,) = [r for r in last.report.tracks if r.id == "victory"]
+    assert victory.status == "failed" and victory.reason is not None
+    assert "'combat-high' is out of date" in victory.reason, victory.reason
+    assert "--only combat-high --only victory" in victory.reason
+    assert records(tmp_path)["victory"]["status"] == "approved"  # its published take stays
 
 
 def test_one_resident_model_loads_once_for_parents_and_variations(
