@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from soundtrack.cli import app
 from soundtrack.errors import InputError, StorageError
-from soundtrack.renders import RenderCache, fetch_shared, is_shared, share_render
+from soundtrack.renders import Render, RenderCache, fetch_shared, is_shared, share_render
 from soundtrack.storage import check_access, open_storage
 from soundtrack.storage.s3 import S3Storage
 from tests.faultproxy import FaultProxy, Seen
@@ -195,6 +195,12 @@ def test_another_take_of_the_same_spec_gets_a_key_of_its_own(
         assert storage.has_asset(file.key, asset.sha256)
 
 
+def gpu_take(cache: Path, rng: np.random.Generator) -> Render:
+    """A render of generation key abc123 on one GPU machine: one second of noise."""
+    audio = rng.uniform(-0.5, 0.5, (1, 32000)).astype(np.float32)
+    return RenderCache(cache).put("abc123", audio, 32000, model_id="m", revision="r", license="l")
+
+
 def test_a_render_shared_again_with_other_bytes_after_a_kill_is_handed_over(
     s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
 ) -> None:
@@ -204,25 +210,11 @@ def test_a_render_shared_again_with_other_bytes_after_a_kill_is_handed_over(
     storage = open_storage(f"s3://{s3_bucket}/games", base_dir=tmp_path)
     spec = make_spec(id="cue", generation_key="abc123")
     rng = np.random.default_rng(0)
-    first = RenderCache(tmp_path / "gpu-a").put(
-        "abc123",
-        rng.uniform(-0.5, 0.5, (1, 32000)).astype(np.float32),
-        32000,
-        model_id="m",
-        revision="r",
-        license="l",
-    )
+    first = gpu_take(tmp_path / "gpu-a", rng)
     share_render(storage, spec, first)
     s3_server.client().delete_object(Bucket=s3_bucket, Key="games/.renders/abc123.json")
     assert not is_shared(storage, spec)  # as if the machine died before the sidecar
-    second = RenderCache(tmp_path / "gpu-b").put(
-        "abc123",
-        rng.uniform(-0.5, 0.5, (1, 32000)).astype(np.float32),
-        32000,
-        model_id="m",
-        revision="r",
-        license="l",
-    )
+    second = gpu_take(tmp_path / "gpu-b", rng)
     assert second.sha256 != first.sha256
     share_render(storage, spec, second)
     fetched = fetch_shared(storage, RenderCache(tmp_path / "build"), spec)
@@ -236,17 +228,7 @@ def test_a_second_run_of_a_batch_leaves_the_first_take_handed_over(
     storage = open_storage(f"s3://{s3_bucket}/games", base_dir=tmp_path)
     spec = make_spec(id="cue", generation_key="abc123")
     rng = np.random.default_rng(1)
-    takes = [
-        RenderCache(tmp_path / f"gpu-{n}").put(
-            "abc123",
-            rng.uniform(-0.5, 0.5, (1, 32000)).astype(np.float32),
-            32000,
-            model_id="m",
-            revision="r",
-            license="l",
-        )
-        for n in range(2)
-    ]
+    takes = [gpu_take(tmp_path / f"gpu-{n}", rng) for n in range(2)]
     for take in takes:
         share_render(storage, spec, take)
     fetched = fetch_shared(storage, RenderCache(tmp_path / "build"), spec)
