@@ -1092,10 +1092,14 @@ def build(
 
     # 3. Report: a table, the JSON report, the JUnit file, the exit code.
     _print_report(outcome)
-    if report is not None:
-        report.write_text(outcome.to_json())
-    if junit is not None:
-        junit.write_text(to_junit(outcome))
+    unwritten = []
+    for path, text in ((report, outcome.to_json()), (junit, to_junit(outcome))):
+        if path is not None and (problem := _write_report(path, text)):
+            unwritten.append(f"{path}: {problem}")
+    for line in unwritten:
+        err_console.print(
+            f"error: cannot write {_shown(line)}", style="bold red", markup=False, soft_wrap=True
+        )
     if state.is_failed():
         err_console.print(
             f"[bold red]build failed:[/] {escape(redact(state.message or 'see the report'))}",
@@ -1103,6 +1107,20 @@ def build(
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_FAILED)
+    if unwritten:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _write_report(path: Path, text: str) -> str | None:
+    """Write a report whole or not at all (a full disk leaves none); why not, if it was not."""
+    from soundtrack.atomic import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 @contextmanager

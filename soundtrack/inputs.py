@@ -332,6 +332,8 @@ def _check_writable(path: Path) -> None:
     publishing."""
     if path.is_dir():
         raise InputError(f"report file {path} is a directory; give a file name")
+    if path.exists() and not path.is_file():  # written beside and renamed over: no device
+        raise InputError(f"report file {path} is not a regular file (a device or pipe)")
     folder = path.absolute().parent
     if not folder.is_dir():
         raise InputError(f"report file {path}: the folder {folder} does not exist")

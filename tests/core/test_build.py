@@ -289,3 +289,19 @@ def test_a_lock_the_storage_refuses_fails_the_build_in_one_line_and_shows_nothin
     assert (
         s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix=lock_key[1:])["KeyCount"] == 0
     )
+
+
+def test_a_report_is_written_whole_or_its_failure_is_returned_not_raised(
+    tmp_path: Path,
+) -> None:
+    """A report write failing (a full disk) raised out of `build` after the lock was published:
+    a traceback, and the JUnit file after it never written."""
+    from soundtrack.cli import _write_report
+
+    gone = tmp_path / "gone" / "report.json"
+    assert _write_report(gone, "{}") == "No such file or directory"
+    assert not gone.parent.exists()
+    junit = tmp_path / "junit.xml"
+    assert _write_report(junit, "<testsuites/>") is None
+    assert junit.read_text() == "<testsuites/>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,13 @@ def test_report_paths_are_checked_before_anything_runs(tmp_path: Path) -> None:
         check_inputs(path, reports=[tmp_path])
     problems = refusal(path, reports=[tmp_path / "audio" / "credits.wav"])
     assert "the report file credits.wav" in problems
+    # A report is written beside its path and renamed over it: a device would be replaced.
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for special in (Path("/dev/full"), fifo):
+        with pytest.raises(InputError, match="is not a regular file"):
+            check_inputs(path, reports=[special])
+    assert Path("/dev/full").is_char_device() and fifo.is_fifo()
 
 
 def test_cli_validate_and_build_refuse_with_exit_2_and_write_nothing(
