@@ -231,8 +231,8 @@ def _silences(audio: np.ndarray, sample_rate: int, threshold: float) -> tuple[fl
 
 def _clipped_runs(audio: np.ndarray, min_run: int, floor: float) -> int:
     """Runs of >= `min_run` equal samples at a channel's own positive or negative peak, entered
-    or left steeply (more than a step of its integer samples, too): a clipped plateau, even
-    after the clipped signal was turned down."""
+    or left steeply (more than a step of its integer samples, too) from its own side: a clipped
+    plateau, even after the clipped signal was turned down (not a square wave's)."""
     runs = 0
     for channel in audio:
         top, bottom = channel.max(), channel.min()
@@ -257,7 +257,13 @@ def _clipped_runs(audio: np.ndarray, min_run: int, floor: float) -> int:
             # off them by at most 4n / (n - 1)^2, plus a step of rounding.
             smooth = lsb * (1.0 + 4.0 * n / np.maximum(n - 1, 1) ** 2)
             steep = np.maximum(_PLATEAU_EDGE_MIN * level, smooth)
-            runs += int(np.count_nonzero(edge > steep))
+            # A plateau entered from zero or beyond and left back there in one step each is a
+            # pulse or square wave's (a chiptune's): a clipped wave comes from its own side.
+            side = np.sign(extreme)
+            from_far = (starts == 0) | (before * side <= 0)  # a file's edge holds no side
+            to_far = (ends == channel.size - 1) | (after * side <= 0)
+            pulse = from_far & to_far
+            runs += int(np.count_nonzero((edge > steep) & ~pulse))
     return runs
 
 

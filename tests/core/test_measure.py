@@ -89,16 +89,33 @@ def test_hard_clipping_is_found_even_after_the_level_was_lowered() -> None:
 
 
 def test_clipped_runs_count_each_plateau_at_the_extremes() -> None:
-    # Plateaus of known lengths at each channel's top and bottom, entered steeply; only those
-    # of at least clip_run_samples count, one apiece, wherever they are (the ends included).
+    # Plateaus of known lengths at each channel's top and bottom, entered steeply from their
+    # own side of the wave; only those of at least clip_run_samples count, one apiece,
+    # wherever they are (the ends included).
     audio = (0.3 * np.sin(np.arange(SR) / 40.0)).astype(np.float32)[None, :].repeat(2, axis=0)
-    plateaus = {0: [(0, 5), (900, 2), (2000, 3), (SR - 4, 4)], 1: [(100, 7), (700, 3)]}
+    plateaus = {0: [(0, 5), (900, 2), (SR - 4, 4), (2000, 3)], 1: [(100, 7), (700, 3)]}
     for channel, spans in plateaus.items():
         for i, (start, length) in enumerate(spans):
             audio[channel, start : start + length] = 0.9 if i % 2 == 0 else -0.8
-    # channel 0: runs of 5, 3 at 0.9 and of 2 (too short), 4 at -0.8; channel 1: 7 and 3
+    # channel 0: runs of 5, 4 at 0.9 and of 2 (too short), 3 at -0.8; channel 1: 7 and 3
     assert measure(audio, SR, clip_run_samples=3).clipped_runs == 3 + 2
     assert measure(audio, SR, clip_run_samples=5).clipped_runs == 1 + 1
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
+def test_square_and_pulse_waves_are_not_clipping(subtype: str, tmp_path: Path) -> None:
+    """A chiptune's naive square wave holds its peak for half a period and jumps across zero
+    to it: it was rejected as thousands of clipped plateaus. Clipped, it still counts."""
+    t = np.arange(3 * SR) / SR
+    square = np.where(np.sin(2 * np.pi * 220.0 * t) >= 0, 0.4, -0.4)
+    pulse = np.where((t * 110.0) % 1.0 < 0.25, 0.5, 0.0)  # 25 % duty, from silence
+    for name, wave in (("square", square), ("pulse", pulse)):
+        path = tmp_path / f"{name}.wav"
+        sf.write(path, np.stack([wave, wave]).T, SR, subtype=subtype)
+        assert measure_file(path).clipped_runs == 0, name
+    tone = sine(220.0, -3.0, 3.0, SR)
+    driven = np.clip(tone * 2.0, -0.7, 0.7) * 0.57  # a clipped tone: not a square's jumps
+    assert measure(driven.astype(np.float32), SR).clipped_runs >= 2 * 2 * 3 * 220 - 4
 
 
 def test_round_peaks_of_quantised_bass_are_not_clipping() -> None:
