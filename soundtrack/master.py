@@ -80,14 +80,25 @@ def prepare(
     # 3. Trim silence at the level the file will have
     threshold_dbfs = SILENCE_DBFS - mastering.loudness.integrated_lufs + input_lufs
     if not loop:
-        return Prepared(_trim_silence(x, threshold_dbfs), sr, input_lufs)
+        return Prepared(_long_enough(_trim_silence(x, threshold_dbfs), sr), sr, input_lufs)
     # A loop is its music from the first sound of the recording itself, filtered (and resampled)
     # as a circle from there. Found after filtering, the start came early: the filter's backward
     # pass, and a circle's wrap of the end, reach into the silence before the music, above the
     # trim's threshold, and put 25-33 ms of it into every loop.
     start = _loud(audio - audio.mean(axis=1, keepdims=True), threshold_dbfs)[0]
     looped = _prepare(audio[:, start:], sample_rate, sr, mastering.channels, circular=True)
-    return Prepared(looped, sr, input_lufs)
+    return Prepared(_long_enough(looped, sr), sr, input_lufs)
+
+
+def _long_enough(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """`x`, unless trimming its silence left less than one gating block (a click in silence):
+    said so, before the analysis would say the trimmed length alone."""
+    if x.shape[1] < BLOCK_S * sample_rate:
+        raise AudioError(
+            f"{x.shape[1] / sample_rate:.3f} s of audio once its silence is trimmed; loudness "
+            f"needs at least {BLOCK_S} s"
+        )
+    return x
 
 
 def finish(
@@ -240,6 +251,7 @@ def _normalise(
 ) -> tuple[np.ndarray, float, float]:
     """Gain to the loudness target, limit, re-measure and correct the gain (limiting lowers the
     loudness, more the harder it works); returns the master, its gain and the largest reduction."""
+    _long_enough(x, sample_rate)  # gating blocks to measure
     target_lufs = mastering.loudness.integrated_lufs
     ceiling_dbtp = mastering.loudness.true_peak_max_dbtp - ENCODING_HEADROOM_DB
     # A constant gain scales the true peaks and the blocks' powers: measure both once (at the
@@ -248,11 +260,6 @@ def _normalise(
         powers_job = pool.submit(block_powers, x, sample_rate)
         peaks = sample_true_peaks(x, circular=circular)
         powers = powers_job.result()
-    if powers.size == 0:  # trimming took it under one gating block
-        raise AudioError(
-            f"{x.shape[1] / sample_rate:.3f} s of audio once its silence is trimmed; loudness "
-            f"needs at least {BLOCK_S} s"
-        )
     gain_db = target_lufs - gated_lufs(powers)
     # Past this much gain the limiter takes what the gain adds: a master brick-walled by +110 dB
     # (the secant chasing -8 LUFS under -2.5 dBTP) is no master.

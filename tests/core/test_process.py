@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from soundtrack.audio import decode_with_ffmpeg
-from soundtrack.errors import InputError
+from soundtrack.errors import AudioError, InputError
 from soundtrack.gates import evaluate, judge
 from soundtrack.master import master
 from soundtrack.measure import measure
@@ -70,6 +70,16 @@ def test_a_silent_source_is_rejected_by_the_silence_gate(tmp_path: Path) -> None
     outcome = _rejected(tmp_path, silent)
     assert _failed(outcome) == {"silence"}
     assert outcome.master is None
+
+
+def test_a_click_in_silence_says_its_silence_was_trimmed(tmp_path: Path) -> None:
+    """A single full-scale sample in 5 s of silence failed with "audio is 0.05 s long; the
+    analysis needs at least 0.4 s", which misled about a 5 s file."""
+    click = np.zeros((2, 5 * RENDER_RATE), dtype=np.float32)
+    click[:, 2 * RENDER_RATE] = 1.0
+    with pytest.raises(AudioError, match=r"s of audio once its silence is trimmed"):
+        process_track(make_spec(duration_s=5.0), click, RENDER_RATE, tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_source_with_a_3s_dropout_is_rejected_by_the_dropout_gate(tmp_path: Path) -> None:
