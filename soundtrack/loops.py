@@ -16,7 +16,8 @@ COMPARE_MAX_S = 1.5  # how much audio after a candidate end is compared with the
 _N_FFT = 2048
 _HOP = 512
 _MIN_COMPARE_SAMPLES = _N_FFT + 4 * _HOP  # after a candidate end: a few feature frames
-# Audio that ends within this fraction of a bar loop's length from its end ends at its loop.
+# Audio that ends within this fraction of a loop's length from its end ends at its loop: a
+# recording cut to it, kept as it is.
 BAR_END_FRACTION = 0.01
 
 
@@ -45,7 +46,14 @@ def make_loop(
     audio: np.ndarray, sample_rate: int, duration_s: float, crossfade_ms: float
 ) -> np.ndarray:
     """The loop as (channels, loop_length) audio: loop start is sample 0, and playing it back to
-    back is continuous. `audio` must run at least `crossfade_ms` past the chosen loop end."""
+    back is continuous. `audio` must run at least `crossfade_ms` past the chosen loop end, or
+    end within BAR_END_FRACTION of `duration_s`: a recording that is its loop already, kept as
+    it is (nothing follows its end to search or crossfade; the seam gates judge its wrap)."""
+    if (
+        abs(audio.shape[1] - duration_s * sample_rate)
+        <= BAR_END_FRACTION * duration_s * sample_rate
+    ):
+        return audio.copy()
     crossfade = round(crossfade_ms / 1000.0 * sample_rate)
     loop_end = find_loop_end(audio, sample_rate, duration_s, crossfade_samples=crossfade)
     return bake_crossfade(audio, loop_end, crossfade)

@@ -119,3 +119,20 @@ def _smpl_loops(wav: bytes) -> list[tuple[int, int]]:
             ]
         offset += 8 + size + size % 2
     return []
+
+
+def test_a_recording_that_is_its_loop_keeps_its_length_and_its_seam() -> None:
+    """An 8 s recording that loops seamlessly, given no bpm, was cut to 7.64 s and crossfaded:
+    nothing follows a recording's end, so the search had to end 0.25 s early, and the beat
+    skipped at every wrap."""
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["mobile"])
+    # Whole periods of a tone swelling twice in the 8 s: its end runs on into its start.
+    t = np.arange(8 * RATE) / RATE
+    swell = 0.6 + 0.4 * np.cos(2 * np.pi * 0.25 * t)
+    recording = (signals.sine(441.0, -6.0, 8.0, RATE) * swell).astype(np.float32)
+    m = master(recording, RATE, mastering, loop=True, duration_s=8.0)
+    # Its first sample, a zero crossing, went with the leading silence: 8 s less one sample.
+    assert m.loop_length == m.audio.shape[1] == 8 * RATE - 1
+    assert _wrap_jump_ratio(m.audio) <= GateLimits().seam_jump_max_ratio
+    gain = float(np.max(np.abs(m.audio))) / float(np.max(np.abs(recording)))
+    np.testing.assert_allclose(m.audio, recording[:, 1:] * gain, atol=0.02)  # no crossfade
