@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -83,6 +84,14 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
     out: np.ndarray = soxr.resample(audio.T, rate_in, rate_out, "VHQ").T
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def samples_sha256(path: Path) -> str:
+    """sha256 of a file's decoded samples (and their rate): its audio, whatever its tags say."""
+    audio, sample_rate = read_audio(path)
+    digest = hashlib.sha256(f"{sample_rate}:{audio.shape[0]}:".encode())
+    digest.update(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def read_audio(path: Path) -> tuple[np.ndarray, int]:

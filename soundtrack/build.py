@@ -23,6 +23,7 @@ from soundtrack.approval import Candidate, Reviewer, Verdict, first_take, reject
 from soundtrack.atomic import atomic_path
 from soundtrack.catalog import limit_problems
 from soundtrack.errors import InputError, ModelLoadError, StorageError
+from soundtrack.formats import parent_format
 from soundtrack.gates import rejection
 from soundtrack.held import scratch_folder
 from soundtrack.inputs import CheckedInputs, check_access, check_inputs
@@ -320,7 +321,8 @@ def _stale_variations(prepared: Prepared, records: Mapping[str, TrackRecord]) ->
             and kept is not None
             and parent is not None
             and parent.status == "approved"
-            and kept.parent_sha256 not in {f.sha256 for f in parent.files}
+            and (kept.parent_audio_sha256 or kept.parent_sha256)
+            not in {f.audio_sha256 or f.sha256 for f in parent.files}
         ):
             stale.append(
                 f"{spec.id} varies {parent.id}, published anew by this build: it follows "
@@ -577,7 +579,7 @@ class _Tracks:
         key = self.checked.storage.asset_key(
             spec.soundtrack, spec.id, spec.spec_hash, staged.format, sha256=staged.sha256
         )
-        audio = ParentAudio(spec.id, key, staged.sha256, staged.format)
+        audio = ParentAudio(spec.id, key, staged.sha256, staged.format, staged.audio_sha256)
         path = RenderCache(cache_root()).parent_path(audio)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -843,30 +845,30 @@ class _Variation:
     force: bool
 
 
-# A variation renders from its parent's best published file: lossless when there is one.
-_PARENT_FORMATS = ("wav", "flac", "ogg", "mp3")
-
-
 def _parent_audio(parent: TrackRecord) -> ParentAudio | None:
     """The published file a variation of `parent` renders from; None when it has none."""
     chosen = _parent_file(parent.files) if parent.usable else None
     if chosen is None:
         return None
-    return ParentAudio(parent.id, chosen.key, chosen.sha256, chosen.format)
+    return ParentAudio(parent.id, chosen.key, chosen.sha256, chosen.format, chosen.audio_sha256)
 
 
 class _Formatted(Protocol):
     @property
     def format(self) -> str: ...
 
+    @property
+    def audio_sha256(self) -> str | None: ...
+
 
 F = TypeVar("F", bound=_Formatted)
 
 
 def _parent_file(files: Sequence[F]) -> F | None:
-    """Of a track's files (published or staged), the one its variations render from."""
-    usable = [f for f in files if f.format in _PARENT_FORMATS]
-    return min(usable, key=lambda f: _PARENT_FORMATS.index(f.format), default=None)
+    """Of a track's files (published or staged), the one its variations render from: the
+    first of its own (not its stems') in the format parent_format picks."""
+    chosen = parent_format([f.format for f in files])
+    return next((f for f in files if f.format == chosen), None)
 
 
 def _take_label(spec: TrackSpec) -> str:

@@ -56,6 +56,9 @@ class EncodedFile:
     path: Path
     sha256: str
     bytes: int
+    # Of the file a track's variations render from: its decoded samples' sha256, which their
+    # keys hold (its tags change with the spec, and its bytes with them).
+    audio_sha256: str | None = None
 
 
 def encode(

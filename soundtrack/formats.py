@@ -7,6 +7,7 @@ content type, and raw renders handed between machines travel as `wav`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,3 +48,12 @@ def output_format(ext: str) -> OutputFormat:
 def content_type_for(ext: str) -> str:
     """The Content-Type an encoded file of this format is served with."""
     return output_format(ext).content_type
+
+
+# A variation renders from its parent's best file: lossless when there is one.
+PARENT_FORMATS = ("wav", "flac", "ogg", "mp3")
+
+
+def parent_format(formats: Sequence[str]) -> str | None:
+    """Of a track's formats, the one its variations render from; None when none will do."""
+    return next((fmt for fmt in PARENT_FORMATS if fmt in formats), None)

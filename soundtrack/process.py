@@ -13,10 +13,11 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from soundtrack.analysis import Analysis, analyse, analyse_file, analysis_row, compare
-from soundtrack.audio import resample, write_wav
+from soundtrack.audio import resample, samples_sha256, write_wav
 from soundtrack.encode import EncodedFile, encode
 from soundtrack.errors import AudioError
 from soundtrack.expectations import check_expectations
+from soundtrack.formats import parent_format
 from soundtrack.gates import (
     MASTER,
     SOURCE,
@@ -322,6 +323,8 @@ def _encode_and_measure(
             clip_run_samples=spec.gates.clip_run_samples,
             silence_threshold_dbfs=spec.gates.dropout_threshold_dbfs,
         )
+        if fmt == parent_format(spec.formats):
+            file = replace(file, audio_sha256=samples_sha256(file.path))
     except Exception:
         file.path.unlink(missing_ok=True)
         raise

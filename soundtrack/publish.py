@@ -88,6 +88,7 @@ def track_record(
             "reference": None if outcome is None else outcome.reference,
             "variation_of": spec.variation_of,
             "parent_sha256": spec.parent_audio.sha256 if spec.parent_audio else None,
+            "parent_audio_sha256": spec.parent_audio.audio_sha256 if spec.parent_audio else None,
         }
     )
 
@@ -146,6 +147,7 @@ def publish_outcome(
                 loop_length=info.loop_length,
                 stem=name,
                 url=_link(storage, published, presign_expiry_s),
+                audio_sha256=encoded.audio_sha256,
             )
         )
     record = track_record(

@@ -44,6 +44,11 @@ class FileRecord(_Model):
     loop_length: int | None = None
     stem: str | None = Field(default=None, description="The stem this file holds; None: the mix.")
     url: str | None = Field(default=None, description="Presigned download link (S3 only).")
+    audio_sha256: str | None = Field(
+        default=None,
+        description="Of the file the track's variations render from: sha256 of its decoded "
+        "samples, which their keys hold (its bytes change with its tags).",
+    )
 
     @field_validator("key")
     @classmethod
@@ -160,6 +165,9 @@ class TrackRecord(_Model):
     )
     parent_sha256: str | None = Field(
         default=None, description="sha256 of the parent's published file it was rendered from."
+    )
+    parent_audio_sha256: str | None = Field(
+        default=None, description="sha256 of that file's decoded samples (its audio_sha256)."
     )
 
     def stored_files(self) -> list[FileRecord | SidecarRecord | PictureRecord]:

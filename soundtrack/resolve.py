@@ -328,15 +328,16 @@ def resolve_tracks(
 
 def with_parent(spec: TrackSpec, parent: ParentAudio) -> TrackSpec:
     """A variation once its parent is approved: rendered from the parent's audio, whose sha256
-    joins its spec hash and generation key (a changed parent re-renders it, nothing else)."""
+    joins its spec hash and generation key (a parent whose audio changed re-renders it; one
+    published anew with the same audio, other tags or gates, does not)."""
     if spec.generation_key is None:
         raise ValueError(f"track {spec.id!r} is a recording; it has no parent")
     return replace(
         spec,
         parent_audio=parent,
-        spec_hash=_canonical_hash({"spec_hash": spec.spec_hash, "parent": parent.sha256}),
+        spec_hash=_canonical_hash({"spec_hash": spec.spec_hash, "parent": parent.identity}),
         generation_key=_canonical_hash(
-            {"generation_key": spec.generation_key, "parent": parent.sha256}
+            {"generation_key": spec.generation_key, "parent": parent.identity}
         ),
     )
 

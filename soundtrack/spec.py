@@ -108,6 +108,13 @@ class ParentAudio:
     key: str  # storage key, content-addressed
     sha256: str
     ext: str
+    audio_sha256: str | None = None  # of its decoded samples; None in locks from before
+
+    @property
+    def identity(self) -> str:
+        """What a variation's keys hold of it: its audio, whatever its tags (the spec hash
+        among them) say; the file's own sha256 where its audio's was not recorded."""
+        return self.audio_sha256 or self.sha256
 
 
 @dataclass(frozen=True)

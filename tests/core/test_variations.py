@@ -93,13 +93,16 @@ def test_variations_render_after_their_parents_and_only_a_changed_parent_renders
     (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir, theme_prompt="sad title theme"))
     changed = run(tmp_path)
     assert changed.exit_status == 0, changed.failure
+    after = records(tmp_path)
+    # A variation renders again when its parent's audio changed, not its files' bytes: the
+    # tiny model's cover of the new theme may well be the old audio (random weights).
+    heard = [r["files"][0]["audio_sha256"] for r in (tracks["combat-high"], after["combat-high"])]  # type: ignore[index]
     assert {r.id: r.status for r in changed.report.tracks} == {
         "title-theme": "approved",
         "menu": "cached",
         "combat-high": "approved",
-        "victory": "approved",
+        "victory": "cached" if heard[0] == heard[1] else "approved",
     }
-    after = records(tmp_path)
     assert after["combat-high"]["parent_sha256"] == published_sha(tmp_path, after["title-theme"])
     assert after["combat-high"]["parent_sha256"] != tracks["combat-high"]["parent_sha256"]
     assert after["menu"]["files"] == tracks["menu"]["files"]
@@ -120,7 +123,37 @@ def test_variations_render_after_their_parents_and_only_a_changed_parent_renders
     assert victory.status == "failed" and victory.reason is not None
     assert "'combat-high' is out of date" in victory.reason, victory.reason
     assert "--only combat-high --only victory" in victory.reason
-    assert records(tmp_path)["victory"]["status"] == "approved"  # its published take stays
+    assert records(tmp_path)["victory"]["status"] in ("approved", "cached")  # its take stays
+
+
+def test_a_parent_published_anew_with_the_same_audio_leaves_its_variations(
+    tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    """A parent given another format (or gate, or stems) is mastered and published anew with
+    the same audio, but its files' tags hold its spec hash: their sha256, which the variations'
+    keys held, changed, and every variation down the chain rendered again on the GPU."""
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir))
+    first = run(tmp_path)
+    assert first.exit_status == 0, first.failure
+    before = records(tmp_path)
+    text = manifest(tiny_acestep_dir).replace(
+        "    duration: 3\n  - id: menu", "    duration: 3\n    formats: [ogg, mp3]\n  - id: menu"
+    )
+    (tmp_path / "m.yaml").write_text(text)
+    again = run(tmp_path)
+    assert again.exit_status == 0, again.failure
+    assert {r.id: r.status for r in again.report.tracks} == {
+        "title-theme": "approved",
+        "menu": "cached",
+        "combat-high": "cached",
+        "victory": "cached",
+    }
+    assert again.report.model_loads == 0 and again.report.warnings == []
+    after = records(tmp_path)
+    (theme_ogg,) = [f for f in after["title-theme"]["files"] if f["format"] == "ogg"]  # type: ignore[union-attr]
+    assert theme_ogg["sha256"] != before["title-theme"]["files"][0]["sha256"]  # type: ignore[index]
+    assert after["combat-high"]["files"] == before["combat-high"]["files"]
+    assert after["combat-high"]["parent_audio_sha256"] == theme_ogg["audio_sha256"]
 
 
 def test_one_resident_model_loads_once_for_parents_and_variations(
