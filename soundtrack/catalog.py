@@ -206,6 +206,15 @@ def limit_problems(spec: TrackSpec, family: str) -> list[tuple[str, str]]:
         )
     given = {"lyrics": spec.lyrics, "negative_prompt": spec.negative_prompt}
     problems += untaken(known, given)
+    guidance = spec.stable_audio_sampling.guidance if spec.stable_audio_sampling else None
+    if family == "stable-audio" and spec.negative_prompt and guidance is not None and guidance <= 1:
+        problems.append(
+            (
+                "negative_prompt",
+                f"negative_prompt needs guidance above 1 (sampling.stable-audio.guidance is "
+                f"{guidance:g}): without classifier-free guidance Stable Audio ignores it",
+            )
+        )
     if spec.variation_of is not None and "source_audio" not in known.conditioning:
         takers = sorted(f.name for f in FAMILIES.values() if "source_audio" in f.conditioning)
         problems.append(

@@ -150,7 +150,8 @@ class AceStepSamplingSpec(_Strict):
     """ACE-Step settings; unset keys keep the checkpoint's (turbo: 8 steps, shift 3, no CFG)."""
 
     steps: int | None = Field(default=None, ge=1, le=200, description="Flow-matching steps.")
-    shift: float | None = Field(default=None, gt=0, le=10, description="Timestep shift.")
+    # diffusers' scheduler is left no timesteps under about 1e-7: a traceback at the render.
+    shift: float | None = Field(default=None, ge=0.1, le=10, description="Timestep shift.")
     guidance: float | None = Field(
         default=None, ge=1, le=20, description="Classifier-free guidance (1: none)."
     )

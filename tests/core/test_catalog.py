@@ -87,6 +87,34 @@ def test_lyrics_go_only_to_a_family_that_sings(offline_hub: Path, tmp_path: Path
             assert "musicgen models take no lyrics (lyrics: ace-step, bark)" in said
 
 
+def test_a_negative_prompt_needs_guidance_and_a_shift_a_timestep(
+    offline_hub: Path, tmp_path: Path
+) -> None:
+    """At guidance 1 Stable Audio rendered a negative prompt's track exactly as the same track
+    without it; an ACE-Step shift of 1e-8 passed validate and raised in diffusers' scheduler."""
+    stable = "stabilityai/stable-audio-open-1.0"
+    for guidance, valid in ((1, False), (1.5, True)):
+        (tmp_path / "m.yaml").write_text(
+            MANIFEST.format(duration=12, model=stable)
+            + "    negative_prompt: drums\n"
+            + f"    sampling: {{stable-audio: {{guidance: {guidance}}}}}\n"
+        )
+        code, said = run(tmp_path, "validate", "m.yaml")
+        assert (code == 0) == valid, said
+        if not valid:
+            assert "negative_prompt needs guidance above 1" in said, said
+    ace_step = "ACE-Step/acestep-v15-xl-turbo-diffusers"
+    for shift, valid in ((1.0e-8, False), (0.1, True)):
+        (tmp_path / "m.yaml").write_text(
+            MANIFEST.format(duration=12, model=ace_step)
+            + f"    sampling: {{ace-step: {{shift: {shift}}}}}\n"
+        )
+        code, said = run(tmp_path, "validate", "m.yaml")
+        assert (code == 0) == valid, said
+        if not valid:
+            assert "shift" in said and "0.1" in said, said
+
+
 def test_lyrics_and_time_signature_shape_the_spec_only_when_set(tmp_path: Path) -> None:
     from soundtrack.manifest import load_manifest
     from soundtrack.resolve import resolve_tracks
