@@ -9,7 +9,9 @@ BIN := $(VENV)/bin
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# A plain `torch` requirement would pull a multi-GB CUDA build; this pin takes the CPU file.
+	# A plain `torch` requirement would pull a multi-GB CUDA build; this pin takes the CPU file
+	# where pip finds one (the project's machines: pip's find-links). Elsewhere set
+	# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu (README).
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
