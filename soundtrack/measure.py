@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from soundtrack.audio import check_signal, read_audio
 from soundtrack.errors import AudioError
@@ -172,6 +173,9 @@ def _ogg_loop(path: Path) -> tuple[int, int] | None:
     if not start and not length:
         return None
     try:
+        if start and not length:  # a loop to the end, as RPG Maker reads LOOPSTART alone
+            frames = sf.info(str(path)).frames
+            return int(start[0]), frames - int(start[0])
         return int(start[0]), int(length[0])
     except (TypeError, ValueError) as exc:
         raise AudioError(

@@ -248,6 +248,14 @@ def test_loop_tags_are_read_from_ogg_comments_and_the_wav_smpl_chunk(tmp_path: P
     assert ogg.seam_jump_ratio is not None
     unlooped = encode(plain, ("ogg", "wav"), tmp_path / "plain", "x", tags=TAGS)
     assert [read_loop_tags(f.path) for f in unlooped] == [None, None]
+    # LOOPSTART alone loops to the end, as RPG Maker reads it (inspect refused it, exit 2).
+    from mutagen.oggvorbis import OggVorbis
+
+    tagged = OggVorbis(unlooped[0].path)
+    assert tagged.tags is not None
+    tagged.tags["LOOPSTART"] = ["1000"]
+    tagged.save()
+    assert read_loop_tags(unlooped[0].path) == (1000, 3 * SR - 1000)
 
 
 @pytest.mark.parametrize(
