@@ -21,7 +21,7 @@ from soundtrack.plan import select
 from soundtrack.renders import cache_root
 from soundtrack.resolve import gate_severities, resolve_tracks
 from soundtrack.schema import Manifest, model_problem
-from soundtrack.separate import stem_model_licence, stem_model_problem
+from soundtrack.separate import stem_model_licence, stem_model_problem, stem_model_sources
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import INDEX_NAME, STORAGE_ENV, LocalStorage, Storage, open_storage
 from soundtrack.storage.base import RENDERS_FOLDER
@@ -211,6 +211,14 @@ def _stem_model_problems(specs: Sequence[TrackSpec], at: _Where) -> list[str]:
             problem = stem_model_problem(spec.stem_model)
             if problem is not None:
                 problems.append(f"{at(spec, 'stem_model')}: track {spec.id}: {problem}")
+                continue
+            sources = stem_model_sources(Path(spec.stem_model))
+            missing = [stem for stem in spec.stems if sources and stem not in sources]
+            if missing:
+                problems.append(
+                    f"{at(spec, 'stems')}: track {spec.id}: {', '.join(missing)} not among the "
+                    f"sources stem_model {spec.stem_model!r} separates ({', '.join(sources)})"
+                )
     return problems
 
 

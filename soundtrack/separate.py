@@ -183,6 +183,14 @@ def stem_model_licence(stem_model: str) -> str:
     return str(licence).strip() if named else UNKNOWN
 
 
+def stem_model_sources(directory: Path) -> tuple[str, ...]:
+    """The sources a separator folder's config names; () when it names none it can read."""
+    sources = (_config_or_none(directory) or {}).get("sources")
+    if not isinstance(sources, list):
+        return ()
+    return tuple(source for source in sources if isinstance(source, str))
+
+
 def is_separator_folder(directory: Path) -> bool:
     """Whether `directory` holds a model in this module's layout (its config.json says so)."""
     return (_config_or_none(directory) or {}).get("format") == FORMAT

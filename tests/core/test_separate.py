@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from demucs.apply import BagOfModels
 from demucs.htdemucs import HTDemucs
@@ -210,6 +211,27 @@ def test_a_config_nested_past_any_parser_is_unreadable(tiny_demucs: Path, tmp_pa
     (directory / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     assert "unreadable config.json" in (stem_model_problem(str(directory)) or "")
     assert not is_separator_folder(directory)
+
+
+def test_validate_refuses_a_stem_the_model_does_not_separate(
+    tiny_demucs: Path, tmp_path: Path
+) -> None:
+    """A two-source model asked for drums passed validate; the build then rejected the stems
+    with a warning and exit 0, after rendering and separating."""
+    directory = _copy(tiny_demucs, tmp_path / "two")
+    _edit_config(directory, sources=["vocals", "other"])
+    mix = 0.1 * np.sin(np.arange(3 * 44100) / 10.0)
+    sf.write(tmp_path / "mix.wav", np.stack([mix, mix]).T, 44100)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "schema: 1\nsoundtrack: s\nstorage: ./out\ntracks:\n  - id: boss\n    source: mix.wav\n"
+        f"    stems: [vocals, drums]\n    stem_model: {directory}\n"
+    )
+    result = runner.invoke(app, ["validate", str(manifest)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "tracks[0].stems (line 7): track boss: drums not among the sources" in said, said
+    assert "(vocals, other)" in said
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
