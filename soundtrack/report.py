@@ -280,7 +280,10 @@ def to_junit(report: BuildReport) -> str:
         failures=str(counts["rejected"]),
         errors=str(counts["failed"]),
         skipped="0",
-        timestamp=report.created_at,
+        # Ant's JUnit schema takes a timestamp without a zone (strict validators refuse one).
+        timestamp=datetime.fromisoformat(report.created_at)
+        .astimezone(UTC)
+        .strftime("%Y-%m-%dT%H:%M:%S"),
     )
     for track in report.tracks:
         case = ET.SubElement(suite, "testcase", classname=report.soundtrack, name=track.id)

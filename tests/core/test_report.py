@@ -51,6 +51,10 @@ def test_junit_names_failed_gates_and_errors() -> None:
     error = cases["c"].find("error")
     assert error is not None and "NaN" in error.get("message", "")
     assert cases["a"].find("failure") is None and cases["d"].find("error") is None
+    # In UTC without a zone, as Ant's JUnit schema has it (its validators refused "+00:00").
+    stamped = report().model_copy(update={"created_at": "2026-12-05T23:30:00+01:00"})
+    suite = ET.fromstring(to_junit(stamped).split("\n", 1)[1])
+    assert suite.get("timestamp") == "2026-12-05T22:30:00"
 
 
 def test_ok_only_when_every_track_is_usable() -> None:
