@@ -9,6 +9,7 @@ imported on first use: to check a configuration its own way, to run a team's exp
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -164,8 +165,13 @@ _EVALUATED_KEYS = ("type", "kwargs", "meta", "severity", "description", "notes")
 _SEVERITIES = ("critical", "warning")
 _OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "IN", "NOT_IN")
 _CONDITION_TYPES = "'comparison', 'nullity', 'and' or 'or'"
-# A column in GX's condition grammar: col("name"), the name running to the next double quote.
-_GX_COLUMN = re.compile(r'col\("([^"]*)"\)')
+# GX's string condition, whole: one col("name") compared with a number or a quoted value, or
+# .notnull(). GX's parser takes the first comparison and drops the rest of the string (`and`,
+# `or`, anything): a string it would cut short, or could not parse, is refused here.
+_GX_CONDITION = re.compile(
+    r'\s*col\("([^"]*)"\)\s*(?:\.(?i:notnull)\(\)|(?:==|!=|<=|>=|<|>)\s*'
+    r'(?:[+-]?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|"[^"\']+"|\'[^"\']+\'))\s*'
+)
 
 
 class _Refuser:
@@ -261,15 +267,23 @@ def _check_row_condition(kwargs: Mapping[str, Any], refuse: _Refuser, *, evaluat
                 f"{len(condition)} characters",
                 f"at most {ROW_CONDITION_MAX_CHARS} characters",
             )
-        # Its columns are checked now, not only once GX has parsed it: `validate` runs no GX.
-        for name in _GX_COLUMN.findall(condition):
-            if not _COLUMN.accepts(name):
-                raise refuse(
-                    "kwargs.row_condition.column",
-                    {"name": name},
-                    '{"name": ' + _COLUMN.allowed + "}",
-                    "does not exist",
-                )
+        # Checked now, not only once GX has parsed it: `validate` runs no GX.
+        whole = _GX_CONDITION.fullmatch(condition)
+        if whole is None:
+            raise refuse(
+                "kwargs.row_condition",
+                condition,
+                'one comparison, col("column") OP value (OP one of == != < <= > >=, value a '
+                'number or "text"), or col("column").notnull(); to combine comparisons, a '
+                "structured condition of type 'and' or 'or'",
+            )
+        if not _COLUMN.accepts(whole.group(1)):
+            raise refuse(
+                "kwargs.row_condition.column",
+                {"name": whole.group(1)},
+                '{"name": ' + _COLUMN.allowed + "}",
+                "does not exist",
+            )
         return
     count = _check_condition(condition, "kwargs.row_condition", refuse, depth=1)
     if count > CONDITIONS_MAX:
@@ -399,20 +413,30 @@ def check_expectations(configs: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     return out
 
 
-_JSON_TOKENS = re.compile(
-    r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]'
-)  # strings, and brackets outside them
+_JSON_MARKS = re.compile(r'[\[\]{}"\\]')  # what opens or closes a string or a level
 
 
 def _json_depth(text: str) -> int:
-    """How deeply the JSON text nests arrays and objects, by a scan that does not recurse."""
+    """How deeply the JSON text nests arrays and objects, by one pass that does not recurse
+    (a string matched from each quote took time in the square of an unclosed one's length)."""
     depth = deepest = 0
-    for match in _JSON_TOKENS.finditer(text):
-        first = text[match.start()]
-        if first in "[{":
+    in_string = False
+    escaped_at = -1  # the position a backslash in a string escapes
+    for match in _JSON_MARKS.finditer(text):
+        mark, at = match.group(), match.start()
+        if in_string:
+            if at == escaped_at:
+                continue
+            if mark == "\\":
+                escaped_at = at + 1
+            elif mark == '"':
+                in_string = False
+        elif mark == '"':
+            in_string = True
+        elif mark in "[{":
             depth += 1
             deepest = max(deepest, depth)
-        elif first in "]}":
+        elif mark in "]}":
             depth -= 1
     return deepest
 
@@ -561,13 +585,23 @@ def build_data_docs(tables: Sequence[GateTable], out_dir: Path) -> Path:
     with _GX_LOCK:
         context = _context(out_dir)
         for table in tables:
-            configs = [_gx_config(gate) for gate in table.expectations] + list(table.team)
+            team = [_escaped_description(config) for config in table.team]
+            configs = [_gx_config(gate) for gate in table.expectations] + team
             _validate(context, table, configs, store=True)
         context.build_data_docs()
     index = out_dir / "index.html"
     if not index.is_file():
         raise StorageError(f"GX wrote no Data Docs index at {index}", transient=False)
     return index
+
+
+def _escaped_description(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` with its description made HTML text: Data Docs writes it into the page as it
+    is (a <script> in a team's description ran in the QC report), where it escapes the rest."""
+    description = config.get("description")
+    if not isinstance(description, str):
+        return dict(config)
+    return {**config, "description": html.escape(description)}
 
 
 def _gx() -> Any:

@@ -463,3 +463,44 @@ def test_text_no_lock_or_junit_can_hold_is_refused_when_loaded(
     path.write_text(json.dumps([config]))  # json.dumps escapes the surrogate as \ud800
     with pytest.raises(InputError, match=said):
         load_expectations(path)
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        'col("label") == "master" or col("label") == "ogg"',  # GX ran `label == master` alone
+        'col("label") == "master" garbage',
+        "col('label') == 'master'",  # GX cannot parse it: validate passed, the build failed
+    ],
+)
+def test_a_string_condition_gx_would_cut_short_or_not_parse_is_refused(
+    tmp_path: Path, condition: str
+) -> None:
+    path = _write(
+        tmp_path / "team.json",
+        [_with(row_condition=condition, condition_parser="great_expectations")],
+    )
+    with pytest.raises(InputError, match=r"one comparison, col\(\"column\"\) OP value"):
+        load_expectations(path)
+
+
+@pytest.mark.timeout(60)
+def test_an_unclosed_string_full_of_escapes_is_refused_at_once(tmp_path: Path) -> None:
+    """A quote then 100,000 escaped quotes: the depth scan matched a string from each quote,
+    in time growing with the square of the length (60 KB took 13 s, 1 MiB would take an hour)."""
+    path = tmp_path / "team.json"
+    path.write_text('"' + '\\"' * 100_000)
+    with pytest.raises(InputError):
+        load_expectations(path)
+
+
+def test_a_description_reaches_the_qc_report_as_text(tmp_path: Path) -> None:
+    """Data Docs wrote an expectation's description into the page as it was: a <script> in a
+    team's rules ran in the QC report the Prefect UI links to."""
+    described = {**PEAK, "description": "<script>alert('qc')</script> peak & more"}
+    (config,) = check_expectations([described])
+    table = GateTable("t", (metrics_row("t", "master", MASTER),), (), (config,))
+    build_data_docs([table], tmp_path / "qc")
+    pages = " ".join(p.read_text() for p in (tmp_path / "qc").rglob("*.html"))
+    assert "<script>alert('qc')</script>" not in pages
+    assert "&lt;script&gt;alert(" in pages
