@@ -9,6 +9,7 @@ imported on first use: to check a configuration its own way, to run a team's exp
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
@@ -452,11 +453,11 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number a gate can compare with")
 
 
-def load_expectations(path: Path) -> list[dict[str, Any]]:
+def load_expectations(path: Path, *, sha256: str | None = None) -> list[dict[str, Any]]:
     """Expectation configurations from a JSON file: a list of them, or a GX suite export
     ({"name": ..., "expectations": [...]}), within the limits above and the allow-list; no GX
     import. The one entry point for `validate` and `build` (`check_expectations` then runs GX's
-    own checks)."""
+    own checks). With `sha256`, the bytes read must be those the spec hash holds."""
     # 1. Read at most the size limit (a special file could report any size).
     if not path.is_file():
         raise InputError(f"cannot read expectations from {path}: not a regular file")
@@ -470,6 +471,9 @@ def load_expectations(path: Path) -> list[dict[str, Any]]:
             f"{path}: the expectations file is larger than the limit of "
             f"{EXPECTATIONS_MAX_BYTES} bytes (1 MiB): {path.stat().st_size} bytes"
         )
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        # Judged by other rules than the spec hash names, a track would be cached as passing them.
+        raise InputError(f"{path} changed during the build: build again")
     # 2. Nesting, before json.loads recurses into it.
     try:
         text = data.decode("utf-8")

@@ -195,6 +195,7 @@ def resolve_tracks(
     specs = []
     families: dict[str, str | None] = {}  # model location -> its keyed family, read once
     expectations = (base_dir / manifest.expectations).resolve() if manifest.expectations else None
+    expectations_sha256 = file_sha256(expectations) if expectations else None
     for track in manifest.tracks:
         merged = _merge(manifest.defaults, track)
         if model_override is not None:
@@ -235,7 +236,7 @@ def resolve_tracks(
             "gates": _hashed_gates(gates),
             "formats": list(merged.get("formats", ["ogg", "mp3"])),
             "wav_bit_depth": merged.get("wav_bit_depth", 16),
-            "expectations_sha256": file_sha256(expectations) if expectations else None,
+            "expectations_sha256": expectations_sha256,
         }
         ace_step_sampling = blocks.get("ace_step")
         if ace_step_sampling:
@@ -285,6 +286,7 @@ def resolve_tracks(
             source_sha256=fields["source_sha256"],
             own_length=source is not None and track.duration is None and track.bars is None,
             expectations=expectations,
+            expectations_sha256=expectations_sha256,
             bpm=track.bpm,
             key=track.key,
             time_signature=track.time_signature,

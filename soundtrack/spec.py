@@ -146,6 +146,7 @@ class TrackSpec:
     # generation cache key, so re-mastering does not regenerate. None for source tracks.
     generation_key: str | None = None
     expectations: Path | None = None  # the team's own GX expectations (JSON), judged as gates
+    expectations_sha256: str | None = None  # what the spec hash holds of them
     # Musical targets, outside the hashed fields (the prompt carries them as words, so they are
     # hashed there): ACE-Step takes them as conditioning with `plain_prompt`, the prompt without
     # the key and BPM words.

@@ -43,7 +43,11 @@ def master(spec: TrackSpec, audio_path: str, staging_dir: str) -> TrackOutcome:
     from soundtrack.process import process_track
 
     audio, sample_rate = read_audio(Path(audio_path))
-    extra = load_expectations(spec.expectations) if spec.expectations else []
+    extra = (
+        load_expectations(spec.expectations, sha256=spec.expectations_sha256)
+        if spec.expectations
+        else []
+    )
     parent = None
     if spec.parent_audio is not None:  # fetched by the build when it released the variation
         parent = read_audio(RenderCache(cache_root()).parent_path(spec.parent_audio))

@@ -12,8 +12,10 @@ from typing import Any
 import hypothesis.strategies as st
 import pandas as pd
 import pytest
+import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 
+from soundtrack import steps
 from soundtrack.errors import InputError
 from soundtrack.expectations import (
     ALLOWED_KWARGS,
@@ -26,8 +28,11 @@ from soundtrack.expectations import (
     load_expectations,
 )
 from soundtrack.gates import GateResult, GateTable, evaluate, judge, metrics_row
+from soundtrack.manifest import load_manifest
 from soundtrack.measure import Metrics
+from soundtrack.resolve import resolve_tracks
 from soundtrack.spec import LOUDNESS_PROFILES, GateLimits
+from tests.signals import music_like
 
 MASTER = Metrics(
     sample_rate=44100,
@@ -504,3 +509,18 @@ def test_a_description_reaches_the_qc_report_as_text(tmp_path: Path) -> None:
     pages = " ".join(p.read_text() for p in (tmp_path / "qc").rglob("*.html"))
     assert "<script>alert('qc')</script>" not in pages
     assert "&lt;script&gt;alert(" in pages
+
+
+def test_rules_changed_during_a_build_are_not_judged_under_the_old_hash(tmp_path: Path) -> None:
+    """The build hashed the rules into each spec, then read them again to judge: rules edited
+    in between judged the track, and the verdict was cached under the old rules' hash."""
+    sf.write(tmp_path / "mix.wav", music_like(3.0, 44100).T, 44100)
+    _write(tmp_path / "rules.json", [PEAK])
+    (tmp_path / "m.yaml").write_text(
+        "schema: 1\nsoundtrack: s\nexpectations: rules.json\ntracks:\n"
+        "  - id: a\n    source: mix.wav\n"
+    )
+    (spec,) = resolve_tracks(load_manifest(tmp_path / "m.yaml"), tmp_path)
+    _write(tmp_path / "rules.json", [_with(max_value=100.0)])
+    with pytest.raises(InputError, match=r"rules\.json changed during the build"):
+        steps.master(spec, str(tmp_path / "mix.wav"), str(tmp_path / "staging"))
