@@ -116,10 +116,10 @@ def decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     # A float WAV on disk carries the rate and channel count that a raw pipe would lose.
     with tempfile.TemporaryDirectory() as tmp_dir:
         wav = Path(tmp_dir) / "decoded.wav"
+        # The file, never a protocol: ffmpeg reads a name like `concat:a|b` as one.
+        source = f"file:{path.absolute()}"
         try:
-            run_ffmpeg(
-                ["-i", str(path), "-map", "0:a:0", "-c:a", "pcm_f32le", "-f", "wav", str(wav)]
-            )
+            run_ffmpeg(["-i", source, "-map", "0:a:0", "-c:a", "pcm_f32le", "-f", "wav", str(wav)])
         except AudioError as error:  # ffmpeg's last line says why; its command line does not
             reason = str(error).strip().splitlines()[-1]
             raise AudioError(f"{path}: not audio that ffmpeg can decode ({reason})") from error

@@ -194,8 +194,15 @@ class LocalStorage:
     def hold(
         self, soundtrack: str, *, wait_s: float, on_wait: Callable[[str], None]
     ) -> AbstractContextManager[None]:
-        """The soundtrack's build lock (a locked file naming its holder)."""
+        """The soundtrack's build lock (a locked file naming its holder); refused, before
+        anything is written, when the journal builds append to is a symbolic link."""
         check_name("soundtrack", soundtrack)
+        journal = self.root / soundtrack / JOURNAL_NAME
+        if journal.is_symlink():
+            raise InputError(
+                f"{journal} is a symbolic link, not the journal this tool writes: remove it to "
+                "build here"
+            )
         return build_lock(self.root / soundtrack, wait_s=wait_s, on_wait=on_wait)
 
     def repair(self, soundtrack: str) -> list[str]:
@@ -278,6 +285,12 @@ class LocalStorage:
         """Fail unless the root (or the folder that would hold it) is a writable directory."""
         existing = self.root
         while not existing.exists():
+            if existing.is_symlink():  # to nothing: a folder cannot be made there
+                raise StorageError(
+                    f"storage folder {self.root}: {existing} is a symbolic link to "
+                    f"{os.readlink(existing)}, which does not exist",
+                    transient=False,
+                )
             existing = existing.parent
         if not existing.is_dir():
             raise StorageError(
@@ -404,7 +417,8 @@ def _write_atomically(
 def _append(path: Path, line: bytes) -> None:
     """Append one line to `path` (made if missing) and fsync it before returning."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+        # Not through a link: appended to, a linked file (a manifest) would take the line.
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
         try:
             size = os.fstat(fd).st_size
             # After a crash mid-append, start on a fresh line so this entry stays readable.

@@ -14,6 +14,7 @@ replaced in place, never by swapping the folder, so an engine's files beside the
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from soundtrack.atomic import atomic_path, fsync_path
-from soundtrack.errors import StorageBusy, StorageError
+from soundtrack.errors import InputError, StorageBusy, StorageError
 from soundtrack.hashing import file_sha256
 from soundtrack.storage.base import INDEX_NAME
 
@@ -166,13 +167,14 @@ class Publishing:
             staged, target, kept = self.staged(name), self.folder / name, previous / name
             if entry.get("retired"):
                 if target.exists() and not kept.exists():
-                    os.link(target, kept)  # kept aside, as a replaced file is, to undo
+                    # kept aside, as a replaced file is, to undo (a link itself, not its target)
+                    os.link(target, kept, follow_symlinks=False)
                 target.unlink(missing_ok=True)
                 continue
             if not staged.exists():
                 continue  # already in place
             if target.exists() and not kept.exists():
-                os.link(target, kept)
+                os.link(target, kept, follow_symlinks=False)
             os.replace(staged, target)
         fsync_path(self.folder)
         lock = self.control / "lock.json"
@@ -192,14 +194,14 @@ class Publishing:
         fsync_path(self.folder)
 
     def _clean(self) -> None:
-        """Empty the control folder but for the build lock (a killed write's temporary files
-        included), and remove it when nothing holds it."""
+        """Remove from the control folder what builds write there but the build lock (a killed
+        write's temporary files included), and the folder when nothing is left in it: anything
+        else in it is not ours, and stays."""
+        own_folder(self.control)
         for path in _listdir(self.control):
-            if path.name == LOCK_NAME:
-                continue
-            if path.is_dir() and not path.is_symlink():
+            if path.name in ("staged", "previous") and path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
-            else:
+            elif path.name in ("lock.json", "commit.json") or _PART.fullmatch(path.name):
                 path.unlink()
         with contextlib.suppress(OSError):
             self.control.rmdir()
@@ -223,6 +225,7 @@ def build_lock(folder: Path, *, wait_s: float, on_wait: Callable[[str], None]) -
     """Hold the soundtrack folder's build lock: a file locked with flock, so the lock of a
     killed process is released by the kernel at once; it names its holder (pid, host, start)."""
     path = folder / CONTROL / LOCK_NAME
+    own_folder(path.parent)
     deadline = time.monotonic() + wait_s
     said = False
     while True:
@@ -261,13 +264,31 @@ def build_lock(folder: Path, *, wait_s: float, on_wait: Callable[[str], None]) -
             path.parent.rmdir()
 
 
+def own_folder(path: Path) -> None:
+    """Refuse a folder this tool writes and deletes in that is a symbolic link, or a file:
+    what it writes and deletes there would land where the link points."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise InputError(
+            f"{path} is a symbolic link or a file, not the folder this tool makes there: "
+            "remove it to build here"
+        )
+
+
 def _open_lock(path: Path) -> int:
     while True:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # Not through a link: the lock is truncated and written (a linked file with it).
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except FileNotFoundError:
             continue  # the folder was removed between the two calls by a build ending
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise InputError(
+                f"{path} is a symbolic link, not the lock file this tool makes: remove it to "
+                "build here"
+            ) from None
 
 
 def _same_file(fd: int, path: Path) -> bool:

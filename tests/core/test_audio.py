@@ -47,6 +47,21 @@ def test_an_mp3_without_a_lame_header_is_read_to_its_end(tmp_path: Path) -> None
     )
 
 
+def test_a_file_named_like_an_ffmpeg_protocol_is_read_as_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`inspect 'concat:a.mp3|a.mp3'` measured a.mp3 played twice: ffmpeg read the relative
+    name as its concat protocol, not as the file."""
+    wav, mp3 = tmp_path / "a.wav", tmp_path / "a.mp3"
+    write_wav(wav, signals.sine(440.0, -12.0, 2.0, 48000), 48000)
+    run_ffmpeg(["-i", str(wav), "-c:a", "libmp3lame", str(mp3)])
+    named = tmp_path / "concat:a.mp3|a.mp3"
+    named.write_bytes(mp3.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    audio, rate = read_audio(Path(named.name))
+    assert audio.shape[1] / rate == pytest.approx(2.0, abs=0.05)
+
+
 def test_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(AudioError, match="not found"):
         read_audio(tmp_path / "missing.ogg")

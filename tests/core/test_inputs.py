@@ -264,3 +264,15 @@ def test_a_model_given_to_the_flow_is_checked_as_the_cli_checks_it(
     with pytest.raises(InputError, match=r"^--model") as caught:
         check_inputs(path, model=model)
     assert said in str(caught.value) and not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_linked_to_nothing_is_bad_input(tmp_path: Path) -> None:
+    """A dangling link where the output folder goes passed as missing (its parent writable),
+    and the build's first mkdir raised FileExistsError: a traceback, exit 1."""
+    path = manifest(tmp_path)
+    (tmp_path / "assets").symlink_to(tmp_path / "nowhere")
+    result = CliRunner().invoke(app, ["build", str(path)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "is a symbolic link to" in said and "which does not exist" in said, said
+    assert not (tmp_path / "nowhere").exists()

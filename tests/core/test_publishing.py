@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from soundtrack.errors import InputError
 from soundtrack.storage import open_storage
 from soundtrack.storage.local import LocalStorage
 from tests.corebuild import second_waits_for_first, start, stop, wait_for
@@ -336,3 +337,43 @@ def test_a_build_killed_while_it_replaces_files_is_finished_by_the_next(tmp_path
     assert folder_problems(folder) == []
     storage = open_storage(str(tmp_path / "out"), base_dir=tmp_path)
     assert storage.repair("sky") == [], "nothing left to repair"
+
+
+def test_links_planted_in_a_soundtrack_folder_are_refused_and_what_they_name_kept(
+    tmp_path: Path,
+) -> None:
+    """A `.publishing` linked to another folder was emptied by the next build's repair (with
+    `../..`, the manifest and its recordings went); a linked build lock was truncated and
+    overwritten; a linked journal took the build's lines (a manifest grew four)."""
+    storage = LocalStorage(str(tmp_path / "out"), tmp_path / "out")
+    folder = tmp_path / "out" / SOUNDTRACK
+    publish(storage, SOUNDTRACK, version(tmp_path / "v1", 1))
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "important.txt").write_text("keep")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("schema: 1\n")
+    journal = folder / "soundtrack.journal.jsonl"
+    journal.rename(tmp_path / "journal.kept")
+    for name, target in {
+        ".publishing": victim,
+        ".publishing/build.lock": manifest,
+        "soundtrack.journal.jsonl": manifest,
+    }.items():
+        link = folder / name
+        link.parent.mkdir(exist_ok=True)
+        link.symlink_to(target)
+        with (
+            pytest.raises(InputError, match="is a symbolic link"),
+            storage.hold(SOUNDTRACK, wait_s=0, on_wait=print),
+        ):
+            storage.repair(SOUNDTRACK)
+        link.unlink()
+    assert sorted(p.name for p in victim.iterdir()) == ["important.txt", "sub"]
+    assert manifest.read_text() == "schema: 1\n"
+    # A file of someone else's in a real control folder stays there too.
+    (tmp_path / "journal.kept").rename(journal)
+    (folder / ".publishing" / "notes.txt").write_text("mine")
+    with storage.hold(SOUNDTRACK, wait_s=0, on_wait=print):
+        storage.repair(SOUNDTRACK)
+    assert (folder / ".publishing" / "notes.txt").read_text() == "mine"
