@@ -339,6 +339,12 @@ class _Overridable(_Strict):
         return value
 
 
+def _not_a_device_name(value: str, consequence: str) -> str:
+    if value in WINDOWS_DEVICE_NAMES:
+        raise ValueError(f"{value!r} is a device name on Windows, where {consequence}")
+    return value
+
+
 def model_problem(model: str, name: str = "model") -> str | None:
     """Why `model` (a manifest's, or the option `name`) can name neither a hub id nor a
     folder, if so."""
@@ -450,12 +456,7 @@ class Track(_Overridable):
     @field_validator("id")
     @classmethod
     def _not_a_device(cls, value: str) -> str:
-        if value in WINDOWS_DEVICE_NAMES:
-            raise ValueError(
-                f"{value!r} is a device name on Windows, where {value}.ogg cannot be opened: "
-                "name the track otherwise"
-            )
-        return value
+        return _not_a_device_name(value, f"{value}.ogg cannot be opened: name the track otherwise")
 
     @field_validator("prompt", "lyrics", "negative_prompt", "mood")
     @classmethod
@@ -529,7 +530,11 @@ class Manifest(_Strict):
     )
 
     schema_version: Literal[1] = Field(alias="schema", description="Manifest schema version.")
-    soundtrack: Slug = Field(description="Soundtrack name: a slug, used in storage paths.")
+    soundtrack: Slug = Field(
+        description="Soundtrack name: a slug, used in storage paths; not a device name of "
+        "Windows (con, nul, com1...).",
+        json_schema_extra={"not": {"enum": list[JsonValue](sorted(WINDOWS_DEVICE_NAMES))}},
+    )
     storage: str = Field(
         default=DEFAULT_STORAGE,
         min_length=1,
@@ -571,6 +576,11 @@ class Manifest(_Strict):
         description="How long a build waits for the review before it fails with nothing published.",
     )
     tracks: list[Track] = Field(min_length=1, max_length=MAX_TRACKS)
+
+    @field_validator("soundtrack")
+    @classmethod
+    def _not_a_device(cls, value: str) -> str:
+        return _not_a_device_name(value, f"no folder {value}/ can be made: name it otherwise")
 
     @field_validator("expectations")
     @classmethod
