@@ -46,14 +46,7 @@ def make_loop(
     audio: np.ndarray, sample_rate: int, duration_s: float, crossfade_ms: float
 ) -> np.ndarray:
     """The loop as (channels, loop_length) audio: loop start is sample 0, and playing it back to
-    back is continuous. `audio` must run at least `crossfade_ms` past the chosen loop end, or
-    end within BAR_END_FRACTION of `duration_s`: a recording that is its loop already, kept as
-    it is (nothing follows its end to search or crossfade; the seam gates judge its wrap)."""
-    if (
-        abs(audio.shape[1] - duration_s * sample_rate)
-        <= BAR_END_FRACTION * duration_s * sample_rate
-    ):
-        return audio.copy()
+    back is continuous. `audio` must run at least `crossfade_ms` past the chosen loop end."""
     crossfade = round(crossfade_ms / 1000.0 * sample_rate)
     loop_end = find_loop_end(audio, sample_rate, duration_s, crossfade_samples=crossfade)
     return bake_crossfade(audio, loop_end, crossfade)
@@ -70,7 +63,7 @@ def make_bar_loop(
     frames = audio.shape[1]
     if end + crossfade <= frames:
         return bake_crossfade(audio, end, crossfade, start=start)
-    if abs(frames - end) <= BAR_END_FRACTION * length:
+    if ends_at_its_loop(frames - start, length):
         # A recording cut to its bars: its own end is the loop's, not the measured tempo's
         # (a few hundredths of a percent off: cut there, 13-70 samples went, and the seam).
         return audio.copy()
@@ -80,6 +73,12 @@ def make_bar_loop(
         f"{(frames - start) / sample_rate:.2f} s of audio from the first downbeat; the loop's "
         f"bars need {length / sample_rate:.2f} s"
     )
+
+
+def ends_at_its_loop(frames: float, loop_frames: float) -> bool:
+    """Whether audio of `frames` ends where a loop of `loop_frames` from its start would (within
+    BAR_END_FRACTION): a recording cut to its loop, whose own end is the loop's."""
+    return abs(frames - loop_frames) <= BAR_END_FRACTION * loop_frames
 
 
 def find_loop_end(

@@ -108,9 +108,12 @@ def finish(
     loop: bool,
     duration_s: float,
     bar_loop: tuple[int, float] | None = None,
+    recorded_loop: bool = False,
 ) -> Master:
     """Loop or cut and fade, then normalise and limit. `bar_loop` (first downbeat, whole bars
-    in samples at the measured tempo) cuts a loop on the bar instead of near `duration_s`."""
+    in samples at the measured tempo) cuts a loop on the bar instead of near `duration_s`;
+    `recorded_loop`: a recording that is its loop already, kept whole (nothing follows its end
+    to search or crossfade; the seam gates judge its wrap)."""
     x, sr = prepared.audio, prepared.sample_rate
     # 4. Loop crossfade, or cut and fades
     loop_start = 0
@@ -119,9 +122,9 @@ def finish(
         x = make_bar_loop(
             x, sr, start=loop_start, length=bars_length, crossfade_ms=mastering.loop_crossfade_ms
         )
-    elif loop:
+    elif loop and not recorded_loop:
         x = make_loop(x, sr, duration_s, mastering.loop_crossfade_ms)
-    else:
+    elif not loop:
         x = _fade(x[:, : round(duration_s * sr)], sr, mastering.fade_in_ms, mastering.fade_out_s)
     # 5. Normalise and limit: measure, apply, re-measure
     out, gain_db, reduction_db = _normalise(x, sr, mastering, circular=loop)

@@ -30,7 +30,7 @@ from soundtrack.gates import (
     tempo_error_pct,
 )
 from soundtrack.keys import parse_key, relative, semitones_apart
-from soundtrack.loops import BAR_END_FRACTION
+from soundtrack.loops import ends_at_its_loop
 from soundtrack.master import Master, finish, prepare
 from soundtrack.measure import Metrics, measure, measure_file
 from soundtrack.pictures import PICTURE_EXT, Picture, draw_picture
@@ -106,12 +106,16 @@ def process_track(
                 beats_per_bar=spec.beats_per_bar,
                 bpm_hint=spec.bpm,
             )
+            # A render runs past its loop to search and crossfade; a recording may end on it.
+            loop_frames = spec.duration_s * prepared.sample_rate
             m = finish(
                 prepared,
                 spec.mastering,
                 loop=spec.loop,
                 duration_s=spec.duration_s,
                 bar_loop=_bar_loop(spec, heard),
+                recorded_loop=spec.source is not None
+                and ends_at_its_loop(prepared.audio.shape[1], loop_frames),
             )
         except AudioError:
             rows = [metrics_row(spec.id, SOURCE, _measure(spec, audio, sample_rate))]
@@ -179,7 +183,7 @@ def _bar_loop(spec: TrackSpec, heard: Analysis) -> tuple[int, float] | None:
     # A recording of its own length counts the bars of the music heard, its silence trimmed.
     frames = heard.frames if spec.own_length else spec.duration_s * sr
     bars = spec.bars or max(1, round(frames / bar))
-    if abs(heard.frames - bars * bar) <= BAR_END_FRACTION * bars * bar:
+    if ends_at_its_loop(heard.frames, bars * bar):
         # A recording cut to its bars (a loop exported from a DAW) is its loop from its first
         # sample, whichever beat the analysis hears as a downbeat: an accent alone is a weak cue.
         return 0, float(heard.frames)

@@ -14,7 +14,7 @@ from soundtrack.encode import encode
 from soundtrack.errors import AudioError
 from soundtrack.limiter import true_peak_dbtp
 from soundtrack.loops import bake_crossfade, find_loop_end, make_loop, render_duration_s
-from soundtrack.master import master
+from soundtrack.master import finish, master, prepare
 from soundtrack.spec import LOUDNESS_PROFILES, GateLimits, Mastering
 from tests import signals
 from tests.reference import ebur128
@@ -130,9 +130,20 @@ def test_a_recording_that_is_its_loop_keeps_its_length_and_its_seam() -> None:
     t = np.arange(8 * RATE) / RATE
     swell = 0.6 + 0.4 * np.cos(2 * np.pi * 0.25 * t)
     recording = (signals.sine(441.0, -6.0, 8.0, RATE) * swell).astype(np.float32)
-    m = master(recording, RATE, mastering, loop=True, duration_s=8.0)
+    prepared = prepare(recording, RATE, mastering, loop=True, duration_s=8.0)
+    m = finish(prepared, mastering, loop=True, duration_s=8.0, recorded_loop=True)
     # Its first sample, a zero crossing, went with the leading silence: 8 s less one sample.
     assert m.loop_length == m.audio.shape[1] == 8 * RATE - 1
     assert _wrap_jump_ratio(m.audio) <= GateLimits().seam_jump_max_ratio
     gain = float(np.max(np.abs(m.audio))) / float(np.max(np.abs(recording)))
     np.testing.assert_allclose(m.audio, recording[:, 1:] * gain, atol=0.02)  # no crossfade
+
+
+def test_a_long_render_is_searched_and_crossfaded_not_kept_whole() -> None:
+    """A render runs 0.65 s past its loop (the search, then the crossfade): from 65 s on that
+    is within 1 % of its duration, and a recording's rule would have kept it raw and clicking."""
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["mobile"])
+    rendered = signals.music_like(render_duration_s(70.0, mastering.loop_crossfade_ms), RATE)
+    m = master(rendered, RATE, mastering, loop=True, duration_s=70.0)
+    assert abs(m.audio.shape[1] / RATE - 70.0) <= 0.4
+    assert _wrap_jump_ratio(m.audio) <= GateLimits().seam_jump_max_ratio

@@ -218,3 +218,17 @@ def test_a_cue_too_short_for_a_tempo_fails_its_tempo_gate(tmp_path: Path) -> Non
     spec = make_spec(id="blip", duration_s=0.6, bpm=120.0, mastering=mastering, formats=("ogg",))
     outcome = process_track(spec, _source(0.6), RENDER_RATE, tmp_path)
     assert outcome.status == "rejected" and "tempo" in _failed(outcome)
+
+
+def test_a_loop_recording_as_long_as_its_loop_is_kept_whole(tmp_path: Path) -> None:
+    """A seamless 8 s loop recording given no bpm was cut to 7.64 s and crossfaded: nothing
+    follows a recording's end, so the search for its loop end stopped a crossfade early."""
+    t = np.arange(8 * 44100) / 44100
+    swell = 0.6 + 0.4 * np.cos(2 * np.pi * 0.25 * t)
+    recording = (0.5 * np.cos(2 * np.pi * 441.0 * t) * swell)[None, :].repeat(2, axis=0)
+    spec = make_spec(
+        loop=True, duration_s=8.0, source=tmp_path / "loop.wav", own_length=True, formats=("wav",)
+    )
+    outcome = process_track(spec, recording.astype(np.float32), 44100, tmp_path / "out")
+    assert outcome.status == "approved", _failed(outcome)
+    assert outcome.master is not None and outcome.master.loop_length == 8 * 44100
