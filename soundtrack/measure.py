@@ -266,9 +266,21 @@ def _clipped_runs(audio: np.ndarray, min_run: int, floor: float) -> int:
             side = np.sign(extreme)
             from_far = (starts == 0) | (before * side <= 0)  # a file's edge holds no side
             to_far = (ends == channel.size - 1) | (after * side <= 0)
-            pulse = from_far & to_far
+            # Several voices of squares step between flat levels on one side of zero: the
+            # three samples either side hold two values at most, where a clipped wave moves.
+            pulse = (from_far & to_far) | (
+                _stepped(channel, starts - 1, -1) & _stepped(channel, ends + 1, 1)
+            )
             runs += int(np.count_nonzero((edge > steep) & ~pulse))
     return runs
+
+
+def _stepped(channel: np.ndarray, first: np.ndarray, direction: int) -> np.ndarray:
+    """Whether the three samples from each of `first` on, going `direction`, hold two values
+    at most (a step signal's levels), rather than three (a wave moving)."""
+    a, b, c = (channel[np.clip(first + direction * k, 0, channel.size - 1)] for k in range(3))
+    out: np.ndarray = (a == b) | (b == c) | (a == c)
+    return out
 
 
 def _lsb(channel: np.ndarray) -> float:

@@ -201,7 +201,9 @@ class Publishing:
         for path in _listdir(self.control):
             if path.name in ("staged", "previous") and path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
-            elif path.name in ("lock.json", "commit.json") or _PART.fullmatch(path.name):
+            elif path.name in ("staged", "previous", "lock.json", "commit.json"):
+                path.unlink()  # a link at one of our names goes itself, never what it names
+            elif _PART.fullmatch(path.name):
                 path.unlink()
         with contextlib.suppress(OSError):
             self.control.rmdir()

@@ -109,7 +109,11 @@ def test_square_and_pulse_waves_are_not_clipping(subtype: str, tmp_path: Path) -
     t = np.arange(3 * SR) / SR
     square = np.where(np.sin(2 * np.pi * 220.0 * t) >= 0, 0.4, -0.4)
     pulse = np.where((t * 110.0) % 1.0 < 0.25, 0.5, 0.0)  # 25 % duty, from silence
-    for name, wave in (("square", square), ("pulse", pulse)):
+    # Two voices: their sum steps between flat levels, reaching its top from 0.1, not zero.
+    voices = 0.3 * np.sign(np.sin(2 * np.pi * 220.0 * t)) + 0.2 * np.sign(
+        np.sin(2 * np.pi * 330.0 * t)
+    )
+    for name, wave in (("square", square), ("pulse", pulse), ("voices", voices)):
         path = tmp_path / f"{name}.wav"
         sf.write(path, np.stack([wave, wave]).T, SR, subtype=subtype)
         assert measure_file(path).clipped_runs == 0, name

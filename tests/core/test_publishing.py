@@ -371,9 +371,13 @@ def test_links_planted_in_a_soundtrack_folder_are_refused_and_what_they_name_kep
         link.unlink()
     assert sorted(p.name for p in victim.iterdir()) == ["important.txt", "sub"]
     assert manifest.read_text() == "schema: 1\n"
-    # A file of someone else's in a real control folder stays there too.
+    # A file of someone else's in a real control folder stays there too; a link at the name
+    # of a folder builds write in goes itself, and what it names stays.
     (tmp_path / "journal.kept").rename(journal)
     (folder / ".publishing" / "notes.txt").write_text("mine")
+    (folder / ".publishing" / "staged").symlink_to(victim)
     with storage.hold(SOUNDTRACK, wait_s=0, on_wait=print):
         storage.repair(SOUNDTRACK)
     assert (folder / ".publishing" / "notes.txt").read_text() == "mine"
+    assert not (folder / ".publishing" / "staged").is_symlink()
+    assert sorted(p.name for p in victim.iterdir()) == ["important.txt", "sub"]
