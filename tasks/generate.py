@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import re
 import socket
 import threading
@@ -37,8 +38,10 @@ from soundtrack.storage import open_storage
 from tasks.waits import Stopped, run_on_pool, wait_until
 
 # One limit per machine: builds on other machines sharing the server render on their own GPUs.
-# Named after the host (containers sharing one GPU share a slot by sharing a hostname).
-GPU_LIMIT = "soundtrack-gpu-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", socket.gethostname()) or "host")
+# Named after the host, or SOUNDTRACK_GPU_SLOT: containers (each its own hostname) that share a
+# machine's GPU name it alike.
+_SLOT = os.environ.get("SOUNDTRACK_GPU_SLOT") or socket.gethostname()
+GPU_LIMIT = "soundtrack-gpu-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", _SLOT) or "host")
 # The slot's lease is renewed while a batch renders; a build killed mid-batch frees it when the
 # lease runs out, instead of blocking every later build.
 GPU_LEASE_S = 60  # the server's minimum

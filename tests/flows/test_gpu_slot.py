@@ -146,3 +146,23 @@ def test_each_machine_has_its_own_gpu_slot_and_an_admins_limit_stays(
                 waited_s = time.monotonic() - started
         assert waited_s < 3.0, waited_s
         APILogHandler().flush()
+
+
+def test_a_machines_slot_is_named_after_it_or_after_soundtrack_gpu_slot() -> None:
+    """Each container of one GPU machine has a hostname of its own, so each took a slot of its
+    own: SOUNDTRACK_GPU_SLOT names the machine's one slot for all of them."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    def limit(**env: str) -> str:
+        code = "import tasks.generate as g; print(g.GPU_LIMIT)"
+        environ = {k: v for k, v in os.environ.items() if k != "SOUNDTRACK_GPU_SLOT"}
+        done = subprocess.run(
+            [sys.executable, "-c", code], env={**environ, **env}, capture_output=True, text=True
+        )
+        return done.stdout.strip()
+
+    assert limit() == f"soundtrack-gpu-{socket.gethostname()}"
+    assert limit(SOUNDTRACK_GPU_SLOT="gpu box/1") == "soundtrack-gpu-gpu-box-1"
