@@ -293,6 +293,30 @@ def _check_row_condition(kwargs: Mapping[str, Any], refuse: _Refuser, *, evaluat
         )
 
 
+def theme_columns_read(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The columns only a variation's rows have (THEME_COLUMNS) that `configs` read, in their
+    kwargs or row conditions."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                # A kwarg's column, or a structured condition's {"name": ...}.
+                if key in ("column", "column_A", "column_B", "name") and isinstance(item, str):
+                    found.add(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and (whole := _GX_CONDITION.fullmatch(value)):
+            found.add(whole.group(1))
+
+    for config in configs:
+        walk(config.get("kwargs"))
+    return sorted(found & THEME_COLUMNS)
+
+
 def _check_condition(condition: Any, key: str, refuse: _Refuser, *, depth: int) -> int:
     """Check one structured row condition; returns its number of comparisons."""
     if depth > EXPECTATIONS_MAX_DEPTH:  # Python callers' configs are not depth-checked JSON

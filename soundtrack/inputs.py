@@ -81,9 +81,18 @@ def check_inputs(
     selected = select(specs, only)
     expectations: list[dict[str, Any]] = []
     if loaded.expectations:
-        from soundtrack.expectations import load_expectations  # scipy, for the table columns
+        from soundtrack.expectations import load_expectations, theme_columns_read
 
         expectations = load_expectations(path.parent / loaded.expectations)
+        theme = theme_columns_read(expectations)
+        plain = [spec.id for spec in selected if spec.variation_of is None]
+        if theme and plain:
+            # Their rows have no such column: GX would fail each of them mid-build.
+            raise InputError(
+                f"expectations {loaded.expectations} read {', '.join(theme)}, which only a "
+                f"variation's rows have, and track(s) {', '.join(plain)} are no variation: "
+                "their rows have no such column (the theme gate judges variations already)"
+            )
     families, licences = check_models(loaded, selected, model_override=model, lines=lines)
     url = storage_url(loaded.storage, out, environ)
     storage = open_storage(url, base_dir=path.parent)

@@ -524,3 +524,27 @@ def test_rules_changed_during_a_build_are_not_judged_under_the_old_hash(tmp_path
     _write(tmp_path / "rules.json", [_with(max_value=100.0)])
     with pytest.raises(InputError, match=r"rules\.json changed during the build"):
         steps.master(spec, str(tmp_path / "mix.wav"), str(tmp_path / "staging"))
+
+
+def test_a_variations_column_in_a_manifest_of_other_tracks_is_bad_input(tmp_path: Path) -> None:
+    """validate passed a rule on theme_similarity for a manifest without variations; the
+    build then failed every track (exit 1, "column ... does not exist") and wrote its lock."""
+    from soundtrack.inputs import check_inputs
+
+    sf.write(tmp_path / "mix.wav", music_like(3.0, 44100).T, 44100)
+    theme = {
+        "type": "expect_column_min_to_be_between",
+        "kwargs": {"column": "theme_similarity", "min_value": 0.5},
+    }
+    _write(tmp_path / "rules.json", [theme])
+    (tmp_path / "m.yaml").write_text(
+        "schema: 1\nsoundtrack: s\nexpectations: rules.json\ntracks:\n"
+        "  - id: a\n    source: mix.wav\n"
+    )
+    with pytest.raises(InputError, match="theme_similarity, which only a variation's rows"):
+        check_inputs(tmp_path / "m.yaml")
+    transposed = {**ON_MASTER, "column": {"name": "theme_transposition_semitones"}}
+    _write(tmp_path / "rules.json", [_with(row_condition=transposed)])
+    with pytest.raises(InputError, match="theme_transposition_semitones"):
+        check_inputs(tmp_path / "m.yaml")
+    assert not (tmp_path / "assets").exists()
