@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from soundtrack.approval import Candidate, Verdict, candidates_report
 from soundtrack.review_server import HOST, CandidateSite, make_server
 
-# How often the paused flow asks the server whether it was answered.
 # CommonMark's backslash-escapable punctuation.
 _MARKDOWN = re.compile(r"[!-/:-@\[-`{-~]")
+# How often the paused flow asks the server whether it was answered.
 POLL_S = 5
 
 

@@ -86,9 +86,8 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def samples_sha256(path: Path) -> str:
+def samples_sha256(audio: np.ndarray, sample_rate: int) -> str:
     """sha256 of a file's decoded samples (and their rate): its audio, whatever its tags say."""
-    audio, sample_rate = read_audio(path)
     digest = hashlib.sha256(f"{sample_rate}:{audio.shape[0]}:".encode())
     digest.update(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
     return digest.hexdigest()

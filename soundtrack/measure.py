@@ -131,6 +131,26 @@ def measure_file(
     """Decode `path` and measure it, with the loop points from its OGG or WAV loop tags (its
     seam judged against `bar_lines`, frames of the file, when given)."""
     audio, sample_rate = read_audio(path)
+    return measure_decoded(
+        path,
+        audio,
+        sample_rate,
+        clip_run_samples=clip_run_samples,
+        silence_threshold_dbfs=silence_threshold_dbfs,
+        bar_lines=bar_lines,
+    )
+
+
+def measure_decoded(
+    path: Path,
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    clip_run_samples: int = GateLimits.clip_run_samples,
+    silence_threshold_dbfs: float = GateLimits.dropout_threshold_dbfs,
+    bar_lines: Sequence[int] = (),
+) -> Metrics:
+    """measure_file of `path` already decoded to `audio`: its samples are read once."""
     loop = read_loop_tags(path)
     return measure(
         audio,

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from soundtrack.analysis import Analysis, analyse, analyse_file, analysis_row, compare
-from soundtrack.audio import resample, samples_sha256, write_wav
+from soundtrack.audio import read_audio, resample, samples_sha256, write_wav
 from soundtrack.encode import EncodedFile, encode
 from soundtrack.errors import AudioError
 from soundtrack.expectations import check_expectations
@@ -32,7 +32,7 @@ from soundtrack.gates import (
 from soundtrack.keys import parse_key, relative, semitones_apart
 from soundtrack.loops import ends_at_its_loop
 from soundtrack.master import Master, finish, prepare
-from soundtrack.measure import Metrics, measure, measure_file
+from soundtrack.measure import Metrics, measure, measure_decoded
 from soundtrack.pictures import PICTURE_EXT, Picture, draw_picture
 from soundtrack.sidecar import sidecar, write_sidecar
 from soundtrack.spec import TrackSpec
@@ -322,13 +322,17 @@ def _encode_and_measure(
     }
     (file,) = encode(m, (fmt,), out_dir, spec.id, tags=tags, wav_bit_depth=spec.wav_bit_depth)
     try:
-        metrics = measure_file(
+        # Decoded once: measured, and hashed when variations render from it.
+        audio, sample_rate = read_audio(file.path)
+        metrics = measure_decoded(
             file.path,
+            audio,
+            sample_rate,
             clip_run_samples=spec.gates.clip_run_samples,
             silence_threshold_dbfs=spec.gates.dropout_threshold_dbfs,
         )
         if fmt == parent_format(spec.formats):
-            file = replace(file, audio_sha256=samples_sha256(file.path))
+            file = replace(file, audio_sha256=samples_sha256(audio, sample_rate))
     except Exception:
         file.path.unlink(missing_ok=True)
         raise
