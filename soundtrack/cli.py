@@ -1242,6 +1242,10 @@ def gc(
                 # A build publishing meanwhile may reuse a file its lock does not list yet.
                 for name in names:
                     held.enter_context(storage.hold(name, wait_s=0, on_wait=lambda _: None))
+                    # A stopped build's publish is finished first: its lock names files that
+                    # the old lock does not.
+                    for line in storage.repair(name):
+                        err_console.print(line, markup=False, soft_wrap=True)
             found = [storage.unreferenced(name) for name in names]
             ours = [key for garbage in found for key in garbage.ours]
             for key in ours:

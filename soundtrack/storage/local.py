@@ -249,6 +249,10 @@ class LocalStorage:
                 f"no index at {folder / INDEX_NAME}: nothing tells which files are in use"
             )
         referenced = index_keys(data, str(folder / INDEX_NAME))
+        pending = self._publishing(soundtrack).pending_lock()
+        if pending is not None:
+            # A file a stopped build's commit moved in before it was killed is the new lock's.
+            referenced |= index_keys(pending, str(folder / CONTROL / "lock.json"))
         # The lock, the journal and the review page are the soundtrack's own, never garbage.
         own = (INDEX_NAME, JOURNAL_NAME, REVIEW_NAME)
         in_use = referenced | {f"{soundtrack}/{name}" for name in own}

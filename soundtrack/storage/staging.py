@@ -131,6 +131,17 @@ class Publishing:
         self._clean()
         return said
 
+    def pending_lock(self) -> bytes | None:
+        """The lock of a publish a stopped build began and the next build (or gc) will finish;
+        None when there is none."""
+        record = self._read_record()
+        if record is None or record[0] != "forward":
+            return None
+        try:
+            return (self.control / "lock.json").read_bytes()
+        except FileNotFoundError:
+            return None  # already in place: the folder's lock is the new one
+
     def discard(self) -> None:
         """Drop what this build staged and end its turn: a commit under way (on a task's
         thread, while a stopped build's main thread cleans up) finishes first, and none starts

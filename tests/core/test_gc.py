@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from soundtrack.cli import app
 from soundtrack.storage import LocalStorage
-from tests.publishing import make_asset, publish
+from tests.publishing import Asset, folder_problems, make_asset, publish
 from tests.running import SOUNDTRACK as SOUNDTRACK_CLI
 
 pytestmark = pytest.mark.usefixtures("no_storage_env")
@@ -84,6 +85,63 @@ def test_gc_beside_a_game_checkout_deletes_only_our_superseded_asset(tmp_path: P
     assert json.loads(after["ui-sounds/soundtrack.lock.json"])["tracks"][0]["files"][0]["key"] == (
         "ui-sounds/menu.ogg"
     )
+
+
+# Publishes build 2 (title-theme gains a wav) over build 1 with SIGKILL at the Nth change.
+_KILLED_PUBLISH = """
+import sys
+from pathlib import Path
+from soundtrack.storage import LocalStorage
+from tests.core.test_gc import SOUNDTRACK, with_wav
+from tests.corebuild import kill_at
+from tests.publishing import publish
+
+root, n = Path(sys.argv[1]), int(sys.argv[2])
+kill_at(n, root)
+publish(LocalStorage(str(root), root), SOUNDTRACK, with_wav(root.parent / "enc"))
+"""
+
+
+def with_wav(encoded: Path) -> list[Asset]:
+    return [
+        make_asset(encoded, "title-theme", "ogg", size=10_000, seed=1),
+        make_asset(encoded, "title-theme", "mp3", size=10_000, seed=2),
+        make_asset(encoded, "title-theme", "wav", size=10_000, seed=3),
+    ]
+
+
+def test_gc_finishes_a_stopped_publish_before_it_judges_what_is_garbage(tmp_path: Path) -> None:
+    """A build killed mid-commit had moved its new wav in; gc --delete took it for garbage and
+    deleted it, and the next build finished the publish with a lock naming a missing file."""
+    root = tmp_path / "assets"
+    folder = root / SOUNDTRACK
+    publish(LocalStorage("assets", root), SOUNDTRACK, with_wav(tmp_path / "enc")[:2])
+    for n in range(1, 40):
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_PUBLISH, str(root), str(n)],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert killed.returncode == -9, killed.stderr
+        if (folder / ".publishing" / "commit.json").exists() and (
+            folder / "title-theme.wav"
+        ).exists():
+            break
+    assert (folder / "title-theme.wav").exists(), "killed with the wav moved in, lock old"
+    assert "title-theme.wav" not in (folder / "soundtrack.lock.json").read_text()
+
+    listed = gc(root)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == "", "the stopped publish's files are its lock's, not garbage"
+    deleted = gc(root, "--delete")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout == ""
+    assert "finished the publish a stopped build had begun" in deleted.stderr
+    assert "title-theme.wav" in (folder / "soundtrack.lock.json").read_text()
+    assert folder_problems(folder) == []
 
 
 def test_a_file_we_wrote_but_someone_changed_since_is_kept(tmp_path: Path) -> None:
