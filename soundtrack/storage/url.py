@@ -13,6 +13,9 @@ _RESERVED_BUCKET = re.compile(
     r"^(\d+\.\d+\.\d+\.\d+|xn--.*|sthree-.*|amzn-s3-demo-.*|.*-s3alias|.*--ol-s3|.*--x-s3)$"
 )
 _NOT_IN_PREFIX = frozenset("?#\\%")
+# S3 keys hold 1024 bytes. Under the prefix, this tool's longest key, a stem's journal record
+# (<soundtrack>/.journal/<track>/<spec hash>.<sha256[:16]>.<stem>.<ext>/<sha256>), takes 300.
+MAX_S3_PREFIX_BYTES = 700
 
 
 def check_storage_url(value: str) -> None:
@@ -40,3 +43,8 @@ def check_storage_url(value: str) -> None:
         raise ValueError(f"invalid S3 prefix {prefix!r}: it may not contain {odd}")
     if any(part in ("", ".", "..") for part in prefix.strip("/").split("/")) and prefix.strip("/"):
         raise ValueError(f"invalid S3 prefix {prefix!r} (empty, '.' or '..' segments)")
+    if len(prefix.encode()) > MAX_S3_PREFIX_BYTES:
+        raise ValueError(
+            f"S3 prefix of {len(prefix.encode())} bytes: at most {MAX_S3_PREFIX_BYTES} (S3 keys "
+            "hold 1024 bytes, and this tool's keys under the prefix take up to 300)"
+        )

@@ -786,3 +786,30 @@ def test_gc_under_a_prefix_built_before_the_journal_deletes_nothing_and_says_so(
     assert f"not ours, kept: {stale}" in message
     after = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"])
     assert after == before
+
+
+def test_the_longest_prefix_allowed_holds_the_longest_key_this_tool_writes(
+    s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    """A prefix of 1100 bytes passed every check, then failed the build at its first write."""
+    segment = "p" * 99
+    prefix = "/".join([segment] * 7) + "q"
+    assert len(prefix.encode()) == 700
+    with pytest.raises(InputError, match="S3 prefix of 701 bytes: at most 700"):
+        open_storage(f"s3://{s3_bucket}/{prefix}x", base_dir=tmp_path)
+    result = CliRunner().invoke(app, ["gc", f"s3://{s3_bucket}/{'y' * 1100}", "--soundtrack", "x"])
+    assert result.exit_code == 2
+    assert "at most 700" in " ".join(result.output.split())
+
+    storage = open_storage(f"s3://{s3_bucket}/{prefix}", base_dir=tmp_path)
+    name = "s" * 64
+    asset = make_asset(tmp_path, "t" * 64, "wav", size=1_000, seed=1, spec_hash="h" * 64)
+    key = storage.asset_key(
+        name, asset.track_id, asset.spec_hash, "wav", sha256=asset.sha256, stem="vocals"
+    )
+    storage.put_asset(asset.path, key, sha256=asset.sha256, content_type="audio/wav", metadata={})
+    client = s3_server.client()
+    record = record_key(key, asset.sha256, f"{prefix}/")
+    assert len(record.encode()) > 990, "the journal record is the longest key"
+    assert server_sha256(client, s3_bucket, key) == asset.sha256
+    assert client.head_object(Bucket=s3_bucket, Key=record)["ContentLength"] >= 0
