@@ -329,6 +329,7 @@ def _features(audio: np.ndarray, sample_rate: int) -> _Features:
     mono = audio.mean(axis=0, dtype=np.float32)
     if sample_rate != ANALYSIS_RATE:
         mono = soxr.resample(mono, sample_rate, ANALYSIS_RATE)
+    mono -= mono.mean()  # an offset is inaudible, but it darkens the centroid and the timbre
     # Silence ahead, so an attack on the first sample is a rise from one frame to the next.
     mono = np.concatenate([np.zeros(_LEAD_FRAMES * _HOP, np.float32), mono])
     magnitude = np.abs(librosa.stft(mono, n_fft=_N_FFT, hop_length=_HOP))
@@ -337,11 +338,16 @@ def _features(audio: np.ndarray, sample_rate: int) -> _Features:
     mel_db = librosa.power_to_db(mel)
     mel_hz = librosa.mel_frequencies(n_mels=mel.shape[0], fmax=ANALYSIS_RATE / 2)
 
+    # Frames whose window reaches past the end: the cut splatters into every band, and it
+    # read as an onset (two of them a pulse, in a plain tone of 2 s).
+    cut = np.arange(magnitude.shape[1]) * _HOP + _N_FFT // 2 > mono.size
+
     def flux(bands: np.ndarray) -> np.ndarray:
         # center=False: frame t is the rise into the STFT frame centred at t * hop.
         envelope: np.ndarray = librosa.onset.onset_strength(
             S=mel_db[bands], sr=ANALYSIS_RATE, hop_length=_HOP, center=False
         )
+        envelope[cut[: envelope.size]] = 0.0
         return envelope
 
     level_db = 10.0 * np.log10(mel.sum(axis=0) + 1e-20)
@@ -452,13 +458,16 @@ def _refined_period(autocorrelation: np.ndarray, period: float) -> float | None:
 
 def _peak_near(values: np.ndarray, centre: float, half_width: float) -> float | None:
     """The largest value within `half_width` of `centre`, located between samples by a parabola
-    through it and its neighbours; None if the window leaves the array."""
+    through it and its neighbours (a value at the window's edge, rising beyond it, stays
+    there); None if the window leaves the array."""
     first = max(1, math.floor(centre - half_width))
     last = min(values.size - 2, math.ceil(centre + half_width))
     if last < first:
         return None
     i = first + int(np.argmax(values[first : last + 1]))
     before, at, after = values[i - 1], values[i], values[i + 1]
+    if not before <= at >= after:
+        return float(i)  # not a peak: a parabola's vertex would lie anywhere (a steady tone)
     curvature = before - 2.0 * at + after
     return float(i + (0.5 * (before - after) / curvature if curvature < 0.0 else 0.0))
 
