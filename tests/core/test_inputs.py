@@ -252,7 +252,12 @@ def test_nothing_is_published_into_a_folder_deleted_when_the_build_ends(tmp_path
 
 @pytest.mark.parametrize(
     ("model", "said"),
-    [("x" * 300, "--model has a name longer than 255 bytes"), ("my model", "--model has a space")],
+    [
+        ("x" * 300, "--model has a name longer than 255 bytes"),
+        ("my model", "--model has a space"),
+        # a folder named in another encoding: safetensors raised on it
+        (os.fsdecode(b"models/m-\xfe"), "--model is not printable UTF-8 text"),
+    ],
 )
 def test_a_model_given_to_the_flow_is_checked_as_the_cli_checks_it(
     tmp_path: Path, model: str, said: str
