@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -98,7 +99,9 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     what libsndfile cannot (AAC, ...) and every MP3."""
     check_file(path)
     try:
-        with sf.SoundFile(str(path)) as f:
+        # Bytes: libsndfile takes any name the file system does (soundfile encodes a str
+        # strictly, so a name that is not UTF-8 raised).
+        with sf.SoundFile(os.fsencode(path)) as f:
             # libsndfile reads an MP3 without a LAME header as long as its first frames say:
             # 27 s of a piped 60 s file, with no error.
             if f.format != "MP3":
@@ -122,7 +125,7 @@ def decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
         except AudioError as error:  # ffmpeg's last line says why; its command line does not
             reason = str(error).strip().splitlines()[-1]
             raise AudioError(f"{path}: not audio that ffmpeg can decode ({reason})") from error
-        data, sample_rate = sf.read(str(wav), dtype="float32", always_2d=True)
+        data, sample_rate = sf.read(wav, dtype="float32", always_2d=True)
     return _checked(np.ascontiguousarray(data.T), int(sample_rate), path)
 
 
@@ -145,7 +148,7 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     if audio.ndim != 2:
         raise AudioError(f"audio must be shaped (channels, frames), got shape {audio.shape}")
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), audio.T, sample_rate, subtype="FLOAT", format="WAV")
+        sf.write(os.fsencode(tmp), audio.T, sample_rate, subtype="FLOAT", format="WAV")
 
 
 def _checked(audio: np.ndarray, sample_rate: int, path: Path) -> tuple[np.ndarray, int]:

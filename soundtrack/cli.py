@@ -368,6 +368,8 @@ def _check_audition(model: str, request: GenerationRequest, target: Path) -> Fam
         raise InputError(f"--output {problem}")
     if target.is_dir():
         raise InputError(f"--output {target} is a folder: give a .wav file in it")
+    if target.exists() and not target.is_file():  # written beside and renamed over it
+        raise InputError(f"--output {target} is not a regular file (a device or pipe)")
     if target.suffix.lower() != ".wav":
         raise InputError(f"--output {target}: give a .wav file (generate writes a WAV)")
     local = user_path(model)
@@ -756,7 +758,11 @@ def inspect_files(
         except SoundtrackError as exc:
             said = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             err_console.print(
-                f"error: {_shown(said)}", style="bold red", highlight=False, markup=False
+                f"error: {_shown(said)}",
+                style="bold red",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
             )
             reports.append({"file": str(path), "error": str(exc)})
             continue
@@ -1082,7 +1088,11 @@ def build(
     if isinstance(result, FailedRun):
         # The server failed the run itself: a review nobody answered in time (the flow's log
         # said so); nothing was published.
-        err_console.print(f"[red]build failed:[/] {escape(state.message or str(result))}")
+        err_console.print(
+            f"[red]build failed:[/] {escape(redact(state.message or str(result)))}",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
     if isinstance(result, BaseException):
         raise result  # a bug: in full

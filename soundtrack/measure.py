@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -194,7 +195,7 @@ def _ogg_loop(path: Path) -> tuple[int, int] | None:
         return None
     try:
         if start and not length:  # a loop to the end, as RPG Maker reads LOOPSTART alone
-            frames = sf.info(str(path)).frames
+            frames = sf.info(os.fsencode(path)).frames
             return int(start[0]), frames - int(start[0])
         return int(start[0]), int(length[0])
     except (TypeError, ValueError) as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from soundtrack.audio import read_audio, write_wav
 from soundtrack.cli import app
 from soundtrack.encode import encode
 from soundtrack.master import master
@@ -139,6 +142,25 @@ def test_a_surround_file_exits_2_asking_for_a_downmix(channels: int, tmp_path: P
     sf.write(path, audio.T, 44100)
     result = CliRunner().invoke(app, ["inspect", str(path), "--json"])
     assert result.exit_code == 2, result.output
+    assert len(result.stderr.splitlines()) == 1, "one line, however narrow the terminal"
     said = " ".join(result.stderr.split())
     assert f"{channels} channels: the gates measure mono and stereo" in said
     assert "downmix it to stereo first" in said
+
+
+def test_a_file_name_that_is_not_utf8_is_read_as_any_other(
+    loop_ogg: tuple[Path, int], tmp_path: Path
+) -> None:
+    """Such a name crashed inspect, compare and generate -o with a UnicodeEncodeError."""
+    path, loop_length = loop_ogg
+    odd = tmp_path / os.fsdecode(b"th\xffeme.ogg")
+    shutil.copyfile(path, odd)
+    result = CliRunner().invoke(app, ["inspect", str(path), str(odd), "--json"])
+    assert result.exit_code == 0, result.output
+    plain, renamed = json.loads(result.stdout)
+    assert renamed["metrics"] == plain["metrics"]
+    assert renamed["metrics"]["loop_length"] == loop_length
+    wav = tmp_path / os.fsdecode(b"take-\xfe.wav")
+    audio, rate = read_audio(odd)
+    write_wav(wav, audio, rate)
+    assert sf.info(os.fsencode(wav)).frames == audio.shape[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -181,8 +182,10 @@ def test_paths_nothing_can_be_written_to_exit_2_before_any_work(
     other = tmp_path / "other-model"
     other.mkdir()
     (other / "model_index.json").write_text("{}")
+    os.mkfifo(tmp_path / "pipe.wav")  # was replaced by a plain file
     before = sorted(p.name for p in tmp_path.rglob("*"))
     for target, said in [
+        (tmp_path / "pipe.wav", "is not a regular file (a device or pipe)"),
         (tmp_path / "dangling" / "x.wav", "is a link to nothing"),
         (tmp_path / "afile" / "x.wav", "afile is a file, not a folder"),
         (Path("/proc/x.wav"), "cannot write there"),
