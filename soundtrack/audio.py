@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -105,11 +106,30 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
             # libsndfile reads an MP3 without a LAME header as long as its first frames say:
             # 27 s of a piped 60 s file, with no error.
             if f.format != "MP3":
+                if f.format in ("WAV", "WAVEX") and (cut := _cut_short(f.extra_info)):
+                    raise AudioError(
+                        f"{path} is cut short: its header promises {cut[0]} bytes of audio, "
+                        f"the file holds {cut[1]} (an interrupted copy?)"
+                    )
                 data = f.read(dtype="float32", always_2d=True)
                 return _checked(np.ascontiguousarray(data.T), int(f.samplerate), path)
     except sf.LibsndfileError:
         pass
     return decode_with_ffmpeg(path)
+
+
+# libsndfile reads what a cut WAV holds without an error, and logs the header's size beside it.
+_DATA_SIZE_LOG = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
+_UNKNOWN_SIZE = 0xFFFFFFFF  # a streaming writer's (ffmpeg to a pipe): the size it could not know
+
+
+def _cut_short(log: str) -> tuple[int, int] | None:
+    """(bytes the header promises, bytes there) of a WAV whose data chunk is cut short."""
+    found = _DATA_SIZE_LOG.search(log)
+    if found is None:
+        return None
+    promised, held = int(found[1]), int(found[2])
+    return (promised, held) if held < promised < _UNKNOWN_SIZE else None
 
 
 def decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
-from soundtrack.audio import decode_with_ffmpeg, read_audio, run_ffmpeg, write_wav
+from soundtrack.audio import decode_with_ffmpeg, ffmpeg_exe, read_audio, run_ffmpeg, write_wav
 from soundtrack.errors import AudioError
 from tests import signals
 
@@ -32,6 +34,29 @@ def test_formats_libsndfile_lacks_are_decoded_by_ffmpeg(tmp_path: Path) -> None:
     assert audio.shape[0] == 2
     assert audio.shape[1] / rate == pytest.approx(2.0, abs=0.05)
     assert 20 * np.log10(np.abs(audio).max()) == pytest.approx(-12.0, abs=0.5)
+
+
+@pytest.mark.parametrize(("subtype", "ext"), [("PCM_16", "WAV"), ("FLOAT", "WAVEX")])
+def test_a_wav_cut_short_is_refused_and_one_of_unknown_length_read_whole(
+    tmp_path: Path, subtype: str, ext: str
+) -> None:
+    """libsndfile read what a cut WAV held without a word: a 3 s take of a 10 s recording was
+    measured, approved and published."""
+    audio = signals.pink_noise(-20.0, 10.0, 48000)
+    whole, cut = tmp_path / "whole.wav", tmp_path / "cut.wav"
+    sf.write(whole, audio.T, 48000, subtype=subtype, format=ext)
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    with pytest.raises(AudioError, match=r"cut\.wav is cut short: its header promises \d+ bytes"):
+        read_audio(cut)
+    # ffmpeg writing to a pipe cannot go back to write the size: it leaves 0xFFFFFFFF.
+    piped = tmp_path / "piped.wav"
+    with piped.open("wb") as out:
+        subprocess.run(
+            [ffmpeg_exe(), "-v", "error", "-i", str(whole), "-f", "wav", "-"],
+            stdout=out,
+            check=True,
+        )
+    assert read_audio(piped)[0].shape == audio.shape
 
 
 def test_an_mp3_without_a_lame_header_is_read_to_its_end(tmp_path: Path) -> None:
