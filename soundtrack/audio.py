@@ -106,11 +106,8 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
             # libsndfile reads an MP3 without a LAME header as long as its first frames say:
             # 27 s of a piped 60 s file, with no error.
             if f.format != "MP3":
-                if f.format in ("WAV", "WAVEX") and (cut := _cut_short(f.extra_info)):
-                    raise AudioError(
-                        f"{path} is cut short: its header promises {cut[0]} bytes of audio, "
-                        f"the file holds {cut[1]} (an interrupted copy?)"
-                    )
+                if problem := cut_short(path, f.format, f.extra_info):
+                    raise AudioError(problem)
                 data = f.read(dtype="float32", always_2d=True)
                 return _checked(np.ascontiguousarray(data.T), int(f.samplerate), path)
     except sf.LibsndfileError:
@@ -123,13 +120,19 @@ _DATA_SIZE_LOG = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
 _UNKNOWN_SIZE = 0xFFFFFFFF  # a streaming writer's (ffmpeg to a pipe): the size it could not know
 
 
-def _cut_short(log: str) -> tuple[int, int] | None:
-    """(bytes the header promises, bytes there) of a WAV whose data chunk is cut short."""
-    found = _DATA_SIZE_LOG.search(log)
+def cut_short(path: Path, file_format: str, log: str) -> str | None:
+    """What is wrong with a WAV whose data chunk is cut short, from libsndfile's format name
+    and log (SoundFile.extra_info); None for any other file."""
+    found = _DATA_SIZE_LOG.search(log) if file_format in ("WAV", "WAVEX") else None
     if found is None:
         return None
     promised, held = int(found[1]), int(found[2])
-    return (promised, held) if held < promised < _UNKNOWN_SIZE else None
+    if not held < promised < _UNKNOWN_SIZE:
+        return None
+    return (
+        f"{path} is cut short: its header promises {promised} bytes of audio, the file holds "
+        f"{held} (an interrupted copy?)"
+    )
 
 
 def decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:

@@ -76,7 +76,9 @@ def fail(exc: SoundtrackError) -> NoReturn:
 
 def _shown(text: str) -> str:
     """`text` for a terminal, its control characters written out (\\x1b, \\n): a file name
-    or a message quoting one cannot colour, move or split what a user reads."""
+    or a message quoting one cannot colour, move or split what a user reads. A name's bytes
+    that are not UTF-8 (surrogates in `text`) show as \\xNN."""
+    text = text.encode(errors="surrogateescape").decode(errors="backslashreplace")
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 

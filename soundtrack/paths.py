@@ -34,3 +34,9 @@ def _name_length(name: str) -> int:
     if os.name == "nt":
         return len(name.encode("utf-16-le", errors="surrogatepass")) // 2
     return len(name.encode(errors="surrogateescape"))
+
+
+def shown(path: Path) -> str:
+    """`path` as text every encoder takes: bytes of a name that are not UTF-8 as \\xNN
+    (pydantic raised on the surrogates that stand for them)."""
+    return os.fsencode(path).decode(errors="backslashreplace")

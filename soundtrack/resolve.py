@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -540,10 +541,14 @@ def _recording(path: Path) -> _Recording:
     """Read a source recording's header; raise InputError for one that mastering cannot take."""
     import soundfile  # local: only source tracks need it
 
+    from soundtrack.audio import cut_short
+
     try:
-        info = soundfile.info(str(path))
+        info = soundfile.info(os.fsencode(path))  # bytes: a folder's name may not be UTF-8
     except (RuntimeError, soundfile.LibsndfileError) as exc:
         raise InputError(f"cannot read the source recording {path.name}: {exc}") from None
+    if problem := cut_short(path, info.format, info.extra_info):
+        raise InputError(f"source recording {problem}")
     frames = info.frames
     if info.format == "MP3":  # its header's length may be a guess (audio.read_audio): count
         stat = path.stat()

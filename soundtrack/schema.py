@@ -23,7 +23,7 @@ from pydantic import (
 
 from soundtrack.formats import AudioFormat
 from soundtrack.keys import parse_key
-from soundtrack.paths import path_problem
+from soundtrack.paths import path_problem, shown
 from soundtrack.storage import check_storage_url
 
 SCHEMA_VERSION = 1
@@ -611,8 +611,14 @@ def _file_inside(value: str | None, info: ValidationInfo, what: str) -> str | No
         resolved = (root / value).resolve()
         if not resolved.is_relative_to(root):
             raise ValueError(f"{what} escapes the manifest's folder (got {value!r})")
+        if resolved.is_dir():
+            raise ValueError(
+                f"{what} is a folder, not a file: {value!r} (relative to {shown(root)})"
+            )
+        if resolved.exists() and not resolved.is_file():
+            raise ValueError(f"{what} is not a regular file (a device or pipe): {value!r}")
         if not resolved.is_file():
-            raise ValueError(f"{what} file not found: {value!r} (relative to {root})")
+            raise ValueError(f"{what} file not found: {value!r} (relative to {shown(root)})")
     return value
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -203,6 +204,33 @@ def test_an_mp3_source_takes_its_decoded_length_not_its_header_s_guess(tmp_path:
     with pytest.raises(InputError) as caught:
         specs_of(tmp_path, text)
     assert "credits.mp3 is 65 MiB; an MP3 of at most 600 s" in " ".join(caught.value.problems)
+
+
+def test_a_source_that_is_no_whole_file_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """A folder or a pipe read as "file not found"; a WAV cut short passed validate and was
+    published as the track; a project folder named in another encoding crashed validate."""
+    project = tmp_path / os.fsdecode(b"proj\xe9")  # Latin-1, as an old archive may hold
+    (project / "audio.wav").mkdir(parents=True)
+    os.mkfifo(project / "pipe.wav")
+    whole = project / "whole.wav"
+    sf.write(os.fsencode(whole), signals.pink_noise(-20.0, 6.0, 48000).T, 48000)
+    (project / "cut.wav").write_bytes(whole.read_bytes()[:100_000])
+
+    def manifest(*names: str) -> Path:
+        tracks = "".join(f"  - id: {name}\n    source: {name}.wav\n" for name in names)
+        return write(project, f"schema: 1\nsoundtrack: g\ntracks:\n{tracks}")
+
+    path = manifest("audio", "pipe", "whole", "cut")
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    said = " ".join(result.stderr.split())
+    assert "source is a folder, not a file: 'audio.wav'" in said
+    assert "source is not a regular file (a device or pipe): 'pipe.wav'" in said
+    with pytest.raises(InputError) as caught:
+        load_manifest(manifest("whole", "cut"))
+    problems = " ".join(caught.value.problems)
+    assert "cut.wav is cut short: its header promises 1152000 bytes of audio" in problems
+    assert "tracks[0]" not in problems, "the whole recording passes"
 
 
 def test_symlinked_source_cannot_escape(tmp_path: Path) -> None:
