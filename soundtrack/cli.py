@@ -260,9 +260,16 @@ def _quiet_libraries() -> None:
 
 
 def _audition_path(prompt: str, seed: int) -> Path:
+    """A new file named from the prompt and seed: an earlier take of them (another model, other
+    settings) is kept, with the next free number after the seed."""
     words = "".join(c if c.isalnum() else " " for c in prompt.lower()).split()[:5]
     # A file name has a length limit (255 bytes): a long word is cut, not passed on.
-    return Path(f"{'-'.join(words)[:60].strip('-') or 'audition'}-{seed}.wav")
+    stem = f"{'-'.join(words)[:60].strip('-') or 'audition'}-{seed}"
+    path, number = Path(f"{stem}.wav"), 1
+    while path.exists() or path.is_symlink():
+        number += 1
+        path = Path(f"{stem}.{number}.wav")
+    return path
 
 
 def _writable_folder(folder: Path, what: str) -> None:
@@ -423,7 +430,7 @@ def generate(
             "-o",
             "--output",
             help="A .wav file outside the model's files, its folder made if missing (default: "
-            "named from the prompt and seed, in the current folder).",
+            "a new file named from the prompt and seed, in the current folder).",
             callback=_fits,
         ),
     ] = None,
