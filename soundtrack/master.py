@@ -13,7 +13,7 @@ from scipy.signal import butter, sosfiltfilt
 from soundtrack.audio import to_channels
 from soundtrack.errors import AudioError
 from soundtrack.limiter import limit_true_peak, limiter_gain_db, sample_true_peaks
-from soundtrack.loops import make_bar_loop, make_loop
+from soundtrack.loops import ends_at_its_loop, make_bar_loop, make_loop
 from soundtrack.loudness import BLOCK_S, block_powers, gated_lufs, integrated_lufs
 from soundtrack.spec import Mastering
 
@@ -66,9 +66,16 @@ def master(
 
 
 def prepare(
-    audio: np.ndarray, sample_rate: int, mastering: Mastering, *, loop: bool, duration_s: float
+    audio: np.ndarray,
+    sample_rate: int,
+    mastering: Mastering,
+    *,
+    loop: bool,
+    duration_s: float,
+    recording: bool = False,
 ) -> Prepared:
-    """Check the input, map channels and rate, remove DC, trim silence (only leading for loops)."""
+    """Check the input, map channels and rate, remove DC, trim silence (only leading for loops,
+    and none for a `recording` that is its loop already, as long as `duration_s`)."""
     # 1. Check inputs
     _check_inputs(audio, sample_rate, duration_s)
     # 2. Channel layout, DC removal and output sample rate
@@ -85,7 +92,9 @@ def prepare(
     # as a circle from there. Found after filtering, the start came early: the filter's backward
     # pass, and a circle's wrap of the end, reach into the silence before the music, above the
     # trim's threshold, and put 25-33 ms of it into every loop.
-    start = _loud(audio - audio.mean(axis=1, keepdims=True), threshold_dbfs)[0]
+    # A recording cut to its loop starts it on its first sample, a rest on the downbeat too.
+    whole = recording and ends_at_its_loop(audio.shape[1], duration_s * sample_rate)
+    start = 0 if whole else _loud(audio - audio.mean(axis=1, keepdims=True), threshold_dbfs)[0]
     looped = _prepare(audio[:, start:], sample_rate, sr, mastering.channels, circular=True)
     return Prepared(_long_enough(looped, sr), sr, input_lufs)
 

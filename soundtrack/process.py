@@ -98,7 +98,12 @@ def process_track(
         # on the input says so.
         try:
             prepared = prepare(
-                audio, sample_rate, spec.mastering, loop=spec.loop, duration_s=spec.duration_s
+                audio,
+                sample_rate,
+                spec.mastering,
+                loop=spec.loop,
+                duration_s=spec.duration_s,
+                recording=spec.source is not None,
             )
             heard = analyse(
                 prepared.audio,

@@ -130,13 +130,14 @@ def test_a_recording_that_is_its_loop_keeps_its_length_and_its_seam() -> None:
     t = np.arange(8 * RATE) / RATE
     swell = 0.6 + 0.4 * np.cos(2 * np.pi * 0.25 * t)
     recording = (signals.sine(441.0, -6.0, 8.0, RATE) * swell).astype(np.float32)
-    prepared = prepare(recording, RATE, mastering, loop=True, duration_s=8.0)
+    prepared = prepare(recording, RATE, mastering, loop=True, duration_s=8.0, recording=True)
     m = finish(prepared, mastering, loop=True, duration_s=8.0, recorded_loop=True)
-    # Its first sample, a zero crossing, went with the leading silence: 8 s less one sample.
-    assert m.loop_length == m.audio.shape[1] == 8 * RATE - 1
+    # Its first sample, a zero crossing, is the loop's too (it went with the leading silence,
+    # and the wrap skipped it).
+    assert m.loop_length == m.audio.shape[1] == 8 * RATE
     assert _wrap_jump_ratio(m.audio) <= GateLimits().seam_jump_max_ratio
     gain = float(np.max(np.abs(m.audio))) / float(np.max(np.abs(recording)))
-    np.testing.assert_allclose(m.audio, recording[:, 1:] * gain, atol=0.02)  # no crossfade
+    np.testing.assert_allclose(m.audio, recording * gain, atol=0.02)  # no crossfade
 
 
 def test_a_long_render_is_searched_and_crossfaded_not_kept_whole() -> None:

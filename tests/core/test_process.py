@@ -3,6 +3,7 @@ ones are approved with files that an independent meter and decoder confirm."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,27 @@ def test_a_recording_of_exactly_its_bars_loops_on_them(tmp_path: Path, rate: int
     assert outcome.status == "approved", _failed(outcome)
     assert outcome.master is not None and outcome.master.loop_start == 0
     assert outcome.master.loop_length == 8 * 44100, "the recording's own length"
+
+
+@pytest.mark.parametrize("bpm", [120, None])
+def test_a_recorded_loop_that_starts_on_a_rest_keeps_it(tmp_path: Path, bpm: int | None) -> None:
+    """A 4-bar loop export whose downbeat is a rest lost the rest to the silence trim: with a
+    bpm it was published as 3 bars (6.005 s), without one it failed for want of 0.1 s."""
+    audio = held_chord(120.0, 8.0, 48000, downbeat_accent=1.5)
+    audio -= audio.mean(axis=1, keepdims=True)  # as a DAW exports it: no offset under the rest
+    audio[:, : 48000 // 4] = 0.0  # an eighth-note rest at 120 bpm
+    audio[:, -4800:] *= np.linspace(1.0, 0.0, 4800, dtype=np.float32)  # the last chord's release
+    spec = make_spec(id="rest", duration_s=8.0, loop=True, bpm=bpm, source=tmp_path / "rest.wav")
+    strict = process_track(spec, audio, 48000, tmp_path / "strict")
+    assert strict.status == "rejected", "a rest longer than lead_silence allows is said"
+    assert _failed(strict) == {"lead_silence"}
+    allowed = replace(spec, gates=replace(spec.gates, lead_silence_max_ms=300.0))
+    outcome = process_track(allowed, audio, 48000, tmp_path / "allowed")
+    assert outcome.status == "approved", _failed(outcome)
+    assert outcome.master is not None and outcome.master.loop_start == 0
+    assert outcome.master.loop_length == outcome.master.frames == 8 * 44100
+    lead = {g.name: g.value for g in outcome.gates}["lead_silence"]
+    assert 0.2 <= lead <= 0.25, "the rest, to where the chord's attack rises above -60 dBFS"
 
 
 def test_a_loop_plays_twice_in_a_row_without_a_click(tmp_path: Path) -> None:
