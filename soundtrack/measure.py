@@ -344,8 +344,9 @@ def _measure_seam(region: np.ndarray, sample_rate: int, bar_lines: Sequence[int]
 def _seam_jump_ratio(region: np.ndarray, sample_rate: int) -> float:
     """The click at the wrap: the second difference across it (last sample -> first sample)
     over the 90th percentile of second differences within SEAM_STEP_WINDOW_MS either side (or
-    the masking floor, if higher), worst channel. A seamless wrap reads about 1 or less; a cut
-    through a tone reads tens."""
+    the masking floor if higher, or a step the wave itself makes twice there that is no
+    smaller than the wrap's), worst channel.
+    A seamless wrap reads about 1 or less; a cut through a tone reads tens."""
     width = max(3, round(SEAM_STEP_WINDOW_MS / 1000.0 * sample_rate))
     width = min(width, int(region.shape[1]) // 2)
     around = np.concatenate([region[:, -width:], region[:, :width]], axis=1)
@@ -357,6 +358,10 @@ def _seam_jump_ratio(region: np.ndarray, sample_rate: int) -> float:
     rms = np.sqrt(np.mean(np.square(region, dtype=np.float64), axis=1))
     floor = rms * 10.0 ** (SEAM_MASKING_DB / 20.0)
     typical = np.maximum(np.percentile(beside, 90, axis=1), floor)
+    # A square wave steps at every edge: a wrap stepping no more than the wave does twice
+    # within the window (the second largest: not one stray sample) is the wave's own shape.
+    own_step = np.sort(beside, axis=1)[:, -2]
+    typical = np.where(click <= own_step, np.maximum(typical, own_step), typical)
     ratio = np.divide(click, typical, out=np.zeros_like(typical), where=typical > 0)
     ratio[(typical == 0) & (click > 0)] = math.inf
     return float(ratio.max())

@@ -15,6 +15,7 @@ from soundtrack.errors import AudioError
 from soundtrack.limiter import true_peak_dbtp
 from soundtrack.loops import bake_crossfade, find_loop_end, make_loop, render_duration_s
 from soundtrack.master import finish, master, prepare
+from soundtrack.measure import measure
 from soundtrack.spec import LOUDNESS_PROFILES, GateLimits, Mastering
 from tests import signals
 from tests.reference import ebur128
@@ -138,6 +139,26 @@ def test_a_recording_that_is_its_loop_keeps_its_length_and_its_seam() -> None:
     assert _wrap_jump_ratio(m.audio) <= GateLimits().seam_jump_max_ratio
     gain = float(np.max(np.abs(m.audio))) / float(np.max(np.abs(recording)))
     np.testing.assert_allclose(m.audio, recording * gain, atol=0.02)  # no crossfade
+
+
+@pytest.mark.parametrize("rate_hz", [22050, 32000, 44100])
+def test_a_square_wave_loop_wraps_as_its_edges_step(rate_hz: int) -> None:
+    """A chiptune loop recording, whole periods of a naive square wave, wraps on an edge: its
+    step is the wave's own, as at every edge, and it read 5.2 (rejected)."""
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["mobile"], sample_rate=rate_hz)
+    t = np.arange(6 * 22050) / 22050
+    square = 0.4 * np.sign(np.sin(2 * np.pi * 220.5 * t))  # 100 samples a period; 0 first
+    recording = np.stack([square, square]).astype(np.float32)
+    prepared = prepare(recording, 22050, mastering, loop=True, duration_s=6.0, recording=True)
+    m = finish(prepared, mastering, loop=True, duration_s=6.0, recorded_loop=True)
+    assert m.loop_length == m.audio.shape[1] == 6 * rate_hz
+    limit = GateLimits().seam_jump_max_ratio
+    metrics = measure(m.audio, rate_hz, loop_start=0, loop_length=m.loop_length)
+    assert metrics.seam_jump_ratio is not None and metrics.seam_jump_ratio <= limit
+    # Cut between its edges, the wave kinks where it never does: still a click.
+    tone = signals.sine(441.0, -6.0, 6.0, rate_hz)
+    cut = measure(tone, rate_hz, loop_start=0, loop_length=6 * rate_hz - 37)
+    assert cut.seam_jump_ratio is not None and cut.seam_jump_ratio > 10.0
 
 
 def test_a_long_render_is_searched_and_crossfaded_not_kept_whole() -> None:
