@@ -487,6 +487,10 @@ class _Tracks:
     _stale: set[str] = field(default_factory=set)  # variations left out of date by --only
     _queued: deque[list[TrackSpec]] = field(default_factory=deque)  # batches for a busy device
     _rendering: int = 0
+    # Masters beyond MAX_WORKERS wait here, not in the pool's queue: a publish submitted when a
+    # master ends runs next, not after every master (500 recordings showed 0/500 for minutes).
+    _masters: deque[tuple[TrackSpec, Render | None]] = field(default_factory=deque)
+    _mastering: int = 0
     _in_turn: bool | None = None  # renders one batch at a time, in plan order (decided once)
 
     def run(self, batch_size: int) -> None:
@@ -653,6 +657,10 @@ class _Tracks:
         return True
 
     def master(self, spec: TrackSpec, render: Render | None) -> None:
+        if self._mastering >= MAX_WORKERS:
+            self._masters.append((spec, render))
+            return
+        self._mastering += 1
         audio = render.path if render else spec.source
         model = _model_of(render) if render else None
         future = self.executor.submit(
@@ -662,7 +670,18 @@ class _Tracks:
             str(self.staging / spec.spec_hash),
             label=f"master[{_take_label(spec)}]",
         )
-        self._then(future, lambda f: self._mastered(spec, model, f))
+        self._then(future, lambda f: self._then_next_master(spec, model, f))
+
+    def _then_next_master(
+        self, spec: TrackSpec, model: ModelInfo | None, future: Future[TrackOutcome]
+    ) -> None:
+        """What follows the master is submitted first (its publish), then a waiting master."""
+        self._mastering -= 1
+        try:
+            self._mastered(spec, model, future)
+        finally:
+            if self._masters:
+                self.master(*self._masters.popleft())
 
     def _mastered(
         self, spec: TrackSpec, model: ModelInfo | None, future: Future[TrackOutcome]

@@ -8,7 +8,10 @@ import logging
 import os
 import shlex
 import shutil
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, TypeVar
 
 import mutagen
 import pytest
@@ -16,7 +19,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from soundtrack import models
-from soundtrack.build import BuildResult, Options, ThreadExecutor, build, prepare
+from soundtrack.build import MAX_WORKERS, BuildResult, Options, ThreadExecutor, build, prepare
 from soundtrack.build import log as build_log
 from soundtrack.cli import app
 from soundtrack.errors import InputError
@@ -27,6 +30,7 @@ from tests.reference import assert_pictures_published, ebur128, sha256_of
 from tests.s3server import SeaweedServer
 from tests.signals import music_like
 
+T = TypeVar("T")
 MANIFEST = (Path(__file__).parents[1] / "manifests" / "e2e.yaml").read_text()
 
 
@@ -305,3 +309,44 @@ def test_a_report_is_written_whole_or_its_failure_is_returned_not_raised(
     assert _write_report(junit, "<testsuites/>") is None
     assert junit.read_text() == "<testsuites/>"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml"]
+
+
+class LabelledExecutor(ThreadExecutor):
+    """Threads, as ThreadExecutor runs steps, keeping each step's label in submission order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels: list[str] = []
+
+    def submit(self, step: Callable[..., T], *args: Any, label: str) -> Future[T]:
+        self.labels.append(label)
+        return super().submit(step, *args, label=label)
+
+
+def test_a_recording_is_published_as_its_master_ends_not_after_every_master(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every master went into the pool's queue at once, each publish behind them all: a build
+    of 500 recordings showed 0/500 for four minutes, then jumped."""
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
+    count = MAX_WORKERS + 6
+    tracks = ""
+    for i in range(count):
+        sf.write(tmp_path / f"r{i}.wav", music_like(2.0, 44100, seed=i).T, 44100)
+        tracks += f"  - {{id: r{i}, source: r{i}.wav}}\n"
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        f"schema: 1\nsoundtrack: many\nstorage: ./out\ndefaults: {{formats: [ogg]}}\n"
+        f"tracks:\n{tracks}"
+    )
+    executor = LabelledExecutor()
+    result = build(manifest, Options(), executor=executor)
+    assert result.failure is None, result.failure
+    masters = [i for i, label in enumerate(executor.labels) if label.startswith("master[")]
+    publishes = [i for i, label in enumerate(executor.labels) if label.startswith("publish[")]
+    assert len(masters) == len(publishes) == count
+    assert publishes[0] < masters[MAX_WORKERS], executor.labels
+    # Never more masters waiting on the pool than it has threads.
+    for n, submitted in enumerate(masters):
+        assert sum(p < submitted for p in publishes) >= n - MAX_WORKERS, executor.labels
