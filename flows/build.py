@@ -272,6 +272,9 @@ def build_soundtrack(
     except SoundtrackError as exc:  # storage busy with another build, or failing
         artifacts.stopped(str(exc))
         return Failed(message=redact(str(exc)), data=exc)
+    except BaseException:  # Ctrl-C, SIGTERM: the UI says so, not "k/N finished" for ever
+        artifacts.stopped("interrupted")
+        raise
     if result.failure is not None:
         return Failed(message=redact(result.failure), data=result.report)
     return result.report

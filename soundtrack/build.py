@@ -12,7 +12,7 @@ import queue
 import shutil
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 # Mastering and encoding are light next to generation; a few run beside the one GPU batch.
 MAX_WORKERS = 4
+SETTLE_S = 120.0  # how long a stopped build waits for its steps under way (masters, publishes)
 
 
 class Executor(Protocol):
@@ -491,12 +492,29 @@ class _Tracks:
     # master ends runs next, not after every master (500 recordings showed 0/500 for minutes).
     _masters: deque[tuple[TrackSpec, Render | None]] = field(default_factory=deque)
     _mastering: int = 0
+    _renders: set[Future[Any]] = field(default_factory=set)
     _in_turn: bool | None = None  # renders one batch at a time, in plan order (decided once)
 
     def run(self, batch_size: int) -> None:
         """Until every track has its record: hand each finished step to what follows it; render
         variations as their parents are approved; when all is done but re-rolls, render those,
-        batched together."""
+        batched together. Stopped (Ctrl-C), it lets the steps under way end first."""
+        try:
+            self._run(batch_size)
+        except BaseException:
+            self._settle()
+            raise
+
+    def _settle(self) -> None:
+        """Wait for the steps under way but renders (minutes long; they write to the render
+        cache): the staging and the storage were cleaned up under them, and they failed with
+        tracebacks and left files behind. Nothing new starts: their results go unread."""
+        under_way = [f for f in self._next if f not in self._renders and not f.done()]
+        if under_way:
+            log.warning("stopping: %d step(s) under way end first", len(under_way))
+            wait(under_way, timeout=SETTLE_S)
+
+    def _run(self, batch_size: int) -> None:
         while self._next or self._rerolls or self._released:
             if self._released:
                 released, self._released = self._released, []
@@ -608,12 +626,14 @@ class _Tracks:
         future = self.executor.submit(
             steps.render, batch, str(cache_root()), self.device, label=label
         )
+        self._renders.add(future)
         self._then(future, lambda f: self._rendered(batch, f))
 
     def _rendered(
         self, batch: list[TrackSpec], future: Future[list[Render | RenderFailure]]
     ) -> None:
         self._rendering -= 1
+        self._renders.discard(future)
         if self._queued:
             self.render(self._queued.popleft())
         try:

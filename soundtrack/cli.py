@@ -56,6 +56,7 @@ err_console = Console(stderr=True, emoji=False)
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: another build holds the storage; try again later
+EXIT_INTERRUPTED = 130  # a shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 def fail(exc: SoundtrackError) -> NoReturn:
@@ -1070,25 +1071,36 @@ def build(
         start_temporary_server()  # no PREFECT_API_URL: one that waits long enough, dies with us
     except SoundtrackError as exc:
         fail(exc)
-    with _track_progress(prepared.plan.total) as on_event:
-        unsubscribe = events.subscribe(on_event)
-        try:
-            state = build_soundtrack(
-                str(manifest.resolve()),
-                only=only or None,
-                force=force,
-                out=out,
-                model=model,
-                device=device,
-                batch_size=batch_size,
-                render_pool=render_pool,
-                storage_wait_s=storage_wait_s,
-                gates=gate or None,
-                review=review,
-                return_state=True,
-            )
-        finally:
-            unsubscribe()
+    try:
+        with _track_progress(prepared.plan.total) as on_event:
+            unsubscribe = events.subscribe(on_event)
+            try:
+                state = build_soundtrack(
+                    str(manifest.resolve()),
+                    only=only or None,
+                    force=force,
+                    out=out,
+                    model=model,
+                    device=device,
+                    batch_size=batch_size,
+                    render_pool=render_pool,
+                    storage_wait_s=storage_wait_s,
+                    gates=gate or None,
+                    review=review,
+                    return_state=True,
+                )
+            finally:
+                unsubscribe()
+    except KeyboardInterrupt:
+        # Steps under way ended first; the lock is written last, so the storage holds the last
+        # build written in full.
+        err_console.print(
+            "[bold red]interrupted:[/] the storage holds the last build published in full; "
+            "build again to finish this one",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     result = state.result(raise_on_failure=False)
     if isinstance(result, SoundtrackError):
         fail(result)  # bad input found by the flow (a missing model): exit 2; storage busy: 75

@@ -381,3 +381,32 @@ def test_links_planted_in_a_soundtrack_folder_are_refused_and_what_they_name_kep
     assert (folder / ".publishing" / "notes.txt").read_text() == "mine"
     assert not (folder / ".publishing" / "staged").is_symlink()
     assert sorted(p.name for p in victim.iterdir()) == ["important.txt", "sub"]
+
+
+@pytest.mark.slow
+def test_a_build_stopped_by_ctrl_c_lets_its_steps_end_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C removed the staging folders under masters and publishes still running: they
+    failed with tracebacks, a master made its staging folder again (left for ever), and the
+    storage's staged files stayed behind."""
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST.format(name="sky", lufs=-24, tracks=recordings(tmp_path, 12)))
+    folder = tmp_path / "out" / "sky"
+    stopped = start(manifest)
+    try:
+        wait_for(lambda: any((folder / ".publishing" / "staged").glob("*")) or stopped.poll())
+        stopped.send_signal(signal.SIGINT)
+        _, err = stopped.communicate(timeout=120)
+    finally:
+        stop(stopped)
+    assert stopped.returncode != 0
+    assert "step(s) under way end first" in err, err
+    assert "FileNotFoundError" not in err and "No such file" not in err, err
+    assert list((tmp_path / "cache" / "staging").iterdir()) == []
+    assert sorted(p.name for p in folder.iterdir()) == ["soundtrack.journal.jsonl"]
+
+    again = start(manifest)
+    assert again.wait(timeout=180) == 0, again.communicate()
+    assert folder_problems(folder) == []
