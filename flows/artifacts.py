@@ -187,6 +187,8 @@ def _data_docs(soundtrack: str, outcomes: Sequence[TrackOutcome]) -> Path | None
         return None
     from soundtrack.expectations import build_data_docs  # only a build that processed tracks
 
+    # Seconds per hundred tracks, after the lock: said, or the build looks stuck at its end.
+    get_run_logger().info("writing the QC report (Data Docs) of %d track(s)", len(outcomes))
     try:
         return build_data_docs([o.qc for o in outcomes], cache_root() / "qc" / soundtrack)
     except (SoundtrackError, OSError, ValueError) as exc:
