@@ -22,6 +22,7 @@ from soundtrack.errors import AudioError, InputError
 from soundtrack.gates import GATE_NAMES
 from soundtrack.hashing import file_sha256
 from soundtrack.loops import SEARCH_S, loop_end_range, loop_tail_samples, render_duration_s
+from soundtrack.loudness import BLOCK_S
 from soundtrack.paths import user_path
 from soundtrack.schema import (
     MAX_DURATION_S,
@@ -404,7 +405,8 @@ def render_problems(manifest: Manifest, base_dir: Path) -> list[tuple[str, str]]
             )
             continue
         mastering = _mastering(merged, duration_s, loop=track.loop)
-        found = _unrenderable(track, merged, duration_s, mastering, recording)
+        tolerance_s = _gate_limits(merged.get("gates", {})).duration_tolerance_s
+        found = _unrenderable(track, merged, duration_s, mastering, recording, tolerance_s)
         for name, message in [
             *found,
             *_stem_problems(merged),
@@ -425,13 +427,34 @@ def _unrenderable(
     duration_s: float,
     mastering: Mastering,
     recording: _Recording | None,
+    tolerance_s: float,
 ) -> list[tuple[str, str]]:
-    """(field, message) for each render-time check of master.py and loops.py this track would
-    fail; the checks are theirs, done in samples at the output rate as they do them."""
+    """(field, message) for each render-time check of master.py, loops.py and the seam's
+    measure this track would fail; the checks are theirs, done in samples at the output rate
+    as they do them. `tolerance_s`: the duration gate's."""
     sample_rate = mastering.sample_rate
     frames = round(duration_s * sample_rate)
+    length = "bars" if track.bars is not None else "duration"  # the field the length is from
     if recording is not None:  # mastering cuts a recording to the duration, never lengthens it
         frames = min(frames, round(recording.duration_s * sample_rate))
+        if not track.loop and recording.duration_s < duration_s - tolerance_s:
+            return [
+                (
+                    length,
+                    f"the recording is {recording.duration_s:.2f} s long and mastering never "
+                    f"lengthens one: {duration_s:g} s asked would fail the duration gate "
+                    f"(± {tolerance_s:g} s); leave {length} out to keep the recording's length",
+                )
+            ]
+    if track.loop and duration_s < 2 * BLOCK_S:
+        # measure._short_term_width: the seam's loudness compares two blocks, end and start
+        return [
+            (
+                length,
+                f"a {duration_s:g} s loop is too short to judge its seam: a loop is at least "
+                f"{2 * BLOCK_S:g} s (two {BLOCK_S:g} s loudness blocks, its end and its start)",
+            )
+        ]
     if not track.loop:
         # master._fade: the fades must fit the (cut) audio
         fade_in_frames = round(mastering.fade_in_ms / 1000.0 * sample_rate)
@@ -456,7 +479,7 @@ def _unrenderable(
         duration_s, sample_rate, round(available_s * sample_rate), crossfade_frames
     )
     if 2 * crossfade_frames > earliest_end:
-        name = "loop_crossfade_ms" if "loop_crossfade_ms" in merged else "duration"
+        name = "loop_crossfade_ms" if "loop_crossfade_ms" in merged else length
         return [
             (
                 name,
@@ -467,7 +490,7 @@ def _unrenderable(
         ]
     if recording is None or latest_end >= earliest_end:
         return []
-    name = "duration" if track.duration is not None else "loop_crossfade_ms"
+    name = length if track.duration is not None or track.bars is not None else "loop_crossfade_ms"
     needed_s = duration_s - SEARCH_S + loop_tail_samples(crossfade_frames) / sample_rate
     return [
         (

@@ -546,6 +546,31 @@ def test_a_source_loop_needs_audio_after_its_end(tmp_path: Path) -> None:
     )
 
 
+def test_what_a_build_would_always_fail_on_is_refused_at_validate(tmp_path: Path) -> None:
+    """Each of these passed validate and failed every build: a recording asked to last longer
+    than it does (the duration gate), a loop too short to measure its seam, and a recording
+    too short for the loop its bars make named loop_crossfade_ms, which it did not set."""
+    text = _recording(tmp_path, 3.0)
+    path = write(tmp_path, text + "    duration: 10\n")
+    assert (
+        "tracks[0].duration (line 6): the recording is 3.00 s long and mastering never lengthens "
+        "one: 10 s asked would fail the duration gate (± 0.5 s)"
+    ) in _problems(path)
+    assert specs_of(tmp_path, text + "    duration: 3.4\n")["take"].duration_s == 3.4
+    loose = text + "    duration: 10\n    gates: {duration_tolerance_s: 8}\n"
+    assert specs_of(tmp_path, loose)["take"].duration_s == 10.0
+    short_loop = "  - {id: blip, prompt: x, duration: 0.6, loop: true, loop_crossfade_ms: 50}\n"
+    path = write(tmp_path, text + short_loop)
+    assert (
+        "tracks[1].duration (line 6): a 0.6 s loop is too short to judge its seam: a loop is at "
+        "least 0.8 s"
+    ) in _problems(path)
+    bars = text + "    loop: true\n    bars: 2\n    bpm: 60\n"
+    assert "tracks[0].bars (line 7): the recording is 3.00 s long; a 8 s loop" in _problems(
+        write(tmp_path, bars)
+    )
+
+
 @pytest.mark.parametrize(
     ("written", "normalised"),
     [
