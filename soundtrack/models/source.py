@@ -379,6 +379,11 @@ def _pipeline_family(directory: Path, model: str) -> str:
     return family
 
 
+# A checkpoint holds tens of files; thousands mean a link to a folder outside it (`/`, `/usr`),
+# which would be walked and hashed whole.
+MAX_MODEL_FILES = 10_000
+
+
 def _files_under(directory: Path) -> list[Path]:
     """Every file under `directory`, through symlinked folders (a component folder may be one,
     and the loader follows it), each real folder once (a link back up would loop)."""
@@ -392,12 +397,29 @@ def _files_under(directory: Path) -> list[Path]:
         seen.add(real)
         folders[:] = [f for f in folders if not f.startswith(".")]
         files += [Path(root, name) for name in names]
+        if len(files) > MAX_MODEL_FILES:
+            raise ModelLoadError(
+                f"model folder {directory} holds more than {MAX_MODEL_FILES} files (through "
+                f"{root}): a link to a folder outside the checkpoint? Give the checkpoint's "
+                "own folder"
+            )
     return files
 
 
 def directory_fingerprint(directory: Path) -> str:
     """sha256 over the paths and contents of a model directory's files (component folders
-    included, hidden files and the top-level README excluded); hashed once per process."""
+    included, hidden files and the top-level README excluded); hashed once per process.
+    ModelLoadError for a file that cannot be read, or too many files."""
+    try:
+        return _fingerprint(directory)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"model folder {directory}: cannot read {exc.filename or 'a file'} "
+            f"({exc.strerror or exc})"
+        ) from None
+
+
+def _fingerprint(directory: Path) -> str:
     files = sorted(
         p
         for p in _files_under(directory)

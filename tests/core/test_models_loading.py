@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import constants, try_to_load_from_cache
+from typer.testing import CliRunner
 
+from soundtrack.cli import app
 from soundtrack.errors import InputError, ModelLoadError
 from soundtrack.licences import licence_of
 from soundtrack.models import (
@@ -347,3 +349,20 @@ def test_a_folders_fingerprint_is_hashed_once_until_a_file_changes(
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     source._fingerprints.clear()
     assert source.directory_fingerprint(folder) != first and hashed == [folder]
+
+
+def test_a_link_out_of_a_model_folder_is_refused_not_walked_whole(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A component folder linked to `/` had the whole file system walked and hashed, until a
+    file it could not read (/proc) ended generate and build in a PermissionError traceback."""
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    (folder / "vendored").symlink_to("/")
+    args = ["generate", "--model", str(folder), "--prompt", "p", "--duration", "1"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "x.wav")])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert f"model folder {folder} holds more than 10000 files" in said
+    assert "a link to a folder outside the checkpoint?" in said
+    assert not (tmp_path / "x.wav").exists()
