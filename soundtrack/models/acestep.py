@@ -20,7 +20,7 @@ from diffusers import AceStepPipeline
 from diffusers.models.transformers.ace_step_transformer import AceStepAttnProcessor2_0
 
 from soundtrack.audio import resample, to_channels
-from soundtrack.errors import GenerationError, InputError, ModelLoadError
+from soundtrack.errors import GenerationError, InputError
 from soundtrack.models.base import (
     GeneratedAudio,
     GenerationRequest,
@@ -29,7 +29,7 @@ from soundtrack.models.base import (
 )
 from soundtrack.models.device import model_dtype
 from soundtrack.models.pipeline import PipelineTrack, render_batches, run_on_cpu
-from soundtrack.models.source import ModelSource, how_to_provide
+from soundtrack.models.source import ModelSource, cannot_load
 
 MIN_RENDER_S = 10.0  # ACE-Step's shortest render: a shorter track renders this long, then is cut
 MAX_RENDER_S = 600.0  # its longest render in one call
@@ -305,11 +305,8 @@ def load_acestep(
             local_files_only=True,
             low_cpu_mem_usage=False,
         )
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(
-            f"model {source.model_id!r}: cannot load ACE-Step from {source.directory} ({error}); "
-            f"{how_to_provide(source.model_id)}"
-        ) from error
+    except Exception as error:  # whatever a malformed checkpoint makes its library raise
+        raise cannot_load(source, "ACE-Step", error) from error
     pipeline.to(device)
     return AceStepGenerator(
         pipeline,

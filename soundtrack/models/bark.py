@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, BarkModel
 
-from soundtrack.errors import GenerationError, InputError, ModelLoadError
+from soundtrack.errors import GenerationError, InputError
 from soundtrack.models import onednn
 from soundtrack.models.base import (
     GeneratedAudio,
@@ -28,7 +28,7 @@ from soundtrack.models.base import (
     cut_render,
 )
 from soundtrack.models.device import model_dtype, set_cpu_threads
-from soundtrack.models.source import ModelSource, how_to_provide
+from soundtrack.models.source import ModelSource, cannot_load
 
 MAX_RENDER_S = 14.0  # Bark's longest render (768 semantic tokens at 49.9 Hz, with a margin)
 
@@ -169,11 +169,8 @@ def load_bark(source: ModelSource, device: str, dtype: torch.dtype | None = None
             source.directory, dtype=dtype, local_files_only=True, use_safetensors=True
         )
         tokenizer = AutoTokenizer.from_pretrained(source.directory, local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(
-            f"model {source.model_id!r}: cannot load Bark from {source.directory} ({error}); "
-            f"{how_to_provide(source.model_id)}"
-        ) from error
+    except Exception as error:  # whatever a malformed checkpoint makes its library raise
+        raise cannot_load(source, "Bark", error) from error
     model.codec_model.to(torch.float32)
     model.to(device)
     return BarkGenerator(

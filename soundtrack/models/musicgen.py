@@ -18,7 +18,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutput
 
-from soundtrack.errors import GenerationError, InputError, ModelLoadError
+from soundtrack.errors import GenerationError, InputError
 from soundtrack.models import onednn
 from soundtrack.models.base import (
     MAX_WINDOW_S,
@@ -31,7 +31,7 @@ from soundtrack.models.base import (
 from soundtrack.models.device import model_dtype, set_cpu_threads
 from soundtrack.models.longform import WindowPlan, equal_power_join, plan_windows
 from soundtrack.models.sampling import TrackSampler, uses_guidance
-from soundtrack.models.source import ModelSource, how_to_provide
+from soundtrack.models.source import ModelSource, cannot_load
 from soundtrack.spec import Sampling
 
 
@@ -255,11 +255,8 @@ def load_musicgen(
             source.directory, dtype=dtype, local_files_only=True, use_safetensors=True
         )
         processor = MusicgenProcessor.from_pretrained(source.directory, local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(
-            f"model {source.model_id!r}: cannot load MusicGen from {source.directory} ({error}); "
-            f"{how_to_provide(source.model_id)}"
-        ) from error
+    except Exception as error:  # whatever a malformed checkpoint makes its library raise
+        raise cannot_load(source, "MusicGen", error) from error
     model.audio_encoder.to(torch.float32)
     model.to(device)
     return MusicgenGenerator(

@@ -112,6 +112,17 @@ DIFFUSERS_PIPELINES: dict[str, tuple[str, dict[str, set[tuple[str, str]]]]] = {
 _OPTIONAL_COMPONENTS = {"AceStepPipeline": {"audio_tokenizer", "audio_token_detokenizer"}}
 
 
+def cannot_load(source: ModelSource, family: str, error: Exception) -> ModelLoadError:
+    """The error of a checkpoint its library could not load. Anything it raises counts: a
+    malformed config raises what it happens to (ZeroDivisionError for a rate of 0, RuntimeError
+    for a tensor too large to allocate), and a model that cannot load is bad input."""
+    said = str(error) if isinstance(error, OSError | ValueError) else repr(error)
+    return ModelLoadError(
+        f"model {source.model_id!r}: cannot load {family} from {source.directory} ({said}); "
+        f"{how_to_provide(source.model_id)}"
+    )
+
+
 def how_to_provide(model: str) -> str:
     """The ways to make a model's weights available, for error messages."""
     tiny = "for smoke tests without weights, `soundtrack models make-tiny DIR` writes a tiny model"

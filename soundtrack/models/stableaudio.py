@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from diffusers import StableAudioPipeline
 
-from soundtrack.errors import GenerationError, InputError, ModelLoadError
+from soundtrack.errors import GenerationError, InputError
 from soundtrack.models.base import (
     GeneratedAudio,
     GenerationRequest,
@@ -26,7 +26,7 @@ from soundtrack.models.base import (
 )
 from soundtrack.models.device import model_dtype
 from soundtrack.models.pipeline import PipelineTrack, render_batches, run_on_cpu
-from soundtrack.models.source import ModelSource, how_to_provide
+from soundtrack.models.source import ModelSource, cannot_load
 
 MAX_RENDER_S = 47.0  # the catalog's limit for the family (the checkpoint renders 47.55 s)
 
@@ -162,11 +162,8 @@ def load_stableaudio(
             local_files_only=True,
             low_cpu_mem_usage=False,
         )
-    except (OSError, ValueError, ImportError) as error:
-        raise ModelLoadError(
-            f"model {source.model_id!r}: cannot load Stable Audio from {source.directory} "
-            f"({error}); {how_to_provide(source.model_id)}"
-        ) from error
+    except Exception as error:  # whatever a malformed checkpoint makes its library raise
+        raise cannot_load(source, "Stable Audio", error) from error
     pipeline.to(device)
     return StableAudioGenerator(
         pipeline,

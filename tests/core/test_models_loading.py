@@ -366,3 +366,20 @@ def test_a_link_out_of_a_model_folder_is_refused_not_walked_whole(
     assert f"model folder {folder} holds more than 10000 files" in said
     assert "a link to a folder outside the checkpoint?" in said
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_a_checkpoint_whose_config_its_library_chokes_on_cannot_be_loaded(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A codec rate of 0 raised ZeroDivisionError in transformers, and a tensor too large to
+    allocate a RuntimeError: tracebacks, where a model that cannot load is bad input."""
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["audio_encoder"]["sampling_rate"] = 0
+    (folder / "config.json").write_text(json.dumps(config))
+    args = ["generate", "--model", str(folder), "--prompt", "p", "--duration", "1"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "x.wav")])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert f"cannot load MusicGen from {folder} (ZeroDivisionError(" in said, said
+    assert "Traceback" not in result.output and not (tmp_path / "x.wav").exists()
