@@ -253,6 +253,18 @@ def model_family(directory: Path, model: str) -> str:
     return MODEL_TYPE_FAMILIES[model_type]
 
 
+def _config_name(component: object) -> str:
+    """The config file a pipeline component loads from its folder, by its [library, class]:
+    a tokenizer's without its own (tokenizer.json alone) took a length of 10^30 and crashed
+    the render."""
+    library, name = component if isinstance(component, list) and len(component) == 2 else ("", "")
+    if library == "transformers" and "Tokenizer" in str(name):
+        return "tokenizer_config.json"
+    if str(name).endswith("Scheduler"):
+        return "scheduler_config.json"
+    return "config.json"
+
+
 def check_weights(directory: Path, model: str) -> None:
     """Every folder of a local checkpoint that holds a model (its own config.json) has its
     weights as safetensors whose headers read: found before a build renders, not as a failed
@@ -260,16 +272,23 @@ def check_weights(directory: Path, model: str) -> None:
     folders = [directory]
     if (directory / "model_index.json").is_file():
         index = _read_object(directory / "model_index.json", model)
-        named = [
-            n for n, v in index.items() if not n.startswith("_") and v not in ([None, None], None)
-        ]
+        components = {
+            n: v
+            for n, v in index.items()
+            if not n.startswith("_") and v not in ([None, None], None)
+        }
+        named = list(components)
         # Each component the pipeline loads has its folder and its config (a model's
         # config.json, a scheduler's or tokenizer's own); an interrupted copy lacks some.
-        missing = [n for n in named if not any((directory / n).glob("*.json"))]
+        missing = [
+            f"{n}/{_config_name(v)}"
+            for n, v in components.items()
+            if not (directory / n / _config_name(v)).is_file()
+        ]
         if missing:
             raise ModelLoadError(
-                f"model {model!r}: model_index.json names {', '.join(missing)}, but "
-                f"{directory} has no such folder with its config; {how_to_provide(model)}"
+                f"model {model!r}: model_index.json names components whose config {directory} "
+                f"lacks: {', '.join(missing)}; {how_to_provide(model)}"
             )
         folders = [directory / n for n in named if any((directory / n).glob("*.safetensors"))]
         folders += [directory / n for n in named if (directory / n / "config.json").is_file()]

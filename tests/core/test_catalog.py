@@ -270,7 +270,10 @@ ACE_INDEX = {
     "condition_encoder": ["diffusers", "AceStepConditionEncoder"],
     "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
 }
-ACE_COMPONENTS = "vae, text_encoder, tokenizer, transformer, condition_encoder"
+ACE_CONFIGS = (
+    "vae/config.json, text_encoder/config.json, tokenizer/tokenizer_config.json, "
+    "transformer/config.json, condition_encoder/config.json"
+)
 
 
 @pytest.mark.parametrize(
@@ -282,14 +285,28 @@ ACE_COMPONENTS = "vae, text_encoder, tokenizer, transformer, condition_encoder"
         ({"model_index.json": {**ACE_INDEX, "scheduler": ["evil", "S"]}}, "never custom code"),
         ({"model_index.json": {**ACE_INDEX, "extra": ["diffusers", "X"]}}, "no such component"),
         ({"model_index.json": {**ACE_INDEX, "vae": [None, None]}}, "leaves out vae, which Ace"),
-        ({"model_index.json": ACE_INDEX}, f"names {ACE_COMPONENTS}, scheduler, but"),
+        ({"model_index.json": ACE_INDEX}, f"lacks: {ACE_CONFIGS}, scheduler/scheduler_config"),
+        (
+            # tokenizer.json alone: the render crashed on the length it then took (10^30)
+            {
+                "model_index.json": ACE_INDEX,
+                "scheduler/scheduler_config.json": {},
+                "tokenizer/tokenizer.json": {},
+                **{
+                    f"{n}/config.json": {}
+                    for n in ACE_INDEX
+                    if n not in ("_class_name", "scheduler", "tokenizer")
+                },
+            },
+            "lacks: tokenizer/tokenizer_config.json;",
+        ),
         (
             {
                 "model_index.json": ACE_INDEX,
                 "scheduler/scheduler_config.json": {},
                 "vae/diffusion_pytorch_model.safetensors": b"\x02" + b"\0" * 7 + b"{}",
             },
-            f"model_index.json names {ACE_COMPONENTS}, but",
+            f"lacks: {ACE_CONFIGS};",
         ),
         ({"model_index.json": ["AceStepPipeline"]}, "holds list, not a JSON object"),
         ({"model_index.json": b"\xff\xfe{"}, "unreadable model_index.json"),
