@@ -117,7 +117,9 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
 
 # libsndfile reads what a cut WAV holds without an error, and logs the header's size beside it.
 _DATA_SIZE_LOG = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
-_UNKNOWN_SIZE = 0xFFFFFFFF  # a streaming writer's (ffmpeg to a pipe): the size it could not know
+# What streaming writers put for the size they could not know: ffmpeg 0xFFFFFFFF, arecord
+# 0x7FFFFFFF, SoX 0x7FFFF000. A size from here up is read as unknown, not as promised.
+_UNKNOWN_SIZE_FROM = 0x7FFF0000
 
 
 def cut_short(path: Path, file_format: str, log: str) -> str | None:
@@ -127,7 +129,7 @@ def cut_short(path: Path, file_format: str, log: str) -> str | None:
     if found is None:
         return None
     promised, held = int(found[1]), int(found[2])
-    if not held < promised < _UNKNOWN_SIZE:
+    if not held < promised < _UNKNOWN_SIZE_FROM:
         return None
     return (
         f"{path} is cut short: its header promises {promised} bytes of audio, the file holds "
