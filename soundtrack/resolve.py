@@ -405,8 +405,8 @@ def render_problems(manifest: Manifest, base_dir: Path) -> list[tuple[str, str]]
             )
             continue
         mastering = _mastering(merged, duration_s, loop=track.loop)
-        tolerance_s = _gate_limits(merged.get("gates", {})).duration_tolerance_s
-        found = _unrenderable(track, merged, duration_s, mastering, recording, tolerance_s)
+        gates = _gate_limits(merged.get("gates", {}))
+        found = _unrenderable(track, merged, duration_s, mastering, recording, gates)
         for name, message in [
             *found,
             *_stem_problems(merged),
@@ -427,17 +427,19 @@ def _unrenderable(
     duration_s: float,
     mastering: Mastering,
     recording: _Recording | None,
-    tolerance_s: float,
+    gates: GateLimits,
 ) -> list[tuple[str, str]]:
     """(field, message) for each render-time check of master.py, loops.py and the seam's
-    measure this track would fail; the checks are theirs, done in samples at the output rate
-    as they do them. `tolerance_s`: the duration gate's."""
+    measure this track would fail, and a recording the duration gate would reject; the checks
+    are theirs, done in samples at the output rate as they do them."""
+    tolerance_s = gates.duration_tolerance_s
+    judged = gates.severity("duration") in (None, "fail")  # warn or off: a shorter take is taken
     sample_rate = mastering.sample_rate
     frames = round(duration_s * sample_rate)
     length = "bars" if track.bars is not None else "duration"  # the field the length is from
     if recording is not None:  # mastering cuts a recording to the duration, never lengthens it
         frames = min(frames, round(recording.duration_s * sample_rate))
-        if not track.loop and recording.duration_s < duration_s - tolerance_s:
+        if not track.loop and judged and recording.duration_s < duration_s - tolerance_s:
             return [
                 (
                     length,

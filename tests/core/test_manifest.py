@@ -559,6 +559,9 @@ def test_what_a_build_would_always_fail_on_is_refused_at_validate(tmp_path: Path
     assert specs_of(tmp_path, text + "    duration: 3.4\n")["take"].duration_s == 3.4
     loose = text + "    duration: 10\n    gates: {duration_tolerance_s: 8}\n"
     assert specs_of(tmp_path, loose)["take"].duration_s == 10.0
+    for severity in ("warn", "off"):  # a shorter take is then the team's to accept
+        lenient = text + f"    duration: 10\n    gates: {{duration: {severity}}}\n"
+        assert specs_of(tmp_path, lenient)["take"].duration_s == 10.0
     short_loop = "  - {id: blip, prompt: x, duration: 0.6, loop: true, loop_crossfade_ms: 50}\n"
     path = write(tmp_path, text + short_loop)
     assert (
