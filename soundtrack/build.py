@@ -697,11 +697,9 @@ class _Tracks:
     ) -> None:
         """What follows the master is submitted first (its publish), then a waiting master."""
         self._mastering -= 1
-        try:
-            self._mastered(spec, model, future)
-        finally:
-            if self._masters:
-                self.master(*self._masters.popleft())
+        self._mastered(spec, model, future)
+        if self._masters:
+            self.master(*self._masters.popleft())
 
     def _mastered(
         self, spec: TrackSpec, model: ModelInfo | None, future: Future[TrackOutcome]

@@ -79,8 +79,14 @@ def _shown(text: str) -> str:
     """`text` for a terminal, its control characters written out (\\x1b, \\n): a file name
     or a message quoting one cannot colour, move or split what a user reads. A name's bytes
     that are not UTF-8 (surrogates in `text`) show as \\xNN."""
-    text = text.encode(errors="surrogateescape").decode(errors="backslashreplace")
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(
+        c
+        if c.isprintable()
+        else f"\\x{ord(c) - 0xDC00:02x}"
+        if "\udc80" <= c <= "\udcff"
+        else repr(c)[1:-1]
+        for c in text
+    )
 
 
 def _print_version(asked: bool) -> None:
@@ -262,14 +268,14 @@ def _quiet_libraries() -> None:
 
 def _audition_path(prompt: str, seed: int) -> Path:
     """A new file named from the prompt and seed: an earlier take of them (another model, other
-    settings) is kept, with the next free number after the seed."""
+    settings) is kept, and the new one named as its next take (`.take2.wav`)."""
     words = "".join(c if c.isalnum() else " " for c in prompt.lower()).split()[:5]
     # A file name has a length limit (255 bytes): a long word is cut, not passed on.
     stem = f"{'-'.join(words)[:60].strip('-') or 'audition'}-{seed}"
     path, number = Path(f"{stem}.wav"), 1
     while path.exists() or path.is_symlink():
         number += 1
-        path = Path(f"{stem}.{number}.wav")
+        path = Path(f"{stem}.take{number}.wav")
     return path
 
 

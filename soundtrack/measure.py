@@ -344,8 +344,8 @@ def _measure_seam(region: np.ndarray, sample_rate: int, bar_lines: Sequence[int]
 def _seam_jump_ratio(region: np.ndarray, sample_rate: int) -> float:
     """The click at the wrap: the second difference across it (last sample -> first sample)
     over the 90th percentile of second differences within SEAM_STEP_WINDOW_MS either side (or
-    the masking floor if higher, or a step the wave itself makes twice there that is no
-    smaller than the wrap's), worst channel.
+    the masking floor if higher, or a kink the wave itself makes there that is no smaller
+    than the wrap's), worst channel.
     A seamless wrap reads about 1 or less; a cut through a tone reads tens."""
     width = max(3, round(SEAM_STEP_WINDOW_MS / 1000.0 * sample_rate))
     width = min(width, int(region.shape[1]) // 2)
@@ -358,8 +358,9 @@ def _seam_jump_ratio(region: np.ndarray, sample_rate: int) -> float:
     rms = np.sqrt(np.mean(np.square(region, dtype=np.float64), axis=1))
     floor = rms * 10.0 ** (SEAM_MASKING_DB / 20.0)
     typical = np.maximum(np.percentile(beside, 90, axis=1), floor)
-    # A square wave steps at every edge: a wrap stepping no more than the wave does twice
-    # within the window (the second largest: not one stray sample) is the wave's own shape.
+    # A square wave steps at every edge: a wrap kinking no more than the wave itself does
+    # within the window (the second largest: one step's two kinks, not one stray sample) is
+    # its own shape. A drum hit's attack there passes it too, as it masks a click.
     own_step = np.sort(beside, axis=1)[:, -2]
     typical = np.where(click <= own_step, np.maximum(typical, own_step), typical)
     ratio = np.divide(click, typical, out=np.zeros_like(typical), where=typical > 0)

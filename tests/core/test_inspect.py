@@ -160,6 +160,9 @@ def test_a_file_name_that_is_not_utf8_is_read_as_any_other(
     plain, renamed = json.loads(result.stdout)
     assert renamed["metrics"] == plain["metrics"]
     assert renamed["metrics"]["loop_length"] == loop_length
+    missing = CliRunner().invoke(app, ["inspect", str(tmp_path / os.fsdecode(b"gone-\xfe.ogg"))])
+    assert missing.exit_code == 2
+    assert "gone-\\xfe.ogg" in missing.stderr, "the name's byte, shown as a terminal can"
     wav = tmp_path / os.fsdecode(b"take-\xfe.wav")
     audio, rate = read_audio(odd)
     write_wav(wav, audio, rate)

@@ -54,7 +54,7 @@ def test_generate_without_seed_or_output_names_the_take(
     again = runner.invoke(app, [*args, "--duration", "0.7", "--seed", seed])
     assert again.exit_code == 0, again.output
     assert wav.read_bytes() == first
-    assert sf.info(tmp_path / f"calm-piano-c-major-{seed}.2.wav").duration == pytest.approx(0.7)
+    assert sf.info(tmp_path / f"calm-piano-c-major-{seed}.take2.wav").duration == pytest.approx(0.7)
 
 
 def test_an_unknown_model_exits_2_with_a_message_not_a_traceback(tmp_path: Path) -> None:
