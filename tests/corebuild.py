@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--storage-wait-s", type=float)
     parser.add_argument("--kill-at", nargs=2)
     args = parser.parse_args()
+    # Ctrl-C as in a terminal: a test runner's worker (xdist) hands SIGINT down ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.kill_at:
         kill_at(int(args.kill_at[0]), Path(args.kill_at[1]))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
