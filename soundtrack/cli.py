@@ -508,10 +508,13 @@ def generate(
             _check_taken(FAMILIES[family_name(model) or ""], takes)
         with Progress(*columns, console=err_console) as bar:
             task = bar.add_task(f"rendering ({generator.device})", total=None)
-            (result,) = generator.generate(
-                [request],
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
+            try:
+                (result,) = generator.generate(
+                    [request],
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+            except Exception as exc:  # as a build fails the track: what the library raised
+                raise GenerationError(request.track_id, f"the render failed: {exc!r}") from exc
         if isinstance(result, GenerationError):
             raise result
         target.parent.mkdir(parents=True, exist_ok=True)

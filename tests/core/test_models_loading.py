@@ -383,3 +383,20 @@ def test_a_checkpoint_whose_config_its_library_chokes_on_cannot_be_loaded(
     said = " ".join(result.stderr.split())
     assert f"cannot load MusicGen from {folder} (ZeroDivisionError(" in said, said
     assert "Traceback" not in result.output and not (tmp_path / "x.wav").exists()
+
+
+def test_a_render_its_library_raises_on_fails_in_one_line(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A checkpoint that loads but cannot render (a negative codebook count) ended generate
+    in a traceback, where a build fails the track saying why."""
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["decoder"]["num_codebooks"] = -config["decoder"]["num_codebooks"]
+    (folder / "config.json").write_text(json.dumps(config))
+    args = ["generate", "--model", str(folder), "--prompt", "p", "--duration", "1"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "x.wav")])
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.stderr.split())
+    assert "the render failed: RuntimeError(" in said and "negative dimension" in said, said
+    assert "Traceback" not in result.output and not (tmp_path / "x.wav").exists()
