@@ -352,8 +352,9 @@ def model_problem(model: str, name: str = "model") -> str | None:
         return f"{name} has a space, which no model id or path has (got {model!r})"
     if problem := path_problem(model):
         return f"{name} {problem}"
-    if not model.isprintable() or model != model.encode(errors="replace").decode():
-        # The model libraries (safetensors) take UTF-8 paths only.
+    if not model.isprintable():
+        # The model libraries (safetensors) take UTF-8 paths only; a name's bytes that are not
+        # UTF-8 come as surrogates, which are not printable.
         return f"{name} is not printable UTF-8 text (got {model!r}): rename the folder"
     return None
 

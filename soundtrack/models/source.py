@@ -280,11 +280,8 @@ def check_weights(directory: Path, model: str) -> None:
         named = list(components)
         # Each component the pipeline loads has its folder and its config (a model's
         # config.json, a scheduler's or tokenizer's own); an interrupted copy lacks some.
-        missing = [
-            f"{n}/{_config_name(v)}"
-            for n, v in components.items()
-            if not (directory / n / _config_name(v)).is_file()
-        ]
+        configs = [f"{n}/{_config_name(v)}" for n, v in components.items()]
+        missing = [config for config in configs if not (directory / config).is_file()]
         if missing:
             raise ModelLoadError(
                 f"model {model!r}: model_index.json names components whose config {directory} "
