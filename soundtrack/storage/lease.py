@@ -165,8 +165,7 @@ class Lease:
             )
 
     def _acquire(self, wait_s: float, on_wait: Callable[[str], None]) -> None:
-        deadline = time.monotonic() + wait_s
-        said = False
+        deadline: float | None = None
         while True:
             if self._write(IfNoneMatch="*"):
                 return
@@ -189,11 +188,14 @@ class Lease:
                     )
                     return
                 continue  # another build took it over first, or its holder renewed it
+            if deadline is None:
+                # The wait counts from the first sight of the holder: a slow first look (a
+                # client's start, a busy server) is not time the user was told it would wait.
+                deadline = time.monotonic() + wait_s
+                if wait_s > 0:
+                    on_wait(f"{self.where} is being built by {holder}: waiting up to {wait_s:g} s")
             if time.monotonic() >= deadline:
                 raise StorageBusy(f"{self.where} is being built by {holder}; waited {wait_s:g} s")
-            if not said:
-                on_wait(f"{self.where} is being built by {holder}: waiting up to {wait_s:g} s")
-                said = True
             time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
 
     def _renew_until_stopped(self) -> None:

@@ -239,8 +239,7 @@ def build_lock(folder: Path, *, wait_s: float, on_wait: Callable[[str], None]) -
     killed process is released by the kernel at once; it names its holder (pid, host, start)."""
     path = folder / CONTROL / LOCK_NAME
     own_folder(path.parent)
-    deadline = time.monotonic() + wait_s
-    said = False
+    deadline: float | None = None
     while True:
         fd = _open_lock(path)
         try:
@@ -248,13 +247,14 @@ def build_lock(folder: Path, *, wait_s: float, on_wait: Callable[[str], None]) -
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
+            if deadline is None:  # as for the S3 lease: the wait counts from seeing the holder
+                deadline = time.monotonic() + wait_s
+                if wait_s > 0:
+                    on_wait(f"{folder} is being built by {holder}: waiting up to {wait_s:g} s")
             if time.monotonic() >= deadline:
                 raise StorageBusy(
                     f"{folder} is being built by {holder}; waited {wait_s:g} s"
                 ) from None
-            if not said:
-                on_wait(f"{folder} is being built by {holder}: waiting up to {wait_s:g} s")
-                said = True
             time.sleep(_POLL_S)
             continue
         if _same_file(fd, path):
