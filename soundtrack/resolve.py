@@ -399,8 +399,9 @@ def render_problems(manifest: Manifest, base_dir: Path) -> list[tuple[str, str]]
             problems.append(
                 (
                     f"{where}.bars",
-                    f"{track.bars} bars at {track.bpm} BPM make {duration_s:g} s; a track is "
-                    f"{MIN_DURATION_S:g} to {MAX_DURATION_S:g} s long",
+                    f"{track.bars} bar{'' if track.bars == 1 else 's'} at {track.bpm} BPM: "
+                    f"{duration_s:g} s; a track is {MIN_DURATION_S:g} to {MAX_DURATION_S:g} s "
+                    "long",
                 )
             )
             continue

@@ -614,8 +614,8 @@ def test_bars_give_the_length_at_the_tempo_and_time_signature(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("fields", "said"),
     [
-        ("bpm: 20\n    bars: 1024", "1024 bars at 20 BPM make 12288 s; a track is 0.4 to 600 s"),
-        ("bpm: 300\n    time_signature: 1/16\n    bars: 1", "1 bars at 300 BPM make 0.2 s"),
+        ("bpm: 20\n    bars: 1024", "1024 bars at 20 BPM: 12288 s; a track is 0.4 to 600 s"),
+        ("bpm: 300\n    time_signature: 1/16\n    bars: 1", "1 bar at 300 BPM: 0.2 s"),
     ],
 )
 def test_a_length_in_bars_is_held_to_the_track_limits(
