@@ -351,7 +351,10 @@ _SCRIPT = r"""
         wraps = 1 + Math.floor((position - s.loop_end_s) / length);
         position = s.loop_start_s + ((position - s.loop_end_s) % length);
       }
-      if (wraps > s.wraps) s.last_before_wrap_s = s.position_s;
+      if (wraps > s.wraps) {
+        s.last_before_wrap_s = s.position_s;
+        if (s.wraps === 0) s.first_after_wrap_s = position;
+      }
       s.wraps = wraps;
       s.position_s = position;
       shown.textContent = position.toFixed(3) + " s, wrapped " + wraps + "×";
@@ -379,6 +382,7 @@ _SCRIPT = r"""
         offset = from_s;
         node.start(startedAt, from_s);
         Object.assign(s, { playing: true, wraps: 0, position_s: from_s, last_before_wrap_s: null,
+          first_after_wrap_s: null,
           node_loop_start_s: node.loopStart, node_loop_end_s: node.loopEnd });
         timer = setInterval(update, 20);
       } catch (error) {

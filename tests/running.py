@@ -94,7 +94,8 @@ def review_form(api_url: str, run: FlowRun) -> tuple[dict[str, Any], str]:
     keyset = run.state.state_details.run_input_keyset
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as api:
         # The form is saved a moment after the pause: wait for it as the UI would.
-        for _ in range(100):
+        deadline = time.monotonic() + 60  # a busy machine's server saves it seconds later
+        while time.monotonic() < deadline:
             schema, description = (
                 api.read_flow_run_input(run.id, keyset[part]) for part in ("schema", "description")
             )

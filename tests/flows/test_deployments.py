@@ -525,6 +525,9 @@ def test_a_render_pool_that_is_not_deployed_or_has_no_worker(
 
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
+    render_batch = FlowFilter(name=FlowFilterName(any_=["render-batch"]))
+    with api(prefect_server) as client:  # before the build starts: none of its runs are here
+        before = {run.id for run in client.read_flow_runs(flow_filter=render_batch)}
     with (tmp_path / "build.log").open("wb") as log:
         waiting = subprocess.Popen(
             [*build, deployed["gpu"]],
@@ -534,10 +537,8 @@ def test_a_render_pool_that_is_not_deployed_or_has_no_worker(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    render_batch = FlowFilter(name=FlowFilterName(any_=["render-batch"]))
     try:
         with api(prefect_server) as client:
-            before = {run.id for run in client.read_flow_runs(flow_filter=render_batch)}
             deadline = datetime.now(UTC).timestamp() + 240
             while not (
                 runs := [

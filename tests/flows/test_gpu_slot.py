@@ -53,9 +53,8 @@ def test_a_build_waits_for_the_servers_gpu_slot_then_takes_it_or_stops(
 
     @task
     def render() -> float:
-        started = time.monotonic()
         with gpu_slot():
-            return time.monotonic() - started
+            return time.monotonic()  # when it took the slot
 
     @flow
     def build(meanwhile: Callable[[], None]) -> float:
@@ -67,10 +66,17 @@ def test_a_build_waits_for_the_servers_gpu_slot_then_takes_it_or_stops(
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
         with get_client(sync_client=True) as client:
             client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, 1)
+        released_at: list[float] = []
+
+        def let_go() -> None:
+            released_at.append(time.monotonic())
+            release.set()
+
         with caplog.at_level(logging.INFO), slot_held_elsewhere() as release:
-            waited_s = build(release.set)
+            took_at = build(let_go)
         said = [r.getMessage() for r in caplog.records]
-        assert 3.0 <= waited_s < 10.0, waited_s
+        # Timed from the release, not from the task's start: a busy machine starts it late.
+        assert released_at[0] <= took_at < released_at[0] + 7, (released_at, took_at)
         assert sum("another build holds the GPU" in line for line in said) == 1, said
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], said
 
@@ -144,7 +150,8 @@ def test_each_machine_has_its_own_gpu_slot_and_an_admins_limit_stays(
             started = time.monotonic()
             with gpu_slot():
                 waited_s = time.monotonic() - started
-        assert waited_s < 3.0, waited_s
+        # Not the other machine's slot: that one is held for a minute.
+        assert waited_s < 30, waited_s
         APILogHandler().flush()
 
 

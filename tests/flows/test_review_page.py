@@ -196,8 +196,12 @@ def test_served_page_plays_every_file_and_loops_around_the_seam(
     assert state["node_loop_end_s"] * rate == pytest.approx(
         wav["loop_start"] + wav["loop_length"], abs=1e-6
     )
-    assert loop_end_s - 0.1 <= state["last_before_wrap_s"] < loop_end_s, "it reached the seam"
-    assert loop_start_s <= state["position_s"] < loop_start_s + 0.5, "and came back to LOOPSTART"
+    # The page samples its position every 20 ms; a browser starved on a busy machine samples
+    # later, so the positions either side of the wrap are judged to within half a second.
+    assert loop_end_s - 0.5 <= state["last_before_wrap_s"] < loop_end_s, "it reached the seam"
+    assert loop_start_s <= state["first_after_wrap_s"] < loop_start_s + 0.5, (
+        "and came back to LOOPSTART"
+    )
 
     screenshot = tmp_path / "review-page.png"
     tab.page.screenshot(path=str(screenshot), full_page=True)
