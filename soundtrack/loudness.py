@@ -41,6 +41,7 @@ _PHASE_MATRIX = np.array(
     dtype=np.float32,
 )
 _CHUNK = 16384  # frames per matrix product: its 12 windows (768 KiB) stay in the L2 cache
+_FILTER_FRAMES = 1 << 18  # frames K-weighted at a time (2 MiB of float64)
 
 
 # BS.1770's K-weighting as analog prototypes whose bilinear transform at 48 kHz gives its
@@ -123,10 +124,21 @@ def _segment_sums(
     channel: np.ndarray, sos: np.ndarray, index: int, edges: np.ndarray
 ) -> np.ndarray:
     """Sums of the K-weighted channel's squares between `edges`, times its channel weight."""
-    weighted = sosfilt(sos, channel.astype(np.float64))
-    np.square(weighted, out=weighted)
-    sums: np.ndarray = np.add.reduceat(weighted, edges) * _CHANNEL_WEIGHTS[index]
-    return sums
+    # Filtered a piece at a time, its state carried over: the same filter as one pass, without
+    # float64 copies of the whole channel (a 10-minute track's took 0.9 GB).
+    sums = np.zeros(edges.size)
+    state = np.zeros((sos.shape[0], 2))
+    for start in range(0, channel.size, _FILTER_FRAMES):
+        end = min(start + _FILTER_FRAMES, channel.size)
+        weighted, state = sosfilt(sos, channel[start:end].astype(np.float64), zi=state)
+        np.square(weighted, out=weighted)
+        # The segment open at `start`, then each one beginning inside this piece.
+        first = int(np.searchsorted(edges, start, side="right")) - 1
+        stop = int(np.searchsorted(edges, end, side="left"))
+        within = np.concatenate(([start], edges[first + 1 : stop])) - start
+        sums[first:stop] += np.add.reduceat(weighted, within)
+    weighted_sums: np.ndarray = sums * _CHANNEL_WEIGHTS[index]
+    return weighted_sums
 
 
 def gated_lufs(powers: np.ndarray) -> float:
