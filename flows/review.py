@@ -33,7 +33,9 @@ class Answer(BaseModel):
     decision: Literal["approve", "reject"] = Field(
         description="approve: publish this take; reject: the next build renders the next take."
     )
-    comment: str = Field(default="", max_length=2000, description="Why (kept in the report).")
+    comment: str = Field(
+        default="", max_length=2000, description="Why (kept in the lock, shown on the review page)."
+    )
 
 
 def review_form(candidates: Sequence[Candidate]) -> type[RunInput]:

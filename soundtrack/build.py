@@ -31,7 +31,7 @@ from soundtrack.models import check_model, load_count, one_resident
 from soundtrack.models.device import requested_device, resolve_device
 from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build, reusable, select
 from soundtrack.plan import batch as into_batches
-from soundtrack.publish import index_of, lock_bytes, track_record
+from soundtrack.publish import changed_since, index_of, lock_bytes, track_record
 from soundtrack.redaction import redact
 from soundtrack.renders import (
     Render,
@@ -45,6 +45,7 @@ from soundtrack.report import (
     BuildReport,
     LockUnreadable,
     ModelInfo,
+    ReviewApproval,
     TakeRecord,
     TrackRecord,
     parse_lock,
@@ -131,6 +132,8 @@ class Prepared:
     lock: BuildReport | None
     plan: Plan
     warnings: list[str]
+    # Tracks another build changed in the lock while this one waited for its review: theirs.
+    theirs: frozenset[str] = frozenset()
 
 
 def build(
@@ -238,14 +241,24 @@ def run(
         logger.info("%d track(s) wait for review (up to %g s)", len(tracks.candidates), timeout_s)
         verdicts = reviewer(tracks.candidates, staging, timeout_s)
         with _held(checked, options, logger) as (lock, _, repaired):
-            # Another build may have published while this one waited: its lock is the base.
-            prepared = replace(prepared, lock=lock, warnings=[*prepared.warnings, *repaired])
+            # Another build may have published while this one waited: its lock is the base, and
+            # what it changed is not this build's, planned before it, to publish over.
+            theirs = frozenset(changed_since(prepared.lock, lock))
+            taken: list[str] = []
+            if theirs:
+                taken.append(
+                    "another build published while this one waited for review: the lock keeps "
+                    f"its entries of {', '.join(sorted(theirs))}"
+                )
+                logger.warning(taken[0])
+            warnings = [*prepared.warnings, *repaired, *taken]
+            prepared = replace(prepared, lock=lock, theirs=theirs, warnings=warnings)
             if verdicts is None:
                 failure = f"nobody answered the review within {timeout_s:g} s: nothing published"
                 tracks.unanswered(failure)
                 report = _report(prepared, tracks, loads_before, options.build_name)
                 return BuildResult(report, failure)
-            tracks.reviewed(verdicts, lock)
+            tracks.reviewed(verdicts, lock, theirs)
             tracks.run(options.batch_size)
             return _finish(
                 prepared, tracks, executor, observer, logger, loads_before, options.build_name
@@ -365,7 +378,8 @@ def _write_index(
         errors = "; ".join(tracks.publish_errors)
         return f"publishing failed, the previous index is untouched: {errors}"
     checked = prepared.checked
-    index = index_of(report, prepared.lock, [spec.id for spec in checked.specs])
+    track_ids = [spec.id for spec in checked.specs]
+    index = index_of(report, prepared.lock, track_ids, theirs=prepared.theirs)
     try:
         index_uri = executor.submit(
             steps.write_index,
@@ -448,6 +462,13 @@ def _check_models(plan: Plan, *, given: str) -> None:
         raise InputError(f"{len(problems)} problems with the models", problems)
 
 
+def _published_by_another(whose: str) -> str:
+    return (
+        f"another build published {whose} while this build waited for its review: this take "
+        "is not published over it (build again to review against what it published)"
+    )
+
+
 def _tracks(ids: Sequence[str]) -> str:
     return f"track {ids[0]}" if len(ids) == 1 else f"tracks {', '.join(ids)}"
 
@@ -479,6 +500,7 @@ class _Tracks:
     publish_errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     takes: dict[str, list[TakeRecord]] = field(default_factory=dict)  # of tracks that re-roll
+    approvals: dict[str, ReviewApproval] = field(default_factory=dict)  # by the reviewer
     _rerolls: list[TrackSpec] = field(default_factory=list)
     _first: dict[str, TrackSpec] = field(default_factory=dict)  # take 0 of each track rendered
     _done: queue.Queue[Future[Any]] = field(default_factory=queue.Queue)
@@ -775,18 +797,34 @@ class _Tracks:
             return
         self.submit_publish(spec, model, outcome, stems)
 
-    def reviewed(self, verdicts: Mapping[str, Verdict], lock: BuildReport | None) -> None:
+    def reviewed(
+        self, verdicts: Mapping[str, Verdict], lock: BuildReport | None, theirs: frozenset[str]
+    ) -> None:
         """Publish what the reviewer approved; record what they rejected, and the variations
-        of a rejected take, which rendered from audio that will not be published."""
+        of a rejected take, which rendered from audio that will not be published. Tracks
+        `theirs` (another build published them since) fail unpublished, with their variations."""
+        withheld = set(theirs)
+        for held in self.recordings:
+            if held.spec.id in withheld:
+                self._failed(held, _published_by_another(held.spec.id))
+        self.recordings = [held for held in self.recordings if held.spec.id not in withheld]
         self.publish_recordings()
         previous = {r.id: r for r in lock.tracks} if lock else {}
         rejected: set[str] = set()
         for candidate in self.candidates:
             spec = candidate.spec
+            if spec.id in withheld or spec.variation_of in withheld:
+                whose = spec.id if spec.id in withheld else f"its parent {spec.variation_of}"
+                withheld.add(spec.id)
+                self._failed(candidate, _published_by_another(whose))
+                continue
             verdict = verdicts.get(spec.id, Verdict(approved=False, comment="no answer"))
             if spec.variation_of in rejected:
                 verdict = Verdict(False, f"its parent {spec.variation_of!r} was rejected")
             if verdict.approved:
+                self.approvals[spec.id] = ReviewApproval(
+                    take=spec.take, seed=spec.seed, comment=verdict.comment
+                )
                 self.submit_publish(spec, candidate.model, candidate.outcome, candidate.stems)
                 continue
             rejected.add(spec.id)
@@ -811,17 +849,20 @@ class _Tracks:
         """The candidates nobody reviewed, and the recordings held back with them: failed, each
         saying why, none published."""
         for candidate in self.candidates + self.recordings:
-            outcome = candidate.outcome
-            self.finish(
-                track_record(
-                    candidate.spec,
-                    "failed",
-                    model=candidate.model,
-                    reason=reason,
-                    gates=outcome.gates,
-                    outcome=outcome,
-                )
+            self._failed(candidate, reason)
+
+    def _failed(self, candidate: Candidate, reason: str) -> None:
+        outcome = candidate.outcome
+        self.finish(
+            track_record(
+                candidate.spec,
+                "failed",
+                model=candidate.model,
+                reason=reason,
+                gates=outcome.gates,
+                outcome=outcome,
             )
+        )
 
     def submit_publish(
         self,
@@ -865,6 +906,8 @@ class _Tracks:
             # Published or not, the staged copies are done with: a rerun masters the track
             # again (a published parent's file was kept for its variations first).
             shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
+        if spec.id in self.approvals:
+            record = record.model_copy(update={"approved_in_review": self.approvals[spec.id]})
         self.finish(record)
 
     def _then(self, future: Future[T], step: Callable[[Future[T]], None]) -> None:

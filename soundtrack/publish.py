@@ -228,23 +228,45 @@ def _link(storage: Publisher, published: PublishedFile, expiry_s: int) -> str | 
     return storage.presign(published.key, expiry_s) if published.uri.startswith("s3://") else None
 
 
+def changed_since(planned: BuildReport | None, now: BuildReport | None) -> set[str]:
+    """The tracks whose lock entry another build published anew, added or took out between the
+    lock a build planned against and the lock now (reused entries count as unchanged)."""
+
+    def entries(lock: BuildReport | None) -> dict[str, TrackRecord]:
+        tracks = lock.tracks if lock else []
+        return {
+            t.id: t.model_copy(update={"status": "approved"}) if t.status == "cached" else t
+            for t in tracks
+        }
+
+    before, after = entries(planned), entries(now)
+    return {i for i in before.keys() | after.keys() if before.get(i) != after.get(i)}
+
+
 def index_of(
-    report: BuildReport, previous: BuildReport | None, track_ids: list[str]
+    report: BuildReport,
+    previous: BuildReport | None,
+    track_ids: list[str],
+    *,
+    theirs: set[str] | frozenset[str] = frozenset(),
 ) -> BuildReport:
     """The lock to publish: this build's usable tracks, and for every other track still in the
     manifest, what the previous lock had published (a failed or rejected rebuild, or a track
     left out by --only, keeps serving its last approved files, or its record of takes rejected).
 
-    A track this build reused as published takes the previous lock's entry as it is now: while
-    a build waited for its review, another may have published that track anew (the files in
-    the storage are that build's)."""
+    A track this build reused as published takes the previous lock's entry as it is now. The
+    tracks `theirs` (another build changed them while this one waited for its review) keep
+    the previous lock's entry, or its lack of one, whatever this build did with them."""
     recorded = {t.id: t for t in previous.tracks} if previous else {}
     earlier = {track_id: t for track_id, t in recorded.items() if t.usable}
     now = {t.id: t for t in report.tracks}
     tracks = []
     for track_id in track_ids:
         current = now.get(track_id)
-        if current is not None and current.status == "cached" and track_id in earlier:
+        if track_id in theirs:
+            if track_id in recorded:
+                tracks.append(recorded[track_id])
+        elif current is not None and current.status == "cached" and track_id in earlier:
             tracks.append(earlier[track_id].model_copy(update={"status": "cached"}))
         elif current is not None and current.usable:
             tracks.append(current)
@@ -258,6 +280,9 @@ def index_of(
             tracks.append(kept)
         elif current is not None:
             tracks.append(current)
+    # What another build added while this one waited is not this build's to take out.
+    listed = set(track_ids)
+    tracks += [recorded[i] for i in recorded if i in theirs and i not in listed]
     return report.model_copy(update={"tracks": tracks})
 
 

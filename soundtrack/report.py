@@ -118,6 +118,14 @@ class ReviewRejection(_Model):
     comment: str = ""
 
 
+class ReviewApproval(_Model):
+    """The reviewer's approval of the take published (review: required)."""
+
+    take: int = Field(description="0 for the first take, as in TakeRecord.")
+    seed: int
+    comment: str = ""
+
+
 class StemRecord(_Model):
     """One stem a track asked for; its files are in the track's `files` (`stem` set)."""
 
@@ -153,6 +161,9 @@ class TrackRecord(_Model):
     rejected_in_review: list[ReviewRejection] = Field(
         default_factory=list,
         description="Takes a reviewer rejected (review: required), kept until the spec changes.",
+    )
+    approved_in_review: ReviewApproval | None = Field(
+        default=None, description="The reviewer's approval of this take, with their comment."
     )
     stems: list[StemRecord] = Field(
         default_factory=list, description="Each stem asked for: published, silent or rejected."
@@ -210,6 +221,17 @@ class TrackRecord(_Model):
         ]
         head = f"take {last.take + 1} {verdict} (seed {last.seed})"
         return "; ".join([head, *tried])
+
+    def review_summary(self) -> str:
+        """What reviewers said of this spec's takes, in a line (takes counted from 1)."""
+        said = [
+            f"take {r.take + 1} rejected: {r.comment or 'no comment'}"
+            for r in self.rejected_in_review
+        ]
+        if self.approved_in_review is not None:
+            approval = self.approved_in_review
+            said.append(f"take {approval.take + 1} approved: {approval.comment or 'no comment'}")
+        return "; ".join(said)
 
 
 class BuildReport(_Model):

@@ -165,7 +165,7 @@ def _track_html(track: TrackRecord, folder: str) -> str:
         parts.append(f'<p class="reason">{_e(track.reason)}</p>')
     about = [("prompt", track.prompt), ("source", track.source), ("seed", track.seed)]
     about += [("takes", track.takes_summary()), ("stems", track.stems_summary())]
-    about += [("variation of", track.variation_of)]
+    about += [("variation of", track.variation_of), ("review", track.review_summary())]
     parts.append(_definitions(about))
     if track.picture is not None:
         parts.append(

@@ -18,6 +18,8 @@ from soundtrack.approval import Candidate, Verdict
 from soundtrack.build import Options, ThreadExecutor, build
 from soundtrack.cli import app
 from soundtrack.errors import InputError
+from soundtrack.report import parse_lock
+from soundtrack.review import review_page
 from soundtrack.storage import open_storage
 from tests.reference import sha256_of
 from tests.signals import music_like
@@ -82,7 +84,7 @@ def test_one_review_of_every_take_with_the_storage_let_go_and_a_rejected_parent_
         assert combat.spec.parent_audio.sha256 == ogg.sha256
         return {
             "title-theme": Verdict(False, "the horns are too loud"),
-            "menu": Verdict(True),
+            "menu": Verdict(True, "approved by alice: <warm> pads"),
             "combat-high": Verdict(True),
         }
 
@@ -100,6 +102,15 @@ def test_one_review_of_every_take_with_the_storage_let_go_and_a_rejected_parent_
     }
     assert tracks["title-theme"]["reason"] == "rejected in review: the horns are too loud"
     assert "its parent 'title-theme' was rejected" in tracks["combat-high"]["reason"]
+    # The approval is kept with its comment, and the page shows both verdicts.
+    assert tracks["menu"]["approved_in_review"] == {
+        "take": 0,
+        "seed": tracks["menu"]["seed"],
+        "comment": "approved by alice: <warm> pads",
+    }
+    page = review_page(parse_lock(json.dumps(lock).encode()), folder="")
+    assert "<dd>take 1 approved: approved by alice: &lt;warm&gt; pads</dd>" in page
+    assert "<dd>take 1 rejected: the horns are too loud</dd>" in page
     # Only the approved track's files were published (S3 names objects by content: by suffix).
     published = [name for name in listing() if name.endswith((".ogg", ".png"))]
     assert len(published) == 2, published  # menu's ogg and picture
@@ -155,6 +166,60 @@ def test_a_track_published_by_another_build_during_the_review_stays_as_that_buil
                 "id"
             ]
     assert tracks["menu"]["prompt"] == "dark menu pads"
+
+
+def test_what_another_build_published_during_the_review_is_not_published_over(
+    tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    """While the reviewed build waited, another built a newer manifest: `menu` anew, without
+    `combat-high`, with `credits`. Resumed, the reviewed build put its older plan back: its
+    take of menu over the newer one, combat-high back in (its files could be gc'd by then),
+    credits out."""
+    text = manifest(tiny_acestep_dir)
+    (tmp_path / "m.yaml").write_text(text)
+    models._loaded.clear()
+    first = build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=approve_all)
+    assert first.exit_status == 0, first.failure
+    ours = text.replace("calm menu pads", "bright menu pads")
+    (tmp_path / "m.yaml").write_text(ours + "  - id: sting\n    prompt: victory sting\n")
+    theirs = text.replace("review: required\n", "").replace("calm menu pads", "dark menu pads")
+    theirs = theirs.split("  - id: combat-high")[0] + "  - id: credits\n    prompt: credits\n"
+    (tmp_path / "other.yaml").write_text(theirs)
+    asked: list[str] = []
+
+    def reviewer(
+        candidates: Sequence[Candidate], staging: Path, timeout_s: float
+    ) -> Mapping[str, Verdict]:
+        asked.extend(c.spec.id for c in candidates)
+        other = build(tmp_path / "other.yaml", Options(), executor=ThreadExecutor())
+        assert other.exit_status == 0, other.failure
+        return approve_all(candidates, staging, timeout_s)
+
+    models._loaded.clear()
+    second = build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=reviewer)
+    assert sorted(asked) == ["menu", "sting"]
+    assert second.exit_status == 1
+    records = {r.id: r for r in second.report.tracks}
+    assert records["menu"].status == "failed"
+    assert records["menu"].reason == (
+        "another build published menu while this build waited for its review: this take is "
+        "not published over it (build again to review against what it published)"
+    )
+    assert records["sting"].status == "approved"
+    assert second.report.warnings == [
+        "another build published while this one waited for review: the lock keeps its "
+        "entries of combat-high, credits, menu"
+    ]
+    folder = tmp_path / "out" / "vary"
+    lock = json.loads((folder / "soundtrack.lock.json").read_text())
+    tracks = {t["id"]: t for t in lock["tracks"]}
+    assert set(tracks) == {"title-theme", "menu", "sting", "credits"}
+    assert tracks["menu"]["prompt"] == "dark menu pads"
+    for track in tracks.values():
+        for entry in track["files"]:
+            assert sha256_of(folder / entry["key"].rpartition("/")[2]) == entry["sha256"], track[
+                "id"
+            ]
 
 
 def test_a_track_left_out_by_only_keeps_its_takes_rejected_in_review(
