@@ -21,7 +21,7 @@ from soundtrack.errors import (
     SoundtrackError,
     StorageBusy,
 )
-from soundtrack.paths import path_problem, user_path
+from soundtrack.paths import path_problem, printable, user_path
 from soundtrack.redaction import install_log_redaction, redact
 
 if TYPE_CHECKING:
@@ -64,29 +64,15 @@ def fail(exc: SoundtrackError) -> NoReturn:
     busy with another build, else 1."""
     # Messages quote user input, which may contain Rich markup: print them verbatim. They may
     # also quote a URL or a library's text with a secret in it: redacted.
-    message = escape(_shown(redact(str(exc))))
+    message = escape(printable(redact(str(exc))))
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     for problem in getattr(exc, "problems", []):
         err_console.print(
-            f"  - {_shown(redact(problem))}", highlight=False, markup=False, soft_wrap=True
+            f"  - {printable(redact(problem))}", highlight=False, markup=False, soft_wrap=True
         )
     if isinstance(exc, InputError):
         raise typer.Exit(EXIT_BAD_INPUT)
     raise typer.Exit(EXIT_BUSY if isinstance(exc, StorageBusy) else EXIT_FAILED)
-
-
-def _shown(text: str) -> str:
-    """`text` for a terminal, its control characters written out (\\x1b, \\n): a file name
-    or a message quoting one cannot colour, move or split what a user reads. A name's bytes
-    that are not UTF-8 (surrogates in `text`) show as \\xNN."""
-    return "".join(
-        c
-        if c.isprintable()
-        else f"\\x{ord(c) - 0xDC00:02x}"
-        if "\udc80" <= c <= "\udcff"
-        else repr(c)[1:-1]
-        for c in text
-    )
 
 
 def _print_version(asked: bool) -> None:
@@ -777,7 +763,7 @@ def inspect_files(
         except SoundtrackError as exc:
             said = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             err_console.print(
-                f"error: {_shown(said)}",
+                f"error: {printable(said)}",
                 style="bold red",
                 highlight=False,
                 markup=False,
@@ -808,7 +794,7 @@ def inspect_files(
                 f"({metrics.loop_length / metrics.sample_rate:.3f} s)"
             )
         console.print(
-            f"[bold]{escape(_shown(str(path)))}[/]: {metrics.integrated_lufs:.1f} LUFS, "
+            f"[bold]{escape(printable(str(path)))}[/]: {metrics.integrated_lufs:.1f} LUFS, "
             f"{metrics.true_peak_dbtp:.1f} dBTP, {metrics.duration_s:.3f} s, "
             f"{metrics.sample_rate} Hz, {metrics.channels} ch, loop: {loop}",
             highlight=False,
@@ -919,7 +905,9 @@ def compare(
     if as_json:
         typer.echo(json.dumps({"a": str(a), "b": str(b), **result.to_dict()}, indent=2))
         return
-    table = Table(title=escape(f"a: {_shown(str(a))}\nb: {_shown(str(b))}"), title_justify="left")
+    table = Table(
+        title=escape(f"a: {printable(str(a))}\nb: {printable(str(b))}"), title_justify="left"
+    )
     for column in ("measure", "a", "b", "difference"):
         table.add_column(column)
     for row in result.rows:
@@ -1138,7 +1126,7 @@ def build(
             unwritten.append(f"{path}: {problem}")
     for line in unwritten:
         err_console.print(
-            f"error: cannot write {_shown(line)}", style="bold red", markup=False, soft_wrap=True
+            f"error: cannot write {printable(line)}", style="bold red", markup=False, soft_wrap=True
         )
     if state.is_failed():
         err_console.print(

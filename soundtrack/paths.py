@@ -40,3 +40,17 @@ def shown(path: Path) -> str:
     """`path` as text every encoder takes: bytes of a name that are not UTF-8 as \\xNN
     (pydantic raised on the surrogates that stand for them)."""
     return os.fsencode(path).decode(errors="backslashreplace")
+
+
+def printable(text: str) -> str:
+    """`text` for a terminal or a log line, its control characters written out (\\x1b, \\n): a
+    file name, or a message quoting one, cannot colour, move or split what a user reads. A
+    name's bytes that are not UTF-8 (surrogates in `text`) show as \\xNN."""
+    return "".join(
+        c
+        if c.isprintable()
+        else f"\\x{ord(c) - 0xDC00:02x}"
+        if "\udc80" <= c <= "\udcff"
+        else repr(c)[1:-1]
+        for c in text
+    )

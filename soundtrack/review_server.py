@@ -21,6 +21,7 @@ from urllib.parse import unquote
 from soundtrack.errors import InputError, SoundtrackError, StorageError
 from soundtrack.formats import FORMATS
 from soundtrack.hashing import file_sha256
+from soundtrack.paths import printable
 from soundtrack.pictures import PICTURE_CONTENT_TYPE, PICTURE_EXT
 from soundtrack.redaction import redact
 from soundtrack.report import BuildReport, parse_lock
@@ -299,6 +300,7 @@ class _Handler(BaseHTTPRequestHandler):
         text = f"{status.value} {status.phrase}: {reason}\n".encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Content-Length", str(len(text)))
         self.end_headers()
         if body:
@@ -307,7 +309,8 @@ class _Handler(BaseHTTPRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         # Successful requests are many (every seek is one); only refusals are worth a line.
         if isinstance(code, int) and code >= 400:
-            sys.stderr.write(f"{self.command} {self.path}: {code}\n")
+            # Both come from the request line as sent: a terminal must not run what they hold.
+            sys.stderr.write(f"{printable(self.command)} {printable(self.path)}: {code}\n")
 
     def log_message(self, format: str, *args: object) -> None:
         """Silence the default per-request log (log_request prints what matters)."""

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import urllib.request
@@ -285,9 +286,30 @@ def test_the_server_refuses_what_the_lock_does_not_name(
     served: tuple[Served, bytes], path: str, status: int
 ) -> None:
     server, _ = served
-    got, _, body = server.get(path)
+    got, headers, body = server.get(path)
     assert got == status, body
+    assert headers["X-Content-Type-Options"] == "nosniff"  # the path it echoes stays text
     assert b"outside the storage" not in body and b"mix notes" not in body
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET /\x1b[31mred\x1b]0;title\x07.wav HTTP/1.1", b"\x1b[2JGET / HTTP/1.1"],
+)
+def test_a_request_line_holding_terminal_controls_is_logged_written_out(
+    served: tuple[Served, bytes], capsys: pytest.CaptureFixture[str], request_line: bytes
+) -> None:
+    """Request lines went to the terminal as sent: escape sequences in a path or a method
+    could recolour it or set its title."""
+    server, _ = served
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        headers = f"Host: 127.0.0.1:{server.port}\r\nConnection: close".encode()
+        connection.sendall(request_line + b"\r\n" + headers + b"\r\n\r\n")
+        reply = connection.makefile("rb").read()
+    assert reply.split(b" ")[1] in (b"400", b"404", b"501"), reply
+    logged = capsys.readouterr().err
+    assert "\x1b" not in logged and "\x07" not in logged
+    assert "\\x1b[" in logged, logged
 
 
 def test_the_server_refuses_other_host_names_and_changed_files(
