@@ -292,8 +292,12 @@ def _start(tracks: _Tracks, prepared: Prepared, options: Options) -> None:
     checked, plan = prepared.checked, prepared.plan
     previous = {r.id: r for r in prepared.lock.tracks} if prepared.lock else {}
     selected = {spec.id for spec in select(checked.specs, options.only)}
+    planned = {spec.id for spec in plan.todo} | {record.id for record in plan.cached}
     for spec in plan.variations:  # before the cached records, which may be their parents
         tracks.wait(spec, previous.get(spec.id), selected=spec.id in selected, force=options.force)
+        parent = spec.variation_of
+        if parent in previous and parent not in planned and parent not in selected:
+            tracks.stale(parent)  # published, but not as the manifest has it now
     for record in plan.cached:
         tracks.finish(record)
     for batch in plan.batches:
@@ -507,7 +511,7 @@ class _Tracks:
     _next: dict[Future[Any], Callable[[Future[Any]], None]] = field(default_factory=dict)
     _waiting: dict[str, list[_Variation]] = field(default_factory=dict)  # by parent id
     _released: list[TrackSpec] = field(default_factory=list)  # variations ready to render
-    _stale: set[str] = field(default_factory=set)  # variations left out of date by --only
+    _stale: set[str] = field(default_factory=set)  # parents --only left out of date
     _queued: deque[list[TrackSpec]] = field(default_factory=deque)  # batches for a busy device
     _rendering: int = 0
     # Masters beyond MAX_WORKERS wait here, not in the pool's queue: a publish submitted when a
@@ -549,16 +553,16 @@ class _Tracks:
             else:
                 future = self._done.get()
                 self._next.pop(future)(future)
-        for parent, variations in list(self._waiting.items()):
-            self._waiting.pop(parent)
-            for variation in variations:
+        while self._waiting:  # a variation failed here takes its own waiting variations along
+            parent = next(iter(self._waiting))
+            for variation in self._waiting.pop(parent):
                 # Not selected by --only and not published as it is now: no audio to render from.
                 if variation.selected:
                     reason = f"its parent {parent!r} is neither built nor published"
                     if parent in self._stale:
                         reason = (
-                            f"its parent {parent!r} is out of date (what it varies changed) and "
-                            f"not selected: build it too (--only {parent} --only "
+                            f"its parent {parent!r} is not published as the manifest now has "
+                            f"it, and not selected: build it too (--only {parent} --only "
                             f"{variation.spec.id})"
                         )
                     self.finish(track_record(variation.spec, "failed", reason=reason))
@@ -583,6 +587,10 @@ class _Tracks:
         for variation in self._waiting.pop(record.id, []):
             self._release(variation, record.id, _parent_audio(record), record.status)
 
+    def stale(self, track_id: str) -> None:
+        """`track_id` is published, but not as the manifest has it, and left out by --only."""
+        self._stale.add(track_id)
+
     def _release(
         self, variation: _Variation, parent: str, audio: ParentAudio | None, status: str
     ) -> None:
@@ -603,7 +611,7 @@ class _Tracks:
             self.finish(cached)
             return
         if not variation.selected:
-            self._stale.add(spec.id)  # its published take follows its parent's previous one
+            self.stale(spec.id)  # its published take follows its parent's previous one
             return
         cache = RenderCache(cache_root())
         # A parent published in this build is in the cache already; an earlier build's is at

@@ -121,9 +121,21 @@ def test_variations_render_after_their_parents_and_only_a_changed_parent_renders
     last = build(tmp_path / "m.yaml", Options(only=("victory",)), executor=ThreadExecutor())
     (victory,) = [r for r in last.report.tracks if r.id == "victory"]
     assert victory.status == "failed" and victory.reason is not None
-    assert "'combat-high' is out of date" in victory.reason, victory.reason
-    assert "--only combat-high --only victory" in victory.reason
+    assert victory.reason == (
+        "its parent 'combat-high' is not published as the manifest now has it, and not "
+        "selected: build it too (--only combat-high --only victory)"
+    )
     assert records(tmp_path)["victory"]["status"] in ("approved", "cached")  # its take stays
+    # The same for a parent that varies nothing, changed since it was published.
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir, theme_prompt="dark theme"))
+    last = build(tmp_path / "m.yaml", Options(only=("combat-high",)), executor=ThreadExecutor())
+    # (Its own variation, waiting on it, crashed the build with a KeyError.)
+    assert last.exit_status == 1
+    (combat,) = [r for r in last.report.tracks if r.id == "combat-high"]
+    assert combat.status == "failed" and combat.reason == (
+        "its parent 'title-theme' is not published as the manifest now has it, and not "
+        "selected: build it too (--only title-theme --only combat-high)"
+    )
 
 
 def test_a_parent_published_anew_with_the_same_audio_leaves_its_variations(
