@@ -20,6 +20,7 @@ import numpy as np
 from soundtrack.atomic import atomic_path
 from soundtrack.audio import read_audio, resample, to_channels, write_wav
 from soundtrack.encode import EncodedFile, encode
+from soundtrack.errors import AudioError
 from soundtrack.gates import (
     GateResult,
     GateTable,
@@ -161,7 +162,14 @@ def _separated(audio: np.ndarray, rate: int, separator: Separator) -> dict[str, 
     channels, frames = audio.shape
     at_model_rate = to_channels(resample(audio, rate, separator.sample_rate), separator.channels)
     out = {}
-    sources = separator.separate(np.ascontiguousarray(at_model_rate, dtype=np.float32))
+    try:
+        sources = separator.separate(np.ascontiguousarray(at_model_rate, dtype=np.float32))
+    except Exception as exc:
+        # The separator's library (out of GPU memory, say): the build rejects the stems and
+        # publishes the mix, so this is a reason to give in one line, not a bug's traceback.
+        raise AudioError(
+            f"the separator {separator.model_id} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     for name, source in sources.items():
         source = to_channels(resample(source, separator.sample_rate, rate), channels)[:, :frames]
         if source.shape[1] < frames:

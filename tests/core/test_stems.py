@@ -280,6 +280,10 @@ def test_a_separation_that_failed_is_tried_again_by_the_next_build(project: Path
         first = run(project)
         assert first.exit_status == 0, first.failure
         assert {s["status"] for s in lock(project)["stems"]} == {"rejected"}
+        # In one line, an error of ours: a Prefect log shows it without a traceback.
+        assert {s["reason"] for s in lock(project)["stems"]} == {
+            "separation failed: the separator known-parts failed: RuntimeError: CUDA out of memory"
+        }
         _separator.cache_clear()
         track, stems = built(project, "fails-once", "[drums, bass]")
     finally:
