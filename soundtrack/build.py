@@ -51,6 +51,7 @@ from soundtrack.report import (
     parse_lock,
 )
 from soundtrack.resolve import take, with_parent
+from soundtrack.schema import MAX_STORAGE_WAIT_S
 from soundtrack.separate import stem_model_problem
 from soundtrack.spec import ParentAudio, TrackSpec
 
@@ -161,6 +162,11 @@ def prepare(
     `reports` are further files the caller will write (--report, --junit).
     """
     requested_device(options.device)  # a mistyped name is bad input even when all is cached
+    wait_s = options.storage_wait_s
+    if wait_s is not None and not 0 <= wait_s <= MAX_STORAGE_WAIT_S:  # NaN too: a wait never over
+        raise InputError(
+            f"--storage-wait-s must be 0 to {MAX_STORAGE_WAIT_S:g} seconds, got {wait_s:g}"
+        )
     checked = check_inputs(
         manifest,
         out=options.out,

@@ -987,7 +987,7 @@ def build(
         typer.Option(
             "--storage-wait-s",
             min=0,
-            max=24 * 3600,
+            max=24 * 3600,  # schema.MAX_STORAGE_WAIT_S (not imported: --help stays fast)
             help="Wait this many seconds for another build of the soundtrack to the same storage "
             "to finish, then exit 75 (default: the manifest's storage_wait_s, 900).",
         ),

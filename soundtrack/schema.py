@@ -520,6 +520,7 @@ class Track(_Overridable):
 
 
 DEFAULT_STORAGE_WAIT_S = 900.0
+MAX_STORAGE_WAIT_S = 24 * 3600.0
 DEFAULT_REVIEW_TIMEOUT_S = 4 * 3600.0
 
 
@@ -563,7 +564,7 @@ class Manifest(_Strict):
     storage_wait_s: float = Field(
         default=DEFAULT_STORAGE_WAIT_S,
         ge=0,
-        le=24 * 3600,
+        le=MAX_STORAGE_WAIT_S,
         description="How long a build waits for another build of this soundtrack to the same "
         "storage to finish before it gives up with exit code 75 (docs/storage.md).",
     )

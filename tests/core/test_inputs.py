@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
+from soundtrack.build import Options, prepare
 from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.inputs import check_inputs
@@ -233,6 +235,16 @@ def test_build_refuses_an_empty_out_or_a_device_it_cannot_use_before_anything_ru
     assert message in result.stderr and "Traceback" not in result.output
     assert {p.name for p in tmp_path.iterdir()} <= {"cache", "game"}
     assert sorted(p.name for p in (tmp_path / "game").iterdir()) == ["audio", "m.yaml"]
+
+
+@pytest.mark.parametrize("wait_s", [math.nan, -1.0, 86401.0])
+def test_a_storage_wait_that_is_no_time_is_refused_where_the_flow_runs_too(
+    tmp_path: Path, wait_s: float
+) -> None:
+    """A deployment's parameters do not pass through the CLI's range: a NaN wait for another
+    build's S3 lease never ended, sending a request after each."""
+    with pytest.raises(InputError, match="--storage-wait-s must be 0 to 86400 seconds, got "):
+        prepare(manifest(tmp_path / "game"), Options(storage_wait_s=wait_s))
 
 
 def test_nothing_is_published_into_a_folder_deleted_when_the_build_ends(tmp_path: Path) -> None:
