@@ -229,17 +229,22 @@ def _link(storage: Publisher, published: PublishedFile, expiry_s: int) -> str | 
 
 
 def changed_since(planned: BuildReport | None, now: BuildReport | None) -> set[str]:
-    """The tracks whose lock entry another build published anew, added or took out between the
-    lock a build planned against and the lock now (reused entries count as unchanged)."""
+    """The tracks whose served files another build changed (published anew, added, took out)
+    between the lock a build planned against and the lock `now` (none read: nothing to keep)."""
+    if now is None:
+        return set()
 
-    def entries(lock: BuildReport | None) -> dict[str, TrackRecord]:
-        tracks = lock.tracks if lock else []
+    def serving(lock: BuildReport | None) -> dict[str, object]:
+        # What a lock serves of each track (nothing, for a failed one): a failed rebuild that
+        # left it as it was, or the same take published again, changes nothing a player hears.
         return {
-            t.id: t.model_copy(update={"status": "approved"}) if t.status == "cached" else t
-            for t in tracks
+            t.id: (t.spec_hash, sorted((f.key, f.sha256) for f in t.stored_files()))
+            if t.usable
+            else None
+            for t in (lock.tracks if lock else [])
         }
 
-    before, after = entries(planned), entries(now)
+    before, after = serving(planned), serving(now)
     return {i for i in before.keys() | after.keys() if before.get(i) != after.get(i)}
 
 

@@ -310,7 +310,9 @@ class _Handler(BaseHTTPRequestHandler):
         # Successful requests are many (every seek is one); only refusals are worth a line.
         if isinstance(code, int) and code >= 400:
             # Both come from the request line as sent: a terminal must not run what they hold.
-            sys.stderr.write(f"{printable(self.command)} {printable(self.path)}: {code}\n")
+            # A line too malformed to parse sets neither.
+            command, path = getattr(self, "command", None) or "", getattr(self, "path", "")
+            sys.stderr.write(f"{printable(command)} {printable(path)}: {code}\n")
 
     def log_message(self, format: str, *args: object) -> None:
         """Silence the default per-request log (log_request prints what matters)."""

@@ -20,7 +20,7 @@ import numpy as np
 from soundtrack.atomic import atomic_path
 from soundtrack.audio import read_audio, resample, to_channels, write_wav
 from soundtrack.encode import EncodedFile, encode
-from soundtrack.errors import AudioError
+from soundtrack.errors import AudioError, SoundtrackError
 from soundtrack.gates import (
     GateResult,
     GateTable,
@@ -164,6 +164,8 @@ def _separated(audio: np.ndarray, rate: int, separator: Separator) -> dict[str, 
     out = {}
     try:
         sources = separator.separate(np.ascontiguousarray(at_model_rate, dtype=np.float32))
+    except SoundtrackError:
+        raise  # says what is wrong already (a mix the separator cannot take)
     except Exception as exc:
         # The separator's library (out of GPU memory, say): the build rejects the stems and
         # publishes the mix, so this is a reason to give in one line, not a bug's traceback.

@@ -4,10 +4,12 @@ from its parent's take under review, and a rejected parent takes its variations 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import soundfile as sf
@@ -18,7 +20,8 @@ from soundtrack.approval import Candidate, Verdict
 from soundtrack.build import Options, ThreadExecutor, build
 from soundtrack.cli import app
 from soundtrack.errors import InputError
-from soundtrack.report import parse_lock
+from soundtrack.publish import changed_since
+from soundtrack.report import BuildReport, FileRecord, TrackRecord, parse_lock
 from soundtrack.review import review_page
 from soundtrack.storage import open_storage
 from tests.reference import sha256_of
@@ -220,6 +223,55 @@ def test_what_another_build_published_during_the_review_is_not_published_over(
             assert sha256_of(folder / entry["key"].rpartition("/")[2]) == entry["sha256"], track[
                 "id"
             ]
+
+
+def _entry(track_id: str, status: str, take: bytes = b"", **extra: Any) -> TrackRecord:
+    files = [
+        FileRecord(
+            format="ogg",
+            key=f"vary/{track_id}.{hashlib.sha256(take).hexdigest()[:8]}.ogg",
+            uri="file:///out/vary/x.ogg",
+            sha256=hashlib.sha256(take).hexdigest(),
+            bytes=len(take),
+            duration_s=2.0,
+            sample_rate=44100,
+            channels=2,
+        )
+    ]
+    return TrackRecord(
+        id=track_id, status=status, spec_hash="s", files=files if take else [], **extra
+    )
+
+
+def test_only_what_another_build_changed_in_what_the_lock_serves_is_theirs() -> None:
+    """Any difference in a lock entry counted: a rebuild that failed again with another
+    reason, or the same take published again, withheld the reviewed build's approved take."""
+    planned = BuildReport(
+        soundtrack="vary",
+        storage="./out",
+        tracks=[
+            _entry("same", "approved", b"a"),
+            _entry("failed-again", "failed", reason="silent"),
+            _entry("republished", "approved", b"b"),
+            _entry("taken-out", "approved", b"c"),
+            _entry("reviewed", "approved", b"d"),
+        ],
+    )
+    now = planned.model_copy(
+        update={
+            "tracks": [
+                _entry("same", "cached", b"a"),  # reused by the other build
+                _entry("failed-again", "failed", reason="clipped"),
+                _entry("republished", "approved", b"B"),
+                _entry("reviewed", "approved", b"d", approved_in_review=None, seed=3),
+                _entry("added", "approved", b"e"),
+            ]
+        }
+    )
+    assert changed_since(planned, now) == {"republished", "taken-out", "added"}
+    assert changed_since(None, now) == {"same", "republished", "reviewed", "added"}
+    # A lock unreadable when the build resumed: nothing of it to keep over this build's.
+    assert changed_since(planned, None) == set()
 
 
 def test_a_track_left_out_by_only_keeps_its_takes_rejected_in_review(
