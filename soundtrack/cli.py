@@ -319,15 +319,25 @@ def _audition_request(
     )
 
 
-def _typed_model(model: str) -> str:
+def _typed_model(model: str, *, beside: Path | None = None) -> str:
     """A model folder typed on the command line is one relative to where it was typed: its
-    absolute path, as a manifest's is resolved against the manifest's folder."""
+    absolute path, as a manifest's is resolved against the manifest's folder. A hub id that a
+    folder `beside` the manifest would shadow is refused: which model runs, and under which
+    licence, would depend on the manifest's repository, not on what was typed."""
     from soundtrack.catalog import is_local
     from soundtrack.schema import model_problem
 
     if problem := model_problem(model, "--model"):
         raise InputError(problem)
-    return str(user_path(model).resolve()) if is_local(model, base=Path.cwd()) else model
+    if is_local(model, base=Path.cwd()):
+        return str(user_path(model).resolve())
+    if beside is not None and (beside / model).exists():
+        raise InputError(
+            f"--model {printable(model)}: not a folder here, but one beside the manifest has that "
+            f"name ({printable(str((beside / model).resolve()))}), which the build would load "
+            "instead of the hub's: give that folder's path, or rename it"
+        )
+    return model
 
 
 def _check_taken(family: Family, given: dict[str, Any]) -> None:
@@ -1031,7 +1041,7 @@ def build(
         if not model.strip():
             fail(InputError("--model is empty: give a hub id or a model folder"))
         try:
-            model = _typed_model(model)
+            model = _typed_model(model, beside=manifest.parent)
         except InputError as exc:
             fail(exc)
     # 1. Check everything a user gave before starting Prefect: bad input writes nothing. The

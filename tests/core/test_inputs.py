@@ -237,6 +237,24 @@ def test_build_refuses_an_empty_out_or_a_device_it_cannot_use_before_anything_ru
     assert sorted(p.name for p in (tmp_path / "game").iterdir()) == ["audio", "m.yaml"]
 
 
+def test_a_typed_hub_id_that_a_folder_beside_the_manifest_would_shadow_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--model facebook/musicgen-small` loaded a folder of that name beside the manifest, with
+    whatever licence its card claimed: what ran depended on the game's repository."""
+    path = manifest(tmp_path / "game")
+    shadow = tmp_path / "game" / "facebook" / "musicgen-small"
+    shadow.mkdir(parents=True)
+    (shadow / "README.md").write_text("---\nlicense: mit\n---\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["build", str(path), "--model", "facebook/musicgen-small"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert "--model facebook/musicgen-small: not a folder here, but one beside the manifest" in said
+    assert "give that folder's path, or rename it" in said
+    assert sorted(p.name for p in (tmp_path / "game").iterdir()) == ["audio", "facebook", "m.yaml"]
+
+
 @pytest.mark.parametrize("wait_s", [math.nan, -1.0, 86401.0])
 def test_a_storage_wait_that_is_no_time_is_refused_where_the_flow_runs_too(
     tmp_path: Path, wait_s: float
