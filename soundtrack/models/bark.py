@@ -16,6 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from soundtrack.models import hub_kernels  # noqa: F401  before transformers' Bark, which it guards
+
+# isort: split
 from transformers import AutoTokenizer, BarkModel
 
 from soundtrack.errors import GenerationError, InputError

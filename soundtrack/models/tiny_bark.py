@@ -6,6 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from soundtrack.models import hub_kernels  # noqa: F401  before transformers' Bark, which it guards
+
+# isort: split
 from transformers import (
     BarkCoarseConfig,
     BarkConfig,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -235,3 +238,27 @@ def test_make_tiny_writes_a_bark_model(tmp_path: Path) -> None:
         app, ["models", "make-tiny", str(tmp_path / "s"), "--family", "bark", "--stereo"]
     )
     assert refused.exit_code == 2 and "Bark is mono" in refused.output
+
+
+@pytest.mark.parametrize("module", ["soundtrack.models.bark", "soundtrack.models.tiny_bark"])
+def test_bark_imports_without_asking_the_hub_for_kernels(module: str) -> None:
+    """Importing transformers' Bark asked huggingface.co for compiled flash-attention kernels
+    (to download and load them), even for a model on disk."""
+    code = f"""
+import socket
+looked_up = []
+def refuse(host, *args, **kwargs):
+    looked_up.append(host)
+    raise socket.gaierror("no network in this test")
+socket.getaddrinfo = refuse
+import {module}
+import transformers.models.bark.modeling_bark
+print(looked_up)
+"""
+    offline = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # as on a machine with a network
+    env = {k: v for k, v in os.environ.items() if k not in offline}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
