@@ -143,7 +143,8 @@ def validate(manifest: ManifestArg) -> None:
     table = Table(title=f"{loaded.soundtrack}: {len(specs)} tracks", title_justify="left")
     table.add_column("track", no_wrap=True)
     for column in ("seconds", "loop", "model / recording", "licence", "formats", "LUFS"):
-        table.add_column(column)
+        # Folded, not cut with an ellipsis: a CI log's 80 columns must still show the whole model.
+        table.add_column(column, overflow="fold")
     for spec in specs:
         # Names and paths are the user's text, which may hold [brackets]: never Rich markup.
         table.add_row(
