@@ -17,7 +17,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from soundtrack.report import LockUnreadable, parse_lock, to_junit
+from soundtrack.report import LockUnreadable, latest_verdicts, parse_lock, to_junit
 
 
 def aware(text: str) -> datetime:
@@ -63,6 +63,8 @@ def main() -> None:
             f"{args.lock} was written by {writer}, not by this job's {args.build_name!r}: "
             "these verdicts are another build's (this one did not publish its index)"
         )
+    # A rebuild rejected or failed leaves the earlier files served: its verdict is what counts.
+    report = latest_verdicts(report)
     args.junit.write_text(to_junit(report))
     counts = ", ".join(f"{n} {status}" for status, n in report.counts().items() if n)
     print(f"{args.junit}: {report.soundtrack}: {counts}")

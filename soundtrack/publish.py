@@ -12,6 +12,7 @@ from soundtrack.pictures import PICTURE_CONTENT_TYPE, PICTURE_EXT, Picture
 from soundtrack.redaction import redact
 from soundtrack.report import (
     BuildReport,
+    FailedRebuild,
     FileRecord,
     ModelInfo,
     PictureRecord,
@@ -272,14 +273,24 @@ def index_of(
             if track_id in recorded:
                 tracks.append(recorded[track_id])
         elif current is not None and current.status == "cached" and track_id in earlier:
-            tracks.append(earlier[track_id].model_copy(update={"status": "cached"}))
+            reused = {"status": "cached", "failed_rebuild": None}  # its spec is the one served
+            tracks.append(earlier[track_id].model_copy(update=reused))
         elif current is not None and current.usable:
             tracks.append(current)
         elif current is None and track_id in recorded:
             tracks.append(recorded[track_id])
         elif track_id in earlier:
-            # A take rejected in review is remembered beside the files still served.
+            # What this build made of it is remembered beside the files still served: its
+            # verdict (for CI reading the lock), and a take rejected in review.
             kept = earlier[track_id]
+            if current is not None:
+                failed = FailedRebuild(
+                    status="rejected" if current.status == "rejected" else "failed",
+                    spec_hash=current.spec_hash,
+                    reason=current.reason,
+                    gates=current.gates,
+                )
+                kept = kept.model_copy(update={"failed_rebuild": failed})
             if current is not None and current.rejected_in_review:
                 kept = kept.model_copy(update={"rejected_in_review": current.rejected_in_review})
             tracks.append(kept)

@@ -118,6 +118,16 @@ class ReviewRejection(_Model):
     comment: str = ""
 
 
+class FailedRebuild(_Model):
+    """The last build of a track's current spec, rejected or failed: the files still served
+    are an earlier spec's."""
+
+    status: Literal["rejected", "failed"]
+    spec_hash: str
+    reason: str | None = None
+    gates: list[GateResult] = Field(default_factory=list)
+
+
 class ReviewApproval(_Model):
     """The reviewer's approval of the take published (review: required)."""
 
@@ -164,6 +174,11 @@ class TrackRecord(_Model):
     )
     approved_in_review: ReviewApproval | None = Field(
         default=None, description="The reviewer's approval of this take, with their comment."
+    )
+    failed_rebuild: FailedRebuild | None = Field(
+        default=None,
+        description="The last build of the track's current spec, rejected or failed, while "
+        "this entry's earlier files stay served.",
     )
     stems: list[StemRecord] = Field(
         default_factory=list, description="Each stem asked for: published, silent or rejected."
@@ -290,6 +305,21 @@ def parse_lock(data: bytes | None) -> BuildReport | None:
         message = str(first["msg"]).removeprefix("Value error, ")
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise LockUnreadable(f"{where}: {message}{more}") from None
+
+
+def latest_verdicts(lock: BuildReport) -> BuildReport:
+    """The lock as the verdicts of the builds that wrote it: a track whose last rebuild was
+    rejected or failed reads as that, not as the earlier files it still serves."""
+    tracks = [_latest(track) for track in lock.tracks]
+    return lock.model_copy(update={"tracks": tracks})
+
+
+def _latest(track: TrackRecord) -> TrackRecord:
+    failed = track.failed_rebuild
+    if failed is None:
+        return track
+    verdict = {name: getattr(failed, name) for name in ("status", "spec_hash", "reason", "gates")}
+    return track.model_copy(update={**verdict, "files": []})
 
 
 def to_junit(report: BuildReport) -> str:

@@ -166,6 +166,9 @@ def _track_html(track: TrackRecord, folder: str) -> str:
     about = [("prompt", track.prompt), ("source", track.source), ("seed", track.seed)]
     about += [("takes", track.takes_summary()), ("stems", track.stems_summary())]
     about += [("variation of", track.variation_of), ("review", track.review_summary())]
+    if track.failed_rebuild is not None:  # what is served is an earlier spec's
+        failed = track.failed_rebuild
+        about += [("last build", f"{failed.status}: {failed.reason or 'no reason given'}")]
     parts.append(_definitions(about))
     if track.picture is not None:
         parts.append(

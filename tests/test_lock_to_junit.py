@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import soundfile as sf
 
 from soundtrack.gates import GateResult
 from soundtrack.report import BuildReport, TrackRecord
@@ -87,3 +90,43 @@ def test_a_lock_another_run_wrote_meanwhile_is_refused(tmp_path: Path) -> None:
     unnamed = lock(tmp_path, "2026-11-22T03:10:00+00:00")  # a CLI build's
     done = convert(unnamed, junit, "2026-11-22T03:00:00Z", "--build-name", "ci-1234abcd-77-1")
     assert done.returncode == 1 and "a run with no name" in done.stderr
+
+
+def test_a_track_whose_rebuild_was_rejected_is_a_failure_though_its_old_files_stay(
+    tmp_path: Path,
+) -> None:
+    """The lock keeps serving a track's last approved files when its rebuild is rejected: the
+    JUnit made from it showed the track passing, with its old files, on the build that broke
+    it."""
+    from soundtrack.build import Options, ThreadExecutor, build
+    from tests.signals import music_like
+
+    music = music_like(3.0, 44100, seed=1)
+    sf.write(tmp_path / "theme.wav", music.T, 44100, subtype="FLOAT")
+    (tmp_path / "m.yaml").write_text(
+        "schema: 1\nsoundtrack: sky\nstorage: ./out\ndefaults: {formats: [ogg]}\n"
+        "tracks:\n  - id: theme\n    source: theme.wav\n"
+    )
+    junit = tmp_path / "junit.xml"
+    lock_path = tmp_path / "out" / "sky" / "soundtrack.lock.json"
+
+    def cases() -> dict[str, ET.Element]:
+        done = convert(lock_path, junit, "2026-01-01T00:00:00Z")
+        assert done.returncode == 0, done.stderr
+        return {case.get("name", ""): case for case in ET.parse(junit).getroot().iter("testcase")}
+
+    assert build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor()).exit_status == 0
+    served = json.loads(lock_path.read_text())["tracks"][0]["files"]
+    sf.write(tmp_path / "theme.wav", music.T * 1e-6, 44100, subtype="FLOAT")  # near silence
+    assert build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor()).exit_status == 1
+    (entry,) = json.loads(lock_path.read_text())["tracks"]
+    assert entry["files"] == served and entry["failed_rebuild"]["status"] == "rejected"
+    theme = cases()["theme"]
+    assert theme.find("failure") is not None, ET.tostring(theme)
+    page = (tmp_path / "out" / "sky" / "review.html").read_text()
+    assert "<dt>last build</dt><dd>rejected: " in page
+    # The recording back as it was: its served take is the manifest's again, and passes.
+    sf.write(tmp_path / "theme.wav", music.T, 44100, subtype="FLOAT")
+    assert build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor()).exit_status == 0
+    assert json.loads(lock_path.read_text())["tracks"][0]["failed_rebuild"] is None
+    assert cases()["theme"].find("failure") is None
