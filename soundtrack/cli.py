@@ -141,9 +141,8 @@ def validate(manifest: ManifestArg) -> None:
         fail(exc)
     loaded, specs = checked.manifest, checked.specs
     table = Table(title=f"{loaded.soundtrack}: {len(specs)} tracks", title_justify="left")
-    table.add_column("track", no_wrap=True)
-    for column in ("seconds", "loop", "model / recording", "licence", "formats", "LUFS"):
-        # Folded, not cut with an ellipsis: a CI log's 80 columns must still show the whole model.
+    # Folded, not cut with an ellipsis: a CI log's 80 columns must still show every value whole.
+    for column in ("track", "seconds", "loop", "model / recording", "licence", "formats", "LUFS"):
         table.add_column(column, overflow="fold")
     for spec in specs:
         # Names and paths are the user's text, which may hold [brackets]: never Rich markup.
@@ -1190,9 +1189,11 @@ def _track_progress(total: int) -> Iterator[Callable[[str, str], None]]:
 
 def _print_report(report: Any) -> None:
     table = Table(title=f"{report.soundtrack}", title_justify="left")
-    table.add_column("track", no_wrap=True)
-    for column in ("status", "LUFS", "dBTP", "seconds", "bpm", "key", "files / reason"):
-        table.add_column(column)
+    # Folded, not cut: at a CI log's 80 columns a long track id hid every status ("appro…").
+    table.add_column("track", overflow="fold")
+    table.add_column("status", no_wrap=True, min_width=len("approved"))
+    for column in ("LUFS", "dBTP", "seconds", "bpm", "key", "files / reason"):
+        table.add_column(column, overflow="fold")
     colours = {"approved": "green", "cached": "cyan", "rejected": "red", "failed": "red"}
     reasons: dict[str, list[str]] = {}
     for track in report.tracks:

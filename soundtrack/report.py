@@ -7,6 +7,7 @@ is rendered from the same report for CI systems.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -307,6 +308,16 @@ def parse_lock(data: bytes | None) -> BuildReport | None:
         raise LockUnreadable(f"{where}: {message}{more}") from None
 
 
+# What XML 1.0 cannot hold at all, escaped or not: one such character and a CI's JUnit reader
+# refuses the whole file.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_text(text: str) -> str:
+    """`text` as XML can hold it: characters it cannot, written out as \\xNN."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def latest_verdicts(lock: BuildReport) -> BuildReport:
     """The lock as the verdicts of the builds that wrote it: a track whose last rebuild was
     rejected or failed reads as that, not as the earlier files it still serves."""
@@ -346,12 +357,14 @@ def to_junit(report: BuildReport) -> str:
             message = "; ".join(
                 f"{g.name}: {measured[g.name]} (limit {g.limit})" for g in failed_gates
             )
-            failure = ET.SubElement(case, "failure", message=message or (track.reason or ""))
+            failure = ET.SubElement(
+                case, "failure", message=_xml_text(message or (track.reason or ""))
+            )
             failure.text = "\n".join(
                 f"{g.name}: measured {measured[g.name]}, limit {g.limit}" for g in failed_gates
             )
         elif track.status == "failed":
-            ET.SubElement(case, "error", message=track.reason or "failed")
+            ET.SubElement(case, "error", message=_xml_text(track.reason or "failed"))
         lines = [f"status: {track.status}", f"spec_hash: {track.spec_hash}"]
         lines += [f"{f.format}: {f.uri} sha256={f.sha256}" for f in track.files]
         ET.SubElement(case, "system-out").text = "\n".join(lines)

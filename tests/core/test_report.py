@@ -10,7 +10,14 @@ import pytest
 
 from soundtrack.gates import GateResult
 from soundtrack.publish import lock_bytes, track_record
-from soundtrack.report import BuildReport, FileRecord, LockUnreadable, parse_lock, to_junit
+from soundtrack.report import (
+    BuildReport,
+    FileRecord,
+    LockUnreadable,
+    TrackRecord,
+    parse_lock,
+    to_junit,
+)
 from tests.specs import make_spec
 
 FILE = FileRecord(
@@ -117,7 +124,13 @@ def test_index_keeps_serving_the_last_approved_files() -> None:
     index = index_of(now, previous, ["a", "b", "new", "left-out"])
     by_id = {t.id: t for t in index.tracks}
     assert by_id["a"] == now.tracks[0], "the new approval replaces the old one"
-    assert by_id["b"] == previous.tracks[1], "a rejected rebuild keeps the last approved files"
+    kept = by_id["b"]
+    assert kept.model_copy(update={"failed_rebuild": None}) == previous.tracks[1], (
+        "a rejected rebuild keeps the last approved files"
+    )
+    assert kept.failed_rebuild is not None, "and says what became of it"
+    assert (kept.failed_rebuild.status, kept.failed_rebuild.reason) == ("rejected", "loudness")
+    assert kept.failed_rebuild.spec_hash == now.tracks[1].spec_hash
     assert by_id["new"].status == "failed"
     assert "gone" not in by_id and "left-out" not in by_id, "only tracks still in the manifest"
     assert index_of(now, None, ["b"]).tracks[0].status == "rejected"
@@ -131,3 +144,48 @@ def test_junit_says_a_gate_had_nothing_to_measure_instead_of_none() -> None:
     assert failure is not None
     assert failure.get("message") == "silence: nothing (limit >= -70 LUFS)"
     assert failure.text == "silence: measured nothing, limit >= -70 LUFS"
+
+
+def test_the_summary_shows_every_status_at_a_ci_logs_80_columns(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A track id of the schema's 64 characters took the whole width: no status could be read
+    ("appro…", or nothing) in a CI log."""
+    from soundtrack.cli import _print_report, console
+
+    long_id = "boss-storm-leviathan-" + "x" * 43
+    statuses = {long_id: "approved", "sting": "rejected", "theme": "cached"}
+    report = BuildReport(
+        soundtrack="sky",
+        storage="./out",
+        tracks=[
+            TrackRecord(id=track_id, status=status, spec_hash="a" * 64)  # type: ignore[arg-type]
+            for track_id, status in statuses.items()
+        ],
+    )
+    width = console.width
+    console.width = 80
+    try:
+        _print_report(report)
+    finally:
+        console.width = width
+    shown = capsys.readouterr().out
+    assert "…" not in shown, shown
+    rows = [line for line in shown.splitlines() if line.startswith("│")]
+    for status in statuses.values():
+        assert any(f"│ {status} " in row for row in rows), shown
+
+
+def test_junit_stays_xml_when_a_reason_holds_control_characters() -> None:
+    """A reason quoting an error with ESC or a form feed wrote XML no JUnit reader parses."""
+    report = BuildReport(
+        soundtrack="sky",
+        storage="./out",
+        tracks=[
+            TrackRecord(id="a", status="failed", spec_hash="a", reason="ffmpeg said \x1b[31m\x0c"),
+            TrackRecord(id="b", status="rejected", spec_hash="b", reason="bell \x07"),
+        ],
+    )
+    suite = ET.fromstring(to_junit(report).encode())
+    messages = [e.get("message") for e in suite.iter() if e.tag in ("error", "failure")]
+    assert messages == ["ffmpeg said \\x1b[31m\\x0c", "bell \\x07"]
