@@ -1041,7 +1041,7 @@ def build(
         if not model.strip():
             fail(InputError("--model is empty: give a hub id or a model folder"))
         try:
-            model = _typed_model(model, beside=manifest.parent)
+            model = _typed_model(model, beside=manifest.resolve().parent)  # as the flow reads it
         except InputError as exc:
             fail(exc)
     # 1. Check everything a user gave before starting Prefect: bad input writes nothing. The

@@ -63,7 +63,8 @@ def reusable(
     the build is not forced to render it again."""
     if record is None or not is_published(record, spec, storage) or (force and selected):
         return None
-    return record.model_copy(update={"status": "cached"})
+    # What it serves is this spec's approved take: a rebuild that failed since is no verdict now.
+    return record.model_copy(update={"status": "cached", "failed_rebuild": None})
 
 
 def is_published(record: TrackRecord, spec: TrackSpec, storage: Storage) -> bool:

@@ -273,7 +273,7 @@ def index_of(
             if track_id in recorded:
                 tracks.append(recorded[track_id])
         elif current is not None and current.status == "cached" and track_id in earlier:
-            reused = {"status": "cached", "failed_rebuild": None}  # its spec is the one served
+            reused = {"status": "cached", "failed_rebuild": None}  # as plan.reusable has it
             tracks.append(earlier[track_id].model_copy(update=reused))
         elif current is not None and current.usable:
             tracks.append(current)

@@ -119,9 +119,13 @@ class ReviewRejection(_Model):
     comment: str = ""
 
 
+def _unset(value: object) -> bool:
+    return value is None
+
+
 class FailedRebuild(_Model):
-    """The last build of a track's current spec, rejected or failed: the files still served
-    are an earlier spec's."""
+    """The last build of a track, rejected or failed: the files still served are an earlier
+    take's (an earlier spec's, or the same spec's before a --force)."""
 
     status: Literal["rejected", "failed"]
     spec_hash: str
@@ -173,13 +177,17 @@ class TrackRecord(_Model):
         default_factory=list,
         description="Takes a reviewer rejected (review: required), kept until the spec changes.",
     )
+    # Left out when unset, so a lock without them stays readable by the version before them.
     approved_in_review: ReviewApproval | None = Field(
-        default=None, description="The reviewer's approval of this take, with their comment."
+        default=None,
+        exclude_if=_unset,
+        description="The reviewer's approval of this take, with their comment.",
     )
     failed_rebuild: FailedRebuild | None = Field(
         default=None,
-        description="The last build of the track's current spec, rejected or failed, while "
-        "this entry's earlier files stay served.",
+        exclude_if=_unset,
+        description="The last build of the track, rejected or failed, while this entry's "
+        "earlier files stay served.",
     )
     stems: list[StemRecord] = Field(
         default_factory=list, description="Each stem asked for: published, silent or rejected."
