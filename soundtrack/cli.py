@@ -1189,8 +1189,10 @@ def _track_progress(total: int) -> Iterator[Callable[[str, str], None]]:
 
 def _print_report(report: Any) -> None:
     table = Table(title=f"{report.soundtrack}", title_justify="left")
-    # Folded, not cut: at a CI log's 80 columns a long track id hid every status ("appro…").
-    table.add_column("track", overflow="fold")
+    # Folded, not cut: at a CI log's 80 columns a long track id hid every status ("appro…");
+    # an id up to 24 characters keeps its line.
+    longest = max((len(track.id) for track in report.tracks), default=0)
+    table.add_column("track", overflow="fold", min_width=min(longest, 24))
     table.add_column("status", no_wrap=True, min_width=len("approved"))
     for column in ("LUFS", "dBTP", "seconds", "bpm", "key", "files / reason"):
         table.add_column(column, overflow="fold")
