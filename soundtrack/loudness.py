@@ -41,7 +41,7 @@ _PHASE_MATRIX = np.array(
     dtype=np.float32,
 )
 _CHUNK = 16384  # frames per matrix product: its 12 windows (768 KiB) stay in the L2 cache
-_FILTER_FRAMES = 1 << 18  # frames K-weighted at a time (2 MiB of float64)
+FILTER_FRAMES = 1 << 18  # frames a float64 filter runs over at a time (2 MiB)
 
 
 # BS.1770's K-weighting as analog prototypes whose bilinear transform at 48 kHz gives its
@@ -128,8 +128,8 @@ def _segment_sums(
     # float64 copies of the whole channel (a 10-minute track's took 0.9 GB).
     sums = np.zeros(edges.size)
     state = np.zeros((sos.shape[0], 2))
-    for start in range(0, channel.size, _FILTER_FRAMES):
-        end = min(start + _FILTER_FRAMES, channel.size)
+    for start in range(0, channel.size, FILTER_FRAMES):
+        end = min(start + FILTER_FRAMES, channel.size)
         weighted, state = sosfilt(sos, channel[start:end].astype(np.float64), zi=state)
         np.square(weighted, out=weighted)
         # The segment open at `start`, then each one beginning inside this piece.

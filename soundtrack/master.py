@@ -14,7 +14,13 @@ from soundtrack.audio import to_channels
 from soundtrack.errors import AudioError
 from soundtrack.limiter import limit_true_peak, limiter_gain_db, sample_true_peaks
 from soundtrack.loops import ends_at_its_loop, make_bar_loop, make_loop
-from soundtrack.loudness import BLOCK_S, block_powers, gated_lufs, integrated_lufs
+from soundtrack.loudness import (
+    BLOCK_S,
+    FILTER_FRAMES,
+    block_powers,
+    gated_lufs,
+    integrated_lufs,
+)
 from soundtrack.spec import Mastering
 
 SILENCE_DBFS = -60.0  # leading/trailing samples below this (after normalisation) are trimmed
@@ -27,7 +33,6 @@ _MAX_LOUDNESS_PASSES = 8
 _CIRCULAR_CONTEXT_S = 0.1  # a loop's wrap-around beside its ends, for soxr's filter to settle
 MAX_MAKEUP_DB = 24.0  # gain beyond plain normalisation, for loudness the limiter takes away
 _MIN_DURATION_S = 0.4  # one BS.1770 gating block
-_FILTER_FRAMES = 1 << 18  # frames high-passed at a time (2 MiB of float64)
 
 
 @dataclass(frozen=True)
@@ -232,13 +237,13 @@ def _without_dc(channel: np.ndarray, rate: int, *, circular: bool) -> np.ndarray
     zi = sosfilt_zi(sos)
     state = zi * head[0]
     y[:pad], state = sosfilt(sos, head, zi=state)
-    for start in range(0, frames, _FILTER_FRAMES):
-        piece = channel[start : start + _FILTER_FRAMES].astype(np.float64) - mean
+    for start in range(0, frames, FILTER_FRAMES):
+        piece = channel[start : start + FILTER_FRAMES].astype(np.float64) - mean
         y[pad + start : pad + start + piece.size], state = sosfilt(sos, piece, zi=state)
     y[pad + frames :], state = sosfilt(sos, tail, zi=state)
     state = zi * y[-1]
-    for end in range(y.size, 0, -_FILTER_FRAMES):
-        start = max(0, end - _FILTER_FRAMES)
+    for end in range(y.size, 0, -FILTER_FRAMES):
+        start = max(0, end - FILTER_FRAMES)
         backwards, state = sosfilt(sos, y[start:end][::-1], zi=state)
         y[start:end] = backwards[::-1]
     filtered: np.ndarray = y[pad : pad + frames].astype(np.float32)
