@@ -143,43 +143,50 @@ for _tag in ("set", "binary", "omap", "pairs"):
     _ManifestLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refused_tag)
 
 
-def _construct_number(loader: _ManifestLoader, node: yaml.ScalarNode) -> Any:
-    """Numbers as YAML 1.2 reads them, and so editors and people: YAML 1.1 reads 0120 as octal
-    (80) and 1:30 as base 60 (90); here they are 120 and the text '1:30'."""
-    text = node.value.replace("_", "")
-    if ":" in text:
-        return node.value
-    digits = text.lstrip("+-")
-    if node.tag.endswith(":int") and len(digits) > 1 and digits[0] == "0" and digits.isdigit():
-        return int(text, 10)
-    if node.tag.endswith(":int"):
-        return loader.construct_yaml_int(node)
-    return loader.construct_yaml_float(node)
-
-
-for _tag in ("int", "float"):
-    _ManifestLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _construct_number)
-
-
-def _construct_word(loader: _ManifestLoader, node: yaml.ScalarNode) -> Any:
-    """Booleans and dates as YAML 1.2 reads them, and so editors: only true and false are
-    booleans (YAML 1.1's yes, no, on and off are words: `lyrics: no` is the word), and there
-    are no dates (`model_revision: 2024-01-01` is a tag name)."""
-    if node.tag.endswith(":bool") and node.value.lower() in ("true", "false"):
-        return loader.construct_yaml_bool(node)
-    return node.value
-
-
-for _tag in ("bool", "timestamp"):
-    _ManifestLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _construct_word)
-# YAML 1.2's numbers with an exponent and no point or no exponent sign (5e1, 1.5e3), which
-# YAML 1.1 reads as text.
-_MANTISSA = r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)"
-_EXPONENT = r"[eE][-+]?[0-9]+"
-_NUMBER_12 = f"{_MANTISSA}(?:{_EXPONENT})?"
-_ManifestLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(f"^{_MANTISSA}{_EXPONENT}$"), list("-+.0123456789")
+# YAML 1.2's core schema, as editors and people read a manifest. PyYAML reads YAML 1.1, where
+# 0120 is octal 80 (and 090 text), 1:30 is 90 (base 60), 1_000 and 0b101 are numbers, 0o17 is
+# text, yes/no/on/off are flags and 2024-01-01 is a date; in YAML 1.2 each is the other.
+_CORE_SCHEMA = (  # (tag, pattern, first characters); ints before floats: 120 matches both
+    ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+    ("bool", r"true|True|TRUE|false|False|FALSE", list("tTfF")),
+    ("int", r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", list("-+0123456789")),
+    (
+        "float",
+        r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+        list("-+.0123456789"),
+    ),
 )
+# Of YAML 1.1's other implicit tags, keep `<<` merges (`<<: *defaults`) and the reserved
+# indicators' error; `=` (the value tag) is text.
+_ManifestLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag.endswith((":merge", ":yaml"))]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _pattern, _first in _CORE_SCHEMA:
+    _ManifestLoader.add_implicit_resolver(
+        f"tag:yaml.org,2002:{_tag}", re.compile(f"^(?:{_pattern})$"), _first
+    )
+
+
+def _construct_int(loader: _ManifestLoader, node: yaml.ScalarNode) -> int:
+    text = node.value
+    return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)
+
+
+def _construct_float(loader: _ManifestLoader, node: yaml.ScalarNode) -> float:
+    text = node.value.lower()
+    return float(text.replace(".inf", "inf").replace(".nan", "nan"))
+
+
+def _construct_merge_text(loader: _ManifestLoader, node: yaml.ScalarNode) -> str:
+    """`<<` anywhere but as a mapping's key (where it merges) is the text."""
+    return str(node.value)
+
+
+_ManifestLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_ManifestLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+_ManifestLoader.add_constructor(_MERGE_TAG, _construct_merge_text)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -284,6 +291,13 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[str, int]]:
             start = f"line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
             problem += f" ({exc.context} started at {start})"
         raise InputError(f"{path}: YAML error at {where}: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise InputError(
+            f"{path}: YAML error at line {line}, column {column}: the control character "
+            f"U+{exc.character:04X} is not allowed in YAML text; remove it"
+        ) from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: YAML error: {exc}") from None
     finally:
@@ -407,7 +421,11 @@ _QUOTED_HINTS = {
 
 def _numeric(text: str) -> bool:
     """Whether `text`, unquoted, would have been a number (not `inf`, which YAML reads as text)."""
-    return re.fullmatch(_NUMBER_12, text.strip()) is not None
+    return any(
+        re.fullmatch(pattern, text.strip())
+        for tag, pattern, _ in _CORE_SCHEMA
+        if tag in ("int", "float")
+    )
 
 
 def _quoted(value: Any) -> str:

@@ -245,8 +245,10 @@ def test_symlinked_source_cannot_escape(tmp_path: Path) -> None:
 
 
 def test_committed_json_schema_is_up_to_date() -> None:
-    committed = json.loads((ROOT / "manifests" / "soundtrack.schema.json").read_text())
-    assert committed == json_schema(), "run `make schema`, commit manifests/soundtrack.schema.json"
+    # As text, as `make schema` writes it: 86400 and 86400.0 are one JSON value, and a diff.
+    committed = (ROOT / "manifests" / "soundtrack.schema.json").read_text()
+    expected = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    assert committed == expected, "run `make schema`, commit manifests/soundtrack.schema.json"
 
 
 @pytest.mark.parametrize(
@@ -641,8 +643,17 @@ def test_numbers_read_as_yaml_1_2_reads_them_and_unordered_tags_are_refused(
     exponents = BASE.replace("duration: 20", "duration: 2e1").replace("seed: 5", "seed: 5e0")
     specs = specs_of(tmp_path, exponents)
     assert specs["theme"].duration_s == 20.0 and specs["battle"].seed == 5
+    # A leading zero before an 8 or a 9 made YAML 1.1 text; 0o and 0x are YAML 1.2's octal
+    # and hex, text to YAML 1.1.
+    others = BASE.replace("bpm: 90", "bpm: 090").replace("seed: 5", "seed: 0o17")
+    specs = specs_of(tmp_path, others)
+    assert (specs["theme"].bpm, specs["battle"].seed) == (90, 15)
+    assert specs_of(tmp_path, BASE.replace("seed: 5", "seed: 0x1F"))["battle"].seed == 31
     for text, field, said in (
         (BASE.replace("duration: 20", "duration: 1:30"), "defaults.duration", "'1:30'"),
+        # YAML 1.1's underscores and binary: text to an editor, so an error here too.
+        (BASE.replace("seed: 5", "seed: 1_000"), "tracks[1].seed", "'1_000'"),
+        (BASE.replace("bpm: 90", "bpm: 0b1011010"), "tracks[0].bpm", "'0b1011010'"),
         (BASE.replace("seed: 5", "seed: 5\n    formats: !!set {ogg, mp3}"), "", "!!set tag"),
         (BASE.replace("prompt: drums", "prompt: !!binary ZHJ1bXM="), "", "!!binary tag"),
     ):
@@ -663,6 +674,12 @@ def test_flags_and_dates_read_as_yaml_1_2_reads_them(tmp_path: Path) -> None:
     )
     specs = specs_of(tmp_path, words.replace("model: ", ""))
     assert specs["battle"].lyrics == "no" and specs["theme"].model_revision == "2024-01-01"
+    # YAML 1.1's value (=) and merge (<<) tags, where no merge can be, are text too.
+    signs = BASE.replace("prompt: drums", "prompt: drums\n    mood: =").replace(
+        "key: D minor", "key: D minor\n    mood: <<"
+    )
+    texts = specs_of(tmp_path, signs)
+    assert texts["battle"].prompt == "drums, =" and texts["theme"].prompt.endswith(", <<")
     assert specs["theme"].loop is True and specs["battle"].loop is True
     path = write(tmp_path, BASE.replace("loop: true", "loop: yes"))
     with pytest.raises(InputError) as caught:
