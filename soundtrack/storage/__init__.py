@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from soundtrack.errors import InputError
 from soundtrack.paths import user_path
@@ -17,9 +16,6 @@ from soundtrack.storage.base import (
 )
 from soundtrack.storage.local import LocalStorage
 from soundtrack.storage.url import check_storage_url
-
-if TYPE_CHECKING:  # imported when an s3:// URL is opened: boto3 takes a second to import
-    from soundtrack.storage.s3 import S3Storage
 
 __all__ = [
     "INDEX_NAME",
@@ -42,8 +38,6 @@ def open_storage(url: str, *, base_dir: Path) -> Storage:
     used as given: a build picks --out, $SOUNDTRACK_STORAGE or the manifest's value before calling
     this. Malformed URLs raise InputError before any network call."""
     source = "storage URL"
-    if not url.strip():
-        raise InputError(f"{source} is empty: give a folder, s3://bucket or s3://bucket/prefix")
     if url_has_credentials(url):
         remember_url(url)
         # Any scheme, well-formed or not: every other message here echoes the URL.
@@ -52,12 +46,16 @@ def open_storage(url: str, *, base_dir: Path) -> Storage:
             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or in an AWS profile (~/.aws/credentials, "
             "AWS_PROFILE)"
         )
-    if url.lower().startswith("s3:"):
-        return _open_s3(url, source)
     try:
         check_storage_url(url)
     except ValueError as exc:
         raise InputError(f"{source} {url!r}: {exc}") from None
+    if url.startswith("s3://"):
+        # Imported only now: boto3 takes a second to import.
+        from soundtrack.storage.s3 import S3Storage
+
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        return S3Storage(url, bucket, prefix)
     root = user_path(url)
     return LocalStorage(url, root if root.is_absolute() else base_dir / root)
 
@@ -66,22 +64,3 @@ def check_access(storage: Storage) -> None:
     """Fast pre-flight: raise StorageError(transient=False) when publishing cannot work
     (wrong credentials, missing bucket, unreachable endpoint, unwritable folder)."""
     storage.check_access()
-
-
-def _open_s3(url: str, source: str) -> S3Storage:
-    if not url.startswith("s3://"):
-        raise InputError(
-            f"{source} {url!r} is malformed: expected s3://bucket or s3://bucket/prefix"
-        )
-    bucket, _, prefix = url.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise InputError(
-            f"{source} {url!r} names no bucket: expected s3://bucket or s3://bucket/prefix"
-        )
-    try:
-        check_storage_url(url)
-    except ValueError as exc:
-        raise InputError(f"{source} {url!r}: {exc}") from None
-    from soundtrack.storage.s3 import S3Storage
-
-    return S3Storage(url, bucket, prefix)

@@ -20,6 +20,10 @@ MAX_S3_PREFIX_BYTES = 700
 
 def check_storage_url(value: str) -> None:
     """Raise ValueError unless `value` is a folder path or an s3://bucket[/prefix] URL."""
+    if not value.strip():
+        raise ValueError("storage is empty: give a folder, s3://bucket or s3://bucket/prefix")
+    if value.lower().startswith("s3:") and not value.startswith("s3://"):
+        raise ValueError("storage URL is malformed: expected s3://bucket or s3://bucket/prefix")
     scheme, sep, rest = value.partition("://")
     if not sep:
         if problem := path_problem(value):
@@ -33,6 +37,8 @@ def check_storage_url(value: str) -> None:
             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or in an AWS profile (AWS_PROFILE)"
         )
     bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ValueError("storage URL names no bucket: expected s3://bucket or s3://bucket/prefix")
     if not S3_BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket or _RESERVED_BUCKET.match(bucket):
         raise ValueError(f"invalid S3 bucket name {bucket!r} in storage URL")
     odd = sorted({c for c in prefix if c in _NOT_IN_PREFIX or not c.isprintable()})
