@@ -429,12 +429,25 @@ def _numeric(text: str) -> bool:
 
 
 def _quoted(value: Any) -> str:
-    """A value as the error quotes it, in YAML's words for a flag (false, not Python's False):
-    its start, when it is long (lyrics of 5,000 characters)."""
+    """A value as the error quotes it, in YAML's words for a flag and for nothing (false and
+    null, not Python's False and None): its start, when it is long (lyrics of 5,000 characters)."""
+    if value is None:
+        return "null"
     text = str(value).lower() if isinstance(value, bool) else repr(value)
     if len(text) <= _QUOTE_CHARS:
         return text
     return f"{text[:_QUOTE_CHARS]}... ({len(str(value))} characters)"
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in YAML's words."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    return "text" if isinstance(value, str) else "a list"
 
 
 def _parent_kind(parent: str) -> str:
@@ -530,7 +543,7 @@ def load_manifest_with_lines(path: Path) -> tuple[Manifest, dict[str, int]]:
     text = _read_text(path)
     data, lines = _parse_yaml(text, path)
     if not isinstance(data, dict):
-        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
+        kind = _kind(data)
         raise InputError(
             f"{path}: the top level must be a mapping (schema, soundtrack, tracks), got {kind}",
             [f"(top level): must be a mapping with keys schema, soundtrack, tracks; got {kind}"],
@@ -542,7 +555,7 @@ def load_manifest_with_lines(path: Path) -> tuple[Manifest, dict[str, int]]:
         problems.append(
             (
                 "schema",
-                f"unsupported schema version {data['schema']!r} "
+                f"unsupported schema version {_quoted(data['schema'])} "
                 f"(this soundtrack-pipeline reads schema {SCHEMA_VERSION})",
             )
         )

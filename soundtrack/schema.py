@@ -179,11 +179,18 @@ class FamilySamplingSpec(_Strict):
 SAMPLING_FAMILIES = frozenset(f.alias or n for n, f in FamilySamplingSpec.model_fields.items())
 
 
+_FLAT_SAMPLING = frozenset(f.alias or n for n, f in SamplingSpec.model_fields.items())
+
+
 def _sampling_kind(value: Any) -> str:
     # A block (a mapping) or a family's name marks the per-family form, so a misspelt family is
-    # reported among the families, not as a flat setting.
+    # reported among the families, not as a flat setting; a mapping under a flat setting's name
+    # (temperature: {...}) is that setting's wrong value.
     if isinstance(value, dict) and (
-        set(value) & SAMPLING_FAMILIES or any(isinstance(block, dict) for block in value.values())
+        set(value) & SAMPLING_FAMILIES
+        or any(
+            isinstance(block, dict) and key not in _FLAT_SAMPLING for key, block in value.items()
+        )
     ):
         return "families"
     if isinstance(value, FamilySamplingSpec):
