@@ -16,14 +16,19 @@ _ACCIDENTAL_STEP = {"": 0, "#": 1, "b": -1}
 # minor over Db minor); F#/Gb major and Eb/D# minor tie, and the commoner one is taken.
 _MAJOR_SPELLING = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _MINOR_SPELLING = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B")
-# A lower-case "b" alone is a flat ("Bb", "bb"); an upper-case one is not ("BB minor").
-_KEY = re.compile(
-    r"(?P<letter>[A-G])"
-    r"(?P<accidental>\s*[#♯♭]|(?-i:b)|[-\s]*sharp|[-\s]*flat)?"
-    r"\s*(?P<mode>major|minor|maj|min)",
-    re.IGNORECASE,
-)
-_NOTE = re.compile(r"[A-G](\s*[#♯♭]|(?-i:b)|[-\s]*sharp|[-\s]*flat)?", re.IGNORECASE)
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" for c in word)
+
+
+# Spelt without flags so JSON Schema's regexes (the manifest's `key` pattern) read it too. A
+# lower-case "b" alone is a flat ("Bb", "bb"); an upper-case one is not ("BB minor").
+_ACCIDENTAL = rf"\s*[#♯♭]|b|[-\s]*{_any_case('sharp')}|[-\s]*{_any_case('flat')}"
+_MODE = "|".join(_any_case(mode) for mode in ("major", "minor", "maj", "min"))
+KEY_PATTERN = rf"^\s*[A-Ga-g](?:{_ACCIDENTAL})?\s*(?:{_MODE})\s*$"
+_KEY = re.compile(rf"(?P<letter>[A-Ga-g])(?P<accidental>{_ACCIDENTAL})?\s*(?P<mode>{_MODE})")
+_NOTE = re.compile(rf"[A-Ga-g](?:{_ACCIDENTAL})?")
 _ACCEPTED = (
     "write a note A-G, an optional sharp or flat (F#, F sharp, Bb, B-flat) and major or minor"
 )

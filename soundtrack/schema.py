@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from soundtrack.formats import AudioFormat
-from soundtrack.keys import parse_key
+from soundtrack.keys import KEY_PATTERN, parse_key
 from soundtrack.paths import path_problem, shown
 from soundtrack.storage import check_storage_url
 
@@ -422,6 +422,7 @@ class Track(_Overridable):
         default=None,
         min_length=1,
         max_length=40,
+        json_schema_extra={"pattern": KEY_PATTERN},
         description="A note, an optional sharp or flat and major or minor (F# minor, B-flat "
         "major): a target the key gate judges; words in MusicGen's prompt, conditioning for "
         "ACE-Step. Written back normalised (Bb major).",
@@ -462,7 +463,10 @@ class Track(_Overridable):
     mood: str | None = Field(
         default=None, min_length=1, max_length=100, json_schema_extra=_NOT_BLANK
     )
-    instruments: list[Annotated[str, Field(min_length=1, max_length=60)]] | None = None
+    instruments: (
+        list[Annotated[str, Field(min_length=1, max_length=60, json_schema_extra=_NOT_BLANK)]]
+        | None
+    ) = None
 
     @field_validator("id")
     @classmethod
