@@ -1035,8 +1035,9 @@ def build(
         # An unset CI variable (`--out "$ASSETS"`) would otherwise publish into the cwd.
         fail(InputError("--out is empty: give a folder or an s3:// URL"))
     if out is not None and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", out):
-        # A folder typed on the command line means one relative to where it was typed.
-        out = str(user_path(out).resolve())
+        # A folder typed on the command line means one relative to where it was typed; links
+        # stay unfollowed, so storage can refuse one to nothing rather than make its target.
+        out = str(user_path(out).absolute())
     if model is not None:
         if not model.strip():
             fail(InputError("--model is empty: give a hub id or a model folder"))

@@ -301,12 +301,20 @@ def test_a_model_given_to_the_flow_is_checked_as_the_cli_checks_it(
     assert said in str(caught.value) and not (tmp_path / "out").exists()
 
 
-def test_an_output_folder_linked_to_nothing_is_bad_input(tmp_path: Path) -> None:
+@pytest.mark.parametrize("given", ["manifest", "--out", "--out relative"])
+def test_an_output_folder_linked_to_nothing_is_bad_input(
+    given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A dangling link where the output folder goes passed as missing (its parent writable),
-    and the build's first mkdir raised FileExistsError: a traceback, exit 1."""
+    and the build's first mkdir raised FileExistsError: a traceback, exit 1. Given as --out,
+    the link was followed before storage saw it, and the build made its target and wrote there."""
     path = manifest(tmp_path)
     (tmp_path / "assets").symlink_to(tmp_path / "nowhere")
-    result = CliRunner().invoke(app, ["build", str(path)])
+    monkeypatch.chdir(tmp_path)
+    out = {"manifest": [], "--out": ["--out", str(tmp_path / "assets")]}.get(
+        given, ["--out", "assets"]
+    )
+    result = CliRunner().invoke(app, ["build", str(path), *out])
     assert result.exit_code == 2, result.output
     said = " ".join(result.output.split())
     assert "is a symbolic link to" in said and "which does not exist" in said, said
