@@ -676,6 +676,43 @@ def test_gc_deletes_our_superseded_objects_and_keeps_everything_not_provably_our
     assert "no index" in " ".join(missing.output.split())
 
 
+@pytest.mark.parametrize("copy", ["games-copy/" + SOUNDTRACK, "games/copied-game"])
+def test_gc_of_a_copied_soundtrack_deletes_nothing(
+    copy: str, s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    """A lock names whole keys, so a copy of a prefix (or of a soundtrack's folder) has a lock
+    naming the originals: gc read every copy as unreferenced, proven ours by the copied
+    journal, and deleted them all."""
+    storage = open_storage(f"s3://{s3_bucket}/games", base_dir=tmp_path)
+    folder = tmp_path / "encoded"
+    old = make_asset(folder, "title-theme", "ogg", size=9_000, seed=1, spec_hash="aaaa1111")
+    publish(storage, SOUNDTRACK, [old])
+    publish(storage, SOUNDTRACK, [make_asset(folder, "title-theme", "ogg", size=9_000, seed=2)])
+    client = s3_server.client()
+    for listed in client.list_objects_v2(Bucket=s3_bucket, Prefix=f"games/{SOUNDTRACK}/")[
+        "Contents"
+    ]:
+        key = copy + listed["Key"].removeprefix(f"games/{SOUNDTRACK}")
+        client.copy_object(
+            Bucket=s3_bucket,
+            Key=key,
+            CopySource={"Bucket": s3_bucket, "Key": listed["Key"]},
+            ChecksumAlgorithm="SHA256",
+        )
+    before = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"])
+    prefix, soundtrack = copy.rsplit("/", 1)
+    result = CliRunner().invoke(
+        app, ["gc", f"s3://{s3_bucket}/{prefix}", "--soundtrack", soundtrack, "--delete"]
+    )
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert f"names s3://{s3_bucket}/games/{SOUNDTRACK}/" in said and "copied prefix" in said
+    after = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"])
+    assert after == before
+    # The original's own gc is as before: its superseded take is ours.
+    assert any(old.sha256[:16] in key for key in storage.unreferenced(SOUNDTRACK).ours)
+
+
 def _multipart_put(client: Any, bucket: str, key: str, bodies: list[bytes], sha256: str) -> None:
     """Upload `bodies` as the parts of one object at `key`, carrying `sha256` as its metadata."""
     upload = client.create_multipart_upload(
