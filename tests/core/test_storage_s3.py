@@ -176,6 +176,30 @@ def test_existing_object_with_other_content_is_refused_not_overwritten(
     assert client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == b"someone else's bytes"
 
 
+@pytest.mark.parametrize("size", [30_000, 11 * MIB])
+def test_an_object_put_back_without_a_checksum_gets_one_at_the_next_publish(
+    size: int, s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    """An asset restored by hand without its SHA-256 checksum proved nothing to a HEAD: its
+    track was rendered again at every build. Publishing meets the same bytes, puts them again
+    with the checksum, and from then on a HEAD proves them (a large one as well: one PUT)."""
+    storage = S3Storage(f"s3://{s3_bucket}/r", s3_bucket, "r", multipart_threshold_bytes=5 * MIB)
+    asset = make_asset(tmp_path / "encoded", "boss", "ogg", size=size, seed=4)
+    (first,) = publish_assets(storage, SOUNDTRACK, [asset])
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key=first.key, Body=asset.path.read_bytes())
+    head = client.head_object(Bucket=s3_bucket, Key=first.key, ChecksumMode="ENABLED")
+    assert "ChecksumSHA256" not in head
+    assert not storage.has_asset(first.key, asset.sha256)
+
+    (again,) = publish_assets(storage, SOUNDTRACK, [asset])
+    assert again.key == first.key and not again.uploaded
+    assert server_sha256(client, s3_bucket, first.key) == asset.sha256
+    assert server_body_sha256(client, s3_bucket, first.key) == asset.sha256
+    assert storage.has_asset(first.key, asset.sha256)
+    assert not storage.has_asset(first.key, "0" * 64)
+
+
 def test_another_take_of_the_same_spec_gets_a_key_of_its_own(
     s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
 ) -> None:
