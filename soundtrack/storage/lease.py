@@ -153,14 +153,14 @@ class Lease:
                     self.lease_s,
                 )
 
-    def confirm(self) -> None:
-        """Renew now, so the lease is ours for another lease time; StorageError if it was lost."""
+    def confirm(self, holder: str, refused: str) -> None:
+        """Renew now, so the lease is ours for another lease time; StorageError if it was lost,
+        saying `holder` (this build) lost it and so `refused` (it does not write the lock)."""
         self._renew()
         if self.lost:
             raise StorageError(
-                f"{self.where}: this build lost its build lease (not renewed for {self.lease_s:g} "
-                "s, another build took it over), so it does not write the lock: the other "
-                "build's publish stands",
+                f"{self.where}: {holder} lost its build lease (not renewed for {self.lease_s:g} "
+                f"s, another build took it over), so {refused}",
                 transient=False,
             )
 

@@ -260,7 +260,9 @@ class S3Storage:
         key = self._index_key(soundtrack)
         lease = held_lease(self.endpoint, self.bucket, self._lease_key(soundtrack))
         if lease is not None:
-            lease.confirm()
+            lease.confirm(
+                "this build", "it does not write the lock: the other build's publish stands"
+            )
         return self._replace(key, data, content_type="application/json")
 
     def review_key(self, soundtrack: str) -> str:
@@ -400,6 +402,14 @@ class S3Storage:
             self._check_key(key)
         for start in range(0, len(keys), 1000):
             batch = keys[start : start + 1000]
+            # gc holds each soundtrack's lease while it deletes: lost (a stall past the lease
+            # time), a build that took it over may be reusing the files found unreferenced.
+            for soundtrack in sorted(
+                {key.removeprefix(self.prefix).split("/")[0] for key in batch}
+            ):
+                lease = held_lease(self.endpoint, self.bucket, self._lease_key(soundtrack))
+                if lease is not None:
+                    lease.confirm("this gc", "it deletes nothing more: that build may use them")
             try:
                 response = self._client.delete_objects(
                     Bucket=self.bucket,

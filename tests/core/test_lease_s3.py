@@ -43,13 +43,16 @@ def storage():
     return S3Storage(f"s3://{bucket}/{prefix}", bucket, prefix)
 with storage().hold("sky", wait_s=0, on_wait=print):
     print("held", flush=True)
-    if sys.stdin.readline().strip() == "write":
-        try:
+    command = sys.stdin.readline().strip()
+    try:
+        if command == "write":
             storage().write_index("sky", b'{"tracks": [], "by": "holder"}')
-        except StorageError as exc:
-            print(f"refused: {exc}", flush=True)
-            sys.exit(3)
-        print("written", flush=True)
+        elif command == "delete":  # as gc --delete does, holding the lease
+            storage().delete([f"{prefix}/sky/theme/old.ogg"])
+    except StorageError as exc:
+        print(f"refused: {exc}", flush=True)
+        sys.exit(3)
+    print("done", flush=True)
 """
 
 
@@ -256,6 +259,29 @@ def test_a_build_that_lost_its_lease_writes_no_lock_and_leaves_the_new_holders_l
             pytest.fail("the lease was taken from its holder")
         storage(lease_env).write_index(SOUNDTRACK, b'{"tracks": [], "by": "us"}')
     assert json.loads(ours.read_index(SOUNDTRACK) or b"")["by"] == "us"
+
+
+@pytest.mark.slow
+def test_a_gc_that_lost_its_lease_deletes_nothing_the_new_holder_may_use(
+    holder: Callable[[], subprocess.Popen[str]], lease_env: str, s3_env: SeaweedServer
+) -> None:
+    """gc --delete holds the lease while it deletes; stalled past the lease time, a build that
+    took over may publish a lock reusing a file gc found unreferenced: gc then deleted it."""
+    first = holder()
+    os.kill(first.pid, signal.SIGSTOP)
+    key = f"{PREFIX}/{SOUNDTRACK}/theme/old.ogg"
+    client = s3_env.client()
+    with storage(lease_env).hold(SOUNDTRACK, wait_s=30, on_wait=lambda _: None):
+        client.put_object(Bucket=lease_env, Key=key, Body=b"reused by the new lock")
+        os.kill(first.pid, signal.SIGCONT)
+        say(first, "delete")
+        out, err = first.communicate(timeout=30)
+    assert first.returncode == 3, (out, err)
+    assert out.startswith(
+        f"refused: s3://{lease_env}/{PREFIX}/{SOUNDTRACK}/: this gc lost its build lease"
+    ), out
+    assert "it deletes nothing more" in out
+    assert client.get_object(Bucket=lease_env, Key=key)["Body"].read() == b"reused by the new lock"
 
 
 @pytest.mark.slow
