@@ -47,8 +47,17 @@ def check_storage_url(value: str) -> None:
         # endpoint's options do not belong here); '%' escapes decode there (%2e%2e to '..',
         # %2F to '/'); a backslash is a path separator on Windows.
         raise ValueError(f"invalid S3 prefix {prefix!r}: it may not contain {odd}")
-    if any(part in ("", ".", "..") for part in prefix.strip("/").split("/")) and prefix.strip("/"):
+    # One trailing slash is a folder's; any other empty segment is a typo or an unset
+    # variable (s3://bucket/$TEAM/music), which S3 would take as the key's own text.
+    segments = prefix.removesuffix("/").split("/") if prefix else []
+    if any(part in ("", ".", "..") for part in segments):
         raise ValueError(f"invalid S3 prefix {prefix!r} (empty, '.' or '..' segments)")
+    if any(part.startswith(".") for part in segments):
+        # .journal, .renders, .publishing: the folders this tool keeps its records in.
+        raise ValueError(
+            f"invalid S3 prefix {prefix!r}: a segment starting with '.' names a folder this "
+            "tool keeps its own records in"
+        )
     if len(prefix.encode()) > MAX_S3_PREFIX_BYTES:
         raise ValueError(
             f"S3 prefix of {len(prefix.encode())} bytes: at most {MAX_S3_PREFIX_BYTES} (S3 keys "
