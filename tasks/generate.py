@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -45,19 +46,39 @@ GPU_LIMIT = "soundtrack-gpu-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", _SLOT) or "hos
 # The slot's lease is renewed while a batch renders; a build killed mid-batch frees it when the
 # lease runs out, instead of blocking every later build.
 GPU_LEASE_S = 60  # the server's minimum
-GPU_LOCK_FILE = "soundtrack-gpu.lock"  # in PREFECT_HOME, beside the database the limit lives in
 GPU_TAKE_S = 5.0  # to take a slot the server showed free
 
 
 _TURN = threading.Lock()  # one batch of this process renders at a time, as one per machine
 
 
+def gpu_lock_path(limit: str = GPU_LIMIT) -> Path:
+    """The lock file of the machine's GPU slot, the same for every user and PREFECT_HOME."""
+    return Path(tempfile.gettempdir()) / f"{limit}.lock"
+
+
+def open_gpu_lock() -> IO[str]:
+    """The machine's GPU lock file, opened to be taken (flock)."""
+    path = gpu_lock_path()
+    try:
+        # Read-only: a flock needs no more, so any user's builds can take it.
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o444)
+    except OSError as exc:
+        raise OSError(
+            f"cannot open {path}, the lock every build on this machine takes to render: "
+            f"{exc.strerror}"
+        ) from None
+    if os.fstat(fd).st_uid == os.getuid():
+        os.fchmod(fd, 0o444)  # whatever this user's umask
+    return os.fdopen(fd)
+
+
 @contextmanager
 def gpu_slot() -> Iterator[None]:
-    """One batch at a time on this machine's GPU. With a Prefect server, its concurrency limit;
-    with the temporary server a build starts, a lock file the kernel frees when its build dies:
-    that server keeps leases in its memory and never revokes them, so a build killed with the
-    slot would block every later build sharing its PREFECT_HOME, forever."""
+    """One batch at a time on this machine's GPU: with a Prefect server, its concurrency limit
+    (for the builds of every machine sharing SOUNDTRACK_GPU_SLOT), and always the machine's lock
+    file, which the kernel frees when its build dies. A build on the temporary server takes only
+    that file: such a server keeps leases in its memory and never revokes them."""
     settings = get_current_settings()
     with ExitStack() as held:
         # This build's own batches take turns quietly first: "another build" is for others.
@@ -91,12 +112,13 @@ def gpu_slot() -> Iterator[None]:
                 "it; with no build rendering, see docs/operations.md#the-gpu-slot"
             )
             wait_until(took, waiting)
-        else:
-            settings.home.mkdir(parents=True, exist_ok=True)
-            lock = held.enter_context((settings.home / GPU_LOCK_FILE).open("a"))
-            waiting = "another build on this machine is rendering: waiting for it"
-            wait_until(lambda: _took(lock), waiting)
-        yield  # leaving the stack releases the slot or the lock
+        # After the server's slot, never before: a build holding the file while it waited for
+        # the slot would deadlock with one holding the slot and waiting for the file. A build
+        # on another Prefect server, or on none, holds only the file.
+        lock = held.enter_context(open_gpu_lock())
+        waiting = "another build on this machine is rendering: waiting for it"
+        wait_until(lambda: _took(lock), waiting)
+        yield  # leaving the stack releases the lock and the slot
 
 
 def _took(lock: IO[str]) -> bool:

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+# The GPU slot is the machine's (a lock file in the temp folder, a server limit named for the
+# slot): each test process is a machine of its own, so another's builds never wait on it. Set,
+# not defaulted: xdist's workers inherit the environment of the process that started them.
+os.environ["SOUNDTRACK_GPU_SLOT"] = f"tests-{os.getpid()}"
+
 if TYPE_CHECKING:
     from tests.prefect_server import PrefectServer
     from tests.s3server import SeaweedServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _gpu_lock_removed() -> Iterator[None]:
+    """This test process's GPU lock file (in the temp folder) goes with it."""
+    yield
+    from tasks.generate import gpu_lock_path
+
+    gpu_lock_path().unlink(missing_ok=True)
 
 
 # --- S3 server (issue 6) ---

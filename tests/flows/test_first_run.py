@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from flows.server import STARTUP_TIMEOUT_S, TIMEOUT_SETTING, startup_timeout_s
-from tasks.generate import GPU_LOCK_FILE
+from tasks.generate import gpu_lock_path, open_gpu_lock
 from tests.running import SOUNDTRACK, build
 from tests.s3server import free_ports
 
@@ -354,12 +354,12 @@ def waits_for_the_gpu(process: subprocess.Popen[bytes], workdir: Path) -> None:
         time.sleep(0.1)
 
 
-def gpu_held(prefect_home: Path) -> bool:
-    """Whether a build on this PREFECT_HOME holds the GPU (its lock file is locked)."""
-    path = prefect_home / GPU_LOCK_FILE
+def gpu_held() -> bool:
+    """Whether a build holds this machine's GPU (its lock file is locked)."""
+    path = gpu_lock_path()
     if not path.exists():
         return False
-    with path.open("a") as lock:
+    with path.open() as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -373,20 +373,20 @@ def test_a_build_killed_while_it_renders_leaves_the_gpu_to_the_next(
 ) -> None:
     """The temporary server keeps a concurrency lease in its memory and dies with its build: a
     build killed with the GPU slot left it taken in the database, and every later build on the
-    machine waited for it forever. The next build waits only while one is really rendering."""
+    machine waited for it forever. The next build waits only while one is really rendering, on
+    any PREFECT_HOME (each took a lock file in its own, so both rendered at once)."""
     workdir, env, args = first_run
-    home = Path(env["PREFECT_HOME"])
     (workdir / "long").mkdir()
     (workdir / "long" / "m.yaml").write_text(
         MANIFEST.replace("duration: 2", "duration: 600").replace("first-run", "long")
     )
     killed = start_build(workdir / "long", env, args)
     deadline = time.monotonic() + 240
-    while not gpu_held(home):
+    while not gpu_held():
         assert killed.poll() is None, (workdir / "long" / "build.log").read_text()
         assert time.monotonic() < deadline, "the long build never took the GPU"
         time.sleep(0.1)
-    waiting = start_build(workdir, env, args)
+    waiting = start_build(workdir, {**env, "PREFECT_HOME": str(workdir / "other-home")}, args)
     with killed_if_left(killed, waiting):
         waits_for_the_gpu(waiting, workdir)
         os.kill(killed.pid, signal.SIGKILL)
@@ -410,7 +410,7 @@ def test_a_build_signalled_with_its_process_group_stops_cleanly(
     (workdir / "m.yaml").write_text(MANIFEST.replace("duration: 2", "duration: 60"))
     process = start_build(workdir, env, args)
     with killed_if_left(process):
-        servers = wait_for_server(process, workdir, lambda: gpu_held(Path(env["PREFECT_HOME"])))
+        servers = wait_for_server(process, workdir, gpu_held)
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=240)
     log = (workdir / "build.log").read_text(errors="replace")
@@ -432,7 +432,7 @@ def test_a_build_whose_renders_are_all_cached_never_waits_for_the_gpu(
     assert build(workdir, env, *args).returncode == 0
     other_home = tmp_path / "other-prefect-home"  # no Prefect result cache: the task body runs
     other_home.mkdir()
-    with (other_home / GPU_LOCK_FILE).open("a") as lock:
+    with open_gpu_lock() as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another build rendering, for as long as this lasts
         again = build(workdir, {**env, "PREFECT_HOME": str(other_home)}, *args, "--out", "again")
     assert again.returncode == 0, again.stdout + again.stderr
@@ -447,9 +447,7 @@ def test_a_build_waiting_for_the_gpu_stops_when_signalled(
     """Prefect stops a flow on SIGTERM, then waits for its task threads: a build waiting for
     another build's GPU stayed alive until that build was done (minutes, or a whole night)."""
     workdir, env, args = first_run
-    home = Path(env["PREFECT_HOME"])
-    home.mkdir(parents=True)
-    with (home / GPU_LOCK_FILE).open("a") as lock:
+    with open_gpu_lock() as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another build rendering, for as long as this lasts
         process = start_build(workdir, env, args)
         with killed_if_left(process):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import fcntl
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 from prefect.exceptions import ObjectNotFound
 
 from flows.build import ensure_gpu_limit
-from tasks.generate import GPU_LIMIT, gpu_slot
+from tasks.generate import GPU_LIMIT, gpu_slot, open_gpu_lock
 from tasks.waits import STOPPING, Stopped
 from tests.prefect_server import PrefectServer
 
@@ -86,6 +87,48 @@ def test_a_build_waits_for_the_servers_gpu_slot_then_takes_it_or_stops(
         finally:
             STOPPING.clear()
         APILogHandler().flush()  # to this server: after the block there is none to send them to
+
+
+def test_a_build_on_a_server_waits_for_one_on_the_temporary_server(
+    prefect_server: PrefectServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A build on a Prefect server took only the server's slot, and one on the temporary server
+    (or another PREFECT_HOME) only its own lock file: on one machine both rendered at once."""
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    @task
+    def render() -> float:
+        with gpu_slot():
+            return time.monotonic()
+
+    @flow
+    def build(meanwhile: Callable[[], None]) -> float:
+        waiting = render.submit()
+        time.sleep(3)
+        meanwhile()
+        return waiting.result()
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        with get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, 1)
+        released_at: list[float] = []
+        with open_gpu_lock() as lock, caplog.at_level(logging.INFO):
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the other build, rendering
+
+            def let_go() -> None:
+                released_at.append(time.monotonic())
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+            took_at = build(let_go)
+        said = [r.getMessage() for r in caplog.records]
+        assert released_at[0] <= took_at < released_at[0] + 7, (released_at, took_at)
+        assert sum("another build on this machine is rendering" in x for x in said) == 1, said
+        with get_client(sync_client=True) as client:
+            assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
+        APILogHandler().flush()
 
 
 def test_a_builds_own_batches_take_turns_without_saying_another_build_waits(
