@@ -45,11 +45,11 @@ class BuildArtifacts:
         self._lock = threading.Lock()
         self._lost = False  # the server stopped answering: no more artifacts
         # Called from a sync flow, so this is the UUID (the annotation also admits a coroutine).
+        # The run's own, with no key: the soundtrack's keyed cards (tracks, assets) show the
+        # last build that published, and a later run stopped early read as that build's state.
         self._progress = cast(
             UUID,
-            create_progress_artifact(
-                0.0, key=f"{soundtrack}-progress", description=f"Tracks of {soundtrack} finished"
-            ),
+            create_progress_artifact(0.0, description=f"Tracks of {soundtrack} finished"),
         )
 
     def track_done(self, record: TrackRecord) -> None:

@@ -309,3 +309,6 @@ def test_a_build_that_finds_the_soundtrack_busy_exits_75_naming_the_holder(proje
     assert progress.description is not None
     assert progress.description.startswith("stopped after 0/4 tracks: ")
     assert f"is being built by process {holder.pid}" in progress.description
+    # It published nothing, so it changes none of the soundtrack's cards (artifacts by key):
+    # the last build that published stays the one they show.
+    assert not [a.key for a in run_artifacts(env["PREFECT_API_URL"], run.id) if a.key]
