@@ -2,9 +2,10 @@
 
 Good loops: master(loop=True) of synthetic renders at 32 kHz (MusicGen's rate), as mastered and
 as decoded from their OGG and MP3. Mis-cuts: the master with its last 5-20000 samples dropped,
-so the wrap lands at a random point. Each master is also measured against its bar lines (its
-tempo's grid, or 120 bpm for beds; each off by up to BAR_JITTER_MS, as an analysis places them),
-for the loudness excess; then loudness defects, raw and against bar lines.
+so the wrap lands at a random point, each judged against its own (wrong) exact bar grid. Each
+master is also measured against its bar lines (its tempo's grid, or 120 bpm for beds; each off
+by up to BAR_JITTER_MS, as an analysis places them), for the loudness excess; then loudness
+defects, raw and against bar lines.
 Run: python bench/calibrate_seam.py  (about 2 min; prints the tables in docs/gates.md)
 """
 
@@ -102,9 +103,13 @@ def main() -> None:
             (worst, ok.seam_loudness_change_lu, ok.seam_loudness_excess_lu)
         )
         cuts = []
+        bar_frames = 4 * 60.0 / bpm * m.sample_rate
         for _ in range(MISCUTS_PER_LOOP):
             length = frames - int(rng.integers(5, 20000))
-            cut = measure(m.audio, m.sample_rate, loop_start=0, loop_length=length)
+            # Judged as a bar loop is, against its own exact grid: a mis-cut's is wrong too.
+            count = max(1, round(length / bar_frames))
+            grid = [round(length * k / count) for k in range(1, count)]
+            cut = measure(m.audio, m.sample_rate, loop_start=0, loop_length=length, bar_lines=grid)
             assert cut.seam_jump_ratio is not None
             cuts.append(cut.seam_jump_ratio)
         bad.setdefault(family, []).extend(cuts)

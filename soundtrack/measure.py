@@ -22,6 +22,7 @@ SEAM_STEP_WINDOW_MS = 10.0  # the audio either side of the wrap that its click i
 # A click this far under the loop's RMS is masked by the music; it is also the size of the
 # seam a lossy codec leaves (Vorbis q6 noise sits about 27 dB under the RMS of a master).
 SEAM_MASKING_DB = -30.0
+_BAR_LINE_SLACK = 2  # samples a bar line of a loop's exact grid may be off its attack (rounding)
 SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term loudness window
 _PLATEAU_EDGE_MIN = 1e-4  # of the plateau level (-80 dB): about 3 LSB of 16-bit near full scale
 
@@ -332,7 +333,7 @@ def _measure_seam(region: np.ndarray, sample_rate: int, bar_lines: Sequence[int]
     across `bar_lines` (frames of `region`) and how far the wrap's change goes beyond it; without
     a usable bar line the excess is the raw change."""
     change_lu = _seam_loudness_change_lu(region, sample_rate)  # first: it refuses short loops
-    jump = _seam_jump_ratio(region, sample_rate)
+    jump = _seam_jump_ratio(region, sample_rate, bar_lines)
     bar_lu = _bar_loudness_change_lu(region, sample_rate, bar_lines)
     lu_excess = change_lu
     if bar_lu is not None:
@@ -341,11 +342,11 @@ def _measure_seam(region: np.ndarray, sample_rate: int, bar_lines: Sequence[int]
     return _Seam(jump, change_lu, bar_lu, lu_excess)
 
 
-def _seam_jump_ratio(region: np.ndarray, sample_rate: int) -> float:
+def _seam_jump_ratio(region: np.ndarray, sample_rate: int, bar_lines: Sequence[int] = ()) -> float:
     """The click at the wrap: the second difference across it (last sample -> first sample)
     over the 90th percentile of second differences within SEAM_STEP_WINDOW_MS either side (or
-    the masking floor if higher, or a kink the wave itself makes there that is no smaller
-    than the wrap's), worst channel.
+    the masking floor if higher, or a kink the wave itself makes there, or on one of its
+    `bar_lines`, that is no smaller than the wrap's), worst channel.
     A seamless wrap reads about 1 or less; a cut through a tone reads tens."""
     width = max(3, round(SEAM_STEP_WINDOW_MS / 1000.0 * sample_rate))
     width = min(width, int(region.shape[1]) // 2)
@@ -363,6 +364,19 @@ def _seam_jump_ratio(region: np.ndarray, sample_rate: int) -> float:
     # its own shape. A drum hit's attack there passes it too, as it masks a click.
     own_step = np.sort(beside, axis=1)[:, -2]
     typical = np.where(click <= own_step, np.maximum(typical, own_step), typical)
+    # A bar loop's wrap is a bar line: the music's own attack on its bar lines (a tone struck
+    # at zero phase on every downbeat: one kink, no second) is what the wrap's is set against.
+    # The bar lines are the loop's exact grid, on the sample give or take rounding; a mis-cut's
+    # grid misses the music's attacks by hundreds of samples, and the median of what it finds
+    # there is no more than the percentile's.
+    edge = _BAR_LINE_SLACK + 1
+    on_bars = [
+        np.abs(np.diff(region[:, b - edge : b + edge], n=2, axis=1)).max(axis=1)
+        for b in bar_lines
+        if edge <= b <= region.shape[1] - edge
+    ]
+    if on_bars:
+        typical = np.maximum(typical, np.median(on_bars, axis=0))
     ratio = np.divide(click, typical, out=np.zeros_like(typical), where=typical > 0)
     ratio[(typical == 0) & (click > 0)] = math.inf
     return float(ratio.max())

@@ -215,3 +215,19 @@ def held_chord(
         )
     mono *= 0.3 / np.abs(mono).max()
     return np.stack([mono, np.roll(mono, 3)]).astype(np.float32)
+
+
+def struck_bars(bars: int, rate: int, *, tail_s: float = 0.0) -> np.ndarray:
+    """Beats at exactly 120 bpm, each a 1 kHz tone struck at zero phase (one sharp kink, as a
+    synth pluck with no attack makes), the downbeats louder, over a 220 Hz bed whole in every
+    bar: music that repeats bar for bar to the sample; `tail_s` of a last beat after the bars."""
+    beat = rate // 2
+    frames = bars * 4 * beat + round(tail_s * rate)
+    t = np.arange(frames) / rate
+    audio = 0.1 * np.sin(2 * np.pi * 220.0 * t)
+    hit = np.arange(beat) / rate
+    pluck = np.sin(2 * np.pi * 1000.0 * hit) * np.exp(-hit / 0.05)
+    for n, start in enumerate(range(0, frames, beat)):
+        piece = pluck[: frames - start] * (0.5 if n % 4 == 0 else 0.25)
+        audio[start : start + piece.size] += piece
+    return np.stack([audio, audio]).astype(np.float32)

@@ -15,7 +15,7 @@ from soundtrack.errors import AudioError
 from soundtrack.master import Master
 from soundtrack.measure import measure, measure_file, read_loop_tags
 from soundtrack.spec import GateLimits
-from tests.music import chord_cycle
+from tests.music import chord_cycle, struck_bars
 from tests.reference import ebur128
 from tests.signals import music_like, pink_noise, sine
 
@@ -221,6 +221,25 @@ def test_a_wrap_cut_through_a_chord_fails_the_raw_jump_limit() -> None:
     )
     assert metrics.seam_jump_ratio is not None
     assert metrics.seam_jump_ratio > LIMITS.seam_jump_max_ratio
+
+
+def test_an_attack_struck_on_every_bar_line_is_the_music_s_own_not_a_click() -> None:
+    """A tone struck at zero phase on each downbeat kinks once at the wrap of an exact bar loop:
+    read as a click (8-13), the loop was rejected. Against the attacks on its exact bar grid it
+    reads 1; the same music mis-cut, on its own (wrong) grid, still reads a click."""
+    audio = struck_bars(4, SR)
+    bar = 2 * SR
+    exact = [bar * k for k in range(1, 4)]
+    raw = measure(audio, SR, loop_start=0, loop_length=4 * bar)
+    judged = measure(audio, SR, loop_start=0, loop_length=4 * bar, bar_lines=exact)
+    assert raw.seam_jump_ratio is not None
+    assert raw.seam_jump_ratio > LIMITS.seam_jump_max_ratio
+    assert judged.seam_jump_ratio == pytest.approx(1.0, abs=0.01)
+    short = 4 * bar - 3001  # the wrap 3001 samples before the downbeat
+    grid = [round(short / 4 * k) for k in range(1, 4)]
+    cut = measure(audio, SR, loop_start=0, loop_length=short, bar_lines=grid)
+    assert cut.seam_jump_ratio is not None
+    assert cut.seam_jump_ratio > LIMITS.seam_jump_max_ratio
 
 
 def test_without_bar_lines_inside_the_loop_the_excess_is_the_raw_seam() -> None:
