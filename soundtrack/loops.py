@@ -18,7 +18,11 @@ _HOP = 512
 _MIN_COMPARE_SAMPLES = _N_FFT + 4 * _HOP  # after a candidate end: a few feature frames
 # Audio that ends within this fraction of a loop's length from its end ends at its loop: a
 # recording cut to it, kept as it is.
-BAR_END_FRACTION = 0.01
+LOOP_END_FRACTION = 0.01
+# How close the analysis comes to a steady tempo (0.02-0.07 % on exact click tracks and
+# chords): a loop on bars ends at a recording's end only this close to it, since anything more
+# is a rhythm that skips at every wrap (a 120 ms tail is 0.75 % of 8 bars at 120 bpm).
+TEMPO_PRECISION = 0.001
 
 
 def render_duration_s(duration_s: float, crossfade_ms: float) -> float:
@@ -56,29 +60,31 @@ def make_bar_loop(
     audio: np.ndarray, sample_rate: int, *, start: int, length: float, crossfade_ms: float
 ) -> np.ndarray:
     """`audio` up to the end of the loop from `start`, `length` samples long (whole bars), with
-    the audio after its end crossfaded into its start. Audio that ends within BAR_END_FRACTION
-    of the loop's end already ends at its loop (a recording cut to it): looped as it is."""
+    the audio after its end crossfaded into its start (as much as there is, up to the
+    crossfade). Audio that ends within TEMPO_PRECISION of the loop's end already ends at its
+    loop (a recording cut to it): looped as it is."""
     crossfade = round(crossfade_ms / 1000.0 * sample_rate)
     end = start + round(length)
     frames = audio.shape[1]
-    if end + crossfade <= frames:
-        return bake_crossfade(audio, end, crossfade, start=start)
-    if ends_at_its_loop(frames - start, length):
+    if ends_at_its_loop(frames - start, length, TEMPO_PRECISION) and frames <= end + crossfade:
         # A recording cut to its bars: its own end is the loop's, not the measured tempo's
         # (a few hundredths of a percent off: cut there, 13-70 samples went, and the seam).
         return audio.copy()
     if frames > end:
-        return audio[:, :end].copy()
+        # A release shorter than the crossfade still flows into the start: cut, it clicked.
+        return bake_crossfade(audio, end, min(crossfade, frames - end), start=start)
     raise AudioError(
         f"{(frames - start) / sample_rate:.2f} s of audio from the first downbeat; the loop's "
         f"bars need {length / sample_rate:.2f} s"
     )
 
 
-def ends_at_its_loop(frames: float, loop_frames: float) -> bool:
+def ends_at_its_loop(
+    frames: float, loop_frames: float, fraction: float = LOOP_END_FRACTION
+) -> bool:
     """Whether audio of `frames` ends where a loop of `loop_frames` from its start would (within
-    BAR_END_FRACTION): a recording cut to its loop, whose own end is the loop's."""
-    return abs(frames - loop_frames) <= BAR_END_FRACTION * loop_frames
+    `fraction` of it): a recording cut to its loop, whose own end is the loop's."""
+    return abs(frames - loop_frames) <= fraction * loop_frames
 
 
 def find_loop_end(

@@ -30,7 +30,7 @@ from soundtrack.gates import (
     tempo_error_pct,
 )
 from soundtrack.keys import parse_key, relative, semitones_apart
-from soundtrack.loops import ends_at_its_loop
+from soundtrack.loops import TEMPO_PRECISION, ends_at_its_loop
 from soundtrack.master import Master, finish, prepare
 from soundtrack.measure import Metrics, measure, measure_decoded
 from soundtrack.pictures import PICTURE_EXT, Picture, draw_picture
@@ -40,6 +40,7 @@ from soundtrack.spec import TrackSpec
 _T = TypeVar("_T")
 # A first downbeat this close after a bar's length still counts back to the start (sample 0).
 _GRID_SLACK_S = 0.02
+_CUT_TO_BARS_S = 0.001  # a recording this close to its exact bars is cut to them
 
 
 @dataclass(frozen=True)
@@ -184,11 +185,17 @@ def _bar_loop(spec: TrackSpec, heard: Analysis) -> tuple[int, float] | None:
     if not spec.bar_loop or heard.tempo_bpm is None or not heard.downbeats:
         return None  # no beat to count bars by: a plain loop, which the tempo gate rejects
     sr = heard.sample_rate
-    bar = spec.beats_per_bar * 60.0 / heard.tempo_bpm * sr
+    # Music at its target tempo as far as the analysis can tell is on the target's exact grid:
+    # at the measured tempo, bars drifted by up to 10 ms over 8.
+    exact = spec.bpm is not None and abs(heard.tempo_bpm / spec.bpm - 1.0) <= TEMPO_PRECISION
+    tempo_bpm = float(spec.bpm) if exact and spec.bpm is not None else heard.tempo_bpm
+    bar = spec.beats_per_bar * 60.0 / tempo_bpm * sr
     # A recording of its own length counts the bars of the music heard, its silence trimmed.
     frames = heard.frames if spec.own_length else spec.duration_s * sr
     bars = spec.bars or max(1, round(frames / bar))
-    if ends_at_its_loop(heard.frames, bars * bar):
+    # On the exact grid, a recording cut to its bars is cut within a sample or two (resampled).
+    within = _CUT_TO_BARS_S * sr / (bars * bar) if exact else TEMPO_PRECISION
+    if ends_at_its_loop(heard.frames, bars * bar, within):
         # A recording cut to its bars (a loop exported from a DAW) is its loop from its first
         # sample, whichever beat the analysis hears as a downbeat: an accent alone is a weak cue.
         return 0, float(heard.frames)

@@ -3,6 +3,7 @@ ones are approved with files that an independent meter and decoder confirm."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from soundtrack.master import master
 from soundtrack.measure import measure
 from soundtrack.process import TrackOutcome, process_track
 from soundtrack.spec import LOUDNESS_PROFILES, Mastering
-from tests.music import held_chord
+from tests.music import held_chord, struck_bars
 from tests.reference import ebur128
 from tests.signals import music_like
 from tests.specs import make_spec
@@ -137,6 +138,35 @@ def test_a_recording_of_exactly_its_bars_loops_on_them(tmp_path: Path, rate: int
     assert outcome.status == "approved", _failed(outcome)
     assert outcome.master is not None and outcome.master.loop_start == 0
     assert outcome.master.loop_length == 8 * 44100, "the recording's own length"
+
+
+@pytest.mark.parametrize("tail_s", [0.0, 0.12])
+def test_a_bar_loop_struck_on_its_downbeat_loops_on_its_exact_bars(
+    tmp_path: Path, tail_s: float
+) -> None:
+    """A loop of exactly 4 bars whose downbeat is struck on its first sample failed the seam
+    gate (a jump of 13: the attack read as a click), and one with a 120 ms tail after its bars
+    (0.75 %, under the 1 % then allowed) was looped as it was: its rhythm skipped 120 ms at
+    every wrap, its tempo read off that length as 119.1 bpm."""
+    audio = struck_bars(4, 44100, tail_s=tail_s)
+    spec = make_spec(
+        id="struck",
+        duration_s=audio.shape[1] / 44100,
+        loop=True,
+        bpm=120,
+        own_length=True,
+        source=tmp_path / "struck.wav",
+    )
+    outcome = process_track(spec, audio, 44100, tmp_path)
+    assert outcome.status == "approved", _failed(outcome)
+    m = outcome.master
+    assert m is not None and (m.loop_start, m.loop_length) == (0, 4 * 2 * 44100)
+    jump = {g.name: g.value for g in outcome.gates}["loop_seam_jump"]
+    assert jump is not None and jump <= 1.5
+    assert outcome.sidecar is not None
+    sidecar = json.loads(outcome.sidecar.path.read_text())
+    assert sidecar["tempo"]["measured_bpm"] == pytest.approx(120.0, abs=1e-9)
+    assert sidecar["bars"][:4] == [0, 88200, 176400, 264600]
 
 
 @pytest.mark.parametrize("bpm", [120, None])
