@@ -25,13 +25,14 @@ class OutputFormat:
     # and, for raw renders, pcm_f32le).
     codec: str
     content_type: str  # HTTP Content-Type, sent to S3 with every upload
+    loop_points: bool  # carries a loop's points (OGG comments, the WAV smpl chunk); MP3 none
 
 
 # Keyed by every AudioFormat, no other (tests/core/test_formats.py holds them together).
 FORMATS: dict[str, OutputFormat] = {
-    "ogg": OutputFormat("ogg", "vorbis", "audio/ogg"),
-    "mp3": OutputFormat("mp3", "mp3", "audio/mpeg"),
-    "wav": OutputFormat("wav", "pcm", "audio/wav"),
+    "ogg": OutputFormat("ogg", "vorbis", "audio/ogg", loop_points=True),
+    "mp3": OutputFormat("mp3", "mp3", "audio/mpeg", loop_points=False),
+    "wav": OutputFormat("wav", "pcm", "audio/wav", loop_points=True),
 }
 
 

@@ -7,7 +7,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from soundtrack.formats import content_type_for
+from soundtrack.formats import content_type_for, output_format
 from soundtrack.pictures import PICTURE_CONTENT_TYPE, PICTURE_EXT, Picture
 from soundtrack.redaction import redact
 from soundtrack.report import (
@@ -127,6 +127,7 @@ def publish_outcome(
             sha256=encoded.sha256,
             stem=name,
         )
+        loops = output_format(encoded.format).loop_points
         published = storage.put_asset(
             encoded.path,
             key,
@@ -144,8 +145,9 @@ def publish_outcome(
                 duration_s=info.duration_s,
                 sample_rate=info.sample_rate,
                 channels=info.channels,
-                loop_start=info.loop_start,
-                loop_length=info.loop_length,
+                # Only where the file itself carries them: the lock describes the file.
+                loop_start=info.loop_start if loops else None,
+                loop_length=info.loop_length if loops else None,
                 stem=name,
                 url=_link(storage, published, presign_expiry_s),
                 audio_sha256=encoded.audio_sha256,

@@ -95,8 +95,12 @@ def test_build_approves_rejects_and_rebuilds_only_what_changed(
                 assert abs(info.frames / 44100 - expected_seconds[track["id"]]) <= 0.5
         assert_pictures_published(out.parent, track)
     loop_ogg = mutagen.File(out / "battle-loop.ogg")
-    loop_entry = next(t for t in lock["tracks"] if t["id"] == "battle-loop")["files"][0]
+    loop_files = next(t for t in lock["tracks"] if t["id"] == "battle-loop")["files"]
+    loop_entry = next(f for f in loop_files if f["format"] == "ogg")
     assert int(loop_ogg["LOOPLENGTH"][0]) == loop_entry["loop_length"] > 0
+    # The MP3 carries no loop points (docs/formats.md), and its lock entry claims none.
+    mp3_entry = next(f for f in loop_files if f["format"] == "mp3")
+    assert mp3_entry.get("loop_start") is None and mp3_entry.get("loop_length") is None
     assert not list(out.glob(".*")), "no temporary files left behind"
 
     # 3. Same manifest again: every approved track is cached and no model is loaded.
