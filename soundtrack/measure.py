@@ -23,6 +23,7 @@ SEAM_STEP_WINDOW_MS = 10.0  # the audio either side of the wrap that its click i
 # seam a lossy codec leaves (Vorbis q6 noise sits about 27 dB under the RMS of a master).
 SEAM_MASKING_DB = -30.0
 _BAR_LINE_SLACK = 2  # samples a bar line of a loop's exact grid may be off its attack (rounding)
+_BAR_ATTACK_SPREAD = 1.5  # how much sharper one bar's attack may be than another's
 SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term loudness window
 _PLATEAU_EDGE_MIN = 1e-4  # of the plateau level (-80 dB): about 3 LSB of 16-bit near full scale
 
@@ -345,8 +346,9 @@ def _measure_seam(region: np.ndarray, sample_rate: int, bar_lines: Sequence[int]
 def _seam_jump_ratio(region: np.ndarray, sample_rate: int, bar_lines: Sequence[int] = ()) -> float:
     """The click at the wrap: the second difference across it (last sample -> first sample)
     over the 90th percentile of second differences within SEAM_STEP_WINDOW_MS either side (or
-    the masking floor if higher, or a kink the wave itself makes there, or on one of its
-    `bar_lines`, that is no smaller than the wrap's), worst channel.
+    the masking floor if higher, or a kink the wave itself makes there that is no smaller than
+    the wrap's, or one on its `bar_lines` that the wrap's exceeds by no more than one bar's
+    attack may exceed another's), worst channel.
     A seamless wrap reads about 1 or less; a cut through a tone reads tens."""
     width = max(3, round(SEAM_STEP_WINDOW_MS / 1000.0 * sample_rate))
     width = min(width, int(region.shape[1]) // 2)
@@ -364,11 +366,11 @@ def _seam_jump_ratio(region: np.ndarray, sample_rate: int, bar_lines: Sequence[i
     # its own shape. A drum hit's attack there passes it too, as it masks a click.
     own_step = np.sort(beside, axis=1)[:, -2]
     typical = np.where(click <= own_step, np.maximum(typical, own_step), typical)
-    # A bar loop's wrap is a bar line: the music's own attack on its bar lines (a tone struck
-    # at zero phase on every downbeat: one kink, no second) is what the wrap's is set against.
+    # A bar loop's wrap is a bar line: a wrap that kinks no more than the music's own attack
+    # on one of its bar lines (a tone struck at zero phase on every downbeat: one kink, no
+    # second), give or take how much one bar's attack differs from another's, is that attack.
     # The bar lines are the loop's exact grid, on the sample give or take rounding; a mis-cut's
-    # grid misses the music's attacks by hundreds of samples, and the median of what it finds
-    # there is no more than the percentile's.
+    # grid misses the music's attacks by hundreds of samples.
     edge = _BAR_LINE_SLACK + 1
     on_bars = [
         np.abs(np.diff(region[:, b - edge : b + edge], n=2, axis=1)).max(axis=1)
@@ -376,7 +378,10 @@ def _seam_jump_ratio(region: np.ndarray, sample_rate: int, bar_lines: Sequence[i
         if edge <= b <= region.shape[1] - edge
     ]
     if on_bars:
-        typical = np.maximum(typical, np.median(on_bars, axis=0))
+        attack = np.max(on_bars, axis=0)
+        typical = np.where(
+            click <= _BAR_ATTACK_SPREAD * attack, np.maximum(typical, attack), typical
+        )
     ratio = np.divide(click, typical, out=np.zeros_like(typical), where=typical > 0)
     ratio[(typical == 0) & (click > 0)] = math.inf
     return float(ratio.max())

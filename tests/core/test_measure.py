@@ -240,6 +240,15 @@ def test_an_attack_struck_on_every_bar_line_is_the_music_s_own_not_a_click() -> 
     cut = measure(audio, SR, loop_start=0, loop_length=short, bar_lines=grid)
     assert cut.seam_jump_ratio is not None
     assert cut.seam_jump_ratio > LIMITS.seam_jump_max_ratio
+    # A step into the wrap, on the exact grid: a click beside the attack is still a click (read
+    # against the attacks whatever their size, it read 3.6 here and passed).
+    rate = 32000
+    stepped = struck_bars(8, rate)
+    stepped[:, 16 * rate - 3 : 16 * rate] += 0.25
+    grid = [2 * rate * k for k in range(1, 8)]
+    clicked = measure(stepped, rate, loop_start=0, loop_length=16 * rate, bar_lines=grid)
+    assert clicked.seam_jump_ratio is not None
+    assert clicked.seam_jump_ratio > LIMITS.seam_jump_max_ratio
 
 
 def test_without_bar_lines_inside_the_loop_the_excess_is_the_raw_seam() -> None:
