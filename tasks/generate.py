@@ -7,7 +7,6 @@ import hashlib
 import os
 import re
 import socket
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -53,24 +52,36 @@ _TURN = threading.Lock()  # one batch of this process renders at a time, as one 
 
 
 def gpu_lock_path(limit: str = GPU_LIMIT) -> Path:
-    """The lock file of the machine's GPU slot, the same for every user and PREFECT_HOME."""
-    return Path(tempfile.gettempdir()) / f"{limit}.lock"
+    """The lock file of the machine's GPU slot, the same for every user, job and PREFECT_HOME:
+    in /tmp itself, not $TMPDIR (per user on macOS, per job under Slurm)."""
+    return Path("/tmp") / f"{limit}.lock"  # noqa: S108  opened O_NOFOLLOW, made O_EXCL, read-only
 
 
 def open_gpu_lock() -> IO[str]:
     """The machine's GPU lock file, opened to be taken (flock)."""
     path = gpu_lock_path()
-    try:
-        # Read-only: a flock needs no more, so any user's builds can take it.
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o444)
-    except OSError as exc:
-        raise OSError(
-            f"cannot open {path}, the lock every build on this machine takes to render: "
-            f"{exc.strerror}"
-        ) from None
-    if os.fstat(fd).st_uid == os.getuid():
-        os.fchmod(fd, 0o444)  # whatever this user's umask
-    return os.fdopen(fd)
+    while True:
+        try:
+            # Read-only, which a flock needs no more than, and without O_CREAT when it is there:
+            # in a sticky folder, Linux (protected_regular) refuses O_CREAT on another's file.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+            except FileExistsError:
+                continue  # another build made it meanwhile: open theirs
+            except OSError as exc:
+                raise _unopened(path, exc) from None
+            os.fchmod(fd, 0o444)  # every user's builds open it, whatever this one's umask
+        except OSError as exc:
+            raise _unopened(path, exc) from None
+        return os.fdopen(fd)
+
+
+def _unopened(path: Path, exc: OSError) -> OSError:
+    return OSError(
+        f"cannot open {path}, the lock every build on this machine takes to render: {exc.strerror}"
+    )
 
 
 @contextmanager
