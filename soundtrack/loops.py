@@ -5,6 +5,8 @@ points come from the beat grid, not from a search."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from soundtrack.errors import AudioError
@@ -19,10 +21,26 @@ _MIN_COMPARE_SAMPLES = _N_FFT + 4 * _HOP  # after a candidate end: a few feature
 # Audio that ends within this fraction of a loop's length from its end ends at its loop: a
 # recording cut to it, kept as it is.
 LOOP_END_FRACTION = 0.01
-# How close the analysis comes to a steady tempo (0.02-0.07 % on exact click tracks and
-# chords): a loop on bars ends at a recording's end only this close to it, since anything more
-# is a rhythm that skips at every wrap (a 120 ms tail is 0.75 % of 8 bars at 120 bpm).
+# How close the analysis comes to a steady tempo: 0.02-0.07 % on exact click tracks and chords.
+# A measured tempo this close to the target is the target's.
 TEMPO_PRECISION = 0.001
+# A recording within this fraction of its bars at a measured tempo (with room for music less
+# clean than a click track) is cut to them; more is a release, whose rhythm, kept, would skip
+# at every wrap (120 ms after 8 bars at 120 bpm is 0.75 %).
+BAR_END_FRACTION = 0.0025
+CUT_TO_BARS_S = (
+    0.001  # on the target's exact grid, a recording this close to its bars is cut to them
+)
+
+
+@dataclass(frozen=True)
+class BarLoop:
+    """A loop cut on bars: its first downbeat, its whole bars and how close to their end the
+    audio may end and be the loop as it is (a recording cut to its bars), in samples."""
+
+    start: int
+    length: float
+    ends_within: float
 
 
 def render_duration_s(duration_s: float, crossfade_ms: float) -> float:
@@ -57,16 +75,16 @@ def make_loop(
 
 
 def make_bar_loop(
-    audio: np.ndarray, sample_rate: int, *, start: int, length: float, crossfade_ms: float
+    audio: np.ndarray, sample_rate: int, bar_loop: BarLoop, *, crossfade_ms: float
 ) -> np.ndarray:
-    """`audio` up to the end of the loop from `start`, `length` samples long (whole bars), with
-    the audio after its end crossfaded into its start (as much as there is, up to the
-    crossfade). Audio that ends within TEMPO_PRECISION of the loop's end already ends at its
-    loop (a recording cut to it): looped as it is."""
+    """`audio` up to the end of `bar_loop`, with the audio after its end crossfaded into its
+    start (as much as there is, up to the crossfade). Audio that ends within its `ends_within`
+    of the loop's end already ends at its loop (a recording cut to it): looped as it is."""
     crossfade = round(crossfade_ms / 1000.0 * sample_rate)
-    end = start + round(length)
+    start = bar_loop.start
+    end = start + round(bar_loop.length)
     frames = audio.shape[1]
-    if ends_at_its_loop(frames - start, length, TEMPO_PRECISION) and frames <= end + crossfade:
+    if abs(frames - start - bar_loop.length) <= bar_loop.ends_within:
         # A recording cut to its bars: its own end is the loop's, not the measured tempo's
         # (a few hundredths of a percent off: cut there, 13-70 samples went, and the seam).
         return audio.copy()
@@ -75,16 +93,14 @@ def make_bar_loop(
         return bake_crossfade(audio, end, min(crossfade, frames - end), start=start)
     raise AudioError(
         f"{(frames - start) / sample_rate:.2f} s of audio from the first downbeat; the loop's "
-        f"bars need {length / sample_rate:.2f} s"
+        f"bars need {bar_loop.length / sample_rate:.2f} s"
     )
 
 
-def ends_at_its_loop(
-    frames: float, loop_frames: float, fraction: float = LOOP_END_FRACTION
-) -> bool:
+def ends_at_its_loop(frames: float, loop_frames: float) -> bool:
     """Whether audio of `frames` ends where a loop of `loop_frames` from its start would (within
-    `fraction` of it): a recording cut to its loop, whose own end is the loop's."""
-    return abs(frames - loop_frames) <= fraction * loop_frames
+    LOOP_END_FRACTION): a recording cut to its loop, whose own end is the loop's."""
+    return abs(frames - loop_frames) <= LOOP_END_FRACTION * loop_frames
 
 
 def find_loop_end(

@@ -13,7 +13,7 @@ from scipy.signal import butter, sosfilt, sosfilt_zi
 from soundtrack.audio import to_channels
 from soundtrack.errors import AudioError
 from soundtrack.limiter import limit_true_peak, limiter_gain_db, sample_true_peaks
-from soundtrack.loops import ends_at_its_loop, make_bar_loop, make_loop
+from soundtrack.loops import BarLoop, ends_at_its_loop, make_bar_loop, make_loop
 from soundtrack.loudness import (
     BLOCK_S,
     FILTER_FRAMES,
@@ -122,21 +122,19 @@ def finish(
     *,
     loop: bool,
     duration_s: float,
-    bar_loop: tuple[int, float] | None = None,
+    bar_loop: BarLoop | None = None,
     recorded_loop: bool = False,
 ) -> Master:
     """Loop or cut and fade, then normalise and limit. `bar_loop` (first downbeat, whole bars
-    in samples at the measured tempo) cuts a loop on the bar instead of near `duration_s`;
+    in samples) cuts a loop on the bar instead of near `duration_s`;
     `recorded_loop`: a recording that is its loop already, kept whole (nothing follows its end
     to search or crossfade; the seam gates judge its wrap)."""
     x, sr = prepared.audio, prepared.sample_rate
     # 4. Loop crossfade, or cut and fades
     loop_start = 0
     if loop and bar_loop is not None:
-        loop_start, bars_length = bar_loop
-        x = make_bar_loop(
-            x, sr, start=loop_start, length=bars_length, crossfade_ms=mastering.loop_crossfade_ms
-        )
+        loop_start = bar_loop.start
+        x = make_bar_loop(x, sr, bar_loop, crossfade_ms=mastering.loop_crossfade_ms)
     elif loop and not recorded_loop:
         x = make_loop(x, sr, duration_s, mastering.loop_crossfade_ms)
     elif not loop:

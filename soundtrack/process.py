@@ -30,7 +30,13 @@ from soundtrack.gates import (
     tempo_error_pct,
 )
 from soundtrack.keys import parse_key, relative, semitones_apart
-from soundtrack.loops import TEMPO_PRECISION, ends_at_its_loop
+from soundtrack.loops import (
+    BAR_END_FRACTION,
+    CUT_TO_BARS_S,
+    TEMPO_PRECISION,
+    BarLoop,
+    ends_at_its_loop,
+)
 from soundtrack.master import Master, finish, prepare
 from soundtrack.measure import Metrics, measure, measure_decoded
 from soundtrack.pictures import PICTURE_EXT, Picture, draw_picture
@@ -40,7 +46,6 @@ from soundtrack.spec import TrackSpec
 _T = TypeVar("_T")
 # A first downbeat this close after a bar's length still counts back to the start (sample 0).
 _GRID_SLACK_S = 0.02
-_CUT_TO_BARS_S = 0.001  # a recording this close to its exact bars is cut to them
 
 
 @dataclass(frozen=True)
@@ -179,33 +184,35 @@ def _analysed(path: Path, mtime_ns: int, size: int) -> Analysis:
     return analyse_file(path)
 
 
-def _bar_loop(spec: TrackSpec, heard: Analysis) -> tuple[int, float] | None:
-    """Where a loop cut on bars starts (the earliest downbeat of the measured bar grid) and
-    its length in samples (whole bars at the measured tempo, nearest its duration)."""
-    if not spec.bar_loop or heard.tempo_bpm is None or not heard.downbeats:
+def _bar_loop(spec: TrackSpec, heard: Analysis) -> BarLoop | None:
+    """Where a loop cut on bars starts (the earliest downbeat of the bar grid) and its length
+    in samples (whole bars, nearest its duration, at the measured tempo or, when that is the
+    target's as far as the analysis can tell, at the target's exact one)."""
+    if not spec.bar_loop or heard.tempo_bpm is None or not heard.downbeats or spec.bpm is None:
         return None  # no beat to count bars by: a plain loop, which the tempo gate rejects
     sr = heard.sample_rate
-    # Music at its target tempo as far as the analysis can tell is on the target's exact grid:
-    # at the measured tempo, bars drifted by up to 10 ms over 8.
-    exact = spec.bpm is not None and abs(heard.tempo_bpm / spec.bpm - 1.0) <= TEMPO_PRECISION
-    tempo_bpm = float(spec.bpm) if exact and spec.bpm is not None else heard.tempo_bpm
-    bar = spec.beats_per_bar * 60.0 / tempo_bpm * sr
+    target_bar = spec.beats_per_bar * 60.0 / spec.bpm * sr
+    # At the measured tempo, the bars drifted by up to 10 ms over 8.
+    exact = abs(heard.tempo_bpm / spec.bpm - 1.0) <= TEMPO_PRECISION
+    bar = target_bar if exact else spec.beats_per_bar * 60.0 / heard.tempo_bpm * sr
     # A recording of its own length counts the bars of the music heard, its silence trimmed.
     frames = heard.frames if spec.own_length else spec.duration_s * sr
     bars = spec.bars or max(1, round(frames / bar))
-    # On the exact grid, a recording cut to its bars is cut within a sample or two (resampled).
-    within = _CUT_TO_BARS_S * sr / (bars * bar) if exact else TEMPO_PRECISION
-    if ends_at_its_loop(heard.frames, bars * bar, within):
-        # A recording cut to its bars (a loop exported from a DAW) is its loop from its first
-        # sample, whichever beat the analysis hears as a downbeat: an accent alone is a weak cue.
-        return 0, float(heard.frames)
+    within = CUT_TO_BARS_S * sr if exact else BAR_END_FRACTION * bars * bar
+    if abs(heard.frames - bars * target_bar) <= CUT_TO_BARS_S * sr or (
+        abs(heard.frames - bars * bar) <= within
+    ):
+        # A recording cut to its bars (a loop exported from a DAW: exactly the target's, or the
+        # measured tempo's as near as it is measured) is its loop from its first sample,
+        # whichever beat the analysis hears as a downbeat: an accent alone is a weak cue.
+        return BarLoop(0, float(heard.frames), ends_within=0.0)
     # The tracker may find its first downbeat a bar or more in: count the grid back to the start.
     found = heard.downbeats[0]
     first = max(0, round(found - ((found + _GRID_SLACK_S * sr) // bar) * bar))
     if spec.own_length and not spec.bars:
         # A recording holds what it holds: 15.2 s at 2 s a bar is 7 bars, not the nearest 8.
         bars = max(1, min(bars, int((heard.frames - first) // bar)))
-    return first, bars * bar
+    return BarLoop(first, bars * bar, ends_within=within)
 
 
 def _on_master(heard: Analysis, m: Master, spec: TrackSpec) -> Analysis:
@@ -399,7 +406,7 @@ def _judged(
 
 
 def _gates(spec: TrackSpec, labels: Sequence[str], m: Master | None) -> list[Gate]:
-    # A loop cut on bars is as long as its whole bars at the measured tempo (and any intro
+    # A loop cut on bars is as long as its whole bars (and any intro
     # before its first downbeat), and a recording with no duration asked is as long as its
     # master: the duration gates hold the files to that.
     duration_s = spec.duration_s

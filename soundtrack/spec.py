@@ -177,5 +177,5 @@ class TrackSpec:
 
     @property
     def bar_loop(self) -> bool:
-        """A loop with a tempo target is cut to whole bars at its measured tempo."""
+        """A loop with a tempo target is cut to whole bars (docs/formats.md#loops-on-the-bar)."""
         return self.loop and self.bpm is not None

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from soundtrack.analysis import analyse
 from soundtrack.audio import decode_with_ffmpeg
 from soundtrack.errors import AudioError, InputError
 from soundtrack.gates import evaluate, judge
 from soundtrack.master import master
 from soundtrack.measure import measure
-from soundtrack.process import TrackOutcome, process_track
+from soundtrack.process import TrackOutcome, _bar_loop, process_track
 from soundtrack.spec import LOUDNESS_PROFILES, Mastering
 from tests.music import held_chord, struck_bars
 from tests.reference import ebur128
@@ -167,6 +168,26 @@ def test_a_bar_loop_struck_on_its_downbeat_loops_on_its_exact_bars(
     sidecar = json.loads(outcome.sidecar.path.read_text())
     assert sidecar["tempo"]["measured_bpm"] == pytest.approx(120.0, abs=1e-9)
     assert sidecar["bars"][:4] == [0, 88200, 176400, 264600]
+
+
+@pytest.mark.parametrize("measured_bpm", [119.85, 120.0, 120.15])
+def test_a_recording_of_exactly_its_bars_is_its_loop_however_its_tempo_measures(
+    measured_bpm: float,
+) -> None:
+    """A DAW's export of 4 bars at the track's 120 bpm is its loop from its first sample, even
+    when the tempo measures 0.125 % off (beyond the snap to the target): at the measured
+    tempo's bars it was a crossfade that skipped 10 ms, or too short to loop at all. A release
+    after the bars is crossfaded in, at any measured tempo."""
+    audio = struck_bars(4, 44100)
+    heard = analyse(audio, 44100, beats_per_bar=4, bpm_hint=120.0)
+    spec = make_spec(id="daw", duration_s=8.0, loop=True, bpm=120, bars=4, own_length=True)
+    exported = _bar_loop(spec, replace(heard, tempo_bpm=measured_bpm))
+    assert exported is not None
+    assert (exported.start, exported.length) == (0, 8 * 44100)
+    released = replace(heard, tempo_bpm=measured_bpm, frames=8 * 44100 + round(0.12 * 44100))
+    looped = _bar_loop(spec, released)
+    assert looped is not None and looped.length < released.frames - 0.1 * 44100
+    assert looped.length == pytest.approx(8 * 44100 * 120 / measured_bpm)
 
 
 @pytest.mark.parametrize("bpm", [120, None])
