@@ -184,6 +184,12 @@ def _construct_merge_text(loader: _ManifestLoader, node: yaml.ScalarNode) -> str
     return str(node.value)
 
 
+def _construct_text(loader: _ManifestLoader, node: yaml.ScalarNode) -> str:
+    """A date tagged as one (!!timestamp 2024-01-01) is its text: a manifest holds no dates."""
+    return str(node.value)
+
+
+_ManifestLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_text)
 _ManifestLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _ManifestLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 _ManifestLoader.add_constructor(_MERGE_TAG, _construct_merge_text)

@@ -691,7 +691,9 @@ def test_flags_and_dates_read_as_yaml_1_2_reads_them(tmp_path: Path) -> None:
     signs = BASE.replace("prompt: drums", "prompt: drums\n    mood: =").replace(
         "key: D minor", "key: D minor\n    mood: <<"
     )
+    signs = signs.replace("bpm: 90", "bpm: 90\n    model_revision: !!timestamp 2024-01-01")
     texts = specs_of(tmp_path, signs)
+    assert texts["theme"].model_revision == "2024-01-01"
     assert texts["battle"].prompt == "drums, =" and texts["theme"].prompt.endswith(", <<")
     assert specs["theme"].loop is True and specs["battle"].loop is True
     path = write(tmp_path, BASE.replace("loop: true", "loop: yes"))
