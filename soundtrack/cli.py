@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from soundtrack.errors import (
+    AudioError,
     InputError,
     ModelLoadError,
     SoundtrackError,
@@ -723,7 +724,9 @@ def inspect_files(
     time_signature: Annotated[
         str | None,
         typer.Option(
-            "--time-signature", help="With --analysis: beats per bar / unit (default 4/4)."
+            "--time-signature",
+            help="Beats per bar / unit (default 4/4): of a loop's bar grid, which its seam is "
+            "judged against as a build judges it, and of the analysis.",
         ),
     ] = None,
 ) -> None:
@@ -735,9 +738,10 @@ def inspect_files(
     from rich.markup import escape
 
     from soundtrack.analysis import analysis_row
+    from soundtrack.audio import read_audio
     from soundtrack.gates import judge
-    from soundtrack.measure import measure_file
-    from soundtrack.process import analysis_columns
+    from soundtrack.measure import measure_decoded, read_loop_tags
+    from soundtrack.process import analysis_columns, on_loop_grid
     from soundtrack.spec import LOUDNESS_PROFILES, GateLimits
 
     if loudness not in LOUDNESS_PROFILES:
@@ -754,7 +758,17 @@ def inspect_files(
     for path in files:
         try:
             heard = _analysed(path, targets) if analysis else None
-            metrics = measure_file(path, bar_lines=heard.downbeats if heard else ())
+            audio, sample_rate = read_audio(path)
+            # A loop's seam is judged as the build judges it, against its exact bar grid: a
+            # loop is listened to for its tempo even without --analysis.
+            loop_tags = read_loop_tags(path)
+            if loop_tags is not None:
+                grid = heard or _loop_heard(path, targets)
+                if grid is not None and grid.tempo_bpm is not None:
+                    heard = on_loop_grid(grid, *loop_tags, targets.beats_per_bar)
+            metrics = measure_decoded(
+                path, audio, sample_rate, bar_lines=heard.downbeats if heard else ()
+            )
             gates = judge(
                 metrics,
                 limits=GateLimits(),
@@ -765,7 +779,7 @@ def inspect_files(
                 channels=metrics.channels,
                 track_id=path.stem,
                 analysis=None
-                if heard is None
+                if heard is None or not analysis
                 else analysis_columns(heard, targets.key, targets.bpm),
                 bpm=targets.bpm,
                 key=targets.key,
@@ -788,7 +802,7 @@ def inspect_files(
             "metrics": {k: _finite(v) for k, v in metrics.as_row().items()},
             "gates": [{**vars(g), "value": _finite(g.value)} for g in gates],
         }
-        if heard is not None:
+        if heard is not None and analysis:
             report["analysis"] = {
                 **analysis_row(heard),
                 "beats": list(heard.beats),
@@ -817,7 +831,7 @@ def inspect_files(
             bad = "[red]FAIL[/]" if g.severity == "fail" else "[yellow]warn[/]"
             table.add_row(g.name, "-" if g.value is None else f"{g.value:.4g}", g.limit, ok or bad)
         console.print(table)
-        if heard is not None:
+        if heard is not None and analysis:
             _print_analysis(heard)
         console.print("[green]passed[/]" if passed else "[red]rejected[/]")
     if as_json:
@@ -842,8 +856,8 @@ def _musical_targets(
     from soundtrack.keys import parse_key
     from soundtrack.schema import TIME_SIGNATURE_PATTERN
 
-    if not analysis and (bpm is not None or key is not None or signature is not None):
-        fail(InputError("--bpm, --key and --time-signature are for the analysis: add --analysis"))
+    if not analysis and (bpm is not None or key is not None):
+        fail(InputError("--bpm and --key are for the analysis: add --analysis"))
     if bpm is not None and not 20 <= bpm <= 300:
         fail(InputError(f"--bpm must be 20-300, got {bpm:g}"))
     signature = signature or "4/4"
@@ -855,6 +869,14 @@ def _musical_targets(
     except ValueError as exc:
         fail(InputError(f"--key: {exc}"))
     return _Targets(bpm, normalised, int(match.group(1)))
+
+
+def _loop_heard(path: Path, targets: _Targets) -> Analysis | None:
+    """The analysis of a loop for its bar grid, or None when it is too short to listen to."""
+    try:
+        return _analysed(path, targets)
+    except AudioError:
+        return None
 
 
 def _analysed(path: Path, targets: _Targets) -> Analysis:

@@ -226,16 +226,23 @@ def _on_master(heard: Analysis, m: Master, spec: TrackSpec) -> Analysis:
             beats=tuple(b for b in heard.beats if b < frames),
             downbeats=tuple(b for b in heard.downbeats if b < frames),
         )
-    bar = spec.beats_per_bar * 60.0 / heard.tempo_bpm * m.sample_rate
-    bars = max(1, round(m.loop_length / bar))
-    beats, downbeats = bar_grid(m.loop_start, m.loop_length, bars, spec.beats_per_bar, frames)
-    beat = m.loop_length / (bars * spec.beats_per_bar)
+    return on_loop_grid(
+        replace(heard, frames=frames), m.loop_start, m.loop_length, spec.beats_per_bar
+    )
+
+
+def on_loop_grid(
+    heard: Analysis, loop_start: int, loop_length: int, beats_per_bar: int
+) -> Analysis:
+    """`heard` (with a tempo) of a loop of whole bars from `loop_start`: its tempo read off the
+    loop's length, and its beats and bars on that exact grid (it repeats on them)."""
+    assert heard.tempo_bpm is not None
+    bar = beats_per_bar * 60.0 / heard.tempo_bpm * heard.sample_rate
+    bars = max(1, round(loop_length / bar))
+    beats, downbeats = bar_grid(loop_start, loop_length, bars, beats_per_bar, heard.frames)
+    beat = loop_length / (bars * beats_per_bar)
     return replace(
-        heard,
-        frames=frames,
-        tempo_bpm=60.0 * m.sample_rate / beat,
-        beats=beats,
-        downbeats=downbeats,
+        heard, tempo_bpm=60.0 * heard.sample_rate / beat, beats=beats, downbeats=downbeats
     )
 
 

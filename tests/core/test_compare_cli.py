@@ -182,9 +182,10 @@ def test_inspect_analysis_measures_and_judges_tempo_and_key(grooves: dict[str, P
     ("args", "message"),
     [
         (["--bpm", "100"], "add --analysis"),
-        (["--time-signature", "3/4"], "add --analysis"),
+        (["--key", "A minor"], "add --analysis"),
         (["--analysis", "--key", "H minor"], "'H minor' is not a key"),
         (["--analysis", "--time-signature", "4"], "--time-signature"),
+        (["--time-signature", "4"], "--time-signature"),  # a loop's grid takes it alone
     ],
 )
 def test_inspect_refuses_bad_targets_with_exit_2(

@@ -50,6 +50,39 @@ def test_json_shows_loop_tags_loudness_and_verdicts(loop_ogg: tuple[Path, int]) 
     assert report["passed"] is True
 
 
+@pytest.mark.parametrize("signature", ["4/4", "3/4"])
+def test_a_bar_loop_struck_on_its_downbeat_passes_inspect_as_it_passed_the_build(
+    tmp_path: Path, signature: str
+) -> None:
+    """The build judges a bar loop's wrap against the attacks on its exact bar grid; inspect
+    had no grid, so the published OGG of a loop the build approved failed loop_seam_jump (13)."""
+    from soundtrack.process import process_track
+    from tests.music import struck_bars
+    from tests.specs import make_spec
+
+    beats = int(signature[0])
+    audio = struck_bars(4, 44100)
+    if beats == 3:  # drop every fourth beat: 4 bars of 3/4 at 120 bpm
+        audio = np.concatenate([bar[:, : 3 * 22050] for bar in np.split(audio, 4, axis=1)], axis=1)
+    spec = make_spec(
+        id="struck",
+        duration_s=audio.shape[1] / 44100,
+        loop=True,
+        bpm=120,
+        time_signature=signature,
+        own_length=True,
+        source=tmp_path / "struck.wav",
+    )
+    outcome = process_track(spec, audio, 44100, tmp_path / "built")
+    assert outcome.status == "approved"
+    ogg = next(f.path for f in outcome.files if f.format == "ogg")
+    result = CliRunner().invoke(app, ["inspect", str(ogg), "--json", "--time-signature", signature])
+    (report,) = json.loads(result.stdout)
+    jump = next(g for g in report["gates"] if g["name"] == "loop_seam_jump")
+    assert jump["passed"] and jump["value"] < 2.0, jump
+    assert "analysis" not in report  # listened to for its grid, not shown unasked
+
+
 def test_the_table_names_the_loop_and_each_gate(loop_ogg: tuple[Path, int]) -> None:
     path, loop_length = loop_ogg
     result = CliRunner().invoke(app, ["inspect", str(path)], terminal_width=200)
