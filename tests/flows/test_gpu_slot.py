@@ -44,18 +44,15 @@ def slot_held_elsewhere(limit: str = GPU_LIMIT) -> Iterator[threading.Event]:
         holder.join(30)
 
 
-def test_a_build_waits_for_the_servers_gpu_slot_then_takes_it_or_stops(
-    prefect_server: PrefectServer, caplog: pytest.LogCaptureFixture
-) -> None:
+def build_waiting_for_the_slot() -> Callable[[Callable[[], None]], float]:
+    """A flow whose one batch waits for the GPU slot while `meanwhile` runs 3 s in; it returns
+    when the batch took the slot."""
     from prefect import flow, task
-    from prefect.client.orchestration import get_client
-    from prefect.logging.handlers import APILogHandler
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     @task
     def render() -> float:
         with gpu_slot():
-            return time.monotonic()  # when it took the slot
+            return time.monotonic()
 
     @flow
     def build(meanwhile: Callable[[], None]) -> float:
@@ -63,6 +60,18 @@ def test_a_build_waits_for_the_servers_gpu_slot_then_takes_it_or_stops(
         time.sleep(3)
         meanwhile()
         return waiting.result()
+
+    return build
+
+
+def test_a_build_waits_for_the_servers_gpu_slot_then_takes_it_or_stops(
+    prefect_server: PrefectServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    build = build_waiting_for_the_slot()
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
         with get_client(sync_client=True) as client:
@@ -94,22 +103,11 @@ def test_a_build_on_a_server_waits_for_one_on_the_temporary_server(
 ) -> None:
     """A build on a Prefect server took only the server's slot, and one on the temporary server
     (or another PREFECT_HOME) only its own lock file: on one machine both rendered at once."""
-    from prefect import flow, task
     from prefect.client.orchestration import get_client
     from prefect.logging.handlers import APILogHandler
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    @task
-    def render() -> float:
-        with gpu_slot():
-            return time.monotonic()
-
-    @flow
-    def build(meanwhile: Callable[[], None]) -> float:
-        waiting = render.submit()
-        time.sleep(3)
-        meanwhile()
-        return waiting.result()
+    build = build_waiting_for_the_slot()
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
         with get_client(sync_client=True) as client:
