@@ -179,20 +179,16 @@ def _construct_float(loader: _ManifestLoader, node: yaml.ScalarNode) -> float:
     return float(text.replace(".inf", "inf").replace(".nan", "nan"))
 
 
-def _construct_merge_text(loader: _ManifestLoader, node: yaml.ScalarNode) -> str:
-    """`<<` anywhere but as a mapping's key (where it merges) is the text."""
-    return str(node.value)
-
-
 def _construct_text(loader: _ManifestLoader, node: yaml.ScalarNode) -> str:
-    """A date tagged as one (!!timestamp 2024-01-01) is its text: a manifest holds no dates."""
+    """The scalar as its text: a date tagged as one (!!timestamp 2024-01-01), as a manifest
+    holds no dates, and `<<` anywhere but as a mapping's key (where it merges)."""
     return str(node.value)
 
 
 _ManifestLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_text)
+_ManifestLoader.add_constructor(_MERGE_TAG, _construct_text)
 _ManifestLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _ManifestLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
-_ManifestLoader.add_constructor(_MERGE_TAG, _construct_merge_text)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
