@@ -295,6 +295,18 @@ def analyse_file(path: Path, *, beats_per_bar: int = 4, bpm_hint: float | None =
     """`analyse` of a recording, any channel count (more than two are mixed down to one); an
     AudioError names the file."""
     audio, sample_rate = read_audio(path)
+    return analyse_decoded(path, audio, sample_rate, beats_per_bar=beats_per_bar, bpm_hint=bpm_hint)
+
+
+def analyse_decoded(
+    path: Path,
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    beats_per_bar: int = 4,
+    bpm_hint: float | None = None,
+) -> Analysis:
+    """analyse_file of `path` already decoded to `audio`: its samples are read once."""
     if audio.shape[0] > 2:
         audio = to_channels(audio, 1)
     try:

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -737,10 +738,10 @@ def inspect_files(
     """
     from rich.markup import escape
 
-    from soundtrack.analysis import analysis_row
+    from soundtrack.analysis import analyse_decoded, analysis_row
     from soundtrack.audio import read_audio
     from soundtrack.gates import judge
-    from soundtrack.measure import measure_decoded, read_loop_tags
+    from soundtrack.measure import measure, read_loop_tags
     from soundtrack.process import analysis_columns, on_loop_grid
     from soundtrack.spec import LOUDNESS_PROFILES, GateLimits
 
@@ -757,17 +758,29 @@ def inspect_files(
     reports: list[dict[str, object]] = []
     for path in files:
         try:
-            heard = _analysed(path, targets) if analysis else None
-            audio, sample_rate = read_audio(path)
+            audio, sample_rate = read_audio(path)  # once, for the analysis and the measures
+            listened = partial(
+                analyse_decoded,
+                path,
+                audio,
+                sample_rate,
+                beats_per_bar=targets.beats_per_bar,
+                bpm_hint=targets.bpm,
+            )
+            heard = listened() if analysis else None
             # A loop's seam is judged as the build judges it, against its exact bar grid: a
-            # loop is listened to for its tempo even without --analysis.
+            # loop is listened to for its tempo even without --analysis (not when too short).
             loop_tags = read_loop_tags(path)
             if loop_tags is not None:
-                grid = heard or _loop_heard(path, targets)
+                grid = heard or _unless_too_short(listened)
                 if grid is not None and grid.tempo_bpm is not None:
                     heard = on_loop_grid(grid, *loop_tags, targets.beats_per_bar)
-            metrics = measure_decoded(
-                path, audio, sample_rate, bar_lines=heard.downbeats if heard else ()
+            metrics = measure(
+                audio,
+                sample_rate,
+                loop_start=None if loop_tags is None else loop_tags[0],
+                loop_length=None if loop_tags is None else loop_tags[1],
+                bar_lines=heard.downbeats if heard else (),
             )
             gates = judge(
                 metrics,
@@ -871,10 +884,10 @@ def _musical_targets(
     return _Targets(bpm, normalised, int(match.group(1)))
 
 
-def _loop_heard(path: Path, targets: _Targets) -> Analysis | None:
+def _unless_too_short(listened: Callable[[], Analysis]) -> Analysis | None:
     """The analysis of a loop for its bar grid, or None when it is too short to listen to."""
     try:
-        return _analysed(path, targets)
+        return listened()
     except AudioError:
         return None
 
