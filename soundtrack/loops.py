@@ -28,9 +28,8 @@ TEMPO_PRECISION = 0.001
 # clean than a click track) is cut to them; more is a release, whose rhythm, kept, would skip
 # at every wrap (120 ms after 8 bars at 120 bpm is 0.75 %).
 BAR_END_FRACTION = 0.0025
-CUT_TO_BARS_S = (
-    0.001  # on the target's exact grid, a recording this close to its bars is cut to them
-)
+# On the target's exact grid, a recording this close to its bars is cut to them.
+CUT_TO_BARS_S = 0.001
 
 
 @dataclass(frozen=True)
