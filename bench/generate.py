@@ -461,14 +461,14 @@ def families(device: str, pairs: int, short_s: float, long_s: float) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=("musicgen", "ace-step"), default="musicgen")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     parser.add_argument("--pairs", type=int, default=3, help="paired runs (at least 3)")
     parser.add_argument("--tracks", type=int, default=4, help="musicgen: tracks per batch")
     parser.add_argument("--seconds", type=float, default=2.0, help="musicgen: seconds a track")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.pairs < 3:
         parser.error(f"--pairs must be at least 3 (a median of paired ratios), got {args.pairs}")
     if args.tracks < 1:
