@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -113,3 +114,16 @@ def answer(api_url: str, run: FlowRun, run_input: dict[str, Any]) -> None:
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as api:
         response = api.resume_flow_run(run.id, run_input=run_input)
     assert response.status.value == "ACCEPT", response
+
+
+def free_gpu_slot(api_url: str, limit: str) -> None:
+    """Free the GPU slot of a build that died holding it, with the request docs/operations.md
+    gives an operator (the server itself frees it when the lease runs out, a minute later)."""
+    request = urllib.request.Request(
+        f"{api_url}/v2/concurrency_limits/{limit}",
+        data=b'{"active_slots": 0}',
+        headers={"Content-Type": "application/json"},
+        method="PATCH",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status in (200, 204), response.status

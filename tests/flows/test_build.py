@@ -23,12 +23,14 @@ import pytest
 import soundfile as sf
 
 from soundtrack.separate import make_tiny_demucs
+from tasks.generate import GPU_LIMIT
 from tests.prefect_server import PrefectServer
 from tests.reference import ebur128, sha256_of
 from tests.running import (
     SOUNDTRACK,
     build,
     build_runs,
+    free_gpu_slot,
     run_artifacts,
     statuses,
     task_run_names,
@@ -111,7 +113,9 @@ def test_a_rejected_track_fails_the_run_in_one_line_and_exits_1_without_a_traceb
     assert set(statuses(report).values()) == {"cached", "rejected"}
 
 
-def test_killed_build_resumes_without_partial_or_duplicate_files(project: Any) -> None:
+def test_killed_build_resumes_without_partial_or_duplicate_files(
+    project: Any, prefect_server: PrefectServer
+) -> None:
     workdir, env, args = project
     manifest = workdir / "m.yaml"
     tracks = "".join(
@@ -135,6 +139,7 @@ def test_killed_build_resumes_without_partial_or_duplicate_files(project: Any) -
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    free_gpu_slot(prefect_server.api_url, GPU_LIMIT)  # or the rerun waits out the dead one's lease
     out = workdir / "out" / "e2e"
     assert not (out / "soundtrack.lock.json").exists(), "killed before the index was written"
     kept_renders = {p.name: p.stat().st_mtime_ns for p in renders.glob("*.wav")}
