@@ -1,7 +1,9 @@
-"""`python -m tests.corebuild MANIFEST [--storage-wait-s S] [--kill-at N ROOT]`: the core build
-on threads, without Prefect, exiting as the CLI does (0, 1, 2, 75), for tests that run builds
-side by side or kill one. `--kill-at N ROOT` sends the process SIGKILL at its Nth change to a
-file or folder under ROOT (rename, link, unlink), as a crash or `kill -9` there would."""
+"""`python -m tests.corebuild MANIFEST [--storage-wait-s S] [--kill-at N ROOT]
+[--kill-once-made PATH ROOT]`: the core build on threads, without Prefect, exiting as the CLI
+does (0, 1, 2, 75), for tests that run builds side by side or kill one. `--kill-at N ROOT` sends
+the process SIGKILL at its Nth change to a file or folder under ROOT (rename, link, unlink), as a
+crash or `kill -9` there would; `--kill-once-made PATH ROOT` at its first change there after
+PATH exists."""
 
 from __future__ import annotations
 
@@ -75,6 +77,18 @@ def second_waits_for_first(
 
 def kill_at(n: int, root: Path) -> None:
     """SIGKILL this process at its `n`th rename, link or unlink of a path under `root`."""
+    _kill_when(root, lambda done: done == n)
+
+
+def kill_once_made(path: Path, root: Path) -> None:
+    """SIGKILL this process at its first rename, link or unlink under `root` once `path` exists
+    (before that change is made)."""
+    _kill_when(root, lambda _: path.exists())
+
+
+def _kill_when(root: Path, due: Callable[[int], bool]) -> None:
+    """SIGKILL this process at a change under `root` when `due(changes so far, this one
+    included)`."""
     root = root.resolve()
     done = 0
 
@@ -84,7 +98,7 @@ def kill_at(n: int, root: Path) -> None:
             paths = [a for a in args if isinstance(a, str | os.PathLike)]
             if any(Path(os.path.abspath(p)).is_relative_to(root) for p in paths):
                 done += 1
-                if done == n:
+                if due(done):
                     os.kill(os.getpid(), signal.SIGKILL)
             return change(*args, **kwargs)
 
@@ -99,11 +113,14 @@ def main() -> None:
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--storage-wait-s", type=float)
     parser.add_argument("--kill-at", nargs=2)
+    parser.add_argument("--kill-once-made", nargs=2)
     args = parser.parse_args()
     # Ctrl-C as in a terminal: a test runner's worker (xdist) hands SIGINT down ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.kill_at:
         kill_at(int(args.kill_at[0]), Path(args.kill_at[1]))
+    if args.kill_once_made:
+        kill_once_made(Path(args.kill_once_made[0]), Path(args.kill_once_made[1]))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
 
     from soundtrack.build import Options, ThreadExecutor, build

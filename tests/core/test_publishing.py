@@ -26,7 +26,6 @@ from tests.publishing import (
     make_asset,
     publish,
     publish_assets,
-    track_entries,
 )
 from tests.reference import ebur128, sha256_of
 from tests.signals import music_like
@@ -318,17 +317,12 @@ def test_a_build_killed_while_it_replaces_files_is_finished_by_the_next(tmp_path
     assert start(manifest).wait(timeout=120) == 0
     folder = tmp_path / "out" / "sky"
     manifest.write_text(MANIFEST.format(name="sky", lufs=-20, tracks=tracks))
-    # Killed at later and later changes under the folder until the kill lands inside the
-    # commit: its record written, files not all replaced. Each file of the lock is staged
-    # first, in two changes or more (22 with 8 files when this was written).
-    lock = json.loads((folder / "soundtrack.lock.json").read_text())
-    staged = sum(len(track_entries(track)) for track in lock["tracks"])
-    for n in range(2 * staged, 4 * staged + 8):
-        killed = start(manifest, "--kill-at", str(n), str(folder))
-        assert killed.wait(timeout=120) == -signal.SIGKILL
-        if (folder / ".publishing" / "commit.json").exists():
-            break
-    assert (folder / ".publishing" / "commit.json").exists()
+    # Killed inside the commit: its record written, no file replaced yet.
+    old_lock = (folder / "soundtrack.lock.json").read_bytes()
+    commit = folder / ".publishing" / "commit.json"
+    killed = start(manifest, "--kill-once-made", str(commit), str(folder))
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    assert commit.exists() and (folder / "soundtrack.lock.json").read_bytes() == old_lock
 
     again = start(manifest)
     _, err = again.communicate(timeout=120)
