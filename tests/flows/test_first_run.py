@@ -2,7 +2,8 @@
 
 Prefect's temporary server migrates a new database on its first start, which took longer than
 Prefect's 20 s startup timeout on a busy two-core machine; and a build killed with SIGKILL left
-that server running. Each test starts from a new PREFECT_HOME, as a new user does.
+that server running. Each test of a first start begins from a new PREFECT_HOME, as a new user
+does; the others from a copy of one whose database is already made (seconds a build, saved).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import http.server
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +59,38 @@ def first_run(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, dict[str, str
         SOUNDTRACK_CACHE_DIR=str(tmp_path / "cache"),
     )
     return tmp_path, env, ["--model", str(tiny_model_dir)]
+
+
+@pytest.fixture(scope="module")
+def used_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PREFECT_HOME with its database made, as a first build leaves it: to copy, not to use."""
+    home = tmp_path_factory.mktemp("used-prefect-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    made = subprocess.run(
+        [str(Path(SOUNDTRACK).with_name("prefect")), "server", "database", "upgrade", "-y"],
+        env={**env, "PREFECT_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    return home
+
+
+def home_like(used_home: Path, home: Path) -> str:
+    """A copy of `used_home` at `home`, as the PREFECT_HOME of a user who built before."""
+    shutil.copytree(used_home, home)
+    return str(home)
+
+
+@pytest.fixture
+def next_run(
+    first_run: tuple[Path, dict[str, str], list[str]], used_home: Path
+) -> tuple[Path, dict[str, str], list[str]]:
+    """first_run's manifest and environment, with a PREFECT_HOME used before."""
+    home_like(used_home, Path(first_run[1]["PREFECT_HOME"]))
+    return first_run
 
 
 def busy_loops() -> list[subprocess.Popen[bytes]]:
@@ -233,9 +267,9 @@ def test_first_build_on_a_busy_machine_succeeds(
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", ["server starting", "flow running"])
 def test_killed_build_leaves_no_prefect_server(
-    first_run: tuple[Path, dict[str, str], list[str]], moment: str
+    next_run: tuple[Path, dict[str, str], list[str]], moment: str
 ) -> None:
-    workdir, env, args = first_run
+    workdir, env, args = next_run
     process = start_build(workdir, env, args)
     servers: dict[int, int] = {}
     try:
@@ -369,13 +403,13 @@ def gpu_held() -> bool:
 
 @pytest.mark.slow
 def test_a_build_killed_while_it_renders_leaves_the_gpu_to_the_next(
-    first_run: tuple[Path, dict[str, str], list[str]],
+    next_run: tuple[Path, dict[str, str], list[str]], used_home: Path
 ) -> None:
     """The temporary server keeps a concurrency lease in its memory and dies with its build: a
     build killed with the GPU slot left it taken in the database, and every later build on the
     machine waited for it forever. The next build waits only while one is really rendering, on
     any PREFECT_HOME (each took a lock file in its own, so both rendered at once)."""
-    workdir, env, args = first_run
+    workdir, env, args = next_run
     (workdir / "long").mkdir()
     (workdir / "long" / "m.yaml").write_text(
         MANIFEST.replace("duration: 2", "duration: 600").replace("first-run", "long")
@@ -386,7 +420,8 @@ def test_a_build_killed_while_it_renders_leaves_the_gpu_to_the_next(
         assert killed.poll() is None, (workdir / "long" / "build.log").read_text()
         assert time.monotonic() < deadline, "the long build never took the GPU"
         time.sleep(0.1)
-    waiting = start_build(workdir, {**env, "PREFECT_HOME": str(workdir / "other-home")}, args)
+    other_home = home_like(used_home, workdir / "other-home")
+    waiting = start_build(workdir, {**env, "PREFECT_HOME": other_home}, args)
     with killed_if_left(killed, waiting):
         waits_for_the_gpu(waiting, workdir)
         os.kill(killed.pid, signal.SIGKILL)
@@ -401,12 +436,12 @@ def test_a_build_killed_while_it_renders_leaves_the_gpu_to_the_next(
 
 @pytest.mark.slow
 def test_a_build_signalled_with_its_process_group_stops_cleanly(
-    first_run: tuple[Path, dict[str, str], list[str]],
+    next_run: tuple[Path, dict[str, str], list[str]],
 ) -> None:
     """A CI job's cancel (SIGTERM to the process group) stopped the temporary server too, under
     a build still finishing its render: the build then retried a dead API for minutes and
     printed tracebacks. The server is out of the group now; the build stops, then stops it."""
-    workdir, env, args = first_run
+    workdir, env, args = next_run
     (workdir / "m.yaml").write_text(MANIFEST.replace("duration: 2", "duration: 60"))
     process = start_build(workdir, env, args)
     with killed_if_left(process):
@@ -424,17 +459,17 @@ def test_a_build_signalled_with_its_process_group_stops_cleanly(
 
 @pytest.mark.slow
 def test_a_build_whose_renders_are_all_cached_never_waits_for_the_gpu(
-    first_run: tuple[Path, dict[str, str], list[str]], tmp_path: Path
+    next_run: tuple[Path, dict[str, str], list[str]], used_home: Path, tmp_path: Path
 ) -> None:
     """Publishing renders already in the cache needs no GPU: such a build waited behind
     another build's long render."""
-    workdir, env, args = first_run
+    workdir, env, args = next_run
     assert build(workdir, env, *args).returncode == 0
-    other_home = tmp_path / "other-prefect-home"  # no Prefect result cache: the task body runs
-    other_home.mkdir()
+    # No Prefect result cache there: the task body runs.
+    other_home = home_like(used_home, tmp_path / "other-prefect-home")
     with open_gpu_lock() as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another build rendering, for as long as this lasts
-        again = build(workdir, {**env, "PREFECT_HOME": str(other_home)}, *args, "--out", "again")
+        again = build(workdir, {**env, "PREFECT_HOME": other_home}, *args, "--out", "again")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "waiting for it" not in again.stdout + again.stderr
     assert "model loads: 0" in again.stdout
@@ -442,11 +477,11 @@ def test_a_build_whose_renders_are_all_cached_never_waits_for_the_gpu(
 
 @pytest.mark.slow
 def test_a_build_waiting_for_the_gpu_stops_when_signalled(
-    first_run: tuple[Path, dict[str, str], list[str]],
+    next_run: tuple[Path, dict[str, str], list[str]],
 ) -> None:
     """Prefect stops a flow on SIGTERM, then waits for its task threads: a build waiting for
     another build's GPU stayed alive until that build was done (minutes, or a whole night)."""
-    workdir, env, args = first_run
+    workdir, env, args = next_run
     with open_gpu_lock() as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another build rendering, for as long as this lasts
         process = start_build(workdir, env, args)
