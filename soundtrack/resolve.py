@@ -571,7 +571,11 @@ def _recording(path: Path) -> _Recording:
 
     try:
         info = soundfile.info(os.fsencode(path))  # bytes: a folder's name may not be UTF-8
-    except (RuntimeError, soundfile.LibsndfileError) as exc:
+    except soundfile.LibsndfileError as exc:  # its str repeats the path, as bytes
+        raise InputError(
+            f"cannot read the source recording {path.name}: {exc.error_string}"
+        ) from None
+    except RuntimeError as exc:
         raise InputError(f"cannot read the source recording {path.name}: {exc}") from None
     if problem := cut_short(path, info.format, info.extra_info):
         raise InputError(f"source recording {problem}")
@@ -602,7 +606,23 @@ def _recording(path: Path) -> _Recording:
             f"source recording {path.name} is {duration_s:.3f} s long; "
             f"the shortest track is {MIN_DURATION_S:g} s"
         )
+    stat = path.stat()
+    # Only floating-point samples can be NaN or infinite; mastering fails on them mid-build.
+    if info.subtype in ("FLOAT", "DOUBLE") and _non_finite(path, stat.st_mtime_ns, stat.st_size):
+        raise InputError(f"source recording {path.name} contains NaN or infinite samples")
     return _Recording(duration_s=duration_s, channels=int(info.channels))
+
+
+@functools.lru_cache(maxsize=64)
+def _non_finite(path: Path, mtime_ns: int, size: int) -> bool:
+    """Whether a recording holds a NaN or infinite sample, read a block at a time, once per
+    file and version in this process."""
+    import numpy as np
+    import soundfile
+
+    with soundfile.SoundFile(os.fsencode(path)) as recording:
+        blocks = recording.blocks(blocksize=1 << 16, dtype="float32", always_2d=True)
+        return not all(np.isfinite(block).all() for block in blocks)
 
 
 @functools.lru_cache(maxsize=64)

@@ -543,7 +543,30 @@ def test_source_recordings_mastering_cannot_take_are_refused_at_validate(tmp_pat
     _recording(tmp_path, 0.25)
     assert "take.wav is 0.250 s long; the shortest track is 0.4 s" in _problems(path)
     (tmp_path / "audio" / "take.wav").write_bytes(b"RIFF....WAVEjunk")
-    assert "tracks[0].source (line 5): cannot read the source recording take.wav" in _problems(path)
+    problems = _problems(path)
+    assert "tracks[0].source (line 5): cannot read the source recording take.wav: Error in WAV" in (
+        problems
+    )
+    assert str(tmp_path) not in problems, "libsndfile's words, without its repeat of the path"
+
+
+@pytest.mark.parametrize("subtype", ["FLOAT", "DOUBLE"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_source_recording_of_nan_or_infinite_samples_is_refused_at_validate(
+    tmp_path: Path, subtype: str, bad: float
+) -> None:
+    """Such a take passed validate; the build then published the other tracks and failed it."""
+    path = write(tmp_path, _recording(tmp_path, 10.0))
+    take = tmp_path / "audio" / "take.wav"
+    audio, rate = sf.read(take)
+    audio[70_000, 1] = bad  # past the first block of 65536 frames a reader might stop at
+    sf.write(take, audio, rate, subtype=subtype)
+    assert (
+        "tracks[0].source (line 5): source recording take.wav contains NaN or infinite samples"
+    ) in _problems(path)
+    audio[70_000, 1] = 0.0
+    sf.write(take, audio, rate, subtype=subtype)
+    assert load_manifest(path).tracks[0].id == "take"
 
 
 def test_a_source_loop_needs_audio_after_its_end(tmp_path: Path) -> None:
