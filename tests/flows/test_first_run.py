@@ -44,7 +44,7 @@ tracks:
     seed: 2
 """
 # Longer than Prefect's default startup timeout (20 s), well inside ours (180 s).
-STALL_S = 30
+STALL_S = 25
 
 
 @pytest.fixture
