@@ -9,13 +9,14 @@ byte ranges (browsers seek audio and read its duration through them).
 from __future__ import annotations
 
 import re
+import socket
 import sys
 import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 from soundtrack.errors import InputError, SoundtrackError, StorageError
@@ -214,10 +215,21 @@ def make_server(site: Site, port: int) -> ThreadingHTTPServer:
     class Handler(_Handler):
         review = site
 
-    server = ThreadingHTTPServer((HOST, port), Handler)
-    server.daemon_threads = True
+    server = _Server((HOST, port), Handler)
     Handler.review_port = server.server_port
     return server
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        # A browser drops requests it no longer needs (seeking, a closed tab), while they are
+        # read, answered or refused: not an error, and no traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -246,8 +258,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(HTTPStatus.BAD_GATEWAY, redact(str(exc)), body=body)
         except SoundtrackError as exc:
             self._send_error(HTTPStatus.INTERNAL_SERVER_ERROR, redact(str(exc)), body=body)
-        except ConnectionError:
-            pass  # the browser dropped a request it no longer needs (seeking does that)
 
     def _check_host(self) -> None:
         # A page on another site whose name resolves to 127.0.0.1 (DNS rebinding) would send its

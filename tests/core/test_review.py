@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import urllib.request
@@ -331,6 +332,33 @@ def test_the_server_refuses_other_host_names_and_changed_files(
     published.unlink()
     status, _, body = server.get("/loop.wav")
     assert status == 502 and b"No such file" in body and str(published).encode() in body
+    # A FIFO put in its place: reading it waited for a writer, and every later request with it.
+    os.mkfifo(published)
+    status, _, body = server.get("/loop.wav")
+    assert status == 502 and b"not a regular file" in body, body
+    assert server.get("/")[0] == 200
+
+
+def test_a_browser_gone_before_its_error_is_sent_leaves_no_traceback(
+    served: tuple[Served, bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, _ = served
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # Many error replies queued to a socket reset under them: one send hits the reset.
+        host = f"Host: 127.0.0.1:{server.port}\r\n\r\n".encode()
+        connection.sendall(b"".join(b"GET /notes.txt HTTP/1.1\r\n" + host for _ in range(200)))
+    assert server.get("/")[0] == 200  # served on, after the reset
+    # Whichever step the reset lands in (reading, answering, refusing), and a real error still
+    # has its traceback.
+    for error in (BrokenPipeError(), ConnectionResetError(), ValueError("a bug")):
+        try:
+            raise error
+        except Exception:
+            server.server.handle_error(None, ("127.0.0.1", 1))  # type: ignore[arg-type]
+    logged = capsys.readouterr().err
+    assert "BrokenPipe" not in logged and "ConnectionReset" not in logged, logged
+    assert logged.count("Traceback") == 1 and "ValueError: a bug" in logged, logged
 
 
 def test_the_server_reads_no_link_out_of_the_storage_and_no_key_of_another_folder(
