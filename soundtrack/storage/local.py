@@ -132,7 +132,7 @@ class LocalStorage:
         path = self._path(key)
         try:
             return path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # the root or a folder is a file
             return None
         except OSError as exc:
             raise _error(f"cannot read {path}", exc) from None

@@ -418,6 +418,9 @@ def test_review_of_a_soundtrack_not_published_there_exits_2(tmp_path: Path) -> N
     assert "no lock for soundtrack 'nowhere'" in result.output
     result = runner.invoke(app, ["review", str(tmp_path), "--soundtrack", "../up"])
     assert result.exit_code == 2 and "cannot be part of a storage key" in result.output
+    (tmp_path / "take.ogg").write_bytes(b"OggS")  # a file given for the folder
+    result = runner.invoke(app, ["review", str(tmp_path / "take.ogg"), "--soundtrack", "game"])
+    assert result.exit_code == 2 and "no lock for soundtrack 'game'" in result.output
 
 
 def test_review_stopped_by_sigterm_deletes_its_fetched_copies(tmp_path: Path) -> None:
