@@ -2,7 +2,9 @@
 and the picture of each published track and stem.
 
 Artifacts are stored on the Prefect server and shown to anyone with access to it: every text
-that may quote an error or a URL passes through `redact` (soundtrack/redaction.py).
+that may quote an error or a URL passes through `redact` (soundtrack/redaction.py). The UI
+renders descriptions, markdown and table cells as Markdown: text that quotes a path, a reason or
+a team's gate name goes in as a `literal`, or a folder named `x](javascript:...)` is a link.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from flows.markdown import destination, literal
 from soundtrack.errors import SoundtrackError
 from soundtrack.redaction import redact
 from soundtrack.renders import cache_root
@@ -71,7 +74,8 @@ class BuildArtifacts:
                 lambda: update_progress_artifact(
                     self._progress,
                     100.0 * self.done / self.total,
-                    description=f"stopped after {self.done}/{self.total} tracks: {redact(reason)}",
+                    description=f"stopped after {self.done}/{self.total} tracks: "
+                    + literal(redact(reason)),
                 )
             )
 
@@ -97,19 +101,22 @@ class BuildArtifacts:
     def _create_all(
         self, report: BuildReport, outcomes: Sequence[TrackOutcome], unpublished: str | None
     ) -> None:
+        # The soundtrack's keyed cards are the last build that published: one that did not
+        # shows its table and why in its own run only.
+        published = unpublished is None
         create_table_artifact(
             table=[_row(track) for track in report.tracks],
-            key=f"{self.soundtrack}-tracks",
+            key=f"{self.soundtrack}-tracks" if published else None,
             description=f"{self.soundtrack}: "
             + ", ".join(f"{n} {status}" for status, n in report.counts().items() if n),
         )
         docs = _data_docs(self.soundtrack, outcomes)
         create_markdown_artifact(
             _links(report, docs, unpublished),
-            key=f"{self.soundtrack}-assets",
-            description="Published assets" if unpublished is None else "Not published",
+            key=f"{self.soundtrack}-assets" if published else None,
+            description="Published assets" if published else "Not published",
         )
-        if unpublished is not None:
+        if not published:
             return
         # The UI shows an image it can fetch: S3's presigned links. A folder's pictures are
         # listed, by path, in the markdown above.
@@ -132,10 +139,10 @@ def _row(track: TrackRecord) -> dict[str, object]:
     analysis = track.analysis or {}
     row["bpm"] = "" if analysis.get("tempo_bpm") is None else f"{analysis['tempo_bpm']:.1f}"
     row["key"] = analysis.get("key") or ""
-    row["takes"] = track.takes_summary()
+    row["takes"] = literal(redact(track.takes_summary()))
     row["variation of"] = track.variation_of or ""
-    row["stems"] = track.stems_summary()
-    row["reason"] = redact(track.reason or "")
+    row["stems"] = literal(redact(track.stems_summary()))
+    row["reason"] = literal(redact(track.reason or ""))
     return row
 
 
@@ -143,11 +150,12 @@ def _links(report: BuildReport, docs: Path | None, unpublished: str | None) -> s
     lines = [f"# {report.soundtrack}", ""]
     if unpublished is not None:
         # No lock names the files: links would show as published a build that is not.
-        lines.append(f"Nothing published: {unpublished}")
+        lines.append(f"Nothing published: {literal(redact(unpublished))}")
     else:
         lines += _file_links(report)
     if docs is not None:
-        lines += ["", f"QC report (Great Expectations Data Docs): [{docs}]({docs.as_uri()})"]
+        link = f"[{literal(str(docs))}]({docs.as_uri()})"
+        lines += ["", f"QC report (Great Expectations Data Docs): {link}"]
     return redact("\n".join(lines) + "\n")
 
 
@@ -159,12 +167,15 @@ def _file_links(report: BuildReport) -> list[str]:
         ]
         if track.sidecar is not None:
             links.append(("json", track.sidecar.url or track.sidecar.uri))
-        files = " ".join(f"[{name}]({target})" for name, target in links) or "-"
+        files = " ".join(f"[{name}]({destination(target)})" for name, target in links) or "-"
         lines.append(f"| {track.id} | {track.status} | {files} |")
     pictures = _pictures(report)
     if pictures:
         lines += ["", "Pictures (waveform, spectrogram, short-term loudness against the target):"]
-        lines += [f"- {name}: [{_where(p.uri)}]({p.url or p.uri})" for name, p in pictures]
+        lines += [
+            f"- {name}: [{literal(redact(_where(p.uri)))}]({destination(p.url or p.uri)})"
+            for name, p in pictures
+        ]
     return lines
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,11 +15,10 @@ from prefect.input import RunInput
 from prefect.settings import get_current_settings
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from flows.markdown import literal
 from soundtrack.approval import Candidate, Verdict, candidates_report
 from soundtrack.review_server import HOST, CandidateSite, make_server
 
-# CommonMark's backslash-escapable punctuation.
-_MARKDOWN = re.compile(r"[!-/:-@\[-`{-~]")
 # How often the paused flow asks the server whether it was answered.
 POLL_S = 5
 
@@ -108,8 +106,8 @@ def _summary(candidate: Candidate) -> str:
     parts = [f"take {spec.take + 1} (seed {spec.seed})", f"{spec.duration_s:g} s"]
     if spec.variation_of:
         parts.append(f"variation of {spec.variation_of}")
-    if warned:
-        parts.append(f"warnings: {', '.join(warned)}")
+    if warned:  # a team's expectation names its own gates
+        parts.append(f"warnings: {literal(', '.join(warned))}")
     return "; ".join(parts)
 
 
@@ -119,15 +117,10 @@ def _description(candidates: Sequence[Candidate], staging: Path, page_url: str) 
         "each; a rejected take is not published and the next build renders the next take.",
         "",
         f"Listen to the takes: [{page_url}]({page_url}) (served by the build, on the machine "
-        f"it runs on; the files are staged in `{staging}`).",
+        f"it runs on; the files are staged in {literal(str(staging))}).",
         "",
     ]
     lines += [
-        f"- **{c.spec.id}**: {_literal(c.spec.prompt or '')} ({_summary(c)})" for c in candidates
+        f"- **{c.spec.id}**: {literal(c.spec.prompt or '')} ({_summary(c)})" for c in candidates
     ]
     return "\n".join(lines)
-
-
-def _literal(text: str) -> str:
-    """`text` shown as written in the UI's Markdown: a prompt's `[here](url)` is no link."""
-    return _MARKDOWN.sub(r"\\\g<0>", text)

@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 import uuid
+from pathlib import Path
 
 import pytest
+from markdown_it import MarkdownIt
 
 from flows.artifacts import BuildArtifacts
-from soundtrack.report import BuildReport, FileRecord, TrackRecord
+from soundtrack.report import BuildReport, FileRecord, PictureRecord, TakeRecord, TrackRecord
 from tests.prefect_server import PrefectServer
 from tests.running import run_artifacts
 
@@ -81,6 +85,108 @@ def test_a_build_whose_lock_was_not_written_shows_nothing_published(
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
         run_id = build_whose_lock_failed()
         APILogHandler().flush()
-    (links,) = [a for a in run_artifacts(prefect_server.api_url, run_id) if a.key == "s-assets"]
-    assert "Nothing published: writing the index failed: disk full" in str(links.data)
+    artifacts = run_artifacts(prefect_server.api_url, run_id)
+    (links,) = [a for a in artifacts if a.type == "markdown"]
+    shown = html.unescape(rendered(str(links.data)))
+    assert "Nothing published: writing the index failed: disk full" in shown
     assert "a.ogg" not in str(links.data) and links.description == "Not published"
+    # The soundtrack's keyed cards stay the last build that published (docs/operations.md).
+    assert [a.key for a in artifacts if a.type in ("markdown", "table")] == [None, None]
+
+
+# Written by a careless or hostile hand: a folder's name, a team's gate name, an error quoting them.
+FOLDER = "/tmp/o](javascript:alert(1))|x\n\n<img src=x onerror=alert(1)>\n# HEAD `tick`"
+GATE = "house|rule <img src=x onerror=alert(6)> [c](javascript:alert(6))"
+
+
+def rendered(text: str) -> str:
+    """`text` as HTML, by a CommonMark renderer with GFM tables that, as the Prefect UI's, keeps
+    raw HTML; every link is kept, so a test sees the links text makes."""
+    markdown = MarkdownIt("commonmark").enable("table")
+    markdown.validateLink = lambda url: True
+    return markdown.render(text)
+
+
+def assert_inert(text: str, *written: str) -> None:
+    """Rendered, `text` holds no HTML or heading of its own and links only to files and S3,
+    and shows each of `written` as it was written (newlines written out)."""
+    page = rendered(text)
+    assert not re.search(r"<(img|script|h[2-6])\b", page), page
+    hrefs = re.findall(r'href="([^"]*)"', page)
+    assert all(href.startswith(("file:", "s3:", "https:")) for href in hrefs), hrefs
+    shown = html.unescape(re.sub(r"<[^>]+>", "", page))
+    for value in written:
+        assert value.replace("\n", "\\n") in shown, (value, shown)
+
+
+def test_paths_reasons_and_gate_names_show_as_written_never_as_markup(
+    prefect_server: PrefectServer,
+) -> None:
+    """A folder named `o](javascript:...)` made the picture's link text a javascript: link in
+    the UI, and a newline in it an <img> and a heading; a team's gate name did as much in the
+    table's cells, and a stop reason in the progress card."""
+    from prefect import flow
+    from prefect.context import get_run_context
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    soundtrack = f"ui-{uuid.uuid4().hex[:8]}"
+    ogg = Path(FOLDER, soundtrack, "a.ogg")
+    png = ogg.with_suffix(".png")
+    record = TrackRecord(
+        id="a",
+        status="approved",
+        spec_hash="ab",
+        reason=f"rejected by gates: {GATE} -23.581",
+        takes=[
+            TakeRecord(take=0, seed=3, status="rejected", rejected_by=[GATE]),
+            TakeRecord(take=1, seed=4, status="approved"),
+        ],
+        files=[
+            FileRecord(
+                format="ogg",
+                key=f"{soundtrack}/a.ogg",
+                uri=f"s3://bucket/a)[x](javascript:alert(2)) |b/{soundtrack}/a.ogg",
+                sha256="0" * 64,
+                bytes=1,
+                duration_s=2.0,
+                sample_rate=44100,
+                channels=2,
+            )
+        ],
+        picture=PictureRecord(
+            key=f"{soundtrack}/a.png",
+            uri=png.as_uri(),
+            sha256="0" * 64,
+            bytes=1,
+            width_px=1,
+            height_px=1,
+        ),
+    )
+    report = BuildReport(soundtrack=soundtrack, storage=FOLDER, model_loads=0, tracks=[record])
+    unpublished = f"cannot replace files in {FOLDER}/{soundtrack}"
+
+    @flow
+    def build_of_hostile_text() -> object:
+        published = BuildArtifacts(soundtrack, 1)
+        published.finished(report, [], None)
+        BuildArtifacts(soundtrack, 1).finished(report, [], unpublished)
+        BuildArtifacts(soundtrack, 2).stopped(f"{FOLDER} is being built by <script>x</script>")
+        return get_run_context().flow_run.id  # type: ignore[union-attr]
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        run_id = build_of_hostile_text()
+        APILogHandler().flush()
+    artifacts = run_artifacts(prefect_server.api_url, run_id)
+    links = sorted(str(a.data) for a in artifacts if a.type == "markdown")
+    assert len(links) == 2
+    assert_inert(links[0], unpublished)  # "Nothing published: ..."
+    assert_inert(links[1], str(png))
+    table = rendered(links[1]).split("</table>")[0]
+    assert table.count("<td>") == 3, "a track's row has its three cells, whatever its links say"
+    (stopped,) = [a for a in artifacts if a.type == "progress" and "stopped" in str(a.description)]
+    assert_inert(str(stopped.description), FOLDER, "<script>x</script>")
+    for card in (a for a in artifacts if a.type == "table"):
+        (row,) = card.data if isinstance(card.data, list) else __import__("json").loads(card.data)
+        for column in ("reason", "takes"):
+            assert_inert(str(row[column]), GATE)
