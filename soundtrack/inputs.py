@@ -102,6 +102,11 @@ def check_inputs(
         outputs=_outputs(storage, loaded.soundtrack, reports),
         inputs=_inputs(path, loaded, specs),
     )
+    _refuse_overlaps(
+        [(report, other) for report in _reports(reports) for other in _others(storage, loaded)],
+        "a report would overwrite another soundtrack's published files (or lock, which gc "
+        "trusts): write reports outside the soundtracks' folders",
+    )
     if discarded is not None:
         _refuse_overlaps(
             [(out, ("the folder", discarded)) for out in _outputs(storage, loaded.soundtrack, ())],
@@ -308,8 +313,23 @@ def _overlap(name: str, path: Path, other_name: str, other_path: Path) -> str | 
     return None
 
 
+def _reports(reports: Sequence[Path]) -> list[tuple[str, Path]]:
+    return [(f"the report file {p.name}", p.absolute()) for p in reports]
+
+
+def _others(storage: Storage, manifest: Manifest) -> list[tuple[str, Path]]:
+    """The folders of the other soundtracks published in the same folder storage."""
+    if not isinstance(storage, LocalStorage):
+        return []
+    return [
+        (f"soundtrack {name}'s folder (holding its {INDEX_NAME})", storage.root / name)
+        for name in storage.soundtracks()
+        if name != manifest.soundtrack
+    ]
+
+
 def _outputs(storage: Storage, soundtrack: str, reports: Sequence[Path]) -> list[tuple[str, Path]]:
-    outputs = [(f"the report file {p.name}", p.absolute()) for p in reports]
+    outputs = _reports(reports)
     if isinstance(storage, LocalStorage):
         # The soundtrack's folder is what a build writes and what `gc` sweeps; `.renders/` holds
         # render handoffs. An S3 store shares no path with local inputs.

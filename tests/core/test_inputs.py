@@ -204,8 +204,24 @@ def test_a_report_may_not_overwrite_what_the_build_publishes_or_the_other_report
         assert "Traceback" not in result.output
     assert published.read_bytes() == b"OggS published" and lock.read_text() == "{}"
     assert not (tmp_path / "r.xml").exists()
-    # Reports beside the soundtrack's folder, even inside the storage, are fine.
-    check_inputs(path, reports=[tmp_path / "assets" / "report.json", tmp_path / "junit.xml"])
+    # Nor over another soundtrack's, in the same storage: gc then read its files as garbage.
+    other = tmp_path / "assets" / "menus"
+    other.mkdir()
+    (other / "soundtrack.lock.json").write_text("{}")
+    (other / "theme.ogg").write_bytes(b"OggS menus")
+    for args in (["--report", str(other / "soundtrack.lock.json")], ["--junit", str(other / "x")]):
+        result = CliRunner().invoke(app, ["build", str(path), *args])
+        assert result.exit_code == 2, result.output
+        assert "a report would overwrite another soundtrack's published files" in result.stderr
+        assert (
+            f"is inside soundtrack menus's folder (holding its soundtrack.lock.json) {other}"
+            in (" ".join(result.stderr.split()))
+        )
+    assert (other / "soundtrack.lock.json").read_text() == "{}" and not (other / "x").exists()
+    # Reports beside the soundtracks' folders, even inside the storage, are fine.
+    (tmp_path / "assets" / "notes").mkdir()  # a folder with no lock is no soundtrack's
+    reports = [tmp_path / "assets" / "report.json", tmp_path / "assets" / "notes" / "junit.xml"]
+    check_inputs(path, reports=reports)
 
 
 @pytest.mark.parametrize(
