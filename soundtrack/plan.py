@@ -96,8 +96,23 @@ def plan_build(
     Tracks left out by `only` keep their published entry when it still matches the manifest, so
     the lock stays complete. Variations are planned once their parents are (`variations`).
     """
-    selected = {spec.id for spec in select(specs, only)}
+    chosen = select(specs, only)
+    selected = {spec.id for spec in chosen}
     previous = {record.id: record for record in lock.tracks} if lock else {}
+    # A variation renders from its parent's approved audio: a parent left out by --only and
+    # never published leaves it nothing to render from, which is known now, before any render.
+    orphans = [
+        f"{spec.id} (a variation of {spec.variation_of})"
+        for spec in chosen
+        if spec.variation_of is not None
+        and spec.variation_of not in selected
+        and spec.variation_of not in previous
+    ]
+    if orphans:
+        raise InputError(
+            f"--only selects {', '.join(orphans)}, whose parent is neither selected nor "
+            "published here: select the parent too (--only PARENT)"
+        )
     cached: list[TrackRecord] = []
     pending: list[TrackSpec] = []
     variations = [spec for spec in specs if spec.variation_of is not None]

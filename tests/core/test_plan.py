@@ -51,6 +51,28 @@ def lock_of(storage: LocalStorage, *specs: TrackSpec, status: str = "approved") 
     return BuildReport(soundtrack="test", storage=str(storage.root), tracks=records)
 
 
+def test_only_a_variation_whose_parent_was_never_published_is_refused_before_rendering(
+    tmp_path: Path,
+) -> None:
+    """Such a build rendered, published a lock with the variation failed and exited 1."""
+    storage = LocalStorage("out", tmp_path)
+    theme = make_spec(id="theme", formats=("ogg",))
+    chase = make_spec(id="chase", formats=("ogg",), variation_of="theme")
+    finale = make_spec(id="finale", formats=("ogg",), variation_of="chase")
+    specs = [theme, chase, finale]
+    for only, lock in ((["chase"], None), (["finale", "theme"], lock_of(storage, theme))):
+        with pytest.raises(InputError) as refused:
+            plan_build(specs, lock, storage, only=only)
+        variation, parent = ("chase", "theme") if only == ["chase"] else ("finale", "chase")
+        assert str(refused.value) == (
+            f"--only selects {variation} (a variation of {parent}), whose parent is neither "
+            "selected nor published here: select the parent too (--only PARENT)"
+        )
+    # Selected, or published before: the parent's audio is there to render from.
+    assert plan_build(specs, None, storage, only=["theme", "chase"]).variations
+    assert plan_build(specs, lock_of(storage, theme), storage, only=["chase"]).variations
+
+
 def test_published_tracks_are_cached_and_the_rest_batched(tmp_path: Path) -> None:
     storage = LocalStorage("out", tmp_path)
     done = make_spec(id="done", formats=("ogg",))
