@@ -113,6 +113,10 @@ def gate_severities(values: Sequence[str], flag: str = "--gate") -> dict[str, st
                 f"{flag} {value!r}: write GATE=SEVERITY, SEVERITY one of fail, warn, off, GATE "
                 f"one of {', '.join(sorted(GATE_NAMES))}"
             )
+        if out.get(name, severity) != severity:  # which one the user meant, only they know
+            raise InputError(
+                f"{flag} sets {name} twice: {name}={out[name]} and {value}; give it once"
+            )
         out[name] = severity
     return out
 

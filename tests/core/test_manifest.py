@@ -843,6 +843,14 @@ def test_gate_flag_sets_every_tracks_severity_and_refuses_nonsense(tmp_path: Pat
     for bad in ("tempo", "tempo=maybe", "tmepo=warn"):
         with pytest.raises(InputError, match="--gate"):
             gate_severities([bad])
+    # Twice alike is once; twice apart was the last one's, silently (a CI job's default and a
+    # developer's override on one line).
+    assert gate_severities(["tempo=warn", "tempo=warn"]) == {"tempo": "warn"}
+    with pytest.raises(InputError) as refused:
+        gate_severities(["tempo=warn", "key=off", "tempo=fail"])
+    assert str(refused.value) == (
+        "--gate sets tempo twice: tempo=warn and tempo=fail; give it once"
+    )
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
