@@ -373,6 +373,7 @@ def _check_writable(path: Path) -> None:
         raise InputError(f"report file {path} is not a regular file (a device or pipe)")
     folder = path.absolute().parent
     if not folder.is_dir():
-        raise InputError(f"report file {path}: the folder {folder} does not exist")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise InputError(f"report file {path}: the folder {folder} {what}")
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise InputError(f"report file {path} cannot be written (permission denied)")

@@ -126,6 +126,8 @@ def test_report_paths_are_checked_before_anything_runs(tmp_path: Path) -> None:
     path = manifest(tmp_path)
     with pytest.raises(InputError, match=r"the folder .*missing does not exist"):
         check_inputs(path, reports=[tmp_path / "missing" / "r.json"])
+    with pytest.raises(InputError, match=r"the folder .*m\.yaml is a file, not a folder"):
+        check_inputs(path, reports=[path / "r.json"])  # it exists, as a file
     with pytest.raises(InputError, match="is a directory; give a file name"):
         check_inputs(path, reports=[tmp_path])
     problems = refusal(path, reports=[tmp_path / "audio" / "credits.wav"])
