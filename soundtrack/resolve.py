@@ -105,7 +105,7 @@ def bar_seconds(bpm: float, time_signature: str | None) -> float:
 
 def gate_severities(values: Sequence[str], flag: str = "--gate") -> dict[str, str]:
     """`NAME=SEVERITY` settings (tempo=warn) as a mapping; InputError naming what is wrong."""
-    out = {}
+    out: dict[str, str] = {}
     for value in values:
         name, _, severity = value.partition("=")
         if name not in GATE_NAMES or severity not in ("fail", "warn", "off"):
