@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,3 +35,10 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def clear_folder(path: Path) -> None:
+    """Remove a folder (not a link) where a file of a cache of ours is to be written: nothing
+    renames over one, so each write there would fail, build after build."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)

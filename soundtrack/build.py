@@ -26,7 +26,7 @@ from soundtrack.errors import InputError, ModelLoadError, StorageError
 from soundtrack.formats import parent_format
 from soundtrack.gates import rejection
 from soundtrack.held import scratch_folder
-from soundtrack.inputs import CheckedInputs, check_access, check_inputs
+from soundtrack.inputs import CheckedInputs, check_access, check_cache, check_inputs
 from soundtrack.models import check_model, load_count, one_resident
 from soundtrack.models.device import requested_device, resolve_device
 from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build, reusable, select
@@ -177,6 +177,7 @@ def prepare(
         discarded=options.discarded,
     )
     check_access(checked.storage)
+    check_cache()
     lock, warnings = _previous_lock(checked, logger)
     plan = _plan(checked, lock, options)
     if options.local_models:

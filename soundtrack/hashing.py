@@ -1,4 +1,5 @@
-"""Content hashes of files, kept apart so storage and renders need neither YAML nor pydantic."""
+"""Reading and hashing files that may not be what their names say (a FIFO, a folder, a link),
+kept apart so storage and renders need neither YAML nor pydantic."""
 
 from __future__ import annotations
 
@@ -7,16 +8,28 @@ import hashlib
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a regular file, read in blocks; OSError for anything else."""
-    digest = hashlib.sha256()
+def open_regular(path: Path, *, follow_links: bool = True) -> BinaryIO:
+    """`path` opened to read when it is a regular file; OSError for anything else (a FIFO,
+    which would wait for a writer, a folder, or a link when `follow_links` is off)."""
     # Non-blocking: opening a FIFO for reading waits for a writer, which may never come.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with open(fd, "rb") as handle:
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_sha256(path: Path, *, follow_links: bool = True) -> str:
+    """Hex sha256 of a regular file (as open_regular), read in blocks."""
+    digest = hashlib.sha256()
+    with open_regular(path, follow_links=follow_links) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

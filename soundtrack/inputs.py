@@ -8,6 +8,7 @@ with nothing generated, written or uploaded.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from soundtrack.errors import InputError, ModelLoadError, StorageError
 from soundtrack.licences import licence_of, usage_problem
 from soundtrack.manifest import load_manifest_with_lines, where
 from soundtrack.plan import select
-from soundtrack.renders import cache_root
+from soundtrack.renders import CACHE_ENV, cache_root
 from soundtrack.resolve import gate_severities, resolve_tracks
 from soundtrack.schema import Manifest, model_problem
 from soundtrack.separate import stem_model_licence, stem_model_problem, stem_model_sources
@@ -114,6 +115,21 @@ def check_inputs(
             "ends: give the deployment s3:// storage, or an `out` folder outside it",
         )
     return CheckedInputs(loaded, path, specs, url, storage, expectations, licences, families)
+
+
+def check_cache() -> None:
+    """The render cache can be made and written: a file in its place, or a folder no file can
+    be made in, is a setting to fix (InputError), found before the build starts."""
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"the render cache {root} (${CACHE_ENV}, or the user's cache folder) cannot be "
+            f"written: {exc.strerror or exc}"
+        ) from None
 
 
 def check_access(storage: Storage) -> None:

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from soundtrack.atomic import atomic_path
+from soundtrack.atomic import atomic_path, clear_folder
 from soundtrack.audio import read_audio, write_wav
 from soundtrack.errors import GenerationError, StorageError
 from soundtrack.formats import content_type_for
-from soundtrack.hashing import file_sha256
+from soundtrack.hashing import file_sha256, open_regular
 from soundtrack.paths import user_path
 from soundtrack.spec import ParentAudio, TrackSpec
 from soundtrack.storage import Storage
@@ -43,9 +43,22 @@ class Render:
     license: str
 
 
-def sidecar_json(render: Render) -> str:
-    """What is recorded beside a render: its checksum, rate and model (not its local path)."""
-    return json.dumps({k: v for k, v in asdict(render).items() if k != "path"}, indent=2)
+def sidecar_json(render: Render, generation_key: str) -> str:
+    """What is recorded beside a render: its key, checksum, rate and model (not its local
+    path)."""
+    record = {k: v for k, v in asdict(render).items() if k != "path"}
+    return json.dumps({"generation_key": generation_key, **record}, indent=2)
+
+
+def _render_of(record: object, generation_key: str, path: Path) -> Render | None:
+    """The render a sidecar records, at `path`; None when it is another key's (an entry copied
+    or renamed: its audio is another track's) or no sidecar. One written before sidecars named
+    their key is taken as its file name's."""
+    if not isinstance(record, dict) or record.pop("generation_key", generation_key) != (
+        generation_key
+    ):
+        return None
+    return Render(**{**record, "path": path})
 
 
 def cache_root() -> Path:
@@ -73,15 +86,16 @@ class RenderCache:
         return (self.root / f"{_key(spec)}.json").is_file()
 
     def get(self, generation_key: str) -> Render | None:
-        """The cached render, or None when absent, incomplete or corrupted."""
-        sidecar = self.root / f"{generation_key}.json"
+        """The cached render, or None when absent, incomplete, corrupted or not this key's.
+        A link is no entry: what it names is no render of this cache's."""
         try:
-            render = Render(
-                **{**json.loads(sidecar.read_text()), "path": Path(sidecar.with_suffix(".wav"))}
-            )
+            with open_regular(self.root / f"{generation_key}.json", follow_links=False) as sidecar:
+                render = _render_of(
+                    json.load(sidecar), generation_key, self.wav_path(generation_key)
+                )
+            if render is None or file_sha256(render.path, follow_links=False) != render.sha256:
+                return None
         except (OSError, ValueError, TypeError):
-            return None
-        if not render.path.is_file() or file_sha256(render.path) != render.sha256:
             return None
         return render
 
@@ -98,6 +112,7 @@ class RenderCache:
         """Store a render; the sidecar is written last, so a crash leaves no usable half entry."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.wav_path(generation_key)
+        clear_folder(path)
         write_wav(path, audio, sample_rate)
         render = Render(path, file_sha256(path), sample_rate, model_id, revision, license)
         self.adopt(render)
@@ -113,8 +128,10 @@ class RenderCache:
 
     def adopt(self, render: Render) -> None:
         """Record a render whose WAV is already at its cache path (written here or fetched)."""
-        with atomic_path(render.path.with_suffix(".json")) as tmp:
-            tmp.write_text(sidecar_json(render))
+        sidecar = render.path.with_suffix(".json")
+        clear_folder(sidecar)
+        with atomic_path(sidecar) as tmp:
+            tmp.write_text(sidecar_json(render, render.path.stem))
 
     @staticmethod
     def load(render: Render) -> tuple[np.ndarray, int]:
@@ -201,7 +218,7 @@ def share_render(storage: Storage, spec: TrackSpec, render: Render) -> None:
     )
     with tempfile.TemporaryDirectory() as folder:
         sidecar = Path(folder) / f"{key}.json"
-        sidecar.write_text(sidecar_json(render))
+        sidecar.write_text(sidecar_json(render, key))
         try:
             storage.put_asset(
                 sidecar,
@@ -229,8 +246,13 @@ def fetch_shared(storage: Storage, cache: RenderCache, spec: TrackSpec) -> Rende
     sidecar = storage.read(storage.render_key(key, "json"))
     if sidecar is None:
         return None
-    record = json.loads(sidecar)
-    render = Render(**{**record, "path": cache.wav_path(key)})
+    render = _render_of(json.loads(sidecar), key, cache.wav_path(key))
+    if render is None:
+        raise StorageError(
+            f"the render handed over at {storage.render_key(key, 'json')} is not this track's "
+            "(another key's, or no render's sidecar)",
+            transient=False,
+        )
     wav = storage.render_key(render.sha256, "wav")
     if not storage.has_asset(wav, render.sha256):
         wav = storage.render_key(key, "wav")  # handed over before WAVs were keyed by content

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from soundtrack.atomic import atomic_path
+from soundtrack.atomic import atomic_path, clear_folder
 from soundtrack.audio import read_audio, resample, to_channels, write_wav
 from soundtrack.encode import EncodedFile, encode
 from soundtrack.errors import AudioError, SoundtrackError
@@ -29,7 +29,7 @@ from soundtrack.gates import (
     metrics_row,
     rejection,
 )
-from soundtrack.hashing import file_sha256
+from soundtrack.hashing import file_sha256, open_regular
 from soundtrack.loudness import integrated_lufs
 from soundtrack.master import Master
 from soundtrack.measure import measure_file
@@ -83,19 +83,25 @@ class SeparationCache:
         """The cached sources, or None when absent, incomplete or changed."""
         folder = self.root / key
         try:
-            shas: dict[str, str] = json.loads((folder / INDEX).read_text())
-        except (OSError, ValueError):
+            with open_regular(folder / INDEX, follow_links=False) as index:
+                shas: dict[str, str] = json.load(index)
+            wavs = {name: folder / f"{name}.wav" for name in shas}
+            if not all(
+                file_sha256(wavs[name], follow_links=False) == sha for name, sha in shas.items()
+            ):
+                return None
+        except (OSError, ValueError, AttributeError):  # AttributeError: an index of no mapping
             return None
-        if not all(file_sha256(folder / f"{name}.wav") == sha for name, sha in shas.items()):
-            return None
-        return {name: read_audio(folder / f"{name}.wav")[0] for name in shas}
+        return {name: read_audio(path)[0] for name, path in wavs.items()}
 
     def put(self, key: str, sources: dict[str, np.ndarray], sample_rate: int) -> None:
         folder = self.root / key
         folder.mkdir(parents=True, exist_ok=True)
         for name, audio in sources.items():
+            clear_folder(folder / f"{name}.wav")
             write_wav(folder / f"{name}.wav", audio, sample_rate)
         shas = {name: file_sha256(folder / f"{name}.wav") for name in sources}
+        clear_folder(folder / INDEX)
         with atomic_path(folder / INDEX) as tmp:
             tmp.write_text(json.dumps(shas))
 

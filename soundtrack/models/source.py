@@ -491,8 +491,11 @@ def _memo_path(key: tuple[str, _Stats]) -> Path:
 
 
 def _remembered(key: tuple[str, _Stats]) -> str | None:
+    from soundtrack.hashing import open_regular
+
     try:
-        found = _memo_path(key).read_text().strip()
+        with open_regular(_memo_path(key), follow_links=False) as memo:
+            found = memo.read(256).decode("ascii", "replace").strip()
     except (OSError, RuntimeError):  # RuntimeError: no home folder to find the cache in
         return None
     return found if _FINGERPRINT.fullmatch(found) else None

@@ -337,3 +337,24 @@ def test_an_output_folder_linked_to_nothing_is_bad_input(
     said = " ".join(result.output.split())
     assert "is a symbolic link to" in said and "which does not exist" in said, said
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "under /proc"])
+def test_a_render_cache_that_cannot_be_written_is_bad_input_before_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The build started, then failed in a NotADirectoryError traceback (exit 1)."""
+    path = manifest(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    cache = {
+        "a file": tmp_path / "afile",
+        "under a file": tmp_path / "afile" / "cache",
+        "under /proc": Path("/proc/soundtrack-cache"),
+    }[where]
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(cache))
+    result = CliRunner().invoke(app, ["build", str(path)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert f"error: the render cache {cache} ($SOUNDTRACK_CACHE_DIR, or the user's cache" in said
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "assets").exists(), "nothing published"

@@ -349,6 +349,21 @@ def test_a_folders_fingerprint_is_hashed_once_until_a_file_changes(
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     source._fingerprints.clear()
     assert source.directory_fingerprint(folder) != first and hashed == [folder]
+    # A FIFO at the remembered fingerprint's name was opened to read, and the build waited
+    # for a writer for ever: it is no memo, and the folder is hashed again.
+    changed = source.directory_fingerprint(folder)
+    memos = sorted((tmp_path / "cache" / "fingerprints").glob("*.txt"))
+    for path in memos:
+        path.unlink()
+        os.mkfifo(path)
+    source._fingerprints.clear()
+    done: list[str] = []
+    hashing = threading.Thread(
+        target=lambda: done.append(source.directory_fingerprint(folder)), daemon=True
+    )
+    hashing.start()
+    hashing.join(timeout=30)
+    assert done == [changed] and hashed == [folder, folder]
 
 
 def test_a_link_out_of_a_model_folder_is_refused_not_walked_whole(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from soundtrack.errors import StorageError
 from soundtrack.renders import RenderCache, fetch_shared, is_shared, share_render
 from soundtrack.storage import LocalStorage
 from tests.specs import make_spec
@@ -27,6 +32,41 @@ def test_cache_round_trip_and_corruption(tmp_path: Path) -> None:
     assert cache.get("never-rendered") is None
 
 
+@pytest.mark.timeout(60)  # a FIFO read waited for a writer: a hang fails here, not at 600 s
+def test_an_entry_of_another_key_a_link_a_fifo_or_a_folder_is_no_render(tmp_path: Path) -> None:
+    """An entry copied under another key published that track's audio as this one's (exit 0);
+    a FIFO for a sidecar hung the build; a folder at a WAV's name failed every build after."""
+    cache = RenderCache(tmp_path)
+    kept = {
+        key: cache.put(key, noise(seconds), 32000, model_id="m", revision="r", license="l")
+        for key, seconds in (("k1", 1.0), ("k2", 2.0))
+    }
+    root = cache.root
+    for ext in ("wav", "json"):
+        shutil.copy(root / f"k2.{ext}", root / f"k1.{ext}")
+    assert cache.get("k1") is None and cache.get("k2") == kept["k2"]
+    # A sidecar written before sidecars named their key is its file name's.
+    record = json.loads((root / "k2.json").read_text())
+    del record["generation_key"]
+    (root / "k2.json").write_text(json.dumps(record))
+    assert cache.get("k2") == kept["k2"]
+
+    outside = tmp_path / "outside.wav"
+    shutil.move(root / "k2.wav", outside)
+    (root / "k2.wav").symlink_to(outside)  # the right bytes, not in the cache
+    assert cache.get("k2") is None
+    (root / "k1.json").unlink()
+    os.mkfifo(root / "k1.json")
+    assert cache.get("k1") is None
+    for entry in ("k1.json", "k1.wav"):
+        (root / entry).unlink()
+        (root / entry).mkdir()
+        (root / entry / "inside").write_text("x")
+    assert cache.get("k1") is None
+    stored = cache.put("k1", noise(), 32000, model_id="m", revision="r", license="l")
+    assert cache.get("k1") == stored
+
+
 def test_render_travels_between_machines_through_storage(tmp_path: Path) -> None:
     storage = LocalStorage("shared", tmp_path / "shared")
     spec = make_spec(id="cue", generation_key="abc123")
@@ -44,6 +84,12 @@ def test_render_travels_between_machines_through_storage(tmp_path: Path) -> None
     shared = tmp_path / "shared"
     files = sorted(p.relative_to(shared).as_posix() for p in shared.rglob("*") if p.is_file())
     assert files == sorted([".renders/abc123.json", f".renders/{render.sha256}.wav"])
+    # A sidecar copied under another track's key hands over no render of that track.
+    shutil.copy(shared / ".renders" / "abc123.json", shared / ".renders" / "def456.json")
+    other = make_spec(id="other", generation_key="def456")
+    with pytest.raises(StorageError, match="is not this track's"):
+        fetch_shared(storage, build_machine, other)
+    assert build_machine.get("def456") is None
 
 
 def test_a_render_handed_over_under_its_generation_key_is_still_fetched(tmp_path: Path) -> None:

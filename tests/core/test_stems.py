@@ -292,3 +292,30 @@ def test_a_separation_that_failed_is_tried_again_by_the_next_build(project: Path
         ("drums", "bass"), "published"
     )
     assert {f["stem"] for f in track["files"]} >= {"drums", "bass"}
+
+
+@pytest.mark.timeout(60)  # a FIFO read waited for a writer: a hang fails here, not at 600 s
+def test_a_separation_entry_that_is_a_fifo_a_link_or_a_folder_is_separated_again(
+    tmp_path: Path,
+) -> None:
+    """A FIFO for the index hung the build; a folder at a source's name failed every build."""
+    from soundtrack.stems import INDEX, SeparationCache
+
+    cache = SeparationCache(tmp_path)
+    sources = {"drums": np.full((2, 800), 0.25, np.float32), "bass": np.zeros((2, 800), np.float32)}
+    cache.put("k", sources, 8000)
+    assert cache.get("k") is not None
+    folder = cache.root / "k"
+    index = (folder / INDEX).read_bytes()
+    (folder / INDEX).unlink()
+    os.mkfifo(folder / INDEX)
+    assert cache.get("k") is None
+    (folder / INDEX).unlink()
+    (folder / INDEX).symlink_to(tmp_path / "index-elsewhere.json")
+    (tmp_path / "index-elsewhere.json").write_bytes(index)
+    assert cache.get("k") is None
+    (folder / "drums.wav").unlink()
+    (folder / "drums.wav").mkdir()
+    cache.put("k", sources, 8000)
+    found = cache.get("k")
+    assert found is not None and np.array_equal(found["drums"], sources["drums"])
