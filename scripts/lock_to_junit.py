@@ -42,6 +42,8 @@ def main() -> None:
 
     try:
         report = parse_lock(args.lock.read_bytes())
+    except OSError as exc:  # no lock there: the build published none, or a wrong path
+        sys.exit(f"cannot read {args.lock}: {exc.strerror or exc}")
     except LockUnreadable as exc:
         sys.exit(f"{args.lock} is not a readable soundtrack lock file: {exc}")
     if report is None:

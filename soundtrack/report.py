@@ -10,9 +10,16 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from soundtrack import PIPELINE_VERSION
 from soundtrack.errors import SoundtrackError
@@ -23,7 +30,13 @@ Status = Literal["approved", "rejected", "failed", "cached"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A lock is read back from storage, where anyone may have edited it: an infinite duration
+    # would be written back as null, which no later read takes.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# A content hash names files (the review server's copies): only its 64 hex digits may.
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class ModelInfo(_Model):
@@ -36,7 +49,7 @@ class FileRecord(_Model):
     format: str
     key: str
     uri: str
-    sha256: str
+    sha256: Sha256
     bytes: int
     duration_s: float
     sample_rate: int
@@ -45,7 +58,7 @@ class FileRecord(_Model):
     loop_length: int | None = None
     stem: str | None = Field(default=None, description="The stem this file holds; None: the mix.")
     url: str | None = Field(default=None, description="Presigned download link (S3 only).")
-    audio_sha256: str | None = Field(
+    audio_sha256: Sha256 | None = Field(
         default=None,
         description="Of the file the track's variations render from: sha256 of its decoded "
         "samples, which their keys hold (its bytes change with its tags).",
@@ -72,7 +85,7 @@ class SidecarRecord(_Model):
     format: Literal["json"] = "json"
     key: str
     uri: str
-    sha256: str
+    sha256: Sha256
     bytes: int
     url: str | None = Field(default=None, description="Presigned download link (S3 only).")
 
@@ -88,7 +101,7 @@ class PictureRecord(_Model):
     format: Literal["png"] = "png"
     key: str
     uri: str
-    sha256: str
+    sha256: Sha256
     bytes: int
     width_px: int
     height_px: int
@@ -198,10 +211,10 @@ class TrackRecord(_Model):
     variation_of: str | None = Field(
         default=None, description="The parent track this one was rendered from."
     )
-    parent_sha256: str | None = Field(
+    parent_sha256: Sha256 | None = Field(
         default=None, description="sha256 of the parent's published file it was rendered from."
     )
-    parent_audio_sha256: str | None = Field(
+    parent_audio_sha256: Sha256 | None = Field(
         default=None, description="sha256 of that file's decoded samples (its audio_sha256)."
     )
 
@@ -280,6 +293,20 @@ class BuildReport(_Model):
     def _known_schema(cls, value: int) -> int:
         if value != REPORT_SCHEMA:
             raise ValueError(f"schema {value}; this version reads schema {REPORT_SCHEMA}")
+        return value
+
+    @field_validator("created_at")
+    @classmethod
+    def _a_time_with_its_zone(cls, value: str) -> str:
+        # Read as one by the JUnit file and scripts/lock_to_junit.py, beside times in UTC.
+        try:
+            when = datetime.fromisoformat(value)
+            if when.tzinfo is not None:
+                when.astimezone(UTC)  # OverflowError for a zone that moves it past year 9999
+        except (ValueError, OverflowError):
+            raise ValueError(f"{value!r} is no ISO 8601 time") from None
+        if when.tzinfo is None:
+            raise ValueError(f"{value!r} has no time zone")
         return value
 
     def counts(self) -> dict[str, int]:

@@ -72,6 +72,21 @@ def test_a_lock_older_than_the_job_is_refused(tmp_path: Path) -> None:
     assert "earlier build" in done.stderr and not junit.exists()
 
 
+def test_a_lock_of_an_unreadable_time_or_no_lock_at_all_is_one_line(tmp_path: Path) -> None:
+    """A hand-edited created_at crashed the script in a traceback (ValueError, TypeError
+    comparing a time of no zone, OverflowError), and so did a lock path with no file."""
+    for written in ("not a date", "2026-11-22T03:10:00", "9999-12-31T23:59:59-23:59"):
+        path = lock(tmp_path, "2026-11-22T03:10:00+00:00")
+        path.write_text(path.read_text().replace("2026-11-22T03:10:00+00:00", written))
+        done = convert(path, tmp_path / "j.xml", "2026-11-22T03:00:00Z")
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert f"{path} is not a readable soundtrack lock file: " in done.stderr
+    done = convert(tmp_path / "none.json", tmp_path / "j.xml", "2026-11-22T03:00:00Z")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr == f"cannot read {tmp_path / 'none.json'}: No such file or directory\n"
+    assert not (tmp_path / "j.xml").exists()
+
+
 def test_a_time_without_offset_is_refused(tmp_path: Path) -> None:
     done = convert(lock(tmp_path, "2026-11-22T03:10:00+00:00"), tmp_path / "j.xml", "2026-11-22")
     assert done.returncode == 2 and "UTC offset" in done.stderr

@@ -88,13 +88,24 @@ def test_an_unreadable_lock_says_what_is_wrong() -> None:
     escaping["tracks"][0]["files"][0]["key"] = "g/../../etc/passwd"
     absolute = json.loads(lock_bytes(report()))
     absolute["tracks"][0]["files"][0]["key"] = "/etc/passwd"
+    # The review server names its copies by sha256: this one served /etc/passwd.
+    named = json.loads(lock_bytes(report()))
+    named["tracks"][0]["files"][0]["sha256"] = "../../../../etc/passwd"
+    # Read, then written back as null, which the next read refused after publishing.
+    endless = lock_bytes(report()).replace(b'"duration_s": 10.0', b'"duration_s": Infinity', 1)
     cases = {
         truncated: "Invalid JSON",
         b'{"soundtrack": "g"}': "storage: Field required",
         newer: "report_schema: schema 2; this version reads schema 1",
         json.dumps(escaping).encode(): "tracks.0.files.0.key: file key 'g/../../etc/passwd'",
         json.dumps(absolute).encode(): "tracks.0.files.0.key: file key '/etc/passwd'",
+        json.dumps(named).encode(): "tracks.0.files.0.sha256: String should match pattern",
+        endless: "tracks.0.files.0.duration_s: Input should be a finite number",
+        json.dumps({**good, "created_at": "not a date"}).encode(): "'not a date' is no ISO",
+        json.dumps({**good, "created_at": "2026-12-06T12:18:10"}).encode(): "has no time zone",
+        json.dumps({**good, "created_at": "9999-12-31T23:59:59-23:59"}).encode(): "is no ISO",
     }
+    assert b'"duration_s": Infinity' in endless
     for data, message in cases.items():
         with pytest.raises(LockUnreadable, match=re.escape(message)):
             parse_lock(data)

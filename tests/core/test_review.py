@@ -361,6 +361,22 @@ def test_a_browser_gone_before_its_error_is_sent_leaves_no_traceback(
     assert logged.count("Traceback") == 1 and "ValueError: a bug" in logged, logged
 
 
+def test_a_lock_naming_a_path_for_a_sha256_serves_nothing_outside(
+    served: tuple[Served, bytes], tmp_path: Path
+) -> None:
+    """The server keeps its copies under their sha256: a lock's `../outside.txt` for one was
+    served from outside its cache, unchecked (any file on the machine)."""
+    server, _ = served
+    lock = tmp_path / "assets" / SOUNDTRACK / "soundtrack.lock.json"
+    record = json.loads(lock.read_text())
+    record["tracks"][0]["files"][0]["sha256"] = "../outside.txt"  # the cache is tmp_path/cache
+    lock.write_text(json.dumps(record))
+    for path in ("/", "/loop.wav"):
+        status, _, body = server.get(path)
+        assert status == 500 and b"sha256" in body, (path, body)
+        assert b"outside the storage" not in body
+
+
 def test_the_server_reads_no_link_out_of_the_storage_and_no_key_of_another_folder(
     served: tuple[Served, bytes], tmp_path: Path
 ) -> None:
