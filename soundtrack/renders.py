@@ -95,7 +95,7 @@ class RenderCache:
                 )
             if render is None or file_sha256(render.path, follow_links=False) != render.sha256:
                 return None
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, RecursionError):
             return None
         return render
 
@@ -246,7 +246,10 @@ def fetch_shared(storage: Storage, cache: RenderCache, spec: TrackSpec) -> Rende
     sidecar = storage.read(storage.render_key(key, "json"))
     if sidecar is None:
         return None
-    render = _render_of(json.loads(sidecar), key, cache.wav_path(key))
+    try:
+        render = _render_of(json.loads(sidecar), key, cache.wav_path(key))
+    except (ValueError, TypeError, RecursionError):
+        render = None
     if render is None:
         raise StorageError(
             f"the render handed over at {storage.render_key(key, 'json')} is not this track's "

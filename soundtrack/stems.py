@@ -90,7 +90,8 @@ class SeparationCache:
                 file_sha256(wavs[name], follow_links=False) == sha for name, sha in shas.items()
             ):
                 return None
-        except (OSError, ValueError, AttributeError):  # AttributeError: an index of no mapping
+        # AttributeError: an index of no mapping; RecursionError: one nested too deep.
+        except (OSError, ValueError, AttributeError, RecursionError):
             return None
         return {name: read_audio(path)[0] for name, path in wavs.items()}
 

@@ -193,7 +193,7 @@ def index_entries(data: bytes, where: str) -> dict[str, dict[str, str | None]]:
     (None where the lock gives none)."""
     try:
         index = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # a number past int's digits; deep nesting
         raise StorageError(f"index {where} is not valid JSON: {exc}", transient=False) from None
     tracks = index.get("tracks") if isinstance(index, dict) else None
     if not isinstance(tracks, list):

@@ -295,7 +295,7 @@ class Lease:
         age_s = (parsedate_to_datetime(date) - reply["LastModified"]).total_seconds()
         try:
             body = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         return _Seen(reply["ETag"], body if isinstance(body, dict) else {}, age_s)
 

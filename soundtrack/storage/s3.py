@@ -483,7 +483,7 @@ class S3Storage:
             return False
         try:
             recorded = json.loads(self.read(record) or b"{}").get("checksum")
-        except (ValueError, AttributeError):  # not a record this tool wrote
+        except (ValueError, AttributeError, RecursionError):  # not a record this tool wrote
             return False
         return "-" in reported and recorded == reported
 

@@ -160,7 +160,7 @@ class Publishing:
             record = json.loads(self._record.read_bytes())
         except FileNotFoundError:
             return None
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):
             # A record is written whole (atomic rename) or not at all; this is not ours.
             raise StorageError(
                 f"{self._record} is not a commit record this tool wrote: look at it, then "
@@ -315,7 +315,7 @@ def _holder(fd: int) -> str:
     try:
         holder = json.loads(os.pread(fd, 4096, 0))
         return f"process {holder['pid']} on {holder['host']} since {holder['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return "another build"
 
 

@@ -164,3 +164,46 @@ def test_gc_refuses_an_index_it_cannot_read(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["gc", str(tmp_path), "--soundtrack", SOUNDTRACK, "--delete"])
     assert result.exit_code == 1
     assert "tracks[0].files[0] has no 'key'" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("lock", "said"),
+    [
+        (b"[" * 100_000, "is not valid JSON: maximum recursion depth"),
+        (b'{"model_loads": 1' + b"0" * 5000 + b', "tracks": []}', "Exceeds the limit"),
+    ],
+)
+def test_gc_and_the_next_build_take_a_lock_too_deep_or_too_long_to_read(
+    tmp_path: Path, lock: bytes, said: str
+) -> None:
+    """Such a lock crashed gc in a RecursionError or ValueError traceback, and every build of
+    the soundtrack in write-index (reading what the old lock named), so none replaced it."""
+    folder = tmp_path / SOUNDTRACK
+    folder.mkdir()
+    (folder / "soundtrack.lock.json").write_bytes(lock)
+    result = CliRunner().invoke(app, ["gc", str(tmp_path), "--soundtrack", SOUNDTRACK])
+    assert result.exit_code == 1 and said in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
+    storage = LocalStorage(str(tmp_path), tmp_path)
+    publish(storage, SOUNDTRACK, sample_assets(tmp_path / "assets"))
+    assert json.loads((folder / "soundtrack.lock.json").read_bytes())["tracks"]
+
+
+@pytest.mark.timeout(60)  # a FIFO read waited for a writer: a hang fails here, not at 600 s
+def test_a_fifo_for_the_lock_or_the_journal_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO at the lock's or the journal's name hung build, gc and review for ever."""
+    storage = LocalStorage(str(tmp_path), tmp_path)
+    publish(storage, SOUNDTRACK, sample_assets(tmp_path / "assets"))
+    for name in ("soundtrack.lock.json", "soundtrack.journal.jsonl"):
+        path = tmp_path / SOUNDTRACK / name
+        kept = path.read_bytes()
+        path.unlink()
+        os.mkfifo(path)
+        result = CliRunner().invoke(app, ["gc", str(tmp_path), "--soundtrack", SOUNDTRACK])
+        assert result.exit_code == 1, result.output
+        assert "not a regular file" in " ".join(result.output.split()), result.output
+        if name == "soundtrack.journal.jsonl":  # taking lines it kept none of
+            with pytest.raises(StorageError, match="not a regular file"):
+                publish(storage, SOUNDTRACK, sample_assets(tmp_path / "again", scale=2))
+        path.unlink()
+        path.write_bytes(kept)
