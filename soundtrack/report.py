@@ -30,9 +30,7 @@ Status = Literal["approved", "rejected", "failed", "cached"]
 
 
 class _Model(BaseModel):
-    # A lock is read back from storage, where anyone may have edited it: an infinite duration
-    # would be written back as null, which no later read takes.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid")
 
 
 # A content hash names files (the review server's copies): only its 64 hex digits may.
@@ -51,7 +49,9 @@ class FileRecord(_Model):
     uri: str
     sha256: Sha256
     bytes: int
-    duration_s: float
+    # A lock is read back from storage, where anyone may edit it: an infinite duration would
+    # be written back as null, which no later read takes. (Optional measures may be NaN: null.)
+    duration_s: float = Field(allow_inf_nan=False)
     sample_rate: int
     channels: int
     loop_start: int | None = None
