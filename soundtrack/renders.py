@@ -43,11 +43,13 @@ class Render:
     license: str
 
 
-def sidecar_json(render: Render, generation_key: str) -> str:
-    """What is recorded beside a render: its key, checksum, rate and model (not its local
-    path)."""
+def sidecar_json(render: Render, generation_key: str | None = None) -> str:
+    """What is recorded beside a render: its checksum, rate and model (not its local path),
+    and in this machine's cache its key. A handed-over one leaves the key to its object's
+    name: a render-pool machine of the previous version reads no field it does not know."""
     record = {k: v for k, v in asdict(render).items() if k != "path"}
-    return json.dumps({"generation_key": generation_key, **record}, indent=2)
+    key = {} if generation_key is None else {"generation_key": generation_key}
+    return json.dumps({**key, **record}, indent=2)
 
 
 def _render_of(record: object, generation_key: str, path: Path) -> Render | None:
@@ -218,7 +220,7 @@ def share_render(storage: Storage, spec: TrackSpec, render: Render) -> None:
     )
     with tempfile.TemporaryDirectory() as folder:
         sidecar = Path(folder) / f"{key}.json"
-        sidecar.write_text(sidecar_json(render, key))
+        sidecar.write_text(sidecar_json(render))
         try:
             storage.put_asset(
                 sidecar,

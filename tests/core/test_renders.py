@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from soundtrack.errors import StorageError
-from soundtrack.renders import RenderCache, fetch_shared, is_shared, share_render
+from soundtrack.renders import RenderCache, fetch_shared, is_shared, share_render, sidecar_json
 from soundtrack.storage import LocalStorage
 from tests.specs import make_spec
 
@@ -84,8 +84,10 @@ def test_render_travels_between_machines_through_storage(tmp_path: Path) -> None
     shared = tmp_path / "shared"
     files = sorted(p.relative_to(shared).as_posix() for p in shared.rglob("*") if p.is_file())
     assert files == sorted([".renders/abc123.json", f".renders/{render.sha256}.wav"])
-    # A sidecar copied under another track's key hands over no render of that track.
-    shutil.copy(shared / ".renders" / "abc123.json", shared / ".renders" / "def456.json")
+    # Handed over as the previous version reads it: with no field it does not know.
+    assert "generation_key" not in (shared / ".renders" / "abc123.json").read_text()
+    # One that names another track's key hands over no render of this track.
+    (shared / ".renders" / "def456.json").write_text(sidecar_json(render, "abc123"))
     other = make_spec(id="other", generation_key="def456")
     with pytest.raises(StorageError, match="is not this track's"):
         fetch_shared(storage, build_machine, other)
