@@ -104,7 +104,11 @@ def check_inputs(
         inputs=_inputs(path, loaded, specs),
     )
     _refuse_overlaps(
-        [(report, other) for report in _reports(reports) for other in _others(storage, loaded)],
+        [
+            (report, other)
+            for report in _reports(reports)
+            if (other := _other(storage, loaded, report[1]))
+        ],
         "a report would overwrite another soundtrack's published files (or lock, which gc "
         "trusts): write reports outside the soundtracks' folders",
     )
@@ -333,15 +337,23 @@ def _reports(reports: Sequence[Path]) -> list[tuple[str, Path]]:
     return [(f"the report file {p.name}", p.absolute()) for p in reports]
 
 
-def _others(storage: Storage, manifest: Manifest) -> list[tuple[str, Path]]:
-    """The folders of the other soundtracks published in the same folder storage."""
+def _other(storage: Storage, manifest: Manifest, report: Path) -> tuple[str, Path] | None:
+    """The folder of another soundtrack published in the same folder storage that `report`
+    lies in, if any (a folder that holds a lock; one that cannot be read holds none)."""
     if not isinstance(storage, LocalStorage):
-        return []
-    return [
-        (f"soundtrack {name}'s folder (holding its {INDEX_NAME})", storage.root / name)
-        for name in storage.soundtracks()
-        if name != manifest.soundtrack
-    ]
+        return None
+    root, path = Path(os.path.realpath(storage.root)), Path(os.path.realpath(report))
+    if not path.is_relative_to(root) or path == root:
+        return None
+    name = path.relative_to(root).parts[0]
+    folder = storage.root / name
+    try:
+        holds_lock = name != manifest.soundtrack and (folder / INDEX_NAME).is_file()
+    except OSError:
+        holds_lock = False
+    return (
+        (f"soundtrack {name}'s folder (holding its {INDEX_NAME})", folder) if holds_lock else None
+    )
 
 
 def _outputs(storage: Storage, soundtrack: str, reports: Sequence[Path]) -> list[tuple[str, Path]]:
