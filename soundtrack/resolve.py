@@ -612,7 +612,14 @@ def _recording(path: Path) -> _Recording:
         )
     stat = path.stat()
     # Only floating-point samples can be NaN or infinite; mastering fails on them mid-build.
-    if info.subtype in ("FLOAT", "DOUBLE") and _non_finite(path, stat.st_mtime_ns, stat.st_size):
+    try:
+        non_finite = info.subtype in ("FLOAT", "DOUBLE") and _non_finite(
+            path, stat.st_mtime_ns, stat.st_size
+        )
+    except RuntimeError as exc:  # libsndfile, on a block it cannot read
+        said = getattr(exc, "error_string", exc)  # LibsndfileError's str repeats the path
+        raise InputError(f"cannot read the source recording {path.name}: {said}") from None
+    if non_finite:
         raise InputError(f"source recording {path.name} contains NaN or infinite samples")
     return _Recording(duration_s=duration_s, channels=int(info.channels))
 

@@ -19,6 +19,7 @@ from huggingface_hub.errors import (
 
 from soundtrack.catalog import is_local
 from soundtrack.errors import ModelLoadError
+from soundtrack.hashing import open_regular
 from soundtrack.licences import licence_of
 from soundtrack.paths import user_path
 from soundtrack.separate import FORMAT as SEPARATOR_FORMAT
@@ -491,8 +492,6 @@ def _memo_path(key: tuple[str, _Stats]) -> Path:
 
 
 def _remembered(key: tuple[str, _Stats]) -> str | None:
-    from soundtrack.hashing import open_regular
-
     try:
         with open_regular(_memo_path(key), follow_links=False) as memo:
             found = memo.read(256).decode("ascii", "replace").strip()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from soundtrack.atomic import atomic_path, fsync_path
 from soundtrack.errors import InputError, StorageBusy, StorageError
-from soundtrack.hashing import file_sha256
+from soundtrack.hashing import file_sha256, open_regular
 from soundtrack.storage.base import INDEX_NAME
 
 CONTROL = ".publishing"  # beside the lock: the build lock and what a build has not committed yet
@@ -138,9 +138,14 @@ class Publishing:
         if record is None or record[0] != "forward":
             return None
         try:
-            return (self.control / "lock.json").read_bytes()
+            with open_regular(self.control / "lock.json") as pending:
+                return pending.read()
         except FileNotFoundError:
             return None  # already in place: the folder's lock is the new one
+        except OSError as exc:
+            raise StorageError(
+                f"cannot read {self.control / 'lock.json'}: {exc.strerror or exc}", transient=False
+            ) from None
 
     def discard(self) -> None:
         """Drop what this build staged and end its turn: a commit under way (on a task's
@@ -157,9 +162,14 @@ class Publishing:
     def _read_record(self) -> tuple[str, list[dict[str, object]]] | None:
         """(direction, files) of a commit under way, or None."""
         try:
-            record = json.loads(self._record.read_bytes())
+            with open_regular(self._record) as handle:  # a FIFO would wait for a writer
+                record = json.loads(handle.read())
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise StorageError(
+                f"cannot read {self._record}: {exc.strerror or exc}", transient=False
+            ) from None
         except (ValueError, RecursionError):
             # A record is written whole (atomic rename) or not at all; this is not ours.
             raise StorageError(

@@ -207,3 +207,9 @@ def test_a_fifo_for_the_lock_or_the_journal_is_refused_not_waited_on(tmp_path: P
                 publish(storage, SOUNDTRACK, sample_assets(tmp_path / "again", scale=2))
         path.unlink()
         path.write_bytes(kept)
+    record = tmp_path / SOUNDTRACK / ".publishing" / "commit.json"  # a commit under way
+    record.parent.mkdir(exist_ok=True)
+    os.mkfifo(record)
+    result = CliRunner().invoke(app, ["gc", str(tmp_path), "--soundtrack", SOUNDTRACK, "--delete"])
+    assert result.exit_code == 1, result.output  # it repairs first: reads the commit's record
+    assert "commit.json: not a regular file" in " ".join(result.output.split()), result.output
