@@ -18,12 +18,25 @@ def open_regular(path: Path, *, follow_links: bool = True) -> BinaryIO:
     flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
     fd = os.open(path, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        regular_stat(fd, path)
         return open(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def regular_stat(fd: int, path: Path) -> os.stat_result:
+    """The stat of the open file `fd` (at `path`); OSError unless it is a regular file."""
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return found
+
+
+def read_regular(path: Path, *, follow_links: bool = True) -> bytes:
+    """The bytes of a regular file (as open_regular)."""
+    with open_regular(path, follow_links=follow_links) as handle:
+        return handle.read()
 
 
 def file_sha256(path: Path, *, follow_links: bool = True) -> str:

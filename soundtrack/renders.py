@@ -20,7 +20,7 @@ from soundtrack.atomic import atomic_path, clear_folder
 from soundtrack.audio import read_audio, write_wav
 from soundtrack.errors import GenerationError, StorageError
 from soundtrack.formats import content_type_for
-from soundtrack.hashing import file_sha256, open_regular
+from soundtrack.hashing import file_sha256, read_regular
 from soundtrack.paths import user_path
 from soundtrack.spec import ParentAudio, TrackSpec
 from soundtrack.storage import Storage
@@ -91,10 +91,8 @@ class RenderCache:
         """The cached render, or None when absent, incomplete, corrupted or not this key's.
         A link is no entry: what it names is no render of this cache's."""
         try:
-            with open_regular(self.root / f"{generation_key}.json", follow_links=False) as sidecar:
-                render = _render_of(
-                    json.load(sidecar), generation_key, self.wav_path(generation_key)
-                )
+            sidecar = read_regular(self.root / f"{generation_key}.json", follow_links=False)
+            render = _render_of(json.loads(sidecar), generation_key, self.wav_path(generation_key))
             if render is None or file_sha256(render.path, follow_links=False) != render.sha256:
                 return None
         except (OSError, ValueError, TypeError, RecursionError):

@@ -29,7 +29,7 @@ from soundtrack.gates import (
     metrics_row,
     rejection,
 )
-from soundtrack.hashing import file_sha256, open_regular
+from soundtrack.hashing import file_sha256, read_regular
 from soundtrack.loudness import integrated_lufs
 from soundtrack.master import Master
 from soundtrack.measure import measure_file
@@ -83,8 +83,7 @@ class SeparationCache:
         """The cached sources, or None when absent, incomplete or changed."""
         folder = self.root / key
         try:
-            with open_regular(folder / INDEX, follow_links=False) as index:
-                shas: dict[str, str] = json.load(index)
+            shas: dict[str, str] = json.loads(read_regular(folder / INDEX, follow_links=False))
             wavs = {name: folder / f"{name}.wav" for name in shas}
             if not all(
                 file_sha256(wavs[name], follow_links=False) == sha for name, sha in shas.items()

@@ -19,7 +19,7 @@ from huggingface_hub.errors import (
 
 from soundtrack.catalog import is_local
 from soundtrack.errors import ModelLoadError
-from soundtrack.hashing import open_regular
+from soundtrack.hashing import read_regular
 from soundtrack.licences import licence_of
 from soundtrack.paths import user_path
 from soundtrack.separate import FORMAT as SEPARATOR_FORMAT
@@ -493,8 +493,8 @@ def _memo_path(key: tuple[str, _Stats]) -> Path:
 
 def _remembered(key: tuple[str, _Stats]) -> str | None:
     try:
-        with open_regular(_memo_path(key), follow_links=False) as memo:
-            found = memo.read(256).decode("ascii", "replace").strip()
+        memo = read_regular(_memo_path(key), follow_links=False)
+        found = memo.decode("ascii", "replace").strip()
     except (OSError, RuntimeError):  # RuntimeError: no home folder to find the cache in
         return None
     return found if _FINGERPRINT.fullmatch(found) else None

@@ -3,11 +3,9 @@ its lock is written (soundtrack/storage/staging.py), one build at a time per sou
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import stat
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -15,7 +13,7 @@ from pathlib import Path
 
 from soundtrack.atomic import atomic_path, fsync_path
 from soundtrack.errors import InputError, StorageError
-from soundtrack.hashing import file_sha256, open_regular
+from soundtrack.hashing import file_sha256, read_regular, regular_stat
 from soundtrack.storage.base import (
     INDEX_NAME,
     MAX_PRESIGN_EXPIRY_S,
@@ -133,8 +131,7 @@ class LocalStorage:
         """A file's bytes, or None when it does not exist."""
         path = self._path(key)
         try:
-            with open_regular(path) as handle:  # a FIFO would wait for a writer for ever
-                return handle.read()
+            return read_regular(path)  # a FIFO would wait for a writer for ever
         except (FileNotFoundError, NotADirectoryError):  # the root or a folder is a file
             return None
         except OSError as exc:
@@ -330,8 +327,7 @@ class LocalStorage:
         """key -> every sha256 the journal records writing there (empty when no journal)."""
         path = self.root / soundtrack / JOURNAL_NAME
         try:
-            with open_regular(path) as handle:  # a FIFO would wait for a writer for ever
-                lines = handle.read().splitlines()
+            lines = read_regular(path).splitlines()  # a FIFO would wait for a writer for ever
         except FileNotFoundError:
             return {}
         except OSError as exc:
@@ -428,10 +424,7 @@ def _append(path: Path, line: bytes) -> None:
         # Not through a link: appended to, a linked file (a manifest) would take the line.
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
         try:
-            found = os.fstat(fd)
-            if not stat.S_ISREG(found.st_mode):  # a FIFO would take the lines and keep none
-                raise OSError(errno.EINVAL, "not a regular file", str(path))
-            size = found.st_size
+            size = regular_stat(fd, path).st_size  # a FIFO would take the lines, keep none
             # After a crash mid-append, start on a fresh line so this entry stays readable.
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 line = b"\n" + line

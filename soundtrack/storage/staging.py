@@ -30,7 +30,7 @@ from pathlib import Path
 
 from soundtrack.atomic import atomic_path, fsync_path
 from soundtrack.errors import InputError, StorageBusy, StorageError
-from soundtrack.hashing import file_sha256, open_regular
+from soundtrack.hashing import file_sha256, read_regular
 from soundtrack.storage.base import INDEX_NAME
 
 CONTROL = ".publishing"  # beside the lock: the build lock and what a build has not committed yet
@@ -138,8 +138,7 @@ class Publishing:
         if record is None or record[0] != "forward":
             return None
         try:
-            with open_regular(self.control / "lock.json") as pending:
-                return pending.read()
+            return read_regular(self.control / "lock.json")
         except FileNotFoundError:
             return None  # already in place: the folder's lock is the new one
         except OSError as exc:
@@ -162,8 +161,7 @@ class Publishing:
     def _read_record(self) -> tuple[str, list[dict[str, object]]] | None:
         """(direction, files) of a commit under way, or None."""
         try:
-            with open_regular(self._record) as handle:  # a FIFO would wait for a writer
-                record = json.loads(handle.read())
+            record = json.loads(read_regular(self._record))  # a FIFO would wait for a writer
         except FileNotFoundError:
             return None
         except OSError as exc:
