@@ -336,11 +336,16 @@ def parse_lock(data: bytes | None) -> BuildReport | None:
     try:
         return BuildReport.model_validate_json(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        message = str(first["msg"]).removeprefix("Value error, ")
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise LockUnreadable(f"{where}: {message}{more}") from None
+        raise LockUnreadable(first_problem(exc)) from None
+
+
+def first_problem(exc: ValidationError) -> str:
+    """The first thing wrong with stored JSON, where it is, and how many more there are."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {message}{more}"
 
 
 # What XML 1.0 cannot hold at all, escaped or not: one such character and a CI's JUnit reader

@@ -9,18 +9,23 @@ model's name and revision, not by its weights), and records the separator that m
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from soundtrack.audio import read_audio, write_wav
+from soundtrack.errors import StorageError
 from soundtrack.formats import content_type_for
 from soundtrack.hashing import file_sha256
+from soundtrack.report import Sha256, first_problem
 from soundtrack.storage import Storage
+
+# A separator's source: a plain name, as Demucs' `drums` or `guitar`.
+SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
 @dataclass(frozen=True)
@@ -93,13 +98,13 @@ def share_separation(
                 metadata={"track-id": job.track_id, "source": name},
             )
         index = Path(folder) / "index.json"
-        made_by = {
-            "model_id": separation.model_id,
-            "revision": separation.revision,
-            "license": separation.license,
-            "sources": shas,
-        }
-        index.write_text(json.dumps(made_by, indent=2))
+        made_by = _Index(
+            model_id=separation.model_id,
+            revision=separation.revision,
+            license=separation.license,
+            sources=shas,
+        )
+        index.write_text(made_by.model_dump_json(indent=2))
         storage.put_asset(
             index,
             storage.render_key(job.key, "json"),
@@ -114,11 +119,28 @@ def fetch_separation(storage: Storage, job: SeparationJob) -> Separation | None:
     index = storage.read(storage.render_key(job.key, "json"))
     if index is None:
         return None
-    made_by = json.loads(index)
+    try:
+        made_by = _Index.model_validate_json(index)
+    except ValidationError as exc:
+        raise StorageError(
+            f"the sources handed back at {storage.render_key(job.key, 'json')} are no "
+            f"separation's index: {first_problem(exc)}",
+            transient=False,
+        ) from None
     sources = {}
     with tempfile.TemporaryDirectory() as folder:
-        for name, sha in made_by["sources"].items():
+        for name, sha in made_by.sources.items():
             path = Path(folder) / f"{name}.wav"
             storage.fetch(storage.render_key(sha, "wav"), path, sha256=sha)
             sources[name] = read_audio(path)[0]
-    return Separation(sources, made_by["model_id"], made_by["revision"], made_by["license"])
+    return Separation(sources, made_by.model_id, made_by.revision, made_by.license)
+
+
+class _Index(BaseModel):
+    """What `share_separation` writes: read from storage, so anyone with write access to it
+    may have left something else there (a source name is a file name here)."""
+
+    model_id: str
+    revision: str
+    license: str
+    sources: dict[SourceName, Sha256]
