@@ -77,6 +77,16 @@ def fail(exc: SoundtrackError) -> NoReturn:
     raise typer.Exit(EXIT_BUSY if isinstance(exc, StorageBusy) else EXIT_FAILED)
 
 
+def _build_failed(message: str) -> NoReturn:
+    """Say why a build failed, as `fail` says it, and exit 1."""
+    err_console.print(
+        f"[bold red]build failed:[/] {escape(printable(redact(message)))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(EXIT_FAILED)
+
+
 def _print_version(asked: bool) -> None:
     if asked:
         from importlib.metadata import version
@@ -1152,12 +1162,7 @@ def build(
     if isinstance(result, FailedRun):
         # The server failed the run itself: a review nobody answered in time (the flow's log
         # said so); nothing was published.
-        err_console.print(
-            f"[red]build failed:[/] {escape(redact(state.message or str(result)))}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(1)
+        _build_failed(state.message or str(result))
     if isinstance(result, BaseException):
         raise result  # a bug: in full
     from soundtrack.report import BuildReport, to_junit
@@ -1175,12 +1180,7 @@ def build(
             f"error: cannot write {printable(line)}", style="bold red", markup=False, soft_wrap=True
         )
     if state.is_failed():
-        err_console.print(
-            f"[bold red]build failed:[/] {escape(redact(state.message or 'see the report'))}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(EXIT_FAILED)
+        _build_failed(state.message or "see the report")
     if unwritten:
         raise typer.Exit(EXIT_FAILED)
 
