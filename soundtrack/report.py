@@ -407,6 +407,9 @@ def to_junit(report: BuildReport) -> str:
             ET.SubElement(case, "error", message=_xml_text(track.reason or "failed"))
         lines = [f"status: {track.status}", f"spec_hash: {track.spec_hash}"]
         lines += [f"{f.format}: {f.uri} sha256={f.sha256}" for f in track.files]
-        ET.SubElement(case, "system-out").text = "\n".join(lines)
+        # A rejected stem leaves its track approved (the mix is published): said here, or a
+        # CI reading only this file never learns of it.
+        lines += [f"stems: {track.stems_summary()}"] if track.stems else []
+        ET.SubElement(case, "system-out").text = _xml_text("\n".join(lines))
     ET.indent(suite)
     return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"

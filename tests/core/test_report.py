@@ -14,6 +14,7 @@ from soundtrack.report import (
     BuildReport,
     FileRecord,
     LockUnreadable,
+    StemRecord,
     TrackRecord,
     parse_lock,
     to_junit,
@@ -214,3 +215,20 @@ def test_junit_stays_xml_when_a_reason_holds_control_characters() -> None:
     suite = ET.fromstring(to_junit(report).encode())
     messages = [e.get("message") for e in suite.iter() if e.tag in ("error", "failure")]
     assert messages == ["ffmpeg said \\x1b[31m\\x0c", "bell \\x07"]
+
+
+def test_junit_says_what_became_of_a_tracks_stems() -> None:
+    """Rejected stems leave their track approved: a CI reading only the JUnit file sees them."""
+    sum_gate = GateResult("stems_sum", 3.0, ">= 20 dB below the mix", False, "fail")
+    stems = [
+        StemRecord(name="drums", status="published"),
+        StemRecord(name="vocals", status="rejected", reason="stems_sum: 3.0", gates=[sum_gate]),
+    ]
+    track = track_record(make_spec(id="a"), "approved", files=[FILE])
+    lock = BuildReport(
+        soundtrack="game", storage="./x", tracks=[track.model_copy(update={"stems": stems})]
+    )
+    suite = ET.fromstring(to_junit(lock).encode())
+    out = suite.findtext("testcase/system-out") or ""
+    assert "stems: drums published; vocals rejected; stems_sum: 3.0" in out.splitlines(), out
+    assert suite.find("testcase/failure") is None, "the mix was published: the track passed"
