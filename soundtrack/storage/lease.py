@@ -46,7 +46,12 @@ DEFAULT_LEASE_S = 60.0
 # S3 times are whole seconds, so a lease's age is known to within about 1 s: a lease renewed
 # every third of a shorter time could look expired to another build while its holder lives.
 MIN_LEASE_S = 3.0
+# A killed build blocks the next for its lease time: a day's is already no lease but a stop.
+MAX_LEASE_S = 3600.0
 POLL_S = 1.0
+# Creates refused while no lease can be read: past a few, the key is one no lease can be
+# written at (a "folder" there, on stores such as SeaweedFS), not a lease released meanwhile.
+_UNWRITABLE_TRIES = 5
 # HTTP statuses, which every S3-compatible store agrees on where error codes vary. A write's
 # condition failed: 412, or 404 (AWS's answer to If-Match when the key is gone), or 409 (AWS:
 # another conditional write to the key is in progress).
@@ -71,10 +76,10 @@ def lease_seconds(environ: Mapping[str, str] = os.environ) -> float:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value >= MIN_LEASE_S):
+    if not (math.isfinite(value) and MIN_LEASE_S <= value <= MAX_LEASE_S):
         raise InputError(
-            f"{LEASE_ENV} must be a number of seconds, at least {MIN_LEASE_S:g} (how long a "
-            f"killed build's S3 lease blocks the next build), got {raw!r}"
+            f"{LEASE_ENV} must be a number of seconds from {MIN_LEASE_S:g} to {MAX_LEASE_S:g} "
+            f"(how long a killed build's S3 lease blocks the next build), got {raw!r}"
         )
     return value
 
@@ -166,12 +171,22 @@ class Lease:
 
     def _acquire(self, wait_s: float, on_wait: Callable[[str], None]) -> None:
         deadline: float | None = None
+        unreadable = 0
         while True:
             if self._write(IfNoneMatch="*"):
                 return
             seen = self._read()
             if seen is None:
-                continue  # released since our write: try again at once
+                unreadable += 1
+                if unreadable >= _UNWRITABLE_TRIES:
+                    raise StorageError(
+                        f"{self.where}: the build lease {self.key} can be neither created nor "
+                        "read: is there a folder of that name? Remove what lies under it",
+                        transient=False,
+                    )
+                # Released since our write, most likely: try again (at once, the first time).
+                time.sleep(0 if unreadable == 1 else POLL_S)
+                continue
             if self._adopt(seen):
                 return  # our own create, whose reply was lost and which a retry then repeated
             holder = _holder(seen.body)
@@ -307,10 +322,11 @@ def _holder(body: Mapping[str, Any]) -> str:
 
 
 def _lease_of(body: Mapping[str, Any], default_s: float) -> float:
-    """The holder's own lease time: a build with a longer one is not cut short by ours."""
+    """The holder's own lease time: a build with a longer one is not cut short by ours; one
+    past any build's (a lease left by hand) ends when the longest would."""
     value = body.get("lease_s")
-    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
-        return float(value)
+    if isinstance(value, int | float) and value > 0:  # NaN is not
+        return min(float(value), MAX_LEASE_S)
     return default_s
 
 

@@ -18,8 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from soundtrack.errors import InputError, StorageBusy
-from soundtrack.storage.lease import DEFAULT_LEASE_S, LEASE_ENV, LEASE_NAME, lease_seconds
+from soundtrack.errors import InputError, StorageBusy, StorageError
+from soundtrack.storage.lease import (
+    DEFAULT_LEASE_S,
+    LEASE_ENV,
+    LEASE_NAME,
+    MAX_LEASE_S,
+    _lease_of,
+    lease_seconds,
+)
 from soundtrack.storage.s3 import S3Storage
 from tests.core.test_publishing import recordings
 from tests.corebuild import second_waits_for_first
@@ -116,12 +123,12 @@ def lease_age_s(server: SeaweedServer, bucket: str) -> float:
     return (date - reply["LastModified"]).total_seconds()
 
 
-@pytest.mark.parametrize("raw", ["0", "2.5", "-5", "nan", "inf", "a minute", "60s"])
-def test_a_lease_time_that_is_not_at_least_3_seconds_is_refused(raw: str) -> None:
+@pytest.mark.parametrize("raw", ["0", "2.5", "-5", "nan", "inf", "3601", "a minute", "60s"])
+def test_a_lease_time_that_is_not_3_seconds_to_an_hour_is_refused(raw: str) -> None:
     with pytest.raises(InputError) as caught:
         lease_seconds({LEASE_ENV: raw})
     assert str(caught.value) == (
-        f"{LEASE_ENV} must be a number of seconds, at least 3 (how long a killed build's S3 "
+        f"{LEASE_ENV} must be a number of seconds from 3 to 3600 (how long a killed build's S3 "
         f"lease blocks the next build), got {raw!r}"
     )
 
@@ -130,6 +137,32 @@ def test_the_lease_time_defaults_to_a_minute_and_is_read_from_the_environment() 
     assert lease_seconds({}) == DEFAULT_LEASE_S == 60
     assert lease_seconds({LEASE_ENV: " "}) == DEFAULT_LEASE_S
     assert lease_seconds({LEASE_ENV: "4.5"}) == 4.5
+    assert lease_seconds({LEASE_ENV: "3600"}) == MAX_LEASE_S
+
+
+def test_a_lease_left_by_hand_with_no_end_ends_when_the_longest_lease_would() -> None:
+    """A lease object whose lease time was 1e300 s stopped every build for good; a holder's
+    longer lease than ours is still waited for."""
+    assert _lease_of({"lease_s": 1e300}, DEFAULT_LEASE_S) == MAX_LEASE_S
+    assert _lease_of({"lease_s": float("inf")}, DEFAULT_LEASE_S) == MAX_LEASE_S
+    assert _lease_of({"lease_s": 90}, DEFAULT_LEASE_S) == 90
+    assert _lease_of({"lease_s": float("nan")}, DEFAULT_LEASE_S) == DEFAULT_LEASE_S
+
+
+def test_a_folder_at_the_leases_name_is_an_error_naming_it_not_a_wait_for_ever(
+    lease_env: str, s3_server: SeaweedServer
+) -> None:
+    """SeaweedFS refuses to create the lease over a "folder" of its name, yet finds no lease
+    there: the build spun at full speed, past --storage-wait-s, for ever."""
+    key = f"{PREFIX}/{SOUNDTRACK}/{LEASE_NAME}"
+    s3_server.client().put_object(Bucket=lease_env, Key=f"{key}/left-there", Body=b"x")
+    started = time.monotonic()
+    with (
+        pytest.raises(StorageError, match=f"the build lease {key} can be neither created nor"),
+        storage(lease_env).hold(SOUNDTRACK, wait_s=0, on_wait=print),
+    ):
+        pytest.fail("a lease was taken over a folder")
+    assert time.monotonic() - started < 30
 
 
 @pytest.mark.slow
