@@ -48,7 +48,7 @@ from soundtrack.report import (
     ReviewApproval,
     TakeRecord,
     TrackRecord,
-    parse_lock,
+    read_lock,
 )
 from soundtrack.resolve import take, with_parent
 from soundtrack.schema import MAX_STORAGE_WAIT_S
@@ -410,7 +410,7 @@ def _previous_lock(checked: CheckedInputs, logger: Logger) -> tuple[BuildReport 
     """The published lock, if any; a damaged one is said out loud and replaced by this build's."""
     soundtrack = checked.manifest.soundtrack
     try:
-        return parse_lock(checked.storage.read_index(soundtrack)), []
+        return read_lock(checked.storage, soundtrack), []
     except LockUnreadable as exc:
         warning = f"lock of {soundtrack} at {checked.storage_url} unreadable ({exc}), rebuilding it"
         logger.warning(warning)

@@ -24,6 +24,8 @@ from pydantic import (
 from soundtrack import PIPELINE_VERSION
 from soundtrack.errors import SoundtrackError
 from soundtrack.gates import GateResult
+from soundtrack.storage import Storage, soundtrack_folder
+from soundtrack.storage.base import is_relative_key
 
 REPORT_SCHEMA = 1
 Status = Literal["approved", "rejected", "failed", "cached"]
@@ -73,8 +75,7 @@ class FileRecord(_Model):
 def _inside(key: str) -> str:
     # A lock is read back from storage, where anyone may have edited it: a key that could
     # name a path outside the storage root makes the lock unreadable, not the build's input.
-    parts = key.split("/")
-    if "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts):
+    if not is_relative_key(key):
         raise ValueError(f"file key {key!r} is not a relative path inside the storage")
     return key
 
@@ -337,6 +338,23 @@ def parse_lock(data: bytes | None) -> BuildReport | None:
         return BuildReport.model_validate_json(data)
     except ValidationError as exc:
         raise LockUnreadable(first_problem(exc)) from None
+
+
+def read_lock(storage: Storage, soundtrack: str) -> BuildReport | None:
+    """The soundtrack's published lock (None when there is none); LockUnreadable when it is
+    damaged, or names a file outside the soundtrack's folder: another soundtrack's (which its
+    own builds and gc may replace) or a copied lock's, none of this soundtrack's files."""
+    report = parse_lock(storage.read_index(soundtrack))
+    folder = soundtrack_folder(storage, soundtrack)
+    tracks = report.tracks if report else []
+    outside = sorted(
+        f.key for track in tracks for f in track.stored_files() if not f.key.startswith(folder)
+    )
+    if outside:
+        raise LockUnreadable(
+            f"it names {outside[0]}, outside its folder {folder}: a lock names only its own files"
+        )
+    return report
 
 
 def first_problem(exc: ValidationError) -> str:

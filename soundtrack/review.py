@@ -13,14 +13,11 @@ import html
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from soundtrack.gates import plain_number
 from soundtrack.report import BuildReport, FileRecord, PictureRecord, TrackRecord
-
-if TYPE_CHECKING:
-    from soundtrack.storage import Storage
 
 # Lossless first, its samples are the lock's; then the ogg (an mp3's encoder delay shifts loops).
 _LOOP_SOURCES = ("wav", "flac", "ogg")
@@ -42,12 +39,6 @@ def served_files(report: BuildReport) -> dict[str, ServedFile]:
         for track in report.tracks
         for stored in track.stored_files()
     }
-
-
-def page_folder(storage: Storage, soundtrack: str) -> str:
-    """The key prefix of the folder where `soundtrack`'s page lies, beside its lock (ending
-    in '/'): what the page's links are relative to."""
-    return storage.review_key(soundtrack).rpartition("/")[0] + "/"
 
 
 def review_page(report: BuildReport, *, folder: str) -> str:

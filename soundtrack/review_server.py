@@ -25,15 +25,14 @@ from soundtrack.hashing import file_sha256
 from soundtrack.paths import printable
 from soundtrack.pictures import PICTURE_CONTENT_TYPE, PICTURE_EXT
 from soundtrack.redaction import redact
-from soundtrack.report import BuildReport, parse_lock
+from soundtrack.report import BuildReport, LockUnreadable, read_lock
 from soundtrack.review import (
     ServedFile,
     content_security_policy,
-    page_folder,
     review_page,
     served_files,
 )
-from soundtrack.storage import Storage
+from soundtrack.storage import Storage, soundtrack_folder
 
 HOST = "127.0.0.1"  # never another interface: the server reads storage with its own credentials
 _BLOCK_BYTES = 1 << 16
@@ -94,23 +93,22 @@ class ReviewSite:
     @property
     def folder(self) -> str:
         """The key prefix of the lock's folder, where the page lies (ending in '/')."""
-        return page_folder(self.storage, self.soundtrack)
+        return soundtrack_folder(self.storage, self.soundtrack)
 
     def load(self) -> BuildReport:
         """The lock as it is now; what it names becomes what may be served."""
-        report = parse_lock(self.storage.read_index(self.soundtrack))
+        try:
+            report = read_lock(self.storage, self.soundtrack)
+        except LockUnreadable as exc:
+            raise LockUnreadable(
+                f"the lock of {self.soundtrack!r} in {self.storage.url} is unreadable: {exc}"
+            ) from None
         if report is None:
             raise InputError(
                 f"no lock for soundtrack {self.soundtrack!r} in {self.storage.url}: "
                 "nothing was published there under that name"
             )
         files = served_files(report)
-        outside = sorted(key for key in files if not key.startswith(self.folder))
-        if outside:
-            raise InputError(
-                f"the lock of {self.soundtrack!r} names {outside[0]}, outside its folder "
-                f"{self.folder or '(the storage root)'}: a lock names only its own files"
-            )
         with self._guard:
             self._files, self._loaded = files, True
         return report

@@ -172,11 +172,12 @@ def write_index(soundtrack: str, lock: bytes, storage_url: str, base_dir: str) -
     """Replace the soundtrack's lock file, then its review page made from that lock: the last
     writes of a build. Returns the lock's URI."""
     from soundtrack.report import BuildReport
-    from soundtrack.review import page_folder, review_page
+    from soundtrack.review import review_page
+    from soundtrack.storage import soundtrack_folder
 
     storage = open_storage(storage_url, base_dir=Path(base_dir))
     uri = storage.write_index(soundtrack, lock)
-    folder = page_folder(storage, soundtrack)
+    folder = soundtrack_folder(storage, soundtrack)
     page = review_page(BuildReport.model_validate_json(lock), folder=folder)
     storage.write_review(soundtrack, page.encode())
     return uri

@@ -13,6 +13,7 @@ from soundtrack.storage.base import (
     PublishedFile,
     Storage,
     index_keys,
+    soundtrack_folder,
 )
 from soundtrack.storage.local import LocalStorage
 from soundtrack.storage.url import check_storage_url
@@ -28,6 +29,7 @@ __all__ = [
     "check_storage_url",
     "index_keys",
     "open_storage",
+    "soundtrack_folder",
 ]
 
 STORAGE_ENV = "SOUNDTRACK_STORAGE"

@@ -144,12 +144,23 @@ def check_name(kind: str, value: str) -> None:
 
 
 def check_key(key: str, root: str) -> list[str]:
-    """The segments of `key`; InputError unless it is a relative path inside `root` (no empty,
-    '.' or '..' segment, no leading '/', backslash or NUL), so no key reaches outside it."""
-    segments = key.split("/")
-    if "\\" in key or "\x00" in key or any(s in ("", ".", "..") for s in segments):
+    """The segments of `key`; InputError unless it is a relative path inside `root`."""
+    if not is_relative_key(key):
         raise InputError(f"storage key {key!r} must be a relative path inside {root}")
-    return segments
+    return key.split("/")
+
+
+def is_relative_key(key: str) -> bool:
+    """True for a relative path (no empty, '.' or '..' segment, no leading '/', backslash or
+    NUL): no such key reaches outside the folder it is taken in."""
+    segments = key.split("/")
+    return not ("\\" in key or "\x00" in key or any(s in ("", ".", "..") for s in segments))
+
+
+def soundtrack_folder(storage: Storage, soundtrack: str) -> str:
+    """The key prefix of `soundtrack`'s folder, where its lock, page and files lie (ending
+    in '/')."""
+    return storage.review_key(soundtrack).rpartition("/")[0] + "/"
 
 
 def soundtrack_of(key: str) -> str | None:
@@ -218,6 +229,15 @@ def index_entries(data: bytes, where: str) -> dict[str, dict[str, str | None]]:
         for other in others:
             if isinstance(other, dict) and isinstance(other.get("key"), str) and other["key"]:
                 entries[other["key"]] = _sha256_of(other)
+        for key in entries:
+            # A `..` would name another soundtrack's file as in use here, and leave this
+            # one's real file unreferenced: such a lock tells nothing (the build rebuilds it).
+            if not is_relative_key(key):
+                raise StorageError(
+                    f"index {where}: tracks[{i}] names {key!r}, not a relative path inside the "
+                    "storage",
+                    transient=False,
+                )
     return found
 
 

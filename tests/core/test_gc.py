@@ -239,3 +239,23 @@ def test_a_folder_no_soundtrack_can_be_named_is_passed_over(tmp_path: Path) -> N
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.split() == [f"{SOUNDTRACK}/title-theme.mp3"]
     assert (foreign / "soundtrack.lock.json").read_text() == "{}"
+
+
+def test_a_lock_naming_a_file_through_dot_dot_deletes_nothing(tmp_path: Path) -> None:
+    """`sky-odyssey/../sky-odyssey/title-theme.ogg` for the lock's file: the build reads such a
+    lock as unreadable, yet gc took it as naming another file and listed the real one as ours."""
+    root = tmp_path / "assets"
+    two_builds(LocalStorage("assets", root), tmp_path / "enc")
+    lock_path = root / SOUNDTRACK / "soundtrack.lock.json"
+    lock = json.loads(lock_path.read_text())
+    key = lock["tracks"][0]["files"][0]["key"]
+    lock["tracks"][0]["files"][0]["key"] = f"{SOUNDTRACK}/../{key}"
+    lock_path.write_text(json.dumps(lock))
+    before = snapshot(root)
+
+    result = CliRunner().invoke(app, ["gc", str(root), "--delete"])
+
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert "not a relative path inside the storage" in " ".join(result.stderr.split())
+    assert snapshot(root) == before

@@ -404,3 +404,35 @@ def test_a_build_stopped_by_ctrl_c_lets_its_steps_end_and_leaves_nothing_behind(
     again = start(manifest)
     assert again.wait(timeout=180) == 0, again.communicate()
     assert folder_problems(folder) == []
+
+
+def test_a_lock_naming_another_soundtracks_file_is_unreadable_and_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hand-edited lock naming a file of another soundtrack (with its sha256) had its track
+    kept as cached, the foreign key written into every later lock, and each build's review
+    page crash; a key outside the storage stopped every build with exit 2."""
+    from soundtrack.build import Options, ThreadExecutor, build
+
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    tracks = recordings(tmp_path, 1)
+    for name in ("sky", "moon"):
+        (tmp_path / f"{name}.yaml").write_text(MANIFEST.format(name=name, lufs=-24, tracks=tracks))
+        result = build(tmp_path / f"{name}.yaml", Options(), executor=ThreadExecutor())
+        assert result.exit_status == 0, result.failure
+    lock_path = tmp_path / "out" / "sky" / "soundtrack.lock.json"
+    moon = json.loads((tmp_path / "out" / "moon" / "soundtrack.lock.json").read_text())
+    for foreign in (moon["tracks"][0]["files"][0], {"key": "elsewhere/cue-0.ogg"}):
+        lock = json.loads(lock_path.read_text())
+        lock["tracks"][0]["files"][0].update(foreign)
+        lock_path.write_text(json.dumps(lock))
+
+        again = build(tmp_path / "sky.yaml", Options(), executor=ThreadExecutor())
+
+        assert again.exit_status == 0, again.failure
+        (warning,) = again.report.warnings
+        assert f"names {foreign['key']}, outside its folder sky/" in warning, warning
+        assert "rebuilding it" in warning
+        keys = [f["key"] for f in json.loads(lock_path.read_text())["tracks"][0]["files"]]
+        assert keys == ["sky/cue-0.ogg", "sky/cue-0.mp3"], keys
+    assert folder_problems(tmp_path / "out" / "sky") == []
