@@ -87,6 +87,12 @@ def _build_failed(message: str) -> NoReturn:
     raise typer.Exit(EXIT_FAILED)
 
 
+def _said(text: str) -> None:
+    """Print a line of plain text that quotes paths or reasons: no markup, control characters
+    written out (a folder named `take[old]` is printed as such)."""
+    console.print(printable(text), markup=False, highlight=False, soft_wrap=True)
+
+
 def _print_version(asked: bool) -> None:
     if asked:
         from importlib.metadata import version
@@ -510,7 +516,7 @@ def generate(
         request = _audition_request(prompt, duration, seed, {**musical, **takes})
         model = _typed_model(model)
         family = _check_audition(model, request, target)
-        with err_console.status(f"loading {model}"):
+        with err_console.status(escape(printable(f"loading {model}"))):
             generator = get_generator(model, device=device)
         if family is None:  # a hub id known only once its files are here
             _check_taken(FAMILIES[family_name(model) or ""], takes)
@@ -531,10 +537,15 @@ def generate(
         _fail_generation(exc)
     seconds = result.audio.shape[-1] / result.sample_rate  # Bark may end before the duration
     console.print(
-        f"wrote {target}: {seconds:g} s at {result.sample_rate} Hz, seed {seed} "
+        f"wrote {printable(str(target))}: {seconds:g} s at {result.sample_rate} Hz, seed {seed} "
         f"(put `seed: {seed}` in the manifest to keep this take)\n"
-        f"model {generator.model_id}, revision {generator.revision}, licence {generator.license}",
+        + printable(
+            f"model {generator.model_id}, revision {generator.revision}, "
+            f"licence {generator.license}"
+        ),
+        markup=False,
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -615,33 +626,31 @@ def models_make_tiny(
         from soundtrack.separate import make_tiny_demucs
 
         make_tiny_demucs(directory)
-        console.print(f"wrote a tiny random-weight HTDemucs to {directory}", highlight=False)
+        _said(f"wrote a tiny random-weight HTDemucs to {directory}")
         return
     if family == "bark":
         from soundtrack.models.tiny_bark import make_tiny_bark
 
         make_tiny_bark(directory)
-        console.print(f"wrote a tiny random-weight Bark to {directory}", highlight=False)
+        _said(f"wrote a tiny random-weight Bark to {directory}")
         return
     if family == "stable-audio":
         from soundtrack.models.tiny_stableaudio import make_tiny_stableaudio
 
         make_tiny_stableaudio(directory)
-        console.print(
-            f"wrote a tiny random-weight Stable Audio Open to {directory}", highlight=False
-        )
+        _said(f"wrote a tiny random-weight Stable Audio Open to {directory}")
         return
     if family == "ace-step":
         from soundtrack.models.tiny_acestep import make_tiny_acestep
 
         make_tiny_acestep(directory)
-        console.print(f"wrote a tiny random-weight ACE-Step 1.5 to {directory}", highlight=False)
+        _said(f"wrote a tiny random-weight ACE-Step 1.5 to {directory}")
         return
     from soundtrack.models.tiny import make_tiny
 
     make_tiny(directory, stereo=stereo)
     kind = "stereo" if stereo else "mono"
-    console.print(f"wrote a tiny random-weight {kind} MusicGen to {directory}", highlight=False)
+    _said(f"wrote a tiny random-weight {kind} MusicGen to {directory}")
 
 
 @models_app.command("convert-demucs")
@@ -688,7 +697,7 @@ def models_convert_demucs(
         convert_demucs(checkpoint, directory, licence=licence)
     except ModelLoadError as exc:
         fail(InputError(str(exc)))
-    console.print(f"wrote {directory} from {checkpoint.name}", highlight=False)
+    _said(f"wrote {directory} from {checkpoint.name}")
 
 
 # --- inspect (issue 4) ---
@@ -1254,17 +1263,15 @@ def _print_report(report: Any) -> None:
     console.print(table)
     for track in report.tracks:
         if track.takes:
-            console.print(f"{track.id}: {track.takes_summary()}", highlight=False)
+            _said(f"{track.id}: {track.takes_summary()}")
         if track.variation_of:
             theme = {g.name: g for g in track.gates}.get("theme")
             heard = f" (theme {_number(theme.value)}, {theme.limit})" if theme else ""
-            console.print(
-                f"{track.id}: a variation of {track.variation_of}{heard}", highlight=False
-            )
+            _said(f"{track.id}: a variation of {track.variation_of}{heard}")
         if track.stems:
-            console.print(f"{track.id}: stems {track.stems_summary()}", highlight=False)
+            _said(f"{track.id}: stems {track.stems_summary()}")
         if track.reference:
-            console.print(f"{track.id}: {track.reference.get('verdict', '')}", highlight=False)
+            _said(f"{track.id}: {track.reference.get('verdict', '')}")
     # A long reason (say, how to provide a model) is printed once, not in every row.
     for reason, track_ids in reasons.items():
         console.print(f"{', '.join(track_ids)}: {escape(reason)}", highlight=False, soft_wrap=True)

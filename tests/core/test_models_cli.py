@@ -296,3 +296,19 @@ def test_generate_refuses_what_the_models_family_does_not_take_before_loading(
         assert result.exit_code == 2 and all(s in shown for s in said), (options, result.output)
         assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_paths_with_brackets_are_printed_as_they_are(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Rich read `[old]` in a file name as markup (printing another name) and `[/]` as a
+    closing tag (a traceback after the WAV was written)."""
+    model = tmp_path / "model[/]v2"
+    made = runner.invoke(app, ["models", "make-tiny", str(model)])
+    assert made.exit_code == 0, made.output
+    assert f"to {model}" in " ".join(made.stdout.split())
+    for name in ("take[old].wav", "a[/]b.wav"):
+        out = tmp_path / name
+        args = ["generate", "--model", str(model), "--prompt", "p", "--duration", "0.5"]
+        result = runner.invoke(app, [*args, "--seed", "1", "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert f"wrote {out}:" in result.stdout
+        assert sf.info(str(out)).frames == 16000
