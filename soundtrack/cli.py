@@ -789,7 +789,7 @@ def inspect_files(
             heard = listened() if analysis else None
             # A loop's seam is judged as the build judges it, against its exact bar grid: a
             # loop is listened to for its tempo even without --analysis (not when too short).
-            loop_tags = read_loop_tags(path)
+            loop_tags = read_loop_tags(path, audio.shape[-1])
             if loop_tags is not None:
                 grid = heard or _unless_too_short(listened)
                 if grid is not None and grid.tempo_bpm is not None:

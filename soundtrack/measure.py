@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from soundtrack.audio import check_signal, read_audio
 from soundtrack.errors import AudioError
@@ -154,7 +153,7 @@ def measure_decoded(
     bar_lines: Sequence[int] = (),
 ) -> Metrics:
     """measure_file of `path` already decoded to `audio`: its samples are read once."""
-    loop = read_loop_tags(path)
+    loop = read_loop_tags(path, audio.shape[-1])
     return measure(
         audio,
         sample_rate,
@@ -166,19 +165,19 @@ def measure_decoded(
     )
 
 
-def read_loop_tags(path: Path) -> tuple[int, int] | None:
+def read_loop_tags(path: Path, frames: int) -> tuple[int, int] | None:
     """(loop start, loop length) in frames from OGG LOOPSTART/LOOPLENGTH comments or a WAV
-    `smpl` chunk; None when the file carries no loop."""
+    `smpl` chunk; None when the file carries no loop. `frames`: the decoded file's length."""
     with path.open("rb") as f:
         magic = f.read(12)
     if magic[:4] == b"OggS":
-        return _ogg_loop(path)
+        return _ogg_loop(path, frames)
     if magic[:4] == b"RIFF" and magic[8:12] == b"WAVE":
         return _wav_smpl_loop(path)
     return None
 
 
-def _ogg_loop(path: Path) -> tuple[int, int] | None:
+def _ogg_loop(path: Path, frames: int) -> tuple[int, int] | None:
     import mutagen  # lazy: only inspect and decoded-file checks read tags
     from mutagen.oggflac import OggFLAC
     from mutagen.oggopus import OggOpus
@@ -195,15 +194,22 @@ def _ogg_loop(path: Path) -> tuple[int, int] | None:
     start, length = tags.tags.get("LOOPSTART"), tags.tags.get("LOOPLENGTH")
     if not start and not length:
         return None
-    try:
-        if start and not length:  # a loop to the end, as RPG Maker reads LOOPSTART alone
-            frames = sf.info(os.fsencode(path)).frames
-            return int(start[0]), frames - int(start[0])
-        return int(start[0]), int(length[0])
-    except (TypeError, ValueError) as exc:
-        raise AudioError(
-            f"{path}: LOOPSTART={start!r} LOOPLENGTH={length!r} are not both whole numbers"
-        ) from exc
+    first = _frame_count(path, "LOOPSTART", start)
+    if not length:  # a loop to the end, as RPG Maker reads LOOPSTART alone
+        return first, frames - first
+    return first, _frame_count(path, "LOOPLENGTH", length)
+
+
+# Plain ASCII digits (int() also takes '٣' and '1_000'), few enough for any file's length.
+_FRAME_COUNT = re.compile(r"[0-9]{1,15}")
+
+
+def _frame_count(path: Path, name: str, values: list[str] | None) -> int:
+    value = values[0].strip() if values else ""
+    if not _FRAME_COUNT.fullmatch(value):
+        shown = value if len(value) <= 24 else f"{value[:24]}..."
+        raise AudioError(f"{path}: {name}={shown!r} is not a whole number of frames")
+    return int(value)
 
 
 def _wav_smpl_loop(path: Path) -> tuple[int, int] | None:

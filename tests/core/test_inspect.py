@@ -200,3 +200,53 @@ def test_a_file_name_that_is_not_utf8_is_read_as_any_other(
     audio, rate = read_audio(odd)
     write_wav(wav, audio, rate)
     assert sf.info(os.fsencode(wav)).frames == audio.shape[1]
+
+
+def _ogg_flac(tmp_path: Path, name: str, **tags: str) -> tuple[Path, int]:
+    """A 2 s FLAC-in-Ogg file with these comments, and its length in frames."""
+    import subprocess
+
+    import imageio_ffmpeg
+    from mutagen.oggflac import OggFLAC
+
+    wav, path = tmp_path / f"{name}.wav", tmp_path / f"{name}.ogg"
+    sf.write(wav, music_like(2.0, 44100).T, 44100)
+    ffmpeg = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(wav), "-c:a", "flac"]
+    subprocess.run([*ffmpeg, "-f", "ogg", str(path)], check=True)
+    tagged = OggFLAC(path)
+    for key, value in tags.items():
+        tagged[key] = value
+    tagged.save()
+    return path, sf.info(str(wav)).frames
+
+
+def test_loopstart_alone_loops_to_the_end_of_a_file_libsndfile_cannot_size(
+    tmp_path: Path,
+) -> None:
+    """An Ogg FLAC's length was asked of libsndfile, which cannot read it: a traceback."""
+    path, frames = _ogg_flac(tmp_path, "flac", LOOPSTART="1000")
+    result = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert result.exit_code in (0, 1), result.output
+    (report,) = json.loads(result.stdout)
+    assert (report["metrics"]["loop_start"], report["metrics"]["loop_length"]) == (
+        1000,
+        frames - 1000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("tags", "said"),
+    [
+        ({"LOOPSTART": "\u0663"}, "LOOPSTART='\u0663' is not a whole number of frames"),
+        ({"LOOPSTART": "0", "LOOPLENGTH": "1_000"}, "LOOPLENGTH='1_000' is not a whole number"),
+        ({"LOOPSTART": "0", "LOOPLENGTH": "9" * 5000}, f"LOOPLENGTH='{'9' * 24}...' is not"),
+        ({"LOOPLENGTH": "1000"}, "LOOPSTART='' is not a whole number of frames"),
+    ],
+)
+def test_loop_tags_that_are_no_frame_count_exit_2_in_one_line(
+    tmp_path: Path, tags: dict[str, str], said: str
+) -> None:
+    path, _ = _ogg_flac(tmp_path, "tagged", **tags)
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 2, result.output
+    assert said in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr

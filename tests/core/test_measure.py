@@ -274,12 +274,12 @@ def test_loop_tags_are_read_from_ogg_comments_and_the_wav_smpl_chunk(tmp_path: P
     loop = Master(audio, SR, loop_start=1000, loop_length=100000, **info)
     plain = Master(audio, SR, loop_start=None, loop_length=None, **info)
     files = encode(loop, ("ogg", "wav", "mp3"), tmp_path / "loop", "x", tags=TAGS)
-    assert [read_loop_tags(f.path) for f in files] == [(1000, 100000), (1000, 100000), None]
+    assert [read_loop_tags(f.path, 3 * SR) for f in files] == [(1000, 100000), (1000, 100000), None]
     ogg = measure_file(files[0].path)
     assert (ogg.loop_start, ogg.loop_length, ogg.frames) == (1000, 100000, 3 * SR)
     assert ogg.seam_jump_ratio is not None
     unlooped = encode(plain, ("ogg", "wav"), tmp_path / "plain", "x", tags=TAGS)
-    assert [read_loop_tags(f.path) for f in unlooped] == [None, None]
+    assert [read_loop_tags(f.path, 3 * SR) for f in unlooped] == [None, None]
     # LOOPSTART alone loops to the end, as RPG Maker reads it (inspect refused it, exit 2).
     from mutagen.oggvorbis import OggVorbis
 
@@ -287,7 +287,7 @@ def test_loop_tags_are_read_from_ogg_comments_and_the_wav_smpl_chunk(tmp_path: P
     assert tagged.tags is not None
     tagged.tags["LOOPSTART"] = ["1000"]
     tagged.save()
-    assert read_loop_tags(unlooped[0].path) == (1000, 3 * SR - 1000)
+    assert read_loop_tags(unlooped[0].path, 3 * SR) == (1000, 3 * SR - 1000)
 
 
 @pytest.mark.parametrize(
