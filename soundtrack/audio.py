@@ -58,7 +58,7 @@ def check_signal(
         raise AudioError(f"sample_rate must be positive, got {sample_rate}")
     if audio.shape[1] < min_duration_s * sample_rate:
         raise AudioError(
-            f"{name} is {audio.shape[1] / sample_rate:.2f} s long; "
+            f"{name} is {_below(audio.shape[1] / sample_rate, min_duration_s)} s long; "
             f"{needs} needs at least {min_duration_s} s"
         )
     if not np.isfinite(audio).all():
@@ -180,3 +180,11 @@ def _checked(audio: np.ndarray, sample_rate: int, path: Path) -> tuple[np.ndarra
     if audio.shape[1] == 0:
         raise AudioError(f"audio file has no samples: {path}")
     return audio, sample_rate
+
+
+def _below(seconds: float, limit_s: float) -> str:
+    """`seconds` with the fewest decimals that still show it short of `limit_s`."""
+    for digits in range(2, 7):
+        if round(seconds, digits) < limit_s:
+            return f"{seconds:.{digits}f}"
+    return f"{seconds:.6f}"

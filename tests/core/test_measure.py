@@ -294,7 +294,10 @@ def test_loop_tags_are_read_from_ogg_comments_and_the_wav_smpl_chunk(tmp_path: P
     ("audio", "kwargs", "message"),
     [
         (np.full((2, SR), np.nan, dtype=np.float32), {}, "NaN"),
-        (np.zeros((2, SR // 10), dtype=np.float32), {}, "at least 0.4 s"),
+        (np.zeros((2, SR // 10), dtype=np.float32), {}, "0.10 s long; .* at least 0.4 s"),
+        # Never "0.40 s long; ... needs at least 0.4 s".
+        (np.zeros((2, int(0.399 * SR)), dtype=np.float32), {}, "0.399 s long"),
+        (np.zeros((2, int(0.4 * SR) - 1), dtype=np.float32), {}, r"0\.39998 s long"),
         (np.zeros((3, SR), dtype=np.float32), {}, "3 channels: the gates measure mono and stereo"),
         (np.zeros((2, SR), dtype=np.float32), {"loop_start": 0}, "given together"),
         (np.zeros((2, SR), dtype=np.float32), {"loop_start": 10, "loop_length": SR}, "outside"),
