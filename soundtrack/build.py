@@ -178,7 +178,9 @@ def prepare(
     )
     check_access(checked.storage)
     check_cache()
-    lock, warnings = _previous_lock(checked, logger)
+    lock, warnings = _previous_lock(checked)
+    for warning in warnings:
+        logger.warning(warning)
     plan = _plan(checked, lock, options)
     if options.local_models:
         _check_models(plan, given=" (--model)" if options.model else "")
@@ -225,6 +227,8 @@ def run(
         with _held(checked, options, logger) as (lock, lock_warnings, repaired):
             if lock != prepared.lock:
                 logger.info("the lock changed since the build was planned: planning again")
+                for warning in lock_warnings:
+                    logger.warning(warning)
                 prepared = Prepared(checked, lock, _plan(checked, lock, options), lock_warnings)
             prepared = replace(prepared, warnings=[*prepared.warnings, *repaired])
             tracks = _Tracks(
@@ -287,7 +291,7 @@ def _held(
         repaired = storage.repair(soundtrack)
         for line in repaired:
             logger.warning(line)
-        lock, warnings = _previous_lock(checked, logger)
+        lock, warnings = _previous_lock(checked)
         try:
             yield lock, warnings, repaired
         finally:
@@ -406,15 +410,16 @@ def _write_index(
     return None
 
 
-def _previous_lock(checked: CheckedInputs, logger: Logger) -> tuple[BuildReport | None, list[str]]:
-    """The published lock, if any; a damaged one is said out loud and replaced by this build's."""
+def _previous_lock(checked: CheckedInputs) -> tuple[BuildReport | None, list[str]]:
+    """The published lock, if any; a damaged one is None, with a warning to say out loud (this
+    build's lock replaces it)."""
     soundtrack = checked.manifest.soundtrack
     try:
         return read_lock(checked.storage, soundtrack), []
     except LockUnreadable as exc:
-        warning = f"lock of {soundtrack} at {checked.storage_url} unreadable ({exc}), rebuilding it"
-        logger.warning(warning)
-        return None, [warning]
+        return None, [
+            f"lock of {soundtrack} at {checked.storage_url} unreadable ({exc}), rebuilding it"
+        ]
 
 
 def _plan(checked: CheckedInputs, lock: BuildReport | None, options: Options) -> Plan:

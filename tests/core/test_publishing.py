@@ -5,6 +5,7 @@ builds of one soundtrack never interleave (the second waits, or exits 75)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -407,12 +408,13 @@ def test_a_build_stopped_by_ctrl_c_lets_its_steps_end_and_leaves_nothing_behind(
 
 
 def test_a_lock_naming_another_soundtracks_file_is_unreadable_and_rebuilt(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A hand-edited lock naming a file of another soundtrack (with its sha256) had its track
     kept as cached, the foreign key written into every later lock, and each build's review
     page crash; a key outside the storage stopped every build with exit 2."""
     from soundtrack.build import Options, ThreadExecutor, build
+    from soundtrack.build import log as build_log
 
     monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
     tracks = recordings(tmp_path, 1)
@@ -427,10 +429,13 @@ def test_a_lock_naming_another_soundtracks_file_is_unreadable_and_rebuilt(
         lock["tracks"][0]["files"][0].update(foreign)
         lock_path.write_text(json.dumps(lock))
 
-        again = build(tmp_path / "sky.yaml", Options(), executor=ThreadExecutor())
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=build_log.name):
+            again = build(tmp_path / "sky.yaml", Options(), executor=ThreadExecutor())
 
         assert again.exit_status == 0, again.failure
         (warning,) = again.report.warnings
+        assert caplog.text.count("unreadable") == 1, "said once, not at the plan and again"
         assert f"names {foreign['key']}, outside its folder sky/" in warning, warning
         assert "rebuilding it" in warning
         keys = [f["key"] for f in json.loads(lock_path.read_text())["tracks"][0]["files"]]
