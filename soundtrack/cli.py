@@ -23,7 +23,7 @@ from soundtrack.errors import (
     SoundtrackError,
     StorageBusy,
 )
-from soundtrack.paths import path_problem, printable, user_path
+from soundtrack.paths import path_problem, printable, shown, user_path
 from soundtrack.redaction import install_log_redaction, redact
 
 if TYPE_CHECKING:
@@ -825,11 +825,11 @@ def inspect_files(
                 markup=False,
                 soft_wrap=True,
             )
-            reports.append({"file": str(path), "error": str(exc)})
+            reports.append({"file": shown(path), "error": printable(str(exc))})
             continue
         passed = all(g.passed for g in gates if g.severity == "fail")
         report: dict[str, object] = {
-            "file": str(path),
+            "file": shown(path),
             "passed": passed,
             "metrics": {k: _finite(v) for k, v in metrics.as_row().items()},
             "gates": [{**vars(g), "value": _finite(g.value)} for g in gates],
@@ -963,11 +963,13 @@ def compare(
         heard = [_analysed(path, _Targets(None, None, 4)) for path in (a, b)]
     except SoundtrackError as exc:
         if as_json:  # a script reads why from stdout, as from inspect --json
-            typer.echo(json.dumps({"a": str(a), "b": str(b), "error": str(exc)}, indent=2))
+            typer.echo(
+                json.dumps({"a": shown(a), "b": shown(b), "error": printable(str(exc))}, indent=2)
+            )
         fail(InputError(str(exc)))
     result = compared(*heard)
     if as_json:
-        typer.echo(json.dumps({"a": str(a), "b": str(b), **result.to_dict()}, indent=2))
+        typer.echo(json.dumps({"a": shown(a), "b": shown(b), **result.to_dict()}, indent=2))
         return
     table = Table(
         title=escape(f"a: {printable(str(a))}\nb: {printable(str(b))}"), title_justify="left"

@@ -192,9 +192,16 @@ def test_a_file_name_that_is_not_utf8_is_read_as_any_other(
     assert result.exit_code == 0, result.output
     plain, renamed = json.loads(result.stdout)
     assert renamed["metrics"] == plain["metrics"]
+    # A lone surrogate (\udcff) is no Unicode: strict JSON readers refuse it or make it U+FFFD.
+    assert renamed["file"] == f"{tmp_path}/th\\xffeme.ogg" and "\\udc" not in result.stdout
     assert renamed["metrics"]["loop_length"] == loop_length
-    missing = CliRunner().invoke(app, ["inspect", str(tmp_path / os.fsdecode(b"gone-\xfe.ogg"))])
+    gone = str(tmp_path / os.fsdecode(b"gone-\xfe.ogg"))
+    missing = CliRunner().invoke(app, ["inspect", gone])
     assert missing.exit_code == 2
+    as_json = CliRunner().invoke(app, ["inspect", gone, "--json"])
+    assert (
+        "\\udc" not in as_json.stdout and "gone-\\xfe.ogg" in json.loads(as_json.stdout)[0]["file"]
+    )
     assert "gone-\\xfe.ogg" in missing.stderr, "the name's byte, shown as a terminal can"
     wav = tmp_path / os.fsdecode(b"take-\xfe.wav")
     audio, rate = read_audio(odd)
