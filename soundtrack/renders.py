@@ -12,18 +12,22 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
+from pydantic import BaseModel, Field, ValidationError
 
+from soundtrack import events
 from soundtrack.atomic import atomic_path, clear_folder
 from soundtrack.audio import read_audio, write_wav
-from soundtrack.errors import GenerationError, StorageError
+from soundtrack.errors import GenerationError, SoundtrackError, StorageError
 from soundtrack.formats import content_type_for
 from soundtrack.hashing import file_sha256, read_regular
 from soundtrack.paths import user_path
+from soundtrack.report import Sha256
 from soundtrack.spec import ParentAudio, TrackSpec
 from soundtrack.storage import Storage
+from soundtrack.storage.base import check_name
 
 if TYPE_CHECKING:
     from soundtrack.models import GenerationRequest, ProgressCallback
@@ -43,24 +47,36 @@ class Render:
     license: str
 
 
-def sidecar_json(render: Render, generation_key: str | None = None) -> str:
-    """What is recorded beside a render: its checksum, rate and model (not its local path),
-    and in this machine's cache its key. A handed-over one leaves the key to its object's
-    name: a render-pool machine of the previous version reads no field it does not know."""
+def sidecar_json(render: Render, generation_key: str) -> str:
+    """What is recorded beside a render: its key, checksum, rate and model (not its local
+    path). The version before this one reads the key too, so a handed-over one carries it."""
     record = {k: v for k, v in asdict(render).items() if k != "path"}
-    key = {} if generation_key is None else {"generation_key": generation_key}
-    return json.dumps({**key, **record}, indent=2)
+    return json.dumps({"generation_key": generation_key, **record}, indent=2)
 
 
-def _render_of(record: object, generation_key: str, path: Path) -> Render | None:
+class _Sidecar(BaseModel):
+    """A sidecar as read back: from this machine's cache, or from storage, where a pool machine
+    (or anyone with write access) left it."""
+
+    generation_key: str | None = None  # None: written before sidecars named their key
+    sha256: Sha256
+    sample_rate: Annotated[int, Field(strict=True, gt=0)]
+    model_id: str
+    revision: str
+    license: str
+
+
+def _render_of(data: bytes, generation_key: str, path: Path) -> Render | None:
     """The render a sidecar records, at `path`; None when it is another key's (an entry copied
-    or renamed: its audio is another track's) or no sidecar. One written before sidecars named
-    their key is taken as its file name's."""
-    if not isinstance(record, dict) or record.pop("generation_key", generation_key) != (
-        generation_key
-    ):
+    or renamed: its audio is another track's) or no render's sidecar. One written before
+    sidecars named their key is taken as its file name's."""
+    try:
+        record = _Sidecar.model_validate_json(data)
+    except ValidationError:
         return None
-    return Render(**{**record, "path": path})
+    if record.generation_key not in (None, generation_key):
+        return None
+    return Render(path, **record.model_dump(exclude={"generation_key"}))
 
 
 def cache_root() -> Path:
@@ -92,10 +108,10 @@ class RenderCache:
         A link is no entry: what it names is no render of this cache's."""
         try:
             sidecar = read_regular(self.root / f"{generation_key}.json", follow_links=False)
-            render = _render_of(json.loads(sidecar), generation_key, self.wav_path(generation_key))
+            render = _render_of(sidecar, generation_key, self.wav_path(generation_key))
             if render is None or file_sha256(render.path, follow_links=False) != render.sha256:
                 return None
-        except (OSError, ValueError, TypeError, RecursionError):
+        except OSError:
             return None
         return render
 
@@ -119,7 +135,10 @@ class RenderCache:
         return render
 
     def parent_path(self, parent: ParentAudio) -> Path:
-        """Where a variation's parent audio lies once fetched (content-addressed)."""
+        """Where a variation's parent audio lies once fetched (content-addressed); InputError
+        for a parent whose names are no file's (a render-batch run's parameters)."""
+        check_name("sha256", parent.sha256)
+        check_name("format", parent.ext)
         return self.root.parent / "parents" / f"{parent.sha256}.{parent.ext}"
 
     def wav_path(self, generation_key: str) -> Path:
@@ -218,7 +237,7 @@ def share_render(storage: Storage, spec: TrackSpec, render: Render) -> None:
     )
     with tempfile.TemporaryDirectory() as folder:
         sidecar = Path(folder) / f"{key}.json"
-        sidecar.write_text(sidecar_json(render))
+        sidecar.write_text(sidecar_json(render, key))
         try:
             storage.put_asset(
                 sidecar,
@@ -246,22 +265,42 @@ def fetch_shared(storage: Storage, cache: RenderCache, spec: TrackSpec) -> Rende
     sidecar = storage.read(storage.render_key(key, "json"))
     if sidecar is None:
         return None
-    try:
-        render = _render_of(json.loads(sidecar), key, cache.wav_path(key))
-    except (ValueError, TypeError, RecursionError):
-        render = None
+    render = _render_of(sidecar, key, cache.wav_path(key))
     if render is None:
         raise StorageError(
             f"the render handed over at {storage.render_key(key, 'json')} is not this track's "
             "(another key's, or no render's sidecar)",
             transient=False,
         )
-    wav = storage.render_key(render.sha256, "wav")
-    if not storage.has_asset(wav, render.sha256):
-        wav = storage.render_key(key, "wav")  # handed over before WAVs were keyed by content
-    storage.fetch(wav, render.path, sha256=render.sha256)
+    # Fetched and verified, not asked for first: S3 cannot prove a multipart object's sha256
+    # (a render over 8 MiB) without the journal record that only a soundtrack's files have.
+    try:
+        storage.fetch(storage.render_key(render.sha256, "wav"), render.path, sha256=render.sha256)
+    except StorageError as exc:
+        try:  # handed over before WAVs were keyed by content
+            storage.fetch(storage.render_key(key, "wav"), render.path, sha256=render.sha256)
+        except StorageError:
+            raise exc from None
     cache.adopt(render)
     return render
+
+
+def fetch_handed_back(
+    storage: Storage, cache: RenderCache, specs: Sequence[TrackSpec], missing: str
+) -> list[Render | RenderFailure]:
+    """Each track's render a render-pool machine handed back, or why not: `missing` where it
+    handed back none, what is wrong where its hand-over cannot be used (that track's alone)."""
+    results: list[Render | RenderFailure] = []
+    for spec in specs:
+        try:
+            render = fetch_shared(storage, cache, spec)
+        except SoundtrackError as exc:
+            results.append(RenderFailure(spec.id, f"fetching its render failed: {exc}"))
+            continue
+        results.append(render or RenderFailure(spec.id, missing))
+        if render:
+            events.emit(spec.id, "generated")
+    return results
 
 
 def share_parent(storage: Storage, cache: RenderCache, parent: ParentAudio) -> None:

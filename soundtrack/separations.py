@@ -44,7 +44,7 @@ class SeparationJob(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     track_id: str
-    mix_sha256: str
+    mix_sha256: Sha256  # a key's name on the pool machine: a run's parameters are input
     stem_model: str
 
     @property

@@ -20,14 +20,14 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 from prefect.settings import get_current_settings
 
-from soundtrack import events, steps
+from soundtrack import steps
 from soundtrack.errors import GenerationError, ModelLoadError
 from soundtrack.renders import (
     Render,
     RenderCache,
     RenderFailure,
+    fetch_handed_back,
     fetch_parent,
-    fetch_shared,
     is_shared,
     render_batch,
     share_render,
@@ -212,13 +212,5 @@ def generate_on_pool(
     storage = open_storage(storage_url, base_dir=Path(base_dir))
     cache = RenderCache(Path(cache_dir))
     state = child.state.name if child.state else "unknown"
-    results: list[Render | RenderFailure] = []
-    for spec in specs:
-        render = fetch_shared(storage, cache, spec)
-        results.append(
-            render
-            or RenderFailure(spec.id, f"render-batch run {child.name!r} ended {state} without it")
-        )
-        if render:
-            events.emit(spec.id, "generated")
-    return results
+    missing = f"render-batch run {child.name!r} ended {state} without it"
+    return fetch_handed_back(storage, cache, specs, missing)

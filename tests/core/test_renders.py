@@ -10,8 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundtrack.errors import StorageError
-from soundtrack.renders import RenderCache, fetch_shared, is_shared, share_render, sidecar_json
+from soundtrack.errors import InputError, StorageError
+from soundtrack.renders import (
+    Render,
+    RenderCache,
+    RenderFailure,
+    fetch_handed_back,
+    fetch_parent,
+    fetch_shared,
+    is_shared,
+    share_render,
+    sidecar_json,
+)
+from soundtrack.spec import ParentAudio
 from soundtrack.storage import LocalStorage
 from tests.specs import make_spec
 
@@ -84,8 +95,10 @@ def test_render_travels_between_machines_through_storage(tmp_path: Path) -> None
     shared = tmp_path / "shared"
     files = sorted(p.relative_to(shared).as_posix() for p in shared.rglob("*") if p.is_file())
     assert files == sorted([".renders/abc123.json", f".renders/{render.sha256}.wav"])
-    # Handed over as the previous version reads it: with no field it does not know.
-    assert "generation_key" not in (shared / ".renders" / "abc123.json").read_text()
+    # Handed over naming its key (the version before this one reads it, and pops it).
+    assert json.loads((shared / ".renders" / "abc123.json").read_text())["generation_key"] == (
+        "abc123"
+    )
     # One that names another track's key hands over no render of this track.
     (shared / ".renders" / "def456.json").write_text(sidecar_json(render, "abc123"))
     other = make_spec(id="other", generation_key="def456")
@@ -125,3 +138,77 @@ def test_the_first_take_handed_over_stands(tmp_path: Path) -> None:
     fetched = fetch_shared(storage, RenderCache(tmp_path / "build"), spec)
     assert fetched is not None and fetched.sha256 == first.sha256
     assert not (tmp_path / "shared" / ".renders" / f"{second.sha256}.wav").exists()
+
+
+def _handed_over(tmp_path: Path, *keys: str) -> tuple[LocalStorage, dict[str, Render]]:
+    """Renders of tracks `keys` (track ids too) handed over to a shared folder by a pool."""
+    storage = LocalStorage("shared", tmp_path / "shared")
+    gpu = RenderCache(tmp_path / "gpu")
+    renders = {}
+    for n, key in enumerate(keys):
+        renders[key] = gpu.put(key, noise(1.0 + n), 32000, model_id="m", revision="r", license="l")
+        share_render(storage, make_spec(id=key, generation_key=key), renders[key])
+    return storage, renders
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model_id": 5},
+        {"license": ["MIT"]},
+        {"sample_rate": "lots"},
+        {"sample_rate": 0},
+        {"sha256": 7},
+        {"sha256": "../../etc/passwd"},
+        {"generation_key": "k2"},  # copied from another track's
+    ],
+)
+def test_a_handed_over_sidecar_of_another_shape_or_track_fails_that_track_alone(
+    tmp_path: Path, change: dict[str, object]
+) -> None:
+    """A wrong-typed field crashed the whole build in a traceback; a sidecar copied from another
+    track published that track's audio; one bad hand-over failed every track of its batch."""
+    storage, renders = _handed_over(tmp_path, "k1", "k2")
+    sidecar = tmp_path / "shared" / ".renders" / "k1.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), **change}))
+    build = RenderCache(tmp_path / "build")
+    specs = [make_spec(id=key, generation_key=key) for key in ("k1", "k2")]
+
+    bad, good = fetch_handed_back(storage, build, specs, "not handed back")
+
+    assert isinstance(bad, RenderFailure) and bad.track_id == "k1"
+    assert "fetching its render failed" in bad.reason and "is not this track's" in bad.reason
+    assert isinstance(good, Render) and good.sha256 == renders["k2"].sha256
+    assert build.get("k1") is None
+    # The same sidecar in this machine's own cache is no entry.
+    shutil.copy(sidecar, build.root / "k1.json")
+    shutil.copy(renders["k1"].path, build.root / "k1.wav")
+    assert build.get("k1") is None
+
+
+def test_a_track_handed_nothing_back_says_why_and_its_wav_mismatch_is_named(
+    tmp_path: Path,
+) -> None:
+    storage, renders = _handed_over(tmp_path, "k1")
+    wav = tmp_path / "shared" / ".renders" / f"{renders['k1'].sha256}.wav"
+    wav.write_bytes(wav.read_bytes()[:-10])
+    specs = [make_spec(id=key, generation_key=key) for key in ("k1", "k9")]
+    build = RenderCache(tmp_path / "build")
+
+    changed, missing = fetch_handed_back(storage, build, specs, "the run ended without it")
+
+    assert isinstance(changed, RenderFailure) and "but" in changed.reason, changed
+    assert f"{renders['k1'].sha256}.wav" in changed.reason, "the content-keyed file, not the old"
+    assert missing == RenderFailure("k9", "the run ended without it")
+
+
+def test_a_parent_whose_names_are_paths_is_refused_before_anything_is_made(
+    tmp_path: Path,
+) -> None:
+    """A render-batch run's parameters named a parent's format `wav/../../x`: the pool machine
+    made that folder before the storage refused the key."""
+    cache = RenderCache(tmp_path / "cache")
+    parent = ParentAudio("theme", "sky/theme.ogg", "ab" * 32, f"wav/../../../{tmp_path}/made/x")
+    with pytest.raises(InputError, match="cannot be part of a storage key"):
+        fetch_parent(LocalStorage("s", tmp_path / "s"), cache, parent, "sky/theme.ogg")
+    assert not (tmp_path / "made").exists()

@@ -24,6 +24,7 @@ from soundtrack.storage import check_access, open_storage
 from soundtrack.storage.s3 import S3Storage
 from tests.faultproxy import FaultProxy, Seen
 from tests.publishing import Asset, make_asset, publish, publish_assets, sample_assets
+from tests.reference import sha256_of
 from tests.s3server import SeaweedServer, free_ports
 from tests.specs import make_spec
 
@@ -257,6 +258,31 @@ def test_a_second_run_of_a_batch_leaves_the_first_take_handed_over(
         share_render(storage, spec, take)
     fetched = fetch_shared(storage, RenderCache(tmp_path / "build"), spec)
     assert fetched is not None and fetched.sha256 == takes[0].sha256
+
+
+def test_a_render_over_the_multipart_threshold_is_handed_over(
+    s3_server: SeaweedServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    """A multipart object's sha256 cannot be proved by the server's composite checksum without
+    a journal record, which renders have none of: every render over 8 MiB (65 s of mono
+    32 kHz float) failed its track with a 404 on the old key."""
+    parts = {"multipart_threshold_bytes": 5 * MIB, "multipart_chunksize_bytes": 5 * MIB}
+    storage = S3Storage(f"s3://{s3_bucket}/games", s3_bucket, "games", **parts)
+    spec = make_spec(id="cue", generation_key="abc123")
+    audio = np.random.default_rng(2).uniform(-0.5, 0.5, (1, 32000 * 45)).astype(np.float32)
+    take = RenderCache(tmp_path / "gpu").put(
+        "abc123", audio, 32000, model_id="m", revision="r", license="l"
+    )
+    assert take.path.stat().st_size > 5 * MIB
+    share_render(storage, spec, take)
+    key = f"games/.renders/{take.sha256}.wav"
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=key, ChecksumMode="ENABLED")
+    assert head["ETag"].strip('"').endswith("-2"), "uploaded in parts"
+
+    fetched = fetch_shared(storage, RenderCache(tmp_path / "build"), spec)
+
+    assert fetched is not None and fetched.sha256 == take.sha256
+    assert sha256_of(fetched.path) == take.sha256
 
 
 def test_object_appearing_between_check_and_upload_is_not_overwritten(
