@@ -295,7 +295,10 @@ def fetch_handed_back(
         try:
             render = fetch_shared(storage, cache, spec)
         except SoundtrackError as exc:
-            results.append(RenderFailure(spec.id, f"fetching its render failed: {exc}"))
+            # Its sidecar says it was handed over, so the pool renders it no more until then.
+            sidecar = storage.render_key(_key(spec), "json")
+            again = f"remove its sidecar {sidecar} to render it again"
+            results.append(RenderFailure(spec.id, f"fetching its render failed: {exc}; {again}"))
             continue
         results.append(render or RenderFailure(spec.id, missing))
         if render:

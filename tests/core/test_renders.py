@@ -178,6 +178,7 @@ def test_a_handed_over_sidecar_of_another_shape_or_track_fails_that_track_alone(
 
     assert isinstance(bad, RenderFailure) and bad.track_id == "k1"
     assert "fetching its render failed" in bad.reason and "is not this track's" in bad.reason
+    assert bad.reason.endswith("; remove its sidecar .renders/k1.json to render it again")
     assert isinstance(good, Render) and good.sha256 == renders["k2"].sha256
     assert build.get("k1") is None
     # The same sidecar in this machine's own cache is no entry.
