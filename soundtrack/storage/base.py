@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -141,6 +142,48 @@ def check_name(kind: str, value: str) -> None:
             f"{kind} {value!r} cannot be part of a storage key: use letters, digits, '-' and '_', "
             "starting with a letter or digit"
         )
+
+
+class Turns:
+    """A build commits its lock on a task's thread; a stopped build ends on its main thread,
+    then lets go of the storage (where another build may take over). Per place (a folder, an
+    S3 lock), one of them at a time, and a build that ended commits nothing more."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._ended: set[Hashable] = set()
+
+    def _lock(self, place: Hashable) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(place, threading.Lock())
+
+    @contextmanager
+    def committing(self, place: Hashable, where: str) -> Iterator[None]:
+        """`place`'s turn to commit; StorageError naming `where` when its build has ended."""
+        with self._lock(place):
+            if place in self._ended:
+                raise StorageError(
+                    f"{where}: the build was stopped before its lock was written; nothing of it "
+                    "is published",
+                    transient=False,
+                )
+            yield
+
+    def end(self, place: Hashable, cleanup: Callable[[], None] = lambda: None) -> None:
+        """End the build at `place`, then `cleanup` in its turn, once a commit under way is
+        done; none starts after."""
+        with self._lock(place):
+            self._ended.add(place)
+            cleanup()
+
+    def begin(self, place: Hashable) -> None:
+        """A new build holds `place`."""
+        with self._lock(place):
+            self._ended.discard(place)
+
+
+BUILD_TURNS = Turns()
 
 
 def check_key(key: str, root: str) -> list[str]:

@@ -32,6 +32,7 @@ from soundtrack.errors import InputError, StorageError
 from soundtrack.hashing import file_sha256
 from soundtrack.redaction import redact, remember, remember_url
 from soundtrack.storage.base import (
+    BUILD_TURNS,
     INDEX_NAME,
     MAX_PRESIGN_EXPIRY_S,
     RENDERS_FOLDER,
@@ -258,12 +259,14 @@ class S3Storage:
         """Replace the lock file in one PUT (S3 PUTs are atomic) and verify its checksum; when
         this process holds the soundtrack's build lease, renew it first, refusing if it was lost."""
         key = self._index_key(soundtrack)
-        lease = held_lease(self.endpoint, self.bucket, self._lease_key(soundtrack))
-        if lease is not None:
-            lease.confirm(
-                "this build", "it does not write the lock: the other build's publish stands"
-            )
-        return self._replace(key, data, content_type="application/json")
+        # A stopped build's lock write on a task's thread would land after its lease is let go.
+        with BUILD_TURNS.committing((self.endpoint, self.bucket, key), self.uri(key)):
+            lease = held_lease(self.endpoint, self.bucket, self._lease_key(soundtrack))
+            if lease is not None:
+                lease.confirm(
+                    "this build", "it does not write the lock: the other build's publish stands"
+                )
+            return self._replace(key, data, content_type="application/json")
 
     def review_key(self, soundtrack: str) -> str:
         """<prefix>/<soundtrack>/review.html, beside the lock."""
@@ -443,10 +446,13 @@ class S3Storage:
 
     def repair(self, soundtrack: str) -> list[str]:
         """Nothing to repair: assets are content-addressed and only the lock makes them current."""
+        BUILD_TURNS.begin((self.endpoint, self.bucket, self._index_key(soundtrack)))
         return []
 
     def discard(self, soundtrack: str) -> None:
-        """Nothing to drop: unreferenced assets are gc's to delete, proven ours by the journal."""
+        """Nothing to drop (unreferenced assets are gc's to delete, proven ours by the journal);
+        the build's turn ends: a lock write under way finishes first, and none starts after."""
+        BUILD_TURNS.end((self.endpoint, self.bucket, self._index_key(soundtrack)))
 
     def check_access(self) -> None:
         """HEAD the bucket: wrong credentials, a missing bucket or an unreachable endpoint fail

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 from soundtrack.atomic import atomic_path, fsync_path
 from soundtrack.errors import InputError, StorageBusy, StorageError
 from soundtrack.hashing import file_sha256, read_regular
-from soundtrack.storage.base import INDEX_NAME
+from soundtrack.storage.base import BUILD_TURNS, INDEX_NAME
 
 CONTROL = ".publishing"  # beside the lock: the build lock and what a build has not committed yet
 LOCK_NAME = "build.lock"
@@ -58,13 +57,7 @@ class Publishing:
         sha256: stems of the previous lock this one no longer names), then `lock` as the
         folder's lock; returns how many files changed. On a failed rename the folder is left
         as it was."""
-        with _turn(self.folder):
-            if self.folder in _ENDED:
-                raise StorageError(
-                    f"{self.folder}: the build was stopped before its lock was written; nothing "
-                    "of it is published",
-                    transient=False,
-                )
+        with BUILD_TURNS.committing(self.folder, str(self.folder)):
             return self._commit(lock, names, retired)
 
     def _commit(self, lock: bytes, names: set[str], retired: Mapping[str, str]) -> int:
@@ -101,8 +94,7 @@ class Publishing:
     def repair(self) -> list[str]:
         """Finish or undo what a killed build left half done, drop staged files and stray
         temporary files; says what it did, one line each."""
-        with _turn(self.folder):
-            _ENDED.discard(self.folder)  # a new build holds the folder
+        BUILD_TURNS.begin(self.folder)
         said: list[str] = []
         record = self._read_record()
         if record is not None and record[0] == "forward":
@@ -150,9 +142,7 @@ class Publishing:
         """Drop what this build staged and end its turn: a commit under way (on a task's
         thread, while a stopped build's main thread cleans up) finishes first, and none starts
         after."""
-        with _turn(self.folder):
-            _ENDED.add(self.folder)
-            self._clean()
+        BUILD_TURNS.end(self.folder, self._clean)
 
     @property
     def _record(self) -> Path:
@@ -226,19 +216,6 @@ class Publishing:
                 path.unlink()
         with contextlib.suppress(OSError):
             self.control.rmdir()
-
-
-# A build commits on a task's thread; a stopped build cleans up on its main thread, which
-# deleted the commit's record and staged files under it (the folder's files new, its lock
-# old). Per folder, one of them at a time; and a build that ended commits nothing more.
-_TURNS: dict[Path, threading.Lock] = {}
-_TURNS_GUARD = threading.Lock()
-_ENDED: set[Path] = set()
-
-
-def _turn(folder: Path) -> threading.Lock:
-    with _TURNS_GUARD:
-        return _TURNS.setdefault(folder, threading.Lock())
 
 
 @contextlib.contextmanager

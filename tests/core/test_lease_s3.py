@@ -383,3 +383,24 @@ def test_a_second_build_into_s3_waits_for_the_first_and_the_lock_matches_every_o
     assert f"{PREFIX}/{SOUNDTRACK}/{LEASE_NAME}" not in {
         obj["Key"] for obj in remaining.get("Contents", [])
     }, "both builds released the lease"
+
+
+def test_a_stopped_build_writes_no_lock_after_it_let_go_of_the_lease(
+    lease_env: str, s3_server: SeaweedServer
+) -> None:
+    """Ctrl-C while the lock was being written: the build let go of its lease while its task's
+    thread went on, and put the lock after another build (or gc --delete) had taken over."""
+    key = f"{PREFIX}/{SOUNDTRACK}/soundtrack.lock.json"
+    with storage(lease_env).hold(SOUNDTRACK, wait_s=0, on_wait=print):
+        storage(lease_env).repair(SOUNDTRACK)
+        storage(lease_env).discard(SOUNDTRACK)  # the stopped build's main thread
+    with pytest.raises(StorageError, match="stopped before its lock was written"):
+        storage(lease_env).write_index(SOUNDTRACK, b'{"tracks": []}')  # its task's, late
+    assert "Contents" not in s3_server.client().list_objects_v2(Bucket=lease_env, Prefix=key)
+
+    with storage(lease_env).hold(SOUNDTRACK, wait_s=0, on_wait=print):
+        storage(lease_env).repair(SOUNDTRACK)  # the next build
+        storage(lease_env).write_index(SOUNDTRACK, b'{"tracks": []}')
+    assert s3_server.client().get_object(Bucket=lease_env, Key=key)["Body"].read() == (
+        b'{"tracks": []}'
+    )
