@@ -24,7 +24,7 @@ from soundtrack.errors import GenerationError, SoundtrackError, StorageError
 from soundtrack.formats import content_type_for
 from soundtrack.hashing import file_sha256, read_regular
 from soundtrack.paths import user_path
-from soundtrack.report import Sha256
+from soundtrack.report import Sha256, first_problem
 from soundtrack.spec import ParentAudio, TrackSpec
 from soundtrack.storage import Storage
 from soundtrack.storage.base import check_name
@@ -47,18 +47,21 @@ class Render:
     license: str
 
 
-def sidecar_json(render: Render, generation_key: str) -> str:
-    """What is recorded beside a render: its key, checksum, rate and model (not its local
-    path). The version before this one reads the key too, so a handed-over one carries it."""
+def sidecar_json(render: Render, generation_key: str | None = None) -> str:
+    """What is recorded beside a render: its checksum, rate and model (not its local path),
+    and in this machine's cache its key. A handed-over one leaves the key to its object's
+    name: a build of an earlier version, during a rolling upgrade, reads no field it does not
+    know."""
     record = {k: v for k, v in asdict(render).items() if k != "path"}
-    return json.dumps({"generation_key": generation_key, **record}, indent=2)
+    key = {} if generation_key is None else {"generation_key": generation_key}
+    return json.dumps({**key, **record}, indent=2)
 
 
 class _Sidecar(BaseModel):
     """A sidecar as read back: from this machine's cache, or from storage, where a pool machine
     (or anyone with write access) left it."""
 
-    generation_key: str | None = None  # None: written before sidecars named their key
+    generation_key: str | None = None  # None: its file name's (handed over, or written before)
     sha256: Sha256
     sample_rate: Annotated[int, Field(strict=True, gt=0)]
     model_id: str
@@ -66,16 +69,16 @@ class _Sidecar(BaseModel):
     license: str
 
 
-def _render_of(data: bytes, generation_key: str, path: Path) -> Render | None:
-    """The render a sidecar records, at `path`; None when it is another key's (an entry copied
-    or renamed: its audio is another track's) or no render's sidecar. One written before
-    sidecars named their key is taken as its file name's."""
+def _render_of(data: bytes, generation_key: str, path: Path) -> Render:
+    """The render a sidecar records, at `path`; ValueError saying why it is no render of
+    `generation_key`: another key's (an entry copied or renamed: another track's audio), or
+    no render's sidecar."""
     try:
         record = _Sidecar.model_validate_json(data)
-    except ValidationError:
-        return None
+    except ValidationError as exc:
+        raise ValueError(f"no render's sidecar ({first_problem(exc)})") from None
     if record.generation_key not in (None, generation_key):
-        return None
+        raise ValueError(f"the sidecar of another track's render ({record.generation_key})")
     return Render(path, **record.model_dump(exclude={"generation_key"}))
 
 
@@ -109,9 +112,9 @@ class RenderCache:
         try:
             sidecar = read_regular(self.root / f"{generation_key}.json", follow_links=False)
             render = _render_of(sidecar, generation_key, self.wav_path(generation_key))
-            if render is None or file_sha256(render.path, follow_links=False) != render.sha256:
+            if file_sha256(render.path, follow_links=False) != render.sha256:
                 return None
-        except OSError:
+        except (OSError, ValueError):
             return None
         return render
 
@@ -237,7 +240,7 @@ def share_render(storage: Storage, spec: TrackSpec, render: Render) -> None:
     )
     with tempfile.TemporaryDirectory() as folder:
         sidecar = Path(folder) / f"{key}.json"
-        sidecar.write_text(sidecar_json(render, key))
+        sidecar.write_text(sidecar_json(render))
         try:
             storage.put_asset(
                 sidecar,
@@ -265,13 +268,13 @@ def fetch_shared(storage: Storage, cache: RenderCache, spec: TrackSpec) -> Rende
     sidecar = storage.read(storage.render_key(key, "json"))
     if sidecar is None:
         return None
-    render = _render_of(sidecar, key, cache.wav_path(key))
-    if render is None:
+    try:
+        render = _render_of(sidecar, key, cache.wav_path(key))
+    except ValueError as exc:
         raise StorageError(
-            f"the render handed over at {storage.render_key(key, 'json')} is not this track's "
-            "(another key's, or no render's sidecar)",
+            f"{storage.render_key(key, 'json')}, handed over for this track, is {exc}",
             transient=False,
-        )
+        ) from None
     # Fetched and verified, not asked for first: S3 cannot prove a multipart object's sha256
     # (a render over 8 MiB) without the journal record that only a soundtrack's files have.
     try:
@@ -295,10 +298,12 @@ def fetch_handed_back(
         try:
             render = fetch_shared(storage, cache, spec)
         except SoundtrackError as exc:
-            # Its sidecar says it was handed over, so the pool renders it no more until then.
-            sidecar = storage.render_key(_key(spec), "json")
-            again = f"remove its sidecar {sidecar} to render it again"
-            results.append(RenderFailure(spec.id, f"fetching its render failed: {exc}; {again}"))
+            reason = f"fetching its render failed: {exc}"
+            if not (isinstance(exc, StorageError) and exc.transient):
+                # Its sidecar says it was handed over: the pool renders it no more until then.
+                sidecar = storage.render_key(_key(spec), "json")
+                reason += f"; remove {sidecar} (and the WAV it names) to render it again"
+            results.append(RenderFailure(spec.id, reason))
             continue
         results.append(render or RenderFailure(spec.id, missing))
         if render:

@@ -24,6 +24,7 @@ from soundtrack.renders import (
 )
 from soundtrack.spec import ParentAudio
 from soundtrack.storage import LocalStorage
+from tests.reference import sha256_of
 from tests.specs import make_spec
 
 
@@ -95,14 +96,12 @@ def test_render_travels_between_machines_through_storage(tmp_path: Path) -> None
     shared = tmp_path / "shared"
     files = sorted(p.relative_to(shared).as_posix() for p in shared.rglob("*") if p.is_file())
     assert files == sorted([".renders/abc123.json", f".renders/{render.sha256}.wav"])
-    # Handed over naming its key (the version before this one reads it, and pops it).
-    assert json.loads((shared / ".renders" / "abc123.json").read_text())["generation_key"] == (
-        "abc123"
-    )
+    # Handed over as a build of an earlier version reads it: with no field it does not know.
+    assert "generation_key" not in (shared / ".renders" / "abc123.json").read_text()
     # One that names another track's key hands over no render of this track.
     (shared / ".renders" / "def456.json").write_text(sidecar_json(render, "abc123"))
     other = make_spec(id="other", generation_key="def456")
-    with pytest.raises(StorageError, match="is not this track's"):
+    with pytest.raises(StorageError, match=r"is the sidecar of another track's render \(abc123\)"):
         fetch_shared(storage, build_machine, other)
     assert build_machine.get("def456") is None
 
@@ -152,19 +151,19 @@ def _handed_over(tmp_path: Path, *keys: str) -> tuple[LocalStorage, dict[str, Re
 
 
 @pytest.mark.parametrize(
-    "change",
+    ("change", "said"),
     [
-        {"model_id": 5},
-        {"license": ["MIT"]},
-        {"sample_rate": "lots"},
-        {"sample_rate": 0},
-        {"sha256": 7},
-        {"sha256": "../../etc/passwd"},
-        {"generation_key": "k2"},  # copied from another track's
+        ({"model_id": 5}, "no render's sidecar (model_id: "),
+        ({"license": ["MIT"]}, "no render's sidecar (license: "),
+        ({"sample_rate": "lots"}, "no render's sidecar (sample_rate: "),
+        ({"sample_rate": 0}, "no render's sidecar (sample_rate: "),
+        ({"sha256": 7}, "no render's sidecar (sha256: "),
+        ({"sha256": "../../etc/passwd"}, "no render's sidecar (sha256: "),
+        ({"generation_key": "k2"}, "the sidecar of another track's render (k2)"),  # copied
     ],
 )
 def test_a_handed_over_sidecar_of_another_shape_or_track_fails_that_track_alone(
-    tmp_path: Path, change: dict[str, object]
+    tmp_path: Path, change: dict[str, object], said: str
 ) -> None:
     """A wrong-typed field crashed the whole build in a traceback; a sidecar copied from another
     track published that track's audio; one bad hand-over failed every track of its batch."""
@@ -177,8 +176,12 @@ def test_a_handed_over_sidecar_of_another_shape_or_track_fails_that_track_alone(
     bad, good = fetch_handed_back(storage, build, specs, "not handed back")
 
     assert isinstance(bad, RenderFailure) and bad.track_id == "k1"
-    assert "fetching its render failed" in bad.reason and "is not this track's" in bad.reason
-    assert bad.reason.endswith("; remove its sidecar .renders/k1.json to render it again")
+    assert bad.reason.startswith(
+        f"fetching its render failed: .renders/k1.json, handed over for this track, is {said}"
+    ), bad.reason
+    assert bad.reason.endswith(
+        "; remove .renders/k1.json (and the WAV it names) to render it again"
+    )
     assert isinstance(good, Render) and good.sha256 == renders["k2"].sha256
     assert build.get("k1") is None
     # The same sidecar in this machine's own cache is no entry.
@@ -198,7 +201,8 @@ def test_a_track_handed_nothing_back_says_why_and_its_wav_mismatch_is_named(
 
     changed, missing = fetch_handed_back(storage, build, specs, "the run ended without it")
 
-    assert isinstance(changed, RenderFailure) and "but" in changed.reason, changed
+    assert isinstance(changed, RenderFailure), changed
+    assert f"has sha256 {sha256_of(wav)}, but {renders['k1'].sha256} was" in changed.reason
     assert f"{renders['k1'].sha256}.wav" in changed.reason, "the content-keyed file, not the old"
     assert missing == RenderFailure("k9", "the run ended without it")
 
