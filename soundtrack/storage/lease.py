@@ -187,6 +187,7 @@ class Lease:
                 # Released since our write, most likely: try again (at once, the first time).
                 time.sleep(0 if unreadable == 1 else POLL_S)
                 continue
+            unreadable = 0  # only refusals in a row say the key is no lease's
             if self._adopt(seen):
                 return  # our own create, whose reply was lost and which a retry then repeated
             holder = _holder(seen.body)
