@@ -1276,9 +1276,11 @@ def _print_report(report: Any) -> None:
             _said(f"{track.id}: {track.reference.get('verdict', '')}")
     # A long reason (say, how to provide a model) is printed once, not in every row.
     for reason, track_ids in reasons.items():
-        console.print(f"{', '.join(track_ids)}: {escape(reason)}", highlight=False, soft_wrap=True)
+        _said(f"{', '.join(track_ids)}: {reason}")
     for warning in report.warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[yellow]warning:[/] {escape(printable(warning))}", highlight=False, soft_wrap=True
+        )
     counts = ", ".join(f"{n} {status}" for status, n in report.counts().items() if n)
     console.print(f"{counts}; model loads: {report.model_loads}", highlight=False)
 
