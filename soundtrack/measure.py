@@ -205,7 +205,9 @@ _FRAME_COUNT = re.compile(r"[0-9]{1,15}")
 
 
 def _frame_count(path: Path, name: str, values: list[str] | None) -> int:
-    value = values[0].strip() if values else ""
+    if not values:
+        raise AudioError(f"{path}: LOOPLENGTH without {name}: a loop needs its start")
+    value = values[0].strip()
     if not _FRAME_COUNT.fullmatch(value):
         shown = value if len(value) <= 24 else f"{value[:24]}..."
         raise AudioError(f"{path}: {name}={shown!r} is not a whole number of frames")
