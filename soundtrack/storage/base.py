@@ -200,6 +200,23 @@ def is_relative_key(key: str) -> bool:
     return not ("\\" in key or "\x00" in key or any(s in ("", ".", "..") for s in segments))
 
 
+def refuse_outside(
+    referenced: Iterable[str], folder: str, lock: str, uri: Callable[[str], str]
+) -> None:
+    """InputError when the lock at `lock` names keys outside `folder`, its soundtrack's: one
+    copied from other storage or another soundtrack (or edited so) cannot tell what here is
+    in use, and gc would read this soundtrack's files as garbage."""
+    elsewhere = sorted(key for key in referenced if not key.startswith(folder))
+    if elsewhere:
+        raise InputError(
+            f"the lock {lock} names {uri(elsewhere[0])}"
+            + (f" and {len(elsewhere) - 1} more" if len(elsewhere) > 1 else "")
+            + f", outside {uri(folder)}: it was written for other storage or another soundtrack "
+            "(a copied prefix or folder?), so it cannot tell what here is in use; gc deletes "
+            "nothing"
+        )
+
+
 def soundtrack_folder(storage: Storage, soundtrack: str) -> str:
     """The key prefix of `soundtrack`'s folder, where its lock, page and files lie (ending
     in '/')."""

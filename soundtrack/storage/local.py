@@ -28,6 +28,7 @@ from soundtrack.storage.base import (
     index_entries,
     index_keys,
     is_name,
+    refuse_outside,
     soundtrack_of,
 )
 from soundtrack.storage.staging import CONTROL, Publishing, build_lock
@@ -249,6 +250,12 @@ class LocalStorage:
                 f"no index at {folder / INDEX_NAME}: nothing tells which files are in use"
             )
         referenced = index_keys(data, str(folder / INDEX_NAME))
+        refuse_outside(
+            referenced,
+            f"{soundtrack}/",
+            (folder / INDEX_NAME).as_uri(),
+            lambda key: (self.root / key).as_uri(),
+        )
         pending = self._publishing(soundtrack).pending_lock()
         if pending is not None:
             # A file a stopped build's commit moved in before it was killed is the new lock's.

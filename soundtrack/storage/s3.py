@@ -45,6 +45,7 @@ from soundtrack.storage.base import (
     folded,
     index_keys,
     is_name,
+    refuse_outside,
     soundtrack_of,
 )
 from soundtrack.storage.lease import LEASE_NAME, Lease, held_lease, lease_seconds
@@ -345,14 +346,7 @@ class S3Storage:
         # A lock names whole keys: one copied from another prefix or soundtrack names the
         # originals, so every copy would read as unreferenced, and the copied journal proves
         # them ours.
-        elsewhere = sorted(key for key in referenced if not key.startswith(folder))
-        if elsewhere:
-            raise InputError(
-                f"the lock {self.uri(index_key)} names {self.uri(elsewhere[0])}"
-                + (f" and {len(elsewhere) - 1} more" if len(elsewhere) > 1 else "")
-                + f", outside {self.uri(folder)}: it was written for other storage (a copied "
-                "prefix?), so it cannot tell what here is in use; gc deletes nothing"
-            )
+        refuse_outside(referenced, folder, self.uri(index_key), self.uri)
         found = self._list(folder)
         # A "folder" holding another soundtrack's lock is that soundtrack (storage nested here).
         nested = sorted(

@@ -259,3 +259,23 @@ def test_a_lock_naming_a_file_through_dot_dot_deletes_nothing(tmp_path: Path) ->
     assert result.stdout == ""
     assert "not a relative path inside the storage" in " ".join(result.stderr.split())
     assert snapshot(root) == before
+
+
+def test_a_lock_naming_another_soundtracks_file_deletes_nothing(tmp_path: Path) -> None:
+    """A lock naming another soundtrack's file (the build reads it as unreadable) left this
+    soundtrack's real file unreferenced, and gc --delete deleted it as ours."""
+    root = tmp_path / "assets"
+    two_builds(LocalStorage("assets", root), tmp_path / "enc")
+    lock_path = root / SOUNDTRACK / "soundtrack.lock.json"
+    lock = json.loads(lock_path.read_text())
+    lock["tracks"][0]["files"][0]["key"] = "other-game/title-theme.ogg"
+    lock_path.write_text(json.dumps(lock))
+    before = snapshot(root)
+
+    result = CliRunner().invoke(app, ["gc", str(root), "--delete"])
+
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert f"names {(root / 'other-game' / 'title-theme.ogg').as_uri()}, outside" in said
+    assert "gc deletes nothing" in said
+    assert snapshot(root) == before
