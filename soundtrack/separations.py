@@ -124,7 +124,7 @@ def fetch_separation(storage: Storage, job: SeparationJob) -> Separation | None:
     except ValidationError as exc:
         raise StorageError(
             f"the sources handed back at {storage.render_key(job.key, 'json')} are no "
-            f"separation's index: {first_problem(exc)}",
+            f"separation's index: {first_problem(exc)}; remove it to separate the mix again",
             transient=False,
         ) from None
     sources = {}
