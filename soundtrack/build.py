@@ -333,8 +333,26 @@ def _report(
             *prepared.warnings,
             *tracks.warnings,
             *_stale_variations(prepared, tracks.records),
+            *_left_out(prepared),
         ],
     )
+
+
+def _left_out(prepared: Prepared) -> list[str]:
+    """Tracks the lock listed that the manifest has not: the new lock leaves them out and gc
+    may then delete their files. Said, since a second manifest of the same soundtrack name in
+    the same storage does this too, silently, to the first's tracks."""
+    # What another build published while this one waited for review stays, whatever it is.
+    kept = {spec.id for spec in prepared.checked.specs} | prepared.theirs
+    gone = [t.id for t in prepared.lock.tracks if t.id not in kept] if prepared.lock else []
+    if not gone:
+        return []
+    name = prepared.checked.manifest.soundtrack
+    return [
+        f"the lock of {name} listed {', '.join(gone)}, which this manifest has not: the new "
+        "lock leaves them out, and gc --delete may then remove their files (does another "
+        f"manifest publish a soundtrack named {name!r} there?)"
+    ]
 
 
 def _stale_variations(prepared: Prepared, records: Mapping[str, TrackRecord]) -> list[str]:
@@ -372,6 +390,8 @@ def _finish(
 ) -> BuildResult:
     """Report; the index goes last and only when every approval is published."""
     report = _report(prepared, tracks, loads_before, build_name)
+    for warning in _left_out(prepared):
+        logger.warning(warning)
     unpublished = _write_index(prepared, tracks, report, executor, logger)
     if observer is not None:
         observer.finished(report, tracks.outcomes, unpublished)

@@ -441,3 +441,28 @@ def test_a_lock_naming_another_soundtracks_file_is_unreadable_and_rebuilt(
         keys = [f["key"] for f in json.loads(lock_path.read_text())["tracks"][0]["files"]]
         assert keys == ["sky/cue-0.ogg", "sky/cue-0.mp3"], keys
     assert folder_problems(tmp_path / "out" / "sky") == []
+
+
+def test_a_track_the_manifest_no_longer_has_leaves_the_lock_said_out_loud(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second manifest publishing the same soundtrack name into the same storage dropped the
+    first's tracks from the lock without a word, and gc --delete then removed their files."""
+    from soundtrack.build import Options, ThreadExecutor, build
+
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    tracks = recordings(tmp_path, 3)
+    (tmp_path / "a.yaml").write_text(MANIFEST.format(name="sky", lufs=-24, tracks=tracks))
+    first = build(tmp_path / "a.yaml", Options(), executor=ThreadExecutor())
+    assert first.exit_status == 0 and first.report.warnings == [], first.report.warnings
+    one = "".join(tracks.splitlines(keepends=True)[:2])  # cue-0 alone
+    (tmp_path / "b.yaml").write_text(MANIFEST.format(name="sky", lufs=-24, tracks=one))
+
+    second = build(tmp_path / "b.yaml", Options(), executor=ThreadExecutor())
+
+    assert second.exit_status == 0, second.failure
+    (warning,) = second.report.warnings
+    assert warning.startswith("the lock of sky listed cue-1, cue-2, which this manifest has not")
+    assert "gc --delete may then remove their files" in warning
+    lock = json.loads((tmp_path / "out" / "sky" / "soundtrack.lock.json").read_text())
+    assert [t["id"] for t in lock["tracks"]] == ["cue-0"]
