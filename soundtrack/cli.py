@@ -22,6 +22,7 @@ from soundtrack.errors import (
     ModelLoadError,
     SoundtrackError,
     StorageBusy,
+    StorageError,
 )
 from soundtrack.paths import path_problem, printable, shown, user_path
 from soundtrack.redaction import install_log_redaction, redact
@@ -1315,6 +1316,7 @@ def gc(
     the soundtrack is publishing (--delete waits for none).
     """
     from soundtrack.storage import INDEX_NAME, open_storage
+    from soundtrack.storage.base import Garbage
 
     try:
         storage = open_storage(storage_url, base_dir=Path.cwd())
@@ -1335,7 +1337,17 @@ def gc(
                     # the old lock does not.
                     for line in storage.repair(name):
                         err_console.print(line, markup=False, soft_wrap=True)
-            found = [storage.unreferenced(name) for name in names]
+            found: list[Garbage] = []
+            skipped: list[SoundtrackError] = []
+            for name in names:
+                try:
+                    found.append(storage.unreferenced(name))
+                except (InputError, StorageError) as exc:
+                    if soundtrack or (isinstance(exc, StorageError) and exc.transient):
+                        raise
+                    # A lock that cannot tell what is in use keeps its soundtrack's files;
+                    # the other soundtracks' gc goes on.
+                    skipped.append(exc)
             ours = [key for garbage in found for key in garbage.ours]
             for key in ours:
                 typer.echo(key)
@@ -1357,10 +1369,21 @@ def gc(
     action = "deleted" if delete else "listed (use --delete to remove)"
     kept = sum(len(garbage.kept) for garbage in found)
     err_console.print(
-        f"{len(ours)} unreferenced file(s) of ours in {len(names)} soundtrack(s) {action}; "
+        f"{len(ours)} unreferenced file(s) of ours in {len(found)} soundtrack(s) {action}; "
         f"{kept} not ours, kept",
         highlight=False,
     )
+    if skipped:
+        for problem in skipped:
+            err_console.print(
+                f"error: {printable(redact(str(problem)))}",
+                style="bold red",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+        bad_input = all(isinstance(problem, InputError) for problem in skipped)
+        raise typer.Exit(EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
 
 
 # --- review (issue 18) ---

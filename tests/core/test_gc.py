@@ -279,3 +279,29 @@ def test_a_lock_naming_another_soundtracks_file_deletes_nothing(tmp_path: Path) 
     assert f"names {(root / 'other-game' / 'title-theme.ogg').as_uri()}, outside" in said
     assert "gc deletes nothing" in said
     assert snapshot(root) == before
+
+
+def test_one_soundtrack_whose_lock_tells_nothing_leaves_the_others_collected(
+    tmp_path: Path,
+) -> None:
+    """One copied or hand-edited lock stopped gc of every soundtrack in the storage: a
+    studio-wide nightly gc then never collected anything."""
+    root = tmp_path / "assets"
+    storage = LocalStorage("assets", root)
+    two_builds(storage, tmp_path / "enc")  # sky-odyssey: its dropped mp3 is ours to delete
+    broken = make_asset(tmp_path / "enc2", "theme", "ogg", size=5_000, seed=7)
+    publish(storage, "copied", [broken])
+    lock_path = root / "copied" / "soundtrack.lock.json"
+    lock_path.write_text(lock_path.read_text().replace('"copied/', f'"{SOUNDTRACK}/'))
+    copied_before = snapshot(root / "copied")
+
+    result = CliRunner().invoke(app, ["gc", str(root), "--delete"])
+
+    assert result.exit_code == 2, result.output
+    assert result.stdout.split() == [f"{SOUNDTRACK}/title-theme.mp3"]
+    assert not (root / SOUNDTRACK / "title-theme.mp3").exists()
+    said = " ".join(result.stderr.split())
+    assert "in 1 soundtrack(s) deleted" in said
+    assert f"error: the lock {lock_path.as_uri()} names" in said and "gc deletes nothing" in said
+    assert snapshot(root / "copied") == copied_before
+    assert folder_problems(root / SOUNDTRACK) == []
