@@ -25,7 +25,6 @@ _BAR_LINE_SLACK = 2  # samples a bar line of a loop's exact grid may be off its 
 _BAR_ATTACK_SPREAD = 1.5  # how much sharper one bar's attack may be than another's
 SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term loudness window
 _PLATEAU_EDGE_MIN = 1e-4  # of the plateau level (-80 dB): about 3 LSB of 16-bit near full scale
-_PLATEAU_BAND = 10 ** (-0.5 / 20)  # plateaus within 0.5 dB of the channel's own peak
 
 
 @dataclass(frozen=True)
@@ -266,31 +265,27 @@ def _silences(audio: np.ndarray, sample_rate: int, threshold: float) -> tuple[fl
 
 
 def _clipped_runs(audio: np.ndarray, min_run: int, floor: float) -> int:
-    """Runs of >= `min_run` equal samples near a channel's own positive or negative peak,
-    entered or left steeply (more than a step of its integer samples, too) from their own side:
-    a clipped plateau, even after the clipped signal was turned down or topped by a sample of
-    another part (not a square wave's)."""
+    """Runs of >= `min_run` equal samples at a channel's own positive or negative peak, entered
+    or left steeply (more than a step of its integer samples, too) from its own side: a clipped
+    plateau, even after the clipped signal was turned down (not a square wave's)."""
     runs = 0
     for channel in audio:
+        top, bottom = channel.max(), channel.min()
         lsb = _lsb(channel)
-        for side in (1.0, -1.0):
-            signed = channel * side
-            level = float(signed.max())
+        for level, extreme in ((top, top), (-bottom, bottom)):
             if level <= floor:
                 continue
-            # Not only at the one extreme value: a single sample above the plateaus (a part
-            # mixed in after the clip) hid every one of them.
-            near = signed >= level * _PLATEAU_BAND
-            link = near[:-1] & (np.diff(signed) == 0)
-            first, links = _run_lengths(link)
-            long_enough = links + 1 >= min_run
-            starts, n = first[long_enough], links[long_enough] + 1
-            if not n.size:
-                continue
-            ends = starts + n - 1
-            before = signed[np.maximum(starts - 1, 0)]
-            after = signed[np.minimum(ends + 1, signed.size - 1)]
-            edge = np.maximum(np.abs(signed[starts] - before), np.abs(after - signed[ends]))
+            # Few samples sit exactly at the extreme: read the runs off their indices.
+            at = np.flatnonzero(channel == extreme)
+            breaks = np.flatnonzero(np.diff(at) != 1)
+            starts = at[np.concatenate(([0], breaks + 1))]
+            ends = at[np.concatenate((breaks, [at.size - 1]))]
+            lengths = ends - starts + 1
+            long_enough = lengths >= min_run
+            starts, ends, n = starts[long_enough], ends[long_enough], lengths[long_enough]
+            before = channel[np.maximum(starts - 1, 0)]
+            after = channel[np.minimum(ends + 1, channel.size - 1)]
+            edge = np.maximum(np.abs(channel[starts] - before), np.abs(after - channel[ends]))
             # A rounded crest (a slow wave quantised to integers) leaves its top gently; a
             # clipped wave hits the plateau at speed. n samples within one step of the crest
             # hold its curvature to 4 / (n - 1)^2 steps per sample^2, so a smooth wave steps
@@ -299,12 +294,13 @@ def _clipped_runs(audio: np.ndarray, min_run: int, floor: float) -> int:
             steep = np.maximum(_PLATEAU_EDGE_MIN * level, smooth)
             # A plateau entered from zero or beyond and left back there in one step each is a
             # pulse or square wave's (a chiptune's): a clipped wave comes from its own side.
-            from_far = (starts == 0) | (before <= 0)  # a file's edge holds no side
-            to_far = (ends == signed.size - 1) | (after <= 0)
+            side = np.sign(extreme)
+            from_far = (starts == 0) | (before * side <= 0)  # a file's edge holds no side
+            to_far = (ends == channel.size - 1) | (after * side <= 0)
             # Several voices of squares step between flat levels on one side of zero: the
             # three samples either side hold two values at most, where a clipped wave moves.
             pulse = (from_far & to_far) | (
-                _stepped(signed, starts - 1, -1) & _stepped(signed, ends + 1, 1)
+                _stepped(channel, starts - 1, -1) & _stepped(channel, ends + 1, 1)
             )
             runs += int(np.count_nonzero((edge > steep) & ~pulse))
     return runs
