@@ -1370,7 +1370,7 @@ def gc(
     kept = sum(len(garbage.kept) for garbage in found)
     err_console.print(
         f"{len(ours)} unreferenced file(s) of ours in {len(found)} soundtrack(s) {action}; "
-        f"{kept} not ours, kept",
+        f"{kept} not ours, kept" + (f"; {len(skipped)} soundtrack(s) skipped" if skipped else ""),
         highlight=False,
     )
     if skipped:

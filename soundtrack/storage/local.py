@@ -29,6 +29,7 @@ from soundtrack.storage.base import (
     index_keys,
     is_name,
     refuse_outside,
+    soundtrack_folder,
     soundtrack_of,
 )
 from soundtrack.storage.staging import CONTROL, Publishing, build_lock
@@ -252,7 +253,7 @@ class LocalStorage:
         referenced = index_keys(data, str(folder / INDEX_NAME))
         refuse_outside(
             referenced,
-            f"{soundtrack}/",
+            soundtrack_folder(self, soundtrack),
             (folder / INDEX_NAME).as_uri(),
             lambda key: (self.root / key).as_uri(),
         )
