@@ -267,7 +267,8 @@ def run(
             if verdicts is None:
                 failure = f"nobody answered the review within {timeout_s:g} s: nothing published"
                 tracks.unanswered(failure)
-                report = _report(prepared, tracks, loads_before, options.build_name)
+                left_out = _left_out(prepared)
+                report = _report(prepared, tracks, loads_before, options.build_name, left_out)
                 return BuildResult(report, failure)
             tracks.reviewed(verdicts, lock, theirs)
             tracks.run(options.batch_size)
@@ -318,9 +319,13 @@ def _start(tracks: _Tracks, prepared: Prepared, options: Options) -> None:
 
 
 def _report(
-    prepared: Prepared, tracks: _Tracks, loads_before: int, build_name: str | None
+    prepared: Prepared,
+    tracks: _Tracks,
+    loads_before: int,
+    build_name: str | None,
+    left_out: Sequence[str],
 ) -> BuildReport:
-    """The build's report, in manifest order."""
+    """The build's report, in manifest order; `left_out` as `_left_out` says it."""
     checked = prepared.checked
     order = {spec.id: i for i, spec in enumerate(checked.specs)}
     return BuildReport(
@@ -333,7 +338,7 @@ def _report(
             *prepared.warnings,
             *tracks.warnings,
             *_stale_variations(prepared, tracks.records),
-            *_left_out(prepared),
+            *left_out,
         ],
     )
 
@@ -389,9 +394,10 @@ def _finish(
     build_name: str | None,
 ) -> BuildResult:
     """Report; the index goes last and only when every approval is published."""
-    report = _report(prepared, tracks, loads_before, build_name)
-    for warning in _left_out(prepared):
+    left_out = _left_out(prepared)
+    for warning in left_out:
         logger.warning(warning)
+    report = _report(prepared, tracks, loads_before, build_name, left_out)
     unpublished = _write_index(prepared, tracks, report, executor, logger)
     if observer is not None:
         observer.finished(report, tracks.outcomes, unpublished)
