@@ -65,6 +65,14 @@ EXIT_INTERRUPTED = 130  # a shell's code for a command stopped by Ctrl-C (128 + 
 def fail(exc: SoundtrackError) -> NoReturn:
     """Print a readable error (every listed problem) and exit: 2 for bad input, 75 for storage
     busy with another build, else 1."""
+    _print_error(exc)
+    if isinstance(exc, InputError):
+        raise typer.Exit(EXIT_BAD_INPUT)
+    raise typer.Exit(EXIT_BUSY if isinstance(exc, StorageBusy) else EXIT_FAILED)
+
+
+def _print_error(exc: SoundtrackError) -> None:
+    """`error: ...` and every listed problem, on stderr."""
     # Messages quote user input, which may contain Rich markup: print them verbatim. They may
     # also quote a URL or a library's text with a secret in it: redacted.
     message = escape(printable(redact(str(exc))))
@@ -73,9 +81,6 @@ def fail(exc: SoundtrackError) -> NoReturn:
         err_console.print(
             f"  - {printable(redact(problem))}", highlight=False, markup=False, soft_wrap=True
         )
-    if isinstance(exc, InputError):
-        raise typer.Exit(EXIT_BAD_INPUT)
-    raise typer.Exit(EXIT_BUSY if isinstance(exc, StorageBusy) else EXIT_FAILED)
 
 
 def _build_failed(message: str) -> NoReturn:
@@ -1375,13 +1380,7 @@ def gc(
     )
     if skipped:
         for problem in skipped:
-            err_console.print(
-                f"error: {printable(redact(str(problem)))}",
-                style="bold red",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
+            _print_error(problem)
         bad_input = all(isinstance(problem, InputError) for problem in skipped)
         raise typer.Exit(EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
 
