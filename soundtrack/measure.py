@@ -25,6 +25,8 @@ _BAR_LINE_SLACK = 2  # samples a bar line of a loop's exact grid may be off its 
 _BAR_ATTACK_SPREAD = 1.5  # how much sharper one bar's attack may be than another's
 SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term loudness window
 _PLATEAU_EDGE_MIN = 1e-4  # of the plateau level (-80 dB): about 3 LSB of 16-bit near full scale
+_CLIP_SEARCH_DB = 6.0  # how far under the peak a clip level is looked for
+_CLIP_PLATEAUS_PER_STRAY = 10  # a clip level under the peak: its plateaus per sample above it
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Metrics:
     integrated_lufs: float  # BS.1770-4 gated; -inf when no block clears the -70 LUFS gate
     true_peak_dbtp: float  # 4x oversampled (BS.1770-4 Annex 2)
     sample_peak_dbfs: float
-    clipped_runs: int  # runs of >= clip_run_samples equal samples at the signal's own peak
+    clipped_runs: int  # runs of >= clip_run_samples equal samples at the signal's clip level
     clip_run_samples: int
     dc_offset: float  # largest per-channel mean, as a fraction of full scale
     lead_silence_s: float
@@ -265,45 +267,53 @@ def _silences(audio: np.ndarray, sample_rate: int, threshold: float) -> tuple[fl
 
 
 def _clipped_runs(audio: np.ndarray, min_run: int, floor: float) -> int:
-    """Runs of >= `min_run` equal samples at a channel's own positive or negative peak, entered
-    or left steeply (more than a step of its integer samples, too) from its own side: a clipped
-    plateau, even after the clipped signal was turned down (not a square wave's)."""
-    runs = 0
-    for channel in audio:
-        top, bottom = channel.max(), channel.min()
-        lsb = _lsb(channel)
-        for level, extreme in ((top, top), (-bottom, bottom)):
-            if level <= floor:
-                continue
-            # Few samples sit exactly at the extreme: read the runs off their indices.
-            at = np.flatnonzero(channel == extreme)
-            breaks = np.flatnonzero(np.diff(at) != 1)
-            starts = at[np.concatenate(([0], breaks + 1))]
-            ends = at[np.concatenate((breaks, [at.size - 1]))]
-            lengths = ends - starts + 1
-            long_enough = lengths >= min_run
-            starts, ends, n = starts[long_enough], ends[long_enough], lengths[long_enough]
-            before = channel[np.maximum(starts - 1, 0)]
-            after = channel[np.minimum(ends + 1, channel.size - 1)]
-            edge = np.maximum(np.abs(channel[starts] - before), np.abs(after - channel[ends]))
-            # A rounded crest (a slow wave quantised to integers) leaves its top gently; a
-            # clipped wave hits the plateau at speed. n samples within one step of the crest
-            # hold its curvature to 4 / (n - 1)^2 steps per sample^2, so a smooth wave steps
-            # off them by at most 4n / (n - 1)^2, plus a step of rounding.
-            smooth = lsb * (1.0 + 4.0 * n / np.maximum(n - 1, 1) ** 2)
-            steep = np.maximum(_PLATEAU_EDGE_MIN * level, smooth)
-            # A plateau entered from zero or beyond and left back there in one step each is a
-            # pulse or square wave's (a chiptune's): a clipped wave comes from its own side.
-            side = np.sign(extreme)
-            from_far = (starts == 0) | (before * side <= 0)  # a file's edge holds no side
-            to_far = (ends == channel.size - 1) | (after * side <= 0)
-            # Several voices of squares step between flat levels on one side of zero: the
-            # three samples either side hold two values at most, where a clipped wave moves.
-            pulse = (from_far & to_far) | (
-                _stepped(channel, starts - 1, -1) & _stepped(channel, ends + 1, 1)
-            )
-            runs += int(np.count_nonzero((edge > steep) & ~pulse))
-    return runs
+    """Clipped plateaus in every channel, at its positive and its negative clip level."""
+    return sum(
+        _clip_plateaus(channel * side, _lsb(channel), min_run, floor)
+        for channel in audio
+        for side in (1.0, -1.0)
+    )
+
+
+def _clip_plateaus(signed: np.ndarray, lsb: float, min_run: int, floor: float) -> int:
+    """Runs of >= `min_run` equal samples at the level `signed`'s tops were clipped at,
+    entered or left steeply from its own side: clipped plateaus, even turned down later."""
+    top = float(signed.max())
+    if top <= floor:
+        return 0
+    # Few samples lie near the peak: read the runs off their indices.
+    near = np.flatnonzero(signed >= top * 10.0 ** (-_CLIP_SEARCH_DB / 20.0))
+    values = signed[near]
+    breaks = np.flatnonzero((np.diff(near) != 1) | (values[1:] != values[:-1]))
+    starts = near[np.concatenate(([0], breaks + 1))]
+    ends = near[np.concatenate((breaks, [near.size - 1]))]
+    n = ends - starts + 1
+    long_enough = n >= min_run
+    starts, ends, n = starts[long_enough], ends[long_enough], n[long_enough]
+    level = signed[starts]
+    before = signed[np.maximum(starts - 1, 0)]
+    after = signed[np.minimum(ends + 1, signed.size - 1)]
+    edge = np.maximum(level - before, level - after)
+    # A rounded crest (a slow wave quantised to integers) leaves its top gently; a clipped wave
+    # hits the plateau at speed. n samples within one step of the crest hold its curvature to
+    # 4 / (n - 1)^2 steps per sample^2, so a smooth wave steps off them by at most
+    # 4n / (n - 1)^2, plus a step of rounding.
+    smooth = lsb * (1.0 + 4.0 * n / np.maximum(n - 1, 1) ** 2)
+    steep = np.maximum(_PLATEAU_EDGE_MIN * level, smooth)
+    # A plateau entered from zero or beyond and left back there in one step each is a pulse or
+    # square wave's (a chiptune's): a clipped wave comes from its own side.
+    from_far = (starts == 0) | (before <= 0)  # a file's edge holds no side
+    to_far = (ends == signed.size - 1) | (after <= 0)
+    # Several voices of squares step between flat levels on one side of zero: the three
+    # samples either side hold two values at most, where a clipped wave moves.
+    pulse = (from_far & to_far) | (_stepped(signed, starts - 1, -1) & _stepped(signed, ends + 1, 1))
+    levels, plateaus = np.unique(level[(edge > steep) & ~pulse], return_counts=True)
+    # The clip level is the peak, or a level under it that many plateaus share: clipping
+    # repeats one level, which a part mixed in after the clip passes only now and then, where
+    # the samples of noisy crests pass the level each of their runs sits at many times over.
+    above = values.size - np.searchsorted(np.sort(values), levels, side="right")
+    clip_level = above * _CLIP_PLATEAUS_PER_STRAY < plateaus
+    return int(plateaus[clip_level].max(initial=0))
 
 
 def _stepped(channel: np.ndarray, first: np.ndarray, direction: int) -> np.ndarray:

@@ -131,6 +131,44 @@ def test_round_peaks_of_quantised_bass_are_not_clipping() -> None:
     assert measure(barely.astype(np.float32), SR).clipped_runs >= 2 * 2 * 30 * 5 - 4
 
 
+@pytest.mark.parametrize("subtype", ["FLOAT", "PCM_16"])
+def test_a_louder_stray_sample_does_not_hide_the_clip_level(subtype: str, tmp_path: Path) -> None:
+    """A part mixed in after the clip (a click, a stray sample) rises above the clipped
+    plateaus now and then: they are still found, at the level they share."""
+    clipped = np.clip(music_like(5.0, SR) * 4.0, -0.9, 0.9) * 0.5
+    strayed = clipped.copy()
+    strayed[0, 1000] = 0.46  # one sample over channel 0's top
+    strayed[:, SR // 4 :: SR // 4] -= 0.1  # clicks under both bottoms, every quarter second
+    for name, audio in (("clean", clipped), ("strayed", strayed)):
+        sf.write(tmp_path / f"{name}.wav", audio.T, SR, subtype=subtype)
+    clean = measure_file(tmp_path / "clean.wav").clipped_runs
+    assert clean > 100
+    # A click landing on a plateau may split it in two, or take it.
+    assert measure_file(tmp_path / "strayed.wav").clipped_runs == pytest.approx(clean, abs=20)
+
+
+NOISY_CRESTS = [
+    ("PCM_U8", freq, level, 0.01) for freq in (110.0, 440.0, 997.0) for level in (-0.5, -6.0, -15.0)
+] + [
+    ("PCM_16", freq, level, 2.0**-15)
+    for freq in (40.0, 60.0, 120.0)
+    for level in (-0.1, -11.0, -20.0)
+]
+
+
+@pytest.mark.parametrize(("subtype", "freq_hz", "level_dbfs", "noise_rms"), NOISY_CRESTS)
+def test_noisy_crests_in_integer_files_are_not_clipping(
+    subtype: str, freq_hz: float, level_dbfs: float, noise_rms: float, tmp_path: Path
+) -> None:
+    """A tone with noise (dither, hiss) in a file of few bits sits on each level under its
+    peak for a few samples at many of its crests, left by steps of noise: not clip levels,
+    since its louder samples pass them far more often."""
+    tone = sine(freq_hz, level_dbfs, 3.0, SR)
+    noisy = tone + noise_rms * np.random.default_rng(7).standard_normal(tone.shape)
+    sf.write(tmp_path / "tone.wav", noisy.T, SR, subtype=subtype)
+    assert measure_file(tmp_path / "tone.wav").clipped_runs == 0
+
+
 QUIET_TONES = [
     ("PCM_16", level, freq) for level in (-20.0, -40.0) for freq in (40.0, 100.0, 997.0)
 ] + [
