@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from soundtrack import events, steps
-from soundtrack.approval import Candidate, Reviewer, Verdict, first_take, rejections
+from soundtrack.approval import (
+    Candidate,
+    Reviewer,
+    Verdict,
+    first_take,
+    rejected_takes,
+    rejections,
+)
 from soundtrack.atomic import atomic_path
 from soundtrack.catalog import limit_problems
 from soundtrack.errors import InputError, ModelLoadError, StorageError
@@ -239,6 +246,7 @@ def run(
                 observer,
                 share_parents=not options.local_models,
                 reviewing=reviewing,
+                earlier={r.id: r for r in prepared.lock.tracks} if prepared.lock else {},
             )
             _start(tracks, prepared, options)
             tracks.run(options.batch_size)
@@ -301,8 +309,7 @@ def _held(
 
 def _start(tracks: _Tracks, prepared: Prepared, options: Options) -> None:
     """Each track goes render -> master -> publish, a step starting when the one before ends."""
-    checked, plan = prepared.checked, prepared.plan
-    previous = {r.id: r for r in prepared.lock.tracks} if prepared.lock else {}
+    checked, plan, previous = prepared.checked, prepared.plan, tracks.earlier
     selected = {spec.id for spec in select(checked.specs, options.only)}
     planned = {spec.id for spec in plan.todo} | {record.id for record in plan.cached}
     for spec in plan.variations:  # before the cached records, which may be their parents
@@ -533,6 +540,7 @@ class _Tracks:
     observer: Observer | None
     share_parents: bool  # renders happen on other machines: hand them the parents' audio
     reviewing: bool  # rendered tracks wait for a person (candidates) instead of publishing
+    earlier: dict[str, TrackRecord]  # the lock's records by track id, as the plan read them
     candidates: list[Candidate] = field(default_factory=list)
     # Recordings of a reviewed build, published with its candidates: published before, they
     # would be in no lock while the build waits (dropped from a folder's staging; gc's on S3).
@@ -952,9 +960,14 @@ class _Tracks:
             # Published or not, the staged copies are done with: a rerun masters the track
             # again (a published parent's file was kept for its variations first).
             shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
+        # The takes a reviewer rejected stay with the spec, so that no later render (--force,
+        # a build without review) publishes one of them again.
+        said: dict[str, object] = {
+            "rejected_in_review": rejected_takes(spec, self.earlier.get(spec.id))
+        }
         if spec.id in self.approvals:
-            record = record.model_copy(update={"approved_in_review": self.approvals[spec.id]})
-        self.finish(record)
+            said["approved_in_review"] = self.approvals[spec.id]
+        self.finish(record.model_copy(update=said))
 
     def _then(self, future: Future[T], step: Callable[[Future[T]], None]) -> None:
         self._next[future] = step

@@ -296,6 +296,41 @@ def test_a_track_left_out_by_only_keeps_its_takes_rejected_in_review(
     assert menu["status"] == "rejected" and len(menu["rejected_in_review"]) == 1
 
 
+def test_a_take_rejected_in_review_stays_rejected_once_a_later_take_is_approved(
+    tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    """Publishing the approved take dropped the takes rejected before it: a later render of the
+    same spec (--force, or a build without review) published the first rejected take again."""
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir))
+
+    def reject_menu(
+        candidates: Sequence[Candidate], staging: Path, timeout_s: float
+    ) -> Mapping[str, Verdict]:
+        return {c.spec.id: Verdict(c.spec.id != "menu", "too busy") for c in candidates}
+
+    def menu() -> dict[str, Any]:
+        lock = json.loads((tmp_path / "out" / "vary" / "soundtrack.lock.json").read_text())
+        found: dict[str, Any] = next(t for t in lock["tracks"] if t["id"] == "menu")
+        return found
+
+    models._loaded.clear()
+    build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=reject_menu)
+    rejected_seed = menu()["rejected_in_review"][0]["seed"]
+    models._loaded.clear()
+    build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=approve_all)
+    approved = menu()
+    assert approved["status"] == "approved" and approved["seed"] != rejected_seed
+    assert [r["seed"] for r in approved["rejected_in_review"]] == [rejected_seed]
+
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir).replace("review: required\n", ""))
+    models._loaded.clear()
+    again = Options(only=("menu",), force=True)
+    assert build(tmp_path / "m.yaml", again, executor=ThreadExecutor()).exit_status == 0
+    rebuilt = menu()
+    assert rebuilt["status"] == "approved" and rebuilt["seed"] == approved["seed"]
+    assert [r["seed"] for r in rebuilt["rejected_in_review"]] == [rejected_seed]
+
+
 def test_a_reviewers_comment_reaches_terminals_and_logs_as_plain_text() -> None:
     """A comment with ESC sequences ran them in the terminal that printed the report."""
     said = Verdict(False, "\x1b[2J\x1b[31mtoo loud\x00\u202egnorw\nsee\ud800 bar 3 ").comment
