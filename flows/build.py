@@ -19,13 +19,13 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as current_run
 from prefect.settings import get_current_settings
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import Task
 from pydantic import Field
 
 from flows.artifacts import BuildArtifacts
-from flows.review import ask_in_prefect_ui
+from flows.review import ReviewCancelled, ask_in_prefect_ui
 from soundtrack import steps
 from soundtrack.build import MAX_WORKERS, Options, prepare, run
 from soundtrack.errors import InputError, SoundtrackError
@@ -272,6 +272,10 @@ def build_soundtrack(
     except SoundtrackError as exc:  # storage busy with another build, or failing
         artifacts.stopped(str(exc))
         return Failed(message=redact(str(exc)), data=exc)
+    except ReviewCancelled as exc:
+        logger.warning("%s", exc)
+        artifacts.stopped("cancelled")
+        return Cancelled(message=str(exc))
     except BaseException:  # Ctrl-C, SIGTERM: the UI says so, not "k/N finished" for ever
         artifacts.stopped("interrupted")
         raise

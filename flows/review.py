@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as NotYet
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from prefect import get_run_logger, pause_flow_run
+from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput
@@ -19,8 +23,12 @@ from flows.markdown import literal
 from soundtrack.approval import Candidate, Verdict, candidates_report
 from soundtrack.review_server import HOST, CandidateSite, make_server
 
-# How often the paused flow asks the server whether it was answered.
+# How often the paused flow asks the server whether it was answered, or cancelled.
 POLL_S = 5
+
+
+class ReviewCancelled(Exception):
+    """The run was cancelled (in the Prefect UI) while it waited for its review."""
 
 
 class Answer(BaseModel):
@@ -66,9 +74,7 @@ def ask_in_prefect_ui(
             page_url,
         )
         try:
-            answers = pause_flow_run(
-                wait_for_input=form, timeout=round(timeout_s), poll_interval=POLL_S
-            )
+            answers = _paused(form, timeout_s)
         except FlowPauseTimeout:
             logger.error("nobody answered the review within %g s: nothing is published", timeout_s)
             return None
@@ -77,6 +83,36 @@ def ask_in_prefect_ui(
         track_id: Verdict(answer["decision"] == "approve", answer["comment"])
         for track_id, answer in given.items()
     }
+
+
+def _paused(form: type[RunInput], timeout_s: float) -> RunInput:
+    """The reviewer's answers, as `pause_flow_run` waits for them; ReviewCancelled once the run
+    is cancelled, which Prefect's wait does not notice (it waits for a resume until timeout)."""
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None  # in the build flow
+    run_id = context.flow_run.id
+    answered: Future[RunInput] = Future()
+
+    def wait() -> None:
+        try:
+            answered.set_result(
+                pause_flow_run(wait_for_input=form, timeout=round(timeout_s), poll_interval=POLL_S)
+            )
+        except BaseException as exc:  # handed to the build's thread, which raises it
+            answered.set_exception(exc)
+
+    # The wait runs beside this thread, in the flow run's context; left waiting when the run is
+    # cancelled, it only reads the run's state until its timeout or the process's end.
+    waiting = contextvars.copy_context()
+    threading.Thread(target=waiting.run, args=(wait,), name="review-wait", daemon=True).start()
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                return answered.result(timeout=POLL_S)
+            except NotYet:
+                state = client.read_flow_run(run_id).state
+            if state is not None and (state.is_cancelling() or state.is_cancelled()):
+                raise ReviewCancelled("cancelled while waiting for the review: nothing published")
 
 
 def where_to_answer() -> str:

@@ -1171,6 +1171,16 @@ def build(
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    if state.is_cancelled() or state.is_cancelling():
+        # Cancelled in the Prefect UI: while it waited for its review (nothing published), or
+        # after its work, which leaves the run Cancelling and its report unread.
+        err_console.print(
+            f"[bold red]cancelled:[/] {escape(printable(redact(state.message or 'in Prefect')))}; "
+            "the storage holds the last build published in full",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
     result = state.result(raise_on_failure=False)
     if isinstance(result, SoundtrackError):
         fail(result)  # bad input found by the flow (a missing model): exit 2; storage busy: 75

@@ -147,6 +147,45 @@ def test_a_review_nobody_answers_times_out_publishing_nothing(
     assert not published
 
 
+def test_a_review_cancelled_in_the_ui_ends_the_build_publishing_nothing(
+    project: Any, prefect_server: PrefectServer
+) -> None:
+    """Prefect's pause waits for a resume only: a cancelled build waited out its whole timeout
+    (4 h by default), then died in an UnfinishedRun traceback."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Cancelling
+
+    workdir, env, args = project
+    (workdir / "m.yaml").write_text(MANIFEST.format(timeout=600))
+    since = datetime.now(UTC)
+    process = subprocess.Popen(
+        [SOUNDTRACK, "build", "m.yaml", *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        run = paused_run(prefect_server.api_url, since, process.poll)
+        settings = {PREFECT_API_URL: prefect_server.api_url}
+        with temporary_settings(settings), get_client(sync_client=True) as api:
+            api.set_flow_run_state(run.id, Cancelling(), force=True)  # as the UI's Cancel
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output
+    assert "cancelled" in output and "Traceback" not in output, output
+    out = workdir / "out" / "reviewed"
+    assert not (out / "soundtrack.lock.json").exists()
+    published = [p.name for p in out.rglob("*.*")] if out.exists() else []
+    assert not published, published
+    with temporary_settings(settings), get_client(sync_client=True) as api:
+        state = api.read_flow_run(run.id).state
+    assert state is not None and state.is_cancelled(), state
+
+
 def test_review_without_a_prefect_server_is_refused_before_anything_runs(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
