@@ -145,8 +145,8 @@ def load_separator(stem_model: str, device: str | None) -> Separator:
 
 
 def stem_model_problem(stem_model: str) -> str | None:
-    """Why `stem_model` cannot be loaded, found without loading it (its config, the classes it
-    names and its weights' headers, read with no torch); None when it can be tried."""
+    """Why `stem_model` cannot be loaded, found without reading its weights: its config, the
+    classes it names built on torch's meta device, and its weights' headers; None when it can."""
     if stem_model in SEPARATORS:
         return None
     directory = user_path(stem_model)
@@ -158,7 +158,8 @@ def stem_model_problem(stem_model: str) -> str | None:
     from soundtrack.models.source import safetensors_problem  # it imports this module
 
     try:
-        members = _members(directory, _read_config(directory))
+        config = _read_config(directory)
+        members = _members(directory, config)
     except ModelLoadError as error:
         return str(error)
     for member in members:
@@ -168,7 +169,74 @@ def stem_model_problem(stem_model: str) -> str | None:
         problem = safetensors_problem(path)
         if problem:
             return f"stem_model {stem_model!r}: {member.file} is not safetensors ({problem})"
+    try:
+        for index, member in enumerate(members):
+            _fits(directory, config, index, member)
+    except ModelLoadError as error:
+        return str(error)
     return None
+
+
+def _fits(directory: Path, config: Mapping[str, Any], index: int, member: _Member) -> None:
+    """ModelLoadError unless `member` loads as the config declares it, found on torch's meta
+    device (no weights read): its file holds its class's tensors, and the declared sources."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    with torch.device("meta"):
+        model = _built(directory, member)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    try:
+        with safe_open(str(directory / member.file), framework="pt") as weights:
+            # safe_open's handle has keys() and no iteration.
+            found = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as error:
+        raise ModelLoadError(
+            f"stem_model {str(directory)!r}: {member.file} is not a readable safetensors file "
+            f"({error})"
+        ) from error
+    reshaped = [
+        f"{name} {found[name]}, not {expected[name]}"
+        for name in sorted(expected.keys() & found.keys())
+        if expected[name] != found[name]
+    ]
+    unlike = [
+        f"{len(names)} {what}, e.g. {names[0]}"
+        for names, what in (
+            (sorted(expected.keys() - found.keys()), "missing"),
+            (sorted(found.keys() - expected.keys()), "unexpected"),
+            (reshaped, "of another shape"),
+        )
+        if names
+    ]
+    if unlike:
+        raise ModelLoadError(
+            f"stem_model {str(directory)!r}: {member.file} does not fit {member.class_name} "
+            f"with the kwargs in {CONFIG} (tensors {'; '.join(unlike)})"
+        )
+    _declared_as(directory, config, index, model)
+
+
+def _declared_as(
+    directory: Path, config: Mapping[str, Any], index: int, model: torch.nn.Module
+) -> None:
+    """The member separates what the config declares (the build plans stems from the config)."""
+    described = (
+        tuple(getattr(model, "sources", ())),
+        getattr(model, "samplerate", None),
+        getattr(model, "audio_channels", None),
+    )
+    declared = (
+        tuple(config.get("sources") or ()),
+        config.get("samplerate"),
+        config.get("audio_channels"),
+    )
+    if described != declared:
+        raise ModelLoadError(
+            f"stem_model {str(directory)!r}: model {index} separates {described[0]} at "
+            f"{described[1]} Hz, {described[2]} channels; {CONFIG} declares {declared[0]} at "
+            f"{declared[1]} Hz, {declared[2]} channels"
+        )
 
 
 def stem_model_licence(stem_model: str) -> str:
@@ -352,13 +420,7 @@ def _load_member(directory: Path, member: _Member) -> torch.nn.Module:
             else ""
         )
         raise ModelLoadError(f"{where}: no {member.file}{hint}")
-    try:
-        model = _classes()[member.class_name](**member.kwargs)
-    except (TypeError, ValueError, AssertionError) as error:
-        raise ModelLoadError(
-            f"{where}: {member.class_name}(**kwargs) fails ({type(error).__name__}: {error}); "
-            f"the kwargs in {CONFIG} do not fit demucs' {member.class_name}"
-        ) from error
+    model = _built(directory, member)
     try:
         state = load_file(path)
     except (SafetensorError, OSError) as error:
@@ -375,6 +437,18 @@ def _load_member(directory: Path, member: _Member) -> torch.nn.Module:
     return model
 
 
+def _built(directory: Path, member: _Member) -> torch.nn.Module:
+    """An allow-listed class built from its plain arguments, with its initial weights."""
+    try:
+        return _classes()[member.class_name](**member.kwargs)
+    except (TypeError, ValueError, AssertionError, ArithmeticError) as error:
+        raise ModelLoadError(
+            f"stem_model {str(directory)!r}: {member.class_name}(**kwargs) fails "
+            f"({type(error).__name__}: {error}); the kwargs in {CONFIG} do not fit demucs' "
+            f"{member.class_name}"
+        ) from error
+
+
 def _load_demucs(directory: Path, device: str) -> DemucsSeparator:
     from demucs.apply import BagOfModels
 
@@ -385,22 +459,7 @@ def _load_demucs(directory: Path, device: str) -> DemucsSeparator:
     where = f"stem_model {str(directory)!r}"
     models = [_load_member(directory, member) for member in _members(directory, config)]
     for index, member in enumerate(models):
-        described = (
-            tuple(getattr(member, "sources", ())),
-            getattr(member, "samplerate", None),
-            getattr(member, "audio_channels", None),
-        )
-        declared = (
-            tuple(config.get("sources") or ()),
-            config.get("samplerate"),
-            config.get("audio_channels"),
-        )
-        if described != declared:
-            raise ModelLoadError(
-                f"{where}: model {index} separates {described[0]} at {described[1]} Hz, "
-                f"{described[2]} channels; {CONFIG} declares {declared[0]} at {declared[1]} Hz, "
-                f"{declared[2]} channels"
-            )
+        _declared_as(directory, config, index, member)
     model: torch.nn.Module
     if "models" in config:
         weights = config.get("weights")

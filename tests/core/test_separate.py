@@ -218,8 +218,9 @@ def test_validate_refuses_a_stem_the_model_does_not_separate(
 ) -> None:
     """A two-source model asked for drums passed validate; the build then rejected the stems
     with a warning and exit 0, after rendering and separating."""
-    directory = _copy(tiny_demucs, tmp_path / "two")
-    _edit_config(directory, sources=["vocals", "other"])
+    kwargs = {**TINY_KWARGS, "sources": ["vocals", "other"]}
+    two = HTDemucs(**kwargs).state_dict()
+    directory = separate._write_layout(tmp_path / "two", [("HTDemucs", kwargs, two)], licence="MIT")
     mix = 0.1 * np.sin(np.arange(3 * 44100) / 10.0)
     sf.write(tmp_path / "mix.wav", np.stack([mix, mix]).T, 44100)
     manifest = tmp_path / "m.yaml"

@@ -195,12 +195,23 @@ def test_stems_without_their_separation_model_exit_2_before_anything_renders(pro
     assert not (project / "out").exists()
 
 
-@pytest.mark.parametrize("broken", ["garbage config", "weights not safetensors", "musicgen"])
+# What the config changes in a tiny model's folder, and what the message says of it.
+UNLOADABLE_CONFIGS = {
+    "weights of another size": ({"kwargs": {"channels": 8}}, "of another shape"),
+    "weights for other sources": ({"kwargs": {"sources": ["drums"]}}, "of another shape"),
+    "kwargs the class refuses": ({"kwargs": {"no_such_argument": 1}}, "(**kwargs) fails"),
+    "sources unlike the model's": ({"sources": ["drums", "bass"]}, "declares"),
+}
+
+
+@pytest.mark.parametrize(
+    "broken", ["garbage config", "weights not safetensors", "musicgen", *UNLOADABLE_CONFIGS]
+)
 def test_a_stem_model_folder_that_cannot_load_exits_2_before_anything_renders(
     broken: str, project: Path, tiny_model_dir: Path
 ) -> None:
     """Only a config.json's presence was checked: these built, rendered, and published no stems
-    with exit 0."""
+    with exit 0. Then a config whose model its weights do not fit did the same."""
     import shutil
 
     from typer.testing import CliRunner
@@ -208,19 +219,27 @@ def test_a_stem_model_folder_that_cannot_load_exits_2_before_anything_renders(
     from soundtrack.cli import app
 
     folder = project / "stems-model"
+    reason = ""
     if broken == "musicgen":
         shutil.copytree(tiny_model_dir, folder)
     else:
         make_tiny_demucs(folder)
         if broken == "garbage config":
             (folder / "config.json").write_text("{not json")
-        else:
+        elif broken == "weights not safetensors":
             (folder / "model.safetensors").write_bytes(os.urandom(1024))
+        else:
+            change, reason = UNLOADABLE_CONFIGS[broken]
+            config = json.loads((folder / "config.json").read_text())
+            config["kwargs"].update(change.get("kwargs", {}))
+            config.update({k: v for k, v in change.items() if k != "kwargs"})
+            (folder / "config.json").write_text(json.dumps(config))
     write_manifest(project, "stems-model", "[drums]")
     for command in ("validate", "build"):
         result = CliRunner().invoke(app, [command, str(project / "m.yaml")])
         said = " ".join(result.output.split())
         assert result.exit_code == 2 and f"stem_model '{folder.resolve()}" in said, said
+        assert reason in said, said
     assert not (project / "out").exists()
 
 
