@@ -142,6 +142,10 @@ def _hashed_gates(gates: GateLimits) -> dict[str, Any]:
 def _merge(defaults: Defaults, track: Track) -> dict[str, Any]:
     # exclude_unset: a track's `sampling: {top_k: 100}` must not reset the soundtrack's temperature.
     merged = defaults.model_dump(exclude_unset=True, exclude_none=True)
+    # A track's `null` undoes the defaults' value (`stems: null`: this track has no stems).
+    for name in track.model_fields_set:
+        if getattr(track, name) is None:
+            merged.pop(name, None)
     for name, value in track.model_dump(exclude_unset=True, exclude_none=True).items():
         if name == "gates" and name in merged:
             merged[name] = {**merged[name], **value}

@@ -300,10 +300,10 @@ class _Overridable(_Strict):
 
     stems: list[StemName] | None = Field(
         default=None,
-        min_length=1,
         json_schema_extra={"uniqueItems": True},
         description="Stems to separate the approved mix into and publish as <track>.<stem>.<ext> "
-        "(vertical layering; docs/generation.md#stems). Needs stem_model.",
+        "(vertical layering; docs/generation.md#stems). Needs stem_model. A track's [] or null "
+        "turns off the defaults' stems.",
     )
     stem_model: str | None = Field(
         default=None,

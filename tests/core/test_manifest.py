@@ -161,6 +161,29 @@ def test_defaults_merge_into_tracks(tmp_path: Path) -> None:
     assert theme.formats == ("ogg", "mp3")
 
 
+def test_a_track_turns_off_the_defaults_stems_with_null_or_an_empty_list(tmp_path: Path) -> None:
+    """`stems: null` was dropped as if unset, so the track was separated all the same, and
+    `stems: []` was refused: a track could not opt out of the defaults' stems."""
+    text = (
+        "schema: 1\nsoundtrack: game\n"
+        "defaults: {duration: 5, stems: [drums], stem_model: sep, model_revision: abc}\n"
+        "tracks:\n  - id: kept\n    prompt: x\n"
+        "  - id: off\n    prompt: x\n    stems: null\n    model_revision: null\n"
+        "  - id: empty\n    prompt: x\n    stems: []\n"
+    )
+    specs = specs_of(tmp_path, text)
+    assert specs["kept"].stems == ("drums",) and specs["kept"].stem_model is not None
+    assert specs["off"].stems == specs["empty"].stems == ()
+    assert specs["off"].stem_model is None
+    plain = specs_of(
+        tmp_path,
+        "schema: 1\nsoundtrack: game\ndefaults: {duration: 5}\n"
+        "tracks:\n  - id: off\n    prompt: x\n",
+    )
+    assert specs["off"].model_revision == plain["off"].model_revision
+    assert specs["off"].spec_hash == plain["off"].spec_hash != specs["kept"].spec_hash
+
+
 def test_spec_hash_is_stable_and_tracks_changes(tmp_path: Path) -> None:
     first = specs_of(tmp_path, BASE)
     reordered = BASE.replace("    loop: true\n    seed: 5", "    seed: 5\n    loop: true")
