@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import struct
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -152,7 +153,7 @@ def _write_ogg(m: Master, path: Path, tags: Mapping[str, str], _: int) -> None:
                 ogg.write(m.audio[:, start : start + _OGG_BLOCK_FRAMES].T)
     except sf.SoundFileError as exc:
         raise AudioError(f"libvorbis (libsndfile) could not encode {path.name}: {exc}") from exc
-    _fix_ogg_serial(path)
+    _fix_ogg_pages(path)
     ogg_file = OggVorbis(path)
     if ogg_file.tags is None:
         raise AudioError(f"libsndfile wrote an OGG without a comment header: {path}")
@@ -165,9 +166,10 @@ def _write_ogg(m: Master, path: Path, tags: Mapping[str, str], _: int) -> None:
     ogg_file.save()
 
 
-def _fix_ogg_serial(path: Path) -> None:
+def _fix_ogg_pages(path: Path) -> None:
     """Give every page the stream serial 0: libsndfile picks a random one, which would make
-    each rebuild of the same master a different file (and a different sha256)."""
+    each rebuild of the same master a different file (and a different sha256). And split a
+    lone audio page after its first packet (see _split_lone_audio_page)."""
     pages = []
     with path.open("rb") as f:
         while True:
@@ -176,8 +178,30 @@ def _fix_ogg_serial(path: Path) -> None:
             except EOFError:
                 break
             page.serial = 0
-            pages.append(page.write())
-    path.write_bytes(b"".join(pages))
+            pages.append(page)
+    path.write_bytes(b"".join(page.write() for page in _split_lone_audio_page(pages)))
+
+
+def _split_lone_audio_page(pages: list[OggPage]) -> list[OggPage]:
+    """A short track's audio fits one page, both first and last; ffmpeg (and the browsers and
+    players built on it) then trims it as a stream's start, not its end, and decodes it up to
+    256 samples long or short. Its first packet alone on a page of granule 0 (Vorbis' first
+    audio packet yields no samples) leaves the end to the last page, and every decoder exact."""
+    # Packets ended by each page (its last one may go on over the next page); the audio
+    # starts on a fresh page after three: identification, comment, setup.
+    ended = itertools.accumulate(len(page.packets) - (not page.complete) for page in pages)
+    headers = next((i + 1 for i, n in enumerate(ended) if n >= 3), len(pages))
+    audio = pages[headers:]
+    if len(audio) != 1 or len(audio[0].packets) < 2 or audio[0].continued:
+        return pages
+    lone = audio[0]
+    first, rest = OggPage(), OggPage()
+    first.serial = rest.serial = lone.serial
+    first.sequence, rest.sequence = lone.sequence, lone.sequence + 1
+    first.packets, rest.packets = lone.packets[:1], lone.packets[1:]
+    first.position, rest.position = 0, lone.position
+    rest.complete, rest.last = lone.complete, lone.last
+    return [*pages[:headers], first, rest]
 
 
 def _write_mp3(m: Master, path: Path, tags: Mapping[str, str], _: int) -> None:

@@ -39,7 +39,7 @@ _MIN_DURATION_S = 0.4  # one BS.1770 gating block
 class Master:
     """A mastered track at its final rate and channel count, plus what mastering measured."""
 
-    audio: np.ndarray  # float32 (channels, frames); mono input is duplicated to stereo
+    audio: np.ndarray  # float32 (channels, frames), as many channels as the spec asks for
     sample_rate: int
     loop_start: int | None  # samples at sample_rate; None when not a loop
     loop_length: int | None

@@ -52,6 +52,35 @@ def test_decoded_files_have_the_masters_length_and_rate(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("seconds", "sample_rate", "channels", "tone"),
+    [
+        (3.0, 32000, 1, True),
+        (0.5, 22050, 1, False),
+        (0.01, 44100, 2, False),
+        (20.0, 44100, 2, False),
+    ],
+)
+def test_an_ogg_decodes_to_the_masters_length_in_ffmpeg_however_short(
+    tmp_path: Path, seconds: float, sample_rate: int, channels: int, tone: bool
+) -> None:
+    """A track whose audio fit one Ogg page (a sting, a quiet loop) decoded in ffmpeg, and the
+    players built on it, up to 256 samples long or short: 3 s of a mono tone lost 128."""
+    frames = round(seconds * sample_rate)
+    if tone:
+        audio = signals.sine(220.0, -10.0, seconds, sample_rate, channels=channels)
+    else:
+        noise = 0.1 * np.random.default_rng(3).standard_normal((channels, frames))
+        audio = noise.astype(np.float32)
+    m = dataclasses.replace(_master(), audio=audio, sample_rate=sample_rate)
+    (ogg,) = encode(m, ["ogg"], tmp_path, "sting", tags=TAGS, wav_bit_depth=16)
+    decoded, _ = decode_with_ffmpeg(ogg.path)
+    assert decoded.shape == (channels, frames)
+    ours, _ = sf.read(ogg.path, always_2d=True, dtype="float32")  # libvorbis too
+    assert ours.shape == (frames, channels)
+    np.testing.assert_allclose(decoded, ours.T, atol=1e-4)
+
+
+@pytest.mark.parametrize(
     ("sample_rate", "channels"),
     [(8000, 1), (22050, 2), (24000, 1), (44100, 1), (44100, 2), (48000, 2)],
 )
