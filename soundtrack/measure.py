@@ -92,7 +92,12 @@ def measure(
     lead_s, trail_s, dropout_s = _silences(audio, sample_rate, threshold)
     seam = _Seam()
     if loop_start is not None and loop_length is not None:
-        if loop_start < 0 or loop_length < 2 or loop_start + loop_length > frames:
+        if loop_length < 2:  # a WAV smpl loop ending before it starts reads as negative
+            raise AudioError(
+                f"the loop from frame {loop_start} is {loop_length} frame(s) long; a loop needs "
+                "at least 2"
+            )
+        if loop_start < 0 or loop_start + loop_length > frames:
             raise AudioError(
                 f"loop [{loop_start}, {loop_start + loop_length}) frames lies outside the "
                 f"audio's {frames} frames"

@@ -214,6 +214,24 @@ def test_a_seamless_loop_has_a_small_seam_and_a_cut_one_a_large_one() -> None:
     assert seamless.seam_loudness_change_lu == pytest.approx(0.0, abs=0.05)
 
 
+@pytest.mark.parametrize(
+    ("loop_start", "loop_length", "said"),
+    [
+        (10, 1, "the loop from frame 10 is 1 frame(s) long; a loop needs at least 2"),
+        (5000, -4899, "the loop from frame 5000 is -4899 frame(s) long"),
+        (-1, 100, "loop [-1, 99) frames lies outside the audio's 44100 frames"),
+        (44000, 101, "loop [44000, 44101) frames lies outside the audio's 44100 frames"),
+    ],
+)
+def test_a_loop_that_cannot_be_measured_is_named_as_it_is(
+    loop_start: int, loop_length: int, said: str
+) -> None:
+    """A one-frame loop inside the audio was said to lie outside it."""
+    with pytest.raises(AudioError) as error:
+        measure(sine(441.0, -6.0, 1.0, SR), SR, loop_start=loop_start, loop_length=loop_length)
+    assert said in str(error.value)
+
+
 def test_seam_loudness_compares_the_loop_end_with_its_start() -> None:
     audio = pink_noise(-20.0, 12.0, SR)
     audio[:, 6 * SR :] *= 0.5  # the second half is 6 dB quieter
