@@ -69,7 +69,7 @@ class Reviewer(Protocol):
 def first_take(spec: TrackSpec, record: TrackRecord | None) -> TrackSpec:
     """The take a build renders first: the one after the last a reviewer rejected of this
     spec (the lock's `record`), else the spec itself."""
-    rejected = [r.take for r in rejected_takes(spec, record)]
+    rejected = [r.take for r in rejected_takes(spec.spec_hash, record)]
     return take(spec, max(rejected) + 1) if rejected else spec
 
 
@@ -80,14 +80,12 @@ def rejections(
     rejected = ReviewRejection(
         spec_hash=spec.spec_hash, take=spec.take, seed=spec.seed, comment=comment
     )
-    return [*rejected_takes(spec, previous), rejected]
+    return [*rejected_takes(spec.spec_hash, previous), rejected]
 
 
-def rejected_takes(spec: TrackSpec, record: TrackRecord | None) -> list[ReviewRejection]:
-    """The takes of this very spec a reviewer rejected, as the lock's `record` lists them."""
-    return [
-        r for r in (record.rejected_in_review if record else []) if r.spec_hash == spec.spec_hash
-    ]
+def rejected_takes(spec_hash: str, record: TrackRecord | None) -> list[ReviewRejection]:
+    """The takes of the spec `spec_hash` a reviewer rejected, as the lock's `record` lists them."""
+    return [r for r in (record.rejected_in_review if record else []) if r.spec_hash == spec_hash]
 
 
 class StagedFiles:

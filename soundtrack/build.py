@@ -626,6 +626,12 @@ class _Tracks:
     def finish(self, record: TrackRecord) -> None:
         if record.id in self.takes:
             record = record.model_copy(update={"takes": self.takes[record.id]})
+        if not record.rejected_in_review:
+            # The takes a reviewer rejected stay with the spec whatever becomes of this one, so
+            # no later render (--force, a build without review, a failed take's rerun) starts
+            # again at one of them.
+            kept = rejected_takes(record.spec_hash, self.earlier.get(record.id))
+            record = record.model_copy(update={"rejected_in_review": kept})
         self.records[record.id] = record
         if self.observer is not None:
             self.observer.track_done(record)
@@ -864,6 +870,7 @@ class _Tracks:
         self.recordings = [held for held in self.recordings if held.spec.id not in withheld]
         self.publish_recordings()
         previous = {r.id: r for r in lock.tracks} if lock else {}
+        self.earlier = previous  # read anew after the wait: what publishes now builds on it
         rejected: set[str] = set()
         for candidate in self.candidates:
             spec = candidate.spec
@@ -960,14 +967,9 @@ class _Tracks:
             # Published or not, the staged copies are done with: a rerun masters the track
             # again (a published parent's file was kept for its variations first).
             shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)
-        # The takes a reviewer rejected stay with the spec, so that no later render (--force,
-        # a build without review) publishes one of them again.
-        said: dict[str, object] = {
-            "rejected_in_review": rejected_takes(spec, self.earlier.get(spec.id))
-        }
         if spec.id in self.approvals:
-            said["approved_in_review"] = self.approvals[spec.id]
-        self.finish(record.model_copy(update=said))
+            record = record.model_copy(update={"approved_in_review": self.approvals[spec.id]})
+        self.finish(record)
 
     def _then(self, future: Future[T], step: Callable[[Future[T]], None]) -> None:
         self._next[future] = step

@@ -331,6 +331,35 @@ def test_a_take_rejected_in_review_stays_rejected_once_a_later_take_is_approved(
     assert [r["seed"] for r in rebuilt["rejected_in_review"]] == [rejected_seed]
 
 
+def test_every_record_of_a_spec_keeps_its_rejected_takes_whatever_became_of_it(
+    tmp_path: Path,
+) -> None:
+    """A take after a rejected one that failed (a gate, a render error) was recorded without
+    the rejections, so the build after it rendered the rejected take again."""
+    from soundtrack.build import _Tracks
+    from soundtrack.report import ReviewRejection
+
+    rejected = [
+        ReviewRejection(spec_hash="s", take=0, seed=7, comment="too busy"),
+        ReviewRejection(spec_hash="other spec", take=0, seed=9),
+    ]
+    earlier = {"menu": _entry("menu", "rejected", rejected_in_review=rejected)}
+    tracks = _Tracks(
+        None,  # type: ignore[arg-type]  # finish() reads none of the build's inputs
+        ThreadExecutor(),
+        tmp_path,
+        None,
+        None,
+        share_parents=False,
+        reviewing=False,
+        earlier=earlier,
+    )
+    tracks.finish(_entry("menu", "failed", reason="clipped"))
+    tracks.finish(_entry("new", "failed", reason="clipped"))
+    assert tracks.records["menu"].rejected_in_review == rejected[:1]  # this spec's only
+    assert tracks.records["new"].rejected_in_review == []
+
+
 def test_a_reviewers_comment_reaches_terminals_and_logs_as_plain_text() -> None:
     """A comment with ESC sequences ran them in the terminal that printed the report."""
     said = Verdict(False, "\x1b[2J\x1b[31mtoo loud\x00\u202egnorw\nsee\ud800 bar 3 ").comment
