@@ -139,11 +139,15 @@ def _hashed_gates(gates: GateLimits) -> dict[str, Any]:
     return hashed
 
 
+_OFF_BY_NULL = frozenset({"stems", "reference"})  # what a track's null turns off
+
+
 def _merge(defaults: Defaults, track: Track) -> dict[str, Any]:
     # exclude_unset: a track's `sampling: {top_k: 100}` must not reset the soundtrack's temperature.
     merged = defaults.model_dump(exclude_unset=True, exclude_none=True)
-    # A track's `null` undoes the defaults' value (`stems: null`: this track has no stems).
-    for name in track.model_fields_set:
+    # A track's `null` turns off what the defaults turn on for it; elsewhere it is an empty key
+    # (`duration:`), which keeps the defaults' value, as it always did.
+    for name in _OFF_BY_NULL & track.model_fields_set:
         if getattr(track, name) is None:
             merged.pop(name, None)
     for name, value in track.model_dump(exclude_unset=True, exclude_none=True).items():

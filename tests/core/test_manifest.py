@@ -163,24 +163,27 @@ def test_defaults_merge_into_tracks(tmp_path: Path) -> None:
 
 def test_a_track_turns_off_the_defaults_stems_with_null_or_an_empty_list(tmp_path: Path) -> None:
     """`stems: null` was dropped as if unset, so the track was separated all the same, and
-    `stems: []` was refused: a track could not opt out of the defaults' stems."""
+    `stems: []` was refused: a track could not opt out of the defaults' stems. Null turns off
+    stems and reference; elsewhere an empty key keeps the defaults' value, as it did."""
+    sf.write(tmp_path / "ref.wav", np.zeros((44100, 2), dtype=np.float32) + 0.1, 44100)
     text = (
         "schema: 1\nsoundtrack: game\n"
-        "defaults: {duration: 5, stems: [drums], stem_model: sep, model_revision: abc}\n"
+        "defaults: {duration: 5, stems: [drums], stem_model: sep, reference: ref.wav}\n"
         "tracks:\n  - id: kept\n    prompt: x\n"
-        "  - id: off\n    prompt: x\n    stems: null\n    model_revision: null\n"
+        "  - id: off\n    prompt: x\n    stems: null\n    reference: null\n    duration: null\n"
         "  - id: empty\n    prompt: x\n    stems: []\n"
     )
     specs = specs_of(tmp_path, text)
     assert specs["kept"].stems == ("drums",) and specs["kept"].stem_model is not None
+    assert specs["kept"].reference is not None and specs["empty"].reference is not None
     assert specs["off"].stems == specs["empty"].stems == ()
-    assert specs["off"].stem_model is None
+    assert specs["off"].stem_model is None and specs["off"].reference is None
     plain = specs_of(
         tmp_path,
         "schema: 1\nsoundtrack: game\ndefaults: {duration: 5}\n"
         "tracks:\n  - id: off\n    prompt: x\n",
     )
-    assert specs["off"].model_revision == plain["off"].model_revision
+    assert specs["off"].duration_s == 5.0, "an empty key keeps the defaults' value"
     assert specs["off"].spec_hash == plain["off"].spec_hash != specs["kept"].spec_hash
 
 
