@@ -295,7 +295,7 @@ class _Overridable(_Strict):
     reference: str | None = Field(
         default=None,
         description="A recording to compare each render with in the report (not a gate), "
-        "relative path.",
+        "relative path. A track's null turns off the defaults' reference.",
     )
 
     stems: list[StemName] | None = Field(
