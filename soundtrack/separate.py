@@ -441,7 +441,15 @@ def _built(directory: Path, member: _Member) -> torch.nn.Module:
     """An allow-listed class built from its plain arguments, with its initial weights."""
     try:
         return _classes()[member.class_name](**member.kwargs)
-    except (TypeError, ValueError, AssertionError, ArithmeticError) as error:
+    # RuntimeError, MemoryError: sizes no tensor can have (negative, overflowing, too large).
+    except (
+        TypeError,
+        ValueError,
+        AssertionError,
+        ArithmeticError,
+        RuntimeError,
+        MemoryError,
+    ) as error:
         raise ModelLoadError(
             f"stem_model {str(directory)!r}: {member.class_name}(**kwargs) fails "
             f"({type(error).__name__}: {error}); the kwargs in {CONFIG} do not fit demucs' "

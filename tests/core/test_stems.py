@@ -200,6 +200,8 @@ UNLOADABLE_CONFIGS = {
     "weights of another size": ({"kwargs": {"channels": 8}}, "of another shape"),
     "weights for other sources": ({"kwargs": {"sources": ["drums"]}}, "of another shape"),
     "kwargs the class refuses": ({"kwargs": {"no_such_argument": 1}}, "(**kwargs) fails"),
+    "a negative size": ({"kwargs": {"t_hidden_scale": -1.0}}, "(**kwargs) fails"),
+    "an overflowing size": ({"kwargs": {"channels": 1_000_000_000}}, "(**kwargs) fails"),
     "sources unlike the model's": ({"sources": ["drums", "bass"]}, "declares"),
 }
 
