@@ -6,8 +6,9 @@ Every key and range a manifest may hold is declared here once; docs/manifest.md 
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -249,6 +250,17 @@ class GatesSpec(_Strict):
     )
 
 
+_Item = TypeVar("_Item", bound=str)
+
+
+def _unrepeated(value: list[_Item] | None, field: str) -> list[_Item] | None:
+    """`value`, unless an item repeats: named once each (a list of thousands is not quoted)."""
+    repeated = [item for item, count in Counter(value or []).items() if count > 1]
+    if repeated:
+        raise ValueError(f"{field} must not repeat {', '.join(repeated)}")
+    return value
+
+
 class _Overridable(_Strict):
     """Settings a soundtrack sets in `defaults` and a track may override."""
 
@@ -315,9 +327,7 @@ class _Overridable(_Strict):
     @field_validator("stems")
     @classmethod
     def _unique_stems(cls, value: list[StemName] | None) -> list[StemName] | None:
-        if value is not None and len(set(value)) != len(value):
-            raise ValueError(f"stems must not repeat (got {value})")
-        return value
+        return _unrepeated(value, "stems")
 
     @field_validator("reference")
     @classmethod
@@ -327,9 +337,7 @@ class _Overridable(_Strict):
     @field_validator("formats")
     @classmethod
     def _unique_formats(cls, value: list[AudioFormat] | None) -> list[AudioFormat] | None:
-        if value is not None and len(set(value)) != len(value):
-            raise ValueError(f"formats must not repeat (got {value})")
-        return value
+        return _unrepeated(value, "formats")
 
     @field_validator("model")
     @classmethod

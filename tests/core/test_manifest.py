@@ -259,6 +259,21 @@ def test_a_source_that_is_no_whole_file_is_named_for_what_it_is(tmp_path: Path) 
     assert "tracks[0]" not in problems, "the whole recording passes"
 
 
+@pytest.mark.parametrize(("field", "items"), [("stems", "drums, bass"), ("formats", "ogg, wav")])
+def test_a_repeated_item_is_named_once_not_the_whole_list(
+    tmp_path: Path, field: str, items: str
+) -> None:
+    """A list of 20000 repeats was quoted whole in the message: 180 KB of one line."""
+    text = (
+        "schema: 1\nsoundtrack: g\ndefaults: {stem_model: sep}\ntracks:\n"
+        f"  - id: a\n    prompt: x\n    {field}: [{', '.join([items] * 10_000)}]\n"
+    )
+    with pytest.raises(InputError) as caught:
+        load_manifest(write(tmp_path, text))
+    (problem,) = caught.value.problems
+    assert f"{field} must not repeat {items}" in problem and len(problem) < 300, problem
+
+
 def test_symlinked_source_cannot_escape(tmp_path: Path) -> None:
     inner = tmp_path / "project"
     inner.mkdir()
