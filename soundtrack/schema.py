@@ -349,6 +349,8 @@ class _Overridable(_Strict):
     @field_validator("stem_model")
     @classmethod
     def _stem_model_path(cls, value: str | None) -> str | None:
+        if value is not None and value != value.strip():  # a space inside may be the folder's
+            raise ValueError(f"stem_model starts or ends with a space (got {value!r})")
         if value is not None and (problem := path_problem(value)):
             raise ValueError(f"stem_model {problem}")
         return value
