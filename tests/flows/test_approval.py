@@ -64,12 +64,11 @@ def candidate_page(description: str) -> tuple[str, dict[str, bytes]]:
     return page, oggs
 
 
-def test_a_reviewer_approves_one_track_and_rejects_the_other_with_a_comment(
-    project: Any, prefect_server: PrefectServer
-) -> None:
-    workdir, env, args = project
-    (workdir / "m.yaml").write_text(MANIFEST.format(timeout=300))
-    out = workdir / "out" / "reviewed"
+def started(
+    workdir: Path, env: dict[str, str], args: list[str], timeout_s: int
+) -> tuple[subprocess.Popen[str], datetime]:
+    """A reviewed build started in the background, and a time before its flow run was made."""
+    (workdir / "m.yaml").write_text(MANIFEST.format(timeout=timeout_s))
     since = datetime.now(UTC)
     process = subprocess.Popen(
         [SOUNDTRACK, "build", "m.yaml", *args],
@@ -79,6 +78,15 @@ def test_a_reviewer_approves_one_track_and_rejects_the_other_with_a_comment(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    return process, since
+
+
+def test_a_reviewer_approves_one_track_and_rejects_the_other_with_a_comment(
+    project: Any, prefect_server: PrefectServer
+) -> None:
+    workdir, env, args = project
+    out = workdir / "out" / "reviewed"
+    process, since = started(workdir, env, args, timeout_s=300)
     try:
         run = paused_run(prefect_server.api_url, since, process.poll)
         # Paused before anything is published: no lock, no asset, and the storage let go.
@@ -157,16 +165,7 @@ def test_a_review_cancelled_in_the_ui_ends_the_build_publishing_nothing(
     from prefect.states import Cancelling
 
     workdir, env, args = project
-    (workdir / "m.yaml").write_text(MANIFEST.format(timeout=600))
-    since = datetime.now(UTC)
-    process = subprocess.Popen(
-        [SOUNDTRACK, "build", "m.yaml", *args],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process, since = started(workdir, env, args, timeout_s=600)
     try:
         run = paused_run(prefect_server.api_url, since, process.poll)
         settings = {PREFECT_API_URL: prefect_server.api_url}
