@@ -204,7 +204,7 @@ def prepare(
         len(plan.batches),
         sum(renders.holds(spec) for b in plan.batches for spec in b),
         len(plan.recordings),
-        len(plan.variations),
+        len(plan.variations) - len(plan.left_out),
     )
     return Prepared(checked, lock, plan, warnings)
 
@@ -315,7 +315,8 @@ def _start(tracks: _Tracks, prepared: Prepared, options: Options) -> None:
     for spec in plan.variations:  # before the cached records, which may be their parents
         tracks.wait(spec, previous.get(spec.id), selected=spec.id in selected, force=options.force)
         parent = spec.variation_of
-        if parent in previous and parent not in planned and parent not in selected:
+        left_out = parent not in planned and parent not in selected
+        if parent in previous and previous[parent].usable and left_out:
             tracks.stale(parent)  # published, but not as the manifest has it now
     for record in plan.cached:
         tracks.finish(record)
@@ -558,6 +559,7 @@ class _Tracks:
     _waiting: dict[str, list[_Variation]] = field(default_factory=dict)  # by parent id
     _released: list[TrackSpec] = field(default_factory=list)  # variations ready to render
     _stale: set[str] = field(default_factory=set)  # parents --only left out of date
+    _left_out: set[str] = field(default_factory=set)  # variations --only left out
     _queued: deque[list[TrackSpec]] = field(default_factory=deque)  # batches for a busy device
     _rendering: int = 0
     # Masters beyond MAX_WORKERS wait here, not in the pool's queue: a publish submitted when a
@@ -622,6 +624,8 @@ class _Tracks:
         self._waiting.setdefault(spec.variation_of, []).append(
             _Variation(spec, record, selected=selected, force=force)
         )
+        if not selected:
+            self._left_out.add(spec.id)
 
     def finish(self, record: TrackRecord) -> None:
         if record.id in self.takes:
@@ -633,9 +637,10 @@ class _Tracks:
             kept = rejected_takes(record.spec_hash, self.earlier.get(record.id))
             record = record.model_copy(update={"rejected_in_review": kept})
         self.records[record.id] = record
-        if self.observer is not None:
-            self.observer.track_done(record)
-        events.emit(record.id, "published" if record.status == "approved" else record.status)
+        if record.id not in self._left_out:  # no work of this build's: not in its progress
+            if self.observer is not None:
+                self.observer.track_done(record)
+            events.emit(record.id, "published" if record.status == "approved" else record.status)
         for variation in self._waiting.pop(record.id, []):
             self._release(variation, record.id, _parent_audio(record), record.status)
 

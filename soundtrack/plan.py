@@ -27,6 +27,9 @@ class Plan:
     # Variations wait for their parent's approved audio, which is part of their spec hash:
     # whether one is cached is known once its parent is.
     variations: list[TrackSpec] = field(default_factory=list)
+    # Variations --only left out: they wait too, to keep their entry if it is still theirs,
+    # but are no work of this build's.
+    left_out: frozenset[str] = frozenset()
 
     @property
     def todo(self) -> list[TrackSpec]:
@@ -34,7 +37,8 @@ class Plan:
 
     @property
     def total(self) -> int:
-        return len(self.cached) + len(self.todo) + len(self.variations)
+        """The tracks this build ends with a record of its own (the progress counts them)."""
+        return len(self.cached) + len(self.todo) + len(self.variations) - len(self.left_out)
 
 
 def select(specs: Sequence[TrackSpec], only: Sequence[str]) -> list[TrackSpec]:
@@ -99,14 +103,15 @@ def plan_build(
     chosen = select(specs, only)
     selected = {spec.id for spec in chosen}
     previous = {record.id: record for record in lock.tracks} if lock else {}
+    published = {record.id for record in previous.values() if record.usable}
     # A variation renders from its parent's approved audio: a parent left out by --only and
-    # never published leaves it nothing to render from, which is known now, before any render.
+    # never published (or only rejected) leaves it nothing to render from, which is known now.
     orphans = [
         f"{spec.id} (a variation of {spec.variation_of})"
         for spec in chosen
         if spec.variation_of is not None
         and spec.variation_of not in selected
-        and spec.variation_of not in previous
+        and spec.variation_of not in published
     ]
     if orphans:
         raise InputError(
@@ -137,6 +142,7 @@ def plan_build(
         batches=batch(generated, batch_size),
         recordings=[spec for spec in pending if spec.source is not None],
         variations=variations,
+        left_out=frozenset(spec.id for spec in variations if spec.id not in selected),
     )
 
 

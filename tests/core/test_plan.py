@@ -71,6 +71,22 @@ def test_only_a_variation_whose_parent_was_never_published_is_refused_before_ren
     # Selected, or published before: the parent's audio is there to render from.
     assert plan_build(specs, None, storage, only=["theme", "chase"]).variations
     assert plan_build(specs, lock_of(storage, theme), storage, only=["chase"]).variations
+    # A parent the lock lists as rejected or failed was never published: it passed this check,
+    # and the build failed the variation, saying its parent was not "as the manifest has it".
+    for status in ("rejected", "failed"):
+        with pytest.raises(InputError, match="neither selected nor published"):
+            plan_build(specs, lock_of(storage, theme, status=status), storage, only=["chase"])
+
+
+def test_the_progress_counts_no_variation_only_left_out(tmp_path: Path) -> None:
+    """--only theme counted its two variations: the progress ended at 1/3."""
+    storage = LocalStorage("out", tmp_path)
+    theme = make_spec(id="theme", formats=("ogg",))
+    chase = make_spec(id="chase", formats=("ogg",), variation_of="theme")
+    finale = make_spec(id="finale", formats=("ogg",), variation_of="chase")
+    plan = plan_build([theme, chase, finale], None, storage, only=["theme"])
+    assert plan.total == 1 and plan.left_out == {"chase", "finale"}
+    assert plan_build([theme, chase, finale], None, storage, only=["theme", "chase"]).total == 2
 
 
 def test_published_tracks_are_cached_and_the_rest_batched(tmp_path: Path) -> None:
