@@ -630,11 +630,16 @@ class _Tracks:
     def finish(self, record: TrackRecord) -> None:
         if record.id in self.takes:
             record = record.model_copy(update={"takes": self.takes[record.id]})
-        if not record.rejected_in_review:
+        earlier = self.earlier.get(record.id)
+        if not record.rejected_in_review and earlier is not None:
             # The takes a reviewer rejected stay with the spec whatever becomes of this one, so
             # no later render (--force, a build without review, a failed take's rerun) starts
-            # again at one of them.
-            kept = rejected_takes(record.spec_hash, self.earlier.get(record.id))
+            # again at one of them. A failure keeps them all: a variation failed with its
+            # parent is recorded under its spec before the parent's audio is part of it.
+            failed = record.status == "failed"
+            kept = (
+                earlier.rejected_in_review if failed else rejected_takes(record.spec_hash, earlier)
+            )
             record = record.model_copy(update={"rejected_in_review": kept})
         self.records[record.id] = record
         if record.id not in self._left_out:  # no work of this build's: not in its progress

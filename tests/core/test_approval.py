@@ -335,7 +335,9 @@ def test_every_record_of_a_spec_keeps_its_rejected_takes_whatever_became_of_it(
     tmp_path: Path,
 ) -> None:
     """A take after a rejected one that failed (a gate, a render error) was recorded without
-    the rejections, so the build after it rendered the rejected take again."""
+    the rejections, so the build after it rendered the rejected take again. A variation failed
+    with its parent is recorded under its spec before the parent's audio is part of it: a
+    failure keeps them all."""
     from soundtrack.build import _Tracks
     from soundtrack.report import ReviewRejection
 
@@ -356,8 +358,10 @@ def test_every_record_of_a_spec_keeps_its_rejected_takes_whatever_became_of_it(
     )
     tracks.finish(_entry("menu", "failed", reason="clipped"))
     tracks.finish(_entry("new", "failed", reason="clipped"))
-    assert tracks.records["menu"].rejected_in_review == rejected[:1]  # this spec's only
+    assert tracks.records["menu"].rejected_in_review == rejected
     assert tracks.records["new"].rejected_in_review == []
+    tracks.finish(_entry("menu", "approved", b"take 1"))
+    assert tracks.records["menu"].rejected_in_review == rejected[:1]  # this spec's only
 
 
 def test_a_reviewers_comment_reaches_terminals_and_logs_as_plain_text() -> None:
