@@ -544,10 +544,13 @@ def _beats(onsets: np.ndarray, accents: np.ndarray, tempo_bpm: float) -> np.ndar
     # A beat with no onset near it (a break in the music) goes where the beats heard around
     # it put it: the strongest of its silent neighbours was the first, SNAP_FRAMES early.
     peaks = near.max(axis=1)
-    silent = peaks < BREAK_ONSET_RATIO * np.median(peaks)
-    if silent.any():
-        between = np.interp(index[silent], index[~silent], snapped[~silent])
-        snapped[silent] = np.round(between).astype(np.int64)
+    quiet = peaks < BREAK_ONSET_RATIO * np.median(peaks)
+    heard_at = index[~quiet]  # never empty: the median beat's peak is heard
+    between = quiet & (index > heard_at[0]) & (index < heard_at[-1])
+    snapped[between] = np.round(np.interp(index[between], heard_at, snapped[heard_at]))
+    # Before the first beat heard or after the last, the train's own beat (np.interp would
+    # give them all the nearest heard beat's frame).
+    snapped[quiet & ~between] = grid[kept][quiet & ~between]
     return snapped
 
 

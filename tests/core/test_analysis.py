@@ -175,6 +175,18 @@ def test_beats_through_a_break_in_the_music_stay_on_the_grid(bpm: float) -> None
     assert len(result.beats) >= len(truth) - 2, "the break's beats are counted"
 
 
+def test_beats_before_the_first_onset_heard_stay_on_the_train() -> None:
+    """Placed from the heard beats around them, beats outside them all took the nearest one's
+    frame: three beats on one frame."""
+    period = 20
+    onsets, accents = np.zeros(200), np.zeros(200)
+    accents[::period] = 1.0
+    onsets[60::period] = 1.0  # nothing heard near the first beats but the accents' low band
+    onsets[120] = 0.0  # a beat in a break, between heard ones
+    beats = analysis._beats(onsets, accents, 60.0 * analysis._FRAME_RATE / period)
+    assert np.all(np.diff(beats) == period), beats
+
+
 @pytest.mark.parametrize(
     ("bpm", "lead_in_s", "beats_per_bar"),
     [
