@@ -321,7 +321,7 @@ class _Overridable(_Strict):
         default=None,
         min_length=1,
         description="The separation model: a local directory (`soundtrack models "
-        "convert-demucs`), relative to the manifest.",
+        "convert-demucs`), relative to the manifest, or absolute.",
     )
 
     @field_validator("stems")
