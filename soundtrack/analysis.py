@@ -550,7 +550,8 @@ def _beats(onsets: np.ndarray, accents: np.ndarray, tempo_bpm: float) -> np.ndar
     snapped[between] = np.round(np.interp(index[between], heard_at, snapped[heard_at]))
     # Before the first beat heard or after the last, the train's own beat (np.interp would
     # give them all the nearest heard beat's frame).
-    snapped[quiet & ~between] = grid[kept][quiet & ~between]
+    outside = quiet & ~between
+    snapped[outside] = grid[kept][outside]
     return snapped
 
 

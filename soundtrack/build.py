@@ -247,6 +247,7 @@ def run(
                 share_parents=not options.local_models,
                 reviewing=reviewing,
                 earlier={r.id: r for r in prepared.lock.tracks} if prepared.lock else {},
+                left_out=prepared.plan.left_out,
             )
             _start(tracks, prepared, options)
             tracks.run(options.batch_size)
@@ -542,6 +543,7 @@ class _Tracks:
     share_parents: bool  # renders happen on other machines: hand them the parents' audio
     reviewing: bool  # rendered tracks wait for a person (candidates) instead of publishing
     earlier: dict[str, TrackRecord]  # the lock's records by track id, as the plan read them
+    left_out: frozenset[str]  # variations --only left out (the plan's): not in the progress
     candidates: list[Candidate] = field(default_factory=list)
     # Recordings of a reviewed build, published with its candidates: published before, they
     # would be in no lock while the build waits (dropped from a folder's staging; gc's on S3).
@@ -559,7 +561,6 @@ class _Tracks:
     _waiting: dict[str, list[_Variation]] = field(default_factory=dict)  # by parent id
     _released: list[TrackSpec] = field(default_factory=list)  # variations ready to render
     _stale: set[str] = field(default_factory=set)  # parents --only left out of date
-    _left_out: set[str] = field(default_factory=set)  # variations --only left out
     _queued: deque[list[TrackSpec]] = field(default_factory=deque)  # batches for a busy device
     _rendering: int = 0
     # Masters beyond MAX_WORKERS wait here, not in the pool's queue: a publish submitted when a
@@ -624,8 +625,6 @@ class _Tracks:
         self._waiting.setdefault(spec.variation_of, []).append(
             _Variation(spec, record, selected=selected, force=force)
         )
-        if not selected:
-            self._left_out.add(spec.id)
 
     def finish(self, record: TrackRecord) -> None:
         if record.id in self.takes:
@@ -642,7 +641,7 @@ class _Tracks:
             )
             record = record.model_copy(update={"rejected_in_review": kept})
         self.records[record.id] = record
-        if record.id not in self._left_out:  # no work of this build's: not in its progress
+        if record.id not in self.left_out:  # no work of this build's: not in its progress
             if self.observer is not None:
                 self.observer.track_done(record)
             events.emit(record.id, "published" if record.status == "approved" else record.status)

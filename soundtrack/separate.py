@@ -162,18 +162,17 @@ def stem_model_problem(stem_model: str) -> str | None:
         members = _members(directory, config)
     except ModelLoadError as error:
         return str(error)
-    for member in members:
+    for index, member in enumerate(members):
         path = directory / member.file
         if not path.is_file():
             return f"stem_model {stem_model!r}: {member.file} is missing"
         problem = safetensors_problem(path)
         if problem:
             return f"stem_model {stem_model!r}: {member.file} is not safetensors ({problem})"
-    try:
-        for index, member in enumerate(members):
+        try:
             _fits(directory, config, index, member)
-    except ModelLoadError as error:
-        return str(error)
+        except ModelLoadError as error:
+            return str(error)
     return None
 
 

@@ -355,6 +355,7 @@ def test_every_record_of_a_spec_keeps_its_rejected_takes_whatever_became_of_it(
         share_parents=False,
         reviewing=False,
         earlier=earlier,
+        left_out=frozenset(),
     )
     tracks.finish(_entry("menu", "failed", reason="clipped"))
     tracks.finish(_entry("new", "failed", reason="clipped"))
