@@ -6,7 +6,7 @@ import numpy as np
 from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
 from soundtrack.errors import AudioError
-from soundtrack.loudness import oversampled_peaks
+from soundtrack.loudness import oversampled_peaks, true_peak
 
 ATTACK_MS = 5.0  # the gain ramps down over this time before a peak (look-ahead)
 RELEASE_MS = 80.0  # the gain reduction (in dB) decays with this time constant, whatever its depth
@@ -29,8 +29,7 @@ def sample_true_peaks(audio: np.ndarray, *, circular: bool = False) -> np.ndarra
 
 def true_peak_dbtp(audio: np.ndarray, *, circular: bool = False) -> float:
     """True peak of (channels, frames) audio in dBTP (-inf for digital silence)."""
-    # The largest per-frame value is the largest point; no need for sample_true_peaks' pairing.
-    peak = float(oversampled_peaks(audio, circular=circular).max())
+    peak = true_peak(audio, circular=circular)
     return -np.inf if peak == 0.0 else float(20.0 * np.log10(peak))
 
 

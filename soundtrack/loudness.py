@@ -162,7 +162,7 @@ def _lufs(powers: np.ndarray) -> float:
 def oversampled_peaks(audio: np.ndarray, *, circular: bool = False) -> np.ndarray:
     """Per frame n, the largest magnitude over all channels of the 4x-oversampled signal at
     n, n + 1/4, n + 2/4 and n + 3/4; `circular` treats the audio as a loop (the end flows
-    into the start), otherwise it is silent beyond its ends."""
+    into the start), otherwise it is mirrored beyond its ends."""
     samples = np.asarray(audio, dtype=np.float32)
     peaks: np.ndarray = np.abs(samples).max(axis=0)
     # One thread per channel: the matrix products let go of the GIL.
@@ -179,9 +179,10 @@ def _between_peaks(channel: np.ndarray, circular: bool) -> np.ndarray:
     if circular:
         padded = channel.take(np.arange(-_BEFORE, frames + after), mode="wrap")
     else:
-        padded = np.concatenate(
-            [np.zeros(_BEFORE, np.float32), channel, np.zeros(after, np.float32)]
-        )
+        # Mirrored, as ffmpeg's ebur128 (libswresample) extends a file: silence beyond the ends
+        # would read the step into a file that starts or ends loud as an overshoot of up to
+        # 1 dB, a click of the player's start and stop rather than a peak of the audio.
+        padded = np.pad(channel, (_BEFORE, after), mode="reflect")
     windows = np.lib.stride_tricks.sliding_window_view(padded, _TAPS)
     peaks = np.empty(frames, np.float32)
     for start in range(0, frames, _CHUNK):
@@ -194,9 +195,10 @@ def _between_peaks(channel: np.ndarray, circular: bool) -> np.ndarray:
     return peaks
 
 
-def true_peak(audio: np.ndarray) -> float:
-    """Largest 4x-oversampled magnitude of (channels, frames) audio, as a linear amplitude."""
-    return float(oversampled_peaks(audio).max())
+def true_peak(audio: np.ndarray, *, circular: bool = False) -> float:
+    """Largest 4x-oversampled magnitude of (channels, frames) audio, as a linear amplitude;
+    `circular` as for oversampled_peaks."""
+    return float(oversampled_peaks(audio, circular=circular).max())
 
 
 SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term window

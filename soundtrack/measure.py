@@ -38,7 +38,7 @@ class Metrics:
     frames: int
     duration_s: float
     integrated_lufs: float  # BS.1770-4 gated; -inf when no block clears the -70 LUFS gate
-    true_peak_dbtp: float  # 4x oversampled (BS.1770-4 Annex 2)
+    true_peak_dbtp: float  # 4x oversampled (BS.1770-4 Annex 2), across the loop seam too
     sample_peak_dbfs: float
     clipped_runs: int  # runs of >= clip_run_samples equal samples at the signal's clip level
     clip_run_samples: int
@@ -91,8 +91,14 @@ def measure(
     threshold = 10.0 ** (silence_threshold_dbfs / 20.0)
     lead_s, trail_s, dropout_s = _silences(audio, sample_rate, threshold)
     seam = _Seam()
+    peak = true_peak(audio)
     if loop_start is not None and loop_length is not None:
-        if loop_length < 2:  # a WAV smpl loop ending before it starts reads as negative
+        if loop_length < 1:  # a smpl loop ending before it starts, a LOOPSTART past the end
+            raise AudioError(
+                f"the loop starts at frame {loop_start} and ends at frame "
+                f"{loop_start + loop_length}: its end must come after its start"
+            )
+        if loop_length < 2:
             raise AudioError(
                 f"the loop from frame {loop_start} is {loop_length} frame(s) long; a loop needs "
                 "at least 2"
@@ -105,6 +111,8 @@ def measure(
         region = audio[:, loop_start : loop_start + loop_length]
         inside = [int(b) - loop_start for b in bar_lines if 0 < b - loop_start < loop_length]
         seam = _measure_seam(region, sample_rate, inside)
+        # A player crosses the seam on every pass: its end flows into its start.
+        peak = max(peak, true_peak(region, circular=True))
     sample_peak = float(np.max(np.abs(audio)))
     return Metrics(
         sample_rate=sample_rate,
@@ -112,7 +120,7 @@ def measure(
         frames=frames,
         duration_s=frames / sample_rate,
         integrated_lufs=integrated_lufs(audio, sample_rate),
-        true_peak_dbtp=_dbfs(true_peak(audio)),
+        true_peak_dbtp=_dbfs(peak),
         sample_peak_dbfs=_dbfs(sample_peak),
         clipped_runs=_clipped_runs(audio, clip_run_samples, threshold),
         clip_run_samples=clip_run_samples,

@@ -191,9 +191,33 @@ def _upsampled_magnitudes(audio: np.ndarray) -> np.ndarray:
 
 def test_oversampled_peaks_are_the_4x_upsampled_signal() -> None:
     noise = (np.random.default_rng(6).standard_normal((2, 20_000)) * 0.2).astype(np.float32)
-    expected = _upsampled_magnitudes(noise)
+    # Beyond its ends the audio is mirrored (x[-n] = x[n]), as libswresample extends it.
+    edge = _INTERPOLATOR.size
+    mirrored = np.pad(noise, ((0, 0), (edge, edge)), mode="reflect")
+    expected = _upsampled_magnitudes(mirrored)[edge:-edge]
     assert np.abs(oversampled_peaks(noise) - expected).max() < 1e-6
     assert true_peak(noise) == pytest.approx(expected.max(), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["starts at its crest", "ends at its crest", "starts and ends on a held level"],
+)
+def test_a_file_that_starts_or_ends_loud_reads_its_true_peak_as_ffmpeg_does(
+    tmp_path: Path, shape: str
+) -> None:
+    rate = 48000
+    t = np.arange(3 * rate) / rate
+    wave = {
+        "starts at its crest": 0.85 * np.cos(2 * np.pi * 200 * t),
+        "ends at its crest": 0.85 * np.cos(2 * np.pi * 200 * t[::-1]),
+        "starts and ends on a held level": np.full(t.size, 0.5),
+    }[shape]
+    audio = np.stack([wave, wave]).astype(np.float32)
+    write_wav(tmp_path / "edge.wav", audio, rate)
+    _, reference_dbtp = ebur128(tmp_path / "edge.wav")
+    # Silence beyond the ends would read the step into the first sample as a 1 dB overshoot.
+    assert 20 * math.log10(true_peak(audio)) == pytest.approx(reference_dbtp, abs=0.05)
 
 
 def test_circular_peaks_wrap_the_end_into_the_start() -> None:

@@ -12,6 +12,7 @@ import soundfile as sf
 
 from soundtrack.encode import encode
 from soundtrack.errors import AudioError
+from soundtrack.loudness import oversampled_peaks
 from soundtrack.master import Master
 from soundtrack.measure import measure, measure_file, read_loop_tags
 from soundtrack.spec import GateLimits
@@ -47,7 +48,9 @@ def test_loudness_and_true_peak_agree_with_ffmpeg_ebur128(tmp_path: Path) -> Non
 def test_true_peak_finds_the_peaks_between_samples() -> None:
     # A quarter-rate sine sampled 45 degrees off its crests: samples reach 0.707 of its peak.
     n = np.arange(2 * SR)
-    wave = (0.5 * np.sin(np.pi / 2 * n + np.pi / 4)).astype(np.float32)[None, :]
+    # Faded in and out over 10 ms: a quarter-rate tone cut off at full level overshoots there.
+    fades = np.clip(np.minimum(n, n[::-1]) / (0.01 * SR), 0.0, 1.0)
+    wave = (0.5 * fades * np.sin(np.pi / 2 * n + np.pi / 4)).astype(np.float32)[None, :]
     metrics = measure(wave, SR)
     assert metrics.sample_peak_dbfs == pytest.approx(-9.03, abs=0.01)
     assert metrics.true_peak_dbtp == pytest.approx(-6.02, abs=0.2)
@@ -214,11 +217,27 @@ def test_a_seamless_loop_has_a_small_seam_and_a_cut_one_a_large_one() -> None:
     assert seamless.seam_loudness_change_lu == pytest.approx(0.0, abs=0.05)
 
 
+def test_the_true_peak_of_a_loop_counts_its_seam() -> None:
+    """A player goes from the loop's end into its start on every pass: a jump there overshoots
+    between samples, which the file read once from its start never does."""
+    t = np.arange(SR) / SR
+    # 100.5 periods: the loop ends at the trough and starts at the crest.
+    wave = 0.7 * np.cos(2 * np.pi * 100.5 * t)
+    audio = np.stack([wave, wave]).astype(np.float32)
+    once = measure(audio, SR)
+    looped = measure(audio, SR, loop_start=0, loop_length=SR)
+    assert once.true_peak_dbtp == pytest.approx(20 * math.log10(0.7), abs=0.05)
+    seam_dbtp = 20 * math.log10(float(oversampled_peaks(audio, circular=True).max()))
+    assert looped.true_peak_dbtp == pytest.approx(seam_dbtp, abs=1e-6)
+    assert looped.true_peak_dbtp > once.true_peak_dbtp + 0.5
+
+
 @pytest.mark.parametrize(
     ("loop_start", "loop_length", "said"),
     [
         (10, 1, "the loop from frame 10 is 1 frame(s) long; a loop needs at least 2"),
-        (5000, -4899, "the loop from frame 5000 is -4899 frame(s) long"),
+        (5000, -4899, "the loop starts at frame 5000 and ends at frame 101: its end must come"),
+        (60000, -15900, "the loop starts at frame 60000 and ends at frame 44100: its end must"),
         (-1, 100, "loop [-1, 99) frames lies outside the audio's 44100 frames"),
         (44000, 101, "loop [44000, 44101) frames lies outside the audio's 44100 frames"),
     ],
