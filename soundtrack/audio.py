@@ -99,22 +99,28 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     """Read any audio file as float32 (channels, frames) and its sample rate; ffmpeg decodes
     what libsndfile cannot (AAC, ...) and every MP3."""
     check_file(path)
+    promised_frames = 0
     try:
         # Bytes: libsndfile takes any name the file system does (soundfile encodes a str
         # strictly, so a name that is not UTF-8 raised).
         with sf.SoundFile(os.fsencode(path)) as f:
             # libsndfile reads an MP3 without a LAME header as long as its first frames say:
-            # 27 s of a piped 60 s file, with no error.
-            if f.format != "MP3":
+            # 27 s of a piped 60 s file, with no error. A length it does not know (a FLAC
+            # written to a pipe) it gives as the largest count, which f.read would allocate.
+            if f.format != "MP3" and f.frames != _UNKNOWN_LENGTH:
                 if problem := cut_short(path, f.format, f.extra_info):
                     raise AudioError(problem)
+                promised_frames = f.frames
                 data = f.read(dtype="float32", always_2d=True)
-                return _checked(np.ascontiguousarray(data.T), int(f.samplerate), path)
+                audio, sample_rate = np.ascontiguousarray(data.T), int(f.samplerate)
+                return _checked(_whole(audio, promised_frames, path), sample_rate, path)
     except sf.LibsndfileError:
-        pass
-    return decode_with_ffmpeg(path)
+        pass  # a kind libsndfile cannot read, or a stream it loses (ffmpeg says how much is left)
+    audio, sample_rate = decode_with_ffmpeg(path)
+    return _whole(audio, promised_frames, path), sample_rate
 
 
+_UNKNOWN_LENGTH = 2**63 - 1  # libsndfile's SF_COUNT_MAX
 # libsndfile reads what a cut WAV holds without an error, and logs the header's size beside it.
 _DATA_SIZE_LOG = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
 # What streaming writers put for the size they could not know: ffmpeg 0xFFFFFFFF, arecord
@@ -148,8 +154,10 @@ def decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
         try:
             run_ffmpeg(["-i", source, "-map", "0:a:0", "-c:a", "pcm_f32le", "-f", "wav", str(wav)])
         except AudioError as error:  # ffmpeg's last line says why; its command line does not
-            reason = str(error).strip().splitlines()[-1]
-            raise AudioError(f"{path}: not audio that ffmpeg can decode ({reason})") from error
+            said = str(error).strip().splitlines()
+            if any("matches no streams" in line for line in said):  # a video, a subtitle file
+                raise AudioError(f"{path}: no audio stream in it") from error
+            raise AudioError(f"{path}: not audio that ffmpeg can decode ({said[-1]})") from error
         data, sample_rate = sf.read(wav, dtype="float32", always_2d=True)
     return _checked(np.ascontiguousarray(data.T), int(sample_rate), path)
 
@@ -174,6 +182,17 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
         raise AudioError(f"audio must be shaped (channels, frames), got shape {audio.shape}")
     with atomic_path(path) as tmp:
         sf.write(os.fsencode(tmp), audio.T, sample_rate, subtype="FLOAT", format="WAV")
+
+
+def _whole(audio: np.ndarray, promised_frames: int, path: Path) -> np.ndarray:
+    """`audio` unless it is shorter than its header promised: a FLAC cut off in a copy decodes
+    what is left without an error."""
+    if audio.shape[1] < promised_frames:
+        raise AudioError(
+            f"{path} is cut short: its header promises {promised_frames} frames, "
+            f"{audio.shape[1]} decode (an interrupted copy?)"
+        )
+    return audio
 
 
 def _checked(audio: np.ndarray, sample_rate: int, path: Path) -> tuple[np.ndarray, int]:

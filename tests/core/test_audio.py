@@ -66,6 +66,30 @@ def test_a_wav_cut_short_is_refused_and_one_of_unknown_length_read_whole(
         assert read_audio(piped)[0].shape == audio.shape
 
 
+@pytest.mark.parametrize("kept", [1 / 3, 1 / 2, 0.9])
+def test_a_flac_cut_short_is_refused_and_one_of_unknown_length_read_whole(
+    tmp_path: Path, kept: float
+) -> None:
+    """A FLAC cut off in a copy decoded what was left and was measured as a shorter take; one
+    written to a pipe (its header says no length) raised a traceback."""
+    audio = signals.pink_noise(-20.0, 5.0, 48000)
+    whole, cut, piped = tmp_path / "whole.flac", tmp_path / "cut.flac", tmp_path / "piped.flac"
+    sf.write(whole, audio.T, 48000, subtype="PCM_24")
+    cut.write_bytes(whole.read_bytes()[: round(whole.stat().st_size * kept)])
+    with pytest.raises(AudioError, match=r"cut\.flac is cut short: its header promises 240000 "):
+        read_audio(cut)
+    with piped.open("wb") as out:
+        subprocess.run(
+            [ffmpeg_exe(), "-v", "error", "-i", str(whole), "-f", "flac", "-"],
+            stdout=out,
+            check=True,
+        )
+    assert sf.info(piped).frames > audio.shape[1]  # libsndfile's "unknown"
+    decoded, rate = read_audio(piped)
+    assert rate == 48000 and decoded.shape == audio.shape
+    np.testing.assert_allclose(decoded, audio, atol=1e-6)
+
+
 def test_an_mp3_without_a_lame_header_is_read_to_its_end(tmp_path: Path) -> None:
     """ffmpeg writing to a pipe cannot go back for the LAME header; libsndfile then reads a
     20 s file as a fraction of it, with no error."""
@@ -106,4 +130,9 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
         read_audio(tmp_path / "junk.ogg")
     with pytest.raises(AudioError, match="shaped"):
         write_wav(tmp_path / "x.wav", np.zeros(10, np.float32), 44100)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.ogg"]
+    # A video with no sound: ffmpeg's last line ("Error opening output files") says nothing.
+    film = ["-f", "lavfi", "-i", "testsrc=size=32x32:duration=1", "-c:v", "mpeg4"]
+    run_ffmpeg([*film, str(tmp_path / "silent-film.mp4")])
+    with pytest.raises(AudioError, match=r"silent-film\.mp4: no audio stream in it$"):
+        read_audio(tmp_path / "silent-film.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.ogg", "silent-film.mp4"]
