@@ -281,7 +281,13 @@ def compare(a: Analysis, b: Analysis) -> Comparison:
             timbre_text if distance is None else f"distance {distance:.1f} ({timbre_text})",
         ),
     )
-    verdict = ", ".join([_tempo_verdict(tempo_ratio), key_text, timbre_text])
+    no_tempo = [name for name, x in (("a", a), ("b", b)) if x.tempo_bpm is None]
+    tempo_text = (
+        f"no tempo in {' or '.join(no_tempo)}"
+        if tempo_ratio is None
+        else _tempo_verdict(tempo_ratio)
+    )
+    verdict = ", ".join([tempo_text, key_text, timbre_text])
     return Comparison(
         tempo_ratio=tempo_ratio,
         key_relation=key_relation,
@@ -669,9 +675,7 @@ def _key_relation(a: str | None, b: str | None) -> tuple[str, int | None, str]:
     return "different", semitones, f"different mode, tonic {semitones:+d} semitones"
 
 
-def _tempo_verdict(ratio: float | None) -> str:
-    if ratio is None:
-        return "no common tempo"
+def _tempo_verdict(ratio: float) -> str:
     if abs(ratio - 1.0) < 0.005:
         return "same tempo"
     return f"b is {ratio:.2f}x faster" if ratio > 1.0 else f"b is {1.0 / ratio:.2f}x slower"

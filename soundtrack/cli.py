@@ -759,7 +759,9 @@ def inspect_files(
     """Measure audio files (loudness, true peak, duration, rate, channels, loop tags) and judge
     them with the default gates; --analysis adds what the music does (tempo, key...).
 
-    Exit 0 when every file passes, 1 when a gate fails, 2 when a file is missing or unreadable.
+    Exit 0 when every file passes, 1 when a gate fails, 2 when a file is missing, unreadable
+    or cannot be measured (over two channels, NaN samples, under 0.4 s, a loop tag that does
+    not fit the audio).
     """
     from rich.markup import escape
 
@@ -958,7 +960,8 @@ def compare(
     """Compare two recordings: tempo, key, loudness range, spectral centroid and timbre, side by
     side, and a one-line verdict (what a track's `reference:` adds to the build report).
 
-    Exit 0, or 2 when a file is missing or unreadable.
+    Exit 0, or 2 when a file is missing, unreadable or cannot be analysed (over two
+    channels, NaN samples, under 0.4 s).
     """
     from soundtrack.analysis import compare as compared
     from soundtrack.audio import check_file
@@ -1351,7 +1354,7 @@ def gc(
                     # A stopped build's publish is finished first: its lock names files that
                     # the old lock does not.
                     for line in storage.repair(name):
-                        err_console.print(line, markup=False, soft_wrap=True)
+                        err_console.print(printable(line), markup=False, soft_wrap=True)
             found: list[Garbage] = []
             skipped: list[SoundtrackError] = []
             for name in names:
@@ -1364,16 +1367,20 @@ def gc(
                     # the other soundtracks' gc goes on.
                     skipped.append(exc)
             ours = [key for garbage in found for key in garbage.ours]
+            # Keys are anyone's to name: a control character in one must not colour, retitle
+            # or split what the user reads (nor the one-key-per-line list a script reads).
             for key in ours:
-                typer.echo(key)
+                typer.echo(printable(key))
             for garbage in found:
                 for key in garbage.kept:
-                    err_console.print(f"not ours, kept: {key}", markup=False, soft_wrap=True)
+                    err_console.print(
+                        f"not ours, kept: {printable(key)}", markup=False, soft_wrap=True
+                    )
                 if not garbage.journaled:
                     err_console.print(
-                        f"{garbage.soundtrack}: no journal at {garbage.journal} (built before "
-                        "gc could tell its files from others'): nothing provably ours, nothing "
-                        "deleted",
+                        f"{garbage.soundtrack}: no journal at {printable(garbage.journal)} "
+                        "(built before gc could tell its files from others'): nothing provably "
+                        "ours, nothing deleted",
                         markup=False,
                         soft_wrap=True,
                     )

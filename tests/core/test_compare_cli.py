@@ -92,8 +92,10 @@ def test_silence_has_no_timbre_or_brightness_to_compare(
     data = compare(silent, grooves["base"])
     assert data["timbre_distance"] is None and data["centroid_ratio"] is None
     assert str(data["verdict"]).endswith("a silent")
+    assert str(data["verdict"]).startswith("no tempo in a,")  # not "no common tempo"
     both = compare(silent, silent)
     assert str(both["verdict"]).endswith("a and b silent")
+    assert str(both["verdict"]).startswith("no tempo in a or b,")
 
 
 def test_compare_a_missing_file_exits_2(tmp_path: Path, grooves: dict[str, Path]) -> None:

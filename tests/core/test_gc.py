@@ -87,6 +87,25 @@ def test_gc_beside_a_game_checkout_deletes_only_our_superseded_asset(tmp_path: P
     )
 
 
+def test_names_with_control_characters_are_listed_written_out(tmp_path: Path) -> None:
+    """A file name is anyone's to choose: printed raw, one coloured or retitled the terminal
+    and one with a newline read as two files."""
+    root = tmp_path / "games"
+    two_builds(LocalStorage(".", root), tmp_path / "enc")
+    game = root / SOUNDTRACK
+    for name in ("red\x1b[31m.ogg", "title\x1b]0;pwned\x07.ogg", "two\nlines.ogg"):
+        (game / name).write_bytes(b"someone else's")
+    listed = gc(root)
+    assert listed.returncode == 0, listed.stderr
+    assert "\x1b" not in listed.stderr and "\x07" not in listed.stderr
+    kept = [line for line in listed.stderr.splitlines() if line.startswith("not ours, kept: ")]
+    assert [line.removeprefix(f"not ours, kept: {SOUNDTRACK}/") for line in kept] == [
+        "red\\x1b[31m.ogg",
+        "title\\x1b]0;pwned\\x07.ogg",
+        "two\\nlines.ogg",
+    ]
+
+
 # Publishes build 2 (title-theme gains a wav) over build 1 with SIGKILL at the Nth change.
 _KILLED_PUBLISH = """
 import sys
