@@ -169,8 +169,15 @@ for _tag, _pattern, _first in _CORE_SCHEMA:
     )
 
 
+# Far above any field's bound (a seed is under 2**32): a longer integer is refused as written,
+# before Python builds it (or its text, to quote it: over 4300 digits that raises).
+_MAX_INTEGER_CHARS = 40
+
+
 def _construct_int(loader: _ManifestLoader, node: yaml.ScalarNode) -> int:
     text = node.value
+    if len(text) > _MAX_INTEGER_CHARS:
+        raise ValueError(f"an integer of {len(text)} characters; no setting takes one that large")
     return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)
 
 
@@ -257,8 +264,8 @@ def _read_text(path: Path) -> str:
             f"manifest {path} is {size} bytes; refusing anything above {MAX_MANIFEST_BYTES} bytes"
         )
     raw = path.read_bytes()
-    if _utf16(raw):
-        raise InputError(f"manifest {path} is UTF-16 text; save it as UTF-8")
+    if encoding := _wide_encoding(raw):
+        raise InputError(f"manifest {path} is {encoding} text; save it as UTF-8")
     if b"\x00" in raw:
         raise InputError(f"manifest {path} is a binary file, not YAML text")
     try:
@@ -591,12 +598,20 @@ def track_problems(fields: dict[str, Any]) -> tuple[Track | None, list[tuple[str
         return None, [_describe(error, allowed) for error in exc.errors()]
 
 
-def _utf16(raw: bytes) -> bool:
-    """Whether the file is UTF-16, as Windows editors save "Unicode": a byte-order mark, or
-    ASCII text with a zero byte beside each character."""
+def _wide_encoding(raw: bytes) -> str | None:
+    """The wide encoding the file is in, "UTF-32" or "UTF-16" (as Windows editors save
+    "Unicode"): by its byte-order mark, or ASCII text with zero bytes beside each character."""
     head = raw[:64]
+    zero_lanes = sum(not any(head[at::4]) for at in range(4))  # ASCII in UTF-32: three of four
+    # UTF-32's little-endian mark begins with UTF-16's.
+    if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)) or (
+        len(head) >= 8 and zero_lanes >= 3
+    ):
+        return "UTF-32"
     zeros_beside = len(head) >= 4 and (not any(head[1::2]) or not any(head[::2]))
-    return raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or zeros_beside
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or zeros_beside:
+        return "UTF-16"
+    return None
 
 
 def _with_line(field: str, message: str, lines: dict[str, int]) -> str:

@@ -52,7 +52,7 @@ StemName = Literal["drums", "bass", "vocals", "other"]
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, description="Lower-case letters, digits, '-'.")]
 # A file of one of these names (with any extension) cannot be opened on Windows.
 WINDOWS_DEVICE_NAMES = frozenset(
-    {"con", "prn", "aux", "nul", *(f"{port}{n}" for port in ("com", "lpt") for n in range(1, 10))}
+    {"con", "prn", "aux", "nul", *(f"{port}{n}" for port in ("com", "lpt") for n in range(10))}
 )
 
 
@@ -70,6 +70,10 @@ def visible(text: str) -> str:
     return "".join(c for c in text if unicodedata.category(c) != "Cf").strip()
 
 
+# Embeddings, overrides and isolates; the marks (U+200E, U+200F) reorder nothing around them.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def text_problem(text: str) -> str | None:
     """Why `text` is no text the lock, the report and JUnit's XML can hold, or None."""
     if any(unicodedata.category(c) == "Cs" for c in text):
@@ -77,9 +81,11 @@ def text_problem(text: str) -> str | None:
     # C0, DEL and C1 (NEL, CSI: a terminal acts on them), as `unicodedata` counts them.
     if any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in text):
         return "contains control characters"
-    if "\u202d" in text or "\u202e" in text:
-        # What follows shows reversed in a log or a terminal: text that reads as something else.
-        return "contains a bidirectional override (U+202D or U+202E)"
+    if any(c in _BIDI_CONTROLS for c in text):
+        # What follows shows reordered in a log or a terminal: text that reads as something else.
+        return "contains a bidirectional control (U+202A-U+202E, U+2066-U+2069)"
+    if "\u2028" in text or "\u2029" in text:
+        return "contains a line or paragraph separator (U+2028, U+2029): use a newline"
     if "\ufffe" in text or "\uffff" in text:
         return "contains U+FFFE or U+FFFF, which are no characters (XML refuses them)"
     return None

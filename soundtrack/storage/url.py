@@ -30,7 +30,7 @@ def check_storage_url(value: str) -> None:
             raise ValueError(f"storage path {problem}")
         return
     if scheme != "s3":
-        raise ValueError(f"storage must be a folder or s3://bucket/prefix (got scheme {scheme!r})")
+        raise ValueError(f"storage must be a folder or s3://bucket/prefix, not a {scheme}:// URL")
     if url_has_credentials(value):
         raise ValueError(
             "storage URL must not carry credentials (user:password@): give them as "

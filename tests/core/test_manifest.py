@@ -525,10 +525,17 @@ def test_merge_keys_merge_and_override(tmp_path: Path) -> None:
     assert code == 2 and "tracks[2].duration (line 16): Input should be greater" in output
 
 
-def test_a_value_python_cannot_hold_is_a_yaml_error(tmp_path: Path) -> None:
-    code, output = validate(write(tmp_path, "schema: 1\nseed: 1" + "0" * 5000 + "\n"))
-    assert code == 2
-    assert "YAML error at line 2, column 7: cannot read this value (Exceeds the limit" in output
+@pytest.mark.parametrize("digits", ["1" + "0" * 5000, "0x" + "f" * 5000, "0o" + "7" * 6000])
+def test_a_value_python_cannot_hold_is_a_yaml_error(tmp_path: Path, digits: str) -> None:
+    """A hexadecimal or octal integer that long was built, then raised a traceback when its
+    error was written (Python writes no int of over 4300 digits as text)."""
+    manifest = f"schema: 1\nsoundtrack: t\ntracks:\n  - {{id: a, prompt: p, seed: {digits}}}\n"
+    code, output = validate(write(tmp_path, manifest))
+    assert code == 2, output
+    assert (
+        f"YAML error at line 4, column 30: cannot read this value (an integer of {len(digits)} "
+        "characters; no setting takes one that large)"
+    ) in output
 
 
 # --- length-dependent defaults and what renders (issue 12) --------------------------------------
@@ -894,10 +901,14 @@ def test_gate_flag_sets_every_tracks_severity_and_refuses_nonsense(tmp_path: Pat
     )
 
 
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
-def test_a_utf16_manifest_is_named_as_such(tmp_path: Path, encoding: str) -> None:
-    """Windows editors save "Unicode" as UTF-16, which read as "a binary file"."""
+@pytest.mark.parametrize(
+    "encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"]
+)
+def test_a_utf16_or_utf32_manifest_is_named_as_such(tmp_path: Path, encoding: str) -> None:
+    """Windows editors save "Unicode" as UTF-16, which read as "a binary file"; UTF-32 (whose
+    little-endian mark begins with UTF-16's) read as UTF-16."""
     path = tmp_path / "m.yaml"
     path.write_text(BASE, encoding=encoding)
     code, output = validate(path)
-    assert code == 2 and "is UTF-16 text; save it as UTF-8" in output, output
+    named = encoding[:6].upper()
+    assert code == 2 and f"is {named} text; save it as UTF-8" in output, output
