@@ -36,6 +36,7 @@ from soundtrack.held import scratch_folder
 from soundtrack.inputs import CheckedInputs, check_access, check_cache, check_inputs
 from soundtrack.models import check_model, load_count, one_resident
 from soundtrack.models.device import requested_device, resolve_device
+from soundtrack.models.source import keep_fingerprints
 from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build, reusable, select
 from soundtrack.plan import batch as into_batches
 from soundtrack.publish import changed_since, index_of, lock_bytes, track_record
@@ -193,6 +194,7 @@ def prepare(
         _check_models(plan, given=" (--model)" if options.model else "")
         if plan.todo or plan.variations:
             _check_device(options.device)
+    keep_fingerprints()  # the inputs are accepted: what was hashed to check them is kept
     renders = RenderCache(cache_root())
     logger.info(
         "%d tracks: %d cached, %d to render in %d batches (%d of them rendered before, in this "

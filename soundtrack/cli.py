@@ -152,6 +152,7 @@ def validate(manifest: ManifestArg) -> None:
     Exit 0 when valid (a summary is printed), 2 otherwise.
     """
     from soundtrack.inputs import check_access, check_inputs
+    from soundtrack.models.source import keep_fingerprints
     from soundtrack.storage import LocalStorage
 
     try:
@@ -163,6 +164,7 @@ def validate(manifest: ManifestArg) -> None:
             _check_review_server()
     except SoundtrackError as exc:
         fail(exc)
+    keep_fingerprints()
     loaded, specs = checked.manifest, checked.specs
     table = Table(title=f"{loaded.soundtrack}: {len(specs)} tracks", title_justify="left")
     # Folded, not cut with an ellipsis: a CI log's 80 columns must still show every value whole.

@@ -140,8 +140,11 @@ def load_separator(stem_model: str, device: str | None) -> Separator:
             f"registered under that name; {how_to_provide_demucs()}"
         )
     from soundtrack.models.device import resolve_device
+    from soundtrack.models.source import keep_fingerprints
 
-    return _load_demucs(directory.resolve(), resolve_device(device))
+    separator = _load_demucs(directory.resolve(), resolve_device(device))
+    keep_fingerprints()
+    return separator
 
 
 def stem_model_problem(stem_model: str) -> str | None:

@@ -15,7 +15,7 @@ from soundtrack.models.base import (
     check_audio,
     check_request,
 )
-from soundtrack.models.source import ModelSource, resolve_source
+from soundtrack.models.source import ModelSource, keep_fingerprints, resolve_source
 from soundtrack.paths import user_path
 
 __all__ = [
@@ -108,6 +108,7 @@ def get_generator(model: str, revision: str | None = None, device: str | None = 
                 _release(resolved_device)
             _loaded[key] = backend(source, resolved_device)
             _loads += 1
+            keep_fingerprints()
         return _loaded[key]
 
 

@@ -34,6 +34,7 @@ _WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit safetensors itself sets
 _Stats = tuple[tuple[str, int, int, int, int], ...]  # name, size, mtime, ctime, inode per file
 _fingerprints: dict[tuple[str, _Stats], str] = {}
+_unsaved: dict[tuple[str, _Stats], str] = {}  # hashed, not yet in the cache (keep_fingerprints)
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -467,7 +468,7 @@ def _fingerprint(directory: Path) -> str:
         found = _remembered(key)
         if found is None:
             found = _hashed(names, files)
-            _remember(key, found)
+            _unsaved[key] = found
         _fingerprints[key] = found
     return _fingerprints[key]
 
@@ -498,6 +499,13 @@ def _remembered(key: tuple[str, _Stats]) -> str | None:
     except (OSError, RuntimeError):  # RuntimeError: no home folder to find the cache in
         return None
     return found if _FINGERPRINT.fullmatch(found) else None
+
+
+def keep_fingerprints() -> None:
+    """Save the fingerprints hashed so far for later runs; called once the inputs are accepted
+    (or a model loaded), so a refused manifest leaves the cache as it found it."""
+    while _unsaved:
+        _remember(*_unsaved.popitem())
 
 
 def _remember(key: tuple[str, _Stats], fingerprint: str) -> None:

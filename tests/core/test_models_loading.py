@@ -87,6 +87,29 @@ def test_validate_holds_a_local_folder_to_its_pin_and_model_drops_the_manifests_
     assert [spec.model_revision for spec in checked.specs] == [None]
 
 
+def test_a_refused_manifest_leaves_the_cache_as_it_was(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong pin was refused with exit 2, but the folder's fingerprint was already saved in
+    the cache: bad input writes nothing. An accepted manifest keeps it for the next run."""
+    from soundtrack.models import source
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(cache))
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "m")  # a folder no run has hashed
+    manifest = tmp_path / "m.yaml"
+    head = "schema: 1\nsoundtrack: pins\nstorage: ./out\ntracks:\n"
+    track = f"  - {{id: a, prompt: piano, duration: 2, model: {folder}, model_revision: "
+    manifest.write_text(head + track + "'sha256:" + "0" * 64 + "'}\n")
+    refused = CliRunner().invoke(app, ["validate", str(manifest)])
+    assert refused.exit_code == 2, refused.output
+    assert not cache.exists() or not any(cache.rglob("*.txt"))
+    manifest.write_text(head + track + f"'{source.directory_fingerprint(folder)}'}}\n")
+    accepted = CliRunner().invoke(app, ["validate", str(manifest)])
+    assert accepted.exit_code == 0, accepted.output
+    assert len(list((cache / "fingerprints").glob("*.txt"))) == 1
+
+
 def test_an_unknown_device_is_bad_input(tiny_model_dir: Path) -> None:
     with pytest.raises(InputError, match="device must be auto, cpu, mps, cuda or cuda:N"):
         get_generator(str(tiny_model_dir), device="tpu")
@@ -336,6 +359,7 @@ def test_a_folders_fingerprint_is_hashed_once_until_a_file_changes(
     monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
     folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
     first = source.directory_fingerprint(folder)
+    source.keep_fingerprints()  # as a build does once its inputs are accepted
     hashed: list[Path] = []
     real = source._hashed
     monkeypatch.setattr(source, "_hashed", lambda *a: hashed.append(folder) or real(*a))
@@ -352,6 +376,7 @@ def test_a_folders_fingerprint_is_hashed_once_until_a_file_changes(
     # A FIFO at the remembered fingerprint's name was opened to read, and the build waited
     # for a writer for ever: it is no memo, and the folder is hashed again.
     changed = source.directory_fingerprint(folder)
+    source.keep_fingerprints()
     memos = sorted((tmp_path / "cache" / "fingerprints").glob("*.txt"))
     for path in memos:
         path.unlink()
