@@ -106,7 +106,9 @@ def usage_problem(licence: str, usage: str | None, accepted: list[str]) -> str |
         return (
             "its licence is unknown (no model card at hand states one this tool can read, and "
             "it is not a known checkpoint); download the model so that its card is read, give "
-            "a model folder a card whose `license:` names its licence, or use another model"
+            "a model folder a card whose `license:` names its licence (a stem model folder may "
+            "instead hold it as `licence` in its config.json: `soundtrack models convert-demucs "
+            "--licence ID` writes it), or use another model"
         )
     # An agreement may name the licence as the card's `license_name` does.
     agreed = {ALIASES.get(a.strip().casefold(), a.strip()).casefold() for a in accepted}
