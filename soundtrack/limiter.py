@@ -6,7 +6,7 @@ import numpy as np
 from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
 from soundtrack.errors import AudioError
-from soundtrack.loudness import oversampled_peaks, true_peak
+from soundtrack.loudness import oversampled_peaks
 
 ATTACK_MS = 5.0  # the gain ramps down over this time before a peak (look-ahead)
 RELEASE_MS = 80.0  # the gain reduction (in dB) decays with this time constant, whatever its depth
@@ -18,19 +18,32 @@ _AIM_BELOW_DB = 0.02
 
 def sample_true_peaks(audio: np.ndarray, *, circular: bool = False) -> np.ndarray:
     """Per input sample, the largest 4x-oversampled magnitude over all channels between it and
-    its neighbours; `circular` treats the audio as a loop (the end flows into the start)."""
+    its neighbours; `circular` treats the audio as a loop (the end flows into the start),
+    otherwise as played from and into silence."""
     # oversampled_peaks covers n .. n + 3/4; a gain applied at n must also cover the points
     # between n - 1 and n.
-    after = oversampled_peaks(audio, circular=circular).astype(np.float64)
+    after = _limited_peaks(audio, circular).astype(np.float64)
     before = np.roll(after, 1) if circular else np.concatenate([after[:1], after[:-1]])
     peaks: np.ndarray = np.maximum(after, before)
     return peaks
 
 
 def true_peak_dbtp(audio: np.ndarray, *, circular: bool = False) -> float:
-    """True peak of (channels, frames) audio in dBTP (-inf for digital silence)."""
-    peak = true_peak(audio, circular=circular)
+    """True peak of (channels, frames) audio in dBTP (-inf for digital silence), as the limiter
+    reads it (`circular` as for sample_true_peaks)."""
+    peak = float(_limited_peaks(audio, circular).max())
     return -np.inf if peak == 0.0 else float(20.0 * np.log10(peak))
+
+
+def _limited_peaks(audio: np.ndarray, circular: bool) -> np.ndarray:
+    if circular:
+        return oversampled_peaks(audio, ends="loop")
+    # A one-shot is held under its ceiling both as a player starts it from silence (a master
+    # whose fades are off clicks in) and as a measurement reads it (mirrored, as ffmpeg does).
+    peaks: np.ndarray = np.maximum(
+        oversampled_peaks(audio, ends="silent"), oversampled_peaks(audio)
+    )
+    return peaks
 
 
 def limit_true_peak(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 import numpy as np
 from pyloudnorm.iirfilter import IIRfilter
@@ -159,30 +160,35 @@ def _lufs(powers: np.ndarray) -> float:
     return -math.inf if power <= 0.0 else -0.691 + 10.0 * math.log10(power)
 
 
-def oversampled_peaks(audio: np.ndarray, *, circular: bool = False) -> np.ndarray:
+# What lies beyond the audio's ends: itself mirrored, as ffmpeg's ebur128 (libswresample)
+# reads a file's start; silence, as a player starts and stops it (a file that starts or ends
+# loud then overshoots by up to 1 dB: the click into and out of silence); or its own other
+# end, as a loop plays (the end flows into the start).
+Ends = Literal["mirrored", "silent", "loop"]
+
+
+def oversampled_peaks(audio: np.ndarray, *, ends: Ends = "mirrored") -> np.ndarray:
     """Per frame n, the largest magnitude over all channels of the 4x-oversampled signal at
-    n, n + 1/4, n + 2/4 and n + 3/4; `circular` treats the audio as a loop (the end flows
-    into the start), otherwise it is mirrored beyond its ends."""
+    n, n + 1/4, n + 2/4 and n + 3/4, with `ends` beyond the audio."""
     samples = np.asarray(audio, dtype=np.float32)
     peaks: np.ndarray = np.abs(samples).max(axis=0)
     # One thread per channel: the matrix products let go of the GIL.
     with ThreadPoolExecutor(max_workers=len(samples)) as pool:
-        for between in pool.map(lambda channel: _between_peaks(channel, circular), samples):
+        for between in pool.map(lambda channel: _between_peaks(channel, ends), samples):
             np.maximum(peaks, between, out=peaks)
     return peaks
 
 
-def _between_peaks(channel: np.ndarray, circular: bool) -> np.ndarray:
+def _between_peaks(channel: np.ndarray, ends: Ends) -> np.ndarray:
     """Per frame n, the largest magnitude of one channel at n + 1/4, n + 2/4 and n + 3/4."""
     frames = channel.size
     after = _TAPS - _BEFORE - 1
-    if circular:
+    if ends == "loop":
         padded = channel.take(np.arange(-_BEFORE, frames + after), mode="wrap")
     else:
-        # Mirrored, as ffmpeg's ebur128 (libswresample) extends a file: silence beyond the ends
-        # would read the step into a file that starts or ends loud as an overshoot of up to
-        # 1 dB, a click of the player's start and stop rather than a peak of the audio.
-        padded = np.pad(channel, (_BEFORE, after), mode="reflect")
+        padded = np.pad(
+            channel, (_BEFORE, after), mode="reflect" if ends == "mirrored" else "constant"
+        )
     windows = np.lib.stride_tricks.sliding_window_view(padded, _TAPS)
     peaks = np.empty(frames, np.float32)
     for start in range(0, frames, _CHUNK):
@@ -195,10 +201,10 @@ def _between_peaks(channel: np.ndarray, circular: bool) -> np.ndarray:
     return peaks
 
 
-def true_peak(audio: np.ndarray, *, circular: bool = False) -> float:
-    """Largest 4x-oversampled magnitude of (channels, frames) audio, as a linear amplitude;
-    `circular` as for oversampled_peaks."""
-    return float(oversampled_peaks(audio, circular=circular).max())
+def true_peak(audio: np.ndarray, *, ends: Ends = "mirrored") -> float:
+    """Largest 4x-oversampled magnitude of (channels, frames) audio, as a linear amplitude,
+    with `ends` beyond the audio."""
+    return float(oversampled_peaks(audio, ends=ends).max())
 
 
 SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term window

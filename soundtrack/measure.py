@@ -112,7 +112,7 @@ def measure(
         inside = [int(b) - loop_start for b in bar_lines if 0 < b - loop_start < loop_length]
         seam = _measure_seam(region, sample_rate, inside)
         # A player crosses the seam on every pass: its end flows into its start.
-        peak = max(peak, true_peak(region, circular=True))
+        peak = max(peak, true_peak(region, ends="loop"))
     sample_peak = float(np.max(np.abs(audio)))
     return Metrics(
         sample_rate=sample_rate,

@@ -225,6 +225,6 @@ def test_circular_peaks_wrap_the_end_into_the_start() -> None:
     frames = loop.shape[1]
     # The middle of three copies back to back sees its neighbours as the loop would.
     expected = _upsampled_magnitudes(np.tile(loop, 3))[frames : 2 * frames]
-    assert np.abs(oversampled_peaks(loop, circular=True) - expected).max() < 1e-6
+    assert np.abs(oversampled_peaks(loop, ends="loop") - expected).max() < 1e-6
     # Without the wrap the first and last few frames see silence, and read differently.
     assert np.abs(oversampled_peaks(loop) - expected).max() > 1e-3

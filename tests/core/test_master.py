@@ -15,10 +15,12 @@ from soundtrack.encode import encode
 from soundtrack.errors import AudioError, InputError
 from soundtrack.gates import GateResult, judge
 from soundtrack.limiter import limit_true_peak, true_peak_dbtp
+from soundtrack.loudness import oversampled_peaks
 from soundtrack.manifest import load_manifest
 from soundtrack.master import (
     _MIN_DURATION_S,
     DC_HIGHPASS_HZ,
+    ENCODING_HEADROOM_DB,
     MAX_MAKEUP_DB,
     Master,
     _without_dc,
@@ -82,6 +84,22 @@ def test_encoded_files_meet_the_profile(profile: str, tmp_path: Path) -> None:
         assert _lead_silence_s(decoded, rate) <= 0.05
         assert _trail_silence_s(decoded, rate) <= 0.5
         assert np.abs(decoded.mean(axis=1)).max() <= 0.001
+
+
+def test_a_master_without_fades_stays_under_its_ceiling_as_played_from_silence() -> None:
+    """With fades off, a one-shot starts and ends mid-waveform: a player starting it from
+    silence overshoots there, which a reading that mirrors the ends does not see."""
+    rate = 44100
+    t = np.arange(4 * rate) / rate
+    wave = 0.5 * np.cos(2 * np.pi * 8000 * t) * np.cos(2 * np.pi * 300 * t)
+    target = LoudnessTarget(integrated_lufs=-4.0)  # loud enough to need the limiter
+    mastering = Mastering(loudness=target, fade_in_ms=0.0, fade_out_s=0.0)
+    m = master(np.stack([wave, wave]), rate, mastering, loop=False, duration_s=4)
+    assert m.limiter_reduction_db > 0.0
+    ceiling = target.true_peak_max_dbtp - ENCODING_HEADROOM_DB
+    played = 20 * np.log10(oversampled_peaks(m.audio, ends="silent").max())
+    assert played <= ceiling
+    assert 20 * np.log10(oversampled_peaks(m.audio).max()) <= ceiling
 
 
 def test_limiter_lowers_the_peaks_and_leaves_the_body(tmp_path: Path) -> None:
