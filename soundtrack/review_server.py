@@ -225,8 +225,9 @@ class _Server(ThreadingHTTPServer):
         self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
     ) -> None:
         # A browser drops requests it no longer needs (seeking, a closed tab), while they are
-        # read, answered or refused: not an error, and no traceback.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        # read, answered or refused, or stops reading one for a minute (a paused player): not
+        # an error, and no traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
             super().handle_error(request, client_address)
 
 
@@ -235,6 +236,15 @@ class _Handler(BaseHTTPRequestHandler):
     review_port: int
     protocol_version = "HTTP/1.1"  # keep-alive: a player's range requests reuse one connection
     server_version = "soundtrack-review"
+    # A connection silent this long is closed: each open one holds a thread.
+    timeout = 60.0
+
+    def end_headers(self) -> None:
+        # Every answer (http.server's own refusals too): read as the type it says, and usable by
+        # this page alone: another site's page could otherwise play the files in its own <audio>.
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        super().end_headers()
 
     def do_GET(self) -> None:
         self._respond(body=True)
@@ -308,7 +318,6 @@ class _Handler(BaseHTTPRequestHandler):
         text = f"{status.value} {status.phrase}: {reason}\n".encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Content-Length", str(len(text)))
         self.end_headers()
         if body:

@@ -265,6 +265,10 @@ def test_the_server_sends_the_page_and_byte_ranges_of_files_in_the_lock(
     assert status == 206 and body == audio[100:1100]
     assert headers["Content-Range"] == f"bytes 100-1099/{len(audio)}"
     assert headers["Accept-Ranges"] == "bytes" and headers["Content-Type"] == "audio/wav"
+    # Another site's page may not play the files in its own <audio> (the Host check cannot
+    # tell: the browser sends this server's own name).
+    assert headers["Cross-Origin-Resource-Policy"] == "same-origin"
+    assert headers["X-Content-Type-Options"] == "nosniff"
     status, _, body = server.get("/loop.wav")
     assert status == 200 and body == audio
     status, headers, _ = server.get("/loop.wav", Range=f"bytes={len(audio)}-")
@@ -337,6 +341,26 @@ def test_the_server_refuses_other_host_names_and_changed_files(
     status, _, body = server.get("/loop.wav")
     assert status == 502 and b"not a regular file" in body, body
     assert server.get("/")[0] == 200
+
+
+def test_a_silent_connection_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each open connection holds a thread: 300 that sent nothing were held for ever."""
+    monkeypatch.setattr("soundtrack.review_server._Handler.timeout", 0.5)
+    root = tmp_path / "assets"
+    (root / SOUNDTRACK).mkdir(parents=True)
+    LocalStorage(str(root), root).write_index(SOUNDTRACK, report_of([]).to_json().encode())
+    server = Served(LocalStorage(str(root), root), tmp_path / "cache")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as silent:
+            silent.sendall(b"GET / HTTP/1.1\r\n")  # and never the rest
+            assert silent.recv(1024) == b"", "closed without an answer"
+        assert server.get("/")[0] == 200
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_a_browser_gone_before_its_error_is_sent_leaves_no_traceback(
