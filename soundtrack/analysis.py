@@ -283,7 +283,7 @@ def compare(a: Analysis, b: Analysis) -> Comparison:
     )
     no_tempo = [name for name, x in (("a", a), ("b", b)) if x.tempo_bpm is None]
     tempo_text = (
-        f"no tempo in {' or '.join(no_tempo)}"
+        f"no tempo in {' and '.join(no_tempo)}"
         if tempo_ratio is None
         else _tempo_verdict(tempo_ratio)
     )

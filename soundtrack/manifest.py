@@ -171,14 +171,18 @@ for _tag, _pattern, _first in _CORE_SCHEMA:
 
 # Far above any field's bound (a seed is under 2**32): a longer integer is refused as written,
 # before Python builds it (or its text, to quote it: over 4300 digits that raises).
-_MAX_INTEGER_CHARS = 40
+_MAX_INTEGER_DIGITS = 40
 
 
 def _construct_int(loader: _ManifestLoader, node: yaml.ScalarNode) -> int:
     text = node.value
-    if len(text) > _MAX_INTEGER_CHARS:
-        raise ValueError(f"an integer of {len(text)} characters; no setting takes one that large")
-    return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)
+    based = text[:2] in ("0o", "0x")
+    if len((text[2:] if based else text).lstrip("0")) > _MAX_INTEGER_DIGITS:
+        raise ValueError(
+            f"an integer of {len(text)} characters, larger than any setting takes (quote it if "
+            "it is text)"
+        )
+    return int(text, 0) if based else int(text, 10)
 
 
 def _construct_float(loader: _ManifestLoader, node: yaml.ScalarNode) -> float:

@@ -83,7 +83,10 @@ def text_problem(text: str) -> str | None:
         return "contains control characters"
     if any(c in _BIDI_CONTROLS for c in text):
         # What follows shows reordered in a log or a terminal: text that reads as something else.
-        return "contains a bidirectional control (U+202A-U+202E, U+2066-U+2069)"
+        return (
+            "contains a bidirectional control (U+202A-U+202E, U+2066-U+2069): remove it (the "
+            "marks U+200E, U+200F and U+061C are allowed)"
+        )
     if "\u2028" in text or "\u2029" in text:
         return "contains a line or paragraph separator (U+2028, U+2029): use a newline"
     if "\ufffe" in text or "\uffff" in text:

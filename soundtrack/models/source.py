@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit safetensors itself sets
 _Stats = tuple[tuple[str, int, int, int, int], ...]  # name, size, mtime, ctime, inode per file
 _fingerprints: dict[tuple[str, _Stats], str] = {}
 _unsaved: dict[tuple[str, _Stats], str] = {}  # hashed, not yet in the cache (keep_fingerprints)
+_saving = threading.Lock()
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -504,8 +506,9 @@ def _remembered(key: tuple[str, _Stats]) -> str | None:
 def keep_fingerprints() -> None:
     """Save the fingerprints hashed so far for later runs; called once the inputs are accepted
     (or a model loaded), so a refused manifest leaves the cache as it found it."""
-    while _unsaved:
-        _remember(*_unsaved.popitem())
+    with _saving:  # a build's threads load a separator and a generator at once
+        while _unsaved:
+            _remember(*_unsaved.popitem())
 
 
 def _remember(key: tuple[str, _Stats], fingerprint: str) -> None:

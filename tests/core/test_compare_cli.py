@@ -95,7 +95,7 @@ def test_silence_has_no_timbre_or_brightness_to_compare(
     assert str(data["verdict"]).startswith("no tempo in a,")  # not "no common tempo"
     both = compare(silent, silent)
     assert str(both["verdict"]).endswith("a and b silent")
-    assert str(both["verdict"]).startswith("no tempo in a or b,")
+    assert str(both["verdict"]).startswith("no tempo in a and b,")
 
 
 def test_compare_a_missing_file_exits_2(tmp_path: Path, grooves: dict[str, Path]) -> None:

@@ -525,6 +525,13 @@ def test_merge_keys_merge_and_override(tmp_path: Path) -> None:
     assert code == 2 and "tracks[2].duration (line 16): Input should be greater" in output
 
 
+def test_leading_zeros_do_not_make_an_integer_too_long(tmp_path: Path) -> None:
+    manifest = "schema: 1\nsoundtrack: t\ntracks:\n  - {id: a, prompt: p, seed: %s}\n"
+    for seed in ("0" * 60 + "42", "0x" + "0" * 60 + "2a"):
+        code, output = validate(write(tmp_path, manifest % seed))
+        assert code == 0, output
+
+
 @pytest.mark.parametrize("digits", ["1" + "0" * 5000, "0x" + "f" * 5000, "0o" + "7" * 6000])
 def test_a_value_python_cannot_hold_is_a_yaml_error(tmp_path: Path, digits: str) -> None:
     """A hexadecimal or octal integer that long was built, then raised a traceback when its
@@ -534,7 +541,7 @@ def test_a_value_python_cannot_hold_is_a_yaml_error(tmp_path: Path, digits: str)
     assert code == 2, output
     assert (
         f"YAML error at line 4, column 30: cannot read this value (an integer of {len(digits)} "
-        "characters; no setting takes one that large)"
+        "characters, larger than any setting takes (quote it if it is text))"
     ) in output
 
 
