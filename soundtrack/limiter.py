@@ -6,7 +6,7 @@ import numpy as np
 from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
 from soundtrack.errors import AudioError
-from soundtrack.loudness import oversampled_peaks
+from soundtrack.loudness import INTERPOLATOR_TAPS, oversampled_peaks
 
 ATTACK_MS = 5.0  # the gain ramps down over this time before a peak (look-ahead)
 RELEASE_MS = 80.0  # the gain reduction (in dB) decays with this time constant, whatever its depth
@@ -40,9 +40,16 @@ def _limited_peaks(audio: np.ndarray, circular: bool) -> np.ndarray:
         return oversampled_peaks(audio, ends="loop")
     # A one-shot is held under its ceiling both as a player starts it from silence (a master
     # whose fades are off clicks in) and as a measurement reads it (mirrored, as ffmpeg does).
-    peaks: np.ndarray = np.maximum(
-        oversampled_peaks(audio, ends="silent"), oversampled_peaks(audio)
-    )
+    # The two differ only within the interpolator's reach of either end.
+    peaks = oversampled_peaks(audio, ends="silent")
+    reach = 2 * INTERPOLATOR_TAPS
+    if peaks.size <= 2 * reach:
+        both: np.ndarray = np.maximum(peaks, oversampled_peaks(audio))
+        return both
+    near = INTERPOLATOR_TAPS  # of a `reach` slice, the frames its cut end does not reach
+    head, tail = oversampled_peaks(audio[:, :reach]), oversampled_peaks(audio[:, -reach:])
+    np.maximum(peaks[:near], head[:near], out=peaks[:near])
+    np.maximum(peaks[-near:], tail[-near:], out=peaks[-near:])
     return peaks
 
 

@@ -30,15 +30,21 @@ _CHANNEL_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)  # L, R, C, Ls, Rs (BS.1770-4 eq.
 # windowed sinc cut at the original Nyquist keeps phase 0 equal to the samples themselves, so
 # only the three in-between phases are computed (flat to 15 kHz, -0.5 dB at 18 kHz at 44.1 kHz).
 OVERSAMPLING = 4
-_TAPS = 12
+INTERPOLATOR_TAPS = 12  # per phase: what lies beyond the ends reaches this far in
 _INTERPOLATOR = OVERSAMPLING * firwin(
-    _TAPS * OVERSAMPLING + 1, 1.0 / OVERSAMPLING, window=("kaiser", 5.0)
+    INTERPOLATOR_TAPS * OVERSAMPLING + 1, 1.0 / OVERSAMPLING, window=("kaiser", 5.0)
 )
 # The point n + p/4 is sum_k h[p + 4k] * x[n + 6 - k]: row p-1 of this matrix, applied to the
 # window x[n-5 .. n+6], gives it (one matrix product runs the three phases through BLAS).
-_BEFORE = _TAPS // 2 - 1
+_BEFORE = INTERPOLATOR_TAPS // 2 - 1
 _PHASE_MATRIX = np.array(
-    [[_INTERPOLATOR[p + OVERSAMPLING * (_TAPS - 1 - i)] for i in range(_TAPS)] for p in (1, 2, 3)],
+    [
+        [
+            _INTERPOLATOR[p + OVERSAMPLING * (INTERPOLATOR_TAPS - 1 - i)]
+            for i in range(INTERPOLATOR_TAPS)
+        ]
+        for p in (1, 2, 3)
+    ],
     dtype=np.float32,
 )
 _CHUNK = 16384  # frames per matrix product: its 12 windows (768 KiB) stay in the L2 cache
@@ -182,14 +188,14 @@ def oversampled_peaks(audio: np.ndarray, *, ends: Ends = "mirrored") -> np.ndarr
 def _between_peaks(channel: np.ndarray, ends: Ends) -> np.ndarray:
     """Per frame n, the largest magnitude of one channel at n + 1/4, n + 2/4 and n + 3/4."""
     frames = channel.size
-    after = _TAPS - _BEFORE - 1
+    after = INTERPOLATOR_TAPS - _BEFORE - 1
     if ends == "loop":
         padded = channel.take(np.arange(-_BEFORE, frames + after), mode="wrap")
     else:
         padded = np.pad(
             channel, (_BEFORE, after), mode="reflect" if ends == "mirrored" else "constant"
         )
-    windows = np.lib.stride_tricks.sliding_window_view(padded, _TAPS)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, INTERPOLATOR_TAPS)
     peaks = np.empty(frames, np.float32)
     for start in range(0, frames, _CHUNK):
         # A contiguous copy lets matmul hand the product to BLAS (a strided view it multiplies
