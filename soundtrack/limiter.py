@@ -6,7 +6,7 @@ import numpy as np
 from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
 from soundtrack.errors import AudioError
-from soundtrack.loudness import INTERPOLATOR_TAPS, oversampled_peaks
+from soundtrack.loudness import INTERPOLATOR_TAPS, oversampled_peaks, played_peaks
 
 ATTACK_MS = 5.0  # the gain ramps down over this time before a peak (look-ahead)
 RELEASE_MS = 80.0  # the gain reduction (in dB) decays with this time constant, whatever its depth
@@ -16,28 +16,30 @@ _MAX_PASSES = 6
 _AIM_BELOW_DB = 0.02
 
 
-def sample_true_peaks(audio: np.ndarray, *, circular: bool = False) -> np.ndarray:
+def sample_true_peaks(audio: np.ndarray, *, loop_start: int | None = None) -> np.ndarray:
     """Per input sample, the largest 4x-oversampled magnitude over all channels between it and
-    its neighbours; `circular` treats the audio as a loop (the end flows into the start),
-    otherwise as played from and into silence."""
+    its neighbours; with a `loop_start`, the audio loops from there to its end (the end flows
+    into that frame), otherwise it is a one-shot, played from and into silence."""
     # oversampled_peaks covers n .. n + 3/4; a gain applied at n must also cover the points
     # between n - 1 and n.
-    after = _limited_peaks(audio, circular).astype(np.float64)
-    before = np.roll(after, 1) if circular else np.concatenate([after[:1], after[:-1]])
+    after = _limited_peaks(audio, loop_start).astype(np.float64)
+    before = np.concatenate([after[:1], after[:-1]])
+    if loop_start is not None:  # the loop's first frame also follows its last
+        before[loop_start] = max(before[loop_start], after[-1])
     peaks: np.ndarray = np.maximum(after, before)
     return peaks
 
 
-def true_peak_dbtp(audio: np.ndarray, *, circular: bool = False) -> float:
+def true_peak_dbtp(audio: np.ndarray, *, loop_start: int | None = None) -> float:
     """True peak of (channels, frames) audio in dBTP (-inf for digital silence), as the limiter
-    reads it (`circular` as for sample_true_peaks)."""
-    peak = float(_limited_peaks(audio, circular).max())
+    reads it (`loop_start` as for sample_true_peaks)."""
+    peak = float(_limited_peaks(audio, loop_start).max())
     return -np.inf if peak == 0.0 else float(20.0 * np.log10(peak))
 
 
-def _limited_peaks(audio: np.ndarray, circular: bool) -> np.ndarray:
-    if circular:
-        return oversampled_peaks(audio, ends="loop")
+def _limited_peaks(audio: np.ndarray, loop_start: int | None) -> np.ndarray:
+    if loop_start is not None:  # read as measure() reads a file with these loop points
+        return played_peaks(audio, loop=(loop_start, audio.shape[1] - loop_start))
     # A one-shot is held under its ceiling both as a player starts it from silence (a master
     # whose fades are off clicks in) and as a measurement reads it (mirrored, as ffmpeg does).
     # The two differ only within the interpolator's reach of either end.
@@ -54,22 +56,22 @@ def _limited_peaks(audio: np.ndarray, circular: bool) -> np.ndarray:
 
 
 def limit_true_peak(
-    audio: np.ndarray, sample_rate: int, ceiling_dbtp: float, *, circular: bool = False
+    audio: np.ndarray, sample_rate: int, ceiling_dbtp: float, *, loop_start: int | None = None
 ) -> tuple[np.ndarray, float]:
     """Keep the true peak at or below `ceiling_dbtp` with a smooth gain envelope (look-ahead
     attack, exponential release); returns the limited audio and its largest reduction in dB."""
     out = audio
     total_gain_db = np.zeros(audio.shape[1])
     for _ in range(_MAX_PASSES):
-        peaks = sample_true_peaks(out, circular=circular)
+        peaks = sample_true_peaks(out, loop_start=loop_start)
         if peaks.max() <= 10.0 ** (ceiling_dbtp / 20.0):
             return out, max(0.0, -float(total_gain_db.min()))
-        gain_db = limiter_gain_db(peaks, sample_rate, ceiling_dbtp, circular=circular)
+        gain_db = limiter_gain_db(peaks, sample_rate, ceiling_dbtp, circular=loop_start is not None)
         out = out * 10.0 ** (gain_db / 20.0)
         total_gain_db += gain_db
     raise AudioError(
         f"true-peak limiter did not reach {ceiling_dbtp} dBTP in {_MAX_PASSES} passes "
-        f"(true peak {true_peak_dbtp(out, circular=circular):.2f} dBTP)"
+        f"(true peak {true_peak_dbtp(out, loop_start=loop_start):.2f} dBTP)"
     )
 
 

@@ -185,6 +185,33 @@ def oversampled_peaks(audio: np.ndarray, *, ends: Ends = "mirrored") -> np.ndarr
     return peaks
 
 
+def played_peaks(
+    audio: np.ndarray, *, loop: tuple[int, int] | None = None, ends: Ends = "mirrored"
+) -> np.ndarray:
+    """oversampled_peaks with `ends` beyond the audio, and where a `loop` (first frame, length)
+    joins its end to its first frame the larger of both readings: every pass crosses that seam."""
+    peaks = oversampled_peaks(audio, ends=ends)
+    if loop is None:
+        return peaks
+    first, length = loop
+    end = first + length
+    reach, near = 2 * INTERPOLATOR_TAPS, INTERPOLATOR_TAPS
+    if length <= 2 * reach:
+        wrapped = oversampled_peaks(audio[:, first:end], ends="loop")
+        np.maximum(peaks[first:end], wrapped, out=peaks[first:end])
+        return peaks
+    # The loop's end, then its start: the frames within `near` of the join read as played (the
+    # slice's own cut ends reach no further than its outer `reach - near` frames).
+    seam = oversampled_peaks(
+        np.concatenate([audio[:, end - reach : end], audio[:, first : first + reach]], axis=1)
+    )
+    np.maximum(peaks[end - near : end], seam[reach - near : reach], out=peaks[end - near : end])
+    np.maximum(
+        peaks[first : first + near], seam[reach : reach + near], out=peaks[first : first + near]
+    )
+    return peaks
+
+
 def _between_peaks(channel: np.ndarray, ends: Ends) -> np.ndarray:
     """Per frame n, the largest magnitude of one channel at n + 1/4, n + 2/4 and n + 3/4."""
     frames = channel.size

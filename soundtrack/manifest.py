@@ -176,10 +176,11 @@ _MAX_INTEGER_DIGITS = 40
 
 def _construct_int(loader: _ManifestLoader, node: yaml.ScalarNode) -> int:
     text = node.value
-    based = text[:2] in ("0o", "0x")
-    if len((text[2:] if based else text).lstrip("0")) > _MAX_INTEGER_DIGITS:
+    based = text[:2] in ("0o", "0x")  # YAML 1.2's core schema signs decimal integers only
+    digits = (text[2:] if based else text.lstrip("+-")).lstrip("0")
+    if len(digits) > _MAX_INTEGER_DIGITS:
         raise ValueError(
-            f"an integer of {len(text)} characters, larger than any setting takes (quote it if "
+            f"an integer of {len(digits)} digits, larger than any setting takes (quote it if "
             "it is text)"
         )
     return int(text, 0) if based else int(text, 10)

@@ -140,7 +140,9 @@ def finish(
     elif not loop:
         x = _fade(x[:, : round(duration_s * sr)], sr, mastering.fade_in_ms, mastering.fade_out_s)
     # 5. Normalise and limit: measure, apply, re-measure
-    out, gain_db, reduction_db = _normalise(x, sr, mastering, circular=loop)
+    out, gain_db, reduction_db = _normalise(
+        x, sr, mastering, loop_start=loop_start if loop else None
+    )
     return Master(
         audio=out.astype(np.float32),
         sample_rate=sr,
@@ -291,7 +293,7 @@ class _Pass:
 
 
 def _normalise(
-    x: np.ndarray, sample_rate: int, mastering: Mastering, *, circular: bool
+    x: np.ndarray, sample_rate: int, mastering: Mastering, *, loop_start: int | None
 ) -> tuple[np.ndarray, float, float]:
     """Gain to the loudness target, limit, re-measure and correct the gain (limiting lowers the
     loudness, more the harder it works); returns the master, its gain and the largest reduction."""
@@ -302,7 +304,7 @@ def _normalise(
     # same time: they are independent), and measure again only what the limiter changed.
     with ThreadPoolExecutor(max_workers=1) as pool:
         powers_job = pool.submit(block_powers, x, sample_rate)
-        peaks = sample_true_peaks(x, circular=circular)
+        peaks = sample_true_peaks(x, loop_start=loop_start)
         powers = powers_job.result()
     gain_db = target_lufs - gated_lufs(powers)
     # Past this much gain the limiter takes what the gain adds: a master brick-walled by +110 dB
@@ -314,7 +316,9 @@ def _normalise(
     best: _Pass | None = None
     for _ in range(_MAX_LOUDNESS_PASSES):
         scale = 10.0 ** (gain_db / 20.0)
-        envelope_db = limiter_gain_db(peaks * scale, sample_rate, ceiling_dbtp, circular=circular)
+        envelope_db = limiter_gain_db(
+            peaks * scale, sample_rate, ceiling_dbtp, circular=loop_start is not None
+        )
         limiting = bool(envelope_db.any())
         if limiting:
             limited = x * (scale * 10.0 ** (envelope_db / 20.0))
@@ -353,5 +357,5 @@ def _normalise(
         # Every scaled peak is already under the ceiling (limiter_gain_db found none over it).
         return limited, gain_db, 0.0
     # The envelope's own modulation can leave a few peaks a hair over: verify (and catch them).
-    limited, extra_db = limit_true_peak(limited, sample_rate, ceiling_dbtp, circular=circular)
+    limited, extra_db = limit_true_peak(limited, sample_rate, ceiling_dbtp, loop_start=loop_start)
     return limited, gain_db, -float(envelope_db.min()) + extra_db

@@ -13,7 +13,7 @@ import numpy as np
 
 from soundtrack.audio import check_signal, read_audio
 from soundtrack.errors import AudioError
-from soundtrack.loudness import BLOCK_S, integrated_lufs, true_peak
+from soundtrack.loudness import BLOCK_S, integrated_lufs, played_peaks
 from soundtrack.spec import GateLimits
 
 BLOCK_MS = 10.0  # silence is judged per 10 ms block, so a zero crossing is never "silence"
@@ -91,7 +91,7 @@ def measure(
     threshold = 10.0 ** (silence_threshold_dbfs / 20.0)
     lead_s, trail_s, dropout_s = _silences(audio, sample_rate, threshold)
     seam = _Seam()
-    peak = true_peak(audio)
+    loop = None
     if loop_start is not None and loop_length is not None:
         if loop_length < 1:  # a smpl loop ending before it starts, a LOOPSTART past the end
             raise AudioError(
@@ -111,8 +111,7 @@ def measure(
         region = audio[:, loop_start : loop_start + loop_length]
         inside = [int(b) - loop_start for b in bar_lines if 0 < b - loop_start < loop_length]
         seam = _measure_seam(region, sample_rate, inside)
-        # A player crosses the seam on every pass: its end flows into its start.
-        peak = max(peak, true_peak(region, ends="loop"))
+        loop = (loop_start, loop_length)
     sample_peak = float(np.max(np.abs(audio)))
     return Metrics(
         sample_rate=sample_rate,
@@ -120,7 +119,7 @@ def measure(
         frames=frames,
         duration_s=frames / sample_rate,
         integrated_lufs=integrated_lufs(audio, sample_rate),
-        true_peak_dbtp=_dbfs(peak),
+        true_peak_dbtp=_dbfs(float(played_peaks(audio, loop=loop).max())),
         sample_peak_dbfs=_dbfs(sample_peak),
         clipped_runs=_clipped_runs(audio, clip_run_samples, threshold),
         clip_run_samples=clip_run_samples,

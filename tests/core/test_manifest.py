@@ -527,7 +527,7 @@ def test_merge_keys_merge_and_override(tmp_path: Path) -> None:
 
 def test_leading_zeros_do_not_make_an_integer_too_long(tmp_path: Path) -> None:
     manifest = "schema: 1\nsoundtrack: t\ntracks:\n  - {id: a, prompt: p, seed: %s}\n"
-    for seed in ("0" * 60 + "42", "0x" + "0" * 60 + "2a"):
+    for seed in ("0" * 60 + "42", "+" + "0" * 60 + "42", "0x" + "0" * 60 + "2a"):
         code, output = validate(write(tmp_path, manifest % seed))
         assert code == 0, output
 
@@ -537,11 +537,12 @@ def test_a_value_python_cannot_hold_is_a_yaml_error(tmp_path: Path, digits: str)
     """A hexadecimal or octal integer that long was built, then raised a traceback when its
     error was written (Python writes no int of over 4300 digits as text)."""
     manifest = f"schema: 1\nsoundtrack: t\ntracks:\n  - {{id: a, prompt: p, seed: {digits}}}\n"
+    significant = len(digits.removeprefix("0x").removeprefix("0o"))
     code, output = validate(write(tmp_path, manifest))
     assert code == 2, output
     assert (
-        f"YAML error at line 4, column 30: cannot read this value (an integer of {len(digits)} "
-        "characters, larger than any setting takes (quote it if it is text))"
+        f"YAML error at line 4, column 30: cannot read this value (an integer of {significant} "
+        "digits, larger than any setting takes (quote it if it is text))"
     ) in output
 
 

@@ -102,6 +102,20 @@ def test_a_master_without_fades_stays_under_its_ceiling_as_played_from_silence()
     assert 20 * np.log10(oversampled_peaks(m.audio).max()) <= ceiling
 
 
+def test_a_loop_after_an_intro_is_limited_across_the_seam_it_plays() -> None:
+    """A bar loop starts at its first downbeat: its end flows into that frame, not into the
+    file's first. Limited as if it wrapped to frame 0, it measured over its ceiling."""
+    rate = 44100
+    t = np.arange(rate) / rate
+    square = 0.95 * np.sign(np.sin(2 * np.pi * 11000 * t + 0.3))
+    intro = np.zeros(rate // 2)
+    audio = np.stack([np.concatenate([intro, square])] * 2).astype(np.float32)
+    limited, reduction_db = limit_true_peak(audio, rate, -2.5, loop_start=intro.size)
+    assert reduction_db > 0.0
+    looped = measure(limited, rate, loop_start=intro.size, loop_length=rate)
+    assert looped.true_peak_dbtp <= -2.5
+
+
 def test_limiter_lowers_the_peaks_and_leaves_the_body(tmp_path: Path) -> None:
     # Music with a loud click every second, pushed to -16 LUFS: only the clicks need limiting.
     rate = 44100
