@@ -234,12 +234,6 @@ def _between_peaks(channel: np.ndarray, ends: Ends) -> np.ndarray:
     return peaks
 
 
-def true_peak(audio: np.ndarray, *, ends: Ends = "mirrored") -> float:
-    """Largest 4x-oversampled magnitude of (channels, frames) audio, as a linear amplitude,
-    with `ends` beyond the audio."""
-    return float(oversampled_peaks(audio, ends=ends).max())
-
-
 SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term window
 _SHORT_TERM_STEP_S = 0.1  # how often Tech 3342 reads it (10 Hz), as ffmpeg's ebur128 does
 _LRA_RELATIVE_GATE_LU = -20.0
