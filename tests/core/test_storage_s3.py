@@ -541,7 +541,7 @@ def test_missing_bucket_is_a_clear_permanent_error(
         ("s3://bucket/a#b", "may not contain"),
         ("s3://bucket/a\\b", "may not contain"),
         ("s3://bucket/a\tb", "may not contain"),
-        ("ftp://host/folder", "scheme"),
+        ("ftp://host/folder", "not a ftp:// URL"),
         ("", "empty"),
     ],
 )
