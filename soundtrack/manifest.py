@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import difflib
 import re
-from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +101,26 @@ class _ManifestLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _ManifestLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[Any, int] = {}
+    seen: dict[str, int] = {}
     for key_node, _ in node.value:
         if key_node.tag == _MERGE_TAG:
             continue  # `<<: *defaults`: overriding the merged keys is what a merge is for
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a list or a mapping as a key: a key is a name", key_node.start_mark
+            )
         key = loader.construct_object(key_node)
-        # A list or mapping as a key: construct_mapping reports it ("found unhashable key").
-        if not isinstance(key, Hashable):
-            continue
+        # Every mapping in a manifest is named fields (the schema's `Keys should be strings`
+        # would name the mapping's line and call a `~` key "None").
+        if not isinstance(key, str):
+            written = f"`{key_node.value}`" if key_node.value else "an empty key"
+            kind = "null" if key is None else "a flag" if isinstance(key, bool) else "a number"
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{written} reads as {kind}, and a key is a name: quote it if it is one",
+                key_node.start_mark,
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
