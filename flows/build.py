@@ -69,6 +69,18 @@ def worker_workspace() -> Path | None:
     return None
 
 
+class BuildRejected(SoundtrackError):
+    """A build that ran to its end with tracks rejected or failed, carrying its report: a failed
+    run's result must be an exception (a deployed run's engine raises it)."""
+
+    def __init__(self, message: str, report: BuildReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self) -> tuple[type[BuildRejected], tuple[str, BuildReport]]:
+        return (BuildRejected, (str(self), self.report))
+
+
 @dataclass(frozen=True)
 class RenderPool:
     """Where generation batches and separations go instead of this machine: a render-batch
@@ -280,5 +292,6 @@ def build_soundtrack(
         artifacts.stopped("interrupted")
         raise
     if result.failure is not None:
-        return Failed(message=redact(result.failure), data=result.report)
+        message = redact(result.failure)
+        return Failed(message=message, data=BuildRejected(message, result.report))
     return result.report

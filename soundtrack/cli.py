@@ -1138,7 +1138,7 @@ def build(
             stale.unlink()
 
     # 2. Run the flow with a progress bar fed by the tasks' events.
-    from flows.build import build_soundtrack
+    from flows.build import BuildRejected, build_soundtrack
     from flows.server import start_temporary_server
     from soundtrack import events
 
@@ -1187,6 +1187,8 @@ def build(
         )
         raise typer.Exit(EXIT_INTERRUPTED)
     result = state.result(raise_on_failure=False)
+    if isinstance(result, BuildRejected):
+        result = result.report  # tracks rejected or failed: the table, then exit 1
     if isinstance(result, SoundtrackError):
         fail(result)  # bad input found by the flow (a missing model): exit 2; storage busy: 75
     from prefect.exceptions import FailedRun

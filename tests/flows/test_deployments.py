@@ -275,6 +275,9 @@ def test_deployed_build_exits_0_when_approved_and_1_when_a_gate_rejects(
     assert good_rc == 0, good_log + worker_log
     assert bad_rc == 1, bad_log + worker_log
     assert review_rc == 0, review_log + worker_log
+    # A rejection is a verdict, not a bug: the run's logs hold no traceback (Prefect's engine
+    # raises a failed run's result, which must be an exception, in one line).
+    assert "Traceback" not in worker_log, worker_log
     assert review_id == str(paused.id)
     # The worker's log (the run's, in the UI) says where to answer.
     ui = prefect_server.api_url.removesuffix("/api")
