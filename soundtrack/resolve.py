@@ -104,20 +104,28 @@ def bar_seconds(bpm: float, time_signature: str | None) -> float:
 
 
 def gate_severities(values: Sequence[str], flag: str = "--gate") -> dict[str, str]:
-    """`NAME=SEVERITY` settings (tempo=warn) as a mapping; InputError naming what is wrong."""
+    """`NAME=SEVERITY` settings (tempo=warn) as a mapping; InputError naming every one that is
+    wrong."""
     out: dict[str, str] = {}
+    malformed, twice = [], []
     for value in values:
-        name, _, severity = value.partition("=")
-        if name not in GATE_NAMES or severity not in ("fail", "warn", "off"):
-            raise InputError(
-                f"{flag} {value!r}: write GATE=SEVERITY, SEVERITY one of fail, warn, off, GATE "
-                f"one of {', '.join(sorted(GATE_NAMES))}"
-            )
-        if out.get(name, severity) != severity:  # which one the user meant, only they know
-            raise InputError(
-                f"{flag} sets {name} twice: {name}={out[name]} and {value}; give it once"
-            )
-        out[name] = severity
+        name, equals, severity = value.partition("=")
+        if not equals or not name:
+            malformed.append(f"{flag} {value!r}: write GATE=SEVERITY")
+        elif name not in GATE_NAMES:
+            malformed.append(f"{flag} {value!r}: no gate is named {name!r}")
+        elif severity not in ("fail", "warn", "off"):
+            malformed.append(f"{flag} {value!r}: SEVERITY is one of fail, warn, off")
+        elif out.get(name, severity) != severity:  # which one the user meant, only they know
+            twice.append(f"{flag} sets {name} twice: {name}={out[name]} and {value}; give it once")
+        else:
+            out[name] = severity
+    problems = malformed + twice
+    names = f" (GATE is one of {', '.join(sorted(GATE_NAMES))})" if malformed else ""
+    if len(problems) == 1:
+        raise InputError(problems[0] + names)
+    if problems:
+        raise InputError(f"{len(problems)} problems with {flag}{names}", problems)
     return out
 
 

@@ -907,6 +907,16 @@ def test_gate_flag_sets_every_tracks_severity_and_refuses_nonsense(tmp_path: Pat
     assert str(refused.value) == (
         "--gate sets tempo twice: tempo=warn and tempo=fail; give it once"
     )
+    # Every problem at once, as a manifest's (a deployment's user sees only the run's state).
+    with pytest.raises(InputError) as refused:
+        gate_severities(["tempo", "tmepo=warn", "key=off", "key=maybe", "key=warn"])
+    assert refused.value.problems == [
+        "--gate 'tempo': write GATE=SEVERITY",
+        "--gate 'tmepo=warn': no gate is named 'tmepo'",
+        "--gate 'key=maybe': SEVERITY is one of fail, warn, off",
+        "--gate sets key twice: key=off and key=warn; give it once",
+    ]
+    assert "GATE is one of channels, clipping" in str(refused.value)
 
 
 @pytest.mark.parametrize(
