@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as NotYet
@@ -17,7 +18,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput
 from prefect.settings import get_current_settings
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from flows.markdown import literal
 from soundtrack.approval import Candidate, Verdict, candidates_report
@@ -94,10 +95,25 @@ def _paused(form: type[RunInput], timeout_s: float) -> RunInput:
     answered: Future[RunInput] = Future()
 
     def wait() -> None:
+        deadline = time.monotonic() + timeout_s
         try:
-            answered.set_result(
-                pause_flow_run(wait_for_input=form, timeout=round(timeout_s), poll_interval=POLL_S)
-            )
+            while True:
+                left_s = round(deadline - time.monotonic())
+                if left_s < 1:
+                    raise FlowPauseTimeout("the review was not answered in time")
+                try:
+                    answers = pause_flow_run(
+                        wait_for_input=form, timeout=left_s, poll_interval=POLL_S
+                    )
+                except ValidationError:
+                    # Resumed with no answers (its state set to Running by hand): nothing can
+                    # be published unreviewed, so the form is asked again.
+                    get_run_logger().warning(
+                        "the run was resumed without the review's answers: asking again"
+                    )
+                    continue
+                answered.set_result(answers)
+                return
         except BaseException as exc:  # handed to the build's thread, which raises it
             answered.set_exception(exc)
 

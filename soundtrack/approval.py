@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from soundtrack.redaction import redact
 from soundtrack.report import BuildReport, ModelInfo, ReviewRejection, TrackRecord
 from soundtrack.resolve import take
 from soundtrack.spec import TrackSpec
@@ -43,18 +44,21 @@ class Verdict:
     comment: str = ""
 
     def __post_init__(self) -> None:
-        # A reviewer's words reach terminals, CI logs and JUnit's XML: an ESC sequence would
-        # run, a bidi override would turn the line around, a lone surrogate is no text.
-        object.__setattr__(self, "comment", _plain(self.comment))
+        # A reviewer's words reach terminals, CI logs, JUnit's XML and the published lock: an
+        # ESC sequence would run, a bidi override would turn the line around, a lone surrogate
+        # is no text, and a secret pasted in (or filled in by Prefect's form) is no comment.
+        object.__setattr__(self, "comment", redact(_plain(self.comment)))
+
+
+# By Unicode category: controls and line breaks, lone surrogates, format characters.
+_REPLACED = {"Cc": " ", "Zl": " ", "Zp": " ", "Cs": "\ufffd", "Cf": ""}
 
 
 def _plain(text: str) -> str:
-    """`text` on one line: control characters as spaces, format characters dropped."""
+    """`text` on one line: control characters and line breaks as spaces, format characters
+    dropped."""
     kinds = {c: unicodedata.category(c) for c in set(text)}
-    return "".join(
-        " " if kinds[c] == "Cc" else "\ufffd" if kinds[c] == "Cs" else "" if kinds[c] == "Cf" else c
-        for c in text
-    ).strip()
+    return "".join(_REPLACED.get(kinds[c], c) for c in text).strip()
 
 
 class Reviewer(Protocol):

@@ -365,11 +365,18 @@ def test_every_record_of_a_spec_keeps_its_rejected_takes_whatever_became_of_it(
     assert tracks.records["menu"].rejected_in_review == rejected[:1]  # this spec's only
 
 
-def test_a_reviewers_comment_reaches_terminals_and_logs_as_plain_text() -> None:
-    """A comment with ESC sequences ran them in the terminal that printed the report."""
-    said = Verdict(False, "\x1b[2J\x1b[31mtoo loud\x00\u202egnorw\nsee\ud800 bar 3 ").comment
-    assert not [c for c in said if unicodedata.category(c) in ("Cc", "Cf", "Cs")]
-    assert said == "[2J [31mtoo loud gnorw see\ufffd bar 3"
+def test_a_reviewers_comment_reaches_terminals_and_logs_as_plain_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A comment with ESC sequences ran them in the terminal that printed the report; one
+    holding a secret (pasted, or a Prefect variable the form filled in) published it."""
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    said = Verdict(
+        False, f"\x1b[2J\x1b[31mtoo loud\x00\u202egnorw\nsee\ud800 bar\u20283 {secret} "
+    ).comment
+    assert not [c for c in said if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")]
+    assert said == "[2J [31mtoo loud gnorw see\ufffd bar 3 ***"
 
 
 def test_takes_nobody_reviewed_are_reported_failed_and_nothing_is_published(

@@ -81,6 +81,16 @@ def started(
     return process, since
 
 
+def resume_without_answer(api_url: str, run: Any) -> None:
+    """Force the paused run to Running without its input, as the UI's state menu can."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Running
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as api:
+        api.set_flow_run_state(run.id, Running(), force=True)
+
+
 def test_a_reviewer_approves_one_track_and_rejects_the_other_with_a_comment(
     project: Any, prefect_server: PrefectServer
 ) -> None:
@@ -92,6 +102,12 @@ def test_a_reviewer_approves_one_track_and_rejects_the_other_with_a_comment(
         # Paused before anything is published: no lock, no asset, and the storage let go.
         assert not (out / "soundtrack.lock.json").exists()
         assert not out.exists() or not list(out.glob("*.ogg"))
+        # Set running by hand (the UI's "Change state"), with no answer: asked again, not a
+        # traceback, and nothing published unreviewed.
+        resume_without_answer(prefect_server.api_url, run)
+        asked_first = run.state.state_details.pause_key if run.state else None
+        run = paused_run(prefect_server.api_url, since, process.poll)
+        assert run.state is not None and run.state.state_details.pause_key != asked_first
         schema, description = review_form(prefect_server.api_url, run)
         # A prompt is shown as written, not as Markdown: its link is no link.
         assert "](https" not in description and "\\[soft strings\\]" in description
@@ -111,6 +127,8 @@ def test_a_reviewer_approves_one_track_and_rejects_the_other_with_a_comment(
     assert set(schema["properties"]) == {"harbour", "chase"}
     assert set(schema["required"]) == {"harbour", "chase"}
     assert "answer at" in output and str(run.id) in output, output
+    assert "resumed without the review's answers: asking again" in output, output
+    assert "Traceback" not in output, output
     assert process.returncode == 1, output  # a track was rejected
 
     lock = json.loads((out / "soundtrack.lock.json").read_text())
