@@ -22,11 +22,11 @@ def sample_true_peaks(audio: np.ndarray, *, loop_start: int | None = None) -> np
     into that frame), otherwise it is a one-shot, played from and into silence."""
     # oversampled_peaks covers n .. n + 3/4; a gain applied at n must also cover the points
     # between n - 1 and n.
-    after = _limited_peaks(audio, loop_start).astype(np.float64)
-    before = np.concatenate([after[:1], after[:-1]])
+    after = _limited_peaks(audio, loop_start)
+    peaks = after.copy()
+    np.maximum(peaks[1:], after[:-1], out=peaks[1:])
     if loop_start is not None:  # the loop's first frame also follows its last
-        before[loop_start] = max(before[loop_start], after[-1])
-    peaks: np.ndarray = np.maximum(after, before)
+        peaks[loop_start] = max(peaks[loop_start], after[-1])
     return peaks
 
 
@@ -61,7 +61,7 @@ def limit_true_peak(
     """Keep the true peak at or below `ceiling_dbtp` with a smooth gain envelope (look-ahead
     attack, exponential release); returns the limited audio and its largest reduction in dB."""
     out = audio
-    total_gain_db = np.zeros(audio.shape[1])
+    total_gain_db = np.zeros(audio.shape[1], np.float32)
     for _ in range(_MAX_PASSES):
         peaks = sample_true_peaks(out, loop_start=loop_start)
         if peaks.max() <= 10.0 ** (ceiling_dbtp / 20.0):
@@ -78,30 +78,56 @@ def limit_true_peak(
 def limiter_gain_db(
     peaks: np.ndarray, sample_rate: int, ceiling_dbtp: float, *, circular: bool = False
 ) -> np.ndarray:
-    """The limiter's gain (dB, <= 0) per sample for `sample_true_peaks` output: at or below what
-    each peak needs to meet the ceiling, ramped down ahead of it and released after it."""
+    """The limiter's gain (dB, <= 0, float32) per sample for `sample_true_peaks` output: at or
+    below what each peak needs to meet the ceiling, ramped down ahead of it and released after."""
     aim_dbtp = ceiling_dbtp - _AIM_BELOW_DB
     if peaks.max() <= 10.0 ** (aim_dbtp / 20.0):
-        return np.zeros_like(peaks)  # nothing to limit
+        return np.zeros(peaks.shape, np.float32)  # nothing to limit
+    # float32 throughout, in place where it can be: a 10-minute track is 26 million samples.
     with np.errstate(divide="ignore"):
-        needed_db: np.ndarray = np.minimum(0.0, aim_dbtp - 20.0 * np.log10(peaks))
-    # Release: the reduction r = -gain_db decays as r[n] = max(-needed_db[n], a * r[n-1]), which
-    # unrolls to max_k<=n -needed_db[k] * a^(n-k): a running maximum in the log domain. A loop runs
-    # it over two periods so the end releases into the start.
+        needed_db = np.log10(peaks, dtype=np.float32)
+    needed_db *= -20.0
+    needed_db += aim_dbtp
+    np.minimum(needed_db, 0.0, out=needed_db)
     log_a = -1.0 / (RELEASE_MS / 1000.0 * sample_rate)
-    reduction = np.tile(-needed_db, 2) if circular else -needed_db
-    decay = log_a * np.arange(reduction.size)
-    with np.errstate(divide="ignore"):
-        log_reduction = np.log(reduction)
-    released = -np.exp(np.maximum.accumulate(log_reduction - decay) + decay)
-    if circular:
-        released = released[needed_db.size :]
+    released = np.empty_like(needed_db)
+    # A loop's end releases into its start: the reduction its end carries, from a first pass.
+    carry = _release(needed_db, log_a, -np.inf) if circular else -np.inf
+    _release(needed_db, log_a, carry, out=released)
     # Attack: hold each minimum over +-half, then average over the same span. Every sample in the
     # averaging window saw the current sample's requirement, so the result never exceeds it.
     half = max(1, round(ATTACK_MS / 2000.0 * sample_rate))
     mode = "wrap" if circular else "nearest"
     held = minimum_filter1d(released, size=2 * half + 1, mode=mode)
-    smoothed: np.ndarray = uniform_filter1d(held, size=2 * half + 1, mode=mode)
+    gain_db: np.ndarray = uniform_filter1d(held, size=2 * half + 1, mode=mode, output=released)
     # uniform_filter1d's running sum can round a hair above the held values: never above needed.
-    gain_db: np.ndarray = np.minimum(smoothed, needed_db)
+    np.minimum(gain_db, needed_db, out=gain_db)
     return gain_db
+
+
+_RELEASE_BLOCK = 1 << 16  # frames per step of the release's running maximum
+
+
+def _release(
+    needed_db: np.ndarray, log_a: float, carry: float, out: np.ndarray | None = None
+) -> float:
+    """The released reduction r[n] = max(-needed_db[n], a * r[n-1]) (negated into `out`), with
+    log r = `carry` the frame before the first; returns log r of the last frame.
+
+    Unrolled, r[n] = max over k <= n of -needed_db[k] * a^(n-k): a running maximum in the log
+    domain, taken block by block (the offsets stay small and so does the memory)."""
+    offsets = log_a * np.arange(min(_RELEASE_BLOCK, needed_db.size))
+    for start in range(0, needed_db.size, _RELEASE_BLOCK):
+        block = needed_db[start : start + _RELEASE_BLOCK].astype(np.float64)
+        steps = offsets[: block.size]
+        with np.errstate(divide="ignore"):
+            log_r = np.log(-block)
+        log_r -= steps
+        np.maximum.accumulate(log_r, out=log_r)
+        np.maximum(log_r, carry + log_a, out=log_r)
+        log_r += steps
+        carry = float(log_r[-1])
+        if out is not None:
+            np.exp(log_r, out=log_r)
+            out[start : start + block.size] = -log_r
+    return carry

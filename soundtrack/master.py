@@ -283,13 +283,20 @@ def _fade(x: np.ndarray, sample_rate: int, fade_in_ms: float, fade_out_s: float)
 
 @dataclass(frozen=True)
 class _Pass:
-    """One pass of the normalisation: the gain tried, the loudness it gave, the audio."""
+    """One pass of the normalisation: the gain tried, the loudness it gave, the limiter's
+    envelope (the audio is made again from them: a long track's copies add up)."""
 
     gain_db: float
     lufs: float
-    audio: np.ndarray
     envelope_db: np.ndarray
     limiting: bool
+
+
+def _gained(x: np.ndarray, gain_db: float, envelope_db: np.ndarray | None) -> np.ndarray:
+    """`x` at `gain_db`, under the limiter's envelope when it limits."""
+    scale = 10.0 ** (gain_db / 20.0)
+    out: np.ndarray = x * (scale if envelope_db is None else scale * 10.0 ** (envelope_db / 20.0))
+    return out
 
 
 def _normalise(
@@ -321,13 +328,11 @@ def _normalise(
         )
         limiting = bool(envelope_db.any())
         if limiting:
-            limited = x * (scale * 10.0 ** (envelope_db / 20.0))
-            lufs = integrated_lufs(limited, sample_rate)
+            lufs = integrated_lufs(_gained(x, gain_db, envelope_db), sample_rate)
         else:
-            limited = x * scale
             lufs = gated_lufs(powers * scale**2)
         if best is None or abs(target_lufs - lufs) < abs(target_lufs - best.lufs):
-            best = _Pass(gain_db, lufs, limited, envelope_db, limiting)
+            best = _Pass(gain_db, lufs, envelope_db, limiting)
         if abs(target_lufs - lufs) <= LOUDNESS_STEP_LU:
             break
         if previous is not None and previous[0] != gain_db:
@@ -347,15 +352,10 @@ def _normalise(
             f"encoders) within {mastering.loudness.tolerance_lu:g} LU: {best.lufs:.2f} LUFS at "
             f"best, with {MAX_MAKEUP_DB:g} dB of gain beyond plain normalisation for the limiter"
         )
-    gain_db, limited, envelope_db, limiting = (
-        best.gain_db,
-        best.audio,
-        best.envelope_db,
-        best.limiting,
-    )
-    if not limiting:
+    limited = _gained(x, best.gain_db, best.envelope_db if best.limiting else None)
+    if not best.limiting:
         # Every scaled peak is already under the ceiling (limiter_gain_db found none over it).
-        return limited, gain_db, 0.0
+        return limited, best.gain_db, 0.0
     # The envelope's own modulation can leave a few peaks a hair over: verify (and catch them).
     limited, extra_db = limit_true_peak(limited, sample_rate, ceiling_dbtp, loop_start=loop_start)
-    return limited, gain_db, -float(envelope_db.min()) + extra_db
+    return limited, best.gain_db, -float(best.envelope_db.min()) + extra_db

@@ -8,13 +8,20 @@ import numpy as np
 import pyloudnorm
 import pytest
 import soundfile as sf
+from scipy.ndimage import minimum_filter1d, uniform_filter1d
 from scipy.signal import butter, sosfiltfilt
 
 from soundtrack.audio import decode_with_ffmpeg, write_wav
 from soundtrack.encode import encode
 from soundtrack.errors import AudioError, InputError
 from soundtrack.gates import GateResult, judge
-from soundtrack.limiter import limit_true_peak, true_peak_dbtp
+from soundtrack.limiter import (
+    ATTACK_MS,
+    RELEASE_MS,
+    limit_true_peak,
+    limiter_gain_db,
+    true_peak_dbtp,
+)
 from soundtrack.loudness import oversampled_peaks
 from soundtrack.manifest import load_manifest
 from soundtrack.master import (
@@ -165,6 +172,34 @@ def test_hard_limited_noise_bursts_stay_under_the_ceiling_after_lossy_encoding(
     for f in encode(m, ["ogg", "mp3"], tmp_path, "bursts", tags=TAGS):
         _, true_peak = ebur128(f.path)
         assert true_peak <= loudness.true_peak_max_dbtp, f.format
+
+
+@pytest.mark.parametrize("circular", [False, True])
+def test_the_limiters_release_decays_each_reduction_sample_by_sample(circular: bool) -> None:
+    """The release, a running maximum taken in blocks to bound a long track's memory, is the
+    recursion r[n] = max(needed[n], a * r[n-1]); a loop's end releases into its start."""
+    rate, ceiling_dbtp = 48000, -1.0
+    frames = 3 * 65536 + 123
+    peaks = np.full(frames, 0.1, np.float32)
+    # Overs just before block boundaries, one whose release crosses two of them, and one at the
+    # very end that a loop carries into its first frames.
+    for at, level in ((65530, 2.0), (131000, 4.0), (140000, 1.5), (frames - 1, 3.0)):
+        peaks[at] = level
+    gain_db = limiter_gain_db(peaks, rate, ceiling_dbtp, circular=circular)
+
+    needed = np.minimum(0.0, ceiling_dbtp - 0.02 - 20 * np.log10(peaks.astype(np.float64)))
+    a = np.exp(-1.0 / (RELEASE_MS / 1000.0 * rate))
+    reduction, released = 0.0, np.empty(frames)
+    for _ in range(2 if circular else 1):  # a loop's second pass starts from its end's
+        for n in range(frames):
+            reduction = max(-needed[n], a * reduction)
+            released[n] = -reduction
+    half = round(ATTACK_MS / 2000.0 * rate)
+    mode = "wrap" if circular else "nearest"
+    held = minimum_filter1d(released, size=2 * half + 1, mode=mode)
+    expected = np.minimum(uniform_filter1d(held, size=2 * half + 1, mode=mode), needed)
+    assert np.abs(gain_db - expected).max() < 1e-4
+    assert (gain_db[:100] < -1.0).all() == circular  # the end's reduction, carried round
 
 
 def test_limiter_catches_intersample_peaks(tmp_path: Path) -> None:
