@@ -37,6 +37,7 @@ _INTERPOLATOR = OVERSAMPLING * firwin(
 # The point n + p/4 is sum_k h[p + 4k] * x[n + 6 - k]: row p-1 of this matrix, applied to the
 # window x[n-5 .. n+6], gives it (one matrix product runs the three phases through BLAS).
 _BEFORE = INTERPOLATOR_TAPS // 2 - 1
+_AFTER = INTERPOLATOR_TAPS - _BEFORE - 1
 _PHASE_MATRIX = np.array(
     [
         [
@@ -177,7 +178,9 @@ def oversampled_peaks(audio: np.ndarray, *, ends: Ends = "mirrored") -> np.ndarr
     """Per frame n, the largest magnitude over all channels of the 4x-oversampled signal at
     n, n + 1/4, n + 2/4 and n + 3/4, with `ends` beyond the audio."""
     samples = np.asarray(audio, dtype=np.float32)
-    peaks: np.ndarray = np.abs(samples).max(axis=0)
+    peaks: np.ndarray = np.abs(samples[0])
+    for channel in samples[1:]:
+        np.maximum(peaks, np.abs(channel), out=peaks)
     # One thread per channel: the matrix products let go of the GIL.
     with ThreadPoolExecutor(max_workers=len(samples)) as pool:
         for between in pool.map(lambda channel: _between_peaks(channel, ends), samples):
@@ -215,23 +218,39 @@ def played_peaks(
 def _between_peaks(channel: np.ndarray, ends: Ends) -> np.ndarray:
     """Per frame n, the largest magnitude of one channel at n + 1/4, n + 2/4 and n + 3/4."""
     frames = channel.size
-    after = INTERPOLATOR_TAPS - _BEFORE - 1
-    if ends == "loop":
-        padded = channel.take(np.arange(-_BEFORE, frames + after), mode="wrap")
-    else:
-        padded = np.pad(
-            channel, (_BEFORE, after), mode="reflect" if ends == "mirrored" else "constant"
-        )
-    windows = np.lib.stride_tricks.sliding_window_view(padded, INTERPOLATOR_TAPS)
     peaks = np.empty(frames, np.float32)
+    windows = np.empty((INTERPOLATOR_TAPS, min(_CHUNK, frames)), np.float32)
     for start in range(0, frames, _CHUNK):
-        # A contiguous copy lets matmul hand the product to BLAS (a strided view it multiplies
-        # in its own loop, at twice the time of the copy and the product together).
-        block = np.ascontiguousarray(windows[start : start + _CHUNK].T)
+        stop = min(start + _CHUNK, frames)
+        segment = _padded(channel, ends, start, stop)
+        # Row i holds the frames i - _BEFORE from each: contiguous rows let matmul hand the
+        # product to BLAS (a strided view it multiplies in its own loop, at twice the time).
+        block = windows[:, : stop - start]
+        for i in range(INTERPOLATOR_TAPS):
+            block[i] = segment[i : i + stop - start]
         between = _PHASE_MATRIX @ block
         np.abs(between, out=between)
-        np.maximum.reduce(between, out=peaks[start : start + _CHUNK])
+        np.maximum.reduce(between, out=peaks[start:stop])
     return peaks
+
+
+def _padded(channel: np.ndarray, ends: Ends, start: int, stop: int) -> np.ndarray:
+    """channel[start - _BEFORE : stop + _AFTER] with `ends` beyond the channel, as np.pad of the
+    whole channel reads it, made from the frames near the chunk alone (a copy of a channel is
+    100 MB for ten minutes)."""
+    frames = channel.size
+    low, high = start - _BEFORE, stop + _AFTER
+    if low >= 0 and high <= frames:
+        return channel[low:high]
+    if ends == "loop":
+        return channel.take(np.arange(low, high), mode="wrap")
+    # A mirror reads as far inside an end as it reaches beyond it.
+    first, last = max(0, low - _AFTER), min(frames, high + _BEFORE)
+    before, beyond = max(0, -low), max(0, high - frames)
+    piece = np.pad(
+        channel[first:last], (before, beyond), mode="reflect" if ends == "mirrored" else "constant"
+    )
+    return piece[low - first + before : high - first + before]
 
 
 SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term window
