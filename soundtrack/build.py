@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 
 # Mastering and encoding are light next to generation; a few run beside the one GPU batch.
 MAX_WORKERS = 4
+# A master holds a few copies of its track at once (about 2 GB for 600 s of stereo): past this
+# much audio in masters at once, the next waits (a track longer than this masters alone).
+MASTERING_BUDGET_S = 1200.0
 SETTLE_S = 120.0  # how long a stopped build waits for its steps under way (masters, publishes)
 
 
@@ -565,10 +568,12 @@ class _Tracks:
     _stale: set[str] = field(default_factory=set)  # parents --only left out of date
     _queued: deque[list[TrackSpec]] = field(default_factory=deque)  # batches for a busy device
     _rendering: int = 0
-    # Masters beyond MAX_WORKERS wait here, not in the pool's queue: a publish submitted when a
-    # master ends runs next, not after every master (500 recordings showed 0/500 for minutes).
+    # Masters beyond MAX_WORKERS (or the budget) wait here, in turn, not in the pool's queue: a
+    # publish submitted when a master ends runs next, not after every master (500 recordings
+    # showed 0/500 for minutes).
     _masters: deque[tuple[TrackSpec, Render | None]] = field(default_factory=deque)
     _mastering: int = 0
+    _mastering_s: float = 0.0
     _renders: set[Future[Any]] = field(default_factory=set)
     _in_turn: bool | None = None  # renders one batch at a time, in plan order (decided once)
 
@@ -770,10 +775,14 @@ class _Tracks:
         return True
 
     def master(self, spec: TrackSpec, render: Render | None) -> None:
-        if self._mastering >= MAX_WORKERS:
+        if self._masters or not self._fits(spec):
             self._masters.append((spec, render))
-            return
+        else:
+            self._start_master(spec, render)
+
+    def _start_master(self, spec: TrackSpec, render: Render | None) -> None:
         self._mastering += 1
+        self._mastering_s += spec.render_duration_s
         audio = render.path if render else spec.source
         model = _model_of(render) if render else None
         future = self.executor.submit(
@@ -790,9 +799,18 @@ class _Tracks:
     ) -> None:
         """What follows the master is submitted first (its publish), then a waiting master."""
         self._mastering -= 1
+        self._mastering_s -= spec.render_duration_s
         self._mastered(spec, model, future)
-        if self._masters:
-            self.master(*self._masters.popleft())
+        while self._masters and self._fits(self._masters[0][0]):
+            self._start_master(*self._masters.popleft())
+
+    def _fits(self, spec: TrackSpec) -> bool:
+        """Whether `spec` may master now, beside the masters under way."""
+        if self._mastering >= MAX_WORKERS:
+            return False
+        return (
+            not self._mastering or self._mastering_s + spec.render_duration_s <= MASTERING_BUDGET_S
+        )
 
     def _mastered(
         self, spec: TrackSpec, model: ModelInfo | None, future: Future[TrackOutcome]

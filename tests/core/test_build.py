@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import shutil
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -354,3 +355,52 @@ def test_a_recording_is_published_as_its_master_ends_not_after_every_master(
     # Never more masters waiting on the pool than it has threads.
     for n, submitted in enumerate(masters):
         assert sum(p < submitted for p in publishes) >= n - MAX_WORKERS, executor.labels
+
+
+class CountingExecutor(ThreadExecutor):
+    """Counts the masters running at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = self.most = 0
+        self._lock = threading.Lock()
+
+    def submit(self, step: Callable[..., T], *args: Any, label: str) -> Future[T]:
+        if not label.startswith("master["):
+            return super().submit(step, *args, label=label)
+
+        def counted(*given: Any) -> T:
+            with self._lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            try:
+                return step(*given)
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+        return super().submit(counted, *args, label=label)
+
+
+def test_masters_at_once_hold_no_more_audio_than_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four masters of 600 s ran at once (8.5 GB): a budget of audio seconds holds them back,
+    in turn, and a track longer than it still masters, alone."""
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
+    monkeypatch.setattr("soundtrack.build.MASTERING_BUDGET_S", 4.5)  # two of 2 s, not three
+    tracks = ""
+    for i, seconds in enumerate([2.0, 2.0, 2.0, 6.0, 2.0]):
+        sf.write(tmp_path / f"r{i}.wav", music_like(seconds, 44100, seed=i).T, 44100)
+        tracks += f"  - {{id: r{i}, source: r{i}.wav}}\n"
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        f"schema: 1\nsoundtrack: budget\nstorage: ./out\ndefaults: {{formats: [ogg]}}\n"
+        f"tracks:\n{tracks}"
+    )
+    executor = CountingExecutor()
+    result = build(manifest, Options(), executor=executor)
+    assert result.failure is None, result.failure
+    assert statuses(result) == dict.fromkeys([f"r{i}" for i in range(5)], "approved")
+    assert executor.most == 2  # MAX_WORKERS (4) without the budget
