@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import difflib
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,13 @@ class _ManifestLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one), bounds
     aliases and nesting while it composes, and reports a value it cannot build at its line."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, names_only: bool = False) -> None:
         super().__init__(text)
         self.aliases = 0
         self.nodes = 0
         self.depth = 0
+        # A manifest's keys are all field names; a model card's need not be (`2023: ...`).
+        self.names_only = names_only
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         """Count aliases, values and nesting as the composer meets them: its recursion and its
@@ -101,18 +104,21 @@ class _ManifestLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _ManifestLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[str, int] = {}
+    seen: dict[Hashable, int] = {}
     for key_node, _ in node.value:
         if key_node.tag == _MERGE_TAG:
             continue  # `<<: *defaults`: overriding the merged keys is what a merge is for
-        if not isinstance(key_node, yaml.ScalarNode):
+        if loader.names_only and not isinstance(key_node, yaml.ScalarNode):
             raise yaml.constructor.ConstructorError(
                 None, None, "a list or a mapping as a key: a key is a name", key_node.start_mark
             )
         key = loader.construct_object(key_node)
+        # A list or mapping as a key: construct_mapping reports it ("found unhashable key").
+        if not isinstance(key, Hashable):
+            continue
         # Every mapping in a manifest is named fields (the schema's `Keys should be strings`
         # would name the mapping's line and call a `~` key "None").
-        if not isinstance(key, str):
+        if loader.names_only and not isinstance(key, str):
             written = f"`{key_node.value}`" if key_node.value else "an empty key"
             kind = "null" if key is None else "a flag" if isinstance(key, bool) else "a number"
             raise yaml.constructor.ConstructorError(
@@ -301,7 +307,7 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[str, int]]:
     """Compose the YAML once, check its aliases and nesting, then build the data from it."""
     loader = None
     try:
-        loader = _ManifestLoader(text)  # its reader refuses control characters at once
+        loader = _ManifestLoader(text, names_only=True)  # its reader refuses control characters
         node = loader.get_single_node()
         if node is None:
             return None, {}

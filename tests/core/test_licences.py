@@ -120,6 +120,8 @@ BOMB = "".join(
         ("---\nlicense: free for non commercial use\n---\n", "unknown"),
         ("---\nlicense: other\nlicense_name: ask us first\n---\n", "unknown"),
         ("---\nlicense: openrail++\n---\n", "OPENRAIL++"),
+        # A card's other keys need not be names, as a manifest's must.
+        ("---\nlicense: cc-by-nc-4.0\nreleases: {2023: first, null: none}\n---\n", "CC-BY-NC-4.0"),
     ],
 )
 def test_a_card_that_says_anything_of_its_licence_wins_over_the_table(
