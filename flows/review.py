@@ -111,6 +111,7 @@ def _paused(form: type[RunInput], timeout_s: float) -> RunInput:
                     get_run_logger().warning(
                         "the run was resumed without the review's answers: asking again"
                     )
+                    time.sleep(POLL_S)  # however it came about, never a loop on the API
                     continue
                 answered.set_result(answers)
                 return

@@ -111,11 +111,10 @@ _RELEASE_BLOCK = 1 << 16  # frames per step of the release's running maximum
 def _release(
     needed_db: np.ndarray, log_a: float, carry: float, out: np.ndarray | None = None
 ) -> float:
-    """The released reduction r[n] = max(-needed_db[n], a * r[n-1]) (negated into `out`), with
-    log r = `carry` the frame before the first; returns log r of the last frame.
-
-    Unrolled, r[n] = max over k <= n of -needed_db[k] * a^(n-k): a running maximum in the log
-    domain, taken block by block (the offsets stay small and so does the memory)."""
+    """The released reduction r[n] = max(-needed_db[n], a * r[n-1]), negated into `out`, from
+    log r = `carry` the frame before the first; returns log r of the last frame."""
+    # Unrolled, r[n] = max over k <= n of -needed_db[k] * a^(n-k): a running maximum in the
+    # log domain, taken block by block (the offsets stay small, and so does the memory).
     offsets = log_a * np.arange(min(_RELEASE_BLOCK, needed_db.size))
     for start in range(0, needed_db.size, _RELEASE_BLOCK):
         block = needed_db[start : start + _RELEASE_BLOCK].astype(np.float64)

@@ -235,9 +235,9 @@ def _between_peaks(channel: np.ndarray, ends: Ends) -> np.ndarray:
 
 
 def _padded(channel: np.ndarray, ends: Ends, start: int, stop: int) -> np.ndarray:
-    """channel[start - _BEFORE : stop + _AFTER] with `ends` beyond the channel, as np.pad of the
-    whole channel reads it, made from the frames near the chunk alone (a copy of a channel is
-    100 MB for ten minutes)."""
+    """channel[start - _BEFORE : stop + _AFTER], with `ends` beyond the channel as np.pad of the
+    whole channel reads them."""
+    # Made from the frames near the chunk alone: a copy of a channel is 100 MB for ten minutes.
     frames = channel.size
     low, high = start - _BEFORE, stop + _AFTER
     if low >= 0 and high <= frames:

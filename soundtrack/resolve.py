@@ -107,26 +107,30 @@ def gate_severities(values: Sequence[str], flag: str = "--gate") -> dict[str, st
     """`NAME=SEVERITY` settings (tempo=warn) as a mapping; InputError naming every one that is
     wrong."""
     out: dict[str, str] = {}
-    malformed, twice = [], []
+    malformed, twice, unknown = [], [], []
     for value in values:
         name, equals, severity = value.partition("=")
         if not equals or not name:
-            malformed.append(f"{flag} {value!r}: write GATE=SEVERITY")
+            malformed.append(f"{flag} {value!r}: write GATE=SEVERITY ({_SEVERITIES})")
         elif name not in GATE_NAMES:
             malformed.append(f"{flag} {value!r}: no gate is named {name!r}")
+            unknown.append(name)
         elif severity not in ("fail", "warn", "off"):
-            malformed.append(f"{flag} {value!r}: SEVERITY is one of fail, warn, off")
+            malformed.append(f"{flag} {value!r}: {_SEVERITIES}")
         elif out.get(name, severity) != severity:  # which one the user meant, only they know
             twice.append(f"{flag} sets {name} twice: {name}={out[name]} and {value}; give it once")
         else:
             out[name] = severity
     problems = malformed + twice
-    names = f" (GATE is one of {', '.join(sorted(GATE_NAMES))})" if malformed else ""
+    names = f" (GATE is one of {', '.join(sorted(GATE_NAMES))})" if unknown else ""
     if len(problems) == 1:
         raise InputError(problems[0] + names)
     if problems:
         raise InputError(f"{len(problems)} problems with {flag}{names}", problems)
     return out
+
+
+_SEVERITIES = "SEVERITY is one of fail, warn, off"
 
 
 def _gate_limits(settings: dict[str, Any]) -> GateLimits:

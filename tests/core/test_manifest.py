@@ -911,7 +911,7 @@ def test_gate_flag_sets_every_tracks_severity_and_refuses_nonsense(tmp_path: Pat
     with pytest.raises(InputError) as refused:
         gate_severities(["tempo", "tmepo=warn", "key=off", "key=maybe", "key=warn"])
     assert refused.value.problems == [
-        "--gate 'tempo': write GATE=SEVERITY",
+        "--gate 'tempo': write GATE=SEVERITY (SEVERITY is one of fail, warn, off)",
         "--gate 'tmepo=warn': no gate is named 'tmepo'",
         "--gate 'key=maybe': SEVERITY is one of fail, warn, off",
         "--gate sets key twice: key=off and key=warn; give it once",
