@@ -55,6 +55,7 @@ bench: setup
 	$(PY) bench/generate.py --family ace-step
 	$(PY) bench/linear.py
 	$(PY) bench/postprocess.py
+	$(PY) bench/long_master.py
 	$(PY) bench/rebuild.py
 	$(PY) bench/yaml_limits.py
 
