@@ -328,6 +328,20 @@ class LabelledExecutor(ThreadExecutor):
         return super().submit(step, *args, label=label)
 
 
+def recordings(folder: Path, lengths_s: list[float]) -> Path:
+    """A manifest of recordings r0, r1... of these lengths (OGG only), in `folder`."""
+    tracks = ""
+    for i, seconds in enumerate(lengths_s):
+        sf.write(folder / f"r{i}.wav", music_like(seconds, 44100, seed=i).T, 44100)
+        tracks += f"  - {{id: r{i}, source: r{i}.wav}}\n"
+    manifest = folder / "m.yaml"
+    manifest.write_text(
+        f"schema: 1\nsoundtrack: many\nstorage: ./out\ndefaults: {{formats: [ogg]}}\n"
+        f"tracks:\n{tracks}"
+    )
+    return manifest
+
+
 def test_a_recording_is_published_as_its_master_ends_not_after_every_master(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -336,15 +350,7 @@ def test_a_recording_is_published_as_its_master_ends_not_after_every_master(
     monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
     count = MAX_WORKERS + 6
-    tracks = ""
-    for i in range(count):
-        sf.write(tmp_path / f"r{i}.wav", music_like(2.0, 44100, seed=i).T, 44100)
-        tracks += f"  - {{id: r{i}, source: r{i}.wav}}\n"
-    manifest = tmp_path / "m.yaml"
-    manifest.write_text(
-        f"schema: 1\nsoundtrack: many\nstorage: ./out\ndefaults: {{formats: [ogg]}}\n"
-        f"tracks:\n{tracks}"
-    )
+    manifest = recordings(tmp_path, [2.0] * count)
     executor = LabelledExecutor()
     result = build(manifest, Options(), executor=executor)
     assert result.failure is None, result.failure
@@ -390,15 +396,7 @@ def test_masters_at_once_hold_no_more_audio_than_the_budget(
     monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
     monkeypatch.setattr("soundtrack.build.MASTERING_BUDGET_S", 4.5)  # two of 2 s, not three
-    tracks = ""
-    for i, seconds in enumerate([2.0, 2.0, 2.0, 6.0, 2.0]):
-        sf.write(tmp_path / f"r{i}.wav", music_like(seconds, 44100, seed=i).T, 44100)
-        tracks += f"  - {{id: r{i}, source: r{i}.wav}}\n"
-    manifest = tmp_path / "m.yaml"
-    manifest.write_text(
-        f"schema: 1\nsoundtrack: budget\nstorage: ./out\ndefaults: {{formats: [ogg]}}\n"
-        f"tracks:\n{tracks}"
-    )
+    manifest = recordings(tmp_path, [2.0, 2.0, 2.0, 6.0, 2.0])
     executor = CountingExecutor()
     result = build(manifest, Options(), executor=executor)
     assert result.failure is None, result.failure
