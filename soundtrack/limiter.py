@@ -6,7 +6,7 @@ import numpy as np
 from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
 from soundtrack.errors import AudioError
-from soundtrack.loudness import INTERPOLATOR_TAPS, oversampled_peaks, played_peaks
+from soundtrack.loudness import JOIN_REACH, oversampled_peaks, played_peaks, reread_join
 
 ATTACK_MS = 5.0  # the gain ramps down over this time before a peak (look-ahead)
 RELEASE_MS = 80.0  # the gain reduction (in dB) decays with this time constant, whatever its depth
@@ -44,14 +44,12 @@ def _limited_peaks(audio: np.ndarray, loop_start: int | None) -> np.ndarray:
     # whose fades are off clicks in) and as a measurement reads it (mirrored, as ffmpeg does).
     # The two differ only within the interpolator's reach of either end.
     peaks = oversampled_peaks(audio, ends="silent")
-    reach = 2 * INTERPOLATOR_TAPS
-    if peaks.size <= 2 * reach:
+    if peaks.size <= 2 * JOIN_REACH:
         both: np.ndarray = np.maximum(peaks, oversampled_peaks(audio))
         return both
-    near = INTERPOLATOR_TAPS  # of a `reach` slice, the frames its cut end does not reach
-    head, tail = oversampled_peaks(audio[:, :reach]), oversampled_peaks(audio[:, -reach:])
-    np.maximum(peaks[:near], head[:near], out=peaks[:near])
-    np.maximum(peaks[-near:], tail[-near:], out=peaks[-near:])
+    nothing, frames = audio[:, :0], audio.shape[1]
+    reread_join(peaks, nothing, 0, audio[:, :JOIN_REACH], 0)
+    reread_join(peaks, audio[:, -JOIN_REACH:], frames, nothing, frames)
     return peaks
 
 

@@ -188,6 +188,24 @@ def oversampled_peaks(audio: np.ndarray, *, ends: Ends = "mirrored") -> np.ndarr
     return peaks
 
 
+# The frames of a slice this long that a reading of it reads as they are: its own cut ends reach
+# only its outer INTERPOLATOR_TAPS frames.
+JOIN_REACH = 2 * INTERPOLATOR_TAPS
+
+
+def reread_join(
+    peaks: np.ndarray, before: np.ndarray, before_end: int, after: np.ndarray, after_start: int
+) -> None:
+    """Raise `peaks` near a join to its reading where `before` (JOIN_REACH frames, or none: an
+    end, read mirrored), ending at frame `before_end`, flows into `after`, from `after_start`."""
+    joined = oversampled_peaks(np.concatenate([before, after], axis=1))
+    cut, near = before.shape[1], INTERPOLATOR_TAPS
+    ahead = slice(max(0, before_end - near), before_end)
+    np.maximum(peaks[ahead], joined[max(0, cut - near) : cut], out=peaks[ahead])
+    behind = slice(after_start, after_start + min(near, after.shape[1]))
+    np.maximum(peaks[behind], joined[cut : cut + near], out=peaks[behind])
+
+
 def played_peaks(
     audio: np.ndarray, *, loop: tuple[int, int] | None = None, ends: Ends = "mirrored"
 ) -> np.ndarray:
@@ -198,19 +216,12 @@ def played_peaks(
         return peaks
     first, length = loop
     end = first + length
-    reach, near = 2 * INTERPOLATOR_TAPS, INTERPOLATOR_TAPS
-    if length <= 2 * reach:
+    if length <= 2 * JOIN_REACH:
         wrapped = oversampled_peaks(audio[:, first:end], ends="loop")
         np.maximum(peaks[first:end], wrapped, out=peaks[first:end])
         return peaks
-    # The loop's end, then its start: the frames within `near` of the join read as played (the
-    # slice's own cut ends reach no further than its outer `reach - near` frames).
-    seam = oversampled_peaks(
-        np.concatenate([audio[:, end - reach : end], audio[:, first : first + reach]], axis=1)
-    )
-    np.maximum(peaks[end - near : end], seam[reach - near : reach], out=peaks[end - near : end])
-    np.maximum(
-        peaks[first : first + near], seam[reach : reach + near], out=peaks[first : first + near]
+    reread_join(
+        peaks, audio[:, end - JOIN_REACH : end], end, audio[:, first : first + JOIN_REACH], first
     )
     return peaks
 
