@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from soundtrack import PIPELINE_VERSION, RENDER_VERSION
 from soundtrack.catalog import is_local, keyed_family
@@ -29,6 +29,7 @@ from soundtrack.schema import (
     MIN_DURATION_S,
     SEED_MAX,
     Defaults,
+    GateSeverity,
     LoudnessSpec,
     Manifest,
     Track,
@@ -103,6 +104,10 @@ def bar_seconds(bpm: float, time_signature: str | None) -> float:
     return beats * 60.0 / bpm
 
 
+_SEVERITIES = get_args(GateSeverity)
+_SEVERITY_IS = f"SEVERITY is one of {', '.join(_SEVERITIES)}"
+
+
 def gate_severities(values: Sequence[str], flag: str = "--gate") -> dict[str, str]:
     """`NAME=SEVERITY` settings (tempo=warn) as a mapping; InputError naming every one that is
     wrong."""
@@ -111,12 +116,12 @@ def gate_severities(values: Sequence[str], flag: str = "--gate") -> dict[str, st
     for value in values:
         name, equals, severity = value.partition("=")
         if not equals or not name:
-            malformed.append(f"{flag} {value!r}: write GATE=SEVERITY ({_SEVERITIES})")
+            malformed.append(f"{flag} {value!r}: write GATE=SEVERITY ({_SEVERITY_IS})")
         elif name not in GATE_NAMES:
             malformed.append(f"{flag} {value!r}: no gate is named {name!r}")
             unknown.append(name)
-        elif severity not in ("fail", "warn", "off"):
-            malformed.append(f"{flag} {value!r}: {_SEVERITIES}")
+        elif severity not in _SEVERITIES:
+            malformed.append(f"{flag} {value!r}: {_SEVERITY_IS}")
         elif out.get(name, severity) != severity:  # which one the user meant, only they know
             twice.append(f"{flag} sets {name} twice: {name}={out[name]} and {value}; give it once")
         else:
@@ -128,9 +133,6 @@ def gate_severities(values: Sequence[str], flag: str = "--gate") -> dict[str, st
     if problems:
         raise InputError(f"{len(problems)} problems with {flag}{names}", problems)
     return out
-
-
-_SEVERITIES = "SEVERITY is one of fail, warn, off"
 
 
 def _gate_limits(settings: dict[str, Any]) -> GateLimits:
