@@ -1453,8 +1453,8 @@ def review(
         url = f"http://{HOST}:{server.server_port}/"
         typer.echo(f"review page of {soundtrack}: {url}")
         err_console.print("serving until Ctrl-C", highlight=False)
-        if open_browser:
-            webbrowser.open(url)
+        if open_browser and not webbrowser.open(url):
+            err_console.print(f"no web browser found here: open {url} in one", highlight=False)
         # SIGTERM stops it as Ctrl-C does, so the fetched copies (private objects) are deleted.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:

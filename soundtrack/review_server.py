@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote
 
 from soundtrack.errors import InputError, SoundtrackError, StorageError
@@ -70,6 +70,14 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+class FileToSend(NamedTuple):
+    """A verified local copy of a file the page links to."""
+
+    path: Path
+    content_type: str
+    sha256: str  # its entity tag: a copy's bytes never change under one
+
+
 class RequestError(Exception):
     """An HTTP error status with a one-line reason."""
 
@@ -117,9 +125,9 @@ class ReviewSite:
         """The review page of the current lock."""
         return review_page(self.load(), folder=self.folder).encode()
 
-    def file(self, relative: str) -> tuple[Path, str]:
-        """The cached, verified copy of the file at `relative` (below the page) and its
-        content type; RequestError unless the lock names it."""
+    def file(self, relative: str) -> FileToSend:
+        """The cached, verified copy of the file at `relative` (below the page); RequestError
+        unless the lock names it."""
         if not self._loaded:
             self.load()
         with self._guard:
@@ -131,7 +139,7 @@ class ReviewSite:
         with fetching:  # one download per file, however many range requests ask at once
             if not path.is_file():
                 self.storage.fetch(served.key, path, sha256=served.sha256)
-        return path, _content_type(served.key)
+        return FileToSend(path, _content_type(served.key), served.sha256)
 
 
 @dataclass
@@ -151,7 +159,7 @@ class CandidateSite:
     def page(self) -> bytes:
         return review_page(self.report, folder="").encode()
 
-    def file(self, relative: str) -> tuple[Path, str]:
+    def file(self, relative: str) -> FileToSend:
         served = self._files.get(relative)
         if served is None:
             raise RequestError(HTTPStatus.NOT_FOUND, f"{relative} is not a candidate's file")
@@ -170,7 +178,7 @@ class CandidateSite:
                         HTTPStatus.BAD_GATEWAY, f"{relative} changed since it was judged"
                     )
                 self._checked[served.key] = seen
-        return path, _content_type(served.key)
+        return FileToSend(path, _content_type(served.key), served.sha256)
 
 
 def _content_type(key: str) -> str:
@@ -182,7 +190,7 @@ class Site(Protocol):
 
     def page(self) -> bytes: ...
 
-    def file(self, relative: str) -> tuple[Path, str]: ...
+    def file(self, relative: str) -> FileToSend: ...
 
 
 def relative_path(target: str) -> str:
@@ -196,6 +204,13 @@ def relative_path(target: str) -> str:
     if "\\" in path or "\x00" in path or any(s in ("", ".", "..") for s in segments):
         raise RequestError(HTTPStatus.BAD_REQUEST, "a path inside the soundtrack's folder only")
     return path
+
+
+def _names(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header matches `etag` (a list of tags, weak ones compared
+    weakly as RFC 9110 §13.1.2 asks, or `*`)."""
+    tags = [tag.strip().removeprefix("W/") for tag in (if_none_match or "").split(",")]
+    return "*" in tags or etag in tags
 
 
 def allowed_host(host: str | None, port: int) -> bool:
@@ -239,6 +254,9 @@ class _Handler(BaseHTTPRequestHandler):
     # A connection silent this long is closed: each open one holds a thread.
     timeout = 60.0
 
+    def version_string(self) -> str:
+        return self.server_version  # not Python's version beside it
+
     def end_headers(self) -> None:
         # Every answer (http.server's own refusals too): read as the type it says, and usable by
         # this page alone: another site's page could otherwise play the files in its own <audio>.
@@ -257,13 +275,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._check_host()
             relative = relative_path(self.path)
             if relative:
-                self._send_file(*self.review.file(relative), body=body)
+                self._send_file(self.review.file(relative), body=body)
             else:
                 self._send_page(self.review.page(), body=body)
         except RequestError as exc:
             self._send_error(exc.status, str(exc), body=body)
         except StorageError as exc:
             self._send_error(HTTPStatus.BAD_GATEWAY, redact(str(exc)), body=body)
+        except InputError as exc:  # the lock was deleted since the server started
+            self._send_error(HTTPStatus.NOT_FOUND, redact(str(exc)), body=body)
         except SoundtrackError as exc:
             self._send_error(HTTPStatus.INTERNAL_SERVER_ERROR, redact(str(exc)), body=body)
 
@@ -283,10 +303,20 @@ class _Handler(BaseHTTPRequestHandler):
         if body:
             self.wfile.write(page)
 
-    def _send_file(self, path: Path, content_type: str, *, body: bool) -> None:
-        size = path.stat().st_size
+    def _send_file(self, file: FileToSend, *, body: bool) -> None:
+        etag = f'"{file.sha256}"'
+        if _names(self.headers.get("If-None-Match"), etag):
+            self.send_response(HTTPStatus.NOT_MODIFIED)  # a browser's copy is still this one
+            self.send_header("ETag", etag)
+            self.end_headers()
+            return
+        size = file.path.stat().st_size
+        # A range of another version of the file (If-Range names an older tag, or a date,
+        # which no copy here carries) would splice two versions: the whole file instead.
+        if_range = self.headers.get("If-Range")
+        ranges = self.headers.get("Range") if if_range is None or if_range == etag else None
         try:
-            wanted = byte_range(self.headers.get("Range"), size)
+            wanted = byte_range(ranges, size)
         except Unsatisfiable:
             self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
             self.send_header("Content-Range", f"bytes */{size}")
@@ -297,14 +327,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(HTTPStatus.PARTIAL_CONTENT if wanted else HTTPStatus.OK)
         if wanted:
             self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
-        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Type", file.content_type)
         self.send_header("Content-Length", str(last - first + 1))
         self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", etag)
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()
         if not body:
             return
-        with path.open("rb") as source:
+        with file.path.open("rb") as source:
             source.seek(first)
             left = last - first + 1
             while left > 0:

@@ -275,6 +275,36 @@ def test_the_server_sends_the_page_and_byte_ranges_of_files_in_the_lock(
     assert status == 416 and headers["Content-Range"] == f"bytes */{len(audio)}"
 
 
+def test_a_file_is_tagged_by_its_sha256_and_a_range_of_another_version_is_not_sent(
+    served: tuple[Served, bytes],
+) -> None:
+    """If-Range was ignored: a player resuming a download of a file rebuilt since would have
+    spliced two versions. The Server header named Python's version."""
+    server, audio = served
+    etag = f'"{hashlib.sha256(audio).hexdigest()}"'
+    status, headers, _ = server.get("/loop.wav")
+    assert headers["ETag"] == etag and headers["Server"] == "soundtrack-review"
+    status, _, body = server.get("/loop.wav", Range="bytes=10-19", **{"If-Range": etag})
+    assert status == 206 and body == audio[10:20]
+    for other in ('"0123"', f"W/{etag}", "Mon, 07 Dec 2026 00:00:00 GMT"):
+        status, headers, body = server.get("/loop.wav", Range="bytes=10-19", **{"If-Range": other})
+        assert status == 200 and body == audio and "Content-Range" not in headers, other
+    for tags in (etag, f'"0123", W/{etag}', "*"):
+        status, headers, body = server.get("/loop.wav", **{"If-None-Match": tags})
+        assert status == 304 and body == b"" and headers["ETag"] == etag, tags
+    assert server.get("/loop.wav", **{"If-None-Match": '"0123"'})[0] == 200
+
+
+def test_a_lock_deleted_while_serving_is_not_found(
+    served: tuple[Served, bytes], tmp_path: Path
+) -> None:
+    server, _ = served
+    assert server.get("/")[0] == 200
+    (tmp_path / "assets" / SOUNDTRACK / "soundtrack.lock.json").unlink()
+    status, _, body = server.get("/")
+    assert status == 404 and b"no lock for soundtrack 'sky'" in body, body
+
+
 @pytest.mark.parametrize(
     ("path", "status"),
     [
@@ -463,7 +493,9 @@ def test_review_of_a_soundtrack_not_published_there_exits_2(tmp_path: Path) -> N
     assert result.exit_code == 2 and "no lock for soundtrack 'game'" in result.output
 
 
-def test_review_stopped_by_sigterm_deletes_its_fetched_copies(tmp_path: Path) -> None:
+def test_review_stopped_by_sigterm_deletes_its_copies_and_says_when_no_browser_opens(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "assets"
     audio = b"published audio" * 100
     (root / SOUNDTRACK).mkdir(parents=True)
@@ -473,12 +505,14 @@ def test_review_stopped_by_sigterm_deletes_its_fetched_copies(tmp_path: Path) ->
     LocalStorage(str(root), root).write_index(SOUNDTRACK, report_of([track]).to_json().encode())
     temp = tmp_path / "tmp"
     temp.mkdir()
+    # --open where no browser can start said nothing, and the user waited for one.
+    env = {key: value for key, value in os.environ.items() if key not in ("DISPLAY", "BROWSER")}
     process = subprocess.Popen(
-        [CLI, "review", str(root), "--soundtrack", SOUNDTRACK, "--port", "0"],
+        [CLI, "review", str(root), "--soundtrack", SOUNDTRACK, "--port", "0", "--open"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "TMPDIR": str(temp)},
+        env={**env, "TMPDIR": str(temp), "BROWSER": str(tmp_path / "no-such-browser")},
     )
     try:
         assert process.stdout is not None
@@ -492,6 +526,7 @@ def test_review_stopped_by_sigterm_deletes_its_fetched_copies(tmp_path: Path) ->
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr and "stopped" in stderr
+    assert f"no web browser found here: open {url} in one" in stderr, stderr
     assert list(temp.iterdir()) == []
 
 
