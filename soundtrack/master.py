@@ -124,11 +124,14 @@ def finish(
     duration_s: float,
     bar_loop: BarLoop | None = None,
     recorded_loop: bool = False,
+    headroom_db: float = ENCODING_HEADROOM_DB,
+    max_gain_db: float = math.inf,
 ) -> Master:
-    """Loop or cut and fade, then normalise and limit. `bar_loop` (first downbeat, whole bars
-    in samples) cuts a loop on the bar instead of near `duration_s`;
-    `recorded_loop`: a recording that is its loop already, kept whole (nothing follows its end
-    to search or crossfade; the seam gates judge its wrap)."""
+    """Loop or cut and fade, then normalise (with at most `max_gain_db`) and limit
+    `headroom_db` under the true-peak ceiling. `bar_loop` (first downbeat, whole bars in
+    samples) cuts a loop on the bar instead of near `duration_s`; `recorded_loop`: a recording
+    that is its loop already, kept whole (nothing follows its end to search or crossfade; the
+    seam gates judge its wrap)."""
     x, sr = prepared.audio, prepared.sample_rate
     # 4. Loop crossfade, or cut and fades
     loop_start = 0
@@ -141,7 +144,12 @@ def finish(
         x = _fade(x[:, : round(duration_s * sr)], sr, mastering.fade_in_ms, mastering.fade_out_s)
     # 5. Normalise and limit: measure, apply, re-measure
     out, gain_db, reduction_db = _normalise(
-        x, sr, mastering, loop_start=loop_start if loop else None
+        x,
+        sr,
+        mastering,
+        loop_start=loop_start if loop else None,
+        headroom_db=headroom_db,
+        max_gain_db=max_gain_db,
     )
     return Master(
         audio=out.astype(np.float32),
@@ -300,13 +308,19 @@ def _gained(x: np.ndarray, gain_db: float, envelope_db: np.ndarray | None) -> np
 
 
 def _normalise(
-    x: np.ndarray, sample_rate: int, mastering: Mastering, *, loop_start: int | None
+    x: np.ndarray,
+    sample_rate: int,
+    mastering: Mastering,
+    *,
+    loop_start: int | None,
+    headroom_db: float,
+    max_gain_db: float,
 ) -> tuple[np.ndarray, float, float]:
     """Gain to the loudness target, limit, re-measure and correct the gain (limiting lowers the
     loudness, more the harder it works); returns the master, its gain and the largest reduction."""
     _long_enough(x, sample_rate)  # gating blocks to measure
     target_lufs = mastering.loudness.integrated_lufs
-    ceiling_dbtp = mastering.loudness.true_peak_max_dbtp - ENCODING_HEADROOM_DB
+    ceiling_dbtp = mastering.loudness.true_peak_max_dbtp - headroom_db
     # A constant gain scales the true peaks and the blocks' powers: measure both once (at the
     # same time: they are independent), and measure again only what the limiter changed.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -316,7 +330,7 @@ def _normalise(
     gain_db = target_lufs - gated_lufs(powers)
     # Past this much gain the limiter takes what the gain adds: a master brick-walled by +110 dB
     # (the secant chasing -8 LUFS under -2.5 dBTP) is no master.
-    most_gain_db = gain_db + MAX_MAKEUP_DB
+    most_gain_db = min(gain_db + MAX_MAKEUP_DB, max_gain_db)
     # Secant steps on loudness(gain): under heavy limiting 1 dB of gain adds well under 1 LU.
     slope = 1.0
     previous: tuple[float, float] | None = None

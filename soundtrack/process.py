@@ -37,7 +37,7 @@ from soundtrack.loops import (
     BarLoop,
     ends_at_its_loop,
 )
-from soundtrack.master import Master, finish, prepare
+from soundtrack.master import ENCODING_HEADROOM_DB, Master, finish, prepare
 from soundtrack.measure import Metrics, measure, measure_decoded
 from soundtrack.pictures import PICTURE_EXT, Picture, draw_picture
 from soundtrack.sidecar import sidecar, write_sidecar
@@ -46,6 +46,8 @@ from soundtrack.spec import TrackSpec
 _T = TypeVar("_T")
 # A first downbeat this close after a bar's length still counts back to the start (sample 0).
 _GRID_SLACK_S = 0.02
+# Below what a first encoding overshot by, for a second: the encoders' choices move with it.
+CODEC_MARGIN_DB = 0.5
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ def process_track(
             )
             # A render runs past its loop to search and crossfade; a recording may end on it.
             loop_frames = spec.duration_s * prepared.sample_rate
-            m = finish(
+            master = partial(
+                finish,
                 prepared,
                 spec.mastering,
                 loop=spec.loop,
@@ -128,6 +131,7 @@ def process_track(
                 recorded_loop=spec.source is not None
                 and ends_at_its_loop(prepared.audio.shape[1], loop_frames),
             )
+            m = master()
         except AudioError:
             rows = [metrics_row(spec.id, SOURCE, _measure(spec, audio, sample_rate))]
             outcome = _judged(spec, rows, extra, None, files=[])
@@ -139,10 +143,29 @@ def process_track(
         # (silence and clipping are judged on it as well, before mastering gain can hide them;
         # measured now, not beside mastering, which has both cores) and the master, and judge
         # both, so that only the decoded files' gates (and a team's) are left for the end.
-        jobs = [pool.submit(_encode_and_measure, spec, m, fmt, out_dir) for fmt in spec.formats]
         source_job = pool.submit(_measure, spec, audio, sample_rate)
-        body = partial(_judge_body, spec, m, analysis, source_job, parent)
-        (rows, body_gates), done = _gather(jobs, body)
+        (rows, body_gates), done = _encode_all(pool, spec, m, analysis, source_job, parent, out_dir)
+        # A lossy encoder can overshoot the headroom on sharp transients (LAME by 2 dB on one
+        # click in a thousand): mastered again that much lower, the files meet their ceiling.
+        # Its gain may rise as much, no more: a master limited harder still is no better one.
+        over_db = max(
+            metrics.true_peak_dbtp - spec.mastering.loudness.true_peak_max_dbtp
+            for _, metrics in done
+        )
+        if over_db > 0:
+            lower_db = over_db + CODEC_MARGIN_DB
+            try:
+                lower = master(
+                    headroom_db=ENCODING_HEADROOM_DB + lower_db, max_gain_db=m.gain_db + lower_db
+                )
+            except AudioError:
+                pass  # the loudness is out of reach that low: the true-peak gate names the file
+            else:
+                _remove([file for file, _ in done])
+                m, analysis = lower, _on_master(heard, lower, spec)
+                (rows, body_gates), done = _encode_all(
+                    pool, spec, m, analysis, source_job, parent, out_dir
+                )
     rows += [metrics_row(spec.id, file.format, metrics) for file, metrics in done]
     # 3. Judge; nothing of a rejected track is kept
     files = [file for file, _ in done]
@@ -335,6 +358,21 @@ def _judge_body(
     ]
     gates = _gates(spec, [SOURCE, MASTER], m)
     return rows, evaluate(GateTable(spec.id, tuple(rows), tuple(gates)))
+
+
+def _encode_all(
+    pool: ThreadPoolExecutor,
+    spec: TrackSpec,
+    m: Master,
+    analysis: Analysis,
+    source_job: Future[Metrics],
+    parent: tuple[np.ndarray, int] | None,
+    out_dir: Path,
+) -> tuple[tuple[list[dict[str, Any]], list[GateResult]], list[tuple[EncodedFile, Metrics]]]:
+    """Every format of `m` encoded, decoded and measured, beside the verdicts on the source
+    and the master."""
+    jobs = [pool.submit(_encode_and_measure, spec, m, fmt, out_dir) for fmt in spec.formats]
+    return _gather(jobs, partial(_judge_body, spec, m, analysis, source_job, parent))
 
 
 def _encode_and_measure(

@@ -14,10 +14,10 @@ from soundtrack.analysis import analyse
 from soundtrack.audio import decode_with_ffmpeg
 from soundtrack.errors import AudioError, InputError
 from soundtrack.gates import evaluate, judge
-from soundtrack.master import master
+from soundtrack.master import ENCODING_HEADROOM_DB, master
 from soundtrack.measure import measure
-from soundtrack.process import TrackOutcome, _bar_loop, process_track
-from soundtrack.spec import LOUDNESS_PROFILES, Mastering
+from soundtrack.process import CODEC_MARGIN_DB, TrackOutcome, _bar_loop, process_track
+from soundtrack.spec import LOUDNESS_PROFILES, LoudnessTarget, Mastering
 from tests.music import held_chord, struck_bars
 from tests.reference import ebur128
 from tests.signals import music_like
@@ -66,6 +66,30 @@ def _rejected(tmp_path: Path, audio: np.ndarray, **spec: object) -> TrackOutcome
     assert outcome.files == []
     assert list(tmp_path.iterdir()) == []  # nothing of a rejected track is kept
     return outcome
+
+
+def test_a_master_an_encoder_overshoots_is_mastered_lower_until_its_files_meet_the_ceiling(
+    tmp_path: Path,
+) -> None:
+    """Dense noise limited by 3 dB for a loud target: LAME overshot the master's headroom for
+    the encoders, and the track was rejected for its MP3's true peak."""
+    rate = 48000
+    noise = np.random.default_rng(0).standard_normal((2, 10 * rate)).astype(np.float32) * 0.2
+    loud = Mastering(loudness=LoudnessTarget(-8.5, -1.0, 1.0))
+    outcome = process_track(make_spec(id="dense", mastering=loud), noise, rate, tmp_path)
+    assert outcome.status == "approved", _failed(outcome)
+    (master_row,) = [row for row in outcome.qc.rows if row["label"] == "master"]
+    assert master_row["true_peak_dbtp"] < -1.0 - ENCODING_HEADROOM_DB - CODEC_MARGIN_DB
+    for file in outcome.files:
+        lufs, peak_dbtp = ebur128(file.path)
+        assert lufs == pytest.approx(-8.5, abs=1.0) and peak_dbtp <= -1.0, file.format
+    # Louder still, mastered that much lower misses the loudness: the first files are judged.
+    seed2 = np.random.default_rng(2).standard_normal((2, 10 * rate)).astype(np.float32) * 0.2
+    louder = Mastering(loudness=LoudnessTarget(-8.0, -1.0, 1.0))
+    staging = tmp_path / "denser"
+    staging.mkdir()
+    rejected = process_track(make_spec(id="denser", mastering=louder), seed2, rate, staging)
+    assert _failed(rejected) == {"true_peak_mp3"} and list(staging.iterdir()) == []
 
 
 def test_a_silent_source_is_rejected_by_the_silence_gate(tmp_path: Path) -> None:
