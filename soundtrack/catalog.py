@@ -3,6 +3,7 @@ weights, no network and no torch (the families' backends load only when a build 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from soundtrack.paths import user_path
 from soundtrack.schema import SAMPLING_FAMILIES
-from soundtrack.spec import TrackSpec
+from soundtrack.spec import GateLimits, TrackSpec
 
 
 @dataclass(frozen=True)
@@ -183,11 +184,21 @@ def limit_problems(spec: TrackSpec, family: str) -> list[tuple[str, str]]:
     problems = []
     # A loop renders longer than it plays (room to find its end): the render must fit.
     if known.max_call_s is not None and spec.render_duration_s > known.max_call_s:
-        extra = (
-            f" with the room a loop renders to find its seam ({spec.render_duration_s:.1f} s)"
-            if spec.render_duration_s > spec.duration_s
-            else ""
-        )
+        extra = ""
+        if spec.render_duration_s > spec.duration_s:
+            # A bar loop's room holds it at as slow a tempo as the tempo gate allows
+            # (resolve.seconds_to_render): its render grows that much faster than it.
+            growth = 1.0 + GateLimits.tempo_tolerance_pct / 100.0 if spec.bar_loop else 1.0
+            fits_s = spec.duration_s - (spec.render_duration_s - known.max_call_s) / growth
+            fits = (
+                f"{math.floor(fits_s * spec.bars / spec.duration_s)} bars"
+                if spec.bars
+                else f"{math.floor(fits_s * 10) / 10:g} s"
+            )
+            extra = (
+                f" with the room a loop renders to find its seam ({spec.render_duration_s:.1f} s;"
+                f" a loop of at most {fits} fits)"
+            )
         problems.append(
             (
                 "bars" if spec.bars else "duration",

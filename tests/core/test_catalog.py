@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -258,7 +259,18 @@ def test_a_loop_is_held_to_the_limit_with_the_room_it_renders(
     assert validate_text(tmp_path, text)[0] == 0
     code, said = validate_text(tmp_path, text + "    loop: true\n")
     assert code == 2 and "46.5 s with the room a loop renders to find its seam (" in said, said
-    assert "s) is longer than stable-audio models render (47 s at most)" in said, said
+    assert "fits) is longer than stable-audio models render (47 s at most)" in said, said
+    # The length it says fits does (and a tenth of a second more does not).
+    fits = float(re.search(r"a loop of at most ([0-9.]+) s fits", said)[1])  # type: ignore[index]
+    loop = MANIFEST.format(duration=fits, model=stable) + "    loop: true\n"
+    assert validate_text(tmp_path, loop)[0] == 0
+    longer = MANIFEST.format(duration=round(fits + 0.1, 1), model=stable) + "    loop: true\n"
+    assert validate_text(tmp_path, longer)[0] == 2
+    bars = text.replace("duration: 46.5", "bars: 40") + "    loop: true\n    bpm: 100\n"
+    code, said = validate_text(tmp_path, bars)
+    fits_bars = int(re.search(r"a loop of at most (\d+) bars fits", said)[1])  # type: ignore[index]
+    for count, expected in ((fits_bars, 0), (fits_bars + 1, 2)):
+        assert validate_text(tmp_path, bars.replace("bars: 40", f"bars: {count}"))[0] == expected
 
 
 ACE_INDEX = {
