@@ -1090,9 +1090,10 @@ def build(
 
     Runs the Prefect flow `build-soundtrack` (on the server at PREFECT_API_URL, or a temporary
     local one). Writes soundtrack.lock.json beside the assets. Exit 0 when every track is
-    approved or already published, 1 when a track was rejected or failed or the temporary
-    Prefect server did not start, 2 for invalid input, outputs overlapping inputs, or storage
-    that cannot be used (credentials, bucket, endpoint), found before the flow runs, 75 when
+    approved or already published, 1 when a track was rejected or failed, the temporary
+    Prefect server did not start or none answers at PREFECT_API_URL, 2 for invalid input,
+    outputs overlapping inputs, storage that cannot be used (credentials, bucket, endpoint), or
+    --review without PREFECT_API_URL, found before the flow runs, 75 when
     another build of the soundtrack held the storage past --storage-wait-s (try again later).
     """
     _quiet_libraries()  # before anything imports tqdm, which reads its settings once
