@@ -16,7 +16,9 @@ __version__ = "0.1.0"
 # render's last sample, bar loops from exact-length recordings, the clipping, tempo and theme
 # gates, mono stems, the sidecar's beats on a steady groove's grid. "3": BS.1770's own
 # K-weighting and whole gating blocks only (every master's gain moves by a few hundredths of a LU).
-PIPELINE_VERSION = "3"
+# "4": the true-peak interpolator flat to 18.8 kHz (a limited master's envelope moves where it
+# reads hi-hats and clicks higher), and a master mastered again where an encoder overshot.
+PIPELINE_VERSION = "4"
 
 # Bumped (with PIPELINE_VERSION) only when a change alters what a model renders for the same
 # spec: it is part of every generation key, so bumping it renders every track again.
