@@ -502,7 +502,7 @@ def _duration(name: str, label: str, duration_s: float, limits: GateLimits) -> G
         "max",
         "duration_s",
         (label,),
-        f"{duration_s} ± {tolerance_s} s",
+        f"{plain_number(duration_s)} ± {plain_number(tolerance_s)} s",
         f"duration of the {label} against the requested duration",
         min_value=duration_s - tolerance_s,
         max_value=duration_s + tolerance_s,

@@ -102,6 +102,10 @@ def test_a_good_master_passes_every_gate_with_its_measured_value() -> None:
     assert by_name["loudness"].value == -24.0
     assert by_name["loudness"].limit == "-24.0 ± 2.0 LUFS"
     assert by_name["true_peak"].value == -2.0
+    assert by_name["duration"].limit == "10 ± 0.5 s"
+    # A recording as long as what mastering keeps of it: a length no one wrote down.
+    own_length = {r.name: r for r in _judge(GOOD, duration_s=132299 / 44100)}
+    assert own_length["duration"].limit == "3 ± 0.5 s"
     assert by_name["dc_offset"].severity == "warn"
     assert {r.severity for r in results if r.name != "dc_offset"} == {"fail"}
 
