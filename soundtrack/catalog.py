@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from soundtrack.paths import user_path
-from soundtrack.schema import SAMPLING_FAMILIES
+from soundtrack.schema import MIN_DURATION_S, SAMPLING_FAMILIES
 from soundtrack.spec import GateLimits, TrackSpec
 
 
@@ -170,6 +170,27 @@ def untaken(family: Family, given: Mapping[str, object]) -> list[tuple[str, str]
     return problems
 
 
+def _longest_loop(spec: TrackSpec, max_call_s: float) -> str:
+    """The longest loop like `spec` whose render fits in `max_call_s` seconds, in words."""
+    # A bar loop's room holds it at as slow a tempo as the tempo gate allows
+    # (resolve.seconds_to_render): its render grows that much faster than it.
+    growth = 1.0 + GateLimits.tempo_tolerance_pct / 100.0 if spec.bar_loop else 1.0
+    # A hair over, so a length whose render is exactly the limit is not floored a step short.
+    fits_s = spec.duration_s - (spec.render_duration_s - max_call_s) / growth + 1e-9
+    if fits_s < MIN_DURATION_S:
+        return "no loop fits"
+    if spec.bar_loop:
+        assert spec.bpm is not None
+        bar_s = spec.beats_per_bar * 60.0 / spec.bpm
+        bars = math.floor(fits_s / bar_s)
+        if bars < 1:
+            return f"no loop of whole {bar_s:g} s bars at {spec.bpm:g} bpm fits"
+        if spec.bars:
+            return f"a loop of at most {bars} bars fits"
+        return f"a loop of at most {math.floor(fits_s * 10) / 10:g} s ({bars} bars) fits"
+    return f"a loop of at most {math.floor(fits_s * 10) / 10:g} s fits"
+
+
 def limit_problems(spec: TrackSpec, family: str) -> list[tuple[str, str]]:
     """What of `spec` its model's family cannot render, or this version cannot load: (field,
     problem) pairs."""
@@ -186,19 +207,8 @@ def limit_problems(spec: TrackSpec, family: str) -> list[tuple[str, str]]:
     if known.max_call_s is not None and spec.render_duration_s > known.max_call_s:
         extra = ""
         if spec.render_duration_s > spec.duration_s:
-            # A bar loop's room holds it at as slow a tempo as the tempo gate allows
-            # (resolve.seconds_to_render): its render grows that much faster than it.
-            growth = 1.0 + GateLimits.tempo_tolerance_pct / 100.0 if spec.bar_loop else 1.0
-            fits_s = spec.duration_s - (spec.render_duration_s - known.max_call_s) / growth
-            fits = (
-                f"{math.floor(fits_s * spec.bars / spec.duration_s)} bars"
-                if spec.bars
-                else f"{math.floor(fits_s * 10) / 10:g} s"
-            )
-            extra = (
-                f" with the room a loop renders to find its seam ({spec.render_duration_s:.1f} s;"
-                f" a loop of at most {fits} fits)"
-            )
+            room = f"{spec.render_duration_s:.1f} s; {_longest_loop(spec, known.max_call_s)}"
+            extra = f" with the room a loop renders to find its seam ({room})"
         problems.append(
             (
                 "bars" if spec.bars else "duration",

@@ -251,26 +251,45 @@ def test_a_models_problems_name_the_field_and_line_that_set_them(
         assert expected in said, said
 
 
-def test_a_loop_is_held_to_the_limit_with_the_room_it_renders(
+STABLE = "stabilityai/stable-audio-open-1.0"
+
+
+@pytest.mark.parametrize(
+    ("model", "length", "extra"),
+    [
+        (STABLE, "duration: 46.5", ""),
+        # Renders exactly 47 s at the length it names: not floored a tenth short.
+        (STABLE, "duration: 70.5", "    loop_crossfade_ms: 1000\n"),
+        (STABLE, "bars: 40", "    bpm: 100\n"),
+        (STABLE, "bars: 16", "    bpm: 60\n    loop_crossfade_ms: 1000\n"),
+        (STABLE, "duration: 60", "    bpm: 90\n    time_signature: 6/8\n"),
+    ],
+)
+def test_a_loop_too_long_for_its_model_is_told_the_longest_that_fits(
+    offline_hub: Path, tmp_path: Path, model: str, length: str, extra: str
+) -> None:
+    text = MANIFEST.format(duration=1, model=model).replace("duration: 1", length)
+    code, said = validate_text(tmp_path, text + "    loop: true\n" + extra)
+    assert code == 2 and "with the room a loop renders to find its seam (" in said, said
+    assert "fits) is longer than stable-audio models render (47 s at most)" in said, said
+    found = re.search(r"a loop of at most ([0-9.]+) (s|bars)", said)
+    assert found is not None, said
+    fits, unit = float(found[1]), found[2]
+    # The length it names fits, and a tenth of a second (a bar) more does not.
+    field, step = ("bars", 1) if unit == "bars" else ("duration", 0.1)
+    for value, expected in ((fits, 0), (round(fits + step, 1), 2)):
+        number = int(value) if unit == "bars" else value
+        manifest = text.replace(length, f"{field}: {number}") + "    loop: true\n" + extra
+        assert validate_text(tmp_path, manifest)[0] == expected, (value, said)
+
+
+def test_a_loop_of_bars_no_render_can_hold_says_none_fits(
     offline_hub: Path, tmp_path: Path
 ) -> None:
-    stable = "stabilityai/stable-audio-open-1.0"
-    text = MANIFEST.format(duration=46.5, model=stable)
-    assert validate_text(tmp_path, text)[0] == 0
-    code, said = validate_text(tmp_path, text + "    loop: true\n")
-    assert code == 2 and "46.5 s with the room a loop renders to find its seam (" in said, said
-    assert "fits) is longer than stable-audio models render (47 s at most)" in said, said
-    # The length it says fits does (and a tenth of a second more does not).
-    fits = float(re.search(r"a loop of at most ([0-9.]+) s fits", said)[1])  # type: ignore[index]
-    loop = MANIFEST.format(duration=fits, model=stable) + "    loop: true\n"
-    assert validate_text(tmp_path, loop)[0] == 0
-    longer = MANIFEST.format(duration=round(fits + 0.1, 1), model=stable) + "    loop: true\n"
-    assert validate_text(tmp_path, longer)[0] == 2
-    bars = text.replace("duration: 46.5", "bars: 40") + "    loop: true\n    bpm: 100\n"
-    code, said = validate_text(tmp_path, bars)
-    fits_bars = int(re.search(r"a loop of at most (\d+) bars fits", said)[1])  # type: ignore[index]
-    for count, expected in ((fits_bars, 0), (fits_bars + 1, 2)):
-        assert validate_text(tmp_path, bars.replace("bars: 40", f"bars: {count}"))[0] == expected
+    """A 12 s bar at 20 bpm cannot loop within Bark's 14 s: it was told "at most 1.2 s"."""
+    text = MANIFEST.format(duration=12, model="suno/bark-small")
+    code, said = validate_text(tmp_path, text + "    loop: true\n    bpm: 20\n")
+    assert code == 2 and "no loop of whole 12 s bars at 20 bpm fits" in said, said
 
 
 ACE_INDEX = {
