@@ -152,16 +152,20 @@ def process_track(
             metrics.true_peak_dbtp - spec.mastering.loudness.true_peak_max_dbtp
             for _, metrics in done
         )
-        if over_db > 0:
+        if over_db > 0 and spec.gates.severity("true_peak") in (None, "fail"):
+            first = [file for file, _ in done]
             lower_db = over_db + CODEC_MARGIN_DB
             try:
                 lower = master(
                     headroom_db=ENCODING_HEADROOM_DB + lower_db, max_gain_db=m.gain_db + lower_db
                 )
             except AudioError:
-                pass  # the loudness is out of reach that low: the true-peak gate names the file
-            else:
-                _remove([file for file, _ in done])
+                lower = None  # the loudness is out of reach that low: the first files are judged
+            except BaseException:
+                _remove(first)
+                raise
+            if lower is not None:
+                _remove(first)
                 m, analysis = lower, _on_master(heard, lower, spec)
                 (rows, body_gates), done = _encode_all(
                     pool, spec, m, analysis, source_job, parent, out_dir

@@ -68,7 +68,7 @@ def _rejected(tmp_path: Path, audio: np.ndarray, **spec: object) -> TrackOutcome
     return outcome
 
 
-def test_a_master_an_encoder_overshoots_is_mastered_lower_until_its_files_meet_the_ceiling(
+def test_a_master_an_encoder_overshoots_is_mastered_lower_once_and_encoded_again(
     tmp_path: Path,
 ) -> None:
     """Dense noise limited by 3 dB for a loud target: LAME overshot the master's headroom for
@@ -90,6 +90,13 @@ def test_a_master_an_encoder_overshoots_is_mastered_lower_until_its_files_meet_t
     staging.mkdir()
     rejected = process_track(make_spec(id="denser", mastering=louder), seed2, rate, staging)
     assert _failed(rejected) == {"true_peak_mp3"} and list(staging.iterdir()) == []
+    # A track whose true peak is only a warning keeps the master it asked for.
+    warned = replace(make_spec().gates, severities=(("true_peak", "warn"),))
+    spec = make_spec(id="warned", mastering=loud, gates=warned)
+    kept = process_track(spec, noise, rate, staging)
+    (master_row,) = [row for row in kept.qc.rows if row["label"] == "master"]
+    assert kept.status == "approved" and master_row["true_peak_dbtp"] > -2.6
+    assert {g.name for g in kept.gates if not g.passed} == {"true_peak_mp3"}
 
 
 def test_a_silent_source_is_rejected_by_the_silence_gate(tmp_path: Path) -> None:
