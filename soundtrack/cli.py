@@ -1410,6 +1410,13 @@ def gc(
 # --- review (issue 18) ---
 
 
+def _open_page(url: str) -> None:
+    import webbrowser
+
+    if not webbrowser.open(url):
+        err_console.print(f"no web browser opened here: open {url} in one", highlight=False)
+
+
 @app.command()
 def review(
     storage_url: StorageArg,
@@ -1433,7 +1440,7 @@ def review(
     """
     import signal
     import tempfile
-    import webbrowser
+    import threading
 
     from soundtrack.review_server import HOST, ReviewSite, make_server
     from soundtrack.storage import open_storage
@@ -1454,8 +1461,10 @@ def review(
         url = f"http://{HOST}:{server.server_port}/"
         typer.echo(f"review page of {soundtrack}: {url}")
         err_console.print("serving until Ctrl-C", highlight=False)
-        if open_browser and not webbrowser.open(url):
-            err_console.print(f"no web browser found here: open {url} in one", highlight=False)
+        if open_browser:
+            # A text browser (lynx, w3m) holds the call until it quits: on a thread of its own,
+            # while the page is served.
+            threading.Thread(target=_open_page, args=(url,), daemon=True).start()
         # SIGTERM stops it as Ctrl-C does, so the fetched copies (private objects) are deleted.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:

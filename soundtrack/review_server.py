@@ -78,6 +78,10 @@ class FileToSend(NamedTuple):
     sha256: str  # its entity tag: a copy's bytes never change under one
 
 
+class NoLock(InputError):
+    """No lock for the soundtrack in the storage: never published there, or deleted since."""
+
+
 class RequestError(Exception):
     """An HTTP error status with a one-line reason."""
 
@@ -112,7 +116,9 @@ class ReviewSite:
                 f"the lock of {self.soundtrack!r} in {self.storage.url} is unreadable: {exc}"
             ) from None
         if report is None:
-            raise InputError(
+            with self._guard:  # nothing is served that no lock names
+                self._files, self._loaded = {}, True
+            raise NoLock(
                 f"no lock for soundtrack {self.soundtrack!r} in {self.storage.url}: "
                 "nothing was published there under that name"
             )
@@ -206,10 +212,10 @@ def relative_path(target: str) -> str:
     return path
 
 
-def _names(if_none_match: str | None, etag: str) -> bool:
-    """Whether an If-None-Match header matches `etag` (a list of tags, weak ones compared
-    weakly as RFC 9110 §13.1.2 asks, or `*`)."""
-    tags = [tag.strip().removeprefix("W/") for tag in (if_none_match or "").split(",")]
+def _names(if_none_match: str, etag: str) -> bool:
+    """Whether If-None-Match headers (joined by commas) match `etag`: a list of tags, weak ones
+    compared weakly as RFC 9110 §13.1.2 asks, or `*`."""
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
     return "*" in tags or etag in tags
 
 
@@ -282,7 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(exc.status, str(exc), body=body)
         except StorageError as exc:
             self._send_error(HTTPStatus.BAD_GATEWAY, redact(str(exc)), body=body)
-        except InputError as exc:  # the lock was deleted since the server started
+        except NoLock as exc:  # deleted since the server started
             self._send_error(HTTPStatus.NOT_FOUND, redact(str(exc)), body=body)
         except SoundtrackError as exc:
             self._send_error(HTTPStatus.INTERNAL_SERVER_ERROR, redact(str(exc)), body=body)
@@ -305,16 +311,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_file(self, file: FileToSend, *, body: bool) -> None:
         etag = f'"{file.sha256}"'
-        if _names(self.headers.get("If-None-Match"), etag):
+        if _names(", ".join(self.headers.get_all("If-None-Match", [])), etag):
             self.send_response(HTTPStatus.NOT_MODIFIED)  # a browser's copy is still this one
             self.send_header("ETag", etag)
+            self.send_header("Cache-Control", "no-cache")  # as the whole file's answer says
             self.end_headers()
             return
         size = file.path.stat().st_size
         # A range of another version of the file (If-Range names an older tag, or a date,
         # which no copy here carries) would splice two versions: the whole file instead.
         if_range = self.headers.get("If-Range")
-        ranges = self.headers.get("Range") if if_range is None or if_range == etag else None
+        fresh = if_range is None or if_range.strip() == etag
+        ranges = self.headers.get("Range") if fresh else None
         try:
             wanted = byte_range(ranges, size)
         except Unsatisfiable:

@@ -13,7 +13,9 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -286,12 +288,15 @@ def test_a_file_is_tagged_by_its_sha256_and_a_range_of_another_version_is_not_se
     assert headers["ETag"] == etag and headers["Server"] == "soundtrack-review"
     status, _, body = server.get("/loop.wav", Range="bytes=10-19", **{"If-Range": etag})
     assert status == 206 and body == audio[10:20]
+    status, _, body = server.get("/loop.wav", Range="bytes=10-19", **{"If-Range": etag + "  "})
+    assert status == 206 and body == audio[10:20]
     for other in ('"0123"', f"W/{etag}", "Mon, 07 Dec 2026 00:00:00 GMT"):
         status, headers, body = server.get("/loop.wav", Range="bytes=10-19", **{"If-Range": other})
         assert status == 200 and body == audio and "Content-Range" not in headers, other
     for tags in (etag, f'"0123", W/{etag}', "*"):
         status, headers, body = server.get("/loop.wav", **{"If-None-Match": tags})
         assert status == 304 and body == b"" and headers["ETag"] == etag, tags
+        assert headers["Cache-Control"] == "no-cache"  # RFC 9110 §15.4.5: as the 200's
     assert server.get("/loop.wav", **{"If-None-Match": '"0123"'})[0] == 200
 
 
@@ -303,6 +308,7 @@ def test_a_lock_deleted_while_serving_is_not_found(
     (tmp_path / "assets" / SOUNDTRACK / "soundtrack.lock.json").unlink()
     status, _, body = server.get("/")
     assert status == 404 and b"no lock for soundtrack 'sky'" in body, body
+    assert server.get("/loop.wav")[0] == 404  # what no lock names is not served
 
 
 @pytest.mark.parametrize(
@@ -493,9 +499,8 @@ def test_review_of_a_soundtrack_not_published_there_exits_2(tmp_path: Path) -> N
     assert result.exit_code == 2 and "no lock for soundtrack 'game'" in result.output
 
 
-def test_review_stopped_by_sigterm_deletes_its_copies_and_says_when_no_browser_opens(
-    tmp_path: Path,
-) -> None:
+def _review_with_browser(tmp_path: Path, browser: str) -> tuple[subprocess.Popen[str], bytes]:
+    """`soundtrack review --open` of a published loop, with `browser` as the web browser."""
     root = tmp_path / "assets"
     audio = b"published audio" * 100
     (root / SOUNDTRACK).mkdir(parents=True)
@@ -505,15 +510,23 @@ def test_review_stopped_by_sigterm_deletes_its_copies_and_says_when_no_browser_o
     LocalStorage(str(root), root).write_index(SOUNDTRACK, report_of([track]).to_json().encode())
     temp = tmp_path / "tmp"
     temp.mkdir()
-    # --open where no browser can start said nothing, and the user waited for one.
     env = {key: value for key, value in os.environ.items() if key not in ("DISPLAY", "BROWSER")}
     process = subprocess.Popen(
         [CLI, "review", str(root), "--soundtrack", SOUNDTRACK, "--port", "0", "--open"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**env, "TMPDIR": str(temp), "BROWSER": str(tmp_path / "no-such-browser")},
+        env={**env, "TMPDIR": str(temp), "BROWSER": browser},
     )
+    return process, audio
+
+
+def test_review_stopped_by_sigterm_deletes_its_copies_and_says_when_no_browser_opens(
+    tmp_path: Path,
+) -> None:
+    # --open where no browser can start said nothing, and the user waited for one.
+    process, audio = _review_with_browser(tmp_path, str(tmp_path / "no-such-browser"))
+    temp = tmp_path / "tmp"
     try:
         assert process.stdout is not None
         url = process.stdout.readline().split()[-1]
@@ -526,8 +539,33 @@ def test_review_stopped_by_sigterm_deletes_its_copies_and_says_when_no_browser_o
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr and "stopped" in stderr
-    assert f"no web browser found here: open {url} in one" in stderr, stderr
+    assert f"no web browser opened here: open {url} in one" in stderr, stderr
     assert list(temp.iterdir()) == []
+
+
+def test_review_open_serves_a_browser_that_holds_the_terminal(tmp_path: Path) -> None:
+    """A text browser (lynx, w3m: the one picked without a display) holds the call that opens
+    it until it quits, and the page was served only after that: it waited for ever."""
+    seen = tmp_path / "seen"
+    browser = tmp_path / "browser.py"
+    browser.write_text(
+        f"#!{sys.executable}\n"
+        "import sys, urllib.request\n"
+        "with urllib.request.urlopen(sys.argv[1], timeout=20) as reply:\n"
+        f"    open({str(seen)!r}, 'w').write(str(reply.status))\n"
+    )
+    browser.chmod(0o755)
+    process, _ = _review_with_browser(tmp_path, str(browser))
+    try:
+        for _ in range(300):
+            if seen.exists() and seen.read_text():
+                break
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert seen.read_text() == "200", stderr
+    assert "no web browser" not in stderr, stderr
 
 
 def test_numbers_read_as_numbers_a_person_would_write() -> None:
