@@ -94,8 +94,24 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-# Text a model reads is refused blank (Track._model_text); the schema says so to editors too.
-_NOT_BLANK: dict[str, Any] = {"pattern": r"\S"}
+# Text a model reads is refused blank or holding what text_problem refuses (Track._model_text);
+# the schema says so to editors too, in classes Python's and JavaScript's regexes both read (a
+# format character beyond U+FFFF, such as a tag character, passes there: validate refuses it).
+_REFUSED = r"\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufffe\uffff"
+_FORMAT = (  # Unicode's format characters (Cf) up to U+FFFF: invisible
+    r"\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f"
+    r"\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+)
+_VISIBLE = rf"[^\s{_FORMAT}]"
+_NOT_BLANK: dict[str, Any] = {
+    "allOf": [{"pattern": rf"^[^\x00-\x08\x0b-\x1f{_REFUSED}]*$"}, {"pattern": _VISIBLE}]
+}
+# A file's path, relative to the manifest (_file_inside says why not, in words).
+_A_PATH: dict[str, Any] = {"minLength": 1, "pattern": r"^[^/~]"}
+# An instrument joins the prompt as a name: no tab or newline either.
+_A_NAME: dict[str, Any] = {
+    "allOf": [{"pattern": rf"^[^\x00-\x1f{_REFUSED}]*$"}, {"pattern": _VISIBLE}]
+}
 
 
 class _Strict(BaseModel):
@@ -234,7 +250,7 @@ class GatesSpec(_Strict):
     clip_run_samples: int | None = Field(default=None, ge=1, le=1000)
     clipped_runs_max: int | None = Field(default=None, ge=0)
     dc_offset_max: float | None = Field(default=None, ge=0, le=1)
-    seam_jump_max_ratio: float | None = Field(default=None, gt=0)
+    seam_jump_max_ratio: float | None = Field(default=None, gt=0, le=1000)
     seam_loudness_max_lu: float | None = Field(default=None, gt=0, le=20)
     tempo_tolerance_pct: float | None = Field(
         default=None, gt=0, le=25, description="Tempo gate: allowed deviation from bpm, percent."
@@ -317,6 +333,7 @@ class _Overridable(_Strict):
         default=None,
         description="A recording to compare each render with in the report (not a gate), "
         "relative path. A track's null turns off the defaults' reference.",
+        json_schema_extra=_A_PATH,
     )
 
     stems: list[StemName] | None = Field(
@@ -426,7 +443,11 @@ class Track(_Overridable):
         json_schema_extra={**_NOT_BLANK, "maxLength": MAX_PROMPT_CHARS},
         description="What to generate, as a composer's brief.",
     )
-    source: str | None = Field(default=None, description="Existing recording, relative path.")
+    source: str | None = Field(
+        default=None,
+        description="Existing recording, relative path.",
+        json_schema_extra=_A_PATH,
+    )
     loop: bool = Field(default=False, description="Seamless loop with loop tags.")
     seed: int | None = Field(
         default=None, ge=0, le=SEED_MAX, description="Default: derived from soundtrack and id."
@@ -483,8 +504,7 @@ class Track(_Overridable):
         default=None, min_length=1, max_length=100, json_schema_extra=_NOT_BLANK
     )
     instruments: (
-        list[Annotated[str, Field(min_length=1, max_length=60, json_schema_extra=_NOT_BLANK)]]
-        | None
+        list[Annotated[str, Field(min_length=1, max_length=60, json_schema_extra=_A_NAME)]] | None
     ) = None
 
     @field_validator("id")
@@ -512,7 +532,8 @@ class Track(_Overridable):
     @classmethod
     def _instrument_names(cls, value: list[str] | None) -> list[str] | None:
         for name in value or ():
-            if not name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in name):
+            # It joins the prompt: refused as a prompt's text is, and a line of its own.
+            if not visible(name) or text_problem(name) or any(c in "\n\t" for c in name):
                 raise ValueError(f"an instrument is a name in plain words (got {name!r})")
         return value
 
@@ -579,6 +600,7 @@ class Manifest(_Strict):
     expectations: str | None = Field(
         default=None,
         description="JSON file of the team's own Great Expectations checks (docs/gates.md).",
+        json_schema_extra=_A_PATH,
     )
     usage: Literal["commercial", "non-commercial"] | None = Field(
         default=None,
@@ -633,6 +655,8 @@ def _file_inside(value: str | None, info: ValidationInfo, what: str) -> str | No
     """Check that a relative path names a file inside the manifest's folder (symlinks too)."""
     if value is None:
         return None
+    if not value.strip():
+        raise ValueError(f"{what} is empty: give a path relative to the manifest")
     if problem := path_problem(value):
         raise ValueError(f"{what} {problem}")
     base = (info.context or {}).get("base_dir")

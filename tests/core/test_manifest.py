@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from soundtrack.manifest import (
     load_yaml,
 )
 from soundtrack.resolve import derived_seed, resolve_tracks, take
-from soundtrack.schema import MAX_DURATION_S, json_schema
+from soundtrack.schema import _VISIBLE, MAX_DURATION_S, json_schema
 from soundtrack.spec import GateLimits, TrackSpec
 from tests import signals
 
@@ -345,6 +346,17 @@ def test_committed_json_schema_is_up_to_date() -> None:
         "seed: 0o17",
         "seed: 1_000",
         "seed: 0b101",
+        # Text a model reads: what validate refuses, the schema refuses as an editor reads it.
+        'lyrics: "\\u200b"',
+        'mood: "a\\x9bb"',
+        'lyrics: "a\\u202eb"',
+        'mood: "a\\u2028b"',
+        'lyrics: "la\\tla\\nla"',
+        'instruments: ["a\\tb"]',
+        'instruments: ["\\u200b"]',
+        'instruments: ["a\\x9bb"]',
+        'instruments: ["piano\\u200d"]',
+        "gates: {seam_jump_max_ratio: 2000}",
     ],
     ids=lambda s: s[:40],
 )
@@ -360,6 +372,33 @@ def test_the_json_schema_agrees_with_validate(tmp_path: Path, setting: str) -> N
     code, output = validate(write(tmp_path, text))
     assert code in (0, 2), output
     assert (code == 0) == (not errors), (output, [e.message for e in errors])
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        # An instrument joins the prompt: it took what a prompt refuses.
+        ('instruments: ["\\u200b"]', "an instrument is a name in plain words"),
+        ('instruments: ["a\\x9bb"]', "an instrument is a name in plain words"),
+        ('instruments: ["a\\u202eb"]', "an instrument is a name in plain words"),
+        ("source: ''", "source is empty: give a path relative to the manifest"),
+        ("gates: {seam_jump_max_ratio: .inf}", "seam_jump_max_ratio"),
+    ],
+)
+def test_what_a_track_cannot_hold_is_named(tmp_path: Path, setting: str, said: str) -> None:
+    text = f"schema: 1\nsoundtrack: game\ntracks:\n  - id: theme\n    {setting}\n"
+    if not setting.startswith("source"):
+        text += "    prompt: calm piano\n"
+    code, output = validate(write(tmp_path, text))
+    assert code == 2 and said in output, output
+    assert "a folder, not a file" not in output
+
+
+def test_the_schemas_visible_text_leaves_out_every_format_character() -> None:
+    """Zero-width and other format characters are blank to validate: to the schema too."""
+    visible = re.compile(_VISIBLE)
+    formats = [chr(c) for c in range(0x10000) if unicodedata.category(chr(c)) == "Cf"]
+    assert formats and not [f"U+{ord(c):04X}" for c in formats if visible.search(c)]
 
 
 def test_schema_command_prints_the_schema() -> None:
