@@ -146,8 +146,8 @@ def process_track(
         source_job = pool.submit(_measure, spec, audio, sample_rate)
         (rows, body_gates), done = _encode_all(pool, spec, m, analysis, source_job, parent, out_dir)
         # A lossy encoder can overshoot the headroom on sharp transients (LAME by 2 dB on one
-        # click in a thousand): mastered again that much lower, the files meet their ceiling.
-        # Its gain may rise as much, no more: a master limited harder still is no better one.
+        # click in a thousand): mastered once more, that much lower, and encoded again. Its gain
+        # may rise as much, no more: a master limited harder still is no better one.
         over_db = max(
             metrics.true_peak_dbtp - spec.mastering.loudness.true_peak_max_dbtp
             for _, metrics in done
