@@ -180,38 +180,42 @@ def measure_decoded(
 
 
 def read_loop_tags(path: Path, frames: int) -> tuple[int, int] | None:
-    """(loop start, loop length) in frames from OGG LOOPSTART/LOOPLENGTH comments or a WAV
-    `smpl` chunk; None when the file carries no loop. `frames`: the decoded file's length."""
+    """(loop start, loop length) in frames from OGG or FLAC LOOPSTART with LOOPLENGTH (RPG
+    Maker, Godot) or LOOPEND (SDL_mixer), or a WAV or RF64 `smpl` chunk's forward loop; None
+    when the file carries no loop. `frames`: the decoded file's length."""
     with path.open("rb") as f:
         magic = f.read(12)
-    if magic[:4] == b"OggS":
-        return _ogg_loop(path, frames)
-    if magic[:4] == b"RIFF" and magic[8:12] == b"WAVE":
+    if magic[:4] in (b"OggS", b"fLaC"):
+        return _vorbis_loop(path, frames)
+    if magic[:4] in (b"RIFF", b"RF64") and magic[8:12] == b"WAVE":
         return _wav_smpl_loop(path)
     return None
 
 
-def _ogg_loop(path: Path, frames: int) -> tuple[int, int] | None:
+def _vorbis_loop(path: Path, frames: int) -> tuple[int, int] | None:
     import mutagen  # lazy: only inspect and decoded-file checks read tags
+    from mutagen.flac import FLAC
     from mutagen.oggflac import OggFLAC
     from mutagen.oggopus import OggOpus
     from mutagen.oggspeex import OggSpeex
     from mutagen.oggvorbis import OggVorbis
 
     try:
-        # Ogg kinds only: left to choose, mutagen trusts a .wav name over the OggS inside.
-        tags = mutagen.File(path, options=[OggVorbis, OggOpus, OggFLAC, OggSpeex])
+        # These kinds only: left to choose, mutagen trusts a .wav name over the OggS inside.
+        tags = mutagen.File(path, options=[OggVorbis, OggOpus, OggFLAC, OggSpeex, FLAC])
     except mutagen.MutagenError as exc:
         raise AudioError(f"cannot read the tags of {path}: {exc}") from exc
     if tags is None or tags.tags is None:
         return None
-    start, length = tags.tags.get("LOOPSTART"), tags.tags.get("LOOPLENGTH")
+    start, length, end = (tags.tags.get(name) for name in ("LOOPSTART", "LOOPLENGTH", "LOOPEND"))
     if not start and not length:
         return None
     first = _frame_count(path, "LOOPSTART", start)
-    if not length:  # a loop to the end, as RPG Maker reads LOOPSTART alone
-        return first, frames - first
-    return first, _frame_count(path, "LOOPLENGTH", length)
+    if length:
+        return first, _frame_count(path, "LOOPLENGTH", length)
+    if end:  # SDL_mixer's: the first frame after the loop
+        return first, _frame_count(path, "LOOPEND", end) - first
+    return first, frames - first  # a loop to the end, as RPG Maker reads LOOPSTART alone
 
 
 # Plain ASCII digits (int() also takes '٣' and '1_000'), few enough for any file's length.
@@ -228,21 +232,41 @@ def _frame_count(path: Path, name: str, values: list[str] | None) -> int:
     return int(value)
 
 
+_SMPL_LOOP_KINDS = {1: "ping-pong", 2: "backward"}
+
+
 def _wav_smpl_loop(path: Path) -> tuple[int, int] | None:
-    data = path.read_bytes()
-    pos = 12
-    while pos + 8 <= len(data):
-        chunk_id, size = struct.unpack_from("<4sI", data, pos)
-        body = pos + 8
-        # smpl: 9 header words, then 6 words per loop (cue id, type, start, end, fraction, count)
-        if chunk_id == b"smpl" and size >= 36:
-            if body + size > len(data):
-                raise AudioError(f"{path}: its smpl chunk (loop points) is cut short")
-            if struct.unpack_from("<I", data, body + 28)[0] == 0 or size < 60:
-                return None
-            start, end = struct.unpack_from("<II", data, body + 36 + 8)
-            return start, end - start + 1  # the smpl end is the last sample played, inclusive
-        pos = body + size + (size & 1)  # RIFF chunks are padded to even sizes
+    """The first loop of a RIFF or RF64 WAVE file's `smpl` chunk, read chunk by chunk (a long
+    WAV is not read whole to find it)."""
+    file_size = path.stat().st_size
+    with path.open("rb") as f:
+        rf64 = f.read(4) == b"RF64"
+        f.seek(12)
+        data_size = None  # RF64: the data chunk's size is in its ds64 chunk
+        while len(head := f.read(8)) == 8:
+            chunk_id, size = struct.unpack("<4sI", head)
+            if rf64 and chunk_id == b"ds64" and size >= 16:
+                data_size = struct.unpack("<8xQ", f.read(16))[0]
+                size -= 16
+            elif rf64 and chunk_id == b"data" and size == 0xFFFFFFFF and data_size is not None:
+                size = data_size
+            # smpl: 9 header words, then 6 words per loop (cue id, type, start, end, fraction,
+            # count)
+            elif chunk_id == b"smpl" and size >= 36:
+                if size > file_size - f.tell():  # not read: its size may claim gigabytes
+                    raise AudioError(f"{path}: its smpl chunk (loop points) is cut short")
+                body = f.read(size)
+                if struct.unpack_from("<I", body, 28)[0] == 0 or size < 60:
+                    return None
+                kind, start, end = struct.unpack_from("<III", body, 36 + 4)
+                if kind != 0:
+                    named = _SMPL_LOOP_KINDS.get(kind, f"of type {kind}")
+                    raise AudioError(
+                        f"{path}: its smpl loop is {named}; a game engine's loop plays forward, "
+                        "and only a forward loop (type 0) is read"
+                    )
+                return start, end - start + 1  # the smpl end is the last sample played
+            f.seek(size + (size & 1), 1)  # RIFF chunks are padded to even sizes
     return None
 
 

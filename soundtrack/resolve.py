@@ -420,6 +420,20 @@ def render_problems(manifest: Manifest, base_dir: Path) -> list[tuple[str, str]]
             except InputError as exc:
                 problems.append((f"{where}.source", str(exc)))
                 continue
+        if track.loop and recording is not None and recording.loop is not None:
+            start, length = recording.loop
+            # A loop of the whole file is what a build keeps of it anyway.
+            if (start, length) != (0, recording.frames):
+                problems.append(
+                    (
+                        f"{where}.source",
+                        f"{track.source} carries its own loop (from frame {start}, {length} "
+                        "frames long), which a build does not keep: a loop track's loop is cut "
+                        "by the build. Remove the file's loop points to let it cut one, or set "
+                        "loop: false for a one-shot",
+                    )
+                )
+                continue
         duration_s = _duration_s(track, merged, recording.duration_s if recording else None)
         if track.bars is not None and not MIN_DURATION_S <= duration_s <= MAX_DURATION_S:
             problems.append(
@@ -587,6 +601,8 @@ class _Recording:
 
     duration_s: float
     channels: int
+    frames: int
+    loop: tuple[int, int] | None  # its own loop points (first frame, frames), if it has any
 
 
 def _recording(path: Path) -> _Recording:
@@ -643,7 +659,18 @@ def _recording(path: Path) -> _Recording:
         raise InputError(f"cannot read the source recording {path.name}: {said}") from None
     if non_finite:
         raise InputError(f"source recording {path.name} contains NaN or infinite samples")
-    return _Recording(duration_s=duration_s, channels=int(info.channels))
+    from soundtrack.measure import read_loop_tags
+
+    try:
+        loop = read_loop_tags(path, frames)
+    except AudioError as exc:
+        raise InputError(f"source recording {path.name}: {exc}") from None
+    return _Recording(
+        duration_s=duration_s,
+        channels=int(info.channels),
+        frames=int(frames),
+        loop=loop,
+    )
 
 
 @functools.lru_cache(maxsize=64)

@@ -645,6 +645,33 @@ def test_source_recordings_mastering_cannot_take_are_refused_at_validate(tmp_pat
     assert str(tmp_path) not in problems, "libsndfile's words, without its repeat of the path"
 
 
+def test_a_looping_source_with_its_own_loop_points_is_refused_at_validate(
+    tmp_path: Path,
+) -> None:
+    """An intro-and-loop asset (RPG Maker's LOOPSTART, a DAW's smpl loop) was built into a
+    loop of the build's own cutting, its loop points dropped without a word."""
+    from mutagen.oggvorbis import OggVorbis
+
+    text = _recording(tmp_path, 8.0).replace("take.wav", "take.ogg") + "    loop: true\n"
+    path = write(tmp_path, text)
+    audio, rate = sf.read(tmp_path / "audio" / "take.wav")
+    sf.write(tmp_path / "audio" / "take.ogg", audio, rate, format="OGG", subtype="VORBIS")
+    tags = OggVorbis(tmp_path / "audio" / "take.ogg")
+    tags["LOOPSTART"], tags["LOOPLENGTH"] = ["8000"], ["48000"]
+    tags.save()
+    assert (
+        "tracks[0].source (line 5): audio/take.ogg carries its own loop (from frame 8000, 48000 "
+        "frames long), which a build does not keep"
+    ) in _problems(path)
+    # As a one-shot, or looped whole (what a build keeps of it anyway), it is taken.
+    write(tmp_path, text.replace("loop: true", "loop: false"))
+    assert load_manifest(path).tracks[0].id == "take"
+    tags["LOOPSTART"], tags["LOOPLENGTH"] = ["0"], [str(len(audio))]
+    tags.save()
+    write(tmp_path, text)
+    assert load_manifest(path).tracks[0].id == "take"
+
+
 @pytest.mark.parametrize("subtype", ["FLOAT", "DOUBLE"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_a_source_recording_of_nan_or_infinite_samples_is_refused_at_validate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +364,51 @@ def test_loop_tags_are_read_from_ogg_comments_and_the_wav_smpl_chunk(tmp_path: P
     tagged.tags["LOOPSTART"] = ["1000"]
     tagged.save()
     assert read_loop_tags(unlooped[0].path, 3 * SR) == (1000, 3 * SR - 1000)
+
+
+def _smpl_chunk(start: int, end: int, kind: int = 0) -> bytes:
+    """A `smpl` chunk with one loop from `start` to `end` (inclusive) of type `kind`."""
+    body = struct.pack("<9I", 0, 0, 0, 60, 0, 0, 0, 1, 0)
+    body += struct.pack("<6I", 0, kind, start, end, 0, 0)
+    return b"smpl" + struct.pack("<I", len(body)) + body
+
+
+def test_loop_points_other_tools_write_are_read_as_they_mean_them(tmp_path: Path) -> None:
+    """SDL_mixer's LOOPEND, FLAC's comments and RF64's smpl chunk read as no loop, or LOOPEND
+    as a loop to the end; a ping-pong loop read as a forward one."""
+    from mutagen.flac import FLAC
+    from mutagen.oggvorbis import OggVorbis
+
+    audio = music_like(3.0, SR)
+    ogg = tmp_path / "sdl.ogg"
+    sf.write(ogg, audio.T, SR, format="OGG", subtype="VORBIS")
+    tagged = OggVorbis(ogg)
+    tagged["LOOPSTART"], tagged["LOOPEND"] = ["1000"], ["101000"]  # the first frame after
+    tagged.save()
+    flac = tmp_path / "godot.flac"
+    sf.write(flac, audio.T, SR, format="FLAC")
+    comments = FLAC(flac)
+    comments["LOOPSTART"], comments["LOOPLENGTH"] = ["1000"], ["100000"]
+    comments.save()
+    rf64 = tmp_path / "long.wav"
+    sf.write(rf64, audio.T, SR, format="RF64", subtype="PCM_16")
+    with rf64.open("ab") as f:
+        f.write(_smpl_chunk(1000, 100999))
+    for path in (ogg, flac, rf64):
+        assert read_loop_tags(path, 3 * SR) == (1000, 100000), path.name
+    pingpong = tmp_path / "pingpong.wav"
+    sf.write(pingpong, audio.T, SR, subtype="PCM_16")
+    with pingpong.open("ab") as f:
+        f.write(_smpl_chunk(1000, 100999, kind=1))
+    with pytest.raises(AudioError, match=r"smpl loop is ping-pong; .* only a forward loop"):
+        read_loop_tags(pingpong, 3 * SR)
+    # A chunk claiming 4 GB is refused, not read into memory.
+    claims = tmp_path / "claims.wav"
+    sf.write(claims, audio.T, SR, subtype="PCM_16")
+    with claims.open("ab") as f:
+        f.write(b"smpl" + struct.pack("<I", 0xFFFFFF00) + bytes(60))
+    with pytest.raises(AudioError, match=r"smpl chunk .* is cut short"):
+        read_loop_tags(claims, 3 * SR)
 
 
 @pytest.mark.parametrize(
