@@ -962,8 +962,8 @@ def compare(
     """Compare two recordings: tempo, key, loudness range, spectral centroid and timbre, side by
     side, and a one-line verdict (what a track's `reference:` adds to the build report).
 
-    Exit 0, or 2 when a file is missing, unreadable or cannot be analysed (over two
-    channels, NaN samples, under 0.4 s).
+    Exit 0, or 2 when a file is missing, unreadable or cannot be analysed (NaN samples, under
+    0.4 s). A file of more than two channels is heard mixed down to one.
     """
     from soundtrack.analysis import compare as compared
     from soundtrack.audio import check_file
