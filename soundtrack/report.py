@@ -243,7 +243,12 @@ class TrackRecord(_Model):
         for stem in self.stems:
             by_status.setdefault(stem.status, []).append(stem.name)
         parts = [f"{', '.join(names)} {status}" for status, names in by_status.items()]
-        reasons = sorted({s.reason for s in self.stems if s.status == "rejected" and s.reason})
+        # Each reason once, after the stems it is theirs (the sum gate's is every stem's).
+        by_reason: dict[str, list[str]] = {}
+        for stem in self.stems:
+            if stem.status == "rejected" and stem.reason:
+                by_reason.setdefault(stem.reason, []).append(stem.name)
+        reasons = [f"{', '.join(names)}: {reason}" for reason, names in by_reason.items()]
         return "; ".join(parts + reasons)
 
     def takes_summary(self) -> str:

@@ -230,5 +230,23 @@ def test_junit_says_what_became_of_a_tracks_stems() -> None:
     )
     suite = ET.fromstring(to_junit(lock).encode())
     out = suite.findtext("testcase/system-out") or ""
-    assert "stems: drums published; vocals rejected; stems_sum: 3.0" in out.splitlines(), out
+    assert "stems: drums published; vocals rejected; vocals: stems_sum: 3.0" in out.splitlines()
     assert suite.find("testcase/failure") is None, "the mix was published: the track passed"
+
+
+def test_each_rejected_stem_is_named_beside_its_own_reason() -> None:
+    """The reasons were sorted apart from their stems: drums read as rejected for other's peak."""
+    stems = [
+        StemRecord(name="drums", status="rejected", reason="true_peak_ogg: 2.31"),
+        StemRecord(name="bass", status="published"),
+        StemRecord(name="other", status="rejected", reason="true_peak_ogg: 0.45"),
+    ]
+    track = track_record(make_spec(id="a"), "approved", files=[FILE])
+    summary = track.model_copy(update={"stems": stems}).stems_summary()
+    assert summary == (
+        "drums, other rejected; bass published; "
+        "drums: true_peak_ogg: 2.31; other: true_peak_ogg: 0.45"
+    )
+    shared = [StemRecord(name=name, status="rejected", reason="stems_sum: 3.0") for name in "ab"]
+    summary = track.model_copy(update={"stems": shared}).stems_summary()
+    assert summary == "a, b rejected; a, b: stems_sum: 3.0"
