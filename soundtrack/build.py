@@ -200,7 +200,7 @@ def prepare(
     keep_fingerprints()  # the inputs are accepted: what was hashed to check them is kept
     renders = RenderCache(cache_root())
     logger.info(
-        "%d tracks: %d cached, %d to render in %d batches (%d of them rendered before, in this "
+        "%d tracks: %d cached, %d to render in %d batch(es) (%d of them rendered before, in this "
         "machine's render cache: mastered again), %d recordings, %d variations (after their "
         "parents)",
         len(checked.specs),

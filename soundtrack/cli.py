@@ -1026,7 +1026,12 @@ def build(
         typer.Option("--only", help="Build only this track id (repeatable); others stay as is."),
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Rebuild tracks even when already published.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Master, judge and publish tracks again even when already published (renders "
+            "this machine's render cache holds are not rendered again).",
+        ),
     ] = False,
     report: Annotated[
         Path | None,

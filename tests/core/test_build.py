@@ -167,7 +167,7 @@ def test_build_approves_rejects_and_rebuilds_only_what_changed(
     shutil.rmtree(out)
     with caplog.at_level(logging.INFO, logger=build_log.name):
         prepare(project / "m.yaml", Options(model=str(tiny_model_dir)), build_log)
-    assert "3 to render in 1 batches (3 of them rendered before, in this machine's" in caplog.text
+    assert "3 to render in 1 batch(es) (3 of them rendered before, in this machine's" in caplog.text
 
 
 BROKEN_INPUTS = {
