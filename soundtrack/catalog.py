@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from soundtrack.paths import user_path
-from soundtrack.schema import MIN_DURATION_S, SAMPLING_FAMILIES
+from soundtrack.schema import SAMPLING_FAMILIES
 from soundtrack.spec import GateLimits, TrackSpec
 
 
@@ -172,22 +172,27 @@ def untaken(family: Family, given: Mapping[str, object]) -> list[tuple[str, str]
 
 def _longest_loop(spec: TrackSpec, max_call_s: float) -> str:
     """The longest loop like `spec` whose render fits in `max_call_s` seconds, in words."""
+    from soundtrack.loops import SEARCH_S  # here: the catalogue stays light to import
+    from soundtrack.loudness import BLOCK_S
+
     # A bar loop's room holds it at as slow a tempo as the tempo gate allows
     # (resolve.seconds_to_render): its render grows that much faster than it.
     growth = 1.0 + GateLimits.tempo_tolerance_pct / 100.0 if spec.bar_loop else 1.0
     # A hair over, so a length whose render is exactly the limit is not floored a step short.
     fits_s = spec.duration_s - (spec.render_duration_s - max_call_s) / growth + 1e-9
-    if fits_s < MIN_DURATION_S:
-        return "no loop fits"
+    # The shortest loop validate takes (resolve._unrenderable): two loudness blocks to judge its
+    # seam, and its crossfade twice after the search for its end.
+    shortest_s = max(2 * BLOCK_S, SEARCH_S + 2 * spec.mastering.loop_crossfade_ms / 1000.0)
     if spec.bar_loop:
         assert spec.bpm is not None
         bar_s = spec.beats_per_bar * 60.0 / spec.bpm
         bars = math.floor(fits_s / bar_s)
-        if bars < 1:
+        if bars < 1 or bars * bar_s < shortest_s:
             return f"no loop of whole {bar_s:g} s bars at {spec.bpm:g} bpm fits"
         if spec.bars:
-            return f"a loop of at most {bars} bars fits"
-        return f"a loop of at most {math.floor(fits_s * 10) / 10:g} s ({bars} bars) fits"
+            return f"a loop of at most {bars} bar{'' if bars == 1 else 's'} fits"
+    elif fits_s < shortest_s:
+        return "no loop fits"
     return f"a loop of at most {math.floor(fits_s * 10) / 10:g} s fits"
 
 

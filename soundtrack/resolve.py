@@ -420,20 +420,9 @@ def render_problems(manifest: Manifest, base_dir: Path) -> list[tuple[str, str]]
             except InputError as exc:
                 problems.append((f"{where}.source", str(exc)))
                 continue
-        if track.loop and recording is not None and recording.loop is not None:
-            start, length = recording.loop
-            # A loop of the whole file is what a build keeps of it anyway.
-            if (start, length) != (0, recording.frames):
-                problems.append(
-                    (
-                        f"{where}.source",
-                        f"{track.source} carries its own loop (from frame {start}, {length} "
-                        "frames long), which a build does not keep: a loop track's loop is cut "
-                        "by the build. Remove the file's loop points to let it cut one, or set "
-                        "loop: false for a one-shot",
-                    )
-                )
-                continue
+        if track.loop and recording is not None and (problem := _own_loop(recording)):
+            problems.append((f"{where}.source", f"{track.source} {problem}"))
+            continue
         duration_s = _duration_s(track, merged, recording.duration_s if recording else None)
         if track.bars is not None and not MIN_DURATION_S <= duration_s <= MAX_DURATION_S:
             problems.append(
@@ -602,7 +591,34 @@ class _Recording:
     duration_s: float
     channels: int
     frames: int
-    loop: tuple[int, int] | None  # its own loop points (first frame, frames), if it has any
+    path: Path
+
+
+def _own_loop(recording: _Recording) -> str | None:
+    """Why a looping track cannot take the recording's own loop points, or None: a build cuts
+    its own loop, and would drop them without a word (a one-shot has no use for them)."""
+    from soundtrack.measure import read_loop_tags
+
+    try:
+        loop = read_loop_tags(recording.path, recording.frames)
+    except AudioError as exc:
+        said = str(exc).removeprefix(f"{recording.path}: ")
+        return f"has loop points that cannot be read: {said}"
+    if loop is None:
+        return None
+    start, length = loop
+    if start == 0 and length >= recording.frames:
+        return None  # the whole file (tags a resampled or trimmed copy kept): what a build keeps
+    if length <= 0 or start + length > recording.frames:
+        return (
+            f"has loop points outside its {recording.frames} frames (from frame {start}, "
+            f"{length} frames long): remove them"
+        )
+    return (
+        f"carries its own loop (from frame {start}, {length} frames long), which a build does "
+        "not keep: a loop track's loop is cut by the build. Remove the file's loop points to let "
+        "it cut one, or set loop: false for a one-shot"
+    )
 
 
 def _recording(path: Path) -> _Recording:
@@ -659,17 +675,8 @@ def _recording(path: Path) -> _Recording:
         raise InputError(f"cannot read the source recording {path.name}: {said}") from None
     if non_finite:
         raise InputError(f"source recording {path.name} contains NaN or infinite samples")
-    from soundtrack.measure import read_loop_tags
-
-    try:
-        loop = read_loop_tags(path, frames)
-    except AudioError as exc:
-        raise InputError(f"source recording {path.name}: {exc}") from None
     return _Recording(
-        duration_s=duration_s,
-        channels=int(info.channels),
-        frames=int(frames),
-        loop=loop,
+        duration_s=duration_s, channels=int(info.channels), frames=int(frames), path=path
     )
 
 

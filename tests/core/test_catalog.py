@@ -283,13 +283,21 @@ def test_a_loop_too_long_for_its_model_is_told_the_longest_that_fits(
         assert validate_text(tmp_path, manifest)[0] == expected, (value, said)
 
 
-def test_a_loop_of_bars_no_render_can_hold_says_none_fits(
-    offline_hub: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("extra", "none_fits"),
+    [
+        # A 12 s bar at 20 bpm within Bark's 14 s: it was told "at most 1.2 s".
+        ("    bpm: 20\n", "no loop of whole 12 s bars at 20 bpm fits"),
+        # 8.6 s fit the render, but a loop is 10.4 s at least with a 5 s crossfade.
+        ("    loop_crossfade_ms: 5000\n", "no loop fits"),
+    ],
+)
+def test_a_loop_no_render_can_hold_says_none_fits(
+    offline_hub: Path, tmp_path: Path, extra: str, none_fits: str
 ) -> None:
-    """A 12 s bar at 20 bpm cannot loop within Bark's 14 s: it was told "at most 1.2 s"."""
     text = MANIFEST.format(duration=12, model="suno/bark-small")
-    code, said = validate_text(tmp_path, text + "    loop: true\n    bpm: 20\n")
-    assert code == 2 and "no loop of whole 12 s bars at 20 bpm fits" in said, said
+    code, said = validate_text(tmp_path, text + "    loop: true\n" + extra)
+    assert code == 2 and f"; {none_fits}) is longer than bark models render" in said, said
 
 
 ACE_INDEX = {

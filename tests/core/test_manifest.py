@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import unicodedata
 from dataclasses import replace
 from pathlib import Path
@@ -356,6 +357,7 @@ def test_committed_json_schema_is_up_to_date() -> None:
         'instruments: ["\\u200b"]',
         'instruments: ["a\\x9bb"]',
         'instruments: ["piano\\u200d"]',
+        'instruments: ["guitar\\n"]',  # Python's `$` matched before a last newline
         "gates: {seam_jump_max_ratio: 2000}",
     ],
     ids=lambda s: s[:40],
@@ -666,9 +668,41 @@ def test_a_looping_source_with_its_own_loop_points_is_refused_at_validate(
     # As a one-shot, or looped whole (what a build keeps of it anyway), it is taken.
     write(tmp_path, text.replace("loop: true", "loop: false"))
     assert load_manifest(path).tracks[0].id == "take"
-    tags["LOOPSTART"], tags["LOOPLENGTH"] = ["0"], [str(len(audio))]
+    for length in (len(audio), len(audio) + 4410):  # longer: a trimmed or resampled copy's
+        tags["LOOPSTART"], tags["LOOPLENGTH"] = ["0"], [str(length)]
+        tags.save()
+        write(tmp_path, text)
+        assert load_manifest(path).tracks[0].id == "take"
+    del tags["LOOPLENGTH"]
+    tags["LOOPSTART"], tags["LOOPEND"] = ["5000"], ["100"]
     tags.save()
-    write(tmp_path, text)
+    assert "audio/take.ogg has loop points outside its 64000 frames" in _problems(path)
+
+
+def test_a_one_shot_source_is_not_held_to_loop_points_it_does_not_use(tmp_path: Path) -> None:
+    """A sample library's ping-pong smpl loop, or LOOPSTART written as 1.5e3, refused a
+    recording that no loop was asked of."""
+    from mutagen.oggvorbis import OggVorbis
+
+    path = write(tmp_path, _recording(tmp_path, 4.0))
+    take = tmp_path / "audio" / "take.wav"
+    body = struct.pack("<9I", 0, 0, 0, 60, 0, 0, 0, 1, 0) + struct.pack("<6I", 0, 1, 10, 20, 0, 0)
+    with take.open("ab") as f:
+        f.write(b"smpl" + struct.pack("<I", len(body)) + body)  # type 1: ping-pong
+    assert load_manifest(path).tracks[0].id == "take"
+    write(tmp_path, _recording(tmp_path, 4.0) + "    loop: true\n")
+    with take.open("ab") as f:
+        f.write(b"smpl" + struct.pack("<I", len(body)) + body)
+    assert "take.wav has loop points that cannot be read: its smpl loop is ping-pong" in (
+        _problems(path)
+    )
+    ogg = tmp_path / "audio" / "take.ogg"
+    audio, rate = sf.read(take)
+    sf.write(ogg, audio, rate, format="OGG", subtype="VORBIS")
+    tags = OggVorbis(ogg)
+    tags["LOOPSTART"] = ["1.5e3"]
+    tags.save()
+    write(tmp_path, _recording(tmp_path, 4.0).replace("take.wav", "take.ogg"))
     assert load_manifest(path).tracks[0].id == "take"
 
 
