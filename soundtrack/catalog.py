@@ -172,26 +172,32 @@ def untaken(family: Family, given: Mapping[str, object]) -> list[tuple[str, str]
 
 def _longest_loop(spec: TrackSpec, max_call_s: float) -> str:
     """The longest loop like `spec` whose render fits in `max_call_s` seconds, in words."""
-    from soundtrack.loops import SEARCH_S  # here: the catalogue stays light to import
+    from soundtrack.loops import SEARCH_S, bar_loop_s  # here: the catalogue stays light
     from soundtrack.loudness import BLOCK_S
 
-    # A bar loop's room holds it at as slow a tempo as the tempo gate allows
-    # (resolve.seconds_to_render): its render grows that much faster than it.
-    growth = 1.0 + GateLimits.tempo_tolerance_pct / 100.0 if spec.bar_loop else 1.0
+    # A bar loop's room holds its whole bars at as slow a tempo as the tempo gate allows
+    # (resolve.seconds_to_render): its render grows that much faster than they do.
+    growth, length_s = 1.0, spec.duration_s
+    if spec.bar_loop:
+        assert spec.bpm is not None
+        bar_s = spec.beats_per_bar * 60.0 / spec.bpm
+        growth = 1.0 + GateLimits.tempo_tolerance_pct / 100.0
+        length_s = bar_loop_s(spec.duration_s, bar_s)
     # A hair over, so a length whose render is exactly the limit is not floored a step short.
-    fits_s = spec.duration_s - (spec.render_duration_s - max_call_s) / growth + 1e-9
+    fits_s = length_s - (spec.render_duration_s - max_call_s) / growth + 1e-9
     # The shortest loop validate takes (resolve._unrenderable): two loudness blocks to judge its
     # seam, and its crossfade twice after the search for its end.
     shortest_s = max(2 * BLOCK_S, SEARCH_S + 2 * spec.mastering.loop_crossfade_ms / 1000.0)
     if spec.bar_loop:
-        assert spec.bpm is not None
-        bar_s = spec.beats_per_bar * 60.0 / spec.bpm
         bars = math.floor(fits_s / bar_s)
         if bars < 1 or bars * bar_s < shortest_s:
             return f"no loop of whole {bar_s:g} s bars at {spec.bpm:g} bpm fits"
+        counted = f"{bars} bar{'' if bars == 1 else 's'}"
         if spec.bars:
-            return f"a loop of at most {bars} bar{'' if bars == 1 else 's'} fits"
-    elif fits_s < shortest_s:
+            return f"a loop of at most {counted} fits"
+        # It is cut to the whole bars nearest its duration (and rendered for them).
+        return f"a loop of at most {counted}, {math.floor(bars * bar_s * 1000) / 1000:g} s, fits"
+    if fits_s < shortest_s:
         return "no loop fits"
     return f"a loop of at most {math.floor(fits_s * 10) / 10:g} s fits"
 

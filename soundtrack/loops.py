@@ -42,6 +42,12 @@ class BarLoop:
     ends_within: float
 
 
+def bar_loop_s(duration_s: float, bar_s: float) -> float:
+    """How long a loop cut on bars near `duration_s` can be: the whole bars nearest it (at least
+    one; process._bar_loop cuts them), or the duration when that is longer."""
+    return max(duration_s, max(1, round(duration_s / bar_s)) * bar_s)
+
+
 def render_duration_s(duration_s: float, crossfade_ms: float) -> float:
     """How much audio to render for a `duration_s` loop: room to search past the requested end,
     and the crossfade tail after the latest possible end."""

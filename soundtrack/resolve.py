@@ -21,7 +21,13 @@ from soundtrack.catalog import is_local, keyed_family
 from soundtrack.errors import AudioError, InputError
 from soundtrack.gates import GATE_NAMES
 from soundtrack.hashing import file_sha256
-from soundtrack.loops import SEARCH_S, loop_end_range, loop_tail_samples, render_duration_s
+from soundtrack.loops import (
+    SEARCH_S,
+    bar_loop_s,
+    loop_end_range,
+    loop_tail_samples,
+    render_duration_s,
+)
 from soundtrack.loudness import BLOCK_S
 from soundtrack.paths import user_path
 from soundtrack.schema import (
@@ -93,7 +99,7 @@ def seconds_to_render(
     if not loop:
         return duration_s
     if bar_s is not None:
-        slowest_s = duration_s * (1.0 + GateLimits.tempo_tolerance_pct / 100.0)
+        slowest_s = bar_loop_s(duration_s, bar_s) * (1.0 + GateLimits.tempo_tolerance_pct / 100.0)
         return render_duration_s(slowest_s + bar_s, mastering.loop_crossfade_ms)
     return render_duration_s(duration_s, mastering.loop_crossfade_ms)
 

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from soundtrack.catalog import FAMILIES, family_name
 from soundtrack.cli import app
 from soundtrack.errors import InputError
+from soundtrack.resolve import seconds_to_render
+from soundtrack.spec import LOUDNESS_PROFILES, GateLimits, Mastering
 from tests.hubcache import put_in_cache
 
 MANIFEST = """\
@@ -281,6 +283,21 @@ def test_a_loop_too_long_for_its_model_is_told_the_longest_that_fits(
         number = int(value) if unit == "bars" else value
         manifest = text.replace(length, f"{field}: {number}") + "    loop: true\n" + extra
         assert validate_text(tmp_path, manifest)[0] == expected, (value, said)
+
+
+def test_a_bar_loop_renders_room_for_the_whole_bars_it_is_cut_to() -> None:
+    """30 s at 140 bpm is cut to the nearest whole bars, 18 (30.86 s): its render held 30 s at
+    the slowest tempo the gate allows, short of them by 0.9 s when its first downbeat came late."""
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["console"])
+    bar_s = 4 * 60 / 140
+    slowest_s = 1.0 + GateLimits.tempo_tolerance_pct / 100.0
+    rendered = seconds_to_render(30.0, mastering, loop=True, bar_s=bar_s)
+    assert rendered >= 18 * bar_s * slowest_s + bar_s  # the bars, after a downbeat a bar in
+    # Nearer the bars below (16, 27.4 s), it holds the duration asked.
+    plain = seconds_to_render(27.9, mastering, loop=True)
+    assert seconds_to_render(27.9, mastering, loop=True, bar_s=bar_s) == pytest.approx(
+        plain + 27.9 * (slowest_s - 1.0) + bar_s
+    )
 
 
 @pytest.mark.parametrize(
