@@ -615,7 +615,9 @@ def _own_loop(recording: _Recording) -> str | None:
     start, length = loop
     if start == 0 and length >= recording.frames:
         return None  # the whole file (tags a resampled or trimmed copy kept): what a build keeps
-    if length <= 0 or start + length > recording.frames:
+    if length <= 0:
+        return f"has a loop that ends before it starts (from frame {start}): remove it"
+    if start + length > recording.frames:
         return (
             f"has loop points outside its {recording.frames} frames (from frame {start}, "
             f"{length} frames long): remove them"

@@ -676,6 +676,11 @@ def test_a_looping_source_with_its_own_loop_points_is_refused_at_validate(
     del tags["LOOPLENGTH"]
     tags["LOOPSTART"], tags["LOOPEND"] = ["5000"], ["100"]
     tags.save()
+    assert "audio/take.ogg has a loop that ends before it starts (from frame 5000)" in (
+        _problems(path)
+    )
+    tags["LOOPSTART"], tags["LOOPEND"] = ["5000"], ["70000"]
+    tags.save()
     assert "audio/take.ogg has loop points outside its 64000 frames" in _problems(path)
 
 
