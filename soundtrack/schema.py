@@ -5,6 +5,7 @@ Every key and range a manifest may hold is declared here once; docs/manifest.md 
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -684,4 +685,20 @@ def json_schema() -> dict[str, Any]:
     """The manifest's JSON Schema (committed as manifests/soundtrack.schema.json)."""
     schema = Manifest.model_json_schema(by_alias=True, mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    _end_alike(schema)
     return schema
+
+
+def _end_alike(node: Any) -> None:
+    """Patterns ending in `$` end as JavaScript reads it, in Python's regexes too (whose `$`
+    also matches before a last newline). pydantic's own checks keep `$`: its engine has no
+    lookahead, and matches `$` at the very end."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str) and re.search(r"(?<!\\)\$$", value):
+                node[key] = value[:-1] + _END
+            else:
+                _end_alike(value)
+    elif isinstance(node, list):
+        for value in node:
+            _end_alike(value)

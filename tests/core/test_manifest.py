@@ -358,6 +358,8 @@ def test_committed_json_schema_is_up_to_date() -> None:
         'instruments: ["a\\x9bb"]',
         'instruments: ["piano\\u200d"]',
         'instruments: ["guitar\\n"]',  # Python's `$` matched before a last newline
+        'time_signature: "4/4\\n"',
+        'key: "C major\\n"',
         "gates: {seam_jump_max_ratio: 2000}",
     ],
     ids=lambda s: s[:40],
