@@ -104,16 +104,14 @@ _FORMAT = (  # Unicode's format characters (Cf) up to U+FFFF: invisible
     r"\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
 )
 _VISIBLE = rf"[^\s{_FORMAT}]"
-# The end as both read it: Python's `$` also matches before a last newline.
-_END = r"(?![\s\S])"
 _NOT_BLANK: dict[str, Any] = {
-    "allOf": [{"pattern": rf"^[^\x00-\x08\x0b-\x1f{_REFUSED}]*{_END}"}, {"pattern": _VISIBLE}]
+    "allOf": [{"pattern": rf"^[^\x00-\x08\x0b-\x1f{_REFUSED}]*$"}, {"pattern": _VISIBLE}]
 }
 # A file's path, relative to the manifest (_file_inside says why not, in words).
 _A_PATH: dict[str, Any] = {"minLength": 1, "pattern": r"^(?!\s*$)[^/~]"}
 # An instrument joins the prompt as a name: no tab or newline either.
 _A_NAME: dict[str, Any] = {
-    "allOf": [{"pattern": rf"^[^\x00-\x1f{_REFUSED}]*{_END}"}, {"pattern": _VISIBLE}]
+    "allOf": [{"pattern": rf"^[^\x00-\x1f{_REFUSED}]*$"}, {"pattern": _VISIBLE}]
 }
 
 
@@ -687,6 +685,10 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     _end_alike(schema)
     return schema
+
+
+# The end as both read it: Python's `$` also matches before a last newline.
+_END = r"(?![\s\S])"
 
 
 def _end_alike(node: Any) -> None:
