@@ -11,7 +11,7 @@ from pathlib import Path
 
 from soundtrack.paths import user_path
 from soundtrack.schema import SAMPLING_FAMILIES
-from soundtrack.spec import GateLimits, TrackSpec
+from soundtrack.spec import TrackSpec
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def untaken(family: Family, given: Mapping[str, object]) -> list[tuple[str, str]
 
 def _longest_loop(spec: TrackSpec, max_call_s: float) -> str:
     """The longest loop like `spec` whose render fits in `max_call_s` seconds, in words."""
-    from soundtrack.loops import SEARCH_S, bar_loop_s  # here: the catalogue stays light
+    from soundtrack.loops import SEARCH_S, SLOWEST_BAR_RATIO, bar_loop_s  # the catalogue: light
     from soundtrack.loudness import BLOCK_S
 
     # A bar loop's room holds its whole bars at as slow a tempo as the tempo gate allows
@@ -181,7 +181,7 @@ def _longest_loop(spec: TrackSpec, max_call_s: float) -> str:
     if spec.bar_loop:
         assert spec.bpm is not None
         bar_s = spec.beats_per_bar * 60.0 / spec.bpm
-        growth = 1.0 + GateLimits.tempo_tolerance_pct / 100.0
+        growth = SLOWEST_BAR_RATIO
         length_s = bar_loop_s(spec.duration_s, bar_s)
     # A hair over, so a length whose render is exactly the limit is not floored a step short.
     fits_s = length_s - (spec.render_duration_s - max_call_s) / growth + 1e-9

@@ -11,6 +11,7 @@ import numpy as np
 
 from soundtrack.errors import AudioError
 from soundtrack.numba_cache import load_librosa
+from soundtrack.spec import GateLimits
 
 SEARCH_S = 0.4  # loop end within +-this of the requested duration (the duration gate allows 0.5)
 DISTANCE_PENALTY = 0.25  # score lost at the edge of the search window (a perfect match scores 2)
@@ -40,6 +41,11 @@ class BarLoop:
     start: int
     length: float
     ends_within: float
+
+
+# A bar loop is cut at the tempo heard, which the tempo gate lets run this much slower than its
+# bpm: a render holds its bars at that tempo (resolve.seconds_to_render).
+SLOWEST_BAR_RATIO = 1.0 + GateLimits.tempo_tolerance_pct / 100.0
 
 
 def bar_loop_s(duration_s: float, bar_s: float) -> float:

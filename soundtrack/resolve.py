@@ -23,6 +23,7 @@ from soundtrack.gates import GATE_NAMES
 from soundtrack.hashing import file_sha256
 from soundtrack.loops import (
     SEARCH_S,
+    SLOWEST_BAR_RATIO,
     bar_loop_s,
     loop_end_range,
     loop_tail_samples,
@@ -99,7 +100,7 @@ def seconds_to_render(
     if not loop:
         return duration_s
     if bar_s is not None:
-        slowest_s = bar_loop_s(duration_s, bar_s) * (1.0 + GateLimits.tempo_tolerance_pct / 100.0)
+        slowest_s = bar_loop_s(duration_s, bar_s) * SLOWEST_BAR_RATIO
         return render_duration_s(slowest_s + bar_s, mastering.loop_crossfade_ms)
     return render_duration_s(duration_s, mastering.loop_crossfade_ms)
 
