@@ -180,7 +180,7 @@ def _longest_loop(spec: TrackSpec, max_call_s: float) -> str:
     growth, length_s = 1.0, spec.duration_s
     if spec.bar_loop:
         assert spec.bpm is not None
-        bar_s = spec.beats_per_bar * 60.0 / spec.bpm
+        bar_s = spec.bar_s(spec.bpm)
         growth = SLOWEST_BAR_RATIO
         length_s = bar_loop_s(spec.duration_s, bar_s)
     # A hair over, so a length whose render is exactly the limit is not floored a step short.

@@ -218,10 +218,10 @@ def _bar_loop(spec: TrackSpec, heard: Analysis) -> BarLoop | None:
     if not spec.bar_loop or heard.tempo_bpm is None or not heard.downbeats or spec.bpm is None:
         return None  # no beat to count bars by: a plain loop, which the tempo gate rejects
     sr = heard.sample_rate
-    target_bar = spec.beats_per_bar * 60.0 / spec.bpm * sr
+    target_bar = spec.bar_s(spec.bpm) * sr
     # At the measured tempo, the bars drifted by up to 10 ms over 8.
     exact = abs(heard.tempo_bpm / spec.bpm - 1.0) <= TEMPO_PRECISION
-    bar = target_bar if exact else spec.beats_per_bar * 60.0 / heard.tempo_bpm * sr
+    bar = target_bar if exact else spec.bar_s(heard.tempo_bpm) * sr
     # A recording of its own length counts the bars of the music heard, its silence trimmed.
     frames = heard.frames if spec.own_length else spec.duration_s * sr
     bars = spec.bars or max(1, round(frames / bar))

@@ -52,6 +52,7 @@ from soundtrack.spec import (
     Sampling,
     StableAudioSampling,
     TrackSpec,
+    bar_seconds,
     default_fade_out_s,
 )
 
@@ -103,12 +104,6 @@ def seconds_to_render(
         slowest_s = bar_loop_s(duration_s, bar_s) * SLOWEST_BAR_RATIO
         return render_duration_s(slowest_s + bar_s, mastering.loop_crossfade_ms)
     return render_duration_s(duration_s, mastering.loop_crossfade_ms)
-
-
-def bar_seconds(bpm: float, time_signature: str | None) -> float:
-    """One bar at `bpm`: beats per bar is the time signature's upper number (4 by default)."""
-    beats = int(time_signature.split("/")[0]) if time_signature else 4
-    return beats * 60.0 / bpm
 
 
 _SEVERITIES = get_args(GateSeverity)

@@ -90,7 +90,7 @@ def sidecar(spec: TrackSpec, info: MasterInfo, analysis: Analysis) -> Sidecar:
     if info.loop_start is not None and info.loop_length is not None:
         bars = None
         if spec.bar_loop and analysis.tempo_bpm:
-            bar = spec.beats_per_bar * 60.0 / analysis.tempo_bpm * info.sample_rate
+            bar = spec.bar_s(analysis.tempo_bpm) * info.sample_rate
             bars = max(1, round(info.loop_length / bar))
         loop = LoopRegion(
             start_sample=info.loop_start,

@@ -173,9 +173,23 @@ class TrackSpec:
     @property
     def beats_per_bar(self) -> int:
         """Beats in a bar: the time signature's upper number (4 when none is given)."""
-        return int(self.time_signature.split("/")[0]) if self.time_signature else 4
+        return beats_per_bar(self.time_signature)
+
+    def bar_s(self, tempo_bpm: float) -> float:
+        """One bar of this track's time signature at `tempo_bpm`."""
+        return bar_seconds(tempo_bpm, self.time_signature)
 
     @property
     def bar_loop(self) -> bool:
         """A loop with a tempo target is cut to whole bars (docs/formats.md#loops-on-the-bar)."""
         return self.loop and self.bpm is not None
+
+
+def beats_per_bar(time_signature: str | None) -> int:
+    """Beats in a bar: the time signature's upper number (4 when none is given)."""
+    return int(time_signature.split("/")[0]) if time_signature else 4
+
+
+def bar_seconds(tempo_bpm: float, time_signature: str | None) -> float:
+    """One bar at `tempo_bpm` in `time_signature`."""
+    return beats_per_bar(time_signature) * 60.0 / tempo_bpm
