@@ -126,12 +126,14 @@ def finish(
     recorded_loop: bool = False,
     headroom_db: float = ENCODING_HEADROOM_DB,
     max_gain_db: float = math.inf,
+    loudness_out_of_reach_fails: bool = True,
 ) -> Master:
     """Loop or cut and fade, then normalise (with at most `max_gain_db`) and limit
     `headroom_db` under the true-peak ceiling. `bar_loop` (first downbeat, whole bars in
     samples) cuts a loop on the bar instead of near `duration_s`; `recorded_loop`: a recording
     that is its loop already, kept whole (nothing follows its end to search or crossfade; the
-    seam gates judge its wrap)."""
+    seam gates judge its wrap). A loudness target out of reach is an AudioError, or, with
+    `loudness_out_of_reach_fails` False, the nearest master, for the loudness gate to judge."""
     x, sr = prepared.audio, prepared.sample_rate
     # 4. Loop crossfade, or cut and fades
     loop_start = 0
@@ -150,6 +152,7 @@ def finish(
         loop_start=loop_start if loop else None,
         headroom_db=headroom_db,
         max_gain_db=max_gain_db,
+        out_of_reach_fails=loudness_out_of_reach_fails,
     )
     return Master(
         audio=out.astype(np.float32),
@@ -315,6 +318,7 @@ def _normalise(
     loop_start: int | None,
     headroom_db: float,
     max_gain_db: float,
+    out_of_reach_fails: bool,
 ) -> tuple[np.ndarray, float, float]:
     """Gain to the loudness target, limit, re-measure and correct the gain (limiting lowers the
     loudness, more the harder it works); returns the master, its gain and the largest reduction."""
@@ -359,7 +363,7 @@ def _normalise(
     assert best is not None
     # Near the ceiling more gain mostly feeds the limiter: a pass within the track's own
     # tolerance is a master the loudness gate passes, not a failure.
-    if abs(target_lufs - best.lufs) > mastering.loudness.tolerance_lu:
+    if out_of_reach_fails and abs(target_lufs - best.lufs) > mastering.loudness.tolerance_lu:
         raise AudioError(
             f"cannot reach {target_lufs} LUFS under a {mastering.loudness.true_peak_max_dbtp} "
             f"dBTP true-peak ceiling (the master limited to {ceiling_dbtp:g}, headroom for the "

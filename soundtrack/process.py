@@ -130,6 +130,8 @@ def process_track(
                 bar_loop=_bar_loop(spec, heard),
                 recorded_loop=spec.source is not None
                 and ends_at_its_loop(prepared.audio.shape[1], loop_frames),
+                # A loudness gate that only warns (or is off) takes the nearest master there is.
+                loudness_out_of_reach_fails=spec.gates.severity("loudness") in (None, "fail"),
             )
             m = master()
         except AudioError:

@@ -99,6 +99,32 @@ def test_a_master_an_encoder_overshoots_is_mastered_lower_once_and_encoded_again
     assert {g.name for g in kept.gates if not g.passed} == {"true_peak_mp3"}
 
 
+def test_a_loudness_out_of_reach_fails_only_where_its_gate_fails(tmp_path: Path) -> None:
+    """-6 LUFS under -1 dBTP is out of reach for a held chord: the track failed even where the
+    manifest made the loudness gate a warning, or turned it off."""
+    rate = 44100
+    chord = held_chord(120.0, 12.0, rate)
+    reach = Mastering(loudness=LoudnessTarget(-6.0, -1.0, 1.0))
+    with pytest.raises(AudioError, match=r"cannot reach -6.0 LUFS"):
+        process_track(make_spec(id="strict", mastering=reach), chord, rate, tmp_path)
+    for severity in ("warn", "off"):
+        gates = replace(make_spec().gates, severities=(("loudness", severity),))
+        spec = make_spec(id=severity, duration_s=10.0, mastering=reach, gates=gates)
+        outcome = process_track(spec, chord, rate, tmp_path / severity)
+        assert outcome.status == "approved", _failed(outcome)
+        loudness = [g for g in outcome.gates if g.name == "loudness"]
+        assert [(g.passed, g.severity) for g in loudness] == (
+            [(False, "warn")] if severity == "warn" else []
+        )
+        # The nearest master: limited as hard as mastering goes, short of the target.
+        (master_row,) = [row for row in outcome.qc.rows if row["label"] == "master"]
+        assert -10.0 < master_row["integrated_lufs"] < -7.0
+        for file in outcome.files:
+            lufs, peak_dbtp = ebur128(file.path)
+            assert lufs == pytest.approx(master_row["integrated_lufs"], abs=0.5), file.format
+            assert peak_dbtp <= -1.0, file.format
+
+
 def test_a_silent_source_is_rejected_by_the_silence_gate(tmp_path: Path) -> None:
     silent = np.zeros((2, 12 * RENDER_RATE), dtype=np.float32)
     outcome = _rejected(tmp_path, silent)
