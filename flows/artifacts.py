@@ -80,9 +80,13 @@ class BuildArtifacts:
             )
 
     def finished(
-        self, report: BuildReport, outcomes: Sequence[TrackOutcome], unpublished: str | None
+        self,
+        report: BuildReport,
+        outcomes: Sequence[TrackOutcome],
+        index: BuildReport | None,
+        unpublished: str | None,
     ) -> None:
-        self._show(lambda: self._create_all(report, outcomes, unpublished))
+        self._show(lambda: self._create_all(report, outcomes, index, unpublished))
 
     def _show(self, call: Callable[[], object]) -> None:
         """The UI is the build's window, not its work: a server gone away mid-build stops the
@@ -99,28 +103,34 @@ class BuildArtifacts:
             )
 
     def _create_all(
-        self, report: BuildReport, outcomes: Sequence[TrackOutcome], unpublished: str | None
+        self,
+        report: BuildReport,
+        outcomes: Sequence[TrackOutcome],
+        index: BuildReport | None,
+        unpublished: str | None,
     ) -> None:
-        # The soundtrack's keyed cards are the last build that published: one that did not
-        # shows its table and why in its own run only.
-        published = unpublished is None
+        # The soundtrack's keyed cards are the last build that published, with every track its
+        # lock lists (also those --only left out): one that did not shows its table and why in
+        # its own run only.
+        built = {track.id for track in report.tracks}
+        kept = [t for t in index.tracks if t.id not in built] if index is not None else []
         create_table_artifact(
-            table=[_row(track) for track in report.tracks],
-            key=f"{self.soundtrack}-tracks" if published else None,
+            table=[_row(track) for track in [*report.tracks, *kept]],
+            key=f"{self.soundtrack}-tracks" if index is not None else None,
             description=f"{self.soundtrack}: "
             + ", ".join(f"{n} {status}" for status, n in report.counts().items() if n),
         )
         docs = _data_docs(self.soundtrack, outcomes)
         create_markdown_artifact(
-            _links(report, docs, unpublished),
-            key=f"{self.soundtrack}-assets" if published else None,
-            description="Published assets" if published else "Not published",
+            _links(report, index, docs, unpublished),
+            key=f"{self.soundtrack}-assets" if index is not None else None,
+            description="Published assets" if index is not None else "Not published",
         )
-        if not published:
+        if index is None:
             return
         # The UI shows an image it can fetch: S3's presigned links. A folder's pictures are
         # listed, by path, in the markdown above.
-        for name, picture in _pictures(report):
+        for name, picture in _pictures(index):
             if picture.url is not None and picture.url.startswith(("https://", "http://")):
                 create_image_artifact(
                     redact(picture.url),
@@ -146,30 +156,38 @@ def _row(track: TrackRecord) -> dict[str, object]:
     return row
 
 
-def _links(report: BuildReport, docs: Path | None, unpublished: str | None) -> str:
+def _links(
+    report: BuildReport, index: BuildReport | None, docs: Path | None, unpublished: str | None
+) -> str:
     lines = [f"# {report.soundtrack}", ""]
     if unpublished is not None:
         # No lock names the files: links would show as published a build that is not.
         lines.append(f"Nothing published: {literal(redact(unpublished))}")
-    else:
-        lines += _file_links(report)
+    elif index is not None:
+        lines += _file_links(report, index)
     if docs is not None:
         link = f"[{literal(str(docs))}]({docs.as_uri()})"
         lines += ["", f"QC report (Great Expectations Data Docs): {link}"]
     return redact("\n".join(lines) + "\n")
 
 
-def _file_links(report: BuildReport) -> list[str]:
+def _file_links(report: BuildReport, index: BuildReport) -> list[str]:
+    """What the lock serves, track by track (a rebuild rejected keeps its earlier files), then
+    the tracks this build made nothing of to serve."""
     lines = ["| track | status | files |", "|---|---|---|"]
-    for track in report.tracks:
+    served = {track.id for track in index.tracks}
+    for track in [*index.tracks, *(t for t in report.tracks if t.id not in served)]:
         links = [
             (f"{f.stem}.{f.format}" if f.stem else f.format, f.url or f.uri) for f in track.files
         ]
         if track.sidecar is not None:
             links.append(("json", track.sidecar.url or track.sidecar.uri))
         files = " ".join(f"[{name}]({destination(target)})" for name, target in links) or "-"
-        lines.append(f"| {track.id} | {track.status} | {files} |")
-    pictures = _pictures(report)
+        status: str = track.status
+        if track.failed_rebuild is not None:
+            status += f"; its rebuild {track.failed_rebuild.status}, earlier files served"
+        lines.append(f"| {track.id} | {status} | {files} |")
+    pictures = _pictures(index)
     if pictures:
         lines += ["", "Pictures (waveform, spectrogram, short-term loudness against the target):"]
         lines += [

@@ -101,9 +101,14 @@ class Observer(Protocol):
     def track_done(self, record: TrackRecord) -> None: ...
 
     def finished(
-        self, report: BuildReport, outcomes: Sequence[TrackOutcome], unpublished: str | None
+        self,
+        report: BuildReport,
+        outcomes: Sequence[TrackOutcome],
+        index: BuildReport | None,
+        unpublished: str | None,
     ) -> None:
-        """The build ended; `unpublished` says why its lock was not written, if it was not."""
+        """The build ended: `index` is the lock it wrote (what the storage serves now), or None
+        and `unpublished` says why it wrote none."""
 
 
 @dataclass(frozen=True)
@@ -412,9 +417,13 @@ def _finish(
     for warning in left_out:
         logger.warning(warning)
     report = _report(prepared, tracks, loads_before, build_name, left_out)
-    unpublished = _write_index(prepared, tracks, report, executor, logger)
+    track_ids = [spec.id for spec in prepared.checked.specs]
+    index = index_of(report, prepared.lock, track_ids, theirs=prepared.theirs)
+    unpublished = _write_index(prepared, tracks, index, executor, logger)
     if observer is not None:
-        observer.finished(report, tracks.outcomes, unpublished)
+        observer.finished(
+            report, tracks.outcomes, index if unpublished is None else None, unpublished
+        )
     if unpublished is not None:
         return BuildResult(report, unpublished)
     if not report.ok:
@@ -426,15 +435,13 @@ def _finish(
 
 
 def _write_index(
-    prepared: Prepared, tracks: _Tracks, report: BuildReport, executor: Executor, logger: Logger
+    prepared: Prepared, tracks: _Tracks, index: BuildReport, executor: Executor, logger: Logger
 ) -> str | None:
     """Write the lock unless a publish failed; None when written, else why it was not."""
     if tracks.publish_errors:
         errors = "; ".join(tracks.publish_errors)
         return f"publishing failed, the previous index is untouched: {errors}"
     checked = prepared.checked
-    track_ids = [spec.id for spec in checked.specs]
-    index = index_of(report, prepared.lock, track_ids, theirs=prepared.theirs)
     try:
         index_uri = executor.submit(
             steps.write_index,

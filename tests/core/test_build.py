@@ -256,7 +256,9 @@ class Watcher:
     def track_done(self, record: object) -> None:
         pass
 
-    def finished(self, report: object, outcomes: object, unpublished: str | None) -> None:
+    def finished(
+        self, report: object, outcomes: object, index: object, unpublished: str | None
+    ) -> None:
         self.unpublished.append(unpublished)
 
 

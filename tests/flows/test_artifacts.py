@@ -77,7 +77,7 @@ def test_a_build_whose_lock_was_not_written_shows_nothing_published(
     def build_whose_lock_failed() -> object:
         artifacts = BuildArtifacts("s", 1)
         artifacts.track_done(record)
-        artifacts.finished(report, [], "writing the index failed: disk full")
+        artifacts.finished(report, [], None, "writing the index failed: disk full")
         return get_run_context().flow_run.id  # type: ignore[union-attr]
 
     from prefect.logging.handlers import APILogHandler
@@ -169,8 +169,8 @@ def test_paths_reasons_and_gate_names_show_as_written_never_as_markup(
     @flow
     def build_of_hostile_text() -> object:
         published = BuildArtifacts(soundtrack, 1)
-        published.finished(report, [], None)
-        BuildArtifacts(soundtrack, 1).finished(report, [], unpublished)
+        published.finished(report, [], report, None)
+        BuildArtifacts(soundtrack, 1).finished(report, [], None, unpublished)
         BuildArtifacts(soundtrack, 2).stopped(f"{FOLDER} is being built by <script>x</script>")
         return get_run_context().flow_run.id  # type: ignore[union-attr]
 

@@ -109,12 +109,33 @@ def test_a_rejected_track_fails_the_run_in_one_line_and_exits_1_without_a_traceb
     for track in (t for t in lock["tracks"] if t["status"] == "approved"):
         assert f"<li>{track['id']}: <a href=" in shown and f">{out / track['id']}.png</a>" in shown
 
-    # Again: every approved track is cached and no model is loaded (a new process).
+    # Again: every approved track is cached and no model is loaded (a new process); the
+    # recording, held to a stricter gate now, is rejected and keeps serving its earlier files.
+    (workdir / "m.yaml").write_text(
+        (workdir / "m.yaml")
+        .read_text()
+        .replace(
+            "source: audio/credits.wav",
+            "source: audio/credits.wav\n    gates: {silence_floor_lufs: -20}",
+        )
+    )
+    since = datetime.now(UTC)
     again = build(workdir, env, *args)
     assert again.returncode == 1 and "Traceback" not in again.stdout + again.stderr
     report = json.loads((workdir / "report.json").read_text())
     assert report["model_loads"] == 0
-    assert set(statuses(report).values()) == {"cached", "rejected"}
+    assert statuses(report) == {
+        **dict.fromkeys(("battle-loop", "long-theme"), "cached"),
+        "credits": "rejected",
+        "too-strict": "rejected",
+    }
+    # The soundtrack's cards show what its lock serves: the rejected rebuild's earlier files
+    # (they showed only this build's verdict, "rejected", and no file).
+    (run,) = build_runs(prefect_server.api_url, since)
+    (assets,) = [a for a in run_artifacts(prefect_server.api_url, run.id) if a.key == "e2e-assets"]
+    (row,) = [line for line in str(assets.data).splitlines() if line.startswith("| credits |")]
+    assert "its rebuild rejected, earlier files served" in row
+    assert "[ogg](file://" in row and "credits.ogg" in row
 
 
 def test_killed_build_resumes_without_partial_or_duplicate_files(
