@@ -192,7 +192,7 @@ def prepare(
         gates=options.gates,
         discarded=options.discarded,
     )
-    check_access(checked.storage)
+    check_access(checked.storage, checked.manifest.soundtrack)
     check_cache()
     lock, warnings = _previous_lock(checked)
     for warning in warnings:

@@ -158,8 +158,8 @@ def validate(manifest: ManifestArg) -> None:
     try:
         # The manifest's own storage: --out and $SOUNDTRACK_STORAGE are the build's to check.
         checked = check_inputs(manifest, environ={})
-        if isinstance(checked.storage, LocalStorage):
-            check_access(checked.storage)  # as build checks it (a bucket needs the network)
+        if isinstance(checked.storage, LocalStorage):  # as build checks it (a bucket: network)
+            check_access(checked.storage, checked.manifest.soundtrack)
         if checked.manifest.review == "required":
             _check_review_server()
     except SoundtrackError as exc:

@@ -136,12 +136,12 @@ def check_cache() -> None:
         ) from None
 
 
-def check_access(storage: Storage) -> None:
+def check_access(storage: Storage, soundtrack: str) -> None:
     """The storage takes what a build publishes: wrong credentials, a missing bucket or a file
     where its folder goes are settings to fix (InputError), not a failed build; a transient
     failure stays a StorageError."""
     try:
-        storage.check_access()
+        storage.check_access(soundtrack)
     except StorageError as exc:
         if exc.transient:
             raise

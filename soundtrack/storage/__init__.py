@@ -62,7 +62,7 @@ def open_storage(url: str, *, base_dir: Path) -> Storage:
     return LocalStorage(url, root if root.is_absolute() else base_dir / root)
 
 
-def check_access(storage: Storage) -> None:
-    """Fast pre-flight: raise StorageError(transient=False) when publishing cannot work
-    (wrong credentials, missing bucket, unreachable endpoint, unwritable folder)."""
-    storage.check_access()
+def check_access(storage: Storage, soundtrack: str) -> None:
+    """Fast pre-flight: raise StorageError(transient=False) when publishing `soundtrack` cannot
+    work (wrong credentials, missing bucket, unreachable endpoint, unwritable folder)."""
+    storage.check_access(soundtrack)

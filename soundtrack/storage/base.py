@@ -114,8 +114,8 @@ class Storage(Protocol):
     def delete(self, keys: Sequence[str]) -> None:
         """Remove these keys; missing ones are fine."""
 
-    def check_access(self) -> None:
-        """Fail fast, before any generation, when publishing cannot work."""
+    def check_access(self, soundtrack: str) -> None:
+        """Fail fast, before any generation, when publishing `soundtrack` cannot work."""
 
     def hold(
         self, soundtrack: str, *, wait_s: float, on_wait: Callable[[str], None]

@@ -228,15 +228,15 @@ class LocalStorage:
         return self._path(key).as_uri()
 
     def soundtracks(self) -> list[str]:
-        """Sub-folders of the root that hold an index (other folders, and folders no soundtrack
-        can be named, are not ours)."""
+        """Sub-folders of the root that hold an index (other folders, links to folders, and
+        folders no soundtrack can be named, are not ours)."""
         try:
             if not self.root.is_dir():
                 return []
             return sorted(
                 d.name
                 for d in self.root.iterdir()
-                if is_name(d.name) and (d / INDEX_NAME).is_file()
+                if is_name(d.name) and not d.is_symlink() and (d / INDEX_NAME).is_file()
             )
         except OSError as exc:
             raise _error(f"cannot list {self.root}", exc) from None
@@ -244,8 +244,13 @@ class LocalStorage:
     def unreferenced(self, soundtrack: str) -> Garbage:
         """Files under <root>/<soundtrack>/ that the lock does not reference: ours when the
         journal records writing them with the sha256 they still have, else kept."""
-        data = self.read_index(soundtrack)
         folder = self.root / soundtrack
+        if folder.is_symlink():  # what it deletes would lie outside the storage
+            raise InputError(
+                f"{folder} is a symbolic link to {os.readlink(folder)}: gc deletes in the "
+                "storage's own folders only"
+            )
+        data = self.read_index(soundtrack)
         if data is None:
             raise InputError(
                 f"no index at {folder / INDEX_NAME}: nothing tells which files are in use"
@@ -293,8 +298,10 @@ class LocalStorage:
             except OSError as exc:
                 raise _error(f"cannot delete {path}", exc) from None
 
-    def check_access(self) -> None:
-        """Fail unless the root (or the folder that would hold it) is a writable directory."""
+    def check_access(self, soundtrack: str) -> None:
+        """Fail unless the root (or the folder that would hold it) is a writable directory, and
+        the soundtrack's folder in it, if there is one, a folder: not a file, nor a link that
+        would take what this tool writes and deletes there elsewhere."""
         existing = self.root
         while not existing.exists():
             if existing.is_symlink():  # to nothing: a folder cannot be made there
@@ -311,6 +318,14 @@ class LocalStorage:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise StorageError(
                 f"storage folder {self.root}: {existing} is not writable", transient=False
+            )
+        folder = self.root / soundtrack
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            kind = "a symbolic link" if folder.is_symlink() else "a file"
+            raise StorageError(
+                f"storage folder {self.root}: {folder}, where soundtrack {soundtrack!r} is "
+                f"published, is {kind}, not a folder: remove it to build here",
+                transient=False,
             )
 
     def _record(self, key: str, sha256: str) -> None:

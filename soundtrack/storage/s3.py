@@ -448,7 +448,7 @@ class S3Storage:
         the build's turn ends: a lock write under way finishes first, and none starts after."""
         BUILD_TURNS.end((self.endpoint, self.bucket, self._index_key(soundtrack)))
 
-    def check_access(self) -> None:
+    def check_access(self, soundtrack: str) -> None:
         """HEAD the bucket: wrong credentials, a missing bucket or an unreachable endpoint fail
         here, before any GPU time is spent."""
         doing = f"checking access to s3://{self.bucket}"

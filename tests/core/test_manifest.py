@@ -952,6 +952,33 @@ def test_validate_refuses_a_storage_folder_a_build_could_not_write(tmp_path: Pat
     assert "is not a directory" in " ".join(result.output.split())
 
 
+@pytest.mark.parametrize("kind", ["file", "link to nothing", "link to a folder"])
+@pytest.mark.parametrize("command", ["validate", "build"])
+def test_a_soundtrack_folder_that_is_no_folder_is_refused_before_the_build(
+    tmp_path: Path, command: str, kind: str
+) -> None:
+    """A file or a dangling link at <storage>/<soundtrack> crashed the build with a traceback
+    (exit 1, a flow run begun); a link to a folder published, and gc deleted, through it."""
+    (tmp_path / "assets").mkdir()
+    folder = tmp_path / "assets" / "game"
+    elsewhere = tmp_path / "elsewhere"
+    if kind == "file":
+        folder.write_text("a file")
+    else:
+        folder.symlink_to(elsewhere)
+        if kind == "link to a folder":
+            elsewhere.mkdir()
+    path = tmp_path / "m.yaml"
+    path.write_text(BASE.replace("soundtrack: game\n", "soundtrack: game\nstorage: ./assets\n"))
+    before = sorted(tmp_path.rglob("*"))
+    result = runner.invoke(app, [command, str(path)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert f"{folder}, where soundtrack 'game' is published, is a " in said, said
+    assert "Traceback" not in result.output
+    assert sorted(tmp_path.rglob("*")) == before, "nothing written"
+
+
 def test_attempts_and_reference_are_build_policy_outside_the_spec_hash(tmp_path: Path) -> None:
     sf.write(tmp_path / "ref.wav", np.zeros((44100, 2), dtype=np.float32) + 0.1, 44100)
     first = specs_of(tmp_path, BASE)

@@ -109,7 +109,7 @@ def test_publish_puts_every_file_verified_then_the_index(
     backend: Backend, assets: list[Asset]
 ) -> None:
     storage = backend.storage
-    check_access(storage)
+    check_access(storage, "st")
     published, index = publish(storage, SOUNDTRACK, assets)
 
     for asset, file in zip(assets, published, strict=True):

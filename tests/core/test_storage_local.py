@@ -33,7 +33,7 @@ def test_publish_writes_stable_names_in_the_manifests_folder(
     assets: list[Asset], tmp_path: Path
 ) -> None:
     storage = open_storage("assets", base_dir=tmp_path / "game")
-    check_access(storage)
+    check_access(storage, "st")
     published, index = publish(storage, SOUNDTRACK, assets)
 
     root = tmp_path / "game" / "assets"
@@ -107,9 +107,9 @@ def test_check_access_refuses_a_root_that_is_not_a_folder(tmp_path: Path) -> Non
     (tmp_path / "file").write_text("not a folder")
     for root in (tmp_path / "file", tmp_path / "file" / "assets"):
         with pytest.raises(StorageError, match="is not a directory") as caught:
-            check_access(open_storage(str(root), base_dir=tmp_path))
+            check_access(open_storage(str(root), base_dir=tmp_path), "st")
         assert not caught.value.transient
-    check_access(open_storage(str(tmp_path / "new" / "assets"), base_dir=tmp_path))
+    check_access(open_storage(str(tmp_path / "new" / "assets"), base_dir=tmp_path), "st")
 
 
 def test_gc_lists_then_deletes_only_our_unreferenced_files_of_indexed_soundtracks(
@@ -149,6 +149,30 @@ def test_gc_lists_then_deletes_only_our_unreferenced_files_of_indexed_soundtrack
     assert not_ours.read_bytes() == b"boom"
     lock = json.loads((root / SOUNDTRACK / "soundtrack.lock.json").read_text())
     assert lock["tracks"][0]["files"][0]["key"] == f"{SOUNDTRACK}/title-theme.ogg"
+
+
+def test_gc_deletes_nothing_through_a_soundtrack_folder_that_is_a_link(tmp_path: Path) -> None:
+    """A link at <root>/<soundtrack> to a folder outside the root, holding a lock and a journal
+    naming a file there: gc --delete deleted that file, outside the storage."""
+    elsewhere = tmp_path / "elsewhere"
+    storage = open_storage(str(elsewhere), base_dir=tmp_path)
+    ogg = make_asset(tmp_path / "enc", "title-theme", "ogg", size=10_000, seed=1)
+    mp3 = make_asset(tmp_path / "enc", "title-theme", "mp3", size=10_000, seed=2)
+    publish(storage, SOUNDTRACK, [ogg, mp3])
+    publish(storage, SOUNDTRACK, [ogg])  # its mp3: unreferenced, and recorded as written
+    root = tmp_path / "assets"
+    root.mkdir()
+    (root / SOUNDTRACK).symlink_to(elsewhere / SOUNDTRACK)
+    mp3_there = elsewhere / SOUNDTRACK / "title-theme.mp3"
+    assert mp3_there.exists()
+
+    assert open_storage(str(root), base_dir=tmp_path).soundtracks() == []
+    every = CliRunner().invoke(app, ["gc", str(root), "--delete"])  # a link is not its own
+    assert every.exit_code == 2 and "no soundtrack is published here" in every.output
+    named = CliRunner().invoke(app, ["gc", str(root), "--soundtrack", SOUNDTRACK, "--delete"])
+    assert named.exit_code == 2, named.output
+    assert "is a symbolic link to" in " ".join(named.output.split())
+    assert mp3_there.exists()
 
 
 def test_gc_without_an_index_is_an_input_error(tmp_path: Path) -> None:

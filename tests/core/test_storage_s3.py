@@ -68,7 +68,7 @@ def test_published_objects_carry_headers_journal_records_and_the_servers_checksu
     s3_server: SeaweedServer, s3_bucket: str, assets: list[Asset], tmp_path: Path
 ) -> None:
     storage = open_storage(f"s3://{s3_bucket}/games", base_dir=tmp_path)
-    check_access(storage)
+    check_access(storage, "st")
     published, _ = publish(storage, SOUNDTRACK, assets)
 
     client = s3_server.client()
@@ -444,7 +444,7 @@ def test_connection_closed_on_every_attempt_is_transient_mid_build_and_a_setting
         with pytest.raises(StorageError, match=f"connection to {proxy.endpoint} lost") as upload:
             publish_assets(storage, SOUNDTRACK, assets[:1])
         with pytest.raises(StorageError, match="is the endpoint URL right") as preflight:
-            check_access(storage)
+            check_access(storage, "st")
     assert proxy.stats["drop"] >= 4 and proxy.stats["forward"] == 0
     assert upload.value.transient
     assert not preflight.value.transient
@@ -469,7 +469,7 @@ def test_wrong_credentials_fail_fast_and_never_show_the_secret(
 
     started = time.monotonic()
     with pytest.raises(StorageError, match="access denied") as preflight:
-        check_access(storage)
+        check_access(storage, "st")
     with pytest.raises(StorageError, match="access denied") as upload:
         publish_assets(storage, SOUNDTRACK, assets[:1])
     with pytest.raises(StorageError, match="access denied") as reading:
@@ -506,7 +506,7 @@ def test_missing_bucket_is_a_clear_permanent_error(
     storage = open_storage("s3://no-such-bucket-here/p", base_dir=tmp_path)
     started = time.monotonic()
     with pytest.raises(StorageError, match="bucket 'no-such-bucket-here' does not exist") as pre:
-        check_access(storage)
+        check_access(storage, "st")
     with pytest.raises(StorageError, match="does not exist") as upload:
         publish_assets(storage, SOUNDTRACK, assets[:1])
     assert time.monotonic() - started < 5
@@ -597,7 +597,7 @@ def test_unreachable_endpoint_fails_the_preflight_fast(
     storage = open_storage("s3://some-bucket", base_dir=tmp_path)
     started = time.monotonic()
     with pytest.raises(StorageError, match=f"cannot reach http://127.0.0.1:{closed_port}") as c:
-        check_access(storage)
+        check_access(storage, "st")
     assert time.monotonic() - started < 10
     assert not c.value.transient
 
@@ -608,7 +608,7 @@ def test_no_credentials_is_a_clear_permanent_error(
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
     storage = open_storage("s3://some-bucket", base_dir=tmp_path)
     with pytest.raises(StorageError, match="no AWS credentials found") as caught:
-        check_access(storage)
+        check_access(storage, "st")
     assert not caught.value.transient
 
 
@@ -629,7 +629,7 @@ def test_credentials_and_endpoint_come_from_aws_config_files(
     )
     monkeypatch.setenv("AWS_PROFILE", "game-ci")
     storage = open_storage(f"s3://{bucket}", base_dir=tmp_path)
-    check_access(storage)
+    check_access(storage, "st")
     published, index = publish(storage, SOUNDTRACK, assets)
     assert all(p.uploaded for p in published)
     client = s3_server.client()

@@ -162,7 +162,7 @@ def test_wrong_credentials_from_a_profile_never_appear_and_are_remembered(
     monkeypatch.setenv("AWS_PROFILE", "game-ci")
     storage = open_storage(f"s3://{bucket}", base_dir=tmp_path)
     with pytest.raises(StorageError, match="access denied") as denied:
-        check_access(storage)
+        check_access(storage, "st")
     with pytest.raises(StorageError, match="access denied") as reading:
         storage.read_index("creds")
 
