@@ -104,10 +104,49 @@ class _ManifestLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _ManifestLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """The mapping, its keys checked; merged mappings (`<<`) are built through this constructor
+    too, so their keys are checked as well (PyYAML copies their pairs in unchecked), and the
+    earlier of several wins, as YAML's merge says (PyYAML 6.0.4 lets the later win)."""
+    _check_keys(loader, node)
+    merged: dict[Any, Any] = {}
+    own = []
+    for key_node, value_node in node.value:
+        if key_node.tag != _MERGE_TAG:
+            own.append((key_node, value_node))
+            continue
+        sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        for source in reversed(sources):
+            if not isinstance(source, yaml.MappingNode):
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"`<<` merges a mapping or a list of mappings, not {source.id}",
+                    source.start_mark,
+                )
+            merged.update(loader.construct_object(source))
+    if len(own) == len(node.value):
+        return loader.construct_mapping(node)
+    bare = yaml.MappingNode(node.tag, own, node.start_mark, node.end_mark, node.flow_style)
+    return {**merged, **loader.construct_mapping(bare)}
+
+
+def _check_keys(loader: _ManifestLoader, node: yaml.MappingNode) -> None:
+    """Every key of the mapping is a name (in a manifest), once; a merge (`<<`) at most once."""
     seen: dict[Hashable, int] = {}
     for key_node, _ in node.value:
         if key_node.tag == _MERGE_TAG:
-            continue  # `<<: *defaults`: overriding the merged keys is what a merge is for
+            # `<<: *defaults`: overriding the merged keys is what a merge is for; a second
+            # merge is a duplicate key, and which one the writer meant only they know.
+            if _MERGE_TAG in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key '<<' (first on line {seen[_MERGE_TAG]}): merge a list of "
+                    "mappings with one `<<: [*a, *b]`",
+                    key_node.start_mark,
+                )
+            seen[_MERGE_TAG] = key_node.start_mark.line + 1
+            continue
         if loader.names_only and not isinstance(key_node, yaml.ScalarNode):
             raise yaml.constructor.ConstructorError(
                 None, None, "a list or a mapping as a key: a key is a name", key_node.start_mark
@@ -135,7 +174,6 @@ def _construct_mapping(loader: _ManifestLoader, node: yaml.MappingNode) -> dict[
                 key_node.start_mark,
             )
         seen[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node)
 
 
 _ManifestLoader.add_constructor(

@@ -563,6 +563,9 @@ def test_merge_keys_merge_and_override(tmp_path: Path) -> None:
     assert specs["lose"].duration_s == 3.0 and specs["lose"].mastering.fade_out_s == 1.0
     assert specs["lose"].prompt == "sad sting"
     assert specs["long-lose"].duration_s == 4.0
+    # Of several merged mappings the earlier wins, as YAML's merge says (PyYAML took the later).
+    first = specs_of(tmp_path, MERGES.replace("    duration: 4\n", ""))
+    assert first["long-lose"].duration_s == 3.0
     # A problem in a merged track is named by its path, at the track's line.
     code, output = validate(write(tmp_path, MERGES.replace("    duration: 4", "    duration: -4")))
     assert code == 2 and "tracks[2].duration (line 16): Input should be greater" in output
