@@ -299,6 +299,14 @@ def test_deployed_build_exits_0_when_approved_and_1_when_a_gate_rejects(
             assert run.state_name == state and run.deployment_id == deployment.id
             assert run.work_pool_name == pool
             assert run.labels["prefect.worker.name"] == worker.name
+        # The run's logs in the UI (the engine logs a failed run's result as an error): the
+        # verdict, and no traceback.
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[bad_id])))
+        errors = [log.message for log in logs if log.level >= 40]
+        assert errors and all("Traceback" not in e and "File " not in e for e in errors), errors
+        assert errors[-1].endswith("\nBuildRejected: 1 track(s) rejected, 0 failed"), errors
 
 
 def test_render_pool_renders_varies_and_separates_on_the_gpu_pool_and_matches_a_local_build(
