@@ -58,8 +58,10 @@ def open_storage(url: str, *, base_dir: Path) -> Storage:
 
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         return S3Storage(url, bucket, prefix)
-    root = user_path(url)
-    return LocalStorage(url, root if root.is_absolute() else base_dir / root)
+    root = base_dir / user_path(url)  # an absolute path as it is
+    # `../assets` beside a game's audio folder: the folder the system reads it as, so that the
+    # lock, the report and the logs name its files without a `..` in them.
+    return LocalStorage(url, root.resolve() if ".." in root.parts else root)
 
 
 def check_access(storage: Storage, soundtrack: str) -> None:

@@ -103,6 +103,19 @@ def test_presign_is_a_file_uri(assets: list[Asset], tmp_path: Path) -> None:
     assert link == (tmp_path / "assets" / file.key).as_uri()
 
 
+def test_a_storage_beside_the_manifests_folder_is_named_without_dotdot(tmp_path: Path) -> None:
+    """`storage: ../assets` beside a game's audio folder: the lock, JUnit and logs named every
+    file file:///.../audio/../assets/..., through a link to the folder too."""
+    (tmp_path / "game" / "audio").mkdir(parents=True)
+    (tmp_path / "linked").symlink_to(tmp_path / "game" / "audio")
+    for base in (tmp_path / "game" / "audio", tmp_path / "linked"):
+        storage = open_storage("../assets", base_dir=base)
+        assert isinstance(storage, LocalStorage) and storage.root == tmp_path / "game" / "assets"
+        uri = storage.presign(f"{SOUNDTRACK}/a.ogg", expires_s=60)
+        assert uri == (tmp_path / "game" / "assets" / SOUNDTRACK / "a.ogg").as_uri()
+    assert open_storage("out", base_dir=tmp_path / "linked").root == tmp_path / "linked" / "out"
+
+
 def test_check_access_refuses_a_root_that_is_not_a_folder(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     for root in (tmp_path / "file", tmp_path / "file" / "assets"):
