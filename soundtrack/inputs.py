@@ -204,7 +204,10 @@ def _families(
             except ModelLoadError as error:
                 unloadable[key] = str(error)
         if key in unloadable:
-            problems.append(f"{at(spec, 'model')}: track {spec.id}{given}: {unloadable[key]}")
+            if model_override is None:
+                problems.append(f"{at(spec, 'model')}: track {spec.id}: {unloadable[key]}")
+            elif f"--model: {unloadable[key]}" not in problems:  # every track's: said once
+                problems.append(f"--model: {unloadable[key]}")
             continue
         family = families[key]
         if family is not None:

@@ -221,6 +221,11 @@ def test_bad_input_is_refused_before_any_model_loads_and_nothing_is_written(
         assert result.exit_code == 2, result.output
         assert "error:" in result.output and said in " ".join(result.output.split())
         assert "Traceback" not in result.output and "temporary server" not in result.output
+    if case == "missing model":
+        # The flag's model, named as the flag, once: it was every track's problem, each at
+        # a manifest line (defaults.model) that never named it.
+        lines = [line for line in results[0].output.splitlines() if "no such directory" in line]
+        assert len(lines) == 1 and lines[0].startswith("  - --model: model "), lines
     assert not (project / "out").exists() and not canary.exists()
 
 
