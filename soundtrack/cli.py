@@ -1348,7 +1348,7 @@ def gc(
 
     try:
         storage = open_storage(storage_url, base_dir=Path.cwd())
-        names = [soundtrack] if soundtrack else storage.soundtracks()
+        names = [soundtrack] if soundtrack is not None else storage.soundtracks()
         if not names:
             # A mistyped path, or a soundtrack's own folder, would otherwise pass as clean.
             raise InputError(
@@ -1371,7 +1371,7 @@ def gc(
                 try:
                     found.append(storage.unreferenced(name))
                 except (InputError, StorageError) as exc:
-                    if soundtrack or (isinstance(exc, StorageError) and exc.transient):
+                    if soundtrack is not None or (isinstance(exc, StorageError) and exc.transient):
                         raise
                     # A lock that cannot tell what is in use keeps its soundtrack's files;
                     # the other soundtracks' gc goes on.

@@ -244,6 +244,10 @@ def test_a_storage_with_no_soundtrack_published_is_bad_input(tmp_path: Path) -> 
         assert "no soundtrack is published here" in " ".join(result.stderr.split())
     assert snapshot(root) == before
     assert CliRunner().invoke(app, ["gc", str(root)]).exit_code == 0
+    # An empty name (a CI variable unset) names no soundtrack: not every soundtrack there.
+    empty = CliRunner().invoke(app, ["gc", str(root), "--soundtrack", "", "--delete"])
+    assert empty.exit_code == 2 and "soundtrack '' cannot be part" in empty.stderr, empty.output
+    assert "unreferenced" not in empty.output and snapshot(root) == before
 
 
 def test_a_folder_no_soundtrack_can_be_named_is_passed_over(tmp_path: Path) -> None:
