@@ -319,11 +319,15 @@ def _read_text(path: Path) -> str:
     if not path.is_file():
         raise InputError(f"manifest is not a file: {path}")
     size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
+    with path.open("rb") as file:
+        # No more than the limit is read: a file's size may say 0 (/proc) or grow meanwhile.
+        raw = file.read(MAX_MANIFEST_BYTES + 1)
+    if size > MAX_MANIFEST_BYTES or len(raw) > MAX_MANIFEST_BYTES:
         raise InputError(
-            f"manifest {path} is {size} bytes; refusing anything above {MAX_MANIFEST_BYTES} bytes"
+            f"manifest {path} is {max(size, len(raw))} bytes"
+            f"{'' if len(raw) <= size else ' or more'}; refusing anything above "
+            f"{MAX_MANIFEST_BYTES} bytes"
         )
-    raw = path.read_bytes()
     if encoding := _wide_encoding(raw):
         raise InputError(f"manifest {path} is {encoding} text; save it as UTF-8")
     if b"\x00" in raw:

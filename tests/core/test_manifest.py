@@ -122,6 +122,25 @@ def test_huge_file_is_refused_before_parsing(tmp_path: Path) -> None:
     assert code == 2 and "refusing anything above" in output
 
 
+def test_a_file_larger_than_its_size_says_is_read_no_further_than_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose size reads 0 (under /proc, or one growing) was read whole, unbounded."""
+    path = tmp_path / "m.yaml"
+    path.write_text("schema: 1\n" + "# padding\n" * (MAX_MANIFEST_BYTES // 10 + 1))
+    real_stat = Path.stat
+
+    def stat_of_proc(self: Path, **kwargs: bool) -> os.stat_result:
+        found = real_stat(self, **kwargs)
+        if self.name != "m.yaml":
+            return found
+        return os.stat_result((found.st_mode, *found[1:6], 0, *found[7:]))
+
+    monkeypatch.setattr(Path, "stat", stat_of_proc)
+    code, output = validate(path)
+    assert code == 2 and f"is {MAX_MANIFEST_BYTES + 1} bytes or more" in output, output
+
+
 def test_truly_empty_file(tmp_path: Path) -> None:
     code, output = validate(write(tmp_path, ""))
     assert code == 2 and "is empty" in output
