@@ -199,13 +199,20 @@ class LocalStorage:
         """The soundtrack's build lock (a locked file naming its holder); refused, before
         anything is written, when the journal builds append to is a symbolic link."""
         check_name("soundtrack", soundtrack)
-        journal = self.root / soundtrack / JOURNAL_NAME
-        if journal.is_symlink():
-            raise InputError(
-                f"{journal} is a symbolic link, not the journal this tool writes: remove it to "
-                "build here"
-            )
+        self._check_own_files(soundtrack)
         return build_lock(self.root / soundtrack, wait_s=wait_s, on_wait=on_wait)
+
+    def _check_own_files(self, soundtrack: str) -> None:
+        """Refuse a journal that is a link or a folder, or a folder where the lock goes: found
+        before anything is written, not when the build publishes (or appends through it)."""
+        folder = self.root / soundtrack
+        for path, what in ((folder / JOURNAL_NAME, "journal"), (folder / INDEX_NAME, "lock")):
+            linked = what == "journal" and path.is_symlink()  # the lock is replaced, not written
+            if linked or path.is_dir():
+                kind = "a symbolic link" if linked else "a folder"
+                raise InputError(
+                    f"{path} is {kind}, not the {what} this tool writes: remove it to build here"
+                )
 
     def repair(self, soundtrack: str) -> list[str]:
         """Finish or undo a publish a stopped build left half done; what was done, in lines."""
@@ -327,6 +334,7 @@ class LocalStorage:
                 f"published, is {kind}, not a folder: remove it to build here",
                 transient=False,
             )
+        self._check_own_files(soundtrack)
 
     def _record(self, key: str, sha256: str) -> None:
         """Append {key, sha256} to the soundtrack's journal and fsync it, unless already there."""

@@ -974,30 +974,46 @@ def test_validate_refuses_a_storage_folder_a_build_could_not_write(tmp_path: Pat
     assert "is not a directory" in " ".join(result.output.split())
 
 
-@pytest.mark.parametrize("kind", ["file", "link to nothing", "link to a folder"])
+NOT_OURS = {
+    "file": ("game", "is a file, not a folder"),
+    "link to nothing": ("game", "is a symbolic link, not a folder"),
+    "link to a folder": ("game", "is a symbolic link, not a folder"),
+    "journal folder": ("game/soundtrack.journal.jsonl", "is a folder, not the journal"),
+    "journal link": ("game/soundtrack.journal.jsonl", "is a symbolic link, not the journal"),
+    "lock folder": ("game/soundtrack.lock.json", "is a folder, not the lock"),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_OURS)
 @pytest.mark.parametrize("command", ["validate", "build"])
-def test_a_soundtrack_folder_that_is_no_folder_is_refused_before_the_build(
+def test_a_soundtrack_folder_or_file_not_of_ours_is_refused_before_the_build(
     tmp_path: Path, command: str, kind: str
 ) -> None:
     """A file or a dangling link at <storage>/<soundtrack> crashed the build with a traceback
-    (exit 1, a flow run begun); a link to a folder published, and gc deleted, through it."""
-    (tmp_path / "assets").mkdir()
-    folder = tmp_path / "assets" / "game"
+    (exit 1, a flow run begun); a link to a folder published, and gc deleted, through it. A
+    folder where the journal or the lock goes failed the build only when it published."""
+    where, said = NOT_OURS[kind]
+    (tmp_path / "assets" / "game").mkdir(parents=True)
+    path = tmp_path / "assets" / where
     elsewhere = tmp_path / "elsewhere"
+    if path.exists():
+        path.rmdir()
     if kind == "file":
-        folder.write_text("a file")
-    else:
-        folder.symlink_to(elsewhere)
+        path.write_text("a file")
+    elif "link" in kind:
+        path.symlink_to(elsewhere)
         if kind == "link to a folder":
             elsewhere.mkdir()
-    path = tmp_path / "m.yaml"
-    path.write_text(BASE.replace("soundtrack: game\n", "soundtrack: game\nstorage: ./assets\n"))
+    else:
+        path.mkdir()
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(BASE.replace("soundtrack: game\n", "soundtrack: game\nstorage: ./assets\n"))
     before = sorted(tmp_path.rglob("*"))
-    result = runner.invoke(app, [command, str(path)])
+    result = runner.invoke(app, [command, str(manifest)])
     assert result.exit_code == 2, result.output
-    said = " ".join(result.output.split())
-    assert f"{folder}, where soundtrack 'game' is published, is a " in said, said
-    assert "Traceback" not in result.output
+    shown = " ".join(result.output.split())
+    assert f"{path}{', where soundtrack' if where == 'game' else ''}" in shown, shown
+    assert said in shown and "Traceback" not in result.output
     assert sorted(tmp_path.rglob("*")) == before, "nothing written"
 
 
