@@ -84,8 +84,9 @@ class Publishing:
             self._back(files)
             self._clean()
             raise StorageError(
-                f"cannot replace files in {self.folder} ({exc.strerror or exc}): undone, the "
-                "folder still matches its previous lock",
+                f"cannot replace files in {self.folder} ({exc.strerror or exc}"
+                f"{f': {exc.filename}' if exc.filename else ''}): undone, the folder still "
+                "matches its previous lock",
                 transient=False,
             ) from None
         self._clean()
@@ -174,17 +175,21 @@ class Publishing:
         for entry in files:
             name = str(entry["name"])
             staged, target, kept = self.staged(name), self.folder / name, previous / name
-            if entry.get("retired"):
+            try:
+                if entry.get("retired"):
+                    if target.exists() and not kept.exists():
+                        # kept aside, as a replaced file is, to undo (a link itself, not its
+                        # target)
+                        os.link(target, kept, follow_symlinks=False)
+                    target.unlink(missing_ok=True)
+                    continue
+                if not staged.exists():
+                    continue  # already in place
                 if target.exists() and not kept.exists():
-                    # kept aside, as a replaced file is, to undo (a link itself, not its target)
                     os.link(target, kept, follow_symlinks=False)
-                target.unlink(missing_ok=True)
-                continue
-            if not staged.exists():
-                continue  # already in place
-            if target.exists() and not kept.exists():
-                os.link(target, kept, follow_symlinks=False)
-            os.replace(staged, target)
+                os.replace(staged, target)
+            except OSError as exc:  # named by the file in the way, not the staged copy
+                raise OSError(exc.errno, exc.strerror, str(target)) from exc
         fsync_path(self.folder)
         lock = self.control / "lock.json"
         if lock.exists():

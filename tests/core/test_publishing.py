@@ -180,8 +180,9 @@ def test_a_rename_that_fails_midway_leaves_the_folder_matching_the_previous_lock
     credits = make_asset(tmp_path / "v2", "credits", "ogg", size=9, seed=5)
     v2 = [*version(tmp_path / "v2", 10), credits]
 
-    with pytest.raises(Exception, match="undone, the folder still matches its previous lock"):
+    with pytest.raises(Exception, match="undone, the folder still matches its previous lock") as e:
         publish(storage, SOUNDTRACK, v2)
+    assert f": {folder / 'credits.ogg'}): undone" in str(e.value), "the file in the way is named"
 
     assert contents(folder) == before
     assert folder_problems(folder) == ["credits.ogg/keep: not in the lock"]
