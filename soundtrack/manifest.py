@@ -106,7 +106,7 @@ class _ManifestLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _ManifestLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     """The mapping, its keys checked; merged mappings (`<<`) are built through this constructor
     too, so their keys are checked as well (PyYAML copies their pairs in unchecked), and the
-    earlier of several wins, as YAML's merge says (PyYAML 6.0.4 lets the later win)."""
+    earlier of several wins, as YAML's merge says (PyYAML 6.0.4 may let the later win)."""
     _check_keys(loader, node)
     merged: dict[Any, Any] = {}
     own = []
@@ -354,7 +354,7 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[str, int]]:
         if node is None:
             return None, {}
         _check_expansion(node)
-        lines = _line_map(node)  # before construction: merges rewrite the mappings' nodes
+        lines = _line_map(node)  # before construction, which may rewrite mapping nodes
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

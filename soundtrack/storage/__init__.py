@@ -59,9 +59,16 @@ def open_storage(url: str, *, base_dir: Path) -> Storage:
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         return S3Storage(url, bucket, prefix)
     root = base_dir / user_path(url)  # an absolute path as it is
-    # `../assets` beside a game's audio folder: the folder the system reads it as, so that the
-    # lock, the report and the logs name its files without a `..` in them.
-    return LocalStorage(url, root.resolve() if ".." in root.parts else root)
+    return LocalStorage(url, _without_dotdot(root) if ".." in root.parts else root)
+
+
+def _without_dotdot(path: Path) -> Path:
+    """`../assets` beside a game's audio folder as the system reads it (through the links up to
+    its last `..`), so that the lock, the report and the logs name its files without a `..`;
+    what follows is kept as written, so a link there is still checked as one."""
+    last = max(i for i, part in enumerate(path.parts) if part == "..")
+    # Resolving a path that ends in `..` stats no link that loops: it cannot raise.
+    return Path(*path.parts[: last + 1]).resolve().joinpath(*path.parts[last + 1 :])
 
 
 def check_access(storage: Storage, soundtrack: str) -> None:

@@ -114,6 +114,17 @@ def test_a_storage_beside_the_manifests_folder_is_named_without_dotdot(tmp_path:
         uri = storage.presign(f"{SOUNDTRACK}/a.ogg", expires_s=60)
         assert uri == (tmp_path / "game" / "assets" / SOUNDTRACK / "a.ogg").as_uri()
     assert open_storage("out", base_dir=tmp_path / "linked").root == tmp_path / "linked" / "out"
+    # After the `..`, a link is still seen as one (a link to nothing is refused), and a loop of
+    # links is bad input, not a traceback.
+    (tmp_path / "game" / "dangling").symlink_to(tmp_path / "nowhere" / "x")
+    with pytest.raises(StorageError, match=r"is a symbolic link to .*, which does not exist"):
+        check_access(open_storage("../dangling", base_dir=tmp_path / "game" / "audio"), "st")
+    (tmp_path / "game" / "loop1").symlink_to(tmp_path / "game" / "loop2")
+    (tmp_path / "game" / "loop2").symlink_to(tmp_path / "game" / "loop1")
+    for looped in ("../loop1", "../loop1/x"):
+        storage = open_storage(looped, base_dir=tmp_path / "game" / "audio")
+        with pytest.raises(StorageError, match=r"loop1 is a symbolic link to .*loop2, which"):
+            check_access(storage, "st")
 
 
 def test_check_access_refuses_a_root_that_is_not_a_folder(tmp_path: Path) -> None:
