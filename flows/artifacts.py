@@ -173,10 +173,9 @@ def _links(
 
 def _file_links(report: BuildReport, index: BuildReport) -> list[str]:
     """What the lock serves, track by track (a rebuild rejected keeps its earlier files), then
-    the tracks this build made nothing of to serve."""
+    the tracks of this build that it does not serve."""
     lines = ["| track | status | files |", "|---|---|---|"]
-    served = {track.id for track in index.tracks}
-    for track in [*index.tracks, *(t for t in report.tracks if t.id not in served)]:
+    for track in index.tracks:
         links = [
             (f"{f.stem}.{f.format}" if f.stem else f.format, f.url or f.uri) for f in track.files
         ]
@@ -187,6 +186,8 @@ def _file_links(report: BuildReport, index: BuildReport) -> list[str]:
         if track.failed_rebuild is not None:
             status += f"; its rebuild {track.failed_rebuild.status}, earlier files served"
         lines.append(f"| {track.id} | {status} | {files} |")
+    served = {track.id for track in index.tracks}
+    lines += [f"| {t.id} | {t.status} | - |" for t in report.tracks if t.id not in served]
     pictures = _pictures(index)
     if pictures:
         lines += ["", "Pictures (waveform, spectrogram, short-term loudness against the target):"]

@@ -94,6 +94,47 @@ def test_a_build_whose_lock_was_not_written_shows_nothing_published(
     assert [a.key for a in artifacts if a.type in ("markdown", "table")] == [None, None]
 
 
+def test_a_track_the_lock_does_not_list_shows_no_file_as_published(
+    prefect_server: PrefectServer,
+) -> None:
+    """A track this build reused while another build, meanwhile, took it out of the lock (its
+    manifest has it no more) was linked under "Published assets": no lock names its files."""
+    from prefect import flow
+    from prefect.context import get_run_context
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    def track(track_id: str) -> TrackRecord:
+        ogg = FileRecord(
+            format="ogg",
+            key=f"s/{track_id}.ogg",
+            uri=f"file:///out/s/{track_id}.ogg",
+            sha256="0" * 64,
+            bytes=1,
+            duration_s=2.0,
+            sample_rate=44100,
+            channels=2,
+        )
+        return TrackRecord(id=track_id, status="cached", spec_hash="ab", files=[ogg])
+
+    report = BuildReport(
+        soundtrack="s", storage="./out", model_loads=0, tracks=[track("a"), track("b")]
+    )
+    index = report.model_copy(update={"tracks": [track("a")]})
+
+    @flow
+    def build_whose_track_left_the_lock() -> object:
+        BuildArtifacts("s", 2).finished(report, [], index, None)
+        return get_run_context().flow_run.id  # type: ignore[union-attr]
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        run_id = build_whose_track_left_the_lock()
+        APILogHandler().flush()
+    (links,) = [a for a in run_artifacts(prefect_server.api_url, run_id) if a.type == "markdown"]
+    rows = [line for line in str(links.data).splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["| a | cached | [ogg](file:///out/s/a.ogg) |", "| b | cached | - |"], rows
+
+
 # Written by a careless or hostile hand: a folder's name, a team's gate name, an error quoting them.
 FOLDER = "/tmp/o](javascript:alert(1))|x\n\n<img src=x onerror=alert(1)>\n# HEAD `tick`"
 GATE = "house|rule <img src=x onerror=alert(6)> [c](javascript:alert(6))"
