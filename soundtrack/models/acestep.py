@@ -33,6 +33,9 @@ from soundtrack.models.source import ModelSource, cannot_load
 
 MIN_RENDER_S = 10.0  # ACE-Step's shortest render: a shorter track renders this long, then is cut
 MAX_RENDER_S = 600.0  # its longest render in one call
+# Tokens of text and of lyrics the pipeline reads (its defaults, as ACE-Step's own handler).
+MAX_TEXT_TOKENS = 256
+MAX_LYRIC_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,7 @@ class AceStepGenerator:
                 progress=progress,
             )
 
-    def _track(self, index: int, request: GenerationRequest) -> PipelineTrack:
+    def _track(self, index: int, request: GenerationRequest) -> PipelineTrack | GenerationError:
         check_request(request)
         if request.duration_s > MAX_RENDER_S:
             raise InputError(
@@ -202,7 +205,37 @@ class AceStepGenerator:
                 f"ACE-Step (its longest render), got {request.duration_s}"
             )
         samples = round(request.duration_s * self.sample_rate)
-        return PipelineTrack(index, request, samples, max(MIN_RENDER_S, request.duration_s))
+        track = PipelineTrack(index, request, samples, max(MIN_RENDER_S, request.duration_s))
+        too_long = self._too_long(track)
+        return track if too_long is None else GenerationError(request.track_id, too_long)
+
+    def _too_long(self, track: PipelineTrack) -> str | None:
+        """Why the pipeline would cut the track's text, warning at most: the end of its prompt
+        and then its bpm, key and length, which follow it in the text ACE-Step reads (the
+        pipeline's own template, made as it makes it), or the end of its lyrics."""
+        request, pipeline = track.request, self._pipeline
+        task = "cover" if request.source_audio is not None else "text2music"
+        text, lyrics = pipeline._format_prompt(
+            prompt=request.plain_prompt or request.prompt,
+            lyrics=request.lyrics or "",
+            audio_duration=track.render_s,
+            instruction=pipeline._get_task_instruction(task_type=task),
+            bpm=request.bpm,
+            keyscale=request.key,
+            timesignature=_beats(request.time_signature),
+        )
+        for what, formatted, limit in (
+            ("prompt", text, MAX_TEXT_TOKENS),
+            ("lyrics", lyrics, MAX_LYRIC_TOKENS),
+        ):
+            tokens = len(pipeline.tokenizer(formatted)["input_ids"])
+            if tokens > limit:
+                return (
+                    f"its {what} makes {tokens} tokens of the text ACE-Step reads (with the "
+                    f"template it is set in), over the {limit} it reads: the rest would be cut "
+                    "off" + (", the bpm, key and length among it" if what == "prompt" else "")
+                )
+        return None
 
     def _source(self, track: PipelineTrack) -> torch.Tensor:
         """The track's source recording as the cover's input: stereo at the pipeline's rate,
@@ -247,8 +280,9 @@ class AceStepGenerator:
                 audio_duration=batch[0].render_s,
                 bpm=first.bpm,
                 keyscale=first.key,
-                # ACE-Step's time signature is the beats per bar: "3" for 3/4, "6" for 6/8.
-                timesignature=first.time_signature.split("/")[0] if first.time_signature else None,
+                timesignature=_beats(first.time_signature),
+                max_text_length=MAX_TEXT_TOKENS,
+                max_lyric_length=MAX_LYRIC_TOKENS,
                 task_type="cover" if cover else "text2music",
                 src_audio=torch.stack([self._source(t) for t in batch]) if cover else None,
                 num_inference_steps=settings.steps,
@@ -276,6 +310,11 @@ def _encode_to_the_mean(vae: Any) -> None:
         return output
 
     vae.encode = mean_encode
+
+
+def _beats(time_signature: str | None) -> str | None:
+    """ACE-Step's time signature is the beats per bar: "3" for 3/4, "6" for 6/8."""
+    return time_signature.split("/")[0] if time_signature else None
 
 
 def _alike(t: PipelineTrack) -> tuple[object, ...]:

@@ -40,7 +40,7 @@ class PipelineTrack:
 
 def render_batches(
     generator: Generator,
-    tracks: Sequence[PipelineTrack],
+    tracks: Sequence[PipelineTrack | GenerationError],
     batch_size: int | None,
     *,
     alike: Callable[[PipelineTrack], Hashable],
@@ -49,13 +49,15 @@ def render_batches(
     progress: ProgressCallback | None,
 ) -> list[GeneratedAudio | GenerationError]:
     """Tracks with the same `alike` key share calls of `batch_size` (default: all); `render`
-    makes one call, (tracks, channels, samples), calling its step callback once per step."""
+    makes one call, (tracks, channels, samples), calling its step callback once per step. A
+    track that is already a GenerationError (its text too long) comes back as it is."""
     size = batch_size if batch_size is not None else max(1, len(tracks))
     if size < 1:
         raise InputError(f"batch_size must be >= 1, got {size}")
     groups: dict[Hashable, list[PipelineTrack]] = {}
     for track in tracks:
-        groups.setdefault(alike(track), []).append(track)
+        if isinstance(track, PipelineTrack):
+            groups.setdefault(alike(track), []).append(track)
     batches = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
     total = sum(steps(batch[0].request) for batch in batches)
     done = 0
@@ -73,4 +75,4 @@ def render_batches(
             results[track.index] = cut_render(
                 track.request.track_id, audio[j], track.samples, generator
             )
-    return [results[i] for i in range(len(tracks))]
+    return [t if isinstance(t, GenerationError) else results[t.index] for t in tracks]

@@ -95,13 +95,28 @@ class StableAudioGenerator:
                 progress=progress,
             )
 
-    def _track(self, index: int, request: GenerationRequest) -> PipelineTrack:
+    def _track(self, index: int, request: GenerationRequest) -> PipelineTrack | GenerationError:
         check_request(request)
         if request.duration_s > self.max_render_s:
             raise InputError(
                 f"track {request.track_id!r}: duration_s must be <= {self.max_render_s:g} s for "
                 f"Stable Audio (its longest render), got {request.duration_s}"
             )
+        # The pipeline cuts a text longer than its T5 reads, with a warning only, and the words
+        # cut are the last: the bpm and key words added to the prompt. Only the tokenizer knows.
+        tokenizer = self._pipeline.tokenizer
+        limit = int(tokenizer.model_max_length)
+        for what, text in (
+            ("prompt", request.prompt),
+            ("negative_prompt", request.negative_prompt),
+        ):
+            tokens = len(tokenizer(text)["input_ids"]) if text is not None else 0
+            if tokens > limit:
+                return GenerationError(
+                    request.track_id,
+                    f"its {what} must be <= {limit} tokens for Stable Audio (the text its T5 "
+                    f"encoder reads; the rest would be cut off), got {tokens}",
+                )
         samples = round(request.duration_s * self.sample_rate)
         # Half a frame more: the pipeline cuts at int(seconds * rate), never short of `samples`.
         seconds = max(self.min_render_s, (samples + 0.5) / self.sample_rate)

@@ -23,7 +23,7 @@ SAMPLE_RATE = 44100
 DOWNSAMPLING_RATIOS = [2, 4, 4, 8, 8]
 LATENT_FRAMES = 1024
 LATENT_DIM = 4  # latent channels (64 in the real checkpoint)
-MAX_PROMPT_TOKENS = 32  # T5's padded prompt length (128 in the real checkpoint)
+MAX_PROMPT_TOKENS = 128  # T5's padded prompt length, as in the real checkpoint
 
 
 def make_tiny_stableaudio(directory: Path, *, seed: int = 0) -> Path:

@@ -4,6 +4,7 @@ to the track, conditioning as the model's own inputs, loud failures, an allow-li
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -226,6 +227,32 @@ def damaged(model_dir: Path, fill: Callable[[torch.Tensor], torch.Tensor]) -> Ac
     pipeline: Any = generator._pipeline
     pipeline.vae.decoder.register_forward_hook(hook)
     return generator
+
+
+def test_a_text_longer_than_ace_step_reads_fails_its_track_and_the_rest_renders(
+    generator: AceStepGenerator,
+) -> None:
+    """The pipeline cut its text at 256 tokens, lyrics at 2048, silently: a long prompt lost
+    its end and then the bpm, key and length that follow it in the text ACE-Step reads."""
+    long_prompt, long_lyrics, ok = generator.generate(
+        [
+            req("long-prompt", " ".join(f"w{i}" for i in range(300)), bpm=120),
+            req("long-lyrics", lyrics="\n".join(["la la la"] * 1000)),
+            req("ok", lyrics="la la la"),
+        ]
+    )
+    assert isinstance(long_prompt, GenerationError) and long_prompt.track_id == "long-prompt"
+    assert re.fullmatch(
+        r"its prompt makes \d+ tokens .* over the 256 it reads: .*, the bpm, key and length"
+        r" among it",
+        long_prompt.reason,
+    )
+    assert isinstance(long_lyrics, GenerationError)
+    assert re.fullmatch(
+        r"its lyrics makes \d+ tokens .* over the 2048 it reads: the rest would be cut off",
+        long_lyrics.reason,
+    )
+    assert isinstance(ok, GeneratedAudio)
 
 
 @pytest.mark.parametrize(

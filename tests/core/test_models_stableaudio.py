@@ -4,6 +4,7 @@ belong to the track, a negative prompt that reaches guidance, loud failures, a b
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,28 @@ def test_requests_beyond_the_models_limit_are_refused_before_any_work(
 ) -> None:
     with pytest.raises(InputError, match=r"track 'long': duration_s must be <= 47 s"):
         generator.generate([req("short"), req("long", seconds=48.0)])
+
+
+def test_a_text_longer_than_t5_reads_fails_its_track_and_the_rest_renders(
+    generator: StableAudioGenerator,
+) -> None:
+    """The pipeline cut a prompt at its T5's length with a warning only (the bpm and key words,
+    last, went first): two tracks of prompts differing past the cut rendered bit-identical."""
+    words = " ".join(f"w{i}" for i in range(200))
+    calm, loud, negative, ok = generator.generate(
+        [
+            req("calm", f"{words} calm piano"),
+            req("loud", f"{words} loud metal drums"),
+            req("negative", negative_prompt=words),
+            req("ok"),
+        ]
+    )
+    for result, what in ((calm, "prompt"), (loud, "prompt"), (negative, "negative_prompt")):
+        assert isinstance(result, GenerationError), result
+        assert re.fullmatch(
+            rf"its {what} must be <= 128 tokens for Stable Audio .*, got \d+", result.reason
+        )
+    assert isinstance(ok, GeneratedAudio)
 
 
 def damaged(model_dir: Path, fill: Callable[[torch.Tensor], torch.Tensor]) -> StableAudioGenerator:
