@@ -500,7 +500,8 @@ def test_review_of_a_soundtrack_not_published_there_exits_2(tmp_path: Path) -> N
 
 
 def _review_with_browser(tmp_path: Path, browser: str) -> tuple[subprocess.Popen[str], bytes]:
-    """`soundtrack review --open` of a published loop, with `browser` as the web browser."""
+    """`soundtrack review --open` of a published loop, with `browser` as the web browser; its
+    stderr goes to tmp_path / "stderr" (read while it serves)."""
     root = tmp_path / "assets"
     audio = b"published audio" * 100
     (root / SOUNDTRACK).mkdir(parents=True)
@@ -511,13 +512,14 @@ def _review_with_browser(tmp_path: Path, browser: str) -> tuple[subprocess.Popen
     temp = tmp_path / "tmp"
     temp.mkdir()
     env = {key: value for key, value in os.environ.items() if key not in ("DISPLAY", "BROWSER")}
-    process = subprocess.Popen(
-        [CLI, "review", str(root), "--soundtrack", SOUNDTRACK, "--port", "0", "--open"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**env, "TMPDIR": str(temp), "BROWSER": browser},
-    )
+    with (tmp_path / "stderr").open("w") as stderr:  # the child keeps its own copy
+        process = subprocess.Popen(
+            [CLI, "review", str(root), "--soundtrack", SOUNDTRACK, "--port", "0", "--open"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**env, "TMPDIR": str(temp), "BROWSER": browser},
+        )
     return process, audio
 
 
@@ -534,12 +536,19 @@ def test_review_stopped_by_sigterm_deletes_its_copies_and_says_when_no_browser_o
             assert reply.read() == audio
         (cache,) = temp.iterdir()
         assert any(cache.iterdir()), "the fetched copy is there while it serves"
+        # Said by the thread that tried the browser, while the page is served.
+        said = f"no web browser opened here: open {url} in one"
+        for _ in range(300):
+            if said in (tmp_path / "stderr").read_text():
+                break
+            time.sleep(0.1)
     finally:
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        process.communicate(timeout=30)
+    stderr = (tmp_path / "stderr").read_text()
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr and "stopped" in stderr
-    assert f"no web browser opened here: open {url} in one" in stderr, stderr
+    assert said in stderr, stderr
     assert list(temp.iterdir()) == []
 
 
@@ -563,7 +572,8 @@ def test_review_open_serves_a_browser_that_holds_the_terminal(tmp_path: Path) ->
             time.sleep(0.1)
     finally:
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        process.communicate(timeout=30)
+    stderr = (tmp_path / "stderr").read_text()
     assert seen.read_text() == "200", stderr
     assert "no web browser" not in stderr, stderr
 
