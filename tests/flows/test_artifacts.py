@@ -18,6 +18,20 @@ from tests.prefect_server import PrefectServer
 from tests.running import run_artifacts
 
 
+def ogg_record(key: str, uri: str) -> FileRecord:
+    """A published OGG's record (its numbers do not matter to the cards)."""
+    return FileRecord(
+        format="ogg",
+        key=key,
+        uri=uri,
+        sha256="0" * 64,
+        bytes=1,
+        duration_s=2.0,
+        sample_rate=44100,
+        channels=2,
+    )
+
+
 def test_artifacts_the_server_refuses_cost_one_warning_not_the_build(
     prefect_server: PrefectServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -58,18 +72,7 @@ def test_a_build_whose_lock_was_not_written_shows_nothing_published(
         id="a",
         status="approved",
         spec_hash="ab",
-        files=[
-            FileRecord(
-                format="ogg",
-                key="s/a.ogg",
-                uri="file:///out/s/a.ogg",
-                sha256="0" * 64,
-                bytes=1,
-                duration_s=2.0,
-                sample_rate=44100,
-                channels=2,
-            )
-        ],
+        files=[ogg_record("s/a.ogg", "file:///out/s/a.ogg")],
     )
     report = BuildReport(soundtrack="s", storage="./out", model_loads=0, tracks=[record])
 
@@ -105,17 +108,8 @@ def test_a_track_the_lock_does_not_list_shows_no_file_as_published(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     def track(track_id: str) -> TrackRecord:
-        ogg = FileRecord(
-            format="ogg",
-            key=f"s/{track_id}.ogg",
-            uri=f"file:///out/s/{track_id}.ogg",
-            sha256="0" * 64,
-            bytes=1,
-            duration_s=2.0,
-            sample_rate=44100,
-            channels=2,
-        )
-        return TrackRecord(id=track_id, status="cached", spec_hash="ab", files=[ogg])
+        published = ogg_record(f"s/{track_id}.ogg", f"file:///out/s/{track_id}.ogg")
+        return TrackRecord(id=track_id, status="cached", spec_hash="ab", files=[published])
 
     report = BuildReport(
         soundtrack="s", storage="./out", model_loads=0, tracks=[track("a"), track("b")]
@@ -184,15 +178,9 @@ def test_paths_reasons_and_gate_names_show_as_written_never_as_markup(
             TakeRecord(take=1, seed=4, status="approved"),
         ],
         files=[
-            FileRecord(
-                format="ogg",
-                key=f"{soundtrack}/a.ogg",
-                uri=f"s3://bucket/a)[x](javascript:alert(2)) |b/{soundtrack}/a.ogg",
-                sha256="0" * 64,
-                bytes=1,
-                duration_s=2.0,
-                sample_rate=44100,
-                channels=2,
+            ogg_record(
+                f"{soundtrack}/a.ogg",
+                f"s3://bucket/a)[x](javascript:alert(2)) |b/{soundtrack}/a.ogg",
             )
         ],
         picture=PictureRecord(
