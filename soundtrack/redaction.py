@@ -175,10 +175,13 @@ def _secrets_in_use() -> set[str]:
 
 
 def _variants(secrets: set[str]) -> list[str]:
-    """Each secret raw, percent-decoded and percent-encoded, longest first (a secret that
-    contains another is blanked whole)."""
-    found = secrets | {unquote(value) for value in secrets}
+    """Each secret raw, trimmed, percent-decoded and percent-encoded, and as Python quotes it
+    in a str or bytes (a token with a line break: `b'...\\n'` in an HTTP library's error),
+    longest first (a secret that contains another is blanked whole)."""
+    found = secrets | {unquote(value) for value in secrets} | {v.strip() for v in secrets}
     found |= {quote(value, safe="") for value in found}
+    found |= {repr(value)[1:-1] for value in found}
+    found |= {repr(value.encode("utf-8", "surrogatepass"))[2:-1] for value in found}
     return sorted((v for v in found if len(v) >= MIN_SECRET_CHARS), key=len, reverse=True)
 
 

@@ -751,6 +751,7 @@ def _make_clients() -> tuple[S3Client, S3Client]:
     _check_endpoint(plain.meta.endpoint_url)
     credentials = core.get_credentials()  # the session's, resolved by client creation
     if credentials is not None:
+        _check_credentials(credentials.get_frozen_credentials())
 
         def remember_secrets(**_: Any) -> None:
             # At each signing, not once: role and SSO credentials are renewed during a long build.
@@ -762,6 +763,27 @@ def _make_clients() -> tuple[S3Client, S3Client]:
     for operation in ("PutObject", "CompleteMultipartUpload"):
         conditional.meta.events.register(f"before-parameter-build.s3.{operation}", _never_overwrite)
     return plain, conditional
+
+
+def _check_credentials(frozen: Any) -> None:
+    """A key with a line break, a control character or a letter outside ASCII (a secret saved
+    with its line end) fails every request, as "connection lost" or with botocore's traceback,
+    and quoted: said here, without it."""
+    named = (
+        ("AWS_ACCESS_KEY_ID", "access key id", frozen.access_key),
+        ("AWS_SECRET_ACCESS_KEY", "secret access key", frozen.secret_key),
+        ("AWS_SESSION_TOKEN", "session token", frozen.token),
+    )
+    for variable, what, value in named:
+        if value is None or (value == value.strip() and value.isascii() and value.isprintable()):
+            continue
+        if what != "access key id":  # not a secret: presigned links carry it
+            remember(value)
+        raise InputError(
+            f"the AWS {what} ({variable}, or the AWS profile's) holds a line break, a space at "
+            "an end, or a character no request can carry: set it again without them (a secret "
+            "saved with its line end?)"
+        )
 
 
 def _check_endpoint(url: str) -> None:

@@ -66,6 +66,18 @@ def test_redact_blanks_the_secret_key_and_session_token_and_leaves_other_text(
     assert redact(plain) == plain
 
 
+def test_a_secret_with_a_line_end_is_blanked_as_a_library_quotes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A token saved with its line end was printed whole: an HTTP library quoted it as bytes,
+    `b'...\\n'`, a form redact() did not know."""
+    token = new_secret("session-token")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", f"{token}\n")
+    quoted = f"Invalid header value {(token + chr(10)).encode()!r}; as text {token + chr(10)!r}"
+    assert redact(quoted) == "Invalid header value b'***'; as text '***'"
+    assert redact(f"trimmed: {token}.") == "trimmed: ***."
+
+
 def test_redact_blanks_url_passwords_wherever_they_appear() -> None:
     password = new_secret("url-password")
     remember_url(f"http://AKIDEXAMPLE:{quote(password, safe='')}@127.0.0.1:8333")

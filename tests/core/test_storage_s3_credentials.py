@@ -147,6 +147,26 @@ def test_storage_errors_redact_what_boto_and_the_server_say(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("end", ["\n", "\r\n", "é", " "])
+def test_a_key_no_request_can_carry_is_bad_input_never_shown(
+    end: str, aws_isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A session token saved with its line end read "connection lost ... is the server
+    running?", the token quoted whole; one with a letter outside Latin-1, botocore's traceback."""
+    token = f"token-{secrets.token_hex(16)}{end}"
+    (closed_port,) = free_ports(1)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{closed_port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", f"secret-{secrets.token_hex(16)}")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    (tmp_path / "m.yaml").write_text(manifest("s3://some-bucket/p"))
+    result = CliRunner().invoke(app, ["build", str(tmp_path / "m.yaml")])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "the AWS session token (AWS_SESSION_TOKEN, or the AWS profile's) holds" in said, said
+    assert token.strip() not in result.output and "Traceback" not in result.output
+
+
 def test_wrong_credentials_from_a_profile_never_appear_and_are_remembered(
     s3_server: SeaweedServer, aws_isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
