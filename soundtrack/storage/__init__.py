@@ -51,7 +51,10 @@ def open_storage(url: str, *, base_dir: Path) -> Storage:
     try:
         check_storage_url(url)
     except ValueError as exc:
-        raise InputError(f"{source} {url!r}: {exc}") from None
+        # Not what follows a '?' or '#': a query is where a token would travel.
+        cut = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=len(url))
+        hidden = f" ({url[cut]}... not shown)" if cut < len(url) else ""
+        raise InputError(f"{source} {url[:cut]!r}{hidden}: {exc}") from None
     if url.startswith("s3://"):
         # Imported only now: boto3 takes a second to import.
         from soundtrack.storage.s3 import S3Storage

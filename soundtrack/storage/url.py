@@ -41,6 +41,8 @@ def check_storage_url(value: str) -> None:
         raise ValueError("storage URL names no bucket: expected s3://bucket or s3://bucket/prefix")
     if not S3_BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket or _RESERVED_BUCKET.match(bucket):
         raise ValueError(f"invalid S3 bucket name {bucket!r} in storage URL")
+    if "?" in prefix or "#" in prefix:
+        raise ValueError("a storage URL may have no query or fragment ('?' or '#')")
     odd = sorted({c for c in prefix if c in _NOT_IN_PREFIX or not c.isprintable()})
     if odd:
         # '?' and '#' would start a query or fragment in any URL built from the prefix (an

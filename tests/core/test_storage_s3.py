@@ -531,17 +531,21 @@ def test_missing_bucket_is_a_clear_permanent_error(
         ("s3://bucket//", "empty, '.' or '..' segments"),
         ("s3://bucket/games/sky/.journal", "a segment starting with '.'"),
         ("s3://bucket/.renders/x", "a segment starting with '.'"),
-        ("s3://bucket/x?endpoint=evil", r"may not contain \['\?'\]"),
-        ("s3://bucket/x?endpoint=http://evil", r"may not contain \['\?'\]"),
+        (
+            "s3://bucket/x?endpoint=evil",
+            r"'s3://bucket/x' \(\?\.\.\. not shown\): a storage URL may have no query",
+        ),
+        ("s3://bucket/x?endpoint=http://evil", "may have no query or fragment"),
         ("s3://bucket/%2e%2e/b", r"may not contain \['%'\]"),
         ("s3://bucket/a%2Fb", r"may not contain \['%'\]"),
         ("s3://192.168.1.1/x", "invalid S3 bucket name '192.168.1.1'"),
         ("s3://xn--game/x", "invalid S3 bucket name"),
         ("s3://game-s3alias/x", "invalid S3 bucket name"),
-        ("s3://bucket/a#b", "may not contain"),
+        ("s3://bucket/a#b", r"'s3://bucket/a' \(#\.\.\. not shown\): a storage URL may have no"),
         ("s3://bucket/a\\b", "may not contain"),
         ("s3://bucket/a\tb", "may not contain"),
         ("ftp://host/folder", "not a ftp:// URL"),
+        ("https://host/x?sig=evil", r"'https://host/x' \(\?\.\.\. not shown\): storage must be"),
         ("", "empty"),
     ],
 )
@@ -553,6 +557,8 @@ def test_malformed_storage_urls_are_input_errors_before_any_network_call(
     result = CliRunner().invoke(app, ["gc", url or " ", "--soundtrack", SOUNDTRACK])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+    # A query is where a token would travel (a signed URL's, pasted whole): never shown.
+    assert "evil" not in result.output and "a#b" not in result.output
 
 
 def test_credentials_in_the_url_are_refused_without_echoing_them(
