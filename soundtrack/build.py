@@ -39,7 +39,7 @@ from soundtrack.models.device import requested_device, resolve_device
 from soundtrack.models.source import keep_fingerprints
 from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build, reusable, select
 from soundtrack.plan import batch as into_batches
-from soundtrack.publish import changed_since, index_of, lock_bytes, track_record
+from soundtrack.publish import changed_since, index_of, lock_bytes, track_record, with_links
 from soundtrack.redaction import redact
 from soundtrack.renders import (
     Render,
@@ -416,9 +416,10 @@ def _finish(
     left_out = _left_out(prepared)
     for warning in left_out:
         logger.warning(warning)
-    report = _report(prepared, tracks, loads_before, build_name, left_out)
+    storage = prepared.checked.storage
+    report = with_links(_report(prepared, tracks, loads_before, build_name, left_out), storage)
     track_ids = [spec.id for spec in prepared.checked.specs]
-    index = index_of(report, prepared.lock, track_ids, theirs=prepared.theirs)
+    index = with_links(index_of(report, prepared.lock, track_ids, theirs=prepared.theirs), storage)
     unpublished = _write_index(prepared, tracks, index, executor, logger)
     if observer is not None:
         observer.finished(

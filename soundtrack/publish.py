@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from soundtrack.formats import content_type_for, output_format
 from soundtrack.pictures import PICTURE_CONTENT_TYPE, PICTURE_EXT, Picture
@@ -308,6 +308,32 @@ def lock_bytes(report: BuildReport) -> bytes:
     """The lock file as written to storage: the report without short-lived presigned links."""
     stable = report.model_copy(update={"tracks": [_unsigned(t) for t in report.tracks]})
     return stable.to_json().encode()
+
+
+_Linked = TypeVar("_Linked", FileRecord, SidecarRecord, PictureRecord)
+
+
+def with_links(report: BuildReport, storage: Publisher) -> BuildReport:
+    """`report` with a presigned link on every S3 file that has none: a cached track's record
+    comes from the lock, which keeps none, and the report and the UI link every file."""
+
+    def linked(item: _Linked | None) -> _Linked | None:
+        if item is None or item.url is not None or not item.uri.startswith("s3://"):
+            return item
+        return item.model_copy(update={"url": storage.presign(item.key, PRESIGN_EXPIRY_S)})
+
+    tracks = [
+        track.model_copy(
+            update={
+                "files": [linked(f) for f in track.files],
+                "sidecar": linked(track.sidecar),
+                "picture": linked(track.picture),
+                "stems": [s.model_copy(update={"picture": linked(s.picture)}) for s in track.stems],
+            }
+        )
+        for track in report.tracks
+    ]
+    return report.model_copy(update={"tracks": tracks})
 
 
 def _unsigned(track: TrackRecord) -> TrackRecord:

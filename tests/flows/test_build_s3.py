@@ -236,6 +236,12 @@ def test_build_publishes_verified_files_and_a_rebuild_uploads_nothing(
         assert second.returncode == 0, second.stdout + second.stderr
         outputs += [second.stdout, second.stderr, (workdir / "report.json").read_text()]
         assert written_keys(proxy, bucket) == [index_key]
+        # A cached track's files are linked too (its record comes from the lock, which keeps
+        # no links: the report had none for them).
+        cached = lock_entries(json.loads((workdir / "report.json").read_text()))
+        assert [hashlib.sha256(urllib_get(e["url"])).hexdigest() for e in cached] == [
+            e["sha256"] for e in cached
+        ]
     again = json.loads((workdir / "report.json").read_text())
     assert statuses(again) == {"title-theme": "cached", "credits": "cached"}
     assert again["model_loads"] == 0
@@ -251,10 +257,11 @@ def test_build_publishes_verified_files_and_a_rebuild_uploads_nothing(
     assert any(s3_server.access_key in a and "X-Amz-Signature" in a for a in artifacts), (
         "the artifacts carry presigned links: the search below looks where a leak would be"
     )
-    # The first build's pictures are shown in the UI by their presigned links, one image each.
+    # Each build's pictures are shown in the UI by their presigned links, one image each: the
+    # cached build's with links of its own (those of the first expire).
     shown = [json.loads(a)["data"] for a in artifacts if json.loads(a)["type"] == "image"]
     pictures = {track["picture"]["key"] for track in lock["tracks"]}
-    assert len(shown) == len(pictures) == 2
+    assert len(shown) == 2 * len(pictures) == 4
     assert all(link.startswith("http") and "X-Amz-Signature" in link for link in shown)
     assert {key for key in pictures for link in shown if f"/{key}?" in link} == pictures
     everything = outputs + runs + logs + artifacts
