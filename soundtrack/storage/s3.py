@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -749,9 +750,9 @@ def _make_clients() -> tuple[S3Client, S3Client]:
             "endpoint_url in the AWS config file)"
         ) from None
     _check_endpoint(plain.meta.endpoint_url)
+    _check_credentials()
     credentials = core.get_credentials()  # the session's, resolved by client creation
     if credentials is not None:
-        _check_credentials(credentials.get_frozen_credentials())
 
         def remember_secrets(**_: Any) -> None:
             # At each signing, not once: role and SSO credentials are renewed during a long build.
@@ -765,24 +766,26 @@ def _make_clients() -> tuple[S3Client, S3Client]:
     return plain, conditional
 
 
-def _check_credentials(frozen: Any) -> None:
-    """A key with a line break, a control character or a letter outside ASCII (a secret saved
-    with its line end) fails every request, as "connection lost" or with botocore's traceback,
-    and quoted: said here, without it."""
+def _check_credentials() -> None:
+    """A key in the environment with a line break, a control character or a letter outside
+    ASCII (a CI secret saved with its line end) fails every request, as "connection lost" or
+    with botocore's traceback, and quoted: said here, without it. (A profile's file is read
+    with its values trimmed.)"""
     named = (
-        ("AWS_ACCESS_KEY_ID", "access key id", frozen.access_key),
-        ("AWS_SECRET_ACCESS_KEY", "secret access key", frozen.secret_key),
-        ("AWS_SESSION_TOKEN", "session token", frozen.token),
+        ("AWS_ACCESS_KEY_ID", "access key id"),
+        ("AWS_SECRET_ACCESS_KEY", "secret access key"),
+        ("AWS_SESSION_TOKEN", "session token"),
     )
-    for variable, what, value in named:
-        if value is None or (value == value.strip() and value.isascii() and value.isprintable()):
+    for variable, what in named:
+        value = os.environ.get(variable)
+        if not value or (value == value.strip() and value.isascii() and value.isprintable()):
             continue
-        if what != "access key id":  # not a secret: presigned links carry it
+        if variable != "AWS_ACCESS_KEY_ID":  # not a secret: presigned links carry it
             remember(value)
         raise InputError(
-            f"the AWS {what} ({variable}, or the AWS profile's) holds a line break, a space at "
-            "an end, or a character no request can carry: set it again without them (a secret "
-            "saved with its line end?)"
+            f"the AWS {what} in {variable} holds a line break, a space at an end, or a "
+            "character no request can carry: set it again without them (a secret saved with "
+            "its line end?)"
         )
 
 

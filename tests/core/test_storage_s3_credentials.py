@@ -163,7 +163,7 @@ def test_a_key_no_request_can_carry_is_bad_input_never_shown(
     result = CliRunner().invoke(app, ["build", str(tmp_path / "m.yaml")])
     assert result.exit_code == 2, result.output
     said = " ".join(result.output.split())
-    assert "the AWS session token (AWS_SESSION_TOKEN, or the AWS profile's) holds" in said, said
+    assert "the AWS session token in AWS_SESSION_TOKEN holds a line break" in said, said
     assert token.strip() not in result.output and "Traceback" not in result.output
 
 
