@@ -288,7 +288,7 @@ def run(
                 tracks.unanswered(failure)
                 left_out = _left_out(prepared)
                 report = _report(prepared, tracks, loads_before, options.build_name, left_out)
-                return BuildResult(report, failure)
+                return BuildResult(with_links(report, prepared.checked.storage), failure)
             tracks.reviewed(verdicts, lock, theirs)
             tracks.run(options.batch_size)
             return _finish(

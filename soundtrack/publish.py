@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from soundtrack.errors import StorageError
 from soundtrack.formats import content_type_for, output_format
 from soundtrack.pictures import PICTURE_CONTENT_TYPE, PICTURE_EXT, Picture
 from soundtrack.redaction import redact
@@ -320,7 +321,13 @@ def with_links(report: BuildReport, storage: Publisher) -> BuildReport:
     def linked(item: _Linked | None) -> _Linked | None:
         if item is None or item.url is not None or not item.uri.startswith("s3://"):
             return item
-        return item.model_copy(update={"url": storage.presign(item.key, PRESIGN_EXPIRY_S)})
+        try:
+            url = storage.presign(item.key, PRESIGN_EXPIRY_S)
+        except (
+            StorageError
+        ):  # credentials that cannot sign now: the files are published all the same
+            return item
+        return item.model_copy(update={"url": url})
 
     tracks = [
         track.model_copy(

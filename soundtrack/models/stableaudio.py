@@ -110,12 +110,13 @@ class StableAudioGenerator:
             ("prompt", request.prompt),
             ("negative_prompt", request.negative_prompt),
         ):
-            tokens = len(tokenizer(text)["input_ids"]) if text is not None else 0
+            tokens = len(tokenizer(text, verbose=False)["input_ids"]) if text is not None else 0
             if tokens > limit:
                 return GenerationError(
                     request.track_id,
-                    f"its {what} must be <= {limit} tokens for Stable Audio (the text its T5 "
-                    f"encoder reads; the rest would be cut off), got {tokens}",
+                    f"its {what} must be <= {limit} tokens for Stable Audio, its end token "
+                    f"included (the text its T5 encoder reads; the rest would be cut off), got "
+                    f"{tokens}",
                 )
         samples = round(request.duration_s * self.sample_rate)
         # Half a frame more: the pipeline cuts at int(seconds * rate), never short of `samples`.

@@ -70,8 +70,11 @@ def _without_dotdot(path: Path) -> Path:
     its last `..`), so that the lock, the report and the logs name its files without a `..`;
     what follows is kept as written, so a link there is still checked as one."""
     last = max(i for i, part in enumerate(path.parts) if part == "..")
-    # Resolving a path that ends in `..` stats no link that loops: it cannot raise.
-    return Path(*path.parts[: last + 1]).resolve().joinpath(*path.parts[last + 1 :])
+    try:
+        head = Path(*path.parts[: last + 1]).resolve()
+    except RuntimeError:  # a loop of links on the way to the `..`
+        raise InputError(f"storage folder {path}: a loop of symbolic links") from None
+    return head.joinpath(*path.parts[last + 1 :])
 
 
 def check_access(storage: Storage, soundtrack: str) -> None:

@@ -208,7 +208,7 @@ class LocalStorage:
         folder = self.root / soundtrack
         for path, what in ((folder / JOURNAL_NAME, "journal"), (folder / INDEX_NAME, "lock")):
             linked = what == "journal" and path.is_symlink()  # the lock is replaced, not written
-            if linked or path.is_dir():
+            if linked or (path.is_dir() and not path.is_symlink()):
                 kind = "a symbolic link" if linked else "a folder"
                 raise InputError(
                     f"{path} is {kind}, not the {what} this tool writes: remove it to build here"

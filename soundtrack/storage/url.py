@@ -36,13 +36,13 @@ def check_storage_url(value: str) -> None:
             "storage URL must not carry credentials (user:password@): give them as "
             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or in an AWS profile (AWS_PROFILE)"
         )
+    if "?" in rest or "#" in rest:
+        raise ValueError("a storage URL may have no query or fragment ('?' or '#')")
     bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise ValueError("storage URL names no bucket: expected s3://bucket or s3://bucket/prefix")
     if not S3_BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket or _RESERVED_BUCKET.match(bucket):
         raise ValueError(f"invalid S3 bucket name {bucket!r} in storage URL")
-    if "?" in prefix or "#" in prefix:
-        raise ValueError("a storage URL may have no query or fragment ('?' or '#')")
     odd = sorted({c for c in prefix if c in _NOT_IN_PREFIX or not c.isprintable()})
     if odd:
         # '?' and '#' would start a query or fragment in any URL built from the prefix (an

@@ -145,7 +145,7 @@ def test_a_text_longer_than_t5_reads_fails_its_track_and_the_rest_renders(
     for result, what in ((calm, "prompt"), (loud, "prompt"), (negative, "negative_prompt")):
         assert isinstance(result, GenerationError), result
         assert re.fullmatch(
-            rf"its {what} must be <= 128 tokens for Stable Audio .*, got \d+", result.reason
+            rf"its {what} must be <= 128 tokens for Stable Audio, .*, got \d+", result.reason
         )
     assert isinstance(ok, GeneratedAudio)
 

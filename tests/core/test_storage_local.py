@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from soundtrack.cli import app
-from soundtrack.errors import StorageError
+from soundtrack.errors import InputError, StorageError
 from soundtrack.storage import LocalStorage, check_access, open_storage
 from tests.publishing import Asset, make_asset, publish, publish_assets, sample_assets
 from tests.reference import sha256_of
@@ -121,6 +121,8 @@ def test_a_storage_beside_the_manifests_folder_is_named_without_dotdot(tmp_path:
         check_access(open_storage("../dangling", base_dir=tmp_path / "game" / "audio"), "st")
     (tmp_path / "game" / "loop1").symlink_to(tmp_path / "game" / "loop2")
     (tmp_path / "game" / "loop2").symlink_to(tmp_path / "game" / "loop1")
+    with pytest.raises(InputError, match="a loop of symbolic links"):
+        open_storage("../loop1/x/../y", base_dir=tmp_path / "game" / "audio")
     for looped in ("../loop1", "../loop1/x"):
         storage = open_storage(looped, base_dir=tmp_path / "game" / "audio")
         with pytest.raises(StorageError, match=r"loop1 is a symbolic link to .*loop2, which"):

@@ -542,6 +542,8 @@ def test_missing_bucket_is_a_clear_permanent_error(
         ("s3://xn--game/x", "invalid S3 bucket name"),
         ("s3://game-s3alias/x", "invalid S3 bucket name"),
         ("s3://bucket/a#b", r"'s3://bucket/a' \(#\.\.\. not shown\): a storage URL may have no"),
+        ("s3://bucket#evil", r"'s3://bucket' \(#\.\.\. not shown\): a storage URL may have no"),
+        ("s3://bucket?X-Amz-Security-Token=evil", "may have no query or fragment"),
         ("s3://bucket/a\\b", "may not contain"),
         ("s3://bucket/a\tb", "may not contain"),
         ("ftp://host/folder", "not a ftp:// URL"),
