@@ -323,10 +323,8 @@ def with_links(report: BuildReport, storage: Publisher) -> BuildReport:
             return item
         try:
             url = storage.presign(item.key, PRESIGN_EXPIRY_S)
-        except (
-            StorageError
-        ):  # credentials that cannot sign now: the files are published all the same
-            return item
+        except StorageError:
+            return item  # credentials that cannot sign now: the file is published all the same
         return item.model_copy(update={"url": url})
 
     tracks = [

@@ -178,8 +178,7 @@ class Publishing:
             try:
                 if entry.get("retired"):
                     if target.exists() and not kept.exists():
-                        # kept aside, as a replaced file is, to undo (a link itself, not its
-                        # target)
+                        # kept aside to undo, as a replaced file is (a link, not its target)
                         os.link(target, kept, follow_symlinks=False)
                     target.unlink(missing_ok=True)
                     continue
