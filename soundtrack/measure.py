@@ -282,7 +282,8 @@ def _run_lengths(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _silences(audio: np.ndarray, sample_rate: int, threshold: float) -> tuple[float, float, float]:
-    """Leading, trailing and longest inner silence in seconds, in BLOCK_MS blocks."""
+    """Leading, trailing and longest inner silence in seconds: runs of BLOCK_MS blocks with no
+    sample above `threshold`, each run reaching to the loud samples either side of it."""
     block = max(1, round(BLOCK_MS / 1000.0 * sample_rate))
     frames = audio.shape[1]
     blocks = -(-frames // block)
@@ -292,14 +293,29 @@ def _silences(audio: np.ndarray, sample_rate: int, threshold: float) -> tuple[fl
     duration_s = frames / sample_rate
     if quiet.all():
         return duration_s, duration_s, duration_s
-    block_s = block / sample_rate
+
+    # Where a loud block's loud samples begin and end: a silence of a block or more ends (or
+    # begins) there, not at the block's edge (up to 10 ms short: a 2.0 s gap read 1.99 s).
+    def loud_in(b: int) -> np.ndarray:
+        return np.flatnonzero(peak[b * block : (b + 1) * block] > threshold)
+
     loud = np.flatnonzero(~quiet)
     first, last = int(loud[0]), int(loud[-1])
-    lead_s = first * block_s
-    trail_s = max(0.0, duration_s - (last + 1) * block_s)
-    _, lengths = _run_lengths(quiet[first : last + 1])
-    dropout_s = float(lengths.max()) * block_s if lengths.size else 0.0
-    return lead_s, trail_s, dropout_s
+    # Less than a block at either end is no silence: a wave that starts or ends at a zero
+    # crossing (a loop's wrap may lie anywhere) is not silent for those few samples.
+    lead_s = (first * block + int(loud_in(first)[0])) / sample_rate if first else 0.0
+    end = last * block + int(loud_in(last)[-1]) + 1 if last < blocks - 1 else frames
+    trail_s = max(0.0, duration_s - end / sample_rate)
+    starts, lengths = _run_lengths(quiet[first : last + 1])
+    if not lengths.size:
+        return lead_s, trail_s, 0.0
+    # Reaching out adds less than two blocks: only runs that long or nearly can be the longest.
+    near = lengths >= lengths.max() - 1
+    gaps = [
+        n * block + int(loud_in(first + s + n)[0]) + block - 1 - int(loud_in(first + s - 1)[-1])
+        for s, n in zip(starts[near].tolist(), lengths[near].tolist(), strict=True)
+    ]
+    return lead_s, trail_s, max(gaps) / sample_rate
 
 
 def _clipped_runs(audio: np.ndarray, min_run: int, floor: float) -> int:

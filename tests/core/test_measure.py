@@ -70,9 +70,16 @@ def test_silences_are_timed_to_the_block() -> None:
     audio = _with_zeros(audio, 4.0, 7.0)
     audio = _with_zeros(audio, 9.0, 10.0)
     metrics = measure(audio, SR)
-    assert metrics.lead_silence_s == pytest.approx(0.2, abs=0.011)
-    assert metrics.longest_dropout_s == pytest.approx(3.0, abs=0.021)
-    assert metrics.trail_silence_s == pytest.approx(1.0, abs=0.011)
+    # To the sample (a sine's first samples after a silence are quiet too: microseconds), not
+    # to the 10 ms block: a 2.0 s gap read 1.99 s and passed the dropout gate's "< 2 s", and a
+    # lead of 59.9 ms read 50 ms and passed its "<= 50 ms".
+    assert metrics.lead_silence_s == pytest.approx(0.2, abs=0.001)
+    assert metrics.longest_dropout_s == pytest.approx(3.0, abs=0.001)
+    assert metrics.trail_silence_s == pytest.approx(1.0, abs=0.001)
+    gap = _with_zeros(sine(440.0, -20.0, 8.0, SR), 3.0053, 5.0053)
+    assert measure(gap, SR).longest_dropout_s >= 2.0
+    lead = _with_zeros(sine(440.0, -20.0, 2.0, SR), 0.0, 0.0599)
+    assert measure(lead, SR).lead_silence_s == pytest.approx(0.0599, abs=0.0001)
 
 
 def test_zero_crossings_are_not_silence() -> None:
