@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -499,9 +500,13 @@ def test_review_of_a_soundtrack_not_published_there_exits_2(tmp_path: Path) -> N
     assert result.exit_code == 2 and "no lock for soundtrack 'game'" in result.output
 
 
-def _review_with_browser(tmp_path: Path, browser: str) -> tuple[subprocess.Popen[str], bytes]:
-    """`soundtrack review --open` of a published loop, with `browser` as the web browser; its
-    stderr goes to tmp_path / "stderr" (read while it serves)."""
+@contextmanager
+def _review_with_browser(
+    tmp_path: Path, browser: str
+) -> Iterator[tuple[subprocess.Popen[str], bytes]]:
+    """`soundtrack review --open` of a published loop, with `browser` as the web browser,
+    stopped with SIGTERM on leaving; its stderr goes to tmp_path / "stderr" (read while it
+    serves)."""
     root = tmp_path / "assets"
     audio = b"published audio" * 100
     (root / SOUNDTRACK).mkdir(parents=True)
@@ -520,16 +525,27 @@ def _review_with_browser(tmp_path: Path, browser: str) -> tuple[subprocess.Popen
             text=True,
             env={**env, "TMPDIR": str(temp), "BROWSER": browser},
         )
-    return process, audio
+    try:
+        yield process, audio
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+
+def _within_30_s(condition: Callable[[], bool]) -> None:
+    """Wait until `condition` holds, 30 s at most (the assertions after say what it missed)."""
+    for _ in range(300):
+        if condition():
+            return
+        time.sleep(0.1)
 
 
 def test_review_stopped_by_sigterm_deletes_its_copies_and_says_when_no_browser_opens(
     tmp_path: Path,
 ) -> None:
     # --open where no browser can start said nothing, and the user waited for one.
-    process, audio = _review_with_browser(tmp_path, str(tmp_path / "no-such-browser"))
     temp = tmp_path / "tmp"
-    try:
+    with _review_with_browser(tmp_path, str(tmp_path / "no-such-browser")) as (process, audio):
         assert process.stdout is not None
         url = process.stdout.readline().split()[-1]
         with urllib.request.urlopen(f"{url}loop.wav", timeout=10) as reply:
@@ -538,13 +554,7 @@ def test_review_stopped_by_sigterm_deletes_its_copies_and_says_when_no_browser_o
         assert any(cache.iterdir()), "the fetched copy is there while it serves"
         # Said by the thread that tried the browser, while the page is served.
         said = f"no web browser opened here: open {url} in one"
-        for _ in range(300):
-            if said in (tmp_path / "stderr").read_text():
-                break
-            time.sleep(0.1)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
+        _within_30_s(lambda: said in (tmp_path / "stderr").read_text())
     stderr = (tmp_path / "stderr").read_text()
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr and "stopped" in stderr
@@ -564,15 +574,8 @@ def test_review_open_serves_a_browser_that_holds_the_terminal(tmp_path: Path) ->
         f"    open({str(seen)!r}, 'w').write(str(reply.status))\n"
     )
     browser.chmod(0o755)
-    process, _ = _review_with_browser(tmp_path, str(browser))
-    try:
-        for _ in range(300):
-            if seen.exists() and seen.read_text():
-                break
-            time.sleep(0.1)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
+    with _review_with_browser(tmp_path, str(browser)):
+        _within_30_s(lambda: seen.exists() and bool(seen.read_text()))
     stderr = (tmp_path / "stderr").read_text()
     assert seen.read_text() == "200", stderr
     assert "no web browser" not in stderr, stderr
