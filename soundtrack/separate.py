@@ -37,20 +37,21 @@ import hashlib
 import inspect
 import json
 import math
+import pickle
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 import numpy as np
 
 from soundtrack.errors import AudioError, ModelLoadError
 from soundtrack.licences import UNKNOWN, card_licence
 from soundtrack.manifest import load_yaml
-from soundtrack.paths import user_path
+from soundtrack.paths import printable, user_path
 
 if TYPE_CHECKING:
     import torch
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEMUCS_CLASSES",
     "SEPARATORS",
+    "SOURCE_NAME",
     "SUM_RESIDUAL_MIN_DB",
     "DemucsSeparator",
     "Separator",
@@ -72,6 +74,8 @@ FORMAT = "soundtrack-demucs"
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 DEMUCS_CLASSES = ("HTDemucs", "HDemucs", "Demucs")  # the only classes ever instantiated
+# A source's name, as demucs' `drums` or `guitar`: it becomes part of file names.
+SOURCE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 OVERLAP = 0.25  # between segments, as demucs' own command line runs
 SUM_RESIDUAL_MIN_DB = 25.0  # provisional: the stems must sum to the mix within this (residual_db)
 # Same as soundtrack.models.tiny.TINY_LICENSE (importing that module costs transformers' import).
@@ -166,9 +170,10 @@ def stem_model_problem(stem_model: str) -> str | None:
     except ModelLoadError as error:
         return str(error)
     for index, member in enumerate(members):
-        path = directory / member.file
-        if not path.is_file():
-            return f"stem_model {stem_model!r}: {member.file} is missing"
+        try:
+            path = _weights_file(directory, member)
+        except ModelLoadError as error:
+            return str(error)
         problem = safetensors_problem(path)
         if problem:
             return f"stem_model {stem_model!r}: {member.file} is not safetensors ({problem})"
@@ -189,7 +194,7 @@ def _fits(directory: Path, config: Mapping[str, Any], index: int, member: _Membe
         model = _built(directory, member)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     try:
-        with safe_open(str(directory / member.file), framework="pt") as weights:
+        with safe_open(str(_weights_file(directory, member)), framework="pt") as weights:
             # safe_open's handle has keys() and no iteration.
             found = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as error:
@@ -318,7 +323,23 @@ def _read_config(directory: Path) -> dict[str, Any]:
             f"stem_model {str(directory)!r}: {CONFIG} must have format {FORMAT!r}, got {got!r}; "
             f"{how_to_provide_demucs()}"
         )
+    if not _source_names(config.get("sources")):
+        raise ModelLoadError(
+            f"stem_model {str(directory)!r}: {CONFIG} 'sources' must list distinct source "
+            f"names (lower-case letters, digits and _, as demucs' drums or bass), got "
+            f"{printable(repr(config.get('sources')))[:200]}"
+        )
     return config
+
+
+def _source_names(sources: object) -> bool:
+    """Whether `sources` is a non-empty list of distinct source names (SOURCE_NAME)."""
+    return (
+        isinstance(sources, list)
+        and bool(sources)
+        and all(isinstance(name, str) and SOURCE_NAME.fullmatch(name) for name in sources)
+        and len(set(sources)) == len(sources)
+    )
 
 
 def _members(directory: Path, config: Mapping[str, Any]) -> list[_Member]:
@@ -360,7 +381,40 @@ def _members(directory: Path, config: Mapping[str, Any]) -> list[_Member]:
                 f"'numerator': N, 'denominator': D}}"
             ) from error
         members.append(_Member(name, decoded, file))
+    if "models" in config:
+        problem = _bag_problem(
+            config.get("weights"), config.get("segment"), len(members), len(config["sources"])
+        )
+        if problem:
+            raise ModelLoadError(f"{where}: {problem}")
     return members
+
+
+def _bag_problem(weights: object, segment: object, models: int, sources: int) -> str | None:
+    """Why a bag's weights or segment are not what demucs' BagOfModels takes: one row per model
+    of one number per source, every source weighed in; a segment of seconds or null."""
+    if weights is not None:
+        rows = weights if isinstance(weights, list) else []
+        if len(rows) != models or not all(
+            isinstance(row, list) and len(row) == sources and all(map(_finite, row)) for row in rows
+        ):
+            return (
+                f"the bag's 'weights' must be {models} rows (one per model) of {sources} numbers "
+                f"(one per source) or null, got {printable(repr(weights))[:200]}"
+            )
+        # demucs divides each source by its weights' sum.
+        if any(sum(column) <= 0 for column in zip(*rows, strict=True)):
+            return f"the bag's 'weights' must sum above 0 for every source, got {weights}"
+    if segment is not None and not (_finite(segment) and segment > 0):
+        return (
+            f"the bag's 'segment' must be a number of seconds above 0 or null, got "
+            f"{printable(repr(segment))[:200]}"
+        )
+    return None
+
+
+def _finite(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _decode(value: Any) -> Any:
@@ -402,12 +456,8 @@ def _classes() -> dict[str, type[torch.nn.Module]]:
     return {"HTDemucs": HTDemucs, "HDemucs": HDemucs, "Demucs": Demucs}
 
 
-def _load_member(directory: Path, member: _Member) -> torch.nn.Module:
-    """Instantiate an allow-listed class from plain arguments, then read its safetensors."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    where = f"stem_model {str(directory)!r}"
+def _weights_file(directory: Path, member: _Member) -> Path:
+    """The member's weights file; ModelLoadError naming any pickle lying there instead."""
     path = directory / member.file
     if not path.is_file():
         others = sorted(
@@ -421,7 +471,17 @@ def _load_member(directory: Path, member: _Member) -> torch.nn.Module:
             if others
             else ""
         )
-        raise ModelLoadError(f"{where}: no {member.file}{hint}")
+        raise ModelLoadError(f"stem_model {str(directory)!r}: no {member.file}{hint}")
+    return path
+
+
+def _load_member(directory: Path, member: _Member) -> torch.nn.Module:
+    """Instantiate an allow-listed class from plain arguments, then read its safetensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    where = f"stem_model {str(directory)!r}"
+    path = _weights_file(directory, member)
     model = _built(directory, member)
     try:
         state = load_file(path)
@@ -466,21 +526,15 @@ def _load_demucs(directory: Path, device: str) -> DemucsSeparator:
     from soundtrack.models.source import directory_fingerprint
 
     config = _read_config(directory)
-    where = f"stem_model {str(directory)!r}"
-    models = [_load_member(directory, member) for member in _members(directory, config)]
-    for index, member in enumerate(models):
-        _declared_as(directory, config, index, member)
+    members = _members(directory, config)
+    # Built on the meta device first: kwargs asking for gigabytes are refused before any are
+    # taken, and each member separates what the config declares.
+    for index, member in enumerate(members):
+        _fits(directory, config, index, member)
+    models = [_load_member(directory, member) for member in members]
     model: torch.nn.Module
     if "models" in config:
-        weights = config.get("weights")
-        segment = config.get("segment")
-        try:
-            model = BagOfModels(models, weights, segment)  # type: ignore[arg-type]
-        except AssertionError as error:
-            raise ModelLoadError(
-                f"{where}: the bag's 'weights' must be one row per model, one column per "
-                f"source; got {weights!r}"
-            ) from error
+        model = BagOfModels(models, config.get("weights"), config.get("segment"))  # type: ignore[arg-type]
     else:
         (model,) = models
     model.eval()
@@ -642,8 +696,9 @@ def convert_demucs(checkpoint: Path, directory: Path, *, licence: str = "MIT") -
     `checkpoint` is a `.th` file as demucs downloads it (e.g. htdemucs, 955717e8-8726e21a.th in
     torch's hub cache): the pickled dict demucs.states.serialize_model writes ('klass', 'args',
     'kwargs', 'state', ...). It is read with torch's weights-only unpickler, which builds
-    tensors and plain data and refuses every class but HTDemucs, HDemucs, Demucs and Fraction:
-    a file that needs anything else is refused, never run. A bag of models is its `.yaml`
+    tensors and plain data and refuses every class but HTDemucs, HDemucs, Demucs and Fraction
+    (stand-ins for them: a class is named, never built): a file that needs anything else is
+    refused, never run. A bag of models is its `.yaml`
     (demucs' remote/htdemucs_ft.yaml) with each model's `<sig>.th` or `<sig>-<checksum>.th`
     beside it, as in demucs' own `--repo` folders. Published Demucs weights are MIT.
     """
@@ -699,8 +754,10 @@ def _read_bag(
             )
         files.append(found[0])
     members = [_read_checkpoint(file) for file in files]
-    weights = bag.get("weights")
-    segment = bag.get("segment")
+    weights, segment = bag.get("weights"), bag.get("segment")
+    problem = _bag_problem(weights, segment, len(members), len(members[0][1]["sources"]))
+    if problem:
+        raise ModelLoadError(f"bag {str(path)!r}: {problem}")
     return members, (weights, None if segment is None else float(segment)), [path, *files]
 
 
@@ -708,17 +765,20 @@ def _read_checkpoint(
     path: Path,
 ) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], list[str]]:
     """(class name, constructor kwargs, state, dropped kwargs) of one `.th` checkpoint."""
-    import pickle
-
     import torch
 
     where = f"checkpoint {str(path)!r}"
     if not path.is_file():
         raise ModelLoadError(f"{where}: no such file")
     classes = _classes()
-    # Exactly what a published file holds beside tensors and plain data: the model's class
-    # (stored, not called) and HTDemucs' segment, a Fraction.
-    with torch.serialization.safe_globals([*classes.values(), Fraction]):
+    # Exactly what a published file holds beside tensors and plain data: the model's class,
+    # named, and HTDemucs' segment, a Fraction. The reader calls what it allows with arguments
+    # from the file, so it gets stand-ins: a class is never built, a fraction only from digits.
+    stand_ins = [
+        (_StoredClass(name), f"{cls.__module__}.{cls.__qualname__}")
+        for name, cls in classes.items()
+    ]
+    with torch.serialization.safe_globals([*stand_ins, (_fraction, "fractions.Fraction")]):
         try:
             package = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
@@ -732,10 +792,10 @@ def _read_checkpoint(
             f"{where}: not a Demucs checkpoint (a dict with 'klass', 'args', 'kwargs' and "
             f"'state', as demucs.states.serialize_model writes)"
         )
-    by_class = {klass: name for name, klass in classes.items()}
-    name = by_class.get(package["klass"])
-    if name is None:
-        raise ModelLoadError(f"{where}: 'klass' is {package['klass']!r}, not a Demucs class")
+    klass = package["klass"]
+    if not isinstance(klass, _StoredClass):
+        raise ModelLoadError(f"{where}: 'klass' is a {type(klass).__name__}, not a Demucs class")
+    name = klass.name
     state = package["state"]
     if not isinstance(state, dict) or state.get("__quantized"):
         raise ModelLoadError(
@@ -746,6 +806,10 @@ def _read_checkpoint(
         raise ModelLoadError(f"{where}: 'state' holds more than tensors")
     # Positional arguments by name, then only those the class still takes (demucs' own loader
     # drops the others with a warning).
+    if not isinstance(package["kwargs"], dict) or not isinstance(
+        package.get("args", ()), list | tuple
+    ):
+        raise ModelLoadError(f"{where}: its 'args' must be a list and its 'kwargs' a dict")
     parameters = inspect.signature(classes[name]).parameters
     kwargs = dict(package["kwargs"])
     dropped = sorted(key for key in kwargs if key not in parameters)
@@ -757,7 +821,45 @@ def _read_checkpoint(
         raise ModelLoadError(f"{where}: its arguments do not fit {name} ({error})") from error
     kwargs = dict(bound.arguments)
     _encode(kwargs, "kwargs")  # refuse anything but plain data before writing a file
+    sources = kwargs["sources"]
+    if not _source_names(list(sources) if isinstance(sources, tuple) else sources):
+        raise ModelLoadError(
+            f"{where}: its sources {printable(repr(sources))[:200]} are not distinct source "
+            f"names (lower-case letters, digits and _, as demucs' drums or bass)"
+        )
+    for key in ("samplerate", "audio_channels"):
+        if not isinstance(kwargs.get(key, 1), int) or kwargs.get(key, 1) < 1:
+            raise ModelLoadError(f"{where}: its {key} is {kwargs[key]!r}, not a whole number")
     return name, kwargs, state, dropped
+
+
+@dataclass(frozen=True)
+class _StoredClass:
+    """A Demucs class as a checkpoint names it: never called, so never built from the file."""
+
+    name: str
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        raise pickle.UnpicklingError(
+            f"it builds a {self.name} from its own arguments; a published checkpoint names "
+            f"its class only"
+        )
+
+
+_FRACTION_TEXT = re.compile(r"-?\d{1,18}(?:/\d{1,18}|\.\d{1,18})?")
+
+
+def _fraction(*args: object) -> Fraction:
+    """Fraction as a checkpoint may store one ('39/5', or numerator and denominator), refusing
+    what would take the reader hours or gigabytes ('1e900000000', thousand-digit numbers)."""
+    if len(args) == 1 and isinstance(args[0], str) and _FRACTION_TEXT.fullmatch(args[0]):
+        return Fraction(args[0])
+    small = [a for a in args if type(a) is int and a.bit_length() <= 64]
+    if len(args) == 2 and len(small) == 2 and args[1] != 0:
+        return Fraction(*small)
+    raise pickle.UnpicklingError(
+        f"its Fraction of {printable(repr(args))[:100]} is no segment's length"
+    )
 
 
 def _refusal(where: str, error: str) -> str:

@@ -22,10 +22,11 @@ from soundtrack.errors import StorageError
 from soundtrack.formats import content_type_for
 from soundtrack.hashing import file_sha256
 from soundtrack.report import Sha256, first_problem
+from soundtrack.separate import SOURCE_NAME
 from soundtrack.storage import Storage
 
 # A separator's source: a plain name, as Demucs' `drums` or `guitar`.
-SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+SourceName = Annotated[str, StringConstraints(pattern=f"^{SOURCE_NAME.pattern}$")]
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,9 @@ from soundtrack.hashing import file_sha256, read_regular
 from soundtrack.loudness import integrated_lufs
 from soundtrack.master import Master
 from soundtrack.measure import measure_file
+from soundtrack.paths import printable
 from soundtrack.pictures import PICTURE_EXT, Picture, draw_picture
-from soundtrack.separate import SUM_RESIDUAL_MIN_DB, Separator, residual_db
+from soundtrack.separate import SOURCE_NAME, SUM_RESIDUAL_MIN_DB, Separator, residual_db
 from soundtrack.separations import Separation
 from soundtrack.spec import TrackSpec
 
@@ -84,6 +85,8 @@ class SeparationCache:
         folder = self.root / key
         try:
             shas: dict[str, str] = json.loads(read_regular(folder / INDEX, follow_links=False))
+            if not all(map(_source_name, shas)):
+                return None
             wavs = {name: folder / f"{name}.wav" for name in shas}
             if not all(
                 file_sha256(wavs[name], follow_links=False) == sha for name, sha in shas.items()
@@ -163,6 +166,11 @@ def unseparated(spec: TrackSpec, reason: str) -> StemsOutcome:
     return StemsOutcome(stems, gate, spec.stem_model or "", "", "")
 
 
+def _source_name(name: object) -> bool:
+    """Whether `name` can be a source's (a part of file names)."""
+    return isinstance(name, str) and SOURCE_NAME.fullmatch(name) is not None
+
+
 def _separated(audio: np.ndarray, rate: int, separator: Separator) -> dict[str, np.ndarray]:
     """Every source, at the mix's rate, channels and exact length."""
     channels, frames = audio.shape
@@ -178,6 +186,13 @@ def _separated(audio: np.ndarray, rate: int, separator: Separator) -> dict[str, 
         raise AudioError(
             f"the separator {separator.model_id} failed: {type(exc).__name__}: {exc}"
         ) from exc
+    named = [printable(repr(name)) for name in sources if not _source_name(name)]
+    if named or sorted(sources) != sorted(separator.sources):
+        raise AudioError(
+            f"the separator {separator.model_id} returned sources "
+            f"{', '.join(named) or ', '.join(sources)}, not its own "
+            f"{', '.join(separator.sources)}"
+        )
     for name, source in sources.items():
         source = to_channels(resample(source, separator.sample_rate, rate), channels)[:, :frames]
         if source.shape[1] < frames:

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, cast
 
@@ -97,7 +98,7 @@ def _copy(directory: Path, to: Path) -> Path:
 def _edit_config(directory: Path, **changes: Any) -> None:
     config = json.loads((directory / "config.json").read_text())
     config.update(changes)
-    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "config.json").write_text(json.dumps(config, default=str))  # a date as text
 
 
 # --- the tiny model through load_separator ---
@@ -205,6 +206,24 @@ def test_a_fraction_no_number_can_be_is_a_malformed_config(
     assert "malformed fraction" in (stem_model_problem(str(directory)) or "")
 
 
+@pytest.mark.parametrize(
+    "sources",
+    [["drums", "bass", "other", "../../../escaped"], ["drums", "drums"], [], "drums", ["Drums"]],
+    ids=["a path", "twice", "none", "a string", "capitals"],
+)
+def test_sources_that_are_no_names_are_refused(
+    tiny_demucs: Path, tmp_path: Path, sources: Any
+) -> None:
+    """A source is part of a file name: '../../x' in a config wrote x.wav outside the cache."""
+    directory = _copy(tiny_demucs, tmp_path / "model")
+    config = json.loads((directory / "config.json").read_text())
+    _edit_config(directory, sources=sources, kwargs={**config["kwargs"], "sources": sources})
+    said = r"config\.json 'sources' must list distinct source names"
+    assert re.search(said, stem_model_problem(str(directory)) or "")
+    with pytest.raises(ModelLoadError, match=said):
+        load_separator(str(directory), "cpu")
+
+
 def test_a_config_nested_past_any_parser_is_unreadable(tiny_demucs: Path, tmp_path: Path) -> None:
     """JSON nested 100,000 deep raised RecursionError out of validate."""
     directory = _copy(tiny_demucs, tmp_path / "model")
@@ -297,6 +316,87 @@ def test_the_converter_refuses_what_it_cannot_read_without_running_code(tmp_path
     assert not (tmp_path / "out").exists()
 
 
+class _Calls:
+    """Pickles as a call of `function` with `args`, as a crafted checkpoint may hold."""
+
+    def __init__(self, function: Any, *args: Any) -> None:
+        self.call = (function, args)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.call
+
+
+class _Bare:
+    """Pickles as `cls.__new__(cls)` with attributes (NEWOBJ, BUILD)."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # the pickler asks that __newobj__'s class be the object's
+        return self.cls
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        import copyreg
+
+        return (copyreg.__newobj__, (self.cls,), {"sources": ["drums"]})
+
+
+@pytest.mark.timeout(60)  # 10**900000000 as a fraction took the converter forever
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"klass": _Calls(HTDemucs, ["drums"])}, r"builds a HTDemucs from its own arguments"),
+        ({"klass": _Bare(HTDemucs)}, r"not a torch checkpoint \(TypeError"),
+        ({"klass": "HTDemucs"}, r"'klass' is a str, not a Demucs class"),
+        ({"args": 5}, r"its 'args' must be a list and its 'kwargs' a dict"),
+        ({"kwargs": {"segment": _Calls(Fraction, "1e900000000")}}, r"is no segment's length"),
+        ({"kwargs": {"segment": _Calls(Fraction, 10**400, 1)}}, r"is no segment's length"),
+        ({"args": (["../../x"],)}, r"sources \['\.\./\.\./x'\] are not distinct source names"),
+        ({"kwargs": {"samplerate": "x"}}, r"its samplerate is 'x', not a whole number"),
+    ],
+    ids=[
+        "a class built",
+        "a class made bare",
+        "no class",
+        "args",
+        "1e900000000",
+        "huge",
+        "path",
+        "rate",
+    ],
+)
+def test_a_checkpoint_that_builds_what_it_names_is_refused_before_anything_is_built(
+    tmp_path: Path, changes: dict[str, Any], said: str
+) -> None:
+    """The reader calls what it allows with the file's arguments: a checkpoint built an HTDemucs
+    of its own sizes (4.9 GB and counting), a Fraction of 10**900000000 never ended, a class
+    made bare ended in a traceback."""
+    model = _tiny_htdemucs(0)
+    args, kwargs = cast(tuple[tuple[Any, ...], dict[str, Any]], model._init_args_kwargs)
+    changes = {"args": args, **changes, "kwargs": {**kwargs, **changes.get("kwargs", {})}}
+    _published(tmp_path / "crafted.th", model, **changes)
+    with pytest.raises(ModelLoadError, match=said):
+        convert_demucs(tmp_path / "crafted.th", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_segment_written_as_text_or_as_two_numbers_converts(tmp_path: Path) -> None:
+    """Python before 3.12 pickles a Fraction as its text, later ones as two numbers."""
+    model = _tiny_htdemucs(0)
+    args, kwargs = cast(tuple[tuple[Any, ...], dict[str, Any]], model._init_args_kwargs)
+    for name, segment in (("text", _Calls(Fraction, "39/5")), ("two", _Calls(Fraction, 39, 5))):
+        _published(tmp_path / f"{name}.th", model, args=args, kwargs={**kwargs, "segment": segment})
+        config = json.loads(
+            (convert_demucs(tmp_path / f"{name}.th", tmp_path / name) / "config.json").read_text()
+        )
+        assert config["kwargs"]["segment"] == {
+            "_type": "fraction",
+            "numerator": 39,
+            "denominator": 5,
+        }
+
+
 # --- the converter ---
 
 
@@ -354,6 +454,41 @@ def test_a_bag_of_models_converts_with_its_weights(tmp_path: Path) -> None:
     (repo / "missing.yaml").write_text("models: ['cccc3333']\n")
     with pytest.raises(ModelLoadError, match=r"'cccc3333' needs one file cccc3333\.th"):
         convert_demucs(repo / "missing.yaml", tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("bag", "said"),
+    [
+        ("weights: [[1, 1, 1]]", r"'weights' must be 2 rows \(one per model\) of 4 numbers"),
+        ("weights: 2020-01-01", r"'weights' must be 2 rows"),
+        ("weights: [[1, 0, 1, .nan], [0, 1, 1, 1]]", r"'weights' must be 2 rows"),
+        ("weights: [[1, 0, 0, 1], [0, 1, 0, 1]]", r"'weights' must sum above 0 for every source"),
+        ("segment: abc", r"'segment' must be a number of seconds above 0 or null, got 'abc'"),
+        ("segment: -1", r"'segment' must be a number of seconds above 0"),
+    ],
+    ids=["short rows", "a date", "nan", "a source unweighed", "text", "negative"],
+)
+def test_a_bag_demucs_could_not_build_is_refused_when_converted_and_when_validated(
+    tmp_path: Path, bag: str, said: str
+) -> None:
+    """Weights of the wrong shape converted (exit 0) and passed validate, failing only when a
+    build loaded them; a segment of text ended the converter in a traceback."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _published(repo / "aaaa1111.th", _tiny_htdemucs(1))
+    _published(repo / "bbbb2222.th", _tiny_htdemucs(2))
+    (repo / "bag.yaml").write_text(f"models: ['aaaa1111', 'bbbb2222']\n{bag}\n")
+    with pytest.raises(ModelLoadError, match=said):
+        convert_demucs(repo / "bag.yaml", tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    (repo / "good.yaml").write_text("models: ['aaaa1111', 'bbbb2222']\n")
+    directory = convert_demucs(repo / "good.yaml", tmp_path / "bag")
+    import yaml
+
+    _edit_config(directory, **yaml.safe_load(bag))
+    assert re.search(said, stem_model_problem(str(directory)) or "")
+    with pytest.raises(ModelLoadError, match=said):
+        load_separator(str(directory), "cpu")
 
 
 # --- the registry ---

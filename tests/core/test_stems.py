@@ -340,3 +340,30 @@ def test_a_separation_entry_that_is_a_fifo_a_link_or_a_folder_is_separated_again
     cache.put("k", sources, 8000)
     found = cache.get("k")
     assert found is not None and np.array_equal(found["drums"], sources["drums"])
+
+
+def test_a_separator_naming_its_sources_as_paths_writes_nothing_outside_its_cache(
+    project: Path,
+) -> None:
+    """A source named '../../x' (from a stem model's config) wrote x.wav beside the cache."""
+
+    class Escapes(KnownParts):
+        sources = ("drums", "bass", "other", "../../../escaped")
+
+        def separate(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+            parts = super().separate(audio)
+            return {**parts, "../../../escaped": parts.pop("vocals")}
+
+    register_separator("escapes", lambda device: Escapes())
+    try:
+        write_manifest(project, "escapes", "[drums, bass]")
+        result = run(project)
+    finally:
+        SEPARATORS.pop("escapes")
+    assert result.exit_status == 0, result.failure  # the mix is published, its stems are not
+    assert {s["status"] for s in lock(project)["stems"]} == {"rejected"}
+    assert {s["reason"] for s in lock(project)["stems"]} == {
+        "separation failed: the separator known-parts returned sources '../../../escaped', "
+        "not its own drums, bass, other, ../../../escaped"
+    }
+    assert not list(project.rglob("escaped*"))
