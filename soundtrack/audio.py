@@ -100,10 +100,12 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     what libsndfile cannot (AAC, ...) and every MP3."""
     check_file(path)
     promised_frames = 0
+    is_mp3 = False
     try:
         # Bytes: libsndfile takes any name the file system does (soundfile encodes a str
         # strictly, so a name that is not UTF-8 raised).
         with sf.SoundFile(os.fsencode(path)) as f:
+            is_mp3 = f.format == "MP3"
             # libsndfile reads an MP3 without a LAME header as long as its first frames say:
             # 27 s of a piped 60 s file, with no error. A length it does not know (a FLAC
             # written to a pipe) it gives as the largest count, which f.read would allocate.
@@ -117,6 +119,10 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     except sf.LibsndfileError:
         pass  # a kind libsndfile cannot read, or a stream it loses (ffmpeg says how much is left)
     audio, sample_rate = decode_with_ffmpeg(path)
+    # An Ogg file libsndfile cannot read (FLAC in Ogg) is cut short the same way.
+    problem = _mp3_cut_short(path, audio.shape[1], sample_rate) if is_mp3 else _ogg_cut_short(path)
+    if problem:
+        raise AudioError(problem)
     return _whole(audio, promised_frames, path), sample_rate
 
 
@@ -129,8 +135,11 @@ _UNKNOWN_SIZE_FROM = 0x7FFF0000
 
 
 def cut_short(path: Path, file_format: str, log: str) -> str | None:
-    """What is wrong with a WAV whose data chunk is cut short, from libsndfile's format name
-    and log (SoundFile.extra_info); None for any other file."""
+    """What is wrong with a WAV whose data chunk is cut short, or an Ogg file that does not end
+    with its stream's last page, from libsndfile's format name and log (SoundFile.extra_info);
+    None for any other file."""
+    if file_format == "OGG":
+        return _ogg_cut_short(path)
     found = _DATA_SIZE_LOG.search(log) if file_format in ("WAV", "WAVEX") else None
     if found is None:
         return None
@@ -140,6 +149,66 @@ def cut_short(path: Path, file_format: str, log: str) -> str | None:
     return (
         f"{path} is cut short: its header promises {promised} bytes of audio, the file holds "
         f"{held} (an interrupted copy?)"
+    )
+
+
+_OGG_PAGE_MAX_BYTES = 27 + 255 + 255 * 255  # header, lacing values, data
+
+
+def _ogg_cut_short(path: Path) -> str | None:
+    """Why an Ogg file is not whole: it ends inside a page, or on a page that does not end its
+    stream (libsndfile reads what is left of a cut one without an error); None for a whole one
+    or another kind of file."""
+    from mutagen.ogg import OggPage, error
+
+    with path.open("rb") as file:
+        if file.read(4) != b"OggS":
+            return None
+        size = file.seek(0, os.SEEK_END)
+        start = max(0, size - _OGG_PAGE_MAX_BYTES)
+        file.seek(start)
+        tail = file.read()
+        # The last page is the last "OggS" that reads as a page ending at the file's end (the
+        # pattern may also occur inside a page's data).
+        at = len(tail)
+        while (at := tail.rfind(b"OggS", 0, at)) >= 0:
+            file.seek(start + at)
+            try:
+                page = OggPage(file)
+            except (error, EOFError, OSError):
+                continue
+            if file.tell() == size:
+                if page.last:
+                    return None
+                return f"{path} is cut short: it ends before its stream does (an interrupted copy?)"
+    return f"{path} is cut short: it ends inside a page (an interrupted copy?)"
+
+
+# An MP3's Xing or VBRI header counts its frames with the encoder's delay and padding (up to
+# about two frames of 1152 samples), which decoders drop.
+_MP3_SLACK_FRAMES = 3 * 1152
+
+
+def _mp3_cut_short(path: Path, decoded_frames: int, sample_rate: int) -> str | None:
+    """Why an MP3 is not whole: its Xing or VBRI header counts more than decodes. One without
+    such a header says nothing of its length (libsndfile and mutagen guess it from its size)."""
+    from mutagen import MutagenError
+    from mutagen.mp3 import BitrateMode, MPEGInfo
+
+    try:
+        with path.open("rb") as file:
+            info = MPEGInfo(file)
+    except MutagenError:
+        return None
+    # Known only from a Xing or VBRI header: without one, the length is a guess.
+    if info.bitrate_mode == BitrateMode.UNKNOWN:
+        return None
+    promised_frames = round(info.length * sample_rate)
+    if decoded_frames >= promised_frames - _MP3_SLACK_FRAMES:
+        return None
+    return (
+        f"{path} is cut short: its header promises {info.length:.2f} s, "
+        f"{decoded_frames / sample_rate:.2f} s decode (an interrupted copy?)"
     )
 
 

@@ -90,6 +90,45 @@ def test_a_flac_cut_short_is_refused_and_one_of_unknown_length_read_whole(
     np.testing.assert_allclose(decoded, audio, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("codec", "ext"),
+    [
+        (["-c:a", "libvorbis", "-q:a", "4"], "ogg"),
+        (["-c:a", "flac"], "oga"),  # FLAC in Ogg
+        (["-c:a", "libmp3lame", "-b:a", "128k"], "mp3"),  # an Info header (CBR)
+        (["-c:a", "libmp3lame", "-q:a", "2"], "mp3"),  # a Xing header (VBR)
+    ],
+    ids=["vorbis", "flac in ogg", "cbr mp3", "vbr mp3"],
+)
+@pytest.mark.parametrize("kept", [0.3, 0.9])
+def test_an_ogg_or_mp3_cut_short_is_refused(
+    tmp_path: Path, codec: list[str], ext: str, kept: float
+) -> None:
+    """A half-copied MP3 or OGG decoded what was left without an error and was measured as a
+    shorter take (0.99 s of a 2 s MP3, exit 1 from inspect, not 2)."""
+    source, whole = tmp_path / "source.wav", tmp_path / f"whole.{ext}"
+    write_wav(source, signals.pink_noise(-20.0, 5.0, 44100), 44100)
+    run_ffmpeg(["-i", str(source), *codec, str(whole)])
+    assert read_audio(whole)[0].shape[1] == pytest.approx(5.0 * 44100, abs=1200)
+    cut = tmp_path / f"cut.{ext}"
+    cut.write_bytes(whole.read_bytes()[: round(whole.stat().st_size * kept)])
+    with pytest.raises(AudioError, match=rf"cut\.{ext} is cut short: .* \(an interrupted copy\?\)"):
+        read_audio(cut)
+
+
+def test_an_ogg_cut_between_pages_is_refused(tmp_path: Path) -> None:
+    """Cut where a page ends, an Ogg file reads cleanly to that page: only its last page's
+    end-of-stream flag is missing."""
+    source, whole, cut = tmp_path / "source.wav", tmp_path / "whole.ogg", tmp_path / "cut.ogg"
+    write_wav(source, signals.pink_noise(-20.0, 5.0, 44100), 44100)
+    run_ffmpeg(["-i", str(source), "-c:a", "libvorbis", str(whole)])
+    data = whole.read_bytes()
+    cut.write_bytes(data[: data.index(b"OggS", len(data) // 2)])
+    assert sf.info(cut).duration < 4.0  # libsndfile reads it without a word
+    with pytest.raises(AudioError, match=r"cut\.ogg is cut short: it ends before its stream does"):
+        read_audio(cut)
+
+
 def test_an_mp3_without_a_lame_header_is_read_to_its_end(tmp_path: Path) -> None:
     """ffmpeg writing to a pipe cannot go back for the LAME header; libsndfile then reads a
     20 s file as a fraction of it, with no error."""
@@ -98,6 +137,9 @@ def test_an_mp3_without_a_lame_header_is_read_to_its_end(tmp_path: Path) -> None
     audio, rate = read_audio(mp3)
     # Without the header nothing says how much of the start is the coder's delay: it stays in.
     assert rate == 44100 and 20.0 <= audio.shape[1] / rate <= 20.1
+    # Nothing says how long it should be, so a cut one is read as what is left.
+    mp3.write_bytes(mp3.read_bytes()[: mp3.stat().st_size // 2])
+    assert 9.0 <= read_audio(mp3)[0].shape[1] / rate <= 12.0
     assert 20 * np.log10(np.sqrt(np.mean(audio[:, 4 * 44100 : -44100] ** 2))) == pytest.approx(
         -20.0, abs=1.0
     )
