@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -436,6 +437,18 @@ def _check_audition(model: str, request: GenerationRequest, target: Path) -> Fam
     return family
 
 
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM stops the command as Ctrl-C does: what it was writing is removed on the way out
+    (its default ends the process on the spot, leaving a half-written temporary file)."""
+    before = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if before is not None:  # None: a handler not set from Python, which cannot be restored
+            signal.signal(signal.SIGTERM, before)
+
+
 @app.command()
 def generate(
     model: Annotated[
@@ -458,8 +471,9 @@ def generate(
         typer.Option(
             "-o",
             "--output",
-            help="A .wav file outside the model's files, its folder made if missing (default: "
-            "a new file named from the prompt and seed, in the current folder).",
+            help="A .wav file outside the model's files, its folder made if missing; a file "
+            "(or link) already there is replaced once the take is written (default: a new file "
+            "named from the prompt and seed, in the current folder).",
             callback=_fits,
         ),
     ] = None,
@@ -503,7 +517,7 @@ def generate(
     checked and given to the model as a manifest's are.
 
     Exit 0 on success, 1 when generation fails (NaN or silent output), 2 for bad input or a
-    model that cannot be loaded.
+    model that cannot be loaded, 130 when stopped (Ctrl-C or SIGTERM): nothing is left at -o.
     """
     import secrets
 
@@ -520,29 +534,30 @@ def generate(
     musical = {"bpm": bpm, "key": key, "time_signature": time_signature}
     takes = {"lyrics": lyrics, "negative_prompt": negative_prompt}
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    try:
-        request = _audition_request(prompt, duration, seed, {**musical, **takes})
-        model = _typed_model(model)
-        family = _check_audition(model, request, target)
-        with err_console.status(escape(printable(f"loading {model}"))):
-            generator = get_generator(model, device=device)
-        if family is None:  # a hub id known only once its files are here
-            _check_taken(FAMILIES[family_name(model) or ""], takes)
-        with Progress(*columns, console=err_console) as bar:
-            task = bar.add_task(f"rendering ({generator.device})", total=None)
-            try:
-                (result,) = generator.generate(
-                    [request],
-                    progress=lambda done, total: bar.update(task, completed=done, total=total),
-                )
-            except Exception as exc:  # as a build fails the track: what the library raised
-                raise GenerationError(request.track_id, f"the render failed: {exc!r}") from exc
-        if isinstance(result, GenerationError):
-            raise result
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_wav(target, result.audio, result.sample_rate)
-    except SoundtrackError as exc:
-        _fail_generation(exc)
+    with _sigterm_as_ctrl_c():
+        try:
+            request = _audition_request(prompt, duration, seed, {**musical, **takes})
+            model = _typed_model(model)
+            family = _check_audition(model, request, target)
+            with err_console.status(escape(printable(f"loading {model}"))):
+                generator = get_generator(model, device=device)
+            if family is None:  # a hub id known only once its files are here
+                _check_taken(FAMILIES[family_name(model) or ""], takes)
+            with Progress(*columns, console=err_console) as bar:
+                task = bar.add_task(f"rendering ({generator.device})", total=None)
+                try:
+                    (result,) = generator.generate(
+                        [request],
+                        progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    )
+                except Exception as exc:  # as a build fails the track: what the library raised
+                    raise GenerationError(request.track_id, f"the render failed: {exc!r}") from exc
+            if isinstance(result, GenerationError):
+                raise result
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_wav(target, result.audio, result.sample_rate)
+        except SoundtrackError as exc:
+            _fail_generation(exc)
     seconds = result.audio.shape[-1] / result.sample_rate  # Bark may end before the duration
     console.print(
         f"wrote {printable(str(target))}: {seconds:g} s at {result.sample_rate} Hz, seed {seed} "
@@ -630,33 +645,34 @@ def models_make_tiny(
         fail(InputError("--stereo is for --family musicgen (Bark is mono)"))
     if family != "musicgen" and stereo:
         fail(InputError(f"--stereo is for --family musicgen ({family} is always stereo)"))
-    if family == "demucs":
-        from soundtrack.separate import make_tiny_demucs
+    with _sigterm_as_ctrl_c():
+        if family == "demucs":
+            from soundtrack.separate import make_tiny_demucs
 
-        make_tiny_demucs(directory)
-        _said(f"wrote a tiny random-weight HTDemucs to {directory}")
-        return
-    if family == "bark":
-        from soundtrack.models.tiny_bark import make_tiny_bark
+            make_tiny_demucs(directory)
+            _said(f"wrote a tiny random-weight HTDemucs to {directory}")
+            return
+        if family == "bark":
+            from soundtrack.models.tiny_bark import make_tiny_bark
 
-        make_tiny_bark(directory)
-        _said(f"wrote a tiny random-weight Bark to {directory}")
-        return
-    if family == "stable-audio":
-        from soundtrack.models.tiny_stableaudio import make_tiny_stableaudio
+            make_tiny_bark(directory)
+            _said(f"wrote a tiny random-weight Bark to {directory}")
+            return
+        if family == "stable-audio":
+            from soundtrack.models.tiny_stableaudio import make_tiny_stableaudio
 
-        make_tiny_stableaudio(directory)
-        _said(f"wrote a tiny random-weight Stable Audio Open to {directory}")
-        return
-    if family == "ace-step":
-        from soundtrack.models.tiny_acestep import make_tiny_acestep
+            make_tiny_stableaudio(directory)
+            _said(f"wrote a tiny random-weight Stable Audio Open to {directory}")
+            return
+        if family == "ace-step":
+            from soundtrack.models.tiny_acestep import make_tiny_acestep
 
-        make_tiny_acestep(directory)
-        _said(f"wrote a tiny random-weight ACE-Step 1.5 to {directory}")
-        return
-    from soundtrack.models.tiny import make_tiny
+            make_tiny_acestep(directory)
+            _said(f"wrote a tiny random-weight ACE-Step 1.5 to {directory}")
+            return
+        from soundtrack.models.tiny import make_tiny
 
-    make_tiny(directory, stereo=stereo)
+        make_tiny(directory, stereo=stereo)
     kind = "stereo" if stereo else "mono"
     _said(f"wrote a tiny random-weight {kind} MusicGen to {directory}")
 
@@ -701,10 +717,11 @@ def models_convert_demucs(
     problem = _model_target_problem(directory, "demucs", tiny=False)
     if problem:
         fail(InputError(problem))
-    try:
-        convert_demucs(checkpoint, directory, licence=licence)
-    except ModelLoadError as exc:
-        fail(InputError(str(exc)))
+    with _sigterm_as_ctrl_c():
+        try:
+            convert_demucs(checkpoint, directory, licence=licence)
+        except ModelLoadError as exc:
+            fail(InputError(str(exc)))
     _said(f"wrote {directory} from {checkpoint.name}")
 
 
@@ -1443,7 +1460,6 @@ def review(
     lock is served. Prints the page's URL. Exit 0 when stopped with Ctrl-C, 1 when the storage
     fails, 2 for bad input (no such soundtrack there, a malformed storage URL, a port in use).
     """
-    import signal
     import tempfile
     import threading
 
@@ -1471,10 +1487,10 @@ def review(
             # while the page is served.
             threading.Thread(target=_open_page, args=(url,), daemon=True).start()
         # SIGTERM stops it as Ctrl-C does, so the fetched copies (private objects) are deleted.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            err_console.print("stopped", highlight=False)
-        finally:
-            server.server_close()
+        with _sigterm_as_ctrl_c():
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                err_console.print("stopped", highlight=False)
+            finally:
+                server.server_close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,47 @@ def test_a_silent_render_exits_1_and_writes_nothing(tiny_model_dir: Path, tmp_pa
     assert result.exit_code == 1
     assert "track 'audition': the render is all zeros" in result.stderr
     assert "Traceback" not in result.output and not out.exists()
+
+
+# SIGTERM arrives as the WAV's last byte is written, before it is renamed into place.
+_TERMINATED_WHILE_WRITING = """
+import os, signal, sys, time
+import soundfile
+write = soundfile.write
+def writing(*args, **kwargs):
+    write(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+soundfile.write = writing
+from soundtrack.cli import app
+app(sys.argv[1:], prog_name="soundtrack")
+"""
+
+
+def test_sigterm_while_the_wav_is_written_leaves_no_file(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM ended generate on the spot, leaving its half-written .part file beside -o (up to
+    230 MB for a 600 s take); Ctrl-C already cleaned it up."""
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["--model", str(tiny_model_dir), "--prompt", "p", "--duration", "1", "--seed", "1"]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _TERMINATED_WHILE_WRITING,
+            "generate",
+            *args,
+            "-o",
+            str(out / "a.wav"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 130, result.stderr
+    assert list(out.iterdir()) == []
 
 
 def test_make_tiny_stereo_renders_two_channels_in_long_form_too(tmp_path: Path) -> None:
