@@ -788,7 +788,7 @@ def inspect_files(
     from soundtrack.audio import read_audio
     from soundtrack.gates import judge
     from soundtrack.measure import measure, read_loop_tags
-    from soundtrack.process import analysis_columns, on_loop_grid
+    from soundtrack.process import analysis_columns, as_bar_loop
     from soundtrack.spec import LOUDNESS_PROFILES, GateLimits
 
     if loudness not in LOUDNESS_PROFILES:
@@ -814,13 +814,14 @@ def inspect_files(
                 bpm_hint=targets.bpm,
             )
             heard = listened() if analysis else None
-            # A loop's seam is judged as the build judges it, against its exact bar grid: a
-            # loop is listened to for its tempo even without --analysis (not when too short).
+            # A loop of whole bars is judged as the build judges a bar loop, against its exact
+            # bar grid: a loop is listened to for its tempo even without --analysis (not when
+            # too short). A free loop keeps the tempo and bars heard.
             loop_tags = read_loop_tags(path, audio.shape[-1])
             if loop_tags is not None:
                 grid = heard or _unless_too_short(listened)
                 if grid is not None and grid.tempo_bpm is not None:
-                    heard = on_loop_grid(grid, *loop_tags, targets.beats_per_bar)
+                    heard = as_bar_loop(grid, *loop_tags, targets.beats_per_bar) or heard
             metrics = measure(
                 audio,
                 sample_rate,

@@ -275,6 +275,21 @@ def on_loop_grid(
     )
 
 
+# A build's bar loop is cut on the bars of the tempo it heard, so it reads as whole bars within a
+# hair of the tempo heard again; a loop further off (4.5 bars) is a free loop.
+WHOLE_BARS_TOLERANCE = 0.01
+
+
+def as_bar_loop(
+    heard: Analysis, loop_start: int, loop_length: int, beats_per_bar: int
+) -> Analysis | None:
+    """`heard` on its loop's bar grid (on_loop_grid) when the loop is whole bars at the tempo
+    heard, within WHOLE_BARS_TOLERANCE; None for a free loop, whose tempo is the one heard."""
+    gridded = on_loop_grid(heard, loop_start, loop_length, beats_per_bar)
+    assert heard.tempo_bpm is not None and gridded.tempo_bpm is not None
+    return gridded if abs(gridded.tempo_bpm / heard.tempo_bpm - 1) <= WHOLE_BARS_TOLERANCE else None
+
+
 def bar_grid(
     loop_start: int, loop_length: int, bars: int, beats_per_bar: int, frames: int
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -83,6 +83,25 @@ def test_a_bar_loop_struck_on_its_downbeat_passes_inspect_as_it_passed_the_build
     assert "analysis" not in report  # listened to for its grid, not shown unasked
 
 
+@pytest.mark.parametrize("bars", [4.0, 4.4, 4.5])
+def test_a_loop_keeps_the_tempo_heard_unless_it_is_whole_bars(tmp_path: Path, bars: float) -> None:
+    """inspect read every tagged loop as whole bars and its tempo off its length: a free loop
+    of 4.5 bars of a 120 bpm groove read 106.67 bpm and failed the tempo gate (11 %)."""
+    from soundtrack.encode import _append_smpl_chunk
+    from tests.music import drum_and_bass
+
+    audio, _ = drum_and_bass(120.0, "A minor", 12.0, 44100)
+    path = tmp_path / "loop.wav"
+    sf.write(path, audio.T, 44100, subtype="FLOAT")
+    _append_smpl_chunk(path, 44100, 0, round(bars * 2.0 * 44100))
+    args = ["inspect", str(path), "--json", "--analysis", "--bpm", "120"]
+    result = CliRunner().invoke(app, args)
+    (report,) = json.loads(result.stdout)
+    assert report["analysis"]["tempo_bpm"] == pytest.approx(120.0, rel=0.002), report["analysis"]
+    tempo = next(g for g in report["gates"] if g["name"] == "tempo")
+    assert tempo["passed"], tempo
+
+
 def test_the_table_names_the_loop_and_each_gate(loop_ogg: tuple[Path, int]) -> None:
     path, loop_length = loop_ogg
     result = CliRunner().invoke(app, ["inspect", str(path)], terminal_width=200)
