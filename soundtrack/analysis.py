@@ -417,8 +417,13 @@ def _tempo(features: _Features, bpm_hint: float | None, beats_per_bar: int) -> f
     bpm = 60.0 * _FRAME_RATE / period
     if bpm_hint is not None:
         # The octave of the estimate nearest the hint: a chord every bar at 120 bpm pulses at 30.
-        octaves = round(math.log2(prior_bpm / bpm))
-        return bpm * 2.0**octaves * grouping
+        # A pulse slower than any beat may be a bar of three, which no octave reaches (a chord
+        # every bar of 3/4 at 120 pulses at 40): its beats are candidates too.
+        candidates = [bpm]
+        if bpm < OCTAVE_RULE_BPM[0]:
+            candidates.append(bpm * (beats_per_bar // grouping))
+        octaves = [c * 2.0 ** round(math.log2(prior_bpm / c)) for c in candidates]
+        return min(octaves, key=lambda c: abs(math.log2(c / prior_bpm))) * grouping
     bpm *= _accent_level(features.accents, period, bpm)
     if bpm < OCTAVE_RULE_BPM[0]:
         # A pulse slower than any beat is the bar (a chord attacked every 2 s, nothing between):

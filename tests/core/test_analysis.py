@@ -117,6 +117,18 @@ def test_a_hint_picks_half_or_double_the_level(bpm: float, hint: float, level: f
     assert abs(measured / level - 1.0) < 0.002
 
 
+@pytest.mark.parametrize(("bpm", "beats_per_bar"), [(120.0, 3), (150.0, 3), (120.0, 4)])
+def test_a_chord_every_bar_reads_the_bars_tempo_with_the_hint_as_without(
+    bpm: float, beats_per_bar: int
+) -> None:
+    """A chord every bar of 3/4 at 120 pulses at 40 bpm: without a hint it read 120, with the
+    hint 120 it read 160 (the octave of 40 nearest 120) and failed the tempo gate at 33 %."""
+    audio = chord_cycle(24.0, RATE, bpm=bpm, beats_per_bar=beats_per_bar)
+    for hint in (bpm, None):
+        heard = analyse(audio, RATE, beats_per_bar=beats_per_bar, bpm_hint=hint)
+        assert heard.tempo_bpm is not None and abs(heard.tempo_bpm / bpm - 1.0) < 0.002, hint
+
+
 @pytest.mark.parametrize("bpm", (90.0, 102.0, 111.0, 138.0, 159.0, 189.0, 195.0))
 def test_a_hint_at_half_or_double_the_tempo_finds_the_pulse(bpm: float) -> None:
     # The tempo gate takes a manifest's bpm as the hint, and passes music at half or double it.
