@@ -39,7 +39,14 @@ from soundtrack.models.device import requested_device, resolve_device
 from soundtrack.models.source import keep_fingerprints
 from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build, reusable, select
 from soundtrack.plan import batch as into_batches
-from soundtrack.publish import changed_since, index_of, lock_bytes, track_record, with_links
+from soundtrack.publish import (
+    changed_since,
+    index_of,
+    lock_bytes,
+    rejected_since,
+    track_record,
+    with_links,
+)
 from soundtrack.redaction import redact
 from soundtrack.renders import (
     Render,
@@ -273,14 +280,25 @@ def run(
         with _held(checked, options, logger) as (lock, _, repaired):
             # Another build may have published while this one waited: its lock is the base, and
             # what it changed is not this build's, planned before it, to publish over.
-            theirs = frozenset(changed_since(prepared.lock, lock))
+            published = changed_since(prepared.lock, lock)
+            # A take of the same spec rejected by another build's reviewer: the verdict given
+            # first stands, as a publication does.
+            asked = {(c.spec.id, c.spec.spec_hash) for c in tracks.candidates}
+            rejected = {i for i, _ in rejected_since(prepared.lock, lock) & asked} - published
+            theirs = frozenset(published | rejected)
             taken: list[str] = []
-            if theirs:
+            if published:
                 taken.append(
                     "another build published while this one waited for review: the lock keeps "
-                    f"its entries of {', '.join(sorted(theirs))}"
+                    f"its entries of {', '.join(sorted(published))}"
                 )
-                logger.warning(taken[0])
+            if rejected:
+                taken.append(
+                    "another build's reviewer rejected takes while this one waited for review: "
+                    f"the lock keeps its verdicts on {', '.join(sorted(rejected))}"
+                )
+            for warning in taken:
+                logger.warning(warning)
             warnings = [*prepared.warnings, *repaired, *taken]
             prepared = replace(prepared, lock=lock, theirs=theirs, warnings=warnings)
             if verdicts is None:
@@ -289,7 +307,7 @@ def run(
                 left_out = _left_out(prepared)
                 report = _report(prepared, tracks, loads_before, options.build_name, left_out)
                 return BuildResult(with_links(report, prepared.checked.storage), failure)
-            tracks.reviewed(verdicts, lock, theirs)
+            tracks.reviewed(verdicts, lock, theirs, frozenset(rejected))
             tracks.run(options.batch_size)
             return _finish(
                 prepared, tracks, executor, observer, logger, loads_before, options.build_name
@@ -526,7 +544,13 @@ def _check_models(plan: Plan, *, given: str) -> None:
         raise InputError(f"{len(problems)} problems with the models", problems)
 
 
-def _published_by_another(whose: str) -> str:
+def _taken_by_another(whose: str, *, rejected: bool) -> str:
+    if rejected:
+        return (
+            f"another build's reviewer rejected a take of {whose} while this build waited for "
+            "its review: that verdict stands and this take is not published (build again to "
+            "review the next take)"
+        )
     return (
         f"another build published {whose} while this build waited for its review: this take "
         "is not published over it (build again to review against what it published)"
@@ -895,15 +919,25 @@ class _Tracks:
         self.submit_publish(spec, model, outcome, stems)
 
     def reviewed(
-        self, verdicts: Mapping[str, Verdict], lock: BuildReport | None, theirs: frozenset[str]
+        self,
+        verdicts: Mapping[str, Verdict],
+        lock: BuildReport | None,
+        theirs: frozenset[str],
+        rejected_by_another: frozenset[str],
     ) -> None:
         """Publish what the reviewer approved; record what they rejected, and the variations
         of a rejected take, which rendered from audio that will not be published. Tracks
-        `theirs` (another build published them since) fail unpublished, with their variations."""
+        `theirs` (another build published them since, or its reviewer rejected a take of them:
+        `rejected_by_another`) fail unpublished, with their variations."""
         withheld = set(theirs)
+
+        def taken(whose: str) -> str:
+            track = whose.removeprefix("its parent ")
+            return _taken_by_another(whose, rejected=track in rejected_by_another)
+
         for held in self.recordings:
             if held.spec.id in withheld:
-                self._failed(held, _published_by_another(held.spec.id))
+                self._failed(held, taken(held.spec.id))
         self.recordings = [held for held in self.recordings if held.spec.id not in withheld]
         self.publish_recordings()
         previous = {r.id: r for r in lock.tracks} if lock else {}
@@ -914,7 +948,7 @@ class _Tracks:
             if spec.id in withheld or spec.variation_of in withheld:
                 whose = spec.id if spec.id in withheld else f"its parent {spec.variation_of}"
                 withheld.add(spec.id)
-                self._failed(candidate, _published_by_another(whose))
+                self._failed(candidate, taken(whose))
                 continue
             verdict = verdicts.get(spec.id, Verdict(approved=False, comment="no answer"))
             if spec.variation_of in rejected:

@@ -252,6 +252,17 @@ def changed_since(planned: BuildReport | None, now: BuildReport | None) -> set[s
     return {i for i in before.keys() | after.keys() if before.get(i) != after.get(i)}
 
 
+def rejected_since(planned: BuildReport | None, now: BuildReport | None) -> set[tuple[str, str]]:
+    """(track id, spec hash) of the takes another build's reviewer rejected between the lock a
+    build planned against and the lock `now`."""
+
+    def rejected(lock: BuildReport | None) -> set[tuple[str, str, int]]:
+        tracks = lock.tracks if lock else []
+        return {(t.id, r.spec_hash, r.take) for t in tracks for r in t.rejected_in_review}
+
+    return {(track_id, spec_hash) for track_id, spec_hash, _ in rejected(now) - rejected(planned)}
+
+
 def index_of(
     report: BuildReport,
     previous: BuildReport | None,

@@ -225,6 +225,58 @@ def test_what_another_build_published_during_the_review_is_not_published_over(
             ]
 
 
+def test_a_take_another_builds_reviewer_rejected_meanwhile_is_not_published(
+    tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    """Two builds asked about the same take of menu: one reviewer rejected it, then the other
+    approved it, and the take was published, with no word, beside the rejection in the lock.
+    The verdict given first stands, as a publication does."""
+    text = manifest(tiny_acestep_dir)
+    (tmp_path / "m.yaml").write_text(text)
+    models._loaded.clear()
+    first = build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=approve_all)
+    assert first.exit_status == 0, first.failure
+    (tmp_path / "m.yaml").write_text(text.replace("calm menu pads", "bright menu pads"))
+
+    def rejects_menu(
+        candidates: Sequence[Candidate], staging: Path, timeout_s: float
+    ) -> Mapping[str, Verdict]:
+        return {c.spec.id: Verdict(c.spec.id != "menu", "B says no") for c in candidates}
+
+    def approves_after_the_other(
+        candidates: Sequence[Candidate], staging: Path, timeout_s: float
+    ) -> Mapping[str, Verdict]:
+        other = build(
+            tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=rejects_menu
+        )
+        assert [r.status for r in other.report.tracks if r.id == "menu"] == ["rejected"]
+        return {c.spec.id: Verdict(True, "A says yes") for c in candidates}
+
+    models._loaded.clear()
+    second = build(
+        tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=approves_after_the_other
+    )
+    assert second.exit_status == 1
+    records = {r.id: r for r in second.report.tracks}
+    assert records["menu"].status == "failed"
+    assert records["menu"].reason == (
+        "another build's reviewer rejected a take of menu while this build waited for its "
+        "review: that verdict stands and this take is not published (build again to review the "
+        "next take)"
+    )
+    assert second.report.warnings == [
+        "another build's reviewer rejected takes while this one waited for review: the lock "
+        "keeps its verdicts on menu"
+    ]
+    lock = json.loads((tmp_path / "out" / "vary" / "soundtrack.lock.json").read_text())
+    menu = next(t for t in lock["tracks"] if t["id"] == "menu")
+    assert menu["prompt"] == "calm menu pads"  # the first build's take is still served
+    assert [r["comment"] for r in menu["rejected_in_review"]] == ["B says no"]
+    assert (
+        menu["approved_in_review"] is None or menu["approved_in_review"]["comment"] != "A says yes"
+    )
+
+
 def _entry(track_id: str, status: str, take: bytes = b"", **extra: Any) -> TrackRecord:
     files = [
         FileRecord(
