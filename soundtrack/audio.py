@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import subprocess
@@ -156,9 +157,9 @@ _OGG_PAGE_MAX_BYTES = 27 + 255 + 255 * 255  # header, lacing values, data
 
 
 def _ogg_cut_short(path: Path) -> str | None:
-    """Why an Ogg file is not whole: it ends inside a page, or on a page that does not end its
-    stream (libsndfile reads what is left of a cut one without an error); None for a whole one
-    or another kind of file."""
+    """Why an Ogg file is not whole: its last page does not end its stream, or no whole page
+    ends it (libsndfile reads what is left of a cut one without an error); None for a whole one
+    (bytes after its last page, as a tag, are no matter) or another kind of file."""
     from mutagen.ogg import OggPage, error
 
     with path.open("rb") as file:
@@ -168,20 +169,20 @@ def _ogg_cut_short(path: Path) -> str | None:
         start = max(0, size - _OGG_PAGE_MAX_BYTES)
         file.seek(start)
         tail = file.read()
-        # The last page is the last "OggS" that reads as a page ending at the file's end (the
-        # pattern may also occur inside a page's data).
-        at = len(tail)
-        while (at := tail.rfind(b"OggS", 0, at)) >= 0:
-            file.seek(start + at)
-            try:
-                page = OggPage(file)
-            except (error, EOFError, OSError):
-                continue
-            if file.tell() == size:
-                if page.last:
-                    return None
-                return f"{path} is cut short: it ends before its stream does (an interrupted copy?)"
-    return f"{path} is cut short: it ends inside a page (an interrupted copy?)"
+    # The last page is the last "OggS" that reads as a page whose checksum holds (the pattern
+    # may also occur inside a page's data, or in a cut page).
+    at = len(tail)
+    while (at := tail.rfind(b"OggS", 0, at)) >= 0:
+        try:
+            page = OggPage(io.BytesIO(tail[at:]))
+            written = page.write()  # with its checksum computed anew
+        except (error, EOFError, ValueError):
+            continue
+        if tail[at : at + len(written)] == written:
+            if page.last:
+                return None
+            break
+    return f"{path} is cut short: its last page does not end its stream (an interrupted copy?)"
 
 
 # An MP3's Xing or VBRI header counts its frames with the encoder's delay and padding (up to

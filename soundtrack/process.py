@@ -276,18 +276,26 @@ def on_loop_grid(
 
 
 # A build's bar loop is cut on the bars of the tempo it heard, so it reads as whole bars within a
-# hair of the tempo heard again; a loop further off (4.5 bars) is a free loop.
-WHOLE_BARS_TOLERANCE = 0.01
+# hair of the tempo heard again. A loop further off, in tempo or by a part of a bar left over
+# (4.5 bars; 60.5 bars, 0.8 % in tempo), is a free loop.
+WHOLE_BARS_TEMPO_TOLERANCE = 0.01
+WHOLE_BARS_LEFTOVER_BARS = 0.1
 
 
 def as_bar_loop(
     heard: Analysis, loop_start: int, loop_length: int, beats_per_bar: int
 ) -> Analysis | None:
     """`heard` on its loop's bar grid (on_loop_grid) when the loop is whole bars at the tempo
-    heard, within WHOLE_BARS_TOLERANCE; None for a free loop, whose tempo is the one heard."""
+    heard; None for a free loop, whose tempo and bars are the ones heard."""
+    assert heard.tempo_bpm is not None
+    bars = loop_length / (beats_per_bar * 60.0 / heard.tempo_bpm * heard.sample_rate)
     gridded = on_loop_grid(heard, loop_start, loop_length, beats_per_bar)
-    assert heard.tempo_bpm is not None and gridded.tempo_bpm is not None
-    return gridded if abs(gridded.tempo_bpm / heard.tempo_bpm - 1) <= WHOLE_BARS_TOLERANCE else None
+    assert gridded.tempo_bpm is not None
+    whole = (
+        abs(bars - round(bars)) <= WHOLE_BARS_LEFTOVER_BARS
+        and abs(gridded.tempo_bpm / heard.tempo_bpm - 1) <= WHOLE_BARS_TEMPO_TOLERANCE
+    )
+    return gridded if whole else None
 
 
 def bar_grid(

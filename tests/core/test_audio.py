@@ -116,7 +116,9 @@ def test_an_ogg_or_mp3_cut_short_is_refused(
         read_audio(cut)
 
 
-def test_an_ogg_cut_between_pages_is_refused(tmp_path: Path) -> None:
+def test_an_ogg_cut_between_pages_is_refused_and_one_with_bytes_after_its_end_read(
+    tmp_path: Path,
+) -> None:
     """Cut where a page ends, an Ogg file reads cleanly to that page: only its last page's
     end-of-stream flag is missing."""
     source, whole, cut = tmp_path / "source.wav", tmp_path / "whole.ogg", tmp_path / "cut.ogg"
@@ -125,8 +127,12 @@ def test_an_ogg_cut_between_pages_is_refused(tmp_path: Path) -> None:
     data = whole.read_bytes()
     cut.write_bytes(data[: data.index(b"OggS", len(data) // 2)])
     assert sf.info(cut).duration < 4.0  # libsndfile reads it without a word
-    with pytest.raises(AudioError, match=r"cut\.ogg is cut short: it ends before its stream does"):
+    with pytest.raises(AudioError, match=r"cut\.ogg is cut short: its last page does not end"):
         read_audio(cut)
+    # Bytes after the last page (a tag some tools append) leave a whole file whole.
+    tagged = tmp_path / "tagged.ogg"
+    tagged.write_bytes(data + b"TAG" + bytes(125))
+    assert read_audio(tagged)[0].shape == read_audio(whole)[0].shape
 
 
 def test_an_mp3_without_a_lame_header_is_read_to_its_end(tmp_path: Path) -> None:

@@ -86,7 +86,8 @@ def test_a_bar_loop_struck_on_its_downbeat_passes_inspect_as_it_passed_the_build
 @pytest.mark.parametrize("bars", [4.0, 4.4, 4.5])
 def test_a_loop_keeps_the_tempo_heard_unless_it_is_whole_bars(tmp_path: Path, bars: float) -> None:
     """inspect read every tagged loop as whole bars and its tempo off its length: a free loop
-    of 4.5 bars of a 120 bpm groove read 106.67 bpm and failed the tempo gate (11 %)."""
+    of 4.5 bars of a 120 bpm groove read 106.67 bpm and failed the tempo gate (11 %). (A long
+    one, 60.5 bars, is in test_process.)"""
     from soundtrack.encode import _append_smpl_chunk
     from tests.music import drum_and_bass
 

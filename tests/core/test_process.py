@@ -362,3 +362,18 @@ def test_a_loop_recording_as_long_as_its_loop_is_kept_whole(tmp_path: Path) -> N
     outcome = process_track(spec, recording.astype(np.float32), 44100, tmp_path / "out")
     assert outcome.status == "approved", _failed(outcome)
     assert outcome.master is not None and outcome.master.loop_length == 8 * 44100
+
+
+@pytest.mark.parametrize(
+    ("bars", "whole"),
+    [(4.0, True), (64.04, True), (4.4, False), (4.5, False), (60.5, False), (150.5, False)],
+)
+def test_a_loop_is_put_on_a_bar_grid_only_when_it_is_whole_bars(bars: float, whole: bool) -> None:
+    """Judged on tempo alone, a long loop with half a bar left over (60.5 bars: 0.8 %) read
+    as whole bars, its tempo rewritten and its grid out of step with the music."""
+    from soundtrack.analysis import Analysis
+    from soundtrack.process import as_bar_loop
+
+    heard = Analysis(44100, 10**8, 120.0, (), (), 4, None, 0.0, 0.0, 0.0, 0.0, ())
+    found = as_bar_loop(heard, 0, round(bars * 2.0 * 44100), 4)
+    assert (found is not None) == whole
