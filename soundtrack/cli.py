@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -449,6 +450,19 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
             signal.signal(signal.SIGTERM, before)
 
 
+@contextmanager
+def _removed_unless_finished(directory: Path) -> Iterator[None]:
+    """A folder the command makes is removed when it does not finish (stopped, failed): what
+    it wrote is no model, and a rerun would find the folder in its way."""
+    made = not directory.exists() and not directory.is_symlink()
+    try:
+        yield
+    except BaseException:
+        if made:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
 @app.command()
 def generate(
     model: Annotated[
@@ -517,7 +531,7 @@ def generate(
     checked and given to the model as a manifest's are.
 
     Exit 0 on success, 1 when generation fails (NaN or silent output), 2 for bad input or a
-    model that cannot be loaded, 130 when stopped (Ctrl-C or SIGTERM): nothing is left at -o.
+    model that cannot be loaded, 130 when stopped (Ctrl-C or SIGTERM): -o is left as it was.
     """
     import secrets
 
@@ -645,7 +659,7 @@ def models_make_tiny(
         fail(InputError("--stereo is for --family musicgen (Bark is mono)"))
     if family != "musicgen" and stereo:
         fail(InputError(f"--stereo is for --family musicgen ({family} is always stereo)"))
-    with _sigterm_as_ctrl_c():
+    with _sigterm_as_ctrl_c(), _removed_unless_finished(directory):
         if family == "demucs":
             from soundtrack.separate import make_tiny_demucs
 
@@ -717,7 +731,7 @@ def models_convert_demucs(
     problem = _model_target_problem(directory, "demucs", tiny=False)
     if problem:
         fail(InputError(problem))
-    with _sigterm_as_ctrl_c():
+    with _sigterm_as_ctrl_c(), _removed_unless_finished(directory):
         try:
             convert_demucs(checkpoint, directory, licence=licence)
         except ModelLoadError as exc:

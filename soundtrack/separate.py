@@ -829,7 +829,10 @@ def _read_checkpoint(
         )
     for key in ("samplerate", "audio_channels"):
         if not isinstance(kwargs.get(key, 1), int) or kwargs.get(key, 1) < 1:
-            raise ModelLoadError(f"{where}: its {key} is {kwargs[key]!r}, not a whole number")
+            raise ModelLoadError(
+                f"{where}: its {key} is {printable(repr(kwargs[key]))[:100]}, not a whole "
+                f"number above 0"
+            )
     return name, kwargs, state, dropped
 
 

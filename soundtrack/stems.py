@@ -85,7 +85,7 @@ class SeparationCache:
         folder = self.root / key
         try:
             shas: dict[str, str] = json.loads(read_regular(folder / INDEX, follow_links=False))
-            if not all(map(_source_name, shas)):
+            if not shas or not all(map(_source_name, shas)):
                 return None
             wavs = {name: folder / f"{name}.wav" for name in shas}
             if not all(
@@ -186,12 +186,18 @@ def _separated(audio: np.ndarray, rate: int, separator: Separator) -> dict[str, 
         raise AudioError(
             f"the separator {separator.model_id} failed: {type(exc).__name__}: {exc}"
         ) from exc
-    named = [printable(repr(name)) for name in sources if not _source_name(name)]
-    if named or sorted(sources) != sorted(separator.sources):
+    unnamed = [printable(repr(name)) for name in sources if not _source_name(name)]
+    if unnamed:
         raise AudioError(
-            f"the separator {separator.model_id} returned sources "
-            f"{', '.join(named) or ', '.join(sources)}, not its own "
-            f"{', '.join(separator.sources)}"
+            f"the separator {separator.model_id} returned {', '.join(unnamed)}, no source's "
+            f"name (lower-case letters, digits and _, as drums): a name is part of a file name"
+        )
+    if sorted(sources) != sorted(separator.sources):
+        raise AudioError(
+            printable(
+                f"the separator {separator.model_id} returned sources {', '.join(sources)}, "
+                f"not its own {', '.join(separator.sources)}"
+            )
         )
     for name, source in sources.items():
         source = to_channels(resample(source, separator.sample_rate, rate), channels)[:, :frames]

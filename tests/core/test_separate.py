@@ -353,7 +353,7 @@ class _Bare:
         ({"kwargs": {"segment": _Calls(Fraction, "1e900000000")}}, r"is no segment's length"),
         ({"kwargs": {"segment": _Calls(Fraction, 10**400, 1)}}, r"is no segment's length"),
         ({"args": (["../../x"],)}, r"sources \['\.\./\.\./x'\] are not distinct source names"),
-        ({"kwargs": {"samplerate": "x"}}, r"its samplerate is 'x', not a whole number"),
+        ({"kwargs": {"samplerate": "x"}}, r"its samplerate is 'x', not a whole number above 0"),
     ],
     ids=[
         "a class built",
@@ -569,6 +569,41 @@ def test_convert_demucs_from_the_command_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["models", "convert-demucs", str(tmp_path / "bad.th"), "x"])
     assert result.exit_code == 2 and "not a torch checkpoint" in result.stderr
     assert "Traceback" not in result.output
+
+
+# SIGTERM arrives once the weights are written, before config.json.
+_TERMINATED_AFTER_THE_WEIGHTS = """
+import os, signal, sys, time
+import safetensors.torch
+save = safetensors.torch.save_file
+def saving(*args, **kwargs):
+    save(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+safetensors.torch.save_file = saving
+from soundtrack.cli import app
+app(sys.argv[1:], prog_name="soundtrack")
+"""
+
+
+def test_a_conversion_stopped_midway_leaves_no_folder_in_the_way_of_the_next(
+    tmp_path: Path,
+) -> None:
+    """Stopped after the weights and before config.json, convert-demucs left a folder holding
+    model.safetensors alone, and refused to write over it when run again (exit 2)."""
+    checkpoint = _published(tmp_path / "955717e8-8726e21a.th", _tiny_htdemucs(3))
+    args = ["models", "convert-demucs", str(checkpoint), str(tmp_path / "converted")]
+    stopped = subprocess.run(
+        [sys.executable, "-c", _TERMINATED_AFTER_THE_WEIGHTS, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stopped.returncode == 130, stopped.stderr
+    assert not (tmp_path / "converted").exists()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert load_separator(str(tmp_path / "converted"), "cpu").license == "MIT"
 
 
 # --- cheap to import; the copied constant stays in sync ---
