@@ -248,12 +248,21 @@ def schema(
             _writable_folder(output.absolute().parent, "--output's folder")
         except InputError as exc:
             fail(exc)
+    from soundtrack.atomic import atomic_path
+
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
-    if output is None:
-        typer.echo(text, nl=False)
-    else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text)
+    try:
+        if output is None:
+            typer.echo(text, nl=False)
+        else:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            # Put in place once written whole: a failed write leaves the file as it was, and
+            # a link there is replaced, not written through (to the manifest, say).
+            with atomic_path(output) as tmp:
+                tmp.write_text(text)
+    except OSError as exc:
+        where = "stdout" if output is None else str(output)
+        fail(SoundtrackError(f"cannot write the schema to {where}: {exc.strerror or exc}"))
 
 
 # --- generate, models make-tiny (issue 3) ---

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import struct
+import subprocess
+import sys
 import unicodedata
 from dataclasses import replace
 from pathlib import Path
@@ -448,6 +450,38 @@ def test_schema_command_writes_only_a_json_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["schema", "-o", str(manifest / "s.json")])
     assert result.exit_code == 2 and "is a file, not a folder" in result.output
     assert "Traceback" not in result.output
+
+
+def test_schema_output_through_a_link_replaces_the_link_not_what_it_names(tmp_path: Path) -> None:
+    """A .json link to the manifest got the schema written through it: the manifest was lost."""
+    manifest = tmp_path / "game.yaml"
+    manifest.write_text(BASE)
+    (tmp_path / "link.json").symlink_to(manifest)
+    result = runner.invoke(app, ["schema", "-o", str(tmp_path / "link.json")])
+    assert result.exit_code == 0, result.output
+    assert manifest.read_text() == BASE
+    assert not (tmp_path / "link.json").is_symlink()
+    assert json.loads((tmp_path / "link.json").read_text()) == json_schema()
+
+
+def test_a_schema_that_cannot_be_written_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    """A write cut short (a full disk, a file size limit) left a truncated schema behind and a
+    traceback."""
+    target = tmp_path / "s.json"
+    target.write_text('{"old": true}\n')
+    script = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
+        "from soundtrack.cli import app; app(sys.argv[1:], prog_name='soundtrack')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "schema", "-o", str(target)], capture_output=True, text=True
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"error: cannot write the schema to {target}: File too large" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert target.read_text() == '{"old": true}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
 
 
 HOUSE_RULE = """[{"type": "expect_column_max_to_be_between",
