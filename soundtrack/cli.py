@@ -11,12 +11,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from soundtrack.errors import (
     AudioError,
@@ -1278,20 +1279,63 @@ def _write_report(path: Path, text: str) -> str | None:
     return None
 
 
+class _PrintedAbove:
+    """What Prefect's console log handler prints with while a progress bar shows: the bar's
+    console, which prints above the bar, each line as it is (no markup read into it)."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+
+    def print(self, *objects: object, **_: object) -> None:
+        texts = (Text(o) if isinstance(o, str) else o for o in objects)
+        self._console.print(*texts, soft_wrap=True, highlight=False)
+
+
+@contextmanager
+def _prefect_logs_above_the_bar(console: Console) -> Iterator[None]:
+    """Prefect's console log lines printed above `console`'s progress bar: its handlers print
+    with a console of their own, on the terminal beneath the bar, which ran on from the bar's
+    line (a Rich console prints above only its own live display)."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = [
+        handler
+        for logger in loggers
+        if isinstance(logger, logging.Logger)
+        for handler in logger.handlers
+        if isinstance(handler, PrefectConsoleHandler)
+    ]
+    own = [handler.console for handler in handlers]
+    if console.is_terminal:  # elsewhere the bar is drawn once, at its end: nothing to cross
+        for handler in handlers:
+            handler.console = cast("Console", _PrintedAbove(console))
+    try:
+        yield
+    finally:
+        for handler, before in zip(handlers, own, strict=True):
+            handler.console = before
+
+
 @contextmanager
 def _track_progress(total: int) -> Iterator[Callable[[str, str], None]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from soundtrack import events
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
-    ) as progress:
+    with (
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=False,
+        ) as progress,
+        _prefect_logs_above_the_bar(err_console),
+    ):
         bar = progress.add_task("tracks", total=total)
         seen: set[str] = set()
 

@@ -8,11 +8,17 @@ published, and a build killed mid-way finishes cleanly when run again.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
@@ -136,6 +142,52 @@ def test_a_rejected_track_fails_the_run_in_one_line_and_exits_1_without_a_traceb
     (row,) = [line for line in str(assets.data).splitlines() if line.startswith("| credits |")]
     assert "its rebuild rejected, earlier files served" in row
     assert "[ogg](file://" in row and "credits.ogg" in row
+
+
+def _on_a_terminal(workdir: Path, env: dict[str, str], *args: str) -> tuple[int, list[str]]:
+    """`soundtrack ARGS` on a pseudo-terminal 120 columns wide: its exit code and the lines the
+    terminal got, colours and cursor moves taken out (a bar redrawn is a line per drawing)."""
+    main, sub = pty.openpty()
+    fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen(
+        [SOUNDTRACK, *args],
+        cwd=workdir,
+        env={**env, "TERM": "xterm"},
+        stdin=sub,
+        stdout=sub,
+        stderr=sub,
+    )
+    os.close(sub)
+    got = bytearray()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if select.select([main], [], [], 1.0)[0]:
+            try:
+                block = os.read(main, 1 << 16)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not block:
+                break
+            got += block
+        elif process.poll() is not None:
+            break
+    os.close(main)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", got.decode(errors="replace"))
+    return process.wait(timeout=60), re.split(r"\r\n|\r|\n", text)
+
+
+def test_on_a_terminal_the_runs_log_lines_print_above_the_progress_bar(project: Any) -> None:
+    """Prefect's log handler printed with a console of its own, beneath the bar: on a terminal
+    116 of a 60-track build's 143 log lines ran on from the bar's line."""
+    workdir, env, args = project
+    code, lines = _on_a_terminal(
+        workdir, env, "build", "m.yaml", *args, "--only", "too-strict", "--gate", "silence=warn"
+    )
+    assert code == 0, "\n".join(lines)
+    logged = [line for line in lines if "| INFO" in line]
+    assert any("Finished in state Completed" in line for line in logged), logged
+    assert [line for line in logged if "━" in line] == []
+    assert any("━" in line for line in lines)  # the bar was drawn
 
 
 def test_killed_build_resumes_without_partial_or_duplicate_files(
