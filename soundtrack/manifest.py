@@ -571,6 +571,20 @@ def _duplicate_ids(data: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+# Listed whole in a problem up to this many: every bad reference in a manifest of 500 tracks
+# listing all 500 ids made 1.5 MB of output.
+LISTED_TRACKS_MAX = 10
+
+
+def _no_such_track(name: str, ids: list[str]) -> str:
+    """A track id nothing in the manifest has: the ids there when few, else the nearest."""
+    if len(ids) <= LISTED_TRACKS_MAX:
+        return f"no track {name!r} in the manifest ({', '.join(ids)})"
+    close = difflib.get_close_matches(name, ids, n=3)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    return f"no track {name!r} among the manifest's {len(ids)} tracks{hint}"
+
+
 def _variation_problems(manifest: Manifest) -> list[tuple[str, str]]:
     """Every `variation_of` names a track of the manifest, and no chain of them comes back to
     where it started: the plan renders parents first."""
@@ -581,8 +595,7 @@ def _variation_problems(manifest: Manifest) -> list[tuple[str, str]]:
             continue
         where = f"tracks[{index}].variation_of"
         if track.variation_of not in parents:
-            known = ", ".join(sorted(parents))
-            problems.append((where, f"no track {track.variation_of!r} in the manifest ({known})"))
+            problems.append((where, _no_such_track(track.variation_of, sorted(parents))))
             continue
         chain = [track.id]
         parent: str | None = track.variation_of
