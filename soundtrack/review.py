@@ -237,7 +237,8 @@ def _audio(record: FileRecord, folder: str) -> str:
 def _figure(picture: PictureRecord, alt: str, folder: str) -> str:
     return (
         f'<figure class="picture"><img src="{_e(_url(picture.key, folder))}" alt="{_e(alt)}" '
-        f'width="{picture.width_px}" height="{picture.height_px}"></figure>'
+        # Fetched as it scrolls into view: a soundtrack's pictures outweigh its audio.
+        f'width="{picture.width_px}" height="{picture.height_px}" loading="lazy"></figure>'
     )
 
 
