@@ -656,8 +656,9 @@ def load_manifest_with_lines(path: Path) -> tuple[Manifest, dict[str, int]]:
             if entry[0] == "schema_version" or entry[0] == "schema":
                 continue  # reported above with a better message
             problems.append(entry)
-    if manifest is not None and not problems:
-        # Each setting is within its range; whether they render together is asked next.
+    if manifest is not None:
+        # Each setting is within its range (a repeated id or the schema's version aside, which
+        # leave every track readable); whether they render together is asked next.
         problems += _variation_problems(manifest)
         problems += render_problems(manifest, path.parent)
     if problems or manifest is None:

@@ -227,6 +227,22 @@ MISSING = """\
 """
 
 
+def test_a_repeated_id_does_not_hide_the_manifests_other_problems(tmp_path: Path) -> None:
+    """validate listed the repeated ids alone; the bad variation_of showed only once they were
+    fixed: every problem in one run, as it promises."""
+    (tmp_path / "m.yaml").write_text(
+        "schema: 1\nsoundtrack: s\nstorage: ./out\ntracks:\n"
+        "  - id: a\n    prompt: p\n  - id: a\n    prompt: q\n"
+        "  - id: b\n    prompt: r\n    variation_of: nowhere\n"
+    )
+    result = runner.invoke(app, ["validate", str(tmp_path / "m.yaml")])
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())
+    assert "2 problem(s)" in said, said
+    assert "tracks[1].id (line 7): duplicate track id 'a' (also tracks[0])" in said, said
+    assert "no track 'nowhere' in the manifest (a, b)" in said, said
+
+
 def test_a_variation_of_no_track_in_a_long_manifest_names_the_nearest_not_every_track(
     tmp_path: Path,
 ) -> None:
