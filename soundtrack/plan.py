@@ -73,13 +73,16 @@ def reusable(
 
 def is_published(record: TrackRecord, spec: TrackSpec, storage: Storage) -> bool:
     """True when the lock approved this exact spec and every file (its sidecar and pictures
-    too) is there with its checksum, and its stems were separated (a separation that failed
-    is tried again). A track published before sidecars existed is published again; one
-    published before pictures existed keeps being served without them."""
+    too) is there with its checksum, its stems were separated (a separation that failed is
+    tried again) and it was compared with the reference the track has now (outside the spec
+    hash: judged again, nothing renders). A track published before sidecars existed is
+    published again; one published before pictures existed keeps being served without them."""
+    compared_with = (record.reference or {}).get("reference_sha256")
     return (
         record.usable
         and not record.unseparated
         and record.spec_hash == spec.spec_hash
+        and compared_with == spec.reference_sha256
         and {f.format for f in record.files if f.stem is None} == set(spec.formats)
         and record.sidecar is not None
         and all(storage.has_asset(f.key, f.sha256) for f in record.stored_files())

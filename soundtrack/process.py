@@ -179,7 +179,8 @@ def process_track(
     reference = None
     if spec.reference is not None:
         # a: the reference, b: the render (as `soundtrack compare REFERENCE RENDER` prints it)
-        reference = compare(_reference_analysis(spec.reference), analysis).to_dict()
+        compared = compare(_reference_analysis(spec.reference), analysis).to_dict()
+        reference = {**compared, "reference_sha256": spec.reference_sha256}
     outcome = replace(outcome, analysis=analysis, reference=reference)
     if outcome.status != "approved" or outcome.master is None:
         return outcome

@@ -77,6 +77,10 @@ def _inside(key: str) -> str:
     # name a path outside the storage root makes the lock unreadable, not the build's input.
     if not is_relative_key(key):
         raise ValueError(f"file key {key!r} is not a relative path inside the storage")
+    # No key this tool publishes has one: a name starting with "." is its own records' (the
+    # journal, the lease), which a review server would otherwise serve from a forged lock.
+    if any(segment.startswith(".") for segment in key.split("/")):
+        raise ValueError(f"file key {key!r} names a hidden file (its records), not a track's")
     return key
 
 

@@ -285,6 +285,13 @@ def resolve_tracks(
             fields["bar_loop"] = True  # cut on whole bars: a new master, so a new hash
         if track.bars is not None:
             fields["bars"] = track.bars  # only when set, as lyrics
+        if source is not None:
+            # A recording has no prompt to carry its musical targets: they join the hash
+            # themselves (judged by the tempo and key gates, written to its sidecar).
+            targets = {"bpm": track.bpm, "key": track.key, "time_signature": track.time_signature}
+            if any(value is not None for value in targets.values()):
+                fields["targets"] = targets
+        reference = (base_dir / merged["reference"]).resolve() if "reference" in merged else None
         if track.variation_of is not None:
             # The parent's audio joins the hash once it is approved (with_parent).
             fields["variation_of"] = track.variation_of
@@ -331,7 +338,8 @@ def resolve_tracks(
             bars=track.bars,
             # A recording is what it is: the defaults' re-rolls are for what is generated.
             attempts=1 if source else merged.get("attempts", 1),
-            reference=(base_dir / merged["reference"]).resolve() if "reference" in merged else None,
+            reference=reference,
+            reference_sha256=None if reference is None else file_sha256(reference),
             variation_of=track.variation_of,
             stems=stems,
             stem_model=stem_model if stems else None,

@@ -164,6 +164,7 @@ class TrackSpec:
     take: int = 0  # which take this is: take k renders with seed + k
     take_of: str | None = None  # take 0's generation key, on every later take
     reference: Path | None = None  # a recording the report compares the render with
+    reference_sha256: str | None = None  # its content: the lock's comparison is of this one
     stems: tuple[str, ...] = ()  # to separate the approved mix into and publish
     stem_model: str | None = None  # a separator's directory (resolved) or registered name
     variation_of: str | None = None  # the parent track's id

@@ -349,6 +349,41 @@ def recordings(folder: Path, lengths_s: list[float]) -> Path:
     return manifest
 
 
+def test_a_recordings_targets_and_a_changed_reference_are_judged_again_not_served_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recording's bpm, key and time signature were in no hash (a recording has no prompt to
+    carry them): added, the track stayed cached, its sidecar without them and no tempo gate
+    run. A reference changed in place left the lock comparing with the recording gone."""
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    manifest = recordings(tmp_path, [4.0, 4.0])
+    sf.write(tmp_path / "ref.wav", music_like(4.0, 44100, seed=7).T, 44100)
+    text = manifest.read_text().replace("source: r1.wav}", "source: r1.wav, reference: ref.wav}")
+    manifest.write_text(text)
+    first = build(manifest, Options(), executor=ThreadExecutor())
+    assert statuses(first) == {"r0": "approved", "r1": "approved"}, first.failure
+    compared = first.report.tracks[1].reference
+    assert compared is not None and compared["reference_sha256"] == sha256_of(tmp_path / "ref.wav")
+
+    manifest.write_text(text.replace("source: r0.wav}", "source: r0.wav, key: A minor}"))
+    sf.write(tmp_path / "ref.wav", music_like(4.0, 44100, seed=8).T, 44100)
+    second = build(
+        manifest,
+        Options(),
+        executor=ThreadExecutor(),
+    )
+    assert statuses(second) == {"r0": "approved", "r1": "approved"}, second.failure
+    r0, r1 = second.report.tracks
+    assert {g.name for g in r0.gates} >= {"key"}
+    sidecar = json.loads((tmp_path / "out" / "many" / "r0.json").read_text())
+    assert sidecar["key"]["nominal"] == "A minor"
+    assert r1.spec_hash == first.report.tracks[1].spec_hash  # its files keep their keys
+    assert r1.reference is not None
+    assert r1.reference["reference_sha256"] == sha256_of(tmp_path / "ref.wav")
+    third = build(manifest, Options(), executor=ThreadExecutor())
+    assert statuses(third) == {"r0": "cached", "r1": "cached"}
+
+
 def test_a_recording_is_published_as_its_master_ends_not_after_every_master(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

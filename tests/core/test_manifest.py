@@ -236,7 +236,14 @@ def test_source_track_takes_its_recording_length_and_content_hash(tmp_path: Path
     assert spec.duration_s == pytest.approx(3.0)
     assert spec.source == wav.resolve() and spec.generation_key is None
     sf.write(wav, np.zeros((32000 * 3, 2), dtype=np.float32) + 0.2, 32000)
-    assert specs_of(tmp_path, text)["credits"].spec_hash != spec.spec_hash
+    changed = specs_of(tmp_path, text)["credits"].spec_hash
+    assert changed != spec.spec_hash
+    # Its musical targets are judged and written to its sidecar: each is part of the hash.
+    hashes = {
+        specs_of(tmp_path, text + f"    {field}\n")["credits"].spec_hash
+        for field in ("bpm: 120", "key: A minor", "time_signature: 3/4")
+    }
+    assert len(hashes) == 3 and changed not in hashes
 
 
 def test_an_mp3_source_takes_its_decoded_length_not_its_header_s_guess(tmp_path: Path) -> None:

@@ -92,6 +92,9 @@ def test_an_unreadable_lock_says_what_is_wrong() -> None:
     # The review server names its copies by sha256: this one served /etc/passwd.
     named = json.loads(lock_bytes(report()))
     named["tracks"][0]["files"][0]["sha256"] = "../../../../etc/passwd"
+    # A review server served the journal's record a forged lock named.
+    hidden = json.loads(lock_bytes(report()))
+    hidden["tracks"][0]["files"][0]["key"] = "g/.journal/a.ogg/" + "ab" * 32
     # Read, then written back as null, which the next read refused after publishing.
     endless = lock_bytes(report()).replace(b'"duration_s": 10.0', b'"duration_s": Infinity', 1)
     cases = {
@@ -101,6 +104,7 @@ def test_an_unreadable_lock_says_what_is_wrong() -> None:
         json.dumps(escaping).encode(): "tracks.0.files.0.key: file key 'g/../../etc/passwd'",
         json.dumps(absolute).encode(): "tracks.0.files.0.key: file key '/etc/passwd'",
         json.dumps(named).encode(): "tracks.0.files.0.sha256: String should match pattern",
+        json.dumps(hidden).encode(): "names a hidden file (its records), not a track's",
         endless: "tracks.0.files.0.duration_s: Input should be a finite number",
         json.dumps({**good, "created_at": "not a date"}).encode(): "'not a date' is no ISO",
         json.dumps({**good, "created_at": "2026-12-06T12:18:10"}).encode(): "has no time zone",
