@@ -410,6 +410,30 @@ def test_a_build_on_the_tiny_ace_step_model_approves_both_tracks(
     assert {t["id"] for t in lock["tracks"]} == {"sting", "theme"}
 
 
+def test_a_cover_hands_the_pipeline_its_source_audio(
+    generator: AceStepGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny model's random tokenizer maps most sources to one code, so its covers of very
+    different sources come out identical, and a cover that dropped its source would pass every
+    other test: what the pipeline is handed shows a variation renders from its parent."""
+    calls: list[dict[str, Any]] = []
+    pipeline_class: Any = type(generator._pipeline)
+    call = pipeline_class.__call__
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_class, "__call__", recording)
+    source = np.random.default_rng(1).uniform(-0.5, 0.5, (2, 12 * 48000)).astype(np.float32)
+    generator.generate([req("cover", seconds=10.0, source_audio=source, source_rate=48000)])
+    (handed,) = calls
+    assert handed["task_type"] == "cover"
+    given = handed["src_audio"].numpy()
+    assert given.shape == (1, 2, 10 * 48000)  # the render's length, in whole latent frames
+    np.testing.assert_array_equal(given[0], source[:, : 10 * 48000])
+
+
 @pytest.mark.parametrize("seconds", [10.01, 12.5, 13.33])
 def test_a_cover_of_any_length_comes_out_at_that_length(
     generator: AceStepGenerator, seconds: float
