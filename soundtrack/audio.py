@@ -157,32 +157,45 @@ _OGG_PAGE_MAX_BYTES = 27 + 255 + 255 * 255  # header, lacing values, data
 
 
 def _ogg_cut_short(path: Path) -> str | None:
-    """Why an Ogg file is not whole: its last page does not end its stream, or no whole page
-    ends it (libsndfile reads what is left of a cut one without an error); None for a whole one
-    (bytes after its last page, as a tag, are no matter) or another kind of file."""
-    from mutagen.ogg import OggPage, error
-
+    """Why an Ogg file is not whole: its last page does not end its stream (libsndfile reads
+    what is left of a cut one without an error); None for a whole one (bytes after its last
+    page, as a tag, are no matter) or another kind of file."""
     with path.open("rb") as file:
         if file.read(4) != b"OggS":
             return None
         size = file.seek(0, os.SEEK_END)
-        start = max(0, size - _OGG_PAGE_MAX_BYTES)
+        found = _last_ogg_page(file, size)
+    if found is None:
+        return f"{path} is cut short: not one page of it is whole (an interrupted copy?)"
+    ends_stream, end = found
+    if ends_stream:
+        return None
+    where = "inside a page" if end < size else "before its stream does"
+    return f"{path} is cut short: it ends {where} (an interrupted copy?)"
+
+
+def _last_ogg_page(file: BinaryIO, size: int) -> tuple[bool, int] | None:
+    """(whether it ends its stream, where it ends) of a file's last whole page: the last
+    "OggS" that reads as a page whose checksum holds (the pattern may also occur inside a
+    page's data, a cut page or a tag after the stream), searched back from the end."""
+    from mutagen.ogg import OggPage, error
+
+    before = size  # pages starting before this offset are searched next
+    while before > 0:
+        start = max(0, before - _OGG_PAGE_MAX_BYTES)
         file.seek(start)
-        tail = file.read()
-    # The last page is the last "OggS" that reads as a page whose checksum holds (the pattern
-    # may also occur inside a page's data, or in a cut page).
-    at = len(tail)
-    while (at := tail.rfind(b"OggS", 0, at)) >= 0:
-        try:
-            page = OggPage(io.BytesIO(tail[at:]))
-            written = page.write()  # with its checksum computed anew
-        except (error, EOFError, ValueError):
-            continue
-        if tail[at : at + len(written)] == written:
-            if page.last:
-                return None
-            break
-    return f"{path} is cut short: its last page does not end its stream (an interrupted copy?)"
+        block = file.read(before - start + _OGG_PAGE_MAX_BYTES)
+        at = before - start
+        while (at := block.rfind(b"OggS", 0, at)) >= 0:
+            try:
+                page = OggPage(io.BytesIO(block[at:]))
+                written = page.write()  # with its checksum computed anew
+            except (error, EOFError, ValueError):
+                continue
+            if block[at : at + len(written)] == written:
+                return page.last, start + at + len(written)
+        before = start
+    return None
 
 
 # An MP3's Xing or VBRI header counts its frames with the encoder's delay and padding (up to

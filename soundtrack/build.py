@@ -281,10 +281,10 @@ def run(
             # Another build may have published while this one waited: its lock is the base, and
             # what it changed is not this build's, planned before it, to publish over.
             published = changed_since(prepared.lock, lock)
-            # A take of the same spec rejected by another build's reviewer: the verdict given
-            # first stands, as a publication does.
-            asked = {(c.spec.id, c.spec.spec_hash) for c in tracks.candidates}
-            rejected = {i for i, _ in rejected_since(prepared.lock, lock) & asked} - published
+            # The same take rejected by another build's reviewer: the verdict given first
+            # stands, as a publication does.
+            asked = {(c.spec.id, c.spec.spec_hash, c.spec.take) for c in tracks.candidates}
+            rejected = {i for i, _, _ in rejected_since(prepared.lock, lock) & asked} - published
             theirs = frozenset(published | rejected)
             taken: list[str] = []
             if published:

@@ -462,14 +462,21 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
 
 @contextmanager
 def _removed_unless_finished(directory: Path) -> Iterator[None]:
-    """A folder the command makes is removed when it does not finish (stopped, failed): what
-    it wrote is no model, and a rerun would find the folder in its way."""
+    """What the command writes into a folder that was new or empty is removed when it does
+    not finish (stopped, failed): it is no model, and a rerun would find it in its way."""
     made = not directory.exists() and not directory.is_symlink()
+    empty = directory.is_dir() and not directory.is_symlink() and not any(directory.iterdir())
     try:
         yield
     except BaseException:
         if made:
             shutil.rmtree(directory, ignore_errors=True)
+        elif empty:
+            for written in directory.iterdir():
+                if written.is_dir() and not written.is_symlink():
+                    shutil.rmtree(written, ignore_errors=True)
+                else:
+                    written.unlink(missing_ok=True)
         raise
 
 

@@ -601,7 +601,7 @@ def _variation_problems(manifest: Manifest) -> list[tuple[str, str]]:
         parent: str | None = track.variation_of
         while parent is not None and parent not in chain:
             chain.append(parent)
-            parent = parents[parent]
+            parent = parents.get(parent)  # a parent naming no track is its own problem
         if parent == track.id:
             cycle = " -> ".join([*chain, track.id])
             problems.append((where, f"a cycle ({cycle}): a variation is rendered after its parent"))

@@ -68,7 +68,10 @@ def reusable(
     if record is None or not is_published(record, spec, storage) or (force and selected):
         return None
     # What it serves is this spec's approved take: a rebuild that failed since is no verdict now.
-    return record.model_copy(update={"status": "cached", "failed_rebuild": None})
+    update: dict[str, object] = {"status": "cached", "failed_rebuild": None}
+    if record.reference is not None and "reference_sha256" not in record.reference:
+        update["reference"] = {**record.reference, "reference_sha256": spec.reference_sha256}
+    return record.model_copy(update=update)
 
 
 def is_published(record: TrackRecord, spec: TrackSpec, storage: Storage) -> bool:
@@ -77,7 +80,12 @@ def is_published(record: TrackRecord, spec: TrackSpec, storage: Storage) -> bool
     tried again) and it was compared with the reference the track has now (outside the spec
     hash: judged again, nothing renders). A track published before sidecars existed is
     published again; one published before pictures existed keeps being served without them."""
-    compared_with = (record.reference or {}).get("reference_sha256")
+    compared = record.reference
+    # A lock written before comparisons recorded their reference: taken as this one's (and
+    # recorded so by `reusable`); a reference taken out since is a change.
+    compared_with = (
+        None if compared is None else compared.get("reference_sha256", spec.reference_sha256 or "")
+    )
     return (
         record.usable
         and not record.unseparated

@@ -252,15 +252,17 @@ def changed_since(planned: BuildReport | None, now: BuildReport | None) -> set[s
     return {i for i in before.keys() | after.keys() if before.get(i) != after.get(i)}
 
 
-def rejected_since(planned: BuildReport | None, now: BuildReport | None) -> set[tuple[str, str]]:
-    """(track id, spec hash) of the takes another build's reviewer rejected between the lock a
-    build planned against and the lock `now`."""
+def rejected_since(
+    planned: BuildReport | None, now: BuildReport | None
+) -> set[tuple[str, str, int]]:
+    """(track id, spec hash, take) of the takes another build's reviewer rejected between the
+    lock a build planned against and the lock `now`."""
 
     def rejected(lock: BuildReport | None) -> set[tuple[str, str, int]]:
         tracks = lock.tracks if lock else []
         return {(t.id, r.spec_hash, r.take) for t in tracks for r in t.rejected_in_review}
 
-    return {(track_id, spec_hash) for track_id, spec_hash, _ in rejected(now) - rejected(planned)}
+    return rejected(now) - rejected(planned)
 
 
 def index_of(
@@ -287,7 +289,8 @@ def index_of(
             if track_id in recorded:
                 tracks.append(recorded[track_id])
         elif current is not None and current.status == "cached" and track_id in earlier:
-            reused = {"status": "cached", "failed_rebuild": None}  # as plan.reusable has it
+            # As plan.reusable has it (its comparison's reference recorded, in an older lock).
+            reused = {"status": "cached", "failed_rebuild": None, "reference": current.reference}
             tracks.append(earlier[track_id].model_copy(update=reused))
         elif current is not None and current.usable:
             tracks.append(current)

@@ -189,8 +189,8 @@ def _separated(audio: np.ndarray, rate: int, separator: Separator) -> dict[str, 
     unnamed = [printable(repr(name)) for name in sources if not _source_name(name)]
     if unnamed:
         raise AudioError(
-            f"the separator {separator.model_id} returned {', '.join(unnamed)}, no source's "
-            f"name (lower-case letters, digits and _, as drums): a name is part of a file name"
+            f"the separator {separator.model_id} returned {', '.join(unnamed)}, which is not a "
+            f"source's name (lower-case letters, digits and _, as drums: it names files)"
         )
     if sorted(sources) != sorted(separator.sources):
         raise AudioError(

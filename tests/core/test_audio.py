@@ -127,12 +127,17 @@ def test_an_ogg_cut_between_pages_is_refused_and_one_with_bytes_after_its_end_re
     data = whole.read_bytes()
     cut.write_bytes(data[: data.index(b"OggS", len(data) // 2)])
     assert sf.info(cut).duration < 4.0  # libsndfile reads it without a word
-    with pytest.raises(AudioError, match=r"cut\.ogg is cut short: its last page does not end"):
+    with pytest.raises(AudioError, match=r"cut\.ogg is cut short: it ends before its stream"):
         read_audio(cut)
-    # Bytes after the last page (a tag some tools append) leave a whole file whole.
+    # Bytes after the last page (a tag some tools append, with a picture in it) leave a whole
+    # file whole.
     tagged = tmp_path / "tagged.ogg"
-    tagged.write_bytes(data + b"TAG" + bytes(125))
-    assert read_audio(tagged)[0].shape == read_audio(whole)[0].shape
+    for tag in (b"TAG" + bytes(125), b"APETAGEX" + bytes(100_000)):
+        tagged.write_bytes(data + tag)
+        assert read_audio(tagged)[0].shape == read_audio(whole)[0].shape
+    cut.write_bytes(data[: data.index(b"OggS", len(data) // 2) + 100])
+    with pytest.raises(AudioError, match=r"cut\.ogg is cut short: it ends inside a page"):
+        read_audio(cut)
 
 
 def test_an_mp3_without_a_lame_header_is_read_to_its_end(tmp_path: Path) -> None:

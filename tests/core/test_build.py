@@ -364,6 +364,14 @@ def test_a_recordings_targets_and_a_changed_reference_are_judged_again_not_serve
     assert statuses(first) == {"r0": "approved", "r1": "approved"}, first.failure
     compared = first.report.tracks[1].reference
     assert compared is not None and compared["reference_sha256"] == sha256_of(tmp_path / "ref.wav")
+    # A lock written before comparisons recorded their reference: taken as this one's, not
+    # judged (or, with no render cache, rendered) again.
+    lock_path = tmp_path / "out" / "many" / "soundtrack.lock.json"
+    lock = json.loads(lock_path.read_text())
+    del lock["tracks"][1]["reference"]["reference_sha256"]
+    lock_path.write_text(json.dumps(lock))
+    legacy = build(manifest, Options(), executor=ThreadExecutor())
+    assert statuses(legacy) == {"r0": "cached", "r1": "cached"}, legacy.failure
 
     manifest.write_text(text.replace("source: r0.wav}", "source: r0.wav, key: A minor}"))
     sf.write(tmp_path / "ref.wav", music_like(4.0, 44100, seed=8).T, 44100)

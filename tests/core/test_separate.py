@@ -586,12 +586,15 @@ app(sys.argv[1:], prog_name="soundtrack")
 """
 
 
-def test_a_conversion_stopped_midway_leaves_no_folder_in_the_way_of_the_next(
-    tmp_path: Path,
+@pytest.mark.parametrize("there", [False, True], ids=["a new folder", "an empty folder"])
+def test_a_conversion_stopped_midway_leaves_nothing_in_the_way_of_the_next(
+    tmp_path: Path, there: bool
 ) -> None:
     """Stopped after the weights and before config.json, convert-demucs left a folder holding
     model.safetensors alone, and refused to write over it when run again (exit 2)."""
     checkpoint = _published(tmp_path / "955717e8-8726e21a.th", _tiny_htdemucs(3))
+    if there:
+        (tmp_path / "converted").mkdir()
     args = ["models", "convert-demucs", str(checkpoint), str(tmp_path / "converted")]
     stopped = subprocess.run(
         [sys.executable, "-c", _TERMINATED_AFTER_THE_WEIGHTS, *args],
@@ -600,7 +603,10 @@ def test_a_conversion_stopped_midway_leaves_no_folder_in_the_way_of_the_next(
         timeout=120,
     )
     assert stopped.returncode == 130, stopped.stderr
-    assert not (tmp_path / "converted").exists()
+    if there:
+        assert list((tmp_path / "converted").iterdir()) == []
+    else:
+        assert not (tmp_path / "converted").exists()
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert load_separator(str(tmp_path / "converted"), "cpu").license == "MIT"

@@ -365,8 +365,7 @@ def test_a_separator_naming_its_sources_as_paths_writes_nothing_outside_its_cach
     assert result.exit_status == 0, result.failure  # the mix is published, its stems are not
     assert {s["status"] for s in lock(project)["stems"]} == {"rejected"}
     assert {s["reason"] for s in lock(project)["stems"]} == {
-        "separation failed: the separator known-parts returned '../../../escaped', no "
-        "source's name (lower-case letters, digits and _, as drums): a name is part of a file "
-        "name"
+        "separation failed: the separator known-parts returned '../../../escaped', which is "
+        "not a source's name (lower-case letters, digits and _, as drums: it names files)"
     }
     assert not list(project.rglob("escaped*"))

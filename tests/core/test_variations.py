@@ -243,6 +243,20 @@ def test_a_repeated_id_does_not_hide_the_manifests_other_problems(tmp_path: Path
     assert "no track 'nowhere' in the manifest (a, b)" in said, said
 
 
+def test_a_chain_of_variations_ending_in_no_track_is_a_problem_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """a is a variation of b, b of a track that does not exist: KeyError out of validate."""
+    (tmp_path / "m.yaml").write_text(
+        "schema: 1\nsoundtrack: s\nstorage: ./out\ntracks:\n"
+        "  - id: a\n    prompt: p\n    variation_of: b\n"
+        "  - id: b\n    prompt: q\n    variation_of: zzz\n"
+    )
+    result = runner.invoke(app, ["validate", str(tmp_path / "m.yaml")])
+    assert result.exit_code == 2, result.output
+    assert "no track 'zzz' in the manifest (a, b)" in " ".join(result.output.split())
+
+
 def test_a_variation_of_no_track_in_a_long_manifest_names_the_nearest_not_every_track(
     tmp_path: Path,
 ) -> None:
