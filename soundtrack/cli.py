@@ -150,7 +150,7 @@ StorageArg = Annotated[
 
 @app.command()
 def validate(manifest: ManifestArg) -> None:
-    """Check a manifest without generating anything; list every problem with its field and line.
+    """Check a manifest without generating anything; list its problems with field and line.
 
     Exit 0 when valid (a summary is printed), 2 otherwise.
     """

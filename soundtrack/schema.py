@@ -341,8 +341,8 @@ class _Overridable(_Strict):
         default=None,
         json_schema_extra={"uniqueItems": True},
         description="Stems to separate the approved mix into and publish as <track>.<stem>.<ext> "
-        "(vertical layering; docs/generation.md#stems). Needs stem_model. A track's [] or null "
-        "turns off the defaults' stems.",
+        "(vertical layering; docs/generation.md#stems-in-a-build). Needs stem_model. A track's "
+        "[] or null turns off the defaults' stems.",
     )
     stem_model: str | None = Field(
         default=None,

@@ -229,7 +229,7 @@ MISSING = """\
 
 def test_a_repeated_id_does_not_hide_the_manifests_other_problems(tmp_path: Path) -> None:
     """validate listed the repeated ids alone; the bad variation_of showed only once they were
-    fixed: every problem in one run, as it promises."""
+    fixed. A repeated id leaves every track readable: both in one run."""
     (tmp_path / "m.yaml").write_text(
         "schema: 1\nsoundtrack: s\nstorage: ./out\ntracks:\n"
         "  - id: a\n    prompt: p\n  - id: a\n    prompt: q\n"
