@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -633,6 +634,20 @@ def _model_target_problem(directory: Path, family: str, *, tiny: bool) -> str | 
     )
 
 
+# family: (module, function, what it writes); a model library is imported only when asked for.
+_TINY_MAKERS = {
+    "musicgen": ("soundtrack.models.tiny", "make_tiny", "MusicGen"),
+    "ace-step": ("soundtrack.models.tiny_acestep", "make_tiny_acestep", "ACE-Step 1.5"),
+    "stable-audio": (
+        "soundtrack.models.tiny_stableaudio",
+        "make_tiny_stableaudio",
+        "Stable Audio Open",
+    ),
+    "bark": ("soundtrack.models.tiny_bark", "make_tiny_bark", "Bark"),
+    "demucs": ("soundtrack.separate", "make_tiny_demucs", "HTDemucs"),
+}
+
+
 @models_app.command("make-tiny")
 def models_make_tiny(
     directory: Annotated[
@@ -662,7 +677,7 @@ def models_make_tiny(
     48 kHz stereo, Stable Audio 44.1 kHz stereo, Bark 24 kHz mono. Demucs (`stem_model: DIR`)
     splits 44.1 kHz stereo into drums, bass, other and vocals (noise too).
     """
-    if family not in ("musicgen", "ace-step", "stable-audio", "bark", "demucs"):
+    if family not in _TINY_MAKERS:
         fail(
             InputError(
                 f"--family must be musicgen, ace-step, stable-audio, bark or demucs, got {family!r}"
@@ -676,36 +691,15 @@ def models_make_tiny(
         fail(InputError("--stereo is for --family musicgen (Bark is mono)"))
     if family != "musicgen" and stereo:
         fail(InputError(f"--stereo is for --family musicgen ({family} is always stereo)"))
+    module, function, what = _TINY_MAKERS[family]
+    make = getattr(importlib.import_module(module), function)  # imported only when asked for
     with _sigterm_as_ctrl_c(), _removed_unless_finished(directory):
-        if family == "demucs":
-            from soundtrack.separate import make_tiny_demucs
-
-            make_tiny_demucs(directory)
-            _said(f"wrote a tiny random-weight HTDemucs to {directory}")
-            return
-        if family == "bark":
-            from soundtrack.models.tiny_bark import make_tiny_bark
-
-            make_tiny_bark(directory)
-            _said(f"wrote a tiny random-weight Bark to {directory}")
-            return
-        if family == "stable-audio":
-            from soundtrack.models.tiny_stableaudio import make_tiny_stableaudio
-
-            make_tiny_stableaudio(directory)
-            _said(f"wrote a tiny random-weight Stable Audio Open to {directory}")
-            return
-        if family == "ace-step":
-            from soundtrack.models.tiny_acestep import make_tiny_acestep
-
-            make_tiny_acestep(directory)
-            _said(f"wrote a tiny random-weight ACE-Step 1.5 to {directory}")
-            return
-        from soundtrack.models.tiny import make_tiny
-
-        make_tiny(directory, stereo=stereo)
-    kind = "stereo" if stereo else "mono"
-    _said(f"wrote a tiny random-weight {kind} MusicGen to {directory}")
+        if family == "musicgen":
+            make(directory, stereo=stereo)
+        else:
+            make(directory)
+    kind = ("stereo " if stereo else "mono ") if family == "musicgen" else ""
+    _said(f"wrote a tiny random-weight {kind}{what} to {directory}")
 
 
 @models_app.command("convert-demucs")
