@@ -78,7 +78,7 @@ def is_published(record: TrackRecord, spec: TrackSpec, storage: Storage) -> bool
     """True when the lock approved this exact spec and every file (its sidecar and pictures
     too) is there with its checksum, its stems were separated (a separation that failed is
     tried again) and it was compared with the reference the track has now (outside the spec
-    hash: judged again, nothing renders). A track published before sidecars existed is
+    hash: judged again from its render). A track published before sidecars existed is
     published again; one published before pictures existed keeps being served without them."""
     compared = record.reference
     # A lock written before comparisons recorded their reference: taken as this one's (and

@@ -339,7 +339,7 @@ def resolve_tracks(
             # A recording is what it is: the defaults' re-rolls are for what is generated.
             attempts=1 if source else merged.get("attempts", 1),
             reference=reference,
-            reference_sha256=None if reference is None else file_sha256(reference),
+            reference_sha256=None if reference is None else _reference_sha256(reference),
             variation_of=track.variation_of,
             stems=stems,
             stem_model=stem_model if stems else None,
@@ -690,6 +690,18 @@ def _recording(path: Path) -> _Recording:
     return _Recording(
         duration_s=duration_s, channels=int(info.channels), frames=int(frames), path=path
     )
+
+
+def _reference_sha256(path: Path) -> str:
+    """A reference recording's sha256, once per file and version in this process: a defaults'
+    reference is every track's."""
+    stat = path.stat()
+    return _sha256_of_version(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of_version(path: Path, mtime_ns: int, size: int) -> str:
+    return file_sha256(path)
 
 
 @functools.lru_cache(maxsize=64)
