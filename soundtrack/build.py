@@ -930,14 +930,9 @@ class _Tracks:
         `theirs` (another build published them since, or its reviewer rejected a take of them:
         `rejected_by_another`) fail unpublished, with their variations."""
         withheld = set(theirs)
-
-        def taken(whose: str) -> str:
-            track = whose.removeprefix("its parent ")
-            return _taken_by_another(whose, rejected=track in rejected_by_another)
-
-        for held in self.recordings:
+        for held in self.recordings:  # never reviewed: only published by another
             if held.spec.id in withheld:
-                self._failed(held, taken(held.spec.id))
+                self._failed(held, _taken_by_another(held.spec.id, rejected=False))
         self.recordings = [held for held in self.recordings if held.spec.id not in withheld]
         self.publish_recordings()
         previous = {r.id: r for r in lock.tracks} if lock else {}
@@ -946,9 +941,12 @@ class _Tracks:
         for candidate in self.candidates:
             spec = candidate.spec
             if spec.id in withheld or spec.variation_of in withheld:
-                whose = spec.id if spec.id in withheld else f"its parent {spec.variation_of}"
+                taken = spec.id if spec.id in withheld else spec.variation_of
+                whose = spec.id if taken == spec.id else f"its parent {taken}"
                 withheld.add(spec.id)
-                self._failed(candidate, taken(whose))
+                self._failed(
+                    candidate, _taken_by_another(whose, rejected=taken in rejected_by_another)
+                )
                 continue
             verdict = verdicts.get(spec.id, Verdict(approved=False, comment="no answer"))
             if spec.variation_of in rejected:

@@ -678,11 +678,8 @@ def models_make_tiny(
     splits 44.1 kHz stereo into drums, bass, other and vocals (noise too).
     """
     if family not in _TINY_MAKERS:
-        fail(
-            InputError(
-                f"--family must be musicgen, ace-step, stable-audio, bark or demucs, got {family!r}"
-            )
-        )
+        *others, last = _TINY_MAKERS
+        fail(InputError(f"--family must be {', '.join(others)} or {last}, got {family!r}"))
     _quiet_libraries()
     problem = _model_target_problem(directory, family, tiny=True)
     if problem:

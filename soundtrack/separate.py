@@ -64,6 +64,7 @@ __all__ = [
     "DemucsSeparator",
     "Separator",
     "convert_demucs",
+    "is_source_name",
     "load_separator",
     "make_tiny_demucs",
     "register_separator",
@@ -332,12 +333,17 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return config
 
 
+def is_source_name(name: object) -> bool:
+    """Whether `name` can be a source's (SOURCE_NAME: it becomes part of file names)."""
+    return isinstance(name, str) and SOURCE_NAME.fullmatch(name) is not None
+
+
 def _source_names(sources: object) -> bool:
-    """Whether `sources` is a non-empty list of distinct source names (SOURCE_NAME)."""
+    """Whether `sources` is a non-empty list (or tuple) of distinct source names."""
     return (
-        isinstance(sources, list)
+        isinstance(sources, list | tuple)
         and bool(sources)
-        and all(isinstance(name, str) and SOURCE_NAME.fullmatch(name) for name in sources)
+        and all(map(is_source_name, sources))
         and len(set(sources)) == len(sources)
     )
 
@@ -822,7 +828,7 @@ def _read_checkpoint(
     kwargs = dict(bound.arguments)
     _encode(kwargs, "kwargs")  # refuse anything but plain data before writing a file
     sources = kwargs["sources"]
-    if not _source_names(list(sources) if isinstance(sources, tuple) else sources):
+    if not _source_names(sources):
         raise ModelLoadError(
             f"{where}: its sources {printable(repr(sources))[:200]} are not distinct source "
             f"names (lower-case letters, digits and _, as demucs' drums or bass)"

@@ -35,7 +35,7 @@ from soundtrack.master import Master
 from soundtrack.measure import measure_file
 from soundtrack.paths import printable
 from soundtrack.pictures import PICTURE_EXT, Picture, draw_picture
-from soundtrack.separate import SOURCE_NAME, SUM_RESIDUAL_MIN_DB, Separator, residual_db
+from soundtrack.separate import SUM_RESIDUAL_MIN_DB, Separator, is_source_name, residual_db
 from soundtrack.separations import Separation
 from soundtrack.spec import TrackSpec
 
@@ -85,7 +85,7 @@ class SeparationCache:
         folder = self.root / key
         try:
             shas: dict[str, str] = json.loads(read_regular(folder / INDEX, follow_links=False))
-            if not shas or not all(map(_source_name, shas)):
+            if not shas or not all(map(is_source_name, shas)):
                 return None
             wavs = {name: folder / f"{name}.wav" for name in shas}
             if not all(
@@ -166,11 +166,6 @@ def unseparated(spec: TrackSpec, reason: str) -> StemsOutcome:
     return StemsOutcome(stems, gate, spec.stem_model or "", "", "")
 
 
-def _source_name(name: object) -> bool:
-    """Whether `name` can be a source's (a part of file names)."""
-    return isinstance(name, str) and SOURCE_NAME.fullmatch(name) is not None
-
-
 def _separated(audio: np.ndarray, rate: int, separator: Separator) -> dict[str, np.ndarray]:
     """Every source, at the mix's rate, channels and exact length."""
     channels, frames = audio.shape
@@ -186,7 +181,7 @@ def _separated(audio: np.ndarray, rate: int, separator: Separator) -> dict[str, 
         raise AudioError(
             f"the separator {separator.model_id} failed: {type(exc).__name__}: {exc}"
         ) from exc
-    unnamed = [printable(repr(name)) for name in sources if not _source_name(name)]
+    unnamed = [printable(repr(name)) for name in sources if not is_source_name(name)]
     if unnamed:
         raise AudioError(
             f"the separator {separator.model_id} returned {', '.join(unnamed)}, which is not a "
