@@ -35,7 +35,7 @@ from soundtrack.renders import (
 )
 from soundtrack.spec import TrackSpec
 from soundtrack.storage import open_storage
-from tasks.waits import Stopped, run_on_pool, wait_until
+from tasks.waits import STOPPING, Stopped, run_on_pool, wait_until
 
 # One limit per machine: builds on other machines sharing the server render on their own GPUs.
 # Named after the host, or SOUNDTRACK_GPU_SLOT: containers (each its own hostname) that share a
@@ -101,22 +101,27 @@ def gpu_slot() -> Iterator[None]:
             def took() -> bool:
                 # Read, then take: a wait inside Prefect's acquisition cannot be stopped, and
                 # one given a timeout logs an error each time it runs out.
-                limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
-                if limit.active_slots >= limit.limit:
-                    return False
-                try:
-                    held.enter_context(
-                        concurrency(
-                            GPU_LIMIT,
-                            occupy=1,
-                            lease_duration=GPU_LEASE_S,
-                            strict=True,
-                            timeout_seconds=GPU_TAKE_S,
+                while not STOPPING.is_set():
+                    limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+                    if limit.active_slots >= limit.limit:
+                        return False
+                    try:
+                        held.enter_context(
+                            concurrency(
+                                GPU_LIMIT,
+                                occupy=1,
+                                lease_duration=GPU_LEASE_S,
+                                strict=True,
+                                timeout_seconds=GPU_TAKE_S,
+                            )
                         )
-                    )
-                except TimeoutError:  # another build took the slot first
-                    return False
-                return True
+                    except TimeoutError:
+                        # Another build took it first, or a busy server answered 503 (SQLite
+                        # locked) past the timeout: the next read tells which, so a slow server
+                        # is not reported as another build.
+                        continue
+                    return True
+                return False
 
             waiting = (
                 f"another build holds the GPU ({GPU_LIMIT} on the Prefect server): waiting for "
