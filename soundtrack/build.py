@@ -705,7 +705,11 @@ class _Tracks:
         spec = first_take(with_parent(spec, audio), variation.record)
         storage = self.checked.storage
         cached = reusable(
-            variation.record, spec, storage, selected=variation.selected, force=variation.force
+            variation.record,
+            spec,
+            storage.has_asset,
+            selected=variation.selected,
+            force=variation.force,
         )
         if cached is not None:
             self.finish(cached)
