@@ -193,7 +193,7 @@ def test_a_second_build_waits_and_gets_the_lease_when_the_first_releases_it(
     assert said[0].endswith(": waiting up to 30 s"), said
     # Released 1 s after the wait began and seen at a poll (each second), not taken over; the
     # bound leaves a busy machine seconds for the holder's release and the next poll.
-    assert 1.0 <= waited_s < 8, waited_s
+    assert 1.0 <= waited_s < 12, waited_s
     assert "took over" not in caplog.text
 
 

@@ -124,7 +124,7 @@ def test_tiny_demucs_gives_every_source_at_the_mix_shape_and_the_same_stems_twic
     again = separator.separate(mix)
     for name in SOURCES:
         np.testing.assert_array_equal(stems[name], again[name])
-    assert elapsed_s < 5.0  # about 0.3 s on an idle core; generous for a loaded machine
+    assert elapsed_s < 15.0  # about 0.3 s on an idle core; generous for a loaded machine
 
 
 @pytest.mark.parametrize("samples", [1, 1234, 2 * RATE + 1])

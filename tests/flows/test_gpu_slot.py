@@ -97,8 +97,8 @@ def test_a_build_waits_for_the_servers_gpu_slot_then_takes_it_or_stops(
         with caplog.at_level(logging.INFO), slot_held_elsewhere() as release:
             took_at = build(let_go)
         said = [r.getMessage() for r in caplog.records]
-        # Timed from the release, not from the task's start; well before the 60 s lease runs out.
-        assert released_at[0] <= took_at < released_at[0] + 20, (released_at, took_at)
+        # Timed from the release, not from the task's start; before the 60 s lease could run out.
+        assert released_at[0] <= took_at < released_at[0] + 45, (released_at, took_at)
         assert sum("another build holds the GPU" in line for line in said) == 1, said
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], said
 
@@ -137,7 +137,7 @@ def test_a_build_on_a_server_waits_for_one_on_the_temporary_server(
 
             took_at = build(let_go)
         said = [r.getMessage() for r in caplog.records]
-        assert released_at[0] <= took_at < released_at[0] + 20, (released_at, took_at)
+        assert released_at[0] <= took_at < released_at[0] + 45, (released_at, took_at)
         assert sum("another build on this machine is rendering" in x for x in said) == 1, said
         with get_client(sync_client=True) as client:
             assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
@@ -181,6 +181,9 @@ def test_a_busy_server_is_not_reported_as_another_build_holding_the_gpu(
         finally:
             unlock.join()
             database.close()
+        with get_client(sync_client=True) as client:
+            # A take the server granted after the client gave up would hold the slot a minute.
+            assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
         said = [r.getMessage() for r in caplog.records]
         assert waited_s > GPU_TAKE_S, "the database lock never held the take back"
         assert not [line for line in said if "another build" in line], said

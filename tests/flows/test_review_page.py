@@ -185,7 +185,7 @@ def test_served_page_plays_every_file_and_loops_around_the_seam(
     # LOOPSTART, with the lock's loop points on exact samples of the decoded WAV.
     wav = files["battle-loop.wav"]
     tab.page.click("section[data-track='battle-loop'] .loop-seam")
-    tab.wait_until("(window.reviewState['battle-loop'] || {}).wraps >= 1", timeout_s=6)
+    tab.wait_until("(window.reviewState['battle-loop'] || {}).wraps >= 1", timeout_s=20)
     state = tab.page.evaluate("window.reviewState['battle-loop']")
     rate = wav["sample_rate"]
     loop_start_s = wav["loop_start"] / rate
