@@ -9,7 +9,10 @@ a team's gate name goes in as a `literal`, or a folder named `x](javascript:...)
 
 from __future__ import annotations
 
+import re
+import shutil
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -25,6 +28,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.runtime import flow_run
 
 from flows.markdown import destination, literal
 from soundtrack.errors import SoundtrackError
@@ -36,6 +40,8 @@ if TYPE_CHECKING:
     from soundtrack.process import TrackOutcome
 
 KEY_GATES = ("loudness", "true_peak", "duration")
+QC_REPORTS_KEPT = 20  # runs per soundtrack, about 4 MB each, in the cache
+_RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class BuildArtifacts:
@@ -46,6 +52,7 @@ class BuildArtifacts:
         self.total = max(total, 1)
         self.done = 0
         self._lock = threading.Lock()
+        self._statuses: Counter[str] = Counter()
         self._lost = False  # the server stopped answering: no more artifacts
         # Called from a sync flow, so this is the UUID (the annotation also admits a coroutine).
         # The run's own, with no key: the soundtrack's keyed cards (tracks, assets) show the
@@ -58,12 +65,15 @@ class BuildArtifacts:
     def track_done(self, record: TrackRecord) -> None:
         with self._lock:
             self.done += 1
+            self._statuses[record.status] += 1
+            # Every status so far, not the last track's alone: a track rejected early stays said.
+            statuses = ", ".join(f"{n} {status}" for status, n in sorted(self._statuses.items()))
             self._show(
                 lambda: update_progress_artifact(
                     self._progress,
                     100.0 * self.done / self.total,
-                    description=f"{self.done}/{self.total} tracks finished (last: {record.id}, "
-                    f"{record.status})",
+                    description=f"{self.done}/{self.total} tracks finished: {statuses} "
+                    f"(last: {record.id}, {record.status})",
                 )
             )
 
@@ -114,8 +124,9 @@ class BuildArtifacts:
         # its own run only.
         built = {track.id for track in report.tracks}
         kept = [t for t in index.tracks if t.id not in built] if index is not None else []
+        served = {t.id: t for t in index.tracks} if index is not None else {}
         create_table_artifact(
-            table=[_row(track) for track in [*report.tracks, *kept]],
+            table=[_row(track, served.get(track.id)) for track in [*report.tracks, *kept]],
             key=f"{self.soundtrack}-tracks" if index is not None else None,
             description=f"{self.soundtrack}: "
             + ", ".join(f"{n} {status}" for status, n in report.counts().items() if n),
@@ -139,13 +150,16 @@ class BuildArtifacts:
                 )
 
 
-def _row(track: TrackRecord) -> dict[str, object]:
+def _row(track: TrackRecord, served: TrackRecord | None) -> dict[str, object]:
+    """This build's measures of `track`; its status and formats what the lock serves, when it
+    keeps earlier files (the assets card said so, and the table "rejected", no format)."""
     values = {g.name: g.value for g in track.gates}
-    row: dict[str, object] = {"track": track.id, "status": track.status}
+    shown = served if served is not None and served.failed_rebuild is not None else track
+    row: dict[str, object] = {"track": track.id, "status": _status(shown)}
     for name in KEY_GATES:
         value = values.get(name)
         row[name] = "" if value is None else round(value, 2)
-    row["formats"] = ", ".join(f.format for f in track.files if f.stem is None)
+    row["formats"] = ", ".join(f.format for f in shown.files if f.stem is None)
     analysis = track.analysis or {}
     row["bpm"] = "" if analysis.get("tempo_bpm") is None else f"{analysis['tempo_bpm']:.1f}"
     row["key"] = analysis.get("key") or ""
@@ -182,10 +196,7 @@ def _file_links(report: BuildReport, index: BuildReport) -> list[str]:
         if track.sidecar is not None:
             links.append(("json", track.sidecar.url or track.sidecar.uri))
         files = " ".join(f"[{name}]({destination(target)})" for name, target in links) or "-"
-        status: str = track.status
-        if track.failed_rebuild is not None:
-            status += f"; its rebuild {track.failed_rebuild.status}, earlier files served"
-        lines.append(f"| {track.id} | {status} | {files} |")
+        lines.append(f"| {track.id} | {_status(track)} | {files} |")
     served = {track.id for track in index.tracks}
     lines += [f"| {t.id} | {t.status} | - |" for t in report.tracks if t.id not in served]
     pictures = _pictures(index)
@@ -196,6 +207,12 @@ def _file_links(report: BuildReport, index: BuildReport) -> list[str]:
             for name, p in pictures
         ]
     return lines
+
+
+def _status(track: TrackRecord) -> str:
+    if track.failed_rebuild is None:
+        return track.status
+    return f"{track.status}; its rebuild {track.failed_rebuild.status}, earlier files served"
 
 
 def _pictures(report: BuildReport) -> list[tuple[str, PictureRecord]]:
@@ -219,9 +236,24 @@ def _data_docs(soundtrack: str, outcomes: Sequence[TrackOutcome]) -> Path | None
 
     # Seconds per hundred tracks, after the lock: said, or the build looks stuck at its end.
     get_run_logger().info("writing the QC report (Data Docs) of %d track(s)", len(outcomes))
+    # A folder per run: in one per soundtrack, an earlier run's link opened the latest report.
+    reports = cache_root() / "qc" / soundtrack
     try:
-        return build_data_docs([o.qc for o in outcomes], cache_root() / "qc" / soundtrack)
+        index = build_data_docs([o.qc for o in outcomes], reports / str(flow_run.id))
+        _drop_oldest(reports)
+        return index
     except (SoundtrackError, OSError, ValueError) as exc:
         # Redacted here too: a worker's process may not have the CLI's log redaction.
         get_run_logger().warning("QC report (Data Docs) not written: %s", redact(str(exc)))
         return None
+
+
+def _drop_oldest(reports: Path) -> None:
+    """Keep the QC reports of the soundtrack's last QC_REPORTS_KEPT runs: an older run's link
+    finds nothing rather than another run's report."""
+    runs = [
+        entry for entry in reports.iterdir() if entry.is_dir() and _RUN_ID.fullmatch(entry.name)
+    ]
+    runs.sort(key=lambda entry: entry.stat().st_mtime, reverse=True)
+    for old in runs[QC_REPORTS_KEPT:]:
+        shutil.rmtree(old)

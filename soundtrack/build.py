@@ -265,6 +265,7 @@ def run(
                 reviewing=reviewing,
                 earlier={r.id: r for r in prepared.lock.tracks} if prepared.lock else {},
                 left_out=prepared.plan.left_out,
+                logger=logger,
             )
             _start(tracks, prepared, options)
             tracks.run(options.batch_size)
@@ -581,6 +582,7 @@ class _Tracks:
     reviewing: bool  # rendered tracks wait for a person (candidates) instead of publishing
     earlier: dict[str, TrackRecord]  # the lock's records by track id, as the plan read them
     left_out: frozenset[str]  # variations --only left out (the plan's): not in the progress
+    logger: Logger  # the run's: a worker's build has no terminal to print its table on
     candidates: list[Candidate] = field(default_factory=list)
     # Recordings of a reviewed build, published with its candidates: published before, they
     # would be in no lock while the build waits (dropped from a folder's staging; gc's on S3).
@@ -680,6 +682,8 @@ class _Tracks:
             )
             record = record.model_copy(update={"rejected_in_review": kept})
         self.records[record.id] = record
+        if record.status in ("rejected", "failed"):
+            self.logger.warning("%s %s: %s", record.id, record.status, record.reason)
         if record.id not in self.left_out:  # no work of this build's: not in its progress
             if self.observer is not None:
                 self.observer.track_done(record)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -408,6 +409,7 @@ def test_every_record_of_a_spec_keeps_its_rejected_takes_whatever_became_of_it(
         reviewing=False,
         earlier=earlier,
         left_out=frozenset(),
+        logger=logging.getLogger(__name__),
     )
     tracks.finish(_entry("menu", "failed", reason="clipped"))
     tracks.finish(_entry("new", "failed", reason="clipped"))

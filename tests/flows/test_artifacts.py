@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import re
 import uuid
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
-from flows.artifacts import BuildArtifacts
+from flows.artifacts import QC_REPORTS_KEPT, BuildArtifacts, _drop_oldest
 from soundtrack.report import BuildReport, FileRecord, PictureRecord, TakeRecord, TrackRecord
 from tests.prefect_server import PrefectServer
 from tests.running import run_artifacts
@@ -95,6 +96,52 @@ def test_a_build_whose_lock_was_not_written_shows_nothing_published(
     assert "a.ogg" not in str(links.data) and links.description == "Not published"
     # The soundtrack's keyed cards stay the last build that published (docs/operations.md).
     assert [a.key for a in artifacts if a.type in ("markdown", "table")] == [None, None]
+
+
+def test_the_progress_card_counts_every_status_not_the_last_tracks_alone(
+    prefect_server: PrefectServer,
+) -> None:
+    """The card ended on "3/3 tracks finished (last: c, approved)": tracks rejected or failed
+    before the last were never said."""
+    from prefect import flow
+    from prefect.context import get_run_context
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    @flow
+    def build_of_three() -> object:
+        artifacts = BuildArtifacts("s", 3)
+        for track_id, status in (("a", "rejected"), ("b", "failed"), ("c", "approved")):
+            artifacts.track_done(TrackRecord(id=track_id, status=status, spec_hash="ab"))
+        return get_run_context().flow_run.id  # type: ignore[union-attr]
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        run_id = build_of_three()
+        APILogHandler().flush()
+    (progress,) = [a for a in run_artifacts(prefect_server.api_url, run_id) if a.type == "progress"]
+    assert progress.data == 100.0
+    assert progress.description == (
+        "3/3 tracks finished: 1 approved, 1 failed, 1 rejected (last: c, approved)"
+    )
+
+
+def test_a_soundtracks_qc_reports_keep_its_last_runs_and_nothing_else_is_touched(
+    tmp_path: Path,
+) -> None:
+    """A folder per run keeps each run's link to its own report; the oldest go, by age."""
+    runs = [str(uuid.uuid4()) for _ in range(QC_REPORTS_KEPT + 3)]
+    for age_s, run in enumerate(runs):  # runs[0] the newest
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "index.html").write_text(run)
+        os.utime(tmp_path / run, (1e9 - age_s, 1e9 - age_s))
+    others = [tmp_path / "static", tmp_path / "index.html"]  # not a run's: the older layout's
+    others[0].mkdir()
+    others[1].write_text("old")
+    _drop_oldest(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p not in others) == sorted(
+        runs[:QC_REPORTS_KEPT]
+    )
+    assert all(p.exists() for p in others)
 
 
 def test_a_track_the_lock_does_not_list_shows_no_file_as_published(

@@ -24,6 +24,8 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import pytest
 import soundfile as sf
@@ -114,6 +116,8 @@ def test_a_rejected_track_fails_the_run_in_one_line_and_exits_1_without_a_traceb
     shown = markdown.render(str(assets.data))
     for track in (t for t in lock["tracks"] if t["status"] == "approved"):
         assert f"<li>{track['id']}: <a href=" in shown and f">{out / track['id']}.png</a>" in shown
+    first_qc = qc_report(str(assets.data))
+    assert "too-strict" in first_qc.read_text()
 
     # Again: every approved track is cached and no model is loaded (a new process); the
     # recording, held to a stricter gate now, is rejected and keeps serving its earlier files.
@@ -142,6 +146,23 @@ def test_a_rejected_track_fails_the_run_in_one_line_and_exits_1_without_a_traceb
     (row,) = [line for line in str(assets.data).splitlines() if line.startswith("| credits |")]
     assert "its rebuild rejected, earlier files served" in row
     assert "[ogg](file://" in row and "credits.ogg" in row
+    # The table says the same (it said "rejected", with no format).
+    (table,) = [a for a in run_artifacts(prefect_server.api_url, run.id) if a.key == "e2e-tracks"]
+    rows = table.data if isinstance(table.data, list) else json.loads(str(table.data))
+    (credits,) = [r for r in rows if r["track"] == "credits"]
+    assert credits["status"] == "approved; its rebuild rejected, earlier files served", credits
+    assert credits["formats"] == "ogg, mp3" and "silence" in credits["reason"], credits
+    # Each run links its own QC report: the first run's showed this one's, in one folder.
+    assert qc_report(str(assets.data)) != first_qc
+    assert "too-strict" in first_qc.read_text()
+
+
+def qc_report(assets: str) -> Path:
+    """The QC report (its index.html) the assets card links to."""
+    (link,) = re.findall(
+        r"QC report \(Great Expectations Data Docs\): \[[^]]*\]\(([^)]*)\)", assets
+    )
+    return Path(url2pathname(urlsplit(link).path))
 
 
 def _on_a_terminal(workdir: Path, env: dict[str, str], *args: str) -> tuple[int, list[str]]:
