@@ -1193,7 +1193,9 @@ def build(
     except SoundtrackError as exc:
         fail(exc)
     try:
-        with _track_progress(prepared.plan.total) as on_event:
+        # Prefect ends a flow on SIGTERM, then sends it again to end the process (143): as
+        # Ctrl-C, it ends here instead, with 130, and the run's last log lines are sent first.
+        with _sigterm_as_ctrl_c(), _track_progress(prepared.plan.total) as on_event:
             unsubscribe = events.subscribe(on_event)
             try:
                 state = build_soundtrack(
