@@ -57,6 +57,7 @@ bench: setup
 	$(PY) bench/postprocess.py
 	$(PY) bench/long_master.py
 	$(PY) bench/rebuild.py
+	$(PY) bench/plan_s3.py
 	$(PY) bench/yaml_limits.py
 
 schema: setup
