@@ -14,6 +14,7 @@ import shutil
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ from prefect.runtime import flow_run
 
 from flows.markdown import destination, literal
 from soundtrack.errors import SoundtrackError
+from soundtrack.publish import PRESIGN_EXPIRY_S
 from soundtrack.redaction import redact
 from soundtrack.renders import cache_root
 from soundtrack.report import BuildReport, PictureRecord, TrackRecord
@@ -199,6 +201,14 @@ def _file_links(report: BuildReport, index: BuildReport) -> list[str]:
         lines.append(f"| {track.id} | {_status(track)} | {files} |")
     served = {track.id for track in index.tracks}
     lines += [f"| {t.id} | {t.status} | - |" for t in report.tracks if t.id not in served]
+    stored = [f for track in index.tracks for f in track.stored_files()]
+    if any((f.url or "").startswith(("https://", "http://")) for f in stored):
+        until = datetime.now(UTC) + timedelta(seconds=PRESIGN_EXPIRY_S)
+        lines += [
+            "",
+            f"The links are presigned until {until:%Y-%m-%d %H:%M} UTC, or for as long as the "
+            "build's credentials last when they are temporary; the next build signs new ones.",
+        ]
     pictures = _pictures(index)
     if pictures:
         lines += ["", "Pictures (waveform, spectrogram, short-term loudness against the target):"]
