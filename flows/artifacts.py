@@ -9,8 +9,10 @@ a team's gate name goes in as a `literal`, or a folder named `x](javascript:...)
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+import stat
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -51,6 +53,7 @@ class BuildArtifacts:
 
     def __init__(self, soundtrack: str, total: int) -> None:
         self.soundtrack = soundtrack
+        self._started = datetime.now(UTC)  # every link it shows is signed after this
         self.total = max(total, 1)
         self.done = 0
         self._lock = threading.Lock()
@@ -135,7 +138,7 @@ class BuildArtifacts:
         )
         docs = _data_docs(self.soundtrack, outcomes)
         create_markdown_artifact(
-            _links(report, index, docs, unpublished),
+            _links(report, index, docs, unpublished, self._started),
             key=f"{self.soundtrack}-assets" if index is not None else None,
             description="Published assets" if index is not None else "Not published",
         )
@@ -173,21 +176,25 @@ def _row(track: TrackRecord, served: TrackRecord | None) -> dict[str, object]:
 
 
 def _links(
-    report: BuildReport, index: BuildReport | None, docs: Path | None, unpublished: str | None
+    report: BuildReport,
+    index: BuildReport | None,
+    docs: Path | None,
+    unpublished: str | None,
+    started: datetime,
 ) -> str:
     lines = [f"# {report.soundtrack}", ""]
     if unpublished is not None:
         # No lock names the files: links would show as published a build that is not.
         lines.append(f"Nothing published: {literal(redact(unpublished))}")
     elif index is not None:
-        lines += _file_links(report, index)
+        lines += _file_links(report, index, started)
     if docs is not None:
         link = f"[{literal(str(docs))}]({docs.as_uri()})"
         lines += ["", f"QC report (Great Expectations Data Docs): {link}"]
     return redact("\n".join(lines) + "\n")
 
 
-def _file_links(report: BuildReport, index: BuildReport) -> list[str]:
+def _file_links(report: BuildReport, index: BuildReport, started: datetime) -> list[str]:
     """What the lock serves, track by track (a rebuild rejected keeps its earlier files), then
     the tracks of this build that it does not serve."""
     lines = ["| track | status | files |", "|---|---|---|"]
@@ -203,11 +210,12 @@ def _file_links(report: BuildReport, index: BuildReport) -> list[str]:
     lines += [f"| {t.id} | {t.status} | - |" for t in report.tracks if t.id not in served]
     stored = [f for track in index.tracks for f in track.stored_files()]
     if any((f.url or "").startswith(("https://", "http://")) for f in stored):
-        until = datetime.now(UTC) + timedelta(seconds=PRESIGN_EXPIRY_S)
+        until = started + timedelta(seconds=PRESIGN_EXPIRY_S)
         lines += [
             "",
-            f"The links are presigned until {until:%Y-%m-%d %H:%M} UTC, or for as long as the "
-            "build's credentials last when they are temporary; the next build signs new ones.",
+            f"The links are presigned for 7 days: they work until {until:%Y-%m-%d %H:%M} UTC at "
+            "least, less when the build's credentials are temporary; the next build signs new "
+            "ones.",
         ]
     pictures = _pictures(index)
     if pictures:
@@ -250,20 +258,28 @@ def _data_docs(soundtrack: str, outcomes: Sequence[TrackOutcome]) -> Path | None
     reports = cache_root() / "qc" / soundtrack
     try:
         index = build_data_docs([o.qc for o in outcomes], reports / str(flow_run.id))
-        _drop_oldest(reports)
-        return index
     except (SoundtrackError, OSError, ValueError) as exc:
         # Redacted here too: a worker's process may not have the CLI's log redaction.
         get_run_logger().warning("QC report (Data Docs) not written: %s", redact(str(exc)))
         return None
+    try:
+        _drop_oldest(reports)
+    except OSError as exc:
+        get_run_logger().warning("older QC reports not removed: %s", redact(str(exc)))
+    return index
 
 
 def _drop_oldest(reports: Path) -> None:
     """Keep the QC reports of the soundtrack's last QC_REPORTS_KEPT runs: an older run's link
     finds nothing rather than another run's report."""
-    runs = [
-        entry for entry in reports.iterdir() if entry.is_dir() and _RUN_ID.fullmatch(entry.name)
-    ]
-    runs.sort(key=lambda entry: entry.stat().st_mtime, reverse=True)
-    for old in runs[QC_REPORTS_KEPT:]:
-        shutil.rmtree(old)
+    runs: list[tuple[float, Path]] = []
+    for entry in reports.iterdir():
+        if not _RUN_ID.fullmatch(entry.name):
+            continue
+        with contextlib.suppress(FileNotFoundError):  # another build of it removed it
+            status = entry.lstat()
+            if stat.S_ISDIR(status.st_mode):  # a link is none of ours
+                runs.append((status.st_mtime, entry))
+    runs.sort(reverse=True)
+    for _, old in runs[QC_REPORTS_KEPT:]:
+        shutil.rmtree(old, ignore_errors=True)  # another build of it may be removing it too

@@ -137,11 +137,18 @@ def test_a_soundtracks_qc_reports_keep_its_last_runs_and_nothing_else_is_touched
     others = [tmp_path / "static", tmp_path / "index.html"]  # not a run's: the older layout's
     others[0].mkdir()
     others[1].write_text("old")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("not ours")
+    link = tmp_path / str(uuid.uuid4())  # named as a run, oldest of all: a link is no run
+    link.symlink_to(elsewhere, target_is_directory=True)
+    os.utime(link, (1.0, 1.0), follow_symlinks=False)
+    others.append(link)
     _drop_oldest(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir() if p not in others) == sorted(
         runs[:QC_REPORTS_KEPT]
     )
-    assert all(p.exists() for p in others)
+    assert all(p.exists() for p in others) and (elsewhere / "keep").exists()
 
 
 def test_a_track_the_lock_does_not_list_shows_no_file_as_published(

@@ -266,7 +266,7 @@ def test_build_publishes_verified_files_and_a_rebuild_uploads_nothing(
     assert {key for key in pictures for link in shown if f"/{key}?" in link} == pictures
     # The links card says until when its links work (they stopped with no word after 7 days).
     cards = [json.loads(a)["data"] for a in artifacts if json.loads(a)["type"] == "markdown"]
-    assert len(cards) == 2 and all("The links are presigned until " in card for card in cards)
+    assert len(cards) == 2 and all("The links are presigned for 7 days: " in card for card in cards)
     everything = outputs + runs + logs + artifacts
     assert not [text[:200] for text in everything if s3_server.secret_key in text]
 
