@@ -13,7 +13,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
@@ -98,10 +98,19 @@ def gpu_slot() -> Iterator[None]:
         if settings.api.url:
             client = held.enter_context(get_client(sync_client=True))
 
+            waiting = (
+                f"another build holds the GPU ({GPU_LIMIT} on the Prefect server): waiting for "
+                "it; with no build rendering, see docs/operations.md#the-gpu-slot"
+            )
+            slow_said = False  # that the server is slow to give the slot: once
+
             def took() -> bool:
+                nonlocal slow_said
                 # Read, then take: a wait inside Prefect's acquisition cannot be stopped, and
                 # one given a timeout logs an error each time it runs out.
-                while not STOPPING.is_set():
+                while True:
+                    if STOPPING.is_set():
+                        raise Stopped(f"the build was stopped while it waited ({waiting})")
                     limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
                     if limit.active_slots >= limit.limit:
                         return False
@@ -119,14 +128,17 @@ def gpu_slot() -> Iterator[None]:
                         # Another build took it first, or a busy server answered 503 (SQLite
                         # locked) past the timeout: the next read tells which, so a slow server
                         # is not reported as another build.
+                        if not slow_said:
+                            slow_said = True
+                            get_run_logger().info(
+                                "the Prefect server did not give the GPU slot it showed free "
+                                "within %g s (a busy server, or a build that took it first): "
+                                "asking again",
+                                GPU_TAKE_S,
+                            )
                         continue
                     return True
-                return False
 
-            waiting = (
-                f"another build holds the GPU ({GPU_LIMIT} on the Prefect server): waiting for "
-                "it; with no build rendering, see docs/operations.md#the-gpu-slot"
-            )
             wait_until(took, waiting)
         # After the server's slot, never before: a build holding the file while it waited for
         # the slot would deadlock with one holding the slot and waiting for the file. A build

@@ -187,6 +187,7 @@ def test_a_busy_server_is_not_reported_as_another_build_holding_the_gpu(
         said = [r.getMessage() for r in caplog.records]
         assert waited_s > GPU_TAKE_S, "the database lock never held the take back"
         assert not [line for line in said if "another build" in line], said
+        assert sum("did not give the GPU slot it showed free" in line for line in said) == 1, said
         APILogHandler().flush()
 
 
