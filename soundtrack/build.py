@@ -683,7 +683,9 @@ class _Tracks:
             record = record.model_copy(update={"rejected_in_review": kept})
         self.records[record.id] = record
         if record.status in ("rejected", "failed"):
-            self.logger.warning("%s %s: %s", record.id, record.status, record.reason)
+            reason = record.reason or ""
+            said = reason if reason.startswith(record.status) else f"{record.status}: {reason}"
+            self.logger.warning("%s: %s", record.id, said)
         if record.id not in self.left_out:  # no work of this build's: not in its progress
             if self.observer is not None:
                 self.observer.track_done(record)

@@ -309,9 +309,7 @@ def test_deployed_build_exits_0_when_approved_and_1_when_a_gate_rejects(
         assert errors[-1].endswith("\nBuildRejected: 1 track(s) rejected, 0 failed"), errors
         # Which track, and why, is in the run's logs too: a worker has no terminal for the table.
         warnings = [log.message for log in logs if log.level == 30]
-        assert any(w.startswith("too-strict rejected: rejected by gates: ") for w in warnings), (
-            warnings
-        )
+        assert any(w.startswith("too-strict: rejected by gates: ") for w in warnings), warnings
 
 
 def test_render_pool_renders_varies_and_separates_on_the_gpu_pool_and_matches_a_local_build(
