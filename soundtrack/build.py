@@ -201,7 +201,7 @@ def prepare(
     )
     check_access(checked.storage, checked.manifest.soundtrack)
     check_cache()
-    lock, warnings = _previous_lock(checked)
+    lock, warnings = _previous_lock(checked, options.only)
     for warning in warnings:
         logger.warning(warning)
     plan = _plan(checked, lock, options)
@@ -330,7 +330,7 @@ def _held(
         repaired = storage.repair(soundtrack)
         for line in repaired:
             logger.warning(line)
-        lock, warnings = _previous_lock(checked)
+        lock, warnings = _previous_lock(checked, options.only)
         try:
             yield lock, warnings, repaired
         finally:
@@ -477,16 +477,23 @@ def _write_index(
     return None
 
 
-def _previous_lock(checked: CheckedInputs) -> tuple[BuildReport | None, list[str]]:
+def _previous_lock(
+    checked: CheckedInputs, only: Sequence[str]
+) -> tuple[BuildReport | None, list[str]]:
     """The published lock, if any; a damaged one is None, with a warning to say out loud (this
-    build's lock replaces it)."""
+    build's lock replaces it), unless --only would leave the other tracks out of that lock."""
     soundtrack = checked.manifest.soundtrack
     try:
         return read_lock(checked.storage, soundtrack), []
     except LockUnreadable as exc:
-        return None, [
-            f"lock of {soundtrack} at {checked.storage_url} unreadable ({exc}), rebuilding it"
-        ]
+        unreadable = f"lock of {soundtrack} at {checked.storage_url} unreadable ({exc})"
+        if only:
+            # Their files would stay published, in no lock: what gc deletes as unreferenced.
+            raise InputError(
+                f"{unreadable}: --only would write a lock of the tracks it names alone; build "
+                "every track (without --only) to write it again"
+            ) from None
+        return None, [f"{unreadable}, rebuilding it"]
 
 
 def _plan(checked: CheckedInputs, lock: BuildReport | None, options: Options) -> Plan:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from soundtrack.analysis import Analysis
     from soundtrack.catalog import Family
     from soundtrack.models import GenerationRequest
+    from soundtrack.storage import Storage
 
 app = typer.Typer(
     name="soundtrack",
@@ -1454,6 +1455,7 @@ def gc(
             skipped: list[SoundtrackError] = []
             for name in names:
                 try:
+                    _check_lock(storage, name)
                     found.append(storage.unreferenced(name))
                 except (InputError, StorageError) as exc:
                     if soundtrack is not None or (isinstance(exc, StorageError) and exc.transient):
@@ -1495,6 +1497,22 @@ def gc(
             _print_error(problem)
         bad_input = all(isinstance(problem, InputError) for problem in skipped)
         raise typer.Exit(EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
+
+
+def _check_lock(storage: Storage, soundtrack: str) -> None:
+    """StorageError unless the soundtrack's lock is one a build would read: a lock of another
+    schema, or missing fields, named none of the files a build would keep (gc deleted them).
+    What it names outside the soundtrack's folder, gc refuses on its own."""
+    from soundtrack.report import LockUnreadable, parse_lock
+
+    try:
+        parse_lock(storage.read_index(soundtrack))
+    except LockUnreadable as exc:
+        raise StorageError(
+            f"{soundtrack}: its lock is unreadable ({exc}): gc cannot tell which files are in "
+            "use, and deletes none; a build of every track writes the lock again",
+            transient=False,
+        ) from None
 
 
 # --- review (issue 18) ---

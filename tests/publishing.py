@@ -87,9 +87,12 @@ def index_bytes(soundtrack: str, assets: list[Asset], published: list[PublishedF
                 "uri": file.uri,
                 "sha256": file.sha256,
                 "bytes": file.bytes,
+                "duration_s": 1.0,
+                "sample_rate": 44100,
+                "channels": 2,
             }
         )
-    document = {"soundtrack": soundtrack, "tracks": list(tracks.values())}
+    document = {"soundtrack": soundtrack, "storage": "test", "tracks": list(tracks.values())}
     return json.dumps(document, indent=2, sort_keys=True).encode()
 
 

@@ -152,16 +152,28 @@ def test_build_approves_rejects_and_rebuilds_only_what_changed(
     }
     assert CliRunner().invoke(app, ["gc", str(project / "out")]).stdout.split() == []
 
-    # 5. A damaged lock is said to be unreadable and replaced, never silently.
+    # 5. A damaged lock is said to be unreadable and replaced, never silently. With --only it
+    # was replaced by a lock of that track alone: the others' files, still published, were in
+    # no lock, and gc deleted them.
     lock_path = out / "soundtrack.lock.json"
     lock_path.write_bytes(lock_path.read_bytes()[:200])
-    repaired = run(project, tiny_model_dir, only=("credits",))
-    assert repaired.exit_status == 0, repaired.failure
-    (warning,) = repaired.report.warnings
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(InputError, match=r"unreadable .*: --only would write a lock of the"):
+        run(project, tiny_model_dir, only=("credits",))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    repaired = run(project, tiny_model_dir)
+    assert repaired.failure == "1 track(s) rejected, 0 failed"
+    (warning,) = [w for w in repaired.report.warnings if "unreadable" in w]
     assert warning.startswith("lock of e2e at ./out unreadable") and "rebuilding it" in warning
     lock = json.loads(lock_path.read_text())
-    assert {t["id"]: t["status"] for t in lock["tracks"]} == {"credits": "approved"}
-    assert sha256_of(out / "credits.ogg") == lock["tracks"][0]["files"][0]["sha256"]
+    assert {t["id"]: t["status"] for t in lock["tracks"]} == {
+        "battle-loop": "approved",
+        "long-theme": "approved",
+        "credits": "approved",
+        "too-strict": "rejected",
+    }
+    for track in (t for t in lock["tracks"] if t["status"] == "approved"):
+        assert sha256_of(out / f"{track['id']}.ogg") == track["files"][0]["sha256"]
 
     # 6. With the folder gone, the plan says which renders it will only master again.
     shutil.rmtree(out)

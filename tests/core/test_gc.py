@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -281,6 +283,39 @@ def test_a_lock_naming_a_file_through_dot_dot_deletes_nothing(tmp_path: Path) ->
     assert result.exit_code == 1, result.output
     assert result.stdout == ""
     assert "not a relative path inside the storage" in " ".join(result.stderr.split())
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda lock: {"tracks": []}, "soundtrack: Field required"),
+        (lambda lock: {**lock, "report_schema": 2, "tracks": []}, "schema 2"),
+        (lambda lock: {**lock, "tracks": [{"id": "title-theme"}]}, "Field required"),
+    ],
+    ids=["bare", "newer schema", "fields missing"],
+)
+def test_a_lock_a_build_would_not_read_deletes_nothing(
+    tmp_path: Path, change: Callable[[dict[str, Any]], dict[str, Any]], why: str
+) -> None:
+    """gc took any JSON with a `tracks` list for the lock, where a build reads it as unreadable:
+    `{"tracks": []}`, or a newer version's lock, listed every published file as ours."""
+    root = tmp_path / "assets"
+    two_builds(LocalStorage("assets", root), tmp_path / "enc")
+    lock_path = root / SOUNDTRACK / "soundtrack.lock.json"
+    lock_path.write_text(json.dumps(change(json.loads(lock_path.read_text()))))
+    before = snapshot(root)
+
+    named = CliRunner().invoke(app, ["gc", str(root), "--soundtrack", SOUNDTRACK, "--delete"])
+    every = CliRunner().invoke(app, ["gc", str(root), "--delete"])
+
+    for result in (named, every):
+        assert result.exit_code == 1, result.output
+        assert result.stdout == ""
+        said = " ".join(result.stderr.split())
+        assert f"{SOUNDTRACK}: its lock is unreadable (" in said and why in said, said
+        assert "gc cannot tell which files are in use, and deletes none" in said
+    assert "1 soundtrack(s) skipped" in " ".join(every.stderr.split())
     assert snapshot(root) == before
 
 
