@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from soundtrack.gates import GateResult
     from soundtrack.process import TrackOutcome
     from soundtrack.stems import StemsOutcome
+    from soundtrack.storage import Storage
 
 PRESIGN_EXPIRY_S = 7 * 24 * 3600
 
@@ -328,12 +329,16 @@ def lock_bytes(report: BuildReport) -> bytes:
 _Linked = TypeVar("_Linked", FileRecord, SidecarRecord, PictureRecord)
 
 
-def with_links(report: BuildReport, storage: Publisher) -> BuildReport:
-    """`report` with a presigned link on every S3 file that has none: a cached track's record
-    comes from the lock, which keeps none, and the report and the UI link every file."""
+def with_links(report: BuildReport, storage: Storage) -> BuildReport:
+    """`report` with every file's URI where this storage has it, and a presigned link on every
+    S3 file that has none: a cached track's record comes from the lock, which keeps none, and
+    named where the files were then (a folder restored elsewhere, a CI cache)."""
 
     def linked(item: _Linked | None) -> _Linked | None:
-        if item is None or item.url is not None or not item.uri.startswith("s3://"):
+        if item is None:
+            return None
+        item = item.model_copy(update={"uri": storage.uri(item.key)})
+        if item.url is not None or not item.uri.startswith("s3://"):
             return item
         try:
             url = storage.presign(item.key, PRESIGN_EXPIRY_S)

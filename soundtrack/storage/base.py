@@ -69,6 +69,9 @@ class Storage(Protocol):
         """Where a raw render handed between machines goes (render pools): outside any
         soundtrack's folder, under a hidden `.renders/`."""
 
+    def uri(self, key: str) -> str:
+        """Where `key` is: s3://bucket/key, or the file:// URI of its file."""
+
     def has_asset(self, key: str, sha256: str) -> bool:
         """True when the object exists and its checksum matches `sha256`."""
 

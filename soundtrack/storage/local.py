@@ -89,6 +89,10 @@ class LocalStorage:
             )
         _write_atomically(dest, path=path, sha256=sha256)
 
+    def uri(self, key: str) -> str:
+        """The file:// URI of `key`'s file."""
+        return self._path(key).as_uri()
+
     def has_asset(self, key: str, sha256: str) -> bool:
         """True when the file exists with exactly this content."""
         path = self._path(key)
@@ -117,10 +121,10 @@ class LocalStorage:
         if self.has_asset(key, sha256):
             if staged != target:
                 staged.unlink(missing_ok=True)  # a copy staged by an earlier try of this build
-            published = PublishedFile(key, target.as_uri(), sha256, target.stat().st_size, False)
+            published = PublishedFile(key, self.uri(key), sha256, target.stat().st_size, False)
         else:
             size = _write_atomically(staged, path=path, sha256=sha256)
-            published = PublishedFile(key, target.as_uri(), sha256, size, True)
+            published = PublishedFile(key, self.uri(key), sha256, size, True)
         self._record(key, sha256)
         return published
 

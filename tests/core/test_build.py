@@ -404,6 +404,35 @@ def test_a_recordings_targets_and_a_changed_reference_are_judged_again_not_serve
     assert statuses(third) == {"r0": "cached", "r1": "cached"}
 
 
+def test_a_published_folder_restored_elsewhere_is_named_where_it_is_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CI cache restored the storage folder at another path: the rebuild found every track
+    cached and wrote a lock naming each file where it had been (file:// URIs of the old path)."""
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    manifest = recordings(tmp_path, [4.0, 2.0])
+    first = build(manifest, Options(), executor=ThreadExecutor())
+    assert statuses(first) == {"r0": "approved", "r1": "approved"}, first.failure
+    moved = tmp_path / "restored"
+    shutil.copytree(tmp_path / "out", moved)
+
+    again = build(manifest, Options(out=str(moved)), executor=ThreadExecutor())
+
+    assert statuses(again) == {"r0": "cached", "r1": "cached"}, again.failure
+    lock = json.loads((moved / "many" / INDEX_NAME).read_text())
+    entries = [
+        entry
+        for track in lock["tracks"]
+        for entry in (*track["files"], track["sidecar"], track["picture"])
+        if entry is not None
+    ]
+    assert len(entries) == 6  # each track: its OGG, sidecar and picture
+    for entry in entries:
+        assert entry["uri"] == (moved / entry["key"]).as_uri(), entry
+    report_uris = [f.uri for t in again.report.tracks for f in t.stored_files()]
+    assert report_uris == [entry["uri"] for entry in entries]
+
+
 def test_a_recording_is_published_as_its_master_ends_not_after_every_master(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
