@@ -313,6 +313,13 @@ class LocalStorage:
         """Fail unless the root (or the folder that would hold it) is a writable directory, and
         the soundtrack's folder in it, if there is one, a folder: not a file, nor a link that
         would take what this tool writes and deletes there elsewhere."""
+        try:
+            self._check_access(soundtrack)
+        except OSError as exc:  # a folder on the way this user may not enter
+            where = exc.filename or self.root / soundtrack
+            raise _error(f"storage folder {self.root}: cannot look into {where}", exc) from None
+
+    def _check_access(self, soundtrack: str) -> None:
         existing = self.root
         while not existing.exists():
             if existing.is_symlink():  # to nothing: a folder cannot be made there

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -266,3 +269,36 @@ def test_a_fifo_for_the_lock_or_the_journal_is_refused_not_waited_on(tmp_path: P
     result = CliRunner().invoke(app, ["gc", str(tmp_path), "--soundtrack", SOUNDTRACK, "--delete"])
     assert result.exit_code == 1, result.output  # it repairs first: reads the commit's record
     assert "commit.json: not a regular file" in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux's setpriv")
+def test_a_soundtrack_folder_this_user_cannot_enter_is_a_storage_error_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A soundtrack folder the build's user may not enter (mode 000, or owned by another
+    user) ended build and gc's access check in a PermissionError traceback."""
+    folder = tmp_path / SOUNDTRACK
+    folder.mkdir()
+    folder.chmod(0)
+    check = (
+        "from pathlib import Path\n"
+        "from soundtrack.errors import StorageError\n"
+        "from soundtrack.storage import LocalStorage\n"
+        "try:\n"
+        f"    LocalStorage('out', Path({str(tmp_path)!r})).check_access({SOUNDTRACK!r})\n"
+        "except StorageError as exc:\n"
+        "    print(exc)\n"
+    )
+    try:
+        # Root enters any folder: without these capabilities it is held to the modes.
+        denied = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+        result = subprocess.run(
+            [*denied, sys.executable, "-c", check], capture_output=True, text=True, check=False
+        )
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.strip() == (
+        f"storage folder {tmp_path}: cannot look into {folder / 'soundtrack.journal.jsonl'}: "
+        "Permission denied"
+    )
