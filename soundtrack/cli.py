@@ -33,6 +33,7 @@ from soundtrack.redaction import install_log_redaction, redact
 
 if TYPE_CHECKING:
     from soundtrack.analysis import Analysis
+    from soundtrack.build import Options
     from soundtrack.catalog import Family
     from soundtrack.models import GenerationRequest
     from soundtrack.storage import Storage
@@ -1140,7 +1141,8 @@ def build(
     Prefect server did not start or none answers at PREFECT_API_URL, 2 for invalid input,
     outputs overlapping inputs, storage that cannot be used (credentials, bucket, endpoint), or
     --review without PREFECT_API_URL, found before the flow runs, 75 when
-    another build of the soundtrack held the storage past --storage-wait-s (try again later).
+    another build of the soundtrack held the storage past --storage-wait-s (try again later),
+    130 when stopped (Ctrl-C, SIGTERM, or cancelled in the Prefect UI).
     """
     _quiet_libraries()  # before anything imports tqdm, which reads its settings once
     from soundtrack.build import Options, prepare
@@ -1174,47 +1176,22 @@ def build(
         review=review,
     )
     try:
-        prepared = prepare(manifest, options, reports=[p for p in (report, junit) if p])
-        if review or prepared.checked.manifest.review == "required":
-            _check_review_server()
-    except SoundtrackError as exc:
-        fail(exc)
-    # A report left by an earlier build would read as this one's after an exit 75 or a crash.
-    for stale in (report, junit):
-        if stale is not None and stale.is_file():
-            stale.unlink()
-
-    # 2. Run the flow with a progress bar fed by the tasks' events.
-    from flows.build import BuildRejected, build_soundtrack
-    from flows.server import start_temporary_server
-    from soundtrack import events
-
-    try:
-        start_temporary_server()  # no PREFECT_API_URL: one that waits long enough, dies with us
-    except SoundtrackError as exc:
-        fail(exc)
-    try:
         # Prefect ends a flow on SIGTERM, then sends it again to end the process (143): as
-        # Ctrl-C, it ends here instead, with 130, and the run's last log lines are sent first.
-        with _sigterm_as_ctrl_c(), _track_progress(prepared.plan.total) as on_event:
-            unsubscribe = events.subscribe(on_event)
-            try:
-                state = build_soundtrack(
-                    str(manifest.resolve()),
-                    only=only or None,
-                    force=force,
-                    out=out,
-                    model=model,
-                    device=device,
-                    batch_size=batch_size,
-                    render_pool=render_pool,
-                    storage_wait_s=storage_wait_s,
-                    gates=gate or None,
-                    review=review,
-                    return_state=True,
-                )
-            finally:
-                unsubscribe()
+        # Ctrl-C, it ends here instead, with 130, and the run's last log lines are sent first;
+        # so does one while the inputs are checked or the temporary server starts.
+        with _sigterm_as_ctrl_c():
+            prepared = prepare(manifest, options, reports=[p for p in (report, junit) if p])
+            if review or prepared.checked.manifest.review == "required":
+                _check_review_server()
+            # A report left by an earlier build would read as this one's after an exit 75 or
+            # a crash.
+            for stale in (report, junit):
+                if stale is not None and stale.is_file():
+                    stale.unlink()
+            # 2. Run the flow with a progress bar fed by the tasks' events.
+            state = _run_flow(prepared.plan.total, manifest, options, render_pool)
+    except SoundtrackError as exc:
+        fail(exc)
     except KeyboardInterrupt:
         # Steps under way ended first; the lock is written last, so the storage holds the last
         # build written in full.
@@ -1235,6 +1212,8 @@ def build(
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_INTERRUPTED)
+    from flows.build import BuildRejected
+
     result = state.result(raise_on_failure=False)
     if isinstance(result, BuildRejected):
         result = result.report  # tracks rejected or failed: the table, then exit 1
@@ -1318,6 +1297,35 @@ def _prefect_logs_above_the_bar(console: Console) -> Iterator[None]:
     finally:
         for handler, before in zip(handlers, own, strict=True):
             handler.console = before
+
+
+def _run_flow(total: int, manifest: Path, options: Options, render_pool: str | None) -> Any:
+    """The build flow's final state, run with a progress bar fed by its tasks' events (on a
+    temporary Prefect server when PREFECT_API_URL is unset)."""
+    from flows.build import build_soundtrack
+    from flows.server import start_temporary_server
+    from soundtrack import events
+
+    start_temporary_server()  # no PREFECT_API_URL: one that waits long enough, dies with us
+    with _track_progress(total) as on_event:
+        unsubscribe = events.subscribe(on_event)
+        try:
+            return build_soundtrack(
+                str(manifest.resolve()),
+                only=list(options.only) or None,
+                force=options.force,
+                out=options.out,
+                model=options.model,
+                device=options.device,
+                batch_size=options.batch_size,
+                render_pool=render_pool,
+                storage_wait_s=options.storage_wait_s,
+                gates=list(options.gates) or None,
+                review=options.review,
+                return_state=True,
+            )
+        finally:
+            unsubscribe()
 
 
 @contextmanager

@@ -459,6 +459,27 @@ def test_a_build_signalled_with_its_process_group_stops_cleanly(
     assert not _running(servers), "the server was left running"
 
 
+def test_a_build_signalled_while_its_temporary_server_starts_exits_130(
+    next_run: tuple[Path, dict[str, str], list[str]],
+) -> None:
+    """SIGTERM before the flow ran (its inputs checked, its temporary server starting) ended
+    the build as the signal does, 143, where the README says 130."""
+    workdir, env, args = next_run
+    process = start_build(workdir, env, args)
+    with killed_if_left(process):
+        servers = wait_for_server(process, workdir, lambda: True)
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+    log = (workdir / "build.log").read_text(errors="replace")
+    assert "Beginning flow run" not in log, "signalled too late to test the start"
+    assert process.returncode == 130 and "interrupted:" in log, log
+    assert "Traceback" not in log, log
+    deadline = time.monotonic() + 30
+    while _running(servers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(servers), "the server was left running"
+
+
 @pytest.mark.slow
 def test_a_build_whose_renders_are_all_cached_never_waits_for_the_gpu(
     next_run: tuple[Path, dict[str, str], list[str]], used_home: Path, tmp_path: Path
