@@ -213,7 +213,8 @@ def _file_links(report: BuildReport, index: BuildReport, started: datetime) -> l
         until = started + timedelta(seconds=PRESIGN_EXPIRY_S)
         lines += [
             "",
-            f"The links are presigned for 7 days: they work until {until:%Y-%m-%d %H:%M} UTC at "
+            f"The links are presigned for {PRESIGN_EXPIRY_S // 86400} days: they work until "
+            f"{until:%Y-%m-%d %H:%M} UTC at "
             "least, less when the build's credentials are temporary; the next build signs new "
             "ones.",
         ]

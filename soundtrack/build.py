@@ -690,7 +690,7 @@ class _Tracks:
             record = record.model_copy(update={"rejected_in_review": kept})
         self.records[record.id] = record
         if record.status in ("rejected", "failed"):
-            reason = record.reason or ""
+            reason = record.reason or record.status
             said = reason if reason.startswith(record.status) else f"{record.status}: {reason}"
             self.logger.warning("%s: %s", record.id, said)
         if record.id not in self.left_out:  # no work of this build's: not in its progress
