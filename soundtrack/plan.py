@@ -152,25 +152,22 @@ def plan_build(
     cached: list[TrackRecord] = []
     pending: list[TrackSpec] = []
     variations = [spec for spec in specs if spec.variation_of is not None]
+    originals = [spec for spec in specs if spec.variation_of is None]
     held = held_files(
         (
             previous[spec.id]
-            for spec in specs
-            if spec.variation_of is None
-            and spec.id in previous
-            and approved_as_is(previous[spec.id], spec)
+            for spec in originals
+            if spec.id in previous and approved_as_is(previous[spec.id], spec)
         ),
         storage,
     )
-    for spec in specs:
-        if spec.variation_of is not None:
-            continue
+
+    def holds(key: str, sha256: str) -> bool:
+        return (key, sha256) in held
+
+    for spec in originals:
         record = reusable(
-            previous.get(spec.id),
-            spec,
-            lambda key, sha256: (key, sha256) in held,
-            selected=spec.id in selected,
-            force=force,
+            previous.get(spec.id), spec, holds, selected=spec.id in selected, force=force
         )
         if record is not None:
             cached.append(record)

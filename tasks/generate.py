@@ -108,9 +108,7 @@ def gpu_slot() -> Iterator[None]:
                 nonlocal slow_said
                 # Read, then take: a wait inside Prefect's acquisition cannot be stopped, and
                 # one given a timeout logs an error each time it runs out.
-                while True:
-                    if STOPPING.is_set():
-                        raise Stopped(f"the build was stopped while it waited ({waiting})")
+                while not STOPPING.is_set():  # else wait_until raises Stopped
                     limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
                     if limit.active_slots >= limit.limit:
                         return False
@@ -138,6 +136,7 @@ def gpu_slot() -> Iterator[None]:
                             )
                         continue
                     return True
+                return False
 
             wait_until(took, waiting)
         # After the server's slot, never before: a build holding the file while it waited for

@@ -67,7 +67,7 @@ def wait_until(took: Callable[[], bool], waiting: str, *, log: bool = True) -> N
     `log`); raise Stopped when the build is stopped meanwhile."""
     logged = not log
     while not took():
-        if not logged:
+        if not logged and not STOPPING.is_set():  # stopped meanwhile: it waits no more
             get_run_logger().info(waiting)
             logged = True
         if STOPPING.wait(POLL_S):

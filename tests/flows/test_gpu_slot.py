@@ -66,11 +66,10 @@ def build_waiting_for_the_slot() -> Callable[[Callable[[], None]], float]:
     return build
 
 
-def once_it_says(caplog: pytest.LogCaptureFixture, words: str, then: Callable[[], None]) -> None:
-    """Call `then` once the build has logged `words`: released earlier, a build started late by
-    a busy machine never waits at all."""
+def until_it_says(caplog: pytest.LogCaptureFixture, words: str) -> None:
+    """Return once the build has logged `words`: released earlier, a build started late by a
+    busy machine never waits at all."""
     wait_for(lambda: any(words in r.getMessage() for r in caplog.records), 60)
-    then()
 
 
 def test_a_build_waits_for_the_servers_gpu_slot_then_takes_it_or_stops(
@@ -88,11 +87,9 @@ def test_a_build_waits_for_the_servers_gpu_slot_then_takes_it_or_stops(
         released_at: list[float] = []
 
         def let_go() -> None:
-            def release_it() -> None:
-                released_at.append(time.monotonic())
-                release.set()
-
-            once_it_says(caplog, "another build holds the GPU", release_it)
+            until_it_says(caplog, "another build holds the GPU")
+            released_at.append(time.monotonic())
+            release.set()
 
         with caplog.at_level(logging.INFO), slot_held_elsewhere() as release:
             took_at = build(let_go)
@@ -129,11 +126,9 @@ def test_a_build_on_a_server_waits_for_one_on_the_temporary_server(
             fcntl.flock(lock, fcntl.LOCK_EX)  # the other build, rendering
 
             def let_go() -> None:
-                def release_it() -> None:
-                    released_at.append(time.monotonic())
-                    fcntl.flock(lock, fcntl.LOCK_UN)
-
-                once_it_says(caplog, "another build on this machine is rendering", release_it)
+                until_it_says(caplog, "another build on this machine is rendering")
+                released_at.append(time.monotonic())
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
             took_at = build(let_go)
         said = [r.getMessage() for r in caplog.records]
