@@ -23,11 +23,16 @@ def _any_case(word: str) -> str:
 
 
 # Spelt without flags so JSON Schema's regexes (the manifest's `key` pattern) read it too. A
-# lower-case "b" alone is a flat ("Bb", "bb"); an upper-case one is not ("BB minor").
-_ACCIDENTAL = rf"\s*[#♯♭]|b|[-\s]*{_any_case('sharp')}|[-\s]*{_any_case('flat')}"
+# lower-case "b" alone is a flat ("Bb", "bb"); an upper-case one is not ("BB minor"). Spaces
+# are named: Python's `\s` also takes C0 separators and NEL, and an editor's (JavaScript) a BOM.
+_SPACES = " \t\u00a0"
+_SPACE = rf"[{_SPACES}]"
+_ACCIDENTAL = (
+    rf"{_SPACE}*[#♯♭]|b|[-{_SPACES}]*{_any_case('sharp')}|[-{_SPACES}]*{_any_case('flat')}"
+)
 _MODE = "|".join(_any_case(mode) for mode in ("major", "minor", "maj", "min"))
-KEY_PATTERN = rf"^\s*[A-Ga-g](?:{_ACCIDENTAL})?\s*(?:{_MODE})\s*$"
-_KEY = re.compile(rf"(?P<letter>[A-Ga-g])(?P<accidental>{_ACCIDENTAL})?\s*(?P<mode>{_MODE})")
+KEY_PATTERN = rf"^{_SPACE}*[A-Ga-g](?:{_ACCIDENTAL})?{_SPACE}*(?:{_MODE}){_SPACE}*$"
+_KEY = re.compile(rf"(?P<letter>[A-Ga-g])(?P<accidental>{_ACCIDENTAL})?{_SPACE}*(?P<mode>{_MODE})")
 _NOTE = re.compile(rf"[A-Ga-g](?:{_ACCIDENTAL})?")
 _ACCEPTED = (
     "write a note A-G, an optional sharp or flat (F#, F sharp, Bb, B-flat) and major or minor"
@@ -47,7 +52,7 @@ class Key:
 def parse_key(text: str) -> Key:
     """The key `text` names, keeping its choice of sharp or flat ("C sharp minor" is "C# minor");
     raises ValueError naming what is wrong and what is accepted."""
-    match = _KEY.fullmatch(text.strip())
+    match = _KEY.fullmatch(text.strip(_SPACES))
     if match is None:
         raise ValueError(f"{text!r} is not a key: {_what_is_wrong(text)}; {_ACCEPTED}")
     letter = match["letter"].upper()
@@ -92,13 +97,13 @@ def _accidental(spelling: str) -> str:
 
 def _what_is_wrong(text: str) -> str:
     """The first thing in `text` that keeps it from being a key."""
-    stripped = text.strip()
+    stripped = text.strip(_SPACES)
     if not stripped:
         return "it is empty"
     note = _NOTE.match(stripped)
     if note is None:
-        return f"{stripped.split()[0]!r} is not a note A-G"
-    rest = stripped[note.end() :].strip()
+        return f"{re.split(_SPACE, stripped, maxsplit=1)[0]!r} is not a note A-G"
+    rest = stripped[note.end() :].strip(_SPACES)
     if not rest:
         return "major or minor is missing"
     return f"{rest!r} after the note {note.group(0)!r} is not major or minor"

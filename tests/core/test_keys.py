@@ -41,6 +41,8 @@ from soundtrack.keys import (
         ("  a   minor  ", 9, "minor", "A minor"),
         ("Cb major", 11, "major", "Cb major"),
         ("E# minor", 5, "minor", "E# minor"),
+        ("F#\u00a0minor", 6, "minor", "F# minor"),  # pasted from a web page
+        ("\tB-flat\tmajor", 10, "major", "Bb major"),
     ],
 )
 def test_spellings_parse_to_one_normalised_name(
@@ -64,6 +66,12 @@ def test_spellings_parse_to_one_normalised_name(
         ("BB minor", "'B minor' after the note 'B' is not major or minor"),
         ("F## major", "'# major' after the note 'F#' is not major or minor"),
         ("minor", "'minor' is not a note A-G"),
+        # Python's `\s` takes these as spaces and an editor's JavaScript does not, or the
+        # other way round (a BOM): named, so the schema's pattern reads alike in both.
+        ("C\x85major", "'\\x85major' after the note 'C' is not major or minor"),
+        ("C major\x1f", "'major\\x1f' after the note 'C' is not major or minor"),
+        ("\ufeffC major", "'\\ufeffC' is not a note A-G"),
+        ("\x1c", "'\\x1c' is not a note A-G"),
     ],
 )
 def test_a_bad_key_names_the_problem_and_what_is_accepted(text: str, problem: str) -> None:

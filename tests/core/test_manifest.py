@@ -388,6 +388,9 @@ def test_committed_json_schema_is_up_to_date() -> None:
         'instruments: ["guitar\\n"]',  # Python's `$` matched before a last newline
         'time_signature: "4/4\\n"',
         'key: "C major\\n"',
+        'key: "C\\x85major"',
+        'key: "\\ufeffC major"',
+        'key: "F#\\u00a0minor"',
         "gates: {seam_jump_max_ratio: 2000}",
     ],
     ids=lambda s: s[:40],
