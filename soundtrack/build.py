@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from soundtrack import events, steps
+from soundtrack import PIPELINE_VERSION, events, steps
 from soundtrack.approval import (
     Candidate,
     Reviewer,
@@ -58,6 +58,7 @@ from soundtrack.renders import (
 )
 from soundtrack.report import (
     BuildReport,
+    LockOfNewerVersion,
     LockUnreadable,
     ModelInfo,
     ReviewApproval,
@@ -481,12 +482,20 @@ def _previous_lock(
     checked: CheckedInputs, only: Sequence[str]
 ) -> tuple[BuildReport | None, list[str]]:
     """The published lock, if any; a damaged one is None, with a warning to say out loud (this
-    build's lock replaces it), unless --only would leave the other tracks out of that lock."""
+    build's lock replaces it), unless --only would leave the other tracks out of that lock. A
+    newer version's lock is bad input: this build would write it back without what it holds."""
     soundtrack = checked.manifest.soundtrack
+    where = f"lock of {soundtrack} at {checked.storage_url}"
+    rolling_back = (
+        "build with that version or a later one; to go back to this one on purpose, delete "
+        "the lock first (every track is then published again)"
+    )
     try:
-        return read_lock(checked.storage, soundtrack), []
+        lock = read_lock(checked.storage, soundtrack)
+    except LockOfNewerVersion as exc:
+        raise InputError(f"{where} unreadable ({exc}): {rolling_back}") from None
     except LockUnreadable as exc:
-        unreadable = f"lock of {soundtrack} at {checked.storage_url} unreadable ({exc})"
+        unreadable = f"{where} unreadable ({exc})"
         if only:
             # Their files would stay published, in no lock: what gc deletes as unreferenced.
             raise InputError(
@@ -494,6 +503,24 @@ def _previous_lock(
                 "every track (without --only) to write it again"
             ) from None
         return None, [f"{unreadable}, rebuilding it"]
+    if lock is None or lock.pipeline_version == PIPELINE_VERSION:
+        return lock, []
+    written_by = f"{where} was written by pipeline version {lock.pipeline_version!r}"
+    if _later(lock.pipeline_version, PIPELINE_VERSION):
+        # Its files were mastered by a newer pipeline: every track would be mastered again,
+        # the older way, and published over them.
+        raise InputError(
+            f"{written_by}, later than this one's ({PIPELINE_VERSION}): {rolling_back}"
+        )
+    return lock, [
+        f"{written_by}; this is {PIPELINE_VERSION}: every track is mastered, judged and "
+        "published again (docs/manifest.md)"
+    ]
+
+
+def _later(version: str, than: str) -> bool:
+    """Whether pipeline version `version` is a later one than `than` (versions count up)."""
+    return version.isascii() and version.isdigit() and int(version) > int(than)
 
 
 def _plan(checked: CheckedInputs, lock: BuildReport | None, options: Options) -> Plan:

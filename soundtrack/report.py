@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import ErrorDetails
 
 from soundtrack import PIPELINE_VERSION
 from soundtrack.errors import SoundtrackError
@@ -301,7 +302,9 @@ class BuildReport(_Model):
     @field_validator("report_schema")
     @classmethod
     def _known_schema(cls, value: int) -> int:
-        if value != REPORT_SCHEMA:
+        # An older schema's lock reads (a field a later schema added is optional); a newer one's
+        # may hold what this version would drop on writing it back.
+        if not 1 <= value <= REPORT_SCHEMA:
             raise ValueError(f"schema {value}; this version reads schema {REPORT_SCHEMA}")
         return value
 
@@ -339,6 +342,11 @@ class LockUnreadable(SoundtrackError):
     """A lock file that is truncated, damaged or of another schema; the message says why."""
 
 
+class LockOfNewerVersion(LockUnreadable):
+    """A lock of a later schema, or holding fields this version does not know: a newer
+    version's, which a build here would write back without them."""
+
+
 def parse_lock(data: bytes | None) -> BuildReport | None:
     """Read a lock file (None when there is none); raise LockUnreadable naming what is wrong."""
     if data is None:
@@ -346,7 +354,18 @@ def parse_lock(data: bytes | None) -> BuildReport | None:
     try:
         return BuildReport.model_validate_json(data)
     except ValidationError as exc:
+        if any(_of_newer_version(error) for error in exc.errors()):
+            raise LockOfNewerVersion(
+                f"{first_problem(exc)}: a newer soundtrack-pipeline's lock, or an edited one"
+            ) from None
         raise LockUnreadable(first_problem(exc)) from None
+
+
+def _of_newer_version(error: ErrorDetails) -> bool:
+    if error["type"] == "extra_forbidden":
+        return True
+    later = error["loc"] == ("report_schema",) and isinstance(error["input"], int)
+    return later and error["input"] > REPORT_SCHEMA
 
 
 def read_lock(storage: Storage, soundtrack: str) -> BuildReport | None:

@@ -444,6 +444,63 @@ def test_a_lock_naming_another_soundtracks_file_is_unreadable_and_rebuilt(
     assert folder_problems(tmp_path / "out" / "sky") == []
 
 
+def test_a_newer_versions_lock_is_refused_and_an_older_ones_said_to_be_published_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lock with a field this version does not know (a newer version's) was "unreadable,
+    rebuilding it": the new lock left out what an --only build did not build, and the files a
+    rejected track still served, and gc then deleted them. A later schema's or pipeline
+    version's lock is refused too; an earlier pipeline version's is said to be published again."""
+    from soundtrack import PIPELINE_VERSION
+    from soundtrack.build import Options, ThreadExecutor, build
+    from soundtrack.build import log as build_log
+
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    manifest = tmp_path / "sky.yaml"
+    manifest.write_text(MANIFEST.format(name="sky", lufs=-24, tracks=recordings(tmp_path, 2)))
+    assert build(manifest, Options(), executor=ThreadExecutor()).exit_status == 0
+    folder = tmp_path / "out" / "sky"
+    lock_path = folder / "soundtrack.lock.json"
+    good = json.loads(lock_path.read_text())
+    first, *others = good["tracks"]
+    later = str(int(PIPELINE_VERSION) + 1)
+    newer = {
+        "tracks.0.pinned: Extra inputs": {**good, "tracks": [{**first, "pinned": True}, *others]},
+        "report_schema: schema 2": {**good, "report_schema": 2},
+        f"pipeline version '{later}', later than this one's ({PIPELINE_VERSION})": {
+            **good,
+            "pipeline_version": later,
+        },
+    }
+    for said, lock in newer.items():
+        lock_path.write_text(json.dumps(lock))
+        before = contents(folder)
+        for only in ((), ("cue-0",)):
+            with pytest.raises(InputError) as caught:
+                build(manifest, Options(only=only), executor=ThreadExecutor())
+            assert said in str(caught.value), caught.value
+            assert "delete the lock first" in str(caught.value)
+            assert contents(folder) == before, "nothing written"
+
+    # An earlier version's lock (its spec hashes had its version in them) is read, and why
+    # every track is published again is said, once.
+    earlier = str(int(PIPELINE_VERSION) - 1)
+    tracks = [{**track, "spec_hash": "0" * 64} for track in good["tracks"]]
+    lock_path.write_text(json.dumps({**good, "pipeline_version": earlier, "tracks": tracks}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=build_log.name):
+        again = build(manifest, Options(), executor=ThreadExecutor())
+    assert again.exit_status == 0, again.failure
+    (warning,) = again.report.warnings
+    assert f"written by pipeline version '{earlier}'; this is {PIPELINE_VERSION}" in warning
+    assert caplog.text.count(f"pipeline version '{earlier}'") == 1
+    assert {t.id: t.status for t in again.report.tracks} == {
+        "cue-0": "approved",
+        "cue-1": "approved",
+    }
+    assert json.loads(lock_path.read_text())["pipeline_version"] == PIPELINE_VERSION
+
+
 def test_a_track_the_manifest_no_longer_has_leaves_the_lock_said_out_loud(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
+import typing
 import xml.etree.ElementTree as ET
 
 import pytest
+from pydantic import BaseModel
 
 from soundtrack.gates import GateResult
 from soundtrack.publish import lock_bytes, track_record
 from soundtrack.report import (
+    REPORT_SCHEMA,
     BuildReport,
     FileRecord,
     LockUnreadable,
@@ -254,3 +259,46 @@ def test_each_rejected_stem_is_named_beside_its_own_reason() -> None:
     shared = [StemRecord(name=name, status="rejected", reason="stems_sum: 3.0") for name in "ab"]
     summary = track.model_copy(update={"stems": shared}).stems_summary()
     assert summary == "a, b rejected; a, b: stems_sum: 3.0"
+
+
+# The lock's fields and their types at each schema. A version refuses a lock with fields it does
+# not know (written back, it would lose them), and reads its own schema's strictly: a field added,
+# dropped or retyped without a bump reads, to the version before, as an edited lock.
+LOCK_FIELDS_SHA256 = {1: "b18fac93fdcf726ea5f213c095d1cdc0db20c3fe5d2f0b87bf5e003e73c82ca6"}
+
+
+def _lock_fields() -> list[str]:
+    """Every field of the lock, and of the records in it, with its type."""
+    seen: set[type] = set()
+    todo: list[type] = [BuildReport]
+    fields: list[str] = []
+    while todo:
+        record = todo.pop()
+        if record in seen:
+            continue
+        seen.add(record)
+        hints = typing.get_type_hints(record)
+        if issubclass(record, BaseModel):
+            names = list(record.model_fields)
+        else:
+            names = [f.name for f in dataclasses.fields(record)]
+        for name in names:
+            fields.append(f"{record.__name__}.{name}: {hints[name]}")
+            stack = [hints[name]]
+            while stack:
+                inner = stack.pop()
+                if isinstance(inner, type) and (
+                    issubclass(inner, BaseModel) or dataclasses.is_dataclass(inner)
+                ):
+                    todo.append(inner)
+                stack.extend(typing.get_args(inner))
+    return sorted(fields)
+
+
+def test_a_change_to_the_locks_fields_bumps_its_schema() -> None:
+    fields = "\n".join(_lock_fields())
+    assert "GateResult.value" in fields and "FailedRebuild.reason" in fields
+    assert hashlib.sha256(fields.encode()).hexdigest() == LOCK_FIELDS_SHA256[REPORT_SCHEMA], (
+        "the lock's fields changed: bump REPORT_SCHEMA (soundtrack/report.py) and record their "
+        f"sha256 here for it; earlier schemas' locks must still read:\n{fields}"
+    )
