@@ -172,8 +172,7 @@ def untaken(family: Family, given: Mapping[str, object]) -> list[tuple[str, str]
 
 def _longest_loop(spec: TrackSpec, max_call_s: float) -> str:
     """The longest loop like `spec` whose render fits in `max_call_s` seconds, in words."""
-    from soundtrack.loops import SEARCH_S, SLOWEST_BAR_RATIO, bar_loop_s  # the catalogue: light
-    from soundtrack.loudness import BLOCK_S
+    from soundtrack.loops import SLOWEST_BAR_RATIO, bar_loop_s, shortest_loop_s  # light
 
     # A bar loop's room holds its whole bars at as slow a tempo as the tempo gate allows
     # (resolve.seconds_to_render): its render grows that much faster than they do.
@@ -185,9 +184,7 @@ def _longest_loop(spec: TrackSpec, max_call_s: float) -> str:
         length_s = bar_loop_s(spec.duration_s, bar_s)
     # A hair over, so a length whose render is exactly the limit is not floored a step short.
     fits_s = length_s - (spec.render_duration_s - max_call_s) / growth + 1e-9
-    # The shortest loop validate takes (resolve._unrenderable): two loudness blocks to judge its
-    # seam, and its crossfade twice after the search for its end.
-    shortest_s = max(2 * BLOCK_S, SEARCH_S + 2 * spec.mastering.loop_crossfade_ms / 1000.0)
+    shortest_s = shortest_loop_s(spec.mastering.loop_crossfade_ms)
     if spec.bar_loop:
         bars = math.floor(fits_s / bar_s)
         if bars < 1 or bars * bar_s < shortest_s:

@@ -10,10 +10,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from soundtrack.errors import AudioError
+from soundtrack.loudness import BLOCK_S
 from soundtrack.numba_cache import load_librosa
 from soundtrack.spec import GateLimits
 
 SEARCH_S = 0.4  # loop end within +-this of the requested duration (the duration gate allows 0.5)
+# The seam's loudness compares two BS.1770 blocks, its end and its start (measure): no loop end
+# is searched before this, and validate takes no shorter loop.
+SHORTEST_LOOP_S = 2 * BLOCK_S
 DISTANCE_PENALTY = 0.25  # score lost at the edge of the search window (a perfect match scores 2)
 COMPARE_MAX_S = 1.5  # how much audio after a candidate end is compared with the start
 _N_FFT = 2048
@@ -65,12 +69,21 @@ def loop_tail_samples(crossfade_samples: int) -> int:
     return max(crossfade_samples, _MIN_COMPARE_SAMPLES)
 
 
+def shortest_loop_s(crossfade_ms: float) -> float:
+    """The shortest loop validate takes (resolve): two loudness blocks to judge its seam, and
+    its crossfade twice before the earliest end searched (loop_end_range)."""
+    crossfade_s = crossfade_ms / 1000.0
+    return SHORTEST_LOOP_S if 2 * crossfade_s <= SHORTEST_LOOP_S else SEARCH_S + 2 * crossfade_s
+
+
 def loop_end_range(
     duration_s: float, sample_rate: int, frames: int, crossfade_samples: int
 ) -> tuple[int, int]:
     """The earliest and latest loop end (in samples) searched in `frames` samples of audio: within
-    SEARCH_S of `duration_s`, with the loop's tail after the latest; the manifest checks it too."""
-    earliest = round((duration_s - SEARCH_S) * sample_rate)
+    SEARCH_S of `duration_s`, with the loop's tail after the latest, and never a loop shorter than
+    SHORTEST_LOOP_S (a 1 s loop whose music repeats at 0.69 s failed its seam's measure there);
+    the manifest checks it too."""
+    earliest = round(max(duration_s - SEARCH_S, SHORTEST_LOOP_S) * sample_rate)
     latest = round((duration_s + SEARCH_S) * sample_rate)
     return earliest, min(latest, frames - loop_tail_samples(crossfade_samples))
 
@@ -132,11 +145,15 @@ def find_loop_end(
             f"{duration_s - SEARCH_S + crossfade_samples / sample_rate:.2f} s (loop + crossfade)"
         )
     compare = min(round(COMPARE_MAX_S * sample_rate), frames - hi)
-    scores = _feature_scores(mono, sample_rate, lo, hi, compare)
-    candidates = lo + _HOP * np.arange(scores.size)
+    # The hop grid starts SEARCH_S before the duration even where the earliest end is later (a
+    # short loop), so every loop that was found there before is found again, sample for sample.
+    grid = min(lo, round((duration_s - SEARCH_S) * sample_rate))
+    scores = _feature_scores(mono, sample_rate, grid, hi, compare)
+    candidates = grid + _HOP * np.arange(scores.size)
     # Between equally good matches, the one nearer the requested duration wins.
     distance = np.abs(candidates / sample_rate - duration_s) / SEARCH_S
-    coarse = int(candidates[np.argmax(scores - DISTANCE_PENALTY * distance)])
+    ranked = np.where(candidates >= lo, scores - DISTANCE_PENALTY * distance, -np.inf)
+    coarse = int(candidates[np.argmax(ranked)])
     return _refine(mono, coarse, lo, hi, crossfade_samples)
 
 

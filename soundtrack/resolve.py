@@ -23,6 +23,7 @@ from soundtrack.gates import GATE_NAMES
 from soundtrack.hashing import file_sha256
 from soundtrack.loops import (
     SEARCH_S,
+    SHORTEST_LOOP_S,
     SLOWEST_BAR_RATIO,
     bar_loop_s,
     loop_end_range,
@@ -488,13 +489,14 @@ def _unrenderable(
                     f"(± {tolerance_s:g} s); leave {length} out to keep the recording's length",
                 )
             ]
-    if track.loop and duration_s < 2 * BLOCK_S:
+    if track.loop and duration_s < SHORTEST_LOOP_S:
         # measure._short_term_width: the seam's loudness compares two blocks, end and start
         return [
             (
                 length,
                 f"a {duration_s:g} s loop is too short to judge its seam: a loop is at least "
-                f"{2 * BLOCK_S:g} s (two {BLOCK_S:g} s loudness blocks, its end and its start)",
+                f"{SHORTEST_LOOP_S:g} s (two {BLOCK_S:g} s loudness blocks, its end and its "
+                "start)",
             )
         ]
     if not track.loop:
@@ -520,11 +522,10 @@ def _unrenderable(
     earliest_end, latest_end = loop_end_range(
         duration_s, sample_rate, round(available_s * sample_rate), crossfade_frames
     )
-    if 2 * crossfade_frames > earliest_end:
-        name = "loop_crossfade_ms" if "loop_crossfade_ms" in merged else length
+    if 2 * crossfade_frames > earliest_end:  # only a crossfade over SHORTEST_LOOP_S / 2
         return [
             (
-                name,
+                "loop_crossfade_ms",
                 f"a {duration_s:g} s loop is too short for its {crossfade_ms:g} ms crossfade: "
                 f"a loop needs at least {SEARCH_S:g} s (the search for its end) + 2 x the "
                 f"crossfade = {SEARCH_S + 2 * crossfade_ms / 1000.0:g} s",

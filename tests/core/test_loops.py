@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from mutagen.oggvorbis import OggVorbis
 from soundtrack.encode import encode
 from soundtrack.errors import AudioError
 from soundtrack.limiter import true_peak_dbtp
-from soundtrack.loops import bake_crossfade, find_loop_end, make_loop, render_duration_s
+from soundtrack.loops import (
+    SHORTEST_LOOP_S,
+    bake_crossfade,
+    find_loop_end,
+    make_loop,
+    render_duration_s,
+)
 from soundtrack.master import finish, master, prepare
 from soundtrack.measure import measure
 from soundtrack.spec import LOUDNESS_PROFILES, GateLimits, Mastering
@@ -44,6 +51,23 @@ def test_loop_end_lands_where_the_music_repeats() -> None:
     loop_end = find_loop_end(music, RATE, 8.3, crossfade_samples=round(0.25 * RATE))
     assert abs(loop_end - 8 * RATE) <= 0.02 * RATE
     assert music.mean(axis=0)[loop_end - 1] < 0.0 <= music.mean(axis=0)[loop_end]
+
+
+@pytest.mark.parametrize("period_s", [0.62, 0.69, 0.75])
+@pytest.mark.parametrize("duration_s", [0.8, 1.0, 1.1])
+def test_a_short_loop_ends_where_its_seam_can_still_be_measured(
+    period_s: float, duration_s: float
+) -> None:
+    """A 1 s loop of music that repeats every 0.69 s was cut there, under the two 0.4 s
+    loudness blocks its seam's measure reads: validate took it, and every build failed it."""
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["mobile"])
+    rendered_s = render_duration_s(duration_s, mastering.loop_crossfade_ms)
+    bar = signals.music_like(period_s, 32000, channels=1, seed=3)
+    raw = np.tile(bar, (1, math.ceil(rendered_s / period_s)))[:, : round(rendered_s * 32000)]
+    m = master(raw, 32000, mastering, loop=True, duration_s=duration_s)
+    assert m.loop_length / m.sample_rate >= SHORTEST_LOOP_S
+    metrics = measure(m.audio, m.sample_rate, loop_start=0, loop_length=m.loop_length)
+    assert metrics.seam_loudness_change_lu is not None
 
 
 def test_baked_crossfade_continues_across_the_wrap() -> None:

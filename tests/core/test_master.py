@@ -327,14 +327,20 @@ def test_settings_at_the_edge_validate_allows_master_without_error(tmp_path: Pat
     # leave it shorter than the fades, which validate cannot foresee.
     render = signals.music_like(2.1, 44100, peak_dbfs=-3.0)
     master(render, 44100, fades.mastering, loop=False, duration_s=fades.duration_s)
-    # A loop needs loops.SEARCH_S (0.4 s) plus twice its crossfade (2 x 250 ms).
-    loop = _spec(tmp_path, "    duration: 0.9\n    loop: true\n")
-    render = signals.music_like(loop.render_duration_s, 44100, peak_dbfs=-3.0)
-    m = master(render, 44100, loop.mastering, loop=True, duration_s=loop.duration_s)
-    assert m.loop_length == m.audio.shape[1]
-    with pytest.raises(InputError) as refused:
-        _spec(tmp_path, "    duration: 0.89\n    loop: true\n")
-    assert "tracks[0].duration (line 6): a 0.89 s loop is too short" in refused.value.problems[0]
+    # A loop is at least two 0.4 s loudness blocks (its seam's), and its crossfade fits twice
+    # before the earliest end searched: loops.SEARCH_S before the duration, or 0.8 s.
+    for shortest, under, crossfade in (("0.8", "0.79", ""), ("1.3", "1.29", "450")):
+        setting = f"    loop_crossfade_ms: {crossfade}\n" if crossfade else ""
+        loop = _spec(tmp_path, f"    duration: {shortest}\n    loop: true\n{setting}")
+        render = signals.music_like(loop.render_duration_s, 44100, peak_dbfs=-3.0)
+        m = master(render, 44100, loop.mastering, loop=True, duration_s=loop.duration_s)
+        assert m.loop_length == m.audio.shape[1] >= 0.8 * 44100
+        assert all(g.passed for g in _master_gates(loop, m) if g.name == "seam")
+        with pytest.raises(InputError) as refused:
+            _spec(tmp_path, f"    duration: {under}\n    loop: true\n{setting}")
+        said = refused.value.problems[0]
+        field = "loop_crossfade_ms (line 8)" if crossfade else "duration (line 6)"
+        assert f"tracks[0].{field}: a {under} s loop is too short" in said, said
     with pytest.raises(InputError) as refused:
         _spec(tmp_path, "    duration: 2\n    fade_in_ms: 501\n    fade_out_s: 1.5\n")
     assert "tracks[0].fade_out_s (line 8): a 501 ms fade-in plus" in refused.value.problems[0]
