@@ -34,7 +34,7 @@ from soundtrack.formats import parent_format
 from soundtrack.gates import rejection
 from soundtrack.held import scratch_folder
 from soundtrack.inputs import CheckedInputs, check_access, check_cache, check_inputs
-from soundtrack.models import check_model, load_count, one_resident
+from soundtrack.models import check_model, load_count
 from soundtrack.models.device import requested_device, resolve_device
 from soundtrack.models.source import keep_fingerprints
 from soundtrack.plan import DEFAULT_BATCH_SIZE, Plan, plan_build, reusable, select
@@ -643,7 +643,6 @@ class _Tracks:
     _mastering: int = 0
     _mastering_s: float = 0.0
     _renders: set[Future[Any]] = field(default_factory=set)
-    _in_turn: bool | None = None  # renders one batch at a time, in plan order (decided once)
 
     def run(self, batch_size: int) -> None:
         """Until every track has its record: hand each finished step to what follows it; render
@@ -783,12 +782,11 @@ class _Tracks:
         return audio
 
     def render(self, batch: list[TrackSpec]) -> None:
-        if self._in_turn is None:
-            # A device that holds one model at a time (a GPU) renders the batches in the plan's
-            # order, each model's in a row, so that each model loads once; batches rendered
-            # side by side would load (and hold) several. A render pool's machines load their own.
-            self._in_turn = not self.share_parents and one_resident(resolve_device(self.device))
-        if self._in_turn and self._rendering:
+        # Batches render in the plan's order, one at a time: each model's in a row, so a device
+        # that holds one model (a GPU) loads each once, and a CPU's cores go to one render (the
+        # GPU slot takes renders in turn anyway: batches waiting for it in the pool's threads
+        # held back every master behind them). A render pool's machines take their own turns.
+        if not self.share_parents and self._rendering:
             self._queued.append(batch)
             return
         self._rendering += 1

@@ -454,16 +454,17 @@ def test_a_recording_is_published_as_its_master_ends_not_after_every_master(
         assert sum(p < submitted for p in publishes) >= n - MAX_WORKERS, executor.labels
 
 
-class CountingExecutor(ThreadExecutor):
-    """Counts the masters running at once."""
+class CountingExecutor(LabelledExecutor):
+    """Counts the steps of one kind (masters, by default) running at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "master[") -> None:
         super().__init__()
+        self.kind = kind
         self.running = self.most = 0
         self._lock = threading.Lock()
 
     def submit(self, step: Callable[..., T], *args: Any, label: str) -> Future[T]:
-        if not label.startswith("master["):
+        if not label.startswith(self.kind):
             return super().submit(step, *args, label=label)
 
         def counted(*given: Any) -> T:
@@ -493,3 +494,28 @@ def test_masters_at_once_hold_no_more_audio_than_the_budget(
     assert result.failure is None, result.failure
     assert statuses(result) == dict.fromkeys([f"r{i}" for i in range(5)], "approved")
     assert executor.most == 2  # MAX_WORKERS (4) without the budget
+
+
+def test_renders_take_turns_and_masters_run_between_them(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU every batch was handed to the pool at once: in a Prefect flow they waited there
+    for the GPU slot, one rendering, and every master queued behind them (a 200-track build
+    mastered nothing until the last render)."""
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SOUNDTRACK_STORAGE", raising=False)
+    tracks = "".join(f"  - {{id: t{n}, prompt: cue {n}, seed: {n}}}\n" for n in range(4))
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "schema: 1\nsoundtrack: turns\nstorage: ./out\n"
+        f"defaults: {{duration: 1.5, formats: [ogg]}}\ntracks:\n{tracks}"
+    )
+    models._loaded.clear()
+    executor = CountingExecutor("generate[")
+    options = Options(model=str(tiny_model_dir), device="cpu", batch_size=1)
+    result = build(manifest, options, executor=executor)
+    assert statuses(result) == dict.fromkeys(["t0", "t1", "t2", "t3"], "approved"), result.failure
+    assert executor.most == 1, executor.labels
+    generates = [n for n, label in enumerate(executor.labels) if label.startswith("generate[")]
+    masters = [n for n, label in enumerate(executor.labels) if label.startswith("master[")]
+    assert len(generates) == 4 and masters[0] < generates[-1], executor.labels

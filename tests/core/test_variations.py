@@ -174,7 +174,6 @@ def test_one_resident_model_loads_once_for_parents_and_variations(
     """As on a GPU (one model resident): ACE-Step's parent comes first in the manifest and a
     MusicGen track second, yet each model loads once, ACE-Step's parent and variation together."""
     monkeypatch.setattr(models, "one_resident", lambda device: True)  # what loading asks
-    monkeypatch.setattr("soundtrack.build.one_resident", lambda device: True)  # and the build
     monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))  # nothing rendered yet
     text = manifest(tiny_acestep_dir).replace(
         "    prompt: calm menu pads\n", f"    prompt: calm menu pads\n    model: {tiny_model_dir}\n"
