@@ -7,13 +7,15 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from soundtrack.atomic import atomic_path, fsync_path
 from soundtrack.errors import InputError, StorageError
-from soundtrack.hashing import file_sha256, read_regular, regular_stat
+from soundtrack.hashing import file_sha256, open_regular, read_regular, regular_stat
 from soundtrack.storage.base import (
     INDEX_NAME,
     MAX_PRESIGN_EXPIRY_S,
@@ -45,9 +47,6 @@ class LocalStorage:
     def __init__(self, url: str, root: Path) -> None:
         self.url = url
         self.root = root.absolute()
-        # What each soundtrack's journal already holds, so a rebuild appends nothing new.
-        self._journaled: dict[str, set[tuple[str, str]]] = {}
-        self._journal_lock = threading.Lock()
 
     def asset_key(
         self,
@@ -353,16 +352,12 @@ class LocalStorage:
         if soundtrack is None:
             return
         entry = (key, sha256)
-        with self._journal_lock:
-            journaled = self._journaled.get(soundtrack)
-            if journaled is None:
-                journal = self._read_journal(soundtrack)
-                journaled = {(k, sha) for k, shas in journal.items() for sha in shas}
-                self._journaled[soundtrack] = journaled
+        path = self.root / soundtrack / JOURNAL_NAME
+        with _JOURNALS_LOCK:
+            journaled = _journaled(path)
             if entry in journaled:
                 return
-            line = json.dumps({"key": key, "sha256": sha256}).encode() + b"\n"
-            _append(self.root / soundtrack / JOURNAL_NAME, line)
+            _append(path, json.dumps({"key": key, "sha256": sha256}).encode() + b"\n")
             journaled.add(entry)
 
     def _read_journal(self, soundtrack: str) -> dict[str, set[str]]:
@@ -375,17 +370,8 @@ class LocalStorage:
         except OSError as exc:
             raise _error(f"cannot read {path}", exc) from None
         written: dict[str, set[str]] = {}
-        for line in lines:
-            # A line torn by a crash proves nothing: skipping it keeps that file, the safe way.
-            try:
-                entry = json.loads(line)
-            except (ValueError, RecursionError):
-                continue
-            if not isinstance(entry, dict):
-                continue
-            key, sha256 = entry.get("key"), entry.get("sha256")
-            if isinstance(key, str) and isinstance(sha256, str):
-                written.setdefault(key, set()).add(sha256)
+        for key, sha256 in _entries(lines):
+            written.setdefault(key, set()).add(sha256)
         return written
 
     def _listing(self, soundtrack: str) -> list[str]:
@@ -458,6 +444,71 @@ def _write_atomically(
         return size
     except OSError as exc:
         raise _error(f"cannot write {target}", exc) from None
+
+
+@dataclass
+class _Read:
+    """A journal as read so far: which file, up to which byte, the bytes that end there (a
+    file written over in place has others), and the pairs it holds."""
+
+    file_id: tuple[int, int] | None
+    offset: int = 0
+    last: bytes = b""
+    pairs: set[tuple[str, str]] = field(default_factory=set)
+
+
+# Each journal's pairs, for every storage of this process: a build opens one per publish, and
+# reading a year's journal whole for each file it publishes took seconds per build.
+_JOURNALS: dict[Path, _Read] = {}
+_JOURNALS_LOCK = threading.Lock()
+_LAST_BYTES = 512  # a few lines: what tells an appended journal from one written over
+
+
+def _journaled(path: Path) -> set[tuple[str, str]]:
+    """The (key, sha256) pairs the journal at `path` holds, reading only what was appended
+    since the last call (all of it when the file is another, or shorter)."""
+    try:
+        with open_regular(path) as handle:  # a FIFO would wait for a writer for ever
+            found = os.fstat(handle.fileno())
+            read = _JOURNALS.get(path)
+            if read is None or not _appended_to(handle, found, read):
+                read = _JOURNALS[path] = _Read((found.st_dev, found.st_ino))
+            handle.seek(read.offset)
+            appended = handle.read()
+    except FileNotFoundError:
+        read = _JOURNALS[path] = _Read(None)
+        return read.pairs
+    except OSError as exc:
+        raise _error(f"cannot read {path}", exc) from None
+    # A line not ended yet (torn by a crash) is read again, with what is appended to it.
+    whole = appended.rfind(b"\n") + 1
+    read.offset += whole
+    read.last = (read.last + appended[:whole])[-_LAST_BYTES:]
+    read.pairs.update(_entries(appended[:whole].splitlines()))
+    return read.pairs
+
+
+def _appended_to(handle: BinaryIO, found: os.stat_result, read: _Read) -> bool:
+    """Whether the open journal is the one `read` read, only appended to since."""
+    if read.file_id != (found.st_dev, found.st_ino) or found.st_size < read.offset:
+        return False
+    handle.seek(read.offset - len(read.last))
+    return handle.read(len(read.last)) == read.last
+
+
+def _entries(lines: Sequence[bytes]) -> Iterator[tuple[str, str]]:
+    """The (key, sha256) of each journal line that holds one."""
+    for line in lines:
+        # A line torn by a crash proves nothing: skipping it keeps that file, the safe way.
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(entry, dict):
+            continue
+        key, sha256 = entry.get("key"), entry.get("sha256")
+        if isinstance(key, str) and isinstance(sha256, str):
+            yield key, sha256
 
 
 def _append(path: Path, line: bytes) -> None:
