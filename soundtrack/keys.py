@@ -24,8 +24,9 @@ def _any_case(word: str) -> str:
 
 # Spelt without flags so JSON Schema's regexes (the manifest's `key` pattern) read it too. A
 # lower-case "b" alone is a flat ("Bb", "bb"); an upper-case one is not ("BB minor"). Spaces
-# are named: Python's `\s` also takes C0 separators and NEL, and an editor's (JavaScript) a BOM.
-_SPACES = " \t\u00a0"
+# are named: Python's `\s` also takes C0 separators and NEL, and an editor's (JavaScript) a BOM;
+# both take a tab and Unicode's spaces (no-break, thin, ideographic...), and so does a key.
+_SPACES = " \t\u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u202f\u205f\u3000"
 _SPACE = rf"[{_SPACES}]"
 _ACCIDENTAL = (
     rf"{_SPACE}*[#♯♭]|b|[-{_SPACES}]*{_any_case('sharp')}|[-{_SPACES}]*{_any_case('flat')}"

@@ -42,6 +42,8 @@ from soundtrack.keys import (
         ("Cb major", 11, "major", "Cb major"),
         ("E# minor", 5, "minor", "E# minor"),
         ("F#\u00a0minor", 6, "minor", "F# minor"),  # pasted from a web page
+        ("F#\u3000minor", 6, "minor", "F# minor"),  # typed with an ideographic space
+        ("B\u202fflat\u2009minor", 10, "minor", "Bb minor"),
         ("\tB-flat\tmajor", 10, "major", "Bb major"),
     ],
 )
