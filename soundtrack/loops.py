@@ -142,7 +142,8 @@ def find_loop_end(
     if hi < lo:
         raise AudioError(
             f"audio is {frames / sample_rate:.2f} s long; a {duration_s} s loop needs at least "
-            f"{duration_s - SEARCH_S + crossfade_samples / sample_rate:.2f} s (loop + crossfade)"
+            f"{(lo + loop_tail_samples(crossfade_samples)) / sample_rate:.2f} s (its earliest "
+            "end, and its crossfade after it)"
         )
     compare = min(round(COMPARE_MAX_S * sample_rate), frames - hi)
     # The hop grid starts SEARCH_S before the duration even where the earliest end is later (a

@@ -534,13 +534,15 @@ def _unrenderable(
     if recording is None or latest_end >= earliest_end:
         return []
     name = length if track.duration is not None or track.bars is not None else "loop_crossfade_ms"
-    needed_s = duration_s - SEARCH_S + loop_tail_samples(crossfade_frames) / sample_rate
+    earliest_s = earliest_end / sample_rate
+    needed_s = earliest_s + loop_tail_samples(crossfade_frames) / sample_rate
     return [
         (
             name,
             f"the recording is {recording.duration_s:.2f} s long; a {duration_s:g} s loop with a "
             f"{crossfade_ms:g} ms crossfade needs at least {needed_s:.2f} s of audio (its end "
-            f"is searched from {SEARCH_S:g} s before the duration, and the crossfade follows it)",
+            f"is searched from {earliest_s:.2f} s, {SEARCH_S:g} s before the duration or "
+            f"{SHORTEST_LOOP_S:g} s, and the crossfade follows it)",
         )
     ]
 

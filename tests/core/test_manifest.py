@@ -811,6 +811,12 @@ def test_a_source_loop_needs_audio_after_its_end(tmp_path: Path) -> None:
     assert "tracks[0].duration (line 7): the recording is 10.00 s long; a 12 s loop" in _problems(
         path
     )
+    # A short loop's end is searched from 0.8 s (its seam's two loudness blocks), not 0.55 s.
+    path = write(tmp_path, _recording(tmp_path, 0.85) + "    loop: true\n    duration: 0.95\n")
+    assert (
+        "the recording is 0.85 s long; a 0.95 s loop with a 250 ms crossfade needs at least "
+        "1.05 s of audio (its end is searched from 0.80 s"
+    ) in _problems(path)
 
 
 def test_what_a_build_would_always_fail_on_is_refused_at_validate(tmp_path: Path) -> None:
