@@ -6,8 +6,10 @@ import dataclasses
 import hashlib
 import json
 import re
+import types
 import typing
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -264,7 +266,7 @@ def test_each_rejected_stem_is_named_beside_its_own_reason() -> None:
 # The lock's fields and their types at each schema. A version refuses a lock with fields it does
 # not know (written back, it would lose them), and reads its own schema's strictly: a field added,
 # dropped or retyped without a bump reads, to the version before, as an edited lock.
-LOCK_FIELDS_SHA256 = {1: "b18fac93fdcf726ea5f213c095d1cdc0db20c3fe5d2f0b87bf5e003e73c82ca6"}
+LOCK_FIELDS_SHA256 = {1: "e48b300c2016db020a38b45e4e4dca1a475cfa991869c0d2fc54e0141d94f844"}
 
 
 def _lock_fields() -> list[str]:
@@ -283,7 +285,7 @@ def _lock_fields() -> list[str]:
         else:
             names = [f.name for f in dataclasses.fields(record)]
         for name in names:
-            fields.append(f"{record.__name__}.{name}: {hints[name]}")
+            fields.append(f"{record.__name__}.{name}: {_named(hints[name])}")
             stack = [hints[name]]
             while stack:
                 inner = stack.pop()
@@ -293,6 +295,18 @@ def _lock_fields() -> list[str]:
                     todo.append(inner)
                 stack.extend(typing.get_args(inner))
     return sorted(fields)
+
+
+def _named(kind: Any) -> str:
+    """A type in words that read alike on every Python version (their reprs do not)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is None:
+        return kind.__name__ if isinstance(kind, type) else repr(kind)
+    if origin is typing.Literal:
+        return f"Literal[{', '.join(map(repr, args))}]"
+    if origin in (typing.Union, types.UnionType):
+        return f"Union[{', '.join(sorted(map(_named, args)))}]"
+    return f"{origin.__name__}[{', '.join(map(_named, args))}]"
 
 
 def test_a_change_to_the_locks_fields_bumps_its_schema() -> None:
