@@ -466,7 +466,9 @@ _LAST_BYTES = 512  # a few lines: what tells an appended journal from one writte
 
 def _journaled(path: Path) -> set[tuple[str, str]]:
     """The (key, sha256) pairs the journal at `path` holds, reading only what was appended
-    since the last call (all of it when the file is another, or shorter)."""
+    since the last call (all of it when the file is another, shorter, or ends otherwise than
+    it did). An edit further up goes unseen: at worst a record is not written again, and gc
+    keeps that file."""
     try:
         with open_regular(path) as handle:  # a FIFO would wait for a writer for ever
             found = os.fstat(handle.fileno())
