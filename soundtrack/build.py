@@ -488,7 +488,7 @@ def _previous_lock(
     where = f"lock of {soundtrack} at {checked.storage_url}"
     rolling_back = (
         "build with that version or a later one; to go back to this one on purpose, delete "
-        "the lock first (every track is then published again)"
+        "the lock and build every track (without --only: the lock it writes is the only one)"
     )
     try:
         lock = read_lock(checked.storage, soundtrack)
@@ -513,8 +513,8 @@ def _previous_lock(
             f"{written_by}, later than this one's ({PIPELINE_VERSION}): {rolling_back}"
         )
     return lock, [
-        f"{written_by}; this is {PIPELINE_VERSION}: every track is mastered, judged and "
-        "published again (docs/manifest.md)"
+        f"{written_by}; this is {PIPELINE_VERSION}: each track it builds is mastered, judged "
+        "and published again (docs/manifest.md)"
     ]
 
 
@@ -785,11 +785,14 @@ class _Tracks:
         # Batches render in the plan's order, one at a time: each model's in a row, so a device
         # that holds one model (a GPU) loads each once, and a CPU's cores go to one render (the
         # GPU slot takes renders in turn anyway: batches waiting for it in the pool's threads
-        # held back every master behind them). A render pool's machines take their own turns.
-        if not self.share_parents and self._rendering:
+        # held back every master behind them). A render pool's machines take their own turns,
+        # and a batch the render cache holds needs no device: it is read at once.
+        rendered = all(map(RenderCache(cache_root()).holds, batch))
+        if not (self.share_parents or rendered) and self._rendering:
             self._queued.append(batch)
             return
-        self._rendering += 1
+        if not rendered:
+            self._rendering += 1
         for spec in batch:
             self._first.setdefault(spec.id, spec)
         label = f"generate[{', '.join(_take_label(spec) for spec in batch)}]"
@@ -799,15 +802,20 @@ class _Tracks:
             steps.render, batch, str(cache_root()), self.device, label=label
         )
         self._renders.add(future)
-        self._then(future, lambda f: self._rendered(batch, f))
+        self._then(future, lambda f: self._rendered(batch, f, took_turn=not rendered))
 
     def _rendered(
-        self, batch: list[TrackSpec], future: Future[list[Render | RenderFailure]]
+        self,
+        batch: list[TrackSpec],
+        future: Future[list[Render | RenderFailure]],
+        *,
+        took_turn: bool,
     ) -> None:
-        self._rendering -= 1
         self._renders.discard(future)
-        if self._queued:
-            self.render(self._queued.popleft())
+        if took_turn:
+            self._rendering -= 1
+            if self._queued:
+                self.render(self._queued.popleft())
         try:
             results = future.result()
         except Exception as exc:

@@ -1511,14 +1511,19 @@ def _check_lock(storage: Storage, soundtrack: str) -> None:
     """StorageError unless the soundtrack's lock is one a build would read: a lock of another
     schema, or missing fields, named none of the files a build would keep (gc deleted them).
     What it names outside the soundtrack's folder, gc refuses on its own."""
-    from soundtrack.report import LockUnreadable, parse_lock
+    from soundtrack.report import LockOfNewerVersion, LockUnreadable, parse_lock
 
     try:
         parse_lock(storage.read_index(soundtrack))
     except LockUnreadable as exc:
+        remedy = (
+            "run gc with the version that wrote it"
+            if isinstance(exc, LockOfNewerVersion)
+            else "a build of every track writes the lock again"
+        )
         raise StorageError(
             f"{soundtrack}: its lock is unreadable ({exc}): gc cannot tell which files are in "
-            "use, and deletes none; a build of every track writes the lock again",
+            f"use, and deletes none; {remedy}",
             transient=False,
         ) from None
 

@@ -362,7 +362,8 @@ def parse_lock(data: bytes | None) -> BuildReport | None:
 
 
 def _of_newer_version(error: ErrorDetails) -> bool:
-    if error["type"] == "extra_forbidden":
+    # A field it does not know: a model's, or a dataclass's (a gate's result).
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         return True
     later = error["loc"] == ("report_schema",) and isinstance(error["input"], int)
     return later and error["input"] > REPORT_SCHEMA

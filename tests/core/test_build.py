@@ -9,8 +9,10 @@ import os
 import shlex
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -461,6 +463,7 @@ class CountingExecutor(LabelledExecutor):
         super().__init__()
         self.kind = kind
         self.running = self.most = 0
+        self.spans: dict[str, tuple[float, float]] = {}  # label: when it started, and ended
         self._lock = threading.Lock()
 
     def submit(self, step: Callable[..., T], *args: Any, label: str) -> Future[T]:
@@ -471,11 +474,13 @@ class CountingExecutor(LabelledExecutor):
             with self._lock:
                 self.running += 1
                 self.most = max(self.most, self.running)
+            started = time.monotonic()
             try:
                 return step(*given)
             finally:
                 with self._lock:
                     self.running -= 1
+                    self.spans[label] = (started, time.monotonic())
 
         return super().submit(counted, *args, label=label)
 
@@ -519,3 +524,14 @@ def test_renders_take_turns_and_masters_run_between_them(
     generates = [n for n, label in enumerate(executor.labels) if label.startswith("generate[")]
     masters = [n for n, label in enumerate(executor.labels) if label.startswith("master[")]
     assert len(generates) == 4 and masters[0] < generates[-1], executor.labels
+
+    # What the render cache holds takes no turn: read at once, not after the render before it
+    # (the new, shortest track's, first in the plan).
+    text = manifest.read_text() + "  - {id: t4, prompt: cue 4, seed: 4, duration: 1.0}\n"
+    manifest.write_text(text)
+    executor = CountingExecutor("generate[")
+    again = build(manifest, replace(options, force=True), executor=executor)
+    assert again.failure is None, again.failure
+    assert executor.labels[0] == "generate[t4]", executor.labels
+    fresh_ended = executor.spans["generate[t4]"][1]
+    assert all(executor.spans[f"generate[t{n}]"][0] < fresh_ended for n in range(4))

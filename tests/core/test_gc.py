@@ -329,8 +329,17 @@ def test_a_lock_naming_a_file_through_dot_dot_deletes_nothing(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("change", "why"),
     [
-        (lambda lock: {"tracks": []}, "soundtrack: Field required"),
-        (lambda lock: {**lock, "report_schema": 2, "tracks": []}, "schema 2"),
+        (
+            lambda lock: {"tracks": []},
+            "soundtrack: Field required (and 1 more)): gc cannot tell which files are in use, "
+            "and deletes none; a build of every track writes the lock again",
+        ),
+        (
+            lambda lock: {**lock, "report_schema": 2, "tracks": []},
+            "schema 2; this version reads schema 1: a newer soundtrack-pipeline's lock, or an "
+            "edited one): gc cannot tell which files are in use, and deletes none; run gc with "
+            "the version that wrote it",
+        ),
         (lambda lock: {**lock, "tracks": [{"id": "title-theme"}]}, "Field required"),
     ],
     ids=["bare", "newer schema", "fields missing"],
