@@ -80,14 +80,26 @@ class Publishing:
         try:
             self._forward(files)
         except OSError as exc:
-            _write(self._record, json.dumps({**record, "direction": "back"}).encode())
-            self._back(files)
+            failed = (
+                f"cannot replace files in {self.folder} ({exc.strerror or exc}"
+                f"{f': {exc.filename}' if exc.filename else ''})"
+            )
+            # On a full disk the record may not turn: the forward one stays, and the next
+            # build finishes the publish from it, should the undo not end either.
+            with contextlib.suppress(OSError):
+                _write(self._record, json.dumps({**record, "direction": "back"}).encode())
+            try:
+                self._back(files)
+            except OSError as undo:
+                raise StorageError(
+                    f"{failed}, and undoing it failed too ({undo.strerror or undo}): the next "
+                    f"build finishes or undoes it from {self._record}, and the files kept "
+                    "beside it",
+                    transient=False,
+                ) from None
             self._clean()
             raise StorageError(
-                f"cannot replace files in {self.folder} ({exc.strerror or exc}"
-                f"{f': {exc.filename}' if exc.filename else ''}): undone, the folder still "
-                "matches its previous lock",
-                transient=False,
+                f"{failed}: undone, the folder still matches its previous lock", transient=False
             ) from None
         self._clean()
         return len(files)
@@ -142,8 +154,12 @@ class Publishing:
     def discard(self) -> None:
         """Drop what this build staged and end its turn: a commit under way (on a task's
         thread, while a stopped build's main thread cleans up) finishes first, and none starts
-        after."""
-        BUILD_TURNS.end(self.folder, self._clean)
+        after. A commit neither done nor undone (a full disk) is left whole to the next build."""
+        BUILD_TURNS.end(self.folder, self._clean_unless_committing)
+
+    def _clean_unless_committing(self) -> None:
+        if not os.path.lexists(self._record):
+            self._clean()
 
     @property
     def _record(self) -> Path:
@@ -255,8 +271,11 @@ def build_lock(folder: Path, *, wait_s: float, on_wait: Callable[[str], None]) -
             "host": socket.gethostname(),
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
+        # Who holds it is for a waiter to read: a full disk must not stop the build from
+        # saying so itself, nor gc --delete from freeing space.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
         yield
     finally:
         # Removed while still locked: a waiter that opened this file finds it gone and retries.
@@ -278,18 +297,21 @@ def own_folder(path: Path) -> None:
 
 def _open_lock(path: Path) -> int:
     while True:
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             # Not through a link: the lock is truncated and written (a linked file with it).
             return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except FileNotFoundError:
             continue  # the folder was removed between the two calls by a build ending
         except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            raise InputError(
-                f"{path} is a symbolic link, not the lock file this tool makes: remove it to "
-                "build here"
+            if exc.errno == errno.ELOOP:
+                raise InputError(
+                    f"{path} is a symbolic link, not the lock file this tool makes: remove it "
+                    "to build here"
+                ) from None
+            # A full disk (a new folder or file needs room) or a folder it may not write in.
+            raise StorageError(
+                f"cannot make the build lock {path}: {exc.strerror or exc}", transient=False
             ) from None
 
 

@@ -4,6 +4,7 @@ builds of one soundtrack never interleave (the second waits, or exits 75)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -12,11 +13,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import soundfile as sf
 
-from soundtrack.errors import InputError
+from soundtrack.errors import InputError, StorageError
 from soundtrack.storage import open_storage
 from soundtrack.storage.local import LocalStorage
 from tests.corebuild import second_waits_for_first, start, stop, wait_for
@@ -187,6 +189,63 @@ def test_a_rename_that_fails_midway_leaves_the_folder_matching_the_previous_lock
     assert contents(folder) == before
     assert folder_problems(folder) == ["credits.ogg/keep: not in the lock"]
     assert not (folder / ".publishing").exists()
+
+
+def _a_full_disk(monkeypatch: pytest.MonkeyPatch, *, undo_too: bool) -> None:
+    """From now on the disk is full where a rename needs room: the commit record turning back
+    (a new file), and with `undo_too` putting a kept version back too."""
+    replace = os.replace
+
+    def full(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        back = Path(dst).name == "commit.json" and b'"back"' in Path(src).read_bytes()
+        if back or (undo_too and Path(src).parent.name == "previous"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full)
+
+
+def test_a_commit_that_fails_on_a_full_disk_is_undone_or_left_to_the_next_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The undo of a failed commit first wrote its record, which a full disk refused: nothing
+    was undone, and the build's cleanup then deleted the versions it had kept aside. The folder
+    held new files under the old lock, and nothing was left to repair."""
+    storage = LocalStorage(str(tmp_path / "out"), tmp_path / "out")
+    folder = tmp_path / "out" / SOUNDTRACK
+    publish(storage, SOUNDTRACK, version(tmp_path / "v1", 1))
+    before = contents(folder)
+    (folder / "credits.ogg").mkdir()  # "boss.ogg" is replaced, then "credits.ogg" cannot be
+    v2 = [
+        *version(tmp_path / "v2", 10),
+        make_asset(tmp_path / "v2", "credits", "ogg", size=9, seed=5),
+    ]
+
+    with monkeypatch.context() as patched:
+        _a_full_disk(patched, undo_too=False)
+        with pytest.raises(StorageError, match="undone, the folder still matches its previous"):
+            publish(storage, SOUNDTRACK, v2)
+    storage.discard(SOUNDTRACK)
+    assert contents(folder) == before
+    assert not (folder / ".publishing").exists()
+
+    # The undo fails too: all is left for the next build, which finishes the publish.
+    assert storage.repair(SOUNDTRACK) == []  # the next build's turn begins
+    with monkeypatch.context() as patched:
+        _a_full_disk(patched, undo_too=True)
+        with pytest.raises(StorageError, match="undoing it failed too") as failed:
+            publish(storage, SOUNDTRACK, v2)
+        storage.discard(SOUNDTRACK)  # the build's end, the disk still full
+    assert "the next build finishes or undoes it from" in str(failed.value)
+    assert (folder / ".publishing" / "commit.json").is_file()
+    assert (folder / ".publishing" / "previous" / "boss.ogg").is_file()
+    (folder / "credits.ogg").rmdir()  # room made
+    said = storage.repair(SOUNDTRACK)
+    assert said == [
+        f"{folder}: finished the publish a stopped build had begun (4 files and the lock)"
+    ]
+    assert folder_problems(folder) == []
+    assert sha256_of(folder / "credits.ogg") == v2[-1].sha256
 
 
 # Publishes version 2 over version 1 with the real LocalStorage, in a process of its own that
