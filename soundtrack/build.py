@@ -84,7 +84,7 @@ MAX_WORKERS = 4
 # A master holds a few copies of its track at once (about 2 GB for 600 s of stereo): past this
 # much audio in masters at once, the next waits (a track longer than this masters alone).
 MASTERING_BUDGET_S = 1200.0
-SETTLE_S = 120.0  # how long a stopped build waits for its steps under way (masters, publishes)
+SETTLE_S = 120.0  # how long a stopped build waits for its steps under way
 
 
 class Executor(Protocol):
@@ -642,7 +642,6 @@ class _Tracks:
     _masters: deque[tuple[TrackSpec, Render | None]] = field(default_factory=deque)
     _mastering: int = 0
     _mastering_s: float = 0.0
-    _renders: set[Future[Any]] = field(default_factory=set)
 
     def run(self, batch_size: int) -> None:
         """Until every track has its record: hand each finished step to what follows it; render
@@ -655,10 +654,12 @@ class _Tracks:
             raise
 
     def _settle(self) -> None:
-        """Wait for the steps under way but renders (minutes long; they write to the render
-        cache): the staging and the storage were cleaned up under them, and they failed with
-        tracebacks and left files behind. Nothing new starts: their results go unread."""
-        under_way = [f for f in self._next if f not in self._renders and not f.done()]
+        """Wait for the steps under way: the staging and the storage were cleaned up under a
+        master or publish, which failed with tracebacks and left files behind; and a render
+        the process would wait for at its exit anyway (its thread is joined) ended after the
+        interpreter began to, where loading a model fails with tracebacks. Nothing new
+        starts: their results go unread."""
+        under_way = [f for f in self._next if not f.done()]
         if under_way:
             log.warning("stopping: %d step(s) under way end first", len(under_way))
             wait(under_way, timeout=SETTLE_S)
@@ -801,7 +802,6 @@ class _Tracks:
         future = self.executor.submit(
             steps.render, batch, str(cache_root()), self.device, label=label
         )
-        self._renders.add(future)
         self._then(future, lambda f: self._rendered(batch, f, took_turn=not rendered))
 
     def _rendered(
@@ -811,7 +811,6 @@ class _Tracks:
         *,
         took_turn: bool,
     ) -> None:
-        self._renders.discard(future)
         if took_turn:
             self._rendering -= 1
             if self._queued:
