@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -271,6 +273,23 @@ def test_each_publish_reads_only_what_was_appended_to_the_journal_since(
         *({"key": f"{SOUNDTRACK}/{a.track_id}.ogg", "sha256": a.sha256} for a in assets[1:]),
         json.loads(first),
     ]
+
+
+def test_gc_frees_a_full_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing its name into the build lock raised a traceback on a full disk: gc --delete,
+    the command that frees space, could not run."""
+    root = tmp_path / "assets"
+    two_builds(LocalStorage("assets", root), tmp_path / "enc")
+
+    def full(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    monkeypatch.setattr(os, "ftruncate", full)
+    result = CliRunner().invoke(app, ["gc", str(root), "--delete"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == [f"{SOUNDTRACK}/title-theme.mp3"]
+    assert not (root / SOUNDTRACK / "title-theme.mp3").exists()
 
 
 def test_a_storage_with_no_soundtrack_published_is_bad_input(tmp_path: Path) -> None:
