@@ -446,13 +446,34 @@ def _finish(
             report, tracks.outcomes, index if unpublished is None else None, unpublished
         )
     if unpublished is not None:
-        return BuildResult(report, unpublished)
+        return BuildResult(_not_published(report, unpublished), unpublished)
     if not report.ok:
         counts = report.counts()
         return BuildResult(
             report, f"{counts['rejected']} track(s) rejected, {counts['failed']} failed"
         )
     return BuildResult(report)
+
+
+def _not_published(report: BuildReport, why: str) -> BuildReport:
+    """The report of a build that wrote no lock: what it approved is served nowhere, so it is
+    a failure there (and in JUnit) with no files; a cached track is served as before."""
+    tracks = [
+        track.model_copy(
+            update={
+                "status": "failed",
+                "reason": f"approved, not published: {why}",
+                "files": [],
+                "sidecar": None,
+                "picture": None,
+                "stems": [stem.model_copy(update={"picture": None}) for stem in track.stems],
+            }
+        )
+        if track.status == "approved"
+        else track
+        for track in report.tracks
+    ]
+    return report.model_copy(update={"tracks": tracks})
 
 
 def _write_index(
@@ -464,7 +485,7 @@ def _write_index(
         return f"publishing failed, the previous index is untouched: {errors}"
     checked = prepared.checked
     try:
-        index_uri = executor.submit(
+        index_uri, unreviewed = executor.submit(
             steps.write_index,
             checked.manifest.soundtrack,
             lock_bytes(index),
@@ -475,6 +496,8 @@ def _write_index(
     except StorageError as exc:
         return f"writing the index failed: {redact(str(exc))}"
     logger.info("index written: %s", index_uri)
+    if unreviewed is not None:
+        logger.warning(redact(unreviewed))
     return None
 
 

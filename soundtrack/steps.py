@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from soundtrack import events
+from soundtrack.errors import StorageError
 from soundtrack.publish import publish_outcome
 from soundtrack.renders import Render, RenderCache, RenderFailure, cache_root, render_batch
 from soundtrack.report import ModelInfo, TrackRecord
@@ -168,9 +169,12 @@ def publish(
     return publish_outcome(storage, spec, outcome, model=model, stems=stems)
 
 
-def write_index(soundtrack: str, lock: bytes, storage_url: str, base_dir: str) -> str:
+def write_index(
+    soundtrack: str, lock: bytes, storage_url: str, base_dir: str
+) -> tuple[str, str | None]:
     """Replace the soundtrack's lock file, then its review page made from that lock: the last
-    writes of a build. Returns the lock's URI."""
+    writes of a build. Returns the lock's URI, and why the page was not written (None when it
+    was): the lock is published without it, and written again would change nothing."""
     from soundtrack.report import BuildReport
     from soundtrack.review import review_page
     from soundtrack.storage import soundtrack_folder
@@ -179,5 +183,8 @@ def write_index(soundtrack: str, lock: bytes, storage_url: str, base_dir: str) -
     uri = storage.write_index(soundtrack, lock)
     folder = soundtrack_folder(storage, soundtrack)
     page = review_page(BuildReport.model_validate_json(lock), folder=folder)
-    storage.write_review(soundtrack, page.encode())
-    return uri
+    try:
+        storage.write_review(soundtrack, page.encode())
+    except StorageError as exc:
+        return uri, f"the lock is published; its review page is not: {exc}"
+    return uri, None

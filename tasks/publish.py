@@ -49,6 +49,8 @@ def publish_track(
 
 
 @task(name="write-index", **RETRYING)
-def write_index(soundtrack: str, lock: bytes, storage_url: str, base_dir: str) -> str:
+def write_index(
+    soundtrack: str, lock: bytes, storage_url: str, base_dir: str
+) -> tuple[str, str | None]:
     """Replace the soundtrack's lock file: the last write of a build."""
     return steps.write_index(soundtrack, lock, storage_url, base_dir)

@@ -27,6 +27,7 @@ from soundtrack.build import log as build_log
 from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.models import load_count
+from soundtrack.report import to_junit
 from soundtrack.storage import INDEX_NAME
 from tests.faultproxy import FaultProxy, Seen
 from tests.reference import assert_pictures_published, ebur128, sha256_of
@@ -316,6 +317,11 @@ def test_a_lock_the_storage_refuses_fails_the_build_in_one_line_and_shows_nothin
     assert result.exit_status == 1 and result.failure is not None
     assert result.failure.startswith("writing the index failed"), result.failure
     assert watcher.unpublished == [result.failure]
+    # What it approved is served nowhere: a failure, with no files, in the report and JUnit.
+    (track,) = result.report.tracks
+    assert track.status == "failed" and track.files == [] and track.picture is None
+    assert track.reason == f"approved, not published: {result.failure}"
+    assert 'errors="1"' in to_junit(result.report)
     assert (
         s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix=lock_key[1:])["KeyCount"] == 0
     )

@@ -565,6 +565,27 @@ def test_a_newer_versions_lock_is_refused_and_an_older_ones_said_to_be_published
     assert json.loads(lock_path.read_text())["pipeline_version"] == PIPELINE_VERSION
 
 
+def test_a_review_page_that_cannot_be_written_leaves_the_published_lock_a_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The review page is written after the lock: its write failing (a full disk) failed the
+    build with "writing the index failed", its lock and files published all the same."""
+    from soundtrack.build import Options, ThreadExecutor, build
+    from soundtrack.build import log as build_log
+
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    manifest = tmp_path / "sky.yaml"
+    manifest.write_text(MANIFEST.format(name="sky", lufs=-24, tracks=recordings(tmp_path, 1)))
+    folder = tmp_path / "out" / "sky"
+    (folder / "review.html").mkdir(parents=True)  # in the page's way, as a full disk would be
+    with caplog.at_level(logging.WARNING, logger=build_log.name):
+        result = build(manifest, Options(), executor=ThreadExecutor())
+    assert result.failure is None, result.failure
+    assert f"the lock is published; its review page is not: cannot write {folder}" in caplog.text
+    lock = json.loads((folder / "soundtrack.lock.json").read_text())
+    assert [t["status"] for t in lock["tracks"]] == ["approved"]
+
+
 def test_a_track_the_manifest_no_longer_has_leaves_the_lock_said_out_loud(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
