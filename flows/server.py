@@ -24,12 +24,14 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import types
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prefect.context import get_settings_context
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
 # A first start (migrating a new database) took 14-27 s on two cores, 39 s with both cores busy.
 STARTUP_TIMEOUT_S = 180
 TIMEOUT_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+# Room the temporary server's database needs in PREFECT_HOME to start and record a build.
+HOME_ROOM_BYTES = 64 * 2**20
 ENABLED_SETTING = "PREFECT_SERVER_EPHEMERAL_ENABLED"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -95,6 +99,7 @@ def start_temporary_server() -> str | None:
             f"PREFECT_HOME {settings.home}: cannot make the folder the temporary Prefect "
             f"server keeps its database in ({exc.strerror or exc})"
         ) from None
+    _check_room(settings.home)
     timeout_s = startup_timeout_s(settings)
     # A server that lives for one build has nothing to report home; offline, trying prints an
     # ERROR line on every build. The user's own setting wins.
@@ -109,8 +114,27 @@ def start_temporary_server() -> str | None:
             process.kill()  # quietly: a server stopped mid-start prints its shutdown errors
             process.wait()
         server.stop()
+        _check_room(settings.home)  # filled while it migrated: the likelier cause
         raise ServerStartError(_start_failure(exc, exit_code, timeout_s)) from exc
     return server.api_url
+
+
+def _check_room(home: Path) -> None:
+    """ServerStartError when PREFECT_HOME is out of room: the server's SQLite database, made
+    or migrated there on a full disk, waited out the startup timeout with tracebacks and was
+    left half migrated, and the timeout's advice named a busy machine."""
+    try:
+        free = shutil.disk_usage(home).free
+    except OSError:
+        return
+    if free < HOME_ROOM_BYTES:
+        raise ServerStartError(
+            f"PREFECT_HOME {home} has {free / 2**20:.1f} MiB free: the temporary Prefect "
+            f"server keeps its database there (a first start writes about 6 MiB, and it grows "
+            "with every build); make room, or set PREFECT_HOME elsewhere (a database a full "
+            "disk stopped mid-migration must be deleted: prefect.db), or PREFECT_API_URL to a "
+            "running Prefect server"
+        )
 
 
 def _check_answers(url: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import shutil
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -85,6 +86,8 @@ MAX_WORKERS = 4
 # much audio in masters at once, the next waits (a track longer than this masters alone).
 MASTERING_BUDGET_S = 1200.0
 SETTLE_S = 120.0  # how long a stopped build waits for its steps under way
+# Less room than one long track's temporary files take (10 min of 48 kHz float stereo: 220 MiB).
+LOW_DISK_BYTES = 256 * 2**20
 
 
 class Executor(Protocol):
@@ -453,6 +456,20 @@ def _finish(
             report, f"{counts['rejected']} track(s) rejected, {counts['failed']} failed"
         )
     return BuildResult(report)
+
+
+def _disk_checked(reason: str, staging: Path) -> tuple[str, bool]:
+    """`reason`, led by the folder a step writes in that is out of room, when one is (and
+    whether one is): a full disk surfaces as whatever failed on it ("System error.", an
+    encoder's "Conversion failed!", a short write), never naming the disk."""
+    for folder in (staging, Path(tempfile.gettempdir()), cache_root()):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        if free < LOW_DISK_BYTES:
+            return f"{folder} has {free / 2**20:.1f} MiB free, a full disk? ({reason})", True
+    return reason, False
 
 
 def _not_published(report: BuildReport, why: str) -> BuildReport:
@@ -841,8 +858,9 @@ class _Tracks:
         try:
             results = future.result()
         except Exception as exc:
+            reason = _disk_checked(str(exc), self.staging)[0]
             for spec in batch:
-                self.finish(track_record(spec, "failed", reason=str(exc)))
+                self.finish(track_record(spec, "failed", reason=reason))
             return
         for spec, result in zip(batch, results, strict=True):
             if isinstance(result, RenderFailure):
@@ -922,8 +940,10 @@ class _Tracks:
         try:
             outcome = future.result()
         except Exception as exc:
-            if not self._rerolled(spec, "failed", reason=str(exc)):
-                self.finish(track_record(spec, "failed", model=model, reason=str(exc)))
+            # Another take would fail as this one did on a full disk: none is rendered.
+            reason, full = _disk_checked(str(exc), self.staging)
+            if full or not self._rerolled(spec, "failed", reason=reason):
+                self.finish(track_record(spec, "failed", model=model, reason=reason))
             return
         if outcome.status != "approved":
             shutil.rmtree(self.staging / spec.spec_hash, ignore_errors=True)

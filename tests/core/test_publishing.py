@@ -586,6 +586,24 @@ def test_a_review_page_that_cannot_be_written_leaves_the_published_lock_a_succes
     assert [t["status"] for t in lock["tracks"]] == ["approved"]
 
 
+def test_a_track_a_full_disk_fails_names_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_disk: Path
+) -> None:
+    """A master failing on a full cache said "System error." (libsndfile), "Conversion
+    failed!" (ffmpeg) or "N requested and M written" (numpy), and named no disk; a track
+    with takes left then rendered another, to fail the same way."""
+    from soundtrack.build import Options, ThreadExecutor, build
+
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(small_disk))
+    manifest = tmp_path / "sky.yaml"
+    manifest.write_text(MANIFEST.format(name="sky", lufs=-24, tracks=recordings(tmp_path, 2)))
+    result = build(manifest, Options(), executor=ThreadExecutor())
+    assert result.failure == "0 track(s) rejected, 2 failed", result.failure
+    for track in result.report.tracks:
+        assert track.reason is not None and track.reason.startswith(f"{small_disk}/"), track
+        assert " MiB free, a full disk? (" in track.reason, track.reason
+
+
 def test_a_track_the_manifest_no_longer_has_leaves_the_lock_said_out_loud(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -327,6 +327,24 @@ def test_server_start_timeout_is_one_line_and_exit_1(
     assert not (workdir / "out").exists(), "nothing was built"
 
 
+def test_a_full_prefect_home_is_one_line_and_exit_1(
+    first_run: tuple[Path, dict[str, str], list[str]], small_disk: Path
+) -> None:
+    """A full PREFECT_HOME: the server waited out its 180 s startup timeout with tracebacks,
+    whose advice named a busy machine, and left its database half migrated, failing every
+    later build even once there was room."""
+    workdir, env, args = first_run
+    started = time.monotonic()
+    result = build(workdir, {**env, "PREFECT_HOME": str(small_disk)}, *args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    (line,) = [line for line in result.stderr.splitlines() if "PREFECT_HOME" in line]
+    assert line.startswith(f"error: PREFECT_HOME {small_disk} has "), line
+    assert "MiB free: the temporary Prefect server keeps its database there" in line
+    assert not (small_disk / "prefect.db").exists() and not (workdir / "out").exists()
+    assert time.monotonic() - started < 90, "no startup timeout waited out"
+
+
 @pytest.mark.slow
 def test_no_api_url_and_temporary_server_off_is_one_line_and_exit_1(
     first_run: tuple[Path, dict[str, str], list[str]],
