@@ -99,7 +99,8 @@ def start_temporary_server() -> str | None:
             f"PREFECT_HOME {settings.home}: cannot make the folder the temporary Prefect "
             f"server keeps its database in ({exc.strerror or exc})"
         ) from None
-    _check_room(settings.home)
+    database = _database_folder(settings)
+    _check_room(database)
     timeout_s = startup_timeout_s(settings)
     # A server that lives for one build has nothing to report home; offline, trying prints an
     # ERROR line on every build. The user's own setting wins.
@@ -114,25 +115,35 @@ def start_temporary_server() -> str | None:
             process.kill()  # quietly: a server stopped mid-start prints its shutdown errors
             process.wait()
         server.stop()
-        _check_room(settings.home)  # filled while it migrated: the likelier cause
+        _check_room(database)  # filled while it migrated: the likelier cause
         raise ServerStartError(_start_failure(exc, exit_code, timeout_s)) from exc
     return server.api_url
 
 
-def _check_room(home: Path) -> None:
-    """ServerStartError when PREFECT_HOME is out of room: the server's SQLite database, made
-    or migrated there on a full disk, waited out the startup timeout with tracebacks and was
-    left half migrated, and the timeout's advice named a busy machine."""
+def _database_folder(settings: Settings) -> Path | None:
+    """The folder of the temporary server's SQLite database (PREFECT_HOME by default); None
+    for another database."""
+    url = settings.server.database.connection_url
+    scheme, _, path = (url.get_secret_value() if url else "").partition(":///")
+    if not scheme.startswith("sqlite") or not path or path.startswith(":memory:"):
+        return None
+    return Path(path).parent
+
+
+def _check_room(folder: Path | None) -> None:
+    """ServerStartError when the server's SQLite database is out of room: made or migrated
+    on a full disk, it waited out the startup timeout with tracebacks and was left half
+    migrated, and the timeout's advice named a busy machine."""
     try:
-        free = shutil.disk_usage(home).free
+        free = shutil.disk_usage(folder).free if folder is not None else HOME_ROOM_BYTES
     except OSError:
         return
     if free < HOME_ROOM_BYTES:
         raise ServerStartError(
-            f"PREFECT_HOME {home} has {free / 2**20:.1f} MiB free: the temporary Prefect "
-            f"server keeps its database there (a first start writes about 6 MiB, and it grows "
-            "with every build); make room, or set PREFECT_HOME elsewhere (a database a full "
-            "disk stopped mid-migration must be deleted: prefect.db), or PREFECT_API_URL to a "
+            f"{folder} has {free / 2**20:.1f} MiB free: the temporary Prefect server keeps its "
+            "database there (PREFECT_HOME; a first start writes about 6 MiB, and it grows with "
+            "every build); make room, or set PREFECT_HOME elsewhere (a database a full disk "
+            "stopped mid-migration must be deleted: prefect.db), or PREFECT_API_URL to a "
             "running Prefect server"
         )
 

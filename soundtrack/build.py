@@ -7,6 +7,7 @@ the steps trust the resolved specs.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import shutil
@@ -86,8 +87,11 @@ MAX_WORKERS = 4
 # much audio in masters at once, the next waits (a track longer than this masters alone).
 MASTERING_BUDGET_S = 1200.0
 SETTLE_S = 120.0  # how long a stopped build waits for its steps under way
-# Less room than one long track's temporary files take (10 min of 48 kHz float stereo: 220 MiB).
+# Less room than one long track's temporary files take (10 min of 48 kHz float stereo: 220 MiB):
+# a folder this low is named with an error that says the disk is full. One all but full is
+# named with any error, which may not say so ("System error.").
 LOW_DISK_BYTES = 256 * 2**20
+FULL_DISK_BYTES = 16 * 2**20
 
 
 class Executor(Protocol):
@@ -443,13 +447,17 @@ def _finish(
     report = with_links(_report(prepared, tracks, loads_before, build_name, left_out), storage)
     track_ids = [spec.id for spec in prepared.checked.specs]
     index = with_links(index_of(report, prepared.lock, track_ids, theirs=prepared.theirs), storage)
-    unpublished = _write_index(prepared, tracks, index, executor, logger)
+    unpublished, unreviewed = _write_index(prepared, tracks, index, executor, logger)
+    if unpublished is not None:
+        report = _not_published(report, unpublished)
+    if unreviewed is not None:
+        report = report.model_copy(update={"warnings": [*report.warnings, unreviewed]})
     if observer is not None:
         observer.finished(
             report, tracks.outcomes, index if unpublished is None else None, unpublished
         )
     if unpublished is not None:
-        return BuildResult(_not_published(report, unpublished), unpublished)
+        return BuildResult(report, unpublished)
     if not report.ok:
         counts = report.counts()
         return BuildResult(
@@ -458,18 +466,23 @@ def _finish(
     return BuildResult(report)
 
 
-def _disk_checked(reason: str, staging: Path) -> tuple[str, bool]:
-    """`reason`, led by the folder a step writes in that is out of room, when one is (and
-    whether one is): a full disk surfaces as whatever failed on it ("System error.", an
-    encoder's "Conversion failed!", a short write), never naming the disk."""
+def _disk_checked(error: BaseException, staging: Path) -> tuple[str, bool]:
+    """Why a step failed, led by the folder it writes in that is out of room, when the error
+    says so or a folder is all but full (and whether): a full disk surfaces as whatever failed
+    on it ("System error.", an encoder's "Conversion failed!", a short write)."""
+    said_full = False
+    cause: BaseException | None = error
+    while cause is not None and not said_full:
+        said_full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        cause = cause.__cause__ or cause.__context__
     for folder in (staging, Path(tempfile.gettempdir()), cache_root()):
         try:
             free = shutil.disk_usage(folder).free
         except OSError:
             continue
-        if free < LOW_DISK_BYTES:
-            return f"{folder} has {free / 2**20:.1f} MiB free, a full disk? ({reason})", True
-    return reason, False
+        if free < (LOW_DISK_BYTES if said_full else FULL_DISK_BYTES):
+            return f"{folder} has {free / 2**20:.1f} MiB free, a full disk? ({error})", True
+    return str(error), False
 
 
 def _not_published(report: BuildReport, why: str) -> BuildReport:
@@ -483,7 +496,7 @@ def _not_published(report: BuildReport, why: str) -> BuildReport:
                 "files": [],
                 "sidecar": None,
                 "picture": None,
-                "stems": [stem.model_copy(update={"picture": None}) for stem in track.stems],
+                "stems": [],  # none published either
             }
         )
         if track.status == "approved"
@@ -495,11 +508,12 @@ def _not_published(report: BuildReport, why: str) -> BuildReport:
 
 def _write_index(
     prepared: Prepared, tracks: _Tracks, index: BuildReport, executor: Executor, logger: Logger
-) -> str | None:
-    """Write the lock unless a publish failed; None when written, else why it was not."""
+) -> tuple[str | None, str | None]:
+    """Write the lock unless a publish failed, then the review page: why the lock was not
+    written (None when it was), and why the page was not (a warning)."""
     if tracks.publish_errors:
         errors = "; ".join(tracks.publish_errors)
-        return f"publishing failed, the previous index is untouched: {errors}"
+        return f"publishing failed, the previous index is untouched: {errors}", None
     checked = prepared.checked
     try:
         index_uri, unreviewed = executor.submit(
@@ -511,11 +525,12 @@ def _write_index(
             label=f"write-index[{checked.manifest.soundtrack}]",
         ).result()
     except StorageError as exc:
-        return f"writing the index failed: {redact(str(exc))}"
+        return f"writing the index failed: {redact(str(exc))}", None
     logger.info("index written: %s", index_uri)
     if unreviewed is not None:
-        logger.warning(redact(unreviewed))
-    return None
+        unreviewed = redact(unreviewed)
+        logger.warning(unreviewed)
+    return None, unreviewed
 
 
 def _previous_lock(
@@ -858,7 +873,8 @@ class _Tracks:
         try:
             results = future.result()
         except Exception as exc:
-            reason = _disk_checked(str(exc), self.staging)[0]
+            # A render pool's failure is another machine's: its disks are not these.
+            reason = str(exc) if self.share_parents else _disk_checked(exc, self.staging)[0]
             for spec in batch:
                 self.finish(track_record(spec, "failed", reason=reason))
             return
@@ -941,7 +957,7 @@ class _Tracks:
             outcome = future.result()
         except Exception as exc:
             # Another take would fail as this one did on a full disk: none is rendered.
-            reason, full = _disk_checked(str(exc), self.staging)
+            reason, full = _disk_checked(exc, self.staging)
             if full or not self._rerolled(spec, "failed", reason=reason):
                 self.finish(track_record(spec, "failed", model=model, reason=reason))
             return

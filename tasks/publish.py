@@ -52,5 +52,6 @@ def publish_track(
 def write_index(
     soundtrack: str, lock: bytes, storage_url: str, base_dir: str
 ) -> tuple[str, str | None]:
-    """Replace the soundtrack's lock file: the last write of a build."""
+    """Replace the soundtrack's lock file, then its review page: the last writes of a build
+    (why the page was not written comes back, and is no retry's: the lock is published)."""
     return steps.write_index(soundtrack, lock, storage_url, base_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,18 +163,32 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB file system of its own (a tmpfs: root may mount one), unmounted after."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode(errors='replace')}")
+def file_system(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Makes file systems of their own of a given size ("256k", "64m"): tmpfs, which root may
+    mount; all unmounted after."""
+    mounts: list[Path] = []
+
+    def mounted(size: str) -> Path:
+        mount = tmp_path / f"fs-{len(mounts)}-{size}"
+        mount.mkdir()
+        made = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+            capture_output=True,
+            check=False,
+        )
+        if made.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode(errors='replace')}")
+        mounts.append(mount)
+        return mount
+
     try:
-        yield mount
+        yield mounted
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        for mount in mounts:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(file_system: Callable[[str], Path]) -> Path:
+    """A 256 KiB file system of its own."""
+    return file_system("256k")

@@ -110,7 +110,7 @@ class Publishing:
         BUILD_TURNS.begin(self.folder)
         said: list[str] = []
         record = self._read_record()
-        if record is not None and record[0] == "forward":
+        if record is not None and record[0] == "forward" and self._can_finish(record[1]):
             self._forward(record[1])
             said.append(
                 f"{self.folder}: finished the publish a stopped build had begun "
@@ -183,6 +183,18 @@ class Publishing:
                 transient=False,
             ) from None
         return str(record["direction"]), list(record["files"])
+
+    def _can_finish(self, files: list[dict[str, object]]) -> bool:
+        """Whether every file of a commit is still staged or in place: an undo a full disk
+        stopped half way (its record still saying forward) put some previous versions back,
+        over the new ones, which only undoing it all again can square with a lock."""
+        for entry in files:
+            if entry.get("retired") or self.staged(str(entry["name"])).exists():
+                continue
+            target = self.folder / str(entry["name"])
+            if not target.is_file() or file_sha256(target) != entry["sha256"]:
+                return False
+        return True
 
     def _forward(self, files: list[dict[str, object]]) -> None:
         """Each staged file replaces its target (the target kept aside first), then the lock."""

@@ -3,11 +3,13 @@ refuses, checked against ffmpeg's ebur128, soundfile and the files' own sha256."
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shlex
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +29,7 @@ from soundtrack.build import log as build_log
 from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.models import load_count
-from soundtrack.report import to_junit
+from soundtrack.report import BuildReport, to_junit
 from soundtrack.storage import INDEX_NAME
 from tests.faultproxy import FaultProxy, Seen
 from tests.reference import assert_pictures_published, ebur128, sha256_of
@@ -272,14 +274,16 @@ class Watcher:
 
     def __init__(self) -> None:
         self.unpublished: list[str | None] = []
+        self.reports: list[BuildReport] = []
 
     def track_done(self, record: object) -> None:
         pass
 
     def finished(
-        self, report: object, outcomes: object, index: object, unpublished: str | None
+        self, report: BuildReport, outcomes: object, index: object, unpublished: str | None
     ) -> None:
         self.unpublished.append(unpublished)
+        self.reports.append(report)
 
 
 def test_a_lock_the_storage_refuses_fails_the_build_in_one_line_and_shows_nothing_published(
@@ -322,6 +326,7 @@ def test_a_lock_the_storage_refuses_fails_the_build_in_one_line_and_shows_nothin
     assert track.status == "failed" and track.files == [] and track.picture is None
     assert track.reason == f"approved, not published: {result.failure}"
     assert 'errors="1"' in to_junit(result.report)
+    assert watcher.reports == [result.report], "the UI's table says so too"
     assert (
         s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix=lock_key[1:])["KeyCount"] == 0
     )
@@ -541,3 +546,24 @@ def test_renders_take_turns_and_masters_run_between_them(
     assert executor.labels[0] == "generate[t4]", executor.labels
     fresh_ended = executor.spans["generate[t4]"][1]
     assert all(executor.spans[f"generate[t{n}]"][0] < fresh_ended for n in range(4))
+
+
+def test_a_failure_is_said_to_be_a_full_disks_only_when_it_may_be(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_system: Callable[[str], Path]
+) -> None:
+    """Any failure, a CUDA assert too, read "a full disk?" (and rendered no other take) when a
+    folder had under 256 MiB free, as a container's /tmp often has."""
+    from soundtrack.build import _disk_checked
+
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(file_system("64m")))
+    other = RuntimeError("CUDA error: device-side assert triggered")
+    assert _disk_checked(other, tmp_path) == (str(other), False)
+    full = OSError(errno.ENOSPC, "No space left on device")
+    said, is_full = _disk_checked(full, tmp_path)
+    assert is_full and said.startswith(f"{tempfile.gettempdir()} has 64.0 MiB free, a full disk?")
+    # A folder all but full is named with any error: one may not say it (libsndfile's).
+    monkeypatch.setattr(tempfile, "tempdir", str(file_system("1m")))
+    said, is_full = _disk_checked(RuntimeError("System error."), tmp_path)
+    assert is_full and said.endswith("MiB free, a full disk? (System error.)"), said

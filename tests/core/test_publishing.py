@@ -191,14 +191,18 @@ def test_a_rename_that_fails_midway_leaves_the_folder_matching_the_previous_lock
     assert not (folder / ".publishing").exists()
 
 
-def _a_full_disk(monkeypatch: pytest.MonkeyPatch, *, undo_too: bool) -> None:
+def _a_full_disk(monkeypatch: pytest.MonkeyPatch, *, undone: int | None = None) -> None:
     """From now on the disk is full where a rename needs room: the commit record turning back
-    (a new file), and with `undo_too` putting a kept version back too."""
+    (a new file), and, after `undone` kept versions are put back, the next one too."""
     replace = os.replace
+    put_back = []
 
     def full(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
         back = Path(dst).name == "commit.json" and b'"back"' in Path(src).read_bytes()
-        if back or (undo_too and Path(src).parent.name == "previous"):
+        if Path(src).parent.name == "previous":
+            put_back.append(dst)
+            back = undone is not None and len(put_back) > undone
+        if back:
             raise OSError(errno.ENOSPC, "No space left on device", str(dst))
         replace(src, dst, *args, **kwargs)
 
@@ -222,17 +226,29 @@ def test_a_commit_that_fails_on_a_full_disk_is_undone_or_left_to_the_next_build(
     ]
 
     with monkeypatch.context() as patched:
-        _a_full_disk(patched, undo_too=False)
+        _a_full_disk(patched)
         with pytest.raises(StorageError, match="undone, the folder still matches its previous"):
             publish(storage, SOUNDTRACK, v2)
     storage.discard(SOUNDTRACK)
     assert contents(folder) == before
     assert not (folder / ".publishing").exists()
 
-    # The undo fails too: all is left for the next build, which finishes the publish.
+    # The undo fails half way: the next build undoes the rest (some previous versions are
+    # back, over new ones: finished, the folder would not match the new lock).
     assert storage.repair(SOUNDTRACK) == []  # the next build's turn begins
     with monkeypatch.context() as patched:
-        _a_full_disk(patched, undo_too=True)
+        _a_full_disk(patched, undone=1)
+        with pytest.raises(StorageError, match="undoing it failed too"):
+            publish(storage, SOUNDTRACK, v2)
+        storage.discard(SOUNDTRACK)
+    assert (folder / ".publishing" / "commit.json").is_file()
+    assert storage.repair(SOUNDTRACK) == [f"{folder}: undid the failed publish of a stopped build"]
+    assert contents(folder) == before
+    assert not (folder / ".publishing").exists()
+
+    # The undo fails at once: all is left for the next build, which finishes the publish.
+    with monkeypatch.context() as patched:
+        _a_full_disk(patched, undone=0)
         with pytest.raises(StorageError, match="undoing it failed too") as failed:
             publish(storage, SOUNDTRACK, v2)
         storage.discard(SOUNDTRACK)  # the build's end, the disk still full
@@ -581,7 +597,9 @@ def test_a_review_page_that_cannot_be_written_leaves_the_published_lock_a_succes
     with caplog.at_level(logging.WARNING, logger=build_log.name):
         result = build(manifest, Options(), executor=ThreadExecutor())
     assert result.failure is None, result.failure
-    assert f"the lock is published; its review page is not: cannot write {folder}" in caplog.text
+    said = f"the lock is published; its review page is not: cannot write {folder}"
+    assert said in caplog.text
+    assert [w for w in result.report.warnings if w.startswith(said)], result.report.warnings
     lock = json.loads((folder / "soundtrack.lock.json").read_text())
     assert [t["status"] for t in lock["tracks"]] == ["approved"]
 
