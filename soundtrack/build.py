@@ -255,6 +255,7 @@ def run(
     if reviewing and reviewer is None:
         raise InputError("review: required needs the build flow and a Prefect server to ask")
     loads_before = load_count()
+    ending: _Ending | None = None
     with _staging(checked.manifest.soundtrack) as staging:
         with _held(checked, options, logger) as (lock, lock_warnings, repaired):
             if lock != prepared.lock:
@@ -280,9 +281,12 @@ def run(
             if reviewer is None or not tracks.candidates:
                 tracks.publish_recordings()
                 tracks.run(options.batch_size)
-                return _finish(
-                    prepared, tracks, executor, observer, logger, loads_before, options.build_name
+                ending = _finish(
+                    prepared, tracks, executor, logger, loads_before, options.build_name
                 )
+        if ending is not None:  # the storage let go first: the UI's QC report takes minutes
+            return ending.told(observer)
+        assert reviewer is not None  # a build with none ended above
         timeout_s = checked.manifest.review_timeout_s
         logger.info("%d track(s) wait for review (up to %g s)", len(tracks.candidates), timeout_s)
         verdicts = reviewer(tracks.candidates, staging, timeout_s)
@@ -318,9 +322,8 @@ def run(
                 return BuildResult(with_links(report, prepared.checked.storage), failure)
             tracks.reviewed(verdicts, lock, theirs, frozenset(rejected))
             tracks.run(options.batch_size)
-            return _finish(
-                prepared, tracks, executor, observer, logger, loads_before, options.build_name
-            )
+            ending = _finish(prepared, tracks, executor, logger, loads_before, options.build_name)
+        return ending.told(observer)
 
 
 @contextmanager
@@ -430,15 +433,29 @@ def _stale_variations(prepared: Prepared, records: Mapping[str, TrackRecord]) ->
     return stale
 
 
+@dataclass(frozen=True)
+class _Ending:
+    """A build's result, and what its observer is told once the storage is let go."""
+
+    result: BuildResult
+    outcomes: Sequence[TrackOutcome]
+    index: BuildReport | None  # the lock written; None when none was
+    unpublished: str | None  # why none was
+
+    def told(self, observer: Observer | None) -> BuildResult:
+        if observer is not None:
+            observer.finished(self.result.report, self.outcomes, self.index, self.unpublished)
+        return self.result
+
+
 def _finish(
     prepared: Prepared,
     tracks: _Tracks,
     executor: Executor,
-    observer: Observer | None,
     logger: Logger,
     loads_before: int,
     build_name: str | None,
-) -> BuildResult:
+) -> _Ending:
     """Report; the index goes last and only when every approval is published."""
     left_out = _left_out(prepared)
     for warning in left_out:
@@ -452,18 +469,13 @@ def _finish(
         report = _not_published(report, unpublished)
     if unreviewed is not None:
         report = report.model_copy(update={"warnings": [*report.warnings, unreviewed]})
-    if observer is not None:
-        observer.finished(
-            report, tracks.outcomes, index if unpublished is None else None, unpublished
-        )
     if unpublished is not None:
-        return BuildResult(report, unpublished)
+        return _Ending(BuildResult(report, unpublished), tracks.outcomes, None, unpublished)
+    failure = None
     if not report.ok:
         counts = report.counts()
-        return BuildResult(
-            report, f"{counts['rejected']} track(s) rejected, {counts['failed']} failed"
-        )
-    return BuildResult(report)
+        failure = f"{counts['rejected']} track(s) rejected, {counts['failed']} failed"
+    return _Ending(BuildResult(report, failure), tracks.outcomes, index, None)
 
 
 def _disk_checked(error: BaseException, staging: Path) -> tuple[str, bool]:

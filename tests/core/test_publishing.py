@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import soundfile as sf
 
-from soundtrack.errors import InputError, StorageError
+from soundtrack.errors import InputError, StorageBusy, StorageError
 from soundtrack.storage import open_storage
 from soundtrack.storage.local import LocalStorage
 from tests.corebuild import second_waits_for_first, start, stop, wait_for
@@ -620,6 +620,35 @@ def test_a_track_a_full_disk_fails_names_the_disk(
     for track in result.report.tracks:
         assert track.reason is not None and track.reason.startswith(f"{small_disk}/"), track
         assert " MiB free, a full disk? (" in track.reason, track.reason
+
+
+def test_the_storage_is_let_go_before_the_ui_is_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The UI's QC report of 130 tracks took 27 s after the lock, with the storage still held:
+    another build of the soundtrack waited for it."""
+    from soundtrack.build import Options, ThreadExecutor, build
+
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    manifest = tmp_path / "sky.yaml"
+    manifest.write_text(MANIFEST.format(name="sky", lufs=-24, tracks=recordings(tmp_path, 1)))
+    storage = LocalStorage("./out", tmp_path / "out")
+    held: list[bool] = []
+
+    class Watcher:
+        def track_done(self, record: object) -> None:
+            pass
+
+        def finished(self, report: object, outcomes: object, index: object, why: object) -> None:
+            try:
+                with storage.hold("sky", wait_s=0, on_wait=print):
+                    held.append(False)
+            except StorageBusy:
+                held.append(True)
+
+    result = build(manifest, Options(), executor=ThreadExecutor(), observer=Watcher())
+    assert result.failure is None, result.failure
+    assert held == [False]
 
 
 def test_a_track_the_manifest_no_longer_has_leaves_the_lock_said_out_loud(
