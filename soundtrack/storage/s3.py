@@ -580,10 +580,21 @@ class S3Storage:
         """The object at `key` as the upload of `path`, when it holds the same bytes; journaled.
         One put back without a checksum (restored or copied by hand) proves nothing to the HEAD
         a later build makes, which then rendered its track again every time: the same bytes are
-        put again, in one PUT with their checksum."""
+        put again, in one PUT with their checksum (one put back in other parts too)."""
         published = self._already_there(key, head, local)
         checksum = head.get("ChecksumSHA256")
-        if checksum is None:
+        record = self._record_key(key, local.sha256)
+        # Put back in other parts (a bucket restored or synced with another part size), its
+        # composite is not the one recorded: no HEAD proved it again, and its track was
+        # mastered again at every build. The same bytes are put again, in one PUT, as well.
+        resplit = (
+            checksum is not None
+            and "-" in checksum
+            and record is not None
+            and self._head(record) is not None
+            and not self._proves(record, head, local.sha256)
+        )
+        if checksum is None or resplit:
             whole = replace(local, expected=_b64(bytes.fromhex(local.sha256)))
             try:
                 with path.open("rb") as body:

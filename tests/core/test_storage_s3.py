@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
+from boto3.s3.transfer import TransferConfig
 from typer.testing import CliRunner
 
 from soundtrack.cli import app
@@ -354,6 +355,23 @@ def test_multipart_upload_verifies_against_the_servers_composite_checksum(
     default_parts = open_storage(url, base_dir=tmp_path)
     assert default_parts.has_asset(file.key, big.sha256)
     assert not publish_assets(default_parts, SOUNDTRACK, [big])[0].uploaded
+
+    # The same bytes put back in other parts (a bucket synced with another part size): its
+    # composite is not the recorded one, so no HEAD proved it, and its track was mastered
+    # again at every build. Met by a publish, it is put again in one PUT, proved from then on.
+    client.upload_file(
+        str(big.path),
+        s3_bucket,
+        file.key,
+        ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": head["Metadata"]},
+        Config=TransferConfig(multipart_threshold=8 * MIB, multipart_chunksize=8 * MIB),
+    )
+    resplit = client.head_object(Bucket=s3_bucket, Key=file.key, ChecksumMode="ENABLED")
+    assert resplit["ChecksumSHA256"] == composite_sha256(big.path, 8 * MIB)
+    assert not storage.has_asset(file.key, big.sha256)
+    assert not publish_assets(storage, SOUNDTRACK, [big])[0].uploaded
+    assert server_sha256(client, s3_bucket, file.key) == big.sha256
+    assert storage.has_asset(file.key, big.sha256)
 
 
 def test_through_a_faulty_network_every_object_still_verifies(
