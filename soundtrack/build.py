@@ -439,12 +439,12 @@ class _Ending:
 
     result: BuildResult
     outcomes: Sequence[TrackOutcome]
-    index: BuildReport | None  # the lock written; None when none was
-    unpublished: str | None  # why none was
+    index: BuildReport | None  # the lock written; None when none was (the result says why)
 
     def told(self, observer: Observer | None) -> BuildResult:
         if observer is not None:
-            observer.finished(self.result.report, self.outcomes, self.index, self.unpublished)
+            unpublished = self.result.failure if self.index is None else None
+            observer.finished(self.result.report, self.outcomes, self.index, unpublished)
         return self.result
 
 
@@ -467,15 +467,14 @@ def _finish(
     unpublished, unreviewed = _write_index(prepared, tracks, index, executor, logger)
     if unpublished is not None:
         report = _not_published(report, unpublished)
+        return _Ending(BuildResult(report, unpublished), tracks.outcomes, None)
     if unreviewed is not None:
         report = report.model_copy(update={"warnings": [*report.warnings, unreviewed]})
-    if unpublished is not None:
-        return _Ending(BuildResult(report, unpublished), tracks.outcomes, None, unpublished)
     failure = None
     if not report.ok:
         counts = report.counts()
         failure = f"{counts['rejected']} track(s) rejected, {counts['failed']} failed"
-    return _Ending(BuildResult(report, failure), tracks.outcomes, index, None)
+    return _Ending(BuildResult(report, failure), tracks.outcomes, index)
 
 
 def _disk_checked(error: BaseException, staging: Path) -> tuple[str, bool]:

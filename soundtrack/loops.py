@@ -148,7 +148,7 @@ def find_loop_end(
     compare = min(round(COMPARE_MAX_S * sample_rate), frames - hi)
     # The hop grid starts SEARCH_S before the duration even where the earliest end is later (a
     # short loop), so every loop that was found there before is found again, sample for sample.
-    grid = min(lo, round((duration_s - SEARCH_S) * sample_rate))
+    grid = round((duration_s - SEARCH_S) * sample_rate)
     scores = _feature_scores(mono, sample_rate, grid, hi, compare)
     candidates = grid + _HOP * np.arange(scores.size)
     # Between equally good matches, the one nearer the requested duration wins.

@@ -29,6 +29,7 @@ from soundtrack.loops import (
     loop_end_range,
     loop_tail_samples,
     render_duration_s,
+    shortest_loop_s,
 )
 from soundtrack.loudness import BLOCK_S
 from soundtrack.paths import user_path
@@ -528,7 +529,7 @@ def _unrenderable(
                 "loop_crossfade_ms",
                 f"a {duration_s:g} s loop is too short for its {crossfade_ms:g} ms crossfade: "
                 f"a loop needs at least {SEARCH_S:g} s (the search for its end) + 2 x the "
-                f"crossfade = {SEARCH_S + 2 * crossfade_ms / 1000.0:g} s",
+                f"crossfade = {shortest_loop_s(crossfade_ms):g} s",
             )
         ]
     if recording is None or latest_end >= earliest_end:
