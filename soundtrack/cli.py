@@ -1146,11 +1146,12 @@ def build(
     """
     _quiet_libraries()  # before anything imports tqdm, which reads its settings once
     from soundtrack.build import Options, prepare
+    from soundtrack.storage.url import names_a_folder
 
     if out is not None and not out.strip():
         # An unset CI variable (`--out "$ASSETS"`) would otherwise publish into the cwd.
         fail(InputError("--out is empty: give a folder or an s3:// URL"))
-    if out is not None and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", out):
+    if out is not None and names_a_folder(out):
         # A folder typed on the command line means one relative to where it was typed; links
         # stay unfollowed, so storage can refuse one to nothing rather than make its target.
         out = str(user_path(out).absolute())
@@ -1449,6 +1450,12 @@ def gc(
                 f"{storage_url}: no soundtrack is published here (no <soundtrack>/{INDEX_NAME}); "
                 "give the storage a build publishes to (its --out or the manifest's storage), "
                 "not a soundtrack's own folder"
+            )
+        if soundtrack is not None and storage.read_index(soundtrack) is None:
+            # Found before the lock is taken: taking it makes the soundtrack's folder.
+            raise InputError(
+                f"{storage_url}: no index for soundtrack {soundtrack!r} (no {soundtrack}/"
+                f"{INDEX_NAME}): nothing tells which files are in use"
             )
         with ExitStack() as held:
             if delete:

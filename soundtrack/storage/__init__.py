@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from soundtrack.errors import InputError
-from soundtrack.paths import user_path
+from soundtrack.paths import MAX_PATH_BYTES, shown, user_path
 from soundtrack.redaction import remember_url, url_has_credentials
 from soundtrack.storage.base import (
     INDEX_NAME,
@@ -16,7 +17,7 @@ from soundtrack.storage.base import (
     soundtrack_folder,
 )
 from soundtrack.storage.local import LocalStorage
-from soundtrack.storage.url import check_storage_url
+from soundtrack.storage.url import FOLDER_PATHS_BYTES, check_storage_url
 
 __all__ = [
     "INDEX_NAME",
@@ -62,7 +63,16 @@ def open_storage(url: str, *, base_dir: Path) -> Storage:
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         return S3Storage(url, bucket, prefix)
     root = base_dir / user_path(url)  # an absolute path as it is
-    return LocalStorage(url, _without_dotdot(root) if ".." in root.parts else root)
+    root = _without_dotdot(root) if ".." in root.parts else root
+    size = len(os.fsencode(root))
+    if size > MAX_PATH_BYTES - FOLDER_PATHS_BYTES:
+        # Found now, not when the first approved track is published.
+        raise InputError(
+            f"storage folder {shown(root)} is {size} bytes long: at most "
+            f"{MAX_PATH_BYTES - FOLDER_PATHS_BYTES} (a path holds {MAX_PATH_BYTES} bytes, and "
+            f"this tool's paths under the folder take up to {FOLDER_PATHS_BYTES})"
+        )
+    return LocalStorage(url, root)
 
 
 def _without_dotdot(path: Path) -> Path:

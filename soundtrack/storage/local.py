@@ -344,6 +344,10 @@ class LocalStorage:
                 f"published, is {kind}, not a folder: remove it to build here",
                 transient=False,
             )
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):  # a read-only mount
+            raise StorageError(
+                f"storage folder {self.root}: {folder} is not writable", transient=False
+            )
         self._check_own_files(soundtrack)
 
     def _record(self, key: str, sha256: str) -> None:

@@ -255,6 +255,9 @@ def build_lock(folder: Path, *, wait_s: float, on_wait: Callable[[str], None]) -
     """Hold the soundtrack folder's build lock: a file locked with flock, so the lock of a
     killed process is released by the kernel at once; it names its holder (pid, host, start)."""
     path = folder / CONTROL / LOCK_NAME
+    # The soundtrack's folder too: `gc --soundtrack` through a link repaired, and deleted,
+    # what a build had left in the folder it points to.
+    own_folder(folder)
     own_folder(path.parent)
     deadline: float | None = None
     while True:
@@ -301,9 +304,9 @@ def own_folder(path: Path) -> None:
     """Refuse a folder this tool writes and deletes in that is a symbolic link, or a file:
     what it writes and deletes there would land where the link points."""
     if path.is_symlink() or (path.exists() and not path.is_dir()):
+        kind = f"a symbolic link to {os.readlink(path)}" if path.is_symlink() else "a file"
         raise InputError(
-            f"{path} is a symbolic link or a file, not the folder this tool makes there: "
-            "remove it to build here"
+            f"{path} is {kind}, not the folder this tool writes and deletes in: remove it first"
         )
 
 

@@ -16,6 +16,15 @@ _NOT_IN_PREFIX = frozenset("?#\\%")
 # S3 keys hold 1024 bytes. Under the prefix, this tool's longest key, a stem's journal record
 # (<soundtrack>/.journal/<track>/<spec hash>.<sha256[:16]>.<stem>.<ext>/<sha256>), takes 300.
 MAX_S3_PREFIX_BYTES = 700
+# Under a storage folder, this tool's longest path, a commit's temporary file
+# (<soundtrack>/.publishing/staged/.<track>.<stem>.<ext>.<16 hex digits>.part), takes 190.
+FOLDER_PATHS_BYTES = 300
+
+
+def names_a_folder(value: str) -> bool:
+    """Whether a storage location is a folder path: no scheme:// (a colon in a folder's name
+    is the name's), nor a mistyped s3: URL."""
+    return "://" not in value and not value.lower().startswith("s3:")
 
 
 def check_storage_url(value: str) -> None:
@@ -24,11 +33,11 @@ def check_storage_url(value: str) -> None:
         raise ValueError("storage is empty: give a folder, s3://bucket or s3://bucket/prefix")
     if value.lower().startswith("s3:") and not value.startswith("s3://"):
         raise ValueError("storage URL is malformed: expected s3://bucket or s3://bucket/prefix")
-    scheme, sep, rest = value.partition("://")
-    if not sep:
+    if names_a_folder(value):
         if problem := path_problem(value):
             raise ValueError(f"storage path {problem}")
         return
+    scheme, _, rest = value.partition("://")
     if scheme != "s3":
         raise ValueError(f"storage must be a folder or s3://bucket/prefix, not a {scheme}:// URL")
     if url_has_credentials(value):

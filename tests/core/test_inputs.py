@@ -255,6 +255,21 @@ def test_build_refuses_an_empty_out_or_a_device_it_cannot_use_before_anything_ru
     assert sorted(p.name for p in (tmp_path / "game").iterdir()) == ["audio", "m.yaml"]
 
 
+def test_an_out_folder_with_a_colon_in_its_name_is_relative_to_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--out rel:out` was taken for a URL, left relative, and published beside the manifest."""
+    path = manifest(tmp_path / "game")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    for folder in (tmp_path / "cwd", tmp_path / "game"):  # files, not folders: refused
+        (folder / "rel:out").write_text("not a folder")
+    result = CliRunner().invoke(app, ["build", str(path), "--out", "rel:out"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert f"{tmp_path / 'cwd' / 'rel:out'} is not a directory" in said, said
+
+
 def test_a_typed_hub_id_that_a_folder_beside_the_manifest_would_shadow_exits_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,37 @@ def test_a_storage_beside_the_manifests_folder_is_named_without_dotdot(tmp_path:
             check_access(storage, "st")
 
 
+def test_a_storage_folder_with_no_room_for_the_paths_under_it_is_bad_input(
+    tmp_path: Path,
+) -> None:
+    """A folder path that fits the 4095 bytes a path holds, but not with this tool's paths
+    under it, passed every check: its tracks were rendered, then failed at publishing."""
+    longest = 4095 - 300 - len(os.fsencode(tmp_path)) - 1  # less the '/' after tmp_path
+    folders = (longest - 1) // 201
+    fits = ("d" * 200 + "/") * folders + "e" * (longest - 201 * folders)
+    assert len(os.fsencode(tmp_path / fits)) == 4095 - 300
+    assert open_storage(fits, base_dir=tmp_path).root == tmp_path / fits
+    with pytest.raises(InputError, match=r"is 3796 bytes long: at most 3795 \(a path holds"):
+        open_storage(fits + "e", base_dir=tmp_path)
+
+
+def test_a_read_only_soundtrack_folder_is_refused_before_the_build(
+    tmp_path: Path, file_system: Callable[[str], Path]
+) -> None:
+    """Its root writable, a read-only soundtrack folder (a mount) passed the access check: the
+    build rendered, then failed at the build lock, exit 1."""
+    folder = file_system("1m")
+    remounted = subprocess.run(
+        ["mount", "-o", "remount,ro", str(folder)], capture_output=True, check=False
+    )
+    assert remounted.returncode == 0, remounted.stderr
+    storage = open_storage(str(folder.parent), base_dir=tmp_path)
+    with pytest.raises(StorageError, match=f"{folder} is not writable") as caught:
+        check_access(storage, folder.name)
+    assert not caught.value.transient
+    check_access(storage, "another")  # a new folder beside it can be made
+
+
 def test_check_access_refuses_a_root_that_is_not_a_folder(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     for root in (tmp_path / "file", tmp_path / "file" / "assets"):
@@ -204,11 +236,45 @@ def test_gc_deletes_nothing_through_a_soundtrack_folder_that_is_a_link(tmp_path:
     assert mp3_there.exists()
 
 
-def test_gc_without_an_index_is_an_input_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["gc", str(tmp_path), "--soundtrack", SOUNDTRACK])
+@pytest.mark.parametrize("published_there", [False, True])
+def test_gc_delete_of_a_linked_soundtrack_touches_nothing_where_the_link_points(
+    tmp_path: Path, published_there: bool
+) -> None:
+    """gc --delete --soundtrack through a link took the build lock and repaired there first:
+    it made a lock in the folder the link names, and deleted what a build had left in it."""
+    elsewhere = tmp_path / "elsewhere" / SOUNDTRACK
+    if published_there:
+        publish(open_storage(str(elsewhere.parent), base_dir=tmp_path), SOUNDTRACK, [])
+    staged = elsewhere / ".publishing" / "staged" / "important.txt"
+    staged.parent.mkdir(parents=True)
+    staged.write_text("precious")
+    part = elsewhere / ".notes.0123456789abcdef.part"
+    part.write_text("p2")
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / SOUNDTRACK).symlink_to(elsewhere)
+    before = sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*"))
+
+    result = CliRunner().invoke(
+        app, ["gc", str(tmp_path / "assets"), "--soundtrack", SOUNDTRACK, "--delete"]
+    )
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert ("is a symbolic link to" if published_there else "no index") in said, said
+    assert sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*")) == before
+    assert staged.read_text() == "precious" and part.read_text() == "p2"
+
+
+@pytest.mark.parametrize("delete", [[], ["--delete"]])
+def test_gc_without_an_index_is_an_input_error_and_makes_no_folder(
+    tmp_path: Path, delete: list[str]
+) -> None:
+    # A mistyped storage or --soundtrack: taking the build lock made the folders on the way.
+    storage = tmp_path / "nowhere" / "deep"
+    result = CliRunner().invoke(app, ["gc", str(storage), "--soundtrack", SOUNDTRACK, *delete])
     assert result.exit_code == 2
     assert "no index" in " ".join(result.output.split())
     assert "Traceback" not in result.output
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_gc_refuses_an_index_it_cannot_read(tmp_path: Path) -> None:
@@ -298,7 +364,4 @@ def test_a_soundtrack_folder_this_user_cannot_enter_is_a_storage_error_not_a_tra
     finally:
         folder.chmod(0o755)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    assert result.stdout.strip() == (
-        f"storage folder {tmp_path}: cannot look into {folder / 'soundtrack.journal.jsonl'}: "
-        "Permission denied"
-    )
+    assert result.stdout.strip() == f"storage folder {tmp_path}: {folder} is not writable"
