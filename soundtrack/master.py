@@ -101,7 +101,9 @@ def prepare(
     # A recording cut to its loop starts it on its first sample, a rest on the downbeat too.
     whole = recording and ends_at_its_loop(audio.shape[1], duration_s * sample_rate)
     start = 0 if whole else _loud(audio - audio.mean(axis=1, keepdims=True), threshold_dbfs)[0]
-    looped = _prepare(audio[:, start:], sample_rate, sr, mastering.channels, circular=True)
+    looped = _prepare(
+        audio[:, start:], sample_rate, sr, mastering.channels, circular=True, highpass=not whole
+    )
     return Prepared(_long_enough(looped, sr), sr, input_lufs)
 
 
@@ -182,23 +184,42 @@ def _check_inputs(audio: np.ndarray, sample_rate: int, duration_s: float) -> Non
 
 
 def _prepare(
-    audio: np.ndarray, rate_in: int, rate_out: int, channels: int, *, circular: bool
+    audio: np.ndarray,
+    rate_in: int,
+    rate_out: int,
+    channels: int,
+    *,
+    circular: bool,
+    highpass: bool = True,
 ) -> np.ndarray:
-    """Float32 audio with `channels` channels at `rate_out`, DC removed. A downmix comes first
-    and a mono render is duplicated last, so no channel is filtered twice; the channels are
-    filtered and resampled on threads of their own (scipy and soxr let go of the GIL)."""
+    """Float32 audio with `channels` channels at `rate_out`, DC removed (with its drift, unless
+    not `highpass`: its mean only). A downmix comes first and a mono render is duplicated last,
+    so no channel is filtered twice; the channels are filtered and resampled on threads of their
+    own (scipy and soxr let go of the GIL)."""
     x = audio if audio.shape[0] <= channels else to_channels(audio, channels)
     with ThreadPoolExecutor(max_workers=x.shape[0]) as pool:
         prepared = list(
-            pool.map(lambda c: _prepare_channel(c, rate_in, rate_out, circular=circular), x)
+            pool.map(
+                lambda c: _prepare_channel(
+                    c, rate_in, rate_out, circular=circular, highpass=highpass
+                ),
+                x,
+            )
         )
     return to_channels(np.stack(prepared), channels)
 
 
 def _prepare_channel(
-    channel: np.ndarray, rate_in: int, rate_out: int, *, circular: bool
+    channel: np.ndarray, rate_in: int, rate_out: int, *, circular: bool, highpass: bool
 ) -> np.ndarray:
-    filtered = _without_dc(channel, rate_in, circular=circular)
+    # A recording that is its loop, as exported: a high-pass rang for 10 ms into a rest on its
+    # downbeat (its wrap brings the end's last note there), above -60 dBFS, so the rest read
+    # as no leading silence at all.
+    filtered = (
+        _without_dc(channel, rate_in, circular=circular)
+        if highpass
+        else (channel - channel.mean(dtype=np.float64)).astype(np.float32)
+    )
     if rate_in == rate_out:
         return filtered
     frames = math.ceil(filtered.size * rate_out / rate_in)

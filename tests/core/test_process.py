@@ -247,14 +247,19 @@ def test_a_recording_of_exactly_its_bars_is_its_loop_however_its_tempo_measures(
     assert looped.length == pytest.approx(8 * 44100 * 120 / measured_bpm)
 
 
-@pytest.mark.parametrize("bpm", [120, None])
-def test_a_recorded_loop_that_starts_on_a_rest_keeps_it(tmp_path: Path, bpm: int | None) -> None:
+@pytest.mark.parametrize(("bpm", "release_ms"), [(120, 100), (None, 100), (None, 3)])
+def test_a_recorded_loop_that_starts_on_a_rest_keeps_it(
+    tmp_path: Path, bpm: int | None, release_ms: int
+) -> None:
     """A 4-bar loop export whose downbeat is a rest lost the rest to the silence trim: with a
-    bpm it was published as 3 bars (6.005 s), without one it failed for want of 0.1 s."""
+    bpm it was published as 3 bars (6.005 s), without one it failed for want of 0.1 s. Its last
+    chord released in 3 ms, the DC filter rang from the wrap into the rest, above -60 dBFS for
+    10 ms: the rest read as no leading silence, and the track was approved."""
     audio = held_chord(120.0, 8.0, 48000, downbeat_accent=1.5)
     audio -= audio.mean(axis=1, keepdims=True)  # as a DAW exports it: no offset under the rest
     audio[:, : 48000 // 4] = 0.0  # an eighth-note rest at 120 bpm
-    audio[:, -4800:] *= np.linspace(1.0, 0.0, 4800, dtype=np.float32)  # the last chord's release
+    release = 48 * release_ms  # the last chord's
+    audio[:, -release:] *= np.linspace(1.0, 0.0, release, dtype=np.float32)
     spec = make_spec(id="rest", duration_s=8.0, loop=True, bpm=bpm, source=tmp_path / "rest.wav")
     strict = process_track(spec, audio, 48000, tmp_path / "strict")
     assert strict.status == "rejected", "a rest longer than lead_silence allows is said"
@@ -266,6 +271,24 @@ def test_a_recorded_loop_that_starts_on_a_rest_keeps_it(tmp_path: Path, bpm: int
     assert outcome.master.loop_length == outcome.master.frames == 8 * 44100
     lead = {g.name: g.value for g in outcome.gates}["lead_silence"]
     assert 0.2 <= lead <= 0.25, "the rest, to where the chord's attack rises above -60 dBFS"
+
+
+def test_a_recorded_loop_that_ends_on_a_rest_is_rejected_for_its_trailing_silence(
+    tmp_path: Path,
+) -> None:
+    """The DC filter rang from the wrap (the downbeat's chord) back into a closing rest: a
+    loop with a gap at every wrap read no trailing silence, and was approved."""
+    audio = held_chord(120.0, 8.0, 48000, downbeat_accent=1.5)
+    audio -= audio.mean(axis=1, keepdims=True)
+    audio[:, :144] *= np.linspace(0.0, 1.0, 144, dtype=np.float32)  # 3 ms attack, no click
+    rest = 8 * 48000 - 48000 // 4  # an eighth-note rest closes the loop
+    audio[:, rest - 144 : rest] *= np.linspace(1.0, 0.0, 144, dtype=np.float32)
+    audio[:, rest:] = 0.0
+    spec = make_spec(id="rest", duration_s=8.0, loop=True, source=tmp_path / "rest.wav")
+    outcome = process_track(spec, audio, 48000, tmp_path / "out")
+    assert outcome.status == "rejected" and _failed(outcome) == {"trail_silence"}
+    trail = {g.name: g.value for g in outcome.gates}["trail_silence"]
+    assert trail == pytest.approx(0.25, abs=0.005)
 
 
 def test_a_loop_plays_twice_in_a_row_without_a_click(tmp_path: Path) -> None:
