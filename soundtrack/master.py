@@ -89,6 +89,11 @@ def prepare(
     x = _prepare(audio, sample_rate, sr, mastering.channels, circular=False)
     input_lufs = integrated_lufs(x, sr)
     if not np.isfinite(input_lufs):
+        if audio.shape[0] > mastering.channels and np.isfinite(integrated_lufs(audio, sample_rate)):
+            raise AudioError(
+                f"its {audio.shape[0]} channels cancel out when mixed down to "
+                f"{mastering.channels} (out of phase): nothing is left above the -70 LUFS gate"
+            )
         raise AudioError("audio is silent (no block above the -70 LUFS gate): cannot normalise")
     # 3. Trim silence at the level the file will have
     threshold_dbfs = SILENCE_DBFS - mastering.loudness.integrated_lufs + input_lufs

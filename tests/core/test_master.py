@@ -284,6 +284,12 @@ def test_silent_or_broken_input_is_refused() -> None:
         master(broken, 44100, mastering, loop=False, duration_s=3)
     with pytest.raises(AudioError, match="channels"):
         master(np.zeros((3, 44100), np.float32), 44100, mastering, loop=False, duration_s=1)
+    # Stereo whose channels are out of phase, mastered to mono: the cause, not "silent".
+    mono = Mastering(loudness=LOUDNESS_PROFILES["console"], channels=1)
+    tone = signals.sine(440.0, -12.0, 3.0, 44100)
+    inverted = np.concatenate([tone[:1], -tone[:1]])
+    with pytest.raises(AudioError, match="its 2 channels cancel out when mixed down to 1"):
+        master(inverted, 44100, mono, loop=False, duration_s=3)
 
 
 def _spec(tmp_path: Path, track: str) -> TrackSpec:
