@@ -252,7 +252,7 @@ def build_soundtrack(
         build_name=current_run.name,
     )
     try:
-        prepared = prepare(Path(manifest).resolve(), options, logger)
+        prepared = prepare(Path(manifest), options, logger)
         if render_pool is not None:
             check_deployment(render_pool)
     except InputError as exc:

@@ -28,7 +28,7 @@ from soundtrack.errors import (
     StorageBusy,
     StorageError,
 )
-from soundtrack.paths import path_problem, printable, shown, user_path
+from soundtrack.paths import path_problem, printable, shown, user_path, without_dotdot
 from soundtrack.redaction import install_log_redaction, redact
 
 if TYPE_CHECKING:
@@ -1159,7 +1159,7 @@ def build(
         if not model.strip():
             fail(InputError("--model is empty: give a hub id or a model folder"))
         try:
-            model = _typed_model(model, beside=manifest.resolve().parent)  # as the flow reads it
+            model = _typed_model(model, beside=without_dotdot(manifest).parent)  # as inputs are
         except InputError as exc:
             fail(exc)
     # 1. Check everything a user gave before starting Prefect: bad input writes nothing. The
@@ -1312,7 +1312,7 @@ def _run_flow(total: int, manifest: Path, options: Options, render_pool: str | N
         unsubscribe = events.subscribe(on_event)
         try:
             return build_soundtrack(
-                str(manifest.resolve()),
+                str(without_dotdot(manifest)),
                 only=list(options.only) or None,
                 force=options.force,
                 out=options.out,

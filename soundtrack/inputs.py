@@ -18,6 +18,7 @@ from soundtrack.catalog import family_name, limit_problems
 from soundtrack.errors import InputError, ModelLoadError, StorageError
 from soundtrack.licences import licence_of, usage_problem
 from soundtrack.manifest import load_manifest_with_lines, where
+from soundtrack.paths import without_dotdot
 from soundtrack.plan import select
 from soundtrack.renders import CACHE_ENV, cache_root
 from soundtrack.resolve import gate_severities, resolve_tracks
@@ -68,7 +69,8 @@ def check_inputs(
     temporary checkout), where nothing may be published. The storage's access is not checked
     here (that needs the network): `build` does it next.
     """
-    path = Path(manifest_path).absolute()
+    # Relative paths in it are read from the folder it was given in, a link's too.
+    path = without_dotdot(Path(manifest_path))
     if model is not None and (problem := model_problem(model, "--model")):
         raise InputError(problem)  # the flow's parameter: no CLI check before it
     severities = gate_severities(gates)

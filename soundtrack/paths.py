@@ -5,6 +5,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from soundtrack.errors import InputError
+
+
+def without_dotdot(path: Path) -> Path:
+    """Absolute `path` with its `..` read as the system reads them (through the links up to its
+    last `..`), so that messages, the lock and the logs name it without one; what follows is
+    kept as written, so a link there is still seen as one."""
+    path = path.absolute()
+    if ".." not in path.parts:
+        return path
+    last = max(i for i, part in enumerate(path.parts) if part == "..")
+    try:
+        head = Path(*path.parts[: last + 1]).resolve()
+    except RuntimeError:  # a loop of links on the way to the `..`
+        raise InputError(f"{path}: a loop of symbolic links") from None
+    return head.joinpath(*path.parts[last + 1 :])
+
 
 def user_path(text: str) -> Path:
     """`text` as a path, with a leading `~` or `~user` expanded as a shell does: left as it is

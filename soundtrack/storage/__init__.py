@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from soundtrack.errors import InputError
-from soundtrack.paths import MAX_PATH_BYTES, shown, user_path
+from soundtrack.paths import MAX_PATH_BYTES, shown, user_path, without_dotdot
 from soundtrack.redaction import remember_url, url_has_credentials
 from soundtrack.storage.base import (
     INDEX_NAME,
@@ -62,8 +62,11 @@ def open_storage(url: str, *, base_dir: Path) -> Storage:
 
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         return S3Storage(url, bucket, prefix)
-    root = base_dir / user_path(url)  # an absolute path as it is
-    root = _without_dotdot(root) if ".." in root.parts else root
+    # `../assets` beside a game's audio folder, named without the `..`.
+    try:
+        root = without_dotdot(base_dir / user_path(url))
+    except InputError as exc:
+        raise InputError(f"storage folder {exc}") from None
     size = len(os.fsencode(root))
     if size > MAX_PATH_BYTES - FOLDER_PATHS_BYTES:
         # Found now, not when the first approved track is published.
@@ -73,18 +76,6 @@ def open_storage(url: str, *, base_dir: Path) -> Storage:
             f"this tool's paths under the folder take up to {FOLDER_PATHS_BYTES})"
         )
     return LocalStorage(url, root)
-
-
-def _without_dotdot(path: Path) -> Path:
-    """`../assets` beside a game's audio folder as the system reads it (through the links up to
-    its last `..`), so that the lock, the report and the logs name its files without a `..`;
-    what follows is kept as written, so a link there is still checked as one."""
-    last = max(i for i, part in enumerate(path.parts) if part == "..")
-    try:
-        head = Path(*path.parts[: last + 1]).resolve()
-    except RuntimeError:  # a loop of links on the way to the `..`
-        raise InputError(f"storage folder {path}: a loop of symbolic links") from None
-    return head.joinpath(*path.parts[last + 1 :])
 
 
 def check_access(storage: Storage, soundtrack: str) -> None:

@@ -270,6 +270,15 @@ def test_an_out_folder_with_a_colon_in_its_name_is_relative_to_the_current_folde
     assert f"{tmp_path / 'cwd' / 'rel:out'} is not a directory" in said, said
 
 
+def test_a_manifest_path_through_dotdot_is_named_without_it(tmp_path: Path) -> None:
+    """Messages named the manifest as /work/cwd/../game/m.yaml."""
+    path = manifest(tmp_path / "game")
+    (tmp_path / "cwd").mkdir()
+    checked = check_inputs(tmp_path / "cwd" / ".." / "game" / "m.yaml")
+    assert checked.manifest_path == path
+    assert checked.specs[0].source == path.parent / "audio" / "credits.wav"
+
+
 def test_a_typed_hub_id_that_a_folder_beside_the_manifest_would_shadow_exits_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

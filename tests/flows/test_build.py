@@ -157,6 +157,31 @@ def test_a_rejected_track_fails_the_run_in_one_line_and_exits_1_without_a_traceb
     assert "too-strict" in first_qc.read_text()
 
 
+def test_a_manifest_reached_through_a_link_builds_from_the_links_folder(
+    tmp_path: Path, prefect_server: PrefectServer
+) -> None:
+    """`validate` and the build's checks read a linked manifest's relative paths from the
+    link's folder, and the flow from the linked file's: it published another recording into
+    another folder than the ones checked."""
+    for folder, seconds in (("shared", 4.0), ("game", 6.0)):  # told apart by their lengths
+        (tmp_path / folder / "audio").mkdir(parents=True)
+        sf.write(tmp_path / folder / "audio" / "theme.wav", music_like(seconds, 44100).T, 44100)
+    (tmp_path / "shared" / "m.yaml").write_text(
+        "schema: 1\nsoundtrack: linked\nstorage: ./out\ndefaults: {formats: [wav]}\n"
+        "tracks:\n  - id: theme\n    source: audio/theme.wav\n"
+    )
+    (tmp_path / "game" / "m.yaml").symlink_to(tmp_path / "shared" / "m.yaml")
+    env = {**os.environ, **prefect_server.env, "SOUNDTRACK_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("SOUNDTRACK_STORAGE", None)
+
+    result = build(tmp_path / "game", env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (tmp_path / "shared" / "out").exists()
+    published = tmp_path / "game" / "out" / "linked" / "theme.wav"
+    assert sf.info(published).frames == 6 * 44100, "the recording beside the link"
+
+
 def qc_report(assets: str) -> Path:
     """The QC report (its index.html) the assets card links to."""
     (link,) = re.findall(
