@@ -293,7 +293,8 @@ class _Overridable(_Strict):
     model: str | None = Field(
         default=None,
         min_length=1,
-        json_schema_extra={"pattern": r"^\S+$"},
+        # model_problem's refusals an editor can tell: a space, a control or invisible character.
+        json_schema_extra={"pattern": rf"^[^\s\x00-\x1f{_REFUSED}{_FORMAT}]+$"},
         description="Hub id or local directory.",
     )
     model_revision: str | None = Field(
@@ -347,6 +348,7 @@ class _Overridable(_Strict):
     stem_model: str | None = Field(
         default=None,
         min_length=1,
+        json_schema_extra={"pattern": r"^\S([\s\S]*\S)?$"},  # no space at either end
         description="The separation model: a local directory (`soundtrack models "
         "convert-demucs`), relative to the manifest, or absolute.",
     )
@@ -595,6 +597,12 @@ class Manifest(_Strict):
     storage: str = Field(
         default=DEFAULT_STORAGE,
         min_length=1,
+        # check_storage_url's refusals an editor can tell: blank, a mistyped s3: (S3://, s3:/),
+        # another scheme://, or no bucket.
+        json_schema_extra={
+            "pattern": r"^(?!\s*$)(?![sS]3:(?!//))(?!(?!s3://)[A-Za-z][A-Za-z0-9+.-]*://)"
+            r"(?!s3://(?![a-z0-9]))"
+        },
         description="Output folder (relative to the manifest) or s3://bucket/prefix.",
     )
     defaults: Defaults = Field(default_factory=Defaults)
@@ -684,7 +692,21 @@ def json_schema() -> dict[str, Any]:
     schema = Manifest.model_json_schema(by_alias=True, mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     _end_alike(schema)
+    _no_null_defaults(schema)
     return schema
+
+
+def _no_null_defaults(node: Any) -> None:
+    """A setting left out takes the defaults' value, or a built-in one (docs/manifest.md), not
+    null: an editor showed `default: null` for every one."""
+    if isinstance(node, dict):
+        if "default" in node and node["default"] is None:
+            del node["default"]
+        for value in node.values():
+            _no_null_defaults(value)
+    elif isinstance(node, list):
+        for value in node:
+            _no_null_defaults(value)
 
 
 # The end as both read it: Python's `$` also matches before a last newline.

@@ -410,6 +410,44 @@ def test_the_json_schema_agrees_with_validate(tmp_path: Path, setting: str) -> N
 
 
 @pytest.mark.parametrize(
+    "top",
+    [
+        "storage: ' '",
+        "storage: http://example.com/x",
+        "storage: S3://bucket/x",
+        "storage: s3:/bucket/x",
+        "storage: s3://",
+        "storage: s3:///x",
+        "storage: s3://bucket/x",
+        "storage: rel:out",
+        "storage: ../assets",
+        'defaults: {model: "facebook/musicgen-small\u200b"}',
+        'defaults: {model: "facebook/musicgen-small\u00ad"}',
+        "defaults: {model: facebook/musicgen-small}",
+        "defaults: {stem_model: ' ./htdemucs'}",
+        "defaults: {stem_model: './htdemucs '}",
+        "defaults: {stem_model: ./htdemucs}",
+    ],
+)
+def test_the_json_schema_agrees_with_validate_on_models_and_storage(
+    tmp_path: Path, top: str
+) -> None:
+    """An editor passed a zero-width space in a model, a space around a stem model, and any
+    storage but a blank one, which validate refuses."""
+    text = f"schema: 1\nsoundtrack: game\n{top}\ntracks:\n  - id: theme\n    prompt: calm\n"
+    committed = json.loads((ROOT / "manifests" / "soundtrack.schema.json").read_text())
+    errors = list(jsonschema.Draft202012Validator(committed).iter_errors(load_yaml(text)))
+    code, output = validate(write(tmp_path, text))
+    assert code in (0, 2), output
+    assert (code == 0) == (not errors), (output, [e.message for e in errors])
+
+
+def test_the_json_schema_gives_no_null_defaults() -> None:
+    """A setting left out is the defaults' or a built-in value: editors showed `null`."""
+    assert '"default": null' not in (ROOT / "manifests" / "soundtrack.schema.json").read_text()
+
+
+@pytest.mark.parametrize(
     ("setting", "said"),
     [
         # An instrument joins the prompt: it took what a prompt refuses.
