@@ -1451,7 +1451,7 @@ def gc(
                 "give the storage a build publishes to (its --out or the manifest's storage), "
                 "not a soundtrack's own folder"
             )
-        if soundtrack is not None and storage.read_index(soundtrack) is None:
+        if soundtrack is not None and not storage.has_soundtrack(soundtrack):
             # Found before the lock is taken: taking it makes the soundtrack's folder.
             raise InputError(
                 f"{storage_url}: no index for soundtrack {soundtrack!r} (no {soundtrack}/"

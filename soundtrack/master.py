@@ -89,7 +89,7 @@ def prepare(
     x = _prepare(audio, sample_rate, sr, mastering.channels, circular=False)
     input_lufs = integrated_lufs(x, sr)
     if not np.isfinite(input_lufs):
-        if audio.shape[0] > mastering.channels and np.isfinite(integrated_lufs(audio, sample_rate)):
+        if audio.shape[0] > mastering.channels and _heard_apart(audio, sample_rate):
             raise AudioError(
                 f"its {audio.shape[0]} channels cancel out when mixed down to "
                 f"{mastering.channels} (out of phase): nothing is left above the -70 LUFS gate"
@@ -110,6 +110,13 @@ def prepare(
         audio[:, start:], sample_rate, sr, mastering.channels, circular=True, highpass=not whole
     )
     return Prepared(_long_enough(looped, sr), sr, input_lufs)
+
+
+def _heard_apart(audio: np.ndarray, sample_rate: int) -> bool:
+    """Whether each channel as it is, less its DC (whose filter's start alone reads as sound),
+    has programme above the -70 LUFS gate."""
+    apart = _prepare(audio, sample_rate, sample_rate, audio.shape[0], circular=False)
+    return bool(np.isfinite(integrated_lufs(apart, sample_rate)))
 
 
 def _long_enough(x: np.ndarray, sample_rate: int) -> np.ndarray:

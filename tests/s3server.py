@@ -75,6 +75,9 @@ class SeaweedServer:
         self.access_key = access_key or f"STK{secrets.token_hex(8).upper()}"
         # Recognisable, so tests can search every output for it.
         self.secret_key = f"secret-{secrets.token_hex(16)}"
+        # A second identity, allowed to read and list only (a CI job's read-only key).
+        self.reader_key = f"STR{secrets.token_hex(8).upper()}"
+        self.reader_secret = f"secret-{secrets.token_hex(16)}"
         self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
         self._process: subprocess.Popen[bytes] | None = None
@@ -85,6 +88,29 @@ class SeaweedServer:
             raise RuntimeError("server already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         volumes_on_disk = len(list(self.data_dir.rglob("*.dat")))
+        identities = self.base_dir / "s3-identities.json"
+        identities.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [
+                                {"accessKey": self.access_key, "secretKey": self.secret_key}
+                            ],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        },
+                        {
+                            "name": "reader",
+                            "credentials": [
+                                {"accessKey": self.reader_key, "secretKey": self.reader_secret}
+                            ],
+                            "actions": ["Read", "List"],
+                        },
+                    ]
+                }
+            )
+        )
         args = [
             weed_binary(),
             "mini",
@@ -99,12 +125,13 @@ class SeaweedServer:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-volume.preStopSeconds=0",
+            f"-s3.config={identities}",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
         ]
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.base_dir),
-            # weed mini turns these into its one S3 identity; without them it accepts anyone.
+            # Without an identity weed mini accepts anyone; these are also in its s3.config.
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
         }
@@ -164,6 +191,14 @@ class SeaweedServer:
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": REGION,
             "AWS_ENDPOINT_URL_S3": self.endpoint,
+        }
+
+    def reader_env(self) -> dict[str, str]:
+        """aws_env with the identity that may read and list, and write nothing."""
+        return {
+            **self.aws_env(),
+            "AWS_ACCESS_KEY_ID": self.reader_key,
+            "AWS_SECRET_ACCESS_KEY": self.reader_secret,
         }
 
     def log_tail(self, chars: int = 3000) -> str:

@@ -110,6 +110,10 @@ class Storage(Protocol):
     def soundtracks(self) -> list[str]:
         """Names of the soundtracks that have an index here."""
 
+    def has_soundtrack(self, soundtrack: str) -> bool:
+        """Whether anything of the soundtrack is here: its lock, or (in a folder) its folder,
+        where a first publish a stopped build left may wait to be finished."""
+
     def unreferenced(self, soundtrack: str) -> Garbage:
         """Keys under the soundtrack that its lock does not reference, split into those the
         write journal proves ours (deletable) and the rest (kept)."""

@@ -251,6 +251,11 @@ class LocalStorage:
         except OSError as exc:
             raise _error(f"cannot list {self.root}", exc) from None
 
+    def has_soundtrack(self, soundtrack: str) -> bool:
+        """Whether the soundtrack's folder (or a link in its place) is there."""
+        check_name("soundtrack", soundtrack)
+        return os.path.lexists(self.root / soundtrack)
+
     def unreferenced(self, soundtrack: str) -> Garbage:
         """Files under <root>/<soundtrack>/ that the lock does not reference: ours when the
         journal records writing them with the sha256 they still have, else kept."""

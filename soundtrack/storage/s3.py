@@ -24,6 +24,7 @@ from botocore.exceptions import (
     FlexibleChecksumError,
     HTTPClientError,
     NoCredentialsError,
+    ProfileNotFound,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from s3transfer.utils import ChunksizeAdjuster
@@ -439,6 +440,10 @@ class S3Storage:
         )
         return lease.held(wait_s=wait_s, on_wait=on_wait)
 
+    def has_soundtrack(self, soundtrack: str) -> bool:
+        """Whether its lock is here: nothing else of it is left to finish (see `repair`)."""
+        return self.read_index(soundtrack) is not None
+
     def repair(self, soundtrack: str) -> list[str]:
         """Nothing to repair: assets are content-addressed and only the lock makes them current."""
         BUILD_TURNS.begin((self.endpoint, self.bucket, self._index_key(soundtrack)))
@@ -450,11 +455,19 @@ class S3Storage:
         BUILD_TURNS.end((self.endpoint, self.bucket, self._index_key(soundtrack)))
 
     def check_access(self, soundtrack: str) -> None:
-        """HEAD the bucket: wrong credentials, a missing bucket or an unreachable endpoint fail
-        here, before any GPU time is spent."""
+        """HEAD the bucket, then start and abort a multipart upload in the soundtrack's folder:
+        wrong credentials, read-only ones, a missing bucket or an unreachable endpoint fail
+        here, before any GPU time is spent; nothing is written (a version neither)."""
         doing = f"checking access to s3://{self.bucket}"
         try:
             self._client.head_bucket(Bucket=self.bucket)
+            # Read access passes the HEAD: a build then failed at its lease, in the flow.
+            key = f"{self.prefix}{soundtrack}/.access-check"
+            doing = f"checking that {self.uri(key)} can be written"
+            upload = self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
+            self._client.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+            )
         except (ClientError, BotoCoreError) as exc:
             if isinstance(exc, ClientError) and _code(exc) == "404":
                 # HEAD responses carry no error body, so a missing bucket is a bare 404.
@@ -739,6 +752,13 @@ def _make_clients() -> tuple[S3Client, S3Client]:
     a plain one, and one whose every PutObject / CompleteMultipartUpload carries
     If-None-Match: *, because s3transfer's upload does not accept IfNoneMatch (boto/boto3#4366)."""
     core = botocore.session.Session()
+    try:
+        core.get_scoped_config()
+    except ProfileNotFound as exc:  # AWS_PROFILE naming no profile: a traceback from botocore
+        raise InputError(
+            f"AWS profile {exc.kwargs.get('profile')!r} (AWS_PROFILE) is in no AWS config file "
+            "(~/.aws/config, ~/.aws/credentials): name one that is, or unset AWS_PROFILE"
+        ) from None
     retries: dict[str, Any] = {}
     if core.get_config_variable("max_attempts") is None:
         retries["total_max_attempts"] = DEFAULT_MAX_ATTEMPTS

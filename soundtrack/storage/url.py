@@ -16,8 +16,8 @@ _NOT_IN_PREFIX = frozenset("?#\\%")
 # S3 keys hold 1024 bytes. Under the prefix, this tool's longest key, a stem's journal record
 # (<soundtrack>/.journal/<track>/<spec hash>.<sha256[:16]>.<stem>.<ext>/<sha256>), takes 300.
 MAX_S3_PREFIX_BYTES = 700
-# Under a storage folder, this tool's longest path, a commit's temporary file
-# (<soundtrack>/.publishing/staged/.<track>.<stem>.<ext>.<16 hex digits>.part), takes 190.
+# Under a storage folder, this tool's longest paths, a commit's temporary files
+# (<soundtrack>/.publishing/staged/.<file name>.<16 hex digits>.part), take under 250.
 FOLDER_PATHS_BYTES = 300
 
 

@@ -290,6 +290,8 @@ def test_silent_or_broken_input_is_refused() -> None:
     inverted = np.concatenate([tone[:1], -tone[:1]])
     with pytest.raises(AudioError, match="its 2 channels cancel out when mixed down to 1"):
         master(inverted, 44100, mono, loop=False, duration_s=3)
+    with pytest.raises(AudioError, match="audio is silent"):  # a DC offset alone is no music
+        master(np.full((2, 3 * 44100), 0.5, np.float32), 44100, mono, loop=False, duration_s=3)
 
 
 def _spec(tmp_path: Path, track: str) -> TrackSpec:

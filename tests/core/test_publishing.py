@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,10 +18,13 @@ from typing import Any
 
 import pytest
 import soundfile as sf
+from typer.testing import CliRunner
 
+from soundtrack.cli import app
 from soundtrack.errors import InputError, StorageBusy, StorageError
 from soundtrack.storage import open_storage
 from soundtrack.storage.local import LocalStorage
+from soundtrack.storage.staging import Publishing
 from tests.corebuild import second_waits_for_first, start, stop, wait_for
 from tests.publishing import (
     Asset,
@@ -312,6 +316,31 @@ def test_kill_9_at_every_step_of_publishing_is_repaired_by_the_next_build(
     # Killed before the commit record: the old folder; after it: the new one, finished.
     assert outcomes == sorted(outcomes, key=["old", "new"].index), outcomes
     assert "old" in outcomes and "new" in outcomes
+
+
+def test_gc_finishes_a_first_publish_a_killed_build_left_before_its_lock(tmp_path: Path) -> None:
+    """gc refuses a soundtrack with no lock (a mistyped name made folders), but not a first
+    publish killed after its commit record and before its lock: gc finishes it first."""
+    out = tmp_path / "out"
+    folder = out / SOUNDTRACK
+    for n in range(1, 100):
+        shutil.rmtree(out, ignore_errors=True)
+        killed = subprocess.run(
+            [sys.executable, "-c", CHILD, str(out), str(n), str(tmp_path / "v2")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert killed.returncode == -signal.SIGKILL, "no step left with a commit pending"
+        if Publishing(folder).pending_lock() is not None:
+            break
+    assert not (folder / "soundtrack.lock.json").exists()
+
+    result = CliRunner().invoke(app, ["gc", str(out), "--soundtrack", SOUNDTRACK, "--delete"])
+    assert result.exit_code == 0, result.output
+    assert "finished the publish a stopped build had begun" in " ".join(result.output.split())
+    assert (folder / "soundtrack.lock.json").exists() and folder_problems(folder) == []
 
 
 MANIFEST = """\

@@ -259,7 +259,7 @@ def test_gc_delete_of_a_linked_soundtrack_touches_nothing_where_the_link_points(
     )
     assert result.exit_code == 2, result.output
     said = " ".join(result.output.split())
-    assert ("is a symbolic link to" if published_there else "no index") in said, said
+    assert "is a symbolic link to" in said, said
     assert sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*")) == before
     assert staged.read_text() == "precious" and part.read_text() == "p2"
 

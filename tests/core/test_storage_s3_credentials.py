@@ -215,3 +215,38 @@ def test_soundtrack_build_with_a_password_in_the_endpoint_exits_2_without_showin
     assert password not in result.stdout
     assert secret_key not in result.stdout + result.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_read_only_credentials_are_refused_before_the_build_and_write_nothing(
+    s3_server: SeaweedServer, aws_isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A key allowed to read and list passed the access check (a HEAD of the bucket): the
+    build started its flow, then failed at its lease, exit 1."""
+    bucket = s3_server.create_bucket()
+    for name, value in s3_server.reader_env().items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "m.yaml").write_text(manifest(f"s3://{bucket}/game"))
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["build", str(tmp_path / "m.yaml")])  # before any server
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert f"checking that s3://{bucket}/game/" in said and "access denied" in said, said
+    admin = s3_server.client()
+    assert admin.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert not admin.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    # The key the build publishes with passes, and leaves no upload behind either.
+    for name, value in s3_server.aws_env().items():
+        monkeypatch.setenv(name, value)
+    check_access(open_storage(f"s3://{bucket}/game", base_dir=tmp_path), "st")
+    assert admin.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert not admin.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_an_aws_profile_that_is_nowhere_is_bad_input_not_a_traceback(
+    aws_isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "nope")
+    with pytest.raises(InputError, match=r"AWS profile 'nope' \(AWS_PROFILE\) is in no AWS"):
+        open_storage("s3://bucket/game", base_dir=tmp_path)
+    result = CliRunner().invoke(app, ["gc", "s3://bucket/game"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output

@@ -56,9 +56,11 @@ def lock_entries(lock: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def published(key: str) -> bool:
-    """Not one of the build's own records: the write journal's, the build lease or the review
-    page written after the lock (docs/storage.md, docs/review.md)."""
-    return "/.journal/" not in key and not key.endswith((f"/{LEASE_NAME}", f"/{REVIEW_NAME}"))
+    """Not one of the build's own records: the write journal's, the build lease, the review
+    page written after the lock (docs/storage.md, docs/review.md), or the access check's
+    upload, begun and aborted (it writes nothing)."""
+    records = (f"/{LEASE_NAME}", f"/{REVIEW_NAME}", "/.access-check")
+    return "/.journal/" not in key and not key.endswith(records)
 
 
 def listed(client: Any, bucket: str) -> set[str]:
