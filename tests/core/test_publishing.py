@@ -284,6 +284,17 @@ publish(LocalStorage(str(out), out), SOUNDTRACK, assets)
 """
 
 
+def publish_killed_at(n: int, out: Path, work: Path) -> subprocess.CompletedProcess[str]:
+    """CHILD, killed at its `n`th change under `out` (exit 0 when it made fewer)."""
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(out), str(n), str(work)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def test_kill_9_at_every_step_of_publishing_is_repaired_by_the_next_build(
     tmp_path: Path,
 ) -> None:
@@ -293,13 +304,7 @@ def test_kill_9_at_every_step_of_publishing_is_repaired_by_the_next_build(
     old, new = contents(folder), None
     outcomes = []
     for n in range(1, 100):
-        killed = subprocess.run(
-            [sys.executable, "-c", CHILD, str(out), str(n), str(tmp_path / "v2")],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        killed = publish_killed_at(n, out, tmp_path / "v2")
         if killed.returncode == 0:
             new = contents(folder)
             break
@@ -325,13 +330,7 @@ def test_gc_finishes_a_first_publish_a_killed_build_left_before_its_lock(tmp_pat
     folder = out / SOUNDTRACK
     for n in range(1, 100):
         shutil.rmtree(out, ignore_errors=True)
-        killed = subprocess.run(
-            [sys.executable, "-c", CHILD, str(out), str(n), str(tmp_path / "v2")],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        killed = publish_killed_at(n, out, tmp_path / "v2")
         assert killed.returncode == -signal.SIGKILL, "no step left with a commit pending"
         if Publishing(folder).pending_lock() is not None:
             break
