@@ -234,7 +234,6 @@ def _prepare_channel(
     )
     if rate_in == rate_out:
         return filtered
-    frames = math.ceil(filtered.size * rate_out / rate_in)
     # HQ is soxr's 20-bit quality: float32 carries it, at half the time of float64.
     if circular:
         # As a circle too, with whole blocks of samples on either side (160 at 48 kHz are 147
@@ -244,8 +243,11 @@ def _prepare_channel(
         wrapped = np.pad(filtered, blocks * block_in, mode="wrap")
         start = blocks * block_in * rate_out // rate_in
         resampled: np.ndarray = soxr.resample(wrapped, rate_in, rate_out, quality="HQ")
-        return resampled[start : start + frames]
+        # To the nearest sample: a recording that is its loop, 32 bars of 3/4 at 140 bpm
+        # (1974857.14 samples at 48 kHz), looped a sample long.
+        return resampled[start : start + round(filtered.size * rate_out / rate_in)]
     resampled = soxr.resample(filtered, rate_in, rate_out, quality="HQ")
+    frames = math.ceil(filtered.size * rate_out / rate_in)
     # soxr rounds a fractional length down: 2.345 s at 48 kHz (112560 samples) came back as
     # 103414 at 44.1 kHz, a sample short of the track's 103415. The last sample, repeated,
     # makes up the fraction; the cut to the duration follows.

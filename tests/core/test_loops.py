@@ -165,6 +165,22 @@ def test_a_recording_that_is_its_loop_keeps_its_length_and_its_seam() -> None:
     np.testing.assert_allclose(m.audio, recording * gain, atol=0.02)  # no crossfade
 
 
+def test_a_recording_that_is_its_loop_keeps_its_length_to_the_nearest_sample_at_another_rate() -> (
+    None
+):
+    """88201 samples at 44.1 kHz are 96001.09 at 48 kHz: the loop was rounded up, a sample
+    longer than the recording (a bar loop's LOOPLENGTH, one off its bars)."""
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["mobile"], sample_rate=48000)
+    t = np.arange(88201) / 44100
+    tone = (0.5 * np.sin(2 * np.pi * 441.0 * t) * (0.6 + 0.4 * np.cos(np.pi * t))).astype(
+        np.float32
+    )
+    recording = np.stack([tone, tone])
+    prepared = prepare(recording, 44100, mastering, loop=True, duration_s=2.0, recording=True)
+    m = finish(prepared, mastering, loop=True, duration_s=2.0, recorded_loop=True)
+    assert m.loop_length == m.audio.shape[1] == 96001
+
+
 @pytest.mark.parametrize("rate_hz", [22050, 32000, 44100])
 def test_a_square_wave_loop_wraps_as_its_edges_step(rate_hz: int) -> None:
     """A chiptune loop recording, whole periods of a naive square wave, wraps on an edge: its
