@@ -443,7 +443,10 @@ class Track(_Overridable):
     )
     prompt: str | None = Field(
         default=None,
-        json_schema_extra={**_NOT_BLANK, "maxLength": MAX_PROMPT_CHARS},
+        json_schema_extra={
+            "allOf": [*_NOT_BLANK["allOf"], {"pattern": rf"[^\s{_FORMAT}.]"}],
+            "maxLength": MAX_PROMPT_CHARS,
+        },
         description="What to generate, as a composer's brief.",
     )
     source: str | None = Field(
@@ -527,6 +530,10 @@ class Track(_Overridable):
             raise ValueError(f"{info.field_name} is empty")
         if problem := text_problem(value):
             raise ValueError(f"{info.field_name} {problem}")
+        if info.field_name == "prompt" and all(c == "." or c.isspace() for c in visible(value)):
+            # Its tags join it after its closing dots are cut: nothing left, the render failed
+            # the whole batch it was in.
+            raise ValueError("prompt has nothing but dots: say what the music is")
         if info.field_name == "prompt" and len(value) > MAX_PROMPT_CHARS:
             raise ValueError(f"prompt is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}")
         return value.strip() if info.field_name == "prompt" else value

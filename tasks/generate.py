@@ -21,7 +21,7 @@ from prefect.context import TaskRunContext
 from prefect.settings import get_current_settings
 
 from soundtrack import steps
-from soundtrack.errors import GenerationError, ModelLoadError
+from soundtrack.errors import GenerationError, InputError, ModelLoadError
 from soundtrack.renders import (
     Render,
     RenderCache,
@@ -169,7 +169,9 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     # A model that cannot load, or a render that came out silent, does not heal on retry; a
     # stopped build wants no retry.
     error = state.result(raise_on_failure=False)
-    return not isinstance(error, ModelLoadError | GenerationError | ValueError | Stopped)
+    return not isinstance(
+        error, ModelLoadError | GenerationError | InputError | ValueError | Stopped
+    )
 
 
 @task(

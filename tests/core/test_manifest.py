@@ -442,6 +442,31 @@ def test_the_json_schema_agrees_with_validate_on_models_and_storage(
     assert (code == 0) == (not errors), (output, [e.message for e in errors])
 
 
+@pytest.mark.parametrize(
+    ("prompt", "valid"),
+    [
+        ('"..."', False),
+        ('". . ."', False),
+        ('"\u200b...\t"', False),
+        ('"a..."', True),
+        ('"!!!"', True),
+        ('"...calm"', True),
+    ],
+)
+def test_a_prompt_of_nothing_but_dots_is_refused_by_validate_and_the_schema(
+    tmp_path: Path, prompt: str, valid: bool
+) -> None:
+    """Its closing dots cut before its tags join it, `...` was no prompt at all: validate
+    passed it, and the build failed every track rendered in a batch with it."""
+    text = f"schema: 1\nsoundtrack: game\ntracks:\n  - id: theme\n    prompt: {prompt}\n"
+    committed = json.loads((ROOT / "manifests" / "soundtrack.schema.json").read_text())
+    errors = list(jsonschema.Draft202012Validator(committed).iter_errors(load_yaml(text)))
+    code, output = validate(write(tmp_path, text))
+    assert (code, not errors) == (0 if valid else 2, valid), (output, errors)
+    if not valid:
+        assert "prompt has nothing but dots: say what the music is" in output, output
+
+
 def test_the_json_schema_gives_no_null_defaults() -> None:
     """A setting left out is the defaults' or a built-in value: editors showed `null`."""
     assert '"default": null' not in (ROOT / "manifests" / "soundtrack.schema.json").read_text()
