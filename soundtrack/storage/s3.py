@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from botocore.exceptions import (
     ClientError,
     FlexibleChecksumError,
     HTTPClientError,
+    InvalidConfigError,
     NoCredentialsError,
     ProfileNotFound,
 )
@@ -455,9 +457,9 @@ class S3Storage:
         BUILD_TURNS.end((self.endpoint, self.bucket, self._index_key(soundtrack)))
 
     def check_access(self, soundtrack: str) -> None:
-        """HEAD the bucket, then start and abort a multipart upload in the soundtrack's folder:
+        """HEAD the bucket, then begin and abort a multipart upload in the soundtrack's folder:
         wrong credentials, read-only ones, a missing bucket or an unreachable endpoint fail
-        here, before any GPU time is spent; nothing is written (a version neither)."""
+        here, before any GPU time is spent; no object is written (a version neither)."""
         doing = f"checking access to s3://{self.bucket}"
         try:
             self._client.head_bucket(Bucket=self.bucket)
@@ -465,9 +467,6 @@ class S3Storage:
             key = f"{self.prefix}{soundtrack}/.access-check"
             doing = f"checking that {self.uri(key)} can be written"
             upload = self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
-            self._client.abort_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
-            )
         except (ClientError, BotoCoreError) as exc:
             if isinstance(exc, ClientError) and _code(exc) == "404":
                 # HEAD responses carry no error body, so a missing bucket is a bare 404.
@@ -483,6 +482,13 @@ class S3Storage:
                     transient=False,
                 ) from None
             raise error from None
+        # Begun, it proved the key may write: one the abort leaves (a policy without
+        # s3:AbortMultipartUpload, a lost reply) holds no part, and a bucket's rule for
+        # incomplete uploads ends it.
+        with contextlib.suppress(ClientError, BotoCoreError):
+            self._client.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+            )
 
     def _proves(self, record: str | None, head: HeadObjectOutputTypeDef, sha256: str) -> bool:
         """Whether journal `record` of `sha256` proves the object `head` describes ours: the
@@ -756,8 +762,8 @@ def _make_clients() -> tuple[S3Client, S3Client]:
         core.get_scoped_config()
     except ProfileNotFound as exc:  # AWS_PROFILE naming no profile: a traceback from botocore
         raise InputError(
-            f"AWS profile {exc.kwargs.get('profile')!r} (AWS_PROFILE) is in no AWS config file "
-            "(~/.aws/config, ~/.aws/credentials): name one that is, or unset AWS_PROFILE"
+            f"AWS profile {exc.kwargs.get('profile')!r} (AWS_PROFILE or AWS_DEFAULT_PROFILE) is "
+            "in no AWS config file (~/.aws/config, ~/.aws/credentials): name one that is"
         ) from None
     retries: dict[str, Any] = {}
     if core.get_config_variable("max_attempts") is None:
@@ -771,6 +777,8 @@ def _make_clients() -> tuple[S3Client, S3Client]:
     session = boto3.Session(botocore_session=core)
     try:
         plain, conditional = (session.client("s3", config=config) for _ in range(2))
+    except (ProfileNotFound, InvalidConfigError) as exc:  # a source_profile that is nowhere
+        raise InputError(f"AWS config: {redact(str(exc))}") from None
     except ValueError as exc:
         if "@" in str(exc):
             # user:password@host without a scheme: redact() cannot tell the secret apart.

@@ -246,7 +246,14 @@ def test_an_aws_profile_that_is_nowhere_is_bad_input_not_a_traceback(
     aws_isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("AWS_PROFILE", "nope")
-    with pytest.raises(InputError, match=r"AWS profile 'nope' \(AWS_PROFILE\) is in no AWS"):
+    with pytest.raises(InputError, match=r"AWS profile 'nope' \(AWS_PROFILE or AWS_DEFAULT"):
+        open_storage("s3://bucket/game", base_dir=tmp_path)
+    # A profile whose source_profile is nowhere: botocore's InvalidConfigError, not a traceback.
+    (aws_isolated / "config").write_text(
+        "[profile ci]\nrole_arn = arn:aws:iam::123456789012:role/ci\nsource_profile = gone\n"
+    )
+    monkeypatch.setenv("AWS_PROFILE", "ci")
+    with pytest.raises(InputError, match="AWS config: "):
         open_storage("s3://bucket/game", base_dir=tmp_path)
     result = CliRunner().invoke(app, ["gc", "s3://bucket/game"])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
