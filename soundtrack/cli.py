@@ -1388,7 +1388,7 @@ def _print_report(report: Any) -> None:
         )
     console.print(table)
     for track in report.tracks:
-        if track.takes:
+        if track.takes and track.status != "cached":  # a cached track's takes are history
             _said(f"{track.id}: {track.takes_summary()}")
         if track.variation_of:
             theme = {g.name: g for g in track.gates}.get("theme")

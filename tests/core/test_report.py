@@ -22,6 +22,7 @@ from soundtrack.report import (
     FileRecord,
     LockUnreadable,
     StemRecord,
+    TakeRecord,
     TrackRecord,
     parse_lock,
     to_junit,
@@ -211,6 +212,27 @@ def test_the_summary_shows_every_status_at_a_ci_logs_80_columns(
     assert "".join(track for track, _ in rows) == "".join(statuses), rows  # folded, not cut
     assert [status for _, status in rows if status] == list(statuses.values()), rows
     assert ["victory-sting", "rejected"] in rows, "a short id keeps its line"
+
+
+def test_the_summary_tells_the_takes_of_this_builds_tracks_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A fully cached rebuild printed "title-theme: take 1 passed (seed 1234)" under "3
+    cached", as if it had rendered: a cached track's takes are its lock's history."""
+    from soundtrack.cli import _print_report
+
+    takes = [TakeRecord(take=0, seed=1234, status="approved")]
+    report = BuildReport(
+        soundtrack="sky",
+        storage="./out",
+        tracks=[
+            TrackRecord(id=track_id, status=status, spec_hash="a" * 64, files=[FILE], takes=takes)  # type: ignore[arg-type]
+            for track_id, status in (("theme", "cached"), ("sting", "approved"))
+        ],
+    )
+    _print_report(report)
+    said = capsys.readouterr().out
+    assert "sting: take 1 passed (seed 1234)" in said and "theme: take" not in said, said
 
 
 def test_junit_stays_xml_when_a_reason_holds_control_characters() -> None:
