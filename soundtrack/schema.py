@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
@@ -698,38 +699,30 @@ def json_schema() -> dict[str, Any]:
     """The manifest's JSON Schema (committed as manifests/soundtrack.schema.json)."""
     schema = Manifest.model_json_schema(by_alias=True, mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    _end_alike(schema)
-    _no_null_defaults(schema)
-    return schema
-
-
-def _no_null_defaults(node: Any) -> None:
-    """A setting left out takes the defaults' value, or a built-in one (docs/manifest.md), not
-    null: an editor showed `default: null` for every one."""
-    if isinstance(node, dict):
+    for node in _objects(schema):
+        # Patterns ending in `$` end as JavaScript reads it, in Python's regexes too (whose `$`
+        # also matches before a last newline). pydantic's own checks keep `$`: its engine has
+        # no lookahead, and matches `$` at the very end.
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and re.search(r"(?<!\\)\$$", pattern):
+            node["pattern"] = pattern[:-1] + _END
+        # A setting left out takes the defaults' value, or a built-in one (docs/manifest.md),
+        # not null: an editor showed `default: null` for every one.
         if "default" in node and node["default"] is None:
             del node["default"]
-        for value in node.values():
-            _no_null_defaults(value)
-    elif isinstance(node, list):
-        for value in node:
-            _no_null_defaults(value)
+    return schema
 
 
 # The end as both read it: Python's `$` also matches before a last newline.
 _END = r"(?![\s\S])"
 
 
-def _end_alike(node: Any) -> None:
-    """Patterns ending in `$` end as JavaScript reads it, in Python's regexes too (whose `$`
-    also matches before a last newline). pydantic's own checks keep `$`: its engine has no
-    lookahead, and matches `$` at the very end."""
+def _objects(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object in a JSON document, each before what it holds."""
     if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "pattern" and isinstance(value, str) and re.search(r"(?<!\\)\$$", value):
-                node[key] = value[:-1] + _END
-            else:
-                _end_alike(value)
+        yield node
+        for value in list(node.values()):
+            yield from _objects(value)
     elif isinstance(node, list):
         for value in node:
-            _end_alike(value)
+            yield from _objects(value)
