@@ -443,9 +443,9 @@ class S3Storage:
         return lease.held(wait_s=wait_s, on_wait=on_wait)
 
     def has_soundtrack(self, soundtrack: str) -> bool:
-        """Whether its lock is here (a HEAD: gc reads it next anyway); nothing else of it is
-        left to finish (see `repair`)."""
-        return self._head(self._index_key(soundtrack)) is not None
+        """Whether its lock is here: nothing else of it is left to finish (see `repair`)."""
+        # Read, not a HEAD: a HEAD's 404 has no body, so a missing bucket read as no lock.
+        return self.read_index(soundtrack) is not None
 
     def repair(self, soundtrack: str) -> list[str]:
         """Nothing to repair: assets are content-addressed and only the lock makes them current."""
