@@ -237,7 +237,8 @@ def schema(
         ),
     ] = False,
 ) -> None:
-    """Print the manifest's JSON Schema (for editor completion; committed under manifests/)."""
+    """Print the manifest's JSON Schema (for editor completion; committed under manifests/), or
+    with --sidecar the engine sidecar's."""
     if sidecar:
         from soundtrack.sidecar import json_schema
     else:
