@@ -20,6 +20,7 @@ import subprocess
 import sys
 import termios
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,6 @@ import soundfile as sf
 from markdown_it import MarkdownIt
 
 from soundtrack.separate import make_tiny_demucs
-from tasks.generate import GPU_LIMIT
 from tests.prefect_server import PrefectServer
 from tests.reference import ebur128, sha256_of
 from tests.running import (
@@ -240,6 +240,10 @@ def test_killed_build_resumes_without_partial_or_duplicate_files(
     project: Any, prefect_server: PrefectServer
 ) -> None:
     workdir, env, args = project
+    # A slot of its own: the dead build's lease, still on the server after the slot is freed
+    # below, takes a slot away again when it runs out, from whichever build holds it then.
+    env = {**env, "SOUNDTRACK_GPU_SLOT": f"killed-{uuid.uuid4().hex}"}
+    slot = f"soundtrack-gpu-{env['SOUNDTRACK_GPU_SLOT']}"
     manifest = workdir / "m.yaml"
     tracks = "".join(
         f"  - id: cue-{n}\n    prompt: cue number {n}, strings\n    seed: {n}\n" for n in range(4)
@@ -262,7 +266,7 @@ def test_killed_build_resumes_without_partial_or_duplicate_files(
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    free_gpu_slot(prefect_server.api_url, GPU_LIMIT)  # or the rerun waits out the dead one's lease
+    free_gpu_slot(prefect_server.api_url, slot)  # or the rerun waits out the dead one's lease
     out = workdir / "out" / "e2e"
     assert not (out / "soundtrack.lock.json").exists(), "killed before the index was written"
     kept_renders = {p.name: p.stat().st_mtime_ns for p in renders.glob("*.wav")}
