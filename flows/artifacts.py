@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from soundtrack.process import TrackOutcome
 
 KEY_GATES = ("loudness", "true_peak", "duration")
-QC_REPORTS_KEPT = 20  # runs per soundtrack in the cache, about 0.1 MB per track each
+QC_REPORTS_KEPT = 20  # runs per soundtrack in the cache, each 4 MB and 0.1 MB per track
 _RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
