@@ -24,6 +24,7 @@ from soundtrack.gates import (
 )
 from soundtrack.measure import Metrics
 from soundtrack.spec import LOUDNESS_PROFILES, GateLimits
+from soundtrack.theme import THEME_LIMIT
 
 CONSOLE = LOUDNESS_PROFILES["console"]
 GOOD = Metrics(
@@ -182,6 +183,24 @@ def test_silence_and_clipping_also_judge_the_source() -> None:
     assert results["loudness"].value == -24.0  # the master's, not the source's
     source_only = _judge(dataclasses.replace(GOOD, integrated_lufs=-math.inf), label="source")
     assert [(r.name, r.passed) for r in source_only] == [("silence", False), ("clipping", True)]
+    # Silence is judged on the quieter of the two: either one silent fails the track.
+    silent = dataclasses.replace(GOOD, integrated_lufs=-math.inf)
+    assert not {r.name: r for r in _judge(silent, source=GOOD)}["silence"].passed
+    assert not {r.name: r for r in _judge(GOOD, source=silent)}["silence"].passed
+
+
+@pytest.mark.parametrize("column", ["integrated_lufs", "true_peak_dbtp", "duration_s"])
+def test_a_metric_that_is_nan_fails_its_gates_with_no_value(column: str) -> None:
+    """NaN compares false with every limit: taken as a value, it passed min and max alike."""
+    results = _judge(dataclasses.replace(GOOD, **{column: math.nan}))
+    failed = [r for r in results if not r.passed]
+    assert failed, "a metric nobody could measure passed every gate"
+    assert all(r.value is None for r in failed)
+    assert {r.name for r in failed} == {
+        "integrated_lufs": {"silence", "loudness"},
+        "true_peak_dbtp": {"true_peak"},
+        "duration_s": {"duration"},
+    }[column]
 
 
 def test_decoded_files_are_judged_on_peak_duration_rate_and_channels() -> None:
@@ -190,6 +209,9 @@ def test_decoded_files_are_judged_on_peak_duration_rate_and_channels() -> None:
     assert _failed(_judge(GOOD, label="ogg")) == set()
     bad = dataclasses.replace(GOOD, true_peak_dbtp=-0.5, sample_rate=48000, channels=1)
     assert _failed(_judge(bad, label="ogg")) == {"true_peak_ogg", "sample_rate_ogg", "channels_ogg"}
+    # Below the rate and above the channels as well: each is "=", not a bound on one side.
+    low = dataclasses.replace(GOOD, sample_rate=22050, channels=6)
+    assert _failed(_judge(low, label="ogg")) == {"sample_rate_ogg", "channels_ogg"}
     short = dataclasses.replace(GOOD, duration_s=8.0)
     assert _failed(_judge(short, label="mp3")) == {"duration_mp3"}
 
@@ -300,6 +322,8 @@ def _musical(row: dict[str, Any], **limits: Any) -> dict[str, GateResult]:
         (60.5, True),  # half time is the same tempo counted at another level
         (238.0, True),  # double time
         (90.0, False),  # a 3:4 relation is another tempo
+        (360.0, False),  # triple time: another tempo
+        (80.0, False),  # two thirds
     ],
 )
 def test_tempo_gate_accepts_the_target_at_half_and_double_time(
@@ -310,6 +334,27 @@ def test_tempo_gate_accepts_the_target_at_half_and_double_time(
     assert tempo.passed is passed and tempo.severity == "fail"
     assert tempo.limit == "<= 4% from 120 bpm (or half or double)"
     assert tempo.value == pytest.approx(error)
+
+
+@pytest.mark.parametrize(
+    ("similarity", "passed"), [(THEME_LIMIT, True), (THEME_LIMIT - 0.01, False)]
+)
+def test_a_variation_fails_below_the_theme_limit_and_passes_at_it(
+    similarity: float, passed: bool
+) -> None:
+    row = {**metrics_row("t", "master", GOOD), "theme_similarity": similarity}
+    gates = gate_expectations(
+        ["master"],
+        limits=GateLimits(),
+        loudness=CONSOLE,
+        duration_s=10.0,
+        loop=False,
+        sample_rate=44100,
+        channels=2,
+        theme=True,
+    )
+    (theme,) = [g for g in evaluate(GateTable("t", (row,), tuple(gates))) if g.name == "theme"]
+    assert (theme.passed, theme.severity, theme.value) == (passed, "fail", similarity)
 
 
 def test_no_tempo_found_fails_the_tempo_gate() -> None:
@@ -326,6 +371,7 @@ def test_key_gate_warns_when_the_key_is_neither_the_target_nor_its_relative() ->
     assert _musical({"tempo_error_pct": 0.0, "key_offset_semitones": 0})["key"].passed
     off_key = _musical({"tempo_error_pct": 0.0, "key_offset_semitones": 2})["key"]
     assert not off_key.passed and off_key.severity == "warn" and off_key.value == 2
+    assert not _musical({"tempo_error_pct": 0.0, "key_offset_semitones": 1})["key"].passed
     assert off_key.limit == "A minor or C major (0 semitones away)"
 
 
