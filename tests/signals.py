@@ -93,6 +93,13 @@ def music_like(
     return (out[None, :] * pans / pans.max()).astype(np.float32)
 
 
+def fading(audio: np.ndarray, fall_db: float) -> np.ndarray:
+    """`audio` falling steadily by `fall_db` from start to end: a block or window at every
+    loudness in between, so any shift of a gate or a percentile shows."""
+    gain = 10 ** (np.linspace(0.0, -fall_db, audio.shape[1]) / 20.0)
+    return (audio * gain[None, :]).astype(np.float32)
+
+
 def transients(
     duration_s: float,
     sample_rate: int,

@@ -25,7 +25,7 @@ from soundtrack.loudness import (
     short_term_lufs,
 )
 from tests.reference import ebur128, ebur128_short_term
-from tests.signals import music_like, pink_noise, sine
+from tests.signals import fading, music_like, pink_noise, sine
 
 
 def _pyloudnorm(audio: np.ndarray, rate: int, block_s: float = 0.4) -> float:
@@ -49,6 +49,8 @@ def _loud_then_quiet(rate: int) -> np.ndarray:
         ("pink noise 48 kHz", pink_noise(-20.0, 5.0, 48000), 48000),
         ("five channels", pink_noise(-30.0, 3.0, 48000, channels=5), 48000),
         ("relative gate", _loud_then_quiet(44100), 44100),
+        # From -20 to -95 LUFS: blocks on both sides of each gate.
+        ("a fade through both gates", fading(pink_noise(-20.0, 14.0, 44100), 75.0), 44100),
     ],
 )
 def test_integrated_loudness_matches_pyloudnorm(name: str, audio: np.ndarray, rate: int) -> None:
