@@ -15,9 +15,13 @@ from soundtrack.encode import encode
 from soundtrack.errors import AudioError
 from soundtrack.limiter import true_peak_dbtp
 from soundtrack.loops import (
+    SEARCH_S,
     SHORTEST_LOOP_S,
+    BarLoop,
     bake_crossfade,
+    ends_at_its_loop,
     find_loop_end,
+    make_bar_loop,
     make_loop,
     render_duration_s,
 )
@@ -51,6 +55,36 @@ def test_loop_end_lands_where_the_music_repeats() -> None:
     loop_end = find_loop_end(music, RATE, 8.3, crossfade_samples=round(0.25 * RATE))
     assert abs(loop_end - 8 * RATE) <= 0.02 * RATE
     assert music.mean(axis=0)[loop_end - 1] < 0.0 <= music.mean(axis=0)[loop_end]
+
+
+def test_the_loop_end_stays_within_the_search_of_the_duration() -> None:
+    """The music repeats at 8 s, 0.6 s short of the 8.6 s asked for: outside the search, so
+    the end is found near 8.6 s (and crossfaded), not at the repeat."""
+    music = signals.music_like(12.0, RATE).astype(np.float64)
+    loop_end = find_loop_end(music, RATE, 8.6, crossfade_samples=round(0.25 * RATE))
+    assert 8.6 - SEARCH_S <= loop_end / RATE <= 8.6 + SEARCH_S
+
+
+def test_a_bar_loop_is_cut_to_its_bars_unless_the_audio_already_ends_there() -> None:
+    music = signals.music_like(6.0, RATE).astype(np.float64)
+    bar_loop = BarLoop(start=1000, length=2 * RATE + 0.6, ends_within=50.0)
+    end = 1000 + 88201  # the bars' length to the nearest sample
+    # 2 % past the bars: cut there, with what follows crossfaded into the first downbeat.
+    longer = music[:, : end + round(0.02 * bar_loop.length)]
+    looped = make_bar_loop(longer, RATE, bar_loop, crossfade_ms=10.0)
+    assert looped.shape == (2, end)
+    np.testing.assert_allclose(looped[:, 1000], longer[:, end])
+    # Within `ends_within` of them: a recording cut to its bars, kept as it is.
+    cut = music[:, : end + 30]
+    np.testing.assert_array_equal(make_bar_loop(cut, RATE, bar_loop, crossfade_ms=10.0), cut)
+
+
+def test_a_recording_ends_at_its_loop_within_one_percent_of_it() -> None:
+    """docs/formats.md: a recording within 1 % of its loop's length is looped as it is; a longer
+    one is searched and crossfaded like a render."""
+    assert ends_at_its_loop(8.08 * RATE, 8.0 * RATE) and ends_at_its_loop(7.92 * RATE, 8.0 * RATE)
+    assert not ends_at_its_loop(8.1 * RATE, 8.0 * RATE)
+    assert not ends_at_its_loop(7.8 * RATE, 8.0 * RATE)
 
 
 @pytest.mark.parametrize("period_s", [0.62, 0.69, 0.75])

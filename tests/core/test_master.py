@@ -274,6 +274,36 @@ def test_short_fades_and_no_fade_for_loops() -> None:
     )
 
 
+@pytest.mark.parametrize("fade_out_s", [0.5, 2.0])
+def test_the_fade_out_falls_linearly_over_its_whole_length(fade_out_s: float) -> None:
+    rate = 44100
+    tone = signals.sine(441.0, -20.0, 8.0, rate)  # whole periods of 100 samples
+    mastering = Mastering(
+        loudness=LOUDNESS_PROFILES["console"], fade_in_ms=0.0, fade_out_s=fade_out_s
+    )
+    m = master(tone, rate, mastering, loop=False, duration_s=8.0)
+    body = float(np.abs(m.audio[:, rate : 2 * rate]).max())
+    for gain in (0.75, 0.5, 0.25):
+        # The peak of the period that ends where the ramp is at `gain`.
+        end = m.audio.shape[1] - round(gain * fade_out_s * rate)
+        assert float(np.abs(m.audio[:, end - 100 : end]).max()) / body == pytest.approx(
+            gain, abs=0.01
+        )
+
+
+def test_a_quiet_intro_above_the_trim_threshold_is_kept() -> None:
+    """Only what lies under -60 dBFS in the master is trimmed: an intro 35 dB under the body
+    (about -55 dBFS once mastered) stays, and the music starts on time."""
+    rate = 44100
+    intro = signals.sine(441.0, -40.0, 1.0, rate)
+    body = signals.sine(441.0, -5.0, 5.0, rate)
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["console"], fade_in_ms=0.0)
+    m = master(np.concatenate([intro, body], axis=1), rate, mastering, loop=False, duration_s=6.0)
+    first_s = float(np.abs(m.audio[:, : rate // 2]).max())
+    assert -60.0 < 20 * np.log10(first_s) < -50.0, "the intro is there, at its level"
+    assert 20 * np.log10(float(np.abs(m.audio[:, 2 * rate : 3 * rate]).max())) > -30.0
+
+
 def test_silent_or_broken_input_is_refused() -> None:
     mastering = Mastering(loudness=LOUDNESS_PROFILES["console"])
     with pytest.raises(AudioError, match="silent"):
