@@ -51,6 +51,17 @@ def test_decoded_files_have_the_masters_length_and_rate(tmp_path: Path) -> None:
     np.testing.assert_allclose(wav.T, m.audio, atol=2.0**-22)
 
 
+def test_lossy_files_are_encoded_at_the_documented_quality(tmp_path: Path) -> None:
+    """Vorbis q6 and LAME -V2, about 190 kb/s on stereo music: read back from the files'
+    sizes and lengths on noise, which VBR cannot make smaller (q2 and -V7 give 100 kb/s)."""
+    noise = signals.pink_noise(-20.0, 10.0, 44100, channels=2)
+    m = Master(noise, 44100, None, None, input_lufs=-20.0, gain_db=0.0, limiter_reduction_db=0.0)
+    for f in encode(m, ["ogg", "mp3"], tmp_path, "noise", tags=TAGS):
+        decoded, rate = decode_with_ffmpeg(f.path)
+        kbps = f.path.stat().st_size * 8 / (decoded.shape[1] / rate) / 1000
+        assert 160 <= kbps <= 260, (f.format, kbps)
+
+
 @pytest.mark.parametrize(
     ("seconds", "sample_rate", "channels", "tone"),
     [
