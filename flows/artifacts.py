@@ -34,6 +34,7 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 
 from flows.markdown import destination, literal
+from soundtrack.atomic import link_twins
 from soundtrack.errors import SoundtrackError
 from soundtrack.publish import PRESIGN_EXPIRY_S
 from soundtrack.redaction import redact
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from soundtrack.process import TrackOutcome
 
 KEY_GATES = ("loudness", "true_peak", "duration")
-QC_REPORTS_KEPT = 20  # runs per soundtrack in the cache, each 4 MB and 0.1 MB per track
+QC_REPORTS_KEPT = 20  # runs per soundtrack in the cache, about 0.1 MB per track each
 _RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -264,15 +265,26 @@ def _data_docs(soundtrack: str, outcomes: Sequence[TrackOutcome]) -> Path | None
         get_run_logger().warning("QC report (Data Docs) not written: %s", redact(str(exc)))
         return None
     try:
-        _drop_oldest(reports)
+        _keep_last_runs(reports, index.parent)
     except OSError as exc:
         get_run_logger().warning("older QC reports not removed: %s", redact(str(exc)))
     return index
 
 
-def _drop_oldest(reports: Path) -> None:
-    """Keep the QC reports of the soundtrack's last QC_REPORTS_KEPT runs: an older run's link
-    finds nothing rather than another run's report."""
+def _keep_last_runs(reports: Path, run: Path) -> None:
+    """Keep the QC reports of the soundtrack's last QC_REPORTS_KEPT runs (an older run's link
+    finds nothing rather than another run's report), `run`'s page assets shared with the run
+    before it: every run's Data Docs carry the same 4 MB of them."""
+    runs = _runs(reports)
+    earlier = [other for other in runs if other != run]
+    if earlier:
+        link_twins(run / "static", earlier[0] / "static")
+    for old in runs[QC_REPORTS_KEPT:]:
+        shutil.rmtree(old, ignore_errors=True)  # another build of it may be removing it too
+
+
+def _runs(reports: Path) -> list[Path]:
+    """The soundtrack's QC report folders, one per run, newest first."""
     runs: list[tuple[float, Path]] = []
     for entry in reports.iterdir():
         if not _RUN_ID.fullmatch(entry.name):
@@ -281,6 +293,4 @@ def _drop_oldest(reports: Path) -> None:
             status = entry.lstat()
             if stat.S_ISDIR(status.st_mode):  # a link is none of ours
                 runs.append((status.st_mtime, entry))
-    runs.sort(reverse=True)
-    for _, old in runs[QC_REPORTS_KEPT:]:
-        shutil.rmtree(old, ignore_errors=True)  # another build of it may be removing it too
+    return [run for _, run in sorted(runs, reverse=True)]

@@ -4,6 +4,7 @@ after a crash: a temporary name beside the target, fsynced, renamed over it, fol
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import os
 import secrets
 import shutil
@@ -42,3 +43,21 @@ def clear_folder(path: Path) -> None:
     renames over one, so each write there would fail, build after build."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
+
+
+def link_twins(folder: Path, twin: Path) -> None:
+    """Make each file under `folder` whose counterpart under `twin` (the same relative path)
+    holds the same bytes a hard link to it, put in place by rename; a file that cannot be
+    linked (another file system) stays a copy."""
+    for path in folder.rglob("*"):
+        other = twin / path.relative_to(folder)
+        try:
+            if path.is_symlink() or other.is_symlink() or not (path.is_file() and other.is_file()):
+                continue
+            if os.path.samefile(path, other) or not filecmp.cmp(path, other, shallow=False):
+                continue
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.part")
+            os.link(other, tmp)
+            os.replace(tmp, path)
+        except OSError:
+            continue

@@ -7,13 +7,14 @@ import html
 import logging
 import os
 import re
+import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 from markdown_it import MarkdownIt
 
-from flows.artifacts import QC_REPORTS_KEPT, BuildArtifacts, _drop_oldest
+from flows.artifacts import QC_REPORTS_KEPT, BuildArtifacts, _keep_last_runs
 from soundtrack.report import BuildReport, FileRecord, PictureRecord, TakeRecord, TrackRecord
 from tests.prefect_server import PrefectServer
 from tests.running import run_artifacts
@@ -144,11 +145,37 @@ def test_a_soundtracks_qc_reports_keep_its_last_runs_and_nothing_else_is_touched
     link.symlink_to(elsewhere, target_is_directory=True)
     os.utime(link, (1.0, 1.0), follow_symlinks=False)
     others.append(link)
-    _drop_oldest(tmp_path)
+    _keep_last_runs(tmp_path, tmp_path / runs[0])
     assert sorted(p.name for p in tmp_path.iterdir() if p not in others) == sorted(
         runs[:QC_REPORTS_KEPT]
     )
     assert all(p.exists() for p in others) and (elsewhere / "keep").exists()
+
+
+def test_each_qc_report_shares_the_page_assets_of_the_run_before_it(tmp_path: Path) -> None:
+    """Every run's Data Docs carry the same 4 MB of fonts, scripts and styles: kept 20 times,
+    80 MB per soundtrack. A file of the same bytes is one file; any other stays its own."""
+    older, newer = (tmp_path / str(uuid.uuid4()) for _ in range(2))
+    for age_s, run in enumerate((newer, older)):
+        (run / "static" / "fonts").mkdir(parents=True)
+        (run / "static" / "fonts" / "icons.woff").write_bytes(b"font" * 1000)
+        (run / "static" / "styles.css").write_text(f"body {{ order: {age_s} }}")  # not alike
+        (run / "index.html").write_text("the same page")  # not an asset: the run's own
+        os.utime(run, (1e9 - age_s, 1e9 - age_s))
+    _keep_last_runs(tmp_path, newer)
+    font = Path("static", "fonts", "icons.woff")
+    assert (newer / font).samefile(older / font)
+    assert (newer / font).read_bytes() == b"font" * 1000
+    assert not (newer / "static" / "styles.css").samefile(older / "static" / "styles.css")
+    assert not (newer / "index.html").samefile(older / "index.html")
+    assert (newer / "static" / "styles.css").read_text() == "body { order: 0 }"
+    shutil.rmtree(older)  # the older run goes in its turn; the newer keeps every byte
+    assert (newer / font).read_bytes() == b"font" * 1000
+    assert sorted(p.name for p in (newer / "static").rglob("*")) == [
+        "fonts",
+        "icons.woff",
+        "styles.css",
+    ]
 
 
 def test_a_track_the_lock_does_not_list_shows_no_file_as_published(
