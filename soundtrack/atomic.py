@@ -58,6 +58,9 @@ def link_twins(folder: Path, twin: Path) -> None:
                 continue
             tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.part")
             os.link(other, tmp)
-            os.replace(tmp, path)
         except OSError:
             continue
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
