@@ -999,6 +999,31 @@ def test_numbers_read_as_yaml_1_2_reads_them_and_unordered_tags_are_refused(
         assert field in shown and said in shown and "line " in shown, shown
 
 
+@pytest.mark.parametrize(
+    ("field", "tagged"),
+    [
+        ("prompt: drums", "prompt: !!python/name:os.system"),
+        ("seed: 5", "seed: !!python/tuple [5]"),
+        ("seed: 5", "seed: !!python/object/new:int [5]"),
+    ],
+)
+def test_python_tags_are_refused_as_yaml_before_anything_is_built(
+    tmp_path: Path, field: str, tagged: str
+) -> None:
+    """Configuration is data: a Python tag names no constructor (a loader that knew one would
+    hand the manifest a function of os, or a tuple), at its line."""
+    path = write(tmp_path, BASE.replace(field, tagged))
+    with pytest.raises(InputError) as caught:
+        load_manifest(path)
+    tag = tagged.split("!!", 1)[1].split(" ", 1)[0]
+    assert f"could not determine a constructor for the tag 'tag:yaml.org,2002:{tag}'" in str(
+        caught.value
+    )
+    assert f"line {BASE.replace(field, tagged).splitlines().index('    ' + tagged) + 1}" in str(
+        caught.value
+    )
+
+
 def test_flags_and_dates_read_as_yaml_1_2_reads_them(tmp_path: Path) -> None:
     """YAML 1.1 made `lyrics: no` the flag false (an error about a boolean where an editor
     shows the word), `model_revision: 2024-01-01` a date, and `loop: yes` a flag an editor
