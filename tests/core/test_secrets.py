@@ -143,6 +143,36 @@ def test_log_records_are_redacted_whatever_logger_or_handler_gets_them(
     assert [r.getMessage() for r in caplog.records] == ["signing with ***", "request failed"]
     assert "ValueError: bad secret ***" in caplog.text
     assert secret_key not in caplog.text
+    # A handler that renders the exception itself (rich tracebacks) finds none to render.
+    assert caplog.records[1].exc_info is None
+
+
+def test_secrets_of_four_characters_are_blanked_and_shorter_ones_are_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "Qz7w")
+    remember("Wq9j", "Vx3")
+    assert redact("keys Qz7w, Wq9j and Vx3") == "keys ***, *** and Vx3"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "Qz7")
+    assert redact("key Qz7") == "key Qz7"
+
+
+def test_a_proxys_password_and_a_tokens_user_part_are_blanked_wherever_they_appear(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    password, token = new_secret("proxy-password"), secrets.token_hex(12)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://builder:{quote(password, safe='')}@proxy:3128")
+    remember_url(f"https://{token}@git.example.com/game.git")  # a token as the URL's user
+    assert redact(f"proxy refused {password}; token {token}") == "proxy refused ***; token ***"
+
+
+def test_what_follows_a_presigned_links_token_is_still_redacted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret_key = new_secret("secret-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret_key)
+    line = f"https://s3.example.com/b/k.ogg?X-Amz-Security-Token=t0k3n&note={secret_key}"
+    assert redact(line) == "https://s3.example.com/b/k.ogg?X-Amz-Security-Token=t0k3n&note=***"
 
 
 def test_prefect_run_logs_sent_to_the_server_are_redacted(
