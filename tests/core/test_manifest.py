@@ -24,7 +24,6 @@ from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.manifest import (
     MAX_MANIFEST_BYTES,
-    MAX_YAML_ALIASES,
     MAX_YAML_NODES,
     _line_map,
     _ManifestLoader,
@@ -467,6 +466,16 @@ def test_a_prompt_of_nothing_but_dots_is_refused_by_validate_and_the_schema(
         assert "prompt has nothing but dots: say what the music is" in output, output
 
 
+@pytest.mark.parametrize(("length", "valid"), [(1000, True), (1001, False)])
+def test_a_prompt_holds_1000_characters(tmp_path: Path, length: int, valid: bool) -> None:
+    prompt = ("calm strings " * 100)[: length - 1] + "."
+    text = f"schema: 1\nsoundtrack: game\ntracks:\n  - id: theme\n    prompt: {prompt}\n"
+    code, output = assert_the_schema_agrees(tmp_path, text)
+    assert code == (0 if valid else 2), output
+    if not valid:
+        assert "prompt is 1001 characters; the limit is 1000" in output, output
+
+
 def test_the_json_schema_gives_no_null_defaults() -> None:
     """A setting left out is the defaults' or a built-in value: editors showed `null`."""
     assert '"default": null' not in (ROOT / "manifests" / "soundtrack.schema.json").read_text()
@@ -645,12 +654,20 @@ def test_alias_bomb_is_refused_before_any_value_is_built(monkeypatch: pytest.Mon
 
 
 def test_too_many_aliases_are_refused(tmp_path: Path) -> None:
-    aliases = ", ".join(["*horn"] * (MAX_YAML_ALIASES + 1))
-    track = f"  - id: a\n    prompt: &horn horn\n    instruments: [{aliases}]\n"
-    text = f"schema: 1\nsoundtrack: g\ntracks:\n{track}"
+    """docs/manifest.md: 1,000 aliases at the most."""
+
+    def with_aliases(count: int) -> Path:
+        aliases = ", ".join(["*horn"] * count)
+        track = f"  - id: a\n    prompt: &horn horn\n    instruments: [{aliases}]\n"
+        return write(tmp_path, f"schema: 1\nsoundtrack: g\ntracks:\n{track}")
+
     with pytest.raises(InputError) as refused:
-        load_manifest(write(tmp_path, text))
-    assert f"more than {MAX_YAML_ALIASES} aliases (*name)" in str(refused.value)
+        load_manifest(with_aliases(1001))
+    assert "more than 1000 aliases (*name)" in str(refused.value)
+    try:
+        load_manifest(with_aliases(1000))
+    except InputError as other:  # a limit of the instruments', not of YAML's
+        assert "aliases" not in str(other)
 
 
 def test_line_map_walks_a_shared_node_once() -> None:

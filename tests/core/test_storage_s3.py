@@ -559,6 +559,8 @@ def test_missing_bucket_is_a_clear_permanent_error(
         ("s3://192.168.1.1/x", "invalid S3 bucket name '192.168.1.1'"),
         ("s3://xn--game/x", "invalid S3 bucket name"),
         ("s3://game-s3alias/x", "invalid S3 bucket name"),
+        ("s3://game..assets/x", "invalid S3 bucket name"),
+        ("s3://game--x-s3/x", "invalid S3 bucket name"),  # a directory bucket's suffix
         ("s3://bucket/a#b", r"'s3://bucket/a' \(#\.\.\. not shown\): a storage URL may have no"),
         ("s3://bucket#evil", r"'s3://bucket' \(#\.\.\. not shown\): a storage URL may have no"),
         ("s3://bucket?X-Amz-Security-Token=evil", "may have no query or fragment"),
