@@ -34,6 +34,7 @@ from soundtrack.review_server import (
     CandidateSite,
     RequestError,
     ReviewSite,
+    Unsatisfiable,
     allowed_host,
     byte_range,
     make_server,
@@ -180,6 +181,13 @@ def test_byte_ranges_follow_rfc_9110(
     assert byte_range(header, size) == expected
 
 
+@pytest.mark.parametrize("header", ["bytes=-0", "bytes=100-", "bytes=100-200"])
+def test_a_range_of_no_byte_of_the_file_is_unsatisfiable(header: str) -> None:
+    """RFC 9110 §15.5.17: 416, where a whole file or an empty body would mislead a player."""
+    with pytest.raises(Unsatisfiable):
+        byte_range(header, 100)
+
+
 @pytest.mark.parametrize(
     ("host", "port", "allowed"),
     [
@@ -211,6 +219,22 @@ def test_a_candidate_file_no_longer_staged_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(RequestError, match="no longer staged") as caught:
         site.file("loop.wav")
     assert caught.value.status == 404
+
+
+def test_a_candidate_file_changed_since_it_was_judged_is_not_sent(tmp_path: Path) -> None:
+    """A reviewer approves what passed the gates: a staged take changed since (another tool, a
+    bad disk) answers 502, even after the same file was sent unchanged before."""
+    (tmp_path / "loop.wav").write_bytes(b"take")
+    track = TrackRecord(
+        id="loop", status="approved", spec_hash="abc", files=[record("loop.wav", b"take", "wav")]
+    )
+    site = CandidateSite(report_of([track]), tmp_path)
+    assert site.file("loop.wav")[0] == tmp_path / "loop.wav"
+    (tmp_path / "loop.wav").write_bytes(b"tape")  # same size, other bytes, a later time
+    os.utime(tmp_path / "loop.wav", ns=(0, 10**18))
+    with pytest.raises(RequestError, match="changed since it was judged") as caught:
+        site.file("loop.wav")
+    assert caught.value.status == 502
 
 
 class Served:
