@@ -120,6 +120,9 @@ def test_reference_recordings_and_stem_models_count_as_inputs(tmp_path: Path) ->
 def test_outputs_beside_inputs_are_fine(tmp_path: Path) -> None:
     checked = check_inputs(manifest(tmp_path, storage="."))
     assert [spec.id for spec in checked.specs] == ["credits"]
+    # A path that begins with an input's whole path is beside it, not in it.
+    beside = check_inputs(manifest(tmp_path), reports=[tmp_path / "audio" / "credits.wav.json"])
+    assert beside.specs == checked.specs
 
 
 def test_report_paths_are_checked_before_anything_runs(tmp_path: Path) -> None:
