@@ -315,6 +315,48 @@ def test_object_appearing_between_check_and_upload_is_not_overwritten(
     assert client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == b"the other build's bytes"
 
 
+def test_an_upload_replaced_before_its_check_fails_verification_and_records_nothing(
+    s3_server: SeaweedServer,
+    s3_bucket: str,
+    assets: list[Asset],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server's checksum after the upload is what proves it: bytes of the same length
+    written over ours in between (another tool, a bad replica) fail it, as no length would."""
+    asset = assets[0]
+    client = s3_server.client()
+    heads: list[str] = []
+    size = asset.path.stat().st_size
+
+    def overwriter(seen: Seen) -> None:
+        key = seen.path.removeprefix(f"/{s3_bucket}/")
+        if seen.method == "HEAD" and key.endswith(".ogg"):
+            heads.append(key)
+            if len(heads) == 2:  # after the upload: the check
+                client.put_object(
+                    Bucket=s3_bucket, Key=key, Body=b"\0" * size, ChecksumAlgorithm="SHA256"
+                )
+
+    with FaultProxy(int(s3_server.endpoint.rsplit(":", 1)[1]), before_forward=overwriter) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
+        with pytest.raises(StorageError, match="failed verification") as caught:
+            storage.put_asset(
+                asset.path,
+                storage.asset_key(
+                    SOUNDTRACK, asset.track_id, asset.spec_hash, asset.ext, sha256=asset.sha256
+                ),
+                sha256=asset.sha256,
+                content_type="audio/ogg",
+                metadata={},
+            )
+    assert not caught.value.transient
+    assert len(heads) == 2
+    listed = client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])
+    assert [o["Key"] for o in listed] == [heads[0]], "no journal record for what failed"
+
+
 @pytest.mark.parametrize("key", ["elsewhere/x.ogg", "gamesx/x.ogg", f"{SOUNDTRACK}/x.ogg"])
 def test_keys_outside_the_prefix_are_refused(
     key: str, s3_server: SeaweedServer, s3_bucket: str, assets: list[Asset], tmp_path: Path
