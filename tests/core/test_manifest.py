@@ -670,6 +670,15 @@ def test_too_many_aliases_are_refused(tmp_path: Path) -> None:
         assert "aliases" not in str(other)
 
 
+def test_aliases_that_nest_deeper_than_written_are_refused(tmp_path: Path) -> None:
+    """Each line two levels deep as written, 35 once its aliases expand: past the 32 allowed,
+    which bound the recursion of whatever reads the values."""
+    chain = ["a0: &a0 [x]"] + [f"a{i}: &a{i} [*a{i - 1}]" for i in range(1, 34)]
+    with pytest.raises(InputError) as refused:
+        load_manifest(write(tmp_path, "\n".join(chain) + "\n"))
+    assert "aliases (*name) nest this value more than 32 levels deep" in str(refused.value)
+
+
 def test_line_map_walks_a_shared_node_once() -> None:
     # Six levels of nine aliases: 9**6 paths if every alias were walked again.
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
