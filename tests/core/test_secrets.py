@@ -157,6 +157,13 @@ def test_secrets_of_four_characters_are_blanked_and_shorter_ones_are_not(
     assert redact("key Qz7") == "key Qz7"
 
 
+def test_a_secret_beyond_ascii_is_blanked_as_bytes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library that logs a header as bytes writes `b'p\\xc3\\xa4ss'`, not the text."""
+    secret = f"pässwörd-{secrets.token_hex(4)}"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    assert redact(f"sent {secret.encode()!r} and {secret!r}") == "sent b'***' and '***'"
+
+
 def test_a_proxys_password_and_a_tokens_user_part_are_blanked_wherever_they_appear(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
