@@ -272,13 +272,13 @@ def _data_docs(soundtrack: str, outcomes: Sequence[TrackOutcome]) -> Path | None
 
 
 def _keep_last_runs(reports: Path, run: Path) -> None:
-    """Keep the QC reports of the soundtrack's last QC_REPORTS_KEPT runs (an older run's link
-    finds nothing rather than another run's report), `run`'s page assets shared with the run
-    before it: every run's Data Docs carry the same 4 MB of them."""
+    """Keep the soundtrack's last QC_REPORTS_KEPT QC reports (an older run's link finds nothing
+    rather than another's), `run`'s 4 MB of page assets shared with the run before's."""
     runs = _runs(reports)
     earlier = [other for other in runs if other != run]
     if earlier:
-        link_twins(run / "static", earlier[0] / "static")
+        with contextlib.suppress(OSError):  # a copy costs only space
+            link_twins(run / "static", earlier[0] / "static")
     for old in runs[QC_REPORTS_KEPT:]:
         shutil.rmtree(old, ignore_errors=True)  # another build of it may be removing it too
 

@@ -46,9 +46,10 @@ def clear_folder(path: Path) -> None:
 
 
 def link_twins(folder: Path, twin: Path) -> None:
-    """Make each file under `folder` whose counterpart under `twin` (the same relative path)
-    holds the same bytes a hard link to it, put in place by rename; a file that cannot be
-    linked (another file system) stays a copy."""
+    """Make each file under `folder` that holds the same bytes as its twin under `twin` a hard
+    link to it (never written in place after), else leave it a copy; links are not followed."""
+    if folder.is_symlink() or twin.is_symlink():
+        return
     for path in folder.rglob("*"):
         other = twin / path.relative_to(folder)
         try:

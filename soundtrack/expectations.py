@@ -20,6 +20,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from soundtrack.atomic import clear_folder
 from soundtrack.errors import InputError, StorageError
 from soundtrack.formats import FORMATS
 from soundtrack.gates import (
@@ -610,6 +611,9 @@ def build_data_docs(tables: Sequence[GateTable], out_dir: Path) -> Path:
     for table in tables:
         _check_team(table)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A run built again (a flow run retried) would write its page assets through the hard
+    # links it shares with other runs' reports (atomic.link_twins): GX opens them for writing.
+    clear_folder(out_dir / "static")
     with _GX_LOCK:
         context = _context(out_dir)
         for table in tables:

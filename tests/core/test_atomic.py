@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundtrack.atomic import atomic_path
+from soundtrack.atomic import atomic_path, link_twins
 from soundtrack.audio import write_wav
 from soundtrack.encode import encode
 from soundtrack.master import Master
@@ -131,3 +131,28 @@ def test_the_writer_creates_the_file_with_the_usual_permissions(tmp_path: Path) 
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o644
+
+
+def test_link_twins_links_only_files_of_the_same_bytes_and_follows_no_link(tmp_path: Path) -> None:
+    folder, twin, outside = tmp_path / "new", tmp_path / "old", tmp_path / "outside"
+    for root in (folder, twin, outside):
+        (root / "fonts").mkdir(parents=True)
+    for root in (folder, twin):
+        (root / "fonts" / "a.woff").write_bytes(b"font")
+    (folder / "style.css").write_text("new")
+    (twin / "style.css").write_text("old")  # the same name, other bytes: a copy each
+    (outside / "x.js").write_text("js")
+    (twin / "x.js").write_text("js")
+    (folder / "x.js").symlink_to(outside / "x.js")  # a link of folder's is none of its files
+
+    link_twins(folder, twin)
+
+    assert (folder / "fonts" / "a.woff").samefile(twin / "fonts" / "a.woff")
+    assert (folder / "style.css").read_text() == "new"
+    assert not (folder / "style.css").samefile(twin / "style.css")
+    assert (folder / "x.js").is_symlink() and not (outside / "x.js").samefile(twin / "x.js")
+    assert sorted(p.name for p in folder.rglob("*")) == ["a.woff", "fonts", "style.css", "x.js"]
+    # A folder that is a link (to anywhere) is left alone, whole.
+    (tmp_path / "linked").symlink_to(outside, target_is_directory=True)
+    link_twins(tmp_path / "linked", twin)
+    assert not (outside / "x.js").samefile(twin / "x.js")

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from soundtrack.atomic import link_twins
 from soundtrack.errors import InputError
 from soundtrack.expectations import build_data_docs, load_expectations
 from soundtrack.gates import (
@@ -287,6 +288,24 @@ def test_data_docs_show_every_track_validation(tmp_path: Path) -> None:
     text = " ".join(pages.values())
     assert "gates-calm" in index.read_text() and "gates-harsh" in index.read_text()
     assert "true_peak" in text and "4x-oversampled true peak" in text
+
+
+def test_data_docs_built_again_write_new_page_assets_not_through_shared_links(
+    tmp_path: Path,
+) -> None:
+    """A retried flow run builds its report again in its folder, whose page assets are hard
+    links to another run's: GX opened each for writing, through the link, into every report."""
+    tables = [_master_table("calm", GOOD)]
+    build_data_docs(tables, tmp_path / "older")
+    build_data_docs(tables, tmp_path / "retried")
+    link_twins(tmp_path / "retried" / "static", tmp_path / "older" / "static")
+    older = (tmp_path / "older").rglob("static/**/*")
+    assets = [p.relative_to(tmp_path / "older") for p in older if p.is_file()]
+    assert assets and all(
+        (tmp_path / "retried" / a).samefile(tmp_path / "older" / a) for a in assets
+    )
+    build_data_docs(tables, tmp_path / "retried")
+    assert not any((tmp_path / "retried" / a).samefile(tmp_path / "older" / a) for a in assets)
 
 
 def _musical(row: dict[str, Any], **limits: Any) -> dict[str, GateResult]:
