@@ -82,9 +82,9 @@ def test_a_bar_loop_is_cut_to_its_bars_unless_the_audio_already_ends_there() -> 
 def test_a_recording_ends_at_its_loop_within_one_percent_of_it() -> None:
     """docs/formats.md: a recording within 1 % of its loop's length is looped as it is; a longer
     one is searched and crossfaded like a render."""
-    assert ends_at_its_loop(8.08 * RATE, 8.0 * RATE) and ends_at_its_loop(7.92 * RATE, 8.0 * RATE)
-    assert not ends_at_its_loop(8.1 * RATE, 8.0 * RATE)
-    assert not ends_at_its_loop(7.8 * RATE, 8.0 * RATE)
+    loop = 8 * RATE  # 352800 frames: 1 % is 3528
+    assert ends_at_its_loop(loop + 3528, loop) and ends_at_its_loop(loop - 3528, loop)
+    assert not ends_at_its_loop(loop + 3529, loop) and not ends_at_its_loop(loop - 3529, loop)
 
 
 @pytest.mark.parametrize("period_s", [0.62, 0.69, 0.75])

@@ -230,7 +230,7 @@ def test_a_candidate_file_changed_since_it_was_judged_is_not_sent(tmp_path: Path
     )
     site = CandidateSite(report_of([track]), tmp_path)
     assert site.file("loop.wav")[0] == tmp_path / "loop.wav"
-    (tmp_path / "loop.wav").write_bytes(b"tape")  # same size, other bytes, a later time
+    (tmp_path / "loop.wav").write_bytes(b"tape")  # same size, other bytes, another time
     os.utime(tmp_path / "loop.wav", ns=(0, 10**18))
     with pytest.raises(RequestError, match="changed since it was judged") as caught:
         site.file("loop.wav")

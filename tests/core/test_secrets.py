@@ -150,6 +150,7 @@ def test_log_records_are_redacted_whatever_logger_or_handler_gets_them(
 def test_secrets_of_four_characters_are_blanked_and_shorter_ones_are_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr("soundtrack.redaction._remembered", frozenset())  # not for later tests
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "Qz7w")
     remember("Wq9j", "Vx3")
     assert redact("keys Qz7w, Wq9j and Vx3") == "keys ***, *** and Vx3"

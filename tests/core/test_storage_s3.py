@@ -326,17 +326,18 @@ def test_an_upload_replaced_before_its_check_fails_verification_and_records_noth
     written over ours in between (another tool, a bad replica) fail it, as no length would."""
     asset = assets[0]
     client = s3_server.client()
-    heads: list[str] = []
+    put: list[str] = []
     size = asset.path.stat().st_size
 
     def overwriter(seen: Seen) -> None:
         key = seen.path.removeprefix(f"/{s3_bucket}/")
-        if seen.method == "HEAD" and key.endswith(".ogg"):
-            heads.append(key)
-            if len(heads) == 2:  # after the upload: the check
-                client.put_object(
-                    Bucket=s3_bucket, Key=key, Body=b"\0" * size, ChecksumAlgorithm="SHA256"
-                )
+        if seen.method == "PUT" and key.endswith(".ogg"):
+            put.append(key)
+        elif seen.method == "HEAD" and put == [key]:  # the check after the upload
+            put.append(key)
+            client.put_object(
+                Bucket=s3_bucket, Key=key, Body=b"\0" * size, ChecksumAlgorithm="SHA256"
+            )
 
     with FaultProxy(int(s3_server.endpoint.rsplit(":", 1)[1]), before_forward=overwriter) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
@@ -352,9 +353,9 @@ def test_an_upload_replaced_before_its_check_fails_verification_and_records_noth
                 metadata={},
             )
     assert not caught.value.transient
-    assert len(heads) == 2
+    assert len(put) == 2, "uploaded, then replaced before its check"
     listed = client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])
-    assert [o["Key"] for o in listed] == [heads[0]], "no journal record for what failed"
+    assert [o["Key"] for o in listed] == [put[0]], "no journal record for what failed"
 
 
 @pytest.mark.parametrize("key", ["elsewhere/x.ogg", "gamesx/x.ogg", f"{SOUNDTRACK}/x.ogg"])

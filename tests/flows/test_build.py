@@ -33,6 +33,7 @@ import soundfile as sf
 from markdown_it import MarkdownIt
 
 from soundtrack.separate import make_tiny_demucs
+from tasks.generate import gpu_lock_path
 from tests.prefect_server import PrefectServer
 from tests.reference import ebur128, sha256_of
 from tests.running import (
@@ -237,13 +238,14 @@ def test_on_a_terminal_the_runs_log_lines_print_above_the_progress_bar(project: 
 
 
 def test_killed_build_resumes_without_partial_or_duplicate_files(
-    project: Any, prefect_server: PrefectServer
+    project: Any, prefect_server: PrefectServer, request: pytest.FixtureRequest
 ) -> None:
     workdir, env, args = project
     # A slot of its own: the dead build's lease, still on the server after the slot is freed
     # below, takes a slot away again when it runs out, from whichever build holds it then.
     env = {**env, "SOUNDTRACK_GPU_SLOT": f"killed-{uuid.uuid4().hex}"}
     slot = f"soundtrack-gpu-{env['SOUNDTRACK_GPU_SLOT']}"
+    request.addfinalizer(lambda: gpu_lock_path(slot).unlink(missing_ok=True))
     manifest = workdir / "m.yaml"
     tracks = "".join(
         f"  - id: cue-{n}\n    prompt: cue number {n}, strings\n    seed: {n}\n" for n in range(4)
