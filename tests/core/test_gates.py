@@ -78,8 +78,10 @@ def _judge(metrics: Metrics, **kwargs: Any) -> list[GateResult]:
     return judge(metrics, **{**args, **kwargs})
 
 
-def _master_table(track_id: str, metrics: Metrics) -> GateTable:
-    """One master row and the default gates of a 10 s non-loop track."""
+def _master_table(
+    track_id: str, metrics: Metrics, *, theme: bool = False, **columns: float
+) -> GateTable:
+    """One master row (with `columns` added) and the default gates of a 10 s non-loop track."""
     expectations = gate_expectations(
         ["master"],
         limits=GateLimits(),
@@ -88,8 +90,10 @@ def _master_table(track_id: str, metrics: Metrics) -> GateTable:
         loop=False,
         sample_rate=44100,
         channels=2,
+        theme=theme,
     )
-    return GateTable(track_id, (metrics_row(track_id, "master", metrics),), tuple(expectations))
+    row = {**metrics_row(track_id, "master", metrics), **columns}
+    return GateTable(track_id, (row,), tuple(expectations))
 
 
 def _failed(results: list[GateResult]) -> set[str]:
@@ -361,18 +365,8 @@ def test_tempo_gate_accepts_the_target_at_half_and_double_time(
 def test_a_variation_fails_below_the_theme_limit_and_passes_at_it(
     similarity: float, passed: bool
 ) -> None:
-    row = {**metrics_row("t", "master", GOOD), "theme_similarity": similarity}
-    gates = gate_expectations(
-        ["master"],
-        limits=GateLimits(),
-        loudness=CONSOLE,
-        duration_s=10.0,
-        loop=False,
-        sample_rate=44100,
-        channels=2,
-        theme=True,
-    )
-    (theme,) = [g for g in evaluate(GateTable("t", (row,), tuple(gates))) if g.name == "theme"]
+    table = _master_table("t", GOOD, theme=True, theme_similarity=similarity)
+    (theme,) = [g for g in evaluate(table) if g.name == "theme"]
     assert (theme.passed, theme.severity, theme.value) == (passed, "fail", similarity)
 
 
