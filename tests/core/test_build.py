@@ -306,9 +306,7 @@ def test_a_lock_the_storage_refuses_fails_the_build_in_one_line_and_shows_nothin
             raise ConnectionAbortedError("the lock's write is dropped")  # no reply: it fails
 
     watcher = Watcher()
-    with FaultProxy(
-        int(s3_server.endpoint.rsplit(":", 1)[1]), before_forward=refuse_the_lock
-    ) as proxy:
+    with FaultProxy(s3_server.ports["s3.port"], before_forward=refuse_the_lock) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
         models._loaded.clear()

@@ -101,7 +101,7 @@ def test_second_publish_sends_only_the_index(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     publish(open_storage(f"s3://{s3_bucket}", base_dir=tmp_path), SOUNDTRACK, assets)
-    with FaultProxy(int(s3_server.endpoint.rsplit(":", 1)[1])) as proxy:
+    with FaultProxy(s3_server.ports["s3.port"]) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
         publish(open_storage(f"s3://{s3_bucket}", base_dir=tmp_path), SOUNDTRACK, assets)
 
@@ -117,7 +117,7 @@ def test_asset_uploads_are_conditional_so_nothing_is_ever_overwritten(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with FaultProxy(int(s3_server.endpoint.rsplit(":", 1)[1])) as proxy:
+    with FaultProxy(s3_server.ports["s3.port"]) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
         publish(open_storage(f"s3://{s3_bucket}", base_dir=tmp_path), SOUNDTRACK, assets)
     puts = [r for r in proxy.requests if r.method == "PUT"]
@@ -137,7 +137,7 @@ def test_bytes_corrupted_in_transit_are_rejected_by_the_server_and_a_retry_heals
 ) -> None:
     asset = assets[0]
     with FaultProxy(
-        int(s3_server.endpoint.rsplit(":", 1)[1]), corrupt_share=1.0, max_faults_per_request=1
+        s3_server.ports["s3.port"], corrupt_share=1.0, max_faults_per_request=1
     ) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
         storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
@@ -301,9 +301,7 @@ def test_object_appearing_between_check_and_upload_is_not_overwritten(
             key = seen.path.removeprefix(f"/{s3_bucket}/")
             client.put_object(Bucket=s3_bucket, Key=key, Body=b"the other build's bytes")
 
-    with FaultProxy(
-        int(s3_server.endpoint.rsplit(":", 1)[1]), before_forward=racing_writer
-    ) as proxy:
+    with FaultProxy(s3_server.ports["s3.port"], before_forward=racing_writer) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
         storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
         with pytest.raises(StorageError, match="already exists with different content"):
@@ -339,7 +337,7 @@ def test_an_upload_replaced_before_its_check_fails_verification_and_records_noth
                 Bucket=s3_bucket, Key=key, Body=b"\0" * size, ChecksumAlgorithm="SHA256"
             )
 
-    with FaultProxy(int(s3_server.endpoint.rsplit(":", 1)[1]), before_forward=overwriter) as proxy:
+    with FaultProxy(s3_server.ports["s3.port"], before_forward=overwriter) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
         storage = open_storage(f"s3://{s3_bucket}", base_dir=tmp_path)
         with pytest.raises(StorageError, match="failed verification") as caught:
@@ -429,7 +427,7 @@ def test_through_a_faulty_network_every_object_still_verifies(
     ]
     assets.append(make_asset(folder, "boss-battle", "wav", size=11 * MIB, seed=99))
     with FaultProxy(
-        int(s3_env.endpoint.rsplit(":", 1)[1]),
+        s3_env.ports["s3.port"],
         seed=3,
         slowdown_share=0.15,
         drop_share=0.15,
@@ -497,7 +495,7 @@ def test_connection_closed_on_every_attempt_is_transient_mid_build_and_a_setting
     # A server that closes connections without answering (restarting, or behind a balancer
     # whose backend died) outlasts boto's own attempts; the task's retries may still heal it.
     with FaultProxy(
-        int(s3_server.endpoint.rsplit(":", 1)[1]), drop_share=1.0, max_faults_per_request=100
+        s3_server.ports["s3.port"], drop_share=1.0, max_faults_per_request=100
     ) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")

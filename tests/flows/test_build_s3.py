@@ -46,10 +46,6 @@ def manifest(
     )
 
 
-def port(endpoint: str) -> int:
-    return int(endpoint.rsplit(":", 1)[1])
-
-
 def lock_entries(lock: dict[str, Any]) -> list[dict[str, Any]]:
     """Every published file the lock lists: each track's audio files, sidecar and picture."""
     return [entry for track in lock["tracks"] for entry in track_entries(track)]
@@ -181,7 +177,7 @@ def test_build_publishes_verified_files_and_a_rebuild_uploads_nothing(
     since = datetime.now(UTC)
     outputs: list[str] = []
 
-    with FaultProxy(port(s3_server.endpoint)) as proxy:
+    with FaultProxy(s3_server.ports["s3.port"]) as proxy:
         # --out wins over SOUNDTRACK_STORAGE, which wins over the manifest's `storage`.
         env = {
             **env,
@@ -284,7 +280,7 @@ def test_build_through_a_faulty_network_completes_and_every_object_verifies(
     (workdir / "tiny").symlink_to(tiny_model_dir, target_is_directory=True)
     (workdir / "m.yaml").write_text(manifest("flaky", ["cue-a", "cue-b", "cue-c"], model="./tiny"))
     with FaultProxy(
-        port(s3_server.endpoint),
+        s3_server.ports["s3.port"],
         seed=7,
         slowdown_share=0.25,
         drop_share=0.25,
@@ -360,7 +356,7 @@ def test_server_stopped_mid_build_fails_clearly_keeps_the_old_index_and_rerun_fi
             stopped.set()
 
     since = datetime.now(UTC)
-    with FaultProxy(port(own_server.endpoint), before_forward=stop_on_second_new_upload) as proxy:
+    with FaultProxy(own_server.ports["s3.port"], before_forward=stop_on_second_new_upload) as proxy:
         # Fewer attempts per request (a documented setting) keep the test short.
         failing_env = {**env, "AWS_ENDPOINT_URL_S3": proxy.endpoint, "AWS_MAX_ATTEMPTS": "3"}
         failed = build(workdir, failing_env, *args, "--batch-size", "1")
@@ -382,7 +378,7 @@ def test_server_stopped_mid_build_fails_clearly_keeps_the_old_index_and_rerun_fi
     assert survived, "no new file was uploaded before the stop: the rerun would prove little"
 
     # 4. A rerun uploads exactly the files still missing, then the new index.
-    with FaultProxy(port(own_server.endpoint)) as proxy:
+    with FaultProxy(own_server.ports["s3.port"]) as proxy:
         rerun = build(workdir, {**env, "AWS_ENDPOINT_URL_S3": proxy.endpoint}, *args)
         writes = written_keys(proxy, bucket)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
@@ -476,7 +472,7 @@ def test_storage_failing_as_a_deployed_build_starts_fails_the_run_in_one_line(
     (tmp_path / "m.yaml").write_text(manifest("flaky-start", ["cue-0"]))
     monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
     with FaultProxy(
-        port(s3_server.endpoint), slowdown_share=1.0, max_faults_per_request=99
+        s3_server.ports["s3.port"], slowdown_share=1.0, max_faults_per_request=99
     ) as proxy:
         for name, value in {**s3_server.aws_env(), "AWS_ENDPOINT_URL_S3": proxy.endpoint}.items():
             monkeypatch.setenv(name, value)
