@@ -6,6 +6,7 @@ used when its float WAV still matches the sha256 recorded beside it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -116,6 +117,11 @@ class RenderCache:
                 return None
         except (OSError, ValueError):
             return None
+        # Marked used, so that pruning by age (docs/operations.md) keeps what builds still read;
+        # a cache this user may only read stays as it is.
+        for path in (render.path, render.path.with_suffix(".json")):
+            with contextlib.suppress(OSError):
+                os.utime(path, follow_symlinks=False)
         return render
 
     def put(

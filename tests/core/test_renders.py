@@ -44,6 +44,26 @@ def test_cache_round_trip_and_corruption(tmp_path: Path) -> None:
     assert cache.get("never-rendered") is None
 
 
+def test_a_render_read_from_the_cache_is_marked_used(tmp_path: Path) -> None:
+    """Pruning the cache by age (docs/operations.md) dropped the renders of tracks unchanged for a
+    month, which a later mastering change then rendered again."""
+    cache = RenderCache(tmp_path)
+    stored = cache.put("k1", noise(), 32000, model_id="m", revision="r", license="l")
+    files = (stored.path, stored.path.with_suffix(".json"))
+    month_ago = stored.path.stat().st_mtime - 40 * 86400
+    for path in files:
+        os.utime(path, (month_ago, month_ago))
+    stored.path.write_bytes(stored.path.read_bytes()[:-4])  # not this render: not used
+    os.utime(stored.path, (month_ago, month_ago))
+    assert cache.get("k1") is None
+    assert [path.stat().st_mtime for path in files] == [month_ago, month_ago]
+    stored = cache.put("k1", noise(), 32000, model_id="m", revision="r", license="l")
+    for path in files:
+        os.utime(path, (month_ago, month_ago))
+    assert cache.get("k1") == stored
+    assert all(path.stat().st_mtime > month_ago + 39 * 86400 for path in files)
+
+
 @pytest.mark.timeout(60)  # a FIFO read waited for a writer: a hang fails here, not at 600 s
 def test_an_entry_of_another_key_a_link_a_fifo_or_a_folder_is_no_render(tmp_path: Path) -> None:
     """An entry copied under another key published that track's audio as this one's (exit 0);

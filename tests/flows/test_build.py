@@ -271,7 +271,7 @@ def test_killed_build_resumes_without_partial_or_duplicate_files(
     free_gpu_slot(prefect_server.api_url, slot)  # or the rerun waits out the dead one's lease
     out = workdir / "out" / "e2e"
     assert not (out / "soundtrack.lock.json").exists(), "killed before the index was written"
-    kept_renders = {p.name: p.stat().st_mtime_ns for p in renders.glob("*.wav")}
+    kept_renders = {p.name: p.stat().st_ino for p in renders.glob("*.wav")}
     assert kept_renders, "at least one render survived the kill"
     staging = workdir / "cache" / "staging"
     assert list(staging.iterdir()), "the killed build left its staging folder"
@@ -288,8 +288,9 @@ def test_killed_build_resumes_without_partial_or_duplicate_files(
     for track in lock["tracks"]:
         for entry in track["files"]:
             assert sha256_of(out / f"{track['id']}.{entry['format']}") == entry["sha256"]
-    # Renders made before the kill were reused, not made again.
-    assert all((renders / name).stat().st_mtime_ns == t for name, t in kept_renders.items())
+    # Renders made before the kill were reused, not made again (a render is written to a new
+    # file and renamed over its name).
+    assert all((renders / name).stat().st_ino == ino for name, ino in kept_renders.items())
 
 
 FOUR_FAMILIES = """\
