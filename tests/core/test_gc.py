@@ -179,6 +179,20 @@ def test_a_file_we_wrote_but_someone_changed_since_is_kept(tmp_path: Path) -> No
     assert garbage.kept == [f"{SOUNDTRACK}/title-theme.mp3"]
 
 
+def test_a_link_someone_put_where_we_wrote_a_file_is_kept(tmp_path: Path) -> None:
+    """The link's target holds the very bytes we wrote there, but the link is not ours."""
+    storage = LocalStorage("assets", tmp_path / "assets")
+    two_builds(storage, tmp_path / "enc")
+    mp3 = tmp_path / "assets" / SOUNDTRACK / "title-theme.mp3"
+    kept_aside = tmp_path / "kept-aside.mp3"
+    mp3.rename(kept_aside)
+    mp3.symlink_to(kept_aside)
+
+    garbage = storage.unreferenced(SOUNDTRACK)
+    assert garbage.ours == []
+    assert garbage.kept == [f"{SOUNDTRACK}/title-theme.mp3"]
+
+
 def test_a_folder_without_a_journal_keeps_everything_and_says_so(tmp_path: Path) -> None:
     root = tmp_path / "assets"
     two_builds(LocalStorage("assets", root), tmp_path / "enc")

@@ -67,9 +67,12 @@ def test_numbers_whose_lock_or_folder_is_unusable_are_passed_over(tmp_path: Path
     (root / "1.lock").mkdir()  # a folder where slot 1's lock goes
     elsewhere = tmp_path / "elsewhere"
     (root / "2.lock").symlink_to(elsewhere)  # a lock planted as a link
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (root / "3").symlink_to(linked)  # a folder planted as a link: written through, elsewhere
     folder, fd = first_free(root)
     try:
-        assert folder == root / "3" and folder.is_dir()
+        assert folder == root / "4" and folder.is_dir()
         assert not elsewhere.exists(), "a link is never followed to make a file"
     finally:
         os.close(fd)

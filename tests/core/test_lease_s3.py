@@ -266,6 +266,26 @@ def test_renewal_keeps_the_lease_past_its_lease_time_while_the_build_runs(
         pass
 
 
+def test_a_holder_that_ends_before_it_sees_its_lease_taken_leaves_the_new_holders_lease(
+    s3_env: SeaweedServer, lease_env: str
+) -> None:
+    """A build stalled past its lease time that ends before a renewal tells it the lease was
+    taken over: deleting the new holder's lease would let a third build run beside it."""
+    client = s3_env.client()
+    key = f"{PREFIX}/{SOUNDTRACK}/{LEASE_NAME}"
+    theirs = json.dumps(
+        {"build": "b", "pid": 1, "host": "elsewhere", "started": "x", "lease_s": 60}
+    )
+    with storage(lease_env).hold(SOUNDTRACK, wait_s=0, on_wait=lambda _: None):
+        client.put_object(Bucket=lease_env, Key=key, Body=theirs.encode())  # taken over
+    assert client.get_object(Bucket=lease_env, Key=key)["Body"].read() == theirs.encode()
+    with (
+        pytest.raises(StorageBusy, match="being built by process 1 on elsewhere"),
+        storage(lease_env).hold(SOUNDTRACK, wait_s=0, on_wait=lambda _: None),
+    ):
+        pytest.fail("a third build got the lease")
+
+
 @pytest.mark.slow
 def test_a_build_that_lost_its_lease_writes_no_lock_and_leaves_the_new_holders_lease(
     holder: Callable[[], subprocess.Popen[str]], lease_env: str, s3_env: SeaweedServer

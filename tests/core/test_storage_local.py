@@ -85,6 +85,22 @@ def test_changed_content_replaces_the_file_by_rename(tmp_path: Path) -> None:
     assert leftovers(tmp_path / "assets") == []
 
 
+def test_a_copy_staged_by_an_earlier_try_does_not_replace_what_is_already_in_place(
+    tmp_path: Path,
+) -> None:
+    """One take staged, then another whose content is the one published already: the first
+    take's copy replaced the published file at the commit, and the lock named other bytes."""
+    storage = open_storage(str(tmp_path / "assets"), base_dir=tmp_path)
+    kept = make_asset(tmp_path / "v1", "title-theme", "ogg", size=20_000, seed=1)
+    other = make_asset(tmp_path / "v2", "title-theme", "ogg", size=25_000, seed=2)
+    (first,), _ = publish(storage, SOUNDTRACK, [kept])
+    publish_assets(storage, SOUNDTRACK, [other])  # staged, never committed
+    (again,), _ = publish(storage, SOUNDTRACK, [kept])
+    assert not again.uploaded
+    assert sha256_of(tmp_path / "assets" / first.key) == kept.sha256
+    assert leftovers(tmp_path / "assets") == []
+
+
 def test_relative_folder_resolves_against_the_manifest_folder_and_is_used_as_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,6 +178,9 @@ def test_a_read_only_soundtrack_folder_is_refused_before_the_build(
         check_access(storage, folder.name)
     assert not caught.value.transient
     check_access(storage, "another")  # a new folder beside it can be made
+    # The read-only mount as the storage's root: no soundtrack folder can be made in it.
+    with pytest.raises(StorageError, match=f"storage folder {folder}: {folder} is not writable"):
+        check_access(open_storage(str(folder), base_dir=tmp_path), "another")
 
 
 def test_check_access_refuses_a_root_that_is_not_a_folder(tmp_path: Path) -> None:
