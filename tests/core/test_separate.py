@@ -193,6 +193,26 @@ def test_kwargs_that_do_not_fit_the_class_are_refused(tiny_demucs: Path, tmp_pat
 
 
 @pytest.mark.parametrize(
+    "declared",
+    [
+        {"sources": ["bass", "drums", "other", "vocals"]},
+        {"samplerate": 48000},
+        {"audio_channels": 1},
+    ],
+    ids=["sources swapped", "another rate", "mono"],
+)
+def test_a_config_declaring_other_than_its_model_separates_is_refused(
+    tiny_demucs: Path, tmp_path: Path, declared: dict[str, Any]
+) -> None:
+    """The build names stems and plans rates from the config: swapped sources would publish
+    the drums as the bass."""
+    directory = _copy(tiny_demucs, tmp_path / "model")
+    _edit_config(directory, **declared)
+    with pytest.raises(ModelLoadError, match=r"model 0 separates .* config\.json declares"):
+        load_separator(str(directory), "cpu")
+
+
+@pytest.mark.parametrize(
     ("numerator", "denominator"), [(1, 0), (1e400, 1)], ids=["by zero", "infinite"]
 )
 def test_a_fraction_no_number_can_be_is_a_malformed_config(

@@ -60,6 +60,30 @@ def test_sources_come_back_bit_exact_with_their_separator(storage: Storage) -> N
         np.testing.assert_array_equal(fetched.sources[name], audio)
 
 
+def test_another_stem_model_or_mix_is_another_job(storage: Storage) -> None:
+    """Switching a track's stem model reused the other model's sources, credited to it."""
+    share_separation(storage, _job(), _separation(), RATE)
+    for other in (
+        _job().model_copy(update={"stem_model": "htdemucs_ft"}),
+        _job().model_copy(update={"mix_sha256": "cd" * 32}),
+    ):
+        assert other.key != _job().key
+        assert fetch_separation(storage, other) is None
+
+
+def test_a_source_changed_in_storage_since_it_was_handed_back_is_refused(
+    storage: Storage, tmp_path: Path
+) -> None:
+    share_separation(storage, _job(), _separation(), RATE)
+    index = json.loads(storage.read(storage.render_key(_job().key, "json")) or b"")
+    drums = tmp_path / "out" / storage.render_key(index["sources"]["drums"], "wav")
+    audio = drums.read_bytes()
+    drums.write_bytes(audio[:-4] + bytes(4))  # its last sample zeroed, the size kept
+
+    with pytest.raises(StorageError, match="changed since"):
+        fetch_separation(storage, _job())
+
+
 def test_a_source_name_that_is_a_path_is_refused_and_nothing_is_written_out(
     storage: Storage, tmp_path: Path
 ) -> None:

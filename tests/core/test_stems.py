@@ -17,8 +17,11 @@ import soundfile as sf
 from mutagen.oggvorbis import OggVorbis
 
 from soundtrack.build import BuildResult, Options, ThreadExecutor, build
+from soundtrack.errors import AudioError
 from soundtrack.separate import SEPARATORS, make_tiny_demucs, register_separator, residual_db
+from soundtrack.stems import separate
 from soundtrack.steps import _separator
+from soundtrack.storage import LocalStorage
 from tests.reference import assert_pictures_published
 
 RATE = 44100
@@ -153,8 +156,77 @@ def test_every_stem_asked_for_is_published_aligned_with_the_mix(project: Path) -
         assert tags["LOOPLENGTH"] == mix_tags["LOOPLENGTH"]
         assert files[(name, "ogg")]["loop_length"] == files[(None, "ogg")]["loop_length"]
     assert_pictures_published(out, track)
+    garbage = LocalStorage("./out", out).unreferenced("layers")
+    assert (garbage.ours, garbage.kept) == ([], []), "gc would take a published stem's files"
     again = run(project)
     assert [r.status for r in again.report.tracks] == ["cached"]
+
+
+class Split:
+    """A separator at its own rate whose two sources are shares of what it was given: the bass
+    `bass` of it, the drums the rest."""
+
+    sources = ("drums", "bass")
+    model_id = "split"
+    revision = "test"
+    license = "MIT"
+
+    def __init__(self, sample_rate: int, channels: int, bass: float = 0.5) -> None:
+        self.sample_rate, self.channels, self.bass = sample_rate, channels, bass
+
+    def separate(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+        return {"drums": audio * (1 - self.bass), "bass": audio * self.bass}
+
+
+def built_with(project: Path, separator: Split) -> dict[str, Any]:
+    """The stems of the mix built with `separator`."""
+    register_separator("split", lambda device: separator)
+    try:
+        return built(project, "split", "[drums, bass]")[1]
+    finally:
+        SEPARATORS.pop("split")
+
+
+@pytest.mark.parametrize("frames", [44102, 44105])  # back at 44.1 kHz: a frame short, one long
+def test_sources_at_the_separators_rate_come_back_at_the_mixs_length(frames: int) -> None:
+    mix = np.random.default_rng(1).uniform(-0.3, 0.3, (2, frames)).astype(np.float32)
+    sources = separate(mix, 44100, Split(32000, 1), None).sources
+    assert {name: audio.shape for name, audio in sources.items()} == {
+        "drums": mix.shape,
+        "bass": mix.shape,
+    }
+
+
+def test_a_separator_returning_other_sources_than_its_own_is_named() -> None:
+    """The build plans which stems it can publish from the sources a separator declares."""
+
+    class Other(Split):
+        def separate(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+            return {"drums": audio, "vocals": audio * 0}
+
+    mix = np.zeros((2, RATE), dtype=np.float32)
+    with pytest.raises(AudioError, match="returned sources drums, vocals, not its own drums, bass"):
+        separate(mix, RATE, Other(RATE, 2), None)
+
+
+def test_stems_that_sum_to_the_mix_exactly_put_a_number_in_the_lock(project: Path) -> None:
+    """The residual of an exact sum is infinite, which JSON cannot hold."""
+    stems = built_with(project, Split(RATE, 2))
+    assert {name: stem["status"] for name, stem in stems.items()} == {
+        "drums": "published",
+        "bass": "published",
+    }
+    assert stems["drums"]["gates"][0] == stems["bass"]["gates"][0]
+    assert stems["drums"]["gates"][0]["value"] == 300
+
+
+@pytest.mark.parametrize(("below_lu", "status"), [(25, "published"), (35, "silent")])
+def test_a_stem_more_than_30_lu_below_the_mix_is_near_silent(
+    project: Path, below_lu: float, status: str
+) -> None:
+    stems = built_with(project, Split(RATE, 2, bass=10 ** (-below_lu / 20)))
+    assert stems["bass"]["status"] == status, stems["bass"]["reason"]
+    assert stems["drums"]["status"] == "published"
 
 
 def test_a_missing_part_fails_the_sum_gate_and_the_mix_is_still_published(project: Path) -> None:
