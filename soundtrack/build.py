@@ -1176,7 +1176,8 @@ class _Variation:
 
 def _parent_audio(parent: TrackRecord) -> ParentAudio | None:
     """The published file a variation of `parent` renders from; None when it has none."""
-    chosen = _parent_file(parent.files) if parent.usable else None
+    own = [file for file in parent.files if file.stem is None]  # a lock may list stems first
+    chosen = _parent_file(own) if parent.usable else None
     if chosen is None:
         return None
     return ParentAudio(parent.id, chosen.key, chosen.sha256, chosen.format, chosen.audio_sha256)
@@ -1194,8 +1195,8 @@ F = TypeVar("F", bound=_Formatted)
 
 
 def _parent_file(files: Sequence[F]) -> F | None:
-    """Of a track's files (published or staged), the one its variations render from: the
-    first of its own (not its stems') in the format parent_format picks."""
+    """Of a track's own files (published or staged, not its stems'), the one its variations
+    render from: the first in the format parent_format picks."""
     chosen = parent_format([f.format for f in files])
     return next((f for f in files if f.format == chosen), None)
 

@@ -138,6 +138,53 @@ def test_variations_render_after_their_parents_and_only_a_changed_parent_renders
     )
 
 
+def test_a_variation_changed_on_a_machine_without_the_parents_render_takes_it_from_storage(
+    tmp_path: Path, tiny_acestep_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CI runner with an empty cache: the parent published by an earlier build is fetched."""
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir))
+    assert run(tmp_path).exit_status == 0
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "another-machine"))
+    text = manifest(tiny_acestep_dir).replace("fast combat version", "faster combat version")
+    (tmp_path / "m.yaml").write_text(text)
+
+    again = run(tmp_path)
+
+    assert again.exit_status == 0, again.failure
+    statuses = {r.id: r.status for r in again.report.tracks}
+    assert statuses["title-theme"] == "cached" and statuses["combat-high"] == "approved"
+    after = records(tmp_path)
+    assert after["combat-high"]["parent_sha256"] == published_sha(tmp_path, after["title-theme"])
+
+
+def test_a_variation_renders_from_its_parents_own_file_whatever_the_lock_lists_first() -> None:
+    """A lock read from storage may list a stem's file before the mix's (edited, or written
+    by another version): the variation rendered from the stem."""
+    from soundtrack.build import _parent_audio
+    from soundtrack.report import FileRecord, TrackRecord
+
+    def ogg(key: str, stem: str | None) -> FileRecord:
+        sha = sha256(key.encode()).hexdigest()
+        return FileRecord(
+            format="ogg",
+            key=key,
+            uri=f"file:///out/{key}",
+            sha256=sha,
+            bytes=1,
+            duration_s=2.0,
+            sample_rate=44100,
+            channels=2,
+            stem=stem,
+            audio_sha256=sha,
+        )
+
+    files = [ogg("vary/title-theme.drums.ogg", "drums"), ogg("vary/title-theme.ogg", None)]
+    parent = TrackRecord(id="title-theme", status="approved", spec_hash="s", files=files)
+    chosen = _parent_audio(parent)
+    assert chosen is not None and chosen.key == "vary/title-theme.ogg"
+
+
 def test_a_parent_published_anew_with_the_same_audio_leaves_its_variations(
     tmp_path: Path, tiny_acestep_dir: Path
 ) -> None:
