@@ -366,14 +366,16 @@ def test_a_take_rejected_in_review_stays_rejected_once_a_later_take_is_approved(
         found: dict[str, Any] = next(t for t in lock["tracks"] if t["id"] == "menu")
         return found
 
-    models._loaded.clear()
-    build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=reject_menu)
-    rejected_seed = menu()["rejected_in_review"][0]["seed"]
+    for _ in range(2):  # two takes rejected, in two builds
+        models._loaded.clear()
+        build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=reject_menu)
+    rejected_seeds = [r["seed"] for r in menu()["rejected_in_review"]]
+    assert len(set(rejected_seeds)) == 2
     models._loaded.clear()
     build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=approve_all)
     approved = menu()
-    assert approved["status"] == "approved" and approved["seed"] != rejected_seed
-    assert [r["seed"] for r in approved["rejected_in_review"]] == [rejected_seed]
+    assert approved["status"] == "approved" and approved["seed"] not in rejected_seeds
+    assert [r["seed"] for r in approved["rejected_in_review"]] == rejected_seeds
 
     (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir).replace("review: required\n", ""))
     models._loaded.clear()
@@ -381,7 +383,7 @@ def test_a_take_rejected_in_review_stays_rejected_once_a_later_take_is_approved(
     assert build(tmp_path / "m.yaml", again, executor=ThreadExecutor()).exit_status == 0
     rebuilt = menu()
     assert rebuilt["status"] == "approved" and rebuilt["seed"] == approved["seed"]
-    assert [r["seed"] for r in rebuilt["rejected_in_review"]] == [rejected_seed]
+    assert [r["seed"] for r in rebuilt["rejected_in_review"]] == rejected_seeds
 
 
 def test_every_record_of_a_spec_keeps_its_rejected_takes_whatever_became_of_it(
@@ -452,6 +454,29 @@ def test_takes_nobody_reviewed_are_reported_failed_and_nothing_is_published(
     )
     assert all(r.reason == result.failure and not r.files for r in result.report.tracks)
     assert not (tmp_path / "out" / "vary" / "soundtrack.lock.json").exists()
+
+
+def test_a_take_the_reviewer_gave_no_verdict_is_rejected_not_published(
+    tmp_path: Path, tiny_acestep_dir: Path
+) -> None:
+    """An answer for some takes, or under names that are no track's, approves nothing else."""
+    (tmp_path / "m.yaml").write_text(manifest(tiny_acestep_dir))
+
+    def some(
+        candidates: Sequence[Candidate], staging: Path, timeout_s: float
+    ) -> Mapping[str, Verdict]:
+        return {"title-theme": Verdict(True), "Menu": Verdict(True), "combat": Verdict(True)}
+
+    models._loaded.clear()
+    result = build(tmp_path / "m.yaml", Options(), executor=ThreadExecutor(), reviewer=some)
+    reasons = {r.id: (r.status, r.reason) for r in result.report.tracks}
+    assert reasons == {
+        "title-theme": ("approved", None),
+        "menu": ("rejected", "rejected in review: no answer"),
+        "combat-high": ("rejected", "rejected in review: no answer"),
+    }
+    published = sorted(p.name for p in (tmp_path / "out" / "vary").glob("*.ogg"))
+    assert published == ["title-theme.ogg"]
 
 
 def test_a_recording_is_published_with_the_reviewed_takes_and_gc_cannot_take_it_meanwhile(

@@ -254,6 +254,7 @@ def test_a_models_problems_name_the_field_and_line_that_set_them(
 
 
 STABLE = "stabilityai/stable-audio-open-1.0"
+ACE = "ACE-Step/acestep-v15-turbo-diffusers"
 
 
 @pytest.mark.parametrize(
@@ -265,6 +266,7 @@ STABLE = "stabilityai/stable-audio-open-1.0"
         (STABLE, "bars: 40", "    bpm: 100\n"),
         (STABLE, "bars: 16", "    bpm: 60\n    loop_crossfade_ms: 1000\n"),
         (STABLE, "duration: 60", "    bpm: 90\n    time_signature: 6/8\n"),
+        (ACE, "duration: 599.5", ""),
     ],
 )
 def test_a_loop_too_long_for_its_model_is_told_the_longest_that_fits(
@@ -273,7 +275,8 @@ def test_a_loop_too_long_for_its_model_is_told_the_longest_that_fits(
     text = MANIFEST.format(duration=1, model=model).replace("duration: 1", length)
     code, said = validate_text(tmp_path, text + "    loop: true\n" + extra)
     assert code == 2 and "with the room a loop renders to find its seam (" in said, said
-    assert "fits) is longer than stable-audio models render (47 s at most)" in said, said
+    family, longest = ("stable-audio", 47) if model == STABLE else ("ace-step", 600)
+    assert f"fits) is longer than {family} models render ({longest} s at most)" in said, said
     found = re.search(r"a loop of at most ([0-9.]+) (s|bars)", said)
     assert found is not None, said
     fits, unit = float(found[1]), found[2]

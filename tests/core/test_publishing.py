@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from soundtrack.build import Options, ThreadExecutor, build, prepare, run
 from soundtrack.cli import app
 from soundtrack.errors import InputError, StorageBusy, StorageError
 from soundtrack.storage import open_storage
@@ -384,6 +385,32 @@ def test_a_second_build_waits_for_the_first_and_the_lock_matches_every_file(
     lock = json.loads((folder / "soundtrack.lock.json").read_text())
     assert {t["status"] for t in lock["tracks"]} == {"approved"}
     # The second build's loudness, on every file: it published after the first, whole.
+    for track in lock["tracks"]:
+        lufs, _ = ebur128(folder / f"{track['id']}.ogg")
+        assert abs(lufs - -20.0) <= 1.0, (track["id"], lufs)
+
+
+def test_a_build_planned_before_another_published_plans_again_and_keeps_its_tracks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two builds, each --only one track, the second planned while the first held the storage:
+    its lock, written on its own plan, would put the first's track back as it was before."""
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    tracks = recordings(tmp_path, 2)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST.format(name="sky", lufs=-24, tracks=tracks))
+    assert build(manifest, Options(), executor=ThreadExecutor()).exit_status == 0
+    manifest.write_text(MANIFEST.format(name="sky", lufs=-20, tracks=tracks))
+    later = prepare(manifest, Options(only=("cue-1",)), logging.getLogger(__name__))
+
+    first = build(manifest, Options(only=("cue-0",)), executor=ThreadExecutor())
+    second = run(later, Options(only=("cue-1",)), executor=ThreadExecutor())
+
+    assert (first.exit_status, second.exit_status) == (0, 0), (first.failure, second.failure)
+    folder = tmp_path / "out" / "sky"
+    assert folder_problems(folder) == []
+    lock = json.loads((folder / "soundtrack.lock.json").read_text())
+    assert [track["id"] for track in lock["tracks"]] == ["cue-0", "cue-1"]
     for track in lock["tracks"]:
         lufs, _ = ebur128(folder / f"{track['id']}.ogg")
         assert abs(lufs - -20.0) <= 1.0, (track["id"], lufs)

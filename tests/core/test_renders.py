@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from soundtrack.errors import InputError, StorageError
 from soundtrack.renders import (
@@ -19,6 +20,7 @@ from soundtrack.renders import (
     fetch_parent,
     fetch_shared,
     is_shared,
+    render_batch,
     share_render,
     sidecar_json,
 )
@@ -97,6 +99,23 @@ def test_an_entry_of_another_key_a_link_a_fifo_or_a_folder_is_no_render(tmp_path
     assert cache.get("k1") is None
     stored = cache.put("k1", noise(), 32000, model_id="m", revision="r", license="l")
     assert cache.get("k1") == stored
+
+
+def test_a_loop_renders_the_room_its_end_is_found_in(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A loop is rendered longer than it plays, to find where its bars end: rendered at its
+    own length, its seam was searched for past the audio."""
+    spec = make_spec(
+        loop=True,
+        duration_s=2.0,
+        model=str(tiny_model_dir),
+        prompt="calm piano",
+        generation_key="loop",
+    )
+    assert spec.render_duration_s > spec.duration_s + 0.5
+    (render,) = render_batch([spec], RenderCache(tmp_path), device="cpu")
+    assert isinstance(render, Render)
+    info = sf.info(render.path)
+    assert info.frames == round(spec.render_duration_s * info.samplerate)
 
 
 def test_render_travels_between_machines_through_storage(tmp_path: Path) -> None:
