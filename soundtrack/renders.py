@@ -104,8 +104,9 @@ class RenderCache:
         self.root = root / "renders"
 
     def holds(self, spec: TrackSpec) -> bool:
-        """Whether a render of `spec` is stored here (get() verifies it when it is used)."""
-        return (self.root / f"{_key(spec)}.json").is_file()
+        """Whether a usable render of `spec` is stored here: a damaged one is rendered again,
+        so its batch takes its turn on the device."""
+        return self.get(_key(spec)) is not None
 
     def get(self, generation_key: str) -> Render | None:
         """The cached render, or None when absent, incomplete, corrupted or not this key's.

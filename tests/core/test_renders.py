@@ -39,10 +39,12 @@ def test_cache_round_trip_and_corruption(tmp_path: Path) -> None:
     audio = noise()
     stored = cache.put("k1", audio, 32000, model_id="m", revision="r", license="l")
     found = cache.get("k1")
-    assert found == stored
+    assert found == stored and cache.holds(make_spec(generation_key="k1"))
     assert np.array_equal(cache.load(found)[0], audio)
     stored.path.write_bytes(stored.path.read_bytes()[:-100])  # a torn write
     assert cache.get("k1") is None
+    # Not held either: its batch renders again, so it waits for its turn on the device.
+    assert not cache.holds(make_spec(generation_key="k1"))
     assert cache.get("never-rendered") is None
 
 
