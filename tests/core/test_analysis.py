@@ -274,6 +274,16 @@ def test_the_key_of_music_tuned_away_from_a440(key: str, cents: float) -> None:
     assert analyse(audio, 32000, bpm_hint=100.0).key == key
 
 
+def test_two_keys_at_once_give_less_confidence_than_one() -> None:
+    """The confidence is the margin over the runner-up key, not how well the best one fits."""
+    c_major, _ = drum_and_bass(100.0, "C major", 12.0, 32000)
+    g_major, _ = drum_and_bass(100.0, "G major", 12.0, 32000, seed=1)
+    clear = analyse(c_major, 32000, bpm_hint=100.0)
+    torn = analyse(c_major + g_major, 32000, bpm_hint=100.0)  # measured: 0.17 and 0.07
+    assert clear.key == "C major"
+    assert torn.key_confidence < 0.6 * clear.key_confidence
+
+
 def test_transposing_changes_only_the_key() -> None:
     a, b = _analysed(100.0, "A minor"), _analysed(100.0, "B minor", seed=5)
     assert (a.key, b.key) == ("A minor", "B minor")
@@ -409,12 +419,20 @@ def test_timbre_distance_is_small_for_the_same_sound_and_large_for_another() -> 
 
 
 def test_analysis_row_holds_scalars_only() -> None:
-    row = analysis_row(_analysed(128.0))
-    assert row["beat_count"] == len(_analysed(128.0).beats)
-    assert row["first_downbeat_s"] == pytest.approx(0.0, abs=TOLERANCE_S)
+    row = analysis_row(_analysed(128.0, lead_in_s=0.5))
+    assert row["beat_count"] == len(_analysed(128.0, lead_in_s=0.5).beats)
+    assert row["first_downbeat_s"] == pytest.approx(0.5, abs=TOLERANCE_S)
     assert row["key"] == "A minor"
     assert all(v is None or isinstance(v, str | int | float) for v in row.values())
     json.dumps(row)
+
+
+def test_a_beat_at_the_very_end_is_past_the_last_sample_and_left_out() -> None:
+    """The sidecar's positions index samples: one at the length would be past the audio."""
+    frames = np.array([10, 50, 90])
+    positions = analysis._to_samples(frames, RATE, 10**9)
+    assert analysis._to_samples(frames, RATE, positions[-1]) == positions[:-1]
+    assert analysis._to_samples(frames, RATE, positions[-1] + 1) == positions
 
 
 def test_any_sample_rate_and_mono_give_the_same_positions() -> None:

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from soundtrack.analysis import Analysis
 from soundtrack.measure import read_loop_tags
-from soundtrack.process import bar_grid, process_track
+from soundtrack.process import MasterInfo, bar_grid, process_track
 from soundtrack.sidecar import json_schema
+from soundtrack.sidecar import sidecar as engine_sidecar
 from tests.music import chord_cycle, compound_groove, drum_and_bass
 from tests.specs import make_spec
 
@@ -62,7 +64,10 @@ def test_a_loop_of_8_bars_at_120_bpm_starts_on_the_downbeat_and_is_8_bars_long(
         "bars": 8,
     }
     assert sidecar["length_samples"] == info.frames == info.loop_start + info.loop_length
+    assert sidecar["duration_s"] == pytest.approx(info.frames / RATE, abs=1e-6)
+    assert sidecar["time_signature"] == "4/4" and sidecar["beats_per_bar"] == 4  # none given
     assert sidecar["sample_rate"] == RATE and sidecar["key"]["measured"] == "A minor"
+    assert 0 < sidecar["key"]["confidence"] <= 1
     bars = np.array(sidecar["bars"])
     # The bar line at the loop's end is the loop start's, heard again after the wrap.
     truth = np.array([d for d in downbeats if d < info.frames - TOLERANCE_S * RATE])
@@ -72,6 +77,17 @@ def test_a_loop_of_8_bars_at_120_bpm_starts_on_the_downbeat_and_is_8_bars_long(
     assert set(bars) <= set(beats)
     assert np.count_nonzero(beats >= info.loop_start) == 4 * 8  # and one in the pickup
     assert np.all(np.abs(beats[beats < info.loop_start] - (downbeats[0] - RATE / 2)) <= 0.03 * RATE)
+
+
+@pytest.mark.parametrize("off_samples", [-1, 1])
+def test_a_loop_a_sample_off_its_bars_is_counted_as_those_bars(off_samples: int) -> None:
+    """A loop is whole samples long: 8 bars of the measured tempo may come out 7.99999 bars."""
+    spec = make_spec(loop=True, bpm=120, bars=8, duration_s=16.0)
+    frames = 8 * 2 * RATE + off_samples  # 8 bars of 2 s at 120 bpm, a sample off
+    info = MasterInfo(RATE, 2, frames, frames / RATE, 0, frames, -20.0, 0.0, 0.0)
+    analysis = Analysis(RATE, frames, 120.0, (), (), 4, None, 0.0, 5.0, 1000.0, 2.0, ())
+    loop = engine_sidecar(spec, info, analysis).loop
+    assert loop is not None and loop.bars == 8
 
 
 def test_without_bars_a_loop_with_bpm_takes_the_whole_bars_nearest_its_duration(

@@ -97,6 +97,9 @@ BOMB = "".join(
     [
         ("---\nlicense: [cc-by-nc-4.0]\n---\n", "CC-BY-NC-4.0"),
         ("---\nlicense: [mit, cc-by-nc-4.0, mit]\n---\n", "MIT AND CC-BY-NC-4.0"),
+        # One of them no id: "MIT AND unknown" would pass once `unknown` is accepted by name.
+        ("---\nlicense: [mit, free for non commercial use]\n---\n", "unknown"),
+        ("---\nlicense: [mit, 42]\n---\n", "unknown"),
         ("---\nlicense: cc-by-nc-4.0\nlicense: mit\n---\n", "unknown"),
         ("---\nlicense: 'mit '\n---\n", "MIT"),
         ("---\nlicense: unknown\n---\n", "unknown"),

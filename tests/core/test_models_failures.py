@@ -74,6 +74,23 @@ def test_check_audio_rejects_nan_inf_and_silence(audio: np.ndarray, message: str
     assert caught.value.track_id == "boss-fight" and "boss-fight" in str(caught.value)
 
 
+@pytest.mark.parametrize("rendered", [31999, 32000, 32001])
+def test_a_render_is_cut_to_its_frames_or_is_too_short_to_be(rendered: int) -> None:
+    """A pipeline that rendered a frame short would otherwise ship a track a frame short."""
+    from types import SimpleNamespace
+
+    from soundtrack.models.base import cut_render
+
+    model = SimpleNamespace(sample_rate=32000, model_id="m", revision="r", license="MIT")
+    render = np.sin(np.arange(rendered, dtype=np.float32))[None, :]
+    result = cut_render("boss-fight", render, 32000, model)  # type: ignore[arg-type]
+    if rendered < 32000:
+        assert isinstance(result, GenerationError)
+        assert str(result) == "track 'boss-fight': the pipeline rendered 31999 frames, 32000 needed"
+    else:
+        assert isinstance(result, GeneratedAudio) and result.audio.shape == (1, 32000)
+
+
 # --- generation with damaged weights ---
 
 

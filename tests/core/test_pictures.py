@@ -55,7 +55,7 @@ def test_every_picture_has_the_same_pixel_size(
     # A matplotlibrc that would crop and rescale a plain savefig changes nothing.
     with matplotlib.rc_context({"savefig.bbox": "tight", "savefig.dpi": 37}):
         picture = draw_picture(audio, RATE, tmp_path / "t.png", title="t", target_lufs=-16.0)
-    assert png_size(tmp_path / "t.png") == (WIDTH_PX, HEIGHT_PX)
+    assert png_size(tmp_path / "t.png") == (WIDTH_PX, HEIGHT_PX) == (1600, 900)  # formats.md
     assert (picture.width_px, picture.height_px) == (WIDTH_PX, HEIGHT_PX)
     assert picture.sha256 == sha256_of(tmp_path / "t.png")
     assert picture.bytes == (tmp_path / "t.png").stat().st_size

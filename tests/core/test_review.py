@@ -108,6 +108,8 @@ def test_hostile_ids_prompts_and_reasons_stay_text() -> None:
         reason="<b>loud</b> & clipped",
         analysis={"<i>key</i>": "<u>C major</u>"},
         model=ModelInfo(id="m<script>", revision="r", license="<a href=x>MIT</a>"),
+        # A lock's gates are read back from storage, which anyone with write access may edit.
+        gates=[GateResult("<i>lead</i>", 1.0, "<img src=x onerror=alert(1)>", False, "fail")],
     )
     page = review_page(report_of([track]), folder="games/sky/")
     elements = parsed(page)
@@ -117,7 +119,13 @@ def test_hostile_ids_prompts_and_reasons_stay_text() -> None:
         {"type": "application/json", "id": "review-data"},
         {},
     ], "our two script elements, no injected one"
-    for text in (HOSTILE_ID, HOSTILE_PROMPT, "<b>loud</b> & clipped", "<a href=x>MIT</a>"):
+    for text in (
+        HOSTILE_ID,
+        HOSTILE_PROMPT,
+        "<b>loud</b> & clipped",
+        "<a href=x>MIT</a>",
+        "<img src=x onerror=alert(1)>",
+    ):
         assert text not in page
         assert html.escape(text) in page
     data = json.loads(elements.scripts[0])
