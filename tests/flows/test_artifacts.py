@@ -281,7 +281,9 @@ def test_paths_reasons_and_gate_names_show_as_written_never_as_markup(
         published = BuildArtifacts(soundtrack, 1)
         published.finished(report, [], report, None)
         BuildArtifacts(soundtrack, 1).finished(report, [], None, unpublished)
-        BuildArtifacts(soundtrack, 2).stopped(f"{FOLDER} is being built by <script>x</script>")
+        BuildArtifacts(soundtrack, 2).stopped(
+            f"{FOLDER} is being built by <script>x</script> via https://ci:hunter22@proxy:3128"
+        )
         return get_run_context().flow_run.id  # type: ignore[union-attr]
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
@@ -296,6 +298,7 @@ def test_paths_reasons_and_gate_names_show_as_written_never_as_markup(
     assert table.count("<td>") == 3, "a track's row has its three cells, whatever its links say"
     (stopped,) = [a for a in artifacts if a.type == "progress" and "stopped" in str(a.description)]
     assert_inert(str(stopped.description), FOLDER, "<script>x</script>")
+    assert "hunter22" not in str(stopped.description), "anyone on the server reads the card"
     for card in (a for a in artifacts if a.type == "table"):
         (row,) = card.data if isinstance(card.data, list) else __import__("json").loads(card.data)
         for column in ("reason", "takes"):

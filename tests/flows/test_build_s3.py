@@ -455,6 +455,26 @@ def test_bad_storage_settings_exit_2_before_any_run_without_showing_the_secret(
         assert secret not in result.stdout + result.stderr
 
 
+def test_a_deployed_runs_bad_input_is_told_in_its_state_without_the_secret(
+    tmp_path: Path, prefect_server: PrefectServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment's user reads the run's state, which the server keeps and shows to anyone
+    on it: the log redaction does not cover it."""
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.build import build_soundtrack
+
+    secret = f"secret-{os.getpid()}-x+y"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    missing = tmp_path / f"folder-{secret}" / "m.yaml"
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        state = build_soundtrack(str(missing), return_state=True)
+        APILogHandler().flush()  # to this server: after the block there is none
+    assert state.is_failed() and state.message is not None
+    assert "folder-***" in state.message and secret not in state.message
+
+
 def test_storage_failing_as_a_deployed_build_starts_fails_the_run_in_one_line(
     tmp_path: Path,
     s3_server: SeaweedServer,

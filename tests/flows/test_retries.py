@@ -6,7 +6,7 @@ import pytest
 from prefect.states import Failed
 
 from soundtrack.errors import GenerationError, InputError, ModelLoadError, StorageError
-from tasks.generate import _transient
+from tasks import generate, publish
 
 
 @pytest.mark.parametrize(
@@ -20,4 +20,17 @@ from tasks.generate import _transient
     ],
 )
 def test_a_render_is_retried_only_for_what_may_heal(error: Exception, retried: bool) -> None:
-    assert _transient(None, None, Failed(data=error)) is retried
+    assert generate._transient(None, None, Failed(data=error)) is retried
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        # AccessDenied or a missing bucket: minutes of backoff before the build said so.
+        (StorageError("s3://b/games: AccessDenied", transient=False), False),
+        (StorageError("cannot reach the endpoint", transient=True), True),
+        (InputError("track id is a path"), False),
+    ],
+)
+def test_a_publish_is_retried_only_for_what_may_heal(error: Exception, retried: bool) -> None:
+    assert publish._transient(None, None, Failed(data=error)) is retried

@@ -21,3 +21,12 @@ def test_a_run_in_a_process_workers_temporary_checkout_knows_the_folder_goes(
         assert worker_workspace() == Path(workspace).resolve()
         monkeypatch.chdir(tmp_path)
     assert worker_workspace() is None
+
+
+def test_a_build_in_a_temporary_folder_of_its_own_is_no_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CI job's `mktemp -d` folder is not deleted under the build: its storage is kept."""
+    with tempfile.TemporaryDirectory() as folder:
+        monkeypatch.chdir(folder)
+        assert worker_workspace() is None
