@@ -227,7 +227,7 @@ def prepare(
         len(plan.cached),
         sum(len(b) for b in plan.batches),
         len(plan.batches),
-        sum(renders.holds(spec) for b in plan.batches for spec in b),
+        sum(renders.lists(spec) for b in plan.batches for spec in b),
         len(plan.recordings),
         len(plan.variations) - len(plan.left_out),
     )

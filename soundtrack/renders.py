@@ -104,9 +104,13 @@ class RenderCache:
         self.root = root / "renders"
 
     def holds(self, spec: TrackSpec) -> bool:
-        """Whether a usable render of `spec` is stored here: a damaged one is rendered again,
-        so its batch takes its turn on the device."""
+        """Whether a usable render of `spec` is stored here (it hashes the render): a damaged
+        one is rendered again, so its batch takes its turn on the device."""
         return self.get(_key(spec)) is not None
+
+    def lists(self, spec: TrackSpec) -> bool:
+        """Whether an entry for `spec` is stored here, unread: for counting, not for using."""
+        return (self.root / f"{_key(spec)}.json").is_file()
 
     def get(self, generation_key: str) -> Render | None:
         """The cached render, or None when absent, incomplete, corrupted or not this key's.

@@ -267,10 +267,11 @@ def test_renewal_keeps_the_lease_past_its_lease_time_while_the_build_runs(
 
 
 def test_a_holder_that_ends_before_it_sees_its_lease_taken_leaves_the_new_holders_lease(
-    s3_env: SeaweedServer, lease_env: str
+    s3_env: SeaweedServer, lease_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A build stalled past its lease time that ends before a renewal tells it the lease was
     taken over: deleting the new holder's lease would let a third build run beside it."""
+    monkeypatch.setenv(LEASE_ENV, "60")  # no renewal within the test tells it first
     client = s3_env.client()
     key = f"{PREFIX}/{SOUNDTRACK}/{LEASE_NAME}"
     theirs = json.dumps(

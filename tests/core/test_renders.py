@@ -45,6 +45,7 @@ def test_cache_round_trip_and_corruption(tmp_path: Path) -> None:
     assert cache.get("k1") is None
     # Not held either: its batch renders again, so it waits for its turn on the device.
     assert not cache.holds(make_spec(generation_key="k1"))
+    assert cache.lists(make_spec(generation_key="k1")), "listed, unread, for the log's count"
     assert cache.get("never-rendered") is None
 
 

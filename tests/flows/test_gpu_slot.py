@@ -211,7 +211,7 @@ def test_a_builds_own_batches_take_turns_without_saying_another_build_waits(
         first = render.submit()
         assert rendering.wait(30)
         second = render.submit()  # while the first holds the slot
-        return [first.result(timeout=60), second.result(timeout=60)]  # a slot never released
+        return [first.result(), second.result()]
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
         with get_client(sync_client=True) as client:

@@ -24,9 +24,10 @@ def test_a_run_in_a_process_workers_temporary_checkout_knows_the_folder_goes(
 
 
 def test_a_build_in_a_temporary_folder_of_its_own_is_no_workers(
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A CI job's `mktemp -d` folder is not deleted under the build: its storage is kept."""
     with tempfile.TemporaryDirectory() as folder:
         monkeypatch.chdir(folder)
         assert worker_workspace() is None
+        monkeypatch.chdir(tmp_path)
