@@ -524,7 +524,8 @@ def _write_index(
     written (None when it was), and why the page was not (a warning)."""
     if tracks.publish_errors:
         errors = "; ".join(tracks.publish_errors)
-        return f"publishing failed, the previous index is untouched: {errors}", None
+        kept = "the previous index is untouched" if prepared.lock else "nothing is published"
+        return f"publishing failed, {kept}: {errors}", None
     checked = prepared.checked
     try:
         index_uri, unreviewed = executor.submit(

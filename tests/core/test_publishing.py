@@ -677,6 +677,21 @@ def test_a_track_a_full_disk_fails_names_the_disk(
         assert " MiB free, a full disk? (" in track.reason, track.reason
 
 
+def test_a_first_build_whose_publish_fails_says_nothing_is_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_disk: Path
+) -> None:
+    """It said "the previous index is untouched" of an index that never was."""
+    monkeypatch.setenv("SOUNDTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    manifest = tmp_path / "sky.yaml"
+    tracks = recordings(tmp_path, 2)
+    manifest.write_text(MANIFEST.format(name="sky", lufs=-24, tracks=tracks))
+    result = build(manifest, Options(out=str(small_disk)), executor=ThreadExecutor())
+    assert result.failure is not None, "256 KiB holds no two tracks"
+    assert result.failure.startswith("publishing failed, nothing is published: "), result.failure
+    assert "No space left on device" in result.failure
+    assert not (small_disk / "sky" / "soundtrack.lock.json").exists()
+
+
 def test_the_storage_is_let_go_before_the_ui_is_told(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
