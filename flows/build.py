@@ -116,7 +116,7 @@ class TaskExecutor:
         # A cached task result is only a list of paths: when a render behind it is gone (a
         # cleaned cache folder), run the task again instead of reusing it.
         cache = RenderCache(Path(cache_dir))
-        lost = any(cache.get(spec.generation_key or "") is None for spec in specs)
+        lost = not all(cache.holds(spec) for spec in specs)
         options = generate_batch.with_options(task_run_name=label, refresh_cache=lost)
         return options.submit(specs, cache_dir, device)
 

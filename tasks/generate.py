@@ -187,7 +187,7 @@ def generate_batch(
 ) -> list[Render | RenderFailure]:
     """Render one batch (one generate call) into the render cache, one batch per GPU."""
     cache = RenderCache(Path(cache_dir))
-    if all(spec.generation_key and cache.get(spec.generation_key) for spec in specs):
+    if all(cache.holds(spec) for spec in specs):
         return steps.render(specs, cache_dir, device)  # all in the cache: no GPU to wait for
     with gpu_slot():
         return steps.render(specs, cache_dir, device)

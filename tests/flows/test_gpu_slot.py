@@ -12,15 +12,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from prefect.exceptions import ObjectNotFound
 
 from flows.build import ensure_gpu_limit
-from tasks.generate import GPU_LIMIT, GPU_TAKE_S, gpu_slot, open_gpu_lock
+from soundtrack.renders import RenderCache
+from tasks.generate import GPU_LIMIT, GPU_TAKE_S, generate_batch, gpu_slot, open_gpu_lock
 from tasks.waits import STOPPING, Stopped
 from tests.corebuild import wait_for
 from tests.prefect_server import PrefectServer
+from tests.specs import make_spec
 
 
 @contextmanager
@@ -271,3 +276,48 @@ def test_a_machines_slot_is_named_after_it_or_after_soundtrack_gpu_slot() -> Non
 
     assert limit() == f"soundtrack-gpu-{socket.gethostname()}"
     assert limit(SOUNDTRACK_GPU_SLOT="gpu box/1") == "soundtrack-gpu-gpu-box-1"
+
+
+def test_a_batch_the_render_cache_holds_takes_no_turn_but_a_damaged_one_does(
+    prefect_server: PrefectServer, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A build that only masters again must not wait for another build's render; one whose
+    render is damaged renders again, so it waits for its turn like any other."""
+    from prefect import flow
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    cache = RenderCache(tmp_path)
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, (1, 32000)).astype(np.float32)
+    stored = cache.put("k1", audio, 32000, model_id="m", revision="r", license="l")
+    specs = [make_spec(generation_key="k1")]
+
+    @flow
+    def build(meanwhile: Callable[[], None]) -> list[Any]:
+        batch = generate_batch.with_options(refresh_cache=True).submit(specs, str(tmp_path), None)
+        meanwhile()
+        return batch.result()
+
+    def stop() -> None:
+        until_it_says(caplog, "another build on this machine is rendering")
+        STOPPING.set()
+
+    give_up = threading.Timer(30, STOPPING.set)  # a batch that waits after all: not forever
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        ensure_gpu_limit()
+        with open_gpu_lock() as lock, caplog.at_level(logging.INFO):
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the other build, rendering
+            give_up.start()
+            try:
+                assert build(lambda: None) == [stored]
+                give_up.cancel()
+                stored.path.write_bytes(stored.path.read_bytes()[:-100])  # a torn write
+                with pytest.raises(Stopped, match="stopped while it waited"):
+                    build(stop)
+            finally:
+                give_up.cancel()
+                STOPPING.clear()
+        said = [r.getMessage() for r in caplog.records]
+        # Once, by the damaged batch (the error that stopped it repeats the words).
+        assert sum(x.startswith("another build on this machine") for x in said) == 1, said
+        APILogHandler().flush()
