@@ -1,10 +1,12 @@
-"""A TrackSpec with sensible defaults for tests that need one without a manifest."""
+"""A TrackSpec and a published file's record with sensible defaults, for tests that need one
+without a manifest or a build."""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any
 
+from soundtrack.report import FileRecord
 from soundtrack.resolve import seconds_to_render
 from soundtrack.spec import LOUDNESS_PROFILES, GateLimits, Mastering, Sampling, TrackSpec
 
@@ -37,3 +39,19 @@ def make_spec(**overrides: Any) -> TrackSpec:
     if not fields["spec_hash"]:
         fields["spec_hash"] = hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()
     return TrackSpec(**fields)
+
+
+def make_file(key: str, data: bytes = b"", **overrides: Any) -> FileRecord:
+    """The record of `data` published at `key` (a 2 s, 44.1 kHz stereo file of the key's format,
+    under file:///out/); keyword arguments replace any FileRecord field."""
+    fields: dict[str, Any] = {
+        "format": key.rsplit(".", 1)[-1],
+        "key": key,
+        "uri": f"file:///out/{key}",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "duration_s": 2.0,
+        "sample_rate": 44100,
+        "channels": 2,
+    }
+    return FileRecord(**{**fields, **overrides})

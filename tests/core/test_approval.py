@@ -22,11 +22,12 @@ from soundtrack.build import Options, ThreadExecutor, build
 from soundtrack.cli import app
 from soundtrack.errors import InputError
 from soundtrack.publish import changed_since
-from soundtrack.report import BuildReport, FileRecord, TrackRecord, parse_lock
+from soundtrack.report import BuildReport, TrackRecord, parse_lock
 from soundtrack.review import review_page
 from soundtrack.storage import open_storage
 from tests.reference import sha256_of
 from tests.signals import music_like
+from tests.specs import make_file
 
 
 def manifest(model: Path, storage: str = "./out") -> str:
@@ -279,18 +280,7 @@ def test_a_take_another_builds_reviewer_rejected_meanwhile_is_not_published(
 
 
 def _entry(track_id: str, status: str, take: bytes = b"", **extra: Any) -> TrackRecord:
-    files = [
-        FileRecord(
-            format="ogg",
-            key=f"vary/{track_id}.{hashlib.sha256(take).hexdigest()[:8]}.ogg",
-            uri="file:///out/vary/x.ogg",
-            sha256=hashlib.sha256(take).hexdigest(),
-            bytes=len(take),
-            duration_s=2.0,
-            sample_rate=44100,
-            channels=2,
-        )
-    ]
+    files = [make_file(f"vary/{track_id}.{hashlib.sha256(take).hexdigest()[:8]}.ogg", take)]
     return TrackRecord(
         id=track_id, status=status, spec_hash="s", files=files if take else [], **extra
     )

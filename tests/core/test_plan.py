@@ -15,23 +15,14 @@ from soundtrack.publish import track_record
 from soundtrack.report import BuildReport, FileRecord, SidecarRecord
 from soundtrack.spec import Sampling, TrackSpec
 from soundtrack.storage import LocalStorage
-from tests.specs import make_spec
+from tests.specs import make_file, make_spec
 
 
 def published(storage: LocalStorage, spec_id: str, spec_hash: str, body: bytes) -> FileRecord:
     path = storage.root / "test" / f"{spec_id}.ogg"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(body)
-    return FileRecord(
-        format="ogg",
-        key=f"test/{spec_id}.ogg",
-        uri=path.as_uri(),
-        sha256=file_sha256(path),
-        bytes=len(body),
-        duration_s=10.0,
-        sample_rate=44100,
-        channels=2,
-    )
+    return make_file(f"test/{spec_id}.ogg", body, uri=path.as_uri(), duration_s=10.0)
 
 
 def sidecar_of(storage: LocalStorage, spec_id: str) -> SidecarRecord:

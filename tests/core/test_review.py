@@ -41,6 +41,7 @@ from soundtrack.review_server import (
 )
 from soundtrack.storage import LocalStorage, Storage, open_storage
 from tests.running import SOUNDTRACK as CLI
+from tests.specs import make_file
 
 if TYPE_CHECKING:
     from tests.s3server import SeaweedServer
@@ -82,17 +83,7 @@ def parsed(page: str) -> Elements:
 
 
 def record(key: str, data: bytes, fmt: str, **extra: object) -> FileRecord:
-    return FileRecord(
-        format=fmt,
-        key=key,
-        uri=f"s3://bucket/{key}",
-        sha256=hashlib.sha256(data).hexdigest(),
-        bytes=len(data),
-        duration_s=4.0,
-        sample_rate=44100,
-        channels=2,
-        **extra,  # type: ignore[arg-type]
-    )
+    return make_file(key, data, format=fmt, uri=f"s3://bucket/{key}", duration_s=4.0, **extra)
 
 
 def report_of(tracks: list[TrackRecord]) -> BuildReport:

@@ -15,6 +15,7 @@ from soundtrack import models
 from soundtrack.build import BuildResult, Options, ThreadExecutor, build
 from soundtrack.cli import app
 from tests.reference import sha256_of
+from tests.specs import make_file
 
 runner = CliRunner()
 
@@ -165,18 +166,8 @@ def test_a_variation_renders_from_its_parents_own_file_whatever_the_lock_lists_f
     from soundtrack.report import FileRecord, TrackRecord
 
     def ogg(key: str, stem: str | None) -> FileRecord:
-        sha = sha256(key.encode()).hexdigest()
-        return FileRecord(
-            format="ogg",
-            key=key,
-            uri=f"file:///out/{key}",
-            sha256=sha,
-            bytes=1,
-            duration_s=2.0,
-            sample_rate=44100,
-            channels=2,
-            stem=stem,
-            audio_sha256=sha,
+        return make_file(
+            key, key.encode(), stem=stem, audio_sha256=sha256(key.encode()).hexdigest()
         )
 
     files = [ogg("vary/title-theme.drums.ogg", "drums"), ogg("vary/title-theme.ogg", None)]

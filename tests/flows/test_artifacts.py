@@ -18,20 +18,12 @@ from flows.artifacts import QC_REPORTS_KEPT, BuildArtifacts, _keep_last_runs
 from soundtrack.report import BuildReport, FileRecord, PictureRecord, TakeRecord, TrackRecord
 from tests.prefect_server import PrefectServer
 from tests.running import run_artifacts
+from tests.specs import make_file
 
 
 def ogg_record(key: str, uri: str) -> FileRecord:
     """A published OGG's record (its numbers do not matter to the cards)."""
-    return FileRecord(
-        format="ogg",
-        key=key,
-        uri=uri,
-        sha256="0" * 64,
-        bytes=1,
-        duration_s=2.0,
-        sample_rate=44100,
-        channels=2,
-    )
+    return make_file(key, b"\0", uri=uri)
 
 
 def test_artifacts_the_server_refuses_cost_one_warning_not_the_build(
