@@ -193,7 +193,13 @@ def generate_batch(
         return steps.render(specs, cache_dir, device)
 
 
-@task(name="render-and-share", retries=1, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+@task(
+    name="render-and-share",
+    retries=1,
+    retry_delay_seconds=5,  # a dropped connection to storage: not in the same instant
+    retry_condition_fn=_transient,
+    cache_policy=NO_CACHE,
+)
 def render_and_share(
     specs: list[TrackSpec], cache_dir: str, device: str | None, storage_url: str, base_dir: str
 ) -> list[str]:
