@@ -91,6 +91,24 @@ def test_gc_beside_a_game_checkout_deletes_only_our_superseded_asset(tmp_path: P
     )
 
 
+def test_gc_delete_while_a_build_holds_the_soundtrack_exits_75_deleting_nothing(
+    tmp_path: Path,
+) -> None:
+    """A build publishing meanwhile may reuse a file its lock does not list yet: --delete
+    waits for no build and deletes nothing; a listing reads on."""
+    root = tmp_path / "games"
+    storage = LocalStorage(".", root)
+    two_builds(storage, tmp_path / "enc")
+    with storage.hold(SOUNDTRACK, wait_s=0, on_wait=lambda _: None):
+        deleted = gc(root, "--delete")
+        listed = gc(root)
+    assert deleted.returncode == 75, deleted.stderr
+    assert f"is being built by process {os.getpid()}" in deleted.stderr
+    assert (root / SOUNDTRACK / "title-theme.mp3").is_file()
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == [f"{SOUNDTRACK}/title-theme.mp3"]
+
+
 def test_names_with_control_characters_are_listed_written_out(tmp_path: Path) -> None:
     """A file name is anyone's to choose: printed raw, one coloured or retitled the terminal
     and one with a newline read as two files."""

@@ -511,6 +511,7 @@ def test_from_s3_the_server_reads_with_its_own_credentials_and_the_page_holds_no
         server.server.server_close()
 
 
+@pytest.mark.timeout(60)  # a check lost here serves forever: fail, do not hang the suite
 def test_review_of_a_soundtrack_not_published_there_exits_2(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["review", str(tmp_path), "--soundtrack", "nowhere"])
@@ -521,6 +522,25 @@ def test_review_of_a_soundtrack_not_published_there_exits_2(tmp_path: Path) -> N
     (tmp_path / "take.ogg").write_bytes(b"OggS")  # a file given for the folder
     result = runner.invoke(app, ["review", str(tmp_path / "take.ogg"), "--soundtrack", "game"])
     assert result.exit_code == 2 and "no lock for soundtrack 'game'" in result.output
+
+
+@pytest.mark.timeout(60)
+def test_review_on_a_port_in_use_exits_2_naming_it(tmp_path: Path) -> None:
+    root = tmp_path / "assets"
+    (root / SOUNDTRACK).mkdir(parents=True)
+    (root / SOUNDTRACK / "loop.wav").write_bytes(b"take")
+    wav = record(f"{SOUNDTRACK}/loop.wav", b"take", "wav")
+    track = TrackRecord(id="loop", status="approved", spec_hash="abc", files=[wav])
+    LocalStorage(str(root), root).write_index(SOUNDTRACK, report_of([track]).to_json().encode())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            app, ["review", str(root), "--soundtrack", SOUNDTRACK, "--port", str(port)]
+        )
+    assert result.exit_code == 2, result.output
+    assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in result.output
 
 
 @contextmanager

@@ -84,7 +84,10 @@ def s3_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
         ),
         uri=lambda key: f"s3://{bucket}/{key}",
         stored=stored,
-        put_foreign=lambda key, data: client.put_object(Bucket=bucket, Key=key, Body=data),
+        # With a SHA-256 checksum of its own, as a current CLI uploads: only ours may prove it.
+        put_foreign=lambda key, data: client.put_object(
+            Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256"
+        ),
         listing=listing,
     )
 
