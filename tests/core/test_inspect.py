@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -103,13 +104,29 @@ def test_a_loop_keeps_the_tempo_heard_unless_it_is_whole_bars(tmp_path: Path, ba
     assert tempo["passed"], tempo
 
 
+def table_verdicts(stdout: str) -> dict[str, str]:
+    """Each gate's verdict in inspect's table: pass, FAIL or warn."""
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in stdout.splitlines()]
+    # A cell wrapped onto a second line leaves the gate's cell of that line empty.
+    return {row[0]: row[3] for row in rows if len(row) == 4 and row[0] not in ("", "gate")}
+
+
 def test_the_table_names_the_loop_and_each_gate(loop_ogg: tuple[Path, int]) -> None:
     path, loop_length = loop_ogg
     result = CliRunner().invoke(app, ["inspect", str(path)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert f"loop: start 0, length {loop_length} samples" in result.stdout
-    assert "loop_seam_jump" in result.stdout and "true_peak" in result.stdout
-    assert "passed" in result.stdout
+    # The line wraps where a long path makes it: any space may be a newline.
+    headline = re.search(r"(-?[\d.]+) LUFS,\s+(-?[\d.]+) dBTP,\s+([\d.]+)\s+s,", result.stdout)
+    assert headline, result.stdout
+    lufs, peak = ebur128(path)
+    assert float(headline[1]) == pytest.approx(lufs, abs=0.5)
+    assert float(headline[2]) == pytest.approx(peak, abs=0.5)
+    assert float(headline[3]) == pytest.approx(sf.info(path).duration, abs=0.001)
+    verdicts = table_verdicts(result.stdout)
+    assert {"loop_seam_jump", "true_peak", "loudness"} <= set(verdicts), result.stdout
+    assert set(verdicts.values()) == {"pass"}, verdicts
+    assert result.stdout.rstrip().endswith("passed")
 
 
 def test_a_failing_file_exits_1_and_names_the_gate(tmp_path: Path) -> None:
@@ -118,10 +135,49 @@ def test_a_failing_file_exits_1_and_names_the_gate(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["inspect", str(loud), "--json"])
     assert result.exit_code == 1
     (report,) = json.loads(result.stdout)
+    assert report["passed"] is False
     assert {g["name"] for g in report["gates"] if not g["passed"]} == {"loudness", "true_peak"}
+    table = CliRunner().invoke(app, ["inspect", str(loud)], terminal_width=200)
+    assert table.exit_code == 1
+    failed = {gate for gate, verdict in table_verdicts(table.stdout).items() if verdict != "pass"}
+    assert failed == {"loudness", "true_peak"}, table.stdout
+    assert table_verdicts(table.stdout)["loudness"] == "FAIL"
+    assert table.stdout.rstrip().endswith("rejected")
     mobile = CliRunner().invoke(app, ["inspect", str(loud), "--loudness", "web", "--json"])
     assert mobile.exit_code == 1
     assert "loudness" in {g["name"] for g in json.loads(mobile.stdout)[0]["gates"]}
+
+
+def test_a_file_failing_only_a_warning_passes(tmp_path: Path) -> None:
+    """A DC offset is worth a warning, not a rejection (a warn gate's severity)."""
+    mastering = Mastering(loudness=LOUDNESS_PROFILES["console"])
+    m = master(music_like(6.0, 44100), 44100, mastering, loop=False, duration_s=5.0)
+    path = tmp_path / "offset.wav"
+    sf.write(path, (m.audio + 0.005).T, 44100, subtype="FLOAT")
+    result = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)
+    failed = [(g["name"], g["severity"]) for g in report["gates"] if not g["passed"]]
+    assert failed == [("dc_offset", "warn")] and report["passed"] is True
+    table = CliRunner().invoke(app, ["inspect", str(path)], terminal_width=200)
+    assert table.exit_code == 0 and table_verdicts(table.stdout)["dc_offset"] == "warn"
+    assert table.stdout.rstrip().endswith("passed")
+
+
+def test_digital_silence_is_strict_json_with_null_levels(tmp_path: Path) -> None:
+    """Its levels are -inf: written as -Infinity, jq and JavaScript refused the whole report."""
+    path = tmp_path / "silent.wav"
+    sf.write(path, np.zeros((44100 * 3, 2), dtype=np.float32), 44100)
+    result = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert result.exit_code == 1, result.output
+
+    def not_json(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    (report,) = json.loads(result.stdout, parse_constant=not_json)
+    assert report["metrics"]["integrated_lufs"] is None
+    assert report["metrics"]["true_peak_dbtp"] is None
+    assert "silence" in {g["name"] for g in report["gates"] if not g["passed"]}
 
 
 def test_missing_and_unreadable_files_exit_2_without_a_traceback(
