@@ -173,14 +173,16 @@ def test_a_review_nobody_answers_times_out_publishing_nothing(
     assert not published
 
 
+# The UI's Cancel, and its "change state" (or any API client) setting Cancelled outright.
+@pytest.mark.parametrize("cancel", ["Cancelling", "Cancelled"])
 def test_a_review_cancelled_in_the_ui_ends_the_build_publishing_nothing(
-    project: Any, prefect_server: PrefectServer
+    project: Any, prefect_server: PrefectServer, cancel: str
 ) -> None:
     """Prefect's pause waits for a resume only: a cancelled build waited out its whole timeout
     (4 h by default), then died in an UnfinishedRun traceback."""
+    from prefect import states
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.states import Cancelling
 
     workdir, env, args = project
     process, since = started(workdir, env, args, timeout_s=600)
@@ -188,7 +190,7 @@ def test_a_review_cancelled_in_the_ui_ends_the_build_publishing_nothing(
         run = paused_run(prefect_server.api_url, since, process.poll)
         settings = {PREFECT_API_URL: prefect_server.api_url}
         with temporary_settings(settings), get_client(sync_client=True) as api:
-            api.set_flow_run_state(run.id, Cancelling(), force=True)  # as the UI's Cancel
+            api.set_flow_run_state(run.id, getattr(states, cancel)(), force=True)
         output, _ = process.communicate(timeout=120)
     finally:
         process.kill()
