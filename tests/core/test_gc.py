@@ -78,6 +78,10 @@ def test_gc_beside_a_game_checkout_deletes_only_our_superseded_asset(tmp_path: P
         f"{SOUNDTRACK}/{name}"
         for name in (".git/", "audio/", "game.yaml", "notes.txt", "src/", "title-theme.ogg.meta")
     ] + [f"{SOUNDTRACK}/ui-sounds/"]
+    assert (
+        "1 unreferenced file(s) of ours in 1 soundtrack(s) listed (use --delete to remove); "
+        "7 not ours, kept"
+    ) in " ".join(listed.stderr.split())
     assert snapshot(game) == before, "a dry run touches nothing"
 
     deleted = gc(root, "--delete")
