@@ -177,13 +177,16 @@ def validate(manifest: ManifestArg) -> None:
     for column in ("track", "seconds", "loop", "model / recording", "licence", "formats", "LUFS"):
         table.add_column(column, overflow="fold")
     for spec in specs:
-        # Names and paths are the user's text, which may hold [brackets]: never Rich markup.
+        # Names, paths and a model card's licence are anyone's text, which may hold [brackets]
+        # or terminal controls: never Rich markup, and written out.
+        source = spec.source.name if spec.source else spec.model.rsplit("/", 1)[-1]
+        licence = "" if spec.source else checked.licences[spec.model, spec.model_revision]
         table.add_row(
             spec.id,
             f"{spec.duration_s:g}",
             "loop" if spec.loop else "",
-            escape(spec.source.name if spec.source else spec.model.rsplit("/", 1)[-1]),
-            "" if spec.source else escape(checked.licences[spec.model, spec.model_revision]),
+            escape(printable(source)),
+            escape(printable(licence)),
             ",".join(spec.formats),
             f"{spec.mastering.loudness.integrated_lufs:g}",
         )
@@ -196,16 +199,18 @@ def validate(manifest: ManifestArg) -> None:
                 (spec.stem_model, None), "unchecked until the folder is there"
             )
             console.print(
-                f"{spec.id}: stems {', '.join(spec.stems)} from {spec.stem_model} "
-                f"(licence {licence})",
+                printable(
+                    f"{spec.id}: stems {', '.join(spec.stems)} from {spec.stem_model} "
+                    f"(licence {licence})"
+                ),
                 markup=False,
                 highlight=False,
             )
     unchecked = {model for (model, _), family in checked.families.items() if family is None}
     for model in sorted(unchecked):
         console.print(
-            f"[yellow]note:[/] {escape(model)}: limits unchecked until the weights are present "
-            "(`build` checks them once they are)",
+            f"[yellow]note:[/] {escape(printable(model))}: limits unchecked until the weights "
+            "are present (`build` checks them once they are)",
             highlight=False,
         )
     minutes = sum(spec.duration_s for spec in specs) / 60
@@ -215,7 +220,8 @@ def validate(manifest: ManifestArg) -> None:
     where = str(storage.root) if isinstance(storage, LocalStorage) else checked.storage_url
     console.print(
         f"[green]valid[/]: {len(specs)} tracks, {minutes:.1f} min of audio, "
-        f"models: {escape(', '.join(models) or 'none')}; storage: {escape(where)}"
+        f"models: {escape(printable(', '.join(models) or 'none'))}; "
+        f"storage: {escape(printable(where))}"
         + (f"; usage: {loaded.usage}" if loaded.usage else ""),
         highlight=False,
     )

@@ -1123,6 +1123,23 @@ def test_validate_prints_brackets_in_paths_as_they_are(tmp_path: Path) -> None:
     assert f"storage: {tmp_path / 'out[' / ']x'}" in " ".join(result.stdout.split())
 
 
+def test_validate_writes_out_control_characters_in_names_and_paths(tmp_path: Path) -> None:
+    """A recording's name is anyone's to choose: printed raw, it coloured or retitled the
+    terminal `validate` ran in."""
+    name = "t\x1b[31mRED\x1b[0m[x].wav"
+    sf.write(tmp_path / name, signals.music_like(3.0, 44100).T, 44100)
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        'schema: 1\nsoundtrack: game\nstorage: "./out\\e]0;pwned\\a"\ntracks:\n'
+        '  - id: credits\n    source: "t\\e[31mRED\\e[0m[x].wav"\n'
+    )
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output, repr(result.output)
+    assert "t\\x1b[31mRED\\x1b[0m[x]" in result.output
+    assert "out\\x1b]0;pwned\\x07" in result.output.replace("\n", ""), "folded anywhere"
+
+
 def test_validate_refuses_a_storage_folder_a_build_could_not_write(tmp_path: Path) -> None:
     """A file where the storage folder should be passed `validate`; `build` then exited 2."""
     (tmp_path / "assets").write_text("a file")
