@@ -218,6 +218,13 @@ def test_make_tiny_never_writes_among_other_files(tmp_path: Path) -> None:
     other = runner.invoke(app, ["models", "make-tiny", str(tiny), "--family", "demucs"])
     assert other.exit_code == 2, other.output
     assert get_generator(str(tiny), device="cpu").sample_rate == 32000
+    # A MusicGen of the same layout whose card is no tiny one's: a real model, or a fine-tune.
+    (tiny / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\nOur fine-tune.\n")
+    weights = {p.name: p.read_bytes() for p in tiny.iterdir()}
+    real = runner.invoke(app, ["models", "make-tiny", str(tiny)])
+    assert real.exit_code == 2, real.output
+    assert "holds no tiny musicgen model" in " ".join(real.output.split())
+    assert {p.name: p.read_bytes() for p in tiny.iterdir()} == weights
 
 
 def test_paths_nothing_can_be_written_to_exit_2_before_any_work(
