@@ -17,6 +17,21 @@ if TYPE_CHECKING:
 
 SOUNDTRACK = str(Path(sys.executable).with_name("soundtrack"))
 
+# `python -c` this, then the CLI's arguments: SIGTERM arrives once the first weights file is
+# written (a model's folder half written).
+TERMINATED_AFTER_THE_WEIGHTS = """
+import os, signal, sys, time
+import safetensors.torch
+save = safetensors.torch.save_file
+def saving(*args, **kwargs):
+    save(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+safetensors.torch.save_file = saving
+from soundtrack.cli import app
+app(sys.argv[1:], prog_name="soundtrack")
+"""
+
 
 def build(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """`soundtrack build m.yaml ARGS` in `workdir`; never raises on a non-zero exit."""

@@ -18,6 +18,7 @@ from soundtrack.cli import app
 from soundtrack.models import GeneratedAudio, GenerationRequest, get_generator
 from soundtrack.spec import Sampling
 from tests.core.test_models_failures import codec_output
+from tests.running import TERMINATED_AFTER_THE_WEIGHTS
 
 runner = CliRunner()
 
@@ -225,6 +226,24 @@ def test_make_tiny_never_writes_among_other_files(tmp_path: Path) -> None:
     assert real.exit_code == 2, real.output
     assert "holds no tiny musicgen model" in " ".join(real.output.split())
     assert {p.name: p.read_bytes() for p in tiny.iterdir()} == weights
+
+
+def test_a_pipeline_stopped_midway_leaves_its_empty_folder_empty(tmp_path: Path) -> None:
+    """A diffusers pipeline is written as component folders: stopped after the first, make-tiny
+    into an empty folder left that folder's vae/ behind, and refused to write over it again."""
+    out = tmp_path / "pipeline"
+    out.mkdir()
+    args = ["models", "make-tiny", str(out), "--family", "ace-step"]
+    stopped = subprocess.run(
+        [sys.executable, "-c", TERMINATED_AFTER_THE_WEIGHTS, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stopped.returncode == 130, stopped.stderr
+    assert list(out.iterdir()) == []
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
 
 
 def test_paths_nothing_can_be_written_to_exit_2_before_any_work(

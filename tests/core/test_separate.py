@@ -40,6 +40,7 @@ from soundtrack.separate import (
     residual_db,
     stem_model_problem,
 )
+from tests.running import TERMINATED_AFTER_THE_WEIGHTS
 
 runner = CliRunner()
 SOURCES = ("drums", "bass", "other", "vocals")
@@ -591,21 +592,6 @@ def test_convert_demucs_from_the_command_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
-# SIGTERM arrives once the weights are written, before config.json.
-_TERMINATED_AFTER_THE_WEIGHTS = """
-import os, signal, sys, time
-import safetensors.torch
-save = safetensors.torch.save_file
-def saving(*args, **kwargs):
-    save(*args, **kwargs)
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(30)
-safetensors.torch.save_file = saving
-from soundtrack.cli import app
-app(sys.argv[1:], prog_name="soundtrack")
-"""
-
-
 @pytest.mark.parametrize("there", [False, True], ids=["a new folder", "an empty folder"])
 def test_a_conversion_stopped_midway_leaves_nothing_in_the_way_of_the_next(
     tmp_path: Path, there: bool
@@ -617,7 +603,7 @@ def test_a_conversion_stopped_midway_leaves_nothing_in_the_way_of_the_next(
         (tmp_path / "converted").mkdir()
     args = ["models", "convert-demucs", str(checkpoint), str(tmp_path / "converted")]
     stopped = subprocess.run(
-        [sys.executable, "-c", _TERMINATED_AFTER_THE_WEIGHTS, *args],
+        [sys.executable, "-c", TERMINATED_AFTER_THE_WEIGHTS, *args],
         capture_output=True,
         text=True,
         timeout=120,
