@@ -11,8 +11,10 @@ import jsonschema
 import numpy as np
 import pytest
 import soundfile as sf
+from typer.testing import CliRunner
 
 from soundtrack.analysis import Analysis
+from soundtrack.cli import app
 from soundtrack.measure import read_loop_tags
 from soundtrack.process import MasterInfo, bar_grid, process_track
 from soundtrack.sidecar import json_schema
@@ -56,6 +58,8 @@ def test_a_loop_of_8_bars_at_120_bpm_starts_on_the_downbeat_and_is_8_bars_long(
     # The sidecar validates against the committed schema and matches the audio.
     committed = json.loads((ROOT / "docs" / "sidecar.schema.json").read_text())
     assert committed == json_schema(), "run `make schema`, commit docs/sidecar.schema.json"
+    printed = CliRunner().invoke(app, ["schema", "--sidecar"])  # what `make schema` writes
+    assert printed.exit_code == 0 and json.loads(printed.stdout) == committed, printed.output
     jsonschema.validate(sidecar, committed)
     assert sidecar["loop"] == {
         "start_sample": info.loop_start,
