@@ -62,10 +62,11 @@ def test_generate_without_seed_or_output_names_the_take(
 
 def test_an_unknown_model_exits_2_with_a_message_not_a_traceback(tmp_path: Path) -> None:
     args = ["generate", "--model", "soundtrack-tests/no-such-model", "--prompt", "p"]
-    result = runner.invoke(app, [*args, "--duration", "1", "-o", str(tmp_path / "x.wav")])
+    target = tmp_path / "auditions" / "today" / "x.wav"
+    result = runner.invoke(app, [*args, "--duration", "1", "-o", str(target)])
     assert result.exit_code == 2
     assert "soundtrack-tests/no-such-model" in result.stderr and "Traceback" not in result.output
-    assert not (tmp_path / "x.wav").exists()
+    assert not (tmp_path / "auditions").exists(), "nothing written, not even its folders"
 
 
 def test_bad_input_exits_2_before_loading_anything(tmp_path: Path) -> None:
