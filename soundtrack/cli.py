@@ -1391,7 +1391,7 @@ def _print_report(report: Any) -> None:
             _number(analysis.get("tempo_bpm")),
             str(analysis.get("key") or ""),
             ", ".join(f.format for f in track.files if f.stem is None)
-            or escape(_headline(track.reason or "")),
+            or escape(_headline(printable(track.reason or ""))),
         )
     console.print(table)
     for track in report.tracks:

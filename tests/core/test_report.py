@@ -235,6 +235,29 @@ def test_the_summary_tells_the_takes_of_this_builds_tracks_only(
     assert "sting: take 1 passed (seed 1234)" in said and "theme: take" not in said, said
 
 
+def test_the_summary_writes_out_what_a_reason_or_warning_quotes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A reason quotes a file name or a library's error: its row printed an escape sequence
+    raw, and [/] in it would have been Rich markup (a traceback after publishing, no report)."""
+    from soundtrack.cli import _print_report
+
+    quoted = "cannot read x[/]y.wav \x1b[31m"
+    report = BuildReport(
+        soundtrack="sky",
+        storage="./out",
+        tracks=[TrackRecord(id="a", status="failed", spec_hash="a", reason=quoted)],
+        warnings=[quoted],
+    )
+    _print_report(report)
+    said = capsys.readouterr()
+    assert "\x1b" not in said.out + said.err, repr(said)
+    # The reason's cell, folded over lines at the terminal's width.
+    cells = [line.split("│")[-2] for line in said.out.splitlines() if line.startswith("│")]
+    assert "cannotreadx[/]y.wav\\x1b[31m" in "".join(cells).replace(" ", ""), said.out
+    assert "warning: cannot read x[/]y.wav \\x1b[31m" in " ".join(said.err.split())
+
+
 def test_junit_stays_xml_when_a_reason_holds_control_characters() -> None:
     """A reason quoting an error with ESC or a form feed wrote XML no JUnit reader parses."""
     report = BuildReport(
