@@ -217,4 +217,12 @@ def test_review_without_a_prefect_server_is_refused_before_anything_runs(
         )
         assert result.returncode == 2, result.stdout + result.stderr
         assert "PREFECT_API_URL" in result.stderr, result.stderr
+    # A manifest that asks for no review, built with --review.
+    (tmp_path / "m.yaml").write_text(MANIFEST.format(timeout=60).replace("review: required\n", ""))
+    command = ["build", "m.yaml", "--review", "--model", str(tiny_model_dir)]
+    result = subprocess.run(
+        [SOUNDTRACK, *command], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "PREFECT_API_URL" in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
