@@ -300,6 +300,24 @@ def test_a_typed_hub_id_that_a_folder_beside_the_manifest_would_shadow_exits_2(
     assert sorted(p.name for p in (tmp_path / "game").iterdir()) == ["audio", "facebook", "m.yaml"]
 
 
+def test_a_typed_model_folder_is_the_one_relative_to_where_it_was_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "game").mkdir()
+    (tmp_path / "game" / "m.yaml").write_text(
+        "schema: 1\nsoundtrack: g\nstorage: ./out\ntracks:\n  - id: a\n    prompt: calm piano\n"
+    )
+    for folder in (tmp_path / "models" / "m", tmp_path / "game" / "models" / "m"):
+        folder.mkdir(parents=True)  # no model in either: the error names the one it read
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["build", "game/m.yaml", "--model", "models/m"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert f"model '{tmp_path / 'models' / 'm'}': not a model directory" in said, said
+    assert "game/models" not in said
+    assert not (tmp_path / "game" / "out").exists()
+
+
 @pytest.mark.parametrize("wait_s", [math.nan, -1.0, 86401.0])
 def test_a_storage_wait_that_is_no_time_is_refused_where_the_flow_runs_too(
     tmp_path: Path, wait_s: float
