@@ -167,6 +167,7 @@ def test_a_review_nobody_answers_times_out_publishing_nothing(
     result = build(workdir, env, *args)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "nobody answered the review within 2 s" in result.stdout + result.stderr
+    assert "build failed:" in result.stderr and "Traceback" not in result.stderr, result.stderr
     out = workdir / "out" / "reviewed"
     assert not (out / "soundtrack.lock.json").exists()
     published = [p.name for p in out.rglob("*.*") if p.suffix in (".ogg", ".wav", ".json", ".png")]

@@ -428,17 +428,28 @@ with build_lock(Path(sys.argv[1]), wait_s=0, on_wait=print):
 def test_a_build_that_finds_the_soundtrack_busy_exits_75_naming_the_holder(project: Any) -> None:
     workdir, env, args = project
     folder = workdir / "out" / "e2e"
-    earlier = (
-        workdir / "earlier-report.json"
-    )  # an earlier build's, which CI would read as this one's
+    # An earlier build's report and JUnit file, which CI would read as this one's.
+    earlier = workdir / "earlier-report.json"
     earlier.write_text('{"tracks": []}')
+    junit = workdir / "earlier-junit.xml"
+    junit.write_text('<testsuite tests="0"/>')
     since = datetime.now(UTC)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        result = build(workdir, env, *args, "--storage-wait-s", "1", "--report", str(earlier))
+        result = build(
+            workdir,
+            env,
+            *args,
+            "--storage-wait-s",
+            "1",
+            "--report",
+            str(earlier),
+            "--junit",
+            str(junit),
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -447,7 +458,7 @@ def test_a_build_that_finds_the_soundtrack_busy_exits_75_naming_the_holder(proje
     assert f"is being built by process {holder.pid} on " in output
     assert "Traceback" not in output
     assert not (folder / "soundtrack.lock.json").exists(), "nothing published"
-    assert not earlier.exists()
+    assert not earlier.exists() and not junit.exists()
     # The UI's progress says the build stopped, and why; not 0 % in progress for good.
     (run,) = build_runs(env["PREFECT_API_URL"], since)
     (progress,) = [a for a in run_artifacts(env["PREFECT_API_URL"], run.id) if a.type == "progress"]

@@ -501,6 +501,7 @@ def test_a_build_whose_renders_are_all_cached_never_waits_for_the_gpu(
     assert again.returncode == 0, again.stdout + again.stderr
     assert "waiting for it" not in again.stdout + again.stderr
     assert "model loads: 0" in again.stdout
+    assert (workdir / "again" / "first-run" / "soundtrack.lock.json").is_file(), "--out's"
 
 
 @pytest.mark.slow
