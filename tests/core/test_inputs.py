@@ -315,6 +315,9 @@ def test_a_typed_model_folder_is_the_one_relative_to_where_it_was_typed(
     said = " ".join(result.stderr.split())
     assert f"model '{tmp_path / 'models' / 'm'}': not a model directory" in said, said
     assert "game/models" not in said
+    # An unset CI variable (`--model "$MODEL"`): not the current folder taken for a model.
+    result = CliRunner().invoke(app, ["build", "game/m.yaml", "--model", ""])
+    assert result.exit_code == 2 and "--model is empty" in result.stderr, result.output
     assert not (tmp_path / "game" / "out").exists()
 
 
