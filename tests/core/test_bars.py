@@ -58,7 +58,7 @@ def test_a_loop_of_8_bars_at_120_bpm_starts_on_the_downbeat_and_is_8_bars_long(
     # The sidecar validates against the committed schema and matches the audio.
     committed = json.loads((ROOT / "docs" / "sidecar.schema.json").read_text())
     assert committed == json_schema(), "run `make schema`, commit docs/sidecar.schema.json"
-    printed = CliRunner().invoke(app, ["schema", "--sidecar"])  # what `make schema` writes
+    printed = CliRunner().invoke(app, ["schema", "--sidecar"])  # as `make schema` writes it
     assert printed.exit_code == 0 and json.loads(printed.stdout) == committed, printed.output
     jsonschema.validate(sidecar, committed)
     assert sidecar["loop"] == {

@@ -8,6 +8,7 @@ import re
 import shutil
 import struct
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from soundtrack.spec import LOUDNESS_PROFILES, Mastering
 from tests.reference import ebur128
 from tests.signals import music_like
 
+WIDE = {"COLUMNS": "200"}  # the tables' and headline's width, whatever the terminal's
 TAGS = {"title": "theme", "soundtrack": "test", "track_id": "theme", "spec_hash": "ab12"}
 
 
@@ -113,11 +115,11 @@ def table_verdicts(stdout: str) -> dict[str, str]:
 
 def test_the_table_names_the_loop_and_each_gate(loop_ogg: tuple[Path, int]) -> None:
     path, loop_length = loop_ogg
-    result = CliRunner().invoke(app, ["inspect", str(path)], terminal_width=200)
+    result = CliRunner().invoke(app, ["inspect", str(path)], env=WIDE)
     assert result.exit_code == 0, result.output
     assert f"loop: start 0, length {loop_length} samples" in result.stdout
     # The line wraps where a long path makes it: any space may be a newline.
-    headline = re.search(r"(-?[\d.]+) LUFS,\s+(-?[\d.]+) dBTP,\s+([\d.]+)\s+s,", result.stdout)
+    headline = re.search(r"(-?[\d.]+)\s+LUFS,\s+(-?[\d.]+)\s+dBTP,\s+([\d.]+)\s+s,", result.stdout)
     assert headline, result.stdout
     lufs, peak = ebur128(path)
     assert float(headline[1]) == pytest.approx(lufs, abs=0.5)
@@ -137,11 +139,14 @@ def test_a_failing_file_exits_1_and_names_the_gate(tmp_path: Path) -> None:
     (report,) = json.loads(result.stdout)
     assert report["passed"] is False
     assert {g["name"] for g in report["gates"] if not g["passed"]} == {"loudness", "true_peak"}
-    table = CliRunner().invoke(app, ["inspect", str(loud)], terminal_width=200)
+    table = CliRunner().invoke(app, ["inspect", str(loud)], env=WIDE)
     assert table.exit_code == 1
-    failed = {gate for gate, verdict in table_verdicts(table.stdout).items() if verdict != "pass"}
-    assert failed == {"loudness", "true_peak"}, table.stdout
-    assert table_verdicts(table.stdout)["loudness"] == "FAIL"
+    verdicts = table_verdicts(table.stdout)
+    assert {gate for gate, verdict in verdicts.items() if verdict != "pass"} == {
+        "loudness",
+        "true_peak",
+    }, table.stdout
+    assert verdicts["loudness"] == "FAIL"
     assert table.stdout.rstrip().endswith("rejected")
     mobile = CliRunner().invoke(app, ["inspect", str(loud), "--loudness", "web", "--json"])
     assert mobile.exit_code == 1
@@ -159,7 +164,7 @@ def test_a_file_failing_only_a_warning_passes(tmp_path: Path) -> None:
     (report,) = json.loads(result.stdout)
     failed = [(g["name"], g["severity"]) for g in report["gates"] if not g["passed"]]
     assert failed == [("dc_offset", "warn")] and report["passed"] is True
-    table = CliRunner().invoke(app, ["inspect", str(path)], terminal_width=200)
+    table = CliRunner().invoke(app, ["inspect", str(path)], env=WIDE)
     assert table.exit_code == 0 and table_verdicts(table.stdout)["dc_offset"] == "warn"
     assert table.stdout.rstrip().endswith("passed")
 
@@ -171,7 +176,7 @@ def test_digital_silence_is_strict_json_with_null_levels(tmp_path: Path) -> None
     result = CliRunner().invoke(app, ["inspect", str(path), "--json"])
     assert result.exit_code == 1, result.output
 
-    def not_json(constant: str) -> None:
+    def not_json(constant: str) -> NoReturn:
         raise AssertionError(f"{constant} is not JSON")
 
     (report,) = json.loads(result.stdout, parse_constant=not_json)

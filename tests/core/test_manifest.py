@@ -1133,7 +1133,7 @@ def test_validate_writes_out_control_characters_in_names_and_paths(tmp_path: Pat
         'schema: 1\nsoundtrack: game\nstorage: "./out\\e]0;pwned\\a"\ntracks:\n'
         '  - id: credits\n    source: "t\\e[31mRED\\e[0m[x].wav"\n'
     )
-    result = runner.invoke(app, ["validate", str(path)])
+    result = runner.invoke(app, ["validate", str(path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output, repr(result.output)
     assert "t\\x1b[31mRED\\x1b[0m[x]" in result.output

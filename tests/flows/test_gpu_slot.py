@@ -311,6 +311,7 @@ def test_a_batch_the_render_cache_holds_takes_no_turn_but_a_damaged_one_does(
             try:
                 assert build(lambda: None) == [stored]
                 give_up.cancel()
+                assert not STOPPING.is_set(), "the batch the cache holds waited for the GPU"
                 stored.path.write_bytes(stored.path.read_bytes()[:-100])  # a torn write
                 with pytest.raises(Stopped, match="stopped while it waited"):
                     build(stop)
