@@ -1150,6 +1150,18 @@ def test_validate_refuses_a_storage_folder_a_build_could_not_write(tmp_path: Pat
     assert "is not a directory" in " ".join(result.output.split())
 
 
+def test_validate_checks_the_manifests_storage_not_the_environments(tmp_path: Path) -> None:
+    """$SOUNDTRACK_STORAGE is the build's (as --out is): a CI job's setting for its builds must
+    not fail, or change, the manifest a developer validates."""
+    path = tmp_path / "m.yaml"
+    path.write_text(BASE.replace("soundtrack: game\n", "soundtrack: game\nstorage: ./assets\n"))
+    env = {"SOUNDTRACK_STORAGE": str(tmp_path / "a-file" / "below-it")}
+    (tmp_path / "a-file").write_text("no folder")
+    result = runner.invoke(app, ["validate", str(path)], env={**env, "COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"storage: {tmp_path / 'assets'}" in result.output
+
+
 NOT_OURS = {
     "file": ("game", "is a file, not a folder"),
     "link to nothing": ("game", "is a symbolic link, not a folder"),

@@ -111,6 +111,13 @@ def test_generate_refuses_an_output_it_should_not_write_before_loading(
     assert result.exit_code == 2, result.output
     assert "longer than stable-audio models render (47 s at most)" in result.stderr
     assert not (tmp_path / "x.wav").exists()
+    # A hub id's files are in the hub cache: a take written there sits among other models'.
+    hub = tmp_path / "hub"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+    result = runner.invoke(app, [*stable, "--duration", "10", "-o", str(hub / "x.wav")])
+    assert result.exit_code == 2, result.output
+    assert "where the model's files are" in " ".join(result.stderr.split())
+    assert not hub.exists()
 
 
 def test_an_audition_named_from_a_long_prompt_gets_a_short_name(
