@@ -573,3 +573,52 @@ def test_a_render_pool_that_is_not_deployed_or_has_no_worker(
             os.killpg(waiting.pid, signal.SIGKILL)
     log = (tmp_path / "build.log").read_text(errors="replace")
     assert waiting.returncode != 0 and "Traceback" not in log, log
+
+
+def test_a_render_batch_run_that_crashes_ends_the_builds_wait(
+    prefect_server: PrefectServer, deployed: dict[str, str], tmp_path: Path
+) -> None:
+    """A render-batch run can end Failed or Crashed (its worker's machine lost): the build's
+    wait ends with it (its tracks fail, their renders missing) instead of reading its state
+    until the build is stopped."""
+    import threading
+
+    from prefect import flow
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Crashed
+
+    from tasks.waits import STOPPING, run_on_pool
+
+    render_batch = FlowFilter(name=FlowFilterName(any_=["render-batch"]))
+    with api(prefect_server) as client:
+        before = {run.id for run in client.read_flow_runs(flow_filter=render_batch)}
+
+    @flow
+    def build() -> str | None:
+        parameters = {"specs": [], "storage": str(tmp_path / "out"), "base_dir": str(tmp_path)}
+        return run_on_pool(deployed["gpu"], parameters).state_name
+
+    def crash() -> None:
+        with api(prefect_server) as client:
+            while not (
+                runs := [
+                    run
+                    for run in client.read_flow_runs(flow_filter=render_batch)
+                    if run.id not in before
+                ]
+            ):
+                time.sleep(0.2)
+            client.set_flow_run_state(runs[0].id, Crashed(message="worker lost"), force=True)
+
+    crasher = threading.Thread(target=crash, daemon=True)
+    crasher.start()
+    give_up = threading.Timer(60, STOPPING.set)  # a wait that does not end: a failure, not a hang
+    give_up.start()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+            assert build() == "Crashed"
+    finally:
+        give_up.cancel()
+        STOPPING.clear()
+    crasher.join(10)
