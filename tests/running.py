@@ -17,9 +17,8 @@ if TYPE_CHECKING:
 
 SOUNDTRACK = str(Path(sys.executable).with_name("soundtrack"))
 
-# `python -c` this, then the CLI's arguments: SIGTERM arrives once the first weights file is
-# written (a model's folder half written).
-TERMINATED_AFTER_THE_WEIGHTS = """
+# SIGTERM arrives once the first weights file is written (a model's folder half written).
+_TERMINATED_AFTER_THE_WEIGHTS = """
 import os, signal, sys, time
 import safetensors.torch
 save = safetensors.torch.save_file
@@ -31,6 +30,17 @@ safetensors.torch.save_file = saving
 from soundtrack.cli import app
 app(sys.argv[1:], prog_name="soundtrack")
 """
+
+
+def stopped_after_the_weights(*args: str) -> subprocess.CompletedProcess[str]:
+    """`soundtrack ARGS`, sent SIGTERM once it has written its first weights file."""
+    return subprocess.run(
+        [sys.executable, "-c", _TERMINATED_AFTER_THE_WEIGHTS, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def build(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ from soundtrack.cli import app
 from soundtrack.models import GeneratedAudio, GenerationRequest, get_generator
 from soundtrack.spec import Sampling
 from tests.core.test_models_failures import codec_output
-from tests.running import TERMINATED_AFTER_THE_WEIGHTS
+from tests.running import stopped_after_the_weights
 
 runner = CliRunner()
 
@@ -242,12 +242,7 @@ def test_a_pipeline_stopped_midway_leaves_its_empty_folder_empty(tmp_path: Path)
     out = tmp_path / "pipeline"
     out.mkdir()
     args = ["models", "make-tiny", str(out), "--family", "ace-step"]
-    stopped = subprocess.run(
-        [sys.executable, "-c", TERMINATED_AFTER_THE_WEIGHTS, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    stopped = stopped_after_the_weights(*args)
     assert stopped.returncode == 130, stopped.stderr
     assert list(out.iterdir()) == []
     result = runner.invoke(app, args)

@@ -40,7 +40,7 @@ from soundtrack.separate import (
     residual_db,
     stem_model_problem,
 )
-from tests.running import TERMINATED_AFTER_THE_WEIGHTS
+from tests.running import stopped_after_the_weights
 
 runner = CliRunner()
 SOURCES = ("drums", "bass", "other", "vocals")
@@ -602,12 +602,7 @@ def test_a_conversion_stopped_midway_leaves_nothing_in_the_way_of_the_next(
     if there:
         (tmp_path / "converted").mkdir()
     args = ["models", "convert-demucs", str(checkpoint), str(tmp_path / "converted")]
-    stopped = subprocess.run(
-        [sys.executable, "-c", TERMINATED_AFTER_THE_WEIGHTS, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    stopped = stopped_after_the_weights(*args)
     assert stopped.returncode == 130, stopped.stderr
     if there:
         assert list((tmp_path / "converted").iterdir()) == []
