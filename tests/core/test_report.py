@@ -171,11 +171,11 @@ def test_junit_says_a_gate_had_nothing_to_measure_instead_of_none() -> None:
 
 
 def test_the_summary_shows_every_status_at_a_ci_logs_80_columns(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A track id of the schema's 64 characters took the whole width: no status could be read
     ("appro…", or nothing) in a CI log; folding it then split short ids ("victory-stin")."""
-    from soundtrack.cli import _print_report, console
+    from soundtrack.cli import _print_report
 
     long_id = "boss-storm-leviathan-" + "x" * 43
     statuses = {long_id: "approved", "victory-sting": "rejected", "theme": "cached"}
@@ -201,12 +201,10 @@ def test_the_summary_shows_every_status_at_a_ci_logs_80_columns(
             for track_id, status in statuses.items()
         ],
     )
-    width = console.width
-    console.width = 80
-    try:
-        _print_report(report)
-    finally:
-        console.width = width
+    # Through the environment, as a CI job's: setting the console's width fixed it at its old
+    # value for every later test in the process (COLUMNS was then read no more).
+    monkeypatch.setenv("COLUMNS", "80")
+    _print_report(report)
     rows = [line.split("│")[1:3] for line in capsys.readouterr().out.splitlines()]
     rows = [[cell.strip() for cell in row] for row in rows if len(row) == 2]
     assert "".join(track for track, _ in rows) == "".join(statuses), rows  # folded, not cut
