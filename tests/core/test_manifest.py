@@ -1157,9 +1157,10 @@ def test_validate_checks_the_manifests_storage_not_the_environments(tmp_path: Pa
     path.write_text(BASE.replace("soundtrack: game\n", "soundtrack: game\nstorage: ./assets\n"))
     env = {"SOUNDTRACK_STORAGE": str(tmp_path / "a-file" / "below-it")}
     (tmp_path / "a-file").write_text("no folder")
-    result = runner.invoke(app, ["validate", str(path)], env={**env, "COLUMNS": "200"})
+    result = runner.invoke(app, ["validate", str(path)], env=env)
     assert result.exit_code == 0, result.output
-    assert f"storage: {tmp_path / 'assets'}" in result.output
+    # The path as printed, wherever the console's width folded the line.
+    assert f"storage: {tmp_path / 'assets'}" in result.output.replace("\n", "")
 
 
 NOT_OURS = {
