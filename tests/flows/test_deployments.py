@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,6 +178,14 @@ def api(server: PrefectServer) -> Iterator[Any]:
         get_client(sync_client=True) as client,
     ):
         yield client
+
+
+def render_batch_runs(client: Any, before: Collection[Any] = ()) -> list[Any]:
+    """The server's render-batch flow runs, less those whose ids are in `before`."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    render_batch = FlowFilter(name=FlowFilterName(any_=["render-batch"]))
+    return [run for run in client.read_flow_runs(flow_filter=render_batch) if run.id not in before]
 
 
 @pytest.fixture(scope="module")
@@ -349,19 +357,12 @@ def test_render_pool_renders_varies_and_separates_on_the_gpu_pool_and_matches_a_
     # 1. One render-batch flow run per batch (batch size 1: one per track, the variation after
     #    its parent) and one per mix to separate, children of this build, each run by the GPU
     #    pool's worker.
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterId,
-    )
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with api(prefect_server) as client:
         pool_runs = [
             run
-            for run in client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=["render-batch"]))
-            )
+            for run in render_batch_runs(client)
             if run.parent_task_run_id
             and str(client.read_task_run(run.parent_task_run_id).flow_run_id) == build_id
         ]
@@ -537,11 +538,8 @@ def test_a_render_pool_that_is_not_deployed_or_has_no_worker(
         assert "Traceback" not in output
     assert not (manifest.parent / "out").exists()
 
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-
-    render_batch = FlowFilter(name=FlowFilterName(any_=["render-batch"]))
     with api(prefect_server) as client:  # before the build starts: none of its runs are here
-        before = {run.id for run in client.read_flow_runs(flow_filter=render_batch)}
+        before = {run.id for run in render_batch_runs(client)}
     with (tmp_path / "build.log").open("wb") as log:
         waiting = subprocess.Popen(
             [*build, deployed["gpu"]],
@@ -554,13 +552,7 @@ def test_a_render_pool_that_is_not_deployed_or_has_no_worker(
     try:
         with api(prefect_server) as client:
             deadline = datetime.now(UTC).timestamp() + 240
-            while not (
-                runs := [
-                    run
-                    for run in client.read_flow_runs(flow_filter=render_batch)
-                    if run.id not in before
-                ]
-            ):
+            while not (runs := render_batch_runs(client, before)):
                 assert waiting.poll() is None, (tmp_path / "build.log").read_text()
                 assert datetime.now(UTC).timestamp() < deadline, "no render-batch run started"
                 time.sleep(0.2)
@@ -584,15 +576,13 @@ def test_a_render_batch_run_that_crashes_ends_the_builds_wait(
     import threading
 
     from prefect import flow
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Crashed
 
     from tasks.waits import STOPPING, run_on_pool
 
-    render_batch = FlowFilter(name=FlowFilterName(any_=["render-batch"]))
     with api(prefect_server) as client:
-        before = {run.id for run in client.read_flow_runs(flow_filter=render_batch)}
+        before = {run.id for run in render_batch_runs(client)}
 
     @flow
     def build() -> str | None:
@@ -602,13 +592,7 @@ def test_a_render_batch_run_that_crashes_ends_the_builds_wait(
     def crash() -> None:
         deadline = time.monotonic() + 60
         with api(prefect_server) as client:
-            while not (
-                runs := [
-                    run
-                    for run in client.read_flow_runs(flow_filter=render_batch)
-                    if run.id not in before
-                ]
-            ):
+            while not (runs := render_batch_runs(client, before)):
                 if time.monotonic() > deadline:  # the build failed before it started one
                     return
                 time.sleep(0.2)
